@@ -1,0 +1,115 @@
+"""Build the one kind of libp2p host a node runs: TCP + Noise + Yamux, members only.
+
+libp2p's defaults are unsafe for us (see REFERENCE.md): the default security list includes
+plaintext, secio and TLS, the default muxer list includes mplex, and the default
+``ConnectionConfig`` waits 250 ms after every dial. Everything is set explicitly here.
+
+Membership is enforced inside the security handshake: :class:`MembersOnlyNoise` checks the
+*authenticated* remote peer id right after Noise completes, in both directions, and fails the
+handshake for anyone not in the cluster member list. The connection is closed before a muxer
+is negotiated, so an unknown peer can never open a stream of any protocol. (The connection gate
+of libp2p only sees IP addresses, which prove nothing about identity.)
+
+Runs on the trio thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+
+import multiaddr
+from libp2p import new_host
+from libp2p.abc import IHost, IRawConnection, ISecureConn
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.security.exceptions import HandshakeFailure
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from node.p2p.patches import apply_patches
+
+__all__ = ["MembersOnlyNoise", "build_host", "quiet_libp2p_loggers"]
+
+# Cluster sizes are tiny; these bounds only stop runaway growth.
+_MAX_CONNECTIONS = 64
+_MIN_CONNECTIONS = 0
+
+
+def quiet_libp2p_loggers() -> None:
+    """libp2p logs chatty warnings (some via the root logger path); keep only errors."""
+    for name in ("libp2p", "multiaddr", "async_service", "libp2p.tools.anyio_service"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class MembersOnlyNoise(NoiseTransport):
+    """Noise XX that fails the handshake unless the authenticated peer is a cluster member."""
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        allowed: Iterable[ID],
+        on_refused: Callable[[ID], None],
+    ) -> None:
+        super().__init__(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        self._allowed = frozenset(allowed)
+        self._on_refused = on_refused
+
+    async def _admit(self, conn: ISecureConn) -> ISecureConn:
+        remote = conn.get_remote_peer()
+        if remote in self._allowed:
+            return conn
+        self._on_refused(remote)
+        try:
+            await conn.close()
+        finally:
+            # HandshakeFailure is what the upgrader maps to SecurityUpgradeFailure: the swarm
+            # then drops the raw connection without negotiating a muxer.
+            raise HandshakeFailure(f"peer {remote} is not a cluster member")
+
+    async def secure_inbound(self, conn: IRawConnection) -> ISecureConn:
+        return await self._admit(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
+        return await self._admit(await super().secure_outbound(conn, peer_id))
+
+
+def build_host(
+    key_pair: KeyPair,
+    listen_addr: str,
+    member_peer_ids: Iterable[str],
+    on_refused: Callable[[ID], None],
+) -> IHost:
+    """A host that speaks only TCP + Noise (members only) + Yamux, with dial delay disabled."""
+    apply_patches()
+    quiet_libp2p_loggers()
+    allowed = [ID.from_base58(peer_id) for peer_id in member_peer_ids]
+    sec_opt = {NOISE_PROTOCOL_ID: MembersOnlyNoise(key_pair, allowed, on_refused)}
+    muxer_opt = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+    connection_config = ConnectionConfig(
+        # One connection per peer: with more, every successful dial waits a 250 ms
+        # "happy eyeballs" delay for a second connection we do not want.
+        max_connections_per_peer=1,
+        max_connections=_MAX_CONNECTIONS,
+        min_connections=_MIN_CONNECTIONS,
+        # No auto-connect to random peers from the peerstore and no pruning of members: the
+        # node's keeper task decides whom to dial.
+        low_watermark=_MIN_CONNECTIONS,
+        high_watermark=_MAX_CONNECTIONS,
+    )
+    return new_host(
+        key_pair=key_pair,
+        sec_opt=sec_opt,
+        muxer_opt=muxer_opt,
+        listen_addrs=[multiaddr.Multiaddr(listen_addr)],
+        connection_config=connection_config,
+        enable_tcp=True,
+        enable_quic=False,
+        enable_mDNS=False,
+        enable_upnp=False,
+    )
