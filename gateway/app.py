@@ -1,0 +1,272 @@
+"""The gateway's partner API (aiohttp).
+
+Routes (JSON; every error is a JSON problem with a stable ``code``):
+
+* ``POST /v1/records`` ``{"record": {...}}`` with an optional ``Idempotency-Key`` header (made
+  and returned when absent) -> 201 ``{"record_id", "idempotency_key", "content_hash",
+  "created_at_ms", "shards_durable", "replayed": false}``; a retry of a completed write -> 200
+  with the first result and ``"replayed": true``; the same key with another body -> 409.
+* ``POST /v1/records/batch`` ``{"records": [{"idempotency_key"?, "record"}, ...]}`` -> 200
+  ``{"results": [...]}``, one result (with its own ``status``) per record, in order.
+* ``GET /v1/records/{record_id}`` -> 200 ``{"record_id", "record", ...}`` for the owning partner
+  only; anyone else gets 404, exactly as for a record that does not exist.
+* ``GET /healthz`` (the process is up) and ``GET /readyz`` (at least one node is ready).
+
+Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
+(``http_body_bytes_max``), and so is the number of requests in flight
+(``inflight_requests_max``: past it, 503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.auth import ReplayCache, SignedRequest, authenticate
+from gateway.config import GatewayConfig
+from gateway.keyring import Keyring, PartnerKeys
+from gateway.node_client import NodeClient
+from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
+from node.api.problem import problem_middleware, problem_response
+from node.errors import (
+    BaasError,
+    CorruptEntry,
+    InvalidRequest,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+)
+from node.records import HASH_BYTES, record_id_for
+
+__all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PARTNER = web.AppKey("partner", str)
+
+
+@dataclass(slots=True)
+class GatewayState:
+    config: GatewayConfig
+    keyring: Keyring
+    nodes: NodeClient
+    replay: ReplayCache
+    clock_s: Callable[[], float] = time.time
+    inflight: int = 0
+
+
+GATEWAY = web.AppKey("gateway_state", GatewayState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[GATEWAY]
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    if state.inflight >= state.config.limits.inflight_requests_max:
+        raise Overloaded("gateway has too many requests in flight")
+    state.inflight += 1
+    try:
+        body = await request.read()
+        partner = authenticate(
+            SignedRequest(request.method, request.path_qs, dict(request.headers), body),
+            state.keyring,
+            state.replay,
+            int(state.clock_s()),
+            state.config.limits.signature_window_s,
+        )
+        request["partner"] = partner
+        return await handler(request)
+    finally:
+        state.inflight -= 1
+
+
+def _json_body(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("body is not valid JSON", code="invalid_json") from exc
+
+
+def _idempotency_key(value: Any) -> str:
+    if value is None:
+        return str(uuid.uuid4())
+    if not isinstance(value, str) or not 1 <= len(value) <= 255 or not value.isprintable():
+        raise InvalidRequest(
+            "Idempotency-Key must be 1..255 printable characters", code="invalid_idempotency_key"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    idempotency_key: str
+    record_id: bytes
+    wire: dict[str, Any]
+
+
+def _prepare(state: GatewayState, partner: PartnerKeys, key: str, record: Any) -> _Prepared:
+    plaintext = canonical_record(record, state.config.limits.record_json_bytes_max)
+    record_id = record_id_for(partner.partner_id, key)
+    return _Prepared(
+        key,
+        record_id,
+        {
+            "rid": record_id,
+            "blob": seal_record(partner, record_id, plaintext),
+            "pid": partner.partner_id,
+            "fp": fingerprint(partner, plaintext),
+        },
+    )
+
+
+def _result_json(prepared: _Prepared, result: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    if not result.get("ok"):
+        status = int(result.get("status", 503))
+        return status, {
+            "status": status,
+            "code": result.get("code"),
+            "detail": result.get("detail"),
+            "record_id": prepared.record_id.hex(),
+            "idempotency_key": prepared.idempotency_key,
+        }
+    status = 200 if result["replayed"] else 201
+    return status, {
+        "status": status,
+        "record_id": prepared.record_id.hex(),
+        "idempotency_key": prepared.idempotency_key,
+        "content_hash": bytes(result["ch"]).hex(),
+        "created_at_ms": int(result["ts"]),
+        "shards_durable": int(result["durable"]),
+        "replayed": bool(result["replayed"]),
+    }
+
+
+async def post_record(request: web.Request) -> web.Response:
+    state = request.app[GATEWAY]
+    partner: PartnerKeys = request["partner"]
+    body = _json_body(await request.read())
+    if not isinstance(body, dict) or set(body) != {"record"}:
+        raise InvalidRequest('body must be {"record": {...}}')
+    prepared = _prepare(
+        state, partner, _idempotency_key(request.headers.get("Idempotency-Key")), body["record"]
+    )
+    (result,) = await state.nodes.write_records([prepared.wire])
+    status, payload = _result_json(prepared, result)
+    if status >= 400:
+        return problem_response(
+            status,
+            str(payload["code"]),
+            str(payload["detail"]),
+            headers={"Retry-After": "1"} if status == 503 else None,
+        )
+    return web.json_response(
+        payload, status=status, headers={"Idempotency-Key": prepared.idempotency_key}
+    )
+
+
+async def post_records_batch(request: web.Request) -> web.Response:
+    state = request.app[GATEWAY]
+    partner: PartnerKeys = request["partner"]
+    body = _json_body(await request.read())
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"records"}
+        or not isinstance(body["records"], list)
+    ):
+        raise InvalidRequest('body must be {"records": [{"idempotency_key"?, "record"}, ...]}')
+    items = body["records"]
+    if not items:
+        raise InvalidRequest("records is empty")
+    if len(items) > state.config.limits.records_per_batch_max:
+        raise PayloadTooLarge(
+            f"at most {state.config.limits.records_per_batch_max} records per batch"
+        )
+    prepared: list[_Prepared] = []
+    for item in items:
+        if (
+            not isinstance(item, dict)
+            or not set(item) <= {"idempotency_key", "record"}
+            or "record" not in item
+        ):
+            raise InvalidRequest('each item must be {"idempotency_key"?, "record"}')
+        prepared.append(
+            _prepare(state, partner, _idempotency_key(item.get("idempotency_key")), item["record"])
+        )
+    if len({p.record_id for p in prepared}) != len(prepared):
+        raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+    results = await state.nodes.write_records([p.wire for p in prepared])
+    return web.json_response(
+        {"results": [_result_json(p, r)[1] for p, r in zip(prepared, results, strict=True)]}
+    )
+
+
+async def get_record(request: web.Request) -> web.Response:
+    state = request.app[GATEWAY]
+    partner: PartnerKeys = request["partner"]
+    try:
+        record_id = bytes.fromhex(request.match_info["record_id"])
+    except ValueError as exc:
+        raise InvalidRequest(
+            "record id must be 64 hex characters", code="invalid_record_id"
+        ) from exc
+    if len(record_id) != HASH_BYTES:
+        raise InvalidRequest("record id must be 64 hex characters", code="invalid_record_id")
+    reply = await state.nodes.read_record(record_id)
+    meta = reply["meta"]
+    if meta.get("pid") != partner.partner_id:
+        raise NotFound("no record with this id", code="record_not_found")  # never reveal existence
+    try:
+        owner, record = open_record(state.keyring, record_id, bytes(reply["blob"]))
+    except BaasError as exc:
+        raise CorruptEntry(f"record could not be opened: {exc.code}") from exc
+    if owner != partner.partner_id:
+        raise NotFound("no record with this id", code="record_not_found")
+    return web.json_response(
+        {
+            "record_id": record_id.hex(),
+            "record": record,
+            "content_hash": bytes(meta["ch"]).hex(),
+            "created_at_ms": int(meta["ts"]),
+            "k": int(meta["k"]),
+            "n": int(meta["n"]),
+        }
+    )
+
+
+async def get_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def get_ready(request: web.Request) -> web.Response:
+    healthy = request.app[GATEWAY].nodes.healthy_nodes()
+    if not healthy:
+        return problem_response(503, "not_ready", "no node is ready", headers={"Retry-After": "1"})
+    return web.json_response({"status": "ready", "healthy_nodes": healthy})
+
+
+def build_gateway_app(state: GatewayState) -> web.Application:
+    app = web.Application(
+        client_max_size=state.config.limits.http_body_bytes_max,
+        middlewares=[problem_middleware, bound_and_authenticate],
+    )
+    app[GATEWAY] = state
+
+    async def nodes_ctx(app: web.Application) -> Any:
+        await state.nodes.start()
+        yield
+        await state.nodes.stop()
+
+    app.cleanup_ctx.append(nodes_ctx)
+    app.router.add_post("/v1/records", post_record)
+    app.router.add_post("/v1/records/batch", post_records_batch)
+    app.router.add_get("/v1/records/{record_id}", get_record)
+    app.router.add_get("/healthz", get_health)
+    app.router.add_get("/readyz", get_ready)
+    return app

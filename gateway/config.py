@@ -1,0 +1,116 @@
+"""The gateway's typed configuration, loaded from TOML and validated at start.
+
+Tables: ``[gateway]`` (listen address, keyring and master key files, node API token file),
+``[[nodes]]`` (name and HTTP address of every node the gateway may use), ``[limits]`` (every
+bound a named ``_max`` field) and ``[timeouts]``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from node.config import build_dataclass, parse_host_port
+from node.errors import ConfigError
+
+__all__ = [
+    "GatewayConfig",
+    "GatewayLimits",
+    "GatewayTimeouts",
+    "NodeEndpoint",
+    "load_gateway_config",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEndpoint:
+    name: str
+    http_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLimits:
+    http_body_bytes_max: int = 8 * 1024 * 1024
+    record_json_bytes_max: int = 256 * 1024
+    records_per_batch_max: int = 500
+    inflight_requests_max: int = 512
+    node_connections_max: int = 64
+    replay_cache_entries_max: int = 200_000
+    signature_window_s: int = 300
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"limits.{f.name} must be a positive integer")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTimeouts:
+    node_request_s: float = 15.0
+    health_interval_s: float = 1.0
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"timeouts.{f.name} must be a positive number")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    http_listen: str
+    keyring_file: Path
+    master_key_file: Path | None
+    node_api_token_file: Path
+    nodes: tuple[NodeEndpoint, ...]
+    limits: GatewayLimits = field(default_factory=GatewayLimits)
+    timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
+
+    def validate(self) -> None:
+        parse_host_port(self.http_listen, "gateway.http_listen")
+        if not self.nodes:
+            raise ConfigError("[[nodes]]: the gateway needs at least one node")
+        for node in self.nodes:
+            parse_host_port(node.http_addr, f"nodes.{node.name}.http_addr")
+        self.limits.validate()
+        self.timeouts.validate()
+
+
+def _resolve(base: Path, value: Any, what: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty path")
+    path = Path(value)
+    return path if path.is_absolute() else base / path
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    base = path.parent.resolve()
+    table = raw.get("gateway", {})
+    unknown = sorted(
+        set(table) - {"http_listen", "keyring_file", "master_key_file", "node_api_token_file"}
+    )
+    if unknown:
+        raise ConfigError(f"[gateway] unknown keys: {', '.join(unknown)}")
+    master = table.get("master_key_file")
+    config = GatewayConfig(
+        http_listen=str(table.get("http_listen", "")),
+        keyring_file=_resolve(base, table.get("keyring_file"), "gateway.keyring_file"),
+        master_key_file=_resolve(base, master, "gateway.master_key_file") if master else None,
+        node_api_token_file=_resolve(
+            base, table.get("node_api_token_file"), "gateway.node_api_token_file"
+        ),
+        nodes=tuple(build_dataclass(NodeEndpoint, n, "nodes") for n in raw.get("nodes", [])),
+        limits=build_dataclass(GatewayLimits, raw.get("limits", {}), "limits"),
+        timeouts=build_dataclass(GatewayTimeouts, raw.get("timeouts", {}), "timeouts"),
+    )
+    config.validate()
+    return config

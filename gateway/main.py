@@ -1,0 +1,76 @@
+"""``baas-gateway``: run the partner API gateway from its TOML config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import GatewayState, build_gateway_app
+from gateway.auth import ReplayCache
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.keyring import load_keyring, load_master_key
+from gateway.node_client import NodeClient
+from node.config import parse_host_port
+from node.errors import BaasError
+from node.logs import configure_logging
+
+log = logging.getLogger("baas.gateway")
+
+
+def build_state(config: GatewayConfig) -> GatewayState:
+    keyring = load_keyring(config.keyring_file, load_master_key(config.master_key_file))
+    token = config.node_api_token_file.read_text().strip()
+    return GatewayState(
+        config=config,
+        keyring=keyring,
+        nodes=NodeClient(config.nodes, token, config.limits, config.timeouts),
+        replay=ReplayCache(config.limits.replay_cache_entries_max),
+    )
+
+
+async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(
+        build_gateway_app(build_state(config)), access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        host, port = parse_host_port(config.http_listen, "gateway.http_listen")
+        await web.TCPSite(runner, host, port).start()
+        log.info("gateway ready on http://%s (%d nodes)", config.http_listen, len(config.nodes))
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def _main(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_gateway(config, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="baas-gateway", description="Run the BaaS partner API gateway."
+    )
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(_main(load_gateway_config(args.config)))
+    except BaasError as exc:
+        log.error("gateway failed: %s (%s)", exc.detail, exc.code)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

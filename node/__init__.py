@@ -1,0 +1,1 @@
+"""The BaaS B&P storage node: libp2p peers holding encrypted, erasure-coded record shards."""

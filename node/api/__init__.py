@@ -1,0 +1,1 @@
+"""The node's authenticated aiohttp HTTP API, used by gateways."""

@@ -1,0 +1,245 @@
+"""The one typed configuration object of a storage node, loaded from TOML and validated at start.
+
+A node's TOML has four tables: ``[node]`` (this node: name, data dir, identity file, listen
+addresses, API token file), ``[cluster]`` (identical on every node: cluster id, erasure k and n,
+write quorum, and the member list with peer ids), ``[limits]`` (every bound is a named ``_max``
+field) and ``[timeouts]``. ``tools`` writes these files (``baas-cluster init``); an operator may
+edit them, and a node refuses to start on anything invalid, naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from node.errors import ConfigError
+
+__all__ = [
+    "ClusterConfig",
+    "ClusterMember",
+    "NodeConfig",
+    "NodeLimits",
+    "NodeSettings",
+    "NodeTimeouts",
+    "load_node_config",
+    "parse_host_port",
+]
+
+T = TypeVar("T")
+
+
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """Parse ``host:port`` with an IP literal host; refuse anything else."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ConfigError(f"{what}: expected host:port, got {value!r}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: host must be an IP address, got {host!r}") from exc
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"{what}: port out of range in {value!r}")
+    return host, port
+
+
+def _tcp_multiaddr_port(addr: str, what: str) -> tuple[str, int]:
+    parts = addr.split("/")
+    # /ip4/127.0.0.1/tcp/4101
+    if len(parts) != 5 or parts[0] != "" or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
+        raise ConfigError(f"{what}: expected /ip4/<ip>/tcp/<port>, got {addr!r}")
+    return parse_host_port(f"{parts[2]}:{parts[4]}", what)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMember:
+    name: str
+    peer_id: str
+    p2p_addr: str
+    http_addr: str
+
+    def validate(self) -> None:
+        if not self.name or not self.peer_id:
+            raise ConfigError("cluster member needs a name and a peer_id")
+        _tcp_multiaddr_port(self.p2p_addr, f"member {self.name} p2p_addr")
+        parse_host_port(self.http_addr, f"member {self.name} http_addr")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Settings that are the same on every node of a cluster."""
+
+    cluster_id: str
+    k: int
+    n: int
+    write_quorum: int
+    members: tuple[ClusterMember, ...]
+
+    def validate(self) -> None:
+        if not self.cluster_id:
+            raise ConfigError("cluster.cluster_id is empty")
+        if not 1 <= self.k <= self.n:
+            raise ConfigError(f"cluster: need 1 <= k <= n, got k={self.k} n={self.n}")
+        if self.n > len(self.members):
+            raise ConfigError(
+                f"cluster: n={self.n} exceeds the {len(self.members)} nodes; "
+                "each shard needs a distinct node"
+            )
+        if not self.k <= self.write_quorum <= self.n:
+            raise ConfigError(f"cluster: write_quorum must be in k..n, got {self.write_quorum}")
+        for member in self.members:
+            member.validate()
+        for attr in ("name", "peer_id", "p2p_addr", "http_addr"):
+            values = [getattr(m, attr) for m in self.members]
+            if len(set(values)) != len(values):
+                raise ConfigError(f"cluster: duplicate member {attr}")
+
+    def member(self, name: str) -> ClusterMember:
+        for member in self.members:
+            if member.name == name:
+                return member
+        raise ConfigError(f"node {name!r} is not a member of cluster {self.cluster_id}")
+
+    @property
+    def peer_ids(self) -> tuple[str, ...]:
+        return tuple(m.peer_id for m in self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    name: str
+    data_dir: Path
+    identity_file: Path
+    api_token_file: Path
+    p2p_listen: str
+    http_listen: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLimits:
+    """Every bound of a node, in one place."""
+
+    http_body_bytes_max: int = 16 * 1024 * 1024
+    http_inflight_requests_max: int = 256
+    record_blob_bytes_max: int = 1024 * 1024
+    records_per_request_max: int = 1000
+    p2p_frame_bytes_max: int = 32 * 1024 * 1024
+    p2p_streams_per_peer_max: int = 8
+    p2p_inflight_requests_per_peer_max: int = 256
+    p2p_inbound_streams_max: int = 128
+    p2p_bridge_calls_max: int = 4096
+    put_batch_shards_max: int = 1024
+    commit_queue_shards_max: int = 65536
+    hints_max: int = 200_000
+    hint_replay_batch_max: int = 256
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"limits.{f.name} must be a positive integer")
+        if self.record_blob_bytes_max * 2 > self.p2p_frame_bytes_max:
+            raise ConfigError("limits.p2p_frame_bytes_max must hold at least two record blobs")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTimeouts:
+    p2p_dial_s: float = 3.0
+    p2p_request_s: float = 5.0
+    # How often a node redials members it is not connected to (a restarted peer is back
+    # within about this long; disconnects also trigger an immediate redial).
+    p2p_reconnect_interval_s: float = 0.5
+    hint_replay_interval_s: float = 2.0
+    commit_window_ms: float = 2.0
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"timeouts.{f.name} must be a positive number")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node: NodeSettings
+    cluster: ClusterConfig
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    timeouts: NodeTimeouts = field(default_factory=NodeTimeouts)
+
+    def validate(self) -> None:
+        self.cluster.validate()
+        self.limits.validate()
+        self.timeouts.validate()
+        me = self.cluster.member(self.node.name)
+        _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
+        parse_host_port(self.node.http_listen, "node.http_listen")
+        if me.p2p_addr != self.node.p2p_listen or me.http_addr != self.node.http_listen:
+            raise ConfigError("node listen addresses differ from this node's cluster member entry")
+
+    @property
+    def me(self) -> ClusterMember:
+        return self.cluster.member(self.node.name)
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value
+
+
+def build_dataclass(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Build a flat dataclass from a TOML table, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"[{where}] unknown keys: {', '.join(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"[{where}] {exc}") from exc
+
+
+def _path(base: Path, value: Any, what: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{what} must be a non-empty path")
+    path = Path(value)
+    return path if path.is_absolute() else (base / path)
+
+
+def cluster_from_table(table: dict[str, Any]) -> ClusterConfig:
+    members_raw = table.get("members", [])
+    if not isinstance(members_raw, list):
+        raise ConfigError("[[cluster.members]] must be an array of tables")
+    members = tuple(build_dataclass(ClusterMember, m, "cluster.members") for m in members_raw)
+    rest = {key: value for key, value in table.items() if key != "members"}
+    for key in ("k", "n", "write_quorum"):
+        if key in rest and not isinstance(rest[key], int):
+            raise ConfigError(f"cluster.{key} must be an integer")
+    rest.setdefault("write_quorum", int(rest.get("k", 0)) + 1)
+    return build_dataclass(ClusterConfig, {**rest, "members": members}, "cluster")
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    """Read, parse and validate a node's TOML. Relative paths are relative to the file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    base = path.parent.resolve()
+    node_table = dict(_section(raw, "node"))
+    for key in ("data_dir", "identity_file", "api_token_file"):
+        node_table[key] = _path(base, node_table.get(key), f"node.{key}")
+    config = NodeConfig(
+        node=build_dataclass(NodeSettings, node_table, "node"),
+        cluster=cluster_from_table(_section(raw, "cluster")),
+        limits=build_dataclass(NodeLimits, _section(raw, "limits"), "limits"),
+        timeouts=build_dataclass(NodeTimeouts, _section(raw, "timeouts"), "timeouts"),
+    )
+    config.validate()
+    return config

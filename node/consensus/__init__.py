@@ -1,0 +1,1 @@
+"""The replicated, ordered record log (Raft, sans-IO). Empty until the consensus issue lands."""

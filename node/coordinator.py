@@ -1,0 +1,420 @@
+"""The write and read coordinator of a node: erasure-code, place, store, gather, rebuild.
+
+Any node coordinates the records a gateway sends it (asyncio side; talks to peers through a
+:class:`ShardTransport`, in production the libp2p :class:`node.p2p.service.P2PNode`).
+
+Write (one record or a batch):
+  1. place the record's ``n`` shards on distinct members (rendezvous hashing);
+  2. probe the placement nodes for shards of the same record id: a record already decodable
+     (>= k shards of one content hash) with the same body fingerprint is returned as-is (an
+     idempotent retry); with another fingerprint the write is refused (409). Concurrent
+     duplicates are settled for good by the consensus log (a later issue);
+  3. erasure-code the blob and send each node its shards, coalesced per node into one
+     ``PutShards`` message per request;
+  4. acknowledge once ``write_quorum`` shards are durable; the remaining puts go on in the
+     background and shards that still fail are kept as hints and replayed later.
+
+Read: ask the holders of the systematic shards first; if fewer than ``k`` intact shards come
+back, ask the others; rebuild; check the content hash; if it does not match (a node served a
+wrong shard that passed its checksum), try other shard combinations before giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from node.config import ClusterConfig, NodeLimits, NodeTimeouts
+from node.errors import (
+    BaasError,
+    IdempotencyConflict,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+    PayloadTooLarge,
+    PeerError,
+    QuorumNotReached,
+    RecordUnavailable,
+)
+from node.p2p.messages import (
+    ErrorReply,
+    GetShards,
+    HasShards,
+    Message,
+    MetasReply,
+    PutShards,
+    PutShardsReply,
+    ShardsReply,
+)
+from node.records import HASH_BYTES, Shard, ShardMeta, content_hash_of
+from node.storage.erasure import decode_blob, encode_blob
+from node.storage.hints import HintStore
+from node.storage.placement import place_shards
+
+__all__ = ["Coordinator", "ReadResult", "ShardTransport", "WriteRequest", "WriteResult"]
+
+log = logging.getLogger("baas.node.coordinator")
+
+
+class ShardTransport(Protocol):
+    async def request(
+        self, peer_id: str, message: Message, *, timeout_s: float | None = None
+    ) -> Message: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    record_id: bytes
+    blob: bytes
+    partner_id: str
+    body_fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    record_id: bytes
+    content_hash: bytes
+    created_at_ms: int
+    shards_durable: int
+    replayed: bool  # True: an earlier write with this idempotency key was returned
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    meta: ShardMeta  # meta of one shard; index is not meaningful here
+    blob: bytes
+    shards_used: tuple[int, ...]
+    corrupt_shards_seen: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _decodable_versions(metas: Sequence[ShardMeta]) -> dict[bytes, list[ShardMeta]]:
+    """Group metas by content hash, keeping only versions with >= k distinct shard indexes."""
+    by_hash: dict[bytes, dict[int, ShardMeta]] = defaultdict(dict)
+    for meta in metas:
+        by_hash[meta.content_hash][meta.index] = meta
+    return {
+        ch: list(found.values())
+        for ch, found in by_hash.items()
+        if len(found) >= next(iter(found.values())).k
+    }
+
+
+def _first_version(versions: dict[bytes, list[ShardMeta]]) -> ShardMeta | None:
+    """The version a reader settles on when several are decodable: earliest, then lowest hash."""
+    if not versions:
+        return None
+    return min(
+        (metas[0] for metas in versions.values()), key=lambda m: (m.created_at_ms, m.content_hash)
+    )
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        cluster: ClusterConfig,
+        limits: NodeLimits,
+        timeouts: NodeTimeouts,
+        transport: ShardTransport,
+        hints: HintStore,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self._cluster = cluster
+        self._limits = limits
+        self._timeouts = timeouts
+        self._transport = transport
+        self._hints = hints
+        self._clock_ms = clock_ms
+        self._members = cluster.peer_ids
+        self._background: set[asyncio.Task[None]] = set()
+        self.hints_written = 0
+        self.hints_replayed = 0
+
+    # ----------------------------------------------------------------- helpers
+
+    def placement(self, record_id: bytes) -> tuple[str, ...]:
+        return place_shards(record_id, self._members, self._cluster.n)
+
+    async def _ask(self, peer_id: str, message: Message) -> Message:
+        reply = await self._transport.request(
+            peer_id, message, timeout_s=self._timeouts.p2p_request_s
+        )
+        if isinstance(reply, ErrorReply):
+            raise OperationFailed(f"peer {peer_id} refused: {reply.code}: {reply.detail}")
+        return reply
+
+    async def _gather(
+        self, calls: dict[str, Awaitable[Message]]
+    ) -> tuple[dict[str, Message], dict[str, BaasError]]:
+        peers = list(calls)
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        replies: dict[str, Message] = {}
+        failures: dict[str, BaasError] = {}
+        for peer, result in zip(peers, results, strict=True):
+            if isinstance(result, OperationFailed | PeerError):
+                failures[peer] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                replies[peer] = result
+        return replies, failures
+
+    def _validate(self, request: WriteRequest) -> None:
+        if len(request.record_id) != HASH_BYTES or len(request.body_fingerprint) != HASH_BYTES:
+            raise InvalidRequest("record id and body fingerprint must be 32 bytes")
+        if len(request.blob) > self._limits.record_blob_bytes_max:
+            raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
+        if not request.partner_id:
+            raise InvalidRequest("partner id is empty")
+
+    # ----------------------------------------------------------------- writes
+
+    async def write_records(
+        self, requests: Sequence[WriteRequest]
+    ) -> list[WriteResult | BaasError]:
+        """Write a batch; each record succeeds or fails on its own."""
+        if len(requests) > self._limits.records_per_request_max:
+            raise PayloadTooLarge("too many records in one request")
+        for request in requests:
+            self._validate(request)
+        if len({r.record_id for r in requests}) != len(requests):
+            raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+        outcome: list[WriteResult | BaasError | None] = [None] * len(requests)
+        existing = await asyncio.gather(
+            *(self._find_existing(r) for r in requests), return_exceptions=True
+        )
+        to_write: list[tuple[int, WriteRequest]] = []
+        for position, (request, found) in enumerate(zip(requests, existing, strict=True)):
+            if isinstance(found, BaasError):
+                outcome[position] = found
+            elif isinstance(found, BaseException):
+                raise found
+            elif found is not None:
+                outcome[position] = found
+            else:
+                to_write.append((position, request))
+        if to_write:
+            written = await self._store_new([r for _, r in to_write])
+            for (position, _), result in zip(to_write, written, strict=True):
+                outcome[position] = result
+        return [r for r in outcome if r is not None]
+
+    async def write_record(self, request: WriteRequest) -> WriteResult:
+        (result,) = await self.write_records([request])
+        if isinstance(result, BaasError):
+            raise result
+        return result
+
+    async def _find_existing(self, request: WriteRequest) -> WriteResult | None:
+        placement = self.placement(request.record_id)
+        replies, _ = await self._gather(
+            {peer: self._ask(peer, HasShards(request.record_id)) for peer in placement}
+        )
+        metas = [m for r in replies.values() if isinstance(r, MetasReply) for m in r.metas]
+        versions = _decodable_versions(metas)
+        first = _first_version(versions)
+        if first is None:
+            return None
+        if (
+            first.body_fingerprint != request.body_fingerprint
+            or first.partner_id != request.partner_id
+        ):
+            raise IdempotencyConflict("this Idempotency-Key was already used with a different body")
+        return WriteResult(
+            record_id=request.record_id,
+            content_hash=first.content_hash,
+            created_at_ms=first.created_at_ms,
+            shards_durable=len(versions[first.content_hash]),
+            replayed=True,
+        )
+
+    def _shards_of(self, request: WriteRequest, created_at_ms: int) -> list[Shard]:
+        k, n = self._cluster.k, self._cluster.n
+        content_hash = content_hash_of(request.blob)
+        pieces = encode_blob(request.blob, k, n)
+        return [
+            Shard(
+                ShardMeta(
+                    record_id=request.record_id,
+                    content_hash=content_hash,
+                    index=index,
+                    k=k,
+                    n=n,
+                    blob_bytes=len(request.blob),
+                    partner_id=request.partner_id,
+                    body_fingerprint=request.body_fingerprint,
+                    created_at_ms=created_at_ms,
+                ),
+                piece,
+            )
+            for index, piece in enumerate(pieces)
+        ]
+
+    async def _store_new(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
+        created_at_ms = self._clock_ms()
+        per_peer: dict[str, list[Shard]] = defaultdict(list)
+        all_shards: list[list[Shard]] = []
+        for request in requests:
+            shards = self._shards_of(request, created_at_ms)
+            all_shards.append(shards)
+            for peer, shard in zip(self.placement(request.record_id), shards, strict=True):
+                per_peer[peer].append(shard)
+        durable: dict[bytes, int] = defaultdict(int)
+        quorum = self._cluster.write_quorum
+        done = asyncio.Event()
+        remaining = len(per_peer)
+        needed = {r.record_id for r in requests}
+
+        async def put(peer: str, shards: list[Shard]) -> None:
+            nonlocal remaining
+            try:
+                for start in range(0, len(shards), self._limits.put_batch_shards_max):
+                    chunk = shards[start : start + self._limits.put_batch_shards_max]
+                    try:
+                        reply = await self._ask(peer, PutShards(tuple(chunk)))
+                    except (OperationFailed, PeerError) as exc:
+                        self._keep_hints(peer, shards[start:], exc)
+                        return
+                    if not isinstance(reply, PutShardsReply) or reply.stored != len(chunk):
+                        self._keep_hints(peer, shards[start:], None)
+                        return
+                    for shard in chunk:
+                        durable[shard.meta.record_id] += 1
+                        if durable[shard.meta.record_id] >= quorum:
+                            needed.discard(shard.meta.record_id)
+                    if not needed:
+                        done.set()
+            finally:
+                remaining -= 1
+                if remaining == 0:
+                    done.set()
+
+        for peer, shards in per_peer.items():
+            task = asyncio.create_task(put(peer, shards))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        await done.wait()
+        results: list[WriteResult | BaasError] = []
+        for request, shards in zip(requests, all_shards, strict=True):
+            count = durable[request.record_id]
+            if count >= quorum:
+                results.append(
+                    WriteResult(
+                        request.record_id, shards[0].meta.content_hash, created_at_ms, count, False
+                    )
+                )
+            else:
+                results.append(
+                    QuorumNotReached(
+                        f"only {count} of the {quorum} shards needed became durable; retry with "
+                        "the same Idempotency-Key"
+                    )
+                )
+        return results
+
+    def _keep_hints(self, peer: str, shards: list[Shard], cause: BaseException | None) -> None:
+        log.info("peer %s missed %d shards (%s); keeping hints", peer, len(shards), cause)
+        try:
+            self._hints.add(peer, shards)
+            self.hints_written += len(shards)
+        except OperationFailed as exc:
+            log.warning("cannot keep hints for %s: %s", peer, exc)
+
+    async def replay_hints_once(self) -> int:
+        """Send waiting hints to their nodes; return how many were delivered."""
+        delivered = 0
+        for peer in self._hints.peers():
+            shards = self._hints.pending(peer, self._limits.hint_replay_batch_max)
+            if not shards:
+                continue
+            try:
+                reply = await self._ask(peer, PutShards(tuple(shards)))
+            except (OperationFailed, PeerError):
+                continue
+            if isinstance(reply, PutShardsReply) and reply.stored == len(shards):
+                self._hints.remove(peer, shards)
+                delivered += len(shards)
+        self.hints_replayed += delivered
+        return delivered
+
+    async def replay_hints_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._timeouts.hint_replay_interval_s)
+            try:
+                await self.replay_hints_once()
+            except BaasError as exc:  # keep the loop alive; the next round retries
+                log.warning("hint replay failed: %s", exc)
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # ----------------------------------------------------------------- reads
+
+    async def read_record(self, record_id: bytes) -> ReadResult:
+        if len(record_id) != HASH_BYTES:
+            raise InvalidRequest("record id must be 32 bytes")
+        placement = self.placement(record_id)
+        k = self._cluster.k
+        shards: list[Shard] = []
+        corrupt = 0
+        failed: set[str] = set()
+        for wave in (placement[:k], placement[k:]):  # systematic holders first
+            replies, failures = await self._gather(
+                {peer: self._ask(peer, GetShards(record_id)) for peer in wave}
+            )
+            failed.update(failures)
+            for reply in replies.values():
+                if isinstance(reply, ShardsReply):
+                    shards.extend(reply.shards)
+                    corrupt += reply.corrupt
+            result = self._rebuild(shards, corrupt)
+            if result is not None:
+                return result
+        if not shards and self._cluster.write_quorum - len(failed) > 0:
+            # Every acknowledged record has >= write_quorum shards on its placement nodes; with
+            # fewer nodes unreachable than that, seeing none means there is no such record.
+            raise NotFound("no record with this id", code="record_not_found")
+        raise RecordUnavailable(
+            f"fewer than k={k} intact shards reachable ({len(failed)} of {len(placement)} "
+            f"placement nodes unreachable, {corrupt} corrupt shards seen)"
+        )
+
+    def _rebuild(self, shards: Sequence[Shard], corrupt: int) -> ReadResult | None:
+        by_hash: dict[bytes, dict[int, Shard]] = defaultdict(dict)
+        for shard in shards:
+            by_hash[shard.meta.content_hash][shard.meta.index] = shard
+        versions = _decodable_versions([s.meta for s in shards])
+        first = _first_version(versions)
+        if first is None:
+            return None
+        found = by_hash[first.content_hash]
+        indexes = sorted(found)
+        systematic_first = sorted(indexes, key=lambda i: (i >= first.k, i))
+        combos = itertools.chain(
+            [tuple(sorted(systematic_first[: first.k]))], itertools.combinations(indexes, first.k)
+        )
+        for combo in combos:
+            try:
+                blob = decode_blob(
+                    {i: found[i].data for i in combo}, first.k, first.n, first.blob_bytes
+                )
+            except RecordUnavailable:
+                continue  # a shard of the wrong size: try another combination
+            if content_hash_of(blob) == first.content_hash:
+                return ReadResult(first, blob, combo, corrupt)
+        log.warning(
+            "record %s: no shard combination matches its content hash", first.record_id.hex()
+        )
+        return None

@@ -1,0 +1,158 @@
+"""Messages of the shard protocol ``/baas/shard/1.0.0`` and their msgpack codec.
+
+A frame on a stream is ``u32 big-endian length || msgpack map``. The map is the envelope
+``{"v": 1, "id": request id, "op": name, "b": body}``; a reply carries the request's id, so one
+long-lived stream carries many requests. Unknown versions or ops are refused with a typed error.
+
+Requests and their replies:
+
+=================  ======================  =============================================
+request            reply                   meaning
+=================  ======================  =============================================
+``PutShards``      ``PutShardsReply``      store shards durably (one fsynced batch)
+``GetShards``      ``ShardsReply``         shards of a record (all, or the given indexes)
+``HasShards``      ``MetasReply``          metas only, of every shard held for a record
+any                ``ErrorReply``          the request failed; ``code`` is stable
+=================  ======================  =============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from node.errors import PeerProtocolError, UnsupportedFormat
+from node.records import HASH_BYTES, Shard, ShardMeta
+
+__all__ = [
+    "FRAME_VERSION",
+    "PROTOCOL_ID",
+    "ErrorReply",
+    "GetShards",
+    "HasShards",
+    "Message",
+    "MetasReply",
+    "PutShards",
+    "PutShardsReply",
+    "ShardsReply",
+    "decode_frame",
+    "encode_frame",
+]
+
+PROTOCOL_ID = "/baas/shard/1.0.0"
+FRAME_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PutShards:
+    shards: tuple[Shard, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PutShardsReply:
+    stored: int
+
+
+@dataclass(frozen=True, slots=True)
+class GetShards:
+    record_id: bytes
+    indexes: tuple[int, ...] = ()  # empty: every shard held for the record
+
+
+@dataclass(frozen=True, slots=True)
+class ShardsReply:
+    shards: tuple[Shard, ...]
+    corrupt: int = 0  # entries found but failing their checksum (never served)
+
+
+@dataclass(frozen=True, slots=True)
+class HasShards:
+    record_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MetasReply:
+    metas: tuple[ShardMeta, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    code: str
+    detail: str
+
+
+Message = PutShards | PutShardsReply | GetShards | ShardsReply | HasShards | MetasReply | ErrorReply
+
+
+def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
+    match message:
+        case PutShards(shards):
+            return "put", {"s": [s.to_wire() for s in shards]}
+        case PutShardsReply(stored):
+            return "put_ok", {"n": stored}
+        case GetShards(record_id, indexes):
+            return "get", {"rid": record_id, "ix": list(indexes)}
+        case ShardsReply(shards, corrupt):
+            return "shards", {"s": [s.to_wire() for s in shards], "bad": corrupt}
+        case HasShards(record_id):
+            return "has", {"rid": record_id}
+        case MetasReply(metas):
+            return "metas", {"m": [m.to_wire() for m in metas]}
+        case ErrorReply(code, detail):
+            return "error", {"c": code, "d": detail}
+    raise TypeError(f"not a shard protocol message: {message!r}")
+
+
+def _record_id(raw: Any) -> bytes:
+    if not isinstance(raw, bytes) or len(raw) != HASH_BYTES:
+        raise UnsupportedFormat("record id must be 32 bytes")
+    return raw
+
+
+def _message_of(op: str, body: dict[str, Any]) -> Message:
+    if op == "put":
+        return PutShards(tuple(Shard.from_wire(s) for s in body["s"]))
+    if op == "put_ok":
+        return PutShardsReply(int(body["n"]))
+    if op == "get":
+        return GetShards(_record_id(body["rid"]), tuple(int(i) for i in body["ix"]))
+    if op == "shards":
+        return ShardsReply(tuple(Shard.from_wire(s) for s in body["s"]), int(body["bad"]))
+    if op == "has":
+        return HasShards(_record_id(body["rid"]))
+    if op == "metas":
+        return MetasReply(tuple(ShardMeta.from_wire(m) for m in body["m"]))
+    if op == "error":
+        return ErrorReply(str(body["c"]), str(body["d"]))
+    raise UnsupportedFormat(f"unknown op {op!r}")
+
+
+def encode_frame(request_id: int, message: Message) -> bytes:
+    """Encode one frame, length prefix included."""
+    op, body = _body_of(message)
+    payload: bytes = msgpack.packb(
+        {"v": FRAME_VERSION, "id": request_id, "op": op, "b": body}, use_bin_type=True
+    )
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def decode_frame(payload: bytes) -> tuple[int, Message]:
+    """Decode one frame's payload (without its length prefix).
+
+    Raises :class:`PeerProtocolError` for anything malformed: the caller drops the stream.
+    """
+    try:
+        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        if not isinstance(raw, dict) or raw.get("v") != FRAME_VERSION:
+            raise UnsupportedFormat("unknown frame version")
+        request_id = raw["id"]
+        if not isinstance(request_id, int) or request_id < 0:
+            raise UnsupportedFormat("bad request id")
+        body = raw["b"]
+        if not isinstance(body, dict):
+            raise UnsupportedFormat("frame body is not a map")
+        return request_id, _message_of(str(raw["op"]), body)
+    except (UnsupportedFormat, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        raise PeerProtocolError(f"malformed shard protocol frame: {exc}") from exc

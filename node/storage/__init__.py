@@ -1,0 +1,1 @@
+"""Node storage: LevelDB shard database, erasure coding, encryption envelope and placement."""

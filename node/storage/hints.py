@@ -1,0 +1,94 @@
+"""Hinted handoff: shards that could not reach their node yet, kept by the writing node.
+
+When a write is acknowledged at ``write_quorum`` but some placement nodes were down or slow,
+the coordinator keeps the missing shards here (in their own LevelDB database) and replays them
+when the node answers again. The store is bounded by ``hints_max``; past it, new hints are
+refused (counted) and the shard waits for repair instead of growing memory or disk without end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import plyvel
+
+from node.errors import CorruptEntry, OperationFailed, Overloaded, UnsupportedFormat
+from node.records import Shard
+from node.storage.shard_store import decode_shard_value, encode_shard_value, shard_db_key
+
+__all__ = ["HintStore"]
+
+PREFIX_HINT = b"h"
+
+
+def _peer_prefix(peer_id: str) -> bytes:
+    raw = peer_id.encode()
+    return PREFIX_HINT + len(raw).to_bytes(1, "big") + raw
+
+
+class HintStore:
+    def __init__(self, path: Path, *, hints_max: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = plyvel.DB(str(path), create_if_missing=True, paranoid_checks=True)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"cannot open hint database at {path}: {exc}") from exc
+        self._hints_max = hints_max
+        self._count = sum(1 for _ in self._db.iterator(prefix=PREFIX_HINT, include_value=False))
+        self.refused = 0
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def add(self, peer_id: str, shards: Sequence[Shard]) -> None:
+        if self._count + len(shards) > self._hints_max:
+            self.refused += len(shards)
+            raise Overloaded("hint store is full; the shards wait for repair")
+        prefix = _peer_prefix(peer_id)
+        with self._db.write_batch(sync=True) as batch:
+            for shard in shards:
+                inner = shard_db_key(shard.meta.key)
+                batch.put(prefix + inner, encode_shard_value(inner, shard))
+        self._count += len(shards)
+
+    def peers(self) -> list[str]:
+        """Peers that have hints waiting, in sorted order."""
+        found: list[str] = []
+        seek = PREFIX_HINT
+        while True:
+            it = self._db.iterator(start=seek, prefix=PREFIX_HINT, include_value=False)
+            key = next(it, None)
+            it.close()
+            if key is None:
+                return found
+            size = key[1]
+            peer = key[2 : 2 + size].decode()
+            found.append(peer)
+            seek = _peer_prefix(peer) + b"\xff" * 80  # past every key of that peer
+
+    def pending(self, peer_id: str, limit: int) -> list[Shard]:
+        prefix = _peer_prefix(peer_id)
+        shards: list[Shard] = []
+        for key, value in self._db.iterator(prefix=prefix):
+            inner = key[len(prefix) :]
+            try:
+                shards.append(decode_shard_value(inner, value))
+            except (CorruptEntry, UnsupportedFormat):
+                self._db.delete(key)  # a corrupt hint is useless; repair rebuilds the shard
+                self._count -= 1
+            if len(shards) >= limit:
+                break
+        return shards
+
+    def remove(self, peer_id: str, shards: Sequence[Shard]) -> None:
+        prefix = _peer_prefix(peer_id)
+        with self._db.write_batch(sync=True) as batch:
+            for shard in shards:
+                batch.delete(prefix + shard_db_key(shard.meta.key))
+        self._count -= len(shards)

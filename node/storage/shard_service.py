@@ -1,0 +1,61 @@
+"""The node's side of the shard protocol: answers put/get/has from peers and from itself.
+
+Runs on the libp2p (trio) thread. Requests are validated against the node's limits before
+anything is stored; puts go through the group committer; gets and has are served from the
+shard store, which never returns a corrupt entry.
+"""
+
+from __future__ import annotations
+
+from node.config import NodeLimits
+from node.errors import CallerError, OperationFailed
+from node.p2p.messages import (
+    ErrorReply,
+    GetShards,
+    HasShards,
+    Message,
+    MetasReply,
+    PutShards,
+    PutShardsReply,
+    ShardsReply,
+)
+from node.storage.group_commit import GroupCommitter
+from node.storage.shard_store import ShardStore
+
+__all__ = ["ShardService"]
+
+
+class ShardService:
+    def __init__(self, store: ShardStore, limits: NodeLimits) -> None:
+        self._store = store
+        self._limits = limits
+        self.committer = GroupCommitter(
+            store,
+            queue_shards_max=limits.commit_queue_shards_max,
+            batch_shards_max=limits.put_batch_shards_max,
+        )
+
+    async def serve(self) -> None:
+        await self.committer.serve()
+
+    async def handle(self, message: Message, from_peer: str) -> Message:
+        try:
+            return await self._dispatch(message)
+        except (CallerError, OperationFailed) as exc:
+            return ErrorReply(exc.code, exc.detail)
+
+    async def _dispatch(self, message: Message) -> Message:
+        match message:
+            case PutShards(shards):
+                if len(shards) > self._limits.put_batch_shards_max:
+                    return ErrorReply("too_many_shards", "put batch exceeds put_batch_shards_max")
+                if any(len(s.data) > self._limits.record_blob_bytes_max for s in shards):
+                    return ErrorReply("shard_too_large", "shard exceeds record_blob_bytes_max")
+                await self.committer.submit(shards)
+                return PutShardsReply(len(shards))
+            case GetShards(record_id, indexes):
+                found, corrupt = self._store.get(record_id, indexes)
+                return ShardsReply(tuple(found), corrupt)
+            case HasShards(record_id):
+                return MetasReply(tuple(self._store.metas(record_id)))
+        return ErrorReply("unsupported_request", f"{type(message).__name__} is not a request")

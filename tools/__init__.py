@@ -1,0 +1,1 @@
+"""Command-line tools: cluster init, the local cluster runner, and (later) status and bench."""

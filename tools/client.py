@@ -1,0 +1,102 @@
+"""A small signing client for the partner API (an example for integrators; tests use it too).
+
+>>> client = PartnerClient("http://127.0.0.1:8080", api_key, secret)
+>>> created = await client.put_record({"type": "payment", "amount_minor": 1250})
+>>> fetched = await client.get_record(created["record_id"])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
+
+__all__ = ["PartnerClient", "Response"]
+
+
+class Response:
+    def __init__(self, status: int, body: Any, headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.body!r})"
+
+
+class PartnerClient:
+    def __init__(
+        self, base_url: str, api_key: str, secret: bytes, *, connections_max: int = 32
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.secret = secret
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections_max))
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> PartnerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def signed_headers(
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        idempotency_key: str | None = None,
+        timestamp: int | None = None,
+    ) -> dict[str, str]:
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        headers = {
+            HEADER_KEY: self.api_key,
+            HEADER_TIMESTAMP: ts,
+            HEADER_SIGNATURE: sign_request(
+                self.secret, method, path, ts, idempotency_key or "", body
+            ),
+            "Content-Type": "application/json",
+        }
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    async def send(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> Response:
+        async with self._session.request(
+            method, self.base_url + path, data=body, headers=headers
+        ) as response:
+            raw = await response.read()
+            try:
+                decoded: Any = json.loads(raw) if raw else None
+            except ValueError:
+                decoded = raw
+            return Response(response.status, decoded, dict(response.headers))
+
+    async def request(
+        self, method: str, path: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> Response:
+        body = json.dumps(payload).encode() if payload is not None else b""
+        return await self.send(
+            method, path, body, self.signed_headers(method, path, body, idempotency_key)
+        )
+
+    async def put_record(
+        self, record: dict[str, Any], *, idempotency_key: str | None = None
+    ) -> Response:
+        return await self.request(
+            "POST", "/v1/records", {"record": record}, idempotency_key=idempotency_key
+        )
+
+    async def put_records(self, items: list[dict[str, Any]]) -> Response:
+        return await self.request("POST", "/v1/records/batch", {"records": items})
+
+    async def get_record(self, record_id: str) -> Response:
+        return await self.request("GET", f"/v1/records/{record_id}")

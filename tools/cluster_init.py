@@ -1,0 +1,248 @@
+"""``baas-cluster init``: lay out a cluster once -- identities, per-node TOML, gateway, keyring.
+
+Writes, under the cluster directory::
+
+    cluster.json               what was made: nodes, ports, peer ids, k, n (for tools and tests)
+    secrets/master.key         keyring master key (0600; or give BAAS_MASTER_KEY instead)
+    secrets/node-api.token     bearer token gateways use on node APIs (0600)
+    secrets/partners.json      API key + secret of each partner, for the operator to hand out (0600)
+    keyring.json               partner keys, encrypted under the master key
+    gateway.toml               the gateway's config
+    node-<i>/node.toml         each node's config (identical [cluster] table on every node)
+    node-<i>/identity.key      each node's Ed25519 libp2p identity seed (0600)
+
+Running it again on an existing directory refuses rather than overwriting identities: a node's
+peer id must outlive restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gateway.keyring import Keyring, new_partner, save_keyring
+from node.config import ClusterConfig, ClusterMember
+from node.errors import ConfigError
+from node.p2p.identity import generate_identity_seed, peer_id_of_seed, write_identity_file
+
+__all__ = ["ClusterLayout", "NodeLayout", "init_cluster", "load_layout"]
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    name: str
+    peer_id: str
+    p2p_port: int
+    http_port: int
+    config_path: str
+
+    @property
+    def http_addr(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+    @property
+    def p2p_addr(self) -> str:
+        return f"/ip4/{HOST}/tcp/{self.p2p_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterLayout:
+    directory: str
+    cluster_id: str
+    k: int
+    n: int
+    write_quorum: int
+    nodes: tuple[NodeLayout, ...]
+    gateway_port: int
+    gateway_config_path: str
+    partners: dict[str, dict[str, str]]  # partner id -> {"api_key", "secret_hex"}
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{HOST}:{self.gateway_port}"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _node_toml(name: str, node: NodeLayout, cluster: ClusterConfig) -> str:
+    lines = [
+        "# BaaS storage node config, written by `baas-cluster init`.",
+        "[node]",
+        f"name = {_toml_str(name)}",
+        'data_dir = "data"',
+        'identity_file = "identity.key"',
+        'api_token_file = "../secrets/node-api.token"',
+        f"p2p_listen = {_toml_str(node.p2p_addr)}",
+        f"http_listen = {_toml_str(node.http_addr)}",
+        "",
+        "# Identical on every node of the cluster.",
+        "[cluster]",
+        f"cluster_id = {_toml_str(cluster.cluster_id)}",
+        f"k = {cluster.k}",
+        f"n = {cluster.n}",
+        f"write_quorum = {cluster.write_quorum}",
+    ]
+    for member in cluster.members:
+        lines += [
+            "",
+            "[[cluster.members]]",
+            f"name = {_toml_str(member.name)}",
+            f"peer_id = {_toml_str(member.peer_id)}",
+            f"p2p_addr = {_toml_str(member.p2p_addr)}",
+            f"http_addr = {_toml_str(member.http_addr)}",
+        ]
+    lines += ["", "[limits]", "", "[timeouts]", ""]
+    return "\n".join(lines)
+
+
+def _gateway_toml(layout_nodes: list[NodeLayout], port: int) -> str:
+    lines = [
+        "# BaaS gateway config, written by `baas-cluster init`.",
+        "[gateway]",
+        f'http_listen = "{HOST}:{port}"',
+        'keyring_file = "keyring.json"',
+        'master_key_file = "secrets/master.key"',
+        'node_api_token_file = "secrets/node-api.token"',
+    ]
+    for node in layout_nodes:
+        lines += [
+            "",
+            "[[nodes]]",
+            f"name = {_toml_str(node.name)}",
+            f"http_addr = {_toml_str(node.http_addr)}",
+        ]
+    lines += ["", "[limits]", "", "[timeouts]", ""]
+    return "\n".join(lines)
+
+
+def init_cluster(
+    directory: Path,
+    *,
+    nodes: int = 5,
+    k: int = 3,
+    n: int = 5,
+    write_quorum: int | None = None,
+    partners: tuple[str, ...] = ("demo-shop",),
+    base_port: int = 0,
+) -> ClusterLayout:
+    """Create a new cluster directory. ``base_port=0`` picks free ports (tests)."""
+    if (directory / "cluster.json").exists():
+        raise ConfigError(f"{directory} already holds a cluster; refusing to overwrite identities")
+    if nodes < 1:
+        raise ConfigError("a cluster needs at least one node")
+    quorum = write_quorum if write_quorum is not None else min(k + 1, n)
+    ports = (
+        _free_ports(2 * nodes + 1)
+        if base_port == 0
+        else list(range(base_port, base_port + 2 * nodes + 1))
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    layouts: list[NodeLayout] = []
+    seeds: list[bytes] = []
+    for i in range(nodes):
+        seed = generate_identity_seed()
+        seeds.append(seed)
+        name = f"node-{i + 1}"
+        layouts.append(
+            NodeLayout(
+                name,
+                peer_id_of_seed(seed),
+                ports[2 * i],
+                ports[2 * i + 1],
+                str(directory / name / "node.toml"),
+            )
+        )
+    cluster = ClusterConfig(
+        cluster_id=f"baas-{secrets.token_hex(4)}",
+        k=k,
+        n=n,
+        write_quorum=quorum,
+        members=tuple(ClusterMember(x.name, x.peer_id, x.p2p_addr, x.http_addr) for x in layouts),
+    )
+    cluster.validate()  # refuses n > nodes and the like before anything is written
+    master_key = secrets.token_bytes(32)
+    _write_secret(directory / "secrets" / "master.key", master_key.hex() + "\n")
+    _write_secret(directory / "secrets" / "node-api.token", secrets.token_urlsafe(32) + "\n")
+    keyring = Keyring(version=1, partners={})
+    partner_creds: dict[str, dict[str, str]] = {}
+    for partner_id in partners:
+        partner = new_partner(partner_id, api_key=f"pk_{partner_id}_{secrets.token_hex(6)}")
+        keyring = keyring.with_partner(partner)
+        credential = partner.credentials[0]
+        partner_creds[partner_id] = {
+            "api_key": credential.api_key,
+            "secret_hex": credential.secret.hex(),
+        }
+    save_keyring(directory / "keyring.json", keyring, master_key)
+    _write_secret(
+        directory / "secrets" / "partners.json", json.dumps(partner_creds, indent=2) + "\n"
+    )
+    for layout, seed in zip(layouts, seeds, strict=True):
+        node_dir = directory / layout.name
+        node_dir.mkdir(parents=True, exist_ok=True)
+        write_identity_file(node_dir / "identity.key", seed)
+        Path(layout.config_path).write_text(_node_toml(layout.name, layout, cluster))
+    gateway_port = ports[-1]
+    (directory / "gateway.toml").write_text(_gateway_toml(layouts, gateway_port))
+    result = ClusterLayout(
+        directory=str(directory),
+        cluster_id=cluster.cluster_id,
+        k=k,
+        n=n,
+        write_quorum=quorum,
+        nodes=tuple(layouts),
+        gateway_port=gateway_port,
+        gateway_config_path=str(directory / "gateway.toml"),
+        partners=partner_creds,
+    )
+    document = asdict(result)
+    document["partners"] = sorted(partner_creds)  # secrets stay in secrets/partners.json only
+    (directory / "cluster.json").write_text(json.dumps(document, indent=2) + "\n")
+    return result
+
+
+def load_layout(directory: Path) -> ClusterLayout:
+    try:
+        document = json.loads((directory / "cluster.json").read_text())
+        partners = json.loads((directory / "secrets" / "partners.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{directory} is not an initialised cluster: {exc}") from exc
+    return ClusterLayout(
+        directory=document["directory"],
+        cluster_id=document["cluster_id"],
+        k=document["k"],
+        n=document["n"],
+        write_quorum=document["write_quorum"],
+        nodes=tuple(NodeLayout(**node) for node in document["nodes"]),
+        gateway_port=document["gateway_port"],
+        gateway_config_path=document["gateway_config_path"],
+        partners=partners,
+    )
