@@ -45,6 +45,9 @@ def quiet_libp2p_loggers() -> None:
     """libp2p logs chatty warnings (some via the root logger path); keep only errors."""
     for name in ("libp2p", "multiaddr", "async_service", "libp2p.tools.anyio_service"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A failed dial to a member that is down is routine here (the keeper redials every half
+    # second); the TCP transport logs each one at ERROR. Our own dial failures log at DEBUG.
+    logging.getLogger("libp2p.transport.tcp.tcp").setLevel(logging.CRITICAL)
 
 
 class MembersOnlyNoise(NoiseTransport):
@@ -102,7 +105,7 @@ def build_host(
         low_watermark=_MIN_CONNECTIONS,
         high_watermark=_MAX_CONNECTIONS,
     )
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt=sec_opt,
         muxer_opt=muxer_opt,
@@ -113,3 +116,20 @@ def build_host(
         enable_mDNS=False,
         enable_upnp=False,
     )
+    _disable_auto_connector(host)
+    return host
+
+
+async def _no_auto_connect() -> None:
+    return None
+
+
+def _disable_auto_connector(host: IHost) -> None:
+    """The node's keeper alone decides whom to dial (members, at their current address).
+
+    libp2p's AutoConnector would otherwise aim for (low+high watermark)/2 connections and keep
+    dialing whatever peers the peerstore holds, including stale addresses of members.
+    """
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        connector.maybe_connect = _no_auto_connect

@@ -41,6 +41,7 @@ __all__ = ["P2PNode", "ShardRequestHandler"]
 
 _logger = logging.getLogger(__name__)
 _IDENTIFY_TIMEOUT_S = 2.0
+_CLOSE_TIMEOUT_S = 3.0
 
 
 class ShardRequestHandler(Protocol):
@@ -62,6 +63,17 @@ def _tcp_only(addr: multiaddr.Multiaddr) -> str | None:
     if len(parts) >= 5 and parts[1] in ("ip4", "ip6") and parts[3] == "tcp":
         return "/".join(parts[:5])
     return None
+
+
+async def _count_trio_tasks() -> int:
+    count = 0
+    stack = [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 class _Notifee(INotifee):
@@ -174,7 +186,14 @@ class P2PNode:
 
     async def update_peer_address(self, peer_id: str, addr: str) -> None:
         """Dial ``peer_id`` at ``addr`` from now on (e.g. after it moved to another port)."""
-        await self._bridge.call(lambda: self._set_addr(peer_id, addr))
+        async def _update() -> None:
+            self._set_addr(peer_id, addr)
+
+        await self._bridge.call(_update)
+
+    async def trio_task_count(self) -> int:
+        """Number of live tasks on the trio thread (for leak checks and metrics)."""
+        return await self._bridge.call(_count_trio_tasks)
 
     def connected_peers(self) -> frozenset[str]:
         return self._connected
@@ -225,8 +244,12 @@ class P2PNode:
                 nursery.start_soon(self._keeper)
                 task_status.started()
                 await self._stopping.wait()
-                for client in list(self._clients.values()):
-                    await client.close()
+                # Close explicitly: cancelling host.run alone leaves the sockets open, and
+                # peers would keep a dead connection (and never redial) until TCP times out.
+                with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                    for client in list(self._clients.values()):
+                        await client.close()
+                    await host.close()
             nursery.cancel_scope.cancel()
 
     def _read_listen_addrs(self) -> tuple[str, ...]:
