@@ -1,15 +1,18 @@
 """Shard placement: rendezvous (highest-random-weight) hashing of a record over the membership.
 
-A pure function. Shard ``i`` of record ``r`` goes to the member with the highest weight
-``SHA-256(r || i || peer)`` among members not already holding an earlier shard of ``r``. So:
+A pure function. Every member gets the weight ``SHA-256(record id || peer id)``; the record's
+``n`` shards go to the ``n`` heaviest members, shard ``i`` to the ``i``-th heaviest. So:
 
 * the ``n`` shards land on ``n`` distinct members;
-* every member is equally likely for every shard (even spread);
-* when a member joins or leaves, only the shards whose winner changes move, which is about
-  the ideal ``1/N`` share (plus a small cascade when a displaced shard takes a member a later
-  shard had chosen). Property tests in ``tests/test_placement.py`` check all three.
+* every member is equally likely to be chosen (even spread);
+* the *set* of holders is the classic HRW top-n: when a member joins, a record's set changes
+  only if the newcomer outweighs its lightest holder, and then by exactly that one member; when
+  a member leaves, only the records it held change, by exactly that one member. A move
+  therefore copies the one displaced shard, keeping its index, to the one new holder; which
+  node holds which index is recorded with the record (the consensus index, a later issue) and
+  readers ask every holder, so positions need not be recomputed after a change.
 
-Members are given in any order; ties are impossible in practice and broken by peer id.
+Property tests in ``tests/test_placement.py`` check all of this.
 """
 
 from __future__ import annotations
@@ -22,22 +25,14 @@ from node.errors import InvalidRequest
 __all__ = ["place_shards"]
 
 
-def _weight(record_id: bytes, index: int, peer_id: str) -> bytes:
-    return hashlib.sha256(record_id + index.to_bytes(2, "big") + peer_id.encode()).digest()
+def _weight(record_id: bytes, peer_id: str) -> bytes:
+    return hashlib.sha256(record_id + peer_id.encode()).digest()
 
 
 def place_shards(record_id: bytes, members: Iterable[str], n: int) -> tuple[str, ...]:
-    """Return the member holding each shard index ``0..n-1`` of ``record_id``."""
+    """Return the member holding each shard index ``0..n-1`` of ``record_id`` at write time."""
     candidates = sorted(set(members))
-    if n > len(candidates):
+    if not 0 < n <= len(candidates):
         raise InvalidRequest(f"cannot place {n} shards on {len(candidates)} members")
-    chosen: list[str] = []
-    taken: set[str] = set()
-    for index in range(n):
-        best = max(
-            (peer for peer in candidates if peer not in taken),
-            key=lambda peer: (_weight(record_id, index, peer), peer),
-        )
-        chosen.append(best)
-        taken.add(best)
-    return tuple(chosen)
+    ranked = sorted(candidates, key=lambda peer: (_weight(record_id, peer), peer), reverse=True)
+    return tuple(ranked[:n])
