@@ -26,7 +26,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.config import ClusterMember, NodeLimits, NodeTimeouts
-from node.errors import NotFound, PeerUnavailable
+from node.errors import ConfigError, NotFound, PeerUnavailable
 from node.p2p.host import build_host
 from node.p2p.identity import generate_identity_seed, keypair_of_seed, peer_id_of_seed
 from node.p2p.messages import (
@@ -303,9 +303,7 @@ async def test_unknown_peer_is_refused(pair: Any) -> None:
         except Exception as exc:
             outcome["result"] = f"refused: {type(exc).__name__}"
 
-    await asyncio.to_thread(
-        run_raw_host, stranger.seed, try_stream, allowed=[members[1].peer_id]
-    )
+    await asyncio.to_thread(run_raw_host, stranger.seed, try_stream, allowed=[members[1].peer_id])
     assert outcome["result"].startswith("refused"), outcome
     assert handler_b.seen_from == []
     # Members are unaffected.
@@ -337,7 +335,7 @@ async def test_plaintext_only_dialer_gets_no_session(pair: Any) -> None:
 
 
 async def test_malformed_frame_resets_only_that_stream(pair: Any) -> None:
-    members, a, b, handler_b = pair
+    members, a, b, _handler_b = pair
     raw_member = members[0]  # speak as member a through a raw host (a second connection)
     outcome: dict[str, Any] = {}
 
@@ -440,3 +438,17 @@ async def test_update_peer_address(pair: Any) -> None:
         assert took < 3.0
     finally:
         await b2.stop()
+
+
+async def test_start_fails_loudly_when_the_port_is_taken() -> None:
+    members = make_members(2)
+    a = make_node(members[0], members)
+    await a.start()
+    try:
+        clash = make_node(members[0], members)
+        with pytest.raises(ConfigError):
+            await clash.start()
+        assert not clash.connected_peers()
+        await clash.stop()  # harmless after a failed start
+    finally:
+        await a.stop()

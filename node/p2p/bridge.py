@@ -22,6 +22,7 @@ at once with :class:`Overloaded` instead of queueing without limit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -52,10 +53,9 @@ class _Call(Generic[T]):
             if not self.future.done():
                 apply()
 
-        try:
+        # RuntimeError: the asyncio loop is closed, so nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(_on_loop)
-        except RuntimeError:
-            pass  # the asyncio loop is closed: nobody is waiting any more
 
     def succeed(self, value: T) -> None:
         self._deliver(lambda: self.future.set_result(value))
@@ -129,10 +129,8 @@ class TrioBridge:
             try:
                 return await call.future
             except asyncio.CancelledError:
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(call.scope.cancel)
-                except trio.RunFinishedError:
-                    pass
                 raise
         finally:
             self._inflight -= 1
@@ -143,10 +141,8 @@ class TrioBridge:
         if thread is None:
             return
         if token is not None and stop_event is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(stop_event.set)
-            except trio.RunFinishedError:
-                pass
         await asyncio.to_thread(thread.join, _JOIN_TIMEOUT_S)
         if thread.is_alive():
             _logger.error("trio thread did not stop within %.0f s", _JOIN_TIMEOUT_S)
@@ -163,7 +159,9 @@ class TrioBridge:
             raise InvariantViolation("bridge is not running")
         return self._nursery
 
-    def _thread_main(self, loop: asyncio.AbstractEventLoop, signal_ready: Callable[[], None]) -> None:
+    def _thread_main(
+        self, loop: asyncio.AbstractEventLoop, signal_ready: Callable[[], None]
+    ) -> None:
         try:
             trio.run(self._trio_main, loop, signal_ready)
         except BaseException as exc:  # recorded, logged; the asyncio side sees PeerUnavailable
@@ -171,10 +169,8 @@ class TrioBridge:
             _logger.exception("trio thread crashed")
         finally:
             self._token = None
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(signal_ready)
-            except RuntimeError:
-                pass
 
     async def _trio_main(
         self, loop: asyncio.AbstractEventLoop, signal_ready: Callable[[], None]

@@ -16,6 +16,7 @@ Runs on the trio thread only.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable, Iterable
 
 import multiaddr
@@ -32,9 +33,10 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from node.errors import ConfigError
 from node.p2p.patches import apply_patches
 
-__all__ = ["MembersOnlyNoise", "build_host", "quiet_libp2p_loggers"]
+__all__ = ["MembersOnlyNoise", "build_host", "ensure_listen_port_free", "quiet_libp2p_loggers"]
 
 # Cluster sizes are tiny; these bounds only stop runaway growth.
 _MAX_CONNECTIONS = 64
@@ -80,6 +82,29 @@ class MembersOnlyNoise(NoiseTransport):
 
     async def secure_outbound(self, conn: IRawConnection, peer_id: ID) -> ISecureConn:
         return await self._admit(await super().secure_outbound(conn, peer_id))
+
+
+def ensure_listen_port_free(listen_addr: str) -> None:
+    """Refuse to start when another process already listens on our port.
+
+    libp2p's TCP listener sets SO_REUSEPORT (for hole punching), so a second node started on a
+    taken port binds without error and the kernel then splits inbound connections between the
+    two processes. A probe bind *without* SO_REUSEPORT fails against any live listener; with
+    SO_REUSEADDR it still succeeds over TIME_WAIT leftovers of our own previous run.
+    """
+    parts = listen_addr.split("/")
+    if len(parts) != 5 or parts[3] != "tcp" or parts[1] not in ("ip4", "ip6"):
+        raise ConfigError(f"listen address must be /ip4|ip6/<ip>/tcp/<port>, got {listen_addr}")
+    port = int(parts[4])
+    if port == 0:
+        return
+    family = socket.AF_INET if parts[1] == "ip4" else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((parts[2], port))
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {listen_addr}: {exc.strerror}") from exc
 
 
 def build_host(

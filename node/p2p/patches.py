@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from importlib.metadata import version as _dist_version
-from typing import Any, cast
+from typing import Any
 
 import trio
 from libp2p.abc import IMuxedConn
@@ -72,7 +72,7 @@ async def _do_handle_inbound_connection(
 
     if isinstance(read_write_closer, IMuxedConn):
         try:
-            muxed = cast(IMuxedConn, read_write_closer)
+            muxed = read_write_closer
             await self.add_conn(muxed, direction="inbound")
             await _wait_closed_or_swarm_done(self, muxed)
         except Exception:

@@ -17,6 +17,7 @@ The handler's ``serve()`` and ``handle()`` run on the trio thread, in trio.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Protocol
@@ -26,13 +27,14 @@ import trio
 from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
 from libp2p.identity.identify.identify import ID as IDENTIFY_PROTOCOL
 from libp2p.identity.identify.pb.identify_pb2 import Identify as IdentifyMsg
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.utils.varint import read_length_prefixed_protobuf
 
 from node.config import ClusterMember, NodeLimits, NodeTimeouts
 from node.errors import ConfigError, PeerUnavailable
 from node.p2p.bridge import TrioBridge
-from node.p2p.host import build_host
+from node.p2p.host import build_host, ensure_listen_port_free
 from node.p2p.identity import keypair_of_seed, peer_id_of_seed
 from node.p2p.messages import Message
 from node.p2p.shard_protocol import SHARD_PROTOCOL, Counters, PeerClient, serve_stream
@@ -42,6 +44,7 @@ __all__ = ["P2PNode", "ShardRequestHandler"]
 _logger = logging.getLogger(__name__)
 _IDENTIFY_TIMEOUT_S = 2.0
 _CLOSE_TIMEOUT_S = 3.0
+_SOCKET_SEARCH_DEPTH = 8
 
 
 class ShardRequestHandler(Protocol):
@@ -63,6 +66,29 @@ def _tcp_only(addr: multiaddr.Multiaddr) -> str | None:
     if len(parts) >= 5 and parts[1] in ("ip4", "ip6") and parts[3] == "tcp":
         return "/".join(parts[:5])
     return None
+
+
+def _unblock(host: IHost, peer: ID) -> None:
+    """Lift the swarm's 60 s redial block of a peer (a Swarm method, not on the interface)."""
+    network = host.get_network()
+    if isinstance(network, Swarm):
+        network.unblock_peer(peer)
+
+
+def _force_close_socket(conn: INetConn) -> None:
+    """Close the TCP socket under a connection (Yamux -> Noise -> raw -> trio socket)."""
+    layer: object = conn.muxed_conn
+    for _ in range(_SOCKET_SEARCH_DEPTH):
+        if isinstance(layer, trio.socket.SocketType):
+            layer.close()
+            return
+        for attr in ("secured_conn", "conn", "stream", "socket"):
+            inner = getattr(layer, attr, None)
+            if inner is not None and inner is not layer:
+                layer = inner
+                break
+        else:
+            return
 
 
 async def _count_trio_tasks() -> int:
@@ -140,8 +166,10 @@ class P2PNode:
         self._clients: dict[str, PeerClient] = {}
         self._serve_limiters: dict[str, trio.Semaphore] = {}
         self._dialing: set[str] = set()
+        self._live_conns: set[INetConn] = set()
         self._wake_keeper: trio.Event | None = None
         self._stopping: trio.Event | None = None
+        self._finished: trio.Event | None = None
         self._nursery: trio.Nursery | None = None
 
     # -- asyncio API --------------------------------------------------------------------------
@@ -167,10 +195,8 @@ class P2PNode:
     async def stop(self) -> None:
         """Close every connection and stream, stop the trio thread and join it."""
         if self._bridge.running:
-            try:
+            with contextlib.suppress(PeerUnavailable):
                 await self._bridge.call(self._trio_stop)
-            except PeerUnavailable:
-                pass
         await self._bridge.stop()
 
     async def request(
@@ -186,6 +212,7 @@ class P2PNode:
 
     async def update_peer_address(self, peer_id: str, addr: str) -> None:
         """Dial ``peer_id`` at ``addr`` from now on (e.g. after it moved to another port)."""
+
         async def _update() -> None:
             self._set_addr(peer_id, addr)
 
@@ -225,32 +252,72 @@ class P2PNode:
     # -- trio side: lifecycle -----------------------------------------------------------------
 
     async def _trio_start(self) -> None:
-        await self._bridge.nursery.start(self._trio_run)
+        """Start the node's long-lived task in the root nursery; fail if it cannot listen."""
+        ready = trio.Event()
+        failures: list[Exception] = []
 
-    async def _trio_run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def _run() -> None:
+            try:
+                await self._trio_run(ready)
+            except Exception as exc:
+                if ready.is_set():
+                    # After start nobody awaits this task: log it rather than take the whole
+                    # trio thread (and every other call in flight) down with it.
+                    _logger.exception("p2p node stopped on an error")
+                else:
+                    failures.append(exc)
+                    ready.set()
+
+        self._bridge.nursery.start_soon(_run)
+        await ready.wait()
+        if failures:
+            raise failures[0]
+
+    async def _trio_run(self, ready: trio.Event) -> None:
+        ensure_listen_port_free(self._listen_addr)
         host = build_host(
             keypair_of_seed(self._seed), self._listen_addr, self._members, self._on_refused
         )
         self._host = host
         self._stopping = trio.Event()
+        self._finished = trio.Event()
         self._wake_keeper = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._handler.serve)
-            async with host.run(listen_addrs=[multiaddr.Multiaddr(self._listen_addr)]):
-                host.set_stream_handler(SHARD_PROTOCOL, self._on_inbound_stream)
-                host.get_network().register_notifee(_Notifee(self))
-                self._listen_addrs = self._read_listen_addrs()
-                nursery.start_soon(self._keeper)
-                task_status.started()
-                await self._stopping.wait()
-                # Close explicitly: cancelling host.run alone leaves the sockets open, and
-                # peers would keep a dead connection (and never redial) until TCP times out.
-                with trio.move_on_after(_CLOSE_TIMEOUT_S):
-                    for client in list(self._clients.values()):
-                        await client.close()
-                    await host.close()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._handler.serve)
+                async with host.run(listen_addrs=[multiaddr.Multiaddr(self._listen_addr)]):
+                    try:
+                        host.set_stream_handler(SHARD_PROTOCOL, self._on_inbound_stream)
+                        host.get_network().register_notifee(_Notifee(self))
+                        self._listen_addrs = self._read_listen_addrs()
+                        if not self._listen_addrs:  # libp2p reports this only in its logs
+                            raise ConfigError(f"cannot listen on {self._listen_addr}")
+                        nursery.start_soon(self._keeper)
+                        ready.set()
+                        await self._stopping.wait()
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await self._close_host(host)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._finished.set()
+
+    async def _close_host(self, host: IHost) -> None:
+        """Close every stream and connection, then the sockets themselves."""
+        for conns in host.get_network().get_connections_map().values():
+            self._live_conns.update(conns)
+        # Close explicitly: cancelling host.run alone leaves the sockets open, and peers would
+        # keep a dead connection (and never redial) until TCP times out.
+        with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            for client in list(self._clients.values()):
+                await client.close()
+            await host.close()
+        # Belt and braces: close every socket we ever saw connected, hard, in case close()
+        # gave up on one; a socket left open is a dead connection that the peer keeps.
+        for conn in list(self._live_conns):
+            _force_close_socket(conn)
+        self._live_conns.clear()
 
     def _read_listen_addrs(self) -> tuple[str, ...]:
         assert self._host is not None
@@ -258,8 +325,10 @@ class P2PNode:
         return tuple(a for a in found if a)
 
     async def _trio_stop(self) -> None:
-        if self._stopping is not None:
+        """Ask the node task to shut down and wait until it has closed everything."""
+        if self._stopping is not None and self._finished is not None:
             self._stopping.set()
+            await self._finished.wait()
 
     # -- trio side: requests ------------------------------------------------------------------
 
@@ -333,17 +402,19 @@ class P2PNode:
         )
 
     def _on_connected(self, conn: INetConn) -> None:
+        self._live_conns.add(conn)
         self._publish_connected()
         peer = str(conn.muxed_conn.peer_id)
         if self._nursery is not None and peer in self._addrs:
             self._nursery.start_soon(self._learn_address, peer)
 
     def _on_disconnected(self, conn: INetConn) -> None:
+        self._live_conns.discard(conn)
         self._publish_connected()
         peer = conn.muxed_conn.peer_id
         if self._host is not None:
             # A dead peer is blocked from redial for 60 s by default; we want it back at once.
-            self._host.get_network().unblock_peer(peer)
+            _unblock(self._host, peer)
         if self._wake_keeper is not None:
             self._wake_keeper.set()
 
@@ -356,7 +427,7 @@ class P2PNode:
             # Drop the old address first: left in the peerstore it keeps dials failing.
             self._host.get_peerstore().clear_addrs(peer)
             self._host.get_peerstore().add_addrs(peer, [multiaddr.Multiaddr(addr)], 0)
-            self._host.get_network().unblock_peer(peer)
+            _unblock(self._host, peer)
 
     async def _learn_address(self, peer_id: str) -> None:
         """Ask a newly connected member (identify) where it listens; adopt a new address."""
@@ -403,7 +474,7 @@ class P2PNode:
         peerstore = self._host.get_peerstore()
         peerstore.clear_addrs(peer)
         peerstore.add_addrs(peer, [multiaddr.Multiaddr(self._addrs[peer_id])], 0)
-        network.unblock_peer(peer)
+        _unblock(self._host, peer)
         with trio.move_on_after(self._timeouts.p2p_dial_s):
             try:
                 await network.dial_peer(peer)

@@ -19,6 +19,7 @@ A malformed or oversized frame (:class:`PeerProtocolError`) resets that stream o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -167,11 +168,8 @@ class _ClientStream:
         for pending in self._pending.values():
             pending.error = PeerUnavailable(f"peer {self._peer}: {reason}")
             pending.done.set()
-        with trio.CancelScope(shield=True):
-            try:
-                await self._stream.reset()
-            except Exception:
-                pass
+        with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._stream.reset()
 
     async def request(self, message: Message, frame_bytes_max: int) -> Message:
         request_id = self._next_id
@@ -341,18 +339,13 @@ async def serve_stream(
             _logger.debug("peer %s: inbound stream failed: %r", peer, exc)
             nursery.cancel_scope.cancel()
             await _reset(stream)
-    try:
+    with contextlib.suppress(Exception):
         await stream.close()
-    except Exception:
-        pass
 
 
 async def _reset(stream: INetStream) -> None:
-    with trio.CancelScope(shield=True):
-        try:
-            await stream.reset()
-        except Exception:
-            pass
+    with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await stream.reset()
 
 
 async def _serve_one(
