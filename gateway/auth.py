@@ -2,8 +2,10 @@
 
 A partner sends ``X-Baas-Key`` (its API key), ``X-Baas-Timestamp`` (Unix seconds) and
 ``X-Baas-Signature``: lowercase hex of ``HMAC-SHA256(secret, canonical)``, where ``canonical`` is
-the newline-joined ``METHOD``, path with query, timestamp, ``Idempotency-Key`` header (or empty)
-and the hex SHA-256 of the body. :func:`sign_request` computes it (clients and tests use it).
+the newline-joined ``METHOD``, path with query, timestamp, ``X-Baas-Nonce`` header (optional,
+or empty), ``Idempotency-Key`` header (or empty) and the hex SHA-256 of the body.
+:func:`sign_request` computes it (clients and tests use it). A client that retries within the
+same second sends a fresh nonce, so its retry is a new request, not a replay.
 
 Refused with 401 and a stable code: missing headers (``unauthenticated``), unknown or expired
 key, bad signature (``bad_signature``), a timestamp outside the window (``stale_request``) and a
@@ -27,22 +29,35 @@ __all__ = ["ReplayCache", "authenticate", "canonical_request", "sign_request"]
 HEADER_KEY = "X-Baas-Key"
 HEADER_TIMESTAMP = "X-Baas-Timestamp"
 HEADER_SIGNATURE = "X-Baas-Signature"
+HEADER_NONCE = "X-Baas-Nonce"
+NONCE_CHARS_MAX = 64
 
 
 def canonical_request(
-    method: str, path_qs: str, timestamp: str, idempotency_key: str, body: bytes
+    method: str, path_qs: str, timestamp: str, nonce: str, idempotency_key: str, body: bytes
 ) -> bytes:
-    return "\n".join(
-        (method.upper(), path_qs, timestamp, idempotency_key, hashlib.sha256(body).hexdigest())
-    ).encode()
+    parts = (
+        method.upper(),
+        path_qs,
+        timestamp,
+        nonce,
+        idempotency_key,
+        hashlib.sha256(body).hexdigest(),
+    )
+    return "\n".join(parts).encode()
 
 
 def sign_request(
-    secret: bytes, method: str, path_qs: str, timestamp: str, idempotency_key: str, body: bytes
+    secret: bytes,
+    method: str,
+    path_qs: str,
+    timestamp: str,
+    idempotency_key: str,
+    body: bytes,
+    nonce: str = "",
 ) -> str:
-    return hmac.new(
-        secret, canonical_request(method, path_qs, timestamp, idempotency_key, body), hashlib.sha256
-    ).hexdigest()
+    canonical = canonical_request(method, path_qs, timestamp, nonce, idempotency_key, body)
+    return hmac.new(secret, canonical, hashlib.sha256).hexdigest()
 
 
 class ReplayCache:
@@ -83,6 +98,9 @@ def authenticate(
         raise AuthenticationFailed(
             f"{HEADER_KEY}, {HEADER_TIMESTAMP} and {HEADER_SIGNATURE} are required"
         )
+    nonce = request.headers.get(HEADER_NONCE, "")
+    if len(nonce) > NONCE_CHARS_MAX or not nonce.isprintable():
+        raise AuthenticationFailed(f"{HEADER_NONCE} must be at most 64 printable characters")
     if not timestamp.isdigit() or len(timestamp) > 12:
         raise AuthenticationFailed("timestamp must be Unix seconds", code="stale_request")
     timestamp_s = int(timestamp)
@@ -98,6 +116,7 @@ def authenticate(
         timestamp,
         request.headers.get("Idempotency-Key", ""),
         request.body,
+        nonce,
     )
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthenticationFailed("signature does not match", code="bad_signature")

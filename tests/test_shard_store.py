@@ -124,3 +124,22 @@ def test_group_commit_queue_is_bounded(tmp_path: Path) -> None:
 
     trio.run(main)
     store.close()
+
+
+def test_hint_store_lists_peers_and_replays(tmp_path: Path) -> None:
+    from node.storage.hints import HintStore
+
+    hints = HintStore(tmp_path / "hints", hints_max=3)
+    rid = os.urandom(32)
+    hints.add("peer-b", [_shard(rid, 1)])
+    hints.add("peer-a", [_shard(rid, 0), _shard(rid, 2)])
+    assert hints.peers() == ["peer-a", "peer-b"] and hints.count == 3
+    with pytest.raises(Overloaded):
+        hints.add("peer-c", [_shard(rid, 3)])
+    pending = hints.pending("peer-a", 10)
+    assert sorted(s.meta.index for s in pending) == [0, 2]
+    hints.remove("peer-a", pending)
+    hints.close()
+    reopened = HintStore(tmp_path / "hints", hints_max=3)
+    assert reopened.peers() == ["peer-b"] and reopened.count == 1
+    reopened.close()

@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any
 
 import aiohttp
 
-from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
+from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
 
 __all__ = ["PartnerClient", "Response"]
 
@@ -55,11 +56,13 @@ class PartnerClient:
         timestamp: int | None = None,
     ) -> dict[str, str]:
         ts = str(timestamp if timestamp is not None else int(time.time()))
+        nonce = secrets.token_hex(12)
         headers = {
             HEADER_KEY: self.api_key,
             HEADER_TIMESTAMP: ts,
+            HEADER_NONCE: nonce,
             HEADER_SIGNATURE: sign_request(
-                self.secret, method, path, ts, idempotency_key or "", body
+                self.secret, method, path, ts, idempotency_key or "", body, nonce
             ),
             "Content-Type": "application/json",
         }

@@ -20,6 +20,7 @@ from node.storage.shard_store import decode_shard_value, encode_shard_value, sha
 __all__ = ["HintStore"]
 
 PREFIX_HINT = b"h"
+PREFIX_HINT_END = b"i"
 
 
 def _peer_prefix(peer_id: str) -> bytes:
@@ -62,7 +63,8 @@ class HintStore:
         found: list[str] = []
         seek = PREFIX_HINT
         while True:
-            it = self._db.iterator(start=seek, prefix=PREFIX_HINT, include_value=False)
+            # plyvel refuses start= together with prefix=, so bound the range by hand
+            it = self._db.iterator(start=seek, stop=PREFIX_HINT_END, include_value=False)
             key = next(it, None)
             it.close()
             if key is None:
