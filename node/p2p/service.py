@@ -166,6 +166,7 @@ class P2PNode:
         self._clients: dict[str, PeerClient] = {}
         self._serve_limiters: dict[str, trio.Semaphore] = {}
         self._dialing: set[str] = set()
+        self._dial_failed_at: dict[str, float] = {}  # trio clock of a member's last failed dial
         self._live_conns: set[INetConn] = set()
         self._wake_keeper: trio.Event | None = None
         self._stopping: trio.Event | None = None
@@ -402,6 +403,7 @@ class P2PNode:
         )
 
     def _on_connected(self, conn: INetConn) -> None:
+        self._dial_failed_at.pop(str(conn.muxed_conn.peer_id), None)
         self._live_conns.add(conn)
         self._publish_connected()
         peer = str(conn.muxed_conn.peer_id)
@@ -460,8 +462,15 @@ class P2PNode:
     async def _ensure_connected(self, peer_id: str) -> None:
         if peer_id in self._connected:
             return
+        if peer_id in self._dial_failed_at:
+            # Circuit open: a dial failed, so fail fast instead of queueing every request behind
+            # another dial. The keeper redials every p2p_reconnect_interval_s in the background
+            # and closes the circuit when the peer is back (or the peer dials us).
+            raise PeerUnavailable(f"peer {peer_id} is unreachable (last dial failed)")
         if not await self._dial(peer_id):
+            self._dial_failed_at[peer_id] = trio.current_time()
             raise PeerUnavailable(f"cannot connect to peer {peer_id}")
+        self._dial_failed_at.pop(peer_id, None)
 
     async def _dial(self, peer_id: str) -> bool:
         """One dial attempt within ``p2p_dial_s``; True once connected."""
@@ -488,7 +497,10 @@ class P2PNode:
             return
         self._dialing.add(peer_id)
         try:
-            await self._dial(peer_id)
+            if await self._dial(peer_id):
+                self._dial_failed_at.pop(peer_id, None)
+            else:
+                self._dial_failed_at[peer_id] = trio.current_time()
         finally:
             self._dialing.discard(peer_id)
 
