@@ -1,0 +1,81 @@
+"""Config validation, cluster init, and the purity of the sans-IO cores."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from node.config import load_node_config
+from node.errors import ConfigError
+from node.p2p.identity import load_identity_seed, peer_id_of_seed
+from tools.cluster_init import init_cluster, load_layout
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE_MODULES = [
+    "node/storage/placement.py",
+    "node/storage/erasure.py",
+    "node/storage/entry.py",
+    "node/records.py",
+    "node/p2p/messages.py",
+]
+FORBIDDEN = {"asyncio", "trio", "aiohttp", "libp2p", "web3", "time", "random", "plyvel"}
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_cores_import_no_io_clock_or_global_random(module: str) -> None:
+    tree = ast.parse((ROOT / module).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & FORBIDDEN, imported & FORBIDDEN
+
+
+def test_only_the_bridge_imports_both_asyncio_and_trio() -> None:
+    both = []
+    for path in sorted((ROOT / "node").rglob("*.py")) + sorted((ROOT / "gateway").rglob("*.py")):
+        text = path.read_text()
+        if "import asyncio" in text and ("import trio" in text or "from trio" in text):
+            both.append(path.relative_to(ROOT).as_posix())
+    assert both == ["node/p2p/bridge.py"]
+
+
+def test_init_writes_valid_configs_and_stable_identities(tmp_path: Path) -> None:
+    layout = init_cluster(tmp_path / "c", nodes=5, k=3, n=5)
+    for node in layout.nodes:
+        config = load_node_config(Path(node.config_path))
+        assert config.me.peer_id == node.peer_id
+        assert peer_id_of_seed(load_identity_seed(config.node.identity_file)) == node.peer_id
+        assert (config.cluster.k, config.cluster.n, config.cluster.write_quorum) == (3, 5, 4)
+        assert oct(config.node.identity_file.stat().st_mode)[-3:] == "600"
+    assert load_layout(tmp_path / "c").nodes == layout.nodes
+    with pytest.raises(ConfigError, match="refusing"):
+        init_cluster(tmp_path / "c")
+
+
+def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="exceeds"):
+        init_cluster(tmp_path / "c", nodes=4, k=3, n=5)
+    assert not (tmp_path / "c" / "cluster.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("k = 3", "k = 6", "k <= n"),
+        ("write_quorum = 4", "write_quorum = 2", "write_quorum"),
+        ("[limits]", "[limits]\nshard_bytes_unbounded = 1", "unknown keys"),
+        ("[limits]", "[limits]\nhints_max = -1", "hints_max"),
+        ('p2p_listen = "/ip4/', 'p2p_listen = "/ip9/', "p2p_listen"),
+    ],
+)
+def test_invalid_node_config_names_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
+    layout = init_cluster(tmp_path / "c")
+    path = Path(layout.nodes[0].config_path)
+    path.write_text(path.read_text().replace(old, new, 1))
+    with pytest.raises(ConfigError, match=message):
+        load_node_config(path)
