@@ -48,7 +48,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     )
     if p2p.peer_id != config.me.peer_id:
         raise BaasError(
-            f"identity file gives peer id {p2p.peer_id}, the cluster config says {config.me.peer_id}"
+            f"identity file gives peer id {p2p.peer_id}, "
+            f"the cluster config says {config.me.peer_id}"
         )
     coordinator = Coordinator(
         cluster=config.cluster,

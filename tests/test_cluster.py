@@ -45,7 +45,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def _client(layout: ClusterLayout, partner: str = "shop-a") -> PartnerClient:
     credentials = layout.partners[partner]
-    return PartnerClient(layout.gateway_url, credentials["api_key"], bytes.fromhex(credentials["secret_hex"]))
+    return PartnerClient(
+        layout.gateway_url, credentials["api_key"], bytes.fromhex(credentials["secret_hex"])
+    )
 
 
 @pytest.fixture
@@ -87,7 +89,9 @@ async def test_write_read_and_idempotent_retry(shop_a: PartnerClient) -> None:
     assert generated.status == 201 and len(generated.body["idempotency_key"]) == 36
 
 
-async def test_authentication_failures_are_401(cluster: LocalCluster, shop_a: PartnerClient) -> None:
+async def test_authentication_failures_are_401(
+    cluster: LocalCluster, shop_a: PartnerClient
+) -> None:
     body = json.dumps({"record": _record(0)}).encode()
     unsigned = await shop_a.send("POST", "/v1/records", body, {"Content-Type": "application/json"})
     assert unsigned.status == 401 and unsigned.body["code"] == "unauthenticated"
@@ -117,9 +121,13 @@ async def test_authentication_failures_are_401(cluster: LocalCluster, shop_a: Pa
 async def test_bad_input_gets_a_problem_never_a_500(
     shop_a: PartnerClient, payload: bytes, status: int, code: str
 ) -> None:
-    response = await shop_a.send("POST", "/v1/records", payload, shop_a.signed_headers("POST", "/v1/records", payload))
+    response = await shop_a.send(
+        "POST", "/v1/records", payload, shop_a.signed_headers("POST", "/v1/records", payload)
+    )
     assert response.status == status, response
-    assert response.body["code"] == code and response.headers["Content-Type"].startswith("application/problem+json")
+    assert response.body["code"] == code and response.headers["Content-Type"].startswith(
+        "application/problem+json"
+    )
 
 
 async def test_bad_record_ids_and_batches(shop_a: PartnerClient) -> None:
@@ -134,7 +142,9 @@ async def test_bad_record_ids_and_batches(shop_a: PartnerClient) -> None:
     assert duplicate.status == 400 and duplicate.body["code"] == "duplicate_in_batch"
 
 
-async def test_one_partner_cannot_read_anothers_records(cluster: LocalCluster, shop_a: PartnerClient) -> None:
+async def test_one_partner_cannot_read_anothers_records(
+    cluster: LocalCluster, shop_a: PartnerClient
+) -> None:
     created = await shop_a.put_record(_record(-4))
     async with _client(cluster.layout, "shop-b") as shop_b:
         other = await shop_b.get_record(created.body["record_id"])
@@ -156,13 +166,17 @@ def test_node_api_requires_its_token(cluster: LocalCluster) -> None:
 # ------------------------------------------------------------------ crashes
 
 
-async def test_thousand_records_survive_two_crashed_nodes(cluster: LocalCluster, shop_a: PartnerClient) -> None:
+async def test_thousand_records_survive_two_crashed_nodes(
+    cluster: LocalCluster, shop_a: PartnerClient
+) -> None:
     singles = await asyncio.gather(*(shop_a.put_record(_record(i)) for i in range(100)))
     for i, response in enumerate(singles):
         assert response.status == 201, response
         RECORDS[response.body["record_id"]] = _record(i)
     for start in range(100, 1000, 100):
-        batch = await shop_a.put_records([{"record": _record(i)} for i in range(start, start + 100)])
+        batch = await shop_a.put_records(
+            [{"record": _record(i)} for i in range(start, start + 100)]
+        )
         assert batch.status == 200, batch
         for i, result in zip(range(start, start + 100), batch.body["results"], strict=True):
             assert result["status"] == 201, result
@@ -190,7 +204,9 @@ async def _read_all_back(client: PartnerClient) -> None:
         async with semaphore:
             response = await client.get_record(record_id)
         assert response.status == 200, response
-        assert json.dumps(response.body["record"], sort_keys=True) == json.dumps(RECORDS[record_id], sort_keys=True)
+        assert json.dumps(response.body["record"], sort_keys=True) == json.dumps(
+            RECORDS[record_id], sort_keys=True
+        )
 
     await asyncio.gather(*(read(rid) for rid in RECORDS))
 
@@ -230,7 +246,9 @@ async def test_shards_missed_by_a_down_node_are_handed_off_later(
     local: dict[str, Any] = {"shards": []}
     while time.monotonic() < deadline and not local["shards"]:
         await asyncio.sleep(0.5)
-        local = _node_get(cluster, "node-5", f"/internal/v1/records/{created.body['record_id']}/local")
+        local = _node_get(
+            cluster, "node-5", f"/internal/v1/records/{created.body['record_id']}/local"
+        )
     assert [s["content_hash"] for s in local["shards"]] == [created.body["content_hash"]]
 
 

@@ -73,7 +73,9 @@ def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
         ('p2p_listen = "/ip4/', 'p2p_listen = "/ip9/', "p2p_listen"),
     ],
 )
-def test_invalid_node_config_names_the_field(tmp_path: Path, old: str, new: str, message: str) -> None:
+def test_invalid_node_config_names_the_field(
+    tmp_path: Path, old: str, new: str, message: str
+) -> None:
     layout = init_cluster(tmp_path / "c")
     path = Path(layout.nodes[0].config_path)
     path.write_text(path.read_text().replace(old, new, 1))

@@ -40,7 +40,9 @@ def test_blob_is_bound_to_its_record_id() -> None:
 
 @pytest.mark.parametrize("position", [-1, -20, 40])
 def test_any_flipped_byte_fails(position: int) -> None:
-    blob = bytearray(seal_blob(b"hello world", record_id=RID, partner_id="p1", key_id="k1", partner_key=KEY))
+    blob = bytearray(
+        seal_blob(b"hello world", record_id=RID, partner_id="p1", key_id="k1", partner_key=KEY)
+    )
     blob[position] ^= 0x01
     with pytest.raises((CorruptEntry, UnsupportedFormat, AssertionError)):
         open_blob(bytes(blob), record_id=RID, key_for=_keys)

@@ -53,7 +53,9 @@ def test_master_key_file_must_be_private(tmp_path: Path, monkeypatch: pytest.Mon
         load_master_key(path)
 
 
-def _signed(secret: bytes, ts: int, body: bytes = b'{"record":{"a":1}}', key: str = "pk_shop") -> SignedRequest:
+def _signed(
+    secret: bytes, ts: int, body: bytes = b'{"record":{"a":1}}', key: str = "pk_shop"
+) -> SignedRequest:
     signature = sign_request(secret, "POST", "/v1/records", str(ts), "", body)
     return SignedRequest(
         "POST",
@@ -80,7 +82,9 @@ def test_signature_checks() -> None:
             authenticate(request, keyring, replay, now, 300)
         assert caught.value.code == code
     tampered = _signed(secret, now + 3)
-    tampered = SignedRequest(tampered.method, tampered.path_qs, tampered.headers, b'{"record":{"a":2}}')
+    tampered = SignedRequest(
+        tampered.method, tampered.path_qs, tampered.headers, b'{"record":{"a":2}}'
+    )
     with pytest.raises(AuthenticationFailed):
         authenticate(tampered, keyring, replay, now, 300)
 

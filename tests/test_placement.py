@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from node.storage.placement import place_shards
 
-peer_ids = st.lists(st.text(alphabet="0123456789abcdef", min_size=8, max_size=12), min_size=5, max_size=12, unique=True)
+peer_ids = st.lists(
+    st.text(alphabet="0123456789abcdef", min_size=8, max_size=12),
+    min_size=5,
+    max_size=12,
+    unique=True,
+)
 record_ids = st.binary(min_size=32, max_size=32)
 
 
@@ -28,7 +33,9 @@ def test_shards_land_on_distinct_members(record_id: bytes, members: list[str], n
 
 @given(record_ids, peer_ids)
 def test_placement_ignores_member_order(record_id: bytes, members: list[str]) -> None:
-    assert place_shards(record_id, members, 5) == place_shards(record_id, list(reversed(members)), 5)
+    assert place_shards(record_id, members, 5) == place_shards(
+        record_id, list(reversed(members)), 5
+    )
 
 
 def test_spread_is_even_over_members() -> None:
@@ -60,7 +67,9 @@ def test_join_changes_a_holder_set_by_at_most_the_newcomer(node_count: int) -> N
 
 @settings(max_examples=10, deadline=None)
 @given(st.integers(min_value=6, max_value=10), st.integers(min_value=0, max_value=5))
-def test_leave_changes_only_the_sets_that_held_the_leaver(node_count: int, leaver_index: int) -> None:
+def test_leave_changes_only_the_sets_that_held_the_leaver(
+    node_count: int, leaver_index: int
+) -> None:
     members = [f"peer-{i}" for i in range(node_count)]
     leaver = members[leaver_index]
     remaining = [m for m in members if m != leaver]

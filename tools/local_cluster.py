@@ -70,7 +70,8 @@ class LocalCluster:
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise OperationFailed(
-                    f"{name} exited with {process.returncode}; see {self._log_dir / (name + '.log')}"
+                    f"{name} exited with {process.returncode}; "
+                    f"see {self._log_dir / (name + '.log')}"
                 )
             if _is_ready(url):
                 return

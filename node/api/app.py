@@ -3,7 +3,8 @@
 Routes (bodies are msgpack, ``application/msgpack``, because they carry binary blobs):
 
 * ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"}, ...]}`` ->
-  ``{"results": [{"ok": true, "ch", "ts", "durable", "replayed"} | {"ok": false, "code", "status", "detail"}]}``
+  ``{"results": [{"ok": true, "ch", "ts", "durable", "replayed"}
+  | {"ok": false, "code", "status", "detail"}, ...]}``
 * ``GET /internal/v1/records/{record id hex}`` -> ``{"meta": shard meta, "blob": bytes}``
 * ``GET /internal/v1/records/{record id hex}/local`` -> JSON: this node's own shards of it
 * ``GET /internal/v1/status`` -> JSON: peer id, peers, shard and hint counts
