@@ -286,3 +286,29 @@ async def test_corrupted_shard_on_disk_is_detected_and_read_still_succeeds(
     assert response.status == 200 and response.body["record"] == RECORDS[record_id]
     assert _node_get(cluster, victim, "/internal/v1/status")["corrupt_entries_seen"] >= len(keys)
     os.sync()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "code"),
+    [
+        ("application/json", b"{}", "unsupported_media_type"),
+        ("application/msgpack", b"\xc1\xc1", "invalid_request"),
+        ("application/msgpack", b"\x81\xa7records\x90", "invalid_request"),
+        ("application/msgpack", b"\x81\xa7records\x91\x81\xa3rid\xa1x", "invalid_request"),
+    ],
+)
+def test_node_api_bad_input_is_a_problem(
+    cluster: LocalCluster, content_type: str, body: bytes, code: str
+) -> None:
+    token = (Path(cluster.layout.directory) / "secrets" / "node-api.token").read_text().strip()
+    node = cluster.layout.nodes[4]
+    request = urllib.request.Request(
+        f"http://{node.http_addr}/internal/v1/records",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=5)
+    assert caught.value.code == 400
+    assert json.loads(caught.value.read())["code"] == code
