@@ -45,7 +45,7 @@ from node.errors import (
 from node.p2p.messages import (
     ErrorReply,
     GetShards,
-    HasShards,
+    HasRecords,
     Message,
     MetasReply,
     PutShards,
@@ -190,19 +190,13 @@ class Coordinator:
         if len({r.record_id for r in requests}) != len(requests):
             raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
         outcome: list[WriteResult | BaasError | None] = [None] * len(requests)
-        existing = await asyncio.gather(
-            *(self._find_existing(r) for r in requests), return_exceptions=True
-        )
+        existing = await self._find_existing(requests)
         to_write: list[tuple[int, WriteRequest]] = []
         for position, (request, found) in enumerate(zip(requests, existing, strict=True)):
-            if isinstance(found, BaasError):
-                outcome[position] = found
-            elif isinstance(found, BaseException):
-                raise found
-            elif found is not None:
-                outcome[position] = found
-            else:
+            if found is None:
                 to_write.append((position, request))
+            else:
+                outcome[position] = found
         if to_write:
             written = await self._store_new([r for _, r in to_write])
             for (position, _), result in zip(to_write, written, strict=True):
@@ -215,12 +209,31 @@ class Coordinator:
             raise result
         return result
 
-    async def _find_existing(self, request: WriteRequest) -> WriteResult | None:
-        placement = self.placement(request.record_id)
+    async def _find_existing(
+        self, requests: Sequence[WriteRequest]
+    ) -> list[WriteResult | BaasError | None]:
+        """For each request: an earlier completed write to return, a conflict, or None.
+
+        One ``HasRecords`` probe per placement node covers every record of the batch.
+        """
+        per_peer: dict[str, list[bytes]] = defaultdict(list)
+        for request in requests:
+            for peer in self.placement(request.record_id):
+                per_peer[peer].append(request.record_id)
         replies, _ = await self._gather(
-            {peer: self._ask(peer, HasShards(request.record_id)) for peer in placement}
+            {peer: self._ask(peer, HasRecords(tuple(rids))) for peer, rids in per_peer.items()}
         )
-        metas = [m for r in replies.values() if isinstance(r, MetasReply) for m in r.metas]
+        metas_by_record: dict[bytes, list[ShardMeta]] = defaultdict(list)
+        for reply in replies.values():
+            if isinstance(reply, MetasReply):
+                for meta in reply.metas:
+                    metas_by_record[meta.record_id].append(meta)
+        return [self._earlier_write(r, metas_by_record[r.record_id]) for r in requests]
+
+    @staticmethod
+    def _earlier_write(
+        request: WriteRequest, metas: Sequence[ShardMeta]
+    ) -> WriteResult | BaasError | None:
         versions = _decodable_versions(metas)
         first = _first_version(versions)
         if first is None:
@@ -229,7 +242,9 @@ class Coordinator:
             first.body_fingerprint != request.body_fingerprint
             or first.partner_id != request.partner_id
         ):
-            raise IdempotencyConflict("this Idempotency-Key was already used with a different body")
+            return IdempotencyConflict(
+                "this Idempotency-Key was already used with a different body"
+            )
         return WriteResult(
             record_id=request.record_id,
             content_hash=first.content_hash,

@@ -142,6 +142,20 @@ async def test_bad_record_ids_and_batches(shop_a: PartnerClient) -> None:
     assert duplicate.status == 400 and duplicate.body["code"] == "duplicate_in_batch"
 
 
+async def test_batch_retry_replays_and_flags_conflicts(shop_a: PartnerClient) -> None:
+    keys = [f"batch-{uuid.uuid4()}" for _ in range(5)]
+    items = [{"idempotency_key": k, "record": _record(7000 + i)} for i, k in enumerate(keys)]
+    first = await shop_a.put_records(items)
+    assert [r["status"] for r in first.body["results"]] == [201] * 5
+    items[4] = {"idempotency_key": keys[4], "record": _record(9999)}  # same key, other body
+    again = await shop_a.put_records(items)
+    assert [r["status"] for r in again.body["results"]] == [200, 200, 200, 200, 409]
+    assert all(r["replayed"] for r in again.body["results"][:4])
+    assert again.body["results"][4]["code"] == "idempotency_key_reused"
+    hashes = [r["content_hash"] for r in first.body["results"][:4]]
+    assert [r["content_hash"] for r in again.body["results"][:4]] == hashes
+
+
 async def test_one_partner_cannot_read_anothers_records(
     cluster: LocalCluster, shop_a: PartnerClient
 ) -> None:

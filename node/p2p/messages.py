@@ -12,6 +12,7 @@ request            reply                   meaning
 ``PutShards``      ``PutShardsReply``      store shards durably (one fsynced batch)
 ``GetShards``      ``ShardsReply``         shards of a record (all, or the given indexes)
 ``HasShards``      ``MetasReply``          metas only, of every shard held for a record
+``HasRecords``     ``MetasReply``          the same for many records at once (batch writes)
 any                ``ErrorReply``          the request failed; ``code`` is stable
 =================  ======================  =============================================
 """
@@ -31,6 +32,7 @@ __all__ = [
     "PROTOCOL_ID",
     "ErrorReply",
     "GetShards",
+    "HasRecords",
     "HasShards",
     "Message",
     "MetasReply",
@@ -73,6 +75,11 @@ class HasShards:
 
 
 @dataclass(frozen=True, slots=True)
+class HasRecords:
+    record_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MetasReply:
     metas: tuple[ShardMeta, ...]
 
@@ -83,7 +90,16 @@ class ErrorReply:
     detail: str
 
 
-Message = PutShards | PutShardsReply | GetShards | ShardsReply | HasShards | MetasReply | ErrorReply
+Message = (
+    PutShards
+    | PutShardsReply
+    | GetShards
+    | ShardsReply
+    | HasShards
+    | HasRecords
+    | MetasReply
+    | ErrorReply
+)
 
 
 def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
@@ -98,6 +114,8 @@ def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
             return "shards", {"s": [s.to_wire() for s in shards], "bad": corrupt}
         case HasShards(record_id):
             return "has", {"rid": record_id}
+        case HasRecords(record_ids):
+            return "has_many", {"rids": list(record_ids)}
         case MetasReply(metas):
             return "metas", {"m": [m.to_wire() for m in metas]}
         case ErrorReply(code, detail):
@@ -122,6 +140,8 @@ def _message_of(op: str, body: dict[str, Any]) -> Message:
         return ShardsReply(tuple(Shard.from_wire(s) for s in body["s"]), int(body["bad"]))
     if op == "has":
         return HasShards(_record_id(body["rid"]))
+    if op == "has_many":
+        return HasRecords(tuple(_record_id(rid) for rid in body["rids"]))
     if op == "metas":
         return MetasReply(tuple(ShardMeta.from_wire(m) for m in body["m"]))
     if op == "error":

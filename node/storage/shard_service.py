@@ -12,6 +12,7 @@ from node.errors import CallerError, OperationFailed
 from node.p2p.messages import (
     ErrorReply,
     GetShards,
+    HasRecords,
     HasShards,
     Message,
     MetasReply,
@@ -58,4 +59,8 @@ class ShardService:
                 return ShardsReply(tuple(found), corrupt)
             case HasShards(record_id):
                 return MetasReply(tuple(self._store.metas(record_id)))
+            case HasRecords(record_ids):
+                if len(record_ids) > self._limits.records_per_request_max:
+                    return ErrorReply("too_many_records", "exceeds records_per_request_max")
+                return MetasReply(tuple(m for rid in record_ids for m in self._store.metas(rid)))
         return ErrorReply("unsupported_request", f"{type(message).__name__} is not a request")
