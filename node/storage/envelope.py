@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -80,7 +81,7 @@ def seal_blob(
     return blob
 
 
-def _unpack(blob: bytes) -> dict[str, object]:
+def _unpack(blob: bytes) -> dict[str, Any]:
     try:
         raw = msgpack.unpackb(blob, raw=False)
     except (msgpack.UnpackException, ValueError) as exc:
@@ -104,8 +105,8 @@ def open_blob(
     raw = _unpack(blob)
     try:
         header = EnvelopeHeader(ENVELOPE_VERSION, str(raw["pid"]), str(raw["kid"]))
-        wrapped, wrap_nonce = bytes(raw["wk"]), bytes(raw["wn"])  # type: ignore[arg-type]
-        nonce, ciphertext = bytes(raw["n"]), bytes(raw["c"])  # type: ignore[arg-type]
+        wrapped, wrap_nonce = bytes(raw["wk"]), bytes(raw["wn"])
+        nonce, ciphertext = bytes(raw["n"]), bytes(raw["c"])
     except (KeyError, TypeError) as exc:
         raise CorruptEntry("record envelope is missing fields") from exc
     partner_key = key_for(header.partner_id, header.key_id)
