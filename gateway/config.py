@@ -8,11 +8,11 @@ bound a named ``_max`` field) and ``[timeouts]``.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from node.config import build_dataclass, parse_host_port
+from node.config import build_dataclass, parse_host_port, require_positive_fields
 from node.errors import ConfigError
 
 __all__ = [
@@ -41,10 +41,7 @@ class GatewayLimits:
     signature_window_s: int = 300
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"limits.{f.name} must be a positive integer")
+        require_positive_fields(self, "limits", integers_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +50,7 @@ class GatewayTimeouts:
     health_interval_s: float = 1.0
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"timeouts.{f.name} must be a positive number")
+        require_positive_fields(self, "timeouts", integers_only=False)
 
 
 @dataclass(frozen=True, slots=True)

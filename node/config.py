@@ -26,6 +26,7 @@ __all__ = [
     "NodeTimeouts",
     "load_node_config",
     "parse_host_port",
+    "require_positive_fields",
 ]
 
 T = TypeVar("T")
@@ -52,6 +53,16 @@ def _tcp_multiaddr_port(addr: str, what: str) -> tuple[str, int]:
     if len(parts) != 5 or parts[0] != "" or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp":
         raise ConfigError(f"{what}: expected /ip4/<ip>/tcp/<port>, got {addr!r}")
     return parse_host_port(f"{parts[2]}:{parts[4]}", what)
+
+
+def require_positive_fields(section: Any, table: str, *, integers_only: bool) -> None:
+    """Refuse any field of a flat limits/timeouts dataclass that is not a positive number."""
+    what = "a positive integer" if integers_only else "a positive number"
+    for f in fields(section):
+        value = getattr(section, f.name)
+        number = isinstance(value, int) or (not integers_only and isinstance(value, float))
+        if isinstance(value, bool) or not number or value <= 0:
+            raise ConfigError(f"{table}.{f.name} must be {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +148,7 @@ class NodeLimits:
     hint_replay_batch_max: int = 256
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"limits.{f.name} must be a positive integer")
+        require_positive_fields(self, "limits", integers_only=True)
         if self.record_blob_bytes_max * 2 > self.p2p_frame_bytes_max:
             raise ConfigError("limits.p2p_frame_bytes_max must hold at least two record blobs")
 
@@ -153,13 +161,9 @@ class NodeTimeouts:
     # within about this long; disconnects also trigger an immediate redial).
     p2p_reconnect_interval_s: float = 0.5
     hint_replay_interval_s: float = 2.0
-    commit_window_ms: float = 2.0
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"timeouts.{f.name} must be a positive number")
+        require_positive_fields(self, "timeouts", integers_only=False)
 
 
 @dataclass(frozen=True, slots=True)

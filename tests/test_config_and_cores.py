@@ -70,6 +70,8 @@ def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
         ("write_quorum = 4", "write_quorum = 2", "write_quorum"),
         ("[limits]", "[limits]\nshard_bytes_unbounded = 1", "unknown keys"),
         ("[limits]", "[limits]\nhints_max = -1", "hints_max"),
+        ("[limits]", "[limits]\nhints_max = true", "hints_max"),
+        ("[timeouts]", "[timeouts]\np2p_dial_s = 0", "p2p_dial_s"),
         ('p2p_listen = "/ip4/', 'p2p_listen = "/ip9/', "p2p_listen"),
     ],
 )
