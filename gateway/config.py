@@ -7,12 +7,16 @@ bound a named ``_max`` field) and ``[timeouts]``.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from node.config import build_dataclass, parse_host_port, require_positive_fields
+from node.config import (
+    build_dataclass,
+    parse_host_port,
+    read_toml,
+    require_positive_fields,
+    resolve_path,
+)
 from node.errors import ConfigError
 
 __all__ = [
@@ -73,20 +77,8 @@ class GatewayConfig:
         self.timeouts.validate()
 
 
-def _resolve(base: Path, value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{what} must be a non-empty path")
-    path = Path(value)
-    return path if path.is_absolute() else base / path
-
-
 def load_gateway_config(path: Path) -> GatewayConfig:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path)
     base = path.parent.resolve()
     table = raw.get("gateway", {})
     unknown = sorted(
@@ -97,9 +89,9 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     master = table.get("master_key_file")
     config = GatewayConfig(
         http_listen=str(table.get("http_listen", "")),
-        keyring_file=_resolve(base, table.get("keyring_file"), "gateway.keyring_file"),
-        master_key_file=_resolve(base, master, "gateway.master_key_file") if master else None,
-        node_api_token_file=_resolve(
+        keyring_file=resolve_path(base, table.get("keyring_file"), "gateway.keyring_file"),
+        master_key_file=resolve_path(base, master, "gateway.master_key_file") if master else None,
+        node_api_token_file=resolve_path(
             base, table.get("node_api_token_file"), "gateway.node_api_token_file"
         ),
         nodes=tuple(build_dataclass(NodeEndpoint, n, "nodes") for n in raw.get("nodes", [])),

@@ -26,7 +26,9 @@ __all__ = [
     "NodeTimeouts",
     "load_node_config",
     "parse_host_port",
+    "read_toml",
     "require_positive_fields",
+    "resolve_path",
 ]
 
 T = TypeVar("T")
@@ -207,7 +209,19 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str) -> T:
         raise ConfigError(f"[{where}] {exc}") from exc
 
 
-def _path(base: Path, value: Any, what: str) -> Path:
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read and parse a config file; every failure is a ConfigError naming the file."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    return raw
+
+
+def resolve_path(base: Path, value: Any, what: str) -> Path:
+    """A non-empty path from a config value; relative paths are relative to ``base``."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what} must be a non-empty path")
     path = Path(value)
@@ -229,16 +243,11 @@ def cluster_from_table(table: dict[str, Any]) -> ClusterConfig:
 
 def load_node_config(path: Path) -> NodeConfig:
     """Read, parse and validate a node's TOML. Relative paths are relative to the file."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    raw = read_toml(path)
     base = path.parent.resolve()
     node_table = dict(_section(raw, "node"))
     for key in ("data_dir", "identity_file", "api_token_file"):
-        node_table[key] = _path(base, node_table.get(key), f"node.{key}")
+        node_table[key] = resolve_path(base, node_table.get(key), f"node.{key}")
     config = NodeConfig(
         node=build_dataclass(NodeSettings, node_table, "node"),
         cluster=cluster_from_table(_section(raw, "cluster")),
