@@ -75,7 +75,14 @@ async def test_churn_keeps_inbound_open_and_is_flat() -> None:
         churn_s = time.perf_counter() - start
         await wait_for(lambda: not node.connected_peers())
         gc.collect()
-        tasks_end, rss_end = await node.trio_task_count(), process.memory_info().rss
+        # Handlers of the last closed connections may still be finishing: give them up to 5 s.
+        # A leak (the unpatched bug keeps one task per connection forever) never settles.
+        settle_deadline = time.monotonic() + 5.0
+        tasks_end = await node.trio_task_count()
+        while tasks_end > tasks_warm + 5 and time.monotonic() < settle_deadline:
+            await asyncio.sleep(0.1)
+            tasks_end = await node.trio_task_count()
+        rss_end = process.memory_info().rss
         assert done == TOTAL_CYCLES
 
         # A brand-new member still gets in, and its request succeeds.
