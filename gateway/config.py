@@ -52,6 +52,7 @@ class GatewayLimits:
 class GatewayTimeouts:
     node_request_s: float = 15.0
     health_interval_s: float = 1.0
+    keyring_reload_interval_s: float = 1.0  # how often the keyring file is checked for changes
 
     def validate(self) -> None:
         require_positive_fields(self, "timeouts", integers_only=False)

@@ -1,4 +1,8 @@
-"""``baas-gateway``: run the partner API gateway from its TOML config."""
+"""``baas-gateway``: run the partner API gateway from its TOML config.
+
+The keyring is reloaded while the gateway runs (:mod:`gateway.keyring_reload`): when the file
+changes (checked every ``timeouts.keyring_reload_interval_s``) or at once on SIGHUP.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from aiohttp import web
 from gateway.app import GatewayState, build_gateway_app
 from gateway.auth import ReplayCache
 from gateway.config import GatewayConfig, load_gateway_config
-from gateway.keyring import load_keyring, load_master_key
+from gateway.keyring import Keyring, load_keyring, load_master_key
+from gateway.keyring_reload import KeyringReloader
 from gateway.node_client import NodeClient
 from node.config import parse_host_port
 from node.errors import BaasError
@@ -23,8 +28,8 @@ from node.logs import configure_logging
 log = logging.getLogger("baas.gateway")
 
 
-def build_state(config: GatewayConfig) -> GatewayState:
-    keyring = load_keyring(config.keyring_file, load_master_key(config.master_key_file))
+def build_state(config: GatewayConfig, master_key: bytes) -> GatewayState:
+    keyring = load_keyring(config.keyring_file, master_key)
     token = config.node_api_token_file.read_text().strip()
     return GatewayState(
         config=config,
@@ -34,17 +39,44 @@ def build_state(config: GatewayConfig) -> GatewayState:
     )
 
 
-async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
-    runner = web.AppRunner(
-        build_gateway_app(build_state(config)), access_log=None, handle_signals=False
+def build_reloader(
+    config: GatewayConfig, master_key: bytes, state: GatewayState
+) -> KeyringReloader:
+    def apply(keyring: Keyring) -> None:
+        state.keyring = keyring  # requests read state.keyring afresh: the swap is atomic
+
+    return KeyringReloader(
+        config.keyring_file,
+        master_key,
+        state.keyring,
+        apply,
+        config.timeouts.keyring_reload_interval_s,
     )
+
+
+async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
+    master_key = load_master_key(config.master_key_file)
+    state = build_state(config, master_key)
+    reloader = build_reloader(config, master_key, state)
+    runner = web.AppRunner(build_gateway_app(state), access_log=None, handle_signals=False)
     await runner.setup()
+    loop = asyncio.get_running_loop()
+    reload_task = asyncio.create_task(reloader.run())
+    loop.add_signal_handler(signal.SIGHUP, reloader.request_reload)
     try:
         host, port = parse_host_port(config.http_listen, "gateway.http_listen")
         await web.TCPSite(runner, host, port).start()
-        log.info("gateway ready on http://%s (%d nodes)", config.http_listen, len(config.nodes))
+        log.info(
+            "gateway ready on http://%s (%d nodes, keyring version %d)",
+            config.http_listen,
+            len(config.nodes),
+            reloader.version,
+        )
         await stop.wait()
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        reload_task.cancel()
+        await asyncio.gather(reload_task, return_exceptions=True)
         await runner.cleanup()
 
 
