@@ -63,6 +63,7 @@ class KeyringReloader:
         self._apply = apply
         self._interval_s = interval_s
         self._seen = _identity(path)
+        self._forced = False
         self._wake = asyncio.Event()
         self.counters = ReloadCounters()
 
@@ -72,16 +73,17 @@ class KeyringReloader:
 
     def request_reload(self) -> None:
         """Reload at once, even if the file looks unchanged (the SIGHUP handler calls this)."""
-        self._seen = None
+        self._forced = True
         self._wake.set()
 
     def check(self) -> bool:
         """Reload if the file changed; True when a new keyring was applied."""
         self.counters.checks += 1
         identity = _identity(self._path)
-        if identity is not None and identity == self._seen:
+        if identity == self._seen and not self._forced:
             return False
-        self._seen = identity  # a refused file is reported once, not on every check
+        self._seen = identity  # a refused (or missing) file is reported once, not every check
+        self._forced = False
         try:
             candidate = load_keyring(self._path, self._master_key)
         except BaasError as exc:
