@@ -1,0 +1,227 @@
+"""``baas-bench``: its pure arithmetic, and a smoke run against a real local cluster.
+
+The smoke runs use tiny counts: they check the shape of the result (every phase, every target,
+a PNG), not the speed -- benchmarks are commands that write results, not timed tests.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tools.bench import PHASES, main
+from tools.bench_stats import (
+    TARGETS,
+    evaluate_targets,
+    latency_summary_ms,
+    pacing_offsets_s,
+    percentile,
+    split_count,
+    throughput_windows,
+    window_summary,
+)
+from tools.cluster_init import init_cluster
+from tools.local_cluster import LocalCluster
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# ---------------------------------------------------------------- percentiles
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(values, 0) == 1.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0  # an observed value, not 2.5
+    assert percentile([], 50) is None
+
+
+def test_percentile_refuses_out_of_range() -> None:
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+    with pytest.raises(ValueError):
+        percentile([1.0], -1)
+
+
+def test_latency_summary_in_milliseconds_from_unsorted_seconds() -> None:
+    summary = latency_summary_ms([0.003, 0.001, 0.002, 0.1])
+    assert summary == {"p50": 2.0, "p90": 100.0, "p99": 100.0, "max": 100.0}
+    assert latency_summary_ms([]) == {"p50": None, "p90": None, "p99": None, "max": None}
+
+
+# ---------------------------------------------------------------- pacing and splitting
+
+
+def test_pacing_schedule_is_evenly_spaced() -> None:
+    offsets = pacing_offsets_s(1000, 2)
+    assert len(offsets) == 2000
+    assert offsets[0] == 0.0 and offsets[1] == pytest.approx(0.001)
+    assert offsets[-1] == pytest.approx(1.999)
+
+
+def test_pacing_schedule_interleaves_processes_into_one_stream() -> None:
+    whole = pacing_offsets_s(300, 1.5)
+    parts = [pacing_offsets_s(300, 1.5, p, 3) for p in range(3)]
+    assert sorted(x for part in parts for x in part) == whole
+    assert [len(part) for part in parts] == [150, 150, 150]
+    assert parts[1][:2] == [pytest.approx(1 / 300), pytest.approx(4 / 300)]
+
+
+def test_pacing_schedule_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        pacing_offsets_s(0, 1)
+    with pytest.raises(ValueError):
+        pacing_offsets_s(10, 1, proc_index=2, procs=2)
+
+
+def test_split_count() -> None:
+    assert split_count(10, 3) == [4, 3, 3]
+    assert split_count(2, 4) == [1, 1, 0, 0]
+    assert sum(split_count(1_000_001, 7)) == 1_000_001
+
+
+# ---------------------------------------------------------------- throughput windows
+
+
+def test_throughput_windows_and_sustained_minimum() -> None:
+    start = 100.0
+    completions = [(100.2, 10), (100.9, 10), (101.5, 5), (102.5, 30), (103.25, 4)]
+    windows = throughput_windows(completions, start, 1.0)
+    assert [t for t, _ in windows] == [0.0, 1.0, 2.0, 3.0]
+    assert [rate for _, rate in windows[:3]] == [20.0, 5.0, 30.0]
+    assert windows[3][1] == pytest.approx(4 / 0.25)  # the partial last window is scaled
+    assert window_summary(windows) == {"min": 5.0, "median": 30.0}
+    assert throughput_windows([], start, 1.0) == []
+    assert window_summary([]) == {"min": None, "median": None}
+
+
+# ---------------------------------------------------------------- targets
+
+
+def _phase(records_per_s: float, p99_ms: float = 5.0, **extra: Any) -> dict[str, Any]:
+    return {"records_per_s": records_per_s, "latency_ms": {"p99": p99_ms}, "errors": {}, **extra}
+
+
+def test_targets_pass_fail_and_conclusive() -> None:
+    phases = {
+        "single-write": _phase(3000),
+        "batch-write": _phase(15_000, node_rss_growth_second_half_pct_max=2.0),
+        "read": _phase(2500),
+        "paced-write": _phase(999, p99_ms=25.0),
+    }
+    params = {"records": 1_000_000, "rate": 1000.0}
+    verdicts = {v["name"]: v for v in evaluate_targets(phases, params)}
+    assert set(verdicts) == {t.name for t in TARGETS}
+    assert verdicts["single_write_rate"]["pass"] is True
+    assert verdicts["batch_write_rate"]["pass"] is False
+    assert verdicts["batch_write_rate"]["conclusive"] is True
+    assert verdicts["read_rate"]["pass"] is True  # the threshold itself passes
+    assert verdicts["paced_write_p99"]["pass"] is False
+    assert verdicts["paced_write_p99"]["measured"] == 25.0
+    assert verdicts["node_memory_flat"]["pass"] is True
+
+
+def test_targets_not_run_or_not_at_target_conditions() -> None:
+    phases = {"paced-write": _phase(200, p99_ms=10.0), "batch-write": _phase(30_000)}
+    verdicts = {v["name"]: v for v in evaluate_targets(phases, {"records": 1000, "rate": 200})}
+    assert verdicts["read_rate"] == {**verdicts["read_rate"], "pass": False, "measured": None}
+    assert verdicts["read_rate"]["conclusive"] is False
+    assert verdicts["paced_write_p99"]["pass"] is True
+    assert verdicts["paced_write_p99"]["conclusive"] is False  # paced at 200/s, not 1,000/s
+    assert verdicts["batch_write_rate"]["pass"] is True
+    assert "10^6" in verdicts["batch_write_rate"]["note"]
+    assert verdicts["node_memory_flat"]["measured"] is None  # not reported by that phase
+    errored = {"read": _phase(5000, errors={"record_unavailable": 1})}
+    (read,) = [v for v in evaluate_targets(errored, {}) if v["name"] == "read_rate"]
+    assert read["pass"] is True and read["conclusive"] is False
+
+
+# ---------------------------------------------------------------- smoke runs on a real cluster
+
+TINY = [
+    "--quiet",
+    "--clients", "4",
+    "--single-writes", "60",
+    "--records", "600",
+    "--batch-size", "200",
+    "--batch-clients", "2",
+    "--reads", "60",
+    "--rate", "100",
+    "--duration-s", "1",
+    "--cpu-records", "300",
+    "--window-s", "0.25",
+    "--sample-interval-s", "0.2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    layout = init_cluster(tmp_path_factory.mktemp("bench-cluster"), partners=("bench",))
+    with LocalCluster(layout, log_level="WARNING") as local:
+        local.start()
+        yield local
+
+
+def _run(out: Path, *argv: str) -> dict[str, Any]:
+    assert main([*TINY, "--out", str(out), *argv]) == 0
+    (json_path,) = out.glob("bench-*.json")
+    (png_path,) = out.glob("bench-*.png")
+    assert png_path.read_bytes().startswith(PNG_SIGNATURE) and png_path.stat().st_size > 10_000
+    document: dict[str, Any] = json.loads(json_path.read_text())
+    assert document["format"] == 1
+    assert document["machine"]["cpu_count"] >= 1 and document["machine"]["git"]["commit"]
+    return document
+
+
+def _check_targets(document: dict[str, Any]) -> None:
+    assert {t["name"] for t in document["targets"]} == {t.name for t in TARGETS}
+    for target in document["targets"]:
+        assert isinstance(target["pass"], bool), target
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_smoke_every_phase_against_a_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    document = _run(tmp_path, "--dir", cluster.layout.directory)
+    assert list(document["phases"]) == list(PHASES)
+    for name, result in document["phases"].items():
+        assert result["records_per_s"] > 0, name
+        assert result["errors"] == {}, (name, result["errors"])
+        assert result["client_cpu_s"] > 0, name
+    phases = document["phases"]
+    assert phases["single-write"]["records_ok"] == 60
+    assert phases["batch-write"]["records_ok"] == 600 and phases["batch-write"]["requests"] == 3
+    assert phases["read"]["records_ok"] == 60
+    assert phases["paced-write"]["records_ok"] == 100
+    assert phases["paced-write"]["latency_ms"]["p99"] > 0
+    assert set(phases["cpu"]["cpu_us_per_record"]) == {"encrypt", "erasure", "store", "total"}
+    assert phases["batch-write"]["windows"]
+    for name in [node.name for node in cluster.layout.nodes] + ["gateway"]:
+        assert document["processes"][name]["rss_mib_max"] > 0, name
+        assert phases["single-write"]["process_cpu_s"][name] >= 0, name
+    assert document["client"]["cpu_s_total"] > 0
+    _check_targets(document)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_smoke_client_processes_against_a_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
+    document = _run(
+        tmp_path,
+        "--dir", cluster.layout.directory,
+        "--phases", "paced-write,read",
+        "--client-procs", "2",
+    )  # fmt: skip
+    assert list(document["phases"]) == ["paced-write", "read"]
+    for name, result in document["phases"].items():
+        assert result["records_per_s"] > 0 and result["errors"] == {}, name
+    assert document["phases"]["paced-write"]["records_ok"] == 100
+    assert document["client"]["cpu_s_total"] > document["client"]["cpu_s_bench_process"]
+    _check_targets(document)

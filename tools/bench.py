@@ -1,0 +1,468 @@
+"""``baas-bench``: load the 5-node + gateway cluster through the gateway and write JSON + PNG.
+
+    baas-bench --out bench-results                       # a temporary cluster, every phase
+    baas-bench --dir .cluster --phases batch-write,read  # a cluster started by baas-cluster run
+    baas-bench --records 1000000 --client-procs 2        # the issue's target run
+
+Phases (``--phases``, in the order given):
+
+* ``single-write``  one record per request, ``--clients`` concurrent, closed loop
+* ``batch-write``   ``POST /v1/records/batch`` of ``--batch-size``, ``--batch-clients`` concurrent,
+                    ``--records`` in all; throughput in ``--window-s`` windows ("sustained")
+* ``read``          single-record GETs of records written earlier, ``--clients`` concurrent
+* ``paced-write``   open loop at ``--rate`` for ``--duration-s``; latency from the scheduled send
+* ``cpu``           per-record CPU of encrypt + erasure-code + store, in process, one thread
+
+Every load phase reports records/s, p50/p90/p99/max latency, errors by code, the bench client's
+own CPU seconds and each cluster process's CPU; RSS of every node and the gateway is sampled
+over the whole run. The JSON (``"format": 1``) also holds machine info, the parameters, and a
+pass/fail verdict per target of issue #3. Other work on the same machine skews every number:
+the JSON records the load average at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import multiprocessing
+import os
+import queue
+import random
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+from tqdm import tqdm
+
+from node.errors import BaasError, ConfigError
+from tools.bench_cpu import run_cpu_phase
+from tools.bench_load import (
+    WorkerResult,
+    WorkerSpec,
+    pool_init,
+    pool_run,
+    pool_warm,
+    run_worker,
+)
+from tools.bench_report import (
+    ProcessSampler,
+    machine_info,
+    plot,
+    rss_growth_second_half_pct,
+    rss_report,
+)
+from tools.bench_stats import (
+    evaluate_targets,
+    latency_summary_ms,
+    split_count,
+    throughput_windows,
+    window_summary,
+)
+from tools.cluster_init import ClusterLayout, init_cluster, load_layout
+from tools.local_cluster import LocalCluster
+
+__all__ = ["PHASES", "main"]
+
+FORMAT_VERSION = 1
+PHASES = ("single-write", "batch-write", "read", "paced-write", "cpu")
+REPO = Path(__file__).resolve().parent.parent
+READ_PREFILL_RECORDS_MAX = 5000
+START_DELAY_S = {True: 0.6, False: 0.05}  # until every client starts sending (pool, in process)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="baas-bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--dir", type=Path, help="an initialised, running cluster (baas-cluster run)")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="where JSON + PNG go")
+    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated, run in order")
+    p.add_argument("--partner", help="partner id whose credentials to use (default: the first)")
+    p.add_argument("--clients", type=int, default=32, help="single-write and read concurrency")
+    p.add_argument("--single-writes", type=int, default=10_000, help="requests in single-write")
+    p.add_argument("--records", type=int, default=100_000, help="records in batch-write")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-clients", type=int, default=4, help="batch-write concurrency")
+    p.add_argument("--reads", type=int, default=10_000, help="requests in read")
+    p.add_argument("--rate", type=float, default=1000.0, help="paced-write records/s")
+    p.add_argument("--duration-s", type=float, default=10.0, help="paced-write duration")
+    p.add_argument("--cpu-records", type=int, default=20_000, help="records in the cpu phase")
+    p.add_argument("--client-procs", type=int, default=1, help="client processes for load")
+    p.add_argument("--window-s", type=float, default=1.0, help="throughput window")
+    p.add_argument("--sample-interval-s", type=float, default=0.5, help="RSS/CPU sampling")
+    p.add_argument("--keep-cluster", action="store_true", help="keep the temporary cluster dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _phases(text: str) -> list[str]:
+    chosen = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(PHASES))
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise ConfigError(f"--phases takes distinct names from {', '.join(PHASES)}; got {text!r}")
+    return chosen
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    positive = (
+        "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
+        "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
+    )  # fmt: skip
+    for name in positive:
+        if getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if args.batch_size > 500:
+        raise ConfigError("--batch-size is at most 500 (the gateway's records_per_batch_max)")
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _pids_by_config(layout: ClusterLayout) -> dict[str, int]:
+    """Find a running cluster's processes by the ``--config`` path on their command line."""
+    wanted = {str(Path(n.config_path).resolve()): n.name for n in layout.nodes}
+    wanted[str(Path(layout.gateway_config_path).resolve())] = "gateway"
+    found: dict[str, int] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "--config" in cmdline[:-1]:
+            path = cmdline[cmdline.index("--config") + 1]
+            with contextlib.suppress(OSError):
+                cwd = proc.cwd()
+                name = wanted.get(str((Path(cwd) / path).resolve()))
+                if name is not None:
+                    found[name] = int(proc.info["pid"])
+    return found
+
+
+@contextlib.contextmanager
+def _cluster(args: argparse.Namespace) -> Iterator[tuple[ClusterLayout, dict[str, int], bool]]:
+    """Yield (layout, process ids by name, started here)."""
+    if args.dir is not None:
+        layout = load_layout(args.dir)
+        if not _is_ready(f"{layout.gateway_url}/readyz"):
+            raise ConfigError(f"the gateway of {args.dir} is not ready at {layout.gateway_url}")
+        yield layout, _pids_by_config(layout), False
+        return
+    directory = Path(tempfile.mkdtemp(prefix="baas-bench-"))
+    try:
+        layout = init_cluster(directory / "cluster", partners=("bench",))
+        with LocalCluster(layout, log_level="WARNING") as local:
+            local.start()
+            names = [n.name for n in layout.nodes] + ["gateway"]
+            yield layout, {name: local.pid(name) for name in names}, True
+    finally:
+        if args.keep_cluster:
+            print(f"cluster kept in {directory}", file=sys.stderr)
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- running phases
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    specs: list[WorkerSpec]
+    total: int  # records, for the progress bar
+    unit: str
+
+
+class _Bench:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        layout: ClusterLayout,
+        sampler: ProcessSampler,
+        pool: ProcessPoolExecutor | None,
+        progress: Any,
+    ) -> None:
+        self.args = args
+        self.layout = layout
+        self.sampler = sampler
+        self.pool = pool
+        self.progress_queue = progress
+        self.origin_s = time.time()
+        self.written = WorkerResult()  # the sample of record ids the read phase uses
+        self.rng = random.Random(1)
+        self.worker_cpu_s = 0.0  # CPU of spawned client processes (the bench's own is separate)
+        partner = args.partner or sorted(layout.partners)[0]
+        if partner not in layout.partners:
+            raise ConfigError(f"no credentials for partner {partner!r} in this cluster")
+        self.credentials = layout.partners[partner]
+
+    def _base(self, phase: str, proc: int) -> WorkerSpec:
+        procs = self.args.client_procs
+        return WorkerSpec(
+            phase=phase,
+            gateway_url=self.layout.gateway_url,
+            api_key=self.credentials["api_key"],
+            secret_hex=self.credentials["secret_hex"],
+            start_at_s=0.0,
+            proc_index=proc,
+            procs=procs,
+            seed=proc + 1 + 100 * PHASES.index(phase),
+        )
+
+    def _plan(self, phase: str, records: int | None = None) -> _Plan:
+        a, procs = self.args, self.args.client_procs
+        bases = [self._base(phase, p) for p in range(procs)]
+
+        def spread(concurrency: int, total: int, **extra: Any) -> list[WorkerSpec]:
+            shares = zip(split_count(concurrency, procs), split_count(total, procs), strict=True)
+            return [
+                replace(b, concurrency=max(1, c), requests=r, **extra)
+                for b, (c, r) in zip(bases, shares, strict=True)
+            ]
+
+        if phase == "single-write":
+            return _Plan(spread(a.clients, a.single_writes), a.single_writes, "req")
+        if phase == "batch-write":
+            total = records if records is not None else a.records
+            return _Plan(spread(a.batch_clients, total, batch_size=a.batch_size), total, "rec")
+        if phase == "read":
+            ids = tuple(self.written.record_ids)
+            specs = spread(a.clients, a.reads)
+            specs = [replace(s, record_ids=ids[i::procs] or ids) for i, s in enumerate(specs)]
+            return _Plan(specs, a.reads, "req")
+        total = round(a.rate * a.duration_s)
+        specs = [replace(b, rate_per_s=a.rate, duration_s=a.duration_s) for b in bases]
+        return _Plan(specs, total, "req")
+
+    def _execute(self, label: str, plan: _Plan) -> tuple[WorkerResult, float]:
+        start_at = time.time() + START_DELAY_S[self.pool is not None]
+        specs = [replace(s, start_at_s=start_at) for s in plan.specs if s.requests or s.rate_per_s]
+        bar = tqdm(total=plan.total, desc=label, unit=plan.unit, disable=self.args.quiet)
+        try:
+            if self.pool is None:
+                return run_worker(specs[0], bar.update), start_at
+            futures: list[Future[WorkerResult]] = [self.pool.submit(pool_run, s) for s in specs]
+            while not all(f.done() for f in futures):
+                with contextlib.suppress(queue.Empty):
+                    bar.update(self.progress_queue.get(timeout=0.1))
+            merged = WorkerResult()
+            for future in futures:
+                merged.merge(future.result(), self.rng)
+            return merged, start_at
+        finally:
+            bar.close()
+
+    def run_load(self, phase: str) -> dict[str, Any]:
+        if phase == "read" and not self.written.record_ids:
+            prefill = min(self.args.reads, READ_PREFILL_RECORDS_MAX)
+            self._execute("read prefill", self._plan("batch-write", prefill))
+        plan = self._plan(phase)
+        before = self.sampler.snapshot()
+        main_cpu = time.process_time()
+        worker, start_at = self._execute(phase, plan)
+        after = self.sampler.snapshot()
+        worker_cpu_s = worker.cpu_s if self.pool else 0.0
+        self.worker_cpu_s += worker_cpu_s
+        client_cpu_s = time.process_time() - main_cpu + worker_cpu_s
+        if phase != "read":
+            self.written.merge(
+                replace(worker, completions=[], send_lag_s=[], errors=worker.errors.copy()),
+                self.rng,
+            )
+        result = self._summary(worker, start_at, client_cpu_s, before, after)
+        if phase == "batch-write":
+            result["batch_size"] = self.args.batch_size
+            growth = {
+                name: rss_growth_second_half_pct(
+                    self.sampler, name, start_at, start_at + result["wall_s"]
+                )
+                for name in self.sampler.names()
+                if name.startswith("node-")
+            }
+            result["node_rss_growth_second_half_pct"] = growth
+            measured = [g for g in growth.values() if g is not None]
+            result["node_rss_growth_second_half_pct_max"] = max(measured) if measured else None
+        if phase == "paced-write":
+            result["rate_target_per_s"] = self.args.rate
+            result["send_lag_ms"] = latency_summary_ms(worker.send_lag_s)
+        return result
+
+    def _summary(
+        self,
+        worker: WorkerResult,
+        start_at: float,
+        client_cpu_s: float,
+        before: dict[str, tuple[float, int, float]],
+        after: dict[str, tuple[float, int, float]],
+    ) -> dict[str, Any]:
+        rows = worker.completions
+        end = max((row[0] for row in rows), default=start_at)
+        wall_s = max(end - start_at, 1e-6)
+        ok = sum(row[2] for row in rows)
+        windows = throughput_windows([(r[0], r[2]) for r in rows], start_at, self.args.window_s)
+        process_cpu = {
+            name: round(after[name][2] - before[name][2], 3) for name in before if name in after
+        }
+        return {
+            "started_at_s": round(start_at - self.origin_s, 3),
+            "wall_s": round(wall_s, 3),
+            "requests": len(rows),
+            "records_ok": ok,
+            "records_per_s": round(ok / wall_s, 1),
+            "requests_per_s": round(len(rows) / wall_s, 1),
+            "latency_ms": latency_summary_ms([row[1] for row in rows]),
+            "errors": dict(sorted(worker.errors.items())),
+            "error_count": sum(worker.errors.values()),
+            "client_cpu_s": round(client_cpu_s, 3),
+            "client_cores": round(client_cpu_s / wall_s, 3),
+            "process_cpu_s": process_cpu,
+            "process_cores": {name: round(cpu / wall_s, 3) for name, cpu in process_cpu.items()},
+            "windows": [[t, round(rate, 1)] for t, rate in windows],
+            "window_records_per_s": window_summary(windows),
+        }
+
+    def run_cpu(self) -> dict[str, Any]:
+        started = time.time()
+        if not self.args.quiet:
+            print(f"cpu: {self.args.cpu_records} records, in process", file=sys.stderr)
+        result = run_cpu_phase(self.args.cpu_records, k=self.layout.k, n=self.layout.n)
+        return {"started_at_s": round(started - self.origin_s, 3), **result}
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _parameters(args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
+    names = (
+        "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
+        "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
+    )  # fmt: skip
+    return {"phases": phases, **{name: getattr(args, name) for name in names}}
+
+
+def _print_summary(document: dict[str, Any], json_path: Path, png_path: Path) -> None:
+    for name, result in document["phases"].items():
+        latency = result.get("latency_ms") or {}
+        print(
+            f"{name:13} {result['records_per_s']:>10,.0f} records/s"
+            + (
+                f"  p50 {latency['p50']} ms  p99 {latency['p99']} ms  max {latency['max']} ms"
+                if latency.get("p50") is not None
+                else f"  {result.get('cpu_us_per_record')} µs/record (cpu)"
+            )
+            + f"  errors {result.get('error_count', 0)}  client cpu {result['client_cpu_s']} s"
+        )
+    for target in document["targets"]:
+        verdict = "PASS" if target["pass"] else "FAIL"
+        note = f" ({target['note']})" if target["note"] else ""
+        print(
+            f"{verdict} {target['name']}: {target['measured']} {target['op']} "
+            f"{target['threshold']} {target['unit']}{note}"
+        )
+    print(f"wrote {json_path} and {png_path}")
+
+
+def run(args: argparse.Namespace) -> tuple[Path, Path]:
+    phases = _phases(args.phases)
+    _check_args(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path, png_path = args.out / f"bench-{stamp}.json", args.out / f"bench-{stamp}.png"
+    machine = machine_info(REPO)
+    cpu_start = os.times()
+    with contextlib.ExitStack() as stack:
+        layout, pids, started_here = stack.enter_context(_cluster(args))
+        sampler = ProcessSampler({**pids, "bench": os.getpid()}, args.sample_interval_s)
+        pool, progress = None, None
+        if args.client_procs > 1:
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded process
+            progress = context.Queue()
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    args.client_procs,
+                    mp_context=context,
+                    initializer=pool_init,
+                    initargs=(progress,),
+                )
+            )
+            for warm in [pool.submit(pool_warm, 0.3) for _ in range(args.client_procs)]:
+                warm.result()
+        sampler.start()
+        bench = _Bench(args, layout, sampler, pool, progress)
+        results: dict[str, dict[str, Any]] = {}
+        try:
+            for phase in phases:
+                results[phase] = bench.run_cpu() if phase == "cpu" else bench.run_load(phase)
+        finally:
+            sampler.stop()
+    cpu_end = os.times()
+    own = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
+    parameters = _parameters(args, phases)
+    document: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "tool": "baas-bench",
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {**machine, "load_average_end": [round(x, 2) for x in os.getloadavg()]},
+        "cluster": {
+            "started_by_bench": started_here,
+            "k": layout.k,
+            "n": layout.n,
+            "write_quorum": layout.write_quorum,
+            "nodes": [n.name for n in layout.nodes],
+            "gateway_url": layout.gateway_url,
+        },
+        "parameters": parameters,
+        "phases": results,
+        "targets": evaluate_targets(results, parameters),
+        "processes": rss_report(sampler),
+        "client": {
+            "procs": args.client_procs,
+            "cpu_s_bench_process": round(own, 3),
+            "cpu_s_total": round(own + bench.worker_cpu_s, 3),
+            "wall_s": round(time.time() - bench.origin_s, 3),
+        },
+        "notes": [
+            "Everything runs on one machine; other work on it (see load_average_*) skews results.",
+            "Request bodies are built once per client process and reused; each send is signed "
+            "anew and the gateway makes a fresh idempotency key, so every send is a new record.",
+        ],
+    }
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    plot(
+        png_path,
+        results,
+        sampler,
+        bench.origin_s,
+        f"baas-bench {stamp}  ({machine['cpu_count']} cpus, commit "
+        f"{str(machine['git']['commit'])[:10]}, load avg {machine['load_average_start']})",
+    )
+    _print_summary(document, json_path, png_path)
+    return json_path, png_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        run(args)
+    except BaasError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

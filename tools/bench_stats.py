@@ -1,0 +1,238 @@
+"""The pure arithmetic of ``baas-bench``: percentiles, pacing, throughput windows, targets.
+
+Nothing here does I/O or reads a clock, so every function is unit-tested directly
+(``tests/test_bench.py``). Latencies are in seconds on input and reported in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "TARGETS",
+    "Target",
+    "evaluate_targets",
+    "latency_summary_ms",
+    "pacing_offsets_s",
+    "percentile",
+    "split_count",
+    "throughput_windows",
+    "window_summary",
+]
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (``q`` in 0..100) of already sorted values; None when empty.
+
+    Nearest rank always returns a value that was observed, so a p99 over 100 samples is the
+    99th smallest, never an interpolation between two requests.
+    """
+    if not 0.0 <= q <= 100.0:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    values = sorted(latencies_s)
+
+    def ms(q: float) -> float | None:
+        value = percentile(values, q)
+        return None if value is None else round(value * 1000.0, 3)
+
+    return {"p50": ms(50), "p90": ms(90), "p99": ms(99), "max": ms(100)}
+
+
+def pacing_offsets_s(
+    rate_per_s: float, duration_s: float, proc_index: int = 0, procs: int = 1
+) -> list[float]:
+    """Scheduled send times (seconds from the phase start) of one client process.
+
+    The whole run sends at ``rate_per_s`` for ``duration_s``: send ``i`` is due at ``i / rate``.
+    Process ``p`` of ``procs`` takes sends ``p, p + procs, ...``, so the processes interleave
+    into one evenly spaced stream. An open-loop client measures latency from these times, not
+    from when it got round to sending (no coordinated omission).
+    """
+    if rate_per_s <= 0 or duration_s <= 0:
+        raise ValueError("rate and duration must be positive")
+    if not 0 <= proc_index < procs:
+        raise ValueError("proc_index must be in 0..procs-1")
+    total = round(rate_per_s * duration_s)
+    return [i / rate_per_s for i in range(proc_index, total, procs)]
+
+
+def split_count(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` shares that differ by at most one (first ones larger)."""
+    if parts < 1 or total < 0:
+        raise ValueError("need parts >= 1 and total >= 0")
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def throughput_windows(
+    completions: Sequence[tuple[float, int]], start_s: float, window_s: float
+) -> list[tuple[float, float]]:
+    """Records/s per window: ``completions`` are (completion time, records) pairs.
+
+    Returns (window start relative to ``start_s``, records/s) for every window from the start
+    to the last completion; the last window is usually partial and is scaled by its length.
+    """
+    if window_s <= 0:
+        raise ValueError("window must be positive")
+    if not completions:
+        return []
+    end_s = max(t for t, _ in completions)
+    count = max(1, math.ceil((end_s - start_s) / window_s))
+    totals = [0] * count
+    for t, records in completions:
+        index = min(count - 1, max(0, int((t - start_s) // window_s)))
+        totals[index] += records
+    windows = []
+    for i, records in enumerate(totals):
+        length = min(window_s, end_s - start_s - i * window_s) if i == count - 1 else window_s
+        windows.append((round(i * window_s, 3), records / max(length, 1e-9)))
+    return windows
+
+
+def window_summary(windows: Sequence[tuple[float, float]]) -> dict[str, float | None]:
+    """Min and median of the full windows (the first and last, often partial, are left out
+    when there are at least three): "sustained" is the minimum, not the average."""
+    rates = [rate for _, rate in windows]
+    if len(rates) >= 3:
+        rates = rates[1:-1]
+    if not rates:
+        return {"min": None, "median": None}
+    ordered = sorted(rates)
+    return {"min": round(ordered[0], 1), "median": round(ordered[len(ordered) // 2], 1)}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One target of issue #3: ``phase``'s ``metric`` compared with ``threshold``."""
+
+    name: str
+    phase: str
+    metric: str  # a key of the phase result, or "latency_ms.<q>"
+    op: str  # ">=" or "<="
+    threshold: float
+    unit: str
+    description: str
+
+
+TARGETS: tuple[Target, ...] = (
+    Target(
+        "single_write_rate",
+        "single-write",
+        "records_per_s",
+        ">=",
+        2500,
+        "records/s",
+        "one record per request, 32 concurrent clients",
+    ),
+    Target(
+        "batch_write_rate",
+        "batch-write",
+        "records_per_s",
+        ">=",
+        20000,
+        "records/s",
+        "batched writes, sustained over 10^6 records",
+    ),
+    Target(
+        "read_rate",
+        "read",
+        "records_per_s",
+        ">=",
+        2500,
+        "records/s",
+        "single-record reads",
+    ),
+    Target(
+        "paced_write_p99",
+        "paced-write",
+        "latency_ms.p99",
+        "<=",
+        20,
+        "ms",
+        "write p99 at an open-loop 1,000 records/s",
+    ),
+    Target(
+        "node_memory_flat",
+        "batch-write",
+        "node_rss_growth_second_half_pct_max",
+        "<=",
+        10,
+        "%",
+        "each node's RSS grows at most 10% over the second half of the batch-write phase",
+    ),
+)
+
+BATCH_RECORDS_FOR_TARGET = 1_000_000
+PACED_RATE_FOR_TARGET = 1000.0
+
+
+def _metric(result: dict[str, Any], metric: str) -> float | None:
+    value: Any = result
+    for part in metric.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _conditions(target: Target, result: dict[str, Any], params: dict[str, Any]) -> str | None:
+    """Why this run cannot settle the target although it measured it (None: it can)."""
+    if target.phase == "batch-write" and int(params.get("records", 0)) < BATCH_RECORDS_FOR_TARGET:
+        return f"the target is sustained over 10^6 records; this run wrote {params.get('records')}"
+    if target.phase == "paced-write":
+        rate = float(params.get("rate", 0))
+        if rate != PACED_RATE_FOR_TARGET:
+            return f"the target is at 1,000 records/s; this run paced {rate:g}/s"
+        achieved = float(result.get("records_per_s") or 0.0)
+        if achieved < 0.95 * rate:
+            return f"the client reached only {achieved:.0f} of {rate:g} records/s"
+    if result.get("errors"):
+        return "the phase had errors"
+    return None
+
+
+def evaluate_targets(
+    phases: dict[str, dict[str, Any]], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One verdict per target: ``pass`` is always a bool (False when not measured);
+    ``conclusive`` says whether this run's parameters are the ones the target names."""
+    verdicts = []
+    for target in TARGETS:
+        result = phases.get(target.phase)
+        measured = None if result is None else _metric(result, target.metric)
+        note: str | None
+        if measured is None:
+            passed, note = False, "not measured (phase not run)"
+        else:
+            passed = (
+                measured >= target.threshold
+                if target.op == ">="
+                else (measured <= target.threshold)
+            )
+            note = _conditions(target, result or {}, params)
+        verdicts.append(
+            {
+                "name": target.name,
+                "phase": target.phase,
+                "metric": target.metric,
+                "op": target.op,
+                "threshold": target.threshold,
+                "unit": target.unit,
+                "description": target.description,
+                "measured": measured,
+                "pass": passed,
+                "conclusive": measured is not None and note is None,
+                "note": note,
+            }
+        )
+    return verdicts
