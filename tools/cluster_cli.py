@@ -1,7 +1,9 @@
-"""``baas-cluster``: initialise and run a local cluster.
+"""``baas-cluster``: initialise, run, inspect a cluster; render its compose file.
 
-baas-cluster init --dir .cluster [--nodes 5 --k 3 --n 5]
-baas-cluster run  --dir .cluster     # init if needed, start 5 nodes + gateway, wait for Ctrl-C
+baas-cluster init    --dir .cluster [--nodes 5 --k 3 --n 5]
+baas-cluster run     --dir .cluster  # init if needed, start 5 nodes + gateway, wait for Ctrl-C
+baas-cluster status  --dir .cluster [--json]   # every node and the gateway at a glance
+baas-cluster compose [--out docker-compose.cluster.yml]   # the same cluster as containers
 """
 
 from __future__ import annotations
@@ -13,8 +15,19 @@ import threading
 from pathlib import Path
 
 from node.errors import BaasError
-from tools.cluster_init import ClusterLayout, init_cluster, load_layout
+from tools.cluster_init import (
+    DEFAULT_BASE_PORT,
+    DEFAULT_K,
+    DEFAULT_N,
+    DEFAULT_NODES,
+    HOST,
+    ClusterLayout,
+    init_cluster,
+    load_layout,
+)
+from tools.compose import ComposeSpec, compose_yaml
 from tools.local_cluster import LocalCluster
+from tools.status import run_status
 
 
 def _print_layout(layout: ClusterLayout) -> None:
@@ -28,7 +41,31 @@ def _print_layout(layout: ClusterLayout) -> None:
 
 
 def _init(args: argparse.Namespace) -> ClusterLayout:
-    return init_cluster(args.dir, nodes=args.nodes, k=args.k, n=args.n, base_port=args.base_port)
+    return init_cluster(
+        args.dir,
+        nodes=args.nodes,
+        k=args.k,
+        n=args.n,
+        base_port=args.base_port,
+        node_hosts=getattr(args, "node_hosts", None),
+        gateway_host=getattr(args, "gateway_host", HOST),
+        data_dir=getattr(args, "data_dir", "data"),
+        exist_ok=getattr(args, "exist_ok", False),
+    )
+
+
+def _hosts(value: str) -> tuple[str, ...]:
+    return tuple(host.strip() for host in value.split(","))
+
+
+def _compose(args: argparse.Namespace) -> int:
+    text = compose_yaml(ComposeSpec())
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,15 +78,43 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("init", "run"):
         p = sub.add_parser(name)
         p.add_argument("--dir", type=Path, default=Path(".cluster"))
-        p.add_argument("--nodes", type=int, default=5)
-        p.add_argument("--k", type=int, default=3)
-        p.add_argument("--n", type=int, default=5)
-        p.add_argument("--base-port", type=int, default=7100, help="0 picks free ports")
+        p.add_argument("--nodes", type=int, default=DEFAULT_NODES)
+        p.add_argument("--k", type=int, default=DEFAULT_K)
+        p.add_argument("--n", type=int, default=DEFAULT_N)
+        p.add_argument(
+            "--base-port", type=int, default=DEFAULT_BASE_PORT, help="0 picks free ports"
+        )
+        if name == "init":
+            p.add_argument(
+                "--node-hosts",
+                type=_hosts,
+                default=None,
+                help="one IP per node, comma-separated (default 127.0.0.1 for all)",
+            )
+            p.add_argument("--gateway-host", default=HOST, help="the gateway's listen IP")
+            p.add_argument(
+                "--data-dir", default="data", help="node data dir (relative to its config)"
+            )
+            p.add_argument(
+                "--exist-ok",
+                action="store_true",
+                help="accept an existing cluster of the same shape instead of refusing",
+            )
+    status = sub.add_parser("status", help="every node and the gateway at a glance")
+    status.add_argument("--dir", type=Path, default=Path(".cluster"))
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--timeout", type=float, default=2.0, help="per request, seconds")
+    compose = sub.add_parser("compose", help="render docker-compose.cluster.yml")
+    compose.add_argument("--out", type=Path, default=None, help="default: stdout")
     args = parser.parse_args(argv)
     try:
         if args.command == "init":
             _print_layout(_init(args))
             return 0
+        if args.command == "status":
+            return run_status(args.dir, as_json=args.json, timeout_s=args.timeout)
+        if args.command == "compose":
+            return _compose(args)
         layout = load_layout(args.dir) if (args.dir / "cluster.json").exists() else _init(args)
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -12,7 +12,13 @@ Writes, under the cluster directory::
     node-<i>/identity.key      each node's Ed25519 libp2p identity seed (0600)
 
 Running it again on an existing directory refuses rather than overwriting identities: a node's
-peer id must outlive restarts.
+peer id must outlive restarts (``exist_ok`` accepts a directory that already holds the same
+cluster shape, for container start-ups that run init every time).
+
+By default every node listens on 127.0.0.1 (the local cluster); ``node_hosts`` and
+``gateway_host`` give each process its own IP instead (the container cluster of
+``tools/compose.py``, where every container has a fixed address). Ports are the same either way:
+:func:`port_plan` is the one place that lays them out.
 """
 
 from __future__ import annotations
@@ -25,13 +31,48 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gateway.keyring import Keyring, new_partner, save_keyring
-from node.config import ClusterConfig, ClusterMember
+from node.config import ClusterConfig, ClusterMember, parse_host_port
 from node.errors import ConfigError
 from node.p2p.identity import generate_identity_seed, peer_id_of_seed, write_identity_file
 
-__all__ = ["ClusterLayout", "NodeLayout", "init_cluster", "load_layout"]
+__all__ = [
+    "DEFAULT_BASE_PORT",
+    "DEFAULT_K",
+    "DEFAULT_N",
+    "DEFAULT_NODES",
+    "GATEWAY_CONFIG",
+    "HOST",
+    "ClusterLayout",
+    "NodeLayout",
+    "init_cluster",
+    "load_layout",
+    "node_config_relpath",
+    "node_name",
+    "port_plan",
+]
 
 HOST = "127.0.0.1"
+DEFAULT_NODES = 5
+DEFAULT_K = 3
+DEFAULT_N = 5
+DEFAULT_BASE_PORT = 7100
+GATEWAY_CONFIG = "gateway.toml"
+
+
+def node_name(index: int) -> str:
+    """The name of the node at 0-based ``index``."""
+    return f"node-{index + 1}"
+
+
+def node_config_relpath(name: str) -> str:
+    """Where a node's config lives, relative to the cluster directory."""
+    return f"{name}/node.toml"
+
+
+def port_plan(nodes: int, base_port: int) -> tuple[tuple[tuple[int, int], ...], int]:
+    """((p2p port, http port) per node, gateway port) from ``base_port`` upwards."""
+    node_ports = tuple((base_port + 2 * i, base_port + 2 * i + 1) for i in range(nodes))
+    return node_ports, base_port + 2 * nodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +82,15 @@ class NodeLayout:
     p2p_port: int
     http_port: int
     config_path: str
+    host: str = HOST
 
     @property
     def http_addr(self) -> str:
-        return f"{HOST}:{self.http_port}"
+        return f"{self.host}:{self.http_port}"
 
     @property
     def p2p_addr(self) -> str:
-        return f"/ip4/{HOST}/tcp/{self.p2p_port}"
+        return f"/ip4/{self.host}/tcp/{self.p2p_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +104,11 @@ class ClusterLayout:
     gateway_port: int
     gateway_config_path: str
     partners: dict[str, dict[str, str]]  # partner id -> {"api_key", "secret_hex"}
+    gateway_host: str = HOST
 
     @property
     def gateway_url(self) -> str:
-        return f"http://{HOST}:{self.gateway_port}"
+        return f"http://{self.gateway_host}:{self.gateway_port}"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -92,12 +135,12 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def _node_toml(name: str, node: NodeLayout, cluster: ClusterConfig) -> str:
+def _node_toml(name: str, node: NodeLayout, cluster: ClusterConfig, data_dir: str) -> str:
     lines = [
         "# BaaS storage node config, written by `baas-cluster init`.",
         "[node]",
         f"name = {_toml_str(name)}",
-        'data_dir = "data"',
+        f"data_dir = {_toml_str(data_dir)}",
         'identity_file = "identity.key"',
         'api_token_file = "../secrets/node-api.token"',
         f"p2p_listen = {_toml_str(node.p2p_addr)}",
@@ -123,11 +166,11 @@ def _node_toml(name: str, node: NodeLayout, cluster: ClusterConfig) -> str:
     return "\n".join(lines)
 
 
-def _gateway_toml(layout_nodes: list[NodeLayout], port: int) -> str:
+def _gateway_toml(layout_nodes: list[NodeLayout], host: str, port: int) -> str:
     lines = [
         "# BaaS gateway config, written by `baas-cluster init`.",
         "[gateway]",
-        f'http_listen = "{HOST}:{port}"',
+        f"http_listen = {_toml_str(f'{host}:{port}')}",
         'keyring_file = "keyring.json"',
         'master_key_file = "secrets/master.key"',
         'node_api_token_file = "secrets/node-api.token"',
@@ -152,32 +195,53 @@ def init_cluster(
     write_quorum: int | None = None,
     partners: tuple[str, ...] = ("demo-shop",),
     base_port: int = 0,
+    node_hosts: tuple[str, ...] | None = None,
+    gateway_host: str = HOST,
+    data_dir: str = "data",
+    exist_ok: bool = False,
 ) -> ClusterLayout:
-    """Create a new cluster directory. ``base_port=0`` picks free ports (tests)."""
+    """Create a new cluster directory. ``base_port=0`` picks free ports (tests).
+
+    ``node_hosts`` (one IP per node; default 127.0.0.1 for all) and ``gateway_host`` are the
+    addresses the processes listen on and the others reach them at; ``data_dir`` is each node's
+    data directory (relative to its config, or absolute, e.g. a container volume). With
+    ``exist_ok`` an existing cluster of the same shape is loaded and returned unchanged.
+    """
     if (directory / "cluster.json").exists():
-        raise ConfigError(f"{directory} already holds a cluster; refusing to overwrite identities")
+        if not exist_ok:
+            raise ConfigError(
+                f"{directory} already holds a cluster; refusing to overwrite identities"
+            )
+        existing = load_layout(directory)
+        _require_same_shape(existing, nodes, k, n, base_port, node_hosts, gateway_host)
+        return existing
     if nodes < 1:
         raise ConfigError("a cluster needs at least one node")
+    hosts = node_hosts if node_hosts is not None else (HOST,) * nodes
+    if len(hosts) != nodes:
+        raise ConfigError(f"{len(hosts)} node hosts given for {nodes} nodes")
     quorum = write_quorum if write_quorum is not None else min(k + 1, n)
-    ports = (
-        _free_ports(2 * nodes + 1)
-        if base_port == 0
-        else list(range(base_port, base_port + 2 * nodes + 1))
-    )
-    directory.mkdir(parents=True, exist_ok=True)
+    if base_port == 0:
+        free = _free_ports(2 * nodes + 1)
+        node_ports = tuple((free[2 * i], free[2 * i + 1]) for i in range(nodes))
+        gateway_port = free[-1]
+    else:
+        node_ports, gateway_port = port_plan(nodes, base_port)
+    parse_host_port(f"{gateway_host}:{gateway_port}", "gateway host")
     layouts: list[NodeLayout] = []
     seeds: list[bytes] = []
-    for i in range(nodes):
+    for i, ((p2p_port, http_port), host) in enumerate(zip(node_ports, hosts, strict=True)):
         seed = generate_identity_seed()
         seeds.append(seed)
-        name = f"node-{i + 1}"
+        name = node_name(i)
         layouts.append(
             NodeLayout(
                 name,
                 peer_id_of_seed(seed),
-                ports[2 * i],
-                ports[2 * i + 1],
-                str(directory / name / "node.toml"),
+                p2p_port,
+                http_port,
+                str(directory / node_config_relpath(name)),
+                host,
             )
         )
     cluster = ClusterConfig(
@@ -188,6 +252,7 @@ def init_cluster(
         members=tuple(ClusterMember(x.name, x.peer_id, x.p2p_addr, x.http_addr) for x in layouts),
     )
     cluster.validate()  # refuses n > nodes and the like before anything is written
+    directory.mkdir(parents=True, exist_ok=True)
     master_key = secrets.token_bytes(32)
     _write_secret(directory / "secrets" / "master.key", master_key.hex() + "\n")
     _write_secret(directory / "secrets" / "node-api.token", secrets.token_urlsafe(32) + "\n")
@@ -209,9 +274,8 @@ def init_cluster(
         node_dir = directory / layout.name
         node_dir.mkdir(parents=True, exist_ok=True)
         write_identity_file(node_dir / "identity.key", seed)
-        Path(layout.config_path).write_text(_node_toml(layout.name, layout, cluster))
-    gateway_port = ports[-1]
-    (directory / "gateway.toml").write_text(_gateway_toml(layouts, gateway_port))
+        Path(layout.config_path).write_text(_node_toml(layout.name, layout, cluster, data_dir))
+    (directory / GATEWAY_CONFIG).write_text(_gateway_toml(layouts, gateway_host, gateway_port))
     result = ClusterLayout(
         directory=str(directory),
         cluster_id=cluster.cluster_id,
@@ -220,8 +284,9 @@ def init_cluster(
         write_quorum=quorum,
         nodes=tuple(layouts),
         gateway_port=gateway_port,
-        gateway_config_path=str(directory / "gateway.toml"),
+        gateway_config_path=str(directory / GATEWAY_CONFIG),
         partners=partner_creds,
+        gateway_host=gateway_host,
     )
     document = asdict(result)
     document["partners"] = sorted(partner_creds)  # secrets stay in secrets/partners.json only
@@ -245,4 +310,44 @@ def load_layout(directory: Path) -> ClusterLayout:
         gateway_port=document["gateway_port"],
         gateway_config_path=document["gateway_config_path"],
         partners=partners,
+        gateway_host=document.get("gateway_host", HOST),
     )
+
+
+def _require_same_shape(
+    layout: ClusterLayout,
+    nodes: int,
+    k: int,
+    n: int,
+    base_port: int,
+    node_hosts: tuple[str, ...] | None,
+    gateway_host: str,
+) -> None:
+    """Refuse an existing cluster that differs from what was asked for (never rewrite it)."""
+    hosts = node_hosts if node_hosts is not None else (HOST,) * nodes
+    asked: dict[str, object] = {
+        "nodes": nodes,
+        "k": k,
+        "n": n,
+        "node hosts": tuple(hosts),
+        "gateway host": gateway_host,
+    }
+    found: dict[str, object] = {
+        "nodes": len(layout.nodes),
+        "k": layout.k,
+        "n": layout.n,
+        "node hosts": tuple(node.host for node in layout.nodes),
+        "gateway host": layout.gateway_host,
+    }
+    if base_port != 0:
+        asked["ports"] = port_plan(nodes, base_port)
+        found["ports"] = (
+            tuple((node.p2p_port, node.http_port) for node in layout.nodes),
+            layout.gateway_port,
+        )
+    differ = [key for key in asked if asked[key] != found[key]]
+    if differ:
+        raise ConfigError(
+            f"{layout.directory} already holds a different cluster ({', '.join(differ)} differ); "
+            "refusing to overwrite identities"
+        )

@@ -1,0 +1,215 @@
+"""``baas-cluster status``: every node and the gateway of a cluster at a glance.
+
+Reads the cluster directory ``baas-cluster init`` wrote (``cluster.json`` and the node API token
+in ``secrets/``), asks every node's ``GET /internal/v1/status`` (bearer token) and the gateway's
+``GET /readyz``, all at once, and prints one table (or ``--json``). A node that does not answer,
+answers with an error, or reports another peer id than the cluster gave it is *down*. Exit
+status: 0 when every node is up and the gateway ready, 1 otherwise, 2 when the directory is not
+a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from node.errors import BaasError, ConfigError
+from tools.cluster_init import ClusterLayout, NodeLayout, load_layout
+
+__all__ = ["ClusterStatus", "GatewayStatus", "NodeStatus", "cluster_status", "run_status"]
+
+STATUS_PATH = "/internal/v1/status"
+# Fields a node may report (older nodes lack some): the first one present is shown.
+BYTES_FIELDS = ("shard_bytes", "bytes", "store_bytes")
+QUEUE_FIELDS = ("queue_depth", "commit_queue_depth", "commit_queue_shards")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    url: str
+    up: bool
+    peer_id: str  # the one the cluster config names
+    connected_peers: int | None = None
+    shards: int | None = None
+    shard_bytes: int | None = None
+    queue_depth: int | None = None
+    hints: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    url: str
+    state: str  # "ready", "not ready" or "down"
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    cluster_id: str
+    k: int
+    n: int
+    nodes: tuple[NodeStatus, ...]
+    gateway: GatewayStatus
+
+    @property
+    def healthy(self) -> bool:
+        return all(node.up for node in self.nodes) and self.gateway.state == "ready"
+
+
+def _get(url: str, headers: dict[str, str], timeout_s: float) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return int(response.status), response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+def _decode(content_type: str, body: bytes) -> Any:
+    if content_type == "application/msgpack":
+        return msgpack.unpackb(body, raw=False)
+    return json.loads(body)
+
+
+def _first_int(report: dict[str, Any], names: tuple[str, ...]) -> int | None:
+    for name in names:
+        if isinstance(report.get(name), int):
+            return int(report[name])
+    return None
+
+
+def _count(value: Any) -> int | None:
+    if isinstance(value, list | tuple):
+        return len(value)
+    return int(value) if isinstance(value, int) else None
+
+
+def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
+    url = f"http://{node.http_addr}"
+    down = NodeStatus(name=node.name, url=url, up=False, peer_id=node.peer_id)
+    try:
+        code, content_type, body = _get(
+            url + STATUS_PATH, {"Authorization": f"Bearer {token}"}, timeout_s
+        )
+        report = _decode(content_type, body)
+    except (OSError, ValueError, msgpack.UnpackException) as exc:
+        return NodeStatus(**{**asdict(down), "error": str(getattr(exc, "reason", exc))})
+    if code != 200 or not isinstance(report, dict):
+        return NodeStatus(**{**asdict(down), "error": f"HTTP {code}"})
+    if report.get("peer_id") != node.peer_id:
+        return NodeStatus(**{**asdict(down), "error": f"reports peer {report.get('peer_id')}"})
+    return NodeStatus(
+        name=node.name,
+        url=url,
+        up=True,
+        peer_id=node.peer_id,
+        connected_peers=_count(report.get("connected_peers")),
+        shards=_count(report.get("shards")),
+        shard_bytes=_first_int(report, BYTES_FIELDS),
+        queue_depth=_first_int(report, QUEUE_FIELDS),
+        hints=_count(report.get("hints")),
+    )
+
+
+def gateway_status(url: str, timeout_s: float) -> GatewayStatus:
+    try:
+        code, _, _ = _get(url + "/readyz", {}, timeout_s)
+    except OSError as exc:
+        return GatewayStatus(url=url, state="down", error=str(getattr(exc, "reason", exc)))
+    if code == 200:
+        return GatewayStatus(url=url, state="ready")
+    return GatewayStatus(url=url, state="not ready", error=f"HTTP {code}")
+
+
+def read_token(directory: Path) -> str:
+    path = directory / "secrets" / "node-api.token"
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the node API token {path}: {exc}") from exc
+
+
+def cluster_status(layout: ClusterLayout, token: str, timeout_s: float = 2.0) -> ClusterStatus:
+    """Ask every node and the gateway at once; never raises for an unreachable process."""
+    with ThreadPoolExecutor(max_workers=len(layout.nodes) + 1) as pool:
+        gateway = pool.submit(gateway_status, layout.gateway_url, timeout_s)
+        nodes = list(pool.map(lambda node: node_status(node, token, timeout_s), layout.nodes))
+        return ClusterStatus(
+            cluster_id=layout.cluster_id,
+            k=layout.k,
+            n=layout.n,
+            nodes=tuple(nodes),
+            gateway=gateway.result(),
+        )
+
+
+def _short(peer_id: str) -> str:
+    return f"{peer_id[:8]}...{peer_id[-6:]}" if len(peer_id) > 17 else peer_id
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def format_table(status: ClusterStatus) -> str:
+    header = ("NODE", "STATE", "PEER ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "API")
+    rows = [header]
+    for node in status.nodes:
+        rows.append(
+            (
+                node.name,
+                "up" if node.up else "down",
+                _short(node.peer_id),
+                _cell(node.connected_peers),
+                _cell(node.shards),
+                _cell(node.shard_bytes),
+                _cell(node.queue_depth),
+                _cell(node.hints),
+                node.url + (f"  ({node.error})" if node.error else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
+    up = sum(node.up for node in status.nodes)
+    gateway = status.gateway
+    return "\n".join(
+        [
+            f"cluster {status.cluster_id}: k={status.k} n={status.n}, "
+            f"{up}/{len(status.nodes)} nodes up",
+            *lines,
+            f"gateway {gateway.url}: {gateway.state}"
+            + (f" ({gateway.error})" if gateway.error else ""),
+        ]
+    )
+
+
+def status_document(status: ClusterStatus) -> dict[str, Any]:
+    return {**asdict(status), "healthy": status.healthy}
+
+
+def run_status(directory: Path, *, as_json: bool, timeout_s: float) -> int:
+    try:
+        layout = load_layout(directory)
+        token = read_token(directory)
+    except BaasError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 2
+    status = cluster_status(layout, token, timeout_s)
+    if as_json:
+        print(json.dumps(status_document(status), indent=2))
+    else:
+        print(format_table(status))
+    return 0 if status.healthy else 1
