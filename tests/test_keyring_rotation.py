@@ -7,14 +7,19 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.auth import ReplayCache, SignedRequest, authenticate, sign_request
+from gateway.config import GatewayConfig, GatewayTimeouts, NodeEndpoint
 from gateway.keyring import (
     API_CREDENTIALS_LIVE_MAX,
     Keyring,
@@ -26,11 +31,13 @@ from gateway.keyring import (
     save_keyring,
 )
 from gateway.keyring_reload import KeyringReloader
+from gateway.main import run_gateway
 from gateway.record_codec import open_record, seal_record
 from node.errors import AuthenticationFailed, ConfigError, InvalidRequest, NotFound
 from node.records import record_id_for
 from node.storage.envelope import read_header
 from tools import keys_cli
+from tools.client import PartnerClient
 
 MASTER = os.urandom(32)
 NOW_MS = 1_800_000_000_000
@@ -450,3 +457,59 @@ async def test_reloader_loop_picks_up_a_change_within_the_interval(tmp_path: Pat
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_gateway_reloads_on_sighup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_gateway wires SIGHUP to a reload: with an hour-long interval, only the signal can
+    make the gateway accept a credential added after it started."""
+    monkeypatch.setenv("BAAS_MASTER_KEY", MASTER.hex())
+    keyring = _keyring()
+    save_keyring(tmp_path / "keyring.json", keyring, MASTER)
+    (tmp_path / "token").write_text("t" * 32)
+    port = _free_port()
+    config = GatewayConfig(
+        http_listen=f"127.0.0.1:{port}",
+        keyring_file=tmp_path / "keyring.json",
+        master_key_file=None,
+        node_api_token_file=tmp_path / "token",
+        nodes=(NodeEndpoint("node-1", f"127.0.0.1:{_free_port()}"),),  # nobody listens there
+        timeouts=GatewayTimeouts(keyring_reload_interval_s=3600.0),
+    )
+    stop = asyncio.Event()
+    server = asyncio.create_task(run_gateway(config, stop))
+    keyring, credential = add_api_credential(keyring, "shop", int(time.time() * 1000))
+    try:
+        async with PartnerClient(
+            f"http://127.0.0.1:{port}", credential.api_key, credential.secret
+        ) as client:
+            path = f"/v1/records/{'00' * 32}"
+            await _wait_until_serving(client, path)
+            save_keyring(tmp_path / "keyring.json", keyring, MASTER)
+            await asyncio.sleep(0.3)
+            assert (await client.request("GET", path)).body["code"] == "unauthenticated"
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(100):
+                reply = await client.request("GET", path)
+                if reply.status != 401:
+                    break
+                await asyncio.sleep(0.02)
+            assert reply.status == 503  # authenticated; no node can answer
+    finally:
+        stop.set()
+        await server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_until_serving(client: PartnerClient, path: str) -> None:
+    for _ in range(200):
+        try:
+            await client.request("GET", path)
+            return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("gateway did not start")
