@@ -9,10 +9,15 @@ Write (one record or a batch):
      (>= k shards of one content hash) with the same body fingerprint is returned as-is (an
      idempotent retry); with another fingerprint the write is refused (409). Concurrent
      duplicates are settled for good by the consensus log (a later issue);
-  3. erasure-code the blob and send each node its shards, coalesced per node into one
-     ``PutShards`` message per request;
+  3. erasure-code the blob and send each node its shards;
   4. acknowledge once ``write_quorum`` shards are durable; the remaining puts go on in the
      background and shards that still fail are kept as hints and replayed later.
+
+Shard traffic to a peer is coalesced across concurrent requests (:mod:`node.batcher`): one
+``PutShards``, one ``HasRecords`` and one ``GetRecords`` frame carries the shards, probes and
+reads of every request that arrived within a few milliseconds. The number of records being
+coordinated is bounded (``coordinator_queue_records_max``); past it new work is refused with
+:class:`Overloaded` and the depth is reported to gateways so they can back off.
 
 Read: ask the holders of the systematic shards first; if fewer than ``k`` intact shards come
 back, ask the others; rebuild; check the content hash; if it does not match (a node served a
@@ -28,8 +33,9 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from node.batcher import Batcher
 from node.config import ClusterConfig, NodeLimits, NodeTimeouts
 from node.errors import (
     BaasError,
@@ -37,6 +43,7 @@ from node.errors import (
     InvalidRequest,
     NotFound,
     OperationFailed,
+    Overloaded,
     PayloadTooLarge,
     PeerError,
     QuorumNotReached,
@@ -44,13 +51,13 @@ from node.errors import (
 )
 from node.p2p.messages import (
     ErrorReply,
-    GetShards,
+    GetRecords,
     HasRecords,
     Message,
     MetasReply,
     PutShards,
     PutShardsReply,
-    ShardsReply,
+    RecordsShardsReply,
 )
 from node.records import HASH_BYTES, Shard, ShardMeta, content_hash_of
 from node.storage.erasure import decode_blob, encode_blob
@@ -60,6 +67,7 @@ from node.storage.placement import place_shards
 __all__ = ["Coordinator", "ReadResult", "ShardTransport", "WriteRequest", "WriteResult"]
 
 log = logging.getLogger("baas.node.coordinator")
+T = TypeVar("T")
 
 
 class ShardTransport(Protocol):
@@ -139,6 +147,91 @@ class Coordinator:
         self._background: set[asyncio.Task[None]] = set()
         self.hints_written = 0
         self.hints_replayed = 0
+        self.records_in_progress = 0
+        shared = {
+            "window_s": timeouts.coalesce_window_s,
+            "inflight_max": limits.coalesce_inflight_per_peer_max,
+            # Bounded by the admission check in _admit; this is a second, looser fence.
+            "pending_max": limits.coordinator_queue_records_max * cluster.n,
+        }
+        frame_budget = limits.p2p_frame_bytes_max // 2
+        self._puts: Batcher[str, Shard, bool] = Batcher(
+            self._put_call,
+            items_max=limits.put_batch_shards_max,
+            bytes_max=frame_budget,
+            size_of=lambda shard: len(shard.data) + 256,
+            **shared,  # type: ignore[arg-type]
+        )
+        self._probes: Batcher[str, bytes, tuple[ShardMeta, ...]] = Batcher(
+            self._probe_call,
+            items_max=limits.records_per_request_max,
+            bytes_max=frame_budget,
+            **shared,  # type: ignore[arg-type]
+        )
+        self._reads: Batcher[str, bytes, tuple[tuple[Shard, ...], int]] = Batcher(
+            self._read_call,
+            items_max=limits.read_batch_records_max,
+            bytes_max=frame_budget,
+            **shared,  # type: ignore[arg-type]
+        )
+
+    @property
+    def queue_max(self) -> int:
+        return self._limits.coordinator_queue_records_max
+
+    def batcher_stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {
+                "pending": batcher.pending_items,
+                "inflight": batcher.inflight_items,
+                "calls": batcher.stats.calls,
+                "items": batcher.stats.items,
+                "dropped_abandoned": batcher.stats.dropped_abandoned,
+            }
+            for name, batcher in self._batchers()
+        }
+
+    def _batchers(self) -> tuple[tuple[str, Batcher[str, Any, Any]], ...]:
+        return (("put", self._puts), ("probe", self._probes), ("read", self._reads))
+
+    def _admit(self, records: int) -> None:
+        if self.records_in_progress + records > self._limits.coordinator_queue_records_max:
+            raise Overloaded(
+                f"{self.records_in_progress} records in progress on this node "
+                "(coordinator_queue_records_max)"
+            )
+        self.records_in_progress += records
+
+    # ----------------------------------------------------------- batched calls
+
+    async def _put_call(self, peer_id: str, shards: list[Shard]) -> list[bool]:
+        reply = await self._ask(peer_id, PutShards(tuple(shards)))
+        if not isinstance(reply, PutShardsReply) or reply.stored != len(shards):
+            raise OperationFailed(f"peer {peer_id} did not store a put batch")
+        return [True] * len(shards)
+
+    async def _probe_call(self, peer_id: str, rids: list[bytes]) -> list[tuple[ShardMeta, ...]]:
+        reply = await self._ask(peer_id, HasRecords(tuple(rids)))
+        if not isinstance(reply, MetasReply):
+            raise OperationFailed(f"peer {peer_id} answered a probe with {type(reply).__name__}")
+        found: dict[bytes, list[ShardMeta]] = defaultdict(list)
+        for meta in reply.metas:
+            found[meta.record_id].append(meta)
+        return [tuple(found.get(rid, ())) for rid in rids]
+
+    async def _read_call(
+        self, peer_id: str, rids: list[bytes]
+    ) -> list[tuple[tuple[Shard, ...], int]]:
+        reply = await self._ask(peer_id, GetRecords(tuple(rids)))
+        if not isinstance(reply, RecordsShardsReply):
+            raise OperationFailed(f"peer {peer_id} answered a read with {type(reply).__name__}")
+        found: dict[bytes, list[Shard]] = defaultdict(list)
+        for shard in reply.shards:
+            found[shard.meta.record_id].append(shard)
+        corrupt: dict[bytes, int] = defaultdict(int)
+        for rid in reply.corrupt_record_ids:
+            corrupt[rid] += 1
+        return [(tuple(found.get(rid, ())), corrupt[rid]) for rid in rids]
 
     # ----------------------------------------------------------------- helpers
 
@@ -153,12 +246,13 @@ class Coordinator:
             raise OperationFailed(f"peer {peer_id} refused: {reply.code}: {reply.detail}")
         return reply
 
+    @staticmethod
     async def _gather(
-        self, calls: dict[str, Awaitable[Message]]
-    ) -> tuple[dict[str, Message], dict[str, BaasError]]:
+        calls: dict[str, Awaitable[T]],
+    ) -> tuple[dict[str, T], dict[str, BaasError]]:
         peers = list(calls)
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
-        replies: dict[str, Message] = {}
+        replies: dict[str, T] = {}
         failures: dict[str, BaasError] = {}
         for peer, result in zip(peers, results, strict=True):
             if isinstance(result, OperationFailed | PeerError):
@@ -189,6 +283,15 @@ class Coordinator:
             self._validate(request)
         if len({r.record_id for r in requests}) != len(requests):
             raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+        self._admit(len(requests))
+        try:
+            return await self._write_admitted(requests)
+        finally:
+            self.records_in_progress -= len(requests)
+
+    async def _write_admitted(
+        self, requests: Sequence[WriteRequest]
+    ) -> list[WriteResult | BaasError]:
         outcome: list[WriteResult | BaasError | None] = [None] * len(requests)
         existing = await self._find_existing(requests)
         to_write: list[tuple[int, WriteRequest]] = []
@@ -214,20 +317,22 @@ class Coordinator:
     ) -> list[WriteResult | BaasError | None]:
         """For each request: an earlier completed write to return, a conflict, or None.
 
-        One ``HasRecords`` probe per placement node covers every record of the batch.
+        One ``HasRecords`` probe per placement node covers every record of the batch (coalesced
+        with other requests' probes too). A node that does not answer is left out: the remaining
+        ones still hold a decodable version of any acknowledged record unless more than n - k
+        fail.
         """
         per_peer: dict[str, list[bytes]] = defaultdict(list)
         for request in requests:
             for peer in self.placement(request.record_id):
                 per_peer[peer].append(request.record_id)
         replies, _ = await self._gather(
-            {peer: self._ask(peer, HasRecords(tuple(rids))) for peer, rids in per_peer.items()}
+            {peer: self._probes.run_many(peer, rids) for peer, rids in per_peer.items()}
         )
         metas_by_record: dict[bytes, list[ShardMeta]] = defaultdict(list)
-        for reply in replies.values():
-            if isinstance(reply, MetasReply):
-                for meta in reply.metas:
-                    metas_by_record[meta.record_id].append(meta)
+        for peer, per_record in replies.items():
+            for rid, metas in zip(per_peer[peer], per_record, strict=True):
+                metas_by_record[rid].extend(metas)
         return [self._earlier_write(r, metas_by_record[r.record_id]) for r in requests]
 
     @staticmethod
@@ -293,32 +398,36 @@ class Coordinator:
         async def put(peer: str, shards: list[Shard]) -> None:
             nonlocal remaining
             try:
-                for start in range(0, len(shards), self._limits.put_batch_shards_max):
-                    chunk = shards[start : start + self._limits.put_batch_shards_max]
-                    try:
-                        reply = await self._ask(peer, PutShards(tuple(chunk)))
-                    except (OperationFailed, PeerError) as exc:
-                        self._keep_hints(peer, shards[start:], exc)
-                        return
-                    if not isinstance(reply, PutShardsReply) or reply.stored != len(chunk):
-                        self._keep_hints(peer, shards[start:], None)
-                        return
-                    for shard in chunk:
-                        durable[shard.meta.record_id] += 1
-                        if durable[shard.meta.record_id] >= quorum:
-                            needed.discard(shard.meta.record_id)
-                    if not needed:
-                        done.set()
+                try:
+                    await self._puts.run_many(peer, shards)
+                except (OperationFailed, PeerError) as exc:
+                    self._keep_hints(peer, shards, exc)
+                    return
+                for shard in shards:
+                    durable[shard.meta.record_id] += 1
+                    if durable[shard.meta.record_id] >= quorum:
+                        needed.discard(shard.meta.record_id)
+                if not needed:
+                    done.set()
             finally:
                 remaining -= 1
                 if remaining == 0:
                     done.set()
 
+        tasks = []
         for peer, shards in per_peer.items():
             task = asyncio.create_task(put(peer, shards))
+            tasks.append(task)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        await done.wait()
+        try:
+            await done.wait()
+        except asyncio.CancelledError:
+            # The caller gave up (deadline or client gone): shards not yet sent are dropped;
+            # shards already in a frame are stored and become orphans until consensus GC.
+            for task in tasks:
+                task.cancel()
+            raise
         results: list[WriteResult | BaasError] = []
         for request, shards in zip(requests, all_shards, strict=True):
             count = durable[request.record_id]
@@ -371,6 +480,8 @@ class Coordinator:
                 log.warning("hint replay failed: %s", exc)
 
     async def stop(self) -> None:
+        for _, batcher in self._batchers():
+            await batcher.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -380,6 +491,13 @@ class Coordinator:
     async def read_record(self, record_id: bytes) -> ReadResult:
         if len(record_id) != HASH_BYTES:
             raise InvalidRequest("record id must be 32 bytes")
+        self._admit(1)
+        try:
+            return await self._read_admitted(record_id)
+        finally:
+            self.records_in_progress -= 1
+
+    async def _read_admitted(self, record_id: bytes) -> ReadResult:
         placement = self.placement(record_id)
         k = self._cluster.k
         shards: list[Shard] = []
@@ -387,13 +505,12 @@ class Coordinator:
         failed: set[str] = set()
         for wave in (placement[:k], placement[k:]):  # systematic holders first
             replies, failures = await self._gather(
-                {peer: self._ask(peer, GetShards(record_id)) for peer in wave}
+                {peer: self._reads.submit(peer, record_id) for peer in wave}
             )
             failed.update(failures)
-            for reply in replies.values():
-                if isinstance(reply, ShardsReply):
-                    shards.extend(reply.shards)
-                    corrupt += reply.corrupt
+            for found, corrupt_here in replies.values():
+                shards.extend(found)
+                corrupt += corrupt_here
             result = self._rebuild(shards, corrupt)
             if result is not None:
                 return result

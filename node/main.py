@@ -38,13 +38,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     store = ShardStore(data_dir / "shards")
     hints = HintStore(data_dir / "hints", hints_max=config.limits.hints_max)
     api_token = config.node.api_token_file.read_text().strip().encode()
+    shard_service = ShardService(store, config.limits)
     p2p = P2PNode(
         identity_seed=load_identity_seed(config.node.identity_file),
         listen_addr=config.node.p2p_listen,
         members=config.cluster.members,
         limits=config.limits,
         timeouts=config.timeouts,
-        handler=ShardService(store, config.limits),
+        handler=shard_service,
     )
     if p2p.peer_id != config.me.peer_id:
         raise BaasError(
@@ -68,6 +69,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         peer_id=p2p.peer_id,
         connected_peers=p2p.connected_peers,
         ready=lambda: ready,
+        p2p_stats=p2p.stats,
+        commit_stats=shard_service.committer.stats,
     )
     runner = web.AppRunner(build_node_app(state), access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None

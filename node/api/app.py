@@ -53,6 +53,8 @@ class NodeApiState:
     peer_id: str
     connected_peers: Callable[[], frozenset[str]]
     ready: Callable[[], bool]
+    p2p_stats: Callable[[], dict[str, int]]
+    commit_stats: Callable[[], dict[str, int]]
     inflight: int = 0
 
 
@@ -185,6 +187,11 @@ async def get_status(request: web.Request) -> web.Response:
             "hints": state.hints.count,
             "corrupt_entries_seen": state.store.corrupt_entries_seen,
             "inflight_requests": state.inflight,
+            "queue_depth": state.coordinator.records_in_progress,
+            "queue_max": state.coordinator.queue_max,
+            "coalescing": state.coordinator.batcher_stats(),
+            "commit": state.commit_stats(),
+            "p2p": state.p2p_stats(),
         }
     )
 

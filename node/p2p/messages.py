@@ -13,6 +13,7 @@ request            reply                   meaning
 ``GetShards``      ``ShardsReply``         shards of a record (all, or the given indexes)
 ``HasShards``      ``MetasReply``          metas only, of every shard held for a record
 ``HasRecords``     ``MetasReply``          the same for many records at once (batch writes)
+``GetRecords``     ``RecordsShardsReply``  every shard held for each of many records
 any                ``ErrorReply``          the request failed; ``code`` is stable
 =================  ======================  =============================================
 """
@@ -31,6 +32,7 @@ __all__ = [
     "FRAME_VERSION",
     "PROTOCOL_ID",
     "ErrorReply",
+    "GetRecords",
     "GetShards",
     "HasRecords",
     "HasShards",
@@ -38,6 +40,7 @@ __all__ = [
     "MetasReply",
     "PutShards",
     "PutShardsReply",
+    "RecordsShardsReply",
     "ShardsReply",
     "decode_frame",
     "encode_frame",
@@ -70,6 +73,17 @@ class ShardsReply:
 
 
 @dataclass(frozen=True, slots=True)
+class GetRecords:
+    record_ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsShardsReply:
+    shards: tuple[Shard, ...]
+    corrupt_record_ids: tuple[bytes, ...] = ()  # one per corrupt entry found (never served)
+
+
+@dataclass(frozen=True, slots=True)
 class HasShards:
     record_id: bytes
 
@@ -95,6 +109,8 @@ Message = (
     | PutShardsReply
     | GetShards
     | ShardsReply
+    | GetRecords
+    | RecordsShardsReply
     | HasShards
     | HasRecords
     | MetasReply
@@ -112,6 +128,10 @@ def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
             return "get", {"rid": record_id, "ix": list(indexes)}
         case ShardsReply(shards, corrupt):
             return "shards", {"s": [s.to_wire() for s in shards], "bad": corrupt}
+        case GetRecords(record_ids):
+            return "get_many", {"rids": list(record_ids)}
+        case RecordsShardsReply(shards, corrupt_record_ids):
+            return "rshards", {"s": [s.to_wire() for s in shards], "bad": list(corrupt_record_ids)}
         case HasShards(record_id):
             return "has", {"rid": record_id}
         case HasRecords(record_ids):
@@ -138,6 +158,13 @@ def _message_of(op: str, body: dict[str, Any]) -> Message:
         return GetShards(_record_id(body["rid"]), tuple(int(i) for i in body["ix"]))
     if op == "shards":
         return ShardsReply(tuple(Shard.from_wire(s) for s in body["s"]), int(body["bad"]))
+    if op == "get_many":
+        return GetRecords(tuple(_record_id(rid) for rid in body["rids"]))
+    if op == "rshards":
+        return RecordsShardsReply(
+            tuple(Shard.from_wire(s) for s in body["s"]),
+            tuple(_record_id(rid) for rid in body["bad"]),
+        )
     if op == "has":
         return HasShards(_record_id(body["rid"]))
     if op == "has_many":

@@ -46,6 +46,14 @@ class GroupCommitter:
     def queued_shards(self) -> int:
         return self._pending_shards
 
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued_shards": self._pending_shards,
+            "queue_max": self._queue_shards_max,
+            "batches_committed": self.batches_committed,
+            "shards_committed": self.shards_committed,
+        }
+
     async def submit(self, shards: Sequence[Shard]) -> None:
         """Return once ``shards`` are durable; raise if the batch failed or the queue is full."""
         if not shards:

@@ -11,6 +11,7 @@ from node.config import NodeLimits
 from node.errors import CallerError, OperationFailed
 from node.p2p.messages import (
     ErrorReply,
+    GetRecords,
     GetShards,
     HasRecords,
     HasShards,
@@ -18,8 +19,10 @@ from node.p2p.messages import (
     MetasReply,
     PutShards,
     PutShardsReply,
+    RecordsShardsReply,
     ShardsReply,
 )
+from node.records import Shard
 from node.storage.group_commit import GroupCommitter
 from node.storage.shard_store import ShardStore
 
@@ -57,6 +60,16 @@ class ShardService:
             case GetShards(record_id, indexes):
                 found, corrupt = self._store.get(record_id, indexes)
                 return ShardsReply(tuple(found), corrupt)
+            case GetRecords(record_ids):
+                if len(record_ids) > self._limits.read_batch_records_max:
+                    return ErrorReply("too_many_records", "exceeds read_batch_records_max")
+                held: list[Shard] = []
+                corrupt_ids: list[bytes] = []
+                for rid in record_ids:
+                    found, corrupt = self._store.get(rid)
+                    held.extend(found)
+                    corrupt_ids.extend([rid] * corrupt)
+                return RecordsShardsReply(tuple(held), tuple(corrupt_ids))
             case HasShards(record_id):
                 return MetasReply(tuple(self._store.metas(record_id)))
             case HasRecords(record_ids):

@@ -1,0 +1,115 @@
+"""The coalescing batcher: concurrent items share calls, within every bound."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from node.batcher import Batcher
+from node.errors import OperationFailed, Overloaded
+
+
+class Recorder:
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[tuple[str, list[int]]] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.running = 0
+        self.max_running = 0
+
+    async def __call__(self, key: str, items: list[int]) -> list[int]:
+        self.calls.append((key, list(items)))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await asyncio.sleep(self.delay_s)
+            if self.fail:
+                raise OperationFailed("peer refused")
+            return [item * 10 for item in items]
+        finally:
+            self.running -= 1
+
+
+def make(recorder: Recorder, **overrides: float) -> Batcher[str, int, int]:
+    settings: dict[str, float] = {
+        "window_s": 0.005,
+        "items_max": 100,
+        "bytes_max": 1_000_000,
+        "inflight_max": 1,
+        "pending_max": 1_000,
+    }
+    settings.update(overrides)
+    return Batcher(recorder, size_of=lambda item: 10, **settings)  # type: ignore[arg-type]
+
+
+async def test_concurrent_items_share_one_call_per_key_and_results_map_back() -> None:
+    recorder = Recorder()
+    batcher = make(recorder)
+    results = await asyncio.gather(*(batcher.submit("a" if i % 2 else "b", i) for i in range(20)))
+    assert results == [i * 10 for i in range(20)]
+    assert sorted(key for key, _ in recorder.calls) == ["a", "b"]
+    assert batcher.stats.calls == 2 and batcher.stats.items == 20
+
+
+async def test_items_max_and_bytes_max_split_calls() -> None:
+    recorder = Recorder()
+    batcher = make(recorder, items_max=7, inflight_max=10)
+    assert await batcher.run_many("a", list(range(20))) == [i * 10 for i in range(20)]
+    assert [len(items) for _, items in recorder.calls] == [7, 7, 6]
+    recorder_b = Recorder()
+    by_bytes = make(recorder_b, bytes_max=35, inflight_max=10)  # 10 bytes per item
+    await by_bytes.run_many("a", list(range(10)))
+    assert [len(items) for _, items in recorder_b.calls] == [3, 3, 3, 1]
+
+
+async def test_inflight_bound_holds_and_later_items_gather_behind_it() -> None:
+    recorder = Recorder(delay_s=0.02)
+    batcher = make(recorder, window_s=0.0, inflight_max=1)
+    first = asyncio.create_task(batcher.submit("a", 1))
+    await asyncio.sleep(0.005)  # the first call is in flight
+    rest = [asyncio.create_task(batcher.submit("a", i)) for i in range(2, 12)]
+    await asyncio.gather(first, *rest)
+    assert recorder.max_running == 1
+    assert [items for _, items in recorder.calls] == [[1], list(range(2, 12))]
+
+
+async def test_pending_bound_refuses_with_overloaded() -> None:
+    recorder = Recorder(delay_s=0.05)
+    batcher = make(recorder, pending_max=5, window_s=0.01)
+    futures = batcher.submit_many("a", [1, 2, 3, 4])
+    with pytest.raises(Overloaded):
+        batcher.submit_many("a", [5, 6])
+    assert batcher.stats.refused_overloaded == 2
+    assert [await f for f in futures] == [10, 20, 30, 40]
+    assert batcher.pending_items == 0 and batcher.inflight_items == 0
+
+
+async def test_abandoned_items_are_dropped_before_their_call() -> None:
+    recorder = Recorder()
+    batcher = make(recorder, window_s=0.02)
+    keep = asyncio.create_task(batcher.submit("a", 1))
+    gone = asyncio.create_task(batcher.submit("a", 2))
+    await asyncio.sleep(0.001)
+    gone.cancel()
+    assert await keep == 10
+    assert recorder.calls == [("a", [1])]
+    assert batcher.stats.dropped_abandoned == 1
+
+
+async def test_a_failed_call_fails_every_item_of_it() -> None:
+    batcher = make(Recorder(fail=True))
+    results = await asyncio.gather(
+        *(batcher.submit("a", i) for i in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, OperationFailed) for r in results)
+    assert batcher.inflight_items == 0
+
+
+async def test_close_cancels_waiting_items() -> None:
+    batcher = make(Recorder(), window_s=10.0)
+    waiting = asyncio.create_task(batcher.submit("a", 1))
+    await asyncio.sleep(0.001)
+    await batcher.close()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
