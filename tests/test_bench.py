@@ -216,10 +216,11 @@ def test_smoke_client_processes_against_a_cluster(cluster: LocalCluster, tmp_pat
     document = _run(
         tmp_path,
         "--dir", cluster.layout.directory,
-        "--phases", "paced-write,read",
+        "--phases", "read,paced-write",
         "--client-procs", "2",
     )  # fmt: skip
-    assert list(document["phases"]) == ["paced-write", "read"]
+    assert list(document["phases"]) == ["read", "paced-write"]
+    assert document["phases"]["read"]["prefill_records"] == 60  # no write phase before it
     for name, result in document["phases"].items():
         assert result["records_per_s"] > 0 and result["errors"] == {}, name
     assert document["phases"]["paced-write"]["records_ok"] == 100

@@ -34,8 +34,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -54,6 +52,7 @@ from tools.bench_load import (
     pool_run,
     pool_warm,
     run_worker,
+    sample_ids,
 )
 from tools.bench_report import (
     ProcessSampler,
@@ -70,7 +69,7 @@ from tools.bench_stats import (
     window_summary,
 )
 from tools.cluster_init import ClusterLayout, init_cluster, load_layout
-from tools.local_cluster import LocalCluster
+from tools.local_cluster import LocalCluster, _is_ready
 
 __all__ = ["PHASES", "main"]
 
@@ -127,14 +126,6 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- the cluster
-
-
-def _is_ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _pids_by_config(layout: ClusterLayout) -> dict[str, int]:
@@ -202,7 +193,7 @@ class _Bench:
         self.pool = pool
         self.progress_queue = progress
         self.origin_s = time.time()
-        self.written = WorkerResult()  # the sample of record ids the read phase uses
+        self.written_ids: list[str] = []  # a sample of the records written, for the read phase
         self.rng = random.Random(1)
         self.worker_cpu_s = 0.0  # CPU of spawned client processes (the bench's own is separate)
         partner = args.partner or sorted(layout.partners)[0]
@@ -240,7 +231,7 @@ class _Bench:
             total = records if records is not None else a.records
             return _Plan(spread(a.batch_clients, total, batch_size=a.batch_size), total, "rec")
         if phase == "read":
-            ids = tuple(self.written.record_ids)
+            ids = tuple(self.written_ids)
             specs = spread(a.clients, a.reads)
             specs = [replace(s, record_ids=ids[i::procs] or ids) for i, s in enumerate(specs)]
             return _Plan(specs, a.reads, "req")
@@ -267,9 +258,11 @@ class _Bench:
             bar.close()
 
     def run_load(self, phase: str) -> dict[str, Any]:
-        if phase == "read" and not self.written.record_ids:
+        prefill = 0
+        if phase == "read" and not self.written_ids:
             prefill = min(self.args.reads, READ_PREFILL_RECORDS_MAX)
-            self._execute("read prefill", self._plan("batch-write", prefill))
+            written, _ = self._execute("read prefill", self._plan("batch-write", prefill))
+            self.written_ids = sample_ids(self.written_ids, written.record_ids, self.rng)
         plan = self._plan(phase)
         before = self.sampler.snapshot()
         main_cpu = time.process_time()
@@ -279,10 +272,7 @@ class _Bench:
         self.worker_cpu_s += worker_cpu_s
         client_cpu_s = time.process_time() - main_cpu + worker_cpu_s
         if phase != "read":
-            self.written.merge(
-                replace(worker, completions=[], send_lag_s=[], errors=worker.errors.copy()),
-                self.rng,
-            )
+            self.written_ids = sample_ids(self.written_ids, worker.record_ids, self.rng)
         result = self._summary(worker, start_at, client_cpu_s, before, after)
         if phase == "batch-write":
             result["batch_size"] = self.args.batch_size
@@ -296,6 +286,9 @@ class _Bench:
             result["node_rss_growth_second_half_pct"] = growth
             measured = [g for g in growth.values() if g is not None]
             result["node_rss_growth_second_half_pct_max"] = max(measured) if measured else None
+        if phase == "read":
+            result["record_ids_sampled"] = len(self.written_ids)
+            result["prefill_records"] = prefill
         if phase == "paced-write":
             result["rate_target_per_s"] = self.args.rate
             result["send_lag_ms"] = latency_summary_ms(worker.send_lag_s)

@@ -38,6 +38,7 @@ __all__ = [
     "pool_run",
     "pool_warm",
     "run_worker",
+    "sample_ids",
 ]
 
 BODY_POOL_MAX = 16  # distinct pre-built bodies per process, cycled
@@ -80,9 +81,14 @@ class WorkerResult:
         self.send_lag_s.extend(other.send_lag_s)
         self.cpu_s += other.cpu_s
         self.record_ids_seen += other.record_ids_seen
-        pool = self.record_ids + other.record_ids
-        rng.shuffle(pool)
-        self.record_ids = pool[:RECORD_IDS_KEPT_MAX]
+        self.record_ids = sample_ids(self.record_ids, other.record_ids, rng)
+
+
+def sample_ids(kept: list[str], more: list[str], rng: random.Random) -> list[str]:
+    """A random sample of at most RECORD_IDS_KEPT_MAX ids out of two samples."""
+    pool = kept + more
+    rng.shuffle(pool)
+    return pool[:RECORD_IDS_KEPT_MAX]
 
 
 def bench_record(seq: int) -> dict[str, Any]:
