@@ -355,3 +355,17 @@ def test_every_compose_command_is_a_console_script_of_this_project() -> None:
         assert callable(getattr(importlib.import_module(module), function)), scripts[command[0]]
         probe = service.get("healthcheck", {}).get("test", ["CMD", "python"])
         assert probe[:2] == ["CMD", "python"], probe
+
+
+def test_compose_command_writes_the_committed_file_and_init_service_reruns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "compose.yml"
+    assert cluster_cli.main(["compose", "--out", str(out)]) == 0
+    assert out.read_text() == COMPOSE_FILE.read_text()
+    assert cluster_cli.main(["compose"]) == 0
+    assert capsys.readouterr().out.endswith(COMPOSE_FILE.read_text())
+    # `docker compose up` runs the init service every time: the second run keeps the identities.
+    first = _run_init(_init_command(_compose()), tmp_path / "cluster")
+    second = _run_init(_init_command(_compose()), tmp_path / "cluster")
+    assert [n.peer_id for n in second.nodes] == [n.peer_id for n in first.nodes]
