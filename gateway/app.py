@@ -14,16 +14,25 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
 (``http_body_bytes_max``), and so is the number of requests in flight
-(``inflight_requests_max``: past it, 503 with Retry-After).
+(``inflight_requests_max``: past it, 503 with Retry-After). One partner may have at most
+``partner_inflight_records_max`` records in flight (past it, 429 with Retry-After); a full
+cluster (every node reports a full queue) or a full gateway queue gives 503 with Retry-After.
+
+Every request has a request id (the caller's ``X-Request-Id`` if well-formed, else a new one),
+returned in ``X-Request-Id`` and passed to every node it touches, and a deadline
+(``request_deadline_s``): past it the caller gets 504 ``deadline_exceeded`` and the nodes drop
+the work they have not started.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -31,23 +40,28 @@ from aiohttp import web
 from gateway.auth import ReplayCache, SignedRequest, authenticate
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
-from gateway.node_client import NodeClient
+from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from node.api.problem import problem_middleware, problem_response
 from node.errors import (
     BaasError,
     CorruptEntry,
+    DeadlineExceeded,
     InvalidRequest,
     NotFound,
     Overloaded,
     PayloadTooLarge,
+    RateLimited,
 )
+from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
 from node.records import HASH_BYTES, record_id_for
 
 __all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-PARTNER = web.AppKey("partner", str)
+PARTNER_KEYS = web.RequestKey("partner", PartnerKeys)
+REQUEST_ID = web.RequestKey("request_id", str)
+DEADLINE = web.RequestKey("deadline", float)
 
 
 @dataclass(slots=True)
@@ -58,6 +72,27 @@ class GatewayState:
     replay: ReplayCache
     clock_s: Callable[[], float] = time.time
     inflight: int = 0
+    partner_inflight: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def reserve(self, partner_id: str, records: int) -> Iterator[None]:
+        """Count a partner's records in flight; past its share the caller gets 429."""
+        held = self.partner_inflight.get(partner_id, 0)
+        if held + records > self.config.limits.partner_inflight_records_max:
+            raise RateLimited(
+                f"{held} records of this partner are already in flight "
+                "(partner_inflight_records_max)",
+                retry_after_s=self.nodes.retry_after_s(),
+            )
+        self.partner_inflight[partner_id] = held + records
+        try:
+            yield
+        finally:
+            left = self.partner_inflight[partner_id] - records
+            if left:
+                self.partner_inflight[partner_id] = left
+            else:
+                del self.partner_inflight[partner_id]
 
 
 GATEWAY = web.AppKey("gateway_state", GatewayState)
@@ -67,24 +102,39 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 @web.middleware
 async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[GATEWAY]
+    request_id = request_id_or_new(request.headers.get(REQUEST_ID_HEADER))
+    request_id_var.set(request_id)
+    request[REQUEST_ID] = request_id
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     if state.inflight >= state.config.limits.inflight_requests_max:
-        raise Overloaded("gateway has too many requests in flight")
-    state.inflight += 1
-    try:
-        body = await request.read()
-        partner = authenticate(
-            SignedRequest(request.method, request.path_qs, dict(request.headers), body),
-            state.keyring,
-            state.replay,
-            int(state.clock_s()),
-            state.config.limits.signature_window_s,
+        raise Overloaded(
+            "gateway has too many requests in flight", retry_after_s=state.nodes.retry_after_s()
         )
-        request["partner"] = partner
-        return await handler(request)
+    state.inflight += 1
+    deadline_s = state.config.timeouts.request_deadline_s
+    request[DEADLINE] = asyncio.get_running_loop().time() + deadline_s
+    try:
+        async with asyncio.timeout(deadline_s):
+            body = await request.read()
+            request[PARTNER_KEYS] = authenticate(
+                SignedRequest(request.method, request.path_qs, dict(request.headers), body),
+                state.keyring,
+                state.replay,
+                int(state.clock_s()),
+                state.config.limits.signature_window_s,
+            )
+            return await handler(request)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"no answer within {deadline_s} s (request_deadline_s)") from exc
     finally:
         state.inflight -= 1
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 def _json_body(raw: bytes) -> Any:
@@ -148,23 +198,28 @@ def _result_json(prepared: _Prepared, result: dict[str, Any]) -> tuple[int, dict
     }
 
 
+def _write_item(request: web.Request, prepared: _Prepared) -> WriteItem:
+    return WriteItem(prepared.wire, request[DEADLINE], request[REQUEST_ID])
+
+
 async def post_record(request: web.Request) -> web.Response:
     state = request.app[GATEWAY]
-    partner: PartnerKeys = request["partner"]
+    partner = request[PARTNER_KEYS]
     body = _json_body(await request.read())
     if not isinstance(body, dict) or set(body) != {"record"}:
         raise InvalidRequest('body must be {"record": {...}}')
     prepared = _prepare(
         state, partner, _idempotency_key(request.headers.get("Idempotency-Key")), body["record"]
     )
-    (result,) = await state.nodes.write_records([prepared.wire])
+    with state.reserve(partner.partner_id, 1):
+        (result,) = await state.nodes.write_records([_write_item(request, prepared)])
     status, payload = _result_json(prepared, result)
     if status >= 400:
         return problem_response(
             status,
             str(payload["code"]),
             str(payload["detail"]),
-            headers={"Retry-After": "1"} if status == 503 else None,
+            headers={"Retry-After": str(state.nodes.retry_after_s())} if status == 503 else None,
         )
     return web.json_response(
         payload, status=status, headers={"Idempotency-Key": prepared.idempotency_key}
@@ -173,7 +228,7 @@ async def post_record(request: web.Request) -> web.Response:
 
 async def post_records_batch(request: web.Request) -> web.Response:
     state = request.app[GATEWAY]
-    partner: PartnerKeys = request["partner"]
+    partner = request[PARTNER_KEYS]
     body = _json_body(await request.read())
     if (
         not isinstance(body, dict)
@@ -201,7 +256,8 @@ async def post_records_batch(request: web.Request) -> web.Response:
         )
     if len({p.record_id for p in prepared}) != len(prepared):
         raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
-    results = await state.nodes.write_records([p.wire for p in prepared])
+    with state.reserve(partner.partner_id, len(prepared)):
+        results = await state.nodes.write_records([_write_item(request, p) for p in prepared])
     return web.json_response(
         {"results": [_result_json(p, r)[1] for p, r in zip(prepared, results, strict=True)]}
     )
@@ -209,7 +265,7 @@ async def post_records_batch(request: web.Request) -> web.Response:
 
 async def get_record(request: web.Request) -> web.Response:
     state = request.app[GATEWAY]
-    partner: PartnerKeys = request["partner"]
+    partner = request[PARTNER_KEYS]
     try:
         record_id = bytes.fromhex(request.match_info["record_id"])
     except ValueError as exc:
@@ -218,7 +274,10 @@ async def get_record(request: web.Request) -> web.Response:
         ) from exc
     if len(record_id) != HASH_BYTES:
         raise InvalidRequest("record id must be 64 hex characters", code="invalid_record_id")
-    reply = await state.nodes.read_record(record_id)
+    with state.reserve(partner.partner_id, 1):
+        reply = await state.nodes.read_record(
+            ReadItem(record_id, request[DEADLINE], request[REQUEST_ID])
+        )
     meta = reply["meta"]
     if meta.get("pid") != partner.partner_id:
         raise NotFound("no record with this id", code="record_not_found")  # never reveal existence
@@ -257,6 +316,7 @@ def build_gateway_app(state: GatewayState) -> web.Application:
         middlewares=[problem_middleware, bound_and_authenticate],
     )
     app[GATEWAY] = state
+    app.on_response_prepare.append(add_request_id_header)
 
     async def nodes_ctx(app: web.Application) -> Any:
         await state.nodes.start()

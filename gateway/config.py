@@ -43,9 +43,24 @@ class GatewayLimits:
     node_connections_max: int = 64
     replay_cache_entries_max: int = 200_000
     signature_window_s: int = 300
+    # Coalescing of record traffic to the nodes (node/batcher.py): records and bytes per node
+    # call (the node's records_per_request_max and http_body_bytes_max must allow them), node
+    # calls in flight per operation, and records queued before the gateway answers 503.
+    node_batch_records_max: int = 500
+    node_batch_bytes_max: int = 4 * 1024 * 1024
+    node_calls_inflight_max: int = 8
+    queue_records_max: int = 20_000
+    # One partner may have at most this many records in flight; more gets 429 (fairness).
+    partner_inflight_records_max: int = 10_000
+    # A node reporting its queue at least this full gets no new work while others have room;
+    # when every node is that full the gateway answers 503 with Retry-After.
+    node_queue_fill_max_percent: int = 80
+    retry_after_s_max: int = 30
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)
+        if self.node_queue_fill_max_percent > 100:
+            raise ConfigError("limits.node_queue_fill_max_percent must be at most 100")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +68,11 @@ class GatewayTimeouts:
     node_request_s: float = 15.0
     health_interval_s: float = 1.0
     keyring_reload_interval_s: float = 1.0  # how often the keyring file is checked for changes
+    # How long a record may wait to share a node call with other requests' records.
+    coalesce_window_s: float = 0.002
+    # Every partner request gets this long end to end; nodes get the remaining budget and
+    # stop work the caller no longer waits for.
+    request_deadline_s: float = 10.0
 
     def validate(self) -> None:
         require_positive_fields(self, "timeouts", integers_only=False)

@@ -1,9 +1,21 @@
-"""The gateway's client of the node HTTP APIs: spreads requests over healthy nodes, fails over.
+"""The gateway's client of the node HTTP APIs: coalesces, spreads, backs off, fails over.
 
-Requests go round-robin over the nodes currently marked healthy. A connection error, a timeout
-or a 503 from a node marks it unhealthy and the same request goes to the next node (writes are
-safe to resend: the record id makes them idempotent). A background loop probes every node's
-``/internal/v1/ready`` and brings recovered nodes back. Connections are pooled and bounded.
+* **Coalescing.** Records from concurrent partner requests are gathered (a few ms, bounded by
+  ``node_batch_records_max`` / ``node_batch_bytes_max``) into one node call; the cost of a
+  node call is mostly per call, not per record (shared/REFERENCE.md). Reads likewise.
+* **Spreading.** Calls go round-robin over the nodes that are healthy and not full. Every node
+  answer carries the node's queue depth (``X-Baas-Queue-Depth`` / ``X-Baas-Queue-Max``, also on
+  the health probes), and a node at ``node_queue_fill_max_percent`` or more gets no new work
+  while others have room.
+* **Backing off.** When every healthy node is full, or the gateway's own queue
+  (``queue_records_max``) is, the caller gets :class:`Overloaded` (503) with a Retry-After
+  computed from the queued records and the recent drain rate.
+* **Failing over.** A connection error, a timeout or a 503 from a node marks it and the same
+  call goes to the next node (writes are safe to resend: the record id makes them idempotent).
+  A background loop probes every node's ``/internal/v1/ready`` and brings recovered nodes back.
+* **Deadlines.** Each item carries its request's deadline; a node call gets the latest deadline
+  of its items as ``X-Baas-Deadline-Ms`` (remaining budget), and items whose caller gave up
+  are dropped before the call is made.
 """
 
 from __future__ import annotations
@@ -12,32 +24,97 @@ import asyncio
 import itertools
 import json
 import logging
+import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import msgpack
 
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint
-from node.errors import BaasError, CallerError, NotFound, OperationFailed, RecordUnavailable
+from node.batcher import Batcher
+from node.errors import (
+    BaasError,
+    CallerError,
+    DeadlineExceeded,
+    NotFound,
+    OperationFailed,
+    Overloaded,
+    RecordUnavailable,
+)
+from node.logs import REQUEST_ID_HEADER
 
-__all__ = ["NodeClient"]
+__all__ = ["NodeClient", "NodeState", "ReadItem", "WriteItem"]
 
 log = logging.getLogger("baas.gateway.nodes")
 MSGPACK = "application/msgpack"
+DEADLINE_HEADER = "X-Baas-Deadline-Ms"
+QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
+QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
 
 
-def _error_from_problem(status: int, body: dict[str, Any]) -> BaasError:
+def error_from_problem(status: int, body: dict[str, Any]) -> BaasError:
     code = str(body.get("code", "node_error"))
     detail = str(body.get("detail", "node error"))
     if status == 404:
         return NotFound(detail, code=code)
     if status == 503 and code == RecordUnavailable.code:
         return RecordUnavailable(detail)
+    if status == 504:
+        return DeadlineExceeded(detail)
     if 400 <= status < 500:
         error = CallerError(detail, code=code)
         error.http_status = status  # type: ignore[misc]
         return error
     return OperationFailed(detail, code=code)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteItem:
+    record: dict[str, Any]  # the node wire form: rid, blob, pid, fp
+    deadline: float  # loop.time() by which the caller stops waiting
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadItem:
+    record_id: bytes
+    deadline: float
+    request_id: str
+
+
+@dataclass(slots=True)
+class NodeState:
+    healthy: bool = True
+    queue_depth: int = 0
+    queue_max: int = 0
+
+    @property
+    def fill_percent(self) -> int:
+        return 100 * self.queue_depth // self.queue_max if self.queue_max else 0
+
+
+class _DrainRate:
+    """Records completed per second, smoothed: the basis of Retry-After."""
+
+    def __init__(self) -> None:
+        self._rate = 0.0
+        self._count = 0
+        self._since = time.monotonic()
+
+    def add(self, records: int) -> None:
+        self._count += records
+        now = time.monotonic()
+        if now - self._since >= 0.5:
+            sample = self._count / (now - self._since)
+            self._rate = sample if self._rate == 0 else 0.7 * self._rate + 0.3 * sample
+            self._count = 0
+            self._since = now
+
+    @property
+    def per_s(self) -> float:
+        return self._rate
 
 
 class NodeClient:
@@ -49,13 +126,34 @@ class NodeClient:
         timeouts: GatewayTimeouts,
     ) -> None:
         self._nodes = nodes
-        self._healthy: dict[str, bool] = {n.name: True for n in nodes}
+        self.node_state: dict[str, NodeState] = {n.name: NodeState() for n in nodes}
         self._cycle = itertools.cycle(nodes)
         self._token = api_token
         self._limits = limits
         self._timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._drain = _DrainRate()
+        shared = {
+            "window_s": timeouts.coalesce_window_s,
+            "inflight_max": limits.node_calls_inflight_max,
+            "pending_max": limits.queue_records_max,
+        }
+        self._writes: Batcher[str, WriteItem, dict[str, Any]] = Batcher(
+            self._write_call,
+            items_max=limits.node_batch_records_max,
+            bytes_max=limits.node_batch_bytes_max,
+            size_of=lambda item: len(item.record["blob"]) + 128,
+            **shared,  # type: ignore[arg-type]
+        )
+        self._reads: Batcher[str, ReadItem, dict[str, Any]] = Batcher(
+            self._read_call,
+            items_max=limits.node_batch_records_max,
+            bytes_max=limits.node_batch_bytes_max,
+            **shared,  # type: ignore[arg-type]
+        )
+        self.node_calls = 0
+        self.node_call_failures = 0
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -66,20 +164,75 @@ class NodeClient:
         self._health_task = asyncio.create_task(self._probe_forever())
 
     async def stop(self) -> None:
+        await self._writes.close()
+        await self._reads.close()
         if self._health_task is not None:
             self._health_task.cancel()
             await asyncio.gather(self._health_task, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
+    # ----------------------------------------------------------------- state
+
     def healthy_nodes(self) -> list[str]:
-        return [n.name for n in self._nodes if self._healthy[n.name]]
+        return [n.name for n in self._nodes if self.node_state[n.name].healthy]
+
+    @property
+    def queued_records(self) -> int:
+        return self._writes.pending_items + self._reads.pending_items
+
+    @property
+    def inflight_records(self) -> int:
+        return self._writes.inflight_items + self._reads.inflight_items
+
+    def batcher_stats(self) -> dict[str, dict[str, int]]:
+        return {
+            name: {
+                "pending": b.pending_items,
+                "inflight": b.inflight_items,
+                "calls": b.stats.calls,
+                "items": b.stats.items,
+                "dropped_abandoned": b.stats.dropped_abandoned,
+                "refused_overloaded": b.stats.refused_overloaded,
+            }
+            for name, b in (("write", self._writes), ("read", self._reads))
+        }
+
+    def retry_after_s(self) -> int:
+        """Seconds until the records queued in the cluster should have drained."""
+        queued = self.queued_records + sum(s.queue_depth for s in self.node_state.values())
+        rate = self._drain.per_s
+        estimate = math.ceil(queued / rate) if rate > 0 else 1
+        return max(1, min(self._limits.retry_after_s_max, estimate))
+
+    def _full(self, node: NodeEndpoint) -> bool:
+        state = self.node_state[node.name]
+        return state.fill_percent >= self._limits.node_queue_fill_max_percent
 
     def _order(self) -> list[NodeEndpoint]:
         start = next(self._cycle)
         index = self._nodes.index(start)
         rotated = self._nodes[index:] + self._nodes[:index]
-        return sorted(rotated, key=lambda n: not self._healthy[n.name])  # healthy first, stable
+        usable = [n for n in rotated if self.node_state[n.name].healthy and not self._full(n)]
+        if not usable and any(self.node_state[n.name].healthy for n in rotated):
+            raise Overloaded(
+                "every node's queue is full",
+                code="cluster_overloaded",
+                retry_after_s=self.retry_after_s(),
+            )
+        # Usable first; unhealthy ones last, as a fallback when their state is stale.
+        return usable + [n for n in rotated if n not in usable]
+
+    def _note_queue(self, node: NodeEndpoint, headers: Any) -> None:
+        try:
+            depth = int(headers.get(QUEUE_DEPTH_HEADER, ""))
+            queue_max = int(headers.get(QUEUE_MAX_HEADER, ""))
+        except ValueError:
+            return
+        state = self.node_state[node.name]
+        state.queue_depth, state.queue_max = max(0, depth), max(0, queue_max)
+
+    # ----------------------------------------------------------------- health
 
     async def _probe(self, node: NodeEndpoint) -> None:
         assert self._session is not None
@@ -89,45 +242,81 @@ class NodeClient:
                 timeout=aiohttp.ClientTimeout(total=1.0),
             ) as response:
                 healthy = response.status == 200
+                self._note_queue(node, response.headers)
         except (aiohttp.ClientError, TimeoutError):
             healthy = False
-        if healthy != self._healthy[node.name]:
+        state = self.node_state[node.name]
+        if healthy != state.healthy:
             log.info("node %s is now %s", node.name, "healthy" if healthy else "unhealthy")
-        self._healthy[node.name] = healthy
+        state.healthy = healthy
 
     async def _probe_forever(self) -> None:
         while True:
             await asyncio.gather(*(self._probe(n) for n in self._nodes))
             await asyncio.sleep(self._timeouts.health_interval_s)
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    # ----------------------------------------------------------------- calls
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        *,
+        deadline: float,
+        request_id: str | None,
+    ) -> dict[str, Any]:
         assert self._session is not None, "NodeClient.start() was not called"
         data = msgpack.packb(body, use_bin_type=True) if body is not None else None
         last: BaasError = OperationFailed("no node is reachable", code="no_node_available")
+        loop = asyncio.get_running_loop()
         for node in self._order():
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                raise DeadlineExceeded("the request's deadline passed before a node answered")
+            headers = {DEADLINE_HEADER: str(max(1, int(remaining_s * 1000)))}
+            if data is not None:
+                headers["Content-Type"] = MSGPACK
+            if request_id is not None:
+                headers[REQUEST_ID_HEADER] = request_id
+            self.node_calls += 1
             try:
                 async with self._session.request(
                     method,
                     f"http://{node.http_addr}{path}",
                     data=data,
-                    headers={"Content-Type": MSGPACK} if data is not None else None,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(
+                        total=min(remaining_s, self._timeouts.node_request_s)
+                    ),
                 ) as response:
                     raw = await response.read()
+                    self._note_queue(node, response.headers)
                     if response.status == 200:
                         decoded: dict[str, Any] = msgpack.unpackb(raw, raw=False)
                         return decoded
                     problem = await self._problem(response, raw)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                self._healthy[node.name] = False
+                self.node_call_failures += 1
+                if loop.time() >= deadline:
+                    raise DeadlineExceeded("no node answered within the deadline") from exc
+                self.node_state[node.name].healthy = False
                 last = OperationFailed(
                     f"node {node.name} unreachable: {type(exc).__name__}", code="node_unreachable"
                 )
                 continue
-            error = _error_from_problem(response.status, problem)
+            error = error_from_problem(response.status, problem)
             if response.status == 503 and not isinstance(error, RecordUnavailable):
+                self.node_call_failures += 1
                 last = error  # that node is overloaded or not ready: try the next one
                 continue
             raise error
+        if isinstance(last, OperationFailed) and last.code == Overloaded.code:
+            raise Overloaded(
+                "every node refused: overloaded",
+                code="cluster_overloaded",
+                retry_after_s=self.retry_after_s(),
+            )
         raise last
 
     @staticmethod
@@ -138,10 +327,61 @@ class NodeClient:
         except ValueError:
             return {"detail": f"node answered {response.status}"}
 
-    async def write_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        reply = await self._call("POST", "/internal/v1/records", {"records": records})
-        results: list[dict[str, Any]] = reply["results"]
-        return results
+    @staticmethod
+    def _shared_request_id(request_ids: list[str]) -> str | None:
+        first = request_ids[0]
+        return first if all(r == first for r in request_ids) else None
 
-    async def read_record(self, record_id: bytes) -> dict[str, Any]:
-        return await self._call("GET", f"/internal/v1/records/{record_id.hex()}", None)
+    async def _write_call(self, _key: str, items: list[WriteItem]) -> list[dict[str, Any]]:
+        # A node refuses a call that repeats a record id; concurrent requests with the same
+        # Idempotency-Key go in successive calls, so the later one sees the earlier's result.
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        remaining = list(enumerate(items))
+        while remaining:
+            seen: set[bytes] = set()
+            this_round: list[tuple[int, WriteItem]] = []
+            later: list[tuple[int, WriteItem]] = []
+            for position, item in remaining:
+                rid = bytes(item.record["rid"])
+                (later if rid in seen else this_round).append((position, item))
+                seen.add(rid)
+            reply = await self._call(
+                "POST",
+                "/internal/v1/records",
+                {
+                    "records": [item.record for _, item in this_round],
+                    "reqs": [item.request_id for _, item in this_round],
+                },
+                deadline=max(item.deadline for _, item in this_round),
+                request_id=self._shared_request_id([i.request_id for _, i in this_round]),
+            )
+            for (position, _), result in zip(this_round, reply["results"], strict=True):
+                results[position] = result
+            remaining = later
+        self._drain.add(len(items))
+        return [r for r in results if r is not None]
+
+    async def _read_call(self, _key: str, items: list[ReadItem]) -> list[dict[str, Any]]:
+        unique = list(dict.fromkeys(item.record_id for item in items))
+        reply = await self._call(
+            "POST",
+            "/internal/v1/records/read",
+            {"ids": unique, "reqs": [item.request_id for item in items]},
+            deadline=max(item.deadline for item in items),
+            request_id=self._shared_request_id([item.request_id for item in items]),
+        )
+        by_id = dict(zip(unique, reply["results"], strict=True))
+        self._drain.add(len(items))
+        return [by_id[item.record_id] for item in items]
+
+    # ----------------------------------------------------------------- public
+
+    async def write_records(self, items: list[WriteItem]) -> list[dict[str, Any]]:
+        """One result map per item: ``{"ok": True, ...}`` or ``{"ok": False, code, status}``."""
+        return await self._writes.run_many("write", items)
+
+    async def read_record(self, item: ReadItem) -> dict[str, Any]:
+        result = await self._reads.submit("read", item)
+        if not result.get("ok"):
+            raise error_from_problem(int(result.get("status", 503)), result)
+        return result

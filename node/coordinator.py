@@ -488,6 +488,20 @@ class Coordinator:
 
     # ----------------------------------------------------------------- reads
 
+    async def read_records(self, record_ids: Sequence[bytes]) -> list[ReadResult | BaasError]:
+        """Read many records at once (their shard reads share frames); each fails on its own."""
+        if len(record_ids) > self._limits.records_per_request_max:
+            raise PayloadTooLarge("too many records in one request")
+        results = await asyncio.gather(
+            *(self.read_record(rid) for rid in record_ids), return_exceptions=True
+        )
+        out: list[ReadResult | BaasError] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, BaasError):
+                raise result
+            out.append(result)
+        return out
+
     async def read_record(self, record_id: bytes) -> ReadResult:
         if len(record_id) != HASH_BYTES:
             raise InvalidRequest("record id must be 32 bytes")

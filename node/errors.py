@@ -18,9 +18,13 @@ errors at the border (``raise OurError(...) from exc``). The tree, split by who 
     │   ├── PeerUnavailable       could not reach a peer or it did not answer in time
     │   ├── QuorumNotReached      fewer than write_quorum shards became durable
     │   ├── RecordUnavailable     fewer than k intact shards could be gathered
-    │   ├── Overloaded            a bounded queue is full (HTTP 429/503 with Retry-After)
+    │   ├── NotLeader             this node is not the Raft leader; ``leader_hint`` names it
+    │   ├── Overloaded            a bounded queue is full (HTTP 503 with Retry-After)
+    │   │   └── RateLimited       this caller has too much in flight (HTTP 429, Retry-After)
+    │   ├── DeadlineExceeded      the request's deadline passed, work abandoned (HTTP 504)
     │   └── CorruptEntry          a stored entry failed its checksum; it is never served
     └── InvariantViolation        a bug: crash loudly
+        └── ReadyOutOfOrder       the Raft adapter broke the ready -> advance order
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ __all__ = [
     "CallerError",
     "ConfigError",
     "CorruptEntry",
+    "DeadlineExceeded",
     "IdempotencyConflict",
     "InvalidRequest",
     "InvariantViolation",
     "NotFound",
+    "NotLeader",
     "OperationFailed",
     "Overloaded",
     "PayloadTooLarge",
@@ -44,6 +50,8 @@ __all__ = [
     "PeerProtocolError",
     "PeerUnavailable",
     "QuorumNotReached",
+    "RateLimited",
+    "ReadyOutOfOrder",
     "RecordUnavailable",
     "UnsupportedFormat",
 ]
@@ -135,9 +143,39 @@ class RecordUnavailable(OperationFailed):
     code = "record_unavailable"
 
 
+class NotLeader(OperationFailed):
+    """Only the Raft leader accepts this; retry at ``leader_hint`` (None: no leader known)."""
+
+    code = "not_leader"
+
+    def __init__(self, detail: str, *, leader_hint: str | None = None) -> None:
+        super().__init__(detail)
+        self.leader_hint = leader_hint
+
+
 class Overloaded(OperationFailed):
+    """A bounded queue is full; ``retry_after_s`` is a hint for the Retry-After header."""
+
     code = "overloaded"
     http_status = 503
+
+    def __init__(self, detail: str, *, code: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(detail, code=code)
+        self.retry_after_s = max(1, retry_after_s)
+
+
+class RateLimited(Overloaded):
+    """This caller has too much in flight (HTTP 429); other callers are still served."""
+
+    code = "too_many_requests"
+    http_status = 429
+
+
+class DeadlineExceeded(OperationFailed):
+    """The request's deadline passed; its unfinished work was abandoned."""
+
+    code = "deadline_exceeded"
+    http_status = 504
 
 
 class CorruptEntry(OperationFailed):
@@ -148,3 +186,9 @@ class InvariantViolation(BaasError):
     """An internal invariant broke. Never caught to continue; crash loudly."""
 
     code = "invariant_violation"
+
+
+class ReadyOutOfOrder(InvariantViolation):
+    """A Raft core's ready()/advance() was called out of order (a bug in its adapter)."""
+
+    code = "ready_out_of_order"

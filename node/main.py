@@ -71,6 +71,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         ready=lambda: ready,
         p2p_stats=p2p.stats,
         commit_stats=shard_service.committer.stats,
+        request_deadline_s_max=config.timeouts.request_deadline_s_max,
     )
     runner = web.AppRunner(build_node_app(state), access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None

@@ -16,7 +16,10 @@ Every request is bounded in size (``http_body_bytes_max``) and in number in flig
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,20 +29,27 @@ from aiohttp import web
 
 from node.api.problem import problem_middleware, problem_response
 from node.config import NodeLimits
-from node.coordinator import Coordinator, WriteRequest, WriteResult
+from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
     BaasError,
+    DeadlineExceeded,
     InvalidRequest,
     Overloaded,
 )
+from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
 from node.records import HASH_BYTES
 from node.storage.hints import HintStore
 from node.storage.shard_store import ShardStore
 
 __all__ = ["STATE", "NodeApiState", "build_node_app"]
 
+log = logging.getLogger("baas.node.api")
 MSGPACK = "application/msgpack"
+DEADLINE_HEADER = "X-Baas-Deadline-Ms"
+QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
+QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
+SLOW_REQUEST_S = 1.0
 PUBLIC_PATHS = frozenset({"/internal/v1/health", "/internal/v1/ready"})
 
 
@@ -55,6 +65,7 @@ class NodeApiState:
     ready: Callable[[], bool]
     p2p_stats: Callable[[], dict[str, int]]
     commit_stats: Callable[[], dict[str, int]]
+    request_deadline_s_max: float
     inflight: int = 0
 
 
@@ -73,11 +84,46 @@ async def auth_and_bound(request: web.Request, handler: Handler) -> web.StreamRe
             raise AuthenticationFailed("missing or wrong node API token")
     if state.inflight >= state.limits.http_inflight_requests_max:
         raise Overloaded("node has too many requests in flight")
+    request_id_var.set(request_id_or_new(request.headers.get(REQUEST_ID_HEADER)))
+    budget_s = _deadline_budget_s(request, state.request_deadline_s_max)
     state.inflight += 1
+    started = time.perf_counter()
     try:
-        return await handler(request)
+        async with asyncio.timeout(budget_s):
+            return await handler(request)
+    except TimeoutError as exc:
+        raise DeadlineExceeded(f"gave up after {budget_s:.3f} s (the caller's deadline)") from exc
     finally:
         state.inflight -= 1
+        elapsed_s = time.perf_counter() - started
+        if elapsed_s > SLOW_REQUEST_S:
+            log.info("slow request %s %s took %.3f s", request.method, request.path, elapsed_s)
+
+
+def _deadline_budget_s(request: web.Request, budget_max_s: float) -> float:
+    """The caller's remaining budget (``X-Baas-Deadline-Ms``, relative), capped by our own."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return budget_max_s
+    try:
+        budget_ms = int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"{DEADLINE_HEADER} must be an integer", code="invalid_deadline"
+        ) from exc
+    if budget_ms <= 0:
+        raise DeadlineExceeded("the request arrived after its deadline")
+    return min(budget_ms / 1000, budget_max_s)
+
+
+async def add_queue_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer tells the gateway how full this node is, so it can steer and back off."""
+    state = request.app[STATE]
+    response.headers[QUEUE_DEPTH_HEADER] = str(state.coordinator.records_in_progress)
+    response.headers[QUEUE_MAX_HEADER] = str(state.coordinator.queue_max)
+    request_id = request_id_var.get()
+    if request_id:
+        response.headers[REQUEST_ID_HEADER] = request_id
 
 
 def _msgpack_response(body: dict[str, Any], status: int = 200) -> web.Response:
@@ -120,14 +166,13 @@ def _write_request(raw: Any) -> WriteRequest:
         raise InvalidRequest(f"malformed record: {exc}") from exc
 
 
+def _error_body(error: BaasError) -> dict[str, Any]:
+    return {"code": error.code, "status": error.http_status, "detail": error.detail}
+
+
 def _result_body(result: WriteResult | BaasError) -> dict[str, Any]:
     if isinstance(result, BaasError):
-        return {
-            "ok": False,
-            "code": result.code,
-            "status": result.http_status,
-            "detail": result.detail,
-        }
+        return {"ok": False, **_error_body(result)}
     return {
         "ok": True,
         "ch": result.content_hash,
@@ -157,6 +202,29 @@ async def get_record(request: web.Request) -> web.Response:
     return _msgpack_response(
         {"meta": result.meta.to_wire(), "blob": result.blob, "corrupt": result.corrupt_shards_seen}
     )
+
+
+def _read_body(result: ReadResult | BaasError) -> dict[str, Any]:
+    if isinstance(result, BaasError):
+        return {"ok": False, **_error_body(result)}
+    return {
+        "ok": True,
+        "meta": result.meta.to_wire(),
+        "blob": result.blob,
+        "corrupt": result.corrupt_shards_seen,
+    }
+
+
+async def post_records_read(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _read_msgpack(request)
+    if not isinstance(body, dict) or not isinstance(body.get("ids"), list) or not body["ids"]:
+        raise InvalidRequest("body must be {ids: [...]} with at least one record id")
+    ids = body["ids"]
+    if not all(isinstance(rid, bytes) and len(rid) == HASH_BYTES for rid in ids):
+        raise InvalidRequest("every record id must be 32 bytes", code="invalid_record_id")
+    results = await state.coordinator.read_records(ids)
+    return _msgpack_response({"results": [_read_body(r) for r in results]})
 
 
 async def get_local_shards(request: web.Request) -> web.Response:
@@ -214,7 +282,9 @@ def build_node_app(state: NodeApiState) -> web.Application:
         middlewares=[problem_middleware, auth_and_bound],
     )
     app[STATE] = state
+    app.on_response_prepare.append(add_queue_headers)
     app.router.add_post("/internal/v1/records", post_records)
+    app.router.add_post("/internal/v1/records/read", post_records_read)
     app.router.add_get("/internal/v1/records/{record_id}", get_record)
     app.router.add_get("/internal/v1/records/{record_id}/local", get_local_shards)
     app.router.add_get("/internal/v1/status", get_status)

@@ -56,9 +56,11 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except BaasError as exc:
-        headers = (
-            {"Retry-After": "1"} if isinstance(exc, Overloaded) or exc.http_status == 503 else None
-        )
+        headers = None
+        if isinstance(exc, Overloaded):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+        elif exc.http_status == 503:
+            headers = {"Retry-After": "1"}
         return problem_response(exc.http_status, exc.code, exc.detail, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
