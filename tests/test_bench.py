@@ -92,14 +92,22 @@ def test_split_count() -> None:
 
 def test_throughput_windows_and_sustained_minimum() -> None:
     start = 100.0
-    completions = [(100.2, 10), (100.9, 10), (101.5, 5), (102.5, 30), (103.25, 4)]
+    completions = [(100.2, 10), (100.9, 10), (101.5, 5), (102.5, 30), (103.75, 6)]
     windows = throughput_windows(completions, start, 1.0)
     assert [t for t, _ in windows] == [0.0, 1.0, 2.0, 3.0]
     assert [rate for _, rate in windows[:3]] == [20.0, 5.0, 30.0]
-    assert windows[3][1] == pytest.approx(4 / 0.25)  # the partial last window is scaled
-    assert window_summary(windows) == {"min": 5.0, "median": 30.0}
+    assert windows[3][1] == pytest.approx(6 / 0.75)  # the partial last window is scaled
+    assert window_summary(windows) == {"min": 5.0, "median": 30.0}  # first and last left out
     assert throughput_windows([], start, 1.0) == []
     assert window_summary([]) == {"min": None, "median": None}
+
+
+def test_a_sliver_of_a_last_window_is_folded_into_the_one_before() -> None:
+    completions = [(0.5, 10), (1.5, 10), (2.1, 500)]  # a big request lands 0.1 s into window 3
+    windows = throughput_windows(completions, 0.0, 1.0)
+    assert windows == [(0.0, 10.0), (1.0, pytest.approx(510 / 1.1))]
+    short_phase = throughput_windows([(5.1, 1000), (5.25, 2000)], 5.0, 1.0)
+    assert short_phase == [(0.0, pytest.approx(3000 / 0.25))]  # one partial window: its mean
 
 
 # ---------------------------------------------------------------- targets

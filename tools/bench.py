@@ -152,7 +152,16 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[ClusterLayout, dict[str
         layout = load_layout(args.dir)
         if not _is_ready(f"{layout.gateway_url}/readyz"):
             raise ConfigError(f"the gateway of {args.dir} is not ready at {layout.gateway_url}")
-        yield layout, _pids_by_config(layout), False
+        pids = _pids_by_config(layout)
+        missing = [n.name for n in layout.nodes if n.name not in pids] + (
+            [] if "gateway" in pids else ["gateway"]
+        )
+        if missing:
+            print(
+                f"no local process found for {', '.join(missing)}: no RSS/CPU for them",
+                file=sys.stderr,
+            )
+        yield layout, pids, False
         return
     directory = Path(tempfile.mkdtemp(prefix="baas-bench-"))
     try:
@@ -292,6 +301,7 @@ class _Bench:
         if phase == "paced-write":
             result["rate_target_per_s"] = self.args.rate
             result["send_lag_ms"] = latency_summary_ms(worker.send_lag_s)
+            result["sends_waited_for_inflight_slot"] = worker.sends_waited_for_slot
         return result
 
     def _summary(

@@ -73,12 +73,14 @@ class WorkerResult:
     record_ids: list[str] = field(default_factory=list)
     record_ids_seen: int = 0
     send_lag_s: list[float] = field(default_factory=list)  # open loop: how late sends went out
+    sends_waited_for_slot: int = 0  # open loop: sends held back by the in-flight bound
     cpu_s: float = 0.0
 
     def merge(self, other: WorkerResult, rng: random.Random) -> None:
         self.completions.extend(other.completions)
         self.errors.update(other.errors)
         self.send_lag_s.extend(other.send_lag_s)
+        self.sends_waited_for_slot += other.sends_waited_for_slot
         self.cpu_s += other.cpu_s
         self.record_ids_seen += other.record_ids_seen
         self.record_ids = sample_ids(self.record_ids, other.record_ids, rng)
@@ -297,6 +299,8 @@ async def _run_paced_write(spec: WorkerSpec, client: PartnerClient, rec: _Record
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if slots.locked():
+            rec.result.sends_waited_for_slot += 1  # the cluster is behind: PACED_INFLIGHT_MAX
         await slots.acquire()
         rec.result.send_lag_s.append(max(0.0, time.perf_counter() - due))
         task = asyncio.create_task(send(bodies[i % len(bodies)], due))

@@ -9,7 +9,6 @@ percentiles per phase, RSS per node over time and CPU per process over time into
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
 import subprocess
@@ -136,6 +135,22 @@ def machine_info(repo: Path) -> dict[str, Any]:
     }
 
 
+def _cores_over_time(
+    rows: list[tuple[float, int, float]], gap_min_s: float
+) -> tuple[list[float], list[float]]:
+    """CPU cores used between samples at least ``gap_min_s`` apart (CPU times tick in 10 ms
+    steps, so two samples close together would show a spike)."""
+    times: list[float] = []
+    cores: list[float] = []
+    previous = rows[0]
+    for row in rows[1:]:
+        if row[0] - previous[0] >= gap_min_s:
+            times.append(row[0])
+            cores.append((row[2] - previous[2]) / (row[0] - previous[0]))
+            previous = row
+    return times, cores
+
+
 def _shade_phases(ax: Any, phases: dict[str, dict[str, Any]]) -> None:
     """Mark each phase's time span; phase start times are relative to the run's start."""
     for i, (name, result) in enumerate(phases.items()):
@@ -190,8 +205,8 @@ def plot(
             continue
         times = [r[0] - origin_s for r in rows]
         ax_rss.plot(times, [r[1] / MIB for r in rows], label=name)
-        cores = [(b[2] - a[2]) / max(b[0] - a[0], 1e-6) for a, b in itertools.pairwise(rows)]
-        ax_cpu.plot(times[1:], cores, label=name)
+        cpu_times, cores = _cores_over_time(rows, sampler.interval_s / 2)
+        ax_cpu.plot([t - origin_s for t in cpu_times], cores, label=name)
     ax_rss.set(title="RSS per process", xlabel="s since start", ylabel="MiB")
     ax_cpu.set(title="CPU per process", xlabel="s since start", ylabel="cores")
     for ax in (ax_rss, ax_cpu):

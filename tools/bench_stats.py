@@ -80,23 +80,27 @@ def throughput_windows(
     """Records/s per window: ``completions`` are (completion time, records) pairs.
 
     Returns (window start relative to ``start_s``, records/s) for every window from the start
-    to the last completion; the last window is usually partial and is scaled by its length.
+    to the last completion. The last window is usually partial: it is scaled by its length, or
+    folded into the window before it when shorter than half a window (a few large requests
+    finishing in a sliver of time would otherwise show as a spike).
     """
     if window_s <= 0:
         raise ValueError("window must be positive")
     if not completions:
         return []
-    end_s = max(t for t, _ in completions)
-    count = max(1, math.ceil((end_s - start_s) / window_s))
+    span_s = max(t for t, _ in completions) - start_s
+    count = max(1, math.ceil(span_s / window_s))
+    last_s = span_s - (count - 1) * window_s  # length of the last window
+    if count > 1 and last_s < window_s / 2:
+        count, last_s = count - 1, last_s + window_s
     totals = [0] * count
     for t, records in completions:
-        index = min(count - 1, max(0, int((t - start_s) // window_s)))
-        totals[index] += records
-    windows = []
-    for i, records in enumerate(totals):
-        length = min(window_s, end_s - start_s - i * window_s) if i == count - 1 else window_s
-        windows.append((round(i * window_s, 3), records / max(length, 1e-9)))
-    return windows
+        totals[min(count - 1, max(0, int((t - start_s) // window_s)))] += records
+    lengths = [window_s] * (count - 1) + [max(last_s, 1e-9)]
+    return [
+        (round(i * window_s, 3), records / length)
+        for i, (records, length) in enumerate(zip(totals, lengths, strict=True))
+    ]
 
 
 def window_summary(windows: Sequence[tuple[float, float]]) -> dict[str, float | None]:
@@ -195,7 +199,10 @@ def _conditions(target: Target, result: dict[str, Any], params: dict[str, Any]) 
             return f"the target is at 1,000 records/s; this run paced {rate:g}/s"
         achieved = float(result.get("records_per_s") or 0.0)
         if achieved < 0.95 * rate:
-            return f"the client reached only {achieved:.0f} of {rate:g} records/s"
+            return (
+                f"only {achieved:.0f} of the {rate:g} records/s offered completed per second "
+                "(send_lag_ms and client_cores tell a slow client from a slow cluster)"
+            )
     if result.get("errors"):
         return "the phase had errors"
     return None
