@@ -137,7 +137,7 @@ def _pids_by_config(layout: ClusterLayout) -> dict[str, int]:
         cmdline = proc.info.get("cmdline") or []
         if "--config" in cmdline[:-1]:
             path = cmdline[cmdline.index("--config") + 1]
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, psutil.Error):
                 cwd = proc.cwd()
                 name = wanted.get(str((Path(cwd) / path).resolve()))
                 if name is not None:
@@ -259,6 +259,9 @@ class _Bench:
             while not all(f.done() for f in futures):
                 with contextlib.suppress(queue.Empty):
                     bar.update(self.progress_queue.get(timeout=0.1))
+            with contextlib.suppress(queue.Empty):
+                while True:  # what the workers reported last
+                    bar.update(self.progress_queue.get(timeout=0.05))
             merged = WorkerResult()
             for future in futures:
                 merged.merge(future.result(), self.rng)
@@ -272,6 +275,7 @@ class _Bench:
             prefill = min(self.args.reads, READ_PREFILL_RECORDS_MAX)
             written, _ = self._execute("read prefill", self._plan("batch-write", prefill))
             self.written_ids = sample_ids(self.written_ids, written.record_ids, self.rng)
+            self.worker_cpu_s += written.cpu_s if self.pool else 0.0
         plan = self._plan(phase)
         before = self.sampler.snapshot()
         main_cpu = time.process_time()

