@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from gateway.auth import ReplayCache, SignedRequest, authenticate
 from gateway.config import GatewayConfig
@@ -54,11 +55,12 @@ from node.errors import (
     RateLimited,
 )
 from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
+from node.metrics import Metrics, StatFamily
 from node.records import HASH_BYTES, record_id_for
 
 __all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 PARTNER_KEYS = web.RequestKey("partner", PartnerKeys)
 REQUEST_ID = web.RequestKey("request_id", str)
 DEADLINE = web.RequestKey("deadline", float)
@@ -73,6 +75,18 @@ class GatewayState:
     clock_s: Callable[[], float] = time.time
     inflight: int = 0
     partner_inflight: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=lambda: Metrics("baas_gateway"))
+    records_written: Counter = field(init=False)
+    records_read: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.records_written = self.metrics.counter(
+            "records_written", "records written, by result status", ("status",)
+        )
+        self.records_read = self.metrics.counter(
+            "records_read", "records read, by result status", ("status",)
+        )
+        self.metrics.add_stats(gateway_stat_families(self))
 
     @contextlib.contextmanager
     def reserve(self, partner_id: str, records: int) -> Iterator[None]:
@@ -214,6 +228,7 @@ async def post_record(request: web.Request) -> web.Response:
     with state.reserve(partner.partner_id, 1):
         (result,) = await state.nodes.write_records([_write_item(request, prepared)])
     status, payload = _result_json(prepared, result)
+    state.records_written.labels(str(status)).inc()
     if status >= 400:
         return problem_response(
             status,
@@ -258,9 +273,10 @@ async def post_records_batch(request: web.Request) -> web.Response:
         raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
     with state.reserve(partner.partner_id, len(prepared)):
         results = await state.nodes.write_records([_write_item(request, p) for p in prepared])
-    return web.json_response(
-        {"results": [_result_json(p, r)[1] for p, r in zip(prepared, results, strict=True)]}
-    )
+    payloads = [_result_json(p, r)[1] for p, r in zip(prepared, results, strict=True)]
+    for payload in payloads:
+        state.records_written.labels(str(payload["status"])).inc()
+    return web.json_response({"results": payloads})
 
 
 async def get_record(request: web.Request) -> web.Response:
@@ -287,6 +303,7 @@ async def get_record(request: web.Request) -> web.Response:
         raise CorruptEntry(f"record could not be opened: {exc.code}") from exc
     if owner != partner.partner_id:
         raise NotFound("no record with this id", code="record_not_found")
+    state.records_read.labels("200").inc()
     return web.json_response(
         {
             "record_id": record_id.hex(),
@@ -310,12 +327,64 @@ async def get_ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "healthy_nodes": healthy})
 
 
+def gateway_stat_families(state: GatewayState) -> list[StatFamily]:
+    nodes = state.nodes
+
+    def by_op(field_name: str) -> Callable[[], dict[str, float]]:
+        return lambda: {op: s[field_name] for op, s in nodes.batcher_stats().items()}
+
+    return [
+        StatFamily("http_inflight_requests", "partner requests in flight", lambda: state.inflight),
+        StatFamily(
+            "partner_inflight_records",
+            "records in flight, all partners",
+            lambda: sum(state.partner_inflight.values()),
+        ),
+        StatFamily(
+            "queue_records", "records waiting for a node call", by_op("pending"), label="op"
+        ),
+        StatFamily("node_call_records", "records in node calls", by_op("inflight"), label="op"),
+        StatFamily("node_calls", "node calls made", lambda: nodes.node_calls, counter=True),
+        StatFamily(
+            "node_call_failures",
+            "node calls failed over",
+            lambda: nodes.node_call_failures,
+            counter=True,
+        ),
+        StatFamily(
+            "refused_overloaded",
+            "records refused: queue full",
+            by_op("refused_overloaded"),
+            counter=True,
+            label="op",
+        ),
+        StatFamily(
+            "node_healthy",
+            "1 if the node answers its readiness probe",
+            lambda: {name: float(s.healthy) for name, s in nodes.node_state.items()},
+            label="node",
+        ),
+        StatFamily(
+            "node_queue_fill_percent",
+            "queue fill the node last reported",
+            lambda: {name: s.fill_percent for name, s in nodes.node_state.items()},
+            label="node",
+        ),
+        StatFamily(
+            "retry_after_seconds",
+            "the Retry-After an overloaded caller gets now",
+            nodes.retry_after_s,
+        ),
+    ]
+
+
 def build_gateway_app(state: GatewayState) -> web.Application:
     app = web.Application(
         client_max_size=state.config.limits.http_body_bytes_max,
-        middlewares=[problem_middleware, bound_and_authenticate],
+        middlewares=[state.metrics.middleware, problem_middleware, bound_and_authenticate],
     )
     app[GATEWAY] = state
+    app.router.add_get("/metrics", state.metrics.handle)
     app.on_response_prepare.append(add_request_id_header)
 
     async def nodes_ctx(app: web.Application) -> Any:

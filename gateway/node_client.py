@@ -362,11 +362,14 @@ class NodeClient:
         return [r for r in results if r is not None]
 
     async def _read_call(self, _key: str, items: list[ReadItem]) -> list[dict[str, Any]]:
-        unique = list(dict.fromkeys(item.record_id for item in items))
+        first_by_id: dict[bytes, ReadItem] = {}
+        for item in items:
+            first_by_id.setdefault(item.record_id, item)
+        unique = list(first_by_id)
         reply = await self._call(
             "POST",
             "/internal/v1/records/read",
-            {"ids": unique, "reqs": [item.request_id for item in items]},
+            {"ids": unique, "reqs": [first_by_id[rid].request_id for rid in unique]},
             deadline=max(item.deadline for item in items),
             request_id=self._shared_request_id([item.request_id for item in items]),
         )

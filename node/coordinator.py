@@ -50,6 +50,7 @@ from node.errors import (
     RecordUnavailable,
 )
 from node.p2p.messages import (
+    REQUEST_IDS_MAX,
     ErrorReply,
     GetRecords,
     HasRecords,
@@ -82,6 +83,7 @@ class WriteRequest:
     blob: bytes
     partner_id: str
     body_fingerprint: bytes
+    request_id: str = ""  # the gateway request this record came in (for the logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,11 @@ class ReadResult:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _request_ids(items: Sequence[tuple[object, str]]) -> tuple[str, ...]:
+    """The distinct request ids a frame serves, bounded like the frame field."""
+    return tuple(dict.fromkeys(tag for _, tag in items if tag))[:REQUEST_IDS_MAX]
 
 
 def _decodable_versions(metas: Sequence[ShardMeta]) -> dict[bytes, list[ShardMeta]]:
@@ -155,20 +162,20 @@ class Coordinator:
             "pending_max": limits.coordinator_queue_records_max * cluster.n,
         }
         frame_budget = limits.p2p_frame_bytes_max // 2
-        self._puts: Batcher[str, Shard, bool] = Batcher(
+        self._puts: Batcher[str, tuple[Shard, str], bool] = Batcher(
             self._put_call,
             items_max=limits.put_batch_shards_max,
             bytes_max=frame_budget,
-            size_of=lambda shard: len(shard.data) + 256,
+            size_of=lambda item: len(item[0].data) + 256,
             **shared,  # type: ignore[arg-type]
         )
-        self._probes: Batcher[str, bytes, tuple[ShardMeta, ...]] = Batcher(
+        self._probes: Batcher[str, tuple[bytes, str], tuple[ShardMeta, ...]] = Batcher(
             self._probe_call,
             items_max=limits.records_per_request_max,
             bytes_max=frame_budget,
             **shared,  # type: ignore[arg-type]
         )
-        self._reads: Batcher[str, bytes, tuple[tuple[Shard, ...], int]] = Batcher(
+        self._reads: Batcher[str, tuple[bytes, str], tuple[tuple[Shard, ...], int]] = Batcher(
             self._read_call,
             items_max=limits.read_batch_records_max,
             bytes_max=frame_budget,
@@ -204,14 +211,18 @@ class Coordinator:
 
     # ----------------------------------------------------------- batched calls
 
-    async def _put_call(self, peer_id: str, shards: list[Shard]) -> list[bool]:
-        reply = await self._ask(peer_id, PutShards(tuple(shards)))
+    async def _put_call(self, peer_id: str, items: list[tuple[Shard, str]]) -> list[bool]:
+        shards = [shard for shard, _ in items]
+        reply = await self._ask(peer_id, PutShards(tuple(shards), _request_ids(items)))
         if not isinstance(reply, PutShardsReply) or reply.stored != len(shards):
             raise OperationFailed(f"peer {peer_id} did not store a put batch")
         return [True] * len(shards)
 
-    async def _probe_call(self, peer_id: str, rids: list[bytes]) -> list[tuple[ShardMeta, ...]]:
-        reply = await self._ask(peer_id, HasRecords(tuple(rids)))
+    async def _probe_call(
+        self, peer_id: str, items: list[tuple[bytes, str]]
+    ) -> list[tuple[ShardMeta, ...]]:
+        rids = [rid for rid, _ in items]
+        reply = await self._ask(peer_id, HasRecords(tuple(rids), _request_ids(items)))
         if not isinstance(reply, MetasReply):
             raise OperationFailed(f"peer {peer_id} answered a probe with {type(reply).__name__}")
         found: dict[bytes, list[ShardMeta]] = defaultdict(list)
@@ -220,9 +231,10 @@ class Coordinator:
         return [tuple(found.get(rid, ())) for rid in rids]
 
     async def _read_call(
-        self, peer_id: str, rids: list[bytes]
+        self, peer_id: str, items: list[tuple[bytes, str]]
     ) -> list[tuple[tuple[Shard, ...], int]]:
-        reply = await self._ask(peer_id, GetRecords(tuple(rids)))
+        rids = [rid for rid, _ in items]
+        reply = await self._ask(peer_id, GetRecords(tuple(rids), _request_ids(items)))
         if not isinstance(reply, RecordsShardsReply):
             raise OperationFailed(f"peer {peer_id} answered a read with {type(reply).__name__}")
         found: dict[bytes, list[Shard]] = defaultdict(list)
@@ -322,16 +334,16 @@ class Coordinator:
         ones still hold a decodable version of any acknowledged record unless more than n - k
         fail.
         """
-        per_peer: dict[str, list[bytes]] = defaultdict(list)
+        per_peer: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
         for request in requests:
             for peer in self.placement(request.record_id):
-                per_peer[peer].append(request.record_id)
+                per_peer[peer].append((request.record_id, request.request_id))
         replies, _ = await self._gather(
-            {peer: self._probes.run_many(peer, rids) for peer, rids in per_peer.items()}
+            {peer: self._probes.run_many(peer, items) for peer, items in per_peer.items()}
         )
         metas_by_record: dict[bytes, list[ShardMeta]] = defaultdict(list)
         for peer, per_record in replies.items():
-            for rid, metas in zip(per_peer[peer], per_record, strict=True):
+            for (rid, _), metas in zip(per_peer[peer], per_record, strict=True):
                 metas_by_record[rid].extend(metas)
         return [self._earlier_write(r, metas_by_record[r.record_id]) for r in requests]
 
@@ -382,28 +394,28 @@ class Coordinator:
 
     async def _store_new(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
         created_at_ms = self._clock_ms()
-        per_peer: dict[str, list[Shard]] = defaultdict(list)
+        per_peer: dict[str, list[tuple[Shard, str]]] = defaultdict(list)
         all_shards: list[list[Shard]] = []
         for request in requests:
             shards = self._shards_of(request, created_at_ms)
             all_shards.append(shards)
             for peer, shard in zip(self.placement(request.record_id), shards, strict=True):
-                per_peer[peer].append(shard)
+                per_peer[peer].append((shard, request.request_id))
         durable: dict[bytes, int] = defaultdict(int)
         quorum = self._cluster.write_quorum
         done = asyncio.Event()
         remaining = len(per_peer)
         needed = {r.record_id for r in requests}
 
-        async def put(peer: str, shards: list[Shard]) -> None:
+        async def put(peer: str, items: list[tuple[Shard, str]]) -> None:
             nonlocal remaining
             try:
                 try:
-                    await self._puts.run_many(peer, shards)
+                    await self._puts.run_many(peer, items)
                 except (OperationFailed, PeerError) as exc:
-                    self._keep_hints(peer, shards, exc)
+                    self._keep_hints(peer, [shard for shard, _ in items], exc)
                     return
-                for shard in shards:
+                for shard, _ in items:
                     durable[shard.meta.record_id] += 1
                     if durable[shard.meta.record_id] >= quorum:
                         needed.discard(shard.meta.record_id)
@@ -415,8 +427,8 @@ class Coordinator:
                     done.set()
 
         tasks = []
-        for peer, shards in per_peer.items():
-            task = asyncio.create_task(put(peer, shards))
+        for peer, items in per_peer.items():
+            task = asyncio.create_task(put(peer, items))
             tasks.append(task)
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -488,12 +500,16 @@ class Coordinator:
 
     # ----------------------------------------------------------------- reads
 
-    async def read_records(self, record_ids: Sequence[bytes]) -> list[ReadResult | BaasError]:
+    async def read_records(
+        self, record_ids: Sequence[bytes], request_ids: Sequence[str] = ()
+    ) -> list[ReadResult | BaasError]:
         """Read many records at once (their shard reads share frames); each fails on its own."""
         if len(record_ids) > self._limits.records_per_request_max:
             raise PayloadTooLarge("too many records in one request")
+        tags = list(request_ids) if len(request_ids) == len(record_ids) else [""] * len(record_ids)
         results = await asyncio.gather(
-            *(self.read_record(rid) for rid in record_ids), return_exceptions=True
+            *(self.read_record(rid, tag) for rid, tag in zip(record_ids, tags, strict=True)),
+            return_exceptions=True,
         )
         out: list[ReadResult | BaasError] = []
         for result in results:
@@ -502,16 +518,16 @@ class Coordinator:
             out.append(result)
         return out
 
-    async def read_record(self, record_id: bytes) -> ReadResult:
+    async def read_record(self, record_id: bytes, request_id: str = "") -> ReadResult:
         if len(record_id) != HASH_BYTES:
             raise InvalidRequest("record id must be 32 bytes")
         self._admit(1)
         try:
-            return await self._read_admitted(record_id)
+            return await self._read_admitted(record_id, request_id)
         finally:
             self.records_in_progress -= 1
 
-    async def _read_admitted(self, record_id: bytes) -> ReadResult:
+    async def _read_admitted(self, record_id: bytes, request_id: str) -> ReadResult:
         placement = self.placement(record_id)
         k = self._cluster.k
         shards: list[Shard] = []
@@ -519,7 +535,7 @@ class Coordinator:
         failed: set[str] = set()
         for wave in (placement[:k], placement[k:]):  # systematic holders first
             replies, failures = await self._gather(
-                {peer: self._reads.submit(peer, record_id) for peer in wave}
+                {peer: self._reads.submit(peer, (record_id, request_id)) for peer in wave}
             )
             failed.update(failures)
             for found, corrupt_here in replies.values():

@@ -58,6 +58,9 @@ class JsonLineFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or request_id_var.get()
         if request_id:
             line["request_id"] = request_id
+        request_ids = getattr(record, "request_ids", None)
+        if request_ids:  # a coalesced frame serves several requests
+            line["request_ids"] = list(request_ids)
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, separators=(",", ":"))

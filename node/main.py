@@ -23,6 +23,7 @@ from node.config import NodeConfig, load_node_config, parse_host_port
 from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
+from node.metrics import Metrics
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.storage.hints import HintStore
@@ -38,7 +39,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     store = ShardStore(data_dir / "shards")
     hints = HintStore(data_dir / "hints", hints_max=config.limits.hints_max)
     api_token = config.node.api_token_file.read_text().strip().encode()
-    shard_service = ShardService(store, config.limits)
+    metrics = Metrics("baas_node")
+    fsync_seconds = metrics.histogram(
+        "commit_fsync_seconds", "time to write and fsync one group-commit batch"
+    )
+    shard_service = ShardService(
+        store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
+    )
     p2p = P2PNode(
         identity_seed=load_identity_seed(config.node.identity_file),
         listen_addr=config.node.p2p_listen,
@@ -72,6 +79,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         p2p_stats=p2p.stats,
         commit_stats=shard_service.committer.stats,
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
+        metrics=metrics,
     )
     runner = web.AppRunner(build_node_app(state), access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None

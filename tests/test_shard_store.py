@@ -45,6 +45,31 @@ def test_write_read_survives_reopen(tmp_path: Path) -> None:
     store.close()
 
 
+def test_shard_count_and_bytes_are_exact_across_rewrites_and_reopen(tmp_path: Path) -> None:
+    rid, other = os.urandom(32), os.urandom(32)
+    store = ShardStore(tmp_path / "shards")
+    store.write_batch([_shard(rid, 0, b"a" * 100), _shard(rid, 1, b"b" * 100)])
+    first_bytes = store.shard_bytes
+    assert store.count() == 2 and first_bytes > 200
+    # A replayed hint or retry rewrites the same keys: nothing is counted twice.
+    store.write_batch([_shard(rid, 0, b"a" * 100), _shard(rid, 0, b"a" * 100)])
+    assert (store.count(), store.shard_bytes) == (2, first_bytes)
+    store.write_batch([_shard(other, 2, b"c" * 50)])
+    expected = (store.count(), store.shard_bytes)
+    assert expected[0] == 3
+    store.close()
+    reopened = ShardStore(tmp_path / "shards")
+    assert (reopened.count(), reopened.shard_bytes) == expected
+    reopened.close()
+    # A database written before the stats key existed is counted once when opened.
+    db = plyvel.DB(str(tmp_path / "shards"))
+    db.delete(b"m:stats")
+    db.close()
+    recounted = ShardStore(tmp_path / "shards")
+    assert (recounted.count(), recounted.shard_bytes) == expected
+    recounted.close()
+
+
 def test_corrupt_entry_is_detected_and_never_served(tmp_path: Path) -> None:
     rid = os.urandom(32)
     store = ShardStore(tmp_path / "shards")

@@ -27,6 +27,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
 from node.config import NodeLimits
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
@@ -38,6 +39,7 @@ from node.errors import (
     Overloaded,
 )
 from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
+from node.metrics import Metrics
 from node.records import HASH_BYTES
 from node.storage.hints import HintStore
 from node.storage.shard_store import ShardStore
@@ -50,7 +52,7 @@ DEADLINE_HEADER = "X-Baas-Deadline-Ms"
 QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
 QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
 SLOW_REQUEST_S = 1.0
-PUBLIC_PATHS = frozenset({"/internal/v1/health", "/internal/v1/ready"})
+PUBLIC_PATHS = frozenset({"/internal/v1/health", "/internal/v1/ready", "/metrics"})
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class NodeApiState:
     p2p_stats: Callable[[], dict[str, int]]
     commit_stats: Callable[[], dict[str, int]]
     request_deadline_s_max: float
+    metrics: Metrics
     inflight: int = 0
 
 
@@ -152,7 +155,15 @@ def _record_id_param(request: web.Request) -> bytes:
     return record_id
 
 
-def _write_request(raw: Any) -> WriteRequest:
+def _request_ids(body: dict[str, Any], count: int) -> list[str]:
+    """Per-record request ids sent by the gateway (``reqs``), else this call's own id."""
+    tags = body.get("reqs")
+    if isinstance(tags, list) and len(tags) == count:
+        return [request_id_or_new(t if isinstance(t, str) else None) for t in tags]
+    return [request_id_var.get() or ""] * count
+
+
+def _write_request(raw: Any, request_id: str) -> WriteRequest:
     if not isinstance(raw, dict):
         raise InvalidRequest("each record must be a map")
     try:
@@ -161,6 +172,7 @@ def _write_request(raw: Any) -> WriteRequest:
             blob=bytes(raw["blob"]),
             partner_id=str(raw["pid"]),
             body_fingerprint=bytes(raw["fp"]),
+            request_id=request_id,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed record: {exc}") from exc
@@ -191,7 +203,8 @@ async def post_records(request: web.Request) -> web.Response:
         or not body["records"]
     ):
         raise InvalidRequest("body must be {records: [...]} with at least one record")
-    requests = [_write_request(r) for r in body["records"]]
+    tags = _request_ids(body, len(body["records"]))
+    requests = [_write_request(r, tag) for r, tag in zip(body["records"], tags, strict=True)]
     results = await state.coordinator.write_records(requests)
     return _msgpack_response({"results": [_result_body(r) for r in results]})
 
@@ -223,7 +236,7 @@ async def post_records_read(request: web.Request) -> web.Response:
     ids = body["ids"]
     if not all(isinstance(rid, bytes) and len(rid) == HASH_BYTES for rid in ids):
         raise InvalidRequest("every record id must be 32 bytes", code="invalid_record_id")
-    results = await state.coordinator.read_records(ids)
+    results = await state.coordinator.read_records(ids, _request_ids(body, len(ids)))
     return _msgpack_response({"results": [_read_body(r) for r in results]})
 
 
@@ -252,6 +265,7 @@ async def get_status(request: web.Request) -> web.Response:
             "peer_id": state.peer_id,
             "connected_peers": sorted(state.connected_peers()),
             "shards": state.store.count(),
+            "shard_bytes": state.store.shard_bytes,
             "hints": state.hints.count,
             "corrupt_entries_seen": state.store.corrupt_entries_seen,
             "inflight_requests": state.inflight,
@@ -279,10 +293,12 @@ async def get_ready(request: web.Request) -> web.Response:
 def build_node_app(state: NodeApiState) -> web.Application:
     app = web.Application(
         client_max_size=state.limits.http_body_bytes_max,
-        middlewares=[problem_middleware, auth_and_bound],
+        middlewares=[state.metrics.middleware, problem_middleware, auth_and_bound],
     )
     app[STATE] = state
+    state.metrics.add_stats(node_stat_families(state))
     app.on_response_prepare.append(add_queue_headers)
+    app.router.add_get("/metrics", state.metrics.handle)
     app.router.add_post("/internal/v1/records", post_records)
     app.router.add_post("/internal/v1/records/read", post_records_read)
     app.router.add_get("/internal/v1/records/{record_id}", get_record)

@@ -31,6 +31,7 @@ from node.records import HASH_BYTES, Shard, ShardMeta
 __all__ = [
     "FRAME_VERSION",
     "PROTOCOL_ID",
+    "REQUEST_IDS_MAX",
     "ErrorReply",
     "GetRecords",
     "GetShards",
@@ -53,6 +54,7 @@ FRAME_VERSION = 1
 @dataclass(frozen=True, slots=True)
 class PutShards:
     shards: tuple[Shard, ...]
+    request_ids: tuple[str, ...] = ()  # the gateway requests these serve (for the logs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class ShardsReply:
 @dataclass(frozen=True, slots=True)
 class GetRecords:
     record_ids: tuple[bytes, ...]
+    request_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class HasShards:
 @dataclass(frozen=True, slots=True)
 class HasRecords:
     record_ids: tuple[bytes, ...]
+    request_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,22 +124,22 @@ Message = (
 
 def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
     match message:
-        case PutShards(shards):
-            return "put", {"s": [s.to_wire() for s in shards]}
+        case PutShards(shards, request_ids):
+            return "put", {"s": [s.to_wire() for s in shards], "rq": list(request_ids)}
         case PutShardsReply(stored):
             return "put_ok", {"n": stored}
         case GetShards(record_id, indexes):
             return "get", {"rid": record_id, "ix": list(indexes)}
         case ShardsReply(shards, corrupt):
             return "shards", {"s": [s.to_wire() for s in shards], "bad": corrupt}
-        case GetRecords(record_ids):
-            return "get_many", {"rids": list(record_ids)}
+        case GetRecords(record_ids, request_ids):
+            return "get_many", {"rids": list(record_ids), "rq": list(request_ids)}
         case RecordsShardsReply(shards, corrupt_record_ids):
             return "rshards", {"s": [s.to_wire() for s in shards], "bad": list(corrupt_record_ids)}
         case HasShards(record_id):
             return "has", {"rid": record_id}
-        case HasRecords(record_ids):
-            return "has_many", {"rids": list(record_ids)}
+        case HasRecords(record_ids, request_ids):
+            return "has_many", {"rids": list(record_ids), "rq": list(request_ids)}
         case MetasReply(metas):
             return "metas", {"m": [m.to_wire() for m in metas]}
         case ErrorReply(code, detail):
@@ -149,9 +153,23 @@ def _record_id(raw: Any) -> bytes:
     return raw
 
 
+REQUEST_IDS_MAX = 1024
+REQUEST_ID_CHARS_MAX = 64
+
+
+def _request_ids(body: dict[str, Any]) -> tuple[str, ...]:
+    """Optional request ids (absent in frames from before they existed), bounded."""
+    raw = body.get("rq", [])
+    if not isinstance(raw, list) or len(raw) > REQUEST_IDS_MAX:
+        raise UnsupportedFormat("request ids must be a list of at most 1024")
+    if not all(isinstance(r, str) and 0 < len(r) <= REQUEST_ID_CHARS_MAX for r in raw):
+        raise UnsupportedFormat("a request id must be 1..64 characters")
+    return tuple(raw)
+
+
 def _message_of(op: str, body: dict[str, Any]) -> Message:
     if op == "put":
-        return PutShards(tuple(Shard.from_wire(s) for s in body["s"]))
+        return PutShards(tuple(Shard.from_wire(s) for s in body["s"]), _request_ids(body))
     if op == "put_ok":
         return PutShardsReply(int(body["n"]))
     if op == "get":
@@ -159,7 +177,7 @@ def _message_of(op: str, body: dict[str, Any]) -> Message:
     if op == "shards":
         return ShardsReply(tuple(Shard.from_wire(s) for s in body["s"]), int(body["bad"]))
     if op == "get_many":
-        return GetRecords(tuple(_record_id(rid) for rid in body["rids"]))
+        return GetRecords(tuple(_record_id(rid) for rid in body["rids"]), _request_ids(body))
     if op == "rshards":
         return RecordsShardsReply(
             tuple(Shard.from_wire(s) for s in body["s"]),
@@ -168,7 +186,7 @@ def _message_of(op: str, body: dict[str, Any]) -> Message:
     if op == "has":
         return HasShards(_record_id(body["rid"]))
     if op == "has_many":
-        return HasRecords(tuple(_record_id(rid) for rid in body["rids"]))
+        return HasRecords(tuple(_record_id(rid) for rid in body["rids"]), _request_ids(body))
     if op == "metas":
         return MetasReply(tuple(ShardMeta.from_wire(m) for m in body["m"]))
     if op == "error":

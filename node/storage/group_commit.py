@@ -12,7 +12,8 @@ The queue is bounded (``commit_queue_shards_max``): a full queue raises :class:`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -32,8 +33,16 @@ class _Waiter:
 
 
 class GroupCommitter:
-    def __init__(self, store: ShardStore, *, queue_shards_max: int, batch_shards_max: int) -> None:
+    def __init__(
+        self,
+        store: ShardStore,
+        *,
+        queue_shards_max: int,
+        batch_shards_max: int,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._store = store
+        self._on_commit = on_commit  # (shards, seconds): feeds the fsync latency histogram
         self._queue_shards_max = queue_shards_max
         self._batch_shards_max = batch_shards_max
         self._pending: list[_Waiter] = []
@@ -90,7 +99,10 @@ class GroupCommitter:
                 shards = [s for w in batch for s in w.shards]
                 error: BaasError | None = None
                 try:
+                    started = time.perf_counter()
                     self._store.write_batch(shards)
+                    if self._on_commit is not None:
+                        self._on_commit(len(shards), time.perf_counter() - started)
                     self.batches_committed += 1
                     self.shards_committed += len(shards)
                 except BaasError as exc:

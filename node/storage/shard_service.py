@@ -7,6 +7,9 @@ shard store, which never returns a corrupt entry.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from node.config import NodeLimits
 from node.errors import CallerError, OperationFailed
 from node.p2p.messages import (
@@ -28,21 +31,38 @@ from node.storage.shard_store import ShardStore
 
 __all__ = ["ShardService"]
 
+log = logging.getLogger("baas.node.shards")
+
 
 class ShardService:
-    def __init__(self, store: ShardStore, limits: NodeLimits) -> None:
+    def __init__(
+        self,
+        store: ShardStore,
+        limits: NodeLimits,
+        on_commit: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._store = store
         self._limits = limits
         self.committer = GroupCommitter(
             store,
             queue_shards_max=limits.commit_queue_shards_max,
             batch_shards_max=limits.put_batch_shards_max,
+            on_commit=on_commit,
         )
 
     async def serve(self) -> None:
         await self.committer.serve()
 
     async def handle(self, message: Message, from_peer: str) -> Message:
+        if log.isEnabledFor(logging.DEBUG) and isinstance(
+            message, PutShards | GetRecords | HasRecords
+        ):
+            log.debug(
+                "%s from %s",
+                type(message).__name__,
+                from_peer,
+                extra={"request_ids": message.request_ids},
+            )
         try:
             return await self._dispatch(message)
         except (CallerError, OperationFailed) as exc:

@@ -6,6 +6,10 @@ the first attempt's. Values use the checksummed entry format of :mod:`node.stora
 a corrupt entry is counted and never served. Writes go through :meth:`ShardStore.write_batch`,
 one LevelDB ``WriteBatch`` fsynced once (group commit, see :mod:`node.storage.group_commit`).
 
+The number of shards and their stored bytes are kept under one stats key (``b"m:stats"``)
+written in the same batch as the shards they count, so they are exact after a crash and cost
+no scan (a database from before the stats key is counted once when opened).
+
 The consensus log and the state machines get their own databases later, in their own dirs.
 """
 
@@ -24,6 +28,7 @@ from node.storage.entry import decode_entry, encode_entry
 __all__ = ["ShardStore"]
 
 PREFIX_SHARD = b"s"
+STATS_KEY = b"m:stats"
 
 
 def shard_db_key(key: ShardKey) -> bytes:
@@ -64,6 +69,27 @@ class ShardStore:
             raise OperationFailed(f"cannot open shard database at {path}: {exc}") from exc
         self.path = path
         self.corrupt_entries_seen = 0
+        self.shard_count, self.shard_bytes = self._load_stats()
+
+    def _load_stats(self) -> tuple[int, int]:
+        raw = self._db.get(STATS_KEY)
+        if raw is not None:
+            try:
+                count, size = msgpack.unpackb(decode_entry(STATS_KEY, raw))
+                return int(count), int(size)
+            except (
+                CorruptEntry,
+                UnsupportedFormat,
+                ValueError,
+                TypeError,
+                msgpack.UnpackException,
+            ):
+                pass  # recount below
+        count = size = 0
+        for _, value in self._db.iterator(prefix=PREFIX_SHARD):
+            count += 1
+            size += len(value)
+        return count, size
 
     def close(self) -> None:
         if not self._db.closed:
@@ -71,13 +97,29 @@ class ShardStore:
 
     def write_batch(self, shards: Sequence[Shard]) -> None:
         """Store shards durably: one batch, one fsync."""
+        count, size = self.shard_count, self.shard_bytes
         try:
             with self._db.write_batch(sync=True) as batch:
+                written: dict[bytes, int] = {}
                 for shard in shards:
                     db_key = shard_db_key(shard.meta.key)
-                    batch.put(db_key, encode_shard_value(db_key, shard))
+                    value = encode_shard_value(db_key, shard)
+                    batch.put(db_key, value)
+                    if db_key in written:
+                        size -= written[db_key]
+                    else:
+                        old = self._db.get(db_key)
+                        if old is None:
+                            count += 1
+                        else:
+                            size -= len(old)
+                    written[db_key] = len(value)
+                    size += len(value)
+                stats = msgpack.packb([count, size])
+                batch.put(STATS_KEY, encode_entry(STATS_KEY, stats))
         except plyvel.Error as exc:
             raise OperationFailed(f"shard write failed: {exc}") from exc
+        self.shard_count, self.shard_bytes = count, size
 
     def _scan(self, record_id: bytes) -> tuple[list[Shard], int]:
         shards: list[Shard] = []
@@ -103,4 +145,4 @@ class ShardStore:
         return [s.meta for s in shards]
 
     def count(self) -> int:
-        return sum(1 for _ in self._db.iterator(prefix=PREFIX_SHARD, include_value=False))
+        return self.shard_count

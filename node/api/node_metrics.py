@@ -1,0 +1,124 @@
+"""The node's metric families besides HTTP counts, read at scrape time from its own stats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from node.metrics import StatFamily
+
+if TYPE_CHECKING:
+    from node.api.app import NodeApiState
+
+__all__ = ["node_stat_families"]
+
+
+def node_stat_families(state: NodeApiState) -> list[StatFamily]:
+    """What a node exposes besides HTTP counts: read from the same stats as /status."""
+    coordinator = state.coordinator
+
+    def by_op(field: str) -> Callable[[], dict[str, float]]:
+        return lambda: {op: s[field] for op, s in coordinator.batcher_stats().items()}
+
+    def p2p(field: str) -> Callable[[], float]:
+        return lambda: state.p2p_stats()[field]
+
+    def commit(field: str) -> Callable[[], float]:
+        return lambda: state.commit_stats()[field]
+
+    families = [
+        StatFamily(
+            "queue_records", "records being coordinated", lambda: coordinator.records_in_progress
+        ),
+        StatFamily(
+            "queue_records_max", "coordinator_queue_records_max", lambda: coordinator.queue_max
+        ),
+        StatFamily("http_inflight_requests", "HTTP requests in flight", lambda: state.inflight),
+        StatFamily(
+            "coalesce_pending_items", "items waiting to share a frame", by_op("pending"), label="op"
+        ),
+        StatFamily(
+            "coalesce_inflight_items", "items in frames in flight", by_op("inflight"), label="op"
+        ),
+        StatFamily(
+            "coalesce_frames", "coalesced frames sent", by_op("calls"), counter=True, label="op"
+        ),
+        StatFamily(
+            "coalesce_items",
+            "items sent in coalesced frames",
+            by_op("items"),
+            counter=True,
+            label="op",
+        ),
+        StatFamily(
+            "coalesce_abandoned_items",
+            "items dropped: caller gone",
+            by_op("dropped_abandoned"),
+            counter=True,
+            label="op",
+        ),
+        StatFamily(
+            "commit_queue_shards", "shards waiting for group commit", commit("queued_shards")
+        ),
+        StatFamily("commit_queue_shards_max", "commit_queue_shards_max", commit("queue_max")),
+        StatFamily(
+            "commit_batches", "fsynced write batches", commit("batches_committed"), counter=True
+        ),
+        StatFamily("commit_shards", "shards committed", commit("shards_committed"), counter=True),
+        StatFamily("shards", "shards stored", state.store.count),
+        StatFamily("shard_bytes", "bytes of stored shard entries", lambda: state.store.shard_bytes),
+        StatFamily(
+            "corrupt_entries_seen",
+            "entries failing their checksum",
+            lambda: state.store.corrupt_entries_seen,
+            counter=True,
+        ),
+        StatFamily(
+            "hints_pending", "shards kept for peers that missed them", lambda: state.hints.count
+        ),
+        StatFamily("hints_written", "hints kept", lambda: coordinator.hints_written, counter=True),
+        StatFamily(
+            "hints_replayed", "hints delivered", lambda: coordinator.hints_replayed, counter=True
+        ),
+        StatFamily(
+            "peers_connected",
+            "cluster members connected over libp2p",
+            lambda: len(state.connected_peers()),
+        ),
+        StatFamily("p2p_streams_open", "pooled shard-protocol streams open", p2p("streams_open")),
+        StatFamily(
+            "p2p_streams_in_use", "pooled streams carrying a request", p2p("streams_in_use")
+        ),
+        StatFamily("p2p_streams_max", "stream pool capacity", p2p("streams_max")),
+        StatFamily("p2p_inbound_streams", "inbound streams open", p2p("inbound_streams")),
+        StatFamily(
+            "p2p_requests_inflight", "p2p requests awaiting a reply", p2p("requests_inflight")
+        ),
+        StatFamily(
+            "p2p_requests_sent", "p2p requests sent", p2p("requests_sent_total"), counter=True
+        ),
+        StatFamily(
+            "p2p_requests_failed", "p2p requests failed", p2p("requests_failed_total"), counter=True
+        ),
+        StatFamily(
+            "p2p_requests_timed_out",
+            "p2p requests timed out",
+            p2p("requests_timed_out_total"),
+            counter=True,
+        ),
+        StatFamily(
+            "p2p_requests_served", "p2p requests served", p2p("requests_served_total"), counter=True
+        ),
+        StatFamily(
+            "p2p_protocol_errors",
+            "malformed frames received",
+            p2p("protocol_errors_total"),
+            counter=True,
+        ),
+        StatFamily(
+            "p2p_bridge_calls_inflight",
+            "asyncio->trio calls in flight",
+            p2p("bridge_calls_inflight"),
+        ),
+    ]
+    return families
