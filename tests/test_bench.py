@@ -209,7 +209,13 @@ def test_smoke_every_phase_against_a_cluster(cluster: LocalCluster, tmp_path: Pa
     assert phases["read"]["records_ok"] == 60
     assert phases["paced-write"]["records_ok"] == 100
     assert phases["paced-write"]["latency_ms"]["p99"] > 0
-    assert set(phases["cpu"]["cpu_us_per_record"]) == {"encrypt", "erasure", "store", "total"}
+    assert set(phases["cpu"]["cpu_us_per_record"]) == {
+        "encrypt",
+        "erasure",
+        "shard_meta",
+        "store",
+        "total",
+    }
     assert phases["batch-write"]["windows"]
     for name in [node.name for node in cluster.layout.nodes] + ["gateway"]:
         assert document["processes"][name]["rss_mib_max"] > 0, name
