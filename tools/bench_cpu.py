@@ -1,6 +1,6 @@
 """The ``cpu`` phase of ``baas-bench``: per-record CPU cost of the write path, one thread.
 
-Three stages, each timed over all records before the next starts, with the project's own code:
+Four stages, each timed over all records before the next starts, with the project's own code:
 
 * ``encrypt``: :func:`node.storage.envelope.seal_blob` of the record's canonical JSON (fresh
   data key, wrap, AES-256-GCM, msgpack envelope) -- what the gateway does per record;
