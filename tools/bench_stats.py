@@ -105,7 +105,7 @@ def throughput_windows(
 
 def window_summary(windows: Sequence[tuple[float, float]]) -> dict[str, float | None]:
     """Min and median of the full windows (the first and last, often partial, are left out
-    when there are at least three): "sustained" is the minimum, not the average."""
+    when there are at least three): the minimum shows the dips an average hides."""
     rates = [rate for _, rate in windows]
     if len(rates) >= 3:
         rates = rates[1:-1]
