@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDict
 
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
 
@@ -20,7 +22,7 @@ __all__ = ["PartnerClient", "Response"]
 
 
 class Response:
-    def __init__(self, status: int, body: Any, headers: dict[str, str]) -> None:
+    def __init__(self, status: int, body: Any, headers: Mapping[str, str]) -> None:
         self.status = status
         self.body = body
         self.headers = headers
@@ -81,7 +83,8 @@ class PartnerClient:
                 decoded: Any = json.loads(raw) if raw else None
             except ValueError:
                 decoded = raw
-            return Response(response.status, decoded, dict(response.headers))
+            # Case-insensitive, like HTTP: the server may send X-Request-ID for X-Request-Id.
+            return Response(response.status, decoded, CIMultiDict(response.headers))
 
     async def request(
         self, method: str, path: str, payload: Any = None, *, idempotency_key: str | None = None
