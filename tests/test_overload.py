@@ -1,0 +1,153 @@
+"""Overload at about twice capacity, on a real cluster (5 node processes + gateway).
+
+The cluster runs with small queues so the bounds are reached quickly. The test first measures
+what the cluster sustains (closed loop), then offers about twice that open-loop and checks:
+admitted requests keep a bounded p99, refused ones get 429/503 with a Retry-After, memory
+stays flat, nothing else fails, and every acknowledged record reads back afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tools.client import PartnerClient, Response
+from tools.cluster_init import ClusterLayout, init_cluster
+from tools.local_cluster import LocalCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+GATEWAY_LIMITS = {
+    "queue_records_max": 64,
+    "node_batch_records_max": 64,
+    "node_calls_inflight_max": 4,
+    "partner_inflight_records_max": 400,
+}
+NODE_LIMITS = {"coordinator_queue_records_max": 128}
+ADMITTED_P99_MAX_S = 2.0
+RSS_GROWTH_MAX = 64 * 1024 * 1024
+
+
+def _add_limits(path: Path, limits: dict[str, int]) -> None:
+    text = path.read_text()
+    lines = "".join(f"{key} = {value}\n" for key, value in limits.items())
+    path.write_text(text.replace("[limits]\n", f"[limits]\n{lines}", 1))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    layout = init_cluster(tmp_path_factory.mktemp("overload"), partners=("shop-a",))
+    root = Path(layout.directory)
+    _add_limits(root / "gateway.toml", GATEWAY_LIMITS)
+    for node in layout.nodes:
+        _add_limits(root / node.name / "node.toml", NODE_LIMITS)
+    local = LocalCluster(layout)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+def _client(layout: ClusterLayout) -> PartnerClient:
+    credentials = layout.partners["shop-a"]
+    return PartnerClient(
+        layout.gateway_url,
+        credentials["api_key"],
+        bytes.fromhex(credentials["secret_hex"]),
+        connections_max=1024,
+    )
+
+
+def _rss(cluster: LocalCluster) -> dict[str, int]:
+    names = [n.name for n in cluster.layout.nodes] + ["gateway"]
+    return {name: psutil.Process(cluster.pid(name)).memory_info().rss for name in names}
+
+
+async def _closed_loop_rate(client: PartnerClient, seconds: float, workers: int) -> float:
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            response = await client.put_record({"type": "warmup", "worker": w, "n": done})
+            assert response.status == 201, response
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    return done / (time.monotonic() - started)
+
+
+async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
+    cluster: LocalCluster,
+) -> None:
+    async with _client(cluster.layout) as client:
+        capacity = await _closed_loop_rate(client, 3.0, 32)
+        rss_before = _rss(cluster)
+        rate = 2 * capacity
+        duration_s = 6.0
+        admitted: list[tuple[str, int, float]] = []  # record id, seq, latency
+        refused: list[Response] = []
+        other: Counter[int] = Counter()
+
+        async def one(seq: int) -> None:
+            started = time.monotonic()
+            response = await client.put_record({"type": "overload", "seq": seq})
+            latency = time.monotonic() - started
+            if response.status == 201:
+                admitted.append((response.body["record_id"], seq, latency))
+            elif response.status in (429, 503):
+                refused.append(response)
+            else:
+                other[response.status] += 1
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.monotonic()
+        seq = 0
+        while (elapsed := time.monotonic() - start) < duration_s:
+            due = int(elapsed * rate)  # open loop: send on schedule, whatever the answers
+            while seq < due:
+                tasks.append(asyncio.create_task(one(seq)))
+                seq += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        rss_after = _rss(cluster)
+
+        assert not other, f"unexpected statuses: {dict(other)}"
+        assert refused, f"no refusals at {rate:.0f}/s offered ({capacity:.0f}/s capacity)"
+        assert len(admitted) > capacity * duration_s * 0.3  # still serving while overloaded
+        for response in refused:
+            retry_after = int(response.headers["Retry-After"])
+            assert 1 <= retry_after <= 30
+            assert response.body["code"] in {
+                "overloaded",
+                "cluster_overloaded",
+                "too_many_requests",
+            }
+        latencies = sorted(latency for _, _, latency in admitted)
+        p99 = latencies[int(len(latencies) * 0.99)]
+        assert p99 <= ADMITTED_P99_MAX_S, f"admitted p99 {p99:.3f} s"
+        for name, before in rss_before.items():
+            assert rss_after[name] - before < RSS_GROWTH_MAX, (name, before, rss_after[name])
+
+        # Nothing acknowledged is lost: every admitted record reads back, identical.
+        async def check(record_id: str, seq: int) -> None:
+            response = await client.get_record(record_id)
+            assert response.status == 200, response
+            assert response.body["record"] == {"type": "overload", "seq": seq}
+
+        for start_at in range(0, len(admitted), 32):  # within the small queue
+            chunk = admitted[start_at : start_at + 32]
+            await asyncio.gather(*(check(rid, s) for rid, s, _ in chunk))
+        print(
+            f"capacity {capacity:.0f}/s, offered {rate:.0f}/s: admitted {len(admitted)}, "
+            f"refused {len(refused)}, admitted p99 {p99 * 1000:.0f} ms"
+        )
