@@ -48,7 +48,7 @@ class GatewayLimits:
     # calls in flight per operation, and records queued before the gateway answers 503.
     node_batch_records_max: int = 500
     node_batch_bytes_max: int = 4 * 1024 * 1024
-    node_calls_inflight_max: int = 8
+    node_calls_inflight_max: int = 2  # few calls in flight: records gather into bigger ones
     queue_records_max: int = 20_000
     # One partner may have at most this many records in flight; more gets 429 (fairness).
     partner_inflight_records_max: int = 10_000

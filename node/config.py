@@ -103,6 +103,12 @@ class ClusterConfig:
             )
         if not self.k <= self.write_quorum <= self.n:
             raise ConfigError(f"cluster: write_quorum must be in k..n, got {self.write_quorum}")
+        if self.write_quorum <= self.n - self.k:
+            # Otherwise two versions of one record could each be decodable (node/coordinator).
+            raise ConfigError(
+                f"cluster: write_quorum must exceed n - k = {self.n - self.k}, "
+                f"got {self.write_quorum}"
+            )
         for member in self.members:
             member.validate()
         for attr in ("name", "peer_id", "p2p_addr", "http_addr"):

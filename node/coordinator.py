@@ -5,19 +5,27 @@ Any node coordinates the records a gateway sends it (asyncio side; talks to peer
 
 Write (one record or a batch):
   1. place the record's ``n`` shards on distinct members (rendezvous hashing);
-  2. probe the placement nodes for shards of the same record id: a record already decodable
-     (>= k shards of one content hash) with the same body fingerprint is returned as-is (an
-     idempotent retry); with another fingerprint the write is refused (409). Concurrent
-     duplicates are settled for good by the consensus log (a later issue);
-  3. erasure-code the blob and send each node its shards;
-  4. acknowledge once ``write_quorum`` shards are durable; the remaining puts go on in the
-     background and shards that still fail are kept as hints and replayed later.
+  2. erasure-code the blob and send each node its shards as *exclusive* puts: a node that
+     already holds another version of the record stores nothing for it and answers with the
+     metas it holds instead;
+  3. acknowledge once ``write_quorum`` shards are durable; the remaining puts go on in the
+     background and shards that still fail are kept as hints and replayed later;
+  4. a record short of its quorum because nodes refused it is an earlier write: with ``k`` or
+     more shards of one version reported, it is returned as-is when the body fingerprint
+     matches (an idempotent retry) and refused with 409 otherwise; with fewer (an earlier
+     write that failed), the refused shards are sent again, non-exclusively.
+
+  Why this is safe without a separate probe: an acknowledged version holds ``write_quorum``
+  nodes, so another version can land on at most ``n - write_quorum`` of them, and the config
+  requires ``write_quorum > n - k``: such leftovers are never decodable and never reach a
+  quorum. Concurrent writes of two versions are settled node by node in each node's single
+  committer, and for good by the consensus log (a later issue).
 
 Shard traffic to a peer is coalesced across concurrent requests (:mod:`node.batcher`): one
-``PutShards``, one ``HasRecords`` and one ``GetRecords`` frame carries the shards, probes and
-reads of every request that arrived within a few milliseconds. The number of records being
-coordinated is bounded (``coordinator_queue_records_max``); past it new work is refused with
-:class:`Overloaded` and the depth is reported to gateways so they can back off.
+``PutShards`` and one ``GetRecords`` frame carries the shards and reads of every request that
+arrived within a few milliseconds. The number of records being coordinated is bounded
+(``coordinator_queue_records_max``); past it new work is refused with :class:`Overloaded` and
+the depth is reported to gateways so they can back off.
 
 Read: ask the holders of the systematic shards first; if fewer than ``k`` intact shards come
 back, ask the others; rebuild; check the content hash; if it does not match (a node served a
@@ -32,7 +40,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from node.batcher import Batcher
@@ -53,9 +61,7 @@ from node.p2p.messages import (
     REQUEST_IDS_MAX,
     ErrorReply,
     GetRecords,
-    HasRecords,
     Message,
-    MetasReply,
     PutShards,
     PutShardsReply,
     RecordsShardsReply,
@@ -133,6 +139,13 @@ def _first_version(versions: dict[bytes, list[ShardMeta]]) -> ShardMeta | None:
     )
 
 
+@dataclass(slots=True)
+class _PutOutcome:
+    durable: defaultdict[bytes, int] = field(default_factory=lambda: defaultdict(int))
+    refused: defaultdict[bytes, list[str]] = field(default_factory=lambda: defaultdict(list))
+    existing: defaultdict[bytes, list[ShardMeta]] = field(default_factory=lambda: defaultdict(list))
+
+
 class Coordinator:
     def __init__(
         self,
@@ -162,18 +175,14 @@ class Coordinator:
             "pending_max": limits.coordinator_queue_records_max * cluster.n,
         }
         frame_budget = limits.p2p_frame_bytes_max // 2
-        self._puts: Batcher[str, tuple[Shard, str], bool] = Batcher(
-            self._put_call,
-            items_max=limits.put_batch_shards_max,
-            bytes_max=frame_budget,
-            size_of=lambda item: len(item[0].data) + 256,
-            **shared,  # type: ignore[arg-type]
-        )
-        self._probes: Batcher[str, tuple[bytes, str], tuple[ShardMeta, ...]] = Batcher(
-            self._probe_call,
-            items_max=limits.records_per_request_max,
-            bytes_max=frame_budget,
-            **shared,  # type: ignore[arg-type]
+        self._puts: Batcher[tuple[str, bool], tuple[Shard, str], tuple[ShardMeta, ...] | None] = (
+            Batcher(
+                self._put_call,
+                items_max=limits.put_batch_shards_max,
+                bytes_max=frame_budget,
+                size_of=lambda item: len(item[0].data) + 256,
+                **shared,  # type: ignore[arg-type]
+            )
         )
         self._reads: Batcher[str, tuple[bytes, str], tuple[tuple[Shard, ...], int]] = Batcher(
             self._read_call,
@@ -198,8 +207,8 @@ class Coordinator:
             for name, batcher in self._batchers()
         }
 
-    def _batchers(self) -> tuple[tuple[str, Batcher[str, Any, Any]], ...]:
-        return (("put", self._puts), ("probe", self._probes), ("read", self._reads))
+    def _batchers(self) -> tuple[tuple[str, Batcher[Any, Any, Any]], ...]:
+        return (("put", self._puts), ("read", self._reads))
 
     def _admit(self, records: int) -> None:
         if self.records_in_progress + records > self._limits.coordinator_queue_records_max:
@@ -211,24 +220,24 @@ class Coordinator:
 
     # ----------------------------------------------------------- batched calls
 
-    async def _put_call(self, peer_id: str, items: list[tuple[Shard, str]]) -> list[bool]:
+    async def _put_call(
+        self, key: tuple[str, bool], items: list[tuple[Shard, str]]
+    ) -> list[tuple[ShardMeta, ...] | None]:
+        """One PutShards frame; per item None (stored) or the metas of the version held."""
+        peer_id, exclusive = key
         shards = [shard for shard, _ in items]
-        reply = await self._ask(peer_id, PutShards(tuple(shards), _request_ids(items)))
-        if not isinstance(reply, PutShardsReply) or reply.stored != len(shards):
+        reply = await self._ask(peer_id, PutShards(tuple(shards), _request_ids(items), exclusive))
+        if not isinstance(reply, PutShardsReply):
+            raise OperationFailed(f"peer {peer_id} answered a put with {type(reply).__name__}")
+        refused = set(reply.refused)
+        if reply.stored != sum(1 for s in shards if s.meta.record_id not in refused):
             raise OperationFailed(f"peer {peer_id} did not store a put batch")
-        return [True] * len(shards)
-
-    async def _probe_call(
-        self, peer_id: str, items: list[tuple[bytes, str]]
-    ) -> list[tuple[ShardMeta, ...]]:
-        rids = [rid for rid, _ in items]
-        reply = await self._ask(peer_id, HasRecords(tuple(rids), _request_ids(items)))
-        if not isinstance(reply, MetasReply):
-            raise OperationFailed(f"peer {peer_id} answered a probe with {type(reply).__name__}")
-        found: dict[bytes, list[ShardMeta]] = defaultdict(list)
-        for meta in reply.metas:
-            found[meta.record_id].append(meta)
-        return [tuple(found.get(rid, ())) for rid in rids]
+        held: dict[bytes, list[ShardMeta]] = defaultdict(list)
+        for meta in reply.existing:
+            held[meta.record_id].append(meta)
+        return [
+            tuple(held[s.meta.record_id]) if s.meta.record_id in refused else None for s in shards
+        ]
 
     async def _read_call(
         self, peer_id: str, items: list[tuple[bytes, str]]
@@ -304,48 +313,42 @@ class Coordinator:
     async def _write_admitted(
         self, requests: Sequence[WriteRequest]
     ) -> list[WriteResult | BaasError]:
-        outcome: list[WriteResult | BaasError | None] = [None] * len(requests)
-        existing = await self._find_existing(requests)
-        to_write: list[tuple[int, WriteRequest]] = []
-        for position, (request, found) in enumerate(zip(requests, existing, strict=True)):
-            if found is None:
-                to_write.append((position, request))
-            else:
-                outcome[position] = found
-        if to_write:
-            written = await self._store_new([r for _, r in to_write])
-            for (position, _), result in zip(to_write, written, strict=True):
-                outcome[position] = result
-        return [r for r in outcome if r is not None]
+        created_at_ms = self._clock_ms()
+        all_shards = [self._shards_of(request, created_at_ms) for request in requests]
+        outcome = await self._put_all(requests, all_shards, exclusive=True)
+        results: list[WriteResult | BaasError] = []
+        for request, shards in zip(requests, all_shards, strict=True):
+            rid = request.record_id
+            if outcome.durable[rid] < self._cluster.write_quorum and outcome.refused[rid]:
+                earlier = self._earlier_write(request, outcome.existing[rid])
+                if earlier is not None:
+                    results.append(earlier)
+                    continue
+                # An earlier write that never became decodable holds some nodes: store there
+                # too, beside it (reads settle on the decodable version).
+                again = await self._put_all([request], [shards], exclusive=False, only=outcome)
+                outcome.durable[rid] += again.durable[rid]
+            results.append(self._result_of(request, shards, created_at_ms, outcome.durable[rid]))
+        return results
+
+    def _result_of(
+        self, request: WriteRequest, shards: list[Shard], created_at_ms: int, durable: int
+    ) -> WriteResult | BaasError:
+        quorum = self._cluster.write_quorum
+        if durable >= quorum:
+            return WriteResult(
+                request.record_id, shards[0].meta.content_hash, created_at_ms, durable, False
+            )
+        return QuorumNotReached(
+            f"only {durable} of the {quorum} shards needed became durable; retry with "
+            "the same Idempotency-Key"
+        )
 
     async def write_record(self, request: WriteRequest) -> WriteResult:
         (result,) = await self.write_records([request])
         if isinstance(result, BaasError):
             raise result
         return result
-
-    async def _find_existing(
-        self, requests: Sequence[WriteRequest]
-    ) -> list[WriteResult | BaasError | None]:
-        """For each request: an earlier completed write to return, a conflict, or None.
-
-        One ``HasRecords`` probe per placement node covers every record of the batch (coalesced
-        with other requests' probes too). A node that does not answer is left out: the remaining
-        ones still hold a decodable version of any acknowledged record unless more than n - k
-        fail.
-        """
-        per_peer: dict[str, list[tuple[bytes, str]]] = defaultdict(list)
-        for request in requests:
-            for peer in self.placement(request.record_id):
-                per_peer[peer].append((request.record_id, request.request_id))
-        replies, _ = await self._gather(
-            {peer: self._probes.run_many(peer, items) for peer, items in per_peer.items()}
-        )
-        metas_by_record: dict[bytes, list[ShardMeta]] = defaultdict(list)
-        for peer, per_record in replies.items():
-            for (rid, _), metas in zip(per_peer[peer], per_record, strict=True):
-                metas_by_record[rid].extend(metas)
-        return [self._earlier_write(r, metas_by_record[r.record_id]) for r in requests]
 
     @staticmethod
     def _earlier_write(
@@ -392,33 +395,47 @@ class Coordinator:
             for index, piece in enumerate(pieces)
         ]
 
-    async def _store_new(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
-        created_at_ms = self._clock_ms()
+    async def _put_all(
+        self,
+        requests: Sequence[WriteRequest],
+        all_shards: Sequence[list[Shard]],
+        *,
+        exclusive: bool,
+        only: _PutOutcome | None = None,
+    ) -> _PutOutcome:
+        """Send every shard to its placement node; return once each record has its quorum or
+        every node has answered. ``only``: resend just the shards ``only`` saw refused."""
         per_peer: dict[str, list[tuple[Shard, str]]] = defaultdict(list)
-        all_shards: list[list[Shard]] = []
-        for request in requests:
-            shards = self._shards_of(request, created_at_ms)
-            all_shards.append(shards)
+        for request, shards in zip(requests, all_shards, strict=True):
+            refused_by = set(only.refused[request.record_id]) if only is not None else None
             for peer, shard in zip(self.placement(request.record_id), shards, strict=True):
-                per_peer[peer].append((shard, request.request_id))
-        durable: dict[bytes, int] = defaultdict(int)
+                if refused_by is None or peer in refused_by:
+                    per_peer[peer].append((shard, request.request_id))
+        outcome = _PutOutcome()
         quorum = self._cluster.write_quorum
         done = asyncio.Event()
         remaining = len(per_peer)
         needed = {r.record_id for r in requests}
+        if not per_peer:
+            return outcome
 
         async def put(peer: str, items: list[tuple[Shard, str]]) -> None:
             nonlocal remaining
             try:
                 try:
-                    await self._puts.run_many(peer, items)
+                    replies = await self._puts.run_many((peer, exclusive), items)
                 except (OperationFailed, PeerError) as exc:
                     self._keep_hints(peer, [shard for shard, _ in items], exc)
                     return
-                for shard, _ in items:
-                    durable[shard.meta.record_id] += 1
-                    if durable[shard.meta.record_id] >= quorum:
-                        needed.discard(shard.meta.record_id)
+                for (shard, _), held in zip(items, replies, strict=True):
+                    rid = shard.meta.record_id
+                    if held is None:
+                        outcome.durable[rid] += 1
+                        if outcome.durable[rid] >= quorum:
+                            needed.discard(rid)
+                    else:
+                        outcome.refused[rid].append(peer)
+                        outcome.existing[rid].extend(held)
                 if not needed:
                     done.set()
             finally:
@@ -440,23 +457,7 @@ class Coordinator:
             for task in tasks:
                 task.cancel()
             raise
-        results: list[WriteResult | BaasError] = []
-        for request, shards in zip(requests, all_shards, strict=True):
-            count = durable[request.record_id]
-            if count >= quorum:
-                results.append(
-                    WriteResult(
-                        request.record_id, shards[0].meta.content_hash, created_at_ms, count, False
-                    )
-                )
-            else:
-                results.append(
-                    QuorumNotReached(
-                        f"only {count} of the {quorum} shards needed became durable; retry with "
-                        "the same Idempotency-Key"
-                    )
-                )
-        return results
+        return outcome
 
     def _keep_hints(self, peer: str, shards: list[Shard], cause: BaseException | None) -> None:
         log.info("peer %s missed %d shards (%s); keeping hints", peer, len(shards), cause)
@@ -474,12 +475,14 @@ class Coordinator:
             if not shards:
                 continue
             try:
-                reply = await self._ask(peer, PutShards(tuple(shards)))
+                # Exclusive: a node that meanwhile holds another version of a record keeps it;
+                # the hint is dropped (the acknowledged version has its quorum elsewhere).
+                reply = await self._ask(peer, PutShards(tuple(shards), exclusive=True))
             except (OperationFailed, PeerError):
                 continue
-            if isinstance(reply, PutShardsReply) and reply.stored == len(shards):
-                self._hints.remove(peer, shards)
-                delivered += len(shards)
+            if isinstance(reply, PutShardsReply):
+                self._hints.remove(peer, shards)  # stored, or refused for another version held
+                delivered += reply.stored
         self.hints_replayed += delivered
         return delivered
 

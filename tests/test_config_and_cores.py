@@ -64,6 +64,19 @@ def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "c" / "cluster.json").exists()
 
 
+def test_write_quorum_must_leave_no_room_for_a_second_decodable_version(tmp_path: Path) -> None:
+    layout = init_cluster(tmp_path / "c")
+    path = Path(layout.nodes[0].config_path)
+    text = (
+        path.read_text()
+        .replace("k = 3", "k = 2", 1)
+        .replace("write_quorum = 4", "write_quorum = 3", 1)
+    )
+    path.write_text(text)  # k=2, n=5, quorum 3: two versions could hold 3 and 2 nodes
+    with pytest.raises(ConfigError, match="must exceed n - k"):
+        load_node_config(path)
+
+
 @pytest.mark.parametrize(
     ("old", "new", "message"),
     [

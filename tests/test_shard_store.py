@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import plyvel
@@ -68,6 +69,47 @@ def test_shard_count_and_bytes_are_exact_across_rewrites_and_reopen(tmp_path: Pa
     recounted = ShardStore(tmp_path / "shards")
     assert (recounted.count(), recounted.shard_bytes) == expected
     recounted.close()
+
+
+def _version(rid: bytes, index: int, content_hash: bytes) -> Shard:
+    shard = _shard(rid, index)
+    return Shard(replace(shard.meta, content_hash=content_hash), shard.data)
+
+
+def test_exclusive_puts_refuse_another_version_of_a_record(tmp_path: Path) -> None:
+    rid, other = os.urandom(32), os.urandom(32)
+    first, second = b"\x01" * 32, b"\x02" * 32
+    store = ShardStore(tmp_path / "shards")
+    store.write_batch([_version(rid, 0, first)])
+    assert store.versions(rid) == [first] and store.versions(other) == []
+    # Same version again (a retry of the same shard) is taken; another version is refused.
+    prepared = store.prepare(
+        [_version(rid, 1, first), _version(rid, 2, second), _version(other, 0, second)],
+        [True, True, True],
+    )
+    assert prepared.refused == {rid}
+    store.commit(prepared)
+    assert sorted(s.meta.index for s in store.get(rid)[0]) == [0, 1]
+    # Within one batch the first version to arrive wins, as across batches.
+    racing = os.urandom(32)
+    prepared = store.prepare(
+        [_version(racing, 0, first), _version(racing, 1, second)], [True, True]
+    )
+    assert prepared.refused == {racing}
+    # A non-exclusive put stores beside the version held (an earlier write that failed).
+    store.write_batch([_version(rid, 3, second)])
+    assert store.versions(rid) == [first, second]
+    store.close()
+    # Version lists of a database from before they existed are rebuilt when it is opened.
+    db = plyvel.DB(str(tmp_path / "shards"))
+    for key in [b"m:stats", b"v" + rid, b"v" + other]:
+        db.delete(key)
+    db.close()
+    reopened = ShardStore(tmp_path / "shards")
+    assert sorted(reopened.versions(rid)) == sorted([first, second])
+    assert reopened.versions(other) == [second]
+    assert reopened.prepare([_version(other, 1, first)], [True]).refused == {other}
+    reopened.close()
 
 
 def test_corrupt_entry_is_detected_and_never_served(tmp_path: Path) -> None:

@@ -55,11 +55,16 @@ FRAME_VERSION = 1
 class PutShards:
     shards: tuple[Shard, ...]
     request_ids: tuple[str, ...] = ()  # the gateway requests these serve (for the logs)
+    # If-absent: do not store a shard when another version of its record is held; the reply
+    # then lists the metas held for that record instead.
+    exclusive: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PutShardsReply:
     stored: int
+    refused: tuple[bytes, ...] = ()  # exclusive puts: records held in another version
+    existing: tuple[ShardMeta, ...] = ()  # the metas held for the refused records
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +129,17 @@ Message = (
 
 def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
     match message:
-        case PutShards(shards, request_ids):
-            return "put", {"s": [s.to_wire() for s in shards], "rq": list(request_ids)}
-        case PutShardsReply(stored):
-            return "put_ok", {"n": stored}
+        case PutShards(shards, request_ids, exclusive):
+            body = {"s": [s.to_wire() for s in shards], "rq": list(request_ids)}
+            if exclusive:
+                body["x"] = True
+            return "put", body
+        case PutShardsReply(stored, refused, existing):
+            return "put_ok", {
+                "n": stored,
+                "rf": list(refused),
+                "ex": [m.to_wire() for m in existing],
+            }
         case GetShards(record_id, indexes):
             return "get", {"rid": record_id, "ix": list(indexes)}
         case ShardsReply(shards, corrupt):
@@ -169,9 +181,17 @@ def _request_ids(body: dict[str, Any]) -> tuple[str, ...]:
 
 def _message_of(op: str, body: dict[str, Any]) -> Message:
     if op == "put":
-        return PutShards(tuple(Shard.from_wire(s) for s in body["s"]), _request_ids(body))
+        return PutShards(
+            tuple(Shard.from_wire(s) for s in body["s"]),
+            _request_ids(body),
+            body.get("x") is True,
+        )
     if op == "put_ok":
-        return PutShardsReply(int(body["n"]))
+        return PutShardsReply(
+            int(body["n"]),
+            tuple(_record_id(rid) for rid in body.get("rf", [])),
+            tuple(ShardMeta.from_wire(m) for m in body.get("ex", [])),
+        )
     if op == "get":
         return GetShards(_record_id(body["rid"]), tuple(int(i) for i in body["ix"]))
     if op == "shards":

@@ -28,8 +28,10 @@ __all__ = ["GroupCommitter"]
 @dataclass(slots=True)
 class _Waiter:
     shards: Sequence[Shard]
+    exclusive: bool
     done: trio.Event = field(default_factory=trio.Event)
     error: BaasError | None = None
+    refused: frozenset[bytes] = frozenset()
 
 
 class GroupCommitter:
@@ -63,19 +65,24 @@ class GroupCommitter:
             "shards_committed": self.shards_committed,
         }
 
-    async def submit(self, shards: Sequence[Shard]) -> None:
-        """Return once ``shards`` are durable; raise if the batch failed or the queue is full."""
+    async def submit(self, shards: Sequence[Shard], *, exclusive: bool = False) -> frozenset[bytes]:
+        """Return once ``shards`` are durable; raise if the batch failed or the queue is full.
+
+        With ``exclusive`` a shard is not stored when the node holds another version of its
+        record; the ids of such records are returned (empty: everything was stored).
+        """
         if not shards:
-            return
+            return frozenset()
         if self._pending_shards + len(shards) > self._queue_shards_max:
             raise Overloaded("shard commit queue is full")
-        waiter = _Waiter(shards)
+        waiter = _Waiter(shards, exclusive)
         self._pending.append(waiter)
         self._pending_shards += len(shards)
         self._wakeup.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
+        return waiter.refused
 
     def _take_batch(self) -> list[_Waiter]:
         taken: list[_Waiter] = []
@@ -97,10 +104,17 @@ class GroupCommitter:
             while self._pending:
                 batch = self._take_batch()
                 shards = [s for w in batch for s in w.shards]
+                exclusive = [w.exclusive for w in batch for _ in w.shards]
                 error: BaasError | None = None
+                refused: frozenset[bytes] = frozenset()
                 try:
                     started = time.perf_counter()
-                    self._store.write_batch(shards)
+                    prepared = self._store.prepare(shards, exclusive)
+                    refused = prepared.refused
+                    # The fsync runs on a worker thread (plyvel releases the GIL while it
+                    # waits), so this trio thread keeps serving frames meanwhile; submissions
+                    # arriving now gather for the next batch.
+                    await trio.to_thread.run_sync(self._store.commit, prepared)
                     if self._on_commit is not None:
                         self._on_commit(len(shards), time.perf_counter() - started)
                     self.batches_committed += 1
@@ -109,5 +123,7 @@ class GroupCommitter:
                     error = exc
                 for waiter in batch:
                     waiter.error = error
+                    if refused and waiter.exclusive:
+                        waiter.refused = refused & {s.meta.record_id for s in waiter.shards}
                     waiter.done.set()
                 await trio.sleep(0)

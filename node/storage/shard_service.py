@@ -70,13 +70,18 @@ class ShardService:
 
     async def _dispatch(self, message: Message) -> Message:
         match message:
-            case PutShards(shards):
+            case PutShards(shards=shards):
                 if len(shards) > self._limits.put_batch_shards_max:
                     return ErrorReply("too_many_shards", "put batch exceeds put_batch_shards_max")
                 if any(len(s.data) > self._limits.record_blob_bytes_max for s in shards):
                     return ErrorReply("shard_too_large", "shard exceeds record_blob_bytes_max")
-                await self.committer.submit(shards)
-                return PutShardsReply(len(shards))
+                refused = await self.committer.submit(shards, exclusive=message.exclusive)
+                if not refused:
+                    return PutShardsReply(len(shards))
+                stored = sum(1 for s in shards if s.meta.record_id not in refused)
+                ordered = tuple(sorted(refused))
+                existing = tuple(m for rid in ordered for m in self._store.metas(rid))
+                return PutShardsReply(stored, ordered, existing)
             case GetShards(record_id, indexes):
                 found, corrupt = self._store.get(record_id, indexes)
                 return ShardsReply(tuple(found), corrupt)

@@ -8,7 +8,15 @@ one LevelDB ``WriteBatch`` fsynced once (group commit, see :mod:`node.storage.gr
 
 The number of shards and their stored bytes are kept under one stats key (``b"m:stats"``)
 written in the same batch as the shards they count, so they are exact after a crash and cost
-no scan (a database from before the stats key is counted once when opened).
+no scan. Per record, ``b"v" || record id`` lists the content hashes of the versions held, so
+"does this node hold another version of this record?" is one point lookup (a bloom-filtered
+miss for a new record) instead of a prefix scan. A database from before these keys existed is
+counted and indexed once when opened.
+
+A put may be *exclusive* (``if_absent``): its shard is refused when the node already holds a
+different version of the record. The check runs in the single committer, so two racing writes
+of different versions never both land on one node (see :mod:`node.coordinator` for why this
+replaces a separate probe round trip).
 
 The consensus log and the state machines get their own databases later, in their own dirs.
 """
@@ -16,18 +24,20 @@ The consensus log and the state machines get their own databases later, in their
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
 import plyvel
 
 from node.errors import CorruptEntry, OperationFailed, UnsupportedFormat
-from node.records import Shard, ShardKey, ShardMeta
+from node.records import HASH_BYTES, Shard, ShardKey, ShardMeta
 from node.storage.entry import decode_entry, encode_entry
 
 __all__ = ["ShardStore"]
 
 PREFIX_SHARD = b"s"
+PREFIX_VERSIONS = b"v"
 STATS_KEY = b"m:stats"
 
 
@@ -49,6 +59,18 @@ def decode_shard_value(db_key: bytes, value: bytes) -> Shard:
     if shard_db_key(shard.meta.key) != db_key:
         raise CorruptEntry("shard entry stored under the wrong key")
     return shard
+
+
+def versions_db_key(record_id: bytes) -> bytes:
+    return PREFIX_VERSIONS + record_id
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    entries: list[tuple[bytes, bytes]]
+    shard_count: int  # the counts once this batch is committed
+    shard_bytes: int
+    refused: frozenset[bytes]  # record ids whose exclusive shards were not taken
 
 
 class ShardStore:
@@ -85,41 +107,99 @@ class ShardStore:
                 msgpack.UnpackException,
             ):
                 pass  # recount below
+        return self._reindex()
+
+    def _reindex(self) -> tuple[int, int]:
+        """Count shards and rebuild the per-record version lists (an older or damaged DB)."""
         count = size = 0
-        for _, value in self._db.iterator(prefix=PREFIX_SHARD):
+        versions: dict[bytes, list[bytes]] = {}
+        for db_key, value in self._db.iterator(prefix=PREFIX_SHARD):
             count += 1
             size += len(value)
+            record_id, content_hash = db_key[1 : 1 + HASH_BYTES], db_key[1 + HASH_BYTES : -1]
+            held = versions.setdefault(record_id, [])
+            if content_hash not in held:
+                held.append(content_hash)
+        with self._db.write_batch(sync=True) as batch:
+            for record_id, held in versions.items():
+                key = versions_db_key(record_id)
+                batch.put(key, encode_entry(key, b"".join(held)))
+            batch.put(STATS_KEY, encode_entry(STATS_KEY, msgpack.packb([count, size])))
         return count, size
+
+    def versions(self, record_id: bytes) -> list[bytes]:
+        """Content hashes of the versions of a record this node holds (a point lookup)."""
+        key = versions_db_key(record_id)
+        raw = self._db.get(key)
+        if raw is None:
+            return []
+        try:
+            payload = decode_entry(key, raw)
+        except (CorruptEntry, UnsupportedFormat):
+            self.corrupt_entries_seen += 1
+            return sorted({s.meta.content_hash for s in self._scan(record_id)[0]})
+        return [payload[i : i + HASH_BYTES] for i in range(0, len(payload), HASH_BYTES)]
 
     def close(self) -> None:
         if not self._db.closed:
             self._db.close()
 
-    def write_batch(self, shards: Sequence[Shard]) -> None:
-        """Store shards durably: one batch, one fsync."""
+    def prepare(
+        self, shards: Sequence[Shard], exclusive: Sequence[bool] | None = None
+    ) -> PreparedBatch:
+        """Encode a batch and the stats it leads to (CPU work; no write yet).
+
+        ``exclusive[i]`` makes shard ``i`` an if-absent put: it is left out (its record id is
+        reported in ``refused``) when this node holds, on disk or earlier in this batch,
+        another version of its record. The stats and the check assume no other batch commits
+        between this call and :meth:`commit`: there is one committer
+        (:mod:`node.storage.group_commit`), which commits before preparing more.
+        """
         count, size = self.shard_count, self.shard_bytes
+        entries: dict[bytes, bytes] = {}
+        held: dict[bytes, list[bytes]] = {}  # record id -> versions, this batch included
+        refused: set[bytes] = set()
+        for position, shard in enumerate(shards):
+            record_id, content_hash = shard.meta.record_id, shard.meta.content_hash
+            versions = held.get(record_id)
+            if versions is None:
+                versions = held[record_id] = self.versions(record_id)
+            other_version = any(v != content_hash for v in versions)
+            if exclusive is not None and exclusive[position] and other_version:
+                refused.add(record_id)
+                continue
+            if content_hash not in versions:
+                versions.append(content_hash)
+                key = versions_db_key(record_id)
+                entries[key] = encode_entry(key, b"".join(versions))
+            db_key = shard_db_key(shard.meta.key)
+            value = encode_shard_value(db_key, shard)
+            if db_key in entries:
+                size -= len(entries[db_key])
+            else:
+                old = self._db.get(db_key)
+                if old is None:
+                    count += 1
+                else:
+                    size -= len(old)
+            entries[db_key] = value
+            size += len(value)
+        entries[STATS_KEY] = encode_entry(STATS_KEY, msgpack.packb([count, size]))
+        return PreparedBatch(list(entries.items()), count, size, frozenset(refused))
+
+    def commit(self, prepared: PreparedBatch) -> None:
+        """Write a prepared batch durably: one LevelDB batch, one fsync. Safe off-thread."""
         try:
             with self._db.write_batch(sync=True) as batch:
-                written: dict[bytes, int] = {}
-                for shard in shards:
-                    db_key = shard_db_key(shard.meta.key)
-                    value = encode_shard_value(db_key, shard)
-                    batch.put(db_key, value)
-                    if db_key in written:
-                        size -= written[db_key]
-                    else:
-                        old = self._db.get(db_key)
-                        if old is None:
-                            count += 1
-                        else:
-                            size -= len(old)
-                    written[db_key] = len(value)
-                    size += len(value)
-                stats = msgpack.packb([count, size])
-                batch.put(STATS_KEY, encode_entry(STATS_KEY, stats))
+                for key, value in prepared.entries:
+                    batch.put(key, value)
         except plyvel.Error as exc:
             raise OperationFailed(f"shard write failed: {exc}") from exc
-        self.shard_count, self.shard_bytes = count, size
+        self.shard_count, self.shard_bytes = prepared.shard_count, prepared.shard_bytes
+
+    def write_batch(self, shards: Sequence[Shard]) -> None:
+        """Store shards durably: one batch, one fsync."""
+        self.commit(self.prepare(shards))
 
     def _scan(self, record_id: bytes) -> tuple[list[Shard], int]:
         shards: list[Shard] = []
