@@ -87,9 +87,19 @@ class GatewayConfig:
     nodes: tuple[NodeEndpoint, ...]
     limits: GatewayLimits = field(default_factory=GatewayLimits)
     timeouts: GatewayTimeouts = field(default_factory=GatewayTimeouts)
+    # HTTPS when both are set (gateway/tls.py); plain HTTP (e.g. behind a TLS proxy) when
+    # neither is.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file is not None else "http"
 
     def validate(self) -> None:
         parse_host_port(self.http_listen, "gateway.http_listen")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("gateway: set both tls_cert_file and tls_key_file, or neither")
         if not self.nodes:
             raise ConfigError("[[nodes]]: the gateway needs at least one node")
         for node in self.nodes:
@@ -102,12 +112,19 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     raw = read_toml(path)
     base = path.parent.resolve()
     table = raw.get("gateway", {})
-    unknown = sorted(
-        set(table) - {"http_listen", "keyring_file", "master_key_file", "node_api_token_file"}
-    )
+    known = {
+        "http_listen",
+        "keyring_file",
+        "master_key_file",
+        "node_api_token_file",
+        "tls_cert_file",
+        "tls_key_file",
+    }
+    unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"[gateway] unknown keys: {', '.join(unknown)}")
     master = table.get("master_key_file")
+    cert, key = table.get("tls_cert_file"), table.get("tls_key_file")
     config = GatewayConfig(
         http_listen=str(table.get("http_listen", "")),
         keyring_file=resolve_path(base, table.get("keyring_file"), "gateway.keyring_file"),
@@ -118,6 +135,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         nodes=tuple(build_dataclass(NodeEndpoint, n, "nodes") for n in raw.get("nodes", [])),
         limits=build_dataclass(GatewayLimits, raw.get("limits", {}), "limits"),
         timeouts=build_dataclass(GatewayTimeouts, raw.get("timeouts", {}), "timeouts"),
+        tls_cert_file=resolve_path(base, cert, "gateway.tls_cert_file") if cert else None,
+        tls_key_file=resolve_path(base, key, "gateway.tls_key_file") if key else None,
     )
     config.validate()
     return config

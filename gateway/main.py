@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from gateway.config import GatewayConfig, load_gateway_config
 from gateway.keyring import Keyring, load_keyring, load_master_key
 from gateway.keyring_reload import KeyringReloader
 from gateway.node_client import NodeClient
+from gateway.tls import load_tls_context, reload_tls_context
 from node.config import parse_host_port
 from node.errors import BaasError
 from node.logs import configure_logging
@@ -54,20 +56,32 @@ def build_reloader(
     )
 
 
+def _on_sighup(
+    config: GatewayConfig, reloader: KeyringReloader, tls: ssl.SSLContext | None
+) -> None:
+    reloader.request_reload()
+    if tls is not None and config.tls_cert_file is not None and config.tls_key_file is not None:
+        reload_tls_context(tls, config.tls_cert_file, config.tls_key_file)
+
+
 async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     master_key = load_master_key(config.master_key_file)
+    tls = None
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        tls = load_tls_context(config.tls_cert_file, config.tls_key_file)  # refuse early
     state = build_state(config, master_key)
     reloader = build_reloader(config, master_key, state)
     runner = web.AppRunner(build_gateway_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     loop = asyncio.get_running_loop()
     reload_task = asyncio.create_task(reloader.run())
-    loop.add_signal_handler(signal.SIGHUP, reloader.request_reload)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup, config, reloader, tls)
     try:
         host, port = parse_host_port(config.http_listen, "gateway.http_listen")
-        await web.TCPSite(runner, host, port).start()
+        await web.TCPSite(runner, host, port, ssl_context=tls).start()
         log.info(
-            "gateway ready on http://%s (%d nodes, keyring version %d)",
+            "gateway ready on %s://%s (%d nodes, keyring version %d)",
+            config.scheme,
             config.http_listen,
             len(config.nodes),
             reloader.version,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -33,12 +34,21 @@ class Response:
 
 class PartnerClient:
     def __init__(
-        self, base_url: str, api_key: str, secret: bytes, *, connections_max: int = 32
+        self,
+        base_url: str,
+        api_key: str,
+        secret: bytes,
+        *,
+        connections_max: int = 32,
+        ssl_context: ssl.SSLContext | None = None,  # e.g. trusting a private CA for https
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.secret = secret
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections_max))
+        connector = aiohttp.TCPConnector(
+            limit=connections_max, ssl=ssl_context if ssl_context is not None else True
+        )
+        self._session = aiohttp.ClientSession(connector=connector)
 
     async def close(self) -> None:
         await self._session.close()
