@@ -176,7 +176,7 @@ def test_a_changed_compose_file_is_reported(
 @pytest.mark.parametrize(
     ("flag", "value", "expected"),
     [
-        ("--k", "2", "k: local tool 3, compose 2"),
+        ("--k", "4", "k: local tool 3, compose 4"),
         ("--n", "4", "n: local tool 5, compose 4"),
         ("--base-port", "7200", "nodes/ports"),
     ],
@@ -217,7 +217,7 @@ def test_fewer_nodes_in_the_compose_init_command_is_reported(
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
-        (("--k", "2"), "k: local tool 2, compose 3"),
+        (("--k", "4"), "k: local tool 4, compose 3"),
         (("--base-port", "7300"), "nodes/ports"),
         (("--nodes", "6"), "nodes/ports"),
         (("--n", "4"), "n: local tool 4, compose 5"),
