@@ -23,9 +23,11 @@ from gateway.keyring import Keyring, load_keyring, load_master_key
 from gateway.keyring_reload import KeyringReloader
 from gateway.node_client import NodeClient
 from gateway.tls import load_tls_context, reload_tls_context
+from node import runtime
 from node.config import parse_host_port
 from node.errors import BaasError
 from node.logs import configure_logging
+from node.runtime import tune_gc
 
 log = logging.getLogger("baas.gateway")
 
@@ -79,6 +81,7 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     try:
         host, port = parse_host_port(config.http_listen, "gateway.http_listen")
         await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        tune_gc()
         log.info(
             "gateway ready on %s://%s (%d nodes, keyring version %d)",
             config.scheme,
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     try:
-        asyncio.run(_main(load_gateway_config(args.config)))
+        runtime.run(_main(load_gateway_config(args.config)))
     except BaasError as exc:
         log.error("gateway failed: %s (%s)", exc.detail, exc.code)
         return 2

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from node import runtime
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.coordinator import Coordinator
@@ -26,6 +27,7 @@ from node.logs import configure_logging
 from node.metrics import Metrics
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
+from node.runtime import tune_gc
 from node.storage.hints import HintStore
 from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
@@ -89,6 +91,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
         await web.TCPSite(runner, host, port).start()
+        tune_gc()
         ready = True
         log.info(
             "node %s ready: peer %s, p2p %s, http %s",
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = load_node_config(args.config)
-        asyncio.run(_main(config))
+        runtime.run(_main(config))
     except BaasError as exc:
         log.error("node failed: %s (%s)", exc.detail, exc.code)
         return 2
