@@ -154,6 +154,7 @@ class NodeClient:
         )
         self.node_calls = 0
         self.node_call_failures = 0
+        self.direct_records = 0  # records of big partner batches in their own node calls
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -183,7 +184,7 @@ class NodeClient:
 
     @property
     def inflight_records(self) -> int:
-        return self._writes.inflight_items + self._reads.inflight_items
+        return self._writes.inflight_items + self._reads.inflight_items + self.direct_records
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
         return {
@@ -380,8 +381,22 @@ class NodeClient:
     # ----------------------------------------------------------------- public
 
     async def write_records(self, items: list[WriteItem]) -> list[dict[str, Any]]:
-        """One result map per item: ``{"ok": True, ...}`` or ``{"ok": False, code, status}``."""
-        return await self._writes.run_many("write", items)
+        """One result map per item: ``{"ok": True, ...}`` or ``{"ok": False, code, status}``.
+
+        A partner batch of at least half a node call is already a good batch: it goes to a
+        node as its own call(s), concurrently with others, so big batches keep every node's
+        coordinator busy instead of queueing behind the coalesced lane's few calls.
+        """
+        size = self._limits.node_batch_records_max
+        if len(items) < size // 2:
+            return await self._writes.run_many("write", items)
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        self.direct_records += len(items)
+        try:
+            replies = await asyncio.gather(*(self._write_call("direct", c) for c in chunks))
+        finally:
+            self.direct_records -= len(items)
+        return [result for reply in replies for result in reply]
 
     async def read_record(self, item: ReadItem) -> dict[str, Any]:
         result = await self._reads.submit("read", item)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -47,7 +48,7 @@ class BatcherStats:
 
 @dataclass(slots=True)
 class _Lane(Generic[I, R]):
-    pending: list[tuple[I, asyncio.Future[R]]] = field(default_factory=list)
+    pending: deque[tuple[I, asyncio.Future[R]]] = field(default_factory=deque)
     pending_bytes: int = 0
     first_at: float = 0.0
     inflight: int = 0
@@ -158,7 +159,7 @@ class Batcher(Generic[K, I, R]):
             item_size = self._size_of(lane.pending[0][0])
             if taken and size + item_size > self._bytes_max:
                 break
-            taken.append(lane.pending.pop(0))
+            taken.append(lane.pending.popleft())
             size += item_size
         lane.pending_bytes -= size
         self._pending_items -= len(taken)

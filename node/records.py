@@ -91,8 +91,12 @@ class ShardMeta:
     created_at_ms: int
 
     def __post_init__(self) -> None:
-        ShardKey(self.record_id, self.content_hash, self.index)  # validates the key parts
-        if not 1 <= self.k <= self.n <= 255 or self.index >= self.n:
+        # The same checks as ShardKey's, inline: metas are built per shard on the hot path.
+        if len(self.record_id) != HASH_BYTES or len(self.content_hash) != HASH_BYTES:
+            raise InvalidRequest("record id and content hash must be 32 bytes")
+        if not 0 <= self.index < self.n:
+            raise InvalidRequest("shard index must be below n")
+        if not 1 <= self.k <= self.n <= 255:
             raise InvalidRequest("shard meta has invalid k/n/index")
         if self.blob_bytes < 0 or len(self.body_fingerprint) != HASH_BYTES:
             raise InvalidRequest("shard meta has invalid blob size or fingerprint")
