@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -274,6 +275,7 @@ async def get_status(request: web.Request) -> web.Response:
             "coalescing": state.coordinator.batcher_stats(),
             "commit": state.commit_stats(),
             "p2p": state.p2p_stats(),
+            "python_allocated_blocks": sys.getallocatedblocks(),
         }
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -119,6 +120,11 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             "p2p_bridge_calls_inflight",
             "asyncio->trio calls in flight",
             p2p("bridge_calls_inflight"),
+        ),
+        StatFamily(
+            "python_allocated_blocks",
+            "small-object blocks held by the Python allocator (native memory not included)",
+            sys.getallocatedblocks,
         ),
     ]
     return families
