@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import sys
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
