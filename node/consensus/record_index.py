@@ -1,0 +1,236 @@
+"""The record index: the first state machine on the consensus log.
+
+For every acknowledged record it holds, under ``ri/<record id>``::
+
+    log position (index, term), the leader's timestamp, content hash, k, n, the actual
+    shard -> node map, the membership epoch the placement used, the owner partner and the
+    body fingerprint
+
+Entry type ``index.put`` (feature version 1). Apply rules, identical on every node:
+
+* **expiry** -- each proposal names the term it was proposed in and the highest log index it
+  may land at; outside either it is ``expired`` and changes nothing. A proposal lost in a
+  leader change therefore cannot commit late, and the proposer may garbage-collect the shards
+  of a record whose proposal expired once the log has passed ``max_index``.
+* **idempotency** -- the first entry for a record id wins. A later one with the same owner and
+  body fingerprint (a retry, or a racing gateway) is ``existing`` and returns the first one's
+  position and content hash; with another fingerprint or owner it is a ``conflict``. Either
+  way nothing is written, so the index never changes once written and a local lookup of a
+  committed entry needs no consensus round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from node.consensus.state_machine import AppEntry, ApplyOutcome, LogPosition, StateView
+from node.errors import InvalidRequest, UnsupportedFormat
+
+__all__ = ["INDEX_PUT", "IndexEntry", "IndexProposal", "RecordIndex", "index_key"]
+
+INDEX_PUT = "index.put"
+PREFIX = b"ri/"
+RECORD_VALUE_VERSION = 1
+HASH_BYTES = 32
+SHARDS_MAX = 255
+NODE_ID_CHARS_MAX = 128
+PARTNER_CHARS_MAX = 128
+
+
+def index_key(record_id: bytes) -> bytes:
+    return PREFIX + record_id
+
+
+def _hash(raw: Any, what: str) -> bytes:
+    if not isinstance(raw, bytes) or len(raw) != HASH_BYTES:
+        raise UnsupportedFormat(f"{what} must be {HASH_BYTES} bytes")
+    return raw
+
+
+def _int(raw: Any, what: str, low: int = 0) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < low:
+        raise UnsupportedFormat(f"{what} must be an integer >= {low}")
+    return raw
+
+
+def _text(raw: Any, what: str, chars_max: int) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= chars_max:
+        raise UnsupportedFormat(f"{what} must be 1..{chars_max} characters")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class IndexProposal:
+    """What a coordinator proposes once a record's shards are stored."""
+
+    record_id: bytes
+    content_hash: bytes
+    k: int
+    n: int
+    shard_nodes: tuple[str, ...]  # shard i is on shard_nodes[i]
+    membership_epoch: int
+    owner: str
+    body_fingerprint: bytes
+    expiry_term: int
+    expiry_max_index: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.n <= SHARDS_MAX or len(self.shard_nodes) != self.n:
+            raise InvalidRequest("index proposal: need 1 <= k <= n and one node per shard")
+
+    def to_entry(self) -> AppEntry:
+        return AppEntry(
+            INDEX_PUT,
+            {
+                "rid": self.record_id,
+                "ch": self.content_hash,
+                "k": self.k,
+                "n": self.n,
+                "nodes": list(self.shard_nodes),
+                "epoch": self.membership_epoch,
+                "owner": self.owner,
+                "fp": self.body_fingerprint,
+                "exp_term": self.expiry_term,
+                "exp_index": self.expiry_max_index,
+            },
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> IndexProposal:
+        nodes = body.get("nodes")
+        if not isinstance(nodes, list) or len(nodes) > SHARDS_MAX:
+            raise UnsupportedFormat("index proposal: nodes must be a list")
+        try:
+            return cls(
+                record_id=_hash(body.get("rid"), "rid"),
+                content_hash=_hash(body.get("ch"), "ch"),
+                k=_int(body.get("k"), "k", 1),
+                n=_int(body.get("n"), "n", 1),
+                shard_nodes=tuple(_text(n, "node id", NODE_ID_CHARS_MAX) for n in nodes),
+                membership_epoch=_int(body.get("epoch"), "epoch"),
+                owner=_text(body.get("owner"), "owner", PARTNER_CHARS_MAX),
+                body_fingerprint=_hash(body.get("fp"), "fp"),
+                expiry_term=_int(body.get("exp_term"), "exp_term"),
+                expiry_max_index=_int(body.get("exp_index"), "exp_index"),
+            )
+        except InvalidRequest as exc:
+            raise UnsupportedFormat(exc.detail) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """A committed index record (what ``ri/<record id>`` holds)."""
+
+    record_id: bytes
+    index: int
+    term: int
+    leader_time_ms: int
+    content_hash: bytes
+    k: int
+    n: int
+    shard_nodes: tuple[str, ...]
+    membership_epoch: int
+    owner: str
+    body_fingerprint: bytes
+
+    def encode(self) -> bytes:
+        raw: bytes = msgpack.packb(
+            [
+                RECORD_VALUE_VERSION,
+                self.index,
+                self.term,
+                self.leader_time_ms,
+                self.content_hash,
+                self.k,
+                self.n,
+                list(self.shard_nodes),
+                self.membership_epoch,
+                self.owner,
+                self.body_fingerprint,
+            ],
+            use_bin_type=True,
+        )
+        return raw
+
+    @classmethod
+    def decode(cls, record_id: bytes, raw: bytes) -> IndexEntry:
+        try:
+            fields = msgpack.unpackb(raw, raw=False)
+        except (msgpack.UnpackException, ValueError) as exc:
+            raise UnsupportedFormat("index value is not msgpack") from exc
+        if not isinstance(fields, list) or len(fields) != 11:
+            raise UnsupportedFormat("index value has the wrong shape")
+        if fields[0] != RECORD_VALUE_VERSION:
+            raise UnsupportedFormat(f"unknown index value version {fields[0]!r}")
+        nodes = fields[7]
+        if not isinstance(nodes, list):
+            raise UnsupportedFormat("index value: nodes must be a list")
+        return cls(
+            record_id=record_id,
+            index=_int(fields[1], "index", 1),
+            term=_int(fields[2], "term"),
+            leader_time_ms=_int(fields[3], "leader_time_ms"),
+            content_hash=_hash(fields[4], "content hash"),
+            k=_int(fields[5], "k", 1),
+            n=_int(fields[6], "n", 1),
+            shard_nodes=tuple(_text(n, "node id", NODE_ID_CHARS_MAX) for n in nodes),
+            membership_epoch=_int(fields[8], "epoch"),
+            owner=_text(fields[9], "owner", PARTNER_CHARS_MAX),
+            body_fingerprint=_hash(fields[10], "fingerprint"),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"index": self.index, "term": self.term, "content_hash": self.content_hash}
+
+
+class RecordIndex:
+    """The record index state machine (pure: reads a view, returns writes)."""
+
+    prefix = PREFIX
+    entry_types: Mapping[str, int] = {INDEX_PUT: 1}
+
+    def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        try:
+            proposal = IndexProposal.from_body(entry.body)
+        except UnsupportedFormat as exc:
+            return ApplyOutcome("malformed", {"reason": exc.detail})
+        if position.term != proposal.expiry_term or position.index > proposal.expiry_max_index:
+            return ApplyOutcome(
+                "expired", {"term": proposal.expiry_term, "max_index": proposal.expiry_max_index}
+            )
+        key = index_key(proposal.record_id)
+        held = view.get(key)
+        if held is not None:
+            first = IndexEntry.decode(proposal.record_id, held)
+            same = (first.owner, first.body_fingerprint) == (
+                proposal.owner,
+                proposal.body_fingerprint,
+            )
+            return ApplyOutcome("existing" if same else "conflict", first.summary())
+        record = IndexEntry(
+            record_id=proposal.record_id,
+            index=position.index,
+            term=position.term,
+            leader_time_ms=position.leader_time_ms,
+            content_hash=proposal.content_hash,
+            k=proposal.k,
+            n=proposal.n,
+            shard_nodes=proposal.shard_nodes,
+            membership_epoch=proposal.membership_epoch,
+            owner=proposal.owner,
+            body_fingerprint=proposal.body_fingerprint,
+        )
+        return ApplyOutcome("created", record.summary(), ((key, record.encode()),))
+
+    @staticmethod
+    def lookup(view: StateView, record_id: bytes) -> IndexEntry | None:
+        raw = view.get(index_key(record_id))
+        return IndexEntry.decode(record_id, raw) if raw is not None else None
+
+    @staticmethod
+    def lookup_many(view: StateView, record_ids: Sequence[bytes]) -> list[IndexEntry | None]:
+        return [RecordIndex.lookup(view, rid) for rid in record_ids]
