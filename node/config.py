@@ -161,6 +161,11 @@ class NodeLimits:
     read_batch_records_max: int = 32
     coalesce_inflight_per_peer_max: int = 2
     coordinator_queue_records_max: int = 20_000
+    # The shard database's memory (node/storage/shard_store.py): open tables, write buffer,
+    # block cache. Together they bound a node's native memory however many shards it holds.
+    shard_db_open_files_max: int = 64
+    shard_db_write_buffer_bytes_max: int = 16 * 1024 * 1024
+    shard_db_block_cache_bytes_max: int = 32 * 1024 * 1024
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)

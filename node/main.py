@@ -38,7 +38,12 @@ log = logging.getLogger("baas.node")
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     data_dir = config.node.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = ShardStore(data_dir / "shards")
+    store = ShardStore(
+        data_dir / "shards",
+        open_files_max=config.limits.shard_db_open_files_max,
+        write_buffer_bytes_max=config.limits.shard_db_write_buffer_bytes_max,
+        block_cache_bytes_max=config.limits.shard_db_block_cache_bytes_max,
+    )
     hints = HintStore(data_dir / "hints", hints_max=config.limits.hints_max)
     api_token = config.node.api_token_file.read_text().strip().encode()
     metrics = Metrics("baas_node")

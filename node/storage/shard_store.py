@@ -76,16 +76,28 @@ class PreparedBatch:
 class ShardStore:
     """A node's shard database. Thread-safe for reads; writes come from one committer."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        open_files_max: int = 64,
+        write_buffer_bytes_max: int = 16 * 1024 * 1024,
+        block_cache_bytes_max: int = 32 * 1024 * 1024,
+    ) -> None:
+        # Memory is bounded by these three: two write buffers, the block cache, and the open
+        # tables (LevelDB keeps each open table's index and filter in memory: with its default
+        # of 1,000 open files a node's RSS grew ~25 MB per 10^5 shards without levelling off;
+        # with 64 it stays flat).
         path.mkdir(parents=True, exist_ok=True)
         try:
             self._db = plyvel.DB(
                 str(path),
                 create_if_missing=True,
                 paranoid_checks=True,
-                write_buffer_size=16 * 1024 * 1024,
-                lru_cache_size=32 * 1024 * 1024,
+                write_buffer_size=write_buffer_bytes_max,
+                lru_cache_size=block_cache_bytes_max,
                 bloom_filter_bits=10,
+                max_open_files=open_files_max,
             )
         except plyvel.Error as exc:
             raise OperationFailed(f"cannot open shard database at {path}: {exc}") from exc
