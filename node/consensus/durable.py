@@ -1,0 +1,474 @@
+"""The durable Raft storage of a node: log, hard state, snapshot and applied state in LevelDB.
+
+This is the on-disk twin of :class:`~node.consensus.storage.MemoryStorage`: :meth:`persist`,
+:meth:`save_snapshot` and :meth:`state` mean exactly what they mean there, so a core restarted
+from :meth:`DurableRaftStorage.state` behaves as one restarted from the in-memory model. It is
+plain synchronous I/O, called from the adapter's thread (one writer; not thread-safe).
+
+Durability rules
+----------------
+* :meth:`persist` writes one Ready's snapshot, entries (overwriting the conflicting suffix) and
+  hard state as ONE LevelDB ``WriteBatch(sync=True)``: a vote or an append is on disk before
+  the adapter sends the messages of that Ready, and a crash leaves either all of it or none.
+* The state machine's writes for a range of committed entries and the new applied index go in
+  one fsynced batch (:meth:`commit_applied`), so after a crash the applied index always matches
+  the state: an entry is never applied twice and never skipped.
+
+The state-machine interface (for the record index, later the ledger and the Merkle log)
+-------------------------------------------------------------------------------------------
+A state machine keeps its state in this same database, under keys it owns (each machine picks
+its own sub-prefix, e.g. ``b"ri/"`` for the record index). Applying committed entries is pure:
+it returns ``[(key, value or None for delete), ...]``; the adapter then calls::
+
+    storage.commit_applied(writes, applied_index=last_entry.index)   # one fsynced batch
+    storage.state_get(key) / storage.state_items(prefix)              # checksummed reads
+
+When a Ready carries a snapshot, the machine rebuilds its state from ``snapshot.data`` and the
+adapter calls ``storage.restore_applied(writes, snapshot.meta.index)``: it clears every state key
+and writes the new ones in bounded batches, moving the applied index only in the last one. On
+restart, ``applied_index < snapshot.meta.index`` therefore means "restore from the snapshot
+first" (a crash between persisting a received snapshot and applying it, or mid-restore); any
+other applied index matches the state exactly. Snapshots taken locally (compaction) come from
+the state at the applied index and go through :meth:`save_snapshot`.
+
+On-disk layout (format version 1; every value is a :mod:`node.storage.entry` record: version
+byte, checksum bound to the key, payload)::
+
+    b"m:format"             u32 big-endian format version (refuse unknown ones)
+    b"m:hard"               msgpack HardState.to_wire()
+    b"m:last"               msgpack int: last log index; entries are contiguous up to it
+    b"m:applied"            msgpack int: the state machine's applied index
+    b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire(), "bytes", "chunks", "sha256"}
+    b"c" + u32 chunk no.    one chunk (<= snapshot_chunk_bytes_max) of the snapshot data
+    b"e" + u64 index        msgpack Entry.to_wire() (big-endian index: entries sort by index)
+    b"x" + machine key      a state machine's value
+
+Entries at or below the snapshot index may linger after a crash during compaction; loading
+ignores them and opening deletes them. Any entry missing or failing its checksum between the
+snapshot and ``m:last`` is a :class:`~node.errors.CorruptEntry` at load, never skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import plyvel
+
+from node.consensus.raft import PersistedState, Ready
+from node.consensus.types import Entry, HardState, Membership, Snapshot, SnapshotMeta
+from node.errors import (
+    CorruptEntry,
+    InvariantViolation,
+    OperationFailed,
+    PeerProtocolError,
+    UnsupportedFormat,
+)
+from node.storage.entry import decode_entry, encode_entry
+
+__all__ = ["FORMAT_VERSION", "DurableRaftStorage", "StateWrite"]
+
+FORMAT_VERSION = 1
+StateWrite = tuple[bytes, bytes | None]  # (state-machine key, value; None deletes the key)
+
+KEY_FORMAT = b"m:format"
+KEY_HARD = b"m:hard"
+KEY_LAST = b"m:last"
+KEY_APPLIED = b"m:applied"
+KEY_SNAP = b"m:snap"
+PREFIX_CHUNK = b"c"
+PREFIX_ENTRY = b"e"
+PREFIX_STATE = b"x"
+
+SNAPSHOT_CHUNK_BYTES_MAX = 1024 * 1024
+SNAPSHOT_BYTES_MAX = 4 * 1024 * 1024 * 1024
+ENTRY_PAYLOAD_BYTES_MAX = 1024 * 1024  # RaftConfig.entry_payload_bytes_max's default
+DELETE_BATCH_KEYS_MAX = 4096  # keys deleted per batch when compacting or clearing state
+STATE_WRITES_PER_BATCH_MAX = 1 << 17
+STATE_KEY_BYTES_MAX = 1024
+
+_Op = tuple[bytes, bytes | None]  # (database key, encoded value or None to delete)
+_MALFORMED = (PeerProtocolError, KeyError, TypeError, ValueError)
+
+
+def entry_key(index: int) -> bytes:
+    return PREFIX_ENTRY + struct.pack(">Q", index)
+
+
+def chunk_key(number: int) -> bytes:
+    return PREFIX_CHUNK + struct.pack(">I", number)
+
+
+def _pack(key: bytes, raw: Any) -> bytes:
+    return encode_entry(key, msgpack.packb(raw, use_bin_type=True))
+
+
+def _unpack(key: bytes, value: bytes) -> Any:
+    payload = decode_entry(key, value)
+    try:
+        return msgpack.unpackb(payload, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise CorruptEntry(f"raft record {key!r} is not msgpack") from exc
+
+
+def encode_entry_value(entry: Entry) -> bytes:
+    return _pack(entry_key(entry.index), entry.to_wire())
+
+
+def decode_entry_value(key: bytes, value: bytes, payload_bytes_max: int) -> Entry:
+    try:
+        entry = Entry.from_wire(_unpack(key, value), payload_bytes_max=payload_bytes_max)
+    except PeerProtocolError as exc:  # the wire decoder's error; on disk it means corruption
+        raise CorruptEntry(f"raft entry {key!r} is malformed: {exc.detail}") from exc
+    if entry_key(entry.index) != key:
+        raise CorruptEntry(f"raft entry {entry.index} stored under {key!r}")
+    return entry
+
+
+class DurableRaftStorage:
+    """Raft log, hard state, snapshot and state-machine state of one node, in one LevelDB."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        snapshot_chunk_bytes_max: int = SNAPSHOT_CHUNK_BYTES_MAX,
+        entry_payload_bytes_max: int = ENTRY_PAYLOAD_BYTES_MAX,
+        delete_batch_keys_max: int = DELETE_BATCH_KEYS_MAX,
+    ) -> None:
+        if min(snapshot_chunk_bytes_max, entry_payload_bytes_max, delete_batch_keys_max) <= 0:
+            raise InvariantViolation("durable raft storage bounds must be positive")
+        self.path = path
+        self.snapshot_chunk_bytes_max = snapshot_chunk_bytes_max
+        self.entry_payload_bytes_max = entry_payload_bytes_max
+        self.delete_batch_keys_max = delete_batch_keys_max
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = plyvel.DB(
+                str(path),
+                create_if_missing=True,
+                paranoid_checks=True,
+                write_buffer_size=16 * 1024 * 1024,
+                lru_cache_size=16 * 1024 * 1024,
+            )
+        except plyvel.Error as exc:
+            raise OperationFailed(f"cannot open raft database at {path}: {exc}") from exc
+        try:
+            self._check_format()
+            self._load()
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- opening
+
+    def _check_format(self) -> None:
+        raw = self._db.get(KEY_FORMAT)
+        if raw is None:
+            if next(self._db.iterator(include_value=False), None) is not None:
+                raise CorruptEntry(f"raft database at {self.path} has data but no format key")
+            self._write([(KEY_FORMAT, encode_entry(KEY_FORMAT, struct.pack(">I", 1)))])
+            return
+        payload = decode_entry(KEY_FORMAT, raw)
+        if len(payload) != 4:
+            raise CorruptEntry("raft format key is malformed")
+        (version,) = struct.unpack(">I", payload)
+        if version != FORMAT_VERSION:
+            raise UnsupportedFormat(f"raft database format {version} (this build reads 1)")
+
+    def _load(self) -> None:
+        """Read (and verify) everything but the entries, which :meth:`state` reads."""
+        hard, snap = self._get(KEY_HARD), self._get(KEY_SNAP)
+        self._has_state = hard is not None or snap is not None
+        self._hard_state = HardState() if hard is None else self._hard_state_of(hard)
+        self._snap_meta, self._snap_chunks, self._snap_data = (
+            SnapshotMeta(0, 0, Membership()),
+            0,
+            b"",
+        )
+        if snap is not None:
+            self._snap_meta, self._snap_chunks = self._snapshot_record(snap)[:2]
+            self._snap_data = self._load_snapshot_data(snap)
+        self._last_index = self._int(KEY_LAST, self._snap_meta.index)
+        self._applied_index = self._int(KEY_APPLIED, 0)
+        if self._last_index < self._snap_meta.index:
+            raise CorruptEntry("raft log ends before its snapshot")
+        self._delete_covered()
+
+    def _hard_state_of(self, raw: Any) -> HardState:
+        try:
+            return HardState.from_wire(raw)
+        except _MALFORMED as exc:
+            raise CorruptEntry("raft hard state is malformed") from exc
+
+    def _snapshot_record(self, raw: Any) -> tuple[SnapshotMeta, int, int, bytes]:
+        try:
+            meta = SnapshotMeta.from_wire(raw["meta"])
+            size, chunks, digest = int(raw["bytes"]), int(raw["chunks"]), bytes(raw["sha256"])
+        except _MALFORMED as exc:
+            raise CorruptEntry("raft snapshot meta is malformed") from exc
+        if not 0 <= size <= SNAPSHOT_BYTES_MAX or not 0 <= chunks <= size:
+            raise CorruptEntry("raft snapshot meta has impossible sizes")
+        return meta, chunks, size, digest
+
+    def _get(self, key: bytes) -> Any:
+        try:
+            value = self._db.get(key)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+        return None if value is None else _unpack(key, value)
+
+    def _int(self, key: bytes, default: int) -> int:
+        raw = self._get(key)
+        if raw is None:
+            return default
+        if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+            raise CorruptEntry(f"raft record {key!r} is not an index")
+        return raw
+
+    # -- reading
+
+    @property
+    def has_state(self) -> bool:
+        """True once a first Ready was persisted (restart from :meth:`state`, not bootstrap)."""
+        return self._has_state
+
+    @property
+    def hard_state(self) -> HardState:
+        return self._hard_state
+
+    @property
+    def last_index(self) -> int:
+        return self._last_index
+
+    @property
+    def applied_index(self) -> int:
+        """The index the state-machine state under ``b"x"`` reflects (see the docstring)."""
+        return self._applied_index
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self._snap_meta, self._snap_data)
+
+    def _load_snapshot_data(self, raw: Any) -> bytes:
+        _, chunks, size, digest = self._snapshot_record(raw)
+        parts = []
+        for number in range(chunks):
+            key = chunk_key(number)
+            value = self._db.get(key)
+            if value is None:
+                raise CorruptEntry(f"raft snapshot chunk {number} is missing")
+            parts.append(decode_entry(key, value))
+        data = b"".join(parts)
+        if len(data) != size or hashlib.sha256(data).digest() != digest:
+            raise CorruptEntry("raft snapshot data fails its checksum")
+        return data
+
+    def entries(self) -> Iterator[Entry]:
+        """The log after the snapshot, in order; a gap or a bad entry is CorruptEntry."""
+        expected = self._snap_meta.index + 1
+        stop = _prefix_end(PREFIX_ENTRY)
+        try:
+            for key, value in self._db.iterator(start=entry_key(expected), stop=stop):
+                entry = decode_entry_value(key, value, self.entry_payload_bytes_max)
+                if entry.index > self.last_index:
+                    raise CorruptEntry(f"raft entry {entry.index} beyond the last index")
+                if entry.index != expected:
+                    raise CorruptEntry(f"raft entry {expected} is missing")
+                expected += 1
+                yield entry
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+        if expected != self.last_index + 1:
+            raise CorruptEntry(f"raft entries {expected}..{self.last_index} are missing")
+
+    def state(self) -> PersistedState:
+        """What a core restarts from, with the state machine's applied index."""
+        return PersistedState(
+            self.hard_state, self.snapshot, tuple(self.entries()), self.applied_index
+        )
+
+    # -- the persist step of the Ready cycle
+
+    def persist(self, ready: Ready) -> None:
+        """Step 1 of the Ready cycle, as MemoryStorage.persist, in one fsynced batch."""
+        ops: list[_Op] = []
+        last = self.last_index
+        snap_index = self._snap_meta.index
+        if ready.snapshot is not None:
+            ops += self._snapshot_ops(ready.snapshot)
+            ops += self._delete_entries_ops(ready.snapshot.meta.index + 1, last)
+            snap_index = last = ready.snapshot.meta.index  # a received snapshot replaces the log
+        if ready.entries:
+            first = ready.entries[0].index
+            if first <= snap_index or first > last + 1:
+                raise InvariantViolation(f"persisting entries from {first} leaves a gap")
+            end = first + len(ready.entries) - 1
+            ops += self._delete_entries_ops(end + 1, last)  # the rest is overwritten below
+            ops += [(entry_key(e.index), encode_entry_value(e)) for e in ready.entries]
+            last = end
+        if last != self.last_index:
+            ops.append((KEY_LAST, _pack(KEY_LAST, last)))
+        if ready.hard_state is not None:
+            ops.append((KEY_HARD, _pack(KEY_HARD, ready.hard_state.to_wire())))
+        if not ops:
+            return
+        self._write(ops)
+        self._has_state = True
+        self._last_index = last
+        if ready.hard_state is not None:
+            self._hard_state = ready.hard_state
+        if ready.snapshot is not None:
+            self._adopt_snapshot(ready.snapshot)
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """The application took a snapshot: keep it, then drop the entries it covers."""
+        index = snapshot.meta.index
+        if index <= self._snap_meta.index:
+            return
+        if index > self.last_index:
+            raise InvariantViolation(f"snapshot at {index} beyond the stored log")
+        self._write(self._snapshot_ops(snapshot))
+        self._adopt_snapshot(snapshot)
+
+    def _snapshot_ops(self, snapshot: Snapshot) -> list[_Op]:
+        data, step = snapshot.data, self.snapshot_chunk_bytes_max
+        if len(data) > SNAPSHOT_BYTES_MAX:
+            raise InvariantViolation(f"snapshot of {len(data)} bytes exceeds the bound")
+        chunks = [data[i : i + step] for i in range(0, len(data), step)]
+        ops: list[_Op] = [(chunk_key(n), None) for n in range(len(chunks), self._snap_chunks)]
+        ops += [(chunk_key(n), encode_entry(chunk_key(n), c)) for n, c in enumerate(chunks)]
+        record = {
+            "meta": snapshot.meta.to_wire(),
+            "bytes": len(data),
+            "chunks": len(chunks),
+            "sha256": hashlib.sha256(data).digest(),
+        }
+        ops.append((KEY_SNAP, _pack(KEY_SNAP, record)))
+        return ops
+
+    def _adopt_snapshot(self, snapshot: Snapshot) -> None:
+        step = self.snapshot_chunk_bytes_max
+        self._snap_meta, self._snap_data = snapshot.meta, snapshot.data
+        self._snap_chunks = (len(snapshot.data) + step - 1) // step
+        self._delete_covered()
+
+    def _delete_entries_ops(self, first: int, last: int) -> list[_Op]:
+        return [(entry_key(i), None) for i in range(first, last + 1)]
+
+    def _delete_covered(self) -> None:
+        """Delete entries at or below the snapshot in bounded, unsynced batches.
+
+        Not synced: an entry left behind by a crash is ignored at load and deleted here again.
+        """
+        stop = entry_key(self._snap_meta.index + 1)
+        while True:
+            keys = self._keys(PREFIX_ENTRY, stop=stop)
+            if not keys:
+                return
+            self._write([(k, None) for k in keys], sync=False)
+
+    def _keys(self, prefix: bytes, stop: bytes | None = None) -> list[bytes]:
+        """Up to ``delete_batch_keys_max`` keys under ``prefix`` (and below ``stop``)."""
+        keys: list[bytes] = []
+        try:
+            iterator = self._db.iterator(
+                start=prefix, stop=stop or _prefix_end(prefix), include_value=False
+            )
+            for key in iterator:
+                keys.append(key)
+                if len(keys) >= self.delete_batch_keys_max:
+                    break
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+        return keys
+
+    # -- the apply step: state-machine writes and the applied index, atomically
+
+    def commit_applied(self, writes: Sequence[StateWrite], applied_index: int) -> None:
+        """Write a state machine's writes for entries up to ``applied_index``: one sync batch."""
+        if len(writes) > STATE_WRITES_PER_BATCH_MAX:
+            raise InvariantViolation(f"{len(writes)} state writes exceed one batch's bound")
+        if applied_index <= self.applied_index:
+            raise InvariantViolation(f"applying {applied_index} again (at {self.applied_index})")
+        if applied_index > max(self.hard_state.commit, self._snap_meta.index):
+            raise InvariantViolation(f"applying {applied_index} beyond the persisted commit")
+        ops = [self._state_op(key, value) for key, value in writes]
+        ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
+        self._write(ops)
+        self._applied_index = applied_index
+
+    def restore_applied(self, writes: Iterable[StateWrite], applied_index: int) -> None:
+        """Replace the whole state with ``writes`` (rebuilt from a snapshot at ``applied_index``).
+
+        Bounded batches; the applied index moves only with the last one, so a crash midway
+        leaves ``applied_index < snapshot index``: restore again on restart.
+        """
+        if applied_index != self._snap_meta.index or applied_index < self.applied_index:
+            raise InvariantViolation(f"restoring state at {applied_index} is not the snapshot")
+        while keys := self._keys(PREFIX_STATE):
+            self._write([(k, None) for k in keys], sync=False)
+        ops: list[_Op] = []
+        for key, value in writes:
+            if value is not None:
+                ops.append(self._state_op(key, value))
+            if len(ops) >= self.delete_batch_keys_max:
+                self._write(ops, sync=False)
+                ops = []
+        ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
+        self._write(ops)  # synced: also makes the unsynced batches before it durable
+        self._applied_index = applied_index
+
+    def _state_op(self, key: bytes, value: bytes | None) -> _Op:
+        if not 0 < len(key) <= STATE_KEY_BYTES_MAX:
+            raise InvariantViolation(f"state key of {len(key)} bytes")
+        db_key = PREFIX_STATE + key
+        return db_key, None if value is None else encode_entry(db_key, value)
+
+    def state_get(self, key: bytes) -> bytes | None:
+        db_key = PREFIX_STATE + key
+        try:
+            value = self._db.get(db_key)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+        return None if value is None else decode_entry(db_key, value)
+
+    def state_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The state machine's keys under ``prefix``, in key order, checksums verified."""
+        try:
+            for db_key, value in self._db.iterator(prefix=PREFIX_STATE + prefix):
+                yield db_key[len(PREFIX_STATE) :], decode_entry(db_key, value)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+
+    # -- writing
+
+    def _write(self, ops: Sequence[_Op], *, sync: bool = True) -> None:
+        """One LevelDB batch; ``sync`` fsyncs it before returning (every acknowledged write)."""
+        try:
+            with self._db.write_batch(sync=sync) as batch:
+                for key, value in ops:
+                    if value is None:
+                        batch.delete(key)
+                    else:
+                        batch.put(key, value)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft write failed: {exc}") from exc
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    def __enter__(self) -> DurableRaftStorage:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    return prefix[:-1] + bytes((prefix[-1] + 1,))

@@ -1,0 +1,608 @@
+"""The durable Raft storage on real LevelDB files: same semantics as MemoryStorage, crash-safe.
+
+* unit cases: suffix overwrite, snapshots, compaction, corruption, format version, v1 fixture;
+* a seeded cluster run with a DurableRaftStorage per node against the same run on MemoryStorage;
+* real processes killed with SIGKILL at random moments, reopened and compared with a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import plyvel
+import pytest
+
+from node.consensus.cluster import Cluster, RecordingMachine, _Member
+from node.consensus.config import RaftConfig
+from node.consensus.durable import (
+    KEY_FORMAT,
+    KEY_HARD,
+    PREFIX_ENTRY,
+    DurableRaftStorage,
+    StateWrite,
+    entry_key,
+)
+from node.consensus.raft import PersistedState, RawNode, Ready
+from node.consensus.storage import MemoryStorage
+from node.consensus.types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Membership,
+    NodeId,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from node.errors import CorruptEntry, InvariantViolation, OperationFailed, UnsupportedFormat
+from node.storage.entry import encode_entry
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_V1 = ROOT / "tests" / "fixtures" / "raft_durable_v1.hex"
+ABC = Membership.of(["a", "b", "c"])
+
+
+def make_ready(
+    entries: Sequence[Entry] = (),
+    hard_state: HardState | None = None,
+    snapshot: Snapshot | None = None,
+) -> Ready:
+    return Ready(
+        seq=1,
+        hard_state=hard_state,
+        entries=tuple(entries),
+        snapshot=snapshot,
+        messages=(),
+        committed_entries=(),
+        read_states=(),
+        role=Role.FOLLOWER,
+        leader_id=None,
+        term=hard_state.term if hard_state else 0,
+        membership=ABC,
+    )
+
+
+def entries(first: int, last: int, term: int, tag: bytes = b"") -> list[Entry]:
+    return [
+        Entry(i, term, EntryKind.NORMAL, b"p%d" % i + tag, 1000 + i) for i in range(first, last + 1)
+    ]
+
+
+def snapshot_at(index: int, term: int, data: bytes = b"") -> Snapshot:
+    return Snapshot(SnapshotMeta(index, term, ABC), data)
+
+
+def same_state(durable: DurableRaftStorage, memory: MemoryStorage) -> None:
+    assert durable.state() == memory.state(durable.applied_index)
+
+
+def raw_keys(path: Path, prefix: bytes) -> list[bytes]:
+    db = plyvel.DB(str(path))
+    try:
+        return list(db.iterator(prefix=prefix, include_value=False))
+    finally:
+        db.close()
+
+
+# -- the semantics of MemoryStorage, on disk
+
+
+def test_persist_overwrites_the_conflicting_suffix_like_memory(tmp_path: Path) -> None:
+    memory, durable = MemoryStorage(), DurableRaftStorage(tmp_path / "raft")
+    steps = [
+        make_ready(snapshot=snapshot_at(0, 0)),
+        make_ready(entries(1, 6, 1), HardState(1, "a", 2)),
+        make_ready(entries(4, 5, 2, b"new"), HardState(2, "b", 3)),  # drops 6, rewrites 4..5
+        make_ready(entries(6, 8, 2)),
+        make_ready(hard_state=HardState(3, None, 5)),
+    ]
+    for ready in steps:
+        memory.persist(ready)
+        durable.persist(ready)
+        same_state(durable, memory)
+    with pytest.raises(InvariantViolation, match="gap"):
+        durable.persist(make_ready(entries(10, 10, 3)))
+    durable.close()
+    with DurableRaftStorage(tmp_path / "raft") as reopened:
+        same_state(reopened, memory)
+        assert [e.term for e in reopened.state().entries] == [1, 1, 1, 2, 2, 2, 2, 2]
+        assert reopened.has_state
+
+
+def test_received_snapshot_replaces_the_log_and_compaction_deletes_covered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "raft"
+    memory, durable = MemoryStorage(), DurableRaftStorage(path, snapshot_chunk_bytes_max=10)
+    steps = [
+        make_ready(snapshot=snapshot_at(0, 0)),
+        make_ready(entries(1, 20, 1), HardState(1, "a", 3)),
+        make_ready(hard_state=HardState(2, None, 12), snapshot=snapshot_at(12, 2, b"x" * 95)),
+        make_ready(entries(13, 15, 2)),
+    ]
+    for ready in steps:
+        memory.persist(ready)
+        durable.persist(ready)
+        same_state(durable, memory)
+    compacted = snapshot_at(14, 2, b"short")  # fewer chunks than before: the rest deleted
+    memory.save_snapshot(compacted)
+    durable.save_snapshot(compacted)
+    durable.save_snapshot(snapshot_at(13, 2))  # older than the one held: ignored, as in memory
+    same_state(durable, memory)
+    durable.close()
+    assert raw_keys(path, PREFIX_ENTRY) == [entry_key(15)]
+    assert raw_keys(path, b"c") == [b"c" + bytes(4)]
+    with DurableRaftStorage(path) as reopened:
+        same_state(reopened, memory)
+        assert reopened.snapshot == compacted
+
+
+def test_covered_entries_left_by_a_crash_are_ignored_and_deleted(tmp_path: Path) -> None:
+    path = tmp_path / "raft"
+    with DurableRaftStorage(path) as durable:
+        durable.persist(make_ready(entries(1, 5, 1), HardState(1, None, 5)))
+        durable.save_snapshot(snapshot_at(3, 1))
+    db = plyvel.DB(str(path))  # as if the crash hit before the unsynced deletes
+    stale = entries(2, 3, 9)
+    for entry in stale:
+        db.put(entry_key(entry.index), encode_entry(entry_key(entry.index), b"junk"))
+    db.close()
+    with DurableRaftStorage(path) as reopened:
+        assert [e.index for e in reopened.state().entries] == [4, 5]
+    assert raw_keys(path, PREFIX_ENTRY) == [entry_key(4), entry_key(5)]
+
+
+# -- corruption and format versions
+
+
+def flip_byte(path: Path, key: bytes, offset: int = -1) -> None:
+    db = plyvel.DB(str(path))
+    value = bytearray(db.get(key))
+    value[offset] ^= 0x01
+    db.put(key, bytes(value))
+    db.close()
+
+
+def delete_key(path: Path, key: bytes) -> None:
+    db = plyvel.DB(str(path))
+    db.delete(key)
+    db.close()
+
+
+def log_of_ten(path: Path) -> None:
+    with DurableRaftStorage(path, snapshot_chunk_bytes_max=8) as durable:
+        durable.persist(make_ready(entries(1, 10, 1), HardState(1, "a", 4)))
+        durable.save_snapshot(snapshot_at(2, 1, b"snapshot data over chunks"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda p: flip_byte(p, entry_key(5)), "checksum"),
+        (lambda p: flip_byte(p, entry_key(5), offset=0), "unknown entry format"),
+        (lambda p: delete_key(p, entry_key(5)), "entry 5 is missing"),
+        (lambda p: delete_key(p, entry_key(10)), "entries 10..10 are missing"),
+    ],
+)
+def test_a_damaged_entry_in_the_log_is_refused_at_load(
+    tmp_path: Path, damage: Any, match: str
+) -> None:
+    path = tmp_path / "raft"
+    log_of_ten(path)
+    damage(path)
+    with DurableRaftStorage(path) as durable, pytest.raises((CorruptEntry, UnsupportedFormat)) as e:
+        durable.state()
+    assert match in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: flip_byte(p, b"c" + (1).to_bytes(4, "big")),  # a snapshot chunk
+        lambda p: delete_key(p, b"c" + (2).to_bytes(4, "big")),
+        lambda p: flip_byte(p, KEY_HARD),
+    ],
+)
+def test_a_damaged_snapshot_or_hard_state_is_refused_at_open(tmp_path: Path, damage: Any) -> None:
+    path = tmp_path / "raft"
+    log_of_ten(path)
+    damage(path)
+    with pytest.raises(CorruptEntry):
+        DurableRaftStorage(path)
+
+
+def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "raft"
+    log_of_ten(path)
+    db = plyvel.DB(str(path))
+    db.put(KEY_FORMAT, encode_entry(KEY_FORMAT, (2).to_bytes(4, "big")))
+    db.close()
+    with pytest.raises(UnsupportedFormat, match="format 2"):
+        DurableRaftStorage(path)
+    delete_key(path, KEY_FORMAT)  # data without any format key: not ours, or damaged
+    with pytest.raises(CorruptEntry, match="no format key"):
+        DurableRaftStorage(path)
+
+
+def test_a_database_held_by_another_process_is_an_operation_failure(tmp_path: Path) -> None:
+    with DurableRaftStorage(tmp_path / "raft"), pytest.raises(OperationFailed, match="cannot open"):
+        DurableRaftStorage(tmp_path / "raft")
+
+
+# -- the v1 on-disk format, pinned by a fixture
+
+
+def write_fixture_scenario(path: Path) -> PersistedState:
+    """The state stored in tests/fixtures/raft_durable_v1.hex (every kind of record)."""
+    data = b"snapshot-data-" * 5
+    snapshot = snapshot_at(2, 1, data)
+    log = [
+        Entry(3, 2, EntryKind.NOOP, b"", 1700),
+        Entry(4, 2, EntryKind.NORMAL, b"rec-4", 1750),
+        Entry(5, 2, EntryKind.NORMAL, b"\x00\xff", 1800),
+    ]
+    hard = HardState(2, "b", 4)
+    with DurableRaftStorage(path, snapshot_chunk_bytes_max=32) as durable:
+        durable.persist(make_ready(snapshot=snapshot))
+        durable.persist(make_ready(log, hard))
+        durable.commit_applied([(b"ri/count", b"\x04"), (b"ri/tmp", None)], 4)
+    return PersistedState(hard, snapshot, tuple(log), 4)
+
+
+def dump(path: Path) -> list[tuple[bytes, bytes]]:
+    db = plyvel.DB(str(path))
+    try:
+        return list(db.iterator())
+    finally:
+        db.close()
+
+
+def test_v1_fixture_decodes_and_encoding_is_unchanged(tmp_path: Path) -> None:
+    pairs = [
+        (bytes.fromhex(k), bytes.fromhex(v))
+        for k, v in (line.split() for line in FIXTURE_V1.read_text().splitlines() if line)
+    ]
+    db = plyvel.DB(str(tmp_path / "fixture"), create_if_missing=True)
+    for key, value in pairs:
+        db.put(key, value)
+    db.close()
+    expected = write_fixture_scenario(tmp_path / "fresh")
+    with DurableRaftStorage(tmp_path / "fixture") as durable:
+        assert durable.state() == expected
+        assert dict(durable.state_items()) == {b"ri/count": b"\x04"}
+    assert dump(tmp_path / "fresh") == pairs, "the v1 on-disk encoding changed"
+
+
+# -- the apply step
+
+
+def test_commit_applied_writes_state_and_index_together_and_refuses_misuse(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "raft"
+    with DurableRaftStorage(path) as durable:
+        durable.persist(make_ready(entries(1, 6, 1), HardState(1, None, 4)))
+        durable.commit_applied([(b"k/1", b"one"), (b"k/2", b"two")], 2)
+        durable.commit_applied([(b"k/1", None), (b"k/3", b"three")], 3)
+        with pytest.raises(InvariantViolation, match="again"):
+            durable.commit_applied([(b"k/9", b"x")], 3)
+        with pytest.raises(InvariantViolation, match="beyond the persisted commit"):
+            durable.commit_applied([(b"k/9", b"x")], 5)
+        with pytest.raises(InvariantViolation, match="state key"):
+            durable.commit_applied([(b"", b"x")], 4)
+    with DurableRaftStorage(path) as durable:
+        assert durable.applied_index == 3
+        assert list(durable.state_items(b"k/")) == [(b"k/2", b"two"), (b"k/3", b"three")]
+        assert durable.state_get(b"k/1") is None
+        # A received snapshot: the restored state replaces everything, applied jumps to it.
+        durable.persist(make_ready(hard_state=HardState(2, None, 9), snapshot=snapshot_at(9, 2)))
+        assert durable.applied_index == 3  # not restored yet: restore again after a crash
+        with pytest.raises(InvariantViolation, match="not the snapshot"):
+            durable.restore_applied([], 8)
+        durable.restore_applied(((b"k/%d" % i, b"v") for i in range(5)), 9)
+    with DurableRaftStorage(path, delete_batch_keys_max=2) as durable:
+        assert durable.applied_index == 9
+        assert [k for k, _ in durable.state_items()] == [b"k/%d" % i for i in range(5)]
+    flip_byte(path, b"xk/3")
+    with DurableRaftStorage(path) as durable, pytest.raises(CorruptEntry):
+        durable.state_get(b"k/3")
+
+
+def test_every_acknowledging_write_is_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each persist/commit_applied is one synced batch (a crash test with kill -9 cannot see
+    a missing fsync: the page cache survives the process)."""
+    durable = DurableRaftStorage(tmp_path / "raft")
+    batches: list[bool] = []
+    real_write = durable._write
+
+    def recording_write(ops: Any, *, sync: bool = True) -> None:
+        batches.append(sync)
+        real_write(ops, sync=sync)
+
+    monkeypatch.setattr(durable, "_write", recording_write)
+    durable.persist(make_ready(entries(1, 3, 1)))
+    durable.persist(make_ready(hard_state=HardState(1, "a", 2)))
+    durable.persist(make_ready(entries(2, 4, 2), HardState(2, "b", 2)))
+    durable.commit_applied([(b"k", b"v")], 2)
+    assert batches == [True, True, True, True]
+    durable.close()
+
+
+# -- a seeded cluster on LevelDB against the same run on MemoryStorage
+
+
+class DurableCluster(Cluster):
+    """The test cluster with a DurableRaftStorage per node; restart reopens the database."""
+
+    def __init__(self, root: Path, node_ids: list[NodeId], **options: Any) -> None:
+        self.root = root
+        super().__init__(node_ids, **options)
+
+    def _create(self, node_id: NodeId, core: RawNode) -> None:
+        storage = DurableRaftStorage(self.root / node_id, snapshot_chunk_bytes_max=64)
+        self.members[node_id] = _Member(core, storage, RecordingMachine())  # type: ignore[arg-type]
+        self.process(node_id)
+
+    def durable(self, node_id: NodeId) -> DurableRaftStorage:
+        storage = self.members[node_id].storage
+        assert isinstance(storage, DurableRaftStorage)
+        return storage
+
+    def restart(self, node_id: NodeId) -> None:
+        self.durable(node_id).close()
+        storage = DurableRaftStorage(self.root / node_id, snapshot_chunk_bytes_max=64)
+        machine = RecordingMachine()
+        machine.restore(storage.snapshot)
+        core = RawNode(self._config(node_id), self.rng, storage.state())
+        self.members[node_id] = _Member(core, storage, machine)  # type: ignore[arg-type]
+        self.process(node_id)
+
+    def close(self) -> None:
+        for node_id in self.members:
+            self.durable(node_id).close()
+
+
+def config(node_id: NodeId) -> RaftConfig:
+    return RaftConfig(node_id, entries_per_message_max=4, inflight_messages_max=4)
+
+
+def step(cluster: Cluster, rng: random.Random, n: int) -> None:
+    leader, roll = cluster.leader(), rng.random()
+    ids = sorted(cluster.members)
+    if leader is not None and roll < 0.15:
+        payloads = [b"%d-%d" % (n, i) for i in range(rng.randint(1, 5))]
+        cluster.propose(leader, *payloads, now_ms=n)
+    elif roll < 0.55 and cluster.queue:
+        cluster.deliver_one(rng.randrange(len(cluster.queue)))
+    elif roll < 0.62 and cluster.queue:
+        cluster.queue.pop(rng.randrange(len(cluster.queue)))
+    elif roll < 0.85:
+        cluster.tick([rng.choice(ids)])
+    elif roll < 0.88:
+        cluster.crash(rng.choice(ids))
+    elif roll < 0.93:
+        down = [i for i in ids if not cluster.members[i].up]
+        if down:
+            cluster.restart(rng.choice(down))
+    elif roll < 0.96:
+        up = [i for i in cluster.up_ids if cluster.machine(i).applied_index]
+        node = rng.choice(up) if up else None
+        if node and cluster.machine(node).applied_index > cluster.core(node).snapshot_index:
+            cluster.compact(node)
+    elif roll < 0.98:
+        shuffled = rng.sample(ids, len(ids))
+        cluster.partition(shuffled[:1], shuffled[1:])
+    else:
+        cluster.heal()
+
+
+def converge(cluster: Cluster) -> None:
+    cluster.heal()
+    for node_id in sorted(cluster.members):
+        if not cluster.members[node_id].up:
+            cluster.restart(node_id)
+    for _ in range(200):
+        cluster.settle()
+        leader = cluster.leader()
+        if leader is not None and all(
+            cluster.machine(n).applied_index == cluster.core(leader).commit_index
+            for n in cluster.members
+        ):
+            return
+    raise AssertionError("the cluster did not converge")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_seeded_cluster_on_leveldb_persists_exactly_what_memory_does(
+    tmp_path: Path, seed: int
+) -> None:
+    ids = ["a", "b", "c"]
+    plain = Cluster(ids, rng=random.Random(seed), config=config)
+    durable = DurableCluster(tmp_path, ids, rng=random.Random(seed), config=config)
+    plain_rng, durable_rng = random.Random(seed + 100), random.Random(seed + 100)
+    for n in range(500):
+        step(plain, plain_rng, n)
+        step(durable, durable_rng, n)
+        if n % 100 == 99:
+            for node_id in ids:
+                assert durable.durable(node_id).state() == plain.storage(node_id).state(0)
+    converge(plain)
+    converge(durable)
+    committed = plain.core(ids[0]).commit_index
+    assert committed > 10
+    for node_id in ids:
+        assert durable.durable(node_id).state() == plain.storage(node_id).state(0)
+        assert durable.machine(node_id).applied == plain.machine(node_id).applied
+    # Every node restarts from its database alone and the cluster carries on.
+    log_before = {n: list(durable.machine(n).applied) for n in ids}
+    for node_id in ids:
+        durable.crash(node_id)
+    for node_id in ids:
+        durable.restart(node_id)
+    converge(durable)
+    leader = durable.leader()
+    assert leader is not None
+    durable.propose(leader, b"after-restart", now_ms=10_000)
+    converge(durable)
+    for node_id in ids:
+        applied = durable.machine(node_id).applied
+        assert applied[-1][3] == b"after-restart"
+        kept = [a for a in log_before[node_id] if a[0] > durable.core(node_id).snapshot_index]
+        assert [a for a in applied if a[0] <= kept[-1][0]][-len(kept) :] == kept
+    durable.close()
+
+
+# -- crash safety with real processes killed by SIGKILL
+
+Op = tuple[
+    Any, ...
+]  # ("persist", Ready) | ("apply"|"restore", writes, index) | ("compact", Snapshot)
+
+
+@dataclass
+class Model:
+    """What the storage must hold after a sequence of ops: MemoryStorage plus applied state."""
+
+    storage: MemoryStorage = field(default_factory=MemoryStorage)
+    state: dict[bytes, bytes] = field(default_factory=dict)
+    applied: int = 0
+
+    def do(self, op: Op) -> None:
+        kind = op[0]
+        if kind == "persist":
+            self.storage.persist(op[1])
+        elif kind == "compact":
+            self.storage.save_snapshot(op[1])
+        else:
+            if kind == "restore":
+                self.state.clear()
+            for key, value in op[1]:
+                if value is None:
+                    self.state.pop(key, None)
+                else:
+                    self.state[key] = value
+            self.applied = op[2]
+
+
+def do_durable(storage: DurableRaftStorage, op: Op) -> None:
+    kind = op[0]
+    if kind == "persist":
+        storage.persist(op[1])
+    elif kind == "compact":
+        storage.save_snapshot(op[1])
+    elif kind == "restore":
+        storage.restore_applied(op[1], op[2])
+    else:
+        storage.commit_applied(op[1], op[2])
+
+
+def crash_ops(seed: int) -> Iterator[Op]:
+    """An endless, seeded stream of storage ops a Raft node could issue (deterministic)."""
+    rng, model, term, n = random.Random(seed), Model(), 1, 0
+    op: Op = ("persist", make_ready(snapshot=snapshot_at(0, 0)))
+    while True:
+        model.do(op)
+        yield op
+        n += 1
+        st = model.storage
+        snap, commit = st.snapshot.meta.index, st.hard_state.commit
+        last = snap + len(st.entries)
+        roll = rng.random()
+        if model.applied < snap:  # a received snapshot: rebuild the state from it
+            op = ("restore", tuple(msgpack.unpackb(st.snapshot.data)), snap)
+        elif roll < 0.3 and model.applied < commit:
+            end = min(commit, model.applied + rng.randint(1, 20))
+            writes: list[StateWrite] = [
+                (b"sm/%08d" % e.index, hashlib.sha256(e.payload).digest()[:8])
+                for e in st.entries[model.applied - snap : end - snap]
+            ]
+            writes += [(b"sm/%08d" % (end - 10), None), (b"sm/count", b"%d" % end)]
+            op = ("apply", tuple(writes), end)
+        elif roll < 0.36 and model.applied > snap:
+            index = model.applied
+            data = msgpack.packb(sorted(model.state.items()), use_bin_type=True)
+            term_at = st.entries[index - snap - 1].term
+            op = ("compact", Snapshot(SnapshotMeta(index, term_at, ABC), data))
+        elif roll < 0.45 and last > commit:  # a new leader overwrites the uncommitted suffix
+            term += 1
+            first = rng.randint(commit + 1, last)
+            new = entries(first, first + rng.randint(0, 9), term, b"t%d" % term)
+            op = ("persist", make_ready(new, HardState(term, "b", commit)))
+        elif roll < 0.47:  # a snapshot from the leader replaces the whole log
+            index = max(commit, snap) + rng.randint(1, 8)
+            data = msgpack.packb([(b"sm/count", b"%d" % index)], use_bin_type=True)
+            hard = HardState(term, "b", index)
+            op = ("persist", make_ready(hard_state=hard, snapshot=snapshot_at(index, term, data)))
+        elif roll < 0.52:  # a vote in a new term, nothing else
+            term += 1
+            op = ("persist", make_ready(hard_state=HardState(term, "c", commit)))
+        else:
+            new = entries(last + 1, last + rng.randint(1, 30), term, b"n%d" % n)
+            hard = HardState(term, "b", rng.randint(commit, new[-1].index))
+            op = ("persist", make_ready(new, hard))
+
+
+def child_main(path: str, seed: int, start: int) -> None:
+    """Run in a child process: do ops from ``start`` on, printing each one's number once durable."""
+    storage = DurableRaftStorage(Path(path), snapshot_chunk_bytes_max=512)
+    print("open", flush=True)
+    for number, op in enumerate(crash_ops(seed)):
+        if number >= start:
+            do_durable(storage, op)
+            print(number, flush=True)
+
+
+def matches(storage: DurableRaftStorage, model: Model) -> bool:
+    """Equal to the model; below a received snapshot the state is only due for a restore."""
+    restoring = model.applied < model.storage.snapshot.meta.index
+    return storage.state() == model.storage.state(model.applied) and (
+        restoring or dict(storage.state_items()) == model.state
+    )
+
+
+def test_sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing(
+    tmp_path: Path,
+) -> None:
+    path, seed, rng = tmp_path / "raft", 11, random.Random(11)
+    ops, model, done = crash_ops(seed), Model(), 0  # model = state after ops[:done]
+    code = (
+        f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}];"
+        "from test_raft_durable import child_main;"
+        "child_main(sys.argv[1], *map(int, sys.argv[2:]))"
+    )
+    mid_run_kills = 0
+    for _ in range(8):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(path), str(seed), str(done)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        assert child.stdout.readline() == "open\n"
+        time.sleep(rng.uniform(0.005, 0.12))
+        child.kill()
+        child.wait()
+        printed = [int(line) for line in child.stdout.read().split()]
+        acknowledged = printed[-1] + 1 if printed else done
+        mid_run_kills += bool(printed)
+        while done < acknowledged:  # the model after every op the child reported durable
+            model.do(next(ops))
+            done += 1
+        with DurableRaftStorage(path) as storage:
+            if not matches(storage, model):  # the op after the last print may be durable too
+                model.do(next(ops))
+                done += 1
+                assert matches(storage, model), f"torn or lost state after op {done - 1}"
+            assert storage.last_index >= storage.hard_state.commit >= storage.applied_index
+    assert done > 50 and mid_run_kills >= 6
