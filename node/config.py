@@ -150,6 +150,8 @@ class NodeLimits:
     p2p_inflight_requests_per_peer_max: int = 256
     p2p_inbound_streams_max: int = 128
     p2p_bridge_calls_max: int = 4096
+    # Raft frames queued per peer (node/p2p/raft_link.py); more are dropped (Raft resends).
+    raft_queue_frames_max: int = 1024
     put_batch_shards_max: int = 1024
     commit_queue_shards_max: int = 65536
     hints_max: int = 200_000

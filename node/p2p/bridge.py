@@ -135,6 +135,21 @@ class TrioBridge:
         finally:
             self._inflight -= 1
 
+    def post(self, fn: Callable[[], None]) -> bool:
+        """Run the plain function ``fn()`` soon on the trio thread, without waiting for it.
+
+        For fire-and-forget hand-offs (a Raft frame into its bounded outbox); False when the
+        trio thread is not running. ``fn`` must not raise: nobody is there to see it.
+        """
+        token = self._token
+        if token is None:
+            return False
+        try:
+            token.run_sync_soon(fn)
+        except trio.RunFinishedError:
+            return False
+        return True
+
     async def stop(self) -> None:
         """Cancel everything on the trio thread and join it (idempotent)."""
         thread, token, stop_event = self._thread, self._token, self._stop_event

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import multiaddr
@@ -37,6 +37,7 @@ from node.p2p.bridge import TrioBridge
 from node.p2p.host import build_host, ensure_listen_port_free
 from node.p2p.identity import keypair_of_seed, peer_id_of_seed
 from node.p2p.messages import Message
+from node.p2p.raft_link import RAFT_PROTOCOL, RaftCounters, RaftOutbox, serve_raft_stream
 from node.p2p.shard_protocol import SHARD_PROTOCOL, Counters, PeerClient, serve_stream
 
 __all__ = ["P2PNode", "ShardRequestHandler"]
@@ -139,6 +140,7 @@ class P2PNode:
         limits: NodeLimits,
         timeouts: NodeTimeouts,
         handler: ShardRequestHandler,
+        raft_inbox: Callable[[str, bytes], None] | None = None,
     ) -> None:
         limits.validate()
         timeouts.validate()
@@ -148,6 +150,11 @@ class P2PNode:
         self._limits = limits
         self._timeouts = timeouts
         self._handler = handler
+        # Called on the trio thread with (peer id, payload) for every inbound Raft frame; it
+        # must hand the payload on without blocking (node/p2p/raft_link.py).
+        self._raft_inbox = raft_inbox
+        self._raft_counters = RaftCounters()
+        self._raft_outboxes: dict[str, RaftOutbox] = {}
         member_ids = [m.peer_id for m in members]
         if len(set(member_ids)) != len(member_ids):
             raise ConfigError("duplicate peer id in the member list")
@@ -210,6 +217,30 @@ class P2PNode:
         if peer_id not in self._addrs:
             raise PeerUnavailable(f"{peer_id} is not a cluster member")
         return await self._bridge.call(lambda: self._trio_request(peer_id, message, timeout))
+
+    def send_raft(self, peer_id: str, payload: bytes) -> bool:
+        """Queue one Raft frame for ``peer_id`` without waiting (False: dropped and counted).
+
+        Raft retransmits what is lost, so a full queue or an unreachable peer drops frames
+        instead of ever blocking the consensus loop.
+        """
+        if peer_id not in self._addrs:
+            self._raft_counters.frames_dropped_total += 1
+            return False
+        if not self._bridge.post(lambda: self._offer_raft(peer_id, payload)):
+            self._raft_counters.frames_dropped_total += 1
+            return False
+        return True
+
+    def raft_stats(self) -> dict[str, int]:
+        c = self._raft_counters
+        return {
+            "frames_sent_total": c.frames_sent_total,
+            "frames_dropped_total": c.frames_dropped_total,
+            "frames_received_total": c.frames_received_total,
+            "streams_opened_total": c.streams_opened_total,
+            "protocol_errors_total": c.protocol_errors_total,
+        }
 
     async def update_peer_address(self, peer_id: str, addr: str) -> None:
         """Dial ``peer_id`` at ``addr`` from now on (e.g. after it moved to another port)."""
@@ -290,6 +321,8 @@ class P2PNode:
                 async with host.run(listen_addrs=[multiaddr.Multiaddr(self._listen_addr)]):
                     try:
                         host.set_stream_handler(SHARD_PROTOCOL, self._on_inbound_stream)
+                        if self._raft_inbox is not None:
+                            host.set_stream_handler(RAFT_PROTOCOL, self._on_raft_stream)
                         host.get_network().register_notifee(_Notifee(self))
                         self._listen_addrs = self._read_listen_addrs()
                         if not self._listen_addrs:  # libp2p reports this only in its logs
@@ -311,6 +344,8 @@ class P2PNode:
         # Close explicitly: cancelling host.run alone leaves the sockets open, and peers would
         # keep a dead connection (and never redial) until TCP times out.
         with trio.move_on_after(_CLOSE_TIMEOUT_S):
+            for outbox in self._raft_outboxes.values():
+                outbox.close()
             for client in list(self._clients.values()):
                 await client.close()
             await host.close()
@@ -359,6 +394,46 @@ class P2PNode:
             )
             self._clients[peer_id] = client
         return client
+
+    def _offer_raft(self, peer_id: str, payload: bytes) -> None:
+        outbox = self._raft_outboxes.get(peer_id)
+        if outbox is None:
+            if self._host is None or self._nursery is None:
+                self._raft_counters.frames_dropped_total += 1
+                return
+            outbox = RaftOutbox(
+                self._host,
+                peer_id,
+                queue_frames_max=self._limits.raft_queue_frames_max,
+                frame_bytes_max=self._limits.p2p_frame_bytes_max,
+                counters=self._raft_counters,
+                ensure_connected=self._ensure_connected,
+            )
+            self._raft_outboxes[peer_id] = outbox
+            self._nursery.start_soon(outbox.run)
+        outbox.offer(payload)
+
+    async def _on_raft_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if peer not in self._members or peer == self._peer_id or self._raft_inbox is None:
+            self._counters.refused_peers_total += 1
+            await stream.reset()
+            return
+        if self._counters.inbound_streams >= self._limits.p2p_inbound_streams_max:
+            self._counters.inbound_streams_refused_total += 1
+            await stream.reset()
+            return
+        self._counters.inbound_streams += 1
+        try:
+            await serve_raft_stream(
+                stream,
+                peer,
+                self._raft_inbox,
+                frame_bytes_max=self._limits.p2p_frame_bytes_max,
+                counters=self._raft_counters,
+            )
+        finally:
+            self._counters.inbound_streams -= 1
 
     async def _on_inbound_stream(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
