@@ -1,0 +1,20 @@
+"""Deliberately broken variants of the simulated adapter, to prove the checkers can fail."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["Bug"]
+
+
+class Bug(enum.Enum):
+    NONE = "none"
+    # The adapter sends a Ready's messages (votes, append acks) before its writes are flushed;
+    # the disk is flushed only by a periodic writeback, so a crash loses acknowledged state.
+    SKIP_FSYNC = "skip-fsync"
+    # The leader acknowledges a client when the entry is appended, not once it is applied.
+    ACK_BEFORE_COMMIT = "ack-before-commit"
+    # The state machine applies every committed copy of an idempotency id, not the first only.
+    NO_DEDUPE = "no-dedupe"
+    # A restart loads the log without checking entry checksums: corrupt entries are served.
+    ACCEPT_CORRUPT = "accept-corrupt"

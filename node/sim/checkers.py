@@ -1,0 +1,200 @@
+"""The simulator's checkers: what must hold at every step of a run and at its end.
+
+* **Election safety** -- at most one leader per term (every Ready names its role and term).
+* **Log agreement** -- every entry any node applies (or installs in a snapshot) is the same at
+  that index on every node; at the end every live node's committed log, in memory and on disk,
+  matches it, so committed logs are prefixes of one another.
+* **Leader completeness** -- a node that becomes leader holds every entry already applied
+  anywhere (caught at once, before it can overwrite anything).
+* **Acknowledgements** -- a client only hears "done" for an entry that is committed at the
+  position named; an id acknowledged twice names one position; acknowledgements keep real-time
+  order (an entry submitted after another was acknowledged lands after it); at the end every
+  acknowledged id is in the converged log at its position: nothing acknowledged is lost.
+* **Idempotency** -- every id appears once in each node's applied stream.
+* **Liveness** -- after the faults stop, the cluster converges (checked by the world).
+
+A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from node.consensus.raft import RawNode, Ready
+from node.consensus.types import Entry, EntryKind, NodeId, Role
+from node.sim.disk import SimDisk
+from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord
+
+__all__ = ["Checker", "SimFailure"]
+
+
+class SimFailure(Exception):
+    """A checker found a broken invariant (``check`` names which)."""
+
+    def __init__(self, check: str, detail: str) -> None:
+        super().__init__(f"[{check}] {detail}")
+        self.check = check
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class LiveNode:
+    """What the end-of-run checks read of one running member."""
+
+    node_id: NodeId
+    core: RawNode
+    disk: SimDisk
+    machine: DedupMachine
+
+
+@dataclass
+class Checker:
+    leaders: dict[int, NodeId] = field(default_factory=dict)
+    complete_terms: set[int] = field(default_factory=set)  # leader completeness checked
+    committed: dict[int, Entry] = field(default_factory=dict)  # index -> first applied entry
+    acked: dict[RequestId, int] = field(default_factory=dict)  # id -> acknowledged position
+    ack_order: list[tuple[RequestId, int]] = field(default_factory=list)  # as clients saw them
+    floors: dict[RequestId, int] = field(default_factory=dict)  # highest ack before submission
+    acked_index_max: int = 0
+
+    # -- during the run
+
+    def on_ready(self, node_id: NodeId, ready: Ready, core: RawNode) -> None:
+        if ready.role is Role.LEADER:
+            known = self.leaders.setdefault(ready.term, node_id)
+            if known != node_id:
+                raise SimFailure(
+                    "election-safety", f"two leaders in term {ready.term}: {known} and {node_id}"
+                )
+            if ready.term not in self.complete_terms:
+                self.complete_terms.add(ready.term)
+                self._check_leader_complete(node_id, core)
+        if ready.snapshot is not None:
+            self._check_snapshot(node_id, ready)
+        for entry in ready.committed_entries:
+            self._record(node_id, entry)
+
+    def _record(self, node_id: NodeId, entry: Entry) -> None:
+        known = self.committed.setdefault(entry.index, entry)
+        if known is entry:
+            return
+        if (known.term, known.kind, known.payload) != (entry.term, entry.kind, entry.payload):
+            raise SimFailure(
+                "log-agreement",
+                f"{node_id} applied {_show(entry)} where another node applied {_show(known)}",
+            )
+
+    def _check_snapshot(self, node_id: NodeId, ready: Ready) -> None:
+        assert ready.snapshot is not None
+        meta = ready.snapshot.meta
+        known = self.committed.get(meta.index)
+        if known is not None and known.term != meta.term:
+            raise SimFailure(
+                "log-agreement", f"{node_id} installed a snapshot at {meta} over {_show(known)}"
+            )
+        for record in DedupMachine.decode_stream(ready.snapshot.data):
+            self._check_record(node_id, record)
+
+    def _check_record(self, node_id: NodeId, record: StreamRecord) -> None:
+        known = self.committed.get(record[0])
+        if known is None:
+            return
+        command = Command.decode(known.payload) if known.kind is EntryKind.NORMAL else None
+        if command is None or (command.client, command.seq, command.value) != record[1:]:
+            raise SimFailure(
+                "log-agreement", f"{node_id} holds {record}, committed is {_show(known)}"
+            )
+
+    def _check_leader_complete(self, node_id: NodeId, core: RawNode) -> None:
+        for index, entry in self.committed.items():
+            if index > core.snapshot_index and core.term_at(index) != entry.term:
+                raise SimFailure(
+                    "leader-completeness",
+                    f"{node_id} leads term {core.term} without committed {_show(entry)}",
+                )
+
+    def on_submit(self, request_id: RequestId) -> None:
+        """A client sends an id for the first time."""
+        self.floors.setdefault(request_id, self.acked_index_max)
+
+    def on_ack(self, request_id: RequestId, index: int) -> None:
+        entry = self.committed.get(index)
+        if entry is None or entry.kind is not EntryKind.NORMAL:
+            raise SimFailure("ack", f"{request_id} acknowledged at {index}, which is not committed")
+        if Command.decode(entry.payload).request_id != request_id:
+            raise SimFailure(
+                "ack", f"{request_id} acknowledged at {index}, which holds {_show(entry)}"
+            )
+        first = self.acked.get(request_id)
+        if first is not None:
+            if first != index:
+                raise SimFailure(
+                    "idempotency", f"{request_id} acknowledged at {first} and at {index}"
+                )
+            return
+        floor = self.floors.get(request_id, 0)
+        if index <= floor:
+            raise SimFailure(
+                "ack-order",
+                f"{request_id} acknowledged at {index}, "
+                f"but {floor} was acknowledged before it was sent",
+            )
+        self.acked[request_id] = index
+        self.ack_order.append((request_id, index))
+        self.acked_index_max = max(self.acked_index_max, index)
+
+    # -- at the end
+
+    def check_converged(self, nodes: Iterable[LiveNode]) -> None:
+        live = list(nodes)
+        for node in live:
+            self._check_committed_log(node)
+            self._check_stream(node)
+        streams = {node.node_id: node.machine.stream for node in live}
+        reference = live[0]
+        for node in live[1:]:
+            if streams[node.node_id] != streams[reference.node_id]:
+                raise SimFailure(
+                    "log-agreement",
+                    f"{node.node_id} and {reference.node_id} applied different streams",
+                )
+        positions = reference.machine.positions
+        for request_id, index in self.acked.items():
+            if positions.get(request_id) != index:
+                raise SimFailure(
+                    "ack-lost",
+                    f"{request_id} was acknowledged at {index}, the final log has it at "
+                    f"{positions.get(request_id)}",
+                )
+
+    def _check_committed_log(self, node: LiveNode) -> None:
+        core = node.core
+        for index in range(core.snapshot_index + 1, core.commit_index + 1):
+            known = self.committed.get(index)
+            if known is None or core.term_at(index) != known.term:
+                raise SimFailure(
+                    "log-agreement",
+                    f"{node.node_id} has term {core.term_at(index)} at committed {index}",
+                )
+        for stored in node.disk.entries:
+            entry = stored.entry
+            if entry.index > node.disk.hard_state.commit:
+                break
+            known = self.committed.get(entry.index)
+            if known is None or (known.term, known.payload) != (entry.term, entry.payload):
+                raise SimFailure(
+                    "log-agreement", f"{node.node_id} stores {_show(entry)} as committed"
+                )
+
+    def _check_stream(self, node: LiveNode) -> None:
+        seen: set[RequestId] = set()
+        for record in node.machine.stream:
+            request_id = (record[1], record[2])
+            if request_id in seen:
+                raise SimFailure("idempotency", f"{node.node_id} applied {request_id} twice")
+            seen.add(request_id)
+
+
+def _show(entry: Entry) -> str:
+    return f"entry {entry.index} (term {entry.term}, {entry.kind.name}, {entry.payload[:40]!r})"

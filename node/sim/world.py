@@ -1,0 +1,524 @@
+"""The simulated world: one seed, one clock, one network, a fault schedule, and the actors.
+
+Theory of operation
+-------------------
+:func:`simulate` builds a :class:`World` from ``(seed, rng, bug)`` and runs it. Every choice is
+drawn from the one generator, in a fixed order: the cluster (3-5 voters, or 8-9 nodes with 5
+voters and learners and membership changes), the network's fault rates and latency, each node's
+tick length (clock skew), the workload and the fault schedule; the Raft cores draw their
+election jitter from it too. Events sit in one heap ordered by (time, sequence number), so the
+same seed replays the same run; a digest of the events proves it.
+
+A run has two phases:
+
+1. **safety** (``safety_ms`` of simulated time): clients write, messages are lost, duplicated,
+   delayed and reordered, the network splits (symmetric and one-way), nodes crash (losing
+   unflushed writes, sometimes in the middle of a persist step) and restart, stored entries are
+   corrupted (the node is quarantined at restart and replaced), and on large clusters an
+   operator adds, promotes and removes members.
+2. **liveness**: faults stop, the network heals, crashed nodes restart and clients only finish
+   what they started. Within ``liveness_ms`` the cluster must converge: one leader, every
+   member running with the same committed and applied log, every client acknowledged.
+
+The checkers (:mod:`node.sim.checkers`) watch every Ready and acknowledgement, then check the
+converged cluster. A broken invariant or an exception ends the run as a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from node.consensus.config import RaftConfig
+from node.consensus.types import ConfChangeKind, NodeId, Role, default_membership
+from node.errors import CallerError, OperationFailed
+from node.sim.actors import (
+    ClientActor,
+    ClientReply,
+    NodeActor,
+    NodeState,
+    SimMessage,
+)
+from node.sim.bugs import Bug
+from node.sim.checkers import Checker, LiveNode, SimFailure
+from node.sim.network import Network, NetworkFaults
+from node.sim.rng import SimRng
+
+__all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
+
+TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
+CONVERGE_CHECK_MS = 250
+OPERATOR_MS = 400
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    node_count: int
+    voter_count: int
+    membership_changes: bool
+    faults: NetworkFaults
+    fault_interval_ms: int
+    corruption: bool
+    clients: int
+    think_ms_max: int
+    retry_ms: int
+    compact_entries: int
+    entries_per_message_max: int
+    inflight_messages_max: int
+    writeback_ms: int  # skip-fsync only: how often the OS flushes behind the adapter's back
+    safety_ms: int
+    liveness_ms: int
+
+
+def draw_params(rng: SimRng, *, safety_ms: int = 20_000, liveness_ms: int = 30_000) -> SimParams:
+    large = rng.random() < 0.2
+    node_count = rng.randint(8, 9) if large else rng.randint(3, 5)
+    latency_max = rng.randint(2, 20)
+    return SimParams(
+        node_count=node_count,
+        voter_count=min(5, node_count),
+        membership_changes=large,
+        faults=NetworkFaults(
+            loss=rng.random() * 0.08,
+            duplication=rng.random() * 0.05,
+            latency_ms_min=1,
+            latency_ms_max=latency_max,
+            tail=rng.random() * 0.1,
+            tail_ms_max=rng.randint(latency_max + 1, 600),
+        ),
+        fault_interval_ms=rng.randint(300, 1500),
+        corruption=rng.random() < 0.5,
+        clients=rng.randint(2, 4),
+        think_ms_max=rng.randint(20, 200),
+        retry_ms=rng.randint(800, 2000),
+        compact_entries=rng.randint(10, 80),
+        entries_per_message_max=rng.choice([2, 8, 64]),
+        inflight_messages_max=rng.choice([1, 4, 16]),
+        writeback_ms=rng.randint(200, 1000),
+        safety_ms=safety_ms,
+        liveness_ms=liveness_ms,
+    )
+
+
+@dataclass
+class SimResult:
+    seed: int
+    bug: Bug
+    failure: str | None
+    digest: str
+    sim_ms: int
+    events: int
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def _node_name(number: int) -> NodeId:
+    return f"n{number}"
+
+
+class World:
+    def __init__(
+        self, seed: int, rng: SimRng, bug: Bug = Bug.NONE, params: SimParams | None = None
+    ) -> None:
+        self.seed = seed
+        self._rng = rng
+        self._bug = bug
+        self.params = params or draw_params(rng)
+        self._checker = Checker()
+        self._now_ms = 0
+        self._events: list[tuple[int, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.event_count = 0
+        self._digest = hashlib.blake2b(digest_size=16)
+        self.trace: list[str] | None = None
+        self.network = Network(rng, self.params.faults)
+        self.nodes: dict[NodeId, NodeActor] = {}
+        self.clients: dict[str, ClientActor] = {}
+        self.phase = "safety"
+        self.stats: dict[str, int] = {}
+        self._names = self.params.node_count
+        self._tick_ms: dict[NodeId, int] = {}
+        self._build()
+
+    # -- Env, as the actors see it
+
+    @property
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    @property
+    def rng(self) -> SimRng:
+        return self._rng
+
+    @property
+    def bug(self) -> Bug:
+        return self._bug
+
+    @property
+    def checker(self) -> Checker:
+        return self._checker
+
+    @property
+    def accepting_writes(self) -> bool:
+        return self.phase == "safety"
+
+    def send(self, message: SimMessage) -> None:
+        for delay in self.network.delays(message.sender, message.to):
+            self._at(delay, lambda m=message: self._deliver(m))  # type: ignore[misc]
+
+    def node_ids(self) -> list[NodeId]:
+        return [n for n, node in self.nodes.items() if node.state is not NodeState.RETIRED]
+
+    def on_crashed(self, node_id: NodeId) -> None:
+        self._count("crashes")
+        node = self.nodes[node_id]
+        incarnation = node.incarnation
+        self._at(self._rng.randint(200, 4000), lambda: self._restart(node_id, incarnation))
+
+    # -- set-up
+
+    def _build(self) -> None:
+        p = self.params
+        ids = [_node_name(i) for i in range(p.node_count)]
+        membership = default_membership(ids)
+        for node_id in ids:
+            node = NodeActor.bootstrap(
+                self, self._config(node_id), membership, compact_entries=p.compact_entries
+            )
+            self._add_node(node)
+        for i in range(p.clients):
+            client = ClientActor(self, f"c{i}", think_ms_max=p.think_ms_max, retry_ms=p.retry_ms)
+            self.clients[client.id] = client
+            self._at(self._rng.randint(0, 500), lambda c=client: self._client_act(c))  # type: ignore[misc]
+        self._at(p.fault_interval_ms, self._fault)
+        self._at(OPERATOR_MS, self._operate)
+        self._at(p.safety_ms, self._start_liveness)
+
+    def _config(self, node_id: NodeId) -> RaftConfig:
+        p = self.params
+        return RaftConfig(
+            node_id,
+            election_ticks=10,
+            heartbeat_ticks=2,
+            entries_per_message_max=p.entries_per_message_max,
+            inflight_messages_max=p.inflight_messages_max,
+            snapshot_timeout_ticks=30,
+        )
+
+    def _add_node(self, node: NodeActor) -> None:
+        self.nodes[node.id] = node
+        skew = self._rng.randint(-10, 10)  # per cent: clocks of nodes run at different rates
+        self._tick_ms[node.id] = TICK_MS + skew
+        self._at(self._rng.randint(1, TICK_MS), lambda: self._tick(node.id))
+        if self._bug is Bug.SKIP_FSYNC:
+            self._at(self.params.writeback_ms, lambda: self._writeback(node.id))
+        node.process()
+
+    # -- the event loop
+
+    def _at(self, delay_ms: int, action: Callable[[], None]) -> None:
+        heapq.heappush(self._events, (self._now_ms + delay_ms, self._seq, action))
+        self._seq += 1
+
+    def _note(self, *parts: object) -> None:
+        line = " ".join(str(p) for p in (self._now_ms, *parts))
+        self._digest.update(line.encode())
+        if self.trace is not None:
+            self.trace.append(line)
+
+    def _count(self, what: str) -> None:
+        self.stats[what] = self.stats.get(what, 0) + 1
+
+    def run(self) -> SimResult:
+        failure = None
+        try:
+            self._loop()
+        except SimFailure as exc:
+            failure = str(exc)
+        except Exception as exc:  # an exception from a core or an actor is a failure too
+            failure = f"[exception] {type(exc).__name__}: {exc}"
+        self._note("end", failure)
+        self.stats["committed"] = len(self._checker.committed)
+        self.stats["acked"] = len(self._checker.acked)
+        self.stats["dropped"] = self.network.dropped
+        self.stats["duplicated"] = self.network.duplicated
+        return SimResult(
+            self.seed,
+            self._bug,
+            failure,
+            self._digest.hexdigest(),
+            self._now_ms,
+            self.event_count,
+            self.stats,
+        )
+
+    def _loop(self) -> None:
+        deadline = self.params.safety_ms + self.params.liveness_ms
+        while self._events:
+            time_ms, _, action = heapq.heappop(self._events)
+            if time_ms > deadline:
+                raise SimFailure(
+                    "liveness",
+                    f"no convergence {self.params.liveness_ms} ms after the faults stopped: "
+                    f"{self._describe()}",
+                )
+            self._now_ms = time_ms
+            self.event_count += 1
+            action()
+            if self.phase == "done":
+                return
+
+    # -- events
+
+    def _deliver(self, message: SimMessage) -> None:
+        self._note(
+            "msg", type(message).__name__, message.sender, message.to, getattr(message, "term", "")
+        )
+        if isinstance(message, ClientReply):
+            client = self.clients.get(message.to)
+            if client is not None:
+                client.receive(message)
+            return
+        node = self.nodes.get(message.to)
+        if node is not None and node.up:
+            node.receive(message)
+
+    def _tick(self, node_id: NodeId) -> None:
+        node = self.nodes[node_id]
+        if node.state is NodeState.RETIRED:
+            return
+        if node.up:
+            node.tick()
+        self._at(self._tick_ms[node_id], lambda: self._tick(node_id))
+
+    def _writeback(self, node_id: NodeId) -> None:
+        node = self.nodes[node_id]
+        if node.up:
+            node.disk.flush()
+        if node.state is not NodeState.RETIRED:
+            self._at(self.params.writeback_ms, lambda: self._writeback(node_id))
+
+    def _client_act(self, client: ClientActor) -> None:
+        self._at(client.act(), lambda: self._client_act(client))
+
+    def _restart(self, node_id: NodeId, incarnation: int) -> None:
+        node = self.nodes[node_id]
+        if node.state is not NodeState.DOWN or node.incarnation != incarnation:
+            return
+        self._note("restart", node_id)
+        if not node.restart():
+            self._note("quarantined", node_id, node.corrupt_found)
+            self._count("quarantined")
+
+    # -- faults (safety phase only)
+
+    def _fault(self) -> None:
+        if self.phase != "safety":
+            return
+        self._at(self._rng.randint(1, 2 * self.params.fault_interval_ms), self._fault)
+        faults: list[tuple[int, Callable[[], None]]] = [
+            (4, self._crash),
+            (2, self._crash_at_persist),
+            (3, self._split),
+            (2, self._one_way),
+            (3, self._heal),
+        ]
+        if self.params.corruption:
+            faults.append((1, self._corrupt))
+        roll = self._rng.randrange(0, sum(w for w, _ in faults))
+        for weight, fault in faults:
+            roll -= weight
+            if roll < 0:
+                fault()
+                return
+
+    def _running(self) -> list[NodeActor]:
+        return [n for n in self.nodes.values() if n.up]
+
+    def _crash(self) -> None:
+        running = self._running()
+        if running:
+            node = self._rng.choice(running)
+            self._note("crash", node.id)
+            node.crash(keep=self._rng.randint(0, node.disk.buffered))
+
+    def _crash_at_persist(self) -> None:
+        running = self._running()
+        if running:
+            node = self._rng.choice(running)
+            self._note("crash-at-persist", node.id)
+            node.crash_at_persist = True
+
+    def _split(self) -> None:
+        ids = sorted(self.nodes)
+        side = [n for n in ids if self._rng.random() < 0.5]
+        generation = self.network.split([side, [n for n in ids if n not in side]], ids)
+        self._note("split", side)
+        self._at(self._rng.randint(500, 5000), lambda: self.network.heal(generation))
+
+    def _one_way(self) -> None:
+        ids = sorted(self.nodes)
+        victim = self._rng.choice(ids)
+        outbound = self._rng.random() < 0.5
+        pairs = [(victim, n) if outbound else (n, victim) for n in ids if n != victim]
+        generation = self.network.block_one_way(pairs)
+        self._note("one-way", victim, outbound)
+        self._at(self._rng.randint(500, 5000), lambda: self.network.heal(generation))
+
+    def _heal(self) -> None:
+        self._note("heal")
+        self.network.heal()
+
+    def _corrupt(self) -> None:
+        """Power off a node, flip a byte of one stored entry, power it on again later."""
+        if any(n.disk.corrupted and n.state is not NodeState.RETIRED for n in self.nodes.values()):
+            return  # one replacement at a time keeps a quorum of healthy voters
+        candidates = [n for n in self._running() if n.disk.entries]
+        if not candidates:
+            return
+        node = self._rng.choice(candidates)
+        node.crash(keep=self._rng.randint(0, node.disk.buffered))
+        index = node.disk.corrupt(self._rng.randrange(0, 1 << 30))
+        self._note("corrupt", node.id, index)
+        self._count("corruptions")
+
+    # -- the operator: replaces quarantined nodes, and changes membership on large clusters
+
+    def _leader(self) -> NodeActor | None:
+        leaders = [n for n in self._running() if n.core.role is Role.LEADER]
+        return max(leaders, key=lambda n: n.core.term) if leaders else None
+
+    def _operate(self) -> None:
+        if self.phase == "done":
+            return
+        self._at(OPERATOR_MS, self._operate)
+        leader = self._leader()
+        if leader is None:
+            return
+        membership = leader.core.membership
+        for node in self.nodes.values():
+            if membership.is_member(node.id):
+                node.admitted = True
+            elif node.admitted and node.state is not NodeState.RETIRED:
+                self._retire(node)
+        change = self._next_change(leader)
+        if change is None:
+            return
+        kind, node_id = change
+        try:
+            leader.core.propose_change(kind, node_id, now_ms=self._now_ms)
+        except (OperationFailed, CallerError):
+            return
+        self._note("propose-change", kind.name, node_id)
+        self._count("membership_changes")
+        leader.process()
+
+    def _retire(self, node: NodeActor) -> None:
+        self._note("retire", node.id)
+        node.state = NodeState.RETIRED
+
+    def _next_change(self, leader: NodeActor) -> tuple[ConfChangeKind, NodeId] | None:
+        m = leader.core.membership
+        for node_id in m.members:
+            if self.nodes[node_id].state is NodeState.QUARANTINED:
+                return ConfChangeKind.REMOVE_NODE, node_id
+        joining = [n for n in self.nodes.values() if not n.admitted and n.up]
+        if joining:
+            return ConfChangeKind.ADD_LEARNER, joining[0].id
+        if len(m.members) < self.params.node_count:
+            return ConfChangeKind.ADD_LEARNER, self._spawn().id
+        if len(m.voters) < self.params.voter_count:
+            for learner in m.learners:
+                node = self.nodes[learner]
+                if node.up and node.core.applied_index + 5 >= leader.core.commit_index:
+                    return ConfChangeKind.PROMOTE_LEARNER, learner
+            return None
+        if not (self.params.membership_changes and self.phase == "safety"):
+            return None
+        if self._rng.random() >= 0.15:
+            return None
+        if m.learners and self._rng.random() < 0.5:
+            return ConfChangeKind.REMOVE_NODE, self._rng.choice(m.learners)
+        return ConfChangeKind.REMOVE_NODE, self._rng.choice(m.voters)
+
+    def _spawn(self) -> NodeActor:
+        node_id = _node_name(self._names)
+        self._names += 1
+        self._note("join", node_id)
+        node = NodeActor.join(
+            self, self._config(node_id), compact_entries=self.params.compact_entries
+        )
+        self._add_node(node)
+        return node
+
+    # -- liveness
+
+    def _start_liveness(self) -> None:
+        self._note("liveness")
+        self.phase = "liveness"
+        self.network.faults = NetworkFaults(latency_ms_min=1, latency_ms_max=5)
+        self.network.heal()
+        for node in self.nodes.values():
+            node.crash_at_persist = False
+            if node.state is NodeState.DOWN:
+                self._restart(node.id, node.incarnation)
+        self._at(CONVERGE_CHECK_MS, self._check_converged)
+
+    def _members_converged(self) -> list[NodeActor] | None:
+        leader = self._leader()
+        if leader is None or not all(c.idle for c in self.clients.values()):
+            return None
+        core = leader.core
+        if core.term_at(core.commit_index) != core.term:
+            return None
+        members = [self.nodes[n] for n in core.membership.members]
+        if any(not n.admitted and n.up for n in self.nodes.values()):
+            return None
+        if len(core.membership.voters) < self.params.voter_count:
+            return None
+        for node in members:
+            if not node.up or node.core.applied_index != core.commit_index:
+                return None
+            if node.core.commit_index != core.commit_index:
+                return None
+        return members
+
+    def _check_converged(self) -> None:
+        members = self._members_converged()
+        if members is None:
+            self._at(CONVERGE_CHECK_MS, self._check_converged)
+            return
+        self._note("converged")
+        live = [LiveNode(n.id, n.core, n.disk, n.machine) for n in members]
+        self._checker.check_converged(live)
+        self.phase = "done"
+
+    def _describe(self) -> str:
+        leader = self._leader()
+        parts = [f"leader {leader.id if leader else None}"]
+        for node in self.nodes.values():
+            if node.state is NodeState.RETIRED:
+                continue
+            core = node.core
+            parts.append(
+                f"{node.id}:{node.state.value} {core.role.value} t{core.term} "
+                f"c{core.commit_index} a{core.applied_index}"
+            )
+        busy = [c.id for c in self.clients.values() if not c.idle]
+        parts.append(f"clients waiting {busy}")
+        return "; ".join(parts)
+
+
+def simulate(
+    seed: int, rng: SimRng, bug: Bug = Bug.NONE, *, trace: bool = False
+) -> tuple[SimResult, list[str] | None]:
+    """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it)."""
+    world = World(seed, rng, bug)
+    if trace:
+        world.trace = []
+    return world.run(), world.trace
