@@ -26,9 +26,11 @@ from node.consensus.config import RaftConfig
 from node.consensus.durable import (
     KEY_FORMAT,
     KEY_HARD,
+    PREFIX_CHUNK,
     PREFIX_ENTRY,
     DurableRaftStorage,
     StateWrite,
+    chunk_key,
     entry_key,
 )
 from node.consensus.raft import PersistedState, RawNode, Ready
@@ -140,7 +142,7 @@ def test_received_snapshot_replaces_the_log_and_compaction_deletes_covered(
     same_state(durable, memory)
     durable.close()
     assert raw_keys(path, PREFIX_ENTRY) == [entry_key(15)]
-    assert raw_keys(path, b"c") == [b"c" + bytes(4)]
+    assert raw_keys(path, b"c") == [chunk_key(3, 0)]  # generations 1 and 2 deleted
     with DurableRaftStorage(path) as reopened:
         same_state(reopened, memory)
         assert reopened.snapshot == compacted
@@ -159,6 +161,18 @@ def test_covered_entries_left_by_a_crash_are_ignored_and_deleted(tmp_path: Path)
     with DurableRaftStorage(path) as reopened:
         assert [e.index for e in reopened.state().entries] == [4, 5]
     assert raw_keys(path, PREFIX_ENTRY) == [entry_key(4), entry_key(5)]
+
+
+def test_a_crash_before_the_snapshot_meta_keeps_the_old_snapshot(tmp_path: Path) -> None:
+    path = tmp_path / "raft"
+    with DurableRaftStorage(path, snapshot_chunk_bytes_max=4) as durable:
+        durable.persist(make_ready(entries(1, 5, 1), HardState(1, None, 5)))
+        durable.save_snapshot(snapshot_at(2, 1, b"old snapshot"))
+        durable._stage_snapshot(snapshot_at(4, 1, b"new snapshot, never adopted"))
+    with DurableRaftStorage(path) as reopened:  # as if killed before the meta batch
+        assert reopened.snapshot == snapshot_at(2, 1, b"old snapshot")
+        assert [e.index for e in reopened.state().entries] == [3, 4, 5]
+    assert raw_keys(path, PREFIX_CHUNK) == [chunk_key(1, n) for n in range(3)]
 
 
 # -- corruption and format versions
@@ -207,8 +221,8 @@ def test_a_damaged_entry_in_the_log_is_refused_at_load(
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda p: flip_byte(p, b"c" + (1).to_bytes(4, "big")),  # a snapshot chunk
-        lambda p: delete_key(p, b"c" + (2).to_bytes(4, "big")),
+        lambda p: flip_byte(p, chunk_key(1, 1)),  # a snapshot chunk
+        lambda p: delete_key(p, chunk_key(1, 2)),
         lambda p: flip_byte(p, KEY_HARD),
     ],
 )

@@ -38,13 +38,17 @@ byte, checksum bound to the key, payload)::
     b"m:hard"               msgpack HardState.to_wire()
     b"m:last"               msgpack int: last log index; entries are contiguous up to it
     b"m:applied"            msgpack int: the state machine's applied index
-    b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire(), "bytes", "chunks", "sha256"}
-    b"c" + u32 chunk no.    one chunk (<= snapshot_chunk_bytes_max) of the snapshot data
+    b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire(), "gen", "bytes", "chunks",
+                            "sha256"}: the snapshot in force and where its data is
+    b"c" + u64 gen + u32 n  chunk n (<= snapshot_chunk_bytes_max) of the data of generation gen
     b"e" + u64 index        msgpack Entry.to_wire() (big-endian index: entries sort by index)
     b"x" + machine key      a state machine's value
 
-Entries at or below the snapshot index may linger after a crash during compaction; loading
-ignores them and opening deletes them. Any entry missing or failing its checksum between the
+A new snapshot's chunks are written first, under the next generation, in bounded unsynced
+batches; the one fsynced batch that writes ``m:snap`` makes them (and it) durable, so a crash
+leaves either the old snapshot or the new one, never a mix. Chunks of other generations and
+entries at or below the snapshot index may linger after a crash; loading ignores them and
+opening deletes them. Any entry missing or failing its checksum between the
 snapshot and ``m:last`` is a :class:`~node.errors.CorruptEntry` at load, never skipped.
 """
 
@@ -99,8 +103,12 @@ def entry_key(index: int) -> bytes:
     return PREFIX_ENTRY + struct.pack(">Q", index)
 
 
-def chunk_key(number: int) -> bytes:
-    return PREFIX_CHUNK + struct.pack(">I", number)
+def chunk_prefix(generation: int) -> bytes:
+    return PREFIX_CHUNK + struct.pack(">Q", generation)
+
+
+def chunk_key(generation: int, number: int) -> bytes:
+    return chunk_prefix(generation) + struct.pack(">I", number)
 
 
 def _pack(key: bytes, raw: Any) -> bytes:
@@ -185,19 +193,15 @@ class DurableRaftStorage:
         hard, snap = self._get(KEY_HARD), self._get(KEY_SNAP)
         self._has_state = hard is not None or snap is not None
         self._hard_state = HardState() if hard is None else self._hard_state_of(hard)
-        self._snap_meta, self._snap_chunks, self._snap_data = (
-            SnapshotMeta(0, 0, Membership()),
-            0,
-            b"",
-        )
+        self._snap_meta, self._snap_gen = SnapshotMeta(0, 0, Membership()), 0
+        self._snap_data = b""
         if snap is not None:
-            self._snap_meta, self._snap_chunks = self._snapshot_record(snap)[:2]
-            self._snap_data = self._load_snapshot_data(snap)
+            self._snap_meta, self._snap_gen, self._snap_data = self._load_snapshot(snap)
         self._last_index = self._int(KEY_LAST, self._snap_meta.index)
         self._applied_index = self._int(KEY_APPLIED, 0)
         if self._last_index < self._snap_meta.index:
             raise CorruptEntry("raft log ends before its snapshot")
-        self._delete_covered()
+        self._delete_garbage()
 
     def _hard_state_of(self, raw: Any) -> HardState:
         try:
@@ -205,15 +209,26 @@ class DurableRaftStorage:
         except _MALFORMED as exc:
             raise CorruptEntry("raft hard state is malformed") from exc
 
-    def _snapshot_record(self, raw: Any) -> tuple[SnapshotMeta, int, int, bytes]:
+    def _load_snapshot(self, raw: Any) -> tuple[SnapshotMeta, int, bytes]:
         try:
             meta = SnapshotMeta.from_wire(raw["meta"])
-            size, chunks, digest = int(raw["bytes"]), int(raw["chunks"]), bytes(raw["sha256"])
+            generation, size, chunks = int(raw["gen"]), int(raw["bytes"]), int(raw["chunks"])
+            digest = bytes(raw["sha256"])
         except _MALFORMED as exc:
             raise CorruptEntry("raft snapshot meta is malformed") from exc
         if not 0 <= size <= SNAPSHOT_BYTES_MAX or not 0 <= chunks <= size:
             raise CorruptEntry("raft snapshot meta has impossible sizes")
-        return meta, chunks, size, digest
+        parts = []
+        for number in range(chunks):
+            key = chunk_key(generation, number)
+            value = self._db.get(key)
+            if value is None:
+                raise CorruptEntry(f"raft snapshot chunk {number} is missing")
+            parts.append(decode_entry(key, value))
+        data = b"".join(parts)
+        if len(data) != size or hashlib.sha256(data).digest() != digest:
+            raise CorruptEntry("raft snapshot data fails its checksum")
+        return meta, generation, data
 
     def _get(self, key: bytes) -> Any:
         try:
@@ -254,20 +269,6 @@ class DurableRaftStorage:
     def snapshot(self) -> Snapshot:
         return Snapshot(self._snap_meta, self._snap_data)
 
-    def _load_snapshot_data(self, raw: Any) -> bytes:
-        _, chunks, size, digest = self._snapshot_record(raw)
-        parts = []
-        for number in range(chunks):
-            key = chunk_key(number)
-            value = self._db.get(key)
-            if value is None:
-                raise CorruptEntry(f"raft snapshot chunk {number} is missing")
-            parts.append(decode_entry(key, value))
-        data = b"".join(parts)
-        if len(data) != size or hashlib.sha256(data).digest() != digest:
-            raise CorruptEntry("raft snapshot data fails its checksum")
-        return data
-
     def entries(self) -> Iterator[Entry]:
         """The log after the snapshot, in order; a gap or a bad entry is CorruptEntry."""
         expected = self._snap_meta.index + 1
@@ -300,7 +301,6 @@ class DurableRaftStorage:
         last = self.last_index
         snap_index = self._snap_meta.index
         if ready.snapshot is not None:
-            ops += self._snapshot_ops(ready.snapshot)
             ops += self._delete_entries_ops(ready.snapshot.meta.index + 1, last)
             snap_index = last = ready.snapshot.meta.index  # a received snapshot replaces the log
         if ready.entries:
@@ -315,6 +315,8 @@ class DurableRaftStorage:
             ops.append((KEY_LAST, _pack(KEY_LAST, last)))
         if ready.hard_state is not None:
             ops.append((KEY_HARD, _pack(KEY_HARD, ready.hard_state.to_wire())))
+        if ready.snapshot is not None:  # last: its chunks are written once nothing can fail
+            ops.append(self._stage_snapshot(ready.snapshot))
         if not ops:
             return
         self._write(ops)
@@ -332,54 +334,53 @@ class DurableRaftStorage:
             return
         if index > self.last_index:
             raise InvariantViolation(f"snapshot at {index} beyond the stored log")
-        self._write(self._snapshot_ops(snapshot))
+        self._write([self._stage_snapshot(snapshot)])
         self._adopt_snapshot(snapshot)
 
-    def _snapshot_ops(self, snapshot: Snapshot) -> list[_Op]:
-        data, step = snapshot.data, self.snapshot_chunk_bytes_max
+    def _stage_snapshot(self, snapshot: Snapshot) -> _Op:
+        """Write the data's chunks under the next generation; return the op that adopts them."""
+        data, step, generation = snapshot.data, self.snapshot_chunk_bytes_max, self._snap_gen + 1
         if len(data) > SNAPSHOT_BYTES_MAX:
             raise InvariantViolation(f"snapshot of {len(data)} bytes exceeds the bound")
-        chunks = [data[i : i + step] for i in range(0, len(data), step)]
-        ops: list[_Op] = [(chunk_key(n), None) for n in range(len(chunks), self._snap_chunks)]
-        ops += [(chunk_key(n), encode_entry(chunk_key(n), c)) for n, c in enumerate(chunks)]
+        chunks = 0
+        for chunks, offset in enumerate(range(0, len(data), step), start=1):
+            key = chunk_key(generation, chunks - 1)
+            self._write([(key, encode_entry(key, data[offset : offset + step]))], sync=False)
         record = {
             "meta": snapshot.meta.to_wire(),
+            "gen": generation,
             "bytes": len(data),
-            "chunks": len(chunks),
+            "chunks": chunks,
             "sha256": hashlib.sha256(data).digest(),
         }
-        ops.append((KEY_SNAP, _pack(KEY_SNAP, record)))
-        return ops
+        return KEY_SNAP, _pack(KEY_SNAP, record)
 
     def _adopt_snapshot(self, snapshot: Snapshot) -> None:
-        step = self.snapshot_chunk_bytes_max
         self._snap_meta, self._snap_data = snapshot.meta, snapshot.data
-        self._snap_chunks = (len(snapshot.data) + step - 1) // step
-        self._delete_covered()
+        self._snap_gen += 1
+        self._delete_garbage()
 
     def _delete_entries_ops(self, first: int, last: int) -> list[_Op]:
         return [(entry_key(i), None) for i in range(first, last + 1)]
 
-    def _delete_covered(self) -> None:
-        """Delete entries at or below the snapshot in bounded, unsynced batches.
+    def _delete_garbage(self) -> None:
+        """Delete covered entries and other generations' chunks in bounded, unsynced batches.
 
-        Not synced: an entry left behind by a crash is ignored at load and deleted here again.
+        Not synced: what a crash leaves behind is ignored at load and deleted here again.
         """
-        stop = entry_key(self._snap_meta.index + 1)
-        while True:
-            keys = self._keys(PREFIX_ENTRY, stop=stop)
-            if not keys:
-                return
+        self._delete_range(PREFIX_ENTRY, entry_key(self._snap_meta.index + 1))
+        self._delete_range(PREFIX_CHUNK, chunk_prefix(self._snap_gen))
+        self._delete_range(chunk_prefix(self._snap_gen + 1), _prefix_end(PREFIX_CHUNK))
+
+    def _delete_range(self, start: bytes, stop: bytes) -> None:
+        while keys := self._keys(start, stop):
             self._write([(k, None) for k in keys], sync=False)
 
-    def _keys(self, prefix: bytes, stop: bytes | None = None) -> list[bytes]:
-        """Up to ``delete_batch_keys_max`` keys under ``prefix`` (and below ``stop``)."""
+    def _keys(self, start: bytes, stop: bytes) -> list[bytes]:
+        """Up to ``delete_batch_keys_max`` keys in [start, stop)."""
         keys: list[bytes] = []
         try:
-            iterator = self._db.iterator(
-                start=prefix, stop=stop or _prefix_end(prefix), include_value=False
-            )
-            for key in iterator:
+            for key in self._db.iterator(start=start, stop=stop, include_value=False):
                 keys.append(key)
                 if len(keys) >= self.delete_batch_keys_max:
                     break
@@ -410,8 +411,7 @@ class DurableRaftStorage:
         """
         if applied_index != self._snap_meta.index or applied_index < self.applied_index:
             raise InvariantViolation(f"restoring state at {applied_index} is not the snapshot")
-        while keys := self._keys(PREFIX_STATE):
-            self._write([(k, None) for k in keys], sync=False)
+        self._delete_range(PREFIX_STATE, _prefix_end(PREFIX_STATE))
         ops: list[_Op] = []
         for key, value in writes:
             if value is not None:
