@@ -44,12 +44,15 @@ byte, checksum bound to the key, payload)::
     b"e" + u64 index        msgpack Entry.to_wire() (big-endian index: entries sort by index)
     b"x" + machine key      a state machine's value
 
-A new snapshot's chunks are written first, under the next generation, in bounded unsynced
-batches; the one fsynced batch that writes ``m:snap`` makes them (and it) durable, so a crash
-leaves either the old snapshot or the new one, never a mix. Chunks of other generations and
-entries at or below the snapshot index may linger after a crash; loading ignores them and
-opening deletes them. Any entry missing or failing its checksum between the
-snapshot and ``m:last`` is a :class:`~node.errors.CorruptEntry` at load, never skipped.
+A new snapshot's chunks are written first, under the next generation, in bounded batches;
+the fsynced batch that writes ``m:snap`` adopts them, so a crash leaves either the old snapshot
+or the new one, never a mix. Every batch whose loss could be hidden by a later one is fsynced
+itself: LevelDB does not promise that a synced write carries the unsynced writes before it
+across a power loss (a memtable switch starts a new log file without syncing the old one).
+Chunks of other generations and entries at or below the snapshot index may linger after a
+crash; loading ignores them and opening deletes them (unsynced: losing those deletes is
+harmless). Any entry missing or failing its checksum between the snapshot and ``m:last`` is a
+:class:`~node.errors.CorruptEntry` at load, never skipped.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import plyvel
 from node.consensus.raft import PersistedState, Ready
 from node.consensus.types import Entry, HardState, Membership, Snapshot, SnapshotMeta
 from node.errors import (
+    ConfigError,
     CorruptEntry,
     InvariantViolation,
     OperationFailed,
@@ -149,7 +153,7 @@ class DurableRaftStorage:
         delete_batch_keys_max: int = DELETE_BATCH_KEYS_MAX,
     ) -> None:
         if min(snapshot_chunk_bytes_max, entry_payload_bytes_max, delete_batch_keys_max) <= 0:
-            raise InvariantViolation("durable raft storage bounds must be positive")
+            raise ConfigError("durable raft storage bounds must be positive")
         self.path = path
         self.snapshot_chunk_bytes_max = snapshot_chunk_bytes_max
         self.entry_payload_bytes_max = entry_payload_bytes_max
@@ -345,7 +349,7 @@ class DurableRaftStorage:
         chunks = 0
         for chunks, offset in enumerate(range(0, len(data), step), start=1):
             key = chunk_key(generation, chunks - 1)
-            self._write([(key, encode_entry(key, data[offset : offset + step]))], sync=False)
+            self._write([(key, encode_entry(key, data[offset : offset + step]))])
         record = {
             "meta": snapshot.meta.to_wire(),
             "gen": generation,
@@ -372,9 +376,9 @@ class DurableRaftStorage:
         self._delete_range(PREFIX_CHUNK, chunk_prefix(self._snap_gen))
         self._delete_range(chunk_prefix(self._snap_gen + 1), _prefix_end(PREFIX_CHUNK))
 
-    def _delete_range(self, start: bytes, stop: bytes) -> None:
+    def _delete_range(self, start: bytes, stop: bytes, *, sync: bool = False) -> None:
         while keys := self._keys(start, stop):
-            self._write([(k, None) for k in keys], sync=False)
+            self._write([(k, None) for k in keys], sync=sync)
 
     def _keys(self, start: bytes, stop: bytes) -> list[bytes]:
         """Up to ``delete_batch_keys_max`` keys in [start, stop)."""
@@ -406,21 +410,21 @@ class DurableRaftStorage:
     def restore_applied(self, writes: Iterable[StateWrite], applied_index: int) -> None:
         """Replace the whole state with ``writes`` (rebuilt from a snapshot at ``applied_index``).
 
-        Bounded batches; the applied index moves only with the last one, so a crash midway
-        leaves ``applied_index < snapshot index``: restore again on restart.
+        Bounded batches, each fsynced; the applied index moves only with the last one, so a
+        crash midway leaves ``applied_index < snapshot index``: restore again on restart.
         """
         if applied_index != self._snap_meta.index or applied_index < self.applied_index:
             raise InvariantViolation(f"restoring state at {applied_index} is not the snapshot")
-        self._delete_range(PREFIX_STATE, _prefix_end(PREFIX_STATE))
+        self._delete_range(PREFIX_STATE, _prefix_end(PREFIX_STATE), sync=True)
         ops: list[_Op] = []
         for key, value in writes:
             if value is not None:
                 ops.append(self._state_op(key, value))
             if len(ops) >= self.delete_batch_keys_max:
-                self._write(ops, sync=False)
+                self._write(ops)
                 ops = []
         ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
-        self._write(ops)  # synced: also makes the unsynced batches before it durable
+        self._write(ops)
         self._applied_index = applied_index
 
     def _state_op(self, key: bytes, value: bytes | None) -> _Op:
