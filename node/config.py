@@ -24,6 +24,7 @@ __all__ = [
     "NodeLimits",
     "NodeSettings",
     "NodeTimeouts",
+    "RaftSettings",
     "load_node_config",
     "parse_host_port",
     "read_toml",
@@ -198,16 +199,38 @@ class NodeTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class RaftSettings:
+    """The consensus log's timing and bounds (node/replication/log.py)."""
+
+    tick_s: float = 0.1
+    # Followers campaign after [T, 2T) ticks without a leader. At least 1 s: a LevelDB
+    # compaction stall on 2 cores must not look like a dead leader.
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    inbox_frames_max: int = 8192
+    proposals_pending_max: int = 65536
+
+    def validate(self) -> None:
+        require_positive_fields(self, "raft", integers_only=False)
+        if self.election_ticks * self.tick_s < 1.0:
+            raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
+        if self.heartbeat_ticks >= self.election_ticks:
+            raise ConfigError("raft: heartbeat_ticks must be below election_ticks")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSettings
     cluster: ClusterConfig
     limits: NodeLimits = field(default_factory=NodeLimits)
     timeouts: NodeTimeouts = field(default_factory=NodeTimeouts)
+    raft: RaftSettings = field(default_factory=RaftSettings)
 
     def validate(self) -> None:
         self.cluster.validate()
         self.limits.validate()
         self.timeouts.validate()
+        self.raft.validate()
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
         parse_host_port(self.node.http_listen, "node.http_listen")
@@ -282,6 +305,7 @@ def load_node_config(path: Path) -> NodeConfig:
         cluster=cluster_from_table(_section(raw, "cluster")),
         limits=build_dataclass(NodeLimits, _section(raw, "limits"), "limits"),
         timeouts=build_dataclass(NodeTimeouts, _section(raw, "timeouts"), "timeouts"),
+        raft=build_dataclass(RaftSettings, _section(raw, "raft"), "raft"),
     )
     config.validate()
     return config

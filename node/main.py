@@ -21,18 +21,25 @@ from aiohttp import web
 from node import runtime
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
+from node.consensus.config import RaftConfig
+from node.consensus.record_index import RecordIndex
+from node.consensus.state_machine import Dispatcher
+from node.consensus.types import default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
 from node.metrics import Metrics
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
+from node.replication.durable import DurableRaftStorage
+from node.replication.log import ReplicatedLog
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
 from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
+FEATURE_VERSION_MAX = 1  # the newest log feature version this code understands
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -50,6 +57,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     fsync_seconds = metrics.histogram(
         "commit_fsync_seconds", "time to write and fsync one group-commit batch"
     )
+    raft_storage = DurableRaftStorage(data_dir / "raft")
+    replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
         store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
     )
@@ -60,12 +69,28 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         limits=config.limits,
         timeouts=config.timeouts,
         handler=shard_service,
+        raft_inbox=lambda peer, payload: replicated[0].deliver(peer, payload),
     )
     if p2p.peer_id != config.me.peer_id:
         raise BaasError(
             f"identity file gives peer id {p2p.peer_id}, "
             f"the cluster config says {config.me.peer_id}"
         )
+    replicated_log = ReplicatedLog(
+        raft=RaftConfig(
+            node_id=p2p.peer_id,
+            election_ticks=config.raft.election_ticks,
+            heartbeat_ticks=config.raft.heartbeat_ticks,
+        ),
+        storage=raft_storage,
+        dispatcher=Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_MAX),
+        send=p2p.send_raft,
+        initial_membership=default_membership(m.peer_id for m in config.cluster.members),
+        tick_s=config.raft.tick_s,
+        inbox_frames_max=config.raft.inbox_frames_max,
+        proposals_pending_max=config.raft.proposals_pending_max,
+    )
+    replicated.append(replicated_log)
     coordinator = Coordinator(
         cluster=config.cluster,
         limits=config.limits,
@@ -85,12 +110,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         ready=lambda: ready,
         p2p_stats=p2p.stats,
         commit_stats=shard_service.committer.stats,
+        raft_status=lambda: _raft_status(replicated_log, p2p),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
     runner = web.AppRunner(build_node_app(state), access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
+        await replicated_log.start()
         await p2p.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
@@ -115,9 +142,28 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 await replay
         await runner.cleanup()
         await coordinator.stop()
+        await replicated_log.stop()
         await p2p.stop()
+        raft_storage.close()
         hints.close()
         store.close()
+
+
+def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, object]:
+    status = replicated_log.status()
+    return {
+        "role": status.role,
+        "term": status.term,
+        "leader": status.leader_id,
+        "commit_index": status.commit_index,
+        "applied_index": status.applied_index,
+        "last_index": status.last_index,
+        "voters": list(status.voters),
+        "learners": list(status.learners),
+        "frames_dropped": replicated_log.frames_dropped,
+        "frames_malformed": replicated_log.frames_malformed,
+        **{f"link_{k}": v for k, v in p2p.raft_stats().items()},
+    }
 
 
 async def _main(config: NodeConfig) -> None:

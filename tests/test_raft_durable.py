@@ -23,16 +23,6 @@ import pytest
 
 from node.consensus.cluster import AppliedEntry, Cluster, RecordingMachine, _Member
 from node.consensus.config import RaftConfig
-from node.consensus.durable import (
-    KEY_FORMAT,
-    KEY_HARD,
-    PREFIX_CHUNK,
-    PREFIX_ENTRY,
-    DurableRaftStorage,
-    StateWrite,
-    chunk_key,
-    entry_key,
-)
 from node.consensus.raft import PersistedState, RawNode, Ready
 from node.consensus.storage import MemoryStorage
 from node.consensus.types import (
@@ -46,6 +36,16 @@ from node.consensus.types import (
     SnapshotMeta,
 )
 from node.errors import CorruptEntry, InvariantViolation, OperationFailed, UnsupportedFormat
+from node.replication.durable import (
+    KEY_FORMAT,
+    KEY_HARD,
+    PREFIX_CHUNK,
+    PREFIX_ENTRY,
+    DurableRaftStorage,
+    StateWrite,
+    chunk_key,
+    entry_key,
+)
 from node.storage.entry import encode_entry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,12 @@ from test_p2p_node import TIMEOUTS, Member, MemoryHandler, make_members
 
 from node.config import NodeLimits
 from node.consensus.config import RaftConfig
-from node.consensus.durable import DurableRaftStorage
 from node.consensus.record_index import IndexEntry, IndexProposal, RecordIndex, index_key
 from node.consensus.state_machine import Dispatcher
 from node.consensus.types import default_membership
 from node.errors import NotLeader, OperationFailed
 from node.p2p.service import P2PNode
+from node.replication.durable import DurableRaftStorage
 from node.replication.log import ReplicatedLog
 
 pytestmark = pytest.mark.timeout(120)

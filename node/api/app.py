@@ -70,6 +70,7 @@ class NodeApiState:
     commit_stats: Callable[[], dict[str, int]]
     request_deadline_s_max: float
     metrics: Metrics
+    raft_status: Callable[[], dict[str, Any]]
     inflight: int = 0
 
 
@@ -276,6 +277,7 @@ async def get_status(request: web.Request) -> web.Response:
             "commit": state.commit_stats(),
             "p2p": state.p2p_stats(),
             "python_allocated_blocks": sys.getallocatedblocks(),
+            "raft": state.raft_status(),
         }
     )
 

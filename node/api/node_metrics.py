@@ -24,6 +24,9 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
     def p2p(field: str) -> Callable[[], float]:
         return lambda: state.p2p_stats()[field]
 
+    def raft(field: str) -> Callable[[], float]:
+        return lambda: float(state.raft_status()[field])
+
     def commit(field: str) -> Callable[[], float]:
         return lambda: state.commit_stats()[field]
 
@@ -125,6 +128,21 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             "python_allocated_blocks",
             "small-object blocks held by the Python allocator (native memory not included)",
             sys.getallocatedblocks,
+        ),
+        StatFamily("raft_term", "current Raft term", lambda: state.raft_status()["term"]),
+        StatFamily(
+            "raft_is_leader",
+            "1 on the leader",
+            lambda: 1.0 if state.raft_status()["role"] == "leader" else 0.0,
+        ),
+        StatFamily("raft_commit_index", "committed log index", raft("commit_index")),
+        StatFamily("raft_applied_index", "applied log index", raft("applied_index")),
+        StatFamily(
+            "raft_frames_dropped",
+            "raft frames dropped (inbox or outbox full, peer away)",
+            lambda: state.raft_status()["frames_dropped"]
+            + state.raft_status()["link_frames_dropped_total"],
+            counter=True,
         ),
     ]
     return families

@@ -6,8 +6,11 @@
 * :mod:`.log`, :mod:`.progress` -- the log and the leader's per-follower replication state.
 * :mod:`.storage`, :mod:`.cluster` -- an in-memory disk and a deterministic in-memory cluster,
   for tests and simulations.
+* :mod:`.state_machine` -- versioned application entries and the dispatcher that applies them;
+  :mod:`.record_index` -- the first state machine.
 
-None of these modules does I/O, reads a clock or uses global randomness.
+None of these modules does I/O, reads a clock or uses global randomness. The I/O side (the
+LevelDB storage and the asyncio adapter that drives a core) is :mod:`node.replication`.
 """
 
 from node.consensus.config import RaftConfig

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import msgpack
 
 from node.consensus.config import RaftConfig
-from node.consensus.durable import DurableRaftStorage
 from node.consensus.messages import Message, WireLimits, message_from_wire
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import (
@@ -42,6 +41,7 @@ from node.consensus.state_machine import (
 )
 from node.consensus.types import EntryKind, Membership, Role
 from node.errors import BaasError, NotLeader, OperationFailed, Overloaded, PeerProtocolError
+from node.replication.durable import DurableRaftStorage
 
 __all__ = ["LogStatus", "ReplicatedLog"]
 
