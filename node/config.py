@@ -209,9 +209,21 @@ class RaftSettings:
     heartbeat_ticks: int = 2
     inbox_frames_max: int = 8192
     proposals_pending_max: int = 65536
+    # A proposal may land at most this many entries past the leader's last index when it was
+    # stamped; beyond, it is expired at apply and can never commit late.
+    proposal_expiry_entries: int = 100_000
+    # Writes are acknowledged only once their record index entry is applied (exact
+    # idempotency, reads from the index's shard map). Off by default until that path meets
+    # the single-record write targets; the log runs either way.
+    index_writes: bool = False
 
     def validate(self) -> None:
-        require_positive_fields(self, "raft", integers_only=False)
+        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "index_writes"}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"raft.{name} must be a positive number")
+        if not isinstance(self.index_writes, bool):
+            raise ConfigError("raft.index_writes must be true or false")
         if self.election_ticks * self.tick_s < 1.0:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:

@@ -35,6 +35,7 @@ wrong shard that passed its checksum), try other shard combinations before givin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -45,6 +46,7 @@ from typing import Any, Protocol, TypeVar
 
 from node.batcher import Batcher
 from node.config import ClusterConfig, NodeLimits, NodeTimeouts
+from node.consensus.record_index import IndexEntry, IndexProposal
 from node.errors import (
     BaasError,
     IdempotencyConflict,
@@ -75,6 +77,17 @@ __all__ = ["Coordinator", "ReadResult", "ShardTransport", "WriteRequest", "Write
 
 log = logging.getLogger("baas.node.coordinator")
 T = TypeVar("T")
+MEMBERSHIP_EPOCH = 1  # placement's membership; moves with membership changes (consensus issue)
+
+
+class IndexPort(Protocol):
+    """The record index as the coordinator uses it (node/replication/index_client.py)."""
+
+    def lookup(self, record_id: bytes) -> IndexEntry | None: ...
+
+    async def lookup_confirmed(self, record_id: bytes) -> IndexEntry | None: ...
+
+    async def propose(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]: ...
 
 
 class ShardTransport(Protocol):
@@ -156,7 +169,9 @@ class Coordinator:
         transport: ShardTransport,
         hints: HintStore,
         clock_ms: Callable[[], int] = _now_ms,
+        index: IndexPort | None = None,
     ) -> None:
+        self._index = index
         self._cluster = cluster
         self._limits = limits
         self._timeouts = timeouts
@@ -313,6 +328,36 @@ class Coordinator:
     async def _write_admitted(
         self, requests: Sequence[WriteRequest]
     ) -> list[WriteResult | BaasError]:
+        results: list[WriteResult | BaasError | None] = [None] * len(requests)
+        # 0. The committed index answers retries without touching any shard.
+        to_store: list[tuple[int, WriteRequest]] = []
+        for position, request in enumerate(requests):
+            known = self._index.lookup(request.record_id) if self._index is not None else None
+            if known is None:
+                to_store.append((position, request))
+            else:
+                results[position] = self._from_index(request, known)
+        if to_store:
+            stored = await self._store([r for _, r in to_store])
+            for (position, _), result in zip(to_store, stored, strict=True):
+                results[position] = result
+        return [r for r in results if r is not None]
+
+    def _from_index(self, request: WriteRequest, known: IndexEntry) -> WriteResult | BaasError:
+        if (known.owner, known.body_fingerprint) != (request.partner_id, request.body_fingerprint):
+            return IdempotencyConflict(
+                "this Idempotency-Key was already used with a different body"
+            )
+        return WriteResult(
+            request.record_id,
+            known.content_hash,
+            known.leader_time_ms,
+            self._cluster.write_quorum,
+            replayed=True,
+        )
+
+    async def _store(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
+        """1. store shards (exclusive puts), 2. commit the index entries through the leader."""
         created_at_ms = self._clock_ms()
         all_shards = [self._shards_of(request, created_at_ms) for request in requests]
         outcome = await self._put_all(requests, all_shards, exclusive=True)
@@ -325,11 +370,78 @@ class Coordinator:
                     results.append(earlier)
                     continue
                 # An earlier write that never became decodable holds some nodes: store there
-                # too, beside it (reads settle on the decodable version).
+                # too, beside it (reads settle on the indexed version).
                 again = await self._put_all([request], [shards], exclusive=False, only=outcome)
                 outcome.durable[rid] += again.durable[rid]
             results.append(self._result_of(request, shards, created_at_ms, outcome.durable[rid]))
-        return results
+        if self._index is None:
+            return results
+        return await self._commit_index(requests, results)
+
+    async def _commit_index(
+        self, requests: Sequence[WriteRequest], stored: list[WriteResult | BaasError]
+    ) -> list[WriteResult | BaasError]:
+        """Acknowledge only what the consensus log has indexed (applied on the leader)."""
+        assert self._index is not None
+        pending = [
+            (position, request, result)
+            for position, (request, result) in enumerate(zip(requests, stored, strict=True))
+            if isinstance(result, WriteResult)
+        ]
+        if not pending:
+            return stored
+        proposals = [
+            IndexProposal(
+                record_id=request.record_id,
+                content_hash=result.content_hash,
+                k=self._cluster.k,
+                n=self._cluster.n,
+                shard_nodes=self.placement(request.record_id),
+                membership_epoch=MEMBERSHIP_EPOCH,
+                owner=request.partner_id,
+                body_fingerprint=request.body_fingerprint,
+                expiry_term=0,  # stamped by the leader
+                expiry_max_index=0,
+            )
+            for _, request, result in pending
+        ]
+        final: list[WriteResult | BaasError] = list(stored)
+        try:
+            outcomes = await self._index.propose(proposals)
+        except OperationFailed as exc:
+            for position, _, _ in pending:
+                final[position] = OperationFailed(
+                    f"shards stored but not yet indexed ({exc.detail}); retry with the same "
+                    "Idempotency-Key",
+                    code="index_unavailable",
+                )
+            return final
+        for (position, request, result), got in zip(pending, outcomes, strict=True):
+            final[position] = self._indexed_result(request, result, got)
+        return final
+
+    @staticmethod
+    def _indexed_result(
+        request: WriteRequest, stored: WriteResult, got: dict[str, Any]
+    ) -> WriteResult | BaasError:
+        code = got.get("code")
+        if code == "created":
+            return dataclasses.replace(stored, created_at_ms=int(got["ts"]))
+        if code == "existing":  # a racing retry indexed its own version first: that one stands
+            first_ch = got.get("first_ch")
+            return dataclasses.replace(
+                stored,
+                content_hash=bytes(first_ch) if first_ch else stored.content_hash,
+                replayed=True,
+            )
+        if code == "conflict":
+            return IdempotencyConflict(
+                "this Idempotency-Key was already used with a different body"
+            )
+        return OperationFailed(
+            f"the index entry was not applied ({code}); retry with the same Idempotency-Key",
+            code="index_unavailable",
+        )
 
     def _result_of(
         self, request: WriteRequest, shards: list[Shard], created_at_ms: int, durable: int
@@ -532,6 +644,16 @@ class Coordinator:
 
     async def _read_admitted(self, record_id: bytes, request_id: str) -> ReadResult:
         placement = self.placement(record_id)
+        version: bytes | None = None
+        if self._index is not None:
+            # Only indexed (acknowledged) records are served, from the shard map the index
+            # recorded; a local miss is confirmed through the leader before saying 404.
+            known = self._index.lookup(record_id)
+            if known is None:
+                known = await self._index.lookup_confirmed(record_id)
+            if known is None:
+                raise NotFound("no record with this id", code="record_not_found")
+            placement, version = known.shard_nodes, known.content_hash
         k = self._cluster.k
         shards: list[Shard] = []
         corrupt = 0
@@ -544,7 +666,7 @@ class Coordinator:
             for found, corrupt_here in replies.values():
                 shards.extend(found)
                 corrupt += corrupt_here
-            result = self._rebuild(shards, corrupt)
+            result = self._rebuild(shards, corrupt, version)
             if result is not None:
                 return result
         if not shards and self._cluster.write_quorum - len(failed) > 0:
@@ -556,7 +678,11 @@ class Coordinator:
             f"placement nodes unreachable, {corrupt} corrupt shards seen)"
         )
 
-    def _rebuild(self, shards: Sequence[Shard], corrupt: int) -> ReadResult | None:
+    def _rebuild(
+        self, shards: Sequence[Shard], corrupt: int, version: bytes | None = None
+    ) -> ReadResult | None:
+        if version is not None:  # the indexed version only: other versions are leftovers
+            shards = [s for s in shards if s.meta.content_hash == version]
         by_hash: dict[bytes, dict[int, Shard]] = defaultdict(dict)
         for shard in shards:
             by_hash[shard.meta.content_hash][shard.meta.index] = shard

@@ -32,6 +32,7 @@ from node.metrics import Metrics
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
+from node.replication.index_client import RecordIndexClient
 from node.replication.log import ReplicatedLog
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
@@ -91,12 +92,20 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         proposals_pending_max=config.raft.proposals_pending_max,
     )
     replicated.append(replicated_log)
+    index_client = RecordIndexClient(
+        replicated_log,
+        config.cluster.members,
+        api_token=api_token.decode(),
+        proposal_expiry_entries=config.raft.proposal_expiry_entries,
+        request_timeout_s=config.timeouts.p2p_request_s,
+    )
     coordinator = Coordinator(
         cluster=config.cluster,
         limits=config.limits,
         timeouts=config.timeouts,
         transport=p2p,
         hints=hints,
+        index=index_client if config.raft.index_writes else None,
     )
     ready = False
     state = NodeApiState(
@@ -111,6 +120,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         p2p_stats=p2p.stats,
         commit_stats=shard_service.committer.stats,
         raft_status=lambda: _raft_status(replicated_log, p2p),
+        index=index_client,
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
@@ -118,6 +128,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     replay: asyncio.Task[None] | None = None
     try:
         await replicated_log.start()
+        await index_client.start()
         await p2p.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
@@ -143,6 +154,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await runner.cleanup()
         await coordinator.stop()
         await replicated_log.stop()
+        await index_client.stop()
         await p2p.stop()
         raft_storage.close()
         hints.close()

@@ -70,6 +70,23 @@ def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "c" / "cluster.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("raft_table", "message"),
+    [
+        ("tick_s = 0.05", "at least 1 s"),  # 10 ticks of 50 ms: elections on every stall
+        ("heartbeat_ticks = 10", "heartbeat_ticks"),
+        ('index_writes = "yes"', "index_writes"),
+        ("inbox_frames_max = 0", "inbox_frames_max"),
+    ],
+)
+def test_invalid_raft_settings_are_refused(tmp_path: Path, raft_table: str, message: str) -> None:
+    layout = init_cluster(tmp_path / "c")
+    path = Path(layout.nodes[0].config_path)
+    path.write_text(path.read_text() + f"\n[raft]\n{raft_table}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_node_config(path)
+
+
 def test_write_quorum_must_leave_no_room_for_a_second_decodable_version(tmp_path: Path) -> None:
     layout = init_cluster(tmp_path / "c")
     path = Path(layout.nodes[0].config_path)

@@ -31,17 +31,22 @@ from aiohttp import web
 from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
 from node.config import NodeLimits
+from node.consensus.record_index import IndexProposal
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
     BaasError,
     DeadlineExceeded,
     InvalidRequest,
+    NotFound,
+    NotLeader,
     Overloaded,
+    UnsupportedFormat,
 )
 from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
 from node.metrics import Metrics
 from node.records import HASH_BYTES
+from node.replication.index_client import INDEX_PATH, RecordIndexClient
 from node.storage.hints import HintStore
 from node.storage.shard_store import ShardStore
 
@@ -71,6 +76,7 @@ class NodeApiState:
     request_deadline_s_max: float
     metrics: Metrics
     raft_status: Callable[[], dict[str, Any]]
+    index: RecordIndexClient
     inflight: int = 0
 
 
@@ -242,6 +248,43 @@ async def post_records_read(request: web.Request) -> web.Response:
     return _msgpack_response({"results": [_read_body(r) for r in results]})
 
 
+async def post_index(request: web.Request) -> web.Response:
+    """Leader only: append record index entries, answer once applied (others: 503 not_leader)."""
+    state = request.app[STATE]
+    body = await _read_msgpack(request)
+    raw = body.get("proposals") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or not raw or len(raw) > state.limits.records_per_request_max:
+        raise InvalidRequest("body must be {proposals: [...]} with 1..records_per_request_max")
+    try:
+        proposals = [IndexProposal.from_body(p) for p in raw if isinstance(p, dict)]
+    except UnsupportedFormat as exc:
+        raise InvalidRequest(f"malformed index proposal: {exc.detail}") from exc
+    if len(proposals) != len(raw):
+        raise InvalidRequest("every proposal must be a map")
+    if state.raft_status()["role"] != "leader":
+        raise NotLeader("this node is not the leader")
+    results = await state.index.propose_local(proposals)
+    return _msgpack_response({"results": results})
+
+
+async def get_index_entry(request: web.Request) -> web.Response:
+    """This node's applied index entry for a record (no consensus round: may lag)."""
+    state = request.app[STATE]
+    entry = state.index.lookup(_record_id_param(request))
+    if entry is None:
+        raise NotFound("no index entry on this node", code="record_not_found")
+    return web.json_response(
+        {
+            "index": entry.index,
+            "term": entry.term,
+            "content_hash": entry.content_hash.hex(),
+            "owner": entry.owner,
+            "shard_nodes": list(entry.shard_nodes),
+            "created_at_ms": entry.leader_time_ms,
+        }
+    )
+
+
 async def get_local_shards(request: web.Request) -> web.Response:
     state = request.app[STATE]
     shards, corrupt = state.store.get(_record_id_param(request))
@@ -305,6 +348,8 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_get("/metrics", state.metrics.handle)
     app.router.add_post("/internal/v1/records", post_records)
     app.router.add_post("/internal/v1/records/read", post_records_read)
+    app.router.add_post(INDEX_PATH, post_index)
+    app.router.add_get(INDEX_PATH + "/{record_id}", get_index_entry)
     app.router.add_get("/internal/v1/records/{record_id}", get_record)
     app.router.add_get("/internal/v1/records/{record_id}/local", get_local_shards)
     app.router.add_get("/internal/v1/status", get_status)

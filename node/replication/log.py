@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -107,6 +108,8 @@ class ReplicatedLog:
         self._node: RawNode | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[int, tuple[int, asyncio.Future[Applied]]] = {}  # index -> term
+        self._reads: dict[bytes, asyncio.Future[int]] = {}  # read-index context -> index
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_ready: Ready | None = None
         self.frames_dropped = 0
         self.frames_malformed = 0
@@ -172,6 +175,42 @@ class ReplicatedLog:
                 held = self._waiting.get(index)
                 if held is not None and held[1].done():
                     del self._waiting[index]
+
+    async def read_barrier(self, *, timeout_s: float) -> int:
+        """Wait until this node has applied everything committed when the call began.
+
+        ReadIndex, not a lease: the leader confirms it is still leader with a heartbeat round
+        before answering, which needs no bound on clock drift between nodes (a lease does);
+        it costs one round trip, paid only for a local miss. Returns the read index.
+        """
+        node = self._require_node()
+        if len(self._reads) >= self._proposals_max:
+            raise Overloaded("too many reads waiting for a read index")
+        assert self._loop is not None
+        context = os.urandom(16)
+        answer: asyncio.Future[int] = self._loop.create_future()
+        self._reads[context] = answer
+        try:
+            async with asyncio.timeout(timeout_s):
+                node.read_index(context)
+                self._wake.set()
+                index = await answer
+                await self._applied(index)
+                return index
+        except TimeoutError as exc:
+            raise OperationFailed(
+                "no read index from the leader in time", code="index_unavailable"
+            ) from exc
+        finally:
+            self._reads.pop(context, None)
+
+    async def _applied(self, index: int) -> None:
+        if self._storage.applied_index >= index:
+            return
+        assert self._loop is not None
+        done: asyncio.Future[None] = self._loop.create_future()
+        self._applied_waiters.append((index, done))
+        await done
 
     # ------------------------------------------------------------------ state
 
@@ -245,6 +284,19 @@ class ReplicatedLog:
             )
         if ready.committed_entries:
             await self._apply(ready)
+        for read in ready.read_states:
+            waiting = self._reads.get(read.context)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(read.index)
+        applied = self._storage.applied_index
+        still = []
+        for index, done in self._applied_waiters:
+            if index <= applied:
+                if not done.done():
+                    done.set_result(None)
+            else:
+                still.append((index, done))
+        self._applied_waiters = still
         self._last_ready = ready
         # 4. advance
         node.advance(ready)
