@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from nodeapi import node_get
 
 from tools.cluster_init import init_cluster
 from tools.local_cluster import LocalCluster
@@ -30,17 +28,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 
 def raft(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
-    token = (Path(cluster.layout.directory) / "secrets" / "node-api.token").read_text().strip()
-    request = urllib.request.Request(
-        f"http://{cluster.node(name).http_addr}/internal/v1/status",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=1) as response:
-            status: dict[str, Any] = json.loads(response.read())["raft"]
-            return status
-    except OSError:
-        return None
+    status = node_get(cluster, name, "/internal/v1/status", timeout_s=1.0)
+    return None if status is None else dict(status["raft"])
 
 
 def agreed_leader(cluster: LocalCluster, names: list[str]) -> tuple[str, int] | None:

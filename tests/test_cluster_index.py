@@ -7,16 +7,13 @@ the index; the leader is killed with -9 under a steady write load.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from nodeapi import node_get
 
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
@@ -48,19 +45,6 @@ async def client(cluster: LocalCluster) -> AsyncIterator[PartnerClient]:
         bytes.fromhex(credentials["secret_hex"]),
     ) as partner:
         yield partner
-
-
-def node_get(cluster: LocalCluster, name: str, path: str) -> Any:
-    token = (Path(cluster.layout.directory) / "secrets" / "node-api.token").read_text().strip()
-    request = urllib.request.Request(
-        f"http://{cluster.node(name).http_addr}{path}",
-        headers={"Authorization": f"Bearer {token}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return json.loads(response.read())
-    except (urllib.error.HTTPError, OSError):
-        return None
 
 
 def leader_name(cluster: LocalCluster, names: list[str], not_this: str = "") -> str | None:
