@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from node.sim import Bug
-from node.sim.cli import run_seed
+from node.sim.cli import describe, run_seed
 
 ROOT = Path(__file__).resolve().parent.parent
-CI_SEEDS = range(100)
-CHUNK = 25
+CI_SEEDS = range(120)  # about 0.2 s each on this machine
+CHUNK = 30
 # Each broken variant must fail on at least one of these seeds (and a correct run on none).
 BUG_SEEDS = range(40)
 
@@ -43,6 +43,9 @@ def test_broken_variant_is_caught(bug: Bug) -> None:
         result = run_seed(seed, bug)
         if not result.ok:
             assert result.failure is not None and result.failure.startswith("[")
+            report = describe(result)
+            assert f"seed {seed}: FAILED" in report
+            assert f"reproduce with: python -m node.sim --seed {seed} --bug {bug.value}" in report
             break
     else:
         pytest.fail(f"--bug {bug.value} passed every seed of {BUG_SEEDS}")

@@ -178,8 +178,7 @@ class NodeActor:
             if ready.snapshot is not None:
                 snapshot = ready.snapshot
                 stream = DedupMachine.decode_stream(snapshot.data)
-                self.machine.load(stream, snapshot.meta.index)
-                disk.write_machine(stream, snapshot.meta.index)
+                self.machine.load(stream, snapshot.meta.index)  # on disk in step 1
             for entry in ready.committed_entries:
                 self._apply(entry)
             core.advance(ready)

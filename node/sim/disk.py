@@ -72,11 +72,6 @@ class SimDisk:
     def write_applied(self, index: int, record: StreamRecord | None) -> None:
         self._buffer.append(lambda: self._apply(index, record))
 
-    def write_machine(self, stream: list[StreamRecord], index: int) -> None:
-        """The state machine was replaced (a snapshot from the leader was installed)."""
-        frozen = list(stream)
-        self._buffer.append(lambda: self._restore_machine(frozen, index))
-
     def write_compaction(self, snapshot: Snapshot) -> None:
         self._buffer.append(lambda: self._compact(snapshot))
 
@@ -100,8 +95,11 @@ class SimDisk:
     # -- what a write does once durable
 
     def _install(self, snapshot: Snapshot) -> None:
+        """A snapshot from the leader replaces the log and the state machine, in one write."""
         self.snapshot = snapshot
         self.entries = []
+        self.stream = DedupMachine.decode_stream(snapshot.data)
+        self.applied = snapshot.meta.index
 
     def _append(self, stored: list[StoredEntry]) -> None:
         first = stored[0].entry.index
@@ -115,9 +113,6 @@ class SimDisk:
         if record is not None:
             self.stream.append(record)
         self.applied = index
-
-    def _restore_machine(self, stream: list[StreamRecord], index: int) -> None:
-        self.stream, self.applied = stream, index
 
     def _compact(self, snapshot: Snapshot) -> None:
         index = snapshot.meta.index
@@ -152,10 +147,7 @@ class SimDisk:
                 corrupt_index = stored.entry.index
                 break
             entries.append(stored.entry)
-        stream, applied = self.stream, self.applied
-        if self.snapshot.meta.index > applied:
-            # The installed snapshot is durable but the machine write after it was lost.
-            stream = DedupMachine.decode_stream(self.snapshot.data)
-            applied = self.snapshot.meta.index
-        persisted = PersistedState(self.hard_state, self.snapshot, tuple(entries), applied)
-        return LoadedState(persisted, list(stream), corrupt_index)
+        if self.snapshot.meta.index > self.applied:
+            raise InvariantViolation("the stored snapshot is ahead of the stored state machine")
+        persisted = PersistedState(self.hard_state, self.snapshot, tuple(entries), self.applied)
+        return LoadedState(persisted, list(self.stream), corrupt_index)

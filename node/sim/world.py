@@ -51,6 +51,9 @@ __all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 CONVERGE_CHECK_MS = 250
 OPERATOR_MS = 400
+# Runaway guards: a run that floods its network (a message storm) or never ends is a failure.
+EVENTS_MAX = 600_000
+EVENTS_PENDING_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,7 @@ class SimParams:
     liveness_ms: int
 
 
-def draw_params(rng: SimRng, *, safety_ms: int = 20_000, liveness_ms: int = 30_000) -> SimParams:
+def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_000) -> SimParams:
     large = rng.random() < 0.2
     node_count = rng.randint(8, 9) if large else rng.randint(3, 5)
     latency_max = rng.randint(2, 20)
@@ -269,6 +272,11 @@ class World:
                 )
             self._now_ms = time_ms
             self.event_count += 1
+            if self.event_count > EVENTS_MAX or len(self._events) > EVENTS_PENDING_MAX:
+                raise SimFailure(
+                    "runaway",
+                    f"{self.event_count} events, {len(self._events)} pending: {self._describe()}",
+                )
             action()
             if self.phase == "done":
                 return
@@ -376,8 +384,13 @@ class World:
 
     def _corrupt(self) -> None:
         """Power off a node, flip a byte of one stored entry, power it on again later."""
+        # A corrupt disk is a lost member: allow one at a time, and only at full strength, so a
+        # quorum of healthy voters always remains (losing a quorum's disks loses data for good).
         if any(n.disk.corrupted and n.state is not NodeState.RETIRED for n in self.nodes.values()):
-            return  # one replacement at a time keeps a quorum of healthy voters
+            return
+        leader = self._leader()
+        if leader is None or len(leader.core.membership.voters) < self.params.voter_count:
+            return
         candidates = [n for n in self._running() if n.disk.entries]
         if not candidates:
             return
