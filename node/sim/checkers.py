@@ -149,7 +149,7 @@ class Checker:
     def check_converged(self, nodes: Iterable[LiveNode]) -> None:
         live = list(nodes)
         for node in live:
-            self._check_committed_log(node)
+            self.check_committed_log(node)
             self._check_stream(node)
         streams = {node.node_id: node.machine.stream for node in live}
         reference = live[0]
@@ -168,7 +168,8 @@ class Checker:
                     f"{positions.get(request_id)}",
                 )
 
-    def _check_committed_log(self, node: LiveNode) -> None:
+    def check_committed_log(self, node: LiveNode) -> None:
+        """The node's committed log (in memory and on disk) is a prefix of the agreed one."""
         core = node.core
         for index in range(core.snapshot_index + 1, core.commit_index + 1):
             known = self.committed.get(index)

@@ -51,6 +51,7 @@ __all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 CONVERGE_CHECK_MS = 250
 OPERATOR_MS = 400
+LOG_CHECK_MS = 2000
 # Runaway guards: a run that floods its network (a message storm) or never ends is a failure.
 EVENTS_MAX = 600_000
 EVENTS_PENDING_MAX = 10_000
@@ -200,6 +201,7 @@ class World:
             self._at(self._rng.randint(0, 500), lambda c=client: self._client_act(c))  # type: ignore[misc]
         self._at(p.fault_interval_ms, self._fault)
         self._at(OPERATOR_MS, self._operate)
+        self._at(LOG_CHECK_MS, self._check_logs)
         self._at(p.safety_ms, self._start_liveness)
 
     def _config(self, node_id: NodeId) -> RaftConfig:
@@ -322,6 +324,11 @@ class World:
         if not node.restart():
             self._note("quarantined", node_id, node.corrupt_found)
             self._count("quarantined")
+
+    def _check_logs(self) -> None:
+        self._at(LOG_CHECK_MS, self._check_logs)
+        for node in self._running():
+            self._checker.check_committed_log(LiveNode(node.id, node.core, node.disk, node.machine))
 
     # -- faults (safety phase only)
 
