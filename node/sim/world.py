@@ -30,6 +30,7 @@ import hashlib
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from node.consensus.config import RaftConfig
 from node.consensus.types import ConfChangeKind, NodeId, Role, default_membership
@@ -147,6 +148,7 @@ class World:
         self.stats: dict[str, int] = {}
         self._names = self.params.node_count
         self._tick_ms: dict[NodeId, int] = {}
+        self._operator_commit = 0  # the highest commit index the operator acted on
         self._build()
 
     # -- Env, as the actors see it
@@ -173,7 +175,7 @@ class World:
 
     def send(self, message: SimMessage) -> None:
         for delay in self.network.delays(message.sender, message.to):
-            self._at(delay, lambda m=message: self._deliver(m))  # type: ignore[misc]
+            self._at(delay, partial(self._deliver, message))
 
     def node_ids(self) -> list[NodeId]:
         return [n for n, node in self.nodes.items() if node.state is not NodeState.RETIRED]
@@ -198,7 +200,7 @@ class World:
         for i in range(p.clients):
             client = ClientActor(self, f"c{i}", think_ms_max=p.think_ms_max, retry_ms=p.retry_ms)
             self.clients[client.id] = client
-            self._at(self._rng.randint(0, 500), lambda c=client: self._client_act(c))  # type: ignore[misc]
+            self._at(self._rng.randint(0, 500), partial(self._client_act, client))
         self._at(p.fault_interval_ms, self._fault)
         self._at(OPERATOR_MS, self._operate)
         self._at(LOG_CHECK_MS, self._check_logs)
@@ -418,8 +420,9 @@ class World:
             return
         self._at(OPERATOR_MS, self._operate)
         leader = self._leader()
-        if leader is None:
-            return
+        if leader is None or leader.core.commit_index < self._operator_commit:
+            return  # none, or a stale leader whose committed membership may be older
+        self._operator_commit = leader.core.commit_index
         membership = leader.core.membership
         for node in self.nodes.values():
             if membership.is_member(node.id):
