@@ -459,3 +459,25 @@ def test_restart_from_persisted_state_recovers_log_and_commit() -> None:
         applied = cluster.machine(node_id).applied
         assert applied[: len(before[node_id])] == before[node_id]
         assert applied[-1][3] == b"after"
+
+
+def test_a_follower_that_lost_acknowledged_entries_is_stalled_not_flooded() -> None:
+    """Found by the simulator (`--bug skip-fsync`): a disk that lies about fsync drops entries
+    a follower had acknowledged; the leader must not re-probe the same index forever."""
+    import random
+
+    from node.consensus.cluster import Cluster
+
+    c = Cluster(["a", "b", "c"], rng=random.Random(1))
+    c.elect("a")
+    c.propose("a", b"x")
+    c.settle(2)
+    c.crash("b")
+    c.storage("b").entries = c.storage("b").entries[:-1]  # lost an acknowledged entry
+    c.restart("b")
+    c.core("a").report_unreachable("b")
+    c.propose("a", b"y")
+    rounds = c.deliver(rounds_max=10_000)
+    assert rounds < 100  # settles instead of an endless append/reject exchange
+    leader = c.core("a")
+    assert leader.commit_index == leader.last_index  # a and c still commit

@@ -101,6 +101,12 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False  # answers an older probe
+        if rejected <= self.match:
+            # The follower rejects entries it had acknowledged: its disk lost them (a correct
+            # fsync never does). Probing again from the same place would flood it forever;
+            # leave it stalled (it is no longer counted on beyond its match) for an operator
+            # to replace, as a node with a corrupt log is.
+            return False
         self.next = max(min(rejected, hint_index + 1), self.match + 1)
         self.probe_sent = False
         return True
