@@ -180,7 +180,8 @@ class ShardStore:
             if exclusive is not None and exclusive[position] and other_version:
                 refused.add(record_id)
                 continue
-            if content_hash not in versions:
+            version_was_held = content_hash in versions
+            if not version_was_held:
                 versions.append(content_hash)
                 key = versions_db_key(record_id)
                 entries[key] = encode_entry(key, b"".join(versions))
@@ -188,6 +189,8 @@ class ShardStore:
             value = encode_shard_value(db_key, shard)
             if db_key in entries:
                 size -= len(entries[db_key])
+            elif not version_was_held:
+                count += 1  # a version this node did not hold: the shard cannot be there yet
             else:
                 old = self._db.get(db_key)
                 if old is None:
