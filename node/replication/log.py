@@ -109,6 +109,9 @@ class ReplicatedLog:
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[int, tuple[int, asyncio.Future[Applied]]] = {}  # index -> term
         self._reads: dict[bytes, asyncio.Future[int]] = {}  # read-index context -> index
+        # Proposals waiting for the next loop turn: (payloads, their futures).
+        self._queued: list[tuple[list[bytes], list[asyncio.Future[Applied]]]] = []
+        self._queued_entries = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_ready: Ready | None = None
         self.frames_dropped = 0
@@ -133,6 +136,11 @@ class ReplicatedLog:
             if not future.done():
                 future.set_exception(OperationFailed("the log stopped", code="proposal_lost"))
         self._waiting.clear()
+        for _, futures in self._queued:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(OperationFailed("the log stopped", code="proposal_lost"))
+        self._queued.clear()
 
     # ------------------------------------------------------------------ inputs
 
@@ -152,29 +160,53 @@ class ReplicatedLog:
         self._wake.set()
 
     async def propose(self, entries: Sequence[AppEntry], *, timeout_s: float) -> list[Applied]:
-        """Append entries through the leader and wait until they are applied here."""
+        """Append entries through the leader and wait until they are applied here.
+
+        Proposals made while the loop is busy are handed to the core together, once per loop
+        turn: one Append per follower then carries all of them (one core call per proposal
+        would send one Append per proposal and make every follower acknowledge each alone).
+        """
         node = self._require_node()
         if node.role is not Role.LEADER:
             raise NotLeader("this node is not the leader", leader_hint=node.leader_id)
-        if len(self._waiting) + len(entries) > self._proposals_max:
+        if self._queued_entries + len(self._waiting) + len(entries) > self._proposals_max:
             raise Overloaded("too many proposals waiting to be applied")
-        payloads = [encode_app_entry(e) for e in entries]
-        proposal = node.propose(payloads, now_ms=self._clock_ms())
         assert self._loop is not None
-        futures = []
-        for index in range(proposal.first_index, proposal.last_index + 1):
-            future: asyncio.Future[Applied] = self._loop.create_future()
-            self._waiting[index] = (proposal.term, future)
-            futures.append(future)
+        payloads = [encode_app_entry(e) for e in entries]
+        futures: list[asyncio.Future[Applied]] = [self._loop.create_future() for _ in payloads]
+        self._queued.append((payloads, futures))
+        self._queued_entries += len(payloads)
         self._wake.set()
         try:
             async with asyncio.timeout(timeout_s):
                 return list(await asyncio.gather(*futures))
         finally:
-            for index in range(proposal.first_index, proposal.last_index + 1):
-                held = self._waiting.get(index)
-                if held is not None and held[1].done():
-                    del self._waiting[index]
+            for future in futures:
+                future.cancel()  # no-op once done; a timed-out one is dropped below
+
+    def _hand_queued_to_core(self, node: RawNode) -> None:
+        queued, self._queued = self._queued, []
+        self._queued_entries = 0
+        live = [
+            (p, f)
+            for payloads, futures in queued
+            for p, f in zip(payloads, futures, strict=True)
+            if not f.done()
+        ]
+        if not live:
+            return
+        if node.role is not Role.LEADER:
+            for _, future in live:
+                future.set_exception(
+                    NotLeader("leadership moved before the proposal", leader_hint=node.leader_id)
+                )
+            return
+        chunk = self._cfg.proposal_entries_max
+        for start in range(0, len(live), chunk):
+            part = live[start : start + chunk]
+            proposal = node.propose([p for p, _ in part], now_ms=self._clock_ms())
+            for offset, (_, future) in enumerate(part):
+                self._waiting[proposal.first_index + offset] = (proposal.term, future)
 
     async def read_barrier(self, *, timeout_s: float) -> int:
         """Wait until this node has applied everything committed when the call began.
@@ -253,6 +285,8 @@ class ReplicatedLog:
             inbox, self._inbox = self._inbox, []
             for payload in inbox:
                 self._step(node, payload)
+            if self._queued:
+                self._hand_queued_to_core(node)
             if asyncio.get_running_loop().time() >= next_tick:
                 node.tick(self._clock_ms())
                 next_tick += self._tick_s
