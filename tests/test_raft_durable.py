@@ -357,7 +357,14 @@ def test_every_acknowledging_write_is_fsynced(tmp_path: Path) -> None:
     durable.persist(make_ready(entries(2, 4, 2), HardState(2, "b", 2)))
     durable.commit_applied([(b"k", b"v")], 2)
     assert recorder.syncs == [True, True, True, True]
+    # The adapter applies unsynced (state is a function of the fsynced log); the log and
+    # hard state are still fsynced, and one batch still carries state and applied index.
+    durable.persist(make_ready(hard_state=HardState(2, "b", 3)))
+    durable.commit_applied([(b"k", b"w")], 3, sync=False)
+    assert recorder.syncs[-2:] == [True, False]
     durable.close()
+    with DurableRaftStorage(tmp_path / "raft") as reopened:
+        assert (reopened.applied_index, reopened.state_get(b"k")) == (3, b"w")
 
 
 # -- a seeded cluster on LevelDB against the same run on MemoryStorage

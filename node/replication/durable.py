@@ -394,8 +394,15 @@ class DurableRaftStorage:
 
     # -- the apply step: state-machine writes and the applied index, atomically
 
-    def commit_applied(self, writes: Sequence[StateWrite], applied_index: int) -> None:
-        """Write a state machine's writes for entries up to ``applied_index``: one sync batch."""
+    def commit_applied(
+        self, writes: Sequence[StateWrite], applied_index: int, *, sync: bool = True
+    ) -> None:
+        """Write a state machine's writes for entries up to ``applied_index``: one batch.
+
+        ``sync=False`` is safe for state machines whose state is a function of the log: the
+        writes and the applied index land or vanish together, and what a power loss takes is
+        applied again from the (fsynced) log on restart, onto the state it left.
+        """
         if len(writes) > STATE_WRITES_PER_BATCH_MAX:
             raise InvariantViolation(f"{len(writes)} state writes exceed one batch's bound")
         if applied_index <= self.applied_index:
@@ -404,7 +411,7 @@ class DurableRaftStorage:
             raise InvariantViolation(f"applying {applied_index} beyond the persisted commit")
         ops = [self._state_op(key, value) for key, value in writes]
         ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
-        self._write(ops)
+        self._write(ops, sync=sync)
         self._applied_index = applied_index
 
     def restore_applied(self, writes: Iterable[StateWrite], applied_index: int) -> None:

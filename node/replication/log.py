@@ -347,7 +347,9 @@ class ReplicatedLog:
             log.error("cannot apply committed entries: %s", exc.detail)
             raise
         last = ready.committed_entries[-1].index
-        await asyncio.to_thread(self._storage.commit_applied, writes, last)
+        # Unsynced, inline: the state and applied index are rebuilt from the fsynced log if a
+        # power loss takes this batch (durable.py); the proposer's ack rests on the commit.
+        self._storage.commit_applied(writes, last, sync=False)
         by_index = {a.position.index: a for a in applied}
         for entry in ready.committed_entries:
             held = self._waiting.pop(entry.index, None)
