@@ -11,8 +11,10 @@ Durability rules
   hard state as ONE LevelDB ``WriteBatch(sync=True)``: a vote or an append is on disk before
   the adapter sends the messages of that Ready, and a crash leaves either all of it or none.
 * The state machine's writes for a range of committed entries and the new applied index go in
-  one fsynced batch (:meth:`commit_applied`), so after a crash the applied index always matches
-  the state: an entry is never applied twice and never skipped.
+  one batch (:meth:`commit_applied`), so after a crash the applied index always matches the
+  state: an entry is never applied twice and never skipped. The adapter writes it unsynced
+  (``sync=False``): a power loss that takes the batch takes state and index together, and the
+  fsynced log applies the entries again.
 
 The state-machine interface (for the record index, later the ledger and the Merkle log)
 -------------------------------------------------------------------------------------------
@@ -20,7 +22,7 @@ A state machine keeps its state in this same database, under keys it owns (each 
 its own sub-prefix, e.g. ``b"ri/"`` for the record index). Applying committed entries is pure:
 it returns ``[(key, value or None for delete), ...]``; the adapter then calls::
 
-    storage.commit_applied(writes, applied_index=last_entry.index)   # one fsynced batch
+    storage.commit_applied(writes, applied_index=last_entry.index)   # one batch
     storage.state_get(key) / storage.state_items(prefix)              # checksummed reads
 
 When a Ready carries a snapshot, the machine rebuilds its state from ``snapshot.data`` and the
