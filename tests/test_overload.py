@@ -30,11 +30,11 @@ GATEWAY_LIMITS = {
     "partner_inflight_records_max": 400,
 }
 NODE_LIMITS = {"coordinator_queue_records_max": 128}
-# Admitted work waits behind at most the bounded queues: the gateway's queue plus its node
-# calls in flight. The p99 bound is a multiple of draining them at capacity, plus a commit.
-QUEUED_RECORDS_MAX = GATEWAY_LIMITS["queue_records_max"] + (
-    GATEWAY_LIMITS["node_calls_inflight_max"] * GATEWAY_LIMITS["node_batch_records_max"]
-)
+# Bounded means it does not grow while the overload lasts (unbounded queues would make the
+# wait grow with every second of it): the later half's p99 stays near the earlier half's, and
+# everything stays well inside the request deadline (10 s). Latency is measured by this
+# client, on the same saturated 2 cores, so the absolute bound is generous.
+ADMITTED_P99_MAX_S = 5.0
 RSS_GROWTH_MAX = 64 * 1024 * 1024
 
 
@@ -97,12 +97,14 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
     cluster: LocalCluster,
 ) -> None:
     async with _client(cluster.layout) as client:
-        # Enough concurrent clients to saturate (32 would only measure latency).
-        capacity = await _closed_loop_rate(client, 3.0, 256)
+        # Enough concurrent clients to load it well (32 mostly measure latency; with hundreds
+        # the open-loop client itself cannot send twice that rate from one process).
+        capacity = await _closed_loop_rate(client, 3.0, 64)
         rss_before = _rss(cluster)
         rate = 2 * capacity
         duration_s = 6.0
         admitted: list[tuple[str, int, float]] = []  # record id, seq, latency
+        sent_at: list[float] = []
         refused: list[Response] = []
         other: Counter[int] = Counter()
 
@@ -112,6 +114,7 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
             latency = time.monotonic() - started
             if response.status == 201:
                 admitted.append((response.body["record_id"], seq, latency))
+                sent_at.append(started)
             elif response.status in (429, 503):
                 refused.append(response)
             else:
@@ -142,8 +145,18 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
             }
         latencies = sorted(latency for _, _, latency in admitted)
         p99 = latencies[int(len(latencies) * 0.99)]
-        p99_max = 1.5 + 3 * QUEUED_RECORDS_MAX / capacity
-        assert p99 <= p99_max, f"admitted p99 {p99:.3f} s > {p99_max:.3f} s"
+        assert p99 <= ADMITTED_P99_MAX_S, f"admitted p99 {p99:.3f} s"
+        middle = start + duration_s / 2
+        halves = [
+            sorted(
+                lat
+                for (_, _, lat), at in zip(admitted, sent_at, strict=True)
+                if early == (at < middle)
+            )
+            for early in (True, False)
+        ]
+        first_p99, second_p99 = (h[int(len(h) * 0.99)] for h in halves)
+        assert second_p99 <= 2 * first_p99 + 0.5, (first_p99, second_p99)
         for name, before in rss_before.items():
             assert rss_after[name] - before < RSS_GROWTH_MAX, (name, before, rss_after[name])
 
@@ -159,5 +172,5 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
         print(
             f"capacity {capacity:.0f}/s, offered {rate:.0f}/s: admitted {len(admitted)}, "
             f"refused {len(refused)}, admitted p50 {latencies[len(latencies) // 2] * 1000:.0f} ms "
-            f"p99 {p99 * 1000:.0f} ms"
+            f"p99 {p99 * 1000:.0f} ms (halves {first_p99 * 1000:.0f} / {second_p99 * 1000:.0f} ms)"
         )
