@@ -69,7 +69,9 @@ def test_table_shows_every_column_and_marks_missing_values() -> None:
         k=3,
         n=5,
         nodes=(
-            NodeStatus("node-1", "http://127.0.0.1:1", True, peer, 4, 10, 2048, 3, 0),
+            NodeStatus(
+                "node-1", "http://127.0.0.1:1", True, peer, 4, 10, 2048, 3, 0, raft="leader/7"
+            ),
             NodeStatus("node-2", "http://127.0.0.1:2", False, peer, error="refused"),
         ),
         gateway=GatewayStatus("http://127.0.0.1:3", "ready"),
@@ -77,12 +79,15 @@ def test_table_shows_every_column_and_marks_missing_values() -> None:
     lines = format_table(status).splitlines()
     assert lines[0] == "cluster baas-x: k=3 n=5, 1/2 nodes up"
     assert lines[1].split() == [
-        "NODE", "STATE", "PEER", "ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "API",
+        "NODE", "STATE", "PEER", "ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "RAFT", "API",
     ]  # fmt: skip
     assert lines[2].split() == [
-        "node-1", "up", "12D3KooW...abcdef", "4", "10", "2048", "3", "0", "http://127.0.0.1:1",
+        "node-1", "up", "12D3KooW...abcdef", "4", "10", "2048", "3", "0", "leader/7",
+        "http://127.0.0.1:1",
     ]  # fmt: skip
-    assert lines[3].split()[:8] == ["node-2", "down", "12D3KooW...abcdef", "-", "-", "-", "-", "-"]
+    assert lines[3].split()[:9] == [
+        "node-2", "down", "12D3KooW...abcdef", "-", "-", "-", "-", "-", "-",
+    ]  # fmt: skip
     assert lines[3].endswith("http://127.0.0.1:2  (refused)")
     assert lines[4] == "gateway http://127.0.0.1:3: ready"
     assert not status.healthy
@@ -145,6 +150,8 @@ async def test_status_of_a_running_cluster_then_one_node_killed(
     )
     assert sum(node["shards"] for node in report["nodes"]) == before + 15, report
     assert all(node["queue_depth"] in (None, 0) for node in report["nodes"]), report
+    roles = sorted(str(node["raft"]).split("/")[0] for node in report["nodes"])
+    assert roles == ["follower"] * 4 + ["leader"], report
 
     table = _status(directory)
     assert table.returncode == 0, table.stderr

@@ -44,6 +44,7 @@ class NodeStatus:
     queue_depth: int | None = None
     hints: int | None = None
     error: str | None = None
+    raft: str | None = None  # "<role>/<term>" of the node's consensus replica
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,14 @@ def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
         shard_bytes=_first_int(report, BYTES_FIELDS),
         queue_depth=_first_int(report, QUEUE_FIELDS),
         hints=_count(report.get("hints")),
+        raft=_raft(report.get("raft")),
     )
+
+
+def _raft(raw: Any) -> str | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("term"), int):
+        return None
+    return f"{raw.get('role')}/{raw['term']}"
 
 
 def gateway_status(url: str, timeout_s: float) -> GatewayStatus:
@@ -162,7 +170,9 @@ def _cell(value: int | None) -> str:
 
 
 def format_table(status: ClusterStatus) -> str:
-    header = ("NODE", "STATE", "PEER ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "API")
+    header = (
+        "NODE", "STATE", "PEER ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "RAFT", "API",
+    )  # fmt: skip
     rows = [header]
     for node in status.nodes:
         rows.append(
@@ -175,6 +185,7 @@ def format_table(status: ClusterStatus) -> str:
                 _cell(node.shard_bytes),
                 _cell(node.queue_depth),
                 _cell(node.hints),
+                node.raft or "-",
                 node.url + (f"  ({node.error})" if node.error else ""),
             )
         )
