@@ -187,17 +187,7 @@ class NodeClient:
         return self._writes.inflight_items + self._reads.inflight_items + self.direct_records
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
-        return {
-            name: {
-                "pending": b.pending_items,
-                "inflight": b.inflight_items,
-                "calls": b.stats.calls,
-                "items": b.stats.items,
-                "dropped_abandoned": b.stats.dropped_abandoned,
-                "refused_overloaded": b.stats.refused_overloaded,
-            }
-            for name, b in (("write", self._writes), ("read", self._reads))
-        }
+        return {"write": self._writes.snapshot(), "read": self._reads.snapshot()}
 
     def retry_after_s(self) -> int:
         """Seconds until the records queued in the cluster should have drained."""

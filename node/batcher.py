@@ -95,6 +95,17 @@ class Batcher(Generic[K, I, R]):
     def pending_max(self) -> int:
         return self._pending_max
 
+    def snapshot(self) -> dict[str, int]:
+        """Queue depth and counters, as /status and /metrics report them."""
+        return {
+            "pending": self._pending_items,
+            "inflight": self._inflight_items,
+            "calls": self.stats.calls,
+            "items": self.stats.items,
+            "dropped_abandoned": self.stats.dropped_abandoned,
+            "refused_overloaded": self.stats.refused_overloaded,
+        }
+
     def submit_many(self, key: K, items: Sequence[I]) -> list[asyncio.Future[R]]:
         """Queue ``items`` for ``key``; await the returned futures for their results."""
         if self._pending_items + len(items) > self._pending_max:

@@ -211,16 +211,7 @@ class Coordinator:
         return self._limits.coordinator_queue_records_max
 
     def batcher_stats(self) -> dict[str, dict[str, int]]:
-        return {
-            name: {
-                "pending": batcher.pending_items,
-                "inflight": batcher.inflight_items,
-                "calls": batcher.stats.calls,
-                "items": batcher.stats.items,
-                "dropped_abandoned": batcher.stats.dropped_abandoned,
-            }
-            for name, batcher in self._batchers()
-        }
+        return {name: batcher.snapshot() for name, batcher in self._batchers()}
 
     def _batchers(self) -> tuple[tuple[str, Batcher[Any, Any, Any]], ...]:
         return (("put", self._puts), ("read", self._reads))

@@ -81,6 +81,7 @@ async def test_pending_bound_refuses_with_overloaded() -> None:
     with pytest.raises(Overloaded):
         batcher.submit_many("a", [5, 6])
     assert batcher.stats.refused_overloaded == 2
+    assert batcher.snapshot()["pending"] == 4 and batcher.snapshot()["refused_overloaded"] == 2
     assert [await f for f in futures] == [10, 20, 30, 40]
     assert batcher.pending_items == 0 and batcher.inflight_items == 0
 
