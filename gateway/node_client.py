@@ -33,6 +33,7 @@ import aiohttp
 import msgpack
 
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint
+from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
 from node.batcher import Batcher
 from node.errors import (
     BaasError,
@@ -48,10 +49,6 @@ from node.logs import REQUEST_ID_HEADER
 __all__ = ["NodeClient", "NodeState", "ReadItem", "WriteItem"]
 
 log = logging.getLogger("baas.gateway.nodes")
-MSGPACK = "application/msgpack"
-DEADLINE_HEADER = "X-Baas-Deadline-Ms"
-QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
-QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
 
 
 def error_from_problem(status: int, body: dict[str, Any]) -> BaasError:

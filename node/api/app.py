@@ -30,6 +30,7 @@ from aiohttp import web
 
 from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
+from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
 from node.config import NodeLimits
 from node.consensus.record_index import IndexProposal
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
@@ -53,10 +54,6 @@ from node.storage.shard_store import ShardStore
 __all__ = ["STATE", "NodeApiState", "build_node_app"]
 
 log = logging.getLogger("baas.node.api")
-MSGPACK = "application/msgpack"
-DEADLINE_HEADER = "X-Baas-Deadline-Ms"
-QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
-QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
 SLOW_REQUEST_S = 1.0
 PUBLIC_PATHS = frozenset({"/internal/v1/health", "/internal/v1/ready", "/metrics"})
 

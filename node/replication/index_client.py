@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import msgpack
 
+from node.api.wire import MSGPACK
 from node.config import ClusterMember
 from node.consensus.record_index import IndexEntry, IndexProposal, RecordIndex
 from node.errors import NotLeader, OperationFailed
@@ -30,7 +31,6 @@ from node.replication.log import ReplicatedLog
 __all__ = ["INDEX_PATH", "RecordIndexClient", "outcome_wire"]
 
 INDEX_PATH = "/internal/v1/index"
-MSGPACK = "application/msgpack"
 _LEADER_WAIT_S = 0.1
 
 

@@ -1,0 +1,12 @@
+"""Names both sides of the node HTTP API agree on (the node serves, gateways and peers call)."""
+
+from __future__ import annotations
+
+__all__ = ["DEADLINE_HEADER", "MSGPACK", "QUEUE_DEPTH_HEADER", "QUEUE_MAX_HEADER"]
+
+MSGPACK = "application/msgpack"
+# The caller's remaining budget in milliseconds (relative: no clock agreement needed).
+DEADLINE_HEADER = "X-Baas-Deadline-Ms"
+# On every answer: records this node is coordinating, and its bound.
+QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
+QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
