@@ -58,10 +58,14 @@ def _tcp_multiaddr_port(addr: str, what: str) -> tuple[str, int]:
     return parse_host_port(f"{parts[2]}:{parts[4]}", what)
 
 
-def require_positive_fields(section: Any, table: str, *, integers_only: bool) -> None:
+def require_positive_fields(
+    section: Any, table: str, *, integers_only: bool, skip: tuple[str, ...] = ()
+) -> None:
     """Refuse any field of a flat limits/timeouts dataclass that is not a positive number."""
     what = "a positive integer" if integers_only else "a positive number"
     for f in fields(section):
+        if f.name in skip:
+            continue
         value = getattr(section, f.name)
         number = isinstance(value, int) or (not integers_only and isinstance(value, float))
         if isinstance(value, bool) or not number or value <= 0:
@@ -218,10 +222,7 @@ class RaftSettings:
     index_writes: bool = False
 
     def validate(self) -> None:
-        numbers = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "index_writes"}
-        for name, value in numbers.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"raft.{name} must be a positive number")
+        require_positive_fields(self, "raft", integers_only=False, skip=("index_writes",))
         if not isinstance(self.index_writes, bool):
             raise ConfigError("raft.index_writes must be true or false")
         if self.election_ticks * self.tick_s < 1.0:
