@@ -634,14 +634,13 @@ class Coordinator:
             self.records_in_progress -= 1
 
     async def _read_admitted(self, record_id: bytes, request_id: str) -> ReadResult:
-        placement = self.placement(record_id)
         version: bytes | None = None
-        if self._index is not None:
+        if self._index is None:
+            placement = self.placement(record_id)
+        else:
             # Only indexed (acknowledged) records are served, from the shard map the index
             # recorded; a local miss is confirmed through the leader before saying 404.
-            known = self._index.lookup(record_id)
-            if known is None:
-                known = await self._index.lookup_confirmed(record_id)
+            known = await self._index.lookup_confirmed(record_id)
             if known is None:
                 raise NotFound("no record with this id", code="record_not_found")
             placement, version = known.shard_nodes, known.content_hash
