@@ -79,6 +79,7 @@ from node.errors import (
     UnsupportedFormat,
 )
 from node.storage.entry import decode_entry, encode_entry
+from node.storage.leveldb import open_leveldb
 
 __all__ = ["FORMAT_VERSION", "DurableRaftStorage", "StateWrite"]
 
@@ -160,17 +161,9 @@ class DurableRaftStorage:
         self.snapshot_chunk_bytes_max = snapshot_chunk_bytes_max
         self.entry_payload_bytes_max = entry_payload_bytes_max
         self.delete_batch_keys_max = delete_batch_keys_max
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = plyvel.DB(
-                str(path),
-                create_if_missing=True,
-                paranoid_checks=True,
-                write_buffer_size=16 * 1024 * 1024,
-                lru_cache_size=16 * 1024 * 1024,
-            )
-        except plyvel.Error as exc:
-            raise OperationFailed(f"cannot open raft database at {path}: {exc}") from exc
+        self._db = open_leveldb(
+            path, "raft", write_buffer_size=16 * 1024 * 1024, lru_cache_size=16 * 1024 * 1024
+        )
         try:
             self._check_format()
             self._load()

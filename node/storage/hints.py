@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import plyvel
-
-from node.errors import CorruptEntry, OperationFailed, Overloaded, UnsupportedFormat
+from node.errors import CorruptEntry, Overloaded, UnsupportedFormat
 from node.records import Shard
+from node.storage.leveldb import open_leveldb
 from node.storage.shard_store import decode_shard_value, encode_shard_value, shard_db_key
 
 __all__ = ["HintStore"]
@@ -30,11 +29,7 @@ def _peer_prefix(peer_id: str) -> bytes:
 
 class HintStore:
     def __init__(self, path: Path, *, hints_max: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = plyvel.DB(str(path), create_if_missing=True, paranoid_checks=True)
-        except plyvel.Error as exc:
-            raise OperationFailed(f"cannot open hint database at {path}: {exc}") from exc
+        self._db = open_leveldb(path, "hint")
         self._hints_max = hints_max
         self._count = sum(1 for _ in self._db.iterator(prefix=PREFIX_HINT, include_value=False))
         self.refused = 0

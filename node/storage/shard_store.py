@@ -33,6 +33,7 @@ import plyvel
 from node.errors import CorruptEntry, OperationFailed, UnsupportedFormat
 from node.records import HASH_BYTES, Shard, ShardKey, ShardMeta
 from node.storage.entry import decode_entry, encode_entry
+from node.storage.leveldb import open_leveldb
 
 __all__ = ["ShardStore"]
 
@@ -88,19 +89,14 @@ class ShardStore:
         # tables (LevelDB keeps each open table's index and filter in memory: with its default
         # of 1,000 open files a node's RSS grew ~25 MB per 10^5 shards without levelling off;
         # with 64 it stays flat).
-        path.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = plyvel.DB(
-                str(path),
-                create_if_missing=True,
-                paranoid_checks=True,
-                write_buffer_size=write_buffer_bytes_max,
-                lru_cache_size=block_cache_bytes_max,
-                bloom_filter_bits=10,
-                max_open_files=open_files_max,
-            )
-        except plyvel.Error as exc:
-            raise OperationFailed(f"cannot open shard database at {path}: {exc}") from exc
+        self._db = open_leveldb(
+            path,
+            "shard",
+            write_buffer_size=write_buffer_bytes_max,
+            lru_cache_size=block_cache_bytes_max,
+            bloom_filter_bits=10,
+            max_open_files=open_files_max,
+        )
         self.path = path
         self.corrupt_entries_seen = 0
         self.shard_count, self.shard_bytes = self._load_stats()
