@@ -82,6 +82,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             node_id=p2p.peer_id,
             election_ticks=config.raft.election_ticks,
             heartbeat_ticks=config.raft.heartbeat_ticks,
+            lazy_commit_notify=True,  # followers only read locally; halves frames per commit
         ),
         storage=raft_storage,
         dispatcher=Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_MAX),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, field
+from functools import partial
 
 import msgpack
 import pytest
@@ -66,7 +67,7 @@ class Checker:
                 assert core.term_at(index) == term, f"leader {node_id} lacks committed {index}"
 
 
-def _config(node_id: str) -> RaftConfig:
+def _config(node_id: str, *, lazy_commit_notify: bool = False) -> RaftConfig:
     # Small windows and messages so that batching, pipelining and backtracking all happen.
     return RaftConfig(
         node_id,
@@ -75,6 +76,7 @@ def _config(node_id: str) -> RaftConfig:
         entries_per_message_max=3,
         inflight_messages_max=3,
         snapshot_timeout_ticks=30,
+        lazy_commit_notify=lazy_commit_notify,
     )
 
 
@@ -200,7 +202,9 @@ def run_seed(seed: int, steps: int = STEPS) -> Checker:
     rng = random.Random(seed)
     checker = Checker()
     ids = [f"n{i}" for i in range(rng.randint(3, 5))]
-    cluster = Cluster(ids, rng=random.Random(seed + 1), config=_config, on_ready=checker.on_ready)
+    # Odd seeds run the lazy commit notification the node adapter uses.
+    config = partial(_config, lazy_commit_notify=seed % 2 == 1)
+    cluster = Cluster(ids, rng=random.Random(seed + 1), config=config, on_ready=checker.on_ready)
     checker.cluster = cluster
     for step in range(steps):
         # Not leader, a change still pending, overloaded: a real caller would retry.

@@ -481,3 +481,48 @@ def test_a_follower_that_lost_acknowledged_entries_is_stalled_not_flooded() -> N
     assert rounds < 100  # settles instead of an endless append/reject exchange
     leader = c.core("a")
     assert leader.commit_index == leader.last_index  # a and c still commit
+
+
+def test_lazy_commit_notify_rides_on_the_next_append_or_the_next_tick() -> None:
+    sent: list[tuple[str, Message]] = []
+    cluster = make(log=sent, lazy_commit_notify=True, heartbeat_ticks=3)
+    cluster.elect("a")
+    cluster.settle(1)
+    sent.clear()
+    cluster.propose("a", b"x")
+    cluster.deliver()
+    leader = cluster.core("a")
+    assert leader.commit_index == 2
+    # Committed on the leader, yet no commit-only Append went out: one Append per follower.
+    appends = [m for _, m in sent if isinstance(m, Append)]
+    assert sorted(m.to for m in appends) == ["b", "c"]
+    assert all(m.entries for m in appends)
+    assert cluster.core("b").commit_index == 1
+    # A new proposal carries the commit index with its entries...
+    cluster.propose("a", b"y")
+    cluster.deliver()
+    assert cluster.core("b").commit_index == 2
+    assert payloads_applied(cluster, "b") == [b"x"]
+    # ...and with nothing more to send, the next tick sends it alone (not a heartbeat).
+    sent.clear()
+    cluster.tick(["a"])
+    empty = [m for _, m in sent if isinstance(m, Append)]
+    assert sorted(m.to for m in empty) == ["b", "c"] and not any(m.entries for m in empty)
+    cluster.deliver()
+    assert payloads_applied(cluster, "b") == [b"x", b"y"]
+    # Once told, an idle tick sends nothing.
+    sent.clear()
+    cluster.tick(["a"])
+    assert not [m for _, m in sent if isinstance(m, Append)]
+
+
+def test_eager_commit_notify_broadcasts_the_commit_at_once() -> None:
+    sent: list[tuple[str, Message]] = []
+    cluster = make(log=sent, heartbeat_ticks=3)
+    cluster.elect("a")
+    cluster.settle(1)
+    sent.clear()
+    cluster.propose("a", b"x")
+    cluster.deliver()
+    assert cluster.core("b").commit_index == 2
+    assert len([m for _, m in sent if isinstance(m, Append) and not m.entries]) == 2

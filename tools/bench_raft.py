@@ -100,7 +100,12 @@ async def run_case(
             raft_inbox=_inbox(holder),
         )
         log = ReplicatedLog(
-            raft=RaftConfig(node_id=member.peer_id, election_ticks=10, heartbeat_ticks=2),
+            raft=RaftConfig(
+                node_id=member.peer_id,
+                election_ticks=10,
+                heartbeat_ticks=2,
+                lazy_commit_notify=True,
+            ),
             storage=storage,
             dispatcher=Dispatcher([RecordIndex()], feature_version_max=1),
             send=p2p.send_raft,

@@ -33,6 +33,7 @@ class Progress:
         self.pending_snapshot = 0
         self.snapshot_elapsed_ticks = 0
         self.recent_active = False  # heard from it since the last check-quorum round
+        self.commit_sent = 0  # the highest commit index told to it (Append or Heartbeat)
         # Last index of each Append in flight, oldest first; freed as acknowledgements arrive.
         self.inflights: deque[int] = deque()
         self.inflight_messages_max = inflight_messages_max

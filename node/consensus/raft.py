@@ -610,6 +610,7 @@ class RawNode:
         msg = Append(self.id, peer, self.term, prev, prev_term, entries, self._log.committed)
         self._send(msg)
         pr.sent_entries(entries[-1].index if entries else None)
+        pr.commit_sent = self._log.committed
         return True
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> bool:
@@ -656,7 +657,8 @@ class RawNode:
             pr.become_probe()
             pr.become_replicate()
         if self._maybe_commit():
-            self._broadcast_append()  # tell everyone the new commit index
+            if not self._cfg.lazy_commit_notify:
+                self._broadcast_append()  # tell everyone the new commit index
         elif was_paused:
             self._send_append(m.sender)
         if m.sender in self._prs:  # a commit above may have removed it
@@ -693,6 +695,16 @@ class RawNode:
         if self._heartbeat_elapsed >= self._cfg.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat(b"")
+        elif self._cfg.lazy_commit_notify:
+            self._notify_commit()
+
+    def _notify_commit(self) -> None:
+        """Lazy commit notification: tell followers a commit no Append has carried yet."""
+        committed = self._log.committed
+        for peer in sorted(self._prs):
+            pr = self._prs[peer]
+            if peer != self.id and pr.commit_sent < min(committed, pr.match):
+                self._send_append(peer)
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -706,8 +718,10 @@ class RawNode:
     def _broadcast_heartbeat(self, context: bytes) -> None:
         for peer in sorted(self._prs):
             if peer != self.id:
-                commit = min(self._prs[peer].match, self._log.committed)
+                pr = self._prs[peer]
+                commit = min(pr.match, self._log.committed)
                 self._send(Heartbeat(self.id, peer, self.term, commit, context))
+                pr.commit_sent = max(pr.commit_sent, commit)
 
     # -- follower: what the leader sends
 
