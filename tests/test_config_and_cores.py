@@ -21,6 +21,7 @@ PURE_MODULES = [
     "node/p2p/messages.py",
     # The I/O side (LevelDB storage, the asyncio adapter) lives in node/replication.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/consensus").glob("*.py")),
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/dataplane").glob("*.py")),
     *sorted(
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "node/sim").glob("*.py")

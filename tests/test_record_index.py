@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 
 from node.consensus.record_index import (
+    INDEX_MOVE,
     INDEX_PUT,
     IndexEntry,
     IndexProposal,
+    MoveProposal,
+    PreviousLocation,
     RecordIndex,
     index_key,
 )
@@ -211,3 +214,73 @@ def test_corrupt_index_values_are_refused() -> None:
         IndexEntry.decode(bytes(32), good[:-5])
     with pytest.raises(UnsupportedFormat):
         IndexEntry.decode(bytes(32), b"\x9b\x02" + good[2:])  # value version 2
+
+
+def move(rid: int, shard: int, src: str, dst: str, *, ch: int | None = None) -> bytes:
+    content = bytes([(rid + 100) if ch is None else ch]) * 32
+    return encode_app_entry(MoveProposal(bytes([rid]) * 32, content, shard, src, dst).to_entry())
+
+
+# (payload, expected code) applied in order at positions 1, 2, ... with feature version 2.
+MOVE_SCENARIO: list[tuple[bytes, str]] = [
+    (move(1, 2, "n3", "n6"), "feature_not_enabled"),  # index.move needs feature version 2
+    (feature(2), "created"),
+    (proposal(1, max_index=1000), "created"),
+    (move(9, 0, "n1", "n6"), "unknown_record"),
+    (move(1, 2, "n3", "n6", ch=7), "conflict"),  # another version of the record
+    (move(1, 2, "n3", "n1"), "conflict"),  # n1 already holds shard 0
+    (move(1, 2, "n4", "n6"), "stale"),  # shard 2 is not on n4
+    (move(1, 2, "n3", "n6"), "created"),  # at position 8
+    (move(1, 2, "n3", "n6"), "existing"),  # a retried proposal
+    (move(1, 2, "n3", "n7"), "stale"),  # a racing move planned from the old location
+    (move(1, 2, "n6", "n7"), "created"),  # moved again: the previous location is n6 now
+    (encode_app_entry(AppEntry(INDEX_MOVE, {"rid": b"x"})), "malformed"),
+]
+
+
+def test_index_move_rules_table() -> None:
+    dispatcher = Dispatcher([RecordIndex()], feature_version_max=2)
+    view = DictView()
+    outcomes = []
+    for index, (payload, expected) in enumerate(MOVE_SCENARIO, start=1):
+        (applied,), writes = dispatcher.apply_batch([(at(index), payload)], view)
+        assert applied.outcome.code == expected, (index, applied.outcome)
+        assert bool(writes) == (expected == "created")
+        view.commit(writes)
+        outcomes.append(applied.outcome)
+    assert outcomes[7].detail["moved_at"] == 8 == outcomes[8].detail["moved_at"]
+    entry = RecordIndex.lookup(view, bytes([1]) * 32)
+    assert entry is not None
+    assert entry.shard_nodes == ("n1", "n2", "n7", "n4", "n5")
+    assert entry.previous == (PreviousLocation(2, "n6", 11),)  # one per shard: the latest
+    assert (entry.index, entry.term) == (3, 2)  # a move never changes the record's position
+
+
+def test_unmoved_values_stay_version_1_and_moved_ones_round_trip() -> None:
+    dispatcher = Dispatcher([RecordIndex()], feature_version_max=2)
+    view = DictView()
+    for index, payload in enumerate([feature(2), proposal(4), move(4, 0, "n1", "n9")], start=1):
+        _, writes = dispatcher.apply_batch([(at(index), payload)], view)
+        if index == 2:
+            assert writes[0][1][0] == 0x9B and writes[0][1][1] == 1  # 11 fields, version 1
+        view.commit(writes)
+    raw = view.data[index_key(bytes([4]) * 32)]
+    moved = IndexEntry.decode(bytes([4]) * 32, raw)
+    assert moved.previous == (PreviousLocation(0, "n1", 3),) and moved.encode() == raw
+
+
+def test_v1_move_fixture_decodes_and_reencodes_byte_for_byte() -> None:
+    fixture: dict[str, Any] = json.loads((FIXTURES / "record_index_move_v1.json").read_text())
+    payload = bytes.fromhex(fixture["index_move_entry_hex"])
+    entry = decode_app_entry(payload)
+    assert entry.type == INDEX_MOVE
+    parsed = MoveProposal.from_body(entry.body)
+    assert (parsed.shard, parsed.from_node, parsed.to_node) == (2, "n3", "n6")
+    assert encode_app_entry(parsed.to_entry()) == payload
+    value = bytes.fromhex(fixture["moved_index_value_hex"])
+    stored = IndexEntry.decode(bytes(range(32)), value)
+    assert stored.shard_nodes == ("n1", "n2", "n6", "n4", "n5")
+    assert stored.previous == (PreviousLocation(2, "n3", 57),)
+    assert stored.encode() == value
+    with pytest.raises(UnsupportedFormat):
+        IndexEntry.decode(bytes(32), b"\x9b\x02" + value[2:])  # version 2 needs 12 fields

@@ -6,6 +6,8 @@ For every acknowledged record it holds, under ``ri/<record id>``::
     shard -> node map, the membership epoch the placement used, the owner partner and the
     body fingerprint
 
+and, once one of its shards has moved, where each moved shard was before (see ``index.move``).
+
 Entry type ``index.put`` (feature version 1). Apply rules, identical on every node:
 
 * **expiry** -- each proposal names the term it was proposed in and the highest log index it
@@ -17,12 +19,28 @@ Entry type ``index.put`` (feature version 1). Apply rules, identical on every no
   position and content hash; with another fingerprint or owner it is a ``conflict``. Either
   way nothing is written, so the index never changes once written and a local lookup of a
   committed entry needs no consensus round.
+
+Entry type ``index.move`` (feature version 2: applied only once the log has enabled it) commits
+one shard's new location after a mover copied and verified it there. It is a compare-and-set:
+
+* ``created`` -- shard ``i`` was on ``from``: it is now on ``to``, and ``from`` is kept as the
+  shard's previous location with the move's log index (one per shard index, the latest), so a
+  reader falls back to it while the grace lasts and the mover deletes it only after that;
+* ``existing`` -- shard ``i`` is already on ``to`` (a retried proposal): nothing changes;
+* ``stale`` -- shard ``i`` is on neither (another move won): nothing changes;
+* ``unknown_record`` / ``conflict`` -- no such record, another content hash, or ``to`` already
+  holds another shard of it.
+
+So an entry only changes where an acknowledged record's shards are, never what they are, and
+never loses track of a copy a reader may still need. Moves need no expiry: a late duplicate is
+``existing`` or ``stale``. The stored value stays version 1 (byte for byte) until a shard
+moves; a moved record is stored as version 2, which adds the previous locations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -30,11 +48,22 @@ import msgpack
 from node.consensus.state_machine import AppEntry, ApplyOutcome, LogPosition, StateView
 from node.errors import InvalidRequest, UnsupportedFormat
 
-__all__ = ["INDEX_PUT", "IndexEntry", "IndexProposal", "RecordIndex", "index_key"]
+__all__ = [
+    "INDEX_MOVE",
+    "INDEX_PUT",
+    "IndexEntry",
+    "IndexProposal",
+    "MoveProposal",
+    "PreviousLocation",
+    "RecordIndex",
+    "index_key",
+]
 
 INDEX_PUT = "index.put"
+INDEX_MOVE = "index.move"
 PREFIX = b"ri/"
 RECORD_VALUE_VERSION = 1
+MOVED_VALUE_VERSION = 2  # version 1 plus the previous locations of moved shards
 HASH_BYTES = 32
 SHARDS_MAX = 255
 NODE_ID_CHARS_MAX = 128
@@ -122,6 +151,55 @@ class IndexProposal:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveProposal:
+    """What a mover proposes once shard ``shard`` is copied to ``to`` and verified there."""
+
+    record_id: bytes
+    content_hash: bytes  # the version the mover copied; another one is a conflict
+    shard: int
+    from_node: str
+    to_node: str
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard < SHARDS_MAX or self.from_node == self.to_node:
+            raise InvalidRequest("move proposal: need a shard index and two different nodes")
+
+    def to_entry(self) -> AppEntry:
+        return AppEntry(
+            INDEX_MOVE,
+            {
+                "rid": self.record_id,
+                "ch": self.content_hash,
+                "shard": self.shard,
+                "from": self.from_node,
+                "to": self.to_node,
+            },
+        )
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> MoveProposal:
+        try:
+            return cls(
+                record_id=_hash(body.get("rid"), "rid"),
+                content_hash=_hash(body.get("ch"), "ch"),
+                shard=_int(body.get("shard"), "shard"),
+                from_node=_text(body.get("from"), "from", NODE_ID_CHARS_MAX),
+                to_node=_text(body.get("to"), "to", NODE_ID_CHARS_MAX),
+            )
+        except InvalidRequest as exc:
+            raise UnsupportedFormat(exc.detail) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousLocation:
+    """Where shard ``shard`` was until the move committed at log index ``moved_at``."""
+
+    shard: int
+    node: str
+    moved_at: int
+
+
+@dataclass(frozen=True, slots=True)
 class IndexEntry:
     """A committed index record (what ``ri/<record id>`` holds)."""
 
@@ -136,24 +214,25 @@ class IndexEntry:
     membership_epoch: int
     owner: str
     body_fingerprint: bytes
+    previous: tuple[PreviousLocation, ...] = ()  # sorted by shard, at most one per shard
 
     def encode(self) -> bytes:
-        raw: bytes = msgpack.packb(
-            [
-                RECORD_VALUE_VERSION,
-                self.index,
-                self.term,
-                self.leader_time_ms,
-                self.content_hash,
-                self.k,
-                self.n,
-                list(self.shard_nodes),
-                self.membership_epoch,
-                self.owner,
-                self.body_fingerprint,
-            ],
-            use_bin_type=True,
-        )
+        fields: list[Any] = [
+            RECORD_VALUE_VERSION if not self.previous else MOVED_VALUE_VERSION,
+            self.index,
+            self.term,
+            self.leader_time_ms,
+            self.content_hash,
+            self.k,
+            self.n,
+            list(self.shard_nodes),
+            self.membership_epoch,
+            self.owner,
+            self.body_fingerprint,
+        ]
+        if self.previous:
+            fields.append([[p.shard, p.node, p.moved_at] for p in self.previous])
+        raw: bytes = msgpack.packb(fields, use_bin_type=True)
         return raw
 
     @classmethod
@@ -162,10 +241,13 @@ class IndexEntry:
             fields = msgpack.unpackb(raw, raw=False)
         except (msgpack.UnpackException, ValueError) as exc:
             raise UnsupportedFormat("index value is not msgpack") from exc
-        if not isinstance(fields, list) or len(fields) != 11:
+        if not isinstance(fields, list) or not fields:
             raise UnsupportedFormat("index value has the wrong shape")
-        if fields[0] != RECORD_VALUE_VERSION:
+        shape = {RECORD_VALUE_VERSION: 11, MOVED_VALUE_VERSION: 12}.get(fields[0])
+        if shape is None:
             raise UnsupportedFormat(f"unknown index value version {fields[0]!r}")
+        if len(fields) != shape:
+            raise UnsupportedFormat("index value has the wrong shape")
         nodes = fields[7]
         if not isinstance(nodes, list):
             raise UnsupportedFormat("index value: nodes must be a list")
@@ -181,19 +263,39 @@ class IndexEntry:
             membership_epoch=_int(fields[8], "epoch"),
             owner=_text(fields[9], "owner", PARTNER_CHARS_MAX),
             body_fingerprint=_hash(fields[10], "fingerprint"),
+            previous=_previous(fields[11]) if shape == 12 else (),
         )
 
     def summary(self) -> dict[str, Any]:
         return {"index": self.index, "term": self.term, "content_hash": self.content_hash}
 
 
+def _previous(raw: Any) -> tuple[PreviousLocation, ...]:
+    if not isinstance(raw, list) or not 0 < len(raw) <= SHARDS_MAX:
+        raise UnsupportedFormat("index value: previous locations must be a non-empty list")
+    out = []
+    for item in raw:
+        if not isinstance(item, list) or len(item) != 3:
+            raise UnsupportedFormat("index value: a previous location is [shard, node, index]")
+        out.append(
+            PreviousLocation(
+                _int(item[0], "shard"),
+                _text(item[1], "node id", NODE_ID_CHARS_MAX),
+                _int(item[2], "moved_at", 1),
+            )
+        )
+    return tuple(out)
+
+
 class RecordIndex:
     """The record index state machine (pure: reads a view, returns writes)."""
 
     prefix = PREFIX
-    entry_types: Mapping[str, int] = {INDEX_PUT: 1}
+    entry_types: Mapping[str, int] = {INDEX_PUT: 1, INDEX_MOVE: 2}
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        if entry.type == INDEX_MOVE:
+            return self._apply_move(entry, position, view)
         try:
             proposal = IndexProposal.from_body(entry.body)
         except UnsupportedFormat as exc:
@@ -226,6 +328,35 @@ class RecordIndex:
         )
         return ApplyOutcome("created", record.summary(), ((key, record.encode()),))
 
+    def _apply_move(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        try:
+            move = MoveProposal.from_body(entry.body)
+        except UnsupportedFormat as exc:
+            return ApplyOutcome("malformed", {"reason": exc.detail})
+        held = RecordIndex.lookup(view, move.record_id)
+        if held is None:
+            return ApplyOutcome("unknown_record")
+        if held.content_hash != move.content_hash or move.shard >= held.n:
+            return ApplyOutcome("conflict", held.summary())
+        now_on = held.shard_nodes[move.shard]
+        if now_on == move.to_node:
+            return ApplyOutcome("existing", {**held.summary(), "moved_at": _moved_at(held, move)})
+        if now_on != move.from_node:
+            return ApplyOutcome("stale", {**held.summary(), "on": now_on})
+        if move.to_node in held.shard_nodes:
+            return ApplyOutcome("conflict", held.summary())
+        nodes = list(held.shard_nodes)
+        nodes[move.shard] = move.to_node
+        previous = [p for p in held.previous if p.shard != move.shard]
+        previous.append(PreviousLocation(move.shard, move.from_node, position.index))
+        moved = replace(
+            held,
+            shard_nodes=tuple(nodes),
+            previous=tuple(sorted(previous, key=lambda p: p.shard)),
+        )
+        detail = {**moved.summary(), "moved_at": position.index}
+        return ApplyOutcome("created", detail, ((index_key(move.record_id), moved.encode()),))
+
     @staticmethod
     def lookup(view: StateView, record_id: bytes) -> IndexEntry | None:
         raw = view.get(index_key(record_id))
@@ -234,3 +365,11 @@ class RecordIndex:
     @staticmethod
     def lookup_many(view: StateView, record_ids: Sequence[bytes]) -> list[IndexEntry | None]:
         return [RecordIndex.lookup(view, rid) for rid in record_ids]
+
+
+def _moved_at(held: IndexEntry, move: MoveProposal) -> int:
+    """The log index of the move that put ``move.shard`` where it is (0: it was written there)."""
+    for p in held.previous:
+        if p.shard == move.shard:
+            return p.moved_at
+    return 0
