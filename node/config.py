@@ -217,9 +217,9 @@ class RaftSettings:
     # stamped; beyond, it is expired at apply and can never commit late.
     proposal_expiry_entries: int = 100_000
     # Writes are acknowledged only once their record index entry is applied (exact
-    # idempotency, reads from the index's shard map). Off by default until that path meets
-    # the single-record write targets; the log runs either way.
-    index_writes: bool = False
+    # idempotency, an agreed position for every record, reads from the index's shard map).
+    # False is the pre-consensus path (shards only, no log position): for comparison runs.
+    index_writes: bool = True
 
     def validate(self) -> None:
         require_positive_fields(self, "raft", integers_only=False, skip=("index_writes",))
