@@ -2,31 +2,57 @@
 
 A :class:`NodeActor` is one node process: a :class:`~node.consensus.raft.RawNode`, its
 :class:`~node.sim.disk.SimDisk` and its :class:`~node.sim.machine.DedupMachine`, run by the same
-adapter loop as a real node (persist and flush -> send -> apply -> advance). A crash throws the
-core and the machine away and keeps only the disk's durable part. A :class:`ClientActor` writes
-one command at a time with an idempotency id and retries it until acknowledged.
+adapter loop as a real node (persist and flush -> send -> apply -> advance), plus its data plane
+(:mod:`node.sim.dataplane`): a shard store and holder, a coordinator and, while it leads, the
+mover. A crash throws the core, the machine and the data plane's memory away and keeps only the
+durable part of the disk and the shard store. A node removed from the membership *drains*: its
+Raft core stops, but it keeps serving its shards until the mover has moved them away.
+
+A :class:`ClientActor` writes one command (or, as a record client, one record through a
+coordinator) at a time with an idempotency id and retries it until acknowledged.
 
 Actors never touch the clock, the network or each other directly: they go through the
-:class:`Env` the world gives them, so further actors (coordinator, shard holders) plug in the
-same way.
+:class:`Env` the world gives them.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from node.consensus.config import RaftConfig
 from node.consensus.messages import Message
 from node.consensus.raft import RawNode
+from node.consensus.record_index import INDEX_MOVE, INDEX_PUT
+from node.consensus.state_machine import decode_app_entry
 from node.consensus.types import Entry, Membership, NodeId, Role, Snapshot
 from node.errors import CallerError, OperationFailed
 from node.sim.bugs import Bug
 from node.sim.checkers import Checker
+from node.sim.dataplane import (
+    Coordinator,
+    DataMessage,
+    DataParams,
+    Holder,
+    IndexForward,
+    Mover,
+    RecordReply,
+    RecordWrite,
+    ShardDelete,
+    ShardDeleteReply,
+    ShardGet,
+    ShardGetReply,
+    ShardPut,
+    ShardPutReply,
+    app_entry_fields,
+)
 from node.sim.disk import SimDisk
-from node.sim.machine import Command, DedupMachine, RequestId
+from node.sim.machine import Command, CommandResult, DedupMachine, decode_state
 from node.sim.rng import SimRng
+from node.sim.shards import SimShardStore
 
 __all__ = [
     "ClientActor",
@@ -61,7 +87,8 @@ class ClientReply:
     leader_hint: NodeId | None = None
 
 
-SimMessage = Message | ClientRequest | ClientReply
+SimMessage = Message | ClientRequest | ClientReply | DataMessage | RecordReply
+ReplyHandler = Callable[[ShardPutReply | ShardGetReply | ShardDeleteReply], None]
 
 
 class Env(Protocol):
@@ -81,6 +108,9 @@ class Env(Protocol):
 
     @property
     def accepting_writes(self) -> bool: ...
+
+    @property
+    def data(self) -> DataParams: ...
 
     def send(self, message: SimMessage) -> None: ...
 
@@ -112,6 +142,25 @@ class NodeActor:
         self.compact_entries = compact_entries
         self.admitted = False  # seen in a committed membership (set by the world's operator)
         self.corrupt_found: int | None = None
+        self.draining = False  # removed from the membership; serves its shards until moved
+        self.shards = SimShardStore()
+        self._reset_memory()
+
+    def _reset_memory(self) -> None:
+        """The data plane's in-memory state, as a (re)started process has it."""
+        self.holder = Holder(self)
+        self.coordinator = Coordinator(self)
+        self.mover = Mover(self)
+        self._waiting: dict[int, ReplyHandler] = {}
+        self._next_tag = 0
+
+    def new_tag(self, handler: ReplyHandler) -> int:
+        self._next_tag += 1
+        self._waiting[self._next_tag] = handler
+        return self._next_tag
+
+    def forget_tag(self, tag: int) -> None:
+        self._waiting.pop(tag, None)
 
     @classmethod
     def bootstrap(
@@ -133,19 +182,41 @@ class NodeActor:
     # -- inputs
 
     def tick(self) -> None:
-        self.core.tick(self.env.now_ms)
+        if not self.draining:
+            self.core.tick(self.env.now_ms)
+        self.holder.group_commit()
+        if not self.draining:
+            self.coordinator.tick()
+            self.mover.tick()
         self.process()
 
     def receive(self, message: SimMessage) -> None:
-        if isinstance(message, ClientRequest):
-            self._client_request(message)
-        elif not isinstance(message, ClientReply):
-            self.core.step(message)
+        match message:
+            case ShardPut() | ShardGet() | ShardDelete():
+                self.holder.receive(message)
+            case ShardPutReply() | ShardGetReply() | ShardDeleteReply():
+                handler = self._waiting.pop(message.tag, None)
+                if handler is not None:
+                    handler(message)
+            case RecordWrite():
+                self.coordinator.on_request(message)
+            case IndexForward():
+                if not self.draining:
+                    self.coordinator.on_forward(message)
+            case ClientRequest():
+                self._client_request(message)
+            case ClientReply() | RecordReply():
+                pass
+            case _:
+                if not self.draining:
+                    self.core.step(message)
         self.process()
 
     def _client_request(self, m: ClientRequest) -> None:
         core, env = self.core, self.env
-        if core.role is Role.LEADER:
+        if self.draining:
+            env.send(ClientReply(self.id, m.client, m.seq, False))
+        elif core.role is Role.LEADER:
             command = Command(m.client, m.seq, self.id, m.value)
             try:
                 proposal = core.propose([command.encode()], now_ms=env.now_ms)
@@ -177,8 +248,8 @@ class NodeActor:
                 env.send(message)
             if ready.snapshot is not None:
                 snapshot = ready.snapshot
-                stream = DedupMachine.decode_stream(snapshot.data)
-                self.machine.load(stream, snapshot.meta.index)  # on disk in step 1
+                state = decode_state(snapshot.data)
+                self.machine.load(state, snapshot.meta.index)  # on disk in step 1
             for entry in ready.committed_entries:
                 self._apply(entry)
             core.advance(ready)
@@ -186,12 +257,31 @@ class NodeActor:
 
     def _apply(self, entry: Entry) -> None:
         result = self.machine.apply(entry)
-        self.disk.write_applied(entry.index, result[2] if result else None)
-        if result is None or self.env.bug is Bug.ACK_BEFORE_COMMIT:
+        if result is None:
+            self.disk.write_applied(entry.index, None, [])
+        elif isinstance(result, CommandResult):
+            self.disk.write_applied(entry.index, result.record, [])
+            self._command_applied(result)
+        else:
+            applied, writes = result
+            self.disk.write_applied(entry.index, None, writes)
+            if applied.type not in (INDEX_PUT, INDEX_MOVE):
+                return
+            fields = app_entry_fields(decode_app_entry(entry.payload).body, applied.type)
+            if fields is None:
+                return
+            if applied.type == INDEX_PUT:
+                self.coordinator.on_applied(fields[0], applied)
+            elif applied.type == INDEX_MOVE:
+                self.mover.on_applied(*fields, applied)
+
+    def _command_applied(self, result: CommandResult) -> None:
+        if self.env.bug is Bug.ACK_BEFORE_COMMIT:
             return
-        command, position, _ = result
+        command = result.command
         if command.origin == self.id:
-            self.env.send(ClientReply(self.id, command.client, command.seq, True, position))
+            reply = ClientReply(self.id, command.client, command.seq, True, result.position)
+            self.env.send(reply)
 
     def _maybe_compact(self) -> None:
         applied = self.machine.applied_index
@@ -204,8 +294,11 @@ class NodeActor:
     # -- crash and restart
 
     def crash(self, keep: int = 0) -> None:
-        """Power off: memory is lost, and all but the first ``keep`` unflushed writes."""
+        """Power off: memory is lost, and all but the first ``keep`` unflushed writes (the
+        shard store keeps a random prefix of its own)."""
         self.disk.crash(keep)
+        self.shards.crash(self.env.rng.randint(0, self.shards.buffered))
+        self._reset_memory()
         self.state = NodeState.DOWN
         self.crash_at_persist = False
         self.incarnation += 1
@@ -227,7 +320,7 @@ class NodeActor:
             self.corrupt_found = loaded.corrupt_index
             return False
         self.core = RawNode(self.config, self.env.rng, loaded.persisted)
-        self.machine.load(loaded.stream, loaded.persisted.applied or 0)
+        self.machine.load(loaded.state, loaded.persisted.applied or 0)
         self.state = NodeState.UP
         self.process()
         return True
@@ -241,14 +334,29 @@ class _Pending:
     due_ms: int  # resend if not acknowledged by then
 
 
-class ClientActor:
-    """One client: a command at a time, retried with the same idempotency id until acked."""
+def record_of(client: str, seq: int, value: int) -> tuple[bytes, bytes]:
+    """A record client's (record id, blob): the id from (client, seq) as a gateway derives it
+    from (partner, Idempotency-Key); 20-219 bytes of body, so shards are small but uneven."""
+    record_id = hashlib.sha256(f"{client}|{seq}".encode()).digest()
+    seed = hashlib.sha256(f"{client}|{seq}|{value}".encode()).digest()
+    return record_id, (seed * 7)[: 20 + value % 200]
 
-    def __init__(self, env: Env, client_id: str, *, think_ms_max: int, retry_ms: int) -> None:
+
+class ClientActor:
+    """One client: a write at a time, retried with the same idempotency id until acked.
+
+    A command client proposes commands (forwarded to the leader); a record client writes
+    records through whichever node it asks, which coordinates the write.
+    """
+
+    def __init__(
+        self, env: Env, client_id: str, *, think_ms_max: int, retry_ms: int, records: bool
+    ) -> None:
         self.env = env
         self.id = client_id
         self.think_ms_max = think_ms_max
         self.retry_ms = retry_ms
+        self.records = records
         self.seq = 0
         self.pending: _Pending | None = None
         self.target: NodeId | None = None
@@ -267,7 +375,10 @@ class ClientActor:
                 self.seq += 1
                 target = self.target or env.rng.choice(env.node_ids())
                 self.pending = _Pending(self.seq, env.rng.randint(0, 10**6), target, 0)
-                env.checker.on_submit((self.id, self.seq))
+                if self.records:
+                    env.checker.on_record_submit(*record_of(self.id, self.seq, self.pending.value))
+                else:
+                    env.checker.on_submit((self.id, self.seq))
                 self._send()
         elif env.now_ms >= self.pending.due_ms:
             self.pending.target = env.rng.choice(env.node_ids())
@@ -279,13 +390,20 @@ class ClientActor:
         p = self.pending
         p.due_ms = self.env.now_ms + self.retry_ms
         self.sends += 1
-        self.env.send(ClientRequest(self.id, p.target, self.id, p.seq, p.value))
+        if self.records:
+            record_id, blob = record_of(self.id, p.seq, p.value)
+            self.env.send(RecordWrite(self.id, p.target, self.id, p.seq, record_id, blob))
+        else:
+            self.env.send(ClientRequest(self.id, p.target, self.id, p.seq, p.value))
 
-    def receive(self, reply: ClientReply) -> None:
+    def receive(self, reply: ClientReply | RecordReply) -> None:
         env = self.env
-        request_id: RequestId = (self.id, reply.seq)
         if reply.ok:
-            env.checker.on_ack(request_id, reply.index)  # late duplicates are checked too
+            # late duplicates are checked too
+            if isinstance(reply, RecordReply):
+                env.checker.on_record_ack(record_of(self.id, reply.seq, 0)[0], reply.index)
+            else:
+                env.checker.on_ack((self.id, reply.seq), reply.index)
             if self.pending is not None and self.pending.seq == reply.seq:
                 self.pending = None
                 self.acked += 1
@@ -293,7 +411,7 @@ class ClientActor:
             return
         if self.pending is None or self.pending.seq != reply.seq:
             return
-        hint = reply.leader_hint
+        hint = reply.leader_hint if isinstance(reply, ClientReply) else None
         self.target = hint if hint is not None and hint != reply.sender else None
         if self.target is not None:
             self.pending.target = self.target

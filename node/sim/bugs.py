@@ -1,4 +1,5 @@
-"""Deliberately broken variants of the simulated adapter, to prove the checkers can fail."""
+"""Deliberately broken variants of the simulated adapter and data plane, to prove the checkers
+can fail."""
 
 from __future__ import annotations
 
@@ -18,3 +19,9 @@ class Bug(enum.Enum):
     NO_DEDUPE = "no-dedupe"
     # A restart loads the log without checking entry checksums: corrupt entries are served.
     ACCEPT_CORRUPT = "accept-corrupt"
+    # The coordinator proposes (and so acknowledges) a record once one shard is durable, below
+    # the write quorum: a record can be acknowledged that later cannot be rebuilt.
+    ACK_BELOW_QUORUM = "ack-below-quorum"
+    # The mover deletes the old copy as soon as the new one is written, before the new location
+    # commits: the committed index still names a copy that is gone.
+    DELETE_BEFORE_COMMIT = "delete-before-commit"

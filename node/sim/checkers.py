@@ -11,6 +11,15 @@
   order (an entry submitted after another was acknowledged lands after it); at the end every
   acknowledged id is in the converged log at its position: nothing acknowledged is lost.
 * **Idempotency** -- every id appears once in each node's applied stream.
+* **Records** -- the checker applies the agreed log to its own record index (the reference).
+  A record client hears "done" only for a record the reference indexes at the position named,
+  with the content it sent; every acknowledgement of one record names one position; at that
+  moment at least ``write_quorum`` of its shards were durable (flushed) on their holders.
+* **Move safety** -- a holder deletes a shard only once the reference no longer names it there:
+  neither as the current location nor as the previous one within the grace.
+* **Decodable** -- at the end every acknowledged record rebuilds, from ``k`` intact shards read
+  where the converged index says (current location, else the previous one within the grace),
+  to a blob with its content hash; every member's record index equals the reference.
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -18,13 +27,19 @@ A broken invariant raises :class:`SimFailure`; the runner prints it with the see
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from node.consensus.raft import RawNode, Ready
+from node.consensus.record_index import IndexEntry, RecordIndex
 from node.consensus.types import Entry, EntryKind, NodeId, Role
+from node.dataplane.shard_move import read_order
+from node.errors import BaasError
 from node.sim.disk import SimDisk
-from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord
+from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord, decode_state
+from node.sim.shards import ShardKey, SimShardStore
+from node.storage.erasure import decode_blob
 
 __all__ = ["Checker", "SimFailure"]
 
@@ -50,6 +65,8 @@ class LiveNode:
 
 @dataclass
 class Checker:
+    write_quorum: int
+    grace_entries: int
     leaders: dict[int, NodeId] = field(default_factory=dict)
     complete_terms: set[int] = field(default_factory=set)  # leader completeness checked
     committed: dict[int, Entry] = field(default_factory=dict)  # index -> first applied entry
@@ -57,6 +74,11 @@ class Checker:
     ack_order: list[tuple[RequestId, int]] = field(default_factory=list)  # as clients saw them
     floors: dict[RequestId, int] = field(default_factory=dict)  # highest ack before submission
     acked_index_max: int = 0
+    reference: DedupMachine = field(default_factory=DedupMachine)  # the agreed log, applied
+    records: dict[bytes, bytes] = field(default_factory=dict)  # record id -> the blob sent
+    records_acked: dict[bytes, int] = field(default_factory=dict)  # record id -> position
+    durable: dict[tuple[bytes, bytes], set[int]] = field(default_factory=dict)  # flushed shards
+    deletes: int = 0
 
     # -- during the run
 
@@ -78,12 +100,19 @@ class Checker:
     def _record(self, node_id: NodeId, entry: Entry) -> None:
         known = self.committed.setdefault(entry.index, entry)
         if known is entry:
+            self._advance_reference()
             return
         if (known.term, known.kind, known.payload) != (entry.term, entry.kind, entry.payload):
             raise SimFailure(
                 "log-agreement",
                 f"{node_id} applied {_show(entry)} where another node applied {_show(known)}",
             )
+
+    def _advance_reference(self) -> None:
+        """Apply the agreed log to the reference, in order, as far as it is known."""
+        reference = self.reference
+        while (entry := self.committed.get(reference.applied_index + 1)) is not None:
+            reference.apply(entry)
 
     def _check_snapshot(self, node_id: NodeId, ready: Ready) -> None:
         assert ready.snapshot is not None
@@ -93,7 +122,7 @@ class Checker:
             raise SimFailure(
                 "log-agreement", f"{node_id} installed a snapshot at {meta} over {_show(known)}"
             )
-        for record in DedupMachine.decode_stream(ready.snapshot.data):
+        for record in decode_state(ready.snapshot.data)[0]:
             self._check_record(node_id, record)
 
     def _check_record(self, node_id: NodeId, record: StreamRecord) -> None:
@@ -144,6 +173,48 @@ class Checker:
         self.ack_order.append((request_id, index))
         self.acked_index_max = max(self.acked_index_max, index)
 
+    def on_record_submit(self, record_id: bytes, blob: bytes) -> None:
+        self.records[record_id] = blob
+
+    def on_shard_durable(self, node_id: NodeId, key: ShardKey, content_hash: bytes) -> None:
+        self.durable.setdefault((key[0], content_hash), set()).add(key[1])
+
+    def on_record_ack(self, record_id: bytes, index: int) -> None:
+        blob = self.records[record_id]
+        content_hash = hashlib.sha256(blob).digest()
+        entry = RecordIndex.lookup(self.reference, record_id)
+        if entry is None or entry.index != index or entry.content_hash != content_hash:
+            raise SimFailure(
+                "ack", f"record {record_id.hex()[:12]} acknowledged at {index}, index has {entry}"
+            )
+        first = self.records_acked.setdefault(record_id, index)
+        if first != index:
+            raise SimFailure(
+                "idempotency", f"record {record_id.hex()[:12]} acknowledged at {first} and {index}"
+            )
+        stored = len(self.durable.get((record_id, content_hash), ()))
+        if stored < self.write_quorum:
+            raise SimFailure(
+                "write-quorum",
+                f"record {record_id.hex()[:12]} acknowledged with {stored} durable shards, "
+                f"write_quorum is {self.write_quorum}",
+            )
+
+    def on_shard_delete(self, node_id: NodeId, key: ShardKey, content_hash: bytes) -> None:
+        """A holder is about to delete its copy of ``key``: nothing may still point at it."""
+        self.deletes += 1
+        entry = RecordIndex.lookup(self.reference, key[0])
+        if entry is None or entry.content_hash != content_hash:
+            return  # an orphan: a copy the index never named
+        applied = self.reference.applied_index
+        if node_id in read_order(entry, key[1], applied, self.grace_entries):
+            raise SimFailure(
+                "move-safety",
+                f"{node_id} deletes shard {key[1]} of record {key[0].hex()[:12]} while the "
+                f"committed index (applied to {applied}) still names it: {entry.shard_nodes}, "
+                f"previous {entry.previous}",
+            )
+
     # -- at the end
 
     def check_converged(self, nodes: Iterable[LiveNode]) -> None:
@@ -159,6 +230,9 @@ class Checker:
                     "log-agreement",
                     f"{node.node_id} and {reference.node_id} applied different streams",
                 )
+        for node in live:
+            if node.machine.kv != self.reference.kv:
+                raise SimFailure("log-agreement", f"{node.node_id}'s record index differs")
         positions = reference.machine.positions
         for request_id, index in self.acked.items():
             if positions.get(request_id) != index:
@@ -166,6 +240,21 @@ class Checker:
                     "ack-lost",
                     f"{request_id} was acknowledged at {index}, the final log has it at "
                     f"{positions.get(request_id)}",
+                )
+
+    def check_records_decodable(self, stores: Callable[[NodeId], SimShardStore | None]) -> None:
+        """Every acknowledged record rebuilds from shards where the index says they are;
+        ``stores`` gives a reachable node's shard store (None: down or gone)."""
+        applied = self.reference.applied_index
+        for record_id in self.records_acked:
+            entry = RecordIndex.lookup(self.reference, record_id)
+            assert entry is not None  # checked at the acknowledgement; the index never forgets
+            blob = _rebuild(entry, stores, applied, self.grace_entries)
+            if blob is None or hashlib.sha256(blob).digest() != entry.content_hash:
+                raise SimFailure(
+                    "decodable",
+                    f"acknowledged record {record_id.hex()[:12]} at {entry.index} cannot be "
+                    f"rebuilt from {entry.shard_nodes} (previous {entry.previous})",
                 )
 
     def check_committed_log(self, node: LiveNode) -> None:
@@ -195,6 +284,27 @@ class Checker:
             if request_id in seen:
                 raise SimFailure("idempotency", f"{node.node_id} applied {request_id} twice")
             seen.add(request_id)
+
+
+def _rebuild(
+    entry: IndexEntry,
+    stores: Callable[[NodeId], SimShardStore | None],
+    applied: int,
+    grace_entries: int,
+) -> bytes | None:
+    found: dict[int, bytes] = {}
+    blob_bytes = 0
+    for shard in range(entry.n):
+        for node_id in read_order(entry, shard, applied, grace_entries):
+            store = stores(node_id)
+            held = store.get((entry.record_id, shard)) if store is not None else None
+            if held is not None and held.content_hash == entry.content_hash:
+                found[shard], blob_bytes = held.data, held.blob_bytes
+                break
+    try:
+        return decode_blob(found, entry.k, entry.n, blob_bytes)
+    except BaasError:
+        return None
 
 
 def _show(entry: Entry) -> str:

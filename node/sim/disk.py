@@ -1,10 +1,10 @@
 """A node's simulated disk: buffered writes that only an explicit flush makes durable.
 
-Every write (the persist step of a Ready, the state machine's applied records, a snapshot) goes
-into a buffer. ``flush()`` makes the whole buffer durable, in order; ``crash()`` loses it, or
-with a torn flush keeps only a prefix of it (a disk writes in order, so what survives is always
-a prefix of what was written). A correct adapter flushes in the persist step, before it sends
-anything, so a crash never loses what a message acknowledged.
+Every write (the persist step of a Ready, the state machine's applied records and record-index
+writes, a snapshot) goes into a buffer. ``flush()`` makes the whole buffer durable, in order;
+``crash()`` loses it, or with a torn flush keeps only a prefix of it (a disk writes in order,
+so what survives is always a prefix of what was written). A correct adapter flushes in the
+persist step, before it sends anything, so a crash never loses what a message acknowledged.
 
 Every stored log entry carries a CRC-32 of its fields, taken when it is written. ``corrupt()``
 flips a byte of one stored entry and keeps the old checksum; ``load()`` checks every entry and
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from node.consensus.raft import PersistedState, Ready
+from node.consensus.state_machine import Write
 from node.consensus.types import Entry, HardState, Membership, Snapshot, SnapshotMeta
 from node.errors import InvariantViolation
-from node.sim.machine import DedupMachine, StreamRecord
+from node.sim.machine import MachineState, StreamRecord, apply_writes, decode_state
 
 __all__ = ["LoadedState", "SimDisk", "StoredEntry", "entry_checksum"]
 
@@ -41,7 +42,7 @@ class LoadedState:
     """What a restart reads back: the core's state and the state machine's, both durable."""
 
     persisted: PersistedState
-    stream: list[StreamRecord]
+    state: MachineState
     corrupt_index: int | None  # the first stored entry whose checksum failed, if any
 
 
@@ -51,6 +52,7 @@ class SimDisk:
         self.snapshot = Snapshot(SnapshotMeta(0, 0, Membership()), b"")
         self.entries: list[StoredEntry] = []  # contiguous, from snapshot.meta.index + 1
         self.stream: list[StreamRecord] = []  # the state machine's applied records
+        self.kv: dict[bytes, bytes] = {}  # the record index's keys
         self.applied = 0  # stored in the same write as the records it covers
         self._buffer: list[Callable[[], None]] = []
         self.flushes = 0
@@ -69,8 +71,8 @@ class SimDisk:
         if hard_state is not None:
             self._buffer.append(lambda: setattr(self, "hard_state", hard_state))
 
-    def write_applied(self, index: int, record: StreamRecord | None) -> None:
-        self._buffer.append(lambda: self._apply(index, record))
+    def write_applied(self, index: int, record: StreamRecord | None, writes: list[Write]) -> None:
+        self._buffer.append(lambda: self._apply(index, record, writes))
 
     def write_compaction(self, snapshot: Snapshot) -> None:
         self._buffer.append(lambda: self._compact(snapshot))
@@ -98,7 +100,7 @@ class SimDisk:
         """A snapshot from the leader replaces the log and the state machine, in one write."""
         self.snapshot = snapshot
         self.entries = []
-        self.stream = DedupMachine.decode_stream(snapshot.data)
+        self.stream, self.kv = decode_state(snapshot.data)
         self.applied = snapshot.meta.index
 
     def _append(self, stored: list[StoredEntry]) -> None:
@@ -109,9 +111,10 @@ class SimDisk:
         del self.entries[first - offset :]
         self.entries.extend(stored)
 
-    def _apply(self, index: int, record: StreamRecord | None) -> None:
+    def _apply(self, index: int, record: StreamRecord | None, writes: list[Write]) -> None:
         if record is not None:
             self.stream.append(record)
+        apply_writes(self.kv, writes)
         self.applied = index
 
     def _compact(self, snapshot: Snapshot) -> None:
@@ -150,4 +153,4 @@ class SimDisk:
         if self.snapshot.meta.index > self.applied:
             raise InvariantViolation("the stored snapshot is ahead of the stored state machine")
         persisted = PersistedState(self.hard_state, self.snapshot, tuple(entries), self.applied)
-        return LoadedState(persisted, list(self.stream), corrupt_index)
+        return LoadedState(persisted, (list(self.stream), dict(self.kv)), corrupt_index)

@@ -1,29 +1,52 @@
-"""The simulated replicated state machine: client commands, applied once per idempotency id.
+"""The simulated replicated state machine: client commands, and the real record index.
 
-A command is one small client write, ``client|seq|origin|value``. ``(client, seq)`` is its
-idempotency id: a client that got no answer sends the same id again, so one id may be
-committed at several log positions.
+Two kinds of committed entries share the log, told apart by their first byte:
 
-Dedupe rule: the first committed occurrence of an id is applied (it enters the applied
-stream) and its log index is the id's position for good; every later occurrence is a no-op
-whose result is that first position. So an id appears once in the applied stream, and every
-acknowledgement of it names the same position. The set of seen ids is part of the state (and
-of its snapshot), so the rule survives restarts and snapshot installs. (Unbounded here; the
-real index bounds it by the proposal expiry of issue 4, item 4.)
+* an application entry (``encode_app_entry``: a msgpack map, ``0x83``) goes to the real
+  :class:`~node.consensus.state_machine.Dispatcher` with the real
+  :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``),
+  over this machine's key/value state;
+* anything else is a :class:`Command`: one small client write, ``client|seq|origin|value``.
+  ``(client, seq)`` is its idempotency id: a client that got no answer sends the same id again,
+  so one id may be committed at several log positions.
+
+Dedupe rule for commands: the first committed occurrence of an id is applied (it enters the
+applied stream) and its log index is the id's position for good; every later occurrence is a
+no-op whose result is that first position. So an id appears once in the applied stream, and
+every acknowledgement of it names the same position. The set of seen ids is part of the state
+(and of its snapshot), so the rule survives restarts and snapshot installs. (Unbounded here;
+the real index bounds it by the proposal expiry.) The record index has its own rule (first
+writer wins, see its module).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
+from node.consensus.record_index import RecordIndex
+from node.consensus.state_machine import Applied, Dispatcher, LogPosition, Write
 from node.consensus.types import Entry, EntryKind, NodeId
 
-__all__ = ["Command", "DedupMachine", "RequestId", "StreamRecord"]
+__all__ = [
+    "FEATURE_VERSION_SIM",
+    "Command",
+    "CommandResult",
+    "DedupMachine",
+    "MachineState",
+    "RequestId",
+    "StreamRecord",
+    "decode_state",
+]
+
+FEATURE_VERSION_SIM = 2  # index.move needs it; the simulated cluster enables it in its log
+APP_ENTRY_FIRST_BYTE = 0x83  # a msgpack map of three: {"v", "t", "b"}
 
 RequestId = tuple[str, int]  # (client id, the client's sequence number)
 StreamRecord = tuple[int, str, int, int]  # (log index, client, seq, value), applied once per id
+MachineState = tuple[list[StreamRecord], dict[bytes, bytes]]  # the stream, the index's keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,41 +69,77 @@ class Command:
         return cls(client, int(seq), origin, int(value))
 
 
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command: Command
+    position: int  # the id's position (its first committed index)
+    record: StreamRecord | None  # the new stream record (None: a duplicate id)
+
+
+def is_app_entry(payload: bytes) -> bool:
+    return payload[:1] == bytes([APP_ENTRY_FIRST_BYTE])
+
+
 class DedupMachine:
-    """Applies committed entries; ``stream`` is the applied commands, in log order."""
+    """Applies committed entries: ``stream`` the applied commands, ``kv`` the record index."""
 
     def __init__(self, *, dedupe: bool = True) -> None:
         self.dedupe = dedupe  # False only for the deliberately broken variant no-dedupe
         self.applied_index = 0
         self.stream: list[StreamRecord] = []
         self.positions: dict[RequestId, int] = {}
+        self.kv: dict[bytes, bytes] = {}
+        self._dispatcher = Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_SIM)
 
-    def apply(self, entry: Entry) -> tuple[Command, int, StreamRecord | None] | None:
-        """Apply one committed entry: (command, its id's position, the new stream record)."""
+    def get(self, key: bytes) -> bytes | None:
+        """The state view the dispatcher reads."""
+        return self.kv.get(key)
+
+    def apply(self, entry: Entry) -> CommandResult | tuple[Applied, list[Write]] | None:
+        """Apply one committed entry: a command's result, or an application entry's outcome
+        and writes (already applied to ``kv``)."""
         self.applied_index = entry.index
         if entry.kind is not EntryKind.NORMAL:
             return None
+        if is_app_entry(entry.payload):
+            position = LogPosition(entry.index, entry.term, entry.leader_time_ms)
+            (applied,), writes = self._dispatcher.apply_batch([(position, entry.payload)], self)
+            apply_writes(self.kv, writes)
+            return applied, writes
         command = Command.decode(entry.payload)
         first = self.positions.get(command.request_id)
         if first is not None and self.dedupe:
-            return command, first, None
+            return CommandResult(command, first, None)
         record = (entry.index, command.client, command.seq, command.value)
         self.stream.append(record)
         self.positions.setdefault(command.request_id, entry.index)
-        return command, entry.index, record
+        return CommandResult(command, entry.index, record)
 
     def data(self) -> bytes:
-        """The snapshot of the state: the applied stream (the seen ids derive from it)."""
-        return msgpack.packb([list(r) for r in self.stream], use_bin_type=True)  # type: ignore[no-any-return]
+        """The snapshot of the state: the applied stream (the seen ids derive from it) and the
+        record index's keys."""
+        raw: bytes = msgpack.packb([[list(r) for r in self.stream], self.kv], use_bin_type=True)
+        return raw
 
-    def load(self, stream: list[StreamRecord], applied_index: int) -> None:
+    def load(self, state: MachineState, applied_index: int) -> None:
+        stream, kv = state
         self.stream = list(stream)
+        self.kv = dict(kv)
         self.applied_index = applied_index
         self.positions = {}
         for index, client, seq, _ in self.stream:
             self.positions.setdefault((client, seq), index)
 
-    @staticmethod
-    def decode_stream(data: bytes) -> list[StreamRecord]:
-        raw = msgpack.unpackb(data) if data else []
-        return [(int(i), str(c), int(s), int(v)) for i, c, s, v in raw]
+
+def apply_writes(kv: dict[bytes, bytes], writes: list[Write]) -> None:
+    for key, value in writes:
+        if value is None:
+            kv.pop(key, None)
+        else:
+            kv[key] = value
+
+
+def decode_state(data: bytes) -> MachineState:
+    raw: Any = msgpack.unpackb(data, raw=False, strict_map_key=False) if data else [[], {}]
+    stream, kv = raw
+    return [(int(i), str(c), int(s), int(v)) for i, c, s, v in stream], dict(kv)

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from node.consensus.config import RaftConfig
+from node.consensus.record_index import IndexEntry, RecordIndex
 from node.consensus.types import ConfChangeKind, NodeId, Role, default_membership
 from node.errors import CallerError, OperationFailed
 from node.sim.actors import (
@@ -44,8 +45,10 @@ from node.sim.actors import (
 )
 from node.sim.bugs import Bug
 from node.sim.checkers import Checker, LiveNode, SimFailure
+from node.sim.dataplane import DataParams, RecordReply
 from node.sim.network import Network, NetworkFaults
 from node.sim.rng import SimRng
+from node.sim.shards import SimShardStore
 
 __all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
 
@@ -67,6 +70,8 @@ class SimParams:
     fault_interval_ms: int
     corruption: bool
     clients: int
+    record_clients: int
+    data: DataParams
     think_ms_max: int
     retry_ms: int
     compact_entries: int
@@ -81,6 +86,9 @@ def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_0
     large = rng.random() < 0.2
     node_count = rng.randint(8, 9) if large else rng.randint(3, 5)
     latency_max = rng.randint(2, 20)
+    # n fits the smallest membership the run keeps (a replaced node leaves one out for a
+    # while); write_quorum = k + 1 > n - k, as the real default, so one lost holder is survived.
+    k, n = {3: (2, 3), 4: (2, 4), 5: (3, 5)}.get(node_count) or rng.choice([(3, 5), (3, 6)])
     return SimParams(
         node_count=node_count,
         voter_count=min(5, node_count),
@@ -95,7 +103,9 @@ def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_0
         ),
         fault_interval_ms=rng.randint(300, 1500),
         corruption=rng.random() < 0.5,
-        clients=rng.randint(2, 4),
+        clients=rng.randint(1, 2),
+        record_clients=rng.randint(1, 3),
+        data=DataParams(k, n, k + 1, grace_entries=rng.randint(0, 20)),
         think_ms_max=rng.randint(20, 200),
         retry_ms=rng.randint(800, 2000),
         compact_entries=rng.randint(10, 80),
@@ -134,7 +144,7 @@ class World:
         self._rng = rng
         self._bug = bug
         self.params = params or draw_params(rng)
-        self._checker = Checker()
+        self._checker = Checker(self.params.data.write_quorum, self.params.data.grace_entries)
         self._now_ms = 0
         self._events: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
@@ -149,6 +159,7 @@ class World:
         self._names = self.params.node_count
         self._tick_ms: dict[NodeId, int] = {}
         self._operator_commit = 0  # the highest commit index the operator acted on
+        self._lost: set[NodeId] = set()  # retired with their shards lost (a bad disk)
         self._build()
 
     # -- Env, as the actors see it
@@ -173,12 +184,21 @@ class World:
     def accepting_writes(self) -> bool:
         return self.phase == "safety"
 
+    @property
+    def data(self) -> DataParams:
+        return self.params.data
+
     def send(self, message: SimMessage) -> None:
         for delay in self.network.delays(message.sender, message.to):
             self._at(delay, partial(self._deliver, message))
 
     def node_ids(self) -> list[NodeId]:
-        return [n for n, node in self.nodes.items() if node.state is not NodeState.RETIRED]
+        """The nodes a client may send to (not retired, not draining)."""
+        return [
+            n
+            for n, node in self.nodes.items()
+            if node.state is not NodeState.RETIRED and not node.draining
+        ]
 
     def on_crashed(self, node_id: NodeId) -> None:
         self._count("crashes")
@@ -197,8 +217,11 @@ class World:
                 self, self._config(node_id), membership, compact_entries=p.compact_entries
             )
             self._add_node(node)
-        for i in range(p.clients):
-            client = ClientActor(self, f"c{i}", think_ms_max=p.think_ms_max, retry_ms=p.retry_ms)
+        for i in range(p.clients + p.record_clients):
+            records = i >= p.clients
+            client = ClientActor(
+                self, f"c{i}", think_ms_max=p.think_ms_max, retry_ms=p.retry_ms, records=records
+            )
             self.clients[client.id] = client
             self._at(self._rng.randint(0, 500), partial(self._client_act, client))
         self._at(p.fault_interval_ms, self._fault)
@@ -252,6 +275,8 @@ class World:
         self._note("end", failure)
         self.stats["committed"] = len(self._checker.committed)
         self.stats["acked"] = len(self._checker.acked)
+        self.stats["records_acked"] = len(self._checker.records_acked)
+        self.stats["shard_deletes"] = self._checker.deletes
         self.stats["dropped"] = self.network.dropped
         self.stats["duplicated"] = self.network.duplicated
         return SimResult(
@@ -291,7 +316,7 @@ class World:
         self._note(
             "msg", type(message).__name__, message.sender, message.to, getattr(message, "term", "")
         )
-        if isinstance(message, ClientReply):
+        if isinstance(message, ClientReply | RecordReply):
             client = self.clients.get(message.to)
             if client is not None:
                 client.receive(message)
@@ -312,6 +337,7 @@ class World:
         node = self.nodes[node_id]
         if node.up:
             node.disk.flush()
+            node.holder.group_commit()
         if node.state is not NodeState.RETIRED:
             self._at(self.params.writeback_ms, lambda: self._writeback(node_id))
 
@@ -392,27 +418,49 @@ class World:
         self.network.heal()
 
     def _corrupt(self) -> None:
-        """Power off a node, flip a byte of one stored entry, power it on again later."""
+        """Flip a byte on one node's disk: a stored log entry (power the node off first; it is
+        quarantined at restart) or a stored shard (found by its checksum when read)."""
         # A corrupt disk is a lost member: allow one at a time, and only at full strength, so a
-        # quorum of healthy voters always remains (losing a quorum's disks loses data for good).
-        if any(n.disk.corrupted and n.state is not NodeState.RETIRED for n in self.nodes.values()):
+        # quorum of healthy voters always remains (losing a quorum's disks loses data for good),
+        # and only once the shards of the last lost one were rebuilt elsewhere (as a record
+        # survives one lost holder beyond its write quorum, not two).
+        if any(
+            (n.disk.corrupted or n.shards.corrupted) and n.state is not NodeState.RETIRED
+            for n in self.nodes.values()
+        ):
             return
         leader = self._leader()
         if leader is None or len(leader.core.membership.voters) < self.params.voter_count:
             return
-        candidates = [n for n in self._running() if n.disk.entries]
+        if self._named_nodes(leader) & self._lost:
+            return
+        candidates = [n for n in self._running() if n.disk.entries and not n.draining]
         if not candidates:
             return
         node = self._rng.choice(candidates)
+        if node.shards.durable and self._rng.random() < 0.5:
+            key = node.shards.corrupt(self._rng.randrange(0, 1 << 30))
+            self._note("corrupt-shard", node.id, key[1] if key else None)
+            self._count("shard_corruptions")
+            return
         node.crash(keep=self._rng.randint(0, node.disk.buffered))
         index = node.disk.corrupt(self._rng.randrange(0, 1 << 30))
         self._note("corrupt", node.id, index)
         self._count("corruptions")
 
+    def _named_nodes(self, leader: NodeActor) -> set[NodeId]:
+        """The nodes the leader's record index names as a current shard location."""
+        return {
+            node
+            for key, raw in leader.machine.kv.items()
+            if key.startswith(RecordIndex.prefix)
+            for node in IndexEntry.decode(key[len(RecordIndex.prefix) :], raw).shard_nodes
+        }
+
     # -- the operator: replaces quarantined nodes, and changes membership on large clusters
 
     def _leader(self) -> NodeActor | None:
-        leaders = [n for n in self._running() if n.core.role is Role.LEADER]
+        leaders = [n for n in self._running() if n.core.role is Role.LEADER and not n.draining]
         return max(leaders, key=lambda n: n.core.term) if leaders else None
 
     def _operate(self) -> None:
@@ -424,11 +472,20 @@ class World:
             return  # none, or a stale leader whose committed membership may be older
         self._operator_commit = leader.core.commit_index
         membership = leader.core.membership
+        draining = False
         for node in self.nodes.values():
             if membership.is_member(node.id):
                 node.admitted = True
             elif node.admitted and node.state is not NodeState.RETIRED:
-                self._retire(node)
+                if node.state is NodeState.QUARANTINED:
+                    self._lost.add(node.id)  # its disk is bad: its shards are gone for good
+                    self._retire(node)
+                elif not node.draining:
+                    self._note("drain", node.id)
+                    node.draining = True
+                draining = True
+        if draining:
+            self._retire_drained(leader)
         change = self._next_change(leader)
         if change is None:
             return
@@ -444,6 +501,13 @@ class World:
     def _retire(self, node: NodeActor) -> None:
         self._note("retire", node.id)
         node.state = NodeState.RETIRED
+
+    def _retire_drained(self, leader: NodeActor) -> None:
+        """Stop the draining nodes that no committed record location names any more."""
+        named = self._named_nodes(leader)
+        for node in self.nodes.values():
+            if node.draining and node.state is not NodeState.RETIRED and node.id not in named:
+                self._retire(node)
 
     def _next_change(self, leader: NodeActor) -> tuple[ConfChangeKind, NodeId] | None:
         m = leader.core.membership
@@ -509,6 +573,8 @@ class World:
                 return None
             if node.core.commit_index != core.commit_index:
                 return None
+        if leader.mover.busy or leader.mover.unplanned():
+            return None  # shards still to move to their placement over the membership
         return members
 
     def _check_converged(self) -> None:
@@ -519,7 +585,12 @@ class World:
         self._note("converged")
         live = [LiveNode(n.id, n.core, n.disk, n.machine) for n in members]
         self._checker.check_converged(live)
+        self._checker.check_records_decodable(self._reachable_store)
         self.phase = "done"
+
+    def _reachable_store(self, node_id: NodeId) -> SimShardStore | None:
+        node = self.nodes.get(node_id)
+        return node.shards if node is not None and node.up else None
 
     def _describe(self) -> str:
         leader = self._leader()
@@ -534,6 +605,8 @@ class World:
             )
         busy = [c.id for c in self.clients.values() if not c.idle]
         parts.append(f"clients waiting {busy}")
+        if leader is not None:
+            parts.append(f"moves {len(leader.mover.tasks)} unplanned {leader.mover.unplanned()}")
         return "; ".join(parts)
 
 
