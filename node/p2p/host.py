@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import weakref
 from collections.abc import Callable, Iterable
 
 import multiaddr
@@ -65,6 +66,10 @@ class MembersOnlyNoise(NoiseTransport):
         self._allowed = frozenset(allowed)
         self._on_refused = on_refused
 
+    def allow(self, peer: ID) -> None:
+        """Admit a member that joined through the log (rebinding is atomic for readers)."""
+        self._allowed = self._allowed | {peer}
+
     async def _admit(self, conn: ISecureConn) -> ISecureConn:
         remote = conn.get_remote_peer()
         if remote in self._allowed:
@@ -107,6 +112,10 @@ def ensure_listen_port_free(listen_addr: str) -> None:
             raise ConfigError(f"cannot listen on {listen_addr}: {exc.strerror}") from exc
 
 
+# The members-only Noise of each host built here, to admit members that join later.
+_ADMISSION: weakref.WeakKeyDictionary[IHost, MembersOnlyNoise] = weakref.WeakKeyDictionary()
+
+
 def build_host(
     key_pair: KeyPair,
     listen_addr: str,
@@ -117,7 +126,8 @@ def build_host(
     apply_patches()
     quiet_libp2p_loggers()
     allowed = [ID.from_base58(peer_id) for peer_id in member_peer_ids]
-    sec_opt = {NOISE_PROTOCOL_ID: MembersOnlyNoise(key_pair, allowed, on_refused)}
+    noise = MembersOnlyNoise(key_pair, allowed, on_refused)
+    sec_opt = {NOISE_PROTOCOL_ID: noise}
     muxer_opt = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
     connection_config = ConnectionConfig(
         # One connection per peer: with more, every successful dial waits a 250 ms
@@ -142,7 +152,13 @@ def build_host(
         enable_upnp=False,
     )
     _disable_auto_connector(host)
+    _ADMISSION[host] = noise
     return host
+
+
+def admit_member(host: IHost, peer_id: str) -> None:
+    """Let a member that joined after the host was built pass the members-only handshake."""
+    _ADMISSION[host].allow(ID.from_base58(peer_id))
 
 
 async def _no_auto_connect() -> None:
