@@ -4,24 +4,29 @@ Theory of operation
 -------------------
 :func:`simulate` builds a :class:`World` from ``(seed, rng, bug)`` and runs it. Every choice is
 drawn from the one generator, in a fixed order: the cluster (3-5 voters, or 8-9 nodes with 5
-voters and learners and membership changes), the network's fault rates and latency, each node's
-tick length (clock skew), the workload and the fault schedule; the Raft cores draw their
-election jitter from it too. Events sit in one heap ordered by (time, sequence number), so the
-same seed replays the same run; a digest of the events proves it.
+voters and learners and membership changes), the erasure code (k, n; ``write_quorum = k + 1``)
+and the move grace, the network's fault rates and latency, each node's tick length (clock
+skew), the workload (command clients and record clients) and the fault schedule; the Raft
+cores draw their election jitter from it too. Events sit in one heap ordered by (time,
+sequence number), so the same seed replays the same run; a digest of the events proves it.
 
 A run has two phases:
 
 1. **safety** (``safety_ms`` of simulated time): clients write, messages are lost, duplicated,
    delayed and reordered, the network splits (symmetric and one-way), nodes crash (losing
-   unflushed writes, sometimes in the middle of a persist step) and restart, stored entries are
-   corrupted (the node is quarantined at restart and replaced), and on large clusters an
-   operator adds, promotes and removes members.
+   unflushed log and shard writes, sometimes in the middle of a persist step) and restart,
+   stored entries are corrupted (the node is quarantined at restart and replaced) or stored
+   shards are (found by checksum when read), and on large clusters an operator adds, promotes
+   and removes members. A removed member drains: the leader's mover moves its shards away and
+   the operator retires it once no committed record location names it.
 2. **liveness**: faults stop, the network heals, crashed nodes restart and clients only finish
    what they started. Within ``liveness_ms`` the cluster must converge: one leader, every
-   member running with the same committed and applied log, every client acknowledged.
+   member running with the same committed and applied log, every client acknowledged, no move
+   under way and every record's shards at their placement over the final membership.
 
-The checkers (:mod:`node.sim.checkers`) watch every Ready and acknowledgement, then check the
-converged cluster. A broken invariant or an exception ends the run as a failure.
+The checkers (:mod:`node.sim.checkers`) watch every Ready, acknowledgement and shard delete,
+then check the converged cluster and that every acknowledged record still rebuilds. A broken
+invariant or an exception ends the run as a failure.
 """
 
 from __future__ import annotations
