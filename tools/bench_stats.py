@@ -16,10 +16,12 @@ __all__ = [
     "Target",
     "evaluate_targets",
     "latency_summary_ms",
+    "metric_value",
     "pacing_offsets_s",
     "percentile",
     "split_count",
     "throughput_windows",
+    "verdict",
     "window_summary",
 ]
 
@@ -117,7 +119,7 @@ def window_summary(windows: Sequence[tuple[float, float]]) -> dict[str, float | 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One target of issue #3: ``phase``'s ``metric`` compared with ``threshold``."""
+    """One target of an issue: ``phase``'s ``metric`` compared with ``threshold``."""
 
     name: str
     phase: str
@@ -126,6 +128,10 @@ class Target:
     threshold: float
     unit: str
     description: str
+    issue: int = 3
+
+    def passes(self, measured: float) -> bool:
+        return measured >= self.threshold if self.op == ">=" else measured <= self.threshold
 
 
 TARGETS: tuple[Target, ...] = (
@@ -180,7 +186,8 @@ BATCH_RECORDS_FOR_TARGET = 1_000_000
 PACED_RATE_FOR_TARGET = 1000.0
 
 
-def _metric(result: dict[str, Any], metric: str) -> float | None:
+def metric_value(result: dict[str, Any], metric: str) -> float | None:
+    """``metric`` (dotted path) of a result, as a number; None when absent."""
     value: Any = result
     for part in metric.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -216,30 +223,29 @@ def evaluate_targets(
     verdicts = []
     for target in TARGETS:
         result = phases.get(target.phase)
-        measured = None if result is None else _metric(result, target.metric)
-        note: str | None
-        if measured is None:
-            passed, note = False, "not measured (phase not run)"
-        else:
-            passed = (
-                measured >= target.threshold
-                if target.op == ">="
-                else (measured <= target.threshold)
-            )
-            note = _conditions(target, result or {}, params)
-        verdicts.append(
-            {
-                "name": target.name,
-                "phase": target.phase,
-                "metric": target.metric,
-                "op": target.op,
-                "threshold": target.threshold,
-                "unit": target.unit,
-                "description": target.description,
-                "measured": measured,
-                "pass": passed,
-                "conclusive": measured is not None and note is None,
-                "note": note,
-            }
-        )
+        measured = None if result is None else metric_value(result, target.metric)
+        note = None if measured is None else _conditions(target, result or {}, params)
+        verdicts.append(verdict(target, measured, note))
     return verdicts
+
+
+def verdict(target: Target, measured: float | None, note: str | None) -> dict[str, Any]:
+    """A target's verdict row: ``pass`` is always a bool (False when not measured);
+    ``conclusive`` is False when not measured or when ``note`` says why the run cannot settle
+    the target."""
+    if measured is None:
+        note = note or "not measured (phase not run)"
+    return {
+        "name": target.name,
+        "issue": target.issue,
+        "phase": target.phase,
+        "metric": target.metric,
+        "op": target.op,
+        "threshold": target.threshold,
+        "unit": target.unit,
+        "description": target.description,
+        "measured": measured,
+        "pass": measured is not None and target.passes(measured),
+        "conclusive": measured is not None and note is None,
+        "note": note,
+    }
