@@ -13,6 +13,7 @@ import pytest
 from node.sim import Bug, World
 from node.sim.checkers import SimFailure
 from node.sim.cli import describe, run_seed
+from node.sim.shards import SimShardStore
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_SEEDS = range(100)  # about 0.45 s each on this machine (consensus and data plane)
@@ -90,3 +91,21 @@ def test_cli_failure_names_the_seed_and_exits_non_zero() -> None:
     assert out.returncode == 1
     assert "seed 0: FAILED" in out.stdout
     assert "reproduce with: python -m node.sim --seed 0 --bug ack-before-commit" in out.stdout
+
+
+def test_shard_store_loses_unflushed_puts_and_never_serves_corrupt_or_newer_deleted() -> None:
+    store = SimShardStore()
+    key = (b"r" * 32, 1)
+    store.put(key, b"h" * 32, 10, b"shard", placed_at=0)
+    assert store.flush() == [key]
+    store.put((b"s" * 32, 0), b"h" * 32, 10, b"lost", placed_at=0)
+    store.crash(keep=0)
+    assert store.get((b"s" * 32, 0)) is None and store.get(key) is not None
+    # A late delete of an old location does not remove a copy a later move placed there.
+    store.put(key, b"h" * 32, 10, b"shard", placed_at=50)
+    assert not store.delete(key, before=40) and store.get(key) is not None
+    assert store.delete(key, before=60) and store.get(key) is None
+    store.put(key, b"h" * 32, 10, b"shard", placed_at=0)
+    store.flush()
+    store.corrupt(0)
+    assert store.get(key) is None and store.corrupt_reads == 1
