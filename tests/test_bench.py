@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tools.bench import PHASES, main
+from tools.bench import DEFAULT_PHASES, main
+from tools.bench_consensus import election_summary, recovery_summary, settled_leader
 from tools.bench_stats import (
     TARGETS,
     evaluate_targets,
@@ -151,6 +152,76 @@ def test_targets_not_run_or_not_at_target_conditions() -> None:
     assert read["pass"] is True and read["conclusive"] is False
 
 
+def test_consensus_targets_need_committed_writes_and_five_minutes() -> None:
+    phases = {
+        "single-write": _phase(2100),
+        "batch-write": _phase(16_000),
+        "steady": _phase(1000, elections=0),
+        "kill-leader": _phase(990, recovery_s=1.2, errors={"unavailable": 3}),
+    }
+    params = {"records": 1000, "index_writes": True, "nodes": 5, "steady_duration_s": 300.0}
+    verdicts = {v["name"]: v for v in evaluate_targets(phases, params) if v["issue"] == 4}
+    assert set(verdicts) == {
+        "committed_single_write_rate",
+        "committed_batch_write_rate",
+        "steady_zero_elections",
+        "leader_failover",
+    }
+    assert all(v["pass"] and v["conclusive"] for v in verdicts.values()), verdicts
+    short = {**params, "index_writes": False, "steady_duration_s": 10.0, "nodes": 3}
+    verdicts = {v["name"]: v for v in evaluate_targets(phases, short) if v["issue"] == 4}
+    assert "index_writes" in verdicts["committed_single_write_rate"]["note"]
+    assert "5 minutes" in verdicts["steady_zero_elections"]["note"]
+    assert not any(v["conclusive"] for v in verdicts.values() if v["phase"] != "kill-leader")
+
+
+# ---------------------------------------------------------------- elections and fail-over
+
+
+def _raft(role: str, term: int, leader: str | None) -> dict[str, Any]:
+    return {"role": role, "term": term, "leader": leader}
+
+
+def test_election_summary_counts_term_moves_and_leader_changes() -> None:
+    steady = {"n1": _raft("leader", 3, "A"), "n2": _raft("follower", 3, "A")}
+    rounds = [(t, steady) for t in (1.0, 2.0, 3.0)]
+    summary = election_summary(rounds)
+    assert (summary["elections"], summary["leader_changes"], summary["term_start"]) == (0, 0, 3)
+    no_leader = {"n1": None, "n2": _raft("candidate", 4, None)}
+    new_leader = {"n1": None, "n2": _raft("leader", 5, "B")}
+    failover = election_summary([(4.0, no_leader), (5.0, new_leader), *rounds])  # out of order
+    assert failover["elections"] == 2 and failover["leader_changes"] == 1
+    assert failover["leaders_seen"] == ["A", "B"] and failover["rounds_without_leader"] == 1
+    assert failover["node_answers_missing"] == 2 and failover["status_span_s"] == 4.0
+    assert election_summary([])["elections"] is None
+
+
+def test_settled_leader_needs_every_node_in_its_term() -> None:
+    agreed = {"n1": _raft("leader", 2, "A"), "n2": _raft("follower", 2, "A")}
+    assert settled_leader(agreed) == "A"
+    assert settled_leader({**agreed, "n2": _raft("follower", 1, None)}) is None
+    assert settled_leader({**agreed, "n3": None}) is None
+    assert settled_leader({"n1": _raft("candidate", 1, None)}) is None
+
+
+def test_recovery_counts_from_the_kill_to_the_first_write_sent_after_it() -> None:
+    killed = 10.0
+    completions = [
+        (9.5, 0.01, 1),
+        (10.4, 0.9, 1),  # sent before the kill (9.5): says nothing about a new leader
+        (10.5, 0.2, 0),  # failed after the kill
+        (11.3, 1.0, 1),  # sent at 10.3, after the kill: the new leader serves
+        (11.4, 0.01, 1),
+    ]
+    summary = recovery_summary(completions, killed)
+    assert summary == {
+        "recovery_s": pytest.approx(1.3),
+        "ok_gap_s": pytest.approx(0.9),  # 10.4 -> 11.3
+        "failed_requests_after_kill": 1,
+    }
+    assert recovery_summary([(9.0, 0.1, 1)], killed)["recovery_s"] is None
+
+
 # ---------------------------------------------------------------- smoke runs on a real cluster
 
 TINY = [
@@ -198,7 +269,7 @@ def _check_targets(document: dict[str, Any]) -> None:
 @pytest.mark.timeout(120)
 def test_smoke_every_phase_against_a_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
     document = _run(tmp_path, "--dir", cluster.layout.directory)
-    assert list(document["phases"]) == list(PHASES)
+    assert list(document["phases"]) == list(DEFAULT_PHASES)
     for name, result in document["phases"].items():
         assert result["records_per_s"] > 0, name
         assert result["errors"] == {}, (name, result["errors"])
@@ -240,3 +311,49 @@ def test_smoke_client_processes_against_a_cluster(cluster: LocalCluster, tmp_pat
     assert document["phases"]["paced-write"]["records_ok"] == 100
     assert document["client"]["cpu_s_total"] > document["client"]["cpu_s_bench_process"]
     _check_targets(document)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(60)
+def test_steady_phase_sees_no_election_on_a_healthy_cluster(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    document = _run(
+        tmp_path,
+        "--dir", cluster.layout.directory,
+        "--phases", "steady",
+        "--steady-duration-s", "2",
+        "--status-interval-s", "0.25",
+    )  # fmt: skip
+    steady = document["phases"]["steady"]
+    assert steady["records_ok"] == 200 and steady["errors"] == {}
+    assert steady["status_rounds"] >= 5 and steady["node_answers_missing"] == 0
+    assert (steady["elections"], steady["leader_changes"]) == (0, 0)
+    assert steady["term_start"] >= 1 and len(steady["leaders_seen"]) == 1
+    assert document["cluster"]["index_writes"] is True
+    (verdict,) = [t for t in document["targets"] if t["name"] == "steady_zero_elections"]
+    assert verdict["pass"] is True and verdict["conclusive"] is False  # 2 s, not 5 minutes
+    _check_targets(document)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(120)
+def test_kill_leader_phase_measures_failover_and_restarts_the_node(tmp_path: Path) -> None:
+    document = _run(
+        tmp_path,
+        "--phases", "kill-leader",
+        "--kill-duration-s", "6",
+        "--kill-after-s", "2",
+        "--status-interval-s", "0.25",
+    )  # fmt: skip
+    phase = document["phases"]["kill-leader"]
+    assert phase["killed_node"] in document["cluster"]["nodes"] and phase["kill_error"] is None
+    assert phase["elections"] >= 1 and phase["leader_changes"] >= 1
+    assert phase["new_leader_s"] is not None and phase["recovery_s"] is not None
+    assert 0 < phase["recovery_s"] < 6 and phase["restart_s"] > 0
+    (verdict,) = [t for t in document["targets"] if t["name"] == "leader_failover"]
+    assert verdict["measured"] == phase["recovery_s"] and isinstance(verdict["pass"], bool)
+
+
+def test_kill_leader_refuses_a_cluster_it_did_not_start(tmp_path: Path) -> None:
+    assert main(["--dir", str(tmp_path), "--phases", "kill-leader", "--out", str(tmp_path)]) == 2

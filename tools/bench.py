@@ -12,12 +12,19 @@ Phases (``--phases``, in the order given):
 * ``read``          single-record GETs of records written earlier, ``--clients`` concurrent
 * ``paced-write``   open loop at ``--rate`` for ``--duration-s``; latency from the scheduled send
 * ``cpu``           per-record CPU of encrypt + erasure-code + store, in process, one thread
+* ``steady``        (not by default) paced writes at ``--rate`` for ``--steady-duration-s``
+                    (300) while every node's raft status is read every ``--status-interval-s``:
+                    elections (term increase) and leader changes during the load
+* ``kill-leader``   (not by default; the bench's own cluster only) paced writes at ``--rate``
+                    for ``--kill-duration-s``; ``--kill-after-s`` in, SIGKILL the leader's
+                    process; time until a write sent after the kill succeeds; restart the node
 
 Every load phase reports records/s, p50/p90/p99/max latency, errors by code, the bench client's
 own CPU seconds and each cluster process's CPU; RSS of every node and the gateway is sampled
 over the whole run. The JSON (``"format": 1``) also holds machine info, the parameters, and a
-pass/fail verdict per target of issue #3. Other work on the same machine skews every number:
-the JSON records the load average at start and end.
+pass/fail verdict per target of issue #3 and of issue #4 (consensus: committed writes through
+the gateway, zero elections under steady load, fail-over within 3 s). Other work on the same
+machine skews every number: the JSON records the load average at start and end.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +50,9 @@ from typing import Any
 import psutil
 from tqdm import tqdm
 
+from node.config import load_node_config
 from node.errors import BaasError, ConfigError
+from tools.bench_consensus import SETTLE_TIMEOUT_S, KillLeader, RaftWatcher, election_summary
 from tools.bench_cpu import run_cpu_phase
 from tools.bench_load import (
     WorkerResult,
@@ -70,11 +79,14 @@ from tools.bench_stats import (
 )
 from tools.cluster_init import ClusterLayout, init_cluster, load_layout
 from tools.local_cluster import LocalCluster, _is_ready
+from tools.status import read_token
 
-__all__ = ["PHASES", "main"]
+__all__ = ["DEFAULT_PHASES", "PHASES", "main"]
 
 FORMAT_VERSION = 1
-PHASES = ("single-write", "batch-write", "read", "paced-write", "cpu")
+DEFAULT_PHASES = ("single-write", "batch-write", "read", "paced-write", "cpu")
+PHASES = (*DEFAULT_PHASES, "steady", "kill-leader")
+PACED_PHASES = ("paced-write", "steady", "kill-leader")  # open loop at --rate
 REPO = Path(__file__).resolve().parent.parent
 READ_PREFILL_RECORDS_MAX = 5000
 START_DELAY_S = {True: 0.6, False: 0.05}  # until every client starts sending (pool, in process)
@@ -86,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dir", type=Path, help="an initialised, running cluster (baas-cluster run)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="where JSON + PNG go")
-    p.add_argument("--phases", default=",".join(PHASES), help="comma-separated, run in order")
+    p.add_argument("--phases", default=",".join(DEFAULT_PHASES), help="comma-separated, in order")
     p.add_argument("--partner", help="partner id whose credentials to use (default: the first)")
     p.add_argument("--clients", type=int, default=32, help="single-write and read concurrency")
     p.add_argument("--single-writes", type=int, default=10_000, help="requests in single-write")
@@ -97,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0, help="paced-write records/s")
     p.add_argument("--duration-s", type=float, default=10.0, help="paced-write duration")
     p.add_argument("--cpu-records", type=int, default=20_000, help="records in the cpu phase")
+    p.add_argument("--steady-duration-s", type=float, default=300.0, help="steady phase length")
+    p.add_argument("--status-interval-s", type=float, default=1.0, help="raft status sampling")
+    p.add_argument("--kill-duration-s", type=float, default=20.0, help="kill-leader phase length")
+    p.add_argument("--kill-after-s", type=float, default=5.0, help="when in it the leader dies")
     p.add_argument("--client-procs", type=int, default=1, help="client processes for load")
     p.add_argument("--window-s", type=float, default=1.0, help="throughput window")
     p.add_argument("--sample-interval-s", type=float, default=0.5, help="RSS/CPU sampling")
@@ -117,12 +133,17 @@ def _check_args(args: argparse.Namespace) -> None:
     positive = (
         "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
         "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
+        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s",
     )  # fmt: skip
     for name in positive:
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     if args.batch_size > 500:
         raise ConfigError("--batch-size is at most 500 (the gateway's records_per_batch_max)")
+    if args.kill_after_s >= args.kill_duration_s:
+        raise ConfigError("--kill-after-s must be less than --kill-duration-s")
+    if args.dir is not None and "kill-leader" in _phases(args.phases):
+        raise ConfigError("kill-leader restarts the node it kills: only on the bench's own cluster")
 
 
 # ---------------------------------------------------------------- the cluster
@@ -146,8 +167,10 @@ def _pids_by_config(layout: ClusterLayout) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def _cluster(args: argparse.Namespace) -> Iterator[tuple[ClusterLayout, dict[str, int], bool]]:
-    """Yield (layout, process ids by name, started here)."""
+def _cluster(
+    args: argparse.Namespace,
+) -> Iterator[tuple[ClusterLayout, dict[str, int], LocalCluster | None]]:
+    """Yield (layout, process ids by name, the cluster when the bench started it)."""
     if args.dir is not None:
         layout = load_layout(args.dir)
         if not _is_ready(f"{layout.gateway_url}/readyz"):
@@ -161,7 +184,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[ClusterLayout, dict[str
                 f"no local process found for {', '.join(missing)}: no RSS/CPU for them",
                 file=sys.stderr,
             )
-        yield layout, pids, False
+        yield layout, pids, None
         return
     directory = Path(tempfile.mkdtemp(prefix="baas-bench-"))
     try:
@@ -169,7 +192,7 @@ def _cluster(args: argparse.Namespace) -> Iterator[tuple[ClusterLayout, dict[str
         with LocalCluster(layout, log_level="WARNING") as local:
             local.start()
             names = [n.name for n in layout.nodes] + ["gateway"]
-            yield layout, {name: local.pid(name) for name in names}, True
+            yield layout, {name: local.pid(name) for name in names}, local
     finally:
         if args.keep_cluster:
             print(f"cluster kept in {directory}", file=sys.stderr)
@@ -195,9 +218,11 @@ class _Bench:
         sampler: ProcessSampler,
         pool: ProcessPoolExecutor | None,
         progress: Any,
+        local: LocalCluster | None,
     ) -> None:
         self.args = args
         self.layout = layout
+        self.local = local
         self.sampler = sampler
         self.pool = pool
         self.progress_queue = progress
@@ -205,6 +230,7 @@ class _Bench:
         self.written_ids: list[str] = []  # a sample of the records written, for the read phase
         self.rng = random.Random(1)
         self.worker_cpu_s = 0.0  # CPU of spawned client processes (the bench's own is separate)
+        self._leader_wait_s: dict[str, float] = {}  # phase -> wait for one agreed leader
         partner = args.partner or sorted(layout.partners)[0]
         if partner not in layout.partners:
             raise ConfigError(f"no credentials for partner {partner!r} in this cluster")
@@ -244,14 +270,24 @@ class _Bench:
             specs = spread(a.clients, a.reads)
             specs = [replace(s, record_ids=ids[i::procs] or ids) for i, s in enumerate(specs)]
             return _Plan(specs, a.reads, "req")
-        total = round(a.rate * a.duration_s)
-        specs = [replace(b, rate_per_s=a.rate, duration_s=a.duration_s) for b in bases]
-        return _Plan(specs, total, "req")
+        duration_s = {
+            "paced-write": a.duration_s,
+            "steady": a.steady_duration_s,
+            "kill-leader": a.kill_duration_s,
+        }[phase]
+        specs = [
+            replace(b, phase="paced-write", rate_per_s=a.rate, duration_s=duration_s) for b in bases
+        ]
+        return _Plan(specs, round(a.rate * duration_s), "req")
 
-    def _execute(self, label: str, plan: _Plan) -> tuple[WorkerResult, float]:
+    def _execute(
+        self, label: str, plan: _Plan, on_start: Callable[[float], None] | None = None
+    ) -> tuple[WorkerResult, float]:
         start_at = time.time() + START_DELAY_S[self.pool is not None]
         specs = [replace(s, start_at_s=start_at) for s in plan.specs if s.requests or s.rate_per_s]
         bar = tqdm(total=plan.total, desc=label, unit=plan.unit, disable=self.args.quiet)
+        if on_start is not None:
+            on_start(start_at)  # before the load: an in-process worker blocks this thread
         try:
             if self.pool is None:
                 return run_worker(specs[0], bar.update), start_at
@@ -277,10 +313,16 @@ class _Bench:
             self.written_ids = sample_ids(self.written_ids, written.record_ids, self.rng)
             self.worker_cpu_s += written.cpu_s if self.pool else 0.0
         plan = self._plan(phase)
+        watcher, killer = self._observers(phase)
         before = self.sampler.snapshot()
         main_cpu = time.process_time()
-        worker, start_at = self._execute(phase, plan)
+        worker, start_at = self._execute(phase, plan, killer.start if killer else None)
         after = self.sampler.snapshot()
+        observed: dict[str, Any] = {}
+        if killer is not None:
+            observed.update(killer.finish(worker.completions))
+        if watcher is not None:
+            observed.update(election_summary(watcher.stop()))
         worker_cpu_s = worker.cpu_s if self.pool else 0.0
         self.worker_cpu_s += worker_cpu_s
         client_cpu_s = time.process_time() - main_cpu + worker_cpu_s
@@ -302,11 +344,28 @@ class _Bench:
         if phase == "read":
             result["record_ids_sampled"] = len(self.written_ids)
             result["prefill_records"] = prefill
-        if phase == "paced-write":
+        if phase in PACED_PHASES:
             result["rate_target_per_s"] = self.args.rate
             result["send_lag_ms"] = latency_summary_ms(worker.send_lag_s)
             result["sends_waited_for_inflight_slot"] = worker.sends_waited_for_slot
-        return result
+        if phase in self._leader_wait_s:
+            result["leader_settle_wait_s"] = self._leader_wait_s[phase]
+        return {**result, **observed}
+
+    def _observers(self, phase: str) -> tuple[RaftWatcher | None, KillLeader | None]:
+        """The raft status watcher (steady, kill-leader) and the leader killer (kill-leader)."""
+        if phase not in ("steady", "kill-leader"):
+            return None, None
+        token = read_token(Path(self.layout.directory))
+        watcher = RaftWatcher(self.layout, token, self.args.status_interval_s)
+        self._leader_wait_s[phase] = watcher.wait_settled(SETTLE_TIMEOUT_S)
+        watcher.start()
+        if phase == "steady":
+            return watcher, None
+        if self.local is None:
+            raise ConfigError("kill-leader needs the cluster the bench started")
+        wait_s = self.args.kill_duration_s - self.args.kill_after_s
+        return watcher, KillLeader(self.local, watcher, self.args.kill_after_s, wait_s)
 
     def _summary(
         self,
@@ -357,8 +416,19 @@ def _parameters(args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
     names = (
         "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
         "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
+        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s",
     )  # fmt: skip
     return {"phases": phases, **{name: getattr(args, name) for name in names}}
+
+
+def _index_writes(layout: ClusterLayout) -> bool | None:
+    """Whether every node acknowledges writes only once committed (None: a config unreadable)."""
+    try:
+        return all(
+            load_node_config(Path(node.config_path)).raft.index_writes for node in layout.nodes
+        )
+    except BaasError:
+        return None
 
 
 def _print_summary(document: dict[str, Any], json_path: Path, png_path: Path) -> None:
@@ -373,11 +443,22 @@ def _print_summary(document: dict[str, Any], json_path: Path, png_path: Path) ->
             )
             + f"  errors {result.get('error_count', 0)}  client cpu {result['client_cpu_s']} s"
         )
+        if "elections" in result:
+            print(
+                f"{'':13} elections {result['elections']}  leader changes "
+                f"{result['leader_changes']}  over {result['status_rounds']} status rounds"
+            )
+        if "killed_node" in result:
+            print(
+                f"{'':13} killed {result['killed_node']}: new leader after "
+                f"{result['new_leader_s']} s, first write sent after the kill ok after "
+                f"{result['recovery_s']} s, restart {result.get('restart_s')} s"
+            )
     for target in document["targets"]:
         verdict = "PASS" if target["pass"] else "FAIL"
         note = f" ({target['note']})" if target["note"] else ""
         print(
-            f"{verdict} {target['name']}: {target['measured']} {target['op']} "
+            f"{verdict} #{target['issue']} {target['name']}: {target['measured']} {target['op']} "
             f"{target['threshold']} {target['unit']}{note}"
         )
     print(f"wrote {json_path} and {png_path}")
@@ -392,7 +473,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     machine = machine_info(REPO)
     cpu_start = os.times()
     with contextlib.ExitStack() as stack:
-        layout, pids, started_here = stack.enter_context(_cluster(args))
+        layout, pids, local = stack.enter_context(_cluster(args))
         sampler = ProcessSampler({**pids, "bench": os.getpid()}, args.sample_interval_s)
         pool, progress = None, None
         if args.client_procs > 1:
@@ -409,7 +490,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
             for warm in [pool.submit(pool_warm, 0.3) for _ in range(args.client_procs)]:
                 warm.result()
         sampler.start()
-        bench = _Bench(args, layout, sampler, pool, progress)
+        bench = _Bench(args, layout, sampler, pool, progress, local)
         results: dict[str, dict[str, Any]] = {}
         try:
             for phase in phases:
@@ -419,13 +500,15 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     cpu_end = os.times()
     own = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
     parameters = _parameters(args, phases)
+    index_writes = _index_writes(layout)
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "tool": "baas-bench",
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {**machine, "load_average_end": [round(x, 2) for x in os.getloadavg()]},
         "cluster": {
-            "started_by_bench": started_here,
+            "started_by_bench": local is not None,
+            "index_writes": index_writes,
             "k": layout.k,
             "n": layout.n,
             "write_quorum": layout.write_quorum,
@@ -434,7 +517,9 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         },
         "parameters": parameters,
         "phases": results,
-        "targets": evaluate_targets(results, parameters),
+        "targets": evaluate_targets(
+            results, {**parameters, "index_writes": index_writes, "nodes": len(layout.nodes)}
+        ),
         "processes": rss_report(sampler),
         "client": {
             "procs": args.client_procs,

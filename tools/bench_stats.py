@@ -180,10 +180,52 @@ TARGETS: tuple[Target, ...] = (
         "%",
         "each node's RSS grows at most 10% over the second half of the batch-write phase",
     ),
+    Target(
+        "committed_single_write_rate",
+        "single-write",
+        "records_per_s",
+        ">=",
+        2000,
+        "records/s",
+        "one record per request, acknowledged once its index entry is committed",
+        issue=4,
+    ),
+    Target(
+        "committed_batch_write_rate",
+        "batch-write",
+        "records_per_s",
+        ">=",
+        15000,
+        "records/s",
+        "batched writes on 5 nodes, acknowledged once their index entries are committed",
+        issue=4,
+    ),
+    Target(
+        "steady_zero_elections",
+        "steady",
+        "elections",
+        "<=",
+        0,
+        "elections",
+        "no election (term increase) during 5 minutes of steady paced writes",
+        issue=4,
+    ),
+    Target(
+        "leader_failover",
+        "kill-leader",
+        "recovery_s",
+        "<=",
+        3,
+        "s",
+        "after a SIGKILL of the leader, a write sent after the kill succeeds within 3 s",
+        issue=4,
+    ),
 )
 
 BATCH_RECORDS_FOR_TARGET = 1_000_000
 PACED_RATE_FOR_TARGET = 1000.0
+STEADY_S_FOR_TARGET = 300.0
+NODES_FOR_BATCH_TARGET = 5
 
 
 def metric_value(result: dict[str, Any], metric: str) -> float | None:
@@ -198,6 +240,8 @@ def metric_value(result: dict[str, Any], metric: str) -> float | None:
 
 def _conditions(target: Target, result: dict[str, Any], params: dict[str, Any]) -> str | None:
     """Why this run cannot settle the target although it measured it (None: it can)."""
+    if target.issue == 4:
+        return _consensus_conditions(target, result, params)
     if target.phase == "batch-write" and int(params.get("records", 0)) < BATCH_RECORDS_FOR_TARGET:
         return f"the target is sustained over 10^6 records; this run wrote {params.get('records')}"
     if target.phase == "paced-write":
@@ -210,6 +254,25 @@ def _conditions(target: Target, result: dict[str, Any], params: dict[str, Any]) 
                 f"only {achieved:.0f} of the {rate:g} records/s offered completed per second "
                 "(send_lag_ms and client_cores tell a slow client from a slow cluster)"
             )
+    if result.get("errors"):
+        return "the phase had errors"
+    return None
+
+
+def _consensus_conditions(
+    target: Target, result: dict[str, Any], params: dict[str, Any]
+) -> str | None:
+    """Issue #4's conditions: writes acknowledged through the log; the targets' durations."""
+    if target.phase in ("single-write", "batch-write") and params.get("index_writes") is not True:
+        return "the nodes do not acknowledge writes through the consensus log (index_writes)"
+    if target.phase == "batch-write" and params.get("nodes") != NODES_FOR_BATCH_TARGET:
+        return f"the target is on 5 nodes; this cluster has {params.get('nodes')}"
+    if target.phase == "steady":
+        held_s = float(params.get("steady_duration_s", 0))
+        if held_s < STEADY_S_FOR_TARGET:
+            return f"the target is 5 minutes of steady load; this run held {held_s:g} s"
+    if target.phase == "kill-leader":
+        return None  # writes fail while there is no leader: errors are what it measures
     if result.get("errors"):
         return "the phase had errors"
     return None

@@ -24,7 +24,14 @@ import msgpack
 from node.errors import BaasError, ConfigError
 from tools.cluster_init import ClusterLayout, NodeLayout, load_layout
 
-__all__ = ["ClusterStatus", "GatewayStatus", "NodeStatus", "cluster_status", "run_status"]
+__all__ = [
+    "ClusterStatus",
+    "GatewayStatus",
+    "NodeStatus",
+    "cluster_status",
+    "node_report",
+    "run_status",
+]
 
 STATUS_PATH = "/internal/v1/status"
 # Fields a node may report (older nodes lack some): the first one present is shown.
@@ -95,20 +102,29 @@ def _count(value: Any) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
-    url = f"http://{node.http_addr}"
-    down = NodeStatus(name=node.name, url=url, up=False, peer_id=node.peer_id)
+def node_report(
+    node: NodeLayout, token: str, timeout_s: float
+) -> tuple[dict[str, Any] | None, str | None]:
+    """A node's status report, or None and why not (unreachable, an error, another peer)."""
     try:
         code, content_type, body = _get(
-            url + STATUS_PATH, {"Authorization": f"Bearer {token}"}, timeout_s
+            f"http://{node.http_addr}{STATUS_PATH}", {"Authorization": f"Bearer {token}"}, timeout_s
         )
         report = _decode(content_type, body)
     except (OSError, ValueError, msgpack.UnpackException) as exc:
-        return NodeStatus(**{**asdict(down), "error": str(getattr(exc, "reason", exc))})
+        return None, str(getattr(exc, "reason", exc))
     if code != 200 or not isinstance(report, dict):
-        return NodeStatus(**{**asdict(down), "error": f"HTTP {code}"})
+        return None, f"HTTP {code}"
     if report.get("peer_id") != node.peer_id:
-        return NodeStatus(**{**asdict(down), "error": f"reports peer {report.get('peer_id')}"})
+        return None, f"reports peer {report.get('peer_id')}"
+    return report, None
+
+
+def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
+    url = f"http://{node.http_addr}"
+    report, error = node_report(node, token, timeout_s)
+    if report is None:
+        return NodeStatus(name=node.name, url=url, up=False, peer_id=node.peer_id, error=error)
     return NodeStatus(
         name=node.name,
         url=url,
