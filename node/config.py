@@ -220,11 +220,20 @@ class RaftSettings:
     # idempotency, an agreed position for every record, reads from the index's shard map).
     # False is the pre-consensus path (shards only, no log position): for comparison runs.
     index_writes: bool = True
+    # A node added to a running cluster starts with an empty log that the leader fills; it
+    # never bootstraps a cluster of its own from the member list (node/membership.py).
+    join_existing: bool = False
+    # How often the storage membership is reconciled with Raft's and with the p2p layer.
+    members_reconcile_interval_s: float = 0.5
+    # A learner is promoted to voter once it is at most this many entries behind the leader.
+    learner_lag_entries_max: int = 1000
 
     def validate(self) -> None:
-        require_positive_fields(self, "raft", integers_only=False, skip=("index_writes",))
-        if not isinstance(self.index_writes, bool):
-            raise ConfigError("raft.index_writes must be true or false")
+        flags = ("index_writes", "join_existing")
+        require_positive_fields(self, "raft", integers_only=False, skip=flags)
+        for flag in flags:
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"raft.{flag} must be true or false")
         if self.election_ticks * self.tick_s < 1.0:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:

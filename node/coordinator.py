@@ -77,7 +77,7 @@ __all__ = ["Coordinator", "ReadResult", "ShardTransport", "WriteRequest", "Write
 
 log = logging.getLogger("baas.node.coordinator")
 T = TypeVar("T")
-MEMBERSHIP_EPOCH = 1  # placement's membership; moves with membership changes (consensus issue)
+Placement = tuple[int, tuple[str, ...]]  # (membership epoch, the active members' peer ids)
 
 
 class IndexPort(Protocol):
@@ -170,15 +170,18 @@ class Coordinator:
         hints: HintStore,
         clock_ms: Callable[[], int] = _now_ms,
         index: IndexPort | None = None,
+        membership: Callable[[], Placement] | None = None,
     ) -> None:
         self._index = index
+        # The committed storage membership (node/membership.py); the configured members,
+        # epoch 0, until the cluster's first membership change.
+        self._membership = membership or (lambda: (0, cluster.peer_ids))
         self._cluster = cluster
         self._limits = limits
         self._timeouts = timeouts
         self._transport = transport
         self._hints = hints
         self._clock_ms = clock_ms
-        self._members = cluster.peer_ids
         self._background: set[asyncio.Task[None]] = set()
         self.hints_written = 0
         self.hints_replayed = 0
@@ -262,8 +265,10 @@ class Coordinator:
 
     # ----------------------------------------------------------------- helpers
 
-    def placement(self, record_id: bytes) -> tuple[str, ...]:
-        return place_shards(record_id, self._members, self._cluster.n)
+    def placement(self, record_id: bytes, members: Sequence[str] | None = None) -> tuple[str, ...]:
+        if members is None:
+            members = self._membership()[1]
+        return place_shards(record_id, members, self._cluster.n)
 
     async def _ask(self, peer_id: str, message: Message) -> Message:
         reply = await self._transport.request(
@@ -350,8 +355,10 @@ class Coordinator:
     async def _store(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
         """1. store shards (exclusive puts), 2. commit the index entries through the leader."""
         created_at_ms = self._clock_ms()
+        # One membership for the whole call: the shards go where the index entry says.
+        epoch, members = self._membership()
         all_shards = [self._shards_of(request, created_at_ms) for request in requests]
-        outcome = await self._put_all(requests, all_shards, exclusive=True)
+        outcome = await self._put_all(requests, all_shards, members, exclusive=True)
         results: list[WriteResult | BaasError] = []
         for request, shards in zip(requests, all_shards, strict=True):
             rid = request.record_id
@@ -362,15 +369,21 @@ class Coordinator:
                     continue
                 # An earlier write that never became decodable holds some nodes: store there
                 # too, beside it (reads settle on the indexed version).
-                again = await self._put_all([request], [shards], exclusive=False, only=outcome)
+                again = await self._put_all(
+                    [request], [shards], members, exclusive=False, only=outcome
+                )
                 outcome.durable[rid] += again.durable[rid]
             results.append(self._result_of(request, shards, created_at_ms, outcome.durable[rid]))
         if self._index is None:
             return results
-        return await self._commit_index(requests, results)
+        return await self._commit_index(requests, results, epoch, members)
 
     async def _commit_index(
-        self, requests: Sequence[WriteRequest], stored: list[WriteResult | BaasError]
+        self,
+        requests: Sequence[WriteRequest],
+        stored: list[WriteResult | BaasError],
+        epoch: int,
+        members: Sequence[str],
     ) -> list[WriteResult | BaasError]:
         """Acknowledge only what the consensus log has indexed (applied on the leader)."""
         assert self._index is not None
@@ -387,8 +400,8 @@ class Coordinator:
                 content_hash=result.content_hash,
                 k=self._cluster.k,
                 n=self._cluster.n,
-                shard_nodes=self.placement(request.record_id),
-                membership_epoch=MEMBERSHIP_EPOCH,
+                shard_nodes=self.placement(request.record_id, members),
+                membership_epoch=epoch,
                 owner=request.partner_id,
                 body_fingerprint=request.body_fingerprint,
                 expiry_term=0,  # stamped by the leader
@@ -502,6 +515,7 @@ class Coordinator:
         self,
         requests: Sequence[WriteRequest],
         all_shards: Sequence[list[Shard]],
+        members: Sequence[str],
         *,
         exclusive: bool,
         only: _PutOutcome | None = None,
@@ -511,7 +525,8 @@ class Coordinator:
         per_peer: dict[str, list[tuple[Shard, str]]] = defaultdict(list)
         for request, shards in zip(requests, all_shards, strict=True):
             refused_by = set(only.refused[request.record_id]) if only is not None else None
-            for peer, shard in zip(self.placement(request.record_id), shards, strict=True):
+            placed = self.placement(request.record_id, members)
+            for peer, shard in zip(placed, shards, strict=True):
                 if refused_by is None or peer in refused_by:
                     per_peer[peer].append((shard, request.request_id))
         outcome = _PutOutcome()

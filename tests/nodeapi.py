@@ -1,13 +1,17 @@
-"""Test helper: read a node's internal HTTP API with the cluster's token (None if it is away)."""
+"""Test helpers: read a node's internal HTTP API with the cluster's token (None if it is away);
+a partner client of the cluster's gateway."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from tools.client import PartnerClient
 from tools.local_cluster import LocalCluster
 
 
@@ -22,3 +26,15 @@ def node_get(cluster: LocalCluster, name: str, path: str, timeout_s: float = 2.0
             return json.loads(response.read())
     except (urllib.error.HTTPError, OSError):
         return None
+
+
+@contextlib.asynccontextmanager
+async def partner_client(cluster: LocalCluster, partner: str) -> AsyncIterator[PartnerClient]:
+    """A signed client of ``partner`` against the cluster's gateway."""
+    credentials = cluster.layout.partners[partner]
+    async with PartnerClient(
+        cluster.layout.gateway_url,
+        credentials["api_key"],
+        bytes.fromhex(credentials["secret_hex"]),
+    ) as client:
+        yield client

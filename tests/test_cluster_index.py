@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from nodeapi import node_get
+from nodeapi import node_get, partner_client
 
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
@@ -38,12 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 @pytest.fixture
 async def client(cluster: LocalCluster) -> AsyncIterator[PartnerClient]:
-    credentials = cluster.layout.partners["shop-a"]
-    async with PartnerClient(
-        cluster.layout.gateway_url,
-        credentials["api_key"],
-        bytes.fromhex(credentials["secret_hex"]),
-    ) as partner:
+    async with partner_client(cluster, "shop-a") as partner:
         yield partner
 
 

@@ -4,17 +4,22 @@ baas-cluster init    --dir .cluster [--nodes 5 --k 3 --n 5]
 baas-cluster run     --dir .cluster  # init if needed, start 5 nodes + gateway, wait for Ctrl-C
 baas-cluster status  --dir .cluster [--json]   # every node and the gateway at a glance
 baas-cluster compose [--out docker-compose.cluster.yml]   # the same cluster as containers
+baas-cluster add-node    --dir .cluster      # prepare node-N (joins a running cluster)
+baas-cluster announce    --dir .cluster --name node-6   # once it runs: add it through the log
+baas-cluster remove-node --dir .cluster --name node-2   # take it out (log), then stop it
+baas-cluster members     --dir .cluster      # the committed membership, voters and learners
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from node.errors import BaasError
+from node.errors import BaasError, ConfigError, OperationFailed
 from tools.cluster_init import (
     DEFAULT_BASE_PORT,
     DEFAULT_K,
@@ -22,11 +27,13 @@ from tools.cluster_init import (
     DEFAULT_NODES,
     HOST,
     ClusterLayout,
+    add_node,
     init_cluster,
     load_layout,
 )
 from tools.compose import ComposeSpec, compose_yaml
 from tools.local_cluster import LocalCluster
+from tools.members import announce, members, retire
 from tools.status import run_status
 
 
@@ -68,6 +75,40 @@ def _compose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _membership(args: argparse.Namespace) -> int:
+    if args.command == "add-node":
+        node = add_node(args.dir)
+        print(f"prepared {node.name}: peer {node.peer_id}, config {node.config_path}")
+        print(
+            f"start it (baas-node --config {node.config_path}), then: baas-cluster announce "
+            f"--dir {args.dir} --name {node.name}"
+        )
+        return 0
+    layout = load_layout(args.dir)
+    by_name = {node.name: node for node in layout.nodes}
+    target = by_name.get(getattr(args, "name", "") or "")
+    if args.command != "members" and target is None:
+        raise ConfigError(f"no node named {args.name!r} in {args.dir}")
+    others = [n for n in layout.nodes if target is None or n.name != target.name]
+    last: BaasError | None = None
+    for via in others:  # any running node will do: it forwards to the leader
+        try:
+            if args.command == "members":
+                answer = members(layout, via)
+            elif args.command == "announce":
+                assert target is not None
+                answer = announce(layout, target, via)
+            else:
+                assert target is not None
+                answer = retire(layout, target, via)
+        except OperationFailed as exc:
+            last = exc
+            continue
+        print(json.dumps(answer, indent=2))
+        return 0
+    raise last or OperationFailed("no node answered")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="baas-cluster",
@@ -104,6 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--dir", type=Path, default=Path(".cluster"))
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=2.0, help="per request, seconds")
+    for name, text in (
+        ("add-node", "prepare one more node (identity, ports, config) to join the cluster"),
+        ("announce", "add a prepared, running node to the cluster through the log"),
+        ("remove-node", "take a node out of the cluster through the log"),
+        ("members", "the committed membership, voters and learners"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--dir", type=Path, default=Path(".cluster"))
+        if name in ("announce", "remove-node"):
+            p.add_argument("--name", required=True, help="the node, e.g. node-6")
     compose = sub.add_parser("compose", help="render docker-compose.cluster.yml")
     compose.add_argument("--out", type=Path, default=None, help="default: stdout")
     args = parser.parse_args(argv)
@@ -115,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_status(args.dir, as_json=args.json, timeout_s=args.timeout)
         if args.command == "compose":
             return _compose(args)
+        if args.command in ("add-node", "announce", "remove-node", "members"):
+            return _membership(args)
         layout = load_layout(args.dir) if (args.dir / "cluster.json").exists() else _init(args)
         stop = threading.Event()
         signal.signal(signal.SIGINT, lambda *_: stop.set())

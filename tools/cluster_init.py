@@ -186,6 +186,20 @@ def _gateway_toml(layout_nodes: list[NodeLayout], host: str, port: int) -> str:
     return "\n".join(lines)
 
 
+def _new_node(
+    directory: Path, index: int, seed: bytes, p2p_port: int, http_port: int, host: str
+) -> NodeLayout:
+    name = node_name(index)
+    return NodeLayout(
+        name,
+        peer_id_of_seed(seed),
+        p2p_port,
+        http_port,
+        str(directory / node_config_relpath(name)),
+        host,
+    )
+
+
 def init_cluster(
     directory: Path,
     *,
@@ -233,17 +247,7 @@ def init_cluster(
     for i, ((p2p_port, http_port), host) in enumerate(zip(node_ports, hosts, strict=True)):
         seed = generate_identity_seed()
         seeds.append(seed)
-        name = node_name(i)
-        layouts.append(
-            NodeLayout(
-                name,
-                peer_id_of_seed(seed),
-                p2p_port,
-                http_port,
-                str(directory / node_config_relpath(name)),
-                host,
-            )
-        )
+        layouts.append(_new_node(directory, i, seed, p2p_port, http_port, host))
     cluster = ClusterConfig(
         cluster_id=f"baas-{secrets.token_hex(4)}",
         k=k,
@@ -292,6 +296,40 @@ def init_cluster(
     document["partners"] = sorted(partner_creds)  # secrets stay in secrets/partners.json only
     (directory / "cluster.json").write_text(json.dumps(document, indent=2) + "\n")
     return result
+
+
+def add_node(directory: Path, *, host: str = HOST, data_dir: str = "data") -> NodeLayout:
+    """Prepare one more node for a running cluster: identity, ports, a ``join_existing`` config.
+
+    Its member list is the cluster's plus itself (so it can reach the others at once); the
+    others learn about it when an operator adds it through the log (``baas-cluster
+    add-node`` posts it to a node's ``/internal/v1/members``). ``cluster.json`` lists it.
+    """
+    layout = load_layout(directory)
+    seed = generate_identity_seed()
+    p2p_port, http_port = _free_ports(2)
+    node = _new_node(directory, len(layout.nodes), seed, p2p_port, http_port, host)
+    name = node.name
+    nodes = (*layout.nodes, node)
+    cluster = ClusterConfig(
+        cluster_id=layout.cluster_id,
+        k=layout.k,
+        n=layout.n,
+        write_quorum=layout.write_quorum,
+        members=tuple(ClusterMember(x.name, x.peer_id, x.p2p_addr, x.http_addr) for x in nodes),
+    )
+    cluster.validate()
+    node_dir = directory / name
+    node_dir.mkdir(parents=True, exist_ok=False)
+    write_identity_file(node_dir / "identity.key", seed)
+    config = _node_toml(name, node, cluster, data_dir)
+    config += "\n[raft]\n# Joins a running cluster; never bootstraps one of its own.\n"
+    config += "join_existing = true\n"
+    Path(node.config_path).write_text(config)
+    document = json.loads((directory / "cluster.json").read_text())
+    document["nodes"].append(asdict(node))
+    (directory / "cluster.json").write_text(json.dumps(document, indent=2) + "\n")
+    return node
 
 
 def load_layout(directory: Path) -> ClusterLayout:

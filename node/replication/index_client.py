@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -64,9 +64,13 @@ class RecordIndexClient:
         api_token: str,
         proposal_expiry_entries: int,
         request_timeout_s: float,
+        address_of: Callable[[str], str | None] | None = None,
     ) -> None:
         self._log = log
-        self._http_of = {m.peer_id: m.http_addr for m in members}
+        configured = {m.peer_id: m.http_addr for m in members}
+        # Where a leader's node API listens: the committed membership knows members that
+        # joined after this node started (node/membership.py); else the configuration.
+        self._address_of = address_of or configured.get
         self._token = api_token
         self._expiry_entries = proposal_expiry_entries
         self._timeout_s = request_timeout_s
@@ -141,7 +145,7 @@ class RecordIndexClient:
         self, leader: str, proposals: Sequence[IndexProposal]
     ) -> list[dict[str, Any]]:
         assert self._session is not None, "RecordIndexClient.start() was not called"
-        address = self._http_of.get(leader)
+        address = self._address_of(leader)
         if address is None:
             raise NotLeader(f"leader {leader} is not a known member")
         body = msgpack.packb(
