@@ -34,6 +34,7 @@ from node.consensus.record_index import IndexProposal, RecordIndex
 from node.consensus.state_machine import AppEntry, Dispatcher
 from node.consensus.types import default_membership
 from node.errors import BaasError, NotLeader
+from node.logs import configure_logging
 from node.p2p.identity import peer_id_of_seed
 from node.p2p.messages import ErrorReply, Message
 from node.p2p.service import P2PNode
@@ -315,6 +316,6 @@ async def _serve(connection: Any, spec: ReplicaSpec) -> None:
 
 
 def replica_process(connection: Any, spec: ReplicaSpec) -> None:
-    """Entry point of a spawned replica process: uvloop, like a node."""
+    """Entry point of a spawned replica process: uvloop and logging as a node has them."""
+    configure_logging("WARNING")
     runtime.run(_serve(connection, spec))
-
