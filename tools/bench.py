@@ -356,14 +356,14 @@ class _Bench:
         """The raft status watcher (steady, kill-leader) and the leader killer (kill-leader)."""
         if phase not in ("steady", "kill-leader"):
             return None, None
+        if phase == "kill-leader" and self.local is None:
+            raise ConfigError("kill-leader needs the cluster the bench started")
         token = read_token(Path(self.layout.directory))
         watcher = RaftWatcher(self.layout, token, self.args.status_interval_s)
         self._leader_wait_s[phase] = watcher.wait_settled(SETTLE_TIMEOUT_S)
         watcher.start()
-        if phase == "steady":
+        if self.local is None or phase == "steady":
             return watcher, None
-        if self.local is None:
-            raise ConfigError("kill-leader needs the cluster the bench started")
         wait_s = self.args.kill_duration_s - self.args.kill_after_s
         return watcher, KillLeader(self.local, watcher, self.args.kill_after_s, wait_s)
 
