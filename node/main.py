@@ -22,12 +22,14 @@ from node import runtime
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.config import RaftConfig
+from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import Dispatcher
-from node.consensus.types import default_membership
+from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
+from node.membership import MembershipManager
 from node.metrics import Metrics
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
@@ -40,7 +42,7 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-FEATURE_VERSION_MAX = 1  # the newest log feature version this code understands
+FEATURE_VERSION_MAX = 2  # the newest log feature version this code understands
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -85,20 +87,38 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             lazy_commit_notify=True,  # followers only read locally; halves frames per commit
         ),
         storage=raft_storage,
-        dispatcher=Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_MAX),
+        dispatcher=Dispatcher(
+            [RecordIndex(), MembersMachine()], feature_version_max=FEATURE_VERSION_MAX
+        ),
         send=p2p.send_raft,
-        initial_membership=default_membership(m.peer_id for m in config.cluster.members),
+        initial_membership=Membership()
+        if config.raft.join_existing
+        else default_membership(m.peer_id for m in config.cluster.members),
         tick_s=config.raft.tick_s,
         inbox_frames_max=config.raft.inbox_frames_max,
         proposals_pending_max=config.raft.proposals_pending_max,
     )
     replicated.append(replicated_log)
+    membership = MembershipManager(
+        log=replicated_log,
+        store=raft_storage,
+        founding=config.cluster.members,
+        join_existing=config.raft.join_existing,
+        p2p=p2p,
+        n=config.cluster.n,
+        api_token=api_token.decode(),
+        request_timeout_s=config.timeouts.p2p_request_s,
+        reconcile_interval_s=config.raft.members_reconcile_interval_s,
+        learner_lag_entries_max=config.raft.learner_lag_entries_max,
+        feature_version_max=FEATURE_VERSION_MAX,
+    )
     index_client = RecordIndexClient(
         replicated_log,
         config.cluster.members,
         api_token=api_token.decode(),
         proposal_expiry_entries=config.raft.proposal_expiry_entries,
         request_timeout_s=config.timeouts.p2p_request_s,
+        address_of=membership.http_addr,
     )
     coordinator = Coordinator(
         cluster=config.cluster,
@@ -107,6 +127,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         transport=p2p,
         hints=hints,
         index=index_client if config.raft.index_writes else None,
+        membership=membership.placement,
     )
     ready = False
     state = NodeApiState(
@@ -117,11 +138,12 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         api_token=api_token,
         peer_id=p2p.peer_id,
         connected_peers=p2p.connected_peers,
-        ready=lambda: ready,
+        ready=lambda: ready and membership.serving(),
         p2p_stats=p2p.stats,
         commit_stats=shard_service.committer.stats,
         raft_status=lambda: _raft_status(replicated_log, p2p),
         index=index_client,
+        membership=membership,
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
@@ -131,6 +153,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await replicated_log.start()
         await index_client.start()
         await p2p.start()
+        await membership.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
@@ -154,6 +177,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 await replay
         await runner.cleanup()
         await coordinator.stop()
+        await membership.stop()
         await replicated_log.stop()
         await index_client.stop()
         await p2p.stop()
@@ -173,6 +197,7 @@ def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, objec
         "last_index": status.last_index,
         "voters": list(status.voters),
         "learners": list(status.learners),
+        "feature_version_max": FEATURE_VERSION_MAX,
         "frames_dropped": replicated_log.frames_dropped,
         "frames_malformed": replicated_log.frames_malformed,
         **{f"link_{k}": v for k, v in p2p.raft_stats().items()},

@@ -32,11 +32,13 @@ from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
 from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
 from node.config import NodeLimits
+from node.consensus.members import ACTIVE, Member
 from node.consensus.record_index import IndexProposal
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
     BaasError,
+    ConfigError,
     DeadlineExceeded,
     InvalidRequest,
     NotFound,
@@ -45,6 +47,7 @@ from node.errors import (
     UnsupportedFormat,
 )
 from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
+from node.membership import MEMBERS_PATH, MembershipManager, validate_member_addresses
 from node.metrics import Metrics
 from node.records import HASH_BYTES
 from node.replication.index_client import INDEX_PATH, RecordIndexClient
@@ -74,6 +77,7 @@ class NodeApiState:
     metrics: Metrics
     raft_status: Callable[[], dict[str, Any]]
     index: RecordIndexClient
+    membership: MembershipManager
     inflight: int = 0
 
 
@@ -201,6 +205,7 @@ def _result_body(result: WriteResult | BaasError) -> dict[str, Any]:
 
 async def post_records(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.membership.require_serving()
     body = await _read_msgpack(request)
     if (
         not isinstance(body, dict)
@@ -216,6 +221,7 @@ async def post_records(request: web.Request) -> web.Response:
 
 async def get_record(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.membership.require_serving()
     result = await state.coordinator.read_record(_record_id_param(request))
     return _msgpack_response(
         {"meta": result.meta.to_wire(), "blob": result.blob, "corrupt": result.corrupt_shards_seen}
@@ -235,6 +241,7 @@ def _read_body(result: ReadResult | BaasError) -> dict[str, Any]:
 
 async def post_records_read(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    state.membership.require_serving()
     body = await _read_msgpack(request)
     if not isinstance(body, dict) or not isinstance(body.get("ids"), list) or not body["ids"]:
         raise InvalidRequest("body must be {ids: [...]} with at least one record id")
@@ -262,6 +269,43 @@ async def post_index(request: web.Request) -> web.Response:
         raise NotLeader("this node is not the leader")
     results = await state.index.propose_local(proposals)
     return _msgpack_response({"results": results})
+
+
+async def get_members(request: web.Request) -> web.Response:
+    """The committed storage membership (epoch, addresses, state) and Raft's voters/learners."""
+    return web.json_response(request.app[STATE].membership.describe())
+
+
+async def post_member(request: web.Request) -> web.Response:
+    """Add a member, or change its addresses or state (through the leader)."""
+    state = request.app[STATE]
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise InvalidRequest("body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    try:
+        member = Member.from_body(
+            {
+                "peer": body.get("peer_id"),
+                "name": body.get("name"),
+                "p2p": body.get("p2p_addr"),
+                "http": body.get("http_addr"),
+                "state": body.get("state", ACTIVE),
+            }
+        )
+        validate_member_addresses(member)
+    except (UnsupportedFormat, ConfigError) as exc:
+        raise InvalidRequest(f"malformed member: {exc.detail}", code="invalid_member") from exc
+    return web.json_response(await state.membership.submit(member))
+
+
+async def delete_member(request: web.Request) -> web.Response:
+    """Remove a member from placement; the leader then removes it from Raft."""
+    state = request.app[STATE]
+    member = state.membership.removal_of(request.match_info["peer_id"])
+    return web.json_response(await state.membership.submit(member))
 
 
 async def get_index_entry(request: web.Request) -> web.Response:
@@ -347,6 +391,9 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_post("/internal/v1/records/read", post_records_read)
     app.router.add_post(INDEX_PATH, post_index)
     app.router.add_get(INDEX_PATH + "/{record_id}", get_index_entry)
+    app.router.add_get(MEMBERS_PATH, get_members)
+    app.router.add_post(MEMBERS_PATH, post_member)
+    app.router.add_delete(MEMBERS_PATH + "/{peer_id}", delete_member)
     app.router.add_get("/internal/v1/records/{record_id}", get_record)
     app.router.add_get("/internal/v1/records/{record_id}/local", get_local_shards)
     app.router.add_get("/internal/v1/status", get_status)

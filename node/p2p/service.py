@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 import multiaddr
@@ -34,7 +35,7 @@ from libp2p.utils.varint import read_length_prefixed_protobuf
 from node.config import ClusterMember, NodeLimits, NodeTimeouts
 from node.errors import ConfigError, PeerUnavailable
 from node.p2p.bridge import TrioBridge
-from node.p2p.host import build_host, ensure_listen_port_free
+from node.p2p.host import admit_member, build_host, ensure_listen_port_free
 from node.p2p.identity import keypair_of_seed, peer_id_of_seed
 from node.p2p.messages import Message
 from node.p2p.raft_link import RAFT_PROTOCOL, RaftCounters, RaftOutbox, serve_raft_stream
@@ -158,6 +159,7 @@ class P2PNode:
         member_ids = [m.peer_id for m in members]
         if len(set(member_ids)) != len(member_ids):
             raise ConfigError("duplicate peer id in the member list")
+        # Grows when a member joins through the log (add_member); rebinding is atomic.
         self._members = frozenset(member_ids)
         # Where to dial each other member; replaced when it shows up elsewhere.
         self._addrs: dict[str, str] = {
@@ -412,6 +414,25 @@ class P2PNode:
             self._raft_outboxes[peer_id] = outbox
             self._nursery.start_soon(outbox.run)
         outbox.offer(payload)
+
+    async def add_member(self, peer_id: str, p2p_addr: str) -> None:
+        """Admit and dial a member that joined the cluster (committed in the log)."""
+        if peer_id == self._peer_id or (
+            peer_id in self._members and self._addrs.get(peer_id) == p2p_addr
+        ):
+            return
+        ID.from_base58(peer_id)  # a malformed id fails here, before anything changes
+        multiaddr.Multiaddr(p2p_addr)
+        await self._bridge.call(partial(self._trio_add_member, peer_id, p2p_addr))
+
+    async def _trio_add_member(self, peer_id: str, p2p_addr: str) -> None:
+        self._members = self._members | {peer_id}
+        if self._host is not None:
+            admit_member(self._host, peer_id)
+        self._addrs.setdefault(peer_id, p2p_addr)
+        self._set_addr(peer_id, p2p_addr)
+        if self._wake_keeper is not None:
+            self._wake_keeper.set()
 
     async def _on_raft_stream(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)

@@ -40,7 +40,7 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
-from node.consensus.types import EntryKind, Membership, Role
+from node.consensus.types import ConfChangeKind, EntryKind, Membership, Role
 from node.errors import BaasError, NotLeader, OperationFailed, Overloaded, PeerProtocolError
 from node.replication.durable import DurableRaftStorage
 
@@ -123,8 +123,10 @@ class ReplicatedLog:
         self._loop = asyncio.get_running_loop()
         if self._storage.has_state:
             self._node = RawNode(self._cfg, self._rng, self._storage.state())
-        else:
+        elif self._membership.is_member(self._cfg.node_id):
             self._node = RawNode.bootstrap(self._cfg, self._rng, self._membership)
+        else:  # joining a running cluster: an empty log, filled by the leader once added
+            self._node = RawNode.join(self._cfg, self._rng)
         self._task = asyncio.create_task(self._run(), name="replicated-log")
 
     async def stop(self) -> None:
@@ -235,6 +237,27 @@ class ReplicatedLog:
             ) from exc
         finally:
             self._reads.pop(context, None)
+
+    async def propose_change(self, kind: ConfChangeKind, node_id: str, *, timeout_s: float) -> None:
+        """Propose one Raft membership change (leader only); return once applied here."""
+        node = self._require_node()
+        if node.role is not Role.LEADER:
+            raise NotLeader("this node is not the leader", leader_hint=node.leader_id)
+        proposal = node.propose_change(kind, node_id, now_ms=self._clock_ms())
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._applied(proposal.last_index)
+        except TimeoutError as exc:
+            raise OperationFailed(
+                "the membership change was not applied in time", code="proposal_lost"
+            ) from exc
+
+    def match_index(self, peer: str) -> int | None:
+        """How far ``peer``'s log is known to match the leader's (None unless leader)."""
+        node = self._require_node()
+        progress = node.progress(peer) if node.role is Role.LEADER else None
+        return None if progress is None else progress.match
 
     async def _applied(self, index: int) -> None:
         if self._storage.applied_index >= index:

@@ -1,0 +1,371 @@
+"""Cluster membership on a running node: the adapter around :mod:`node.consensus.members`.
+
+Adding or removing a storage node goes through the log, in two layers:
+
+* **storage membership** (``member.put`` entries): which nodes placement puts new shards on,
+  where they listen, and the membership epoch. An operator changes it through any node's API
+  (``POST /internal/v1/members``, ``DELETE /internal/v1/members/{peer}``; other nodes forward
+  to the leader). The first change of a cluster first enables log feature version 2 -- only
+  once every Raft member reports that it understands it -- and records the founding members,
+  so from then on placement is defined by the log alone.
+* **Raft membership** (voters and learners): the leader reconciles it with the storage
+  membership every ``members_reconcile_interval_s``, one single-server change at a time, by
+  the pure policy :func:`~node.consensus.members.next_conf_change` (new members join as
+  learners and are promoted while fewer than 5 vote, once at most
+  ``learner_lag_entries_max`` entries behind).
+
+Every node also reconciles its p2p layer with the committed members (admits and dials a
+member that joined), and its coordinator places each write batch over the committed active
+members (:meth:`MembershipManager.placement`), recording the epoch in the index entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from libp2p.peer.id import ID
+
+from node.config import ClusterMember
+from node.consensus.members import (
+    ACTIVE,
+    REMOVED,
+    Member,
+    Members,
+    MemberStore,
+    members_of,
+    next_conf_change,
+)
+from node.consensus.members import EPOCH_KEY as MEMBERS_EPOCH_KEY
+from node.consensus.state_machine import FEATURE_ENTRY, AppEntry, Dispatcher
+from node.errors import ConfigError, InvalidRequest, NotLeader, OperationFailed
+from node.replication.log import ReplicatedLog
+
+__all__ = [
+    "MEMBERS_FEATURE_VERSION",
+    "MEMBERS_PATH",
+    "MembershipManager",
+    "validate_member_addresses",
+]
+
+log = logging.getLogger("baas.node.membership")
+
+MEMBERS_PATH = "/internal/v1/members"
+MEMBERS_FEATURE_VERSION = 2  # member.put (and index.move) need it enabled in the log
+
+
+def validate_member_addresses(member: Member) -> None:
+    """A TCP multiaddr, a host:port and a libp2p peer id, or :class:`ConfigError`."""
+    ClusterMember(member.name, member.peer_id, member.p2p_addr, member.http_addr).validate()
+    try:
+        ID.from_base58(member.peer_id)
+    except Exception as exc:  # base58/multihash raise several types
+        raise ConfigError(f"{member.peer_id!r} is not a libp2p peer id") from exc
+
+
+class _StoreView:
+    def __init__(self, store: MemberStore) -> None:
+        self._store = store
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._store.state_get(key)
+
+
+class PeerAdmission(Protocol):
+    async def add_member(self, peer_id: str, p2p_addr: str) -> None: ...
+
+
+class MembershipManager:
+    def __init__(
+        self,
+        *,
+        log: ReplicatedLog,
+        store: MemberStore,
+        founding: Sequence[ClusterMember],
+        join_existing: bool,
+        p2p: PeerAdmission,
+        n: int,
+        api_token: str,
+        request_timeout_s: float,
+        reconcile_interval_s: float,
+        learner_lag_entries_max: int,
+        feature_version_max: int,
+    ) -> None:
+        self._log = log
+        self._store = store
+        self._founding = tuple(founding)
+        self._join_existing = join_existing
+        self._p2p = p2p
+        self._n = n
+        self._token = api_token
+        self._timeout_s = request_timeout_s
+        self._interval_s = reconcile_interval_s
+        self._lag_max = learner_lag_entries_max
+        self._feature_max = feature_version_max
+        self._cached: Members | None = None
+        self._admitted: dict[str, str] = {m.peer_id: m.p2p_addr for m in founding}
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._change_lock = asyncio.Lock()
+        self.conf_changes_proposed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {self._token}"},
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+        )
+        self._task = asyncio.create_task(self._reconcile_forever(), name="membership")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    # ------------------------------------------------------------------ reads
+
+    def members(self) -> Members:
+        """The committed storage membership (re-read only when the epoch moved)."""
+        raw = self._store.state_get(MEMBERS_EPOCH_KEY)
+        epoch = int.from_bytes(raw, "big") if raw else 0
+        if self._cached is None or self._cached.epoch != epoch:
+            self._cached = members_of(self._store)
+        return self._cached
+
+    def placement(self) -> tuple[int, tuple[str, ...]]:
+        """(epoch, active peer ids) that new writes are placed over."""
+        members = self.members()
+        if members.epoch > 0:
+            return members.epoch, members.active_ids
+        if self._join_existing:
+            raise OperationFailed(
+                "this node has not caught up with the cluster membership yet", code="not_ready"
+            )
+        return 0, tuple(sorted(m.peer_id for m in self._founding))
+
+    def serving(self) -> bool:
+        """Whether this node takes client traffic: an active member, in Raft.
+
+        A node taken out of the membership stops at once (its /ready turns 503 and record
+        calls are refused at the call level, so the gateway fails over to another node):
+        once out of Raft it no longer learns new index entries and could not confirm a miss.
+        """
+        members = self.members()
+        if members.epoch == 0:
+            return not self._join_existing
+        status = self._log.status()
+        me = members.get(status.node_id)
+        if me is None or not me.active:
+            return False
+        return status.node_id in status.voters or status.node_id in status.learners
+
+    def require_serving(self) -> None:
+        if not self.serving():
+            raise OperationFailed(
+                "this node is not an active cluster member; ask another node", code="not_a_member"
+            )
+
+    def http_addr(self, peer_id: str) -> str | None:
+        found = self.members().get(peer_id)
+        if found is not None:
+            return found.http_addr
+        return next((m.http_addr for m in self._founding if m.peer_id == peer_id), None)
+
+    def describe(self) -> dict[str, Any]:
+        members = self.members()
+        status = self._log.status()
+        listed = members.members or tuple(
+            Member(m.peer_id, m.name, m.p2p_addr, m.http_addr) for m in self._founding
+        )
+        return {
+            "epoch": members.epoch,
+            "members": [
+                {
+                    "peer_id": m.peer_id,
+                    "name": m.name,
+                    "p2p_addr": m.p2p_addr,
+                    "http_addr": m.http_addr,
+                    "state": m.state,
+                    "since": m.since,
+                    "raft": "voter"
+                    if m.peer_id in status.voters
+                    else "learner"
+                    if m.peer_id in status.learners
+                    else "none",
+                }
+                for m in listed
+            ],
+            "voters": list(status.voters),
+            "learners": list(status.learners),
+        }
+
+    # ------------------------------------------------------------------ changes
+
+    async def submit(self, member: Member) -> dict[str, Any]:
+        """Commit one storage membership change, through the leader wherever it is."""
+        status = self._log.status()
+        if status.leader_id is None:
+            raise OperationFailed("no leader known yet; retry", code="index_unavailable")
+        if status.leader_id == status.node_id:
+            return await self.put_local(member)
+        address = self.http_addr(status.leader_id)
+        if address is None:
+            raise NotLeader(f"leader {status.leader_id} has no known address")
+        body = {
+            "peer_id": member.peer_id,
+            "name": member.name,
+            "p2p_addr": member.p2p_addr,
+            "http_addr": member.http_addr,
+            "state": member.state,
+        }
+        return await self._call("POST", address, MEMBERS_PATH, body)
+
+    async def put_local(self, member: Member) -> dict[str, Any]:
+        """On the leader: enable the feature, record the founders once, then the change."""
+        async with self._change_lock:
+            current = self.members()
+            after = {m.peer_id: m for m in current.members} or {
+                m.peer_id: Member(m.peer_id, m.name, m.p2p_addr, m.http_addr)
+                for m in self._founding
+            }
+            after[member.peer_id] = member
+            active = [m for m in after.values() if m.state == ACTIVE]
+            if len(active) < self._n:
+                raise InvalidRequest(
+                    f"the change would leave {len(active)} active members; every record "
+                    f"needs n={self._n}",
+                    code="too_few_members",
+                )
+            await self._enable_feature()
+            entries: list[AppEntry] = []
+            if current.epoch == 0:
+                entries += [
+                    Member(m.peer_id, m.name, m.p2p_addr, m.http_addr).to_entry()
+                    for m in self._founding
+                    if m.peer_id != member.peer_id
+                ]
+            entries.append(member.to_entry())
+            applied = await self._log.propose(entries, timeout_s=self._timeout_s)
+            outcome = applied[-1].outcome
+            if outcome.code not in ("created", "updated", "existing"):
+                raise OperationFailed(
+                    f"the membership change was not applied ({outcome.code})",
+                    code="membership_change_failed",
+                )
+            log.info(
+                "membership: %s is %s (epoch %s)",
+                member.peer_id,
+                member.state,
+                outcome.detail.get("epoch"),
+            )
+            return {"code": outcome.code, "epoch": outcome.detail.get("epoch")}
+
+    def removal_of(self, peer_id: str) -> Member:
+        known = self.members().get(peer_id)
+        if known is None:
+            founder = next((m for m in self._founding if m.peer_id == peer_id), None)
+            if founder is None:
+                raise InvalidRequest(f"{peer_id} is not a member", code="member_not_found")
+            known = Member(founder.peer_id, founder.name, founder.p2p_addr, founder.http_addr)
+        return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REMOVED)
+
+    async def _enable_feature(self) -> None:
+        view = _StoreView(self._store)
+        if Dispatcher.feature_version(view) >= MEMBERS_FEATURE_VERSION:
+            return
+        if self._feature_max < MEMBERS_FEATURE_VERSION:
+            raise OperationFailed("this node cannot enable membership changes")
+        status = self._log.status()
+        for peer in (*status.voters, *status.learners):
+            if peer == status.node_id:
+                continue
+            address = self.http_addr(peer)
+            if address is None:
+                raise OperationFailed(f"member {peer} has no known address")
+            reply = await self._call("GET", address, "/internal/v1/status", None)
+            understood = reply.get("raft", {}).get("feature_version_max", 1)
+            if not isinstance(understood, int) or understood < MEMBERS_FEATURE_VERSION:
+                raise OperationFailed(
+                    f"member {peer} runs code without membership changes: upgrade it first",
+                    code="upgrade_required",
+                )
+        await self._log.propose(
+            [AppEntry(FEATURE_ENTRY, {"version": MEMBERS_FEATURE_VERSION})],
+            timeout_s=self._timeout_s,
+        )
+
+    async def _call(
+        self, method: str, address: str, path: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        assert self._session is not None, "MembershipManager.start() was not called"
+        try:
+            async with self._session.request(
+                method, f"http://{address}{path}", json=body
+            ) as response:
+                raw = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise OperationFailed(
+                f"{address} unreachable: {type(exc).__name__}", code="member_unreachable"
+            ) from exc
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = {}
+        if response.status != 200 or not isinstance(parsed, dict):
+            code = parsed.get("code") if isinstance(parsed, dict) else None
+            if code == "not_leader":
+                raise NotLeader(f"{address} is no longer the leader")
+            raise OperationFailed(
+                f"{address} refused ({response.status} {code})",
+                code=str(code or "membership_change_failed"),
+            )
+        return parsed
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.reconcile_once()
+            except (OperationFailed, NotLeader, InvalidRequest) as exc:
+                log.info("membership reconcile: %s", exc.detail)
+            except Exception:  # keep reconciling; a bug here must not stop the node
+                log.exception("membership reconcile failed")
+
+    async def reconcile_once(self) -> None:
+        members = self.members()
+        for member in members.members:
+            if member.active and self._admitted.get(member.peer_id) != member.p2p_addr:
+                await self._p2p.add_member(member.peer_id, member.p2p_addr)
+                self._admitted[member.peer_id] = member.p2p_addr
+        status = self._log.status()
+        if status.role != "leader" or members.epoch == 0:
+            return
+        caught_up = []
+        for peer in status.learners:
+            match = self._log.match_index(peer)
+            if match is not None and status.last_index - match <= self._lag_max:
+                caught_up.append(peer)
+        change = next_conf_change(
+            voters=status.voters,
+            learners=status.learners,
+            active=members.active_ids,
+            caught_up=caught_up,
+            leader=status.node_id,
+        )
+        if change is None:
+            return
+        kind, peer = change
+        log.info("membership: proposing %s %s", kind.name, peer)
+        self.conf_changes_proposed += 1
+        await self._log.propose_change(kind, peer, timeout_s=self._timeout_s)
