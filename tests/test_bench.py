@@ -173,6 +173,9 @@ def test_consensus_targets_need_committed_writes_and_five_minutes() -> None:
     assert "index_writes" in verdicts["committed_single_write_rate"]["note"]
     assert "5 minutes" in verdicts["steady_zero_elections"]["note"]
     assert not any(v["conclusive"] for v in verdicts.values() if v["phase"] != "kill-leader")
+    behind = {"kill-leader": _phase(150, recovery_s=2.0, send_lag_ms={"p99": 900.0})}
+    (failover,) = [v for v in evaluate_targets(behind, params) if v["name"] == "leader_failover"]
+    assert failover["pass"] is True and "backlog" in failover["note"]
 
 
 # ---------------------------------------------------------------- elections and fail-over
@@ -342,6 +345,7 @@ def test_kill_leader_phase_measures_failover_and_restarts_the_node(tmp_path: Pat
     document = _run(
         tmp_path,
         "--phases", "kill-leader",
+        "--kill-rate", "100",
         "--kill-duration-s", "6",
         "--kill-after-s", "2",
         "--status-interval-s", "0.25",
@@ -351,6 +355,7 @@ def test_kill_leader_phase_measures_failover_and_restarts_the_node(tmp_path: Pat
     assert phase["elections"] >= 1 and phase["leader_changes"] >= 1
     assert phase["new_leader_s"] is not None and phase["recovery_s"] is not None
     assert 0 < phase["recovery_s"] < 6 and phase["restart_s"] > 0
+    assert phase["rate_target_per_s"] == 100 and phase["records_ok"] > 0
     (verdict,) = [t for t in document["targets"] if t["name"] == "leader_failover"]
     assert verdict["measured"] == phase["recovery_s"] and isinstance(verdict["pass"], bool)
 

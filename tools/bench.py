@@ -15,9 +15,10 @@ Phases (``--phases``, in the order given):
 * ``steady``        (not by default) paced writes at ``--rate`` for ``--steady-duration-s``
                     (300) while every node's raft status is read every ``--status-interval-s``:
                     elections (term increase) and leader changes during the load
-* ``kill-leader``   (not by default; the bench's own cluster only) paced writes at ``--rate``
-                    for ``--kill-duration-s``; ``--kill-after-s`` in, SIGKILL the leader's
-                    process; time until a write sent after the kill succeeds; restart the node
+* ``kill-leader``   (not by default; the bench's own cluster only) paced writes at
+                    ``--kill-rate`` (200) for ``--kill-duration-s``; ``--kill-after-s`` in,
+                    SIGKILL the leader's process; time until a write sent after the kill
+                    succeeds; restart the node
 
 Every load phase reports records/s, p50/p90/p99/max latency, errors by code, the bench client's
 own CPU seconds and each cluster process's CPU; RSS of every node and the gateway is sampled
@@ -113,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval-s", type=float, default=1.0, help="raft status sampling")
     p.add_argument("--kill-duration-s", type=float, default=20.0, help="kill-leader phase length")
     p.add_argument("--kill-after-s", type=float, default=5.0, help="when in it the leader dies")
+    p.add_argument("--kill-rate", type=float, default=200.0, help="kill-leader records/s")
     p.add_argument("--client-procs", type=int, default=1, help="client processes for load")
     p.add_argument("--window-s", type=float, default=1.0, help="throughput window")
     p.add_argument("--sample-interval-s", type=float, default=0.5, help="RSS/CPU sampling")
@@ -133,7 +135,7 @@ def _check_args(args: argparse.Namespace) -> None:
     positive = (
         "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
         "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
-        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s",
+        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s", "kill_rate",
     )  # fmt: skip
     for name in positive:
         if getattr(args, name) <= 0:
@@ -270,15 +272,18 @@ class _Bench:
             specs = spread(a.clients, a.reads)
             specs = [replace(s, record_ids=ids[i::procs] or ids) for i, s in enumerate(specs)]
             return _Plan(specs, a.reads, "req")
-        duration_s = {
-            "paced-write": a.duration_s,
-            "steady": a.steady_duration_s,
-            "kill-leader": a.kill_duration_s,
-        }[phase]
+        rate, duration_s = self._pace(phase)
         specs = [
-            replace(b, phase="paced-write", rate_per_s=a.rate, duration_s=duration_s) for b in bases
+            replace(b, phase="paced-write", rate_per_s=rate, duration_s=duration_s) for b in bases
         ]
-        return _Plan(specs, round(a.rate * duration_s), "req")
+        return _Plan(specs, round(rate * duration_s), "req")
+
+    def _pace(self, phase: str) -> tuple[float, float]:
+        """(records/s, seconds) of a paced phase."""
+        a = self.args
+        if phase == "kill-leader":
+            return a.kill_rate, a.kill_duration_s
+        return a.rate, a.steady_duration_s if phase == "steady" else a.duration_s
 
     def _execute(
         self, label: str, plan: _Plan, on_start: Callable[[float], None] | None = None
@@ -345,7 +350,7 @@ class _Bench:
             result["record_ids_sampled"] = len(self.written_ids)
             result["prefill_records"] = prefill
         if phase in PACED_PHASES:
-            result["rate_target_per_s"] = self.args.rate
+            result["rate_target_per_s"] = self._pace(phase)[0]
             result["send_lag_ms"] = latency_summary_ms(worker.send_lag_s)
             result["sends_waited_for_inflight_slot"] = worker.sends_waited_for_slot
         if phase in self._leader_wait_s:
@@ -416,7 +421,7 @@ def _parameters(args: argparse.Namespace, phases: list[str]) -> dict[str, Any]:
     names = (
         "clients", "single_writes", "records", "batch_size", "batch_clients", "reads", "rate",
         "duration_s", "cpu_records", "client_procs", "window_s", "sample_interval_s",
-        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s",
+        "steady_duration_s", "status_interval_s", "kill_duration_s", "kill_after_s", "kill_rate",
     )  # fmt: skip
     return {"phases": phases, **{name: getattr(args, name) for name in names}}
 
@@ -474,6 +479,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     cpu_start = os.times()
     with contextlib.ExitStack() as stack:
         layout, pids, local = stack.enter_context(_cluster(args))
+        index_writes = _index_writes(layout)  # now: a temporary cluster's files go at the end
         sampler = ProcessSampler({**pids, "bench": os.getpid()}, args.sample_interval_s)
         pool, progress = None, None
         if args.client_procs > 1:
@@ -500,7 +506,6 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
     cpu_end = os.times()
     own = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
     parameters = _parameters(args, phases)
-    index_writes = _index_writes(layout)
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "tool": "baas-bench",
