@@ -80,11 +80,20 @@ class RaftWatcher:
         """Seconds until every node follows one leader (a fresh cluster may not have one yet:
         its first election is not an election *during* the load)."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout_s:
-            if settled_leader(self._ask()[1]) is not None:
+        while True:
+            answers = self._ask()[1]
+            if settled_leader(answers) is not None:
                 return round(time.monotonic() - started, 3)
+            if time.monotonic() - started >= timeout_s:
+                break
             time.sleep(FAILOVER_POLL_S)
-        raise OperationFailed(f"the nodes did not agree on a leader within {timeout_s:g} s")
+        seen = ", ".join(
+            f"{name} {a['role']}/{a['term']}" if a else f"{name} silent"
+            for name, a in answers.items()
+        )
+        raise OperationFailed(
+            f"the nodes did not agree on a leader within {timeout_s:g} s (last: {seen})"
+        )
 
     def start(self) -> None:
         self.poll()
