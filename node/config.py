@@ -227,6 +227,24 @@ class RaftSettings:
     members_reconcile_interval_s: float = 0.5
     # A learner is promoted to voter once it is at most this many entries behind the leader.
     learner_lag_entries_max: int = 1000
+    # Log compaction (node/replication/log.py): a snapshot of the applied state is taken every
+    # snapshot_entries applied entries (a record index entry is ~350 B in the log and in the
+    # state: 20,000 entries are ~7 MB) and the log before it dropped once
+    # snapshot_trailing_entries more are applied, so a follower lagging by fewer catches up by
+    # entries, not by the whole state (10^6 records: ~350 MB).
+    snapshot_entries: int = 20_000
+    snapshot_trailing_entries: int = 5_000
+    # One InstallSnapshot frame and one stored chunk; at most Raft's bytes per message (1 MiB).
+    snapshot_chunk_bytes_max: int = 1024 * 1024
+    # The state a snapshot may hold; a larger one is refused (taking it, or receiving it).
+    snapshot_bytes_max: int = 2 * 1024 * 1024 * 1024
+    snapshot_sends_max: int = 2  # transfers out at once
+    snapshot_chunks_queued_max: int = 4  # a transfer's frames waiting in the link per peer
+    inbox_bytes_max: int = 256 * 1024 * 1024  # frames waiting for the consensus loop
+    # The Raft database's memory: open tables, memtable, block cache (as the shard database).
+    db_open_files_max: int = 64
+    db_write_buffer_bytes_max: int = 16 * 1024 * 1024
+    db_block_cache_bytes_max: int = 16 * 1024 * 1024
 
     def validate(self) -> None:
         flags = ("index_writes", "join_existing")
@@ -238,6 +256,12 @@ class RaftSettings:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("raft: heartbeat_ticks must be below election_ticks")
+        if self.snapshot_chunk_bytes_max > 1024 * 1024:  # RaftConfig.bytes_per_message_max
+            raise ConfigError("raft.snapshot_chunk_bytes_max must be at most 1 MiB")
+        if self.snapshot_chunk_bytes_max * self.snapshot_chunks_queued_max > self.inbox_bytes_max:
+            raise ConfigError("raft.inbox_bytes_max must hold a transfer's queued chunks")
+        if self.snapshot_bytes_max < self.snapshot_chunk_bytes_max:
+            raise ConfigError("raft.snapshot_bytes_max must be at least one chunk")
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import RecordIndexClient
-from node.replication.log import ReplicatedLog
+from node.replication.log import ReplicatedLog, SnapshotPolicy
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
 from node.storage.shard_service import ShardService
@@ -60,7 +60,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     fsync_seconds = metrics.histogram(
         "commit_fsync_seconds", "time to write and fsync one group-commit batch"
     )
-    raft_storage = DurableRaftStorage(data_dir / "raft")
+    raft_storage = DurableRaftStorage(
+        data_dir / "raft",
+        snapshot_chunk_bytes_max=config.raft.snapshot_chunk_bytes_max,
+        snapshot_bytes_max=config.raft.snapshot_bytes_max,
+        open_files_max=config.raft.db_open_files_max,
+        write_buffer_bytes_max=config.raft.db_write_buffer_bytes_max,
+        block_cache_bytes_max=config.raft.db_block_cache_bytes_max,
+    )
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
         store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
@@ -97,6 +104,16 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         tick_s=config.raft.tick_s,
         inbox_frames_max=config.raft.inbox_frames_max,
         proposals_pending_max=config.raft.proposals_pending_max,
+        inbox_bytes_max=config.raft.inbox_bytes_max,
+        snapshots=SnapshotPolicy(
+            entries=config.raft.snapshot_entries,
+            trailing_entries=config.raft.snapshot_trailing_entries,
+            chunk_bytes_max=config.raft.snapshot_chunk_bytes_max,
+            bytes_max=config.raft.snapshot_bytes_max,
+            sends_max=config.raft.snapshot_sends_max,
+            chunks_queued_max=config.raft.snapshot_chunks_queued_max,
+        ),
+        send_backlog=p2p.raft_backlog,
     )
     replicated.append(replicated_log)
     membership = MembershipManager(
@@ -200,6 +217,7 @@ def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, objec
         "feature_version_max": FEATURE_VERSION_MAX,
         "frames_dropped": replicated_log.frames_dropped,
         "frames_malformed": replicated_log.frames_malformed,
+        **replicated_log.snapshot_stats(),
         **{f"link_{k}": v for k, v in p2p.raft_stats().items()},
     }
 

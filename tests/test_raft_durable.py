@@ -35,17 +35,26 @@ from node.consensus.types import (
     Snapshot,
     SnapshotMeta,
 )
-from node.errors import CorruptEntry, InvariantViolation, OperationFailed, UnsupportedFormat
+from node.errors import (
+    CorruptEntry,
+    InvariantViolation,
+    OperationFailed,
+    PeerProtocolError,
+    UnsupportedFormat,
+)
 from node.replication.durable import (
     KEY_FORMAT,
     KEY_HARD,
     PREFIX_CHUNK,
     PREFIX_ENTRY,
     DurableRaftStorage,
+    SnapshotRef,
+    SnapshotWriter,
     StateWrite,
     chunk_key,
     entry_key,
 )
+from node.replication.snapshot import decode_state, encode_state
 from node.storage.entry import encode_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -682,3 +691,81 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged_and_tears_nothing(
                 assert matches(storage, model), f"torn or lost state after op {done - 1}"
             assert storage.last_index >= storage.hard_state.commit >= storage.applied_index
     assert done > 50 and mid_run_kills >= 8
+
+
+# -- snapshots streamed through chunks (compaction and transfers in the adapter)
+
+
+def test_state_data_round_trips_in_any_pieces_and_a_flipped_bit_fails_its_digest() -> None:
+    items = [(b"k/%05d" % i, bytes(i % 251 for _ in range(i % 300))) for i in range(3000)]
+    pieces: list[bytes] = []
+    encode_state(items, pieces.append)
+    data = b"".join(pieces)
+    rng = random.Random(7)
+    for _ in range(5):  # cut anywhere, header and digest included
+        cuts = sorted(rng.sample(range(1, len(data)), 40))
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        assert list(decode_state(parts, len(data))) == items
+    assert list(decode_state([], 0)) == []  # the empty state (bootstrap snapshot)
+    for position in (2, len(data) // 2, len(data) - 1):  # header, a pair, the digest
+        corrupt = bytearray(data)
+        corrupt[position] ^= 0x10
+        with pytest.raises((PeerProtocolError, UnsupportedFormat)):
+            list(decode_state([bytes(corrupt)], len(data)))
+    with pytest.raises(PeerProtocolError):
+        list(decode_state([data[:-1]], len(data)))
+    with pytest.raises(UnsupportedFormat):
+        list(decode_state([b"BSNP\x03" + data[5:]], len(data)))
+
+
+def write_staged(storage: DurableRaftStorage, data: bytes) -> SnapshotRef:
+    writer = SnapshotWriter(storage, storage.reserve_generation())
+    for offset in range(0, len(data), 5):  # written in pieces unlike the chunks
+        writer.write(data[offset : offset + 5])
+    return writer.finish()
+
+
+def test_a_staged_snapshot_is_adopted_by_reference_and_never_loaded_whole(tmp_path: Path) -> None:
+    path = tmp_path / "raft"
+    data = b"state data over several chunks of 16 bytes"
+    with DurableRaftStorage(path, snapshot_chunk_bytes_max=16) as durable:
+        durable.persist(make_ready(entries(1, 9, 1), HardState(1, None, 9)))
+        ref = write_staged(durable, data)
+        assert ref.chunks == 3 and ref.size == len(data)
+        other = write_staged(durable, b"a transfer still coming in")
+        assert durable.adopt_snapshot(SnapshotMeta(6, 1, ABC), ref)
+        assert durable.snapshot.data == ref.encode()  # the core holds the reference
+        assert [e.index for e in durable.entries()] == [7, 8, 9]
+        assert raw_keys_open(durable, PREFIX_ENTRY) == [entry_key(i) for i in (7, 8, 9)]
+        size, chunks = durable.snapshot_chunks(durable.snapshot.data)
+        assert size == len(data) and b"".join(chunks) == data
+        # An older snapshot is refused and its chunks deleted; a staged one is untouched.
+        stale = write_staged(durable, b"older")
+        assert not durable.adopt_snapshot(SnapshotMeta(5, 1, ABC), stale)
+        gens = {k[1:9] for k in raw_keys_open(durable, PREFIX_CHUNK)}
+        assert gens == {chunk_key(g, 0)[1:9] for g in (ref.generation, other.generation)}
+    with DurableRaftStorage(path, snapshot_chunk_bytes_max=16) as reopened:
+        assert reopened.snapshot == Snapshot(SnapshotMeta(6, 1, ABC), ref.encode())
+        assert reopened.state().entries == tuple(entries(7, 9, 1))
+        # The transfer that was never adopted is gone: only the snapshot's chunks remain.
+        assert {k[1:9] for k in raw_keys_open(reopened, PREFIX_CHUNK)} == {
+            chunk_key(ref.generation, 0)[1:9]
+        }
+    db = plyvel.DB(str(path))
+    key = chunk_key(ref.generation, 1)
+    db.put(key, encode_entry(key, b"x" * 16))  # a well-formed chunk with the wrong data
+    db.close()
+    with pytest.raises(CorruptEntry):
+        DurableRaftStorage(path)
+
+
+def test_a_snapshot_over_its_bound_is_refused_while_written(tmp_path: Path) -> None:
+    with DurableRaftStorage(tmp_path / "raft", snapshot_bytes_max=10) as durable:
+        writer = SnapshotWriter(durable, durable.reserve_generation())
+        writer.write(b"0123456789")
+        with pytest.raises(OperationFailed, match="snapshot_bytes_max"):
+            writer.write(b"!")
+
+
+def raw_keys_open(durable: DurableRaftStorage, prefix: bytes) -> list[bytes]:
+    return list(durable._db.iterator(prefix=prefix, include_value=False))

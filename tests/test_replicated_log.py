@@ -6,21 +6,24 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import msgpack
 import pytest
 from test_p2p_node import TIMEOUTS, Member, MemoryHandler, make_members
 
 from node.config import NodeLimits
 from node.consensus.config import RaftConfig
+from node.consensus.messages import InstallSnapshot, split_snapshot
 from node.consensus.record_index import IndexEntry, IndexProposal, RecordIndex, index_key
 from node.consensus.state_machine import Dispatcher
-from node.consensus.types import default_membership
+from node.consensus.types import SnapshotMeta, default_membership
 from node.errors import NotLeader, OperationFailed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
-from node.replication.log import ReplicatedLog
+from node.replication.log import ReplicatedLog, SnapshotPolicy
+from node.replication.snapshot import encode_state
 
 pytestmark = pytest.mark.timeout(120)
 NODES = ("n1", "n2", "n3", "n4", "n5")
@@ -34,15 +37,20 @@ class Replica:
     p2p: P2PNode | None = None
     log: ReplicatedLog | None = None
     storage: DurableRaftStorage | None = None
+    snapshots: SnapshotPolicy | None = None
+    limits: NodeLimits = field(default_factory=NodeLimits)
 
     async def start(self) -> None:
-        self.storage = DurableRaftStorage(self.directory)
+        policy = self.snapshots or SnapshotPolicy()
+        self.storage = DurableRaftStorage(
+            self.directory, snapshot_chunk_bytes_max=policy.chunk_bytes_max
+        )
         log_ref: list[ReplicatedLog] = []
         self.p2p = P2PNode(
             identity_seed=self.member.seed,
             listen_addr=self.member.addr,
             members=[m.entry() for m in self.members],
-            limits=NodeLimits(),
+            limits=self.limits,
             timeouts=TIMEOUTS,
             handler=MemoryHandler(),
             raft_inbox=lambda peer, payload: log_ref[0].deliver(peer, payload),
@@ -56,6 +64,8 @@ class Replica:
             tick_s=0.05,  # election timeout 1-2 s
             inbox_frames_max=4096,
             proposals_pending_max=4096,
+            snapshots=self.snapshots,
+            send_backlog=self.p2p.raft_backlog,
         )
         log_ref.append(self.log)
         await self.log.start()
@@ -174,3 +184,150 @@ async def test_a_proposal_is_only_applied_once_it_is_committed(replicas: list[Re
     with pytest.raises((TimeoutError, OperationFailed, NotLeader)):
         await propose_records(leader, range(200, 201), timeout_s=3.0)
     assert indexed(leader, 200) is None
+
+
+def state_of(replica: Replica) -> list[tuple[bytes, bytes]]:
+    assert replica.storage is not None
+    return list(replica.storage.state_items())
+
+
+def entry_indexes_on_disk(replica: Replica) -> list[int]:
+    assert replica.storage is not None
+    db = replica.storage._db
+    return [int.from_bytes(k[1:], "big") for k in db.iterator(prefix=b"e", include_value=False)]
+
+
+async def test_the_log_compacts_and_a_follower_far_behind_catches_up_by_snapshot(
+    tmp_path: Path,
+) -> None:
+    """Small snapshots, small chunks: a follower stopped while the leader compacts past it
+    rejoins, receives the snapshot in many chunks and ends with exactly the leader's state."""
+    policy = SnapshotPolicy(entries=300, trailing_entries=100, chunk_bytes_max=4096)
+    # Appends to the stopped follower wait in the link's queue while it is away and arrive
+    # when it returns; a short queue keeps that to the oldest few, short of the snapshot.
+    limits = NodeLimits(raft_queue_frames_max=8)
+    members = make_members(3)
+    group = [
+        Replica(m, members, tmp_path / m.name, snapshots=policy, limits=limits) for m in members
+    ]
+    for replica in group:
+        await replica.start()
+    try:
+        leader = await leader_of(group)
+        lagging = next(r for r in group if r is not leader)
+        await lagging.stop()
+        assert leader.log is not None and leader.storage is not None
+        began = time.monotonic()
+        for start in range(1, 3001, 100):
+            assert await propose_records(leader, range(start, start + 100)) == ["created"] * 100
+        await wait_snapshot(leader, 2000)
+        print(f"3000 records written and compacted in {time.monotonic() - began:.2f} s")
+        stats = leader.log.snapshot_stats()
+        assert stats["snapshots_taken"] >= 2 and stats["snapshot_bytes"] > 20 * 4096
+        status = leader.log.status()
+        on_disk = entry_indexes_on_disk(leader)  # exactly those after the snapshot: none below
+        assert on_disk == list(range(status.snapshot_index + 1, status.last_index + 1))
+
+        restarted_at = time.monotonic()
+        await lagging.start()
+        applied = leader.log.status().applied_index
+        await wait_applied(group, applied, timeout_s=20)
+        print(f"caught up by snapshot in {time.monotonic() - restarted_at:.2f} s")
+        assert lagging.log is not None
+        caught_up = lagging.log.snapshot_stats()
+        assert caught_up["snapshots_received"] >= 1, caught_up
+        assert caught_up["snapshots_installed"] >= 1
+        assert leader.log.snapshot_stats()["snapshots_sent"] >= 1
+        reference = state_of(leader)
+        assert len(reference) >= 3000
+        assert all(state_of(r) == reference for r in group)
+        assert indexed(lagging, 1) is not None and indexed(lagging, 3000) is not None
+
+        # A restart recovers exactly the state (snapshot + the entries after it).
+        await leader.stop()
+        await leader.start()
+        assert leader.log is not None
+        assert leader.log.status().applied_index >= applied
+        assert state_of(leader) == reference
+    finally:
+        for replica in group:
+            await replica.stop()
+
+
+async def wait_snapshot(replica: Replica, index: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert replica.log is not None
+        if replica.log.status().snapshot_index >= index:
+            return
+        await asyncio.sleep(0.05)
+    assert replica.log is not None
+    status, stats = replica.log.status(), replica.log.snapshot_stats()
+    raise AssertionError(f"no snapshot at or past {index}: {status} {stats}")
+
+
+async def test_a_corrupt_or_oversized_snapshot_is_refused_and_a_good_one_installed(
+    tmp_path: Path,
+) -> None:
+    """Chunks delivered by hand to a follower (no transport): its state changes only when the
+    whole transfer checks out."""
+    me, leader = "node-me", "node-leader"
+    membership = default_membership([me, leader])
+    storage = DurableRaftStorage(tmp_path / "raft", snapshot_chunk_bytes_max=1024)
+    log = ReplicatedLog(
+        raft=RaftConfig(node_id=me, election_ticks=200, heartbeat_ticks=2),  # never campaigns
+        storage=storage,
+        dispatcher=Dispatcher([RecordIndex()], feature_version_max=1),
+        send=lambda _peer, _payload: True,
+        initial_membership=membership,
+        tick_s=0.05,
+        inbox_frames_max=4096,
+        proposals_pending_max=4096,
+        snapshots=SnapshotPolicy(chunk_bytes_max=1024, bytes_max=64 * 1024),
+    )
+    await log.start()
+    try:
+        items = [(b"ri/%06d" % i, b"value %d" % i) for i in range(2000)]
+        pieces: list[bytes] = []
+        encode_state(items, pieces.append)
+        data = b"".join(pieces)
+        meta = SnapshotMeta(5000, 3, membership)
+
+        def deliver(blob: bytes, index: int = 5000) -> None:
+            whole = InstallSnapshot(
+                leader, me, 3, replace(meta, index=index), 0, len(blob), blob, True
+            )
+            for chunk in split_snapshot(whole, 1000):
+                log.deliver(leader, msgpack.packb(chunk.to_wire(), use_bin_type=True))
+
+        async def counted(name: str, value: int) -> None:
+            for _ in range(100):
+                if log.snapshot_stats()[name] >= value:
+                    return
+                await asyncio.sleep(0.02)
+            raise AssertionError(f"{name} did not reach {value}")
+
+        assert len(data) > 16 * 1024  # many chunks
+        corrupt = bytearray(data)
+        corrupt[len(data) // 2] ^= 0x01
+        deliver(bytes(corrupt))
+        await counted("snapshots_rejected", 1)
+        assert log.status().snapshot_index == 0 and log.status().applied_index == 0
+        deliver(b"\x00" * (64 * 1024 + 1))  # over bytes_max: refused at the first chunk
+        await counted("snapshots_rejected", 2)
+
+        deliver(data)
+        await counted("snapshots_installed", 1)
+        stats = log.snapshot_stats()
+        assert stats["snapshots_received"] == 1 and stats["snapshots_installed"] == 1
+        assert log.status().snapshot_index == 5000 and log.status().applied_index == 5000
+        assert list(storage.state_items()) == items
+        # Only the adopted snapshot's chunks remain (the refused transfers' are deleted).
+        generations = {k[1:9] for k in storage._db.iterator(prefix=b"c", include_value=False)}
+        assert len(generations) == 1
+    finally:
+        await log.stop()
+        storage.close()
+    with DurableRaftStorage(tmp_path / "raft") as reopened:  # the restart sees the same
+        assert reopened.applied_index == 5000
+        assert list(reopened.state_items()) == items

@@ -144,5 +144,32 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             + state.raft_status()["link_frames_dropped_total"],
             counter=True,
         ),
+        StatFamily(
+            "raft_snapshot_index", "log index of the snapshot in force", raft("snapshot_index")
+        ),
+        StatFamily(
+            "raft_snapshot_bytes", "size of the last snapshot taken here", raft("snapshot_bytes")
+        ),
+        StatFamily(
+            "raft_snapshots_taken", "log compactions", raft("snapshots_taken"), counter=True
+        ),
+        StatFamily(
+            "raft_snapshots_sent",
+            "snapshots streamed to followers",
+            raft("snapshots_sent"),
+            counter=True,
+        ),
+        StatFamily(
+            "raft_snapshots_installed",
+            "state replaced from a snapshot (received from the leader, or redone at restart)",
+            raft("snapshots_installed"),
+            counter=True,
+        ),
+        StatFamily(
+            "raft_snapshots_rejected",
+            "snapshot transfers refused (oversize, malformed, failed digest)",
+            raft("snapshots_rejected"),
+            counter=True,
+        ),
     ]
     return families

@@ -6,7 +6,8 @@ this link is deliberately simple and never blocks the consensus loop:
 * **sending** -- per peer, a bounded queue (``raft_queue_frames_max``) drained by one writer
   task onto one long-lived stream. ``offer()`` never waits: a full queue drops the frame and
   counts it. A broken stream is dropped with the frame in hand and reopened for the next one,
-  after a short back-off while the peer is unreachable.
+  after a short back-off while the peer is unreachable. ``queued_frames`` lets a snapshot
+  sender pace itself on the queue.
 * **receiving** -- every inbound raft stream is read frame by frame (``u32 length || payload``,
   at most ``p2p_frame_bytes_max``) and each payload is handed to the node's inbox callback on
   the trio thread. Decoding and validating the payload is the consensus adapter's job.
@@ -66,6 +67,11 @@ class RaftOutbox:
         self._ensure_connected = ensure_connected
         self._send, self._receive = trio.open_memory_channel[bytes](queue_frames_max)
         self._stream: INetStream | None = None
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting to be written (read from any thread: a snapshot sender paces on it)."""
+        return self._send.statistics().current_buffer_used
 
     def offer(self, payload: bytes) -> bool:
         """Queue a frame without waiting; False (and counted) when dropped."""

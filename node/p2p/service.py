@@ -156,6 +156,10 @@ class P2PNode:
         self._raft_inbox = raft_inbox
         self._raft_counters = RaftCounters()
         self._raft_outboxes: dict[str, RaftOutbox] = {}
+        # Frames per peer handed to the trio thread / taken by it: each counter is written by
+        # one thread only, so their difference is the frames still crossing the bridge.
+        self._raft_posted: dict[str, int] = {}
+        self._raft_taken: dict[str, int] = {}
         member_ids = [m.peer_id for m in members]
         if len(set(member_ids)) != len(member_ids):
             raise ConfigError("duplicate peer id in the member list")
@@ -232,7 +236,14 @@ class P2PNode:
         if not self._bridge.post(lambda: self._offer_raft(peer_id, payload)):
             self._raft_counters.frames_dropped_total += 1
             return False
+        self._raft_posted[peer_id] = self._raft_posted.get(peer_id, 0) + 1
         return True
+
+    def raft_backlog(self, peer_id: str) -> int:
+        """Frames for ``peer_id`` not yet written (a snapshot transfer paces on it)."""
+        crossing = self._raft_posted.get(peer_id, 0) - self._raft_taken.get(peer_id, 0)
+        outbox = self._raft_outboxes.get(peer_id)
+        return max(0, crossing) + (0 if outbox is None else outbox.queued_frames)
 
     def raft_stats(self) -> dict[str, int]:
         c = self._raft_counters
@@ -398,6 +409,7 @@ class P2PNode:
         return client
 
     def _offer_raft(self, peer_id: str, payload: bytes) -> None:
+        self._raft_taken[peer_id] = self._raft_taken.get(peer_id, 0) + 1
         outbox = self._raft_outboxes.get(peer_id)
         if outbox is None:
             if self._host is None or self._nursery is None:

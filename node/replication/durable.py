@@ -30,8 +30,15 @@ adapter calls ``storage.restore_applied(writes, snapshot.meta.index)``: it clear
 and writes the new ones in bounded batches, moving the applied index only in the last one. On
 restart, ``applied_index < snapshot.meta.index`` therefore means "restore from the snapshot
 first" (a crash between persisting a received snapshot and applying it, or mid-restore); any
-other applied index matches the state exactly. Snapshots taken locally (compaction) come from
-the state at the applied index and go through :meth:`save_snapshot`.
+other applied index matches the state exactly.
+
+Large snapshots are streamed, never held whole: a :class:`SnapshotWriter` writes data into
+the chunks of a generation taken with :meth:`reserve_generation` (compaction, from
+:meth:`pinned_state`; a transfer coming in), and the core is given a :class:`SnapshotRef` to
+them as its ``Snapshot.data``. :meth:`adopt_snapshot` (compaction) or :meth:`persist` (a
+received snapshot whose data is a reference) adopts the staged chunks without copying;
+:meth:`snapshot_chunks` reads them back from a pinned view (sending, restoring). A snapshot
+given as data (the bootstrap one, the pure-core tests) is chunked and loaded as before.
 
 On-disk layout (format version 1; every value is a :mod:`node.storage.entry` record: version
 byte, checksum bound to the key, payload)::
@@ -41,16 +48,19 @@ byte, checksum bound to the key, payload)::
     b"m:last"               msgpack int: last log index; entries are contiguous up to it
     b"m:applied"            msgpack int: the state machine's applied index
     b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire(), "gen", "bytes", "chunks",
-                            "sha256"}: the snapshot in force and where its data is
+                            "sha256", "ref"?}: the snapshot in force and where its data is;
+                            "ref": the core holds a SnapshotRef (load never reads it whole)
     b"c" + u64 gen + u32 n  chunk n (<= snapshot_chunk_bytes_max) of the data of generation gen
     b"e" + u64 index        msgpack Entry.to_wire() (big-endian index: entries sort by index)
     b"x" + machine key      a state machine's value
 
-A new snapshot's chunks are written first, under the next generation, in bounded batches;
+A new snapshot's chunks are written first, under a new generation, in bounded batches;
 the fsynced batch that writes ``m:snap`` adopts them, so a crash leaves either the old snapshot
-or the new one, never a mix. Every batch whose loss could be hidden by a later one is fsynced
-itself: LevelDB does not promise that a synced write carries the unsynced writes before it
-across a power loss (a memtable switch starts a new log file without syncing the old one).
+or the new one, never a mix. Generations reserved and not yet adopted are spared by garbage
+collection while this process runs; opening deletes them. Every batch whose loss could be
+hidden by a later one is fsynced itself: LevelDB does not promise that a synced write carries
+the unsynced writes before it across a power loss (a memtable switch starts a new log file
+without syncing the old one).
 Chunks of other generations and entries at or below the snapshot index may linger after a
 crash; loading ignores them and opening deletes them (unsynced: losing those deletes is
 harmless). Any entry missing or failing its checksum between the snapshot and ``m:last`` is a
@@ -62,6 +72,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +92,7 @@ from node.errors import (
 from node.storage.entry import decode_entry, encode_entry
 from node.storage.leveldb import open_leveldb
 
-__all__ = ["FORMAT_VERSION", "DurableRaftStorage", "StateWrite"]
+__all__ = ["FORMAT_VERSION", "DurableRaftStorage", "SnapshotRef", "SnapshotWriter", "StateWrite"]
 
 FORMAT_VERSION = 1
 StateWrite = tuple[bytes, bytes | None]  # (state-machine key, value; None deletes the key)
@@ -97,6 +108,9 @@ PREFIX_STATE = b"x"
 
 SNAPSHOT_CHUNK_BYTES_MAX = 1024 * 1024
 SNAPSHOT_BYTES_MAX = 4 * 1024 * 1024 * 1024
+# What the core holds for a snapshot whose data stays in chunks on disk (SnapshotRef). 0xc1 is
+# never the first byte of msgpack, nor of the state data format (node/replication/snapshot.py).
+REF_MAGIC = b"\xc1baas-snapshot-ref\x00"
 ENTRY_PAYLOAD_BYTES_MAX = 1024 * 1024  # RaftConfig.entry_payload_bytes_max's default
 DELETE_BATCH_KEYS_MAX = 4096  # keys deleted per batch when compacting or clearing state
 STATE_WRITES_PER_BATCH_MAX = 1 << 17
@@ -134,6 +148,96 @@ def encode_entry_value(entry: Entry) -> bytes:
     return _pack(entry_key(entry.index), entry.to_wire())
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRef:
+    """Where a snapshot's data lies in this database: what the core holds instead of the data.
+
+    A node's snapshot can be as large as its whole state (10^6 index records: ~250 MB), so
+    the adapter never loads it: the core's ``Snapshot.data`` is this small reference, the
+    chunks stay on disk, and the transport streams them (node/replication/log.py). A reference
+    never leaves the node; received data is always real data, checked, then referenced.
+    """
+
+    generation: int
+    size: int
+    chunks: int
+    sha256: bytes
+
+    def encode(self) -> bytes:
+        packed: bytes = msgpack.packb(self._record(), use_bin_type=True)
+        return REF_MAGIC + packed
+
+    def _record(self) -> dict[str, Any]:
+        return {
+            "gen": self.generation,
+            "bytes": self.size,
+            "chunks": self.chunks,
+            "sha256": self.sha256,
+        }
+
+    @classmethod
+    def decode(cls, data: bytes) -> SnapshotRef | None:
+        """The reference ``data`` is, or None when it is snapshot data itself."""
+        if not data.startswith(REF_MAGIC):
+            return None
+        try:
+            return cls._of_record(msgpack.unpackb(data[len(REF_MAGIC) :], raw=False))
+        except (CorruptEntry, ValueError, msgpack.UnpackException) as exc:
+            raise InvariantViolation("a malformed snapshot reference") from exc
+
+    @classmethod
+    def _of_record(cls, raw: Any) -> SnapshotRef:
+        try:
+            ref = cls(int(raw["gen"]), int(raw["bytes"]), int(raw["chunks"]), bytes(raw["sha256"]))
+        except _MALFORMED as exc:
+            raise CorruptEntry("raft snapshot meta is malformed") from exc
+        if not 0 <= ref.chunks <= ref.size or ref.generation < 0:
+            raise CorruptEntry("raft snapshot meta has impossible sizes")
+        return ref
+
+
+class SnapshotWriter:
+    """Streams one snapshot's data into the chunks of a reserved generation.
+
+    Holds at most one chunk; each chunk is its own fsynced batch (see the module docstring
+    for why not unsynced). Use it from one thread at a time; :meth:`finish` returns the
+    reference to adopt.
+    """
+
+    def __init__(self, storage: DurableRaftStorage, generation: int) -> None:
+        self._storage = storage
+        self.generation = generation
+        self._buffer = bytearray()
+        self._chunks = 0
+        self._size = 0
+        self._digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._storage.snapshot_bytes_max:
+            raise OperationFailed(
+                f"snapshot exceeds snapshot_bytes_max ({self._storage.snapshot_bytes_max})",
+                code="snapshot_too_large",
+            )
+        self._digest.update(data)
+        self._buffer += data
+        step = self._storage.snapshot_chunk_bytes_max
+        while len(self._buffer) >= step:
+            self._flush(bytes(self._buffer[:step]))
+            del self._buffer[:step]
+
+    def _flush(self, chunk: bytes) -> None:
+        key = chunk_key(self.generation, self._chunks)
+        self._storage._write([(key, encode_entry(key, chunk))])
+        self._chunks += 1
+
+    def finish(self) -> SnapshotRef:
+        if self._buffer:
+            self._flush(bytes(self._buffer))
+            self._buffer.clear()
+        return SnapshotRef(self.generation, self._size, self._chunks, self._digest.digest())
+
+
 def decode_entry_value(key: bytes, value: bytes, payload_bytes_max: int) -> Entry:
     try:
         entry = Entry.from_wire(_unpack(key, value), payload_bytes_max=payload_bytes_max)
@@ -152,17 +256,39 @@ class DurableRaftStorage:
         path: Path,
         *,
         snapshot_chunk_bytes_max: int = SNAPSHOT_CHUNK_BYTES_MAX,
+        snapshot_bytes_max: int = SNAPSHOT_BYTES_MAX,
         entry_payload_bytes_max: int = ENTRY_PAYLOAD_BYTES_MAX,
         delete_batch_keys_max: int = DELETE_BATCH_KEYS_MAX,
+        open_files_max: int = 64,
+        write_buffer_bytes_max: int = 16 * 1024 * 1024,
+        block_cache_bytes_max: int = 16 * 1024 * 1024,
     ) -> None:
-        if min(snapshot_chunk_bytes_max, entry_payload_bytes_max, delete_batch_keys_max) <= 0:
+        bounds = (
+            snapshot_chunk_bytes_max,
+            snapshot_bytes_max,
+            entry_payload_bytes_max,
+            delete_batch_keys_max,
+            open_files_max,
+            write_buffer_bytes_max,
+            block_cache_bytes_max,
+        )
+        if min(bounds) <= 0:
             raise ConfigError("durable raft storage bounds must be positive")
         self.path = path
         self.snapshot_chunk_bytes_max = snapshot_chunk_bytes_max
+        self.snapshot_bytes_max = snapshot_bytes_max
         self.entry_payload_bytes_max = entry_payload_bytes_max
         self.delete_batch_keys_max = delete_batch_keys_max
+        # Generations reserved for snapshots being written (compaction, a transfer coming in):
+        # garbage collection spares them until they are adopted or discarded.
+        self._staged: set[int] = set()
+        # Bounded like the shard database: open tables and the block cache are what grow RSS.
         self._db = open_leveldb(
-            path, "raft", write_buffer_size=16 * 1024 * 1024, lru_cache_size=16 * 1024 * 1024
+            path,
+            "raft",
+            write_buffer_size=write_buffer_bytes_max,
+            lru_cache_size=block_cache_bytes_max,
+            max_open_files=open_files_max,
         )
         try:
             self._check_format()
@@ -196,11 +322,14 @@ class DurableRaftStorage:
         self._snap_data = b""
         if snap is not None:
             self._snap_meta, self._snap_gen, self._snap_data = self._load_snapshot(snap)
+        self._gen_last = self._snap_gen
         self._last_index = self._int(KEY_LAST, self._snap_meta.index)
         self._applied_index = self._int(KEY_APPLIED, 0)
         if self._last_index < self._snap_meta.index:
             raise CorruptEntry("raft log ends before its snapshot")
         self._delete_garbage()
+        # Nothing is staged yet: chunks of newer generations are from writes a crash cut off.
+        self._delete_range(chunk_prefix(self._snap_gen + 1), _prefix_end(PREFIX_CHUNK))
 
     def _hard_state_of(self, raw: Any) -> HardState:
         try:
@@ -209,25 +338,44 @@ class DurableRaftStorage:
             raise CorruptEntry("raft hard state is malformed") from exc
 
     def _load_snapshot(self, raw: Any) -> tuple[SnapshotMeta, int, bytes]:
+        """The snapshot in force; its data if it was given as data, else its reference.
+
+        Either way every chunk is read and checked once here (streamed: a referenced snapshot
+        is never held whole).
+        """
         try:
             meta = SnapshotMeta.from_wire(raw["meta"])
-            generation, size, chunks = int(raw["gen"]), int(raw["bytes"]), int(raw["chunks"])
-            digest = bytes(raw["sha256"])
+            by_ref = bool(raw.get("ref", False))
         except _MALFORMED as exc:
             raise CorruptEntry("raft snapshot meta is malformed") from exc
-        if not 0 <= size <= SNAPSHOT_BYTES_MAX or not 0 <= chunks <= size:
+        ref = SnapshotRef._of_record(raw)
+        if ref.size > SNAPSHOT_BYTES_MAX:
             raise CorruptEntry("raft snapshot meta has impossible sizes")
-        parts = []
-        for number in range(chunks):
-            key = chunk_key(generation, number)
-            value = self._db.get(key)
-            if value is None:
-                raise CorruptEntry(f"raft snapshot chunk {number} is missing")
-            parts.append(decode_entry(key, value))
-        data = b"".join(parts)
-        if len(data) != size or hashlib.sha256(data).digest() != digest:
+        if by_ref:
+            for _ in self._read_chunks(ref, self._db):
+                pass
+            return meta, ref.generation, ref.encode()
+        return meta, ref.generation, b"".join(self._read_chunks(ref, self._db))
+
+    def _read_chunks(self, ref: SnapshotRef, source: Any) -> Iterator[bytes]:
+        """The chunks of ``ref`` from ``source`` (the database or a pinned view), checked."""
+        size, digest = 0, hashlib.sha256()
+        try:
+            for number in range(ref.chunks):
+                key = chunk_key(ref.generation, number)
+                value = source.get(key)
+                if value is None and ref.generation < self._snap_gen:
+                    raise OperationFailed("that snapshot was replaced", code="snapshot_replaced")
+                if value is None:
+                    raise CorruptEntry(f"raft snapshot chunk {number} is missing")
+                chunk = decode_entry(key, value)
+                size += len(chunk)
+                digest.update(chunk)
+                yield chunk
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft read failed: {exc}") from exc
+        if size != ref.size or digest.digest() != ref.sha256:
             raise CorruptEntry("raft snapshot data fails its checksum")
-        return meta, generation, data
 
     def _get(self, key: bytes) -> Any:
         try:
@@ -266,7 +414,30 @@ class DurableRaftStorage:
 
     @property
     def snapshot(self) -> Snapshot:
+        """The snapshot in force; ``data`` may be a :class:`SnapshotRef` (see its docstring)."""
         return Snapshot(self._snap_meta, self._snap_data)
+
+    def snapshot_chunks(self, data: bytes) -> tuple[int, Iterator[bytes]]:
+        """(size, chunks) of snapshot ``data``: itself, or the chunks a reference names.
+
+        The chunks are read from a view pinned now, so they stay readable (and the same) while
+        a newer snapshot replaces this one and its garbage collection deletes them. Each chunk
+        and the whole are checked; close the iterator when abandoning it early.
+        """
+        ref = SnapshotRef.decode(data)
+        if ref is None:
+            step = self.snapshot_chunk_bytes_max
+            return len(data), (data[i : i + step] for i in range(0, len(data), step))
+        if ref.generation != self._snap_gen and ref.generation not in self._staged:
+            raise OperationFailed("that snapshot was replaced", code="snapshot_replaced")
+        view = self._db.snapshot()
+        return ref.size, self._pinned_chunks(ref, view)
+
+    def _pinned_chunks(self, ref: SnapshotRef, view: Any) -> Iterator[bytes]:
+        try:
+            yield from self._read_chunks(ref, view)
+        finally:
+            view.close()
 
     def entries(self) -> Iterator[Entry]:
         """The log after the snapshot, in order; a gap or a bad entry is CorruptEntry."""
@@ -314,8 +485,10 @@ class DurableRaftStorage:
             ops.append((KEY_LAST, _pack(KEY_LAST, last)))
         if ready.hard_state is not None:
             ops.append((KEY_HARD, _pack(KEY_HARD, ready.hard_state.to_wire())))
+        generation = 0
         if ready.snapshot is not None:  # last: its chunks are written once nothing can fail
-            ops.append(self._stage_snapshot(ready.snapshot))
+            op, generation = self._stage_snapshot(ready.snapshot)
+            ops.append(op)
         if not ops:
             return
         self._write(ops)
@@ -324,7 +497,7 @@ class DurableRaftStorage:
         if ready.hard_state is not None:
             self._hard_state = ready.hard_state
         if ready.snapshot is not None:
-            self._adopt_snapshot(ready.snapshot)
+            self._adopt_snapshot(ready.snapshot, generation)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """The application took a snapshot: keep it, then drop the entries it covers."""
@@ -333,43 +506,79 @@ class DurableRaftStorage:
             return
         if index > self.last_index:
             raise InvariantViolation(f"snapshot at {index} beyond the stored log")
-        self._write([self._stage_snapshot(snapshot)])
-        self._adopt_snapshot(snapshot)
+        op, generation = self._stage_snapshot(snapshot)
+        self._write([op])
+        self._adopt_snapshot(snapshot, generation)
 
-    def _stage_snapshot(self, snapshot: Snapshot) -> _Op:
-        """Write the data's chunks under the next generation; return the op that adopts them."""
-        data, step, generation = snapshot.data, self.snapshot_chunk_bytes_max, self._snap_gen + 1
-        if len(data) > SNAPSHOT_BYTES_MAX:
-            raise InvariantViolation(f"snapshot of {len(data)} bytes exceeds the bound")
-        chunks = 0
-        for chunks, offset in enumerate(range(0, len(data), step), start=1):
-            key = chunk_key(generation, chunks - 1)
-            self._write([(key, encode_entry(key, data[offset : offset + step]))])
-        record = {
-            "meta": snapshot.meta.to_wire(),
-            "gen": generation,
-            "bytes": len(data),
-            "chunks": chunks,
-            "sha256": hashlib.sha256(data).digest(),
-        }
-        return KEY_SNAP, _pack(KEY_SNAP, record)
+    # -- snapshots streamed through chunks (compaction, transfers): see SnapshotRef
 
-    def _adopt_snapshot(self, snapshot: Snapshot) -> None:
+    def reserve_generation(self) -> int:
+        """A new generation to write a snapshot's chunks under (with a SnapshotWriter)."""
+        self._gen_last += 1
+        self._staged.add(self._gen_last)
+        return self._gen_last
+
+    def discard_generation(self, generation: int) -> None:
+        """Give up a reserved generation: delete what was written under it."""
+        self._staged.discard(generation)
+        if generation != self._snap_gen:
+            self._delete_range(chunk_prefix(generation), chunk_prefix(generation + 1))
+
+    def adopt_snapshot(self, meta: SnapshotMeta, ref: SnapshotRef) -> bool:
+        """Make a snapshot written under a reserved generation the one in force (compaction).
+
+        One fsynced batch, then the entries it covers go. False (and its chunks deleted) when
+        the snapshot is stale: a newer one was adopted meanwhile (e.g. received from the
+        leader while this one was being written).
+        """
+        if meta.index <= self._snap_meta.index or ref.generation not in self._staged:
+            self.discard_generation(ref.generation)
+            return False
+        self.save_snapshot(Snapshot(meta, ref.encode()))
+        return True
+
+    def _stage_snapshot(self, snapshot: Snapshot) -> tuple[_Op, int]:
+        """Write the data's chunks under a new generation, or take the staged chunks of a
+        reference; return the op that adopts them and their generation."""
+        ref = SnapshotRef.decode(snapshot.data)
+        if ref is not None:
+            if ref.generation not in self._staged:
+                raise InvariantViolation(f"snapshot generation {ref.generation} is not staged")
+        else:
+            data = snapshot.data
+            if len(data) > SNAPSHOT_BYTES_MAX:
+                raise InvariantViolation(f"snapshot of {len(data)} bytes exceeds the bound")
+            writer = SnapshotWriter(self, self.reserve_generation())
+            step = self.snapshot_chunk_bytes_max
+            for offset in range(0, len(data), step):
+                writer.write(data[offset : offset + step])
+            ref = writer.finish()
+        record = {"meta": snapshot.meta.to_wire(), **ref._record()}
+        if SnapshotRef.decode(snapshot.data) is not None:
+            record["ref"] = True  # load gives the core the reference back, not the data
+        return (KEY_SNAP, _pack(KEY_SNAP, record)), ref.generation
+
+    def _adopt_snapshot(self, snapshot: Snapshot, generation: int) -> None:
         self._snap_meta, self._snap_data = snapshot.meta, snapshot.data
-        self._snap_gen += 1
+        self._snap_gen = generation
+        self._staged.discard(generation)
         self._delete_garbage()
 
     def _delete_entries_ops(self, first: int, last: int) -> list[_Op]:
         return [(entry_key(i), None) for i in range(first, last + 1)]
 
     def _delete_garbage(self) -> None:
-        """Delete covered entries and other generations' chunks in bounded, unsynced batches.
+        """Delete covered entries and older generations' chunks in bounded, unsynced batches.
 
         Not synced: what a crash leaves behind is ignored at load and deleted here again.
+        Newer generations may be staged (being written); opening deletes the unstaged ones.
         """
         self._delete_range(PREFIX_ENTRY, entry_key(self._snap_meta.index + 1))
-        self._delete_range(PREFIX_CHUNK, chunk_prefix(self._snap_gen))
-        self._delete_range(chunk_prefix(self._snap_gen + 1), _prefix_end(PREFIX_CHUNK))
+        start = PREFIX_CHUNK
+        for staged in sorted(g for g in self._staged if g < self._snap_gen):
+            self._delete_range(start, chunk_prefix(staged))
+            start = chunk_prefix(staged + 1)
+        self._delete_range(start, chunk_prefix(self._snap_gen))
 
     def _delete_range(self, start: bytes, stop: bytes, *, sync: bool = False) -> None:
         while keys := self._keys(start, stop):
@@ -443,13 +652,35 @@ class DurableRaftStorage:
             raise OperationFailed(f"raft read failed: {exc}") from exc
         return None if value is None else decode_entry(db_key, value)
 
-    def state_items(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    def state_items(
+        self, prefix: bytes = b"", *, source: Any = None
+    ) -> Iterator[tuple[bytes, bytes]]:
         """The state machine's keys under ``prefix``, in key order, checksums verified."""
         try:
-            for db_key, value in self._db.iterator(prefix=PREFIX_STATE + prefix):
+            for db_key, value in (self._db if source is None else source).iterator(
+                prefix=PREFIX_STATE + prefix
+            ):
                 yield db_key[len(PREFIX_STATE) :], decode_entry(db_key, value)
         except plyvel.Error as exc:
             raise OperationFailed(f"raft read failed: {exc}") from exc
+
+    def pinned_state(self) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
+        """(applied index, every state item) as of now, from a pinned view of the database.
+
+        Applies go on while the items are read (on a worker thread: a snapshot of a large
+        state takes seconds); the view keeps them at this applied index.
+        """
+        view, applied = self._db.snapshot(), self._applied_index
+        return applied, self._pinned_items(view, applied)
+
+    def _pinned_items(self, view: Any, applied: int) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            raw = view.get(KEY_APPLIED)
+            if raw is None or _unpack(KEY_APPLIED, raw) != applied:
+                raise InvariantViolation(f"pinned state is not at applied index {applied}")
+            yield from self.state_items(source=view)
+        finally:
+            view.close()
 
     # -- writing
 

@@ -15,6 +15,21 @@ least 1 s so a compaction stall on 2 cores does not start an election), and prop
 entry's outcome; a proposal overwritten by a new leader fails with ``proposal_lost`` (retry:
 the record index makes retries idempotent). Only the leader accepts proposals; elsewhere it
 raises :class:`NotLeader` naming the leader, and the caller forwards.
+
+Snapshots and compaction (:class:`SnapshotPolicy`). Every node compacts its own log: once
+``entries`` were applied since its snapshot, the state at the applied index is written as a
+snapshot (format in :mod:`node.replication.snapshot`) from a pinned LevelDB view on a worker
+thread while applying goes on; once ``trailing_entries`` more are applied the loop adopts it
+(one fsynced batch) and ``RawNode.compact`` drops the log before it. A state can be hundreds
+of MB, so no snapshot is ever held whole: the core's ``Snapshot.data`` is a
+:class:`~node.replication.durable.SnapshotRef` to chunks on disk. When the core sends an
+``InstallSnapshot``, the adapter streams those chunks (at most ``chunks_queued_max`` frames
+waiting in the link per peer, ``sends_max`` transfers at once); it reports a failed transfer
+to the core (``report_snapshot(ok=False)``) so the core probes and sends again, and leaves
+success to the follower's answer. A follower writes one incoming transfer at a time into a
+staged generation, refuses one over ``bytes_max``, a gap or a failed digest, and steps the
+core with a reference only when the whole transfer checked out; applying it replaces the
+state in bounded batches (again at restart if a crash cut that short).
 """
 
 from __future__ import annotations
@@ -24,14 +39,15 @@ import contextlib
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import msgpack
 
 from node.consensus.config import RaftConfig
-from node.consensus.messages import Message, WireLimits, message_from_wire
+from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import (
     AppEntry,
@@ -40,11 +56,27 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
-from node.consensus.types import ConfChangeKind, EntryKind, Membership, Role
-from node.errors import BaasError, NotLeader, OperationFailed, Overloaded, PeerProtocolError
-from node.replication.durable import DurableRaftStorage
+from node.consensus.types import (
+    ConfChangeKind,
+    EntryKind,
+    Membership,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
+from node.errors import (
+    BaasError,
+    ConfigError,
+    CorruptEntry,
+    NotLeader,
+    OperationFailed,
+    Overloaded,
+    PeerProtocolError,
+)
+from node.replication.durable import DurableRaftStorage, SnapshotRef, SnapshotWriter
+from node.replication.snapshot import StateCheck, decode_state, encode_state
 
-__all__ = ["LogStatus", "ReplicatedLog"]
+__all__ = ["LogStatus", "ReplicatedLog", "SnapshotPolicy"]
 
 log = logging.getLogger("baas.node.replication")
 
@@ -62,8 +94,53 @@ class LogStatus:
     commit_index: int
     applied_index: int
     last_index: int
+    snapshot_index: int
     voters: tuple[str, ...]
     learners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    """When to compact the log and the bounds on moving snapshots (``[raft]`` settings).
+
+    A snapshot is taken once ``entries`` were applied since the last one and adopted (the
+    log before it dropped) once ``trailing_entries`` more are applied: a follower that lags by
+    fewer still catches up by entries, only one further behind needs the whole state.
+    """
+
+    entries: int = 20_000
+    trailing_entries: int = 5_000
+    chunk_bytes_max: int = 1024 * 1024  # one InstallSnapshot frame; <= bytes_per_message_max
+    bytes_max: int = 2 * 1024 * 1024 * 1024  # refuse to take or receive a larger one
+    sends_max: int = 2  # transfers out at once (each to another follower)
+    chunks_queued_max: int = 4  # a transfer's frames waiting in the link's queue to a peer
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"snapshot policy {name} must be a positive integer")
+
+
+@dataclass(slots=True)
+class _Compaction:
+    """A snapshot being written on a worker thread, then waiting to be adopted."""
+
+    meta: SnapshotMeta
+    generation: int
+    task: asyncio.Task[SnapshotRef]
+    cancel: threading.Event
+    started_s: float
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """The one snapshot being received, chunk by chunk, into a staged generation."""
+
+    first: InstallSnapshot
+    offset: int
+    writer: SnapshotWriter
+    check: StateCheck
 
 
 class _StateView:
@@ -88,6 +165,9 @@ class ReplicatedLog:
         tick_s: float,
         inbox_frames_max: int,
         proposals_pending_max: int,
+        inbox_bytes_max: int = 256 * 1024 * 1024,
+        snapshots: SnapshotPolicy | None = None,
+        send_backlog: Callable[[str], int] | None = None,
         rng: random.Random | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
@@ -102,6 +182,15 @@ class ReplicatedLog:
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms
         self._wire = WireLimits(raft.entries_per_message_max, raft.bytes_per_message_max)
+        self._snapshots = snapshots or SnapshotPolicy()
+        if self._snapshots.chunk_bytes_max > raft.bytes_per_message_max:
+            raise ConfigError("snapshot chunk_bytes_max must fit raft bytes_per_message_max")
+        if storage.snapshot_chunk_bytes_max > self._snapshots.chunk_bytes_max:
+            raise ConfigError("the raft database's snapshot chunks must fit one frame")
+        # Frames of a transfer waiting in the link to a peer; without it, no pacing (tests).
+        self._send_backlog = send_backlog or (lambda _peer: 0)
+        self._inbox_bytes_max = inbox_bytes_max
+        self._inbox_bytes = 0
         self._inbox: list[bytes] = []
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,14 +203,30 @@ class ReplicatedLog:
         self._queued_entries = 0
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_ready: Ready | None = None
+        self._compaction: _Compaction | None = None
+        self._compact_after = 0  # applied index before which no new attempt starts (back-off)
+        self._sending: dict[str, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
+        self._incoming: _Incoming | None = None
         self.frames_dropped = 0
         self.frames_malformed = 0
+        self.snapshots_taken = 0
+        self.snapshots_failed = 0  # taking one failed (e.g. over bytes_max); retried later
+        self.snapshots_sent = 0
+        self.snapshot_sends_failed = 0
+        self.snapshots_received = 0  # transfers complete and checked
+        self.snapshots_rejected = 0  # transfers refused: oversize, malformed, digest mismatch
+        self.snapshots_installed = 0  # state replaced from a snapshot (received or at restart)
+        self.snapshot_bytes = 0  # size of the latest snapshot taken here
+        self.snapshot_take_ms = 0  # how long writing it took (on a worker thread)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._storage.has_state:
+            snapshot = self._storage.snapshot
+            if self._storage.applied_index < snapshot.meta.index:  # crashed before restoring
+                await asyncio.to_thread(self._restore, snapshot)
             self._node = RawNode(self._cfg, self._rng, self._storage.state())
         elif self._membership.is_member(self._cfg.node_id):
             self._node = RawNode.bootstrap(self._cfg, self._rng, self._membership)
@@ -134,6 +239,16 @@ class ReplicatedLog:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for _, sending in self._sending.values():
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+        self._sending.clear()
+        job, self._compaction = self._compaction, None
+        if job is not None:  # its thread writes into the database: let it stop first
+            job.cancel.set()
+            with contextlib.suppress(BaasError):
+                await job.task
         for _, future in self._waiting.values():
             if not future.done():
                 future.set_exception(OperationFailed("the log stopped", code="proposal_lost"))
@@ -155,10 +270,14 @@ class ReplicatedLog:
             loop.call_soon_threadsafe(self._enqueue, payload)
 
     def _enqueue(self, payload: bytes) -> None:
-        if len(self._inbox) >= self._inbox_max:
+        # Bytes bound too: snapshot chunks are large, and a receiver slower than its link
+        # drops them here (the leader sends the snapshot again) rather than growing.
+        full = self._inbox_bytes + len(payload) > self._inbox_bytes_max
+        if len(self._inbox) >= self._inbox_max or full:
             self.frames_dropped += 1
             return
         self._inbox.append(payload)
+        self._inbox_bytes += len(payload)
         self._wake.set()
 
     async def propose(self, entries: Sequence[AppEntry], *, timeout_s: float) -> list[Applied]:
@@ -286,6 +405,7 @@ class ReplicatedLog:
             commit_index=node.commit_index,
             applied_index=self._storage.applied_index,
             last_index=node.last_index,
+            snapshot_index=node.snapshot_index,
             voters=tuple(sorted(membership.voters)),
             learners=tuple(sorted(membership.learners)),
         )
@@ -293,6 +413,21 @@ class ReplicatedLog:
     def state_get(self, key: bytes) -> bytes | None:
         """Read applied state (committed entries never change: no consensus round needed)."""
         return self._storage.state_get(key)
+
+    def snapshot_stats(self) -> dict[str, int]:
+        """Counters of compaction and snapshot transfers, for status and metrics."""
+        return {
+            "snapshot_index": self._require_node().snapshot_index,
+            "snapshots_taken": self.snapshots_taken,
+            "snapshots_failed": self.snapshots_failed,
+            "snapshots_sent": self.snapshots_sent,
+            "snapshot_sends_failed": self.snapshot_sends_failed,
+            "snapshots_received": self.snapshots_received,
+            "snapshots_rejected": self.snapshots_rejected,
+            "snapshots_installed": self.snapshots_installed,
+            "snapshot_bytes": self.snapshot_bytes,
+            "snapshot_take_ms": self.snapshot_take_ms,
+        }
 
     # ------------------------------------------------------------------ the loop
 
@@ -306,8 +441,9 @@ class ReplicatedLog:
                     await self._wake.wait()
             self._wake.clear()
             inbox, self._inbox = self._inbox, []
+            self._inbox_bytes = 0
             for payload in inbox:
-                self._step(node, payload)
+                await self._step(node, payload)
             if self._queued:
                 self._hand_queued_to_core(node)
             if asyncio.get_running_loop().time() >= next_tick:
@@ -315,11 +451,15 @@ class ReplicatedLog:
                 next_tick += self._tick_s
             while node.has_ready():
                 await self._handle(node, node.ready())
+            await self._compact(node)
 
-    def _step(self, node: RawNode, payload: bytes) -> None:
+    async def _step(self, node: RawNode, payload: bytes) -> None:
         try:
             message: Message = message_from_wire(msgpack.unpackb(payload, raw=False), self._wire)
-            node.step(message)
+            if isinstance(message, InstallSnapshot):
+                await self._receive_snapshot(node, message)
+            else:
+                node.step(message)
         except (PeerProtocolError, msgpack.UnpackException, ValueError) as exc:
             self.frames_malformed += 1
             log.warning("dropped a malformed raft frame: %s", exc)
@@ -330,15 +470,13 @@ class ReplicatedLog:
             await asyncio.to_thread(self._storage.persist, ready)
         # 2. send
         for message in ready.messages:
-            self._send(message.to, msgpack.packb(message.to_wire(), use_bin_type=True))
+            if isinstance(message, InstallSnapshot):
+                self._send_snapshot(node, message)
+            else:
+                self._send(message.to, msgpack.packb(message.to_wire(), use_bin_type=True))
         # 3. apply
         if ready.snapshot is not None and ready.snapshot.meta.index > 0:
-            items = msgpack.unpackb(ready.snapshot.data, raw=False) if ready.snapshot.data else []
-            await asyncio.to_thread(
-                self._storage.restore_applied,
-                [(bytes(k), bytes(v)) for k, v in items],
-                ready.snapshot.meta.index,
-            )
+            await asyncio.to_thread(self._restore, ready.snapshot)
         if ready.committed_entries:
             await self._apply(ready)
         for read in ready.read_states:
@@ -390,3 +528,227 @@ class ReplicatedLog:
                 )
             else:
                 future.set_result(result)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        """Replace the applied state with the snapshot's (worker thread; streamed from disk)."""
+        size, chunks = self._storage.snapshot_chunks(snapshot.data)
+        self._storage.restore_applied(_checked_state(chunks, size), snapshot.meta.index)
+        self.snapshots_installed += 1
+        log.info("state restored from the snapshot at %d (%d bytes)", snapshot.meta.index, size)
+
+    async def _compact(self, node: RawNode) -> None:
+        """Take a snapshot when due; adopt a finished one once it trails enough entries.
+
+        Taking it reads a pinned view of the state on a worker thread, so applying goes on
+        meanwhile; the loop only waits for the adoption (one fsynced batch, then deleting
+        the entries it covers in bounded batches).
+        """
+        policy, applied, job = self._snapshots, self._storage.applied_index, self._compaction
+        if job is None:
+            if applied - node.snapshot_index >= policy.entries and applied >= self._compact_after:
+                self._start_compaction(node, applied)
+            return
+        if not job.task.done():
+            return
+        self._compaction = None
+        error = job.task.exception()
+        if error is not None:
+            self.snapshots_failed += 1
+            self._compact_after = applied + policy.entries
+            log.error("taking a snapshot at %d failed: %s", job.meta.index, error)
+            self._storage.discard_generation(job.generation)
+            return
+        ref = job.task.result()
+        if (
+            applied < job.meta.index + policy.trailing_entries
+            and node.snapshot_index < job.meta.index
+        ):
+            self._compaction = job  # not yet: keep the entries a lagging follower may need
+            return
+        if await asyncio.to_thread(self._storage.adopt_snapshot, job.meta, ref):
+            node.compact(Snapshot(job.meta, ref.encode()))
+            self.snapshots_taken += 1
+            self.snapshot_bytes = ref.size
+            log.info(
+                "log compacted to a snapshot at %d: %d bytes in %d ms",
+                job.meta.index,
+                ref.size,
+                self.snapshot_take_ms,
+            )
+
+    def _start_compaction(self, node: RawNode, applied: int) -> None:
+        meta = node.snapshot_meta(applied)
+        generation = self._storage.reserve_generation()
+        index, items = self._storage.pinned_state()
+        if index != applied:
+            raise AssertionError(f"pinned state at {index}, applied {applied}")
+        cancel = threading.Event()
+        task = asyncio.create_task(asyncio.to_thread(self._take, generation, items, cancel))
+        task.add_done_callback(lambda _: self._wake.set())
+        self._compaction = _Compaction(meta, generation, task, cancel, time.monotonic())
+
+    def _take(
+        self, generation: int, items: Iterator[tuple[bytes, bytes]], cancel: threading.Event
+    ) -> SnapshotRef:
+        """Write the state's snapshot data under ``generation`` (worker thread)."""
+        started = time.monotonic()
+        writer = SnapshotWriter(self._storage, generation)
+
+        def write(piece: bytes) -> None:
+            if cancel.is_set():
+                raise OperationFailed("the log stopped", code="snapshot_cancelled")
+            writer.write(piece)
+
+        try:
+            encode_state(items, write)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+        ref = writer.finish()
+        self.snapshot_take_ms = int((time.monotonic() - started) * 1000)
+        return ref
+
+    def _send_snapshot(self, node: RawNode, message: InstallSnapshot) -> None:
+        """Stream the snapshot the core wants to send, chunk by chunk, from disk."""
+        peer = message.to
+        running = self._sending.get(peer)
+        if running is not None and not running[1].done():
+            if running[0] == message.meta:
+                return  # the core timed out and asks again: that transfer is still going
+            running[1].cancel()
+        busy = sum(1 for _, task in self._sending.values() if not task.done())
+        if busy >= self._snapshots.sends_max:
+            node.report_snapshot(peer, ok=False)  # the core asks again after a probe
+            return
+        task = asyncio.create_task(self._stream_snapshot(node, message))
+        self._sending[peer] = (message.meta, task)
+
+    async def _stream_snapshot(self, node: RawNode, message: InstallSnapshot) -> None:
+        peer = message.to
+        try:
+            size, chunks = self._storage.snapshot_chunks(message.chunk)
+            offset = 0
+            while True:
+                piece = await asyncio.to_thread(next, chunks, b"") if offset < size else b""
+                last = offset + len(piece) >= size
+                if not piece and not last:
+                    raise CorruptEntry("snapshot data shorter than its reference")
+                frame = replace(message, offset=offset, total_bytes=size, chunk=piece, last=last)
+                await self._wait_link(peer)
+                if node.role is not Role.LEADER or node.term != message.term:
+                    return  # no longer ours to send
+                if not self._send(peer, msgpack.packb(frame.to_wire(), use_bin_type=True)):
+                    raise OperationFailed(f"the link to {peer} dropped a snapshot chunk")
+                offset += len(piece)
+                if last:
+                    break
+            if await asyncio.to_thread(next, chunks, None) is not None:  # checks the whole
+                raise CorruptEntry("snapshot data longer than its reference")
+            self.snapshots_sent += 1
+            log.info("snapshot at %d (%d bytes) sent to %s", message.meta.index, size, peer)
+        except BaasError as exc:
+            self.snapshot_sends_failed += 1
+            log.warning("snapshot to %s not sent: %s", peer, exc.detail)
+            node.report_snapshot(peer, ok=False)
+            self._wake.set()
+
+    async def _wait_link(self, peer: str) -> None:
+        """Wait until the link to ``peer`` has room for one more chunk (bounded memory)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._tick_s * self._cfg.snapshot_timeout
+        while self._send_backlog(peer) >= self._snapshots.chunks_queued_max:
+            if loop.time() > deadline:
+                raise OperationFailed(f"the link to {peer} stalled during a snapshot")
+            await asyncio.sleep(0.005)
+
+    async def _receive_snapshot(self, node: RawNode, m: InstallSnapshot) -> None:
+        """One chunk of a snapshot from the leader: staged on disk, checked, then stepped.
+
+        The core sees the snapshot once complete and checked, as a reference to its chunks.
+        One transfer at a time: a chunk that does not continue it starts over (offset 0 of a
+        newer one) or is dropped; the leader resends after its snapshot timeout.
+        """
+        if m.offset == 0 and (
+            m.term < node.term
+            or m.meta.index <= node.commit_index
+            or node.term_at(m.meta.index) == m.meta.term
+        ):
+            # The core answers these without the data (stale, or entries already held).
+            node.step(replace(m, total_bytes=0, chunk=b"", last=True))
+            return
+        incoming = self._incoming
+        if m.offset == 0:
+            if incoming is not None and m.term < incoming.first.term:
+                return
+            incoming = self._begin_incoming(m)
+            if incoming is None:
+                return
+        same = incoming is not None and (m.sender, m.term, m.meta, m.total_bytes) == (
+            incoming.first.sender,
+            incoming.first.term,
+            incoming.first.meta,
+            incoming.first.total_bytes,
+        )
+        if incoming is None or not same:
+            return  # a chunk of a transfer we are not receiving
+        if m.offset != incoming.offset:
+            self._drop_incoming("a chunk went missing")
+            return
+        try:
+            incoming.check.update(m.chunk)
+            await asyncio.to_thread(incoming.writer.write, m.chunk)
+            incoming.offset += len(m.chunk)
+            if not m.last:
+                return
+            incoming.check.finish()
+            ref = await asyncio.to_thread(incoming.writer.finish)
+        except BaasError as exc:
+            self.snapshots_rejected += 1
+            self._drop_incoming(f"refused: {exc.detail}")
+            return
+        self._incoming = None
+        self.snapshots_received += 1
+        data = ref.encode()
+        before = node.snapshot_index
+        node.step(replace(m, offset=0, total_bytes=len(data), chunk=data, last=True))
+        if node.snapshot_index == before or node.snapshot_index != m.meta.index:
+            self._storage.discard_generation(ref.generation)  # the core did not need it
+
+    def _begin_incoming(self, m: InstallSnapshot) -> _Incoming | None:
+        if self._incoming is not None:
+            self._drop_incoming("a newer transfer began")
+        if m.total_bytes > self._snapshots.bytes_max:
+            self.snapshots_rejected += 1
+            log.warning("refused a snapshot of %d bytes (bytes_max)", m.total_bytes)
+            return None
+        try:
+            check = StateCheck(m.total_bytes)
+        except BaasError as exc:
+            self.snapshots_rejected += 1
+            log.warning("refused a snapshot from %s: %s", m.sender, exc.detail)
+            return None
+        writer = SnapshotWriter(self._storage, self._storage.reserve_generation())
+        self._incoming = _Incoming(m, 0, writer, check)
+        return self._incoming
+
+    def _drop_incoming(self, why: str) -> None:
+        incoming, self._incoming = self._incoming, None
+        if incoming is not None:
+            log.warning(
+                "snapshot at %d from %s dropped: %s",
+                incoming.first.meta.index,
+                incoming.first.sender,
+                why,
+            )
+            self._storage.discard_generation(incoming.writer.generation)
+
+
+def _checked_state(chunks: Iterator[bytes], size: int) -> Iterator[tuple[bytes, bytes]]:
+    """The stored snapshot's state items; on disk a malformed stream is corruption."""
+    try:
+        yield from decode_state(chunks, size)
+    except (PeerProtocolError, msgpack.UnpackException, ValueError) as exc:
+        raise CorruptEntry(f"stored snapshot data is malformed: {exc}") from exc
