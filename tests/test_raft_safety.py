@@ -2,7 +2,8 @@
 
 Each seed draws a 3-5 node cluster and a few thousand actions: ticks, message delivery in a
 random order, loss, duplication, partitions, crash-restart from persisted state only,
-proposals, compactions, ReadIndex requests and membership changes. After every Ready it checks:
+proposals, compactions, ReadIndex requests, leadership transfers and membership changes.
+After every Ready it checks:
 
 * election safety: at most one leader per term;
 * state machine safety: every node applies the same entry at each index (snapshots included);
@@ -167,6 +168,12 @@ def _step(cluster: Cluster, rng: random.Random, step: int, checker: Checker) -> 
             checker.reads_floor[context] = max(checker.applied, default=0)
             cluster.core(leader).read_index(context)
             cluster.process(leader)
+        elif roll < 0.115:
+            core = cluster.core(leader)
+            others = sorted(v for v in core.membership.voters if v != leader)
+            if others:
+                core.transfer_leadership(rng.choice(others))
+                cluster.process(leader)
         else:
             _change_membership(cluster, rng, leader, step)
         return

@@ -12,7 +12,16 @@ import pytest
 
 from node.consensus.cluster import Cluster
 from node.consensus.config import RaftConfig
-from node.consensus.messages import Append, AppendResponse, InstallSnapshot, Message, PreVote, Vote
+from node.consensus.messages import (
+    Append,
+    AppendResponse,
+    InstallSnapshot,
+    Message,
+    PreVote,
+    TimeoutNow,
+    TransferVote,
+    Vote,
+)
 from node.consensus.raft import RawNode, Ready
 from node.consensus.types import (
     ConfChangeKind,
@@ -23,7 +32,13 @@ from node.consensus.types import (
     SnapshotMeta,
     default_membership,
 )
-from node.errors import InvariantViolation, NotLeader, OperationFailed, ReadyOutOfOrder
+from node.errors import (
+    InvalidRequest,
+    InvariantViolation,
+    NotLeader,
+    OperationFailed,
+    ReadyOutOfOrder,
+)
 
 ABC = ["a", "b", "c"]
 
@@ -526,3 +541,71 @@ def test_eager_commit_notify_broadcasts_the_commit_at_once() -> None:
     cluster.deliver()
     assert cluster.core("b").commit_index == 2
     assert len([m for _, m in sent if isinstance(m, Append) and not m.entries]) == 2
+
+
+# -- leadership transfer
+
+
+def test_leadership_transfer_hands_over_at_once_despite_stickiness() -> None:
+    sent: list[tuple[str, Message]] = []
+    cluster = make(["a", "b", "c", "d", "e"], log=sent)
+    cluster.elect("a")
+    cluster.settle(2)
+    cluster.propose("a", b"x")
+    cluster.deliver()
+    term = cluster.core("a").term
+    sent.clear()
+    cluster.core("a").transfer_leadership("c")
+    cluster.process("a")
+    cluster.deliver()
+    # c campaigned on TimeoutNow with a TransferVote; the others, though they had just heard
+    # from a, granted it (a plain Vote would be refused: leader stickiness).
+    assert any(isinstance(m, TimeoutNow) and m.to == "c" for _, m in sent)
+    assert any(isinstance(m, TransferVote) for _, m in sent)
+    assert cluster.leader() == "c" and cluster.core("c").term == term + 1
+    assert cluster.core("a").role is Role.FOLLOWER
+    cluster.propose("c", b"y")
+    cluster.settle(1)
+    for node_id in "abcde":
+        assert payloads_applied(cluster, node_id) == [b"x", b"y"]
+
+
+def test_leadership_transfer_catches_the_target_up_first_and_refuses_proposals() -> None:
+    cluster = make(["a", "b", "c"])
+    cluster.elect("a")
+    cluster.settle(2)
+    cluster.block("a", "c")
+    cluster.propose("a", b"x")
+    cluster.deliver()
+    assert cluster.core("c").last_index < cluster.core("a").last_index
+    cluster.core("a").transfer_leadership("c")
+    with pytest.raises(NotLeader):
+        cluster.propose("a", b"refused while handing over")
+    cluster.heal()
+    cluster.tick(["a"])  # the next heartbeat round finds c behind and sends it the entries
+    cluster.settle(3)
+    assert cluster.leader() == "c"
+    assert payloads_applied(cluster, "c") == [b"x"]
+
+
+def test_a_transfer_that_does_not_complete_is_given_up_and_proposals_resume() -> None:
+    cluster = make(["a", "b", "c"])
+    cluster.elect("a")
+    cluster.settle(2)
+    cluster.isolate("c")
+    cluster.core("a").transfer_leadership("c")
+    cluster.tick(["a", "b"], times=10)  # election_ticks
+    assert cluster.core("a").transferring_to is None
+    assert cluster.leader() == "a"
+    cluster.propose("a", b"after")
+    cluster.settle(1)
+    assert payloads_applied(cluster, "b") == [b"after"]
+
+
+def test_leadership_cannot_go_to_a_learner_or_to_itself() -> None:
+    cluster = make(["a", "b", "c"], membership=Membership.of(["a", "b"], ["c"]))
+    cluster.elect("a")
+    cluster.settle(1)
+    for target in ("a", "c"):
+        with pytest.raises(InvalidRequest):
+            cluster.core("a").transfer_leadership(target)

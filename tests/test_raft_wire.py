@@ -21,6 +21,8 @@ from node.consensus.messages import (
     PreVoteResponse,
     ReadIndexRequest,
     ReadIndexResponse,
+    TimeoutNow,
+    TransferVote,
     Vote,
     VoteResponse,
     WireLimits,
@@ -51,6 +53,8 @@ ENTRIES = (
 EVERY_MESSAGE: list[Message] = [
     PreVote("a", "b", 3, 10, 2),
     Vote("a", "b", 3, 10, 2),
+    TransferVote("a", "b", 3, 10, 2),
+    TimeoutNow("a", "b", 3),
     PreVoteResponse("b", "a", 3, False),
     VoteResponse("b", "a", 3, True),
     Append("a", "b", 3, 3, 2, ENTRIES, 5),

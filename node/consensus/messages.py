@@ -11,6 +11,8 @@ message                meaning
 =====================  ===========================================================
 ``PreVote``            "would you vote for me at ``term``?" (the sender's term is not raised)
 ``Vote``               a real vote request at ``term``
+``TransferVote``       a vote request of a leadership transfer (granted despite stickiness)
+``TimeoutNow``         the leader hands over: campaign now
 ``PreVoteResponse``    / ``VoteResponse``: ``reject`` or grant
 ``Append``             entries after (``prev_index``, ``prev_term``) and the leader's commit
 ``AppendResponse``     ``index`` matched, or ``reject`` with a (hint_index, hint_term) to
@@ -58,6 +60,8 @@ __all__ = [
     "PreVoteResponse",
     "ReadIndexRequest",
     "ReadIndexResponse",
+    "TimeoutNow",
+    "TransferVote",
     "Vote",
     "VoteResponse",
     "WireLimits",
@@ -97,6 +101,21 @@ class PreVote(_VoteRequest):
 @dataclass(frozen=True, slots=True)
 class Vote(_VoteRequest):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class TransferVote(_VoteRequest):
+    """A vote request of a leadership transfer: voters grant it even while they still hear
+    from the (handing-over) leader, which a plain :class:`Vote` would not get (stickiness)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow(_Wire):
+    """The leader hands over: the receiver campaigns at once (a :class:`TransferVote`)."""
+
+    sender: NodeId
+    to: NodeId
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +207,8 @@ class ReadIndexResponse(_Wire):
 Message = (
     PreVote
     | Vote
+    | TransferVote
+    | TimeoutNow
     | PreVoteResponse
     | VoteResponse
     | Append
@@ -219,6 +240,8 @@ _VOTE_REPLY = _fields("reject:bool")
 _SPECS: dict[str, tuple[type[Any], tuple[tuple[str, str], ...]]] = {
     "pre_vote": (PreVote, _VOTE_REQ),
     "vote": (Vote, _VOTE_REQ),
+    "transfer_vote": (TransferVote, _VOTE_REQ),
+    "timeout_now": (TimeoutNow, _fields("")),
     "pre_vote_resp": (PreVoteResponse, _VOTE_REPLY),
     "vote_resp": (VoteResponse, _VOTE_REPLY),
     "app": (Append, _fields("prev_index:int prev_term:int entries:entries commit:int")),

@@ -8,7 +8,8 @@ A :class:`RawNode` is driven by its adapter with four kinds of input:
 * ``step(message)``: a message from a peer arrived;
 * ``propose(payloads, now_ms)``, ``propose_change(kind, node_id, now_ms)``,
   ``read_index(context)``: requests of the local application (leader only, or forwarded);
-* ``compact(snapshot)``, ``report_snapshot(peer, ok)``, ``report_unreachable(peer)``.
+* ``compact(snapshot)``, ``report_snapshot(peer, ok)``, ``report_unreachable(peer)``,
+  ``transfer_leadership(voter)`` (hand over before this leader is removed or stopped).
 
 Every output is collected into one :class:`Ready` value, which the adapter handles in this
 order, and only this order::
@@ -32,7 +33,9 @@ and followers that heard from a live leader within that time ignore vote request
 stickiness); optimistic pipelined replication with fast backtracking; commit by counting only
 entries of the current term (§5.4.2), helped by a no-op entry at the start of every term;
 single-server membership changes that take effect when committed, one at a time; ReadIndex
-confirmed by a heartbeat round.
+confirmed by a heartbeat round; leadership transfer (thesis §3.10: the leader stops taking
+proposals, brings the target up to date and sends ``TimeoutNow``; the target campaigns at once
+with a ``TransferVote``, which voters grant despite stickiness).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ from node.consensus.messages import (
     PreVoteResponse,
     ReadIndexRequest,
     ReadIndexResponse,
+    TimeoutNow,
+    TransferVote,
     Vote,
     VoteResponse,
 )
@@ -166,6 +171,8 @@ class RawNode:
         self._pending_reads: list[_PendingRead] = []
         self._reads_before_commit: list[tuple[bytes, NodeId]] = []
         self._pending_conf_index = 0
+        self._transferee: NodeId | None = None  # leadership being handed to this voter
+        self._transfer_elapsed = 0
         self._now_ms = 0
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -268,6 +275,30 @@ class RawNode:
         proposal = self._append_proposal([(EntryKind.CONFIG, payload)], now_ms)
         self._pending_conf_index = proposal.last_index
         return proposal
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to voter ``target`` (Raft thesis §3.10): stop taking proposals,
+        bring ``target`` up to date, then tell it to campaign at once (``TimeoutNow``). Given
+        up after ``election_ticks`` (proposals are taken again). Leader only."""
+        self._require_leader()
+        if target == self.id or not self.membership.is_voter(target):
+            raise InvalidRequest(f"cannot hand leadership to {target}: not another voter")
+        self._transferee, self._transfer_elapsed = target, 0
+        self._maybe_send_timeout_now()
+
+    @property
+    def transferring_to(self) -> NodeId | None:
+        return self._transferee
+
+    def _maybe_send_timeout_now(self) -> None:
+        target = self._transferee
+        pr = self._prs.get(target) if target is not None else None
+        if target is None or pr is None:
+            return
+        if pr.match == self._log.last_index:
+            self._send(TimeoutNow(self.id, target, self.term))
+        else:
+            self._send_append(target)
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point; the answer arrives as a ReadState in a Ready.
@@ -401,8 +432,11 @@ class RawNode:
             self._answer_stale(m)
             return
         match m:
-            case PreVote() | Vote():
+            case PreVote() | Vote() | TransferVote():
                 self._handle_vote_request(m)
+            case TimeoutNow():
+                if self.role is Role.FOLLOWER and self._promotable():
+                    self._campaign(pre=False, transfer=True)
             case PreVoteResponse() | VoteResponse():
                 self._handle_vote_response(m)
             case Append() | Heartbeat() | InstallSnapshot():
@@ -461,7 +495,7 @@ class RawNode:
             if self._promotable():
                 self._campaign(pre=self._cfg.pre_vote)
 
-    def _campaign(self, *, pre: bool) -> None:
+    def _campaign(self, *, pre: bool, transfer: bool = False) -> None:
         if pre:
             self.role, self.leader_id = Role.PRE_CANDIDATE, None
             term = self.term + 1
@@ -472,7 +506,7 @@ class RawNode:
         self._votes = {self.id: True}
         if self._tally_won():
             return
-        request = PreVote if pre else Vote
+        request = PreVote if pre else TransferVote if transfer else Vote
         for voter in self.membership.voters:
             if voter != self.id:
                 self._send(request(self.id, voter, term, self._log.last_index, self._log.last_term))
@@ -493,7 +527,7 @@ class RawNode:
             return True
         return False
 
-    def _handle_vote_request(self, m: PreVote | Vote) -> None:
+    def _handle_vote_request(self, m: PreVote | Vote | TransferVote) -> None:
         pre = isinstance(m, PreVote)
         can_vote = (
             self.vote == m.sender
@@ -528,6 +562,7 @@ class RawNode:
         self._reset_timeout()
         self._votes = {}
         self._prs = {}
+        self._transferee = None
         self._pending_reads = []
         self._reads_before_commit = []
 
@@ -562,6 +597,9 @@ class RawNode:
 
     def _append_proposal(self, items: list[tuple[EntryKind, bytes]], now_ms: int) -> Proposal:
         self._require_leader()
+        if self._transferee is not None:
+            # New entries would only delay the hand-over; the caller retries at the new leader.
+            raise NotLeader("leadership is being handed over", leader_hint=self._transferee)
         uncommitted = self._log.last_index - self._log.committed
         if uncommitted + len(items) > self._cfg.uncommitted_entries_max:
             raise Overloaded(f"{uncommitted} entries await commit")
@@ -664,6 +702,8 @@ class RawNode:
         if m.sender in self._prs:  # a commit above may have removed it
             while self._send_append(m.sender, if_empty=False):
                 pass  # pipelining: fill the window
+        if m.sender == self._transferee and pr.match == self._log.last_index:
+            self._send(TimeoutNow(self.id, m.sender, self.term))
 
     def _handle_heartbeat_response(self, m: HeartbeatResponse) -> None:
         pr = self._prs.get(m.sender)
@@ -681,6 +721,10 @@ class RawNode:
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self._transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self._cfg.election_ticks:
+                self._transferee = None  # the target did not take over: lead on
         for peer in sorted(self._prs):
             pr = self._prs[peer]
             if pr.state is ProgressState.SNAPSHOT:

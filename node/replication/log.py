@@ -288,7 +288,7 @@ class ReplicatedLog:
         would send one Append per proposal and make every follower acknowledge each alone).
         """
         node = self._require_node()
-        if node.role is not Role.LEADER:
+        if node.role is not Role.LEADER or node.transferring_to is not None:
             raise NotLeader("this node is not the leader", leader_hint=node.leader_id)
         if self._queued_entries + len(self._waiting) + len(entries) > self._proposals_max:
             raise Overloaded("too many proposals waiting to be applied")
@@ -316,10 +316,11 @@ class ReplicatedLog:
         ]
         if not live:
             return
-        if node.role is not Role.LEADER:
+        if node.role is not Role.LEADER or node.transferring_to is not None:
+            hint = node.transferring_to or node.leader_id
             for _, future in live:
                 future.set_exception(
-                    NotLeader("leadership moved before the proposal", leader_hint=node.leader_id)
+                    NotLeader("leadership moved before the proposal", leader_hint=hint)
                 )
             return
         chunk = self._cfg.proposal_entries_max
@@ -371,6 +372,23 @@ class ReplicatedLog:
             raise OperationFailed(
                 "the membership change was not applied in time", code="proposal_lost"
             ) from exc
+
+    async def transfer_leadership(self, target: str, *, timeout_s: float) -> bool:
+        """Hand leadership to voter ``target``; True once this node is no longer leader."""
+        node = self._require_node()
+        if node.role is not Role.LEADER:
+            raise NotLeader("this node is not the leader", leader_hint=node.leader_id)
+        node.transfer_leadership(target)
+        self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if node.role is not Role.LEADER:
+                return True
+            if node.transferring_to is None:
+                return False  # given up (the target did not take over in time)
+            await asyncio.sleep(self._tick_s / 2)
+        return node.role is not Role.LEADER
 
     def match_index(self, peer: str) -> int | None:
         """How far ``peer``'s log is known to match the leader's (None unless leader)."""
