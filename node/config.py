@@ -20,6 +20,7 @@ from node.errors import ConfigError
 __all__ = [
     "ClusterConfig",
     "ClusterMember",
+    "MoveSettings",
     "NodeConfig",
     "NodeLimits",
     "NodeSettings",
@@ -265,18 +266,35 @@ class RaftSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveSettings:
+    """Background shard moves after a membership change (node/mover.py), run by the leader."""
+
+    interval_s: float = 1.0  # between passes over the record index
+    moves_inflight_max: int = 8  # shard moves copied, verified or proposed at once
+    attempts_max: int = 5  # failed copies or lost proposals before a move waits for a pass
+    # The old copy outlives the committed move by this many log positions (readers that
+    # have not applied the move yet still find it there).
+    grace_entries: int = 10_000
+
+    def validate(self) -> None:
+        require_positive_fields(self, "moves", integers_only=False)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSettings
     cluster: ClusterConfig
     limits: NodeLimits = field(default_factory=NodeLimits)
     timeouts: NodeTimeouts = field(default_factory=NodeTimeouts)
     raft: RaftSettings = field(default_factory=RaftSettings)
+    moves: MoveSettings = field(default_factory=MoveSettings)
 
     def validate(self) -> None:
         self.cluster.validate()
         self.limits.validate()
         self.timeouts.validate()
         self.raft.validate()
+        self.moves.validate()
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
         parse_host_port(self.node.http_listen, "node.http_listen")
@@ -352,6 +370,7 @@ def load_node_config(path: Path) -> NodeConfig:
         limits=build_dataclass(NodeLimits, _section(raw, "limits"), "limits"),
         timeouts=build_dataclass(NodeTimeouts, _section(raw, "timeouts"), "timeouts"),
         raft=build_dataclass(RaftSettings, _section(raw, "raft"), "raft"),
+        moves=build_dataclass(MoveSettings, _section(raw, "moves"), "moves"),
     )
     config.validate()
     return config

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import logging
 import time
@@ -649,21 +650,41 @@ class Coordinator:
             self.records_in_progress -= 1
 
     async def _read_admitted(self, record_id: bytes, request_id: str) -> ReadResult:
-        version: bytes | None = None
         if self._index is None:
             placement = self.placement(record_id)
-        else:
-            # Only indexed (acknowledged) records are served, from the shard map the index
-            # recorded; a local miss is confirmed through the leader before saying 404.
-            known = await self._index.lookup_confirmed(record_id)
-            if known is None:
-                raise NotFound("no record with this id", code="record_not_found")
-            placement, version = known.shard_nodes, known.content_hash
+            return await self._read_waves(record_id, placement, (), None, request_id)
+        # Only indexed (acknowledged) records are served, from the shard map the index
+        # recorded; a local miss is confirmed through the leader before saying 404.
+        known = await self._index.lookup_confirmed(record_id)
+        if known is None:
+            raise NotFound("no record with this id", code="record_not_found")
+        return await self.read_indexed(known, request_id)
+
+    async def read_indexed(self, entry: IndexEntry, request_id: str = "") -> ReadResult:
+        """Read the indexed version from the holders the index names; a shard that moved is
+        also looked for where it was (after the others: the old copy may be gone)."""
+        previous = tuple(dict.fromkeys(p.node for p in entry.previous))
+        fallback = tuple(n for n in previous if n not in entry.shard_nodes)
+        return await self._read_waves(
+            entry.record_id, entry.shard_nodes, fallback, entry.content_hash, request_id
+        )
+
+    async def _read_waves(
+        self,
+        record_id: bytes,
+        placement: Sequence[str],
+        fallback: Sequence[str],
+        version: bytes | None,
+        request_id: str,
+    ) -> ReadResult:
         k = self._cluster.k
         shards: list[Shard] = []
         corrupt = 0
         failed: set[str] = set()
-        for wave in (placement[:k], placement[k:]):  # systematic holders first
+        waves = [placement[:k], placement[k:]]  # systematic holders first
+        if fallback:
+            waves.append(fallback)
+        for wave in waves:
             replies, failures = await self._gather(
                 {peer: self._reads.submit(peer, (record_id, request_id)) for peer in wave}
             )
@@ -682,6 +703,32 @@ class Coordinator:
             f"fewer than k={k} intact shards reachable ({len(failed)} of {len(placement)} "
             f"placement nodes unreachable, {corrupt} corrupt shards seen)"
         )
+
+    # ----------------------------------------------------------------- shard moves
+
+    @staticmethod
+    def reencode_shard(result: ReadResult, index: int) -> Shard:
+        """Shard ``index`` of a record rebuilt (and checked against its content hash)."""
+        meta = result.meta
+        pieces = encode_blob(result.blob, meta.k, meta.n)
+        return Shard(dataclasses.replace(meta, index=index), pieces[index])
+
+    async def store_shard(self, peer_id: str, shard: Shard, request_id: str) -> None:
+        """Store one shard on ``peer_id`` (exclusive: refused if it holds another version)."""
+        (held,) = await self._puts.run_many((peer_id, True), [(shard, request_id)])
+        if held is not None and all(m.content_hash != shard.meta.content_hash for m in held):
+            raise OperationFailed(f"peer {peer_id} holds another version of the record")
+
+    async def shard_digest(
+        self, peer_id: str, record_id: bytes, index: int, version: bytes
+    ) -> bytes | None:
+        """SHA-256 of shard ``index`` of ``version`` as ``peer_id`` holds it (None: missing)."""
+        (reply,) = await self._reads.run_many(peer_id, [(record_id, "move-verify")])
+        found, _ = reply
+        for shard in found:
+            if shard.meta.index == index and shard.meta.content_hash == version:
+                return hashlib.sha256(shard.data).digest()
+        return None
 
     def _rebuild(
         self, shards: Sequence[Shard], corrupt: int, version: bytes | None = None

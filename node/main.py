@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -31,6 +32,7 @@ from node.errors import BaasError
 from node.logs import configure_logging
 from node.membership import MembershipManager
 from node.metrics import Metrics
+from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
@@ -146,6 +148,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         index=index_client if config.raft.index_writes else None,
         membership=membership.placement,
     )
+    mover = ShardMover(
+        log=replicated_log,
+        store=raft_storage,
+        coordinator=coordinator,
+        membership=membership,
+        settings=config.moves,
+        request_timeout_s=config.timeouts.p2p_request_s,
+    )
     ready = False
     state = NodeApiState(
         coordinator=coordinator,
@@ -161,6 +171,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_status=lambda: _raft_status(replicated_log, p2p),
         index=index_client,
         membership=membership,
+        mover_stats=lambda: dataclasses.asdict(mover.stats),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
@@ -171,6 +182,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await index_client.start()
         await p2p.start()
         await membership.start()
+        await mover.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
@@ -194,6 +206,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 await replay
         await runner.cleanup()
         await coordinator.stop()
+        await mover.stop()
         await membership.stop()
         await replicated_log.stop()
         await index_client.stop()

@@ -43,6 +43,7 @@ from node.consensus.members import (
 )
 from node.consensus.members import EPOCH_KEY as MEMBERS_EPOCH_KEY
 from node.consensus.state_machine import FEATURE_ENTRY, AppEntry, Dispatcher
+from node.consensus.types import ConfChangeKind
 from node.errors import ConfigError, InvalidRequest, NotLeader, OperationFailed
 from node.replication.log import ReplicatedLog
 
@@ -50,6 +51,7 @@ __all__ = [
     "MEMBERS_FEATURE_VERSION",
     "MEMBERS_PATH",
     "MembershipManager",
+    "StoreView",
     "validate_member_addresses",
 ]
 
@@ -68,7 +70,9 @@ def validate_member_addresses(member: Member) -> None:
         raise ConfigError(f"{member.peer_id!r} is not a libp2p peer id") from exc
 
 
-class _StoreView:
+class StoreView:
+    """Applied state read through a store, as the state machines' read-only view."""
+
     def __init__(self, store: MemberStore) -> None:
         self._store = store
 
@@ -112,6 +116,8 @@ class MembershipManager:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._change_lock = asyncio.Lock()
+        self._kick = asyncio.Event()  # reconcile now: a new epoch awaits admission
+        self._placed: tuple[int, tuple[str, ...]] | None = None  # the last admitted view
         self.conf_changes_proposed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -142,10 +148,24 @@ class MembershipManager:
         return self._cached
 
     def placement(self) -> tuple[int, tuple[str, ...]]:
-        """(epoch, active peer ids) that new writes are placed over."""
+        """(epoch, active peer ids) that new writes are placed over.
+
+        A new epoch is used once this node's p2p layer admits every active member (the
+        reconcile loop does that within moments): until then the previous one, so shards are
+        never sent to a member this node would still refuse to talk to.
+        """
         members = self.members()
         if members.epoch > 0:
-            return members.epoch, members.active_ids
+            view = (members.epoch, members.active_ids)
+            if self._placed is not None and self._placed[0] == members.epoch:
+                return self._placed
+            if all(
+                self._admitted.get(m.peer_id) == m.p2p_addr for m in members.members if m.active
+            ):
+                self._placed = view
+                return view
+            self._kick.set()
+            return self._placed or view
         if self._join_existing:
             raise OperationFailed(
                 "this node has not caught up with the cluster membership yet", code="not_ready"
@@ -279,7 +299,7 @@ class MembershipManager:
         return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REMOVED)
 
     async def _enable_feature(self) -> None:
-        view = _StoreView(self._store)
+        view = StoreView(self._store)
         if Dispatcher.feature_version(view) >= MEMBERS_FEATURE_VERSION:
             return
         if self._feature_max < MEMBERS_FEATURE_VERSION:
@@ -334,7 +354,10 @@ class MembershipManager:
 
     async def _reconcile_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._kick.wait()
+            self._kick.clear()
             try:
                 await self.reconcile_once()
             except (OperationFailed, NotLeader, InvalidRequest) as exc:
@@ -366,6 +389,22 @@ class MembershipManager:
         if change is None:
             return
         kind, peer = change
+        if kind is ConfChangeKind.REMOVE_NODE and peer == status.node_id:
+            # Hand over first: removing itself would leave the cluster without a leader for
+            # an election timeout (no writes, no read barriers). The new leader removes us.
+            await self._hand_over(status.voters, status.node_id, members.active_ids)
+            return
         log.info("membership: proposing %s %s", kind.name, peer)
         self.conf_changes_proposed += 1
         await self._log.propose_change(kind, peer, timeout_s=self._timeout_s)
+
+    async def _hand_over(self, voters: Sequence[str], me: str, active: Sequence[str]) -> None:
+        staying = [v for v in voters if v != me and v in active]
+        if not staying:
+            return
+        # The most caught-up staying voter (ties by peer id): the quickest to take over.
+        target = max(staying, key=lambda v: (self._log.match_index(v) or 0, v))
+        log.info("membership: handing leadership to %s before leaving", target)
+        handed = await self._log.transfer_leadership(target, timeout_s=self._timeout_s)
+        if not handed:
+            log.info("membership: %s did not take over; trying again next round", target)

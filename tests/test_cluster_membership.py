@@ -1,9 +1,12 @@
 """Membership changes through the log, in real processes: 5 nodes + gateway, then a 6th node
-joins and one founding node leaves, all under a steady write and read load.
+joins and the leader leaves, all under a steady write and read load.
 
 Nothing acknowledged is lost, no read fails, placement follows the committed membership (new
 records land on the newcomer, none on the leaver once it is out), and Raft follows the storage
-membership: the newcomer is a learner while 5 vote, and takes the leaver's vote.
+membership: the newcomer is a learner while 5 vote, and takes the leaver's vote; the leaving
+leader hands leadership over first (no election gap: reads that need the leader never fail).
+Shard moves follow: the join moves about 1/6 of the older shards to the newcomer, the leave
+moves every shard off the leaver.
 """
 
 from __future__ import annotations
@@ -54,6 +57,35 @@ async def wait_for(what: str, check: Any, timeout_s: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def moves_to(cluster: LocalCluster, rids: list[str], peer: str, epoch: int) -> tuple[int, int]:
+    """(records indexed before ``epoch``, how many of them had a shard moved to ``peer``)."""
+    older = moved = 0
+    for rid in rids:
+        entry = node_get(cluster, "node-1", f"/internal/v1/index/{rid}")
+        assert entry is not None, rid
+        if entry["membership_epoch"] < epoch:
+            older += 1
+            moved += any(entry["shard_nodes"][m["shard"]] == peer for m in entry["moved"])
+    return older, moved
+
+
+def leader_of(cluster: LocalCluster) -> str:
+    for node in cluster.layout.nodes:
+        status = node_get(cluster, node.name, "/internal/v1/status", timeout_s=1.0)
+        if status is not None and status["raft"]["role"] == "leader":
+            return node.name
+    raise AssertionError("no leader")
+
+
+def moves_settled(cluster: LocalCluster, epoch: int) -> bool:
+    """The leader's shard mover finished a pass at (or after) ``epoch`` with nothing left."""
+    for node in cluster.layout.nodes:
+        status = node_get(cluster, node.name, "/internal/v1/status", timeout_s=1.0)
+        if status is not None and status["raft"]["role"] == "leader":
+            return int(status["moves"]["settled_epoch"]) >= epoch
+    return False
+
+
 async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
     cluster: LocalCluster, client: PartnerClient
 ) -> None:
@@ -66,7 +98,7 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
         ),
     )
     acknowledged: dict[str, float] = {}  # record id -> when acknowledged
-    read_failures: list[tuple[str, int]] = []
+    read_failures: list[tuple[str, int, Any, float]] = []
     write_statuses: list[int] = []
     stop = asyncio.Event()
 
@@ -90,13 +122,13 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
                 rid = list(acknowledged)[-1 - (len(acknowledged) * 7919 % len(acknowledged))]
                 fetched = await client.get_record(rid)
                 if fetched.status != 200:
-                    read_failures.append((rid, fetched.status))
+                    read_failures.append((rid, fetched.status, fetched.body, time.monotonic()))
             await asyncio.sleep(0.01)
 
     tasks = [asyncio.create_task(writer(w)) for w in range(6)]
     tasks += [asyncio.create_task(reader()) for _ in range(2)]
     try:
-        await asyncio.sleep(1.5)
+        await wait_for("records to move", lambda: len(acknowledged) >= 400)
 
         # --- a 6th node joins: prepared, started (empty log), then added through the log
         newcomer = add_node(Path(cluster.layout.directory))
@@ -125,10 +157,22 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
             ),
         )
         assert newcomer_status["raft"]["role"] in ("follower", "learner")
-        await asyncio.sleep(2.0)
+        join_epoch = answer["epoch"]
+        await wait_for("the moves after the join", lambda: moves_settled(cluster, join_epoch))
+        # The join moved about 1/6 of the older records' shards: one shard of each record the
+        # newcomer outranks (5 records in 6), to the newcomer.
+        older, moved = await asyncio.to_thread(
+            moves_to, cluster, list(acknowledged), newcomer.peer_id, join_epoch
+        )
+        share = moved / (5 * older)
+        print(f"join moved {moved} of {5 * older} older shards ({share:.3f})")
+        assert older > 100 and 0.13 <= share <= 0.20, (older, moved)
 
-        # --- a founder leaves: out of placement and Raft first, then its process stops
-        leaver = cluster.node("node-2")
+        # --- the leader leaves: out of placement first; it hands leadership over, the new
+        # leader takes it out of Raft; then its process stops
+        leaver = cluster.node(leader_of(cluster))
+        via = next(n for n in cluster.layout.nodes if n.name not in (leaver.name, newcomer.name))
+        retired_at = time.monotonic()
         answer = retire(cluster.layout, leaver, via)
         assert answer["code"] == "updated", answer
         left_view = await wait_for(
@@ -143,13 +187,17 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
         )
         assert len(left_view["voters"]) == 5
         left_at = time.monotonic()
+        leave_epoch = answer["epoch"]
+        await wait_for("the moves after the leave", lambda: moves_settled(cluster, leave_epoch))
         cluster.kill(leaver.name, signal.SIGTERM)
         await asyncio.sleep(3.0)
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    assert not read_failures, read_failures[:10]
+    assert not read_failures, [
+        (rid, status, body, round(at - retired_at, 3)) for rid, status, body, at in read_failures
+    ][:10]
     assert len(acknowledged) > 100
     # Placement followed the committed membership, record by record.
     survivors = [n for n in founders if n != leaver.name] + [newcomer.name]
@@ -164,6 +212,10 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
             on_leaver_after += leaver.peer_id in entry["shard_nodes"]
     assert on_newcomer > 0
     assert on_leaver_after == 0
+    # The leave moved every shard off the leaver (rebuilt from the others: it is gone).
+    for rid in acknowledged:
+        entry = node_get(cluster, survivors[0], f"/internal/v1/index/{rid}")
+        assert entry is not None and leaver.peer_id not in entry["shard_nodes"], (rid, entry)
     # Every acknowledged record is indexed identically on every survivor and reads back.
     await asyncio.sleep(1.0)
     sample = list(acknowledged)[:: max(1, len(acknowledged) // 30)]

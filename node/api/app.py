@@ -78,6 +78,7 @@ class NodeApiState:
     raft_status: Callable[[], dict[str, Any]]
     index: RecordIndexClient
     membership: MembershipManager
+    mover_stats: Callable[[], dict[str, int]]
     inflight: int = 0
 
 
@@ -322,6 +323,10 @@ async def get_index_entry(request: web.Request) -> web.Response:
             "owner": entry.owner,
             "shard_nodes": list(entry.shard_nodes),
             "created_at_ms": entry.leader_time_ms,
+            "membership_epoch": entry.membership_epoch,
+            "moved": [
+                {"shard": p.shard, "from": p.node, "at_index": p.moved_at} for p in entry.previous
+            ],
         }
     )
 
@@ -362,6 +367,7 @@ async def get_status(request: web.Request) -> web.Response:
             "p2p": state.p2p_stats(),
             "python_allocated_blocks": sys.getallocatedblocks(),
             "raft": state.raft_status(),
+            "moves": state.mover_stats(),
         }
     )
 
