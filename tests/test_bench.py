@@ -156,7 +156,7 @@ def test_consensus_targets_need_committed_writes_and_five_minutes() -> None:
     phases = {
         "single-write": _phase(2100),
         "batch-write": _phase(16_000),
-        "steady": _phase(1000, elections=0),
+        "steady": _phase(1000, elections=0, rate_target_per_s=1000.0),
         "kill-leader": _phase(990, recovery_s=1.2, errors={"unavailable": 3}),
     }
     params = {"records": 1000, "index_writes": True, "nodes": 5, "steady_duration_s": 300.0}
@@ -173,6 +173,10 @@ def test_consensus_targets_need_committed_writes_and_five_minutes() -> None:
     assert "index_writes" in verdicts["committed_single_write_rate"]["note"]
     assert "5 minutes" in verdicts["steady_zero_elections"]["note"]
     assert not any(v["conclusive"] for v in verdicts.values() if v["phase"] != "kill-leader")
+    overloaded = {"steady": _phase(600, elections=3, rate_target_per_s=1000.0)}
+    verdicts = {v["name"]: v for v in evaluate_targets(overloaded, params)}
+    steady = verdicts["steady_zero_elections"]
+    assert steady["pass"] is False and "overload" in steady["note"]
     behind = {"kill-leader": _phase(150, recovery_s=2.0, send_lag_ms={"p99": 900.0})}
     (failover,) = [v for v in evaluate_targets(behind, params) if v["name"] == "leader_failover"]
     assert failover["pass"] is True and "backlog" in failover["note"]

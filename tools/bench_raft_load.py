@@ -270,7 +270,8 @@ async def drive(log: ReplicatedLog, case: Case) -> dict[str, Any]:
         "errors": dict(sorted(tally.errors.items())),
         "leader_term_start": before.term,
         "leader_term_end": after.term,
-        "leader_cores": round((time.process_time() - cpu_started) / elapsed_s, 3),
+        # CPU of the process the proposers ran in: in process, that is every replica's
+        "proposer_process_cores": round((time.process_time() - cpu_started) / elapsed_s, 3),
     }
     if case.kind == "paced":
         result["send_lag_ms"] = latency_summary_ms(tally.send_lag_s)
