@@ -275,6 +275,9 @@ class MoveSettings:
     # The old copy outlives the committed move by this many log positions (readers that
     # have not applied the move yet still find it there).
     grace_entries: int = 10_000
+    # Old copies waiting for their grace to end before deletion; beyond, a copy is left in
+    # place (space, not safety) and counted.
+    deletes_pending_max: int = 100_000
 
     def validate(self) -> None:
         require_positive_fields(self, "moves", integers_only=False)

@@ -62,6 +62,8 @@ from node.errors import (
 )
 from node.p2p.messages import (
     REQUEST_IDS_MAX,
+    DeletedReply,
+    DeleteShards,
     ErrorReply,
     GetRecords,
     Message,
@@ -69,7 +71,7 @@ from node.p2p.messages import (
     PutShardsReply,
     RecordsShardsReply,
 )
-from node.records import HASH_BYTES, Shard, ShardMeta, content_hash_of
+from node.records import HASH_BYTES, Shard, ShardKey, ShardMeta, content_hash_of
 from node.storage.erasure import decode_blob, encode_blob
 from node.storage.hints import HintStore
 from node.storage.placement import place_shards
@@ -729,6 +731,12 @@ class Coordinator:
             if shard.meta.index == index and shard.meta.content_hash == version:
                 return hashlib.sha256(shard.data).digest()
         return None
+
+    async def delete_shard(self, peer_id: str, key: ShardKey) -> None:
+        """Remove exactly this shard (record, version, index) from ``peer_id``."""
+        reply = await self._ask(peer_id, DeleteShards((key,)))
+        if not isinstance(reply, DeletedReply):
+            raise OperationFailed(f"peer {peer_id} answered a delete with {type(reply).__name__}")
 
     def _rebuild(
         self, shards: Sequence[Shard], corrupt: int, version: bytes | None = None

@@ -15,10 +15,15 @@ at most ``moves_inflight_max`` at once, goes:
 * **commit** -- propose ``index.move`` (a compare-and-set on the index); once applied, readers
   ask the new holder and fall back to the old one (``read_indexed`` in the coordinator).
 
+* **delete** -- once this node has applied ``grace_entries`` log positions past the move,
+  the old copy is deleted on the old holder (exactly that record, version and shard index).
+  Readers that had not yet applied the move found it there meanwhile.
+
 A move that fails ``attempts_max`` times is abandoned for this pass and planned again in the
-next one (the index still names the old copy, which was never touched). Deleting the old copy
-after ``grace_entries`` log positions is not done yet: until then the old holder keeps an
-extra copy (space, not safety).
+next one (the index still names the old copy, which was never touched). Deletions wait in a
+bounded list (``deletes_pending_max``) on the leader that committed the move; a leader change
+or a full list leaves the old copy in place (space, not safety), as does a delete on a holder
+that has left the membership (it is being retired anyway).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from node.config import MoveSettings
 from node.consensus.members import MemberStore
@@ -39,6 +44,7 @@ from node.dataplane.shard_move import (
     Committed,
     Copied,
     CopyFailed,
+    LogAt,
     MovePhase,
     MoveRules,
     MoveState,
@@ -47,6 +53,7 @@ from node.dataplane.shard_move import (
 )
 from node.errors import BaasError, OperationFailed, PeerError
 from node.membership import MembershipManager, StoreView
+from node.records import ShardKey
 from node.replication.log import ReplicatedLog
 
 __all__ = ["MoverStats", "ShardMover"]
@@ -63,6 +70,8 @@ class MoverStats:
     moves_planned: int = 0
     moves_committed: int = 0
     moves_abandoned: int = 0
+    old_copies_deleted: int = 0
+    old_copies_left: int = 0  # not deleted: the pending list was full or the holder left
     settled_epoch: int = 0  # the membership epoch of the last pass that left nothing to move
 
 
@@ -85,6 +94,7 @@ class ShardMover:
         self._rules = MoveRules(settings.grace_entries, settings.attempts_max)
         self._timeout_s = request_timeout_s
         self._task: asyncio.Task[None] | None = None
+        self._in_grace: list[MoveState] = []  # committed moves whose old copy still exists
         self.stats = MoverStats()
 
     async def start(self) -> None:
@@ -101,6 +111,7 @@ class ShardMover:
             await asyncio.sleep(self._settings.interval_s)
             try:
                 await self.pass_once()
+                await self.delete_due_copies()
             except BaasError as exc:
                 log.info("shard mover pass stopped: %s", exc.detail)
             except Exception:  # keep moving in later passes; a bug here must not stop the node
@@ -126,6 +137,10 @@ class ShardMover:
             for state in states:
                 if state.phase is MovePhase.GRACE:
                     committed += 1
+                    if len(self._in_grace) < self._settings.deletes_pending_max:
+                        self._in_grace.append(state)
+                    else:
+                        self.stats.old_copies_left += 1
                 else:
                     abandoned += 1
 
@@ -153,6 +168,51 @@ class ShardMover:
             abandoned,
         )
         return committed
+
+    async def delete_due_copies(self) -> int:
+        """Delete the old copies whose grace is over; returns how many were deleted."""
+        if not self._in_grace:
+            return 0
+        if self._log.status().role != "leader":
+            self.stats.old_copies_left += len(self._in_grace)
+            self._in_grace.clear()  # a new leader's index is the truth now; copies stay
+            return 0
+        applied = self._log.status().applied_index
+        active = set(self._membership.members().active_ids)
+        due: list[MoveState] = []
+        waiting: list[MoveState] = []
+        for state in self._in_grace:
+            state = step(state, LogAt(applied), self._rules)
+            (due if state.phase is MovePhase.DELETE else waiting).append(state)
+        self._in_grace = waiting
+        deleted = 0
+        for start in range(0, len(due), self._settings.moves_inflight_max):
+            chunk = due[start : start + self._settings.moves_inflight_max]
+            outcomes = await asyncio.gather(
+                *(self._delete_old(s.move, active) for s in chunk), return_exceptions=True
+            )
+            for state, outcome in zip(chunk, outcomes, strict=True):
+                if outcome is True:
+                    deleted += 1
+                elif outcome is False:
+                    self.stats.old_copies_left += 1
+                elif len(self._in_grace) < self._settings.deletes_pending_max:
+                    self._in_grace.append(replace(state, phase=MovePhase.GRACE))  # retry
+                else:
+                    self.stats.old_copies_left += 1
+        self.stats.old_copies_deleted += deleted
+        return deleted
+
+    async def _delete_old(self, move: ShardMove, active: set[str]) -> bool:
+        """True: deleted; False: left in place (its holder left); raises to retry later."""
+        if move.from_node not in active:
+            return False
+        entry = RecordIndex.lookup(StoreView(self._store), move.record_id)
+        if entry is None or entry.shard_nodes[move.shard] == move.from_node:
+            return False  # the index names it again (moved back): it must stay
+        key = ShardKey(move.record_id, move.content_hash, move.shard)
+        await self._coordinator.delete_shard(move.from_node, key)
+        return True
 
     async def _run_move(self, move: ShardMove) -> MoveState:
         state = MoveState(move)

@@ -28,11 +28,15 @@ from tools.local_cluster import LocalCluster
 from tools.members import announce, members, retire
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+GRACE = "\n[moves]\ngrace_entries = 300\n"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     layout = init_cluster(tmp_path_factory.mktemp("members"), partners=("shop-a",))
+    for node in layout.nodes:  # a short grace, so old copies are deleted within the test
+        path = Path(node.config_path)
+        path.write_text(path.read_text() + GRACE)
     local = LocalCluster(layout)
     local.start()
     try:
@@ -67,6 +71,29 @@ def moves_to(cluster: LocalCluster, rids: list[str], peer: str, epoch: int) -> t
             older += 1
             moved += any(entry["shard_nodes"][m["shard"]] == peer for m in entry["moved"])
     return older, moved
+
+
+def old_copies_deleted(cluster: LocalCluster) -> int:
+    status = node_get(cluster, leader_of(cluster), "/internal/v1/status", timeout_s=1.0)
+    return 0 if status is None else int(status["moves"]["old_copies_deleted"])
+
+
+def old_copies_gone(cluster: LocalCluster, rids: list[str]) -> None:
+    """A moved shard is on its new holder and no longer on its old one; the rest stay."""
+    name_of = {n.peer_id: n.name for n in cluster.layout.nodes}
+    checked = 0
+    for rid in rids:
+        entry = node_get(cluster, "node-1", f"/internal/v1/index/{rid}")
+        assert entry is not None
+        for move in entry["moved"]:
+            old = node_get(cluster, name_of[move["from"]], f"/internal/v1/records/{rid}/local")
+            new_holder = name_of[entry["shard_nodes"][move["shard"]]]
+            new = node_get(cluster, new_holder, f"/internal/v1/records/{rid}/local")
+            assert old is not None and new is not None
+            assert move["shard"] not in [s["index"] for s in old["shards"]], (rid, move)
+            assert move["shard"] in [s["index"] for s in new["shards"]], (rid, move)
+            checked += 1
+    assert checked > 10
 
 
 def leader_of(cluster: LocalCluster) -> str:
@@ -132,6 +159,7 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
 
         # --- a 6th node joins: prepared, started (empty log), then added through the log
         newcomer = add_node(Path(cluster.layout.directory))
+        Path(newcomer.config_path).write_text(Path(newcomer.config_path).read_text() + GRACE)
         cluster.layout = load_layout(Path(cluster.layout.directory))
         # It reports ready only once it is a member (it takes no traffic before).
         cluster.start_node(newcomer.name, wait=False)
@@ -167,6 +195,9 @@ async def test_a_sixth_node_joins_and_a_founder_leaves_under_load(
         share = moved / (5 * older)
         print(f"join moved {moved} of {5 * older} older shards ({share:.3f})")
         assert older > 100 and 0.13 <= share <= 0.20, (older, moved)
+        # After the grace the old copies are deleted from their old holders, nothing else.
+        await wait_for("old copies deleted", lambda: old_copies_deleted(cluster) >= moved)
+        await asyncio.to_thread(old_copies_gone, cluster, list(acknowledged)[:300])
 
         # --- the leader leaves: out of placement first; it hands leadership over, the new
         # leader takes it out of Raft; then its process stops

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import multiaddr
 import pytest
 import trio
@@ -26,11 +27,13 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.config import ClusterMember, NodeLimits, NodeTimeouts
-from node.errors import ConfigError, NotFound, PeerUnavailable
+from node.errors import ConfigError, NotFound, PeerProtocolError, PeerUnavailable
 from node.p2p.host import build_host
 from node.p2p.identity import generate_identity_seed, keypair_of_seed, peer_id_of_seed
 from node.p2p.messages import (
     PROTOCOL_ID,
+    DeletedReply,
+    DeleteShards,
     ErrorReply,
     GetShards,
     HasShards,
@@ -43,6 +46,7 @@ from node.p2p.messages import (
     encode_frame,
 )
 from node.p2p.service import P2PNode
+from node.records import ShardKey
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -452,3 +456,16 @@ async def test_start_fails_loudly_when_the_port_is_taken() -> None:
         await clash.stop()  # harmless after a failed start
     finally:
         await a.stop()
+
+
+def test_delete_shards_frames_round_trip_and_refuse_bad_keys() -> None:
+    key = ShardKey(b"\x01" * 32, b"\x02" * 32, 4)
+    frame = encode_frame(7, DeleteShards((key,)))
+    assert decode_frame(frame[4:]) == (7, DeleteShards((key,)))
+    assert decode_frame(encode_frame(8, DeletedReply(1))[4:]) == (8, DeletedReply(1))
+    bad = msgpack.packb(
+        {"v": 1, "id": 9, "op": "delete", "b": {"k": [[b"\x01" * 32, b"short", 4]]}},
+        use_bin_type=True,
+    )
+    with pytest.raises(PeerProtocolError):
+        decode_frame(bad)

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from node.errors import Overloaded
-from node.records import Shard, ShardMeta
+from node.records import Shard, ShardKey, ShardMeta
 from node.storage.entry import decode_entry, encode_entry
 from node.storage.group_commit import GroupCommitter
 from node.storage.shard_store import ShardStore, shard_db_key
@@ -209,3 +209,52 @@ def test_hint_store_lists_peers_and_replays(tmp_path: Path) -> None:
     reopened = HintStore(tmp_path / "hints", hints_max=3)
     assert reopened.peers() == ["peer-b"] and reopened.count == 1
     reopened.close()
+
+
+def test_delete_removes_exactly_the_named_shards_and_keeps_counts_and_versions(
+    tmp_path: Path,
+) -> None:
+    rid, other = os.urandom(32), os.urandom(32)
+    first, second = b"\x01" * 32, b"\x02" * 32
+    store = ShardStore(tmp_path / "shards")
+    store.write_batch([_version(rid, 0, first), _version(rid, 1, first), _version(rid, 2, second)])
+    store.write_batch([_version(other, 0, first)])
+    before = (store.count(), store.shard_bytes)
+    one = len(store.get(rid, [1])[0][0].data)
+    # Deleting shard 1 of the first version leaves shard 0 of it: the version stays listed.
+    store.commit(store.prepare_delete([ShardKey(rid, first, 1), ShardKey(rid, first, 4)]))
+    assert sorted(s.meta.index for s in store.get(rid)[0]) == [0, 2]
+    assert store.versions(rid) == [first, second]
+    assert store.count() == before[0] - 1 and store.shard_bytes < before[1] - one
+    # Deleting the last shard of a version drops it from the record's versions: an exclusive
+    # put of another version is then taken.
+    store.commit(store.prepare_delete([ShardKey(rid, second, 2), ShardKey(rid, first, 0)]))
+    assert store.get(rid) == ([], 0) and store.versions(rid) == []
+    assert store.prepare([_version(rid, 0, second)], [True]).refused == frozenset()
+    assert store.get(other)[0] and store.count() == 1
+    expected = (store.count(), store.shard_bytes)
+    store.close()
+    reopened = ShardStore(tmp_path / "shards")
+    assert (reopened.count(), reopened.shard_bytes) == expected
+    reopened.close()
+
+
+def test_deletes_go_through_the_committer_between_put_batches(tmp_path: Path) -> None:
+    store = ShardStore(tmp_path / "shards")
+    committer = GroupCommitter(store, queue_shards_max=10_000, batch_shards_max=1024)
+    rid = os.urandom(32)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(committer.serve)
+            await committer.submit([_shard(rid, 0), _shard(rid, 1)])
+            async with trio.open_nursery() as writers:
+                writers.start_soon(committer.delete, [ShardKey(rid, b"\x11" * 32, 0)])
+                for _ in range(20):
+                    writers.start_soon(committer.submit, [_shard(os.urandom(32), 0)])
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert [s.meta.index for s in store.get(rid)[0]] == [1]
+    assert committer.shards_deleted == 1 and store.count() == 21
+    store.close()

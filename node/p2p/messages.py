@@ -14,6 +14,7 @@ request            reply                   meaning
 ``HasShards``      ``MetasReply``          metas only, of every shard held for a record
 ``HasRecords``     ``MetasReply``          the same for many records at once (batch writes)
 ``GetRecords``     ``RecordsShardsReply``  every shard held for each of many records
+``DeleteShards``   ``DeletedReply``        remove these shards (a finished move's old copy)
 any                ``ErrorReply``          the request failed; ``code`` is stable
 =================  ======================  =============================================
 """
@@ -25,13 +26,15 @@ from typing import Any
 
 import msgpack
 
-from node.errors import PeerProtocolError, UnsupportedFormat
-from node.records import HASH_BYTES, Shard, ShardMeta
+from node.errors import InvalidRequest, PeerProtocolError, UnsupportedFormat
+from node.records import HASH_BYTES, Shard, ShardKey, ShardMeta
 
 __all__ = [
     "FRAME_VERSION",
     "PROTOCOL_ID",
     "REQUEST_IDS_MAX",
+    "DeleteShards",
+    "DeletedReply",
     "ErrorReply",
     "GetRecords",
     "GetShards",
@@ -108,6 +111,16 @@ class MetasReply:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteShards:
+    keys: tuple[ShardKey, ...]  # exactly these (record, version, index); others stay
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedReply:
+    requested: int
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     code: str
     detail: str
@@ -123,6 +136,8 @@ Message = (
     | HasShards
     | HasRecords
     | MetasReply
+    | DeleteShards
+    | DeletedReply
     | ErrorReply
 )
 
@@ -154,6 +169,10 @@ def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
             return "has_many", {"rids": list(record_ids), "rq": list(request_ids)}
         case MetasReply(metas):
             return "metas", {"m": [m.to_wire() for m in metas]}
+        case DeleteShards(keys):
+            return "delete", {"k": [[k.record_id, k.content_hash, k.index] for k in keys]}
+        case DeletedReply(requested):
+            return "deleted", {"n": requested}
         case ErrorReply(code, detail):
             return "error", {"c": code, "d": detail}
     raise TypeError(f"not a shard protocol message: {message!r}")
@@ -177,6 +196,15 @@ def _request_ids(body: dict[str, Any]) -> tuple[str, ...]:
     if not all(isinstance(r, str) and 0 < len(r) <= REQUEST_ID_CHARS_MAX for r in raw):
         raise UnsupportedFormat("a request id must be 1..64 characters")
     return tuple(raw)
+
+
+def _shard_key(raw: Any) -> ShardKey:
+    if not isinstance(raw, list) or len(raw) != 3 or not isinstance(raw[2], int):
+        raise UnsupportedFormat("a shard key is [record id, content hash, index]")
+    try:
+        return ShardKey(_record_id(raw[0]), _record_id(raw[1]), raw[2])
+    except InvalidRequest as exc:
+        raise UnsupportedFormat(exc.detail) from exc
 
 
 def _message_of(op: str, body: dict[str, Any]) -> Message:
@@ -209,6 +237,13 @@ def _message_of(op: str, body: dict[str, Any]) -> Message:
         return HasRecords(tuple(_record_id(rid) for rid in body["rids"]), _request_ids(body))
     if op == "metas":
         return MetasReply(tuple(ShardMeta.from_wire(m) for m in body["m"]))
+    if op == "delete":
+        raw = body["k"]
+        if not isinstance(raw, list) or len(raw) > REQUEST_IDS_MAX:
+            raise UnsupportedFormat("delete keys must be a list of at most 1024")
+        return DeleteShards(tuple(_shard_key(k) for k in raw))
+    if op == "deleted":
+        return DeletedReply(int(body["n"]))
     if op == "error":
         return ErrorReply(str(body["c"]), str(body["d"]))
     raise UnsupportedFormat(f"unknown op {op!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import trio
 
 from node.errors import BaasError, Overloaded
-from node.records import Shard
+from node.records import Shard, ShardKey
 from node.storage.shard_store import ShardStore
 
 __all__ = ["GroupCommitter"]
@@ -29,6 +29,7 @@ __all__ = ["GroupCommitter"]
 class _Waiter:
     shards: Sequence[Shard]
     exclusive: bool
+    deletes: Sequence[ShardKey] = ()  # a delete request (then ``shards`` is empty)
     done: trio.Event = field(default_factory=trio.Event)
     error: BaasError | None = None
     refused: frozenset[bytes] = frozenset()
@@ -52,6 +53,7 @@ class GroupCommitter:
         self._wakeup = trio.Event()
         self.batches_committed = 0
         self.shards_committed = 0
+        self.shards_deleted = 0
 
     @property
     def queued_shards(self) -> int:
@@ -63,6 +65,7 @@ class GroupCommitter:
             "queue_max": self._queue_shards_max,
             "batches_committed": self.batches_committed,
             "shards_committed": self.shards_committed,
+            "shards_deleted": self.shards_deleted,
         }
 
     async def submit(self, shards: Sequence[Shard], *, exclusive: bool = False) -> frozenset[bytes]:
@@ -84,11 +87,37 @@ class GroupCommitter:
             raise waiter.error
         return waiter.refused
 
+    async def delete(self, keys: Sequence[ShardKey]) -> None:
+        """Return once the shards are gone (durably); absent ones are skipped. Deletes go
+        through the committer so they never fall between a put batch's prepare and commit."""
+        if not keys:
+            return
+        if self._pending_shards + len(keys) > self._queue_shards_max:
+            raise Overloaded("shard commit queue is full")
+        waiter = _Waiter((), False, keys)
+        self._pending.append(waiter)
+        self._pending_shards += len(keys)
+        self._wakeup.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+
+    async def _run_delete(self, waiter: _Waiter) -> None:
+        try:
+            prepared = self._store.prepare_delete(waiter.deletes)
+            await trio.to_thread.run_sync(self._store.commit, prepared)
+            self.shards_deleted += len(waiter.deletes)
+        except BaasError as exc:
+            waiter.error = exc
+        waiter.done.set()
+
     def _take_batch(self) -> list[_Waiter]:
         taken: list[_Waiter] = []
         count = 0
-        while self._pending and (
-            not taken or count + len(self._pending[0].shards) <= self._batch_shards_max
+        while (
+            self._pending
+            and not self._pending[0].deletes
+            and (not taken or count + len(self._pending[0].shards) <= self._batch_shards_max)
         ):
             waiter = self._pending.pop(0)
             taken.append(waiter)
@@ -102,6 +131,11 @@ class GroupCommitter:
             self._wakeup = trio.Event()
             await trio.sleep(0)  # let requests already runnable join this batch
             while self._pending:
+                if self._pending[0].deletes:
+                    waiter = self._pending.pop(0)
+                    self._pending_shards -= len(waiter.deletes)
+                    await self._run_delete(waiter)
+                    continue
                 batch = self._take_batch()
                 shards = [s for w in batch for s in w.shards]
                 exclusive = [w.exclusive for w in batch for _ in w.shards]

@@ -1,8 +1,8 @@
-"""The node's side of the shard protocol: answers put/get/has from peers and from itself.
+"""The node's side of the shard protocol: answers put/get/has/delete from peers and itself.
 
 Runs on the libp2p (trio) thread. Requests are validated against the node's limits before
-anything is stored; puts go through the group committer; gets and has are served from the
-shard store, which never returns a corrupt entry.
+anything is stored; puts and deletes go through the group committer; gets and has are served
+from the shard store, which never returns a corrupt entry.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from node.config import NodeLimits
 from node.errors import CallerError, OperationFailed
 from node.p2p.messages import (
+    DeletedReply,
+    DeleteShards,
     ErrorReply,
     GetRecords,
     GetShards,
@@ -97,6 +99,11 @@ class ShardService:
                 return RecordsShardsReply(tuple(held), tuple(corrupt_ids))
             case HasShards(record_id):
                 return MetasReply(tuple(self._store.metas(record_id)))
+            case DeleteShards(keys):
+                if len(keys) > self._limits.put_batch_shards_max:
+                    return ErrorReply("too_many_shards", "delete exceeds put_batch_shards_max")
+                await self.committer.delete(keys)
+                return DeletedReply(len(keys))
             case HasRecords(record_ids):
                 if len(record_ids) > self._limits.records_per_request_max:
                     return ErrorReply("too_many_records", "exceeds records_per_request_max")

@@ -72,6 +72,7 @@ class PreparedBatch:
     shard_count: int  # the counts once this batch is committed
     shard_bytes: int
     refused: frozenset[bytes]  # record ids whose exclusive shards were not taken
+    deletes: tuple[bytes, ...] = ()  # keys removed by the same batch
 
 
 class ShardStore:
@@ -198,10 +199,45 @@ class ShardStore:
         entries[STATS_KEY] = encode_entry(STATS_KEY, msgpack.packb([count, size]))
         return PreparedBatch(list(entries.items()), count, size, frozenset(refused))
 
+    def prepare_delete(self, keys: Sequence[ShardKey]) -> PreparedBatch:
+        """Remove shards (those not held are skipped), their version from the record's
+        version list once no shard of it is left, and the stats; no write yet."""
+        count, size = self.shard_count, self.shard_bytes
+        deletes: list[bytes] = []
+        entries: dict[bytes, bytes] = {}
+        by_version: dict[tuple[bytes, bytes], set[bytes]] = {}
+        for key in keys:
+            db_key = shard_db_key(key)
+            old = self._db.get(db_key)
+            if old is None or db_key in deletes:
+                continue
+            deletes.append(db_key)
+            count -= 1
+            size -= len(old)
+            by_version.setdefault((key.record_id, key.content_hash), set()).add(db_key)
+        remaining: dict[bytes, list[bytes]] = {}  # record id -> versions still held
+        for (record_id, content_hash), gone in by_version.items():
+            prefix = PREFIX_SHARD + record_id + content_hash
+            if any(k not in gone for k in self._db.iterator(prefix=prefix, include_value=False)):
+                continue  # other shards of this version stay
+            versions = remaining.setdefault(record_id, self.versions(record_id))
+            if content_hash in versions:
+                versions.remove(content_hash)
+        for record_id, versions in remaining.items():
+            vkey = versions_db_key(record_id)
+            if versions:
+                entries[vkey] = encode_entry(vkey, b"".join(versions))
+            else:
+                deletes.append(vkey)
+        entries[STATS_KEY] = encode_entry(STATS_KEY, msgpack.packb([count, size]))
+        return PreparedBatch(list(entries.items()), count, size, frozenset(), tuple(deletes))
+
     def commit(self, prepared: PreparedBatch) -> None:
         """Write a prepared batch durably: one LevelDB batch, one fsync. Safe off-thread."""
         try:
             with self._db.write_batch(sync=True) as batch:
+                for key in prepared.deletes:
+                    batch.delete(key)
                 for key, value in prepared.entries:
                     batch.put(key, value)
         except plyvel.Error as exc:
