@@ -336,27 +336,47 @@ class ReplicatedLog:
         ReadIndex, not a lease: the leader confirms it is still leader with a heartbeat round
         before answering, which needs no bound on clock drift between nodes (a lease does);
         it costs one round trip, paid only for a local miss. Returns the read index.
+
+        Raft does not retransmit a ReadIndex request, and a leader that steps down (a
+        leadership hand-over, a crash) drops the ones it holds: an unanswered request is
+        asked again, with a new context, every election timeout until ``timeout_s``.
         """
         node = self._require_node()
         if len(self._reads) >= self._proposals_max:
             raise Overloaded("too many reads waiting for a read index")
         assert self._loop is not None
-        context = os.urandom(16)
-        answer: asyncio.Future[int] = self._loop.create_future()
-        self._reads[context] = answer
-        try:
-            async with asyncio.timeout(timeout_s):
-                node.read_index(context)
-                self._wake.set()
-                index = await answer
-                await self._applied(index)
-                return index
-        except TimeoutError as exc:
-            raise OperationFailed(
-                "no read index from the leader in time", code="index_unavailable"
-            ) from exc
-        finally:
-            self._reads.pop(context, None)
+        deadline = self._loop.time() + timeout_s
+        attempt_s = self._cfg.election_ticks * self._tick_s
+        while True:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise OperationFailed(
+                    "no read index from the leader in time", code="index_unavailable"
+                )
+            context = os.urandom(16)
+            answer: asyncio.Future[int] = self._loop.create_future()
+            self._reads[context] = answer
+            try:
+                async with asyncio.timeout(min(remaining, attempt_s)):
+                    try:
+                        node.read_index(context)
+                    except NotLeader:  # an election is under way: ask once it is decided
+                        await asyncio.sleep(self._tick_s)
+                        continue
+                    self._wake.set()
+                    index = await answer
+            except TimeoutError:
+                continue
+            finally:
+                self._reads.pop(context, None)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - self._loop.time())):
+                    await self._applied(index)
+            except TimeoutError as exc:
+                raise OperationFailed(
+                    "the read index was not applied in time", code="index_unavailable"
+                ) from exc
+            return index
 
     async def propose_change(self, kind: ConfChangeKind, node_id: str, *, timeout_s: float) -> None:
         """Propose one Raft membership change (leader only); return once applied here."""
