@@ -45,7 +45,7 @@ def test_one_process_per_replica_closed_and_paced(tmp_path: Path) -> None:
         "--procs", "--voters", "3", "--batch", "20", "--rate", "200", "--seconds", "1",
     )  # fmt: skip
     assert document["mode"] == "procs"
-    closed, paced = document["results"]
+    paced, closed = document["results"]  # paced first: a batch overload cannot spill into it
     assert (closed["kind"], closed["batch"], paced["kind"]) == ("closed", 20, "paced")
     for case in (closed, paced):
         _check_committed(case)

@@ -3,7 +3,7 @@
 Runs a group of 3 or 5 replicas -- real libp2p hosts on loopback, real LevelDB with fsync on
 every voter, the record index as state machine, the node's default ``[raft]`` settings -- and
 drives proposals at the leader (``tools/bench_raft_load.py``). Per voter count, one group runs
-every case in turn:
+every case in turn, the paced one first:
 
 * closed loop, per ``--batch`` size: ``--concurrency`` proposers, that many entries per
   proposal, for ``--seconds`` -> committed entries/s and propose-to-applied p50/p99;
@@ -252,9 +252,10 @@ def raft_verdicts(results: list[dict[str, Any]], *, procs: bool) -> list[dict[st
 
 
 def _cases(args: argparse.Namespace, voters: int) -> list[Case]:
-    cases = [Case(voters, batch, args.concurrency, args.seconds) for batch in args.batch]
-    if args.rate > 0:
-        cases.append(Case(voters, 1, 0, args.seconds, rate_per_s=args.rate))
+    """The paced case first, then batches from small to large: a large batch that overloads
+    the group (an election, followers catching up) must not spill into the latency target."""
+    cases = [Case(voters, 1, 0, args.seconds, rate_per_s=args.rate)] if args.rate > 0 else []
+    cases += [Case(voters, b, args.concurrency, args.seconds) for b in sorted(set(args.batch))]
     return [replace(case, number=i) for i, case in enumerate(cases)]
 
 
