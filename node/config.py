@@ -20,6 +20,7 @@ from node.errors import ConfigError
 __all__ = [
     "ClusterConfig",
     "ClusterMember",
+    "GcSettings",
     "MoveSettings",
     "NodeConfig",
     "NodeLimits",
@@ -284,6 +285,17 @@ class MoveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GcSettings:
+    """Collection of orphan shards once their proposal expired (node/storage/orphans.py)."""
+
+    interval_s: float = 5.0
+    records_per_pass_max: int = 1024
+
+    def validate(self) -> None:
+        require_positive_fields(self, "gc", integers_only=False)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node: NodeSettings
     cluster: ClusterConfig
@@ -291,6 +303,7 @@ class NodeConfig:
     timeouts: NodeTimeouts = field(default_factory=NodeTimeouts)
     raft: RaftSettings = field(default_factory=RaftSettings)
     moves: MoveSettings = field(default_factory=MoveSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
 
     def validate(self) -> None:
         self.cluster.validate()
@@ -298,6 +311,7 @@ class NodeConfig:
         self.timeouts.validate()
         self.raft.validate()
         self.moves.validate()
+        self.gc.validate()
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
         parse_host_port(self.node.http_listen, "node.http_listen")
@@ -374,6 +388,7 @@ def load_node_config(path: Path) -> NodeConfig:
         timeouts=build_dataclass(NodeTimeouts, _section(raw, "timeouts"), "timeouts"),
         raft=build_dataclass(RaftSettings, _section(raw, "raft"), "raft"),
         moves=build_dataclass(MoveSettings, _section(raw, "moves"), "moves"),
+        gc=build_dataclass(GcSettings, _section(raw, "gc"), "gc"),
     )
     config.validate()
     return config

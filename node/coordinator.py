@@ -92,6 +92,10 @@ class IndexPort(Protocol):
 
     async def propose(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]: ...
 
+    def stamp(self) -> tuple[int, int]:
+        """(term, max log index) a proposal made now may commit at, at most."""
+        ...
+
 
 class ShardTransport(Protocol):
     async def request(
@@ -129,9 +133,14 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _request_ids(items: Sequence[tuple[object, str]]) -> tuple[str, ...]:
+def _request_ids(items: Sequence[tuple[Any, ...]]) -> tuple[str, ...]:
     """The distinct request ids a frame serves, bounded like the frame field."""
-    return tuple(dict.fromkeys(tag for _, tag in items if tag))[:REQUEST_IDS_MAX]
+    return tuple(dict.fromkeys(item[1] for item in items if item[1]))[:REQUEST_IDS_MAX]
+
+
+# One shard to put: the shard, the request it serves, and the log index after which the
+# record's index proposal has expired (0: none; the holder then keeps no pending marker).
+PutItem = tuple[Shard, str, int]
 
 
 def _decodable_versions(metas: Sequence[ShardMeta]) -> dict[bytes, list[ShardMeta]]:
@@ -196,14 +205,12 @@ class Coordinator:
             "pending_max": limits.coordinator_queue_records_max * cluster.n,
         }
         frame_budget = limits.p2p_frame_bytes_max // 2
-        self._puts: Batcher[tuple[str, bool], tuple[Shard, str], tuple[ShardMeta, ...] | None] = (
-            Batcher(
-                self._put_call,
-                items_max=limits.put_batch_shards_max,
-                bytes_max=frame_budget,
-                size_of=lambda item: len(item[0].data) + 256,
-                **shared,  # type: ignore[arg-type]
-            )
+        self._puts: Batcher[tuple[str, bool], PutItem, tuple[ShardMeta, ...] | None] = Batcher(
+            self._put_call,
+            items_max=limits.put_batch_shards_max,
+            bytes_max=frame_budget,
+            size_of=lambda item: len(item[0].data) + 256,
+            **shared,  # type: ignore[arg-type]
         )
         self._reads: Batcher[str, tuple[bytes, str], tuple[tuple[Shard, ...], int]] = Batcher(
             self._read_call,
@@ -233,12 +240,16 @@ class Coordinator:
     # ----------------------------------------------------------- batched calls
 
     async def _put_call(
-        self, key: tuple[str, bool], items: list[tuple[Shard, str]]
+        self, key: tuple[str, bool], items: list[PutItem]
     ) -> list[tuple[ShardMeta, ...] | None]:
         """One PutShards frame; per item None (stored) or the metas of the version held."""
         peer_id, exclusive = key
-        shards = [shard for shard, _ in items]
-        reply = await self._ask(peer_id, PutShards(tuple(shards), _request_ids(items), exclusive))
+        shards = [shard for shard, _, _ in items]
+        expiries = tuple(expiry for _, _, expiry in items)
+        message = PutShards(
+            tuple(shards), _request_ids(items), exclusive, expiries if any(expiries) else ()
+        )
+        reply = await self._ask(peer_id, message)
         if not isinstance(reply, PutShardsReply):
             raise OperationFailed(f"peer {peer_id} answered a put with {type(reply).__name__}")
         refused = set(reply.refused)
@@ -360,26 +371,39 @@ class Coordinator:
         created_at_ms = self._clock_ms()
         # One membership for the whole call: the shards go where the index entry says.
         epoch, members = self._membership()
+        # The proposal's expiry, stamped before any shard is stored and kept by every holder:
+        # once the log passes it, a record still not indexed never will be, and its shards
+        # are collected (node/storage/orphans.py).
+        stamp = self._index.stamp() if self._index is not None else (0, 0)
         all_shards = [self._shards_of(request, created_at_ms) for request in requests]
-        outcome = await self._put_all(requests, all_shards, members, exclusive=True)
+        outcome = await self._put_all(
+            requests, all_shards, members, exclusive=True, expiry=stamp[1]
+        )
         results: list[WriteResult | BaasError] = []
         for request, shards in zip(requests, all_shards, strict=True):
             rid = request.record_id
             if outcome.durable[rid] < self._cluster.write_quorum and outcome.refused[rid]:
                 earlier = self._earlier_write(request, outcome.existing[rid])
-                if earlier is not None:
+                if earlier is not None and (
+                    self._index is None
+                    or isinstance(earlier, BaasError)
+                    or earlier.shards_durable >= self._cluster.write_quorum
+                ):
                     results.append(earlier)
                     continue
                 # An earlier write that never became decodable holds some nodes: store there
-                # too, beside it (reads settle on the indexed version).
+                # too, beside it (reads settle on the indexed version). With the index, an
+                # earlier attempt that was never indexed is taken over only while it has its
+                # write quorum: its proposal expired, so holders may be collecting its shards
+                # (node/storage/orphans.py) and it could otherwise be indexed below quorum.
                 again = await self._put_all(
-                    [request], [shards], members, exclusive=False, only=outcome
+                    [request], [shards], members, exclusive=False, only=outcome, expiry=stamp[1]
                 )
                 outcome.durable[rid] += again.durable[rid]
             results.append(self._result_of(request, shards, created_at_ms, outcome.durable[rid]))
         if self._index is None:
             return results
-        return await self._commit_index(requests, results, epoch, members)
+        return await self._commit_index(requests, results, epoch, members, stamp)
 
     async def _commit_index(
         self,
@@ -387,6 +411,7 @@ class Coordinator:
         stored: list[WriteResult | BaasError],
         epoch: int,
         members: Sequence[str],
+        stamp: tuple[int, int],
     ) -> list[WriteResult | BaasError]:
         """Acknowledge only what the consensus log has indexed (applied on the leader)."""
         assert self._index is not None
@@ -407,8 +432,8 @@ class Coordinator:
                 membership_epoch=epoch,
                 owner=request.partner_id,
                 body_fingerprint=request.body_fingerprint,
-                expiry_term=0,  # stamped by the leader
-                expiry_max_index=0,
+                expiry_term=stamp[0],
+                expiry_max_index=stamp[1],
             )
             for _, request, result in pending
         ]
@@ -522,16 +547,17 @@ class Coordinator:
         *,
         exclusive: bool,
         only: _PutOutcome | None = None,
+        expiry: int = 0,
     ) -> _PutOutcome:
         """Send every shard to its placement node; return once each record has its quorum or
         every node has answered. ``only``: resend just the shards ``only`` saw refused."""
-        per_peer: dict[str, list[tuple[Shard, str]]] = defaultdict(list)
+        per_peer: dict[str, list[PutItem]] = defaultdict(list)
         for request, shards in zip(requests, all_shards, strict=True):
             refused_by = set(only.refused[request.record_id]) if only is not None else None
             placed = self.placement(request.record_id, members)
             for peer, shard in zip(placed, shards, strict=True):
                 if refused_by is None or peer in refused_by:
-                    per_peer[peer].append((shard, request.request_id))
+                    per_peer[peer].append((shard, request.request_id, expiry))
         outcome = _PutOutcome()
         quorum = self._cluster.write_quorum
         done = asyncio.Event()
@@ -540,15 +566,15 @@ class Coordinator:
         if not per_peer:
             return outcome
 
-        async def put(peer: str, items: list[tuple[Shard, str]]) -> None:
+        async def put(peer: str, items: list[PutItem]) -> None:
             nonlocal remaining
             try:
                 try:
                     replies = await self._puts.run_many((peer, exclusive), items)
                 except (OperationFailed, PeerError) as exc:
-                    self._keep_hints(peer, [shard for shard, _ in items], exc)
+                    self._keep_hints(peer, [shard for shard, _, _ in items], exc)
                     return
-                for (shard, _), held in zip(items, replies, strict=True):
+                for (shard, _, _), held in zip(items, replies, strict=True):
                     rid = shard.meta.record_id
                     if held is None:
                         outcome.durable[rid] += 1
@@ -717,7 +743,7 @@ class Coordinator:
 
     async def store_shard(self, peer_id: str, shard: Shard, request_id: str) -> None:
         """Store one shard on ``peer_id`` (exclusive: refused if it holds another version)."""
-        (held,) = await self._puts.run_many((peer_id, True), [(shard, request_id)])
+        (held,) = await self._puts.run_many((peer_id, True), [(shard, request_id, 0)])
         if held is not None and all(m.content_hash != shard.meta.content_hash for m in held):
             raise OperationFailed(f"peer {peer_id} holds another version of the record")
 

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
@@ -40,6 +41,7 @@ from node.replication.index_client import RecordIndexClient
 from node.replication.log import ReplicatedLog, SnapshotPolicy
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
+from node.storage.orphans import OrphanCollector
 from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
@@ -156,6 +158,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         settings=config.moves,
         request_timeout_s=config.timeouts.p2p_request_s,
     )
+    collector = OrphanCollector(
+        store=store,
+        applied_index=lambda: replicated_log.status().applied_index,
+        indexed_version=lambda rid: _indexed_version(index_client, rid),
+        run_collect=lambda items: p2p.on_trio(partial(shard_service.committer.collect, items)),
+        interval_s=config.gc.interval_s,
+        records_per_pass_max=config.gc.records_per_pass_max,
+    )
     ready = False
     state = NodeApiState(
         coordinator=coordinator,
@@ -172,6 +182,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         index=index_client,
         membership=membership,
         mover_stats=lambda: dataclasses.asdict(mover.stats),
+        gc_stats=lambda: dataclasses.asdict(collector.stats),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
@@ -183,6 +194,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await p2p.start()
         await membership.start()
         await mover.start()
+        await collector.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
@@ -206,6 +218,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 await replay
         await runner.cleanup()
         await coordinator.stop()
+        await collector.stop()
         await mover.stop()
         await membership.stop()
         await replicated_log.stop()
@@ -214,6 +227,11 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_storage.close()
         hints.close()
         store.close()
+
+
+def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None:
+    entry = index.lookup(record_id)
+    return None if entry is None else entry.content_hash
 
 
 def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, object]:

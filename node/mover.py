@@ -29,7 +29,6 @@ that has left the membership (it is being retired anyway).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass, replace
@@ -51,8 +50,9 @@ from node.dataplane.shard_move import (
     ReadBack,
     step,
 )
-from node.errors import BaasError, OperationFailed, PeerError
+from node.errors import OperationFailed, PeerError
 from node.membership import MembershipManager, StoreView
+from node.periodic import Periodic
 from node.records import ShardKey
 from node.replication.log import ReplicatedLog
 
@@ -93,29 +93,19 @@ class ShardMover:
         self._settings = settings
         self._rules = MoveRules(settings.grace_entries, settings.attempts_max)
         self._timeout_s = request_timeout_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic("shard-mover", settings.interval_s, self._one_round)
         self._in_grace: list[MoveState] = []  # committed moves whose old copy still exists
         self.stats = MoverStats()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run_forever(), name="shard-mover")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._periodic.stop()
 
-    async def _run_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.interval_s)
-            try:
-                await self.pass_once()
-                await self.delete_due_copies()
-            except BaasError as exc:
-                log.info("shard mover pass stopped: %s", exc.detail)
-            except Exception:  # keep moving in later passes; a bug here must not stop the node
-                log.exception("shard mover pass failed")
+    async def _one_round(self) -> None:
+        await self.pass_once()
+        await self.delete_due_copies()
 
     async def pass_once(self) -> int:
         """One pass over the index if the membership moved since the last settled one;

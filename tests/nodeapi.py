@@ -7,11 +7,12 @@ import contextlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 from tools.client import PartnerClient
+from tools.cluster_init import init_cluster
 from tools.local_cluster import LocalCluster
 
 
@@ -38,3 +39,19 @@ async def partner_client(cluster: LocalCluster, partner: str) -> AsyncIterator[P
         bytes.fromhex(credentials["secret_hex"]),
     ) as client:
         yield client
+
+
+@contextlib.contextmanager
+def running_cluster(directory: Path, node_toml: str = "") -> Iterator[LocalCluster]:
+    """A 5-node cluster + gateway in real processes (partner ``shop-a``), each node's config
+    extended with ``node_toml``; stopped on exit."""
+    layout = init_cluster(directory, partners=("shop-a",))
+    for node in layout.nodes:
+        path = Path(node.config_path)
+        path.write_text(path.read_text() + node_toml)
+    local = LocalCluster(layout)
+    local.start()
+    try:
+        yield local
+    finally:
+        local.stop()

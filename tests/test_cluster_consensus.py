@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nodeapi import node_get
+from nodeapi import node_get, running_cluster
 
-from tools.cluster_init import init_cluster
 from tools.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -18,13 +17,8 @@ NEW_LEADER_WITHIN_S = 3.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    layout = init_cluster(tmp_path_factory.mktemp("consensus"), partners=("shop-a",))
-    local = LocalCluster(layout)
-    local.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("consensus")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 def raft(cluster: LocalCluster, name: str) -> dict[str, Any] | None:

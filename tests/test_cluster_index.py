@@ -10,13 +10,11 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
-from nodeapi import node_get, partner_client
+from nodeapi import node_get, partner_client, running_cluster
 
 from tools.client import PartnerClient
-from tools.cluster_init import init_cluster
 from tools.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -24,16 +22,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    layout = init_cluster(tmp_path_factory.mktemp("index"), partners=("shop-a",))
-    for node in layout.nodes:
-        path = Path(node.config_path)
-        path.write_text(path.read_text() + "\n[raft]\nindex_writes = true\n")
-    local = LocalCluster(layout)
-    local.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("index")) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture

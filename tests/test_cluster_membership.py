@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodeapi import node_get, partner_client
+from nodeapi import node_get, partner_client, running_cluster
 
 from tools.client import PartnerClient
-from tools.cluster_init import add_node, init_cluster, load_layout
+from tools.cluster_init import add_node, load_layout
 from tools.local_cluster import LocalCluster
 from tools.members import announce, members, retire
 
@@ -33,16 +33,8 @@ GRACE = "\n[moves]\ngrace_entries = 300\n"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    layout = init_cluster(tmp_path_factory.mktemp("members"), partners=("shop-a",))
-    for node in layout.nodes:  # a short grace, so old copies are deleted within the test
-        path = Path(node.config_path)
-        path.write_text(path.read_text() + GRACE)
-    local = LocalCluster(layout)
-    local.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("members"), GRACE) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from nodeapi import node_get, partner_client
+from nodeapi import node_get, partner_client, running_cluster
 
 from tools.client import PartnerClient
-from tools.cluster_init import init_cluster
 from tools.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -36,16 +35,8 @@ snapshot_chunk_bytes_max = 16384
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    layout = init_cluster(tmp_path_factory.mktemp("snapshot"), partners=("shop-a",))
-    for node in layout.nodes:
-        path = Path(node.config_path)
-        path.write_text(path.read_text() + RAFT_SETTINGS)
-    local = LocalCluster(layout)
-    local.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("snapshot"), RAFT_SETTINGS) as local:
         yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture

@@ -79,6 +79,7 @@ class NodeApiState:
     index: RecordIndexClient
     membership: MembershipManager
     mover_stats: Callable[[], dict[str, int]]
+    gc_stats: Callable[[], dict[str, int]]
     inflight: int = 0
 
 
@@ -333,9 +334,11 @@ async def get_index_entry(request: web.Request) -> web.Response:
 
 async def get_local_shards(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    shards, corrupt = state.store.get(_record_id_param(request))
+    record_id = _record_id_param(request)
+    shards, corrupt = state.store.get(record_id)
     return web.json_response(
         {
+            "pending_expiry": state.store.pending(record_id),
             "shards": [
                 {
                     "index": s.meta.index,
@@ -368,6 +371,7 @@ async def get_status(request: web.Request) -> web.Response:
             "python_allocated_blocks": sys.getallocatedblocks(),
             "raft": state.raft_status(),
             "moves": state.mover_stats(),
+            "gc": state.gc_stats(),
         }
     )
 

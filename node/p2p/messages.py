@@ -61,6 +61,9 @@ class PutShards:
     # If-absent: do not store a shard when another version of its record is held; the reply
     # then lists the metas held for that record instead.
     exclusive: bool = False
+    # Per shard (empty: none), the log index after which its record's index proposal has
+    # expired: the holder keeps it as the record's pending marker (orphan collection).
+    expiries: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +147,12 @@ Message = (
 
 def _body_of(message: Message) -> tuple[str, dict[str, Any]]:
     match message:
-        case PutShards(shards, request_ids, exclusive):
+        case PutShards(shards, request_ids, exclusive, expiries):
             body = {"s": [s.to_wire() for s in shards], "rq": list(request_ids)}
             if exclusive:
                 body["x"] = True
+            if expiries:
+                body["e"] = list(expiries)
             return "put", body
         case PutShardsReply(stored, refused, existing):
             return "put_ok", {
@@ -209,11 +214,13 @@ def _shard_key(raw: Any) -> ShardKey:
 
 def _message_of(op: str, body: dict[str, Any]) -> Message:
     if op == "put":
-        return PutShards(
-            tuple(Shard.from_wire(s) for s in body["s"]),
-            _request_ids(body),
-            body.get("x") is True,
-        )
+        shards = tuple(Shard.from_wire(s) for s in body["s"])
+        expiries = body.get("e", [])
+        if not isinstance(expiries, list) or (expiries and len(expiries) != len(shards)):
+            raise UnsupportedFormat("expiries must be a list with one per shard")
+        if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in expiries):
+            raise UnsupportedFormat("an expiry is a log index")
+        return PutShards(shards, _request_ids(body), body.get("x") is True, tuple(expiries))
     if op == "put_ok":
         return PutShardsReply(
             int(body["n"]),

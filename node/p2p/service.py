@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import multiaddr
 import trio
@@ -42,6 +42,8 @@ from node.p2p.raft_link import RAFT_PROTOCOL, RaftCounters, RaftOutbox, serve_ra
 from node.p2p.shard_protocol import SHARD_PROTOCOL, Counters, PeerClient, serve_stream
 
 __all__ = ["P2PNode", "ShardRequestHandler"]
+
+T = TypeVar("T")
 
 _logger = logging.getLogger(__name__)
 _IDENTIFY_TIMEOUT_S = 2.0
@@ -426,6 +428,10 @@ class P2PNode:
             self._raft_outboxes[peer_id] = outbox
             self._nursery.start_soon(outbox.run)
         outbox.offer(payload)
+
+    async def on_trio(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run ``call`` on the libp2p (trio) thread, where the shard store's committer runs."""
+        return await self._bridge.call(call)
 
     async def add_member(self, peer_id: str, p2p_addr: str) -> None:
         """Admit and dial a member that joined the cluster (committed in the log)."""

@@ -6,8 +6,9 @@
   (ReadIndex through the leader) before anyone is told "not found": this node may lag.
 * :meth:`RecordIndexClient.propose` -- index entries go through the leader: proposed locally on
   the leader, else forwarded to the leader's node API (``POST /internal/v1/index``), retried
-  once the leader moves. The leader stamps each proposal's expiry (its term and
-  ``last_index + proposal_expiry_entries``), so a proposal lost in a leader change can never
+  once the leader moves. Each proposal carries an expiry (a term and
+  ``last_index + proposal_expiry_entries``, stamped by the coordinator before it stores the
+  shards, see :meth:`RecordIndexClient.stamp`), so a proposal lost in a leader change can never
   commit late.
 """
 
@@ -96,14 +97,32 @@ class RecordIndexClient:
         await self._log.read_barrier(timeout_s=self._timeout_s)
         return self.lookup(record_id)
 
-    async def propose_local(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
-        """On the leader: stamp the expiry, append, wait until applied."""
+    def stamp(self) -> tuple[int, int]:
+        """(term, max log index) for a proposal about to be made from this node.
+
+        The coordinator stamps before it stores any shard, and every holder keeps the max
+        index as the record's pending marker: the apply refuses the entry outside the term or
+        beyond the index, so once the log passes it an unindexed record's shards are orphans.
+        Stamped from this node's view: a lagging node stamps a lower index (an earlier
+        expiry, never a later one than the leader would).
+        """
         status = self._log.status()
+        return status.term, status.last_index + self._expiry_entries
+
+    async def propose_local(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
+        """On the leader: stamp the term, append, wait until applied.
+
+        The term is the leader's own (a coordinator that has not heard of the latest election
+        yet would stamp an older one, and its write would expire for nothing). The maximum
+        index is the coordinator's whenever it gave one: holders collect shards by it, so it is
+        never raised here.
+        """
+        term, max_index = self.stamp()
         stamped = [
             dataclasses.replace(
                 p,
-                expiry_term=status.term,
-                expiry_max_index=status.last_index + self._expiry_entries,
+                expiry_term=term,
+                expiry_max_index=p.expiry_max_index if p.expiry_max_index > 0 else max_index,
             )
             for p in proposals
         ]

@@ -20,7 +20,7 @@ import trio
 
 from node.errors import BaasError, Overloaded
 from node.records import Shard, ShardKey
-from node.storage.shard_store import ShardStore
+from node.storage.shard_store import CollectItem, ShardStore
 
 __all__ = ["GroupCommitter"]
 
@@ -30,6 +30,9 @@ class _Waiter:
     shards: Sequence[Shard]
     exclusive: bool
     deletes: Sequence[ShardKey] = ()  # a delete request (then ``shards`` is empty)
+    collects: Sequence[CollectItem] = ()  # a collection of settled records (likewise)
+    expiries: Sequence[int] = ()  # with a put: per shard, its record's proposal expiry
+    collected: int = 0  # shards a collection removed
     done: trio.Event = field(default_factory=trio.Event)
     error: BaasError | None = None
     refused: frozenset[bytes] = frozenset()
@@ -68,7 +71,9 @@ class GroupCommitter:
             "shards_deleted": self.shards_deleted,
         }
 
-    async def submit(self, shards: Sequence[Shard], *, exclusive: bool = False) -> frozenset[bytes]:
+    async def submit(
+        self, shards: Sequence[Shard], *, exclusive: bool = False, expiries: Sequence[int] = ()
+    ) -> frozenset[bytes]:
         """Return once ``shards`` are durable; raise if the batch failed or the queue is full.
 
         With ``exclusive`` a shard is not stored when the node holds another version of its
@@ -78,7 +83,7 @@ class GroupCommitter:
             return frozenset()
         if self._pending_shards + len(shards) > self._queue_shards_max:
             raise Overloaded("shard commit queue is full")
-        waiter = _Waiter(shards, exclusive)
+        waiter = _Waiter(shards, exclusive, expiries=expiries)
         self._pending.append(waiter)
         self._pending_shards += len(shards)
         self._wakeup.set()
@@ -86,6 +91,23 @@ class GroupCommitter:
         if waiter.error is not None:
             raise waiter.error
         return waiter.refused
+
+    async def collect(self, items: Sequence[CollectItem]) -> int:
+        """Settle records whose proposal expired (node/storage/orphans.py); returns the
+        shards removed. In the committer, so the pending marker it checks cannot move under
+        it: a record written again meanwhile (a higher marker) is left alone."""
+        if not items:
+            return 0
+        if self._pending_shards + len(items) > self._queue_shards_max:
+            raise Overloaded("shard commit queue is full")
+        waiter = _Waiter((), False, collects=items)
+        self._pending.append(waiter)
+        self._pending_shards += len(items)
+        self._wakeup.set()
+        await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.collected
 
     async def delete(self, keys: Sequence[ShardKey]) -> None:
         """Return once the shards are gone (durably); absent ones are skipped. Deletes go
@@ -104,19 +126,28 @@ class GroupCommitter:
 
     async def _run_delete(self, waiter: _Waiter) -> None:
         try:
-            prepared = self._store.prepare_delete(waiter.deletes)
+            if waiter.collects:
+                prepared = self._store.prepare_collect(waiter.collects)
+            else:
+                prepared = self._store.prepare_delete(waiter.deletes)
+            removed = self._store.shard_count - prepared.shard_count
             await trio.to_thread.run_sync(self._store.commit, prepared)
-            self.shards_deleted += len(waiter.deletes)
+            waiter.collected = removed
+            self.shards_deleted += removed
         except BaasError as exc:
             waiter.error = exc
         waiter.done.set()
+
+    @staticmethod
+    def _is_delete(waiter: _Waiter) -> bool:
+        return bool(waiter.deletes or waiter.collects)
 
     def _take_batch(self) -> list[_Waiter]:
         taken: list[_Waiter] = []
         count = 0
         while (
             self._pending
-            and not self._pending[0].deletes
+            and not self._is_delete(self._pending[0])
             and (not taken or count + len(self._pending[0].shards) <= self._batch_shards_max)
         ):
             waiter = self._pending.pop(0)
@@ -131,19 +162,22 @@ class GroupCommitter:
             self._wakeup = trio.Event()
             await trio.sleep(0)  # let requests already runnable join this batch
             while self._pending:
-                if self._pending[0].deletes:
+                if self._is_delete(self._pending[0]):
                     waiter = self._pending.pop(0)
-                    self._pending_shards -= len(waiter.deletes)
+                    self._pending_shards -= len(waiter.deletes) + len(waiter.collects)
                     await self._run_delete(waiter)
                     continue
                 batch = self._take_batch()
                 shards = [s for w in batch for s in w.shards]
                 exclusive = [w.exclusive for w in batch for _ in w.shards]
+                expiries = [
+                    w.expiries[i] if w.expiries else 0 for w in batch for i in range(len(w.shards))
+                ]
                 error: BaasError | None = None
                 refused: frozenset[bytes] = frozenset()
                 try:
                     started = time.perf_counter()
-                    prepared = self._store.prepare(shards, exclusive)
+                    prepared = self._store.prepare(shards, exclusive, expiries)
                     refused = prepared.refused
                     # The fsync runs on a worker thread (plyvel releases the GIL while it
                     # waits), so this trio thread keeps serving frames meanwhile; submissions

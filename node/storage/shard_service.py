@@ -77,7 +77,9 @@ class ShardService:
                     return ErrorReply("too_many_shards", "put batch exceeds put_batch_shards_max")
                 if any(len(s.data) > self._limits.record_blob_bytes_max for s in shards):
                     return ErrorReply("shard_too_large", "shard exceeds record_blob_bytes_max")
-                refused = await self.committer.submit(shards, exclusive=message.exclusive)
+                refused = await self.committer.submit(
+                    shards, exclusive=message.exclusive, expiries=message.expiries
+                )
                 if not refused:
                     return PutShardsReply(len(shards))
                 stored = sum(1 for s in shards if s.meta.record_id not in refused)

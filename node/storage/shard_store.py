@@ -18,7 +18,12 @@ different version of the record. The check runs in the single committer, so two 
 of different versions never both land on one node (see :mod:`node.coordinator` for why this
 replaces a separate probe round trip).
 
-The consensus log and the state machines get their own databases later, in their own dirs.
+A put may carry, per record, the log index after which its index proposal has expired (the
+coordinator's stamp): ``b"p" || record id`` then holds the highest such index (a *pending
+marker*). Once the node has applied the log past it, the record is either indexed (leftover
+versions go, the marker goes) or never will be (its shards are orphans and go): see
+:mod:`node.storage.orphans`. Deletes remove exactly the named shards and keep the counts and
+version lists exact.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = ["ShardStore"]
 
 PREFIX_SHARD = b"s"
 PREFIX_VERSIONS = b"v"
+PREFIX_PENDING = b"p"
 STATS_KEY = b"m:stats"
 
 
@@ -64,6 +70,19 @@ def decode_shard_value(db_key: bytes, value: bytes) -> Shard:
 
 def versions_db_key(record_id: bytes) -> bytes:
     return PREFIX_VERSIONS + record_id
+
+
+def pending_db_key(record_id: bytes) -> bytes:
+    return PREFIX_PENDING + record_id
+
+
+@dataclass(frozen=True, slots=True)
+class CollectItem:
+    """Settle one record whose proposal expired at log index ``expiry`` (as seen)."""
+
+    record_id: bytes
+    expiry: int
+    keep: bytes | None  # the indexed version; None: never indexed, every shard goes
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +172,37 @@ class ShardStore:
         if not self._db.closed:
             self._db.close()
 
+    def pending(self, record_id: bytes) -> int | None:
+        """The pending marker of a record: the log index its proposal expires after."""
+        key = pending_db_key(record_id)
+        raw = self._db.get(key)
+        if raw is None:
+            return None
+        try:
+            return int.from_bytes(decode_entry(key, raw), "big")
+        except (CorruptEntry, UnsupportedFormat):
+            self.corrupt_entries_seen += 1
+            return None  # unreadable: never collected (an extra copy, never a lost one)
+
+    def pending_items(self, after: bytes = b"", limit: int = 1024) -> list[tuple[bytes, int]]:
+        """Up to ``limit`` (record id, expiry index) markers with record ids above ``after``."""
+        found: list[tuple[bytes, int]] = []
+        start = pending_db_key(after) + b"\x00" if after else PREFIX_PENDING
+        stop = PREFIX_PENDING[:-1] + bytes((PREFIX_PENDING[-1] + 1,))
+        for db_key in self._db.iterator(start=start, stop=stop, include_value=False):
+            record_id = db_key[len(PREFIX_PENDING) :]
+            expiry = self.pending(record_id)
+            if expiry is not None:
+                found.append((record_id, expiry))
+            if len(found) >= limit:
+                break
+        return found
+
     def prepare(
-        self, shards: Sequence[Shard], exclusive: Sequence[bool] | None = None
+        self,
+        shards: Sequence[Shard],
+        exclusive: Sequence[bool] | None = None,
+        expiries: Sequence[int] | None = None,
     ) -> PreparedBatch:
         """Encode a batch and the stats it leads to (CPU work; no write yet).
 
@@ -167,12 +215,24 @@ class ShardStore:
         count, size = self.shard_count, self.shard_bytes
         entries: dict[bytes, bytes] = {}
         held: dict[bytes, list[bytes]] = {}  # record id -> versions, this batch included
+        marked: dict[bytes, int] = {}  # record id -> pending marker, this batch included
         refused: set[bytes] = set()
         for position, shard in enumerate(shards):
             record_id, content_hash = shard.meta.record_id, shard.meta.content_hash
             versions = held.get(record_id)
             if versions is None:
                 versions = held[record_id] = self.versions(record_id)
+            # The marker rises even when the shard is refused: the record is being written
+            # again, and a proposal naming the version held here may now commit up to this
+            # expiry, so that version must not be collected before it.
+            expiry = expiries[position] if expiries is not None else 0
+            if expiry > 0:
+                if record_id not in marked:
+                    marked[record_id] = self.pending(record_id) or 0
+                if expiry > marked[record_id]:
+                    marked[record_id] = expiry
+                    pkey = pending_db_key(record_id)
+                    entries[pkey] = encode_entry(pkey, expiry.to_bytes(8, "big"))
             other_version = any(v != content_hash for v in versions)
             if exclusive is not None and exclusive[position] and other_version:
                 refused.add(record_id)
@@ -202,8 +262,33 @@ class ShardStore:
     def prepare_delete(self, keys: Sequence[ShardKey]) -> PreparedBatch:
         """Remove shards (those not held are skipped), their version from the record's
         version list once no shard of it is left, and the stats; no write yet."""
+        return self._prepare_removal(keys, ())
+
+    def prepare_collect(self, items: Sequence[CollectItem]) -> PreparedBatch:
+        """Settle records whose index proposal expired (see :mod:`node.storage.orphans`):
+        remove every shard of versions other than ``keep`` (all of them when the record was
+        never indexed) and the pending marker. A record whose marker is now above the expiry
+        seen (written again meanwhile) or gone is left alone."""
+        keys: list[ShardKey] = []
+        settled: list[bytes] = []
+        for item in items:
+            marker = self.pending(item.record_id)
+            if marker is None or marker > item.expiry:
+                continue
+            settled.append(item.record_id)
+            keys.extend(k for k in self._keys_of(item.record_id) if k.content_hash != item.keep)
+        return self._prepare_removal(keys, settled)
+
+    def _keys_of(self, record_id: bytes) -> list[ShardKey]:
+        """Every shard key held for a record, corrupt entries included (they go too)."""
+        return [
+            ShardKey(record_id, db_key[1 + HASH_BYTES : -1], db_key[-1])
+            for db_key in self._db.iterator(prefix=PREFIX_SHARD + record_id, include_value=False)
+        ]
+
+    def _prepare_removal(self, keys: Sequence[ShardKey], settled: Sequence[bytes]) -> PreparedBatch:
         count, size = self.shard_count, self.shard_bytes
-        deletes: list[bytes] = []
+        deletes: list[bytes] = [pending_db_key(rid) for rid in dict.fromkeys(settled)]
         entries: dict[bytes, bytes] = {}
         by_version: dict[tuple[bytes, bytes], set[bytes]] = {}
         for key in keys:
