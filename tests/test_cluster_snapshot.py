@@ -110,7 +110,15 @@ async def test_a_killed_follower_far_behind_catches_up_by_snapshot(
     follower = next(name for name in names if name != leader)
     before = raft(cluster, follower)
     assert before is not None
+    dropped_before = raft(cluster, leader)["link_frames_dropped_total"]  # type: ignore[index]
     cluster.kill(follower)
+    # Until the leader's link finds the follower gone, its frames (Appends with the entries
+    # about to be written) may wait in the link's queue and reach the restarted follower,
+    # which then catches up from them, legitimately, instead of by snapshot.
+    deadline = time.monotonic() + 10
+    while (raft(cluster, leader) or {}).get("link_frames_dropped_total", 0) == dropped_before:
+        assert time.monotonic() < deadline, "the leader never noticed the follower was gone"
+        await asyncio.sleep(0.05)
 
     started = time.monotonic()
     acknowledged = await write_records(client, RECORDS)
@@ -134,6 +142,7 @@ async def test_a_killed_follower_far_behind_catches_up_by_snapshot(
     assert view is not None and leader_view is not None
     assert view["applied_index"] >= leader_view["commit_index"], (view, leader_view)
     assert view["snapshots_installed"] >= 1 and view["snapshots_received"] >= 1, view
+
     assert view["snapshot_index"] >= leader_view["snapshot_index"] - 250
     print(
         f"{len(acknowledged)} records in {written_s:.1f} s; leader snapshot "

@@ -5,8 +5,9 @@ this link is deliberately simple and never blocks the consensus loop:
 
 * **sending** -- per peer, a bounded queue (``raft_queue_frames_max``) drained by one writer
   task onto one long-lived stream. ``offer()`` never waits: a full queue drops the frame and
-  counts it. A broken stream is dropped with the frame in hand and reopened for the next one,
-  after a short back-off while the peer is unreachable. ``queued_frames`` lets a snapshot
+  counts it. A broken stream is dropped with the frame in hand and every frame queued behind
+  it (stale by the time the peer is back), and reopened for the next one after a short
+  back-off while the peer is unreachable. ``queued_frames`` lets a snapshot
   sender pace itself on the queue.
 * **receiving** -- every inbound raft stream is read frame by frame (``u32 length || payload``,
   at most ``p2p_frame_bytes_max``) and each payload is handed to the node's inbox callback on
@@ -90,12 +91,24 @@ class RaftOutbox:
         try:
             async for payload in self._receive:
                 if not await self._write(payload):
-                    self._counters.frames_dropped_total += 1
+                    # The peer is away: everything queued for it is stale by the time it is
+                    # back (Raft resends what is still needed, from its current state, and a
+                    # peer far behind gets a snapshot rather than hundreds of old Appends).
+                    self._counters.frames_dropped_total += 1 + self._drop_queued()
                     await trio.sleep(_REOPEN_BACKOFF_S)
         finally:
             if self._stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._stream.reset()
+
+    def _drop_queued(self) -> int:
+        dropped = 0
+        while True:
+            try:
+                self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return dropped
+            dropped += 1
 
     async def _write(self, payload: bytes) -> bool:
         try:

@@ -487,8 +487,14 @@ class ReplicatedLog:
             if asyncio.get_running_loop().time() >= next_tick:
                 node.tick(self._clock_ms())
                 next_tick += self._tick_s
-            while node.has_ready():
+            # One Ready per turn, then inbound frames and ticks again: under a backlog (a
+            # burst of large proposals, a long apply) the leader keeps answering and sending
+            # heartbeats between Readys instead of going silent until the backlog is gone,
+            # which cost it its term (check-quorum) in the bench.
+            if node.has_ready():
                 await self._handle(node, node.ready())
+                if node.has_ready():
+                    self._wake.set()
             await self._compact(node)
 
     async def _step(self, node: RawNode, payload: bytes) -> None:
