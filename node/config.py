@@ -213,6 +213,11 @@ class RaftSettings:
     # compaction stall on 2 cores must not look like a dead leader.
     election_ticks: int = 10
     heartbeat_ticks: int = 2
+    # Appends in flight per follower before an acknowledgement. Few: entries proposed while
+    # they fly gather into the next one (group commit), so frames per entry fall as load
+    # rises. With 64, paced single proposals at 1,000/s on 5 voters made a frame (and an
+    # fsync) per entry per follower and queued up on 2 cores: p99 222 ms against 23 ms with 2.
+    append_inflight_max: int = 2
     inbox_frames_max: int = 8192
     proposals_pending_max: int = 65536
     # A proposal may land at most this many entries past the leader's last index when it was

@@ -23,7 +23,6 @@ from aiohttp import web
 from node import runtime
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
-from node.consensus.config import RaftConfig
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import Dispatcher
@@ -38,7 +37,7 @@ from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import RecordIndexClient
-from node.replication.log import ReplicatedLog, SnapshotPolicy
+from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
 from node.storage.orphans import OrphanCollector
@@ -91,12 +90,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             f"the cluster config says {config.me.peer_id}"
         )
     replicated_log = ReplicatedLog(
-        raft=RaftConfig(
-            node_id=p2p.peer_id,
-            election_ticks=config.raft.election_ticks,
-            heartbeat_ticks=config.raft.heartbeat_ticks,
-            lazy_commit_notify=True,  # followers only read locally; halves frames per commit
-        ),
+        raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
             [RecordIndex(), MembersMachine()], feature_version_max=FEATURE_VERSION_MAX

@@ -29,7 +29,6 @@ import trio
 
 from node import runtime
 from node.config import ClusterMember, NodeLimits, NodeTimeouts, RaftSettings
-from node.consensus.config import RaftConfig
 from node.consensus.record_index import IndexProposal, RecordIndex
 from node.consensus.state_machine import AppEntry, Dispatcher
 from node.consensus.types import default_membership
@@ -39,7 +38,7 @@ from node.p2p.identity import peer_id_of_seed
 from node.p2p.messages import ErrorReply, Message
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
-from node.replication.log import ReplicatedLog
+from node.replication.log import ReplicatedLog, core_config
 from tools.bench_stats import latency_summary_ms
 
 __all__ = [
@@ -126,12 +125,7 @@ class Replica:
             raft_inbox=lambda peer, payload: holder[0].deliver(peer, payload),
         )
         log = ReplicatedLog(
-            raft=RaftConfig(
-                node_id=me.peer_id,
-                election_ticks=settings.election_ticks,
-                heartbeat_ticks=settings.heartbeat_ticks,
-                lazy_commit_notify=True,  # as nodes run it
-            ),
+            raft=core_config(me.peer_id, settings),
             storage=storage,
             dispatcher=Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_MAX),
             send=p2p.send_raft,

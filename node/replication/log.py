@@ -46,6 +46,7 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
+from node.config import RaftSettings
 from node.consensus.config import RaftConfig
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
 from node.consensus.raft import RawNode, Ready
@@ -141,6 +142,17 @@ class _Incoming:
     offset: int
     writer: SnapshotWriter
     check: StateCheck
+
+
+def core_config(node_id: str, settings: RaftSettings) -> RaftConfig:
+    """The Raft core settings a node runs with (node/main.py; the raft bench uses the same)."""
+    return RaftConfig(
+        node_id=node_id,
+        election_ticks=settings.election_ticks,
+        heartbeat_ticks=settings.heartbeat_ticks,
+        inflight_messages_max=settings.append_inflight_max,
+        lazy_commit_notify=True,  # followers only read locally; halves frames per commit
+    )
 
 
 class _StateView:
