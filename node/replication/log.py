@@ -4,7 +4,9 @@ It owns one :class:`~node.consensus.raft.RawNode` and does its I/O, in the order
 requires for every Ready: **persist** (one fsynced LevelDB batch, on a worker thread) ->
 **send** (frames over ``/baas/raft/1.0.0``, fire-and-forget) -> **apply** (committed entries
 through the state-machine :class:`~node.consensus.state_machine.Dispatcher`; their writes and
-the applied index in one fsynced batch) -> **advance**.
+the applied index in one batch, unsynced: a power loss takes both and the fsynced log applies
+the entries again) -> **advance**. One Ready per loop turn: inbound frames and ticks are
+handled between Readys, so a backlog never keeps a leader from answering and heartbeating.
 
 Inputs, all on the asyncio loop: inbound frames (handed over from the libp2p thread into a
 bounded inbox; a full inbox drops frames, which Raft retransmits), ticks every ``tick_s``
