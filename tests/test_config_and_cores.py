@@ -22,6 +22,7 @@ PURE_MODULES = [
     # The I/O side (LevelDB storage, the asyncio adapter) lives in node/replication.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/consensus").glob("*.py")),
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/dataplane").glob("*.py")),
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/merkle").glob("*.py")),
     *sorted(
         p.relative_to(ROOT).as_posix()
         for p in (ROOT / "node/sim").glob("*.py")
