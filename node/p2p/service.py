@@ -452,15 +452,25 @@ class P2PNode:
         if self._wake_keeper is not None:
             self._wake_keeper.set()
 
-    async def _on_raft_stream(self, stream: INetStream) -> None:
-        peer = str(stream.muxed_conn.peer_id)
-        if peer not in self._members or peer == self._peer_id or self._raft_inbox is None:
+    async def _admit_stream(self, stream: INetStream, peer: str) -> bool:
+        """Refuse (reset) a stream from a non-member or beyond ``p2p_inbound_streams_max``."""
+        if peer not in self._members or peer == self._peer_id:
             self._counters.refused_peers_total += 1
             await stream.reset()
-            return
+            return False
         if self._counters.inbound_streams >= self._limits.p2p_inbound_streams_max:
             self._counters.inbound_streams_refused_total += 1
             await stream.reset()
+            return False
+        return True
+
+    async def _on_raft_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if self._raft_inbox is None:
+            self._counters.refused_peers_total += 1
+            await stream.reset()
+            return
+        if not await self._admit_stream(stream, peer):
             return
         self._counters.inbound_streams += 1
         try:
@@ -477,13 +487,7 @@ class P2PNode:
     async def _on_inbound_stream(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
         # Membership is enforced in the Noise handshake already; this is defence in depth.
-        if peer not in self._members or peer == self._peer_id:
-            self._counters.refused_peers_total += 1
-            await stream.reset()
-            return
-        if self._counters.inbound_streams >= self._limits.p2p_inbound_streams_max:
-            self._counters.inbound_streams_refused_total += 1
-            await stream.reset()
+        if not await self._admit_stream(stream, peer):
             return
         limiter = self._serve_limiters.get(peer)
         if limiter is None:
