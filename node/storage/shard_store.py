@@ -175,7 +175,9 @@ class ShardStore:
     def pending(self, record_id: bytes) -> int | None:
         """The pending marker of a record: the log index its proposal expires after."""
         key = pending_db_key(record_id)
-        raw = self._db.get(key)
+        return self._decode_pending(key, self._db.get(key))
+
+    def _decode_pending(self, key: bytes, raw: bytes | None) -> int | None:
         if raw is None:
             return None
         try:
@@ -189,11 +191,10 @@ class ShardStore:
         found: list[tuple[bytes, int]] = []
         start = pending_db_key(after) + b"\x00" if after else PREFIX_PENDING
         stop = PREFIX_PENDING[:-1] + bytes((PREFIX_PENDING[-1] + 1,))
-        for db_key in self._db.iterator(start=start, stop=stop, include_value=False):
-            record_id = db_key[len(PREFIX_PENDING) :]
-            expiry = self.pending(record_id)
+        for db_key, raw in self._db.iterator(start=start, stop=stop):
+            expiry = self._decode_pending(db_key, raw)
             if expiry is not None:
-                found.append((record_id, expiry))
+                found.append((db_key[len(PREFIX_PENDING) :], expiry))
             if len(found) >= limit:
                 break
         return found
