@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import aiohttp
 from libp2p.peer.id import ID
 
+from node.api.wire import MEMBERS_PATH
 from node.config import ClusterMember
 from node.consensus.members import (
     ACTIVE,
@@ -49,7 +50,6 @@ from node.replication.log import ReplicatedLog
 
 __all__ = [
     "MEMBERS_FEATURE_VERSION",
-    "MEMBERS_PATH",
     "MembershipManager",
     "StoreView",
     "validate_member_addresses",
@@ -57,7 +57,6 @@ __all__ = [
 
 log = logging.getLogger("baas.node.membership")
 
-MEMBERS_PATH = "/internal/v1/members"
 MEMBERS_FEATURE_VERSION = 2  # member.put (and index.move) need it enabled in the log
 
 

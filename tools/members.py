@@ -19,13 +19,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from node.api.wire import MEMBERS_PATH
 from node.errors import OperationFailed
 from tools.cluster_init import ClusterLayout, NodeLayout
 from tools.status import read_token
 
 __all__ = ["announce", "members", "retire"]
-
-MEMBERS_PATH = "/internal/v1/members"
 
 
 def _call(

@@ -30,7 +30,13 @@ from aiohttp import web
 
 from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
-from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
+from node.api.wire import (
+    DEADLINE_HEADER,
+    MEMBERS_PATH,
+    MSGPACK,
+    QUEUE_DEPTH_HEADER,
+    QUEUE_MAX_HEADER,
+)
 from node.config import NodeLimits
 from node.consensus.members import ACTIVE, Member
 from node.consensus.record_index import IndexProposal
@@ -47,7 +53,7 @@ from node.errors import (
     UnsupportedFormat,
 )
 from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
-from node.membership import MEMBERS_PATH, MembershipManager, validate_member_addresses
+from node.membership import MembershipManager, validate_member_addresses
 from node.metrics import Metrics
 from node.records import HASH_BYTES
 from node.replication.index_client import INDEX_PATH, RecordIndexClient

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["DEADLINE_HEADER", "MSGPACK", "QUEUE_DEPTH_HEADER", "QUEUE_MAX_HEADER"]
+__all__ = [
+    "DEADLINE_HEADER",
+    "MEMBERS_PATH",
+    "MSGPACK",
+    "QUEUE_DEPTH_HEADER",
+    "QUEUE_MAX_HEADER",
+]
 
 MSGPACK = "application/msgpack"
 # The caller's remaining budget in milliseconds (relative: no clock agreement needed).
@@ -10,3 +16,6 @@ DEADLINE_HEADER = "X-Baas-Deadline-Ms"
 # On every answer: records this node is coordinating, and its bound.
 QUEUE_DEPTH_HEADER = "X-Baas-Queue-Depth"
 QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
+# Cluster membership: GET lists it, POST adds or changes a member, DELETE .../{peer} removes one
+# (node/membership.py serves it; nodes forward to the leader; baas-cluster calls it).
+MEMBERS_PATH = "/internal/v1/members"
