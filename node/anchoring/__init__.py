@@ -1,0 +1,1 @@
+"""Chain anchoring: committing the record log's Merkle roots to the AnchorRegistry contract."""
