@@ -188,14 +188,16 @@ class _Prepared:
 def _prepare(state: GatewayState, partner: PartnerKeys, key: str, record: Any) -> _Prepared:
     plaintext = canonical_record(record, state.config.limits.record_json_bytes_max)
     record_id = record_id_for(partner.partner_id, key)
+    sealed = seal_record(partner, record_id, plaintext)
     return _Prepared(
         key,
         record_id,
         {
             "rid": record_id,
-            "blob": seal_record(partner, record_id, plaintext),
+            "blob": sealed.blob,
             "pid": partner.partner_id,
             "fp": fingerprint(partner, plaintext),
+            "pc": sealed.plaintext_commitment,
         },
     )
 
@@ -308,16 +310,19 @@ async def get_record(request: web.Request) -> web.Response:
     if meta.get("pid") != partner.partner_id:
         raise NotFound("no record with this id", code="record_not_found")  # never reveal existence
     try:
-        owner, record = open_record(state.keyring, record_id, bytes(reply["blob"]))
+        opened = open_record(state.keyring, record_id, bytes(reply["blob"]))
     except BaasError as exc:
         raise CorruptEntry(f"record could not be opened: {exc.code}") from exc
-    if owner != partner.partner_id:
+    if opened.owner != partner.partner_id:
         raise NotFound("no record with this id", code="record_not_found")
     state.records_read.labels("200").inc()
+    salt = opened.plaintext_salt
     return web.json_response(
         {
             "record_id": record_id.hex(),
-            "record": record,
+            "record": opened.record,
+            # With the record, the owner can check its Merkle leaf: baas-verify --salt.
+            "plaintext_salt": salt.hex() if salt is not None else None,
             "content_hash": bytes(meta["ch"]).hex(),
             "created_at_ms": int(meta["ts"]),
             "k": int(meta["k"]),

@@ -6,6 +6,11 @@ are minor units, never floats. The plaintext is sealed in an envelope under the 
 active data key (:mod:`node.storage.envelope`); the body fingerprint is HMAC-SHA256 of the
 plaintext under the partner's fingerprint key, so nodes can compare bodies for idempotency
 without learning anything about them.
+
+Each record also gets a fresh 32-byte *plaintext salt*: sealed inside the envelope (version 2)
+and keying the record's plaintext commitment ``SHA-256("baas.plaintext.v1\0" || salt ||
+canonical JSON)``, which goes into its Merkle leaf (docs/verifiable-log.md). The owner reads
+the salt back with the record and can check the leaf; nobody else ever sees it.
 """
 
 from __future__ import annotations
@@ -13,15 +18,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
 
 from gateway.keyring import Keyring, PartnerKeys
 from node.errors import InvalidRequest, PayloadTooLarge
-from node.storage.envelope import open_blob, seal_blob
+from node.merkle.leaf import plaintext_commitment
+from node.storage.envelope import SALT_BYTES, open_blob, seal_blob
 
-__all__ = ["canonical_record", "fingerprint", "open_record", "seal_record"]
+__all__ = [
+    "OpenedRecord",
+    "SealedRecord",
+    "canonical_record",
+    "fingerprint",
+    "open_record",
+    "seal_record",
+]
 
 DEPTH_MAX = 32
 
@@ -63,20 +78,36 @@ def fingerprint(partner: PartnerKeys, plaintext: bytes) -> bytes:
     ).digest()
 
 
-def seal_record(partner: PartnerKeys, record_id: bytes, plaintext: bytes) -> bytes:
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    blob: bytes
+    plaintext_commitment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRecord:
+    owner: str
+    record: Any
+    plaintext_salt: bytes | None  # None for records written before envelope version 2
+
+
+def seal_record(partner: PartnerKeys, record_id: bytes, plaintext: bytes) -> SealedRecord:
     key_id = partner.active_data_key_id
-    return seal_blob(
+    salt = os.urandom(SALT_BYTES)
+    blob = seal_blob(
         plaintext,
         record_id=record_id,
         partner_id=partner.partner_id,
         key_id=key_id,
         partner_key=partner.data_key(key_id),
+        plaintext_salt=salt,
     )
+    return SealedRecord(blob, plaintext_commitment(salt, plaintext))
 
 
-def open_record(keyring: Keyring, record_id: bytes, blob: bytes) -> tuple[str, Any]:
-    """Decrypt a blob; return (owning partner id, record object)."""
+def open_record(keyring: Keyring, record_id: bytes, blob: bytes) -> OpenedRecord:
+    """Decrypt a blob: the owning partner id, the record object and its plaintext salt."""
     header, plaintext = open_blob(
         blob, record_id=record_id, key_for=lambda pid, kid: keyring.partner(pid).data_key(kid)
     )
-    return header.partner_id, json.loads(plaintext)
+    return OpenedRecord(header.partner_id, json.loads(plaintext), header.plaintext_salt)

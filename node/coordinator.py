@@ -110,6 +110,8 @@ class WriteRequest:
     partner_id: str
     body_fingerprint: bytes
     request_id: str = ""  # the gateway request this record came in (for the logs)
+    # The gateway's salted commitment to the plaintext: goes into the record's Merkle leaf.
+    plaintext_commitment: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +314,9 @@ class Coordinator:
     def _validate(self, request: WriteRequest) -> None:
         if len(request.record_id) != HASH_BYTES or len(request.body_fingerprint) != HASH_BYTES:
             raise InvalidRequest("record id and body fingerprint must be 32 bytes")
+        commitment = request.plaintext_commitment
+        if commitment is not None and len(commitment) != HASH_BYTES:
+            raise InvalidRequest("the plaintext commitment must be 32 bytes")
         if len(request.blob) > self._limits.record_blob_bytes_max:
             raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
         if not request.partner_id:
@@ -403,7 +408,11 @@ class Coordinator:
             results.append(self._result_of(request, shards, created_at_ms, outcome.durable[rid]))
         if self._index is None:
             return results
-        return await self._commit_index(requests, results, epoch, members, stamp)
+        shard_hashes = {
+            request.record_id: tuple(hashlib.sha256(shard.data).digest() for shard in shards)
+            for request, shards in zip(requests, all_shards, strict=True)
+        }
+        return await self._commit_index(requests, results, epoch, members, stamp, shard_hashes)
 
     async def _commit_index(
         self,
@@ -412,6 +421,7 @@ class Coordinator:
         epoch: int,
         members: Sequence[str],
         stamp: tuple[int, int],
+        shard_hashes: dict[bytes, tuple[bytes, ...]],
     ) -> list[WriteResult | BaasError]:
         """Acknowledge only what the consensus log has indexed (applied on the leader)."""
         assert self._index is not None
@@ -434,6 +444,10 @@ class Coordinator:
                 body_fingerprint=request.body_fingerprint,
                 expiry_term=stamp[0],
                 expiry_max_index=stamp[1],
+                shard_hashes=shard_hashes[request.record_id]
+                if request.plaintext_commitment is not None
+                else (),
+                plaintext_commitment=request.plaintext_commitment,
             )
             for _, request, result in pending
         ]

@@ -31,6 +31,7 @@ from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
 from node.membership import MembershipManager
+from node.merkle.log import MerkleLog
 from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
@@ -45,7 +46,7 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-FEATURE_VERSION_MAX = 2  # the newest log feature version this code understands
+FEATURE_VERSION_MAX = 3  # the newest log feature version this code understands
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -93,7 +94,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
-            [RecordIndex(), MembersMachine()], feature_version_max=FEATURE_VERSION_MAX
+            [RecordIndex(), MembersMachine()],
+            feature_version_max=FEATURE_VERSION_MAX,
+            followers=[MerkleLog()],
         ),
         send=p2p.send_raft,
         initial_membership=Membership()

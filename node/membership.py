@@ -297,12 +297,13 @@ class MembershipManager:
             known = Member(founder.peer_id, founder.name, founder.p2p_addr, founder.http_addr)
         return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REMOVED)
 
-    async def _enable_feature(self) -> None:
+    async def _enable_feature(self, version: int = MEMBERS_FEATURE_VERSION) -> None:
+        """Commit log feature ``version`` once every Raft member says it understands it."""
         view = StoreView(self._store)
-        if Dispatcher.feature_version(view) >= MEMBERS_FEATURE_VERSION:
+        if Dispatcher.feature_version(view) >= version:
             return
-        if self._feature_max < MEMBERS_FEATURE_VERSION:
-            raise OperationFailed("this node cannot enable membership changes")
+        if self._feature_max < version:
+            raise OperationFailed(f"this node cannot enable log feature version {version}")
         status = self._log.status()
         for peer in (*status.voters, *status.learners):
             if peer == status.node_id:
@@ -312,14 +313,15 @@ class MembershipManager:
                 raise OperationFailed(f"member {peer} has no known address")
             reply = await self._call("GET", address, "/internal/v1/status", None)
             understood = reply.get("raft", {}).get("feature_version_max", 1)
-            if not isinstance(understood, int) or understood < MEMBERS_FEATURE_VERSION:
+            if not isinstance(understood, int) or understood < version:
                 raise OperationFailed(
-                    f"member {peer} runs code without membership changes: upgrade it first",
+                    f"member {peer} runs code without log feature version {version}: "
+                    "upgrade it first",
                     code="upgrade_required",
                 )
+        log.info("enabling log feature version %d", version)
         await self._log.propose(
-            [AppEntry(FEATURE_ENTRY, {"version": MEMBERS_FEATURE_VERSION})],
-            timeout_s=self._timeout_s,
+            [AppEntry(FEATURE_ENTRY, {"version": version})], timeout_s=self._timeout_s
         )
 
     async def _call(
@@ -371,7 +373,13 @@ class MembershipManager:
                 await self._p2p.add_member(member.peer_id, member.p2p_addr)
                 self._admitted[member.peer_id] = member.p2p_addr
         status = self._log.status()
-        if status.role != "leader" or members.epoch == 0:
+        if status.role != "leader":
+            return
+        # The newest log features (the Merkle log, anchoring) are enabled as soon as every
+        # member runs code that understands them, so they cover the log from its start.
+        if Dispatcher.feature_version(StoreView(self._store)) < self._feature_max:
+            await self._enable_feature(self._feature_max)
+        if members.epoch == 0:
             return
         caught_up = []
         for peer in status.learners:

@@ -57,17 +57,19 @@ def _keyring() -> Keyring:
 def test_rotate_keeps_old_records_readable_and_seals_new_ones_under_the_new_key() -> None:
     before = _keyring()
     old_id = record_id_for("shop", "order-1")
-    old_blob = seal_record(before.partner("shop"), old_id, b'{"a":1}')
+    old_blob = seal_record(before.partner("shop"), old_id, b'{"a":1}').blob
     after, key_id = rotate_data_key(before, "shop")
     assert key_id == "k2" and after.version == before.version + 1
     shop = after.partner("shop")
     assert shop.active_data_key_id == "k2" and set(shop.data_keys) == {"k1", "k2"}
     assert shop.data_keys["k1"] == before.partner("shop").data_keys["k1"]
     new_id = record_id_for("shop", "order-2")
-    new_blob = seal_record(shop, new_id, b'{"a":2}')
+    new_blob = seal_record(shop, new_id, b'{"a":2}').blob
     assert read_header(old_blob).key_id == "k1" and read_header(new_blob).key_id == "k2"
-    assert open_record(after, old_id, old_blob) == ("shop", {"a": 1})
-    assert open_record(after, new_id, new_blob) == ("shop", {"a": 2})
+    old, new = open_record(after, old_id, old_blob), open_record(after, new_id, new_blob)
+    assert (old.owner, old.record) == ("shop", {"a": 1})
+    assert (new.owner, new.record) == ("shop", {"a": 2})
+    assert old.plaintext_salt is not None and old.plaintext_salt != new.plaintext_salt
     assert after.partner("idle") == before.partner("idle")  # other partners untouched
     again, third = rotate_data_key(after, "idle")  # a partner with no records rotates too
     assert third == "k2" and again.version == after.version + 1

@@ -190,6 +190,7 @@ def _write_request(raw: Any, request_id: str) -> WriteRequest:
             partner_id=str(raw["pid"]),
             body_fingerprint=bytes(raw["fp"]),
             request_id=request_id,
+            plaintext_commitment=bytes(raw["pc"]) if raw.get("pc") is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed record: {exc}") from exc

@@ -106,33 +106,52 @@ class IndexProposal:
     body_fingerprint: bytes
     expiry_term: int
     expiry_max_index: int
+    # For the Merkle log's leaf (log feature version 3): SHA-256 of each shard's bytes, and the
+    # gateway's salted commitment to the plaintext. Not stored in the index entry itself.
+    shard_hashes: tuple[bytes, ...] = ()
+    plaintext_commitment: bytes | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= self.n <= SHARDS_MAX or len(self.shard_nodes) != self.n:
             raise InvalidRequest("index proposal: need 1 <= k <= n and one node per shard")
+        if self.shard_hashes and len(self.shard_hashes) != self.n:
+            raise InvalidRequest("index proposal: one hash per shard")
+        if any(len(h) != HASH_BYTES for h in self.shard_hashes) or (
+            self.plaintext_commitment is not None and len(self.plaintext_commitment) != HASH_BYTES
+        ):
+            raise InvalidRequest(f"index proposal: hashes are {HASH_BYTES} bytes")
+
+    @property
+    def has_leaf_fields(self) -> bool:
+        return bool(self.shard_hashes) and self.plaintext_commitment is not None
 
     def to_entry(self) -> AppEntry:
-        return AppEntry(
-            INDEX_PUT,
-            {
-                "rid": self.record_id,
-                "ch": self.content_hash,
-                "k": self.k,
-                "n": self.n,
-                "nodes": list(self.shard_nodes),
-                "epoch": self.membership_epoch,
-                "owner": self.owner,
-                "fp": self.body_fingerprint,
-                "exp_term": self.expiry_term,
-                "exp_index": self.expiry_max_index,
-            },
-        )
+        body: dict[str, Any] = {
+            "rid": self.record_id,
+            "ch": self.content_hash,
+            "k": self.k,
+            "n": self.n,
+            "nodes": list(self.shard_nodes),
+            "epoch": self.membership_epoch,
+            "owner": self.owner,
+            "fp": self.body_fingerprint,
+            "exp_term": self.expiry_term,
+            "exp_index": self.expiry_max_index,
+        }
+        if self.has_leaf_fields:
+            body["sh"] = list(self.shard_hashes)
+            body["pc"] = self.plaintext_commitment
+        return AppEntry(INDEX_PUT, body)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IndexProposal:
         nodes = body.get("nodes")
         if not isinstance(nodes, list) or len(nodes) > SHARDS_MAX:
             raise UnsupportedFormat("index proposal: nodes must be a list")
+        shard_hashes = body.get("sh", [])
+        if not isinstance(shard_hashes, list) or len(shard_hashes) > SHARDS_MAX:
+            raise UnsupportedFormat("index proposal: sh must be a list")
+        commitment = body.get("pc")
         try:
             return cls(
                 record_id=_hash(body.get("rid"), "rid"),
@@ -145,6 +164,8 @@ class IndexProposal:
                 body_fingerprint=_hash(body.get("fp"), "fp"),
                 expiry_term=_int(body.get("exp_term"), "exp_term"),
                 expiry_max_index=_int(body.get("exp_index"), "exp_index"),
+                shard_hashes=tuple(_hash(h, "shard hash") for h in shard_hashes),
+                plaintext_commitment=None if commitment is None else _hash(commitment, "pc"),
             )
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc

@@ -20,6 +20,11 @@ leader's timestamp -- state machines use that, never a local clock) and a read-o
 the state; it returns a result for the proposer and the key/value writes it makes under its
 own key prefix. The durable adapter writes those together with the applied index in one
 fsynced batch, so a crash never re-applies or skips an entry.
+
+A *follower* (:class:`Follower`) is a state machine that owns no entry type but derives its
+state from other machines' outcomes -- the Merkle log appends a leaf for every record the index
+creates. It sees each applied entry with its outcome, once the committed feature version has
+reached the one that introduced it, and writes under its own prefix in the same batch.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "Applied",
     "ApplyOutcome",
     "Dispatcher",
+    "Follower",
     "LogPosition",
     "StateMachine",
     "StateView",
@@ -102,6 +108,15 @@ class StateMachine(Protocol):
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome: ...
 
 
+class Follower(Protocol):
+    """Derives state from applied entries of other machines (no entry type of its own)."""
+
+    prefix: bytes
+    feature_version: int  # follows only once the log has enabled this version
+
+    def follow(self, entry: AppEntry, applied: Applied, view: StateView) -> tuple[Write, ...]: ...
+
+
 def encode_app_entry(entry: AppEntry) -> bytes:
     raw: bytes = msgpack.packb(
         {"v": FORMAT_VERSION, "t": entry.type, "b": dict(entry.body)}, use_bin_type=True
@@ -149,10 +164,18 @@ class Dispatcher:
     every node reaches the same verdict from the same bytes, so the log stays applicable.
     """
 
-    def __init__(self, machines: Sequence[StateMachine], feature_version_max: int) -> None:
+    def __init__(
+        self,
+        machines: Sequence[StateMachine],
+        feature_version_max: int,
+        followers: Sequence[Follower] = (),
+    ) -> None:
         self._machines: dict[str, StateMachine] = {}
         self._introduced: dict[str, int] = {FEATURE_ENTRY: 1}
-        prefixes = [m.prefix for m in machines]
+        self._followers = tuple(followers)
+        prefixes = [m.prefix for m in machines] + [f.prefix for f in followers]
+        if len(set(prefixes)) != len(prefixes):
+            raise InvalidRequest("two state machines share a prefix")
         for prefix in prefixes:
             if any(p != prefix and p.startswith(prefix) for p in prefixes):
                 raise InvalidRequest(f"state machine prefixes overlap: {prefix!r}")
@@ -178,30 +201,38 @@ class Dispatcher:
         overlay = _Overlay(view)
         applied: list[Applied] = []
         for position, payload in entries:
-            entry_type, outcome = self._apply_one(position, payload, overlay)
+            entry, outcome = self._apply_one(position, payload, overlay)
             for key, value in outcome.writes:
                 overlay.writes[key] = value
-            applied.append(Applied(position, entry_type, outcome))
+            done = Applied(position, entry.type if entry else "?", outcome)
+            applied.append(done)
+            if entry is None or not self._followers:
+                continue
+            current = self.feature_version(overlay)
+            for follower in self._followers:
+                if follower.feature_version <= current:
+                    for key, value in follower.follow(entry, done, overlay):
+                        overlay.writes[key] = value
         return applied, list(overlay.writes.items())
 
     def _apply_one(
         self, position: LogPosition, payload: bytes, view: StateView
-    ) -> tuple[str, ApplyOutcome]:
+    ) -> tuple[AppEntry | None, ApplyOutcome]:
         try:
             entry = decode_app_entry(payload)
         except UnsupportedFormat as exc:
-            return "?", ApplyOutcome("malformed", {"reason": exc.detail})
+            return None, ApplyOutcome("malformed", {"reason": exc.detail})
         introduced = self._introduced.get(entry.type)
         if introduced is None:
-            return entry.type, ApplyOutcome("unknown_type")
+            return entry, ApplyOutcome("unknown_type")
         current = self.feature_version(view)
         if introduced > current:
-            return entry.type, ApplyOutcome(
+            return entry, ApplyOutcome(
                 "feature_not_enabled", {"needs": introduced, "committed": current}
             )
         if entry.type == FEATURE_ENTRY:
-            return entry.type, self._apply_feature(entry, current)
-        return entry.type, self._machines[entry.type].apply(entry, position, view)
+            return entry, self._apply_feature(entry, current)
+        return entry, self._machines[entry.type].apply(entry, position, view)
 
     def _apply_feature(self, entry: AppEntry, current: int) -> ApplyOutcome:
         wanted = entry.body.get("version")

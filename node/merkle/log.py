@@ -1,0 +1,163 @@
+"""The Merkle log: a follower state machine that appends one leaf per record the index creates.
+
+Every ``index.put`` whose outcome is ``created`` (a new record acknowledged by the cluster)
+appends, in log order, one leaf (:mod:`node.merkle.leaf`, docs/verifiable-log.md) to an RFC 9162
+tree (:mod:`node.merkle.tree`). Retries, conflicts, expired proposals and shard moves add
+nothing, so the leaf index of a record never changes and every node computes the same roots.
+It follows from log feature version 3 on (enabled at start once every member runs this code).
+
+State, under ``ml/`` in the replicated state (so snapshots carry it)::
+
+    ml/size                      -> tree size (8 bytes, big-endian)
+    ml/n/<level:1><index:8>      -> hash of a complete subtree (written once)
+    ml/l/<leaf index:8>          -> leaf data
+    ml/r/<record id>             -> leaf index (8 bytes)
+
+Roots, inclusion and consistency proofs at any size up to the current one are read from
+``O(log n)`` stored hashes (:class:`MerkleReader`), never by rebuilding the tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.consensus.record_index import INDEX_PUT, IndexProposal
+from node.consensus.state_machine import AppEntry, Applied, StateView, Write
+from node.errors import NotFound, UnsupportedFormat
+from node.merkle.leaf import LeafData
+from node.merkle.tree import MerkleTree, leaf_hash
+
+__all__ = [
+    "MERKLE_FEATURE_VERSION",
+    "LeafRecord",
+    "MerkleLog",
+    "MerkleReader",
+    "root_at",
+]
+
+MERKLE_FEATURE_VERSION = 3
+PREFIX = b"ml/"
+SIZE_KEY = PREFIX + b"size"
+NODE_PREFIX = PREFIX + b"n/"
+LEAF_PREFIX = PREFIX + b"l/"
+RECORD_PREFIX = PREFIX + b"r/"
+
+
+def _u64(value: int) -> bytes:
+    return value.to_bytes(8, "big")
+
+
+def _node_key(level: int, index: int) -> bytes:
+    return NODE_PREFIX + level.to_bytes(1, "big") + _u64(index)
+
+
+def _leaf_key(index: int) -> bytes:
+    return LEAF_PREFIX + _u64(index)
+
+
+def _record_key(record_id: bytes) -> bytes:
+    return RECORD_PREFIX + record_id
+
+
+def _size_of(view: StateView) -> int:
+    raw = view.get(SIZE_KEY)
+    return int.from_bytes(raw, "big") if raw else 0
+
+
+class _ViewNodes:
+    """The tree's node store over a state view (reads see earlier writes of the batch)."""
+
+    def __init__(self, view: StateView) -> None:
+        self._view = view
+
+    def get_node(self, level: int, index: int) -> bytes | None:
+        return self._view.get(_node_key(level, index))
+
+
+class MerkleLog:
+    """The follower: ``follow`` returns the writes that append a created record's leaf."""
+
+    prefix = PREFIX
+    feature_version = MERKLE_FEATURE_VERSION
+
+    def follow(self, entry: AppEntry, applied: Applied, view: StateView) -> tuple[Write, ...]:
+        if entry.type != INDEX_PUT or applied.outcome.code != "created":
+            return ()
+        try:
+            proposal = IndexProposal.from_body(entry.body)
+        except UnsupportedFormat:  # the index applied it, so this cannot happen; stay total
+            return ()
+        if not proposal.has_leaf_fields:
+            return ()
+        assert proposal.plaintext_commitment is not None
+        leaf = LeafData(
+            record_id=proposal.record_id,
+            owner=proposal.owner,
+            committed_at_ms=applied.position.leader_time_ms,
+            content_hash=proposal.content_hash,
+            k=proposal.k,
+            n=proposal.n,
+            shard_hashes=proposal.shard_hashes,
+            plaintext_commitment=proposal.plaintext_commitment,
+        ).encode()
+        size = _size_of(view)
+        tree = MerkleTree(_ViewNodes(view), size)
+        writes: list[Write] = [
+            (_node_key(level, index), digest)
+            for level, index, digest in tree.append(leaf_hash(leaf))
+        ]
+        writes += [
+            (_leaf_key(size), leaf),
+            (_record_key(proposal.record_id), _u64(size)),
+            (SIZE_KEY, _u64(size + 1)),
+        ]
+        return tuple(writes)
+
+
+@dataclass(frozen=True, slots=True)
+class LeafRecord:
+    index: int
+    data: bytes
+
+
+class MerkleReader:
+    """Reads of the applied Merkle log: sizes, leaves, roots and proofs."""
+
+    def __init__(self, view: StateView) -> None:
+        self._view = view
+
+    @property
+    def size(self) -> int:
+        return _size_of(self._view)
+
+    def _tree(self) -> MerkleTree:
+        return MerkleTree(_ViewNodes(self._view), self.size)
+
+    def leaf_of(self, record_id: bytes) -> LeafRecord:
+        raw = self._view.get(_record_key(record_id))
+        if raw is None:
+            raise NotFound("no leaf for this record", code="leaf_not_found")
+        index = int.from_bytes(raw, "big")
+        data = self._view.get(_leaf_key(index))
+        if data is None:
+            raise NotFound("no leaf for this record", code="leaf_not_found")
+        return LeafRecord(index, data)
+
+    def leaf_at(self, index: int) -> bytes | None:
+        return self._view.get(_leaf_key(index))
+
+    def root(self, size: int | None = None) -> bytes:
+        return self._tree().root(size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        return self._tree().inclusion_proof(index, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        return self._tree().consistency_proof(old_size, size)
+
+
+def root_at(view: StateView, size: int) -> bytes | None:
+    """The root at ``size`` leaves, or None when the log has fewer (for the anchoring machine)."""
+    if size < 1 or size > _size_of(view):
+        return None
+    return MerkleTree(_ViewNodes(view), _size_of(view)).root(size)
