@@ -118,6 +118,7 @@ class MembershipManager:
         self._kick = asyncio.Event()  # reconcile now: a new epoch awaits admission
         self._placed: tuple[int, tuple[str, ...]] | None = None  # the last admitted view
         self.conf_changes_proposed = 0
+        self._features_enabled = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,6 +179,8 @@ class MembershipManager:
         calls are refused at the call level, so the gateway fails over to another node):
         once out of Raft it no longer learns new index entries and could not confirm a miss.
         """
+        if not self.features_enabled():
+            return False
         members = self.members()
         if members.epoch == 0:
             return not self._join_existing
@@ -187,7 +190,25 @@ class MembershipManager:
             return False
         return status.node_id in status.voters or status.node_id in status.learners
 
+    def features_enabled(self) -> bool:
+        """Whether the log has enabled every feature this code has (checked until it has).
+
+        Until then a node takes no record traffic: a record indexed before the Merkle log is
+        enabled would have no leaf, so the log would not cover every record.
+        """
+        if not self._features_enabled:
+            view = StoreView(self._store)
+            self._features_enabled = Dispatcher.feature_version(view) >= self._feature_max
+            if not self._features_enabled:
+                self._kick.set()
+        return self._features_enabled
+
     def require_serving(self) -> None:
+        if not self.features_enabled():
+            raise OperationFailed(
+                "the cluster has not enabled its log features yet; retry shortly",
+                code="not_ready",
+            )
         if not self.serving():
             raise OperationFailed(
                 "this node is not an active cluster member; ask another node", code="not_a_member"

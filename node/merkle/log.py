@@ -130,7 +130,8 @@ class MerkleReader:
     def size(self) -> int:
         return _size_of(self._view)
 
-    def _tree(self) -> MerkleTree:
+    def tree(self) -> MerkleTree:
+        """The tree at its current size (reads only; proofs at any smaller size too)."""
         return MerkleTree(_ViewNodes(self._view), self.size)
 
     def leaf_of(self, record_id: bytes) -> LeafRecord:
@@ -147,13 +148,13 @@ class MerkleReader:
         return self._view.get(_leaf_key(index))
 
     def root(self, size: int | None = None) -> bytes:
-        return self._tree().root(size)
+        return self.tree().root(size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        return self._tree().inclusion_proof(index, size)
+        return self.tree().inclusion_proof(index, size)
 
     def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
-        return self._tree().consistency_proof(old_size, size)
+        return self.tree().consistency_proof(old_size, size)
 
 
 def root_at(view: StateView, size: int) -> bytes | None:
