@@ -1,0 +1,198 @@
+"""Test chains: a real anvil process on loopback and an in-process eth-tester, with the registry.
+
+Plain helpers (no pytest needed) plus fixtures other test files import
+(``from chains import anvil, chain  # noqa: F401``):
+
+* :func:`running_anvil` starts ``anvil --host 127.0.0.1 --port P --chain-id 31337 --silent``
+  (``--block-time S`` for interval mining) on a free port and waits until it answers JSON-RPC.
+  The binary comes from ``contracts/node_modules`` (``./dev setup`` installs it with ``npm ci``);
+  ``BAAS_ANVIL`` overrides the path.
+* ``ANVIL_DEV_KEYS``: the funded accounts of anvil's default mnemonic ("test test ... junk").
+* :func:`tester_web3`: a fresh in-process eth-tester chain.
+* :class:`TestChain`: either chain with a deployed registry, a funded submitter key and the
+  :class:`AnchorChain` for it; fixture ``chain`` is parametrized over both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from web3 import Web3
+
+from node.anchoring.chain import AnchorChain, connect_web3, deploy_registry, fund
+from node.anchoring.keyfile import ChainKey
+
+REPO = Path(__file__).resolve().parent.parent
+ANVIL_CHAIN_ID = 31337
+ANVIL_START_S_MAX = 10.0
+
+ANVIL_DEV_KEYS: tuple[str, ...] = (
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+)
+"""Private keys of anvil's dev accounts 0..3 (public test keys; never use them elsewhere)."""
+
+FUND_WEI = 10**20  # 100 ETH: thousands of anchors
+
+
+def anvil_path() -> Path:
+    """The pinned anvil binary (``BAAS_ANVIL`` overrides)."""
+    override = os.environ.get("BAAS_ANVIL")
+    if override:
+        return Path(override)
+    found = sorted((REPO / "contracts" / "node_modules" / "@foundry-rs").glob("anvil-*/bin/anvil"))
+    executable = [path for path in found if os.access(path, os.X_OK)]
+    if not executable:
+        raise RuntimeError("anvil not found under contracts/node_modules: run ./dev setup")
+    return executable[0]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def rpc(
+    url: str, method: str, params: list[object] | None = None, timeout_s: float = 2.0
+) -> object:
+    """One raw JSON-RPC call; returns ``result`` or raises RuntimeError with the error."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        answer = json.loads(response.read())
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+def wait_until_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + ANVIL_START_S_MAX
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the chain process exited with {process.returncode}")
+        try:
+            rpc(url, "eth_chainId", timeout_s=0.5)
+            return
+        except (OSError, urllib.error.URLError):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {ANVIL_START_S_MAX} s") from None
+            time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class Anvil:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
+    """A real anvil on a free loopback port (automine, or interval mining every
+    ``block_time_s``); stopped on exit."""
+    for _ in range(3):  # a free port can be taken between probing and anvil binding it
+        port = free_port()
+        command = [
+            str(anvil_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(ANVIL_CHAIN_ID),
+            "--silent",
+        ]
+        if block_time_s is not None:
+            command += ["--block-time", str(block_time_s)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_answering(url, process)
+        except RuntimeError:
+            stop_process(process)
+            continue
+        try:
+            yield Anvil(url=url, port=port, process=process)
+        finally:
+            stop_process(process)
+        return
+    raise RuntimeError("anvil did not start on three free ports")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+def tester_web3() -> Web3:
+    """A fresh in-process eth-tester chain (10 funded, unlocked accounts)."""
+    return connect_web3("embedded")
+
+
+@dataclass(frozen=True)
+class TestChain:
+    """A chain with a registry: ``owner`` deployed it, ``key`` is an allowed, funded submitter
+    and ``anchors`` signs with it."""
+
+    __test__ = False  # not a pytest test class
+
+    kind: str
+    w3: Web3
+    contract: str
+    owner: ChainKey
+    key: ChainKey
+    anchors: AnchorChain
+    url: str | None
+
+
+def prepare_chain(kind: str, w3: Web3, url: str | None = None) -> TestChain:
+    """Deploy the registry on ``w3`` with a funded owner and a new funded submitter key."""
+    owner = (
+        ChainKey(bytes.fromhex(ANVIL_DEV_KEYS[0][2:])) if kind == "anvil" else ChainKey.generate()
+    )
+    key = ChainKey.generate()
+    if kind != "anvil":
+        fund(w3, owner.address, FUND_WEI)
+    fund(w3, key.address, FUND_WEI)
+    contract = deploy_registry(w3, owner, [key.address])
+    return TestChain(kind, w3, contract, owner, key, AnchorChain(w3, contract, key), url)
+
+
+@pytest.fixture
+def anvil() -> Iterator[Anvil]:
+    with running_anvil() as node:
+        yield node
+
+
+@pytest.fixture(params=["eth-tester", "anvil"])
+def chain(request: pytest.FixtureRequest) -> Iterator[TestChain]:
+    """The registry on eth-tester (in process) and on a real anvil."""
+    if request.param == "eth-tester":
+        yield prepare_chain("eth-tester", tester_web3())
+        return
+    with running_anvil() as node:
+        yield prepare_chain("anvil", connect_web3(node.url), node.url)
