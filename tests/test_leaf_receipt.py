@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_merkle import DictStore
 
 from node.errors import InvalidRequest, InvariantViolation, OperationFailed, UnsupportedFormat
 from node.merkle.leaf import LeafData, plaintext_commitment
@@ -52,17 +53,6 @@ def sample_leaf(n: int = 3, owner: str = "shop-a", k: int = 2) -> LeafData:
         shard_hashes=tuple(h(f"shard{i}") for i in range(n)),
         plaintext_commitment=h("pc"),
     )
-
-
-class DictStore:
-    def __init__(self) -> None:
-        self.nodes: dict[tuple[int, int], bytes] = {}
-
-    def get_node(self, level: int, index: int) -> bytes | None:
-        return self.nodes.get((level, index))
-
-    def put_node(self, level: int, index: int, digest: bytes) -> None:
-        self.nodes[(level, index)] = digest
 
 
 # -- leaf data ---------------------------------------------------------------------------------
@@ -236,8 +226,8 @@ def _set(path: str, value: Any) -> Any:
     def edit(document: dict[str, Any]) -> None:
         *parents, last = path.split(".")
         target: Any = document
-        for key in parents:
-            target = target[int(key)] if isinstance(target, list) else target[key]
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
         key: Any = int(last) if isinstance(target, list) else last
         if value is _DELETE:
             del target[key]

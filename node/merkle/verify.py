@@ -248,11 +248,7 @@ def verify_receipt(
     )
     _confirmations_step(run, anchor, chain, confirmations)
     run.chain("latest anchor on chain", lambda: _latest_check(latest, chain))
-    run.add(
-        "consistency with latest anchor",
-        _link_problem(anchor, latest, parsed.consistency_path),
-        f"tree of {anchor.tree_size} is a prefix of the tree of {latest.tree_size}",
-    )
+    _link_step(run, "consistency with latest anchor", anchor, latest, parsed.consistency_path)
     return run.verdict()
 
 
@@ -265,11 +261,7 @@ def verify_consistency_doc(doc: ConsistencyDoc | str | bytes, chain: ChainReader
     old, new = parsed.from_anchor, parsed.to_anchor
     run.chain("from anchor on chain", lambda: _on_chain_check(old, chain))
     run.chain("to anchor on chain", lambda: _on_chain_check(new, chain))
-    run.add(
-        "consistency",
-        _link_problem(old, new, parsed.consistency_path),
-        f"tree of {old.tree_size} is a prefix of the tree of {new.tree_size}",
-    )
+    _link_step(run, "consistency", old, new, parsed.consistency_path)
     return run.verdict()
 
 
@@ -476,6 +468,11 @@ def _later_anchors(last: AnchorRef, chain: ChainReader) -> str | None:
             f"(batches {last.batch_id + 1}..{next_id - 1})"
         )
     return None
+
+
+def _link_step(run: _Run, name: str, old: AnchorRef, new: AnchorRef, path: Sequence[bytes]) -> None:
+    detail = f"tree of {old.tree_size} is a prefix of the tree of {new.tree_size}"
+    run.add(name, _link_problem(old, new, path), detail)
 
 
 def _link_problem(old: AnchorRef, new: AnchorRef, path: Sequence[bytes]) -> str | None:
