@@ -1,7 +1,7 @@
 """Test chains: a real anvil process on loopback and an in-process eth-tester, with the registry.
 
-Plain helpers (no pytest needed) plus fixtures other test files import
-(``from chains import anvil, chain  # noqa: F401``):
+Plain helpers (no pytest needed) plus fixtures ``anvil`` and ``chain`` that other test files
+import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
 
 * :func:`running_anvil` starts ``anvil --host 127.0.0.1 --port P --chain-id 31337 --silent``
   (``--block-time S`` for interval mining) on a free port and waits until it answers JSON-RPC.
@@ -106,7 +106,7 @@ class Anvil:
 @contextmanager
 def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
     """A real anvil on a free loopback port (automine, or interval mining every
-    ``block_time_s``); stopped on exit."""
+    ``block_time_s``); stopped on exit. ``evm_setAutomine false`` makes it mine on demand."""
     for _ in range(3):  # a free port can be taken between probing and anvil binding it
         port = free_port()
         command = [
@@ -182,14 +182,14 @@ def prepare_chain(kind: str, w3: Web3, url: str | None = None) -> TestChain:
     return TestChain(kind, w3, contract, owner, key, AnchorChain(w3, contract, key), url)
 
 
-@pytest.fixture
-def anvil() -> Iterator[Anvil]:
+@pytest.fixture(name="anvil")
+def anvil_fixture() -> Iterator[Anvil]:
     with running_anvil() as node:
         yield node
 
 
-@pytest.fixture(params=["eth-tester", "anvil"])
-def chain(request: pytest.FixtureRequest) -> Iterator[TestChain]:
+@pytest.fixture(name="chain", params=["eth-tester", "anvil"])
+def chain_fixture(request: pytest.FixtureRequest) -> Iterator[TestChain]:
     """The registry on eth-tester (in process) and on a real anvil."""
     if request.param == "eth-tester":
         yield prepare_chain("eth-tester", tester_web3())

@@ -162,6 +162,8 @@ def _refusal(exc: Exception) -> RpcError:
         expected, got = int(nonce.group(1)), int(nonce.group(2))
         word = "nonce too low" if got < expected else "nonce too high"
         return RpcError(TX_REJECTED, f"{word}: {message}")
+    if "cannot afford" in message:
+        return RpcError(TX_REJECTED, f"insufficient funds for gas * price + value: {message}")
     if isinstance(exc, TypeError | KeyError | AttributeError | IndexError):
         return RpcError(INVALID_PARAMS, f"invalid params: {type(exc).__name__}: {message}")
     return RpcError(SERVER_ERROR, message)
@@ -274,7 +276,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--block-time must be at least {BLOCK_TIME_S_MIN} s")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port")
-    asyncio.run(serve(args.port, args.block_time, args.fund))
+    for address in args.fund:
+        if not Web3.is_address(address):
+            raise ChainMisconfigured(f"--fund {address!r} is not an Ethereum address")
+    try:
+        asyncio.run(serve(args.port, args.block_time, args.fund))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {HOST}:{args.port}: {exc.strerror or exc}") from exc
     return 0
 
 

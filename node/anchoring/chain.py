@@ -58,6 +58,7 @@ from web3.exceptions import (
     TimeExhausted,
     TransactionNotFound,
     Web3Exception,
+    Web3RPCError,
 )
 from web3.logs import DISCARD
 from web3.types import Wei
@@ -101,6 +102,7 @@ ANCHOR_GAS_LIMIT = 200_000
 event), and a fixed limit keeps signing free of an estimate that could itself revert."""
 
 _UINT64_MAX = 2**64 - 1
+_TRANSFER_GAS = 21_000  # a plain transfer to an account (no code)
 
 BroadcastOutcome = Literal["sent", "known", "nonce_used"]
 
@@ -264,9 +266,13 @@ def decode_revert(exc: BaseException) -> Revert | None:
         return Revert(name="unknown", args=(data.hex(),))
     name, types = known
     try:
-        args = tuple(abi_decode(types, data[4:]))
+        values = abi_decode(types, data[4:])
     except Exception:  # malformed revert payload from the node: keep the name only
-        args = ()
+        return Revert(name=name, args=())
+    args = tuple(
+        str(Web3.to_checksum_address(value)) if kind == "address" else value
+        for kind, value in zip(types, values, strict=True)
+    )
     return Revert(name=name, args=args)
 
 
@@ -275,12 +281,22 @@ def _rejection(what: str, exc: BaseException) -> ChainRejected:
     if revert is not None or isinstance(exc, ContractLogicError | TransactionFailed):
         name = revert.name if revert is not None else "without data"
         return ChainRejected(f"{what}: reverted ({name})", code="chain_reverted", revert=revert)
-    message = str(exc)
+    message = _message_of(exc)
     lowered = message.lower()
     code = next((code for part, code in _REJECTION_CODES if part in lowered), "chain_rejected")
     if code == "chain_rejected" and "invalid transaction nonce" in lowered:
         code = "chain_nonce_invalid"
     return ChainRejected(f"{what}: {message[:300]}", code=code)
+
+
+def _message_of(exc: BaseException) -> str:
+    """The node's own words: a JSON-RPC error's ``message`` rather than the whole response."""
+    response = getattr(exc, "rpc_response", None)
+    if isinstance(exc, Web3RPCError) and isinstance(response, dict):
+        error = response.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+    return str(exc)
 
 
 @contextmanager
@@ -326,15 +342,15 @@ def balance(w3: Web3, address: str) -> int:
 
 
 def fund(w3: Web3, address: str, wei: int) -> None:
-    """Send ``wei`` to ``address`` from the chain's first unlocked dev account (eth-tester,
-    anvil, ``baas-chain serve``) and wait until it is mined."""
+    """Send ``wei`` to the account ``address`` from the chain's first unlocked dev account
+    (eth-tester, anvil, ``baas-chain serve``) and wait until it is mined."""
     target = _checksum(address)
     with _border("fund"):
         accounts = w3.eth.accounts
         if not accounts:
             raise ChainMisconfigured("the chain has no unlocked dev account to fund from")
         tx_hash = w3.eth.send_transaction(
-            {"from": accounts[0], "to": _cs(target), "value": Wei(wei)}
+            {"from": accounts[0], "to": _cs(target), "value": Wei(wei), "gas": _TRANSFER_GAS}
         )
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RPC_TIMEOUT_S)
     if receipt["status"] != 1:
