@@ -13,7 +13,8 @@ thread-safe; the service owns each nonce behind its lock). Everything web3, eth-
 
 ``ChainRejected.code`` is one of ``chain_reverted``, ``chain_insufficient_funds``,
 ``chain_fee_too_low``, ``chain_replacement_underpriced``, ``chain_nonce_too_low``,
-``chain_nonce_too_high``, ``chain_gas_too_low``, ``chain_rejected`` (anything else).
+``chain_nonce_too_high``, ``chain_nonce_invalid`` (eth-tester's wording), ``chain_gas_too_low``,
+``chain_rejected`` (anything else).
 
 Broadcasting is idempotent by design: a signed transaction is a fixed byte string (kept in the
 replicated anchoring state), so after a crash, a lost answer or a reorg the service simply
@@ -39,6 +40,7 @@ import ast
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import requests
@@ -216,6 +218,7 @@ _BUILTIN_ERRORS: dict[bytes, tuple[str, list[str]]] = {
 }
 
 
+@cache
 def _registry_errors() -> dict[bytes, tuple[str, list[str]]]:
     errors = dict(_BUILTIN_ERRORS)
     for item in load_artifact()["abi"]:
