@@ -24,6 +24,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, TypeVar
 
+import requests
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import BlockNotFound, TransactionNotFound, Web3Exception
@@ -48,6 +49,7 @@ def load_artifact() -> dict[str, Any]:
 
 ANCHORED_TOPIC = bytes(Web3.keccak(text="Anchored(uint64,bytes32,uint64)"))
 _ZERO_ROOT = bytes(32)
+_REASON_CHARS_MAX = 200
 
 
 @contextmanager
@@ -57,8 +59,18 @@ def _chain_errors(what: str) -> Iterator[None]:
         yield
     except (Web3Exception, OSError, ValueError) as exc:  # requests' errors are OSErrors
         raise OperationFailed(
-            f"chain unavailable ({what}): {exc}", code="chain_unavailable"
+            f"chain unavailable ({what}): {_reason(exc)}", code="chain_unavailable"
         ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """One short line for a user, not urllib3's nested retry report."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "the RPC endpoint did not answer in time"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "cannot connect to the RPC endpoint"
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _REASON_CHARS_MAX else text[: _REASON_CHARS_MAX - 3] + "..."
 
 
 class RegistryReader:

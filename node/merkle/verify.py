@@ -155,12 +155,15 @@ class ChainReader(Protocol):
 # -- the steps -------------------------------------------------------------------------------
 
 
+_NOT_READ = "not checked: the chain could not be read"
+
+
 class _Run:
     """Collects steps; after a chain read fails, later chain steps are skipped, not repeated."""
 
     def __init__(self) -> None:
         self.steps: list[Step] = []
-        self.chain_error: str | None = None
+        self.chain_failed = False
 
     def add(self, name: str, problem: str | None, detail: str = "") -> bool:
         if problem is None:
@@ -174,13 +177,13 @@ class _Run:
 
     def chain(self, name: str, check: Callable[[], tuple[str | None, str]]) -> bool:
         """A step that reads the chain: ``check`` returns (problem or None, detail if ok)."""
-        if self.chain_error is not None:
-            self.skip(name, f"not checked: {self.chain_error}")
+        if self.chain_failed:
+            self.skip(name, _NOT_READ)
             return False
         try:
             problem, detail = check()
         except BaasError as exc:
-            self.chain_error = exc.detail
+            self.chain_failed = True
             problem, detail = exc.detail, ""
         return self.add(name, problem, detail)
 
@@ -192,7 +195,7 @@ def _parse(
     run: _Run, name: str, parse: Callable[[str | bytes], _Doc], doc: _Doc | str | bytes
 ) -> _Doc | None:
     if not isinstance(doc, str | bytes):
-        run.add(name, None, "parsed")
+        run.add(name, None)
         return doc
     try:
         parsed = parse(doc)
@@ -428,13 +431,13 @@ def _transaction_problem(anchor: AnchorRef, chain: ChainReader) -> str | None:
 
 def _confirmations_step(run: _Run, anchor: AnchorRef, chain: ChainReader, wanted: int) -> None:
     name = "confirmations"
-    if run.chain_error is not None:
-        run.skip(name, f"not checked: {run.chain_error}")
+    if run.chain_failed:
+        run.skip(name, _NOT_READ)
         return
     try:
         head = chain.head()
     except BaasError as exc:
-        run.chain_error = exc.detail
+        run.chain_failed = True
         run.add(name, exc.detail)
         return
     have = max(0, head - anchor.block_number + 1)
