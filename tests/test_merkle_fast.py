@@ -1,12 +1,15 @@
 """The fast paths of the Merkle log give exactly what the plain ones give: verify_inclusion
-against RFC 9162's own loop for every index, size and path length."""
+against RFC 9162's own loop for every index, size and path length; proofs, roots and leaves
+read through a NodeCache against reads without it, at every size; the cache's bound."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 
+from node.merkle.log import CachedView, MerkleReader, NodeCache, _node_key
 from node.merkle.tree import MerkleTree, leaf_hash, node_hash, verify_inclusion
+from tests.test_merkle_log import DictView, at, dispatcher, feature, proposal
 
 
 def rfc_inclusion_root(leaf: bytes, index: int, size: int, proof: list[bytes]) -> bytes | None:
@@ -68,3 +71,56 @@ def test_verify_inclusion_refuses_hashes_of_another_length_anywhere_on_the_path(
             for bad in (proof[i][:31], proof[i] + b"\x00"):
                 path = [*proof[:i], bad, *proof[i + 1 :]]
                 assert not verify_inclusion(leaves[m], m, 45, path, tree.root())
+
+
+def _grown_log(leaves: int) -> DictView:
+    view, d = DictView(), dispatcher()
+    payloads = [feature(3)] + [proposal(i) for i in range(leaves)]
+    for start in range(0, len(payloads), 50):
+        batch = [(at(start + 1 + i), p) for i, p in enumerate(payloads[start : start + 50])]
+        _, writes = d.apply_batch(batch, view)
+        view.commit(writes)
+    return view
+
+
+def test_a_cache_gives_the_same_roots_and_proofs_as_no_cache_at_every_size() -> None:
+    view = _grown_log(150)
+    plain = MerkleReader(view)
+    assert plain.size == 150
+    for nodes_max in (1, 7, 40, 1 << 16):
+        cache = NodeCache(nodes_max)
+        for size in range(1, 151):
+            cached = MerkleReader(cache.view(view))  # a fresh view per request, as the node
+            assert cached.size == 150
+            assert cached.root(size) == plain.root(size)
+            for m in range(0, size, 7):
+                assert cached.inclusion_proof(m, size) == plain.inclusion_proof(m, size)
+            for old in range(1, size + 1, 5):
+                assert cached.consistency_proof(old, size) == plain.consistency_proof(old, size)
+            assert len(cache) <= nodes_max
+        assert cached.leaf_at(3) == plain.leaf_at(3)  # other keys pass through
+
+
+def test_the_cache_keeps_the_top_levels_within_its_bound_and_only_stored_hashes() -> None:
+    view = _grown_log(256)  # complete: levels 0..8
+    reads: list[bytes] = []
+
+    class Counting:
+        def get(self, key: bytes) -> bytes | None:
+            reads.append(key)
+            return view.get(key)
+
+    cache = NodeCache(nodes_max=40)
+    rng = random.Random(2)
+    for _ in range(400):
+        MerkleReader(cache.view(Counting())).inclusion_proof(rng.randrange(256), 256)
+    assert len(cache) <= 40
+    assert cache.level_min >= 3  # levels 3..8 hold 63 nodes: more than 40
+    reads.clear()
+    cached = CachedView(Counting(), cache)
+    top = cached.get_node(7, 0)  # the left half: in every proof of the right half
+    assert top == view.get(_node_key(7, 0)) and reads == []  # from memory
+    low = cached.get_node(0, 5)
+    assert low == view.get(_node_key(0, 5)) and len(reads) == 1  # below: from the store
+    assert cached.get_node(8, 1) is None and len(reads) == 2  # absent: not kept...
+    assert cached.get_node(8, 1) is None and len(reads) == 3  # ...so asked again

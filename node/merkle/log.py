@@ -15,6 +15,12 @@ State, under ``ml/`` in the replicated state (so snapshots carry it)::
 
 Roots, inclusion and consistency proofs at any size up to the current one are read from
 ``O(log n)`` stored hashes (:class:`MerkleReader`), never by rebuilding the tree.
+
+A stored subtree hash never changes once written: it is a function of committed leaves, the
+same on every node and in every snapshot. So a :class:`NodeCache` may keep the top levels of
+the tree in memory for as long as the process serves the log: a proof then reads only its low
+levels from the database (at 10^6 leaves, ~6 of ~20 hashes). It is bounded by a node count;
+when full it drops its lowest level and admits only the levels above from then on.
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ from dataclasses import dataclass
 
 from node.consensus.record_index import INDEX_PUT, IndexProposal
 from node.consensus.state_machine import AppEntry, Applied, StateView, Write
-from node.errors import NotFound, UnsupportedFormat
+from node.errors import InvalidRequest, NotFound, UnsupportedFormat
 from node.merkle.leaf import LeafData
-from node.merkle.tree import MerkleTree, leaf_hash
+from node.merkle.tree import MerkleTree, NodeStore, leaf_hash
 
 __all__ = [
     "MERKLE_FEATURE_VERSION",
+    "NODE_CACHE_NODES_MAX",
     "LeafRecord",
     "MerkleLog",
     "MerkleReader",
+    "NodeCache",
     "root_at",
 ]
 
@@ -41,6 +49,7 @@ SIZE_KEY = PREFIX + b"size"
 NODE_PREFIX = PREFIX + b"n/"
 LEAF_PREFIX = PREFIX + b"l/"
 RECORD_PREFIX = PREFIX + b"r/"
+NODE_CACHE_NODES_MAX = 1 << 16  # ~8 MB; holds every level >= 6 up to 2 * 10^6 leaves
 
 
 def _u64(value: int) -> bytes:
@@ -72,6 +81,69 @@ class _ViewNodes:
 
     def get_node(self, level: int, index: int) -> bytes | None:
         return self._view.get(_node_key(level, index))
+
+
+class NodeCache:
+    """The top levels of the tree, kept once read; :meth:`view` serves reads through it.
+
+    One per process serving a log (never shared between logs): a hash at ``(level, index)``
+    is then the same wherever and whenever it is read. Holds at most ``nodes_max`` hashes:
+    once over, the lowest level held is dropped and no longer admitted, so the levels kept
+    are always the top ones, and the cache keeps only hashes the database returned.
+    """
+
+    def __init__(self, nodes_max: int = NODE_CACHE_NODES_MAX) -> None:
+        if nodes_max < 1:
+            raise InvalidRequest("the node cache holds at least one hash")
+        self.nodes_max = nodes_max
+        self.level_min = 0  # lower levels are read from the database every time
+        self._levels: dict[int, dict[int, bytes]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def view(self, base: StateView) -> CachedView:
+        """``base`` (the applied state) with the tree's nodes read through this cache."""
+        return CachedView(base, self)
+
+    def read(self, base: StateView, level: int, index: int) -> bytes | None:
+        """A node not in the cache: read it from ``base``; keep it if its level is admitted."""
+        found = base.get(_node_key(level, index))
+        if found is not None and level >= self.level_min:
+            self._levels.setdefault(level, {})[index] = found
+            self._count += 1
+            while self._count > self.nodes_max:
+                lowest = min(self._levels)
+                self._count -= len(self._levels.pop(lowest))
+                self.level_min = lowest + 1
+        return found
+
+    def held(self, level: int) -> dict[int, bytes] | None:
+        return self._levels.get(level)
+
+
+class CachedView:
+    """A state view whose Merkle tree nodes are read through a :class:`NodeCache`."""
+
+    def __init__(self, base: StateView, cache: NodeCache) -> None:
+        self._base = base
+        self._cache = cache
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._base.get(key)
+
+    def get_node(self, level: int, index: int) -> bytes | None:
+        held = self._cache.held(level)
+        if held is not None:
+            found = held.get(index)
+            if found is not None:
+                return found
+        return self._cache.read(self._base, level, index)
+
+
+def _nodes_of(view: StateView) -> NodeStore:
+    return view if isinstance(view, CachedView) else _ViewNodes(view)
 
 
 class MerkleLog:
@@ -121,7 +193,10 @@ class LeafRecord:
 
 
 class MerkleReader:
-    """Reads of the applied Merkle log: sizes, leaves, roots and proofs."""
+    """Reads of the applied Merkle log: sizes, leaves, roots and proofs.
+
+    Given a :meth:`NodeCache.view`, the tree's top levels come from the cache.
+    """
 
     def __init__(self, view: StateView) -> None:
         self._view = view
@@ -132,7 +207,7 @@ class MerkleReader:
 
     def tree(self) -> MerkleTree:
         """The tree at its current size (reads only; proofs at any smaller size too)."""
-        return MerkleTree(_ViewNodes(self._view), self.size)
+        return MerkleTree(_nodes_of(self._view), self.size)
 
     def leaf_of(self, record_id: bytes) -> LeafRecord:
         raw = self._view.get(_record_key(record_id))
