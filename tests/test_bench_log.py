@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 import tools.bench_log as bench_log
+from node.consensus.state_machine import StateView
 from node.merkle.leaf import LeafData
-from node.merkle.log import MerkleReader
+from node.merkle.log import MerkleReader, NodeCache
 from node.merkle.tree import leaf_hash, verify_consistency, verify_inclusion
 from node.replication.durable import DurableRaftStorage
 from tools.bench_log import LOG_TARGETS, log_verdicts, main, stream_root
@@ -41,7 +42,10 @@ def _run(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any]]:
     return code, document
 
 
-def test_a_short_run_writes_every_field_and_its_counts_add_up(tmp_path: Path) -> None:
+def test_a_short_run_writes_every_field_and_its_counts_add_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_log, "SAMPLES_MAX", 60)  # fewer samples than uncached proofs
     code, document = _run(tmp_path)
     assert code == 0
     assert (document["format"], document["tool"]) == (1, "baas-bench-log")
@@ -73,7 +77,8 @@ def test_a_short_run_writes_every_field_and_its_counts_add_up(tmp_path: Path) ->
         assert checks["root_recomputed_matches"] and checks["created_match_leaves"]
         assert checks["entries_applied"] == 1 + size  # the feature entry, then one per leaf
         assert checks["inclusion_failed"] == checks["consistency_failed"] == 0
-        assert checks["tampered_accepted"] == 0 and checks["proofs_verified"] > 0
+        assert checks["tampered_accepted"] == 0 and checks["cache_mismatches"] == 0
+        assert checks["proofs_verified"] == 3 * 60
         assert 0 < result["cache_nodes"] <= document["parameters"]["cache_nodes"]
         assert result["db_bytes"] > 0 and result["rss_bytes"] > 0
         previous = size
@@ -129,6 +134,25 @@ def test_a_proof_that_does_not_verify_fails_the_run(
     assert code == 1
     assert any(not r["checks_passed"] for r in document["results"])
     assert any(r["checks"]["inclusion_failed"] > 0 for r in document["results"])
+
+
+def test_a_cache_that_serves_wrong_hashes_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Corrupting(NodeCache):
+        def read(self, base: StateView, level: int, index: int) -> bytes | None:
+            found = super().read(base, level, index)
+            held = self.held(level)
+            if found is not None and held is not None and level >= 3:
+                held[index] = bytes([found[0] ^ 1]) + found[1:]  # served from now on
+            return found
+
+    monkeypatch.setattr(bench_log, "NodeCache", Corrupting)
+    code, document = _run(tmp_path)
+    assert code == 1
+    for result in document["results"]:
+        assert result["checks"]["cache_mismatches"] > 0
+        assert result["checks"]["root_recomputed_matches"] is False
 
 
 def test_without_a_cache_the_proofs_are_the_same(tmp_path: Path) -> None:

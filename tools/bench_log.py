@@ -144,7 +144,8 @@ LOG_TARGETS: tuple[Target, ...] = (
 
 
 class _StoreView:
-    """The applied state read through the storage (as node.membership.StoreView)."""
+    """The applied state read through the storage: node.membership.StoreView, which is not
+    imported for it would bring in libp2p."""
 
     def __init__(self, storage: DurableRaftStorage) -> None:
         self._storage = storage
@@ -416,10 +417,13 @@ def measure_proofs(
     phases["consistency"] = _phase(len(pairs), seconds, [c.proof for c in consistency_samples])
     baseline = current[: max(1, proofs // 4)]  # the same leaves, every node from LevelDB
     seconds = _timed(baseline, uncached)
-    for (index, at), sample in zip(baseline, inclusion_samples, strict=False):
-        if uncached(index, at) != sample.proof:
-            raise RuntimeError(f"the cache changed the proof of leaf {index} at {at}")
+    current_samples = inclusion_samples[: min(len(current), SAMPLES_MAX)]
+    mismatches = sum(
+        uncached(index, at) != sample.proof
+        for (index, at), sample in zip(baseline, current_samples, strict=False)
+    )
     phases["inclusion_current_uncached"] = _phase(len(baseline), seconds, [])
+    phases["inclusion_current_uncached"]["cache_mismatches"] = mismatches
     phases["anchors"] = len(anchor_sizes)
     phases["cache_nodes"] = None if log.cache is None else len(log.cache)
     phases["cache_level_min"] = None if log.cache is None else log.cache.level_min
@@ -569,6 +573,7 @@ def _run_size(
         "entries_applied": log.applied_index,
         "created_match_leaves": build["created"] == build["leaves_appended"],
         "proofs_verified": len(inclusions) + len(consistencies),
+        "cache_mismatches": phases["inclusion_current_uncached"]["cache_mismatches"],
     }
     passed = (
         counts["tree_size"] == size == recount
@@ -576,6 +581,7 @@ def _run_size(
         and counts["created_match_leaves"]
         and build["entries"] == build["created"]
         and not any(checks.values())
+        and counts["cache_mismatches"] == 0
     )
     return {
         "size": size,
