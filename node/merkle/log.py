@@ -25,6 +25,7 @@ when full it drops its lowest level and admits only the levels above from then o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.consensus.record_index import INDEX_PUT, IndexProposal
@@ -99,6 +100,8 @@ class NodeCache:
         self.level_min = 0  # lower levels are read from the database every time
         self._levels: dict[int, dict[int, bytes]] = {}
         self._count = 0
+        # The hashes kept of a level, by index (None: none kept); a proof asks ~log2(n) times.
+        self.held: Callable[[int], dict[int, bytes] | None] = self._levels.get
 
     def __len__(self) -> int:
         return self._count
@@ -118,9 +121,6 @@ class NodeCache:
                 self._count -= len(self._levels.pop(lowest))
                 self.level_min = lowest + 1
         return found
-
-    def held(self, level: int) -> dict[int, bytes] | None:
-        return self._levels.get(level)
 
 
 class CachedView:
