@@ -397,17 +397,13 @@ class Node:
         if action.simulate and not c.chain.simulate(tx):
             self.driver.on_proposed(action, WOULD_REVERT)
             return
-        proposal = IntentProposal(
+        proposal = action.intent(
             holder=self.name,
-            batch_id=action.batch_id,
-            tree_size=action.tree_size,
             root=root,
             sender=sender,
             nonce=nonce,
             raw_tx=tx.raw,
             tx_hash=tx.tx_hash,
-            why=action.why,
-            replaces=action.replaces,
         )
         c.submit(self, action, proposal.to_entry(), tx.raw)
 

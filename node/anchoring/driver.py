@@ -73,6 +73,7 @@ from node.anchoring.state import (
     SIZE,
     Batch,
     FinalProposal,
+    IntentProposal,
     Lease,
     LeaseProposal,
     Progress,
@@ -258,6 +259,23 @@ class BuildIntent:
     # adapter first runs anchor() as a call and, if it would revert, signs nothing and
     # reports "would_revert" (no transaction is wasted on a revoked submitter, say).
     simulate: bool = False
+
+    def intent(
+        self, *, holder: str, root: bytes, sender: bytes, nonce: int, raw_tx: bytes, tx_hash: bytes
+    ) -> IntentProposal:
+        """The intent to propose once the adapter signed the transaction."""
+        return IntentProposal(
+            holder=holder,
+            batch_id=self.batch_id,
+            tree_size=self.tree_size,
+            root=root,
+            sender=sender,
+            nonce=nonce,
+            raw_tx=raw_tx,
+            tx_hash=tx_hash,
+            why=self.why,
+            replaces=self.replaces,
+        )
 
 
 @dataclass(frozen=True, slots=True)
