@@ -6,7 +6,8 @@ import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
 * :func:`running_anvil` starts ``anvil --host 127.0.0.1 --port P --chain-id 31337 --silent``
   (``--block-time S`` for interval mining) on a free port and waits until it answers JSON-RPC.
   The binary comes from ``contracts/node_modules`` (``./dev setup`` installs it with ``npm ci``);
-  ``BAAS_ANVIL`` overrides the path.
+  ``BAAS_ANVIL`` overrides the path (``tools.local_chain.anvil_path``, shared with the local
+  cluster's chain, as are ``wait_until_answering`` and ``stop_process``).
 * ``ANVIL_DEV_KEYS``: the funded accounts of anvil's default mnemonic ("test test ... junk").
 * :func:`tester_web3`: a fresh in-process eth-tester chain.
 * :class:`TestChain`: either chain with a deployed registry, a funded submitter key and the
@@ -16,10 +17,8 @@ import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -30,12 +29,14 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from node.anchoring.chain import AnchorChain, connect_web3, deploy_registry, fund
+from node.anchoring.chain import AnchorChain, ChainUnavailable, connect_web3, deploy_registry, fund
 from node.anchoring.keyfile import ChainKey
+from tools.cluster_init import ANVIL_CHAIN_ID
+from tools.local_chain import anvil_path, stop_process, wait_until_answering
+
+__all__ = ["anvil_path", "stop_process", "wait_until_answering"]  # re-exported for the tests
 
 REPO = Path(__file__).resolve().parent.parent
-ANVIL_CHAIN_ID = 31337
-ANVIL_START_S_MAX = 10.0
 
 ANVIL_DEV_KEYS: tuple[str, ...] = (
     "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
@@ -46,18 +47,6 @@ ANVIL_DEV_KEYS: tuple[str, ...] = (
 """Private keys of anvil's dev accounts 0..3 (public test keys; never use them elsewhere)."""
 
 FUND_WEI = 10**20  # 100 ETH: thousands of anchors
-
-
-def anvil_path() -> Path:
-    """The pinned anvil binary (``BAAS_ANVIL`` overrides)."""
-    override = os.environ.get("BAAS_ANVIL")
-    if override:
-        return Path(override)
-    found = sorted((REPO / "contracts" / "node_modules" / "@foundry-rs").glob("anvil-*/bin/anvil"))
-    executable = [path for path in found if os.access(path, os.X_OK)]
-    if not executable:
-        raise RuntimeError("anvil not found under contracts/node_modules: run ./dev setup")
-    return executable[0]
 
 
 def free_port() -> int:
@@ -80,20 +69,6 @@ def rpc(
     if "error" in answer:
         raise RuntimeError(f"{method}: {answer['error']}")
     return answer["result"]
-
-
-def wait_until_answering(url: str, process: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + ANVIL_START_S_MAX
-    while True:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: the chain process exited with {process.returncode}")
-        try:
-            rpc(url, "eth_chainId", timeout_s=0.5)
-            return
-        except (OSError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer within {ANVIL_START_S_MAX} s") from None
-            time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -125,7 +100,7 @@ def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until_answering(url, process)
-        except RuntimeError:
+        except ChainUnavailable:
             stop_process(process)
             continue
         try:
@@ -134,18 +109,6 @@ def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
             stop_process(process)
         return
     raise RuntimeError("anvil did not start on three free ports")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    if process.stderr is not None:
-        process.stderr.close()
 
 
 def tester_web3() -> Web3:

@@ -42,10 +42,12 @@ async def partner_client(cluster: LocalCluster, partner: str) -> AsyncIterator[P
 
 
 @contextlib.contextmanager
-def running_cluster(directory: Path, node_toml: str = "") -> Iterator[LocalCluster]:
-    """A 5-node cluster + gateway in real processes (partner ``shop-a``), each node's config
-    extended with ``node_toml``; stopped on exit."""
-    layout = init_cluster(directory, partners=("shop-a",))
+def running_cluster(
+    directory: Path, node_toml: str = "", chain: str = "embedded"
+) -> Iterator[LocalCluster]:
+    """A 5-node cluster + gateway in real processes (partner ``shop-a``) anchoring on a ``chain``
+    (embedded, anvil or none), each node's config extended with ``node_toml``; stopped on exit."""
+    layout = init_cluster(directory, partners=("shop-a",), chain=chain)
     for node in layout.nodes:
         path = Path(node.config_path)
         path.write_text(path.read_text() + node_toml)

@@ -92,6 +92,8 @@ def test_compose_and_local_tool_describe_the_same_cluster(
         (7100 + 2 * i, 7101 + 2 * i) for i in range(5)
     ]
     assert container.gateway_port == local.gateway_port == 7110
+    assert container.chain.url == "http://172.28.0.9:8545"
+    assert services["chain"]["command"][:2] == ["baas-chain", "serve"]
     # Peer ids live only in the init volume: the compose file names none of them.
     text = COMPOSE_FILE.read_text()
     assert not any(node.peer_id in text for node in container.nodes)
@@ -107,6 +109,8 @@ def test_local_defaults_are_unchanged_by_the_container_options(
     assert config.node.http_listen == "127.0.0.1:7101"
     assert config.node.data_dir == Path(local.nodes[0].config_path).parent.resolve() / "data"
     assert local.gateway_url == "http://127.0.0.1:7110"
+    assert (local.chain.kind, local.chain.url) == ("embedded", "http://127.0.0.1:7111")
+    assert local.chain.anchor_nodes == ("node-1", "node-2", "node-3")
     gateway_toml = tomllib.loads(Path(local.gateway_config_path).read_text())
     assert gateway_toml["gateway"]["http_listen"] == "127.0.0.1:7110"
 
@@ -120,6 +124,11 @@ def _service(name: str) -> Callable[[Compose], dict[str, Any]]:
 
 def _set_published(compose: Compose, name: str, port: int) -> None:
     compose["services"][name]["ports"][0].update(target=port, published=str(port))
+
+
+def _set_option(compose: Compose, name: str, flag: str, value: str) -> None:
+    command = compose["services"][name]["command"]
+    command[command.index(flag) + 1] = value
 
 
 def _swap_configs(compose: Compose) -> None:
@@ -158,6 +167,23 @@ MUTATIONS: dict[str, tuple[Callable[[Compose], None], str]] = {
         "gateway: command",
     ),
     "init dropped": (lambda c: c["services"].pop("init"), "no init service"),
+    "dropped chain": (lambda c: c["services"].pop("chain"), "chain: no chain service"),
+    "chain port": (
+        lambda c: _set_option(c, "chain", "--port", "8546"),
+        "chain: command",
+    ),
+    "chain address": (
+        lambda c: _service("chain")(c)["networks"]["baas"].update(ipv4_address="172.28.0.8"),
+        "chain: ipv4_address",
+    ),
+    "chain setup dropped": (
+        lambda c: c["services"].pop("chain-setup"),
+        "chain-setup: no service running baas-cluster chain-setup",
+    ),
+    "node not waiting for the registry": (
+        lambda c: _service("node-2")(c)["depends_on"].pop("chain-setup"),
+        "node-2: does not wait for chain-setup",
+    ),
 }
 
 
@@ -179,6 +205,8 @@ def test_a_changed_compose_file_is_reported(
         ("--k", "4", "k: local tool 3, compose 4"),
         ("--n", "4", "n: local tool 5, compose 4"),
         ("--base-port", "7200", "nodes/ports"),
+        ("--chain-port", "8546", "chain: command"),
+        ("--chain-host", "172.28.0.8", "chain: command"),
     ],
 )
 def test_a_changed_compose_init_command_is_reported(
@@ -221,6 +249,8 @@ def test_fewer_nodes_in_the_compose_init_command_is_reported(
         (("--base-port", "7300"), "nodes/ports"),
         (("--nodes", "6"), "nodes/ports"),
         (("--n", "4"), "n: local tool 4, compose 5"),
+        (("--chain", "none"), "chain: local tool none, compose embedded"),
+        (("--anchor-nodes", "2"), "anchor nodes: local tool ['node-1', 'node-2']"),
     ],
 )
 def test_a_changed_local_tool_is_reported(

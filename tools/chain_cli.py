@@ -2,23 +2,23 @@
 
 ::
 
-    baas-chain serve --port 8545 [--block-time 1] [--fund 0xADDR ...]
+    baas-chain serve --port 8545 [--host 127.0.0.1] [--block-time 1] [--fund 0xADDR ...]
     baas-chain deploy --rpc URL --key-file owner.key --submitter 0xADDR [...] [--fund-from-tester]
     baas-chain allow --rpc URL --key-file owner.key --contract 0xREG --submitter 0xADDR [--remove]
     baas-chain keygen --out node.key
 
-``serve`` puts the in-process eth-tester chain (web3's ``EthereumTesterProvider``) behind
-HTTP JSON-RPC on 127.0.0.1, so several node processes and ``baas-verify --rpc`` share one chain
-without anvil. Each request (or batch) is forwarded to the provider with its eth-tester
-middleware, so wire params are read and results written as a JSON-RPC node would: quantities as
-hex, reverts as error 3 with the revert ``data`` (web3 raises ``ContractCustomError`` as with
-anvil and geth), eth-tester's "Invalid transaction nonce" as ``nonce too low``/``too high``.
-Failures answer JSON-RPC errors, never a stack trace. eth-tester is not thread-safe, so one
-worker thread runs every call in arrival order. eth-tester mines each transaction at once
-(automine); ``--block-time S`` also mines an empty block every S seconds so confirmations
-advance. ``evm_snapshot``/``evm_revert``/``evm_mine`` are served (a reorg for tests).
-``--fund`` gives each address 100 ETH from tester account 0. When ready it prints one JSON line:
-``{"url": ..., "chain_id": ...}``; ``--port 0`` picks a free port.
+``serve`` puts the in-process eth-tester chain (web3's ``EthereumTesterProvider``) behind HTTP
+JSON-RPC on 127.0.0.1 (``--host``: another IP, e.g. a container's address), so several node
+processes and ``baas-verify --rpc`` share one chain without anvil. Each request (or batch) is
+forwarded to the provider with its eth-tester middleware, so wire params are read and results
+written as a JSON-RPC node would: quantities as hex, reverts as error 3 with the revert ``data``
+(web3 raises ``ContractCustomError`` as with anvil and geth), eth-tester's "Invalid transaction
+nonce" as ``nonce too low``/``too high``. Failures answer JSON-RPC errors, never a stack trace.
+eth-tester is not thread-safe, so one worker thread runs every call in arrival order. eth-tester
+mines each transaction at once (automine); ``--block-time S`` also mines an empty block every S
+seconds so confirmations advance. ``evm_snapshot``/``evm_revert``/``evm_mine`` are served (a
+reorg for tests). ``--fund`` gives each address 100 ETH from tester account 0. When ready it
+prints one JSON line: ``{"url": ..., "chain_id": ...}``; ``--port 0`` picks a free port.
 
 ``deploy`` signs with the key file's account, which becomes the registry's owner, and prints
 ``{"contract", "chain_id", "owner"}``. On a development chain (``serve`` or anvil)
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import re
@@ -50,7 +51,6 @@ from web3.types import RPCEndpoint
 
 from node.anchoring.chain import (
     ChainMisconfigured,
-    balance,
     connect_web3,
     deploy_registry,
     fund,
@@ -60,6 +60,7 @@ from node.anchoring.chain import (
 )
 from node.anchoring.keyfile import load_key_file, write_key_file
 from node.errors import BaasError, ConfigError
+from tools.local_chain import top_up
 
 __all__ = ["TesterRpc", "main"]
 
@@ -71,7 +72,6 @@ RPC_BODY_BYTES_MAX = 1 << 20
 RPC_BATCH_REQUESTS_MAX = 100
 ERROR_MESSAGE_CHARS_MAX = 500
 FUND_WEI = 100 * 10**18
-FUND_BELOW_WEI = 10**18
 BLOCK_TIME_S_MIN = 0.05
 
 # JSON-RPC 2.0 error codes (and the ones Ethereum nodes use).
@@ -236,7 +236,9 @@ async def _mine_every(app: web.Application, block_time_s: float) -> None:
         await loop.run_in_executor(app[EXECUTOR_KEY], app[TESTER_KEY].call, "evm_mine", [])
 
 
-async def serve(port: int, block_time_s: float | None, fund_addresses: Sequence[str]) -> None:
+async def serve(
+    port: int, block_time_s: float | None, fund_addresses: Sequence[str], host: str = HOST
+) -> None:
     tester = TesterRpc()
     for address in fund_addresses:
         fund(tester.w3, address, FUND_WEI)
@@ -247,7 +249,7 @@ async def serve(port: int, block_time_s: float | None, fund_addresses: Sequence[
     app.router.add_post("/", handle_rpc)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, HOST, port)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     bound_port = runner.addresses[0][1]
     stop = asyncio.Event()
@@ -258,7 +260,7 @@ async def serve(port: int, block_time_s: float | None, fund_addresses: Sequence[
         asyncio.create_task(_mine_every(app, block_time_s)) if block_time_s is not None else None
     )
     chain_id = int(tester.w3.eth.chain_id)
-    print(json.dumps({"url": f"http://{HOST}:{bound_port}", "chain_id": chain_id}), flush=True)
+    print(json.dumps({"url": f"http://{host}:{bound_port}", "chain_id": chain_id}), flush=True)
     try:
         await stop.wait()
     finally:
@@ -276,13 +278,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--block-time must be at least {BLOCK_TIME_S_MIN} s")
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a TCP port")
+    try:
+        ipaddress.ip_address(args.host)
+    except ValueError:
+        raise ConfigError(f"--host {args.host!r} is not an IP address") from None
     for address in args.fund:
         if not Web3.is_address(address):
             raise ChainMisconfigured(f"--fund {address!r} is not an Ethereum address")
     try:
-        asyncio.run(serve(args.port, args.block_time, args.fund))
+        asyncio.run(serve(args.port, args.block_time, args.fund, args.host))
     except OSError as exc:
-        raise ConfigError(f"cannot serve on {HOST}:{args.port}: {exc.strerror or exc}") from exc
+        raise ConfigError(
+            f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}"
+        ) from exc
     return 0
 
 
@@ -295,9 +303,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     key = load_key_file(args.key_file)
     w3 = connect_web3(args.rpc)
     if args.fund_from_tester:
-        for address in [key.address, *args.submitter]:
-            if balance(w3, address) < FUND_BELOW_WEI:
-                fund(w3, address, FUND_WEI)
+        top_up(w3, [key.address, *args.submitter])
     contract = deploy_registry(w3, key, args.submitter)
     chain_id = read_chain_id(w3)
     print(json.dumps({"contract": contract, "chain_id": chain_id, "owner": key.address}))
@@ -325,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve_cmd = commands.add_parser("serve", help="serve an eth-tester chain on 127.0.0.1")
     serve_cmd.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    serve_cmd.add_argument("--host", default=HOST, help="the IP to listen on")
     serve_cmd.add_argument("--block-time", type=float, default=None, metavar="S")
     serve_cmd.add_argument("--fund", action="append", default=[], metavar="ADDR")
     serve_cmd.set_defaults(run=_cmd_serve)

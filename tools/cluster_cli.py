@@ -1,7 +1,8 @@
 """``baas-cluster``: initialise, run, inspect a cluster; render its compose file.
 
-baas-cluster init    --dir .cluster [--nodes 5 --k 3 --n 5]
-baas-cluster run     --dir .cluster  # init if needed, start 5 nodes + gateway, wait for Ctrl-C
+baas-cluster init    --dir .cluster [--nodes 5 --k 3 --n 5] [--chain embedded|anvil|none]
+baas-cluster run     --dir .cluster  # init if needed, start chain + 5 nodes + gateway; Ctrl-C
+baas-cluster chain-setup --dir .cluster  # deploy the registry on the running chain, fix configs
 baas-cluster status  --dir .cluster [--json]   # every node and the gateway at a glance
 baas-cluster compose [--out docker-compose.cluster.yml]   # the same cluster as containers
 baas-cluster add-node    --dir .cluster      # prepare node-N (joins a running cluster)
@@ -21,7 +22,9 @@ from pathlib import Path
 
 from node.errors import BaasError, ConfigError, OperationFailed
 from tools.cluster_init import (
+    CHAIN_KINDS,
     DEFAULT_BASE_PORT,
+    DEFAULT_CHAIN,
     DEFAULT_K,
     DEFAULT_N,
     DEFAULT_NODES,
@@ -32,18 +35,32 @@ from tools.cluster_init import (
     load_layout,
 )
 from tools.compose import ComposeSpec, compose_yaml
+from tools.local_chain import RegistryOnChain, setup_registry
 from tools.local_cluster import LocalCluster
 from tools.members import announce, members, retire
 from tools.status import run_status
 
 
-def _print_layout(layout: ClusterLayout) -> None:
+def _print_layout(layout: ClusterLayout, registry: RegistryOnChain | None = None) -> None:
     print(
         f"cluster {layout.cluster_id}: k={layout.k} n={layout.n} write_quorum={layout.write_quorum}"
     )
     for node in layout.nodes:
         print(f"  {node.name}: http://{node.http_addr}  p2p {node.p2p_addr}/p2p/{node.peer_id}")
     print(f"  gateway: {layout.gateway_url}")
+    chain = layout.chain
+    if chain.enabled:
+        chain_id, contract = (
+            (registry.chain_id, registry.contract)
+            if registry is not None
+            else (chain.expected_chain_id, chain.expected_contract)
+        )
+        print(
+            f"  chain ({chain.kind}, development only): {chain.url} chain id {chain_id}, "
+            f"registry {contract}, anchoring nodes {', '.join(chain.anchor_nodes)}"
+        )
+    else:
+        print("  chain: none (anchoring disabled)")
     print(f"  partner credentials: {Path(layout.directory) / 'secrets' / 'partners.json'}")
 
 
@@ -58,7 +75,25 @@ def _init(args: argparse.Namespace) -> ClusterLayout:
         gateway_host=getattr(args, "gateway_host", HOST),
         data_dir=getattr(args, "data_dir", "data"),
         exist_ok=getattr(args, "exist_ok", False),
+        chain=args.chain,
+        anchor_nodes=args.anchor_nodes,
+        chain_host=getattr(args, "chain_host", HOST),
+        chain_port=getattr(args, "chain_port", None),
     )
+
+
+def _chain_setup(args: argparse.Namespace) -> int:
+    registry = setup_registry(load_layout(args.dir), wait_s=args.wait)
+    document = {
+        "url": registry.url,
+        "chain_id": registry.chain_id,
+        "contract": registry.contract,
+        "owner": registry.owner,
+        "submitters": list(registry.submitters),
+        "deployed": registry.deployed,
+    }
+    print(json.dumps(document))
+    return 0
 
 
 def _hosts(value: str) -> tuple[str, ...]:
@@ -125,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(
             "--base-port", type=int, default=DEFAULT_BASE_PORT, help="0 picks free ports"
         )
+        p.add_argument(
+            "--chain",
+            choices=CHAIN_KINDS,
+            default=DEFAULT_CHAIN,
+            help="the development chain the nodes anchor to (default: embedded, in memory)",
+        )
+        p.add_argument(
+            "--anchor-nodes",
+            type=int,
+            default=None,
+            help="how many nodes hold a chain key (default 3)",
+        )
         if name == "init":
             p.add_argument(
                 "--node-hosts",
@@ -135,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--gateway-host", default=HOST, help="the gateway's listen IP")
             p.add_argument(
                 "--data-dir", default="data", help="node data dir (relative to its config)"
+            )
+            p.add_argument("--chain-host", default=HOST, help="the chain's listen IP")
+            p.add_argument(
+                "--chain-port", type=int, default=None, help="default: after the gateway's"
             )
             p.add_argument(
                 "--exist-ok",
@@ -155,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--dir", type=Path, default=Path(".cluster"))
         if name in ("announce", "remove-node"):
             p.add_argument("--name", required=True, help="the node, e.g. node-6")
+    chain_setup = sub.add_parser(
+        "chain-setup", help="deploy the registry on the cluster's running chain, fix configs"
+    )
+    chain_setup.add_argument("--dir", type=Path, default=Path(".cluster"))
+    chain_setup.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the chain to answer"
+    )
     compose = sub.add_parser("compose", help="render docker-compose.cluster.yml")
     compose.add_argument("--out", type=Path, default=None, help="default: stdout")
     args = parser.parse_args(argv)
@@ -166,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_status(args.dir, as_json=args.json, timeout_s=args.timeout)
         if args.command == "compose":
             return _compose(args)
+        if args.command == "chain-setup":
+            return _chain_setup(args)
         if args.command in ("add-node", "announce", "remove-node", "members"):
             return _membership(args)
         layout = load_layout(args.dir) if (args.dir / "cluster.json").exists() else _init(args)
@@ -174,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         with LocalCluster(layout) as cluster:
             cluster.start()
-            _print_layout(layout)
+            _print_layout(layout, cluster.registry)
             print("cluster is ready; Ctrl-C stops it")
             sys.stdout.flush()
             stop.wait()

@@ -5,6 +5,13 @@ process gets its own data dir and ports (from ``baas-cluster init``), logs to
 ``<cluster>/logs/<name>.log``, and is waited on until its readiness endpoint answers.
 ``stop`` sends SIGTERM and waits (then SIGKILL); ``kill`` sends any signal, e.g. SIGKILL to
 simulate a crash, and ``start_node`` brings a node back with the same identity and data.
+
+A cluster with a chain (``baas-cluster init --chain embedded|anvil``, the default embedded)
+starts it first, as process ``chain`` (log ``logs/chain.log``), deploys the registry and points
+the node configs at it (``tools/local_chain.py``), and stops it after the last node.
+``chain_url``, ``chain_id`` and ``chain_contract`` say where the nodes anchor; all three are
+None before ``start`` and for ``chain = none``. The chain is in memory only: every ``start``
+brings up a new one.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from node.errors import OperationFailed
+from node.errors import BaasError, OperationFailed
 from tools.cluster_init import ClusterLayout, NodeLayout
+from tools.local_chain import RegistryOnChain, setup_registry, start_chain, stop_process
 
 __all__ = ["LocalCluster"]
 
 READY_TIMEOUT_S = 30.0
+CHAIN = "chain"  # the chain's process name (and log file)
 
 
 def _is_ready(url: str) -> bool:
@@ -43,6 +52,24 @@ class LocalCluster:
         self._log_level = log_level
         self._log_dir = Path(layout.directory) / "logs"
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.registry: RegistryOnChain | None = None
+
+    @property
+    def chain_url(self) -> str | None:
+        return None if self.registry is None else self.registry.url
+
+    @property
+    def chain_id(self) -> int | None:
+        return None if self.registry is None else self.registry.chain_id
+
+    @property
+    def chain_contract(self) -> str | None:
+        return None if self.registry is None else self.registry.contract
+
+    @property
+    def chain_process(self) -> subprocess.Popen[bytes] | None:
+        """The chain's process (None without a chain or before ``start_chain``)."""
+        return self._processes.get(CHAIN)
 
     def node(self, name: str) -> NodeLayout:
         for node in self.layout.nodes:
@@ -86,16 +113,52 @@ class LocalCluster:
         if wait:
             self._wait_ready(name, f"http://{node.http_addr}/internal/v1/ready")
 
+    def start_chain(self) -> None:
+        """Start the layout's chain, deploy the registry, point the node configs at it (no-op
+        for ``chain = none``)."""
+        if not self.layout.chain.enabled:
+            return
+        if self.running(CHAIN):
+            raise OperationFailed("the chain is already running")
+        log = open(self._log_dir / f"{CHAIN}.log", "ab")  # noqa: SIM115 -- closed in _reap
+        self._logs[CHAIN] = log
+        where = f"see {self._log_dir / (CHAIN + '.log')}"
+        try:
+            self._processes[CHAIN] = start_chain(self.layout.chain, log)
+        except BaasError as exc:
+            self._reap(CHAIN)
+            kind = self.layout.chain.kind
+            raise OperationFailed(f"the {kind} chain: {exc.detail}; {where}") from exc
+        try:
+            self.registry = setup_registry(self.layout)
+        except BaasError as exc:
+            self._stop_chain()
+            raise OperationFailed(f"deploying the registry: {exc.detail}; {where}") from exc
+
+    def _stop_chain(self) -> int | None:
+        process = self._processes.get(CHAIN)
+        if process is None:
+            return None
+        code = stop_process(process)
+        self._reap(CHAIN)
+        return code
+
     def start_gateway(self) -> None:
         self._spawn("gateway", "gateway.main", self.layout.gateway_config_path)
         self._wait_ready("gateway", f"{self.layout.gateway_url}/readyz")
 
     def start(self) -> None:
-        for node in self.layout.nodes:
-            self.start_node(node.name, wait=False)
-        for node in self.layout.nodes:
-            self._wait_ready(node.name, f"http://{node.http_addr}/internal/v1/ready")
-        self.start_gateway()
+        """The chain, every node, then the gateway; if one fails, stop what did start."""
+        try:
+            self.start_chain()
+            for node in self.layout.nodes:
+                self.start_node(node.name, wait=False)
+            for node in self.layout.nodes:
+                self._wait_ready(node.name, f"http://{node.http_addr}/internal/v1/ready")
+            self.start_gateway()
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self._processes[name]
@@ -116,7 +179,7 @@ class LocalCluster:
             log.close()
 
     def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
-        """Stop everything (gateway first); return each process's exit code."""
+        """Stop everything (gateway first, the chain last); return each process's exit code."""
         codes: dict[str, int] = {}
         order = ["gateway"] + [n.name for n in self.layout.nodes]
         for name in order:
@@ -133,6 +196,9 @@ class LocalCluster:
                 process.kill()
                 codes[name] = process.wait()
             self._reap(name)
+        chain_code = self._stop_chain()
+        if chain_code is not None:
+            codes[CHAIN] = chain_code
         return codes
 
     def __enter__(self) -> LocalCluster:

@@ -517,6 +517,11 @@ class AnchorChain:
         with _border("submitters"):
             return bool(self._contract.functions.submitters(_checksum(address)).call())
 
+    def owner(self) -> str:
+        """The registry's owner (its deployer), checksummed."""
+        with _border("owner"):
+            return _checksum(str(self._contract.functions.owner().call()))
+
     def anchored_in(self, tx_hash: bytes) -> tuple[AnchoredEvent, ...]:
         """The ``Anchored`` events this registry emitted in the mined transaction ``tx_hash``
         (empty when it is not mined or reverted)."""
