@@ -10,6 +10,11 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   ``{"results": [...]}``, one result (with its own ``status``) per record, in order.
 * ``GET /v1/records/{record_id}`` -> 200 ``{"record_id", "record", ...}`` for the owning partner
   only; anyone else gets 404, exactly as for a record that does not exist.
+* ``GET /v1/records/{record_id}/receipt`` -> the record's receipt v1 (docs/verifiable-log.md),
+  for the owning partner only; 409 ``receipt_not_ready`` until an anchor covering it is mined.
+* ``GET /v1/log``, ``GET /v1/log/anchors?from=&limit=``, ``GET /v1/log/consistency?from=&to=``
+  -> the log head, a chain of anchors, a consistency proof between two anchors: public, so
+  anyone can audit that the log only grew (``baas-verify``).
 * ``GET /healthz`` (the process is up) and ``GET /readyz`` (at least one node is ready).
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
@@ -41,6 +46,7 @@ from prometheus_client import Counter
 from gateway.auth import ReplayCache, SignedRequest, authenticate
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
+from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from node.api.problem import problem_middleware, problem_response
@@ -61,6 +67,9 @@ from node.records import HASH_BYTES, record_id_for
 __all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The append-only audit of the log (anchors and consistency between them) is public: anyone
+# may check that the log only grew. Bounded and timed like partner calls, not signed.
+AUDIT_PATHS = frozenset(AUDIT_ROUTES)
 PARTNER_KEYS = web.RequestKey("partner", PartnerKeys)
 REQUEST_ID = web.RequestKey("request_id", str)
 DEADLINE = web.RequestKey("deadline", float)
@@ -130,6 +139,8 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
     request[DEADLINE] = asyncio.get_running_loop().time() + deadline_s
     try:
         async with asyncio.timeout(deadline_s):
+            if request.path in AUDIT_PATHS and request.method == "GET":
+                return await handler(request)
             body = await request.read()
             request[PARTNER_KEYS] = authenticate(
                 SignedRequest(request.method, request.path_qs, dict(request.headers), body),
@@ -411,6 +422,7 @@ def build_gateway_app(state: GatewayState) -> web.Application:
     app.router.add_post("/v1/records", post_record)
     app.router.add_post("/v1/records/batch", post_records_batch)
     app.router.add_get("/v1/records/{record_id}", get_record)
+    add_log_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/readyz", get_ready)
     return app

@@ -253,7 +253,11 @@ class NodeClient:
         *,
         deadline: float,
         request_id: str | None,
+        json_reply: bool = False,
+        next_node_on: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
+        """Call nodes in turn until one answers; ``next_node_on``: statuses that send the
+        call on to the next node too (a lagging node may not know a log entry yet)."""
         assert self._session is not None, "NodeClient.start() was not called"
         data = msgpack.packb(body, use_bin_type=True) if body is not None else None
         last: BaasError = OperationFailed("no node is reachable", code="no_node_available")
@@ -281,7 +285,9 @@ class NodeClient:
                     raw = await response.read()
                     self._note_queue(node, response.headers)
                     if response.status == 200:
-                        decoded: dict[str, Any] = msgpack.unpackb(raw, raw=False)
+                        decoded: dict[str, Any] = (
+                            json.loads(raw) if json_reply else msgpack.unpackb(raw, raw=False)
+                        )
                         return decoded
                     problem = await self._problem(response, raw)
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -294,6 +300,9 @@ class NodeClient:
                 )
                 continue
             error = error_from_problem(response.status, problem)
+            if response.status in next_node_on:
+                last = error
+                continue
             if response.status == 503 and not isinstance(error, RecordUnavailable):
                 self.node_call_failures += 1
                 last = error  # that node is overloaded or not ready: try the next one
@@ -384,6 +393,21 @@ class NodeClient:
         finally:
             self.direct_records -= len(items)
         return [result for reply in replies for result in reply]
+
+    async def log_document(
+        self, path: str, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any]:
+        """A verifiable-log document (receipt, consistency, anchors) as JSON from the first node
+        that has it: a node that lags (404 / 409) passes the call on to the next."""
+        return await self._call(
+            "GET",
+            path,
+            None,
+            deadline=deadline,
+            request_id=request_id,
+            json_reply=True,
+            next_node_on=frozenset({404, 409}),
+        )
 
     async def read_record(self, item: ReadItem) -> dict[str, Any]:
         result = await self._reads.submit("read", item)

@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from node import runtime
+from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.members import MembersMachine
@@ -30,8 +31,8 @@ from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
-from node.membership import MembershipManager
-from node.merkle.log import MerkleLog
+from node.membership import MembershipManager, StoreView
+from node.merkle.log import MerkleLog, root_at
 from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
@@ -94,7 +95,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
-            [RecordIndex(), MembersMachine()],
+            [RecordIndex(), MembersMachine(), AnchorLog(root_at)],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],
         ),
@@ -180,6 +181,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         membership=membership,
         mover_stats=lambda: dataclasses.asdict(mover.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
+        log_view=lambda: StoreView(raft_storage),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )

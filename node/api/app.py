@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from node.api.log_routes import add_log_routes
 from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
 from node.api.wire import (
@@ -40,6 +41,7 @@ from node.api.wire import (
 from node.config import NodeLimits
 from node.consensus.members import ACTIVE, Member
 from node.consensus.record_index import IndexProposal
+from node.consensus.state_machine import StateView
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
@@ -86,6 +88,7 @@ class NodeApiState:
     membership: MembershipManager
     mover_stats: Callable[[], dict[str, int]]
     gc_stats: Callable[[], dict[str, int]]
+    log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
     inflight: int = 0
 
 
@@ -416,4 +419,5 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_get("/internal/v1/status", get_status)
     app.router.add_get("/internal/v1/health", get_health)
     app.router.add_get("/internal/v1/ready", get_ready)
+    add_log_routes(app, state.log_view)
     return app
