@@ -68,6 +68,7 @@ def test_a_short_run_writes_every_field_and_its_counts_add_up(
         for key in ("entries_per_s", "merkle_appends_per_s", "merkle_share_of_apply"):
             assert build[key] > 0
         assert build["merkle_follow_s"] <= build["apply_s"]
+        assert 0 < build["settle_s"] <= document["parameters"]["settle_s_max"] + 1
         for phase in PHASES:
             assert result[phase]["count"] > 0 and result[phase]["per_s"] > 0, phase
         assert result["inclusion_current"]["count"] == 400
