@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from node.anchoring.config import AnchoringSettings, anchoring_from_table
 from node.errors import ConfigError
 
 __all__ = [
@@ -309,6 +310,7 @@ class NodeConfig:
     raft: RaftSettings = field(default_factory=RaftSettings)
     moves: MoveSettings = field(default_factory=MoveSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    anchoring: AnchoringSettings = field(default_factory=AnchoringSettings)
 
     def validate(self) -> None:
         self.cluster.validate()
@@ -317,6 +319,7 @@ class NodeConfig:
         self.raft.validate()
         self.moves.validate()
         self.gc.validate()
+        self.anchoring.validate()
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
         parse_host_port(self.node.http_listen, "node.http_listen")
@@ -394,6 +397,7 @@ def load_node_config(path: Path) -> NodeConfig:
         raft=build_dataclass(RaftSettings, _section(raw, "raft"), "raft"),
         moves=build_dataclass(MoveSettings, _section(raw, "moves"), "moves"),
         gc=build_dataclass(GcSettings, _section(raw, "gc"), "gc"),
+        anchoring=anchoring_from_table(dict(_section(raw, "anchoring")), base),
     )
     config.validate()
     return config

@@ -21,12 +21,14 @@ from pathlib import Path
 from aiohttp import web
 
 from node import runtime
+from node.anchoring.forwarding import ForwardingProposer
+from node.anchoring.service import AnchorService, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
-from node.consensus.state_machine import Dispatcher
+from node.consensus.state_machine import AppEntry, ApplyOutcome, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
@@ -164,6 +166,21 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         interval_s=config.gc.interval_s,
         records_per_pass_max=config.gc.records_per_pass_max,
     )
+    chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
+    anchoring_proposer = ForwardingProposer(
+        replicated_log,
+        address_of=membership.http_addr,
+        api_token=api_token.decode(),
+        request_timeout_s=config.timeouts.p2p_request_s,
+    )
+    anchoring = AnchorService(
+        node_id=p2p.peer_id,
+        settings=config.anchoring,
+        proposer=anchoring_proposer,
+        store=raft_storage,
+        chain=chain,
+        sender=sender,
+    )
     ready = False
     state = NodeApiState(
         coordinator=coordinator,
@@ -182,6 +199,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         mover_stats=lambda: dataclasses.asdict(mover.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
         log_view=lambda: StoreView(raft_storage),
+        propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
+        anchoring_status=anchoring.status,
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
@@ -194,6 +213,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await membership.start()
         await mover.start()
         await collector.start()
+        if config.anchoring.enabled:
+            await anchoring_proposer.start()
+            await anchoring.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
@@ -216,6 +238,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await replay
         await runner.cleanup()
+        if config.anchoring.enabled:
+            await anchoring.stop()  # gives the lease up while the log still runs
+            await anchoring_proposer.stop()
         await coordinator.stop()
         await collector.stop()
         await mover.stop()
@@ -226,6 +251,11 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_storage.close()
         hints.close()
         store.close()
+
+
+async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) -> ApplyOutcome:
+    (applied,) = await log.propose([entry], timeout_s=timeout_s)
+    return applied.outcome
 
 
 def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None:

@@ -97,6 +97,9 @@ CHAIN_BLOCK_TIME_S = 1.0
 ANCHOR_INTERVAL_S = 2.0
 ANCHOR_BATCH_MAX = 1000
 CONFIRMATIONS = 2
+# A development cluster fails over and notices blocks quickly (production keeps the defaults).
+LEASE_TTL_S = 6.0
+POLL_INTERVAL_S = 0.5
 
 
 def node_name(index: int) -> str:
@@ -250,6 +253,8 @@ def anchoring_values(
     values["anchor_interval_s"] = ANCHOR_INTERVAL_S
     values["anchor_batch_max"] = ANCHOR_BATCH_MAX
     values["confirmations"] = CONFIRMATIONS
+    values["lease_ttl_s"] = LEASE_TTL_S
+    values["poll_interval_s"] = POLL_INTERVAL_S
     return values
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 from aiohttp import web
 
+from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
 from node.api.log_routes import add_log_routes
 from node.api.node_metrics import node_stat_families
 from node.api.problem import problem_middleware, problem_response
@@ -41,7 +42,7 @@ from node.api.wire import (
 from node.config import NodeLimits
 from node.consensus.members import ACTIVE, Member
 from node.consensus.record_index import IndexProposal
-from node.consensus.state_machine import StateView
+from node.consensus.state_machine import AppEntry, ApplyOutcome, StateView
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
@@ -89,6 +90,8 @@ class NodeApiState:
     mover_stats: Callable[[], dict[str, int]]
     gc_stats: Callable[[], dict[str, int]]
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
+    propose_entry: Callable[[AppEntry], Awaitable[ApplyOutcome]]  # on this node's own log
+    anchoring_status: Callable[[], dict[str, Any]]
     inflight: int = 0
 
 
@@ -283,6 +286,15 @@ async def post_index(request: web.Request) -> web.Response:
     return _msgpack_response({"results": results})
 
 
+async def post_anchoring_propose(request: web.Request) -> web.Response:
+    """Leader only: append an anchoring entry forwarded by a key holder, answer once applied."""
+    state = request.app[STATE]
+    entry = decode_forwarded(await _read_msgpack(request))
+    if state.raft_status()["role"] != "leader":
+        raise NotLeader("this node is not the leader")
+    return _msgpack_response(outcome_body(await state.propose_entry(entry)))
+
+
 async def get_members(request: web.Request) -> web.Response:
     """The committed storage membership (epoch, addresses, state) and Raft's voters/learners."""
     return web.json_response(request.app[STATE].membership.describe())
@@ -382,6 +394,7 @@ async def get_status(request: web.Request) -> web.Response:
             "raft": state.raft_status(),
             "moves": state.mover_stats(),
             "gc": state.gc_stats(),
+            "anchoring": state.anchoring_status(),
         }
     )
 
@@ -410,6 +423,7 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_post("/internal/v1/records", post_records)
     app.router.add_post("/internal/v1/records/read", post_records_read)
     app.router.add_post(INDEX_PATH, post_index)
+    app.router.add_post(ANCHORING_PROPOSE_PATH, post_anchoring_propose)
     app.router.add_get(INDEX_PATH + "/{record_id}", get_index_entry)
     app.router.add_get(MEMBERS_PATH, get_members)
     app.router.add_post(MEMBERS_PATH, post_member)
