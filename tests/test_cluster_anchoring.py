@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -99,8 +101,11 @@ async def write_records(client: PartnerClient, count: int, tag: str) -> list[str
 
 async def wait_final_covering(cluster: LocalCluster, size: int) -> dict[str, Any]:
     def covered() -> dict[str, Any] | None:
-        status = anchoring(cluster, cluster.layout.nodes[0].name)
-        return status if status.get("final_tree_size", 0) >= size else None
+        for node in cluster.layout.nodes:
+            if cluster.running(node.name):
+                status = anchoring(cluster, node.name)
+                return status if status.get("final_tree_size", 0) >= size else None
+        return None
 
     return dict(await wait_for(f"a final anchor covering {size} leaves", covered, 90))
 
@@ -185,3 +190,110 @@ async def test_receipts_of_1000_records_verify_against_the_chain_alone(
         # is a new transaction for the same batch.)
         assert sent_transactions(cluster) == made + counters["replacements"]
         assert counters["replacements"] == 0
+
+
+def peer_name(cluster: LocalCluster, peer_id: str | None) -> str | None:
+    return next((n.name for n in cluster.layout.nodes if n.peer_id == peer_id), None)
+
+
+def survivor_status(cluster: LocalCluster, not_this: str) -> dict[str, Any]:
+    for node in cluster.layout.nodes:
+        if node.name != not_this and cluster.running(node.name):
+            status = anchoring(cluster, node.name)
+            if status:
+                return status
+    return {}
+
+
+async def test_evm_revert_drops_the_anchor_then_the_system_anchors_again(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, chain="anvil") as cluster:
+        assert cluster.chain_url is not None
+        w3 = Web3(Web3.HTTPProvider(cluster.chain_url))
+        async with partner_client(cluster, "shop-a") as client:
+            await write_records(client, 20, "before")
+            await wait_final_covering(cluster, 20)
+            snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+            ids = await write_records(client, 20, "after")
+            await wait_final_covering(cluster, 40)
+            old = await receipt_of(client, ids[-1])
+            assert verify_receipt(old, reader(cluster), confirmations=CONFIRMATIONS).ok
+            reverted = w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
+            assert reverted["result"] is True
+            # The chain no longer has that anchor: the receipt is not final any more.
+            verdict = verify_receipt(old, reader(cluster), confirmations=CONFIRMATIONS)
+            assert not verdict.ok
+            failed = verdict.first_failure
+            assert failed is not None and failed.name in ("anchor on chain", "anchor transaction")
+            # The nodes notice, send the same transaction again, and it becomes final again.
+            await wait_for(
+                "the reorg to be noticed",
+                lambda: anchoring(cluster, "node-2").get("counters", {}).get("reanchors", 0) >= 1,
+                30,
+            )
+            await wait_final_covering(cluster, 40)
+            await asyncio.sleep(1)  # the chain we read is at least as far as the nodes' view
+            again = await receipt_of(client, ids[-1])
+        assert again.anchor.batch_id == old.anchor.batch_id
+        assert again.anchor.tx_hash == old.anchor.tx_hash  # the same signed transaction
+        verdict = verify_receipt(again, reader(cluster), confirmations=CONFIRMATIONS)
+        assert verdict.ok, [s for s in verdict.steps if not s.ok]
+        status = anchoring(cluster, "node-3")
+        made = status["counters"]["size_triggered"] + status["counters"]["interval_triggered"]
+        assert sent_transactions(cluster) == made  # re-anchoring made no new transaction
+
+
+async def test_killing_the_lease_holder_between_send_and_result_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    with running_cluster(tmp_path) as cluster:
+        assert cluster.chain_url is not None
+        registry = reader(cluster)
+        async with partner_client(cluster, "shop-a") as client:
+            await write_records(client, 10, "warm")
+            await wait_final_covering(cluster, 10)
+            holder = peer_name(cluster, anchoring(cluster, "node-1").get("lease_holder"))
+            assert holder in key_holders(cluster)
+            # Keep records coming, and catch a batch mined on the chain whose result the log
+            # has not committed yet: freeze the holder there, check the window, then kill it.
+            writer = asyncio.create_task(write_records(client, 400, "load"))
+            victim_batch = 0
+            deadline = time.monotonic() + 60
+            while not victim_batch and time.monotonic() < deadline:
+                on_chain = reader(cluster).next_batch_id() - 1
+                logged = survivor_status(cluster, holder).get("included_through", 0)
+                if on_chain > logged:
+                    os.kill(cluster.pid(holder), signal.SIGSTOP)
+                    await asyncio.sleep(1.0)  # anything already on its way lands meanwhile
+                    if survivor_status(cluster, holder).get("included_through", 0) < on_chain:
+                        victim_batch = on_chain
+                        cluster.kill(holder)  # SIGKILL, frozen in the window
+                    else:
+                        os.kill(cluster.pid(holder), signal.SIGCONT)
+                await asyncio.sleep(0.02)
+            assert victim_batch, "never caught a mined anchor before its result was committed"
+            await writer
+
+            # Another key holder takes the lease once it lapses and commits that same transaction.
+            def included() -> bool:
+                status = survivor_status(cluster, holder)
+                return status.get("included_through", 0) >= victim_batch and peer_name(
+                    cluster, status.get("lease_holder")
+                ) not in (None, holder)
+
+            await wait_for("the next holder to commit the result", included, 40)
+            status = survivor_status(cluster, holder)
+            await wait_final_covering(cluster, status["tree_size"])
+            anchors = await client.request("GET", f"/v1/log/anchors?from={victim_batch}&limit=1")
+            doc = AnchorChainDoc.from_json(json.dumps(anchors.body))
+        (anchor,) = doc.anchors
+        on_chain = registry.anchor_of(victim_batch)
+        assert on_chain is not None and on_chain.root == anchor.root
+        inclusion = reader(cluster).tx_inclusion(anchor.tx_hash)
+        assert inclusion is not None and inclusion.block_hash == anchor.block_hash
+        status = survivor_status(cluster, holder)
+        made = status["counters"]["size_triggered"] + status["counters"]["interval_triggered"]
+        assert made == status["next_batch_id"] - 1
+        # One transaction per batch across every key, the killed holder's included.
+        assert sent_transactions(cluster) == made + status["counters"]["replacements"]
+        assert reader(cluster).next_batch_id() - 1 >= victim_batch
+        assert verify_anchor_chain(doc, reader(cluster)).ok
