@@ -124,3 +124,16 @@ def test_the_cache_keeps_the_top_levels_within_its_bound_and_only_stored_hashes(
     assert low == view.get(_node_key(0, 5)) and len(reads) == 1  # below: from the store
     assert cached.get_node(8, 1) is None and len(reads) == 2  # absent: not kept...
     assert cached.get_node(8, 1) is None and len(reads) == 3  # ...so asked again
+
+
+def test_a_proofs_low_levels_are_stored_next_to_each_other() -> None:
+    """Keyed by first leaf then level, the siblings at levels < 5 of any leaf lie within a
+    run of keys a few dozen long (by level first, level 0 and 1 would be ~n keys apart)."""
+    view = _grown_log(1024)
+    keys = sorted(k for k in view.data if k.startswith(b"ml/n/"))
+    assert len(keys) == 2 * 1024 - 1
+    position = {key: i for i, key in enumerate(keys)}
+    for leaf in (0, 1, 517, 1023):
+        siblings = [_node_key(level, (leaf >> level) ^ 1) for level in range(5)]
+        spots = [position[key] for key in siblings]
+        assert max(spots) - min(spots) < 2 * 2 * 2**5, (leaf, spots)

@@ -9,9 +9,14 @@ It follows from log feature version 3 on (enabled at start once every member run
 State, under ``ml/`` in the replicated state (so snapshots carry it)::
 
     ml/size                      -> tree size (8 bytes, big-endian)
-    ml/n/<level:1><index:8>      -> hash of a complete subtree (written once)
+    ml/n/<first leaf:8><level:1> -> hash of the complete subtree (level, first leaf >> level),
+                                    written once
     ml/l/<leaf index:8>          -> leaf data
     ml/r/<record id>             -> leaf index (8 bytes)
+
+A subtree is keyed by the first leaf it covers, then its level, so the hashes near a leaf lie
+next to each other: a proof's low levels (its siblings at levels < l are all within 2**l
+leaves of it) come from one LevelDB block of one table, not from one table per level.
 
 Roots, inclusion and consistency proofs at any size up to the current one are read from
 ``O(log n)`` stored hashes (:class:`MerkleReader`), never by rebuilding the tree.
@@ -58,7 +63,7 @@ def _u64(value: int) -> bytes:
 
 
 def _node_key(level: int, index: int) -> bytes:
-    return NODE_PREFIX + level.to_bytes(1, "big") + _u64(index)
+    return NODE_PREFIX + _u64(index << level) + level.to_bytes(1, "big")
 
 
 def _leaf_key(index: int) -> bytes:
