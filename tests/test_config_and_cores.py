@@ -19,6 +19,10 @@ PURE_MODULES = [
     "node/storage/entry.py",
     "node/records.py",
     "node/p2p/messages.py",
+    # The anchoring cores; node/anchoring/service.py and chain.py do the I/O.
+    "node/anchoring/state.py",
+    "node/anchoring/driver.py",
+    "node/anchoring/config.py",
     # The I/O side (LevelDB storage, the asyncio adapter) lives in node/replication.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/consensus").glob("*.py")),
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/dataplane").glob("*.py")),

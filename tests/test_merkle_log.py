@@ -159,3 +159,29 @@ def test_the_log_survives_a_snapshot_and_keeps_growing_identically() -> None:
         target.commit(writes)
     assert restored.data == view.data
     assert MerkleReader(restored).size == 138
+
+
+def test_an_owner_too_long_for_a_leaf_gets_no_leaf_and_the_log_stays_applicable() -> None:
+    long_owner = encode_app_entry(
+        IndexProposal(
+            record_id=_h("rid", 7),
+            content_hash=_h("ch", 7),
+            k=3,
+            n=5,
+            shard_nodes=NODES,
+            membership_epoch=1,
+            owner="é" * 100,  # 100 characters (the index takes it), 200 UTF-8 bytes (> 128)
+            body_fingerprint=bytes(32),
+            expiry_term=2,
+            expiry_max_index=10**9,
+            shard_hashes=tuple(_h("s7/", i) for i in range(5)),
+            plaintext_commitment=_h("pc", 7),
+        ).to_entry()
+    )
+    d, view = dispatcher(), DictView()
+    applied, writes = d.apply_batch(
+        [(at(1), feature(3)), (at(2), long_owner), (at(3), proposal(8))], view
+    )
+    assert [a.outcome.code for a in applied] == ["created", "created", "created"]
+    view.commit(writes)
+    assert MerkleReader(view).size == 1 and MerkleReader(view).leaf_of(_h("rid", 8)).index == 0

@@ -167,16 +167,10 @@ class MerkleLog:
         if not proposal.has_leaf_fields:
             return ()
         assert proposal.plaintext_commitment is not None
-        leaf = LeafData(
-            record_id=proposal.record_id,
-            owner=proposal.owner,
-            committed_at_ms=applied.position.leader_time_ms,
-            content_hash=proposal.content_hash,
-            k=proposal.k,
-            n=proposal.n,
-            shard_hashes=proposal.shard_hashes,
-            plaintext_commitment=proposal.plaintext_commitment,
-        ).encode()
+        try:
+            leaf = self._leaf(proposal, applied.position.leader_time_ms)
+        except InvalidRequest:  # e.g. an owner longer than 128 UTF-8 bytes: refused identically
+            return ()  # on every node, so the log stays applicable; such a record has no leaf
         size = _size_of(view)
         tree = MerkleTree(_ViewNodes(view), size)
         writes: list[Write] = [
@@ -189,6 +183,20 @@ class MerkleLog:
             (SIZE_KEY, _u64(size + 1)),
         ]
         return tuple(writes)
+
+    @staticmethod
+    def _leaf(proposal: IndexProposal, committed_at_ms: int) -> bytes:
+        assert proposal.plaintext_commitment is not None
+        return LeafData(
+            record_id=proposal.record_id,
+            owner=proposal.owner,
+            committed_at_ms=committed_at_ms,
+            content_hash=proposal.content_hash,
+            k=proposal.k,
+            n=proposal.n,
+            shard_hashes=proposal.shard_hashes,
+            plaintext_commitment=proposal.plaintext_commitment,
+        ).encode()
 
 
 @dataclass(frozen=True, slots=True)
