@@ -49,6 +49,7 @@ from gateway.keyring import Keyring, PartnerKeys
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
+from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
 from node.api.problem import problem_middleware, problem_response
 from node.errors import (
     BaasError,
@@ -70,9 +71,6 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # The append-only audit of the log (anchors and consistency between them) is public: anyone
 # may check that the log only grew. Bounded and timed like partner calls, not signed.
 AUDIT_PATHS = frozenset(AUDIT_ROUTES)
-PARTNER_KEYS = web.RequestKey("partner", PartnerKeys)
-REQUEST_ID = web.RequestKey("request_id", str)
-DEADLINE = web.RequestKey("deadline", float)
 
 
 @dataclass(slots=True)
@@ -422,7 +420,7 @@ def build_gateway_app(state: GatewayState) -> web.Application:
     app.router.add_post("/v1/records", post_record)
     app.router.add_post("/v1/records/batch", post_records_batch)
     app.router.add_get("/v1/records/{record_id}", get_record)
-    add_log_routes(app)
+    add_log_routes(app, state.nodes)
     app.router.add_get("/healthz", get_health)
     app.router.add_get("/readyz", get_ready)
     return app

@@ -13,6 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.node_client import NodeClient
+from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
 from node.errors import CorruptEntry, InvalidRequest, NotFound, UnsupportedFormat
 from node.merkle.leaf import LeafData
 from node.merkle.receipt import AnchorChainDoc, ConsistencyDoc, Receipt
@@ -24,6 +26,7 @@ NODE_LOG_PATH = "/internal/v1/log"
 ANCHORS_PER_REQUEST_MAX = 1000
 AUDIT_ROUTES = ("/v1/log", "/v1/log/anchors", "/v1/log/consistency")
 _JSON = "application/json"
+NODES = web.AppKey("log_nodes", NodeClient)
 
 
 def _batch_param(request: web.Request, name: str, default: int | None = None) -> int:
@@ -36,10 +39,7 @@ def _batch_param(request: web.Request, name: str, default: int | None = None) ->
 
 
 async def _document(request: web.Request, path: str) -> dict[str, Any]:
-    from gateway.app import DEADLINE, GATEWAY, REQUEST_ID  # the app module imports this one
-
-    state = request.app[GATEWAY]
-    return await state.nodes.log_document(
+    return await request.app[NODES].log_document(
         path, deadline=request[DEADLINE], request_id=request[REQUEST_ID]
     )
 
@@ -52,8 +52,6 @@ def _strict(parse: Callable[[str], Any], document: dict[str, Any]) -> Any:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    from gateway.app import PARTNER_KEYS
-
     partner = request[PARTNER_KEYS]
     try:
         record_id = bytes.fromhex(request.match_info["record_id"])
@@ -93,7 +91,8 @@ async def get_consistency(request: web.Request) -> web.Response:
     return web.Response(text=doc.to_json(), content_type=_JSON)
 
 
-def add_log_routes(app: web.Application) -> None:
+def add_log_routes(app: web.Application, nodes: NodeClient) -> None:
+    app[NODES] = nodes
     app.router.add_get("/v1/records/{record_id}/receipt", get_receipt)
     app.router.add_get("/v1/log", get_log_head)
     app.router.add_get("/v1/log/anchors", get_anchors)
