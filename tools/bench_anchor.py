@@ -68,6 +68,7 @@ import aiohttp
 import psutil
 from web3 import Web3
 
+from node.anchoring.config import AnchoringSettings
 from node.anchoring.keyfile import load_key_file
 from node.anchoring.registry import RegistryReader
 from node.anchoring.state import Batch, batches, progress_of
@@ -766,7 +767,7 @@ def _cluster(
         local.stop()
 
 
-async def _measure(cluster: LocalCluster, args: argparse.Namespace, w3: Web3) -> dict[str, Any]:
+async def _measure(cluster: LocalCluster, args: argparse.Namespace) -> dict[str, Any]:
     layout = cluster.layout
     token = read_token(Path(layout.directory))
     credentials = layout.partners[PARTNER]
@@ -868,54 +869,141 @@ def _ms(summary: dict[str, float | int | None]) -> dict[str, float | int | None]
     }
 
 
+@dataclass(frozen=True, slots=True)
+class ChainStart:
+    """The chain as the run found it: the key holders' nonces and the head."""
+
+    w3: Web3
+    contract: str
+    addresses: list[str]
+    nonces: dict[str, int]
+    head: int
+
+
+def chain_start(cluster: LocalCluster) -> ChainStart:
+    assert cluster.chain_url is not None and cluster.chain_contract is not None
+    w3 = Web3(Web3.HTTPProvider(cluster.chain_url, request_kwargs={"timeout": HTTP_TIMEOUT_S}))
+    addresses = sorted(key_holders(cluster.layout).values())
+    return ChainStart(
+        w3, cluster.chain_contract, addresses, nonces(w3, addresses), int(w3.eth.block_number)
+    )
+
+
+def chain_section(
+    start: ChainStart, measured: dict[str, Any], confirmations: int, records: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what the chain holds against the counters and the log, the sampled receipts verified)."""
+    w3, addresses = start.w3, start.addresses
+    nonce_end = nonces(w3, addresses)
+    pending_end = nonces(w3, addresses, pending=True)
+    head_end = int(w3.eth.block_number)
+    blocks = scan_blocks(w3, start.head + 1, head_end, addresses, start.contract)
+    first = next(iter(measured["statuses"].values()))
+    counters = {k: int(v) for k, v in first["counters"].items()}
+    anchors = check_anchors(
+        RegistryReader(w3, start.contract), measured["pages"], first["next_batch_id"] - 1
+    )
+    receipts = verify_receipts(
+        RegistryReader(w3, start.contract), measured["receipts"], confirmations
+    )
+    sent = sum(nonce_end.values()) - sum(start.nonces.values())
+    holders = {
+        a: {
+            "nonce_start": start.nonces[a],
+            "nonce_end": nonce_end[a],
+            "pending_end": pending_end[a],
+        }
+        for a in addresses
+    }
+    chain = {
+        "key_holders": holders,
+        "head_start": start.head,
+        "head_end": head_end,
+        "blocks_scanned": blocks,
+        "counters": counters,
+        **transaction_check(sent, counters, blocks["transactions"] - blocks["from_key_holders"]),
+        "transactions_per_1e5_records": round(sent * PER_RECORDS / max(records, 1), 2),
+        "anchors": anchors,
+    }
+    return chain, receipts
+
+
+def _parameters(
+    args: argparse.Namespace, settings: AnchoringSettings, nodes: int, start: ChainStart
+) -> dict[str, Any]:
+    return {
+        "records": args.records,
+        "rate": args.rate,
+        "batch_size": args.batch_size,
+        "chain": args.chain,
+        "poll_interval_s": args.poll_interval_s,
+        "receipts": args.receipts,
+        "seed": args.seed,
+        "nodes": nodes,
+        "anchoring": {
+            "anchor_interval_s": settings.anchor_interval_s,
+            "anchor_batch_max": settings.anchor_batch_max,
+            "confirmations": settings.confirmations,
+            "block_time_s": CHAIN_BLOCK_TIME_S,
+            "poll_interval_s": settings.poll_interval_s,
+            "tick_s": settings.tick_s,
+            "lease_ttl_s": settings.lease_ttl_s,
+            "open_batches_max": settings.open_batches_max,
+            "key_holders": len(start.addresses),
+        },
+        "chain_url": settings.rpc_url,
+        "contract": start.contract,
+        "anchoring_overrides": parse_overrides(args.anchoring_set),
+    }
+
+
+def _polling(poller: Poller) -> dict[str, Any]:
+    return {
+        "interval_s": poller.interval_s,
+        "polls": poller.polls,
+        "late_polls": poller.late_polls,
+        "errors": dict(poller.errors),
+        "round_trip_ms": {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in lag_summary_ms(poller.rtt_ms).items()
+        },
+    }
+
+
+LAG_SOURCE = (
+    "commit: each leaf's committed_at_ms (leader time of its index.put entry) read from node-1's "
+    "LevelDB after the run; observed: wall time when the bench's poll of the gateway's GET "
+    "/v1/log first showed final_through >= the covering batch; state: the batch's final_ms "
+    "(leader time of its anchor.final entry)"
+)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     machine = machine_info(REPO)
     directory = Path(tempfile.mkdtemp(prefix="baas-bench-anchor-"))
+    overrides = parse_overrides(args.anchoring_set)
     try:
-        overrides = parse_overrides(args.anchoring_set)
         with _cluster(directory / "cluster", args.chain, args.log_level, overrides) as cluster:
-            assert cluster.chain_url is not None and cluster.chain_contract is not None
-            settings = load_node_config(Path(cluster.layout.nodes[0].config_path)).anchoring
-            w3 = Web3(Web3.HTTPProvider(cluster.chain_url, request_kwargs={"timeout": 30}))
-            holders = key_holders(cluster.layout)
-            addresses = sorted(holders.values())
-            nonce_start = nonces(w3, addresses)
-            head_start = int(w3.eth.block_number)
+            config = load_node_config(Path(cluster.layout.nodes[0].config_path))
+            settings = config.anchoring
+            start = chain_start(cluster)
             _say(
                 f"cluster up in {time.time() - started:.1f} s (chain {args.chain}, head "
-                f"{head_start}, key holders' nonces {sorted(nonce_start.values())})"
+                f"{start.head}, key holders' nonces {sorted(start.nonces.values())})"
             )
-            measured = asyncio.run(_measure(cluster, args, w3))
-            nonce_end = nonces(w3, addresses)
-            pending_end = nonces(w3, addresses, pending=True)
-            head_end = int(w3.eth.block_number)
-            blocks = scan_blocks(w3, head_start + 1, head_end, addresses, cluster.chain_contract)
-            statuses = measured["statuses"]
-            first_status = statuses[cluster.layout.nodes[0].name]
-            counters = {k: int(v) for k, v in first_status["counters"].items()}
-            reader = RegistryReader(w3, cluster.chain_contract)
-            anchors = check_anchors(reader, measured["pages"], first_status["next_batch_id"] - 1)
-            receipts = verify_receipts(
-                RegistryReader(w3, cluster.chain_contract),
-                measured["receipts"],
-                settings.confirmations,
-            )
-            data_dir = load_node_config(Path(cluster.layout.nodes[0].config_path)).node.data_dir
-            chain_url, contract = cluster.chain_url, cluster.chain_contract
+            measured = asyncio.run(_measure(cluster, args))
+            chain, receipts = chain_section(start, measured, settings.confirmations, args.records)
             nodes = len(cluster.layout.nodes)
         _say("cluster stopped; reading every leaf and batch from node-1's LevelDB")
-        on_disk = read_log(data_dir)
+        on_disk = read_log(config.node.data_dir)
     finally:
         if args.keep_cluster:
             _say(f"cluster directory kept: {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
     written: WriteResult = measured["written"]
-    poller: Poller = measured["poller"]
-    times = batch_times(on_disk.batches, poller.first_final_ms)
-    sent = sum(nonce_end.values()) - sum(nonce_start.values())
-    tx = transaction_check(sent, counters, blocks["transactions"] - blocks["from_key_holders"])
+    times = batch_times(on_disk.batches, measured["poller"].first_final_ms)
     target_ms = lag_target_ms(
         settings.anchor_interval_s, settings.confirmations, CHAIN_BLOCK_TIME_S
     )
@@ -925,30 +1013,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "machine": machine,
         "load_average_start": machine["load_average_start"],
-        "parameters": {
-            "records": args.records,
-            "rate": args.rate,
-            "batch_size": args.batch_size,
-            "chain": args.chain,
-            "poll_interval_s": args.poll_interval_s,
-            "receipts": args.receipts,
-            "seed": args.seed,
-            "nodes": nodes,
-            "anchoring": {
-                "anchor_interval_s": settings.anchor_interval_s,
-                "anchor_batch_max": settings.anchor_batch_max,
-                "confirmations": settings.confirmations,
-                "block_time_s": CHAIN_BLOCK_TIME_S,
-                "poll_interval_s": settings.poll_interval_s,
-                "tick_s": settings.tick_s,
-                "lease_ttl_s": settings.lease_ttl_s,
-                "open_batches_max": settings.open_batches_max,
-                "key_holders": len(addresses),
-            },
-            "chain_url": chain_url,
-            "contract": contract,
-            "anchoring_overrides": overrides,
-        },
+        "parameters": _parameters(args, settings, nodes, start),
         "cluster": cluster_report(measured),
         "write": _write_section(written, args),
         "log": {
@@ -956,67 +1021,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "size_per_node": measured["sizes"],
             "records_written": len(set(written.record_ids)),
         },
-        "anchor_lag_source": (
-            "commit: each leaf's committed_at_ms (leader time of its index.put entry) read from "
-            "node-1's LevelDB after the run; observed: wall time when the bench's poll of the "
-            "gateway's GET /v1/log first showed final_through >= the covering batch; state: the "
-            "batch's final_ms (leader time of its anchor.final entry)"
-        ),
+        "anchor_lag_source": LAG_SOURCE,
         "anchor_lag_ms": lag_report(on_disk.committed_ms, times),
         "anchor_lag_target_ms": target_ms,
-        "polling": {
-            "interval_s": poller.interval_s,
-            "polls": poller.polls,
-            "late_polls": poller.late_polls,
-            "errors": dict(poller.errors),
-            "round_trip_ms": {
-                k: (round(v, 3) if isinstance(v, float) else v)
-                for k, v in lag_summary_ms(poller.rtt_ms).items()
-            },
-        },
+        "polling": _polling(measured["poller"]),
         "settle_s": round(measured["settle_s"], 3),
         "batches": batch_report(times),
-        "chain": {
-            "key_holders": {
-                a: {
-                    "nonce_start": nonce_start[a],
-                    "nonce_end": nonce_end[a],
-                    "pending_end": pending_end[a],
-                }
-                for a in addresses
-            },
-            "head_start": head_start,
-            "head_end": head_end,
-            "blocks_scanned": blocks,
-            "counters": counters,
-            **tx,
-            "transactions_per_1e5_records": round(sent * PER_RECORDS / max(args.records, 1), 2),
-            "anchors": anchors,
-        },
+        "chain": chain,
         "receipts": receipts,
         "duration_s": round(time.time() - started, 3),
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
     }
-    document["checks"] = _checks(document, args, pending_end, nonce_end)
+    document["checks"] = _checks(document, args)
     document["checks_passed"] = all(document["checks"].values())
     document["targets"] = _verdicts(document, args, target_ms)
     return document
 
 
-def _checks(
-    document: dict[str, Any],
-    args: argparse.Namespace,
-    pending_end: dict[str, int],
-    nonce_end: dict[str, int],
-) -> dict[str, bool]:
+def _checks(document: dict[str, Any], args: argparse.Namespace) -> dict[str, bool]:
     write, log, chain = document["write"], document["log"], document["chain"]
+    holders = chain["key_holders"].values()
     sizes = set(log["size_per_node"].values())
     return {
         "every_record_written_once": write["records_failed"] == 0
         and write["distinct_record_ids"] == write["records_acknowledged"] == args.records,
         "log_size_equals_records": sizes == {args.records} and log["size_on_disk"] == args.records,
         "chain_transactions_equal_counters": bool(chain["equal"]),
-        "no_transaction_left_pending": pending_end == nonce_end,
+        "no_transaction_left_pending": all(h["pending_end"] == h["nonce_end"] for h in holders),
         "anchors_match_log": bool(chain["anchors"]["match"]),
         "receipts_verified": document["receipts"]["verified"] == document["receipts"]["sampled"]
         and document["receipts"]["sampled"] == min(args.receipts, args.records),
