@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +30,14 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from node.anchoring.chain import AnchorChain, ChainUnavailable, connect_web3, deploy_registry, fund
+from node.anchoring.chain import (
+    AnchorChain,
+    ChainUnavailable,
+    TxInclusion,
+    connect_web3,
+    deploy_registry,
+    fund,
+)
 from node.anchoring.keyfile import ChainKey
 from tools.cluster_init import ANVIL_CHAIN_ID
 from tools.local_chain import anvil_path, stop_process, wait_until_answering
@@ -159,3 +167,16 @@ def chain_fixture(request: pytest.FixtureRequest) -> Iterator[TestChain]:
         return
     with running_anvil() as node:
         yield prepare_chain("anvil", connect_web3(node.url), node.url)
+
+
+def mined(anchors: AnchorChain, tx_hash: bytes, timeout_s: float = 10.0) -> TxInclusion:
+    """The transaction's inclusion, once mined: a loaded anvil may answer a send before it
+    has mined the block (automine), so a test waits rather than reads once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        inclusion = anchors.inclusion(tx_hash)
+        if inclusion is not None:
+            return inclusion
+        if time.monotonic() > deadline:
+            raise AssertionError(f"transaction 0x{tx_hash.hex()} not mined in {timeout_s} s")
+        time.sleep(0.02)

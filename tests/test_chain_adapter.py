@@ -25,6 +25,7 @@ from chains import (  # noqa: F401
     TestChain,
     chain_fixture,
     free_port,
+    mined,
     rpc,
     running_anvil,
     stop_process,
@@ -156,7 +157,7 @@ def test_sign_broadcast_inclusion(chain: TestChain) -> None:
     assert len(signed.tx_hash) == 32
     assert anchors.inclusion(signed.tx_hash) is None  # signed, not sent
     assert anchors.broadcast(signed.raw) == "sent"
-    inclusion = anchors.inclusion(signed.tx_hash)
+    inclusion = mined(anchors, signed.tx_hash)
     assert inclusion is not None and inclusion.status == 1
     assert inclusion.block_number > head_before
     assert anchors.block_hash(inclusion.block_number) == inclusion.block_hash
@@ -201,25 +202,24 @@ def test_reorg_drops_the_inclusion_and_rebroadcast_mines_it_again(chain: TestCha
     snapshot = chain.w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
     signed = anchors.sign_anchor(1, 3, ROOT_A, anchors.account_nonce())
     assert anchors.broadcast(signed.raw) == "sent"
-    mined = anchors.inclusion(signed.tx_hash)
-    assert mined is not None
+    first = mined(anchors, signed.tx_hash)
     receipt = chain.w3.eth.get_transaction_receipt(HexBytes(signed.tx_hash))
     reverted = chain.w3.provider.make_request("evm_revert", [snapshot])  # type: ignore[arg-type]
     assert "error" not in reverted
     assert anchors.inclusion(signed.tx_hash) is None
-    assert anchors.block_hash(mined.block_number) is None  # the chain is shorter now
+    assert anchors.block_hash(first.block_number) is None  # the chain is shorter now
     assert anchors.next_batch_id() == 1
     chain.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
-    replaced = anchors.block_hash(mined.block_number)
-    assert replaced is not None and replaced != mined.block_hash
+    replaced = anchors.block_hash(first.block_number)
+    assert replaced is not None and replaced != first.block_hash
     # a node that still serves the old receipt (geth may, for a while) is not believed
     with mock.patch.object(chain.w3.eth, "get_transaction_receipt", return_value=receipt):
         assert chain.w3.eth.get_transaction_receipt(HexBytes(signed.tx_hash)) is receipt
         assert anchors.inclusion(signed.tx_hash) is None
     # the same bytes, broadcast again, are mined on the new branch
     assert anchors.broadcast(signed.raw) == "sent"
-    again = anchors.inclusion(signed.tx_hash)
-    assert again is not None and again.block_hash != mined.block_hash
+    again = mined(anchors, signed.tx_hash)
+    assert again is not None and again.block_hash != first.block_hash
     assert anchors.anchor_of(1).root == ROOT_A
 
 
@@ -360,7 +360,7 @@ def test_served_chain_deploy_and_anchor(served: Served, tmp_path: Path) -> None:
     signed = anchors.sign_anchor(1, 5, ROOT_A, anchors.account_nonce())
     assert anchors.broadcast(signed.raw) == "sent"
     assert anchors.broadcast(signed.raw) == "known"
-    inclusion = anchors.inclusion(signed.tx_hash)
+    inclusion = mined(anchors, signed.tx_hash)
     assert inclusion is not None and inclusion.status == 1
     assert anchors.anchor_of(1) == (5, ROOT_A, inclusion.block_number)
     assert anchors.anchored_in(signed.tx_hash) == (AnchoredEvent(1, ROOT_A, 5),)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from chains import ANVIL_DEV_KEYS, FUND_WEI, TestChain, chain_fixture  # noqa: F401
+from chains import ANVIL_DEV_KEYS, FUND_WEI, TestChain, chain_fixture, mined  # noqa: F401
 from eth_tester.exceptions import TransactionFailed
 from hexbytes import HexBytes
 from web3 import Web3
@@ -44,7 +44,7 @@ def anchor_ok(anchors: AnchorChain, batch_id: int, tree_size: int, root: bytes) 
     """Anchor and return the block it was mined in."""
     signed = anchors.sign_anchor(batch_id, tree_size, root, anchors.account_nonce())
     assert anchors.broadcast(signed.raw) == "sent"
-    inclusion = anchors.inclusion(signed.tx_hash)
+    inclusion = mined(anchors, signed.tx_hash)
     assert inclusion is not None and inclusion.status == 1
     return inclusion.block_number
 
@@ -58,7 +58,7 @@ def refused(anchors: AnchorChain, batch_id: int, tree_size: int, root: bytes) ->
     assert caught.value.code == "chain_reverted"
     signed = anchors.sign_anchor(batch_id, tree_size, root, anchors.account_nonce())
     assert anchors.broadcast(signed.raw) == "sent"
-    inclusion = anchors.inclusion(signed.tx_hash)
+    inclusion = mined(anchors, signed.tx_hash)
     assert inclusion is not None and inclusion.status == 0
     assert anchors.anchored_in(signed.tx_hash) == ()
     assert anchors.next_batch_id() == before
@@ -136,7 +136,7 @@ def test_anchored_event_and_reads(chain: TestChain) -> None:
     assert anchors.batch_of_root(ROOT_A) == 0
     signed = anchors.sign_anchor(1, 7, ROOT_A, anchors.account_nonce())
     assert anchors.broadcast(signed.raw) == "sent"
-    inclusion = anchors.inclusion(signed.tx_hash)
+    inclusion = mined(anchors, signed.tx_hash)
     assert inclusion is not None
     assert anchors.anchored_in(signed.tx_hash) == (AnchoredEvent(1, ROOT_A, 7),)
     # the indexed fields are topics: check them as a log reader sees them
