@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,13 @@ async def test_receipts_of_1000_records_verify_against_the_chain_alone(
         # is a new transaction for the same batch.)
         assert sent_transactions(cluster) == made + counters["replacements"]
         assert counters["replacements"] == 0
+        # The same numbers are in the node's Prometheus metrics.
+        node = cluster.layout.nodes[1]
+        with urllib.request.urlopen(f"http://{node.http_addr}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert f"baas_node_merkle_log_leaves {float(RECORDS)}" in metrics
+        interval = float(counters["interval_triggered"])
+        assert f'baas_node_anchor_transactions_total{{kind="interval"}} {interval}' in metrics
 
 
 def peer_name(cluster: LocalCluster, peer_id: str | None) -> str | None:

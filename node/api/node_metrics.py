@@ -30,6 +30,19 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
     def commit(field: str) -> Callable[[], float]:
         return lambda: state.commit_stats()[field]
 
+    def anchoring(field: str) -> Callable[[], float]:
+        return lambda: float(state.anchoring_status()[field])
+
+    def anchoring_counters() -> dict[str, float]:
+        counters = state.anchoring_status()["counters"]
+        kinds = {
+            "size": "size_triggered",
+            "interval": "interval_triggered",
+            "replacement": "replacements",
+            "reanchor": "reanchors",
+        }
+        return {kind: float(counters[name]) for kind, name in kinds.items()}
+
     families = [
         StatFamily(
             "queue_records", "records being coordinated", lambda: coordinator.records_in_progress
@@ -170,6 +183,30 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             "snapshot transfers refused (oversize, malformed, failed digest)",
             raft("snapshots_rejected"),
             counter=True,
+        ),
+        StatFamily("merkle_log_leaves", "leaves in the Merkle log", anchoring("tree_size")),
+        StatFamily(
+            "anchored_leaves",
+            "leaves covered by an anchor mined on the chain",
+            anchoring("anchored_tree_size"),
+        ),
+        StatFamily(
+            "anchored_final_leaves",
+            "leaves covered by a final anchor (enough confirmations)",
+            anchoring("final_tree_size"),
+        ),
+        StatFamily(
+            "anchor_batches_final",
+            "anchor batches final on the chain",
+            anchoring("final_through"),
+        ),
+        StatFamily(
+            "anchor_transactions",
+            "anchor transactions made, by what made them (size, interval, replacement) and "
+            "re-anchors after a reorg (the same transaction sent again)",
+            anchoring_counters,
+            counter=True,
+            label="kind",
         ),
     ]
     return families
