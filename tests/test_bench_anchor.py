@@ -13,9 +13,17 @@ import pytest
 
 import tools.bench_anchor as bench_anchor
 from node.anchoring.registry import RegistryReader
+from node.errors import ConfigError
 from node.merkle.receipt import Receipt
 from node.merkle.verify import OnChainAnchor
-from tools.bench_anchor import lag_summary_ms, lag_target_ms, leaf_lags_ms, main, transaction_check
+from tools.bench_anchor import (
+    lag_summary_ms,
+    lag_target_ms,
+    leaf_lags_ms,
+    main,
+    parse_overrides,
+    transaction_check,
+)
 
 RECORDS = 300
 RECEIPTS = 40
@@ -58,6 +66,14 @@ def test_transactions_equal_triggers_and_reanchors_and_nothing_else() -> None:
     assert (extra["equal"], extra["transactions_mismatch"], extra["replacements"]) == (False, 1, 1)
     assert transaction_check(99, counters, 0)["transactions_mismatch"] == 1
     assert transaction_check(100, counters, 1)["equal"] is False  # someone else sent one
+
+
+def test_node_overrides_are_toml_values_per_table() -> None:
+    found = parse_overrides(["anchoring.poll_interval_s=0.2", "raft.snapshot_entries = 200000"])
+    assert found == {"anchoring": {"poll_interval_s": 0.2}, "raft": {"snapshot_entries": 200000}}
+    for bad in ("poll_interval_s=0.2", "anchoring.poll_interval_s", "anchoring.x=not toml"):
+        with pytest.raises(ConfigError):
+            parse_overrides([bad])
 
 
 # ---------------------------------------------------------------- a real run

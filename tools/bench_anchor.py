@@ -736,29 +736,32 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, object]:
-    """``KEY=VALUE`` pairs for every node's ``[anchoring]`` table (VALUE a TOML value)."""
-    found: dict[str, object] = {}
+def parse_overrides(pairs: Sequence[str]) -> dict[str, dict[str, object]]:
+    """``TABLE.KEY=VALUE`` pairs (VALUE a TOML value) -> {table: {key: value}} for every node's
+    TOML, e.g. ``anchoring.poll_interval_s=0.2`` or ``raft.snapshot_entries=200000``."""
+    found: dict[str, dict[str, object]] = {}
     for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--anchoring-set takes KEY=VALUE, got {pair!r}")
+        name, sep, raw = pair.partition("=")
+        table, dot, key = name.strip().partition(".")
+        if not sep or not dot or not table or not key:
+            raise ConfigError(f"--node-set takes TABLE.KEY=VALUE, got {pair!r}")
         try:
-            found[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+            value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--anchoring-set {pair!r}: not a TOML value") from exc
+            raise ConfigError(f"--node-set {pair!r}: not a TOML value") from exc
+        found.setdefault(table, {})[key] = value
     return found
 
 
 @contextmanager
 def _cluster(
-    directory: Path, chain: str, log_level: str, overrides: dict[str, object]
+    directory: Path, chain: str, log_level: str, overrides: dict[str, dict[str, object]]
 ) -> Iterator[LocalCluster]:
     layout = init_cluster(directory, partners=(PARTNER,), chain=chain)
-    if overrides:
-        for node in layout.nodes:
-            path = Path(node.config_path)
-            path.write_text(set_toml_keys(path.read_text(), "anchoring", overrides))
+    for node in layout.nodes:
+        path = Path(node.config_path)
+        for table, values in overrides.items():
+            path.write_text(set_toml_keys(path.read_text(), table, values))
     local = LocalCluster(layout, log_level=log_level)
     local.start()
     try:
@@ -785,6 +788,7 @@ async def _measure(cluster: LocalCluster, args: argparse.Namespace) -> dict[str,
     ):
         status_start = await node_statuses(session, layout, token)
         cpu = CpuMeter(cluster)
+        client_cpu_start = time.process_time()
         polling = asyncio.create_task(poller.run(session, stop))
         _say(f"writing {args.records} records at {args.rate:g}/s in requests of {args.batch_size}")
         written = await write_paced(client, args.records, args.rate, args.batch_size, "bench")
@@ -797,6 +801,7 @@ async def _measure(cluster: LocalCluster, args: argparse.Namespace) -> dict[str,
             await polling
         settle_s = time.monotonic() - settle_start
         cpu_s = cpu.read()
+        cpu_s["bench_client_cpu_s"] = round(time.process_time() - client_cpu_start, 2)
         status_end = await node_statuses(session, layout, token)
         sizes = await _log_sizes(session, layout, token)
         pages = await fetch_anchor_docs(session, layout.gateway_url)
@@ -953,7 +958,7 @@ def _parameters(
         },
         "chain_url": settings.rpc_url,
         "contract": start.contract,
-        "anchoring_overrides": parse_overrides(args.anchoring_set),
+        "node_overrides": parse_overrides(args.node_set),
     }
 
 
@@ -982,7 +987,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     machine = machine_info(REPO)
     directory = Path(tempfile.mkdtemp(prefix="baas-bench-anchor-"))
-    overrides = parse_overrides(args.anchoring_set)
+    overrides = parse_overrides(args.node_set)
     try:
         with _cluster(directory / "cluster", args.chain, args.log_level, overrides) as cluster:
             config = load_node_config(Path(cluster.layout.nodes[0].config_path))
@@ -1078,6 +1083,8 @@ def _note(target: Target, document: dict[str, Any], args: argparse.Namespace) ->
         return f"the target is on anvil; this run used the {args.chain} chain"
     if args.records < RECORDS_FOR_TARGET:
         return f"the target is over 10^5 records; this run wrote {args.records}"
+    if document["parameters"]["node_overrides"]:
+        return f"the node settings were changed: {document['parameters']['node_overrides']}"
     if target.name == "chain_transactions" and document["chain"]["unexpected_in_blocks"]:
         return "other accounts sent transactions during the run"
     if not document["checks_passed"]:
@@ -1187,11 +1194,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", help="the cluster processes' log level")
     p.add_argument("--keep-cluster", action="store_true", help="keep the temporary cluster dir")
     p.add_argument(
-        "--anchoring-set",
+        "--node-set",
         action="append",
         default=[],
-        metavar="KEY=VALUE",
-        help="override a node [anchoring] setting (TOML value; repeatable; for exploring)",
+        metavar="TABLE.KEY=VALUE",
+        help="override a setting in every node's TOML (a TOML value; repeatable; exploring: "
+        "the targets are for the cluster as baas-cluster init lays it out)",
     )
     return p
 
