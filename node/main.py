@@ -28,7 +28,7 @@ from node.api.app import NodeApiState, build_node_app
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
-from node.consensus.state_machine import AppEntry, ApplyOutcome, Dispatcher
+from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
@@ -253,9 +253,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         store.close()
 
 
-async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) -> ApplyOutcome:
+async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) -> Applied:
     (applied,) = await log.propose([entry], timeout_s=timeout_s)
-    return applied.outcome
+    return applied
 
 
 def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None:

@@ -111,7 +111,7 @@ def test_init_writes_chain_keys_and_every_nodes_anchoring_table(
             "anchor_batch_max": 1000,
             "confirmations": 2,
             "lease_ttl_s": 6.0,
-            "poll_interval_s": 0.5,
+            "poll_interval_s": 0.2,
         }
         if node.name in HOLDERS:
             expected["key_file"] = f"../secrets/chain-{node.name}.key"

@@ -99,7 +99,7 @@ ANCHOR_BATCH_MAX = 1000
 CONFIRMATIONS = 2
 # A development cluster fails over and notices blocks quickly (production keeps the defaults).
 LEASE_TTL_S = 6.0
-POLL_INTERVAL_S = 0.5
+POLL_INTERVAL_S = 0.2
 
 
 def node_name(index: int) -> str:

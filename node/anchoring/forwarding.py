@@ -8,6 +8,10 @@ and a leader change does not move the lease (it lapses only if its holder stops 
 
 Only ``anchor.*`` entries are taken on that path; the leader's apply still judges each (lease,
 holder, batch order), so forwarding adds no authority.
+
+The leader answers with the entry's log index, and the proposer returns only once this node has
+applied it too: the anchoring service reads its own applied state on the next tick, and would
+otherwise not see its entry yet and propose the same step again.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class _Log(Protocol):
 
     async def propose(self, entries: Sequence[AppEntry], *, timeout_s: float) -> list[Applied]: ...
 
+    async def wait_applied(self, index: int, *, timeout_s: float) -> None: ...
+
 
 def decode_forwarded(body: Any) -> AppEntry:
     """The entry of a forwarded proposal; only anchoring entries are taken."""
@@ -56,8 +62,12 @@ def decode_forwarded(body: Any) -> AppEntry:
     return entry
 
 
-def outcome_body(outcome: ApplyOutcome) -> dict[str, Any]:
-    return {"code": outcome.code, "detail": dict(outcome.detail)}
+def outcome_body(applied: Applied) -> dict[str, Any]:
+    return {
+        "code": applied.outcome.code,
+        "detail": dict(applied.outcome.detail),
+        "index": applied.position.index,
+    }
 
 
 class ForwardingProposer:
@@ -103,13 +113,24 @@ class ForwardingProposer:
                 if status.leader_id == status.node_id:
                     (applied,) = await self._log.propose([entry], timeout_s=timeout_s)
                     return applied.outcome
-                return await self._forward(status.leader_id, entry, deadline - loop.time())
+                outcome, index = await self._forward(
+                    status.leader_id, entry, deadline - loop.time()
+                )
+                try:
+                    await self._log.wait_applied(index, timeout_s=max(0.1, deadline - loop.time()))
+                except TimeoutError as exc:
+                    raise OperationFailed(
+                        f"entry {index} committed but not applied here yet", code="not_applied"
+                    ) from exc
+                return outcome
             except NotLeader as exc:
                 last = exc
                 await asyncio.sleep(_LEADER_WAIT_S)
         raise OperationFailed(f"no leader took the anchoring entry: {last}", code="not_leader")
 
-    async def _forward(self, leader: str, entry: AppEntry, timeout_s: float) -> ApplyOutcome:
+    async def _forward(
+        self, leader: str, entry: AppEntry, timeout_s: float
+    ) -> tuple[ApplyOutcome, int]:
         assert self._session is not None, "ForwardingProposer.start() was not called"
         address = self._address_of(leader)
         if address is None:
@@ -133,7 +154,10 @@ class ForwardingProposer:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NotLeader(f"leader {leader} unreachable: {type(exc).__name__}") from exc
         reply = msgpack.unpackb(raw, raw=False)
-        if not isinstance(reply, dict) or not isinstance(reply.get("code"), str):
+        if not isinstance(reply, dict):
+            raise OperationFailed("malformed forwarding reply", code="forward_refused")
+        index = reply.get("index")
+        if not isinstance(reply.get("code"), str) or not isinstance(index, int):
             raise OperationFailed("malformed forwarding reply", code="forward_refused")
         detail = reply.get("detail")
-        return ApplyOutcome(reply["code"], detail if isinstance(detail, dict) else {})
+        return ApplyOutcome(reply["code"], detail if isinstance(detail, dict) else {}), index

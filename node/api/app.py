@@ -42,7 +42,7 @@ from node.api.wire import (
 from node.config import NodeLimits
 from node.consensus.members import ACTIVE, Member
 from node.consensus.record_index import IndexProposal
-from node.consensus.state_machine import AppEntry, ApplyOutcome, StateView
+from node.consensus.state_machine import AppEntry, Applied, StateView
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
     AuthenticationFailed,
@@ -90,7 +90,7 @@ class NodeApiState:
     mover_stats: Callable[[], dict[str, int]]
     gc_stats: Callable[[], dict[str, int]]
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
-    propose_entry: Callable[[AppEntry], Awaitable[ApplyOutcome]]  # on this node's own log
+    propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     anchoring_status: Callable[[], dict[str, Any]]
     inflight: int = 0
 

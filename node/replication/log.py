@@ -430,6 +430,11 @@ class ReplicatedLog:
         progress = node.progress(peer) if node.role is Role.LEADER else None
         return None if progress is None else progress.match
 
+    async def wait_applied(self, index: int, *, timeout_s: float) -> None:
+        """Return once this node has applied entry ``index`` (TimeoutError past ``timeout_s``)."""
+        async with asyncio.timeout(timeout_s):
+            await self._applied(index)
+
     async def _applied(self, index: int) -> None:
         if self._storage.applied_index >= index:
             return
