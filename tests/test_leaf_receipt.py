@@ -26,9 +26,9 @@ from node.merkle.receipt import (
 from node.merkle.tree import MerkleTree, leaf_hash
 from node.merkle.verify import (
     AnchoredEvent,
+    MinedAnchorTx,
     OnChainAnchor,
     Outcome,
-    TxInclusion,
     verify_anchor_chain,
     verify_consistency_doc,
     verify_receipt,
@@ -366,7 +366,7 @@ class OfflineReader:
     def anchor_of(self, batch_id: int) -> OnChainAnchor | None:
         return self._fail()  # type: ignore[no-any-return]
 
-    def tx_inclusion(self, tx_hash: bytes) -> TxInclusion | None:
+    def tx_inclusion(self, tx_hash: bytes) -> MinedAnchorTx | None:
         return self._fail()  # type: ignore[no-any-return]
 
     def block_hash(self, number: int) -> bytes | None:

@@ -32,6 +32,10 @@ as a Python bytes literal; anvil and our served chain answer JSON-RPC error 3 wi
 :meth:`AnchorChain.inclusion` reports a transaction as mined only while its block is still the
 canonical block at that height, so a reorg that drops it (simulated with ``evm_snapshot`` /
 ``evm_revert``) makes it ``None`` again.
+
+The reads themselves (``anchorOf``, receipts and their ``Anchored`` events, blocks) are
+:class:`node.anchoring.registry.RegistryReads`, shared with the verifier's reader; here they run
+uncached, inside this module's border.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal
 
 import requests
 from eth_abi.abi import decode as abi_decode
@@ -53,7 +57,6 @@ from eth_utils.exceptions import ValidationError as EthValidationError
 from hexbytes import HexBytes
 from web3 import EthereumTesterProvider, HTTPProvider, Web3
 from web3.exceptions import (
-    BlockNotFound,
     ContractLogicError,
     ProviderConnectionError,
     RequestTimedOut,
@@ -62,12 +65,13 @@ from web3.exceptions import (
     Web3Exception,
     Web3RPCError,
 )
-from web3.logs import DISCARD
 from web3.types import Wei
 
+from node.anchoring.driver import TxInclusion
 from node.anchoring.keyfile import ChainKey
-from node.anchoring.registry import load_artifact
+from node.anchoring.registry import AnchorOnChain, RegistryReads, load_artifact
 from node.errors import BaasError, ConfigError, InvariantViolation, OperationFailed
+from node.merkle.verify import AnchoredEvent
 
 __all__ = [
     "ANCHOR_GAS_LIMIT",
@@ -151,32 +155,6 @@ class SignedAnchorTx:
     nonce: int
     chain_id: int
     contract: str
-
-
-@dataclass(frozen=True, slots=True)
-class TxInclusion:
-    """Where a transaction was mined; ``status`` 1 succeeded, 0 reverted."""
-
-    block_number: int
-    block_hash: bytes
-    status: int
-
-
-@dataclass(frozen=True, slots=True)
-class AnchoredEvent:
-    """One ``Anchored(batchId, root, treeSize)`` event of the registry."""
-
-    batch_id: int
-    root: bytes
-    tree_size: int
-
-
-class AnchorOnChain(NamedTuple):
-    """``anchorOf(batchId)``: all zero when the batch is not anchored."""
-
-    tree_size: int
-    root: bytes
-    block_number: int
 
 
 # -- errors at the border ----------------------------------------------------------------------
@@ -436,10 +414,8 @@ class AnchorChain:
         self._w3 = w3
         self._key = key
         self.contract_address = _checksum(contract_address)
-        self._contract = w3.eth.contract(
-            address=Web3.to_checksum_address(self.contract_address), abi=load_artifact()["abi"]
-        )
-        self._chain_id: int | None = None
+        self._reads = RegistryReads(w3, self.contract_address, _border)
+        self._contract = self._reads.contract
 
     def __repr__(self) -> str:
         return f"AnchorChain(contract={self.contract_address}, key={self._key!r})"
@@ -447,16 +423,11 @@ class AnchorChain:
     # reads
 
     def chain_id(self) -> int:
-        if self._chain_id is None:
-            with _border("eth_chainId"):
-                self._chain_id = int(self._w3.eth.chain_id)
-        return self._chain_id
+        return self._reads.chain_id()
 
     def check_contract(self) -> None:
         """ChainMisconfigured unless there is contract code at the address."""
-        with _border("eth_getCode"):
-            code = self._w3.eth.get_code(Web3.to_checksum_address(self.contract_address))
-        if len(code) == 0:
+        if not self._reads.has_code():
             raise ChainMisconfigured(
                 f"no contract at {self.contract_address} on chain {self.chain_id()}"
             )
@@ -468,41 +439,29 @@ class AnchorChain:
             return int(self._w3.eth.get_transaction_count(_cs(key.address), "pending"))
 
     def head(self) -> int:
-        with _border("eth_blockNumber"):
-            return int(self._w3.eth.block_number)
+        return self._reads.head()
 
     def block_hash(self, number: int) -> bytes | None:
         """The canonical block hash at height ``number``; None above the head."""
-        with _border("eth_getBlockByNumber"):
-            try:
-                block = self._w3.eth.get_block(number)
-            except BlockNotFound:
-                return None
-        block_hash = block.get("hash")
-        return None if block_hash is None else bytes(block_hash)
+        return self._reads.block_hash(number)
 
     def inclusion(self, tx_hash: bytes) -> TxInclusion | None:
         """Where ``tx_hash`` is mined on the canonical chain; None when it is not (pending,
         unknown, or its block was reorganised away)."""
-        with _border("eth_getTransactionReceipt"):
-            try:
-                receipt = self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            except TransactionNotFound:
-                return None
-        number = receipt.get("blockNumber")
-        if number is None:
+        receipt = self._reads.receipt(tx_hash)
+        if receipt is None:
             return None
+        number = int(receipt["blockNumber"])
         block_hash = bytes(receipt["blockHash"])
-        if self.block_hash(int(number)) != block_hash:
+        if self.block_hash(number) != block_hash:
             return None  # a stale receipt from a block that is no longer canonical
         return TxInclusion(
-            block_number=int(number), block_hash=block_hash, status=int(receipt["status"])
+            block_number=number, block_hash=block_hash, status=int(receipt["status"])
         )
 
     def anchor_of(self, batch_id: int) -> AnchorOnChain:
-        with _border("anchorOf"):
-            tree_size, root, block_number = self._contract.functions.anchorOf(batch_id).call()
-        return AnchorOnChain(int(tree_size), bytes(root), int(block_number))
+        """``anchorOf(batch_id)``: all zero when the batch is not anchored."""
+        return self._reads.anchor_of(batch_id)
 
     def batch_of_root(self, root: bytes) -> int:
         """The batch id that anchored ``root``; 0 when it never was."""
@@ -510,8 +469,7 @@ class AnchorChain:
             return int(self._contract.functions.batchOfRoot(root).call())
 
     def next_batch_id(self) -> int:
-        with _border("nextBatchId"):
-            return int(self._contract.functions.nextBatchId().call())
+        return self._reads.next_batch_id()
 
     def is_submitter(self, address: str) -> bool:
         with _border("submitters"):
@@ -525,28 +483,8 @@ class AnchorChain:
     def anchored_in(self, tx_hash: bytes) -> tuple[AnchoredEvent, ...]:
         """The ``Anchored`` events this registry emitted in the mined transaction ``tx_hash``
         (empty when it is not mined or reverted)."""
-        with _border("eth_getTransactionReceipt"):
-            try:
-                receipt = self._w3.eth.get_transaction_receipt(HexBytes(tx_hash))
-            except TransactionNotFound:
-                return ()
-            ours = {
-                **receipt,
-                "logs": [
-                    log
-                    for log in receipt["logs"]
-                    if _cs(str(log["address"])) == self.contract_address
-                ],
-            }
-            events = self._contract.events.Anchored().process_receipt(ours, errors=DISCARD)
-        return tuple(
-            AnchoredEvent(
-                batch_id=int(event["args"]["batchId"]),
-                root=bytes(event["args"]["root"]),
-                tree_size=int(event["args"]["treeSize"]),
-            )
-            for event in events
-        )
+        receipt = self._reads.receipt(tx_hash)
+        return () if receipt is None else self._reads.anchored_events(receipt)
 
     def simulate_anchor(self, batch_id: int, tree_size: int, root: bytes) -> None:
         """Run ``anchor`` as a call from the key's address: ChainRejected (``chain_reverted``,

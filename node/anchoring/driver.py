@@ -227,7 +227,8 @@ def read_snapshot(view: StateView, tree_size: int, watch_batches_max: int) -> An
 
 @dataclass(frozen=True, slots=True)
 class TxInclusion:
-    """A mined transaction's receipt."""
+    """Where a transaction is mined on the canonical chain; what
+    :meth:`node.anchoring.chain.AnchorChain.inclusion` returns."""
 
     block_number: int
     block_hash: bytes

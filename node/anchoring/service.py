@@ -128,12 +128,6 @@ class _View:
         return self._store.state_get(key)
 
 
-class _Inclusion(Protocol):
-    block_number: int
-    block_hash: bytes
-    status: int
-
-
 class _Signed(Protocol):
     raw: bytes
     tx_hash: bytes
@@ -153,7 +147,7 @@ class ChainPort(Protocol):
 
     def broadcast(self, raw: bytes) -> str: ...
 
-    def inclusion(self, tx_hash: bytes) -> Any: ...
+    def inclusion(self, tx_hash: bytes) -> TxInclusion | None: ...
 
     def head(self) -> int: ...
 
@@ -393,13 +387,8 @@ class AnchorService:
             outcome = await self._on_chain(lambda: chain.broadcast(action.raw_tx))
             self.driver.on_broadcast(action, str(outcome))
         elif isinstance(action, CheckInclusion):
-            found: _Inclusion | None = await self._on_chain(lambda: chain.inclusion(action.tx_hash))
-            self.driver.on_inclusion(
-                action,
-                None
-                if found is None
-                else TxInclusion(found.block_number, found.block_hash, found.status),
-            )
+            found = await self._on_chain(lambda: chain.inclusion(action.tx_hash))
+            self.driver.on_inclusion(action, found)
         elif isinstance(action, CheckHead):
             self.driver.on_head(action, int(await self._on_chain(chain.head)))
         elif isinstance(action, CheckBlock):

@@ -38,10 +38,10 @@ from node.merkle.tree import leaf_hash, verify_consistency, verify_inclusion
 __all__ = [
     "AnchoredEvent",
     "ChainReader",
+    "MinedAnchorTx",
     "OnChainAnchor",
     "Outcome",
     "Step",
-    "TxInclusion",
     "Verdict",
     "verify_anchor_chain",
     "verify_consistency_doc",
@@ -114,8 +114,14 @@ class AnchoredEvent:
 
 
 @dataclass(frozen=True)
-class TxInclusion:
-    """A mined transaction: where it is, whether it succeeded, the contract's events in it."""
+class MinedAnchorTx:
+    """A mined transaction as its receipt tells: where it is, whether it succeeded, the
+    contract's events in it.
+
+    Not the node's :class:`node.anchoring.driver.TxInclusion`: that one is a receipt position
+    the adapter has already checked to be canonical, and carries no events; this one is what a
+    verifier read, unjudged, with the events it checks (``_transaction_problem`` checks the
+    block hash against the canonical chain itself)."""
 
     block_number: int
     block_hash: bytes
@@ -139,7 +145,7 @@ class ChainReader(Protocol):
 
     def next_batch_id(self) -> int: ...
 
-    def tx_inclusion(self, tx_hash: bytes) -> TxInclusion | None:
+    def tx_inclusion(self, tx_hash: bytes) -> MinedAnchorTx | None:
         """The mined transaction with its Anchored events (this contract's only), or None."""
         ...
 
