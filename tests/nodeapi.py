@@ -7,12 +7,12 @@ import contextlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tools.client import PartnerClient
-from tools.cluster_init import init_cluster
+from tools.cluster_init import init_cluster, set_toml_keys
 from tools.local_cluster import LocalCluster
 
 
@@ -43,14 +43,21 @@ async def partner_client(cluster: LocalCluster, partner: str) -> AsyncIterator[P
 
 @contextlib.contextmanager
 def running_cluster(
-    directory: Path, node_toml: str = "", chain: str = "embedded"
+    directory: Path,
+    node_toml: str = "",
+    chain: str = "embedded",
+    anchoring: Mapping[str, object] | None = None,
 ) -> Iterator[LocalCluster]:
     """A 5-node cluster + gateway in real processes (partner ``shop-a``) anchoring on a ``chain``
-    (embedded, anvil or none), each node's config extended with ``node_toml``; stopped on exit."""
+    (embedded, anvil or none), each node's config extended with ``node_toml`` and its
+    ``[anchoring]`` table with ``anchoring``; stopped on exit."""
     layout = init_cluster(directory, partners=("shop-a",), chain=chain)
     for node in layout.nodes:
         path = Path(node.config_path)
-        path.write_text(path.read_text() + node_toml)
+        text = path.read_text()
+        if anchoring:
+            text = set_toml_keys(text, "anchoring", anchoring)
+        path.write_text(text + node_toml)
     local = LocalCluster(layout)
     local.start()
     try:

@@ -253,7 +253,9 @@ async def test_evm_revert_drops_the_anchor_then_the_system_anchors_again(tmp_pat
 async def test_killing_the_lease_holder_between_send_and_result_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:
-    with running_cluster(tmp_path) as cluster:
+    # The holder asks for receipts once a second here: the window between a mined anchor and
+    # its committed result is then wide enough to catch it reliably from outside.
+    with running_cluster(tmp_path, anchoring={"poll_interval_s": 1.0}) as cluster:
         assert cluster.chain_url is not None
         registry = reader(cluster)
         async with partner_client(cluster, "shop-a") as client:
