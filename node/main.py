@@ -34,7 +34,7 @@ from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.logs import configure_logging
 from node.membership import MembershipManager, StoreView
-from node.merkle.log import MerkleLog, root_at
+from node.merkle.log import MerkleLog, NodeCache, root_at
 from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
@@ -181,6 +181,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         chain=chain,
         sender=sender,
     )
+    # The Merkle tree's top levels, kept once read (a stored subtree hash never changes): a
+    # proof then reads ~7 values from LevelDB instead of ~25 at 10^6 leaves.
+    merkle_nodes = NodeCache()
     ready = False
     state = NodeApiState(
         coordinator=coordinator,
@@ -198,7 +201,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         membership=membership,
         mover_stats=lambda: dataclasses.asdict(mover.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
-        log_view=lambda: StoreView(raft_storage),
+        log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
         anchoring_status=anchoring.status,
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
