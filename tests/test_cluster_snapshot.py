@@ -125,8 +125,9 @@ async def test_a_killed_follower_far_behind_catches_up_by_snapshot(
     written_s = time.monotonic() - started
     leader_view = raft(cluster, leader)
     assert leader_view is not None
-    # The leader compacted far past where the follower stopped.
-    assert leader_view["snapshots_taken"] >= 5
+    # The leader compacted, more than once, far past where the follower stopped. (A snapshot
+    # due while another is still being written is skipped, so how many depends on the box.)
+    assert leader_view["snapshots_taken"] >= 3
     assert leader_view["snapshot_index"] > before["last_index"] + 2000
 
     restarted = time.monotonic()
