@@ -74,6 +74,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("baas.node.anchoring")
+RELEASE_AT_STOP_S = 2.0  # how long a stopping node tries to hand its lease back
 
 
 def _now_ms() -> int:
@@ -250,9 +251,14 @@ class AnchorService:
         try:
             actions = self.driver.stop(self._clock_ms(), self._snapshot())
             if actions and self._proposer.can_propose():
-                await self._do_proposals([a for a in actions if isinstance(a, _PROPOSALS)])
+                # Bounded: when the whole cluster stops, the leader may already be gone, and a
+                # stop must not wait out the proposal timeout (the lease then simply lapses).
+                async with asyncio.timeout(RELEASE_AT_STOP_S):
+                    await self._do_proposals([a for a in actions if isinstance(a, _PROPOSALS)])
         except BaasError as exc:
             log.info("anchoring: lease not released at stop: %s", exc.detail)
+        except TimeoutError:
+            log.info("anchoring: lease not released at stop: no leader answered in time")
 
     async def _run(self) -> None:
         while True:
