@@ -399,3 +399,12 @@ def _wait(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_a_cluster_without_a_chain_starts_with_anchoring_off(tmp_path: Path) -> None:
+    from nodeapi import node_get, running_cluster
+
+    with running_cluster(tmp_path, chain="none") as cluster:
+        status = node_get(cluster, "node-1", "/internal/v1/status")
+        assert status is not None and status["anchoring"]["enabled"] is False
+        assert cluster.chain_url is None

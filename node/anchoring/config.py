@@ -97,7 +97,8 @@ class AnchoringSettings:
             node_id=node_id,
             sender=sender,
             chain_id=self.chain_id,
-            contract=contract_address_bytes(self.contract),
+            # A disabled node still runs the service for its status; it never uses a contract.
+            contract=contract_address_bytes(self.contract) if self.enabled else bytes(20),
             anchor_interval_ms=_ms(self.anchor_interval_s),
             anchor_batch_max=self.anchor_batch_max,
             confirmations=self.confirmations,
