@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,7 +49,7 @@ from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
-from node.api.problem import problem_middleware, problem_response
+from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
     BaasError,
     CorruptEntry,
@@ -160,13 +159,6 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
-def _json_body(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest("body is not valid JSON", code="invalid_json") from exc
-
-
 def _uuid4() -> str:
     """A random (version 4) UUID string, as ``str(uuid.uuid4())`` at a fraction of its cost
     (building a ``uuid.UUID`` cost ~10% of the gateway's time on big batches)."""
@@ -240,7 +232,7 @@ def _write_item(request: web.Request, prepared: _Prepared) -> WriteItem:
 async def post_record(request: web.Request) -> web.Response:
     state = request.app[GATEWAY]
     partner = request[PARTNER_KEYS]
-    body = _json_body(await request.read())
+    body = parse_json_body(await request.read())
     if not isinstance(body, dict) or set(body) != {"record"}:
         raise InvalidRequest('body must be {"record": {...}}')
     prepared = _prepare(
@@ -265,7 +257,7 @@ async def post_record(request: web.Request) -> web.Response:
 async def post_records_batch(request: web.Request) -> web.Response:
     state = request.app[GATEWAY]
     partner = request[PARTNER_KEYS]
-    body = _json_body(await request.read())
+    body = parse_json_body(await request.read())
     if (
         not isinstance(body, dict)
         or set(body) != {"records"}

@@ -24,6 +24,7 @@ from gateway.keyring_reload import KeyringReloader
 from gateway.node_client import NodeClient
 from gateway.tls import load_tls_context, reload_tls_context
 from node import runtime
+from node.api.problem import ProblemAppRunner
 from node.config import parse_host_port
 from node.errors import BaasError
 from node.logs import configure_logging
@@ -73,7 +74,7 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
         tls = load_tls_context(config.tls_cert_file, config.tls_key_file)  # refuse early
     state = build_state(config, master_key)
     reloader = build_reloader(config, master_key, state)
-    runner = web.AppRunner(build_gateway_app(state), access_log=None, handle_signals=False)
+    runner = ProblemAppRunner(build_gateway_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     loop = asyncio.get_running_loop()
     reload_task = asyncio.create_task(reloader.run())

@@ -25,6 +25,7 @@ from node.anchoring.forwarding import ForwardingProposer
 from node.anchoring.service import AnchorService, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
+from node.api.problem import ProblemAppRunner
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
@@ -207,7 +208,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
-    runner = web.AppRunner(build_node_app(state), access_log=None, handle_signals=False)
+    runner = ProblemAppRunner(build_node_app(state), access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
         await replicated_log.start()

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 import urllib.request
 import uuid
@@ -111,6 +112,8 @@ async def test_authentication_failures_are_401(
     ("payload", "status", "code"),
     [
         (b"{not json", 400, "invalid_json"),
+        # Deeper than the JSON parser's recursion limit: once a RecursionError and a 500.
+        (b'{"record": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, "invalid_json"),
         (b'{"record": []}', 400, "invalid_record"),
         (b'{"record": {"amount": 12.5}}', 400, "invalid_record"),
         (b'{"rec": {}}', 400, "invalid_request"),
@@ -311,6 +314,42 @@ async def test_corrupted_shard_on_disk_is_detected_and_read_still_succeeds(
         ("application/msgpack", b"\x81\xa7records\x91\x81\xa3rid\xa1x", "invalid_request"),
     ],
 )
+def _raw_http(address: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes that no HTTP client library would, and read the whole answer."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "code"),
+    [
+        (b"X-Long: " + b"a" * 20_000, 431, "request_header_too_large"),
+        (b"Bad Header Without Colon", 400, "malformed_http_request"),
+    ],
+)
+def test_requests_the_http_parser_refuses_get_a_json_problem(
+    cluster: LocalCluster, header: bytes, status: int, code: str
+) -> None:
+    gateway = cluster.layout.gateway_url.removeprefix("http://")
+    for address in (gateway, cluster.layout.nodes[0].http_addr):
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n\r\n"
+        got_status, headers, body = _raw_http(address, request)
+        assert got_status == status, (address, body)
+        assert headers["content-type"].startswith("application/problem+json")
+        assert json.loads(body)["code"] == code
+    # and the server goes on serving
+    with urllib.request.urlopen(f"{cluster.layout.gateway_url}/healthz", timeout=5) as ok:
+        assert ok.status == 200
+
+
 def test_node_api_bad_input_is_a_problem(
     cluster: LocalCluster, content_type: str, body: bytes, code: str
 ) -> None:

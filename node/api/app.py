@@ -31,7 +31,7 @@ from aiohttp import web
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
 from node.api.log_routes import add_log_routes
 from node.api.node_metrics import node_stat_families
-from node.api.problem import problem_middleware, problem_response
+from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.api.wire import (
     DEADLINE_HEADER,
     MEMBERS_PATH,
@@ -303,10 +303,7 @@ async def get_members(request: web.Request) -> web.Response:
 async def post_member(request: web.Request) -> web.Response:
     """Add a member, or change its addresses or state (through the leader)."""
     state = request.app[STATE]
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise InvalidRequest("body must be a JSON object") from exc
+    body = parse_json_body(await request.read())
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
     try:

@@ -4,20 +4,31 @@ Every error leaves as ``{"type", "title", "status", "code", "detail"}`` with a s
 a :class:`~node.errors.BaasError` maps by its class, aiohttp's own HTTP errors (413, 404, 405)
 map by status, and anything unexpected becomes a generic 500 problem with no stack trace in the
 body (it is logged with a request id instead). Shared by the node API and the gateway.
+
+Two kinds of error never reach a middleware, so they are handled here too:
+
+* a request the HTTP parser refuses (a header line over ``max_line_size``, too many headers,
+  a malformed request line): aiohttp answers those from its protocol handler with plain text;
+  :class:`ProblemAppRunner` serves the app with a handler that answers a JSON problem instead
+  (431 ``request_header_too_large`` for over-long headers, 400 ``malformed_http_request``
+  otherwise), still closing the connection as aiohttp does;
+* a JSON body nested deeper than the parser's recursion limit: :func:`parse_json_body` turns
+  the ``RecursionError`` into the same typed ``invalid_json`` as any other bad JSON.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 
-from node.errors import BaasError, Overloaded
+from node.errors import BaasError, InvalidRequest, Overloaded
 
-__all__ = ["problem_middleware", "problem_response"]
+__all__ = ["ProblemAppRunner", "parse_json_body", "problem_middleware", "problem_response"]
 
 log = logging.getLogger("baas.http")
 
@@ -30,6 +41,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     429: "too_many_requests",
+    431: "request_header_too_large",
 }
 
 
@@ -73,3 +85,65 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             "unhandled error (incident %s) on %s %s", incident, request.method, request.path
         )
         return problem_response(500, "internal_error", f"internal error, incident {incident}")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """Decode a JSON request body; any malformed one (also one nested past the parser's
+    recursion limit, which raises ``RecursionError`` rather than ``ValueError``) is a typed 400."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest("body is not valid JSON", code="invalid_json") from exc
+    except RecursionError as exc:
+        raise InvalidRequest("body is nested too deeply", code="invalid_json") from exc
+
+
+class _ProblemRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering what it refuses itself as a JSON problem."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: an answer has begun, cannot replace it
+            raise ConnectionError("response already sent, cannot send the error")
+        if isinstance(exc, http_exceptions.BadHttpMessage):
+            # The client's fault: one line, not aiohttp's stack trace at ERROR for every probe.
+            log.info("refused a malformed request from %s: %s", request.remote, exc.message)
+        else:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        if isinstance(exc, http_exceptions.LineTooLong):
+            status, code, detail = 431, "request_header_too_large", "a header line is too long"
+        elif isinstance(exc, http_exceptions.BadHttpMessage):
+            status, code = exc.code, _HTTP_CODES.get(exc.code, "malformed_http_request")
+            if status == 400:
+                code = "malformed_http_request"
+            detail = "the request is not valid HTTP/1.1"
+        elif status == 500:
+            code, detail = "internal_error", "internal error"
+        else:
+            code, detail = _HTTP_CODES.get(status, "http_error"), "request failed"
+        response = problem_response(status, code, detail)
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ProblemAppRunner(web.AppRunner):
+    """An :class:`aiohttp.web.AppRunner` whose connections answer parser errors as problems."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no hook for the class of its connection handler: the app's server is
+        # built by web.Application._make_handler; only its factory method differs here.
+        server.__class__ = _ProblemServer
+        return server
