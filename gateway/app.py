@@ -16,6 +16,8 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   -> the log head, a chain of anchors, a consistency proof between two anchors: public, so
   anyone can audit that the log only grew (``baas-verify``).
 * ``GET /healthz`` (the process is up) and ``GET /readyz`` (at least one node is ready).
+* ``GET /v1/openapi.json`` -> the OpenAPI 3.1 document of every route here
+  (:mod:`gateway.openapi`), public.
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
 (``http_body_bytes_max``), and so is the number of requests in flight
@@ -47,6 +49,7 @@ from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
+from gateway.openapi import OPENAPI_PATH, openapi_document
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
 from node.api.problem import parse_json_body, problem_middleware, problem_response
@@ -66,7 +69,7 @@ from node.records import HASH_BYTES, record_id_for
 
 __all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", OPENAPI_PATH})
 # The append-only audit of the log (anchors and consistency between them) is public: anyone
 # may check that the log only grew. Bounded and timed like partner calls, not signed.
 AUDIT_PATHS = frozenset(AUDIT_ROUTES)
@@ -332,6 +335,10 @@ async def get_record(request: web.Request) -> web.Response:
     )
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
 async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -414,5 +421,6 @@ def build_gateway_app(state: GatewayState) -> web.Application:
     app.router.add_get("/v1/records/{record_id}", get_record)
     add_log_routes(app, state.nodes)
     app.router.add_get("/healthz", get_health)
+    app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)
     return app

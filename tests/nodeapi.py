@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from openapi_check import CheckedPartnerClient
+
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster, set_toml_keys
 from tools.local_cluster import LocalCluster
@@ -33,7 +35,7 @@ def node_get(cluster: LocalCluster, name: str, path: str, timeout_s: float = 2.0
 async def partner_client(cluster: LocalCluster, partner: str) -> AsyncIterator[PartnerClient]:
     """A signed client of ``partner`` against the cluster's gateway."""
     credentials = cluster.layout.partners[partner]
-    async with PartnerClient(
+    async with CheckedPartnerClient(
         cluster.layout.gateway_url,
         credentials["api_key"],
         bytes.fromhex(credentials["secret_hex"]),

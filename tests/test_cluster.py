@@ -18,9 +18,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import openapi_check
 import plyvel
 import pytest
+from openapi_check import CheckedPartnerClient
 
+from gateway.openapi import openapi_document
 from node.storage.shard_store import PREFIX_SHARD
 from tools.client import PartnerClient
 from tools.cluster_init import ClusterLayout, init_cluster
@@ -46,7 +49,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def _client(layout: ClusterLayout, partner: str = "shop-a") -> PartnerClient:
     credentials = layout.partners[partner]
-    return PartnerClient(
+    return CheckedPartnerClient(
         layout.gateway_url, credentials["api_key"], bytes.fromhex(credentials["secret_hex"])
     )
 
@@ -305,15 +308,6 @@ async def test_corrupted_shard_on_disk_is_detected_and_read_still_succeeds(
     os.sync()
 
 
-@pytest.mark.parametrize(
-    ("content_type", "body", "code"),
-    [
-        ("application/json", b"{}", "unsupported_media_type"),
-        ("application/msgpack", b"\xc1\xc1", "invalid_request"),
-        ("application/msgpack", b"\x81\xa7records\x90", "invalid_request"),
-        ("application/msgpack", b"\x81\xa7records\x91\x81\xa3rid\xa1x", "invalid_request"),
-    ],
-)
 def _raw_http(address: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
     """Send bytes that no HTTP client library would, and read the whole answer."""
     host, port = address.rsplit(":", 1)
@@ -350,6 +344,29 @@ def test_requests_the_http_parser_refuses_get_a_json_problem(
         assert ok.status == 200
 
 
+async def test_the_gateway_serves_its_openapi_document(
+    cluster: LocalCluster, shop_a: PartnerClient
+) -> None:
+    with urllib.request.urlopen(f"{cluster.layout.gateway_url}/v1/openapi.json", timeout=5) as r:
+        assert r.status == 200
+        assert json.loads(r.read()) == openapi_document()
+    # every partner call of these tests is checked against it (shop_a is a CheckedPartnerClient)
+    before = openapi_check.answers_checked
+    created = await shop_a.put_record({"kind": "openapi"})
+    await shop_a.get_record(created.body["record_id"])
+    await shop_a.get_record("zz")
+    assert openapi_check.answers_checked == before + 3
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "code"),
+    [
+        ("application/json", b"{}", "unsupported_media_type"),
+        ("application/msgpack", b"\xc1\xc1", "invalid_request"),
+        ("application/msgpack", b"\x81\xa7records\x90", "invalid_request"),
+        ("application/msgpack", b"\x81\xa7records\x91\x81\xa3rid\xa1x", "invalid_request"),
+    ],
+)
 def test_node_api_bad_input_is_a_problem(
     cluster: LocalCluster, content_type: str, body: bytes, code: str
 ) -> None:

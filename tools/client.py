@@ -89,12 +89,19 @@ class PartnerClient:
             method, self.base_url + path, data=body, headers=headers
         ) as response:
             raw = await response.read()
+            self.received(method, path, response.status, response.headers, raw)
             try:
                 decoded: Any = json.loads(raw) if raw else None
             except ValueError:
                 decoded = raw
             # Case-insensitive, like HTTP: the server may send X-Request-ID for X-Request-Id.
             return Response(response.status, decoded, CIMultiDict(response.headers))
+
+    def received(
+        self, method: str, path: str, status: int, headers: Mapping[str, str], raw: bytes
+    ) -> None:
+        """Called with every raw answer; a subclass may log or check them (tests check each
+        against the gateway's OpenAPI document)."""
 
     async def request(
         self, method: str, path: str, payload: Any = None, *, idempotency_key: str | None = None

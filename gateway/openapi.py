@@ -1,0 +1,417 @@
+"""The OpenAPI 3.1 document of the gateway, served at ``GET /v1/openapi.json``.
+
+One document describes every route the gateway serves, what each accepts and every answer it
+gives (errors included: each is an RFC 9457 problem with a stable ``code``). It is a contract,
+not prose: response objects are closed (``additionalProperties: false``), the test suite
+validates the document with ``openapi-spec-validator`` and checks every response of its route
+tests against it with ``openapi-core`` (``tests/openapi_check.py``), so a route that answers
+something its document does not say fails a test.
+
+Route modules add their own paths: :func:`openapi_document` gathers them, so the ledger's and
+later modules' routes are described where they are served.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from node.merkle.receipt import ANCHORS_FORMAT, CONSISTENCY_FORMAT, RECEIPT_FORMAT, VERSION
+
+__all__ = ["OPENAPI_PATH", "openapi_document"]
+
+OPENAPI_PATH = "/v1/openapi.json"
+API_TITLE = "BaaS B&P network gateway"
+API_VERSION = "0.1.0"
+
+Schema = dict[str, Any]
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _closed(properties: dict[str, Schema], required: list[str] | None = None) -> Schema:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+        "additionalProperties": False,
+    }
+
+
+HEX64: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+HEX0X64: Schema = {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}
+UINT: Schema = {"type": "integer", "minimum": 0}
+HEX_PATH: Schema = {"type": "array", "items": HEX64}
+
+SCHEMAS: dict[str, Schema] = {
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem; `code` is stable, `detail` is for people.",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+            "detail": {"type": "string"},
+            "param": {"type": "string"},
+        },
+        "required": ["type", "title", "status", "code", "detail"],
+        "additionalProperties": False,
+    },
+    "Record": {
+        "type": "object",
+        "minProperties": 1,
+        "description": (
+            "Any JSON object (integers only, no floats; nested at most 32 deep); stored "
+            "encrypted, its canonical form (RFC 8785) committed in its Merkle leaf."
+        ),
+    },
+    "IdempotencyKey": {"type": "string", "minLength": 1, "maxLength": 255},
+    "RecordWrite": _closed({"record": _ref("Record")}),
+    "RecordWritten": _closed(
+        {
+            "status": {"type": "integer", "enum": [200, 201]},
+            "record_id": HEX64,
+            "idempotency_key": _ref("IdempotencyKey"),
+            "content_hash": HEX64,
+            "created_at_ms": UINT,
+            "shards_durable": UINT,
+            "replayed": {"type": "boolean"},
+        }
+    ),
+    "RecordFailed": _closed(
+        {
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
+            "code": {"type": ["string", "null"]},
+            "detail": {"type": ["string", "null"]},
+            "record_id": HEX64,
+            "idempotency_key": _ref("IdempotencyKey"),
+        }
+    ),
+    "RecordBatchWrite": _closed(
+        {
+            "records": {
+                "type": "array",
+                "minItems": 1,
+                "items": _closed(
+                    {"idempotency_key": _ref("IdempotencyKey"), "record": _ref("Record")},
+                    required=["record"],
+                ),
+            }
+        }
+    ),
+    "RecordBatchResults": _closed(
+        {
+            "results": {
+                "type": "array",
+                "items": {"oneOf": [_ref("RecordWritten"), _ref("RecordFailed")]},
+            }
+        }
+    ),
+    "RecordRead": _closed(
+        {
+            "record_id": HEX64,
+            "record": _ref("Record"),
+            "plaintext_salt": {"oneOf": [HEX64, {"type": "null"}]},
+            "content_hash": HEX64,
+            "created_at_ms": UINT,
+            "k": {"type": "integer", "minimum": 1},
+            "n": {"type": "integer", "minimum": 1},
+        }
+    ),
+    "AnchorRef": _closed(
+        {
+            "batch_id": {"type": "integer", "minimum": 1},
+            "tree_size": {"type": "integer", "minimum": 1},
+            "root": HEX64,
+            "chain_id": {"type": "integer", "minimum": 1},
+            "contract": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+            "tx_hash": HEX0X64,
+            "block_number": UINT,
+            "block_hash": HEX0X64,
+        }
+    ),
+    "Receipt": _closed(
+        {
+            "format": {"const": RECEIPT_FORMAT},
+            "version": {"const": VERSION},
+            "record_id": HEX64,
+            "leaf_index": UINT,
+            "leaf_data": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+            "inclusion_path": HEX_PATH,
+            "anchor": _ref("AnchorRef"),
+            "latest_anchor": _ref("AnchorRef"),
+            "consistency_path": HEX_PATH,
+        }
+    ),
+    "Consistency": _closed(
+        {
+            "format": {"const": CONSISTENCY_FORMAT},
+            "version": {"const": VERSION},
+            "from": _ref("AnchorRef"),
+            "to": _ref("AnchorRef"),
+            "consistency_path": HEX_PATH,
+        }
+    ),
+    "AnchorChain": _closed(
+        {
+            "format": {"const": ANCHORS_FORMAT},
+            "version": {"const": VERSION},
+            "anchors": {"type": "array", "minItems": 1, "items": _ref("AnchorRef")},
+            "consistency_paths": {"type": "array", "items": HEX_PATH},
+        }
+    ),
+    "LogHead": _closed(
+        {
+            "size": UINT,
+            "root": HEX64,
+            "anchored_through": UINT,
+            "final_through": UINT,
+        }
+    ),
+    "Health": _closed({"status": {"const": "ok"}}),
+    "Ready": _closed(
+        {
+            "status": {"const": "ready"},
+            "healthy_nodes": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
+}
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_DESCRIPTIONS = {
+    400: "invalid request (code names the check)",
+    401: "missing or bad signature",
+    404: "not found (also anything that belongs to another partner)",
+    409: "conflicts with an earlier request or state",
+    413: "body or batch too large",
+    429: "this credential is over its share; retry after Retry-After",
+    431: "a request header is too large",
+    503: "overloaded or no node available; retry after Retry-After",
+    504: "no answer within the request deadline",
+}
+_COMMON_ERRORS = (400, 413, 431, 503, 504)
+_SIGNED_ERRORS = (*_COMMON_ERRORS, 401, 429)
+
+
+def _problem(status: int) -> Schema:
+    answer: Schema = {
+        "description": _DESCRIPTIONS[status],
+        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+    }
+    if status in (429, 503):
+        answer["headers"] = dict(_RETRY_AFTER)
+    return answer
+
+
+def _json(schema_name: str, description: str, headers: Schema | None = None) -> Schema:
+    answer: Schema = {
+        "description": description,
+        "content": {"application/json": {"schema": _ref(schema_name)}},
+    }
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    answers: dict[int, Schema],
+    errors: tuple[int, ...],
+    *,
+    signed: bool = True,
+    body: str | None = None,
+    parameters: list[Schema] | None = None,
+) -> Schema:
+    responses = {str(status): answer for status, answer in answers.items()}
+    for status in errors:
+        responses[str(status)] = _problem(status)
+    operation: Schema = {"operationId": operation_id, "summary": summary, "responses": responses}
+    operation["security"] = [{"partnerSignature": []}] if signed else []
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(body)}},
+        }
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+_RECORD_ID = {
+    "name": "record_id",
+    "in": "path",
+    "required": True,
+    "description": "64 lowercase hex characters",
+    "schema": {"type": "string"},
+}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "made and returned when absent; a retry with the same key gets the first result",
+    "schema": _ref("IdempotencyKey"),
+}
+
+
+def _query(name: str, description: str, required: bool) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+    }
+
+
+_IDEMPOTENCY_HEADER = {"Idempotency-Key": {"schema": _ref("IdempotencyKey")}}
+
+PATHS: dict[str, Schema] = {
+    "/v1/records": {
+        "post": _operation(
+            "createRecord",
+            "Store one record (encrypted, erasure-coded, indexed in the log)",
+            {
+                201: _json("RecordWritten", "stored", _IDEMPOTENCY_HEADER),
+                200: _json("RecordWritten", "a retry: the first result", _IDEMPOTENCY_HEADER),
+                409: _problem(409),
+            },
+            _SIGNED_ERRORS,
+            body="RecordWrite",
+            parameters=[_IDEMPOTENCY_KEY],
+        )
+    },
+    "/v1/records/batch": {
+        "post": _operation(
+            "createRecords",
+            "Store many records: one result (with its own status) per record, in order",
+            {200: _json("RecordBatchResults", "one result per record")},
+            _SIGNED_ERRORS,
+            body="RecordBatchWrite",
+        )
+    },
+    "/v1/records/{record_id}": {
+        "get": _operation(
+            "getRecord",
+            "Read one of this partner's records",
+            {200: _json("RecordRead", "the record"), 404: _problem(404)},
+            _SIGNED_ERRORS,
+            parameters=[_RECORD_ID],
+        )
+    },
+    "/v1/records/{record_id}/receipt": {
+        "get": _operation(
+            "getRecordReceipt",
+            "The record's receipt v1: its Merkle leaf proven against an anchor on chain",
+            {200: _json("Receipt", "the receipt"), 404: _problem(404), 409: _problem(409)},
+            _SIGNED_ERRORS,
+            parameters=[_RECORD_ID],
+        )
+    },
+    "/v1/log": {
+        "get": _operation(
+            "getLogHead",
+            "The Merkle log's size, root and anchoring progress (public)",
+            {200: _json("LogHead", "the log head")},
+            _COMMON_ERRORS,
+            signed=False,
+        )
+    },
+    "/v1/log/anchors": {
+        "get": _operation(
+            "getAnchors",
+            "A chain of anchors with the consistency proofs linking them (public)",
+            {200: _json("AnchorChain", "the anchors"), 404: _problem(404), 409: _problem(409)},
+            _COMMON_ERRORS,
+            signed=False,
+            parameters=[
+                _query("from", "first batch id (default 1)", False),
+                _query("limit", "at most this many anchors (1..1000, default 1000)", False),
+            ],
+        )
+    },
+    "/v1/log/consistency": {
+        "get": _operation(
+            "getConsistency",
+            "A consistency proof between two anchored tree sizes (public)",
+            {200: _json("Consistency", "the proof"), 404: _problem(404), 409: _problem(409)},
+            _COMMON_ERRORS,
+            signed=False,
+            parameters=[
+                _query("from", "the older anchored tree size", True),
+                _query("to", "the newer anchored tree size", True),
+            ],
+        )
+    },
+    "/healthz": {
+        "get": _operation(
+            "getHealth", "The process is up", {200: _json("Health", "up")}, (), signed=False
+        )
+    },
+    "/readyz": {
+        "get": _operation(
+            "getReady",
+            "At least one node is ready",
+            {200: _json("Ready", "ready")},
+            (503,),
+            signed=False,
+        )
+    },
+    OPENAPI_PATH: {
+        "get": {
+            "operationId": "getOpenApi",
+            "summary": "This document",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "the OpenAPI 3.1 document",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
+        }
+    },
+}
+
+SIGNATURE_DESCRIPTION = f"""Every partner request carries `{HEADER_KEY}` (the API key),
+`{HEADER_TIMESTAMP}` (Unix seconds, within the signature window), `{HEADER_NONCE}` (optional,
+single use) and `{HEADER_SIGNATURE}`: lowercase hex of HMAC-SHA256(secret, canonical), where
+canonical is the newline-joined method, path with query, timestamp, nonce (or empty),
+Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
+`tools/client.py`)."""
+
+
+def openapi_document() -> dict[str, Any]:
+    """A fresh copy of the whole document (callers may not share or change the module's)."""
+    return copy.deepcopy(
+        {
+            "openapi": "3.1.0",
+            "info": {
+                "title": API_TITLE,
+                "version": API_VERSION,
+                "description": "The partner API of the BaaS B&P network. Every error is an "
+                "RFC 9457 problem (application/problem+json) with a stable `code`.",
+            },
+            "servers": [{"url": "/"}],
+            "paths": PATHS,
+            "components": {
+                "schemas": SCHEMAS,
+                "securitySchemes": {
+                    "partnerSignature": {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": HEADER_KEY,
+                        "description": SIGNATURE_DESCRIPTION,
+                    }
+                },
+            },
+        }
+    )
