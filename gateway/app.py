@@ -21,9 +21,11 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
 (``http_body_bytes_max``), and so is the number of requests in flight
-(``inflight_requests_max``: past it, 503 with Retry-After). One partner may have at most
-``partner_inflight_records_max`` records in flight (past it, 429 with Retry-After); a full
-cluster (every node reports a full queue) or a full gateway queue gives 503 with Retry-After.
+(``inflight_requests_max``: past it, 503 with Retry-After), and so is each API credential's
+request rate (:mod:`gateway.rate_limit`: past it, 429 ``rate_limited`` with Retry-After). One
+partner may have at most ``partner_inflight_records_max`` records in flight (past it, 429 with
+Retry-After); a full cluster (every node reports a full queue) or a full gateway queue gives
+503 with Retry-After.
 
 Every request has a request id (the caller's ``X-Request-Id`` if well-formed, else a new one),
 returned in ``X-Request-Id`` and passed to every node it touches, and a deadline
@@ -44,12 +46,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from gateway.auth import ReplayCache, SignedRequest, authenticate
+from gateway.auth import HEADER_KEY, ReplayCache, SignedRequest, authenticate
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.rate_limit import CredentialRateLimiter
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
 from node.api.problem import parse_json_body, problem_middleware, problem_response
@@ -85,10 +88,17 @@ class GatewayState:
     inflight: int = 0
     partner_inflight: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: Metrics("baas_gateway"))
+    rate_limits: CredentialRateLimiter = field(init=False)
     records_written: Counter = field(init=False)
     records_read: Counter = field(init=False)
 
     def __post_init__(self) -> None:
+        limits = self.config.limits
+        self.rate_limits = CredentialRateLimiter(
+            limits.credential_requests_per_s,
+            limits.credential_burst_requests_max,
+            limits.credential_buckets_max,
+        )
         self.records_written = self.metrics.counter(
             "records_written", "records written, by result status", ("status",)
         )
@@ -149,6 +159,13 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
                 int(state.clock_s()),
                 state.config.limits.signature_window_s,
             )
+            wait_s = state.rate_limits.take(request.headers[HEADER_KEY], time.monotonic())
+            if wait_s:
+                raise RateLimited(
+                    "this API credential is over its request rate (credential_requests_per_s)",
+                    code="rate_limited",
+                    retry_after_s=wait_s,
+                )
             return await handler(request)
     except TimeoutError as exc:
         raise DeadlineExceeded(f"no answer within {deadline_s} s (request_deadline_s)") from exc
@@ -392,6 +409,12 @@ def gateway_stat_families(state: GatewayState) -> list[StatFamily]:
             "queue fill the node last reported",
             lambda: {name: s.fill_percent for name, s in nodes.node_state.items()},
             label="node",
+        ),
+        StatFamily(
+            "rate_limited_requests",
+            "signed requests refused: their API credential was over its rate",
+            lambda: state.rate_limits.refused,
+            counter=True,
         ),
         StatFamily(
             "retry_after_seconds",

@@ -56,6 +56,12 @@ class GatewayLimits:
     # when every node is that full the gateway answers 503 with Retry-After.
     node_queue_fill_max_percent: int = 80
     retry_after_s_max: int = 30
+    # Signed requests per API credential (gateway/rate_limit.py): this many per second on
+    # average, bursts of up to credential_burst_requests_max; past it 429 with Retry-After.
+    # Buckets for at most credential_buckets_max credentials are kept (least recent dropped).
+    credential_requests_per_s: int = 5_000
+    credential_burst_requests_max: int = 10_000
+    credential_buckets_max: int = 100_000
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)
