@@ -27,6 +27,9 @@ partner may have at most ``partner_inflight_records_max`` records in flight (pas
 Retry-After); a full cluster (every node reports a full queue) or a full gateway queue gives
 503 with Retry-After.
 
+Every answer carries ``Baas-Version``: the dated API version it was made under (the caller's
+``Baas-Version`` header, else the newest; an unknown one is 400 ``invalid_api_version``).
+
 Every request has a request id (the caller's ``X-Request-Id`` if well-formed, else a new one),
 returned in ``X-Request-Id`` and passed to every node it touches, and a deadline
 (``request_deadline_s``): past it the caller gets 504 ``deadline_exceeded`` and the nodes drop
@@ -51,9 +54,16 @@ from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
-from gateway.openapi import OPENAPI_PATH, openapi_document
+from gateway.openapi import (
+    API_VERSION,
+    API_VERSION_HEADER,
+    API_VERSIONS,
+    OPENAPI_PATH,
+    openapi_document,
+)
 from gateway.rate_limit import CredentialRateLimiter
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
+from gateway.request_keys import API_VERSION as API_VERSION_KEY
 from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
@@ -138,6 +148,14 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
     request_id = request_id_or_new(request.headers.get(REQUEST_ID_HEADER))
     request_id_var.set(request_id)
     request[REQUEST_ID] = request_id
+    version = request.headers.get(API_VERSION_HEADER, API_VERSION)
+    if version not in API_VERSIONS:
+        raise InvalidRequest(
+            f"unknown API version; known: {', '.join(API_VERSIONS)}",
+            code="invalid_api_version",
+            param=API_VERSION_HEADER,
+        )
+    request[API_VERSION_KEY] = version
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     if state.inflight >= state.config.limits.inflight_requests_max:
@@ -177,6 +195,7 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
     request_id = request.get(REQUEST_ID)
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
+    response.headers[API_VERSION_HEADER] = request.get(API_VERSION_KEY, API_VERSION)
 
 
 def _uuid4() -> str:

@@ -19,11 +19,15 @@ from typing import Any
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from node.merkle.receipt import ANCHORS_FORMAT, CONSISTENCY_FORMAT, RECEIPT_FORMAT, VERSION
 
-__all__ = ["OPENAPI_PATH", "openapi_document"]
+__all__ = ["API_VERSION", "API_VERSIONS", "API_VERSION_HEADER", "OPENAPI_PATH", "openapi_document"]
 
 OPENAPI_PATH = "/v1/openapi.json"
 API_TITLE = "BaaS B&P network gateway"
-API_VERSION = "0.1.0"
+# Dated API versions, oldest first (Stripe's model): a caller pins one with the header, a
+# breaking change gets a new date, and the answer names the version it was made under.
+API_VERSION_HEADER = "Baas-Version"
+API_VERSIONS = ("2026-12-07",)
+API_VERSION = API_VERSIONS[-1]
 
 Schema = dict[str, Any]
 
@@ -242,11 +246,18 @@ def _operation(
             "required": True,
             "content": {"application/json": {"schema": _ref(body)}},
         }
-    if parameters:
-        operation["parameters"] = parameters
+    operation["parameters"] = [*(parameters or []), _API_VERSION_PARAMETER]
     return operation
 
 
+_API_VERSION_PARAMETER = {
+    "name": API_VERSION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the dated API version to answer under (default: the newest); "
+    "every answer names the one used in the same header",
+    "schema": {"type": "string", "enum": list(API_VERSIONS)},
+}
 _RECORD_ID = {
     "name": "record_id",
     "in": "path",
@@ -398,7 +409,9 @@ def openapi_document() -> dict[str, Any]:
                 "title": API_TITLE,
                 "version": API_VERSION,
                 "description": "The partner API of the BaaS B&P network. Every error is an "
-                "RFC 9457 problem (application/problem+json) with a stable `code`.",
+                "RFC 9457 problem (application/problem+json) with a stable `code` (and "
+                f"`param` where one parameter is at fault). `{API_VERSION_HEADER}` picks the "
+                "dated API version; every answer carries the version it was made under.",
             },
             "servers": [{"url": "/"}],
             "paths": PATHS,

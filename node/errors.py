@@ -63,9 +63,11 @@ class BaasError(Exception):
     code: ClassVar[str] = "internal_error"
     http_status: ClassVar[int] = 500
 
-    def __init__(self, detail: str, *, code: str | None = None) -> None:
+    def __init__(self, detail: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        # The offending request parameter (a body field, query parameter or header), if one.
+        self.param = param
         if code is not None:
             self.code = code  # type: ignore[misc]
 

@@ -10,16 +10,13 @@ with the limited key is still a 401 and spends nothing, and the allowance refill
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from pathlib import Path
 
 import pytest
+from inprocess_gateway import client_of, gateway_without_nodes
 from openapi_check import CheckedPartnerClient
 
-from gateway.config import load_gateway_config
-from gateway.main import run_gateway
 from gateway.rate_limit import CredentialRateLimiter
-from tools.cluster_init import init_cluster, set_toml_keys
 
 
 def test_burst_then_refill_then_retry_after() -> None:
@@ -54,27 +51,10 @@ def test_table_is_bounded_dropping_the_least_recent() -> None:
 
 @pytest.mark.timeout(120)
 async def test_the_gateway_refuses_a_credential_over_its_rate(tmp_path: Path) -> None:
-    layout = init_cluster(tmp_path, partners=("shop-a", "shop-b"), chain="none")
-    config_path = Path(layout.gateway_config_path)
-    config_path.write_text(
-        set_toml_keys(
-            config_path.read_text(),
-            "limits",
-            {"credential_requests_per_s": 5, "credential_burst_requests_max": 3},
-        )
-    )
-    config = load_gateway_config(config_path)
-    stop = asyncio.Event()
-    gateway = asyncio.create_task(run_gateway(config, stop))
-    try:
-        await _until_up(layout.gateway_url, gateway)
-        clients = {
-            name: CheckedPartnerClient(
-                layout.gateway_url, c["api_key"], bytes.fromhex(c["secret_hex"])
-            )
-            for name, c in layout.partners.items()
-        }
-        shop_a, shop_b = clients["shop-a"], clients["shop-b"]
+    limits = {"credential_requests_per_s": 5, "credential_burst_requests_max": 3}
+    async with gateway_without_nodes(tmp_path, limits) as layout:
+        shop_a, shop_b = client_of(layout, "shop-a"), client_of(layout, "shop-b")
+        forged = CheckedPartnerClient(layout.gateway_url, shop_a.api_key, b"wrong" * 4)
         try:
             codes = [(await shop_a.get_record("zz")).body["code"] for _ in range(3)]
             assert codes == ["invalid_record_id"] * 3  # handled: no node is needed for it
@@ -82,29 +62,10 @@ async def test_the_gateway_refuses_a_credential_over_its_rate(tmp_path: Path) ->
             assert limited.status == 429 and limited.body["code"] == "rate_limited"
             assert limited.headers["Retry-After"] == "1"
             assert (await shop_b.get_record("zz")).body["code"] == "invalid_record_id"
-            forged = CheckedPartnerClient(layout.gateway_url, shop_a.api_key, b"wrong" * 4)
-            try:
-                assert (await forged.get_record("zz")).body["code"] == "bad_signature"
-            finally:
-                await forged.close()
+            assert (await forged.get_record("zz")).body["code"] == "bad_signature"
             await asyncio.sleep(0.25)  # 5/s: one request's worth back
             assert (await shop_a.get_record("zz")).body["code"] == "invalid_record_id"
             assert (await shop_a.get_record("zz")).body["code"] == "rate_limited"
         finally:
-            for client in clients.values():
+            for client in (shop_a, shop_b, forged):
                 await client.close()
-    finally:
-        stop.set()
-        await asyncio.wait_for(gateway, timeout=30)
-
-
-async def _until_up(url: str, task: asyncio.Task[None]) -> None:
-    for _ in range(200):
-        if task.done():
-            task.result()  # raises what stopped it
-        try:
-            await asyncio.to_thread(urllib.request.urlopen, f"{url}/healthz", timeout=1)
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise AssertionError("the gateway did not come up")

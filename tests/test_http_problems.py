@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
-from node.api.problem import ProblemAppRunner, parse_json_body, problem_middleware
+from node.api.problem import (
+    JSON_DEPTH_MAX,
+    ProblemAppRunner,
+    json_nesting_within,
+    parse_json_body,
+    problem_middleware,
+)
 from node.errors import InvalidRequest
 
 
@@ -95,3 +102,41 @@ def test_parse_json_body_raises_only_the_typed_error(raw: bytes) -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_json_body(raw)
     assert caught.value.code == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("raw", "depth_max", "within"),
+    [
+        (b'{"a": [1, {"b": [2]}]}', 4, True),
+        (b'{"a": [1, {"b": [2]}]}', 3, False),
+        (b"[" * 64 + b"]" * 64, 64, True),
+        (b"[" * 65 + b"]" * 65, 64, False),
+        (b"{" * 10 + b"[" * 10 + b"]" * 10 + b"}" * 10, 20, True),
+        (b"{" * 10 + b"[" * 11 + b"]" * 11 + b"}" * 10, 20, False),
+        # brackets inside strings (escaped quotes too) do not count
+        (b'{"k": "[[[[[[[[[[\\"{{{{{{{{{{"}', 1, True),
+        (b"[" * 5, 64, False),  # do not pair up
+        (b"[}", 64, False),
+        (b"", 1, True),
+    ],
+)
+def test_json_nesting_bound(raw: bytes, depth_max: int, within: bool) -> None:
+    assert json_nesting_within(raw, depth_max) is within
+
+
+def test_parse_json_body_at_and_past_the_depth_bound() -> None:
+    assert parse_json_body(b"[" * JSON_DEPTH_MAX + b"]" * JSON_DEPTH_MAX) is not None
+    with pytest.raises(InvalidRequest):
+        parse_json_body(b"[" * (JSON_DEPTH_MAX + 1) + b"]" * (JSON_DEPTH_MAX + 1))
+
+
+def test_parse_json_body_survives_a_raised_recursion_limit() -> None:
+    # Where something raised the interpreter's limit, the C decoder would overflow the C
+    # stack at this depth instead of raising RecursionError; the bound refuses it first.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1_000_000)
+    try:
+        with pytest.raises(InvalidRequest):
+            parse_json_body(b"[" * 1_000_000 + b"]" * 1_000_000)
+    finally:
+        sys.setrecursionlimit(limit)

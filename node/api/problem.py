@@ -1,6 +1,7 @@
 """JSON problem responses (RFC 9457) and the middleware that turns every error into one.
 
-Every error leaves as ``{"type", "title", "status", "code", "detail"}`` with a stable ``code``;
+Every error leaves as ``{"type", "title", "status", "code", "detail"}`` with a stable ``code``
+(and ``param``, the offending parameter, where the error names one);
 a :class:`~node.errors.BaasError` maps by its class, aiohttp's own HTTP errors (413, 404, 405)
 map by status, and anything unexpected becomes a generic 500 problem with no stack trace in the
 body (it is logged with a request id instead). Shared by the node API and the gateway.
@@ -12,14 +13,16 @@ Two kinds of error never reach a middleware, so they are handled here too:
   :class:`ProblemAppRunner` serves the app with a handler that answers a JSON problem instead
   (431 ``request_header_too_large`` for over-long headers, 400 ``malformed_http_request``
   otherwise), still closing the connection as aiohttp does;
-* a JSON body nested deeper than the parser's recursion limit: :func:`parse_json_body` turns
-  the ``RecursionError`` into the same typed ``invalid_json`` as any other bad JSON.
+* a JSON body nested deeper than the parser can take: :func:`parse_json_body` bounds the
+  nesting (``JSON_DEPTH_MAX``) before parsing, so it is the same typed ``invalid_json`` as any
+  other bad JSON, never a ``RecursionError`` (a 500) or a C stack overflow (a dead process).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +31,14 @@ from aiohttp import http_exceptions, web, web_protocol
 
 from node.errors import BaasError, InvalidRequest, Overloaded
 
-__all__ = ["ProblemAppRunner", "parse_json_body", "problem_middleware", "problem_response"]
+__all__ = [
+    "JSON_DEPTH_MAX",
+    "ProblemAppRunner",
+    "json_nesting_within",
+    "parse_json_body",
+    "problem_middleware",
+    "problem_response",
+]
 
 log = logging.getLogger("baas.http")
 
@@ -46,7 +56,12 @@ _HTTP_CODES = {
 
 
 def problem_response(
-    status: int, code: str, detail: str, *, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
     body: dict[str, Any] = {
         "type": f"https://baas.example/problems/{code}",
@@ -55,6 +70,8 @@ def problem_response(
         "code": code,
         "detail": detail,
     }
+    if param is not None:
+        body["param"] = param
     return web.json_response(
         body, status=status, headers=headers, content_type="application/problem+json"
     )
@@ -73,7 +90,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             headers = {"Retry-After": str(exc.retry_after_s)}
         elif exc.http_status == 503:
             headers = {"Retry-After": "1"}
-        return problem_response(exc.http_status, exc.code, exc.detail, headers=headers)
+        return problem_response(
+            exc.http_status, exc.code, exc.detail, headers=headers, param=exc.param
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -87,15 +106,39 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return problem_response(500, "internal_error", f"internal error, incident {incident}")
 
 
+JSON_DEPTH_MAX = 64  # records may nest 32 deep (gateway.record_codec); requests wrap them
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)  # linear: no nested repetition
+_INNERMOST_PAIR = re.compile(rb"\[\]|\{\}")
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_nesting_within(raw: bytes, depth_max: int) -> bool:
+    """Whether the arrays and objects of ``raw`` nest at most ``depth_max`` deep (False also
+    for brackets that do not pair up). Strings are taken out first, then each pass removes
+    the innermost pairs: at most ``depth_max`` passes over the brackets alone, in C."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
+    for _ in range(depth_max):
+        if not brackets:
+            return True
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+    return not brackets
+
+
 def parse_json_body(raw: bytes) -> Any:
-    """Decode a JSON request body; any malformed one (also one nested past the parser's
-    recursion limit, which raises ``RecursionError`` rather than ``ValueError``) is a typed 400."""
+    """Decode a JSON request body; anything malformed is a typed 400 ``invalid_json``.
+
+    The nesting is bounded before the parser runs: CPython's C decoder recurses once per
+    level, and past the interpreter's recursion limit it raises ``RecursionError`` -- or, where
+    something raised that limit, overflows the C stack and kills the process (seen in a test
+    run at 100,000 levels)."""
+    if not json_nesting_within(raw, JSON_DEPTH_MAX):
+        raise InvalidRequest(
+            f"body is not valid JSON or nests deeper than {JSON_DEPTH_MAX}", code="invalid_json"
+        )
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest("body is not valid JSON", code="invalid_json") from exc
-    except RecursionError as exc:
-        raise InvalidRequest("body is nested too deeply", code="invalid_json") from exc
 
 
 class _ProblemRequestHandler(web_protocol.RequestHandler):
