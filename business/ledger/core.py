@@ -122,11 +122,13 @@ each at most once; events keep their accounts as small mutable lists, never as o
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
 from business.ledger.model import (
     ACCOUNT_FLAGS_KNOWN,
+    ACCOUNT_HEAD_V1,
     ACCOUNT_PREFIX,
     ACCOUNT_TRANSFERS_PREFIX,
     ACCOUNT_V1,
@@ -138,7 +140,6 @@ from business.ledger.model import (
     EXPIRY_HEAD_V1,
     FAILED_VERSION,
     ID_MAX,
-    INDEX_V1,
     META_KEY,
     META_V1,
     NS_PER_MS,
@@ -151,8 +152,6 @@ from business.ledger.model import (
     TRANSFER_PREFIX,
     TRANSFER_V1,
     TRANSIENT_TRANSFER_RESULTS,
-    U16_MAX,
-    U32_MAX,
     U64_MAX,
     VALUE_VERSION,
     AccountFlags,
@@ -168,7 +167,6 @@ from business.ledger.model import (
     Result,
     TransferFlags,
     TransferResult,
-    account_key,
     asset_key,
     expiry_head_key,
     expiry_page_key,
@@ -180,8 +178,10 @@ from node.errors import CorruptEntry, InvalidRequest, InvariantViolation, Unsupp
 
 __all__ = ["Ledger"]
 
-# Account lists: the mutable in-batch form of an account (no object per account).
-_LEDGER, _CODE, _FLAGS, _UD, _TS, _DP, _DPO, _CP, _CPO, _KEY = range(10)
+# Account lists: the mutable in-batch form of an account (no object per account): ledger,
+# code, flags, the stored immutable head (version .. timestamp, reused when writing), the
+# four balances, the id's 16 bytes, and the balances as loaded (None: created in this batch).
+_LEDGER, _CODE, _FLAGS, _HEAD, _DP, _DPO, _CP, _CPO, _KEY, _ORIGINAL = range(10)
 # Transfer tuples: (debit, credit, amount, pending_id, user_data_128, timeout, ledger, code,
 # flags, timestamp).
 _T_DR, _T_CR, _T_AMOUNT, _T_PID, _T_UD, _T_TIMEOUT, _T_LEDGER, _T_CODE, _T_FLAGS, _T_TS = range(10)
@@ -202,6 +202,9 @@ _P_POSTED = int(PendingStatus.POSTED)
 _P_VOIDED = int(PendingStatus.VOIDED)
 _P_EXPIRED = int(PendingStatus.EXPIRED)
 
+_ACCOUNT_SIZE = ACCOUNT_V1.size
+_ACCOUNT_FLAGS_AT_1 = struct.Struct(">IHH")  # ledger, code, flags after the version byte
+_EVENT_TYPES = frozenset({CreateAsset, CreateAccount, CreateTransfer})
 _ABSENT: Any = object()  # "no entry in this overlay dict" in the undo log
 T = TransferResult
 A = AccountResult
@@ -220,9 +223,10 @@ class Ledger:
     ) -> tuple[list[Result], list[Write]]:
         """Apply one batch at log time ``now_ms``: one result per event, and all writes.
 
-        A batch over ``events_per_batch_max`` or an event whose fields are out of range
-        (wrong type, negative, beyond their width) is refused whole with
-        :class:`~node.errors.InvalidRequest` before anything is applied.
+        A batch over ``events_per_batch_max`` or holding something other than the three event
+        types is refused whole with :class:`~node.errors.InvalidRequest` before anything is
+        applied. Field widths need no check here: an event cannot be built with a field out
+        of range (see ``model._check_widths``), and the wire decoder builds them.
         """
         if len(events) > self.config.events_per_batch_max:
             raise InvalidRequest(
@@ -231,49 +235,14 @@ class Ledger:
         if type(now_ms) is not int or not 0 <= now_ms <= U64_MAX // NS_PER_MS:
             raise InvalidRequest("log time must be a u64 count of ms")
         for event in events:
-            _check_event(event)
+            if type(event) not in _EVENT_TYPES:
+                raise InvalidRequest(f"not a ledger event: {type(event).__name__}")
         batch = _Batch(self.config, view, now_ms)
+        if batch.last_ts + len(events) + self.config.expiry_releases_max > U64_MAX:
+            raise InvariantViolation("ledger timestamps would exhaust u64")
         batch.sweep()
         results = batch.run(events)
         return results, batch.finish()
-
-
-def _check_event(e: object) -> None:
-    """Field types and widths; values in range but semantically wrong get result codes."""
-    if type(e) is CreateTransfer:
-        ok = (
-            _u(e.id, ID_MAX)
-            and _u(e.debit_account_id, ID_MAX)
-            and _u(e.credit_account_id, ID_MAX)
-            and _u(e.amount, AMOUNT_MAX)
-            and _u(e.pending_id, ID_MAX)
-            and _u(e.user_data_128, ID_MAX)
-            and _u(e.timeout, U32_MAX)
-            and _u(e.ledger, U32_MAX)
-            and _u(e.code, U16_MAX)
-            and _u(e.flags, U16_MAX)
-        )
-    elif type(e) is CreateAccount:
-        ok = (
-            _u(e.id, ID_MAX)
-            and _u(e.ledger, U32_MAX)
-            and _u(e.code, U16_MAX)
-            and _u(e.flags, U16_MAX)
-            and _u(e.user_data_128, ID_MAX)
-        )
-    elif type(e) is CreateAsset:
-        ok = _u(e.ledger, U32_MAX) and _u(e.kind, 255) and _u(e.scale, 255)
-        ok = ok and _u(e.user_data_128, ID_MAX)
-    else:
-        raise InvalidRequest(f"not a ledger event: {type(e).__name__}")
-    if not ok:
-        raise InvalidRequest(f"a {type(e).__name__} field is out of range or not an integer")
-
-
-def _u(value: object, high: int) -> bool:
-    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
-        return False  # IntEnum / IntFlag members are ints; bools and floats are not
-    return 0 <= value <= high
 
 
 def _i(raw: bytes) -> int:
@@ -290,10 +259,10 @@ class _Batch:
         self.now_ns = now_ms * NS_PER_MS
         self.assets: dict[int, tuple[int, int, int] | None] = {}  # kind, scale, user_data
         self.accounts: dict[int, list[Any] | None] = {}
-        self.original: dict[int, tuple[int, int, int, int]] = {}  # balances as loaded
+        # Every transfer id looked up or created: its row, its sticky failure, or None.
         self.transfers: dict[int, tuple[int, ...] | TransferResult | None] = {}
         self.created: dict[int, tuple[int, ...]] = {}  # transfers created in this batch
-        self.failed: dict[int, TransferResult] = {}
+        self.failed: dict[int, TransferResult] = {}  # sticky failures recorded in this batch
         self.status: dict[int, int | None] = {}
         self.status_dirty: dict[int, int] = {}
         self.totals: dict[int, list[int]] = {}
@@ -320,8 +289,6 @@ class _Batch:
         ts = self.last_ts + 1
         if ts < self.now_ns:
             ts = self.now_ns
-        if ts > U64_MAX:
-            raise InvariantViolation("ledger timestamps exhausted u64")
         self.last_ts = ts
         return ts
 
@@ -348,36 +315,33 @@ class _Batch:
         return value
 
     def account(self, account_id: int) -> list[Any] | None:
-        try:
-            return self.accounts[account_id]
-        except KeyError:
-            pass
-        key = account_key(account_id)
+        acc = self.accounts.get(account_id, _ABSENT)
+        if acc is not _ABSENT:
+            return acc  # type: ignore[no-any-return]
+        key = ACCOUNT_PREFIX + account_id.to_bytes(16, "big")
         raw = self.view.get(key)
-        acc = None
-        if raw is not None:
-            if len(raw) != ACCOUNT_V1.size or raw[0] != VALUE_VERSION:
-                raise CorruptEntry("stored account value is not version 1")
-            _, ledger, code, flags, ud, ts, dp, dpo, cp, cpo = ACCOUNT_V1.unpack(raw)
-            dp, dpo, cp, cpo = _i(dp), _i(dpo), _i(cp), _i(cpo)
-            acc = [ledger, code, flags, ud, ts, dp, dpo, cp, cpo, key[5:]]
-            self.original[account_id] = (dp, dpo, cp, cpo)
+        if raw is None:
+            self.accounts[account_id] = None
+            return None
+        if len(raw) != _ACCOUNT_SIZE or raw[0] != VALUE_VERSION:
+            raise CorruptEntry("stored account value is not version 1")
+        ledger, code, flags = _ACCOUNT_FLAGS_AT_1.unpack_from(raw, 1)
+        balances = (
+            int.from_bytes(raw[33:49], "big"),
+            int.from_bytes(raw[49:65], "big"),
+            int.from_bytes(raw[65:81], "big"),
+            int.from_bytes(raw[81:97], "big"),
+        )
+        acc = [ledger, code, flags, raw[:33], *balances, key[5:], balances]
         self.accounts[account_id] = acc
         return acc
 
     def transfer(self, transfer_id: int) -> tuple[int, ...] | TransferResult | None:
-        found = self.created.get(transfer_id)
-        if found is not None:
-            return found
-        failed = self.failed.get(transfer_id)
-        if failed is not None:
-            return failed
-        try:
-            return self.transfers[transfer_id]
-        except KeyError:
-            pass
+        value = self.transfers.get(transfer_id, _ABSENT)
+        if value is not _ABSENT:
+            return value  # type: ignore[no-any-return]
         raw = self.view.get(TRANSFER_PREFIX + transfer_id.to_bytes(16, "big"))
-        value: tuple[int, ...] | TransferResult | None = None
+        value = None
         if raw is not None:
             if raw[0] == FAILED_VERSION:
                 try:
@@ -393,7 +357,7 @@ class _Batch:
                 value = (_i(dr), _i(cr), _i(amount), _i(pid), _i(ud), timeout, ledger, code)
                 value += (flags, ts)
         self.transfers[transfer_id] = value
-        return value
+        return value  # type: ignore[no-any-return]
 
     def pending_status(self, transfer_id: int) -> int | None:
         try:
@@ -448,10 +412,26 @@ class _Batch:
         results: list[Result] = []
         n = len(events)
         i = 0
+        append = results.append
+        create_transfer = self.create_transfer
+        transient = TRANSIENT_TRANSFER_RESULTS
         while i < n:
             e = events[i]
+            if type(e) is CreateTransfer and not e.flags & _LINKED:
+                # The hot path (one unlinked transfer), inlined: next_ts() and one().
+                ts = self.last_ts + 1
+                if ts < self.now_ns:
+                    ts = self.now_ns
+                self.last_ts = ts
+                code, amount, stamp = create_transfer(e, ts)
+                if code in transient:
+                    self.failed[e.id] = code
+                    self.transfers[e.id] = code
+                append(Result(code, stamp, amount))
+                i += 1
+                continue
             if not _linked(e):
-                results.append(self.one(e, self.next_ts()))
+                append(self.one(e, self.next_ts()))
                 i += 1
                 continue
             end = i
@@ -485,6 +465,7 @@ class _Batch:
         if isinstance(failing, CreateTransfer) and failure.code in TRANSIENT_TRANSFER_RESULTS:
             assert isinstance(failure.code, TransferResult)
             self.failed[failing.id] = failure.code
+            self.transfers[failing.id] = failure.code
         out = [
             Result(_linked_code(e, open_chain=False), r.timestamp)
             for e, r in zip(events[: len(done)], done, strict=True)
@@ -499,6 +480,7 @@ class _Batch:
             code, amount, stamp = self.create_transfer(e, ts)
             if record_failure and code in TRANSIENT_TRANSFER_RESULTS:
                 self.failed[e.id] = code
+                self.transfers[e.id] = code
             return Result(code, stamp, amount)
         if type(e) is CreateAccount:
             return Result(self.create_account(e, ts), ts)
@@ -552,7 +534,7 @@ class _Batch:
         if found is not None:
             if found[_FLAGS] != flags:
                 return A.EXISTS_WITH_DIFFERENT_FLAGS
-            if _i(found[_UD]) != e.user_data_128:
+            if _i(found[_HEAD][9:25]) != e.user_data_128:
                 return A.EXISTS_WITH_DIFFERENT_USER_DATA_128
             if found[_LEDGER] != e.ledger:
                 return A.EXISTS_WITH_DIFFERENT_LEDGER
@@ -563,9 +545,9 @@ class _Batch:
             return A.LEDGER_NOT_FOUND
         if self.undo is not None:
             self.save(self.accounts, e.id)
-        key = account_key(e.id)
         ud = e.user_data_128.to_bytes(16, "big")
-        self.accounts[e.id] = [e.ledger, e.code, flags, ud, ts, 0, 0, 0, 0, key[5:]]
+        head = ACCOUNT_HEAD_V1.pack(VALUE_VERSION, e.ledger, e.code, flags, ud, ts)
+        self.accounts[e.id] = [e.ledger, e.code, flags, head, 0, 0, 0, 0, _b16(e.id), None]
         return A.OK
 
     # --- transfers ----------------------------------------------------------------------
@@ -780,17 +762,25 @@ class _Batch:
 
     def record(self, tid: int, row: tuple[int, ...], dr: list[Any], cr: list[Any]) -> None:
         """Store a created transfer, index it under both accounts, keep history balances."""
+        ts_key = row[_T_TS].to_bytes(8, "big")
+        index = b"\x01" + tid.to_bytes(16, "big")  # INDEX_V1
+        dr_key = ACCOUNT_TRANSFERS_PREFIX + dr[_KEY] + ts_key
+        cr_key = ACCOUNT_TRANSFERS_PREFIX + cr[_KEY] + ts_key
         if self.undo is not None:
             self.save(self.created, tid)
+            self.save(self.transfers, tid)
+            self.save(self.writes, dr_key)
+            self.save(self.writes, cr_key)
         self.created[tid] = row
-        ts_key = row[_T_TS].to_bytes(8, "big")
-        index = INDEX_V1.pack(VALUE_VERSION, tid.to_bytes(16, "big"))
-        self.put(ACCOUNT_TRANSFERS_PREFIX + dr[_KEY] + ts_key, index)
-        self.put(ACCOUNT_TRANSFERS_PREFIX + cr[_KEY] + ts_key, index)
-        if dr[_FLAGS] & _HISTORY:
-            self.put(BALANCES_PREFIX + dr[_KEY] + ts_key, _balance_value(dr))
-        if cr[_FLAGS] & _HISTORY:
-            self.put(BALANCES_PREFIX + cr[_KEY] + ts_key, _balance_value(cr))
+        self.transfers[tid] = row
+        w = self.writes
+        w[dr_key] = index
+        w[cr_key] = index
+        if (dr[_FLAGS] | cr[_FLAGS]) & _HISTORY:
+            if dr[_FLAGS] & _HISTORY:
+                self.put(BALANCES_PREFIX + dr[_KEY] + ts_key, _balance_value(dr))
+            if cr[_FLAGS] & _HISTORY:
+                self.put(BALANCES_PREFIX + cr[_KEY] + ts_key, _balance_value(cr))
 
     # --- expiry -------------------------------------------------------------------------
 
@@ -871,23 +861,39 @@ class _Batch:
         for ledger, (kind, scale, ud, ts) in self.new_assets.items():
             w[asset_key(ledger)] = ASSET_V1.pack(VALUE_VERSION, kind, scale, _b16(ud), ts)
         delta: dict[int, list[int]] = {}
-        for account_id, acc in self.accounts.items():
+        for acc in self.accounts.values():
             if acc is None:
                 continue
-            before = self.original.get(account_id, (0, 0, 0, 0))
-            now = (acc[_DP], acc[_DPO], acc[_CP], acc[_CPO])
-            if account_id in self.original and now == before:
-                continue
-            _check_account(acc)
-            d = delta.setdefault(acc[_LEDGER], [0, 0, 0, 0])
-            d[0] += now[1] - before[1]
-            d[1] += now[3] - before[3]
-            d[2] += now[0] - before[0]
-            d[3] += now[2] - before[2]
-            w[ACCOUNT_PREFIX + acc[_KEY]] = ACCOUNT_V1.pack(
-                VALUE_VERSION, acc[_LEDGER], acc[_CODE], acc[_FLAGS], acc[_UD], acc[_TS],
-                _b16(now[0]), _b16(now[1]), _b16(now[2]), _b16(now[3]),
-            )  # fmt: skip
+            dp, dpo, cp, cpo = acc[_DP], acc[_DPO], acc[_CP], acc[_CPO]
+            before = acc[_ORIGINAL]
+            if before is None:
+                before = (0, 0, 0, 0)
+            elif dp == before[0] and dpo == before[1] and cp == before[2] and cpo == before[3]:
+                continue  # read, never changed: nothing to write
+            # The account invariants, before the value is written.
+            if dp < 0 or dpo < 0 or cp < 0 or cpo < 0:
+                raise InvariantViolation("an account balance went negative")
+            if dp + dpo > AMOUNT_MAX or cp + cpo > AMOUNT_MAX:
+                raise InvariantViolation("an account balance overflowed u128")
+            flags = acc[_FLAGS]
+            if flags & _DMNEC and dp + dpo > cpo:
+                raise InvariantViolation("an account's debits exceed its credits")
+            if flags & _CMNED and cp + cpo > dpo:
+                raise InvariantViolation("an account's credits exceed its debits")
+            d = delta.get(acc[_LEDGER])
+            if d is None:
+                d = delta[acc[_LEDGER]] = [0, 0, 0, 0]
+            d[0] += dpo - before[1]
+            d[1] += cpo - before[3]
+            d[2] += dp - before[0]
+            d[3] += cp - before[2]
+            w[ACCOUNT_PREFIX + acc[_KEY]] = (
+                acc[_HEAD]
+                + dp.to_bytes(16, "big")
+                + dpo.to_bytes(16, "big")
+                + cp.to_bytes(16, "big")
+                + cpo.to_bytes(16, "big")
+            )
         for ledger, d in delta.items():
             if d != [0, 0, 0, 0] and ledger not in self.totals:
                 raise InvariantViolation(f"ledger {ledger}: accounts moved without its totals")
@@ -904,14 +910,17 @@ class _Batch:
                 w[totals_key(ledger)] = TOTALS_V1.pack(
                     VALUE_VERSION, *(s.to_bytes(32, "big") for s in sums)
                 )
+        pack = TRANSFER_V1.pack
         for tid, row in self.created.items():
-            w[TRANSFER_PREFIX + tid.to_bytes(16, "big")] = TRANSFER_V1.pack(
-                VALUE_VERSION, _b16(row[0]), _b16(row[1]), _b16(row[2]), _b16(row[3]),
-                _b16(row[4]), row[5], row[6], row[7], row[8], row[9],
+            dr, cr, amount, pid, ud, timeout, ledger, code, flags, ts = row
+            w[TRANSFER_PREFIX + tid.to_bytes(16, "big")] = pack(
+                VALUE_VERSION, dr.to_bytes(16, "big"), cr.to_bytes(16, "big"),
+                amount.to_bytes(16, "big"), pid.to_bytes(16, "big"), ud.to_bytes(16, "big"),
+                timeout, ledger, code, flags, ts,
             )  # fmt: skip
-        for tid, code in self.failed.items():
+        for tid, failure in self.failed.items():
             w[TRANSFER_PREFIX + tid.to_bytes(16, "big")] = bytes([FAILED_VERSION]) + (
-                code.value.encode("ascii")
+                failure.value.encode("ascii")
             )
         for tid, status in self.status_dirty.items():
             w[pending_key(tid)] = PENDING_V1.pack(VALUE_VERSION, status)
@@ -930,17 +939,6 @@ def _balance_value(acc: list[Any]) -> bytes:
     return BALANCE_V1.pack(
         VALUE_VERSION, _b16(acc[_DP]), _b16(acc[_DPO]), _b16(acc[_CP]), _b16(acc[_CPO])
     )
-
-
-def _check_account(acc: list[Any]) -> None:
-    """The per-account invariants, checked on every account a batch changed."""
-    dp, dpo, cp, cpo = acc[_DP], acc[_DPO], acc[_CP], acc[_CPO]
-    if min(dp, dpo, cp, cpo) < 0 or dp + dpo > AMOUNT_MAX or cp + cpo > AMOUNT_MAX:
-        raise InvariantViolation("an account balance left 0..2^128-1")
-    if acc[_FLAGS] & _DMNEC and dp + dpo > cpo:
-        raise InvariantViolation("an account's debits exceed its credits")
-    if acc[_FLAGS] & _CMNED and cp + cpo > dpo:
-        raise InvariantViolation("an account's credits exceed its debits")
 
 
 def _linked(e: Event) -> bool:

@@ -14,7 +14,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from node.errors import ConfigError, CorruptEntry, UnsupportedFormat
+from node.errors import ConfigError, CorruptEntry, InvalidRequest, UnsupportedFormat
 
 __all__ = [
     "AMOUNT_MAX",
@@ -224,6 +224,27 @@ TRANSIENT_TRANSFER_RESULTS = frozenset(
 )
 
 
+def _check_widths(event: object, widths: tuple[tuple[str, int], ...]) -> None:
+    """Every field an integer of its width: an event that exists is well formed.
+
+    IntEnum / IntFlag members are stored as plain ints; bools, floats, strings, negatives
+    and values beyond the width raise :class:`~node.errors.InvalidRequest`. Values in range
+    but wrong for the ledger (id 0, unknown flags, ...) are the core's result codes.
+    """
+    for name, high in widths:
+        value = getattr(event, name)
+        if type(value) is not int:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidRequest(
+                    f"{type(event).__name__}.{name} must be an integer", code="field_invalid"
+                )
+            object.__setattr__(event, name, int(value))
+        if not 0 <= value <= high:
+            raise InvalidRequest(
+                f"{type(event).__name__}.{name} must be in 0..{high}", code="field_invalid"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class CreateAsset:
     """Register ``ledger`` as one asset. ``user_data_128``: the issuer's opaque id (or 0)."""
@@ -233,6 +254,9 @@ class CreateAsset:
     scale: int
     user_data_128: int = 0
 
+    def __post_init__(self) -> None:
+        _check_widths(self, _ASSET_WIDTHS)
+
 
 @dataclass(frozen=True, slots=True)
 class CreateAccount:
@@ -241,6 +265,9 @@ class CreateAccount:
     code: int
     flags: int = 0
     user_data_128: int = 0
+
+    def __post_init__(self) -> None:
+        _check_widths(self, _ACCOUNT_WIDTHS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +282,31 @@ class CreateTransfer:
     pending_id: int = 0
     timeout: int = 0  # seconds, pending transfers only
     user_data_128: int = 0
+
+    def __post_init__(self) -> None:
+        _check_widths(self, _TRANSFER_WIDTHS)
+
+
+_ASSET_WIDTHS = (("ledger", U32_MAX), ("kind", 255), ("scale", 255), ("user_data_128", ID_MAX))
+_ACCOUNT_WIDTHS = (
+    ("id", ID_MAX),
+    ("ledger", U32_MAX),
+    ("code", U16_MAX),
+    ("flags", U16_MAX),
+    ("user_data_128", ID_MAX),
+)
+_TRANSFER_WIDTHS = (
+    ("id", ID_MAX),
+    ("debit_account_id", ID_MAX),
+    ("credit_account_id", ID_MAX),
+    ("amount", AMOUNT_MAX),
+    ("ledger", U32_MAX),
+    ("code", U16_MAX),
+    ("flags", U16_MAX),
+    ("pending_id", ID_MAX),
+    ("timeout", U32_MAX),
+    ("user_data_128", ID_MAX),
+)
 
 
 Event = CreateAsset | CreateAccount | CreateTransfer
@@ -416,6 +468,7 @@ FAILED_VERSION = 0x81  # a sticky failure stored under a transfer id: version + 
 STATE_LAYOUT_VERSION = 1
 ASSET_V1 = struct.Struct(">BBB16sQ")  # version, kind, scale, user_data_128, timestamp
 ACCOUNT_V1 = struct.Struct(">BIHH16sQ16s16s16s16s")  # + dp, dpo, cp, cpo
+ACCOUNT_HEAD_V1 = struct.Struct(">BIHH16sQ")  # the immutable part: version .. timestamp
 TRANSFER_V1 = struct.Struct(">B16s16s16s16s16sIIHHQ")
 PENDING_V1 = struct.Struct(">BB")
 BALANCE_V1 = struct.Struct(">B16s16s16s16s")
