@@ -165,9 +165,9 @@ def _check_balanced(view: LevelDBView) -> dict[str, Any]:
         count += 1
     totals = {t.ledger: t for t in all_totals(view)}
     ok = bool(totals)
-    for ledger_id, t in totals.items():
-        stored = [t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending]
-        ok = ok and t.balanced and stored == sums.get(ledger_id, [0, 0, 0, 0])
+    for ledger_id, row in totals.items():
+        stored = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
+        ok = ok and row.balanced and stored == sums.get(ledger_id, [0, 0, 0, 0])
     t = totals.get(LEDGER)
     return {
         "balanced": ok,

@@ -439,8 +439,8 @@ class _Batch:
                 end += 1
             if end == n:  # the batch ends inside the chain: it fails as one
                 for k in range(i, n):
-                    code = _linked_code(events[k], open_chain=k == n - 1)
-                    results.append(Result(code, self.next_ts()))
+                    linked = _linked_code(events[k], open_chain=k == n - 1)
+                    append(Result(linked, self.next_ts()))
                 break
             results.extend(self.chain(events[i : end + 1]))
             i = end + 1
