@@ -783,7 +783,7 @@ def test_bounds_and_bad_events_are_refused_whole() -> None:
     with pytest.raises(ConfigError):
         LedgerConfig(events_per_batch_max=0)
     with pytest.raises(ConfigError):
-        LedgerConfig(expiry_releases_max=True)  # type: ignore[arg-type]
+        LedgerConfig(expiry_releases_max=True)
     book = Book(config=LedgerConfig(events_per_batch_max=2))
     with pytest.raises(InvalidRequest):
         book.apply(STANDARD[:3])

@@ -176,7 +176,7 @@ def _run(plan: list[tuple[int, list[Event]]], config: LedgerConfig) -> tuple[Boo
     book = Book(config=config)
     assert all(r.succeeded for r in book.apply(SETUP))
     now = T0_MS
-    outcomes = []
+    outcomes: list[Any] = []
     for step, batch in plan:
         now += step
         results = book.apply(batch, now)
