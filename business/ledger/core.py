@@ -562,7 +562,9 @@ class _Batch:
             return T.ID_MUST_NOT_BE_ZERO, 0, ts
         if tid == ID_MAX:
             return T.ID_MUST_NOT_BE_INT_MAX, 0, ts
-        found = self.transfer(tid)
+        found = self.transfers.get(tid, _ABSENT)
+        if found is _ABSENT:
+            found = self.transfer(tid)
         if found is not None:
             if type(found) is tuple:
                 return _exists(e, found), found[_T_AMOUNT], found[_T_TS]
@@ -572,25 +574,19 @@ class _Batch:
             return code, amount, ts
         dr_id = e.debit_account_id
         cr_id = e.credit_account_id
-        if dr_id == 0:
-            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, 0, ts
-        if dr_id == ID_MAX:
-            return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, 0, ts
-        if cr_id == 0:
-            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO, 0, ts
-        if cr_id == ID_MAX:
-            return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX, 0, ts
-        if dr_id == cr_id:
-            return T.ACCOUNTS_MUST_BE_DIFFERENT, 0, ts
+        pending = flags & _PENDING
+        amount = e.amount
+        ledger = e.ledger
+        # The common case passes each group of checks with one test; the first failing
+        # check of a group is then found in precedence order.
+        if not (0 < dr_id < ID_MAX and 0 < cr_id < ID_MAX and dr_id != cr_id):
+            return _account_id_code(dr_id, cr_id), 0, ts
         if e.pending_id:
             return T.PENDING_ID_MUST_BE_ZERO, 0, ts
-        pending = flags & _PENDING
         if e.timeout and not pending:
             return T.TIMEOUT_RESERVED_FOR_PENDING_TRANSFER, 0, ts
-        amount = e.amount
         if amount == 0:
             return T.AMOUNT_MUST_NOT_BE_ZERO, 0, ts
-        ledger = e.ledger
         if ledger == 0:
             return T.LEDGER_MUST_NOT_BE_ZERO, 0, ts
         if e.code == 0:
@@ -600,26 +596,32 @@ class _Batch:
             asset = self.asset(ledger)
         if asset is None:
             return T.LEDGER_NOT_FOUND, 0, ts
-        dr = self.account(dr_id)
+        accounts = self.accounts
+        dr = accounts.get(dr_id, _ABSENT)
+        if dr is _ABSENT:
+            dr = self.account(dr_id)
         if dr is None:
             return T.DEBIT_ACCOUNT_NOT_FOUND, 0, ts
-        cr = self.account(cr_id)
+        cr = accounts.get(cr_id, _ABSENT)
+        if cr is _ABSENT:
+            cr = self.account(cr_id)
         if cr is None:
             return T.CREDIT_ACCOUNT_NOT_FOUND, 0, ts
         if dr[_LEDGER] != cr[_LEDGER]:
             return T.ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER, 0, ts
         if ledger != dr[_LEDGER]:
             return T.TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS, 0, ts
-        if dr[_FLAGS] & _CLOSED:
-            return T.DEBIT_ACCOUNT_ALREADY_CLOSED, 0, ts
-        if cr[_FLAGS] & _CLOSED:
+        dr_flags = dr[_FLAGS]
+        cr_flags = cr[_FLAGS]
+        if (dr_flags | cr_flags) & _CLOSED:
+            if dr_flags & _CLOSED:
+                return T.DEBIT_ACCOUNT_ALREADY_CLOSED, 0, ts
             return T.CREDIT_ACCOUNT_ALREADY_CLOSED, 0, ts
-        if flags & _BAL_DR:
-            room = dr[_CPO] - dr[_DPO] - dr[_DP]
-            amount = max(0, min(amount, room))
-        if flags & _BAL_CR:
-            room = cr[_DPO] - cr[_CPO] - cr[_CP]
-            amount = max(0, min(amount, room))
+        if flags & (_BAL_DR | _BAL_CR):
+            if flags & _BAL_DR:
+                amount = max(0, min(amount, dr[_CPO] - dr[_DPO] - dr[_DP]))
+            if flags & _BAL_CR:
+                amount = max(0, min(amount, cr[_DPO] - cr[_CPO] - cr[_CP]))
         dr_sum = dr[_DP] + dr[_DPO] + amount
         cr_sum = cr[_CP] + cr[_CPO] + amount
         if dr_sum > AMOUNT_MAX or cr_sum > AMOUNT_MAX:
@@ -629,12 +631,12 @@ class _Batch:
             expires_ns = ts + e.timeout * NS_PER_S
             if expires_ns > U64_MAX:
                 return T.OVERFLOWS_TIMEOUT, 0, ts
-        if dr[_FLAGS] & _DMNEC and dr_sum > dr[_CPO]:
+        if dr_flags & _DMNEC and dr_sum > dr[_CPO]:
             return T.EXCEEDS_CREDITS, 0, ts
-        if cr[_FLAGS] & _CMNED and cr_sum > cr[_DPO]:
+        if cr_flags & _CMNED and cr_sum > cr[_DPO]:
             return T.EXCEEDS_DEBITS, 0, ts
         # All checks passed: move the value (both sides and the ledger's totals).
-        totals = self.ledger_totals(ledger)
+        totals = self.totals.get(ledger) or self.ledger_totals(ledger)
         if self.undo is not None:
             self.save(self.accounts, dr_id)
             self.save(self.accounts, cr_id)
@@ -950,6 +952,18 @@ def _linked_code(e: Event, *, open_chain: bool) -> AccountResult | TransferResul
     if type(e) is CreateAccount:
         return A.LINKED_EVENT_CHAIN_OPEN if open_chain else A.LINKED_EVENT_FAILED
     return T.LINKED_EVENT_CHAIN_OPEN if open_chain else T.LINKED_EVENT_FAILED
+
+
+def _account_id_code(dr_id: int, cr_id: int) -> TransferResult:
+    if dr_id == 0:
+        return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if dr_id == ID_MAX:
+        return T.DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+    if cr_id == 0:
+        return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_ZERO
+    if cr_id == ID_MAX:
+        return T.CREDIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX
+    return T.ACCOUNTS_MUST_BE_DIFFERENT
 
 
 def _overflow(dr: list[Any], cr: list[Any], amount: int, pending: int) -> TransferResult:

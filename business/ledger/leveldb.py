@@ -34,10 +34,11 @@ class LevelDBView:
         """All of one apply's writes in one atomic LevelDB batch."""
         try:
             with self.db.write_batch(sync=sync) as batch:
+                put, delete = batch.put, batch.delete
                 for key, value in writes:
                     if value is None:
-                        batch.delete(key)
+                        delete(key)
                     else:
-                        batch.put(key, value)
+                        put(key, value)
         except plyvel.Error as exc:
             raise OperationFailed(f"ledger write batch failed: {exc}") from exc
