@@ -93,10 +93,18 @@ so the timestamps of later events do not depend on which earlier ones failed.
 Idempotency
 -----------
 The id is the idempotency key. A retry of a created id answers ``exists`` with the stored
-timestamp and amount; a retry of an id that failed on a transient check answers
-``id_already_failed`` even when the balances would now allow it; every other failure depends
-only on the event itself, so a retry gets the same code. Nothing else is recorded for a
-failure, and a ``linked_event_failed`` event (never run alone) is not recorded either.
+timestamp and amount (the stored flags include ``linked``; a post or void may give the
+inherited fields as 0 again; a post may ask AMOUNT_MAX again, a void 0, a balancing transfer
+any amount at least what it moved). A retry of an id that failed on a transient check (one
+that depends on state that may change: unknown ledger, account or pending transfer, closed
+account, overflow, limit) answers ``id_already_failed`` even when the balances would now allow
+it, and the failure is stored under the id (``lg/t/<id>``) so one ``get`` answers both. Every
+other failure depends only on the event itself, or on state that never changes back (a
+pending transfer once resolved or expired), so a retry gets the same code. Inside a chain only
+the failing event's own transient failure is recorded; ``linked_event_failed`` events never
+ran and may be retried. Accounts and assets follow TigerBeetle: their only state-dependent
+failure, ``ledger_not_found``, is not recorded (an account retried after its asset exists is
+created), and ``exists_with_different_<field>`` compares the fields in the order listed.
 
 Conservation
 ------------
