@@ -246,7 +246,8 @@ class Ledger:
             if type(event) not in _EVENT_TYPES:
                 raise InvalidRequest(f"not a ledger event: {type(event).__name__}")
         batch = _Batch(self.config, view, now_ms)
-        if batch.last_ts + len(events) + self.config.expiry_releases_max > U64_MAX:
+        first = max(batch.last_ts, batch.now_ns)
+        if first + len(events) + self.config.expiry_releases_max > U64_MAX:
             raise InvariantViolation("ledger timestamps would exhaust u64")
         batch.sweep()
         results = batch.run(events)
