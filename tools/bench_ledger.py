@@ -23,7 +23,9 @@ balance: the stored totals and the sum over every account, per ledger, debits ==
 
 LevelDB is opened with the ``[raft]`` bounds; ``--block-cache-mb`` and ``--bloom-bits`` try
 other settings (the account set at 10^6 is ~60 MB on disk, beyond the default 16 MB cache).
-The database is compacted after the accounts are created, before the timed batches.
+The database is compacted after the accounts are created, before the timed batches;
+``--warm`` then reads every account once (a long-running node's block cache, if it is big
+enough to hold them; transfers pick accounts uniformly, the worst case for a cache).
 
 ``--profile`` runs cProfile over a few extra batches at the largest size and adds the top
 functions by own time. ``--quick`` is a seconds-long run for the tests.
@@ -95,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="LevelDB block cache (0: the node's [raft] db_block_cache_bytes_max)",
+    )
+    p.add_argument(
+        "--warm",
+        action="store_true",
+        help="read every account once before timing (a long-running node's warm block cache)",
     )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--quick", action="store_true", help="a short run (tests)")
@@ -215,6 +222,10 @@ def run_size(accounts: int, args: argparse.Namespace, root: Path) -> dict[str, A
         # A node's state has been compacted over its life: do not time the compaction of
         # the bulk account creation (the compaction the timed writes cause is timed).
         db.compact_range()
+        if args.warm:
+            with db.iterator(prefix=b"lg/a/", include_value=False) as it:
+                for _ in it:
+                    pass
         tune_gc()  # as the node does once started: freeze the set-up, rarer collections
         work = _Workload(accounts, args, rng)
         apply_s = commit_s = cpu_s = decode_s = 0.0
