@@ -6,6 +6,8 @@ read returns, ``str`` enums for the result codes (their member order IS the prec
 ``struct`` encodings of every stored value. Amounts and ids are u128 integers, stored as
 16-byte big-endian fields; a value whose first byte is an unknown version is refused with
 :class:`~node.errors.UnsupportedFormat`, a wrong length with :class:`~node.errors.CorruptEntry`.
+An event cannot be built with a field outside its width (u128 ids and amounts, u32 ledger and
+timeout, u16 code and flags): :class:`~node.errors.InvalidRequest`, code ``field_invalid``.
 """
 
 from __future__ import annotations
