@@ -37,7 +37,7 @@ from business.ledger import (
     state_digest,
 )
 from business.ledger.amounts import format_units
-from business.ledger.leveldb import LevelDBView
+from business.ledger.leveldb import AccountCacheView, LevelDBView
 from business.ledger.model import (
     Asset,
     AssetKind,
@@ -319,12 +319,13 @@ def _workload() -> list[tuple[int, list[Event]]]:
     ]
 
 
-def test_a_plyvel_view_gives_the_same_writes_and_digest(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cache", [0, 3, 1000])
+def test_a_plyvel_view_gives_the_same_writes_and_digest(tmp_path: Path, cache: int) -> None:
     ledger = Ledger(LedgerConfig())
     memory = MemoryView()
     db = plyvel.DB(str(tmp_path / "db"), create_if_missing=True)
     try:
-        disk = LevelDBView(db)
+        disk = AccountCacheView(db, entries_max=cache) if cache else LevelDBView(db)
         for now_ms, events in _workload():
             mem_results, mem_writes = ledger.apply(events, now_ms, memory)
             disk_results, disk_writes = ledger.apply(events, now_ms, disk)
@@ -340,6 +341,10 @@ def test_a_plyvel_view_gives_the_same_writes_and_digest(tmp_path: Path) -> None:
             == [63]
         )
         assert [t.id for t in account_transfers(disk, 1, limit=10)] == [63, 61, 60]
+        if isinstance(disk, AccountCacheView):
+            assert len(disk._cache) <= cache  # bounded
+            for key, value in disk._cache.items():
+                assert db.get(key) == value  # write-through: never a stale value
     finally:
         db.close()
 

@@ -61,7 +61,7 @@ from business.ledger import (
     LedgerConfig,
     TransferFlags,
 )
-from business.ledger.leveldb import LevelDBView
+from business.ledger.leveldb import AccountCacheView, LevelDBView
 from business.ledger.views import all_totals, iter_accounts
 from business.ledger.wire import decode_events, encode_events
 from node.config import RaftSettings
@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "--warm",
         action="store_true",
         help="read every account once before timing (a long-running node's warm block cache)",
+    )
+    p.add_argument(
+        "--account-cache",
+        type=int,
+        default=0,
+        help="keep up to N account values in memory (AccountCacheView; 0: plain LevelDBView)",
     )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--quick", action="store_true", help="a short run (tests)")
@@ -214,7 +220,11 @@ def run_size(accounts: int, args: argparse.Namespace, root: Path) -> dict[str, A
     rng = random.Random(args.seed * 1_000_003 + accounts)
     db = _open(root / f"ledger-{accounts}", args)
     try:
-        view = LevelDBView(db)
+        view = (
+            AccountCacheView(db, entries_max=args.account_cache)
+            if args.account_cache
+            else LevelDBView(db)
+        )
         ledger = Ledger(LedgerConfig())
         started = time.perf_counter()
         _create_accounts(ledger, view, accounts, START_MS)
@@ -223,9 +233,10 @@ def run_size(accounts: int, args: argparse.Namespace, root: Path) -> dict[str, A
         # the bulk account creation (the compaction the timed writes cause is timed).
         db.compact_range()
         if args.warm:
-            with db.iterator(prefix=b"lg/a/", include_value=False) as it:
-                for _ in it:
-                    pass
+            with db.iterator(prefix=b"lg/a/") as it:
+                for key, value in it:
+                    if isinstance(view, AccountCacheView):
+                        view.warm(key, value)
         tune_gc()  # as the node does once started: freeze the set-up, rarer collections
         work = _Workload(accounts, args, rng)
         apply_s = commit_s = cpu_s = decode_s = 0.0
