@@ -2,7 +2,8 @@
 
 :class:`LevelDBView` gives the core its ``get`` and the reads their ordered ``scan`` over a
 plyvel database (or a prefixed database / snapshot: anything with ``get`` and ``iterator``),
-and :meth:`LevelDBView.commit` applies one batch's writes in one ``WriteBatch``. Not a pure
+and :meth:`LevelDBView.commit` applies one batch's writes in one ``WriteBatch``.
+:class:`AccountCacheView` adds a bounded write-through cache of account values. Not a pure
 module (it does I/O); :mod:`business.ledger.core` never imports it.
 """
 
