@@ -95,6 +95,17 @@ class Batcher(Generic[K, I, R]):
     def pending_max(self) -> int:
         return self._pending_max
 
+    def held_back_s(self) -> float:
+        """How long the longest-waiting lane's items have waited for a call (0: none wait).
+
+        A lane's clock restarts whenever a call takes items, so this grows only while calls
+        do not keep up (every call slot busy): a congestion signal for admission.
+        """
+        waiting = [lane.first_at for lane in self._lanes.values() if lane.pending]
+        if not waiting:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - min(waiting))
+
     def snapshot(self) -> dict[str, int]:
         """Queue depth and counters, as /status and /metrics report them."""
         return {
