@@ -245,6 +245,10 @@ class RaftSettings:
     # the node refuses new writes up front (503 + Retry-After) instead of storing shards whose
     # index entries could not be committed in time (they failed index_unavailable before).
     index_queue_wait_s_max: float = 1.0
+    # How long an admitted record's index proposal is retried (leader changes, lost or
+    # expired proposals) before the write fails index_unavailable; below the gateway's
+    # request deadline (10 s), so the caller hears the reason rather than a timeout.
+    index_commit_timeout_s: float = 8.0
     # Writes are acknowledged only once their record index entry is applied (exact
     # idempotency, an agreed position for every record, reads from the index's shard map).
     # False is the pre-consensus path (shards only, no log position): for comparison runs.

@@ -66,6 +66,7 @@ class FakeLog:
         self.fail: Exception | None = None
         self.proposed: list[list[AppEntry]] = []
         self.last = 10
+        self.term_once = 2  # the term the next proposal commits in (then 2 again)
         self.release = asyncio.Event()
         self.release.set()
 
@@ -85,8 +86,9 @@ class FakeLog:
         await self.release.wait()
         if self.fail is not None:
             raise self.fail
+        term, self.term_once = self.term_once, 2
         batch = [
-            (LogPosition(self.last + i, 2, 1_700_000_000_000), encode_app_entry(e))
+            (LogPosition(self.last + i, term, 1_700_000_000_000), encode_app_entry(e))
             for i, e in enumerate(entries, start=1)
         ]
         dispatcher = Dispatcher([RecordIndex()], feature_version_max=4, followers=[MerkleLog()])
@@ -152,15 +154,31 @@ async def test_entries_respect_the_byte_bound() -> None:
 async def test_an_error_reaches_every_caller_of_the_batch() -> None:
     log = FakeLog()
     log.fail = OperationFailed("a new leader replaced this proposal", code="proposal_lost")
-    index = client(log, window_s=0.05)
+    index = client(log, window_s=0.05, commit_timeout_s=0.35)
     answers = await asyncio.gather(
         index.propose([prop(1)]), index.propose([prop(2), prop(3)]), return_exceptions=True
     )
-    assert len(log.proposed) == 1  # both callers' records were in one entry
-    assert all(isinstance(a, OperationFailed) and a.code == "proposal_lost" for a in answers)
+    (entry,) = log.proposed[0]  # both callers' records were in one entry
+    assert len(entry.body["puts"]) == 3
+    assert 2 <= len(log.proposed) <= 4  # retried (every 0.1 s) until commit_timeout_s
+    assert all(isinstance(a, OperationFailed) and a.code == "index_unavailable" for a in answers)
     log.fail = NotLeader("this node is not the leader")
     with pytest.raises(NotLeader):  # forwarded to us: the forwarder retries at the new leader
         await index.propose_local([prop(4)])
+    await index.stop()
+
+
+async def test_lost_and_expired_proposals_are_retried_until_applied() -> None:
+    log = FakeLog()
+    log.fail = OperationFailed("a new leader replaced this proposal", code="proposal_lost")
+    index = client(log)
+    task = asyncio.create_task(index.propose([prop(1), prop(2)]))
+    await asyncio.sleep(0.05)
+    log.fail = None
+    log.term_once = 3  # the next entry commits in a later term than it was stamped in
+    got = await task
+    assert [a["code"] for a in got] == ["created", "created"]
+    assert len(log.proposed) == 3 and index.retried_expired == 2
     await index.stop()
 
 

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,8 @@ from node.consensus.record_index import (
     RecordIndex,
 )
 from node.consensus.state_machine import Applied, Dispatcher
-from node.errors import NotLeader, OperationFailed, Overloaded
-from node.replication.leader_route import LeaderRoute
+from node.errors import OperationFailed, Overloaded
+from node.replication.leader_route import LEADER_WAIT_S, LeaderRoute
 from node.replication.log import ReplicatedLog
 
 __all__ = ["INDEX_PATH", "GatherLimits", "RecordIndexClient", "outcome_wire"]
@@ -101,6 +102,7 @@ class GatherLimits:
     inflight_max: int = 4
     pending_max: int = 20_000
     queue_wait_s_max: float = 1.0
+    commit_timeout_s: float = 8.0
 
     @classmethod
     def of(cls, raft: RaftSettings) -> GatherLimits:
@@ -111,6 +113,7 @@ class GatherLimits:
             inflight_max=raft.index_gather_inflight_max,
             pending_max=raft.index_gather_pending_max,
             queue_wait_s_max=raft.index_queue_wait_s_max,
+            commit_timeout_s=raft.index_commit_timeout_s,
         )
 
 
@@ -139,6 +142,7 @@ class RecordIndexClient:
         self._expiry_entries = proposal_expiry_entries
         self._timeout_s = request_timeout_s
         self._limits = gather or GatherLimits()
+        self.retried_expired = 0  # records proposed again after their term ended
         self._gatherer: Batcher[str, IndexProposal, dict[str, Any]] = Batcher(
             self._propose_gathered,
             window_s=self._limits.window_s,
@@ -157,7 +161,7 @@ class RecordIndexClient:
         await self._route.stop()
 
     def gatherer_stats(self) -> dict[str, int]:
-        return self._gatherer.snapshot()
+        return {**self._gatherer.snapshot(), "retried_expired": self.retried_expired}
 
     def admit(self, records: int) -> None:
         """Refuse ``records`` new records up front while the gatherer does not keep up.
@@ -209,13 +213,40 @@ class RecordIndexClient:
         return await self._gatherer.run_many(_HERE, proposals)
 
     async def propose(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
-        """Through the leader, wherever it is; raises OperationFailed (retryable) if none."""
-        try:
-            return await self._gatherer.run_many(_ROUTED, proposals)
-        except NotLeader as exc:
-            raise OperationFailed(
-                f"the record index could not take the entries: {exc}", code="index_unavailable"
-            ) from exc
+        """Through the leader, wherever it is; one wire outcome per proposal.
+
+        An admitted record's proposal is retried until ``commit_timeout_s`` when it was lost
+        (a leader change, a full queue at the leader, a slow round) and when it ``expired``
+        because the term it was stamped in ended: the index makes retries idempotent, and the
+        coordinator's maximum index is kept, so a retry can never commit past the point where
+        holders collect the record's shards. Raises OperationFailed (``index_unavailable``,
+        retryable by the client) only once that time is spent.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._limits.commit_timeout_s
+        results: list[dict[str, Any] | None] = [None] * len(proposals)
+        todo = list(range(len(proposals)))
+        while True:
+            try:
+                got = await self._gatherer.run_many(_ROUTED, [proposals[i] for i in todo])
+            except OperationFailed as exc:  # NotLeader, proposal_lost, overloaded, timed out
+                if loop.time() + LEADER_WAIT_S >= deadline:
+                    raise OperationFailed(
+                        f"the record index could not take the entries: {exc.detail}",
+                        code="index_unavailable",
+                    ) from exc
+                await asyncio.sleep(LEADER_WAIT_S)
+                continue
+            again = []
+            for i, outcome in zip(todo, got, strict=True):
+                results[i] = outcome
+                if outcome.get("code") == "expired":
+                    again.append(i)
+            todo = again
+            if not todo or loop.time() + LEADER_WAIT_S >= deadline:
+                return [r for r in results if r is not None]
+            self.retried_expired += len(todo)
+            await asyncio.sleep(LEADER_WAIT_S)
 
     async def _propose_gathered(
         self, lane: str, proposals: list[IndexProposal]
