@@ -7,6 +7,7 @@ back up (the index_unavailable failures of 500-record batches under load)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,6 +180,15 @@ async def test_lost_and_expired_proposals_are_retried_until_applied() -> None:
     got = await task
     assert [a["code"] for a in got] == ["created", "created"]
     assert len(log.proposed) == 3 and index.retried_expired == 2
+    await index.stop()
+
+
+async def test_a_proposal_past_its_max_index_is_not_retried() -> None:
+    log = FakeLog()
+    index = client(log)
+    stale = dataclasses.replace(prop(1), expiry_max_index=5)  # the log is at 10 already
+    (got,) = await index.propose([stale])
+    assert got["code"] == "expired" and len(log.proposed) == 1 and index.retried_expired == 0
     await index.stop()
 
 

@@ -84,6 +84,13 @@ def _wire(applied: Applied, code: str, detail: Mapping[str, Any]) -> dict[str, A
     return outcome_wire(code, at.index, at.term, at.leader_time_ms, detail)
 
 
+def _past_max_index(proposal: IndexProposal, outcome: Mapping[str, Any]) -> bool:
+    """Whether an expired proposal landed past the coordinator's maximum index (final)."""
+    landed = outcome.get("index")
+    limit = proposal.expiry_max_index
+    return limit > 0 and isinstance(landed, int) and landed > limit
+
+
 class _View:
     def __init__(self, log: ReplicatedLog) -> None:
         self._log = log
@@ -240,8 +247,8 @@ class RecordIndexClient:
             again = []
             for i, outcome in zip(todo, got, strict=True):
                 results[i] = outcome
-                if outcome.get("code") == "expired":
-                    again.append(i)
+                if outcome.get("code") == "expired" and not _past_max_index(proposals[i], outcome):
+                    again.append(i)  # its term ended before it committed: stamp it anew
             todo = again
             if not todo or loop.time() + LEADER_WAIT_S >= deadline:
                 return [r for r in results if r is not None]
