@@ -80,6 +80,7 @@ class Batcher(Generic[K, I, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_items = 0
         self._inflight_items = 0
+        self._running: dict[object, float] = {}  # a running call -> when it started
         self.stats = BatcherStats()
 
     @property
@@ -94,6 +95,19 @@ class Batcher(Generic[K, I, R]):
     @property
     def pending_max(self) -> int:
         return self._pending_max
+
+    def held_back_s(self) -> float:
+        """How long the oldest call still running, or the oldest waiting items, have waited.
+
+        A lane's clock restarts whenever a call takes items, so waiting items count only
+        while every call slot is busy; a running call counts from its start. 0 when idle.
+        A congestion signal for admission: it grows only while calls do not keep up.
+        """
+        since = [lane.first_at for lane in self._lanes.values() if lane.pending]
+        since += self._running.values()
+        if not since:
+            return 0.0
+        return max(0.0, asyncio.get_running_loop().time() - min(since))
 
     def snapshot(self) -> dict[str, int]:
         """Queue depth and counters, as /status and /metrics report them."""
@@ -195,6 +209,8 @@ class Batcher(Generic[K, I, R]):
     async def _run_call(
         self, key: K, lane: _Lane[I, R], live: list[tuple[I, asyncio.Future[R]]]
     ) -> None:
+        token = object()
+        self._running[token] = asyncio.get_running_loop().time()
         try:
             results = await self._call(key, [item for item, _ in live])
             if len(results) != len(live):
@@ -210,6 +226,7 @@ class Batcher(Generic[K, I, R]):
                 if not future.done():
                     future.set_result(result)
         finally:
+            del self._running[token]
             lane.inflight -= 1
             self._inflight_items -= len(live)
             self.stats.calls += 1

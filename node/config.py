@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.anchoring.config import AnchoringSettings, anchoring_from_table
+from node.consensus.record_index import (
+    BATCH_ENVELOPE_BYTES,
+    PUT_BATCH_BYTES_MAX,
+    PUT_BATCH_RECORDS_MAX,
+)
 from node.errors import ConfigError
 
 __all__ = [
@@ -224,6 +229,26 @@ class RaftSettings:
     # A proposal may land at most this many entries past the leader's last index when it was
     # stamped; beyond, it is expired at apply and can never commit late.
     proposal_expiry_entries: int = 100_000
+    # The record index's gatherer (node/replication/index_client.py): proposals of every
+    # coordinator are gathered at the leader into index.put_batch entries of at most
+    # index_batch_records_max records and index_batch_bytes_max bytes, and a follower forwards
+    # its coordinators' proposals in calls of the same size. A batch waits at most
+    # index_gather_window_s for company; at most index_gather_inflight_max batches per lane
+    # are proposed (or forwarded) at once, and the next one gathers meanwhile.
+    index_batch_records_max: int = 512
+    index_batch_bytes_max: int = 384 * 1024
+    index_gather_window_s: float = 0.002
+    index_gather_inflight_max: int = 4
+    # Records waiting in the gatherer (all lanes); past it a proposal is refused at once.
+    index_gather_pending_max: int = 20_000
+    # Admission: once the oldest record waiting in this node's gatherer has waited this long,
+    # the node refuses new writes up front (503 + Retry-After) instead of storing shards whose
+    # index entries could not be committed in time (they failed index_unavailable before).
+    index_queue_wait_s_max: float = 1.0
+    # How long an admitted record's index proposal is retried (leader changes, lost or
+    # expired proposals) before the write fails index_unavailable; below the gateway's
+    # request deadline (10 s), so the caller hears the reason rather than a timeout.
+    index_commit_timeout_s: float = 8.0
     # Writes are acknowledged only once their record index entry is applied (exact
     # idempotency, an agreed position for every record, reads from the index's shard map).
     # False is the pre-consensus path (shards only, no log position): for comparison runs.
@@ -270,6 +295,15 @@ class RaftSettings:
             raise ConfigError("raft.inbox_bytes_max must hold a transfer's queued chunks")
         if self.snapshot_bytes_max < self.snapshot_chunk_bytes_max:
             raise ConfigError("raft.snapshot_bytes_max must be at least one chunk")
+        if self.index_batch_records_max > PUT_BATCH_RECORDS_MAX:
+            raise ConfigError(
+                f"raft.index_batch_records_max must be at most {PUT_BATCH_RECORDS_MAX}"
+            )
+        if self.index_batch_bytes_max > PUT_BATCH_BYTES_MAX - BATCH_ENVELOPE_BYTES:
+            raise ConfigError(
+                "raft.index_batch_bytes_max must leave room for the entry's envelope within "
+                f"{PUT_BATCH_BYTES_MAX} bytes"
+            )
 
 
 @dataclass(frozen=True, slots=True)

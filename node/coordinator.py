@@ -96,6 +96,10 @@ class IndexPort(Protocol):
         """(term, max log index) a proposal made now may commit at, at most."""
         ...
 
+    def admit(self, records: int) -> None:
+        """Raise Overloaded while index proposals back up (before any shard is stored)."""
+        ...
+
 
 class ShardTransport(Protocol):
     async def request(
@@ -231,12 +235,14 @@ class Coordinator:
     def _batchers(self) -> tuple[tuple[str, Batcher[Any, Any, Any]], ...]:
         return (("put", self._puts), ("read", self._reads))
 
-    def _admit(self, records: int) -> None:
+    def _admit(self, records: int, *, writes: bool = False) -> None:
         if self.records_in_progress + records > self._limits.coordinator_queue_records_max:
             raise Overloaded(
                 f"{self.records_in_progress} records in progress on this node "
                 "(coordinator_queue_records_max)"
             )
+        if writes and self._index is not None:
+            self._index.admit(records)  # refused up front, not after the shards are stored
         self.records_in_progress += records
 
     # ----------------------------------------------------------- batched calls
@@ -334,7 +340,7 @@ class Coordinator:
             self._validate(request)
         if len({r.record_id for r in requests}) != len(requests):
             raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
-        self._admit(len(requests))
+        self._admit(len(requests), writes=True)
         try:
             return await self._write_admitted(requests)
         finally:

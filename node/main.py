@@ -41,7 +41,7 @@ from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.replication.durable import DurableRaftStorage
-from node.replication.index_client import RecordIndexClient
+from node.replication.index_client import GatherLimits, RecordIndexClient
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
 from node.runtime import tune_gc
 from node.storage.hints import HintStore
@@ -50,7 +50,7 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-FEATURE_VERSION_MAX = 3  # the newest log feature version this code understands
+FEATURE_VERSION_MAX = 4  # the newest log feature version this code understands
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -141,6 +141,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         proposal_expiry_entries=config.raft.proposal_expiry_entries,
         request_timeout_s=config.timeouts.p2p_request_s,
         address_of=membership.http_addr,
+        gather=GatherLimits.of(config.raft),
     )
     coordinator = Coordinator(
         cluster=config.cluster,

@@ -25,7 +25,7 @@ BUG_SEEDS = range(40)
 @pytest.mark.parametrize("first", range(CI_SEEDS.start, CI_SEEDS.stop, CHUNK))
 def test_fixed_seeds_pass(first: int) -> None:
     failures = []
-    moved = 0
+    moved = batched = 0
     for seed in range(first, min(first + CHUNK, CI_SEEDS.stop)):
         result = run_seed(seed)
         if not result.ok:
@@ -33,7 +33,9 @@ def test_fixed_seeds_pass(first: int) -> None:
         assert result.stats["acked"] > 0, f"seed {seed} acknowledged no command"
         assert result.stats["records_acked"] > 0, f"seed {seed} acknowledged no record"
         moved += result.stats["shard_deletes"]
+        batched += result.stats.get("index_batch_records_applied", 0)
     assert not failures, "\n".join(failures)
+    assert batched > 0, "no record was indexed through an index.put_batch entry in this chunk"
     assert moved > 0, "no shard move ran to its end (the old copy deleted) in this chunk"
 
 

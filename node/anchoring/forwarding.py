@@ -11,7 +11,8 @@ holder, batch order), so forwarding adds no authority.
 
 The leader answers with the entry's log index, and the proposer returns only once this node has
 applied it too: the anchoring service reads its own applied state on the next tick, and would
-otherwise not see its entry yet and propose the same step again.
+otherwise not see its entry yet and propose the same step again. The routing itself (local or
+forwarded, retried while leadership moves) is the shared :class:`LeaderRoute`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import aiohttp
-import msgpack
-
-from node.api.wire import MSGPACK
 from node.consensus.state_machine import (
     AppEntry,
     Applied,
@@ -32,12 +29,12 @@ from node.consensus.state_machine import (
     encode_app_entry,
 )
 from node.errors import InvalidRequest, NotLeader, OperationFailed, UnsupportedFormat
+from node.replication.leader_route import LeaderRoute
 
 __all__ = ["ANCHORING_PROPOSE_PATH", "ForwardingProposer", "decode_forwarded", "outcome_body"]
 
 ANCHORING_PROPOSE_PATH = "/internal/v1/anchoring/propose"
 ENTRY_PREFIX = "anchor."
-_LEADER_WAIT_S = 0.1
 
 
 class _Log(Protocol):
@@ -80,80 +77,49 @@ class ForwardingProposer:
         request_timeout_s: float,
     ) -> None:
         self._log = log
-        self._address_of = address_of
-        self._token = api_token
-        self._timeout_s = request_timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {self._token}"},
-            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+        self._route = LeaderRoute(
+            log, address_of=address_of, api_token=api_token, request_timeout_s=request_timeout_s
         )
 
+    async def start(self) -> None:
+        await self._route.start()
+
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._route.stop()
 
     def can_propose(self) -> bool:
-        try:
-            return self._log.status().leader_id is not None
-        except OperationFailed:
-            return False
+        return self._route.leader_known()
 
     async def propose(self, entry: AppEntry, *, timeout_s: float) -> ApplyOutcome:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        last: Exception = NotLeader("no leader known yet")
-        while loop.time() < deadline:
-            status = self._log.status()
+
+        async def local() -> ApplyOutcome:
+            (applied,) = await self._log.propose([entry], timeout_s=timeout_s)
+            return applied.outcome
+
+        async def remote(leader: str, left_s: float) -> ApplyOutcome:
+            outcome, index = await self._forward(leader, entry, left_s)
             try:
-                if status.leader_id is None:
-                    raise NotLeader("no leader known yet")
-                if status.leader_id == status.node_id:
-                    (applied,) = await self._log.propose([entry], timeout_s=timeout_s)
-                    return applied.outcome
-                outcome, index = await self._forward(
-                    status.leader_id, entry, deadline - loop.time()
-                )
-                try:
-                    await self._log.wait_applied(index, timeout_s=max(0.1, deadline - loop.time()))
-                except TimeoutError as exc:
-                    raise OperationFailed(
-                        f"entry {index} committed but not applied here yet", code="not_applied"
-                    ) from exc
-                return outcome
-            except NotLeader as exc:
-                last = exc
-                await asyncio.sleep(_LEADER_WAIT_S)
-        raise OperationFailed(f"no leader took the anchoring entry: {last}", code="not_leader")
+                await self._log.wait_applied(index, timeout_s=max(0.1, deadline - loop.time()))
+            except TimeoutError as exc:
+                raise OperationFailed(
+                    f"entry {index} committed but not applied here yet", code="not_applied"
+                ) from exc
+            return outcome
+
+        try:
+            return await self._route.run(local, remote, timeout_s=timeout_s)
+        except NotLeader as exc:
+            raise OperationFailed(
+                f"no leader took the anchoring entry: {exc}", code="not_leader"
+            ) from exc
 
     async def _forward(
         self, leader: str, entry: AppEntry, timeout_s: float
     ) -> tuple[ApplyOutcome, int]:
-        assert self._session is not None, "ForwardingProposer.start() was not called"
-        address = self._address_of(leader)
-        if address is None:
-            raise NotLeader(f"leader {leader} is not a known member")
-        body = msgpack.packb({"entry": encode_app_entry(entry)}, use_bin_type=True)
-        try:
-            async with self._session.post(
-                f"http://{address}{ANCHORING_PROPOSE_PATH}",
-                data=body,
-                headers={"Content-Type": MSGPACK},
-                timeout=aiohttp.ClientTimeout(total=max(0.1, timeout_s)),
-            ) as response:
-                raw = await response.read()
-                if response.status == 503:
-                    raise NotLeader(f"{leader} answered 503")  # it lost leadership: retry
-                if response.status != 200:
-                    raise OperationFailed(
-                        f"leader {leader} refused the anchoring entry ({response.status})",
-                        code="forward_refused",
-                    )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise NotLeader(f"leader {leader} unreachable: {type(exc).__name__}") from exc
-        reply = msgpack.unpackb(raw, raw=False)
+        body = {"entry": encode_app_entry(entry)}
+        reply = await self._route.post(leader, ANCHORING_PROPOSE_PATH, body, timeout_s)
         if not isinstance(reply, dict):
             raise OperationFailed("malformed forwarding reply", code="forward_refused")
         index = reply.get("index")

@@ -41,7 +41,7 @@ from node.api.wire import (
 )
 from node.config import NodeLimits
 from node.consensus.members import ACTIVE, Member
-from node.consensus.record_index import IndexProposal
+from node.consensus.record_index import PUT_BATCH_RECORDS_MAX, IndexProposal
 from node.consensus.state_machine import AppEntry, Applied, StateView
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
@@ -272,8 +272,9 @@ async def post_index(request: web.Request) -> web.Response:
     state = request.app[STATE]
     body = await _read_msgpack(request)
     raw = body.get("proposals") if isinstance(body, dict) else None
-    if not isinstance(raw, list) or not raw or len(raw) > state.limits.records_per_request_max:
-        raise InvalidRequest("body must be {proposals: [...]} with 1..records_per_request_max")
+    if not isinstance(raw, list) or not 0 < len(raw) <= PUT_BATCH_RECORDS_MAX:
+        # A forward carries one gatherer call: at most raft.index_batch_records_max records.
+        raise InvalidRequest(f"body must be {{proposals: [...]}} with 1..{PUT_BATCH_RECORDS_MAX}")
     try:
         proposals = [IndexProposal.from_body(p) for p in raw if isinstance(p, dict)]
     except UnsupportedFormat as exc:
@@ -385,6 +386,7 @@ async def get_status(request: web.Request) -> web.Response:
             "queue_depth": state.coordinator.records_in_progress,
             "queue_max": state.coordinator.queue_max,
             "coalescing": state.coordinator.batcher_stats(),
+            "index_gathering": state.index.gatherer_stats(),
             "commit": state.commit_stats(),
             "p2p": state.p2p_stats(),
             "python_allocated_blocks": sys.getallocatedblocks(),

@@ -35,6 +35,17 @@ So an entry only changes where an acknowledged record's shards are, never what t
 never loses track of a copy a reader may still need. Moves need no expiry: a late duplicate is
 ``existing`` or ``stale``. The stored value stays version 1 (byte for byte) until a shard
 moves; a moved record is stored as version 2, which adds the previous locations.
+
+Entry type ``index.put_batch`` (feature version 4) carries many records' ``index.put`` bodies
+in one log entry, ``{"puts": [<index.put body>, ...]}``: the leader gathers the proposals of
+every coordinator into it (node/replication/index_client.py), so one entry, one Append round
+and one apply pass serve many records. Its apply is exactly the ``index.put`` rules, record
+by record in the order of the list (an earlier record of the same entry is visible to a later
+one: a record twice in one entry is ``created`` then ``existing``); the entry's outcome is
+``applied`` with one result per record, and the records created share the entry's log
+position (index, term): their order within it is the order of their Merkle leaves. A body
+that is not such a list, or holds more than :data:`PUT_BATCH_RECORDS_MAX` records, is
+``malformed`` as a whole; a record that does not decode is ``malformed`` on its own.
 """
 
 from __future__ import annotations
@@ -45,12 +56,25 @@ from typing import Any
 
 import msgpack
 
-from node.consensus.state_machine import AppEntry, ApplyOutcome, LogPosition, StateView
+from node.consensus.state_machine import (
+    ENTRY_BYTES_MAX_BY_TYPE,
+    AppEntry,
+    ApplyOutcome,
+    LogPosition,
+    Overlay,
+    StateView,
+)
 from node.errors import InvalidRequest, UnsupportedFormat
 
 __all__ = [
+    "BATCH_ENVELOPE_BYTES",
+    "BATCH_FEATURE_VERSION",
     "INDEX_MOVE",
     "INDEX_PUT",
+    "INDEX_PUT_BATCH",
+    "PUT_BATCH_BYTES_MAX",
+    "PUT_BATCH_RECORDS_MAX",
+    "BatchOutcome",
     "IndexEntry",
     "IndexProposal",
     "MoveProposal",
@@ -61,6 +85,14 @@ __all__ = [
 
 INDEX_PUT = "index.put"
 INDEX_MOVE = "index.move"
+INDEX_PUT_BATCH = "index.put_batch"
+BATCH_FEATURE_VERSION = 4
+# The format's bounds on one index.put_batch entry (the configured ones are at most these): a
+# record's body is ~0.4-0.7 KB, so a full entry stays well inside one Raft message (1 MiB).
+PUT_BATCH_RECORDS_MAX = 1024
+PUT_BATCH_BYTES_MAX = ENTRY_BYTES_MAX_BY_TYPE[INDEX_PUT_BATCH]
+# The envelope and list headers around a batch's record bodies (~40 bytes), generously.
+BATCH_ENVELOPE_BYTES = 1024
 PREFIX = b"ri/"
 RECORD_VALUE_VERSION = 1
 MOVED_VALUE_VERSION = 2  # version 1 plus the previous locations of moved shards
@@ -68,6 +100,8 @@ HASH_BYTES = 32
 SHARDS_MAX = 255
 NODE_ID_CHARS_MAX = 128
 PARTNER_CHARS_MAX = 128
+# Map keys, integer fields and headers of one encoded index.put body, generously (~90 bytes).
+_BODY_OVERHEAD_BYTES = 160
 
 
 def index_key(record_id: bytes) -> bytes:
@@ -143,6 +177,18 @@ class IndexProposal:
             body["pc"] = self.plaintext_commitment
         return AppEntry(INDEX_PUT, body)
 
+    @staticmethod
+    def batch_entry(proposals: Sequence[IndexProposal]) -> AppEntry:
+        """One ``index.put_batch`` entry carrying ``proposals`` in order."""
+        if not 0 < len(proposals) <= PUT_BATCH_RECORDS_MAX:
+            raise InvalidRequest(f"a batch entry holds 1..{PUT_BATCH_RECORDS_MAX} records")
+        return AppEntry(INDEX_PUT_BATCH, {"puts": [dict(p.to_entry().body) for p in proposals]})
+
+    def encoded_bytes_max(self) -> int:
+        """An upper bound on this proposal's share of an encoded batch entry (no encoding)."""
+        text = sum(len(n.encode()) + 3 for n in self.shard_nodes) + len(self.owner.encode())
+        return _BODY_OVERHEAD_BYTES + text + (HASH_BYTES + 2) * (len(self.shard_hashes) + 4)
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> IndexProposal:
         nodes = body.get("nodes")
@@ -209,6 +255,14 @@ class MoveProposal:
             )
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What one record of an ``index.put_batch`` entry did (as an ``index.put``'s outcome)."""
+
+    code: str
+    detail: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,15 +366,54 @@ class RecordIndex:
     """The record index state machine (pure: reads a view, returns writes)."""
 
     prefix = PREFIX
-    entry_types: Mapping[str, int] = {INDEX_PUT: 1, INDEX_MOVE: 2}
+    entry_types: Mapping[str, int] = {
+        INDEX_PUT: 1,
+        INDEX_MOVE: 2,
+        INDEX_PUT_BATCH: BATCH_FEATURE_VERSION,
+    }
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         if entry.type == INDEX_MOVE:
             return self._apply_move(entry, position, view)
+        if entry.type == INDEX_PUT_BATCH:
+            return self._apply_batch(entry, position, view)
         try:
             proposal = IndexProposal.from_body(entry.body)
         except UnsupportedFormat as exc:
             return ApplyOutcome("malformed", {"reason": exc.detail})
+        return self._apply_put(proposal, position, view)
+
+    def _apply_batch(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        """Every record's ``index.put`` rules in order, in one pass over one overlay.
+
+        The outcome carries one :class:`BatchOutcome` per record (``results``) and the
+        proposals that created a record, in order (``created``: the Merkle log's leaves).
+        """
+        bodies = entry.body.get("puts")
+        if not isinstance(bodies, list) or not 0 < len(bodies) <= PUT_BATCH_RECORDS_MAX:
+            reason = f"puts must be a list of 1..{PUT_BATCH_RECORDS_MAX} records"
+            return ApplyOutcome("malformed", {"reason": reason})
+        layer = Overlay(view)
+        results: list[BatchOutcome] = []
+        created: list[IndexProposal] = []
+        for body in bodies:
+            try:
+                if not isinstance(body, dict):
+                    raise UnsupportedFormat("a record of a batch must be a map")
+                proposal = IndexProposal.from_body(body)
+            except UnsupportedFormat as exc:
+                results.append(BatchOutcome("malformed", {"reason": exc.detail}))
+                continue
+            outcome = self._apply_put(proposal, position, layer)
+            layer.writes.update(outcome.writes)
+            if outcome.code == "created":
+                created.append(proposal)
+            results.append(BatchOutcome(outcome.code, outcome.detail))
+        detail = {"results": tuple(results), "created": tuple(created)}
+        return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
+
+    @staticmethod
+    def _apply_put(proposal: IndexProposal, position: LogPosition, view: StateView) -> ApplyOutcome:
         if position.term != proposal.expiry_term or position.index > proposal.expiry_max_index:
             return ApplyOutcome(
                 "expired", {"term": proposal.expiry_term, "max_index": proposal.expiry_max_index}

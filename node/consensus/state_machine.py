@@ -38,6 +38,8 @@ import msgpack
 from node.errors import InvalidRequest, OperationFailed, UnsupportedFormat
 
 __all__ = [
+    "ENTRY_BYTES_MAX",
+    "ENTRY_BYTES_MAX_BY_TYPE",
     "FEATURE_ENTRY",
     "FEATURE_KEY",
     "FORMAT_VERSION",
@@ -47,11 +49,13 @@ __all__ = [
     "Dispatcher",
     "Follower",
     "LogPosition",
+    "Overlay",
     "StateMachine",
     "StateView",
     "Write",
     "decode_app_entry",
     "encode_app_entry",
+    "entry_bytes_max",
 ]
 
 FORMAT_VERSION = 1
@@ -59,6 +63,11 @@ FEATURE_ENTRY = "feature"
 FEATURE_KEY = b"sm/feature"  # the committed feature version, owned by the dispatcher
 ENTRY_BYTES_MAX = 64 * 1024
 TYPE_CHARS_MAX = 32
+# Entry types that may be larger than ENTRY_BYTES_MAX, with their own bound: a batch of many
+# records' index puts (node/consensus/record_index.py; the leader sizes it by the configured
+# raft.index_batch_bytes_max, at most this).
+ENTRY_BYTES_MAX_BY_TYPE: Mapping[str, int] = {"index.put_batch": 512 * 1024}
+_DECODE_BYTES_MAX = max(ENTRY_BYTES_MAX, *ENTRY_BYTES_MAX_BY_TYPE.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +130,19 @@ def encode_app_entry(entry: AppEntry) -> bytes:
     raw: bytes = msgpack.packb(
         {"v": FORMAT_VERSION, "t": entry.type, "b": dict(entry.body)}, use_bin_type=True
     )
-    if len(raw) > ENTRY_BYTES_MAX:
-        raise InvalidRequest(f"an application entry is at most {ENTRY_BYTES_MAX} bytes")
+    bytes_max = entry_bytes_max(entry.type)
+    if len(raw) > bytes_max:
+        raise InvalidRequest(f"a {entry.type} entry is at most {bytes_max} bytes")
     return raw
 
 
+def entry_bytes_max(entry_type: str) -> int:
+    """The largest encoded application entry of ``entry_type`` (envelope included)."""
+    return ENTRY_BYTES_MAX_BY_TYPE.get(entry_type, ENTRY_BYTES_MAX)
+
+
 def decode_app_entry(payload: bytes) -> AppEntry:
-    if len(payload) > ENTRY_BYTES_MAX:
+    if len(payload) > _DECODE_BYTES_MAX:
         raise UnsupportedFormat("application entry too large")
     try:
         raw = msgpack.unpackb(payload, raw=False, strict_map_key=True)
@@ -140,10 +155,12 @@ def decode_app_entry(payload: bytes) -> AppEntry:
         raise UnsupportedFormat("application entry type must be a short string")
     if not isinstance(body, dict):
         raise UnsupportedFormat("application entry body must be a map")
+    if len(payload) > entry_bytes_max(entry_type):
+        raise UnsupportedFormat(f"application entry too large for its type {entry_type}")
     return AppEntry(entry_type, body)
 
 
-class _Overlay:
+class Overlay:
     """A view that sees the writes of earlier entries of the same apply batch."""
 
     def __init__(self, base: StateView) -> None:
@@ -198,7 +215,7 @@ class Dispatcher:
         self, entries: Sequence[tuple[LogPosition, bytes]], view: StateView
     ) -> tuple[list[Applied], list[Write]]:
         """Apply committed payloads in order; return their outcomes and all writes, in order."""
-        overlay = _Overlay(view)
+        overlay = Overlay(view)
         applied: list[Applied] = []
         for position, payload in entries:
             entry, outcome = self._apply_one(position, payload, overlay)

@@ -1,7 +1,8 @@
 """The Merkle log: a follower state machine that appends one leaf per record the index creates.
 
-Every ``index.put`` whose outcome is ``created`` (a new record acknowledged by the cluster)
-appends, in log order, one leaf (:mod:`node.merkle.leaf`, docs/verifiable-log.md) to an RFC 9162
+Every ``index.put`` whose outcome is ``created`` (a new record acknowledged by the cluster),
+and every record an ``index.put_batch`` entry creates (in the order of the entry), appends, in
+log order, one leaf (:mod:`node.merkle.leaf`, docs/verifiable-log.md) to an RFC 9162
 tree (:mod:`node.merkle.tree`). Retries, conflicts, expired proposals and shard moves add
 nothing, so the leaf index of a record never changes and every node computes the same roots.
 It follows from log feature version 3 on (enabled at start once every member runs this code).
@@ -30,11 +31,11 @@ when full it drops its lowest level and admits only the levels above from then o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from node.consensus.record_index import INDEX_PUT, IndexProposal
-from node.consensus.state_machine import AppEntry, Applied, StateView, Write
+from node.consensus.record_index import INDEX_PUT, INDEX_PUT_BATCH, IndexProposal
+from node.consensus.state_machine import AppEntry, Applied, Overlay, StateView, Write
 from node.errors import InvalidRequest, NotFound, UnsupportedFormat
 from node.merkle.leaf import LeafData
 from node.merkle.tree import MerkleTree, NodeStore, leaf_hash
@@ -158,31 +159,41 @@ class MerkleLog:
     feature_version = MERKLE_FEATURE_VERSION
 
     def follow(self, entry: AppEntry, applied: Applied, view: StateView) -> tuple[Write, ...]:
-        if entry.type != INDEX_PUT or applied.outcome.code != "created":
+        if entry.type == INDEX_PUT_BATCH and applied.outcome.code == "applied":
+            # The index passes the proposals it created, already decoded, in entry order.
+            created: Sequence[IndexProposal] = applied.outcome.detail.get("created", ())
+        elif entry.type == INDEX_PUT and applied.outcome.code == "created":
+            try:
+                created = (IndexProposal.from_body(entry.body),)
+            except UnsupportedFormat:  # the index applied it, so this cannot happen; stay total
+                return ()
+        else:
             return ()
-        try:
-            proposal = IndexProposal.from_body(entry.body)
-        except UnsupportedFormat:  # the index applied it, so this cannot happen; stay total
+        at_ms = applied.position.leader_time_ms
+        leaves = [(p.record_id, leaf) for p in created if (leaf := self._leaf_of(p, at_ms))]
+        if not leaves:
             return ()
-        if not proposal.has_leaf_fields:
-            return ()
-        assert proposal.plaintext_commitment is not None
-        try:
-            leaf = self._leaf(proposal, applied.position.leader_time_ms)
-        except InvalidRequest:  # e.g. an owner longer than 128 UTF-8 bytes: refused identically
-            return ()  # on every node, so the log stays applicable; such a record has no leaf
+        # One tree over one overlay for the whole entry: each append sees the nodes the
+        # earlier ones wrote, and the size is read once.
+        layer = Overlay(view)
         size = _size_of(view)
-        tree = MerkleTree(_ViewNodes(view), size)
-        writes: list[Write] = [
-            (_node_key(level, index), digest)
-            for level, index, digest in tree.append(leaf_hash(leaf))
-        ]
-        writes += [
-            (_leaf_key(size), leaf),
-            (_record_key(proposal.record_id), _u64(size)),
-            (SIZE_KEY, _u64(size + 1)),
-        ]
-        return tuple(writes)
+        tree = MerkleTree(_ViewNodes(layer), size)
+        for record_id, leaf in leaves:
+            at = tree.size
+            for level, index, digest in tree.append(leaf_hash(leaf)):
+                layer.writes[_node_key(level, index)] = digest
+            layer.writes[_leaf_key(at)] = leaf
+            layer.writes[_record_key(record_id)] = _u64(at)
+        layer.writes[SIZE_KEY] = _u64(tree.size)
+        return tuple(layer.writes.items())
+
+    def _leaf_of(self, proposal: IndexProposal, committed_at_ms: int) -> bytes | None:
+        if not proposal.has_leaf_fields:
+            return None
+        try:
+            return self._leaf(proposal, committed_at_ms)
+        except InvalidRequest:  # e.g. an owner longer than 128 UTF-8 bytes: refused identically
+            return None  # on every node, so the log stays applicable; such a record has no leaf
 
     @staticmethod
     def _leaf(proposal: IndexProposal, committed_at_ms: int) -> bytes:

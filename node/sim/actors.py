@@ -26,7 +26,7 @@ from typing import Protocol
 from node.consensus.config import RaftConfig
 from node.consensus.messages import Message
 from node.consensus.raft import RawNode
-from node.consensus.record_index import INDEX_MOVE, INDEX_PUT
+from node.consensus.record_index import INDEX_MOVE, INDEX_PUT, INDEX_PUT_BATCH
 from node.consensus.state_machine import decode_app_entry
 from node.consensus.types import Entry, Membership, NodeId, Role, Snapshot
 from node.errors import CallerError, OperationFailed
@@ -48,6 +48,7 @@ from node.sim.dataplane import (
     ShardPut,
     ShardPutReply,
     app_entry_fields,
+    batch_outcomes,
 )
 from node.sim.disk import SimDisk
 from node.sim.machine import Command, CommandResult, DedupMachine, decode_state
@@ -113,6 +114,10 @@ class Env(Protocol):
     def data(self) -> DataParams: ...
 
     def send(self, message: SimMessage) -> None: ...
+
+    def count(self, what: str) -> None:
+        """Add one to the run's statistic ``what``."""
+        ...
 
     def node_ids(self) -> list[NodeId]: ...
 
@@ -265,6 +270,12 @@ class NodeActor:
         else:
             applied, writes = result
             self.disk.write_applied(entry.index, None, writes)
+            if applied.type == INDEX_PUT_BATCH:
+                body = decode_app_entry(entry.payload).body
+                for record_id, one in batch_outcomes(body, applied):
+                    self.env.count("index_batch_records_applied")
+                    self.coordinator.on_applied(record_id, one)
+                return
             if applied.type not in (INDEX_PUT, INDEX_MOVE):
                 return
             fields = app_entry_fields(decode_app_entry(entry.payload).body, applied.type)

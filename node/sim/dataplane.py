@@ -26,13 +26,15 @@ Messages are plain frozen dataclasses; replies are matched to their request by a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from node.consensus.record_index import (
+    BATCH_FEATURE_VERSION,
     INDEX_MOVE,
     INDEX_PUT,
+    BatchOutcome,
     IndexEntry,
     IndexProposal,
     MoveProposal,
@@ -42,6 +44,7 @@ from node.consensus.state_machine import (
     FEATURE_ENTRY,
     AppEntry,
     Applied,
+    ApplyOutcome,
     Dispatcher,
     encode_app_entry,
 )
@@ -93,6 +96,7 @@ PUT_RETRY_MS = 400
 PROPOSE_RETRY_MS = 1500
 WRITE_DEADLINE_MS = 5000  # the coordinator forgets a write; the client retries it elsewhere
 PROPOSAL_SPAN_ENTRIES = 64  # an index.put may land at most this far past the leader's log end
+GATHER_RECORDS_MAX = 16  # records per index.put_batch entry (and per forward) in the simulation
 FORWARD_HOPS_MAX = 2
 PLAN_MS = 250
 MOVES_INFLIGHT_MAX = 32
@@ -193,7 +197,7 @@ class ShardDeleteReply:
 class IndexForward:
     sender: NodeId
     to: NodeId
-    proposal: IndexProposal  # expiry unset: the leader stamps it
+    proposals: tuple[IndexProposal, ...]  # expiry unset: the leader stamps it; many per hop
     hops: int = 0
 
 
@@ -225,15 +229,25 @@ def propose_app_entry(node: NodeActor, entry: AppEntry) -> bool:
     return True
 
 
-def stamp_and_propose(node: NodeActor, proposal: IndexProposal) -> bool:
-    """The leader sets the expiry: this term, at most a bounded span past its log's end."""
+def stamp_and_propose(node: NodeActor, proposals: Sequence[IndexProposal]) -> bool:
+    """The leader sets the expiry (this term, at most a bounded span past its log's end) and
+    proposes the records gathered here: one ``index.put_batch`` entry per
+    :data:`GATHER_RECORDS_MAX` once the log enables it (as the real gatherer), else one
+    ``index.put`` each."""
     core = node.core
-    stamped = replace(
-        proposal,
-        expiry_term=core.term,
-        expiry_max_index=core.last_index + PROPOSAL_SPAN_ENTRIES,
+    if core.role is not Role.LEADER:
+        return False
+    stamped = [
+        replace(p, expiry_term=core.term, expiry_max_index=core.last_index + PROPOSAL_SPAN_ENTRIES)
+        for p in proposals
+    ]
+    if Dispatcher.feature_version(node.machine) < BATCH_FEATURE_VERSION:
+        return all(propose_app_entry(node, p.to_entry()) for p in stamped)
+    chunks = range(0, len(stamped), GATHER_RECORDS_MAX)
+    return all(
+        propose_app_entry(node, IndexProposal.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
+        for i in chunks
     )
-    return propose_app_entry(node, stamped.to_entry())
 
 
 # -- the holder
@@ -311,6 +325,9 @@ class Coordinator:
     def __init__(self, node: NodeActor) -> None:
         self.node = node
         self.writes: dict[bytes, _Write] = {}
+        # Proposals gathered since the last tick (this node's and, on the leader, forwarded
+        # ones): proposed as batch entries on the leader, else forwarded together.
+        self.gathered: list[IndexProposal] = []
 
     def _reply(self, client: str, seq: int, ok: bool, index: int = 0) -> None:
         self.node.env.send(RecordReply(self.node.id, client, seq, ok, index))
@@ -382,15 +399,24 @@ class Coordinator:
             expiry_term=0,
             expiry_max_index=0,
         )
-        if stamp_and_propose(node, proposal):
+        self.gathered.append(proposal)
+
+    def _flush(self) -> None:
+        """Propose what gathered (on the leader) or forward it to the leader in few messages."""
+        node, gathered = self.node, self.gathered
+        self.gathered = []
+        if not gathered or stamp_and_propose(node, gathered):
             return
         leader = node.core.leader_id
         if leader is not None and leader != node.id:
-            node.env.send(IndexForward(node.id, leader, proposal))
+            for i in range(0, len(gathered), GATHER_RECORDS_MAX):
+                chunk = tuple(gathered[i : i + GATHER_RECORDS_MAX])
+                node.env.send(IndexForward(node.id, leader, chunk))
 
     def on_forward(self, m: IndexForward) -> None:
         node = self.node
-        if stamp_and_propose(node, m.proposal):
+        if node.core.role is Role.LEADER:
+            self.gathered.extend(m.proposals)  # gathered with everyone's, proposed at tick
             return
         leader = node.core.leader_id
         if leader not in (None, node.id) and m.hops < FORWARD_HOPS_MAX:
@@ -432,6 +458,7 @@ class Coordinator:
                 self._decide(w)
             elif now - w.proposed_ms >= PROPOSE_RETRY_MS:
                 self._propose(w)
+        self._flush()
 
 
 # -- the mover
@@ -694,6 +721,22 @@ class Mover:
         if task.state.phase is MovePhase.COMMIT:
             moved_at = int(applied.outcome.detail.get("moved_at", 0))
             self._event(key, task, Committed(applied.outcome.code, moved_at))
+
+
+def batch_outcomes(body: object, applied: Applied) -> list[tuple[bytes, Applied]]:
+    """Each record of an applied ``index.put_batch`` (its body) with its own outcome, shaped
+    as an ``index.put``'s: results are in the order of the entry's records."""
+    puts = body.get("puts") if isinstance(body, dict) else None
+    if applied.outcome.code != "applied" or not isinstance(puts, list):
+        return []
+    results: Sequence[BatchOutcome] = applied.outcome.detail.get("results", ())
+    out = []
+    for put, result in zip(puts, results, strict=True):
+        fields = app_entry_fields(put, INDEX_PUT)
+        if fields is not None:
+            outcome = ApplyOutcome(result.code, result.detail)
+            out.append((fields[0], Applied(applied.position, INDEX_PUT, outcome)))
+    return out
 
 
 def app_entry_fields(body: object, entry_type: str) -> tuple[bytes, int, str] | None:

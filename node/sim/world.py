@@ -269,6 +269,9 @@ class World:
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
+    def count(self, what: str) -> None:
+        self._count(what)
+
     def run(self) -> SimResult:
         failure = None
         try:
