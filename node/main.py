@@ -79,13 +79,6 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         write_buffer_bytes_max=config.raft.db_write_buffer_bytes_max,
         block_cache_bytes_max=config.raft.db_block_cache_bytes_max,
     )
-    try:
-        incarnation = await _check_incarnation(config, raft_storage, api_token.decode())
-    except BaseException:
-        raft_storage.close()
-        hints.close()
-        store.close()
-        raise
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
         store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
@@ -104,6 +97,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             f"identity file gives peer id {p2p.peer_id}, "
             f"the cluster config says {config.me.peer_id}"
         )
+    try:
+        incarnation = await _check_incarnation(config, raft_storage, api_token.decode())
+    except BaseException:
+        raft_storage.close()
+        hints.close()
+        store.close()
+        raise
     replicated_log = ReplicatedLog(
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
