@@ -4,14 +4,19 @@ core taking a peer id out and back in (how a member that lost its disk comes bac
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import socket
 from pathlib import Path
 
 import msgpack
 import pytest
+from aiohttp import web
 from test_members import Store, member, run
 
+from node.api.wire import INCARNATION_PATH
+from node.config import ClusterMember
 from node.consensus.cluster import Cluster
 from node.consensus.config import RaftConfig
 from node.consensus.incarnation import REFUSE, START, WAIT, PeerView, start_decision
@@ -30,8 +35,14 @@ from node.consensus.state_machine import (
     encode_app_entry,
 )
 from node.consensus.types import ConfChangeKind, EntryKind, Membership
-from node.errors import UnsupportedFormat
-from node.incarnation import INCARNATION_FILE, establish, read_incarnation, write_incarnation
+from node.errors import ConfigError, OperationFailed, UnsupportedFormat
+from node.incarnation import (
+    INCARNATION_FILE,
+    confirm_not_former_member,
+    establish,
+    read_incarnation,
+    write_incarnation,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "members_v5.json"
 OLD = "0" * 31 + "1"
@@ -232,3 +243,68 @@ def test_raft_removes_a_wiped_voter_and_adds_the_same_id_back_as_a_new_member() 
     applied = [p for _, _, kind, p in cluster.machine("d").applied if kind == EntryKind.NORMAL]
     assert applied == [b"before", b"after"]
     assert cluster.core("d").membership == Membership.of(ids)
+
+
+# -- the start-up check over HTTP (in process, on loopback)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def founders(count: int) -> list[ClusterMember]:
+    return [
+        ClusterMember(f"node-{i}", f"peer-{i}", f"/ip4/127.0.0.1/tcp/{port}", f"127.0.0.1:{port}")
+        for i, port in enumerate(free_ports(count))
+    ]
+
+
+async def check(me: ClusterMember, members: list[ClusterMember], timeout_s: float = 20.0) -> str:
+    decision = await confirm_not_former_member(
+        me=me.peer_id,
+        incarnation=NEW,
+        founders=members,
+        http_listen=me.http_addr,
+        api_token="t",
+        timeout_s=timeout_s,
+        retry_s=0.05,
+        request_timeout_s=1.0,
+    )
+    return decision.verdict
+
+
+async def test_a_brand_new_cluster_whose_nodes_all_check_at_once_starts() -> None:
+    members = founders(3)
+    verdicts = await asyncio.gather(*(check(m, members) for m in members))
+    assert verdicts == [START, START, START]
+
+
+async def test_a_fresh_node_a_peer_remembers_refuses_and_one_alone_gives_up() -> None:
+    members = founders(3)
+
+    async def remembers(request: web.Request) -> web.Response:
+        assert request.headers["Authorization"] == "Bearer t"
+        return web.json_response({"peer_id": "peer-1", "fresh": False, "recorded": OLD})
+
+    app = web.Application()
+    app.router.add_get(INCARNATION_PATH + "/{peer}", remembers)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(members[1].http_addr.split(":")[1])).start()
+    try:
+        with pytest.raises(ConfigError) as refused:
+            await check(members[0], members)
+        assert refused.value.code == "former_member" and OLD in refused.value.detail
+        assert "rejoin-node" in refused.value.detail
+    finally:
+        await runner.cleanup()
+    # Nobody answers: 1 of 3 is no majority; it never starts, and gives up at the deadline.
+    with pytest.raises(OperationFailed) as unsure:
+        await check(members[0], members, timeout_s=0.5)
+    assert unsure.value.code == "former_member_check_timeout"
