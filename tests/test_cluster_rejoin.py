@@ -3,7 +3,7 @@ records, one voter killed with -9 and its data directory deleted.
 
 Started again as it was, it refuses to start (exit 2, one log line naming the command to run)
 without ever voting: its Raft database holds no hard state and the survivors' terms did not
-move. ``baas-cluster rejoin-node`` (tools.members.rejoin) takes its old life out of Raft and
+move. ``baas-cluster rejoin-node`` takes its old life out of Raft and
 adds it back while it stays in placement; restarted, it joins as a learner, is promoted, and
 records its new incarnation. Every acknowledged record reads back and writes go on.
 """
@@ -23,9 +23,10 @@ from nodeapi import node_get, partner_client, running_cluster
 
 from node.incarnation import read_incarnation
 from node.replication.durable import DurableRaftStorage
+from tools import cluster_cli
 from tools.client import PartnerClient
 from tools.local_cluster import LocalCluster
-from tools.members import members, rejoin
+from tools.members import members
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 RECORDS = 300
@@ -119,8 +120,11 @@ async def test_a_wiped_voter_refuses_to_vote_then_rejoins_as_a_new_member(
         assert {n: (status_of(cluster, n) or {}).get("term") for n in survivors} == terms
 
         # --- the operator's command: out of Raft, back in as a new member
-        answer = await asyncio.to_thread(rejoin, cluster.layout, victim, via)
-        assert answer["member"]["state"] == "active" and answer["join_existing"], answer
+        directory = cluster.layout.directory
+        command = ["rejoin-node", "--dir", directory, "--name", victim.name]
+        assert await asyncio.to_thread(cluster_cli.main, command) == 0
+        answer = members(cluster.layout, via)
+        assert victim.peer_id not in answer["voters"], answer  # its old life is out of Raft
         assert "join_existing = true" in Path(victim.config_path).read_text()
         cluster.start_node(victim.name, wait=True)  # ready: an active member, in Raft
         new_life = read_incarnation(data_dir(cluster, victim.name))

@@ -95,8 +95,14 @@ def rejoin(
 ) -> dict[str, Any]:
     """Bring ``node`` back as a new member (see the module docstring); its process must be
     stopped. Returns the committed member once the leader has re-added it."""
-    answer = _call(layout, via, "POST", f"{MEMBERS_PATH}/{node.peer_id}/rejoin", None, timeout_s)
-    rejoin_epoch = int(answer.get("epoch") or 0)
+    before = members(layout, via, timeout_s)
+    known = next((m for m in before["members"] if m["peer_id"] == node.peer_id), None)
+    if known is not None and known["state"] == "rejoining":
+        rejoin_epoch = int(before["epoch"])  # asked already (a retry): only wait
+    else:
+        path = f"{MEMBERS_PATH}/{node.peer_id}/rejoin"
+        answer = _call(layout, via, "POST", path, None, timeout_s)
+        rejoin_epoch = int(answer.get("epoch") or 0)
     deadline = time.monotonic() + wait_s
     while True:
         view = members(layout, via, timeout_s)
