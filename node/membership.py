@@ -347,7 +347,7 @@ class MembershipManager:
         known = self._known(peer_id)
         if known.state == REMOVED:
             raise InvalidRequest(
-                f"{peer_id} was removed; add it again instead", code="member_not_found"
+                f"{peer_id} was removed; add it again instead", code="member_removed"
             )
         return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REJOINING)
 
