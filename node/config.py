@@ -256,6 +256,11 @@ class RaftSettings:
     # A node added to a running cluster starts with an empty log that the leader fills; it
     # never bootstraps a cluster of its own from the member list (node/membership.py).
     join_existing: bool = False
+    # A founding node whose Raft database is fresh asks the other founders whether they record
+    # another incarnation for it (it lost its disk) before it may vote (node/incarnation.py):
+    # at most this long, asking again every incarnation_check_retry_s, then it refuses to start.
+    incarnation_check_timeout_s: float = 120.0
+    incarnation_check_retry_s: float = 0.5
     # How often the storage membership is reconciled with Raft's and with the p2p layer.
     members_reconcile_interval_s: float = 0.5
     # A learner is promoted to voter once it is at most this many entries behind the leader.

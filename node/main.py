@@ -33,6 +33,7 @@ from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
+from node.incarnation import confirm_not_former_member, establish
 from node.logs import configure_logging
 from node.membership import MembershipManager, StoreView
 from node.merkle.log import MerkleLog, NodeCache, root_at
@@ -50,7 +51,9 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-FEATURE_VERSION_MAX = 4  # the newest log feature version this code understands
+# The newest log feature version this code understands (5: member incarnations, the
+# rejoining state; 4 is the leader's index batching).
+FEATURE_VERSION_MAX = 5
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -94,6 +97,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             f"identity file gives peer id {p2p.peer_id}, "
             f"the cluster config says {config.me.peer_id}"
         )
+    try:
+        incarnation = await _check_incarnation(config, raft_storage, api_token.decode())
+    except BaseException:
+        raft_storage.close()
+        hints.close()
+        store.close()
+        raise
     replicated_log = ReplicatedLog(
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
@@ -133,6 +143,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         reconcile_interval_s=config.raft.members_reconcile_interval_s,
         learner_lag_entries_max=config.raft.learner_lag_entries_max,
         feature_version_max=FEATURE_VERSION_MAX,
+        incarnation=incarnation,
     )
     index_client = RecordIndexClient(
         replicated_log,
@@ -256,6 +267,32 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_storage.close()
         hints.close()
         store.close()
+
+
+async def _check_incarnation(
+    config: NodeConfig, raft_storage: DurableRaftStorage, api_token: str
+) -> str:
+    """This life's incarnation; a fresh founding node first makes sure it is not a former
+    member that lost its disk (node/incarnation.py), before its Raft core may vote."""
+    raft_fresh = (
+        not raft_storage.has_state
+        and raft_storage.last_index == 0
+        and raft_storage.applied_index == 0
+    )
+    incarnation = establish(config.node.data_dir, raft_fresh=raft_fresh)
+    log.info("incarnation %s (%s raft database)", incarnation, "fresh" if raft_fresh else "kept")
+    if raft_fresh and not config.raft.join_existing:
+        await confirm_not_former_member(
+            me=config.me.peer_id,
+            incarnation=incarnation,
+            founders=config.cluster.members,
+            http_listen=config.node.http_listen,
+            api_token=api_token,
+            timeout_s=config.raft.incarnation_check_timeout_s,
+            retry_s=config.raft.incarnation_check_retry_s,
+            request_timeout_s=config.timeouts.p2p_request_s,
+        )
+    return incarnation
 
 
 async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) -> Applied:

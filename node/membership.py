@@ -17,6 +17,15 @@ Adding or removing a storage node goes through the log, in two layers:
 Every node also reconciles its p2p layer with the committed members (admits and dials a
 member that joined), and its coordinator places each write batch over the committed active
 members (:meth:`MembershipManager.placement`), recording the epoch in the index entries.
+
+**Incarnations** (log feature 5, enabled like the others once every Raft member understands
+it): every node records its data directory's incarnation (:mod:`node.incarnation`) with its
+member, proposing it through the leader once it is an active member in Raft whose record lacks
+it. A member whose disk was lost is brought back by ``POST /internal/v1/members/{peer}/rejoin``
+(``baas-cluster rejoin-node``): it is recorded ``rejoining`` (still in placement), the leader
+removes it from Raft, then records it ``active`` again, so it is added back as a learner with
+an empty log (caught up by snapshot) and promoted; the node itself starts with
+``join_existing``, so it never bootstraps nor votes as the voter it was.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -35,6 +45,8 @@ from node.api.wire import MEMBERS_PATH
 from node.config import ClusterMember
 from node.consensus.members import (
     ACTIVE,
+    INCARNATION_FEATURE_VERSION,
+    REJOINING,
     REMOVED,
     Member,
     Members,
@@ -98,8 +110,10 @@ class MembershipManager:
         reconcile_interval_s: float,
         learner_lag_entries_max: int,
         feature_version_max: int,
+        incarnation: str = "",
     ) -> None:
         self._log = log
+        self._incarnation = incarnation  # this life of the node's data directory
         self._store = store
         self._founding = tuple(founding)
         self._join_existing = join_existing
@@ -236,6 +250,7 @@ class MembershipManager:
                     "http_addr": m.http_addr,
                     "state": m.state,
                     "since": m.since,
+                    "incarnation": m.incarnation,
                     "raft": "voter"
                     if m.peer_id in status.voters
                     else "learner"
@@ -267,6 +282,8 @@ class MembershipManager:
             "http_addr": member.http_addr,
             "state": member.state,
         }
+        if member.incarnation:
+            body["incarnation"] = member.incarnation
         return await self._call("POST", address, MEMBERS_PATH, body)
 
     async def put_local(self, member: Member) -> dict[str, Any]:
@@ -278,7 +295,7 @@ class MembershipManager:
                 for m in self._founding
             }
             after[member.peer_id] = member
-            active = [m for m in after.values() if m.state == ACTIVE]
+            active = [m for m in after.values() if m.active]
             if len(active) < self._n:
                 raise InvalidRequest(
                     f"the change would leave {len(active)} active members; every record "
@@ -286,6 +303,8 @@ class MembershipManager:
                     code="too_few_members",
                 )
             await self._enable_feature()
+            if member.incarnation or member.state == REJOINING:
+                await self._enable_feature(INCARNATION_FEATURE_VERSION)
             entries: list[AppEntry] = []
             if current.epoch == 0:
                 entries += [
@@ -309,14 +328,38 @@ class MembershipManager:
             )
             return {"code": outcome.code, "epoch": outcome.detail.get("epoch")}
 
-    def removal_of(self, peer_id: str) -> Member:
+    def _known(self, peer_id: str) -> Member:
+        """The committed member, or the founding one before the first change."""
         known = self.members().get(peer_id)
         if known is None:
             founder = next((m for m in self._founding if m.peer_id == peer_id), None)
             if founder is None:
                 raise InvalidRequest(f"{peer_id} is not a member", code="member_not_found")
             known = Member(founder.peer_id, founder.name, founder.p2p_addr, founder.http_addr)
+        return known
+
+    def removal_of(self, peer_id: str) -> Member:
+        known = self._known(peer_id)
         return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REMOVED)
+
+    def rejoin_of(self, peer_id: str) -> Member:
+        """The change that brings back a member whose disk was lost (see the docstring)."""
+        known = self._known(peer_id)
+        if known.state == REMOVED:
+            raise InvalidRequest(
+                f"{peer_id} was removed; add it again instead", code="member_removed"
+            )
+        return Member(known.peer_id, known.name, known.p2p_addr, known.http_addr, REJOINING)
+
+    def incarnation_view(self, peer_id: str) -> dict[str, Any]:
+        """What this running node's committed membership records for ``peer_id``."""
+        found = self.members().get(peer_id)
+        return {
+            "peer_id": self._log.status().node_id,
+            "fresh": False,
+            "recorded": "" if found is None else found.incarnation,
+            "state": None if found is None else found.state,
+        }
 
     async def _enable_feature(self, version: int = MEMBERS_FEATURE_VERSION) -> None:
         """Commit log feature ``version`` once every Raft member says it understands it."""
@@ -394,6 +437,7 @@ class MembershipManager:
                 await self._p2p.add_member(member.peer_id, member.p2p_addr)
                 self._admitted[member.peer_id] = member.p2p_addr
         status = self._log.status()
+        await self._record_incarnation(members)
         if status.role != "leader":
             return
         # The newest log features (the Merkle log, anchoring) are enabled as soon as every
@@ -402,6 +446,13 @@ class MembershipManager:
             await self._enable_feature(self._feature_max)
         if members.epoch == 0:
             return
+        in_raft = set(status.voters) | set(status.learners)
+        for member in members.members:
+            if member.state == REJOINING and member.peer_id not in in_raft:
+                # Its old life is out of Raft: it may come back, as a learner with an empty log.
+                log.info("membership: %s left Raft; adding it back as a new member", member.peer_id)
+                await self.put_local(replace(member, state=ACTIVE, incarnation=""))
+                return
         caught_up = []
         for peer in status.learners:
             match = self._log.match_index(peer)
@@ -410,7 +461,7 @@ class MembershipManager:
         change = next_conf_change(
             voters=status.voters,
             learners=status.learners,
-            active=members.active_ids,
+            active=[m.peer_id for m in members.members if m.in_raft],
             caught_up=caught_up,
             leader=status.node_id,
         )
@@ -420,11 +471,38 @@ class MembershipManager:
         if kind is ConfChangeKind.REMOVE_NODE and peer == status.node_id:
             # Hand over first: removing itself would leave the cluster without a leader for
             # an election timeout (no writes, no read barriers). The new leader removes us.
-            await self._hand_over(status.voters, status.node_id, members.active_ids)
+            staying = [m.peer_id for m in members.members if m.in_raft]
+            await self._hand_over(status.voters, status.node_id, staying)
             return
         log.info("membership: proposing %s %s", kind.name, peer)
         self.conf_changes_proposed += 1
         await self._log.propose_change(kind, peer, timeout_s=self._timeout_s)
+
+    async def _record_incarnation(self, members: Members) -> None:
+        """Propose this node's incarnation once it is an active member in Raft whose record
+        lacks it (or names another life), and feature 5 is committed."""
+        if not self._incarnation:
+            return
+        if Dispatcher.feature_version(StoreView(self._store)) < INCARNATION_FEATURE_VERSION:
+            return
+        status = self._log.status()
+        if status.node_id not in status.voters and status.node_id not in status.learners:
+            return
+        me = members.get(status.node_id)
+        if me is None:
+            if members.epoch != 0 or self._join_existing:
+                return
+            founder = next((m for m in self._founding if m.peer_id == status.node_id), None)
+            if founder is None:
+                return
+            me = Member(founder.peer_id, founder.name, founder.p2p_addr, founder.http_addr)
+        if me.state != ACTIVE or me.incarnation == self._incarnation:
+            return
+        log.info("membership: recording incarnation %s", self._incarnation)
+        try:
+            await self.submit(replace(me, incarnation=self._incarnation))
+        except (OperationFailed, NotLeader) as exc:  # the next round tries again
+            log.info("membership: incarnation not recorded yet: %s", exc.detail)
 
     async def _hand_over(self, voters: Sequence[str], me: str, active: Sequence[str]) -> None:
         staying = [v for v in voters if v != me and v in active]

@@ -54,8 +54,10 @@ def member(peer: str, state: str = ACTIVE, port: int = 4001) -> Member:
     )
 
 
-def run(store: Store, entries: list[AppEntry], first_index: int = 10) -> list[str]:
-    dispatcher = Dispatcher([MembersMachine()], feature_version_max=2)
+def run(
+    store: Store, entries: list[AppEntry], first_index: int = 10, feature_version_max: int = 2
+) -> list[str]:
+    dispatcher = Dispatcher([MembersMachine()], feature_version_max=feature_version_max)
     batch = [
         (LogPosition(first_index + i, 1, 1000 + i), encode_app_entry(e))
         for i, e in enumerate(entries)

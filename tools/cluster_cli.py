@@ -9,6 +9,7 @@ baas-cluster add-node    --dir .cluster      # prepare node-N (joins a running c
 baas-cluster announce    --dir .cluster --name node-6   # once it runs: add it through the log
 baas-cluster remove-node --dir .cluster --name node-2   # take it out (log), then stop it
 baas-cluster members     --dir .cluster      # the committed membership, voters and learners
+baas-cluster rejoin-node --dir .cluster --name node-2   # it lost its disk: back as a new member
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from tools.cluster_init import (
 from tools.compose import ComposeSpec, compose_yaml
 from tools.local_chain import RegistryOnChain, setup_registry
 from tools.local_cluster import LocalCluster
-from tools.members import announce, members, retire
+from tools.members import announce, members, rejoin, retire
 from tools.status import run_status
 
 
@@ -133,6 +134,13 @@ def _membership(args: argparse.Namespace) -> int:
             elif args.command == "announce":
                 assert target is not None
                 answer = announce(layout, target, via)
+            elif args.command == "rejoin-node":
+                assert target is not None
+                answer = rejoin(layout, target, via)
+                print(
+                    f"{target.name} will join as a new member: start it again "
+                    f"(baas-node --config {target.config_path})"
+                )
             else:
                 assert target is not None
                 answer = retire(layout, target, via)
@@ -201,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         ("announce", "add a prepared, running node to the cluster through the log"),
         ("remove-node", "take a node out of the cluster through the log"),
         ("members", "the committed membership, voters and learners"),
+        (
+            "rejoin-node",
+            "bring back a node whose data directory was lost, as a new member (stop it first)",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--dir", type=Path, default=Path(".cluster"))
-        if name in ("announce", "remove-node"):
+        if name in ("announce", "remove-node", "rejoin-node"):
             p.add_argument("--name", required=True, help="the node, e.g. node-6")
     chain_setup = sub.add_parser(
         "chain-setup", help="deploy the registry on the cluster's running chain, fix configs"
@@ -226,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return _compose(args)
         if args.command == "chain-setup":
             return _chain_setup(args)
-        if args.command in ("add-node", "announce", "remove-node", "members"):
+        if args.command in ("add-node", "announce", "remove-node", "rejoin-node", "members"):
             return _membership(args)
         layout = load_layout(args.dir) if (args.dir / "cluster.json").exists() else _init(args)
         stop = threading.Event()

@@ -80,6 +80,7 @@ class LocalCluster:
     def _spawn(self, name: str, module: str, config_path: str) -> None:
         if name in self._processes and self._processes[name].poll() is None:
             raise OperationFailed(f"{name} is already running")
+        self._reap(name)  # a previous run's log handle
         log = open(self._log_dir / f"{name}.log", "ab")  # noqa: SIM115 -- closed in _reap
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self._logs[name] = log
@@ -168,6 +169,10 @@ class LocalCluster:
 
     def pid(self, name: str) -> int:
         return self._processes[name].pid
+
+    def exit_code(self, name: str) -> int | None:
+        """The process's exit code (None while it runs)."""
+        return self._processes[name].poll()
 
     def running(self, name: str) -> bool:
         process = self._processes.get(name)

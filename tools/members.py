@@ -7,6 +7,11 @@
   leader then removes it from Raft. Stop its process once ``members`` no longer lists it in
   Raft.
 * :func:`members` -- ``GET /internal/v1/members``.
+* :func:`rejoin` -- ``POST /internal/v1/members/{peer}/rejoin``: a node whose data directory
+  was lost (it refuses to start: its old life is recorded) is taken out of Raft and added back
+  as a new member while it stays in placement; once the leader has done so, its config is set
+  to ``[raft] join_existing = true`` so its next start joins as a learner (caught up by
+  snapshot, then promoted) instead of voting as the voter it was.
 
 Any running node answers; it forwards changes to the leader.
 """
@@ -14,6 +19,7 @@ Any running node answers; it forwards changes to the leader.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,10 +27,13 @@ from typing import Any
 
 from node.api.wire import MEMBERS_PATH
 from node.errors import OperationFailed
-from tools.cluster_init import ClusterLayout, NodeLayout
+from tools.cluster_init import ClusterLayout, NodeLayout, set_toml_keys
 from tools.status import read_token
 
-__all__ = ["announce", "members", "retire"]
+__all__ = ["announce", "members", "rejoin", "retire"]
+
+REJOIN_WAIT_S = 60.0
+REJOIN_POLL_S = 0.5
 
 
 def _call(
@@ -75,3 +84,38 @@ def retire(
 
 def members(layout: ClusterLayout, via: NodeLayout, timeout_s: float = 5.0) -> dict[str, Any]:
     return _call(layout, via, "GET", MEMBERS_PATH, None, timeout_s)
+
+
+def rejoin(
+    layout: ClusterLayout,
+    node: NodeLayout,
+    via: NodeLayout,
+    timeout_s: float = 10.0,
+    wait_s: float = REJOIN_WAIT_S,
+) -> dict[str, Any]:
+    """Bring ``node`` back as a new member (see the module docstring); its process must be
+    stopped. Returns the committed member once the leader has re-added it."""
+    before = members(layout, via, timeout_s)
+    known = next((m for m in before["members"] if m["peer_id"] == node.peer_id), None)
+    if known is not None and known["state"] == "rejoining":
+        rejoin_epoch = int(before["epoch"])  # asked already (a retry): only wait
+    else:
+        path = f"{MEMBERS_PATH}/{node.peer_id}/rejoin"
+        answer = _call(layout, via, "POST", path, None, timeout_s)
+        rejoin_epoch = int(answer.get("epoch") or 0)
+    deadline = time.monotonic() + wait_s
+    while True:
+        view = members(layout, via, timeout_s)
+        me = next((m for m in view["members"] if m["peer_id"] == node.peer_id), None)
+        # The leader records it active again only once its old life is out of Raft.
+        if view["epoch"] > rejoin_epoch and me is not None and me["state"] == "active":
+            break
+        if time.monotonic() > deadline:
+            raise OperationFailed(
+                f"{node.name} was not taken out of Raft within {wait_s:g} s; run "
+                "rejoin-node again once the cluster has a leader"
+            )
+        time.sleep(REJOIN_POLL_S)
+    config = Path(node.config_path)
+    config.write_text(set_toml_keys(config.read_text(), "raft", {"join_existing": True}))
+    return {"member": me, "config": str(config), "join_existing": True}

@@ -9,6 +9,10 @@ Routes (bodies are msgpack, ``application/msgpack``, because they carry binary b
 * ``GET /internal/v1/records/{record id hex}/local`` -> JSON: this node's own shards of it
 * ``GET /internal/v1/status`` -> JSON: peer id, peers, shard and hint counts
 * ``GET /internal/v1/health`` and ``/internal/v1/ready`` (no token; no details)
+* ``GET|POST /internal/v1/members``, ``DELETE .../{peer}``, ``POST .../{peer}/rejoin``: the
+  storage membership (node/membership.py)
+* ``GET /internal/v1/incarnation/{peer}`` -> JSON: the incarnation the committed membership
+  records for a peer (node/incarnation.py)
 
 Every request is bounded in size (``http_body_bytes_max``) and in number in flight
 (``http_inflight_requests_max``: past it, 503 with Retry-After).
@@ -34,6 +38,7 @@ from node.api.node_metrics import node_stat_families
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.api.wire import (
     DEADLINE_HEADER,
+    INCARNATION_PATH,
     MEMBERS_PATH,
     MSGPACK,
     QUEUE_DEPTH_HEADER,
@@ -315,6 +320,7 @@ async def post_member(request: web.Request) -> web.Response:
                 "p2p": body.get("p2p_addr"),
                 "http": body.get("http_addr"),
                 "state": body.get("state", ACTIVE),
+                "incarnation": body.get("incarnation", ""),
             }
         )
         validate_member_addresses(member)
@@ -328,6 +334,19 @@ async def delete_member(request: web.Request) -> web.Response:
     state = request.app[STATE]
     member = state.membership.removal_of(request.match_info["peer_id"])
     return web.json_response(await state.membership.submit(member))
+
+
+async def post_member_rejoin(request: web.Request) -> web.Response:
+    """Bring back a member whose disk was lost: out of Raft, then in again as a new member."""
+    state = request.app[STATE]
+    member = state.membership.rejoin_of(request.match_info["peer_id"])
+    return web.json_response(await state.membership.submit(member))
+
+
+async def get_incarnation(request: web.Request) -> web.Response:
+    """What the committed membership records for a peer (asked by a node starting fresh)."""
+    state = request.app[STATE]
+    return web.json_response(state.membership.incarnation_view(request.match_info["peer_id"]))
 
 
 async def get_index_entry(request: web.Request) -> web.Response:
@@ -427,6 +446,8 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_get(MEMBERS_PATH, get_members)
     app.router.add_post(MEMBERS_PATH, post_member)
     app.router.add_delete(MEMBERS_PATH + "/{peer_id}", delete_member)
+    app.router.add_post(MEMBERS_PATH + "/{peer_id}/rejoin", post_member_rejoin)
+    app.router.add_get(INCARNATION_PATH + "/{peer_id}", get_incarnation)
     app.router.add_get("/internal/v1/records/{record_id}", get_record)
     app.router.add_get("/internal/v1/records/{record_id}/local", get_local_shards)
     app.router.add_get("/internal/v1/status", get_status)

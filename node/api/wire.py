@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEADLINE_HEADER",
+    "INCARNATION_PATH",
     "MEMBERS_PATH",
     "MSGPACK",
     "QUEUE_DEPTH_HEADER",
@@ -19,3 +20,6 @@ QUEUE_MAX_HEADER = "X-Baas-Queue-Max"
 # Cluster membership: GET lists it, POST adds or changes a member, DELETE .../{peer} removes one
 # (node/membership.py serves it; nodes forward to the leader; baas-cluster calls it).
 MEMBERS_PATH = "/internal/v1/members"
+# A peer's view of a node's incarnation: GET .../{peer} answers what the committed membership
+# records for it (node/incarnation.py asks it before a fresh node's Raft core starts).
+INCARNATION_PATH = "/internal/v1/incarnation"

@@ -12,7 +12,6 @@ of a domain-separated SHA-256 of the seed so a truncated or corrupted file is re
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import stat
 from pathlib import Path
@@ -22,6 +21,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from node.errors import ConfigError
+from node.fileio import write_atomically
 
 __all__ = [
     "IDENTITY_SEED_BYTES",
@@ -66,25 +66,7 @@ def peer_id_of_seed(seed: bytes) -> str:
 def write_identity_file(path: Path | str, seed: bytes) -> None:
     """Write the identity atomically with mode 0600 (temp file in the same dir + rename)."""
     _check_seed(seed)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL + mode at creation: the secret is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(_MAGIC + seed + _checksum(seed))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    write_atomically(Path(path), _MAGIC + seed + _checksum(seed), 0o600)
 
 
 def load_identity_seed(path: Path | str) -> bytes:
