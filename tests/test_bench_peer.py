@@ -160,14 +160,15 @@ run (/repo/node/runtime.py:10);select (/usr/lib/python3.11/selectors.py:468) 30
 run (/repo/node/runtime.py:10);apply (/repo/node/consensus/state_machine.py:5);put (/v/site-packages/plyvel/x.py:1) 20
 run (/repo/node/runtime.py:10);step (/repo/node/consensus/raft.py:9) 10
 main (/repo/gateway/main.py:3);post_record (/repo/gateway/app.py:40) 25
-run (/repo/node/runtime.py:10);append (/repo/node/merkle/log.py:7) 15
+run (/repo/node/runtime.py:10);append (/repo/node/merkle/log.py:7) 10
+TrioBridge._thread_main (/repo/node/p2p/bridge.py:80);run (/v/site-packages/trio/_run.py:2) 5
 garbage line
 """  # noqa: E501
 
 
 def test_stage_summary_attributes_samples_to_the_innermost_project_frame() -> None:
     stacks = parse_collapsed(COLLAPSED)
-    assert len(stacks) == 5 and stacks[0][1] == 30
+    assert len(stacks) == 6 and stacks[0][1] == 30
     summary = stage_summary(stacks, "/repo")
     assert summary["samples"] == 100
     stages = {row["name"]: row["share"] for row in summary["stages"]}
@@ -175,8 +176,9 @@ def test_stage_summary_attributes_samples_to_the_innermost_project_frame() -> No
         "outside project code: selectors": 0.3,  # the loop's own runner is no stage
         "gateway": 0.25,
         "apply": 0.2,  # the LevelDB call below it counts for apply
-        "merkle": 0.15,
+        "merkle": 0.1,
         "raft core": 0.1,
+        "outside project code: trio": 0.05,  # the bridge thread's runner is no stage either
     }
     assert summary["top_self"][0] == {
         "name": "select (selectors)",

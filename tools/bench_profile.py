@@ -64,7 +64,10 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+# the runners of the processes' event loops: the asyncio loop of a node or the gateway, and the
+# trio thread of the p2p bridge (its samples without a deeper project frame are trio's scheduler)
 ENTRY_POINTS = ("node/runtime.py", "node/main.py", "gateway/main.py")
+ENTRY_FUNCTIONS = (("node/p2p/bridge.py", "TrioBridge._thread_main"),)
 
 
 def find_py_spy() -> str:
@@ -151,6 +154,8 @@ def stage_summary(stacks: Iterable[tuple[list[Frame], int]], repo_root: str) -> 
         innermost = None
         for frame in reversed(frames):
             relative = _relative(frame.path, repo_root)
+            if (relative, frame.function) in ENTRY_FUNCTIONS:
+                continue
             if relative is not None and stage_of(relative) is not None:
                 innermost = (frame, relative)
                 break
