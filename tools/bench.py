@@ -2,7 +2,8 @@
 
     baas-bench --out bench-results                       # a temporary cluster, every phase
     baas-bench --dir .cluster --phases batch-write,read  # a cluster started by baas-cluster run
-    baas-bench --records 1000000 --client-procs 2        # the issue's target run
+    baas-bench --peer etcd --profile single-write        # + etcd in the same run, + py-spy
+    baas-bench --phases growth --growth-records 1000000  # cost flat as data grows
 
 Phases (``--phases``, in the order given):
 
@@ -19,13 +20,20 @@ Phases (``--phases``, in the order given):
                     ``--kill-rate`` (200) for ``--kill-duration-s``; ``--kill-after-s`` in,
                     SIGKILL the leader's process; time until a write sent after the kill
                     succeeds; restart the node
+* ``growth``        (not by default) a batched run of ``--growth-records``: cluster CPU per
+                    record of its first vs last 10% of records, node RSS growth over its second
+                    half, the longest gap between successful completions
 
 Every load phase reports records/s, p50/p90/p99/max latency, errors by code, the bench client's
-own CPU seconds and each cluster process's CPU; RSS of every node and the gateway is sampled
-over the whole run. The JSON (``"format": 1``) also holds machine info, the parameters, and a
-pass/fail verdict per target of issue #3 and of issue #4 (consensus: committed writes through
-the gateway, zero elections under steady load, fail-over within 3 s). Other work on the same
-machine skews every number: the JSON records the load average at start and end.
+own CPU seconds, each cluster process's CPU and their sum per committed record; RSS of every
+node and the gateway is sampled over the whole run. ``--peer etcd`` then runs the same load
+shapes against 5 etcd members on loopback (:mod:`tools.bench_etcd`) and the JSON's
+``"comparison"`` holds each of our figures as a ratio to etcd's with issue #13's bound
+(:mod:`tools.bench_peer`); ``--profile`` samples the gateway, the leader and a follower with
+py-spy during the named phases (:mod:`tools.bench_profile`). The JSON (``"format": 1``) also
+holds machine info, the parameters, and a verdict per target of issue #4 (zero elections under
+steady load, fail-over within 3 s) and of issue #13's growth run. Other work on the same machine
+skews every number: the JSON records the load average at start and end.
 """
 
 from __future__ import annotations
