@@ -236,8 +236,14 @@ def _check_targets(document: dict[str, Any]) -> None:
 @pytest.mark.cluster
 @pytest.mark.timeout(120)
 def test_smoke_every_phase_against_a_cluster(cluster: LocalCluster, tmp_path: Path) -> None:
-    document = _run(tmp_path, "--dir", cluster.layout.directory)
+    document = _run(tmp_path, "--dir", cluster.layout.directory, "--profile", "single-write")
     assert list(document["phases"]) == list(DEFAULT_PHASES)
+    (profiled,) = document["profiles"].values()  # py-spy on the gateway, leader, a follower
+    assert sorted(label.split()[0] for label in profiled) == ["follower", "gateway", "leader"]
+    for label, entry in profiled.items():
+        assert "error" not in entry and entry["samples"] > 0, (label, entry)
+        assert entry["stages"] and Path(entry["file"]).exists(), label
+        assert entry["counters"], label  # what /metrics counted during the phase
     for name, result in document["phases"].items():
         assert result["records_per_s"] > 0, name
         assert result["errors"] == {}, (name, result["errors"])

@@ -33,7 +33,14 @@ from tools.bench_peer import (
     growth_targets,
     longest_gap_s,
 )
-from tools.bench_profile import PhaseProfiler, find_py_spy, parse_collapsed, stage_summary
+from tools.bench_profile import (
+    PhaseProfiler,
+    counter_deltas,
+    find_py_spy,
+    parse_collapsed,
+    stage_summary,
+)
+from tools.bench_profile import _counter_samples as counter_samples
 from tools.bench_report import ProcessSampler
 
 # ---------------------------------------------------------------- ratios (pure)
@@ -187,6 +194,39 @@ def test_stage_summary_attributes_samples_to_the_innermost_project_frame() -> No
     }
     assert summary["top_project"][0]["name"] == "post_record (gateway/app.py)"
     assert {"name": "put (plyvel)", "samples": 20, "share": 0.2} in summary["top_self"]
+
+
+EXPOSITION = """\
+# HELP node_raft_entries_total entries
+# TYPE node_raft_entries_total counter
+node_raft_entries_total 120.0
+node_raft_entries_created 1.7e9
+# TYPE node_fsync_seconds histogram
+node_fsync_seconds_bucket{le="0.001"} 3.0
+node_fsync_seconds_sum 0.25
+node_fsync_seconds_count 40.0
+# TYPE node_queue_records gauge
+node_queue_records 7.0
+# TYPE node_http_requests_total counter
+node_http_requests_total{route="/x",method="POST",status="201"} 9.0
+"""
+
+
+def test_counters_are_the_counter_and_histogram_samples_that_moved() -> None:
+    before = counter_samples(EXPOSITION)
+    assert before == {
+        "node_raft_entries_total": 120.0,
+        "node_fsync_seconds_sum": 0.25,
+        "node_fsync_seconds_count": 40.0,
+        'node_http_requests_total{route="/x",method="POST",status="201"}': 9.0,
+    }  # no gauge, no bucket, no _created
+    after = {**before, "node_raft_entries_total": 620.0, "node_fsync_seconds_count": 41.0}
+    assert counter_deltas(before, after) == {
+        "node_raft_entries_total": 500.0,
+        "node_fsync_seconds_count": 1.0,
+    }
+    assert list(counter_deltas(before, after, limit=1)) == ["node_raft_entries_total"]
+    assert counter_deltas({}, {"new_total": 2.0}) == {"new_total": 2.0}
 
 
 SPIN = """

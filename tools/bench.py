@@ -453,6 +453,8 @@ class _Bench:
             follower: f"follower {follower}",
         }
         out_dir = self.args.out / f"profile-{self.args.stamp}"
+        urls = {n.name: f"http://{n.http_addr}/metrics" for n in layout.nodes}
+        urls["gateway"] = f"{layout.gateway_url}/metrics"
         return PhaseProfiler(
             self._py_spy,
             {labels[name]: pid for name, pid in pids.items()},
@@ -460,6 +462,7 @@ class _Bench:
             phase,
             REPO,
             self.args.profile_rate,
+            {labels[name]: urls[name] for name in pids},
         )
 
     def _cluster_cpu_series(self, start_s: float, end_s: float) -> list[tuple[float, float]]:

@@ -12,7 +12,10 @@ is not counted; waiting threads of the event loops and thread pools are not eith
 of the write path, where a sample belongs to the innermost frame of this project's code on its
 stack (a LevelDB write called from the shard store is the shard store's time; a sample with no
 project frame is the event loop, libp2p or another library on its own), plus the top functions
-by own samples (the leaf) and by innermost project frame. The processes' entry points (the
+by own samples (the leaf) and by innermost project frame. Beside the samples, the counters each
+profiled process exports on ``/metrics`` (Prometheus counters and histogram sums and counts:
+requests, raft entries, fsyncs ...) are read before and after the phase;
+:func:`counter_deltas` (pure) reports what moved. The processes' entry points (the
 event loop runners in ``ENTRY_POINTS``) are no stage: a sample whose only project frame is one of
 them is the loop or a library on its own.
 """
@@ -24,6 +27,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,8 +41,10 @@ __all__ = [
     "ENTRY_POINTS",
     "STAGES",
     "PhaseProfiler",
+    "counter_deltas",
     "find_py_spy",
     "parse_collapsed",
+    "scrape_metrics",
     "stage_of",
     "stage_summary",
 ]
@@ -45,6 +52,8 @@ __all__ = [
 PROFILE_RATE_HZ = 100
 STOP_TIMEOUT_S = 30.0
 TOP_FUNCTIONS_MAX = 15
+COUNTERS_MAX = 80  # per process: the counters that moved most
+METRICS_TIMEOUT_S = 5.0
 INSTALL_HINT = "py-spy is not installed: pip install -e '.[bench]' (or pip install py-spy==0.4.3)"
 
 # (stage, path prefixes relative to the repository), the first match wins: the more specific
@@ -181,6 +190,50 @@ def stage_summary(stacks: Iterable[tuple[list[Frame], int]], repo_root: str) -> 
     }
 
 
+def _counter_samples(text: str) -> dict[str, float]:
+    """The samples of counter and histogram families (``_total``, ``_sum``, ``_count``) of a
+    Prometheus text exposition, by sample name with labels."""
+    kinds: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) == 4:
+                kinds[parts[2]] = parts[3]
+            continue
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        family = key.split("{", 1)[0]
+        for suffix, kind in (("_total", "counter"), ("_sum", "histogram"), ("_count", "histogram")):
+            if family.endswith(suffix) and kinds.get(family.removesuffix(suffix)) == kind:
+                with contextlib.suppress(ValueError):  # a NaN or garbled line: skipped
+                    samples[key] = float(value)
+    return samples
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Counter samples from ``url`` (empty when it does not answer: the profile goes on)."""
+    try:
+        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_S) as reply:
+            return _counter_samples(reply.read().decode(errors="replace"))
+    except (OSError, urllib.error.URLError, ValueError):
+        return {}
+
+
+def counter_deltas(
+    before: dict[str, float], after: dict[str, float], limit: int = COUNTERS_MAX
+) -> dict[str, float]:
+    """How much each counter moved over a phase, the largest moves first (at most ``limit``)."""
+    moved = {
+        key: round(value - before.get(key, 0.0), 6)
+        for key, value in after.items()
+        if value != before.get(key, 0.0)
+    }
+    ranked = sorted(moved.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:limit]
+    return dict(ranked)
+
+
 class PhaseProfiler:
     """py-spy on some processes for the length of one phase (started before, stopped after)."""
 
@@ -192,6 +245,7 @@ class PhaseProfiler:
         phase: str,
         repo_root: Path,
         rate_hz: int = PROFILE_RATE_HZ,
+        metrics_urls: dict[str, str] | None = None,  # label -> its /metrics
     ) -> None:
         self.py_spy = py_spy
         self.targets = targets
@@ -200,9 +254,14 @@ class PhaseProfiler:
         self.repo_root = repo_root
         self.rate_hz = rate_hz
         self._procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        self.metrics_urls = metrics_urls or {}
+        self._counters_before: dict[str, dict[str, float]] = {}
 
     def start(self) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._counters_before = {
+            label: scrape_metrics(url) for label, url in self.metrics_urls.items()
+        }
         for label, pid in self.targets.items():
             path = self.out_dir / f"{self.phase}-{label.replace(' ', '-')}.txt"
             argv = [
@@ -221,6 +280,7 @@ class PhaseProfiler:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGINT)
         report: dict[str, Any] = {}
+        counters_after = {label: scrape_metrics(url) for label, url in self.metrics_urls.items()}
         for label, (proc, path) in self._procs.items():
             try:
                 proc.wait(STOP_TIMEOUT_S)
@@ -228,6 +288,9 @@ class PhaseProfiler:
                 proc.kill()
                 proc.wait()
             entry: dict[str, Any] = {"pid": self.targets[label], "file": str(path)}
+            if label in counters_after:
+                before = self._counters_before.get(label, {})
+                entry["counters"] = counter_deltas(before, counters_after[label])
             if path.exists():
                 stacks = parse_collapsed(path.read_text(errors="replace"))
                 entry.update(stage_summary(stacks, str(self.repo_root)))
