@@ -205,10 +205,15 @@ def _counter_samples(text: str) -> dict[str, float]:
             continue
         key, _, value = line.rpartition(" ")
         family = key.split("{", 1)[0]
-        for suffix, kind in (("_total", "counter"), ("_sum", "histogram"), ("_count", "histogram")):
-            if family.endswith(suffix) and kinds.get(family.removesuffix(suffix)) == kind:
-                with contextlib.suppress(ValueError):  # a NaN or garbled line: skipped
-                    samples[key] = float(value)
+        # prometheus_client types a counter under its sample name (x_total), a histogram
+        # under its base name (x, with samples x_sum, x_count, x_bucket)
+        counted = kinds.get(family) == "counter" or any(
+            family.endswith(suffix) and kinds.get(family.removesuffix(suffix)) == "histogram"
+            for suffix in ("_sum", "_count")
+        )
+        if counted:
+            with contextlib.suppress(ValueError):  # a NaN or garbled line: skipped
+                samples[key] = float(value)
     return samples
 
 
