@@ -21,6 +21,8 @@ from typing import Any
 import psutil
 import pytest
 
+import tools.bench as bench_module
+from node.errors import ConfigError
 from tools.bench import _parser, _run_peer
 from tools.bench_etcd import EtcdCluster, ensure_etcd, etcd_key, etcd_version
 from tools.bench_load import WorkerSpec, run_worker
@@ -360,3 +362,18 @@ def test_the_bench_runs_every_shape_on_etcd_and_cleans_up(tmp_path: Path) -> Non
     assert all(p["rss_mib_max"] for n, p in peer["processes"].items() if n != "bench")
     after = {p.pid for p in psutil.process_iter() if p.name() == "etcd"}
     assert after <= before  # every member the bench started is gone
+
+
+def test_a_failed_peer_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> str:
+        raise ConfigError("etcd is not installed: run `sudo apt-get install etcd-server`")
+
+    monkeypatch.setattr(bench_module, "ensure_etcd", missing)
+    args = _parser().parse_args(["--peer", "etcd"])
+    peer = bench_module._peer_or_error(args, ["single-write"], None, None)
+    assert peer == {
+        "name": "etcd",
+        "error": "etcd is not installed: run `sudo apt-get install etcd-server`",
+        "phases": {},
+    }
+    assert all(row["etcd"] is None and not row["pass"] for row in compare({}, peer["phases"], {}))

@@ -664,6 +664,22 @@ def _run_peer(
         }
 
 
+def _peer_or_error(
+    args: argparse.Namespace,
+    phases: list[str],
+    pool: ProcessPoolExecutor | None,
+    progress: Any,
+) -> dict[str, Any]:
+    """etcd's figures, or why there are none: our cluster's figures are reported either way
+    (the members are stopped and removed by then)."""
+    try:
+        return _run_peer(args, phases, pool, progress)
+    except (BaasError, OSError) as exc:
+        detail = exc.detail if isinstance(exc, BaasError) else f"{type(exc).__name__}: {exc}"
+        print(f"etcd peer failed: {detail}", file=sys.stderr)
+        return {"name": "etcd", "error": detail, "phases": {}}
+
+
 def run(args: argparse.Namespace) -> tuple[Path, Path]:
     phases = _phases(args.phases)
     _check_args(args)
@@ -685,12 +701,12 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
             bench = _Bench(args, target, sampler, pool, progress, (layout, local))
             results = _run_phases(bench, phases)
         # our cluster is stopped (or, with --dir, idle) while etcd runs: one cluster at a time
-        peer = _run_peer(args, phases, pool, progress) if args.peer == "etcd" else None
+        peer = _peer_or_error(args, phases, pool, progress) if args.peer == "etcd" else None
     cpu_end = os.times()
     own = (cpu_end.user - cpu_start.user) + (cpu_end.system - cpu_start.system)
     parameters = _parameters(args, phases)
     judged = {**parameters, "index_writes": index_writes}
-    peer_cpu_s = peer["worker_cpu_s"] if peer else 0.0
+    peer_cpu_s = float(peer.get("worker_cpu_s", 0.0)) if peer else 0.0
     document: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "tool": "baas-bench",
@@ -708,7 +724,7 @@ def run(args: argparse.Namespace) -> tuple[Path, Path]:
         "parameters": parameters,
         "phases": results,
         "peer": peer,
-        "comparison": compare(results, peer["phases"] if peer else {}, judged),
+        "comparison": compare(results, peer.get("phases", {}) if peer else {}, judged),
         "targets": [
             *evaluate_targets(results, judged),
             *growth_targets(results.get("growth"), judged),
