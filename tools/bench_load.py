@@ -23,7 +23,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,14 +33,20 @@ from tools.bench_stats import pacing_offsets_s
 from tools.client import PartnerClient
 
 __all__ = [
+    "TRANSPORT_ERRORS",
+    "Recorder",
     "WorkerResult",
     "WorkerSpec",
+    "batch_sizes",
     "bench_record",
+    "closed_loop",
     "pool_init",
     "pool_run",
     "pool_warm",
+    "run_paced",
     "run_worker",
     "sample_ids",
+    "sleep_until_wall",
 ]
 
 BODY_POOL_MAX = 16  # distinct pre-built bodies per process, cycled
@@ -66,6 +72,8 @@ class WorkerSpec:
     procs: int = 1
     record_ids: tuple[str, ...] = ()  # what read sends
     seed: int = 0
+    etcd_urls: tuple[str, ...] = ()  # set: the load goes to these etcd members, not the gateway
+    value_bytes: int = 512  # etcd: the size of each put's value
 
 
 @dataclass(slots=True)
@@ -108,7 +116,7 @@ def bench_record(seq: int) -> dict[str, Any]:
     }
 
 
-class _Recorder:
+class Recorder:
     """Collects one process's rows; keeps a reservoir sample of record ids; reports progress."""
 
     def __init__(self, seed: int, progress: Callable[[int], None]) -> None:
@@ -155,7 +163,7 @@ async def _signed_send(
     return response.status, response.body
 
 
-async def _write_one(client: PartnerClient, rec: _Recorder, body: bytes, started: float) -> None:
+async def _write_one(client: PartnerClient, rec: Recorder, body: bytes, started: float) -> None:
     try:
         status, reply = await _signed_send(client, "POST", "/v1/records", body)
     except TRANSPORT_ERRORS as exc:
@@ -170,7 +178,7 @@ async def _write_one(client: PartnerClient, rec: _Recorder, body: bytes, started
         rec.done(started, 0, 1)
 
 
-async def _write_batch(client: PartnerClient, rec: _Recorder, body: bytes, size: int) -> None:
+async def _write_batch(client: PartnerClient, rec: Recorder, body: bytes, size: int) -> None:
     started = time.perf_counter()
     try:
         status, reply = await _signed_send(client, "POST", "/v1/records/batch", body)
@@ -192,7 +200,7 @@ async def _write_batch(client: PartnerClient, rec: _Recorder, body: bytes, size:
     rec.done(started, ok, size)
 
 
-async def _read_one(client: PartnerClient, rec: _Recorder, record_id: str) -> None:
+async def _read_one(client: PartnerClient, rec: Recorder, record_id: str) -> None:
     started = time.perf_counter()
     try:
         status, reply = await _signed_send(client, "GET", f"/v1/records/{record_id}", b"")
@@ -207,13 +215,13 @@ async def _read_one(client: PartnerClient, rec: _Recorder, record_id: str) -> No
         rec.done(started, 0, 1)
 
 
-async def _sleep_until_wall(at_s: float) -> None:
+async def sleep_until_wall(at_s: float) -> None:
     delay = at_s - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
 
 
-async def _closed_loop(
+async def closed_loop(
     spec: WorkerSpec, send: Callable[[int], Any], concurrency: int, requests: int
 ) -> None:
     next_index = 0
@@ -225,7 +233,7 @@ async def _closed_loop(
             next_index += 1
             await send(index)
 
-    await _sleep_until_wall(spec.start_at_s)
+    await sleep_until_wall(spec.start_at_s)
     await asyncio.gather(*(loop() for _ in range(concurrency)))
 
 
@@ -235,22 +243,22 @@ def _single_bodies(spec: WorkerSpec) -> list[bytes]:
     return [json.dumps({"record": bench_record(first + i)}).encode() for i in range(count)]
 
 
-async def _run_single_write(spec: WorkerSpec, client: PartnerClient, rec: _Recorder) -> None:
+async def _run_single_write(spec: WorkerSpec, client: PartnerClient, rec: Recorder) -> None:
     bodies = _single_bodies(spec)
 
     async def send(index: int) -> None:
         await _write_one(client, rec, bodies[index % len(bodies)], time.perf_counter())
 
-    await _closed_loop(spec, send, spec.concurrency, spec.requests)
+    await closed_loop(spec, send, spec.concurrency, spec.requests)
 
 
-def _batch_sizes(records: int, batch_size: int) -> list[int]:
+def batch_sizes(records: int, batch_size: int) -> list[int]:
     full, rest = divmod(records, batch_size)
     return [batch_size] * full + ([rest] if rest else [])
 
 
-async def _run_batch_write(spec: WorkerSpec, client: PartnerClient, rec: _Recorder) -> None:
-    sizes = _batch_sizes(spec.requests, spec.batch_size)  # requests = records here
+async def _run_batch_write(spec: WorkerSpec, client: PartnerClient, rec: Recorder) -> None:
+    sizes = batch_sizes(spec.requests, spec.batch_size)  # requests = records here
     first = spec.seed * 1_000_003
     bodies: dict[tuple[int, int], bytes] = {}
 
@@ -268,10 +276,10 @@ async def _run_batch_write(spec: WorkerSpec, client: PartnerClient, rec: _Record
     async def send(index: int) -> None:
         await _write_batch(client, rec, body(index), sizes[index])
 
-    await _closed_loop(spec, send, spec.concurrency, len(sizes))
+    await closed_loop(spec, send, spec.concurrency, len(sizes))
 
 
-async def _run_read(spec: WorkerSpec, client: PartnerClient, rec: _Recorder) -> None:
+async def _run_read(spec: WorkerSpec, client: PartnerClient, rec: Recorder) -> None:
     ids = spec.record_ids
     if not ids:
         raise ValueError("the read phase needs record ids written earlier")
@@ -279,22 +287,26 @@ async def _run_read(spec: WorkerSpec, client: PartnerClient, rec: _Recorder) -> 
     async def send(index: int) -> None:
         await _read_one(client, rec, ids[index % len(ids)])
 
-    await _closed_loop(spec, send, spec.concurrency, spec.requests)
+    await closed_loop(spec, send, spec.concurrency, spec.requests)
 
 
-async def _run_paced_write(spec: WorkerSpec, client: PartnerClient, rec: _Recorder) -> None:
+async def run_paced(
+    spec: WorkerSpec, rec: Recorder, send_one: Callable[[int, float], Awaitable[None]]
+) -> None:
+    """This process's share of an open loop at ``spec.rate_per_s``: ``send_one(i, due)`` for
+    send ``i`` at its scheduled time ``due`` (perf_counter), at most PACED_INFLIGHT_MAX in
+    flight; latency counts from ``due``."""
     offsets = pacing_offsets_s(spec.rate_per_s, spec.duration_s, spec.proc_index, spec.procs)
-    bodies = _single_bodies(dataclasses.replace(spec, requests=len(offsets)))
     slots = asyncio.Semaphore(PACED_INFLIGHT_MAX)
     tasks: set[asyncio.Task[None]] = set()
 
-    async def send(body: bytes, due: float) -> None:
+    async def send(index: int, due: float) -> None:
         try:
-            await _write_one(client, rec, body, due)  # latency counts from the scheduled time
+            await send_one(index, due)
         finally:
             slots.release()
 
-    await _sleep_until_wall(spec.start_at_s)
+    await sleep_until_wall(spec.start_at_s)
     origin = time.perf_counter()
     for i, offset in enumerate(offsets):
         due = origin + offset
@@ -305,14 +317,24 @@ async def _run_paced_write(spec: WorkerSpec, client: PartnerClient, rec: _Record
             rec.result.sends_waited_for_slot += 1  # the cluster is behind: PACED_INFLIGHT_MAX
         await slots.acquire()
         rec.result.send_lag_s.append(max(0.0, time.perf_counter() - due))
-        task = asyncio.create_task(send(bodies[i % len(bodies)], due))
+        task = asyncio.create_task(send(i, due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
         await asyncio.gather(*tasks)
 
 
-PHASES: dict[str, Callable[[WorkerSpec, PartnerClient, _Recorder], Any]] = {
+async def _run_paced_write(spec: WorkerSpec, client: PartnerClient, rec: Recorder) -> None:
+    count = len(pacing_offsets_s(spec.rate_per_s, spec.duration_s, spec.proc_index, spec.procs))
+    bodies = _single_bodies(dataclasses.replace(spec, requests=count))
+
+    async def send_one(index: int, due: float) -> None:
+        await _write_one(client, rec, bodies[index % len(bodies)], due)
+
+    await run_paced(spec, rec, send_one)
+
+
+PHASES: dict[str, Callable[[WorkerSpec, PartnerClient, Recorder], Any]] = {
     "single-write": _run_single_write,
     "batch-write": _run_batch_write,
     "read": _run_read,
@@ -321,8 +343,16 @@ PHASES: dict[str, Callable[[WorkerSpec, PartnerClient, _Recorder], Any]] = {
 
 
 async def run_worker_async(spec: WorkerSpec, progress: Callable[[int], None]) -> WorkerResult:
-    rec = _Recorder(spec.seed, progress)
+    rec = Recorder(spec.seed, progress)
     cpu_start = time.process_time()
+    if spec.etcd_urls:
+        # imported here: tools.bench_etcd builds its load from this module's pieces
+        from tools.bench_etcd import run_etcd_phase
+
+        await run_etcd_phase(spec, rec)
+        rec.flush()
+        rec.result.cpu_s = time.process_time() - cpu_start
+        return rec.result
     async with PartnerClient(
         spec.gateway_url,
         spec.api_key,

@@ -82,6 +82,9 @@ class ProcessSampler:
     def names(self) -> list[str]:
         return list(self._procs)
 
+    def pids(self) -> dict[str, int]:
+        return {name: int(proc.pid) for name, proc in self._procs.items()}
+
 
 def rss_report(sampler: ProcessSampler) -> dict[str, dict[str, float | None]]:
     report: dict[str, dict[str, float | None]] = {}

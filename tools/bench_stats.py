@@ -1,4 +1,5 @@
-"""The pure arithmetic of ``baas-bench``: percentiles, pacing, throughput windows, targets.
+"""The pure arithmetic of ``baas-bench``: percentiles, pacing, throughput windows, issue #4's
+targets (elections under steady load, fail-over; issue #13's ratios are in ``bench_peer``).
 
 Nothing here does I/O or reads a clock, so every function is unit-tested directly
 (``tests/test_bench.py``). Latencies are in seconds on input and reported in milliseconds.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ACHIEVED_RATE_MIN_FRACTION",
     "TARGETS",
     "Target",
     "evaluate_targets",
@@ -128,78 +130,13 @@ class Target:
     threshold: float
     unit: str
     description: str
-    issue: int = 3
+    issue: int = 4
 
     def passes(self, measured: float) -> bool:
         return measured >= self.threshold if self.op == ">=" else measured <= self.threshold
 
 
 TARGETS: tuple[Target, ...] = (
-    Target(
-        "single_write_rate",
-        "single-write",
-        "records_per_s",
-        ">=",
-        2500,
-        "records/s",
-        "one record per request, 32 concurrent clients",
-    ),
-    Target(
-        "batch_write_rate",
-        "batch-write",
-        "records_per_s",
-        ">=",
-        20000,
-        "records/s",
-        "batched writes, sustained over 10^6 records",
-    ),
-    Target(
-        "read_rate",
-        "read",
-        "records_per_s",
-        ">=",
-        2500,
-        "records/s",
-        "single-record reads",
-    ),
-    Target(
-        "paced_write_p99",
-        "paced-write",
-        "latency_ms.p99",
-        "<=",
-        20,
-        "ms",
-        "write p99 at an open-loop 1,000 records/s",
-    ),
-    Target(
-        "node_memory_flat",
-        "batch-write",
-        "node_rss_growth_second_half_pct_max",
-        "<=",
-        10,
-        "%",
-        "each node's RSS grows at most 10% over the second half of the batch-write phase",
-    ),
-    Target(
-        "committed_single_write_rate",
-        "single-write",
-        "records_per_s",
-        ">=",
-        2000,
-        "records/s",
-        "one record per request, acknowledged once its index entry is committed",
-        issue=4,
-    ),
-    Target(
-        "committed_batch_write_rate",
-        "batch-write",
-        "records_per_s",
-        ">=",
-        15000,
-        "records/s",
-        "batched writes on 5 nodes, acknowledged once their index entries are committed",
-        issue=4,
-    ),
     Target(
         "steady_zero_elections",
         "steady",
@@ -208,7 +145,6 @@ TARGETS: tuple[Target, ...] = (
         0,
         "elections",
         "no election (term increase) during 5 minutes of steady paced writes",
-        issue=4,
     ),
     Target(
         "leader_failover",
@@ -218,15 +154,11 @@ TARGETS: tuple[Target, ...] = (
         3,
         "s",
         "after a SIGKILL of the leader, a write sent after the kill succeeds within 3 s",
-        issue=4,
     ),
 )
 
-BATCH_RECORDS_FOR_TARGET = 1_000_000
-PACED_RATE_FOR_TARGET = 1000.0
 STEADY_S_FOR_TARGET = 300.0
 ACHIEVED_RATE_MIN_FRACTION = 0.95  # below, an open-loop run measured a queue, not the target
-NODES_FOR_BATCH_TARGET = 5
 KILL_SEND_LAG_MS_MAX = 100.0  # beyond, a kill-leader run measures the backlog, not fail-over
 
 
@@ -241,34 +173,7 @@ def metric_value(result: dict[str, Any], metric: str) -> float | None:
 
 
 def _conditions(target: Target, result: dict[str, Any], params: dict[str, Any]) -> str | None:
-    """Why this run cannot settle the target although it measured it (None: it can)."""
-    if target.issue == 4:
-        return _consensus_conditions(target, result, params)
-    if target.phase == "batch-write" and int(params.get("records", 0)) < BATCH_RECORDS_FOR_TARGET:
-        return f"the target is sustained over 10^6 records; this run wrote {params.get('records')}"
-    if target.phase == "paced-write":
-        rate = float(params.get("rate", 0))
-        if rate != PACED_RATE_FOR_TARGET:
-            return f"the target is at 1,000 records/s; this run paced {rate:g}/s"
-        achieved = float(result.get("records_per_s") or 0.0)
-        if achieved < ACHIEVED_RATE_MIN_FRACTION * rate:
-            return (
-                f"only {achieved:.0f} of the {rate:g} records/s offered completed per second "
-                "(send_lag_ms and client_cores tell a slow client from a slow cluster)"
-            )
-    if result.get("errors"):
-        return "the phase had errors"
-    return None
-
-
-def _consensus_conditions(
-    target: Target, result: dict[str, Any], params: dict[str, Any]
-) -> str | None:
-    """Issue #4's conditions: writes acknowledged through the log; the targets' durations."""
-    if target.phase in ("single-write", "batch-write") and params.get("index_writes") is not True:
-        return "the nodes do not acknowledge writes through the consensus log (index_writes)"
-    if target.phase == "batch-write" and params.get("nodes") != NODES_FOR_BATCH_TARGET:
-        return f"the target is on 5 nodes; this cluster has {params.get('nodes')}"
+    """Why this run cannot settle issue #4's target although it measured it (None: it can)."""
     if target.phase == "steady":
         held_s = float(params.get("steady_duration_s", 0))
         if held_s < STEADY_S_FOR_TARGET:
