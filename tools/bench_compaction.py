@@ -109,7 +109,9 @@ def compact(storage: DurableRaftStorage, index: int) -> float:
     return 0.0
 
 
-def measure(state_keys: int, entries: int, trailing: int, value_bytes: int) -> dict[str, Any]:
+def measure(
+    state_keys: int, entries: int, trailing: int, value_bytes: int, settle_s: float = 0.0
+) -> dict[str, Any]:
     directory = Path(tempfile.mkdtemp(prefix="bench-compaction-"))
     try:
         started = time.monotonic()
@@ -119,6 +121,7 @@ def measure(state_keys: int, entries: int, trailing: int, value_bytes: int) -> d
             compact(storage, entries - trailing)
             grow(storage, state_keys, entries - trailing, entries - trailing, value_bytes)
             built_s = time.monotonic() - started
+            time.sleep(settle_s)  # LevelDB's background compaction of the build goes on
             counting = _Counting(storage)
             wall, cpu = time.monotonic(), time.process_time()
             flush_s = compact(storage, storage.applied_index - trailing)
@@ -144,9 +147,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--entries", type=int, default=25_000, help="applied log entries")
     parser.add_argument("--trailing", type=int, default=5_000, help="entries kept")
     parser.add_argument("--value-bytes", type=int, default=250, help="a state value / payload")
+    parser.add_argument(
+        "--settle-s",
+        type=float,
+        default=0.0,
+        help="wait before the measured compaction (its flush waits for a running LevelDB one)",
+    )
     args = parser.parse_args(argv)
     for keys in args.state_keys:
-        print(json.dumps(measure(keys, args.entries, args.trailing, args.value_bytes)), flush=True)
+        result = measure(keys, args.entries, args.trailing, args.value_bytes, args.settle_s)
+        print(json.dumps({**result, "settle_s": args.settle_s}), flush=True)
 
 
 if __name__ == "__main__":
