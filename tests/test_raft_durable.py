@@ -929,6 +929,12 @@ def test_a_pinned_state_stays_at_its_index_and_sizes_its_snapshot_exactly(
             data = b"".join(encode_pieces(pinned.items()))
             assert encoded_size(pinned.items()) == len(data)
             assert list(decode_state([data], len(data))) == before
+            reading = pinned.items()
+            first = next(reading)
+            pinned.close()  # a cancelled transfer, while a worker thread still reads
+            assert [first, *reading] == before  # the view outlives the close until read
+            with pytest.raises(OperationFailed, match="closed"):
+                next(pinned.items())
         finally:
             pinned.close()
         assert (b"ri/new", b"n") in list(durable.state_items())

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,12 +266,17 @@ class PinnedState:
     What a snapshot sent to a follower is made of: applying goes on while it is read (on a
     worker thread, possibly twice: once to size it, once to send it), and the view keeps it
     at :attr:`applied_index`. Close it when done: the view holds old versions of the keys.
+    :meth:`close` may come from the loop while a worker thread still reads (a cancelled
+    transfer): the view is then released by the last reader, never under it.
     """
 
     def __init__(self, storage: DurableRaftStorage, view: Any, applied_index: int) -> None:
         self._storage = storage
         self._view = view
         self.applied_index = applied_index
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._closed = False
         raw = view.get(KEY_APPLIED)
         if (raw is None and applied_index) or (raw and _unpack(KEY_APPLIED, raw) != applied_index):
             view.close()
@@ -278,10 +284,25 @@ class PinnedState:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every state key and value in key order, checksums verified."""
-        return self._storage.state_items(source=self._view)
+        with self._lock:
+            if self._closed:
+                raise OperationFailed("the pinned state was closed", code="snapshot_cancelled")
+            self._readers += 1
+        try:
+            yield from self._storage.state_items(source=self._view)
+        finally:
+            with self._lock:
+                self._readers -= 1
+                release = self._closed and self._readers == 0
+            if release:
+                self._view.close()
 
     def close(self) -> None:
-        self._view.close()
+        with self._lock:
+            release = not self._closed and self._readers == 0
+            self._closed = True
+        if release:
+            self._view.close()
 
 
 def decode_entry_value(key: bytes, value: bytes, payload_bytes_max: int) -> Entry:
