@@ -35,7 +35,10 @@ streams its format-2 data (:mod:`node.replication.snapshot`) straight from the v
 chunk (at most ``chunks_queued_max`` frames waiting in the link per peer, ``sends_max``
 transfers at once): never held whole, never written on the sender. It reports a failed
 transfer to the core (``report_snapshot(ok=False)``) so the core probes and sends again, and
-leaves success to the follower's answer. A follower writes one incoming transfer at a time
+leaves success to the follower's answer. Until that answer (or the core gives up),
+compaction keeps the entries after ``A``, so the follower goes on by entries, not by another
+snapshot (under load a transfer outlasts ``trailing_entries``). A follower writes one incoming
+transfer at a time
 into a staged generation, refuses one over ``bytes_max``, a gap or a failed digest, and steps
 the core with a reference only when the whole transfer checked out; applying it replaces the
 state in bounded batches (again at restart if a crash cut that short).
@@ -58,6 +61,7 @@ import msgpack
 from node.config import RaftSettings
 from node.consensus.config import RaftConfig
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
+from node.consensus.progress import ProgressState
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import (
     AppEntry,
@@ -237,6 +241,10 @@ class ReplicatedLog:
         self._compaction: _Compaction | None = None
         self._compact_after = 0  # applied index before which no new attempt starts (back-off)
         self._sending: dict[str, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
+        # Peer -> the index of the snapshot streamed to it, until it answers or the core gives
+        # up: compaction keeps the entries after it (else the follower, once it installed the
+        # snapshot, would find them gone and need another: forever, under load).
+        self._sent_at: dict[str, int] = {}
         self._incoming: _Incoming | None = None
         self.frames_dropped = 0
         self.frames_malformed = 0
@@ -645,7 +653,7 @@ class ReplicatedLog:
             self._compact_after = applied + policy.entries
             log.error("flushing the state before compacting failed: %s", error)
             return
-        index = min(job.task.result(), applied - policy.trailing_entries)
+        index = min(job.task.result(), applied - policy.trailing_entries, self._floor(node))
         if index <= node.snapshot_index:
             return  # a snapshot received meanwhile moved the log past it
         meta = node.snapshot_meta(index)
@@ -661,6 +669,14 @@ class ReplicatedLog:
             self.compaction_ms,
         )
 
+    def _floor(self, node: RawNode) -> int:
+        """The lowest index a follower is being sent (or is installing) a snapshot at."""
+        for peer in list(self._sent_at):
+            progress = node.progress(peer) if node.role is Role.LEADER else None
+            if progress is None or progress.state is not ProgressState.SNAPSHOT:
+                del self._sent_at[peer]
+        return min(self._sent_at.values(), default=node.last_index)
+
     def _send_snapshot(self, node: RawNode, message: InstallSnapshot) -> None:
         """Stream the state to a follower the core wants to send a snapshot to."""
         peer = message.to
@@ -674,7 +690,9 @@ class ReplicatedLog:
             node.report_snapshot(peer, ok=False)  # the core asks again after a probe
             return
         # Pinned here, on the loop: the view and the applied index are of the same moment.
-        task = asyncio.create_task(self._stream_snapshot(node, message, self._storage.pin_state()))
+        pinned = self._storage.pin_state()
+        self._sent_at[peer] = pinned.applied_index
+        task = asyncio.create_task(self._stream_snapshot(node, message, pinned))
         self._sending[peer] = (message.meta, task)
 
     async def _stream_snapshot(
