@@ -349,8 +349,8 @@ class DurableRaftStorage:
         # Generations reserved for snapshots being received: garbage collection spares them
         # until they are adopted or discarded.
         self._staged: set[int] = set()
-        # What this process wrote (batches' keys and bytes): how the cost of a compaction is
-        # measured, in tests and metrics, without timing it.
+        # What this process wrote (batches' keys and bytes): how the tests measure the cost of
+        # a compaction without timing it (updated from worker threads too: approximate there).
         self.keys_written = 0
         self.bytes_written = 0
         # Bounded like the shard database: open tables and the block cache are what grow RSS.
