@@ -172,12 +172,13 @@ def encode_entry_value(entry: Entry) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRef:
-    """Where a snapshot's data lies in this database: what the core holds instead of the data.
+    """Where a received snapshot's data lies in this database: what the core holds instead.
 
-    A node's snapshot can be as large as its whole state (10^6 index records: ~250 MB), so
-    the adapter never loads it: the core's ``Snapshot.data`` is this small reference, the
-    chunks stay on disk, and the transport streams them (node/replication/log.py). A reference
-    never leaves the node; received data is always real data, checked, then referenced.
+    A snapshot can be as large as the whole state (10^6 index records: ~250 MB), so the
+    adapter never loads it: the core's ``Snapshot.data`` is this small reference to the chunks
+    staged on disk, which :meth:`DurableRaftStorage.restore_applied` rebuilds the state from
+    (node/replication/log.py). A reference never leaves the node: received data is always
+    real data, checked, then referenced.
     """
 
     generation: int
