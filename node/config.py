@@ -265,16 +265,16 @@ class RaftSettings:
     members_reconcile_interval_s: float = 0.5
     # A learner is promoted to voter once it is at most this many entries behind the leader.
     learner_lag_entries_max: int = 1000
-    # Log compaction (node/replication/log.py): a snapshot of the applied state is taken every
-    # snapshot_entries applied entries (a record index entry is ~350 B in the log and in the
-    # state: 20,000 entries are ~7 MB) and the log before it dropped once
-    # snapshot_trailing_entries more are applied, so a follower lagging by fewer catches up by
-    # entries, not by the whole state (10^6 records: ~350 MB).
+    # Log compaction (node/replication/log.py): every snapshot_entries applied entries the log
+    # is cut snapshot_trailing_entries behind the applied index (the state on disk is the
+    # snapshot: nothing is copied; 20,000 record index entries are ~7 MB of log), so a
+    # follower lagging by fewer catches up by entries, not by the whole state, which is
+    # streamed to it on demand (10^6 records: ~350 MB).
     snapshot_entries: int = 20_000
     snapshot_trailing_entries: int = 5_000
     # One InstallSnapshot frame and one stored chunk; at most Raft's bytes per message (1 MiB).
     snapshot_chunk_bytes_max: int = 1024 * 1024
-    # The state a snapshot may hold; a larger one is refused (taking it, or receiving it).
+    # The state a snapshot may hold; a larger one is refused (sending it, or receiving it).
     snapshot_bytes_max: int = 2 * 1024 * 1024 * 1024
     snapshot_sends_max: int = 2  # transfers out at once
     snapshot_chunks_queued_max: int = 4  # a transfer's frames waiting in the link per peer

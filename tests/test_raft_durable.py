@@ -1,6 +1,7 @@
 """The durable Raft storage on real LevelDB files: same semantics as MemoryStorage, crash-safe.
 
-* unit cases: suffix overwrite, snapshots, compaction, corruption, format version, v1 fixture;
+* unit cases: suffix overwrite, snapshots, compaction (and what it costs), corruption, format
+  versions, the v2 fixture and the v1 migration;
 * a seeded cluster run with a DurableRaftStorage per node against the same run on MemoryStorage;
 * real processes killed with SIGKILL at random moments, reopened and compared with a model.
 """
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,10 @@ from node.errors import (
     UnsupportedFormat,
 )
 from node.replication.durable import (
+    KEY_APPLIED,
     KEY_FORMAT,
     KEY_HARD,
+    KEY_SNAP,
     PREFIX_CHUNK,
     PREFIX_ENTRY,
     DurableRaftStorage,
@@ -54,11 +57,12 @@ from node.replication.durable import (
     chunk_key,
     entry_key,
 )
-from node.replication.snapshot import decode_state, encode_state
-from node.storage.entry import encode_entry
+from node.replication.snapshot import decode_state, encode_pieces, encode_state, encoded_size
+from node.storage.entry import decode_entry, encode_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_V1 = ROOT / "tests" / "fixtures" / "raft_durable_v1.hex"
+FIXTURE_V2 = ROOT / "tests" / "fixtures" / "raft_durable_v2.hex"
 ABC = Membership.of(["a", "b", "c"])
 
 
@@ -94,6 +98,19 @@ def snapshot_at(index: int, term: int, data: bytes = b"") -> Snapshot:
 
 def same_state(durable: DurableRaftStorage, memory: MemoryStorage) -> None:
     assert durable.state() == memory.state(durable.applied_index)
+
+
+def compact_both(memory: MemoryStorage, durable: DurableRaftStorage, meta: SnapshotMeta) -> int:
+    """Compact both to ``meta``: the memory model keeps no data either (the state is on disk)."""
+    memory.save_snapshot(Snapshot(meta, b""))
+    durable.flush_state()
+    return durable.compact(meta)
+
+
+def restored(memory: MemoryStorage, durable: DurableRaftStorage, writes: list[StateWrite]) -> None:
+    """The state rebuilt from the received snapshot: its data is no longer kept, in either."""
+    durable.restore_applied(writes, durable.snapshot.meta.index)
+    memory.snapshot = Snapshot(memory.snapshot.meta, b"")
 
 
 def raw_keys(path: Path, prefix: bytes) -> list[bytes]:
@@ -144,24 +161,34 @@ def test_received_snapshot_replaces_the_log_and_compaction_deletes_covered(
         memory.persist(ready)
         durable.persist(ready)
         same_state(durable, memory)
-    compacted = snapshot_at(14, 2, b"short")  # fewer chunks than before: the rest deleted
-    memory.save_snapshot(compacted)
-    durable.save_snapshot(compacted)
-    durable.save_snapshot(snapshot_at(13, 2))  # older than the one held: ignored, as in memory
+    assert {k[1:9] for k in raw_keys_open(durable, PREFIX_CHUNK)} == {chunk_key(1, 0)[1:9]}
+    restored(memory, durable, [(b"k", b"v")])
+    assert raw_keys_open(durable, PREFIX_CHUNK) == []  # the state is the snapshot now
+    moved = make_ready(hard_state=HardState(2, None, 15))
+    memory.persist(moved)
+    durable.persist(moved)
+    durable.commit_applied([(b"k", b"w")], 14)
+    with pytest.raises(InvariantViolation, match="durable"):  # not flushed yet
+        durable.compact(SnapshotMeta(14, 2, ABC))
+    assert compact_both(memory, durable, SnapshotMeta(14, 2, ABC)) == 2  # 13 and 14
+    assert compact_both(memory, durable, SnapshotMeta(13, 2, ABC)) == 0  # older: ignored
     same_state(durable, memory)
     durable.close()
     assert raw_keys(path, PREFIX_ENTRY) == [entry_key(15)]
-    assert raw_keys(path, b"c") == [chunk_key(3, 0)]  # generations 1 and 2 deleted
+    assert raw_keys(path, PREFIX_CHUNK) == []
     with DurableRaftStorage(path) as reopened:
         same_state(reopened, memory)
-        assert reopened.snapshot == compacted
+        assert reopened.snapshot == snapshot_at(14, 2)
+        assert reopened.applied_index == 14 and dict(reopened.state_items()) == {b"k": b"w"}
 
 
 def test_covered_entries_left_by_a_crash_are_ignored_and_deleted(tmp_path: Path) -> None:
     path = tmp_path / "raft"
     with DurableRaftStorage(path) as durable:
         durable.persist(make_ready(entries(1, 5, 1), HardState(1, None, 5)))
-        durable.save_snapshot(snapshot_at(3, 1))
+        durable.commit_applied([], 5)
+        durable.flush_state()
+        durable.compact(SnapshotMeta(3, 1, ABC))
     db = plyvel.DB(str(path))  # as if the crash hit before the unsynced deletes
     stale = entries(2, 3, 9)
     for entry in stale:
@@ -175,8 +202,8 @@ def test_covered_entries_left_by_a_crash_are_ignored_and_deleted(tmp_path: Path)
 def test_a_crash_before_the_snapshot_meta_keeps_the_old_snapshot(tmp_path: Path) -> None:
     path = tmp_path / "raft"
     with DurableRaftStorage(path, snapshot_chunk_bytes_max=4) as durable:
-        durable.persist(make_ready(entries(1, 5, 1), HardState(1, None, 5)))
-        durable.save_snapshot(snapshot_at(2, 1, b"old snapshot"))
+        durable.persist(make_ready(snapshot=snapshot_at(2, 1, b"old snapshot")))
+        durable.persist(make_ready(entries(3, 5, 1), HardState(1, None, 5)))
         durable._stage_snapshot(snapshot_at(4, 1, b"new snapshot, never adopted"))
     with DurableRaftStorage(path) as reopened:  # as if killed before the meta batch
         assert reopened.snapshot == snapshot_at(2, 1, b"old snapshot")
@@ -202,9 +229,10 @@ def delete_key(path: Path, key: bytes) -> None:
 
 
 def log_of_ten(path: Path) -> None:
+    """A received snapshot at 2, staged in chunks (not yet restored), and entries 3..10."""
     with DurableRaftStorage(path, snapshot_chunk_bytes_max=8) as durable:
-        durable.persist(make_ready(entries(1, 10, 1), HardState(1, "a", 4)))
-        durable.save_snapshot(snapshot_at(2, 1, b"snapshot data over chunks"))
+        durable.persist(make_ready(snapshot=snapshot_at(2, 1, b"snapshot data over chunks")))
+        durable.persist(make_ready(entries(3, 10, 1), HardState(1, "a", 4)))
 
 
 @pytest.mark.parametrize(
@@ -247,9 +275,9 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "raft"
     log_of_ten(path)
     db = plyvel.DB(str(path))
-    db.put(KEY_FORMAT, encode_entry(KEY_FORMAT, (2).to_bytes(4, "big")))
+    db.put(KEY_FORMAT, encode_entry(KEY_FORMAT, (3).to_bytes(4, "big")))
     db.close()
-    with pytest.raises(UnsupportedFormat, match="format 2"):
+    with pytest.raises(UnsupportedFormat, match="format 3"):
         DurableRaftStorage(path)
     delete_key(path, KEY_FORMAT)  # data without any format key: not ours, or damaged
     with pytest.raises(CorruptEntry, match="no format key"):
@@ -261,13 +289,14 @@ def test_a_database_held_by_another_process_is_an_operation_failure(tmp_path: Pa
         DurableRaftStorage(tmp_path / "raft")
 
 
-# -- the v1 on-disk format, pinned by a fixture
+# -- the v2 on-disk format, pinned by a fixture; the v1 format, migrated
 
 
 def write_fixture_scenario(path: Path) -> PersistedState:
-    """The state stored in tests/fixtures/raft_durable_v1.hex (every kind of record)."""
-    data = b"snapshot-data-" * 5
-    snapshot = snapshot_at(2, 1, data)
+    """The state stored in tests/fixtures/raft_durable_v2.hex (every kind of record).
+
+    A received snapshot at 2, restored; three entries; two applied; compacted to 3.
+    """
     log = [
         Entry(3, 2, EntryKind.NOOP, b"", 1700),
         Entry(4, 2, EntryKind.NORMAL, b"rec-4", 1750),
@@ -275,10 +304,13 @@ def write_fixture_scenario(path: Path) -> PersistedState:
     ]
     hard = HardState(2, "b", 4)
     with DurableRaftStorage(path, snapshot_chunk_bytes_max=32) as durable:
-        durable.persist(make_ready(snapshot=snapshot))
+        durable.persist(make_ready(snapshot=snapshot_at(2, 1, b"snapshot-data-" * 5)))
+        durable.restore_applied([(b"ri/count", b"\x02"), (b"ri/tmp", b"t")], 2)
         durable.persist(make_ready(log, hard))
         durable.commit_applied([(b"ri/count", b"\x04"), (b"ri/tmp", None)], 4)
-    return PersistedState(hard, snapshot, tuple(log), 4)
+        durable.flush_state()
+        durable.compact(SnapshotMeta(3, 2, ABC))
+    return PersistedState(hard, snapshot_at(3, 2), tuple(log[1:]), 4)
 
 
 def dump(path: Path) -> list[tuple[bytes, bytes]]:
@@ -289,20 +321,53 @@ def dump(path: Path) -> list[tuple[bytes, bytes]]:
         db.close()
 
 
-def test_v1_fixture_decodes_and_encoding_is_unchanged(tmp_path: Path) -> None:
+def load_fixture(fixture: Path, path: Path) -> list[tuple[bytes, bytes]]:
     pairs = [
         (bytes.fromhex(k), bytes.fromhex(v))
-        for k, v in (line.split() for line in FIXTURE_V1.read_text().splitlines() if line)
+        for k, v in (line.split() for line in fixture.read_text().splitlines() if line)
     ]
-    db = plyvel.DB(str(tmp_path / "fixture"), create_if_missing=True)
+    db = plyvel.DB(str(path), create_if_missing=True)
     for key, value in pairs:
         db.put(key, value)
     db.close()
+    return pairs
+
+
+def test_v2_fixture_decodes_and_encoding_is_unchanged(tmp_path: Path) -> None:
+    pairs = load_fixture(FIXTURE_V2, tmp_path / "fixture")
     expected = write_fixture_scenario(tmp_path / "fresh")
     with DurableRaftStorage(tmp_path / "fixture") as durable:
         assert durable.state() == expected
         assert dict(durable.state_items()) == {b"ri/count": b"\x04"}
-    assert dump(tmp_path / "fresh") == pairs, "the v1 on-disk encoding changed"
+    assert dump(tmp_path / "fresh") == pairs, "the v2 on-disk encoding changed"
+
+
+def test_a_v1_database_is_migrated_its_snapshot_chunks_dropped_once_applied(
+    tmp_path: Path,
+) -> None:
+    """Format 1 wrote the whole state into every snapshot: a v1 node's data dir loads, and its
+    chunks go once the state reflects them (the fixture's snapshot at 2, applied 4)."""
+    load_fixture(FIXTURE_V1, tmp_path / "v1")
+    log = (
+        Entry(3, 2, EntryKind.NOOP, b"", 1700),
+        Entry(4, 2, EntryKind.NORMAL, b"rec-4", 1750),
+        Entry(5, 2, EntryKind.NORMAL, b"\x00\xff", 1800),
+    )
+    expected = PersistedState(HardState(2, "b", 4), snapshot_at(2, 1), log, 4)
+    for _ in range(2):  # migrated, then opened as v2
+        with DurableRaftStorage(tmp_path / "v1") as durable:
+            assert durable.state() == expected
+            assert dict(durable.state_items()) == {b"ri/count": b"\x04"}
+            assert raw_keys_open(durable, PREFIX_CHUNK) == []
+            assert decode_entry(KEY_FORMAT, durable._db.get(KEY_FORMAT)) == b"\x00\x00\x00\x02"
+    # A v1 snapshot the state does not reflect yet (received, not restored) stays staged.
+    load_fixture(FIXTURE_V1, tmp_path / "staged")
+    db = plyvel.DB(str(tmp_path / "staged"))
+    db.put(KEY_APPLIED, encode_entry(KEY_APPLIED, msgpack.packb(1)))
+    db.close()
+    with DurableRaftStorage(tmp_path / "staged") as durable:
+        assert durable.snapshot == snapshot_at(2, 1, b"snapshot-data-" * 5)
+        assert durable.applied_index == 1
 
 
 # -- the apply step
@@ -392,7 +457,10 @@ class DurableCluster(Cluster):
 
     Its Ready cycle uses the state-machine interface: each applied range is written with
     ``commit_applied`` (one key per applied entry), a received snapshot with
-    ``restore_applied``; a restart reopens the database and resumes from what is stored.
+    ``restore_applied``; compaction stores no data (the state is on disk); a restart reopens
+    the database and resumes from what is stored. The core is still handed the state as
+    snapshot data (its records up to the compaction point): that is what this cluster sends
+    a lagging peer, where the adapter streams the same state from a pinned view.
     """
 
     def __init__(self, root: Path, node_ids: list[NodeId], **options: Any) -> None:
@@ -431,6 +499,15 @@ class DurableCluster(Cluster):
             member.machine.read_states.extend(ready.read_states)
             member.core.advance(ready)  # 4. advance
 
+    def compact(self, node_id: NodeId) -> Snapshot:
+        member, storage = self.members[node_id], self.durable(node_id)
+        meta = member.core.snapshot_meta(member.machine.applied_index)
+        storage.flush_state()
+        storage.compact(meta)
+        snapshot = Snapshot(meta, member.machine.data())
+        member.core.compact(snapshot)
+        return snapshot
+
     def restart(self, node_id: NodeId) -> None:
         self.durable(node_id).close()
         storage = self._open(node_id)
@@ -445,7 +522,12 @@ class DurableCluster(Cluster):
             for i, t, k, p in [msgpack.unpackb(value)]
         ]
         machine.applied_index = storage.applied_index
-        core = RawNode(self._config(node_id), self.rng, storage.state())
+        state, meta = storage.state(), storage.snapshot.meta
+        at_compaction = [list(a) for a in machine.applied if a[0] <= meta.index]
+        data = msgpack.packb(at_compaction, use_bin_type=True)
+        core = RawNode(
+            self._config(node_id), self.rng, replace(state, snapshot=Snapshot(meta, data))
+        )
         self.members[node_id] = _Member(core, storage, machine)  # type: ignore[arg-type]
         self.process(node_id)
 
@@ -505,11 +587,14 @@ def converge(cluster: Cluster) -> None:
 
 
 def same_persisted(durable: DurableCluster, plain: Cluster) -> None:
+    """The same log, hard state, snapshot point and applied state (the data of a snapshot is
+    the applied state, which the durable storage keeps as state, not as snapshot data)."""
     for node_id in sorted(plain.members):
         machine = plain.machine(node_id)
-        assert durable.durable(node_id).state() == plain.storage(node_id).state(
-            machine.applied_index
-        )
+        stored = durable.durable(node_id).state()
+        model = plain.storage(node_id).state(machine.applied_index)
+        assert stored.snapshot.meta == model.snapshot.meta
+        assert replace(stored, snapshot=model.snapshot) == model
         assert durable.machine(node_id).applied == machine.applied
 
 
@@ -551,7 +636,7 @@ def test_seeded_cluster_on_leveldb_persists_exactly_what_memory_does(
 
 # -- crash safety with real processes killed by SIGKILL
 
-# ("persist", Ready) | ("apply" or "restore", writes, index) | ("compact", Snapshot)
+# ("persist", Ready) | ("apply" or "restore", writes, index) | ("compact", SnapshotMeta)
 Op = tuple[Any, ...]
 
 
@@ -568,10 +653,11 @@ class Model:
         if kind == "persist":
             self.storage.persist(op[1])
         elif kind == "compact":
-            self.storage.save_snapshot(op[1])
+            self.storage.save_snapshot(Snapshot(op[1], b""))  # the state is on disk
         else:
             if kind == "restore":
                 self.state.clear()
+                self.storage.snapshot = Snapshot(self.storage.snapshot.meta, b"")
             for key, value in op[1]:
                 if value is None:
                     self.state.pop(key, None)
@@ -585,7 +671,8 @@ def do_durable(storage: DurableRaftStorage, op: Op) -> None:
     if kind == "persist":
         storage.persist(op[1])
     elif kind == "compact":
-        storage.save_snapshot(op[1])
+        storage.flush_state()
+        storage.compact(op[1])
     elif kind == "restore":
         storage.restore_applied(op[1], op[2])
     else:
@@ -615,10 +702,8 @@ def crash_ops(seed: int) -> Iterator[Op]:
             writes += [(b"sm/%08d" % (end - 10), None), (b"sm/count", b"%d" % end)]
             op = ("apply", tuple(writes), end)
         elif roll < 0.36 and model.applied > snap:
-            index = model.applied
-            data = msgpack.packb(sorted(model.state.items()), use_bin_type=True)
-            term_at = st.entries[index - snap - 1].term
-            op = ("compact", Snapshot(SnapshotMeta(index, term_at, ABC), data))
+            index = rng.randint(snap + 1, model.applied)
+            op = ("compact", SnapshotMeta(index, st.entries[index - snap - 1].term, ABC))
         elif roll < 0.45 and last > commit:  # a new leader overwrites the uncommitted suffix
             term += 1
             first = rng.randint(commit + 1, last)
@@ -726,6 +811,7 @@ def write_staged(storage: DurableRaftStorage, data: bytes) -> SnapshotRef:
 
 
 def test_a_staged_snapshot_is_adopted_by_reference_and_never_loaded_whole(tmp_path: Path) -> None:
+    """A received transfer: staged chunks, adopted by reference, restored, then dropped."""
     path = tmp_path / "raft"
     data = b"state data over several chunks of 16 bytes"
     with DurableRaftStorage(path, snapshot_chunk_bytes_max=16) as durable:
@@ -733,27 +819,32 @@ def test_a_staged_snapshot_is_adopted_by_reference_and_never_loaded_whole(tmp_pa
         ref = write_staged(durable, data)
         assert ref.chunks == 3 and ref.size == len(data)
         other = write_staged(durable, b"a transfer still coming in")
-        assert durable.adopt_snapshot(SnapshotMeta(6, 1, ABC), ref)
+        snapshot = Snapshot(SnapshotMeta(12, 2, ABC), ref.encode())
+        durable.persist(make_ready(hard_state=HardState(2, None, 12), snapshot=snapshot))
         assert durable.snapshot.data == ref.encode()  # the core holds the reference
-        assert [e.index for e in durable.entries()] == [7, 8, 9]
-        assert raw_keys_open(durable, PREFIX_ENTRY) == [entry_key(i) for i in (7, 8, 9)]
+        assert durable.entries() is not None and raw_keys_open(durable, PREFIX_ENTRY) == []
         size, chunks = durable.snapshot_chunks(durable.snapshot.data)
         assert size == len(data) and b"".join(chunks) == data
-        # An older snapshot is refused and its chunks deleted; a staged one is untouched.
-        stale = write_staged(durable, b"older")
-        assert not durable.adopt_snapshot(SnapshotMeta(5, 1, ABC), stale)
         gens = {k[1:9] for k in raw_keys_open(durable, PREFIX_CHUNK)}
         assert gens == {chunk_key(g, 0)[1:9] for g in (ref.generation, other.generation)}
     with DurableRaftStorage(path, snapshot_chunk_bytes_max=16) as reopened:
-        assert reopened.snapshot == Snapshot(SnapshotMeta(6, 1, ABC), ref.encode())
-        assert reopened.state().entries == tuple(entries(7, 9, 1))
+        assert reopened.snapshot == snapshot and reopened.applied_index == 0  # to restore
         # The transfer that was never adopted is gone: only the snapshot's chunks remain.
         assert {k[1:9] for k in raw_keys_open(reopened, PREFIX_CHUNK)} == {
             chunk_key(ref.generation, 0)[1:9]
         }
-    db = plyvel.DB(str(path))
-    key = chunk_key(ref.generation, 1)
-    db.put(key, encode_entry(key, b"x" * 16))  # a well-formed chunk with the wrong data
+        reopened.restore_applied([(b"k", b"v")], 12)
+        assert reopened.snapshot == Snapshot(snapshot.meta, b"")
+        assert raw_keys_open(reopened, PREFIX_CHUNK) == []
+    with DurableRaftStorage(path) as again:
+        assert again.snapshot == Snapshot(snapshot.meta, b"") and again.applied_index == 12
+    record = {"meta": snapshot.meta.to_wire(), **ref._record(), "ref": True}
+    db = plyvel.DB(str(path))  # as if staged again, its chunks then damaged
+    db.put(KEY_SNAP, encode_entry(KEY_SNAP, msgpack.packb(record)))
+    db.put(KEY_APPLIED, encode_entry(KEY_APPLIED, msgpack.packb(0)))
+    for n in range(ref.chunks):  # well-formed chunks with the wrong data
+        key = chunk_key(ref.generation, n)
+        db.put(key, encode_entry(key, b"x" * 16))
     db.close()
     with pytest.raises(CorruptEntry):
         DurableRaftStorage(path)
@@ -769,3 +860,81 @@ def test_a_snapshot_over_its_bound_is_refused_while_written(tmp_path: Path) -> N
 
 def raw_keys_open(durable: DurableRaftStorage, prefix: bytes) -> list[bytes]:
     return list(durable._db.iterator(prefix=prefix, include_value=False))
+
+
+# -- compaction that does not copy the state
+
+
+def store_with_state(path: Path, state_keys: int, log_entries: int) -> DurableRaftStorage:
+    """A storage with ``state_keys`` applied state keys and ``log_entries`` applied entries."""
+    durable = DurableRaftStorage(path)
+    durable.persist(make_ready(snapshot=snapshot_at(0, 0)))
+    durable.persist(make_ready(entries(1, log_entries, 1), HardState(1, "a", log_entries)))
+    value = b"v" * 200  # about a record index entry
+    for batch, start in enumerate(range(0, state_keys, 4096)):
+        writes = [(b"ri/%09d" % i, value) for i in range(start, min(state_keys, start + 4096))]
+        durable.commit_applied(writes, 1 + batch, sync=False)
+    durable.commit_applied([(b"ri/count", b"%d" % state_keys)], log_entries, sync=False)
+    return durable
+
+
+def test_compaction_writes_what_the_dropped_entries_cost_whatever_the_state_size(
+    tmp_path: Path,
+) -> None:
+    """The cost of a compaction, counted in keys and bytes written (not timed): the same for
+    a state of 100 keys and one of 100,000, and proportional to the entries dropped."""
+    costs = []
+    for keys in (100, 100_000):
+        with store_with_state(tmp_path / f"s{keys}", keys, 3000) as durable:
+            durable.flush_state()
+            before = (durable.keys_written, durable.bytes_written)
+            assert durable.compact(SnapshotMeta(2000, 1, ABC)) == 2000
+            costs.append((durable.keys_written - before[0], durable.bytes_written - before[1]))
+            assert [e.index for e in durable.entries()] == list(range(2001, 3001))
+            assert len(list(durable.state_items())) == keys + 1  # the state is untouched
+    assert costs[0] == costs[1]
+    assert costs[0][0] == 2000 + 1  # one delete per dropped entry, and the meta
+    with DurableRaftStorage(tmp_path / "s100") as reopened:  # restarts from the point
+        assert reopened.snapshot == snapshot_at(2000, 1)
+        assert reopened.applied_index == 3000
+        assert reopened.state().entries == tuple(entries(2001, 3000, 1))
+
+
+def test_a_state_behind_the_compaction_point_is_refused_at_open(tmp_path: Path) -> None:
+    """What flush_state prevents (a power loss taking state the dropped log rebuilt) is
+    detected, never served: the node is told to catch up from an empty directory."""
+    path = tmp_path / "raft"
+    with store_with_state(path, 10, 20) as durable:
+        durable.flush_state()
+        durable.compact(SnapshotMeta(15, 1, ABC))
+    db = plyvel.DB(str(path))
+    db.put(KEY_APPLIED, encode_entry(KEY_APPLIED, msgpack.packb(12)))
+    db.close()
+    with pytest.raises(CorruptEntry, match="behind the compaction point"):
+        DurableRaftStorage(path)
+
+
+def test_a_pinned_state_stays_at_its_index_and_sizes_its_snapshot_exactly(
+    tmp_path: Path,
+) -> None:
+    with store_with_state(tmp_path / "raft", 1000, 50) as durable:
+        durable.persist(make_ready(entries(51, 52, 1), HardState(1, "a", 52)))
+        durable.commit_applied([(b"ri/big", b"b" * 70_000), (b"ri/mid", b"m" * 300)], 51)
+        pinned = durable.pin_state()
+        before = list(pinned.items())
+        durable.commit_applied([(b"ri/000000001", None), (b"ri/new", b"n")], 52)
+        try:
+            assert pinned.applied_index == 51
+            assert list(pinned.items()) == before  # read twice: still as of index 51
+            data = b"".join(encode_pieces(pinned.items()))
+            assert encoded_size(pinned.items()) == len(data)
+            assert list(decode_state([data], len(data))) == before
+            reading = pinned.items()
+            first = next(reading)
+            pinned.close()  # a cancelled transfer, while a worker thread still reads
+            assert [first, *reading] == before  # the view outlives the close until read
+            with pytest.raises(OperationFailed, match="closed"):
+                next(pinned.items())
+        finally:
+            pinned.close()
+        assert (b"ri/new", b"n") in list(durable.state_items())

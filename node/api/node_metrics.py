@@ -160,11 +160,21 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
         StatFamily(
             "raft_snapshot_index", "log index of the snapshot in force", raft("snapshot_index")
         ),
+        StatFamily("raft_compactions", "log compactions", raft("compactions"), counter=True),
         StatFamily(
-            "raft_snapshot_bytes", "size of the last snapshot taken here", raft("snapshot_bytes")
+            "raft_compacted_entries",
+            "log entries dropped by compaction",
+            raft("compacted_entries"),
+            counter=True,
         ),
         StatFamily(
-            "raft_snapshots_taken", "log compactions", raft("snapshots_taken"), counter=True
+            "raft_compaction_ms", "how long the latest compaction took", raft("compaction_ms")
+        ),
+        StatFamily(
+            "raft_snapshot_sent_bytes",
+            "snapshot bytes streamed to followers (completed transfers)",
+            raft("snapshot_sent_bytes"),
+            counter=True,
         ),
         StatFamily(
             "raft_snapshots_sent",

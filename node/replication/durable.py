@@ -1,9 +1,10 @@
-"""The durable Raft storage of a node: log, hard state, snapshot and applied state in LevelDB.
+"""The durable Raft storage of a node: log, hard state, compaction point and applied state.
 
-This is the on-disk twin of :class:`~node.consensus.storage.MemoryStorage`: :meth:`persist`,
-:meth:`save_snapshot` and :meth:`state` mean exactly what they mean there, so a core restarted
-from :meth:`DurableRaftStorage.state` behaves as one restarted from the in-memory model. It is
-plain synchronous I/O, called from the adapter's thread (one writer; not thread-safe).
+This is the on-disk twin of :class:`~node.consensus.storage.MemoryStorage`: :meth:`persist`
+and :meth:`state` mean exactly what they mean there, so a core restarted from
+:meth:`DurableRaftStorage.state` behaves as one restarted from the in-memory model. It is
+plain synchronous I/O, called from the adapter's thread (one writer; not thread-safe, except
+:meth:`flush_state`, which touches no Python state but a counter and may run on a worker).
 
 Durability rules
 ----------------
@@ -16,54 +17,63 @@ Durability rules
   (``sync=False``): a power loss that takes the batch takes state and index together, and the
   fsynced log applies the entries again.
 
-The state-machine interface (for the record index, later the ledger and the Merkle log)
--------------------------------------------------------------------------------------------
-A state machine keeps its state in this same database, under keys it owns (each machine picks
-its own sub-prefix, e.g. ``b"ri/"`` for the record index). Applying committed entries is pure:
-it returns ``[(key, value or None for delete), ...]``; the adapter then calls::
+Compaction does not copy the state
+----------------------------------
+The state machine's state lives in this database, with its applied index, so it already *is*
+the snapshot of the log up to that index (as in etcd v3 over bbolt, or CockroachDB and TiKV
+truncating the Raft log against their engine). :meth:`compact` therefore only records the
+compaction point's meta (index, term, membership) as the snapshot in force, in one fsynced
+batch, and deletes the dropped entries in bounded unsynced batches: its cost is the dropped
+entries', whatever the size of the state (``tests/test_raft_durable.py`` counts it).
 
-    storage.commit_applied(writes, applied_index=last_entry.index)   # one batch
-    storage.state_get(key) / storage.state_items(prefix)              # checksummed reads
+The one precondition: the state up to that index must be on disk before the entries that
+could rebuild it go. The state is written unsynced, and LevelDB does not promise that a later
+synced write carries earlier unsynced ones across a power loss (a memtable switch starts a new
+log file without syncing the old one), so :meth:`flush_state` first writes the memtable out
+to a synced table (LevelDB's ``CompactRange`` over an empty key range: the cost of the
+writes since the last flush, not of the state); :meth:`compact` refuses an index it did not
+cover. etcd does the same (a backend commit before compacting its raft log).
 
-When a Ready carries a snapshot, the machine rebuilds its state from ``snapshot.data`` and the
-adapter calls ``storage.restore_applied(writes, snapshot.meta.index)``: it clears every state key
-and writes the new ones in bounded batches, moving the applied index only in the last one. On
-restart, ``applied_index < snapshot.meta.index`` therefore means "restore from the snapshot
-first" (a crash between persisting a received snapshot and applying it, or mid-restore); any
-other applied index matches the state exactly.
+Snapshots that move between nodes
+---------------------------------
+A follower too far behind is sent the state as of the leader's applied index, read from a
+pinned LevelDB view (:meth:`pin_state`) and streamed in format 2
+(:mod:`node.replication.snapshot`) by the adapter: nothing is written on the sender. The
+receiver stages the chunks it gets under a generation (:meth:`reserve_generation`,
+:class:`SnapshotWriter`); the core gets a :class:`SnapshotRef` to them, :meth:`persist` makes
+that snapshot the one in force (with its chunks) and :meth:`restore_applied` rebuilds the
+state from them in bounded batches, its last batch moving the applied index and dropping the
+chunk reference from ``m:snap`` together; the chunks are deleted after. So on restart
+``applied_index < snapshot index`` exactly when a received snapshot is staged and not yet
+(fully) restored: restore it first. A snapshot given as data (the pure-core tests) is chunked
+and read back as data.
 
-Large snapshots are streamed, never held whole: a :class:`SnapshotWriter` writes data into
-the chunks of a generation taken with :meth:`reserve_generation` (compaction, from
-:meth:`pinned_state`; a transfer coming in), and the core is given a :class:`SnapshotRef` to
-them as its ``Snapshot.data``. :meth:`adopt_snapshot` (compaction) or :meth:`persist` (a
-received snapshot whose data is a reference) adopts the staged chunks without copying;
-:meth:`snapshot_chunks` reads them back from a pinned view (sending, restoring). A snapshot
-given as data (the bootstrap one, the pure-core tests) is chunked and loaded as before.
-
-On-disk layout (format version 1; every value is a :mod:`node.storage.entry` record: version
+On-disk layout (format version 2; every value is a :mod:`node.storage.entry` record: version
 byte, checksum bound to the key, payload)::
 
     b"m:format"             u32 big-endian format version (refuse unknown ones)
     b"m:hard"               msgpack HardState.to_wire()
     b"m:last"               msgpack int: last log index; entries are contiguous up to it
     b"m:applied"            msgpack int: the state machine's applied index
-    b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire(), "gen", "bytes", "chunks",
-                            "sha256", "ref"?}: the snapshot in force and where its data is;
-                            "ref": the core holds a SnapshotRef (load never reads it whole)
-    b"c" + u64 gen + u32 n  chunk n (<= snapshot_chunk_bytes_max) of the data of generation gen
+    b"m:snap"               msgpack {"meta": SnapshotMeta.to_wire()}: the compaction point;
+                            with "gen", "bytes", "chunks", "sha256" and "ref"? while a
+                            received snapshot's data is staged and not yet restored
+                            ("ref": the core holds a SnapshotRef, load never reads it whole)
+    b"c" + u64 gen + u32 n  chunk n (<= snapshot_chunk_bytes_max) of staged data of gen
     b"e" + u64 index        msgpack Entry.to_wire() (big-endian index: entries sort by index)
     b"x" + machine key      a state machine's value
 
-A new snapshot's chunks are written first, under a new generation, in bounded batches;
-the fsynced batch that writes ``m:snap`` adopts them, so a crash leaves either the old snapshot
-or the new one, never a mix. Generations reserved and not yet adopted are spared by garbage
-collection while this process runs; opening deletes them. Every batch whose loss could be
-hidden by a later one is fsynced itself: LevelDB does not promise that a synced write carries
-the unsynced writes before it across a power loss (a memtable switch starts a new log file
-without syncing the old one).
-Chunks of other generations and entries at or below the snapshot index may linger after a
-crash; loading ignores them and opening deletes them (unsynced: losing those deletes is
-harmless). Any entry missing or failing its checksum between the snapshot and ``m:last`` is a
+Format 1 (every compaction wrote the whole state into chunks) is migrated when opened: its
+snapshot's chunks are dropped once the state is flushed if the state already reflects them,
+else kept as a staged snapshot to restore, which is what they mean in format 2 too.
+
+Staged chunks are written first, under a new generation, each chunk its own fsynced batch;
+the fsynced batch that writes ``m:snap`` adopts them, so a crash leaves either the old
+snapshot or the new one, never a mix. Generations reserved and not yet adopted are spared by
+garbage collection while this process runs; opening deletes them. Chunks of other
+generations and entries at or below the snapshot index may linger after a crash; loading
+ignores them and opening deletes them (unsynced: losing those deletes is harmless). Any entry
+missing or failing its checksum between the snapshot and ``m:last`` is a
 :class:`~node.errors.CorruptEntry` at load, never skipped.
 """
 
@@ -71,6 +81,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,9 +103,17 @@ from node.errors import (
 from node.storage.entry import decode_entry, encode_entry
 from node.storage.leveldb import open_leveldb
 
-__all__ = ["FORMAT_VERSION", "DurableRaftStorage", "SnapshotRef", "SnapshotWriter", "StateWrite"]
+__all__ = [
+    "FORMAT_VERSION",
+    "DurableRaftStorage",
+    "PinnedState",
+    "SnapshotRef",
+    "SnapshotWriter",
+    "StateWrite",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMATS_MIGRATED = (1,)  # opened and rewritten as FORMAT_VERSION (see the module docstring)
 StateWrite = tuple[bytes, bytes | None]  # (state-machine key, value; None deletes the key)
 
 KEY_FORMAT = b"m:format"
@@ -113,6 +132,9 @@ SNAPSHOT_BYTES_MAX = 4 * 1024 * 1024 * 1024
 REF_MAGIC = b"\xc1baas-snapshot-ref\x00"
 ENTRY_PAYLOAD_BYTES_MAX = 1024 * 1024  # RaftConfig.entry_payload_bytes_max's default
 DELETE_BATCH_KEYS_MAX = 4096  # keys deleted per batch when compacting or clearing state
+# flush_state's CompactRange covers [FLUSH_KEY, FLUSH_KEY]: below every key this database
+# holds, so it overlaps no table and only writes the memtable out (see the module docstring).
+FLUSH_KEY = b"\x00"
 STATE_WRITES_PER_BATCH_MAX = 1 << 17
 STATE_KEY_BYTES_MAX = 1024
 
@@ -150,12 +172,13 @@ def encode_entry_value(entry: Entry) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotRef:
-    """Where a snapshot's data lies in this database: what the core holds instead of the data.
+    """Where a received snapshot's data lies in this database: what the core holds instead.
 
-    A node's snapshot can be as large as its whole state (10^6 index records: ~250 MB), so
-    the adapter never loads it: the core's ``Snapshot.data`` is this small reference, the
-    chunks stay on disk, and the transport streams them (node/replication/log.py). A reference
-    never leaves the node; received data is always real data, checked, then referenced.
+    A snapshot can be as large as the whole state (10^6 index records: ~250 MB), so the
+    adapter never loads it: the core's ``Snapshot.data`` is this small reference to the chunks
+    staged on disk, which :meth:`DurableRaftStorage.restore_applied` rebuilds the state from
+    (node/replication/log.py). A reference never leaves the node: received data is always
+    real data, checked, then referenced.
     """
 
     generation: int
@@ -238,6 +261,51 @@ class SnapshotWriter:
         return SnapshotRef(self.generation, self._size, self._chunks, self._digest.digest())
 
 
+class PinnedState:
+    """The applied state as of one moment, read from a pinned LevelDB view.
+
+    What a snapshot sent to a follower is made of: applying goes on while it is read (on a
+    worker thread, possibly twice: once to size it, once to send it), and the view keeps it
+    at :attr:`applied_index`. Close it when done: the view holds old versions of the keys.
+    :meth:`close` may come from the loop while a worker thread still reads (a cancelled
+    transfer): the view is then released by the last reader, never under it.
+    """
+
+    def __init__(self, storage: DurableRaftStorage, view: Any, applied_index: int) -> None:
+        self._storage = storage
+        self._view = view
+        self.applied_index = applied_index
+        self._lock = threading.Lock()
+        self._readers = 0
+        self._closed = False
+        raw = view.get(KEY_APPLIED)
+        if (raw is None and applied_index) or (raw and _unpack(KEY_APPLIED, raw) != applied_index):
+            view.close()
+            raise InvariantViolation(f"pinned state is not at applied index {applied_index}")
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every state key and value in key order, checksums verified."""
+        with self._lock:
+            if self._closed:
+                raise OperationFailed("the pinned state was closed", code="snapshot_cancelled")
+            self._readers += 1
+        try:
+            yield from self._storage.state_items(source=self._view)
+        finally:
+            with self._lock:
+                self._readers -= 1
+                release = self._closed and self._readers == 0
+            if release:
+                self._view.close()
+
+    def close(self) -> None:
+        with self._lock:
+            release = not self._closed and self._readers == 0
+            self._closed = True
+        if release:
+            self._view.close()
+
+
 def decode_entry_value(key: bytes, value: bytes, payload_bytes_max: int) -> Entry:
     try:
         entry = Entry.from_wire(_unpack(key, value), payload_bytes_max=payload_bytes_max)
@@ -279,9 +347,13 @@ class DurableRaftStorage:
         self.snapshot_bytes_max = snapshot_bytes_max
         self.entry_payload_bytes_max = entry_payload_bytes_max
         self.delete_batch_keys_max = delete_batch_keys_max
-        # Generations reserved for snapshots being written (compaction, a transfer coming in):
-        # garbage collection spares them until they are adopted or discarded.
+        # Generations reserved for snapshots being received: garbage collection spares them
+        # until they are adopted or discarded.
         self._staged: set[int] = set()
+        # What this process wrote (batches' keys and bytes): how the tests measure the cost of
+        # a compaction without timing it (updated from worker threads too: approximate there).
+        self.keys_written = 0
+        self.bytes_written = 0
         # Bounded like the shard database: open tables and the block cache are what grow RSS.
         self._db = open_leveldb(
             path,
@@ -291,45 +363,76 @@ class DurableRaftStorage:
             max_open_files=open_files_max,
         )
         try:
-            self._check_format()
+            version = self._check_format()
             self._load()
+            if version != FORMAT_VERSION:
+                self._migrate()
         except BaseException:
             self._db.close()
             raise
 
     # -- opening
 
-    def _check_format(self) -> None:
+    def _check_format(self) -> int:
         raw = self._db.get(KEY_FORMAT)
         if raw is None:
             if next(self._db.iterator(include_value=False), None) is not None:
                 raise CorruptEntry(f"raft database at {self.path} has data but no format key")
-            self._write([(KEY_FORMAT, encode_entry(KEY_FORMAT, struct.pack(">I", 1)))])
-            return
+            self._write([_format_op()])
+            return FORMAT_VERSION
         payload = decode_entry(KEY_FORMAT, raw)
         if len(payload) != 4:
             raise CorruptEntry("raft format key is malformed")
-        (version,) = struct.unpack(">I", payload)
-        if version != FORMAT_VERSION:
-            raise UnsupportedFormat(f"raft database format {version} (this build reads 1)")
+        version = int(struct.unpack(">I", payload)[0])
+        if version != FORMAT_VERSION and version not in FORMATS_MIGRATED:
+            raise UnsupportedFormat(
+                f"raft database format {version} (this build reads {FORMAT_VERSION}, "
+                f"and migrates {', '.join(map(str, FORMATS_MIGRATED))})"
+            )
+        return version
 
     def _load(self) -> None:
         """Read (and verify) everything but the entries, which :meth:`state` reads."""
         hard, snap = self._get(KEY_HARD), self._get(KEY_SNAP)
         self._has_state = hard is not None or snap is not None
         self._hard_state = HardState() if hard is None else self._hard_state_of(hard)
-        self._snap_meta, self._snap_gen = SnapshotMeta(0, 0, Membership()), 0
+        # The generation holding the staged data of the snapshot in force (None: meta only).
+        self._snap_meta = SnapshotMeta(0, 0, Membership())
+        self._snap_gen: int | None = None
         self._snap_data = b""
         if snap is not None:
             self._snap_meta, self._snap_gen, self._snap_data = self._load_snapshot(snap)
-        self._gen_last = self._snap_gen
+        self._gen_last = self._snap_gen or 0
         self._last_index = self._int(KEY_LAST, self._snap_meta.index)
         self._applied_index = self._int(KEY_APPLIED, 0)
+        # The applied index known to be on disk with its state (flush_state, restore_applied).
+        self._durable_applied = min(self._applied_index, self._snap_meta.index)
         if self._last_index < self._snap_meta.index:
             raise CorruptEntry("raft log ends before its snapshot")
+        if self._snap_gen is None and self._applied_index < self._snap_meta.index:
+            raise CorruptEntry(
+                f"raft state at applied index {self._applied_index} is behind the compaction "
+                f"point {self._snap_meta.index}: the log that rebuilds it is gone (start this "
+                "node from an empty data directory to catch up by snapshot)"
+            )
+        # Entries a crash left below the snapshot, then every chunk but the snapshot's: nothing
+        # is staged yet, so newer generations are from transfers a crash cut off.
+        self._delete_range(PREFIX_ENTRY, entry_key(self._snap_meta.index + 1))
         self._delete_garbage()
-        # Nothing is staged yet: chunks of newer generations are from writes a crash cut off.
-        self._delete_range(chunk_prefix(self._snap_gen + 1), _prefix_end(PREFIX_CHUNK))
+
+    def _migrate(self) -> None:
+        """Format 1 -> 2: a snapshot the state already reflects no longer needs its chunks.
+
+        Its state must be on disk before they go (the same rule as for :meth:`compact`); one
+        that is not yet restored stays staged, as format 2 stores one too.
+        """
+        ops = [_format_op()]
+        if self._snap_gen is not None and self._applied_index >= self._snap_meta.index:
+            self.flush_state()
+            ops.append(self._meta_op(self._snap_meta))
+            self._snap_gen, self._snap_data = None, b""
+        self._write(ops)
+        self._delete_garbage()
 
     def _hard_state_of(self, raw: Any) -> HardState:
         try:
@@ -337,34 +440,38 @@ class DurableRaftStorage:
         except _MALFORMED as exc:
             raise CorruptEntry("raft hard state is malformed") from exc
 
-    def _load_snapshot(self, raw: Any) -> tuple[SnapshotMeta, int, bytes]:
-        """The snapshot in force; its data if it was given as data, else its reference.
+    def _load_snapshot(self, raw: Any) -> tuple[SnapshotMeta, int | None, bytes]:
+        """The snapshot in force: its meta, and its staged data (or reference) if any.
 
-        Either way every chunk is read and checked once here (streamed: a referenced snapshot
-        is never held whole).
+        Staged data is read and checked once here (streamed: a reference is never held whole).
         """
         try:
             meta = SnapshotMeta.from_wire(raw["meta"])
             by_ref = bool(raw.get("ref", False))
+            staged = "gen" in raw
         except _MALFORMED as exc:
             raise CorruptEntry("raft snapshot meta is malformed") from exc
+        if not staged:
+            return meta, None, b""
         ref = SnapshotRef._of_record(raw)
         if ref.size > SNAPSHOT_BYTES_MAX:
             raise CorruptEntry("raft snapshot meta has impossible sizes")
         if by_ref:
-            for _ in self._read_chunks(ref, self._db):
+            for _ in self._read_chunks(ref, self._db, loading=True):
                 pass
             return meta, ref.generation, ref.encode()
-        return meta, ref.generation, b"".join(self._read_chunks(ref, self._db))
+        return meta, ref.generation, b"".join(self._read_chunks(ref, self._db, loading=True))
 
-    def _read_chunks(self, ref: SnapshotRef, source: Any) -> Iterator[bytes]:
+    def _read_chunks(
+        self, ref: SnapshotRef, source: Any, *, loading: bool = False
+    ) -> Iterator[bytes]:
         """The chunks of ``ref`` from ``source`` (the database or a pinned view), checked."""
         size, digest = 0, hashlib.sha256()
         try:
             for number in range(ref.chunks):
                 key = chunk_key(ref.generation, number)
                 value = source.get(key)
-                if value is None and ref.generation < self._snap_gen:
+                if value is None and not loading and ref.generation != self._snap_gen:
                     raise OperationFailed("that snapshot was replaced", code="snapshot_replaced")
                 if value is None:
                     raise CorruptEntry(f"raft snapshot chunk {number} is missing")
@@ -414,11 +521,12 @@ class DurableRaftStorage:
 
     @property
     def snapshot(self) -> Snapshot:
-        """The snapshot in force; ``data`` may be a :class:`SnapshotRef` (see its docstring)."""
+        """The snapshot in force: the compaction point (data ``b""``: the state is in this
+        database) or a received one still staged (data, or a :class:`SnapshotRef` to it)."""
         return Snapshot(self._snap_meta, self._snap_data)
 
     def snapshot_chunks(self, data: bytes) -> tuple[int, Iterator[bytes]]:
-        """(size, chunks) of snapshot ``data``: itself, or the chunks a reference names.
+        """(size, chunks) of staged snapshot ``data``: itself, or the chunks a reference names.
 
         The chunks are read from a view pinned now, so they stay readable (and the same) while
         a newer snapshot replaces this one and its garbage collection deletes them. Each chunk
@@ -485,8 +593,12 @@ class DurableRaftStorage:
             ops.append((KEY_LAST, _pack(KEY_LAST, last)))
         if ready.hard_state is not None:
             ops.append((KEY_HARD, _pack(KEY_HARD, ready.hard_state.to_wire())))
-        generation = 0
-        if ready.snapshot is not None:  # last: its chunks are written once nothing can fail
+        generation: int | None = None
+        if ready.snapshot is None:
+            pass
+        elif ready.snapshot.meta.index <= self._applied_index:
+            ops.append(self._meta_op(ready.snapshot.meta))  # the bootstrap one: nothing to stage
+        else:  # last: its chunks are written once nothing can fail
             op, generation = self._stage_snapshot(ready.snapshot)
             ops.append(op)
         if not ops:
@@ -497,23 +609,65 @@ class DurableRaftStorage:
         if ready.hard_state is not None:
             self._hard_state = ready.hard_state
         if ready.snapshot is not None:
-            self._adopt_snapshot(ready.snapshot, generation)
+            self._adopt_received(ready.snapshot, generation)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """The application took a snapshot: keep it, then drop the entries it covers."""
-        index = snapshot.meta.index
-        if index <= self._snap_meta.index:
-            return
-        if index > self.last_index:
-            raise InvariantViolation(f"snapshot at {index} beyond the stored log")
-        op, generation = self._stage_snapshot(snapshot)
-        self._write([op])
-        self._adopt_snapshot(snapshot, generation)
+    # -- compaction: the state is the snapshot (see the module docstring)
 
-    # -- snapshots streamed through chunks (compaction, transfers): see SnapshotRef
+    def flush_state(self) -> int:
+        """Write every write made so far to synced tables; return the applied index covered.
+
+        LevelDB's ``CompactRange`` over a key range no table holds: it switches the memtable,
+        writes it out as a synced table and records that in the synced manifest, so the
+        writes before it survive a power loss whatever log file they were in. Its cost is
+        the memtable's (the writes since the last flush), not the state's. It touches no
+        Python state but the covered index, so the adapter runs it on a worker thread while
+        applying goes on.
+        """
+        applied = self._applied_index  # read first: every write up to it is already in LevelDB
+        try:
+            self._db.compact_range(start=FLUSH_KEY, stop=FLUSH_KEY)
+        except plyvel.Error as exc:
+            raise OperationFailed(f"raft flush failed: {exc}") from exc
+        self._durable_applied = max(self._durable_applied, applied)
+        return applied
+
+    @property
+    def durable_applied_index(self) -> int:
+        """The applied index whose state is known to be on disk (the compaction limit)."""
+        return self._durable_applied
+
+    def compact(self, meta: SnapshotMeta) -> int:
+        """Make ``meta`` the compaction point and drop the entries it covers; return how many.
+
+        One fsynced batch writes the meta (the log now starts after ``meta.index``); the
+        entries go in bounded unsynced batches, by key (no scan over the deleted range's
+        tombstones): the cost is the dropped entries', not the state's. ``meta.index`` must be
+        covered by :meth:`flush_state`: past it, a power loss could take state the dropped
+        entries were the only way to rebuild.
+        """
+        first, index = self._snap_meta.index + 1, meta.index
+        if index < first:
+            return 0
+        if index > self._durable_applied:
+            raise InvariantViolation(
+                f"compacting to {index} past the durable state ({self._durable_applied})"
+            )
+        if index > self.last_index or self._snap_gen is not None:
+            raise InvariantViolation(f"compacting to {index} beyond the log or a staged snapshot")
+        self._write([self._meta_op(meta)])
+        self._snap_meta, self._snap_data = meta, b""
+        step = self.delete_batch_keys_max
+        for start in range(first, index + 1, step):
+            self._write(self._delete_entries_ops(start, min(index, start + step - 1)), sync=False)
+        return index - first + 1
+
+    def _meta_op(self, meta: SnapshotMeta) -> _Op:
+        return KEY_SNAP, _pack(KEY_SNAP, {"meta": meta.to_wire()})
+
+    # -- snapshots received: staged in chunks, see SnapshotRef
 
     def reserve_generation(self) -> int:
-        """A new generation to write a snapshot's chunks under (with a SnapshotWriter)."""
+        """A new generation to write a received snapshot's chunks under (SnapshotWriter)."""
         self._gen_last += 1
         self._staged.add(self._gen_last)
         return self._gen_last
@@ -523,19 +677,6 @@ class DurableRaftStorage:
         self._staged.discard(generation)
         if generation != self._snap_gen:
             self._delete_range(chunk_prefix(generation), chunk_prefix(generation + 1))
-
-    def adopt_snapshot(self, meta: SnapshotMeta, ref: SnapshotRef) -> bool:
-        """Make a snapshot written under a reserved generation the one in force (compaction).
-
-        One fsynced batch, then the entries it covers go. False (and its chunks deleted) when
-        the snapshot is stale: a newer one was adopted meanwhile (e.g. received from the
-        leader while this one was being written).
-        """
-        if meta.index <= self._snap_meta.index or ref.generation not in self._staged:
-            self.discard_generation(ref.generation)
-            return False
-        self.save_snapshot(Snapshot(meta, ref.encode()))
-        return True
 
     def _stage_snapshot(self, snapshot: Snapshot) -> tuple[_Op, int]:
         """Write the data's chunks under a new generation, or take the staged chunks of a
@@ -558,31 +699,34 @@ class DurableRaftStorage:
             record["ref"] = True  # load gives the core the reference back, not the data
         return (KEY_SNAP, _pack(KEY_SNAP, record)), ref.generation
 
-    def _adopt_snapshot(self, snapshot: Snapshot, generation: int) -> None:
-        self._snap_meta, self._snap_data = snapshot.meta, snapshot.data
-        self._snap_gen = generation
-        self._staged.discard(generation)
+    def _adopt_received(self, snapshot: Snapshot, generation: int | None) -> None:
+        before = self._snap_meta.index
+        self._snap_meta, self._snap_gen = snapshot.meta, generation
+        self._snap_data = b"" if generation is None else snapshot.data
+        if generation is not None:
+            self._staged.discard(generation)
+        # The log below the old snapshot is gone already: no scan over its tombstones.
+        self._delete_range(entry_key(before + 1), entry_key(snapshot.meta.index + 1))
         self._delete_garbage()
 
     def _delete_entries_ops(self, first: int, last: int) -> list[_Op]:
         return [(entry_key(i), None) for i in range(first, last + 1)]
 
     def _delete_garbage(self) -> None:
-        """Delete covered entries and older generations' chunks in bounded, unsynced batches.
+        """Delete every generation's chunks but the snapshot's and the staged ones.
 
-        Not synced: what a crash leaves behind is ignored at load and deleted here again.
-        Newer generations may be staged (being written); opening deletes the unstaged ones.
+        Unsynced, bounded batches: what a crash leaves behind is deleted again at opening.
         """
-        self._delete_range(PREFIX_ENTRY, entry_key(self._snap_meta.index + 1))
         start = PREFIX_CHUNK
-        for staged in sorted(g for g in self._staged if g < self._snap_gen):
-            self._delete_range(start, chunk_prefix(staged))
-            start = chunk_prefix(staged + 1)
-        self._delete_range(start, chunk_prefix(self._snap_gen))
+        for kept in sorted({*self._staged, *([] if self._snap_gen is None else [self._snap_gen])}):
+            self._delete_range(start, chunk_prefix(kept))
+            start = chunk_prefix(kept + 1)
+        self._delete_range(start, _prefix_end(PREFIX_CHUNK))
 
     def _delete_range(self, start: bytes, stop: bytes, *, sync: bool = False) -> None:
         while keys := self._keys(start, stop):
             self._write([(k, None) for k in keys], sync=sync)
+            start = keys[-1] + b"\x00"  # on from there: not over the tombstones just written
 
     def _keys(self, start: bytes, stop: bytes) -> list[bytes]:
         """Up to ``delete_batch_keys_max`` keys in [start, stop)."""
@@ -622,7 +766,9 @@ class DurableRaftStorage:
         """Replace the whole state with ``writes`` (rebuilt from a snapshot at ``applied_index``).
 
         Bounded batches, each fsynced; the applied index moves only with the last one, so a
-        crash midway leaves ``applied_index < snapshot index``: restore again on restart.
+        crash midway leaves ``applied_index < snapshot index``: restore again on restart. The
+        last batch also drops the staged data from ``m:snap`` (the state now is the snapshot),
+        and the chunks are deleted after it.
         """
         if applied_index != self._snap_meta.index or applied_index < self.applied_index:
             raise InvariantViolation(f"restoring state at {applied_index} is not the snapshot")
@@ -635,8 +781,11 @@ class DurableRaftStorage:
                 self._write(ops)
                 ops = []
         ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
+        ops.append(self._meta_op(self._snap_meta))
         self._write(ops)
-        self._applied_index = applied_index
+        self._applied_index = self._durable_applied = applied_index
+        self._snap_gen, self._snap_data = None, b""
+        self._delete_garbage()
 
     def _state_op(self, key: bytes, value: bytes | None) -> _Op:
         if not 0 < len(key) <= STATE_KEY_BYTES_MAX:
@@ -664,37 +813,28 @@ class DurableRaftStorage:
         except plyvel.Error as exc:
             raise OperationFailed(f"raft read failed: {exc}") from exc
 
-    def pinned_state(self) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
-        """(applied index, every state item) as of now, from a pinned view of the database.
-
-        Applies go on while the items are read (on a worker thread: a snapshot of a large
-        state takes seconds); the view keeps them at this applied index.
-        """
-        view, applied = self._db.snapshot(), self._applied_index
-        return applied, self._pinned_items(view, applied)
-
-    def _pinned_items(self, view: Any, applied: int) -> Iterator[tuple[bytes, bytes]]:
-        try:
-            raw = view.get(KEY_APPLIED)
-            if raw is None or _unpack(KEY_APPLIED, raw) != applied:
-                raise InvariantViolation(f"pinned state is not at applied index {applied}")
-            yield from self.state_items(source=view)
-        finally:
-            view.close()
+    def pin_state(self) -> PinnedState:
+        """The state as of now (:attr:`applied_index`), from a pinned view of the database."""
+        return PinnedState(self, self._db.snapshot(), self._applied_index)
 
     # -- writing
 
     def _write(self, ops: Sequence[_Op], *, sync: bool = True) -> None:
         """One LevelDB batch; ``sync`` fsyncs it before returning (every acknowledged write)."""
+        size = 0
         try:
             with self._db.write_batch(sync=sync) as batch:
                 for key, value in ops:
+                    size += len(key)
                     if value is None:
                         batch.delete(key)
                     else:
                         batch.put(key, value)
+                        size += len(value)
         except plyvel.Error as exc:
             raise OperationFailed(f"raft write failed: {exc}") from exc
+        self.keys_written += len(ops)
+        self.bytes_written += size
 
     def close(self) -> None:
         if not self._db.closed:
@@ -705,6 +845,10 @@ class DurableRaftStorage:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _format_op() -> _Op:
+    return KEY_FORMAT, encode_entry(KEY_FORMAT, struct.pack(">I", FORMAT_VERSION))
 
 
 def _prefix_end(prefix: bytes) -> bytes:

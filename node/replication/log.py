@@ -18,19 +18,29 @@ entry's outcome; a proposal overwritten by a new leader fails with ``proposal_lo
 the record index makes retries idempotent). Only the leader accepts proposals; elsewhere it
 raises :class:`NotLeader` naming the leader, and the caller forwards.
 
-Snapshots and compaction (:class:`SnapshotPolicy`). Every node compacts its own log: once
-``entries`` were applied since its snapshot, the state at the applied index is written as a
-snapshot (format in :mod:`node.replication.snapshot`) from a pinned LevelDB view on a worker
-thread while applying goes on; once ``trailing_entries`` more are applied the loop adopts it
-(one fsynced batch) and ``RawNode.compact`` drops the log before it. A state can be hundreds
-of MB, so no snapshot is ever held whole: the core's ``Snapshot.data`` is a
-:class:`~node.replication.durable.SnapshotRef` to chunks on disk. When the core sends an
-``InstallSnapshot``, the adapter streams those chunks (at most ``chunks_queued_max`` frames
-waiting in the link per peer, ``sends_max`` transfers at once); it reports a failed transfer
-to the core (``report_snapshot(ok=False)``) so the core probes and sends again, and leaves
-success to the follower's answer. A follower writes one incoming transfer at a time into a
-staged generation, refuses one over ``bytes_max``, a gap or a failed digest, and steps the
-core with a reference only when the whole transfer checked out; applying it replaces the
+Compaction and snapshots (:class:`SnapshotPolicy`). The applied state lives in the Raft
+database with its applied index, so it is the snapshot: compacting copies nothing. Once
+``entries`` (plus a per-node offset) and ``trailing_entries`` more were applied since the
+compaction point, a worker thread makes the state on disk durable
+(:meth:`~node.replication.durable.DurableRaftStorage.flush_state`), then the loop records the
+new compaction point ``trailing_entries`` behind the applied index (one fsynced batch),
+deletes the entries before it in bounded batches and tells the core
+(``RawNode.compact``). The cost is the dropped entries', not the state's: a follower lagging
+by fewer than ``trailing_entries`` still catches up by entries.
+
+A follower further behind gets a snapshot made on demand: when the core sends an
+``InstallSnapshot``, the adapter pins a LevelDB view of the state at its applied index ``A``
+(at or past the compaction point; the meta is the core's ``snapshot_meta(A)``), sizes it, and
+streams its format-2 data (:mod:`node.replication.snapshot`) straight from the view, chunk by
+chunk (at most ``chunks_queued_max`` frames waiting in the link per peer, ``sends_max``
+transfers at once): never held whole, never written on the sender. It reports a failed
+transfer to the core (``report_snapshot(ok=False)``) so the core probes and sends again, and
+leaves success to the follower's answer. Until that answer (or the core gives up),
+compaction keeps the entries after ``A``, so the follower goes on by entries, not by another
+snapshot (under load a transfer outlasts ``trailing_entries``). A follower writes one incoming
+transfer at a time
+into a staged generation, refuses one over ``bytes_max``, a gap or a failed digest, and steps
+the core with a reference only when the whole transfer checked out; applying it replaces the
 state in bounded batches (again at restart if a crash cut that short).
 """
 
@@ -42,7 +52,6 @@ import hashlib
 import logging
 import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -52,6 +61,7 @@ import msgpack
 from node.config import RaftSettings
 from node.consensus.config import RaftConfig
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
+from node.consensus.progress import ProgressState
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import (
     AppEntry,
@@ -72,13 +82,19 @@ from node.errors import (
     BaasError,
     ConfigError,
     CorruptEntry,
+    InvariantViolation,
     NotLeader,
     OperationFailed,
     Overloaded,
     PeerProtocolError,
 )
-from node.replication.durable import DurableRaftStorage, SnapshotRef, SnapshotWriter
-from node.replication.snapshot import StateCheck, decode_state, encode_state
+from node.replication.durable import DurableRaftStorage, PinnedState, SnapshotWriter
+from node.replication.snapshot import (
+    StateCheck,
+    decode_state,
+    encode_pieces,
+    encoded_size,
+)
 
 __all__ = ["LogStatus", "ReplicatedLog", "SnapshotPolicy"]
 
@@ -107,16 +123,16 @@ class LogStatus:
 class SnapshotPolicy:
     """When to compact the log and the bounds on moving snapshots (``[raft]`` settings).
 
-    A snapshot is taken once ``entries`` (plus a per-node offset of up to a quarter of it) were
-    applied since the last one, and adopted (the log before it dropped) once
-    ``trailing_entries`` more are applied: a follower that lags by fewer still catches up by
-    entries, only one further behind needs the whole state.
+    The log is compacted once ``entries`` (plus a per-node offset of up to a quarter of it)
+    and ``trailing_entries`` more were applied since the last compaction point; the new one
+    is ``trailing_entries`` behind the applied index: a follower that lags by fewer still
+    catches up by entries, only one further behind needs the whole state.
     """
 
     entries: int = 20_000
     trailing_entries: int = 5_000
     chunk_bytes_max: int = 1024 * 1024  # one InstallSnapshot frame; <= bytes_per_message_max
-    bytes_max: int = 2 * 1024 * 1024 * 1024  # refuse to take or receive a larger one
+    bytes_max: int = 2 * 1024 * 1024 * 1024  # refuse to send or receive a larger one
     sends_max: int = 2  # transfers out at once (each to another follower)
     chunks_queued_max: int = 4  # a transfer's frames waiting in the link's queue to a peer
 
@@ -129,12 +145,9 @@ class SnapshotPolicy:
 
 @dataclass(slots=True)
 class _Compaction:
-    """A snapshot being written on a worker thread, then waiting to be adopted."""
+    """The state being flushed to disk on a worker thread before the log is compacted."""
 
-    meta: SnapshotMeta
-    generation: int
-    task: asyncio.Task[SnapshotRef]
-    cancel: threading.Event
+    task: asyncio.Task[int]  # the applied index the flush covers
     started_s: float
 
 
@@ -228,18 +241,24 @@ class ReplicatedLog:
         self._compaction: _Compaction | None = None
         self._compact_after = 0  # applied index before which no new attempt starts (back-off)
         self._sending: dict[str, tuple[SnapshotMeta, asyncio.Task[None]]] = {}
+        # Peer -> the index of the snapshot streamed to it, until it answers or the core gives
+        # up: compaction keeps the entries after it (else the follower, once it installed the
+        # snapshot, would find them gone and need another: forever, under load).
+        self._sent_at: dict[str, int] = {}
         self._incoming: _Incoming | None = None
         self.frames_dropped = 0
         self.frames_malformed = 0
-        self.snapshots_taken = 0
-        self.snapshots_failed = 0  # taking one failed (e.g. over bytes_max); retried later
+        self.compactions = 0
+        self.compactions_failed = 0  # the flush before one failed; retried later
+        self.compacted_entries = 0  # log entries dropped by compaction, in total
+        self.compaction_ms = 0  # the latest one: flush (worker thread) and compaction
         self.snapshots_sent = 0
         self.snapshot_sends_failed = 0
+        self.snapshot_sent_bytes = 0  # in total, over every completed transfer
+        self.snapshot_send_ms = 0  # how long the latest completed transfer took
         self.snapshots_received = 0  # transfers complete and checked
         self.snapshots_rejected = 0  # transfers refused: oversize, malformed, digest mismatch
         self.snapshots_installed = 0  # state replaced from a snapshot (received or at restart)
-        self.snapshot_bytes = 0  # size of the latest snapshot taken here
-        self.snapshot_take_ms = 0  # how long writing it took (on a worker thread)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -267,8 +286,7 @@ class ReplicatedLog:
                 await sending
         self._sending.clear()
         job, self._compaction = self._compaction, None
-        if job is not None:  # its thread writes into the database: let it stop first
-            job.cancel.set()
+        if job is not None:  # its thread flushes the database: let it finish first
             with contextlib.suppress(BaasError):
                 await job.task
         for _, future in self._waiting.values():
@@ -483,15 +501,17 @@ class ReplicatedLog:
         """Counters of compaction and snapshot transfers, for status and metrics."""
         return {
             "snapshot_index": self._require_node().snapshot_index,
-            "snapshots_taken": self.snapshots_taken,
-            "snapshots_failed": self.snapshots_failed,
+            "compactions": self.compactions,
+            "compactions_failed": self.compactions_failed,
+            "compacted_entries": self.compacted_entries,
+            "compaction_ms": self.compaction_ms,
             "snapshots_sent": self.snapshots_sent,
             "snapshot_sends_failed": self.snapshot_sends_failed,
+            "snapshot_sent_bytes": self.snapshot_sent_bytes,
+            "snapshot_send_ms": self.snapshot_send_ms,
             "snapshots_received": self.snapshots_received,
             "snapshots_rejected": self.snapshots_rejected,
             "snapshots_installed": self.snapshots_installed,
-            "snapshot_bytes": self.snapshot_bytes,
-            "snapshot_take_ms": self.snapshot_take_ms,
         }
 
     # ------------------------------------------------------------------ the loop
@@ -610,81 +630,55 @@ class ReplicatedLog:
         log.info("state restored from the snapshot at %d (%d bytes)", snapshot.meta.index, size)
 
     async def _compact(self, node: RawNode) -> None:
-        """Take a snapshot when due; adopt a finished one once it trails enough entries.
+        """Flush the state when compaction is due; compact the log once the flush is done.
 
-        Taking it reads a pinned view of the state on a worker thread, so applying goes on
-        meanwhile; the loop only waits for the adoption (one fsynced batch, then deleting
-        the entries it covers in bounded batches).
+        The flush runs on a worker thread while applying goes on; the loop only waits for
+        the compaction itself (one fsynced batch, then deleting the dropped entries in bounded
+        batches), which costs what the dropped entries cost.
         """
         policy, applied, job = self._snapshots, self._storage.applied_index, self._compaction
         if job is None:
-            due = policy.entries + self._snapshot_offset
+            due = policy.entries + self._snapshot_offset + policy.trailing_entries
             if applied - node.snapshot_index >= due and applied >= self._compact_after:
-                self._start_compaction(node, applied)
+                task = asyncio.create_task(asyncio.to_thread(self._storage.flush_state))
+                task.add_done_callback(lambda _: self._wake.set())
+                self._compaction = _Compaction(task, time.monotonic())
             return
         if not job.task.done():
             return
         self._compaction = None
         error = job.task.exception()
         if error is not None:
-            self.snapshots_failed += 1
+            self.compactions_failed += 1
             self._compact_after = applied + policy.entries
-            log.error("taking a snapshot at %d failed: %s", job.meta.index, error)
-            self._storage.discard_generation(job.generation)
+            log.error("flushing the state before compacting failed: %s", error)
             return
-        ref = job.task.result()
-        if (
-            applied < job.meta.index + policy.trailing_entries
-            and node.snapshot_index < job.meta.index
-        ):
-            self._compaction = job  # not yet: keep the entries a lagging follower may need
-            return
-        if await asyncio.to_thread(self._storage.adopt_snapshot, job.meta, ref):
-            node.compact(Snapshot(job.meta, ref.encode()))
-            self.snapshots_taken += 1
-            self.snapshot_bytes = ref.size
-            log.info(
-                "log compacted to a snapshot at %d: %d bytes in %d ms",
-                job.meta.index,
-                ref.size,
-                self.snapshot_take_ms,
-            )
+        index = min(job.task.result(), applied - policy.trailing_entries, self._floor(node))
+        if index <= node.snapshot_index:
+            return  # a snapshot received meanwhile moved the log past it
+        meta = node.snapshot_meta(index)
+        dropped = await asyncio.to_thread(self._storage.compact, meta)
+        node.compact(Snapshot(meta, b""))  # no data: a follower is sent the state on demand
+        self.compactions += 1
+        self.compacted_entries += dropped
+        self.compaction_ms = int((time.monotonic() - job.started_s) * 1000)
+        log.info(
+            "log compacted to %d: %d entries dropped in %d ms",
+            index,
+            dropped,
+            self.compaction_ms,
+        )
 
-    def _start_compaction(self, node: RawNode, applied: int) -> None:
-        meta = node.snapshot_meta(applied)
-        generation = self._storage.reserve_generation()
-        index, items = self._storage.pinned_state()
-        if index != applied:
-            raise AssertionError(f"pinned state at {index}, applied {applied}")
-        cancel = threading.Event()
-        task = asyncio.create_task(asyncio.to_thread(self._take, generation, items, cancel))
-        task.add_done_callback(lambda _: self._wake.set())
-        self._compaction = _Compaction(meta, generation, task, cancel, time.monotonic())
-
-    def _take(
-        self, generation: int, items: Iterator[tuple[bytes, bytes]], cancel: threading.Event
-    ) -> SnapshotRef:
-        """Write the state's snapshot data under ``generation`` (worker thread)."""
-        started = time.monotonic()
-        writer = SnapshotWriter(self._storage, generation)
-
-        def write(piece: bytes) -> None:
-            if cancel.is_set():
-                raise OperationFailed("the log stopped", code="snapshot_cancelled")
-            writer.write(piece)
-
-        try:
-            encode_state(items, write)
-        finally:
-            close = getattr(items, "close", None)
-            if close is not None:
-                close()
-        ref = writer.finish()
-        self.snapshot_take_ms = int((time.monotonic() - started) * 1000)
-        return ref
+    def _floor(self, node: RawNode) -> int:
+        """The lowest index a follower is being sent (or is installing) a snapshot at."""
+        for peer in list(self._sent_at):
+            progress = node.progress(peer) if node.role is Role.LEADER else None
+            if progress is None or progress.state is not ProgressState.SNAPSHOT:
+                del self._sent_at[peer]
+        return min(self._sent_at.values(), default=node.last_index)
 
     def _send_snapshot(self, node: RawNode, message: InstallSnapshot) -> None:
-        """Stream the snapshot the core wants to send, chunk by chunk, from disk."""
+        """Stream the state to a follower the core wants to send a snapshot to."""
         peer = message.to
         running = self._sending.get(peer)
         if running is not None and not running[1].done():
@@ -695,20 +689,38 @@ class ReplicatedLog:
         if busy >= self._snapshots.sends_max:
             node.report_snapshot(peer, ok=False)  # the core asks again after a probe
             return
-        task = asyncio.create_task(self._stream_snapshot(node, message))
+        # Pinned here, on the loop: the view and the applied index are of the same moment.
+        pinned = self._storage.pin_state()
+        self._sent_at[peer] = pinned.applied_index
+        task = asyncio.create_task(self._stream_snapshot(node, message, pinned))
         self._sending[peer] = (message.meta, task)
 
-    async def _stream_snapshot(self, node: RawNode, message: InstallSnapshot) -> None:
-        peer = message.to
+    async def _stream_snapshot(
+        self, node: RawNode, message: InstallSnapshot, pinned: PinnedState
+    ) -> None:
+        """Send the pinned state as one snapshot at its applied index, in bounded chunks.
+
+        Two passes over the view, both on worker threads: one sizes the data (the first frame
+        announces it), one encodes and sends it; at most one chunk is held at a time.
+        """
+        peer, started = message.to, time.monotonic()
         try:
-            size, chunks = self._storage.snapshot_chunks(message.chunk)
+            meta = node.snapshot_meta(pinned.applied_index)
+            size = await asyncio.to_thread(encoded_size, pinned.items())
+            if size > self._snapshots.bytes_max:
+                raise OperationFailed(
+                    f"a snapshot of {size} bytes exceeds bytes_max", code="snapshot_too_large"
+                )
+            chunks = _chunked(encode_pieces(pinned.items()), self._snapshots.chunk_bytes_max)
             offset = 0
             while True:
-                piece = await asyncio.to_thread(next, chunks, b"") if offset < size else b""
+                piece = await asyncio.to_thread(next, chunks, b"")
                 last = offset + len(piece) >= size
-                if not piece and not last:
-                    raise CorruptEntry("snapshot data shorter than its reference")
-                frame = replace(message, offset=offset, total_bytes=size, chunk=piece, last=last)
+                if (not piece and not last) or offset + len(piece) > size:
+                    raise InvariantViolation("snapshot data is not the size announced")
+                frame = replace(
+                    message, meta=meta, offset=offset, total_bytes=size, chunk=piece, last=last
+                )
                 await self._wait_link(peer)
                 if node.role is not Role.LEADER or node.term != message.term:
                     return  # no longer ours to send
@@ -717,15 +729,19 @@ class ReplicatedLog:
                 offset += len(piece)
                 if last:
                     break
-            if await asyncio.to_thread(next, chunks, None) is not None:  # checks the whole
-                raise CorruptEntry("snapshot data longer than its reference")
+            if await asyncio.to_thread(next, chunks, None) is not None:
+                raise InvariantViolation("snapshot data longer than announced")
             self.snapshots_sent += 1
-            log.info("snapshot at %d (%d bytes) sent to %s", message.meta.index, size, peer)
+            self.snapshot_sent_bytes += size
+            self.snapshot_send_ms = int((time.monotonic() - started) * 1000)
+            log.info("snapshot at %d (%d bytes) sent to %s", meta.index, size, peer)
         except BaasError as exc:
             self.snapshot_sends_failed += 1
             log.warning("snapshot to %s not sent: %s", peer, exc.detail)
             node.report_snapshot(peer, ok=False)
             self._wake.set()
+        finally:
+            pinned.close()
 
     async def _wait_link(self, peer: str) -> None:
         """Wait until the link to ``peer`` has room for one more chunk (bounded memory)."""
@@ -816,6 +832,18 @@ class ReplicatedLog:
                 why,
             )
             self._storage.discard_generation(incoming.writer.generation)
+
+
+def _chunked(pieces: Iterator[bytes], chunk_bytes_max: int) -> Iterator[bytes]:
+    """The data of ``pieces`` regrouped in chunks of ``chunk_bytes_max`` (the last shorter)."""
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= chunk_bytes_max:
+            yield bytes(buffer[:chunk_bytes_max])
+            del buffer[:chunk_bytes_max]
+    if buffer:
+        yield bytes(buffer)
 
 
 def _checked_state(chunks: Iterator[bytes], size: int) -> Iterator[tuple[bytes, bytes]]:

@@ -11,6 +11,10 @@ data is the empty state (the bootstrap snapshot at index 0). Format 1, one msgpa
 pairs built in memory, was never taken by a node (nothing compacted before format 2) and is
 refused. Nothing here holds more than one piece (a chunk, at most
 ``snapshot_chunk_bytes_max``) and the decoder's bounded buffer, whatever the state's size.
+
+A sender streams the data straight from a pinned view of its state, never writing it down:
+:func:`encoded_size` tells the size an ``InstallSnapshot`` announces in its first frame (a
+pass over the keys and values, no encoding), :func:`encode_pieces` then yields the data.
 """
 
 from __future__ import annotations
@@ -23,7 +27,14 @@ import msgpack
 
 from node.errors import PeerProtocolError, UnsupportedFormat
 
-__all__ = ["DATA_MAGIC", "StateCheck", "decode_state", "encode_state"]
+__all__ = [
+    "DATA_MAGIC",
+    "StateCheck",
+    "decode_state",
+    "encode_pieces",
+    "encode_state",
+    "encoded_size",
+]
 
 DATA_MAGIC = b"BSNP"
 DATA_FORMAT = 2
@@ -35,8 +46,8 @@ STATE_KEY_BYTES_MAX = 1024  # durable.STATE_KEY_BYTES_MAX
 STATE_VALUE_BYTES_MAX = 1024 * 1024  # a state value is made from at most one entry payload
 
 
-def encode_state(items: Iterable[tuple[bytes, bytes]], write: Callable[[bytes], None]) -> None:
-    """Write the format-2 data of ``items`` (key order) to ``write``, in pieces of ~64 KiB."""
+def encode_pieces(items: Iterable[tuple[bytes, bytes]]) -> Iterator[bytes]:
+    """The format-2 data of ``items`` (key order), in pieces of ~64 KiB."""
     digest = hashlib.sha256()
     piece = bytearray(HEADER)
     packer = msgpack.Packer(use_bin_type=True)
@@ -44,11 +55,30 @@ def encode_state(items: Iterable[tuple[bytes, bytes]], write: Callable[[bytes], 
         piece += packer.pack([key, value])
         if len(piece) >= PIECE_BYTES:
             digest.update(piece)
-            write(bytes(piece))
+            yield bytes(piece)
             piece.clear()
     digest.update(piece)
     piece += digest.digest()
-    write(bytes(piece))
+    yield bytes(piece)
+
+
+def encode_state(items: Iterable[tuple[bytes, bytes]], write: Callable[[bytes], None]) -> None:
+    """Write the format-2 data of ``items`` (key order) to ``write``, in pieces of ~64 KiB."""
+    for piece in encode_pieces(items):
+        write(piece)
+
+
+def encoded_size(items: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of :func:`encode_pieces`' data for ``items``, without encoding them."""
+    size = len(HEADER) + DIGEST_BYTES
+    for key, value in items:
+        size += 1 + _bin_bytes(len(key)) + _bin_bytes(len(value))  # fixarray of 2, 2 bins
+    return size
+
+
+def _bin_bytes(length: int) -> int:
+    """msgpack's encoding of ``length`` bytes as bin 8, 16 or 32: header plus data."""
+    return length + (2 if length < 1 << 8 else 3 if length < 1 << 16 else 5)
 
 
 class StateCheck:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from node.consensus.config import RaftConfig
-from node.consensus.messages import Message
+from node.consensus.messages import InstallSnapshot, Message
 from node.consensus.raft import RawNode
 from node.consensus.record_index import INDEX_MOVE, INDEX_PUT, INDEX_PUT_BATCH
 from node.consensus.state_machine import decode_app_entry
@@ -250,7 +250,9 @@ class NodeActor:
             if env.bug is not Bug.SKIP_FSYNC:
                 disk.flush()
             for message in ready.messages:
-                env.send(message)
+                env.send(
+                    self._with_state(message) if isinstance(message, InstallSnapshot) else message
+                )
             if ready.snapshot is not None:
                 snapshot = ready.snapshot
                 state = decode_state(snapshot.data)
@@ -295,12 +297,22 @@ class NodeActor:
             self.env.send(reply)
 
     def _maybe_compact(self) -> None:
+        """Compact as node/replication/log.py does: the state on disk is the snapshot, so only
+        the compaction point is written (after the applied writes it covers: the disk keeps
+        writes in order, as flush_state makes LevelDB do), and the core keeps no data."""
         applied = self.machine.applied_index
         if applied - self.core.snapshot_index < self.compact_entries:
             return
-        snapshot = Snapshot(self.core.snapshot_meta(applied), self.machine.data())
+        snapshot = Snapshot(self.core.snapshot_meta(applied), b"")
         self.core.compact(snapshot)
         self.disk.write_compaction(snapshot)
+
+    def _with_state(self, message: InstallSnapshot) -> InstallSnapshot:
+        """The snapshot a lagging follower is sent: the state at this node's applied index,
+        made on demand (the real adapter streams it from a pinned view), not the core's."""
+        data = self.machine.data()
+        meta = self.core.snapshot_meta(self.machine.applied_index)
+        return replace(message, meta=meta, total_bytes=len(data), chunk=data)
 
     # -- crash and restart
 
