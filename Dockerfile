@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY node ./node
 COPY gateway ./gateway
 COPY tools ./tools
+COPY business ./business
 # Dependencies are pinned in pyproject.toml; a non-editable install puts the project in the venv.
 RUN /opt/venv/bin/python -m pip install . \
     && /opt/venv/bin/python -m pip check
