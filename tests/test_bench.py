@@ -241,9 +241,13 @@ def test_smoke_every_phase_against_a_cluster(cluster: LocalCluster, tmp_path: Pa
     (profiled,) = document["profiles"].values()  # py-spy on the gateway, leader, a follower
     assert sorted(label.split()[0] for label in profiled) == ["follower", "gateway", "leader"]
     for label, entry in profiled.items():
-        assert "error" not in entry and entry["samples"] > 0, (label, entry)
-        assert entry["stages"] and Path(entry["file"]).exists(), label
+        assert "error" not in entry and Path(entry["file"]).exists(), (label, entry)
         assert entry["counters"], label  # what /metrics counted during the phase
+        assert bool(entry["stages"]) == (entry["samples"] > 0), (label, entry)
+    # py-spy --gil samples a process only while it runs Python: over this 60-record phase
+    # (~0.2 s) one process can go uncaught (a CI run saw the gateway at 0 samples and the
+    # nodes at 11 and 19), so the claim is that the profile caught the cluster working.
+    assert sum(entry["samples"] for entry in profiled.values()) > 0, profiled
     for name, result in document["phases"].items():
         assert result["records_per_s"] > 0, name
         assert result["errors"] == {}, (name, result["errors"])
