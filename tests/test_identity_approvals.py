@@ -232,7 +232,7 @@ def test_posts_and_voids_are_not_debits_and_rules_need_a_debit() -> None:
 @dataclass(frozen=True)
 class _Case:
     debits: tuple[tuple[int, int], ...]  # (wallet index, amount)
-    approvers: tuple[int, ...]
+    approvals: tuple[tuple[int, int], ...]  # (signer index, the wallet index it names)
 
 
 USERS = (ALICE, BOB, CAROL)
@@ -241,7 +241,7 @@ _cases = st.builds(
     st.lists(st.tuples(st.integers(0, 2), st.integers(1, 10**20)), min_size=1, max_size=4).map(
         tuple
     ),
-    st.lists(st.integers(0, 2), max_size=3).map(tuple),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2)), max_size=3).map(tuple),
 )
 
 
@@ -252,10 +252,12 @@ def test_no_approval_lets_one_wallet_debit_another_wallets_account(case: _Case) 
     names = ("alice", "bob", "carol")
     reserve = _partner_account(SHOP, "reserve")
     op = _op(*(Debit(acc[(names[i], BAAS)], reserve, amount) for i, amount in case.debits))
-    items = [_approve(USERS[i], op) for i in case.approvers]
+    items = [_approve(USERS[i], op, wallet=address(USERS[j])) for i, j in case.approvals]
     code, _ = _check(w, op, items)
     debited = {i for i, _ in case.debits}
-    approvers = set(case.approvers)
-    assert (code == R.OK) == (approvers == debited and len(case.approvers) == len(approvers))
-    if not debited <= approvers:
-        assert code != R.OK  # the safety half: an unapproved wallet is never debited
+    genuine = {i for i, j in case.approvals if i == j}
+    named = [j for _, j in case.approvals]
+    honest = len(genuine) == len(case.approvals) == len(set(named))
+    assert (code == R.OK) == (honest and genuine == debited)
+    if not debited <= genuine:
+        assert code != R.OK  # the safety half: a wallet is never debited without its own key
