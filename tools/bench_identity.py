@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
-from eth_keys.backends.native import NativeECCBackend
+from eth_keys.backends.native.main import NativeECCBackend
 from eth_keys.main import KeyAPI
 
 from business.identity import (
