@@ -329,3 +329,28 @@ def test_the_state_holds_no_partner_name_or_user_id() -> None:
     everything = b"".join(k + v for k, v in w.view.data.items())
     assert b"acme-planted-name" not in everything and planted.encode() not in everything
     assert CHAIN_ID  # (the signature fields are all opaque hashes and addresses)
+
+
+def test_the_dispatcher_applies_identity_entries_only_from_feature_version_7() -> None:
+    from business.identity import IDENTITY_FEATURE_VERSION, IdentityMachine, PartnerPut
+    from business.ledger import MemoryView
+    from node.consensus.state_machine import (
+        FEATURE_ENTRY,
+        AppEntry,
+        Dispatcher,
+        LogPosition,
+        encode_app_entry,
+    )
+
+    assert IDENTITY_FEATURE_VERSION == 7
+    dispatcher = Dispatcher([IdentityMachine(IdentityConfig())], feature_version_max=7)
+    view = MemoryView()
+    put = encode_app_entry(
+        AppEntry("partner.put", PartnerPut(SHOP, PartnerStatus.ACTIVE, ROLES, OPERATOR).to_body())
+    )
+    enable = encode_app_entry(AppEntry(FEATURE_ENTRY, {"version": 7}))
+    at = LogPosition(1, 1, T0_MS)
+    applied, writes = dispatcher.apply_batch([(at, put), (at, enable), (at, put)], view)
+    assert [a.outcome.code for a in applied] == ["feature_not_enabled", "created", "ok"]
+    view.apply(writes)
+    assert get_partner(view, SHOP) is not None

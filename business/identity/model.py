@@ -48,6 +48,7 @@ U32_MAX = (1 << 32) - 1
 U64_MAX = (1 << 64) - 1
 U128_MAX = (1 << 128) - 1
 VALUE_VERSION = 1
+SIGNATURE_BYTES_MAX = 128
 ZERO16 = bytes(16)
 
 
@@ -215,6 +216,15 @@ def _int(body: Mapping[str, Any], name: str, high: int, low: int = 0) -> int:
     return value
 
 
+def _signature(body: Mapping[str, Any]) -> bytes:
+    # Any short byte string: a wrong length is the state machine's signature_invalid, not
+    # malformed, so a client sees which part of its request was wrong.
+    value = body.get("signature")
+    if not isinstance(value, bytes) or len(value) > SIGNATURE_BYTES_MAX:
+        raise Malformed("signature must be bytes")
+    return value
+
+
 def _enum(body: Mapping[str, Any], name: str, kind: type[enum.IntEnum]) -> Any:
     value = body.get(name)
     if type(value) is not int or value not in kind._value2member_map_:
@@ -325,9 +335,6 @@ class LinkEntry:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> LinkEntry:
-        signature = body.get("signature")
-        if not isinstance(signature, bytes) or len(signature) > 128:
-            raise Malformed("signature must be bytes")
         return cls(
             _bytes(body, "partner", 16),
             _enum(body, "mode", Mode),
@@ -335,7 +342,7 @@ class LinkEntry:
             _bytes(body, "wallet", 20),
             _int(body, "deadline", U64_MAX),
             _bytes(body, "nonce", 32),
-            signature,
+            _signature(body),
             Actor.from_body(body.get("actor")),
         )
 
@@ -408,9 +415,6 @@ class CodeIssueEntry:
         amount_limit = int.from_bytes(limit, "big")
         if amount_limit == 0:
             raise Malformed("amount_limit must not be zero")
-        signature = body.get("signature")
-        if not isinstance(signature, bytes) or len(signature) > 128:
-            raise Malformed("signature must be bytes")
         return cls(
             _enum(body, "mode", Mode),
             _bytes(body, "wallet", 20),
@@ -418,7 +422,7 @@ class CodeIssueEntry:
             _int(body, "ledger", U32_MAX, 1),
             amount_limit,
             _int(body, "expiry", U64_MAX),
-            signature,
+            _signature(body),
         )
 
 
