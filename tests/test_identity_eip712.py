@@ -106,3 +106,17 @@ def test_two_users_never_recover_as_each_other() -> None:
     message = _link(wallet=address(BOB))
     assert eip712.recover_signer(message, CHAIN_ID, sign(ALICE, message)) == address(ALICE)
     assert eip712.recover_signer(message, CHAIN_ID, sign(BOB, message)) == address(BOB)
+
+
+def test_the_pure_python_backend_recovers_the_same_signer() -> None:
+    """Replicas with and without coincurve must reach the same verdict."""
+    from eth_keys.backends.native.main import NativeECCBackend
+    from eth_keys.datatypes import Signature
+
+    for i in range(3):
+        message = _link(nonce=bytes((i,)) * 32)
+        signature = sign(user(f"u{i}"), message)
+        sig = Signature(signature[:64] + bytes((signature[64] - 27,)), backend=NativeECCBackend())
+        native = sig.recover_public_key_from_msg_hash(message.digest(CHAIN_ID))
+        assert native.to_canonical_address() == eip712.recover_signer(message, CHAIN_ID, signature)
+        assert native.to_canonical_address() == address(user(f"u{i}"))

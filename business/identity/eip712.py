@@ -25,7 +25,7 @@ type hashes are computed once and each message is 32-byte words hashed with Kecc
 as EIP-712 specifies; ``tests/test_identity_eip712.py`` checks every message against
 ``eth_account.messages.encode_typed_data`` and ``Account.recover_message`` (random fields,
 hypothesis). The signer is recovered with ``eth_keys`` (the library eth-account itself calls;
-it uses libsecp256k1 through ``coincurve`` when installed). Signatures must be 65 bytes
+its libsecp256k1 backend through ``coincurve``, chosen once at import). Signatures must be 65 bytes
 ``r || s || v`` with ``v`` 27/28 (or 0/1) and a low ``s`` (EIP-2): anything else is refused, so
 each approval has one encoding. Recovery is a pure function of the bytes: every replica gets
 the same signer.
@@ -37,6 +37,7 @@ import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
+from eth_keys.backends import get_backend
 from eth_keys.datatypes import Signature
 from eth_keys.exceptions import BadSignature
 from eth_utils.crypto import keccak
@@ -58,6 +59,10 @@ __all__ = [
 DOMAIN_NAME = "BaaS B&P network"
 DOMAIN_VERSION = "1"
 SIGNATURE_BYTES = 65
+# eth-keys picks its backend (libsecp256k1 through coincurve when installed, else pure Python)
+# on every call unless given one: reading the environment and building a backend object each
+# time. Both backends recover the same signer; pick once.
+_BACKEND = get_backend()
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId)"
 _FIELDS = {
@@ -214,7 +219,7 @@ def recover_signer(message: _Message, chain_id: int, signature: bytes) -> bytes 
     if v not in (0, 1) or not 0 < s <= _SECP256K1_N // 2:
         return None
     try:
-        sig = Signature(signature_bytes=signature[:64] + bytes((v,)))
+        sig = Signature(signature_bytes=signature[:64] + bytes((v,)), backend=_BACKEND)
         public = sig.recover_public_key_from_msg_hash(message.digest(chain_id))
     except (BadSignature, ValidationError):
         return None
