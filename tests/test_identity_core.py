@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from identitykit import (
     CHAIN_ID,
     OPERATOR,
@@ -354,3 +356,41 @@ def test_the_dispatcher_applies_identity_entries_only_from_feature_version_7() -
     assert [a.outcome.code for a in applied] == ["feature_not_enabled", "created", "ok"]
     view.apply(writes)
     assert get_partner(view, SHOP) is not None
+
+
+_USERS = (user("p0"), user("p1"), user("p2"))
+_requests = st.lists(
+    st.tuples(
+        st.sampled_from(["link", "user-unlink", "partner-unlink"]),
+        st.integers(0, 2),  # who signs
+        st.integers(0, 2),  # whose wallet the request names
+        st.sampled_from(["r0", "r1"]),
+        st.sampled_from([SHOP, OTHER_SHOP]),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_requests)
+def test_every_stored_link_was_signed_by_its_wallet(requests: list) -> None:  # type: ignore[type-arg]
+    w = _world(SHOP, OTHER_SHOP)
+    signed: set[tuple[bytes, str, bytes]] = set()  # (partner, ref, wallet) a wallet signed
+    for n, (kind, signer, named, ref, partner) in enumerate(requests):
+        nonce = n.to_bytes(32, "big")
+        e = link_entry(_USERS[signer], partner=partner, ref=ref, nonce=nonce, unlink=kind != "link")
+        e = dataclasses.replace(e, wallet=address(_USERS[named]))
+        if kind == "link":
+            code = w.link(e)
+            if signer == named:
+                signed.add((partner, ref, address(_USERS[named])))
+            else:
+                assert code == "signer_mismatch"
+        elif kind == "user-unlink":
+            w.unlink(UnlinkEntry(partner, Mode.TEST, e.user_ref, e.actor, e))
+        else:
+            w.unlink(UnlinkEntry(partner, Mode.TEST, e.user_ref, partner_actor(partner), None))
+    for partner in (SHOP, OTHER_SHOP):
+        for ref in ("r0", "r1"):
+            wallet = linked_wallet(w.view, partner, Mode.TEST, user_ref(partner, Mode.TEST, ref))
+            assert wallet is None or (partner, ref, wallet) in signed
