@@ -182,6 +182,7 @@ class ApprovalResult(str, enum.Enum):
     APPROVAL_MISSING = "approval_missing"
 
 
+# The codes that are successes (the HTTP edge maps every other code to a 4xx problem).
 SUCCESS_CODES = frozenset(
     {
         PartnerResult.OK,
