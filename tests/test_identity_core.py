@@ -296,7 +296,7 @@ def test_every_change_is_audited_with_its_actor_and_paged_newest_first() -> None
     assert w.link(link_entry(ALICE)) == "exists"
     assert w.link(link_entry(BOB, partner=OTHER_SHOP)) == "ok"
     limit_max = w.config.audit_list_limit_max
-    page, more = list_audit(w.view, PLATFORM_SCOPE, limit=3, limit_max=limit_max)
+    page, more = list_audit(w.view, PLATFORM_SCOPE, Mode.TEST, limit=3, limit_max=limit_max)
     assert [(e.kind, e.partner) for e in page] == [
         ("wallet.link", OTHER_SHOP),
         ("wallet.link", SHOP),
@@ -304,18 +304,31 @@ def test_every_change_is_audited_with_its_actor_and_paged_newest_first() -> None
     ]
     assert more and page[0].actor_kind == ActorKind.PARTNER and page[0].log_time_ms == T0_MS
     rest, more = list_audit(
-        w.view, PLATFORM_SCOPE, limit=3, limit_max=limit_max, starting_after=page[-1].seq
+        w.view, PLATFORM_SCOPE, Mode.TEST, limit=3, limit_max=limit_max, starting_after=page[-1].seq
     )
     assert [(e.kind, e.partner, e.actor_kind) for e in rest] == [
         ("partner.put", SHOP, ActorKind.OPERATOR)
     ]
     assert not more
-    mine, more = list_audit(w.view, SHOP, limit=10, limit_max=limit_max)
+    mine, more = list_audit(w.view, SHOP, Mode.TEST, limit=10, limit_max=limit_max)
     assert [e.kind for e in mine] == ["wallet.link", "partner.put"] and not more
-    assert all(e.partner == SHOP for e in mine)  # one partner never sees another's changes
-    assert list_audit(w.view, b"\x77" * 16, limit=1, limit_max=limit_max) == ([], False)
+    assert all(e.partner == SHOP and e.mode == Mode.TEST for e in mine)  # only its own
+    # the test-mode links are invisible in live mode; the partner puts show in both
+    live, _ = list_audit(w.view, SHOP, Mode.LIVE, limit=10, limit_max=limit_max)
+    assert [e.kind for e in live] == ["partner.put"]
+    assert list_audit(w.view, b"\x77" * 16, Mode.TEST, limit=1, limit_max=limit_max) == ([], False)
     with pytest.raises(InvalidRequest):
-        list_audit(w.view, SHOP, limit=limit_max + 1, limit_max=limit_max)
+        list_audit(w.view, SHOP, Mode.TEST, limit=limit_max + 1, limit_max=limit_max)
+
+
+def test_a_partner_onboarded_in_one_mode_does_not_exist_in_the_other() -> None:
+    w = World()
+    test_only = tuple(r for r in ROLES if r.mode == Mode.TEST)
+    assert _put(w, SHOP, roles=test_only) == "ok"
+    assert w.link(link_entry(ALICE, mode=Mode.LIVE)) == "partner_not_found"
+    ref = user_ref(SHOP, Mode.LIVE, "user-1")
+    assert w.unlink(UnlinkEntry(SHOP, Mode.LIVE, ref, OPERATOR, None)) == "partner_not_found"
+    assert w.link(link_entry(ALICE, nonce=b"\x02" * 32)) == "ok"
 
 
 def test_the_state_holds_no_partner_name_or_user_id() -> None:

@@ -32,7 +32,8 @@ Entry types (feature version :data:`~business.identity.model.IDENTITY_FEATURE_VE
   got then (``ok`` as ``exists``; for an unlink as ``not_linked``), with other fields
   ``nonce_used``; then
   ``deadline_expired`` (log time at or past the deadline), ``deadline_too_far``
-  (``link_deadline_s_max``), ``partner_not_found``, ``partner_not_active``,
+  (``link_deadline_s_max``), ``partner_not_found`` (also: no account in this mode),
+  ``partner_not_active``,
   ``exists_with_different_wallet`` (that reference is linked to another wallet: the partner
   must unlink first), ``exists`` (already linked to this wallet). The verdict on a verified
   (wallet, nonce) is stored, so a retry never changes an outcome; a failure before the
@@ -65,9 +66,11 @@ Audit trail
 Every configuration change that succeeded (a partner put that changed something, a link, an
 unlink) appends one entry -- actor kind, credential id, actor's partner, log time, entry type,
 the target partner and an opaque summary (SHA-256 of the entry body) -- to two scopes: the
-partner's and the platform's (operators see every change). Scope ``s`` keeps a count at
-``id/ah/<s>`` and entry ``n`` at ``id/ae/<s><n>``, so :func:`business.identity.views.list_audit`
-pages newest first with point ``get`` reads only (no scans), bounded by the page limit.
+partner's and the platform's (operators see every change), each per mode like every other
+object (a link shows in its mode only, a partner put in both). Scope ``s`` in mode ``m`` keeps
+a count at ``id/ah/<s><m>`` and entry ``n`` at ``id/ae/<s><m><n>``, so
+:func:`business.identity.views.list_audit` pages newest first with point ``get`` reads only
+(no scans), bounded by the page limit.
 """
 
 from __future__ import annotations
@@ -254,7 +257,7 @@ class IdentityMachine:
             e.actor.kind == ActorKind.PARTNER and e.actor.partner != e.partner
         ):
             return LinkResult.ACTOR_NOT_ALLOWED, {}, {}
-        if view.get(PARTNER_PREFIX + e.partner) is None:
+        if _partner_in_mode(view, e.partner, e.mode) is None:
             return LinkResult.PARTNER_NOT_FOUND, {}, {}
         key = link_key(e.partner, e.mode, e.user_ref)
         if view.get(key) is None:
@@ -302,10 +305,10 @@ class IdentityMachine:
             return LinkResult.DEADLINE_EXPIRED, {}
         if deadline_ms - now_ms > self.config.link_deadline_s_max * MS_PER_S:
             return LinkResult.DEADLINE_TOO_FAR, {}
-        raw = view.get(PARTNER_PREFIX + e.partner)
-        if raw is None:
+        partner = _partner_in_mode(view, e.partner, e.mode)
+        if partner is None:
             return LinkResult.PARTNER_NOT_FOUND, {}
-        if not unlink and decode_partner(raw)[0] != PartnerStatus.ACTIVE:
+        if not unlink and partner[0] != PartnerStatus.ACTIVE:
             return LinkResult.PARTNER_NOT_ACTIVE, {}
         key = link_key(e.partner, e.mode, e.user_ref)
         linked = view.get(key)
@@ -375,12 +378,15 @@ class IdentityMachine:
                 summary,
             ]
         )
+        # A link lives in one mode; a partner's configuration spans both, so it shows in both.
+        modes = list(Mode) if entry.type == "partner.put" else [Mode(entry.body["mode"])]
         writes: dict[bytes, bytes | None] = {}
         for scope in (target, PLATFORM_SCOPE):
-            head = view.get(audit_head_key(scope))
-            count = 0 if head is None else int.from_bytes(head, "big")
-            writes[audit_entry_key(scope, count)] = record
-            writes[audit_head_key(scope)] = (count + 1).to_bytes(8, "big")
+            for mode in modes:
+                head = view.get(audit_head_key(scope, mode))
+                count = 0 if head is None else int.from_bytes(head, "big")
+                writes[audit_entry_key(scope, mode, count)] = record
+                writes[audit_head_key(scope, mode)] = (count + 1).to_bytes(8, "big")
         return writes
 
 
@@ -388,6 +394,16 @@ _Outcome = tuple[Any, dict[str, Any], dict[bytes, bytes | None]]
 # The stored verdict of a signed (wallet, nonce): one byte per LinkResult, in member order.
 _BYTE_BY_CODE = {code: i for i, code in enumerate(LinkResult)}
 _CODE_BY_BYTE = dict(enumerate(LinkResult))
+
+
+def _partner_in_mode(view: StateView, partner: bytes, mode: Mode) -> PartnerRecord | None:
+    """The partner if it is onboarded in ``mode`` (has an account there): in the other mode it
+    does not exist, like every object of one mode seen from the other."""
+    raw = view.get(PARTNER_PREFIX + partner)
+    if raw is None:
+        return None
+    record = decode_partner(raw)
+    return record if any(r.mode == mode for r in record[2]) else None
 
 
 def _next_asset_index(view: StateView) -> int:

@@ -503,8 +503,8 @@ LINK_PREFIX = b"id/l/"  # + partner16 + mode + user_ref32 -> wallet20 + linked a
 NONCE_PREFIX = b"id/n/"  # + wallet20 + nonce32 -> judged result + fields digest
 WALLET_PREFIX = b"id/w/"  # + mode + wallet20 -> created at (ms)
 CODE_PREFIX = b"id/c/"  # + code hash32 -> StoredCode
-AUDIT_HEAD_PREFIX = b"id/ah/"  # + scope16 -> entry count u64
-AUDIT_ENTRY_PREFIX = b"id/ae/"  # + scope16 + seq u64 -> audit entry
+AUDIT_HEAD_PREFIX = b"id/ah/"  # + scope16 + mode -> entry count u64
+AUDIT_ENTRY_PREFIX = b"id/ae/"  # + scope16 + mode + seq u64 -> audit entry
 PLATFORM_SCOPE = ZERO16  # the operator's audit scope: every change
 
 
@@ -520,9 +520,9 @@ def wallet_key(mode: Mode, wallet: bytes) -> bytes:
     return WALLET_PREFIX + bytes((mode,)) + wallet
 
 
-def audit_head_key(scope: bytes) -> bytes:
-    return AUDIT_HEAD_PREFIX + scope
+def audit_head_key(scope: bytes, mode: Mode) -> bytes:
+    return AUDIT_HEAD_PREFIX + scope + bytes((mode,))
 
 
-def audit_entry_key(scope: bytes, seq: int) -> bytes:
-    return AUDIT_ENTRY_PREFIX + scope + seq.to_bytes(8, "big")
+def audit_entry_key(scope: bytes, mode: Mode, seq: int) -> bytes:
+    return AUDIT_ENTRY_PREFIX + scope + bytes((mode,)) + seq.to_bytes(8, "big")

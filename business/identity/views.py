@@ -40,7 +40,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    seq: int  # the entry's number in its scope (0 = the first change)
+    seq: int  # the entry's number in its scope and mode (0 = the first change)
+    mode: Mode
     actor_kind: ActorKind
     actor_credential: bytes
     actor_partner: bytes
@@ -73,19 +74,21 @@ def wallet_exists(view: StateView, mode: Mode, wallet: bytes) -> bool:
 def list_audit(
     view: StateView,
     scope: bytes,
+    mode: Mode,
     *,
     limit: int,
     limit_max: int,
     starting_after: int | None = None,
 ) -> tuple[list[AuditEntry], bool]:
-    """One page of a scope's audit trail, newest first (Stripe's order), and ``has_more``.
+    """One page of a scope's audit trail in ``mode``, newest first (Stripe's order), and
+    ``has_more``.
 
     ``scope`` is a partner id, or ``PLATFORM_SCOPE`` for every change; ``starting_after`` is
     the ``seq`` of the last entry of the previous page.
     """
     if not 1 <= limit <= limit_max:
         raise InvalidRequest(f"limit must be 1..{limit_max}", code="parameter_invalid")
-    head = view.get(audit_head_key(scope))
+    head = view.get(audit_head_key(scope, mode))
     count = 0 if head is None else int.from_bytes(head, "big")
     start = count - 1 if starting_after is None else min(starting_after, count) - 1
     if starting_after is not None and starting_after < 0:
@@ -93,15 +96,15 @@ def list_audit(
     out: list[AuditEntry] = []
     seq = start
     while seq >= 0 and len(out) < limit:
-        raw = view.get(audit_entry_key(scope, seq))
+        raw = view.get(audit_entry_key(scope, mode, seq))
         if raw is None:
             raise CorruptEntry("audit entry missing below the scope's count")
-        out.append(_decode_audit(seq, raw))
+        out.append(_decode_audit(seq, mode, raw))
         seq -= 1
     return out, seq >= 0
 
 
-def _decode_audit(seq: int, raw: bytes) -> AuditEntry:
+def _decode_audit(seq: int, mode: Mode, raw: bytes) -> AuditEntry:
     try:
         version, kind, credential, partner_of_actor, ms, entry_type, partner, summary = (
             msgpack.unpackb(raw)
@@ -111,5 +114,5 @@ def _decode_audit(seq: int, raw: bytes) -> AuditEntry:
     if version != VALUE_VERSION:
         raise UnsupportedFormat("unknown audit entry version")
     return AuditEntry(
-        seq, ActorKind(kind), credential, partner_of_actor, ms, entry_type, partner, summary
+        seq, mode, ActorKind(kind), credential, partner_of_actor, ms, entry_type, partner, summary
     )
