@@ -30,16 +30,14 @@ Entry types (feature version :data:`~business.identity.model.IDENTITY_FEATURE_VE
   partner), ``signature_invalid``, ``signer_mismatch`` (the signer is not the wallet); then
   *stickiness*: a (wallet, nonce) already judged with the same signed fields answers what it
   got then (``ok`` as ``exists``; for an unlink as ``not_linked``), with other fields
-  ``nonce_used``; then
-  ``deadline_expired`` (log time at or past the deadline), ``deadline_too_far``
-  (``link_deadline_s_max``), ``partner_not_found`` (also: no account in this mode),
-  ``partner_not_active``,
-  ``exists_with_different_wallet`` (that reference is linked to another wallet: the partner
-  must unlink first), ``exists`` (already linked to this wallet). The verdict on a verified
-  (wallet, nonce) is stored, so a retry never changes an outcome; a failure before the
-  signer is verified is not stored (else anyone could burn a user's nonce with a bad
-  signature claiming their address). ``exists_with_different_*`` only ever compares within
-  one partner and mode: the key is (partner, mode, user_ref).
+  ``nonce_used``; then ``deadline_expired`` (log time at or past the deadline),
+  ``deadline_too_far`` (``link_deadline_s_max``), ``partner_not_found`` (also: no account in
+  this mode), ``partner_not_active``, ``exists_with_different_wallet`` (that reference is
+  linked to another wallet: the partner must unlink first), ``exists`` (already linked to
+  this wallet). The verdict on a verified (wallet, nonce) is stored, so a retry never changes
+  an outcome; a failure before the signer is verified is not stored (else anyone could burn a
+  user's nonce with a bad signature claiming their address). ``exists_with_different_*``
+  only ever compares within one partner and mode: the key is (partner, mode, user_ref).
 * ``wallet.unlink`` -- by the user (a signed ``Unlink`` with the same fields and checks;
   ``link_not_found`` unless the reference is linked to that very wallet), or by the partner
   or an operator (no signature; ``not_linked`` if nothing is linked, a success so a retry
