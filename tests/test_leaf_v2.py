@@ -234,12 +234,11 @@ def test_ops_entries_make_leaves_only_from_feature_6_v2_for_operations_in_entry_
     assert refused.outcome.code == "feature_not_enabled"
     assert MerkleReader(view).size == 0
     assert apply(3, feature(LEDGER_OPS_FEATURE_VERSION)).outcome.code == "created"
-    outcomes = [sample_outcome(1, at(4).leader_time_ms), None, None]
-    outcomes[2] = sample_outcome(3, at(4).leader_time_ms)
+    first, third = (sample_outcome(i, at(4).leader_time_ms) for i in (1, 3))
     ops = [
-        (proposal(1), outcomes[0]),
+        (proposal(1), first),
         (proposal(2), None),  # a plain record carried in the same entry: leaf v1
-        (proposal(3), outcomes[2]),
+        (proposal(3), third),
         (proposal(4, leaf_fields=False), sample_outcome(4, at(4).leader_time_ms)),  # no leaf
     ]
     assert apply(4, ops_entry(ops)).outcome.code == "applied"
@@ -248,8 +247,8 @@ def test_ops_entries_make_leaves_only_from_feature_6_v2_for_operations_in_entry_
     leaves = [LeafData.decode(reader.leaf_of(h(f"op{i}")).data) for i in (1, 2, 3)]
     assert [reader.leaf_of(h(f"op{i}")).index for i in (1, 2, 3)] == [0, 1, 2]
     assert [leaf.version for leaf in leaves] == [2, 1, 2]
-    assert leaves[0].outcome_digest == outcomes[0].digest()
-    assert leaves[2].outcome_digest == outcomes[2].digest()
+    assert leaves[0].outcome_digest == first.digest()
+    assert leaves[2].outcome_digest == third.digest()
     assert {leaf.committed_at_ms for leaf in leaves} == {at(4).leader_time_ms}
     assert leaves[1] == replace(leaves[1], outcome_digest=None)
     assert reader.root() == naive_root([leaf.encode() for leaf in leaves])
@@ -367,9 +366,10 @@ def test_receipt_construction_wants_outcome_and_summary_together() -> None:
 
 def test_make_receipt_refuses_an_outcome_that_is_not_the_leafs() -> None:
     tree, leaves, outcomes, anchors = mixed_log()
-    build = lambda i, outcome: make_receipt(  # noqa: E731
-        tree, i, leaves[i], anchors[1], anchors[2], outcome
-    )
+
+    def build(i: int, outcome: bytes | None) -> Receipt:
+        return make_receipt(tree, i, leaves[i], anchors[1], anchors[2], outcome)
+
     with pytest.raises(InvariantViolation, match="its outcome is needed"):
         build(5, None)
     with pytest.raises(InvariantViolation, match="not the one its leaf holds"):
