@@ -548,3 +548,22 @@ def test_the_failed_operation_of_fixture_2_shows_its_result_codes() -> None:
     ]
     outcome = msgpack.unpackb(bytes.fromhex(json.loads(raw)["outcome"]))
     assert outcome[0] == 1 and len(outcome[2]) == 3  # OUTCOME_VERSION 1, three events
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_gateway_openapi_document_describes_receipts_of_both_versions(version: str) -> None:
+    from openapi_check import check_answer  # builds the validator: only where it is used
+    from openapi_core.validation.response.exceptions import InvalidData
+
+    folder = FIXTURES.parent / version
+    for path in sorted(folder.glob("receipt-*.json")):
+        raw = path.read_bytes()
+        route = f"/v1/records/{json.loads(raw)['record_id']}/receipt"
+        check_answer("GET", route, 200, {"Content-Type": "application/json"}, raw)
+    lying = json.loads((FIXTURES / "receipt-1.json").read_text())
+    lying["outcome_summary"]["events"][0]["amount"] = 5  # a JSON number: not in the document
+    route = f"/v1/records/{lying['record_id']}/receipt"
+    with pytest.raises(InvalidData):
+        check_answer(
+            "GET", route, 200, {"Content-Type": "application/json"}, json.dumps(lying).encode()
+        )
