@@ -37,7 +37,12 @@ from typing import Any, Protocol, TypeVar
 
 import rfc8785
 
-from business.ledger.outcome import EventOutcome, OperationOutcome
+from business.ledger.outcome import (
+    KIND_ACCOUNT,
+    KIND_TRANSFER,
+    EventOutcome,
+    OperationOutcome,
+)
 from node.errors import BaasError, UnsupportedFormat
 from node.merkle.leaf import SALT_BYTES, LeafData, plaintext_commitment
 from node.merkle.receipt import AnchorChainDoc, AnchorRef, ConsistencyDoc, Receipt
@@ -371,16 +376,14 @@ def _operation_lines(outcome: OperationOutcome) -> tuple[str, ...]:
 
 
 def _event_line(event: EventOutcome, log_time_ms: int) -> str:
-    shown = event.summary()
-    kind = shown["kind"]
-    if kind == "transfer":
+    if event.kind == KIND_TRANSFER:
         what = (
             f"transfer {event.id}: debit account {event.debit_account_id} -> credit account "
             f"{event.credit_account_id}, ledger {event.ledger}, amount {event.amount}"
         )
-    elif kind == "account":
+    elif event.kind == KIND_ACCOUNT:
         what = f"account {event.id}: ledger {event.ledger}"
-    else:
+    else:  # an asset's id is its ledger number
         what = f"asset: ledger {event.ledger}"
     return f"{what}: {event.result} (log time {log_time_ms} ms)"
 
