@@ -4,21 +4,26 @@ One module-wide run: a 64-leaf log where every third leaf is a plain record (v1)
 are operations (leaf data v2), the AnchorRegistry on eth-tester, three anchors. Then: every
 receipt of both versions verifies with its version's steps; every single-byte change of a v2
 receipt's outcome, its leaf data, the record, the salt and the receipt file fails, at the step
-that names the damage; ``baas-verify`` prints the executed operation event by event.
+that names the damage; ``baas-verify`` prints the executed operation event by event, in process
+and as a process against a real anvil, where a forged outcome fails.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import rfc8785
+from chains import running_anvil
 from test_leaf_receipt import h
 from test_leaf_v2 import V2_RECEIPT_STEPS, sample_outcome
 from test_merkle import DictStore
 from test_verify import (
+    ROOT,
     anchor,
     deploy,
     first_failure,
@@ -261,3 +266,45 @@ def test_baas_verify_prints_the_executed_operation(
     ) in out
     assert "result: FAILED at step 'outcome decodes'" in out
     assert "    transfer" not in out  # a lying receipt's operation is not shown
+
+
+def test_baas_verify_process_checks_an_operations_receipt_on_anvil(tmp_path: Path) -> None:
+    with running_anvil() as node:
+        w3 = Web3(Web3.HTTPProvider(node.url))
+        contract = deploy(w3)
+        store = DictStore()
+        tree = MerkleTree(store, 0)
+        leaves = [leaf_data(i) for i in range(12)]
+        tree.extend((LeafData.decode(raw).leaf_hash() for raw in leaves), store)
+        anchored = anchor(w3, contract, 1, 12, tree.root())
+        receipt = make_receipt(tree, 5, leaves[5], anchored, anchored, outcome(5).encode())
+        (tmp_path / "receipt.json").write_text(receipt.to_json())
+        (tmp_path / "record.json").write_bytes(record_json(5))
+        forged = outcome(5)
+        forged = replace(forged, events=(*forged.events[:2], replace(forged.events[2], amount=1)))
+        tampered = replace(receipt, outcome=forged.encode(), outcome_summary=forged.summary())
+        (tmp_path / "tampered.json").write_text(tampered.to_json())
+
+        def baas_verify(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [
+                    *(sys.executable, "-m", "tools.verify_cli", "receipt", str(tmp_path / name)),
+                    *(*argv, "--rpc", node.url, "--contract", contract.address),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+
+        record = ("--record", str(tmp_path / "record.json"), "--salt", salt(5).hex())
+        done = baas_verify("receipt.json", *record)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "outcome digest in leaf: ok" in done.stdout
+        assert "    transfer 105: debit account 7 -> credit account 505" in done.stdout
+        assert done.stdout.rstrip().endswith("result: verified")
+        done = baas_verify("tampered.json")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "result: FAILED at step 'outcome digest in leaf'" in done.stdout
+        assert "amount 1:" in done.stdout  # shown as decoded, and refused: not the leaf's
+        assert "Traceback" not in done.stdout + done.stderr
