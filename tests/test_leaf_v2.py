@@ -16,6 +16,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from test_leaf_receipt import (
     _DELETE,
     OFFLINE_RECEIPT_STEPS,
@@ -47,6 +49,7 @@ from node.anchoring.state import (
     Progress,
     batch_key,
 )
+from node.api.log_routes import LOG_PATH, add_log_routes
 from node.consensus.record_index import BatchOutcome, IndexProposal, RecordIndex
 from node.consensus.state_machine import (
     AppEntry,
@@ -466,7 +469,8 @@ def anchored_state(view: DictView, tree_sizes: Sequence[int]) -> None:
     view.data[NEXT_KEY] = Progress(count + 1, count, 0).encode()
 
 
-def test_receipt_for_reads_an_operations_outcome_through_the_lookup() -> None:
+def anchored_ops_state() -> tuple[DictView, OperationOutcome]:
+    """An operation (record op1) and a plain record (op2) in one entry, both anchored."""
     d, view = ledger_dispatcher(), DictView()
     outcome = sample_outcome(1, at(2).leader_time_ms)
     entries = [
@@ -476,6 +480,11 @@ def test_receipt_for_reads_an_operations_outcome_through_the_lookup() -> None:
     _, writes = d.apply_batch(entries, view)
     view.commit(writes)
     anchored_state(view, [2])
+    return view, outcome
+
+
+def test_receipt_for_reads_an_operations_outcome_through_the_lookup() -> None:
+    view, outcome = anchored_ops_state()
     looked_up: list[bytes] = []
 
     def lookup(record_id: bytes) -> bytes | None:
@@ -500,6 +509,19 @@ def test_receipt_for_reads_an_operations_outcome_through_the_lookup() -> None:
     other = sample_outcome(9, at(2).leader_time_ms).encode()
     with pytest.raises(InvariantViolation, match="not the one its leaf holds"):
         receipt_for(view, h("op1"), lambda rid: other)
+
+
+async def test_the_nodes_receipt_route_serves_v2_with_the_ledgers_lookup() -> None:
+    view, outcome = anchored_ops_state()
+    app = web.Application()
+    add_log_routes(app, lambda: view, lambda v: lambda rid: v.get(OUTCOME_PREFIX + rid))
+    async with TestClient(TestServer(app)) as client:
+        answer = await client.get(f"{LOG_PATH}/receipts/{h('op1').hex()}")
+        assert answer.status == 200
+        receipt = Receipt.from_json(await answer.text())
+        assert receipt.version == 2 and receipt.outcome == outcome.encode()
+        answer = await client.get(f"{LOG_PATH}/receipts/{h('op2').hex()}")
+        assert Receipt.from_json(await answer.text()).version == 1
 
 
 # -- the committed v2 fixtures -----------------------------------------------------------------
