@@ -10,8 +10,9 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   ``{"results": [...]}``, one result (with its own ``status``) per record, in order.
 * ``GET /v1/records/{record_id}`` -> 200 ``{"record_id", "record", ...}`` for the owning partner
   only; anyone else gets 404, exactly as for a record that does not exist.
-* ``GET /v1/records/{record_id}/receipt`` -> the record's receipt v1 (docs/verifiable-log.md),
-  for the owning partner only; 409 ``receipt_not_ready`` until an anchor covering it is mined.
+* ``GET /v1/records/{record_id}/receipt`` -> the record's receipt (docs/verifiable-log.md: v1,
+  or v2 with the outcome for a ledger operation's record), for the owning partner only; 409
+  ``receipt_not_ready`` until an anchor covering it is mined.
 * ``GET /v1/log``, ``GET /v1/log/anchors?from=&limit=``, ``GET /v1/log/consistency?from=&to=``
   -> the log head, a chain of anchors, a consistency proof between two anchors: public, so
   anyone can audit that the log only grew (``baas-verify``).

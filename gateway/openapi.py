@@ -17,7 +17,13 @@ import copy
 from typing import Any
 
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
-from node.merkle.receipt import ANCHORS_FORMAT, CONSISTENCY_FORMAT, RECEIPT_FORMAT, VERSION
+from node.merkle.receipt import (
+    ANCHORS_FORMAT,
+    CONSISTENCY_FORMAT,
+    RECEIPT_FORMAT,
+    RECEIPT_VERSION_OPERATION,
+    VERSION,
+)
 
 __all__ = ["API_VERSION", "API_VERSIONS", "API_VERSION_HEADER", "OPENAPI_PATH", "openapi_document"]
 
@@ -49,6 +55,18 @@ HEX64: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 HEX0X64: Schema = {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}
 UINT: Schema = {"type": "integer", "minimum": 0}
 HEX_PATH: Schema = {"type": "array", "items": HEX64}
+DIGITS: Schema = {"type": "string", "pattern": "^(0|[1-9][0-9]*)$"}  # an integer beyond 2^53
+_RECEIPT_FIELDS: dict[str, Schema] = {
+    "format": {"const": RECEIPT_FORMAT},
+    "version": {"const": VERSION},
+    "record_id": HEX64,
+    "leaf_index": UINT,
+    "leaf_data": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+    "inclusion_path": HEX_PATH,
+    "anchor": _ref("AnchorRef"),
+    "latest_anchor": _ref("AnchorRef"),
+    "consistency_path": HEX_PATH,
+}
 
 SCHEMAS: dict[str, Schema] = {
     "Problem": {
@@ -138,17 +156,34 @@ SCHEMAS: dict[str, Schema] = {
             "block_hash": HEX0X64,
         }
     ),
-    "Receipt": _closed(
+    "Receipt": {
+        "description": "v1: a record's; v2: a ledger operation's, with what it executed.",
+        "oneOf": [_ref("RecordReceipt"), _ref("OperationReceipt")],
+    },
+    "RecordReceipt": _closed(_RECEIPT_FIELDS),
+    "OperationReceipt": _closed(
         {
-            "format": {"const": RECEIPT_FORMAT},
-            "version": {"const": VERSION},
-            "record_id": HEX64,
-            "leaf_index": UINT,
-            "leaf_data": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
-            "inclusion_path": HEX_PATH,
-            "anchor": _ref("AnchorRef"),
-            "latest_anchor": _ref("AnchorRef"),
-            "consistency_path": HEX_PATH,
+            **_RECEIPT_FIELDS,
+            "version": {"const": RECEIPT_VERSION_OPERATION},
+            "outcome": {"type": "string", "pattern": "^([0-9a-f]{2})+$"},
+            "outcome_summary": _closed(
+                {
+                    "log_time_ms": UINT,
+                    "events": {"type": "array", "items": _ref("OperationEvent")},
+                }
+            ),
+        }
+    ),
+    "OperationEvent": _closed(
+        {
+            "kind": {"enum": ["asset", "account", "transfer"]},
+            "id": DIGITS,
+            "ledger": UINT,
+            "debit_account_id": DIGITS,
+            "credit_account_id": DIGITS,
+            "amount": DIGITS,
+            "result": {"type": "string"},
+            "timestamp": DIGITS,
         }
     ),
     "Consistency": _closed(
@@ -322,7 +357,8 @@ PATHS: dict[str, Schema] = {
     "/v1/records/{record_id}/receipt": {
         "get": _operation(
             "getRecordReceipt",
-            "The record's receipt v1: its Merkle leaf proven against an anchor on chain",
+            "The record's receipt: its Merkle leaf (v2: with the operation's outcome) proven "
+            "against an anchor on chain",
             {200: _json("Receipt", "the receipt"), 404: _problem(404), 409: _problem(409)},
             _SIGNED_ERRORS,
             parameters=[_RECORD_ID],

@@ -244,7 +244,8 @@ _DELETE = object()
     ("path", "value", "named"),
     [
         ("format", "baas.consistency", "format"),
-        ("version", 2, "version"),
+        ("version", 3, "version"),
+        ("version", 2, "baas.receipt v2 lacks field 'outcome'"),  # v2 is an operation's
         ("version", "1", "version"),
         ("version", True, "version"),
         ("version", 1.0, "version"),

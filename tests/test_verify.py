@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -204,14 +205,14 @@ def flip(data: bytes, at: int) -> bytes:
     return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
-def test_every_byte_flip_of_a_receipt_file_fails(run: Run) -> None:
-    reader = run.reader()
-    text = run.receipts[SAMPLE].to_json().encode()
-    assert check(run, text, SAMPLE, reader).ok
+def flip_every_byte(text: bytes, verdict_of: Callable[[bytes], Verdict]) -> dict[str, int]:
+    """Flip each byte of a receipt file in turn: each flip must fail a step, and one that
+    breaks the decoding must fail the format step. Returns how often each step caught one."""
+    assert verdict_of(text).ok
     seen: dict[str, int] = {}
     for at in range(len(text)):
         flipped = flip(text, at)
-        verdict = check(run, flipped, SAMPLE, reader)
+        verdict = verdict_of(flipped)
         failed = first_failure(verdict)
         assert failed is not None, (at, flipped[max(0, at - 20) : at + 20])
         try:
@@ -220,6 +221,13 @@ def test_every_byte_flip_of_a_receipt_file_fails(run: Run) -> None:
             assert failed == "receipt format", (at, verdict.first_failure)
         seen[failed] = seen.get(failed, 0) + 1
     print(seen)
+    return seen
+
+
+def test_every_byte_flip_of_a_receipt_file_fails(run: Run) -> None:
+    reader = run.reader()
+    text = run.receipts[SAMPLE].to_json().encode()
+    seen = flip_every_byte(text, lambda flipped: check(run, flipped, SAMPLE, reader))
     assert set(seen) >= {"receipt format", "inclusion in anchored root", "anchor on chain"}
 
 
@@ -309,17 +317,29 @@ def _leaf_flip_step(raw: bytes, at: int) -> str:
     return "inclusion in anchored root"  # owner, time, content, k, shard hashes
 
 
-def test_flipping_any_byte_of_the_leaf_data_fails_at_the_right_step(run: Run) -> None:
-    reader = run.reader()
-    receipt = run.receipts[SAMPLE]
+def flip_leaf_bytes(
+    receipt: Receipt,
+    expected_step: Callable[[bytes, int], str],
+    verdict_of: Callable[[Receipt], Verdict],
+) -> set[str]:
+    """Flip each byte of the receipt's leaf data in turn: each must fail first at the step
+    ``expected_step(raw, at)`` names, and break the inclusion. Returns the steps named."""
     raw = receipt.leaf_data
     seen = set()
     for at in range(len(raw)):
-        expected = _leaf_flip_step(raw, at)
+        expected = expected_step(raw, at)
         seen.add(expected)
-        verdict = check(run, replace(receipt, leaf_data=flip(raw, at)), SAMPLE, reader)
+        verdict = verdict_of(replace(receipt, leaf_data=flip(raw, at)))
         assert first_failure(verdict) == expected, (at, verdict.first_failure)
         assert not verdict.step("inclusion in anchored root").ok  # every flip breaks the leaf
+    return seen
+
+
+def test_flipping_any_byte_of_the_leaf_data_fails_at_the_right_step(run: Run) -> None:
+    reader = run.reader()
+    seen = flip_leaf_bytes(
+        run.receipts[SAMPLE], _leaf_flip_step, lambda r: check(run, r, SAMPLE, reader)
+    )
     assert seen == {"leaf data", "record id", "plaintext commitment", "inclusion in anchored root"}
 
 

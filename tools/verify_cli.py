@@ -12,6 +12,9 @@ an Ethereum JSON-RPC endpoint of the user's choosing and, optionally, the record
 (from the gateway's read) and the contract address as we published it. Without ``--contract``
 the contract the document names is read, and its address is printed to compare.
 
+Receipts v1 (a record's) and v2 (a ledger operation's: the steps also check its outcome and
+print the executed operation, one event a line) are both read.
+
 Every step (:mod:`node.merkle.verify`) is printed with ``ok`` or ``FAILED: why``. Exit codes
 (docs/verifiable-log.md): 0 everything holds; 1 a step failed (a malformed document fails
 ``... format``; an unreachable RPC fails the first chain step); 3 everything holds but the
@@ -181,6 +184,8 @@ def _print(verdict: Verdict) -> int:
             print(f"{step.name}: NOT FINAL: {step.detail}")
         else:
             print(f"{step.name}: skipped ({step.detail})")
+        for line in step.lines:  # e.g. the executed operation of a v2 receipt, event by event
+            print(f"    {line}")
     failure = verdict.first_failure
     if failure is not None:
         print(f"result: FAILED at step {failure.name!r}")

@@ -5,15 +5,23 @@ Any node can answer: the Merkle log (:mod:`node.merkle.log`) and the anchoring s
 built at the anchors' tree sizes, which later appends never change, so a receipt is consistent
 even while the log grows underneath. Only anchors mined with status 1 (included or final) are
 named; a receipt is not final until ``baas-verify`` has counted its confirmations on the chain.
+
+A ledger operation's leaf is v2 and so is its receipt, which carries the operation's outcome.
+The outcome is the ledger's state, not the Merkle log's: :func:`receipt_for` reads it through
+an :data:`OutcomeLookup` (record id -> encoded outcome, or None) that the caller binds to the
+same state view, so where the ledger keeps it is the ledger's business.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from eth_utils.address import to_checksum_address
 
 from node.anchoring.state import Batch, batch, first_anchor_covering, latest_anchored
 from node.consensus.state_machine import StateView
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.errors import InvalidRequest, InvariantViolation, NotFound, OperationFailed
+from node.merkle.leaf import LeafData
 from node.merkle.log import MerkleReader
 from node.merkle.receipt import (
     AnchorChainDoc,
@@ -25,7 +33,17 @@ from node.merkle.receipt import (
     make_receipt,
 )
 
-__all__ = ["ReceiptNotReady", "anchor_chain_doc", "anchor_ref", "consistency_doc", "receipt_for"]
+__all__ = [
+    "OutcomeLookup",
+    "ReceiptNotReady",
+    "anchor_chain_doc",
+    "anchor_ref",
+    "consistency_doc",
+    "receipt_for",
+]
+
+OutcomeLookup = Callable[[bytes], bytes | None]
+"""``record id -> the encoded OperationOutcome of its operation``, None when it has none."""
 
 
 class ReceiptNotReady(OperationFailed):
@@ -53,17 +71,27 @@ def anchor_ref(anchored: Batch) -> AnchorRef:
     )
 
 
-def receipt_for(view: StateView, record_id: bytes) -> Receipt:
+def receipt_for(
+    view: StateView, record_id: bytes, outcomes: OutcomeLookup | None = None
+) -> Receipt:
     """The receipt of ``record_id``: its leaf under the first anchor covering it, linked by a
-    consistency proof to the latest anchor."""
+    consistency proof to the latest anchor; v2, with the operation's outcome from
+    ``outcomes``, when the leaf is an operation's (v2)."""
     reader = MerkleReader(view)
     leaf = reader.leaf_of(record_id)  # NotFound: not (yet) in the log on this node
     latest = latest_anchored(view)
     covering = first_anchor_covering(view, leaf.index)
     if latest is None or covering is None:
         raise ReceiptNotReady("the record is in the log; its anchor is not on the chain yet")
+    outcome = None
+    if LeafData.decode(leaf.data).outcome_digest is not None:
+        # The ledger wrote the outcome in the same apply batch as the leaf: if this view has
+        # the leaf, it has the outcome.
+        outcome = outcomes(record_id) if outcomes is not None else None
+        if outcome is None:
+            raise InvariantViolation(f"record {record_id.hex()} is an operation without outcome")
     return make_receipt(
-        reader.tree(), leaf.index, leaf.data, anchor_ref(covering), anchor_ref(latest)
+        reader.tree(), leaf.index, leaf.data, anchor_ref(covering), anchor_ref(latest), outcome
     )
 
 

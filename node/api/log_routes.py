@@ -5,7 +5,9 @@ know a record or an anchor yet (404 / 409, and the gateway asks another node). D
 the JSON formats of docs/verifiable-log.md, built by :mod:`node.anchoring.receipts`.
 
 * ``GET /internal/v1/log`` -> ``{"size", "root", "anchored_through", "final_through"}``
-* ``GET /internal/v1/log/receipts/{record_id}`` -> receipt v1
+* ``GET /internal/v1/log/receipts/{record_id}`` -> the record's receipt: v1, or v2 for a ledger
+  operation's record, its outcome read through the lookup the ledger gives
+  :func:`add_log_routes` (``outcomes``: a state view -> record id -> encoded outcome)
 * ``GET /internal/v1/log/consistency?from=A&to=B`` -> consistency document between batches
 * ``GET /internal/v1/log/anchors?from=A&limit=L`` -> anchor chain document
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from node.anchoring.receipts import anchor_chain_doc, consistency_doc, receipt_for
+from node.anchoring.receipts import OutcomeLookup, anchor_chain_doc, consistency_doc, receipt_for
 from node.anchoring.state import progress_of
 from node.consensus.state_machine import StateView
 from node.errors import InvalidRequest
@@ -29,6 +31,8 @@ LOG_PATH = "/internal/v1/log"
 ANCHORS_PER_REQUEST_MAX = 1000
 ViewFactory = Callable[[], StateView]
 LOG_VIEW: web.AppKey[ViewFactory] = web.AppKey("log_view")
+OutcomesOf = Callable[[StateView], OutcomeLookup]
+LOG_OUTCOMES: web.AppKey[OutcomesOf | None] = web.AppKey("log_outcomes")
 
 _JSON = "application/json"
 
@@ -70,7 +74,11 @@ async def get_log_head(request: web.Request) -> web.Response:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    receipt = receipt_for(request.app[LOG_VIEW](), _record_id(request))
+    view = request.app[LOG_VIEW]()
+    outcomes_of = request.app[LOG_OUTCOMES]
+    # The outcome is read from the same view as the leaf: one applied state, one answer.
+    outcomes = outcomes_of(view) if outcomes_of is not None else None
+    receipt = receipt_for(view, _record_id(request), outcomes)
     return web.Response(text=receipt.to_json(), content_type=_JSON)
 
 
@@ -89,8 +97,12 @@ async def get_anchors(request: web.Request) -> web.Response:
     return web.Response(text=doc.to_json(), content_type=_JSON)
 
 
-def add_log_routes(app: web.Application, view: ViewFactory) -> None:
+def add_log_routes(
+    app: web.Application, view: ViewFactory, outcomes: OutcomesOf | None = None
+) -> None:
+    """The routes over ``view``; ``outcomes`` reads ledger operations' outcomes (receipt v2)."""
     app[LOG_VIEW] = view
+    app[LOG_OUTCOMES] = outcomes
     app.router.add_get(LOG_PATH, get_log_head)
     app.router.add_get(LOG_PATH + "/receipts/{record_id}", get_receipt)
     app.router.add_get(LOG_PATH + "/consistency", get_consistency)

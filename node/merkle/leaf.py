@@ -1,4 +1,4 @@
-"""Leaf data v1: what one leaf of the record log commits to, and the plaintext commitment.
+"""Leaf data v1 and v2: what one leaf of the record log commits to, and the plaintext commitment.
 
 A leaf binds a record's identity (id, owner, commit time) to what the network stores for it
 (the encrypted blob's hash, the erasure code ``k`` of ``n`` and every shard's hash) and to the
@@ -7,6 +7,15 @@ record's plaintext through a salted commitment. The layout is fixed by
 
     version 1 | record id 32 | owner length L 1 | owner L | committed at ms 8
     | content hash 32 | k 1 | n 1 | shard hashes 32 x n | plaintext commitment 32
+
+A ledger operation's record (a transfer request, later a swap or a payment) gets leaf data v2:
+the version byte 2, the same fields, then the 32-byte digest of what the operation did
+(:meth:`business.ledger.outcome.OperationOutcome.digest`)::
+
+    version 2 | ...the v1 fields... | outcome digest 32
+
+The version byte comes first and the lengths differ by 32, so bytes of one version never decode
+as the other. :class:`LeafData` is both: ``outcome_digest`` is None for v1.
 
 The leaf's Merkle hash is RFC 9162's ``SHA-256(0x00 || leaf data)`` from
 :mod:`node.merkle.tree`. Decoding is strict, because a user's verifier reads leaf data from a
@@ -29,6 +38,7 @@ from node.merkle import tree
 
 __all__ = [
     "LEAF_VERSION",
+    "LEAF_VERSION_OPERATION",
     "OWNER_BYTES_MAX",
     "PLAINTEXT_DOMAIN",
     "SALT_BYTES",
@@ -37,6 +47,7 @@ __all__ = [
 ]
 
 LEAF_VERSION = 1
+LEAF_VERSION_OPERATION = 2  # v1 plus the operation's outcome digest
 HASH_BYTES = 32
 OWNER_BYTES_MAX = 128
 SHARD_COUNT_MAX = 255
@@ -55,7 +66,8 @@ def plaintext_commitment(salt: bytes, canonical_json: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class LeafData:
-    """One leaf of the record log (v1). Construction checks every field (InvalidRequest)."""
+    """One leaf of the record log: v1, or v2 with ``outcome_digest``. Construction checks
+    every field (InvalidRequest)."""
 
     record_id: bytes
     owner: str
@@ -65,6 +77,11 @@ class LeafData:
     n: int
     shard_hashes: tuple[bytes, ...]
     plaintext_commitment: bytes
+    outcome_digest: bytes | None = None  # v2: the ledger operation's outcome digest
+
+    @property
+    def version(self) -> int:
+        return LEAF_VERSION if self.outcome_digest is None else LEAF_VERSION_OPERATION
 
     def __post_init__(self) -> None:
         problem = self._problem()
@@ -76,6 +93,9 @@ class LeafData:
             value = getattr(self, name)
             if not isinstance(value, bytes) or len(value) != HASH_BYTES:
                 return f"{name} must be {HASH_BYTES} bytes"
+        digest = self.outcome_digest
+        if digest is not None and (not isinstance(digest, bytes) or len(digest) != HASH_BYTES):
+            return f"outcome_digest must be None or {HASH_BYTES} bytes"
         if not isinstance(self.owner, str):
             return "owner must be a string"
         try:
@@ -100,7 +120,7 @@ class LeafData:
         owner = self.owner.encode("utf-8")
         return b"".join(
             (
-                bytes([LEAF_VERSION]),
+                bytes([self.version]),
                 self.record_id,
                 bytes([len(owner)]),
                 owner,
@@ -109,6 +129,7 @@ class LeafData:
                 bytes([self.k, self.n]),
                 *self.shard_hashes,
                 self.plaintext_commitment,
+                self.outcome_digest or b"",
             )
         )
 
@@ -118,11 +139,15 @@ class LeafData:
 
     @classmethod
     def decode(cls, raw: bytes) -> LeafData:
-        """Strictly the inverse of :meth:`encode`; anything else is UnsupportedFormat."""
+        """Strictly the inverse of :meth:`encode` (v1 or v2); anything else is UnsupportedFormat."""
         if not raw:
             raise UnsupportedFormat("leaf data is empty")
-        if raw[0] != LEAF_VERSION:
-            raise UnsupportedFormat(f"leaf data version {raw[0]} is not {LEAF_VERSION}")
+        version = raw[0]
+        if version not in (LEAF_VERSION, LEAF_VERSION_OPERATION):
+            raise UnsupportedFormat(
+                f"leaf data version {version} is not {LEAF_VERSION} or {LEAF_VERSION_OPERATION}"
+            )
+        tail = HASH_BYTES if version == LEAF_VERSION_OPERATION else 0  # the outcome digest
         # version, record id, owner length: the smallest prefix that says how long the rest is
         if len(raw) < 1 + HASH_BYTES + 1:
             raise UnsupportedFormat(f"leaf data of {len(raw)} bytes is too short")
@@ -134,11 +159,12 @@ class LeafData:
         if len(raw) < counts_at + 2:
             raise UnsupportedFormat(f"leaf data of {len(raw)} bytes is too short")
         k, n = raw[counts_at], raw[counts_at + 1]
-        expected = counts_at + 2 + HASH_BYTES * n + HASH_BYTES
+        commitment_at = counts_at + 2 + HASH_BYTES * n
+        expected = commitment_at + HASH_BYTES + tail
         if len(raw) != expected:
             raise UnsupportedFormat(
-                f"leaf data is {len(raw)} bytes; owner length {owner_len} and n={n} "
-                f"make it {expected}"
+                f"leaf data (version {version}) is {len(raw)} bytes; owner length {owner_len} "
+                f"and n={n} make it {expected}"
             )
         try:
             owner = raw[1 + HASH_BYTES + 1 : at].decode("utf-8")
@@ -157,7 +183,8 @@ class LeafData:
                 k=k,
                 n=n,
                 shard_hashes=shard_hashes,
-                plaintext_commitment=raw[expected - HASH_BYTES :],
+                plaintext_commitment=raw[commitment_at : commitment_at + HASH_BYTES],
+                outcome_digest=raw[commitment_at + HASH_BYTES :] if tail else None,
             )
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc

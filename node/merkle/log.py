@@ -7,6 +7,14 @@ tree (:mod:`node.merkle.tree`). Retries, conflicts, expired proposals and shard 
 nothing, so the leaf index of a record never changes and every node computes the same roots.
 It follows from log feature version 3 on (enabled at start once every member runs this code).
 
+A ``ledger.ops`` entry (log feature version 6: the dispatcher refuses it before, so no leaf
+comes of it earlier) appends one leaf per operation that created its record, in entry order:
+leaf data v2, which adds the digest of the operation's outcome, or v1 for a plain record
+carried without ledger events. Its outcome detail lists the created records (``created``)
+and, aligned with them, their :class:`~business.ledger.outcome.OperationOutcome` or None
+(``outcomes``); an operation's outcome was reached at the entry's leader time, so its log time
+is the leaf's commit time, and a mismatch is a broken invariant of the ledger machine.
+
 State, under ``ml/`` in the replicated state (so snapshots carry it)::
 
     ml/size                      -> tree size (8 bytes, big-endian)
@@ -34,9 +42,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from business.ledger.ops_entry import LEDGER_OPS
+from business.ledger.outcome import OperationOutcome
 from node.consensus.record_index import INDEX_PUT, INDEX_PUT_BATCH, IndexProposal
 from node.consensus.state_machine import AppEntry, Applied, Overlay, StateView, Write
-from node.errors import InvalidRequest, NotFound, UnsupportedFormat
+from node.errors import InvalidRequest, InvariantViolation, NotFound, UnsupportedFormat
 from node.merkle.leaf import LeafData
 from node.merkle.tree import MerkleTree, NodeStore, leaf_hash
 
@@ -159,18 +169,13 @@ class MerkleLog:
     feature_version = MERKLE_FEATURE_VERSION
 
     def follow(self, entry: AppEntry, applied: Applied, view: StateView) -> tuple[Write, ...]:
-        if entry.type == INDEX_PUT_BATCH and applied.outcome.code == "applied":
-            # The index passes the proposals it created, already decoded, in entry order.
-            created: Sequence[IndexProposal] = applied.outcome.detail.get("created", ())
-        elif entry.type == INDEX_PUT and applied.outcome.code == "created":
-            try:
-                created = (IndexProposal.from_body(entry.body),)
-            except UnsupportedFormat:  # the index applied it, so this cannot happen; stay total
-                return ()
-        else:
-            return ()
+        created, outcomes = self._created(entry, applied)
         at_ms = applied.position.leader_time_ms
-        leaves = [(p.record_id, leaf) for p in created if (leaf := self._leaf_of(p, at_ms))]
+        leaves = [
+            (p.record_id, leaf)
+            for p, outcome in zip(created, outcomes, strict=True)
+            if (leaf := self._leaf_of(p, at_ms, outcome))
+        ]
         if not leaves:
             return ()
         # One tree over one overlay for the whole entry: each append sees the nodes the
@@ -187,16 +192,52 @@ class MerkleLog:
         layer.writes[SIZE_KEY] = _u64(tree.size)
         return tuple(layer.writes.items())
 
-    def _leaf_of(self, proposal: IndexProposal, committed_at_ms: int) -> bytes | None:
+    @staticmethod
+    def _created(
+        entry: AppEntry, applied: Applied
+    ) -> tuple[Sequence[IndexProposal], Sequence[OperationOutcome | None]]:
+        """The records the entry created, in entry order, each with its operation's outcome."""
+        detail = applied.outcome.detail
+        if entry.type == INDEX_PUT_BATCH and applied.outcome.code == "applied":
+            # The index passes the proposals it created, already decoded, in entry order.
+            created: Sequence[IndexProposal] = detail.get("created", ())
+            return created, (None,) * len(created)
+        if entry.type == LEDGER_OPS and applied.outcome.code == "applied":
+            created = detail.get("created", ())
+            outcomes: Sequence[OperationOutcome | None] = detail.get("outcomes", ())
+            if len(outcomes) != len(created):
+                raise InvariantViolation(
+                    f"a {LEDGER_OPS} outcome lists {len(created)} created records and "
+                    f"{len(outcomes)} outcomes"
+                )
+            return created, outcomes
+        if entry.type == INDEX_PUT and applied.outcome.code == "created":
+            try:
+                return (IndexProposal.from_body(entry.body),), (None,)
+            except UnsupportedFormat:  # the index applied it, so this cannot happen; stay total
+                return (), ()
+        return (), ()
+
+    def _leaf_of(
+        self, proposal: IndexProposal, committed_at_ms: int, outcome: OperationOutcome | None
+    ) -> bytes | None:
         if not proposal.has_leaf_fields:
             return None
+        digest = None
+        if outcome is not None:
+            if outcome.log_time_ms != committed_at_ms:
+                raise InvariantViolation(
+                    f"record {proposal.record_id.hex()}: its outcome's log time "
+                    f"{outcome.log_time_ms} is not the entry's {committed_at_ms}"
+                )
+            digest = outcome.digest()
         try:
-            return self._leaf(proposal, committed_at_ms)
+            return self._leaf(proposal, committed_at_ms, digest)
         except InvalidRequest:  # e.g. an owner longer than 128 UTF-8 bytes: refused identically
             return None  # on every node, so the log stays applicable; such a record has no leaf
 
     @staticmethod
-    def _leaf(proposal: IndexProposal, committed_at_ms: int) -> bytes:
+    def _leaf(proposal: IndexProposal, committed_at_ms: int, outcome_digest: bytes | None) -> bytes:
         assert proposal.plaintext_commitment is not None
         return LeafData(
             record_id=proposal.record_id,
@@ -207,6 +248,7 @@ class MerkleLog:
             n=proposal.n,
             shard_hashes=proposal.shard_hashes,
             plaintext_commitment=proposal.plaintext_commitment,
+            outcome_digest=outcome_digest,
         ).encode()
 
 

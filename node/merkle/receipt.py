@@ -1,8 +1,12 @@
-"""Receipt v1 and the consistency and anchor-chain documents: what a user keeps and verifies.
+"""Receipts (v1, v2) and the consistency and anchor-chain documents: what a user keeps and verifies.
 
 A receipt says "leaf ``leaf_index`` of the record log holds this leaf data, it is included in
 the root anchored as batch ``anchor.batch_id``, and that root is a prefix of the root anchored
-as ``latest_anchor``". ``baas.consistency`` proves one anchor a prefix of another;
+as ``latest_anchor``". Receipt v2 is the receipt of a ledger operation: the v1 fields plus the
+operation's outcome (``outcome``, its canonical encoding, and ``outcome_summary``, the same
+for humans), whose digest is in the leaf (leaf data v2); so it proves what the operation did,
+not only that it was asked. The summary is checked against the encoding by the verifier, never
+trusted on its own. ``baas.consistency`` proves one anchor a prefix of another;
 ``baas.anchors`` links a run of consecutive anchors. The JSON formats are fixed by
 ``docs/verifiable-log.md``; every document here is built and read only through these classes.
 
@@ -21,13 +25,14 @@ document out: a receipt that would not verify is a bug here, never the user's pr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, TypeVar
 
 from eth_utils.address import is_checksum_address
 
+from business.ledger.outcome import EVENTS_MAX, OperationOutcome
 from node.errors import InvalidRequest, InvariantViolation, UnsupportedFormat
 from node.merkle.leaf import LeafData
 from node.merkle.tree import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -37,8 +42,10 @@ __all__ = [
     "ANCHORS_MAX",
     "CONSISTENCY_FORMAT",
     "DOCUMENT_BYTES_MAX",
+    "OUTCOME_BYTES_MAX",
     "PATH_LENGTH_MAX",
     "RECEIPT_FORMAT",
+    "RECEIPT_VERSION_OPERATION",
     "VERSION",
     "AnchorChainDoc",
     "AnchorRef",
@@ -53,12 +60,16 @@ RECEIPT_FORMAT = "baas.receipt"
 CONSISTENCY_FORMAT = "baas.consistency"
 ANCHORS_FORMAT = "baas.anchors"
 VERSION = 1
+RECEIPT_VERSION_OPERATION = 2  # a ledger operation's receipt: v1 plus its outcome
 HASH_BYTES = 32
 # A tree of fewer than 2**64 leaves has inclusion paths of at most 64 hashes and consistency
 # paths of at most 2 * 64; anything longer is not a proof.
 PATH_LENGTH_MAX = 128
 ANCHORS_MAX = 100_000
-LEAF_DATA_BYTES_MAX = 1 + 32 + 1 + 128 + 8 + 32 + 2 + 32 * 255 + 32
+LEAF_DATA_BYTES_MAX = 1 + 32 + 1 + 128 + 8 + 32 + 2 + 32 * 255 + 32 + 32
+# An encoded outcome event is at most ~130 bytes (four 16-byte fields, a result code of at most
+# 64 characters, integers); the outcome's header is a few bytes.
+OUTCOME_BYTES_MAX = 64 + 160 * EVENTS_MAX
 DOCUMENT_BYTES_MAX = 64 * 1024 * 1024
 _U64_MAX = (1 << 64) - 1
 _HEX_DIGITS = frozenset("0123456789abcdef")
@@ -137,7 +148,12 @@ _ANCHOR_FIELDS = (
 
 @dataclass(frozen=True)
 class Receipt:
-    """Receipt v1 (``baas.receipt``): one leaf, its inclusion and its anchors."""
+    """A receipt (``baas.receipt``): one leaf, its inclusion and its anchors; v2 (a ledger
+    operation's) also carries the operation's encoded ``outcome`` and its ``outcome_summary``.
+
+    ``outcome_summary`` is the document's own claim: :func:`make_receipt` writes
+    ``OperationOutcome.summary()``; a verifier checks it against ``outcome``.
+    """
 
     record_id: bytes
     leaf_index: int
@@ -146,6 +162,12 @@ class Receipt:
     anchor: AnchorRef
     latest_anchor: AnchorRef
     consistency_path: Path
+    outcome: bytes | None = None
+    outcome_summary: Mapping[str, Any] | None = None
+
+    @property
+    def version(self) -> int:
+        return VERSION if self.outcome is None else RECEIPT_VERSION_OPERATION
 
     def __post_init__(self) -> None:
         _check_hash(self.record_id, "record_id")
@@ -159,25 +181,42 @@ class Receipt:
         for name in ("anchor", "latest_anchor"):
             if not isinstance(getattr(self, name), AnchorRef):
                 raise InvalidRequest(f"{name} must be an AnchorRef")
+        if (self.outcome is None) != (self.outcome_summary is None):
+            raise InvalidRequest("outcome and outcome_summary go together (receipt v2)")
+        if self.outcome is not None:
+            if not isinstance(self.outcome, bytes) or not self.outcome:
+                raise InvalidRequest("outcome must be non-empty bytes")
+            if len(self.outcome) > OUTCOME_BYTES_MAX:
+                raise InvalidRequest(f"outcome is longer than {OUTCOME_BYTES_MAX} bytes")
+            if not isinstance(self.outcome_summary, Mapping):
+                raise InvalidRequest("outcome_summary must be a mapping")
 
     def to_json(self) -> str:
-        return _dump(
-            {
-                "format": RECEIPT_FORMAT,
-                "version": VERSION,
-                "record_id": self.record_id.hex(),
-                "leaf_index": self.leaf_index,
-                "leaf_data": self.leaf_data.hex(),
-                "inclusion_path": [p.hex() for p in self.inclusion_path],
-                "anchor": self.anchor.to_dict(),
-                "latest_anchor": self.latest_anchor.to_dict(),
-                "consistency_path": [p.hex() for p in self.consistency_path],
-            }
-        )
+        document = {
+            "format": RECEIPT_FORMAT,
+            "version": self.version,
+            "record_id": self.record_id.hex(),
+            "leaf_index": self.leaf_index,
+            "leaf_data": self.leaf_data.hex(),
+            "inclusion_path": [p.hex() for p in self.inclusion_path],
+            "anchor": self.anchor.to_dict(),
+            "latest_anchor": self.latest_anchor.to_dict(),
+            "consistency_path": [p.hex() for p in self.consistency_path],
+        }
+        if self.outcome is not None:
+            document["outcome"] = self.outcome.hex()
+            document["outcome_summary"] = self.outcome_summary
+        return _dump(document)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Receipt:
         fields = _document(text, RECEIPT_FORMAT, _RECEIPT_FIELDS)
+        outcome = summary = None
+        if fields["version"] == RECEIPT_VERSION_OPERATION:
+            outcome = _hex(fields["outcome"], "outcome", None)
+            summary = fields["outcome_summary"]
+            if not isinstance(summary, dict):
+                raise UnsupportedFormat("outcome_summary must be an object")
         return _build(
             "receipt",
             lambda: cls(
@@ -188,11 +227,13 @@ class Receipt:
                 anchor=AnchorRef.from_dict(fields["anchor"], "anchor"),
                 latest_anchor=AnchorRef.from_dict(fields["latest_anchor"], "latest_anchor"),
                 consistency_path=_path(fields["consistency_path"], "consistency_path"),
+                outcome=outcome,
+                outcome_summary=summary,
             ),
         )
 
 
-_RECEIPT_FIELDS = (
+_RECEIPT_V1_FIELDS = (
     "format",
     "version",
     "record_id",
@@ -203,6 +244,11 @@ _RECEIPT_FIELDS = (
     "latest_anchor",
     "consistency_path",
 )
+# The fields of each receipt version.
+_RECEIPT_FIELDS = {
+    VERSION: _RECEIPT_V1_FIELDS,
+    RECEIPT_VERSION_OPERATION: (*_RECEIPT_V1_FIELDS, "outcome", "outcome_summary"),
+}
 
 
 @dataclass(frozen=True)
@@ -240,7 +286,7 @@ class ConsistencyDoc:
         )
 
 
-_CONSISTENCY_FIELDS = ("format", "version", "from", "to", "consistency_path")
+_CONSISTENCY_FIELDS = {VERSION: ("format", "version", "from", "to", "consistency_path")}
 
 
 @dataclass(frozen=True)
@@ -291,18 +337,26 @@ class AnchorChainDoc:
         )
 
 
-_ANCHORS_FIELDS = ("format", "version", "anchors", "consistency_paths")
+_ANCHORS_FIELDS = {VERSION: ("format", "version", "anchors", "consistency_paths")}
 
 
 def make_receipt(
-    tree: MerkleTree, leaf_index: int, leaf_data: bytes, anchor: AnchorRef, latest: AnchorRef
+    tree: MerkleTree,
+    leaf_index: int,
+    leaf_data: bytes,
+    anchor: AnchorRef,
+    latest: AnchorRef,
+    outcome: bytes | None = None,
 ) -> Receipt:
     """The receipt of leaf ``leaf_index`` (``leaf_data``) under ``anchor``, linked to ``latest``.
 
     ``anchor`` should be the first anchor covering the leaf. Both roots and both proofs are
-    checked against ``tree`` before the receipt is handed out.
+    checked against ``tree`` before the receipt is handed out. A v2 leaf (a ledger
+    operation's) needs the operation's encoded ``outcome``, which must be the one whose digest
+    and log time the leaf holds (the receipt is then v2); a v1 leaf takes none.
     """
     record = LeafData.decode(leaf_data)
+    summary = _outcome_summary(record, outcome)
     _check_anchor_root(tree, anchor)
     _check_anchor_root(tree, latest)
     path = tuple(tree.inclusion_proof(leaf_index, anchor.tree_size))
@@ -316,7 +370,29 @@ def make_receipt(
         anchor=anchor,
         latest_anchor=latest,
         consistency_path=_consistency(tree, anchor, latest),
+        outcome=outcome,
+        outcome_summary=summary,
     )
+
+
+def _outcome_summary(leaf: LeafData, outcome: bytes | None) -> dict[str, Any] | None:
+    """The summary of ``outcome`` once it is checked to be the one ``leaf`` commits to."""
+    name = leaf.record_id.hex()
+    if leaf.outcome_digest is None:
+        if outcome is not None:
+            raise InvariantViolation(f"record {name} has a v1 leaf: its receipt has no outcome")
+        return None
+    if outcome is None:
+        raise InvariantViolation(f"record {name} is an operation (leaf v2): its outcome is needed")
+    try:
+        decoded = OperationOutcome.decode(outcome)
+    except UnsupportedFormat as exc:
+        raise InvariantViolation(f"record {name}: its stored outcome is bad: {exc.detail}") from exc
+    if decoded.digest() != leaf.outcome_digest:
+        raise InvariantViolation(f"record {name}: the outcome is not the one its leaf holds")
+    if decoded.log_time_ms != leaf.committed_at_ms:
+        raise InvariantViolation(f"record {name}: the outcome's log time is not the leaf's")
+    return decoded.summary()
 
 
 def make_consistency_doc(tree: MerkleTree, old: AnchorRef, new: AnchorRef) -> ConsistencyDoc:
@@ -370,7 +446,10 @@ def _no_constant(name: str) -> Any:
     raise UnsupportedFormat(f"{name} is not JSON")
 
 
-def _document(text: str | bytes, expected: str, names: tuple[str, ...]) -> dict[str, Any]:
+def _document(
+    text: str | bytes, expected: str, names: Mapping[int, tuple[str, ...]]
+) -> dict[str, Any]:
+    """The document's fields, checked against the field names of its version in ``names``."""
     if len(text) > DOCUMENT_BYTES_MAX:
         raise UnsupportedFormat(f"the document is larger than {DOCUMENT_BYTES_MAX} bytes")
     try:
@@ -382,9 +461,9 @@ def _document(text: str | bytes, expected: str, names: tuple[str, ...]) -> dict[
     if value.get("format") != expected:
         raise UnsupportedFormat(f"format {value.get('format')!r} is not {expected!r}")
     version = value.get("version")
-    if type(version) is not int or version != VERSION:
+    if type(version) is not int or version not in names:
         raise UnsupportedFormat(f"version {version!r} of {expected} is not supported")
-    return _object(value, expected, names)
+    return _object(value, f"{expected} v{version}", names[version])
 
 
 def _object(value: object, where: str, names: tuple[str, ...]) -> dict[str, Any]:

@@ -12,6 +12,13 @@ chain``, ``anchor transaction``, ``confirmations``, ``latest anchor on chain``, 
 with latest anchor``. ``confirmations`` is the one step that may be *pending* rather than
 failed: everything holds but the anchoring block has fewer confirmations than asked.
 
+A v2 receipt (a ledger operation's) holds leaf data v2, and after ``plaintext commitment`` has
+two more steps: ``outcome decodes`` (the outcome is a canonical
+:class:`~business.ledger.outcome.OperationOutcome` and the receipt's ``outcome_summary`` is
+exactly its summary; the step's lines show the executed operation, one event a line) and
+``outcome digest in leaf`` (its digest is the leaf's, and its log time the leaf's commit
+time). So once the inclusion and anchor steps hold, the chain vouches for what was executed.
+
 The Merkle and commitment checks are pure. The chain is read through :class:`ChainReader`
 (implemented over web3 by :class:`node.anchoring.registry.RegistryReader`, by fakes in tests);
 a reader bound to one contract raises :class:`~node.errors.BaasError` subclasses only, and a
@@ -30,6 +37,12 @@ from typing import Any, Protocol, TypeVar
 
 import rfc8785
 
+from business.ledger.outcome import (
+    KIND_ACCOUNT,
+    KIND_TRANSFER,
+    EventOutcome,
+    OperationOutcome,
+)
 from node.errors import BaasError, UnsupportedFormat
 from node.merkle.leaf import SALT_BYTES, LeafData, plaintext_commitment
 from node.merkle.receipt import AnchorChainDoc, AnchorRef, ConsistencyDoc, Receipt
@@ -63,6 +76,7 @@ class Step:
     name: str
     outcome: Outcome
     detail: str = ""
+    lines: tuple[str, ...] = ()  # more to show under the step (an operation's events)
 
     @property
     def ok(self) -> bool:
@@ -171,9 +185,11 @@ class _Run:
         self.steps: list[Step] = []
         self.chain_failed = False
 
-    def add(self, name: str, problem: str | None, detail: str = "") -> bool:
+    def add(
+        self, name: str, problem: str | None, detail: str = "", lines: tuple[str, ...] = ()
+    ) -> bool:
         if problem is None:
-            self.steps.append(Step(name, Outcome.OK, detail))
+            self.steps.append(Step(name, Outcome.OK, detail, lines))
             return True
         self.steps.append(Step(name, Outcome.FAILED, problem))
         return False
@@ -229,12 +245,14 @@ def verify_receipt(
     parsed = _parse(run, "receipt format", Receipt.from_json, receipt)
     if parsed is None:
         return run.verdict()
-    leaf = _leaf_step(run, parsed.leaf_data)
+    leaf = _leaf_step(run, parsed)
     if leaf is None:
         run.skip("record id", "not checked: no leaf data")
     else:
         run.add("record id", _record_id_problem(parsed, leaf), parsed.record_id.hex())
     _plaintext_step(run, leaf, record_json, salt)
+    if parsed.outcome is not None:
+        _outcome_steps(run, parsed, leaf)
     anchor, latest = parsed.anchor, parsed.latest_anchor
     run.add(
         "inclusion in anchored root",
@@ -306,14 +324,68 @@ def verify_anchor_chain(doc: AnchorChainDoc | str | bytes, chain: ChainReader) -
     return run.verdict()
 
 
-def _leaf_step(run: _Run, raw: bytes) -> LeafData | None:
+def _leaf_step(run: _Run, receipt: Receipt) -> LeafData | None:
     try:
-        leaf = LeafData.decode(raw)
+        leaf = LeafData.decode(receipt.leaf_data)
     except UnsupportedFormat as exc:
         run.add("leaf data", exc.detail)
         return None
-    run.add("leaf data", None, f"owner {leaf.owner!r}, k={leaf.k} of n={leaf.n} shards")
+    if leaf.version != receipt.version:  # an operation's leaf is v2 and so is its receipt
+        run.add("leaf data", f"a v{receipt.version} receipt holds leaf data v{leaf.version}")
+        return None
+    kind = ", an operation's (v2)" if leaf.outcome_digest is not None else ""
+    run.add("leaf data", None, f"owner {leaf.owner!r}, k={leaf.k} of n={leaf.n} shards{kind}")
     return leaf
+
+
+def _outcome_steps(run: _Run, receipt: Receipt, leaf: LeafData | None) -> None:
+    """``outcome decodes`` and ``outcome digest in leaf`` of a v2 receipt."""
+    assert receipt.outcome is not None
+    try:
+        outcome = OperationOutcome.decode(receipt.outcome)
+    except UnsupportedFormat as exc:
+        run.add("outcome decodes", exc.detail)
+        run.skip("outcome digest in leaf", "not checked: no outcome")
+        return
+    if outcome.summary() != receipt.outcome_summary:
+        problem = "the receipt's outcome_summary is not what its outcome says"
+        run.add("outcome decodes", problem)
+    else:
+        detail = f"{len(outcome.events)} events at log time {outcome.log_time_ms} ms"
+        run.add("outcome decodes", None, detail, _operation_lines(outcome))
+    if leaf is None:
+        run.skip("outcome digest in leaf", "not checked: no leaf data")
+        return
+    run.add("outcome digest in leaf", _outcome_problem(outcome, leaf), outcome.digest().hex())
+
+
+def _outcome_problem(outcome: OperationOutcome, leaf: LeafData) -> str | None:
+    if outcome.digest() != leaf.outcome_digest:
+        return f"the outcome's digest {outcome.digest().hex()} is not the one in the leaf"
+    if outcome.log_time_ms != leaf.committed_at_ms:
+        return (
+            f"the outcome's log time {outcome.log_time_ms} ms is not the leaf's commit time "
+            f"{leaf.committed_at_ms} ms"
+        )
+    return None
+
+
+def _operation_lines(outcome: OperationOutcome) -> tuple[str, ...]:
+    """The executed operation, one event a line (ids and amounts in the ledger's integers)."""
+    return tuple(_event_line(e, outcome.log_time_ms) for e in outcome.events)
+
+
+def _event_line(event: EventOutcome, log_time_ms: int) -> str:
+    if event.kind == KIND_TRANSFER:
+        what = (
+            f"transfer {event.id}: debit account {event.debit_account_id} -> credit account "
+            f"{event.credit_account_id}, ledger {event.ledger}, amount {event.amount}"
+        )
+    elif event.kind == KIND_ACCOUNT:
+        what = f"account {event.id}: ledger {event.ledger}"
+    else:  # an asset's id is its ledger number
+        what = f"asset: ledger {event.ledger}"
+    return f"{what}: {event.result} (log time {log_time_ms} ms)"
 
 
 def _record_id_problem(receipt: Receipt, leaf: LeafData) -> str | None:
