@@ -161,6 +161,13 @@ async def dashboard_middleware(request: web.Request, handler: Handler) -> web.St
         state.inflight += 1
         try:
             response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise  # redirects
+            code = "not_found" if exc.status == 404 else f"http_{exc.status}"
+            response = _html(
+                pages.error_page(exc.status, code, exc.reason, _session_of(request)), exc.status
+            )
         except BaasError as exc:
             status = getattr(exc, "http_status", 500)
             response = _html(
