@@ -17,24 +17,34 @@ killed last). Screenshots go to ``test-artifacts/dashboard/``.
 from __future__ import annotations
 
 import asyncio
-import gzip
 import json
 import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyotp
 import pytest
-from nodeapi import partner_client, running_cluster
+from nodeapi import running_cluster
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
 from web3 import Web3
 
 from gateway.dashboard.operators import Operator, new_operator, save_operators
 from node.anchoring.registry import RegistryReader
 from node.merkle.verify import verify_receipt
+from tools.bench_dashboard import (
+    CHROMIUM,
+    DONE,
+    PAGE_ASSETS_BYTES_MAX,
+    PAGES,
+    fetch_receipt,
+    launch_chromium,
+    page_assets_bytes,
+    run_pages,
+    run_verify,
+    sign_in,
+)
 from tools.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -43,14 +53,11 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 AXE = ROOT / "tests" / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 VERIFIER = ROOT / "gateway" / "dashboard" / "static" / "verifier.html"
-CHROMIUM = Path("/usr/lib/chromium/chromium")  # Debian's binary (not the /usr/bin wrapper)
 SIZES: dict[str, ViewportSize] = {
     "phone": {"width": 390, "height": 844},
     "desktop": {"width": 1440, "height": 900},
 }
 PASSWORD = "correct horse battery staple"
-PAGE_ASSETS_BYTES_MAX = 300 * 1024
-DONE = "#verdict[data-outcome=ok], #verdict[data-outcome=failed], #verdict[data-outcome=pending]"
 
 
 @dataclass
@@ -81,38 +88,19 @@ def _origin(url: str) -> str:
     return "file" if parts.scheme == "file" else f"{parts.scheme}://{parts.netloc}"
 
 
-async def _receipt(cluster: LocalCluster) -> str:
-    async with partner_client(cluster, "shop-a") as client:
-        ids = []
-        for i in range(3):
-            answer = await client.put_record({"order": i, "note": "dashboard test"})
-            assert answer.status == 201, answer
-            ids.append(answer.body["record_id"])
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            answer = await client.request("GET", f"/v1/records/{ids[0]}/receipt")
-            if answer.status == 200:
-                return json.dumps(answer.body, indent=2, sort_keys=True)
-            await asyncio.sleep(0.5)
-    raise AssertionError("no receipt within 60 s")
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install chromium (./dev)"
     assert AXE.exists(), "axe-core is missing: npm ci in tests/browser (./dev setup)"
     with running_cluster(tmp_path_factory.mktemp("dashboard"), chain="embedded") as cluster:
-        names = ("phone-op", "desk-op", "watch-op")
+        names = ("phone-op", "desk-op", "watch-op", "bench-op")
         operators = {name: new_operator(name, PASSWORD) for name in names}
         save_operators(Path(cluster.layout.directory) / "secrets" / "operators.json", operators)
         # Before Playwright starts: its sync API runs an event loop in this thread.
-        receipt = asyncio.run(_receipt(cluster))
+        layout = cluster.layout
+        receipt = asyncio.run(fetch_receipt(layout.gateway_url, layout.partners["shop-a"], 60))
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                headless=True,
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = launch_chromium(playwright)
             try:
                 yield Env(cluster, browser, operators, receipt)
             finally:
@@ -137,31 +125,10 @@ def check_accessibility(page: Page, what: str) -> None:
 
 
 def load(page: Page, url: str) -> int:
-    """Go to ``url``; the compressed bytes of everything the page loaded."""
-    responses: list[Any] = []
-
-    def record(response: Any) -> None:  # a function: Playwright tags listeners it wraps
-        responses.append(response)
-
-    page.on("response", record)
-    page.goto(url)
-    page.wait_for_load_state("load")
-    page.remove_listener("response", record)
-    total = 0
-    for response in responses:
-        if 300 <= response.status < 400:
-            continue
-        total += len(gzip.compress(response.body()))
+    """Go to ``url``; fail if the page loaded over 300 KB of compressed assets."""
+    total = page_assets_bytes(page, url)
     assert total <= PAGE_ASSETS_BYTES_MAX, f"{url}: {total} compressed bytes"
     return total
-
-
-def sign_in(env: Env, page: Page, name: str, code: str) -> None:
-    page.fill("#name", name)
-    page.fill("#password", PASSWORD)
-    page.fill("#totp", code)
-    page.click("main button[type=submit]")
-    page.wait_for_load_state("load")
 
 
 def wrong_code(secret: str) -> str:
@@ -179,13 +146,13 @@ def test_operator_signs_in_with_totp_and_sees_every_operator_page(env: Env, size
     assert page.url.endswith("/dashboard/signin")
     check_accessibility(page, "sign-in")
     shot(page, "signin", size)
-    sign_in(env, page, name, wrong_code(secret))
+    sign_in(page, name, PASSWORD, wrong_code(secret))
     problem = page.locator(".problem")
     assert "signin_failed" in problem.inner_text()
     assert "Failed attempts: 1 of 5" in problem.inner_text()
     check_accessibility(page, "sign-in refused")
     shot(page, "signin-refused", size)
-    sign_in(env, page, name, pyotp.TOTP(secret).now())
+    sign_in(page, name, PASSWORD, pyotp.TOTP(secret).now())
     assert page.url.endswith("/dashboard/operator/nodes"), page.url
     assert page.locator("#nodes-summary").inner_text() == "5 of 5 nodes up."
     roles = [page.locator("tbody tr").nth(i).locator("td").nth(2).inner_text() for i in range(5)]
@@ -283,12 +250,26 @@ def test_no_page_requested_another_host(env: Env) -> None:
     assert env.hosts_seen <= allowed, env.hosts_seen - allowed
 
 
+def test_the_bench_measures_the_targets(env: Env) -> None:
+    """baas-bench-dashboard's measuring, once, on this cluster (its numbers: see its JSON)."""
+    page = env.context("desktop").new_page()
+    page.goto(f"{env.base}/dashboard/signin")
+    sign_in(page, "bench-op", PASSWORD, pyotp.TOTP(env.operators["bench-op"].totp_secret).now())
+    pages = run_pages(page, env.base, env.chain_url, runs=1)
+    assert set(pages) == set(PAGES)
+    assert all(0 < p["compressed_bytes"] <= PAGE_ASSETS_BYTES_MAX for p in pages.values())
+    assert all(p["interactive_ms"]["max"] > 0 for p in pages.values())
+    verify = run_verify(page, env.receipt, runs=1)
+    assert verify["chain_round_trips"] == 1
+    assert 0 <= verify["local_ms"]["max"] <= verify["elapsed_ms"]["max"]
+
+
 def test_a_killed_node_shows_down(env: Env) -> None:
     name = "watch-op"  # signed in for the first time: its code of this time step is unused
     context = env.context("desktop")
     page = context.new_page()
     page.goto(f"{env.base}/dashboard/signin")
-    sign_in(env, page, name, pyotp.TOTP(env.operators[name].totp_secret).now())
+    sign_in(page, name, PASSWORD, pyotp.TOTP(env.operators[name].totp_secret).now())
     assert page.url.endswith("/dashboard/operator/nodes"), page.url
     env.cluster.kill("node-5")
     deadline = time.monotonic() + 30
