@@ -145,6 +145,10 @@ GATEWAY = web.AppKey("gateway_state", GatewayState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+
+
 @web.middleware
 async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[GATEWAY]
@@ -159,7 +163,7 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
             param=API_VERSION_HEADER,
         )
     request[API_VERSION_KEY] = version
-    if request.path in PUBLIC_PATHS or request.path.startswith(DASHBOARD_PREFIX):
+    if request.path in PUBLIC_PATHS or _is_dashboard(request.path):
         return await handler(request)
     if state.inflight >= state.config.limits.inflight_requests_max:
         raise Overloaded(

@@ -9,6 +9,7 @@ import hashlib
 import io
 import re
 import stat
+import time
 from pathlib import Path
 
 import aiohttp
@@ -234,7 +235,8 @@ async def test_sign_in_sessions_csrf_lockout_and_an_unreachable_cluster(tmp_path
     dashboard = {"signin_failures_max": 3, "signin_lockout_s": 600}
     async with gateway_without_nodes(tmp_path, dashboard=dashboard) as layout:
         alice = new_operator("alice", PASSWORD)
-        save_operators(Path(layout.directory) / "secrets" / "operators.json", {"alice": alice})
+        ops_file = Path(layout.directory) / "secrets" / "operators.json"
+        save_operators(ops_file, {"alice": alice})
         base = layout.gateway_url
         totp = pyotp.TOTP(alice.totp_secret)
         jar = aiohttp.CookieJar(unsafe=True)
@@ -263,6 +265,17 @@ async def test_sign_in_sessions_csrf_lockout_and_an_unreachable_cluster(tmp_path
                 assert "0 of 5 nodes up" in page and "connection refused" in page
             async with http.get(f"{base}/dashboard/operator/anchors") as r:
                 assert r.status == 200 and "cluster_unreachable" in await r.text()
+            # Rotating the credential ends its sessions at once.
+            rotated = new_operator("alice", PASSWORD)
+            save_operators(ops_file, {"alice": rotated})
+            async with http.get(f"{base}/dashboard/operator/nodes", allow_redirects=False) as r:
+                assert r.status == 303
+            save_operators(ops_file, {"alice": alice})
+            next_code = totp.at(time.time() + 30)
+            status, location, _ = await _signin(http, base, "alice", PASSWORD, next_code)
+            assert status == 303, "the next step's code is accepted (clock skew window)"
+            async with http.get(f"{base}/dashboard/operator/nodes") as r:
+                page = await r.text()
             # Sign-out needs the session's CSRF token too.
             async with http.post(f"{base}/dashboard/signout", data={"csrf": "forged"}) as r:
                 assert r.status == 401 and "csrf_token_invalid" in await r.text()

@@ -92,6 +92,11 @@ class Operator:
     totp_secret: str
     role: str = ROLE_OPERATOR
 
+    @property
+    def credential_id(self) -> str:
+        """Names this credential (not its secrets): it changes when the credential rotates."""
+        return hashlib.sha256(b"baas.operator.v1\x00" + self.password.salt).hexdigest()[:32]
+
 
 def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(

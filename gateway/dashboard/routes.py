@@ -186,7 +186,14 @@ async def dashboard_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 def _require(request: web.Request, role: str) -> Session:
+    state = request.app[DASHBOARD]
     session = _session_of(request)
+    if session is not None and session.role == ROLE_OPERATOR:
+        # A removed or rotated credential ends its sessions at once (the file is small).
+        operator = load_operators(state.config.dashboard.operators_file).get(session.subject)
+        if operator is None or operator.credential_id != session.credential:
+            state.sessions.close(session.session_id)
+            session = None
     if session is None:
         raise web.HTTPSeeOther(f"{BASE}/signin")
     if not session.allows(role):
@@ -288,7 +295,12 @@ async def post_signin(request: web.Request) -> web.StreamResponse:
         return _signin_response(request, ("totp_reused", message), name, status=401)
     state.guard.succeeded(keys)
     session = state.sessions.open(
-        secrets.token_urlsafe(32), secrets.token_urlsafe(32), name, operator.role, now
+        secrets.token_urlsafe(32),
+        secrets.token_urlsafe(32),
+        name,
+        operator.role,
+        now,
+        credential=operator.credential_id,
     )
     response = web.HTTPSeeOther(FIRST_PAGE[operator.role])
     _set_cookie(request, response, SESSION_COOKIE, session.session_id)

@@ -34,6 +34,9 @@ class Session:
     opened_s: float
     last_seen_s: float
     scope: str = ""  # the partner a partner or user session is bound to; "" for operators
+    # Which credential signed in (e.g. a digest of the password's salt): a session whose
+    # credential was rotated or removed since is ended by the caller.
+    credential: str = ""
 
     def allows(self, role: str, scope: str = "") -> bool:
         return self.role == role and self.scope == scope
@@ -64,12 +67,15 @@ class SessionStore:
         role: str,
         now_s: float,
         scope: str = "",
+        credential: str = "",
     ) -> Session:
         assert session_id not in self._sessions, "session ids are random: a repeat is a bug"
         self.expire(now_s)
         while len(self._sessions) >= self._max:
             self._sessions.popitem(last=False)
-        session = Session(session_id, csrf_token, subject, role, now_s, now_s, scope)
+        session = Session(
+            session_id, csrf_token, subject, role, now_s, now_s, scope, credential
+        )
         self._sessions[session_id] = session
         assert len(self._sessions) <= self._max
         return session
