@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pyotp
 import pytest
+from chains import free_port
 from nodeapi import running_cluster
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
 from web3 import Web3
@@ -67,6 +68,7 @@ class Env:
     operators: dict[str, Operator]
     receipt: str
     hosts_seen: set[str] = field(default_factory=set)
+    rpc_urls_named: set[str] = field(default_factory=set)  # chain RPCs a test typed in
 
     @property
     def base(self) -> str:
@@ -241,11 +243,24 @@ def test_the_self_contained_verifier_works_opened_from_disk(env: Env) -> None:
     page.fill("#contract", "0x" + "11" * 20)
     steps = _verify(page, env.receipt)
     assert steps["anchor on chain"][0] == "failed"
+    # A chain that does not answer is a clear failure, and the later chain steps say why
+    # they were not checked.
+    page.fill("#contract", "")
+    dead_rpc = f"http://127.0.0.1:{free_port()}"
+    env.rpc_urls_named.add(dead_rpc)
+    page.fill("#rpc", dead_rpc)
+    steps = _verify(page, env.receipt)
+    assert steps["inclusion in anchored root"][0] == "ok"
+    assert steps["anchor on chain"][0] == "failed"
+    assert "cannot reach the chain" in steps["anchor on chain"][1]
+    outcome, text = steps["latest anchor on chain"]
+    assert outcome == "skipped" and "not checked: the chain could not be read" in text
+    shot(page, "verify-no-chain", "desktop")
     context.close()
 
 
 def test_no_page_requested_another_host(env: Env) -> None:
-    allowed = {env.base, _origin(env.chain_url), "file"}
+    allowed = {env.base, _origin(env.chain_url), "file", *env.rpc_urls_named}
     assert env.hosts_seen, "no request was recorded"
     assert env.hosts_seen <= allowed, env.hosts_seen - allowed
 
