@@ -232,7 +232,8 @@ async def _signin(
 
 
 async def test_sign_in_sessions_csrf_lockout_and_an_unreachable_cluster(tmp_path: Path) -> None:
-    dashboard = {"signin_failures_max": 3, "signin_lockout_s": 600}
+    chain = "http://127.0.0.1:8545"
+    dashboard = {"signin_failures_max": 3, "signin_lockout_s": 600, "chain_rpc_url": chain}
     async with gateway_without_nodes(tmp_path, dashboard=dashboard) as layout:
         alice = new_operator("alice", PASSWORD)
         ops_file = Path(layout.directory) / "secrets" / "operators.json"
@@ -298,5 +299,11 @@ async def test_sign_in_sessions_csrf_lockout_and_an_unreachable_cluster(tmp_path
             assert status == 429 and "signin_locked" in text
         # The verifier is public and byte for byte the published file.
         async with aiohttp.ClientSession() as http, http.get(f"{base}/dashboard/verify") as r:
+            assert r.url.path == "/dashboard/verify" and r.url.query["rpc"] == chain
             assert await r.read() == verifier_html()
             assert _inline_hashes(verifier_html())["script"] in r.headers["Content-Security-Policy"]
+            async with http.get(f"{base}/dashboard/signin") as r:
+                # Pages may connect to the gateway and the configured chain, nothing else.
+                assert "connect-src 'self' http://127.0.0.1:8545;" in r.headers[
+                    "Content-Security-Policy"
+                ]

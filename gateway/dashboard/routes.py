@@ -10,7 +10,8 @@ Mounted by the gateway as a sub-application under ``/dashboard`` (:func:`build_d
 * ``GET /dashboard/operator/{nodes,anchors,moves}`` -> operators only, read from every node's
   ``/internal/v1/status`` (bearer token) at once, each bounded by ``node_status_timeout_s``.
 * ``GET /dashboard/verify`` -> the self-contained receipt verifier, byte for byte the file the
-  docs publish with its SHA-256 (``static/verifier.html``); public.
+  docs publish with its SHA-256 (``static/verifier.html``); public. Without a query it first
+  redirects to ``?rpc=`` the configured ``chain_rpc_url``, which fills the page's RPC field.
 * ``GET /dashboard/static/dashboard.css``.
 
 Sessions live in the gateway's memory (a restart signs everyone out) behind a random id in an
@@ -404,6 +405,10 @@ async def get_anchors(request: web.Request) -> web.StreamResponse:
 
 
 async def get_verifier(request: web.Request) -> web.StreamResponse:
+    chain = request.app[DASHBOARD].config.dashboard.chain_rpc_url
+    if chain and not request.query:
+        # The page reads its fields from the query: point it at the configured chain.
+        raise web.HTTPSeeOther(f"{pages.VERIFY_PATH}?{urllib.parse.urlencode({'rpc': chain})}")
     return web.Response(
         body=request.app[DASHBOARD].verifier,
         content_type="text/html",
