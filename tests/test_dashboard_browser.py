@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyotp
 import pytest
@@ -227,6 +228,52 @@ def test_a_receipt_verifies_in_the_page_and_a_tampered_one_fails(env: Env, size:
     check_accessibility(page, "verifier, failed")
     shot(page, "verify-failed", size)
     context.close()
+
+
+def _variants(receipt: str) -> dict[str, str]:
+    """Receipts changed in one place each, to compare the page with verify_receipt."""
+    base = json.loads(receipt)
+
+    def changed(edit: Any) -> str:
+        document = json.loads(receipt)
+        edit(document)
+        return json.dumps(document)
+
+    flip = base["record_id"][:-1] + ("0" if base["record_id"][-1] != "0" else "1")
+    return {
+        "record id": changed(lambda d: d.update(record_id=flip)),
+        "block number": changed(
+            lambda d: d["anchor"].update(block_number=d["anchor"]["block_number"] + 1)
+        ),
+        "tree size": changed(lambda d: d["anchor"].update(tree_size=d["anchor"]["tree_size"] + 1)),
+        "version": changed(lambda d: d.update(version=2)),
+        "unknown field": changed(lambda d: d.update(extra=1)),
+        "consistency": changed(
+            lambda d: d.update(consistency_path=[*d["consistency_path"], "ab" * 32])
+        ),
+        "latest batch": changed(
+            lambda d: d["latest_anchor"].update(batch_id=d["latest_anchor"]["batch_id"] + 5)
+        ),
+        "not json": receipt[:-3],
+    }
+
+
+def test_the_page_and_verify_receipt_agree_on_changed_receipts(env: Env) -> None:
+    assert env.cluster.chain_contract is not None
+    reader = RegistryReader(Web3(Web3.HTTPProvider(env.chain_url)), env.cluster.chain_contract)
+    page = env.context("desktop").new_page()
+    load(page, f"{env.base}/dashboard/verify?{urllib.parse.urlencode({'rpc': env.chain_url})}")
+    for what, text in _variants(env.receipt).items():
+        expected = verify_receipt(text, reader)
+        steps = _verify(page, text)
+        assert page.locator("#verdict").get_attribute("data-outcome") == "failed", what
+        got = [(name, outcome) for name, (outcome, _) in steps.items()]
+        assert got == [(s.name, s.outcome.value) for s in expected.steps], what
+        first = expected.first_failure
+        assert first is not None
+        # The same words, but for the JSON parsers' own messages.
+        words = "not JSON:" if what == "not json" else first.detail
+        assert words in steps[first.name][1], (what, first.detail, steps[first.name][1])
 
 
 def test_the_self_contained_verifier_works_opened_from_disk(env: Env) -> None:
