@@ -160,6 +160,8 @@ def test_operator_signs_in_with_totp_and_sees_every_operator_page(env: Env, size
     assert page.locator("#nodes-summary").inner_text() == "5 of 5 nodes up."
     roles = [page.locator("tbody tr").nth(i).locator("td").nth(2).inner_text() for i in range(5)]
     assert roles.count("leader") == 1 and roles.count("follower") == 4
+    peers = page.locator("tbody tr", has_text="node-1").locator("td").nth(9).inner_text()
+    assert peers == "4: node-2, node-3, node-4, node-5", peers
     for path, name_ in (
         ("/dashboard/operator/nodes", "nodes"),
         ("/dashboard/operator/anchors", "anchors"),

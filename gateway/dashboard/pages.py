@@ -153,9 +153,16 @@ def _refresh(path: str) -> str:
     return f'<p><a href="{e(path)}" class="button">Refresh</a></p>'
 
 
+def _peers(peer_ids: Sequence[str], names: Mapping[object, str]) -> str:
+    known = sorted(names.get(p, f"{p[:12]}...") for p in peer_ids)
+    return f"{len(peer_ids)}: {', '.join(known)}" if known else "0"
+
+
 def nodes_page(session: Session, nodes: Sequence[NodeView], path: str) -> str:
     up = sum(n.up for n in nodes)
     summary = f'<p class="summary" id="nodes-summary">{up} of {len(nodes)} nodes up.</p>'
+    # Peers are reported by peer id; name the ones that are nodes of this cluster.
+    names = {n.get("peer_id"): n.name for n in nodes if n.up}
     rows = []
     for n in nodes:
         state = (
@@ -178,7 +185,7 @@ def nodes_page(session: Session, nodes: Sequence[NodeView], path: str) -> str:
                 _cell(n.get("shard_bytes")),
                 _cell(None if queue is None else f"{queue} of {queue_max}"),
                 _cell(n.get("hints")),
-                _cell(None if peers is None else len(peers)),
+                _cell(None if peers is None else _peers(peers, names)),
             )
         )
     table = _table(
