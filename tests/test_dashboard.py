@@ -29,6 +29,7 @@ from gateway.dashboard.routes import _inline_hashes, verifier_html
 from gateway.dashboard.sessions import SessionStore, SigninGuard
 from node.errors import ConfigError, InvalidRequest, UnsupportedFormat
 from tools import dashboard_cli
+from tools.cluster_cli import _print_layout
 from tools.cluster_init import init_cluster, set_toml_keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,8 +163,12 @@ def test_the_operator_command_adds_rotates_lists_and_removes(
 # -- config ----------------------------------------------------------------------------------
 
 
-def test_cluster_init_configures_the_dashboard_and_bad_values_are_refused(tmp_path: Path) -> None:
+def test_cluster_init_configures_the_dashboard_and_bad_values_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     layout = init_cluster(tmp_path / "c", chain="embedded")
+    _print_layout(layout)  # what `baas-cluster init` and `run` (./dev run) print
+    assert f"dashboard: {layout.gateway_url}/dashboard/" in capsys.readouterr().out
     config = load_gateway_config(Path(layout.gateway_config_path))
     assert config.dashboard.operators_file == tmp_path / "c" / "secrets" / "operators.json"
     assert config.dashboard.chain_rpc_url == layout.chain.url
