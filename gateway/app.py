@@ -19,6 +19,8 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
 * ``GET /healthz`` (the process is up) and ``GET /readyz`` (at least one node is ready).
 * ``GET /v1/openapi.json`` -> the OpenAPI 3.1 document of every route here
   (:mod:`gateway.openapi`), public.
+* ``/dashboard/...`` -> the web dashboard (:mod:`gateway.dashboard`), a sub-application with
+  its own sessions, limits and error pages; not signed like the partner API.
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
 (``http_body_bytes_max``), and so is the number of requests in flight
@@ -84,6 +86,7 @@ from node.records import HASH_BYTES, record_id_for
 __all__ = ["GATEWAY", "GatewayState", "build_gateway_app"]
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", OPENAPI_PATH})
+DASHBOARD_PREFIX = "/dashboard"  # its sub-application bounds and authenticates on its own
 # The append-only audit of the log (anchors and consistency between them) is public: anyone
 # may check that the log only grew. Bounded and timed like partner calls, not signed.
 AUDIT_PATHS = frozenset(AUDIT_ROUTES)
@@ -143,6 +146,10 @@ GATEWAY = web.AppKey("gateway_state", GatewayState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _is_dashboard(path: str) -> bool:
+    return path == DASHBOARD_PREFIX or path.startswith(DASHBOARD_PREFIX + "/")
+
+
 @web.middleware
 async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[GATEWAY]
@@ -157,7 +164,7 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
             param=API_VERSION_HEADER,
         )
     request[API_VERSION_KEY] = version
-    if request.path in PUBLIC_PATHS:
+    if request.path in PUBLIC_PATHS or _is_dashboard(request.path):
         return await handler(request)
     if state.inflight >= state.config.limits.inflight_requests_max:
         raise Overloaded(
@@ -444,7 +451,9 @@ def gateway_stat_families(state: GatewayState) -> list[StatFamily]:
     ]
 
 
-def build_gateway_app(state: GatewayState) -> web.Application:
+def build_gateway_app(
+    state: GatewayState, dashboard: web.Application | None = None
+) -> web.Application:
     app = web.Application(
         client_max_size=state.config.limits.http_body_bytes_max,
         middlewares=[state.metrics.middleware, problem_middleware, bound_and_authenticate],
@@ -466,4 +475,6 @@ def build_gateway_app(state: GatewayState) -> web.Application:
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)
+    if dashboard is not None:
+        app.add_subapp(DASHBOARD_PREFIX, dashboard)
     return app

@@ -2,13 +2,16 @@
 
 Tables: ``[gateway]`` (listen address, keyring and master key files, node API token file),
 ``[[nodes]]`` (name and HTTP address of every node the gateway may use), ``[limits]`` (every
-bound a named ``_max`` field) and ``[timeouts]``.
+bound a named ``_max`` field), ``[timeouts]`` and ``[dashboard]`` (the web dashboard: operator
+credentials file, the chain RPC its pages may call, session and sign-in bounds).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from node.config import (
     build_dataclass,
@@ -20,6 +23,7 @@ from node.config import (
 from node.errors import ConfigError
 
 __all__ = [
+    "DashboardConfig",
     "GatewayConfig",
     "GatewayLimits",
     "GatewayTimeouts",
@@ -85,6 +89,43 @@ class GatewayTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardConfig:
+    """The web dashboard under ``/dashboard`` (:mod:`gateway.dashboard`)."""
+
+    # Operator credentials (``baas-dashboard operator add``); read again at every sign-in so a
+    # rotation takes effect at once. None or a missing file: no operator can sign in.
+    operators_file: Path | None = None
+    # The chain JSON-RPC the receipt verifier reads by default: the one host other than the
+    # gateway that pages may call (the Content-Security-Policy's connect-src). Empty: none.
+    chain_rpc_url: str = ""
+    sessions_max: int = 1_000
+    session_idle_s: int = 15 * 60
+    session_absolute_s: int = 8 * 3600
+    # After this many failed sign-ins of one operator name, or from one client address, within
+    # signin_lockout_s, sign-in is refused (429) until the window has passed.
+    signin_failures_max: int = 5
+    signin_lockout_s: int = 300
+    signin_trackers_max: int = 10_000  # names and addresses whose failures are remembered
+    requests_inflight_max: int = 64
+    form_bytes_max: int = 16 * 1024
+    node_status_timeout_s: float = 2.0
+    anchors_shown_max: int = 10
+
+    def validate(self) -> None:
+        require_positive_fields(
+            self, "dashboard", integers_only=False, skip=("operators_file", "chain_rpc_url")
+        )
+        if not isinstance(self.chain_rpc_url, str):
+            raise ConfigError("dashboard.chain_rpc_url must be a string")
+        if self.chain_rpc_url:
+            parsed = urllib.parse.urlsplit(self.chain_rpc_url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError("dashboard.chain_rpc_url must be an http(s):// URL")
+        if self.session_idle_s > self.session_absolute_s:
+            raise ConfigError("dashboard.session_idle_s must not exceed session_absolute_s")
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     http_listen: str
     keyring_file: Path
@@ -97,6 +138,7 @@ class GatewayConfig:
     # neither is.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def scheme(self) -> str:
@@ -112,6 +154,7 @@ class GatewayConfig:
             parse_host_port(node.http_addr, f"nodes.{node.name}.http_addr")
         self.limits.validate()
         self.timeouts.validate()
+        self.dashboard.validate()
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -143,6 +186,16 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         timeouts=build_dataclass(GatewayTimeouts, raw.get("timeouts", {}), "timeouts"),
         tls_cert_file=resolve_path(base, cert, "gateway.tls_cert_file") if cert else None,
         tls_key_file=resolve_path(base, key, "gateway.tls_key_file") if key else None,
+        dashboard=_dashboard_config(base, raw.get("dashboard", {})),
     )
     config.validate()
     return config
+
+
+def _dashboard_config(base: Path, table: dict[str, Any]) -> DashboardConfig:
+    values = dict(table)
+    if "operators_file" in values:
+        values["operators_file"] = resolve_path(
+            base, values["operators_file"], "dashboard.operators_file"
+        )
+    return build_dataclass(DashboardConfig, values, "dashboard")

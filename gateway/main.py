@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.app import GatewayState, build_gateway_app
 from gateway.auth import ReplayCache
 from gateway.config import GatewayConfig, load_gateway_config
+from gateway.dashboard.routes import DashboardState, build_dashboard_app
 from gateway.keyring import Keyring, load_keyring, load_master_key
 from gateway.keyring_reload import KeyringReloader
 from gateway.node_client import NodeClient
@@ -74,7 +75,13 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
         tls = load_tls_context(config.tls_cert_file, config.tls_key_file)  # refuse early
     state = build_state(config, master_key)
     reloader = build_reloader(config, master_key, state)
-    runner = ProblemAppRunner(build_gateway_app(state), access_log=None, handle_signals=False)
+    token = config.node_api_token_file.read_text().strip()
+    dashboard = DashboardState(config, token, state.nodes)
+    runner = ProblemAppRunner(
+        build_gateway_app(state, build_dashboard_app(dashboard)),
+        access_log=None,
+        handle_signals=False,
+    )
     await runner.setup()
     loop = asyncio.get_running_loop()
     reload_task = asyncio.create_task(reloader.run())
@@ -90,6 +97,7 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
             len(config.nodes),
             reloader.version,
         )
+        log.info("dashboard on %s://%s/dashboard/", config.scheme, config.http_listen)
         await stop.wait()
     finally:
         loop.remove_signal_handler(signal.SIGHUP)

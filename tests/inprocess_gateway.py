@@ -24,12 +24,16 @@ __all__ = ["client_of", "gateway_without_nodes"]
 
 @contextlib.asynccontextmanager
 async def gateway_without_nodes(
-    directory: Path, limits: Mapping[str, object] | None = None
+    directory: Path,
+    limits: Mapping[str, object] | None = None,
+    dashboard: Mapping[str, object] | None = None,
 ) -> AsyncIterator[ClusterLayout]:
     layout = init_cluster(directory, partners=("shop-a", "shop-b"), chain="none")
     config_path = Path(layout.gateway_config_path)
     if limits:
         config_path.write_text(set_toml_keys(config_path.read_text(), "limits", limits))
+    if dashboard:
+        config_path.write_text(set_toml_keys(config_path.read_text(), "dashboard", dashboard))
     stop = asyncio.Event()
     gateway = asyncio.create_task(run_gateway(load_gateway_config(config_path), stop))
     try:

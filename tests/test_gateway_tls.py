@@ -122,6 +122,14 @@ async def test_gateway_serves_https_only_with_its_certificate(
         ):
             assert response.status == 401
             assert (await response.json())["code"] == "unauthenticated"
+        # The dashboard's cookies are Secure over TLS (and only there: tests/test_dashboard.py).
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"https://127.0.0.1:{port}/dashboard/signin", ssl=trusting) as response,
+        ):
+            assert response.status == 200
+            cookie = response.headers["Set-Cookie"]
+            assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         # SIGHUP loads a renewed certificate for new connections.
         renewed, renewed_key = _certificate(tmp_path, "renewed")
         cert.write_bytes(renewed.read_bytes())

@@ -224,6 +224,24 @@ async def handle_rpc(request: web.Request) -> web.Response:
     return web.json_response(answer) if answer is not None else web.Response(status=204)
 
 
+# Browsers call the development chain from other origins (the dashboard's receipt verifier,
+# and the same file opened from disk): answer as anvil does, any origin allowed.
+_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "600",
+}
+
+
+async def handle_preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=_CORS)
+
+
+async def _add_cors(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(_CORS)
+
+
 def _too_large() -> web.Response:
     error = RpcError(INVALID_REQUEST, f"request body over {RPC_BODY_BYTES_MAX} bytes")
     return web.json_response(_error_response(None, error), status=413)
@@ -247,6 +265,8 @@ async def serve(
     app[TESTER_KEY] = tester
     app[EXECUTOR_KEY] = executor
     app.router.add_post("/", handle_rpc)
+    app.router.add_route("OPTIONS", "/", handle_preflight)
+    app.on_response_prepare.append(_add_cors)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

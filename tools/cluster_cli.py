@@ -30,6 +30,7 @@ from tools.cluster_init import (
     DEFAULT_N,
     DEFAULT_NODES,
     HOST,
+    OPERATORS_FILE,
     ClusterLayout,
     add_node,
     init_cluster,
@@ -49,6 +50,11 @@ def _print_layout(layout: ClusterLayout, registry: RegistryOnChain | None = None
     for node in layout.nodes:
         print(f"  {node.name}: http://{node.http_addr}  p2p {node.p2p_addr}/p2p/{node.peer_id}")
     print(f"  gateway: {layout.gateway_url}")
+    operators = Path(layout.directory) / OPERATORS_FILE
+    print(
+        f"  dashboard: {layout.gateway_url}/dashboard/ (operators: baas-dashboard operator add "
+        f"NAME --file {operators}; receipt verifier {layout.gateway_url}/dashboard/verify)"
+    )
     chain = layout.chain
     if chain.enabled:
         chain_id, contract = (

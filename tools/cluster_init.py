@@ -337,7 +337,12 @@ def _node_toml(
     return "\n".join(lines) + (_anchoring_toml(anchoring) if anchoring else "")
 
 
-def _gateway_toml(layout_nodes: list[NodeLayout], host: str, port: int) -> str:
+OPERATORS_FILE = "secrets/operators.json"
+
+
+def _gateway_toml(
+    layout_nodes: list[NodeLayout], host: str, port: int, chain_rpc_url: str = ""
+) -> str:
     lines = [
         "# BaaS gateway config, written by `baas-cluster init`.",
         "[gateway]",
@@ -354,7 +359,12 @@ def _gateway_toml(layout_nodes: list[NodeLayout], host: str, port: int) -> str:
             f"http_addr = {_toml_str(node.http_addr)}",
         ]
     lines += ["", "[limits]", "", "[timeouts]", ""]
-    return "\n".join(lines)
+    # The dashboard: operators are added with `baas-dashboard operator add NAME --file
+    # secrets/operators.json`; the receipt verifier reads the development chain by default.
+    lines += ["[dashboard]", f"operators_file = {_toml_str(OPERATORS_FILE)}"]
+    if chain_rpc_url:
+        lines.append(f"chain_rpc_url = {_toml_str(chain_rpc_url)}")
+    return "\n".join(lines) + "\n"
 
 
 def _new_node(
@@ -476,7 +486,14 @@ def init_cluster(
         Path(layout.config_path).write_text(
             _node_toml(layout.name, layout, cluster, data_dir, anchoring)
         )
-    (directory / GATEWAY_CONFIG).write_text(_gateway_toml(layouts, gateway_host, gateway_port))
+    (directory / GATEWAY_CONFIG).write_text(
+        _gateway_toml(
+            layouts,
+            gateway_host,
+            gateway_port,
+            chain_layout.url if chain_layout.enabled else "",
+        )
+    )
     result = ClusterLayout(
         directory=str(directory),
         cluster_id=cluster.cluster_id,
