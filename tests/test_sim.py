@@ -6,14 +6,19 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 
+from node.consensus.raft import RawNode, Ready
+from node.consensus.types import Entry, EntryKind, Membership, Role
 from node.sim import Bug, World
 from node.sim.checkers import SimFailure
 from node.sim.cli import describe, run_seed
 from node.sim.shards import SimShardStore
+from node.sim.world import BAD_CLOCK_MS, CLOCK_OFFSET_MAX_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_SEEDS = range(100)  # about 0.45 s each on this machine (consensus and data plane)
@@ -50,6 +55,43 @@ def test_the_decodable_checker_fails_when_shards_are_gone() -> None:
             del node.shards.live[key]
     with pytest.raises(SimFailure, match="decodable"):
         checker.check_records_decodable(lambda node_id: world.nodes[node_id].shards)
+
+
+def test_a_fast_clock_leader_stamps_within_the_tolerance_of_the_quorum_clocks() -> None:
+    seed = 3  # n2's clock is an hour fast, and n2 leads for a while
+    world = World(seed, random.Random(seed))
+    assert world.bad_clock == ("n2", BAD_CLOCK_MS)
+    result = world.run()
+    assert result.ok, result.failure
+    assert "n2" in world.checker.leaders.values()
+    # Stamps ran ahead of the quorum's real clocks by the honest skew at most, not an hour.
+    assert 0 < result.stats["log_time_ahead_ms_max"] <= CLOCK_OFFSET_MAX_MS
+    unbounded = run_seed(seed, Bug.UNBOUNDED_STAMPS)
+    assert unbounded.failure is not None and unbounded.failure.startswith("[log-time]")
+
+
+def test_the_log_time_checker_fails_when_stamps_run_backwards() -> None:
+    checker = World(5, random.Random(5)).checker
+    entry = Entry(7, 2, EntryKind.NORMAL, b"x", 5_000)
+    checker.committed[6] = replace(entry, index=6, leader_time_ms=6_000)
+    with pytest.raises(SimFailure, match="log-time"):
+        checker.on_ready("n0", _committing(entry), cast(RawNode, None))
+
+
+def _committing(entry: Entry) -> Ready:
+    return Ready(
+        seq=1,
+        hard_state=None,
+        entries=(),
+        snapshot=None,
+        messages=(),
+        committed_entries=(entry,),
+        read_states=(),
+        role=Role.FOLLOWER,
+        leader_id=None,
+        term=entry.term,
+        membership=Membership.of(["n0"]),
+    )
 
 
 def test_same_seed_same_digest_different_seeds_differ() -> None:

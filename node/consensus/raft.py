@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 
 from node.consensus.config import RaftConfig
 from node.consensus.log import RaftLog
-from node.consensus.log_time import UNKNOWN_CLOCK, next_stamp, quorum_clock
+from node.consensus.log_time import UNKNOWN_CLOCK, next_stamp, quorum_clock, tick_due
 from node.consensus.messages import (
     CONTEXT_BYTES_MAX,
     Append,
@@ -236,6 +236,10 @@ class RawNode:
     def term_at(self, index: int) -> int | None:
         return self._log.term(index)
 
+    def time_at(self, index: int) -> int | None:
+        """The leader stamp of the entry at ``index`` (None if compacted away or absent)."""
+        return self._log.time(index)
+
     @property
     def now_ms(self) -> int:
         """The latest clock input (0: none yet)."""
@@ -255,6 +259,20 @@ class RawNode:
         """Leader only: each peer's clock minus ours, as measured when its last report came
         (the report's age makes a correct peer look slightly behind). Empty elsewhere."""
         return dict(sorted(self._clock_offsets.items())) if self.role is Role.LEADER else {}
+
+    def tick_entry_due(self, interval_ms: int, *, busy: bool = False) -> bool:
+        """Whether this leader should append a tick entry now: it appended nothing for
+        ``interval_ms`` of its clock and nothing is on its way to commit (``busy``: the
+        adapter's own proposals waiting or a tick in flight)."""
+        if self.role is not Role.LEADER or self._transferee is not None:
+            return False
+        busy = busy or self._log.last_index > self._log.committed
+        return tick_due(
+            own_ms=self._now_ms,
+            last_append_ms=self._last_append_ms,
+            interval_ms=interval_ms,
+            busy=busy,
+        )
 
     def quorum_clock_ms(self) -> int | None:
         """Leader only: the quorum-th highest voter clock it knows now, which its stamps stay
