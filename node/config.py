@@ -261,6 +261,13 @@ class RaftSettings:
     # at most this long, asking again every incarnation_check_retry_s, then it refuses to start.
     incarnation_check_timeout_s: float = 120.0
     incarnation_check_retry_s: float = 0.5
+    # Log time (node/consensus/log_time.py): a leader stamps entries within
+    # clock_offset_max_ms of the quorum-th highest voter clock it was told (a leader with a
+    # bad clock cannot push log time away from a majority's clocks), and an idle leader
+    # appends a tick entry after log_tick_interval_ms without appending (from log feature 6),
+    # so the ledger's expiry runs in an idle cluster.
+    clock_offset_max_ms: int = 1000
+    log_tick_interval_ms: int = 1000
     # How often the storage membership is reconciled with Raft's and with the p2p layer.
     members_reconcile_interval_s: float = 0.5
     # A learner is promoted to voter once it is at most this many entries behind the leader.
