@@ -12,7 +12,9 @@ from typing import cast
 
 import pytest
 
+from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
 from node.consensus.raft import RawNode, Ready
+from node.consensus.state_machine import decode_app_entry
 from node.consensus.types import Entry, EntryKind, Membership, Role
 from node.sim import Bug, World
 from node.sim.checkers import SimFailure
@@ -68,6 +70,33 @@ def test_a_fast_clock_leader_stamps_within_the_tolerance_of_the_quorum_clocks() 
     assert 0 < result.stats["log_time_ahead_ms_max"] <= CLOCK_OFFSET_MAX_MS
     unbounded = run_seed(seed, Bug.UNBOUNDED_STAMPS)
     assert unbounded.failure is not None and unbounded.failure.startswith("[log-time]")
+
+
+def test_with_feature_6_idle_leaders_tick_and_log_time_advances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the log enables feature 6 (here by raising the simulated cluster's version: the
+    ledger's machine is not in the simulator yet, so ticks apply as an unknown type, a no-op)
+    idle leaders append tick entries and log time moves with them."""
+    monkeypatch.setattr("node.sim.machine.FEATURE_VERSION_SIM", TICK_FEATURE_VERSION)
+    monkeypatch.setattr("node.sim.dataplane.FEATURE_VERSION_SIM", TICK_FEATURE_VERSION)
+    world = World(2, random.Random(2))
+    result = world.run()
+    assert result.ok, result.failure
+    assert result.stats.get("log_ticks", 0) > 0
+    ticks = [
+        e
+        for _, e in sorted(world.checker.committed.items())
+        if e.kind is EntryKind.NORMAL
+        and e.payload[:1] == b"\x83"
+        and decode_app_entry(e.payload).type == TICK_ENTRY_TYPE
+    ]
+    stamps = [e.leader_time_ms for e in ticks]
+    assert len(stamps) >= 2 and stamps == sorted(stamps) and stamps[-1] > stamps[0]
+
+
+def test_without_feature_6_no_tick_is_proposed() -> None:
+    assert "log_ticks" not in run_seed(2).stats
 
 
 def test_the_log_time_checker_fails_when_stamps_run_backwards() -> None:
