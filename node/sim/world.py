@@ -6,10 +6,11 @@ Theory of operation
 drawn from the one generator, in a fixed order: the cluster (3-5 voters, or 8-9 nodes with 5
 voters and learners and membership changes), the erasure code (k, n; ``write_quorum = k + 1``)
 and the move grace, the network's fault rates and latency, each node's tick length (clock
-skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed from
-the seed instead), the workload (command clients and record clients) and the fault schedule; the Raft
-cores draw their election jitter from it too. Events sit in one heap ordered by (time,
-sequence number), so the same seed replays the same run; a digest of the events proves it.
+skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed
+from the seed instead), the workload (command clients and record clients) and the fault
+schedule; the Raft cores draw their election jitter from it too. Events sit in one heap
+ordered by (time, sequence number), so the same seed replays the same run; a digest of the
+events proves it.
 
 A run has two phases:
 
