@@ -301,6 +301,10 @@ class RaftSettings:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("raft: heartbeat_ticks must be below election_ticks")
+        # Clock reports are about a heartbeat old when a leader stamps with them: a tolerance
+        # below two heartbeats would hold a correct leader's stamps behind its clock.
+        if self.clock_offset_max_ms < 2 * self.heartbeat_ticks * self.tick_s * 1000:
+            raise ConfigError("raft.clock_offset_max_ms must be at least two heartbeats")
         if self.snapshot_chunk_bytes_max > 1024 * 1024:  # RaftConfig.bytes_per_message_max
             raise ConfigError("raft.snapshot_chunk_bytes_max must be at most 1 MiB")
         if self.snapshot_chunk_bytes_max * self.snapshot_chunks_queued_max > self.inbox_bytes_max:

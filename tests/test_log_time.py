@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import pytest
 
+from node.config import RaftSettings
 from node.consensus.cluster import Cluster
 from node.consensus.config import RaftConfig
 from node.consensus.log_time import UNKNOWN_CLOCK, next_stamp, quorum_clock, tick_due
@@ -124,9 +125,14 @@ def test_tick_due_after_the_interval_and_never_while_busy() -> None:
     assert not tick_due(own_ms=9_000, last_append_ms=1_000, interval_ms=1_000, busy=True)
 
 
-def test_clock_offset_max_is_validated() -> None:
+def test_clock_offset_max_and_tick_interval_are_validated() -> None:
     with pytest.raises(ConfigError):
         RaftConfig("a", clock_offset_max_ms=0)
+    RaftSettings().validate()
+    with pytest.raises(ConfigError, match="two heartbeats"):
+        RaftSettings(clock_offset_max_ms=300).validate()  # heartbeats every 200 ms
+    with pytest.raises(ConfigError):
+        RaftSettings(log_tick_interval_ms=0).validate()
 
 
 # -- the wire: the report is optional both ways
