@@ -15,7 +15,13 @@ import pytest
 from node.config import RaftSettings
 from node.consensus.cluster import Cluster
 from node.consensus.config import RaftConfig
-from node.consensus.log_time import UNKNOWN_CLOCK, next_stamp, quorum_clock, tick_due
+from node.consensus.log_time import (
+    UNKNOWN_CLOCK,
+    clock_alarm,
+    next_stamp,
+    quorum_clock,
+    tick_due,
+)
 from node.consensus.messages import (
     AppendResponse,
     HeartbeatResponse,
@@ -172,6 +178,17 @@ def test_a_fast_leader_stamps_within_the_tolerance_of_the_quorum_clocks() -> Non
     offsets = cluster.core("a").clock_offsets()
     assert set(offsets) == {"b", "c"}
     assert all(-HOUR_MS - 1_000 <= v <= -HOUR_MS for v in offsets.values())
+    assert clock_alarm(offsets, OFFSET_MAX_MS)
+    assert cluster.core("b").clock_offsets() == {}  # measured by the leader only
+
+
+def test_correct_clocks_measure_near_zero_and_raise_no_alarm() -> None:
+    clocks = Clocks(offsets={"b": 250, "c": -250})
+    cluster = make(clocks)
+    lead(cluster, clocks, "a")
+    offsets = cluster.core("a").clock_offsets()
+    assert offsets == {"b": 250, "c": -250}  # reports as fresh as the delivery
+    assert not clock_alarm(offsets, OFFSET_MAX_MS)
 
 
 def test_without_the_bound_a_fast_leader_pushes_log_time_an_hour_ahead_for_good() -> None:

@@ -50,12 +50,13 @@ entries are on their way to commit (:func:`tick_due`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = [
     "TICK_ENTRY_TYPE",
     "TICK_FEATURE_VERSION",
     "UNKNOWN_CLOCK",
+    "clock_alarm",
     "next_stamp",
     "quorum_clock",
     "tick_due",
@@ -102,3 +103,10 @@ def tick_due(*, own_ms: int, last_append_ms: int, interval_ms: int, busy: bool) 
     the clock for good and would ask for a tick at every turn.
     """
     return not busy and own_ms - last_append_ms >= interval_ms
+
+
+def clock_alarm(offsets_ms: Mapping[str, int], clock_offset_max_ms: int) -> bool:
+    """Whether an operator should look at the clocks: a peer's measured offset from the
+    leader's clock exceeds the tolerance (one of the two clocks is bad; a minority of bad
+    clocks does not move log time, but a majority would)."""
+    return any(abs(ms) > clock_offset_max_ms for ms in offsets_ms.values())

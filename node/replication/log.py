@@ -69,7 +69,7 @@ import msgpack
 
 from node.config import RaftSettings
 from node.consensus.config import RaftConfig
-from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
+from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION, clock_alarm
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
 from node.consensus.progress import ProgressState
 from node.consensus.raft import RawNode, Ready
@@ -528,7 +528,7 @@ class ReplicatedLog:
             "log_time_ms": self._log_time_ms,
             "clock_offsets_ms": offsets,
             "clock_offset_max_ms": limit,
-            "clock_alarm": any(abs(v) > limit for v in offsets.values()),
+            "clock_alarm": clock_alarm(offsets, limit),
             "log_ticks": self.log_ticks,
             "log_ticks_failed": self.log_ticks_failed,
         }
