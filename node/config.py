@@ -261,6 +261,13 @@ class RaftSettings:
     # at most this long, asking again every incarnation_check_retry_s, then it refuses to start.
     incarnation_check_timeout_s: float = 120.0
     incarnation_check_retry_s: float = 0.5
+    # Log time (node/consensus/log_time.py): a leader stamps entries within
+    # clock_offset_max_ms of the quorum-th highest voter clock it was told (a leader with a
+    # bad clock cannot push log time away from a majority's clocks), and an idle leader
+    # appends a tick entry after log_tick_interval_ms without appending (from log feature 6),
+    # so the ledger's expiry runs in an idle cluster.
+    clock_offset_max_ms: int = 1000
+    log_tick_interval_ms: int = 1000
     # How often the storage membership is reconciled with Raft's and with the p2p layer.
     members_reconcile_interval_s: float = 0.5
     # A learner is promoted to voter once it is at most this many entries behind the leader.
@@ -294,6 +301,10 @@ class RaftSettings:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:
             raise ConfigError("raft: heartbeat_ticks must be below election_ticks")
+        # Clock reports are about a heartbeat old when a leader stamps with them: a tolerance
+        # below two heartbeats would hold a correct leader's stamps behind its clock.
+        if self.clock_offset_max_ms < 2 * self.heartbeat_ticks * self.tick_s * 1000:
+            raise ConfigError("raft.clock_offset_max_ms must be at least two heartbeats")
         if self.snapshot_chunk_bytes_max > 1024 * 1024:  # RaftConfig.bytes_per_message_max
             raise ConfigError("raft.snapshot_chunk_bytes_max must be at most 1 MiB")
         if self.snapshot_chunk_bytes_max * self.snapshot_chunks_queued_max > self.inbox_bytes_max:

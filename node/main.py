@@ -117,6 +117,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         if config.raft.join_existing
         else default_membership(m.peer_id for m in config.cluster.members),
         tick_s=config.raft.tick_s,
+        log_tick_interval_ms=config.raft.log_tick_interval_ms,
         inbox_frames_max=config.raft.inbox_frames_max,
         proposals_pending_max=config.raft.proposals_pending_max,
         inbox_bytes_max=config.raft.inbox_bytes_max,
@@ -320,6 +321,7 @@ def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, objec
         "frames_dropped": replicated_log.frames_dropped,
         "frames_malformed": replicated_log.frames_malformed,
         **replicated_log.snapshot_stats(),
+        **replicated_log.log_time_stats(),
         **{f"link_{k}": v for k, v in p2p.raft_stats().items()},
     }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,6 +50,43 @@ def wait_for_leader(
             return found
         time.sleep(0.05)
     raise AssertionError(f"{names} did not agree on a leader within {timeout_s} s")
+
+
+def test_the_leader_measures_every_follower_clock_and_stamps_real_time(
+    cluster: LocalCluster,
+) -> None:
+    """Clock reports cross the real transport: the leader's status and /metrics show each
+    follower's offset (same machine clock: near 0, no alarm), and log time is real time."""
+    names = [n.name for n in cluster.layout.nodes]
+    peer_of = {n.name: n.peer_id for n in cluster.layout.nodes}
+    leader, _ = wait_for_leader(cluster, names, timeout_s=15)
+    leader_name = next(name for name, peer in peer_of.items() if peer == leader)
+    deadline = time.monotonic() + 15
+    status: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        status = raft(cluster, leader_name)
+        if status is not None and len(status["clock_offsets_ms"]) == 4:
+            break
+        time.sleep(0.1)
+    assert status is not None, "no status from the leader"
+    offsets = status["clock_offsets_ms"]
+    assert set(offsets) == {peer for name, peer in peer_of.items() if name != leader_name}
+    limit = status["clock_offset_max_ms"]
+    assert all(abs(ms) <= limit for ms in offsets.values()), offsets
+    assert status["clock_alarm"] is False
+    now_ms = time.time_ns() // 1_000_000
+    assert now_ms - 600_000 < status["log_time_ms"] <= now_ms + limit
+    url = f"http://{cluster.node(leader_name).http_addr}/metrics"
+    token = (Path(cluster.layout.directory) / "secrets" / "node-api.token").read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    peers = {
+        line.split('peer="')[1].split('"')[0]
+        for line in text.splitlines()
+        if "_raft_clock_offset_ms{" in line
+    }
+    assert peers == set(offsets), text[:2000]
 
 
 def test_five_nodes_elect_one_leader_and_replace_it_after_kill_9(cluster: LocalCluster) -> None:

@@ -73,7 +73,7 @@ class FakeLog:
 
     def status(self) -> LogStatus:
         role = "leader" if self.leader == "me" else "follower"
-        return LogStatus("me", role, 2, self.leader, self.last, self.last, self.last, 0, (), ())
+        return LogStatus("me", role, 2, self.leader, self.last, self.last, self.last, 0, (), (), 0)
 
     def state_get(self, key: bytes) -> bytes | None:
         return self.data.get(key)

@@ -149,6 +149,23 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             lambda: 1.0 if state.raft_status()["role"] == "leader" else 0.0,
         ),
         StatFamily("raft_commit_index", "committed log index", raft("commit_index")),
+        StatFamily(
+            "raft_log_time_ms", "log time: the stamp of the last applied entry", raft("log_time_ms")
+        ),
+        StatFamily(
+            "raft_clock_offset_ms",
+            "leader only: each peer's clock minus the leader's, as last reported",
+            lambda: {
+                peer: float(ms) for peer, ms in state.raft_status()["clock_offsets_ms"].items()
+            },
+            label="peer",
+        ),
+        StatFamily(
+            "raft_clock_alarm",
+            "1 when a peer's clock is further than clock_offset_max_ms from the leader's",
+            lambda: 1.0 if state.raft_status()["clock_alarm"] else 0.0,
+        ),
+        StatFamily("raft_log_ticks", "idle tick entries applied", raft("log_ticks"), counter=True),
         StatFamily("raft_applied_index", "applied log index", raft("applied_index")),
         StatFamily(
             "raft_frames_dropped",

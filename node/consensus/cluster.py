@@ -6,6 +6,8 @@ from a single queue. Faults are explicit calls, so a test reads as a transcript:
 (one direction), ``isolate(a)``, ``heal()``, ``crash(a)`` / ``restart(a)`` (restart reloads
 only what was persisted), and dropping, duplicating or reordering queued messages. Nothing here
 reads a clock or global randomness: the caller's seeded generator drives every timeout.
+With ``clock`` (node id -> that node's clock now, in ms; the caller moves it) every tick,
+delivered message, campaign and proposal first gives the node its clock, as the adapter does.
 """
 
 from __future__ import annotations
@@ -61,8 +63,10 @@ class Cluster:
         membership: Membership | None = None,
         config: Callable[[NodeId], RaftConfig] | None = None,
         on_ready: Callable[[NodeId, Ready], None] | None = None,
+        clock: Callable[[NodeId], int] | None = None,
     ) -> None:
-        self.rng = rng  # shared by every core: deterministic, as the call order is
+        self.rng = rng
+        self._clock = clock  # shared by every core: deterministic, as the call order is
         self._config = config or (lambda node_id: RaftConfig(node_id))
         self._on_ready = on_ready
         self.queue: list[Message] = []
@@ -138,14 +142,21 @@ class Cluster:
         for _ in range(times):
             for node_id in sorted(node_ids) if node_ids is not None else self.up_ids:
                 if self.members[node_id].up:
+                    self._observe(node_id)
                     self.core(node_id).tick()
                     self.process(node_id)
 
-    def propose(self, node_id: NodeId, *payloads: bytes, now_ms: int = 0) -> None:
-        self.core(node_id).propose(payloads, now_ms=now_ms)
+    def _observe(self, node_id: NodeId) -> None:
+        if self._clock is not None:
+            self.core(node_id).observe_time(self._clock(node_id))
+
+    def propose(self, node_id: NodeId, *payloads: bytes, now_ms: int | None = None) -> None:
+        self._observe(node_id)
+        self.core(node_id).propose(payloads, now_ms=now_ms or self.core(node_id).now_ms)
         self.process(node_id)
 
     def campaign(self, node_id: NodeId) -> None:
+        self._observe(node_id)
         self.core(node_id).campaign()
         self.process(node_id)
 
@@ -157,6 +168,7 @@ class Cluster:
         target = self.members.get(message.to)
         if (message.sender, message.to) in self.blocked or target is None or not target.up:
             return message
+        self._observe(message.to)
         target.core.step(message)
         self.process(message.to)
         return message

@@ -40,6 +40,10 @@ class RaftConfig:
     # costs a libp2p round on both ends); followers learn commits up to one tick later, which
     # only delays their local reads (a ReadIndex round carries the commit index anyway).
     lazy_commit_notify: bool = False
+    # How far a leader may stamp entries ahead of the quorum-th highest voter clock it knows
+    # (node/consensus/log_time.py): the tolerance for honest skew plus a report's age (about
+    # a heartbeat and a one-way delay). A leader with a faster clock stamps no further ahead.
+    clock_offset_max_ms: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 < len(self.node_id) <= NODE_ID_CHARS_MAX:

@@ -20,9 +20,16 @@ __all__ = ["RaftLog"]
 
 
 class RaftLog:
-    def __init__(self, snapshot_index: int, snapshot_term: int, entries: Sequence[Entry]) -> None:
+    def __init__(
+        self,
+        snapshot_index: int,
+        snapshot_term: int,
+        entries: Sequence[Entry],
+        snapshot_time_ms: int = 0,
+    ) -> None:
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
+        self.snapshot_time_ms = snapshot_time_ms  # the stamp of the entry at snapshot_index
         self._entries: list[Entry] = []
         self.committed = snapshot_index
         self.applied = snapshot_index
@@ -51,7 +58,15 @@ class RaftLog:
 
     @property
     def last_time_ms(self) -> int:
-        return self._entries[-1].leader_time_ms if self._entries else 0
+        return self._entries[-1].leader_time_ms if self._entries else self.snapshot_time_ms
+
+    def time(self, index: int) -> int | None:
+        """The stamp at ``index``; None if compacted away or not yet appended."""
+        if index == self.snapshot_index:
+            return self.snapshot_time_ms
+        if index < self.snapshot_index or index > self.last_index:
+            return None
+        return self._entries[index - self.snapshot_index - 1].leader_time_ms
 
     def term(self, index: int) -> int | None:
         """The term at ``index``; None if compacted away or not yet appended."""
@@ -151,6 +166,7 @@ class RaftLog:
         self._entries = []
         self.snapshot_index = snapshot.meta.index
         self.snapshot_term = snapshot.meta.term
+        self.snapshot_time_ms = snapshot.meta.time_ms
         self.committed = snapshot.meta.index
         self.unstable_from = snapshot.meta.index + 1
 
@@ -160,10 +176,10 @@ class RaftLog:
             return
         if index > self.applied:
             raise InvariantViolation(f"compact to {index} beyond applied {self.applied}")
-        term = self.term(index)
-        assert term is not None
+        term, time_ms = self.term(index), self.time(index)
+        assert term is not None and time_ms is not None
         del self._entries[: index - self.snapshot_index]
-        self.snapshot_index, self.snapshot_term = index, term
+        self.snapshot_index, self.snapshot_term, self.snapshot_time_ms = index, term, time_ms
 
     # -- the cursors the Ready cycle moves
 

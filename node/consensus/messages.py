@@ -16,13 +16,18 @@ message                meaning
 ``PreVoteResponse``    / ``VoteResponse``: ``reject`` or grant
 ``Append``             entries after (``prev_index``, ``prev_term``) and the leader's commit
 ``AppendResponse``     ``index`` matched, or ``reject`` with a (hint_index, hint_term) to
-                       skip a whole conflicting term at once (fast backtracking)
+                       skip a whole conflicting term at once (fast backtracking); ``clock_ms``
 ``Heartbeat``          leadership + commit; ``context`` names a pending ReadIndex round
-``HeartbeatResponse``  echoes ``context``
+``HeartbeatResponse``  echoes ``context``; ``clock_ms``
 ``InstallSnapshot``    one chunk of a snapshot: ``offset``, ``total_bytes``, ``last``
 ``ReadIndexRequest``   a follower asks the leader for a read index
 ``ReadIndexResponse``  the leader's confirmed read index for that ``context``
 =====================  ===========================================================
+
+``clock_ms`` is the responder's clock input (its core's latest ``now_ms``): the leader bounds
+its entries' stamps by what a quorum's clocks say (:mod:`node.consensus.log_time`). It is
+optional on the wire: a node without it (older code, or a core never given the time) leaves it
+out and the leader treats its clock as unknown; older nodes ignore the extra key.
 
 The core emits ``InstallSnapshot`` whole (offset 0, ``last``); the transport may cut it with
 :func:`split_snapshot` and must rebuild it with :func:`join_snapshot` before ``step``.
@@ -156,6 +161,7 @@ class AppendResponse(_Wire):
     reject: bool = False
     hint_index: int = 0  # rejected: probe from here (largest index with term <= hint_term)
     hint_term: int = 0
+    clock_ms: int | None = None  # the responder's clock; None: unknown (see the module doc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +179,7 @@ class HeartbeatResponse(_Wire):
     to: NodeId
     term: int
     context: bytes = b""
+    clock_ms: int | None = None  # as AppendResponse.clock_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,9 +252,12 @@ _SPECS: dict[str, tuple[type[Any], tuple[tuple[str, str], ...]]] = {
     "pre_vote_resp": (PreVoteResponse, _VOTE_REPLY),
     "vote_resp": (VoteResponse, _VOTE_REPLY),
     "app": (Append, _fields("prev_index:int prev_term:int entries:entries commit:int")),
-    "app_resp": (AppendResponse, _fields("index:int reject:bool hint_index:int hint_term:int")),
+    "app_resp": (
+        AppendResponse,
+        _fields("index:int reject:bool hint_index:int hint_term:int clock_ms:optint"),
+    ),
     "hb": (Heartbeat, _fields("commit:int context:ctx")),
-    "hb_resp": (HeartbeatResponse, _fields("context:ctx")),
+    "hb_resp": (HeartbeatResponse, _fields("context:ctx clock_ms:optint")),
     "snap": (
         InstallSnapshot,
         _fields("meta:meta offset:int total_bytes:int chunk:bytes last:bool"),
@@ -260,6 +270,7 @@ _NAME_OF: dict[type[Any], str] = {cls: name for name, (cls, _) in _SPECS.items()
 _ENCODE: dict[str, Callable[[Any], Any]] = {
     "id": lambda v: v,
     "int": lambda v: v,
+    "optint": lambda v: v,
     "bool": lambda v: v,
     "bytes": lambda v: v,
     "ctx": lambda v: v,
@@ -274,7 +285,10 @@ def message_to_wire(message: Message) -> dict[str, Any]:
         raise TypeError(f"not a raft message: {message!r}")
     out: dict[str, Any] = {"v": WIRE_VERSION, "t": name}
     for field, kind in _SPECS[name][1]:
-        out[field] = _ENCODE[kind](getattr(message, field))
+        value = getattr(message, field)
+        if kind == "optint" and value is None:
+            continue  # optional: left out, as a node that does not know the field sends it
+        out[field] = _ENCODE[kind](value)
     return out
 
 
@@ -301,7 +315,7 @@ def _decode_field(kind: str, raw: Any, what: str, limits: WireLimits) -> Any:
     match kind:
         case "id":
             return wire_node_id(raw, what)
-        case "int":
+        case "int" | "optint":
             return wire_int(raw, what)
         case "bool":
             return _decode_bool(raw, what)
@@ -328,6 +342,7 @@ def message_from_wire(raw: Any, limits: WireLimits) -> Message:
     values = {
         field: _decode_field(kind, wire_field(raw, field, "raft message"), field, limits)
         for field, kind in fields
+        if kind != "optint" or raw.get(field) is not None  # optional: absent -> the default
     }
     message: Message = cls(**values)
     if isinstance(message, InstallSnapshot):

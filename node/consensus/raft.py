@@ -5,6 +5,7 @@ Theory of operation
 A :class:`RawNode` is driven by its adapter with four kinds of input:
 
 * ``tick(now_ms)``: one unit of logical time passed (elections and heartbeats count ticks);
+  ``observe_time(now_ms)``: the local clock read ``now_ms`` (no tick passed);
 * ``step(message)``: a message from a peer arrived;
 * ``propose(payloads, now_ms)``, ``propose_change(kind, node_id, now_ms)``,
   ``read_index(context)``: requests of the local application (leader only, or forwarded);
@@ -36,6 +37,10 @@ single-server membership changes that take effect when committed, one at a time;
 confirmed by a heartbeat round; leadership transfer (thesis §3.10: the leader stops taking
 proposals, brings the target up to date and sends ``TimeoutNow``; the target campaigns at once
 with a ``TransferVote``, which voters grant despite stickiness).
+
+Log time: entries are stamped with the leader's clock input, bounded by the clocks a quorum
+of voters report in their responses and never below the last stamp; an idle leader's adapter
+appends tick entries (:mod:`node.consensus.log_time` has the rules).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from dataclasses import dataclass, field
 
 from node.consensus.config import RaftConfig
 from node.consensus.log import RaftLog
+from node.consensus.log_time import UNKNOWN_CLOCK, next_stamp, quorum_clock, tick_due
 from node.consensus.messages import (
     CONTEXT_BYTES_MAX,
     Append,
@@ -154,7 +160,7 @@ class RawNode:
         self._cfg = config
         self._rng = rng
         meta = state.snapshot.meta
-        self._log = RaftLog(meta.index, meta.term, state.entries)
+        self._log = RaftLog(meta.index, meta.term, state.entries, meta.time_ms)
         self._snapshot = state.snapshot  # the latest one, sent to followers that lag behind
         self._pending_snapshot: Snapshot | None = None  # received, not yet persisted/applied
         hs = state.hard_state
@@ -174,6 +180,11 @@ class RawNode:
         self._transferee: NodeId | None = None  # leadership being handed to this voter
         self._transfer_elapsed = 0
         self._now_ms = 0
+        # Leader only, for its term: each peer's latest clock report (UNKNOWN_CLOCK: it sends
+        # none) and the offset measured on arrival (report minus our clock), for operators.
+        self._clock_reports: dict[NodeId, int] = {}
+        self._clock_offsets: dict[NodeId, int] = {}
+        self._last_append_ms = 0  # our clock when this leader last appended an entry
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
@@ -225,6 +236,58 @@ class RawNode:
     def term_at(self, index: int) -> int | None:
         return self._log.term(index)
 
+    def time_at(self, index: int) -> int | None:
+        """The leader stamp of the entry at ``index`` (None if compacted away or absent)."""
+        return self._log.time(index)
+
+    @property
+    def now_ms(self) -> int:
+        """The latest clock input (0: none yet)."""
+        return self._now_ms
+
+    @property
+    def last_time_ms(self) -> int:
+        """The stamp of the last entry in the log (log time as far as this log reaches)."""
+        return self._log.last_time_ms
+
+    @property
+    def last_append_ms(self) -> int:
+        """Our clock when this node, as leader, last appended an entry (its no-op counts)."""
+        return self._last_append_ms
+
+    def clock_offsets(self) -> dict[NodeId, int]:
+        """Leader only: each peer's clock minus ours, as measured when its last report came
+        (the report's age makes a correct peer look slightly behind). Empty elsewhere."""
+        return dict(sorted(self._clock_offsets.items())) if self.role is Role.LEADER else {}
+
+    def tick_entry_due(self, interval_ms: int, *, busy: bool = False) -> bool:
+        """Whether this leader should append a tick entry now: it appended nothing for
+        ``interval_ms`` of its clock and nothing is on its way to commit (``busy``: the
+        adapter's own proposals waiting or a tick in flight)."""
+        if self.role is not Role.LEADER or self._transferee is not None:
+            return False
+        busy = busy or self._log.last_index > self._log.committed
+        return tick_due(
+            own_ms=self._now_ms,
+            last_append_ms=self._last_append_ms,
+            interval_ms=interval_ms,
+            busy=busy,
+        )
+
+    def quorum_clock_ms(self) -> int | None:
+        """Leader only: the quorum-th highest voter clock it knows now, which its stamps stay
+        within ``clock_offset_max_ms`` of (None: fewer than a quorum known yet, or not
+        leader)."""
+        if self.role is not Role.LEADER:
+            return None
+        reports = [
+            self._clock_reports[v]
+            for v in self.membership.voters
+            if v != self.id and v in self._clock_reports
+        ]
+        # A leader is a voter (one removed from the voters steps down as the change commits).
+        return quorum_clock(self._now_ms, reports, self.membership.quorum)
+
     def progress(self, peer: NodeId) -> Progress | None:
         """The leader's view of a follower (None when not leader or unknown peer)."""
         return self._prs.get(peer)
@@ -244,11 +307,15 @@ class RawNode:
 
     def tick(self, now_ms: int | None = None) -> None:
         if now_ms is not None:
-            self._now_ms = max(self._now_ms, now_ms)
+            self.observe_time(now_ms)
         if self.role is Role.LEADER:
             self._tick_leader()
         else:
             self._tick_election()
+
+    def observe_time(self, now_ms: int) -> None:
+        """The local clock read ``now_ms``: stamps and clock reports use it (never backwards)."""
+        self._now_ms = max(self._now_ms, now_ms)
 
     def propose(self, payloads: Sequence[bytes], *, now_ms: int) -> Proposal:
         """Append a batch of normal entries (leader only), stamped ``now_ms`` or later."""
@@ -334,10 +401,10 @@ class RawNode:
 
     def snapshot_meta(self, index: int) -> SnapshotMeta:
         """The meta a snapshot of the state after applying ``index`` must carry."""
-        term = self._log.term(index)
-        if term is None:
+        term, time_ms = self._log.term(index), self._log.time(index)
+        if term is None or time_ms is None:
             raise InvariantViolation(f"no term known at {index}")
-        return SnapshotMeta(index, term, self.membership_at(index))
+        return SnapshotMeta(index, term, self.membership_at(index), time_ms)
 
     def campaign(self) -> None:
         """Start an election now (with pre-vote if configured), as if the timeout fired."""
@@ -474,7 +541,7 @@ class RawNode:
         if isinstance(m, Append | Heartbeat):
             # A leader cut off by a partition (and so behind on terms) learns our term and
             # steps down; with pre-vote it might otherwise never hear of the newer term.
-            self._send(AppendResponse(self.id, m.sender, self.term, 0))
+            self._send(self._append_response(m.sender, 0))
         elif isinstance(m, PreVote):
             self._send(PreVoteResponse(self.id, m.sender, self.term, True))
 
@@ -562,6 +629,8 @@ class RawNode:
         self._reset_timeout()
         self._votes = {}
         self._prs = {}
+        self._clock_reports = {}
+        self._clock_offsets = {}
         self._transferee = None
         self._pending_reads = []
         self._reads_before_commit = []
@@ -609,7 +678,14 @@ class RawNode:
 
     def _append_entries(self, items: list[tuple[EntryKind, bytes]], now_ms: int) -> None:
         self._now_ms = max(self._now_ms, now_ms)
-        stamp = max(self._now_ms, self._log.last_time_ms)  # never runs backwards along the log
+        # Our clock, within what a quorum's clocks allow; never backwards along the log.
+        stamp = next_stamp(
+            self._log.last_time_ms,
+            self._now_ms,
+            self.quorum_clock_ms(),
+            self._cfg.clock_offset_max_ms,
+        )
+        self._last_append_ms = self._now_ms
         first = self._log.last_index + 1
         self._log.append(
             [
@@ -677,6 +753,7 @@ class RawNode:
         if self.role is not Role.LEADER or pr is None:
             return
         pr.recent_active = True
+        self._note_clock(m.sender, m.clock_ms)
         if m.reject:
             probe = m.hint_index
             if m.hint_term > 0:
@@ -710,6 +787,7 @@ class RawNode:
         if self.role is not Role.LEADER or pr is None:
             return
         pr.recent_active = True
+        self._note_clock(m.sender, m.clock_ms)
         pr.probe_sent = False
         if pr.state is ProgressState.REPLICATE and pr.paused:
             pr.inflights.popleft()  # a lost Append must not stall the window forever
@@ -717,6 +795,17 @@ class RawNode:
             self._send_append(m.sender)
         if m.context:
             self._ack_read(m.context, m.sender)
+
+    def _note_clock(self, peer: NodeId, clock_ms: int | None) -> None:
+        """A peer's clock report arrived (leader): keep the latest, measure its offset."""
+        if clock_ms is None:
+            self._clock_reports[peer] = UNKNOWN_CLOCK
+            self._clock_offsets.pop(peer, None)
+            return
+        # The latest, not the highest: a peer whose fast clock was corrected must stop
+        # counting as fast. A reordered older report only lowers the bound for a while.
+        self._clock_reports[peer] = clock_ms
+        self._clock_offsets[peer] = clock_ms - self._now_ms
 
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
@@ -779,45 +868,55 @@ class RawNode:
                 self._handle_append(m)
             case Heartbeat():
                 self._commit_to(min(m.commit, self._log.last_index))
-                self._send(HeartbeatResponse(self.id, m.sender, self.term, m.context))
+                clock = self._clock_report()
+                self._send(HeartbeatResponse(self.id, m.sender, self.term, m.context, clock))
             case InstallSnapshot():
                 self._handle_snapshot(m)
 
     def _handle_append(self, m: Append) -> None:
         log = self._log
         if m.prev_index < log.committed:
-            self._send(AppendResponse(self.id, m.sender, self.term, log.committed))
+            self._send(self._append_response(m.sender, log.committed))
             return
         last_new = log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if last_new is not None:
             self._commit_to(min(m.commit, last_new))
-            self._send(AppendResponse(self.id, m.sender, self.term, last_new))
+            self._send(self._append_response(m.sender, last_new))
             return
         hint = log.find_conflict_by_term(min(m.prev_index, log.last_index), m.prev_term)
-        self._send(
-            AppendResponse(
-                self.id, m.sender, self.term, m.prev_index, True, hint, log.term(hint) or 0
-            )
+        self._send(self._append_response(m.sender, m.prev_index, hint, log.term(hint) or 0))
+
+    def _append_response(
+        self, to: NodeId, index: int, hint_index: int | None = None, hint_term: int = 0
+    ) -> AppendResponse:
+        """An acceptance of ``index``, or (with a hint) a rejection; with our clock report."""
+        reject = hint_index is not None
+        return AppendResponse(
+            self.id, to, self.term, index, reject, hint_index or 0, hint_term, self._clock_report()
         )
+
+    def _clock_report(self) -> int | None:
+        """What we tell the leader our clock says (None: we were never given the time)."""
+        return self._now_ms or None
 
     def _handle_snapshot(self, m: InstallSnapshot) -> None:
         if m.offset != 0 or not m.last or len(m.chunk) != m.total_bytes:
             raise InvariantViolation("step() got a snapshot chunk; join_snapshot() first")
         meta, log = m.meta, self._log
         if meta.index <= log.committed:
-            self._send(AppendResponse(self.id, m.sender, self.term, log.committed))
+            self._send(self._append_response(m.sender, log.committed))
             return
         if log.match_term(meta.index, meta.term):
             # We already hold the entries: just learn that they are committed.
             self._commit_to(meta.index)
-            self._send(AppendResponse(self.id, m.sender, self.term, log.last_index))
+            self._send(self._append_response(m.sender, log.last_index))
             return
         snapshot = Snapshot(meta, m.chunk)
         log.restore(snapshot)
         self._snapshot = self._pending_snapshot = snapshot
         self.membership = meta.membership
         self._history = [(meta.index, meta.membership)]
-        self._send(AppendResponse(self.id, m.sender, self.term, log.last_index))
+        self._send(self._append_response(m.sender, log.last_index))
 
     # -- commit and membership
 

@@ -291,14 +291,23 @@ class ConfChange:
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
-    """Where a snapshot sits in the log and the membership in force at that point."""
+    """Where a snapshot sits in the log and the membership in force at that point.
+
+    ``time_ms`` is the leader stamp of the entry at ``index``: a log compacted to its end
+    still knows the last stamp, so the next leader never stamps below it. Optional in stored
+    and sent metas (older ones lack it: 0).
+    """
 
     index: int
     term: int
     membership: Membership
+    time_ms: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"index": self.index, "term": self.term, "m": self.membership.to_wire()}
+        raw = {"index": self.index, "term": self.term, "m": self.membership.to_wire()}
+        if self.time_ms:
+            raw["time"] = self.time_ms
+        return raw
 
     @classmethod
     def from_wire(cls, raw: Any) -> SnapshotMeta:
@@ -307,6 +316,7 @@ class SnapshotMeta:
             index=wire_int(wire_field(raw, "index", "snapshot meta"), "snapshot index"),
             term=wire_int(wire_field(raw, "term", "snapshot meta"), "snapshot term"),
             membership=Membership.from_wire(wire_field(raw, "m", "snapshot meta")),
+            time_ms=wire_int(raw.get("time", 0), "snapshot time"),
         )
 
 

@@ -18,6 +18,15 @@ entry's outcome; a proposal overwritten by a new leader fails with ``proposal_lo
 the record index makes retries idempotent). Only the leader accepts proposals; elsewhere it
 raises :class:`NotLeader` naming the leader, and the caller forwards.
 
+Log time (:mod:`node.consensus.log_time`). The core gets the clock every loop turn before the
+inbound frames (``observe_time``), so each answer carries a fresh clock report and a fresh
+leader stamps with it. An idle leader proposes a ``ledger.tick`` entry once it appended
+nothing for ``log_tick_interval_ms``, so log time (and the ledger's expiry) moves in an idle
+cluster: only once the log committed feature version 6, one tick in flight at most, never
+while proposals wait or entries are on their way to commit. Ticks are tiny (about 30 bytes)
+and, at one a second, fill ``SnapshotPolicy.entries`` (20,000) in about 5.5 idle hours: one
+cheap compaction (an idle memtable), not churn.
+
 Compaction and snapshots (:class:`SnapshotPolicy`). The applied state lives in the Raft
 database with its applied index, so it is the snapshot: compacting copies nothing. Once
 ``entries`` (plus a per-node offset) and ``trailing_entries`` more were applied since the
@@ -60,6 +69,7 @@ import msgpack
 
 from node.config import RaftSettings
 from node.consensus.config import RaftConfig
+from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION, clock_alarm
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
 from node.consensus.progress import ProgressState
 from node.consensus.raft import RawNode, Ready
@@ -117,6 +127,7 @@ class LogStatus:
     snapshot_index: int
     voters: tuple[str, ...]
     learners: tuple[str, ...]
+    log_time_ms: int  # the stamp of the last applied entry (0: none applied since the start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +180,7 @@ def core_config(node_id: str, settings: RaftSettings) -> RaftConfig:
         heartbeat_ticks=settings.heartbeat_ticks,
         inflight_messages_max=settings.append_inflight_max,
         lazy_commit_notify=True,  # followers only read locally; halves frames per commit
+        clock_offset_max_ms=settings.clock_offset_max_ms,
     )
 
 
@@ -199,6 +211,7 @@ class ReplicatedLog:
         send_backlog: Callable[[str], int] | None = None,
         rng: random.Random | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        log_tick_interval_ms: int = 1000,
     ) -> None:
         self._cfg = raft
         self._storage = storage
@@ -210,6 +223,13 @@ class ReplicatedLog:
         self._proposals_max = proposals_pending_max
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms
+        if log_tick_interval_ms <= 0:
+            raise ConfigError("log_tick_interval_ms must be positive")
+        self._log_tick_interval_ms = log_tick_interval_ms
+        self._tick_task: asyncio.Task[None] | None = None  # the one tick entry in flight
+        self._log_time_ms = 0
+        self.log_ticks = 0  # tick entries this node proposed and saw applied, as leader
+        self.log_ticks_failed = 0  # lost to a leader change, overload or a timeout
         self._wire = WireLimits(raft.entries_per_message_max, raft.bytes_per_message_max)
         self._snapshots = snapshots or SnapshotPolicy()
         # Each node compacts at its own point (up to a quarter of ``entries`` later): nodes that
@@ -276,6 +296,10 @@ class ReplicatedLog:
         self._task = asyncio.create_task(self._run(), name="replicated-log")
 
     async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -491,7 +515,23 @@ class ReplicatedLog:
             snapshot_index=node.snapshot_index,
             voters=tuple(sorted(membership.voters)),
             learners=tuple(sorted(membership.learners)),
+            log_time_ms=self._log_time_ms,
         )
+
+    def log_time_stats(self) -> dict[str, object]:
+        """Log time and, on the leader, its measured clock offsets to each peer (peer's clock
+        minus ours, in ms) with an alarm when one exceeds ``clock_offset_max_ms``."""
+        node = self._require_node()
+        offsets = node.clock_offsets()
+        limit = self._cfg.clock_offset_max_ms
+        return {
+            "log_time_ms": self._log_time_ms,
+            "clock_offsets_ms": offsets,
+            "clock_offset_max_ms": limit,
+            "clock_alarm": clock_alarm(offsets, limit),
+            "log_ticks": self.log_ticks,
+            "log_ticks_failed": self.log_ticks_failed,
+        }
 
     def state_get(self, key: bytes) -> bytes | None:
         """Read applied state (committed entries never change: no consensus round needed)."""
@@ -525,6 +565,7 @@ class ReplicatedLog:
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
             self._wake.clear()
+            node.observe_time(self._clock_ms())  # fresh clock reports and stamps
             inbox, self._inbox = self._inbox, []
             self._inbox_bytes = 0
             for payload in inbox:
@@ -534,6 +575,7 @@ class ReplicatedLog:
             if asyncio.get_running_loop().time() >= next_tick:
                 node.tick(self._clock_ms())
                 next_tick += self._tick_s
+                self._maybe_propose_tick(node)
             # One Ready per turn, then inbound frames and ticks again: under a backlog (a
             # burst of large proposals, a long apply) the leader keeps answering and sending
             # heartbeats between Readys instead of going silent until the backlog is gone,
@@ -543,6 +585,26 @@ class ReplicatedLog:
                 if node.has_ready():
                     self._wake.set()
             await self._compact(node)
+
+    def _maybe_propose_tick(self, node: RawNode) -> None:
+        """Idle leader: append a tick entry so log time moves (see the module docstring)."""
+        busy = bool(self._queued or self._waiting) or self._tick_task is not None
+        if not node.tick_entry_due(self._log_tick_interval_ms, busy=busy):
+            return
+        if Dispatcher.feature_version(_StateView(self._storage)) < TICK_FEATURE_VERSION:
+            return
+        self._tick_task = asyncio.create_task(self._propose_tick(), name="log-tick")
+
+    async def _propose_tick(self) -> None:
+        timeout_s = 2 * self._cfg.election_ticks * self._tick_s
+        try:
+            await self.propose([AppEntry(TICK_ENTRY_TYPE, {})], timeout_s=timeout_s)
+            self.log_ticks += 1
+        except (BaasError, TimeoutError) as exc:
+            self.log_ticks_failed += 1  # the next idle interval proposes another
+            log.debug("tick entry not applied: %s", exc)
+        finally:
+            self._tick_task = None
 
     async def _step(self, node: RawNode, payload: bytes) -> None:
         try:
@@ -599,6 +661,7 @@ class ReplicatedLog:
             log.error("cannot apply committed entries: %s", exc.detail)
             raise
         last = ready.committed_entries[-1].index
+        self._log_time_ms = ready.committed_entries[-1].leader_time_ms
         # Unsynced, inline: the state and applied index are rebuilt from the fsynced log if a
         # power loss takes this batch (durable.py); the proposer's ack rests on the commit.
         self._storage.commit_applied(writes, last, sync=False)

@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from node.consensus.config import RaftConfig
+from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
 from node.consensus.messages import InstallSnapshot, Message
 from node.consensus.raft import RawNode
 from node.consensus.record_index import INDEX_MOVE, INDEX_PUT, INDEX_PUT_BATCH
-from node.consensus.state_machine import decode_app_entry
+from node.consensus.state_machine import AppEntry, Dispatcher, decode_app_entry
 from node.consensus.types import Entry, Membership, NodeId, Role, Snapshot
 from node.errors import CallerError, OperationFailed
 from node.sim.bugs import Bug
@@ -49,6 +50,7 @@ from node.sim.dataplane import (
     ShardPutReply,
     app_entry_fields,
     batch_outcomes,
+    propose_app_entry,
 )
 from node.sim.disk import SimDisk
 from node.sim.machine import Command, CommandResult, DedupMachine, decode_state
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 FORWARD_HOPS_MAX = 2
+LOG_TICK_INTERVAL_MS = 1_000  # an idle leader's tick entries (once feature 6 is enabled)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,10 @@ class Env(Protocol):
 
     @property
     def now_ms(self) -> int: ...
+
+    def clock_ms(self, node_id: NodeId) -> int:
+        """Node ``node_id``'s clock now: the simulated time plus its clock's offset."""
+        ...
 
     @property
     def rng(self) -> SimRng: ...
@@ -186,9 +193,14 @@ class NodeActor:
 
     # -- inputs
 
+    @property
+    def clock_ms(self) -> int:
+        return self.env.clock_ms(self.id)
+
     def tick(self) -> None:
         if not self.draining:
-            self.core.tick(self.env.now_ms)
+            self.core.tick(self.clock_ms)
+            self._maybe_propose_tick()
         self.holder.group_commit()
         if not self.draining:
             self.coordinator.tick()
@@ -214,8 +226,20 @@ class NodeActor:
                 pass
             case _:
                 if not self.draining:
+                    self.core.observe_time(self.clock_ms)  # as the adapter does each turn
                     self.core.step(message)
         self.process()
+
+    def _maybe_propose_tick(self) -> None:
+        """An idle leader appends a tick entry, as the real adapter does: only once the log
+        enabled the tick's feature version, never while entries are on their way to commit."""
+        core = self.core
+        if Dispatcher.feature_version(self.machine) < TICK_FEATURE_VERSION:
+            return
+        if not core.tick_entry_due(LOG_TICK_INTERVAL_MS):
+            return
+        if propose_app_entry(self, AppEntry(TICK_ENTRY_TYPE, {})):
+            self.env.count("log_ticks")
 
     def _client_request(self, m: ClientRequest) -> None:
         core, env = self.core, self.env
@@ -224,7 +248,7 @@ class NodeActor:
         elif core.role is Role.LEADER:
             command = Command(m.client, m.seq, self.id, m.value)
             try:
-                proposal = core.propose([command.encode()], now_ms=env.now_ms)
+                proposal = core.propose([command.encode()], now_ms=self.clock_ms)
             except (OperationFailed, CallerError):
                 env.send(ClientReply(self.id, m.client, m.seq, False, leader_hint=self.id))
                 return

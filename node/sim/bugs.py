@@ -25,3 +25,6 @@ class Bug(enum.Enum):
     # The mover deletes the old copy as soon as the new one is written, before the new location
     # commits: the committed index still names a copy that is gone.
     DELETE_BEFORE_COMMIT = "delete-before-commit"
+    # Leaders stamp entries with their own clock, unbounded (a tolerance far above any skew):
+    # a leader whose clock is an hour fast pushes log time an hour ahead for good.
+    UNBOUNDED_STAMPS = "unbounded-stamps"

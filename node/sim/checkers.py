@@ -20,6 +20,9 @@
 * **Decodable** -- at the end every acknowledged record rebuilds, from ``k`` intact shards read
   where the converged index says (current location, else the previous one within the grace),
   to a blob with its content hash; every member's record index equals the reference.
+* **Log time** -- stamps never run backwards along the agreed log, and a leader moves log
+  time forward only to at most ``clock_offset_max_ms`` past the quorum-th highest real clock
+  of its voters at that moment (a fast leader cannot push log time ahead of a majority).
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -79,6 +82,9 @@ class Checker:
     records_acked: dict[bytes, int] = field(default_factory=dict)  # record id -> position
     durable: dict[tuple[bytes, bytes], set[int]] = field(default_factory=dict)  # flushed shards
     deletes: int = 0
+    clock_ms: Callable[[NodeId], int] | None = None  # a node's real clock now (None: unchecked)
+    clock_offset_max_ms: int = 0
+    log_time_ahead_ms_max: int = 0  # the furthest a stamp ran ahead of the quorum's clocks
 
     # -- during the run
 
@@ -92,14 +98,44 @@ class Checker:
             if ready.term not in self.complete_terms:
                 self.complete_terms.add(ready.term)
                 self._check_leader_complete(node_id, core)
+            self._check_stamps(node_id, ready, core)
         if ready.snapshot is not None:
             self._check_snapshot(node_id, ready)
         for entry in ready.committed_entries:
             self._record(node_id, entry)
 
+    def _check_stamps(self, node_id: NodeId, ready: Ready, core: RawNode) -> None:
+        """A leader's new entries move log time at most the tolerance past a quorum's clocks
+        (the real ones: what the nodes reported can only be lower)."""
+        if self.clock_ms is None:
+            return
+        voters = ready.membership.voters
+        clocks = sorted((self.clock_ms(v) for v in voters), reverse=True)
+        quorum_ms = clocks[ready.membership.quorum - 1]
+        for entry in ready.entries:
+            before = core.time_at(entry.index - 1)
+            if before is None or entry.leader_time_ms <= before:
+                continue  # carried forward, not chosen now
+            ahead = entry.leader_time_ms - quorum_ms
+            self.log_time_ahead_ms_max = max(self.log_time_ahead_ms_max, ahead)
+            if ahead > self.clock_offset_max_ms:
+                raise SimFailure(
+                    "log-time",
+                    f"{node_id} stamped {_show(entry)} at {entry.leader_time_ms}, {ahead} ms "
+                    f"ahead of its voters' quorum clock (tolerance {self.clock_offset_max_ms})",
+                )
+
+    def _check_monotonic(self, entry: Entry) -> None:
+        before, after = self.committed.get(entry.index - 1), self.committed.get(entry.index + 1)
+        if (before is not None and before.leader_time_ms > entry.leader_time_ms) or (
+            after is not None and after.leader_time_ms < entry.leader_time_ms
+        ):
+            raise SimFailure("log-time", f"log time runs backwards around {_show(entry)}")
+
     def _record(self, node_id: NodeId, entry: Entry) -> None:
         known = self.committed.setdefault(entry.index, entry)
         if known is entry:
+            self._check_monotonic(entry)
             self._advance_reference()
             return
         if (known.term, known.kind, known.payload) != (entry.term, entry.kind, entry.payload):

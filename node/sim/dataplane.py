@@ -223,7 +223,7 @@ def propose_app_entry(node: NodeActor, entry: AppEntry) -> bool:
     if node.core.role is not Role.LEADER:
         return False
     try:
-        node.core.propose([encode_app_entry(entry)], now_ms=node.env.now_ms)
+        node.core.propose([encode_app_entry(entry)], now_ms=node.clock_ms)
     except BaasError:
         return False
     return True

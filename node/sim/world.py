@@ -6,9 +6,11 @@ Theory of operation
 drawn from the one generator, in a fixed order: the cluster (3-5 voters, or 8-9 nodes with 5
 voters and learners and membership changes), the erasure code (k, n; ``write_quorum = k + 1``)
 and the move grace, the network's fault rates and latency, each node's tick length (clock
-skew), the workload (command clients and record clients) and the fault schedule; the Raft
-cores draw their election jitter from it too. Events sit in one heap ordered by (time,
-sequence number), so the same seed replays the same run; a digest of the events proves it.
+skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed
+from the seed instead), the workload (command clients and record clients) and the fault
+schedule; the Raft cores draw their election jitter from it too. Events sit in one heap
+ordered by (time, sequence number), so the same seed replays the same run; a digest of the
+events proves it.
 
 A run has two phases:
 
@@ -58,6 +60,13 @@ from node.sim.shards import SimShardStore
 __all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
 
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
+# Clocks: every node's clock is off real (simulated) time by up to HONEST_SKEW_MS_MAX; in half
+# the seeds one node's clock is an hour fast or an hour slow. The cores stamp within
+# CLOCK_OFFSET_MAX_MS of a quorum's clocks (the unbounded-stamps bug lifts that).
+CLOCK_EPOCH_MS = 1_700_000_000_000  # simulated time 0 on the nodes' clocks
+HONEST_SKEW_MS_MAX = 300
+BAD_CLOCK_MS = 3_600_000
+CLOCK_OFFSET_MAX_MS = 1_000
 CONVERGE_CHECK_MS = 250
 OPERATOR_MS = 400
 LOG_CHECK_MS = 2000
@@ -141,6 +150,29 @@ def _node_name(number: int) -> NodeId:
     return f"n{number}"
 
 
+def _hash_int(*parts: object) -> int:
+    digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _bad_clock(seed: int, node_count: int) -> tuple[NodeId, int] | None:
+    """The node whose clock is an hour off in this seed, and by how much (None: none is).
+
+    Derived from the seed by hashing rather than drawn from the generator, so adding clocks
+    left every other draw of a seed (and so its faults and workload) as it was.
+    """
+    h = _hash_int("bad-clock", seed)
+    kind = h % 4  # none, none, fast, slow
+    if kind < 2:
+        return None
+    return _node_name((h >> 8) % node_count), BAD_CLOCK_MS if kind == 2 else -BAD_CLOCK_MS
+
+
+def _clock_offset_ms(seed: int, node_id: NodeId, bad: tuple[NodeId, int] | None) -> int:
+    honest = _hash_int("clock", seed, node_id) % (2 * HONEST_SKEW_MS_MAX + 1) - HONEST_SKEW_MS_MAX
+    return honest + (bad[1] if bad is not None and bad[0] == node_id else 0)
+
+
 class World:
     def __init__(
         self, seed: int, rng: SimRng, bug: Bug = Bug.NONE, params: SimParams | None = None
@@ -149,7 +181,13 @@ class World:
         self._rng = rng
         self._bug = bug
         self.params = params or draw_params(rng)
-        self._checker = Checker(self.params.data.write_quorum, self.params.data.grace_entries)
+        self._bad_clock = _bad_clock(seed, self.params.node_count)
+        self._checker = Checker(
+            self.params.data.write_quorum,
+            self.params.data.grace_entries,
+            clock_ms=self.clock_ms,
+            clock_offset_max_ms=CLOCK_OFFSET_MAX_MS,
+        )
         self._now_ms = 0
         self._events: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
@@ -172,6 +210,14 @@ class World:
     @property
     def now_ms(self) -> int:
         return self._now_ms
+
+    @property
+    def bad_clock(self) -> tuple[NodeId, int] | None:
+        """The node whose clock is an hour off in this seed, and its offset (None: none)."""
+        return self._bad_clock
+
+    def clock_ms(self, node_id: NodeId) -> int:
+        return CLOCK_EPOCH_MS + self._now_ms + _clock_offset_ms(self.seed, node_id, self._bad_clock)
 
     @property
     def rng(self) -> SimRng:
@@ -243,6 +289,9 @@ class World:
             entries_per_message_max=p.entries_per_message_max,
             inflight_messages_max=p.inflight_messages_max,
             snapshot_timeout_ticks=30,
+            clock_offset_max_ms=(
+                100 * BAD_CLOCK_MS if self._bug is Bug.UNBOUNDED_STAMPS else CLOCK_OFFSET_MAX_MS
+            ),
         )
 
     def _add_node(self, node: NodeActor) -> None:
@@ -285,6 +334,7 @@ class World:
         self.stats["acked"] = len(self._checker.acked)
         self.stats["records_acked"] = len(self._checker.records_acked)
         self.stats["shard_deletes"] = self._checker.deletes
+        self.stats["log_time_ahead_ms_max"] = self._checker.log_time_ahead_ms_max
         self.stats["dropped"] = self.network.dropped
         self.stats["duplicated"] = self.network.duplicated
         return SimResult(
@@ -499,7 +549,7 @@ class World:
             return
         kind, node_id = change
         try:
-            leader.core.propose_change(kind, node_id, now_ms=self._now_ms)
+            leader.core.propose_change(kind, node_id, now_ms=leader.clock_ms)
         except (OperationFailed, CallerError):
             return
         self._note("propose-change", kind.name, node_id)
