@@ -27,6 +27,7 @@ from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.api.problem import ProblemAppRunner
 from node.config import NodeConfig, load_node_config, parse_host_port
+from node.consensus.ledger_ops import LedgerOps
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
@@ -51,9 +52,10 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (5: member incarnations, the
-# rejoining state; 4 is the leader's index batching).
-FEATURE_VERSION_MAX = 5
+# The newest log feature version this code understands (6: ledger operations and ticks,
+# node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
+# leader's index batching).
+FEATURE_VERSION_MAX = 6
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -108,7 +110,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
-            [RecordIndex(), MembersMachine(), AnchorLog(root_at)],
+            [RecordIndex(), MembersMachine(), AnchorLog(root_at), LedgerOps()],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],
         ),

@@ -1,7 +1,8 @@
 """The Merkle log: a follower state machine that appends one leaf per record the index creates.
 
 Every ``index.put`` whose outcome is ``created`` (a new record acknowledged by the cluster),
-and every record an ``index.put_batch`` entry creates (in the order of the entry), appends, in
+and every record an ``index.put_batch`` or ``ledger.ops`` entry creates (in the order of the
+entry; an operation with ledger events gets a v1 leaf of its record for now), appends, in
 log order, one leaf (:mod:`node.merkle.leaf`, docs/verifiable-log.md) to an RFC 9162
 tree (:mod:`node.merkle.tree`). Retries, conflicts, expired proposals and shard moves add
 nothing, so the leaf index of a record never changes and every node computes the same roots.
@@ -34,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from node.consensus.ledger_ops import LEDGER_OPS
 from node.consensus.record_index import INDEX_PUT, INDEX_PUT_BATCH, IndexProposal
 from node.consensus.state_machine import AppEntry, Applied, Overlay, StateView, Write
 from node.errors import InvalidRequest, NotFound, UnsupportedFormat
@@ -51,6 +53,8 @@ __all__ = [
 ]
 
 MERKLE_FEATURE_VERSION = 3
+# Entries whose outcome lists the records they created (``created``), in entry order.
+_BATCH_TYPES = frozenset({INDEX_PUT_BATCH, LEDGER_OPS})
 PREFIX = b"ml/"
 SIZE_KEY = PREFIX + b"size"
 NODE_PREFIX = PREFIX + b"n/"
@@ -159,8 +163,9 @@ class MerkleLog:
     feature_version = MERKLE_FEATURE_VERSION
 
     def follow(self, entry: AppEntry, applied: Applied, view: StateView) -> tuple[Write, ...]:
-        if entry.type == INDEX_PUT_BATCH and applied.outcome.code == "applied":
-            # The index passes the proposals it created, already decoded, in entry order.
+        if entry.type in _BATCH_TYPES and applied.outcome.code == "applied":
+            # The index (or the operations entry, node/consensus/ledger_ops.py) passes the
+            # proposals it created, already decoded, in entry order.
             created: Sequence[IndexProposal] = applied.outcome.detail.get("created", ())
         elif entry.type == INDEX_PUT and applied.outcome.code == "created":
             try:
