@@ -94,6 +94,8 @@ __all__ = [
     "OPS_ENTRY_OPERATIONS_MAX",
     "LedgerOps",
     "Operation",
+    "chain_open",
+    "operation_events",
     "stored_outcome",
 ]
 
@@ -153,14 +155,7 @@ class Operation:
 
     def decoded_events(self) -> list[Event]:
         """The events, checked as the apply checks them (UnsupportedFormat otherwise)."""
-        if self.events is None:
-            return []
-        events = decode_events(
-            self.events, events_max=OPERATION_EVENTS_MAX, bytes_max=OPERATION_EVENT_BYTES_MAX
-        )
-        if not events:
-            raise UnsupportedFormat("an operation's events hold at least one event")
-        return events
+        return operation_events(self.events)
 
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
@@ -173,6 +168,21 @@ class Operation:
         if not 0 < len(operations) <= OPS_ENTRY_OPERATIONS_MAX:
             raise InvalidRequest(f"an operations entry holds 1..{OPS_ENTRY_OPERATIONS_MAX}")
         return AppEntry(LEDGER_OPS, {"ops": [op.to_body() for op in operations]})
+
+
+def operation_events(events: bytes | None) -> list[Event]:
+    """An operation's events (none for a plain record), checked as the apply checks them.
+
+    Raises :class:`UnsupportedFormat` for anything the apply would call ``malformed``.
+    """
+    if events is None:
+        return []
+    decoded = decode_events(
+        events, events_max=OPERATION_EVENTS_MAX, bytes_max=OPERATION_EVENT_BYTES_MAX
+    )
+    if not decoded:
+        raise UnsupportedFormat("an operation's events hold at least one event")
+    return decoded
 
 
 def chain_open(events: Sequence[Event]) -> bool:
