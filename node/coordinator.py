@@ -372,6 +372,13 @@ class Coordinator:
             raise InvalidRequest(
                 f"ledger events: {exc.detail}", code="invalid_ledger_events", param="ev"
             ) from exc
+        if len(events) > self._limits.ledger_op_events_max:
+            raise InvalidRequest(
+                f"an operation carries at most {self._limits.ledger_op_events_max} ledger events "
+                "(limits.ledger_op_events_max)",
+                code="invalid_ledger_events",
+                param="ev",
+            )
         if chain_open(events):
             raise InvalidRequest(
                 "the operation's events end inside a linked chain (the last one is linked)",

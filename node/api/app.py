@@ -17,6 +17,8 @@ Routes (bodies are msgpack, ``application/msgpack``, because they carry binary b
   storage membership (node/membership.py)
 * ``GET /internal/v1/incarnation/{peer}`` -> JSON: the incarnation the committed membership
   records for a peer (node/incarnation.py)
+* ``GET /internal/v1/ledger/...``: ledger accounts, transfers, operation outcomes and the
+  ledger state digest (node/api/ledger_routes.py)
 
 Every request is bounded in size (``http_body_bytes_max``) and in number in flight
 (``http_inflight_requests_max``: past it, 503 with Retry-After).
@@ -37,6 +39,7 @@ import msgpack
 from aiohttp import web
 
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
+from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.log_routes import add_log_routes
 from node.api.node_metrics import node_stat_families
 from node.api.problem import parse_json_body, problem_middleware, problem_response
@@ -102,6 +105,7 @@ class NodeApiState:
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
     propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     anchoring_status: Callable[[], dict[str, Any]]
+    ledger_reads: LedgerReads | None = None  # the ledger read routes (node/api/ledger_routes.py)
     inflight: int = 0
 
 
@@ -462,4 +466,6 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_get("/internal/v1/health", get_health)
     app.router.add_get("/internal/v1/ready", get_ready)
     add_log_routes(app, state.log_view)
+    if state.ledger_reads is not None:
+        add_ledger_routes(app, state.ledger_reads)
     return app

@@ -23,7 +23,7 @@ from node.errors import InvalidRequest
 from node.merkle.log import MerkleReader
 from node.records import HASH_BYTES
 
-__all__ = ["LOG_PATH", "add_log_routes"]
+__all__ = ["LOG_PATH", "add_log_routes", "record_id_param"]
 
 LOG_PATH = "/internal/v1/log"
 ANCHORS_PER_REQUEST_MAX = 1000
@@ -44,7 +44,8 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
     return int(raw)
 
 
-def _record_id(request: web.Request) -> bytes:
+def record_id_param(request: web.Request) -> bytes:
+    """The ``{record_id}`` of a route: 64 hex characters (a typed 400 otherwise)."""
     raw = request.match_info["record_id"]
     try:
         record_id = bytes.fromhex(raw)
@@ -70,7 +71,7 @@ async def get_log_head(request: web.Request) -> web.Response:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    receipt = receipt_for(request.app[LOG_VIEW](), _record_id(request))
+    receipt = receipt_for(request.app[LOG_VIEW](), record_id_param(request))
     return web.Response(text=receipt.to_json(), content_type=_JSON)
 
 
