@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from node.sim import Bug, World
-from node.sim.checkers import SimFailure
+from node.sim.checkers import SimFailure, check_ledgers
 from node.sim.cli import describe, run_seed
 from node.sim.shards import SimShardStore
 
@@ -25,18 +25,20 @@ BUG_SEEDS = range(40)
 @pytest.mark.parametrize("first", range(CI_SEEDS.start, CI_SEEDS.stop, CHUNK))
 def test_fixed_seeds_pass(first: int) -> None:
     failures = []
-    moved = batched = 0
+    moved = batched = ledger_ops = 0
     for seed in range(first, min(first + CHUNK, CI_SEEDS.stop)):
         result = run_seed(seed)
         if not result.ok:
             failures.append(f"seed {seed}: {result.failure}")
         assert result.stats["acked"] > 0, f"seed {seed} acknowledged no command"
         assert result.stats["records_acked"] > 0, f"seed {seed} acknowledged no record"
+        ledger_ops += result.stats.get("ledger_ops_acked", 0)
         moved += result.stats["shard_deletes"]
         batched += result.stats.get("index_batch_records_applied", 0)
     assert not failures, "\n".join(failures)
     assert batched > 0, "no record was indexed through an index.put_batch entry in this chunk"
     assert moved > 0, "no shard move ran to its end (the old copy deleted) in this chunk"
+    assert ledger_ops > 0, "no ledger operation was acknowledged in this chunk"
 
 
 def test_the_decodable_checker_fails_when_shards_are_gone() -> None:
@@ -50,6 +52,25 @@ def test_the_decodable_checker_fails_when_shards_are_gone() -> None:
             del node.shards.live[key]
     with pytest.raises(SimFailure, match="decodable"):
         checker.check_records_decodable(lambda node_id: world.nodes[node_id].shards)
+
+
+def test_the_ledger_checkers_fail_on_a_changed_outcome_or_unbalanced_state() -> None:
+    world = World(5, random.Random(5))
+    assert world.run().ok
+    checker = world.checker
+    kv = checker.reference.kv
+    check_ledgers(kv)
+    record_id, first = next(iter(checker.outcomes_acked.items()))
+    changed = {**first, "log_time_ms": first["log_time_ms"] + 1}
+    with pytest.raises(SimFailure, match="ledger-outcome"):
+        checker._check_outcome(record_id, changed)
+    with pytest.raises(SimFailure, match="ledger-outcome"):
+        checker._check_outcome(record_id, None)  # an operation answered as a plain record
+    account_key = next(k for k in sorted(kv) if k.startswith(b"lg/a/"))
+    raw = bytearray(kv[account_key])
+    raw[-1] ^= 1  # one unit of credits_posted appears from nowhere
+    with pytest.raises(SimFailure, match="ledger-"):
+        check_ledgers({**kv, account_key: bytes(raw)})
 
 
 def test_same_seed_same_digest_different_seeds_differ() -> None:
