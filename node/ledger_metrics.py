@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import Histogram
 
 from business.ledger.model import TOTALS_PREFIX, decode_totals
+from business.ledger.outcome import OperationOutcome
 from node.consensus.ledger_ops import LEDGER_OPS, LedgerOps
 from node.consensus.record_index import BatchOutcome
 from node.consensus.state_machine import AppEntry, ApplyOutcome, LogPosition, StateView
@@ -64,12 +65,11 @@ class MeasuredLedgerOps:
 
 
 def _result_label(result: BatchOutcome) -> str:
-    summary = result.detail.get("outcome")
+    outcome = result.detail.get("outcome")
     if result.code == "created":
-        if summary is None:
+        if not isinstance(outcome, OperationOutcome):
             return "plain"
-        ok = all(e["result"] in ("ok", "exists") for e in summary["events"])
-        return "succeeded" if ok else "failed"
+        return "succeeded" if outcome.succeeded else "failed"
     return result.code
 
 

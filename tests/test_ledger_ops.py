@@ -91,7 +91,7 @@ def codes(applied: Applied) -> list[str]:
 
 
 def event_results(result: BatchOutcome) -> list[str]:
-    return [e["result"] for e in result.detail["outcome"]["events"]]
+    return [e.result for e in result.detail["outcome"].events]
 
 
 def set_up() -> tuple[DictView, int]:
@@ -118,7 +118,8 @@ def test_an_entry_applies_index_puts_and_ledger_events_in_one_pass() -> None:
     assert "outcome" not in results[1].detail
     assert event_results(results[2]) == ["ok"]
     assert event_results(results[3]) == ["exceeds_credits"]
-    assert results[0].detail["outcome"]["events"][0]["amount"] == "500"  # strings for JSON
+    assert results[0].detail["outcome"].events[0].amount == 500
+    assert results[0].detail["outcome"].summary()["events"][0]["amount"] == "500"  # for JSON
     created = applied.outcome.detail["created"]
     outcomes = applied.outcome.detail["outcomes"]
     assert [p.record_id for p in created] == [prop(r).record_id for r in (1, 2, 3, 4)]

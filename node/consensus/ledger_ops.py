@@ -34,10 +34,12 @@ entry order:
 
 Everything goes into the entry's writes, which the node commits in one LevelDB batch with the
 applied index. The entry's outcome is ``applied`` with ``results`` (one
-:class:`~node.consensus.record_index.BatchOutcome` per operation, the outcome's summary in
-its detail under ``outcome``), ``created`` (the proposals that created a record, in entry
-order: the Merkle log's leaves) and ``outcomes`` (aligned with ``created``; None for a plain
-record). A body that is not such a list is ``malformed`` as a whole.
+:class:`~node.consensus.record_index.BatchOutcome` per operation, its
+:class:`~business.ledger.outcome.OperationOutcome` in the detail under ``outcome``: the
+proposer answers with its summary; followers, which answer no one, never build it),
+``created`` (the proposals that created a record, in entry order: the Merkle log's leaves)
+and ``outcomes`` (aligned with ``created``; None for a plain record). A body that is not
+such a list is ``malformed`` as a whole.
 
 ``ledger.tick`` -- an empty body: the ledger's expiry sweep at the entry's log time
 (``Ledger.apply`` with no events), so pending transfers expire in an idle cluster. The leader
@@ -263,13 +265,11 @@ class LedgerOps:
             outcome = outcomes[pending.slot]
             layer.writes[outcome_key(pending.operation.record_id)] = outcome.encode()
             done = results[pending.slot]
-            results[pending.slot] = BatchOutcome(
-                done.code, {**done.detail, "outcome": outcome.summary()}
-            )
+            results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
         for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
             first = stored_outcome(layer, record_id)
             if first is not None:
-                results[slot] = BatchOutcome("existing", {**detail, "outcome": first.summary()})
+                results[slot] = BatchOutcome("existing", {**detail, "outcome": first})
         detail = {
             "results": tuple(results),
             "created": tuple(op.proposal for _, op in created),

@@ -71,8 +71,9 @@ def outcome_wire(
         "first_index": detail.get("index"),
         "first_ch": detail.get("content_hash"),
     }
-    if "outcome" in detail:  # an operation's ledger outcome (a retry's: the first one)
-        wire["outcome"] = detail["outcome"]
+    outcome = detail.get("outcome")  # an operation's ledger outcome (a retry's: the first one)
+    if isinstance(outcome, OperationOutcome):
+        wire["outcome"] = outcome.summary()
     return wire
 
 

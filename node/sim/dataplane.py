@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from business.ledger.outcome import OperationOutcome
 from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
@@ -454,7 +455,8 @@ class Coordinator:
         if w is None:
             return
         outcome = applied.outcome
-        summary = outcome.detail.get("outcome")  # a ledger operation's (first) outcome
+        first = outcome.detail.get("outcome")  # a ledger operation's (first) outcome
+        summary = first.summary() if isinstance(first, OperationOutcome) else None
         if outcome.code == "created":
             self._forget(w)
             self._reply(w.client, w.seq, True, applied.position.index, summary)
