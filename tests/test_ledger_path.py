@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_index_gatherer import NODES, FakeLog, StoringTransport, _h, client, write
+from test_index_gatherer import NODES, FakeLog, StoringTransport, _h, client, prop, write
 from test_ledger_ops import SETUP, xfer
 
 from business.ledger import TransferFlags, encode_events, state_digest
@@ -139,3 +139,19 @@ async def test_racing_retries_in_one_entry_get_the_first_outcome(harness: Harnes
     a, b = ok(first[0]), ok(second[0])
     assert a.outcome == b.outcome and results_of(a) == ["ok"]
     assert a.replayed or b.replayed  # one created it, the other was answered with it
+
+
+async def test_a_leader_without_feature_6_refuses_forwarded_operations_and_keeps_records() -> None:
+    """A follower ahead of the leader (it applied feature 6, the leader not yet) may forward
+    an operation: the leader refuses it on its own (retryable) rather than drop its events;
+    the plain records gathered with it still go in, in an index.put_batch entry."""
+    log = FakeLog(feature=5)
+    index = client(log)
+    try:
+        got = await index.propose_local([prop(1, events=encode_events(SETUP)), prop(2), prop(3)])
+        assert [g["code"] for g in got] == ["ledger_not_enabled", "created", "created"]
+        assert [e.type for entries in log.proposed for e in entries] == ["index.put_batch"]
+        (only,) = await index.propose_local([prop(4, events=encode_events(SETUP))])
+        assert only["code"] == "ledger_not_enabled" and len(log.proposed) == 1
+    finally:
+        await index.stop()

@@ -48,7 +48,7 @@ from node.consensus.record_index import (
     IndexProposal,
     RecordIndex,
 )
-from node.consensus.state_machine import Applied, Dispatcher
+from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.errors import OperationFailed, Overloaded
 from node.replication.leader_route import LEADER_WAIT_S, LeaderRoute
 from node.replication.log import ReplicatedLog
@@ -312,17 +312,23 @@ class RecordIndexClient:
         ]
         version = Dispatcher.feature_version(_View(self._log))
         if version >= LEDGER_FEATURE_VERSION:  # every record as an operation: one entry type
-            entries = [Operation.batch_entry(stamped)]
-        elif any(op.events is not None for op in stamped):
-            # The coordinator checked the feature before storing; the log cannot have gone
-            # back, so this is a forward from a node that is ahead of this one: refuse it.
-            raise OperationFailed(
-                "this leader has not applied log feature version 6 yet", code="index_unavailable"
-            )
+            return await self._append([Operation.batch_entry(stamped)], len(stamped))
+        # Before feature 6 only plain records go in. An operation can only come from a node
+        # that applied feature 6 before this leader did (a forward in that short window): it
+        # is refused on its own, retryable, and the records gathered with it still go in.
+        plain = [op.proposal for op in stamped if op.events is None]
+        if not plain:
+            got: list[dict[str, Any]] = []
         elif version >= BATCH_FEATURE_VERSION:
-            entries = [IndexProposal.batch_entry([op.proposal for op in stamped])]
+            got = await self._append([IndexProposal.batch_entry(plain)], len(plain))
         else:  # a cluster still running older code: one index.put per record
-            entries = [op.proposal.to_entry() for op in stamped]
+            got = await self._append([p.to_entry() for p in plain], len(plain))
+        answers = iter(got)
+        refused = outcome_wire("ledger_not_enabled", 0, term, 0, {})
+        return [refused if op.events is not None else next(answers) for op in stamped]
+
+    async def _append(self, entries: list[AppEntry], records: int) -> list[dict[str, Any]]:
+        """Append ``entries`` for ``records`` records and wait until applied here."""
         try:
             applied = await self._log.propose(entries, timeout_s=self._timeout_s)
         except TimeoutError as exc:
@@ -330,7 +336,7 @@ class RecordIndexClient:
                 f"the index entries were not applied within {self._timeout_s} s",
                 code="index_unavailable",
             ) from exc
-        return outcomes_of(applied, len(stamped))
+        return outcomes_of(applied, records)
 
     async def _forward(
         self, leader: str, proposals: Sequence[Operation], timeout_s: float
