@@ -121,7 +121,7 @@ def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_0
         writeback_ms=rng.randint(200, 1000),
         safety_ms=safety_ms,
         liveness_ms=liveness_ms,
-        ledger_clients=rng.randint(1, 2),  # drawn last: the draws above stay as they were
+        ledger_clients=1,  # one ledger client: the whole workload, for ~15% more events
     )
 
 
