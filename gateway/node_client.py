@@ -39,6 +39,7 @@ from node.errors import (
     BaasError,
     CallerError,
     DeadlineExceeded,
+    InvalidRequest,
     NotFound,
     OperationFailed,
     Overloaded,
@@ -69,9 +70,26 @@ def error_from_problem(status: int, body: dict[str, Any]) -> BaasError:
 
 @dataclass(frozen=True, slots=True)
 class WriteItem:
-    record: dict[str, Any]  # the node wire form: rid, blob, pid, fp
+    record: dict[str, Any]  # the node wire form: rid, blob, pid, fp[, pc, ev, ap]
     deadline: float  # loop.time() by which the caller stops waiting
     request_id: str
+
+    @classmethod
+    def operation(
+        cls,
+        record: dict[str, Any],
+        events: bytes,
+        approvals: bytes | None,
+        *,
+        deadline: float,
+        request_id: str,
+    ) -> WriteItem:
+        """A record that carries a ledger operation: its events in the wire form
+        (business/ledger/wire.py) and opaque approvals, applied with its index entry."""
+        extra: dict[str, Any] = {"ev": events}
+        if approvals is not None:
+            extra["ap"] = approvals
+        return cls({**record, **extra}, deadline, request_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +411,20 @@ class NodeClient:
         finally:
             self.direct_records -= len(items)
         return [result for reply in replies for result in reply]
+
+    async def write_operations(self, items: list[WriteItem]) -> list[dict[str, Any]]:
+        """Records carrying ledger operations (:meth:`WriteItem.operation`), one result each.
+
+        As :meth:`write_records`; a success carries ``outcome``, what the ledger did
+        (``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``, ids and amounts as
+        strings of digits), the first outcome for a retry of the same record id too. A node
+        refuses operations with ``ledger_not_enabled`` (503) until the cluster's log has
+        enabled them: refused before the log, so safe to retry.
+        """
+        for item in items:
+            if type(item.record.get("ev")) is not bytes:
+                raise InvalidRequest("an operation record carries its events (ev) as bytes")
+        return await self.write_records(items)
 
     async def log_document(
         self, path: str, *, deadline: float, request_id: str | None

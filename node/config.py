@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.anchoring.config import AnchoringSettings, anchoring_from_table
+from node.consensus.ledger_ops import OPERATION_EVENTS_MAX
 from node.consensus.record_index import (
     BATCH_ENVELOPE_BYTES,
     PUT_BATCH_BYTES_MAX,
@@ -181,9 +182,16 @@ class NodeLimits:
     shard_db_open_files_max: int = 64
     shard_db_write_buffer_bytes_max: int = 16 * 1024 * 1024
     shard_db_block_cache_bytes_max: int = 32 * 1024 * 1024
+    # Ledger operations (node/consensus/ledger_ops.py): events one record may carry (at most
+    # the log format's OPERATION_EVENTS_MAX), and the ledger keys the on-demand state digest
+    # (GET /internal/v1/ledger/digest) reads before it refuses.
+    ledger_op_events_max: int = 64
+    ledger_digest_keys_max: int = 2_000_000
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)
+        if self.ledger_op_events_max > OPERATION_EVENTS_MAX:
+            raise ConfigError(f"limits.ledger_op_events_max must be at most {OPERATION_EVENTS_MAX}")
         if self.record_blob_bytes_max * 2 > self.p2p_frame_bytes_max:
             raise ConfigError("limits.p2p_frame_bytes_max must hold at least two record blobs")
         if self.read_batch_records_max * self.record_blob_bytes_max > self.p2p_frame_bytes_max:

@@ -45,8 +45,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from business.ledger.outcome import OperationOutcome
 from node.batcher import Batcher
 from node.config import ClusterConfig, NodeLimits, NodeTimeouts
+from node.consensus.ledger_ops import (
+    APPROVALS_BYTES_MAX,
+    Operation,
+    chain_open,
+    operation_events,
+)
 from node.consensus.record_index import IndexEntry, IndexProposal
 from node.errors import (
     BaasError,
@@ -59,6 +66,7 @@ from node.errors import (
     PeerError,
     QuorumNotReached,
     RecordUnavailable,
+    UnsupportedFormat,
 )
 from node.p2p.messages import (
     REQUEST_IDS_MAX,
@@ -90,7 +98,15 @@ class IndexPort(Protocol):
 
     async def lookup_confirmed(self, record_id: bytes) -> IndexEntry | None: ...
 
-    async def propose(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]: ...
+    async def propose(self, proposals: Sequence[Operation]) -> list[dict[str, Any]]: ...
+
+    def outcome(self, record_id: bytes) -> OperationOutcome | None:
+        """The applied first ledger outcome of the operation that created ``record_id``."""
+        ...
+
+    def ledger_enabled(self) -> bool:
+        """Whether the log takes ledger operations (feature version 6)."""
+        ...
 
     def stamp(self) -> tuple[int, int]:
         """(term, max log index) a proposal made now may commit at, at most."""
@@ -116,6 +132,10 @@ class WriteRequest:
     request_id: str = ""  # the gateway request this record came in (for the logs)
     # The gateway's salted commitment to the plaintext: goes into the record's Merkle leaf.
     plaintext_commitment: bytes | None = None
+    # A ledger operation: its events (wire form, business/ledger/wire.py), applied with the
+    # record's index entry as one unit (node/consensus/ledger_ops.py), and opaque approvals.
+    events: bytes | None = None
+    approvals: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,9 @@ class WriteResult:
     created_at_ms: int
     shards_durable: int
     replayed: bool  # True: an earlier write with this idempotency key was returned
+    # What the ledger did with the operation's events (OperationOutcome.summary()): the first
+    # outcome, for a retry too. None for a plain record.
+    outcome: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +350,41 @@ class Coordinator:
             raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
         if not request.partner_id:
             raise InvalidRequest("partner id is empty")
+        if request.events is not None or request.approvals is not None:
+            self._validate_operation(request)
+
+    def _validate_operation(self, request: WriteRequest) -> None:
+        """Refuse a ledger operation the log would refuse, before any shard is stored."""
+        if self._index is None or not self._index.ledger_enabled():
+            raise OperationFailed(
+                "the cluster's log has not enabled ledger operations (feature version 6) yet; "
+                "retry shortly",
+                code="ledger_not_enabled",
+            )
+        if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
+            raise InvalidRequest(
+                f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",
+                param="ap",
+            )  # fmt: skip
+        try:
+            events = operation_events(request.events)
+        except UnsupportedFormat as exc:
+            raise InvalidRequest(
+                f"ledger events: {exc.detail}", code="invalid_ledger_events", param="ev"
+            ) from exc
+        if len(events) > self._limits.ledger_op_events_max:
+            raise InvalidRequest(
+                f"an operation carries at most {self._limits.ledger_op_events_max} ledger events "
+                "(limits.ledger_op_events_max)",
+                code="invalid_ledger_events",
+                param="ev",
+            )
+        if chain_open(events):
+            raise InvalidRequest(
+                "the operation's events end inside a linked chain (the last one is linked)",
+                code="linked_event_chain_open",
+                param="ev",
+            )
 
     # ----------------------------------------------------------------- writes
 
@@ -375,7 +433,15 @@ class Coordinator:
             known.leader_time_ms,
             self._cluster.write_quorum,
             replayed=True,
+            outcome=self._first_outcome(request),
         )
+
+    def _first_outcome(self, request: WriteRequest) -> dict[str, Any] | None:
+        """A retried operation's applied first outcome (a plain record has none)."""
+        if request.events is None or self._index is None:
+            return None
+        first = self._index.outcome(request.record_id)
+        return first.summary() if first is not None else None
 
     async def _store(self, requests: Sequence[WriteRequest]) -> list[WriteResult | BaasError]:
         """1. store shards (exclusive puts), 2. commit the index entries through the leader."""
@@ -439,21 +505,25 @@ class Coordinator:
         if not pending:
             return stored
         proposals = [
-            IndexProposal(
-                record_id=request.record_id,
-                content_hash=result.content_hash,
-                k=self._cluster.k,
-                n=self._cluster.n,
-                shard_nodes=self.placement(request.record_id, members),
-                membership_epoch=epoch,
-                owner=request.partner_id,
-                body_fingerprint=request.body_fingerprint,
-                expiry_term=stamp[0],
-                expiry_max_index=stamp[1],
-                shard_hashes=shard_hashes[request.record_id]
-                if request.plaintext_commitment is not None
-                else (),
-                plaintext_commitment=request.plaintext_commitment,
+            Operation(
+                IndexProposal(
+                    record_id=request.record_id,
+                    content_hash=result.content_hash,
+                    k=self._cluster.k,
+                    n=self._cluster.n,
+                    shard_nodes=self.placement(request.record_id, members),
+                    membership_epoch=epoch,
+                    owner=request.partner_id,
+                    body_fingerprint=request.body_fingerprint,
+                    expiry_term=stamp[0],
+                    expiry_max_index=stamp[1],
+                    shard_hashes=shard_hashes[request.record_id]
+                    if request.plaintext_commitment is not None
+                    else (),
+                    plaintext_commitment=request.plaintext_commitment,
+                ),
+                request.events,
+                request.approvals,
             )
             for _, request, result in pending
         ]
@@ -477,14 +547,16 @@ class Coordinator:
         request: WriteRequest, stored: WriteResult, got: dict[str, Any]
     ) -> WriteResult | BaasError:
         code = got.get("code")
+        outcome = got.get("outcome") if isinstance(got.get("outcome"), dict) else None
         if code == "created":
-            return dataclasses.replace(stored, created_at_ms=int(got["ts"]))
+            return dataclasses.replace(stored, created_at_ms=int(got["ts"]), outcome=outcome)
         if code == "existing":  # a racing retry indexed its own version first: that one stands
             first_ch = got.get("first_ch")
             return dataclasses.replace(
                 stored,
                 content_hash=bytes(first_ch) if first_ch else stored.content_hash,
                 replayed=True,
+                outcome=outcome,
             )
         if code == "conflict":
             return IdempotencyConflict(

@@ -25,8 +25,10 @@ from node.anchoring.forwarding import ForwardingProposer
 from node.anchoring.service import AnchorService, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
+from node.api.ledger_routes import LedgerReads
 from node.api.problem import ProblemAppRunner
 from node.config import NodeConfig, load_node_config, parse_host_port
+from node.consensus.ledger_ops import LedgerOps
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
@@ -34,6 +36,7 @@ from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
 from node.errors import BaasError
 from node.incarnation import confirm_not_former_member, establish
+from node.ledger_metrics import MeasuredLedgerOps, ledger_stat_families
 from node.logs import configure_logging
 from node.membership import MembershipManager, StoreView
 from node.merkle.log import MerkleLog, NodeCache, root_at
@@ -51,9 +54,10 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (5: member incarnations, the
-# rejoining state; 4 is the leader's index batching).
-FEATURE_VERSION_MAX = 5
+# The newest log feature version this code understands (6: ledger operations and ticks,
+# node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
+# leader's index batching).
+FEATURE_VERSION_MAX = 6
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -79,6 +83,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         write_buffer_bytes_max=config.raft.db_write_buffer_bytes_max,
         block_cache_bytes_max=config.raft.db_block_cache_bytes_max,
     )
+    ledger_ops = MeasuredLedgerOps(LedgerOps(), metrics)
+    metrics.add_stats(ledger_stat_families(ledger_ops, raft_storage.state_items))
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
         store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
@@ -108,7 +114,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
-            [RecordIndex(), MembersMachine(), AnchorLog(root_at)],
+            [RecordIndex(), MembersMachine(), AnchorLog(root_at), ledger_ops],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],
         ),
@@ -218,6 +224,11 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
         anchoring_status=anchoring.status,
+        ledger_reads=LedgerReads(
+            view=lambda: StoreView(raft_storage),
+            read_at=raft_storage.read_state_at,
+            digest_keys_max=config.limits.ledger_digest_keys_max,
+        ),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )

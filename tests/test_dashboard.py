@@ -309,6 +309,7 @@ async def test_sign_in_sessions_csrf_lockout_and_an_unreachable_cluster(tmp_path
             assert _inline_hashes(verifier_html())["script"] in r.headers["Content-Security-Policy"]
             async with http.get(f"{base}/dashboard/signin") as r:
                 # Pages may connect to the gateway and the configured chain, nothing else.
-                assert "connect-src 'self' http://127.0.0.1:8545;" in r.headers[
-                    "Content-Security-Policy"
-                ]
+                assert (
+                    "connect-src 'self' http://127.0.0.1:8545;"
+                    in r.headers["Content-Security-Policy"]
+                )

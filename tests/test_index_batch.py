@@ -95,10 +95,12 @@ def dispatcher() -> Dispatcher:
 
 
 def run(
-    payloads: list[tuple[LogPosition, bytes]], view: DictView | None = None
+    payloads: list[tuple[LogPosition, bytes]],
+    view: DictView | None = None,
+    machine: Dispatcher | None = None,
 ) -> tuple[list[Applied], DictView]:
     view = view or DictView()
-    applied, writes = dispatcher().apply_batch(payloads, view)
+    applied, writes = (machine or dispatcher()).apply_batch(payloads, view)
     view.commit(writes)
     return applied, view
 

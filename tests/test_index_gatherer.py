@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from node.config import ClusterConfig, ClusterMember, NodeLimits, NodeTimeouts
+from node.consensus.ledger_ops import LedgerOps, Operation
 from node.consensus.record_index import INDEX_PUT, INDEX_PUT_BATCH, IndexProposal, RecordIndex
 from node.consensus.state_machine import (
     FEATURE_KEY,
@@ -40,8 +41,8 @@ def _h(tag: str, i: int) -> bytes:
     return hashlib.sha256(f"{tag}{i}".encode()).digest()
 
 
-def prop(rid: int, *, fp: int = 1) -> IndexProposal:
-    return IndexProposal(
+def prop(rid: int, *, fp: int = 1, events: bytes | None = None) -> Operation:
+    return Operation(IndexProposal(
         record_id=_h("rid", rid),
         content_hash=_h("ch", rid),
         k=3,
@@ -54,7 +55,7 @@ def prop(rid: int, *, fp: int = 1) -> IndexProposal:
         expiry_max_index=0,
         shard_hashes=tuple(_h(f"s{rid}/", i) for i in range(5)),
         plaintext_commitment=_h("pc", rid),
-    )
+    ), events)  # fmt: skip
 
 
 class FakeLog:
@@ -92,7 +93,9 @@ class FakeLog:
             (LogPosition(self.last + i, term, 1_700_000_000_000), encode_app_entry(e))
             for i, e in enumerate(entries, start=1)
         ]
-        dispatcher = Dispatcher([RecordIndex()], feature_version_max=4, followers=[MerkleLog()])
+        dispatcher = Dispatcher(
+            [RecordIndex(), LedgerOps()], feature_version_max=6, followers=[MerkleLog()]
+        )
         applied, writes = dispatcher.apply_batch(batch, self)
         for key, value in writes:
             assert value is not None
@@ -186,7 +189,9 @@ async def test_lost_and_expired_proposals_are_retried_until_applied() -> None:
 async def test_a_proposal_past_its_max_index_is_not_retried() -> None:
     log = FakeLog()
     index = client(log)
-    stale = dataclasses.replace(prop(1), expiry_max_index=5)  # the log is at 10 already
+    stale = Operation(
+        dataclasses.replace(prop(1).proposal, expiry_max_index=5)
+    )  # the log is at 10 already
     (got,) = await index.propose([stale])
     assert got["code"] == "expired" and len(log.proposed) == 1 and index.retried_expired == 0
     await index.stop()
@@ -211,7 +216,7 @@ async def test_a_follower_forwards_many_records_per_call() -> None:
     async def post(to: str, path: str, body: dict[str, Any], timeout_s: float) -> Any:
         assert to == "leader-1" and path == "/internal/v1/index"
         calls.append(len(body["proposals"]))
-        got = await leader.propose_local([IndexProposal.from_body(p) for p in body["proposals"]])
+        got = await leader.propose_local([Operation.from_body(p) for p in body["proposals"]])
         return {"results": got}
 
     index._route.post = post  # type: ignore[method-assign]

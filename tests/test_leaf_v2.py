@@ -31,7 +31,7 @@ from test_leaf_receipt import (
 from test_merkle import DictStore
 from test_merkle_log import DictView, feature, naive_root
 
-from business.ledger.ops_entry import LEDGER_OPS, LEDGER_OPS_FEATURE_VERSION
+from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS
 from business.ledger.outcome import (
     KIND_ACCOUNT,
     KIND_ASSET,
@@ -180,7 +180,7 @@ class FakeLedgerOps:
     """
 
     prefix = b"zz/"
-    entry_types: Mapping[str, int] = {LEDGER_OPS: LEDGER_OPS_FEATURE_VERSION}
+    entry_types: Mapping[str, int] = {LEDGER_OPS: LEDGER_FEATURE_VERSION}
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         ops = entry.body.get("ops")
@@ -218,7 +218,7 @@ def at(index: int) -> LogPosition:
 def ledger_dispatcher() -> Dispatcher:
     return Dispatcher(
         [RecordIndex(), FakeLedgerOps()],
-        feature_version_max=LEDGER_OPS_FEATURE_VERSION,
+        feature_version_max=LEDGER_FEATURE_VERSION,
         followers=[MerkleLog()],
     )
 
@@ -236,7 +236,7 @@ def test_ops_entries_make_leaves_only_from_feature_6_v2_for_operations_in_entry_
     refused = apply(2, early)  # the Merkle log (feature 3) is on; the entry type is not yet
     assert refused.outcome.code == "feature_not_enabled"
     assert MerkleReader(view).size == 0
-    assert apply(3, feature(LEDGER_OPS_FEATURE_VERSION)).outcome.code == "created"
+    assert apply(3, feature(LEDGER_FEATURE_VERSION)).outcome.code == "created"
     first, third = (sample_outcome(i, at(4).leader_time_ms) for i in (1, 3))
     ops = [
         (proposal(1), first),
@@ -261,7 +261,7 @@ def test_ops_entries_make_leaves_only_from_feature_6_v2_for_operations_in_entry_
 
 def test_an_ops_entry_that_is_not_applied_adds_no_leaf() -> None:
     d, view = ledger_dispatcher(), DictView()
-    enable = [(at(1), feature(LEDGER_OPS_FEATURE_VERSION))]
+    enable = [(at(1), feature(LEDGER_FEATURE_VERSION))]
     bad = encode_app_entry(AppEntry(LEDGER_OPS, {"ops": []}))
     applied, writes = d.apply_batch([*enable, (at(2), bad)], view)
     assert applied[1].outcome.code == "malformed"
@@ -474,7 +474,7 @@ def anchored_ops_state() -> tuple[DictView, OperationOutcome]:
     d, view = ledger_dispatcher(), DictView()
     outcome = sample_outcome(1, at(2).leader_time_ms)
     entries = [
-        (at(1), feature(LEDGER_OPS_FEATURE_VERSION)),
+        (at(1), feature(LEDGER_FEATURE_VERSION)),
         (at(2), ops_entry([(proposal(1), outcome), (proposal(2), None)])),
     ]
     _, writes = d.apply_batch(entries, view)

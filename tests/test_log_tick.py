@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_TICK
 from node.consensus.config import RaftConfig
-from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
 from node.consensus.state_machine import (
     FEATURE_ENTRY,
     AppEntry,
@@ -39,13 +39,13 @@ class TickMachine:
 
     prefix: bytes = b"tk/"
     entry_types: Mapping[str, int] = field(
-        default_factory=lambda: {TICK_ENTRY_TYPE: TICK_FEATURE_VERSION, "test.op": 1}
+        default_factory=lambda: {LEDGER_TICK: LEDGER_FEATURE_VERSION, "test.op": 1}
     )
     ticks: list[LogPosition] = field(default_factory=list)
     ops: list[LogPosition] = field(default_factory=list)
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
-        (self.ticks if entry.type == TICK_ENTRY_TYPE else self.ops).append(position)
+        (self.ticks if entry.type == LEDGER_TICK else self.ops).append(position)
         return ApplyOutcome("applied")
 
 
@@ -55,7 +55,7 @@ async def single(tmp_path: Path) -> AsyncIterator[tuple[ReplicatedLog, TickMachi
     log = ReplicatedLog(
         raft=RaftConfig(node_id="solo", election_ticks=10, heartbeat_ticks=2),
         storage=DurableRaftStorage(tmp_path / "raft"),
-        dispatcher=Dispatcher([machine], feature_version_max=TICK_FEATURE_VERSION),
+        dispatcher=Dispatcher([machine], feature_version_max=LEDGER_FEATURE_VERSION),
         send=lambda _peer, _payload: True,
         initial_membership=default_membership(["solo"]),
         tick_s=0.02,
@@ -78,7 +78,9 @@ async def test_no_tick_before_the_log_enables_feature_6(
     single: tuple[ReplicatedLog, TickMachine],
 ) -> None:
     log, machine = single
-    await log.propose([AppEntry(FEATURE_ENTRY, {"version": TICK_FEATURE_VERSION - 1})], timeout_s=5)
+    await log.propose(
+        [AppEntry(FEATURE_ENTRY, {"version": LEDGER_FEATURE_VERSION - 1})], timeout_s=5
+    )
     await asyncio.sleep(4 * INTERVAL_MS / 1000)
     assert machine.ticks == [] and log.log_ticks == 0
 
@@ -87,7 +89,7 @@ async def test_an_idle_leader_ticks_after_the_interval_and_log_time_advances(
     single: tuple[ReplicatedLog, TickMachine],
 ) -> None:
     log, machine = single
-    await log.propose([AppEntry(FEATURE_ENTRY, {"version": TICK_FEATURE_VERSION})], timeout_s=5)
+    await log.propose([AppEntry(FEATURE_ENTRY, {"version": LEDGER_FEATURE_VERSION})], timeout_s=5)
     enabled_ms = log.status().log_time_ms
     await asyncio.sleep(6 * INTERVAL_MS / 1000)
     times = [p.leader_time_ms for p in machine.ticks]
@@ -104,7 +106,7 @@ async def test_no_tick_while_entries_keep_committing(
     single: tuple[ReplicatedLog, TickMachine],
 ) -> None:
     log, machine = single
-    await log.propose([AppEntry(FEATURE_ENTRY, {"version": TICK_FEATURE_VERSION})], timeout_s=5)
+    await log.propose([AppEntry(FEATURE_ENTRY, {"version": LEDGER_FEATURE_VERSION})], timeout_s=5)
     await asyncio.sleep(2 * INTERVAL_MS / 1000)  # let the idle ticks start
     busy_from = len(machine.ticks)
     assert busy_from >= 1

@@ -12,12 +12,12 @@ from typing import cast
 
 import pytest
 
-from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
+from business.ledger.ops_entry import LEDGER_TICK
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import decode_app_entry
 from node.consensus.types import Entry, EntryKind, Membership, Role
 from node.sim import Bug, World
-from node.sim.checkers import SimFailure
+from node.sim.checkers import SimFailure, check_ledgers
 from node.sim.cli import describe, run_seed
 from node.sim.shards import SimShardStore
 from node.sim.world import BAD_CLOCK_MS, CLOCK_OFFSET_MAX_MS
@@ -32,18 +32,20 @@ BUG_SEEDS = range(40)
 @pytest.mark.parametrize("first", range(CI_SEEDS.start, CI_SEEDS.stop, CHUNK))
 def test_fixed_seeds_pass(first: int) -> None:
     failures = []
-    moved = batched = 0
+    moved = batched = ledger_ops = 0
     for seed in range(first, min(first + CHUNK, CI_SEEDS.stop)):
         result = run_seed(seed)
         if not result.ok:
             failures.append(f"seed {seed}: {result.failure}")
         assert result.stats["acked"] > 0, f"seed {seed} acknowledged no command"
         assert result.stats["records_acked"] > 0, f"seed {seed} acknowledged no record"
+        ledger_ops += result.stats.get("ledger_ops_acked", 0)
         moved += result.stats["shard_deletes"]
         batched += result.stats.get("index_batch_records_applied", 0)
     assert not failures, "\n".join(failures)
     assert batched > 0, "no record was indexed through an index.put_batch entry in this chunk"
     assert moved > 0, "no shard move ran to its end (the old copy deleted) in this chunk"
+    assert ledger_ops > 0, "no ledger operation was acknowledged in this chunk"
 
 
 def test_the_decodable_checker_fails_when_shards_are_gone() -> None:
@@ -72,14 +74,9 @@ def test_a_fast_clock_leader_stamps_within_the_tolerance_of_the_quorum_clocks() 
     assert unbounded.failure is not None and unbounded.failure.startswith("[log-time]")
 
 
-def test_with_feature_6_idle_leaders_tick_and_log_time_advances(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Once the log enables feature 6 (here by raising the simulated cluster's version: the
-    ledger's machine is not in the simulator yet, so ticks apply as an unknown type, a no-op)
-    idle leaders append tick entries and log time moves with them."""
-    monkeypatch.setattr("node.sim.machine.FEATURE_VERSION_SIM", TICK_FEATURE_VERSION)
-    monkeypatch.setattr("node.sim.dataplane.FEATURE_VERSION_SIM", TICK_FEATURE_VERSION)
+def test_idle_leaders_tick_and_log_time_advances() -> None:
+    """The simulated log enables feature 6 (the ledger): idle leaders append tick entries and
+    log time moves with them."""
     world = World(2, random.Random(2))
     result = world.run()
     assert result.ok, result.failure
@@ -89,14 +86,10 @@ def test_with_feature_6_idle_leaders_tick_and_log_time_advances(
         for _, e in sorted(world.checker.committed.items())
         if e.kind is EntryKind.NORMAL
         and e.payload[:1] == b"\x83"
-        and decode_app_entry(e.payload).type == TICK_ENTRY_TYPE
+        and decode_app_entry(e.payload).type == LEDGER_TICK
     ]
     stamps = [e.leader_time_ms for e in ticks]
     assert len(stamps) >= 2 and stamps == sorted(stamps) and stamps[-1] > stamps[0]
-
-
-def test_without_feature_6_no_tick_is_proposed() -> None:
-    assert "log_ticks" not in run_seed(2).stats
 
 
 def test_the_log_time_checker_fails_when_stamps_run_backwards() -> None:
@@ -121,6 +114,25 @@ def _committing(entry: Entry) -> Ready:
         term=entry.term,
         membership=Membership.of(["n0"]),
     )
+
+
+def test_the_ledger_checkers_fail_on_a_changed_outcome_or_unbalanced_state() -> None:
+    world = World(5, random.Random(5))
+    assert world.run().ok
+    checker = world.checker
+    kv = checker.reference.kv
+    check_ledgers(kv)
+    record_id, first = next(iter(checker.outcomes_acked.items()))
+    changed = {**first, "log_time_ms": first["log_time_ms"] + 1}
+    with pytest.raises(SimFailure, match="ledger-outcome"):
+        checker._check_outcome(record_id, changed)
+    with pytest.raises(SimFailure, match="ledger-outcome"):
+        checker._check_outcome(record_id, None)  # an operation answered as a plain record
+    account_key = next(k for k in sorted(kv) if k.startswith(b"lg/a/"))
+    raw = bytearray(kv[account_key])
+    raw[-1] ^= 1  # one unit of credits_posted appears from nowhere
+    with pytest.raises(SimFailure, match="ledger-"):
+        check_ledgers({**kv, account_key: bytes(raw)})
 
 
 def test_same_seed_same_digest_different_seeds_differ() -> None:

@@ -85,9 +85,7 @@ def page_assets_bytes(page: Page, url: str) -> int:
     page.goto(url)
     page.wait_for_load_state("load")
     page.remove_listener("response", record)
-    return sum(
-        len(gzip.compress(r.body())) for r in responses if not 300 <= r.status < 400
-    )
+    return sum(len(gzip.compress(r.body())) for r in responses if not 300 <= r.status < 400)
 
 
 def sign_in(page: Page, name: str, password: str, code: str) -> None:

@@ -122,7 +122,9 @@ On-disk layout (all under ``lg/``; values are versioned fixed-width structs)
 code of an id that failed (one ``get`` answers both questions); ``lg/ps/<id>`` pending status;
 ``lg/at/<account><timestamp>`` -> transfer id (an account's transfers in order, for paginated
 lists); ``lg/ab/<account><timestamp>`` balances of a history account; ``lg/lt/<ledger>``
-totals; ``lg/xh/`` and ``lg/xp/`` the expiry buckets.
+totals; ``lg/xh/`` and ``lg/xp/`` the expiry buckets. The node's operations entry
+(``node/consensus/ledger_ops.py``, not this core) adds ``lg/o/<record id>``, an operation's
+first outcome, and ``lg/ap/<record id>``, its approvals as proposed.
 
 Performance: one batch reads each account, asset and totals value at most once and writes
 each at most once; the batch keeps accounts as small mutable lists (balances as ints, the

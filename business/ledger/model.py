@@ -429,6 +429,9 @@ BALANCES_PREFIX = b"lg/ab/"  # + account id + timestamp u64 -> balances (history
 TOTALS_PREFIX = b"lg/lt/"  # + ledger u32 -> running sums
 EXPIRY_HEAD_PREFIX = b"lg/xh/"  # + second u64 -> page count
 EXPIRY_PAGE_PREFIX = b"lg/xp/"  # + second u64 + page u32 -> transfer ids
+# Written by the node's operations entry (node/consensus/ledger_ops.py), not by Ledger.apply:
+OUTCOME_PREFIX = b"lg/o/"  # + record id (32 bytes) -> the operation's first outcome
+APPROVALS_PREFIX = b"lg/ap/"  # + record id -> the operation's opaque approvals, as proposed
 
 
 def u128(value: int) -> bytes:
@@ -453,6 +456,14 @@ def pending_key(transfer_id: int) -> bytes:
 
 def totals_key(ledger: int) -> bytes:
     return TOTALS_PREFIX + ledger.to_bytes(4, "big")
+
+
+def outcome_key(record_id: bytes) -> bytes:
+    return OUTCOME_PREFIX + record_id
+
+
+def approvals_key(record_id: bytes) -> bytes:
+    return APPROVALS_PREFIX + record_id
 
 
 def expiry_head_key(second: int) -> bytes:

@@ -41,7 +41,7 @@ from business.ledger.model import (
     totals_key,
     transfer_key,
 )
-from node.consensus.state_machine import Write
+from node.consensus.state_machine import StateView, Write
 from node.errors import InvalidRequest
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "get_pending_status",
     "get_totals",
     "get_transfer",
+    "sorted_state_digest",
     "state_digest",
 ]
 
@@ -106,17 +107,17 @@ def _prefix_end(prefix: bytes) -> bytes:
     return prefix[:-1] + bytes([prefix[-1] + 1])
 
 
-def get_asset(view: RangeView, ledger: int) -> Asset | None:
+def get_asset(view: StateView, ledger: int) -> Asset | None:
     raw = view.get(asset_key(ledger))
     return None if raw is None else decode_asset(ledger, raw)
 
 
-def get_account(view: RangeView, account_id: int) -> Account | None:
+def get_account(view: StateView, account_id: int) -> Account | None:
     raw = view.get(account_key(account_id))
     return None if raw is None else decode_account(account_id, raw)
 
 
-def get_transfer(view: RangeView, transfer_id: int) -> Transfer | None:
+def get_transfer(view: StateView, transfer_id: int) -> Transfer | None:
     """The transfer with this id; None if there is none (or the id only ever failed)."""
     raw = view.get(transfer_key(transfer_id))
     if raw is None:
@@ -125,12 +126,12 @@ def get_transfer(view: RangeView, transfer_id: int) -> Transfer | None:
     return found if isinstance(found, Transfer) else None
 
 
-def get_pending_status(view: RangeView, transfer_id: int) -> PendingStatus | None:
+def get_pending_status(view: StateView, transfer_id: int) -> PendingStatus | None:
     raw = view.get(pending_key(transfer_id))
     return None if raw is None else decode_pending_status(raw)
 
 
-def get_totals(view: RangeView, ledger: int) -> LedgerTotals | None:
+def get_totals(view: StateView, ledger: int) -> LedgerTotals | None:
     raw = view.get(totals_key(ledger))
     return None if raw is None else decode_totals(ledger, raw)
 
@@ -202,7 +203,15 @@ def iter_accounts(view: RangeView) -> Iterator[Account]:
 
 def state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
     """SHA-256 over every ``lg/`` item in key order (replica and re-batching checks)."""
+    return sorted_state_digest(sorted((k, v) for k, v in items if k.startswith(PREFIX)))
+
+
+def sorted_state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """:func:`state_digest` of items already in key order, all under ``lg/``, read once.
+
+    For a node's LevelDB scan: nothing is held in memory, whatever the state's size.
+    """
     digest = hashlib.sha256(b"baas-ledger-state-v1")
-    for key, value in sorted((k, v) for k, v in items if k.startswith(PREFIX)):
+    for key, value in items:
         digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
     return digest.digest()

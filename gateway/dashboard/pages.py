@@ -235,9 +235,11 @@ def anchors_page(
             ("Chain RPC", chain_rpc_url or "not configured"),
             ("Reported by", best.name),
         )
-        body += '<dl class="facts" id="anchor-facts">' + "".join(
-            f"<dt>{e(k)}</dt><dd>{_cell(v)}</dd>" for k, v in facts
-        ) + "</dl>"
+        body += (
+            '<dl class="facts" id="anchor-facts">'
+            + "".join(f"<dt>{e(k)}</dt><dd>{_cell(v)}</dd>" for k, v in facts)
+            + "</dl>"
+        )
         counters = a.get("counters") or {}
         body += _table(
             "Anchoring counters",
@@ -255,8 +257,8 @@ def anchors_page(
             (
                 _cell(x.get("batch_id")),
                 _cell(x.get("tree_size")),
-                f'<code>{_cell(x.get("root"))}</code>',
-                f'<code>{_cell(x.get("tx_hash"))}</code>',
+                f"<code>{_cell(x.get('root'))}</code>",
+                f"<code>{_cell(x.get('tx_hash'))}</code>",
                 _cell(x.get("block_number")),
             )
             for x in reversed(recent)

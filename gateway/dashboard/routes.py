@@ -357,9 +357,7 @@ def _why(exc: BaseException) -> str:
 
 async def node_views(state: DashboardState) -> list[NodeView]:
     return list(
-        await asyncio.gather(
-            *(_node_view(state, n.name, n.http_addr) for n in state.config.nodes)
-        )
+        await asyncio.gather(*(_node_view(state, n.name, n.http_addr) for n in state.config.nodes))
     )
 
 

@@ -73,9 +73,7 @@ class SessionStore:
         self.expire(now_s)
         while len(self._sessions) >= self._max:
             self._sessions.popitem(last=False)
-        session = Session(
-            session_id, csrf_token, subject, role, now_s, now_s, scope, credential
-        )
+        session = Session(session_id, csrf_token, subject, role, now_s, now_s, scope, credential)
         self._sessions[session_id] = session
         assert len(self._sessions) <= self._max
         return session

@@ -2,9 +2,13 @@
 
 Routes (bodies are msgpack, ``application/msgpack``, because they carry binary blobs):
 
-* ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"}, ...]}`` ->
-  ``{"results": [{"ok": true, "ch", "ts", "durable", "replayed"}
-  | {"ok": false, "code", "status", "detail"}, ...]}``
+* ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"[, "pc", "ev",
+  "ap"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable", "replayed"[,
+  "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``: ``ev`` are a record's
+  ledger events (wire form, business/ledger/wire.py; refused until log feature 6 is
+  enabled), ``ap`` its opaque approvals, and ``outcome`` what the ledger did (the first
+  outcome, for a retry too: ``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``,
+  ids and amounts as strings of digits)
 * ``GET /internal/v1/records/{record id hex}`` -> ``{"meta": shard meta, "blob": bytes}``
 * ``GET /internal/v1/records/{record id hex}/local`` -> JSON: this node's own shards of it
 * ``GET /internal/v1/status`` -> JSON: peer id, peers, shard and hint counts
@@ -13,6 +17,8 @@ Routes (bodies are msgpack, ``application/msgpack``, because they carry binary b
   storage membership (node/membership.py)
 * ``GET /internal/v1/incarnation/{peer}`` -> JSON: the incarnation the committed membership
   records for a peer (node/incarnation.py)
+* ``GET /internal/v1/ledger/...``: ledger accounts, transfers, operation outcomes and the
+  ledger state digest (node/api/ledger_routes.py)
 
 Every request is bounded in size (``http_body_bytes_max``) and in number in flight
 (``http_inflight_requests_max``: past it, 503 with Retry-After).
@@ -33,6 +39,7 @@ import msgpack
 from aiohttp import web
 
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
+from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.log_routes import add_log_routes
 from node.api.node_metrics import node_stat_families
 from node.api.problem import parse_json_body, problem_middleware, problem_response
@@ -45,8 +52,9 @@ from node.api.wire import (
     QUEUE_MAX_HEADER,
 )
 from node.config import NodeLimits
+from node.consensus.ledger_ops import Operation, outcome_reader
 from node.consensus.members import ACTIVE, Member
-from node.consensus.record_index import PUT_BATCH_RECORDS_MAX, IndexProposal
+from node.consensus.record_index import PUT_BATCH_RECORDS_MAX
 from node.consensus.state_machine import AppEntry, Applied, StateView
 from node.coordinator import Coordinator, ReadResult, WriteRequest, WriteResult
 from node.errors import (
@@ -97,6 +105,7 @@ class NodeApiState:
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
     propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     anchoring_status: Callable[[], dict[str, Any]]
+    ledger_reads: LedgerReads | None = None  # the ledger read routes (node/api/ledger_routes.py)
     inflight: int = 0
 
 
@@ -202,6 +211,8 @@ def _write_request(raw: Any, request_id: str) -> WriteRequest:
             body_fingerprint=bytes(raw["fp"]),
             request_id=request_id,
             plaintext_commitment=bytes(raw["pc"]) if raw.get("pc") is not None else None,
+            events=bytes(raw["ev"]) if raw.get("ev") is not None else None,
+            approvals=bytes(raw["ap"]) if raw.get("ap") is not None else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidRequest(f"malformed record: {exc}") from exc
@@ -220,6 +231,7 @@ def _result_body(result: WriteResult | BaasError) -> dict[str, Any]:
         "ts": result.created_at_ms,
         "durable": result.shards_durable,
         "replayed": result.replayed,
+        **({"outcome": result.outcome} if result.outcome is not None else {}),
     }
 
 
@@ -281,7 +293,7 @@ async def post_index(request: web.Request) -> web.Response:
         # A forward carries one gatherer call: at most raft.index_batch_records_max records.
         raise InvalidRequest(f"body must be {{proposals: [...]}} with 1..{PUT_BATCH_RECORDS_MAX}")
     try:
-        proposals = [IndexProposal.from_body(p) for p in raw if isinstance(p, dict)]
+        proposals = [Operation.from_body(p) for p in raw if isinstance(p, dict)]
     except UnsupportedFormat as exc:
         raise InvalidRequest(f"malformed index proposal: {exc.detail}") from exc
     if len(proposals) != len(raw):
@@ -453,5 +465,7 @@ def build_node_app(state: NodeApiState) -> web.Application:
     app.router.add_get("/internal/v1/status", get_status)
     app.router.add_get("/internal/v1/health", get_health)
     app.router.add_get("/internal/v1/ready", get_ready)
-    add_log_routes(app, state.log_view)
+    add_log_routes(app, state.log_view, outcomes=outcome_reader)
+    if state.ledger_reads is not None:
+        add_ledger_routes(app, state.ledger_reads)
     return app

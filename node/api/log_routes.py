@@ -25,7 +25,7 @@ from node.errors import InvalidRequest
 from node.merkle.log import MerkleReader
 from node.records import HASH_BYTES
 
-__all__ = ["LOG_PATH", "add_log_routes"]
+__all__ = ["LOG_PATH", "add_log_routes", "record_id_param"]
 
 LOG_PATH = "/internal/v1/log"
 ANCHORS_PER_REQUEST_MAX = 1000
@@ -48,7 +48,8 @@ def _int_param(request: web.Request, name: str, default: int | None = None) -> i
     return int(raw)
 
 
-def _record_id(request: web.Request) -> bytes:
+def record_id_param(request: web.Request) -> bytes:
+    """The ``{record_id}`` of a route: 64 hex characters (a typed 400 otherwise)."""
     raw = request.match_info["record_id"]
     try:
         record_id = bytes.fromhex(raw)
@@ -78,7 +79,7 @@ async def get_receipt(request: web.Request) -> web.Response:
     outcomes_of = request.app[LOG_OUTCOMES]
     # The outcome is read from the same view as the leaf: one applied state, one answer.
     outcomes = outcomes_of(view) if outcomes_of is not None else None
-    receipt = receipt_for(view, _record_id(request), outcomes)
+    receipt = receipt_for(view, record_id_param(request), outcomes)
     return web.Response(text=receipt.to_json(), content_type=_JSON)
 
 

@@ -53,8 +53,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 __all__ = [
-    "TICK_ENTRY_TYPE",
-    "TICK_FEATURE_VERSION",
     "UNKNOWN_CLOCK",
     "clock_alarm",
     "next_stamp",
@@ -63,11 +61,6 @@ __all__ = [
 ]
 
 UNKNOWN_CLOCK = -1  # a report from a voter that sends no clock: counts as the leader's own
-# The tick entry: an application entry with an empty body, owned by the ledger (its apply runs
-# the expiry sweep), introduced by log feature version 6. Leaders propose it only once the
-# log has committed that version, so a node that does not know the type never sees one.
-TICK_ENTRY_TYPE = "ledger.tick"
-TICK_FEATURE_VERSION = 6
 
 
 def quorum_clock(own_ms: int, reports: Iterable[int], quorum: int) -> int | None:

@@ -381,7 +381,7 @@ class RecordIndex:
             proposal = IndexProposal.from_body(entry.body)
         except UnsupportedFormat as exc:
             return ApplyOutcome("malformed", {"reason": exc.detail})
-        return self._apply_put(proposal, position, view)
+        return self.apply_put(proposal, position, view)
 
     def _apply_batch(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         """Every record's ``index.put`` rules in order, in one pass over one overlay.
@@ -404,7 +404,7 @@ class RecordIndex:
             except UnsupportedFormat as exc:
                 results.append(BatchOutcome("malformed", {"reason": exc.detail}))
                 continue
-            outcome = self._apply_put(proposal, position, layer)
+            outcome = self.apply_put(proposal, position, layer)
             layer.writes.update(outcome.writes)
             if outcome.code == "created":
                 created.append(proposal)
@@ -413,7 +413,7 @@ class RecordIndex:
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
 
     @staticmethod
-    def _apply_put(proposal: IndexProposal, position: LogPosition, view: StateView) -> ApplyOutcome:
+    def apply_put(proposal: IndexProposal, position: LogPosition, view: StateView) -> ApplyOutcome:
         if position.term != proposal.expiry_term or position.index > proposal.expiry_max_index:
             return ApplyOutcome(
                 "expired", {"term": proposal.expiry_term, "max_index": proposal.expiry_max_index}

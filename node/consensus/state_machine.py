@@ -64,9 +64,13 @@ FEATURE_KEY = b"sm/feature"  # the committed feature version, owned by the dispa
 ENTRY_BYTES_MAX = 64 * 1024
 TYPE_CHARS_MAX = 32
 # Entry types that may be larger than ENTRY_BYTES_MAX, with their own bound: a batch of many
-# records' index puts (node/consensus/record_index.py; the leader sizes it by the configured
-# raft.index_batch_bytes_max, at most this).
-ENTRY_BYTES_MAX_BY_TYPE: Mapping[str, int] = {"index.put_batch": 512 * 1024}
+# records' index puts (node/consensus/record_index.py) and a batch of ledger operations
+# (node/consensus/ledger_ops.py); the leader sizes both by the configured
+# raft.index_batch_bytes_max, at most this.
+ENTRY_BYTES_MAX_BY_TYPE: Mapping[str, int] = {
+    "index.put_batch": 512 * 1024,
+    "ledger.ops": 512 * 1024,
+}
 _DECODE_BYTES_MAX = max(ENTRY_BYTES_MAX, *ENTRY_BYTES_MAX_BY_TYPE.values())
 
 

@@ -1,7 +1,8 @@
 """The Merkle log: a follower state machine that appends one leaf per record the index creates.
 
 Every ``index.put`` whose outcome is ``created`` (a new record acknowledged by the cluster),
-and every record an ``index.put_batch`` entry creates (in the order of the entry), appends, in
+and every record an ``index.put_batch`` or ``ledger.ops`` entry creates (in the order of the
+entry; an operation with ledger events gets a v1 leaf of its record for now), appends, in
 log order, one leaf (:mod:`node.merkle.leaf`, docs/verifiable-log.md) to an RFC 9162
 tree (:mod:`node.merkle.tree`). Retries, conflicts, expired proposals and shard moves add
 nothing, so the leaf index of a record never changes and every node computes the same roots.
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 MERKLE_FEATURE_VERSION = 3
+# Entries whose outcome lists the records they created (``created``), in entry order.
+_BATCH_TYPES = frozenset({INDEX_PUT_BATCH, LEDGER_OPS})
 PREFIX = b"ml/"
 SIZE_KEY = PREFIX + b"size"
 NODE_PREFIX = PREFIX + b"n/"

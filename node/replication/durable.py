@@ -82,10 +82,10 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import plyvel
@@ -102,6 +102,8 @@ from node.errors import (
 )
 from node.storage.entry import decode_entry, encode_entry
 from node.storage.leveldb import open_leveldb
+
+T = TypeVar("T")
 
 __all__ = [
     "FORMAT_VERSION",
@@ -812,6 +814,20 @@ class DurableRaftStorage:
                 yield db_key[len(PREFIX_STATE) :], decode_entry(db_key, value)
         except plyvel.Error as exc:
             raise OperationFailed(f"raft read failed: {exc}") from exc
+
+    def read_state_at(
+        self, prefix: bytes, read: Callable[[Iterator[tuple[bytes, bytes]]], T]
+    ) -> tuple[int, T]:
+        """``read`` over the state keys under ``prefix`` as of one applied index (a pinned
+        LevelDB view, so applying may go on meanwhile); the index and what ``read`` returned.
+        May run on a worker thread."""
+        view = self._db.snapshot()
+        try:
+            raw = view.get(KEY_APPLIED)
+            applied = _unpack(KEY_APPLIED, raw) if raw is not None else 0
+            return applied, read(self.state_items(prefix, source=view))
+        finally:
+            view.close()
 
     def pin_state(self) -> PinnedState:
         """The state as of now (:attr:`applied_index`), from a pinned view of the database."""

@@ -8,8 +8,10 @@
   coordinator's proposals wait a moment in this node's gatherer (a :class:`Batcher`: at most
   ``index_batch_records_max`` records and ``index_batch_bytes_max`` bytes per call, a few
   calls in flight, the next one gathering meanwhile). On the leader a call is one
-  ``index.put_batch`` log entry (one ``index.put`` per record until log feature version 4 is
-  enabled); on a follower it is one forward of many records to the leader's node API
+  ``ledger.ops`` log entry once log feature version 6 is enabled (every record as an operation,
+  with its ledger events if it has any; node/consensus/ledger_ops.py), an ``index.put_batch``
+  entry before (one ``index.put`` per record until feature version 4); on a follower it is
+  one forward of many records to the leader's node API
   (``POST /internal/v1/index``), whose handler (:meth:`propose_local`) gathers the forwards
   of every follower and its own coordinator's proposals into the same kind of entries. Each
   caller gets its own records' outcomes. Routing and retries while leadership moves are the
@@ -29,8 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from business.ledger.outcome import OperationOutcome
 from node.batcher import Batcher
 from node.config import ClusterMember, RaftSettings
+from node.consensus.ledger_ops import (
+    LEDGER_FEATURE_VERSION,
+    LEDGER_OPS,
+    Operation,
+    stored_outcome,
+)
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
     INDEX_PUT_BATCH,
@@ -39,7 +48,7 @@ from node.consensus.record_index import (
     IndexProposal,
     RecordIndex,
 )
-from node.consensus.state_machine import Applied, Dispatcher
+from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.errors import OperationFailed, Overloaded
 from node.replication.leader_route import LEADER_WAIT_S, LeaderRoute
 from node.replication.log import ReplicatedLog
@@ -54,7 +63,7 @@ _ROUTED = "routed"  # lane of this node's coordinator: proposed here or forwarde
 def outcome_wire(
     code: str, index: int, term: int, leader_time_ms: int, detail: Mapping[str, Any]
 ) -> dict[str, Any]:
-    return {
+    wire = {
         "code": code,
         "index": index,
         "term": term,
@@ -62,15 +71,20 @@ def outcome_wire(
         "first_index": detail.get("index"),
         "first_ch": detail.get("content_hash"),
     }
+    outcome = detail.get("outcome")  # an operation's ledger outcome (a retry's: the first one)
+    if isinstance(outcome, OperationOutcome):
+        wire["outcome"] = outcome.summary()
+    return wire
 
 
 def outcomes_of(applied: Sequence[Applied], records: int) -> list[dict[str, Any]]:
     """One wire outcome per record, from the entries proposed for ``records`` records.
 
-    Either one ``index.put`` entry per record, or one ``index.put_batch`` entry for all of
-    them (its per-record results; a batch refused as a whole gives every record its code).
+    Either one ``index.put`` entry per record, or one ``index.put_batch`` or ``ledger.ops``
+    entry for all of them (its per-record results; a batch refused as a whole gives every
+    record its code).
     """
-    if not (len(applied) == 1 and applied[0].type == INDEX_PUT_BATCH):
+    if not (len(applied) == 1 and applied[0].type in (INDEX_PUT_BATCH, LEDGER_OPS)):
         return [_wire(a, a.outcome.code, a.outcome.detail) for a in applied]
     (batch,) = applied
     results: Sequence[BatchOutcome] = batch.outcome.detail.get("results", ())
@@ -150,14 +164,14 @@ class RecordIndexClient:
         self._timeout_s = request_timeout_s
         self._limits = gather or GatherLimits()
         self.retried_expired = 0  # records proposed again after their term ended
-        self._gatherer: Batcher[str, IndexProposal, dict[str, Any]] = Batcher(
+        self._gatherer: Batcher[str, Operation, dict[str, Any]] = Batcher(
             self._propose_gathered,
             window_s=self._limits.window_s,
             items_max=self._limits.batch_records_max,
             bytes_max=self._limits.batch_bytes_max,
             inflight_max=self._limits.inflight_max,
             pending_max=self._limits.pending_max,
-            size_of=IndexProposal.encoded_bytes_max,
+            size_of=Operation.encoded_bytes_max,
         )
 
     async def start(self) -> None:
@@ -193,6 +207,14 @@ class RecordIndexClient:
     def lookup(self, record_id: bytes) -> IndexEntry | None:
         return RecordIndex.lookup(_View(self._log), record_id)
 
+    def outcome(self, record_id: bytes) -> OperationOutcome | None:
+        """The applied first outcome of the operation that created ``record_id``."""
+        return stored_outcome(_View(self._log), record_id)
+
+    def ledger_enabled(self) -> bool:
+        """Whether the log has enabled ledger operations (feature version 6)."""
+        return Dispatcher.feature_version(_View(self._log)) >= LEDGER_FEATURE_VERSION
+
     async def lookup_confirmed(self, record_id: bytes) -> IndexEntry | None:
         found = self.lookup(record_id)
         if found is not None:
@@ -212,14 +234,14 @@ class RecordIndexClient:
         status = self._log.status()
         return status.term, status.last_index + self._expiry_entries
 
-    async def propose_local(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
+    async def propose_local(self, proposals: Sequence[Operation]) -> list[dict[str, Any]]:
         """On the leader (forwarded proposals): gathered with every other caller's, proposed here.
 
         Raises NotLeader once this node no longer leads (the forwarder retries elsewhere).
         """
         return await self._gatherer.run_many(_HERE, proposals)
 
-    async def propose(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
+    async def propose(self, proposals: Sequence[Operation]) -> list[dict[str, Any]]:
         """Through the leader, wherever it is; one wire outcome per proposal.
 
         An admitted record's proposal is retried until ``commit_timeout_s`` when it was lost
@@ -247,7 +269,8 @@ class RecordIndexClient:
             again = []
             for i, outcome in zip(todo, got, strict=True):
                 results[i] = outcome
-                if outcome.get("code") == "expired" and not _past_max_index(proposals[i], outcome):
+                expired = outcome.get("code") == "expired"
+                if expired and not _past_max_index(proposals[i].proposal, outcome):
                     again.append(i)  # its term ended before it committed: stamp it anew
             todo = again
             if not todo or loop.time() + LEADER_WAIT_S >= deadline:
@@ -256,7 +279,7 @@ class RecordIndexClient:
             await asyncio.sleep(LEADER_WAIT_S)
 
     async def _propose_gathered(
-        self, lane: str, proposals: list[IndexProposal]
+        self, lane: str, proposals: list[Operation]
     ) -> list[dict[str, Any]]:
         """One gatherer call: one batch entry here, or one forward of the batch to the leader."""
         if lane == _HERE:
@@ -267,7 +290,7 @@ class RecordIndexClient:
             timeout_s=self._timeout_s,
         )
 
-    async def _propose_here(self, proposals: Sequence[IndexProposal]) -> list[dict[str, Any]]:
+    async def _propose_here(self, proposals: Sequence[Operation]) -> list[dict[str, Any]]:
         """On the leader: stamp the term, append one entry for all, wait until applied.
 
         The term is the leader's own (a coordinator that has not heard of the latest election
@@ -278,16 +301,34 @@ class RecordIndexClient:
         term, max_index = self.stamp()
         stamped = [
             dataclasses.replace(
-                p,
-                expiry_term=term,
-                expiry_max_index=p.expiry_max_index if p.expiry_max_index > 0 else max_index,
+                op,
+                proposal=dataclasses.replace(
+                    op.proposal,
+                    expiry_term=term,
+                    expiry_max_index=op.proposal.expiry_max_index or max_index,
+                ),
             )
-            for p in proposals
+            for op in proposals
         ]
-        if Dispatcher.feature_version(_View(self._log)) >= BATCH_FEATURE_VERSION:
-            entries = [IndexProposal.batch_entry(stamped)]
+        version = Dispatcher.feature_version(_View(self._log))
+        if version >= LEDGER_FEATURE_VERSION:  # every record as an operation: one entry type
+            return await self._append([Operation.batch_entry(stamped)], len(stamped))
+        # Before feature 6 only plain records go in. An operation can only come from a node
+        # that applied feature 6 before this leader did (a forward in that short window): it
+        # is refused on its own, retryable, and the records gathered with it still go in.
+        plain = [op.proposal for op in stamped if op.events is None]
+        if not plain:
+            got: list[dict[str, Any]] = []
+        elif version >= BATCH_FEATURE_VERSION:
+            got = await self._append([IndexProposal.batch_entry(plain)], len(plain))
         else:  # a cluster still running older code: one index.put per record
-            entries = [p.to_entry() for p in stamped]
+            got = await self._append([p.to_entry() for p in plain], len(plain))
+        answers = iter(got)
+        refused = outcome_wire("ledger_not_enabled", 0, term, 0, {})
+        return [refused if op.events is not None else next(answers) for op in stamped]
+
+    async def _append(self, entries: list[AppEntry], records: int) -> list[dict[str, Any]]:
+        """Append ``entries`` for ``records`` records and wait until applied here."""
         try:
             applied = await self._log.propose(entries, timeout_s=self._timeout_s)
         except TimeoutError as exc:
@@ -295,12 +336,12 @@ class RecordIndexClient:
                 f"the index entries were not applied within {self._timeout_s} s",
                 code="index_unavailable",
             ) from exc
-        return outcomes_of(applied, len(stamped))
+        return outcomes_of(applied, records)
 
     async def _forward(
-        self, leader: str, proposals: Sequence[IndexProposal], timeout_s: float
+        self, leader: str, proposals: Sequence[Operation], timeout_s: float
     ) -> list[dict[str, Any]]:
-        body = {"proposals": [dict(p.to_entry().body) for p in proposals]}
+        body = {"proposals": [op.to_body() for op in proposals]}
         reply = await self._route.post(leader, INDEX_PATH, body, timeout_s)
         results = reply.get("results") if isinstance(reply, dict) else None
         if not isinstance(results, list) or len(results) != len(proposals):

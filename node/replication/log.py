@@ -67,9 +67,10 @@ from dataclasses import dataclass, replace
 
 import msgpack
 
+from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_TICK
 from node.config import RaftSettings
 from node.consensus.config import RaftConfig
-from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION, clock_alarm
+from node.consensus.log_time import clock_alarm
 from node.consensus.messages import InstallSnapshot, Message, WireLimits, message_from_wire
 from node.consensus.progress import ProgressState
 from node.consensus.raft import RawNode, Ready
@@ -591,14 +592,14 @@ class ReplicatedLog:
         busy = bool(self._queued or self._waiting) or self._tick_task is not None
         if not node.tick_entry_due(self._log_tick_interval_ms, busy=busy):
             return
-        if Dispatcher.feature_version(_StateView(self._storage)) < TICK_FEATURE_VERSION:
+        if Dispatcher.feature_version(_StateView(self._storage)) < LEDGER_FEATURE_VERSION:
             return
         self._tick_task = asyncio.create_task(self._propose_tick(), name="log-tick")
 
     async def _propose_tick(self) -> None:
         timeout_s = 2 * self._cfg.election_ticks * self._tick_s
         try:
-            await self.propose([AppEntry(TICK_ENTRY_TYPE, {})], timeout_s=timeout_s)
+            await self.propose([AppEntry(LEDGER_TICK, {})], timeout_s=timeout_s)
             self.log_ticks += 1
         except (BaasError, TimeoutError) as exc:
             self.log_ticks_failed += 1  # the next idle interval proposes another

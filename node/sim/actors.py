@@ -23,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_TICK
 from node.consensus.config import RaftConfig
-from node.consensus.log_time import TICK_ENTRY_TYPE, TICK_FEATURE_VERSION
+from node.consensus.ledger_ops import LEDGER_OPS
 from node.consensus.messages import InstallSnapshot, Message
 from node.consensus.raft import RawNode
 from node.consensus.record_index import INDEX_MOVE, INDEX_PUT, INDEX_PUT_BATCH
@@ -53,6 +54,7 @@ from node.sim.dataplane import (
     propose_app_entry,
 )
 from node.sim.disk import SimDisk
+from node.sim.ledger_load import RETRY_CHANCE, LedgerWorkload
 from node.sim.machine import Command, CommandResult, DedupMachine, decode_state
 from node.sim.rng import SimRng
 from node.sim.shards import SimShardStore
@@ -234,11 +236,11 @@ class NodeActor:
         """An idle leader appends a tick entry, as the real adapter does: only once the log
         enabled the tick's feature version, never while entries are on their way to commit."""
         core = self.core
-        if Dispatcher.feature_version(self.machine) < TICK_FEATURE_VERSION:
+        if Dispatcher.feature_version(self.machine) < LEDGER_FEATURE_VERSION:
             return
         if not core.tick_entry_due(LOG_TICK_INTERVAL_MS):
             return
-        if propose_app_entry(self, AppEntry(TICK_ENTRY_TYPE, {})):
+        if propose_app_entry(self, AppEntry(LEDGER_TICK, {})):
             self.env.count("log_ticks")
 
     def _client_request(self, m: ClientRequest) -> None:
@@ -296,7 +298,7 @@ class NodeActor:
         else:
             applied, writes = result
             self.disk.write_applied(entry.index, None, writes)
-            if applied.type == INDEX_PUT_BATCH:
+            if applied.type in (INDEX_PUT_BATCH, LEDGER_OPS):
                 body = decode_app_entry(entry.payload).body
                 for record_id, one in batch_outcomes(body, applied):
                     self.env.count("index_batch_records_applied")
@@ -379,14 +381,18 @@ class _Pending:
     value: int
     target: NodeId
     due_ms: int  # resend if not acknowledged by then
+    events: bytes | None = None  # a ledger client's operation
 
 
-def record_of(client: str, seq: int, value: int) -> tuple[bytes, bytes]:
+def record_of(
+    client: str, seq: int, value: int, events: bytes | None = None
+) -> tuple[bytes, bytes]:
     """A record client's (record id, blob): the id from (client, seq) as a gateway derives it
-    from (partner, Idempotency-Key); 20-219 bytes of body, so shards are small but uneven."""
+    from (partner, Idempotency-Key); 20-219 bytes of body, so shards are small but uneven. An
+    operation's body also holds its events (its fingerprint changes with them)."""
     record_id = hashlib.sha256(f"{client}|{seq}".encode()).digest()
     seed = hashlib.sha256(f"{client}|{seq}|{value}".encode()).digest()
-    return record_id, (seed * 7)[: 20 + value % 200]
+    return record_id, (seed * 7)[: 20 + value % 200] + (events or b"")
 
 
 class ClientActor:
@@ -397,13 +403,22 @@ class ClientActor:
     """
 
     def __init__(
-        self, env: Env, client_id: str, *, think_ms_max: int, retry_ms: int, records: bool
+        self,
+        env: Env,
+        client_id: str,
+        *,
+        think_ms_max: int,
+        retry_ms: int,
+        records: bool,
+        ledger: LedgerWorkload | None = None,
     ) -> None:
         self.env = env
         self.id = client_id
         self.think_ms_max = think_ms_max
         self.retry_ms = retry_ms
-        self.records = records
+        self.records = records or ledger is not None
+        self.ledger = ledger  # a ledger client: its records carry ledger operations
+        self.sent: dict[int, _Pending] = {}  # a ledger client's acknowledged operations
         self.seq = 0
         self.pending: _Pending | None = None
         self.target: NodeId | None = None
@@ -419,8 +434,12 @@ class ClientActor:
         env = self.env
         if self.pending is None:
             if env.accepting_writes:
-                self.seq += 1
                 target = self.target or env.rng.choice(env.node_ids())
+                if self.ledger is not None:
+                    self.pending = self._next_operation(target)
+                    self._send()
+                    return env.rng.randint(1, self.think_ms_max)
+                self.seq += 1
                 self.pending = _Pending(self.seq, env.rng.randint(0, 10**6), target, 0)
                 if self.records:
                     env.checker.on_record_submit(*record_of(self.id, self.seq, self.pending.value))
@@ -432,14 +451,28 @@ class ClientActor:
             self._send()
         return env.rng.randint(1, self.think_ms_max)
 
+    def _next_operation(self, target: NodeId) -> _Pending:
+        """A new ledger operation, or now and then one already acknowledged, sent again."""
+        env, ledger = self.env, self.ledger
+        assert ledger is not None
+        if self.seq > 2 and env.rng.random() < RETRY_CHANCE:
+            again = self.sent[env.rng.randint(1, self.seq)]
+            return _Pending(again.seq, again.value, target, 0, again.events)
+        self.seq += 1
+        value = env.rng.randint(0, 10**6)
+        pending = _Pending(self.seq, value, target, 0, ledger.events(self.seq, env.rng))
+        self.sent[self.seq] = pending
+        env.checker.on_record_submit(*record_of(self.id, self.seq, value, pending.events))
+        return pending
+
     def _send(self) -> None:
         assert self.pending is not None
         p = self.pending
         p.due_ms = self.env.now_ms + self.retry_ms
         self.sends += 1
         if self.records:
-            record_id, blob = record_of(self.id, p.seq, p.value)
-            self.env.send(RecordWrite(self.id, p.target, self.id, p.seq, record_id, blob))
+            record_id, blob = record_of(self.id, p.seq, p.value, p.events)
+            self.env.send(RecordWrite(self.id, p.target, self.id, p.seq, record_id, blob, p.events))
         else:
             self.env.send(ClientRequest(self.id, p.target, self.id, p.seq, p.value))
 
@@ -448,7 +481,8 @@ class ClientActor:
         if reply.ok:
             # late duplicates are checked too
             if isinstance(reply, RecordReply):
-                env.checker.on_record_ack(record_of(self.id, reply.seq, 0)[0], reply.index)
+                record_id = record_of(self.id, reply.seq, 0)[0]
+                env.checker.on_record_ack(record_id, reply.index, reply.outcome)
             else:
                 env.checker.on_ack((self.id, reply.seq), reply.index)
             if self.pending is not None and self.pending.seq == reply.seq:

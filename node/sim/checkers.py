@@ -23,6 +23,11 @@
 * **Log time** -- stamps never run backwards along the agreed log, and a leader moves log
   time forward only to at most ``clock_offset_max_ms`` past the quorum-th highest real clock
   of its voters at that moment (a fast leader cannot push log time ahead of a majority).
+* **Ledger** -- an operation's acknowledgement carries the outcome the reference stored for it
+  (the first one: a retry is answered with it, never with another); at the end, on the
+  reference, every ledger is balanced (debits equal credits, posted and pending, and equal the
+  sums over its accounts), no flagged account is over its limit, and every member's ledger
+  state digest equals the reference's.
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -31,9 +36,13 @@ A broken invariant raises :class:`SimFailure`; the runner prints it with the see
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from business.ledger.model import AccountFlags
+from business.ledger.views import MemoryView, all_totals, iter_accounts, state_digest
+from node.consensus.ledger_ops import stored_outcome
 from node.consensus.raft import RawNode, Ready
 from node.consensus.record_index import IndexEntry, RecordIndex
 from node.consensus.types import Entry, EntryKind, NodeId, Role
@@ -44,7 +53,7 @@ from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord, dec
 from node.sim.shards import ShardKey, SimShardStore
 from node.storage.erasure import decode_blob
 
-__all__ = ["Checker", "SimFailure"]
+__all__ = ["Checker", "SimFailure", "check_ledgers"]
 
 
 class SimFailure(Exception):
@@ -85,6 +94,7 @@ class Checker:
     clock_ms: Callable[[NodeId], int] | None = None  # a node's real clock now (None: unchecked)
     clock_offset_max_ms: int = 0
     log_time_ahead_ms_max: int = 0  # the furthest a stamp ran ahead of the quorum's clocks
+    outcomes_acked: dict[bytes, dict[str, Any]] = field(default_factory=dict)  # first acked
 
     # -- during the run
 
@@ -215,7 +225,9 @@ class Checker:
     def on_shard_durable(self, node_id: NodeId, key: ShardKey, content_hash: bytes) -> None:
         self.durable.setdefault((key[0], content_hash), set()).add(key[1])
 
-    def on_record_ack(self, record_id: bytes, index: int) -> None:
+    def on_record_ack(
+        self, record_id: bytes, index: int, outcome: Mapping[str, Any] | None = None
+    ) -> None:
         blob = self.records[record_id]
         content_hash = hashlib.sha256(blob).digest()
         entry = RecordIndex.lookup(self.reference, record_id)
@@ -228,6 +240,7 @@ class Checker:
             raise SimFailure(
                 "idempotency", f"record {record_id.hex()[:12]} acknowledged at {first} and {index}"
             )
+        self._check_outcome(record_id, outcome)
         stored = len(self.durable.get((record_id, content_hash), ()))
         if stored < self.write_quorum:
             raise SimFailure(
@@ -235,6 +248,22 @@ class Checker:
                 f"record {record_id.hex()[:12]} acknowledged with {stored} durable shards, "
                 f"write_quorum is {self.write_quorum}",
             )
+
+    def _check_outcome(self, record_id: bytes, outcome: Mapping[str, Any] | None) -> None:
+        """The acknowledged outcome is the one stored with the operation, and never changes."""
+        first = stored_outcome(self.reference, record_id)
+        if (first.summary() if first is not None else None) != outcome:
+            raise SimFailure(
+                "ledger-outcome",
+                f"operation {record_id.hex()[:12]} acknowledged with {outcome}, the log stored "
+                f"{first}",
+            )
+        if outcome is not None:
+            self.outcomes_acked.setdefault(record_id, dict(outcome))
+            if self.outcomes_acked[record_id] != outcome:
+                raise SimFailure(
+                    "ledger-sticky", f"operation {record_id.hex()[:12]} got two outcomes"
+                )
 
     def on_shard_delete(self, node_id: NodeId, key: ShardKey, content_hash: bytes) -> None:
         """A holder is about to delete its copy of ``key``: nothing may still point at it."""
@@ -266,9 +295,13 @@ class Checker:
                     "log-agreement",
                     f"{node.node_id} and {reference.node_id} applied different streams",
                 )
+        reference_digest = state_digest(self.reference.kv.items())
         for node in live:
+            if state_digest(node.machine.kv.items()) != reference_digest:
+                raise SimFailure("ledger-digest", f"{node.node_id}'s ledger state differs")
             if node.machine.kv != self.reference.kv:
                 raise SimFailure("log-agreement", f"{node.node_id}'s record index differs")
+        check_ledgers(self.reference.kv)
         positions = reference.machine.positions
         for request_id, index in self.acked.items():
             if positions.get(request_id) != index:
@@ -320,6 +353,34 @@ class Checker:
             if request_id in seen:
                 raise SimFailure("idempotency", f"{node.node_id} applied {request_id} twice")
             seen.add(request_id)
+
+
+def check_ledgers(kv: Mapping[bytes, bytes]) -> None:
+    """Per ledger the totals balance and equal the sums over its accounts; no flagged account
+    is over its limit (the invariants of business/ledger/core.py, on a whole state)."""
+    view = MemoryView()
+    view.apply((k, v) for k, v in kv.items() if k.startswith(b"lg/"))
+    sums: dict[int, list[int]] = {}
+    for a in iter_accounts(view):
+        s = sums.setdefault(a.ledger, [0, 0, 0, 0])
+        for i, value in enumerate(
+            (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending)
+        ):
+            s[i] += value
+        if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and (
+            a.debits_pending + a.debits_posted > a.credits_posted
+        ):
+            raise SimFailure("ledger-overdraft", f"account {a.id} is overdrawn: {a}")
+        if a.flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS and (
+            a.credits_pending + a.credits_posted > a.debits_posted
+        ):
+            raise SimFailure("ledger-overdraft", f"account {a.id} is over its limit: {a}")
+    for t in all_totals(view):
+        stored = [t.debits_posted, t.credits_posted, t.debits_pending, t.credits_pending]
+        if not t.balanced or stored != sums.get(t.ledger, [0, 0, 0, 0]):
+            raise SimFailure(
+                "ledger-conservation", f"ledger {t.ledger}: totals {t}, accounts sum to {sums}"
+            )
 
 
 def _rebuild(

@@ -26,10 +26,12 @@ Messages are plain frozen dataclasses; replies are matched to their request by a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from business.ledger.outcome import OperationOutcome
+from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
     INDEX_MOVE,
@@ -128,6 +130,7 @@ class RecordWrite:
     seq: int
     record_id: bytes
     blob: bytes
+    events: bytes | None = None  # a ledger operation's events (wire form)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,7 @@ class RecordReply:
     seq: int
     ok: bool
     index: int = 0  # ok: the record's position in the log (its first index.put)
+    outcome: Mapping[str, Any] | None = None  # a ledger operation's (first) outcome summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +201,7 @@ class ShardDeleteReply:
 class IndexForward:
     sender: NodeId
     to: NodeId
-    proposals: tuple[IndexProposal, ...]  # expiry unset: the leader stamps it; many per hop
+    proposals: tuple[Operation, ...]  # expiry unset: the leader stamps it; many per hop
     hops: int = 0
 
 
@@ -229,24 +233,33 @@ def propose_app_entry(node: NodeActor, entry: AppEntry) -> bool:
     return True
 
 
-def stamp_and_propose(node: NodeActor, proposals: Sequence[IndexProposal]) -> bool:
+def stamp_and_propose(node: NodeActor, proposals: Sequence[Operation]) -> bool:
     """The leader sets the expiry (this term, at most a bounded span past its log's end) and
-    proposes the records gathered here: one ``index.put_batch`` entry per
-    :data:`GATHER_RECORDS_MAX` once the log enables it (as the real gatherer), else one
-    ``index.put`` each."""
+    proposes the records gathered here, as the real gatherer: ``ledger.ops`` entries of
+    :data:`GATHER_RECORDS_MAX` operations once the log enables feature 6, ``index.put_batch``
+    entries from feature 4 (operations with ledger events wait: their coordinator re-proposes
+    them), else one ``index.put`` each."""
     core = node.core
     if core.role is not Role.LEADER:
         return False
+    span = core.last_index + PROPOSAL_SPAN_ENTRIES
     stamped = [
-        replace(p, expiry_term=core.term, expiry_max_index=core.last_index + PROPOSAL_SPAN_ENTRIES)
-        for p in proposals
+        replace(op, proposal=replace(op.proposal, expiry_term=core.term, expiry_max_index=span))
+        for op in proposals
     ]
-    if Dispatcher.feature_version(node.machine) < BATCH_FEATURE_VERSION:
-        return all(propose_app_entry(node, p.to_entry()) for p in stamped)
+    version = Dispatcher.feature_version(node.machine)
     chunks = range(0, len(stamped), GATHER_RECORDS_MAX)
+    if version >= LEDGER_FEATURE_VERSION:
+        return all(
+            propose_app_entry(node, Operation.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
+            for i in chunks
+        )
+    plain = [op.proposal for op in stamped if op.events is None]
+    if version < BATCH_FEATURE_VERSION:
+        return all(propose_app_entry(node, p.to_entry()) for p in plain)
     return all(
-        propose_app_entry(node, IndexProposal.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
-        for i in chunks
+        propose_app_entry(node, IndexProposal.batch_entry(plain[i : i + GATHER_RECORDS_MAX]))
+        for i in range(0, len(plain), GATHER_RECORDS_MAX)
     )
 
 
@@ -319,6 +332,7 @@ class _Write:
     tags: dict[int, int] = field(default_factory=dict)  # tag -> shard index
     sent_ms: dict[int, int] = field(default_factory=dict)  # shard index -> last sent
     proposed_ms: int | None = None
+    events: bytes | None = None  # a ledger operation's events
 
 
 class Coordinator:
@@ -327,10 +341,17 @@ class Coordinator:
         self.writes: dict[bytes, _Write] = {}
         # Proposals gathered since the last tick (this node's and, on the leader, forwarded
         # ones): proposed as batch entries on the leader, else forwarded together.
-        self.gathered: list[IndexProposal] = []
+        self.gathered: list[Operation] = []
 
-    def _reply(self, client: str, seq: int, ok: bool, index: int = 0) -> None:
-        self.node.env.send(RecordReply(self.node.id, client, seq, ok, index))
+    def _reply(
+        self,
+        client: str,
+        seq: int,
+        ok: bool,
+        index: int = 0,
+        outcome: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.node.env.send(RecordReply(self.node.id, client, seq, ok, index, outcome))
 
     def on_request(self, m: RecordWrite) -> None:
         node, env = self.node, self.node.env
@@ -341,6 +362,11 @@ class Coordinator:
         if node.draining or node.id not in members or len(members) < params.n:
             self._reply(m.client, m.seq, False)
             return
+        if m.events is not None and (
+            Dispatcher.feature_version(node.machine) < LEDGER_FEATURE_VERSION
+        ):
+            self._reply(m.client, m.seq, False)  # ledger_not_enabled: refused before the log
+            return
         placement = place_shards(m.record_id, members, params.n)
         write = _Write(
             m.client,
@@ -350,6 +376,7 @@ class Coordinator:
             WriteTally(params.quorum, placement),
             encode_blob(m.blob, params.k, params.n),
             env.now_ms,
+            events=m.events,
         )
         self.writes[m.record_id] = write
         for shard in range(params.n):
@@ -399,7 +426,7 @@ class Coordinator:
             expiry_term=0,
             expiry_max_index=0,
         )
-        self.gathered.append(proposal)
+        self.gathered.append(Operation(proposal, w.events))
 
     def _flush(self) -> None:
         """Propose what gathered (on the leader) or forward it to the leader in few messages."""
@@ -428,12 +455,14 @@ class Coordinator:
         if w is None:
             return
         outcome = applied.outcome
+        first = outcome.detail.get("outcome")  # a ledger operation's (first) outcome
+        summary = first.summary() if isinstance(first, OperationOutcome) else None
         if outcome.code == "created":
             self._forget(w)
-            self._reply(w.client, w.seq, True, applied.position.index)
+            self._reply(w.client, w.seq, True, applied.position.index, summary)
         elif outcome.code == "existing" and outcome.detail["content_hash"] == sha256(w.blob):
             self._forget(w)
-            self._reply(w.client, w.seq, True, int(outcome.detail["index"]))
+            self._reply(w.client, w.seq, True, int(outcome.detail["index"]), summary)
         elif outcome.code == "expired":
             w.proposed_ms = None  # proposed under a leader that lost its term: again at tick
         else:
@@ -724,9 +753,13 @@ class Mover:
 
 
 def batch_outcomes(body: object, applied: Applied) -> list[tuple[bytes, Applied]]:
-    """Each record of an applied ``index.put_batch`` (its body) with its own outcome, shaped
-    as an ``index.put``'s: results are in the order of the entry's records."""
-    puts = body.get("puts") if isinstance(body, dict) else None
+    """Each record of an applied ``index.put_batch`` or ``ledger.ops`` (its body) with its own
+    outcome, shaped as an ``index.put``'s: results are in the order of the entry's records."""
+    puts = (
+        body.get("ops" if applied.type == LEDGER_OPS else "puts")
+        if isinstance(body, dict)
+        else None
+    )
     if applied.outcome.code != "applied" or not isinstance(puts, list):
         return []
     results: Sequence[BatchOutcome] = applied.outcome.detail.get("results", ())

@@ -4,7 +4,8 @@ Two kinds of committed entries share the log, told apart by their first byte:
 
 * an application entry (``encode_app_entry``: a msgpack map, ``0x83``) goes to the real
   :class:`~node.consensus.state_machine.Dispatcher` with the real
-  :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``),
+  :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``)
+  and the real :class:`~node.consensus.ledger_ops.LedgerOps` (``ledger.ops``, ``ledger.tick``),
   over this machine's key/value state;
 * anything else is a :class:`Command`: one small client write, ``client|seq|origin|value``.
   ``(client, seq)`` is its idempotency id: a client that got no answer sends the same id again,
@@ -26,6 +27,7 @@ from typing import Any
 
 import msgpack
 
+from node.consensus.ledger_ops import LedgerOps
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import Applied, Dispatcher, LogPosition, Write
 from node.consensus.types import Entry, EntryKind, NodeId
@@ -41,9 +43,10 @@ __all__ = [
     "decode_state",
 ]
 
-# index.move needs 2, index.put_batch 4; the simulated cluster enables 4 in its log (3, the
-# Merkle log and anchoring, has no machine here: nothing of it is proposed).
-FEATURE_VERSION_SIM = 4
+# index.move needs 2, index.put_batch 4, ledger.ops 6; the simulated cluster enables 6 in its
+# log (3, the Merkle log and anchoring, and 5, member incarnations, have no machine here:
+# nothing of them is proposed).
+FEATURE_VERSION_SIM = 6
 APP_ENTRY_FIRST_BYTE = 0x83  # a msgpack map of three: {"v", "t", "b"}
 
 RequestId = tuple[str, int]  # (client id, the client's sequence number)
@@ -91,7 +94,9 @@ class DedupMachine:
         self.stream: list[StreamRecord] = []
         self.positions: dict[RequestId, int] = {}
         self.kv: dict[bytes, bytes] = {}
-        self._dispatcher = Dispatcher([RecordIndex()], feature_version_max=FEATURE_VERSION_SIM)
+        self._dispatcher = Dispatcher(
+            [RecordIndex(), LedgerOps()], feature_version_max=FEATURE_VERSION_SIM
+        )
 
     def get(self, key: bytes) -> bytes | None:
         """The state view the dispatcher reads."""

@@ -1,0 +1,307 @@
+"""Ledger operations on the log: one record's index entry plus its ledger events, as one unit.
+
+Log feature version 6 adds two entry types, owned by :class:`LedgerOps` (prefix ``lg/``):
+
+``ledger.ops`` -- ``{"ops": [<operation>, ...]}``, 1..:data:`OPS_ENTRY_OPERATIONS_MAX`
+operations, each the exact ``index.put`` body (:class:`~node.consensus.record_index.
+IndexProposal`) plus two optional fields:
+
+* ``ev`` -- the operation's ledger events in their wire form (:mod:`business.ledger.wire`),
+  1..:data:`OPERATION_EVENTS_MAX` events in at most :data:`OPERATION_EVENT_BYTES_MAX` bytes;
+* ``ap`` -- opaque approvals (at most :data:`APPROVALS_BYTES_MAX` bytes), stored untouched
+  under ``lg/ap/<record id>`` for now (the user-approval check in the state machine comes with
+  the identity module).
+
+An operation without ``ev`` is a plain record: once the log enables feature 6 the leader's
+gatherer sends every record in this one entry type. Apply, in one pass over one overlay, in
+entry order:
+
+1. the operation is checked on its own: a body that does not decode, events that do not
+   decode or break a bound, or approvals that are not bytes is ``malformed``; events whose
+   last one still carries the ``linked`` flag are ``linked_event_chain_open`` (a chain may
+   never run into the next operation's events). Either way nothing of it is applied, not even
+   its index put, so the same bytes always get the same answer and a fixed request may be
+   proposed again;
+2. the record's index put rules (:meth:`RecordIndex.apply_put`: ``created`` / ``existing`` /
+   ``conflict`` / ``expired``);
+3. the ledger events of every ``created`` operation run through :meth:`Ledger.apply` at the
+   entry's log time (the leader's stamp), as few calls as the ledger's batch bound allows
+   (one for any entry under it), split only between operations. Results do not depend on the
+   split: no chain crosses an operation, and the expiry sweep runs once per log time;
+4. each created operation's :class:`~business.ledger.outcome.OperationOutcome` is stored
+   under ``lg/o/<record id>``; an ``existing`` put (a retry) is answered with that first
+   outcome, forever. A ``conflict`` or ``expired`` put runs nothing.
+
+Everything goes into the entry's writes, which the node commits in one LevelDB batch with the
+applied index. The entry's outcome is ``applied`` with ``results`` (one
+:class:`~node.consensus.record_index.BatchOutcome` per operation, its
+:class:`~business.ledger.outcome.OperationOutcome` in the detail under ``outcome``: the
+proposer answers with its summary; followers, which answer no one, never build it),
+``created`` (the proposals that created a record, in entry order: the Merkle log's leaves)
+and ``outcomes`` (aligned with ``created``; None for a plain record). A body that is not
+such a list is ``malformed`` as a whole.
+
+``ledger.tick`` -- an empty body: the ledger's expiry sweep at the entry's log time
+(``Ledger.apply`` with no events), so pending transfers expire in an idle cluster. The leader
+proposes it when nothing else committed for a while.
+
+The replicated ledger state holds only opaque ids and integer amounts: who, what and why of an
+operation are its encrypted record in the data core. The ledger's bounds
+(:class:`~business.ledger.model.LedgerConfig`) are part of the log format here, not node
+configuration: every replica must sweep and refuse exactly alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from business.ledger.core import Ledger
+from business.ledger.model import (
+    AccountFlags,
+    CreateAccount,
+    CreateTransfer,
+    Event,
+    LedgerConfig,
+    TransferFlags,
+    approvals_key,
+    outcome_key,
+)
+from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER_TICK
+from business.ledger.outcome import OperationOutcome, outcome_of
+from business.ledger.wire import decode_events
+from node.consensus.record_index import (
+    BatchOutcome,
+    IndexProposal,
+    RecordIndex,
+)
+from node.consensus.state_machine import (
+    ENTRY_BYTES_MAX_BY_TYPE,
+    AppEntry,
+    ApplyOutcome,
+    LogPosition,
+    Overlay,
+    StateView,
+)
+from node.errors import InvalidRequest, UnsupportedFormat
+
+__all__ = [
+    "APPROVALS_BYTES_MAX",
+    "LEDGER_FEATURE_VERSION",
+    "LEDGER_OPS",
+    "LEDGER_TICK",
+    "OPERATION_EVENTS_MAX",
+    "OPERATION_EVENT_BYTES_MAX",
+    "OPS_ENTRY_BYTES_MAX",
+    "OPS_ENTRY_OPERATIONS_MAX",
+    "LedgerOps",
+    "Operation",
+    "chain_open",
+    "operation_events",
+    "outcome_reader",
+    "stored_outcome",
+]
+
+# The format's bounds (the configured ones are at most these).
+OPS_ENTRY_OPERATIONS_MAX = 1024
+OPS_ENTRY_BYTES_MAX = ENTRY_BYTES_MAX_BY_TYPE[LEDGER_OPS]
+OPERATION_EVENTS_MAX = 64  # a transfer, a linked chain, a swap: a handful; 64 leaves room
+OPERATION_EVENT_BYTES_MAX = 8 * 1024  # 64 transfers are ~6.5 KB on the wire
+APPROVALS_BYTES_MAX = 2 * 1024  # a few signatures or one-time codes
+CHAIN_OPEN = "linked_event_chain_open"
+# The ledger's bounds are part of the log format: every replica must apply alike.
+LEDGER_CONFIG = LedgerConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation: a record's index put, and optionally its ledger events and approvals."""
+
+    proposal: IndexProposal
+    events: bytes | None = None  # the wire form, business/ledger/wire.py
+    approvals: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.events is not None and not 0 < len(self.events) <= OPERATION_EVENT_BYTES_MAX:
+            raise InvalidRequest(f"an operation's events are 1..{OPERATION_EVENT_BYTES_MAX} B")
+        if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
+            raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
+
+    @property
+    def record_id(self) -> bytes:
+        return self.proposal.record_id
+
+    def to_body(self) -> dict[str, Any]:
+        body = dict(self.proposal.to_entry().body)
+        if self.events is not None:
+            body["ev"] = self.events
+        if self.approvals is not None:
+            body["ap"] = self.approvals
+        return body
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Operation:
+        """Raises :class:`UnsupportedFormat` for anything malformed (bounds included)."""
+        proposal = IndexProposal.from_body(body)
+        events, approvals = body.get("ev"), body.get("ap")
+        if events is not None and type(events) is not bytes:
+            raise UnsupportedFormat("ev must be bytes")
+        if approvals is not None and type(approvals) is not bytes:
+            raise UnsupportedFormat("ap must be bytes")
+        try:
+            return cls(proposal, events, approvals)
+        except InvalidRequest as exc:
+            raise UnsupportedFormat(exc.detail) from exc
+
+    def decoded_events(self) -> list[Event]:
+        """The events, checked as the apply checks them (UnsupportedFormat otherwise)."""
+        return operation_events(self.events)
+
+    def encoded_bytes_max(self) -> int:
+        """An upper bound on this operation's share of an encoded entry (no encoding)."""
+        extra = sum(len(b) + 8 for b in (self.events, self.approvals) if b is not None)
+        return self.proposal.encoded_bytes_max() + extra
+
+    @staticmethod
+    def batch_entry(operations: Sequence[Operation]) -> AppEntry:
+        """One ``ledger.ops`` entry carrying ``operations`` in order."""
+        if not 0 < len(operations) <= OPS_ENTRY_OPERATIONS_MAX:
+            raise InvalidRequest(f"an operations entry holds 1..{OPS_ENTRY_OPERATIONS_MAX}")
+        return AppEntry(LEDGER_OPS, {"ops": [op.to_body() for op in operations]})
+
+
+def operation_events(events: bytes | None) -> list[Event]:
+    """An operation's events (none for a plain record), checked as the apply checks them.
+
+    Raises :class:`UnsupportedFormat` for anything the apply would call ``malformed``.
+    """
+    if events is None:
+        return []
+    decoded = decode_events(
+        events, events_max=OPERATION_EVENTS_MAX, bytes_max=OPERATION_EVENT_BYTES_MAX
+    )
+    if not decoded:
+        raise UnsupportedFormat("an operation's events hold at least one event")
+    return decoded
+
+
+def chain_open(events: Sequence[Event]) -> bool:
+    """Whether the events end inside a linked chain (their last one is ``linked``)."""
+    if not events:
+        return False
+    last = events[-1]
+    if type(last) is CreateAccount:
+        return bool(last.flags & AccountFlags.LINKED)
+    return type(last) is CreateTransfer and bool(last.flags & TransferFlags.LINKED)
+
+
+def outcome_reader(view: StateView) -> Callable[[bytes], bytes | None]:
+    """Record id -> the encoded first outcome of its operation (None: a plain record), read
+    from ``view``: what the receipt route puts in a v2 receipt beside the leaf of that view."""
+    return lambda record_id: view.get(outcome_key(record_id))
+
+
+def stored_outcome(view: StateView, record_id: bytes) -> OperationOutcome | None:
+    """The first outcome of the operation that created ``record_id`` (None: a plain record)."""
+    raw = view.get(outcome_key(record_id))
+    return OperationOutcome.decode(raw) if raw is not None else None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A created operation waiting for its ledger run (mutable only inside one apply)."""
+
+    slot: int  # its position in the entry
+    operation: Operation
+    events: list[Event]
+
+
+class LedgerOps:
+    """The operations and tick entries (pure: reads a view, returns writes)."""
+
+    prefix = b"lg/"
+    entry_types: Mapping[str, int] = {
+        LEDGER_OPS: LEDGER_FEATURE_VERSION,
+        LEDGER_TICK: LEDGER_FEATURE_VERSION,
+    }
+
+    def __init__(self) -> None:
+        self._ledger = Ledger(LEDGER_CONFIG)
+
+    def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        if entry.type == LEDGER_TICK:
+            _, writes = self._ledger.apply([], position.leader_time_ms, view)
+            return ApplyOutcome("applied", {}, tuple(writes))
+        bodies = entry.body.get("ops")
+        if not isinstance(bodies, list) or not 0 < len(bodies) <= OPS_ENTRY_OPERATIONS_MAX:
+            reason = f"ops must be a list of 1..{OPS_ENTRY_OPERATIONS_MAX} operations"
+            return ApplyOutcome("malformed", {"reason": reason})
+        layer = Overlay(view)
+        results: list[BatchOutcome] = []
+        created: list[tuple[int, Operation]] = []
+        runs: list[_Pending] = []
+        retries: list[tuple[int, bytes, Mapping[str, Any]]] = []  # slot, record id, detail
+        for slot, body in enumerate(bodies):
+            try:
+                if not isinstance(body, dict):
+                    raise UnsupportedFormat("an operation must be a map")
+                op = Operation.from_body(body)
+                events = op.decoded_events()
+            except UnsupportedFormat as exc:
+                results.append(BatchOutcome("malformed", {"reason": exc.detail}))
+                continue
+            if chain_open(events):
+                results.append(BatchOutcome(CHAIN_OPEN, {}))
+                continue
+            put = RecordIndex.apply_put(op.proposal, position, layer)
+            layer.writes.update(put.writes)
+            results.append(BatchOutcome(put.code, put.detail))
+            if put.code == "created":
+                created.append((slot, op))
+                if events:
+                    runs.append(_Pending(slot, op, events))
+                if op.approvals is not None:
+                    layer.writes[approvals_key(op.record_id)] = op.approvals
+            elif put.code == "existing":
+                retries.append((slot, op.record_id, put.detail))
+        outcomes = self._run_ledger(runs, position.leader_time_ms, layer)
+        for pending in runs:
+            outcome = outcomes[pending.slot]
+            layer.writes[outcome_key(pending.operation.record_id)] = outcome.encode()
+            done = results[pending.slot]
+            results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
+        for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
+            first = stored_outcome(layer, record_id)
+            if first is not None:
+                results[slot] = BatchOutcome("existing", {**detail, "outcome": first})
+        detail = {
+            "results": tuple(results),
+            "created": tuple(op.proposal for _, op in created),
+            "outcomes": tuple(outcomes.get(slot) for slot, _ in created),
+        }
+        return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
+
+    def _run_ledger(
+        self, runs: Sequence[_Pending], now_ms: int, layer: Overlay
+    ) -> dict[int, OperationOutcome]:
+        """Every created operation's events in as few Ledger.apply calls as the bound allows."""
+        outcomes: dict[int, OperationOutcome] = {}
+        bound = LEDGER_CONFIG.events_per_batch_max
+        start = 0
+        while start < len(runs):
+            end, count = start, 0
+            while end < len(runs) and count + len(runs[end].events) <= bound:
+                count += len(runs[end].events)
+                end += 1
+            group = runs[start:end]
+            events = [e for p in group for e in p.events]
+            results, writes = self._ledger.apply(events, now_ms, layer)
+            layer.writes.update(writes)
+            at = 0
+            for p in group:
+                mine = results[at : at + len(p.events)]
+                at += len(p.events)
+                outcomes[p.slot] = outcome_of(p.events, mine, now_ms)
+            start = end
+        return outcomes

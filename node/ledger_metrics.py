@@ -1,0 +1,106 @@
+"""The ledger's metrics: what the operations entries did, how long their apply took.
+
+:class:`MeasuredLedgerOps` wraps the pure :class:`~node.consensus.ledger_ops.LedgerOps` state
+machine (which may not read a clock) and counts, for every entry this node applies:
+
+* ``ledger_operations_total{result}`` -- operations by result: ``succeeded`` / ``failed``
+  (created, every event ``ok``/``exists`` or not), ``plain`` (a record without events),
+  ``existing`` (a retry answered with its first outcome), or the refusal (``conflict``,
+  ``expired``, ``malformed``, ``linked_event_chain_open``);
+* ``ledger_apply_seconds`` -- the apply time of each ``ledger.ops`` / ``ledger.tick`` entry
+  (index puts, ledger events and the expiry sweep together);
+* ``ledger_entry_operations`` -- operations per ``ledger.ops`` entry (the leader's batching);
+
+and :func:`ledger_stat_families` reads at scrape time the pending amounts per ledger (the
+ledgers' running totals: what pending transfers hold reserved), from the applied state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import Histogram
+
+from business.ledger.model import TOTALS_PREFIX, decode_totals
+from business.ledger.outcome import OperationOutcome
+from node.consensus.ledger_ops import LEDGER_OPS, LedgerOps
+from node.consensus.record_index import BatchOutcome
+from node.consensus.state_machine import AppEntry, ApplyOutcome, LogPosition, StateView
+from node.metrics import Metrics, StatFamily
+
+__all__ = ["MeasuredLedgerOps", "ledger_stat_families"]
+
+OPS_PER_ENTRY_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class MeasuredLedgerOps:
+    """:class:`LedgerOps` with its metrics; the same state machine to the dispatcher."""
+
+    def __init__(self, inner: LedgerOps, metrics: Metrics) -> None:
+        self._inner = inner
+        self.prefix = inner.prefix
+        self.entry_types = inner.entry_types
+        self.operations: Counter[str] = Counter()
+        self._seconds = metrics.histogram(
+            "ledger_apply_seconds", "apply time of one ledger.ops or ledger.tick entry"
+        )
+        self._per_entry = Histogram(
+            f"{metrics.prefix}_ledger_entry_operations",
+            "operations per ledger.ops entry",
+            buckets=OPS_PER_ENTRY_BUCKETS,
+            registry=metrics.registry,
+        )
+
+    def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        started = time.perf_counter()
+        outcome = self._inner.apply(entry, position, view)
+        self._seconds.observe(time.perf_counter() - started)
+        if entry.type == LEDGER_OPS and outcome.code == "applied":
+            results: tuple[BatchOutcome, ...] = outcome.detail["results"]
+            self._per_entry.observe(len(results))
+            self.operations.update(_result_label(r) for r in results)
+        return outcome
+
+
+def _result_label(result: BatchOutcome) -> str:
+    outcome = result.detail.get("outcome")
+    if result.code == "created":
+        if not isinstance(outcome, OperationOutcome):
+            return "plain"
+        return "succeeded" if outcome.succeeded else "failed"
+    return result.code
+
+
+def pending_amounts(items: Iterator[tuple[bytes, bytes]]) -> dict[str, float]:
+    """Per ledger, the amount pending transfers hold (from the ``lg/lt/`` running totals)."""
+    out: dict[str, float] = {}
+    for key, value in items:
+        totals = decode_totals(int.from_bytes(key[len(TOTALS_PREFIX) :], "big"), value)
+        out[str(totals.ledger)] = float(totals.debits_pending)
+    return out
+
+
+def ledger_stat_families(
+    measured: MeasuredLedgerOps,
+    state_items: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
+) -> list[StatFamily]:
+    def operations() -> Mapping[str, float]:
+        return {k: float(v) for k, v in measured.operations.items()}
+
+    return [
+        StatFamily(
+            "ledger_operations",
+            "ledger operations applied, by result",
+            operations,
+            counter=True,
+            label="result",
+        ),
+        StatFamily(
+            "ledger_pending_amount",
+            "amount held by pending transfers, by ledger (minor units)",
+            lambda: pending_amounts(state_items(TOTALS_PREFIX)),
+            label="ledger",
+        ),
+    ]

@@ -1,0 +1,90 @@
+"""The simulator's ledger workload: what a ledger client's operations carry, drawn from the seed.
+
+Each ledger client owns one ledger (asset) and its accounts, so clients never wait on each
+other: operation 1 creates the asset, an issuer and :data:`USERS` user accounts flagged
+``debits_must_not_exceed_credits``; operation 2 issues :data:`ISSUED` to each user; every
+later operation is one of: a transfer between two users (sometimes more than the payer holds:
+``exceeds_credits``), a linked chain of two transfers (both legs or neither), a pending
+transfer with a 1-3 s timeout (expired by the sweep at a later log time unless resolved),
+or the post or void of an earlier pending transfer (which may have expired: a sticky
+refusal). A client also sends an operation it already had acknowledged again now and then:
+the answer must be the first outcome (checked by :class:`~node.sim.checkers.Checker`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from business.ledger.model import (
+    AMOUNT_MAX,
+    AccountFlags,
+    AssetKind,
+    CreateAccount,
+    CreateAsset,
+    CreateTransfer,
+    Event,
+    TransferFlags,
+)
+from business.ledger.wire import encode_events
+from node.sim.rng import SimRng
+
+__all__ = ["ISSUED", "RETRY_CHANCE", "USERS", "LedgerWorkload"]
+
+USERS = 4
+ISSUED = 1_000
+RETRY_CHANCE = 0.15  # an acknowledged operation sent again instead of a new one
+
+
+@dataclass
+class LedgerWorkload:
+    ledger: int  # this client's ledger number (1..2^32-1)
+    pending_ids: list[int] = field(default_factory=list)
+
+    def account(self, j: int) -> int:
+        """Account ``j`` of this ledger (0: the issuer)."""
+        return self.ledger * 1_000 + j
+
+    def events(self, seq: int, rng: SimRng) -> bytes:
+        """Operation ``seq``'s events (wire form); drawn once, resent as they are."""
+        return encode_events(self._events(seq, rng))
+
+    def _events(self, seq: int, rng: SimRng) -> list[Event]:
+        ledger, account = self.ledger, self.account
+        if seq == 1:
+            limited = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+            return [
+                CreateAsset(ledger, AssetKind.POINT, 2),
+                CreateAccount(account(0), ledger, 1),
+                *(CreateAccount(account(j), ledger, 2, flags=limited) for j in range(1, USERS + 1)),
+            ]
+        tid = ledger * 10**9 + seq * 10
+        if seq == 2:
+            return [
+                CreateTransfer(tid + j, account(0), account(j), ISSUED, ledger, 1)
+                for j in range(1, USERS + 1)
+            ]
+        a = rng.randint(1, USERS)
+        b = a % USERS + 1
+        kind = rng.random()
+        if kind < 0.45:
+            return [CreateTransfer(tid, account(a), account(b), rng.randint(1, 400), ledger, 1)]
+        if kind < 0.65:
+            c = b % USERS + 1
+            linked = TransferFlags.LINKED
+            return [
+                CreateTransfer(tid, account(a), account(b), rng.randint(1, 300), ledger, 1,
+                               flags=linked),
+                CreateTransfer(tid + 1, account(b), account(c), rng.randint(1, 300), ledger, 1),
+            ]  # fmt: skip
+        if kind < 0.85 or not self.pending_ids:
+            self.pending_ids.append(tid)
+            return [
+                CreateTransfer(tid, account(a), account(b), rng.randint(1, 200), ledger, 1,
+                               flags=TransferFlags.PENDING, timeout=rng.randint(1, 3))
+            ]  # fmt: skip
+        pending = rng.choice(self.pending_ids)
+        if rng.random() < 0.5:
+            flags, amount = TransferFlags.POST_PENDING_TRANSFER, AMOUNT_MAX
+        else:
+            flags, amount = TransferFlags.VOID_PENDING_TRANSFER, 0
+        return [CreateTransfer(tid, 0, 0, amount, 0, 0, flags=flags, pending_id=pending)]
