@@ -59,6 +59,7 @@ from business.identity.ids import Mode
 from node.errors import (
     AuthenticationFailed,
     ConfigError,
+    IdempotencyConflict,
     InvalidRequest,
     InvariantViolation,
     NotFound,
@@ -254,7 +255,7 @@ def new_partner_in_modes(
 ) -> tuple[Keyring, PartnerKeys]:
     """A new partner with one test and one live credential and its first data key."""
     if partner_id in keyring.partners:
-        raise InvalidRequest(
+        raise IdempotencyConflict(
             f"partner {partner_id!r} is already in the keyring (its secrets were shown once)",
             code="partner_exists",
             param="id",
@@ -288,9 +289,7 @@ def add_operator(
         raise InvalidRequest(f"operator {operator_id!r} exists", code="operator_exists")
     if len(keyring.operators) >= OPERATORS_MAX:
         raise InvalidRequest(f"at most {OPERATORS_MAX} operators", code="operator_limit_reached")
-    credential = ApiCredential(
-        _new_api_key(keyring, f"ok_{operator_id}"), random_bytes(KEY_BYTES)
-    )
+    credential = ApiCredential(_new_api_key(keyring, f"ok_{operator_id}"), random_bytes(KEY_BYTES))
     return keyring.with_operator(OperatorKeys(operator_id, (credential,))), credential
 
 
@@ -457,9 +456,7 @@ def _partner_from_json(raw: dict[str, Any]) -> PartnerKeys:
 
 def _operator_from_json(raw: dict[str, Any]) -> OperatorKeys:
     try:
-        operator = OperatorKeys(
-            str(raw["operator_id"]), _credentials_from_json(raw["credentials"])
-        )
+        operator = OperatorKeys(str(raw["operator_id"]), _credentials_from_json(raw["credentials"]))
     except (KeyError, TypeError, AttributeError) as exc:
         raise UnsupportedFormat(f"keyring operator entry is malformed: {exc}") from exc
     if not operator.credentials:
