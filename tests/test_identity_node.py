@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgpack
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -32,6 +34,7 @@ from business.identity import (
 from business.identity.ids import code_hash, partner_id, user_ref
 from business.identity.model import PLATFORM_SCOPE
 from business.ledger import MemoryView
+from node.anchoring.forwarding import decode_forwarded
 from node.anchoring.state import AnchorLog
 from node.api.identity_routes import IdentityRoutes, add_identity_routes
 from node.api.problem import problem_middleware
@@ -44,6 +47,7 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
+from node.errors import InvalidRequest
 from node.main import FEATURE_VERSION_MAX
 from node.merkle.log import root_at
 
@@ -157,7 +161,7 @@ class _NoProposals:
 
 
 @pytest.fixture
-async def node_reads() -> TestClient:  # type: ignore[misc]
+async def node_reads() -> AsyncIterator[TestClient]:
     view = MemoryView()
     run(view, [encode_app_entry(e) for e in fixture_entries()])
     app = web.Application(middlewares=[problem_middleware])
@@ -253,3 +257,29 @@ async def test_link_read_answers_the_wallet_in_its_mode_only(node_reads: TestCli
 if __name__ == "__main__":
     FIXTURE.write_text(json.dumps(build_fixture(), indent=1) + "\n")
     print(f"wrote {FIXTURE}", file=sys.stderr)
+
+
+async def test_the_propose_routes_take_identity_entries_only_and_the_leader_route_leaders_only(
+    node_reads: TestClient,
+) -> None:
+    def body(entry: AppEntry) -> bytes:
+        return msgpack.packb({"entry": encode_app_entry(entry)}, use_bin_type=True)
+
+    put = AppEntry("partner.put", PartnerPut(SHOP, PartnerStatus.ACTIVE, ROLES, OPERATOR).to_body())
+    headers = {"Content-Type": "application/msgpack"}
+    # Not the leader: the forwarded route answers 503 not_leader, so the sender retries.
+    follower = await node_reads.post(
+        "/internal/v1/identity/propose", data=body(put), headers=headers
+    )
+    assert follower.status == 503 and (await follower.json())["code"] == "not_leader"
+    # Entries of other machines are not taken on the identity routes (nor the reverse:
+    # decode_forwarded without ``accepts`` takes anchoring entries only).
+    anchor = AppEntry("anchor.lease", {"holder": "x"})
+    for path in ("/internal/v1/identity/propose", "/internal/v1/identity/entries"):
+        refused = await node_reads.post(path, data=body(anchor), headers=headers)
+        assert refused.status == 400, path
+    with pytest.raises(InvalidRequest):
+        decode_forwarded({"entry": encode_app_entry(put)})
+    assert decode_forwarded({"entry": encode_app_entry(put)}, accepts={"partner.put"}) == put
+    as_json = await node_reads.post("/internal/v1/identity/entries", json={"entry": "x"})
+    assert as_json.status == 400
