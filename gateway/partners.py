@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from business.identity import (
+    DEFAULT_ROLES,
     Actor,
     ActorKind,
     AssetRef,
@@ -56,7 +57,6 @@ from node.consensus.state_machine import AppEntry
 from node.errors import IdempotencyConflict, InvalidRequest, NotFound, OperationFailed
 
 __all__ = [
-    "DEFAULT_ROLES",
     "actor_of",
     "audit_list",
     "onboard",
@@ -65,18 +65,6 @@ __all__ = [
     "set_status",
 ]
 
-# Every partner gets these system accounts in both modes (roles can be added later, never
-# removed): points issuance and breakage on its own point ledger, BAAS reserve and fees.
-DEFAULT_ROLES = tuple(
-    RoleAccount(mode, role, asset)
-    for mode in Mode
-    for role, asset in (
-        (Role.ISSUANCE, AssetRef.POINTS),
-        (Role.RESERVE, AssetRef.BAAS),
-        (Role.FEES, AssetRef.BAAS),
-        (Role.BREAKAGE, AssetRef.POINTS),
-    )
-)
 PUT_SUCCESS = frozenset({"ok", "exists"})
 # A partner name becomes part of its API key ids (pk_test_<name>_...): keep it plain.
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
