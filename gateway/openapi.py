@@ -551,7 +551,9 @@ SIGNATURE_DESCRIPTION = f"""Every partner request carries `{HEADER_KEY}` (the AP
 single use) and `{HEADER_SIGNATURE}`: lowercase hex of HMAC-SHA256(secret, canonical), where
 canonical is the newline-joined method, path with query, timestamp, nonce (or empty),
 Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
-`tools/client.py`)."""
+`tools/client.py`). A partner credential is in one mode, test (`pk_test_...`) or live
+(`pk_live_...`), and every request is served in that mode; an operator credential (`ok_...`,
+signed the same way) may call only `/v1/admin/...` and `/v1/audit`."""
 
 
 def openapi_document() -> dict[str, Any]:

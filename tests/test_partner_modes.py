@@ -224,3 +224,33 @@ def test_partner_names_and_audit_cursors_are_checked() -> None:
         with pytest.raises(InvalidRequest):
             parse_audit_cursor(bad)
     assert operator_cli_actor("a") != operator_cli_actor("b")
+
+
+def test_baas_keys_adds_and_lists_credentials_per_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools import keys_cli
+
+    monkeypatch.setenv("BAAS_MASTER_KEY", MASTER.hex())
+    path = tmp_path / "keyring.json"
+    save_keyring(path, new_partner_in_modes(Keyring(1, {}), "shop-x")[0], MASTER)
+
+    def cli(*args: str) -> dict[str, object]:
+        assert keys_cli.main(["--keyring", str(path), *args]) == 0
+        result: dict[str, object] = json.loads(capsys.readouterr().out)
+        return result
+
+    added = cli("add-api-secret", "--partner", "shop-x", "--mode", "live")
+    assert added["mode"] == "live" and str(added["api_key"]).startswith("pk_live_shop-x_")
+    loaded = load_keyring(path, MASTER)
+    assert loaded.principal(str(added["api_key"]), NOW_MS).mode == Mode.LIVE
+    listed = cli("list", "--partner", "shop-x")
+    modes = sorted(c["mode"] for c in listed["credentials"])  # type: ignore[attr-defined]
+    assert modes == ["live", "live", "test"]
+    assert (
+        keys_cli.main(
+            ["--keyring", str(path), "add-api-secret", "--partner", "shop-x", "--mode", "live"]
+        )
+        == 1
+    )  # two live already: refused
+    assert "credential_limit_reached" in capsys.readouterr().err
