@@ -21,6 +21,11 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   (:mod:`gateway.openapi`), public.
 * ``/dashboard/...`` -> the web dashboard (:mod:`gateway.dashboard`), a sub-application with
   its own sessions, limits and error pages; not signed like the partner API.
+* ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
+  :mod:`gateway.admin_routes`.
+
+Every signed request has a mode, test or live: its API credential's (:mod:`gateway.keyring`).
+An operator credential signs the admin and audit routes only.
 
 Every partner request is signed (:mod:`gateway.auth`); bodies are bounded
 (``http_body_bytes_max``), and so is the number of requests in flight
@@ -52,7 +57,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter
 
-from gateway.auth import HEADER_KEY, ReplayCache, SignedRequest, authenticate
+from gateway.admin_routes import add_admin_routes, operator_path
+from gateway.auth import HEADER_KEY, ReplayCache, SignedRequest, authenticate_principal
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
@@ -67,9 +73,10 @@ from gateway.openapi import (
 from gateway.rate_limit import CredentialRateLimiter
 from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
 from gateway.request_keys import API_VERSION as API_VERSION_KEY
-from gateway.request_keys import DEADLINE, PARTNER_KEYS, REQUEST_ID
+from gateway.request_keys import DEADLINE, MODE, PARTNER_KEYS, PRINCIPAL, REQUEST_ID
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
+    AuthenticationFailed,
     BaasError,
     CorruptEntry,
     DeadlineExceeded,
@@ -99,6 +106,8 @@ class GatewayState:
     nodes: NodeClient
     replay: ReplayCache
     clock_s: Callable[[], float] = time.time
+    # To write the keyring (onboarding through the admin API); None: this gateway only reads it.
+    master_key: bytes | None = field(default=None, repr=False)
     inflight: int = 0
     partner_inflight: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: Metrics("baas_gateway"))
@@ -178,13 +187,22 @@ async def bound_and_authenticate(request: web.Request, handler: Handler) -> web.
             if request.path in AUDIT_PATHS and request.method == "GET":
                 return await handler(request)
             body = await request.read()
-            request[PARTNER_KEYS] = authenticate(
+            principal = authenticate_principal(
                 SignedRequest(request.method, request.path_qs, dict(request.headers), body),
                 state.keyring,
                 state.replay,
                 int(state.clock_s()),
                 state.config.limits.signature_window_s,
             )
+            request[PRINCIPAL] = principal
+            request[MODE] = principal.mode
+            if principal.partner is not None:
+                request[PARTNER_KEYS] = principal.partner
+            elif not operator_path(request.path):
+                raise AuthenticationFailed(
+                    "an operator credential signs the admin and audit routes only",
+                    code="operator_credential",
+                )
             wait_s = state.rate_limits.take(request.headers[HEADER_KEY], time.monotonic())
             if wait_s:
                 raise RateLimited(
@@ -472,6 +490,7 @@ def build_gateway_app(
     app.router.add_post("/v1/records/batch", post_records_batch)
     app.router.add_get("/v1/records/{record_id}", get_record)
     add_log_routes(app, state.nodes)
+    add_admin_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

@@ -9,7 +9,9 @@ same second sends a fresh nonce, so its retry is a new request, not a replay.
 
 Refused with 401 and a stable code: missing headers (``unauthenticated``), unknown or expired
 key, bad signature (``bad_signature``), a timestamp outside the window (``stale_request``) and a
-byte-identical replay inside the window (``replayed_request``). The replay cache is bounded
+byte-identical replay inside the window (``replayed_request``). The key id names a
+:class:`~gateway.keyring.Principal`: a partner in its credential's mode (test or live), or an
+operator (:func:`authenticate_principal`). The replay cache is bounded
 (``replay_cache_entries_max``); entries expire with the window, so a full cache means more than
 that many signed requests in one window and the oldest are dropped -- they are stale soon after.
 """
@@ -21,10 +23,16 @@ import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from gateway.keyring import Keyring, PartnerKeys
+from gateway.keyring import Keyring, PartnerKeys, Principal
 from node.errors import AuthenticationFailed
 
-__all__ = ["ReplayCache", "authenticate", "canonical_request", "sign_request"]
+__all__ = [
+    "ReplayCache",
+    "authenticate",
+    "authenticate_principal",
+    "canonical_request",
+    "sign_request",
+]
 
 HEADER_KEY = "X-Baas-Key"
 HEADER_TIMESTAMP = "X-Baas-Timestamp"
@@ -91,6 +99,17 @@ class SignedRequest:
 def authenticate(
     request: SignedRequest, keyring: Keyring, replay: ReplayCache, now_s: int, window_s: int
 ) -> PartnerKeys:
+    """The partner that signed ``request`` (an operator's signature is refused here)."""
+    principal = authenticate_principal(request, keyring, replay, now_s, window_s)
+    if principal.partner is None:
+        raise AuthenticationFailed("not a partner API key", code="operator_credential")
+    return principal.partner
+
+
+def authenticate_principal(
+    request: SignedRequest, keyring: Keyring, replay: ReplayCache, now_s: int, window_s: int
+) -> Principal:
+    """Who signed ``request``: a partner in one mode, or an operator."""
     api_key = request.headers.get(HEADER_KEY, "")
     timestamp = request.headers.get(HEADER_TIMESTAMP, "")
     signature = request.headers.get(HEADER_SIGNATURE, "")
@@ -108,9 +127,9 @@ def authenticate(
         raise AuthenticationFailed(
             "timestamp is outside the signature window", code="stale_request"
         )
-    partner, credential = keyring.credential(api_key, now_s * 1000)
+    principal = keyring.principal(api_key, now_s * 1000)
     expected = sign_request(
-        credential.secret,
+        principal.credential.secret,
         request.method,
         request.path_qs,
         timestamp,
@@ -121,4 +140,4 @@ def authenticate(
     if not hmac.compare_digest(expected, signature.lower()):
         raise AuthenticationFailed("signature does not match", code="bad_signature")
     replay.check_and_add(signature.lower(), timestamp_s, now_s, window_s)
-    return partner
+    return principal

@@ -42,6 +42,7 @@ def build_state(config: GatewayConfig, master_key: bytes) -> GatewayState:
         keyring=keyring,
         nodes=NodeClient(config.nodes, token, config.limits, config.timeouts),
         replay=ReplayCache(config.limits.replay_cache_entries_max),
+        master_key=master_key,
     )
 
 

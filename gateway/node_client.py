@@ -33,8 +33,10 @@ import aiohttp
 import msgpack
 
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint
+from node.api.identity_routes import IDENTITY_ENTRIES_PATH
 from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
 from node.batcher import Batcher
+from node.consensus.state_machine import AppEntry, encode_app_entry
 from node.errors import (
     BaasError,
     CallerError,
@@ -446,3 +448,33 @@ class NodeClient:
         if not result.get("ok"):
             raise error_from_problem(int(result.get("status", 503)), result)
         return result
+
+    # ----------------------------------------------------------------- identity (feature 7)
+
+    async def identity_propose(
+        self, entry: AppEntry, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any]:
+        """Propose an identity entry through any node (it forwards to the leader); its
+        outcome ``{"code", "detail"}`` once applied on that node."""
+        return await self._call(
+            "POST",
+            IDENTITY_ENTRIES_PATH,
+            {"entry": encode_app_entry(entry)},
+            deadline=deadline,
+            request_id=request_id,
+        )
+
+    async def identity_read(
+        self, path: str, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any]:
+        """An identity read (JSON) from the first node that knows the answer: a node that lags
+        answers 404 for what it has not applied yet, so a 404 passes the call on."""
+        return await self._call(
+            "GET",
+            path,
+            None,
+            deadline=deadline,
+            request_id=request_id,
+            json_reply=True,
+            next_node_on=frozenset({404}),
+        )

@@ -428,12 +428,168 @@ PATHS: dict[str, Schema] = {
     },
 }
 
+# --- partners (admin) and the audit trail (gateway/admin_routes.py) --------------------------
+
+HEX32: Schema = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+PARTNER_ID: Schema = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"}
+
+
+def _list_of(item: str, url: str) -> Schema:
+    return _closed(
+        {
+            "object": {"const": "list"},
+            "url": {"const": url},
+            "has_more": {"type": "boolean"},
+            "data": {"type": "array", "items": _ref(item)},
+        }
+    )
+
+
+SCHEMAS.update(
+    {
+        "PartnerCreate": _closed({"id": PARTNER_ID}),
+        "PartnerAccount": _closed(
+            {
+                "object": {"const": "account"},
+                "id": HEX32,
+                "livemode": {"type": "boolean"},
+                "role": {"type": "string"},
+                "asset": {"type": "string", "enum": ["baas", "points"]},
+                "ledger": {"type": "integer", "minimum": 1},
+            }
+        ),
+        "ApiCredential": _closed(
+            {
+                "object": {"const": "api_credential"},
+                "id": {"type": "string"},
+                "livemode": {"type": "boolean"},
+                "active": {"type": "boolean"},
+                "secret": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            },
+            required=["object", "id", "livemode", "active"],
+        ),
+        "Partner": _closed(
+            {
+                "id": PARTNER_ID,
+                "object": {"const": "partner"},
+                "partner_ref": HEX32,
+                "status": {"type": "string", "enum": ["active", "suspended", "keyring_only"]},
+                "asset_index": {"type": ["integer", "null"], "minimum": 0},
+                "accounts": {"type": "array", "items": _ref("PartnerAccount")},
+                "credentials": {"type": "array", "items": _ref("ApiCredential")},
+            }
+        ),
+        "PartnerList": _list_of("Partner", "/v1/admin/partners"),
+        "AuditActor": _closed(
+            {
+                "type": {"type": "string", "enum": ["operator", "partner", "user"]},
+                "credential": HEX32,
+                "partner": {"type": ["string", "null"]},
+            }
+        ),
+        "AuditEntry": _closed(
+            {
+                "id": {"type": "string", "pattern": "^aud_[0-9]+$"},
+                "object": {"const": "audit_entry"},
+                "livemode": {"type": "boolean"},
+                "created_ms": UINT,
+                "type": {"type": "string"},
+                "partner": {"type": "string"},
+                "actor": _ref("AuditActor"),
+                "summary": HEX64,
+            }
+        ),
+        "AuditList": _list_of("AuditEntry", "/v1/audit"),
+    }
+)
+
+
+def _string_query(name: str, description: str, schema: Schema) -> Schema:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+_LIMIT = _string_query("limit", "1..100, default 10", {"type": "string", "pattern": "^[0-9]{1,3}$"})
+_ADMIN_ERRORS = (*_SIGNED_ERRORS, 404)
+
+PATHS.update(
+    {
+        "/v1/admin/partners": {
+            "post": _operation(
+                "createPartner",
+                "Onboard a partner (operators): on the log, then its test and live API "
+                "credentials, whose secrets this answer shows once",
+                {201: _json("Partner", "onboarded"), 409: _problem(409)},
+                _ADMIN_ERRORS,
+                body="PartnerCreate",
+            ),
+            "get": _operation(
+                "listPartners",
+                "The partners, by id (operators)",
+                {200: _json("PartnerList", "a page of partners")},
+                _ADMIN_ERRORS,
+                parameters=[
+                    _LIMIT,
+                    _string_query("starting_after", "the last id of the previous page", PARTNER_ID),
+                ],
+            ),
+        },
+        "/v1/admin/partners/{partner}": {
+            "get": _operation(
+                "getPartner",
+                "One partner: status, accounts per mode, credentials without secrets (operators)",
+                {200: _json("Partner", "the partner")},
+                _ADMIN_ERRORS,
+                parameters=[
+                    {
+                        "name": "partner",
+                        "in": "path",
+                        "required": True,
+                        "description": "the partner id",
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+        "/v1/audit": {
+            "get": _operation(
+                "listAuditEntries",
+                "Configuration changes with their actor, newest first: a partner's own in its "
+                "credential's mode; an operator's, every change (or one partner's)",
+                {200: _json("AuditList", "a page of audit entries")},
+                _ADMIN_ERRORS,
+                parameters=[
+                    _LIMIT,
+                    _string_query(
+                        "starting_after",
+                        "the last id of the previous page",
+                        {"type": "string", "pattern": "^aud_[0-9]{1,19}$"},
+                    ),
+                    _string_query("partner", "one partner's trail (operators)", PARTNER_ID),
+                    _string_query(
+                        "mode",
+                        "test or live (operators; a partner sees its credential's)",
+                        {"type": "string", "enum": ["test", "live"]},
+                    ),
+                ],
+            )
+        },
+    }
+)
+
 SIGNATURE_DESCRIPTION = f"""Every partner request carries `{HEADER_KEY}` (the API key),
 `{HEADER_TIMESTAMP}` (Unix seconds, within the signature window), `{HEADER_NONCE}` (optional,
 single use) and `{HEADER_SIGNATURE}`: lowercase hex of HMAC-SHA256(secret, canonical), where
 canonical is the newline-joined method, path with query, timestamp, nonce (or empty),
 Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
-`tools/client.py`)."""
+`tools/client.py`). A partner credential is in one mode, test (`pk_test_...`) or live
+(`pk_live_...`), and every request is served in that mode; an operator credential (`ok_...`,
+signed the same way) may call only `/v1/admin/...` and `/v1/audit`."""
 
 
 def openapi_document() -> dict[str, Any]:

@@ -20,11 +20,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from business.identity import IdentityConfig, IdentityMachine
 from node import runtime
 from node.anchoring.forwarding import ForwardingProposer
 from node.anchoring.service import AnchorService, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
+from node.api.identity_routes import IDENTITY_PROPOSE_PATH, IdentityRoutes, add_identity_routes
 from node.api.ledger_routes import LedgerReads
 from node.api.problem import ProblemAppRunner
 from node.config import NodeConfig, load_node_config, parse_host_port
@@ -54,10 +56,11 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (6: ledger operations and ticks,
+# The newest log feature version this code understands (7: the identity entries, partners
+# and wallets, business/identity/; 6: ledger operations and ticks,
 # node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
 # leader's index batching).
-FEATURE_VERSION_MAX = 6
+FEATURE_VERSION_MAX = 7
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -114,7 +117,13 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft=core_config(p2p.peer_id, config.raft),
         storage=raft_storage,
         dispatcher=Dispatcher(
-            [RecordIndex(), MembersMachine(), AnchorLog(root_at), ledger_ops],
+            [
+                RecordIndex(),
+                MembersMachine(),
+                AnchorLog(root_at),
+                ledger_ops,
+                IdentityMachine(IdentityConfig()),
+            ],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],
         ),
@@ -232,7 +241,27 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
     )
-    runner = ProblemAppRunner(build_node_app(state), access_log=None, handle_signals=False)
+    # --- identity (feature 7): its proposals take the shared leader route like anchoring's.
+    identity_proposer = ForwardingProposer(
+        replicated_log,
+        address_of=membership.http_addr,
+        api_token=api_token.decode(),
+        request_timeout_s=config.timeouts.p2p_request_s,
+        path=IDENTITY_PROPOSE_PATH,
+    )
+    node_app = build_node_app(state)
+    add_identity_routes(
+        node_app,
+        IdentityRoutes(
+            view=lambda: StoreView(raft_storage),
+            proposer=identity_proposer,
+            propose_local=state.propose_entry,
+            is_leader=lambda: replicated_log.status().role == "leader",
+            propose_timeout_s=config.timeouts.p2p_request_s,
+            audit_limit_max=IdentityConfig().audit_list_limit_max,
+        ),
+    )
+    runner = ProblemAppRunner(node_app, access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
         await replicated_log.start()
@@ -241,6 +270,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await membership.start()
         await mover.start()
         await collector.start()
+        await identity_proposer.start()
         if config.anchoring.enabled:
             await anchoring_proposer.start()
             await anchoring.start()
@@ -269,6 +299,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         if config.anchoring.enabled:
             await anchoring.stop()  # gives the lease up while the log still runs
             await anchoring_proposer.stop()
+        await identity_proposer.stop()
         await coordinator.stop()
         await collector.stop()
         await mover.stop()

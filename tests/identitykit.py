@@ -17,9 +17,9 @@ from eth_account.messages import encode_typed_data
 from eth_account.signers.local import LocalAccount
 
 from business.identity import (
+    DEFAULT_ROLES,
     Actor,
     ActorKind,
-    AssetRef,
     CodeIssueEntry,
     IdentityConfig,
     IdentityMachine,
@@ -27,8 +27,6 @@ from business.identity import (
     Mode,
     PartnerPut,
     PartnerStatus,
-    Role,
-    RoleAccount,
     UnlinkEntry,
     eip712,
 )
@@ -42,16 +40,7 @@ T0_S = T0_MS // 1000
 OPERATOR = Actor(ActorKind.OPERATOR, b"\x0f" * 16)
 SHOP = partner_id("demo-shop")
 OTHER_SHOP = partner_id("other-shop")
-ROLES = tuple(
-    RoleAccount(mode, role, asset)
-    for mode in Mode
-    for role, asset in (
-        (Role.ISSUANCE, AssetRef.POINTS),
-        (Role.RESERVE, AssetRef.BAAS),
-        (Role.FEES, AssetRef.BAAS),
-        (Role.BREAKAGE, AssetRef.POINTS),
-    )
-)
+ROLES = DEFAULT_ROLES  # what onboarding gives every partner
 
 
 def user(seed: str) -> LocalAccount:

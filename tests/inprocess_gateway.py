@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from openapi_check import CheckedPartnerClient
@@ -27,13 +27,17 @@ async def gateway_without_nodes(
     directory: Path,
     limits: Mapping[str, object] | None = None,
     dashboard: Mapping[str, object] | None = None,
+    prepare: Callable[[ClusterLayout], None] | None = None,
 ) -> AsyncIterator[ClusterLayout]:
+    """``prepare`` runs on the layout before the gateway starts (to add keyring entries)."""
     layout = init_cluster(directory, partners=("shop-a", "shop-b"), chain="none")
     config_path = Path(layout.gateway_config_path)
     if limits:
         config_path.write_text(set_toml_keys(config_path.read_text(), "limits", limits))
     if dashboard:
         config_path.write_text(set_toml_keys(config_path.read_text(), "dashboard", dashboard))
+    if prepare is not None:
+        prepare(layout)
     stop = asyncio.Event()
     gateway = asyncio.create_task(run_gateway(load_gateway_config(config_path), stop))
     try:

@@ -111,7 +111,7 @@ def test_overlapping_credentials_then_retirement() -> None:
     assert last.value.code == "last_live_credential"
     keyring, new = add_api_credential(keyring, "shop", NOW_MS)
     assert new.api_key != old.api_key and len(new.secret) == 32
-    assert new.api_key.startswith("pk_shop_")
+    assert new.api_key.startswith("pk_test_shop_")
     now_s = NOW_MS // 1000
     assert _auth(keyring, old.api_key, old.secret, now_s) == "shop"
     assert _auth(keyring, new.api_key, new.secret, now_s) == "shop"

@@ -3,7 +3,7 @@
 ::
 
     baas-keys --config D/gateway.toml rotate-data-key --partner P
-    baas-keys --config D/gateway.toml add-api-secret --partner P [--out FILE]
+    baas-keys --config D/gateway.toml add-api-secret --partner P [--mode test|live] [--out FILE]
     baas-keys --config D/gateway.toml retire-api-secret --partner P --api-key K --after SECONDS
     baas-keys --config D/gateway.toml retire-api-secret --partner P --api-key K --at 1893456000
     baas-keys --config D/gateway.toml list [--partner P]
@@ -24,14 +24,12 @@ stderr and exit 1; usage errors exit 2.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,13 +39,15 @@ from gateway.keyring import (
     Keyring,
     PartnerKeys,
     add_api_credential,
+    change_keyring,
     load_keyring,
     load_master_key,
+    mode_name,
+    parse_mode,
     retire_api_credential,
     rotate_data_key,
-    save_keyring,
 )
-from node.errors import BaasError, ConfigError, InvalidRequest, InvariantViolation
+from node.errors import BaasError, ConfigError, InvalidRequest
 
 __all__ = ["main"]
 
@@ -83,16 +83,6 @@ def parse_at(text: str) -> int:
     return round(moment.timestamp() * 1000)
 
 
-@contextmanager
-def _locked(keyring_file: Path) -> Iterator[None]:
-    fd = os.open(f"{keyring_file}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def _partner_view(keyring: Keyring, partner: PartnerKeys, now_ms: int) -> dict[str, Any]:
     return {
         "partner_id": partner.partner_id,
@@ -104,6 +94,7 @@ def _partner_view(keyring: Keyring, partner: PartnerKeys, now_ms: int) -> dict[s
         "credentials": [
             {
                 "api_key": c.api_key,
+                "mode": mode_name(c.mode),
                 "not_after_ms": c.not_after_ms,
                 "not_after": _iso(c.not_after_ms),
                 "live": c.live(now_ms),
@@ -133,13 +124,7 @@ class _Files:
         return load_keyring(self.keyring_file, self.master_key)
 
     def change(self, operation: Callable[[Keyring], Keyring]) -> Keyring:
-        with _locked(self.keyring_file):
-            before = self.load()
-            after = operation(before)
-            if after.version != before.version + 1:
-                raise InvariantViolation("every keyring change bumps the version by one")
-            save_keyring(self.keyring_file, after, self.master_key)
-            return after
+        return change_keyring(self.keyring_file, self.master_key, operation)
 
 
 def _cmd_rotate(files: _Files, args: argparse.Namespace) -> dict[str, Any]:
@@ -164,10 +149,13 @@ def _cmd_add(files: _Files, args: argparse.Namespace) -> dict[str, Any]:
     written: list[Path] = []
 
     def operation(keyring: Keyring) -> Keyring:
-        added, credential = add_api_credential(keyring, args.partner, _now_ms())
+        added, credential = add_api_credential(
+            keyring, args.partner, _now_ms(), mode=parse_mode(args.mode)
+        )
         created.append(
             {
                 "partner_id": args.partner,
+                "mode": args.mode,
                 "api_key": credential.api_key,
                 "secret_hex": credential.secret.hex(),
             }
@@ -244,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     add = commands.add_parser("add-api-secret", help="add an overlapping API credential")
     add.add_argument("--partner", required=True)
     add.add_argument("--out", type=Path, help="write the new secret to this new 0600 file")
+    add.add_argument("--mode", choices=("test", "live"), default="test")
     add.set_defaults(run=_cmd_add)
     retire = commands.add_parser("retire-api-secret", help="set an API credential's end time")
     retire.add_argument("--partner", required=True)

@@ -29,6 +29,7 @@ from business.identity.approvals import (
 from business.identity.core import IdentityMachine, open_wallet_account, platform_account
 from business.identity.ids import Mode
 from business.identity.model import (
+    DEFAULT_ROLES,
     IDENTITY_FEATURE_VERSION,
     Actor,
     ActorKind,
@@ -51,6 +52,7 @@ from business.identity.model import (
 from business.identity.views import AuditEntry, get_owner, get_partner, linked_wallet, list_audit
 
 __all__ = [
+    "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
     "Actor",
     "ActorKind",

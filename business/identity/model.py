@@ -21,6 +21,7 @@ from business.identity.ids import Mode
 from node.errors import ConfigError, CorruptEntry, UnsupportedFormat
 
 __all__ = [
+    "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
     "Actor",
     "ActorKind",
@@ -262,6 +263,21 @@ class RoleAccount:
     mode: Mode
     role: Role
     asset: AssetRef
+
+
+# The system accounts every partner gets at onboarding, in both modes (roles may be added
+# later, never removed): points issuance and breakage on its own point ledger, BAAS reserve
+# and fees.
+DEFAULT_ROLES = tuple(
+    RoleAccount(mode, role, asset)
+    for mode in Mode
+    for role, asset in (
+        (Role.ISSUANCE, AssetRef.POINTS),
+        (Role.RESERVE, AssetRef.BAAS),
+        (Role.FEES, AssetRef.BAAS),
+        (Role.BREAKAGE, AssetRef.POINTS),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,9 @@ So the lease goes to a node with a key wherever leadership is: the leader need n
 and a leader change does not move the lease (it lapses only if its holder stops renewing).
 
 Only ``anchor.*`` entries are taken on that path; the leader's apply still judges each (lease,
-holder, batch order), so forwarding adds no authority.
+holder, batch order), so forwarding adds no authority. The identity entries (partner
+onboarding, links; :mod:`node.api.identity_routes`) take the same path with their own leader
+route (``path``) and their own set of accepted entry types.
 
 The leader answers with the entry's log index, and the proposer returns only once this node has
 applied it too: the anchoring service reads its own applied state on the next tick, and would
@@ -18,7 +20,7 @@ forwarded, retried while leadership moves) is the shared :class:`LeaderRoute`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any, Protocol
 
 from node.consensus.state_machine import (
@@ -45,8 +47,9 @@ class _Log(Protocol):
     async def wait_applied(self, index: int, *, timeout_s: float) -> None: ...
 
 
-def decode_forwarded(body: Any) -> AppEntry:
-    """The entry of a forwarded proposal; only anchoring entries are taken."""
+def decode_forwarded(body: Any, accepts: Container[str] | None = None) -> AppEntry:
+    """The entry of a forwarded proposal: only anchoring entries are taken, or with
+    ``accepts``, only the entry types it holds."""
     raw = body.get("entry") if isinstance(body, dict) else None
     if not isinstance(raw, bytes):
         raise InvalidRequest("body must be {entry: <bytes>}")
@@ -54,7 +57,10 @@ def decode_forwarded(body: Any) -> AppEntry:
         entry = decode_app_entry(raw)
     except UnsupportedFormat as exc:
         raise InvalidRequest(f"malformed entry: {exc.detail}") from exc
-    if not entry.type.startswith(ENTRY_PREFIX):
+    if accepts is not None:
+        if entry.type not in accepts:
+            raise InvalidRequest(f"entries of type {entry.type!r} are not taken here")
+    elif not entry.type.startswith(ENTRY_PREFIX):
         raise InvalidRequest("only anchoring entries are forwarded here")
     return entry
 
@@ -75,8 +81,10 @@ class ForwardingProposer:
         address_of: Callable[[str], str | None],
         api_token: str,
         request_timeout_s: float,
+        path: str = ANCHORING_PROPOSE_PATH,
     ) -> None:
         self._log = log
+        self._path = path
         self._route = LeaderRoute(
             log, address_of=address_of, api_token=api_token, request_timeout_s=request_timeout_s
         )
@@ -112,14 +120,14 @@ class ForwardingProposer:
             return await self._route.run(local, remote, timeout_s=timeout_s)
         except NotLeader as exc:
             raise OperationFailed(
-                f"no leader took the anchoring entry: {exc}", code="not_leader"
+                f"no leader took the {entry.type} entry: {exc}", code="not_leader"
             ) from exc
 
     async def _forward(
         self, leader: str, entry: AppEntry, timeout_s: float
     ) -> tuple[ApplyOutcome, int]:
         body = {"entry": encode_app_entry(entry)}
-        reply = await self._route.post(leader, ANCHORING_PROPOSE_PATH, body, timeout_s)
+        reply = await self._route.post(leader, self._path, body, timeout_s)
         if not isinstance(reply, dict):
             raise OperationFailed("malformed forwarding reply", code="forward_refused")
         index = reply.get("index")

@@ -1,0 +1,207 @@
+"""``baas-partners``: onboard partners, change their status, read the audit trail, add operators.
+
+::
+
+    baas-partners --config D/gateway.toml onboard --partner shop-x [--operator NAME]
+    baas-partners --config D/gateway.toml show --partner shop-x
+    baas-partners --config D/gateway.toml set-status --partner shop-x --status suspended
+    baas-partners --config D/gateway.toml audit [--partner shop-x] [--mode test|live] [--limit N]
+    baas-partners --config D/gateway.toml add-operator --name alice
+
+It reads the gateway's config for the nodes, the node API token, the keyring and its master
+key (``BAAS_MASTER_KEY`` first, as for the gateway). ``onboard`` puts the partner on the log
+through any node and the leader (actor: the operator, ``--operator`` or the login name), then
+writes its test and live API credentials and data key into the keyring under the keyring's
+file lock (as ``baas-keys`` does) and prints the secrets ONCE (:mod:`gateway.partners`).
+``add-operator`` creates an operator credential for the admin API and prints its secret once.
+Running gateways pick keyring changes up by themselves.
+
+Output is JSON on stdout. Refusals (a partner that exists, an unknown partner, no node
+reachable) print one line on stderr and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from business.identity import Actor, PartnerStatus
+from gateway.config import GatewayConfig, load_gateway_config
+from gateway.keyring import (
+    Keyring,
+    add_operator,
+    change_keyring,
+    load_keyring,
+    load_master_key,
+    parse_mode,
+)
+from gateway.node_client import NodeClient
+from gateway.partners import (
+    audit_list,
+    check_name,
+    onboard,
+    operator_cli_actor,
+    partner_object,
+    read_partner,
+    set_status,
+)
+from node.errors import BaasError, InvalidRequest, NotFound
+
+__all__ = ["main"]
+
+EXIT_REFUSED = 1
+DEADLINE_S = 30.0
+AUDIT_LIMIT_MAX = 100
+
+
+class _Context:
+    def __init__(self, config: GatewayConfig, nodes: NodeClient, operator: str) -> None:
+        self.config = config
+        self.nodes = nodes
+        self.master_key = load_master_key(config.master_key_file)
+        self.actor: Actor = operator_cli_actor(operator)
+        self.deadline = asyncio.get_running_loop().time() + DEADLINE_S
+
+    def keyring(self) -> Keyring:
+        return load_keyring(self.config.keyring_file, self.master_key)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _onboard(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    name = check_name(args.partner, "--partner")
+    _, partner = await onboard(
+        ctx.nodes,
+        ctx.config.keyring_file,
+        ctx.master_key,
+        ctx.keyring(),
+        name,
+        ctx.actor,
+        deadline=ctx.deadline,
+        request_id=None,
+    )
+    on_log = await read_partner(ctx.nodes, name, deadline=ctx.deadline, request_id=None)
+    return partner_object(name, on_log, partner, _now_ms(), secrets_once=partner)
+
+
+async def _show(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    keys = ctx.keyring().partners.get(args.partner)
+    on_log = await read_partner(ctx.nodes, args.partner, deadline=ctx.deadline, request_id=None)
+    if keys is None and on_log is None:
+        raise NotFound(f"no partner {args.partner!r}", code="partner_not_found")
+    return partner_object(args.partner, on_log, keys, _now_ms())
+
+
+async def _set_status(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    status = PartnerStatus[args.status.upper()]
+    outcome = await set_status(
+        ctx.nodes, args.partner, status, ctx.actor, deadline=ctx.deadline, request_id=None
+    )
+    return {"partner": args.partner, "status": args.status, "result": outcome["code"]}
+
+
+async def _audit(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    if not 1 <= args.limit <= AUDIT_LIMIT_MAX:
+        raise InvalidRequest(f"--limit must be 1..{AUDIT_LIMIT_MAX}", param="--limit")
+    return await audit_list(
+        ctx.nodes,
+        ctx.keyring(),
+        args.partner,
+        parse_mode(args.mode, "--mode"),
+        limit=args.limit,
+        starting_after=None,
+        deadline=ctx.deadline,
+        request_id=None,
+    )
+
+
+async def _add_operator(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    created = []
+
+    def operation(keyring: Keyring) -> Keyring:
+        changed, credential = add_operator(keyring, args.name)
+        created.append(credential)
+        return changed
+
+    after = await asyncio.to_thread(
+        change_keyring, ctx.config.keyring_file, ctx.master_key, operation
+    )
+    return {
+        "operator": args.name,
+        "api_key": created[0].api_key,
+        "secret_hex": created[0].secret.hex(),
+        "keyring_version": after.version,
+    }
+
+
+Command = Callable[[_Context, argparse.Namespace], Awaitable[dict[str, Any]]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="baas-partners", description="Onboard BaaS partners and read the audit trail."
+    )
+    parser.add_argument("--config", type=Path, required=True, help="the gateway.toml")
+    parser.add_argument(
+        "--operator", default=None, help="who acts (the audit trail's actor; default: login)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    onboard_cmd = commands.add_parser("onboard", help="onboard a partner; prints secrets once")
+    onboard_cmd.add_argument("--partner", required=True)
+    onboard_cmd.set_defaults(run=_onboard)
+    show = commands.add_parser("show", help="a partner: status, accounts, credential ids")
+    show.add_argument("--partner", required=True)
+    show.set_defaults(run=_show)
+    status = commands.add_parser("set-status", help="suspend or reactivate a partner")
+    status.add_argument("--partner", required=True)
+    status.add_argument("--status", required=True, choices=("active", "suspended"))
+    status.set_defaults(run=_set_status)
+    audit = commands.add_parser("audit", help="configuration changes, newest first")
+    audit.add_argument("--partner", help="one partner's trail (default: every change)")
+    audit.add_argument("--mode", choices=("test", "live"), default="test")
+    audit.add_argument("--limit", type=int, default=20)
+    audit.set_defaults(run=_audit)
+    operator = commands.add_parser("add-operator", help="an admin API credential; secret once")
+    operator.add_argument("--name", required=True, help="the operator's id")
+    operator.set_defaults(run=_add_operator)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_gateway_config(args.config)
+    token = config.node_api_token_file.read_text().strip()
+    nodes = NodeClient(config.nodes, token, config.limits, config.timeouts)
+    await nodes.start()
+    try:
+        operator = args.operator or getpass.getuser()
+        run: Command = args.run
+        return await run(_Context(config, nodes, operator), args)
+    finally:
+        await nodes.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = asyncio.run(_run(args))
+    except BaasError as exc:
+        print(f"baas-partners: {exc.detail} [{exc.code}]", file=sys.stderr)
+        return EXIT_REFUSED
+    except OSError as exc:
+        print(f"baas-partners: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
