@@ -33,7 +33,7 @@ from tools.fuzz import (
     small_cluster,
 )
 
-FUZZ_REQUESTS = 1200  # CI; `baas-fuzz` defaults to 10,000 (docs/testing.md has a measured run)
+FUZZ_REQUESTS = 1200  # CI; `baas-fuzz` defaults to 10,000 (README "Fuzzing the API")
 SEED = 17
 
 PROBLEM = {"Content-Type": "application/problem+json"}

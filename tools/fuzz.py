@@ -81,6 +81,7 @@ NEGATIVE_SHARE = 0.3  # of each operation's requests made to be refused by its s
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 SERVER_ERRORS_KEPT_MAX = 50  # the report keeps this many examples of each kind
 FAILURES_KEPT_MAX = 200
+PROGRESS_EVERY = 1000  # requests between progress lines on stderr
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -279,6 +280,13 @@ def _check(
     headers = {name: values[0] for name, values in response.headers.items() if values}
     status = response.status_code
     report.record(operation, status)
+    if report.requests % PROGRESS_EVERY == 0:
+        print(
+            f"{report.requests} requests, {report.server_error_count} 5xx, "
+            f"{report.failure_count} failed checks ({operation})",
+            file=sys.stderr,
+            flush=True,
+        )
     found = problem_errors(
         status, headers, response.content, lambda code: report.by_code.update((code,))
     )
