@@ -5,7 +5,9 @@ reader or the consensus loop) or decodes a message that encodes back to itself.
 * ``/baas/raft/1.0.0``: :func:`node.consensus.messages.message_from_wire` raises only
   :class:`PeerProtocolError`;
 * ``/baas/shard/1.0.0``: :func:`node.p2p.messages.decode_frame` raises only
-  :class:`PeerProtocolError`.
+  :class:`PeerProtocolError`;
+* the node API's index and anchoring forwards: their body decoders raise only their typed
+  errors (the handlers map those to 400 problems).
 
 The real-process side (a node gets these frames over libp2p and stays up) is
 tests/test_malformed_frames.py.
@@ -20,8 +22,10 @@ import msgpack
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from node.anchoring.forwarding import decode_forwarded
 from node.consensus.messages import WIRE_VERSION, WireLimits, message_from_wire
-from node.errors import PeerProtocolError
+from node.consensus.record_index import IndexProposal
+from node.errors import InvalidRequest, PeerProtocolError, UnsupportedFormat
 from node.p2p.messages import FRAME_VERSION, decode_frame, encode_frame
 
 LIMITS = WireLimits(entries_per_message_max=64, bytes_per_message_max=1 << 20)
@@ -111,3 +115,32 @@ def test_garbage_bytes_are_refused_by_both_decoders(payload: bytes) -> None:
     # what the consensus loop catches around its unpack (node/replication/log.py)
     with contextlib.suppress(PeerProtocolError, msgpack.UnpackException, ValueError):
         message_from_wire(msgpack.unpackb(payload, raw=False), LIMITS)
+
+
+index_like = st.fixed_dictionaries(
+    {},
+    optional={
+        name: values
+        for name in (
+            *("rid", "ch", "k", "n", "nodes", "epoch", "owner", "fp", "exp_term"),
+            *("exp_index", "sh", "pc"),
+        )
+    },
+)
+
+
+@FUZZ
+@given(body=index_like)
+def test_node_api_index_proposals_are_refused_with_unsupported_format_only(
+    body: dict[str, Any],
+) -> None:
+    with contextlib.suppress(UnsupportedFormat):
+        IndexProposal.from_body(body)
+
+
+@FUZZ
+@given(body=st.one_of(values, st.fixed_dictionaries({"entry": st.one_of(st.binary(), values)})))
+@example(body={"entry": msgpack.packb({"v": 1, "t": ["anchor"]})})
+def test_node_api_forwarded_entries_are_refused_with_invalid_request_only(body: Any) -> None:
+    with contextlib.suppress(InvalidRequest):
+        decode_forwarded(body)
