@@ -45,6 +45,7 @@ def _closed(properties: dict[str, Schema], required: list[str] | None = None) ->
     }
 
 
+JSON_SAFE_INTEGER_MAX = 2**53 - 1
 HEX64: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 HEX0X64: Schema = {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}
 UINT: Schema = {"type": "integer", "minimum": 0}
@@ -68,10 +69,20 @@ SCHEMAS: dict[str, Schema] = {
     "Record": {
         "type": "object",
         "minProperties": 1,
+        "additionalProperties": _ref("JsonValue"),
         "description": (
             "Any JSON object (integers only, no floats; nested at most 32 deep); stored "
             "encrypted, its canonical form (RFC 8785) committed in its Merkle leaf."
         ),
+    },
+    # What a record may hold: JSON without non-integer numbers, integers within what RFC 8785
+    # (I-JSON) represents exactly. (The nesting bound has no JSON Schema form: see Record.)
+    "JsonValue": {
+        "type": ["null", "boolean", "integer", "string", "array", "object"],
+        "minimum": -JSON_SAFE_INTEGER_MAX,
+        "maximum": JSON_SAFE_INTEGER_MAX,
+        "items": _ref("JsonValue"),
+        "additionalProperties": _ref("JsonValue"),
     },
     "IdempotencyKey": {"type": "string", "minLength": 1, "maxLength": 255},
     "RecordWrite": _closed({"record": _ref("Record")}),
