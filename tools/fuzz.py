@@ -68,6 +68,7 @@ __all__ = [
     "main",
     "make_fixtures",
     "problem_errors",
+    "run_on",
     "small_cluster",
 ]
 
@@ -469,10 +470,14 @@ def small_cluster(directory: Path) -> Iterator[ClusterLayout]:
         cluster.stop()
 
 
-def run_on(layout: ClusterLayout, requests_total: int, seed: int) -> FuzzReport:
-    credentials = layout.partners[sorted(layout.partners)[0]]
-    if PARTNER in layout.partners:
-        credentials = layout.partners[PARTNER]
+def run_on(
+    layout: ClusterLayout, requests_total: int, seed: int, partner: str | None = None
+) -> FuzzReport:
+    """Make the fixtures, then fuzz ``layout``'s gateway as ``partner`` (default: ``shop-a``
+    if the cluster has it, else its first partner). The cluster needs a chain: the receipt
+    route's 2xx needs an anchored record."""
+    name = partner or (PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0])
+    credentials = layout.partners[name]
     api_key, secret = credentials["api_key"], bytes.fromhex(credentials["secret_hex"])
     fixtures = make_fixtures(layout.gateway_url, api_key, secret)
     return fuzz_gateway(layout.gateway_url, api_key, secret, fixtures, requests_total, seed)
@@ -484,12 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="repeat a run (default: random)")
     parser.add_argument("--out", type=Path, default=Path("fuzz-report.json"))
     parser.add_argument(
-        "--cluster", type=Path, default=None, help="a running cluster (default: start one)"
+        "--cluster",
+        type=Path,
+        default=None,
+        help="a running cluster with a chain (default: start one)",
     )
+    parser.add_argument("--partner", default=None, help="fuzz as this partner of --cluster")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if args.cluster is not None:
-        report = run_on(load_layout(args.cluster), args.requests, seed)
+        report = run_on(load_layout(args.cluster), args.requests, seed, args.partner)
     else:
         with (
             tempfile.TemporaryDirectory(prefix="baas-fuzz-") as tmp,
