@@ -5,7 +5,8 @@ test speaks as that member through a real libp2p host with that member's key (so
 admit it), and as a caller of the node HTTP API with the cluster's token. It sends:
 
 * ``/baas/shard/1.0.0``: a truncated frame, an oversized length, a wrong frame version, an
-  unknown message type, garbage msgpack -- each on its own stream, reset by the node; then a
+  unknown message type, garbage msgpack -- each on its own stream, reset by the node; a
+  protocol version it does not speak (``/baas/shard/9.0.0``) is refused at negotiation; then a
   good request on a new stream gets its answer;
 * ``/baas/raft/1.0.0``: the same, plus a message type that is not a string (it used to escape
   the consensus loop's guard as a TypeError); each is dropped and counted;
@@ -40,6 +41,7 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from nodeapi import node_get, partner_client
@@ -170,9 +172,18 @@ async def test_shard_protocol_bad_frames_reset_their_stream_and_the_node_serves_
             if name == "truncated":
                 await stream.close()  # our side ends inside the frame
             outcomes[name] = await _outcome_of(stream)
+        try:  # a protocol version the node does not speak: refused at negotiation
+            with trio.fail_after(10):
+                await host.new_stream(peer, [TProtocol("/baas/shard/9.0.0")])
+            outcomes["protocol version"] = "opened"
+        except trio.TooSlowError:
+            outcomes["protocol version"] = "no answer"
+        except Exception as exc:
+            outcomes["protocol version"] = f"refused: {type(exc).__name__}"
         outcomes["good"] = await _good_request(host, peer)
 
     await asyncio.to_thread(_as_third_member, cluster, misbehave)
+    assert outcomes.pop("protocol version").startswith("refused"), outcomes
     assert outcomes.pop("good") == (7, MetasReply(())), outcomes
     for name, outcome in outcomes.items():
         assert outcome in {"StreamReset", "StreamEOF", "closed"}, (name, outcome)
