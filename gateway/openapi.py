@@ -51,6 +51,7 @@ def _closed(properties: dict[str, Schema], required: list[str] | None = None) ->
     }
 
 
+JSON_SAFE_INTEGER_MAX = 2**53 - 1
 HEX64: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 HEX0X64: Schema = {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}
 UINT: Schema = {"type": "integer", "minimum": 0}
@@ -86,10 +87,20 @@ SCHEMAS: dict[str, Schema] = {
     "Record": {
         "type": "object",
         "minProperties": 1,
+        "additionalProperties": _ref("JsonValue"),
         "description": (
             "Any JSON object (integers only, no floats; nested at most 32 deep); stored "
             "encrypted, its canonical form (RFC 8785) committed in its Merkle leaf."
         ),
+    },
+    # What a record may hold: JSON without non-integer numbers, integers within what RFC 8785
+    # (I-JSON) represents exactly. (The nesting bound has no JSON Schema form: see Record.)
+    "JsonValue": {
+        "type": ["null", "boolean", "integer", "string", "array", "object"],
+        "minimum": -JSON_SAFE_INTEGER_MAX,
+        "maximum": JSON_SAFE_INTEGER_MAX,
+        "items": _ref("JsonValue"),
+        "additionalProperties": _ref("JsonValue"),
     },
     "IdempotencyKey": {"type": "string", "minLength": 1, "maxLength": 255},
     "RecordWrite": _closed({"record": _ref("Record")}),
@@ -298,7 +309,7 @@ _RECORD_ID = {
     "in": "path",
     "required": True,
     "description": "64 lowercase hex characters",
-    "schema": {"type": "string"},
+    "schema": HEX64,
 }
 _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
@@ -309,13 +320,13 @@ _IDEMPOTENCY_KEY = {
 }
 
 
-def _query(name: str, description: str, required: bool) -> Schema:
+def _query(name: str, description: str, required: bool, pattern: str = "^[0-9]{1,19}$") -> Schema:
     return {
         "name": name,
         "in": "query",
         "required": required,
         "description": description,
-        "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+        "schema": {"type": "string", "pattern": pattern},
     }
 
 
@@ -382,26 +393,31 @@ PATHS: dict[str, Schema] = {
             signed=False,
             parameters=[
                 _query("from", "first batch id (default 1)", False),
-                _query("limit", "at most this many anchors (1..1000, default 1000)", False),
+                _query(
+                    "limit",
+                    "at most this many anchors (1..1000, default 1000)",
+                    False,
+                    "^([1-9][0-9]{0,2}|1000)$",
+                ),
             ],
         )
     },
     "/v1/log/consistency": {
         "get": _operation(
             "getConsistency",
-            "A consistency proof between two anchored tree sizes (public)",
+            "A consistency proof between two anchors, by batch id (public)",
             {200: _json("Consistency", "the proof"), 404: _problem(404), 409: _problem(409)},
             _COMMON_ERRORS,
             signed=False,
             parameters=[
-                _query("from", "the older anchored tree size", True),
-                _query("to", "the newer anchored tree size", True),
+                _query("from", "the older anchor's batch id", True),
+                _query("to", "the newer anchor's batch id (at least from)", True),
             ],
         )
     },
     "/healthz": {
         "get": _operation(
-            "getHealth", "The process is up", {200: _json("Health", "up")}, (), signed=False
+            "getHealth", "The process is up", {200: _json("Health", "up")}, (400,), signed=False
         )
     },
     "/readyz": {
@@ -409,22 +425,23 @@ PATHS: dict[str, Schema] = {
             "getReady",
             "At least one node is ready",
             {200: _json("Ready", "ready")},
-            (503,),
+            (400, 503),
             signed=False,
         )
     },
     OPENAPI_PATH: {
-        "get": {
-            "operationId": "getOpenApi",
-            "summary": "This document",
-            "security": [],
-            "responses": {
-                "200": {
+        "get": _operation(
+            "getOpenApi",
+            "This document",
+            {
+                200: {
                     "description": "the OpenAPI 3.1 document",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 }
             },
-        }
+            (400,),
+            signed=False,
+        )
     },
 }
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 from openapi_check import check_answer
 from openapi_spec_validator import validate
 
 from gateway.openapi import openapi_document
+from gateway.record_codec import canonical_record
+from node.errors import InvalidRequest
 
 PROBLEM = {"Content-Type": "application/problem+json; charset=utf-8"}
 JSON = {"Content-Type": "application/json; charset=utf-8"}
@@ -67,3 +70,27 @@ def test_an_undocumented_answer_fails(
 ) -> None:
     with pytest.raises(Exception):  # noqa: B017 -- openapi-core raises several types
         check_answer(method, path, status, headers, body)
+
+
+@pytest.mark.parametrize(
+    ("record", "valid"),
+    [
+        ({"a": [1, {"b": "x", "c": None, "d": True}]}, True),
+        ({"amount_minor": 2**53 - 1}, True),
+        ({"amount": 1.5}, False),  # the gateway refuses non-integer numbers (invalid_record)
+        ({"a": [{"b": 0.1}]}, False),
+        ({"big": 2**53}, False),  # past what RFC 8785 represents exactly
+        ({}, False),
+    ],
+)
+def test_the_record_schema_says_what_the_gateway_takes(record: object, valid: bool) -> None:
+    """The fuzzer's negative cases come from this schema: it must refuse what the gateway does."""
+    document = openapi_document()
+    schema = {**document["components"]["schemas"]["Record"], "components": document["components"]}
+    validator = jsonschema.Draft202012Validator(schema)
+    assert validator.is_valid(record) is valid
+    if valid:
+        canonical_record(record, 1 << 16)  # the gateway takes it
+    else:
+        with pytest.raises(InvalidRequest):
+            canonical_record(record, 1 << 16)

@@ -200,22 +200,30 @@ def _request_ids(body: dict[str, Any], count: int) -> list[str]:
     return [request_id_var.get() or ""] * count
 
 
+def _bytes_field(raw: dict[str, Any], name: str) -> bytes:
+    # bytes(value) would take an integer as a size and build a zero-filled buffer of it (a
+    # caller's 2**62 was a MemoryError, 10**9 a gigabyte): only msgpack bin is taken.
+    value = raw.get(name)
+    if not isinstance(value, bytes):
+        raise InvalidRequest(f"malformed record: {name} must be bytes")
+    return value
+
+
 def _write_request(raw: Any, request_id: str) -> WriteRequest:
     if not isinstance(raw, dict):
         raise InvalidRequest("each record must be a map")
-    try:
-        return WriteRequest(
-            record_id=bytes(raw["rid"]),
-            blob=bytes(raw["blob"]),
-            partner_id=str(raw["pid"]),
-            body_fingerprint=bytes(raw["fp"]),
-            request_id=request_id,
-            plaintext_commitment=bytes(raw["pc"]) if raw.get("pc") is not None else None,
-            events=bytes(raw["ev"]) if raw.get("ev") is not None else None,
-            approvals=bytes(raw["ap"]) if raw.get("ap") is not None else None,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"malformed record: {exc}") from exc
+    if not isinstance(raw.get("pid"), str):
+        raise InvalidRequest("malformed record: pid must be a string")
+    return WriteRequest(
+        record_id=_bytes_field(raw, "rid"),
+        blob=_bytes_field(raw, "blob"),
+        partner_id=raw["pid"],
+        body_fingerprint=_bytes_field(raw, "fp"),
+        request_id=request_id,
+        plaintext_commitment=_bytes_field(raw, "pc") if raw.get("pc") is not None else None,
+        events=_bytes_field(raw, "ev") if raw.get("ev") is not None else None,
+        approvals=_bytes_field(raw, "ap") if raw.get("ap") is not None else None,
+    )
 
 
 def _error_body(error: BaasError) -> dict[str, Any]:

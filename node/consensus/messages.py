@@ -335,7 +335,10 @@ def message_from_wire(raw: Any, limits: WireLimits) -> Message:
     raw = wire_map(raw, "raft message")
     if raw.get("v") != WIRE_VERSION:
         raise PeerProtocolError(f"unknown raft message version {raw.get('v')!r}")
-    spec = _SPECS.get(raw.get("t"))
+    name = raw.get("t")
+    # A non-string name (a list or map: unhashable) is as unknown as a wrong string, not a
+    # TypeError that would escape the consensus loop's refusal of malformed frames.
+    spec = _SPECS.get(name) if isinstance(name, str) else None
     if spec is None:
         raise PeerProtocolError(f"unknown raft message type {raw.get('t')!r}")
     cls, fields = spec

@@ -1,0 +1,159 @@
+"""The gateway's partner API under a property-based fuzzer driven by its OpenAPI document
+(``baas-fuzz``, tools/fuzz.py).
+
+* Against a real small cluster (3 nodes, the embedded chain, the gateway: real processes), a
+  seeded run of ``FUZZ_REQUESTS`` signed requests over every documented operation: no 5xx, every
+  answer as documented, every error a problem with a stable code, nothing the schema refuses
+  accepted, at least 90% past authentication, a 2xx seen for every operation.
+* The fuzzer itself can fail: against a gateway without nodes (every record route answers 503)
+  its report counts the 5xx and is not ok; its problem check refuses plain-text or code-less
+  errors; its signer signs what the gateway checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from inprocess_gateway import gateway_without_nodes
+
+from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, ReplayCache, SignedRequest, authenticate
+from gateway.keyring import Keyring, new_partner
+from gateway.openapi import openapi_document
+from tools.fuzz import (
+    PAST_AUTH_SHARE_MIN,
+    Fixtures,
+    FuzzReport,
+    PartnerSigner,
+    fuzz_gateway,
+    main,
+    problem_errors,
+    small_cluster,
+)
+
+FUZZ_REQUESTS = 1200  # CI; `baas-fuzz` defaults to 10,000 (README "Fuzzing the API")
+SEED = 17
+
+PROBLEM = {"Content-Type": "application/problem+json"}
+
+
+def _problem(status: int, code: str) -> bytes:
+    return json.dumps(
+        {"type": "t", "title": code, "status": status, "code": code, "detail": "d"}
+    ).encode()
+
+
+@pytest.mark.cluster
+def test_fuzzed_partner_api_gives_no_5xx_and_only_documented_answers(tmp_path: Path) -> None:
+    out = tmp_path / "fuzz-report.json"
+    with small_cluster(tmp_path / "cluster") as layout:
+        argv = ["--cluster", layout.directory, "--requests", str(FUZZ_REQUESTS)]
+        code = main([*argv, "--seed", str(SEED), "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["requests"] >= FUZZ_REQUESTS * 0.95, report["by_operation"]
+    assert report["server_error_count"] == 0, report["server_errors"]
+    assert report["failure_count"] == 0, report["failures"][:5]
+    assert not report["generation_errors"], report["generation_errors"]
+    assert report["past_auth_share"] >= PAST_AUTH_SHARE_MIN, report["by_code"]
+    assert report["operations_without_2xx"] == [], report["by_operation"]
+    # every operation of the document was fuzzed, the record routes with real objects
+    operations = sum(len(methods) for methods in openapi_document()["paths"].values())
+    assert len(report["by_operation"]) == operations, sorted(report["by_operation"])
+    assert report["ok"] is True and code == 0
+
+
+async def test_the_fuzzer_reports_5xx_and_undocumented_answers(tmp_path: Path) -> None:
+    """A gateway without nodes answers every record write 503: the run must not pass."""
+    async with gateway_without_nodes(tmp_path) as layout:
+        credentials = layout.partners["shop-a"]
+        fixtures = Fixtures(
+            record_ids=("ab" * 32,), anchored_record_ids=("ab" * 32,), anchor_batch_ids=(1,)
+        )
+        report = await asyncio.to_thread(
+            fuzz_gateway,
+            layout.gateway_url,
+            credentials["api_key"],
+            bytes.fromhex(credentials["secret_hex"]),
+            fixtures,
+            120,
+            SEED,
+        )
+    assert report.requests >= 100
+    assert report.server_error_count > 0
+    assert any(e["status"] == 503 for e in report.server_errors)
+    assert any(f["status"] == 503 for f in report.failures)  # not_a_server_error failed
+    assert "POST /v1/records" in report.operations_without_2xx()
+    assert not report.ok()
+    assert report.as_json()["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "complaint"),
+    [
+        (400, {"Content-Type": "text/plain"}, b"400 Bad Request", "not application/problem+json"),
+        (400, PROBLEM, b"not json", "not JSON"),
+        (404, PROBLEM, b'{"title": "x", "status": 404}', "no stable code"),
+        (409, PROBLEM, json.dumps({"code": "Bad Code!", "status": 409}).encode(), "stable code"),
+        (429, PROBLEM, _problem(400, "rate_limited"), "says status 400"),
+    ],
+)
+def test_problem_check_refuses_errors_that_are_not_problems(
+    status: int, headers: dict[str, str], body: bytes, complaint: str
+) -> None:
+    found = problem_errors(status, headers, body)
+    assert any(complaint in f for f in found), found
+
+
+def test_problem_check_passes_problems_and_successes() -> None:
+    codes: list[str] = []
+    assert problem_errors(400, PROBLEM, _problem(400, "invalid_json"), codes.append) == []
+    assert codes == ["invalid_json"]
+    assert problem_errors(200, {"Content-Type": "application/json"}, b"{}") == []
+
+
+def _prepared(headers: dict[str, str], body: bytes) -> requests.PreparedRequest:
+    request = requests.Request(
+        "POST", "http://gateway/v1/records?x=1", headers=headers, data=body
+    ).prepare()
+    return request
+
+
+def test_signer_signs_what_the_gateway_checks_and_never_repeats() -> None:
+    partner = new_partner("shop-a", api_key="pk_test")
+    secret = partner.credentials[0].secret
+    keyring = Keyring(version=1, partners={}).with_partner(partner)
+    signer = PartnerSigner("pk_test", secret)
+    replay = ReplayCache(100)
+    signatures = set()
+    for _ in range(2):  # the same request twice: two different signatures, both accepted
+        body = b'{"record": {"n": 1}}'
+        signed = signer(_prepared({HEADER_KEY: "generated", "Idempotency-Key": "k"}, body))
+        headers = {k: str(v) for k, v in signed.headers.items()}
+        assert headers[HEADER_KEY] == "pk_test"
+        request = SignedRequest("POST", "/v1/records?x=1", headers, body)
+        now_s = int(headers["X-Baas-Timestamp"])
+        assert authenticate(request, keyring, replay, now_s, 300).partner_id == "shop-a"
+        signatures.add(headers[HEADER_SIGNATURE])
+    assert len(signatures) == 2
+
+
+def test_signer_leaves_a_request_without_the_key_header_unsigned() -> None:
+    """A negative case that drops the security header tests authentication: it stays as made."""
+    signed = PartnerSigner("pk_test", b"s" * 32)(_prepared({}, b"{}"))
+    assert HEADER_KEY not in signed.headers and HEADER_SIGNATURE not in signed.headers
+
+
+def test_report_is_not_ok_below_the_auth_share_or_without_a_2xx() -> None:
+    report = FuzzReport(seed=1)
+    for _ in range(9):
+        report.record("GET /a", 200)
+    report.record("GET /a", 401)
+    assert report.past_auth_share == pytest.approx(0.9) and report.ok()
+    report.record("GET /a", 401)
+    assert not report.ok()  # 9 of 11 past authentication
+    other = FuzzReport(seed=1)
+    other.record("GET /b", 400)
+    assert other.operations_without_2xx() == ["GET /b"] and not other.ok()

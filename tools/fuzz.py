@@ -1,0 +1,520 @@
+"""baas-fuzz: a property-based fuzzer of the gateway's partner API, driven by its OpenAPI document.
+
+Every operation of the document the gateway serves (``/v1/openapi.json``) gets requests made by
+schemathesis (hypothesis strategies from the schemas): valid ones (``positive``) and ones each
+schema refuses (``negative``). Every request is signed like a partner's (:class:`PartnerSigner`,
+the scheme of :mod:`gateway.auth`), so nearly all of them reach the route behind authentication.
+Valid requests draw, now and then, their path and query values from objects made beforehand
+(:data:`FIXTURES`: one row per operation that needs an existing object for a 2xx), so each route
+is seen succeeding, not only refusing. An operation without a row is still fuzzed from the
+document alone: a new route is fuzzed the day it is documented.
+
+Every answer is checked: no 5xx; status, content type, headers and body as the document says
+(``response_schema_conformance`` and friends); a request the schema refuses is refused
+(``negative_data_rejection``); every 4xx is an RFC 9457 problem with a stable ``code``
+(:func:`problem_errors`). The run writes a JSON report: requests, by status, by operation, the
+share past authentication, the 5xx and every failed check with a curl line to reproduce it.
+
+``baas-fuzz --requests 10000 --out fuzz.json`` starts its own small cluster (3 nodes, the
+embedded chain, the gateway; real processes) in a temporary directory; ``--cluster DIR`` fuzzes a
+running cluster made by ``baas-cluster init`` instead. Exit status 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import requests
+import schemathesis
+from hypothesis import HealthCheck, Phase, settings
+from requests.auth import AuthBase
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.core.result import Err, Ok
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
+from gateway.openapi import OPENAPI_PATH
+from node.errors import OperationFailed
+from tools.cluster_init import ClusterLayout, init_cluster, load_layout
+from tools.local_cluster import LocalCluster
+
+__all__ = [
+    "FIXTURES",
+    "Fixtures",
+    "FuzzReport",
+    "PartnerSigner",
+    "fuzz_gateway",
+    "main",
+    "make_fixtures",
+    "problem_errors",
+    "run_on",
+    "small_cluster",
+]
+
+PARTNER = "shop-a"
+SETUP_RECORDS = 12  # records made before fuzzing: targets for the read and receipt routes
+FIXTURE_SHARE = 0.5  # of valid requests whose path/query come from a made object
+REQUEST_TIMEOUT_S = 30.0
+ANCHOR_WAIT_S = 120.0
+PAST_AUTH_SHARE_MIN = 0.9
+NEGATIVE_SHARE = 0.3  # of each operation's requests made to be refused by its schema
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+SERVER_ERRORS_KEPT_MAX = 50  # the report keeps this many examples of each kind
+FAILURES_KEPT_MAX = 200
+PROGRESS_EVERY = 1000  # requests between progress lines on stderr
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+
+class PartnerSigner(AuthBase):
+    """Signs each prepared request as the partner (``gateway.auth``): the body and path it
+    carries once built, a fresh nonce each time, so no two fuzzed requests are replays.
+
+    Only a request that carries the security scheme's header (``X-Baas-Key``, any value: the
+    generator fills it in for signed operations) is signed; one generated without it (a negative
+    case testing authentication) goes out unsigned and must be refused."""
+
+    def __init__(self, api_key: str, secret: bytes) -> None:
+        self.api_key = api_key
+        self.secret = secret
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        if HEADER_KEY not in request.headers:
+            return request
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        idempotency_key = request.headers.get("Idempotency-Key", "")
+        if isinstance(idempotency_key, bytes):
+            idempotency_key = idempotency_key.decode("latin-1")
+        timestamp = str(int(time.time()))
+        nonce = secrets.token_hex(16)
+        request.headers[HEADER_KEY] = self.api_key
+        request.headers[HEADER_TIMESTAMP] = timestamp
+        request.headers[HEADER_NONCE] = nonce
+        request.headers[HEADER_SIGNATURE] = sign_request(
+            self.secret,
+            str(request.method),
+            str(request.path_url),
+            timestamp,
+            idempotency_key,
+            bytes(body),
+            nonce,
+        )
+        return request
+
+
+@dataclass(frozen=True, slots=True)
+class Fixtures:
+    """Objects made before fuzzing, which valid requests may name."""
+
+    record_ids: tuple[str, ...]  # the fuzzing partner's records
+    anchored_record_ids: tuple[str, ...]  # of those, the ones a mined anchor covers
+    anchor_batch_ids: tuple[int, ...]  # the anchors' batch ids, oldest first
+
+
+Overrides = dict[str, dict[str, str]]  # case attribute ("path_parameters", "query") -> values
+
+
+def _consistency(f: Fixtures, rng: random.Random) -> Overrides:
+    old, new = sorted(rng.choices(f.anchor_batch_ids, k=2))
+    return {"query": {"from": str(old), "to": str(new)}}
+
+
+# One row per operation whose success needs an existing object: what to put in a valid request.
+# New routes (the ledger's) add a row here; everything else comes from the document.
+FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
+    "getRecord": lambda f, rng: {"path_parameters": {"record_id": rng.choice(f.record_ids)}},
+    "getRecordReceipt": lambda f, rng: {
+        "path_parameters": {"record_id": rng.choice(f.anchored_record_ids)}
+    },
+    "getAnchors": lambda f, rng: {"query": {"from": str(rng.choice(f.anchor_batch_ids))}},
+    "getConsistency": _consistency,
+}
+
+
+def problem_errors(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    code_seen: Callable[[str], None] | None = None,
+) -> list[str]:
+    """What is wrong with an error answer (empty if it is a problem with a stable code)."""
+    if status < 400:
+        return []
+    content_type = headers.get("Content-Type", headers.get("content-type", ""))
+    found = []
+    if content_type.split(";")[0].strip() != PROBLEM_CONTENT_TYPE:
+        found.append(f"{status} answered as {content_type!r}, not {PROBLEM_CONTENT_TYPE}")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return [*found, f"{status} body is not JSON: {body[:80]!r}"]
+    code = document.get("code") if isinstance(document, dict) else None
+    if code_seen is not None:
+        code_seen(str(code))
+    if not isinstance(code, str) or not code or not code.replace("_", "").isalnum():
+        found.append(f"{status} problem has no stable code: {body[:120]!r}")
+    elif document.get("status") != status:
+        found.append(f"{status} problem says status {document.get('status')!r}")
+    return found
+
+
+@dataclass(slots=True)
+class FuzzReport:
+    """What one run sent and saw; :meth:`as_json` is the report file."""
+
+    seed: int
+    requests: int = 0
+    unauthenticated: int = 0  # 401 answers: requests that did not get past authentication
+    by_status: Counter[int] = field(default_factory=Counter)
+    by_code: Counter[str] = field(default_factory=Counter)  # problem codes of the 4xx and 5xx
+    by_operation: dict[str, Counter[int]] = field(default_factory=dict)
+    server_errors: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failure_count: int = 0
+    generation_errors: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def record(self, operation: str, status: int) -> None:
+        self.requests += 1
+        self.by_status[status] += 1
+        self.by_operation.setdefault(operation, Counter())[status] += 1
+        if status == 401:
+            self.unauthenticated += 1
+
+    def fail(self, entry: dict[str, Any]) -> None:
+        self.failure_count += 1
+        if len(self.failures) < FAILURES_KEPT_MAX:
+            self.failures.append(entry)
+
+    @property
+    def past_auth_share(self) -> float:
+        return 1.0 - self.unauthenticated / self.requests if self.requests else 0.0
+
+    @property
+    def server_error_count(self) -> int:
+        return sum(count for status, count in self.by_status.items() if status >= 500)
+
+    def operations_without_2xx(self) -> list[str]:
+        return sorted(
+            op
+            for op, statuses in self.by_operation.items()
+            if not any(200 <= s < 300 for s in statuses)
+        )
+
+    def ok(self) -> bool:
+        return (
+            self.server_error_count == 0
+            and self.failure_count == 0
+            and not self.generation_errors
+            and self.past_auth_share >= PAST_AUTH_SHARE_MIN
+            and not self.operations_without_2xx()
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok(),
+            "seed": self.seed,
+            "requests": self.requests,
+            "duration_s": round(self.duration_s, 1),
+            "requests_per_s": round(self.requests / self.duration_s, 1) if self.duration_s else 0,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "past_auth_share": round(self.past_auth_share, 4),
+            "by_status": {str(s): c for s, c in sorted(self.by_status.items())},
+            "by_code": dict(sorted(self.by_code.items())),
+            "by_operation": {
+                op: {str(s): c for s, c in sorted(statuses.items())}
+                for op, statuses in sorted(self.by_operation.items())
+            },
+            "operations_without_2xx": self.operations_without_2xx(),
+            "server_errors": self.server_errors,
+            "server_error_count": self.server_error_count,
+            "failures": self.failures,
+            "failure_count": self.failure_count,
+            "generation_errors": self.generation_errors,
+        }
+
+
+def _apply(case: schemathesis.Case[Any], overrides: Overrides) -> None:
+    for attribute, values in overrides.items():
+        setattr(case, attribute, {**(getattr(case, attribute) or {}), **values})
+
+
+def _curl(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
+    with contextlib.suppress(Exception):  # reproduction help only
+        return case.as_curl_command(headers=dict(response.request.headers))
+    return f"{case.method} {case.formatted_path}"
+
+
+def _check(
+    case: schemathesis.Case[Any], response: schemathesis.Response, report: FuzzReport, mode: str
+) -> None:
+    operation = str(case.operation.label)
+    headers = {name: values[0] for name, values in response.headers.items() if values}
+    status = response.status_code
+    report.record(operation, status)
+    if report.requests % PROGRESS_EVERY == 0:
+        print(
+            f"{report.requests} requests, {report.server_error_count} 5xx, "
+            f"{report.failure_count} failed checks ({operation})",
+            file=sys.stderr,
+            flush=True,
+        )
+    found = problem_errors(
+        status, headers, response.content, lambda code: report.by_code.update((code,))
+    )
+    try:
+        case.validate_response(response, checks=CHECKS)
+    except FailureGroup as exc:
+        found += [f"{f.title}: {f.message}"[:400] for f in exc.exceptions]
+    if status >= 500 and len(report.server_errors) < SERVER_ERRORS_KEPT_MAX:
+        report.server_errors.append(
+            {
+                "operation": operation,
+                "status": status,
+                "body": response.content[:300].decode("utf-8", "replace"),
+                "curl": _curl(case, response),
+            }
+        )
+    if found:
+        report.fail(
+            {
+                "operation": operation,
+                "mode": mode,
+                "status": status,
+                "problems": found,
+                "body": response.content[:300].decode("utf-8", "replace"),
+                "curl": _curl(case, response),
+            }
+        )
+
+
+def _fuzz_operation(
+    operation: Any,
+    mode: schemathesis.GenerationMode,
+    examples: int,
+    session: requests.Session,
+    base_url: str,
+    fixtures: Fixtures,
+    report: FuzzReport,
+    seed: int,
+) -> None:
+    rng = random.Random(seed)
+    fixture = FIXTURES.get(str(operation.definition.raw.get("operationId", "")))
+
+    @hypothesis.seed(seed)
+    @settings(
+        max_examples=examples,
+        phases=[Phase.generate],
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: schemathesis.Case[Any]) -> None:
+        if fixture is not None and mode.is_positive and rng.random() < FIXTURE_SHARE:
+            _apply(case, fixture(fixtures, rng))
+        response = case.call(base_url=base_url, session=session, timeout=REQUEST_TIMEOUT_S)
+        _check(case, response, report, mode.value)
+
+    try:
+        run()
+    except (hypothesis.errors.Unsatisfiable, schemathesis.errors.SchemathesisError) as exc:
+        # A schema with nothing to negate (an operation without inputs) has no negative cases.
+        if mode.is_positive:
+            report.generation_errors[f"{operation.label} {mode.value}"] = str(exc)[:300]
+
+
+def _operation_or_raise(result: Ok[Any] | Err[Any]) -> Any:
+    if isinstance(result, Err):
+        raise OperationFailed(f"the gateway's OpenAPI document has a bad operation: {result.err()}")
+    return result.ok()
+
+
+def _inputs(operation: Any) -> tuple[bool, int]:
+    """How much an operation takes in: the ones with less go first (see fuzz_gateway)."""
+    definition = operation.definition.raw
+    return "requestBody" in definition, len(definition.get("parameters", []))
+
+
+def fuzz_gateway(
+    gateway_url: str,
+    api_key: str,
+    secret: bytes,
+    fixtures: Fixtures,
+    requests_total: int,
+    seed: int,
+) -> FuzzReport:
+    """Fuzz every operation of the gateway's document with about ``requests_total`` requests.
+
+    The document is read as served (from a dict: schemathesis leaves out the path it loaded a
+    schema from, and the document's own route is a route too). Operations that take little in
+    run out of distinct requests early (``/healthz`` has one header); they go first, and what
+    they leave of their share goes to the ones after them."""
+    document = requests.get(f"{gateway_url}{OPENAPI_PATH}", timeout=REQUEST_TIMEOUT_S).json()
+    schema = schemathesis.openapi.from_dict(document)
+    operations = sorted(map(_operation_or_raise, schema.get_all_operations()), key=_inputs)
+    report = FuzzReport(seed=seed)
+    session = requests.Session()
+    session.auth = PartnerSigner(api_key, secret)
+    started = time.monotonic()
+    try:
+        for index, operation in enumerate(operations):
+            share = max(2, (requests_total - report.requests) // (len(operations) - index))
+            negative = max(1, int(share * NEGATIVE_SHARE))
+            for mode, examples in (
+                (schemathesis.GenerationMode.POSITIVE, share - negative),
+                (schemathesis.GenerationMode.NEGATIVE, negative),
+            ):
+                _fuzz_operation(
+                    operation,
+                    mode,
+                    examples,
+                    session,
+                    gateway_url,
+                    fixtures,
+                    report,
+                    seed * 1000 + index * 2 + int(mode.is_negative),
+                )
+    finally:
+        session.close()
+    report.duration_s = time.monotonic() - started
+    return report
+
+
+# --- making the objects the fuzzer names ----------------------------------------------------
+
+
+def _signed(session: requests.Session, base_url: str, method: str, path: str, **kw: Any) -> Any:
+    response = session.request(method, f"{base_url}{path}", timeout=REQUEST_TIMEOUT_S, **kw)
+    return response.status_code, response.json()
+
+
+def make_fixtures(gateway_url: str, api_key: str, secret: bytes) -> Fixtures:
+    """Write a few records as the partner and wait until an anchor covering them is mined."""
+    session = requests.Session()
+    session.auth = PartnerSigner(api_key, secret)
+    session.headers[HEADER_KEY] = api_key
+    tag = secrets.token_hex(4)
+    items = [
+        {"idempotency_key": f"fuzz-{tag}-{i}", "record": {"n": i, "amount_minor": 100 * i}}
+        for i in range(SETUP_RECORDS)
+    ]
+    with session:
+        status, body = _signed(
+            session, gateway_url, "POST", "/v1/records/batch", json={"records": items}
+        )
+        if status != 200 or any(r["status"] not in (200, 201) for r in body["results"]):
+            raise OperationFailed(f"could not write the fuzzer's records: {status} {body}")
+        ids = tuple(r["record_id"] for r in body["results"])
+        deadline = time.monotonic() + ANCHOR_WAIT_S
+        while time.monotonic() < deadline:
+            status, _ = _signed(session, gateway_url, "GET", f"/v1/records/{ids[-1]}/receipt")
+            if status == 200:
+                break
+            time.sleep(0.5)
+        else:
+            raise OperationFailed(f"no anchor covered the fuzzer's records in {ANCHOR_WAIT_S} s")
+        anchored = tuple(
+            rid
+            for rid in ids
+            if _signed(session, gateway_url, "GET", f"/v1/records/{rid}/receipt")[0] == 200
+        )
+        status, chain = _signed(session, gateway_url, "GET", "/v1/log/anchors?from=1")
+        if status != 200:
+            raise OperationFailed(f"could not list the anchors: {status} {chain}")
+    batches = tuple(int(a["batch_id"]) for a in chain["anchors"])
+    return Fixtures(record_ids=ids, anchored_record_ids=anchored, anchor_batch_ids=batches)
+
+
+@contextlib.contextmanager
+def small_cluster(directory: Path) -> Iterator[ClusterLayout]:
+    """A 3-node cluster (k=2, n=3) with the embedded chain and the gateway, in real processes."""
+    layout = init_cluster(
+        directory, nodes=3, k=2, n=3, partners=(PARTNER, "shop-b"), chain="embedded"
+    )
+    cluster = LocalCluster(layout)
+    cluster.start()
+    try:
+        yield layout
+    finally:
+        cluster.stop()
+
+
+def run_on(
+    layout: ClusterLayout, requests_total: int, seed: int, partner: str | None = None
+) -> FuzzReport:
+    """Make the fixtures, then fuzz ``layout``'s gateway as ``partner`` (default: ``shop-a``
+    if the cluster has it, else its first partner). The cluster needs a chain: the receipt
+    route's 2xx needs an anchored record."""
+    name = partner or (PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0])
+    credentials = layout.partners[name]
+    api_key, secret = credentials["api_key"], bytes.fromhex(credentials["secret_hex"])
+    fixtures = make_fixtures(layout.gateway_url, api_key, secret)
+    return fuzz_gateway(layout.gateway_url, api_key, secret, fixtures, requests_total, seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="baas-fuzz", description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000, help="about this many requests")
+    parser.add_argument("--seed", type=int, default=None, help="repeat a run (default: random)")
+    parser.add_argument("--out", type=Path, default=Path("fuzz-report.json"))
+    parser.add_argument(
+        "--cluster",
+        type=Path,
+        default=None,
+        help="a running cluster with a chain (default: start one)",
+    )
+    parser.add_argument("--partner", default=None, help="fuzz as this partner of --cluster")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    if args.cluster is not None:
+        report = run_on(load_layout(args.cluster), args.requests, seed, args.partner)
+    else:
+        with (
+            tempfile.TemporaryDirectory(prefix="baas-fuzz-") as tmp,
+            small_cluster(Path(tmp) / "cluster") as layout,
+        ):
+            report = run_on(layout, args.requests, seed)
+    document = report.as_json()
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print(
+        f"{report.requests} requests in {report.duration_s:.0f} s, "
+        f"{report.server_error_count} 5xx, {report.failure_count} failed checks, "
+        f"{report.past_auth_share:.1%} past authentication, "
+        f"no 2xx: {report.operations_without_2xx() or 'none'}; seed {seed}; report {args.out}"
+    )
+    return 0 if report.ok() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
