@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from node.config import MoveSettings
@@ -122,17 +123,10 @@ class ShardMover:
 
         async def flush() -> None:
             nonlocal committed, abandoned
-            states = await asyncio.gather(*(self._run_move(m) for m in pending))
+            done, failed = await self.run_moves(pending)
             pending.clear()
-            for state in states:
-                if state.phase is MovePhase.GRACE:
-                    committed += 1
-                    if len(self._in_grace) < self._settings.deletes_pending_max:
-                        self._in_grace.append(state)
-                    else:
-                        self.stats.old_copies_left += 1
-                else:
-                    abandoned += 1
+            committed += done
+            abandoned += failed
 
         for scanned, (key, raw) in enumerate(self._store.state_items(INDEX_PREFIX), 1):
             entry = IndexEntry.decode(key[len(INDEX_PREFIX) :], raw)
@@ -158,6 +152,21 @@ class ShardMover:
             abandoned,
         )
         return committed
+
+    async def run_moves(self, moves: Sequence[ShardMove]) -> tuple[int, int]:
+        """Copy, verify and commit these moves at once (the caller bounds how many); their old
+        copies wait for the grace. Returns (committed, abandoned). The repairer's relocations
+        off a node gone too long (node/repair.py) go through here too."""
+        states = await asyncio.gather(*(self._run_move(m) for m in moves))
+        committed = 0
+        for state in states:
+            if state.phase is MovePhase.GRACE:
+                committed += 1
+                if len(self._in_grace) < self._settings.deletes_pending_max:
+                    self._in_grace.append(state)
+                else:
+                    self.stats.old_copies_left += 1
+        return committed, len(states) - committed
 
     async def delete_due_copies(self) -> int:
         """Delete the old copies whose grace is over; returns how many were deleted."""
