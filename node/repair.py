@@ -74,6 +74,8 @@ class RepairStats:
     shards_relocated: int = 0  # moved off a node gone too long (index.move committed)
     shards_failed: int = 0  # rebuilds or relocations that did not complete (planned again)
     stale_copies_deleted: int = 0
+    busy_s: float = 0.0  # time spent in rounds that repaired something (rate sleeps included)
+    rate_shards_per_s: float = 0.0  # (rebuilt + relocated) / busy_s: the repair rate
     # The pass in progress (reset when a pass starts):
     pass_records_scanned: int = 0
     pass_shards_repaired: int = 0
@@ -180,6 +182,11 @@ class ShardRepairer:
         rest_s = repaired / self._settings.shards_per_s_max - (time.monotonic() - started)
         if rest_s > 0:
             await asyncio.sleep(rest_s)
+        if repaired:
+            stats = self.stats
+            stats.busy_s += time.monotonic() - started
+            done = stats.shards_rebuilt + stats.shards_relocated
+            stats.rate_shards_per_s = round(done / stats.busy_s, 1)
         return repaired
 
     def _finish_pass(self, finished: _Pass) -> None:

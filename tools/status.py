@@ -201,12 +201,13 @@ def repair_line(status: ClusterStatus) -> str:
         progress = (
             f"last pass {r.get('last_pass_s')} s: below n {found}; "
             f"backlog {r.get('backlog_records')} records ({r.get('lost_records')} lost); "
-            f"{r.get('last_pass_rate_shards_per_s')} shards/s"
+            f"{r.get('last_pass_rate_shards_per_s')} shards/s over the pass"
         )
     return (
         f"repair ({leader.name}): {r.get('passes', 0)} passes, {progress}; "
         f"rebuilt {r.get('shards_rebuilt', 0)} shards ({r.get('shard_bytes_rebuilt', 0)} B), "
-        f"relocated {r.get('shards_relocated', 0)}, failed {r.get('shards_failed', 0)}"
+        f"relocated {r.get('shards_relocated', 0)}, failed {r.get('shards_failed', 0)}, "
+        f"{r.get('rate_shards_per_s', 0)} shards/s while repairing"
     )
 
 

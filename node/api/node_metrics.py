@@ -244,6 +244,11 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             repair("last_pass_rate_shards_per_s"),
         ),
         StatFamily(
+            "repair_rate_shards_per_s",
+            "shards repaired per second of repair rounds that had work",
+            repair("rate_shards_per_s"),
+        ),
+        StatFamily(
             "repair_last_pass_finished_ms",
             "when the last repair pass ended (leader clock, ms since the epoch)",
             repair("last_pass_finished_ms"),
