@@ -184,7 +184,7 @@ class ShardRepairer:
             await asyncio.sleep(rest_s)
         if repaired:
             stats = self.stats
-            stats.busy_s += time.monotonic() - started
+            stats.busy_s = round(stats.busy_s + time.monotonic() - started, 3)
             done = stats.shards_rebuilt + stats.shards_relocated
             stats.rate_shards_per_s = round(done / stats.busy_s, 1)
         return repaired

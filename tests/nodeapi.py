@@ -51,11 +51,12 @@ def running_cluster(
     node_toml: str = "",
     chain: str = "embedded",
     anchoring: Mapping[str, object] | None = None,
+    nodes: int = 5,
 ) -> Iterator[LocalCluster]:
-    """A 5-node cluster + gateway in real processes (partner ``shop-a``) anchoring on a ``chain``
-    (embedded, anvil or none), each node's config extended with ``node_toml`` and its
-    ``[anchoring]`` table with ``anchoring``; stopped on exit."""
-    layout = init_cluster(directory, partners=("shop-a",), chain=chain)
+    """A cluster of ``nodes`` nodes + gateway in real processes (partner ``shop-a``) anchoring
+    on a ``chain`` (embedded, anvil or none), each node's config extended with ``node_toml``
+    and its ``[anchoring]`` table with ``anchoring``; stopped on exit."""
+    layout = init_cluster(directory, nodes=nodes, partners=("shop-a",), chain=chain)
     for node in layout.nodes:
         path = Path(node.config_path)
         text = path.read_text()

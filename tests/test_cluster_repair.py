@@ -1,13 +1,17 @@
-"""Repair back to n shards, in real processes: 5 nodes + gateway (no chain), k=3 n=5, a few
-thousand records, then one node killed with -9, its data directory deleted and the node
-brought back with ``baas-cluster rejoin-node`` (a new incarnation at the same placement
-position, with an empty shard store).
+"""Repair back to n shards, in real processes (gateway, no chain, k=3 n=5).
 
-The leader's repairer must put every shard back on it: its shard count returns to one per
-record, a repair pass then finds no record below n (backlog 0), and every record reads back
-identical with two OTHER nodes killed -- with only 3 of 5 holders left, each read needs the
-rebuilt node's shard. Before the loss, passes over the healthy cluster rebuild nothing (no
-repair while the copy exists).
+A wiped node: 5 nodes, a few thousand records, then one node killed with -9, its data
+directory deleted and the node brought back with ``baas-cluster rejoin-node`` (a new
+incarnation at the same placement position, with an empty shard store). The leader's repairer
+must put every shard back on it: its shard count returns to one per record, a repair pass then
+finds no record below n (backlog 0), and every record reads back identical with two OTHER
+nodes killed -- with only 3 of 5 holders left, each read needs the rebuilt node's shard.
+Before the loss, passes over the healthy cluster rebuild nothing (no repair while the copy
+exists).
+
+A node gone too long: 6 nodes, one stopped past ``node_down_repair_after_s``: each of its
+shards is rebuilt on the one other node (``index.move``), a pass finds every record at n
+while it is still away, and every record reads back.
 """
 
 from __future__ import annotations
@@ -30,20 +34,32 @@ from nodeapi import (
     wait_for,
 )
 
+from node.storage.placement import place_shards
 from tools import cluster_cli
 from tools.client import PartnerClient
 from tools.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+RELOCATE_RECORDS = 600
+RELOCATE_TOML = (
+    "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\nnode_down_repair_after_s = 3.0\n"
+)
 RECORDS = 2500
 BATCH_RECORDS = 250
 # Passes back to back and records planned a second after their write, so the test is short.
 NODE_TOML = "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\n"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with running_cluster(tmp_path_factory.mktemp("repair"), NODE_TOML, chain="none") as local:
+        yield local
+
+
+@pytest.fixture
+def cluster6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    directory = tmp_path_factory.mktemp("relocate")
+    with running_cluster(directory, RELOCATE_TOML, chain="none", nodes=6) as local:
         yield local
 
 
@@ -173,4 +189,34 @@ async def test_a_wiped_node_gets_every_shard_back(cluster: LocalCluster) -> None
         others = [n for n in names if n not in (victim, leader)][:2]
         for name in others:
             cluster.kill(name)
+        await read_all(client, acknowledged)
+
+
+async def test_a_node_gone_too_long_has_its_shards_rebuilt_elsewhere(
+    cluster6: LocalCluster,
+) -> None:
+    cluster = cluster6
+    names = [n.name for n in cluster.layout.nodes]
+    peers = [n.peer_id for n in cluster.layout.nodes]
+    await wait_for("every incarnation recorded", lambda: incarnations(cluster))
+    async with partner_client(cluster, "shop-a") as client:
+        acknowledged = await write(client, RELOCATE_RECORDS)
+        leader = leader_of(cluster, names)
+        assert leader is not None
+        gone = next(n for n in names if n != leader)
+        gone_peer = cluster.node(gone).peer_id
+        on_gone = sum(
+            1 for rid in acknowledged if gone_peer in place_shards(bytes.fromhex(rid), peers, 5)
+        )
+        assert 0 < on_gone < RELOCATE_RECORDS  # n=5 of 6 nodes: most records, not all
+        cluster.kill(gone)
+        stopped_ms = time.time_ns() // 1_000_000
+        stats = await wait_for(
+            "a clean pass with the node still away",
+            lambda: clean_pass_after(cluster, names, stopped_ms + 3_000),
+            timeout_s=150.0,
+        )
+        relocated = sum((repair_of(cluster, n) or {}).get("shards_relocated", 0) for n in names)
+        assert relocated == on_gone, stats
+        print(f"\nrelocation: {on_gone} shards moved off {gone}; leader: {stats}")
         await read_all(client, acknowledged)
