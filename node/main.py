@@ -180,6 +180,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         mover=mover,
         settings=config.repair,
         grace_entries=config.moves.grace_entries,
+        deficit_top=config.cluster.n - config.cluster.k,
     )
     collector = OrphanCollector(
         store=store,

@@ -21,6 +21,12 @@ pure planner, and carries the plan out:
   deleted now (space, and no leak);
 * records below ``k`` are counted as lost; records whose holder is only briefly away wait.
 
+Order: most endangered first over the whole index. A pass starts at deficit ``n - k`` (records
+one more loss away from being lost) and plans only records missing at least that many shards;
+a page showing a larger deficit raises it for the rest of the pass; records held back for a
+smaller deficit get the next pass at once, at their largest deficit (see
+:mod:`node.dataplane.repair_plan`). A single wiped node thus costs one scan without rebuilds.
+
 Pace: a page is planned again until nothing in it is deferred by ``shards_per_round_max``;
 after each round the repairer sleeps so that rebuilt shards stay under ``shards_per_s_max``,
 and ``page_pause_s`` between pages; a full pass is followed by ``pass_interval_s`` of rest.
@@ -79,6 +85,7 @@ class RepairStats:
     # The pass in progress (reset when a pass starts):
     pass_records_scanned: int = 0
     pass_shards_repaired: int = 0
+    pass_deficit_min: int = 0  # it repairs records missing at least this many shards
     # The last complete pass:
     last_pass_finished_ms: int = 0
     last_pass_s: float = 0.0
@@ -96,10 +103,14 @@ class _Pass:
 
     started: float
     scan: Iterator[tuple[bytes, bytes]]
+    deficit_min: int  # plan only records missing at least this many shards
     page: list[bytes] = field(default_factory=list)  # record ids being planned
+    page_counted: bool = False  # the page's first round added its findings
     below_n: defaultdict[int, int] = field(default_factory=lambda: defaultdict(int))
     still_below_n: int = 0
     lost: int = 0
+    held_back: int = 0  # records left for a later pass at a lower deficit
+    held_back_deficit_max: int = 0
 
 
 class ShardRepairer:
@@ -113,6 +124,7 @@ class ShardRepairer:
         mover: ShardMover,
         settings: RepairSettings,
         grace_entries: int,
+        deficit_top: int,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._log = log
@@ -131,6 +143,9 @@ class ShardRepairer:
         self._periodic = Periodic("shard-repair", settings.page_pause_s, self.round_once)
         self._pass: _Pass | None = None
         self._rested_until = 0.0  # monotonic: no new pass before this
+        # The deficit a pass starts at: n - k, the records one loss away from being lost.
+        self._deficit_top = max(1, deficit_top)
+        self._next_deficit_min = self._deficit_top
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
         self.stats = RepairStats()
@@ -153,8 +168,10 @@ class ShardRepairer:
         if self._pass is None:
             if now < self._rested_until:
                 return 0
-            self._pass = _Pass(now, iter(self._store.state_items(INDEX_PREFIX)))
+            scan = iter(self._store.state_items(INDEX_PREFIX))
+            self._pass = _Pass(now, scan, self._next_deficit_min)
             self.stats.pass_records_scanned = self.stats.pass_shards_repaired = 0
+            self.stats.pass_deficit_min = self._next_deficit_min
         current = self._pass
         if not current.page:
             current.page = [
@@ -168,16 +185,23 @@ class ShardRepairer:
             self.stats.pass_records_scanned += len(current.page)
         started = time.monotonic()
         entries = self._entries(current.page)
-        plan = await self._plan(entries)
+        plan = await self._plan(entries, current)
         repaired, short = await self._carry_out(plan)
         self.stats.pages += 1
         self.stats.pass_shards_repaired += repaired
-        if plan.deferred == 0:
+        if not current.page_counted:  # what the page was like before this pass repaired it
+            current.page_counted = True
             for healthy, count in plan.backlog.items():
                 current.below_n[healthy] += count
             current.lost += len(plan.lost)
-            current.still_below_n += len(plan.lost) + plan.waiting + short
+        if plan.deferred == 0:
+            current.held_back += plan.held_back
+            current.held_back_deficit_max = max(
+                current.held_back_deficit_max, plan.held_back_deficit_max
+            )
+            current.still_below_n += len(plan.lost) + plan.waiting + plan.held_back + short
             current.page = []
+            current.page_counted = False
         # Rate bound: the round's shards take at least repaired / shards_per_s_max seconds.
         rest_s = repaired / self._settings.shards_per_s_max - (time.monotonic() - started)
         if rest_s > 0:
@@ -201,7 +225,11 @@ class ShardRepairer:
         stats.lost_records = finished.lost
         stats.below_n_by_healthy = {str(h): c for h, c in sorted(finished.below_n.items())}
         self._pass = None
-        self._rested_until = time.monotonic() + self._settings.pass_interval_s
+        if finished.held_back:  # less endangered records wait: their pass starts at once
+            self._next_deficit_min = finished.held_back_deficit_max
+        else:
+            self._next_deficit_min = self._deficit_top
+            self._rested_until = time.monotonic() + self._settings.pass_interval_s
         if finished.below_n or stats.pass_shards_repaired:
             log.info(
                 "repair pass: %d records scanned in %.1f s, below n %s, %d shards repaired, "
@@ -222,7 +250,9 @@ class ShardRepairer:
 
     # ------------------------------------------------------------------ planning
 
-    async def _plan(self, entries: Sequence[IndexEntry]) -> RepairPlan:
+    async def _plan(self, entries: Sequence[IndexEntry], current: _Pass) -> RepairPlan:
+        """The page's plan at the pass's deficit; a page showing records more endangered
+        than that raises it for the rest of the pass (they go first)."""
         members = self._membership.members().active_ids
         active = set(members)
         wanted: dict[str, list[bytes]] = defaultdict(list)
@@ -231,15 +261,26 @@ class ShardRepairer:
             for node in sorted(named & active):
                 wanted[node].append(entry.record_id)
         inventories, down_for_ms = await self._inventories(wanted)
-        return plan_repairs(
-            entries,
-            inventories,
-            down_for_ms,
-            members,
-            now_ms=self._clock_ms(),
-            applied_index=self._log.status().applied_index,
-            rules=self._rules,
-        )
+        now_ms = self._clock_ms()
+        applied_index = self._log.status().applied_index
+
+        def plan(deficit_min: int) -> RepairPlan:
+            return plan_repairs(
+                entries,
+                inventories,
+                down_for_ms,
+                members,
+                now_ms=now_ms,
+                applied_index=applied_index,
+                rules=self._rules,
+                deficit_min=deficit_min,
+            )
+
+        found = plan(current.deficit_min)
+        if found.deficit_max > current.deficit_min:
+            current.deficit_min = self.stats.pass_deficit_min = found.deficit_max
+            found = plan(current.deficit_min)
+        return found
 
     async def _inventories(
         self, wanted: dict[str, list[bytes]]

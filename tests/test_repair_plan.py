@@ -56,10 +56,11 @@ def plan(
     members: Sequence[str] = NODES[:5],
     applied: int = 100,
     rules: RepairRules = RULES,
+    deficit_min: int = 1,
 ) -> RepairPlan:
     return plan_repairs(
         entries, inventories, down or {}, members, now_ms=NOW_MS, applied_index=applied,
-        rules=rules,
+        rules=rules, deficit_min=deficit_min,
     )  # fmt: skip
 
 
@@ -201,3 +202,19 @@ def test_rules_refuse_nonsense() -> None:
         _rules(shards_per_round_max=0)
     with pytest.raises(InvalidRequest):
         _rules(node_down_repair_after_ms=-1)
+
+
+def test_deficit_min_holds_the_less_endangered_back() -> None:
+    entries = [entry(i) for i in range(4)]
+    # record 0 misses two shards (deficit 2), records 1 and 2 one each, record 3 none
+    missing = {(0, 0), (0, 1), (1, 2), (2, 3)}
+    inventories = holding(entries, missing)
+    top = plan(entries, inventories, deficit_min=2)
+    assert [r.entry.record_id for r in top.repairs] == [rid(0)]
+    assert (top.held_back, top.held_back_deficit_max, top.deficit_max) == (2, 1, 2)
+    assert dict(top.backlog) == {3: 1, 4: 2}  # held-back records are still counted
+    rest = plan(entries, inventories, deficit_min=1)
+    assert rest.repairs[0].entry.record_id == rid(0)
+    assert len(rest.repairs) == 3 and rest.held_back == 0 and rest.held_back_deficit_max == 0
+    healthy = plan(entries, holding(entries), deficit_min=2)
+    assert (healthy.held_back, healthy.held_back_deficit_max, healthy.deficit_max) == (0, 0, 0)

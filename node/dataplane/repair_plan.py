@@ -32,6 +32,15 @@ reported **lost** (not repaired; it may come back when a waiting node does). Rec
 the same page again). ``backlog`` counts every record of the page below ``n`` by its healthy
 count, planned or not.
 
+Most endangered first across the whole index, not just within a page: a record's *deficit*
+is ``n - healthy``; only records whose deficit is at least ``deficit_min`` are planned, the
+others are ``held_back`` (``held_back_deficit_max`` is the largest deficit among them) and
+``deficit_max`` is the largest deficit among the records with work. The repairer starts a
+pass at the largest repairable deficit (``n - k``: one more loss and the record is gone),
+raises ``deficit_min`` when a page shows a larger one, and runs the next pass at once with
+the held-back records' largest deficit, down to 1. A wiped node (every deficit 1) thus costs
+one extra scan of the index without rebuilds before its repair starts.
+
 Old copies: a node may still hold a shard the index moved away from it (a mover's old copy
 whose deletion a former leader forgot, a relocation's source that came back). Once the move's
 grace is over (``grace_entries`` past it at ``applied_index``) and the shard is healthy on its
@@ -100,6 +109,9 @@ class RepairPlan:
     lost: tuple[bytes, ...]  # record ids with fewer than k healthy shards
     waiting: int  # records below n only because a holder is briefly away
     deferred: int  # records with work left out by the bound (plan the page again)
+    held_back: int  # records with work whose deficit is below deficit_min
+    held_back_deficit_max: int  # the largest deficit among them (0: none)
+    deficit_max: int  # the largest deficit among the records with work (0: none)
     backlog: Mapping[int, int]  # healthy count -> records of the page below n
     stale_copies: tuple[tuple[str, ShardKey], ...]  # (node, shard) old copies to delete
 
@@ -113,10 +125,12 @@ def plan_repairs(
     now_ms: int,
     applied_index: int,
     rules: RepairRules,
+    deficit_min: int = 1,
 ) -> RepairPlan:
     """Plan one page. ``inventories``: per node that answered, the intact shards it holds of
     the page's records; ``down_for_ms``: per node that did not, how long it has been silent;
-    ``members``: the active storage members."""
+    ``members``: the active storage members; ``deficit_min``: plan only records missing at
+    least this many shards."""
     active = frozenset(members)
     gone = frozenset(n for n, ms in down_for_ms.items() if ms >= rules.node_down_repair_after_ms)
     candidates: list[RecordRepair] = []
@@ -150,7 +164,10 @@ def plan_repairs(
             waiting += 1
             continue
         candidates.append(RecordRepair(entry, healthy, rebuild, relocate))
-    candidates.sort(key=lambda r: (r.healthy, r.entry.record_id))
+    deficits = [r.entry.n - r.healthy for r in candidates]
+    held = [d for d in deficits if d < deficit_min]
+    candidates = [r for r, d in zip(candidates, deficits, strict=True) if d >= deficit_min]
+    candidates.sort(key=lambda r: (r.healthy - r.entry.n, r.entry.record_id))
     chosen: list[RecordRepair] = []
     budget = rules.shards_per_round_max
     for repair in candidates:
@@ -163,6 +180,9 @@ def plan_repairs(
         lost=tuple(lost),
         waiting=waiting,
         deferred=len(candidates) - len(chosen),
+        held_back=len(held),
+        held_back_deficit_max=max(held, default=0),
+        deficit_max=max(deficits, default=0),
         backlog=backlog,
         stale_copies=tuple(stale),
     )
