@@ -388,6 +388,9 @@ class NodeConfig:
         self.repair.validate()
         if self.repair.page_records_max > self.limits.records_per_request_max:
             raise ConfigError("repair.page_records_max must be at most records_per_request_max")
+        if self.repair.shards_per_round_max < self.cluster.n:
+            # A record may need up to n - k rebuilds: one round must fit any single record.
+            raise ConfigError("repair.shards_per_round_max must be at least cluster.n")
         self.gc.validate()
         self.anchoring.validate()
         me = self.cluster.member(self.node.name)

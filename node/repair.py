@@ -194,12 +194,15 @@ class ShardRepairer:
             for healthy, count in plan.backlog.items():
                 current.below_n[healthy] += count
             current.lost += len(plan.lost)
-        if plan.deferred == 0:
+        # The page is done when nothing was left out by the round bound, or when a round
+        # made no progress (its rebuilds all failed: planning it again would spin).
+        if plan.deferred == 0 or repaired == 0:
             current.held_back += plan.held_back
             current.held_back_deficit_max = max(
                 current.held_back_deficit_max, plan.held_back_deficit_max
             )
-            current.still_below_n += len(plan.lost) + plan.waiting + plan.held_back + short
+            left = len(plan.lost) + plan.waiting + plan.held_back + plan.deferred + short
+            current.still_below_n += left
             current.page = []
             current.page_counted = False
         # Rate bound: the round's shards take at least repaired / shards_per_s_max seconds.

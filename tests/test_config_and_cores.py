@@ -109,6 +109,7 @@ def test_invalid_raft_settings_are_refused(tmp_path: Path, raft_table: str, mess
         ("page_records_max = 2.5", "repair.page_records_max must be an integer"),
         ("page_records_max = 5000", "at most records_per_request_max"),
         ("node_down_repair_after_s = -1", "repair.node_down_repair_after_s"),
+        ("shards_per_round_max = 4", "at least cluster.n"),
         ("scrub = true", "unknown keys"),
     ],
 )
