@@ -180,7 +180,6 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         mover=mover,
         settings=config.repair,
         grace_entries=config.moves.grace_entries,
-        deficit_top=config.cluster.n - config.cluster.k,
     )
     collector = OrphanCollector(
         store=store,

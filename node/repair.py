@@ -21,11 +21,13 @@ pure planner, and carries the plan out:
   deleted now (space, and no leak);
 * records below ``k`` are counted as lost; records whose holder is only briefly away wait.
 
-Order: most endangered first over the whole index. A pass starts at deficit ``n - k`` (records
-one more loss away from being lost) and plans only records missing at least that many shards;
-a page showing a larger deficit raises it for the rest of the pass; records held back for a
-smaller deficit get the next pass at once, at their largest deficit (see
-:mod:`node.dataplane.repair_plan`). A single wiped node thus costs one scan without rebuilds.
+Order: most endangered first, as far as the pass knows. A pass plans only records missing at
+least its *deficit* of shards (1 at the start); a page showing records missing more raises it
+for the rest of the pass, and the records it then holds back get the next pass at once, at
+their largest deficit, before any rest (see :mod:`node.dataplane.repair_plan`). So once a
+more endangered record is seen, nothing less endangered is rebuilt before it; records in the
+pages already passed were the most endangered known when they were rebuilt. A single wiped
+node (every deficit 1) costs no extra scan.
 
 Pace: a page is planned again until nothing in it is deferred by ``shards_per_round_max``;
 after each round the repairer sleeps so that rebuilt shards stay under ``shards_per_s_max``,
@@ -124,7 +126,6 @@ class ShardRepairer:
         mover: ShardMover,
         settings: RepairSettings,
         grace_entries: int,
-        deficit_top: int,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._log = log
@@ -143,9 +144,7 @@ class ShardRepairer:
         self._periodic = Periodic("shard-repair", settings.page_pause_s, self.round_once)
         self._pass: _Pass | None = None
         self._rested_until = 0.0  # monotonic: no new pass before this
-        # The deficit a pass starts at: n - k, the records one loss away from being lost.
-        self._deficit_top = max(1, deficit_top)
-        self._next_deficit_min = self._deficit_top
+        self._next_deficit_min = 1  # held-back records raise it for the pass that follows
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
         self.stats = RepairStats()
@@ -231,7 +230,7 @@ class ShardRepairer:
         if finished.held_back:  # less endangered records wait: their pass starts at once
             self._next_deficit_min = finished.held_back_deficit_max
         else:
-            self._next_deficit_min = self._deficit_top
+            self._next_deficit_min = 1
             self._rested_until = time.monotonic() + self._settings.pass_interval_s
         if finished.below_n or stats.pass_shards_repaired:
             log.info(

@@ -36,10 +36,9 @@ Most endangered first across the whole index, not just within a page: a record's
 is ``n - healthy``; only records whose deficit is at least ``deficit_min`` are planned, the
 others are ``held_back`` (``held_back_deficit_max`` is the largest deficit among them) and
 ``deficit_max`` is the largest deficit among the records with work. The repairer starts a
-pass at the largest repairable deficit (``n - k``: one more loss and the record is gone),
-raises ``deficit_min`` when a page shows a larger one, and runs the next pass at once with
-the held-back records' largest deficit, down to 1. A wiped node (every deficit 1) thus costs
-one extra scan of the index without rebuilds before its repair starts.
+pass at 1, raises ``deficit_min`` when a page shows a larger deficit (from then on nothing
+less endangered is rebuilt in the pass), and runs the next pass at once with the held-back
+records' largest deficit.
 
 Old copies: a node may still hold a shard the index moved away from it (a mover's old copy
 whose deletion a former leader forgot, a relocation's source that came back). Once the move's
