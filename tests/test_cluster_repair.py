@@ -7,7 +7,7 @@ must put every shard back on it: its shard count returns to one per record, a re
 finds no record below n (backlog 0), and every record reads back identical with two OTHER
 nodes killed -- with only 3 of 5 holders left, each read needs the rebuilt node's shard.
 Before the loss, passes over the healthy cluster rebuild nothing (no repair while the copy
-exists).
+exists), and a few shard entries corrupted on another node's disk are rebuilt in place.
 
 A node gone too long: 6 nodes, one stopped past ``node_down_repair_after_s``: each of its
 shards is rebuilt on the one other node (``index.move``), a pass finds every record at n
@@ -17,12 +17,15 @@ while it is still away, and every record reads back.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import plyvel
 import pytest
 from nodeapi import (
     data_dir,
@@ -45,6 +48,7 @@ RELOCATE_TOML = (
     "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\nnode_down_repair_after_s = 3.0\n"
 )
 RECORDS = 2500
+CORRUPT_SHARDS = 5
 BATCH_RECORDS = 250
 # Passes back to back and records planned a second after their write, so the test is short.
 NODE_TOML = "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\n"
@@ -92,6 +96,18 @@ def clean_pass_after(cluster: LocalCluster, names: list[str], after_ms: int) -> 
     ):
         return stats
     return {}
+
+
+def corrupt_entries(shard_db: Path, count: int) -> None:
+    """Flip the last byte of ``count`` shard entries of a stopped node (their checksums fail)."""
+    db = plyvel.DB(str(shard_db))
+    try:
+        keys = list(itertools.islice(db.iterator(prefix=b"s", include_value=False), count))
+        for key in keys:
+            value = db.get(key)
+            db.put(key, value[:-1] + bytes([value[-1] ^ 0xFF]), sync=True)
+    finally:
+        db.close()
 
 
 async def write(client: PartnerClient, count: int) -> dict[str, dict[str, Any]]:
@@ -149,10 +165,25 @@ async def test_a_wiped_node_gets_every_shard_back(cluster: LocalCluster) -> None
         before = [repair_of(cluster, n) or {} for n in names]
         assert sum(s.get("shards_rebuilt", 0) for s in before) == 0
 
-        # --- one node loses its disk and comes back as a new member at the same position
+        # --- corrupt entries: never served, so missing; rebuilt in place
         leader = leader_of(cluster, names)
         assert leader is not None
-        victim = next(n for n in names if n != leader)
+        victim, corrupted = [n for n in names if n != leader][:2]
+        cluster.kill(corrupted)
+        corrupt_entries(data_dir(cluster, corrupted) / "shards", CORRUPT_SHARDS)
+        cluster.start_node(corrupted, wait=True)
+        restarted_ms = time.time_ns() // 1_000_000
+        await wait_for(
+            "the corrupt shards rebuilt",
+            lambda: clean_pass_after(cluster, names, restarted_ms),
+            timeout_s=60.0,
+        )
+        fixed = sum((repair_of(cluster, n) or {}).get("shards_rebuilt", 0) for n in names)
+        assert fixed == CORRUPT_SHARDS
+        seen = node_get(cluster, corrupted, "/internal/v1/status")["corrupt_entries_seen"]
+        assert seen >= CORRUPT_SHARDS
+
+        # --- one node loses its disk and comes back as a new member at the same position
         cluster.kill(victim)
         shutil.rmtree(data_dir(cluster, victim))
         command = ["rejoin-node", "--dir", cluster.layout.directory, "--name", victim]
@@ -175,7 +206,7 @@ async def test_a_wiped_node_gets_every_shard_back(cluster: LocalCluster) -> None
         )
         after = [repair_of(cluster, n) or {} for n in names]
         rebuilt = sum(s.get("shards_rebuilt", 0) for s in after)
-        assert rebuilt == RECORDS, after
+        assert rebuilt == RECORDS + CORRUPT_SHARDS, after
         assert stats["lost_records"] == 0
         assert shards_on(cluster, victim) == RECORDS
         print(
