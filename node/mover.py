@@ -96,6 +96,7 @@ class ShardMover:
         self._timeout_s = request_timeout_s
         self._periodic = Periodic("shard-mover", settings.interval_s, self._one_round)
         self._in_grace: list[MoveState] = []  # committed moves whose old copy still exists
+        self.moves_in_flight = 0  # being copied, verified or committed right now
         self.stats = MoverStats()
 
     async def start(self) -> None:
@@ -153,11 +154,21 @@ class ShardMover:
         )
         return committed
 
+    def replan(self) -> None:
+        """Make the next round pass over the index even though the epoch has not changed: a
+        node the repairer moved shards off (node/repair.py) is back, and its placement
+        position wants them again (its old copies are overwritten with the same bytes)."""
+        self.stats.settled_epoch = 0
+
     async def run_moves(self, moves: Sequence[ShardMove]) -> tuple[int, int]:
         """Copy, verify and commit these moves at once (the caller bounds how many); their old
         copies wait for the grace. Returns (committed, abandoned). The repairer's relocations
         off a node gone too long (node/repair.py) go through here too."""
-        states = await asyncio.gather(*(self._run_move(m) for m in moves))
+        self.moves_in_flight += len(moves)
+        try:
+            states = await asyncio.gather(*(self._run_move(m) for m in moves))
+        finally:
+            self.moves_in_flight -= len(moves)
         committed = 0
         for state in states:
             if state.phase is MovePhase.GRACE:

@@ -17,8 +17,10 @@ pure planner, and carries the plan out:
 * **relocate** -- a shard whose holder has been silent for ``node_down_repair_after_s`` moves
   to the next placement candidate through the mover's own path (copy, verify, ``index.move``,
   grace, delete the old copy: :meth:`node.mover.ShardMover.run_moves`);
-* **stale copies** -- an old copy past its move's grace that a former leader never deleted is
-  deleted now (space, and no leak);
+* **stale copies** -- an old copy past its move's grace that a former leader never deleted, on
+  a node outside the record's placement, is deleted now (space, and no leak); a node the
+  repairer relocated shards off that answers again gets them back from the mover (a pass is
+  requested: its placement position wants them, and its old copies are the same bytes);
 * records below ``k`` are counted as lost; records whose holder is only briefly away wait.
 
 Order: most endangered first, as far as the pass knows. A pass plans only records missing at
@@ -147,6 +149,7 @@ class ShardRepairer:
         self._next_deficit_min = 1  # held-back records raise it for the pass that follows
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
+        self._relocated_from: set[str] = set()  # nodes whose shards were moved off them
         self.stats = RepairStats()
 
     async def start(self) -> None:
@@ -305,6 +308,9 @@ class ShardRepairer:
         for node, answer in zip(asked, answers, strict=True):
             if isinstance(answer, frozenset):
                 inventories[node] = answer
+                if node in self._relocated_from:  # back: the mover returns its shards
+                    self._relocated_from.discard(node)
+                    self._mover.replan()
                 self._silent_since.pop(node, None)
                 self._asked_at.pop(node, None)
             elif isinstance(answer, BaasError):
@@ -323,8 +329,11 @@ class ShardRepairer:
 
     async def _carry_out(self, plan: RepairPlan) -> tuple[int, int]:
         """(shards repaired, records left short: a rebuild or relocation did not complete)."""
-        deletes = [self._delete_stale(node, key) for node, key in plan.stale_copies]
-        await asyncio.gather(*deletes)
+        if self._mover.moves_in_flight == 0:
+            # Never while the mover copies shards around: a membership change may make an
+            # old holder a move's target again (the copy it puts there must stay).
+            deletes = [self._delete_stale(node, key) for node, key in plan.stale_copies]
+            await asyncio.gather(*deletes)
         in_place = [r for r in plan.repairs if r.rebuild]
         rebuilt, short = await self._rebuild(in_place) if in_place else (0, 0)
         moves = [m for r in plan.repairs for m in r.relocate]
@@ -332,6 +341,7 @@ class ShardRepairer:
         for start in range(0, len(moves), self._settings.rebuilds_inflight_max):
             chunk = moves[start : start + self._settings.rebuilds_inflight_max]
             committed, abandoned = await self._mover.run_moves(chunk)
+            self._relocated_from.update(m.from_node for m in chunk)
             relocated += committed
             short += abandoned  # about one record each: a record rarely loses two holders
             self.stats.shards_failed += abandoned

@@ -82,7 +82,7 @@ def repairer(entries: list[IndexEntry], holders: Holders, **settings: Any) -> Sh
         store=Store(entries),
         coordinator=holders,  # type: ignore[arg-type]
         membership=SimpleNamespace(members=lambda: SimpleNamespace(active_ids=NODES)),  # type: ignore[arg-type]
-        mover=SimpleNamespace(),  # type: ignore[arg-type]
+        mover=SimpleNamespace(moves_in_flight=0, replan=lambda: None),  # type: ignore[arg-type]
         settings=RepairSettings(**values),
         grace_entries=10,
         clock_ms=lambda: 10**12,

@@ -181,6 +181,12 @@ def test_an_old_copy_past_its_grace_is_listed_for_deletion() -> None:
     inventories[moved_from] = frozenset({key})
     assert plan([moved], inventories, applied=59).stale_copies == ()  # grace not over
     assert plan([moved], inventories, applied=60).stale_copies == ((moved_from, key),)
+    # not on a node inside the placement: the mover brings the shard back there
+    inside = e.shard_nodes[0]
+    back = dataclasses.replace(e, previous=(PreviousLocation(1, inside, 50),))
+    again = holding([back])
+    again[inside] = again[inside] | {key}
+    assert plan([back], again, applied=60).stale_copies == ()
     # not while the indexed holder lacks it: the old copy may be the one a reader needs
     inventories[e.shard_nodes[1]] = frozenset()
     assert plan([moved], inventories, applied=60).stale_copies == ()

@@ -41,9 +41,11 @@ less endangered is rebuilt in the pass), and runs the next pass at once with the
 records' largest deficit.
 
 Old copies: a node may still hold a shard the index moved away from it (a mover's old copy
-whose deletion a former leader forgot, a relocation's source that came back). Once the move's
-grace is over (``grace_entries`` past it at ``applied_index``) and the shard is healthy on its
-indexed holder, the copy is listed in ``stale_copies`` for deletion, so it is not leaked.
+whose deletion a former leader forgot). Once the move's grace is over (``grace_entries`` past
+it at ``applied_index``), the shard is healthy on its indexed holder and the node is outside
+the record's placement over the active members, the copy is listed in ``stale_copies`` for
+deletion, so it is not leaked. A node inside the placement (a relocation's source that came
+back) keeps it: the mover brings the shard back there, onto the same key.
 
 Pure: no I/O, no clock (``now_ms`` and the down times are inputs), no randomness.
 """
@@ -58,6 +60,7 @@ from node.dataplane.move_plan import ShardMove, plan_record
 from node.dataplane.shard_move import delete_due
 from node.errors import InvalidRequest
 from node.records import ShardKey
+from node.storage.placement import place_shards
 
 __all__ = [
     "RecordRepair",
@@ -145,7 +148,8 @@ def plan_repairs(
             for i, node in enumerate(entry.shard_nodes)
             if ShardKey(entry.record_id, entry.content_hash, i) in inventories.get(node, ())
         }
-        stale.extend(_stale_copies(entry, healthy_idx, inventories, applied_index, rules))
+        placed = _placement(entry, members)
+        stale.extend(_stale_copies(entry, healthy_idx, placed, inventories, applied_index, rules))
         healthy = len(healthy_idx)
         if healthy >= entry.n:
             continue
@@ -200,9 +204,19 @@ def _relocations(
     return tuple(m for m in moves if m.from_node in gone and m.to_node in active)
 
 
+def _placement(entry: IndexEntry, members: Sequence[str]) -> tuple[str, ...]:
+    """Where the mover wants the record's shards (every member when it cannot place them)."""
+    if not entry.previous:
+        return ()  # nothing moved: no old copy to judge
+    if len(set(members)) < entry.n:
+        return tuple(members)
+    return place_shards(entry.record_id, members, entry.n)
+
+
 def _stale_copies(
     entry: IndexEntry,
     healthy_idx: set[int],
+    placed: Sequence[str],
     inventories: Mapping[str, frozenset[ShardKey]],
     applied_index: int,
     rules: RepairRules,
@@ -213,6 +227,7 @@ def _stale_copies(
         if (
             p.shard in healthy_idx
             and p.node != entry.shard_nodes[p.shard]
+            and p.node not in placed
             and key in inventories.get(p.node, ())
             and delete_due(p.moved_at, applied_index, rules.grace_entries)
         ):
