@@ -18,9 +18,10 @@ pure planner, and carries the plan out:
   to the next placement candidate through the mover's own path (copy, verify, ``index.move``,
   grace, delete the old copy: :meth:`node.mover.ShardMover.run_moves`);
 * **stale copies** -- an old copy past its move's grace that a former leader never deleted, on
-  a node outside the record's placement, is deleted now (space, and no leak); a node the
-  repairer relocated shards off that answers again gets them back from the mover (a pass is
-  requested: its placement position wants them, and its old copies are the same bytes);
+  a node outside the record's placement, is deleted now (space, and no leak); an old copy on
+  a placement node holding no shard of the record (a node the shards were relocated off,
+  back again) makes the repairer ask the mover for a pass over the index: it brings the
+  shard back there, onto the same key, and the relocated copy goes after the grace;
 * records below ``k`` are counted as lost; records whose holder is only briefly away wait.
 
 Order: most endangered first, as far as the pass knows. A pass plans only records missing at
@@ -149,7 +150,6 @@ class ShardRepairer:
         self._next_deficit_min = 1  # held-back records raise it for the pass that follows
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
-        self._relocated_from: set[str] = set()  # nodes whose shards were moved off them
         self.stats = RepairStats()
 
     async def start(self) -> None:
@@ -308,9 +308,6 @@ class ShardRepairer:
         for node, answer in zip(asked, answers, strict=True):
             if isinstance(answer, frozenset):
                 inventories[node] = answer
-                if node in self._relocated_from:  # back: the mover returns its shards
-                    self._relocated_from.discard(node)
-                    self._mover.replan()
                 self._silent_since.pop(node, None)
                 self._asked_at.pop(node, None)
             elif isinstance(answer, BaasError):
@@ -334,6 +331,8 @@ class ShardRepairer:
             # old holder a move's target again (the copy it puts there must stay).
             deletes = [self._delete_stale(node, key) for node, key in plan.stale_copies]
             await asyncio.gather(*deletes)
+            if plan.returnable:  # shards off their placement, whose old home is back
+                self._mover.replan()
         in_place = [r for r in plan.repairs if r.rebuild]
         rebuilt, short = await self._rebuild(in_place) if in_place else (0, 0)
         moves = [m for r in plan.repairs for m in r.relocate]
@@ -341,7 +340,6 @@ class ShardRepairer:
         for start in range(0, len(moves), self._settings.rebuilds_inflight_max):
             chunk = moves[start : start + self._settings.rebuilds_inflight_max]
             committed, abandoned = await self._mover.run_moves(chunk)
-            self._relocated_from.update(m.from_node for m in chunk)
             relocated += committed
             short += abandoned  # about one record each: a record rarely loses two holders
             self.stats.shards_failed += abandoned

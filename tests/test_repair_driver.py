@@ -5,16 +5,18 @@ holders are sets of shard keys so the order of rebuilds can be observed exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from types import SimpleNamespace
 from typing import Any
 
 from node.config import RepairSettings
-from node.consensus.record_index import IndexEntry, index_key
+from node.consensus.record_index import IndexEntry, PreviousLocation, index_key
 from node.errors import PeerUnavailable
 from node.records import Shard, ShardKey, ShardMeta
 from node.repair import ShardRepairer
+from node.storage.placement import place_shards
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 FP = b"f" * 32
@@ -34,6 +36,7 @@ class Holders:
             node: {ShardKey(e.record_id, e.content_hash, i) for e in entries}
             for i, node in enumerate(NODES)
         }
+        self.held["n6"] = set()  # a member holding nothing
         self.silent: set[str] = set()
         self.refusing: set[str] = set()  # answer the inventory, lose every put
         self.rebuilt: list[bytes] = []  # record ids, in the order they were read back
@@ -73,7 +76,22 @@ class Store:
         return iter(sorted((k, v) for k, v in self.data.items() if k.startswith(prefix)))
 
 
-def repairer(entries: list[IndexEntry], holders: Holders, **settings: Any) -> ShardRepairer:
+class Mover:
+    def __init__(self) -> None:
+        self.moves_in_flight = 0
+        self.replans = 0
+
+    def replan(self) -> None:
+        self.replans += 1
+
+
+def repairer(
+    entries: list[IndexEntry],
+    holders: Holders,
+    mover: Mover | None = None,
+    members: tuple[str, ...] = NODES,
+    **settings: Any,
+) -> ShardRepairer:
     values: dict[str, Any] = {"page_records_max": 4, "shards_per_round_max": 8}
     values.update(settings)
     log = SimpleNamespace(status=lambda: SimpleNamespace(role="leader", applied_index=100))
@@ -81,8 +99,8 @@ def repairer(entries: list[IndexEntry], holders: Holders, **settings: Any) -> Sh
         log=log,  # type: ignore[arg-type]
         store=Store(entries),
         coordinator=holders,  # type: ignore[arg-type]
-        membership=SimpleNamespace(members=lambda: SimpleNamespace(active_ids=NODES)),  # type: ignore[arg-type]
-        mover=SimpleNamespace(moves_in_flight=0, replan=lambda: None),  # type: ignore[arg-type]
+        membership=SimpleNamespace(members=lambda: SimpleNamespace(active_ids=members)),  # type: ignore[arg-type]
+        mover=mover or Mover(),  # type: ignore[arg-type]
         settings=RepairSettings(**values),
         grace_entries=10,
         clock_ms=lambda: 10**12,
@@ -165,3 +183,27 @@ async def test_the_rate_bound_paces_rebuilds() -> None:
     await run_passes(driver, 1)
     assert time.monotonic() - started >= 8 / 40.0
     assert driver.stats.shards_rebuilt == 8 and driver.stats.rate_shards_per_s <= 41.0
+
+
+async def test_old_copies_go_or_call_the_mover_back() -> None:
+    members = (*NODES, "n6")
+    e = next(x for x in map(entry, range(100)) if "n6" in place_shards(x.record_id, members, 5))
+    first = e.shard_nodes[0]
+    moved = dataclasses.replace(
+        e, previous=(PreviousLocation(1, "n6", 50), PreviousLocation(2, first, 50))
+    )
+    holders = Holders([moved])
+    back = ShardKey(e.record_id, e.content_hash, 1)  # on n6: in the placement, no shard held
+    leak = ShardKey(e.record_id, e.content_hash, 2)  # on a holder of shard 0: can only leak
+    holders.held["n6"] = {back}
+    holders.held[first].add(leak)
+    mover = Mover()
+    mover.moves_in_flight = 3
+    driver = repairer([moved], holders, mover, members=members)
+    await run_passes(driver, 1)
+    assert leak in holders.held[first] and mover.replans == 0  # nothing while moves run
+    mover.moves_in_flight = 0
+    driver = repairer([moved], holders, mover, members=members)
+    await run_passes(driver, 1)
+    assert leak not in holders.held[first] and driver.stats.stale_copies_deleted == 1
+    assert back in holders.held["n6"] and mover.replans == 1  # the mover brings shard 1 back

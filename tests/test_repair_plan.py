@@ -181,12 +181,22 @@ def test_an_old_copy_past_its_grace_is_listed_for_deletion() -> None:
     inventories[moved_from] = frozenset({key})
     assert plan([moved], inventories, applied=59).stale_copies == ()  # grace not over
     assert plan([moved], inventories, applied=60).stale_copies == ((moved_from, key),)
-    # not on a node inside the placement: the mover brings the shard back there
+    # a placement node holding another shard of the record: the copy can only leak, it goes
     inside = e.shard_nodes[0]
     back = dataclasses.replace(e, previous=(PreviousLocation(1, inside, 50),))
     again = holding([back])
     again[inside] = again[inside] | {key}
-    assert plan([back], again, applied=60).stale_copies == ()
+    assert plan([back], again, applied=60).stale_copies == ((inside, key),)
+    # a placement node holding none: the mover brings the shard back there, it stays
+    members = (*NODES[:5], "n6")
+    away = next(n for n in place_shards(e.record_id, members, 5) if n not in e.shard_nodes)
+    assert away == "n6"  # n6 outranks one of the five for this record
+    home = dataclasses.replace(e, previous=(PreviousLocation(1, away, 50),))
+    held = holding([home])
+    held[away] = frozenset({key})
+    kept = plan([home], held, applied=60, members=members)
+    assert kept.stale_copies == () and kept.returnable == 1
+    assert plan([home], held, applied=60).stale_copies == ((away, key),)  # n6 not a member
     # not while the indexed holder lacks it: the old copy may be the one a reader needs
     inventories[e.shard_nodes[1]] = frozenset()
     assert plan([moved], inventories, applied=60).stale_copies == ()

@@ -42,10 +42,11 @@ records' largest deficit.
 
 Old copies: a node may still hold a shard the index moved away from it (a mover's old copy
 whose deletion a former leader forgot). Once the move's grace is over (``grace_entries`` past
-it at ``applied_index``), the shard is healthy on its indexed holder and the node is outside
-the record's placement over the active members, the copy is listed in ``stale_copies`` for
-deletion, so it is not leaked. A node inside the placement (a relocation's source that came
-back) keeps it: the mover brings the shard back there, onto the same key.
+it at ``applied_index``) and the shard is healthy on its indexed holder, the copy is listed in
+``stale_copies`` for deletion, so it is not leaked -- unless the node is in the record's
+placement over the active members and holds no other shard of it (a relocation's source that
+came back): the mover brings the shard back there, onto the same key; such copies are
+counted as ``returnable`` so that the repairer can ask the mover for a pass.
 
 Pure: no I/O, no clock (``now_ms`` and the down times are inputs), no randomness.
 """
@@ -116,6 +117,9 @@ class RepairPlan:
     deficit_max: int  # the largest deficit among the records with work (0: none)
     backlog: Mapping[int, int]  # healthy count -> records of the page below n
     stale_copies: tuple[tuple[str, ShardKey], ...]  # (node, shard) old copies to delete
+    # Old copies kept on a placement node holding no shard of their record: the mover should
+    # bring the shard back there (a pass over the index is due).
+    returnable: int = 0
 
 
 def plan_repairs(
@@ -140,6 +144,7 @@ def plan_repairs(
     waiting = 0
     backlog: dict[int, int] = {}
     stale: list[tuple[str, ShardKey]] = []
+    returnable = 0
     for entry in entries:
         if now_ms - entry.leader_time_ms < rules.fresh_record_ms:
             continue
@@ -149,7 +154,9 @@ def plan_repairs(
             if ShardKey(entry.record_id, entry.content_hash, i) in inventories.get(node, ())
         }
         placed = _placement(entry, members)
-        stale.extend(_stale_copies(entry, healthy_idx, placed, inventories, applied_index, rules))
+        found, kept = _stale_copies(entry, healthy_idx, placed, inventories, applied_index, rules)
+        stale.extend(found)
+        returnable += kept
         healthy = len(healthy_idx)
         if healthy >= entry.n:
             continue
@@ -188,6 +195,7 @@ def plan_repairs(
         deficit_max=max(deficits, default=0),
         backlog=backlog,
         stale_copies=tuple(stale),
+        returnable=returnable,
     )
 
 
@@ -220,16 +228,22 @@ def _stale_copies(
     inventories: Mapping[str, frozenset[ShardKey]],
     applied_index: int,
     rules: RepairRules,
-) -> list[tuple[str, ShardKey]]:
+) -> tuple[list[tuple[str, ShardKey]], int]:
+    """(old copies to delete, old copies kept for the mover to bring their shard back)."""
     found = []
+    kept = 0
     for p in entry.previous:
         key = ShardKey(entry.record_id, entry.content_hash, p.shard)
         if (
             p.shard in healthy_idx
             and p.node != entry.shard_nodes[p.shard]
-            and p.node not in placed
             and key in inventories.get(p.node, ())
             and delete_due(p.moved_at, applied_index, rules.grace_entries)
         ):
-            found.append((p.node, key))
-    return found
+            # A placement node holding no shard of the record is where the mover would bring
+            # one back (onto this very key): leave it. Elsewhere the copy can only leak.
+            if p.node in placed and p.node not in entry.shard_nodes:
+                kept += 1
+            else:
+                found.append((p.node, key))
+    return found, kept
