@@ -34,6 +34,7 @@ __all__ = [
     "NodeSettings",
     "NodeTimeouts",
     "RaftSettings",
+    "RepairSettings",
     "load_node_config",
     "parse_host_port",
     "read_toml",
@@ -349,6 +350,32 @@ class MoveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RepairSettings:
+    """Repair back to ``n`` healthy shards (node/repair.py), run by the leader: the index is
+    walked a page at a time, each page's holders asked what they hold, missing shards rebuilt."""
+
+    page_records_max: int = 512  # index records planned at once (one inventory query per node)
+    shards_per_round_max: int = 512  # shard rebuilds planned for one page at once
+    shards_per_s_max: float = 1000.0  # repair rate bound: leaves room for traffic
+    rebuilds_inflight_max: int = 64  # records being read back for a rebuild at once
+    page_pause_s: float = 0.02  # between pages: the scan's own pace
+    pass_interval_s: float = 10.0  # between the end of a pass over the index and the next one
+    # A holder silent this long has its shards rebuilt on the next placement candidate
+    # (index.move); before that they wait for it (a restart, a blip).
+    node_down_repair_after_s: float = 600.0
+    silent_retry_s: float = 2.0  # a silent holder is asked again at most this often
+    # Records younger than this are not planned: their last shards may still be on their way
+    # (background puts past the write quorum, hinted handoff).
+    fresh_record_s: float = 10.0
+
+    def validate(self) -> None:
+        require_positive_fields(self, "repair", integers_only=False)
+        for name in ("page_records_max", "shards_per_round_max", "rebuilds_inflight_max"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"repair.{name} must be an integer")
+
+
+@dataclass(frozen=True, slots=True)
 class GcSettings:
     """Collection of orphan shards once their proposal expired (node/storage/orphans.py)."""
 
@@ -367,6 +394,7 @@ class NodeConfig:
     timeouts: NodeTimeouts = field(default_factory=NodeTimeouts)
     raft: RaftSettings = field(default_factory=RaftSettings)
     moves: MoveSettings = field(default_factory=MoveSettings)
+    repair: RepairSettings = field(default_factory=RepairSettings)
     gc: GcSettings = field(default_factory=GcSettings)
     anchoring: AnchoringSettings = field(default_factory=AnchoringSettings)
 
@@ -376,6 +404,12 @@ class NodeConfig:
         self.timeouts.validate()
         self.raft.validate()
         self.moves.validate()
+        self.repair.validate()
+        if self.repair.page_records_max > self.limits.records_per_request_max:
+            raise ConfigError("repair.page_records_max must be at most records_per_request_max")
+        if self.repair.shards_per_round_max < self.cluster.n:
+            # A record may need up to n - k rebuilds: one round must fit any single record.
+            raise ConfigError("repair.shards_per_round_max must be at least cluster.n")
         self.gc.validate()
         self.anchoring.validate()
         me = self.cluster.member(self.node.name)
@@ -454,6 +488,7 @@ def load_node_config(path: Path) -> NodeConfig:
         timeouts=build_dataclass(NodeTimeouts, _section(raw, "timeouts"), "timeouts"),
         raft=build_dataclass(RaftSettings, _section(raw, "raft"), "raft"),
         moves=build_dataclass(MoveSettings, _section(raw, "moves"), "moves"),
+        repair=build_dataclass(RepairSettings, _section(raw, "repair"), "repair"),
         gc=build_dataclass(GcSettings, _section(raw, "gc"), "gc"),
         anchoring=anchoring_from_table(dict(_section(raw, "anchoring")), base),
     )

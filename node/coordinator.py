@@ -74,7 +74,9 @@ from node.p2p.messages import (
     DeleteShards,
     ErrorReply,
     GetRecords,
+    HasRecords,
     Message,
+    MetasReply,
     PutShards,
     PutShardsReply,
     RecordsShardsReply,
@@ -835,9 +837,35 @@ class Coordinator:
 
     async def store_shard(self, peer_id: str, shard: Shard, request_id: str) -> None:
         """Store one shard on ``peer_id`` (exclusive: refused if it holds another version)."""
-        (held,) = await self._puts.run_many((peer_id, True), [(shard, request_id, 0)])
-        if held is not None and all(m.content_hash != shard.meta.content_hash for m in held):
+        if await self.store_shards(peer_id, [shard], request_id):
             raise OperationFailed(f"peer {peer_id} holds another version of the record")
+
+    async def store_shards(
+        self, peer_id: str, shards: Sequence[Shard], request_id: str
+    ) -> frozenset[bytes]:
+        """Store shards on ``peer_id`` (exclusive; coalesced into few frames); returns the
+        record ids refused because the peer holds another version of them."""
+        items = [(shard, request_id, 0) for shard in shards]
+        replies = await self._puts.run_many((peer_id, True), items)
+        return frozenset(
+            shard.meta.record_id
+            for shard, held in zip(shards, replies, strict=True)
+            if held is not None and all(m.content_hash != shard.meta.content_hash for m in held)
+        )
+
+    async def held_shards(self, peer_id: str, record_ids: Sequence[bytes]) -> frozenset[ShardKey]:
+        """Which shards of these records ``peer_id`` holds intact (an inventory: metas only,
+        in frames of at most ``records_per_request_max`` records; corrupt entries are not
+        listed)."""
+        held: set[ShardKey] = set()
+        step = self._limits.records_per_request_max
+        for start in range(0, len(record_ids), step):
+            chunk = tuple(record_ids[start : start + step])
+            reply = await self._ask(peer_id, HasRecords(chunk))
+            if not isinstance(reply, MetasReply):
+                raise OperationFailed(f"peer {peer_id} answered has with {type(reply).__name__}")
+            held.update(meta.key for meta in reply.metas)
+        return frozenset(held)
 
     async def shard_digest(
         self, peer_id: str, record_id: bytes, index: int, version: bytes

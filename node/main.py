@@ -46,6 +46,7 @@ from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
+from node.repair import ShardRepairer
 from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import GatherLimits, RecordIndexClient
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
@@ -187,6 +188,15 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         settings=config.moves,
         request_timeout_s=config.timeouts.p2p_request_s,
     )
+    repairer = ShardRepairer(
+        log=replicated_log,
+        store=raft_storage,
+        coordinator=coordinator,
+        membership=membership,
+        mover=mover,
+        settings=config.repair,
+        grace_entries=config.moves.grace_entries,
+    )
     collector = OrphanCollector(
         store=store,
         applied_index=lambda: replicated_log.status().applied_index,
@@ -229,6 +239,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         index=index_client,
         membership=membership,
         mover_stats=lambda: dataclasses.asdict(mover.stats),
+        repair_stats=lambda: dataclasses.asdict(repairer.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
         log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
@@ -269,6 +280,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await p2p.start()
         await membership.start()
         await mover.start()
+        await repairer.start()
         await collector.start()
         await identity_proposer.start()
         if config.anchoring.enabled:
@@ -302,6 +314,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await identity_proposer.stop()
         await coordinator.stop()
         await collector.stop()
+        await repairer.stop()
         await mover.stop()
         await membership.stop()
         await replicated_log.stop()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from node.config import MoveSettings
@@ -95,6 +96,7 @@ class ShardMover:
         self._timeout_s = request_timeout_s
         self._periodic = Periodic("shard-mover", settings.interval_s, self._one_round)
         self._in_grace: list[MoveState] = []  # committed moves whose old copy still exists
+        self.moves_in_flight = 0  # being copied, verified or committed right now
         self.stats = MoverStats()
 
     async def start(self) -> None:
@@ -122,17 +124,10 @@ class ShardMover:
 
         async def flush() -> None:
             nonlocal committed, abandoned
-            states = await asyncio.gather(*(self._run_move(m) for m in pending))
+            done, failed = await self.run_moves(pending)
             pending.clear()
-            for state in states:
-                if state.phase is MovePhase.GRACE:
-                    committed += 1
-                    if len(self._in_grace) < self._settings.deletes_pending_max:
-                        self._in_grace.append(state)
-                    else:
-                        self.stats.old_copies_left += 1
-                else:
-                    abandoned += 1
+            committed += done
+            abandoned += failed
 
         for scanned, (key, raw) in enumerate(self._store.state_items(INDEX_PREFIX), 1):
             entry = IndexEntry.decode(key[len(INDEX_PREFIX) :], raw)
@@ -158,6 +153,31 @@ class ShardMover:
             abandoned,
         )
         return committed
+
+    def replan(self) -> None:
+        """Make the next round pass over the index even though the epoch has not changed: a
+        node the repairer moved shards off (node/repair.py) is back, and its placement
+        position wants them again (its old copies are overwritten with the same bytes)."""
+        self.stats.settled_epoch = 0
+
+    async def run_moves(self, moves: Sequence[ShardMove]) -> tuple[int, int]:
+        """Copy, verify and commit these moves at once (the caller bounds how many); their old
+        copies wait for the grace. Returns (committed, abandoned). The repairer's relocations
+        off a node gone too long (node/repair.py) go through here too."""
+        self.moves_in_flight += len(moves)
+        try:
+            states = await asyncio.gather(*(self._run_move(m) for m in moves))
+        finally:
+            self.moves_in_flight -= len(moves)
+        committed = 0
+        for state in states:
+            if state.phase is MovePhase.GRACE:
+                committed += 1
+                if len(self._in_grace) < self._settings.deletes_pending_max:
+                    self._in_grace.append(state)
+                else:
+                    self.stats.old_copies_left += 1
+        return committed, len(states) - committed
 
     async def delete_due_copies(self) -> int:
         """Delete the old copies whose grace is over; returns how many were deleted."""

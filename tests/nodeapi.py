@@ -1,10 +1,12 @@
 """Test helpers: read a node's internal HTTP API with the cluster's token (None if it is away);
-a partner client of the cluster's gateway."""
+a partner client of the cluster's gateway; wait for a condition; a node's data directory."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -49,11 +51,12 @@ def running_cluster(
     node_toml: str = "",
     chain: str = "embedded",
     anchoring: Mapping[str, object] | None = None,
+    nodes: int = 5,
 ) -> Iterator[LocalCluster]:
-    """A 5-node cluster + gateway in real processes (partner ``shop-a``) anchoring on a ``chain``
-    (embedded, anvil or none), each node's config extended with ``node_toml`` and its
-    ``[anchoring]`` table with ``anchoring``; stopped on exit."""
-    layout = init_cluster(directory, partners=("shop-a",), chain=chain)
+    """A cluster of ``nodes`` nodes + gateway in real processes (partner ``shop-a``) anchoring
+    on a ``chain`` (embedded, anvil or none), each node's config extended with ``node_toml``
+    and its ``[anchoring]`` table with ``anchoring``; stopped on exit."""
+    layout = init_cluster(directory, nodes=nodes, partners=("shop-a",), chain=chain)
     for node in layout.nodes:
         path = Path(node.config_path)
         text = path.read_text()
@@ -66,3 +69,32 @@ def running_cluster(
         yield local
     finally:
         local.stop()
+
+
+async def wait_for(what: str, check: Any, timeout_s: float = 60.0) -> Any:
+    """Poll ``check`` (a blocking callable, run in a thread) until it returns something true."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = await asyncio.to_thread(check)
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def data_dir(cluster: LocalCluster, name: str) -> Path:
+    return Path(cluster.node(name).config_path).parent / "data"
+
+
+def raft_status_of(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
+    status = node_get(cluster, name, "/internal/v1/status", timeout_s=1.0)
+    return None if status is None else dict(status["raft"])
+
+
+def incarnations(cluster: LocalCluster) -> dict[str, str] | None:
+    """Every member's recorded incarnation, once all are recorded (log feature 5)."""
+    view = node_get(cluster, cluster.layout.nodes[0].name, "/internal/v1/members")
+    if view is None or len(view["members"]) != len(cluster.layout.nodes):
+        return None
+    found = {m["peer_id"]: m["incarnation"] for m in view["members"]}
+    return found if all(found.values()) else None

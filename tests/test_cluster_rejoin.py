@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nodeapi import node_get, partner_client, running_cluster
+from nodeapi import (
+    data_dir,
+    incarnations,
+    partner_client,
+    raft_status_of,
+    running_cluster,
+    wait_for,
+)
 
 from node.incarnation import read_incarnation
 from node.replication.durable import DurableRaftStorage
@@ -38,31 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         yield local
 
 
-async def wait_for(what: str, check: Any, timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = await asyncio.to_thread(check)
-        if found:
-            return found
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def status_of(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
-    status = node_get(cluster, name, "/internal/v1/status", timeout_s=1.0)
-    return None if status is None else dict(status["raft"])
-
-
-def incarnations(cluster: LocalCluster) -> dict[str, str] | None:
-    view = node_get(cluster, "node-1", "/internal/v1/members")
-    if view is None or len(view["members"]) != len(cluster.layout.nodes):
-        return None
-    found = {m["peer_id"]: m["incarnation"] for m in view["members"]}
-    return found if all(found.values()) else None
-
-
-def data_dir(cluster: LocalCluster, name: str) -> Path:
-    return Path(cluster.node(name).config_path).parent / "data"
+status_of = raft_status_of
 
 
 async def write(client: PartnerClient, count: int, tag: str) -> dict[str, dict[str, Any]]:

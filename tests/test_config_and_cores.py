@@ -106,6 +106,27 @@ def test_invalid_raft_settings_are_refused(tmp_path: Path, raft_table: str, mess
         load_node_config(path)
 
 
+@pytest.mark.parametrize(
+    ("repair_table", "message"),
+    [
+        ("shards_per_s_max = 0", "repair.shards_per_s_max"),
+        ("page_records_max = 2.5", "repair.page_records_max must be an integer"),
+        ("page_records_max = 5000", "at most records_per_request_max"),
+        ("node_down_repair_after_s = -1", "repair.node_down_repair_after_s"),
+        ("shards_per_round_max = 4", "at least cluster.n"),
+        ("scrub = true", "unknown keys"),
+    ],
+)
+def test_invalid_repair_settings_are_refused(
+    tmp_path: Path, repair_table: str, message: str
+) -> None:
+    layout = init_cluster(tmp_path / "c")
+    path = Path(layout.nodes[0].config_path)
+    path.write_text(path.read_text() + f"\n[repair]\n{repair_table}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_node_config(path)
+
+
 def test_write_quorum_must_leave_no_room_for_a_second_decodable_version(tmp_path: Path) -> None:
     layout = init_cluster(tmp_path / "c")
     path = Path(layout.nodes[0].config_path)

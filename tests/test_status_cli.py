@@ -17,7 +17,7 @@ import pytest
 from tools.client import PartnerClient
 from tools.cluster_init import ClusterLayout, init_cluster
 from tools.local_cluster import LocalCluster
-from tools.status import ClusterStatus, GatewayStatus, NodeStatus, format_table
+from tools.status import ClusterStatus, GatewayStatus, NodeStatus, format_table, repair_line
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,8 +89,29 @@ def test_table_shows_every_column_and_marks_missing_values() -> None:
         "node-2", "down", "12D3KooW...abcdef", "-", "-", "-", "-", "-", "-",
     ]  # fmt: skip
     assert lines[3].endswith("http://127.0.0.1:2  (refused)")
-    assert lines[4] == "gateway http://127.0.0.1:3: ready"
+    assert lines[4] == "repair: no leader report"  # node-1 leads but sent no repair stats
+    assert lines[5] == "gateway http://127.0.0.1:3: ready"
     assert not status.healthy
+
+
+def test_the_leaders_repair_progress_is_one_line() -> None:
+    peer = "12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef"
+    report = {
+        "passes": 3, "last_pass_s": 4.5, "below_n_by_healthy": {"4": 120, "3": 2},
+        "backlog_records": 1, "lost_records": 0, "last_pass_rate_shards_per_s": 27.1,
+        "shards_rebuilt": 124, "shard_bytes_rebuilt": 9000, "shards_relocated": 0,
+        "shards_failed": 1, "rate_shards_per_s": 250.0,
+    }  # fmt: skip
+    follower = NodeStatus("node-1", "u", True, peer, raft="follower/2", repair={"passes": 9})
+    leader = NodeStatus("node-2", "u", True, peer, raft="leader/2", repair=report)
+    status = ClusterStatus("c", 3, 5, (follower, leader), GatewayStatus("g", "ready"))
+    assert repair_line(status) == (
+        "repair (node-2): 3 passes, last pass 4.5 s: below n 2 with 3/5, 120 with 4/5; "
+        "backlog 1 records (0 lost); 27.1 shards/s over the pass; rebuilt 124 shards (9000 B), "
+        "relocated 0, failed 1, 250.0 shards/s while repairing"
+    )
+    no_leader = ClusterStatus("c", 3, 5, (follower,), GatewayStatus("g", "ready"))
+    assert repair_line(no_leader) == "repair: no leader report"
 
 
 # ------------------------------------------------------------------ a real cluster

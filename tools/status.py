@@ -52,6 +52,7 @@ class NodeStatus:
     hints: int | None = None
     error: str | None = None
     raft: str | None = None  # "<role>/<term>" of the node's consensus replica
+    repair: dict[str, Any] | None = None  # the repairer's stats (meaningful on the leader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,7 @@ def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
         queue_depth=_first_int(report, QUEUE_FIELDS),
         hints=_count(report.get("hints")),
         raft=_raft(report.get("raft")),
+        repair=report["repair"] if isinstance(report.get("repair"), dict) else None,
     )
 
 
@@ -185,6 +187,30 @@ def _cell(value: int | None) -> str:
     return "-" if value is None else str(value)
 
 
+def repair_line(status: ClusterStatus) -> str:
+    """The leader's repair progress in one line (the leader alone repairs)."""
+    leader = next((n for n in status.nodes if (n.raft or "").startswith("leader/")), None)
+    if leader is None or leader.repair is None:
+        return "repair: no leader report"
+    r = leader.repair
+    if not r.get("passes"):
+        progress = f"first pass running, {r.get('pass_records_scanned', 0)} records scanned"
+    else:
+        below = r.get("below_n_by_healthy") or {}
+        found = ", ".join(f"{c} with {h}/{status.n}" for h, c in sorted(below.items())) or "none"
+        progress = (
+            f"last pass {r.get('last_pass_s')} s: below n {found}; "
+            f"backlog {r.get('backlog_records')} records ({r.get('lost_records')} lost); "
+            f"{r.get('last_pass_rate_shards_per_s')} shards/s over the pass"
+        )
+    return (
+        f"repair ({leader.name}): {r.get('passes', 0)} passes, {progress}; "
+        f"rebuilt {r.get('shards_rebuilt', 0)} shards ({r.get('shard_bytes_rebuilt', 0)} B), "
+        f"relocated {r.get('shards_relocated', 0)}, failed {r.get('shards_failed', 0)}, "
+        f"{r.get('rate_shards_per_s', 0)} shards/s while repairing"
+    )
+
+
 def format_table(status: ClusterStatus) -> str:
     header = (
         "NODE", "STATE", "PEER ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "RAFT", "API",
@@ -217,6 +243,7 @@ def format_table(status: ClusterStatus) -> str:
             f"cluster {status.cluster_id}: k={status.k} n={status.n}, "
             f"{up}/{len(status.nodes)} nodes up",
             *lines,
+            repair_line(status),
             f"gateway {gateway.url}: {gateway.state}"
             + (f" ({gateway.error})" if gateway.error else ""),
         ]

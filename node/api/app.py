@@ -101,6 +101,7 @@ class NodeApiState:
     index: RecordIndexClient
     membership: MembershipManager
     mover_stats: Callable[[], dict[str, int]]
+    repair_stats: Callable[[], dict[str, Any]]
     gc_stats: Callable[[], dict[str, int]]
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
     propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
@@ -431,6 +432,7 @@ async def get_status(request: web.Request) -> web.Response:
             "python_allocated_blocks": sys.getallocatedblocks(),
             "raft": state.raft_status(),
             "moves": state.mover_stats(),
+            "repair": state.repair_stats(),
             "gc": state.gc_stats(),
             "anchoring": state.anchoring_status(),
         }

@@ -33,6 +33,9 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
     def anchoring(field: str) -> Callable[[], float]:
         return lambda: float(state.anchoring_status()[field])
 
+    def repair(field: str) -> Callable[[], float]:
+        return lambda: float(state.repair_stats()[field])
+
     def anchoring_counters() -> dict[str, float]:
         counters = state.anchoring_status()["counters"]
         kinds = {
@@ -210,6 +213,62 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             "snapshot transfers refused (oversize, malformed, failed digest)",
             raft("snapshots_rejected"),
             counter=True,
+        ),
+        StatFamily(
+            "repair_shards_rebuilt",
+            "shards rebuilt in place by repair (on the leader)",
+            repair("shards_rebuilt"),
+            counter=True,
+        ),
+        StatFamily(
+            "repair_shard_bytes_rebuilt",
+            "bytes of shards rebuilt in place by repair",
+            repair("shard_bytes_rebuilt"),
+            counter=True,
+        ),
+        StatFamily(
+            "repair_shards_relocated",
+            "shards moved off a node gone too long by repair",
+            repair("shards_relocated"),
+            counter=True,
+        ),
+        StatFamily(
+            "repair_shards_failed",
+            "repairs that did not complete (planned again)",
+            repair("shards_failed"),
+            counter=True,
+        ),
+        StatFamily("repair_passes", "complete repair passes", repair("passes"), counter=True),
+        StatFamily(
+            "repair_backlog_records",
+            "records still below n after the last repair pass",
+            repair("backlog_records"),
+        ),
+        StatFamily(
+            "repair_lost_records",
+            "records with fewer than k healthy shards in the last repair pass",
+            repair("lost_records"),
+        ),
+        StatFamily(
+            "repair_records_below_n",
+            "records the last repair pass found below n, by healthy shards",
+            lambda: {h: float(c) for h, c in state.repair_stats()["below_n_by_healthy"].items()},
+            label="healthy",
+        ),
+        StatFamily(
+            "repair_last_pass_rate_shards_per_s",
+            "shards repaired per second over the last pass",
+            repair("last_pass_rate_shards_per_s"),
+        ),
+        StatFamily(
+            "repair_rate_shards_per_s",
+            "shards repaired per second of repair rounds that had work",
+            repair("rate_shards_per_s"),
+        ),
+        StatFamily(
+            "repair_last_pass_finished_ms",
+            "when the last repair pass ended (leader clock, ms since the epoch)",
+            repair("last_pass_finished_ms"),
         ),
         StatFamily("merkle_log_leaves", "leaves in the Merkle log", anchoring("tree_size")),
         StatFamily(

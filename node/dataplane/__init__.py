@@ -4,6 +4,8 @@
 * :mod:`.move_plan` -- which shards move (record, shard, from, to) after a membership change.
 * :mod:`.shard_move` -- one move's life: copy -> verify -> commit -> grace -> delete the old copy,
   and where a reader looks for a shard meanwhile.
+* :mod:`.repair_plan` -- which shards of a page of records are rebuilt (in place or elsewhere),
+  wait, or are lost, most endangered first.
 
 Like :mod:`node.consensus` they do no I/O, read no clock and draw no randomness: inputs are
 acknowledgements, index entries, memberships and log positions; outputs are data. The
