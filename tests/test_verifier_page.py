@@ -215,6 +215,10 @@ def test_the_page_and_verify_receipt_agree_on_odd_encodings_of_the_outcome(env: 
             "negative log time": edited(raw[:2] + b"\xd3" + raw[3:]),
             "bin of 17": edited(raw[:14] + b"\xc4\x11" + raw[16:] + b"\x00"),
             "never used byte": edited(b"\xc1"),
+            # msgpack-python's stack holds 1024 arrays or maps, empty ones too.
+            "1024 arrays deep": edited(b"\x91" * 1023 + b"\x90"),
+            "1025 arrays deep": edited(b"\x91" * 1024 + b"\x90"),
+            "1025 deep, a map": edited(b"\x91" * 1024 + b"\x80"),
             "an event of 9": edited(raw[:12] + b"\x99" + raw[13:] + b"\x00"),
         }
     )
