@@ -37,7 +37,8 @@ from test_verify_v2 import is_operation, leaf_data, outcome
 from verifier_page import disagreement, variants, verify_in_form, verify_in_page
 from web3 import Web3
 
-from business.ledger.outcome import _RESULT_CODES, OperationOutcome
+from business.ledger.model import AccountResult, AssetResult, TransferResult
+from business.ledger.outcome import OperationOutcome
 from node.anchoring.registry import RegistryReader
 from node.errors import UnsupportedFormat
 from node.merkle.leaf import LeafData
@@ -113,7 +114,8 @@ def test_the_page_knows_every_ledger_result_code() -> None:
     )
     assert listed is not None
     codes = "".join(re.findall(r'"([^"]*)"', listed.group(1))).split(" ")
-    assert sorted(codes) == sorted(_RESULT_CODES)
+    ledger = {c.value for results in (AssetResult, AccountResult, TransferResult) for c in results}
+    assert sorted(codes) == sorted(ledger)
 
 
 @pytest.mark.parametrize("version", [1, 2])
