@@ -23,13 +23,13 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyotp
 import pytest
 from chains import free_port
 from nodeapi import running_cluster
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
+from verifier_page import variants, verify_in_form
 from web3 import Web3
 
 from gateway.dashboard.operators import Operator, new_operator, save_operators
@@ -37,7 +37,6 @@ from node.anchoring.registry import RegistryReader
 from node.merkle.verify import verify_receipt
 from tools.bench_dashboard import (
     CHROMIUM,
-    DONE,
     PAGE_ASSETS_BYTES_MAX,
     PAGES,
     fetch_receipt,
@@ -182,20 +181,6 @@ def test_operator_signs_in_with_totp_and_sees_every_operator_page(env: Env, size
     context.close()
 
 
-def _verify(page: Page, receipt: str) -> dict[str, tuple[str, str]]:
-    page.fill("#receipt", receipt)
-    page.click("#verify-button")
-    page.locator(DONE).wait_for()
-    steps = page.locator("#steps li")
-    return {
-        steps.nth(i).get_attribute("data-step") or "": (
-            steps.nth(i).get_attribute("data-outcome") or "",
-            steps.nth(i).inner_text(),
-        )
-        for i in range(steps.count())
-    }
-
-
 def _tampered(receipt: str) -> str:
     document = json.loads(receipt)
     leaf = document["leaf_data"]
@@ -213,7 +198,7 @@ def test_a_receipt_verifies_in_the_page_and_a_tampered_one_fails(env: Env, size:
     page = context.new_page()
     query = urllib.parse.urlencode({"rpc": env.chain_url})
     load(page, f"{env.base}/dashboard/verify?{query}")
-    steps = _verify(page, env.receipt)
+    steps = verify_in_form(page, env.receipt)
     assert page.locator("#verdict").get_attribute("data-outcome") == "ok"
     assert [(name, outcome) for name, (outcome, _) in steps.items()] == [
         (s.name, s.outcome.value) for s in expected.steps
@@ -221,7 +206,7 @@ def test_a_receipt_verifies_in_the_page_and_a_tampered_one_fails(env: Env, size:
     assert page.locator("#timing").get_attribute("data-round-trips") == "1"
     check_accessibility(page, "verifier")
     shot(page, "verify-ok", size)
-    steps = _verify(page, _tampered(env.receipt))
+    steps = verify_in_form(page, _tampered(env.receipt))
     verdict = page.locator("#verdict")
     assert verdict.get_attribute("data-outcome") == "failed"
     assert 'failed at step "inclusion in anchored root"' in verdict.inner_text()
@@ -232,42 +217,14 @@ def test_a_receipt_verifies_in_the_page_and_a_tampered_one_fails(env: Env, size:
     context.close()
 
 
-def _variants(receipt: str) -> dict[str, str]:
-    """Receipts changed in one place each, to compare the page with verify_receipt."""
-    base = json.loads(receipt)
-
-    def changed(edit: Any) -> str:
-        document = json.loads(receipt)
-        edit(document)
-        return json.dumps(document)
-
-    flip = base["record_id"][:-1] + ("0" if base["record_id"][-1] != "0" else "1")
-    return {
-        "record id": changed(lambda d: d.update(record_id=flip)),
-        "block number": changed(
-            lambda d: d["anchor"].update(block_number=d["anchor"]["block_number"] + 1)
-        ),
-        "tree size": changed(lambda d: d["anchor"].update(tree_size=d["anchor"]["tree_size"] + 1)),
-        "version": changed(lambda d: d.update(version=2)),
-        "unknown field": changed(lambda d: d.update(extra=1)),
-        "consistency": changed(
-            lambda d: d.update(consistency_path=[*d["consistency_path"], "ab" * 32])
-        ),
-        "latest batch": changed(
-            lambda d: d["latest_anchor"].update(batch_id=d["latest_anchor"]["batch_id"] + 5)
-        ),
-        "not json": receipt[:-3],
-    }
-
-
 def test_the_page_and_verify_receipt_agree_on_changed_receipts(env: Env) -> None:
     assert env.cluster.chain_contract is not None
     reader = RegistryReader(Web3(Web3.HTTPProvider(env.chain_url)), env.cluster.chain_contract)
     page = env.context("desktop").new_page()
     load(page, f"{env.base}/dashboard/verify?{urllib.parse.urlencode({'rpc': env.chain_url})}")
-    for what, text in _variants(env.receipt).items():
+    for what, text in variants(env.receipt).items():
         expected = verify_receipt(text, reader)
-        steps = _verify(page, text)
+        steps = verify_in_form(page, text)
         assert page.locator("#verdict").get_attribute("data-outcome") == "failed", what
         got = [(name, outcome) for name, (outcome, _) in steps.items()]
         assert got == [(s.name, s.outcome.value) for s in expected.steps], what
@@ -285,12 +242,12 @@ def test_the_self_contained_verifier_works_opened_from_disk(env: Env) -> None:
         {"rpc": env.chain_url, "contract": env.cluster.chain_contract or ""}
     )
     page.goto(f"{VERIFIER.as_uri()}?{query}")
-    steps = _verify(page, env.receipt)
+    steps = verify_in_form(page, env.receipt)
     assert page.locator("#verdict").get_attribute("data-outcome") == "ok", steps
     shot(page, "verify-file", "desktop")
     # Naming another registry than the receipt's fails the anchor step, as --contract does.
     page.fill("#contract", "0x" + "11" * 20)
-    steps = _verify(page, env.receipt)
+    steps = verify_in_form(page, env.receipt)
     assert steps["anchor on chain"][0] == "failed"
     # A chain that does not answer is a clear failure, and the later chain steps say why
     # they were not checked.
@@ -298,7 +255,7 @@ def test_the_self_contained_verifier_works_opened_from_disk(env: Env) -> None:
     dead_rpc = f"http://127.0.0.1:{free_port()}"
     env.rpc_urls_named.add(dead_rpc)
     page.fill("#rpc", dead_rpc)
-    steps = _verify(page, env.receipt)
+    steps = verify_in_form(page, env.receipt)
     assert steps["inclusion in anchored root"][0] == "ok"
     assert steps["anchor on chain"][0] == "failed"
     assert "cannot reach the chain" in steps["anchor on chain"][1]
