@@ -78,7 +78,9 @@ class EventOutcome:
     timestamp: int
 
     def __post_init__(self) -> None:
-        if self.kind not in (KIND_ASSET, KIND_ACCOUNT, KIND_TRANSFER):
+        # type() and not ==: True == 1 would let a msgpack bool stand for a kind, and two byte
+        # strings would decode to one outcome.
+        if type(self.kind) is not int or self.kind not in (KIND_ASSET, KIND_ACCOUNT, KIND_TRANSFER):
             raise InvalidRequest(f"unknown ledger event kind {self.kind!r}")
         for name, high in (
             ("id", ID_MAX),
@@ -196,7 +198,12 @@ class OperationOutcome:
             )
         except Exception as exc:  # msgpack raises many types on garbage; all mean the same
             raise UnsupportedFormat(f"an operation outcome is not valid msgpack: {exc}") from exc
-        if type(top) is not list or len(top) != 3 or top[0] != OUTCOME_VERSION:
+        if (
+            type(top) is not list
+            or len(top) != 3
+            or type(top[0]) is not int
+            or top[0] != OUTCOME_VERSION
+        ):
             raise UnsupportedFormat("unknown operation outcome format")
         if type(top[2]) is not list:
             raise UnsupportedFormat("operation outcome events must be an array")
