@@ -138,7 +138,7 @@ def parse_consumer_code(text: object) -> ConsumerCode:
     if not isinstance(text, str) or len(text) > TYPED_CHARS_MAX:
         raise _refuse(ConsumerRefusal.CHARSET, "a code is a string of digits")
     digits = text.replace(" ", "")
-    if not (digits.isascii() and digits.isdigit()):
+    if not all("0" <= c <= "9" for c in digits):
         raise _refuse(ConsumerRefusal.CHARSET, "a code is ASCII digits, spaces between groups")
     if len(digits) != CODE_DIGITS:
         raise _refuse(ConsumerRefusal.LENGTH, f"a code is {CODE_DIGITS} digits")

@@ -4,9 +4,12 @@ Pure functions from text to image bytes (no files, no clock): the gateway serves
 return. A QR carries the text exactly: a merchant payload (ASCII, so byte mode) or a consumer
 code's digits (numeric mode, which segno picks by itself). The error correction level is M
 (about 15% of the symbol may be damaged or covered), which segno raises for free when the
-symbol's size allows. A Code 128 barcode carries a consumer code's 44 digits (python-barcode
-packs digit pairs into code set C, 22 symbols) with the digits printed in groups below, for the
-cashier who types them when a scan fails.
+symbol's size allows. A Code 128 barcode carries a consumer code's 44 digits: python-barcode
+encodes them (digit pairs in code set C, 22 symbols, plus start, check and stop) and this module
+paints the modules itself, a whole number of pixels each (python-barcode's own writers place
+bars in float millimetres, which rounds some bars a pixel too wide or narrow at small sizes).
+The images carry bars only: the app shows :meth:`ConsumerCode.grouped` as text beside them, for
+the cashier who types the digits when a scan fails.
 
 Tests decode every kind of image back with zxing-cpp, an independent decoder (the SVGs after
 rasterising them with CairoSVG), and require the exact text.
@@ -15,27 +18,32 @@ rasterising them with CairoSVG), and require the exact text.
 from __future__ import annotations
 
 import io
+import re
 
 import segno
 from barcode import Code128
-from barcode.writer import ImageWriter, SVGWriter
+from PIL import Image
 
 from business.payments.codes.consumer import ConsumerCode
 from business.payments.codes.emv import PAYLOAD_CHARS_MAX
 from node.errors import InvalidRequest
 
-__all__ = ["MODULE_PX_MAX", "barcode_png", "barcode_svg", "qr_png", "qr_svg"]
+__all__ = ["MODULE_PX_MAX", "barcode_modules", "barcode_png", "barcode_svg", "qr_png", "qr_svg"]
 
 MODULE_PX_MAX = 32  # one module at most 32 px: a version-10 QR is then ~1.9k px wide
 QR_BORDER_MODULES = 4  # the quiet zone the QR standard requires
-BARCODE_DPI = 254  # 10 px per mm, so a module of n px is n / 10 mm wide
 BARCODE_HEIGHT_MODULES = 60
+BARCODE_QUIET_MODULES = 10  # Code 128 asks for 10 modules of quiet zone each side
+# Two pixels per module at least: one-pixel bars blur on a phone screen rescaled by the OS.
+BARCODE_MODULE_PX_MIN = 2
 
 
-def _module_px(module_px: int) -> int:
-    if type(module_px) is not int or not 1 <= module_px <= MODULE_PX_MAX:
+def _module_px(module_px: int, module_px_min: int = 1) -> int:
+    if type(module_px) is not int or not module_px_min <= module_px <= MODULE_PX_MAX:
         raise InvalidRequest(
-            f"module_px must be 1..{MODULE_PX_MAX}", code="field_invalid", param="module_px"
+            f"module_px must be {module_px_min}..{MODULE_PX_MAX}",
+            code="field_invalid",
+            param="module_px",
         )
     return module_px
 
@@ -64,26 +72,39 @@ def qr_svg(text: str, *, module_px: int = 8) -> bytes:
     return _save_qr(text, "svg", module_px)
 
 
-def _barcode(code: ConsumerCode, writer: ImageWriter | SVGWriter, module_px: int) -> bytes:
-    px = _module_px(module_px)
-    options = {
-        "module_width": px / 10,  # mm, at BARCODE_DPI
-        "module_height": BARCODE_HEIGHT_MODULES * px / 10,
-        "quiet_zone": 10 * px / 10,  # Code 128 asks for 10 modules each side
-        "font_size": 3 * px,
-        "text_distance": 2 * px,
-        "dpi": BARCODE_DPI,
-    }
-    out = io.BytesIO()
-    Code128(code.digits, writer=writer).write(out, options, text=code.grouped())
-    return out.getvalue()
+def barcode_modules(code: ConsumerCode) -> str:
+    """The Code 128 modules of ``code``'s digits, ``1`` dark and ``0`` light, without quiet
+    zones (python-barcode's encoder: code set C, its start, check and stop symbols)."""
+    (modules,) = Code128(code.digits).build()
+    return str(modules)
+
+
+def _bars(code: ConsumerCode, module_px: int) -> tuple[str, int, int]:
+    px = _module_px(module_px, BARCODE_MODULE_PX_MIN)
+    modules = "0" * BARCODE_QUIET_MODULES + barcode_modules(code) + "0" * BARCODE_QUIET_MODULES
+    return modules, px, BARCODE_HEIGHT_MODULES * px
 
 
 def barcode_png(code: ConsumerCode, *, module_px: int = 3) -> bytes:
-    """A PNG of the Code 128 barcode of ``code``'s digits."""
-    return _barcode(code, ImageWriter(format="PNG"), module_px)
+    """A PNG of the Code 128 barcode of ``code``'s digits, ``module_px`` pixels per module."""
+    modules, px, height = _bars(code, module_px)
+    row = Image.frombytes("L", (len(modules), 1), bytes(0 if m == "1" else 255 for m in modules))
+    out = io.BytesIO()
+    row.resize((len(modules) * px, height), Image.Resampling.NEAREST).convert("1").save(out, "PNG")
+    return out.getvalue()
 
 
 def barcode_svg(code: ConsumerCode, *, module_px: int = 3) -> bytes:
-    """An SVG of the Code 128 barcode of ``code``'s digits."""
-    return _barcode(code, SVGWriter(), module_px)
+    """An SVG of the Code 128 barcode of ``code``'s digits (one rect per bar)."""
+    modules, px, height = _bars(code, module_px)
+    width = len(modules) * px
+    rects = [
+        f'<rect x="{m.start() * px}" width="{len(m.group()) * px}" height="{height}"/>'
+        for m in re.finditer("1+", modules)
+    ]
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
+        f'<rect width="{width}" height="{height}" fill="#fff"/><g fill="#000">'
+        + "".join(rects)
+        + "</g></svg>"
+    ).encode()
