@@ -307,6 +307,7 @@ def test_our_templates_are_found_beside_another_networks() -> None:
 
 @pytest.mark.parametrize(
     "field", [{"name": "N" * 26}, {"city": "C" * 16}, {"name": "Zürich"}, {"country": "che"},
+              {"country": "C1"}, {"country": 12},
               {"category": "12a4"}, {"merchant": b"x"}, {"ledger": 0}, {"scale": 19},
               {"amount": 5}, {"reference": "r"}, {"expiry": 9}],
 )  # fmt: skip

@@ -39,6 +39,7 @@ reference the merchant issued and checks amount, expiry and use there.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from business.identity.ids import ID_MAX, U32_MAX
@@ -113,9 +114,9 @@ class MerchantQr:
             raise _invalid(f"scale must be 0..{SCALE_MAX}", "scale")
         _check_text(self.name, NAME_CHARS_MAX, "name")
         _check_text(self.city, CITY_CHARS_MAX, "city")
-        if not (len(self.country) == 2 and self.country.isascii() and self.country.isupper()):
+        if not _fits(self.country, _COUNTRY):
             raise _invalid("country must be two uppercase letters (ISO 3166-1)", "country")
-        if not (len(self.category) == 4 and self.category.isascii() and self.category.isdigit()):
+        if not _fits(self.category, _CATEGORY):
             raise _invalid("category must be four digits (an MCC)", "category")
         dynamic = (self.amount, self.reference, self.expiry)
         if any(v is None for v in dynamic) and any(v is not None for v in dynamic):
@@ -131,6 +132,14 @@ class MerchantQr:
     @property
     def dynamic(self) -> bool:
         return self.amount is not None
+
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_CATEGORY = re.compile(r"[0-9]{4}")
+
+
+def _fits(value: object, pattern: re.Pattern[str]) -> bool:
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
 
 
 def _invalid(detail: str, param: str) -> InvalidRequest:
