@@ -136,3 +136,10 @@ def test_qr_text_is_bounded() -> None:
         qr_png("")
     with pytest.raises(InvalidRequest):
         qr_svg("x" * 513)
+
+
+def test_images_are_deterministic() -> None:
+    # The same code gives the same bytes, so the gateway may cache and tag them.
+    payload = encode_merchant(DYNAMIC)
+    assert qr_png(payload) == qr_png(payload) and qr_svg(payload) == qr_svg(payload)
+    assert barcode_png(CODE) == barcode_png(CODE) and barcode_svg(CODE) == barcode_svg(CODE)

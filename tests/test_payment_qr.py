@@ -161,6 +161,30 @@ def test_every_reader_refusal_has_a_table_row() -> None:
     assert decode_emv(_crc(GOOD)).value("59") == "Ab"  # and the base of the table is good
 
 
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        # a structural flaw wins over a character flaw, which wins over the CRC
+        ("000201" + MANDATORY + "6106Zürich" + "5905Ab", "qr_tlv_truncated"),
+        ("000201" + MANDATORY + "6106Zürich" + "63040000", "qr_charset_invalid"),
+        (MANDATORY + "6304ZZZZ", "qr_format_indicator_invalid"),
+        ("000201" + "63040000", "qr_crc_mismatch"),  # the CRC before the mandatory fields
+    ],
+)
+def test_refusals_follow_their_precedence(payload: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        decode_emv(payload)
+    assert e.value.code == code
+
+
+def test_the_public_surface_is_what_all_names() -> None:
+    import business.payments.codes as codes
+
+    assert all(hasattr(codes, name) for name in codes.__all__)
+    public = {n for n in vars(codes) if not n.startswith("_")}
+    assert public - set(codes.__all__) <= {"consumer", "emv", "images", "merchant", "annotations"}
+
+
 # --- our network's layout ---------------------------------------------------------------------
 
 DYNAMIC = MerchantQr(
