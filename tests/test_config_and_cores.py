@@ -45,6 +45,8 @@ PURE_MODULES = [
     ),
     # The identity core (partners, wallets, links, approvals): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/identity").glob("*.py")),
+    # The payment codes (QR payloads, consumer codes, their images): pure throughout.
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/payments").rglob("*.py")),
 ]
 FORBIDDEN = {"asyncio", "trio", "aiohttp", "libp2p", "web3", "time", "random", "plyvel"}
 
