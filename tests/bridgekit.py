@@ -172,9 +172,7 @@ class Market:
 
     def bridge_state(self) -> dict[bytes, bytes]:
         """Everything but the sticky operation results: what a refusal must not change."""
-        return {
-            k: v for k, v in self.view.data.items() if not k.startswith((b"br/op/", b"lg/t/"))
-        }
+        return {k: v for k, v in self.view.data.items() if not k.startswith((b"br/op/", b"lg/t/"))}
 
     # --- the invariants ------------------------------------------------------------------
 

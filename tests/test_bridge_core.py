@@ -23,7 +23,6 @@ from bridgekit import (
     account,
     op,
     policy,
-    wallet,
 )
 
 from business.bridge import (
@@ -31,23 +30,17 @@ from business.bridge import (
     BridgeResult,
     DefinePoints,
     Direction,
-    ExpirePoints,
     FundLiquidity,
     IssuePoints,
     RedeemPoints,
     RegisterToken,
     ReversePoints,
-    SetReserveThreshold,
     TopUpReserve,
-    faucet_account,
     reserve_level,
 )
 from business.bridge.core import terms
-from business.bridge.model import Quote
-from business.bridge.model import PolicyRecord, decode_policy, policy_audit_key, unpack
-from business.identity.approvals import DebitRule
-from business.identity.ids import partner_account_id
-from business.identity.ids import Mode
+from business.bridge.model import PolicyRecord, Quote
+from business.identity.ids import Mode, partner_account_id
 from node.errors import ConfigError, InvalidRequest
 
 R = BridgeResult

@@ -45,6 +45,8 @@ PURE_MODULES = [
     ),
     # The identity core (partners, wallets, links, approvals): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/identity").glob("*.py")),
+    # The Bridge core (points, tokens, reserves, policies, swaps): pure throughout.
+    *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/bridge").glob("*.py")),
 ]
 FORBIDDEN = {"asyncio", "trio", "aiohttp", "libp2p", "web3", "time", "random", "plyvel"}
 
