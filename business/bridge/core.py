@@ -126,7 +126,11 @@ from the policy the quote names and refuses any difference.
 The checks, in precedence
 -------------------------
 The member order of :class:`~business.bridge.model.BridgeResult` is the order of the checks;
-each request runs the subset that concerns it. For a swap: ``quote_altered`` (the digest is
+each request runs the subset that concerns it. A request that cannot be built (a field of the
+wrong type or width) never reaches the core (:class:`~node.errors.InvalidRequest` when it is
+built); one beyond a configured bound is ``bound_exceeded``, a policy pairing an asset with the
+BAAS ledger of the other mode ``ledger_wrong_mode``: a refusal, never an exception, so every
+replica answers alike. For a swap: ``quote_altered`` (the digest is
 not the quote's, the quote names another partner or asset, was issued after the log time, or
 lives longer than allowed), ``quote_other_user``, ``asset_not_found`` / ``asset_foreign``
 (another partner's asset), ``quote_expired``, ``policy_not_found``, ``policy_disabled``,
@@ -598,9 +602,7 @@ class Bridge:
         if r.validity_days > self.config.validity_days_max or len(r.code) > (
             self.config.code_chars_max
         ):
-            raise InvalidRequest(
-                "validity or code beyond the configured bounds", code="field_invalid"
-            )
+            raise _Refused(R.BOUND_EXCEEDED)
         record = AssetRecord(
             r.partner, int(AssetKindRef.POINT), r.scale, r.code, r.validity_days, b"", _day(now_ms)
         )
@@ -608,7 +610,7 @@ class Bridge:
 
     def _register_token(self, r: RegisterToken, now_ms: int, view: StateView) -> Prepared:
         if len(r.symbol) > self.config.code_chars_max:
-            raise InvalidRequest("symbol beyond the configured bound", code="field_invalid")
+            raise _Refused(R.BOUND_EXCEEDED)
         record = AssetRecord(
             r.partner, int(AssetKindRef.TOKEN), r.decimals, r.symbol, 0, r.address, _day(now_ms)
         )
@@ -905,12 +907,12 @@ class Bridge:
     # --- policies -------------------------------------------------------------------------
 
     def _set_policy(self, r: SetPolicy, now_ms: int, view: StateView) -> Prepared:
+        if r.window_s > self.config.window_s_max:
+            raise _Refused(R.BOUND_EXCEEDED)
+        if _mode(r.baas_ledger) != _mode(r.ledger):
+            raise _Refused(R.LEDGER_WRONG_MODE)
         self._own_asset(view, r.partner, r.ledger)
         self._check_baas(r.baas_ledger)
-        if _mode(r.baas_ledger) != _mode(r.ledger) or r.window_s > self.config.window_s_max:
-            raise InvalidRequest(
-                "policy ledgers of two modes or window too long", code="field_invalid"
-            )
         raw = view.get(policy_key(r.ledger))
         old = None if raw is None else decode_policy(raw)
         new = PolicyRecord(

@@ -71,6 +71,8 @@ class BridgeResult(str, enum.Enum):
     # the request itself
     QUOTE_ALTERED = "quote_altered"
     QUOTE_OTHER_USER = "quote_other_user"
+    BOUND_EXCEEDED = "bound_exceeded"  # a field beyond a BridgeConfig bound
+    LEDGER_WRONG_MODE = "ledger_wrong_mode"
     # the asset
     ASSET_NOT_FOUND = "asset_not_found"
     ASSET_FOREIGN = "asset_foreign"
