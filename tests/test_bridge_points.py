@@ -26,16 +26,12 @@ from business.bridge import (
     ReversePoints,
     SetReserveThreshold,
     TopUpReserve,
+    policy_change,
+    reserve_history,
     reserve_level,
+    spendable_points,
 )
-from business.bridge.model import (
-    LotOrigin,
-    decode_lots,
-    decode_policy,
-    lots_key,
-    policy_audit_key,
-    unpack,
-)
+from business.bridge.model import LotOrigin, decode_lots, decode_ring, lots_key, window_user_key
 from business.identity import Debit, Operation, check_debits, debits_of, open_wallet_account
 from business.identity.approvals import DebitRule, RuleClaim
 from business.identity.ids import Mode, partner_account_id
@@ -175,6 +171,9 @@ def test_reserve_low_notice_on_the_way_down_only() -> None:
     assert m.apply(TopUpReserve(op("top2"), SHOP, BAAS, 10 * BAAS_UNIT)).notices == ()
     fourth = m.swap("alice", m.quote("alice", 800))  # 1000 - 12 + 10 - 8 = 990: low again
     assert len(fourth.notices) == 1
+    history = reserve_history(m.view, SHOP, BAAS, limit=100)  # newest first
+    assert history[0].credits_posted - history[0].debits_posted == reserve_level(m.view, SHOP, BAAS)
+    assert len(history) == 6  # the first top-up, four swaps and the second top-up
 
 
 def test_policy_changes_bump_the_version_and_are_audited() -> None:
@@ -182,9 +181,31 @@ def test_policy_changes_bump_the_version_and_are_audited() -> None:
     out = m.apply(policy(op=op("p2"), fee_bps=50))
     assert out.code == R.OK and out.detail["version"] == 2
     assert m.code(policy(op=op("p3"), fee_bps=50)) == "exists"  # nothing changed
-    actor, changed_ms, encoded = unpack(m.view.get(policy_audit_key(SHOP_PTS, 2)), "audit", 3)
-    assert actor == b"\x0a" * 16 and changed_ms == T0_MS
-    assert decode_policy(encoded).fee_bps == 50
+    change = policy_change(m.view, SHOP_PTS, 2)
+    assert change is not None
+    actor, changed_ms, record = change
+    assert actor == b"\x0a" * 16 and changed_ms == T0_MS and record.fee_bps == 50
+    first = policy_change(m.view, SHOP_PTS, 1)
+    assert first is not None and first[2].fee_bps == 100  # the history keeps every version
+    assert policy_change(m.view, SHOP_PTS, 3) is None
     q = m.quote("alice", 100)
     assert q.policy_version == 2
     assert get_account(m.view, partner_account_id(SHOP, Mode.TEST, "reserve", BAAS)) is not None
+
+
+def test_window_state_stays_bounded_and_the_window_frees_up() -> None:
+    m = Market.standard(config=BridgeConfig(window_buckets_max=4))
+    assert m.code(policy(op=op("w"), user_window_max=100, window_s=400)) == "ok"  # 100 s buckets
+    _issue(m, "alice", 10_000, "i")
+    for n in range(60):  # 60 swaps over 30 minutes: far more swaps than buckets
+        m.now_ms = T0_MS + n * 30_000
+        out = m.swap("alice", m.quote("alice", 10))
+        assert out.code in (R.OK, R.USER_WINDOW_LIMIT)
+        ring = decode_ring(m.view.get(window_user_key(SHOP_PTS, account("alice", SHOP_PTS))))
+        assert len(ring) <= 5  # window_buckets_max + 1, whatever the number of swaps
+        # never more than the limit within any window of window_s
+        assert sum(amount for _, amount in ring) <= 100 + 10
+    # after a quiet window_s plus one bucket, the whole limit is available again
+    m.now_ms += 500_000
+    assert m.swap("alice", m.quote("alice", 100)).code == R.OK
+    assert spendable_points(m.view, SHOP_PTS, account("alice", SHOP_PTS), m.now_ms) < 10_000

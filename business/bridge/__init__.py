@@ -7,18 +7,11 @@ See :mod:`business.bridge.core` for the theory of operation. Public surface:
   :meth:`Bridge.quote` and :meth:`Bridge.cap` (identity's ``DebitRules``);
 * the requests, :class:`BridgeResult`, :class:`Quote`, :class:`ReserveLow` and
   :class:`BridgeConfig` (:mod:`business.bridge.model`);
-* reads: :func:`reserve_level`, :func:`points_supply`, and the stored records
-  (:mod:`business.bridge.views`).
+* reads (:mod:`business.bridge.views`): assets, policies and their audited changes, a user's
+  lots and spendable points, reserve level and history, a point asset's supply.
 """
 
-from business.bridge.core import (
-    Bridge,
-    BridgeOutcome,
-    Prepared,
-    faucet_account,
-    points_supply,
-    reserve_level,
-)
+from business.bridge.core import Bridge, BridgeOutcome, Prepared, faucet_account, role_account
 from business.bridge.model import (
     AccountCode,
     BridgeConfig,
@@ -39,6 +32,16 @@ from business.bridge.model import (
     Swap,
     TopUpReserve,
     TransferCode,
+)
+from business.bridge.views import (
+    get_asset,
+    get_policy,
+    points_supply,
+    policy_change,
+    reserve_history,
+    reserve_level,
+    spendable_points,
+    user_lots,
 )
 
 __all__ = [
@@ -65,6 +68,13 @@ __all__ = [
     "TopUpReserve",
     "TransferCode",
     "faucet_account",
+    "get_asset",
+    "get_policy",
     "points_supply",
+    "policy_change",
+    "reserve_history",
     "reserve_level",
+    "role_account",
+    "spendable_points",
+    "user_lots",
 ]

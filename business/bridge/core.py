@@ -204,6 +204,7 @@ from business.bridge.model import (
     window_partner_key,
     window_user_key,
 )
+from business.bridge.views import reserve_level
 from business.identity.approvals import DebitRule, RuleClaim
 from business.identity.ids import (
     ASSET_INDEX_BAAS,
@@ -226,19 +227,10 @@ from business.ledger.model import (
     TransferResult,
 )
 from business.ledger.model import account_key as ledger_account_key
-from business.ledger.views import get_account
 from node.consensus.state_machine import Overlay, StateView, Write
 from node.errors import InvalidRequest, InvariantViolation
 
-__all__ = [
-    "Bridge",
-    "BridgeOutcome",
-    "Prepared",
-    "faucet_account",
-    "points_supply",
-    "reserve_level",
-    "terms",
-]
+__all__ = ["Bridge", "BridgeOutcome", "Prepared", "faucet_account", "role_account", "terms"]
 
 R = BridgeResult
 ZERO16 = bytes(16)
@@ -264,6 +256,7 @@ class Prepared:
     limits: tuple[tuple[int, BridgeResult], ...] = ()
     reserve: tuple[bytes, int] | None = None  # (partner, BAAS ledger) whose level may change
     detail: Mapping[str, int] = field(default_factory=dict)
+    retry: bool = False  # the op id was applied before: ``code`` is its first outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,8 +337,12 @@ def _baas_ledger(ledger: int) -> int:
     return ledger_number(_mode(ledger), ASSET_INDEX_BAAS)
 
 
-def _role(partner: bytes, ledger: int, role: str) -> int:
+def role_account(partner: bytes, ledger: int, role: str) -> int:
+    """The partner's ``role`` account on ``ledger`` (in the ledger's mode)."""
     return partner_account_id(partner, _mode(ledger), role, ledger)
+
+
+_role = role_account
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -427,7 +424,7 @@ class Bridge:
         stored = view.get(OP_PREFIX + request.op)
         if stored is not None:
             (code,) = unpack(stored, "operation result", 1)
-            return Prepared(request.op, R(code), detail={"retry": 1})
+            return Prepared(request.op, R(code), retry=True)
         try:
             prepared: Prepared = handler(request, now_ms, view)
         except _Refused as refused:
@@ -441,7 +438,7 @@ class Bridge:
         sees the ledger's writes (for the reserve level)."""
         if len(results) != len(prepared.events):
             raise InvalidRequest("one ledger result per prepared event")
-        if prepared.detail.get("retry"):
+        if prepared.retry:
             return BridgeOutcome(prepared.code, (), (), (), ())
         code = prepared.code
         detail: dict[str, Any] = dict(prepared.detail)
@@ -1101,26 +1098,3 @@ def faucet_account(baas_ledger: int) -> int:
     """The platform's test-mode BAAS faucet on ``baas_ledger`` (the platform's partner id is
     all zeros, as in identity's approvals)."""
     return partner_account_id(ZERO16, _mode(baas_ledger), "faucet", baas_ledger)
-
-
-def reserve_level(view: StateView, partner: bytes, baas_ledger: int) -> int:
-    """What the partner's reserve can still pay: credits posted minus debits posted and
-    pending (0 if it does not exist yet)."""
-    account = get_account(view, _role(partner, baas_ledger, "reserve"))
-    if account is None:
-        return 0
-    return account.credits_posted - account.debits_posted - account.debits_pending
-
-
-def points_supply(view: StateView, partner: bytes, ledger: int) -> int:
-    """The partner's liability in its points: what users hold (issued and not redeemed,
-    reversed, expired or sitting in the partner's own liquidity)."""
-
-    def net(role: str, debit: bool) -> int:
-        account = get_account(view, _role(partner, ledger, role))
-        if account is None:
-            return 0
-        d, c = account.debits_posted, account.credits_posted
-        return d - c if debit else c - d
-
-    return net("issuance", True) - net("breakage", False) - net("liquidity", False)
