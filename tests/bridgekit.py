@@ -155,8 +155,6 @@ class Market:
             partner,
             q.ledger,
             wallet(user),
-            account(user, q.ledger),
-            account(user, q.baas_ledger),
             q,
             digest if digest is not None else q.digest(),
         )

@@ -147,6 +147,8 @@ def test_swap_in_and_out_move_exactly_the_quoted_amounts() -> None:
     out = m.swap("alice", q)
     assert out.code == R.OK, out.detail
     assert [e.code for e in out.events[1:]] == [105, 105, 106]  # swap, swap, fee
+    # every transfer of the swap carries the policy version it ran under
+    assert {getattr(e, "user_data_128", None) for e in out.events[1:]} == {q.policy_version}
     assert m.balance(alice) == 600
     assert m.balance(alice_baas) == q.amount_out
     assert reserve_level(m.view, SHOP, BAAS) == reserve_before - q.amount_out - q.fee

@@ -116,7 +116,10 @@ Quote and swap arithmetic (integers only; every rounding favours the reserve)
   is ``below_min``). Chain: user BAAS -> fees ``fee``; user BAAS -> reserve ``net``;
   liquidity -> user asset ``out``. The residue of the floor stays in the reserve.
 
-Both chains open with the ``CreateAccount`` of the user's receiving wallet account. A quote
+Both chains open with the ``CreateAccount`` of the user's receiving wallet account (when it
+does not exist yet). The user's accounts are derived from the wallet the quote is bound to
+(``identity.ids.wallet_account_id``), never taken from the request; every transfer of a swap
+carries the policy version it ran under in ``user_data_128``. A quote
 states these amounts, the rate, the policy version, its log-time issue and expiry (at most
 ``quote_ttl_ms_max`` apart) and is bound to partner, asset, user wallet and direction; its
 :meth:`~business.bridge.model.Quote.digest` is what the user approves (the operation the
@@ -213,6 +216,7 @@ from business.identity.ids import (
     mode_of_ledger,
     partner_account_id,
     transfer_id,
+    wallet_account_id,
 )
 from business.ledger.core import Ledger
 from business.ledger.model import (
@@ -281,9 +285,10 @@ class _Refused(Exception):  # control flow inside prepare: never escapes it
 class _Chain:
     """The events of one operation under construction, with their derived transfer ids."""
 
-    def __init__(self, op: bytes, view: StateView) -> None:
+    def __init__(self, op: bytes, view: StateView, user_data: int = 0) -> None:
         self.op = op
         self.view = view
+        self.user_data = user_data  # user_data_128 of every transfer (a swap's policy version)
         self.events: list[Event] = []
         self.claims: list[tuple[int, RuleClaim]] = []
         self.limits: list[tuple[int, BridgeResult]] = []
@@ -311,7 +316,16 @@ class _Chain:
         if limit is not None:
             self.limits.append((index, limit))
         self.events.append(
-            CreateTransfer(transfer_id(self.op, index), dr, cr, amount, ledger, int(code), _LINKED)
+            CreateTransfer(
+                transfer_id(self.op, index),
+                dr,
+                cr,
+                amount,
+                ledger,
+                int(code),
+                _LINKED,
+                user_data_128=self.user_data,
+            )
         )
 
     def closed(self) -> tuple[Event, ...]:
@@ -757,6 +771,8 @@ class Bridge:
 
     def _expire(self, r: ExpirePoints, now_ms: int, view: StateView) -> Prepared:
         asset = self._points(view, r.partner, r.ledger)
+        if asset.validity_days == 0:
+            return Prepared(r.op, R.OK)  # points without a validity period never expire
         today = _day(now_ms)
         cfg = self.config
         layer = Overlay(view)
@@ -964,17 +980,22 @@ class Bridge:
         stated = (q.baas_ledger, q.rate_num, q.rate_den, q.amount_out, q.fee)
         if stated != (policy.baas_ledger, policy.rate_num, policy.rate_den, amount_out, fee):
             raise _Refused(R.QUOTE_TERMS_MISMATCH)
-        writes = self._windows(r, policy, asset_amount, now_ms, view)
-        writes.update(self._swap_lots(r, asset, q.direction, asset_amount, now_ms, view))
-        chain = _Chain(r.op, view)
         baas = policy.baas_ledger
+        # The user's accounts derive from the wallet the quote is bound to: never from input.
+        user_asset = wallet_account_id(r.wallet, _mode(r.ledger), r.ledger)
+        user_baas = wallet_account_id(r.wallet, _mode(baas), baas)
+        writes = self._windows(r.ledger, user_asset, policy, asset_amount, now_ms, view)
+        writes.update(
+            self._swap_lots(r.ledger, user_asset, asset, q.direction, asset_amount, now_ms, view)
+        )
+        chain = _Chain(r.op, view, user_data=policy.version)
         reserve = _role(r.partner, baas, "reserve")
         fees = _role(r.partner, baas, "fees")
         liquidity = _role(r.partner, r.ledger, "liquidity")
         if q.direction == Direction.IN:
-            chain.account(r.baas_account, baas, AccountCode.WALLET, _WALLET_FLAGS)
+            chain.account(user_baas, baas, AccountCode.WALLET, _WALLET_FLAGS)
             chain.transfer(
-                r.asset_account,
+                user_asset,
                 liquidity,
                 q.amount_in,
                 r.ledger,
@@ -983,19 +1004,19 @@ class Bridge:
             )
             chain.transfer(
                 reserve,
-                r.baas_account,
+                user_baas,
                 amount_out + fee,
                 baas,
                 TransferCode.SWAP,
                 limit=R.RESERVE_EXHAUSTED,
             )
             if fee:
-                chain.transfer(r.baas_account, fees, fee, baas, TransferCode.SWAP_FEE)
+                chain.transfer(user_baas, fees, fee, baas, TransferCode.SWAP_FEE)
         else:
-            chain.account(r.asset_account, r.ledger, AccountCode.WALLET, _WALLET_FLAGS)
+            chain.account(user_asset, r.ledger, AccountCode.WALLET, _WALLET_FLAGS)
             if fee:
                 chain.transfer(
-                    r.baas_account,
+                    user_baas,
                     fees,
                     fee,
                     baas,
@@ -1003,7 +1024,7 @@ class Bridge:
                     limit=R.INSUFFICIENT_FUNDS,
                 )
             chain.transfer(
-                r.baas_account,
+                user_baas,
                 reserve,
                 q.amount_in - fee,
                 baas,
@@ -1012,7 +1033,7 @@ class Bridge:
             )
             chain.transfer(
                 liquidity,
-                r.asset_account,
+                user_asset,
                 amount_out,
                 r.ledger,
                 TransferCode.SWAP,
@@ -1036,7 +1057,13 @@ class Bridge:
         )
 
     def _windows(
-        self, r: Swap, policy: PolicyRecord, amount: int, now_ms: int, view: StateView
+        self,
+        ledger: int,
+        user_asset: int,
+        policy: PolicyRecord,
+        amount: int,
+        now_ms: int,
+        view: StateView,
     ) -> dict[bytes, bytes | None]:
         buckets = self.config.window_buckets_max
         width_ms = max(1, policy.window_s * 1000 // buckets)
@@ -1044,11 +1071,11 @@ class Bridge:
         writes: dict[bytes, bytes | None] = {}
         for key, limit, code in (
             (
-                window_user_key(r.ledger, r.asset_account),
+                window_user_key(ledger, user_asset),
                 policy.user_window_max,
                 R.USER_WINDOW_LIMIT,
             ),
-            (window_partner_key(r.ledger), policy.partner_window_max, R.PARTNER_WINDOW_LIMIT),
+            (window_partner_key(ledger), policy.partner_window_max, R.PARTNER_WINDOW_LIMIT),
         ):
             ring = decode_ring(view.get(key))
             live = [(e, a) for e, a in ring if epoch - buckets <= e <= epoch]
@@ -1063,7 +1090,8 @@ class Bridge:
 
     def _swap_lots(
         self,
-        r: Swap,
+        ledger: int,
+        user_asset: int,
         asset: AssetRecord,
         direction: Direction,
         amount: int,
@@ -1072,13 +1100,13 @@ class Bridge:
     ) -> dict[bytes, bytes | None]:
         if asset.kind != AssetKindRef.POINT:
             return {}
-        lots = decode_lots(view.get(lots_key(r.ledger, r.asset_account)))
+        lots = decode_lots(view.get(lots_key(ledger, user_asset)))
         if direction == Direction.IN:
             lots = self._spend_lots(lots, amount, _day(now_ms))
-            return self._lot_writes(r.ledger, r.asset_account, lots, None, view)
+            return self._lot_writes(ledger, user_asset, lots, None, view)
         day = self._expiry_day(asset, now_ms)
         lots, new = self._credit_lot(lots, day, LotOrigin.BOUGHT, amount)
-        return self._lot_writes(r.ledger, r.asset_account, lots, day if new else None, view)
+        return self._lot_writes(ledger, user_asset, lots, day if new else None, view)
 
 
 def _reversal_cap(issuance: Issuance, lots: list[Lot], today: int) -> int:

@@ -463,24 +463,19 @@ class Quote:
 
 @dataclass(frozen=True, slots=True)
 class Swap:
-    """Execute ``quote`` for the user whose wallet is ``wallet`` (the authenticated user) and
-    whose accounts on the asset's ledger and the BAAS ledger are given; ``quote_digest`` is the
-    digest the user approved."""
+    """Execute ``quote`` for the user whose wallet is ``wallet`` (the authenticated user; their
+    accounts derive from it); ``quote_digest`` is the digest the user approved."""
 
     op: bytes
     partner: bytes
     ledger: int
     wallet: bytes
-    asset_account: int
-    baas_account: int
     quote: Quote
     quote_digest: bytes
 
     def __post_init__(self) -> None:
         _op(self)
         _bytes(self, "wallet", 16)
-        _int(self, "asset_account", 1, AMOUNT_MAX - 1)
-        _int(self, "baas_account", 1, AMOUNT_MAX - 1)
         if not isinstance(self.quote, Quote):
             raise InvalidRequest("Swap.quote must be a Quote", code="field_invalid")
         _bytes(self, "quote_digest", 32)
