@@ -21,6 +21,7 @@ from business.bridge import (
     BridgeOutcome,
     DefinePoints,
     Direction,
+    IssuePoints,
     Quote,
     SetPolicy,
     Swap,
@@ -125,6 +126,11 @@ class Market:
 
     def code(self, request: Request, now_ms: int | None = None) -> str:
         return self.apply(request, now_ms).code.value
+
+    def issue(self, user: str, amount: int, name: str, now_ms: int | None = None) -> None:
+        """SHOP issues ``amount`` points to ``user`` (op id from ``name``); it must succeed."""
+        request = IssuePoints(op(name), SHOP, SHOP_PTS, account(user, SHOP_PTS), amount)
+        assert self.code(request, now_ms) == "ok"
 
     def quote(
         self,

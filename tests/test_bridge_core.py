@@ -174,7 +174,7 @@ def test_token_swaps_and_the_test_mode_faucet() -> None:
     assert m.code(policy(op=op("tp"), ledger=SHOP_TOKEN, rate_num=10**12)) == "ok"
     q = m.quote("bob", BAAS_UNIT, Direction.OUT, ledger=SHOP_TOKEN)
     assert m.swap("bob", q).code == R.INSUFFICIENT_FUNDS  # bob has no BAAS account yet
-    _issue(m, "bob", 1000, "bob-pts")
+    m.issue("bob", 1000, "bob-pts")
     assert m.swap("bob", m.quote("bob", 1000)).code == R.OK  # 9.9 BAAS
     q = m.quote("bob", BAAS_UNIT, Direction.OUT, ledger=SHOP_TOKEN)
     assert q.amount_out == 990_000  # 0.99 BAAS at 10^12 BAAS units per token unit
@@ -212,15 +212,10 @@ def _swap_act(m: Market, user: str, q: Quote, **kw: object) -> Act:
     return lambda: m.swap(user, q, **kw).code  # type: ignore[arg-type]
 
 
-def _issue(m: Market, user: str, amount: int, name: str, now_ms: int | None = None) -> None:
-    issue = IssuePoints(op(name), SHOP, SHOP_PTS, account(user, SHOP_PTS), amount)
-    assert m.code(issue, now_ms) == "ok"
-
-
 def _setup_window(m: Market, **limits: int) -> None:
     assert m.code(policy(op=op("pw"), **limits)) == "ok"
-    _issue(m, "alice", 1000, "wa")
-    _issue(m, "bob", 1000, "wb")
+    m.issue("alice", 1000, "wa")
+    m.issue("bob", 1000, "wb")
     assert m.swap("alice", m.quote("alice", 400)).code == R.OK
 
 
@@ -277,7 +272,7 @@ def _case_partner_window(m: Market) -> Act:
 
 
 def _case_reversal_exceeds(m: Market) -> Act:
-    _issue(m, "alice", 100, "r-i")
+    m.issue("alice", 100, "r-i")
     redeem = RedeemPoints(op("r-r"), SHOP, SHOP_PTS, account("alice", SHOP_PTS), 30)
     assert m.code(redeem) == "ok"
     return lambda: m.apply(ReversePoints(op("r-x"), SHOP, SHOP_PTS, op("r-i"), 71)).code
@@ -285,25 +280,25 @@ def _case_reversal_exceeds(m: Market) -> Act:
 
 def _case_lots_per_spend(m: Market) -> Act:
     for day in range(3):
-        _issue(m, "alice", 10, f"lps{day}", T0_MS + day * DAY_MS)
+        m.issue("alice", 10, f"lps{day}", T0_MS + day * DAY_MS)
     redeem = RedeemPoints(op("lps"), SHOP, SHOP_PTS, account("alice", SHOP_PTS), 30)
     return lambda: m.apply(redeem).code
 
 
 def _case_lots_full(m: Market) -> Act:
     for day in range(2):
-        _issue(m, "alice", 10, f"lf{day}", T0_MS + day * DAY_MS)
+        m.issue("alice", 10, f"lf{day}", T0_MS + day * DAY_MS)
     issue = IssuePoints(op("lf"), SHOP, SHOP_PTS, account("alice", SHOP_PTS), 10)
     return lambda: m.apply(issue, T0_MS + 2 * DAY_MS).code
 
 
 def _case_reserve_exhausted(m: Market) -> Act:
-    _issue(m, "alice", 200_000, "big")  # 2000 BAAS worth; the reserve holds 1000
+    m.issue("alice", 200_000, "big")  # 2000 BAAS worth; the reserve holds 1000
     return _swap_act(m, "alice", m.quote("alice", 200_000))
 
 
 def _case_liquidity_exhausted(m: Market) -> Act:
-    _issue(m, "alice", 200, "li")
+    m.issue("alice", 200, "li")
     assert m.swap("alice", m.quote("alice", 200)).code == R.OK  # 1.98 BAAS; liquidity 200
     assert m.code(policy(op=op("cheap"), rate_num=BAAS_UNIT // 200)) == "ok"
     return _swap_act(m, "alice", m.quote("alice", 3 * BAAS_UNIT // 2, Direction.OUT))  # 297

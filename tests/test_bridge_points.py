@@ -15,16 +15,19 @@ from bridgekit import (
     op,
     policy,
 )
-from identitykit import World
+from identitykit import T0_S, World, address, sign, user
 
 from business.bridge import (
     BridgeConfig,
     BridgeResult,
+    Direction,
     ExpirePoints,
     IssuePoints,
+    Quote,
     RedeemPoints,
     ReversePoints,
     SetReserveThreshold,
+    Swap,
     TopUpReserve,
     policy_change,
     reserve_history,
@@ -32,9 +35,26 @@ from business.bridge import (
     spendable_points,
 )
 from business.bridge.model import LotOrigin, decode_lots, decode_ring, lots_key, window_user_key
-from business.identity import Debit, Operation, check_debits, debits_of, open_wallet_account
+from business.identity import (
+    Debit,
+    Operation,
+    SignedApproval,
+    check_debits,
+    debits_of,
+    eip712,
+    encode_approvals,
+    open_wallet_account,
+    operation_digest,
+)
 from business.identity.approvals import DebitRule, RuleClaim
-from business.identity.ids import Mode, partner_account_id
+from business.identity.ids import (
+    Mode,
+    operation_id,
+    partner_account_id,
+    wallet_account_id,
+    wallet_id,
+)
+from business.ledger import encode_events
 from business.ledger.views import get_account
 
 R = BridgeResult
@@ -47,17 +67,12 @@ def _lots(m: Market, user: str) -> list[tuple[int, int, int]]:
     return [(lot.expiry_day, lot.origin, lot.amount) for lot in decode_lots(raw)]
 
 
-def _issue(m: Market, user: str, amount: int, name: str, now_ms: int | None = None) -> None:
-    issue = IssuePoints(op(name), SHOP, SHOP_PTS, account(user, SHOP_PTS), amount)
-    assert m.code(issue, now_ms) == "ok"
-
-
 def test_lots_merge_per_expiry_day_and_spend_oldest_first() -> None:
     m = Market.standard()
     day0 = T0_MS // DAY_MS
-    _issue(m, "alice", 10, "a", T0_MS)
-    _issue(m, "alice", 5, "b", T0_MS + 3_600_000)  # the same day: merged into one lot
-    _issue(m, "alice", 7, "c", T0_MS + DAY_MS)
+    m.issue("alice", 10, "a", T0_MS)
+    m.issue("alice", 5, "b", T0_MS + 3_600_000)  # the same day: merged into one lot
+    m.issue("alice", 7, "c", T0_MS + DAY_MS)
     issued = int(LotOrigin.ISSUED)
     assert _lots(m, "alice") == [(day0 + 30, issued, 15), (day0 + 31, issued, 7)]
     redeem = RedeemPoints(op("r"), SHOP, SHOP_PTS, account("alice", SHOP_PTS), 17)
@@ -69,8 +84,8 @@ def test_expired_lots_are_never_spent_and_move_to_breakage_in_bounded_calls() ->
     m = Market.standard(config=BridgeConfig(expiry_wallets_per_call_max=2))
     users = [f"u{i}" for i in range(5)]
     for u in users:
-        _issue(m, u, 100, f"i-{u}", T0_MS)
-    _issue(m, "u0", 50, "later", T0_MS + DAY_MS)  # a second lot, one day younger
+        m.issue(u, 100, f"i-{u}", T0_MS)
+    m.issue("u0", 50, "later", T0_MS + DAY_MS)  # a second lot, one day younger
     expired_ms = T0_MS + 30 * DAY_MS  # day0 + 30: the first lots' expiry day has come
     # the ledger still holds them, but the lot is dead: not spendable, not reversible
     redeem = RedeemPoints(op("late"), SHOP, SHOP_PTS, account("u1", SHOP_PTS), 1)
@@ -98,8 +113,8 @@ def test_expired_lots_are_never_spent_and_move_to_breakage_in_bounded_calls() ->
 def test_debit_rule_caps_follow_the_lots() -> None:
     m = Market.standard()
     alice = account("alice", SHOP_PTS)
-    _issue(m, "alice", 100, "i1")
-    _issue(m, "alice", 40, "i2")  # the same lot
+    m.issue("alice", 100, "i1")
+    m.issue("alice", 40, "i2")  # the same lot
     cap = m.bridge.cap
     assert cap(m.view, DebitRule.REVERSAL, op("i1"), alice, T0_MS) == 100
     assert cap(m.view, DebitRule.REVERSAL, op("i1"), account("bob", SHOP_PTS), T0_MS) == 0
@@ -161,7 +176,7 @@ def test_reserve_low_notice_on_the_way_down_only() -> None:
     m = Market.standard()  # the reserve holds 1000 BAAS
     threshold = SetReserveThreshold(op("th"), SHOP, BAAS, 995 * BAAS_UNIT)
     assert m.apply(threshold).notices == ()
-    _issue(m, "alice", 10_000, "i")
+    m.issue("alice", 10_000, "i")
     first = m.swap("alice", m.quote("alice", 400))  # 4 BAAS out of the reserve: 996 left
     assert first.code == R.OK and first.notices == ()
     second = m.swap("alice", m.quote("alice", 400))  # 992 left: below 995
@@ -196,7 +211,7 @@ def test_policy_changes_bump_the_version_and_are_audited() -> None:
 def test_window_state_stays_bounded_and_the_window_frees_up() -> None:
     m = Market.standard(config=BridgeConfig(window_buckets_max=4))
     assert m.code(policy(op=op("w"), user_window_max=100, window_s=400)) == "ok"  # 100 s buckets
-    _issue(m, "alice", 10_000, "i")
+    m.issue("alice", 10_000, "i")
     for n in range(60):  # 60 swaps over 30 minutes: far more swaps than buckets
         m.now_ms = T0_MS + n * 30_000
         out = m.swap("alice", m.quote("alice", 10))
@@ -209,3 +224,45 @@ def test_window_state_stays_bounded_and_the_window_frees_up() -> None:
     m.now_ms += 500_000
     assert m.swap("alice", m.quote("alice", 100)).code == R.OK
     assert spendable_points(m.view, SHOP_PTS, account("alice", SHOP_PTS), m.now_ms) < 10_000
+
+
+def test_a_swap_needs_the_users_signature_over_its_events() -> None:
+    """Through identity's check_debits: a swap IN debits the user's points and BAAS (the fee),
+    so it passes with the user's EIP-712 approval of the operation and only with it."""
+    world = World()
+    world.onboard(SHOP)
+    m = Market.standard(view=world.view)
+    alice_key = user("alice")
+    for ledger in (SHOP_PTS, BAAS):
+        _, writes = open_wallet_account(world.view, Mode.TEST, address(alice_key), ledger, T0_MS)
+        world.view.apply(writes)
+    alice = wallet_id(address(alice_key), Mode.TEST)
+    points = wallet_account_id(alice, Mode.TEST, SHOP_PTS)
+    assert m.code(IssuePoints(op("i"), SHOP, SHOP_PTS, points, 1000)) == "ok"
+    q = m.bridge.quote(m.view, SHOP, SHOP_PTS, alice, Direction.IN, 400, T0_MS)
+    assert isinstance(q, Quote)
+    swap = Swap(op("swap"), SHOP, SHOP_PTS, alice, q, q.digest())
+    prepared = m.bridge.prepare(swap, T0_MS, m.view)
+    record = operation_id(SHOP, Mode.TEST, "bridge.swap", "key-1")
+    digest = operation_digest(record, encode_events(list(prepared.events)))
+    operation = Operation(digest, SHOP, Mode.TEST, debits_of(prepared.events))
+
+    def check(approvals: list[SignedApproval]) -> str:
+        blob = encode_approvals(approvals)
+        return check_debits(world.view, world.config, operation, blob, T0_MS, m.bridge)[0].value
+
+    assert check([]) == "approval_missing"
+    deadline = T0_S + 60
+    signature = sign(alice_key, eip712.Approve(Mode.TEST, digest, address(alice_key), deadline))
+    assert check([SignedApproval(address(alice_key), deadline, signature)]) == "ok"
+    bob = user("bob")
+    forged = sign(bob, eip712.Approve(Mode.TEST, digest, address(alice_key), deadline))
+    assert check([SignedApproval(address(alice_key), deadline, forged)]) == (
+        "approval_signer_mismatch"
+    )
+    # approved, the same prepared chain then runs through the ledger
+    results, writes = m.bridge.ledger.apply(list(prepared.events), T0_MS, m.view)
+    m.view.apply(writes)
+    outcome = m.bridge.settle(prepared, results, T0_MS, m.view)
+    m.view.apply(outcome.writes)
+    assert outcome.code == R.OK and m.balance(points) == 600
