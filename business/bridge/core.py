@@ -22,6 +22,12 @@ their versions, window usage, reserve thresholds. One request is one operation:
    states never disagree (a reserve the ledger finds exhausted fails the whole chain and
    leaves lots, windows and counters as they were), and a low-reserve notice is derived.
 
+If the approval check refuses, neither the ledger nor ``settle`` runs and nothing of the
+prepared operation is written. Operations are prepared one after the other: the view given to
+``prepare`` must hold the ledger and Bridge writes of every operation before it (one overlay
+per log entry, as the ledger-ops apply keeps), since lots, windows and the accounts to create
+depend on them.
+
 :meth:`Bridge.apply` does the three steps without the approval check (the tests, the
 simulator). Every outcome, success or refusal, is stored under ``br/op/<op id>``; a retry of
 the op id answers that first code with no events and no writes: a retry never changes an
@@ -31,8 +37,9 @@ answer ``exists``). Ids: the ledger ids of an operation's transfers are
 ``identity.ids.partner_account_id(partner, mode, role, ledger)`` (the mode is the ledger's
 parity); the test-mode BAAS faucet is the platform's ``faucet`` account on the BAAS ledger.
 
-Accounts the Bridge creates (``CreateAccount`` events at the head of a chain; a retry of an
-existing account answers ``exists``, a success): per point or token asset the partner's
+Accounts the Bridge creates (``CreateAccount`` events at the head of a chain, only for accounts
+the ledger does not hold yet: the ledger compares the stored flags, ``linked`` included, when
+an account is created again, so the Bridge never re-creates one): per point or token asset the partner's
 ``issuance`` (the mint, its "@world"), ``liquidity`` (``debits_must_not_exceed_credits``:
 what it can pay out in swaps) and ``breakage`` (expired points); per partner on the BAAS
 ledger the ``reserve`` (``debits_must_not_exceed_credits`` + ``history``: the BAAS it pays
@@ -137,8 +144,9 @@ replica answers alike. For a swap: ``quote_altered`` (the digest is
 not the quote's, the quote names another partner or asset, was issued after the log time, or
 lives longer than allowed), ``quote_other_user``, ``asset_not_found`` / ``asset_foreign``
 (another partner's asset), ``quote_expired``, ``policy_not_found``, ``policy_disabled``,
-``policy_version_changed``, ``quote_terms_mismatch`` (the amounts differ from the
-recomputed ones), ``below_min`` / ``above_max``, ``user_window_limit`` /
+``policy_version_changed``, ``below_min`` / ``above_max`` (of the recomputed terms),
+``quote_terms_mismatch`` (the quote's rate or amounts differ from the recomputed ones),
+``user_window_limit`` /
 ``partner_window_limit``, ``insufficient_funds`` / ``lots_per_spend_exceeded`` /
 ``lots_full`` (points), then the ledger's verdict on the chain: ``exceeds_credits`` on the
 reserve is ``reserve_exhausted``, on the liquidity account ``liquidity_exhausted``, on the
