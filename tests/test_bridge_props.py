@@ -5,7 +5,8 @@ two partners (one with a validity period), run through the real ledger core.
 After every request (``bridgekit.Market.check``): every ledger balanced, so each asset's
 total is conserved, issuance accounts included; no reserve, liquidity or wallet below zero;
 each user's lots sum to their ledger balance; each partner's supply is what its users hold.
-Besides: a spend succeeds only if the user's *unexpired* lots cover it, and once the sweep
+The same sequence on a second view gives the same bytes (a replica's state). Besides: a spend
+succeeds only if the user's *unexpired* lots cover it, and once the sweep
 has run to its end no user holds a lot whose expiry day has come."""
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ def test_any_sequence_conserves_every_asset_and_never_spends_expired_points(
     issued: list[bytes] = []
     for n, action in enumerate(sequence):
         _run(m, n, action, issued)  # Market.apply checks the invariants after every request
+    replica, replayed = _market(), list[bytes]()
+    for n, action in enumerate(sequence):
+        _run(replica, n, action, replayed)
+    assert replica.view.data == m.view.data  # the same requests give the same bytes
     m.now_ms += 3 * DAY_MS  # every lot issued so far has expired: the sweep must take all
     for partner, ledger in PARTNERS:
         for k in range(100):
