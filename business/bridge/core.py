@@ -39,9 +39,10 @@ parity); the test-mode BAAS faucet is the platform's ``faucet`` account on the B
 
 Accounts the Bridge creates (``CreateAccount`` events at the head of a chain, only for accounts
 the ledger does not hold yet: the ledger compares the stored flags, ``linked`` included, when
-an account is created again, so the Bridge never re-creates one): per point or token asset the partner's
-``issuance`` (the mint, its "@world"), ``liquidity`` (``debits_must_not_exceed_credits``:
-what it can pay out in swaps) and ``breakage`` (expired points); per partner on the BAAS
+an account is created again, so the Bridge never re-creates one): per point or token asset
+the partner's ``issuance`` (the mint, its "@world"), ``liquidity``
+(``debits_must_not_exceed_credits``: what it can pay out in swaps) and ``breakage`` (expired
+points); per partner on the BAAS
 ledger the ``reserve`` (``debits_must_not_exceed_credits`` + ``history``: the BAAS it pays
 swaps with; its history is the reserve's) and ``fees``; a user's wallet account on a ledger
 (``debits_must_not_exceed_credits``) before it is first credited.
