@@ -266,3 +266,13 @@ def test_a_swap_needs_the_users_signature_over_its_events() -> None:
     outcome = m.bridge.settle(prepared, results, T0_MS, m.view)
     m.view.apply(outcome.writes)
     assert outcome.code == R.OK and m.balance(points) == 600
+
+
+def test_the_expiry_cursor_walks_a_bounded_number_of_days_per_call() -> None:
+    m = Market.standard(config=BridgeConfig(expiry_days_scan_max=5))
+    m.issue("alice", 100, "i")  # expiry day: day0 + 30
+    m.now_ms = T0_MS + 40 * DAY_MS
+    calls = [len(m.apply(ExpirePoints(op(f"x{k}"), SHOP, SHOP_PTS)).events) for k in range(8)]
+    # days day0 .. day0+29 take six calls of five days; the seventh reaches the lot's day
+    assert calls == [0, 0, 0, 0, 0, 0, 1, 0]
+    assert m.balance(BREAKAGE) == 100
