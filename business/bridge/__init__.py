@@ -7,6 +7,8 @@ See :mod:`business.bridge.core` for the theory of operation. Public surface:
   :meth:`Bridge.quote` and :meth:`Bridge.cap` (identity's ``DebitRules``);
 * the requests, :class:`BridgeResult`, :class:`Quote`, :class:`ReserveLow` and
   :class:`BridgeConfig` (:mod:`business.bridge.model`);
+* the msgpack wire form of requests for log entries (:mod:`business.bridge.wire`:
+  :func:`encode_request`, :func:`decode_request`);
 * reads (:mod:`business.bridge.views`): assets, policies and their audited changes, a user's
   lots and spendable points, reserve level and history, a point asset's supply.
 """
@@ -43,6 +45,7 @@ from business.bridge.views import (
     spendable_points,
     user_lots,
 )
+from business.bridge.wire import decode_request, encode_request
 
 __all__ = [
     "AccountCode",
@@ -67,6 +70,8 @@ __all__ = [
     "Swap",
     "TopUpReserve",
     "TransferCode",
+    "decode_request",
+    "encode_request",
     "faucet_account",
     "get_asset",
     "get_policy",
