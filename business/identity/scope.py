@@ -1,0 +1,317 @@
+"""Which accounts and assets a ledger operation's proposer may touch, and what to open for it.
+
+The ledger-ops apply (node/consensus/ledger_ops.py, once the log has enabled feature 7) calls
+:func:`check_scope` for each created operation with events, BEFORE it runs them and before the
+approval check (:func:`business.identity.approvals.check_debits`). The proposer is who the
+gateway authenticated (never the client): a partner id and mode, or the platform
+(:data:`PLATFORM`, the all-zero partner id no partner can have: partner ids are hashes). On
+anything but ``ok`` the operation is refused whole: none of its events run and nothing here is
+written.
+
+The rules (member order of :class:`~business.identity.model.ScopeResult` is the precedence:
+proposer, user references, asset and account creations over all events, then the accounts of
+each transfer in event order):
+
+* the proposer: a partner must be onboarded in the mode (``partner_not_found``) and active
+  (``partner_not_active``); the platform always is;
+* user references (the op's ``ur``, :func:`~business.identity.ids.user_ref`): each must be
+  linked by this partner in this mode (``user_not_linked``); their wallets are the ones the
+  operation may *credit*;
+* ``CreateAsset``: a partner only on its own point ledger in the mode, as a point asset (its
+  scale is its choice); the platform only on a platform ledger (asset index < 16) of the mode
+  (``asset_not_allowed``);
+* ``CreateAccount``: the id must be derived, ``ids.account_id(record id, event index)`` -- so
+  it can never be a wallet's or another partner's account (that would need a SHA-256
+  collision) -- or be one of the proposer's own role accounts (``account_id_not_derived``);
+  on a ledger of the mode (``ledger_not_found``). The account is recorded as the proposer's
+  (``id/o/<account>``);
+* a transfer (not a post or void): each account is the proposer's own in the mode (a partner
+  account of this partner, or a platform account for the platform), or a wallet account of
+  the mode: any wallet's for the *debit* side (the approval check then requires that wallet's
+  approval), only a wallet named through a linked user reference for the *credit* side (a
+  partner may credit a linked wallet, nothing else). Anything else -- another partner's
+  account, the other mode's, an unknown id, an unlinked wallet -- is ``account_not_found``:
+  the answer is the same whether the account exists or not, so one partner learns nothing
+  about another's ids;
+* a post or void: the accounts of the pending transfer it resolves (or the ones it names)
+  must be the proposer's own or wallets of the mode; no link, no approval (the pending
+  transfer was approved when it was created; posting captures at most that).
+
+Opening on first use: a linked wallet's account on a ledger is opened the first time the
+operation touches it (:func:`~business.identity.core.open_wallet_account` writes its owner;
+the ledger's ``CreateAccount`` with ``debits_must_not_exceed_credits`` runs first in the same
+operation), and so is a partner's role account (its owner was written at onboarding by
+``partner.put``) and the mode's BAAS asset (``CreateAsset`` kind BAAS, scale 18) when an
+opened account is on it. A partner's point asset is never opened for it (its scale is the
+partner's choice): it sends that ``CreateAsset`` itself, before using point role accounts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from business.identity.core import decode_partner, open_wallet_account
+from business.identity.ids import (
+    ASSET_INDEX_BAAS,
+    ASSET_INDEX_PARTNER_MIN,
+    ID_MAX,
+    Mode,
+    account_id,
+    ledger_number,
+    mode_of_ledger,
+    wallet_account_id,
+    wallet_id,
+)
+from business.identity.model import (
+    PARTNER_PREFIX,
+    ZERO16,
+    Owner,
+    OwnerKind,
+    PartnerStatus,
+    Role,
+    ScopeResult,
+    decode_owner,
+    encode_owner,
+    link_key,
+    owner_key,
+)
+from business.ledger.model import (
+    BAAS_SCALE,
+    AccountFlags,
+    AssetKind,
+    CreateAccount,
+    CreateAsset,
+    CreateTransfer,
+    Event,
+    TransferFlags,
+    account_key,
+    asset_key,
+    decode_transfer,
+    transfer_key,
+)
+from node.consensus.state_machine import Overlay, StateView, Write
+
+__all__ = [
+    "PLATFORM",
+    "WALLET_ACCOUNT_CODE",
+    "Proposer",
+    "Scope",
+    "check_scope",
+    "role_account_code",
+]
+
+PLATFORM = ZERO16  # the proposer id of the platform's own operations (the test-mode faucet)
+WALLET_ACCOUNT_CODE = 1  # the ledger account code (type) of a wallet's account
+_ROLE_CODE_BASE = 0x100  # a role account's code: base + Role
+_POST_OR_VOID = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
+S = ScopeResult
+
+
+def role_account_code(role: Role) -> int:
+    return _ROLE_CODE_BASE + int(role)
+
+
+@dataclass(frozen=True, slots=True)
+class Proposer:
+    """Who proposes an operation, as the gateway authenticated it."""
+
+    partner: bytes  # 16: ids.partner_id, or PLATFORM
+    mode: Mode
+    user_refs: tuple[bytes, ...] = ()  # 32 each: the partner's linked users it may credit
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """An operation in scope: what to run before its events, and the owner writes."""
+
+    prelude: tuple[Event, ...]  # assets and accounts opened on first use, in this order
+    writes: tuple[Write, ...]  # owner records (id/o/, id/w/), applied with the operation
+
+
+def check_scope(
+    view: StateView,
+    proposer: Proposer,
+    record_id: bytes,
+    events: Sequence[Event],
+    now_ms: int,
+    opened: frozenset[int] = frozenset(),
+) -> ScopeResult | Scope:
+    """``Scope`` when ``proposer`` may run ``events``, else the first refusal (no writes).
+
+    ``opened``: what earlier operations of the same entry open whose ledger events have not
+    run yet (account ids, and ``-ledger`` for an asset), so nothing is opened twice.
+    """
+    layer = Overlay(view)
+    code = _check_proposer(layer, proposer)
+    if code is not None:
+        return code
+    wallets: list[bytes] = []
+    for ref in proposer.user_refs:
+        raw = layer.get(link_key(proposer.partner, proposer.mode, ref))
+        if raw is None or proposer.partner == PLATFORM:
+            return S.USER_NOT_LINKED
+        wallets.append(raw[:20])
+    code = _check_creations(layer, proposer, record_id, events)
+    if code is not None:
+        return code
+    opening = _Opening(layer, proposer.mode, opened, now_ms)
+    for e in events:
+        if type(e) is not CreateTransfer:
+            continue
+        if e.flags & _POST_OR_VOID:
+            code = _check_resolution(layer, proposer, e)
+        else:
+            code = _check_side(opening, proposer, e.debit_account_id, e.ledger, (), debit=True)
+            code = code or _check_side(
+                opening, proposer, e.credit_account_id, e.ledger, wallets, debit=False
+            )
+        if code is not None:
+            return code
+    return Scope(opening.prelude(), tuple(layer.writes.items()))
+
+
+def _check_proposer(view: StateView, proposer: Proposer) -> ScopeResult | None:
+    if proposer.partner == PLATFORM:
+        return None
+    raw = view.get(PARTNER_PREFIX + proposer.partner)
+    record = None if raw is None else decode_partner(raw)
+    if record is None or not any(r.mode == proposer.mode for r in record[2]):
+        return S.PARTNER_NOT_FOUND
+    if record[0] != PartnerStatus.ACTIVE:
+        return S.PARTNER_NOT_ACTIVE
+    return None
+
+
+def _own(owner: Owner | None, proposer: Proposer) -> bool:
+    if owner is None or owner.mode != proposer.mode:
+        return False
+    if proposer.partner == PLATFORM:
+        return owner.kind == OwnerKind.PLATFORM
+    return owner.kind == OwnerKind.PARTNER and owner.owner == proposer.partner
+
+
+def _owner(view: StateView, account: int) -> Owner | None:
+    raw = view.get(owner_key(account)) if 0 < account < ID_MAX else None
+    return None if raw is None else decode_owner(raw)
+
+
+def _check_creations(
+    layer: Overlay, proposer: Proposer, record_id: bytes, events: Sequence[Event]
+) -> ScopeResult | None:
+    """Assets and accounts the operation creates; records the owners of new accounts."""
+    point_ledger = _point_ledger(layer, proposer)
+    for e in events:
+        if type(e) is CreateAsset and not _asset_allowed(e, proposer, point_ledger):
+            return S.ASSET_NOT_ALLOWED
+    accounts = [(i, e) for i, e in enumerate(events) if type(e) is CreateAccount]
+    for i, e in accounts:
+        owner = _owner(layer, e.id)
+        derived = e.id == account_id(record_id, i)
+        if not derived and not (_own(owner, proposer) and owner and owner.ledger == e.ledger):
+            return S.ACCOUNT_ID_NOT_DERIVED
+    for _, e in accounts:
+        if e.ledger == 0 or mode_of_ledger(e.ledger) != proposer.mode:
+            return S.LEDGER_NOT_FOUND
+    for _, e in accounts:
+        if layer.get(owner_key(e.id)) is None:
+            platform = proposer.partner == PLATFORM
+            kind = OwnerKind.PLATFORM if platform else OwnerKind.PARTNER
+            who = b"" if platform else proposer.partner
+            layer.writes[owner_key(e.id)] = encode_owner(Owner(kind, proposer.mode, e.ledger, who))
+    return None
+
+
+def _point_ledger(view: StateView, proposer: Proposer) -> int | None:
+    if proposer.partner == PLATFORM:
+        return None
+    raw = view.get(PARTNER_PREFIX + proposer.partner)
+    return None if raw is None else ledger_number(proposer.mode, decode_partner(raw)[1])
+
+
+def _asset_allowed(e: CreateAsset, proposer: Proposer, point_ledger: int | None) -> bool:
+    if e.ledger == 0 or mode_of_ledger(e.ledger) != proposer.mode:
+        return False
+    if proposer.partner == PLATFORM:
+        return e.ledger >> 1 < ASSET_INDEX_PARTNER_MIN
+    return e.ledger == point_ledger and e.kind == AssetKind.POINT
+
+
+def _check_resolution(view: StateView, proposer: Proposer, e: CreateTransfer) -> ScopeResult | None:
+    """A post or void: the pending transfer's accounts must be the proposer's or wallets'."""
+    accounts = [a for a in (e.debit_account_id, e.credit_account_id) if a]
+    raw = view.get(transfer_key(e.pending_id)) if 0 < e.pending_id < ID_MAX else None
+    found = None if raw is None else decode_transfer(e.pending_id, raw)
+    if found is not None and not isinstance(found, str):
+        accounts += [found.debit_account_id, found.credit_account_id]
+    for account in accounts:
+        owner = _owner(view, account)
+        wallet = owner is not None and owner.kind == OwnerKind.WALLET
+        if not _own(owner, proposer) and not (wallet and owner and owner.mode == proposer.mode):
+            return S.ACCOUNT_NOT_FOUND
+    return None
+
+
+def _check_side(
+    opening: _Opening,
+    proposer: Proposer,
+    account: int,
+    ledger: int,
+    wallets: Sequence[bytes],
+    *,
+    debit: bool,
+) -> ScopeResult | None:
+    owner = _owner(opening.view, account)
+    if _own(owner, proposer):
+        assert owner is not None
+        if owner.role:  # a role account from onboarding: opened on first use
+            opening.account(account, owner.ledger, Role(owner.role))
+        return None
+    if owner is not None and owner.kind == OwnerKind.WALLET and owner.mode == proposer.mode:
+        if debit or owner.owner in wallets:
+            opening.account(account, owner.ledger, None)
+            return None
+        return S.ACCOUNT_NOT_FOUND
+    if owner is None and ledger and mode_of_ledger(ledger) == proposer.mode:
+        for wallet in wallets:  # a linked wallet's account on a ledger it never used
+            mode = proposer.mode
+            if account == wallet_account_id(wallet_id(wallet, mode), mode, ledger):
+                _, writes = open_wallet_account(opening.view, mode, wallet, ledger, opening.now_ms)
+                opening.view.writes.update(writes)
+                opening.account(account, ledger, None)
+                return None
+    return S.ACCOUNT_NOT_FOUND
+
+
+class _Opening:
+    """The assets and accounts one operation opens on first use (mutable inside one check)."""
+
+    def __init__(self, view: Overlay, mode: Mode, opened: frozenset[int], now_ms: int) -> None:
+        self.view = view
+        self.now_ms = now_ms
+        self._baas = ledger_number(mode, ASSET_INDEX_BAAS)
+        self._opened = opened
+        self._assets: list[Event] = []
+        self._accounts: dict[int, Event] = {}
+
+    def account(self, account: int, ledger: int, role: Role | None) -> None:
+        if account in self._accounts or account in self._opened:
+            return
+        if self.view.get(account_key(account)) is not None:
+            return
+        if role is None:
+            code, flags = WALLET_ACCOUNT_CODE, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+        else:  # the issuance account mints (goes negative); every other role holds value
+            code = role_account_code(role)
+            flags = AccountFlags(0) if role == Role.ISSUANCE else (
+                AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+            )
+        self._accounts[account] = CreateAccount(account, ledger, code, flags=flags)
+        if ledger == self._baas and not self._assets and self._baas_missing():
+            self._assets.append(CreateAsset(self._baas, AssetKind.BAAS, BAAS_SCALE))
+
+    def _baas_missing(self) -> bool:
+        return -self._baas not in self._opened and self.view.get(asset_key(self._baas)) is None
+
+    def prelude(self) -> tuple[Event, ...]:
+        return (*self._assets, *self._accounts.values())
