@@ -29,10 +29,11 @@ each transfer in event order):
   account of this partner, or a platform account for the platform), or a wallet account of
   the mode: any wallet's for the *debit* side (the approval check then requires that wallet's
   approval), only a wallet named through a linked user reference for the *credit* side (a
-  partner may credit a linked wallet, nothing else). Anything else -- another partner's
-  account, the other mode's, an unknown id, an unlinked wallet -- is ``account_not_found``:
-  the answer is the same whether the account exists or not, so one partner learns nothing
-  about another's ids;
+  partner may credit a linked wallet, nothing else); the platform may also credit any
+  partner's account of the mode (the test-mode faucet, later on-chain deposits). Anything
+  else -- another partner's account, the other mode's, an unknown id, an unlinked wallet --
+  is ``account_not_found``: the answer is the same whether the account exists or not, so
+  one partner learns nothing about another's ids;
 * a post or void: the accounts of the pending transfer it resolves (or the ones it names)
   must be the proposer's own or wallets of the mode; no link, no approval (the pending
   transfer was approved when it was created; posting captures at most that).
@@ -42,7 +43,8 @@ operation touches it (:func:`~business.identity.core.open_wallet_account` writes
 the ledger's ``CreateAccount`` with ``debits_must_not_exceed_credits`` runs first in the same
 operation), and so is a partner's role account (its owner was written at onboarding by
 ``partner.put``) and the mode's BAAS asset (``CreateAsset`` kind BAAS, scale 18) when an
-opened account is on it. A partner's point asset is never opened for it (its scale is the
+opened or created account is on it: nobody sends that asset's creation (one that does gets
+``exists``). A partner's point asset is never opened for it (its scale is the
 partner's choice): it sends that ``CreateAsset`` itself, before using point role accounts.
 """
 
@@ -157,6 +159,9 @@ def check_scope(
         return code
     opening = _Opening(layer, proposer.mode, opened, now_ms)
     for e in events:
+        if type(e) is CreateAccount:
+            opening.ledger(e.ledger)
+    for e in events:
         if type(e) is not CreateTransfer:
             continue
         if e.flags & _POST_OR_VOID:
@@ -262,7 +267,8 @@ def _check_side(
     debit: bool,
 ) -> ScopeResult | None:
     owner = _owner(opening.view, account)
-    if _own(owner, proposer):
+    funds = proposer.partner == PLATFORM and not debit and owner and owner.kind == OwnerKind.PARTNER
+    if _own(owner, proposer) or (funds and owner and owner.mode == proposer.mode):
         assert owner is not None
         if owner.role:  # a role account from onboarding: opened on first use
             opening.account(account, owner.ledger, Role(owner.role))
@@ -303,10 +309,16 @@ class _Opening:
             code, flags = WALLET_ACCOUNT_CODE, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
         else:  # the issuance account mints (goes negative); every other role holds value
             code = role_account_code(role)
-            flags = AccountFlags(0) if role == Role.ISSUANCE else (
-                AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+            flags = (
+                AccountFlags(0)
+                if role == Role.ISSUANCE
+                else (AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
             )
         self._accounts[account] = CreateAccount(account, ledger, code, flags=flags)
+        self.ledger(ledger)
+
+    def ledger(self, ledger: int) -> None:
+        """An account on ``ledger`` will be created: open the mode's BAAS asset if missing."""
         if ledger == self._baas and not self._assets and self._baas_missing():
             self._assets.append(CreateAsset(self._baas, AssetKind.BAAS, BAAS_SCALE))
 
