@@ -14,6 +14,9 @@ balance is exactly what its approved operations moved.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,7 @@ from business.ledger import (
     PendingStatus,
     TransferFlags,
     encode_events,
+    state_digest,
 )
 from business.ledger.outcome import OperationOutcome
 from business.ledger.views import all_totals, get_account, get_pending_status, get_transfer
@@ -83,7 +87,7 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
-from node.merkle.log import MerkleLog
+from node.merkle.log import MerkleLog, MerkleReader
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger_ops_v7.json"
 ALICE, BOB = user("alice"), user("bob")
@@ -501,3 +505,100 @@ def test_forged_approvals_never_move_value_nor_half_apply(plan: list[Any]) -> No
 REFUSALS = frozenset({"approval_missing", "approval_signer_mismatch", "approval_expired",
                       "approvals_malformed", "approval_unused", "account_not_found",
                       "approval_signature_invalid"})  # fmt: skip
+
+
+# --- the checked log fixture (feature 7) -------------------------------------------------------
+
+
+def v7_node() -> tuple[Node, list[LogPosition]]:
+    """A checked log: the world, then refused, approved, coded, cross-partner and pending
+    operations, and a tick that expires the pending one."""
+    node = world()
+    debit = [pay(200, *PAID)]
+    code = b"f" * 16
+    issue = code_entry(ALICE, code_hash(code), ledger=BAAS, amount_limit=500)
+    node.apply(AppEntry("code.issue", issue.to_body()))
+    hold = [pay(204, ALICE_BAAS, RESERVE, 100, flags=TransferFlags.PENDING, timeout=1)]
+    node.ops(
+        shop_op(200, debit),  # approval_missing
+        shop_op(
+            201,
+            [pay(201, *PAID)],
+            approvals=encode_approvals([approve(ALICE, 201, [pay(201, *PAID)])]),
+        ),
+        shop_op(202, [pay(202, *PAID)], approvals=encode_approvals([CodeApproval(code)])),
+        shop_op(203, [pay(203, OTHER_RESERVE, RESERVE, 1)]),  # account_not_found
+        shop_op(204, hold, approvals=encode_approvals([approve(ALICE, 204, hold)])),
+        shop_op(205, [pay(205, RESERVE, FEES, 3)], partner=None, mode=None),  # proposer_missing
+    )
+    node.apply(AppEntry(LEDGER_TICK, {}), now_ms=T0_MS + 10_000)
+    node.ops(shop_op(200, debit, approvals=encode_approvals([approve(ALICE, 200, debit)])))
+    positions = [LogPosition(i, 2, T0_MS + i) for i in range(1, node.index + 1)]
+    positions[-2] = LogPosition(node.index - 1, 2, T0_MS + 10_000)
+    return node, positions
+
+
+def v7_replay(payloads: list[bytes], positions: list[LogPosition]) -> dict[str, Any]:
+    node = Node()
+    outcomes = []
+    for position, payload in zip(positions, payloads, strict=True):
+        (a,), writes = node.dispatcher.apply_batch([(position, payload)], node.view)
+        node.view.apply(writes)
+        per_op = [
+            [
+                r.code,
+                [e.result for e in r.detail["outcome"].events] if "outcome" in r.detail else [],
+            ]
+            for r in a.outcome.detail.get("results", ())
+        ]
+        outcomes.append([a.type, a.outcome.code, per_op])
+    return {
+        "positions": [[p.index, p.term, p.leader_time_ms] for p in positions],
+        "entries_hex": [p.hex() for p in payloads],
+        "outcomes": outcomes,
+        "state_sha256": hashlib.sha256(
+            b"".join(len(k).to_bytes(4, "big") + k + v for k, v in sorted(node.view.data.items()))
+        ).hexdigest(),
+        "ledger_digest_hex": state_digest(node.view.data.items()).hex(),
+        "merkle_root_hex": MerkleReader(node.view).root().hex(),
+    }
+
+
+def test_the_v7_checked_log_fixture_replays_to_the_same_state() -> None:
+    fixture: dict[str, Any] = json.loads(FIXTURE.read_text())
+    node, positions = v7_node()
+    assert [p.hex() for p in node.payloads] == fixture["entries_hex"]  # the encoding
+    assert [[p.index, p.term, p.leader_time_ms] for p in positions] == fixture["positions"]
+    stored = [LogPosition(*p) for p in fixture["positions"]]
+    now = v7_replay([bytes.fromhex(h) for h in fixture["entries_hex"]], stored)
+    for field in ("outcomes", "state_sha256", "ledger_digest_hex", "merkle_root_hex"):
+        assert now[field] == fixture[field], field
+    # The verdicts themselves, so a regenerated fixture cannot quietly bless a changed rule.
+    assert fixture["outcomes"][-3][2] == [
+        ["created", ["approval_missing"]],
+        ["created", ["ok"]],
+        ["created", ["ok"]],
+        ["created", ["account_not_found"]],
+        ["created", ["ok"]],
+        ["created", ["proposer_missing"]],
+    ]
+    assert fixture["outcomes"][-1][2] == [["existing", ["approval_missing"]]]
+
+
+if __name__ == "__main__":  # writes the fixture once; never regenerate it to make a test pass
+    if sys.argv[1:] != ["--write-fixture"]:
+        raise SystemExit("usage: python tests/test_ledger_approvals.py --write-fixture")
+    built, at_positions = v7_node()
+    FIXTURE.write_text(
+        json.dumps(
+            {
+                "comment": "v7 log: ledger.ops checked for scope and users' approvals "
+                "(feature version 7), replayed with their outcomes, the state's digest, the "
+                "ledger digest and the Merkle root. Never edit: a change here means old logs "
+                "replay differently.",
+                **v7_replay(built.payloads, at_positions),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
