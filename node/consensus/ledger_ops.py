@@ -150,6 +150,7 @@ __all__ = [
     "LedgerOps",
     "Operation",
     "chain_open",
+    "check_proposer",
     "operation_events",
     "outcome_reader",
     "stored_outcome",
@@ -189,21 +190,7 @@ class Operation:
             raise InvalidRequest(f"an operation's events are 1..{OPERATION_EVENT_BYTES_MAX} B")
         if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
             raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
-        if (self.partner is None) != (self.mode is None):
-            raise InvalidRequest("an operation's partner and mode come together")
-        if self.partner is not None and len(self.partner) != PARTNER_ID_BYTES:
-            raise InvalidRequest(f"an operation's partner is {PARTNER_ID_BYTES} bytes")
-        if self.mode is not None and self.mode not in Mode._value2member_map_:
-            raise InvalidRequest("an operation's mode is 0 (test) or 1 (live)")
-        if self.user_refs and (
-            self.partner is None
-            or len(self.user_refs) > OPERATION_USER_REFS_MAX
-            or any(len(r) != USER_REF_BYTES for r in self.user_refs)
-        ):
-            raise InvalidRequest(
-                f"an operation names 1..{OPERATION_USER_REFS_MAX} user references of "
-                f"{USER_REF_BYTES} bytes, and its partner"
-            )
+        check_proposer(self.partner, self.mode, self.user_refs)
 
     @property
     def record_id(self) -> bytes:
@@ -262,6 +249,26 @@ class Operation:
         if not 0 < len(operations) <= OPS_ENTRY_OPERATIONS_MAX:
             raise InvalidRequest(f"an operations entry holds 1..{OPS_ENTRY_OPERATIONS_MAX}")
         return AppEntry(LEDGER_OPS, {"ops": [op.to_body() for op in operations]})
+
+
+def check_proposer(partner: bytes | None, mode: int | None, user_refs: Sequence[bytes]) -> None:
+    """The proposer fields' shape (:class:`InvalidRequest` otherwise): ``partner`` and
+    ``mode`` together, user references only with them."""
+    if (partner is None) != (mode is None):
+        raise InvalidRequest("an operation's partner and mode come together")
+    if partner is not None and (type(partner) is not bytes or len(partner) != PARTNER_ID_BYTES):
+        raise InvalidRequest(f"an operation's partner is {PARTNER_ID_BYTES} bytes")
+    if mode is not None and mode not in Mode._value2member_map_:
+        raise InvalidRequest("an operation's mode is 0 (test) or 1 (live)")
+    if user_refs and (
+        partner is None
+        or len(user_refs) > OPERATION_USER_REFS_MAX
+        or any(type(r) is not bytes or len(r) != USER_REF_BYTES for r in user_refs)
+    ):
+        raise InvalidRequest(
+            f"an operation names 1..{OPERATION_USER_REFS_MAX} user references of "
+            f"{USER_REF_BYTES} bytes, and its partner"
+        )
 
 
 def operation_events(events: bytes | None) -> list[Event]:
@@ -457,8 +464,6 @@ class LedgerOps:
                 mine = results[at + len(p.prelude) : at + p.size]
                 at += p.size
                 # Its own events first (aligned with the request), then what was opened for it.
-                outcomes[p.slot] = outcome_of(
-                    [*p.events, *p.prelude], [*mine, *opened], now_ms
-                )
+                outcomes[p.slot] = outcome_of([*p.events, *p.prelude], [*mine, *opened], now_ms)
             start = end
         return outcomes
