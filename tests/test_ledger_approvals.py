@@ -87,7 +87,9 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
+from node.ledger_metrics import MeasuredLedgerOps
 from node.merkle.log import MerkleLog, MerkleReader
+from node.metrics import Metrics
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger_ops_v7.json"
 ALICE, BOB = user("alice"), user("bob")
@@ -602,3 +604,16 @@ if __name__ == "__main__":  # writes the fixture once; never regenerate it to ma
         )
         + "\n"
     )
+
+
+def test_refused_operations_are_counted_as_refused() -> None:
+    metrics = Metrics("t")
+    measured = MeasuredLedgerOps(LedgerOps(IDENTITY), metrics)
+    node = world()
+    node.dispatcher = Dispatcher(
+        [RecordIndex(), measured, IdentityMachine(IDENTITY)],
+        feature_version_max=7,
+        followers=[MerkleLog()],
+    )
+    node.ops(shop_op(300, [pay(300, *PAID)]), shop_op(301, [pay(301, RESERVE, FEES, 1)]))
+    assert dict(measured.operations) == {"refused": 1, "succeeded": 1}
