@@ -617,3 +617,32 @@ def test_refused_operations_are_counted_as_refused() -> None:
     )
     node.ops(shop_op(300, [pay(300, *PAID)]), shop_op(301, [pay(301, RESERVE, FEES, 1)]))
     assert dict(measured.operations) == {"refused": 1, "succeeded": 1}
+
+
+def test_only_a_ledgers_issuer_may_hold_an_account_that_goes_negative() -> None:
+    """An account without debits_must_not_exceed_credits creates value on its ledger: a
+    partner could mint BAAS (or another partner's points) into its own accounts with it."""
+    node = world()
+    flagged = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+    source, sink = account_id(rid(80), 0), account_id(rid(80), 1)
+    mint = [CreateAccount(source, BAAS, 3), CreateAccount(sink, BAAS, 3, flags=flagged)]
+    assert node.run(shop_op(80, mint)) == ["account_would_mint"] * 2
+    holder = CreateAccount(account_id(rid(81), 0), BAAS, 3, flags=flagged)
+    assert node.run(shop_op(81, [holder])) == ["ok"]
+    assert node.run(shop_op(82, [CreateAccount(account_id(rid(82), 0), POINTS + 2, 3)])) == [
+        "account_would_mint"  # the next partner's point ledger
+    ]
+    live_faucet = CreateAccount(account_id(rid(83), 0), BAAS_LIVE, 9)
+    assert node.run(shop_op(83, [live_faucet], partner=PLATFORM, mode=Mode.LIVE)) == [
+        "account_would_mint"  # live BAAS only ever comes from on-chain deposits
+    ]
+    # A role account opened on first use goes negative only if it issues points.
+    node.run(shop_op(84, [CreateAsset(POINTS, AssetKind.POINT, 2)]))
+    issuance = shop_account("issuance", POINTS)
+    breakage = shop_account("breakage", POINTS)
+    issue = [pay(85, issuance, breakage, 5, ledger=POINTS)]
+    assert node.run(shop_op(85, issue)) == ["ok", "ok", "ok"]
+    for account, flags in ((issuance, 0), (breakage, flagged), (RESERVE, flagged)):
+        found = get_account(node.view, account)
+        assert found is not None and found.flags == flags, account
+    assert node.balanced()

@@ -199,6 +199,7 @@ class ScopeResult(str, enum.Enum):
     ASSET_NOT_ALLOWED = "asset_not_allowed"  # CreateAsset on a ledger not the proposer's
     ACCOUNT_ID_NOT_DERIVED = "account_id_not_derived"  # CreateAccount with a chosen id
     LEDGER_NOT_FOUND = "ledger_not_found"  # a ledger of the other mode
+    ACCOUNT_WOULD_MINT = "account_would_mint"  # may go negative on a ledger not the proposer's
     ACCOUNT_NOT_FOUND = "account_not_found"  # not the proposer's, nor a wallet it may touch
 
 

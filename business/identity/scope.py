@@ -23,8 +23,11 @@ each transfer in event order):
 * ``CreateAccount``: the id must be derived, ``ids.account_id(record id, event index)`` -- so
   it can never be a wallet's or another partner's account (that would need a SHA-256
   collision) -- or be one of the proposer's own role accounts (``account_id_not_derived``);
-  on a ledger of the mode (``ledger_not_found``). The account is recorded as the proposer's
-  (``id/o/<account>``);
+  on a ledger of the mode (``ledger_not_found``). An account that may go negative (without
+  ``debits_must_not_exceed_credits``) creates value on its ledger, so only the ledger's
+  issuer may have one (``account_would_mint``): a partner on its own point ledger, the
+  platform on its ledgers except live BAAS (live BAAS comes only from on-chain deposits;
+  test BAAS from the faucet). The account is recorded as the proposer's (``id/o/<account>``);
 * a transfer (not a post or void): each account is the proposer's own in the mode (a partner
   account of this partner, or a platform account for the platform), or a wallet account of
   the mode: any wallet's for the *debit* side (the approval check then requires that wallet's
@@ -219,6 +222,11 @@ def _check_creations(
         if e.ledger == 0 or mode_of_ledger(e.ledger) != proposer.mode:
             return S.LEDGER_NOT_FOUND
     for _, e in accounts:
+        if not e.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and not _issuer_of(
+            e.ledger, proposer, point_ledger
+        ):
+            return S.ACCOUNT_WOULD_MINT
+    for _, e in accounts:
         if layer.get(owner_key(e.id)) is None:
             platform = proposer.partner == PLATFORM
             kind = OwnerKind.PLATFORM if platform else OwnerKind.PARTNER
@@ -232,6 +240,13 @@ def _point_ledger(view: StateView, proposer: Proposer) -> int | None:
         return None
     raw = view.get(PARTNER_PREFIX + proposer.partner)
     return None if raw is None else ledger_number(proposer.mode, decode_partner(raw)[1])
+
+
+def _issuer_of(ledger: int, proposer: Proposer, point_ledger: int | None) -> bool:
+    """Whether ``proposer`` may hold an account on ``ledger`` that goes negative (mints)."""
+    if proposer.partner == PLATFORM:
+        return ledger != ledger_number(Mode.LIVE, ASSET_INDEX_BAAS)
+    return ledger == point_ledger
 
 
 def _asset_allowed(e: CreateAsset, proposer: Proposer, point_ledger: int | None) -> bool:
@@ -307,13 +322,10 @@ class _Opening:
             return
         if role is None:
             code, flags = WALLET_ACCOUNT_CODE, AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-        else:  # the issuance account mints (goes negative); every other role holds value
+        else:  # the issuance account of points mints (goes negative); every other holds value
             code = role_account_code(role)
-            flags = (
-                AccountFlags(0)
-                if role == Role.ISSUANCE
-                else (AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
-            )
+            mints = role == Role.ISSUANCE and ledger != self._baas
+            flags = AccountFlags(0) if mints else AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
         self._accounts[account] = CreateAccount(account, ledger, code, flags=flags)
         self.ledger(ledger)
 
