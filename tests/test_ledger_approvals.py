@@ -646,3 +646,36 @@ def test_only_a_ledgers_issuer_may_hold_an_account_that_goes_negative() -> None:
         found = get_account(node.view, account)
         assert found is not None and found.flags == flags, account
     assert node.balanced()
+
+
+def test_the_checks_do_not_depend_on_how_operations_are_split_into_entries() -> None:
+    """Every operation of an entry is checked before any event runs: what earlier ones create
+    (an account opened on first use, a pending transfer) is seen all the same."""
+    carol = user("carol")
+    carol_ref = user_ref(SHOP, T, "user-2")
+    hold = [pay(91, ALICE_BAAS, RESERVE, 100, flags=TransferFlags.PENDING, timeout=60)]
+
+    def resolve(n: int, flags: int, amount: int) -> CreateTransfer:
+        return CreateTransfer(transfer_id(rid(n), 0), 0, 0, amount, 0, 0, flags=flags,
+                              pending_id=hold[0].id)  # fmt: skip
+
+    operations = [
+        shop_op(90, [pay(90, RESERVE, wallet_account(carol), 5)], refs=(carol_ref,)),
+        shop_op(91, hold, approvals=encode_approvals([approve(ALICE, 91, hold)])),
+        shop_op(92, [pay(92, RESERVE, wallet_account(carol), 7)], refs=(carol_ref,)),
+        shop_op(93, [resolve(93, TransferFlags.VOID_PENDING_TRANSFER, 0)], partner=OTHER_SHOP),
+        shop_op(94, [resolve(94, TransferFlags.POST_PENDING_TRANSFER, 60)]),
+    ]
+    runs = []
+    for split in (False, True):
+        node = world()
+        link = link_entry(carol, ref="user-2", nonce=b"\x09" * 32)
+        assert node.apply(AppEntry("wallet.link", link.to_body())).outcome.code == "ok"
+        one_each = [r for o in operations for r in node.ops(o)] if split else None
+        results = one_each or node.ops(*operations)
+        codes = [[e.result for e in r.detail["outcome"].events] for r in results]
+        balances = [node.balance(a) for a in (wallet_account(carol), ALICE_BAAS, RESERVE)]
+        runs.append((codes, balances))
+    assert runs[0] == runs[1]
+    assert runs[0][0] == [["ok", "ok"], ["ok"], ["ok"], ["account_not_found"], ["ok"]]
+    assert runs[0][1] == [12, 940, 10**6 - 1000 - 12 + 60]

@@ -54,7 +54,7 @@ partner's choice): it sends that ``CreateAsset`` itself, before using point role
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from business.identity.core import decode_partner, open_wallet_account
 from business.identity.ids import (
@@ -102,6 +102,7 @@ __all__ = [
     "WALLET_ACCOUNT_CODE",
     "Proposer",
     "Scope",
+    "Unapplied",
     "check_scope",
     "role_account_code",
 ]
@@ -134,19 +135,42 @@ class Scope:
     writes: tuple[Write, ...]  # owner records (id/o/, id/w/), applied with the operation
 
 
+@dataclass(slots=True)
+class Unapplied:
+    """What earlier operations of the same entry create whose ledger events have not run yet
+    (the apply checks every operation of an entry first, then runs their events): seen here so
+    that a check never depends on how operations were split into entries. Mutable, and only
+    inside one apply."""
+
+    accounts: set[int] = field(default_factory=set)
+    assets: set[int] = field(default_factory=set)  # ledger numbers
+    pending: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> debit, credit
+
+    def add(self, events: Sequence[Event]) -> None:
+        """Record an admitted operation's events (its opened accounts included)."""
+        for e in events:
+            if type(e) is CreateAccount:
+                self.accounts.add(e.id)
+            elif type(e) is CreateAsset:
+                self.assets.add(e.ledger)
+            elif type(e) is CreateTransfer and e.flags & TransferFlags.PENDING:
+                self.pending[e.id] = (e.debit_account_id, e.credit_account_id)
+
+
 def check_scope(
     view: StateView,
     proposer: Proposer,
     record_id: bytes,
     events: Sequence[Event],
     now_ms: int,
-    opened: frozenset[int] = frozenset(),
+    earlier: Unapplied | None = None,
 ) -> ScopeResult | Scope:
     """``Scope`` when ``proposer`` may run ``events``, else the first refusal (no writes).
 
-    ``opened``: what earlier operations of the same entry open whose ledger events have not
-    run yet (account ids, and ``-ledger`` for an asset), so nothing is opened twice.
+    ``earlier``: what earlier operations of the same entry create (not run yet), so nothing is
+    opened twice and a post or void sees a pending transfer created just before it.
     """
+    earlier = earlier or Unapplied()
     layer = Overlay(view)
     code = _check_proposer(layer, proposer)
     if code is not None:
@@ -160,7 +184,7 @@ def check_scope(
     code = _check_creations(layer, proposer, record_id, events)
     if code is not None:
         return code
-    opening = _Opening(layer, proposer.mode, opened, now_ms)
+    opening = _Opening(layer, proposer.mode, earlier, now_ms)
     for e in events:
         if type(e) is CreateAccount:
             opening.ledger(e.ledger)
@@ -168,7 +192,7 @@ def check_scope(
         if type(e) is not CreateTransfer:
             continue
         if e.flags & _POST_OR_VOID:
-            code = _check_resolution(layer, proposer, e)
+            code = _check_resolution(layer, proposer, e, earlier)
         else:
             code = _check_side(opening, proposer, e.debit_account_id, e.ledger, (), debit=True)
             code = code or _check_side(
@@ -257,13 +281,16 @@ def _asset_allowed(e: CreateAsset, proposer: Proposer, point_ledger: int | None)
     return e.ledger == point_ledger and e.kind == AssetKind.POINT
 
 
-def _check_resolution(view: StateView, proposer: Proposer, e: CreateTransfer) -> ScopeResult | None:
+def _check_resolution(
+    view: StateView, proposer: Proposer, e: CreateTransfer, earlier: Unapplied
+) -> ScopeResult | None:
     """A post or void: the pending transfer's accounts must be the proposer's or wallets'."""
     accounts = [a for a in (e.debit_account_id, e.credit_account_id) if a]
     raw = view.get(transfer_key(e.pending_id)) if 0 < e.pending_id < ID_MAX else None
     found = None if raw is None else decode_transfer(e.pending_id, raw)
     if found is not None and not isinstance(found, str):
         accounts += [found.debit_account_id, found.credit_account_id]
+    accounts += earlier.pending.get(e.pending_id, ())
     for account in accounts:
         owner = _owner(view, account)
         wallet = owner is not None and owner.kind == OwnerKind.WALLET
@@ -307,16 +334,16 @@ def _check_side(
 class _Opening:
     """The assets and accounts one operation opens on first use (mutable inside one check)."""
 
-    def __init__(self, view: Overlay, mode: Mode, opened: frozenset[int], now_ms: int) -> None:
+    def __init__(self, view: Overlay, mode: Mode, earlier: Unapplied, now_ms: int) -> None:
         self.view = view
         self.now_ms = now_ms
         self._baas = ledger_number(mode, ASSET_INDEX_BAAS)
-        self._opened = opened
+        self._earlier = earlier
         self._assets: list[Event] = []
         self._accounts: dict[int, Event] = {}
 
     def account(self, account: int, ledger: int, role: Role | None) -> None:
-        if account in self._accounts or account in self._opened:
+        if account in self._accounts or account in self._earlier.accounts:
             return
         if self.view.get(account_key(account)) is not None:
             return
@@ -335,7 +362,8 @@ class _Opening:
             self._assets.append(CreateAsset(self._baas, AssetKind.BAAS, BAAS_SCALE))
 
     def _baas_missing(self) -> bool:
-        return -self._baas not in self._opened and self.view.get(asset_key(self._baas)) is None
+        missing = self.view.get(asset_key(self._baas)) is None
+        return missing and self._baas not in self._earlier.assets
 
     def prelude(self) -> tuple[Event, ...]:
         return (*self._assets, *self._accounts.values())

@@ -105,7 +105,7 @@ from business.identity.model import (
     IdentityConfig,
     ScopeResult,
 )
-from business.identity.scope import Proposer, Scope, check_scope
+from business.identity.scope import Proposer, Scope, Unapplied, check_scope
 from business.ledger.core import Ledger
 from business.ledger.model import (
     AccountFlags,
@@ -351,7 +351,7 @@ class LedgerOps:
             return ApplyOutcome("malformed", {"reason": reason})
         layer = Overlay(view)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
-        opened: set[int] = set()  # what earlier operations of this entry open on first use
+        earlier = Unapplied()  # what admitted operations of this entry create, not run yet
         refused: dict[int, OperationOutcome] = {}
         results: list[BatchOutcome] = []
         created: list[tuple[int, Operation]] = []
@@ -374,7 +374,7 @@ class LedgerOps:
             results.append(BatchOutcome(put.code, put.detail))
             if put.code == "created":
                 created.append((slot, op))
-                admitted = self._admit(op, events, position, layer, opened) if checked else None
+                admitted = self._admit(op, events, position, layer, earlier) if checked else None
                 if isinstance(admitted, OperationOutcome):
                     refused[slot] = admitted
                     layer.writes[outcome_key(op.record_id)] = admitted.encode()
@@ -411,7 +411,7 @@ class LedgerOps:
         events: list[Event],
         position: LogPosition,
         layer: Overlay,
-        opened: set[int],
+        earlier: Unapplied,
     ) -> OperationOutcome | tuple[Event, ...] | None:
         """A created operation's checks (feature 7): its refused outcome, or what to open for
         it first (its scope and approval writes then go into ``layer``)."""
@@ -422,7 +422,7 @@ class LedgerOps:
             return refused_outcome(events, ScopeResult.PROPOSER_MISSING.value, now_ms)
         mode = Mode(op.mode)
         proposer = Proposer(op.partner, mode, op.user_refs)
-        scope = check_scope(layer, proposer, op.record_id, events, now_ms, frozenset(opened))
+        scope = check_scope(layer, proposer, op.record_id, events, now_ms, earlier)
         if not isinstance(scope, Scope):
             return refused_outcome(events, scope.value, now_ms)
         checks = Overlay(layer)
@@ -438,8 +438,7 @@ class LedgerOps:
             return refused_outcome(events, code.value, now_ms)
         layer.writes.update(scope.writes)
         layer.writes.update(writes)
-        for e in scope.prelude:
-            opened.add(e.id if type(e) is CreateAccount else -e.ledger)
+        earlier.add([*scope.prelude, *events])
         return scope.prelude
 
     def _run_ledger(
