@@ -53,6 +53,7 @@ partner's choice): it sends that ``CreateAsset`` itself, before using point role
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -172,16 +173,16 @@ def check_scope(
     """
     earlier = earlier or Unapplied()
     layer = Overlay(view)
-    code = _check_proposer(layer, proposer)
-    if code is not None:
-        return code
+    point_ledger = _check_proposer(layer, proposer)
+    if isinstance(point_ledger, ScopeResult):
+        return point_ledger
     wallets: list[bytes] = []
     for ref in proposer.user_refs:
         raw = layer.get(link_key(proposer.partner, proposer.mode, ref))
         if raw is None or proposer.partner == PLATFORM:
             return S.USER_NOT_LINKED
         wallets.append(raw[:20])
-    code = _check_creations(layer, proposer, record_id, events)
+    code = _check_creations(layer, proposer, record_id, events, point_ledger)
     if code is not None:
         return code
     opening = _Opening(layer, proposer.mode, earlier, now_ms)
@@ -203,16 +204,26 @@ def check_scope(
     return Scope(opening.prelude(), tuple(layer.writes.items()))
 
 
-def _check_proposer(view: StateView, proposer: Proposer) -> ScopeResult | None:
+def _check_proposer(view: StateView, proposer: Proposer) -> ScopeResult | int | None:
+    """The refusal, or the proposer's point ledger in the mode (None: the platform)."""
     if proposer.partner == PLATFORM:
         return None
     raw = view.get(PARTNER_PREFIX + proposer.partner)
-    record = None if raw is None else decode_partner(raw)
-    if record is None or not any(r.mode == proposer.mode for r in record[2]):
+    facts = None if raw is None else _partner_facts(raw)
+    if facts is None or proposer.mode not in facts[2]:
         return S.PARTNER_NOT_FOUND
-    if record[0] != PartnerStatus.ACTIVE:
+    if facts[0] != PartnerStatus.ACTIVE:
         return S.PARTNER_NOT_ACTIVE
-    return None
+    return ledger_number(proposer.mode, facts[1])
+
+
+@functools.lru_cache(maxsize=1024)
+def _partner_facts(raw: bytes) -> tuple[PartnerStatus, int, frozenset[Mode]]:
+    """Status, point asset index and modes of a stored partner record. Cached by its bytes
+    (a pure function of them): decoding a record with its roles costs ~40 us, and every
+    operation of a partner reads the same record."""
+    status, asset_index, roles = decode_partner(raw)
+    return status, asset_index, frozenset(r.mode for r in roles)
 
 
 def _own(owner: Owner | None, proposer: Proposer) -> bool:
@@ -225,14 +236,22 @@ def _own(owner: Owner | None, proposer: Proposer) -> bool:
 
 def _owner(view: StateView, account: int) -> Owner | None:
     raw = view.get(owner_key(account)) if 0 < account < ID_MAX else None
-    return None if raw is None else decode_owner(raw)
+    return None if raw is None else _decode_owner(raw)
+
+
+# Owners are frozen values of their bytes, and the same few accounts (a partner's roles) are
+# read by most operations: decoding (two enum lookups) is most of the cost of a read.
+_decode_owner = functools.lru_cache(maxsize=4096)(decode_owner)
 
 
 def _check_creations(
-    layer: Overlay, proposer: Proposer, record_id: bytes, events: Sequence[Event]
+    layer: Overlay,
+    proposer: Proposer,
+    record_id: bytes,
+    events: Sequence[Event],
+    point_ledger: int | None,
 ) -> ScopeResult | None:
     """Assets and accounts the operation creates; records the owners of new accounts."""
-    point_ledger = _point_ledger(layer, proposer)
     for e in events:
         if type(e) is CreateAsset and not _asset_allowed(e, proposer, point_ledger):
             return S.ASSET_NOT_ALLOWED
@@ -257,13 +276,6 @@ def _check_creations(
             who = b"" if platform else proposer.partner
             layer.writes[owner_key(e.id)] = encode_owner(Owner(kind, proposer.mode, e.ledger, who))
     return None
-
-
-def _point_ledger(view: StateView, proposer: Proposer) -> int | None:
-    if proposer.partner == PLATFORM:
-        return None
-    raw = view.get(PARTNER_PREFIX + proposer.partner)
-    return None if raw is None else ledger_number(proposer.mode, decode_partner(raw)[1])
 
 
 def _issuer_of(ledger: int, proposer: Proposer, point_ledger: int | None) -> bool:
