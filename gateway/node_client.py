@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,7 @@ def error_from_problem(status: int, body: dict[str, Any]) -> BaasError:
 
 @dataclass(frozen=True, slots=True)
 class WriteItem:
-    record: dict[str, Any]  # the node wire form: rid, blob, pid, fp[, pc, ev, ap]
+    record: dict[str, Any]  # the node wire form: rid, blob, pid, fp[, pc, ev, ap, pt, md, ur]
     deadline: float  # loop.time() by which the caller stops waiting
     request_id: str
 
@@ -85,12 +86,27 @@ class WriteItem:
         *,
         deadline: float,
         request_id: str,
+        partner: bytes | None = None,
+        mode: int | None = None,
+        user_refs: Sequence[bytes] = (),
     ) -> WriteItem:
         """A record that carries a ledger operation: its events in the wire form
-        (business/ledger/wire.py) and opaque approvals, applied with its index entry."""
+        (business/ledger/wire.py) and the users' approvals, applied with its index entry.
+
+        ``partner`` (16 bytes, business.identity.ids.partner_id of the AUTHENTICATED partner,
+        or 16 zero bytes for the platform's own operations) and ``mode`` (business.identity.
+        ids.Mode) say who proposes it; ``user_refs`` (ids.user_ref of the partner's linked
+        users) name the wallets it may credit. Never take them from the client: from log
+        feature 7 the state machine refuses operations with events but no proposer, and
+        checks every account and approval against them (node/consensus/ledger_ops.py)."""
         extra: dict[str, Any] = {"ev": events}
         if approvals is not None:
             extra["ap"] = approvals
+        if partner is not None:
+            extra["pt"] = partner
+            extra["md"] = mode
+        if user_refs:
+            extra["ur"] = list(user_refs)
         return cls({**record, **extra}, deadline, request_id)
 
 

@@ -52,6 +52,7 @@ from node.consensus.ledger_ops import (
     APPROVALS_BYTES_MAX,
     Operation,
     chain_open,
+    check_proposer,
     operation_events,
 )
 from node.consensus.record_index import IndexEntry, IndexProposal
@@ -138,6 +139,12 @@ class WriteRequest:
     # record's index entry as one unit (node/consensus/ledger_ops.py), and opaque approvals.
     events: bytes | None = None
     approvals: bytes | None = None
+    # Who proposes the operation, as the gateway authenticated it (never the client): the
+    # partner id (16 bytes; 16 zeros for the platform), the mode, and the linked users' refs
+    # it may credit. Checked by the state machine from log feature 7 on.
+    proposer: bytes | None = None
+    mode: int | None = None
+    user_refs: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +361,11 @@ class Coordinator:
             raise InvalidRequest("partner id is empty")
         if request.events is not None or request.approvals is not None:
             self._validate_operation(request)
+        if request.proposer is not None or request.mode is not None or request.user_refs:
+            try:
+                check_proposer(request.proposer, request.mode, request.user_refs)
+            except InvalidRequest as exc:
+                raise InvalidRequest(exc.detail, code="invalid_proposer", param="pt") from exc
 
     def _validate_operation(self, request: WriteRequest) -> None:
         """Refuse a ledger operation the log would refuse, before any shard is stored."""
@@ -526,6 +538,9 @@ class Coordinator:
                 ),
                 request.events,
                 request.approvals,
+                request.proposer,
+                request.mode,
+                request.user_refs,
             )
             for _, request, result in pending
         ]

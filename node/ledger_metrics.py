@@ -4,7 +4,8 @@
 machine (which may not read a clock) and counts, for every entry this node applies:
 
 * ``ledger_operations_total{result}`` -- operations by result: ``succeeded`` / ``failed``
-  (created, every event ``ok``/``exists`` or not), ``plain`` (a record without events),
+  (created, every event ``ok``/``exists`` or not), ``refused`` (created, but refused whole by
+  the scope or approval check of feature 7), ``plain`` (a record without events),
   ``existing`` (a retry answered with its first outcome), or the refusal (``conflict``,
   ``expired``, ``malformed``, ``linked_event_chain_open``);
 * ``ledger_apply_seconds`` -- the apply time of each ``ledger.ops`` / ``ledger.tick`` entry
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import Histogram
 
+from business.identity.model import REFUSAL_CODES
 from business.ledger.model import TOTALS_PREFIX, decode_totals
 from business.ledger.outcome import OperationOutcome
 from node.consensus.ledger_ops import LEDGER_OPS, LedgerOps
@@ -69,6 +71,8 @@ def _result_label(result: BatchOutcome) -> str:
     if result.code == "created":
         if not isinstance(outcome, OperationOutcome):
             return "plain"
+        if outcome.events and outcome.events[0].result in REFUSAL_CODES:
+            return "refused"
         return "succeeded" if outcome.succeeded else "failed"
     return result.code
 

@@ -87,7 +87,10 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         write_buffer_bytes_max=config.raft.db_write_buffer_bytes_max,
         block_cache_bytes_max=config.raft.db_block_cache_bytes_max,
     )
-    ledger_ops = MeasuredLedgerOps(LedgerOps(), metrics)
+    # One identity config for both: the ledger's approval check verifies EIP-712 signatures in
+    # the identity machine's domain (its chain id).
+    identity_config = IdentityConfig()
+    ledger_ops = MeasuredLedgerOps(LedgerOps(identity_config), metrics)
     metrics.add_stats(ledger_stat_families(ledger_ops, raft_storage.state_items))
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
@@ -123,7 +126,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 MembersMachine(),
                 AnchorLog(root_at),
                 ledger_ops,
-                IdentityMachine(IdentityConfig()),
+                IdentityMachine(identity_config),
             ],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],

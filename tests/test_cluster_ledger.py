@@ -23,6 +23,8 @@ import pytest
 from nodeapi import node_get, running_cluster
 from test_cluster_index import wait_leader
 
+from business.identity.ids import Mode, account_id
+from business.identity.scope import PLATFORM
 from business.ledger import (
     AccountFlags,
     AssetKind,
@@ -40,11 +42,13 @@ from tools.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
-PTS = 7
-ISSUER = 1
-USERS = list(range(100, 116))
+PTS = 7  # a platform ledger (asset index 3) in live mode: the parity is the mode
 ISSUED_EACH = 1_000
 WORKERS = 8
+# Every operation is the platform's own (the node's log enables feature 7, which checks who
+# proposes what): its accounts' ids are derived from the setup operation, as the scope check
+# requires (business/identity/scope.py).
+PROPOSER, MODE = PLATFORM, Mode.LIVE
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
 def rid_of(name: str) -> bytes:
     return hashlib.sha256(b"ledger-test/" + name.encode()).digest()
+
+
+ISSUER = account_id(rid_of("setup"), 1)
+USERS = [account_id(rid_of("setup"), 2 + i) for i in range(16)]
 
 
 def record(name: str, events: list[Event]) -> dict[str, Any]:
@@ -89,6 +97,8 @@ class Operator:
                 None,
                 deadline=loop.time() + 10.0,
                 request_id=name,
+                partner=PROPOSER,
+                mode=MODE,
             )
             try:
                 (got,) = await self.client.write_operations([item])

@@ -43,7 +43,7 @@ PURE_MODULES = [
         for p in (ROOT / "business/ledger").glob("*.py")
         if p.name != "leveldb.py"
     ),
-    # The identity core (partners, wallets, links, approvals): pure throughout.
+    # The identity core (partners, wallets, links, approvals, operation scope): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/identity").glob("*.py")),
     # The payment codes (QR payloads, consumer codes, their images): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/payments").rglob("*.py")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_index_gatherer import NODES, FakeLog, StoringTransport, _h, client, pr
 from test_ledger_ops import SETUP, xfer
 
 from business.ledger import TransferFlags, encode_events, state_digest
+from gateway.node_client import WriteItem
 from node.config import ClusterConfig, ClusterMember, NodeLimits, NodeTimeouts
 from node.consensus.ledger_ops import LEDGER_OPS
 from node.consensus.state_machine import FEATURE_KEY
@@ -155,3 +157,40 @@ async def test_a_leader_without_feature_6_refuses_forwarded_operations_and_keeps
         assert only["code"] == "ledger_not_enabled" and len(log.proposed) == 1
     finally:
         await index.stop()
+
+
+async def test_the_proposer_reaches_the_operation_body_and_a_bad_one_is_a_4xx(
+    harness: Harness,
+) -> None:
+    """The gateway's pt/md/ur go into the ledger.ops body unchanged (the state machine checks
+    them from feature 7); a malformed proposer is refused before anything is stored."""
+    request = replace(
+        operation(1, encode_events(SETUP)), proposer=b"p" * 16, mode=1, user_refs=(b"u" * 32,)
+    )
+    ok((await harness.coordinator.write_records([request]))[0])
+    (entry,) = [e for entries in harness.log.proposed for e in entries]
+    (body,) = entry.body["ops"]
+    assert (body["pt"], body["md"], body["ur"]) == (b"p" * 16, 1, [b"u" * 32])
+    puts = harness.transport.puts
+    for bad in (
+        {"proposer": b"p" * 15, "mode": 0},
+        {"proposer": b"p" * 16, "mode": None},
+        {"proposer": b"p" * 16, "mode": 2},
+        {"user_refs": (b"u" * 32,)},  # references without their partner
+    ):
+        with pytest.raises(InvalidRequest) as refused:
+            await harness.coordinator.write_records([replace(operation(2, None), **bad)])
+        assert refused.value.code == "invalid_proposer" and refused.value.http_status == 400
+    assert harness.transport.puts == puts  # nothing of the refused ones was stored
+
+
+def test_the_gateways_write_item_carries_the_proposer_in_the_node_wire_form() -> None:
+    base = {"rid": b"r" * 32, "blob": b"b", "pid": "demo-shop", "fp": b"f" * 32}
+    item = WriteItem.operation(
+        base, b"ev", b"ap", deadline=1.0, request_id="q", partner=b"p" * 16, mode=0,
+        user_refs=[b"u" * 32],
+    )  # fmt: skip
+    assert item.record == {**base, "ev": b"ev", "ap": b"ap", "pt": b"p" * 16, "md": 0,
+                           "ur": [b"u" * 32]}  # fmt: skip
+    plain = WriteItem.operation(base, b"ev", None, deadline=1.0, request_id="q")
+    assert plain.record == {**base, "ev": b"ev"}  # no proposer: refused at feature 7

@@ -7,6 +7,8 @@ what it protects against. Public surface:
   user references, ledger numbers per mode);
 * :class:`IdentityMachine` -- the state machine (``partner.put``, ``wallet.link``,
   ``wallet.unlink``, ``code.issue``) and :func:`open_wallet_account`;
+* :func:`check_scope` -- which accounts and assets an operation's proposer may touch, and what
+  to open for it on first use (:mod:`business.identity.scope`);
 * :func:`check_debits` -- the approval check the ledger-ops apply runs before an operation;
 * :mod:`business.identity.eip712` -- the messages users sign;
 * reads and the audit trail (:mod:`business.identity.views`).
@@ -47,13 +49,16 @@ from business.identity.model import (
     PartnerStatus,
     Role,
     RoleAccount,
+    ScopeResult,
     UnlinkEntry,
 )
+from business.identity.scope import PLATFORM, Proposer, Scope, check_scope
 from business.identity.views import AuditEntry, get_owner, get_partner, linked_wallet, list_audit
 
 __all__ = [
     "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
+    "PLATFORM",
     "Actor",
     "ActorKind",
     "ApprovalResult",
@@ -77,12 +82,16 @@ __all__ = [
     "PartnerPut",
     "PartnerResult",
     "PartnerStatus",
+    "Proposer",
     "Role",
     "RoleAccount",
     "RuleClaim",
+    "Scope",
+    "ScopeResult",
     "SignedApproval",
     "UnlinkEntry",
     "check_debits",
+    "check_scope",
     "debits_of",
     "encode_approvals",
     "get_owner",

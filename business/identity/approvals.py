@@ -1,7 +1,8 @@
 """Debit approvals: no operation debits a user's wallet without that user's approval.
 
-The ledger-ops apply (next step of issue 11) calls :func:`check_debits` for each operation,
-after its idempotency lookup and before it runs the operation's ledger events, and runs them
+The ledger-ops apply (node/consensus/ledger_ops.py, log feature 7) calls :func:`check_debits`
+for each created operation with events, after its idempotency lookup and the scope check
+(:mod:`business.identity.scope`) and before it runs the operation's ledger events, and runs them
 only on ``ok`` -- with the returned writes (a consumed one-time code) in the same atomic unit:
 a refused operation consumes nothing. Because this runs in the replicated state machine, a
 compromised gateway cannot debit a wallet: it cannot forge the user's signature, and every

@@ -39,6 +39,7 @@ __all__ = [
     "PartnerStatus",
     "Role",
     "RoleAccount",
+    "ScopeResult",
     "UnlinkEntry",
 ]
 
@@ -181,6 +182,32 @@ class ApprovalResult(str, enum.Enum):
     CODE_LIMIT_EXCEEDED = "code_limit_exceeded"
     APPROVAL_UNUSED = "approval_unused"
     APPROVAL_MISSING = "approval_missing"
+
+
+class ScopeResult(str, enum.Enum):
+    """Outcome of :func:`business.identity.scope.check_scope`: may this proposer touch these
+    accounts and assets at all (before any approval is looked at)? Member order is the
+    precedence. Cross-partner and cross-mode answers are ``account_not_found`` /
+    ``ledger_not_found``, never a code that tells another partner's account from no account.
+    """
+
+    OK = "ok"
+    PROPOSER_MISSING = "proposer_missing"  # events without the gateway's pt/md (feature 7+)
+    PARTNER_NOT_FOUND = "partner_not_found"  # the proposer is not onboarded in this mode
+    PARTNER_NOT_ACTIVE = "partner_not_active"
+    USER_NOT_LINKED = "user_not_linked"  # a user reference (``ur``) the partner has not linked
+    ASSET_NOT_ALLOWED = "asset_not_allowed"  # CreateAsset on a ledger not the proposer's
+    ACCOUNT_ID_NOT_DERIVED = "account_id_not_derived"  # CreateAccount with a chosen id
+    LEDGER_NOT_FOUND = "ledger_not_found"  # a ledger of the other mode
+    ACCOUNT_WOULD_MINT = "account_would_mint"  # may go negative on a ledger not the proposer's
+    ACCOUNT_NOT_FOUND = "account_not_found"  # not the proposer's, nor a wallet it may touch
+
+
+# Every code that refuses a whole ledger operation before its events run: stored as each
+# event's result in the operation's outcome (business/ledger/outcome.py accepts them).
+REFUSAL_CODES = frozenset(
+    c.value for kind in (ScopeResult, ApprovalResult) for c in kind if c.value != "ok"
+)
 
 
 # The codes that are successes (the HTTP edge maps every other code to a 4xx problem).

@@ -14,6 +14,13 @@ the executed operation and not only the request. Encoding, msgpack, positional::
     [OUTCOME_VERSION, log_time_ms, [[kind, id16, ledger, debit16, credit16, amount16,
                                      result, timestamp], ...]]
 
+A *refused* operation (feature 7: the proposer may not touch an account, or a debit of a user's
+wallet lacks the user's approval; business/identity/scope.py and approvals.py) ran none of its
+events: each event's ``result`` is then the one refusal code (``account_not_found``,
+``approval_missing``, ...), its ``amount`` and ``timestamp`` 0. An operation that ran may list,
+after its own events, the accounts (and the BAAS asset) the apply opened for it on first use
+(a wallet's account on a ledger, a partner's role account), in the order they ran.
+
 ``kind`` is the wire event type (1 asset, 2 account, 3 transfer); ``id16``, accounts and amounts
 are 16-byte big-endian (msgpack integers stop at 2^64); ``result`` is the result code's string
 value (``ok``, ``exists``, ``exceeds_credits``, ...). For an asset event ``id`` is the ledger
@@ -32,6 +39,7 @@ from typing import Any
 
 import msgpack
 
+from business.identity.model import REFUSAL_CODES
 from business.ledger.model import (
     ID_MAX,
     U32_MAX,
@@ -54,13 +62,14 @@ __all__ = [
     "EventOutcome",
     "OperationOutcome",
     "outcome_of",
+    "refused_outcome",
 ]
 
 OUTCOME_VERSION = 1
 OUTCOME_DIGEST_TAG = b"baas/ledger-operation-outcome/v1\x00"
 EVENTS_MAX = 8_192  # decoding bound; an operation's events are bounded far lower by the node
 KIND_ASSET, KIND_ACCOUNT, KIND_TRANSFER = 1, 2, 3
-_RESULT_CODES = frozenset(
+_RESULT_CODES = REFUSAL_CODES | frozenset(
     c.value for enum_type in (AssetResult, AccountResult, TransferResult) for c in enum_type
 )
 _RESULT_CHARS_MAX = 64
@@ -233,47 +242,37 @@ def outcome_of(
     """
     if len(events) != len(results):
         raise InvalidRequest("one result per event")
-    out: list[EventOutcome] = []
-    for event, result in zip(events, results, strict=True):
-        if type(event) is CreateTransfer:
-            out.append(
-                EventOutcome(
-                    KIND_TRANSFER,
-                    event.id,
-                    event.ledger,
-                    event.debit_account_id,
-                    event.credit_account_id,
-                    result.amount,
-                    result.code.value,
-                    result.timestamp,
-                )
-            )
-        elif type(event) is CreateAccount:
-            out.append(
-                EventOutcome(
-                    KIND_ACCOUNT,
-                    event.id,
-                    event.ledger,
-                    0,
-                    0,
-                    0,
-                    result.code.value,
-                    result.timestamp,
-                )
-            )
-        elif type(event) is CreateAsset:
-            out.append(
-                EventOutcome(
-                    KIND_ASSET,
-                    event.ledger,
-                    event.ledger,
-                    0,
-                    0,
-                    0,
-                    result.code.value,
-                    result.timestamp,
-                )
-            )
-        else:
-            raise InvalidRequest(f"not a ledger event: {type(event).__name__}")
-    return OperationOutcome(log_time_ms, tuple(out))
+    return OperationOutcome(
+        log_time_ms,
+        tuple(
+            _event_outcome(e, r.code.value, r.amount, r.timestamp)
+            for e, r in zip(events, results, strict=True)
+        ),
+    )
+
+
+def refused_outcome(events: Sequence[Event], code: str, log_time_ms: int) -> OperationOutcome:
+    """The outcome of an operation refused whole before its events ran: every event carries
+    the refusal ``code``, moved nothing and has no ledger timestamp."""
+    if code not in REFUSAL_CODES:
+        raise InvalidRequest(f"not an operation refusal code: {code!r:.40}")
+    return OperationOutcome(log_time_ms, tuple(_event_outcome(e, code, 0, 0) for e in events))
+
+
+def _event_outcome(event: Event, result: str, amount: int, timestamp: int) -> EventOutcome:
+    if type(event) is CreateTransfer:
+        return EventOutcome(
+            KIND_TRANSFER,
+            event.id,
+            event.ledger,
+            event.debit_account_id,
+            event.credit_account_id,
+            amount,
+            result,
+            timestamp,
+        )
+    if type(event) is CreateAccount:
+        return EventOutcome(KIND_ACCOUNT, event.id, event.ledger, 0, 0, 0, result, timestamp)
+    if type(event) is CreateAsset:
+        return EventOutcome(KIND_ASSET, event.ledger, event.ledger, 0, 0, 0, result, timestamp)
+    raise InvalidRequest(f"not a ledger event: {type(event).__name__}")

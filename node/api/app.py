@@ -3,10 +3,12 @@
 Routes (bodies are msgpack, ``application/msgpack``, because they carry binary blobs):
 
 * ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"[, "pc", "ev",
-  "ap"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable", "replayed"[,
-  "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``: ``ev`` are a record's
-  ledger events (wire form, business/ledger/wire.py; refused until log feature 6 is
-  enabled), ``ap`` its opaque approvals, and ``outcome`` what the ledger did (the first
+  "ap", "pt", "md", "ur"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable",
+  "replayed"[, "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``: ``ev`` are a
+  record's ledger events (wire form, business/ledger/wire.py; refused until log feature 6 is
+  enabled), ``ap`` its users' approvals, ``pt``/``md``/``ur`` the proposer the gateway
+  authenticated (partner id, mode, linked user references; node/consensus/ledger_ops.py), and
+  ``outcome`` what the ledger did (the first
   outcome, for a retry too: ``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``,
   ids and amounts as strings of digits)
 * ``GET /internal/v1/records/{record id hex}`` -> ``{"meta": shard meta, "blob": bytes}``
@@ -224,7 +226,24 @@ def _write_request(raw: Any, request_id: str) -> WriteRequest:
         plaintext_commitment=_bytes_field(raw, "pc") if raw.get("pc") is not None else None,
         events=_bytes_field(raw, "ev") if raw.get("ev") is not None else None,
         approvals=_bytes_field(raw, "ap") if raw.get("ap") is not None else None,
+        proposer=_bytes_field(raw, "pt") if raw.get("pt") is not None else None,
+        mode=_int_or_none(raw.get("md")),
+        user_refs=_user_refs(raw.get("ur")),
     )
+
+
+def _user_refs(value: Any) -> tuple[bytes, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(r, bytes) for r in value):
+        raise InvalidRequest("malformed record: ur must be a list of bytes", param="ur")
+    return tuple(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is not None and type(value) is not int:
+        raise InvalidRequest("md must be an integer", param="md")
+    return value
 
 
 def _error_body(error: BaasError) -> dict[str, Any]:

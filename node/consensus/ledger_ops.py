@@ -8,9 +8,42 @@ IndexProposal`) plus two optional fields:
 
 * ``ev`` -- the operation's ledger events in their wire form (:mod:`business.ledger.wire`),
   1..:data:`OPERATION_EVENTS_MAX` events in at most :data:`OPERATION_EVENT_BYTES_MAX` bytes;
-* ``ap`` -- opaque approvals (at most :data:`APPROVALS_BYTES_MAX` bytes), stored untouched
-  under ``lg/ap/<record id>`` for now (the user-approval check in the state machine comes with
-  the identity module).
+* ``ap`` -- the users' approvals (at most :data:`APPROVALS_BYTES_MAX` bytes; the blob of
+  :func:`business.identity.approvals.encode_approvals`: EIP-712 ``Approve`` signatures over
+  :func:`~business.identity.approvals.operation_digest` of (record id, ``ev`` bytes), or
+  one-time codes), stored as proposed under ``lg/ap/<record id>``;
+
+and, set by the gateway from the authenticated credential -- never taken from a client:
+
+* ``pt`` -- the proposer: the 16-byte :func:`business.identity.ids.partner_id` of the
+  partner, or :data:`~business.identity.scope.PLATFORM` (16 zero bytes) for the platform's
+  own operations (the test-mode faucet);
+* ``md`` -- the proposer's :class:`business.identity.ids.Mode` (0 test, 1 live); ``pt`` and
+  ``md`` come together or not at all;
+* ``ur`` -- optional, 1..:data:`OPERATION_USER_REFS_MAX` 32-byte user references
+  (:func:`business.identity.ids.user_ref` of the partner's own user ids) whose linked wallets
+  the operation may credit (and whose accounts it opens on first use).
+
+:meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
+build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
+
+Checked operations (log feature 7, :data:`CHECKED_FEATURE_VERSION`: the identity state the
+checks read exists only from then on; a log at feature 6 applies operations unchecked, as the
+v6 fixture records). For each *created* operation with events, before any event runs:
+``pt``/``md`` must be present (``proposer_missing``), the proposer may touch every account
+and asset of its events (:func:`business.identity.scope.check_scope`: own accounts, wallets
+of the mode, credits only to linked wallets; cross-partner and cross-mode answered
+``account_not_found``), and every debit of a wallet carries that wallet's approval
+(:func:`business.identity.approvals.check_debits` at the entry's log time; a one-time code
+is consumed in the same write batch). Exempt by rule: posts and voids (approved when the
+pending transfer was created), the expiry sweep and ``ledger.tick`` (no proposer at all);
+rule claims (a partner reversing its issuance) wait for the Bridge
+(:class:`~business.identity.approvals.NoDebitRules` caps them at 0). A refused operation
+keeps its record, index entry and leaf; none of its events run, nothing of the checks is
+written, and its stored first outcome carries the refusal code on every event
+(:func:`business.ledger.outcome.refused_outcome`), sticky like any outcome. Accounts and the
+BAAS asset the scope check opens on first use run just before the operation's own events
+and are listed after them in its outcome.
 
 An operation without ``ev`` is a plain record: once the log enables feature 6 the leader's
 gatherer sends every record in this one entry type. Apply, in one pass over one overlay, in
@@ -57,6 +90,22 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from business.identity.approvals import (
+    DebitRules,
+    NoDebitRules,
+    check_debits,
+    debits_of,
+    operation_digest,
+)
+from business.identity.approvals import Operation as ApprovalOperation
+from business.identity.ids import Mode
+from business.identity.model import (
+    IDENTITY_FEATURE_VERSION,
+    ApprovalResult,
+    IdentityConfig,
+    ScopeResult,
+)
+from business.identity.scope import Proposer, Scope, Unapplied, check_scope
 from business.ledger.core import Ledger
 from business.ledger.model import (
     AccountFlags,
@@ -69,7 +118,7 @@ from business.ledger.model import (
     outcome_key,
 )
 from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER_TICK
-from business.ledger.outcome import OperationOutcome, outcome_of
+from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
 from business.ledger.wire import decode_events
 from node.consensus.record_index import (
     BatchOutcome,
@@ -80,6 +129,7 @@ from node.consensus.state_machine import (
     ENTRY_BYTES_MAX_BY_TYPE,
     AppEntry,
     ApplyOutcome,
+    Dispatcher,
     LogPosition,
     Overlay,
     StateView,
@@ -88,16 +138,19 @@ from node.errors import InvalidRequest, UnsupportedFormat
 
 __all__ = [
     "APPROVALS_BYTES_MAX",
+    "CHECKED_FEATURE_VERSION",
     "LEDGER_FEATURE_VERSION",
     "LEDGER_OPS",
     "LEDGER_TICK",
     "OPERATION_EVENTS_MAX",
     "OPERATION_EVENT_BYTES_MAX",
+    "OPERATION_USER_REFS_MAX",
     "OPS_ENTRY_BYTES_MAX",
     "OPS_ENTRY_OPERATIONS_MAX",
     "LedgerOps",
     "Operation",
     "chain_open",
+    "check_proposer",
     "operation_events",
     "outcome_reader",
     "stored_outcome",
@@ -109,6 +162,11 @@ OPS_ENTRY_BYTES_MAX = ENTRY_BYTES_MAX_BY_TYPE[LEDGER_OPS]
 OPERATION_EVENTS_MAX = 64  # a transfer, a linked chain, a swap: a handful; 64 leaves room
 OPERATION_EVENT_BYTES_MAX = 8 * 1024  # 64 transfers are ~6.5 KB on the wire
 APPROVALS_BYTES_MAX = 2 * 1024  # a few signatures or one-time codes
+OPERATION_USER_REFS_MAX = 8  # linked users one operation may credit (a split payout)
+PARTNER_ID_BYTES, USER_REF_BYTES = 16, 32
+# From this log feature version on, operations with events are checked (scope, approvals):
+# the identity state they read exists only once the identity machine is enabled.
+CHECKED_FEATURE_VERSION = IDENTITY_FEATURE_VERSION
 CHAIN_OPEN = "linked_event_chain_open"
 # The ledger's bounds are part of the log format: every replica must apply alike.
 LEDGER_CONFIG = LedgerConfig()
@@ -116,17 +174,23 @@ LEDGER_CONFIG = LedgerConfig()
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One operation: a record's index put, and optionally its ledger events and approvals."""
+    """One operation: a record's index put, optionally its ledger events and approvals, and
+    who proposes it (set by the gateway: ``partner`` and ``mode`` together; ``user_refs``
+    only with them)."""
 
     proposal: IndexProposal
     events: bytes | None = None  # the wire form, business/ledger/wire.py
     approvals: bytes | None = None
+    partner: bytes | None = None  # 16: ids.partner_id, or scope.PLATFORM
+    mode: int | None = None  # ids.Mode
+    user_refs: tuple[bytes, ...] = ()  # 32 each: ids.user_ref of linked users to credit
 
     def __post_init__(self) -> None:
         if self.events is not None and not 0 < len(self.events) <= OPERATION_EVENT_BYTES_MAX:
             raise InvalidRequest(f"an operation's events are 1..{OPERATION_EVENT_BYTES_MAX} B")
         if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
             raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
+        check_proposer(self.partner, self.mode, self.user_refs)
 
     @property
     def record_id(self) -> bytes:
@@ -138,6 +202,11 @@ class Operation:
             body["ev"] = self.events
         if self.approvals is not None:
             body["ap"] = self.approvals
+        if self.partner is not None:
+            body["pt"] = self.partner
+            body["md"] = self.mode
+        if self.user_refs:
+            body["ur"] = list(self.user_refs)
         return body
 
     @classmethod
@@ -145,12 +214,21 @@ class Operation:
         """Raises :class:`UnsupportedFormat` for anything malformed (bounds included)."""
         proposal = IndexProposal.from_body(body)
         events, approvals = body.get("ev"), body.get("ap")
+        partner, mode, refs = body.get("pt"), body.get("md"), body.get("ur", [])
         if events is not None and type(events) is not bytes:
             raise UnsupportedFormat("ev must be bytes")
         if approvals is not None and type(approvals) is not bytes:
             raise UnsupportedFormat("ap must be bytes")
+        if partner is not None and type(partner) is not bytes:
+            raise UnsupportedFormat("pt must be bytes")
+        if mode is not None and type(mode) is not int:
+            raise UnsupportedFormat("md must be an integer")
+        if type(refs) is not list or (not refs and "ur" in body):
+            raise UnsupportedFormat("ur must be a non-empty list")
+        if any(type(r) is not bytes for r in refs):
+            raise UnsupportedFormat("ur holds bytes")
         try:
-            return cls(proposal, events, approvals)
+            return cls(proposal, events, approvals, partner, mode, tuple(refs))
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
 
@@ -161,6 +239,8 @@ class Operation:
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
         extra = sum(len(b) + 8 for b in (self.events, self.approvals) if b is not None)
+        if self.partner is not None:  # keys, the id, the mode, the references
+            extra += 3 * 8 + PARTNER_ID_BYTES + len(self.user_refs) * (USER_REF_BYTES + 4)
         return self.proposal.encoded_bytes_max() + extra
 
     @staticmethod
@@ -169,6 +249,26 @@ class Operation:
         if not 0 < len(operations) <= OPS_ENTRY_OPERATIONS_MAX:
             raise InvalidRequest(f"an operations entry holds 1..{OPS_ENTRY_OPERATIONS_MAX}")
         return AppEntry(LEDGER_OPS, {"ops": [op.to_body() for op in operations]})
+
+
+def check_proposer(partner: bytes | None, mode: int | None, user_refs: Sequence[bytes]) -> None:
+    """The proposer fields' shape (:class:`InvalidRequest` otherwise): ``partner`` and
+    ``mode`` together, user references only with them."""
+    if (partner is None) != (mode is None):
+        raise InvalidRequest("an operation's partner and mode come together")
+    if partner is not None and (type(partner) is not bytes or len(partner) != PARTNER_ID_BYTES):
+        raise InvalidRequest(f"an operation's partner is {PARTNER_ID_BYTES} bytes")
+    if mode is not None and mode not in Mode._value2member_map_:
+        raise InvalidRequest("an operation's mode is 0 (test) or 1 (live)")
+    if user_refs and (
+        partner is None
+        or len(user_refs) > OPERATION_USER_REFS_MAX
+        or any(type(r) is not bytes or len(r) != USER_REF_BYTES for r in user_refs)
+    ):
+        raise InvalidRequest(
+            f"an operation names 1..{OPERATION_USER_REFS_MAX} user references of "
+            f"{USER_REF_BYTES} bytes, and its partner"
+        )
 
 
 def operation_events(events: bytes | None) -> list[Event]:
@@ -215,6 +315,11 @@ class _Pending:
     slot: int  # its position in the entry
     operation: Operation
     events: list[Event]
+    prelude: tuple[Event, ...] = ()  # opened on first use, run just before ``events``
+
+    @property
+    def size(self) -> int:
+        return len(self.prelude) + len(self.events)
 
 
 class LedgerOps:
@@ -226,8 +331,15 @@ class LedgerOps:
         LEDGER_TICK: LEDGER_FEATURE_VERSION,
     }
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        identity: IdentityConfig | None = None,
+        rules: DebitRules | None = None,
+    ) -> None:
+        # ``identity`` must be the identity machine's (its chain id is the EIP-712 domain).
         self._ledger = Ledger(LEDGER_CONFIG)
+        self._identity = identity or IdentityConfig()
+        self._rules = rules or NoDebitRules()
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         if entry.type == LEDGER_TICK:
@@ -238,6 +350,9 @@ class LedgerOps:
             reason = f"ops must be a list of 1..{OPS_ENTRY_OPERATIONS_MAX} operations"
             return ApplyOutcome("malformed", {"reason": reason})
         layer = Overlay(view)
+        checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
+        earlier = Unapplied()  # what admitted operations of this entry create, not run yet
+        refused: dict[int, OperationOutcome] = {}
         results: list[BatchOutcome] = []
         created: list[tuple[int, Operation]] = []
         runs: list[_Pending] = []
@@ -259,8 +374,12 @@ class LedgerOps:
             results.append(BatchOutcome(put.code, put.detail))
             if put.code == "created":
                 created.append((slot, op))
-                if events:
-                    runs.append(_Pending(slot, op, events))
+                admitted = self._admit(op, events, position, layer, earlier) if checked else None
+                if isinstance(admitted, OperationOutcome):
+                    refused[slot] = admitted
+                    layer.writes[outcome_key(op.record_id)] = admitted.encode()
+                elif events:
+                    runs.append(_Pending(slot, op, events, admitted or ()))
                 if op.approvals is not None:
                     layer.writes[approvals_key(op.record_id)] = op.approvals
             elif put.code == "existing":
@@ -271,6 +390,10 @@ class LedgerOps:
             layer.writes[outcome_key(pending.operation.record_id)] = outcome.encode()
             done = results[pending.slot]
             results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
+        for slot, outcome in refused.items():
+            done = results[slot]
+            results[slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
+        outcomes.update(refused)
         for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
             first = stored_outcome(layer, record_id)
             if first is not None:
@@ -282,6 +405,42 @@ class LedgerOps:
         }
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
 
+    def _admit(
+        self,
+        op: Operation,
+        events: list[Event],
+        position: LogPosition,
+        layer: Overlay,
+        earlier: Unapplied,
+    ) -> OperationOutcome | tuple[Event, ...] | None:
+        """A created operation's checks (feature 7): its refused outcome, or what to open for
+        it first (its scope and approval writes then go into ``layer``)."""
+        if not events:
+            return None  # a plain record moves nothing
+        now_ms = position.leader_time_ms
+        if op.partner is None or op.mode is None:
+            return refused_outcome(events, ScopeResult.PROPOSER_MISSING.value, now_ms)
+        mode = Mode(op.mode)
+        proposer = Proposer(op.partner, mode, op.user_refs)
+        scope = check_scope(layer, proposer, op.record_id, events, now_ms, earlier)
+        if not isinstance(scope, Scope):
+            return refused_outcome(events, scope.value, now_ms)
+        checks = Overlay(layer)
+        checks.writes.update(scope.writes)
+        assert op.events is not None
+        request = ApprovalOperation(
+            operation_digest(op.record_id, op.events), op.partner, mode, debits_of(events)
+        )
+        code, writes = check_debits(
+            checks, self._identity, request, op.approvals or b"", now_ms, self._rules
+        )
+        if code != ApprovalResult.OK:
+            return refused_outcome(events, code.value, now_ms)
+        layer.writes.update(scope.writes)
+        layer.writes.update(writes)
+        earlier.add([*scope.prelude, *events])
+        return scope.prelude
+
     def _run_ledger(
         self, runs: Sequence[_Pending], now_ms: int, layer: Overlay
     ) -> dict[int, OperationOutcome]:
@@ -291,17 +450,19 @@ class LedgerOps:
         start = 0
         while start < len(runs):
             end, count = start, 0
-            while end < len(runs) and count + len(runs[end].events) <= bound:
-                count += len(runs[end].events)
+            while end < len(runs) and count + runs[end].size <= bound:
+                count += runs[end].size
                 end += 1
             group = runs[start:end]
-            events = [e for p in group for e in p.events]
+            events = [e for p in group for e in (*p.prelude, *p.events)]
             results, writes = self._ledger.apply(events, now_ms, layer)
             layer.writes.update(writes)
             at = 0
             for p in group:
-                mine = results[at : at + len(p.events)]
-                at += len(p.events)
-                outcomes[p.slot] = outcome_of(p.events, mine, now_ms)
+                opened = results[at : at + len(p.prelude)]
+                mine = results[at + len(p.prelude) : at + p.size]
+                at += p.size
+                # Its own events first (aligned with the request), then what was opened for it.
+                outcomes[p.slot] = outcome_of([*p.events, *p.prelude], [*mine, *opened], now_ms)
             start = end
         return outcomes
