@@ -1,13 +1,16 @@
-"""The gateway's partner API under a property-based fuzzer driven by its OpenAPI document
+"""The gateway's API under a property-based fuzzer driven by its OpenAPI document
 (``baas-fuzz``, tools/fuzz.py).
 
 * Against a real small cluster (3 nodes, the embedded chain, the gateway: real processes), a
-  seeded run of ``FUZZ_REQUESTS`` signed requests over every documented operation: no 5xx, every
-  answer as documented, every error a problem with a stable code, nothing the schema refuses
-  accepted, at least 90% past authentication, a 2xx seen for every operation.
+  seeded run of ``FUZZ_REQUESTS`` signed requests over every documented operation, each signed
+  as the principal its security scheme names (a partner, or an operator the fuzzer adds): no
+  5xx, every answer as documented, every error a problem with a stable code, nothing the schema
+  refuses accepted, at least 90% past authentication, a 2xx seen for every operation (the admin
+  routes' included); a partner on an operator route gets 404, an operator on a partner route 401.
 * The fuzzer itself can fail: against a gateway without nodes (every record route answers 503)
-  its report counts the 5xx and is not ok; its problem check refuses plain-text or code-less
-  errors; its signer signs what the gateway checks.
+  its report counts the 5xx and is not ok; with the principals swapped its wrong-principal check
+  fails; its problem check refuses plain-text or code-less errors; its signer signs what the
+  gateway checks.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ import requests
 from inprocess_gateway import gateway_without_nodes
 
 from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, ReplayCache, SignedRequest, authenticate
-from gateway.keyring import Keyring, new_partner
-from gateway.openapi import openapi_document
+from gateway.keyring import ApiCredential, Keyring, new_partner
+from gateway.openapi import OPERATOR_SIGNATURE, PARTNER_SIGNATURE, openapi_document
+from tools.cluster_init import ClusterLayout
 from tools.fuzz import (
     PAST_AUTH_SHARE_MIN,
     Fixtures,
     FuzzReport,
-    PartnerSigner,
+    Signer,
     fuzz_gateway,
     main,
+    make_credentials,
     problem_errors,
     small_cluster,
 )
@@ -62,32 +67,75 @@ def test_fuzzed_partner_api_gives_no_5xx_and_only_documented_answers(tmp_path: P
     # every operation of the document was fuzzed, the record routes with real objects
     operations = sum(len(methods) for methods in openapi_document()["paths"].values())
     assert len(report["by_operation"]) == operations, sorted(report["by_operation"])
+    # onboarding seen succeeding with new names and refusing names that exist
+    assert {"201", "409"} <= set(report["by_operation"]["POST /v1/admin/partners"])
+    # a partner on an operator route sees no such route; an operator elsewhere is refused
+    wrong = report["wrong_principal"]
+    for admin in ("GET /v1/admin/partners", "GET /v1/admin/partners/{partner}"):
+        assert set(wrong[admin]) == {"404"}, wrong
+    assert set(wrong["POST /v1/records"]) == {"401"} and "GET /v1/audit" not in wrong, wrong
     assert report["ok"] is True and code == 0
+
+
+FIXTURES_WITHOUT_NODES = Fixtures(
+    record_ids=("ab" * 32,),
+    anchored_record_ids=("ab" * 32,),
+    anchor_batch_ids=(1,),
+    partner="shop-a",
+    partner_mode="test",
+    partner_ids=("shop-a", "shop-b"),
+    tag="t",
+)
+
+
+async def _fuzz_without_nodes(
+    tmp_path: Path, requests_total: int, swap: bool = False
+) -> FuzzReport:
+    """Fuzz a gateway without nodes; ``swap``: sign each scheme with the other's credential."""
+    made: list[dict[str, ApiCredential]] = []
+
+    def add_operator(layout: ClusterLayout) -> None:
+        made.append(make_credentials(layout, "shop-a"))
+
+    async with gateway_without_nodes(tmp_path, prepare=add_operator) as layout:
+        credentials = made[0]
+        if swap:
+            credentials = {
+                PARTNER_SIGNATURE: credentials[OPERATOR_SIGNATURE],
+                OPERATOR_SIGNATURE: credentials[PARTNER_SIGNATURE],
+            }
+        return await asyncio.to_thread(
+            fuzz_gateway,
+            layout.gateway_url,
+            credentials,
+            FIXTURES_WITHOUT_NODES,
+            requests_total,
+            SEED,
+        )
 
 
 async def test_the_fuzzer_reports_5xx_and_undocumented_answers(tmp_path: Path) -> None:
     """A gateway without nodes answers every record write 503: the run must not pass."""
-    async with gateway_without_nodes(tmp_path) as layout:
-        credentials = layout.partners["shop-a"]
-        fixtures = Fixtures(
-            record_ids=("ab" * 32,), anchored_record_ids=("ab" * 32,), anchor_batch_ids=(1,)
-        )
-        report = await asyncio.to_thread(
-            fuzz_gateway,
-            layout.gateway_url,
-            credentials["api_key"],
-            bytes.fromhex(credentials["secret_hex"]),
-            fixtures,
-            120,
-            SEED,
-        )
-    assert report.requests >= 100
+    report = await _fuzz_without_nodes(tmp_path, 160)
+    assert report.requests >= 120
     assert report.server_error_count > 0
     assert any(e["status"] == 503 for e in report.server_errors)
     assert any(f["status"] == 503 for f in report.failures)  # not_a_server_error failed
     assert "POST /v1/records" in report.operations_without_2xx()
     assert not report.ok()
     assert report.as_json()["ok"] is False
+    # who may sign is decided before any node is asked: the wrong principal is refused alike
+    assert report.wrong_principal["GET /v1/admin/partners/{partner}"].keys() == {404}
+    assert report.wrong_principal["GET /v1/records/{record_id}"].keys() == {401}
+
+
+async def test_the_fuzzer_fails_a_route_that_takes_the_wrong_principal(tmp_path: Path) -> None:
+    """Swapped credentials: every wrong-principal request is signed by one the route takes, so
+    none gets the refusal it must (and the right-principal ones do not get past auth)."""
+    report = await _fuzz_without_nodes(tmp_path, 160, swap=True)
+    wrong = [f for f in report.failures if f["mode"] == "wrong_principal"]
+    assert wrong and all("does not list" in " ".join(f["problems"]) for f in wrong), wrong[:3]
+    assert report.past_auth_share < PAST_AUTH_SHARE_MIN and not report.ok()
 
 
 @pytest.mark.parametrize(
@@ -125,7 +173,7 @@ def test_signer_signs_what_the_gateway_checks_and_never_repeats() -> None:
     partner = new_partner("shop-a", api_key="pk_test")
     secret = partner.credentials[0].secret
     keyring = Keyring(version=1, partners={}).with_partner(partner)
-    signer = PartnerSigner("pk_test", secret)
+    signer = Signer("pk_test", secret)
     replay = ReplayCache(100)
     signatures = set()
     for _ in range(2):  # the same request twice: two different signatures, both accepted
@@ -142,7 +190,7 @@ def test_signer_signs_what_the_gateway_checks_and_never_repeats() -> None:
 
 def test_signer_leaves_a_request_without_the_key_header_unsigned() -> None:
     """A negative case that drops the security header tests authentication: it stays as made."""
-    signed = PartnerSigner("pk_test", b"s" * 32)(_prepared({}, b"{}"))
+    signed = Signer("pk_test", b"s" * 32)(_prepared({}, b"{}"))
     assert HEADER_KEY not in signed.headers and HEADER_SIGNATURE not in signed.headers
 
 
