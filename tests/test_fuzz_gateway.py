@@ -16,8 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
+import re
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
@@ -28,6 +32,7 @@ from gateway.keyring import ApiCredential, Keyring, new_partner
 from gateway.openapi import OPERATOR_SIGNATURE, PARTNER_SIGNATURE, openapi_document
 from tools.cluster_init import ClusterLayout
 from tools.fuzz import (
+    FRESH_KEY_SHARE,
     PAST_AUTH_SHARE_MIN,
     Fixtures,
     FuzzReport,
@@ -205,3 +210,138 @@ def test_report_is_not_ok_below_the_auth_share_or_without_a_2xx() -> None:
     other = FuzzReport(seed=1)
     other.record("GET /b", 400)
     assert other.operations_without_2xx() == ["GET /b"] and not other.ok()
+
+
+# --- a route the gateway does not have yet: a write that needs a new Idempotency-Key ---------
+
+DIGITS = {"type": "string", "pattern": "^(0|[1-9][0-9]{0,18})$"}
+KEYED_WRITE_DOCUMENT = {
+    "openapi": "3.1.0",
+    "info": {"title": "a keyed write", "version": "1"},
+    "paths": {
+        "/v1/transfers": {
+            "post": {
+                "operationId": "createTransfer",
+                "security": [{PARTNER_SIGNATURE: []}],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,64}$"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"amount": DIGITS},
+                                "required": ["amount"],
+                                "additionalProperties": False,
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "made",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"id": {"type": "string"}},
+                                    "required": ["id"],
+                                    "additionalProperties": False,
+                                }
+                            }
+                        },
+                    },
+                    **{
+                        str(status): {
+                            "description": "refused",
+                            "content": {"application/problem+json": {"schema": {"type": "object"}}},
+                        }
+                        for status in (400, 401, 409)
+                    },
+                },
+            }
+        }
+    },
+    "components": {
+        "securitySchemes": {
+            scheme: {"type": "apiKey", "in": "header", "name": HEADER_KEY}
+            for scheme in (PARTNER_SIGNATURE, OPERATOR_SIGNATURE)
+        }
+    },
+}
+
+
+class _KeyedWrites(http.server.BaseHTTPRequestHandler):
+    """Serves KEYED_WRITE_DOCUMENT's one route as a ledger write would: 201 for a new key, 409
+    for a key seen before, 400 for a bad body or key, 401 unsigned or signed by an operator."""
+
+    keys: ClassVar[list[str]] = []
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body: object, kind: str = "application/problem+json") -> None:
+        if status >= 400:
+            body = {"type": "t", "title": str(body), "status": status, "code": str(body)}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer(200, KEYED_WRITE_DOCUMENT, "application/json")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        signer = self.headers.get(HEADER_KEY, "")
+        key = self.headers.get("Idempotency-Key", "")
+        if not signer or HEADER_SIGNATURE not in self.headers:
+            return self._answer(401, "unauthenticated")
+        if signer.startswith("ok_"):
+            return self._answer(401, "operator_credential")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            return self._answer(400, "invalid_json")
+        amount = document.get("amount") if isinstance(document, dict) else None
+        valid_key = re.fullmatch("[a-z0-9-]{1,64}", key)
+        if set(document or ()) != {"amount"} or not isinstance(amount, str) or not valid_key:
+            return self._answer(400, "invalid_request")
+        if not re.fullmatch(DIGITS["pattern"], amount):
+            return self._answer(400, "invalid_amount")
+        if key in self.keys:
+            return self._answer(409, "idempotency_key_reused")
+        self.keys.append(key)
+        return self._answer(201, {"id": key}, "application/json")
+
+
+def test_a_route_that_needs_a_new_idempotency_key_reaches_its_2xx() -> None:
+    """Generic over the document: the ledger's keyed writes need no FIXTURES row for a 2xx."""
+    _KeyedWrites.keys.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeyedWrites)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    credentials = {
+        PARTNER_SIGNATURE: ApiCredential("pk_test_x", b"p" * 32),
+        OPERATOR_SIGNATURE: ApiCredential("ok_ops_x", b"o" * 32),
+    }
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        report = fuzz_gateway(url, credentials, FIXTURES_WITHOUT_NODES, 100, SEED)
+    finally:
+        server.shutdown()
+        server.server_close()
+    statuses = report.by_operation["POST /v1/transfers"]
+    assert report.ok(), report.as_json()
+    fresh = [k for k in _KeyedWrites.keys if k.startswith("fz-t-")]
+    assert len(fresh) == len(set(fresh)) and len(fresh) >= 0.8 * FRESH_KEY_SHARE * 60, statuses
+    assert report.wrong_principal["POST /v1/transfers"].keys() == {401}
