@@ -27,10 +27,11 @@ import pytest
 import requests
 from inprocess_gateway import gateway_without_nodes
 
+from business.identity import Mode
 from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, ReplayCache, SignedRequest, authenticate
-from gateway.keyring import ApiCredential, Keyring, new_partner
+from gateway.keyring import ApiCredential, Keyring, PrincipalKind, load_keyring, new_partner
 from gateway.openapi import OPERATOR_SIGNATURE, PARTNER_SIGNATURE, openapi_document
-from tools.cluster_init import ClusterLayout
+from tools.cluster_init import ClusterLayout, init_cluster
 from tools.fuzz import (
     FRESH_KEY_SHARE,
     PAST_AUTH_SHARE_MIN,
@@ -345,3 +346,19 @@ def test_a_route_that_needs_a_new_idempotency_key_reaches_its_2xx() -> None:
     fresh = [k for k in _KeyedWrites.keys if k.startswith("fz-t-")]
     assert len(fresh) == len(set(fresh)) and len(fresh) >= 0.8 * FRESH_KEY_SHARE * 60, statuses
     assert report.wrong_principal["POST /v1/transfers"].keys() == {401}
+
+
+def test_the_fuzzers_operator_is_made_once_and_signs_the_admin_routes(tmp_path: Path) -> None:
+    layout = init_cluster(tmp_path, partners=("shop-a",), chain="none")
+    first = make_credentials(layout, "shop-a")
+    again = make_credentials(layout, "shop-a")
+    assert first == again  # a rerun signs with the operator the keyring holds
+    keyring = load_keyring(Path(layout.directory) / "keyring.json", _master_key(layout))
+    operator = keyring.principal(first[OPERATOR_SIGNATURE].api_key, 0)
+    assert operator.kind == PrincipalKind.OPERATOR and list(keyring.operators) == ["baas-fuzz"]
+    partner = keyring.principal(first[PARTNER_SIGNATURE].api_key, 0)
+    assert partner.name == "shop-a" and partner.mode == Mode.TEST
+
+
+def _master_key(layout: ClusterLayout) -> bytes:
+    return bytes.fromhex((Path(layout.directory) / "secrets" / "master.key").read_text())
