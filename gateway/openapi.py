@@ -25,7 +25,15 @@ from node.merkle.receipt import (
     VERSION,
 )
 
-__all__ = ["API_VERSION", "API_VERSIONS", "API_VERSION_HEADER", "OPENAPI_PATH", "openapi_document"]
+__all__ = [
+    "API_VERSION",
+    "API_VERSIONS",
+    "API_VERSION_HEADER",
+    "OPENAPI_PATH",
+    "OPERATOR_SIGNATURE",
+    "PARTNER_SIGNATURE",
+    "openapi_document",
+]
 
 OPENAPI_PATH = "/v1/openapi.json"
 API_TITLE = "BaaS B&P network gateway"
@@ -34,6 +42,11 @@ API_TITLE = "BaaS B&P network gateway"
 API_VERSION_HEADER = "Baas-Version"
 API_VERSIONS = ("2026-12-07",)
 API_VERSION = API_VERSIONS[-1]
+# The security schemes: who may sign an operation. Both are the same signature over the same
+# headers; the scheme says whose credential the route takes (a client, and baas-fuzz, signs with
+# the one an operation lists).
+PARTNER_SIGNATURE = "partnerSignature"
+OPERATOR_SIGNATURE = "operatorSignature"
 
 Schema = dict[str, Any]
 
@@ -279,6 +292,7 @@ def _operation(
     errors: tuple[int, ...],
     *,
     signed: bool = True,
+    signers: tuple[str, ...] = (PARTNER_SIGNATURE,),
     body: str | None = None,
     parameters: list[Schema] | None = None,
 ) -> Schema:
@@ -286,7 +300,7 @@ def _operation(
     for status in errors:
         responses[str(status)] = _problem(status)
     operation: Schema = {"operationId": operation_id, "summary": summary, "responses": responses}
-    operation["security"] = [{"partnerSignature": []}] if signed else []
+    operation["security"] = [{scheme: []} for scheme in signers] if signed else []
     if body is not None:
         operation["requestBody"] = {
             "required": True,
@@ -543,6 +557,7 @@ PATHS.update(
                 "credentials, whose secrets this answer shows once",
                 {201: _json("Partner", "onboarded"), 409: _problem(409)},
                 _ADMIN_ERRORS,
+                signers=(OPERATOR_SIGNATURE,),
                 body="PartnerCreate",
             ),
             "get": _operation(
@@ -550,6 +565,7 @@ PATHS.update(
                 "The partners, by id (operators)",
                 {200: _json("PartnerList", "a page of partners")},
                 _ADMIN_ERRORS,
+                signers=(OPERATOR_SIGNATURE,),
                 parameters=[
                     _LIMIT,
                     _string_query("starting_after", "the last id of the previous page", PARTNER_ID),
@@ -562,6 +578,7 @@ PATHS.update(
                 "One partner: status, accounts per mode, credentials without secrets (operators)",
                 {200: _json("Partner", "the partner")},
                 _ADMIN_ERRORS,
+                signers=(OPERATOR_SIGNATURE,),
                 parameters=[
                     {
                         "name": "partner",
@@ -580,6 +597,7 @@ PATHS.update(
                 "credential's mode; an operator's, every change (or one partner's)",
                 {200: _json("AuditList", "a page of audit entries")},
                 _ADMIN_ERRORS,
+                signers=(PARTNER_SIGNATURE, OPERATOR_SIGNATURE),
                 parameters=[
                     _LIMIT,
                     _string_query(
@@ -609,6 +627,13 @@ Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
 signed the same way) may call only `/v1/admin/...` and `/v1/audit`."""
 
 
+OPERATOR_SIGNATURE_DESCRIPTION = f"""An operator credential (`ok_<operator>_...`, made by
+`baas-partners add-operator`) in `{HEADER_KEY}`, signed exactly like a partner request (see
+`{PARTNER_SIGNATURE}`). Only the operations that list this scheme take it: the admin routes
+(a partner credential gets 404 there, as for a route that does not exist for it) and
+`/v1/audit`. Any other route answers it 401 `operator_credential`."""
+
+
 def openapi_document() -> dict[str, Any]:
     """A fresh copy of the whole document (callers may not share or change the module's)."""
     return copy.deepcopy(
@@ -627,12 +652,18 @@ def openapi_document() -> dict[str, Any]:
             "components": {
                 "schemas": SCHEMAS,
                 "securitySchemes": {
-                    "partnerSignature": {
+                    PARTNER_SIGNATURE: {
                         "type": "apiKey",
                         "in": "header",
                         "name": HEADER_KEY,
                         "description": SIGNATURE_DESCRIPTION,
-                    }
+                    },
+                    OPERATOR_SIGNATURE: {
+                        "type": "apiKey",
+                        "in": "header",
+                        "name": HEADER_KEY,
+                        "description": OPERATOR_SIGNATURE_DESCRIPTION,
+                    },
                 },
             },
         }

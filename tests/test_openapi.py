@@ -10,7 +10,8 @@ import pytest
 from openapi_check import check_answer
 from openapi_spec_validator import validate
 
-from gateway.openapi import openapi_document
+from gateway.admin_routes import AUDIT_PATH, operator_path
+from gateway.openapi import OPERATOR_SIGNATURE, PARTNER_SIGNATURE, openapi_document
 from gateway.record_codec import canonical_record
 from node.errors import InvalidRequest
 
@@ -39,6 +40,27 @@ def test_the_document_is_valid_openapi_3_1() -> None:
     assert document["openapi"].startswith("3.1")
     operations = {op["operationId"] for path in document["paths"].values() for op in path.values()}
     assert {"createRecord", "createRecords", "getRecord", "getRecordReceipt"} <= operations
+
+
+def test_the_security_of_each_operation_names_who_the_gateway_lets_sign_it() -> None:
+    """The document is what clients and baas-fuzz sign by: operator routes (the gateway's
+    ``operator_path``) list the operator scheme, the audit trail both, signed others the
+    partner's."""
+    document = openapi_document()
+    for path, methods in document["paths"].items():
+        for method, operation in methods.items():
+            schemes = {scheme for requirement in operation["security"] for scheme in requirement}
+            if path == AUDIT_PATH:
+                expected = {PARTNER_SIGNATURE, OPERATOR_SIGNATURE}
+            elif operator_path(path):
+                expected = {OPERATOR_SIGNATURE}
+            else:
+                expected = {PARTNER_SIGNATURE} if schemes else set()
+            assert schemes == expected, (method, path)
+    assert set(document["components"]["securitySchemes"]) == {
+        PARTNER_SIGNATURE,
+        OPERATOR_SIGNATURE,
+    }
 
 
 def test_a_documented_answer_passes() -> None:

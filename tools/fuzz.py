@@ -1,13 +1,23 @@
-"""baas-fuzz: a property-based fuzzer of the gateway's partner API, driven by its OpenAPI document.
+"""baas-fuzz: a property-based fuzzer of the gateway's API, driven by its OpenAPI document.
 
 Every operation of the document the gateway serves (``/v1/openapi.json``) gets requests made by
 schemathesis (hypothesis strategies from the schemas): valid ones (``positive``) and ones each
-schema refuses (``negative``). Every request is signed like a partner's (:class:`PartnerSigner`,
-the scheme of :mod:`gateway.auth`), so nearly all of them reach the route behind authentication.
-Valid requests draw, now and then, their path and query values from objects made beforehand
-(:data:`FIXTURES`: one row per operation that needs an existing object for a 2xx), so each route
-is seen succeeding, not only refusing. An operation without a row is still fuzzed from the
-document alone: a new route is fuzzed the day it is documented.
+schema refuses (``negative``). Every request of a signed operation is signed (:class:`Signer`,
+the scheme of :mod:`gateway.auth`) with a credential of a principal the operation's
+``security`` lists: ``partnerSignature`` a partner's, ``operatorSignature`` an operator's (made
+in the setup, as ``baas-partners add-operator`` does); an operation listing both draws one per
+request. So nearly all requests reach the route behind authentication. A few valid requests per
+signed operation are signed by a principal it does NOT list (``wrong_principal``): a partner on
+an operator route must get 404 (the route does not exist for it), an operator on a partner route
+401 -- counted apart, each must be that problem.
+
+Valid requests draw, now and then, their path, query and body values from objects made
+beforehand (:data:`FIXTURES`: one row per operation that needs an existing object, or a fresh
+name, for a 2xx), so each route is seen succeeding, not only refusing. Where an operation
+declares an ``Idempotency-Key`` header, most valid requests carry a key unique to the run, so a
+route whose 2xx needs a new key (a ledger write) reaches it from the document alone. An
+operation without a row is still fuzzed from the document alone: a new route is fuzzed the day
+it is documented.
 
 Every answer is checked: no 5xx; status, content type, headers and body as the document says
 (``response_schema_conformance`` and friends); a request the schema refuses is refused
@@ -17,13 +27,15 @@ share past authentication, the 5xx and every failed check with a curl line to re
 
 ``baas-fuzz --requests 10000 --out fuzz.json`` starts its own small cluster (3 nodes, the
 embedded chain, the gateway; real processes) in a temporary directory; ``--cluster DIR`` fuzzes a
-running cluster made by ``baas-cluster init`` instead. Exit status 1 if any check failed.
+running cluster made by ``baas-cluster init`` instead (it adds an operator credential to that
+cluster's keyring, so it needs the keyring's master key). Exit status 1 if any check failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -32,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +66,16 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
-from gateway.openapi import OPENAPI_PATH
+from gateway.config import load_gateway_config
+from gateway.keyring import (
+    ApiCredential,
+    Keyring,
+    add_operator,
+    change_keyring,
+    load_keyring,
+    load_master_key,
+)
+from gateway.openapi import OPENAPI_PATH, OPERATOR_SIGNATURE, PARTNER_SIGNATURE
 from node.errors import OperationFailed
 from tools.cluster_init import ClusterLayout, init_cluster, load_layout
 from tools.local_cluster import LocalCluster
@@ -63,9 +84,10 @@ __all__ = [
     "FIXTURES",
     "Fixtures",
     "FuzzReport",
-    "PartnerSigner",
+    "Signer",
     "fuzz_gateway",
     "main",
+    "make_credentials",
     "make_fixtures",
     "problem_errors",
     "run_on",
@@ -73,12 +95,23 @@ __all__ = [
 ]
 
 PARTNER = "shop-a"
+FUZZ_OPERATOR = "baas-fuzz"  # the operator id the fuzzer signs the admin routes as
 SETUP_RECORDS = 12  # records made before fuzzing: targets for the read and receipt routes
 FIXTURE_SHARE = 0.5  # of valid requests whose path/query come from a made object
 REQUEST_TIMEOUT_S = 30.0
 ANCHOR_WAIT_S = 120.0
 PAST_AUTH_SHARE_MIN = 0.9
 NEGATIVE_SHARE = 0.3  # of each operation's requests made to be refused by its schema
+WRONG_PRINCIPAL_SHARE = 0.05  # of a signed operation's requests signed by a principal it refuses
+FRESH_KEY_SHARE = 0.8  # of valid requests given a new Idempotency-Key where one is declared
+FRESH_NAME_SHARE = 0.5  # of fixture-drawn partner creations with a new name (the rest: 409)
+# for the gateway to load the fuzzer's operator and the members to agree on the identity feature
+ONBOARD_WAIT_S = 120.0
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# What a request signed by a principal the operation does not list must get, by the signer's
+# scheme: a partner on an operator route sees no such route; an operator anywhere else is told
+# its credential signs the admin routes only (gateway/app.py, gateway/admin_routes.py).
+WRONG_PRINCIPAL_STATUS = {PARTNER_SIGNATURE: 404, OPERATOR_SIGNATURE: 401}
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 SERVER_ERRORS_KEPT_MAX = 50  # the report keeps this many examples of each kind
 FAILURES_KEPT_MAX = 200
@@ -93,9 +126,10 @@ CHECKS = [
 ]
 
 
-class PartnerSigner(AuthBase):
-    """Signs each prepared request as the partner (``gateway.auth``): the body and path it
-    carries once built, a fresh nonce each time, so no two fuzzed requests are replays.
+class Signer(AuthBase):
+    """Signs each prepared request with one credential (``gateway.auth``; a partner's and an
+    operator's are signed alike): the body and path it carries once built, a fresh nonce each
+    time, so no two fuzzed requests are replays.
 
     Only a request that carries the security scheme's header (``X-Baas-Key``, any value: the
     generator fills it in for signed operations) is signed; one generated without it (a negative
@@ -111,7 +145,7 @@ class PartnerSigner(AuthBase):
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
-        idempotency_key = request.headers.get("Idempotency-Key", "")
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if isinstance(idempotency_key, bytes):
             idempotency_key = idempotency_key.decode("latin-1")
         timestamp = str(int(time.time()))
@@ -138,14 +172,26 @@ class Fixtures:
     record_ids: tuple[str, ...]  # the fuzzing partner's records
     anchored_record_ids: tuple[str, ...]  # of those, the ones a mined anchor covers
     anchor_batch_ids: tuple[int, ...]  # the anchors' batch ids, oldest first
+    partner: str  # the fuzzing partner (its own audit trail is readable by it and operators)
+    partner_mode: str  # its credential's mode ("test" or "live"): the audit trail it may read
+    partner_ids: tuple[str, ...]  # partners that exist: the keyring's and one onboarded in setup
+    tag: str  # unique to the run: new partner names and idempotency keys never met before
 
 
-Overrides = dict[str, dict[str, str]]  # case attribute ("path_parameters", "query") -> values
+# case attribute ("path_parameters", "query", "body") -> values merged into what was generated
+Overrides = dict[str, dict[str, Any]]
 
 
 def _consistency(f: Fixtures, rng: random.Random) -> Overrides:
     old, new = sorted(rng.choices(f.anchor_batch_ids, k=2))
     return {"query": {"from": str(old), "to": str(new)}}
+
+
+def _new_partner(f: Fixtures, rng: random.Random) -> Overrides:
+    """A name no partner has (201), or one that exists (409 ``partner_exists``)."""
+    if rng.random() < FRESH_NAME_SHARE:
+        return {"body": {"id": f"fz-{f.tag}-{rng.getrandbits(48):012x}"}}
+    return {"body": {"id": rng.choice(f.partner_ids)}}
 
 
 # One row per operation whose success needs an existing object: what to put in a valid request.
@@ -157,6 +203,11 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     },
     "getAnchors": lambda f, rng: {"query": {"from": str(rng.choice(f.anchor_batch_ids))}},
     "getConsistency": _consistency,
+    "createPartner": _new_partner,
+    "getPartner": lambda f, rng: {"path_parameters": {"partner": rng.choice(f.partner_ids)}},
+    "listPartners": lambda f, rng: {"query": {"starting_after": rng.choice(f.partner_ids)}},
+    # the fuzzing partner's own trail in its credential's mode: readable by it and by operators
+    "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
 }
 
 
@@ -197,13 +248,19 @@ class FuzzReport:
     by_status: Counter[int] = field(default_factory=Counter)
     by_code: Counter[str] = field(default_factory=Counter)  # problem codes of the 4xx and 5xx
     by_operation: dict[str, Counter[int]] = field(default_factory=dict)
+    # requests signed by a principal the operation does not list: apart from the counts above
+    # (their refusals are expected, not authentication failures of the fuzzer)
+    wrong_principal: dict[str, Counter[int]] = field(default_factory=dict)
     server_errors: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     failure_count: int = 0
     generation_errors: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
 
-    def record(self, operation: str, status: int) -> None:
+    def record(self, operation: str, status: int, wrong_principal: bool = False) -> None:
+        if wrong_principal:
+            self.wrong_principal.setdefault(operation, Counter())[status] += 1
+            return
         self.requests += 1
         self.by_status[status] += 1
         self.by_operation.setdefault(operation, Counter())[status] += 1
@@ -221,7 +278,8 @@ class FuzzReport:
 
     @property
     def server_error_count(self) -> int:
-        return sum(count for status, count in self.by_status.items() if status >= 500)
+        counters = (self.by_status, *self.wrong_principal.values())
+        return sum(c for counter in counters for status, c in counter.items() if status >= 500)
 
     def operations_without_2xx(self) -> list[str]:
         return sorted(
@@ -255,6 +313,10 @@ class FuzzReport:
                 for op, statuses in sorted(self.by_operation.items())
             },
             "operations_without_2xx": self.operations_without_2xx(),
+            "wrong_principal": {
+                op: {str(s): c for s, c in sorted(statuses.items())}
+                for op, statuses in sorted(self.wrong_principal.items())
+            },
             "server_errors": self.server_errors,
             "server_error_count": self.server_error_count,
             "failures": self.failures,
@@ -275,13 +337,18 @@ def _curl(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
 
 
 def _check(
-    case: schemathesis.Case[Any], response: schemathesis.Response, report: FuzzReport, mode: str
+    case: schemathesis.Case[Any],
+    response: schemathesis.Response,
+    report: FuzzReport,
+    mode: str,
+    status_expected: int | None = None,
 ) -> None:
+    """Check one answer; ``status_expected`` is the one status a wrong principal must get."""
     operation = str(case.operation.label)
     headers = {name: values[0] for name, values in response.headers.items() if values}
     status = response.status_code
-    report.record(operation, status)
-    if report.requests % PROGRESS_EVERY == 0:
+    report.record(operation, status, wrong_principal=status_expected is not None)
+    if status_expected is None and report.requests % PROGRESS_EVERY == 0:
         print(
             f"{report.requests} requests, {report.server_error_count} 5xx, "
             f"{report.failure_count} failed checks ({operation})",
@@ -291,6 +358,8 @@ def _check(
     found = problem_errors(
         status, headers, response.content, lambda code: report.by_code.update((code,))
     )
+    if status_expected is not None and status != status_expected:
+        found.append(f"signed by a principal it does not list: {status}, not {status_expected}")
     try:
         case.validate_response(response, checks=CHECKS)
     except FailureGroup as exc:
@@ -317,41 +386,72 @@ def _check(
         )
 
 
-def _fuzz_operation(
-    operation: Any,
-    mode: schemathesis.GenerationMode,
-    examples: int,
-    session: requests.Session,
-    base_url: str,
-    fixtures: Fixtures,
-    report: FuzzReport,
-    seed: int,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What every request of one run shares."""
+
+    session: requests.Session
+    base_url: str
+    fixtures: Fixtures
+    report: FuzzReport
+    keys: Iterator[int]  # numbers the run's fresh idempotency keys
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One batch of requests to one operation."""
+
+    mode: schemathesis.GenerationMode
+    examples: int
+    signers: tuple[Signer, ...]  # one drawn per request; none: the operation is public
+    status_expected: int | None = None  # set: signed by a principal the operation refuses
+
+    @property
+    def label(self) -> str:
+        return "wrong_principal" if self.status_expected is not None else self.mode.value
+
+
+def _declares_idempotency_key(operation: Any) -> bool:
+    return any(p.name.lower() == IDEMPOTENCY_HEADER.lower() for p in operation.headers)
+
+
+def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None:
     rng = random.Random(seed)
     fixture = FIXTURES.get(str(operation.definition.raw.get("operationId", "")))
+    fresh_keys = pass_.mode.is_positive and _declares_idempotency_key(operation)
 
     @hypothesis.seed(seed)
     @settings(
-        max_examples=examples,
+        max_examples=pass_.examples,
         phases=[Phase.generate],
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
         print_blob=False,
     )
-    @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
+    @hypothesis.given(case=operation.as_strategy(generation_mode=pass_.mode))
     def run(case: schemathesis.Case[Any]) -> None:
-        if fixture is not None and mode.is_positive and rng.random() < FIXTURE_SHARE:
-            _apply(case, fixture(fixtures, rng))
-        response = case.call(base_url=base_url, session=session, timeout=REQUEST_TIMEOUT_S)
-        _check(case, response, report, mode.value)
+        if fixture is not None and pass_.mode.is_positive and rng.random() < FIXTURE_SHARE:
+            _apply(case, fixture(run_.fixtures, rng))
+        if fresh_keys and rng.random() < FRESH_KEY_SHARE:
+            key = f"fz-{run_.fixtures.tag}-{next(run_.keys)}"  # setup's are fuzz-...
+            case.headers[IDEMPOTENCY_HEADER] = key
+        signer = rng.choice(pass_.signers) if pass_.signers else None
+        if signer is not None and pass_.mode.is_positive:
+            # a valid request is a signed one: the scheme's header is optional where the
+            # operation lists two schemes, and an unsigned valid request would only test 401
+            case.headers[HEADER_KEY] = "signed"
+        response = case.call(
+            base_url=run_.base_url, session=run_.session, timeout=REQUEST_TIMEOUT_S, auth=signer
+        )
+        _check(case, response, run_.report, pass_.label, pass_.status_expected)
 
     try:
         run()
     except (hypothesis.errors.Unsatisfiable, schemathesis.errors.SchemathesisError) as exc:
         # A schema with nothing to negate (an operation without inputs) has no negative cases.
-        if mode.is_positive:
-            report.generation_errors[f"{operation.label} {mode.value}"] = str(exc)[:300]
+        if pass_.mode.is_positive:
+            run_.report.generation_errors[f"{operation.label} {pass_.label}"] = str(exc)[:300]
 
 
 def _operation_or_raise(result: Ok[Any] | Err[Any]) -> Any:
@@ -366,15 +466,50 @@ def _inputs(operation: Any) -> tuple[bool, int]:
     return "requestBody" in definition, len(definition.get("parameters", []))
 
 
+def _schemes(operation: Any, document: Mapping[str, Any]) -> list[str]:
+    """The security schemes an operation lists (any one of them signs it)."""
+    requirements = operation.definition.raw.get("security", document.get("security", []))
+    return sorted({scheme for requirement in requirements for scheme in requirement})
+
+
+def _passes(
+    operation: Any, document: Mapping[str, Any], signers: Mapping[str, Signer], share: int
+) -> list[_Pass]:
+    """Valid, schema-refused and wrong-principal requests to ``operation``, about ``share``."""
+    schemes = _schemes(operation, document)
+    unknown = [s for s in schemes if s not in signers]
+    if unknown:
+        raise OperationFailed(f"{operation.label}: no credential for security scheme {unknown}")
+    own = tuple(signers[s] for s in schemes)
+    wrong = [s for s in sorted(signers) if schemes and s not in schemes]
+    wrong_count = max(1, int(share * WRONG_PRINCIPAL_SHARE)) if wrong else 0
+    negative = max(1, int(share * NEGATIVE_SHARE))
+    positive = max(1, share - negative - wrong_count * len(wrong))
+    return [
+        _Pass(schemathesis.GenerationMode.POSITIVE, positive, own),
+        _Pass(schemathesis.GenerationMode.NEGATIVE, negative, own),
+        *(
+            _Pass(
+                schemathesis.GenerationMode.POSITIVE,
+                wrong_count,
+                (signers[s],),
+                WRONG_PRINCIPAL_STATUS[s],
+            )
+            for s in wrong
+        ),
+    ]
+
+
 def fuzz_gateway(
     gateway_url: str,
-    api_key: str,
-    secret: bytes,
+    credentials: Mapping[str, ApiCredential],
     fixtures: Fixtures,
     requests_total: int,
     seed: int,
 ) -> FuzzReport:
-    """Fuzz every operation of the gateway's document with about ``requests_total`` requests.
+    """Fuzz every operation of the gateway's document with about ``requests_total`` requests,
+    signing with ``credentials`` by security scheme (``partnerSignature``,
+    ``operatorSignature``).
 
     The document is read as served (from a dict: schemathesis leaves out the path it loaded a
     schema from, and the document's own route is a route too). Operations that take little in
@@ -383,28 +518,20 @@ def fuzz_gateway(
     document = requests.get(f"{gateway_url}{OPENAPI_PATH}", timeout=REQUEST_TIMEOUT_S).json()
     schema = schemathesis.openapi.from_dict(document)
     operations = sorted(map(_operation_or_raise, schema.get_all_operations()), key=_inputs)
+    signers = {
+        scheme: Signer(credential.api_key, credential.secret)
+        for scheme, credential in credentials.items()
+    }
     report = FuzzReport(seed=seed)
     session = requests.Session()
-    session.auth = PartnerSigner(api_key, secret)
+    run_ = _Run(session, gateway_url, fixtures, report, itertools.count())
     started = time.monotonic()
     try:
         for index, operation in enumerate(operations):
-            share = max(2, (requests_total - report.requests) // (len(operations) - index))
-            negative = max(1, int(share * NEGATIVE_SHARE))
-            for mode, examples in (
-                (schemathesis.GenerationMode.POSITIVE, share - negative),
-                (schemathesis.GenerationMode.NEGATIVE, negative),
-            ):
-                _fuzz_operation(
-                    operation,
-                    mode,
-                    examples,
-                    session,
-                    gateway_url,
-                    fixtures,
-                    report,
-                    seed * 1000 + index * 2 + int(mode.is_negative),
-                )
+            sent = report.requests + sum(map(Counter.total, report.wrong_principal.values()))
+            share = max(3, (requests_total - sent) // (len(operations) - index))
+            for number, pass_ in enumerate(_passes(operation, document, signers, share)):
+                _fuzz_operation(operation, run_, pass_, seed * 1000 + index * 10 + number)
     finally:
         session.close()
     report.duration_s = time.monotonic() - started
@@ -419,41 +546,111 @@ def _signed(session: requests.Session, base_url: str, method: str, path: str, **
     return response.status_code, response.json()
 
 
-def make_fixtures(gateway_url: str, api_key: str, secret: bytes) -> Fixtures:
-    """Write a few records as the partner and wait until an anchor covering them is mined."""
+def _signing_session(credential: ApiCredential) -> requests.Session:
     session = requests.Session()
-    session.auth = PartnerSigner(api_key, secret)
-    session.headers[HEADER_KEY] = api_key
-    tag = secrets.token_hex(4)
+    session.auth = Signer(credential.api_key, credential.secret)
+    session.headers[HEADER_KEY] = credential.api_key
+    return session
+
+
+def make_credentials(layout: ClusterLayout, partner: str) -> dict[str, ApiCredential]:
+    """The credentials to sign with, by security scheme: ``partner``'s (from the keyring, which
+    holds its mode) and the fuzzer's operator's (:data:`FUZZ_OPERATOR`). The operator is added
+    to ``layout``'s keyring the first time, as ``baas-partners add-operator`` does (under the
+    keyring's lock; running gateways load it within keyring_reload_interval_s); later runs sign
+    with the credential the keyring holds, so reruns do not pile up operators."""
+    config = load_gateway_config(Path(layout.gateway_config_path))
+    master_key = load_master_key(config.master_key_file)
+    now_ms = time.time_ns() // 1_000_000
+
+    def with_operator(keyring: Keyring) -> Keyring:
+        return add_operator(keyring, FUZZ_OPERATOR)[0]
+
+    keyring = load_keyring(config.keyring_file, master_key)
+    if FUZZ_OPERATOR not in keyring.operators:
+        keyring = change_keyring(config.keyring_file, master_key, with_operator)
+    operator = next(c for c in keyring.operators[FUZZ_OPERATOR].credentials if c.live(now_ms))
+    own = keyring.principal(layout.partners[partner]["api_key"], now_ms).credential
+    return {PARTNER_SIGNATURE: own, OPERATOR_SIGNATURE: operator}
+
+
+def _write_records(session: requests.Session, gateway_url: str, tag: str) -> tuple[str, ...]:
     items = [
         {"idempotency_key": f"fuzz-{tag}-{i}", "record": {"n": i, "amount_minor": 100 * i}}
         for i in range(SETUP_RECORDS)
     ]
-    with session:
+    status, body = _signed(
+        session, gateway_url, "POST", "/v1/records/batch", json={"records": items}
+    )
+    if status != 200 or any(r["status"] not in (200, 201) for r in body["results"]):
+        raise OperationFailed(f"could not write the fuzzer's records: {status} {body}")
+    return tuple(r["record_id"] for r in body["results"])
+
+
+def _anchored(
+    session: requests.Session, gateway_url: str, ids: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Wait until an anchor covering ``ids`` is mined: the anchored ones and the anchors."""
+    deadline = time.monotonic() + ANCHOR_WAIT_S
+    while time.monotonic() < deadline:
+        status, _ = _signed(session, gateway_url, "GET", f"/v1/records/{ids[-1]}/receipt")
+        if status == 200:
+            break
+        time.sleep(0.5)
+    else:
+        raise OperationFailed(f"no anchor covered the fuzzer's records in {ANCHOR_WAIT_S} s")
+    anchored = tuple(
+        rid
+        for rid in ids
+        if _signed(session, gateway_url, "GET", f"/v1/records/{rid}/receipt")[0] == 200
+    )
+    status, chain = _signed(session, gateway_url, "GET", "/v1/log/anchors?from=1")
+    if status != 200:
+        raise OperationFailed(f"could not list the anchors: {status} {chain}")
+    return anchored, tuple(int(a["batch_id"]) for a in chain["anchors"])
+
+
+def _onboard(session: requests.Session, gateway_url: str, name: str) -> None:
+    """Onboard ``name`` as the operator, once the gateway knows the operator's credential and
+    the members apply identity entries (a new cluster agrees on that feature after a while)."""
+    deadline = time.monotonic() + ONBOARD_WAIT_S
+    while True:
         status, body = _signed(
-            session, gateway_url, "POST", "/v1/records/batch", json={"records": items}
+            session, gateway_url, "POST", "/v1/admin/partners", json={"id": name}
         )
-        if status != 200 or any(r["status"] not in (200, 201) for r in body["results"]):
-            raise OperationFailed(f"could not write the fuzzer's records: {status} {body}")
-        ids = tuple(r["record_id"] for r in body["results"])
-        deadline = time.monotonic() + ANCHOR_WAIT_S
-        while time.monotonic() < deadline:
-            status, _ = _signed(session, gateway_url, "GET", f"/v1/records/{ids[-1]}/receipt")
-            if status == 200:
-                break
-            time.sleep(0.5)
-        else:
-            raise OperationFailed(f"no anchor covered the fuzzer's records in {ANCHOR_WAIT_S} s")
-        anchored = tuple(
-            rid
-            for rid in ids
-            if _signed(session, gateway_url, "GET", f"/v1/records/{rid}/receipt")[0] == 200
-        )
-        status, chain = _signed(session, gateway_url, "GET", "/v1/log/anchors?from=1")
-        if status != 200:
-            raise OperationFailed(f"could not list the anchors: {status} {chain}")
-    batches = tuple(int(a["batch_id"]) for a in chain["anchors"])
-    return Fixtures(record_ids=ids, anchored_record_ids=anchored, anchor_batch_ids=batches)
+        # 409: an earlier try went through after all
+        if status in (201, 409):
+            return
+        if status not in (401, 503) or time.monotonic() > deadline:
+            raise OperationFailed(f"could not onboard the fuzzer's partner: {status} {body}")
+        time.sleep(0.5)
+
+
+def make_fixtures(
+    gateway_url: str,
+    partner: str,
+    credentials: Mapping[str, ApiCredential],
+    partners: Iterable[str],
+) -> Fixtures:
+    """As ``partner`` (its credential under ``partnerSignature``), write a few records and wait
+    until an anchor covering them is mined; as the operator (``operatorSignature``), onboard one
+    partner. ``partners`` names the partners that exist already."""
+    tag = secrets.token_hex(4)
+    onboarded = f"fz-{tag}-setup"
+    with _signing_session(credentials[PARTNER_SIGNATURE]) as session:
+        ids = _write_records(session, gateway_url, tag)
+        anchored, batches = _anchored(session, gateway_url, ids)
+    with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
+        _onboard(session, gateway_url, onboarded)
+    return Fixtures(
+        record_ids=ids,
+        anchored_record_ids=anchored,
+        anchor_batch_ids=batches,
+        partner=partner,
+        partner_mode=credentials[PARTNER_SIGNATURE].mode.name.lower(),
+        partner_ids=(*sorted(partners), onboarded),
+        tag=tag,
+    )
 
 
 @contextlib.contextmanager
@@ -477,10 +674,9 @@ def run_on(
     if the cluster has it, else its first partner). The cluster needs a chain: the receipt
     route's 2xx needs an anchored record."""
     name = partner or (PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0])
-    credentials = layout.partners[name]
-    api_key, secret = credentials["api_key"], bytes.fromhex(credentials["secret_hex"])
-    fixtures = make_fixtures(layout.gateway_url, api_key, secret)
-    return fuzz_gateway(layout.gateway_url, api_key, secret, fixtures, requests_total, seed)
+    credentials = make_credentials(layout, name)
+    fixtures = make_fixtures(layout.gateway_url, name, credentials, layout.partners)
+    return fuzz_gateway(layout.gateway_url, credentials, fixtures, requests_total, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
