@@ -43,8 +43,9 @@ entry, applied as one unit (node/consensus/ledger_ops.py).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
@@ -617,6 +618,7 @@ _TRANSFER_FIELDS = {
     "metadata",
 }
 _TRANSFER_REQUIRED = {"debit_account", "credit_account", "amount", "code"}
+_SINGLE_EXTRA = frozenset({"approvals", "idempotency_key"})  # a single or a batch item
 
 
 @dataclass(frozen=True, slots=True)
@@ -632,8 +634,9 @@ class _Asked:
     timeout_s: int
 
 
-async def _asked(state: Any, ctx: _Ctx, raw: Any, where: str) -> _Asked:
-    body = _object(raw, _TRANSFER_FIELDS | {"idempotency_key"}, _TRANSFER_REQUIRED, where)
+def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -> _Asked:
+    """A transfer as asked, checked alone (its ledger is filled in by :func:`_checked`)."""
+    body = _object(raw, _TRANSFER_FIELDS | extra, _TRANSFER_REQUIRED, where)
     debit = _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
     credit = _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
     amount = _amount(body["amount"], where + "amount")
@@ -650,17 +653,16 @@ async def _asked(state: Any, ctx: _Ctx, raw: Any, where: str) -> _Asked:
                 param=where + "timeout_s",
             )
         timeout_s = _small_int(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
-    debit_doc = await _own_account(state, ctx, debit, where + "debit_account")
-    await _own_account(state, ctx, credit, where + "credit_account")
-    return _Asked(
-        debit,
-        credit,
-        amount,
-        int(debit_doc["ledger"]),
-        code,
-        int(TransferFlags.PENDING) if pending else 0,
-        timeout_s,
-    )
+    flags = int(TransferFlags.PENDING) if pending else 0
+    return _Asked(debit, credit, amount, 0, code, flags, timeout_s)
+
+
+async def _checked(state: Any, ctx: _Ctx, asked: _Asked, where: str) -> _Asked:
+    """Both accounts are the caller's own (else 404 as for a missing one); the transfer's
+    ledger is the debit account's (a credit account on another is the ledger's refusal)."""
+    debit_doc = await _own_account(state, ctx, asked.debit, where + "debit_account")
+    await _own_account(state, ctx, asked.credit, where + "credit_account")
+    return replace(asked, ledger=int(debit_doc["ledger"]))
 
 
 def _event(ctx: _Ctx, record_id: bytes, index: int, asked: _Asked, linked: bool) -> CreateTransfer:
@@ -694,25 +696,39 @@ def _object_of(ctx: _Ctx, op: _Op, event: Event, moved: dict[str, Any]) -> dict[
     )
 
 
-async def _single(state: Any, ctx: _Ctx, key: str, body: dict[str, Any], where: str = "") -> _Op:
-    asked = await _asked(state, ctx, body, where)
-    approvals = _approvals(body.get("approvals"), where + "approvals")
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A single transfer's request, checked alone: before any node is asked anything."""
+
+    key: str
+    body: dict[str, Any]
+    asked: _Asked
+    approvals: bytes | None
+    where: str
+
+
+def _item(key: str, body: dict[str, Any], where: str = "") -> _Item:
+    asked = _parse_transfer(body, where, _SINGLE_EXTRA)
+    return _Item(key, body, asked, _approvals(body.get("approvals"), where + "approvals"), where)
+
+
+def _single(state: Any, ctx: _Ctx, item: _Item, asked: _Asked) -> _Op:
     return _operation(
         state,
         ctx,
         "transfer",
-        key,
-        {k: v for k, v in body.items() if k != "idempotency_key"},
-        lambda rid: ([_event(ctx, rid, 0, asked, False)], 0, [where]),
-        approvals,
+        item.key,
+        {k: v for k, v in item.body.items() if k != "idempotency_key"},
+        lambda rid: ([_event(ctx, rid, 0, asked, False)], 0, [item.where]),
+        item.approvals,
     )
 
 
 async def post_transfer(request: web.Request) -> web.Response:
     state, ctx, key = _state(request), _ctx(request), _key(request)
-    body = parse_json_body(await request.read())
-    _object(body, _TRANSFER_FIELDS | {"approvals"}, _TRANSFER_REQUIRED)
-    op = await _single(state, ctx, key, body)
+    body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | {"approvals"}, set())
+    item = _item(key, body)
+    op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
     done = await _write_one(state, ctx, op)
     return _answer(done, _object_of(ctx, op, op.events[0], done.events[0]), key)
 
@@ -802,7 +818,9 @@ async def post_linked(request: web.Request) -> web.Response:
         body, state, limits.ledger_linked_transfers_max, "ledger_linked_transfers_max",
         {"approvals", "metadata"},
     )  # fmt: skip
-    asked = [await _asked(state, ctx, raw, f"transfers[{i}].") for i, raw in enumerate(items)]
+    parsed = [_parse_transfer(raw, f"transfers[{i}].") for i, raw in enumerate(items)]
+    approvals = _approvals(body.get("approvals"))
+    asked = [await _checked(state, ctx, a, f"transfers[{i}].") for i, a in enumerate(parsed)]
     last = len(asked) - 1
 
     def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
@@ -811,9 +829,7 @@ async def post_linked(request: web.Request) -> web.Response:
         ]
         return events, 0, [f"transfers[{i}]." for i in range(len(asked))]
 
-    op = _operation(
-        state, ctx, "transfer.linked", key, body, build, _approvals(body.get("approvals"))
-    )
+    op = _operation(state, ctx, "transfer.linked", key, body, build, approvals)
     done = await _write_one(state, ctx, op)
     data = [_object_of(ctx, op, e, m) for e, m in zip(op.events, done.events, strict=True)]
     return _answer(
@@ -832,35 +848,65 @@ async def post_batch(request: web.Request) -> web.Response:
     items = _list_body(
         body, state, limits.ledger_batch_operations_max, "ledger_batch_operations_max"
     )
-    slots: list[_Op | BaasError] = []
+    parsed: list[_Item | BaasError] = []
     for i, raw in enumerate(items):
         where = f"transfers[{i}]."
         try:
             if not isinstance(raw, dict):
                 raise InvalidRequest("each transfer is a JSON object", param=f"transfers[{i}]")
-            item_key = _check_key(raw.get("idempotency_key"), where + "idempotency_key")
-            slots.append(await _single(state, ctx, item_key, raw, where))
+            key = _check_key(raw.get("idempotency_key"), where + "idempotency_key")
+            parsed.append(_item(key, raw, where))
         except CallerError as exc:
-            slots.append(exc)
-    keys = [s.record_id for s in slots if isinstance(s, _Op)]
+            parsed.append(exc)
+    keys = [p.key for p in parsed if isinstance(p, _Item)]
     if len(set(keys)) != len(keys):
         raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+    # Each account once, all at once: a batch often names the same few accounts.
+    wanted = sorted(
+        {a for p in parsed if isinstance(p, _Item) for a in (p.asked.debit, p.asked.credit)}
+    )
+    docs = dict(
+        zip(
+            wanted,
+            await asyncio.gather(
+                *(_node_doc(state, ctx, f"/internal/v1/ledger/accounts/{a}") for a in wanted)
+            ),
+            strict=True,
+        )
+    )
+    slots: list[_Op | BaasError] = []
+    for p in parsed:
+        try:
+            if isinstance(p, BaasError):
+                raise p
+            for side in ("debit", "credit"):
+                doc = docs[getattr(p.asked, side)]
+                if doc is None or int(doc["user_data_128"]) != ctx.scope:
+                    raise NotFound(
+                        "no such account",
+                        code="account_not_found",
+                        param=f"{p.where}{side}_account",
+                    )
+            ledger = int(docs[p.asked.debit]["ledger"])  # type: ignore[index]
+            slots.append(_single(state, ctx, p, replace(p.asked, ledger=ledger)))
+        except CallerError as exc:
+            slots.append(exc)
     ops = [s for s in slots if isinstance(s, _Op)]
     done = iter(await _write(state, ctx, ops) if ops else [])
     results = []
     for i, slot in enumerate(slots):
-        key = items[i].get("idempotency_key") if isinstance(items[i], dict) else None
+        item_key = items[i].get("idempotency_key") if isinstance(items[i], dict) else None
         if isinstance(slot, BaasError):
-            results.append(_failed(slot, key))
+            results.append(_failed(slot, item_key))
             continue
         got = next(done)
         if got.error is not None:
-            results.append(_failed(got.error, key))
+            results.append(_failed(got.error, item_key))
             continue
         results.append(
             {
                 "status": 200 if got.replayed else 201,
-                "idempotency_key": key,
+                "idempotency_key": item_key,
                 "transfer": _object_of(ctx, slot, slot.events[0], got.events[0]),
             }
         )
