@@ -435,12 +435,9 @@ def _answer(done: _Done, payload: dict[str, Any], key: str) -> web.Response:
 
 
 async def _node_doc(state: Any, ctx: _Ctx, path: str) -> dict[str, Any] | None:
-    try:
-        doc: dict[str, Any] = await state.nodes.identity_read(
-            path, deadline=ctx.deadline, request_id=ctx.request_id
-        )
-    except NotFound:
-        return None
+    doc: dict[str, Any] | None = await state.nodes.ledger_read(
+        path, deadline=ctx.deadline, request_id=ctx.request_id
+    )
     return doc
 
 

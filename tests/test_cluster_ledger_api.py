@@ -1,0 +1,214 @@
+"""The ledger API through the real gateway in front of 5 real nodes: accounts, the test faucet,
+transfers (single, two-phase posted partially and voided, linked chains failing whole, the
+batch route), retries answered with the first outcome, the result table, and isolation (another
+partner's or the other mode's ids answered as not found). Every answer is checked against the
+OpenAPI document (CheckedPartnerClient)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openapi_check
+import plyvel
+import pytest
+from openapi_check import CheckedPartnerClient
+
+from gateway.keyring import Keyring, change_keyring, load_master_key, new_partner_in_modes
+from tools.client import Response
+from tools.cluster_init import init_cluster
+from tools.ledger_client import LedgerClient
+from tools.local_cluster import LocalCluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+PLANTED = "memo-PLANTED-7f3a9c-user-4242"  # must never reach a node's LevelDB in plaintext
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict]]:
+    directory = tmp_path_factory.mktemp("ledgerapi")
+    layout = init_cluster(directory, partners=("shop-a", "shop-b"), chain="none")
+    made: dict[str, tuple[str, bytes]] = {}
+    for name in ("shop-a", "shop-b"):
+        creds = layout.partners[name]
+        made[name] = (creds["api_key"], bytes.fromhex(creds["secret_hex"]))
+
+    def onboard(keyring: Keyring) -> Keyring:
+        keyring, partner = new_partner_in_modes(keyring, "shop-m")
+        for c in partner.credentials:
+            made[f"shop-m/{c.mode.name.lower()}"] = (c.api_key, c.secret)
+        return keyring
+
+    master = load_master_key(directory / "secrets" / "master.key")
+    change_keyring(directory / "keyring.json", master, onboard)
+    local = LocalCluster(layout)
+    local.start()
+    try:
+        yield local, made
+    finally:
+        local.stop()
+
+
+def _ledger(local: LocalCluster, made: dict, who: str) -> LedgerClient:
+    key, secret = made[who]
+    return LedgerClient(CheckedPartnerClient(local.layout.gateway_url, key, secret), attempts_max=3)
+
+
+async def _until_ledger(ledger: LedgerClient) -> Response:
+    """The first account: the cluster enables the ledger (log feature 6) shortly after start;
+    until then the answer is 503 ledger_not_enabled, refused before the log, safe to retry."""
+    deadline = time.monotonic() + 90
+    while True:
+        got = await ledger.create_account(code=1, key="first-account")
+        if got.status in (200, 201):
+            return got
+        assert got.status == 503, got
+        assert time.monotonic() < deadline, got
+        await asyncio.sleep(0.5)
+
+
+def _balance(got: Response) -> dict[str, str]:
+    assert got.status == 200, got
+    balance: dict[str, str] = got.body["balance"]
+    return balance
+
+
+async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None:
+    local, made = cluster
+    checked_before = openapi_check.answers_checked
+    a, b = _ledger(local, made, "shop-a"), _ledger(local, made, "shop-b")
+    m_test, m_live = _ledger(local, made, "shop-m/test"), _ledger(local, made, "shop-m/live")
+    try:
+        a1 = (await _until_ledger(a)).body
+        assert a1["object"] == "ledger_account" and a1["livemode"] is False
+        assert a1["asset"] == "baas" and a1["scale"] == 18 and a1["ledger"] == 2
+        assert a1["flags"] == ["debits_must_not_exceed_credits"]
+        a2 = (await a.create_account(code=2, key="second", metadata={"memo": PLANTED})).body
+        b1 = (await b.create_account(code=1, key="first-account")).body  # same key, other id
+        assert len({a1["id"], a2["id"], b1["id"]}) == 3
+
+        # The faucet, and idempotency: a retry answers the first outcome; another body is 409.
+        funded = await a.faucet(a1["id"], "1000", key="fund-1")
+        assert funded.status == 201 and funded.body["debit_account"] is None, funded
+        again = await a.faucet(a1["id"], "1000", key="fund-1")
+        assert again.status == 200 and again.body == funded.body, again
+        other = await a.faucet(a1["id"], "999", key="fund-1")
+        assert other.status == 409 and other.body["code"] == "idempotency_key_reused", other
+        assert _balance(await a.account(a1["id"]))["posted"] == "1000"
+
+        # A transfer, and the ledger's refusal mapped to a problem, sticky on retry.
+        moved = await a.transfer(
+            a1["id"], a2["id"], "300", code=7, key="t-1", metadata={"memo": PLANTED}
+        )
+        assert moved.status == 201 and moved.body["amount"] == "300", moved
+        assert moved.body["type"] == "transfer" and len(moved.body["operation"]) == 64
+        fetched = await a.get_transfer(moved.body["id"])
+        assert fetched.status == 200 and fetched.body["amount"] == "300", fetched
+        broke = await a.transfer(a1["id"], a2["id"], "1000000", code=7, key="t-big")
+        assert broke.status == 402 and broke.body["code"] == "insufficient_funds", broke
+        assert broke.body["param"] == "amount"
+        broke_again = await a.transfer(a1["id"], a2["id"], "1000000", code=7, key="t-big")
+        assert broke_again.status == 402 and broke_again.body["code"] == "insufficient_funds"
+        assert _balance(await a.account(a1["id"]))["posted"] == "700"
+
+        # Two-phase: reserve, post part of it (the rest released), void another.
+        held = await a.transfer(a1["id"], a2["id"], "200", code=8, pending=True, timeout_s=3600)
+        assert held.status == 201 and held.body["type"] == "pending", held
+        bal = _balance(await a.account(a1["id"]))
+        assert (bal["posted"], bal["available"], bal["debits_pending"]) == ("700", "500", "200")
+        posted = await a.post(held.body["id"], "150", key="post-1")
+        assert posted.status == 201 and posted.body["amount"] == "150", posted
+        assert posted.body["pending_transfer"] == held.body["id"]
+        twice = await a.post(held.body["id"], key="post-2")
+        assert twice.status == 409 and twice.body["code"] == "transfer_already_posted", twice
+        bal = _balance(await a.account(a1["id"]))
+        assert (bal["posted"], bal["available"], bal["debits_pending"]) == ("550", "550", "0")
+        held2 = await a.transfer(a1["id"], a2["id"], "50", code=8, pending=True)
+        voided = await a.void(held2.body["id"], key="void-1")
+        assert voided.status == 201 and voided.body["type"] == "void", voided
+        void_again = await a.void(held2.body["id"], key="void-2")
+        assert void_again.status == 409 and void_again.body["code"] == "transfer_already_voided"
+        assert _balance(await a.account(a1["id"]))["available"] == "550"
+
+        # A linked chain succeeds or fails whole.
+        chain_bad = [
+            LedgerClient.transfer_body(a1["id"], a2["id"], "10", code=9),
+            LedgerClient.transfer_body(a2["id"], a1["id"], "999999", code=9),
+        ]
+        failed = await a.linked(chain_bad, key="chain-1")
+        assert failed.status == 402 and failed.body["param"] == "transfers[1].amount", failed
+        assert _balance(await a.account(a1["id"]))["posted"] == "550"  # the first undone too
+        chain_ok = [
+            LedgerClient.transfer_body(a1["id"], a2["id"], "10", code=9),
+            LedgerClient.transfer_body(a2["id"], a1["id"], "4", code=9),
+        ]
+        chained = await a.linked(chain_ok, key="chain-2")
+        assert chained.status == 201 and len(chained.body["transfers"]) == 2, chained
+        assert _balance(await a.account(a1["id"]))["posted"] == "544"
+
+        # The batch: one result per item, in order; a retry answers every first outcome.
+        body = LedgerClient.transfer_body
+        items = [
+            {"idempotency_key": "b-ok", **body(a1["id"], a2["id"], "4", code=1)},
+            {"idempotency_key": "b-big", **body(a1["id"], a2["id"], "9999", code=1)},
+            {"idempotency_key": "b-foreign", **body(a1["id"], b1["id"], "1", code=1)},
+            {"idempotency_key": "b-zero", **body(a1["id"], a2["id"], "0", code=1)},
+        ]
+        first = await a.batch(items)
+        assert [r["status"] for r in first.body["results"]] == [201, 402, 404, 400], first
+        assert first.body["results"][2]["error"]["param"] == "transfers[2].credit_account"
+        retry = await a.batch(items)
+        assert [r["status"] for r in retry.body["results"]] == [200, 402, 404, 400], retry
+        assert retry.body["results"][0]["transfer"] == first.body["results"][0]["transfer"]
+        bal1, bal2 = _balance(await a.account(a1["id"])), _balance(await a.account(a2["id"]))
+        assert (bal1["posted"], bal2["posted"]) == ("540", "460")  # conserved: 1000 in all
+
+        # Another partner's ids are not found, exactly like missing ones.
+        for got in (
+            await b.account(a1["id"]),
+            await b.get_transfer(moved.body["id"]),
+            await b.transfer(a1["id"], b1["id"], "1", code=1, key="steal"),
+            await b.post(held.body["id"], key="steal-post"),
+        ):
+            assert got.status == 404, got
+        missing = await a.account("acct_" + "5" * 32)
+        assert missing.status == 404 and missing.body["code"] == "account_not_found"
+
+        # Test and live are separate: the live credential finds none of the test objects, and
+        # live mode has no faucet.
+        mt = (await m_test.create_account(code=1, key="acct")).body
+        ml = (await m_live.create_account(code=1, key="acct")).body
+        assert ml["livemode"] is True and ml["ledger"] == 3 and ml["id"] != mt["id"]
+        assert (await m_live.account(mt["id"])).status == 404
+        assert (await m_test.account(ml["id"])).status == 404
+        live_faucet = await m_live.faucet(ml["id"], "5", key="f")
+        assert live_faucet.status == 400 and live_faucet.body["code"] == "test_mode_only"
+        assert _balance(await m_live.account(ml["id"]))["posted"] == "0"
+    finally:
+        for client in (a, b, m_test, m_live):
+            await client.http.close()
+    assert openapi_check.answers_checked >= checked_before + 40
+
+
+def test_no_planted_memo_in_any_node_leveldb(cluster: tuple[LocalCluster, dict]) -> None:
+    """After the API test: the memo went into encrypted records only. Stop the nodes and read
+    every LevelDB (state and Raft) with plyvel; the same reader finds it in a control DB."""
+    local, _ = cluster
+    local.stop()
+    needle = PLANTED.encode()
+    control = Path(local.layout.directory) / "control-db"
+    with plyvel.DB(str(control), create_if_missing=True) as db:
+        db.put(b"k", b"prefix " + needle + b" suffix")
+    assert _found_in(control, needle)
+    dbs = [p.parent for p in Path(local.layout.directory).rglob("CURRENT") if p.parent != control]
+    assert len(dbs) >= 5 and any("raft" in str(p) for p in dbs), dbs  # state and Raft DBs
+    for path in dbs:
+        assert not _found_in(path, needle), path
+
+
+def _found_in(path: Path, needle: bytes) -> bool:
+    with plyvel.DB(str(path)) as db:
+        return any(needle in key or needle in value for key, value in db.iterator())
