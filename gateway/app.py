@@ -22,7 +22,8 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
 * ``/dashboard/...`` -> the web dashboard (:mod:`gateway.dashboard`), a sub-application with
   its own sessions, limits and error pages; not signed like the partner API.
 * ``/v1/ledger/...`` and ``POST /v1/test/faucet``: the ledger's accounts, balances and
-  transfers, :mod:`gateway.ledger_routes` (docs/ledger-guide.md).
+  transfers, :mod:`gateway.ledger_routes` (docs/ledger-guide.md); ``/v1/wallets/links``:
+  users' wallets linked with their signature, :mod:`gateway.wallet_routes`.
 * ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
   :mod:`gateway.admin_routes`.
 
@@ -77,6 +78,7 @@ from gateway.rate_limit import CredentialRateLimiter
 from gateway.record_codec import canonical_record, open_record, sealed_wire
 from gateway.request_keys import API_VERSION as API_VERSION_KEY
 from gateway.request_keys import DEADLINE, MODE, PARTNER_KEYS, PRINCIPAL, REQUEST_ID
+from gateway.wallet_routes import add_wallet_routes
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
     AuthenticationFailed,
@@ -484,6 +486,7 @@ def build_gateway_app(
     add_log_routes(app, state.nodes)
     add_admin_routes(app)
     add_ledger_routes(app)
+    add_wallet_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

@@ -776,9 +776,9 @@ _LEDGER_KEY = {
 _LEDGER_ERRORS = (*_SIGNED_ERRORS, 402, 403, 404, 409)
 
 
-def _ledger_path(description: str) -> Schema:
+def _path_param(name: str, description: str) -> Schema:
     return {
-        "name": "id",
+        "name": name,
         "in": "path",
         "required": True,
         "description": description,
@@ -800,7 +800,7 @@ def _ledger_write(operation_id: str, summary: str, answer: str, body: str, **kw:
     )
 
 
-_TRANSFER_PATH_ID = _ledger_path("the transfer id (tr_...)")
+_TRANSFER_PATH_ID = _path_param("id", "the transfer id (tr_...)")
 PATHS.update(
     {
         "/v1/ledger/accounts": {
@@ -817,7 +817,7 @@ PATHS.update(
                 "An account and its balances (another partner's or mode's: 404)",
                 {200: _json("LedgerAccount", "the account")},
                 (*_SIGNED_ERRORS, 404),
-                parameters=[_ledger_path("the account id (acct_...)")],
+                parameters=[_path_param("id", "the account id (acct_...)")],
             )
         },
         "/v1/ledger/transfers": {
@@ -880,6 +880,63 @@ PATHS.update(
                 "accounts (live mode: 400 test_mode_only)",
                 "LedgerTransfer",
                 "LedgerFaucet",
+            )
+        },
+    }
+)
+
+# --- wallet links (gateway/wallet_routes.py) ---------------------------------------------
+
+USER_ID: Schema = {"type": "string", "minLength": 1, "maxLength": 255}
+_WALLET_LINK: dict[str, Schema] = {
+    "object": {"const": "wallet_link"},
+    "user_id": USER_ID,
+    "user_ref": HEX64,
+    "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
+    "livemode": {"type": "boolean"},
+}
+SCHEMAS.update(
+    {
+        "WalletLinkCreate": _closed(
+            {
+                "user_id": USER_ID,
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                "deadline": {"type": "integer", "minimum": 1},
+                "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+                "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+            }
+        ),
+        "WalletLink": _closed(_WALLET_LINK),
+        "WalletBalance": _closed(
+            {
+                "asset": {"type": "string", "enum": ["baas"]},
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "ledger": {"type": "integer", "minimum": 1},
+                **SCHEMAS["LedgerBalance"]["properties"],
+            }
+        ),
+        "WalletLinkRead": _closed(
+            {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
+        ),
+    }
+)
+PATHS.update(
+    {
+        "/v1/wallets/links": {
+            "post": _ledger_write(
+                "createWalletLink",
+                "Link your user id to a user's wallet, with the user's EIP-712 Link signature",
+                "WalletLink",
+                "WalletLinkCreate",
+            )
+        },
+        "/v1/wallets/links/{user_id}": {
+            "get": _operation(
+                "getWalletLink",
+                "The wallet linked to your user id in this mode, and its balances",
+                {200: _json("WalletLinkRead", "the link")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_path_param("user_id", "your own user id")],
             )
         },
     }

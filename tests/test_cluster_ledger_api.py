@@ -7,15 +7,21 @@ OpenAPI document (CheckedPartnerClient)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import identitykit
 import openapi_check
 import plyvel
 import pytest
 from openapi_check import CheckedPartnerClient
 
+from business.identity import eip712
+from business.identity.ids import Mode, partner_id, user_ref
 from gateway.keyring import Keyring, change_keyring, load_master_key, new_partner_in_modes
 from tools.client import Response
 from tools.cluster_init import init_cluster
@@ -191,6 +197,73 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         for client in (a, b, m_test, m_live):
             await client.http.close()
     assert openapi_check.answers_checked >= checked_before + 40
+
+
+def _partners_cmd(local: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.partners_cli", "--config",
+         local.layout.gateway_config_path, *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster, dict]) -> None:
+    """A partner onboarded on the log links its user id to a user's wallet with the user's
+    EIP-712 signature; a forged one is refused; another partner cannot read the link."""
+    local, made = cluster
+    deadline = time.monotonic() + 90
+    while True:  # onboarding waits for log feature 7
+        run = await asyncio.to_thread(_partners_cmd, local, "onboard", "--partner", "shop-w")
+        if run.returncode == 0:
+            break
+        assert time.monotonic() < deadline, run.stderr
+        await asyncio.sleep(0.5)
+    onboarded = json.loads(run.stdout)
+    cred = next(c for c in onboarded["credentials"] if not c["livemode"])
+    w = LedgerClient(
+        CheckedPartnerClient(local.layout.gateway_url, cred["id"], bytes.fromhex(cred["secret"]))
+    )
+    a = _ledger(local, made, "shop-a")
+    try:
+        alice = identitykit.user("alice")
+        ref = user_ref(partner_id("shop-w"), Mode.TEST, "user-42")
+        nonce = bytes(range(32))
+        link_deadline = int(time.time()) + 3600
+        message = eip712.Link(
+            partner_id("shop-w"), Mode.TEST, ref, identitykit.address(alice), link_deadline, nonce
+        )
+        body = {
+            "user_id": "user-42",
+            "wallet": alice.address.lower(),
+            "deadline": link_deadline,
+            "nonce": "0x" + nonce.hex(),
+            "signature": "0x" + identitykit.sign(alice, message).hex(),
+        }
+        while True:  # the gateway picks the new credential up at its next keyring reload
+            linked = await w.call("POST", "/v1/wallets/links", body, key="link-1")
+            if linked.status != 401:
+                break
+            assert time.monotonic() < deadline, linked
+            await asyncio.sleep(0.5)
+        assert linked.status == 201, linked
+        assert (
+            linked.body["wallet"] == alice.address.lower() and linked.body["user_ref"] == ref.hex()
+        )
+        again = await w.call("POST", "/v1/wallets/links", body, key="link-1")
+        assert again.status == 200, again
+        forged = {**body, "user_id": "user-43"}  # the signature covers user-42's reference
+        refused = await w.call("POST", "/v1/wallets/links", forged, key="link-2")
+        assert refused.status == 400 and refused.body["param"] == "signature", refused
+        read = await w.call("GET", "/v1/wallets/links/user-42")
+        assert read.status == 200 and read.body["wallet"] == alice.address.lower(), read
+        assert read.body["balances"][0]["posted"] == "0"
+        assert (await w.call("GET", "/v1/wallets/links/user-43")).status == 404
+        assert (await a.call("GET", "/v1/wallets/links/user-42")).status == 404  # not shop-a's
+        keyring_only = await a.call("POST", "/v1/wallets/links", body, key="link-a")
+        assert keyring_only.status in (400, 404), keyring_only  # not shop-a's signature
+    finally:
+        await w.http.close()
+        await a.http.close()
 
 
 def test_no_planted_memo_in_any_node_leveldb(cluster: tuple[LocalCluster, dict]) -> None:

@@ -1,0 +1,165 @@
+"""Wallet links on the gateway: a partner links its own user id to a user's wallet, with the
+user's signature, and reads the link and the wallet's balances.
+
+* ``POST /v1/wallets/links`` ``{"user_id", "wallet", "deadline", "nonce", "signature"}`` (the
+  user's EIP-712 ``Link`` signature over partner, mode, user reference, wallet, deadline and
+  nonce: :mod:`business.identity.eip712`) -> the identity machine's ``wallet.link`` through
+  any node (forwarded to the leader); 201 the link, 200 when it already was (a retry), else a
+  problem from :data:`LINK_PROBLEMS`. ``Idempotency-Key`` is required like on every ledger
+  POST; the link's own idempotency is the signed (wallet, nonce): a retry answers the verdict
+  it got the first time.
+* ``GET /v1/wallets/links/{user_id}`` -> the link (the wallet's address) and the wallet's
+  balances in the credential's mode; 404 ``link_not_found`` for a user id this partner has not
+  linked in this mode (another partner's links are keyed by that partner: never reachable).
+
+The state holds ``user_ref = H(partner, mode, user_id)``, never the raw user id; the user signs
+that reference (``GET`` answers it as ``user_ref`` so a wallet app can show what it signs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from business.identity.ids import (
+    Mode,
+    ledger_number,
+    user_ref,
+    wallet_account_id,
+    wallet_id,
+)
+from business.identity.model import LinkEntry
+from gateway.ledger_routes import (
+    ASSETS,
+    _body,
+    _ctx,
+    _hex,
+    _key,
+    _node_doc,
+    _small_int,
+    _state,
+    account_object,
+)
+from gateway.partners import actor_of
+from gateway.request_keys import PRINCIPAL
+from node.consensus.state_machine import AppEntry
+from node.errors import InvalidRequest, NotFound, OperationFailed
+
+__all__ = ["LINK_PROBLEMS", "WALLET_LINKS_PATH", "add_wallet_routes"]
+
+WALLET_LINKS_PATH = "/v1/wallets/links"
+USER_ID_CHARS_MAX = 255
+DEADLINE_S_MAX = (1 << 63) - 1
+# wallet.link result -> (status, code, param); ok and exists are successes.
+LINK_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
+    "malformed": (400, "invalid_request", None),
+    "signature_invalid": (400, "signature_invalid", "signature"),
+    "signer_mismatch": (400, "signer_mismatch", "signature"),
+    "nonce_used": (409, "nonce_used", "nonce"),
+    "deadline_expired": (400, "deadline_expired", "deadline"),
+    "deadline_too_far": (400, "deadline_too_far", "deadline"),
+    "partner_not_found": (404, "partner_not_found", None),  # not onboarded in this mode
+    "partner_not_active": (403, "partner_not_active", None),
+    "exists_with_different_wallet": (409, "user_linked_to_another_wallet", "user_id"),
+    "actor_not_allowed": (404, "partner_not_found", None),
+}
+
+
+class _LinkRefused(InvalidRequest):
+    def __init__(self, detail: str, *, code: str, status: int, param: str | None) -> None:
+        super().__init__(detail, code=code, param=param)
+        self.http_status = status  # type: ignore[misc]
+
+
+def _user_id(raw: Any, param: str = "user_id") -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= USER_ID_CHARS_MAX or not raw.isprintable():
+        raise InvalidRequest(f"{param} is 1..{USER_ID_CHARS_MAX} printable characters", param=param)
+    return raw
+
+
+def _link_object(user_id: str, ref: bytes, wallet: bytes, mode: Mode) -> dict[str, Any]:
+    return {
+        "object": "wallet_link",
+        "user_id": user_id,
+        "user_ref": ref.hex(),
+        "wallet": "0x" + wallet.hex(),
+        "livemode": mode == Mode.LIVE,
+    }
+
+
+async def post_link(request: web.Request) -> web.Response:
+    state, ctx = _state(request), _ctx(request)
+    key = _key(request)
+    fields = {"user_id", "wallet", "deadline", "nonce", "signature"}
+    body = await _body(request, fields, fields)
+    user_id = _user_id(body["user_id"])
+    ref = user_ref(ctx.pid16, ctx.mode, user_id)
+    entry = LinkEntry(
+        partner=ctx.pid16,
+        mode=ctx.mode,
+        user_ref=ref,
+        wallet=_hex(body["wallet"], "wallet", 20, 20, prefix="0x"),
+        deadline=_small_int(body["deadline"], "deadline", 1, DEADLINE_S_MAX),
+        nonce=_hex(body["nonce"], "nonce", 32, 32, prefix="0x"),
+        signature=_hex(body["signature"], "signature", 65, 65, prefix="0x"),
+        actor=actor_of(request[PRINCIPAL]),
+    )
+    outcome = await state.nodes.identity_propose(
+        AppEntry("wallet.link", entry.to_body()),
+        deadline=ctx.deadline,
+        request_id=ctx.request_id,
+    )
+    code = str(outcome.get("code"))
+    if code == "feature_not_enabled":
+        raise OperationFailed(
+            "the cluster does not apply identity entries yet (log feature 7)",
+            code="feature_not_enabled",
+        )
+    if code not in ("ok", "exists"):
+        status, problem, param = LINK_PROBLEMS.get(code, (409, code, None))
+        raise _LinkRefused(
+            f"the link was refused: {code}", code=problem, status=status, param=param
+        )
+    return web.json_response(
+        _link_object(user_id, ref, entry.wallet, ctx.mode),
+        status=201 if code == "ok" else 200,
+        headers={"Idempotency-Key": key},
+    )
+
+
+async def get_link(request: web.Request) -> web.Response:
+    state, ctx = _state(request), _ctx(request)
+    user_id = _user_id(request.match_info["user_id"])
+    ref = user_ref(ctx.pid16, ctx.mode, user_id)
+    mode = "test" if ctx.mode == Mode.TEST else "live"
+    try:
+        found = await state.nodes.identity_read(
+            f"/internal/v1/identity/links/{ctx.pid16.hex()}/{mode}/{ref.hex()}",
+            deadline=ctx.deadline,
+            request_id=ctx.request_id,
+        )
+    except NotFound as exc:
+        raise NotFound("no link for this user id", code="link_not_found", param="user_id") from exc
+    wallet = bytes.fromhex(str(found["wallet"])[2:])
+    balances = []
+    for index, _kind, _scale in ASSETS.values():
+        ledger = ledger_number(ctx.mode, index)
+        account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
+        doc = await _node_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
+        if doc is None:  # opened on the first credit: nothing yet
+            doc = {"id": account, "ledger": ledger, "code": 1, "flags": 0}
+            doc.update(dict.fromkeys(_COUNTERS, 0))
+        shown = account_object(doc, ctx.mode)
+        balances.append(
+            {"asset": shown["asset"], "scale": shown["scale"], "ledger": ledger, **shown["balance"]}
+        )
+    return web.json_response({**_link_object(user_id, ref, wallet, ctx.mode), "balances": balances})
+
+
+_COUNTERS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
+
+
+def add_wallet_routes(app: web.Application) -> None:
+    app.router.add_post(WALLET_LINKS_PATH, post_link)
+    app.router.add_get(WALLET_LINKS_PATH + "/{user_id}", get_link)
