@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import identitykit
 import openapi_check
 import plyvel
 import pytest
 from openapi_check import CheckedPartnerClient
+from test_cluster_index import wait_leader
 
 from business.identity import eip712
 from business.identity.ids import Mode, partner_id, user_ref
@@ -264,6 +267,66 @@ async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster
     finally:
         await w.http.close()
         await a.http.close()
+
+
+async def test_leader_kill_during_a_transfer_burst(cluster: tuple[LocalCluster, dict]) -> None:
+    """kill -9 of the Raft leader while 4 workers send transfers through the gateway, each
+    retrying its own request with its own key until it gets an outcome: every acknowledged
+    transfer is applied exactly once (the balances are what the acknowledged outcomes say),
+    retries answer the first outcome, and the total is conserved."""
+    local, made = cluster
+    names = [n.name for n in local.layout.nodes]
+    leader = await wait_leader(local, names)
+    b = _ledger(local, made, "shop-b")
+    b.attempts_max, b.wait_s_max = 60, 1.0  # ride out the election
+    try:
+        accounts = [(await b.create_account(code=3, key=f"burst-{i}")).body["id"] for i in range(5)]
+        funded = await b.faucet(accounts[0], "100000", key="burst-fund")
+        assert funded.status in (200, 201), funded
+        acked: dict[str, tuple[dict[str, Any], Response]] = {}
+        stop = asyncio.Event()
+
+        async def worker(w: int) -> None:
+            rng = random.Random(w)
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                debit, credit = rng.sample(accounts, 2)
+                body = LedgerClient.transfer_body(debit, credit, str(rng.randint(1, 400)), code=5)
+                key = f"burst-w{w}-{seq}"
+                got = await b.call("POST", "/v1/ledger/transfers", body, key=key)
+                assert got.status in (201, 402), got  # an outcome: applied, or refused whole
+                acked[key] = (body, got)
+
+        workers = [asyncio.create_task(worker(w)) for w in range(4)]
+        await asyncio.sleep(3.0)
+        before = len(acked)
+        local.kill(leader)
+        await wait_leader(local, [n for n in names if n != leader], not_this=leader)
+        await asyncio.sleep(4.0)
+        stop.set()
+        await asyncio.gather(*workers)
+        assert len(acked) > before + 10, (before, len(acked))  # went on under the new leader
+
+        for key in list(acked)[:: max(1, len(acked) // 20)]:
+            body, first = acked[key]
+            again = await b.call("POST", "/v1/ledger/transfers", body, key=key)
+            assert again.status == (200 if first.status == 201 else first.status), again
+            assert again.body == first.body, (first, again)
+
+        expected = dict.fromkeys(accounts, 0)
+        expected[accounts[0]] = 100000
+        for body, got in acked.values():
+            if got.status == 201:
+                expected[body["debit_account"]] -= int(body["amount"])
+                expected[body["credit_account"]] += int(body["amount"])
+        seen = {a: int(_balance(await b.account(a))["posted"]) for a in accounts}
+        assert seen == expected, (seen, expected)
+        assert sum(seen.values()) == 100000 and min(seen.values()) >= 0
+        refused = sum(1 for _, got in acked.values() if got.status == 402)
+        print(f"burst: {len(acked)} transfers acknowledged ({refused} refused whole)")
+    finally:
+        await b.http.close()
 
 
 def test_no_planted_memo_in_any_node_leveldb(cluster: tuple[LocalCluster, dict]) -> None:
