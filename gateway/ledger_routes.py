@@ -109,6 +109,7 @@ TRANSFER_PREFIX = "tr_"
 TAG_SCOPE = b"baas/ledger-scope/v1"
 PLATFORM = bytes(16)  # the platform's partner id (approvals.py: operations of the platform)
 FAUCET_ROLE = "faucet"
+FAUCET_KIND = "faucet"  # the operation kind (route) of a faucet request
 FAUCET_ACCOUNT_CODE = 1
 FAUCET_TRANSFER_CODE = 1
 APPROVALS_ITEMS_MAX = 16  # business.identity.IdentityConfig.approvals_max
@@ -196,6 +197,8 @@ def _object(raw: Any, allowed: set[str], required: set[str], where: str = "") ->
         )
     for name in sorted(required - set(raw)):
         raise InvalidRequest(f"{name} is required", code="parameter_missing", param=where + name)
+    if "metadata" in raw and not isinstance(raw["metadata"], dict):
+        raise InvalidRequest("metadata must be a JSON object", param=where + "metadata")
     return raw
 
 
@@ -350,7 +353,9 @@ def _operation(
     # The approvals engineer's interface: the partner and mode of the operation, for the
     # state machine's checks (the merger switches these to WriteItem.operation(partner=,
     # mode=)); today's node ignores keys it does not know.
-    wire["pt"] = ctx.pid16
+    # The faucet is the platform's operation: its debit is of the platform's faucet account,
+    # which check_debits allows only in platform operations (partner id all zeros).
+    wire["pt"] = PLATFORM if kind == FAUCET_KIND else ctx.pid16
     wire["md"] = int(ctx.mode)
     item = WriteItem.operation(
         wire,
@@ -968,7 +973,7 @@ async def post_faucet(request: web.Request) -> web.Response:
             [""],
         )
 
-    op = _operation(state, ctx, "faucet", key, body, build)
+    op = _operation(state, ctx, FAUCET_KIND, key, body, build)
     done = await _write_one(state, ctx, op)
     event = op.events[2]
     assert type(event) is CreateTransfer

@@ -76,6 +76,8 @@ async def test_every_bad_field_is_a_typed_400_with_its_param(tmp_path: Path) -> 
              "code"),
             ("POST", "/v1/ledger/transfers", {**good, "code": 70000}, "k",
              "invalid_request", "code"),
+            ("POST", "/v1/ledger/transfers", {**good, "metadata": "x"}, "k",
+             "invalid_request", "metadata"),
             ("POST", "/v1/ledger/transfers", {**good, "memo": "x"}, "k",
              "parameter_unknown", "memo"),
             ("POST", "/v1/ledger/transfers", {**good, "timeout_s": 5}, "k",
