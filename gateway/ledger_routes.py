@@ -94,12 +94,23 @@ from node.errors import (
 )
 
 __all__ = [
+    "ASSETS",
     "LEDGER_PREFIX",
     "RESULT_PROBLEMS",
+    "LedgerContext",
     "LedgerRefused",
+    "account_object",
     "add_ledger_routes",
     "faucet_account_id",
+    "gateway_state",
+    "hex_param",
+    "int_param",
+    "ledger_context",
+    "ledger_doc",
+    "read_body",
+    "require_idempotency_key",
     "scope_of",
+    "transfer_object",
 ]
 
 LEDGER_PREFIX = "/v1/ledger"
@@ -179,7 +190,7 @@ def faucet_account_id(mode: Mode) -> int:
     return partner_account_id(PLATFORM, mode, FAUCET_ROLE, ledger)
 
 
-def _state(request: web.Request) -> Any:
+def gateway_state(request: web.Request) -> Any:
     from gateway.app import GATEWAY  # the app module imports this one: look the key up late
 
     return request.app[GATEWAY]
@@ -202,7 +213,7 @@ def _object(raw: Any, allowed: set[str], required: set[str], where: str = "") ->
     return raw
 
 
-async def _body(request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:
+async def read_body(request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:
     return _object(parse_json_body(await request.read()), allowed, required)
 
 
@@ -213,7 +224,7 @@ def _amount(raw: Any, param: str) -> int:
         raise InvalidRequest(exc.detail, code=exc.code, param=param) from exc
 
 
-def _small_int(raw: Any, param: str, low: int, high: int) -> int:
+def int_param(raw: Any, param: str, low: int, high: int) -> int:
     if type(raw) is not int or not low <= raw <= high:
         raise InvalidRequest(f"{param} must be an integer in {low}..{high}", param=param)
     return raw
@@ -245,22 +256,22 @@ def _approvals(raw: Any, param: str = "approvals") -> bytes | None:
         where = f"{param}[{i}]."
         if isinstance(item, dict) and "code" in item:
             _object(item, {"code"}, {"code"}, where)
-            items.append(CodeApproval(_hex(item["code"], where + "code", 16, 64)))
+            items.append(CodeApproval(hex_param(item["code"], where + "code", 16, 64)))
             continue
         _object(
             item, {"wallet", "deadline", "signature"}, {"wallet", "deadline", "signature"}, where
         )
         items.append(
             SignedApproval(
-                _hex(item["wallet"], where + "wallet", 20, 20, prefix="0x"),
-                _small_int(item["deadline"], where + "deadline", 1, 2**63 - 1),
-                _hex(item["signature"], where + "signature", 65, 65, prefix="0x"),
+                hex_param(item["wallet"], where + "wallet", 20, 20, prefix="0x"),
+                int_param(item["deadline"], where + "deadline", 1, 2**63 - 1),
+                hex_param(item["signature"], where + "signature", 65, 65, prefix="0x"),
             )
         )
     return encode_approvals(items)
 
 
-def _hex(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
+def hex_param(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
     text = raw if isinstance(raw, str) else ""
     try:
         value = bytes.fromhex(text[len(prefix) :]) if text.startswith(prefix) else b""
@@ -271,7 +282,7 @@ def _hex(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
     return value
 
 
-def _key(request: web.Request) -> str:
+def require_idempotency_key(request: web.Request) -> str:
     return _check_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
 
 
@@ -309,7 +320,7 @@ class _Op:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ctx:
+class LedgerContext:
     partner: PartnerKeys
     mode: Mode
     scope: int
@@ -321,21 +332,21 @@ class _Ctx:
         return partner_id(self.partner.partner_id)
 
 
-def _ctx(request: web.Request) -> _Ctx:
+def ledger_context(request: web.Request) -> LedgerContext:
     partner = request[PARTNER_KEYS]
     mode = request[MODE]
-    return _Ctx(
+    return LedgerContext(
         partner, mode, scope_of(partner.partner_id, mode), request[DEADLINE], request[REQUEST_ID]
     )
 
 
-def _op_id(ctx: _Ctx, kind: str, key: str) -> bytes:
+def _op_id(ctx: LedgerContext, kind: str, key: str) -> bytes:
     return operation_id(ctx.pid16, ctx.mode, kind, key)
 
 
 def _operation(
     state: Any,
-    ctx: _Ctx,
+    ctx: LedgerContext,
     kind: str,
     key: str,
     request_body: dict[str, Any],
@@ -417,13 +428,13 @@ def _refusal(op: _Op, asked: Sequence[dict[str, Any]]) -> LedgerRefused | None:
     return None
 
 
-async def _write(state: Any, ctx: _Ctx, ops: list[_Op]) -> list[_Done]:
+async def _write(state: Any, ctx: LedgerContext, ops: list[_Op]) -> list[_Done]:
     with state.reserve(ctx.partner.partner_id, len(ops)):
         results = await state.nodes.write_operations([op.item for op in ops])
     return [_judge(op, r) for op, r in zip(ops, results, strict=True)]
 
 
-async def _write_one(state: Any, ctx: _Ctx, op: _Op) -> _Done:
+async def _write_one(state: Any, ctx: LedgerContext, op: _Op) -> _Done:
     (done,) = await _write(state, ctx, [op])
     if done.error is not None:
         raise done.error
@@ -439,22 +450,24 @@ def _answer(done: _Done, payload: dict[str, Any], key: str) -> web.Response:
 # --- reads through the nodes, scoped -----------------------------------------------------------
 
 
-async def _node_doc(state: Any, ctx: _Ctx, path: str) -> dict[str, Any] | None:
+async def ledger_doc(state: Any, ctx: LedgerContext, path: str) -> dict[str, Any] | None:
     doc: dict[str, Any] | None = await state.nodes.ledger_read(
         path, deadline=ctx.deadline, request_id=ctx.request_id
     )
     return doc
 
 
-async def _own_account(state: Any, ctx: _Ctx, account: int, param: str) -> dict[str, Any]:
-    doc = await _node_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
+async def _own_account(state: Any, ctx: LedgerContext, account: int, param: str) -> dict[str, Any]:
+    doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
     if doc is None or int(doc["user_data_128"]) != ctx.scope:
         raise NotFound("no such account", code="account_not_found", param=param)
     return doc
 
 
-async def _own_transfer(state: Any, ctx: _Ctx, transfer: int, param: str) -> dict[str, Any]:
-    doc = await _node_doc(state, ctx, f"/internal/v1/ledger/transfers/{transfer}")
+async def _own_transfer(
+    state: Any, ctx: LedgerContext, transfer: int, param: str
+) -> dict[str, Any]:
+    doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/transfers/{transfer}")
     if doc is None or int(doc["user_data_128"]) != ctx.scope:
         raise NotFound("no such transfer", code="transfer_not_found", param=param)
     return doc
@@ -555,15 +568,19 @@ def _from_doc(doc: dict[str, Any], mode: Mode) -> dict[str, Any]:
 
 
 async def post_account(request: web.Request) -> web.Response:
-    state, ctx, key = _state(request), _ctx(request), _key(request)
-    body = await _body(request, {"asset", "code", "flags", "metadata"}, {"asset", "code"})
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = await read_body(request, {"asset", "code", "flags", "metadata"}, {"asset", "code"})
     if body["asset"] not in ASSETS:
         raise InvalidRequest(
             f"asset must be one of {', '.join(ASSETS)}", code="asset_not_found", param="asset"
         )
     index, kind, scale = ASSETS[body["asset"]]
     ledger = ledger_number(ctx.mode, index)
-    code = _small_int(body["code"], "code", 1, U16_MAX)
+    code = int_param(body["code"], "code", 1, U16_MAX)
     names = body.get("flags", list(DEFAULT_ACCOUNT_FLAGS))
     if not isinstance(names, list) or any(n not in ACCOUNT_FLAGS for n in names):
         raise InvalidRequest(f"flags are some of {', '.join(ACCOUNT_FLAGS)}", param="flags")
@@ -602,7 +619,7 @@ async def post_account(request: web.Request) -> web.Response:
 
 
 async def get_account(request: web.Request) -> web.Response:
-    state, ctx = _state(request), _ctx(request)
+    state, ctx = gateway_state(request), ledger_context(request)
     account = _id(request.match_info["id"], ACCOUNT_PREFIX, "id")
     doc = await _own_account(state, ctx, account, "id")
     return web.json_response(account_object(doc, ctx.mode))
@@ -642,7 +659,7 @@ def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -
     debit = _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
     credit = _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
     amount = _amount(body["amount"], where + "amount")
-    code = _small_int(body["code"], where + "code", 1, U16_MAX)
+    code = int_param(body["code"], where + "code", 1, U16_MAX)
     pending = body.get("pending", False)
     if type(pending) is not bool:
         raise InvalidRequest("pending must be true or false", param=where + "pending")
@@ -654,12 +671,12 @@ def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -
                 code="timeout_invalid",
                 param=where + "timeout_s",
             )
-        timeout_s = _small_int(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
+        timeout_s = int_param(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
     flags = int(TransferFlags.PENDING) if pending else 0
     return _Asked(debit, credit, amount, 0, code, flags, timeout_s)
 
 
-async def _checked(state: Any, ctx: _Ctx, asked: _Asked, where: str) -> _Asked:
+async def _checked(state: Any, ctx: LedgerContext, asked: _Asked, where: str) -> _Asked:
     """Both accounts are the caller's own (else 404 as for a missing one); the transfer's
     ledger is the debit account's (a credit account on another is the ledger's refusal)."""
     debit_doc = await _own_account(state, ctx, asked.debit, where + "debit_account")
@@ -667,7 +684,9 @@ async def _checked(state: Any, ctx: _Ctx, asked: _Asked, where: str) -> _Asked:
     return replace(asked, ledger=int(debit_doc["ledger"]))
 
 
-def _event(ctx: _Ctx, record_id: bytes, index: int, asked: _Asked, linked: bool) -> CreateTransfer:
+def _event(
+    ctx: LedgerContext, record_id: bytes, index: int, asked: _Asked, linked: bool
+) -> CreateTransfer:
     return CreateTransfer(
         id=transfer_id(record_id, index),
         debit_account_id=asked.debit,
@@ -681,7 +700,7 @@ def _event(ctx: _Ctx, record_id: bytes, index: int, asked: _Asked, linked: bool)
     )
 
 
-def _object_of(ctx: _Ctx, op: _Op, event: Event, moved: dict[str, Any]) -> dict[str, Any]:
+def _object_of(ctx: LedgerContext, op: _Op, event: Event, moved: dict[str, Any]) -> dict[str, Any]:
     assert type(event) is CreateTransfer
     return transfer_object(
         ctx.mode,
@@ -714,7 +733,7 @@ def _item(key: str, body: dict[str, Any], where: str = "") -> _Item:
     return _Item(key, body, asked, _approvals(body.get("approvals"), where + "approvals"), where)
 
 
-def _single(state: Any, ctx: _Ctx, item: _Item, asked: _Asked) -> _Op:
+def _single(state: Any, ctx: LedgerContext, item: _Item, asked: _Asked) -> _Op:
     return _operation(
         state,
         ctx,
@@ -727,7 +746,11 @@ def _single(state: Any, ctx: _Ctx, item: _Item, asked: _Asked) -> _Op:
 
 
 async def post_transfer(request: web.Request) -> web.Response:
-    state, ctx, key = _state(request), _ctx(request), _key(request)
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
     body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | {"approvals"}, set())
     item = _item(key, body)
     op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
@@ -736,9 +759,13 @@ async def post_transfer(request: web.Request) -> web.Response:
 
 
 async def _resolve(request: web.Request, void: bool) -> web.Response:
-    state, ctx, key = _state(request), _ctx(request), _key(request)
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
     pending = _id(request.match_info["id"], TRANSFER_PREFIX, "id")
-    body = await _body(request, set() if void else {"amount", "metadata"}, set())
+    body = await read_body(request, set() if void else {"amount", "metadata"}, set())
     amount = 0 if void else AMOUNT_MAX
     if "amount" in body:
         amount = _amount(body["amount"], "amount")
@@ -813,7 +840,11 @@ def _list_body(
 
 
 async def post_linked(request: web.Request) -> web.Response:
-    state, ctx, key = _state(request), _ctx(request), _key(request)
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
     body = parse_json_body(await request.read())
     limits = state.config.limits
     items = _list_body(
@@ -844,7 +875,7 @@ async def post_linked(request: web.Request) -> web.Response:
 async def post_batch(request: web.Request) -> web.Response:
     """Each transfer is its own operation (own key, own outcome); one result each, in order.
     An item refused before the log is answered in its slot; the others still run."""
-    state, ctx = _state(request), _ctx(request)
+    state, ctx = gateway_state(request), ledger_context(request)
     body = parse_json_body(await request.read())
     limits = state.config.limits
     items = _list_body(
@@ -871,7 +902,7 @@ async def post_batch(request: web.Request) -> web.Response:
         zip(
             wanted,
             await asyncio.gather(
-                *(_node_doc(state, ctx, f"/internal/v1/ledger/accounts/{a}") for a in wanted)
+                *(ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{a}") for a in wanted)
             ),
             strict=True,
         )
@@ -927,7 +958,7 @@ def _failed(error: BaasError, key: Any) -> dict[str, Any]:
 
 
 async def get_transfer(request: web.Request) -> web.Response:
-    state, ctx = _state(request), _ctx(request)
+    state, ctx = gateway_state(request), ledger_context(request)
     transfer = _id(request.match_info["id"], TRANSFER_PREFIX, "id")
     doc = await _own_transfer(state, ctx, transfer, "id")
     return web.json_response(_from_doc(doc, ctx.mode))
@@ -937,13 +968,17 @@ async def get_transfer(request: web.Request) -> web.Response:
 
 
 async def post_faucet(request: web.Request) -> web.Response:
-    state, ctx, key = _state(request), _ctx(request), _key(request)
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
     if ctx.mode != Mode.TEST:
         raise InvalidRequest(
             "the faucet is for test mode; live BAAS comes only from on-chain deposits",
             code="test_mode_only",
         )
-    body = await _body(request, {"account", "amount"}, {"account", "amount"})
+    body = await read_body(request, {"account", "amount"}, {"account", "amount"})
     account = _id(body["account"], ACCOUNT_PREFIX, "account")
     amount = _amount(body["amount"], "amount")
     doc = await _own_account(state, ctx, account, "account")

@@ -32,14 +32,14 @@ from business.identity.ids import (
 from business.identity.model import LinkEntry
 from gateway.ledger_routes import (
     ASSETS,
-    _body,
-    _ctx,
-    _hex,
-    _key,
-    _node_doc,
-    _small_int,
-    _state,
     account_object,
+    gateway_state,
+    hex_param,
+    int_param,
+    ledger_context,
+    ledger_doc,
+    read_body,
+    require_idempotency_key,
 )
 from gateway.partners import actor_of
 from gateway.request_keys import PRINCIPAL
@@ -89,20 +89,20 @@ def _link_object(user_id: str, ref: bytes, wallet: bytes, mode: Mode) -> dict[st
 
 
 async def post_link(request: web.Request) -> web.Response:
-    state, ctx = _state(request), _ctx(request)
-    key = _key(request)
+    state, ctx = gateway_state(request), ledger_context(request)
+    key = require_idempotency_key(request)
     fields = {"user_id", "wallet", "deadline", "nonce", "signature"}
-    body = await _body(request, fields, fields)
+    body = await read_body(request, fields, fields)
     user_id = _user_id(body["user_id"])
     ref = user_ref(ctx.pid16, ctx.mode, user_id)
     entry = LinkEntry(
         partner=ctx.pid16,
         mode=ctx.mode,
         user_ref=ref,
-        wallet=_hex(body["wallet"], "wallet", 20, 20, prefix="0x"),
-        deadline=_small_int(body["deadline"], "deadline", 1, DEADLINE_S_MAX),
-        nonce=_hex(body["nonce"], "nonce", 32, 32, prefix="0x"),
-        signature=_hex(body["signature"], "signature", 65, 65, prefix="0x"),
+        wallet=hex_param(body["wallet"], "wallet", 20, 20, prefix="0x"),
+        deadline=int_param(body["deadline"], "deadline", 1, DEADLINE_S_MAX),
+        nonce=hex_param(body["nonce"], "nonce", 32, 32, prefix="0x"),
+        signature=hex_param(body["signature"], "signature", 65, 65, prefix="0x"),
         actor=actor_of(request[PRINCIPAL]),
     )
     outcome = await state.nodes.identity_propose(
@@ -129,7 +129,7 @@ async def post_link(request: web.Request) -> web.Response:
 
 
 async def get_link(request: web.Request) -> web.Response:
-    state, ctx = _state(request), _ctx(request)
+    state, ctx = gateway_state(request), ledger_context(request)
     user_id = _user_id(request.match_info["user_id"])
     ref = user_ref(ctx.pid16, ctx.mode, user_id)
     mode = "test" if ctx.mode == Mode.TEST else "live"
@@ -146,7 +146,7 @@ async def get_link(request: web.Request) -> web.Response:
     for index, _kind, _scale in ASSETS.values():
         ledger = ledger_number(ctx.mode, index)
         account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
-        doc = await _node_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
+        doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
         if doc is None:  # opened on the first credit: nothing yet
             doc = {"id": account, "ledger": ledger, "code": 1, "flags": 0}
             doc.update(dict.fromkeys(_COUNTERS, 0))
