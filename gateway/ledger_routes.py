@@ -60,6 +60,9 @@ from business.identity.ids import (
     partner_account_id,
     partner_id,
     transfer_id,
+    user_ref,
+    wallet_account_id,
+    wallet_id,
 )
 from business.identity.ids import account_id as derived_account_id
 from business.identity.model import ApprovalResult
@@ -107,10 +110,12 @@ __all__ = [
     "int_param",
     "ledger_context",
     "ledger_doc",
+    "linked_wallet",
     "read_body",
     "require_idempotency_key",
     "scope_of",
     "transfer_object",
+    "user_id_param",
 ]
 
 LEDGER_PREFIX = "/v1/ledger"
@@ -123,6 +128,8 @@ FAUCET_ROLE = "faucet"
 FAUCET_KIND = "faucet"  # the operation kind (route) of a faucet request
 FAUCET_ACCOUNT_CODE = 1
 FAUCET_TRANSFER_CODE = 1
+WALLET_ACCOUNT_CODE = 1  # a user's wallet account (one per asset and mode)
+USER_ID_CHARS_MAX = 255
 APPROVALS_ITEMS_MAX = 16  # business.identity.IdentityConfig.approvals_max
 TIMEOUT_S_MAX = U32_MAX
 ACCOUNT_FLAGS = {
@@ -638,6 +645,7 @@ _TRANSFER_FIELDS = {
 }
 _TRANSFER_REQUIRED = {"debit_account", "credit_account", "amount", "code"}
 _SINGLE_EXTRA = frozenset({"approvals", "idempotency_key"})  # a single or a batch item
+_ROUTE_EXTRA = frozenset({"approvals", "credit_user"})  # POST /v1/ledger/transfers
 
 
 @dataclass(frozen=True, slots=True)
@@ -651,13 +659,20 @@ class _Asked:
     code: int
     flags: int
     timeout_s: int
+    credit_user: str | None = None  # credit the wallet linked to this user id instead
+    opens_wallet: bool = False  # the credit is a wallet account: open it if it is new
 
 
 def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -> _Asked:
     """A transfer as asked, checked alone (its ledger is filled in by :func:`_checked`)."""
-    body = _object(raw, _TRANSFER_FIELDS | extra, _TRANSFER_REQUIRED, where)
+    wallet = "credit_user" in extra and "credit_user" in raw if isinstance(raw, dict) else False
+    required = _TRANSFER_REQUIRED - {"credit_account"} if wallet else _TRANSFER_REQUIRED
+    body = _object(raw, _TRANSFER_FIELDS | extra, required, where)
+    if wallet and "credit_account" in body:
+        raise InvalidRequest("credit_account or credit_user, not both", param=where + "credit_user")
     debit = _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
-    credit = _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
+    credit = 0 if wallet else _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
+    user = user_id_param(body["credit_user"], where + "credit_user") if wallet else None
     amount = _amount(body["amount"], where + "amount")
     code = int_param(body["code"], where + "code", 1, U16_MAX)
     pending = body.get("pending", False)
@@ -673,15 +688,41 @@ def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -
             )
         timeout_s = int_param(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
     flags = int(TransferFlags.PENDING) if pending else 0
-    return _Asked(debit, credit, amount, 0, code, flags, timeout_s)
+    return _Asked(debit, credit, amount, 0, code, flags, timeout_s, user)
 
 
 async def _checked(state: Any, ctx: LedgerContext, asked: _Asked, where: str) -> _Asked:
     """Both accounts are the caller's own (else 404 as for a missing one); the transfer's
     ledger is the debit account's (a credit account on another is the ledger's refusal)."""
     debit_doc = await _own_account(state, ctx, asked.debit, where + "debit_account")
+    ledger = int(debit_doc["ledger"])
+    if asked.credit_user is not None:
+        wallet = await linked_wallet(state, ctx, asked.credit_user, where + "credit_user")
+        account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
+        return replace(asked, ledger=ledger, credit=account, opens_wallet=True)
     await _own_account(state, ctx, asked.credit, where + "credit_account")
-    return replace(asked, ledger=int(debit_doc["ledger"]))
+    return replace(asked, ledger=ledger)
+
+
+async def linked_wallet(state: Any, ctx: LedgerContext, user_id: str, param: str) -> bytes:
+    """The wallet address this partner linked ``user_id`` to in this mode (404 if none)."""
+    ref = user_ref(ctx.pid16, ctx.mode, user_id)
+    mode = "test" if ctx.mode == Mode.TEST else "live"
+    try:
+        found = await state.nodes.identity_read(
+            f"/internal/v1/identity/links/{ctx.pid16.hex()}/{mode}/{ref.hex()}",
+            deadline=ctx.deadline,
+            request_id=ctx.request_id,
+        )
+    except NotFound as exc:
+        raise NotFound("no link for this user id", code="link_not_found", param=param) from exc
+    return bytes.fromhex(str(found["wallet"])[2:])
+
+
+def user_id_param(raw: Any, param: str) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= USER_ID_CHARS_MAX or not raw.isprintable():
+        raise InvalidRequest(f"{param} is 1..{USER_ID_CHARS_MAX} printable characters", param=param)
+    return raw
 
 
 def _event(
@@ -728,8 +769,10 @@ class _Item:
     where: str
 
 
-def _item(key: str, body: dict[str, Any], where: str = "") -> _Item:
-    asked = _parse_transfer(body, where, _SINGLE_EXTRA)
+def _item(
+    key: str, body: dict[str, Any], where: str = "", extra: frozenset[str] = _SINGLE_EXTRA
+) -> _Item:
+    asked = _parse_transfer(body, where, extra)
     return _Item(key, body, asked, _approvals(body.get("approvals"), where + "approvals"), where)
 
 
@@ -740,9 +783,25 @@ def _single(state: Any, ctx: LedgerContext, item: _Item, asked: _Asked) -> _Op:
         "transfer",
         item.key,
         {k: v for k, v in item.body.items() if k != "idempotency_key"},
-        lambda rid: ([_event(ctx, rid, 0, asked, False)], 0, [item.where]),
+        lambda rid: _single_events(ctx, rid, asked, item.where),
         item.approvals,
     )
+
+
+def _single_events(
+    ctx: LedgerContext, record_id: bytes, asked: _Asked, where: str
+) -> tuple[list[Event], int, list[str]]:
+    transfer = _event(ctx, record_id, 0, asked, False)
+    if not asked.opens_wallet:
+        return [transfer], 0, [where]
+    # The wallet's account on this ledger, opened on its first credit (exists after that).
+    wallet = CreateAccount(
+        asked.credit,
+        asked.ledger,
+        WALLET_ACCOUNT_CODE,
+        int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.LINKED),
+    )
+    return [wallet, transfer], 1, [where]
 
 
 async def post_transfer(request: web.Request) -> web.Response:
@@ -751,11 +810,11 @@ async def post_transfer(request: web.Request) -> web.Response:
         ledger_context(request),
         require_idempotency_key(request),
     )
-    body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | {"approvals"}, set())
-    item = _item(key, body)
+    body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | _ROUTE_EXTRA, set())
+    item = _item(key, body, "", _ROUTE_EXTRA)
     op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
     done = await _write_one(state, ctx, op)
-    return _answer(done, _object_of(ctx, op, op.events[0], done.events[0]), key)
+    return _answer(done, _object_of(ctx, op, op.events[op.first], done.events[0]), key)
 
 
 async def _resolve(request: web.Request, void: bool) -> web.Response:

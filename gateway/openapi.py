@@ -667,7 +667,19 @@ SCHEMAS.update(
                 "balance": _ref("LedgerBalance"),
             }
         ),
-        "LedgerTransferCreate": _closed(_TRANSFER_FIELDS, required=_TRANSFER_REQUIRED),
+        "LedgerTransferCreate": _closed(
+            {
+                **_TRANSFER_FIELDS,
+                "credit_user": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "description": "instead of credit_account: your user id, to credit the "
+                    "wallet you linked it to (its account on the asset is opened if new)",
+                },
+            },
+            required=["debit_account", "amount", "code"],
+        ),
         "LedgerTransferResolve": _closed(
             {"amount": AMOUNT, "metadata": {"type": "object"}}, required=[]
         ),

@@ -38,18 +38,19 @@ from gateway.ledger_routes import (
     int_param,
     ledger_context,
     ledger_doc,
+    linked_wallet,
     read_body,
     require_idempotency_key,
+    user_id_param,
 )
 from gateway.partners import actor_of
 from gateway.request_keys import PRINCIPAL
 from node.consensus.state_machine import AppEntry
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.errors import InvalidRequest, OperationFailed
 
 __all__ = ["LINK_PROBLEMS", "WALLET_LINKS_PATH", "add_wallet_routes"]
 
 WALLET_LINKS_PATH = "/v1/wallets/links"
-USER_ID_CHARS_MAX = 255
 DEADLINE_S_MAX = (1 << 63) - 1
 # wallet.link result -> (status, code, param); ok and exists are successes.
 LINK_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
@@ -72,12 +73,6 @@ class _LinkRefused(InvalidRequest):
         self.http_status = status  # type: ignore[misc]
 
 
-def _user_id(raw: Any, param: str = "user_id") -> str:
-    if not isinstance(raw, str) or not 0 < len(raw) <= USER_ID_CHARS_MAX or not raw.isprintable():
-        raise InvalidRequest(f"{param} is 1..{USER_ID_CHARS_MAX} printable characters", param=param)
-    return raw
-
-
 def _link_object(user_id: str, ref: bytes, wallet: bytes, mode: Mode) -> dict[str, Any]:
     return {
         "object": "wallet_link",
@@ -93,7 +88,7 @@ async def post_link(request: web.Request) -> web.Response:
     key = require_idempotency_key(request)
     fields = {"user_id", "wallet", "deadline", "nonce", "signature"}
     body = await read_body(request, fields, fields)
-    user_id = _user_id(body["user_id"])
+    user_id = user_id_param(body["user_id"], "user_id")
     ref = user_ref(ctx.pid16, ctx.mode, user_id)
     entry = LinkEntry(
         partner=ctx.pid16,
@@ -130,18 +125,9 @@ async def post_link(request: web.Request) -> web.Response:
 
 async def get_link(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
-    user_id = _user_id(request.match_info["user_id"])
+    user_id = user_id_param(request.match_info["user_id"], "user_id")
     ref = user_ref(ctx.pid16, ctx.mode, user_id)
-    mode = "test" if ctx.mode == Mode.TEST else "live"
-    try:
-        found = await state.nodes.identity_read(
-            f"/internal/v1/identity/links/{ctx.pid16.hex()}/{mode}/{ref.hex()}",
-            deadline=ctx.deadline,
-            request_id=ctx.request_id,
-        )
-    except NotFound as exc:
-        raise NotFound("no link for this user id", code="link_not_found", param="user_id") from exc
-    wallet = bytes.fromhex(str(found["wallet"])[2:])
+    wallet = await linked_wallet(state, ctx, user_id, "user_id")
     balances = []
     for index, _kind, _scale in ASSETS.values():
         ledger = ledger_number(ctx.mode, index)

@@ -261,6 +261,23 @@ async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster
         assert read.status == 200 and read.body["wallet"] == alice.address.lower(), read
         assert read.body["balances"][0]["posted"] == "0"
         assert (await w.call("GET", "/v1/wallets/links/user-43")).status == 404
+        # The partner credits the linked wallet by its own user id: the wallet's account on
+        # BAAS opens on that first credit.
+        float_account = (await w.create_account(code=1, key="float")).body["id"]
+        assert (await w.faucet(float_account, "500", key="fund")).status == 201
+        body_w = {"debit_account": float_account, "credit_user": "user-42", "amount": "120",
+                  "code": 4}  # fmt: skip
+        paid = await w.call("POST", "/v1/ledger/transfers", body_w, key="pay-42")
+        assert paid.status == 201 and paid.body["amount"] == "120", paid
+        paid_again = await w.call("POST", "/v1/ledger/transfers", body_w, key="pay-42")
+        assert paid_again.status == 200 and paid_again.body == paid.body, paid_again
+        unlinked = {**body_w, "credit_user": "user-43"}
+        nobody = await w.call("POST", "/v1/ledger/transfers", unlinked, key="pay-43")
+        assert nobody.status == 404 and nobody.body["param"] == "credit_user", nobody
+        shown = await w.call("GET", "/v1/wallets/links/user-42")
+        assert shown.body["balances"][0]["posted"] == "120", shown
+        # The wallet's account is the user's, not the partner's: not addressable by id.
+        assert (await w.account(paid.body["credit_account"])).status == 404
         assert (await a.call("GET", "/v1/wallets/links/user-42")).status == 404  # not shop-a's
         keyring_only = await a.call("POST", "/v1/wallets/links", body, key="link-a")
         assert keyring_only.status in (400, 404), keyring_only  # not shop-a's signature
