@@ -119,6 +119,7 @@ class GatewayState:
     rate_limits: CredentialRateLimiter = field(init=False)
     records_written: Counter = field(init=False)
     records_read: Counter = field(init=False)
+    ledger_operations: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -132,6 +133,11 @@ class GatewayState:
         )
         self.records_read = self.metrics.counter(
             "records_read", "records read, by result status", ("status",)
+        )
+        self.ledger_operations = self.metrics.counter(
+            "ledger_operations",
+            "ledger API operations answered, by kind and status (a refusal is 4xx)",
+            ("kind", "status"),
         )
         self.metrics.add_stats(gateway_stat_families(self))
 

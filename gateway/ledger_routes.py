@@ -319,6 +319,7 @@ class _Op:
     the first time)."""
 
     key: str
+    kind: str
     record_id: bytes
     events: tuple[Event, ...]
     first: int
@@ -382,7 +383,7 @@ def _operation(
         deadline=ctx.deadline,
         request_id=ctx.request_id,
     )
-    return _Op(key, record_id, tuple(events), first, tuple(params), item)
+    return _Op(key, kind, record_id, tuple(events), first, tuple(params), item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +439,11 @@ def _refusal(op: _Op, asked: Sequence[dict[str, Any]]) -> LedgerRefused | None:
 async def _write(state: Any, ctx: LedgerContext, ops: list[_Op]) -> list[_Done]:
     with state.reserve(ctx.partner.partner_id, len(ops)):
         results = await state.nodes.write_operations([op.item for op in ops])
-    return [_judge(op, r) for op, r in zip(ops, results, strict=True)]
+    done = [_judge(op, r) for op, r in zip(ops, results, strict=True)]
+    for op, d in zip(ops, done, strict=True):
+        status = d.error.http_status if d.error is not None else 200 if d.replayed else 201
+        state.ledger_operations.labels(op.kind, str(status)).inc()
+    return done
 
 
 async def _write_one(state: Any, ctx: LedgerContext, op: _Op) -> _Done:

@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,11 @@ async def _until_ledger(ledger: LedgerClient) -> Response:
         assert got.status == 503, got
         assert time.monotonic() < deadline, got
         await asyncio.sleep(0.5)
+
+
+def _text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
 
 
 def _balance(got: Response) -> dict[str, str]:
@@ -193,6 +199,8 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         assert ml["livemode"] is True and ml["ledger"] == 3 and ml["id"] != mt["id"]
         assert (await m_live.account(mt["id"])).status == 404
         assert (await m_test.account(ml["id"])).status == 404
+        metrics = await asyncio.to_thread(_text, f"{local.layout.gateway_url}/metrics")
+        assert 'baas_gateway_ledger_operations_total{kind="transfer",status="402"}' in metrics
         live_faucet = await m_live.faucet(ml["id"], "5", key="f")
         assert live_faucet.status == 400 and live_faucet.body["code"] == "test_mode_only"
         assert _balance(await m_live.account(ml["id"]))["posted"] == "0"
