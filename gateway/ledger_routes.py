@@ -144,8 +144,9 @@ _APPROVAL_CODES = frozenset(c.value for c in ApprovalResult) - {"ok"}
 
 
 class LedgerRefused(CallerError):
-    """The ledger applied the operation and refused it (a sticky outcome: a retry answers the
-    same). ``http_status`` per result, from :data:`RESULT_PROBLEMS`."""
+    """The log applied the operation and refused it (a sticky outcome: a retry answers the
+    same). ``http_status`` per result, from :data:`RESULT_PROBLEMS` (the wallet routes' from
+    their own table)."""
 
     code = "ledger_refused"
     http_status = 409
@@ -887,13 +888,8 @@ async def post_void(request: web.Request) -> web.Response:
     return await _resolve(request, void=True)
 
 
-def _list_body(
-    body: Any,
-    state: Any,
-    bound: int,
-    name: str,
-    extra: set[str] = frozenset(),  # type: ignore[assignment]
-) -> list[Any]:
+def _list_body(body: Any, bound: int, name: str, extra: frozenset[str] = frozenset()) -> list[Any]:
+    """``transfers``: a non-empty list of at most ``bound`` (the ``*_max`` named ``name``)."""
     _object(body, {"transfers"} | extra, {"transfers"})
     items = body["transfers"]
     if not isinstance(items, list) or not items:
@@ -911,10 +907,9 @@ async def post_linked(request: web.Request) -> web.Response:
     )
     body = parse_json_body(await request.read())
     limits = state.config.limits
-    items = _list_body(
-        body, state, limits.ledger_linked_transfers_max, "ledger_linked_transfers_max",
-        {"approvals", "metadata"},
-    )  # fmt: skip
+    extra = frozenset({"approvals", "metadata"})
+    bound = limits.ledger_linked_transfers_max
+    items = _list_body(body, bound, "ledger_linked_transfers_max", extra)
     parsed = [_parse_transfer(raw, f"transfers[{i}].") for i, raw in enumerate(items)]
     approvals = _approvals(body.get("approvals"))
     asked = [await _checked(state, ctx, a, f"transfers[{i}].") for i, a in enumerate(parsed)]
@@ -942,9 +937,7 @@ async def post_batch(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
     body = parse_json_body(await request.read())
     limits = state.config.limits
-    items = _list_body(
-        body, state, limits.ledger_batch_operations_max, "ledger_batch_operations_max"
-    )
+    items = _list_body(body, limits.ledger_batch_operations_max, "ledger_batch_operations_max")
     parsed: list[_Item | BaasError] = []
     for i, raw in enumerate(items):
         where = f"transfers[{i}]."

@@ -32,6 +32,7 @@ from business.identity.ids import (
 from business.identity.model import LinkEntry
 from gateway.ledger_routes import (
     ASSETS,
+    LedgerRefused,
     account_object,
     gateway_state,
     hex_param,
@@ -46,7 +47,7 @@ from gateway.ledger_routes import (
 from gateway.partners import actor_of
 from gateway.request_keys import PRINCIPAL
 from node.consensus.state_machine import AppEntry
-from node.errors import InvalidRequest, OperationFailed
+from node.errors import OperationFailed
 
 __all__ = ["LINK_PROBLEMS", "WALLET_LINKS_PATH", "add_wallet_routes"]
 
@@ -65,12 +66,6 @@ LINK_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
     "exists_with_different_wallet": (409, "user_linked_to_another_wallet", "user_id"),
     "actor_not_allowed": (404, "partner_not_found", None),
 }
-
-
-class _LinkRefused(InvalidRequest):
-    def __init__(self, detail: str, *, code: str, status: int, param: str | None) -> None:
-        super().__init__(detail, code=code, param=param)
-        self.http_status = status  # type: ignore[misc]
 
 
 def _link_object(user_id: str, ref: bytes, wallet: bytes, mode: Mode) -> dict[str, Any]:
@@ -113,7 +108,7 @@ async def post_link(request: web.Request) -> web.Response:
         )
     if code not in ("ok", "exists"):
         status, problem, param = LINK_PROBLEMS.get(code, (409, code, None))
-        raise _LinkRefused(
+        raise LedgerRefused(
             f"the link was refused: {code}", code=problem, status=status, param=param
         )
     return web.json_response(
