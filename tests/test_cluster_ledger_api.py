@@ -120,6 +120,12 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         )
         assert moved.status == 201 and moved.body["amount"] == "300", moved
         assert moved.body["type"] == "transfer" and len(moved.body["operation"]) == 64
+        # The request's details (the memo) are the operation's sealed record, the owner's to read.
+        sealed = await a.http.get_record(moved.body["operation"])
+        assert sealed.status == 200, sealed
+        assert sealed.body["record"]["kind"] == "transfer"
+        assert sealed.body["record"]["request"]["metadata"] == {"memo": PLANTED}
+        assert (await b.http.get_record(moved.body["operation"])).status == 404
         fetched = await a.get_transfer(moved.body["id"])
         assert fetched.status == 200 and fetched.body["amount"] == "300", fetched
         broke = await a.transfer(a1["id"], a2["id"], "1000000", code=7, key="t-big")
