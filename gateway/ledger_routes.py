@@ -140,6 +140,7 @@ ACCOUNT_FLAGS = {
 DEFAULT_ACCOUNT_FLAGS = ("debits_must_not_exceed_credits",)
 # Assets a partner may open accounts on; a partner's points come with their own scale later.
 ASSETS = {"baas": (ASSET_INDEX_BAAS, AssetKind.BAAS, BAAS_SCALE)}
+_SUCCESS = frozenset({"ok", "exists"})
 _APPROVAL_CODES = frozenset(c.value for c in ApprovalResult) - {"ok"}
 
 
@@ -415,21 +416,25 @@ def _judge(op: _Op, result: dict[str, Any]) -> _Done:
         raise OperationFailed("the node answered without the operation's outcome")
     events = tuple(outcome["events"])
     asked = events[op.first :]
-    setup = [e for e in events[: op.first] if e["result"] not in ("ok", "exists")]
-    if setup:  # the asset or a platform account exists with other fields: a platform bug
-        raise OperationFailed(
-            f"the ledger's platform setup refused: {setup[0]['result']}", code="ledger_setup"
+    refusal = _refusal(op, asked)
+    if refusal is None and any(e["result"] not in _SUCCESS for e in asked):
+        # Only linked_event_failed: an event the API added (opening a wallet's or the faucet's
+        # account) failed in the chain, so nothing moved. Sticky like any outcome, so not a 503.
+        setup = next(e["result"] for e in events[: op.first] if e["result"] not in _SUCCESS)
+        refusal = LedgerRefused(
+            f"the ledger refused an account the operation opens: {setup}",
+            code="ledger_setup_refused",
+            status=409,
+            param=None,
         )
-    return _Done(
-        bool(result.get("replayed")), int(outcome["log_time_ms"]), asked, _refusal(op, asked)
-    )
+    return _Done(bool(result.get("replayed")), int(outcome["log_time_ms"]), asked, refusal)
 
 
 def _refusal(op: _Op, asked: Sequence[dict[str, Any]]) -> LedgerRefused | None:
     """The first asked event that failed on its own (not as ``linked_event_failed``)."""
     for i, event in enumerate(asked):
         result = event["result"]
-        if result in ("ok", "exists", "linked_event_failed"):
+        if result in _SUCCESS or result == "linked_event_failed":
             continue
         status, code, field = RESULT_PROBLEMS.get(result, (409, result, None))
         param = None if field is None else op.params[i] + field

@@ -130,3 +130,38 @@ def test_the_result_table_maps_to_client_errors_with_params() -> None:
         assert 400 <= status < 500 and code.islower(), result
         assert param is None or param.isidentifier(), result
     assert RESULT_PROBLEMS["exceeds_credits"][:2] == (402, "insufficient_funds")
+
+
+def test_outcomes_map_to_answers_and_refusals_stay_4xx() -> None:
+    """The mapping of a node's answer (gateway/ledger_routes.py ``_judge``): the asked events'
+    results decide; a refusal of an account the API opens in the same chain is a sticky 409,
+    never a 503 that would invite endless retries."""
+    from gateway.ledger_routes import LedgerRefused, _judge, _Op
+    from gateway.node_client import WriteItem
+
+    op = _Op("k", "transfer", bytes(32), (), 1, ("",), WriteItem({}, 0.0, "r"))
+
+    def answer(*results: str, replayed: bool = False) -> dict[str, Any]:
+        events = [{"result": r, "amount": "5"} for r in results]
+        return {"ok": True, "replayed": replayed, "outcome": {"log_time_ms": 7, "events": events}}
+
+    done = _judge(op, answer("exists", "ok", replayed=True))
+    assert (
+        done.error is None and done.replayed and done.events == ({"result": "ok", "amount": "5"},)
+    )
+    broke = _judge(op, answer("ok", "exceeds_credits")).error
+    assert isinstance(broke, LedgerRefused)
+    assert (broke.http_status, broke.code, broke.param) == (402, "insufficient_funds", "amount")
+    setup = _judge(op, answer("exists_with_different_flags", "linked_event_failed")).error
+    assert isinstance(setup, LedgerRefused)
+    assert (setup.http_status, setup.code) == (409, "ledger_setup_refused")
+    other = _judge(op, answer("ok", "id_already_failed")).error
+    assert isinstance(other, LedgerRefused) and (other.http_status, other.code) == (
+        409,
+        "id_already_failed",
+    )
+    refused = _judge(op, {"ok": False, "code": "approval_missing", "status": 400}).error
+    assert isinstance(refused, LedgerRefused)
+    assert (refused.http_status, refused.param) == (403, "approvals")
+    overloaded = _judge(op, {"ok": False, "code": "overloaded", "status": 503}).error
+    assert overloaded is not None and overloaded.http_status == 503
