@@ -726,9 +726,9 @@ SCHEMAS.update(
                     "minItems": 1,
                     # Each item is checked by the route and an invalid one is answered in its
                     # own slot (400 with its param) while the others run: the request as a
-                    # whole is valid with any objects here, so the schema must not refuse it.
+                    # whole is valid with any items here (even not objects), so the schema
+                    # must not refuse it.
                     "items": {
-                        "type": "object",
                         "description": "a transfer (the fields of LedgerTransferCreate but "
                         "credit_user) and its idempotency_key (required); an invalid item is "
                         "answered in its slot, status 400 with the param at fault",
