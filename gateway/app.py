@@ -21,6 +21,9 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   (:mod:`gateway.openapi`), public.
 * ``/dashboard/...`` -> the web dashboard (:mod:`gateway.dashboard`), a sub-application with
   its own sessions, limits and error pages; not signed like the partner API.
+* ``/v1/ledger/...`` and ``POST /v1/test/faucet``: the ledger's accounts, balances and
+  transfers, :mod:`gateway.ledger_routes` (docs/ledger-guide.md); ``/v1/wallets/links``:
+  users' wallets linked with their signature, :mod:`gateway.wallet_routes`.
 * ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
   :mod:`gateway.admin_routes`.
 
@@ -61,6 +64,7 @@ from gateway.admin_routes import add_admin_routes, operator_path
 from gateway.auth import HEADER_KEY, ReplayCache, SignedRequest, authenticate_principal
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
+from gateway.ledger_routes import add_ledger_routes
 from gateway.log_routes import AUDIT_ROUTES, add_log_routes
 from gateway.node_client import NodeClient, ReadItem, WriteItem
 from gateway.openapi import (
@@ -71,9 +75,10 @@ from gateway.openapi import (
     openapi_document,
 )
 from gateway.rate_limit import CredentialRateLimiter
-from gateway.record_codec import canonical_record, fingerprint, open_record, seal_record
+from gateway.record_codec import canonical_record, open_record, sealed_wire
 from gateway.request_keys import API_VERSION as API_VERSION_KEY
 from gateway.request_keys import DEADLINE, MODE, PARTNER_KEYS, PRINCIPAL, REQUEST_ID
+from gateway.wallet_routes import add_wallet_routes
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
     AuthenticationFailed,
@@ -114,6 +119,7 @@ class GatewayState:
     rate_limits: CredentialRateLimiter = field(init=False)
     records_written: Counter = field(init=False)
     records_read: Counter = field(init=False)
+    ledger_operations: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -127,6 +133,11 @@ class GatewayState:
         )
         self.records_read = self.metrics.counter(
             "records_read", "records read, by result status", ("status",)
+        )
+        self.ledger_operations = self.metrics.counter(
+            "ledger_operations",
+            "ledger API operations answered, by kind and status (a refusal is 4xx)",
+            ("kind", "status"),
         )
         self.metrics.add_stats(gateway_stat_families(self))
 
@@ -254,18 +265,7 @@ class _Prepared:
 def _prepare(state: GatewayState, partner: PartnerKeys, key: str, record: Any) -> _Prepared:
     plaintext = canonical_record(record, state.config.limits.record_json_bytes_max)
     record_id = record_id_for(partner.partner_id, key)
-    sealed = seal_record(partner, record_id, plaintext)
-    return _Prepared(
-        key,
-        record_id,
-        {
-            "rid": record_id,
-            "blob": sealed.blob,
-            "pid": partner.partner_id,
-            "fp": fingerprint(partner, plaintext),
-            "pc": sealed.plaintext_commitment,
-        },
-    )
+    return _Prepared(key, record_id, sealed_wire(partner, record_id, plaintext))
 
 
 def _result_json(prepared: _Prepared, result: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -491,6 +491,8 @@ def build_gateway_app(
     app.router.add_get("/v1/records/{record_id}", get_record)
     add_log_routes(app, state.nodes)
     add_admin_routes(app)
+    add_ledger_routes(app)
+    add_wallet_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

@@ -31,6 +31,10 @@ __all__ = [
     "load_gateway_config",
 ]
 
+# A linked chain is one operation; the node takes at most 64 events per operation
+# (node/consensus/ledger_ops.py OPERATION_EVENTS_MAX), a few kept for the events the API adds.
+LINKED_TRANSFERS_MAX = 60
+
 
 @dataclass(frozen=True, slots=True)
 class NodeEndpoint:
@@ -43,6 +47,10 @@ class GatewayLimits:
     http_body_bytes_max: int = 8 * 1024 * 1024
     record_json_bytes_max: int = 256 * 1024
     records_per_batch_max: int = 500
+    # The ledger API (gateway/ledger_routes.py): operations per POST /v1/ledger/transfers/batch
+    # and transfers per linked chain (the node takes at most 64 events per operation).
+    ledger_batch_operations_max: int = 100
+    ledger_linked_transfers_max: int = 32
     inflight_requests_max: int = 512
     node_connections_max: int = 64
     replay_cache_entries_max: int = 200_000
@@ -69,6 +77,10 @@ class GatewayLimits:
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)
+        if self.ledger_linked_transfers_max > LINKED_TRANSFERS_MAX:
+            raise ConfigError(
+                f"limits.ledger_linked_transfers_max must be at most {LINKED_TRANSFERS_MAX}"
+            )
         if self.node_queue_fill_max_percent > 100:
             raise ConfigError("limits.node_queue_fill_max_percent must be at most 100")
 

@@ -494,3 +494,47 @@ class NodeClient:
             json_reply=True,
             next_node_on=frozenset({404}),
         )
+
+    # ----------------------------------------------------------------- ledger reads
+
+    async def ledger_read(
+        self, path: str, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any] | None:
+        """A ledger read (JSON carrying ``applied_index``) from every healthy node at once: the
+        freshest answer, None if no node has the object. A write is acknowledged once applied
+        on the node that coordinated it, so asking them all reads the caller's own writes."""
+        assert self._session is not None, "NodeClient.start() was not called"
+        nodes = [n for n in self._nodes if self.node_state[n.name].healthy] or list(self._nodes)
+        remaining_s = deadline - asyncio.get_running_loop().time()
+        if remaining_s <= 0:
+            raise DeadlineExceeded("the request's deadline passed before a node answered")
+        headers = {DEADLINE_HEADER: str(max(1, int(remaining_s * 1000)))}
+        if request_id is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        timeout = aiohttp.ClientTimeout(total=min(remaining_s, self._timeouts.node_request_s))
+
+        async def one(node: NodeEndpoint) -> dict[str, Any] | BaasError | None:
+            self.node_calls += 1
+            try:
+                async with self._session.get(  # type: ignore[union-attr]
+                    f"http://{node.http_addr}{path}", headers=headers, timeout=timeout
+                ) as response:
+                    raw = await response.read()
+                    if response.status == 200:
+                        found: dict[str, Any] = json.loads(raw)
+                        return found
+                    if response.status == 404:
+                        return None
+                    return error_from_problem(response.status, await self._problem(response, raw))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.node_call_failures += 1
+                return OperationFailed(f"node {node.name}: {type(exc).__name__}")
+
+        answers = await asyncio.gather(*(one(n) for n in nodes))
+        found = [a for a in answers if isinstance(a, dict)]
+        if found:
+            return max(found, key=lambda doc: int(doc.get("applied_index", 0)))
+        errors = [a for a in answers if isinstance(a, BaasError)]
+        if errors and len(errors) == len(answers):
+            raise errors[0]  # no node could say: not "not found"
+        return None

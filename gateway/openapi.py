@@ -253,6 +253,8 @@ _RETRY_AFTER = {
 _DESCRIPTIONS = {
     400: "invalid request (code names the check)",
     401: "missing or bad signature",
+    402: "the ledger refused: not enough funds (or over a credit limit)",
+    403: "the state machine refused the users' approvals of the operation's debits",
     404: "not found (also anything that belongs to another partner)",
     409: "conflicts with an earlier request or state",
     413: "body or batch too large",
@@ -612,6 +614,376 @@ PATHS.update(
                         {"type": "string", "enum": ["test", "live"]},
                     ),
                 ],
+            )
+        },
+    }
+)
+
+# --- the ledger (gateway/ledger_routes.py) ------------------------------------------------
+
+ACCOUNT_ID: Schema = {"type": "string", "pattern": "^acct_[0-9a-f]{32}$"}
+TRANSFER_ID: Schema = {"type": "string", "pattern": "^tr_[0-9a-f]{32}$"}
+SIGNED_DIGITS: Schema = {"type": "string", "pattern": "^(0|-?[1-9][0-9]*)$"}
+AMOUNT: Schema = {
+    "type": "string",
+    "pattern": "^[1-9][0-9]{0,38}$",
+    "description": "an integer amount in the asset's minor unit, as a string of digits",
+}
+U16_CODE: Schema = {"type": "integer", "minimum": 1, "maximum": 65535}
+ACCOUNT_FLAG_NAMES = ["debits_must_not_exceed_credits", "credits_must_not_exceed_debits", "history"]
+_APPROVAL: Schema = {
+    "oneOf": [
+        _closed(
+            {
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                "deadline": {"type": "integer", "minimum": 1},
+                "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+            }
+        ),
+        _closed({"code": {"type": "string", "pattern": "^([0-9a-fA-F]{2}){16,64}$"}}),
+    ]
+}
+_TRANSFER_FIELDS: dict[str, Schema] = {
+    "debit_account": ACCOUNT_ID,
+    "credit_account": ACCOUNT_ID,
+    "amount": AMOUNT,
+    "code": U16_CODE,
+    "pending": {"type": "boolean"},
+    "timeout_s": {"type": "integer", "minimum": 1, "maximum": 4294967295},
+    "metadata": {"type": "object", "description": "yours; kept only in the encrypted record"},
+    "approvals": {"type": "array", "minItems": 1, "maxItems": 16, "items": _APPROVAL},
+}
+_TRANSFER_REQUIRED = ["debit_account", "credit_account", "amount", "code"]
+_LEDGER_PROBLEM = _closed(
+    {
+        "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+        "detail": {"type": "string"},
+        "param": {"type": "string"},
+    },
+    required=["code", "detail"],
+)
+
+SCHEMAS.update(
+    {
+        "LedgerAccountCreate": _closed(
+            {
+                "asset": {"type": "string", "enum": ["baas"]},
+                "code": U16_CODE,
+                "flags": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ACCOUNT_FLAG_NAMES},
+                    "description": "default [debits_must_not_exceed_credits]",
+                },
+                "metadata": {"type": "object"},
+            },
+            required=["asset", "code"],
+        ),
+        "LedgerBalance": _closed(
+            {
+                "posted": SIGNED_DIGITS,
+                "pending": SIGNED_DIGITS,
+                "available": SIGNED_DIGITS,
+                "debits_posted": DIGITS,
+                "credits_posted": DIGITS,
+                "debits_pending": DIGITS,
+                "credits_pending": DIGITS,
+            }
+        ),
+        "LedgerAccount": _closed(
+            {
+                "id": ACCOUNT_ID,
+                "object": {"const": "ledger_account"},
+                "livemode": {"type": "boolean"},
+                "asset": {"type": "string", "enum": ["baas"]},
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "ledger": {"type": "integer", "minimum": 1},
+                "code": U16_CODE,
+                "flags": {"type": "array", "items": {"type": "string", "enum": ACCOUNT_FLAG_NAMES}},
+                "balance": _ref("LedgerBalance"),
+            }
+        ),
+        "LedgerTransferCreate": _closed(
+            {
+                **_TRANSFER_FIELDS,
+                "credit_user": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 255,
+                    "description": "instead of credit_account: your user id, to credit the "
+                    "wallet you linked it to (its account on the asset is opened if new)",
+                },
+            },
+            required=["debit_account", "amount", "code"],
+        ),
+        "LedgerTransferResolve": _closed(
+            {"amount": AMOUNT, "metadata": {"type": "object"}}, required=[]
+        ),
+        "LedgerTransferVoid": _closed({}, required=[]),
+        "LedgerLinkedCreate": _closed(
+            {
+                "transfers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _closed(
+                        {k: v for k, v in _TRANSFER_FIELDS.items() if k != "approvals"},
+                        required=_TRANSFER_REQUIRED,
+                    ),
+                },
+                "approvals": _TRANSFER_FIELDS["approvals"],
+                "metadata": {"type": "object"},
+            },
+            required=["transfers"],
+        ),
+        "LedgerBatchCreate": _closed(
+            {
+                "transfers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _closed(
+                        {"idempotency_key": _ref("IdempotencyKey"), **_TRANSFER_FIELDS},
+                        required=["idempotency_key", *_TRANSFER_REQUIRED],
+                    ),
+                }
+            }
+        ),
+        "LedgerTransfer": _closed(
+            {
+                "id": TRANSFER_ID,
+                "object": {"const": "ledger_transfer"},
+                "livemode": {"type": "boolean"},
+                "type": {"type": "string", "enum": ["transfer", "pending", "post", "void"]},
+                "debit_account": {
+                    "oneOf": [ACCOUNT_ID, {"type": "null"}],
+                    "description": "null for the test faucet (a platform account)",
+                },
+                "credit_account": ACCOUNT_ID,
+                "amount": {
+                    **DIGITS,
+                    "description": "what moved or was reserved (a partial post: the part)",
+                },
+                "asset": {"type": "string", "enum": ["baas"]},
+                "ledger": {"type": "integer", "minimum": 1},
+                "code": U16_CODE,
+                "pending_transfer": {"oneOf": [TRANSFER_ID, {"type": "null"}]},
+                "timeout_s": UINT,
+                "operation": {
+                    "oneOf": [HEX64, {"type": "null"}],
+                    "description": "the operation's record id: its receipt is "
+                    "/v1/records/{operation}/receipt (null on a read of the transfer)",
+                },
+            }
+        ),
+        "LedgerLinked": _closed(
+            {
+                "object": {"const": "linked_transfers"},
+                "operation": HEX64,
+                "transfers": {"type": "array", "items": _ref("LedgerTransfer")},
+            }
+        ),
+        "LedgerBatchResults": _closed(
+            {
+                "object": {"const": "batch_result"},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            _closed(
+                                {
+                                    "status": {"type": "integer", "enum": [200, 201]},
+                                    "idempotency_key": _ref("IdempotencyKey"),
+                                    "transfer": _ref("LedgerTransfer"),
+                                }
+                            ),
+                            _closed(
+                                {
+                                    "status": {"type": "integer", "minimum": 400, "maximum": 599},
+                                    "idempotency_key": {
+                                        "oneOf": [_ref("IdempotencyKey"), {"type": "null"}]
+                                    },
+                                    "error": _LEDGER_PROBLEM,
+                                }
+                            ),
+                        ]
+                    },
+                },
+            }
+        ),
+        "LedgerFaucet": _closed({"account": ACCOUNT_ID, "amount": AMOUNT}),
+    }
+)
+
+_LEDGER_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "description": "required (400 idempotency_key_required): the operation's ids derive from "
+    "it; a retry gets the first outcome, the same key with another body is 409",
+    "schema": _ref("IdempotencyKey"),
+}
+_LEDGER_ERRORS = (*_SIGNED_ERRORS, 402, 403, 404, 409)
+
+
+def _path_param(name: str, description: str) -> Schema:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _ledger_write(operation_id: str, summary: str, answer: str, body: str, **kw: Any) -> Schema:
+    return _operation(
+        operation_id,
+        summary,
+        {
+            201: _json(answer, "applied", _IDEMPOTENCY_HEADER),
+            200: _json(answer, "a retry: the first outcome", _IDEMPOTENCY_HEADER),
+        },
+        _LEDGER_ERRORS,
+        body=body,
+        parameters=[*kw.get("parameters", []), _LEDGER_KEY],
+    )
+
+
+_TRANSFER_PATH_ID = _path_param("id", "the transfer id (tr_...)")
+PATHS.update(
+    {
+        "/v1/ledger/accounts": {
+            "post": _ledger_write(
+                "createLedgerAccount",
+                "Open an account on an asset of the credential's mode (its id is derived)",
+                "LedgerAccount",
+                "LedgerAccountCreate",
+            )
+        },
+        "/v1/ledger/accounts/{id}": {
+            "get": _operation(
+                "getLedgerAccount",
+                "An account and its balances (another partner's or mode's: 404)",
+                {200: _json("LedgerAccount", "the account")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_path_param("id", "the account id (acct_...)")],
+            )
+        },
+        "/v1/ledger/transfers": {
+            "post": _ledger_write(
+                "createLedgerTransfer",
+                "Move an amount between two of the partner's accounts (pending: reserve it)",
+                "LedgerTransfer",
+                "LedgerTransferCreate",
+            )
+        },
+        "/v1/ledger/transfers/linked": {
+            "post": _ledger_write(
+                "createLedgerLinkedTransfers",
+                "A chain of transfers applied as one: all or none",
+                "LedgerLinked",
+                "LedgerLinkedCreate",
+            )
+        },
+        "/v1/ledger/transfers/batch": {
+            "post": _operation(
+                "createLedgerTransfers",
+                "Many transfers, each its own operation with its own idempotency_key: one "
+                "result (with its own status) per transfer, in order",
+                {200: _json("LedgerBatchResults", "one result per transfer")},
+                _SIGNED_ERRORS,
+                body="LedgerBatchCreate",
+            )
+        },
+        "/v1/ledger/transfers/{id}": {
+            "get": _operation(
+                "getLedgerTransfer",
+                "A transfer (another partner's or mode's: 404)",
+                {200: _json("LedgerTransfer", "the transfer")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_TRANSFER_PATH_ID],
+            )
+        },
+        "/v1/ledger/transfers/{id}/post": {
+            "post": _ledger_write(
+                "postLedgerTransfer",
+                "Post a pending transfer: all of it, or `amount` (the rest is released)",
+                "LedgerTransfer",
+                "LedgerTransferResolve",
+                parameters=[_TRANSFER_PATH_ID],
+            )
+        },
+        "/v1/ledger/transfers/{id}/void": {
+            "post": _ledger_write(
+                "voidLedgerTransfer",
+                "Void a pending transfer: release its reservation",
+                "LedgerTransfer",
+                "LedgerTransferVoid",
+                parameters=[_TRANSFER_PATH_ID],
+            )
+        },
+        "/v1/test/faucet": {
+            "post": _ledger_write(
+                "testFaucet",
+                "Test mode only: BAAS from the platform's faucet to one of the partner's "
+                "accounts (live mode: 400 test_mode_only)",
+                "LedgerTransfer",
+                "LedgerFaucet",
+            )
+        },
+    }
+)
+
+# --- wallet links (gateway/wallet_routes.py) ---------------------------------------------
+
+USER_ID: Schema = {"type": "string", "minLength": 1, "maxLength": 255}
+_WALLET_LINK: dict[str, Schema] = {
+    "object": {"const": "wallet_link"},
+    "user_id": USER_ID,
+    "user_ref": HEX64,
+    "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
+    "livemode": {"type": "boolean"},
+}
+SCHEMAS.update(
+    {
+        "WalletLinkCreate": _closed(
+            {
+                "user_id": USER_ID,
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                "deadline": {"type": "integer", "minimum": 1},
+                "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+                "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+            }
+        ),
+        "WalletLink": _closed(_WALLET_LINK),
+        "WalletBalance": _closed(
+            {
+                "asset": {"type": "string", "enum": ["baas"]},
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "ledger": {"type": "integer", "minimum": 1},
+                **SCHEMAS["LedgerBalance"]["properties"],
+            }
+        ),
+        "WalletLinkRead": _closed(
+            {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
+        ),
+    }
+)
+PATHS.update(
+    {
+        "/v1/wallets/links": {
+            "post": _ledger_write(
+                "createWalletLink",
+                "Link your user id to a user's wallet, with the user's EIP-712 Link signature",
+                "WalletLink",
+                "WalletLinkCreate",
+            )
+        },
+        "/v1/wallets/links/{user_id}": {
+            "get": _operation(
+                "getWalletLink",
+                "The wallet linked to your user id in this mode, and its balances",
+                {200: _json("WalletLinkRead", "the link")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_path_param("user_id", "your own user id")],
             )
         },
     }

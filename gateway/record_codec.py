@@ -36,6 +36,7 @@ __all__ = [
     "fingerprint",
     "open_record",
     "seal_record",
+    "sealed_wire",
 ]
 
 DEPTH_MAX = 32
@@ -103,6 +104,18 @@ def seal_record(partner: PartnerKeys, record_id: bytes, plaintext: bytes) -> Sea
         plaintext_salt=salt,
     )
     return SealedRecord(blob, plaintext_commitment(salt, plaintext))
+
+
+def sealed_wire(partner: PartnerKeys, record_id: bytes, plaintext: bytes) -> dict[str, Any]:
+    """The node wire form of one record (``rid, blob, pid, fp, pc``): sealed, fingerprinted."""
+    sealed = seal_record(partner, record_id, plaintext)
+    return {
+        "rid": record_id,
+        "blob": sealed.blob,
+        "pid": partner.partner_id,
+        "fp": fingerprint(partner, plaintext),
+        "pc": sealed.plaintext_commitment,
+    }
 
 
 def open_record(keyring: Keyring, record_id: bytes, blob: bytes) -> OpenedRecord:

@@ -6,6 +6,10 @@ an id yet, 404). Ids and amounts are strings of digits (JSON numbers lose precis
 
 * ``GET /internal/v1/ledger/accounts/{id}`` -> the account and its four balances
 * ``GET /internal/v1/ledger/transfers/{id}`` -> the transfer (a failed id: 404)
+
+both with ``applied_index``, the index the answer is as of (read from a pinned view), so the
+gateway can read every node and answer the freshest: a write is acknowledged once applied on
+its coordinating node, and any other node may still lag (read-your-writes).
 * ``GET /internal/v1/ledger/operations/{record id hex}`` -> the operation's first outcome
 * ``GET /internal/v1/ledger/digest`` -> ``{"applied_index", "digest", "keys", "totals"}``:
   the ledger state digest (:func:`business.ledger.views.sorted_state_digest`) and per-ledger
@@ -22,8 +26,18 @@ from typing import Any
 
 from aiohttp import web
 
-from business.ledger.model import ID_MAX, TOTALS_PREFIX, Account, Transfer, decode_totals
-from business.ledger.views import get_account, get_transfer, sorted_state_digest
+from business.ledger.model import (
+    ID_MAX,
+    TOTALS_PREFIX,
+    Account,
+    Transfer,
+    account_key,
+    decode_account,
+    decode_totals,
+    decode_transfer,
+    transfer_key,
+)
+from business.ledger.views import sorted_state_digest
 from node.api.log_routes import record_id_param
 from node.consensus.ledger_ops import stored_outcome
 from node.consensus.state_machine import StateView
@@ -127,18 +141,35 @@ def transfer_doc(t: Transfer) -> dict[str, Any]:
     }
 
 
+async def _pinned(reads: LedgerReads, key: bytes) -> tuple[int, bytes | None]:
+    """One key's value and the applied index it is as of (a pinned view, on a worker thread):
+    a caller reading from several nodes keeps the freshest answer."""
+
+    def exact(items: Iterator[tuple[bytes, bytes]]) -> bytes | None:
+        for found, value in items:
+            return value if found == key else None
+        return None
+
+    return await asyncio.to_thread(reads.read_at, key, exact)
+
+
 async def get_account_route(request: web.Request) -> web.Response:
-    found = get_account(request.app[LEDGER_READS].view(), _id(request))
-    if found is None:
+    account = _id(request)
+    applied, raw = await _pinned(request.app[LEDGER_READS], account_key(account))
+    if raw is None:
         raise NotFound("no such ledger account on this node", code="account_not_found")
-    return web.json_response(account_doc(found))
+    return web.json_response(
+        {**account_doc(decode_account(account, raw)), "applied_index": applied}
+    )
 
 
 async def get_transfer_route(request: web.Request) -> web.Response:
-    found = get_transfer(request.app[LEDGER_READS].view(), _id(request))
-    if found is None:
+    transfer = _id(request)
+    applied, raw = await _pinned(request.app[LEDGER_READS], transfer_key(transfer))
+    found = None if raw is None else decode_transfer(transfer, raw)
+    if not isinstance(found, Transfer):  # none, or the id only ever failed
         raise NotFound("no such ledger transfer on this node", code="transfer_not_found")
-    return web.json_response(transfer_doc(found))
+    return web.json_response({**transfer_doc(found), "applied_index": applied})
 
 
 async def get_operation_route(request: web.Request) -> web.Response:

@@ -1,0 +1,1091 @@
+"""The ledger's partner API on the gateway: accounts, balances, transfers and the test faucet.
+
+Every route is signed like the rest of the partner API and served in the signing credential's
+mode (test or live). Shapes follow Stripe: objects carry ``id``, ``object`` and ``livemode``;
+amounts are strings of digits (:mod:`business.ledger.amounts`); errors are problems with a
+stable ``code`` and the offending ``param``. docs/ledger-guide.md is the partner's guide.
+
+Routes:
+
+* ``POST /v1/ledger/accounts`` ``{"asset": "baas", "code", "flags"?, "metadata"?}`` -> 201 the
+  account (id derived, never chosen by the client);
+* ``GET /v1/ledger/accounts/{id}`` -> the account with its balances;
+* ``POST /v1/ledger/transfers`` ``{"debit_account", "credit_account", "amount", "code",
+  "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer;
+* ``POST /v1/ledger/transfers/{id}/post`` ``{"amount"?}`` and ``.../void`` ``{}`` -> 201 the
+  post or void of a pending transfer;
+* ``POST /v1/ledger/transfers/linked`` ``{"transfers": [...]}`` -> 201 the chain, applied whole
+  or not at all;
+* ``POST /v1/ledger/transfers/batch`` ``{"transfers": [{"idempotency_key", ...}, ...]}`` -> 200
+  one result per transfer (each its own operation), in order;
+* ``GET /v1/ledger/transfers/{id}`` -> the transfer;
+* ``POST /v1/test/faucet`` ``{"account", "amount"}`` -> 201 BAAS from the test mode's faucet
+  (live mode: 400 ``test_mode_only``; live BAAS comes only from on-chain deposits).
+
+Idempotency. Every POST carries ``Idempotency-Key`` (400 ``idempotency_key_required``; in a
+batch, each item its ``idempotency_key``). The operation's record id and its ledger ids are
+derived from (partner, mode, route kind, key) (:mod:`business.identity.ids`), so a retry is
+answered with the operation's first outcome, forever (200), the same key with another body is
+409 ``idempotency_key_reused``, and a request refused before the log (auth, validation,
+overload) may simply be sent again.
+
+Isolation. Every account and transfer this API creates carries in ``user_data_128`` its
+*scope*: ``H(partner id, mode)``, an opaque 128-bit tag. A read or a transfer naming an id whose
+scope is not the caller's is answered 404 exactly as an id that does not exist: another
+partner's ids, or the other mode's, cannot be addressed, and the answer reveals nothing. The
+faucet's account belongs to the platform and is never addressable.
+
+What is stored where. The request as sent (accounts, amount, metadata, memo) is the
+operation's *record*, sealed with the partner's data key like any record; the log carries only
+its ledger events (opaque ids, integer amounts, codes, the scope tag) and the record's index
+entry, applied as one unit (node/consensus/ledger_ops.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import web
+
+from business.identity.approvals import CodeApproval, SignedApproval, encode_approvals
+from business.identity.ids import (
+    ASSET_INDEX_BAAS,
+    Mode,
+    derive,
+    ledger_number,
+    operation_id,
+    partner_account_id,
+    partner_id,
+    transfer_id,
+    user_ref,
+    wallet_account_id,
+    wallet_id,
+)
+from business.identity.ids import account_id as derived_account_id
+from business.identity.model import ApprovalResult
+from business.ledger.amounts import format_amount, parse_amount
+from business.ledger.model import (
+    AMOUNT_MAX,
+    BAAS_SCALE,
+    ID_MAX,
+    U16_MAX,
+    U32_MAX,
+    AccountFlags,
+    AssetKind,
+    CreateAccount,
+    CreateAsset,
+    CreateTransfer,
+    Event,
+    TransferFlags,
+)
+from business.ledger.wire import encode_events
+from gateway.keyring import PartnerKeys
+from gateway.node_client import WriteItem, error_from_problem
+from gateway.record_codec import canonical_record, sealed_wire
+from gateway.request_keys import DEADLINE, MODE, PARTNER_KEYS, REQUEST_ID
+from node.api.problem import parse_json_body
+from node.errors import (
+    BaasError,
+    CallerError,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+    PayloadTooLarge,
+)
+
+__all__ = [
+    "ASSETS",
+    "LEDGER_PREFIX",
+    "RESULT_PROBLEMS",
+    "LedgerContext",
+    "LedgerRefused",
+    "account_object",
+    "add_ledger_routes",
+    "faucet_account_id",
+    "gateway_state",
+    "hex_param",
+    "int_param",
+    "ledger_context",
+    "ledger_doc",
+    "linked_wallet",
+    "read_body",
+    "require_idempotency_key",
+    "scope_of",
+    "transfer_object",
+    "user_id_param",
+]
+
+LEDGER_PREFIX = "/v1/ledger"
+FAUCET_PATH = "/v1/test/faucet"
+ACCOUNT_PREFIX = "acct_"
+TRANSFER_PREFIX = "tr_"
+TAG_SCOPE = b"baas/ledger-scope/v1"
+PLATFORM = bytes(16)  # the platform's partner id (approvals.py: operations of the platform)
+FAUCET_ROLE = "faucet"
+FAUCET_KIND = "faucet"  # the operation kind (route) of a faucet request
+FAUCET_ACCOUNT_CODE = 1
+FAUCET_TRANSFER_CODE = 1
+WALLET_ACCOUNT_CODE = 1  # a user's wallet account (one per asset and mode)
+USER_ID_CHARS_MAX = 255
+APPROVALS_ITEMS_MAX = 16  # business.identity.IdentityConfig.approvals_max
+TIMEOUT_S_MAX = U32_MAX
+ACCOUNT_FLAGS = {
+    "debits_must_not_exceed_credits": AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
+    "credits_must_not_exceed_debits": AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
+    "history": AccountFlags.HISTORY,
+}
+DEFAULT_ACCOUNT_FLAGS = ("debits_must_not_exceed_credits",)
+# Assets a partner may open accounts on; a partner's points come with their own scale later.
+ASSETS = {"baas": (ASSET_INDEX_BAAS, AssetKind.BAAS, BAAS_SCALE)}
+_SUCCESS = frozenset({"ok", "exists"})
+_APPROVAL_CODES = frozenset(c.value for c in ApprovalResult) - {"ok"}
+
+
+class LedgerRefused(CallerError):
+    """The log applied the operation and refused it (a sticky outcome: a retry answers the
+    same). ``http_status`` per result, from :data:`RESULT_PROBLEMS` (the wallet routes' from
+    their own table)."""
+
+    code = "ledger_refused"
+    http_status = 409
+
+    def __init__(self, detail: str, *, code: str, status: int, param: str | None) -> None:
+        super().__init__(detail, code=code, param=param)
+        self.http_status = status  # type: ignore[misc]
+
+
+# Ledger result -> (HTTP status, problem code, the request field at fault). A result not listed
+# is a 409 whose code is the ledger's result itself (stable: the ledger's codes never change).
+RESULT_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
+    "exceeds_credits": (402, "insufficient_funds", "amount"),
+    "exceeds_debits": (402, "credit_limit_exceeded", "amount"),
+    "debit_account_not_found": (404, "account_not_found", "debit_account"),
+    "credit_account_not_found": (404, "account_not_found", "credit_account"),
+    "ledger_not_found": (404, "asset_not_found", "asset"),
+    "accounts_must_be_different": (400, "accounts_must_be_different", "credit_account"),
+    "accounts_must_have_the_same_ledger": (400, "asset_mismatch", "credit_account"),
+    "transfer_must_have_the_same_ledger_as_accounts": (400, "asset_mismatch", "credit_account"),
+    "pending_transfer_not_found": (404, "transfer_not_found", "id"),
+    "pending_transfer_not_pending": (409, "transfer_not_pending", "id"),
+    "pending_transfer_already_posted": (409, "transfer_already_posted", "id"),
+    "pending_transfer_already_voided": (409, "transfer_already_voided", "id"),
+    "pending_transfer_expired": (409, "transfer_expired", "id"),
+    "exceeds_pending_transfer_amount": (409, "amount_exceeds_pending", "amount"),
+    "pending_transfer_has_different_amount": (409, "amount_differs_from_pending", "amount"),
+    "debit_account_already_closed": (409, "account_closed", "debit_account"),
+    "credit_account_already_closed": (409, "account_closed", "credit_account"),
+    "overflows_debits_pending": (409, "balance_overflow", "amount"),
+    "overflows_credits_pending": (409, "balance_overflow", "amount"),
+    "overflows_debits_posted": (409, "balance_overflow", "amount"),
+    "overflows_credits_posted": (409, "balance_overflow", "amount"),
+    "overflows_debits": (409, "balance_overflow", "amount"),
+    "overflows_credits": (409, "balance_overflow", "amount"),
+    "overflows_timeout": (400, "timeout_invalid", "timeout_s"),
+}
+
+
+def scope_of(partner: str, mode: Mode) -> int:
+    """The opaque tag in ``user_data_128`` of everything one partner creates in one mode."""
+    digest = derive(TAG_SCOPE, partner_id(partner), bytes((Mode(mode).value,)))
+    return 1 + int.from_bytes(digest[:16], "big") % (ID_MAX - 1)
+
+
+def faucet_account_id(mode: Mode) -> int:
+    """The platform's faucet account on the mode's BAAS ledger (test mode only in use)."""
+    ledger = ledger_number(mode, ASSET_INDEX_BAAS)
+    return partner_account_id(PLATFORM, mode, FAUCET_ROLE, ledger)
+
+
+def gateway_state(request: web.Request) -> Any:
+    from gateway.app import GATEWAY  # the app module imports this one: look the key up late
+
+    return request.app[GATEWAY]
+
+
+# --- parsing: every refusal a typed 400 naming its param, before anything reaches a node -----
+
+
+def _object(raw: Any, allowed: set[str], required: set[str], where: str = "") -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where or 'body'} must be a JSON object", param=where or None)
+    for name in sorted(set(raw) - allowed):
+        raise InvalidRequest(
+            f"unknown field {name!r}", code="parameter_unknown", param=where + name
+        )
+    for name in sorted(required - set(raw)):
+        raise InvalidRequest(f"{name} is required", code="parameter_missing", param=where + name)
+    if "metadata" in raw and not isinstance(raw["metadata"], dict):
+        raise InvalidRequest("metadata must be a JSON object", param=where + "metadata")
+    return raw
+
+
+async def read_body(request: web.Request, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    return _object(parse_json_body(await request.read()), allowed, required)
+
+
+def _amount(raw: Any, param: str) -> int:
+    try:
+        return parse_amount(raw, param=param)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.detail, code=exc.code, param=param) from exc
+
+
+def int_param(raw: Any, param: str, low: int, high: int) -> int:
+    if type(raw) is not int or not low <= raw <= high:
+        raise InvalidRequest(f"{param} must be an integer in {low}..{high}", param=param)
+    return raw
+
+
+def _id(raw: Any, prefix: str, param: str) -> int:
+    """``acct_`` / ``tr_`` + 32 lowercase hex: a u128 id other than 0 and 2^128-1."""
+    text = raw if isinstance(raw, str) else ""
+    digits = text[len(prefix) :]
+    if (
+        not text.startswith(prefix)
+        or len(digits) != 32
+        or any(c not in "0123456789abcdef" for c in digits)
+        or not 0 < int(digits, 16) < ID_MAX
+    ):
+        raise InvalidRequest(f"{param} must be {prefix} and 32 hex digits", param=param)
+    return int(digits, 16)
+
+
+def _approvals(raw: Any, param: str = "approvals") -> bytes | None:
+    """The users' approvals of the operation's debits, in the blob format the state machine
+    checks (:mod:`business.identity.approvals`)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not 0 < len(raw) <= APPROVALS_ITEMS_MAX:
+        raise InvalidRequest(f"{param} is a list of 1..{APPROVALS_ITEMS_MAX}", param=param)
+    items: list[SignedApproval | CodeApproval] = []
+    for i, item in enumerate(raw):
+        where = f"{param}[{i}]."
+        if isinstance(item, dict) and "code" in item:
+            _object(item, {"code"}, {"code"}, where)
+            items.append(CodeApproval(hex_param(item["code"], where + "code", 16, 64)))
+            continue
+        _object(
+            item, {"wallet", "deadline", "signature"}, {"wallet", "deadline", "signature"}, where
+        )
+        items.append(
+            SignedApproval(
+                hex_param(item["wallet"], where + "wallet", 20, 20, prefix="0x"),
+                int_param(item["deadline"], where + "deadline", 1, 2**63 - 1),
+                hex_param(item["signature"], where + "signature", 65, 65, prefix="0x"),
+            )
+        )
+    return encode_approvals(items)
+
+
+def hex_param(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
+    text = raw if isinstance(raw, str) else ""
+    try:
+        value = bytes.fromhex(text[len(prefix) :]) if text.startswith(prefix) else b""
+    except ValueError:
+        value = b""
+    if not low <= len(value) <= high:
+        raise InvalidRequest(f"{param} must be {prefix}hex of {low}..{high} bytes", param=param)
+    return value
+
+
+def require_idempotency_key(request: web.Request) -> str:
+    return _check_key(request.headers.get("Idempotency-Key"), "Idempotency-Key")
+
+
+def _check_key(raw: Any, param: str) -> str:
+    if raw is None:
+        raise InvalidRequest(
+            f"{param} is required on every ledger POST",
+            code="idempotency_key_required",
+            param=param,
+        )
+    if not isinstance(raw, str) or not 1 <= len(raw) <= 255 or not raw.isprintable():
+        raise InvalidRequest(
+            f"{param} must be 1..255 printable characters",
+            code="invalid_idempotency_key",
+            param=param,
+        )
+    return raw
+
+
+# --- operations: one record + its ledger events, written as one unit ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    """One operation ready for the node: ``events[first:]`` are what the caller asked for (the
+    ones before only make sure the asset and the platform's accounts exist: ``exists`` after
+    the first time)."""
+
+    key: str
+    kind: str
+    record_id: bytes
+    events: tuple[Event, ...]
+    first: int
+    params: tuple[str, ...]  # per asked event: the prefix of its fields in the request
+    item: WriteItem
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerContext:
+    partner: PartnerKeys
+    mode: Mode
+    scope: int
+    deadline: float
+    request_id: str
+
+    @property
+    def pid16(self) -> bytes:
+        return partner_id(self.partner.partner_id)
+
+
+def ledger_context(request: web.Request) -> LedgerContext:
+    partner = request[PARTNER_KEYS]
+    mode = request[MODE]
+    return LedgerContext(
+        partner, mode, scope_of(partner.partner_id, mode), request[DEADLINE], request[REQUEST_ID]
+    )
+
+
+def _op_id(ctx: LedgerContext, kind: str, key: str) -> bytes:
+    return operation_id(ctx.pid16, ctx.mode, kind, key)
+
+
+def _operation(
+    state: Any,
+    ctx: LedgerContext,
+    kind: str,
+    key: str,
+    request_body: dict[str, Any],
+    build: Any,
+    approvals: bytes | None = None,
+) -> _Op:
+    """``build(record_id) -> (events, first, params)``; the request is the sealed record."""
+    record_id = _op_id(ctx, kind, key)
+    events, first, params = build(record_id)
+    plaintext = canonical_record(
+        {"object": "ledger_operation", "kind": kind, "request": request_body},
+        state.config.limits.record_json_bytes_max,
+    )
+    wire = sealed_wire(ctx.partner, record_id, plaintext)
+    # The approvals engineer's interface: the partner and mode of the operation, for the
+    # state machine's checks (the merger switches these to WriteItem.operation(partner=,
+    # mode=)); today's node ignores keys it does not know.
+    # The faucet is the platform's operation: its debit is of the platform's faucet account,
+    # which check_debits allows only in platform operations (partner id all zeros).
+    wire["pt"] = PLATFORM if kind == FAUCET_KIND else ctx.pid16
+    wire["md"] = int(ctx.mode)
+    item = WriteItem.operation(
+        wire,
+        encode_events(events),
+        approvals,
+        deadline=ctx.deadline,
+        request_id=ctx.request_id,
+    )
+    return _Op(key, kind, record_id, tuple(events), first, tuple(params), item)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """What a node said about one operation: its outcome's asked events, or the error."""
+
+    replayed: bool
+    log_time_ms: int
+    events: tuple[dict[str, Any], ...]
+    error: BaasError | None
+
+
+def _judge(op: _Op, result: dict[str, Any]) -> _Done:
+    if not result.get("ok"):
+        code = str(result.get("code"))
+        if code in _APPROVAL_CODES:  # the state machine refused the users' approvals
+            error: BaasError = LedgerRefused(
+                f"the operation's approvals were refused: {code}",
+                code=code,
+                status=403,
+                param="approvals",
+            )
+        else:
+            error = error_from_problem(int(result.get("status", 503)), result)
+        return _Done(False, 0, (), error)
+    outcome = result.get("outcome")
+    if not isinstance(outcome, dict):
+        raise OperationFailed("the node answered without the operation's outcome")
+    events = tuple(outcome["events"])
+    asked = events[op.first :]
+    refusal = _refusal(op, asked)
+    if refusal is None and any(e["result"] not in _SUCCESS for e in asked):
+        # Only linked_event_failed: an event the API added (opening a wallet's or the faucet's
+        # account) failed in the chain, so nothing moved. Sticky like any outcome, so not a 503.
+        setup = next(e["result"] for e in events[: op.first] if e["result"] not in _SUCCESS)
+        refusal = LedgerRefused(
+            f"the ledger refused an account the operation opens: {setup}",
+            code="ledger_setup_refused",
+            status=409,
+            param=None,
+        )
+    return _Done(bool(result.get("replayed")), int(outcome["log_time_ms"]), asked, refusal)
+
+
+def _refusal(op: _Op, asked: Sequence[dict[str, Any]]) -> LedgerRefused | None:
+    """The first asked event that failed on its own (not as ``linked_event_failed``)."""
+    for i, event in enumerate(asked):
+        result = event["result"]
+        if result in _SUCCESS or result == "linked_event_failed":
+            continue
+        status, code, field = RESULT_PROBLEMS.get(result, (409, result, None))
+        param = None if field is None else op.params[i] + field
+        return LedgerRefused(f"the ledger refused: {result}", code=code, status=status, param=param)
+    return None
+
+
+async def _write(state: Any, ctx: LedgerContext, ops: list[_Op]) -> list[_Done]:
+    with state.reserve(ctx.partner.partner_id, len(ops)):
+        results = await state.nodes.write_operations([op.item for op in ops])
+    done = [_judge(op, r) for op, r in zip(ops, results, strict=True)]
+    for op, d in zip(ops, done, strict=True):
+        status = d.error.http_status if d.error is not None else 200 if d.replayed else 201
+        state.ledger_operations.labels(op.kind, str(status)).inc()
+    return done
+
+
+async def _write_one(state: Any, ctx: LedgerContext, op: _Op) -> _Done:
+    (done,) = await _write(state, ctx, [op])
+    if done.error is not None:
+        raise done.error
+    return done
+
+
+def _answer(done: _Done, payload: dict[str, Any], key: str) -> web.Response:
+    return web.json_response(
+        payload, status=200 if done.replayed else 201, headers={"Idempotency-Key": key}
+    )
+
+
+# --- reads through the nodes, scoped -----------------------------------------------------------
+
+
+async def ledger_doc(state: Any, ctx: LedgerContext, path: str) -> dict[str, Any] | None:
+    doc: dict[str, Any] | None = await state.nodes.ledger_read(
+        path, deadline=ctx.deadline, request_id=ctx.request_id
+    )
+    return doc
+
+
+async def _own_account(state: Any, ctx: LedgerContext, account: int, param: str) -> dict[str, Any]:
+    doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
+    if doc is None or int(doc["user_data_128"]) != ctx.scope:
+        raise NotFound("no such account", code="account_not_found", param=param)
+    return doc
+
+
+async def _own_transfer(
+    state: Any, ctx: LedgerContext, transfer: int, param: str
+) -> dict[str, Any]:
+    doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/transfers/{transfer}")
+    if doc is None or int(doc["user_data_128"]) != ctx.scope:
+        raise NotFound("no such transfer", code="transfer_not_found", param=param)
+    return doc
+
+
+def _asset_of(ledger: int) -> tuple[str, int]:
+    for name, (index, _kind, scale) in ASSETS.items():
+        if ledger >> 1 == index:
+            return name, scale
+    raise OperationFailed(f"ledger {ledger} is no asset of this API", code="ledger_unknown")
+
+
+def account_object(doc: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    """Balances credit-normal (credits minus debits), signed strings of digits; ``available``
+    is what a debit may take now: posted less the debits reserved by pending transfers."""
+    ledger = int(doc["ledger"])
+    asset, scale = _asset_of(ledger)
+    dp, dpost = int(doc["debits_pending"]), int(doc["debits_posted"])
+    cp, cpost = int(doc["credits_pending"]), int(doc["credits_posted"])
+    flags = int(doc["flags"])
+    return {
+        "id": ACCOUNT_PREFIX + f"{int(doc['id']):032x}",
+        "object": "ledger_account",
+        "livemode": mode == Mode.LIVE,
+        "asset": asset,
+        "scale": scale,
+        "ledger": ledger,
+        "code": int(doc["code"]),
+        "flags": [name for name, bit in ACCOUNT_FLAGS.items() if flags & bit],
+        "balance": {
+            "posted": str(cpost - dpost),
+            "pending": str(cp - dp),
+            "available": str(cpost - dpost - dp),
+            "debits_posted": format_amount(dpost),
+            "credits_posted": format_amount(cpost),
+            "debits_pending": format_amount(dp),
+            "credits_pending": format_amount(cp),
+        },
+    }
+
+
+def _transfer_kind(flags: int) -> str:
+    if flags & TransferFlags.POST_PENDING_TRANSFER:
+        return "post"
+    if flags & TransferFlags.VOID_PENDING_TRANSFER:
+        return "void"
+    return "pending" if flags & TransferFlags.PENDING else "transfer"
+
+
+def transfer_object(
+    mode: Mode,
+    *,
+    transfer: int,
+    debit: int,
+    credit: int,
+    amount: int,
+    ledger: int,
+    code: int,
+    flags: int,
+    pending_id: int,
+    timeout_s: int,
+    operation: bytes | None,
+) -> dict[str, Any]:
+    return {
+        "id": TRANSFER_PREFIX + f"{transfer:032x}",
+        "object": "ledger_transfer",
+        "livemode": mode == Mode.LIVE,
+        "type": _transfer_kind(flags),
+        "debit_account": ACCOUNT_PREFIX + f"{debit:032x}",
+        "credit_account": ACCOUNT_PREFIX + f"{credit:032x}",
+        "amount": format_amount(amount),
+        "asset": _asset_of(ledger)[0],
+        "ledger": ledger,
+        "code": code,
+        "pending_transfer": TRANSFER_PREFIX + f"{pending_id:032x}" if pending_id else None,
+        "timeout_s": timeout_s,
+        "operation": operation.hex() if operation is not None else None,
+    }
+
+
+def _from_doc(doc: dict[str, Any], mode: Mode) -> dict[str, Any]:
+    return transfer_object(
+        mode,
+        transfer=int(doc["id"]),
+        debit=int(doc["debit_account_id"]),
+        credit=int(doc["credit_account_id"]),
+        amount=int(doc["amount"]),
+        ledger=int(doc["ledger"]),
+        code=int(doc["code"]),
+        flags=int(doc["flags"]),
+        pending_id=int(doc["pending_id"]),
+        timeout_s=int(doc["timeout"]),
+        operation=None,
+    )
+
+
+# --- accounts ------------------------------------------------------------------------------
+
+
+async def post_account(request: web.Request) -> web.Response:
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = await read_body(request, {"asset", "code", "flags", "metadata"}, {"asset", "code"})
+    if body["asset"] not in ASSETS:
+        raise InvalidRequest(
+            f"asset must be one of {', '.join(ASSETS)}", code="asset_not_found", param="asset"
+        )
+    index, kind, scale = ASSETS[body["asset"]]
+    ledger = ledger_number(ctx.mode, index)
+    code = int_param(body["code"], "code", 1, U16_MAX)
+    names = body.get("flags", list(DEFAULT_ACCOUNT_FLAGS))
+    if not isinstance(names, list) or any(n not in ACCOUNT_FLAGS for n in names):
+        raise InvalidRequest(f"flags are some of {', '.join(ACCOUNT_FLAGS)}", param="flags")
+    flags = 0
+    for name in names:
+        flags |= ACCOUNT_FLAGS[name]
+
+    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        account = derived_account_id(record_id, 0)
+        return (
+            [
+                CreateAsset(ledger, kind, scale),
+                CreateAccount(account, ledger, code, flags, ctx.scope),
+            ],
+            1,
+            [""],
+        )
+
+    op = _operation(state, ctx, "account.create", key, body, build)
+    done = await _write_one(state, ctx, op)
+    created = op.events[1]
+    assert type(created) is CreateAccount
+    doc = {
+        "id": created.id,
+        "ledger": ledger,
+        "code": code,
+        "flags": flags,
+        "debits_pending": 0,
+        "debits_posted": 0,
+        "credits_pending": 0,
+        "credits_posted": 0,
+    }
+    if done.replayed:  # the account may have moved since: show its balances now
+        doc = await _own_account(state, ctx, created.id, "id")
+    return _answer(done, account_object(doc, ctx.mode), key)
+
+
+async def get_account(request: web.Request) -> web.Response:
+    state, ctx = gateway_state(request), ledger_context(request)
+    account = _id(request.match_info["id"], ACCOUNT_PREFIX, "id")
+    doc = await _own_account(state, ctx, account, "id")
+    return web.json_response(account_object(doc, ctx.mode))
+
+
+# --- transfers -----------------------------------------------------------------------------
+
+_TRANSFER_FIELDS = {
+    "debit_account",
+    "credit_account",
+    "amount",
+    "code",
+    "pending",
+    "timeout_s",
+    "metadata",
+}
+_TRANSFER_REQUIRED = {"debit_account", "credit_account", "amount", "code"}
+_SINGLE_EXTRA = frozenset({"approvals", "idempotency_key"})  # a single or a batch item
+_ROUTE_EXTRA = frozenset({"approvals", "credit_user"})  # POST /v1/ledger/transfers
+
+
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One transfer as asked, checked: accounts are the caller's own, read from a node."""
+
+    debit: int
+    credit: int
+    amount: int
+    ledger: int
+    code: int
+    flags: int
+    timeout_s: int
+    credit_user: str | None = None  # credit the wallet linked to this user id instead
+    opens_wallet: bool = False  # the credit is a wallet account: open it if it is new
+
+
+def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -> _Asked:
+    """A transfer as asked, checked alone (its ledger is filled in by :func:`_checked`)."""
+    wallet = "credit_user" in extra and "credit_user" in raw if isinstance(raw, dict) else False
+    required = _TRANSFER_REQUIRED - {"credit_account"} if wallet else _TRANSFER_REQUIRED
+    body = _object(raw, _TRANSFER_FIELDS | extra, required, where)
+    if wallet and "credit_account" in body:
+        raise InvalidRequest("credit_account or credit_user, not both", param=where + "credit_user")
+    debit = _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
+    credit = 0 if wallet else _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
+    user = user_id_param(body["credit_user"], where + "credit_user") if wallet else None
+    amount = _amount(body["amount"], where + "amount")
+    code = int_param(body["code"], where + "code", 1, U16_MAX)
+    pending = body.get("pending", False)
+    if type(pending) is not bool:
+        raise InvalidRequest("pending must be true or false", param=where + "pending")
+    timeout_s = 0
+    if "timeout_s" in body:
+        if not pending:
+            raise InvalidRequest(
+                "timeout_s is for pending transfers",
+                code="timeout_invalid",
+                param=where + "timeout_s",
+            )
+        timeout_s = int_param(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
+    flags = int(TransferFlags.PENDING) if pending else 0
+    return _Asked(debit, credit, amount, 0, code, flags, timeout_s, user)
+
+
+async def _checked(state: Any, ctx: LedgerContext, asked: _Asked, where: str) -> _Asked:
+    """Both accounts are the caller's own (else 404 as for a missing one); the transfer's
+    ledger is the debit account's (a credit account on another is the ledger's refusal)."""
+    debit_doc = await _own_account(state, ctx, asked.debit, where + "debit_account")
+    ledger = int(debit_doc["ledger"])
+    if asked.credit_user is not None:
+        wallet = await linked_wallet(state, ctx, asked.credit_user, where + "credit_user")
+        account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
+        return replace(asked, ledger=ledger, credit=account, opens_wallet=True)
+    await _own_account(state, ctx, asked.credit, where + "credit_account")
+    return replace(asked, ledger=ledger)
+
+
+async def linked_wallet(state: Any, ctx: LedgerContext, user_id: str, param: str) -> bytes:
+    """The wallet address this partner linked ``user_id`` to in this mode (404 if none)."""
+    ref = user_ref(ctx.pid16, ctx.mode, user_id)
+    mode = "test" if ctx.mode == Mode.TEST else "live"
+    try:
+        found = await state.nodes.identity_read(
+            f"/internal/v1/identity/links/{ctx.pid16.hex()}/{mode}/{ref.hex()}",
+            deadline=ctx.deadline,
+            request_id=ctx.request_id,
+        )
+    except NotFound as exc:
+        raise NotFound("no link for this user id", code="link_not_found", param=param) from exc
+    return bytes.fromhex(str(found["wallet"])[2:])
+
+
+def user_id_param(raw: Any, param: str) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= USER_ID_CHARS_MAX or not raw.isprintable():
+        raise InvalidRequest(f"{param} is 1..{USER_ID_CHARS_MAX} printable characters", param=param)
+    return raw
+
+
+def _event(
+    ctx: LedgerContext, record_id: bytes, index: int, asked: _Asked, linked: bool
+) -> CreateTransfer:
+    return CreateTransfer(
+        id=transfer_id(record_id, index),
+        debit_account_id=asked.debit,
+        credit_account_id=asked.credit,
+        amount=asked.amount,
+        ledger=asked.ledger,
+        code=asked.code,
+        flags=asked.flags | (int(TransferFlags.LINKED) if linked else 0),
+        timeout=asked.timeout_s,
+        user_data_128=ctx.scope,
+    )
+
+
+def _object_of(ctx: LedgerContext, op: _Op, event: Event, moved: dict[str, Any]) -> dict[str, Any]:
+    assert type(event) is CreateTransfer
+    return transfer_object(
+        ctx.mode,
+        transfer=event.id,
+        debit=event.debit_account_id,
+        credit=event.credit_account_id,
+        amount=int(moved["amount"]),
+        ledger=event.ledger,
+        code=event.code,
+        flags=event.flags & ~TransferFlags.LINKED,
+        pending_id=event.pending_id,
+        timeout_s=event.timeout,
+        operation=op.record_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A single transfer's request, checked alone: before any node is asked anything."""
+
+    key: str
+    body: dict[str, Any]
+    asked: _Asked
+    approvals: bytes | None
+    where: str
+
+
+def _item(
+    key: str, body: dict[str, Any], where: str = "", extra: frozenset[str] = _SINGLE_EXTRA
+) -> _Item:
+    asked = _parse_transfer(body, where, extra)
+    return _Item(key, body, asked, _approvals(body.get("approvals"), where + "approvals"), where)
+
+
+def _single(state: Any, ctx: LedgerContext, item: _Item, asked: _Asked) -> _Op:
+    return _operation(
+        state,
+        ctx,
+        "transfer",
+        item.key,
+        {k: v for k, v in item.body.items() if k != "idempotency_key"},
+        lambda rid: _single_events(ctx, rid, asked, item.where),
+        item.approvals,
+    )
+
+
+def _single_events(
+    ctx: LedgerContext, record_id: bytes, asked: _Asked, where: str
+) -> tuple[list[Event], int, list[str]]:
+    transfer = _event(ctx, record_id, 0, asked, False)
+    if not asked.opens_wallet:
+        return [transfer], 0, [where]
+    # The wallet's account on this ledger, opened on its first credit (exists after that).
+    wallet = CreateAccount(
+        asked.credit,
+        asked.ledger,
+        WALLET_ACCOUNT_CODE,
+        int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.LINKED),
+    )
+    return [wallet, transfer], 1, [where]
+
+
+async def post_transfer(request: web.Request) -> web.Response:
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | _ROUTE_EXTRA, set())
+    item = _item(key, body, "", _ROUTE_EXTRA)
+    op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
+    done = await _write_one(state, ctx, op)
+    return _answer(done, _object_of(ctx, op, op.events[op.first], done.events[0]), key)
+
+
+async def _resolve(request: web.Request, void: bool) -> web.Response:
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    pending = _id(request.match_info["id"], TRANSFER_PREFIX, "id")
+    body = await read_body(request, set() if void else {"amount", "metadata"}, set())
+    amount = 0 if void else AMOUNT_MAX
+    if "amount" in body:
+        amount = _amount(body["amount"], "amount")
+    doc = await _own_transfer(state, ctx, pending, "id")
+    if not int(doc["flags"]) & TransferFlags.PENDING:
+        raise LedgerRefused(
+            "not a pending transfer", code="transfer_not_pending", status=409, param="id"
+        )
+    flag = TransferFlags.VOID_PENDING_TRANSFER if void else TransferFlags.POST_PENDING_TRANSFER
+
+    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        # Accounts, ledger and code 0: taken from the pending transfer (it must match).
+        event = CreateTransfer(
+            id=transfer_id(record_id, 0),
+            debit_account_id=0,
+            credit_account_id=0,
+            amount=amount,
+            ledger=0,
+            code=0,
+            flags=int(flag),
+            pending_id=pending,
+            user_data_128=ctx.scope,
+        )
+        return [event], 0, [""]
+
+    kind = "transfer.void" if void else "transfer.post"
+    op = _operation(state, ctx, kind, key, {"pending": request.match_info["id"], **body}, build)
+    done = await _write_one(state, ctx, op)
+    event = op.events[0]
+    assert type(event) is CreateTransfer
+    return _answer(
+        done,
+        transfer_object(
+            ctx.mode,
+            transfer=event.id,
+            debit=int(doc["debit_account_id"]),
+            credit=int(doc["credit_account_id"]),
+            amount=int(done.events[0]["amount"]),
+            ledger=int(doc["ledger"]),
+            code=int(doc["code"]),
+            flags=int(flag),
+            pending_id=pending,
+            timeout_s=0,
+            operation=op.record_id,
+        ),
+        key,
+    )
+
+
+async def post_post(request: web.Request) -> web.Response:
+    return await _resolve(request, void=False)
+
+
+async def post_void(request: web.Request) -> web.Response:
+    return await _resolve(request, void=True)
+
+
+def _list_body(body: Any, bound: int, name: str, extra: frozenset[str] = frozenset()) -> list[Any]:
+    """``transfers``: a non-empty list of at most ``bound`` (the ``*_max`` named ``name``)."""
+    _object(body, {"transfers"} | extra, {"transfers"})
+    items = body["transfers"]
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("transfers must be a non-empty list", param="transfers")
+    if len(items) > bound:
+        raise PayloadTooLarge(f"at most {bound} transfers per request ({name})", param="transfers")
+    return items
+
+
+async def post_linked(request: web.Request) -> web.Response:
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = parse_json_body(await request.read())
+    limits = state.config.limits
+    extra = frozenset({"approvals", "metadata"})
+    bound = limits.ledger_linked_transfers_max
+    items = _list_body(body, bound, "ledger_linked_transfers_max", extra)
+    parsed = [_parse_transfer(raw, f"transfers[{i}].") for i, raw in enumerate(items)]
+    approvals = _approvals(body.get("approvals"))
+    asked = [await _checked(state, ctx, a, f"transfers[{i}].") for i, a in enumerate(parsed)]
+    last = len(asked) - 1
+
+    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        events: list[Event] = [
+            _event(ctx, record_id, i, a, linked=i < last) for i, a in enumerate(asked)
+        ]
+        return events, 0, [f"transfers[{i}]." for i in range(len(asked))]
+
+    op = _operation(state, ctx, "transfer.linked", key, body, build, approvals)
+    done = await _write_one(state, ctx, op)
+    data = [_object_of(ctx, op, e, m) for e, m in zip(op.events, done.events, strict=True)]
+    return _answer(
+        done,
+        {"object": "linked_transfers", "operation": op.record_id.hex(), "transfers": data},
+        key,
+    )
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    """Each transfer is its own operation (own key, own outcome); one result each, in order.
+    An item refused before the log is answered in its slot; the others still run."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    body = parse_json_body(await request.read())
+    limits = state.config.limits
+    items = _list_body(body, limits.ledger_batch_operations_max, "ledger_batch_operations_max")
+    parsed: list[_Item | BaasError] = []
+    for i, raw in enumerate(items):
+        where = f"transfers[{i}]."
+        try:
+            if not isinstance(raw, dict):
+                raise InvalidRequest("each transfer is a JSON object", param=f"transfers[{i}]")
+            key = _check_key(raw.get("idempotency_key"), where + "idempotency_key")
+            parsed.append(_item(key, raw, where))
+        except CallerError as exc:
+            parsed.append(exc)
+    keys = [p.key for p in parsed if isinstance(p, _Item)]
+    if len(set(keys)) != len(keys):
+        raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+    # Each account once, all at once: a batch often names the same few accounts.
+    wanted = sorted(
+        {a for p in parsed if isinstance(p, _Item) for a in (p.asked.debit, p.asked.credit)}
+    )
+    docs = dict(
+        zip(
+            wanted,
+            await asyncio.gather(
+                *(ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{a}") for a in wanted)
+            ),
+            strict=True,
+        )
+    )
+    slots: list[_Op | BaasError] = []
+    for p in parsed:
+        try:
+            if isinstance(p, BaasError):
+                raise p
+            for side in ("debit", "credit"):
+                doc = docs[getattr(p.asked, side)]
+                if doc is None or int(doc["user_data_128"]) != ctx.scope:
+                    raise NotFound(
+                        "no such account",
+                        code="account_not_found",
+                        param=f"{p.where}{side}_account",
+                    )
+            ledger = int(docs[p.asked.debit]["ledger"])  # type: ignore[index]
+            slots.append(_single(state, ctx, p, replace(p.asked, ledger=ledger)))
+        except CallerError as exc:
+            slots.append(exc)
+    ops = [s for s in slots if isinstance(s, _Op)]
+    done = iter(await _write(state, ctx, ops) if ops else [])
+    results = []
+    for i, slot in enumerate(slots):
+        item_key = items[i].get("idempotency_key") if isinstance(items[i], dict) else None
+        if isinstance(slot, BaasError):
+            results.append(_failed(slot, item_key))
+            continue
+        got = next(done)
+        if got.error is not None:
+            results.append(_failed(got.error, item_key))
+            continue
+        results.append(
+            {
+                "status": 200 if got.replayed else 201,
+                "idempotency_key": item_key,
+                "transfer": _object_of(ctx, slot, slot.events[0], got.events[0]),
+            }
+        )
+    return web.json_response({"object": "batch_result", "results": results})
+
+
+def _failed(error: BaasError, key: Any) -> dict[str, Any]:
+    problem: dict[str, Any] = {"code": error.code, "detail": error.detail}
+    if error.param is not None:
+        problem["param"] = error.param
+    return {
+        "status": error.http_status,
+        "idempotency_key": key if isinstance(key, str) else None,
+        "error": problem,
+    }
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    state, ctx = gateway_state(request), ledger_context(request)
+    transfer = _id(request.match_info["id"], TRANSFER_PREFIX, "id")
+    doc = await _own_transfer(state, ctx, transfer, "id")
+    return web.json_response(_from_doc(doc, ctx.mode))
+
+
+# --- the test faucet -------------------------------------------------------------------------
+
+
+async def post_faucet(request: web.Request) -> web.Response:
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    if ctx.mode != Mode.TEST:
+        raise InvalidRequest(
+            "the faucet is for test mode; live BAAS comes only from on-chain deposits",
+            code="test_mode_only",
+        )
+    body = await read_body(request, {"account", "amount"}, {"account", "amount"})
+    account = _id(body["account"], ACCOUNT_PREFIX, "account")
+    amount = _amount(body["amount"], "amount")
+    doc = await _own_account(state, ctx, account, "account")
+    index, kind, scale = ASSETS["baas"]
+    ledger = ledger_number(ctx.mode, index)
+    if int(doc["ledger"]) != ledger:
+        raise InvalidRequest("the faucet gives BAAS only", code="asset_mismatch", param="account")
+    faucet = faucet_account_id(ctx.mode)
+
+    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        # The faucet account may go negative (no limit flag): it is where test BAAS comes from.
+        return (
+            [
+                CreateAsset(ledger, kind, scale),
+                CreateAccount(faucet, ledger, FAUCET_ACCOUNT_CODE, int(AccountFlags.LINKED)),
+                CreateTransfer(
+                    id=transfer_id(record_id, 0),
+                    debit_account_id=faucet,
+                    credit_account_id=account,
+                    amount=amount,
+                    ledger=ledger,
+                    code=FAUCET_TRANSFER_CODE,
+                    user_data_128=ctx.scope,
+                ),
+            ],
+            2,
+            [""],
+        )
+
+    op = _operation(state, ctx, FAUCET_KIND, key, body, build)
+    done = await _write_one(state, ctx, op)
+    event = op.events[2]
+    assert type(event) is CreateTransfer
+    payload = _object_of(ctx, op, event, done.events[0])
+    payload["debit_account"] = None  # the platform's faucet: not an account a partner can name
+    return _answer(done, payload, key)
+
+
+def add_ledger_routes(app: web.Application) -> None:
+    app.router.add_post(LEDGER_PREFIX + "/accounts", post_account)
+    app.router.add_get(LEDGER_PREFIX + "/accounts/{id}", get_account)
+    app.router.add_post(LEDGER_PREFIX + "/transfers", post_transfer)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/linked", post_linked)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/batch", post_batch)
+    app.router.add_get(LEDGER_PREFIX + "/transfers/{id}", get_transfer)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/{id}/post", post_post)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/{id}/void", post_void)
+    app.router.add_post(FAUCET_PATH, post_faucet)

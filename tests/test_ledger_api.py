@@ -1,0 +1,167 @@
+"""The ledger API's refusals the gateway makes alone, before any node call (the real gateway in
+process, no nodes: inprocess_gateway.py): bad amounts, ids, fields and a missing
+Idempotency-Key are typed 400s naming their ``param``, so bad input never reaches the log.
+Every answer is checked against the OpenAPI document. What needs nodes (balances, outcomes,
+isolation between partners and modes) is proven in real processes: test_cluster_ledger_api.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import openapi_check
+from inprocess_gateway import client_of, gateway_without_nodes
+
+from business.identity.ids import Mode
+from gateway.ledger_routes import RESULT_PROBLEMS, faucet_account_id, scope_of
+from tools.ledger_client import LedgerClient
+
+A = "acct_" + "1" * 32
+B = "acct_" + "2" * 32
+
+BAD_AMOUNTS: list[tuple[Any, str]] = [
+    ("0", "zero"),
+    ("-1", "negative"),
+    ("1.5", "fractional"),
+    ("1e3", "exponent"),
+    (str(2**128), "above 2^128-1"),
+    (100, "a JSON number"),
+    ("01", "leading zero"),
+    (" 1", "space"),
+    ("", "empty"),
+    (None, "null"),
+]
+
+
+async def test_bad_amounts_never_reach_a_node(tmp_path: Path) -> None:
+    async with gateway_without_nodes(tmp_path) as layout, client_of(layout, "shop-a") as http:
+        ledger = LedgerClient(http, attempts_max=1)
+        for amount, why in BAD_AMOUNTS:
+            body = LedgerClient.transfer_body(A, B, "1", code=1)
+            body["amount"] = amount
+            got = await ledger.call("POST", "/v1/ledger/transfers", body, key="k1")
+            assert got.status == 400, (why, got)
+            assert got.body["code"] == "amount_invalid", (why, got)
+            assert got.body["param"] == "amount", (why, got)
+            # In a batch, the bad item is answered in its slot, with its param.
+            batch = await ledger.batch([{"idempotency_key": "b1", **body}])
+            assert batch.status == 200, batch
+            (only,) = batch.body["results"]
+            assert only["status"] == 400, (why, only)
+            assert only["error"]["param"] == "transfers[0].amount", (why, only)
+            assert only["error"]["code"] == "amount_invalid", (why, only)
+
+
+async def test_every_bad_field_is_a_typed_400_with_its_param(tmp_path: Path) -> None:
+    checked_before = openapi_check.answers_checked
+    async with gateway_without_nodes(tmp_path) as layout, client_of(layout, "shop-a") as http:
+        ledger = LedgerClient(http, attempts_max=1)
+        good = LedgerClient.transfer_body(A, B, "5", code=1)
+        cases: list[tuple[str, str, Any, str | None, str, str]] = [
+            # method, path, body, key, expected code, expected param
+            ("POST", "/v1/ledger/transfers", good, None, "idempotency_key_required",
+             "Idempotency-Key"),
+            ("POST", "/v1/ledger/accounts", {"asset": "baas", "code": 1}, None,
+             "idempotency_key_required", "Idempotency-Key"),
+            ("POST", "/v1/test/faucet", {"account": A, "amount": "1"}, None,
+             "idempotency_key_required", "Idempotency-Key"),
+            ("POST", "/v1/ledger/transfers", {**good, "debit_account": "acct_12"}, "k",
+             "invalid_request", "debit_account"),
+            ("POST", "/v1/ledger/transfers", {**good, "credit_account": "tr_" + "1" * 32},
+             "k", "invalid_request", "credit_account"),
+            ("POST", "/v1/ledger/transfers", {**good, "debit_account": "acct_" + "0" * 32},
+             "k", "invalid_request", "debit_account"),
+            ("POST", "/v1/ledger/transfers", {**good, "code": 0}, "k", "invalid_request",
+             "code"),
+            ("POST", "/v1/ledger/transfers", {**good, "code": 70000}, "k",
+             "invalid_request", "code"),
+            ("POST", "/v1/ledger/transfers", {**good, "metadata": "x"}, "k",
+             "invalid_request", "metadata"),
+            ("POST", "/v1/ledger/transfers", {**good, "memo": "x"}, "k",
+             "parameter_unknown", "memo"),
+            ("POST", "/v1/ledger/transfers", {**good, "timeout_s": 5}, "k",
+             "timeout_invalid", "timeout_s"),
+            ("POST", "/v1/ledger/transfers", {**good, "pending": "yes"}, "k",
+             "invalid_request", "pending"),
+            ("POST", "/v1/ledger/transfers", {**good, "approvals": [{"code": "zz"}]}, "k",
+             "invalid_request", "approvals[0].code"),
+            ("POST", "/v1/ledger/transfers", {k: v for k, v in good.items() if k != "code"},
+             "k", "parameter_missing", "code"),
+            ("POST", "/v1/ledger/accounts", {"asset": "gold", "code": 1}, "k",
+             "asset_not_found", "asset"),
+            ("POST", "/v1/ledger/accounts", {"asset": "baas", "code": 1, "flags": ["x"]},
+             "k", "invalid_request", "flags"),
+            ("POST", "/v1/ledger/transfers/linked", {"transfers": []}, "k",
+             "invalid_request", "transfers"),
+            ("POST", "/v1/ledger/transfers/linked",
+             {"transfers": [good, {**good, "amount": "-3"}]}, "k", "amount_invalid",
+             "transfers[1].amount"),
+            ("POST", f"/v1/ledger/transfers/tr_{'1' * 32}/post", {"amount": "0"}, "k",
+             "amount_invalid", "amount"),
+            ("POST", "/v1/ledger/transfers/acct_1/void", {}, "k", "invalid_request", "id"),
+            ("GET", "/v1/ledger/accounts/12345", None, None, "invalid_request", "id"),
+            ("GET", "/v1/ledger/transfers/tr_XYZ", None, None, "invalid_request", "id"),
+        ]  # fmt: skip
+        for method, path, body, key, code, param in cases:
+            got = await http.request(method, path, body, idempotency_key=key)
+            assert got.status == 400, (path, body, got)
+            assert (got.body["code"], got.body.get("param")) == (code, param), (path, got)
+        too_many = [{"idempotency_key": str(i), **good} for i in range(101)]
+        over = await ledger.batch(too_many)  # ledger_batch_operations_max = 100
+        assert over.status == 413 and over.body["param"] == "transfers", over
+        dup = await ledger.batch([{"idempotency_key": "same", **good}] * 2)
+        assert dup.status == 400 and dup.body["code"] == "duplicate_in_batch", dup
+        no_key = await ledger.batch([good])
+        (only,) = no_key.body["results"]
+        assert only["error"]["code"] == "idempotency_key_required"
+        assert only["error"]["param"] == "transfers[0].idempotency_key"
+    assert openapi_check.answers_checked > checked_before + len(cases)
+
+
+def test_scopes_and_the_faucet_are_distinct_per_partner_and_mode() -> None:
+    scopes = {scope_of(p, m) for p in ("shop-a", "shop-b") for m in Mode}
+    assert len(scopes) == 4
+    assert faucet_account_id(Mode.TEST) != faucet_account_id(Mode.LIVE)
+
+
+def test_the_result_table_maps_to_client_errors_with_params() -> None:
+    for result, (status, code, param) in RESULT_PROBLEMS.items():
+        assert 400 <= status < 500 and code.islower(), result
+        assert param is None or param.isidentifier(), result
+    assert RESULT_PROBLEMS["exceeds_credits"][:2] == (402, "insufficient_funds")
+
+
+def test_outcomes_map_to_answers_and_refusals_stay_4xx() -> None:
+    """The mapping of a node's answer (gateway/ledger_routes.py ``_judge``): the asked events'
+    results decide; a refusal of an account the API opens in the same chain is a sticky 409,
+    never a 503 that would invite endless retries."""
+    from gateway.ledger_routes import LedgerRefused, _judge, _Op
+    from gateway.node_client import WriteItem
+
+    op = _Op("k", "transfer", bytes(32), (), 1, ("",), WriteItem({}, 0.0, "r"))
+
+    def answer(*results: str, replayed: bool = False) -> dict[str, Any]:
+        events = [{"result": r, "amount": "5"} for r in results]
+        return {"ok": True, "replayed": replayed, "outcome": {"log_time_ms": 7, "events": events}}
+
+    done = _judge(op, answer("exists", "ok", replayed=True))
+    assert (
+        done.error is None and done.replayed and done.events == ({"result": "ok", "amount": "5"},)
+    )
+    broke = _judge(op, answer("ok", "exceeds_credits")).error
+    assert isinstance(broke, LedgerRefused)
+    assert (broke.http_status, broke.code, broke.param) == (402, "insufficient_funds", "amount")
+    setup = _judge(op, answer("exists_with_different_flags", "linked_event_failed")).error
+    assert isinstance(setup, LedgerRefused)
+    assert (setup.http_status, setup.code) == (409, "ledger_setup_refused")
+    other = _judge(op, answer("ok", "id_already_failed")).error
+    assert isinstance(other, LedgerRefused) and (other.http_status, other.code) == (
+        409,
+        "id_already_failed",
+    )
+    refused = _judge(op, {"ok": False, "code": "approval_missing", "status": 400}).error
+    assert isinstance(refused, LedgerRefused)
+    assert (refused.http_status, refused.param) == (403, "approvals")
+    overloaded = _judge(op, {"ok": False, "code": "overloaded", "status": 503}).error
+    assert overloaded is not None and overloaded.http_status == 503

@@ -1,0 +1,139 @@
+"""Committed transfers/s through the gateway's ledger API, beside the record rate of the same run.
+
+Starts a local cluster (5 nodes and a gateway, no chain) in ``--dir``, opens ``--accounts`` test
+accounts for one partner and funds each from the faucet, then runs three phases of
+``--seconds`` each with ``--concurrency`` clients: plain records (``POST /v1/records``), single
+transfers (``POST /v1/ledger/transfers``) and batches of ``--batch`` transfers
+(``POST /v1/ledger/transfers/batch``). A transfer or record counts once acknowledged (201).
+Writes JSON: the rates, their ratio to the record rate, and the load average before and after
+(the machine may be shared: note it with every number).
+
+    python -m tools.bench_ledger_api --seconds 10 --out ledger-api.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.client import PartnerClient
+from tools.cluster_init import init_cluster
+from tools.ledger_client import LedgerClient
+from tools.local_cluster import LocalCluster
+
+FUND_EACH = str(10**30)
+
+
+STATUSES: dict[int, int] = {}  # every answer's status, for the report
+
+
+async def _phase(seconds: float, workers: int, one: Any) -> int:
+    done = 0
+    end = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal done
+        rng = random.Random(w)
+        while time.monotonic() < end:
+            done += await one(rng)
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    return done
+
+
+async def _run(url: str, key: str, secret: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    async with PartnerClient(url, key, secret, connections_max=args.concurrency * 2) as http:
+        ledger = LedgerClient(http, attempts_max=30, wait_s_max=1.0)
+        accounts = []
+        for i in range(args.accounts):
+            got = await ledger.create_account(code=1, key=f"bench-acct-{i}")
+            assert got.status in (200, 201), got
+            accounts.append(got.body["id"])
+            funded = await ledger.faucet(got.body["id"], FUND_EACH, key=f"bench-fund-{i}")
+            assert funded.status in (200, 201), funded
+
+        async def record(rng: random.Random) -> int:
+            got = await http.put_record({"type": "bench", "n": rng.randrange(1 << 30)})
+            return _count(got.status, 201)
+
+        def body(rng: random.Random) -> dict[str, Any]:
+            debit, credit = rng.sample(accounts, 2)
+            return LedgerClient.transfer_body(debit, credit, "1", code=1)
+
+        async def single(rng: random.Random) -> int:
+            got = await ledger.call("POST", "/v1/ledger/transfers", body(rng))
+            return _count(got.status, 201)
+
+        async def batch(rng: random.Random) -> int:
+            items = [
+                {"idempotency_key": secrets.token_hex(12), **body(rng)} for _ in range(args.batch)
+            ]
+            got = await ledger.batch(items)
+            if got.status != 200:
+                return _count(got.status, 201)
+            return sum(_count(r["status"], 201) for r in got.body["results"])
+
+        records = await _phase(args.seconds, args.concurrency, record)
+        singles = await _phase(args.seconds, args.concurrency, single)
+        batched = await _phase(args.seconds, max(1, args.concurrency // 4), batch)
+    rate = {
+        "records_per_s": records / args.seconds,
+        "transfers_single_per_s": singles / args.seconds,
+        "transfers_batched_per_s": batched / args.seconds,
+    }
+    base = rate["records_per_s"] or 1.0
+    rate["single_vs_records"] = rate["transfers_single_per_s"] / base
+    rate["batched_vs_records"] = rate["transfers_batched_per_s"] / base
+    return rate
+
+
+def _count(status: int, wanted: int) -> int:
+    STATUSES[status] = STATUSES.get(status, 0) + 1
+    return 1 if status == wanted else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench-ledger-api", description=__doc__)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--accounts", type=int, default=16)
+    p.add_argument("--dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-ledger-api-"))
+    layout = init_cluster(directory / "cluster", partners=("bench",), chain="none")
+    creds = layout.partners["bench"]
+    load_before = os.getloadavg()
+    with LocalCluster(layout) as local:
+        local.start()
+        result = asyncio.run(
+            _run(layout.gateway_url, creds["api_key"], bytes.fromhex(creds["secret_hex"]), args)
+        )
+    report = {
+        **result,
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+        "batch": args.batch,
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "statuses": {str(k): v for k, v in sorted(STATUSES.items())},
+    }
+    text = json.dumps(report, indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
