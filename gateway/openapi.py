@@ -734,15 +734,21 @@ SCHEMAS.update(
             },
             required=["transfers"],
         ),
+        # An item is checked on its own: a bad one is refused in its result and the others
+        # still run (200), so the request schema takes any item; LedgerBatchItem is its shape.
+        "LedgerBatchItem": _closed(
+            {"idempotency_key": _ref("IdempotencyKey"), **_TRANSFER_FIELDS},
+            required=["idempotency_key", *_TRANSFER_REQUIRED],
+        ),
         "LedgerBatchCreate": _closed(
             {
                 "transfers": {
                     "type": "array",
                     "minItems": 1,
-                    "items": _closed(
-                        {"idempotency_key": _ref("IdempotencyKey"), **_TRANSFER_FIELDS},
-                        required=["idempotency_key", *_TRANSFER_REQUIRED],
-                    ),
+                    "items": {
+                        "description": "a LedgerBatchItem; one that is not is refused in its "
+                        "own result (status 400), not as the whole request"
+                    },
                 }
             }
         ),
@@ -798,7 +804,8 @@ SCHEMAS.update(
                                 {
                                     "status": {"type": "integer", "minimum": 400, "maximum": 599},
                                     "idempotency_key": {
-                                        "oneOf": [_ref("IdempotencyKey"), {"type": "null"}]
+                                        "description": "the item's idempotency_key as sent, "
+                                        "valid or not (null if it had none)"
                                     },
                                     "error": _LEDGER_PROBLEM,
                                 }

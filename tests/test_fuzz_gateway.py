@@ -91,6 +91,12 @@ FIXTURES_WITHOUT_NODES = Fixtures(
     partner_mode="test",
     partner_ids=("shop-a", "shop-b"),
     tag="t",
+    accounts=("acct_" + "0a" * 16, "acct_" + "0b" * 16),
+    transfer_ids=("tr_" + "0c" * 16,),
+    pending_to_post=("tr_" + "0d" * 16,),
+    pending_to_void=("tr_" + "0e" * 16,),
+    linked_user="user-1",
+    chain_id=31337,
 )
 
 

@@ -45,13 +45,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import hypothesis
 import requests
 import schemathesis
+from eth_account import Account
+from eth_account.messages import encode_typed_data
 from hypothesis import HealthCheck, Phase, settings
 from requests.auth import AuthBase
 from schemathesis.checks import not_a_server_error
@@ -65,6 +67,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from business.identity import IdentityConfig, eip712
+from business.identity.ids import Mode, partner_id, user_ref
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
 from gateway.config import load_gateway_config
 from gateway.keyring import (
@@ -108,6 +112,16 @@ FRESH_NAME_SHARE = 0.5  # of fixture-drawn partner creations with a new name (th
 # for the gateway to load the fuzzer's operator and the members to agree on the identity feature
 ONBOARD_WAIT_S = 120.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The ledger's objects made in setup, as the fuzzing partner in test mode (through the API).
+LEDGER_ACCOUNTS = 3  # accounts opened; the first is funded from the faucet and pays the rest
+FUND_AMOUNT = 10**30  # test BAAS (minor units) in the first account: fuzzing never drains it
+PENDING_TRANSFERS = 8  # two-phase transfers made for each of post and void (each resolves once)
+PENDING_AMOUNT = 10**6  # what each reserves
+MOVE_AMOUNT_MAX = 1000  # what a fixture-drawn transfer, faucet or partial post moves
+LINKED_ITEMS_MAX = 3  # transfers in a fixture-drawn linked chain or batch
+CREDIT_USER_SHARE = 0.3  # of fixture-drawn transfers that credit the linked user's wallet
+LINK_DEADLINE_S = 3600  # how far ahead a fixture-drawn wallet link's signature is valid
+LEDGER_WAIT_S = 120.0  # for the members to enable the ledger and identity log features
 # What a request signed by a principal the operation does not list must get, by the signer's
 # scheme: a partner on an operator route sees no such route; an operator anywhere else is told
 # its credential signs the admin routes only (gateway/app.py, gateway/admin_routes.py).
@@ -176,6 +190,13 @@ class Fixtures:
     partner_mode: str  # its credential's mode ("test" or "live"): the audit trail it may read
     partner_ids: tuple[str, ...]  # partners that exist: the keyring's and one onboarded in setup
     tag: str  # unique to the run: new partner names and idempotency keys never met before
+    # the fuzzing partner's ledger objects (test mode), all made through the API in setup
+    accounts: tuple[str, ...]  # the first holds FUND_AMOUNT
+    transfer_ids: tuple[str, ...]  # transfers of every type, to read
+    pending_to_post: tuple[str, ...]  # pending transfers no one resolves but the post route
+    pending_to_void: tuple[str, ...]  # and the void route
+    linked_user: str  # the partner's user id linked, with the user's signature, to a wallet
+    chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
 
 
 # case attribute ("path_parameters", "query", "body") -> values merged into what was generated
@@ -194,6 +215,80 @@ def _new_partner(f: Fixtures, rng: random.Random) -> Overrides:
     return {"body": {"id": rng.choice(f.partner_ids)}}
 
 
+def _amount(rng: random.Random) -> str:
+    return str(rng.randint(1, MOVE_AMOUNT_MAX))
+
+
+def _move(f: Fixtures, rng: random.Random, user: bool = False) -> dict[str, Any]:
+    """A transfer the ledger applies: from the funded account to another of the partner's, or
+    to the wallet linked to its user (``user``). Only what the generator drew as metadata and
+    code is kept: its accounts, approvals and timeouts would only be refused."""
+    others = f.accounts[1:]
+    credit = {"credit_user": f.linked_user} if user else {"credit_account": rng.choice(others)}
+    return {"debit_account": f.accounts[0], **credit, "amount": _amount(rng)}
+
+
+# keys a fixture row takes out of what was generated (a transfer takes one credit, no approvals)
+_DROP: Any = object()
+_NOT_DRAWN = ("credit_account", "credit_user", "pending", "timeout_s", "approvals")
+
+
+def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
+    drop = dict.fromkeys(_NOT_DRAWN, _DROP)
+    return {"body": {**drop, **_move(f, rng, rng.random() < CREDIT_USER_SHARE)}}
+
+
+def _chain(f: Fixtures, rng: random.Random, keyed: bool) -> list[dict[str, Any]]:
+    """1..LINKED_ITEMS_MAX transfers, each with its own new key for the batch route."""
+    items = []
+    for _ in range(rng.randint(1, LINKED_ITEMS_MAX)):
+        item = {**_move(f, rng), "code": rng.randint(1, 65535)}
+        if keyed:
+            item["idempotency_key"] = f"fz-{f.tag}-item-{rng.getrandbits(64):016x}"
+        items.append(item)
+    return items
+
+
+def _post(f: Fixtures, rng: random.Random) -> Overrides:
+    """A pending transfer of setup, posted whole or in part (once; after that 409)."""
+    amount = str(rng.randint(1, PENDING_AMOUNT)) if rng.random() < 0.5 else _DROP
+    return {
+        "path_parameters": {"id": rng.choice(f.pending_to_post)},
+        "body": {"amount": amount},
+    }
+
+
+def link_body(
+    f: Fixtures, user_id: str, private_key: bytes, nonce: bytes, deadline: int
+) -> dict[str, Any]:
+    """``POST /v1/wallets/links``'s body: the user (the key's owner) signs the EIP-712 ``Link``
+    of the fuzzing partner's ``user_id`` to its wallet, as a wallet app would."""
+    user = Account.from_key(private_key)
+    wallet = bytes.fromhex(user.address[2:])
+    partner, mode = partner_id(f.partner), Mode[f.partner_mode.upper()]
+    message = eip712.Link(partner, mode, user_ref(partner, mode, user_id), wallet, deadline, nonce)
+    signable = encode_typed_data(full_message=eip712.typed_data(message, f.chain_id))
+    return {
+        "user_id": user_id,
+        "wallet": user.address.lower(),
+        "deadline": deadline,
+        "nonce": "0x" + nonce.hex(),
+        "signature": "0x" + bytes(user.sign_message(signable).signature).hex(),
+    }
+
+
+def _new_link(f: Fixtures, rng: random.Random) -> Overrides:
+    """A new user of the partner, linked to a new wallet with that wallet's signature."""
+    user_id = f"fz-{f.tag}-user-{rng.getrandbits(48):012x}"
+    deadline = int(time.time()) + LINK_DEADLINE_S
+    return {"body": link_body(f, user_id, _private_key(rng), rng.randbytes(32), deadline)}
+
+
+def _private_key(rng: random.Random) -> bytes:
+    # below the secp256k1 group order: any such non-zero number is a key
+    return rng.randrange(1, 2**255).to_bytes(32, "big")
+
+
 # One row per operation whose success needs an existing object: what to put in a valid request.
 # New routes (the ledger's) add a row here; everything else comes from the document.
 FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
@@ -208,6 +303,21 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "listPartners": lambda f, rng: {"query": {"starting_after": rng.choice(f.partner_ids)}},
     # the fuzzing partner's own trail in its credential's mode: readable by it and by operators
     "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
+    # the ledger's: objects the partner made in setup, amounts the funded account can pay
+    "getLedgerAccount": lambda f, rng: {"path_parameters": {"id": rng.choice(f.accounts)}},
+    "getLedgerTransfer": lambda f, rng: {"path_parameters": {"id": rng.choice(f.transfer_ids)}},
+    "testFaucet": lambda f, rng: {
+        "body": {"account": rng.choice(f.accounts), "amount": _amount(rng)}
+    },
+    "createLedgerTransfer": _transfer,
+    "createLedgerLinkedTransfers": lambda f, rng: {
+        "body": {"transfers": _chain(f, rng, keyed=False), "approvals": _DROP}
+    },
+    "createLedgerTransfers": lambda f, rng: {"body": {"transfers": _chain(f, rng, keyed=True)}},
+    "postLedgerTransfer": _post,
+    "voidLedgerTransfer": lambda f, rng: {"path_parameters": {"id": rng.choice(f.pending_to_void)}},
+    "createWalletLink": _new_link,
+    "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.linked_user}},
 }
 
 
@@ -327,7 +437,8 @@ class FuzzReport:
 
 def _apply(case: schemathesis.Case[Any], overrides: Overrides) -> None:
     for attribute, values in overrides.items():
-        setattr(case, attribute, {**(getattr(case, attribute) or {}), **values})
+        merged = {**(getattr(case, attribute) or {}), **values}
+        setattr(case, attribute, {k: v for k, v in merged.items() if v is not _DROP})
 
 
 def _curl(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
@@ -610,46 +721,154 @@ def _anchored(
     return anchored, tuple(int(a["batch_id"]) for a in chain["anchors"])
 
 
-def _onboard(session: requests.Session, gateway_url: str, name: str) -> None:
-    """Onboard ``name`` as the operator, once the gateway knows the operator's credential and
-    the members apply identity entries (a new cluster agrees on that feature after a while)."""
+def _onboard(session: requests.Session, gateway_url: str, tag: str) -> dict[str, Any]:
+    """Onboard a new partner as the operator, once the gateway knows the operator's credential
+    and the members apply identity entries (a new cluster agrees on that feature after a
+    while): the answer, with the partner's secrets (shown this once)."""
     deadline = time.monotonic() + ONBOARD_WAIT_S
-    while True:
+    for attempt in itertools.count():
+        name = f"fz-{tag}-setup{attempt or ''}"
         status, body = _signed(
             session, gateway_url, "POST", "/v1/admin/partners", json={"id": name}
         )
-        # 409: an earlier try went through after all
-        if status in (201, 409):
-            return
-        if status not in (401, 503) or time.monotonic() > deadline:
+        if status == 201:
+            return dict(body)
+        # 409: an earlier try went through after all, and its secrets are gone: a new name
+        if status not in (401, 409, 503) or time.monotonic() > deadline:
             raise OperationFailed(f"could not onboard the fuzzer's partner: {status} {body}")
         time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _test_credential(onboarded: Mapping[str, Any]) -> ApiCredential:
+    found = next(c for c in onboarded["credentials"] if not c["livemode"])
+    return ApiCredential(found["id"], bytes.fromhex(found["secret"]), mode=Mode.TEST)
+
+
+def _ledger_call(
+    session: requests.Session, gateway_url: str, path: str, body: Any, key: str | None
+) -> Any:
+    """One ledger write of the setup, repeated with its key while the answer says nothing was
+    decided (503: the members have not enabled the ledger yet)."""
+    headers = {} if key is None else {IDEMPOTENCY_HEADER: key}
+    deadline = time.monotonic() + LEDGER_WAIT_S
+    while True:
+        status, answer = _signed(session, gateway_url, "POST", path, json=body, headers=headers)
+        if status in (200, 201):
+            return answer
+        if status not in (429, 503) or time.monotonic() > deadline:
+            raise OperationFailed(f"fuzzer setup: POST {path} answered {status} {answer}")
+        time.sleep(0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class _LedgerObjects:
+    accounts: tuple[str, ...]
+    transfer_ids: tuple[str, ...]
+    pending_to_post: tuple[str, ...]
+    pending_to_void: tuple[str, ...]
+    linked_user: str
+
+
+def _make_ledger_objects(
+    session: requests.Session, gateway_url: str, f: Fixtures
+) -> _LedgerObjects:
+    """As the fuzzing partner, through the API: accounts (ids as answered: they are derived),
+    the first funded from the faucet, a transfer, pending transfers for post and void, and one
+    of its users linked to a wallet with the wallet's EIP-712 signature."""
+    tag = f.tag
+    accounts = tuple(
+        _ledger_call(
+            session,
+            gateway_url,
+            "/v1/ledger/accounts",
+            {"asset": "baas", "code": 1 + i},
+            f"fuzz-{tag}-account-{i}",
+        )["id"]
+        for i in range(LEDGER_ACCOUNTS)
+    )
+    fund = {"account": accounts[0], "amount": str(FUND_AMOUNT)}
+    funded = _ledger_call(session, gateway_url, "/v1/test/faucet", fund, f"fuzz-{tag}-fund")
+    pending = [
+        {
+            "idempotency_key": f"fuzz-{tag}-pending-{i}",
+            "debit_account": accounts[0],
+            "credit_account": accounts[1],
+            "amount": str(PENDING_AMOUNT),
+            "code": 1,
+            "pending": True,
+        }
+        for i in range(2 * PENDING_TRANSFERS)
+    ]
+    batch = _ledger_call(
+        session, gateway_url, "/v1/ledger/transfers/batch", {"transfers": pending}, None
+    )
+    if any(r["status"] not in (200, 201) for r in batch["results"]):
+        raise OperationFailed(f"fuzzer setup: pending transfers refused: {batch}")
+    held = tuple(r["transfer"]["id"] for r in batch["results"])
+    user_id = f"fz-{tag}-user"
+    rng = random.Random(tag)
+    link = link_body(
+        replace(f, accounts=accounts),
+        user_id,
+        _private_key(rng),
+        rng.randbytes(32),
+        int(time.time()) + LINK_DEADLINE_S,
+    )
+    _ledger_call(session, gateway_url, "/v1/wallets/links", link, f"fuzz-{tag}-link")
+    return _LedgerObjects(
+        accounts=accounts,
+        transfer_ids=(funded["id"], *held),
+        pending_to_post=held[:PENDING_TRANSFERS],
+        pending_to_void=held[PENDING_TRANSFERS:],
+        linked_user=user_id,
+    )
 
 
 def make_fixtures(
     gateway_url: str,
-    partner: str,
     credentials: Mapping[str, ApiCredential],
     partners: Iterable[str],
-) -> Fixtures:
-    """As ``partner`` (its credential under ``partnerSignature``), write a few records and wait
-    until an anchor covering them is mined; as the operator (``operatorSignature``), onboard one
-    partner. ``partners`` names the partners that exist already."""
+) -> tuple[Fixtures, dict[str, ApiCredential]]:
+    """As the operator (``operatorSignature``), onboard a partner on the log: the fuzzing
+    partner, whose test credential signs ``partnerSignature`` from then on (the ledger and
+    wallet routes serve only partners on the log). As it, write a few records and wait until
+    an anchor covering them is mined, then make its ledger objects and a wallet link.
+    ``partners`` names the partners that exist already. Answers the fixtures and the
+    credentials to fuzz with."""
     tag = secrets.token_hex(4)
-    onboarded = f"fz-{tag}-setup"
-    with _signing_session(credentials[PARTNER_SIGNATURE]) as session:
+    with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
+        onboarded = _onboard(session, gateway_url, tag)
+    own = _test_credential(onboarded)
+    with _signing_session(own) as session:
         ids = _write_records(session, gateway_url, tag)
         anchored, batches = _anchored(session, gateway_url, ids)
-    with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
-        _onboard(session, gateway_url, onboarded)
-    return Fixtures(
-        record_ids=ids,
-        anchored_record_ids=anchored,
-        anchor_batch_ids=batches,
-        partner=partner,
-        partner_mode=credentials[PARTNER_SIGNATURE].mode.name.lower(),
-        partner_ids=(*sorted(partners), onboarded),
-        tag=tag,
+        fixtures = Fixtures(
+            record_ids=ids,
+            anchored_record_ids=anchored,
+            anchor_batch_ids=batches,
+            partner=onboarded["id"],
+            partner_mode=own.mode.name.lower(),
+            partner_ids=(*sorted(partners), onboarded["id"]),
+            tag=tag,
+            accounts=(),
+            transfer_ids=(),
+            pending_to_post=(),
+            pending_to_void=(),
+            linked_user="",
+            chain_id=IdentityConfig().chain_id,
+        )
+        made = _make_ledger_objects(session, gateway_url, fixtures)
+    return (
+        replace(
+            fixtures,
+            accounts=made.accounts,
+            transfer_ids=made.transfer_ids,
+            pending_to_post=made.pending_to_post,
+            pending_to_void=made.pending_to_void,
+            linked_user=made.linked_user,
+        ),
+        {**credentials, PARTNER_SIGNATURE: own},
     )
 
 
@@ -667,16 +886,14 @@ def small_cluster(directory: Path) -> Iterator[ClusterLayout]:
         cluster.stop()
 
 
-def run_on(
-    layout: ClusterLayout, requests_total: int, seed: int, partner: str | None = None
-) -> FuzzReport:
-    """Make the fixtures, then fuzz ``layout``'s gateway as ``partner`` (default: ``shop-a``
-    if the cluster has it, else its first partner). The cluster needs a chain: the receipt
-    route's 2xx needs an anchored record."""
-    name = partner or (PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0])
-    credentials = make_credentials(layout, name)
-    fixtures = make_fixtures(layout.gateway_url, name, credentials, layout.partners)
-    return fuzz_gateway(layout.gateway_url, credentials, fixtures, requests_total, seed)
+def run_on(layout: ClusterLayout, requests_total: int, seed: int) -> FuzzReport:
+    """Make the fixtures (a partner onboarded on the log, its records and ledger objects),
+    then fuzz ``layout``'s gateway as that partner and the fuzzer's operator. The cluster
+    needs a chain: the receipt route's 2xx needs an anchored record."""
+    first = PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0]
+    credentials = make_credentials(layout, first)  # adds the fuzzer's operator once
+    fixtures, signing = make_fixtures(layout.gateway_url, credentials, layout.partners)
+    return fuzz_gateway(layout.gateway_url, signing, fixtures, requests_total, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -690,11 +907,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a running cluster with a chain (default: start one)",
     )
-    parser.add_argument("--partner", default=None, help="fuzz as this partner of --cluster")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if args.cluster is not None:
-        report = run_on(load_layout(args.cluster), args.requests, seed, args.partner)
+        report = run_on(load_layout(args.cluster), args.requests, seed)
     else:
         with (
             tempfile.TemporaryDirectory(prefix="baas-fuzz-") as tmp,
