@@ -57,7 +57,6 @@ from business.identity.ids import (
     derive,
     ledger_number,
     operation_id,
-    partner_account_id,
     partner_id,
     transfer_id,
     user_ref,
@@ -65,7 +64,8 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.ids import account_id as derived_account_id
-from business.identity.model import ApprovalResult
+from business.identity.model import ApprovalResult, ScopeResult
+from business.identity.scope import PLATFORM
 from business.ledger.amounts import format_amount, parse_amount
 from business.ledger.model import (
     AMOUNT_MAX,
@@ -76,7 +76,6 @@ from business.ledger.model import (
     AccountFlags,
     AssetKind,
     CreateAccount,
-    CreateAsset,
     CreateTransfer,
     Event,
     TransferFlags,
@@ -104,7 +103,6 @@ __all__ = [
     "LedgerRefused",
     "account_object",
     "add_ledger_routes",
-    "faucet_account_id",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -123,12 +121,9 @@ FAUCET_PATH = "/v1/test/faucet"
 ACCOUNT_PREFIX = "acct_"
 TRANSFER_PREFIX = "tr_"
 TAG_SCOPE = b"baas/ledger-scope/v1"
-PLATFORM = bytes(16)  # the platform's partner id (approvals.py: operations of the platform)
-FAUCET_ROLE = "faucet"
 FAUCET_KIND = "faucet"  # the operation kind (route) of a faucet request
 FAUCET_ACCOUNT_CODE = 1
 FAUCET_TRANSFER_CODE = 1
-WALLET_ACCOUNT_CODE = 1  # a user's wallet account (one per asset and mode)
 USER_ID_CHARS_MAX = 255
 APPROVALS_ITEMS_MAX = 16  # business.identity.IdentityConfig.approvals_max
 TIMEOUT_S_MAX = U32_MAX
@@ -187,16 +182,23 @@ RESULT_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
 }
 
 
+# The state machine's refusals of a whole operation (business/identity/scope.py), each stored
+# as every event's result. A code not listed (account_id_not_derived, asset_not_allowed,
+# ledger_not_found, proposer_missing) would mean this gateway built the operation wrong: a
+# 409 carrying the code, sticky like every outcome.
+SCOPE_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
+    ScopeResult.PARTNER_NOT_FOUND.value: (403, "partner_not_onboarded", None),
+    ScopeResult.PARTNER_NOT_ACTIVE.value: (403, "partner_not_active", None),
+    ScopeResult.USER_NOT_LINKED.value: (404, "link_not_found", "credit_user"),
+    ScopeResult.ACCOUNT_NOT_FOUND.value: (404, "account_not_found", None),
+    ScopeResult.ACCOUNT_WOULD_MINT.value: (400, "account_would_mint", "flags"),
+}
+
+
 def scope_of(partner: str, mode: Mode) -> int:
     """The opaque tag in ``user_data_128`` of everything one partner creates in one mode."""
     digest = derive(TAG_SCOPE, partner_id(partner), bytes((Mode(mode).value,)))
     return 1 + int.from_bytes(digest[:16], "big") % (ID_MAX - 1)
-
-
-def faucet_account_id(mode: Mode) -> int:
-    """The platform's faucet account on the mode's BAAS ledger (test mode only in use)."""
-    ledger = ledger_number(mode, ASSET_INDEX_BAAS)
-    return partner_account_id(PLATFORM, mode, FAUCET_ROLE, ledger)
 
 
 def gateway_state(request: web.Request) -> Any:
@@ -362,6 +364,7 @@ def _operation(
     request_body: dict[str, Any],
     build: Any,
     approvals: bytes | None = None,
+    user_refs: Sequence[bytes] = (),
 ) -> _Op:
     """``build(record_id) -> (events, first, params)``; the request is the sealed record."""
     record_id = _op_id(ctx, kind, key)
@@ -371,19 +374,19 @@ def _operation(
         state.config.limits.record_json_bytes_max,
     )
     wire = sealed_wire(ctx.partner, record_id, plaintext)
-    # The approvals engineer's interface: the partner and mode of the operation, for the
-    # state machine's checks (the merger switches these to WriteItem.operation(partner=,
-    # mode=)); today's node ignores keys it does not know.
-    # The faucet is the platform's operation: its debit is of the platform's faucet account,
-    # which check_debits allows only in platform operations (partner id all zeros).
-    wire["pt"] = PLATFORM if kind == FAUCET_KIND else ctx.pid16
-    wire["md"] = int(ctx.mode)
+    # The proposer is who this gateway authenticated, never the client: the state machine
+    # checks every account and approval of the events against it (business/identity/scope.py).
+    # The faucet is the platform's own operation: only the platform may hold an account that
+    # mints test BAAS, and only the platform may credit a partner's account from it.
     item = WriteItem.operation(
         wire,
         encode_events(events),
         approvals,
         deadline=ctx.deadline,
         request_id=ctx.request_id,
+        partner=PLATFORM if kind == FAUCET_KIND else ctx.pid16,
+        mode=int(ctx.mode),
+        user_refs=user_refs,
     )
     return _Op(key, kind, record_id, tuple(events), first, tuple(params), item)
 
@@ -414,13 +417,16 @@ def _judge(op: _Op, result: dict[str, Any]) -> _Done:
     outcome = result.get("outcome")
     if not isinstance(outcome, dict):
         raise OperationFailed("the node answered without the operation's outcome")
+    # The outcome lists the op's own events, then what the state machine opened on first use
+    # (a wallet's or role account, the BAAS asset): those are the API's concern only if failed.
     events = tuple(outcome["events"])
-    asked = events[op.first :]
+    asked = events[op.first : len(op.events)]
     refusal = _refusal(op, asked)
     if refusal is None and any(e["result"] not in _SUCCESS for e in asked):
-        # Only linked_event_failed: an event the API added (opening a wallet's or the faucet's
-        # account) failed in the chain, so nothing moved. Sticky like any outcome, so not a 503.
-        setup = next(e["result"] for e in events[: op.first] if e["result"] not in _SUCCESS)
+        # Only linked_event_failed: an event added before them (the faucet's issuing account)
+        # or an account opened on first use failed, so nothing moved. Sticky, so not a 503.
+        added = (*events[: op.first], *events[len(op.events) :])
+        setup = next(e["result"] for e in added if e["result"] not in _SUCCESS)
         refusal = LedgerRefused(
             f"the ledger refused an account the operation opens: {setup}",
             code="ledger_setup_refused",
@@ -436,10 +442,20 @@ def _refusal(op: _Op, asked: Sequence[dict[str, Any]]) -> LedgerRefused | None:
         result = event["result"]
         if result in _SUCCESS or result == "linked_event_failed":
             continue
-        status, code, field = RESULT_PROBLEMS.get(result, (409, result, None))
-        param = None if field is None else op.params[i] + field
+        param: str | None
+        if result in _APPROVAL_CODES:  # the state machine refused the users' approvals
+            where = "" if op.kind == "transfer.linked" else op.params[0]
+            status, code, param = 403, result, where + "approvals"
+        else:
+            status, code, field = _problem(result)
+            param = None if field is None else op.params[i] + field
         return LedgerRefused(f"the ledger refused: {result}", code=code, status=status, param=param)
     return None
+
+
+def _problem(result: str) -> tuple[int, str, str | None]:
+    found = RESULT_PROBLEMS.get(result) or SCOPE_PROBLEMS.get(result)
+    return found or (409, result, None)
 
 
 async def _write(state: Any, ctx: LedgerContext, ops: list[_Op]) -> list[_Done]:
@@ -596,8 +612,7 @@ async def post_account(request: web.Request) -> web.Response:
         raise InvalidRequest(
             f"asset must be one of {', '.join(ASSETS)}", code="asset_not_found", param="asset"
         )
-    index, kind, scale = ASSETS[body["asset"]]
-    ledger = ledger_number(ctx.mode, index)
+    ledger = ledger_number(ctx.mode, ASSETS[body["asset"]][0])
     code = int_param(body["code"], "code", 1, U16_MAX)
     names = body.get("flags", list(DEFAULT_ACCOUNT_FLAGS))
     if not isinstance(names, list) or any(n not in ACCOUNT_FLAGS for n in names):
@@ -607,19 +622,14 @@ async def post_account(request: web.Request) -> web.Response:
         flags |= ACCOUNT_FLAGS[name]
 
     def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        # The id is derived from the operation (the state machine refuses a chosen one) and
+        # answered to the partner; the BAAS asset opens with the first account on it.
         account = derived_account_id(record_id, 0)
-        return (
-            [
-                CreateAsset(ledger, kind, scale),
-                CreateAccount(account, ledger, code, flags, ctx.scope),
-            ],
-            1,
-            [""],
-        )
+        return [CreateAccount(account, ledger, code, flags, ctx.scope)], 0, [""]
 
     op = _operation(state, ctx, "account.create", key, body, build)
     done = await _write_one(state, ctx, op)
-    created = op.events[1]
+    created = op.events[0]
     assert type(created) is CreateAccount
     doc = {
         "id": created.id,
@@ -671,7 +681,6 @@ class _Asked:
     flags: int
     timeout_s: int
     credit_user: str | None = None  # credit the wallet linked to this user id instead
-    opens_wallet: bool = False  # the credit is a wallet account: open it if it is new
 
 
 def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -> _Asked:
@@ -710,7 +719,7 @@ async def _checked(state: Any, ctx: LedgerContext, asked: _Asked, where: str) ->
     if asked.credit_user is not None:
         wallet = await linked_wallet(state, ctx, asked.credit_user, where + "credit_user")
         account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
-        return replace(asked, ledger=ledger, credit=account, opens_wallet=True)
+        return replace(asked, ledger=ledger, credit=account)
     await _own_account(state, ctx, asked.credit, where + "credit_account")
     return replace(asked, ledger=ledger)
 
@@ -788,31 +797,19 @@ def _item(
 
 
 def _single(state: Any, ctx: LedgerContext, item: _Item, asked: _Asked) -> _Op:
+    # A credit to a linked user names the user's reference: the state machine lets the
+    # operation credit that wallet only, and opens its account on the first credit.
+    refs = () if asked.credit_user is None else (user_ref(ctx.pid16, ctx.mode, asked.credit_user),)
     return _operation(
         state,
         ctx,
         "transfer",
         item.key,
         {k: v for k, v in item.body.items() if k != "idempotency_key"},
-        lambda rid: _single_events(ctx, rid, asked, item.where),
+        lambda rid: ([_event(ctx, rid, 0, asked, False)], 0, [item.where]),
         item.approvals,
+        refs,
     )
-
-
-def _single_events(
-    ctx: LedgerContext, record_id: bytes, asked: _Asked, where: str
-) -> tuple[list[Event], int, list[str]]:
-    transfer = _event(ctx, record_id, 0, asked, False)
-    if not asked.opens_wallet:
-        return [transfer], 0, [where]
-    # The wallet's account on this ledger, opened on its first credit (exists after that).
-    wallet = CreateAccount(
-        asked.credit,
-        asked.ledger,
-        WALLET_ACCOUNT_CODE,
-        int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.LINKED),
-    )
-    return [wallet, transfer], 1, [where]
 
 
 async def post_transfer(request: web.Request) -> web.Response:
@@ -1044,21 +1041,22 @@ async def post_faucet(request: web.Request) -> web.Response:
     account = _id(body["account"], ACCOUNT_PREFIX, "account")
     amount = _amount(body["amount"], "amount")
     doc = await _own_account(state, ctx, account, "account")
-    index, kind, scale = ASSETS["baas"]
-    ledger = ledger_number(ctx.mode, index)
+    ledger = ledger_number(ctx.mode, ASSETS["baas"][0])
     if int(doc["ledger"]) != ledger:
         raise InvalidRequest("the faucet gives BAAS only", code="asset_mismatch", param="account")
-    faucet = faucet_account_id(ctx.mode)
 
     def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
-        # The faucet account may go negative (no limit flag): it is where test BAAS comes from.
+        # The platform issues test BAAS (scope.py: the issuer of every platform ledger but live
+        # BAAS) from an account created in the same chain, its id derived from this operation:
+        # it may go negative (no limit flag), and only the platform may debit it. One per
+        # grant keeps the faucet stateless: no account to set up first, nothing to race on.
+        issuing = derived_account_id(record_id, 0)
         return (
             [
-                CreateAsset(ledger, kind, scale),
-                CreateAccount(faucet, ledger, FAUCET_ACCOUNT_CODE, int(AccountFlags.LINKED)),
+                CreateAccount(issuing, ledger, FAUCET_ACCOUNT_CODE, int(AccountFlags.LINKED)),
                 CreateTransfer(
-                    id=transfer_id(record_id, 0),
-                    debit_account_id=faucet,
+                    id=transfer_id(record_id, 1),
+                    debit_account_id=issuing,
                     credit_account_id=account,
                     amount=amount,
                     ledger=ledger,
@@ -1066,16 +1064,16 @@ async def post_faucet(request: web.Request) -> web.Response:
                     user_data_128=ctx.scope,
                 ),
             ],
-            2,
+            1,
             [""],
         )
 
     op = _operation(state, ctx, FAUCET_KIND, key, body, build)
     done = await _write_one(state, ctx, op)
-    event = op.events[2]
+    event = op.events[1]
     assert type(event) is CreateTransfer
     payload = _object_of(ctx, op, event, done.events[0])
-    payload["debit_account"] = None  # the platform's faucet: not an account a partner can name
+    payload["debit_account"] = None  # the platform's issuing account: not the partner's to name
     return _answer(done, payload, key)
 
 

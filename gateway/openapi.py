@@ -254,7 +254,10 @@ _DESCRIPTIONS = {
     400: "invalid request (code names the check)",
     401: "missing or bad signature",
     402: "the ledger refused: not enough funds (or over a credit limit)",
-    403: "the state machine refused the users' approvals of the operation's debits",
+    403: (
+        "the state machine refused the operation: the users' approvals of its debits, or a "
+        "partner not onboarded on the log or not active"
+    ),
     404: "not found (also anything that belongs to another partner)",
     409: "conflicts with an earlier request or state",
     413: "body or batch too large",

@@ -26,7 +26,6 @@ from test_cluster_index import wait_leader
 
 from business.identity import eip712
 from business.identity.ids import Mode, partner_id, user_ref
-from gateway.keyring import Keyring, change_keyring, load_master_key, new_partner_in_modes
 from tools.client import Response
 from tools.cluster_init import init_cluster
 from tools.ledger_client import LedgerClient
@@ -39,24 +38,25 @@ PLANTED = "memo-PLANTED-7f3a9c-user-4242"  # must never reach a node's LevelDB i
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, dict]]:
+    """Partners that may use the ledger are onboarded on the log (from log feature 7 the state
+    machine refuses operations of a partner it does not know); ``shop-k`` is in the keyring
+    only: it authenticates, and the log refuses its operations."""
     directory = tmp_path_factory.mktemp("ledgerapi")
-    layout = init_cluster(directory, partners=("shop-a", "shop-b"), chain="none")
-    made: dict[str, tuple[str, bytes]] = {}
-    for name in ("shop-a", "shop-b"):
-        creds = layout.partners[name]
-        made[name] = (creds["api_key"], bytes.fromhex(creds["secret_hex"]))
-
-    def onboard(keyring: Keyring) -> Keyring:
-        keyring, partner = new_partner_in_modes(keyring, "shop-m")
-        for c in partner.credentials:
-            made[f"shop-m/{c.mode.name.lower()}"] = (c.api_key, c.secret)
-        return keyring
-
-    master = load_master_key(directory / "secrets" / "master.key")
-    change_keyring(directory / "keyring.json", master, onboard)
+    layout = init_cluster(directory, partners=("shop-k",), chain="none")
+    creds = layout.partners["shop-k"]
+    made: dict[str, tuple[str, bytes]] = {
+        "shop-k": (creds["api_key"], bytes.fromhex(creds["secret_hex"]))
+    }
     local = LocalCluster(layout)
     local.start()
     try:
+        for name in ("shop-a", "shop-b", "shop-m"):
+            for cred in _onboard(local, name)["credentials"]:
+                mode = "live" if cred["livemode"] else "test"
+                secret = bytes.fromhex(cred["secret"])
+                made[f"{name}/{mode}"] = (cred["id"], secret)
+                if mode == "test":
+                    made[name] = (cred["id"], secret)
         yield local, made
     finally:
         local.stop()
@@ -67,15 +67,28 @@ def _ledger(local: LocalCluster, made: dict, who: str) -> LedgerClient:
     return LedgerClient(CheckedPartnerClient(local.layout.gateway_url, key, secret), attempts_max=3)
 
 
+def _onboard(local: LocalCluster, name: str) -> dict[str, Any]:
+    """``baas-partners onboard``: waits for log feature 7 (identity) after the start."""
+    deadline = time.monotonic() + 90
+    while True:
+        run = _partners_cmd(local, "onboard", "--partner", name)
+        if run.returncode == 0:
+            onboarded: dict[str, Any] = json.loads(run.stdout)
+            return onboarded
+        assert time.monotonic() < deadline, run.stderr
+        time.sleep(0.5)
+
+
 async def _until_ledger(ledger: LedgerClient) -> Response:
-    """The first account: the cluster enables the ledger (log feature 6) shortly after start;
-    until then the answer is 503 ledger_not_enabled, refused before the log, safe to retry."""
+    """The first account: the gateway knows a new partner's credential at its next keyring
+    reload (401 until then), and the ledger is enabled (log feature 6) shortly after start
+    (503 ledger_not_enabled until then); both refused before the log, safe to retry."""
     deadline = time.monotonic() + 90
     while True:
         got = await ledger.create_account(code=1, key="first-account")
         if got.status in (200, 201):
             return got
-        assert got.status == 503, got
+        assert got.status in (401, 503), got
         assert time.monotonic() < deadline, got
         await asyncio.sleep(0.5)
 
@@ -101,9 +114,19 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         assert a1["object"] == "ledger_account" and a1["livemode"] is False
         assert a1["asset"] == "baas" and a1["scale"] == 18 and a1["ledger"] == 2
         assert a1["flags"] == ["debits_must_not_exceed_credits"]
+        b1 = (await _until_ledger(b)).body  # same key as a1, other id
+        await _until_ledger(m_test)
         a2 = (await a.create_account(code=2, key="second", metadata={"memo": PLANTED})).body
-        b1 = (await b.create_account(code=1, key="first-account")).body  # same key, other id
         assert len({a1["id"], a2["id"], b1["id"]}) == 3
+        # The state machine's rules, as the partner sees them: a partner the log does not know
+        # is refused whole; only an asset's issuer may hold an account that goes negative.
+        k = _ledger(local, made, "shop-k")
+        unknown = await k.create_account(code=1, key="k-1")
+        await k.http.close()
+        assert unknown.status == 403 and unknown.body["code"] == "partner_not_onboarded", unknown
+        minting = await a.create_account(code=1, flags=[], key="mint")
+        assert minting.status == 400 and minting.body["code"] == "account_would_mint", minting
+        assert minting.body["param"] == "flags"
 
         # The faucet, and idempotency: a retry answers the first outcome; another body is 409.
         funded = await a.faucet(a1["id"], "1000", key="fund-1")
@@ -229,13 +252,7 @@ async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster
     EIP-712 signature; a forged one is refused; another partner cannot read the link."""
     local, made = cluster
     deadline = time.monotonic() + 90
-    while True:  # onboarding waits for log feature 7
-        run = await asyncio.to_thread(_partners_cmd, local, "onboard", "--partner", "shop-w")
-        if run.returncode == 0:
-            break
-        assert time.monotonic() < deadline, run.stderr
-        await asyncio.sleep(0.5)
-    onboarded = json.loads(run.stdout)
+    onboarded = await asyncio.to_thread(_onboard, local, "shop-w")
     cred = next(c for c in onboarded["credentials"] if not c["livemode"])
     w = LedgerClient(
         CheckedPartnerClient(local.layout.gateway_url, cred["id"], bytes.fromhex(cred["secret"]))

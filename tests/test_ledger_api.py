@@ -14,7 +14,7 @@ import openapi_check
 from inprocess_gateway import client_of, gateway_without_nodes
 
 from business.identity.ids import Mode
-from gateway.ledger_routes import RESULT_PROBLEMS, faucet_account_id, scope_of
+from gateway.ledger_routes import RESULT_PROBLEMS, SCOPE_PROBLEMS, scope_of
 from tools.ledger_client import LedgerClient
 
 A = "acct_" + "1" * 32
@@ -119,14 +119,13 @@ async def test_every_bad_field_is_a_typed_400_with_its_param(tmp_path: Path) -> 
     assert openapi_check.answers_checked > checked_before + len(cases)
 
 
-def test_scopes_and_the_faucet_are_distinct_per_partner_and_mode() -> None:
+def test_scopes_are_distinct_per_partner_and_mode() -> None:
     scopes = {scope_of(p, m) for p in ("shop-a", "shop-b") for m in Mode}
     assert len(scopes) == 4
-    assert faucet_account_id(Mode.TEST) != faucet_account_id(Mode.LIVE)
 
 
 def test_the_result_table_maps_to_client_errors_with_params() -> None:
-    for result, (status, code, param) in RESULT_PROBLEMS.items():
+    for result, (status, code, param) in {**RESULT_PROBLEMS, **SCOPE_PROBLEMS}.items():
         assert 400 <= status < 500 and code.islower(), result
         assert param is None or param.isidentifier(), result
     assert RESULT_PROBLEMS["exceeds_credits"][:2] == (402, "insufficient_funds")
@@ -134,12 +133,19 @@ def test_the_result_table_maps_to_client_errors_with_params() -> None:
 
 def test_outcomes_map_to_answers_and_refusals_stay_4xx() -> None:
     """The mapping of a node's answer (gateway/ledger_routes.py ``_judge``): the asked events'
-    results decide; a refusal of an account the API opens in the same chain is a sticky 409,
-    never a 503 that would invite endless retries."""
+    results decide; a refusal of an account the API adds to the chain (the faucet's issuing
+    account) or the state machine opens on first use (listed after the op's own events) is a
+    sticky 409, never a 503 that would invite endless retries; the state machine's refusals of
+    the whole operation map through their own table."""
+    from business.ledger.model import CreateAccount, CreateTransfer
     from gateway.ledger_routes import LedgerRefused, _judge, _Op
     from gateway.node_client import WriteItem
 
-    op = _Op("k", "transfer", bytes(32), (), 1, ("",), WriteItem({}, 0.0, "r"))
+    added = CreateAccount(1, 2, 1)
+    asked = CreateTransfer(
+        id=2, debit_account_id=1, credit_account_id=3, amount=5, ledger=2, code=1
+    )
+    op = _Op("k", "transfer", bytes(32), (added, asked), 1, ("",), WriteItem({}, 0.0, "r"))
 
     def answer(*results: str, replayed: bool = False) -> dict[str, Any]:
         events = [{"result": r, "amount": "5"} for r in results]
@@ -165,3 +171,12 @@ def test_outcomes_map_to_answers_and_refusals_stay_4xx() -> None:
     assert (refused.http_status, refused.param) == (403, "approvals")
     overloaded = _judge(op, {"ok": False, "code": "overloaded", "status": 503}).error
     assert overloaded is not None and overloaded.http_status == 503
+    opened = _judge(op, answer("ok", "linked_event_failed", "exists_with_different_flags")).error
+    assert isinstance(opened, LedgerRefused) and opened.code == "ledger_setup_refused"
+    assert _judge(op, answer("ok", "ok", "ok")).events == ({"result": "ok", "amount": "5"},)
+    mint = _judge(op, answer("account_would_mint", "account_would_mint")).error
+    assert isinstance(mint, LedgerRefused)
+    assert (mint.http_status, mint.code, mint.param) == (400, "account_would_mint", "flags")
+    stored = _judge(op, answer("approval_missing", "approval_missing")).error
+    assert isinstance(stored, LedgerRefused)
+    assert (stored.http_status, stored.code, stored.param) == (403, "approval_missing", "approvals")
