@@ -27,18 +27,21 @@ import pytest
 import requests
 from inprocess_gateway import gateway_without_nodes
 
-from business.identity import Mode
+from business.identity import Mode, eip712
+from business.identity.ids import partner_id, user_ref
 from gateway.auth import HEADER_KEY, HEADER_SIGNATURE, ReplayCache, SignedRequest, authenticate
 from gateway.keyring import ApiCredential, Keyring, PrincipalKind, load_keyring, new_partner
 from gateway.openapi import OPERATOR_SIGNATURE, PARTNER_SIGNATURE, openapi_document
 from tools.cluster_init import ClusterLayout, init_cluster
 from tools.fuzz import (
+    FIXTURES,
     FRESH_KEY_SHARE,
     PAST_AUTH_SHARE_MIN,
     Fixtures,
     FuzzReport,
     Signer,
     fuzz_gateway,
+    link_body,
     main,
     make_credentials,
     problem_errors,
@@ -368,3 +371,33 @@ def test_the_fuzzers_operator_is_made_once_and_signs_the_admin_routes(tmp_path: 
 
 def _master_key(layout: ClusterLayout) -> bytes:
     return bytes.fromhex((Path(layout.directory) / "secrets" / "master.key").read_text())
+
+
+def test_every_fixtures_row_names_a_documented_operation() -> None:
+    """A renamed operation must not silently lose its row (and with it its 2xx)."""
+    documented = {
+        operation["operationId"]
+        for methods in openapi_document()["paths"].values()
+        for operation in methods.values()
+    }
+    assert set(FIXTURES) <= documented, sorted(set(FIXTURES) - documented)
+    ledger = {"getLedgerAccount", "createLedgerTransfer", "postLedgerTransfer", "createWalletLink"}
+    assert ledger <= set(FIXTURES)
+
+
+def test_a_drawn_wallet_link_is_signed_by_its_wallet_over_the_partners_user() -> None:
+    """What the identity machine checks (business/identity/core.py): the EIP-712 Link over
+    the fuzzing partner, its mode, the user's reference, the wallet, deadline and nonce
+    recovers to the wallet; another user id (another reference) does not."""
+    body = link_body(FIXTURES_WITHOUT_NODES, "user-7", (7).to_bytes(32, "big"), b"n" * 32, 2**40)
+    wallet = bytes.fromhex(body["wallet"][2:])
+    signature = bytes.fromhex(body["signature"][2:])
+    partner = partner_id(FIXTURES_WITHOUT_NODES.partner)
+
+    def signer(user_id: str) -> bytes | None:
+        ref = user_ref(partner, Mode.TEST, user_id)
+        message = eip712.Link(partner, Mode.TEST, ref, wallet, 2**40, b"n" * 32)
+        return eip712.recover_signer(message, FIXTURES_WITHOUT_NODES.chain_id, signature)
+
+    assert signer("user-7") == wallet
+    assert signer("user-8") != wallet

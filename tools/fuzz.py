@@ -13,11 +13,17 @@ an operator route must get 404 (the route does not exist for it), an operator on
 
 Valid requests draw, now and then, their path, query and body values from objects made
 beforehand (:data:`FIXTURES`: one row per operation that needs an existing object, or a fresh
-name, for a 2xx), so each route is seen succeeding, not only refusing. Where an operation
-declares an ``Idempotency-Key`` header, most valid requests carry a key unique to the run, so a
-route whose 2xx needs a new key (a ledger write) reaches it from the document alone. An
-operation without a row is still fuzzed from the document alone: a new route is fuzzed the day
-it is documented.
+name, for a 2xx), so each route is seen succeeding, not only refusing. The setup makes them
+through the API itself: the operator onboards the fuzzing partner on the log (the ledger and
+wallet routes serve only such partners; its test credential signs ``partnerSignature``), which
+writes records, opens ledger accounts (keeping the derived ids the answers name), funds one from
+the test faucet, makes pending transfers to post and void and links a user to a wallet with the
+wallet's EIP-712 signature; a new link drawn while fuzzing is signed by a new key.
+
+Where an operation declares an ``Idempotency-Key`` header, most valid requests carry a key
+unique to the run, so a route whose 2xx needs a new key (a ledger write) reaches it from the
+document alone. An operation without a row is still fuzzed from the document alone: a new
+route is fuzzed the day it is documented.
 
 Every answer is checked: no 5xx; status, content type, headers and body as the document says
 (``response_schema_conformance`` and friends); a request the schema refuses is refused
@@ -28,7 +34,8 @@ share past authentication, the 5xx and every failed check with a curl line to re
 ``baas-fuzz --requests 10000 --out fuzz.json`` starts its own small cluster (3 nodes, the
 embedded chain, the gateway; real processes) in a temporary directory; ``--cluster DIR`` fuzzes a
 running cluster made by ``baas-cluster init`` instead (it adds an operator credential to that
-cluster's keyring, so it needs the keyring's master key). Exit status 1 if any check failed.
+cluster's keyring, so it needs the keyring's master key, and onboards a new partner each
+run). Exit status 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ __all__ = [
     "FuzzReport",
     "Signer",
     "fuzz_gateway",
+    "link_body",
     "main",
     "make_credentials",
     "make_fixtures",
