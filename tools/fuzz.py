@@ -52,7 +52,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,7 @@ __all__ = [
     "FIXTURES",
     "Fixtures",
     "FuzzReport",
+    "LedgerFixtures",
     "Signer",
     "fuzz_gateway",
     "link_body",
@@ -114,6 +115,10 @@ REQUEST_TIMEOUT_S = 30.0
 ANCHOR_WAIT_S = 120.0
 PAST_AUTH_SHARE_MIN = 0.9
 NEGATIVE_SHARE = 0.3  # of each operation's requests made to be refused by its schema
+# Negative cases that leave out the API key, sent per operation; the rest are redrawn. Each
+# meets the same authentication check (401), whatever else it breaks: past a few, they only
+# take the negative share from the schema's checks (and the share past authentication down).
+UNSIGNED_NEGATIVES_MAX = 3
 WRONG_PRINCIPAL_SHARE = 0.05  # of a signed operation's requests signed by a principal it refuses
 FRESH_KEY_SHARE = 0.8  # of valid requests given a new Idempotency-Key where one is declared
 FRESH_NAME_SHARE = 0.5  # of fixture-drawn partner creations with a new name (the rest: 409)
@@ -188,6 +193,17 @@ class Signer(AuthBase):
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerFixtures:
+    """The fuzzing partner's ledger objects (test mode), all made through the API in setup."""
+
+    accounts: tuple[str, ...]  # the first holds FUND_AMOUNT
+    transfer_ids: tuple[str, ...]  # transfers of every type, to read
+    pending_to_post: tuple[str, ...]  # pending transfers no one resolves but the post route
+    pending_to_void: tuple[str, ...]  # and the void route
+    linked_user: str  # the partner's user id linked, with the user's signature, to a wallet
+
+
+@dataclass(frozen=True, slots=True)
 class Fixtures:
     """Objects made before fuzzing, which valid requests may name."""
 
@@ -198,12 +214,7 @@ class Fixtures:
     partner_mode: str  # its credential's mode ("test" or "live"): the audit trail it may read
     partner_ids: tuple[str, ...]  # partners that exist: the keyring's and one onboarded in setup
     tag: str  # unique to the run: new partner names and idempotency keys never met before
-    # the fuzzing partner's ledger objects (test mode), all made through the API in setup
-    accounts: tuple[str, ...]  # the first holds FUND_AMOUNT
-    transfer_ids: tuple[str, ...]  # transfers of every type, to read
-    pending_to_post: tuple[str, ...]  # pending transfers no one resolves but the post route
-    pending_to_void: tuple[str, ...]  # and the void route
-    linked_user: str  # the partner's user id linked, with the user's signature, to a wallet
+    ledger: LedgerFixtures
     chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
 
 
@@ -223,6 +234,10 @@ def _new_partner(f: Fixtures, rng: random.Random) -> Overrides:
     return {"body": {"id": rng.choice(f.partner_ids)}}
 
 
+def _path_id(rng: random.Random, ids: tuple[str, ...]) -> Overrides:
+    return {"path_parameters": {"id": rng.choice(ids)}}
+
+
 def _amount(rng: random.Random) -> str:
     return str(rng.randint(1, MOVE_AMOUNT_MAX))
 
@@ -231,9 +246,13 @@ def _move(f: Fixtures, rng: random.Random, user: bool = False) -> dict[str, Any]
     """A transfer the ledger applies: from the funded account to another of the partner's, or
     to the wallet linked to its user (``user``). Only what the generator drew as metadata and
     code is kept: its accounts, approvals and timeouts would only be refused."""
-    others = f.accounts[1:]
-    credit = {"credit_user": f.linked_user} if user else {"credit_account": rng.choice(others)}
-    return {"debit_account": f.accounts[0], **credit, "amount": _amount(rng)}
+    ledger = f.ledger
+    credit = (
+        {"credit_user": ledger.linked_user}
+        if user
+        else {"credit_account": rng.choice(ledger.accounts[1:])}
+    )
+    return {"debit_account": ledger.accounts[0], **credit, "amount": _amount(rng)}
 
 
 # keys a fixture row takes out of what was generated (a transfer takes one credit, no approvals)
@@ -260,22 +279,25 @@ def _chain(f: Fixtures, rng: random.Random, keyed: bool) -> list[dict[str, Any]]
 def _post(f: Fixtures, rng: random.Random) -> Overrides:
     """A pending transfer of setup, posted whole or in part (once; after that 409)."""
     amount = str(rng.randint(1, PENDING_AMOUNT)) if rng.random() < 0.5 else _DROP
-    return {
-        "path_parameters": {"id": rng.choice(f.pending_to_post)},
-        "body": {"amount": amount},
-    }
+    return {**_path_id(rng, f.ledger.pending_to_post), "body": {"amount": amount}}
 
 
 def link_body(
-    f: Fixtures, user_id: str, private_key: bytes, nonce: bytes, deadline: int
+    partner: str,
+    mode: Mode,
+    chain_id: int,
+    user_id: str,
+    private_key: bytes,
+    nonce: bytes,
+    deadline: int,
 ) -> dict[str, Any]:
     """``POST /v1/wallets/links``'s body: the user (the key's owner) signs the EIP-712 ``Link``
-    of the fuzzing partner's ``user_id`` to its wallet, as a wallet app would."""
+    of ``partner``'s ``user_id`` to its wallet in ``mode``, as a wallet app would."""
     user = Account.from_key(private_key)
     wallet = bytes.fromhex(user.address[2:])
-    partner, mode = partner_id(f.partner), Mode[f.partner_mode.upper()]
-    message = eip712.Link(partner, mode, user_ref(partner, mode, user_id), wallet, deadline, nonce)
-    signable = encode_typed_data(full_message=eip712.typed_data(message, f.chain_id))
+    pid = partner_id(partner)
+    message = eip712.Link(pid, mode, user_ref(pid, mode, user_id), wallet, deadline, nonce)
+    signable = encode_typed_data(full_message=eip712.typed_data(message, chain_id))
     return {
         "user_id": user_id,
         "wallet": user.address.lower(),
@@ -289,7 +311,9 @@ def _new_link(f: Fixtures, rng: random.Random) -> Overrides:
     """A new user of the partner, linked to a new wallet with that wallet's signature."""
     user_id = f"fz-{f.tag}-user-{rng.getrandbits(48):012x}"
     deadline = int(time.time()) + LINK_DEADLINE_S
-    return {"body": link_body(f, user_id, _private_key(rng), rng.randbytes(32), deadline)}
+    mode = Mode[f.partner_mode.upper()]
+    key, nonce = _private_key(rng), rng.randbytes(32)
+    return {"body": link_body(f.partner, mode, f.chain_id, user_id, key, nonce, deadline)}
 
 
 def _private_key(rng: random.Random) -> bytes:
@@ -312,10 +336,10 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     # the fuzzing partner's own trail in its credential's mode: readable by it and by operators
     "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
     # the ledger's: objects the partner made in setup, amounts the funded account can pay
-    "getLedgerAccount": lambda f, rng: {"path_parameters": {"id": rng.choice(f.accounts)}},
-    "getLedgerTransfer": lambda f, rng: {"path_parameters": {"id": rng.choice(f.transfer_ids)}},
+    "getLedgerAccount": lambda f, rng: _path_id(rng, f.ledger.accounts),
+    "getLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.transfer_ids),
     "testFaucet": lambda f, rng: {
-        "body": {"account": rng.choice(f.accounts), "amount": _amount(rng)}
+        "body": {"account": rng.choice(f.ledger.accounts), "amount": _amount(rng)}
     },
     "createLedgerTransfer": _transfer,
     "createLedgerLinkedTransfers": lambda f, rng: {
@@ -323,9 +347,9 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     },
     "createLedgerTransfers": lambda f, rng: {"body": {"transfers": _chain(f, rng, keyed=True)}},
     "postLedgerTransfer": _post,
-    "voidLedgerTransfer": lambda f, rng: {"path_parameters": {"id": rng.choice(f.pending_to_void)}},
+    "voidLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.pending_to_void),
     "createWalletLink": _new_link,
-    "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.linked_user}},
+    "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
 }
 
 
@@ -534,10 +558,15 @@ def _declares_idempotency_key(operation: Any) -> bool:
     return any(p.name.lower() == IDEMPOTENCY_HEADER.lower() for p in operation.headers)
 
 
+def _has_key(case: schemathesis.Case[Any]) -> bool:
+    return any(name.lower() == HEADER_KEY.lower() for name in case.headers or {})
+
+
 def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None:
     rng = random.Random(seed)
     fixture = FIXTURES.get(str(operation.definition.raw.get("operationId", "")))
     fresh_keys = pass_.mode.is_positive and _declares_idempotency_key(operation)
+    unsigned = itertools.count()
 
     @hypothesis.seed(seed)
     @settings(
@@ -556,6 +585,9 @@ def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None
             key = f"fz-{run_.fixtures.tag}-{next(run_.keys)}"  # setup's are fuzz-...
             case.headers[IDEMPOTENCY_HEADER] = key
         signer = rng.choice(pass_.signers) if pass_.signers else None
+        unsigned_negative = signer is not None and not pass_.mode.is_positive and not _has_key(case)
+        if unsigned_negative and next(unsigned) >= UNSIGNED_NEGATIVES_MAX:
+            hypothesis.reject()
         if signer is not None and pass_.mode.is_positive:
             # a valid request is a signed one: the scheme's header is optional where the
             # operation lists two schemes, and an unsigned valid request would only test 401
@@ -769,22 +801,13 @@ def _ledger_call(
         time.sleep(0.5)
 
 
-@dataclass(frozen=True, slots=True)
-class _LedgerObjects:
-    accounts: tuple[str, ...]
-    transfer_ids: tuple[str, ...]
-    pending_to_post: tuple[str, ...]
-    pending_to_void: tuple[str, ...]
-    linked_user: str
-
-
 def _make_ledger_objects(
-    session: requests.Session, gateway_url: str, f: Fixtures
-) -> _LedgerObjects:
-    """As the fuzzing partner, through the API: accounts (ids as answered: they are derived),
-    the first funded from the faucet, a transfer, pending transfers for post and void, and one
-    of its users linked to a wallet with the wallet's EIP-712 signature."""
-    tag = f.tag
+    session: requests.Session, gateway_url: str, partner: str, tag: str, chain_id: int
+) -> LedgerFixtures:
+    """As the fuzzing partner ``partner`` (test mode), through the API: accounts (ids as
+    answered: they are derived), the first funded from the faucet, pending transfers for post
+    and void, and one of its users linked to a wallet with the wallet's EIP-712 signature (and
+    credited once)."""
     accounts = tuple(
         _ledger_call(
             session,
@@ -816,17 +839,17 @@ def _make_ledger_objects(
     held = tuple(r["transfer"]["id"] for r in batch["results"])
     user_id = f"fz-{tag}-user"
     rng = random.Random(tag)
+    deadline = int(time.time()) + LINK_DEADLINE_S
     link = link_body(
-        replace(f, accounts=accounts),
-        user_id,
-        _private_key(rng),
-        rng.randbytes(32),
-        int(time.time()) + LINK_DEADLINE_S,
+        partner, Mode.TEST, chain_id, user_id, _private_key(rng), rng.randbytes(32), deadline
     )
     _ledger_call(session, gateway_url, "/v1/wallets/links", link, f"fuzz-{tag}-link")
-    return _LedgerObjects(
+    # credited once here, so a setup that cannot credit a linked user fails loudly
+    reward = {"debit_account": accounts[0], "credit_user": user_id, "amount": "1", "code": 1}
+    paid = _ledger_call(session, gateway_url, "/v1/ledger/transfers", reward, f"fuzz-{tag}-pay")
+    return LedgerFixtures(
         accounts=accounts,
-        transfer_ids=(funded["id"], *held),
+        transfer_ids=(funded["id"], paid["id"], *held),
         pending_to_post=held[:PENDING_TRANSFERS],
         pending_to_void=held[PENDING_TRANSFERS:],
         linked_user=user_id,
@@ -845,39 +868,26 @@ def make_fixtures(
     ``partners`` names the partners that exist already. Answers the fixtures and the
     credentials to fuzz with."""
     tag = secrets.token_hex(4)
+    chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
     with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
         onboarded = _onboard(session, gateway_url, tag)
-    own = _test_credential(onboarded)
+    name, own = str(onboarded["id"]), _test_credential(onboarded)
     with _signing_session(own) as session:
         ids = _write_records(session, gateway_url, tag)
         anchored, batches = _anchored(session, gateway_url, ids)
-        fixtures = Fixtures(
-            record_ids=ids,
-            anchored_record_ids=anchored,
-            anchor_batch_ids=batches,
-            partner=onboarded["id"],
-            partner_mode=own.mode.name.lower(),
-            partner_ids=(*sorted(partners), onboarded["id"]),
-            tag=tag,
-            accounts=(),
-            transfer_ids=(),
-            pending_to_post=(),
-            pending_to_void=(),
-            linked_user="",
-            chain_id=IdentityConfig().chain_id,
-        )
-        made = _make_ledger_objects(session, gateway_url, fixtures)
-    return (
-        replace(
-            fixtures,
-            accounts=made.accounts,
-            transfer_ids=made.transfer_ids,
-            pending_to_post=made.pending_to_post,
-            pending_to_void=made.pending_to_void,
-            linked_user=made.linked_user,
-        ),
-        {**credentials, PARTNER_SIGNATURE: own},
+        ledger = _make_ledger_objects(session, gateway_url, name, tag, chain_id)
+    fixtures = Fixtures(
+        record_ids=ids,
+        anchored_record_ids=anchored,
+        anchor_batch_ids=batches,
+        partner=name,
+        partner_mode=own.mode.name.lower(),
+        partner_ids=(*sorted(partners), name),
+        tag=tag,
+        ledger=ledger,
+        chain_id=chain_id,
     )
+    return fixtures, {**credentials, PARTNER_SIGNATURE: own}
 
 
 @contextlib.contextmanager
