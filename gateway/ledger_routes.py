@@ -32,8 +32,19 @@ overload) may simply be sent again.
 Isolation. Every account and transfer this API creates carries in ``user_data_128`` its
 *scope*: ``H(partner id, mode)``, an opaque 128-bit tag. A read or a transfer naming an id whose
 scope is not the caller's is answered 404 exactly as an id that does not exist: another
-partner's ids, or the other mode's, cannot be addressed, and the answer reveals nothing. The
-faucet's account belongs to the platform and is never addressable.
+partner's ids, or the other mode's, cannot be addressed, and the answer reveals nothing.
+
+The state machine's checks (log feature 7, business/identity/scope.py and approvals.py). Every
+operation names its proposer, the authenticated partner and mode (``WriteItem.operation(
+partner=, mode=, user_refs=)``), and the state machine checks every account against it,
+whatever this module sent: so a created account's id is ``ids.account_id(record id, event
+index)`` (answered to the partner, who keeps it), a credit to a linked user names the user's
+reference (``ur``) and the wallet's account is opened by the state machine on that first
+credit, and an account of a partner may never go negative on BAAS (the platform is its
+issuer). The faucet is the platform's operation (proposer all zeros): each grant creates its
+issuing account, derived from the grant and linked with the credit, and only the platform may
+hold an account that mints test BAAS; live BAAS has no issuing account. Its refusals map to
+problems through :data:`SCOPE_PROBLEMS`.
 
 What is stored where. The request as sent (accounts, amount, metadata, memo) is the
 operation's *record*, sealed with the partner's data key like any record; the log carries only

@@ -737,20 +737,19 @@ SCHEMAS.update(
             },
             required=["transfers"],
         ),
-        # An item is checked on its own: a bad one is refused in its result and the others
-        # still run (200), so the request schema takes any item; LedgerBatchItem is its shape.
-        "LedgerBatchItem": _closed(
-            {"idempotency_key": _ref("IdempotencyKey"), **_TRANSFER_FIELDS},
-            required=["idempotency_key", *_TRANSFER_REQUIRED],
-        ),
         "LedgerBatchCreate": _closed(
             {
                 "transfers": {
                     "type": "array",
                     "minItems": 1,
+                    # Each item is checked by the route and an invalid one is answered in its
+                    # own slot (400 with its param) while the others run: the request as a
+                    # whole is valid with any items here (even not objects), so the schema
+                    # must not refuse it.
                     "items": {
-                        "description": "a LedgerBatchItem; one that is not is refused in its "
-                        "own result (status 400), not as the whole request"
+                        "description": "a transfer (the fields of LedgerTransferCreate but "
+                        "credit_user) and its idempotency_key (required); an invalid item is "
+                        "answered in its slot, status 400 with the param at fault",
                     },
                 }
             }

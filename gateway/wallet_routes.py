@@ -30,6 +30,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.model import LinkEntry
+from business.identity.scope import WALLET_ACCOUNT_CODE
 from gateway.ledger_routes import (
     ASSETS,
     LedgerRefused,
@@ -128,8 +129,8 @@ async def get_link(request: web.Request) -> web.Response:
         ledger = ledger_number(ctx.mode, index)
         account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
         doc = await ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
-        if doc is None:  # opened on the first credit: nothing yet
-            doc = {"id": account, "ledger": ledger, "code": 1, "flags": 0}
+        if doc is None:  # the state machine opens it on the first credit: nothing yet
+            doc = {"id": account, "ledger": ledger, "code": WALLET_ACCOUNT_CODE, "flags": 0}
             doc.update(dict.fromkeys(_COUNTERS, 0))
         shown = account_object(doc, ctx.mode)
         balances.append(

@@ -45,6 +45,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 PTS = 7  # a platform ledger (asset index 3) in live mode: the parity is the mode
 ISSUED_EACH = 1_000
 WORKERS = 8
+# Each worker's 1st, 11th, ... operation overdraws: the limits refuse some however few
+# operations a loaded machine gets through (random ones alone rarely drain an account then).
+OVERDRAFT_EVERY = 10
 # Every operation is the platform's own (the node's log enables feature 7, which checks who
 # proposes what): its accounts' ids are derived from the setup operation, as the scope check
 # requires (business/identity/scope.py).
@@ -183,7 +186,11 @@ async def test_leader_kill_during_a_ledger_burst_applies_every_operation_once(
             while not stop.is_set():
                 seq += 1
                 tid = 1_000_000 * (w + 1) + 2 * seq
-                await operator.send(f"w{w}-{seq}", random_operation(rng, tid))
+                events = random_operation(rng, tid)
+                if seq % OVERDRAFT_EVERY == 1:  # more than was issued in all: always refused
+                    a, b = rng.sample(USERS, 2)
+                    events = [CreateTransfer(tid, a, b, ISSUED_EACH * len(USERS) + 1, PTS, 1)]
+                await operator.send(f"w{w}-{seq}", events)
 
         workers = [asyncio.create_task(worker(w)) for w in range(WORKERS)]
         await asyncio.sleep(3.0)

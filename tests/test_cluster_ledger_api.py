@@ -7,10 +7,7 @@ OpenAPI document (CheckedPartnerClient)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +27,7 @@ from tools.client import Response
 from tools.cluster_init import init_cluster
 from tools.ledger_client import LedgerClient
 from tools.local_cluster import LocalCluster
+from tools.local_partners import onboard_partner
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -50,13 +48,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     local = LocalCluster(layout)
     local.start()
     try:
-        for name in ("shop-a", "shop-b", "shop-m"):
-            for cred in _onboard(local, name)["credentials"]:
-                mode = "live" if cred["livemode"] else "test"
-                secret = bytes.fromhex(cred["secret"])
-                made[f"{name}/{mode}"] = (cred["id"], secret)
-                if mode == "test":
-                    made[name] = (cred["id"], secret)
+        for name in ("shop-a", "shop-b", "shop-m", "shop-w"):
+            for mode, cred in onboard_partner(layout, name).items():
+                made[f"{name}/{mode}"] = cred
+            made[name] = made[f"{name}/test"]
         yield local, made
     finally:
         local.stop()
@@ -65,18 +60,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
 def _ledger(local: LocalCluster, made: dict, who: str) -> LedgerClient:
     key, secret = made[who]
     return LedgerClient(CheckedPartnerClient(local.layout.gateway_url, key, secret), attempts_max=3)
-
-
-def _onboard(local: LocalCluster, name: str) -> dict[str, Any]:
-    """``baas-partners onboard``: waits for log feature 7 (identity) after the start."""
-    deadline = time.monotonic() + 90
-    while True:
-        run = _partners_cmd(local, "onboard", "--partner", name)
-        if run.returncode == 0:
-            onboarded: dict[str, Any] = json.loads(run.stdout)
-            return onboarded
-        assert time.monotonic() < deadline, run.stderr
-        time.sleep(0.5)
 
 
 async def _until_ledger(ledger: LedgerClient) -> Response:
@@ -239,24 +222,12 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
     assert openapi_check.answers_checked >= checked_before + 40
 
 
-def _partners_cmd(local: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools.partners_cli", "--config",
-         local.layout.gateway_config_path, *args],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
 async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster, dict]) -> None:
     """A partner onboarded on the log links its user id to a user's wallet with the user's
     EIP-712 signature; a forged one is refused; another partner cannot read the link."""
     local, made = cluster
     deadline = time.monotonic() + 90
-    onboarded = await asyncio.to_thread(_onboard, local, "shop-w")
-    cred = next(c for c in onboarded["credentials"] if not c["livemode"])
-    w = LedgerClient(
-        CheckedPartnerClient(local.layout.gateway_url, cred["id"], bytes.fromhex(cred["secret"]))
-    )
+    w = _ledger(local, made, "shop-w")
     a = _ledger(local, made, "shop-a")
     try:
         alice = identitykit.user("alice")

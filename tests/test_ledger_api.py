@@ -180,3 +180,42 @@ def test_outcomes_map_to_answers_and_refusals_stay_4xx() -> None:
     stored = _judge(op, answer("approval_missing", "approval_missing")).error
     assert isinstance(stored, LedgerRefused)
     assert (stored.http_status, stored.code, stored.param) == (403, "approval_missing", "approvals")
+
+
+def test_operations_name_the_authenticated_proposer() -> None:
+    """What the state machine checks is who the gateway authenticated: a partner's operation
+    carries its partner id and mode (``pt``/``md``), a credit to a linked user its user
+    reference (``ur``), and the faucet is the platform's (``pt`` all zeros)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from business.identity.ids import partner_id, user_ref
+    from business.identity.scope import PLATFORM
+    from gateway.config import GatewayLimits
+    from gateway.keyring import new_partner
+    from gateway.ledger_routes import (
+        _ROUTE_EXTRA,
+        FAUCET_KIND,
+        LedgerContext,
+        _item,
+        _operation,
+        _single,
+    )
+
+    state = SimpleNamespace(config=SimpleNamespace(limits=GatewayLimits()))
+    keys = new_partner("shop-a", "pk_test_shop-a_1")
+    ctx = LedgerContext(keys, Mode.TEST, scope_of("shop-a", Mode.TEST), 0.0, "r")
+    body = {"debit_account": A, "credit_user": "user-42", "amount": "5", "code": 1}
+    item = _item("k", body, "", _ROUTE_EXTRA)
+    op = _single(state, ctx, item, replace(item.asked, ledger=2, credit=7))
+    wire = op.item.record
+    assert (wire["pt"], wire["md"]) == (partner_id("shop-a"), int(Mode.TEST))
+    assert wire["ur"] == [user_ref(partner_id("shop-a"), Mode.TEST, "user-42")]
+    plain = _single(state, ctx, item, replace(item.asked, ledger=2, credit=7, credit_user=None))
+    assert "ur" not in plain.item.record and plain.item.record["pt"] == partner_id("shop-a")
+
+    # The faucet's events (an issuing account derived from the grant, linked with the credit)
+    # are proven in real processes: a wrong id or proposer is refused there
+    # (test_cluster_ledger_api.py); here, that the route kind makes it the platform's.
+    faucet = _operation(state, ctx, FAUCET_KIND, "f", {}, lambda rid: ([], 0, []))
+    assert faucet.item.record["pt"] == PLATFORM == bytes(16)

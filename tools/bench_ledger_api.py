@@ -1,7 +1,8 @@
 """Committed transfers/s through the gateway's ledger API, beside the record rate of the same run.
 
-Starts a local cluster (5 nodes and a gateway, no chain) in ``--dir``, opens ``--accounts`` test
-accounts for one partner and funds each from the faucet, then runs three phases of
+Starts a local cluster (5 nodes and a gateway, no chain) in ``--dir``, onboards one partner on
+the log (the state machine refuses ledger operations of a partner it does not know), opens
+``--accounts`` test accounts for it and funds each from the faucet, then runs three phases of
 ``--seconds`` each with ``--concurrency`` clients: plain records (``POST /v1/records``), single
 transfers (``POST /v1/ledger/transfers``) and batches of ``--batch`` transfers
 (``POST /v1/ledger/transfers/batch``). A transfer or record counts once acknowledged (201).
@@ -28,8 +29,10 @@ from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
 from tools.ledger_client import LedgerClient
 from tools.local_cluster import LocalCluster
+from tools.local_partners import onboard_partner
 
 FUND_EACH = str(10**30)
+RELOAD_POLLS_MAX = 120  # 0.5 s apart: the gateway reloads its keyring every few seconds
 
 
 STATUSES: dict[int, int] = {}  # every answer's status, for the report
@@ -53,6 +56,10 @@ async def _run(url: str, key: str, secret: bytes, args: argparse.Namespace) -> d
     async with PartnerClient(url, key, secret, connections_max=args.concurrency * 2) as http:
         ledger = LedgerClient(http, attempts_max=30, wait_s_max=1.0)
         accounts = []
+        for _ in range(RELOAD_POLLS_MAX):  # 401 until the gateway reloads its keyring
+            if (await ledger.account("acct_" + "1" * 32)).status != 401:
+                break
+            await asyncio.sleep(0.5)
         for i in range(args.accounts):
             got = await ledger.create_account(code=1, key=f"bench-acct-{i}")
             assert got.status in (200, 201), got
@@ -110,14 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-ledger-api-"))
-    layout = init_cluster(directory / "cluster", partners=("bench",), chain="none")
-    creds = layout.partners["bench"]
+    layout = init_cluster(directory / "cluster", partners=(), chain="none")
     load_before = os.getloadavg()
     with LocalCluster(layout) as local:
         local.start()
-        result = asyncio.run(
-            _run(layout.gateway_url, creds["api_key"], bytes.fromhex(creds["secret_hex"]), args)
-        )
+        key, secret = onboard_partner(layout, "bench")["test"]
+        result = asyncio.run(_run(layout.gateway_url, key, secret, args))
     report = {
         **result,
         "seconds": args.seconds,
