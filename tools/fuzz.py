@@ -197,7 +197,7 @@ class LedgerFixtures:
     """The fuzzing partner's ledger objects (test mode), all made through the API in setup."""
 
     accounts: tuple[str, ...]  # the first holds FUND_AMOUNT
-    transfer_ids: tuple[str, ...]  # transfers of every type, to read
+    transfer_ids: tuple[str, ...]  # to read: the faucet's, a credit of the user, the pending
     pending_to_post: tuple[str, ...]  # pending transfers no one resolves but the post route
     pending_to_void: tuple[str, ...]  # and the void route
     linked_user: str  # the partner's user id linked, with the user's signature, to a wallet
@@ -212,7 +212,7 @@ class Fixtures:
     anchor_batch_ids: tuple[int, ...]  # the anchors' batch ids, oldest first
     partner: str  # the fuzzing partner (its own audit trail is readable by it and operators)
     partner_mode: str  # its credential's mode ("test" or "live"): the audit trail it may read
-    partner_ids: tuple[str, ...]  # partners that exist: the keyring's and one onboarded in setup
+    partner_ids: tuple[str, ...]  # partners that exist: the keyring's and the fuzzing one
     tag: str  # unique to the run: new partner names and idempotency keys never met before
     ledger: LedgerFixtures
     chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
