@@ -806,7 +806,8 @@ SCHEMAS.update(
                                 {
                                     "status": {"type": "integer", "minimum": 400, "maximum": 599},
                                     "idempotency_key": {
-                                        "oneOf": [_ref("IdempotencyKey"), {"type": "null"}]
+                                        "description": "the item's idempotency_key as sent, "
+                                        "valid or not (null if it had none)"
                                     },
                                     "error": _LEDGER_PROBLEM,
                                 }

@@ -13,11 +13,17 @@ an operator route must get 404 (the route does not exist for it), an operator on
 
 Valid requests draw, now and then, their path, query and body values from objects made
 beforehand (:data:`FIXTURES`: one row per operation that needs an existing object, or a fresh
-name, for a 2xx), so each route is seen succeeding, not only refusing. Where an operation
-declares an ``Idempotency-Key`` header, most valid requests carry a key unique to the run, so a
-route whose 2xx needs a new key (a ledger write) reaches it from the document alone. An
-operation without a row is still fuzzed from the document alone: a new route is fuzzed the day
-it is documented.
+name, for a 2xx), so each route is seen succeeding, not only refusing. The setup makes them
+through the API itself: the operator onboards the fuzzing partner on the log (the ledger and
+wallet routes serve only such partners; its test credential signs ``partnerSignature``), which
+writes records, opens ledger accounts (keeping the derived ids the answers name), funds one from
+the test faucet, makes pending transfers to post and void and links a user to a wallet with the
+wallet's EIP-712 signature; a new link drawn while fuzzing is signed by a new key.
+
+Where an operation declares an ``Idempotency-Key`` header, most valid requests carry a key
+unique to the run, so a route whose 2xx needs a new key (a ledger write) reaches it from the
+document alone. An operation without a row is still fuzzed from the document alone: a new
+route is fuzzed the day it is documented.
 
 Every answer is checked: no 5xx; status, content type, headers and body as the document says
 (``response_schema_conformance`` and friends); a request the schema refuses is refused
@@ -28,7 +34,8 @@ share past authentication, the 5xx and every failed check with a curl line to re
 ``baas-fuzz --requests 10000 --out fuzz.json`` starts its own small cluster (3 nodes, the
 embedded chain, the gateway; real processes) in a temporary directory; ``--cluster DIR`` fuzzes a
 running cluster made by ``baas-cluster init`` instead (it adds an operator credential to that
-cluster's keyring, so it needs the keyring's master key). Exit status 1 if any check failed.
+cluster's keyring, so it needs the keyring's master key, and onboards a new partner each
+run). Exit status 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ from typing import Any
 import hypothesis
 import requests
 import schemathesis
+from eth_account import Account
+from eth_account.messages import encode_typed_data
 from hypothesis import HealthCheck, Phase, settings
 from requests.auth import AuthBase
 from schemathesis.checks import not_a_server_error
@@ -65,6 +74,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from business.identity import IdentityConfig, eip712
+from business.identity.ids import Mode, partner_id, user_ref
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign_request
 from gateway.config import load_gateway_config
 from gateway.keyring import (
@@ -84,8 +95,10 @@ __all__ = [
     "FIXTURES",
     "Fixtures",
     "FuzzReport",
+    "LedgerFixtures",
     "Signer",
     "fuzz_gateway",
+    "link_body",
     "main",
     "make_credentials",
     "make_fixtures",
@@ -102,12 +115,26 @@ REQUEST_TIMEOUT_S = 30.0
 ANCHOR_WAIT_S = 120.0
 PAST_AUTH_SHARE_MIN = 0.9
 NEGATIVE_SHARE = 0.3  # of each operation's requests made to be refused by its schema
+# Negative cases that leave out the API key, sent per operation; the rest are redrawn. Each
+# meets the same authentication check (401), whatever else it breaks: past a few, they only
+# take the negative share from the schema's checks (and the share past authentication down).
+UNSIGNED_NEGATIVES_MAX = 3
 WRONG_PRINCIPAL_SHARE = 0.05  # of a signed operation's requests signed by a principal it refuses
 FRESH_KEY_SHARE = 0.8  # of valid requests given a new Idempotency-Key where one is declared
 FRESH_NAME_SHARE = 0.5  # of fixture-drawn partner creations with a new name (the rest: 409)
 # for the gateway to load the fuzzer's operator and the members to agree on the identity feature
 ONBOARD_WAIT_S = 120.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+# The ledger's objects made in setup, as the fuzzing partner in test mode (through the API).
+LEDGER_ACCOUNTS = 3  # accounts opened; the first is funded from the faucet and pays the rest
+FUND_AMOUNT = 10**30  # test BAAS (minor units) in the first account: fuzzing never drains it
+PENDING_TRANSFERS = 8  # two-phase transfers made for each of post and void (each resolves once)
+PENDING_AMOUNT = 10**6  # what each reserves
+MOVE_AMOUNT_MAX = 1000  # what a fixture-drawn transfer, faucet or partial post moves
+LINKED_ITEMS_MAX = 3  # transfers in a fixture-drawn linked chain or batch
+CREDIT_USER_SHARE = 0.3  # of fixture-drawn transfers that credit the linked user's wallet
+LINK_DEADLINE_S = 3600  # how far ahead a fixture-drawn wallet link's signature is valid
+LEDGER_WAIT_S = 120.0  # for the members to enable the ledger and identity log features
 # What a request signed by a principal the operation does not list must get, by the signer's
 # scheme: a partner on an operator route sees no such route; an operator anywhere else is told
 # its credential signs the admin routes only (gateway/app.py, gateway/admin_routes.py).
@@ -166,6 +193,17 @@ class Signer(AuthBase):
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerFixtures:
+    """The fuzzing partner's ledger objects (test mode), all made through the API in setup."""
+
+    accounts: tuple[str, ...]  # the first holds FUND_AMOUNT
+    transfer_ids: tuple[str, ...]  # to read: the faucet's, a credit of the user, the pending
+    pending_to_post: tuple[str, ...]  # pending transfers no one resolves but the post route
+    pending_to_void: tuple[str, ...]  # and the void route
+    linked_user: str  # the partner's user id linked, with the user's signature, to a wallet
+
+
+@dataclass(frozen=True, slots=True)
 class Fixtures:
     """Objects made before fuzzing, which valid requests may name."""
 
@@ -174,8 +212,10 @@ class Fixtures:
     anchor_batch_ids: tuple[int, ...]  # the anchors' batch ids, oldest first
     partner: str  # the fuzzing partner (its own audit trail is readable by it and operators)
     partner_mode: str  # its credential's mode ("test" or "live"): the audit trail it may read
-    partner_ids: tuple[str, ...]  # partners that exist: the keyring's and one onboarded in setup
+    partner_ids: tuple[str, ...]  # partners that exist: the keyring's and the fuzzing one
     tag: str  # unique to the run: new partner names and idempotency keys never met before
+    ledger: LedgerFixtures
+    chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
 
 
 # case attribute ("path_parameters", "query", "body") -> values merged into what was generated
@@ -194,6 +234,93 @@ def _new_partner(f: Fixtures, rng: random.Random) -> Overrides:
     return {"body": {"id": rng.choice(f.partner_ids)}}
 
 
+def _path_id(rng: random.Random, ids: tuple[str, ...]) -> Overrides:
+    return {"path_parameters": {"id": rng.choice(ids)}}
+
+
+def _amount(rng: random.Random) -> str:
+    return str(rng.randint(1, MOVE_AMOUNT_MAX))
+
+
+def _move(f: Fixtures, rng: random.Random, user: bool = False) -> dict[str, Any]:
+    """A transfer the ledger applies: from the funded account to another of the partner's, or
+    to the wallet linked to its user (``user``). Only what the generator drew as metadata and
+    code is kept: its accounts, approvals and timeouts would only be refused."""
+    ledger = f.ledger
+    credit = (
+        {"credit_user": ledger.linked_user}
+        if user
+        else {"credit_account": rng.choice(ledger.accounts[1:])}
+    )
+    return {"debit_account": ledger.accounts[0], **credit, "amount": _amount(rng)}
+
+
+# keys a fixture row takes out of what was generated (a transfer takes one credit, no approvals)
+_DROP: Any = object()
+_NOT_DRAWN = ("credit_account", "credit_user", "pending", "timeout_s", "approvals")
+
+
+def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
+    drop = dict.fromkeys(_NOT_DRAWN, _DROP)
+    return {"body": {**drop, **_move(f, rng, rng.random() < CREDIT_USER_SHARE)}}
+
+
+def _chain(f: Fixtures, rng: random.Random, keyed: bool) -> list[dict[str, Any]]:
+    """1..LINKED_ITEMS_MAX transfers, each with its own new key for the batch route."""
+    items = []
+    for _ in range(rng.randint(1, LINKED_ITEMS_MAX)):
+        item = {**_move(f, rng), "code": rng.randint(1, 65535)}
+        if keyed:
+            item["idempotency_key"] = f"fz-{f.tag}-item-{rng.getrandbits(64):016x}"
+        items.append(item)
+    return items
+
+
+def _post(f: Fixtures, rng: random.Random) -> Overrides:
+    """A pending transfer of setup, posted whole or in part (once; after that 409)."""
+    amount = str(rng.randint(1, PENDING_AMOUNT)) if rng.random() < 0.5 else _DROP
+    return {**_path_id(rng, f.ledger.pending_to_post), "body": {"amount": amount}}
+
+
+def link_body(
+    partner: str,
+    mode: Mode,
+    chain_id: int,
+    user_id: str,
+    private_key: bytes,
+    nonce: bytes,
+    deadline: int,
+) -> dict[str, Any]:
+    """``POST /v1/wallets/links``'s body: the user (the key's owner) signs the EIP-712 ``Link``
+    of ``partner``'s ``user_id`` to its wallet in ``mode``, as a wallet app would."""
+    user = Account.from_key(private_key)
+    wallet = bytes.fromhex(user.address[2:])
+    pid = partner_id(partner)
+    message = eip712.Link(pid, mode, user_ref(pid, mode, user_id), wallet, deadline, nonce)
+    signable = encode_typed_data(full_message=eip712.typed_data(message, chain_id))
+    return {
+        "user_id": user_id,
+        "wallet": user.address.lower(),
+        "deadline": deadline,
+        "nonce": "0x" + nonce.hex(),
+        "signature": "0x" + bytes(user.sign_message(signable).signature).hex(),
+    }
+
+
+def _new_link(f: Fixtures, rng: random.Random) -> Overrides:
+    """A new user of the partner, linked to a new wallet with that wallet's signature."""
+    user_id = f"fz-{f.tag}-user-{rng.getrandbits(48):012x}"
+    deadline = int(time.time()) + LINK_DEADLINE_S
+    mode = Mode[f.partner_mode.upper()]
+    key, nonce = _private_key(rng), rng.randbytes(32)
+    return {"body": link_body(f.partner, mode, f.chain_id, user_id, key, nonce, deadline)}
+
+
+def _private_key(rng: random.Random) -> bytes:
+    # below the secp256k1 group order: any such non-zero number is a key
+    return rng.randrange(1, 2**255).to_bytes(32, "big")
+
+
 # One row per operation whose success needs an existing object: what to put in a valid request.
 # New routes (the ledger's) add a row here; everything else comes from the document.
 FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
@@ -208,6 +335,21 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "listPartners": lambda f, rng: {"query": {"starting_after": rng.choice(f.partner_ids)}},
     # the fuzzing partner's own trail in its credential's mode: readable by it and by operators
     "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
+    # the ledger's: objects the partner made in setup, amounts the funded account can pay
+    "getLedgerAccount": lambda f, rng: _path_id(rng, f.ledger.accounts),
+    "getLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.transfer_ids),
+    "testFaucet": lambda f, rng: {
+        "body": {"account": rng.choice(f.ledger.accounts), "amount": _amount(rng)}
+    },
+    "createLedgerTransfer": _transfer,
+    "createLedgerLinkedTransfers": lambda f, rng: {
+        "body": {"transfers": _chain(f, rng, keyed=False), "approvals": _DROP}
+    },
+    "createLedgerTransfers": lambda f, rng: {"body": {"transfers": _chain(f, rng, keyed=True)}},
+    "postLedgerTransfer": _post,
+    "voidLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.pending_to_void),
+    "createWalletLink": _new_link,
+    "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
 }
 
 
@@ -327,7 +469,8 @@ class FuzzReport:
 
 def _apply(case: schemathesis.Case[Any], overrides: Overrides) -> None:
     for attribute, values in overrides.items():
-        setattr(case, attribute, {**(getattr(case, attribute) or {}), **values})
+        merged = {**(getattr(case, attribute) or {}), **values}
+        setattr(case, attribute, {k: v for k, v in merged.items() if v is not _DROP})
 
 
 def _curl(case: schemathesis.Case[Any], response: schemathesis.Response) -> str:
@@ -415,10 +558,15 @@ def _declares_idempotency_key(operation: Any) -> bool:
     return any(p.name.lower() == IDEMPOTENCY_HEADER.lower() for p in operation.headers)
 
 
+def _has_key(case: schemathesis.Case[Any]) -> bool:
+    return any(name.lower() == HEADER_KEY.lower() for name in case.headers or {})
+
+
 def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None:
     rng = random.Random(seed)
     fixture = FIXTURES.get(str(operation.definition.raw.get("operationId", "")))
     fresh_keys = pass_.mode.is_positive and _declares_idempotency_key(operation)
+    unsigned = itertools.count()
 
     @hypothesis.seed(seed)
     @settings(
@@ -437,6 +585,9 @@ def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None
             key = f"fz-{run_.fixtures.tag}-{next(run_.keys)}"  # setup's are fuzz-...
             case.headers[IDEMPOTENCY_HEADER] = key
         signer = rng.choice(pass_.signers) if pass_.signers else None
+        unsigned_negative = signer is not None and not pass_.mode.is_positive and not _has_key(case)
+        if unsigned_negative and next(unsigned) >= UNSIGNED_NEGATIVES_MAX:
+            hypothesis.reject()
         if signer is not None and pass_.mode.is_positive:
             # a valid request is a signed one: the scheme's header is optional where the
             # operation lists two schemes, and an unsigned valid request would only test 401
@@ -610,47 +761,133 @@ def _anchored(
     return anchored, tuple(int(a["batch_id"]) for a in chain["anchors"])
 
 
-def _onboard(session: requests.Session, gateway_url: str, name: str) -> None:
-    """Onboard ``name`` as the operator, once the gateway knows the operator's credential and
-    the members apply identity entries (a new cluster agrees on that feature after a while)."""
+def _onboard(session: requests.Session, gateway_url: str, tag: str) -> dict[str, Any]:
+    """Onboard a new partner as the operator, once the gateway knows the operator's credential
+    and the members apply identity entries (a new cluster agrees on that feature after a
+    while): the answer, with the partner's secrets (shown this once)."""
     deadline = time.monotonic() + ONBOARD_WAIT_S
-    while True:
+    for attempt in itertools.count():
+        name = f"fz-{tag}-setup{attempt or ''}"
         status, body = _signed(
             session, gateway_url, "POST", "/v1/admin/partners", json={"id": name}
         )
-        # 409: an earlier try went through after all
-        if status in (201, 409):
-            return
-        if status not in (401, 503) or time.monotonic() > deadline:
+        if status == 201:
+            return dict(body)
+        # 409: an earlier try went through after all, and its secrets are gone: a new name
+        if status not in (401, 409, 503) or time.monotonic() > deadline:
             raise OperationFailed(f"could not onboard the fuzzer's partner: {status} {body}")
         time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _test_credential(onboarded: Mapping[str, Any]) -> ApiCredential:
+    found = next(c for c in onboarded["credentials"] if not c["livemode"])
+    return ApiCredential(found["id"], bytes.fromhex(found["secret"]), mode=Mode.TEST)
+
+
+def _ledger_call(
+    session: requests.Session, gateway_url: str, path: str, body: Any, key: str | None
+) -> Any:
+    """One ledger write of the setup, repeated with its key while the answer says nothing was
+    decided (503: the members have not enabled the ledger yet)."""
+    headers = {} if key is None else {IDEMPOTENCY_HEADER: key}
+    deadline = time.monotonic() + LEDGER_WAIT_S
+    while True:
+        status, answer = _signed(session, gateway_url, "POST", path, json=body, headers=headers)
+        if status in (200, 201):
+            return answer
+        if status not in (429, 503) or time.monotonic() > deadline:
+            raise OperationFailed(f"fuzzer setup: POST {path} answered {status} {answer}")
+        time.sleep(0.5)
+
+
+def _make_ledger_objects(
+    session: requests.Session, gateway_url: str, partner: str, tag: str, chain_id: int
+) -> LedgerFixtures:
+    """As the fuzzing partner ``partner`` (test mode), through the API: accounts (ids as
+    answered: they are derived), the first funded from the faucet, pending transfers for post
+    and void, and one of its users linked to a wallet with the wallet's EIP-712 signature (and
+    credited once)."""
+    accounts = tuple(
+        _ledger_call(
+            session,
+            gateway_url,
+            "/v1/ledger/accounts",
+            {"asset": "baas", "code": 1 + i},
+            f"fuzz-{tag}-account-{i}",
+        )["id"]
+        for i in range(LEDGER_ACCOUNTS)
+    )
+    fund = {"account": accounts[0], "amount": str(FUND_AMOUNT)}
+    funded = _ledger_call(session, gateway_url, "/v1/test/faucet", fund, f"fuzz-{tag}-fund")
+    pending = [
+        {
+            "idempotency_key": f"fuzz-{tag}-pending-{i}",
+            "debit_account": accounts[0],
+            "credit_account": accounts[1],
+            "amount": str(PENDING_AMOUNT),
+            "code": 1,
+            "pending": True,
+        }
+        for i in range(2 * PENDING_TRANSFERS)
+    ]
+    batch = _ledger_call(
+        session, gateway_url, "/v1/ledger/transfers/batch", {"transfers": pending}, None
+    )
+    if any(r["status"] not in (200, 201) for r in batch["results"]):
+        raise OperationFailed(f"fuzzer setup: pending transfers refused: {batch}")
+    held = tuple(r["transfer"]["id"] for r in batch["results"])
+    user_id = f"fz-{tag}-user"
+    rng = random.Random(tag)
+    deadline = int(time.time()) + LINK_DEADLINE_S
+    link = link_body(
+        partner, Mode.TEST, chain_id, user_id, _private_key(rng), rng.randbytes(32), deadline
+    )
+    _ledger_call(session, gateway_url, "/v1/wallets/links", link, f"fuzz-{tag}-link")
+    # credited once here, so a setup that cannot credit a linked user fails loudly
+    reward = {"debit_account": accounts[0], "credit_user": user_id, "amount": "1", "code": 1}
+    paid = _ledger_call(session, gateway_url, "/v1/ledger/transfers", reward, f"fuzz-{tag}-pay")
+    return LedgerFixtures(
+        accounts=accounts,
+        transfer_ids=(funded["id"], paid["id"], *held),
+        pending_to_post=held[:PENDING_TRANSFERS],
+        pending_to_void=held[PENDING_TRANSFERS:],
+        linked_user=user_id,
+    )
 
 
 def make_fixtures(
     gateway_url: str,
-    partner: str,
     credentials: Mapping[str, ApiCredential],
     partners: Iterable[str],
-) -> Fixtures:
-    """As ``partner`` (its credential under ``partnerSignature``), write a few records and wait
-    until an anchor covering them is mined; as the operator (``operatorSignature``), onboard one
-    partner. ``partners`` names the partners that exist already."""
+) -> tuple[Fixtures, dict[str, ApiCredential]]:
+    """As the operator (``operatorSignature``), onboard a partner on the log: the fuzzing
+    partner, whose test credential signs ``partnerSignature`` from then on (the ledger and
+    wallet routes serve only partners on the log). As it, write a few records and wait until
+    an anchor covering them is mined, then make its ledger objects and a wallet link.
+    ``partners`` names the partners that exist already. Answers the fixtures and the
+    credentials to fuzz with."""
     tag = secrets.token_hex(4)
-    onboarded = f"fz-{tag}-setup"
-    with _signing_session(credentials[PARTNER_SIGNATURE]) as session:
+    chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
+    with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
+        onboarded = _onboard(session, gateway_url, tag)
+    name, own = str(onboarded["id"]), _test_credential(onboarded)
+    with _signing_session(own) as session:
         ids = _write_records(session, gateway_url, tag)
         anchored, batches = _anchored(session, gateway_url, ids)
-    with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
-        _onboard(session, gateway_url, onboarded)
-    return Fixtures(
+        ledger = _make_ledger_objects(session, gateway_url, name, tag, chain_id)
+    fixtures = Fixtures(
         record_ids=ids,
         anchored_record_ids=anchored,
         anchor_batch_ids=batches,
-        partner=partner,
-        partner_mode=credentials[PARTNER_SIGNATURE].mode.name.lower(),
-        partner_ids=(*sorted(partners), onboarded),
+        partner=name,
+        partner_mode=own.mode.name.lower(),
+        partner_ids=(*sorted(partners), name),
         tag=tag,
+        ledger=ledger,
+        chain_id=chain_id,
     )
+    return fixtures, {**credentials, PARTNER_SIGNATURE: own}
 
 
 @contextlib.contextmanager
@@ -667,16 +904,14 @@ def small_cluster(directory: Path) -> Iterator[ClusterLayout]:
         cluster.stop()
 
 
-def run_on(
-    layout: ClusterLayout, requests_total: int, seed: int, partner: str | None = None
-) -> FuzzReport:
-    """Make the fixtures, then fuzz ``layout``'s gateway as ``partner`` (default: ``shop-a``
-    if the cluster has it, else its first partner). The cluster needs a chain: the receipt
-    route's 2xx needs an anchored record."""
-    name = partner or (PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0])
-    credentials = make_credentials(layout, name)
-    fixtures = make_fixtures(layout.gateway_url, name, credentials, layout.partners)
-    return fuzz_gateway(layout.gateway_url, credentials, fixtures, requests_total, seed)
+def run_on(layout: ClusterLayout, requests_total: int, seed: int) -> FuzzReport:
+    """Make the fixtures (a partner onboarded on the log, its records and ledger objects),
+    then fuzz ``layout``'s gateway as that partner and the fuzzer's operator. The cluster
+    needs a chain: the receipt route's 2xx needs an anchored record."""
+    first = PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0]
+    credentials = make_credentials(layout, first)  # adds the fuzzer's operator once
+    fixtures, signing = make_fixtures(layout.gateway_url, credentials, layout.partners)
+    return fuzz_gateway(layout.gateway_url, signing, fixtures, requests_total, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -690,11 +925,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a running cluster with a chain (default: start one)",
     )
-    parser.add_argument("--partner", default=None, help="fuzz as this partner of --cluster")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if args.cluster is not None:
-        report = run_on(load_layout(args.cluster), args.requests, seed, args.partner)
+        report = run_on(load_layout(args.cluster), args.requests, seed)
     else:
         with (
             tempfile.TemporaryDirectory(prefix="baas-fuzz-") as tmp,
