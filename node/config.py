@@ -358,7 +358,12 @@ class RepairSettings:
     shards_per_round_max: int = 512  # shard rebuilds planned for one page at once
     shards_per_s_max: float = 1000.0  # repair rate bound: leaves room for traffic
     rebuilds_inflight_max: int = 64  # records being read back for a rebuild at once
-    page_pause_s: float = 0.02  # between pages: the scan's own pace
+    page_pause_s: float = 0.02  # between pages of a pass that found shards missing
+    # The pace of a pass that has found nothing missing yet (anti-entropy in the background):
+    # its cost per second stays flat whatever the data (a full-speed walk every pass_interval_s
+    # made every write ~2x costlier as the index grew); a page with a shard missing switches
+    # the pass, and the next one, to full speed.
+    scan_records_per_s_max: float = 100.0
     pass_interval_s: float = 10.0  # between the end of a pass over the index and the next one
     # A holder silent this long has its shards rebuilt on the next placement candidate
     # (index.move); before that they wait for it (a restart, a blip).

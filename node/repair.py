@@ -35,6 +35,9 @@ node (every deficit 1) costs no extra scan.
 Pace: a page is planned again until nothing in it is deferred by ``shards_per_round_max``;
 after each round the repairer sleeps so that rebuilt shards stay under ``shards_per_s_max``,
 and ``page_pause_s`` between pages; a full pass is followed by ``pass_interval_s`` of rest.
+A pass that has found nothing missing walks the index at ``scan_records_per_s_max`` at most
+(anti-entropy in the background, a flat cost per second whatever the data); the first page
+with a shard missing switches that pass, and the next, to full speed.
 The rebuild reads and puts go through the coordinator's coalescing lanes, which bound what is
 in flight per peer next to the traffic. Progress and backlog are in :class:`RepairStats`
 (``/internal/v1/status`` ``repair``, ``/metrics``, ``baas-cluster status``).
@@ -116,6 +119,8 @@ class _Pass:
     lost: int = 0
     held_back: int = 0  # records left for a later pass at a lower deficit
     held_back_deficit_max: int = 0
+    urgent: bool = False  # shards found missing: no scan pacing (page_pause_s only)
+    page_started: float = 0.0
 
 
 class ShardRepairer:
@@ -148,6 +153,7 @@ class ShardRepairer:
         self._pass: _Pass | None = None
         self._rested_until = 0.0  # monotonic: no new pass before this
         self._next_deficit_min = 1  # held-back records raise it for the pass that follows
+        self._next_urgent = False  # the last pass found shards missing: the next goes at once
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
         self.stats = RepairStats()
@@ -171,7 +177,7 @@ class ShardRepairer:
             if now < self._rested_until:
                 return 0
             scan = iter(self._store.state_items(INDEX_PREFIX))
-            self._pass = _Pass(now, scan, self._next_deficit_min)
+            self._pass = _Pass(now, scan, self._next_deficit_min, urgent=self._next_urgent)
             self.stats.pass_records_scanned = self.stats.pass_shards_repaired = 0
             self.stats.pass_deficit_min = self._next_deficit_min
         current = self._pass
@@ -185,6 +191,7 @@ class ShardRepairer:
                 return 0
             self.stats.records_scanned += len(current.page)
             self.stats.pass_records_scanned += len(current.page)
+            current.page_started = time.monotonic()
         started = time.monotonic()
         entries = self._entries(current.page)
         plan = await self._plan(entries, current)
@@ -205,6 +212,14 @@ class ShardRepairer:
             )
             left = len(plan.lost) + plan.waiting + plan.held_back + plan.deferred + short
             current.still_below_n += left
+            if current.below_n or current.lost:
+                current.urgent = True
+            elif not current.urgent:
+                # Background pace: at most scan_records_per_s_max index records per second.
+                pace_s = len(current.page) / self._settings.scan_records_per_s_max
+                scan_rest_s = pace_s - (time.monotonic() - current.page_started)
+                if scan_rest_s > 0:
+                    await asyncio.sleep(scan_rest_s)
             current.page = []
             current.page_counted = False
         # Rate bound: the round's shards take at least repaired / shards_per_s_max seconds.
@@ -230,6 +245,7 @@ class ShardRepairer:
         stats.lost_records = finished.lost
         stats.below_n_by_healthy = {str(h): c for h, c in sorted(finished.below_n.items())}
         self._pass = None
+        self._next_urgent = bool(finished.below_n or finished.lost or finished.held_back)
         if finished.held_back:  # less endangered records wait: their pass starts at once
             self._next_deficit_min = finished.held_back_deficit_max
         else:

@@ -207,3 +207,25 @@ async def test_old_copies_go_or_call_the_mover_back() -> None:
     await run_passes(driver, 1)
     assert leak not in holders.held[first] and driver.stats.stale_copies_deleted == 1
     assert back in holders.held["n6"] and mover.replans == 1  # the mover brings shard 1 back
+
+
+async def test_a_pass_that_finds_nothing_walks_at_the_background_pace() -> None:
+    entries = in_order([entry(i) for i in range(12)])  # three pages of four, nothing missing
+    holders = Holders(entries)
+    driver = repairer(entries, holders, scan_records_per_s_max=100.0)
+    started = time.monotonic()
+    await run_passes(driver, 1)
+    assert time.monotonic() - started >= 12 / 100.0  # paced: 4 records per 40 ms page
+    assert driver.stats.below_n_by_healthy == {} and holders.rebuilt == []
+
+
+async def test_a_missing_shard_switches_the_pass_to_full_speed() -> None:
+    entries = in_order([entry(i) for i in range(40)])  # ten pages of four
+    holders = Holders(entries)
+    first = entries[0]
+    holders.held["n1"].discard(ShardKey(first.record_id, first.content_hash, 0))
+    driver = repairer(entries, holders, scan_records_per_s_max=10.0)  # 0.4 s a paced page
+    started = time.monotonic()
+    await run_passes(driver, 1)
+    assert time.monotonic() - started < 2.0  # ten paced pages would take 4 s
+    assert holders.rebuilt == [first.record_id]
