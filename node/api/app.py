@@ -42,7 +42,7 @@ from aiohttp import web
 
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
-from node.api.log_routes import add_log_routes
+from node.api.log_routes import add_log_routes, record_id_param
 from node.api.node_metrics import node_stat_families
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.api.wire import (
@@ -185,16 +185,6 @@ async def _read_msgpack(request: web.Request) -> Any:
         raise InvalidRequest("body is not valid msgpack") from exc
 
 
-def _record_id_param(request: web.Request) -> bytes:
-    try:
-        record_id = bytes.fromhex(request.match_info["record_id"])
-    except ValueError as exc:
-        raise InvalidRequest("record id must be hex", code="invalid_record_id") from exc
-    if len(record_id) != HASH_BYTES:
-        raise InvalidRequest("record id must be 64 hex characters", code="invalid_record_id")
-    return record_id
-
-
 def _request_ids(body: dict[str, Any], count: int) -> list[str]:
     """Per-record request ids sent by the gateway (``reqs``), else this call's own id."""
     tags = body.get("reqs")
@@ -282,7 +272,7 @@ async def post_records(request: web.Request) -> web.Response:
 async def get_record(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.membership.require_serving()
-    result = await state.coordinator.read_record(_record_id_param(request))
+    result = await state.coordinator.read_record(record_id_param(request))
     return _msgpack_response(
         {"meta": result.meta.to_wire(), "blob": result.blob, "corrupt": result.corrupt_shards_seen}
     )
@@ -392,7 +382,7 @@ async def get_incarnation(request: web.Request) -> web.Response:
 async def get_index_entry(request: web.Request) -> web.Response:
     """This node's applied index entry for a record (no consensus round: may lag)."""
     state = request.app[STATE]
-    entry = state.index.lookup(_record_id_param(request))
+    entry = state.index.lookup(record_id_param(request))
     if entry is None:
         raise NotFound("no index entry on this node", code="record_not_found")
     return web.json_response(
@@ -413,7 +403,7 @@ async def get_index_entry(request: web.Request) -> web.Response:
 
 async def get_local_shards(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    record_id = _record_id_param(request)
+    record_id = record_id_param(request)
     shards, corrupt = state.store.get(record_id)
     return web.json_response(
         {
