@@ -47,11 +47,10 @@ from gateway.keyring import (
     retire_api_credential,
     rotate_data_key,
 )
-from node.errors import BaasError, ConfigError, InvalidRequest
+from node.errors import ConfigError, InvalidRequest
+from tools.cli_exit import print_json_result
 
 __all__ = ["main"]
-
-EXIT_REFUSED = 1
 
 
 def _now_ms() -> int:
@@ -258,16 +257,7 @@ def _files(args: argparse.Namespace) -> _Files:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        result = args.run(_files(args), args)
-    except BaasError as exc:
-        print(f"baas-keys: {exc.detail} [{exc.code}]", file=sys.stderr)
-        return EXIT_REFUSED
-    except OSError as exc:
-        print(f"baas-keys: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return EXIT_REFUSED
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_json_result("baas-keys", lambda: args.run(_files(args), args))
 
 
 if __name__ == "__main__":

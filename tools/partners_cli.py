@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -52,11 +51,11 @@ from gateway.partners import (
     read_partner,
     set_status,
 )
-from node.errors import BaasError, InvalidRequest, NotFound
+from node.errors import InvalidRequest, NotFound
+from tools.cli_exit import print_json_result
 
 __all__ = ["main"]
 
-EXIT_REFUSED = 1
 DEADLINE_S = 30.0
 AUDIT_LIMIT_MAX = 100
 
@@ -191,16 +190,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        result = asyncio.run(_run(args))
-    except BaasError as exc:
-        print(f"baas-partners: {exc.detail} [{exc.code}]", file=sys.stderr)
-        return EXIT_REFUSED
-    except OSError as exc:
-        print(f"baas-partners: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
-        return EXIT_REFUSED
-    print(json.dumps(result, indent=2))
-    return 0
+    return print_json_result("baas-partners", lambda: asyncio.run(_run(args)))
 
 
 if __name__ == "__main__":
