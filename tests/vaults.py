@@ -71,8 +71,14 @@ class VaultWorld:
         return int(self.token.functions.balanceOf(Web3.to_checksum_address(address)).call())
 
     def withdrawal(
-        self, user: Key, amount: int, *, to: bytes | None = None, token: str | None = None,
-        id_: bytes | None = None, deadline: int | None = None,
+        self,
+        user: Key,
+        amount: int,
+        *,
+        to: bytes | None = None,
+        token: str | None = None,
+        id_: bytes | None = None,
+        deadline: int | None = None,
     ) -> Withdrawal:
         if id_ is None:
             id_ = self.next_id.to_bytes(32, "big")
@@ -88,7 +94,9 @@ class VaultWorld:
         )
 
     def node_sigs(
-        self, ws: Sequence[Withdrawal], keys: Sequence[Key] | None = None,
+        self,
+        ws: Sequence[Withdrawal],
+        keys: Sequence[Key] | None = None,
         domain: VaultDomain | None = None,
     ) -> list[bytes]:
         """The signatures of ``keys`` (default: the first two nodes) over the batch, sorted by
@@ -100,12 +108,20 @@ class VaultWorld:
     def call(
         self, ws: Sequence[Withdrawal], user_sigs: Sequence[bytes], node_sigs: Sequence[bytes]
     ) -> Any:
-        return self.vault.functions.withdraw([w.as_abi() for w in ws], list(user_sigs), list(node_sigs))
+        return self.vault.functions.withdraw(
+            [w.as_abi() for w in ws], list(user_sigs), list(node_sigs)
+        )
 
     def withdraw(
-        self, ws: Sequence[Withdrawal], users: Sequence[Key], *, node_keys: Sequence[Key] | None = None
+        self,
+        ws: Sequence[Withdrawal],
+        users: Sequence[Key],
+        *,
+        node_keys: Sequence[Key] | None = None,
     ) -> TxReceipt:
-        user_sigs = [sign_digest(u.private, w.digest(self.domain)) for w, u in zip(ws, users, strict=True)]
+        user_sigs = [
+            sign_digest(u.private, w.digest(self.domain)) for w, u in zip(ws, users, strict=True)
+        ]
         return send(self.call(ws, user_sigs, self.node_sigs(ws, node_keys)), self.sender)
 
 

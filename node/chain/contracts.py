@@ -72,7 +72,9 @@ def vault_errors() -> ErrorTable:
 
 
 def contract_at(w3: Web3, name: str, address: str) -> Contract:
-    return w3.eth.contract(address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"])
+    return w3.eth.contract(
+        address=Web3.to_checksum_address(address), abi=load_artifact(name)["abi"]
+    )
 
 
 def send(call: ContractFunction, sender: str, *, gas: int | None = None) -> TxReceipt:

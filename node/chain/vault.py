@@ -7,8 +7,9 @@ chain. Two digests, both EIP-712 under the domain
 version of :mod:`business.identity.eip712`; the contract's address added because a contract
 checks these signatures, so a signature for one vault or chain is worthless on another):
 
-* the **user** signs one withdrawal:
-  ``Withdrawal(bytes32 id,address token,uint256 amount,address user,address to,bytes16 wallet,uint64 deadline)``;
+* the **user** signs one withdrawal, :data:`WITHDRAWAL_TYPE`:
+  ``Withdrawal(bytes32 id,address token,uint256 amount,address user,address to,``
+  ``bytes16 wallet,uint64 deadline)``;
 * the **signing nodes** sign the whole transaction's batch once:
   ``WithdrawalBatch(Withdrawal[] withdrawals)`` (EIP-712's array encoding: the Keccak of the
   concatenated struct hashes), sorted by signer address strictly increasing in the call.
@@ -56,9 +57,7 @@ WITHDRAWAL_TYPE = (
     "bytes16 wallet,uint64 deadline)"
 )
 BATCH_TYPE = "WithdrawalBatch(Withdrawal[] withdrawals)" + WITHDRAWAL_TYPE
-_DOMAIN_TYPE = (
-    b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-)
+_DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 _WITHDRAWAL_TYPEHASH = keccak(WITHDRAWAL_TYPE.encode())
 _BATCH_TYPEHASH = keccak(BATCH_TYPE.encode())
 _UINT64_MAX = 2**64 - 1
