@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from chains import tester_web3
 from eth_account import Account
-from vaults import LIMIT, WINDOW_S, Key, VaultWorld, advance, rejected, vault_world
+from vaults import LIMIT, WINDOW_S, Key, VaultWorld, advance, rejected, timelocked, vault_world
 from web3 import Web3
 from web3.logs import DISCARD
 
@@ -306,26 +306,6 @@ def test_refused_withdrawals(world: VaultWorld) -> None:
 
 
 # -- roles -------------------------------------------------------------------------------------
-
-
-def timelocked(world: VaultWorld, call: Any, salt: bytes) -> tuple[Any, Any]:
-    """Schedule ``call`` on the vault through the multisig (two operators) and the timelock;
-    returns (execute, the timelock operation's calldata)."""
-    data = call._encode_transaction_data()
-    vault = world.vault.address
-    timelock = world.stack.timelock
-    zero = bytes(32)
-    schedule = timelock.functions.schedule(vault, 0, data, zero, salt, world.stack.delay_s)
-    encoded = schedule._encode_transaction_data()
-    multisig = world.stack.multisig
-    receipt = send(multisig.functions.propose(timelock.address, 0, encoded), world.operators[0])
-    (proposed,) = multisig.events.Proposed().process_receipt(receipt, errors=DISCARD)
-    proposal_id = proposed["args"]["id"]
-    op_id = timelock.functions.hashOperation(vault, 0, data, zero, salt).call()
-    assert not timelock.functions.isOperation(op_id).call()  # one operator is not enough
-    send(multisig.functions.approve(proposal_id), world.operators[1])
-    assert timelock.functions.isOperationPending(op_id).call()
-    return timelock.functions.execute(vault, 0, data, zero, salt), proposal_id
 
 
 def test_owner_actions_need_the_multisig_and_the_delay(world: VaultWorld) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from eth_keys.datatypes import PrivateKey
 from web3 import Web3
+from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from node.anchoring.chain import ChainRejected, Revert
@@ -180,3 +181,23 @@ def advance(w3: Web3, seconds: int) -> None:
         return
     provider.make_request("evm_increaseTime", [seconds])
     provider.make_request("evm_mine", [])
+
+
+def timelocked(world: VaultWorld, call: Any, salt: bytes) -> tuple[Any, Any]:
+    """Schedule ``call`` on the vault through the multisig (two operators) and the timelock;
+    returns (the timelock's execute call, the multisig proposal id)."""
+    data = call._encode_transaction_data()
+    vault = world.vault.address
+    timelock = world.stack.timelock
+    zero = bytes(32)
+    schedule = timelock.functions.schedule(vault, 0, data, zero, salt, world.stack.delay_s)
+    encoded = schedule._encode_transaction_data()
+    multisig = world.stack.multisig
+    receipt = send(multisig.functions.propose(timelock.address, 0, encoded), world.operators[0])
+    (proposed,) = multisig.events.Proposed().process_receipt(receipt, errors=DISCARD)
+    proposal_id = proposed["args"]["id"]
+    op_id = timelock.functions.hashOperation(vault, 0, data, zero, salt).call()
+    assert not timelock.functions.isOperation(op_id).call()  # one operator is not enough
+    send(multisig.functions.approve(proposal_id), world.operators[1])
+    assert timelock.functions.isOperationPending(op_id).call()
+    return timelock.functions.execute(vault, 0, data, zero, salt), proposal_id
