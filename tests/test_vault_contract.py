@@ -20,7 +20,7 @@ from web3.logs import DISCARD
 
 from node.anchoring.chain import ChainRejected
 from node.chain import vault as vault_py
-from node.chain.contracts import deploy, send
+from node.chain.contracts import deploy, is_role_member, send
 from node.chain.vault import VaultDomain, Withdrawal, batch_digest, sign_digest, typed_data
 from node.errors import InvalidRequest
 
@@ -331,8 +331,13 @@ def test_owner_actions_need_the_multisig_and_the_delay(world: VaultWorld) -> Non
         functions.renounceOwnership(),
     ):
         assert rejected(call, world.deployer).name == "OwnableUnauthorizedAccount"
-    # An operator cannot schedule on the timelock directly, only the multisig can.
+    # An operator cannot schedule on the timelock directly, only the multisig can (and cancel).
     timelock = world.stack.timelock
+    for role in ("proposer", "canceller"):
+        assert is_role_member(timelock, role, world.stack.multisig.address)
+        assert not any(
+            is_role_member(timelock, role, a) for a in (world.deployer, *world.operators)
+        )
     direct = timelock.functions.schedule(world.vault.address, 0, b"", bytes(32), bytes(32), 86_400)
     assert rejected(direct, world.operators[0]).name == "AccessControlUnauthorizedAccount"
     execute, _ = timelocked(world, functions.unpause(), b"\x01" * 32)

@@ -45,6 +45,7 @@ __all__ = [
     "contract_at",
     "deploy",
     "deploy_dev_vault",
+    "is_role_member",
     "load_artifact",
     "send",
     "vault_errors",
