@@ -1,24 +1,27 @@
-"""The BaasVault's rules on eth-tester: every refusal a decoded custom error, nothing moved.
+"""The BaasVault's rules on eth-tester and on a real anvil: every refusal a decoded custom
+error, nothing moved.
 
 A refusal is checked as the sender would meet it (gas estimation reverts, ``ChainRejected``
 with the decoded error, nothing sent) and, for withdrawals, also as a mined transaction with a
 fixed gas limit (status 0): balances, ``isPaid`` and the window counter unchanged either way.
-The same rules on a real anvil: tests/test_vault_anvil.py.
+eth-tester raises ``TransactionFailed`` with the revert bytes, anvil answers JSON-RPC error 3
+with hex data: both decode to the same error. Time moves with ``time_travel`` on eth-tester and
+``evm_increaseTime`` on anvil (``vaults.advance``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from chains import tester_web3
+from chains import running_anvil, tester_web3
 from eth_account import Account
 from vaults import LIMIT, WINDOW_S, Key, VaultWorld, advance, rejected, timelocked, vault_world
 from web3 import Web3
 from web3.logs import DISCARD
 
-from node.anchoring.chain import ChainRejected
+from node.anchoring.chain import ChainRejected, connect_web3
 from node.chain import vault as vault_py
 from node.chain.contracts import deploy, is_role_member, send
 from node.chain.vault import VaultDomain, Withdrawal, batch_digest, sign_digest, typed_data
@@ -28,9 +31,14 @@ WALLET = bytes.fromhex("11" * 16)
 ONE = 10**18
 
 
-@pytest.fixture(name="world")
-def world_fixture() -> VaultWorld:
-    return vault_world(tester_web3())
+@pytest.fixture(name="world", params=["eth-tester", "anvil"])
+def world_fixture(request: pytest.FixtureRequest) -> Iterator[VaultWorld]:
+    """The vault stack on eth-tester (in process) and on a real anvil (127.0.0.1)."""
+    if request.param == "eth-tester":
+        yield vault_world(tester_web3())
+        return
+    with running_anvil() as node:
+        yield vault_world(connect_web3(node.url))
 
 
 def usig(world: VaultWorld, user: Key, w: Withdrawal, domain: VaultDomain | None = None) -> bytes:
@@ -439,3 +447,28 @@ def test_checksummed_addresses_roundtrip() -> None:
     assert Withdrawal(bytes(32), key.address, 1, key.address, key.address, bytes(16), 0).as_abi()[
         1
     ] == (Web3.to_checksum_address(key.address))
+
+
+def test_owner_refusals_surface_through_the_timelock(world: VaultWorld) -> None:
+    functions = world.vault.functions
+    renounce, _ = timelocked(world, functions.renounceOwnership(), b"\x04" * 32)
+    bad_rule, _ = timelocked(
+        world, functions.setTokenRule(world.token.address, True, 1, 0), b"\x05" * 32
+    )
+    guardian, _ = timelocked(world, functions.setGuardian(world.stranger, True), b"\x06" * 32)
+    advance(world.w3, world.stack.delay_s + 1)
+    assert rejected(renounce, world.stranger).name == "RenounceDisabled"
+    revert = rejected(bad_rule, world.stranger)
+    assert (revert.name, revert.args) == ("BadTokenRule", (world.token.address,))
+    assert functions.owner().call() == world.stack.timelock.address
+    send(guardian, world.stranger)
+    send(functions.pause(), world.stranger)  # the new guardian pauses at once
+    assert functions.paused().call()
+
+
+def test_a_zero_amount_withdrawal_is_refused(world: VaultWorld) -> None:
+    user, w = one(world)
+    object.__setattr__(w, "amount", 0)  # the Python type refuses 0; so must the contract
+    assert world.vault.functions.withdrawalDigest(w.as_abi()).call() == w.digest(world.domain)
+    revert = refused_withdrawal(world, [w], [usig(world, user, w)], world.node_sigs([w]))
+    assert revert.name == "ZeroAmount"
