@@ -52,6 +52,7 @@ __all__ = [
     "Link",
     "Unlink",
     "domain_separator",
+    "recover_digest_signer",
     "recover_signer",
     "typed_data",
 ]
@@ -210,6 +211,13 @@ def typed_data(message: _Message, chain_id: int) -> dict[str, object]:
 
 def recover_signer(message: _Message, chain_id: int, signature: bytes) -> bytes | None:
     """The 20-byte address that signed ``message``, or None if the signature is not valid."""
+    return recover_digest_signer(message.digest(chain_id), signature)
+
+
+def recover_digest_signer(digest: bytes, signature: bytes) -> bytes | None:
+    """The 20-byte address that signed the 32-byte ``digest`` (65 bytes ``r || s || v``, low
+    ``s``), or None if the signature is not valid. Shared with the vault's withdrawals
+    (:mod:`node.chain.vault`), whose domain also names the contract."""
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         return None
     v = signature[64]
@@ -220,7 +228,7 @@ def recover_signer(message: _Message, chain_id: int, signature: bytes) -> bytes 
         return None
     try:
         sig = Signature(signature_bytes=signature[:64] + bytes((v,)), backend=_BACKEND)
-        public = sig.recover_public_key_from_msg_hash(message.digest(chain_id))
+        public = sig.recover_public_key_from_msg_hash(digest)
     except (BadSignature, ValidationError):
         return None
     address: bytes = public.to_canonical_address()

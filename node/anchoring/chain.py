@@ -84,13 +84,16 @@ __all__ = [
     "ChainMisconfigured",
     "ChainRejected",
     "ChainUnavailable",
+    "ErrorTable",
     "Revert",
     "SignedAnchorTx",
     "TxInclusion",
     "balance",
+    "border",
     "connect_web3",
     "decode_revert",
     "deploy_registry",
+    "error_table",
     "fund",
     "read_chain_id",
     "revert_data",
@@ -196,15 +199,25 @@ _BUILTIN_ERRORS: dict[bytes, tuple[str, list[str]]] = {
 }
 
 
-@cache
-def _registry_errors() -> dict[bytes, tuple[str, list[str]]]:
+ErrorTable = dict[bytes, tuple[str, list[str]]]
+"""4-byte selector -> (custom error name, argument types)."""
+
+
+def error_table(*abis: list[dict[str, Any]]) -> ErrorTable:
+    """The custom errors of ``abis`` (plus ``Error``/``Panic``) by selector, for decode_revert."""
     errors = dict(_BUILTIN_ERRORS)
-    for item in load_artifact()["abi"]:
-        if item["type"] == "error":
-            types = [arg["type"] for arg in item["inputs"]]
-            signature = f"{item['name']}({','.join(types)})"
-            errors[keccak(text=signature)[:4]] = (item["name"], types)
+    for abi in abis:
+        for item in abi:
+            if item["type"] == "error":
+                types = [arg["type"] for arg in item["inputs"]]
+                signature = f"{item['name']}({','.join(types)})"
+                errors[keccak(text=signature)[:4]] = (item["name"], types)
     return errors
+
+
+@cache
+def _registry_errors() -> ErrorTable:
+    return error_table(load_artifact()["abi"])
 
 
 def revert_data(exc: BaseException) -> bytes | None:
@@ -236,13 +249,14 @@ def revert_data(exc: BaseException) -> bytes | None:
     return None
 
 
-def decode_revert(exc: BaseException) -> Revert | None:
+def decode_revert(exc: BaseException, errors: ErrorTable | None = None) -> Revert | None:
     """The contract error behind ``exc`` (eth-tester, anvil, geth or our served chain), or None
-    when ``exc`` is not a revert with data."""
+    when ``exc`` is not a revert with data. ``errors``: the contract's (default: the
+    registry's)."""
     data = revert_data(exc)
     if data is None or len(data) < 4:
         return None
-    known = _registry_errors().get(data[:4])
+    known = (_registry_errors() if errors is None else errors).get(data[:4])
     if known is None:
         return Revert(name="unknown", args=(data.hex(),))
     name, types = known
@@ -257,8 +271,8 @@ def decode_revert(exc: BaseException) -> Revert | None:
     return Revert(name=name, args=args)
 
 
-def _rejection(what: str, exc: BaseException) -> ChainRejected:
-    revert = decode_revert(exc)
+def _rejection(what: str, exc: BaseException, errors: ErrorTable | None = None) -> ChainRejected:
+    revert = decode_revert(exc, errors)
     if revert is not None or isinstance(exc, ContractLogicError | TransactionFailed):
         name = revert.name if revert is not None else "without data"
         return ChainRejected(f"{what}: reverted ({name})", code="chain_reverted", revert=revert)
@@ -281,8 +295,9 @@ def _message_of(exc: BaseException) -> str:
 
 
 @contextmanager
-def _border(what: str) -> Iterator[None]:
-    """Translate what web3 and its backends raise into ChainUnavailable / ChainRejected."""
+def _border(what: str, errors: ErrorTable | None = None) -> Iterator[None]:
+    """Translate what web3 and its backends raise into ChainUnavailable / ChainRejected
+    (reverts decoded with ``errors``, default the registry's)."""
     try:
         yield
     except BaasError:
@@ -290,7 +305,11 @@ def _border(what: str) -> Iterator[None]:
     except _UNAVAILABLE as exc:
         raise ChainUnavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
     except _LIBRARY as exc:
-        raise _rejection(what, exc) from exc
+        raise _rejection(what, exc, errors) from exc
+
+
+border = _border
+"""The border for another contract's calls: ``with border("withdraw", its_errors): ...``."""
 
 
 # -- connecting, funding, deploying ------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""The blockchain core's contracts: the BAAS token, the vault and its owner (issue 15)."""
