@@ -478,12 +478,14 @@ class Payments:
 
     def _open(
         self, chain: _Chain, partner: bytes, ledger: int, wallet_account: int, amount: int,
-        window_s: int, view: StateView,
+        window_s: int, now_ms: int, view: StateView,
     ) -> PaymentRecord:  # fmt: skip
         """Authorise: the pending transfer and the new payment's record."""
         if window_s > self.config.capture_window_s_max:
             raise _Refused(R.BOUND_EXCEEDED)
-        _table(None, Command.AUTHORISE, PAYMENT_TABLE)
+        raw = view.get(payment_key(chain.op))  # ids are op ids: only without the op's result
+        state = None if raw is None else payment_state(view, decode_payment(raw), now_ms)
+        _table(state, Command.AUTHORISE, PAYMENT_TABLE)
         settlement = settlement_account(partner, ledger)
         chain.account(settlement, ledger, AccountCode.SETTLEMENT, _NO_OVERDRAFT)
         pending = chain.transfer(
@@ -556,7 +558,7 @@ class Payments:
     def _authorise(self, r: Authorise, now_ms: int, view: StateView) -> Prepared:
         chain = _Chain(r.op, view)
         p = self._open(chain, r.partner, r.ledger, r.wallet_account, r.amount,
-                       r.capture_window_s, view)  # fmt: skip
+                       r.capture_window_s, now_ms, view)  # fmt: skip
         return self._done(chain, {payment_key(r.op): encode_payment(p)})
 
     def _capture(self, r: Capture, now_ms: int, view: StateView) -> Prepared:
@@ -620,7 +622,7 @@ class Payments:
         wallet_account = wallet_account_id(wallet_id(code.wallet, Mode(mode)), mode, r.ledger)
         chain = _Chain(r.op, view)
         p = self._open(chain, r.partner, r.ledger, wallet_account, r.amount,
-                       r.capture_window_s, view)  # fmt: skip
+                       r.capture_window_s, now_ms, view)  # fmt: skip
         if r.capture:  # the post sees the pending transfer made earlier in the same chain
             p = self._post_events(chain, p, p.amount)
         return self._done(chain, {payment_key(r.op): encode_payment(p)})
@@ -679,10 +681,12 @@ class Payments:
         amount = listing.price * r.quantity
         if amount > AMOUNT_MAX:
             raise _Refused(R.BOUND_EXCEEDED)
-        _table(None, OrderCommand.PLACE, ORDER_TABLE)
+        raw_order = view.get(order_key(r.op))  # as for payments: only without the op's result
+        if raw_order is not None:
+            _table(decode_order(raw_order).state, OrderCommand.PLACE, ORDER_TABLE)
         chain = _Chain(r.op, view)
         p = self._open(chain, listing.partner, listing.ledger, r.wallet_account, amount,
-                       r.capture_window_s, view)  # fmt: skip
+                       r.capture_window_s, now_ms, view)  # fmt: skip
         order = OrderRecord(r.listing, listing.partner, r.quantity, OS.AUTHORISED)
         stock = replace(listing, stock=listing.stock - r.quantity)
         return self._done(
