@@ -78,7 +78,7 @@ def test_the_order_table_covers_every_pair() -> None:
     assert set(ORDER_TABLE) == {(s, c) for s in states for c in C}
 
 
-@pytest.mark.parametrize(("state", "cmd"), sorted(ORDER_TABLE, key=lambda k: (k[0] or 0, k[1])))
+@pytest.mark.parametrize(("state", "cmd"), sorted(ORDER_TABLE, key=repr))
 def test_every_order_state_command_pair_does_what_the_table_says(
     state: OS | None, cmd: OrderCommand
 ) -> None:
