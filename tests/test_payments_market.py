@@ -158,3 +158,35 @@ def test_an_order_the_wallet_cannot_pay_reserves_no_stock() -> None:
     assert place(shop, "o", 3) == "insufficient_funds"
     assert shop.stock(LISTING) == 1000
     assert shop.order_state(op("o")) is None
+
+
+# --- search -------------------------------------------------------------------------------
+
+
+def test_search_filters_pages_and_never_reads_more_than_its_bound() -> None:
+    from business.payments.views import ListingQuery, search_listings
+
+    shop = Shop(PaymentsConfig(search_scan_max=5))
+    for n in range(12):
+        partner = SHOP if n % 2 == 0 else OTHER
+        colour = "red" if n < 6 else "blue"
+        fields: dict[str, object] = {"listing": bytes([n]) * 16, "partner": partner,
+                                     "price": 10 * (n + 1), "title": f"Item {n}",
+                                     "description": colour}  # fmt: skip
+        assert listing(shop, n % 3, **fields) == "ok"
+    config = shop.payments.config
+
+    def ids(query: ListingQuery) -> tuple[list[int], bytes | None]:
+        page = search_listings(shop.view, query, config)
+        return [lid[0] for lid, _ in page.listings], page.resume_after
+
+    assert ids(ListingQuery(limit=3)) == ([0, 1, 2], bytes([2]) * 16)
+    assert ids(ListingQuery(limit=3, after=bytes([2]) * 16)) == ([3, 4, 5], bytes([5]) * 16)
+    # Only SHOP's, in stock, blue: the scan stops at its bound of 5 reads and says where.
+    query = ListingQuery(partner=SHOP, in_stock=True, text="BLUE", limit=10)
+    assert ids(query) == ([], bytes([4]) * 16)
+    resumed = ListingQuery(partner=SHOP, in_stock=True, text="BLUE", after=bytes([4]) * 16)
+    assert ids(resumed) == ([8], bytes([9]) * 16)  # 6 has no stock; 8 does and is blue
+    priced = ListingQuery(price_min=50, price_max=70, limit=10, after=bytes([3]) * 16)
+    assert ids(priced) == ([4, 5, 6], bytes([8]) * 16)
+    assert ids(ListingQuery(after=bytes([9]) * 16)) == ([10, 11], None)  # the end
