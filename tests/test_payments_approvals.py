@@ -29,6 +29,7 @@ from business.ledger import (
     CreateAccount,
     CreateAsset,
     CreateTransfer,
+    Event,
     Ledger,
     LedgerConfig,
     encode_events,
@@ -67,7 +68,7 @@ class Till:
         self.wallet, writes = open_wallet_account(self.view, Mode.TEST, ANN_ADDRESS, BAAS, T0_MS)
         self.view.apply(writes)
         flags = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
-        events = [
+        events: list[Event] = [
             CreateAsset(BAAS, AssetKind.BAAS, 18),
             CreateAccount(7, BAAS, 1),
             CreateAccount(self.wallet, BAAS, 1, flags),

@@ -370,3 +370,21 @@ def test_redeem_events_debit_only_the_code_wallet() -> None:
     transfers = [e for e in prepared.events if isinstance(e, CreateTransfer)]
     assert transfers[0].debit_account_id == wallet("bob")
     assert [t.flags for t in transfers] == [2 | 1, 4]  # pending and linked, then the post
+
+
+def test_a_merchant_is_paid_in_baas_or_its_own_asset_only() -> None:
+    from business.bridge.model import AssetRecord, encode_asset
+    from business.bridge.model import asset_key as bridge_asset_key
+    from business.ledger import AssetKind, CreateAsset
+
+    shop = Shop()
+    shop.ledger_apply([CreateAsset(32, AssetKind.POINT, 0), CreateAsset(34, AssetKind.POINT, 0)])
+    for ledger, partner in ((32, SHOP), (34, OTHER)):
+        record = AssetRecord(partner, 2, 0, "PTS", 0, b"", 0)
+        shop.view.apply([(bridge_asset_key(ledger), encode_asset(record))])
+    assert authorise(shop, "unknown", ledger=40) == "asset_not_found"
+    assert authorise(shop, "foreign", ledger=34) == "asset_foreign"
+    # Its own points: the asset is fine; ann holds none of them.
+    assert authorise(shop, "own", ledger=32, wallet_account=wallet("ann", 32)) == (
+        "insufficient_funds"
+    )

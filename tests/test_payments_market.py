@@ -190,3 +190,12 @@ def test_search_filters_pages_and_never_reads_more_than_its_bound() -> None:
     priced = ListingQuery(price_min=50, price_max=70, limit=10, after=bytes([3]) * 16)
     assert ids(priced) == ([4, 5, 6], bytes([8]) * 16)
     assert ids(ListingQuery(after=bytes([9]) * 16)) == ([10, 11], None)  # the end
+
+
+def test_a_listing_is_priced_in_baas_or_the_partners_own_asset() -> None:
+    from business.ledger import AssetKind, CreateAsset
+
+    shop = Shop()
+    shop.ledger_apply([CreateAsset(34, AssetKind.POINT, 0)])
+    assert listing(shop, ledger=40) == "asset_not_found"
+    assert listing(shop, ledger=34) == "asset_foreign"  # no Bridge record names SHOP

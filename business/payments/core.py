@@ -105,12 +105,13 @@ The checks, in precedence
 The member order of :class:`PaymentResult` is the order of the checks; each request runs the
 subset that concerns it: ``bound_exceeded`` (a field beyond a :class:`PaymentsConfig` bound),
 ``not_platform``, the code checks (lockout, unknown, mode, used, expired, ledger, limit), the
-listing checks, the order table, the payment table, the amounts, then the ledger's verdict:
-``exceeds_credits`` or ``debit_account_not_found`` on the user's wallet is
-``insufficient_funds``, on the settlement account ``merchant_insufficient_funds``;
-``pending_transfer_expired`` is ``payment_expired`` (``order_expired``); any other ledger
-failure ``ledger_refused`` with the ledger's code in the detail. Nothing moves unless every
-event succeeds.
+asset (``asset_not_found``; ``asset_foreign`` unless it is BAAS or the merchant's own points or
+token as the Bridge registered them), the listing checks, the order table, the payment
+table, the amounts, then the ledger's verdict: ``exceeds_credits`` or
+``debit_account_not_found`` on the user's wallet is ``insufficient_funds``, on the settlement
+account ``merchant_insufficient_funds``; ``pending_transfer_expired`` is ``payment_expired``
+(``order_expired``); any other ledger failure ``ledger_refused`` with the ledger's code in the
+detail. Nothing moves unless every event succeeds.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from business.bridge.model import amount_of, pack, unpack
+from business.bridge.views import get_asset as get_bridge_asset
 from business.identity.ids import (
     Mode,
     mode_of_ledger,
@@ -134,6 +136,7 @@ from business.ledger.model import (
     NS_PER_MS,
     NS_PER_S,
     AccountFlags,
+    AssetKind,
     CreateAccount,
     CreateTransfer,
     Event,
@@ -143,6 +146,7 @@ from business.ledger.model import (
     TransferResult,
 )
 from business.ledger.model import account_key as ledger_account_key
+from business.ledger.views import get_asset as get_ledger_asset
 from business.ledger.views import get_pending_status, get_transfer
 from business.payments.model import (
     AMOUNT_MAX,
@@ -375,6 +379,18 @@ class _Chain:
         return (*self.events[:-1], replace(last, flags=last.flags & ~_LINKED))
 
 
+def _check_asset(view: StateView, partner: bytes, ledger: int) -> None:
+    """A merchant is paid in BAAS or in an asset of its own (its points or token, as the
+    Bridge registered it), never in another partner's."""
+    asset = get_ledger_asset(view, ledger)
+    if asset is None:
+        raise _Refused(R.ASSET_NOT_FOUND)
+    if asset.kind != AssetKind.BAAS:
+        record = get_bridge_asset(view, ledger)
+        if record is None or record.partner != partner:
+            raise _Refused(R.ASSET_FOREIGN)
+
+
 def _table(state: Any, command: Any, table: Mapping[Any, Any]) -> Any:
     """The table's next state, or raise its refusal."""
     target = table[(state, command)]
@@ -483,6 +499,7 @@ class Payments:
         """Authorise: the pending transfer and the new payment's record."""
         if window_s > self.config.capture_window_s_max:
             raise _Refused(R.BOUND_EXCEEDED)
+        _check_asset(view, partner, ledger)
         raw = view.get(payment_key(chain.op))  # ids are op ids: only without the op's result
         state = None if raw is None else payment_state(view, decode_payment(raw), now_ms)
         _table(state, Command.AUTHORISE, PAYMENT_TABLE)
@@ -635,6 +652,7 @@ class Payments:
             or len(r.description) > self.config.description_chars_max
         ):
             raise _Refused(R.BOUND_EXCEEDED)
+        _check_asset(view, r.partner, r.ledger)
         raw = view.get(listing_key(r.listing))
         writes: dict[bytes, bytes] = {}
         if raw is None:

@@ -61,6 +61,9 @@ class PaymentResult(str, enum.Enum):
     CODE_EXPIRED = "code_expired"
     CODE_LEDGER_MISMATCH = "code_ledger_mismatch"
     CODE_LIMIT_EXCEEDED = "code_limit_exceeded"
+    # the asset: BAAS, or the merchant's own points or token
+    ASSET_NOT_FOUND = "asset_not_found"
+    ASSET_FOREIGN = "asset_foreign"
     # listings
     LISTING_NOT_FOUND = "listing_not_found"
     LISTING_FOREIGN = "listing_foreign"
