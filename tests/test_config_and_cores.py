@@ -47,7 +47,9 @@ PURE_MODULES = [
     ),
     # The identity core (partners, wallets, links, approvals, operation scope): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/identity").glob("*.py")),
-    # The payment codes (QR payloads, consumer codes, their images): pure throughout.
+    # Payments (the payment and order state machines, code redemption, listing search, the
+    # webhook schedule and signature) and the payment codes (QR payloads, consumer codes,
+    # their images): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/payments").rglob("*.py")),
     # The Bridge core (points, tokens, reserves, policies, swaps): pure throughout.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "business/bridge").glob("*.py")),

@@ -15,8 +15,8 @@ digits; :mod:`business.payments.codes.images` draws them)::
 ``secrets.token_bytes(16)``; this module stays pure and takes them as input). That is the
 floor ``business.identity.ids.code_hash`` sets for any one-time code: it is a bearer secret.
 Guessing one of ``n`` live codes takes about ``2^128 / n`` tries, so the per-merchant lockout
-after wrong guesses (the payment route's, issue 14 item 3) is defence in depth, not the
-protection.
+after wrong guesses (:mod:`business.payments.core`: ``guesses_max`` per window) is defence in
+depth, not the protection.
 
 **How it maps to the identity machine.** The code's *bytes* are the 16 secret bytes, so the
 hash the wallet signs in ``code.issue`` (``CodeIssue.code_hash``) and the state stores
