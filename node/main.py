@@ -302,7 +302,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             config.node.p2p_listen,
             config.node.http_listen,
         )
-        await stop.wait()
+        await _until_stopped_or_dead(stop, replicated_log)
     finally:
         ready = False
         log.info("node %s stopping", config.node.name)
@@ -326,6 +326,21 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_storage.close()
         hints.close()
         store.close()
+
+
+async def _until_stopped_or_dead(stop: asyncio.Event, replicated_log: ReplicatedLog) -> None:
+    """Return on a stop signal; raise if the consensus loop dies first: a node without its
+    loop would keep serving reads and taking shards while it neither votes, appends nor
+    applies, so it exits (non-zero, one line why: see main) and its supervisor restarts it."""
+    stopped = asyncio.create_task(stop.wait())
+    dead = asyncio.create_task(replicated_log.wait_dead())
+    try:
+        await asyncio.wait((stopped, dead), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, dead):
+            task.cancel()
+    if replicated_log.died is not None and not stop.is_set():
+        raise replicated_log.died
 
 
 async def _check_incarnation(
