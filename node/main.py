@@ -36,12 +36,13 @@ from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
-from node.errors import BaasError
+from node.errors import BaasError, NotFound
 from node.incarnation import confirm_not_former_member, establish
 from node.ledger_metrics import MeasuredLedgerOps, ledger_stat_families
 from node.logs import configure_logging
 from node.membership import MembershipManager, StoreView
-from node.merkle.log import MerkleLog, NodeCache, root_at
+from node.merkle.leaf import LeafData
+from node.merkle.log import MerkleLog, MerkleReader, NodeCache, root_at
 from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
@@ -51,6 +52,7 @@ from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import GatherLimits, RecordIndexClient
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
 from node.runtime import tune_gc
+from node.scrub import RecordView, Scrubber
 from node.storage.hints import HintStore
 from node.storage.orphans import OrphanCollector
 from node.storage.shard_service import ShardService
@@ -94,7 +96,10 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     metrics.add_stats(ledger_stat_families(ledger_ops, raft_storage.state_items))
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
-        store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
+        store,
+        config.limits,
+        on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds),
+        quarantine_kept_max=config.scrub.quarantine_kept_max,
     )
     p2p = P2PNode(
         identity_seed=load_identity_seed(config.node.identity_file),
@@ -208,6 +213,15 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         interval_s=config.gc.interval_s,
         records_per_pass_max=config.gc.records_per_pass_max,
     )
+    scrubber = Scrubber(
+        store=store,
+        settings=config.scrub,
+        records=RecordView(
+            indexed_version=lambda rid: _indexed_version(index_client, rid),
+            leaf=lambda rid: _leaf_of(raft_storage, rid),
+        ),
+        quarantine=lambda items: p2p.on_trio(partial(shard_service.committer.quarantine, items)),
+    )
     chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
     anchoring_proposer = ForwardingProposer(
         replicated_log,
@@ -244,6 +258,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         mover_stats=lambda: dataclasses.asdict(mover.stats),
         repair_stats=lambda: dataclasses.asdict(repairer.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
+        scrub_stats=lambda: dataclasses.asdict(scrubber.stats),
         log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
         anchoring_status=anchoring.status,
@@ -285,6 +300,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await mover.start()
         await repairer.start()
         await collector.start()
+        await scrubber.start()
         await identity_proposer.start()
         if config.anchoring.enabled:
             await anchoring_proposer.start()
@@ -316,6 +332,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             await anchoring_proposer.stop()
         await identity_proposer.stop()
         await coordinator.stop()
+        await scrubber.stop()
         await collector.stop()
         await repairer.stop()
         await mover.stop()
@@ -377,6 +394,15 @@ async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) ->
 def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None:
     entry = index.lookup(record_id)
     return None if entry is None else entry.content_hash
+
+
+def _leaf_of(raft_storage: DurableRaftStorage, record_id: bytes) -> LeafData | None:
+    """The record's Merkle leaf as this node applied it (None: not (yet) in the log)."""
+    try:
+        found = MerkleReader(StoreView(raft_storage)).leaf_of(record_id)
+    except NotFound:
+        return None
+    return LeafData.decode(found.data)
 
 
 def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, object]:
