@@ -373,10 +373,19 @@ class RepairSettings:
     # Records younger than this are not planned: their last shards may still be on their way
     # (background puts past the write quorum, hinted handoff).
     fresh_record_s: float = 10.0
+    # Records a node's scrubber reported (it quarantined one of their shards), waiting on the
+    # leader for a round of their own ahead of the walk; beyond, a report is dropped (counted)
+    # and the walk finds the record in its time.
+    suspects_max: int = 10_000
 
     def validate(self) -> None:
         require_positive_fields(self, "repair", integers_only=False)
-        for name in ("page_records_max", "shards_per_round_max", "rebuilds_inflight_max"):
+        for name in (
+            "page_records_max",
+            "shards_per_round_max",
+            "rebuilds_inflight_max",
+            "suspects_max",
+        ):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"repair.{name} must be an integer")
 

@@ -48,8 +48,10 @@ from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.repair import ShardRepairer
+from node.repair_suspects import SuspectReporter, SuspectRoute, add_suspect_route
 from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import GatherLimits, RecordIndexClient
+from node.replication.leader_route import LeaderRoute
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
 from node.runtime import tune_gc
 from node.scrub import RecordView, Scrubber
@@ -213,6 +215,17 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         interval_s=config.gc.interval_s,
         records_per_pass_max=config.gc.records_per_pass_max,
     )
+    suspect_reporter = SuspectReporter(
+        LeaderRoute(
+            replicated_log,
+            address_of=membership.http_addr,
+            api_token=api_token.decode(),
+            request_timeout_s=config.timeouts.p2p_request_s,
+        ),
+        repairer.report_suspects,
+        records_max=config.limits.records_per_request_max,
+        timeout_s=config.timeouts.p2p_request_s,
+    )
     scrubber = Scrubber(
         store=store,
         settings=config.scrub,
@@ -221,6 +234,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             leaf=lambda rid: _leaf_of(raft_storage, rid),
         ),
         quarantine=lambda items: p2p.on_trio(partial(shard_service.committer.quarantine, items)),
+        report=suspect_reporter.report,
     )
     chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
     anchoring_proposer = ForwardingProposer(
@@ -290,6 +304,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             audit_limit_max=IdentityConfig().audit_list_limit_max,
         ),
     )
+    add_suspect_route(
+        node_app,
+        SuspectRoute(
+            take=repairer.report_suspects,
+            is_leader=lambda: replicated_log.status().role == "leader",
+            records_max=config.limits.records_per_request_max,
+        ),
+    )
     runner = ProblemAppRunner(node_app, access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
@@ -300,6 +322,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await mover.start()
         await repairer.start()
         await collector.start()
+        await suspect_reporter.start()
         await scrubber.start()
         await identity_proposer.start()
         if config.anchoring.enabled:
@@ -333,6 +356,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await identity_proposer.stop()
         await coordinator.stop()
         await scrubber.stop()
+        await suspect_reporter.stop()
         await collector.stop()
         await repairer.stop()
         await mover.stop()

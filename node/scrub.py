@@ -18,8 +18,10 @@ the shard key space like a delete, its bytes are kept aside for an operator, and
 no read returns it and no repair inventory (``HasRecords``) lists it. That is how repair
 learns of it, the same way it learns of a wiped disk: the leader's next pass over that record
 finds the shard missing on a holder that answered, rebuilds it from ``k`` others and puts it
-back in place (:mod:`node.repair`). The cursor is saved after every page, so a restarted node
-resumes its pass where it was.
+back in place (:mod:`node.repair`). So that this happens soon rather than when the leader's
+walk over the index comes by, the scrubber also reports the records to the leader, which
+plans them ahead of its walk (:mod:`node.repair_suspects`). The cursor is saved after every
+page, so a restarted node resumes its pass where it was.
 
 Counted in :class:`ScrubStats` (``/internal/v1/status`` ``scrub``, ``baas_node_scrub_*`` in
 ``/metrics``, a line in ``baas-cluster status``).
@@ -105,12 +107,14 @@ class Scrubber:
         settings: ScrubSettings,
         records: RecordView,
         quarantine: Callable[[Sequence[QuarantineItem]], Awaitable[int]],
+        report: Callable[[Sequence[bytes]], Awaitable[None]] | None = None,
         clock_ms: Callable[[], int] = _now_ms,
     ) -> None:
         self._store = store
         self._rules = rules_of(settings)
         self._records = records
         self._quarantine = quarantine
+        self._report = report  # to the leader's repairer (node/repair_suspects.py)
         self._clock_ms = clock_ms
         cursor = store.scrub_cursor()
         self._state = ScrubState(cursor=cursor)
@@ -171,6 +175,8 @@ class Scrubber:
                 ", ".join(sorted({b.reason for b in bad})),
                 quarantined,
             )
+        if quarantined and self._report is not None:
+            await self._report(list(dict.fromkeys(b.key.record_id for b in bad)))
         self._state = page.state
         self._count(entries, bad, quarantined, page.pass_s)
         await asyncio.to_thread(self._store.save_scrub_cursor, self._state.cursor)

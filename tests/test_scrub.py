@@ -18,8 +18,10 @@ import pytest
 import trio
 
 from node.config import ScrubSettings
+from node.errors import InvalidRequest
 from node.merkle.leaf import LeafData
 from node.records import Shard, ShardMeta
+from node.repair_suspects import decode_suspects
 from node.scrub import RecordView, Scrubber
 from node.storage.entry import decode_entry
 from node.storage.group_commit import GroupCommitter
@@ -84,14 +86,26 @@ def run_in_committer(store: ShardStore, work: str, *args: object, **kw: object) 
     return result[0]
 
 
-def scrubber(store: ShardStore, records: Records, **settings: object) -> Scrubber:
+def scrubber(
+    store: ShardStore, records: Records, reported: list[bytes] | None = None, **settings: object
+) -> Scrubber:
     async def quarantine(items: Sequence[QuarantineItem]) -> int:
         taken = await asyncio.to_thread(run_in_committer, store, "quarantine", items)
         assert isinstance(taken, int)
         return taken
 
+    async def report(record_ids: Sequence[bytes]) -> None:
+        if reported is not None:
+            reported.extend(record_ids)
+
     config = replace(ScrubSettings(), **settings)  # type: ignore[arg-type]
-    return Scrubber(store=store, settings=config, records=records.view(), quarantine=quarantine)
+    return Scrubber(
+        store=store,
+        settings=config,
+        records=records.view(),
+        quarantine=quarantine,
+        report=report,
+    )
 
 
 def fill(path: Path) -> dict[bytes, bytes]:
@@ -138,8 +152,10 @@ async def test_a_byte_flipped_on_disk_is_quarantined_counted_and_repaired_back(
         records = Records(written)
         # Before the scrub, a read already refuses the entry (checksum): corrupt, not served.
         assert store.get(victim) == ([], 1)
-        scrub = scrubber(store, records, page_shards_max=16)
+        reported: list[bytes] = []
+        scrub = scrubber(store, records, reported, page_shards_max=16)
         assert await scrub_pass(scrub) == 1
+        assert reported == [victim]  # to the leader's repairer, ahead of its walk
         stats = scrub.stats
         assert stats.shards_checked == RECORDS and stats.passes == 1
         assert stats.corrupt == {"checksum": 1, "shard_hash": 0} and stats.quarantined == 1
@@ -156,6 +172,7 @@ async def test_a_byte_flipped_on_disk_is_quarantined_counted_and_repaired_back(
         assert store.get(victim) == ([repaired], 0) and store.count() == RECORDS
         # The next pass finds nothing new; every other shard was served intact throughout.
         assert await scrub_pass(scrub) == 0
+        assert reported == [victim]
         assert scrub.stats.corrupt["checksum"] == 1 and scrub.stats.shards_checked == 2 * RECORDS
         for rid, data in written.items():
             assert [s.data for s in store.get(rid)[0]] == [data]
@@ -251,3 +268,11 @@ def test_scrub_pages_are_bounded_by_shards_and_bytes_and_in_key_order(tmp_path: 
         assert all(e.shard is not None for e in page)
     finally:
         store.close()
+
+
+def test_a_suspect_report_carries_record_ids_only() -> None:
+    rid = os.urandom(32)
+    assert decode_suspects({"rids": [rid]}, 10) == [rid]
+    for body in ({}, {"rids": []}, {"rids": [rid] * 11}, {"rids": [b"short"]}, {"rids": ["x"]}, []):
+        with pytest.raises(InvalidRequest):
+            decode_suspects(body, 10)
