@@ -6,23 +6,27 @@ caught by the cross-check; the cursor survives a restart."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import Mock
 
 import msgpack
 import plyvel
 import pytest
 import trio
 
+from node.api.node_metrics import node_stat_families
 from node.config import ScrubSettings
-from node.errors import InvalidRequest
+from node.errors import ConfigError, InvalidRequest
 from node.merkle.leaf import LeafData
+from node.metrics import Metrics
 from node.records import Shard, ShardMeta
 from node.repair_suspects import decode_suspects
-from node.scrub import RecordView, Scrubber
+from node.scrub import RecordView, Scrubber, ScrubStats
 from node.storage.entry import decode_entry
 from node.storage.group_commit import GroupCommitter
 from node.storage.shard_store import PREFIX_QUARANTINE, QuarantineItem, ShardStore, shard_db_key
@@ -276,3 +280,27 @@ def test_a_suspect_report_carries_record_ids_only() -> None:
     for body in ({}, {"rids": []}, {"rids": [rid] * 11}, {"rids": [b"short"]}, {"rids": ["x"]}, []):
         with pytest.raises(InvalidRequest):
             decode_suspects(body, 10)
+
+
+def test_scrub_counts_are_exposed_as_prometheus_families() -> None:
+    stats = ScrubStats(passes=2, shards_checked=90, quarantined=1, last_pass_s=4.5)
+    stats.corrupt["checksum"] = 1
+    state = Mock(scrub_stats=lambda: dataclasses.asdict(stats))  # only scrub_* are read
+    metrics = Metrics("baas_node")
+    families = node_stat_families(state)  # type: ignore[arg-type]
+    metrics.add_stats([f for f in families if f.name.startswith("scrub_")])
+    text = metrics.exposition().decode()
+    assert "baas_node_scrub_shards_checked_total 90.0" in text
+    assert 'baas_node_scrub_corrupt_total{reason="checksum"} 1.0' in text
+    assert 'baas_node_scrub_corrupt_total{reason="shard_hash"} 0.0' in text
+    assert "baas_node_scrub_quarantined_total 1.0" in text
+    assert "baas_node_scrub_passes_total 2.0" in text
+    assert "baas_node_scrub_pass_seconds 4.5" in text
+    assert "baas_node_scrub_last_pass_finished_ms 0.0" in text
+
+
+def test_scrub_settings_are_validated() -> None:
+    ScrubSettings().validate()
+    for bad in ({"shards_per_s_max": 0.0}, {"page_shards_max": 1.5}, {"bytes_per_s_max": -1.0}):
+        with pytest.raises(ConfigError):
+            replace(ScrubSettings(), **bad).validate()  # type: ignore[arg-type]

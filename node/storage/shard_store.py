@@ -359,7 +359,8 @@ class ShardStore:
         stop = bytes((PREFIX_SHARD[0] + 1,))
         found: list[ScrubbedEntry] = []
         size = 0
-        for db_key, value in self._db.iterator(start=start, stop=stop):
+        # fill_cache=False: a pass over every shard must not evict the blocks reads keep hot.
+        for db_key, value in self._db.iterator(start=start, stop=stop, fill_cache=False):
             if len(found) >= shards_max or (found and size + len(value) > bytes_max):
                 return found, False
             size += len(value)
