@@ -207,7 +207,9 @@ class ShardRepairer:
         plan = await self._plan(entries, scratch, raise_deficit=False)
         repaired, _ = await self._carry_out(plan)
         self.stats.suspect_shards_repaired += repaired
-        if plan.deferred:  # more than a round holds: the rest go back to the front
+        # More than a round holds: the rest go back to the front -- unless the round made no
+        # progress (its rebuilds all failed), which would spin here ahead of the walk.
+        if plan.deferred and repaired:
             planned = {r.entry.record_id for r in plan.repairs}
             rest = [e.record_id for e in entries if e.record_id not in planned]
             self._suspects = dict.fromkeys([*rest, *self._suspects])

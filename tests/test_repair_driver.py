@@ -257,3 +257,18 @@ async def test_a_node_that_stops_leading_forgets_its_reports() -> None:
     driver._log = SimpleNamespace(status=lambda: SimpleNamespace(role="follower"))  # type: ignore[assignment]
     assert await driver.round_once() == 0
     assert driver.stats.suspects_waiting == 0 and holders.rebuilt == []
+
+
+async def test_reported_records_beyond_a_round_go_next_unless_nothing_was_rebuilt() -> None:
+    entries = in_order([entry(i) for i in range(6)])
+    holders = Holders(entries)
+    for e in entries:  # each misses shards 0 and 1: two rebuilds a record, 4 per round
+        holders.held["n1"].discard(ShardKey(e.record_id, e.content_hash, 0))
+        holders.held["n2"].discard(ShardKey(e.record_id, e.content_hash, 1))
+    driver = repairer(entries, holders, page_records_max=8, shards_per_round_max=5)
+    driver.report_suspects([e.record_id for e in entries])
+    await driver.round_once()
+    assert driver.stats.suspect_shards_repaired == 4 and driver.stats.suspects_waiting == 4
+    holders.refusing.update({"n1", "n2"})  # now every rebuild fails: no progress
+    await driver.round_once()
+    assert driver.stats.suspects_waiting == 0  # left to the walk, no spinning ahead of it
