@@ -36,7 +36,7 @@ from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
-from node.errors import BaasError, NotFound
+from node.errors import BaasError, InvalidRequest, NotFound, UnsupportedFormat
 from node.incarnation import confirm_not_former_member, establish
 from node.ledger_metrics import MeasuredLedgerOps, ledger_stat_families
 from node.logs import configure_logging
@@ -421,12 +421,12 @@ def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None
 
 
 def _leaf_of(raft_storage: DurableRaftStorage, record_id: bytes) -> LeafData | None:
-    """The record's Merkle leaf as this node applied it (None: not (yet) in the log)."""
+    """The record's Merkle leaf as this node applied it (None: not (yet) in the log, or a
+    leaf this code cannot read: not comparable, rather than a scrubber stuck on it)."""
     try:
-        found = MerkleReader(StoreView(raft_storage)).leaf_of(record_id)
-    except NotFound:
+        return LeafData.decode(MerkleReader(StoreView(raft_storage)).leaf_of(record_id).data)
+    except (NotFound, InvalidRequest, UnsupportedFormat):
         return None
-    return LeafData.decode(found.data)
 
 
 def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, object]:
