@@ -360,11 +360,14 @@ class ShardStore:
         found: list[ScrubbedEntry] = []
         size = 0
         # fill_cache=False: a pass over every shard must not evict the blocks reads keep hot.
-        for db_key, value in self._db.iterator(start=start, stop=stop, fill_cache=False):
-            if len(found) >= shards_max or (found and size + len(value) > bytes_max):
-                return found, False
-            size += len(value)
-            found.append(self._scrubbed(db_key, value))
+        try:
+            for db_key, value in self._db.iterator(start=start, stop=stop, fill_cache=False):
+                if len(found) >= shards_max or (found and size + len(value) > bytes_max):
+                    return found, False
+                size += len(value)
+                found.append(self._scrubbed(db_key, value))
+        except plyvel.Error as exc:  # a table LevelDB itself cannot read past
+            raise OperationFailed(f"shard database unreadable after {after.hex()}: {exc}") from exc
         return found, True
 
     def _scrubbed(self, db_key: bytes, value: bytes) -> ScrubbedEntry:
