@@ -35,6 +35,7 @@ __all__ = [
     "NodeTimeouts",
     "RaftSettings",
     "RepairSettings",
+    "ScrubSettings",
     "load_node_config",
     "parse_host_port",
     "read_toml",
@@ -372,12 +373,46 @@ class RepairSettings:
     # Records younger than this are not planned: their last shards may still be on their way
     # (background puts past the write quorum, hinted handoff).
     fresh_record_s: float = 10.0
+    # Records a node's scrubber reported (it quarantined one of their shards), waiting on the
+    # leader for a round of their own ahead of the walk; beyond, a report is dropped (counted)
+    # and the walk finds the record in its time.
+    suspects_max: int = 10_000
 
     def validate(self) -> None:
         require_positive_fields(self, "repair", integers_only=False)
-        for name in ("page_records_max", "shards_per_round_max", "rebuilds_inflight_max"):
+        for name in (
+            "page_records_max",
+            "shards_per_round_max",
+            "rebuilds_inflight_max",
+            "suspects_max",
+        ):
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"repair.{name} must be an integer")
+
+
+@dataclass(frozen=True, slots=True)
+class ScrubSettings:
+    """Every node's background check of its own shards (node/scrub.py): each entry read back
+    and its checksum verified, a sample also checked against the record's hashes in the log;
+    a bad shard is quarantined and repair rebuilds it."""
+
+    # The read pace, bounded both ways: a node of large shards is held by bytes, one of many
+    # small ones by shards (reading and checking one costs 20-40 us of CPU here: 200/s is <1%
+    # of a core; 8 MiB/s a few % of one disk).
+    shards_per_s_max: float = 200.0
+    bytes_per_s_max: float = 8.0 * 1024 * 1024
+    pass_interval_s: float = 86_400.0  # a full pass starts at most once a day
+    page_shards_max: int = 64  # shards read at once
+    page_bytes_max: int = 4 * 1024 * 1024  # stored bytes read at once (at least one shard)
+    # Intact shards also compared with the record's shard hashes in the log (per second).
+    cross_check_records_per_s_max: float = 10.0
+    quarantine_kept_max: int = 1000  # bad shards whose bytes are kept (under q) for an operator
+
+    def validate(self) -> None:
+        require_positive_fields(self, "scrub", integers_only=False)
+        for name in ("page_shards_max", "page_bytes_max", "quarantine_kept_max"):
+            if not isinstance(getattr(self, name), int):
+                raise ConfigError(f"scrub.{name} must be an integer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +436,7 @@ class NodeConfig:
     moves: MoveSettings = field(default_factory=MoveSettings)
     repair: RepairSettings = field(default_factory=RepairSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    scrub: ScrubSettings = field(default_factory=ScrubSettings)
     anchoring: AnchoringSettings = field(default_factory=AnchoringSettings)
 
     def validate(self) -> None:
@@ -416,6 +452,7 @@ class NodeConfig:
             # A record may need up to n - k rebuilds: one round must fit any single record.
             raise ConfigError("repair.shards_per_round_max must be at least cluster.n")
         self.gc.validate()
+        self.scrub.validate()
         self.anchoring.validate()
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
@@ -495,6 +532,7 @@ def load_node_config(path: Path) -> NodeConfig:
         moves=build_dataclass(MoveSettings, _section(raw, "moves"), "moves"),
         repair=build_dataclass(RepairSettings, _section(raw, "repair"), "repair"),
         gc=build_dataclass(GcSettings, _section(raw, "gc"), "gc"),
+        scrub=build_dataclass(ScrubSettings, _section(raw, "scrub"), "scrub"),
         anchoring=anchoring_from_table(dict(_section(raw, "anchoring")), base),
     )
     config.validate()

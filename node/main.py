@@ -36,21 +36,25 @@ from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.consensus.types import Membership, default_membership
 from node.coordinator import Coordinator
-from node.errors import BaasError
+from node.errors import BaasError, InvalidRequest, NotFound, UnsupportedFormat
 from node.incarnation import confirm_not_former_member, establish
 from node.ledger_metrics import MeasuredLedgerOps, ledger_stat_families
 from node.logs import configure_logging
 from node.membership import MembershipManager, StoreView
-from node.merkle.log import MerkleLog, NodeCache, root_at
+from node.merkle.leaf import LeafData
+from node.merkle.log import MerkleLog, MerkleReader, NodeCache, root_at
 from node.metrics import Metrics
 from node.mover import ShardMover
 from node.p2p.identity import load_identity_seed
 from node.p2p.service import P2PNode
 from node.repair import ShardRepairer
+from node.repair_suspects import SuspectReporter, SuspectRoute, add_suspect_route
 from node.replication.durable import DurableRaftStorage
 from node.replication.index_client import GatherLimits, RecordIndexClient
+from node.replication.leader_route import LeaderRoute
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
 from node.runtime import tune_gc
+from node.scrub import RecordView, Scrubber
 from node.storage.hints import HintStore
 from node.storage.orphans import OrphanCollector
 from node.storage.shard_service import ShardService
@@ -94,7 +98,10 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
     metrics.add_stats(ledger_stat_families(ledger_ops, raft_storage.state_items))
     replicated: list[ReplicatedLog] = []  # bound below; the p2p inbox needs it first
     shard_service = ShardService(
-        store, config.limits, on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds)
+        store,
+        config.limits,
+        on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds),
+        quarantine_kept_max=config.scrub.quarantine_kept_max,
     )
     p2p = P2PNode(
         identity_seed=load_identity_seed(config.node.identity_file),
@@ -208,6 +215,27 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         interval_s=config.gc.interval_s,
         records_per_pass_max=config.gc.records_per_pass_max,
     )
+    suspect_reporter = SuspectReporter(
+        LeaderRoute(
+            replicated_log,
+            address_of=membership.http_addr,
+            api_token=api_token.decode(),
+            request_timeout_s=config.timeouts.p2p_request_s,
+        ),
+        repairer.report_suspects,
+        records_max=config.limits.records_per_request_max,
+        timeout_s=config.timeouts.p2p_request_s,
+    )
+    scrubber = Scrubber(
+        store=store,
+        settings=config.scrub,
+        records=RecordView(
+            indexed_version=lambda rid: _indexed_version(index_client, rid),
+            leaf=lambda rid: _leaf_of(raft_storage, rid),
+        ),
+        quarantine=lambda items: p2p.on_trio(partial(shard_service.committer.quarantine, items)),
+        report=suspect_reporter.report,
+    )
     chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
     anchoring_proposer = ForwardingProposer(
         replicated_log,
@@ -244,6 +272,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         mover_stats=lambda: dataclasses.asdict(mover.stats),
         repair_stats=lambda: dataclasses.asdict(repairer.stats),
         gc_stats=lambda: dataclasses.asdict(collector.stats),
+        scrub_stats=lambda: dataclasses.asdict(scrubber.stats),
         log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
         anchoring_status=anchoring.status,
@@ -275,6 +304,14 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             audit_limit_max=IdentityConfig().audit_list_limit_max,
         ),
     )
+    add_suspect_route(
+        node_app,
+        SuspectRoute(
+            take=repairer.report_suspects,
+            is_leader=lambda: replicated_log.status().role == "leader",
+            records_max=config.limits.records_per_request_max,
+        ),
+    )
     runner = ProblemAppRunner(node_app, access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
@@ -285,6 +322,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await mover.start()
         await repairer.start()
         await collector.start()
+        await suspect_reporter.start()
+        await scrubber.start()
         await identity_proposer.start()
         if config.anchoring.enabled:
             await anchoring_proposer.start()
@@ -302,7 +341,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             config.node.p2p_listen,
             config.node.http_listen,
         )
-        await stop.wait()
+        await _until_stopped_or_dead(stop, replicated_log)
     finally:
         ready = False
         log.info("node %s stopping", config.node.name)
@@ -316,6 +355,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             await anchoring_proposer.stop()
         await identity_proposer.stop()
         await coordinator.stop()
+        await scrubber.stop()
+        await suspect_reporter.stop()
         await collector.stop()
         await repairer.stop()
         await mover.stop()
@@ -326,6 +367,21 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         raft_storage.close()
         hints.close()
         store.close()
+
+
+async def _until_stopped_or_dead(stop: asyncio.Event, replicated_log: ReplicatedLog) -> None:
+    """Return on a stop signal; raise if the consensus loop dies first: a node without its
+    loop would keep serving reads and taking shards while it neither votes, appends nor
+    applies, so it exits (non-zero, one line why: see main) and its supervisor restarts it."""
+    stopped = asyncio.create_task(stop.wait())
+    dead = asyncio.create_task(replicated_log.wait_dead())
+    try:
+        await asyncio.wait((stopped, dead), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (stopped, dead):
+            task.cancel()
+    if replicated_log.died is not None and not stop.is_set():
+        raise replicated_log.died
 
 
 async def _check_incarnation(
@@ -362,6 +418,15 @@ async def _propose_one(log: ReplicatedLog, timeout_s: float, entry: AppEntry) ->
 def _indexed_version(index: RecordIndexClient, record_id: bytes) -> bytes | None:
     entry = index.lookup(record_id)
     return None if entry is None else entry.content_hash
+
+
+def _leaf_of(raft_storage: DurableRaftStorage, record_id: bytes) -> LeafData | None:
+    """The record's Merkle leaf as this node applied it (None: not (yet) in the log, or a
+    leaf this code cannot read: not comparable, rather than a scrubber stuck on it)."""
+    try:
+        return LeafData.decode(MerkleReader(StoreView(raft_storage)).leaf_of(record_id).data)
+    except (NotFound, InvalidRequest, UnsupportedFormat):
+        return None
 
 
 def _raft_status(replicated_log: ReplicatedLog, p2p: P2PNode) -> dict[str, object]:

@@ -42,6 +42,14 @@ The rebuild reads and puts go through the coordinator's coalescing lanes, which 
 in flight per peer next to the traffic. Progress and backlog are in :class:`RepairStats`
 (``/internal/v1/status`` ``repair``, ``/metrics``, ``baas-cluster status``).
 
+Reported records: a node's scrubber (:mod:`node.scrub`) that quarantined a shard reports its
+record to the leader (:meth:`ShardRepairer.report_suspects`, ``POST
+/internal/v1/repair/suspects`` from another node). They wait in a bounded list
+(``suspects_max``) and get a round of their own, a page of them at a time, before the walk's
+next page: the same inventories and planner (the quarantined shard is missing on a holder
+that answered, so it is rebuilt in place) and the same rate bound. A report only makes repair
+sooner: a dropped one (a full list, a leader change) leaves the record to the walk.
+
 Only the leader repairs (one planner, no two nodes rebuilding the same shard); a leader change
 drops the pass in progress and the new leader starts its own.
 """
@@ -103,6 +111,11 @@ class RepairStats:
     lost_records: int = 0  # records with fewer than k healthy shards
     # Records it found below n, by healthy count (before its repairs).
     below_n_by_healthy: dict[str, int] = field(default_factory=dict)
+    # Records reported by scrubbers (a quarantined shard), planned ahead of the walk:
+    suspects_reported: int = 0
+    suspects_dropped: int = 0  # the list was full: left to the walk
+    suspects_waiting: int = 0
+    suspect_shards_repaired: int = 0
 
 
 @dataclass(slots=True)
@@ -156,6 +169,7 @@ class ShardRepairer:
         self._next_urgent = False  # the last pass found shards missing: the next goes at once
         self._silent_since: dict[str, float] = {}  # node -> monotonic time of its first silence
         self._asked_at: dict[str, float] = {}  # silent node -> when it was last asked
+        self._suspects: dict[bytes, None] = {}  # reported record ids, oldest first
         self.stats = RepairStats()
 
     async def start(self) -> None:
@@ -164,6 +178,56 @@ class ShardRepairer:
     async def stop(self) -> None:
         await self._periodic.stop()
 
+    def report_suspects(self, record_ids: Sequence[bytes]) -> int:
+        """Records with a shard a scrubber quarantined: planned ahead of the walk while this
+        node leads. Returns how many were taken (the rest: the list is full)."""
+        taken = 0
+        for rid in record_ids:
+            if rid in self._suspects:
+                continue
+            if len(self._suspects) >= self._settings.suspects_max:
+                self.stats.suspects_dropped += 1
+                continue
+            self._suspects[rid] = None
+            taken += 1
+        self.stats.suspects_reported += taken
+        self.stats.suspects_waiting = len(self._suspects)
+        return taken
+
+    async def _suspect_round(self) -> int:
+        """One page of reported records, planned at any deficit (they were reported because a
+        shard went missing); the walk's pass is left as it was."""
+        ids = list(itertools.islice(self._suspects, self._settings.page_records_max))
+        for rid in ids:
+            del self._suspects[rid]
+        self.stats.suspects_waiting = len(self._suspects)
+        started = time.monotonic()
+        entries = self._entries(ids)
+        scratch = _Pass(started, iter(()), deficit_min=1)
+        plan = await self._plan(entries, scratch, raise_deficit=False)
+        repaired, _ = await self._carry_out(plan)
+        self.stats.suspect_shards_repaired += repaired
+        # More than a round holds: the rest go back to the front -- unless the round made no
+        # progress (its rebuilds all failed), which would spin here ahead of the walk.
+        if plan.deferred and repaired:
+            planned = {r.entry.record_id for r in plan.repairs}
+            rest = [e.record_id for e in entries if e.record_id not in planned]
+            self._suspects = dict.fromkeys([*rest, *self._suspects])
+            self.stats.suspects_waiting = len(self._suspects)
+        await self._rate_rest(repaired, started)
+        return repaired
+
+    async def _rate_rest(self, repaired: int, started: float) -> None:
+        """Rate bound: a round's shards take at least repaired / shards_per_s_max seconds."""
+        rest_s = repaired / self._settings.shards_per_s_max - (time.monotonic() - started)
+        if rest_s > 0:
+            await asyncio.sleep(rest_s)
+        if repaired:
+            stats = self.stats
+            stats.busy_s = round(stats.busy_s + time.monotonic() - started, 3)
+            done = stats.shards_rebuilt + stats.shards_relocated
+            stats.rate_shards_per_s = round(done / stats.busy_s, 1)
+
     # ------------------------------------------------------------------ the loop
 
     async def round_once(self) -> int:
@@ -171,7 +235,11 @@ class ShardRepairer:
         repaired. Starts a pass when none is running and the rest after the last one is over."""
         if self._log.status().role != "leader":
             self._pass = None  # the new leader plans its own pass
+            self._suspects.clear()  # reported to a leader this node no longer is
+            self.stats.suspects_waiting = 0
             return 0
+        if self._suspects:
+            return await self._suspect_round()
         now = time.monotonic()
         if self._pass is None:
             if now < self._rested_until:
@@ -222,15 +290,7 @@ class ShardRepairer:
                     await asyncio.sleep(scan_rest_s)
             current.page = []
             current.page_counted = False
-        # Rate bound: the round's shards take at least repaired / shards_per_s_max seconds.
-        rest_s = repaired / self._settings.shards_per_s_max - (time.monotonic() - started)
-        if rest_s > 0:
-            await asyncio.sleep(rest_s)
-        if repaired:
-            stats = self.stats
-            stats.busy_s = round(stats.busy_s + time.monotonic() - started, 3)
-            done = stats.shards_rebuilt + stats.shards_relocated
-            stats.rate_shards_per_s = round(done / stats.busy_s, 1)
+        await self._rate_rest(repaired, started)
         return repaired
 
     def _finish_pass(self, finished: _Pass) -> None:
@@ -271,7 +331,9 @@ class ShardRepairer:
 
     # ------------------------------------------------------------------ planning
 
-    async def _plan(self, entries: Sequence[IndexEntry], current: _Pass) -> RepairPlan:
+    async def _plan(
+        self, entries: Sequence[IndexEntry], current: _Pass, *, raise_deficit: bool = True
+    ) -> RepairPlan:
         """The page's plan at the pass's deficit; a page showing records more endangered
         than that raises it for the rest of the pass (they go first)."""
         members = self._membership.members().active_ids
@@ -298,7 +360,7 @@ class ShardRepairer:
             )
 
         found = plan(current.deficit_min)
-        if found.deficit_max > current.deficit_min:
+        if raise_deficit and found.deficit_max > current.deficit_min:
             current.deficit_min = self.stats.pass_deficit_min = found.deficit_max
             found = plan(current.deficit_min)
         return found

@@ -7,7 +7,12 @@ must put every shard back on it: its shard count returns to one per record, a re
 finds no record below n (backlog 0), and every record reads back identical with two OTHER
 nodes killed -- with only 3 of 5 holders left, each read needs the rebuilt node's shard.
 Before the loss, passes over the healthy cluster rebuild nothing (no repair while the copy
-exists), and a few shard entries corrupted on another node's disk are rebuilt in place.
+exists), and shards damaged on another node's disk are rebuilt in place: a few with a byte
+flipped in the LevelDB table file (their checksum fails: never served; the node's scrubber or
+the repairer's walk gets there first, either way each is rebuilt once), and a few rewritten
+as valid entries holding the wrong bytes (the checksum passes, so only the scrubber's
+cross-check against the record's leaf hashes can tell: they are quarantined, counted,
+reported to the leader and rebuilt). Every record reads back right meanwhile.
 
 A node gone too long: 6 nodes, one stopped past ``node_down_repair_after_s``: each of its
 shards is rebuilt on the one other node (``index.move``), a pass finds every record at n
@@ -40,7 +45,13 @@ from nodeapi import (
     wait_for,
 )
 
+from node.records import Shard
 from node.storage.placement import place_shards
+from node.storage.shard_store import (
+    SCRUB_CURSOR_KEY,
+    decode_shard_value,
+    encode_shard_value,
+)
 from tools import cluster_cli
 from tools.client import PartnerClient
 from tools.local_cluster import LocalCluster
@@ -54,9 +65,14 @@ RELOCATE_TOML = (
 )
 RECORDS = 2500
 CORRUPT_SHARDS = 5
+WRONG_SHARDS = 3  # checksummed entries with the wrong bytes: only a cross-check finds them
 BATCH_RECORDS = 250
 # Passes back to back and records planned a second after their write, so the test is short.
-NODE_TOML = "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\n"
+# Scrub passes back to back, every shard cross-checked (the default samples 10 per second).
+NODE_TOML = (
+    "\n[repair]\npass_interval_s = 1.0\nfresh_record_s = 1.0\n"
+    "[scrub]\npass_interval_s = 1.0\ncross_check_records_per_s_max = 100000.0\n"
+)
 
 
 @pytest.fixture
@@ -103,16 +119,39 @@ def clean_pass_after(cluster: LocalCluster, names: list[str], after_ms: int) -> 
     return {}
 
 
-def corrupt_entries(shard_db: Path, count: int) -> None:
-    """Flip the last byte of ``count`` shard entries of a stopped node (their checksums fail)."""
+def damage_shards(shard_db: Path, flipped: int, wrong: int) -> None:
+    """On a stopped node: flip a byte on disk, in the table file, of the first ``flipped``
+    shard entries (their checksums fail), then rewrite the next ``wrong`` as valid entries
+    holding other bytes (their checksums pass); the scrub cursor goes, so the node's next
+    scrub starts at them."""
     db = plyvel.DB(str(shard_db))
     try:
-        keys = list(itertools.islice(db.iterator(prefix=b"s", include_value=False), count))
-        for key in keys:
-            value = db.get(key)
-            db.put(key, value[:-1] + bytes([value[-1] ^ 0xFF]), sync=True)
+        db.compact_range()  # everything into table files
+        entries = list(itertools.islice(db.iterator(prefix=b"s"), flipped + wrong))
+        for key, value in entries[flipped:]:
+            shard = decode_shard_value(key, value)
+            other = bytes(b ^ 0x5A for b in shard.data)
+            db.put(key, encode_shard_value(key, Shard(shard.meta, other)), sync=True)
+        db.delete(SCRUB_CURSOR_KEY, sync=True)
     finally:
         db.close()
+    tables = sorted(shard_db.glob("*.ldb"))
+    for _, value in entries[:flipped]:
+        needle = value[-24:]  # the tail of the shard's (encrypted, incompressible) bytes
+        for table in tables:
+            raw = bytearray(table.read_bytes())
+            at = raw.find(needle)
+            if at >= 0:
+                raw[at + 12] ^= 0x01
+                table.write_bytes(bytes(raw))
+                break
+        else:
+            raise AssertionError("a shard's bytes are not in any table file")
+
+
+def scrub_of(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    status = node_get(cluster, name, "/internal/v1/status", timeout_s=1.0)
+    return {} if status is None else dict(status["scrub"])
 
 
 async def write(client: PartnerClient, count: int) -> dict[str, dict[str, Any]]:
@@ -170,23 +209,43 @@ async def test_a_wiped_node_gets_every_shard_back(cluster: LocalCluster) -> None
         before = [repair_of(cluster, n) or {} for n in names]
         assert sum(s.get("shards_rebuilt", 0) for s in before) == 0
 
-        # --- corrupt entries: never served, so missing; rebuilt in place
+        # --- damaged shards: never served, quarantined or found missing; rebuilt in place
         leader = leader_of(cluster, names)
         assert leader is not None
         victim, corrupted = [n for n in names if n != leader][:2]
         cluster.kill(corrupted)
-        corrupt_entries(data_dir(cluster, corrupted) / "shards", CORRUPT_SHARDS)
+        damage_shards(data_dir(cluster, corrupted) / "shards", CORRUPT_SHARDS, WRONG_SHARDS)
         cluster.start_node(corrupted, wait=True)
-        restarted_ms = time.time_ns() // 1_000_000
-        await wait_for(
-            "the corrupt shards rebuilt",
-            lambda: clean_pass_after(cluster, names, restarted_ms),
+        reading = asyncio.create_task(read_all(client, acknowledged))  # right throughout
+        scrub = await wait_for(
+            "the wrong shards found by the scrubber's cross-check",
+            lambda: (s := scrub_of(cluster, corrupted))["corrupt"]["shard_hash"] >= WRONG_SHARDS
+            and s,
             timeout_s=60.0,
         )
+        found_ms = time.time_ns() // 1_000_000  # every damaged shard is known by now
+        await wait_for(
+            "the damaged shards rebuilt",
+            lambda: sum((repair_of(cluster, n) or {}).get("shards_rebuilt", 0) for n in names)
+            >= CORRUPT_SHARDS + WRONG_SHARDS,
+            timeout_s=90.0,
+        )
+        await wait_for(
+            "a clean pass after the rebuilds",
+            lambda: clean_pass_after(cluster, names, found_ms),
+            timeout_s=90.0,
+        )
+        await reading
         fixed = sum((repair_of(cluster, n) or {}).get("shards_rebuilt", 0) for n in names)
-        assert fixed == CORRUPT_SHARDS
-        seen = node_get(cluster, corrupted, "/internal/v1/status")["corrupt_entries_seen"]
-        assert seen >= CORRUPT_SHARDS
+        assert fixed == CORRUPT_SHARDS + WRONG_SHARDS  # each rebuilt once, whoever found it
+        scrub = scrub_of(cluster, corrupted)
+        assert scrub["corrupt"]["shard_hash"] == WRONG_SHARDS
+        # Flipped bytes: the scrubber quarantines those the repairer has not rebuilt first.
+        assert scrub["corrupt"]["checksum"] <= CORRUPT_SHARDS
+        assert scrub["quarantined"] == WRONG_SHARDS + scrub["corrupt"]["checksum"]
+        reported = sum((repair_of(cluster, n) or {}).get("suspects_reported", 0) for n in names)
+        assert reported >= WRONG_SHARDS
+        print(f"\nscrub on {corrupted} after the damage: {scrub}")
 
         # --- one node loses its disk and comes back as a new member at the same position
         cluster.kill(victim)
@@ -211,7 +270,7 @@ async def test_a_wiped_node_gets_every_shard_back(cluster: LocalCluster) -> None
         )
         after = [repair_of(cluster, n) or {} for n in names]
         rebuilt = sum(s.get("shards_rebuilt", 0) for s in after)
-        assert rebuilt == RECORDS + CORRUPT_SHARDS, after
+        assert rebuilt == RECORDS + CORRUPT_SHARDS + WRONG_SHARDS, after
         assert stats["lost_records"] == 0
         assert shards_on(cluster, victim) == RECORDS
         print(

@@ -229,3 +229,46 @@ async def test_a_missing_shard_switches_the_pass_to_full_speed() -> None:
     await run_passes(driver, 1)
     assert time.monotonic() - started < 2.0  # ten paced pages would take 4 s
     assert holders.rebuilt == [first.record_id]
+
+
+async def test_reported_records_are_rebuilt_ahead_of_the_walk() -> None:
+    entries = in_order([entry(i) for i in range(40)])
+    holders = Holders(entries)
+    late = entries[-3:]  # the walk reaches these last
+    for e in late:  # a scrubber on n2 quarantined their shard 1
+        holders.held["n2"].discard(ShardKey(e.record_id, e.content_hash, 1))
+    driver = repairer(entries, holders, suspects_max=2)
+    assert driver.report_suspects([e.record_id for e in late]) == 2  # the third: list full
+    assert driver.report_suspects([late[0].record_id]) == 0  # already waiting: not twice
+    assert driver.stats.suspects_dropped == 1 and driver.stats.suspects_waiting == 2
+    await driver.round_once()  # one round: the reported records, before any page of the walk
+    assert holders.rebuilt == [late[0].record_id, late[1].record_id]
+    assert driver.stats.suspect_shards_repaired == 2 and driver.stats.suspects_waiting == 0
+    assert driver.stats.records_scanned == 0  # the walk has not moved
+    await run_passes(driver, 1)  # the dropped one is the walk's, in its time
+    assert holders.rebuilt[-1] == late[2].record_id and driver.stats.shards_rebuilt == 3
+
+
+async def test_a_node_that_stops_leading_forgets_its_reports() -> None:
+    entries = in_order([entry(i) for i in range(4)])
+    holders = Holders(entries)
+    driver = repairer(entries, holders)
+    driver.report_suspects([entries[0].record_id])
+    driver._log = SimpleNamespace(status=lambda: SimpleNamespace(role="follower"))  # type: ignore[assignment]
+    assert await driver.round_once() == 0
+    assert driver.stats.suspects_waiting == 0 and holders.rebuilt == []
+
+
+async def test_reported_records_beyond_a_round_go_next_unless_nothing_was_rebuilt() -> None:
+    entries = in_order([entry(i) for i in range(6)])
+    holders = Holders(entries)
+    for e in entries:  # each misses shards 0 and 1: two rebuilds a record, 4 per round
+        holders.held["n1"].discard(ShardKey(e.record_id, e.content_hash, 0))
+        holders.held["n2"].discard(ShardKey(e.record_id, e.content_hash, 1))
+    driver = repairer(entries, holders, page_records_max=8, shards_per_round_max=5)
+    driver.report_suspects([e.record_id for e in entries])
+    await driver.round_once()
+    assert driver.stats.suspect_shards_repaired == 4 and driver.stats.suspects_waiting == 4
+    holders.refusing.update({"n1", "n2"})  # now every rebuild fails: no progress
+    await driver.round_once()
+    assert driver.stats.suspects_waiting == 0  # left to the walk, no spinning ahead of it

@@ -17,7 +17,14 @@ import pytest
 from tools.client import PartnerClient
 from tools.cluster_init import ClusterLayout, init_cluster
 from tools.local_cluster import LocalCluster
-from tools.status import ClusterStatus, GatewayStatus, NodeStatus, format_table, repair_line
+from tools.status import (
+    ClusterStatus,
+    GatewayStatus,
+    NodeStatus,
+    format_table,
+    repair_line,
+    scrub_line,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +97,8 @@ def test_table_shows_every_column_and_marks_missing_values() -> None:
     ]  # fmt: skip
     assert lines[3].endswith("http://127.0.0.1:2  (refused)")
     assert lines[4] == "repair: no leader report"  # node-1 leads but sent no repair stats
-    assert lines[5] == "gateway http://127.0.0.1:3: ready"
+    assert lines[5] == "scrub: no node report"
+    assert lines[6] == "gateway http://127.0.0.1:3: ready"
     assert not status.healthy
 
 
@@ -112,6 +120,31 @@ def test_the_leaders_repair_progress_is_one_line() -> None:
     )
     no_leader = ClusterStatus("c", 3, 5, (follower,), GatewayStatus("g", "ready"))
     assert repair_line(no_leader) == "repair: no leader report"
+
+
+def test_every_nodes_scrubber_sums_into_one_line() -> None:
+    peer = "12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdef"
+    one = {
+        "passes": 2, "last_pass_s": 3.5, "shards_checked": 900, "cross_checked": 40,
+        "corrupt": {"checksum": 1, "shard_hash": 0}, "quarantined": 1,
+    }  # fmt: skip
+    two = {
+        "passes": 1, "last_pass_s": 7.25, "shards_checked": 100, "cross_checked": 2,
+        "corrupt": {"checksum": 0, "shard_hash": 2}, "quarantined": 2,
+    }  # fmt: skip
+    nodes = (
+        NodeStatus("node-1", "u", True, peer, scrub=one),
+        NodeStatus("node-2", "u", True, peer, scrub=two),
+        NodeStatus("node-3", "u", False, peer),
+    )
+    status = ClusterStatus("c", 3, 5, nodes, GatewayStatus("g", "ready"))
+    assert scrub_line(status) == (
+        "scrub (2 nodes): 1000 shards checked (42 cross-checked), bad: 1 checksum, "
+        "2 shard_hash, 3 quarantined; passes 1-2 per node, slowest last pass 7.25 s"
+    )
+    assert scrub_line(ClusterStatus("c", 3, 5, nodes[2:], GatewayStatus("g", "ready"))) == (
+        "scrub: no node report"
+    )
 
 
 # ------------------------------------------------------------------ a real cluster

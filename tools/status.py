@@ -53,6 +53,7 @@ class NodeStatus:
     error: str | None = None
     raft: str | None = None  # "<role>/<term>" of the node's consensus replica
     repair: dict[str, Any] | None = None  # the repairer's stats (meaningful on the leader)
+    scrub: dict[str, Any] | None = None  # the node's scrubber: its own shards checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ def node_status(node: NodeLayout, token: str, timeout_s: float) -> NodeStatus:
         hints=_count(report.get("hints")),
         raft=_raft(report.get("raft")),
         repair=report["repair"] if isinstance(report.get("repair"), dict) else None,
+        scrub=report["scrub"] if isinstance(report.get("scrub"), dict) else None,
     )
 
 
@@ -211,6 +213,30 @@ def repair_line(status: ClusterStatus) -> str:
     )
 
 
+def scrub_line(status: ClusterStatus) -> str:
+    """Every node's scrubber summed in one line (each node scrubs its own shards)."""
+    reports = [n.scrub for n in status.nodes if n.scrub is not None]
+    if not reports:
+        return "scrub: no node report"
+
+    def total(field: str) -> int:
+        return sum(int(r.get(field, 0)) for r in reports)
+
+    corrupt: dict[str, int] = {}
+    for r in reports:
+        for why, count in (r.get("corrupt") or {}).items():
+            corrupt[why] = corrupt.get(why, 0) + int(count)
+    found = ", ".join(f"{c} {why}" for why, c in sorted(corrupt.items()) if c) or "none"
+    passes = [int(r.get("passes", 0)) for r in reports]
+    slowest = max(float(r.get("last_pass_s", 0.0)) for r in reports)
+    return (
+        f"scrub ({len(reports)} nodes): {total('shards_checked')} shards checked "
+        f"({total('cross_checked')} cross-checked), bad: {found}, "
+        f"{total('quarantined')} quarantined; passes {min(passes)}-{max(passes)} per node, "
+        f"slowest last pass {slowest} s"
+    )
+
+
 def format_table(status: ClusterStatus) -> str:
     header = (
         "NODE", "STATE", "PEER ID", "PEERS", "SHARDS", "BYTES", "QUEUE", "HINTS", "RAFT", "API",
@@ -244,6 +270,7 @@ def format_table(status: ClusterStatus) -> str:
             f"{up}/{len(status.nodes)} nodes up",
             *lines,
             repair_line(status),
+            scrub_line(status),
             f"gateway {gateway.url}: {gateway.state}"
             + (f" ({gateway.error})" if gateway.error else ""),
         ]

@@ -105,6 +105,7 @@ class NodeApiState:
     mover_stats: Callable[[], dict[str, int]]
     repair_stats: Callable[[], dict[str, Any]]
     gc_stats: Callable[[], dict[str, int]]
+    scrub_stats: Callable[[], dict[str, Any]]
     log_view: Callable[[], StateView]  # the applied replicated state (Merkle log, anchors)
     propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     anchoring_status: Callable[[], dict[str, Any]]
@@ -443,6 +444,7 @@ async def get_status(request: web.Request) -> web.Response:
             "moves": state.mover_stats(),
             "repair": state.repair_stats(),
             "gc": state.gc_stats(),
+            "scrub": state.scrub_stats(),
             "anchoring": state.anchoring_status(),
         }
     )

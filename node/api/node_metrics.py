@@ -36,6 +36,9 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
     def repair(field: str) -> Callable[[], float]:
         return lambda: float(state.repair_stats()[field])
 
+    def scrub(field: str) -> Callable[[], float]:
+        return lambda: float(state.scrub_stats()[field])
+
     def anchoring_counters() -> dict[str, float]:
         counters = state.anchoring_status()["counters"]
         kinds = {
@@ -269,6 +272,47 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             "repair_last_pass_finished_ms",
             "when the last repair pass ended (leader clock, ms since the epoch)",
             repair("last_pass_finished_ms"),
+        ),
+        StatFamily(
+            "scrub_shards_checked",
+            "shard entries the scrubber read back and checksum-verified",
+            scrub("shards_checked"),
+            counter=True,
+        ),
+        StatFamily(
+            "scrub_bytes_checked",
+            "bytes of shard entries the scrubber read back",
+            scrub("bytes_checked"),
+            counter=True,
+        ),
+        StatFamily(
+            "scrub_cross_checked",
+            "intact shards the scrubber compared with their record's leaf hashes",
+            scrub("cross_checked"),
+            counter=True,
+        ),
+        StatFamily(
+            "scrub_corrupt",
+            "bad shards the scrubber found, by why (checksum: damaged entry; shard_hash: "
+            "not the bytes the record's leaf names)",
+            lambda: {why: float(n) for why, n in state.scrub_stats()["corrupt"].items()},
+            counter=True,
+            label="reason",
+        ),
+        StatFamily(
+            "scrub_quarantined",
+            "bad shards taken out of service (repair rebuilds them)",
+            scrub("quarantined"),
+            counter=True,
+        ),
+        StatFamily("scrub_passes", "complete scrub passes", scrub("passes"), counter=True),
+        StatFamily(
+            "scrub_pass_seconds", "how long the last complete scrub pass took", scrub("last_pass_s")
+        ),
+        StatFamily(
+            "scrub_last_pass_finished_ms",
+            "when the last scrub pass ended (ms since the epoch)",
+            scrub("last_pass_finished_ms"),
         ),
         StatFamily("merkle_log_leaves", "leaves in the Merkle log", anchoring("tree_size")),
         StatFamily(

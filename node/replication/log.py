@@ -252,6 +252,9 @@ class ReplicatedLog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._node: RawNode | None = None
         self._task: asyncio.Task[None] | None = None
+        # Set when the consensus loop ends other than by stop() (see _note_death).
+        self._dead = asyncio.Event()
+        self.died: InvariantViolation | None = None
         self._waiting: dict[int, tuple[int, asyncio.Future[Applied]]] = {}  # index -> term
         self._reads: dict[bytes, asyncio.Future[int]] = {}  # read-index context -> index
         # Proposals waiting for the next loop turn: (payloads, their futures).
@@ -295,13 +298,33 @@ class ReplicatedLog:
         else:  # joining a running cluster: an empty log, filled by the leader once added
             self._node = RawNode.join(self._cfg, self._rng)
         self._task = asyncio.create_task(self._run(), name="replicated-log")
+        self._task.add_done_callback(self._note_death)
+
+    def _note_death(self, task: asyncio.Task[None]) -> None:
+        """The consensus loop ended on its own: a node must not run on without consensus."""
+        if task.cancelled():
+            return  # stop()
+        exc = task.exception()
+        self.died = InvariantViolation(
+            f"the raft loop died: {type(exc).__name__}: {exc}"
+            if exc is not None
+            else "the raft loop returned"
+        )
+        self.died.__cause__ = exc
+        self._dead.set()
+
+    async def wait_dead(self) -> InvariantViolation:
+        """Wait until the consensus loop dies (never, while the node is healthy)."""
+        await self._dead.wait()
+        assert self.died is not None
+        return self.died
 
     async def stop(self) -> None:
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
-        if self._task is not None:
+        if self._task is not None and not self._task.done():  # a dead one: see self.died
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

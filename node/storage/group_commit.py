@@ -20,7 +20,7 @@ import trio
 
 from node.errors import BaasError, Overloaded
 from node.records import Shard, ShardKey
-from node.storage.shard_store import CollectItem, ShardStore
+from node.storage.shard_store import CollectItem, QuarantineItem, ShardStore
 
 __all__ = ["GroupCommitter"]
 
@@ -32,6 +32,7 @@ class _Waiter:
     deletes: Sequence[ShardKey] = ()  # a delete request (then ``shards`` is empty)
     collects: Sequence[CollectItem] = ()  # a collection of settled records (likewise)
     expiries: Sequence[int] = ()  # with a put: per shard, its record's proposal expiry
+    quarantines: Sequence[QuarantineItem] = ()  # bad shards out of service (the scrubber)
     collected: int = 0  # shards a collection removed
     done: trio.Event = field(default_factory=trio.Event)
     error: BaasError | None = None
@@ -46,8 +47,10 @@ class GroupCommitter:
         queue_shards_max: int,
         batch_shards_max: int,
         on_commit: Callable[[int, float], None] | None = None,
+        quarantine_kept_max: int = 1000,
     ) -> None:
         self._store = store
+        self._quarantine_kept_max = quarantine_kept_max
         self._on_commit = on_commit  # (shards, seconds): feeds the fsync latency histogram
         self._queue_shards_max = queue_shards_max
         self._batch_shards_max = batch_shards_max
@@ -57,6 +60,7 @@ class GroupCommitter:
         self.batches_committed = 0
         self.shards_committed = 0
         self.shards_deleted = 0
+        self.shards_quarantined = 0
 
     @property
     def queued_shards(self) -> int:
@@ -69,6 +73,7 @@ class GroupCommitter:
             "batches_committed": self.batches_committed,
             "shards_committed": self.shards_committed,
             "shards_deleted": self.shards_deleted,
+            "shards_quarantined": self.shards_quarantined,
         }
 
     async def submit(
@@ -98,49 +103,62 @@ class GroupCommitter:
         it: a record written again meanwhile (a higher marker) is left alone."""
         if not items:
             return 0
-        if self._pending_shards + len(items) > self._queue_shards_max:
-            raise Overloaded("shard commit queue is full")
-        waiter = _Waiter((), False, collects=items)
-        self._pending.append(waiter)
-        self._pending_shards += len(items)
-        self._wakeup.set()
-        await waiter.done.wait()
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.collected
+        return (await self._run_queued(_Waiter((), False, collects=items), len(items))).collected
+
+    async def quarantine(self, items: Sequence[QuarantineItem]) -> int:
+        """Take bad shards out of service (node/scrub.py); returns how many were. In the
+        committer, so a repair's put of the same key is ordered with it: a value that changed
+        since it was judged is left alone."""
+        if not items:
+            return 0
+        waiter = _Waiter((), False, quarantines=items)
+        return (await self._run_queued(waiter, len(items))).collected
 
     async def delete(self, keys: Sequence[ShardKey]) -> None:
         """Return once the shards are gone (durably); absent ones are skipped. Deletes go
         through the committer so they never fall between a put batch's prepare and commit."""
         if not keys:
             return
-        if self._pending_shards + len(keys) > self._queue_shards_max:
+        await self._run_queued(_Waiter((), False, keys), len(keys))
+
+    async def _run_queued(self, waiter: _Waiter, count: int) -> _Waiter:
+        """Queue a delete-like request (``count`` items against the queue bound) and wait for
+        the committer to run it; raise what it raised."""
+        if self._pending_shards + count > self._queue_shards_max:
             raise Overloaded("shard commit queue is full")
-        waiter = _Waiter((), False, keys)
         self._pending.append(waiter)
-        self._pending_shards += len(keys)
+        self._pending_shards += count
         self._wakeup.set()
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
+        return waiter
 
     async def _run_delete(self, waiter: _Waiter) -> None:
         try:
-            if waiter.collects:
-                prepared = self._store.prepare_collect(waiter.collects)
+            if waiter.quarantines:
+                prepared, taken = self._store.prepare_quarantine(
+                    waiter.quarantines, self._quarantine_kept_max
+                )
+                await trio.to_thread.run_sync(self._store.commit, prepared)
+                waiter.collected = taken
+                self.shards_quarantined += taken
             else:
-                prepared = self._store.prepare_delete(waiter.deletes)
-            removed = self._store.shard_count - prepared.shard_count
-            await trio.to_thread.run_sync(self._store.commit, prepared)
-            waiter.collected = removed
-            self.shards_deleted += removed
+                if waiter.collects:
+                    prepared = self._store.prepare_collect(waiter.collects)
+                else:
+                    prepared = self._store.prepare_delete(waiter.deletes)
+                removed = self._store.shard_count - prepared.shard_count
+                await trio.to_thread.run_sync(self._store.commit, prepared)
+                waiter.collected = removed
+                self.shards_deleted += removed
         except BaasError as exc:
             waiter.error = exc
         waiter.done.set()
 
     @staticmethod
     def _is_delete(waiter: _Waiter) -> bool:
-        return bool(waiter.deletes or waiter.collects)
+        return bool(waiter.deletes or waiter.collects or waiter.quarantines)
 
     def _take_batch(self) -> list[_Waiter]:
         taken: list[_Waiter] = []
@@ -164,7 +182,9 @@ class GroupCommitter:
             while self._pending:
                 if self._is_delete(self._pending[0]):
                     waiter = self._pending.pop(0)
-                    self._pending_shards -= len(waiter.deletes) + len(waiter.collects)
+                    self._pending_shards -= (
+                        len(waiter.deletes) + len(waiter.collects) + len(waiter.quarantines)
+                    )
                     await self._run_delete(waiter)
                     continue
                 batch = self._take_batch()

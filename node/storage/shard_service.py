@@ -42,6 +42,7 @@ class ShardService:
         store: ShardStore,
         limits: NodeLimits,
         on_commit: Callable[[int, float], None] | None = None,
+        quarantine_kept_max: int = 1000,
     ) -> None:
         self._store = store
         self._limits = limits
@@ -50,6 +51,7 @@ class ShardService:
             queue_shards_max=limits.commit_queue_shards_max,
             batch_shards_max=limits.put_batch_shards_max,
             on_commit=on_commit,
+            quarantine_kept_max=quarantine_kept_max,
         )
 
     async def serve(self) -> None:

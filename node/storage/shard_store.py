@@ -24,6 +24,13 @@ marker*). Once the node has applied the log past it, the record is either indexe
 versions go, the marker goes) or never will be (its shards are orphans and go): see
 :mod:`node.storage.orphans`. Deletes remove exactly the named shards and keep the counts and
 version lists exact.
+
+The scrubber (:mod:`node.scrub`) reads every shard entry back in key order
+(:meth:`ShardStore.scrub_page`; its cursor under ``b"m:scrub"``) and *quarantines* a bad one
+through the committer: the entry leaves ``b"s"`` like a delete (counts and version lists
+exact), so no read and no repair inventory sees it again, and its bytes are kept under
+``b"q" || shard key`` (at most ``scrub_quarantine_kept_max`` of them) for an operator to look at.
+Repair then finds the shard missing and puts it back under its old key.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ __all__ = ["ShardStore"]
 PREFIX_SHARD = b"s"
 PREFIX_VERSIONS = b"v"
 PREFIX_PENDING = b"p"
+PREFIX_QUARANTINE = b"q"
 STATS_KEY = b"m:stats"
+SCRUB_CURSOR_KEY = b"m:scrub"
 
 
 def shard_db_key(key: ShardKey) -> bytes:
@@ -86,6 +95,25 @@ class CollectItem:
 
 
 @dataclass(frozen=True, slots=True)
+class ScrubbedEntry:
+    """One shard entry as the scrubber read it: decoded when it passed its checksum."""
+
+    db_key: bytes
+    key: ShardKey
+    raw: bytes  # the stored value, as read (a quarantine removes it only if still this)
+    shard: Shard | None  # None: corrupt (checksum, format or key mismatch)
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineItem:
+    """Take a shard out of service: ``reason`` is ``checksum`` or ``shard_hash``."""
+
+    key: ShardKey
+    seen: bytes  # the value judged bad; a value written since (a repair) is left alone
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedBatch:
     entries: list[tuple[bytes, bytes]]
     shard_count: int  # the counts once this batch is committed
@@ -120,6 +148,9 @@ class ShardStore:
         self.path = path
         self.corrupt_entries_seen = 0
         self.shard_count, self.shard_bytes = self._load_stats()
+        self.quarantined = sum(
+            1 for _ in self._db.iterator(prefix=PREFIX_QUARANTINE, include_value=False)
+        )
 
     def _load_stats(self) -> tuple[int, int]:
         raw = self._db.get(STATS_KEY)
@@ -318,6 +349,79 @@ class ShardStore:
         entries[STATS_KEY] = encode_entry(STATS_KEY, msgpack.packb([count, size]))
         return PreparedBatch(list(entries.items()), count, size, frozenset(), tuple(deletes))
 
+    def scrub_page(
+        self, after: bytes, shards_max: int, bytes_max: int
+    ) -> tuple[list[ScrubbedEntry], bool]:
+        """Up to ``shards_max`` shard entries (at least one, then up to ``bytes_max`` stored
+        bytes) with keys above ``after`` in key order, each decoded or found corrupt; and
+        whether the store has none left after them (the end of a pass)."""
+        start = after + b"\x00" if after else PREFIX_SHARD
+        stop = bytes((PREFIX_SHARD[0] + 1,))
+        found: list[ScrubbedEntry] = []
+        size = 0
+        # fill_cache=False: a pass over every shard must not evict the blocks reads keep hot.
+        try:
+            for db_key, value in self._db.iterator(start=start, stop=stop, fill_cache=False):
+                if len(found) >= shards_max or (found and size + len(value) > bytes_max):
+                    return found, False
+                size += len(value)
+                found.append(self._scrubbed(db_key, value))
+        except plyvel.Error as exc:  # a table LevelDB itself cannot read past
+            raise OperationFailed(f"shard database unreadable after {after.hex()}: {exc}") from exc
+        return found, True
+
+    def _scrubbed(self, db_key: bytes, value: bytes) -> ScrubbedEntry:
+        key = ShardKey(db_key[1 : 1 + HASH_BYTES], db_key[1 + HASH_BYTES : -1], db_key[-1])
+        try:
+            shard: Shard | None = decode_shard_value(db_key, value)
+        except (CorruptEntry, UnsupportedFormat):
+            shard = None
+        return ScrubbedEntry(db_key, key, value, shard)
+
+    def scrub_cursor(self) -> bytes:
+        """Where the scrubber was when it last saved (b"": at the start of a pass)."""
+        raw = self._db.get(SCRUB_CURSOR_KEY)
+        if raw is None:
+            return b""
+        try:
+            return decode_entry(SCRUB_CURSOR_KEY, raw)
+        except (CorruptEntry, UnsupportedFormat):
+            self.corrupt_entries_seen += 1
+            return b""  # a damaged cursor costs a pass from the start, nothing else
+
+    def save_scrub_cursor(self, cursor: bytes) -> None:
+        """Not fsynced, and outside the committer's batches: the cursor is a hint (a lost
+        one repeats part of a pass) and counts nothing the committer keeps exact."""
+        try:
+            self._db.put(SCRUB_CURSOR_KEY, encode_entry(SCRUB_CURSOR_KEY, cursor))
+        except plyvel.Error as exc:
+            raise OperationFailed(f"scrub cursor write failed: {exc}") from exc
+
+    def prepare_quarantine(
+        self, items: Sequence[QuarantineItem], kept_max: int
+    ) -> tuple[PreparedBatch, int]:
+        """Take bad shards out of service (and the counts and version lists with them, as a
+        delete would), and keep their bytes under ``q`` for an operator while fewer than
+        ``kept_max`` are kept. A shard whose value changed since it was judged (rebuilt
+        meanwhile) stays. Returns the batch and how many shards it quarantines."""
+        taken = [i for i in items if self._db.get(shard_db_key(i.key)) == i.seen]
+        prepared = self._prepare_removal([i.key for i in taken], ())
+        kept: list[tuple[bytes, bytes]] = []
+        for item in taken[: max(0, kept_max - self.quarantined)]:
+            qkey = PREFIX_QUARANTINE + shard_db_key(item.key)
+            if self._db.get(qkey) is not None:
+                continue  # the first bad copy of this shard is kept; counted once
+            payload = msgpack.packb({"why": item.reason, "value": item.seen}, use_bin_type=True)
+            kept.append((qkey, encode_entry(qkey, payload)))
+        batch = PreparedBatch(
+            prepared.entries + kept,
+            prepared.shard_count,
+            prepared.shard_bytes,
+            frozenset(),
+            prepared.deletes,
+        )
+        return batch, len(taken)
+
     def commit(self, prepared: PreparedBatch) -> None:
         """Write a prepared batch durably: one LevelDB batch, one fsync. Safe off-thread."""
         try:
@@ -329,6 +433,7 @@ class ShardStore:
         except plyvel.Error as exc:
             raise OperationFailed(f"shard write failed: {exc}") from exc
         self.shard_count, self.shard_bytes = prepared.shard_count, prepared.shard_bytes
+        self.quarantined += sum(1 for k, _ in prepared.entries if k[:1] == PREFIX_QUARANTINE)
 
     def write_batch(self, shards: Sequence[Shard]) -> None:
         """Store shards durably: one batch, one fsync."""
