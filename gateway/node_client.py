@@ -483,26 +483,32 @@ class NodeClient:
     async def identity_read(
         self, path: str, *, deadline: float, request_id: str | None
     ) -> dict[str, Any]:
-        """An identity read (JSON) from the first node that knows the answer: a node that lags
-        answers 404 for what it has not applied yet, so a 404 passes the call on."""
-        return await self._call(
-            "GET",
-            path,
-            None,
-            deadline=deadline,
-            request_id=request_id,
-            json_reply=True,
-            next_node_on=frozenset({404}),
-        )
+        """An identity read (JSON carrying ``applied_index``): the freshest answer of every
+        healthy node (:meth:`_freshest`), so a caller reads its own changes (a link, an
+        unlink, an onboarding) right after they were acknowledged; the node's 404 if none has
+        it."""
+        found = await self._freshest(path, deadline=deadline, request_id=request_id)
+        if isinstance(found, NotFound):
+            raise found
+        return found
 
     # ----------------------------------------------------------------- ledger reads
 
     async def ledger_read(
         self, path: str, *, deadline: float, request_id: str | None
     ) -> dict[str, Any] | None:
-        """A ledger read (JSON carrying ``applied_index``) from every healthy node at once: the
-        freshest answer, None if no node has the object. A write is acknowledged once applied
-        on the node that coordinated it, so asking them all reads the caller's own writes."""
+        """A ledger read: the freshest answer of every healthy node (:meth:`_freshest`), None
+        if no node has the object."""
+        found = await self._freshest(path, deadline=deadline, request_id=request_id)
+        return None if isinstance(found, NotFound) else found
+
+    async def _freshest(
+        self, path: str, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any] | NotFound:
+        """A read (JSON carrying ``applied_index``) from every healthy node at once: the answer
+        with the highest ``applied_index``, or a node's 404 if no node has the object. A write
+        is acknowledged once applied on the node that coordinated it, so asking them all reads
+        the caller's own writes, whichever node lags."""
         assert self._session is not None, "NodeClient.start() was not called"
         nodes = [n for n in self._nodes if self.node_state[n.name].healthy] or list(self._nodes)
         remaining_s = deadline - asyncio.get_running_loop().time()
@@ -513,7 +519,7 @@ class NodeClient:
             headers[REQUEST_ID_HEADER] = request_id
         timeout = aiohttp.ClientTimeout(total=min(remaining_s, self._timeouts.node_request_s))
 
-        async def one(node: NodeEndpoint) -> dict[str, Any] | BaasError | None:
+        async def one(node: NodeEndpoint) -> dict[str, Any] | BaasError:
             self.node_calls += 1
             try:
                 async with self._session.get(  # type: ignore[union-attr]
@@ -523,8 +529,6 @@ class NodeClient:
                     if response.status == 200:
                         found: dict[str, Any] = json.loads(raw)
                         return found
-                    if response.status == 404:
-                        return None
                     return error_from_problem(response.status, await self._problem(response, raw))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.node_call_failures += 1
@@ -534,7 +538,7 @@ class NodeClient:
         found = [a for a in answers if isinstance(a, dict)]
         if found:
             return max(found, key=lambda doc: int(doc.get("applied_index", 0)))
-        errors = [a for a in answers if isinstance(a, BaasError)]
-        if errors and len(errors) == len(answers):
-            raise errors[0]  # no node could say: not "not found"
-        return None
+        missing = [a for a in answers if isinstance(a, NotFound)]
+        if missing:
+            return missing[0]
+        raise next(a for a in answers if isinstance(a, BaasError))  # no node could say

@@ -268,6 +268,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         node_app,
         IdentityRoutes(
             view=lambda: StoreView(raft_storage),
+            applied_index=lambda: raft_storage.applied_index,
             proposer=identity_proposer,
             propose_local=state.propose_entry,
             is_leader=lambda: replicated_log.status().role == "leader",
