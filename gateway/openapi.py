@@ -657,6 +657,23 @@ _TRANSFER_FIELDS: dict[str, Schema] = {
     "approvals": {"type": "array", "minItems": 1, "maxItems": 16, "items": _APPROVAL},
 }
 _TRANSFER_REQUIRED = ["debit_account", "credit_account", "amount", "code"]
+_USER_SIDES: dict[str, Schema] = {
+    "credit_user": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "instead of credit_account: your user id, to credit the "
+        "wallet you linked it to (its account on the asset is opened if new)",
+    },
+    "debit_user": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "instead of debit_account: your user id, to debit the wallet you "
+        "linked it to, on credit_account's asset; needs the user's approval (400 "
+        "approval_required without one)",
+    },
+}
 _LEDGER_PROBLEM = _closed(
     {
         "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
@@ -706,17 +723,42 @@ SCHEMAS.update(
             }
         ),
         "LedgerTransferCreate": _closed(
+            {**_TRANSFER_FIELDS, **_USER_SIDES}, required=["amount", "code"]
+        ),
+        "LedgerTransferPreviewCreate": _closed(
+            {**{k: v for k, v in _TRANSFER_FIELDS.items() if k != "approvals"}, **_USER_SIDES},
+            required=["amount", "code"],
+        ),
+        "LedgerTransferPreview": _closed(
             {
-                **_TRANSFER_FIELDS,
-                "credit_user": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 255,
-                    "description": "instead of credit_account: your user id, to credit the "
-                    "wallet you linked it to (its account on the asset is opened if new)",
+                "object": {"const": "transfer_preview"},
+                "livemode": {"type": "boolean"},
+                "operation": {
+                    **HEX64,
+                    "description": "the record id the transfer will have under this key",
                 },
-            },
-            required=["debit_account", "amount", "code"],
+                "events": {
+                    "type": "string",
+                    "pattern": "^([0-9a-f]{2})+$",
+                    "description": "the operation's ledger events as the log will carry them "
+                    "(business/ledger/wire.py): with `operation`, what `digest` covers",
+                },
+                "digest": {**HEX0X64, "description": "operation_digest(operation, events)"},
+                "transfer": _ref("LedgerTransfer"),
+                "approvals_required": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
+                            "typed_data": {
+                                "type": "object",
+                                "description": "the EIP-712 Approve to sign (types, "
+                                "primaryType, domain, message), eth_account's full_message",
+                            },
+                        }
+                    ),
+                },
+            }
         ),
         "LedgerTransferResolve": _closed(
             {"amount": AMOUNT, "metadata": {"type": "object"}}, required=[]
@@ -884,6 +926,17 @@ PATHS.update(
                 "LedgerTransferCreate",
             )
         },
+        "/v1/ledger/transfers/preview": {
+            "post": _operation(
+                "previewLedgerTransfer",
+                "What POST /v1/ledger/transfers with this body and Idempotency-Key will be, "
+                "and the digest (EIP-712 Approve) its debited users sign: nothing is proposed",
+                {200: _json("LedgerTransferPreview", "the preview", _IDEMPOTENCY_HEADER)},
+                (*_SIGNED_ERRORS, 404),
+                body="LedgerTransferPreviewCreate",
+                parameters=[_LEDGER_KEY],
+            )
+        },
         "/v1/ledger/transfers/linked": {
             "post": _ledger_write(
                 "createLedgerLinkedTransfers",
@@ -951,17 +1004,16 @@ _WALLET_LINK: dict[str, Schema] = {
     "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
     "livemode": {"type": "boolean"},
 }
+_LINK_SIGNED: dict[str, Schema] = {
+    "user_id": USER_ID,
+    "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+    "deadline": {"type": "integer", "minimum": 1},
+    "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+    "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+}
 SCHEMAS.update(
     {
-        "WalletLinkCreate": _closed(
-            {
-                "user_id": USER_ID,
-                "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
-                "deadline": {"type": "integer", "minimum": 1},
-                "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
-                "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
-            }
-        ),
+        "WalletLinkCreate": _closed(_LINK_SIGNED),
         "WalletLink": _closed(_WALLET_LINK),
         "WalletBalance": _closed(
             {
@@ -973,6 +1025,45 @@ SCHEMAS.update(
         ),
         "WalletLinkRead": _closed(
             {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
+        ),
+        "WalletUnlink": {
+            "oneOf": [
+                _closed({}),
+                _closed({k: v for k, v in _LINK_SIGNED.items() if k != "user_id"}),
+            ],
+            "description": "{} to unlink with your own authority; the user's signed EIP-712 "
+            "Unlink fields to unlink with theirs",
+        },
+        "WalletLinkDeleted": _closed(
+            {**_WALLET_LINK, "deleted": {"const": True}},
+            required=["object", "user_id", "user_ref", "livemode", "deleted"],
+        ),
+        "OneTimeCodeCreate": _closed(
+            {
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+                "code_hash": {
+                    "type": "string",
+                    "pattern": "^0x[0-9a-fA-F]{64}$",
+                    "description": "ids.code_hash(code): never the code itself",
+                },
+                "asset": {"type": "string", "enum": ["baas"]},
+                "amount_limit": AMOUNT,
+                "expiry": {"type": "integer", "minimum": 1, "description": "Unix s"},
+                "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+            }
+        ),
+        "OneTimeCode": _closed(
+            {
+                "id": {"type": "string", "pattern": "^otc_[0-9a-f]{64}$"},
+                "object": {"const": "one_time_code"},
+                "livemode": {"type": "boolean"},
+                "code_hash": HEX0X64,
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
+                "asset": {"type": "string", "enum": ["baas"]},
+                "ledger": {"type": "integer", "minimum": 1},
+                "amount_limit": AMOUNT,
+                "expiry": {"type": "integer", "minimum": 1},
+            }
         ),
     }
 )
@@ -993,6 +1084,26 @@ PATHS.update(
                 {200: _json("WalletLinkRead", "the link")},
                 (*_SIGNED_ERRORS, 404),
                 parameters=[_path_param("user_id", "your own user id")],
+            )
+        },
+        "/v1/wallets/links/{user_id}/unlink": {
+            "post": _operation(
+                "unlinkWallet",
+                "Unlink your user id from its wallet, with your authority ({}) or the user's "
+                "(a signed EIP-712 Unlink); the wallet and its balances stay the user's",
+                {200: _json("WalletLinkDeleted", "unlinked (or nothing was linked any more)")},
+                _LEDGER_ERRORS,
+                body="WalletUnlink",
+                parameters=[_path_param("user_id", "your own user id"), _LEDGER_KEY],
+            )
+        },
+        "/v1/wallets/codes": {
+            "post": _ledger_write(
+                "createOneTimeCode",
+                "Register a one-time code a user issued (its hash, signed with the user's "
+                "EIP-712 CodeIssue): a later debit of the wallet sends the code in approvals",
+                "OneTimeCode",
+                "OneTimeCodeCreate",
             )
         },
     }
