@@ -121,6 +121,7 @@ __all__ = [
     "LedgerRefused",
     "account_object",
     "add_ledger_routes",
+    "amount_param",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -249,7 +250,7 @@ async def read_body(request: web.Request, allowed: set[str], required: set[str])
     return _object(parse_json_body(await request.read()), allowed, required)
 
 
-def _amount(raw: Any, param: str) -> int:
+def amount_param(raw: Any, param: str) -> int:
     try:
         return parse_amount(raw, param=param)
     except InvalidRequest as exc:
@@ -733,7 +734,7 @@ def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -
         if "credit" in sides
         else _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
     )
-    amount = _amount(body["amount"], where + "amount")
+    amount = amount_param(body["amount"], where + "amount")
     code = int_param(body["code"], where + "code", 1, U16_MAX)
     pending = body.get("pending", False)
     if type(pending) is not bool:
@@ -935,7 +936,7 @@ async def _resolve(request: web.Request, void: bool) -> web.Response:
     body = await read_body(request, set() if void else {"amount", "metadata"}, set())
     amount = 0 if void else AMOUNT_MAX
     if "amount" in body:
-        amount = _amount(body["amount"], "amount")
+        amount = amount_param(body["amount"], "amount")
     doc = await _own_transfer(state, ctx, pending, "id")
     if not int(doc["flags"]) & TransferFlags.PENDING:
         raise LedgerRefused(
@@ -1139,7 +1140,7 @@ async def post_faucet(request: web.Request) -> web.Response:
         )
     body = await read_body(request, {"account", "amount"}, {"account", "amount"})
     account = _id(body["account"], ACCOUNT_PREFIX, "account")
-    amount = _amount(body["amount"], "amount")
+    amount = amount_param(body["amount"], "amount")
     doc = await _own_account(state, ctx, account, "account")
     ledger = ledger_number(ctx.mode, ASSETS["baas"][0])
     if int(doc["ledger"]) != ledger:

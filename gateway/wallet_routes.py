@@ -42,12 +42,13 @@ from business.identity.ids import (
 )
 from business.identity.model import CodeIssueEntry, LinkEntry, UnlinkEntry
 from business.identity.scope import WALLET_ACCOUNT_CODE
-from business.ledger.amounts import format_amount, parse_amount
+from business.ledger.amounts import format_amount
 from gateway.ledger_routes import (
     ASSETS,
     LedgerContext,
     LedgerRefused,
     account_object,
+    amount_param,
     gateway_state,
     hex_param,
     int_param,
@@ -242,7 +243,7 @@ async def post_code(request: web.Request) -> web.Response:
         wallet=hex_param(body["wallet"], "wallet", 20, 20, prefix="0x"),
         code_hash=hex_param(body["code_hash"], "code_hash", 32, 32, prefix="0x"),
         ledger=ledger_number(ctx.mode, ASSETS[body["asset"]][0]),
-        amount_limit=parse_amount(body["amount_limit"], param="amount_limit"),
+        amount_limit=amount_param(body["amount_limit"], "amount_limit"),
         expiry=int_param(body["expiry"], "expiry", 1, DEADLINE_S_MAX),
         signature=hex_param(body["signature"], "signature", 65, 65, prefix="0x"),
     )
