@@ -11,7 +11,15 @@ Routes:
   account (id derived, never chosen by the client);
 * ``GET /v1/ledger/accounts/{id}`` -> the account with its balances;
 * ``POST /v1/ledger/transfers`` ``{"debit_account", "credit_account", "amount", "code",
-  "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer;
+  "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer; one side may
+  name the partner's user instead (``credit_user``, or ``debit_user`` with the user's
+  ``approvals``: 400 ``approval_required`` without, before the log);
+* ``POST /v1/ledger/transfers/preview`` (the same body, no ``approvals``, the same
+  ``Idempotency-Key``) -> 200 what that transfer will be, its operation digest and the EIP-712
+  ``Approve`` each debited wallet signs; nothing is proposed (why a separate route: an
+  operation's outcome is sticky, so a transfer sent without the approval would be refused for
+  good under its key; the preview lets the user see and sign first, and the record id derives
+  from the key, so the digest is the one the state machine checks when the transfer is sent);
 * ``POST /v1/ledger/transfers/{id}/post`` ``{"amount"?}`` and ``.../void`` ``{}`` -> 201 the
   post or void of a pending transfer;
 * ``POST /v1/ledger/transfers/linked`` ``{"transfers": [...]}`` -> 201 the chain, applied whole

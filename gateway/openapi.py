@@ -1004,6 +1004,12 @@ _WALLET_LINK: dict[str, Schema] = {
     "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
     "livemode": {"type": "boolean"},
 }
+_WALLET_BALANCE: dict[str, Schema] = {
+    "asset": {"type": "string", "enum": ["baas"]},
+    "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+    "ledger": {"type": "integer", "minimum": 1},
+    **SCHEMAS["LedgerBalance"]["properties"],
+}
 _LINK_SIGNED: dict[str, Schema] = {
     "user_id": USER_ID,
     "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
@@ -1015,16 +1021,26 @@ SCHEMAS.update(
     {
         "WalletLinkCreate": _closed(_LINK_SIGNED),
         "WalletLink": _closed(_WALLET_LINK),
-        "WalletBalance": _closed(
-            {
-                "asset": {"type": "string", "enum": ["baas"]},
-                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
-                "ledger": {"type": "integer", "minimum": 1},
-                **SCHEMAS["LedgerBalance"]["properties"],
-            }
-        ),
+        "WalletBalance": _closed(_WALLET_BALANCE),
         "WalletLinkRead": _closed(
             {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
+        ),
+        "WalletBalanceList": _closed(
+            {
+                "object": {"const": "list"},
+                "data": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "object": {"const": "wallet_balance"},
+                            "livemode": {"type": "boolean"},
+                            **_WALLET_BALANCE,
+                        }
+                    ),
+                },
+                "has_more": {"type": "boolean"},
+                "url": {"type": "string"},
+            }
         ),
         "WalletUnlink": {
             "oneOf": [
@@ -1082,6 +1098,15 @@ PATHS.update(
                 "getWalletLink",
                 "The wallet linked to your user id in this mode, and its balances",
                 {200: _json("WalletLinkRead", "the link")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_path_param("user_id", "your own user id")],
+            )
+        },
+        "/v1/wallets/links/{user_id}/balances": {
+            "get": _operation(
+                "listWalletBalances",
+                "The balances (one per asset) of the wallet linked to your user id",
+                {200: _json("WalletBalanceList", "the balances")},
                 (*_SIGNED_ERRORS, 404),
                 parameters=[_path_param("user_id", "your own user id")],
             )

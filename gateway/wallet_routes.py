@@ -12,6 +12,8 @@ user's signature, and reads the link and the wallet's balances.
   balances in the credential's mode; 404 ``link_not_found`` for a user id this partner has not
   linked in this mode (another partner's links are keyed by that partner: never reachable).
 
+* ``GET /v1/wallets/links/{user_id}/balances`` -> the same balances as a Stripe list of
+  ``wallet_balance`` objects (one per asset);
 * ``POST /v1/wallets/links/{user_id}/unlink`` ``{}`` (the partner's authority) or ``{"wallet",
   "deadline", "nonce", "signature"}`` (the user's EIP-712 ``Unlink``) -> the identity machine's
   ``wallet.unlink``; 200 the deleted link (Stripe's ``"deleted": true``), also when nothing
@@ -162,6 +164,27 @@ async def get_link(request: web.Request) -> web.Response:
     user_id = user_id_param(request.match_info["user_id"], "user_id")
     ref = user_ref(ctx.pid16, ctx.mode, user_id)
     wallet = await linked_wallet(state, ctx, user_id, "user_id")
+    balances = await _balances(state, ctx, wallet)
+    return web.json_response({**_link_object(user_id, ref, wallet, ctx.mode), "balances": balances})
+
+
+async def get_balances(request: web.Request) -> web.Response:
+    """The linked wallet's balances as a Stripe list (one item per asset of the API: all of
+    them in one page, so ``has_more`` is always false)."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    user_id = user_id_param(request.match_info["user_id"], "user_id")
+    wallet = await linked_wallet(state, ctx, user_id, "user_id")
+    data = [
+        {"object": "wallet_balance", "livemode": ctx.mode == Mode.LIVE, **b}
+        for b in await _balances(state, ctx, wallet)
+    ]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": False, "url": request.path}
+    )
+
+
+async def _balances(state: Any, ctx: LedgerContext, wallet: bytes) -> list[dict[str, Any]]:
+    """Per asset of the API: the wallet's balance (zeros on an asset it never used)."""
     balances = []
     for index, _kind, _scale in ASSETS.values():
         ledger = ledger_number(ctx.mode, index)
@@ -174,7 +197,7 @@ async def get_link(request: web.Request) -> web.Response:
         balances.append(
             {"asset": shown["asset"], "scale": shown["scale"], "ledger": ledger, **shown["balance"]}
         )
-    return web.json_response({**_link_object(user_id, ref, wallet, ctx.mode), "balances": balances})
+    return balances
 
 
 _COUNTERS = ("debits_pending", "debits_posted", "credits_pending", "credits_posted")
@@ -268,5 +291,6 @@ async def post_code(request: web.Request) -> web.Response:
 def add_wallet_routes(app: web.Application) -> None:
     app.router.add_post(WALLET_LINKS_PATH, post_link)
     app.router.add_get(WALLET_LINKS_PATH + "/{user_id}", get_link)
+    app.router.add_get(WALLET_LINKS_PATH + "/{user_id}/balances", get_balances)
     app.router.add_post(WALLET_LINKS_PATH + "/{user_id}/unlink", post_unlink)
     app.router.add_post(WALLET_CODES_PATH, post_code)

@@ -383,8 +383,9 @@ async def test_user_approved_debits_codes_and_unlinks(cluster: tuple[LocalCluste
         late = {**by_code, "approvals": [{"code": short.hex()}]}
         expired = await w.call("POST", "/v1/ledger/transfers", late, key="till-3")
         assert expired.status == 403 and expired.body["code"] == "code_expired", expired
-        wallet = await w.call("GET", "/v1/wallets/links/user-77")
-        assert wallet.body["balances"][0]["posted"] == "160", wallet  # only the first code
+        wallet = await w.call("GET", "/v1/wallets/links/user-77/balances")
+        assert wallet.body["object"] == "list" and wallet.body["has_more"] is False, wallet
+        assert wallet.body["data"][0]["posted"] == "160", wallet  # only the first code
 
         # Unlink by the partner; the read right after sees it (every node asked, freshest).
         off = await w.unlink("user-77", key="unlink-77")

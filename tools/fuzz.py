@@ -382,6 +382,7 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "voidLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.pending_to_void),
     "createWalletLink": _new_link,
     "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
+    "listWalletBalances": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
     "unlinkWallet": _unlink,
     "createOneTimeCode": _new_code,
 }
