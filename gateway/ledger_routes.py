@@ -10,6 +10,9 @@ Routes:
 * ``POST /v1/ledger/accounts`` ``{"asset": "baas", "code", "flags"?, "metadata"?}`` -> 201 the
   account (id derived, never chosen by the client);
 * ``GET /v1/ledger/accounts/{id}`` -> the account with its balances;
+* ``GET /v1/ledger/accounts?limit=&starting_after=`` -> a Stripe list of your accounts of the
+  mode (in id order), ``GET /v1/ledger/transfers?limit=&starting_after=&account=`` -> of your
+  transfers (in id order; with ``account``, that account's, newest first);
 * ``POST /v1/ledger/transfers`` ``{"debit_account", "credit_account", "amount", "code",
   "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer; one side may
   name the partner's user instead (``credit_user``, or ``debit_user`` with the user's
@@ -1186,7 +1189,74 @@ async def post_faucet(request: web.Request) -> web.Response:
     return _answer(done, payload, key)
 
 
+# --- lists ---------------------------------------------------------------------------------
+
+
+def _list_query(request: web.Request, limit_max: int, prefix: str) -> tuple[int, int | None]:
+    """``limit`` (default 10, Stripe's) and ``starting_after`` (an object id of the route)."""
+    raw = request.query.get("limit", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= limit_max:
+        raise InvalidRequest(f"limit must be 1..{limit_max}", param="limit")
+    after = request.query.get("starting_after")
+    return int(raw), None if after is None else _id(after, prefix, "starting_after")
+
+
+async def _page(
+    state: Any, ctx: LedgerContext, kind: str, limit: int, after: int | None, extra: str = ""
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of this partner's objects in this mode (its scope tag): node calls from the
+    cursor on until the page is full or the walk ends, each the freshest of every node."""
+    data: list[dict[str, Any]] = []
+    cursor = after
+    for _ in range(state.config.limits.ledger_list_node_calls_max):
+        query = f"scope={ctx.scope}&limit={limit - len(data)}{extra}"
+        if cursor is not None:
+            query += f"&starting_after={cursor}"
+        page = await ledger_doc(state, ctx, f"/internal/v1/ledger/{kind}?{query}")
+        if page is None:
+            raise OperationFailed("no node answered the list", code="ledger_list_unavailable")
+        data.extend(page["data"])
+        if not page["has_more"] or len(data) == limit or page["scanned_to"] is None:
+            return data, bool(page["has_more"])
+        cursor = int(page["scanned_to"])  # the walk's bound, not the page's: go on from there
+    if not data:  # nothing to name as the next cursor: say so rather than end the list
+        raise OperationFailed(
+            "the list walked its bound (limits.ledger_list_node_calls_max node calls) "
+            "without finding one of your objects",
+            code="ledger_list_too_sparse",
+        )
+    return data, True
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    state, ctx = gateway_state(request), ledger_context(request)
+    limit, after = _list_query(request, state.config.limits.ledger_list_limit_max, ACCOUNT_PREFIX)
+    docs, has_more = await _page(state, ctx, "accounts", limit, after)
+    data = [account_object(d, ctx.mode) for d in docs]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
+    )
+
+
+async def list_transfers(request: web.Request) -> web.Response:
+    """Your transfers in id order; with ``account`` (yours), that account's, newest first."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    limit, after = _list_query(request, state.config.limits.ledger_list_limit_max, TRANSFER_PREFIX)
+    extra = ""
+    if "account" in request.query:
+        account = _id(request.query["account"], ACCOUNT_PREFIX, "account")
+        await _own_account(state, ctx, account, "account")
+        extra = f"&account={account}"
+    docs, has_more = await _page(state, ctx, "transfers", limit, after, extra)
+    data = [_from_doc(d, ctx.mode) for d in docs]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
+    )
+
+
 def add_ledger_routes(app: web.Application) -> None:
+    app.router.add_get(LEDGER_PREFIX + "/accounts", list_accounts)
+    app.router.add_get(LEDGER_PREFIX + "/transfers", list_transfers)
     app.router.add_post(LEDGER_PREFIX + "/accounts", post_account)
     app.router.add_get(LEDGER_PREFIX + "/accounts/{id}", get_account)
     app.router.add_post(LEDGER_PREFIX + "/transfers", post_transfer)

@@ -860,8 +860,11 @@ SCHEMAS.update(
             }
         ),
         "LedgerFaucet": _closed({"account": ACCOUNT_ID, "amount": AMOUNT}),
+        "LedgerAccountList": _list_of("LedgerAccount", "/v1/ledger/accounts"),
+        "LedgerTransferList": _list_of("LedgerTransfer", "/v1/ledger/transfers"),
     }
 )
+
 
 _LEDGER_KEY = {
     "name": "Idempotency-Key",
@@ -907,7 +910,17 @@ PATHS.update(
                 "Open an account on an asset of the credential's mode (its id is derived)",
                 "LedgerAccount",
                 "LedgerAccountCreate",
-            )
+            ),
+            "get": _operation(
+                "listLedgerAccounts",
+                "Your accounts of the credential's mode, in id order",
+                {200: _json("LedgerAccountList", "a page of accounts")},
+                _SIGNED_ERRORS,
+                parameters=[
+                    _LIMIT,
+                    _string_query("starting_after", "the last id of the previous page", ACCOUNT_ID),
+                ],
+            ),
         },
         "/v1/ledger/accounts/{id}": {
             "get": _operation(
@@ -924,7 +937,21 @@ PATHS.update(
                 "Move an amount between two of the partner's accounts (pending: reserve it)",
                 "LedgerTransfer",
                 "LedgerTransferCreate",
-            )
+            ),
+            "get": _operation(
+                "listLedgerTransfers",
+                "Your transfers of the credential's mode, in id order; with `account` (yours), "
+                "that account's, newest first",
+                {200: _json("LedgerTransferList", "a page of transfers")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[
+                    _LIMIT,
+                    _string_query(
+                        "starting_after", "the last id of the previous page", TRANSFER_ID
+                    ),
+                    _string_query("account", "one of your accounts", ACCOUNT_ID),
+                ],
+            ),
         },
         "/v1/ledger/transfers/preview": {
             "post": _operation(

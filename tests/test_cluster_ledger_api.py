@@ -195,6 +195,25 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         bal1, bal2 = _balance(await a.account(a1["id"])), _balance(await a.account(a2["id"]))
         assert (bal1["posted"], bal2["posted"]) == ("540", "460")  # conserved: 1000 in all
 
+        # Lists: the partner's own objects of the mode, paged with starting_after.
+        listed = await a.call("GET", "/v1/ledger/accounts?limit=100")
+        ids = [x["id"] for x in listed.body["data"]]
+        assert listed.status == 200 and listed.body["has_more"] is False, listed
+        assert sorted(ids) == ids and {a1["id"], a2["id"]} <= set(ids) and b1["id"] not in ids
+        one = await a.call("GET", "/v1/ledger/accounts?limit=1")
+        assert one.body["has_more"] is True and [x["id"] for x in one.body["data"]] == ids[:1]
+        two = await a.call("GET", f"/v1/ledger/accounts?limit=1&starting_after={ids[0]}")
+        assert [x["id"] for x in two.body["data"]] == ids[1:2], two
+        of_a2 = await a.call("GET", f"/v1/ledger/transfers?account={a2['id']}&limit=100")
+        newest = first.body["results"][0]["transfer"]["id"]  # the batch's, the last to move
+        assert of_a2.body["data"][0]["id"] == newest, of_a2
+        assert moved.body["id"] in {t["id"] for t in of_a2.body["data"]}
+        everything = await a.call("GET", "/v1/ledger/transfers?limit=100")
+        assert {t["id"] for t in of_a2.body["data"]} <= {t["id"] for t in everything.body["data"]}
+        assert (await b.call("GET", f"/v1/ledger/transfers?account={a1['id']}")).status == 404
+        theirs = await b.call("GET", "/v1/ledger/transfers?limit=100")
+        assert moved.body["id"] not in {t["id"] for t in theirs.body["data"]}
+
         # Another partner's ids are not found, exactly like missing ones.
         for got in (
             await b.account(a1["id"]),
@@ -212,6 +231,8 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         ml = (await m_live.create_account(code=1, key="acct")).body
         assert ml["livemode"] is True and ml["ledger"] == 3 and ml["id"] != mt["id"]
         assert (await m_live.account(mt["id"])).status == 404
+        live_list = await m_live.call("GET", "/v1/ledger/accounts")
+        assert [x["id"] for x in live_list.body["data"]] == [ml["id"]], live_list
         assert (await m_test.account(ml["id"])).status == 404
         metrics = await asyncio.to_thread(_text, f"{local.layout.gateway_url}/metrics")
         assert 'baas_gateway_ledger_operations_total{kind="transfer",status="402"}' in metrics

@@ -273,4 +273,14 @@ async def test_user_debits_codes_and_unlinks_refuse_bad_input_before_the_log(
             got = await http.request("POST", path, body, idempotency_key=key)
             assert got.status == 400, (path, body, got)
             assert (got.body["code"], got.body.get("param")) == (code_, param), (path, got)
-    assert openapi_check.answers_checked >= checked_before + len(cases)
+        lists = [
+            ("/v1/ledger/accounts?limit=0", "limit"),
+            ("/v1/ledger/accounts?limit=101", "limit"),  # ledger_list_limit_max = 100
+            ("/v1/ledger/accounts?starting_after=tr_" + "1" * 32, "starting_after"),
+            ("/v1/ledger/transfers?starting_after=" + A, "starting_after"),
+            ("/v1/ledger/transfers?account=acct_12", "account"),
+        ]
+        for path, param in lists:
+            got = await http.request("GET", path)
+            assert got.status == 400 and got.body.get("param") == param, (path, got)
+    assert openapi_check.answers_checked >= checked_before + len(cases) + len(lists)

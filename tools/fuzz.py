@@ -266,6 +266,13 @@ def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
     return {"body": {**drop, **_move(f, rng, rng.random() < CREDIT_USER_SHARE)}}
 
 
+def _list(rng: random.Random, name: str, ids: tuple[str, ...]) -> Overrides:
+    """A page of 1..100, from the start or naming one of the partner's objects."""
+    chosen = rng.choice(ids) if rng.random() < 0.5 else _DROP
+    drop = dict.fromkeys(("starting_after", "account"), _DROP)
+    return {"query": {**drop, "limit": str(rng.randint(1, 100)), name: chosen}}
+
+
 def _preview(f: Fixtures, rng: random.Random) -> Overrides:
     """A transfer to preview: one of the partner's, or a debit of its linked user's wallet
     (what a user approves; the preview proposes nothing, so it stays 200 however often)."""
@@ -368,6 +375,8 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
     # the ledger's: objects the partner made in setup, amounts the funded account can pay
     "getLedgerAccount": lambda f, rng: _path_id(rng, f.ledger.accounts),
+    "listLedgerAccounts": lambda f, rng: _list(rng, "starting_after", f.ledger.accounts),
+    "listLedgerTransfers": lambda f, rng: _list(rng, "account", f.ledger.accounts),
     "getLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.transfer_ids),
     "testFaucet": lambda f, rng: {
         "body": {"account": rng.choice(f.ledger.accounts), "amount": _amount(rng)}
