@@ -328,10 +328,10 @@ async def test_user_approved_debits_codes_and_unlinks(cluster: tuple[LocalCluste
     carol = UserWallet(bytes(range(1, 33)))
     try:
         deadline = time.monotonic() + 90
-        while (await w.create_account(code=1, key="float")).status == 401:  # keyring reload
+        while (await w.create_account(code=1, key="float-carol")).status == 401:  # reload
             assert time.monotonic() < deadline
             await asyncio.sleep(0.5)
-        shop = (await w.create_account(code=1, key="float")).body["id"]
+        shop = (await w.create_account(code=1, key="float-carol")).body["id"]
         assert (await w.faucet(shop, "1000", key="fund-carol")).status in (200, 201)
         await _linked_user(w, carol, "user-77")
         pay = {"debit_account": shop, "credit_user": "user-77", "amount": "300", "code": 4}

@@ -247,7 +247,7 @@ async def test_link_read_answers_the_wallet_in_its_mode_only(node_reads: TestCli
     ref_live = user_ref(SHOP, Mode.LIVE, "user-1").hex()
     base = f"/internal/v1/identity/links/{SHOP.hex()}"
     unlinked = await node_reads.get(f"{base}/test/{ref_test}")  # the partner unlinked it
-    assert unlinked.status == 404
+    assert unlinked.status == 404 and unlinked.headers["X-Baas-Applied-Index"] == "7"
     live = await node_reads.get(f"{base}/live/{ref_live}")
     assert live.status == 200
     wallet, applied = (await live.json())["wallet"], (await live.json())["applied_index"]

@@ -16,15 +16,18 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint
 from gateway.node_client import NodeClient
+from node.api.wire import APPLIED_INDEX_HEADER
 from node.errors import NotFound
 
 
-def _node(answer: dict[str, Any] | None) -> web.Application:
+def _node(answer: dict[str, Any] | None, applied: int | None = None) -> web.Application:
     async def read(request: web.Request) -> web.Response:
         if answer is None:
+            headers = {} if applied is None else {APPLIED_INDEX_HEADER: str(applied)}
             return web.json_response(
-                {"status": 404, "code": "link_not_found", "detail": "lagging"},
+                {"status": 404, "code": "link_not_found", "detail": "not here"},
                 status=404,
+                headers=headers,
                 content_type="application/problem+json",
             )
         return web.json_response(answer)
@@ -97,3 +100,31 @@ async def test_not_found_only_when_no_node_has_it() -> None:
     finally:
         await client.stop()
         await server.close()
+
+
+async def test_a_fresher_not_found_beats_a_stale_answer() -> None:
+    """An unlink: the node that applied it answers 404 at index 12, a lagging one still has
+    the link at index 11. The 404 is the newer state: the read is not found."""
+    servers = [
+        TestServer(_node({"wallet": "0x" + "ab" * 20, "applied_index": 11})),
+        TestServer(_node(None, applied=12)),
+    ]
+    for server in servers:
+        await server.start_server()
+    client = NodeClient(
+        tuple(NodeEndpoint(f"n{i}", f"127.0.0.1:{s.port}") for i, s in enumerate(servers)),
+        "token",
+        GatewayLimits(),
+        GatewayTimeouts(),
+    )
+    await client.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        with pytest.raises(NotFound):
+            await client.identity_read(
+                "/internal/v1/identity/audit", deadline=deadline, request_id="r"
+            )
+    finally:
+        await client.stop()
+        for server in servers:
+            await server.close()

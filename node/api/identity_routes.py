@@ -35,9 +35,10 @@ from business.identity.core import ENTRY_TYPES, role_ledger
 from business.identity.ids import Mode, partner_account_id
 from business.identity.views import get_partner, linked_wallet, list_audit
 from node.anchoring.forwarding import ForwardingProposer, decode_forwarded, outcome_body
-from node.api.wire import MSGPACK
+from node.api.problem import problem_response
+from node.api.wire import APPLIED_INDEX_HEADER, MSGPACK
 from node.consensus.state_machine import AppEntry, Applied, StateView
-from node.errors import InvalidRequest, NotFound, NotLeader
+from node.errors import InvalidRequest, NotLeader
 
 __all__ = [
     "IDENTITY_ENTRIES_PATH",
@@ -164,7 +165,7 @@ async def get_partner_route(request: web.Request) -> web.Response:
     applied = routes.applied_index()
     found = partner_json(partner, routes.view())
     if found is None:
-        raise NotFound("no such partner on this node", code="partner_not_found")
+        return _not_found(applied, "partner_not_found", "no such partner on this node")
     return web.json_response({**found, "applied_index": applied})
 
 
@@ -209,9 +210,13 @@ async def get_link(request: web.Request) -> web.Response:
     routes = request.app[ROUTES]
     applied = routes.applied_index()
     wallet = linked_wallet(routes.view(), partner, _mode(request.match_info["mode"]), user_ref)
-    if wallet is None:
-        raise NotFound("no link for this user reference", code="link_not_found")
+    if wallet is None:  # never linked, not yet, or unlinked: the index tells which is newer
+        return _not_found(applied, "link_not_found", "no link for this user reference")
     return web.json_response({"wallet": "0x" + wallet.hex(), "applied_index": applied})
+
+
+def _not_found(applied: int, code: str, detail: str) -> web.Response:
+    return problem_response(404, code, detail, headers={APPLIED_INDEX_HEADER: str(applied)})
 
 
 def add_identity_routes(app: web.Application, routes: IdentityRoutes) -> None:
