@@ -7,6 +7,7 @@ test_cluster_partners.py reads the audit trail right after onboarding, with no p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -38,15 +39,10 @@ def _node(answer: dict[str, Any] | None, applied: int | None = None) -> web.Appl
     return app
 
 
-@pytest.fixture
-async def nodes() -> AsyncIterator[NodeClient]:
-    # The freshest node is the middle one: neither the first nor the last asked wins by order.
-    answers = [
-        {"data": [], "has_more": False, "applied_index": 5},
-        {"data": [{"seq": 0}], "has_more": False, "applied_index": 9},
-        None,  # has not applied anything of it: 404
-    ]
-    servers = [TestServer(_node(a)) for a in answers]
+@contextlib.asynccontextmanager
+async def _client(apps: list[web.Application]) -> AsyncIterator[NodeClient]:
+    """A gateway's node client in front of ``apps``, one fake node each."""
+    servers = [TestServer(app) for app in apps]
     for server in servers:
         await server.start_server()
     client = NodeClient(
@@ -64,6 +60,18 @@ async def nodes() -> AsyncIterator[NodeClient]:
             await server.close()
 
 
+@pytest.fixture
+async def nodes() -> AsyncIterator[NodeClient]:
+    # The freshest node is the middle one: neither the first nor the last asked wins by order.
+    answers = [
+        {"data": [], "has_more": False, "applied_index": 5},
+        {"data": [{"seq": 0}], "has_more": False, "applied_index": 9},
+        None,  # has not applied anything of it: 404
+    ]
+    async with _client([_node(a) for a in answers]) as client:
+        yield client
+
+
 async def test_the_freshest_answer_wins(nodes: NodeClient) -> None:
     deadline = asyncio.get_running_loop().time() + 5
     page = await nodes.identity_read(
@@ -77,16 +85,7 @@ async def test_the_freshest_answer_wins(nodes: NodeClient) -> None:
 
 
 async def test_not_found_only_when_no_node_has_it() -> None:
-    server = TestServer(_node(None))
-    await server.start_server()
-    client = NodeClient(
-        (NodeEndpoint("n0", f"127.0.0.1:{server.port}"),),
-        "token",
-        GatewayLimits(),
-        GatewayTimeouts(),
-    )
-    await client.start()
-    try:
+    async with _client([_node(None)]) as client:
         deadline = asyncio.get_running_loop().time() + 5
         with pytest.raises(NotFound) as raised:
             await client.identity_read(
@@ -97,34 +96,15 @@ async def test_not_found_only_when_no_node_has_it() -> None:
             "/internal/v1/ledger/accounts/1", deadline=deadline, request_id="r"
         )
         assert missing is None
-    finally:
-        await client.stop()
-        await server.close()
 
 
 async def test_a_fresher_not_found_beats_a_stale_answer() -> None:
     """An unlink: the node that applied it answers 404 at index 12, a lagging one still has
     the link at index 11. The 404 is the newer state: the read is not found."""
-    servers = [
-        TestServer(_node({"wallet": "0x" + "ab" * 20, "applied_index": 11})),
-        TestServer(_node(None, applied=12)),
-    ]
-    for server in servers:
-        await server.start_server()
-    client = NodeClient(
-        tuple(NodeEndpoint(f"n{i}", f"127.0.0.1:{s.port}") for i, s in enumerate(servers)),
-        "token",
-        GatewayLimits(),
-        GatewayTimeouts(),
-    )
-    await client.start()
-    try:
+    stale = _node({"wallet": "0x" + "ab" * 20, "applied_index": 11})
+    async with _client([stale, _node(None, applied=12)]) as client:
         deadline = asyncio.get_running_loop().time() + 5
         with pytest.raises(NotFound):
             await client.identity_read(
                 "/internal/v1/identity/audit", deadline=deadline, request_id="r"
             )
-    finally:
-        await client.stop()
-        for server in servers:
-            await server.close()
