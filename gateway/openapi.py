@@ -790,8 +790,9 @@ SCHEMAS.update(
                     # must not refuse it.
                     "items": {
                         "description": "a transfer (the fields of LedgerTransferCreate but "
-                        "credit_user) and its idempotency_key (required); an invalid item is "
-                        "answered in its slot, status 400 with the param at fault",
+                        "credit_user and debit_user) and its idempotency_key (required); an "
+                        "invalid item is answered in its slot, status 400 with the param at "
+                        "fault",
                     },
                 }
             }
