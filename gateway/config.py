@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from business.ledger.views import LIST_LIMIT_MAX
 from node.config import (
     build_dataclass,
     parse_host_port,
@@ -51,6 +52,11 @@ class GatewayLimits:
     # and transfers per linked chain (the node takes at most 64 events per operation).
     ledger_batch_operations_max: int = 100
     ledger_linked_transfers_max: int = 32
+    # Lists (GET /v1/ledger/accounts, /v1/ledger/transfers): objects per page (at most the
+    # nodes' LIST_LIMIT_MAX), and node calls one page may take: each node call walks at most
+    # the node's ledger_list_scan_keys_max keys (no index by partner), the next goes on.
+    ledger_list_limit_max: int = 100
+    ledger_list_node_calls_max: int = 8
     inflight_requests_max: int = 512
     node_connections_max: int = 64
     replay_cache_entries_max: int = 200_000
@@ -81,6 +87,8 @@ class GatewayLimits:
             raise ConfigError(
                 f"limits.ledger_linked_transfers_max must be at most {LINKED_TRANSFERS_MAX}"
             )
+        if self.ledger_list_limit_max > LIST_LIMIT_MAX:
+            raise ConfigError(f"limits.ledger_list_limit_max must be at most {LIST_LIMIT_MAX}")
         if self.node_queue_fill_max_percent > 100:
             raise ConfigError("limits.node_queue_fill_max_percent must be at most 100")
 

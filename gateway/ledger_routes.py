@@ -10,8 +10,19 @@ Routes:
 * ``POST /v1/ledger/accounts`` ``{"asset": "baas", "code", "flags"?, "metadata"?}`` -> 201 the
   account (id derived, never chosen by the client);
 * ``GET /v1/ledger/accounts/{id}`` -> the account with its balances;
+* ``GET /v1/ledger/accounts?limit=&starting_after=`` -> a Stripe list of your accounts of the
+  mode (in id order), ``GET /v1/ledger/transfers?limit=&starting_after=&account=`` -> of your
+  transfers (in id order; with ``account``, that account's, newest first);
 * ``POST /v1/ledger/transfers`` ``{"debit_account", "credit_account", "amount", "code",
-  "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer;
+  "pending"?, "timeout_s"?, "metadata"?, "approvals"?}`` -> 201 the transfer; one side may
+  name the partner's user instead (``credit_user``, or ``debit_user`` with the user's
+  ``approvals``: 400 ``approval_required`` without, before the log);
+* ``POST /v1/ledger/transfers/preview`` (the same body, no ``approvals``, the same
+  ``Idempotency-Key``) -> 200 what that transfer will be, its operation digest and the EIP-712
+  ``Approve`` each debited wallet signs; nothing is proposed (why a separate route: an
+  operation's outcome is sticky, so a transfer sent without the approval would be refused for
+  good under its key; the preview lets the user see and sign first, and the record id derives
+  from the key, so the digest is the one the state machine checks when the transfer is sent);
 * ``POST /v1/ledger/transfers/{id}/post`` ``{"amount"?}`` and ``.../void`` ``{}`` -> 201 the
   post or void of a pending transfer;
 * ``POST /v1/ledger/transfers/linked`` ``{"transfers": [...]}`` -> 201 the chain, applied whole
@@ -55,13 +66,20 @@ entry, applied as one unit (node/consensus/ledger_ops.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
-from business.identity.approvals import CodeApproval, SignedApproval, encode_approvals
+from business.identity import eip712
+from business.identity.approvals import (
+    CodeApproval,
+    SignedApproval,
+    encode_approvals,
+    operation_digest,
+)
 from business.identity.ids import (
     ASSET_INDEX_BAAS,
     Mode,
@@ -75,7 +93,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.ids import account_id as derived_account_id
-from business.identity.model import ApprovalResult, ScopeResult
+from business.identity.model import ApprovalResult, IdentityConfig, ScopeResult
 from business.identity.scope import PLATFORM
 from business.ledger.amounts import format_amount, parse_amount
 from business.ledger.model import (
@@ -114,6 +132,7 @@ __all__ = [
     "LedgerRefused",
     "account_object",
     "add_ledger_routes",
+    "amount_param",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -138,6 +157,9 @@ FAUCET_TRANSFER_CODE = 1
 USER_ID_CHARS_MAX = 255
 APPROVALS_ITEMS_MAX = 16  # business.identity.IdentityConfig.approvals_max
 TIMEOUT_S_MAX = U32_MAX
+# The deadline a preview proposes for the user's Approve (the user's wallet may sign another:
+# the deadline is a field of the signed message, not of the operation).
+APPROVAL_DEADLINE_S = 900
 ACCOUNT_FLAGS = {
     "debits_must_not_exceed_credits": AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS,
     "credits_must_not_exceed_debits": AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS,
@@ -239,7 +261,7 @@ async def read_body(request: web.Request, allowed: set[str], required: set[str])
     return _object(parse_json_body(await request.read()), allowed, required)
 
 
-def _amount(raw: Any, param: str) -> int:
+def amount_param(raw: Any, param: str) -> int:
     try:
         return parse_amount(raw, param=param)
     except InvalidRequest as exc:
@@ -677,7 +699,8 @@ _TRANSFER_FIELDS = {
 }
 _TRANSFER_REQUIRED = {"debit_account", "credit_account", "amount", "code"}
 _SINGLE_EXTRA = frozenset({"approvals", "idempotency_key"})  # a single or a batch item
-_ROUTE_EXTRA = frozenset({"approvals", "credit_user"})  # POST /v1/ledger/transfers
+_USERS = frozenset({"credit_user", "debit_user"})  # a side named by the partner's user id
+_ROUTE_EXTRA = _USERS | {"approvals"}  # POST /v1/ledger/transfers
 
 
 @dataclass(frozen=True, slots=True)
@@ -692,19 +715,37 @@ class _Asked:
     flags: int
     timeout_s: int
     credit_user: str | None = None  # credit the wallet linked to this user id instead
+    debit_user: str | None = None  # debit the wallet linked to this user id (its approval)
+    debit_wallet: bytes | None = None  # that wallet's address, once resolved (_checked)
 
 
 def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -> _Asked:
-    """A transfer as asked, checked alone (its ledger is filled in by :func:`_checked`)."""
-    wallet = "credit_user" in extra and "credit_user" in raw if isinstance(raw, dict) else False
-    required = _TRANSFER_REQUIRED - {"credit_account"} if wallet else _TRANSFER_REQUIRED
+    """A transfer as asked, checked alone (its ledger is filled in by :func:`_checked`). One
+    side may name the partner's user (``credit_user`` / ``debit_user``, where ``extra`` allows)
+    in place of an account: the wallet linked to that user."""
+    named = sorted(u for u in _USERS & extra if isinstance(raw, dict) and u in raw)
+    if len(named) > 1:
+        raise InvalidRequest("a transfer names one user at most", param=where + "debit_user")
+    sides = {u.removesuffix("_user") for u in named}
+    required = _TRANSFER_REQUIRED - {f"{side}_account" for side in sides}
     body = _object(raw, _TRANSFER_FIELDS | extra, required, where)
-    if wallet and "credit_account" in body:
-        raise InvalidRequest("credit_account or credit_user, not both", param=where + "credit_user")
-    debit = _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
-    credit = 0 if wallet else _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
-    user = user_id_param(body["credit_user"], where + "credit_user") if wallet else None
-    amount = _amount(body["amount"], where + "amount")
+    for side in sides:
+        if f"{side}_account" in body:
+            raise InvalidRequest(
+                f"{side}_account or {side}_user, not both", param=f"{where}{side}_user"
+            )
+    users = {side: user_id_param(body[f"{side}_user"], f"{where}{side}_user") for side in sides}
+    debit = (
+        0
+        if "debit" in sides
+        else _id(body["debit_account"], ACCOUNT_PREFIX, where + "debit_account")
+    )
+    credit = (
+        0
+        if "credit" in sides
+        else _id(body["credit_account"], ACCOUNT_PREFIX, where + "credit_account")
+    )
+    amount = amount_param(body["amount"], where + "amount")
     code = int_param(body["code"], where + "code", 1, U16_MAX)
     pending = body.get("pending", False)
     if type(pending) is not bool:
@@ -719,12 +760,21 @@ def _parse_transfer(raw: Any, where: str, extra: frozenset[str] = frozenset()) -
             )
         timeout_s = int_param(body["timeout_s"], where + "timeout_s", 1, TIMEOUT_S_MAX)
     flags = int(TransferFlags.PENDING) if pending else 0
-    return _Asked(debit, credit, amount, 0, code, flags, timeout_s, user)
+    return _Asked(
+        debit, credit, amount, 0, code, flags, timeout_s, users.get("credit"), users.get("debit")
+    )
 
 
 async def _checked(state: Any, ctx: LedgerContext, asked: _Asked, where: str) -> _Asked:
     """Both accounts are the caller's own (else 404 as for a missing one); the transfer's
-    ledger is the debit account's (a credit account on another is the ledger's refusal)."""
+    ledger is the debit account's (a credit account on another is the ledger's refusal). A
+    side named by user id is the linked wallet's account on the other side's ledger."""
+    if asked.debit_user is not None:
+        credit_doc = await _own_account(state, ctx, asked.credit, where + "credit_account")
+        ledger = int(credit_doc["ledger"])
+        wallet = await linked_wallet(state, ctx, asked.debit_user, where + "debit_user")
+        account = wallet_account_id(wallet_id(wallet, ctx.mode), ctx.mode, ledger)
+        return replace(asked, ledger=ledger, debit=account, debit_wallet=wallet)
     debit_doc = await _own_account(state, ctx, asked.debit, where + "debit_account")
     ledger = int(debit_doc["ledger"])
     if asked.credit_user is not None:
@@ -831,9 +881,60 @@ async def post_transfer(request: web.Request) -> web.Response:
     )
     body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | _ROUTE_EXTRA, set())
     item = _item(key, body, "", _ROUTE_EXTRA)
+    if item.asked.debit_user is not None and item.approvals is None:
+        # Refused before the log, so the key stays free: the state machine's refusal would be
+        # the operation's sticky outcome (approval_missing), and the key burnt for good.
+        raise InvalidRequest(
+            "a debit of a user's wallet needs the user's approval: sign the digest that "
+            "POST /v1/ledger/transfers/preview answers, or send a one-time code",
+            code="approval_required",
+            param="approvals",
+        )
     op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
     done = await _write_one(state, ctx, op)
     return _answer(done, _object_of(ctx, op, op.events[op.first], done.events[0]), key)
+
+
+async def post_preview(request: web.Request) -> web.Response:
+    """What a debit of a user's wallet will be, for the user to approve: nothing is proposed.
+
+    The same body as ``POST /v1/ledger/transfers`` (without ``approvals``) under the same
+    ``Idempotency-Key``: the record id derives from (partner, mode, route, key) and the events
+    from the body, so the digest answered here is the one the state machine checks when that
+    transfer is sent with the approvals. Another body under the key is another digest: an
+    approval of this one is refused (``approval_signer_mismatch``)."""
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | _USERS, set())
+    item = _item(key, body, "", _USERS)
+    asked = await _checked(state, ctx, item.asked, "")
+    op = _single(state, ctx, item, asked)
+    events = encode_events(op.events)
+    digest = operation_digest(op.record_id, events)
+    chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
+    deadline = int(time.time()) + APPROVAL_DEADLINE_S
+    wallets = [] if asked.debit_wallet is None else [asked.debit_wallet]
+    preview = {
+        "object": "transfer_preview",
+        "livemode": ctx.mode == Mode.LIVE,
+        "operation": op.record_id.hex(),
+        "events": events.hex(),
+        "digest": "0x" + digest.hex(),
+        "transfer": _object_of(ctx, op, op.events[op.first], {"amount": asked.amount}),
+        "approvals_required": [
+            {
+                "wallet": "0x" + w.hex(),
+                "typed_data": eip712.typed_data(
+                    eip712.Approve(int(ctx.mode), digest, w, deadline), chain_id
+                ),
+            }
+            for w in wallets
+        ],
+    }
+    return web.json_response(preview, headers={"Idempotency-Key": key})
 
 
 async def _resolve(request: web.Request, void: bool) -> web.Response:
@@ -846,7 +947,7 @@ async def _resolve(request: web.Request, void: bool) -> web.Response:
     body = await read_body(request, set() if void else {"amount", "metadata"}, set())
     amount = 0 if void else AMOUNT_MAX
     if "amount" in body:
-        amount = _amount(body["amount"], "amount")
+        amount = amount_param(body["amount"], "amount")
     doc = await _own_transfer(state, ctx, pending, "id")
     if not int(doc["flags"]) & TransferFlags.PENDING:
         raise LedgerRefused(
@@ -1050,7 +1151,7 @@ async def post_faucet(request: web.Request) -> web.Response:
         )
     body = await read_body(request, {"account", "amount"}, {"account", "amount"})
     account = _id(body["account"], ACCOUNT_PREFIX, "account")
-    amount = _amount(body["amount"], "amount")
+    amount = amount_param(body["amount"], "amount")
     doc = await _own_account(state, ctx, account, "account")
     ledger = ledger_number(ctx.mode, ASSETS["baas"][0])
     if int(doc["ledger"]) != ledger:
@@ -1088,10 +1189,78 @@ async def post_faucet(request: web.Request) -> web.Response:
     return _answer(done, payload, key)
 
 
+# --- lists ---------------------------------------------------------------------------------
+
+
+def _list_query(request: web.Request, limit_max: int, prefix: str) -> tuple[int, int | None]:
+    """``limit`` (default 10, Stripe's) and ``starting_after`` (an object id of the route)."""
+    raw = request.query.get("limit", "10")
+    if not raw.isdigit() or not 1 <= int(raw) <= limit_max:
+        raise InvalidRequest(f"limit must be 1..{limit_max}", param="limit")
+    after = request.query.get("starting_after")
+    return int(raw), None if after is None else _id(after, prefix, "starting_after")
+
+
+async def _page(
+    state: Any, ctx: LedgerContext, kind: str, limit: int, after: int | None, extra: str = ""
+) -> tuple[list[dict[str, Any]], bool]:
+    """One page of this partner's objects in this mode (its scope tag): node calls from the
+    cursor on until the page is full or the walk ends, each the freshest of every node."""
+    data: list[dict[str, Any]] = []
+    cursor = after
+    for _ in range(state.config.limits.ledger_list_node_calls_max):
+        query = f"scope={ctx.scope}&limit={limit - len(data)}{extra}"
+        if cursor is not None:
+            query += f"&starting_after={cursor}"
+        page = await ledger_doc(state, ctx, f"/internal/v1/ledger/{kind}?{query}")
+        if page is None:
+            raise OperationFailed("no node answered the list", code="ledger_list_unavailable")
+        data.extend(page["data"])
+        if not page["has_more"] or len(data) == limit or page["scanned_to"] is None:
+            return data, bool(page["has_more"])
+        cursor = int(page["scanned_to"])  # the walk's bound, not the page's: go on from there
+    if not data:  # nothing to name as the next cursor: say so rather than end the list
+        raise OperationFailed(
+            "the list walked its bound (limits.ledger_list_node_calls_max node calls) "
+            "without finding one of your objects",
+            code="ledger_list_too_sparse",
+        )
+    return data, True
+
+
+async def list_accounts(request: web.Request) -> web.Response:
+    state, ctx = gateway_state(request), ledger_context(request)
+    limit, after = _list_query(request, state.config.limits.ledger_list_limit_max, ACCOUNT_PREFIX)
+    docs, has_more = await _page(state, ctx, "accounts", limit, after)
+    data = [account_object(d, ctx.mode) for d in docs]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
+    )
+
+
+async def list_transfers(request: web.Request) -> web.Response:
+    """Your transfers in id order; with ``account`` (yours), that account's, newest first."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    limit, after = _list_query(request, state.config.limits.ledger_list_limit_max, TRANSFER_PREFIX)
+    extra = ""
+    if "account" in request.query:
+        account = _id(request.query["account"], ACCOUNT_PREFIX, "account")
+        await _own_account(state, ctx, account, "account")
+        extra = f"&account={account}"
+    docs, has_more = await _page(state, ctx, "transfers", limit, after, extra)
+    data = [_from_doc(d, ctx.mode) for d in docs]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
+    )
+
+
 def add_ledger_routes(app: web.Application) -> None:
+    app.router.add_get(LEDGER_PREFIX + "/accounts", list_accounts)
+    app.router.add_get(LEDGER_PREFIX + "/transfers", list_transfers)
     app.router.add_post(LEDGER_PREFIX + "/accounts", post_account)
     app.router.add_get(LEDGER_PREFIX + "/accounts/{id}", get_account)
     app.router.add_post(LEDGER_PREFIX + "/transfers", post_transfer)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/preview", post_preview)
     app.router.add_post(LEDGER_PREFIX + "/transfers/linked", post_linked)
     app.router.add_post(LEDGER_PREFIX + "/transfers/batch", post_batch)
     app.router.add_get(LEDGER_PREFIX + "/transfers/{id}", get_transfer)

@@ -35,7 +35,13 @@ import msgpack
 
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint
 from node.api.identity_routes import IDENTITY_ENTRIES_PATH
-from node.api.wire import DEADLINE_HEADER, MSGPACK, QUEUE_DEPTH_HEADER, QUEUE_MAX_HEADER
+from node.api.wire import (
+    APPLIED_INDEX_HEADER,
+    DEADLINE_HEADER,
+    MSGPACK,
+    QUEUE_DEPTH_HEADER,
+    QUEUE_MAX_HEADER,
+)
 from node.batcher import Batcher
 from node.consensus.state_machine import AppEntry, encode_app_entry
 from node.errors import (
@@ -483,26 +489,33 @@ class NodeClient:
     async def identity_read(
         self, path: str, *, deadline: float, request_id: str | None
     ) -> dict[str, Any]:
-        """An identity read (JSON) from the first node that knows the answer: a node that lags
-        answers 404 for what it has not applied yet, so a 404 passes the call on."""
-        return await self._call(
-            "GET",
-            path,
-            None,
-            deadline=deadline,
-            request_id=request_id,
-            json_reply=True,
-            next_node_on=frozenset({404}),
-        )
+        """An identity read (JSON carrying ``applied_index``): the freshest answer of every
+        healthy node (:meth:`_freshest`), so a caller reads its own changes (a link, an
+        unlink, an onboarding) right after they were acknowledged; the node's 404 if none has
+        it."""
+        found = await self._freshest(path, deadline=deadline, request_id=request_id)
+        if isinstance(found, NotFound):
+            raise found
+        return found
 
     # ----------------------------------------------------------------- ledger reads
 
     async def ledger_read(
         self, path: str, *, deadline: float, request_id: str | None
     ) -> dict[str, Any] | None:
-        """A ledger read (JSON carrying ``applied_index``) from every healthy node at once: the
-        freshest answer, None if no node has the object. A write is acknowledged once applied
-        on the node that coordinated it, so asking them all reads the caller's own writes."""
+        """A ledger read: the freshest answer of every healthy node (:meth:`_freshest`), None
+        if no node has the object."""
+        found = await self._freshest(path, deadline=deadline, request_id=request_id)
+        return None if isinstance(found, NotFound) else found
+
+    async def _freshest(
+        self, path: str, *, deadline: float, request_id: str | None
+    ) -> dict[str, Any] | NotFound:
+        """A read (JSON carrying ``applied_index``) from every healthy node at once: the answer,
+        found or a 404, with the highest applied index (a 404 names its own in a header; one
+        without counts as 0, so a found answer beats it). A write is acknowledged once applied
+        on the node that coordinated it, so asking them all reads the caller's own writes,
+        whichever node lags: a creation, and a deletion (an unlink: the 404 is newer)."""
         assert self._session is not None, "NodeClient.start() was not called"
         nodes = [n for n in self._nodes if self.node_state[n.name].healthy] or list(self._nodes)
         remaining_s = deadline - asyncio.get_running_loop().time()
@@ -513,7 +526,7 @@ class NodeClient:
             headers[REQUEST_ID_HEADER] = request_id
         timeout = aiohttp.ClientTimeout(total=min(remaining_s, self._timeouts.node_request_s))
 
-        async def one(node: NodeEndpoint) -> dict[str, Any] | BaasError | None:
+        async def one(node: NodeEndpoint) -> tuple[int, dict[str, Any] | BaasError]:
             self.node_calls += 1
             try:
                 async with self._session.get(  # type: ignore[union-attr]
@@ -522,19 +535,20 @@ class NodeClient:
                     raw = await response.read()
                     if response.status == 200:
                         found: dict[str, Any] = json.loads(raw)
-                        return found
-                    if response.status == 404:
-                        return None
-                    return error_from_problem(response.status, await self._problem(response, raw))
+                        return int(found.get("applied_index", 0)), found
+                    index = response.headers.get(APPLIED_INDEX_HEADER, "")
+                    problem = await self._problem(response, raw)
+                    applied = int(index) if index.isdigit() else 0
+                    return applied, error_from_problem(response.status, problem)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.node_call_failures += 1
-                return OperationFailed(f"node {node.name}: {type(exc).__name__}")
+                return 0, OperationFailed(f"node {node.name}: {type(exc).__name__}")
 
         answers = await asyncio.gather(*(one(n) for n in nodes))
-        found = [a for a in answers if isinstance(a, dict)]
-        if found:
-            return max(found, key=lambda doc: int(doc.get("applied_index", 0)))
-        errors = [a for a in answers if isinstance(a, BaasError)]
-        if errors and len(errors) == len(answers):
-            raise errors[0]  # no node could say: not "not found"
-        return None
+        known = [(i, a) for i, a in answers if isinstance(a, dict | NotFound)]
+        if not known:  # no node could say: every answer failed
+            raise next(a for _, a in answers if isinstance(a, BaasError))
+        # The freshest; at one index every node holds the same state, a found answer first.
+        _, best = max(known, key=lambda pair: (pair[0], isinstance(pair[1], dict)))
+        assert isinstance(best, dict | NotFound)
+        return best

@@ -657,6 +657,23 @@ _TRANSFER_FIELDS: dict[str, Schema] = {
     "approvals": {"type": "array", "minItems": 1, "maxItems": 16, "items": _APPROVAL},
 }
 _TRANSFER_REQUIRED = ["debit_account", "credit_account", "amount", "code"]
+_USER_SIDES: dict[str, Schema] = {
+    "credit_user": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "instead of credit_account: your user id, to credit the "
+        "wallet you linked it to (its account on the asset is opened if new)",
+    },
+    "debit_user": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "description": "instead of debit_account: your user id, to debit the wallet you "
+        "linked it to, on credit_account's asset; needs the user's approval (400 "
+        "approval_required without one)",
+    },
+}
 _LEDGER_PROBLEM = _closed(
     {
         "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
@@ -706,17 +723,42 @@ SCHEMAS.update(
             }
         ),
         "LedgerTransferCreate": _closed(
+            {**_TRANSFER_FIELDS, **_USER_SIDES}, required=["amount", "code"]
+        ),
+        "LedgerTransferPreviewCreate": _closed(
+            {**{k: v for k, v in _TRANSFER_FIELDS.items() if k != "approvals"}, **_USER_SIDES},
+            required=["amount", "code"],
+        ),
+        "LedgerTransferPreview": _closed(
             {
-                **_TRANSFER_FIELDS,
-                "credit_user": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 255,
-                    "description": "instead of credit_account: your user id, to credit the "
-                    "wallet you linked it to (its account on the asset is opened if new)",
+                "object": {"const": "transfer_preview"},
+                "livemode": {"type": "boolean"},
+                "operation": {
+                    **HEX64,
+                    "description": "the record id the transfer will have under this key",
                 },
-            },
-            required=["debit_account", "amount", "code"],
+                "events": {
+                    "type": "string",
+                    "pattern": "^([0-9a-f]{2})+$",
+                    "description": "the operation's ledger events as the log will carry them "
+                    "(business/ledger/wire.py): with `operation`, what `digest` covers",
+                },
+                "digest": {**HEX0X64, "description": "operation_digest(operation, events)"},
+                "transfer": _ref("LedgerTransfer"),
+                "approvals_required": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
+                            "typed_data": {
+                                "type": "object",
+                                "description": "the EIP-712 Approve to sign (types, "
+                                "primaryType, domain, message), eth_account's full_message",
+                            },
+                        }
+                    ),
+                },
+            }
         ),
         "LedgerTransferResolve": _closed(
             {"amount": AMOUNT, "metadata": {"type": "object"}}, required=[]
@@ -748,8 +790,9 @@ SCHEMAS.update(
                     # must not refuse it.
                     "items": {
                         "description": "a transfer (the fields of LedgerTransferCreate but "
-                        "credit_user) and its idempotency_key (required); an invalid item is "
-                        "answered in its slot, status 400 with the param at fault",
+                        "credit_user and debit_user) and its idempotency_key (required); an "
+                        "invalid item is answered in its slot, status 400 with the param at "
+                        "fault",
                     },
                 }
             }
@@ -818,8 +861,11 @@ SCHEMAS.update(
             }
         ),
         "LedgerFaucet": _closed({"account": ACCOUNT_ID, "amount": AMOUNT}),
+        "LedgerAccountList": _list_of("LedgerAccount", "/v1/ledger/accounts"),
+        "LedgerTransferList": _list_of("LedgerTransfer", "/v1/ledger/transfers"),
     }
 )
+
 
 _LEDGER_KEY = {
     "name": "Idempotency-Key",
@@ -865,7 +911,17 @@ PATHS.update(
                 "Open an account on an asset of the credential's mode (its id is derived)",
                 "LedgerAccount",
                 "LedgerAccountCreate",
-            )
+            ),
+            "get": _operation(
+                "listLedgerAccounts",
+                "Your accounts of the credential's mode, in id order",
+                {200: _json("LedgerAccountList", "a page of accounts")},
+                _SIGNED_ERRORS,
+                parameters=[
+                    _LIMIT,
+                    _string_query("starting_after", "the last id of the previous page", ACCOUNT_ID),
+                ],
+            ),
         },
         "/v1/ledger/accounts/{id}": {
             "get": _operation(
@@ -882,6 +938,31 @@ PATHS.update(
                 "Move an amount between two of the partner's accounts (pending: reserve it)",
                 "LedgerTransfer",
                 "LedgerTransferCreate",
+            ),
+            "get": _operation(
+                "listLedgerTransfers",
+                "Your transfers of the credential's mode, in id order; with `account` (yours), "
+                "that account's, newest first",
+                {200: _json("LedgerTransferList", "a page of transfers")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[
+                    _LIMIT,
+                    _string_query(
+                        "starting_after", "the last id of the previous page", TRANSFER_ID
+                    ),
+                    _string_query("account", "one of your accounts", ACCOUNT_ID),
+                ],
+            ),
+        },
+        "/v1/ledger/transfers/preview": {
+            "post": _operation(
+                "previewLedgerTransfer",
+                "What POST /v1/ledger/transfers with this body and Idempotency-Key will be, "
+                "and the digest (EIP-712 Approve) its debited users sign: nothing is proposed",
+                {200: _json("LedgerTransferPreview", "the preview", _IDEMPOTENCY_HEADER)},
+                (*_SIGNED_ERRORS, 404),
+                body="LedgerTransferPreviewCreate",
+                parameters=[_LEDGER_KEY],
             )
         },
         "/v1/ledger/transfers/linked": {
@@ -951,28 +1032,82 @@ _WALLET_LINK: dict[str, Schema] = {
     "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
     "livemode": {"type": "boolean"},
 }
+_WALLET_BALANCE: dict[str, Schema] = {
+    "asset": {"type": "string", "enum": ["baas"]},
+    "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+    "ledger": {"type": "integer", "minimum": 1},
+    **SCHEMAS["LedgerBalance"]["properties"],
+}
+_LINK_SIGNED: dict[str, Schema] = {
+    "user_id": USER_ID,
+    "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
+    "deadline": {"type": "integer", "minimum": 1},
+    "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+    "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
+}
 SCHEMAS.update(
     {
-        "WalletLinkCreate": _closed(
+        "WalletLinkCreate": _closed(_LINK_SIGNED),
+        "WalletLink": _closed(_WALLET_LINK),
+        "WalletBalance": _closed(_WALLET_BALANCE),
+        "WalletLinkRead": _closed(
+            {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
+        ),
+        "WalletBalanceList": _closed(
             {
-                "user_id": USER_ID,
+                "object": {"const": "list"},
+                "data": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "object": {"const": "wallet_balance"},
+                            "livemode": {"type": "boolean"},
+                            **_WALLET_BALANCE,
+                        }
+                    ),
+                },
+                "has_more": {"type": "boolean"},
+                "url": {"type": "string"},
+            }
+        ),
+        "WalletUnlink": {
+            "oneOf": [
+                _closed({}),
+                _closed({k: v for k, v in _LINK_SIGNED.items() if k != "user_id"}),
+            ],
+            "description": "{} to unlink with your own authority; the user's signed EIP-712 "
+            "Unlink fields to unlink with theirs",
+        },
+        "WalletLinkDeleted": _closed(
+            {**_WALLET_LINK, "deleted": {"const": True}},
+            required=["object", "user_id", "user_ref", "livemode", "deleted"],
+        ),
+        "OneTimeCodeCreate": _closed(
+            {
                 "wallet": {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$"},
-                "deadline": {"type": "integer", "minimum": 1},
-                "nonce": {"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"},
+                "code_hash": {
+                    "type": "string",
+                    "pattern": "^0x[0-9a-fA-F]{64}$",
+                    "description": "ids.code_hash(code): never the code itself",
+                },
+                "asset": {"type": "string", "enum": ["baas"]},
+                "amount_limit": AMOUNT,
+                "expiry": {"type": "integer", "minimum": 1, "description": "Unix s"},
                 "signature": {"type": "string", "pattern": "^0x[0-9a-fA-F]{130}$"},
             }
         ),
-        "WalletLink": _closed(_WALLET_LINK),
-        "WalletBalance": _closed(
+        "OneTimeCode": _closed(
             {
+                "id": {"type": "string", "pattern": "^otc_[0-9a-f]{64}$"},
+                "object": {"const": "one_time_code"},
+                "livemode": {"type": "boolean"},
+                "code_hash": HEX0X64,
+                "wallet": {"type": "string", "pattern": "^0x[0-9a-f]{40}$"},
                 "asset": {"type": "string", "enum": ["baas"]},
-                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
                 "ledger": {"type": "integer", "minimum": 1},
-                **SCHEMAS["LedgerBalance"]["properties"],
+                "amount_limit": AMOUNT,
+                "expiry": {"type": "integer", "minimum": 1},
             }
-        ),
-        "WalletLinkRead": _closed(
-            {**_WALLET_LINK, "balances": {"type": "array", "items": _ref("WalletBalance")}}
         ),
     }
 )
@@ -993,6 +1128,35 @@ PATHS.update(
                 {200: _json("WalletLinkRead", "the link")},
                 (*_SIGNED_ERRORS, 404),
                 parameters=[_path_param("user_id", "your own user id")],
+            )
+        },
+        "/v1/wallets/links/{user_id}/balances": {
+            "get": _operation(
+                "listWalletBalances",
+                "The balances (one per asset) of the wallet linked to your user id",
+                {200: _json("WalletBalanceList", "the balances")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[_path_param("user_id", "your own user id")],
+            )
+        },
+        "/v1/wallets/links/{user_id}/unlink": {
+            "post": _operation(
+                "unlinkWallet",
+                "Unlink your user id from its wallet, with your authority ({}) or the user's "
+                "(a signed EIP-712 Unlink); the wallet and its balances stay the user's",
+                {200: _json("WalletLinkDeleted", "unlinked (or nothing was linked any more)")},
+                _LEDGER_ERRORS,
+                body="WalletUnlink",
+                parameters=[_path_param("user_id", "your own user id"), _LEDGER_KEY],
+            )
+        },
+        "/v1/wallets/codes": {
+            "post": _ledger_write(
+                "createOneTimeCode",
+                "Register a one-time code a user issued (its hash, signed with the user's "
+                "EIP-712 CodeIssue): a later debit of the wallet sends the code in approvals",
+                "OneTimeCode",
+                "OneTimeCodeCreate",
             )
         },
     }

@@ -189,6 +189,9 @@ class NodeLimits:
     # (GET /internal/v1/ledger/digest) reads before it refuses.
     ledger_op_events_max: int = 64
     ledger_digest_keys_max: int = 2_000_000
+    # Ledger keys one page of a list (GET /internal/v1/ledger/accounts, .../transfers) reads
+    # before it answers what it found: the ledger has no index by partner tag, so a list walks.
+    ledger_list_scan_keys_max: int = 10_000
 
     def validate(self) -> None:
         require_positive_fields(self, "limits", integers_only=True)

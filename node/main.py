@@ -280,6 +280,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             view=lambda: StoreView(raft_storage),
             read_at=raft_storage.read_state_at,
             digest_keys_max=config.limits.ledger_digest_keys_max,
+            read_range_at=raft_storage.read_state_range_at,
+            list_scan_keys_max=config.limits.ledger_list_scan_keys_max,
         ),
         request_deadline_s_max=config.timeouts.request_deadline_s_max,
         metrics=metrics,
@@ -297,6 +299,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         node_app,
         IdentityRoutes(
             view=lambda: StoreView(raft_storage),
+            applied_index=lambda: raft_storage.applied_index,
             proposer=identity_proposer,
             propose_local=state.propose_entry,
             is_leader=lambda: replicated_log.status().role == "leader",

@@ -22,16 +22,18 @@ from openapi_check import CheckedPartnerClient
 from test_cluster_index import wait_leader
 
 from business.identity import eip712
-from business.identity.ids import Mode, partner_id, user_ref
+from business.identity.approvals import operation_digest
+from business.identity.ids import Mode, code_hash, partner_id, user_ref
 from tools.client import Response
 from tools.cluster_init import init_cluster
-from tools.ledger_client import LedgerClient
+from tools.ledger_client import LedgerClient, UserWallet
 from tools.local_cluster import LocalCluster
 from tools.local_partners import onboard_partner
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 PLANTED = "memo-PLANTED-7f3a9c-user-4242"  # must never reach a node's LevelDB in plaintext
+UNUSED_CODE = bytes(range(100, 132))  # a one-time code issued, never presented: only its hash
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +195,25 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         bal1, bal2 = _balance(await a.account(a1["id"])), _balance(await a.account(a2["id"]))
         assert (bal1["posted"], bal2["posted"]) == ("540", "460")  # conserved: 1000 in all
 
+        # Lists: the partner's own objects of the mode, paged with starting_after.
+        listed = await a.call("GET", "/v1/ledger/accounts?limit=100")
+        ids = [x["id"] for x in listed.body["data"]]
+        assert listed.status == 200 and listed.body["has_more"] is False, listed
+        assert sorted(ids) == ids and {a1["id"], a2["id"]} <= set(ids) and b1["id"] not in ids
+        one = await a.call("GET", "/v1/ledger/accounts?limit=1")
+        assert one.body["has_more"] is True and [x["id"] for x in one.body["data"]] == ids[:1]
+        two = await a.call("GET", f"/v1/ledger/accounts?limit=1&starting_after={ids[0]}")
+        assert [x["id"] for x in two.body["data"]] == ids[1:2], two
+        of_a2 = await a.call("GET", f"/v1/ledger/transfers?account={a2['id']}&limit=100")
+        newest = first.body["results"][0]["transfer"]["id"]  # the batch's, the last to move
+        assert of_a2.body["data"][0]["id"] == newest, of_a2
+        assert moved.body["id"] in {t["id"] for t in of_a2.body["data"]}
+        everything = await a.call("GET", "/v1/ledger/transfers?limit=100")
+        assert {t["id"] for t in of_a2.body["data"]} <= {t["id"] for t in everything.body["data"]}
+        assert (await b.call("GET", f"/v1/ledger/transfers?account={a1['id']}")).status == 404
+        theirs = await b.call("GET", "/v1/ledger/transfers?limit=100")
+        assert moved.body["id"] not in {t["id"] for t in theirs.body["data"]}
+
         # Another partner's ids are not found, exactly like missing ones.
         for got in (
             await b.account(a1["id"]),
@@ -210,6 +231,8 @@ async def test_ledger_api_end_to_end(cluster: tuple[LocalCluster, dict]) -> None
         ml = (await m_live.create_account(code=1, key="acct")).body
         assert ml["livemode"] is True and ml["ledger"] == 3 and ml["id"] != mt["id"]
         assert (await m_live.account(mt["id"])).status == 404
+        live_list = await m_live.call("GET", "/v1/ledger/accounts")
+        assert [x["id"] for x in live_list.body["data"]] == [ml["id"]], live_list
         assert (await m_test.account(ml["id"])).status == 404
         metrics = await asyncio.to_thread(_text, f"{local.layout.gateway_url}/metrics")
         assert 'baas_gateway_ledger_operations_total{kind="transfer",status="402"}' in metrics
@@ -288,6 +311,122 @@ async def test_wallet_links_with_the_users_signature(cluster: tuple[LocalCluster
         await a.http.close()
 
 
+async def _linked_user(w: LedgerClient, user: UserWallet, user_id: str) -> None:
+    body = user.link("shop-w", livemode=False, user_id=user_id, deadline=int(time.time()) + 600)
+    linked = await w.call("POST", "/v1/wallets/links", body, key=f"link-{user_id}")
+    assert linked.status == 201, linked
+
+
+async def test_user_approved_debits_codes_and_unlinks(cluster: tuple[LocalCluster, dict]) -> None:
+    """Debits of a user's wallet by the partner's user id, end to end: a preview answers the
+    digest the user signs (stable under its key), the signed transfer executes, a changed body
+    under the key is another digest (the old signature refused by the state machine); a
+    one-time code the user issued debits once (reuse and expiry refused); the partner and the
+    user unlink, and the read right after sees it."""
+    local, made = cluster
+    w = _ledger(local, made, "shop-w")
+    carol = UserWallet(bytes(range(1, 33)))
+    try:
+        deadline = time.monotonic() + 90
+        while (await w.create_account(code=1, key="float-carol")).status == 401:  # reload
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+        shop = (await w.create_account(code=1, key="float-carol")).body["id"]
+        assert (await w.faucet(shop, "1000", key="fund-carol")).status in (200, 201)
+        await _linked_user(w, carol, "user-77")
+        pay = {"debit_account": shop, "credit_user": "user-77", "amount": "300", "code": 4}
+        assert (await w.call("POST", "/v1/ledger/transfers", pay, key="pay-77")).status == 201
+
+        debit = {"debit_user": "user-77", "credit_account": shop, "amount": "100", "code": 3}
+        unsigned = await w.call("POST", "/v1/ledger/transfers", debit, key="order-1")
+        assert unsigned.status == 400 and unsigned.body["code"] == "approval_required", unsigned
+        # The preview: what the user signs, nothing proposed; the same under the same key.
+        shown = await w.preview(debit, key="order-1")
+        assert shown.status == 200, shown
+        preview = shown.body
+        assert (
+            preview["transfer"]["amount"] == "100" and preview["transfer"]["credit_account"] == shop
+        )
+        (wanted,) = preview["approvals_required"]
+        assert wanted["wallet"] == carol.address
+        digest = operation_digest(
+            bytes.fromhex(preview["operation"]), bytes.fromhex(preview["events"])
+        )
+        assert preview["digest"] == "0x" + digest.hex()
+        assert wanted["typed_data"]["message"]["operation"] == preview["digest"]
+        assert (await w.preview(debit, key="order-1")).body["digest"] == preview["digest"]
+        changed = {**debit, "amount": "101"}
+        other = (await w.preview(changed, key="order-1")).body
+        assert other["digest"] != preview["digest"]
+        approvals = carol.approve(preview)
+        # Another body under the key with the old signature: the state machine refuses it.
+        forged = await w.call(
+            "POST", "/v1/ledger/transfers", {**changed, "approvals": approvals}, key="order-1"
+        )
+        assert forged.status == 403 and forged.body["param"] == "approvals", forged
+        assert forged.body["code"] == "approval_signer_mismatch", forged
+        # Signed as previewed (a fresh key: order-1's outcome is that refusal, for good).
+        preview2 = (await w.preview(debit, key="order-2")).body
+        signed = {**debit, "approvals": carol.approve(preview2)}
+        done = await w.call("POST", "/v1/ledger/transfers", signed, key="order-2")
+        assert done.status == 201 and done.body["amount"] == "100", done
+        assert done.body["debit_account"] == preview2["transfer"]["debit_account"]
+        assert done.body["operation"] == preview2["operation"]
+        again = await w.call("POST", "/v1/ledger/transfers", signed, key="order-2")
+        assert again.status == 200 and again.body == done.body, again
+        wallet = await w.call("GET", "/v1/wallets/links/user-77")
+        assert wallet.body["balances"][0]["posted"] == "200", wallet  # 300 in, 100 out
+        assert _balance(await w.account(shop))["posted"] == "800"  # 1000 - 300 + 100
+
+        # One-time codes: issued by the user (the network holds the hash), used once.
+        code, issue = carol.issue_code(
+            livemode=False, amount_limit="50", expiry=int(time.time()) + 600
+        )
+        issued = await w.call("POST", "/v1/wallets/codes", issue, key="code-issue-1")
+        assert issued.status == 201 and issued.body["code_hash"] == "0x" + code_hash(code).hex()
+        assert code.hex() not in str(issued.body)
+        reissued = await w.call("POST", "/v1/wallets/codes", issue, key="code-issue-1")
+        assert reissued.status == 200, reissued
+        by_code = {**debit, "amount": "40", "approvals": [{"code": code.hex()}]}
+        till = await w.call("POST", "/v1/ledger/transfers", by_code, key="till-1")
+        assert till.status == 201 and till.body["amount"] == "40", till
+        reuse = await w.call("POST", "/v1/ledger/transfers", by_code, key="till-2")
+        assert reuse.status == 403 and reuse.body["code"] == "code_used", reuse
+        _, unused = carol.issue_code(
+            livemode=False, amount_limit="5", expiry=int(time.time()) + 600, code=UNUSED_CODE
+        )
+        assert (await w.call("POST", "/v1/wallets/codes", unused, key="code-unused")).status == 201
+        short, brief = carol.issue_code(
+            livemode=False, amount_limit="50", expiry=int(time.time()) + 4
+        )
+        assert (await w.call("POST", "/v1/wallets/codes", brief, key="code-short")).status == 201
+        await asyncio.sleep(5.5)  # past its expiry on the log's time
+        late = {**by_code, "approvals": [{"code": short.hex()}]}
+        expired = await w.call("POST", "/v1/ledger/transfers", late, key="till-3")
+        assert expired.status == 403 and expired.body["code"] == "code_expired", expired
+        wallet = await w.call("GET", "/v1/wallets/links/user-77/balances")
+        assert wallet.body["object"] == "list" and wallet.body["has_more"] is False, wallet
+        assert wallet.body["data"][0]["posted"] == "160", wallet  # only the first code
+
+        # Unlink by the partner; the read right after sees it (every node asked, freshest).
+        off = await w.unlink("user-77", key="unlink-77")
+        assert off.status == 200 and off.body["deleted"] is True, off
+        assert (await w.unlink("user-77", key="unlink-77b")).status == 200  # nothing left
+        assert (await w.call("GET", "/v1/wallets/links/user-77")).status == 404
+        credit = await w.call("POST", "/v1/ledger/transfers", pay, key="pay-77-after")
+        assert credit.status == 404 and credit.body["code"] == "link_not_found", credit
+        # Unlink by the user, with the user's signed Unlink.
+        await _linked_user(w, carol, "user-78")
+        theirs = carol.unlink(
+            "shop-w", livemode=False, user_id="user-78", deadline=int(time.time()) + 600
+        )
+        user_off = await w.unlink("user-78", theirs, key="unlink-78")
+        assert user_off.status == 200 and user_off.body["deleted"] is True, user_off
+        assert (await w.call("GET", "/v1/wallets/links/user-78")).status == 404
+    finally:
+        await w.http.close()
+
+
 async def test_leader_kill_during_a_transfer_burst(cluster: tuple[LocalCluster, dict]) -> None:
     """kill -9 of the Raft leader while 4 workers send transfers through the gateway, each
     retrying its own request with its own key until it gets an outcome: every acknowledged
@@ -354,6 +493,8 @@ def test_no_planted_memo_in_any_node_leveldb(cluster: tuple[LocalCluster, dict])
     local, _ = cluster
     local.stop()
     needle = PLANTED.encode()
+    hashed = code_hash(UNUSED_CODE)  # the code's hash is in the identity state; the code is not
+    assert any(_found_in(p.parent, hashed) for p in Path(local.layout.directory).rglob("CURRENT"))
     control = Path(local.layout.directory) / "control-db"
     with plyvel.DB(str(control), create_if_missing=True) as db:
         db.put(b"k", b"prefix " + needle + b" suffix")
@@ -362,6 +503,7 @@ def test_no_planted_memo_in_any_node_leveldb(cluster: tuple[LocalCluster, dict])
     assert len(dbs) >= 5 and any("raft" in str(p) for p in dbs), dbs  # state and Raft DBs
     for path in dbs:
         assert not _found_in(path, needle), path
+        assert not _found_in(path, UNUSED_CODE), path
 
 
 def _found_in(path: Path, needle: bytes) -> bool:

@@ -173,6 +173,7 @@ async def node_reads() -> AsyncIterator[TestClient]:
         app,
         IdentityRoutes(
             view=lambda: view,
+            applied_index=lambda: 7,
             proposer=_NoProposals(),  # type: ignore[arg-type]
             propose_local=no_local,  # type: ignore[arg-type]
             is_leader=lambda: False,
@@ -190,6 +191,7 @@ async def test_partner_read_lists_accounts_per_mode(node_reads: TestClient) -> N
     reply = await node_reads.get(f"/internal/v1/identity/partners/{SHOP.hex()}")
     body = await reply.json()
     assert reply.status == 200 and body["status"] == "suspended"
+    assert body["applied_index"] == 7  # every read says how fresh it is (the gateway keeps max)
     modes = {(a["mode"], a["role"]) for a in body["accounts"]}
     assert ("live", "settlement") in modes and ("test", "issuance") in modes
     assert len(body["accounts"]) == len(ROLES) + 1
@@ -211,7 +213,7 @@ async def test_audit_pages_newest_first_per_scope_and_mode(node_reads: TestClien
         "wallet.link",
         "partner.put",
     ]
-    assert test["has_more"] is False
+    assert test["has_more"] is False and test["applied_index"] == 7
     assert [e["actor_kind"] for e in test["data"]] == [
         "operator",
         "partner",
@@ -245,10 +247,11 @@ async def test_link_read_answers_the_wallet_in_its_mode_only(node_reads: TestCli
     ref_live = user_ref(SHOP, Mode.LIVE, "user-1").hex()
     base = f"/internal/v1/identity/links/{SHOP.hex()}"
     unlinked = await node_reads.get(f"{base}/test/{ref_test}")  # the partner unlinked it
-    assert unlinked.status == 404
+    assert unlinked.status == 404 and unlinked.headers["X-Baas-Applied-Index"] == "7"
     live = await node_reads.get(f"{base}/live/{ref_live}")
     assert live.status == 200
-    wallet = (await live.json())["wallet"]
+    wallet, applied = (await live.json())["wallet"], (await live.json())["applied_index"]
+    assert applied == 7
     assert wallet.lower() == user("alice").address.lower()
     cross = await node_reads.get(f"{base}/test/{ref_live}")  # a live reference in test mode
     assert cross.status == 404

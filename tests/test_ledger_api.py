@@ -219,3 +219,68 @@ def test_operations_name_the_authenticated_proposer() -> None:
     # (test_cluster_ledger_api.py); here, that the route kind makes it the platform's.
     faucet = _operation(state, ctx, FAUCET_KIND, "f", {}, lambda rid: ([], 0, []))
     assert faucet.item.record["pt"] == PLATFORM == bytes(16)
+
+
+async def test_user_debits_codes_and_unlinks_refuse_bad_input_before_the_log(
+    tmp_path: Path,
+) -> None:
+    """The new routes' refusals the gateway makes alone, each a typed 400 naming its param: a
+    debit of a user's wallet without approvals never reaches the log (its sticky refusal
+    would burn the key), nor a preview or a code or an unlink with a bad field."""
+    checked_before = openapi_check.answers_checked
+    async with gateway_without_nodes(tmp_path) as layout, client_of(layout, "shop-a") as http:
+        debit = {"debit_user": "u-1", "credit_account": A, "amount": "5", "code": 1}
+        code = {
+            "wallet": "0x" + "ab" * 20,
+            "code_hash": "0x" + "cd" * 32,
+            "asset": "baas",
+            "amount_limit": "100",
+            "expiry": 2_000_000_000,
+            "signature": "0x" + "ef" * 65,
+        }
+        signed = {"wallet": "0x" + "ab" * 20, "deadline": 1, "nonce": "0x" + "00" * 32,
+                  "signature": "0x" + "ef" * 65}  # fmt: skip
+        cases: list[tuple[str, Any, str | None, str, str]] = [
+            # path, body, key, expected code, expected param
+            ("/v1/ledger/transfers", debit, "k", "approval_required", "approvals"),
+            ("/v1/ledger/transfers", {**debit, "debit_account": A}, "k", "invalid_request",
+             "debit_user"),
+            ("/v1/ledger/transfers", {**debit, "credit_user": "u-2"}, "k", "invalid_request",
+             "debit_user"),
+            ("/v1/ledger/transfers", {**debit, "debit_user": ""}, "k", "invalid_request",
+             "debit_user"),
+            ("/v1/ledger/transfers/preview", debit, None, "idempotency_key_required",
+             "Idempotency-Key"),
+            ("/v1/ledger/transfers/preview", {**debit, "approvals": [{"code": "00" * 16}]},
+             "k", "parameter_unknown", "approvals"),
+            ("/v1/ledger/transfers/preview", {**debit, "amount": "0"}, "k", "amount_invalid",
+             "amount"),
+            ("/v1/wallets/codes", code, None, "idempotency_key_required", "Idempotency-Key"),
+            ("/v1/wallets/codes", {**code, "code_hash": "0x12"}, "k", "invalid_request",
+             "code_hash"),
+            ("/v1/wallets/codes", {**code, "amount_limit": "0"}, "k", "amount_invalid",
+             "amount_limit"),
+            ("/v1/wallets/codes", {**code, "asset": "gold"}, "k", "asset_not_found", "asset"),
+            ("/v1/wallets/codes", {**code, "expiry": 0}, "k", "invalid_request", "expiry"),
+            ("/v1/wallets/links/u-1/unlink", {}, None, "idempotency_key_required",
+             "Idempotency-Key"),
+            ("/v1/wallets/links/u-1/unlink", {"wallet": signed["wallet"]}, "k",
+             "parameter_missing", "deadline"),
+            ("/v1/wallets/links/u-1/unlink", {**signed, "nonce": "0x00"}, "k",
+             "invalid_request", "nonce"),
+        ]  # fmt: skip
+        for path, body, key, code_, param in cases:
+            got = await http.request("POST", path, body, idempotency_key=key)
+            assert got.status == 400, (path, body, got)
+            assert (got.body["code"], got.body.get("param")) == (code_, param), (path, got)
+        lists = [
+            ("/v1/ledger/accounts?limit=0", "limit"),
+            ("/v1/ledger/accounts?limit=101", "limit"),  # ledger_list_limit_max = 100
+            ("/v1/ledger/accounts?starting_after=tr_" + "1" * 32, "starting_after"),
+            ("/v1/ledger/transfers?starting_after=" + A, "starting_after"),
+            ("/v1/ledger/transfers?account=acct_12", "account"),
+        ]
+        for path, param in lists:
+            got = await http.request("GET", path)
+            assert got.status == 400 and got.body.get("param") == param, (path, got)
+    assert openapi_check.answers_checked >= checked_before + len(cases) + len(lists)

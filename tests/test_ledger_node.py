@@ -4,6 +4,7 @@ one and counts operations by result and entry sizes; the routes answer from a re
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,5 +95,77 @@ async def test_the_ledger_routes_answer_from_leveldb(tmp_path: Path) -> None:
             for path, status in (("accounts/99", 404), ("transfers/x", 400), ("accounts/0", 400)):
                 assert (await client.get(f"/internal/v1/ledger/{path}")).status == status
         assert "t_ledger_pending_amount" in metrics.exposition().decode()
+    finally:
+        storage.close()
+
+
+async def test_the_list_routes_page_over_one_tag_from_leveldb(tmp_path: Path) -> None:
+    """``GET /internal/v1/ledger/accounts|transfers?scope=``: only the accounts and transfers
+    tagged ``scope`` (a partner's, one mode), paged by ``starting_after`` with ``has_more``;
+    with ``account``, that account's transfers newest first; a page that reads its
+    ``list_scan_keys_max`` keys answers what it found, ``has_more`` and where it got to."""
+    from business.ledger import CreateAccount
+
+    mine, theirs = 7, 8
+    storage = DurableRaftStorage(tmp_path / "raft")
+    try:
+        ledger = SETUP[1].ledger
+        accounts = [CreateAccount(20 + i, ledger, 1, user_data_128=mine if i % 2 else theirs)
+                    for i in range(8)]  # fmt: skip
+        # account 21, 23, 25, 27 are mine; transfers 30..35 from the issuer (1) to 21 or 22
+        moves = [xfer(30 + i, 1, 21 + i % 2, 5 + i, user_data_128=mine if i % 2 == 0 else theirs)
+                 for i in range(6)]  # fmt: skip
+        log = [
+            *enabled(6),
+            (at(6), ops(op(100, SETUP + accounts))),
+            *((at(7 + i), ops(op(1 + i, [m]))) for i, m in enumerate(moves)),
+        ]
+        _, writes = dispatcher().apply_batch(log, StoreView(storage))
+        last = 6 + len(moves)
+        storage.persist(make_ready(entries(1, last, 2), HardState(2, None, last)))
+        storage.commit_applied(writes, last)
+        reads = LedgerReads(
+            lambda: StoreView(storage),
+            storage.read_state_at,
+            1000,
+            read_range_at=storage.read_state_range_at,
+            list_scan_keys_max=1000,
+        )
+        app = web.Application(middlewares=[problem_middleware])
+        add_ledger_routes(app, reads)
+        async with TestClient(TestServer(app)) as client:
+
+            async def get(path: str) -> dict:
+                reply = await client.get(f"/internal/v1/ledger/{path}")
+                assert reply.status == 200, await reply.text()
+                body: dict = await reply.json()
+                assert body["applied_index"] == last
+                return body
+
+            first = await get(f"accounts?scope={mine}&limit=3")
+            assert [a["id"] for a in first["data"]] == ["21", "23", "25"] and first["has_more"]
+            rest = await get(f"accounts?scope={mine}&limit=3&starting_after=25")
+            assert [a["id"] for a in rest["data"]] == ["27"] and not rest["has_more"]
+            everything = await get(f"transfers?scope={mine}&limit=10")
+            assert [t["id"] for t in everything["data"]] == ["30", "32", "34"]
+            newest = await get(f"transfers?scope={mine}&limit=2&account=21")
+            assert [t["id"] for t in newest["data"]] == ["34", "32"] and newest["has_more"]
+            older = await get(f"transfers?scope={mine}&limit=2&account=21&starting_after=32")
+            assert [t["id"] for t in older["data"]] == ["30"] and not older["has_more"]
+            none = await get(f"transfers?scope={mine}&account=22")  # 22's are another tag's
+            assert none["data"] == [] and not none["has_more"]
+            for path in ("accounts?limit=3", f"accounts?scope={mine}&limit=0",
+                         f"transfers?scope={mine}&account=x"):  # fmt: skip
+                assert (await client.get(f"/internal/v1/ledger/{path}")).status == 400, path
+        # The scan bound: 2 keys per page (the setup's accounts 1 and 2, none tagged), so the
+        # walk stops early with nothing found and says where it got, for the caller to go on.
+        bounded = web.Application(middlewares=[problem_middleware])
+        add_ledger_routes(bounded, replace(reads, list_scan_keys_max=2))
+        async with TestClient(TestServer(bounded)) as client:
+            reply = await (await client.get(f"/internal/v1/ledger/accounts?scope={mine}")).json()
+            assert reply["data"] == [] and reply["has_more"] and reply["scanned_to"] == "2"
+            after = f"/internal/v1/ledger/accounts?scope={mine}&starting_after=2"
+            on = await (await client.get(after)).json()  # keys 3 and 20: still none
+            assert on["data"] == [] and on["scanned_to"] == "20"
     finally:
         storage.close()

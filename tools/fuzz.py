@@ -89,6 +89,7 @@ from gateway.keyring import (
 from gateway.openapi import OPENAPI_PATH, OPERATOR_SIGNATURE, PARTNER_SIGNATURE
 from node.errors import OperationFailed
 from tools.cluster_init import ClusterLayout, init_cluster, load_layout
+from tools.ledger_client import UserWallet
 from tools.local_cluster import LocalCluster
 
 __all__ = [
@@ -257,12 +258,49 @@ def _move(f: Fixtures, rng: random.Random, user: bool = False) -> dict[str, Any]
 
 # keys a fixture row takes out of what was generated (a transfer takes one credit, no approvals)
 _DROP: Any = object()
-_NOT_DRAWN = ("credit_account", "credit_user", "pending", "timeout_s", "approvals")
+_NOT_DRAWN = ("credit_account", "credit_user", "debit_user", "pending", "timeout_s", "approvals")
 
 
 def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
     drop = dict.fromkeys(_NOT_DRAWN, _DROP)
     return {"body": {**drop, **_move(f, rng, rng.random() < CREDIT_USER_SHARE)}}
+
+
+def _list(rng: random.Random, name: str, ids: tuple[str, ...]) -> Overrides:
+    """A page of 1..100, from the start or naming one of the partner's objects."""
+    chosen = rng.choice(ids) if rng.random() < 0.5 else _DROP
+    drop = dict.fromkeys(("starting_after", "account"), _DROP)
+    return {"query": {**drop, "limit": str(rng.randint(1, 100)), name: chosen}}
+
+
+def _preview(f: Fixtures, rng: random.Random) -> Overrides:
+    """A transfer to preview: one of the partner's, or a debit of its linked user's wallet
+    (what a user approves; the preview proposes nothing, so it stays 200 however often)."""
+    if rng.random() < 0.5:
+        return _transfer(f, rng)
+    drop = dict.fromkeys((*_NOT_DRAWN, "debit_account"), _DROP)
+    user = {"debit_user": f.ledger.linked_user, "credit_account": f.ledger.accounts[0]}
+    return {"body": {**drop, **user, "amount": _amount(rng)}}
+
+
+def _new_code(f: Fixtures, rng: random.Random) -> Overrides:
+    """A one-time code a new wallet issues (its hash, the wallet's signature): 201."""
+    wallet = UserWallet(_private_key(rng), f.chain_id)
+    _, body = wallet.issue_code(
+        livemode=f.partner_mode == "live",
+        amount_limit=_amount(rng),
+        expiry=int(time.time()) + LINK_DEADLINE_S,
+        code=rng.randbytes(32),
+    )
+    return {"body": body}
+
+
+def _unlink(f: Fixtures, rng: random.Random) -> Overrides:
+    """The partner's unlink of a user id it never linked: 200 (nothing linked), so the linked
+    user the other rows credit and read stays linked."""
+    user_id = f"fz-{f.tag}-unlinked-{rng.getrandbits(48):012x}"
+    drop = dict.fromkeys(("wallet", "deadline", "nonce", "signature"), _DROP)
+    return {"path_parameters": {"user_id": user_id}, "body": drop}
 
 
 def _chain(f: Fixtures, rng: random.Random, keyed: bool) -> list[dict[str, Any]]:
@@ -337,11 +375,14 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "listAuditEntries": lambda f, rng: {"query": {"partner": f.partner, "mode": f.partner_mode}},
     # the ledger's: objects the partner made in setup, amounts the funded account can pay
     "getLedgerAccount": lambda f, rng: _path_id(rng, f.ledger.accounts),
+    "listLedgerAccounts": lambda f, rng: _list(rng, "starting_after", f.ledger.accounts),
+    "listLedgerTransfers": lambda f, rng: _list(rng, "account", f.ledger.accounts),
     "getLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.transfer_ids),
     "testFaucet": lambda f, rng: {
         "body": {"account": rng.choice(f.ledger.accounts), "amount": _amount(rng)}
     },
     "createLedgerTransfer": _transfer,
+    "previewLedgerTransfer": _preview,
     "createLedgerLinkedTransfers": lambda f, rng: {
         "body": {"transfers": _chain(f, rng, keyed=False), "approvals": _DROP}
     },
@@ -350,6 +391,9 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "voidLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.pending_to_void),
     "createWalletLink": _new_link,
     "getWalletLink": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
+    "listWalletBalances": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
+    "unlinkWallet": _unlink,
+    "createOneTimeCode": _new_code,
 }
 
 

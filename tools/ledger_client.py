@@ -13,21 +13,57 @@ of an operation that was applied is answered with its first outcome (200), never
 ...     await ledger.faucet(shop.body["id"], "1000", key="fund-1")   # test mode only
 ...     user = await ledger.create_account(code=2, key="acct-user-42")
 ...     await ledger.transfer(shop.body["id"], user.body["id"], "250", code=7, key="order-9")
+
+The user's side (:class:`UserWallet`) is what a wallet app does with the user's Ethereum key:
+sign the EIP-712 ``Link`` / ``Unlink`` of a partner's user id, the ``Approve`` of a debit a
+preview shows (``LedgerClient.preview``), and the ``CodeIssue`` of a one-time code. It needs
+only ``eth-account`` and ``hashlib``: the ids it derives (partner id, user reference, code hash)
+follow ``business/identity/ids.py`` (tests/test_ledger_client.py checks they agree).
+
+>>> user = UserWallet(private_key)                                  # the user's device
+>>> link = user.link("demo-shop", livemode=False, user_id="user-42", deadline=now + 600)
+>>> await ledger.call("POST", "/v1/wallets/links", link, key="link-42")
+>>> body = {"debit_user": "user-42", "credit_account": shop_id, "amount": "50", "code": 3}
+>>> preview = (await ledger.preview(body, key="order-77")).body     # shown to the user
+>>> await ledger.call("POST", "/v1/ledger/transfers",
+...                   {**body, "approvals": user.approve(preview)}, key="order-77")
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from typing import Any
 
 import aiohttp
+from eth_account import Account
 
 from tools.client import PartnerClient, Response
 
-__all__ = ["RETRY_STATUSES", "LedgerClient"]
+__all__ = ["RETRY_STATUSES", "LedgerClient", "UserWallet"]
 
 RETRY_STATUSES = frozenset({429, 503, 504})  # nothing was decided: the same request again
+CHAIN_ID = 31337  # the EIP-712 domain's chainId the network verifies (IdentityConfig.chain_id)
+DOMAIN = {"name": "BaaS B&P network", "version": "1"}
+BAAS_LEDGER = {False: 2, True: 3}  # BAAS's ledger number in test / live mode
+CODE_BYTES = 32  # a one-time code: a bearer secret of 256 bits (16..64 bytes accepted)
+_LINK_FIELDS = [
+    ("partner", "bytes16"),
+    ("mode", "uint8"),
+    ("userRef", "bytes32"),
+    ("wallet", "address"),
+    ("deadline", "uint64"),
+    ("nonce", "bytes32"),
+]
+_CODE_FIELDS = [
+    ("mode", "uint8"),
+    ("codeHash", "bytes32"),
+    ("ledger", "uint32"),
+    ("amountLimit", "uint128"),
+    ("expiry", "uint64"),
+    ("wallet", "address"),
+]
 
 
 class LedgerClient:
@@ -138,3 +174,165 @@ class LedgerClient:
     async def faucet(self, account_id: str, amount: str, *, key: str | None = None) -> Response:
         body = {"account": account_id, "amount": amount}
         return await self.call("POST", "/v1/test/faucet", body, key=key)
+
+    async def preview(self, body: dict[str, Any], *, key: str) -> Response:
+        """What ``POST /v1/ledger/transfers`` with ``body`` and ``key`` will be, and what its
+        debited users sign: send the transfer later with the SAME key and body."""
+        return await self.call("POST", "/v1/ledger/transfers/preview", body, key=key)
+
+    async def unlink(
+        self, user_id: str, signed: dict[str, Any] | None = None, *, key: str | None = None
+    ) -> Response:
+        """Unlink ``user_id``: with your authority, or the user's (``UserWallet.unlink``)."""
+        path = f"/v1/wallets/links/{user_id}/unlink"
+        return await self.call("POST", path, signed or {}, key=key)
+
+
+def _derive(tag: bytes, *fields: bytes) -> bytes:
+    """business/identity/ids.py's one construction: SHA-256 over length-prefixed fields."""
+    h = hashlib.sha256(len(tag).to_bytes(4, "big") + tag)
+    for f in fields:
+        h.update(len(f).to_bytes(4, "big") + f)
+    return h.digest()
+
+
+def partner_ref(partner: str) -> bytes:
+    return _derive(b"baas/partner/v1", partner.encode())[:16]
+
+
+def user_ref(partner: str, livemode: bool, user_id: str) -> bytes:
+    mode = bytes((int(livemode),))
+    return _derive(b"baas/user-ref/v1", partner_ref(partner), mode, user_id.encode())
+
+
+def code_hash(code: bytes) -> bytes:
+    return _derive(b"baas/one-time-code/v1", code)
+
+
+def _typed(
+    primary: str, fields: list[tuple[str, str]], message: dict[str, Any], chain_id: int
+) -> dict[str, Any]:
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+            ],
+            primary: [{"name": n, "type": t} for n, t in fields],
+        },
+        "primaryType": primary,
+        "domain": {**DOMAIN, "chainId": chain_id},
+        "message": message,
+    }
+
+
+class UserWallet:
+    """The user's side: what a wallet app signs with the user's key (never the partner's)."""
+
+    def __init__(self, private_key: bytes, chain_id: int = CHAIN_ID) -> None:
+        self._account = Account.from_key(private_key)
+        self.chain_id = chain_id
+        self.address = self._account.address.lower()
+
+    def sign(self, typed_data: dict[str, Any]) -> str:
+        """The 65-byte EIP-712 signature of ``typed_data`` (eth-account's full_message)."""
+        signed = self._account.sign_typed_data(full_message=typed_data)
+        return "0x" + bytes(signed.signature).hex()
+
+    def approve(self, preview: dict[str, Any]) -> list[dict[str, Any]]:
+        """The approvals of this wallet for a previewed transfer. A real wallet app shows
+        ``preview["transfer"]`` (amount, asset, accounts) before it signs."""
+        return [
+            {
+                "wallet": self.address,
+                "deadline": wanted["typed_data"]["message"]["deadline"],
+                "signature": self.sign(wanted["typed_data"]),
+            }
+            for wanted in preview["approvals_required"]
+            if wanted["wallet"] == self.address
+        ]
+
+    def _link_fields(
+        self,
+        primary: str,
+        partner: str,
+        livemode: bool,
+        user_id: str,
+        deadline: int,
+        nonce: bytes | None,
+    ) -> dict[str, Any]:
+        nonce = secrets.token_bytes(32) if nonce is None else nonce
+        message = {
+            "partner": "0x" + partner_ref(partner).hex(),
+            "mode": int(livemode),
+            "userRef": "0x" + user_ref(partner, livemode, user_id).hex(),
+            "wallet": self.address,
+            "deadline": deadline,
+            "nonce": "0x" + nonce.hex(),
+        }
+        signature = self.sign(_typed(primary, _LINK_FIELDS, message, self.chain_id))
+        return {
+            "wallet": self.address,
+            "deadline": deadline,
+            "nonce": message["nonce"],
+            "signature": signature,
+        }
+
+    def link(
+        self,
+        partner: str,
+        *,
+        livemode: bool,
+        user_id: str,
+        deadline: int,
+        nonce: bytes | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/wallets/links``'s body: this wallet agrees to ``partner``'s user id."""
+        fields = self._link_fields("Link", partner, livemode, user_id, deadline, nonce)
+        return {"user_id": user_id, **fields}
+
+    def unlink(
+        self,
+        partner: str,
+        *,
+        livemode: bool,
+        user_id: str,
+        deadline: int,
+        nonce: bytes | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v1/wallets/links/{user_id}/unlink``'s body with the user's authority."""
+        return self._link_fields("Unlink", partner, livemode, user_id, deadline, nonce)
+
+    def issue_code(
+        self,
+        *,
+        livemode: bool,
+        amount_limit: str,
+        expiry: int,
+        asset: str = "baas",
+        code: bytes | None = None,
+    ) -> tuple[bytes, dict[str, Any]]:
+        """A new one-time code (the user's secret: shown at the till, sent once in a debit's
+        ``approvals`` as ``{"code": code.hex()}``) and ``POST /v1/wallets/codes``'s body,
+        which carries only its hash."""
+        code = secrets.token_bytes(CODE_BYTES) if code is None else code
+        hashed = "0x" + code_hash(code).hex()
+        message = {
+            "mode": int(livemode),
+            "codeHash": hashed,
+            "ledger": BAAS_LEDGER[livemode],
+            "amountLimit": int(amount_limit),
+            "expiry": expiry,
+            "wallet": self.address,
+        }
+        signature = self.sign(_typed("CodeIssue", _CODE_FIELDS, message, self.chain_id))
+        body = {
+            "wallet": self.address,
+            "code_hash": hashed,
+            "asset": asset,
+            "amount_limit": amount_limit,
+            "expiry": expiry,
+            "signature": signature,
+        }
+        return code, body

@@ -35,9 +35,10 @@ from business.identity.core import ENTRY_TYPES, role_ledger
 from business.identity.ids import Mode, partner_account_id
 from business.identity.views import get_partner, linked_wallet, list_audit
 from node.anchoring.forwarding import ForwardingProposer, decode_forwarded, outcome_body
-from node.api.wire import MSGPACK
+from node.api.problem import problem_response
+from node.api.wire import APPLIED_INDEX_HEADER, MSGPACK
 from node.consensus.state_machine import AppEntry, Applied, StateView
-from node.errors import InvalidRequest, NotFound, NotLeader
+from node.errors import InvalidRequest, NotLeader
 
 __all__ = [
     "IDENTITY_ENTRIES_PATH",
@@ -58,6 +59,9 @@ USER_REF_BYTES = 32
 @dataclass(frozen=True, slots=True)
 class IdentityRoutes:
     view: Callable[[], StateView]  # the applied state
+    # The applied index, read BEFORE the view (no await between them): the answer is at least
+    # as fresh as it says, so a write acknowledged at index i is seen by a read that says >= i.
+    applied_index: Callable[[], int]
     proposer: ForwardingProposer  # local on the leader, else forwarded to it
     propose_local: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     is_leader: Callable[[], bool]
@@ -157,16 +161,19 @@ def partner_json(partner: bytes, view: StateView) -> dict[str, Any] | None:
 
 async def get_partner_route(request: web.Request) -> web.Response:
     partner = _hex(request.match_info["partner"], PARTNER_ID_BYTES, "partner")
-    found = partner_json(partner, request.app[ROUTES].view())
+    routes = request.app[ROUTES]
+    applied = routes.applied_index()
+    found = partner_json(partner, routes.view())
     if found is None:
-        raise NotFound("no such partner on this node", code="partner_not_found")
-    return web.json_response(found)
+        return _not_found(applied, "partner_not_found", "no such partner on this node")
+    return web.json_response({**found, "applied_index": applied})
 
 
 async def get_audit(request: web.Request) -> web.Response:
     routes = request.app[ROUTES]
     scope = _hex(request.query.get("scope", ""), PARTNER_ID_BYTES, "scope")
     limit = _count(request, "limit")
+    applied = routes.applied_index()
     entries, has_more = list_audit(
         routes.view(),
         scope,
@@ -192,6 +199,7 @@ async def get_audit(request: web.Request) -> web.Response:
                 for e in entries
             ],
             "has_more": has_more,
+            "applied_index": applied,
         }
     )
 
@@ -199,12 +207,16 @@ async def get_audit(request: web.Request) -> web.Response:
 async def get_link(request: web.Request) -> web.Response:
     partner = _hex(request.match_info["partner"], PARTNER_ID_BYTES, "partner")
     user_ref = _hex(request.match_info["user_ref"], USER_REF_BYTES, "user_ref")
-    wallet = linked_wallet(
-        request.app[ROUTES].view(), partner, _mode(request.match_info["mode"]), user_ref
-    )
-    if wallet is None:
-        raise NotFound("no link for this user reference", code="link_not_found")
-    return web.json_response({"wallet": "0x" + wallet.hex()})
+    routes = request.app[ROUTES]
+    applied = routes.applied_index()
+    wallet = linked_wallet(routes.view(), partner, _mode(request.match_info["mode"]), user_ref)
+    if wallet is None:  # never linked, not yet, or unlinked: the index tells which is newer
+        return _not_found(applied, "link_not_found", "no link for this user reference")
+    return web.json_response({"wallet": "0x" + wallet.hex(), "applied_index": applied})
+
+
+def _not_found(applied: int, code: str, detail: str) -> web.Response:
+    return problem_response(404, code, detail, headers={APPLIED_INDEX_HEADER: str(applied)})
 
 
 def add_identity_routes(app: web.Application, routes: IdentityRoutes) -> None:

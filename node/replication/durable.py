@@ -829,6 +829,36 @@ class DurableRaftStorage:
         finally:
             view.close()
 
+    def read_state_range_at(
+        self,
+        start: bytes,
+        stop: bytes,
+        read: Callable[[Iterator[tuple[bytes, bytes]]], T],
+        *,
+        reverse: bool = False,
+    ) -> tuple[int, T]:
+        """``read`` over the state keys in ``[start, stop)`` (descending when ``reverse``) as
+        of one applied index, like :meth:`read_state_at`: what a paged list seeks to (its
+        cursor) instead of walking a whole prefix. May run on a worker thread."""
+        view = self._db.snapshot()
+
+        def items() -> Iterator[tuple[bytes, bytes]]:
+            try:
+                with view.iterator(
+                    start=PREFIX_STATE + start, stop=PREFIX_STATE + stop, reverse=reverse
+                ) as found:
+                    for db_key, value in found:
+                        yield db_key[len(PREFIX_STATE) :], decode_entry(db_key, value)
+            except plyvel.Error as exc:
+                raise OperationFailed(f"raft read failed: {exc}") from exc
+
+        try:
+            raw = view.get(KEY_APPLIED)
+            applied = _unpack(KEY_APPLIED, raw) if raw is not None else 0
+            return applied, read(items())
+        finally:
+            view.close()
+
     def pin_state(self) -> PinnedState:
         """The state as of now (:attr:`applied_index`), from a pinned view of the database."""
         return PinnedState(self, self._db.snapshot(), self._applied_index)
