@@ -204,6 +204,12 @@ class BridgeStep:
         if isinstance(owners, ScopeResult):
             return BridgeRun(_refused(events, owners.value, now_ms), kind)
         checks = Overlay(layer)
+        # A user's account the chain debits but does not create (it does not exist yet) is
+        # still theirs to approve; the ledger then finds it holds nothing.
+        for address, ledger in wallets.values():
+            checks.writes.update(
+                open_wallet_account(layer, proposer.mode, address, ledger, now_ms)[1]
+            )
         checks.writes.update(owners)
         faucet = (
             faucet_account(request.ledger)
@@ -244,8 +250,9 @@ class BridgeStep:
         layer: Overlay,
         earlier: Unapplied,
         now_ms: int,
-    ) -> ScopeResult | BridgeResult | dict[int, bytes]:
-        """The refusal, or the wallet accounts to open for the request (account -> address)."""
+    ) -> ScopeResult | BridgeResult | dict[int, tuple[bytes, int]]:
+        """The refusal, or the user's wallet accounts the request may open (account ->
+        address, ledger)."""
         if proposer.partner == PLATFORM:
             return S.PARTNER_NOT_FOUND
         base = check_scope(layer, proposer, record_id, (), now_ms, earlier)
@@ -280,13 +287,15 @@ class BridgeStep:
                 if wallet_account_id(wallet_id(address, mode), mode, request.ledger) == (
                     request.wallet_account
                 ):
-                    return {request.wallet_account: address}
+                    return {request.wallet_account: (address, request.ledger)}
             return S.ACCOUNT_NOT_FOUND
         if isinstance(request, Swap):
             for address in linked:
                 if wallet_id(address, mode) == request.wallet:
                     ledgers = [request.ledger, request.quote.baas_ledger]
-                    return {wallet_account_id(request.wallet, mode, lg): address for lg in ledgers}
+                    return {
+                        wallet_account_id(request.wallet, mode, lg): (address, lg) for lg in ledgers
+                    }
             return S.ACCOUNT_NOT_FOUND
         if isinstance(request, RedeemPoints):
             raw = layer.get(owner_key(request.wallet_account))
@@ -300,7 +309,7 @@ class BridgeStep:
         request: Request,
         events: Sequence[Event],
         proposer: Proposer,
-        wallets: dict[int, bytes],
+        wallets: dict[int, tuple[bytes, int]],
         layer: Overlay,
         now_ms: int,
     ) -> ScopeResult | dict[bytes, bytes | None]:
@@ -310,9 +319,8 @@ class BridgeStep:
             if type(e) is not CreateAccount:
                 continue
             if e.id in wallets:
-                _, opened = open_wallet_account(
-                    layer, proposer.mode, wallets[e.id], e.ledger, now_ms
-                )
+                address, _ = wallets[e.id]
+                _, opened = open_wallet_account(layer, proposer.mode, address, e.ledger, now_ms)
                 writes.update(opened)
                 continue
             raw = layer.get(owner_key(e.id))
