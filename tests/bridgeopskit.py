@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import plyvel
+from bridgekit import policy as bridgekit_policy
 from eth_account.signers.local import LocalAccount
 from identitykit import (
     CHAIN_ID,
@@ -89,26 +90,9 @@ def wallet_account(account: LocalAccount, ledger: int) -> int:
 
 
 def policy(n: int, **fields: Any) -> SetPolicy:
-    """demo-shop's policy on its points: 1 point = 0.01 BAAS, fee 1% (min 10^15)."""
-    base: dict[str, Any] = {
-        "op": rid(n),
-        "partner": SHOP,
-        "ledger": POINTS,
-        "baas_ledger": BAAS,
-        "rate_num": BAAS_UNIT // 100,
-        "rate_den": 1,
-        "swap_min": 1,
-        "swap_max": 10**9,
-        "window_s": 3600,
-        "user_window_max": 0,
-        "partner_window_max": 0,
-        "fee_bps": 100,
-        "fee_min": 10**15,
-        "enabled": True,
-        "actor": b"\x0a" * 16,
-    }
-    base.update(fields)
-    return SetPolicy(**base)
+    """demo-shop's policy on its points (bridgekit's: 1 point = 0.01 BAAS, fee 1%, min
+    10^15), as operation ``n``."""
+    return bridgekit_policy(op=rid(n), **fields)
 
 
 class Node:
