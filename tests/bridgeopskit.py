@@ -34,7 +34,7 @@ from identitykit import (
 )
 from test_index_batch import prop
 
-from business.bridge import Direction, Quote, SetPolicy, encode_request
+from business.bridge import Direction, Quote, SetPolicy, bridge_state_digest, encode_request
 from business.bridge.model import Request
 from business.identity import (
     DEFAULT_ROLES,
@@ -203,6 +203,7 @@ class Node:
                 b"".join(len(k).to_bytes(4, "big") + k + v for k, v in items)
             ).hexdigest(),
             "ledger_digest_hex": state_digest(items).hex(),
+            "bridge_digest_hex": bridge_state_digest(items).hex(),
             "merkle_root_hex": MerkleReader(self.view).root().hex(),
         }
 

@@ -36,6 +36,7 @@ from business.bridge.model import (
     TransferCode,
 )
 from business.bridge.views import (
+    bridge_state_digest,
     get_asset,
     get_policy,
     points_supply,
@@ -70,6 +71,7 @@ __all__ = [
     "Swap",
     "TopUpReserve",
     "TransferCode",
+    "bridge_state_digest",
     "decode_request",
     "encode_request",
     "faucet_account",
