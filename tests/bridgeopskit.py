@@ -34,7 +34,17 @@ from identitykit import (
 )
 from test_index_batch import prop
 
-from business.bridge import Direction, Quote, SetPolicy, bridge_state_digest, encode_request
+from business.bridge import (
+    DefinePoints,
+    Direction,
+    FundLiquidity,
+    IssuePoints,
+    Quote,
+    SetPolicy,
+    TopUpReserve,
+    bridge_state_digest,
+    encode_request,
+)
 from business.bridge.model import Request
 from business.identity import (
     DEFAULT_ROLES,
@@ -226,3 +236,14 @@ def world(path: Path, feature: int = 8) -> Node:
         applied = node.apply(AppEntry("wallet.link", link.to_body()), now_ms=T0_MS + node.index + 1)
         assert applied.outcome.code == "ok", applied.outcome
     return node
+
+
+def market(node: Node) -> None:
+    """demo-shop: points valid 30 days, 1000 issued to alice, liquidity 10,000, a reserve of
+    5 BAAS from the test-mode faucet, the default policy."""
+    assert node.code(DefinePoints(rid(1), SHOP, POINTS, "SHOP", 0, 30)) == "ok"
+    issue = IssuePoints(rid(2), SHOP, POINTS, wallet_account(ALICE, POINTS), 1000)
+    assert node.code(issue, refs=(ALICE_REF,)) == "ok"
+    assert node.code(FundLiquidity(rid(3), SHOP, POINTS, 10_000)) == "ok"
+    assert node.code(TopUpReserve(rid(4), SHOP, BAAS, 5 * BAAS_UNIT)) == "ok"
+    assert node.code(policy(5)) == "ok"

@@ -25,6 +25,7 @@ from bridgeopskit import (
     POINTS,
     POINTS_LIVE,
     Node,
+    market,
     policy,
     rid,
     wallet_account,
@@ -38,7 +39,6 @@ from business.bridge import (
     DefinePoints,
     Direction,
     ExpirePoints,
-    FundLiquidity,
     IssuePoints,
     Quote,
     RedeemPoints,
@@ -69,17 +69,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
     n = world(tmp_path / "db")
     yield n
     n.close()
-
-
-def market(node: Node) -> None:
-    """demo-shop: points valid 30 days, 1000 issued to alice, liquidity 10,000, a reserve of
-    5 BAAS from the test-mode faucet, the default policy."""
-    assert node.code(DefinePoints(rid(1), SHOP, POINTS, "SHOP", 0, 30)) == "ok"
-    issue = IssuePoints(rid(2), SHOP, POINTS, ALICE_PTS, 1000)
-    assert node.code(issue, refs=(ALICE_REF,)) == "ok"
-    assert node.code(FundLiquidity(rid(3), SHOP, POINTS, 10_000)) == "ok"
-    assert node.code(TopUpReserve(rid(4), SHOP, BAAS, 5 * BAAS_UNIT)) == "ok"
-    assert node.code(policy(5)) == "ok"
 
 
 def swap(n: int, q: Quote) -> Swap:

@@ -43,6 +43,7 @@ from business.bridge.views import (
     policy_change,
     reserve_history,
     reserve_level,
+    sorted_bridge_digest,
     spendable_points,
     user_lots,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "reserve_history",
     "reserve_level",
     "role_account",
+    "sorted_bridge_digest",
     "spendable_points",
     "user_lots",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "policy_change",
     "reserve_history",
     "reserve_level",
+    "sorted_bridge_digest",
     "spendable_points",
     "user_lots",
 ]
@@ -123,7 +124,13 @@ def reserve_history(
 def bridge_state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
     """SHA-256 over every ``br/`` item in key order (replica and replay checks); ``items``
     may hold other keys, and need not be sorted."""
+    return sorted_bridge_digest(sorted((k, v) for k, v in items if k.startswith(PREFIX)))
+
+
+def sorted_bridge_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """:func:`bridge_state_digest` of items already in key order, all under ``br/``, read
+    once (a node's LevelDB scan: nothing held in memory)."""
     digest = hashlib.sha256(b"baas-bridge-state-v1")
-    for key, value in sorted((k, v) for k, v in items if k.startswith(PREFIX)):
+    for key, value in items:
         digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
     return digest.digest()

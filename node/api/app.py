@@ -41,6 +41,7 @@ import msgpack
 from aiohttp import web
 
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
+from node.api.bridge_routes import add_bridge_routes
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.log_routes import add_log_routes, record_id_param
 from node.api.node_metrics import node_stat_families
@@ -487,4 +488,5 @@ def build_node_app(state: NodeApiState) -> web.Application:
     add_log_routes(app, state.log_view, outcomes=outcome_reader)
     if state.ledger_reads is not None:
         add_ledger_routes(app, state.ledger_reads)
+        add_bridge_routes(app)
     return app
