@@ -71,7 +71,9 @@ from node.consensus.state_machine import (
     LogPosition,
     encode_app_entry,
 )
+from node.ledger_metrics import MeasuredLedgerOps
 from node.merkle.log import MerkleLog, MerkleReader
+from node.metrics import Metrics
 
 T = Mode.TEST
 IDENTITY = IdentityConfig(chain_id=CHAIN_ID)
@@ -108,13 +110,14 @@ def policy(n: int, **fields: Any) -> SetPolicy:
 class Node:
     """The node's dispatcher over one LevelDB; ``apply`` runs one entry at a log time."""
 
-    def __init__(self, path: Path, feature_version_max: int = 8) -> None:
+    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
         self.db = plyvel.DB(str(path), create_if_missing=True)
         self.view = LevelDBView(self.db)
         self.ops_machine = LedgerOps(IDENTITY)
+        self.measured = None if metrics is None else MeasuredLedgerOps(self.ops_machine, metrics)
         self.dispatcher = Dispatcher(
-            [RecordIndex(), self.ops_machine, IdentityMachine(IDENTITY)],
-            feature_version_max=feature_version_max,
+            [RecordIndex(), self.measured or self.ops_machine, IdentityMachine(IDENTITY)],
+            feature_version_max=8,
             followers=[MerkleLog()],
         )
         self.index = 0
@@ -218,10 +221,10 @@ class Node:
         }
 
 
-def world(path: Path, feature: int = 8) -> Node:
+def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     """Features 2..``feature``; demo-shop onboarded with the Bridge's roles, other-shop with
     the v7 defaults only; alice and carol linked to demo-shop, bob to other-shop."""
-    node = Node(path)
+    node = Node(path, metrics)
     for version in range(2, feature + 1):
         node.apply(AppEntry(FEATURE_ENTRY, {"version": version}))
     for partner, roles in ((SHOP, ONBOARDING_ROLES), (OTHER_SHOP, DEFAULT_ROLES)):

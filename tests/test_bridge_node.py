@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from bridgeopskit import (
     ALICE,
+    ALICE_REF,
     BAAS,
     BAAS_UNIT,
     POINTS,
@@ -26,12 +27,16 @@ from bridgeopskit import (
 from identitykit import SHOP
 
 from business.bridge import (
+    SetReserveThreshold,
+    Swap,
     TopUpReserve,
     bridge_state_digest,
 )
 from node.api.bridge_routes import add_bridge_routes
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.problem import problem_middleware
+from node.ledger_metrics import ledger_stat_families
+from node.metrics import Metrics
 
 
 def more(node: Node) -> None:
@@ -102,5 +107,38 @@ async def test_the_bridge_reads_answer_from_leveldb(tmp_path: Path) -> None:
             assert (await get("/assets/99", 404))["code"] == "asset_not_found"
             assert (await get("/assets/x", 400))["code"] == "field_invalid"
             assert (await get(f"/reserves/zz/{BAAS}", 400))["param"] == "partner"
+    finally:
+        node.close()
+
+
+def test_bridge_metrics_count_swaps_by_result_limits_and_reserve_levels(tmp_path: Path) -> None:
+    metrics = Metrics("t")
+    node = world(tmp_path / "db", metrics=metrics)
+    try:
+        market(node)
+        assert node.measured is not None
+        threshold = SetReserveThreshold(rid(10), SHOP, BAAS, 4 * BAAS_UNIT)
+        assert node.code(threshold) == "ok"
+        signed: dict[str, Any] = {"refs": (ALICE_REF,), "signers": (ALICE,)}
+        q = node.quote(ALICE, 100)
+        assert node.code(Swap(rid(11), SHOP, POINTS, q.wallet, q, q.digest()), **signed) == "ok"
+        big = node.quote(ALICE, 600)
+        swap = Swap(rid(12), SHOP, POINTS, big.wallet, big, big.digest())
+        assert node.code(swap, **signed) == "reserve_exhausted"
+        assert node.measured.bridge["Swap:ok"] == 1
+        assert node.measured.bridge["Swap:reserve_exhausted"] == 1
+        assert node.measured.bridge["IssuePoints:ok"] == 1
+        assert dict(node.measured.bridge_limits) == {"reserve_exhausted": 1}
+
+        def state_items(prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+            with node.db.iterator(prefix=prefix) as it:
+                yield from it
+
+        metrics.add_stats(ledger_stat_families(node.measured, state_items))
+        text = metrics.exposition().decode()
+        level = float(4 * BAAS_UNIT)  # 5 BAAS less the swap's gross 1 BAAS
+        assert f'bridge_reserve_level{{reserve="{SHOP.hex()}/{BAAS}"}} {level}' in text
+        assert 't_bridge_operations_total{result="Swap:ok"} 1.0' in text
+        assert 't_bridge_limit_refusals_total{code="reserve_exhausted"} 1.0' in text
     finally:
         node.close()
