@@ -186,7 +186,7 @@ class Node:
     def quote(
         self, account: LocalAccount, amount_in: int, direction: Direction = Direction.IN
     ) -> Quote:
-        q = self.ops_machine._bridge.bridge.quote(
+        q = self.ops_machine.bridge.quote(
             self.view, SHOP, POINTS, wallet_of(account), direction, amount_in, self.now_ms
         )
         assert isinstance(q, Quote), q

@@ -231,7 +231,7 @@ def test_bridge_requests_need_feature_8_and_their_record_id(tmp_path: Path) -> N
 
 def test_bob_cannot_swap_through_a_partner_he_is_not_linked_to(node: Node) -> None:
     market(node)
-    q = node.ops_machine._bridge.bridge.quote(
+    q = node.ops_machine.bridge.quote(
         node.view, SHOP, POINTS, wallet_of(BOB), Direction.OUT, BAAS_UNIT, node.now_ms
     )
     assert isinstance(q, Quote)

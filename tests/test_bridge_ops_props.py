@@ -91,7 +91,7 @@ class Run:
             check(self.node)
 
     def quote(self, user: str, amount: int, direction: Direction) -> Quote | None:
-        q = self.node.ops_machine._bridge.bridge.quote(
+        q = self.node.ops_machine.bridge.quote(
             self.node.view, SHOP, POINTS, _wallet(user), direction, amount, self.node.now_ms
         )
         return q if isinstance(q, Quote) else None

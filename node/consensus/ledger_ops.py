@@ -103,6 +103,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from business.bridge import Bridge
 from business.bridge.model import Request as BridgeRequest
 from business.bridge.wire import REQUEST_BYTES_MAX, decode_request
 from business.identity.approvals import (
@@ -379,6 +380,11 @@ class LedgerOps:
         self._identity = identity or IdentityConfig()
         self._rules = rules or NoDebitRules()
         self._bridge = BridgeStep(self._ledger, self._identity)
+
+    @property
+    def bridge(self) -> Bridge:
+        """The Bridge core the feature-8 step runs (its quotes are reads over a state view)."""
+        return self._bridge.bridge
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         bridged = Dispatcher.feature_version(view) >= BRIDGE_FEATURE_VERSION
