@@ -115,6 +115,32 @@ class WriteItem:
             extra["ur"] = list(user_refs)
         return cls({**record, **extra}, deadline, request_id)
 
+    @classmethod
+    def bridge_operation(
+        cls,
+        record: dict[str, Any],
+        request: bytes,
+        approvals: bytes | None,
+        *,
+        deadline: float,
+        request_id: str,
+        partner: bytes,
+        mode: int,
+        user_refs: Sequence[bytes] = (),
+    ) -> WriteItem:
+        """A record that carries a Bridge request (log feature 8): ``request`` is
+        business.bridge.wire.encode_request of a request whose op id is the record id; the
+        state machine makes its ledger events. The proposer is the AUTHENTICATED partner, as
+        for :meth:`operation`; ``user_refs`` name the linked users it issues to or swaps for;
+        ``approvals`` carry the user's signature over operation_digest(record id, request)."""
+        item = cls.operation(
+            record, b"", approvals, deadline=deadline, request_id=request_id,
+            partner=partner, mode=mode, user_refs=user_refs,
+        )  # fmt: skip
+        del item.record["ev"]
+        item.record["br"] = request
+        return item
+
 
 @dataclass(frozen=True, slots=True)
 class ReadItem:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from business.identity import (
-    DEFAULT_ROLES,
+    ONBOARDING_ROLES,
     Actor,
     ActorKind,
     AssetRef,
@@ -136,7 +136,7 @@ async def onboard(
             code="partner_exists",
             param="id",
         )
-    put = PartnerPut(partner_id(name), PartnerStatus.ACTIVE, DEFAULT_ROLES, actor)
+    put = PartnerPut(partner_id(name), PartnerStatus.ACTIVE, ONBOARDING_ROLES, actor)
     await _put(nodes, put, deadline, request_id)
     created: list[PartnerKeys] = []
 

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from business.bridge.wire import decode_request
 from business.ledger.outcome import OperationOutcome
 from node.batcher import Batcher
 from node.config import ClusterConfig, NodeLimits, NodeTimeouts
@@ -111,6 +112,10 @@ class IndexPort(Protocol):
         """Whether the log takes ledger operations (feature version 6)."""
         ...
 
+    def bridge_enabled(self) -> bool:
+        """Whether the log takes Bridge requests in operations (feature version 8)."""
+        ...
+
     def stamp(self) -> tuple[int, int]:
         """(term, max log index) a proposal made now may commit at, at most."""
         ...
@@ -145,6 +150,9 @@ class WriteRequest:
     proposer: bytes | None = None
     mode: int | None = None
     user_refs: tuple[bytes, ...] = ()
+    # A Bridge request (log feature 8, business/bridge/wire.py) instead of events: its op id
+    # is the record id; the state machine makes its ledger events (node/consensus/bridge_ops.py).
+    bridge: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,13 +367,47 @@ class Coordinator:
             raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
         if not request.partner_id:
             raise InvalidRequest("partner id is empty")
-        if request.events is not None or request.approvals is not None:
+        if request.bridge is not None:
+            self._validate_bridge(request)
+        elif request.events is not None or request.approvals is not None:
             self._validate_operation(request)
         if request.proposer is not None or request.mode is not None or request.user_refs:
             try:
                 check_proposer(request.proposer, request.mode, request.user_refs)
             except InvalidRequest as exc:
                 raise InvalidRequest(exc.detail, code="invalid_proposer", param="pt") from exc
+
+    def _validate_bridge(self, request: WriteRequest) -> None:
+        """Refuse a Bridge request the log would call malformed, before any shard is stored."""
+        if self._index is None or not self._index.bridge_enabled():
+            raise OperationFailed(
+                "the cluster's log has not enabled Bridge requests (feature version 8) yet; "
+                "retry shortly",
+                code="bridge_not_enabled",
+            )
+        if request.events is not None:
+            raise InvalidRequest(
+                "an operation carries ledger events or a Bridge request, not both",
+                code="invalid_bridge_request",
+                param="br",
+            )
+        if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
+            raise InvalidRequest(
+                f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",
+                param="ap",
+            )  # fmt: skip
+        try:
+            bridge = decode_request(request.bridge or b"")
+        except UnsupportedFormat as exc:
+            raise InvalidRequest(
+                f"Bridge request: {exc.detail}", code="invalid_bridge_request", param="br"
+            ) from exc
+        if bridge.op != request.record_id:
+            raise InvalidRequest(
+                "a Bridge request's op id must be its record id",
+                code="invalid_bridge_request",
+                param="br",
+            )
 
     def _validate_operation(self, request: WriteRequest) -> None:
         """Refuse a ledger operation the log would refuse, before any shard is stored."""
@@ -541,6 +583,7 @@ class Coordinator:
                 request.proposer,
                 request.mode,
                 request.user_refs,
+                request.bridge,
             )
             for _, request, result in pending
         ]

@@ -12,8 +12,17 @@ machine (which may not read a clock) and counts, for every entry this node appli
   (index puts, ledger events and the expiry sweep together);
 * ``ledger_entry_operations`` -- operations per ``ledger.ops`` entry (the leader's batching);
 
+and, for the Bridge's operations (log feature 8; the operation's own result code):
+
+* ``bridge_operations_total{result}`` -- Bridge requests by ``<kind>:<result>`` (``Swap:ok``,
+  ``Swap:reserve_exhausted``, ``IssuePoints:ok``, ...): swaps by result among them;
+* ``bridge_limit_refusals_total{code}`` -- requests refused by a limit (a window, a size
+  bound, an exhausted reserve or liquidity);
+
 and :func:`ledger_stat_families` reads at scrape time the pending amounts per ledger (the
-ledgers' running totals: what pending transfers hold reserved), from the applied state.
+ledgers' running totals: what pending transfers hold reserved) and the reserve level of
+every partner that set a reserve threshold (``bridge_reserve_level{reserve}``, label
+``<partner hex>/<BAAS ledger>``, in BAAS minor units), from the applied state.
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import Histogram
 
+from business.bridge import BridgeResult, role_account
+from business.bridge.model import RESERVE_PREFIX
 from business.identity.model import REFUSAL_CODES
-from business.ledger.model import TOTALS_PREFIX, decode_totals
+from business.ledger.model import TOTALS_PREFIX, account_key, decode_account, decode_totals
 from business.ledger.outcome import OperationOutcome
 from node.consensus.ledger_ops import LEDGER_OPS, LedgerOps
 from node.consensus.record_index import BatchOutcome
@@ -35,6 +46,17 @@ from node.metrics import Metrics, StatFamily
 __all__ = ["MeasuredLedgerOps", "ledger_stat_families"]
 
 OPS_PER_ENTRY_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LIMIT_CODES = frozenset(
+    r.value
+    for r in (
+        BridgeResult.USER_WINDOW_LIMIT,
+        BridgeResult.PARTNER_WINDOW_LIMIT,
+        BridgeResult.BELOW_MIN,
+        BridgeResult.ABOVE_MAX,
+        BridgeResult.RESERVE_EXHAUSTED,
+        BridgeResult.LIQUIDITY_EXHAUSTED,
+    )
+)
 
 
 class MeasuredLedgerOps:
@@ -45,6 +67,8 @@ class MeasuredLedgerOps:
         self.prefix = inner.prefix
         self.entry_types = inner.entry_types
         self.operations: Counter[str] = Counter()
+        self.bridge: Counter[str] = Counter()  # "<kind>:<result>"
+        self.bridge_limits: Counter[str] = Counter()  # limit refusal code
         self._seconds = metrics.histogram(
             "ledger_apply_seconds", "apply time of one ledger.ops or ledger.tick entry"
         )
@@ -63,6 +87,12 @@ class MeasuredLedgerOps:
             results: tuple[BatchOutcome, ...] = outcome.detail["results"]
             self._per_entry.observe(len(results))
             self.operations.update(_result_label(r) for r in results)
+            for r in results:
+                bridged = r.detail.get("outcome") if "bridge" in r.detail else None
+                if isinstance(bridged, OperationOutcome) and bridged.result is not None:
+                    self.bridge[f"{r.detail['bridge']}:{bridged.result}"] += 1
+                    if bridged.result in LIMIT_CODES:
+                        self.bridge_limits[bridged.result] += 1
         return outcome
 
 
@@ -71,7 +101,9 @@ def _result_label(result: BatchOutcome) -> str:
     if result.code == "created":
         if not isinstance(outcome, OperationOutcome):
             return "plain"
-        if outcome.events and outcome.events[0].result in REFUSAL_CODES:
+        if outcome.result in REFUSAL_CODES or (
+            outcome.events and outcome.events[0].result in REFUSAL_CODES
+        ):
             return "refused"
         return "succeeded" if outcome.succeeded else "failed"
     return result.code
@@ -83,6 +115,25 @@ def pending_amounts(items: Iterator[tuple[bytes, bytes]]) -> dict[str, float]:
     for key, value in items:
         totals = decode_totals(int.from_bytes(key[len(TOTALS_PREFIX) :], "big"), value)
         out[str(totals.ledger)] = float(totals.debits_pending)
+    return out
+
+
+def reserve_levels(
+    state_items: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
+) -> dict[str, float]:
+    """The level of every reserve whose partner set a threshold (``br/rs/`` keys)."""
+    out: dict[str, float] = {}
+    for key, _ in state_items(RESERVE_PREFIX):
+        ledger = int.from_bytes(key[len(RESERVE_PREFIX) : len(RESERVE_PREFIX) + 4], "big")
+        partner = key[len(RESERVE_PREFIX) + 4 :]
+        account = role_account(partner, ledger, "reserve")
+        wanted = account_key(account)
+        for found, raw in state_items(wanted):
+            if found == wanted:
+                a = decode_account(account, raw)
+                level = a.credits_posted - a.debits_posted - a.debits_pending
+                out[f"{partner.hex()}/{ledger}"] = float(level)
+            break
     return out
 
 
@@ -106,5 +157,25 @@ def ledger_stat_families(
             "amount held by pending transfers, by ledger (minor units)",
             lambda: pending_amounts(state_items(TOTALS_PREFIX)),
             label="ledger",
+        ),
+        StatFamily(
+            "bridge_operations",
+            "Bridge requests applied, by kind and result (kind:result)",
+            lambda: {k: float(v) for k, v in measured.bridge.items()},
+            counter=True,
+            label="result",
+        ),
+        StatFamily(
+            "bridge_limit_refusals",
+            "Bridge requests refused by a limit, by code",
+            lambda: {k: float(v) for k, v in measured.bridge_limits.items()},
+            counter=True,
+            label="code",
+        ),
+        StatFamily(
+            "bridge_reserve_level",
+            "reserve level of partners with a reserve threshold (BAAS minor units)",
+            lambda: reserve_levels(state_items),
+            label="reserve",
         ),
     ]

@@ -65,7 +65,7 @@ log = logging.getLogger("baas.node")
 # and wallets, business/identity/; 6: ledger operations and ticks,
 # node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
 # leader's index batching).
-FEATURE_VERSION_MAX = 7
+FEATURE_VERSION_MAX = 8
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:

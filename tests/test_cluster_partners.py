@@ -77,7 +77,7 @@ async def test_onboard_by_command_and_api_then_audit_on_every_node(cluster: Loca
 
     shop_x = await until(onboarded, "onboarding by the command", 60)
     assert shop_x["status"] == "active" and shop_x["partner_ref"] == partner_id("shop-x").hex()
-    assert len(shop_x["accounts"]) == 8  # 4 roles in each mode
+    assert len(shop_x["accounts"]) == 10  # 5 roles in each mode (liquidity for the Bridge)
     secrets = {c["livemode"]: (c["id"], bytes.fromhex(c["secret"])) for c in shop_x["credentials"]}
     assert secrets[False][0].startswith("pk_test_shop-x_")
     assert secrets[True][0].startswith("pk_live_shop-x_")

@@ -36,12 +36,14 @@ from business.bridge.model import (
     TransferCode,
 )
 from business.bridge.views import (
+    bridge_state_digest,
     get_asset,
     get_policy,
     points_supply,
     policy_change,
     reserve_history,
     reserve_level,
+    sorted_bridge_digest,
     spendable_points,
     user_lots,
 )
@@ -70,6 +72,7 @@ __all__ = [
     "Swap",
     "TopUpReserve",
     "TransferCode",
+    "bridge_state_digest",
     "decode_request",
     "encode_request",
     "faucet_account",
@@ -80,6 +83,7 @@ __all__ = [
     "reserve_history",
     "reserve_level",
     "role_account",
+    "sorted_bridge_digest",
     "spendable_points",
     "user_lots",
 ]

@@ -1,14 +1,20 @@
 """Reading the Bridge's state: assets, policies and their history, lots, reserves, supply.
 
 Point reads (``get`` only) over the Bridge's ``br/`` values and the ledger's accounts, for
-the API (next session) and the tests. The state machine itself (:mod:`business.bridge.core`)
+the node's Bridge read routes (node/api/bridge_routes.py) and the tests, and the digest of
+the Bridge's state that replicas compare (:func:`bridge_state_digest`, beside the ledger's
+``lg/`` digest). The state machine itself (:mod:`business.bridge.core`)
 uses :func:`reserve_level` for the low-reserve notice.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+
 from business.bridge.model import (
     DAY_MS,
+    PREFIX,
     AssetRecord,
     Lot,
     PolicyRecord,
@@ -28,12 +34,14 @@ from node.consensus.state_machine import StateView
 
 __all__ = [
     "PolicyChange",
+    "bridge_state_digest",
     "get_asset",
     "get_policy",
     "points_supply",
     "policy_change",
     "reserve_history",
     "reserve_level",
+    "sorted_bridge_digest",
     "spendable_points",
     "user_lots",
 ]
@@ -111,3 +119,18 @@ def reserve_history(
     """The reserve's balances after each change, newest first (a ``history`` account)."""
     account = _role(partner, baas_ledger, "reserve")
     return account_balances(view, account, after_ts=after_ts, limit=limit)
+
+
+def bridge_state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """SHA-256 over every ``br/`` item in key order (replica and replay checks); ``items``
+    may hold other keys, and need not be sorted."""
+    return sorted_bridge_digest(sorted((k, v) for k, v in items if k.startswith(PREFIX)))
+
+
+def sorted_bridge_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """:func:`bridge_state_digest` of items already in key order, all under ``br/``, read
+    once (a node's LevelDB scan: nothing held in memory)."""
+    digest = hashlib.sha256(b"baas-bridge-state-v1")
+    for key, value in items:
+        digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+    return digest.digest()

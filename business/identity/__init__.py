@@ -31,8 +31,10 @@ from business.identity.approvals import (
 from business.identity.core import IdentityMachine, open_wallet_account, platform_account
 from business.identity.ids import Mode
 from business.identity.model import (
+    BRIDGE_ROLES,
     DEFAULT_ROLES,
     IDENTITY_FEATURE_VERSION,
+    ONBOARDING_ROLES,
     Actor,
     ActorKind,
     ApprovalResult,
@@ -56,8 +58,10 @@ from business.identity.scope import PLATFORM, Proposer, Scope, check_scope
 from business.identity.views import AuditEntry, get_owner, get_partner, linked_wallet, list_audit
 
 __all__ = [
+    "BRIDGE_ROLES",
     "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
+    "ONBOARDING_ROLES",
     "PLATFORM",
     "Actor",
     "ActorKind",

@@ -21,8 +21,10 @@ from business.identity.ids import Mode
 from node.errors import ConfigError, CorruptEntry, UnsupportedFormat
 
 __all__ = [
+    "BRIDGE_ROLES",
     "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
+    "ONBOARDING_ROLES",
     "Actor",
     "ActorKind",
     "ApprovalResult",
@@ -201,6 +203,9 @@ class ScopeResult(str, enum.Enum):
     LEDGER_NOT_FOUND = "ledger_not_found"  # a ledger of the other mode
     ACCOUNT_WOULD_MINT = "account_would_mint"  # may go negative on a ledger not the proposer's
     ACCOUNT_NOT_FOUND = "account_not_found"  # not the proposer's, nor a wallet it may touch
+    # a Bridge request (feature 8) needs a role account the partner was not given (add it
+    # with a partner.put: roles may be added)
+    ROLE_MISSING = "role_missing"
 
 
 # Every code that refuses a whole ledger operation before its events run: stored as each
@@ -305,6 +310,12 @@ DEFAULT_ROLES = tuple(
         (Role.BREAKAGE, AssetRef.POINTS),
     )
 )
+# What the Bridge (log feature 8) needs beyond them: the liquidity account of the partner's
+# point asset (what it pays out in swaps BAAS -> points). Kept apart from DEFAULT_ROLES so
+# the entries of logs before feature 8 (and their fixtures) stay byte for byte what they were.
+BRIDGE_ROLES = tuple(RoleAccount(mode, Role.LIQUIDITY, AssetRef.POINTS) for mode in Mode)
+# What onboarding gives a partner now; an older partner adds BRIDGE_ROLES with a partner.put.
+ONBOARDING_ROLES = DEFAULT_ROLES + BRIDGE_ROLES
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,11 +28,21 @@ number and the accounts and amount are 0; for an account event the accounts and 
 ``amount`` is what a transfer actually moved or reserved (a balancing transfer's clamp, a partial
 post), which may differ from the amount requested. The digest is SHA-256 over a domain tag and
 the encoding, so an outcome digest can never be confused with another hash of the system.
+
+An operation that carries a Bridge request (log feature 8, ``node/consensus/bridge_ops.py``)
+has one more field, its request's result code (``ok``, ``reserve_exhausted``,
+``policy_version_changed``, or a scope or approval refusal), under format version 2::
+
+    [OUTCOME_VERSION_RESULT, log_time_ms, [<event>, ...], result]
+
+Its events may be empty (a request refused before it made any). Version 1 outcomes (every
+other operation) are unchanged, byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +76,7 @@ __all__ = [
 ]
 
 OUTCOME_VERSION = 1
+OUTCOME_VERSION_RESULT = 2  # with the operation's own result code (a Bridge request)
 OUTCOME_DIGEST_TAG = b"baas/ledger-operation-outcome/v1\x00"
 EVENTS_MAX = 8_192  # decoding bound; an operation's events are bounded far lower by the node
 KIND_ASSET, KIND_ACCOUNT, KIND_TRANSFER = 1, 2, 3
@@ -73,6 +84,8 @@ _RESULT_CODES = REFUSAL_CODES | frozenset(
     c.value for enum_type in (AssetResult, AccountResult, TransferResult) for c in enum_type
 )
 _RESULT_CHARS_MAX = 64
+# An operation's own result (version 2): a stable snake_case code of a core above the ledger.
+_OPERATION_RESULT = re.compile(r"[a-z][a-z_]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,23 +180,31 @@ class OperationOutcome:
 
     log_time_ms: int
     events: tuple[EventOutcome, ...]
+    result: str | None = None  # a Bridge request's own result code (format version 2)
 
     def __post_init__(self) -> None:
         if type(self.log_time_ms) is not int or not 0 <= self.log_time_ms <= U64_MAX:
             raise InvalidRequest("outcome log time must be a u64 count of ms")
         if len(self.events) > EVENTS_MAX:
             raise InvalidRequest(f"an operation outcome holds at most {EVENTS_MAX} events")
+        if self.result is not None and (
+            type(self.result) is not str or not _OPERATION_RESULT.fullmatch(self.result)
+        ):
+            raise InvalidRequest("an operation result is a snake_case code")
 
     @property
     def succeeded(self) -> bool:
-        """Every event succeeded (``ok`` or ``exists``): the operation took effect whole."""
-        return all(e.succeeded for e in self.events)
+        """Every event succeeded (``ok`` or ``exists``), and so did the operation's own
+        result if it has one: the operation took effect whole."""
+        own = self.result is None or self.result in ("ok", "exists")
+        return own and all(e.succeeded for e in self.events)
 
     def encode(self) -> bytes:
-        packed: bytes = msgpack.packb(
-            [OUTCOME_VERSION, self.log_time_ms, [e.to_wire() for e in self.events]],
-            use_bin_type=True,
-        )
+        wire: list[Any] = [self.log_time_ms, [e.to_wire() for e in self.events]]
+        if self.result is None:
+            packed: bytes = msgpack.packb([OUTCOME_VERSION, *wire], use_bin_type=True)
+        else:
+            packed = msgpack.packb([OUTCOME_VERSION_RESULT, *wire, self.result], use_bin_type=True)
         return packed
 
     def digest(self) -> bytes:
@@ -209,16 +230,18 @@ class OperationOutcome:
             raise UnsupportedFormat(f"an operation outcome is not valid msgpack: {exc}") from exc
         if (
             type(top) is not list
-            or len(top) != 3
             or type(top[0]) is not int
-            or top[0] != OUTCOME_VERSION
+            or (top[0], len(top)) not in ((OUTCOME_VERSION, 3), (OUTCOME_VERSION_RESULT, 4))
         ):
             raise UnsupportedFormat("unknown operation outcome format")
         if type(top[2]) is not list:
             raise UnsupportedFormat("operation outcome events must be an array")
+        result = top[3] if len(top) == 4 else None
+        if len(top) == 4 and type(result) is not str:
+            raise UnsupportedFormat("an operation result is a string")
         events = tuple(EventOutcome.from_wire(e) for e in top[2])
         try:
-            outcome = cls(log_time_ms=top[1], events=events)
+            outcome = cls(log_time_ms=top[1], events=events, result=result)
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
         if outcome.encode() != raw:  # one encoding per outcome: the digest is of these bytes
@@ -226,10 +249,13 @@ class OperationOutcome:
         return outcome
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "log_time_ms": self.log_time_ms,
             "events": [e.summary() for e in self.events],
         }
+        if self.result is not None:
+            out["result"] = self.result
+        return out
 
 
 def outcome_of(

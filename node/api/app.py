@@ -3,11 +3,13 @@
 Routes (bodies are msgpack, ``application/msgpack``, because they carry binary blobs):
 
 * ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"[, "pc", "ev",
-  "ap", "pt", "md", "ur"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable",
+  "ap", "pt", "md", "ur", "br"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable",
   "replayed"[, "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``: ``ev`` are a
   record's ledger events (wire form, business/ledger/wire.py; refused until log feature 6 is
   enabled), ``ap`` its users' approvals, ``pt``/``md``/``ur`` the proposer the gateway
-  authenticated (partner id, mode, linked user references; node/consensus/ledger_ops.py), and
+  authenticated (partner id, mode, linked user references; node/consensus/ledger_ops.py),
+  ``br`` instead of ``ev`` a Bridge request (business/bridge/wire.py, its op id the record id;
+  refused until log feature 8: 503 ``bridge_not_enabled``), and
   ``outcome`` what the ledger did (the first
   outcome, for a retry too: ``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``,
   ids and amounts as strings of digits)
@@ -41,6 +43,7 @@ import msgpack
 from aiohttp import web
 
 from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, decode_forwarded, outcome_body
+from node.api.bridge_routes import add_bridge_routes
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.log_routes import add_log_routes, record_id_param
 from node.api.node_metrics import node_stat_families
@@ -220,6 +223,7 @@ def _write_request(raw: Any, request_id: str) -> WriteRequest:
         proposer=_bytes_field(raw, "pt") if raw.get("pt") is not None else None,
         mode=_int_or_none(raw.get("md")),
         user_refs=_user_refs(raw.get("ur")),
+        bridge=_bytes_field(raw, "br") if raw.get("br") is not None else None,
     )
 
 
@@ -489,4 +493,5 @@ def build_node_app(state: NodeApiState) -> web.Application:
     add_log_routes(app, state.log_view, outcomes=outcome_reader)
     if state.ledger_reads is not None:
         add_ledger_routes(app, state.ledger_reads)
+        add_bridge_routes(app)
     return app

@@ -24,6 +24,19 @@ and, set by the gateway from the authenticated credential -- never taken from a 
   (:func:`business.identity.ids.user_ref` of the partner's own user ids) whose linked wallets
   the operation may credit (and whose accounts it opens on first use).
 
+From log feature 8 (:data:`~node.consensus.bridge_ops.BRIDGE_FEATURE_VERSION`) an operation
+may carry, instead of ``ev``, one Bridge request:
+
+* ``br`` -- :func:`business.bridge.wire.encode_request` of a request whose ``op`` is the
+  operation's record id (its transfer ids derive from it); ``ev`` and ``br`` never together.
+  Before feature 8 an operation with ``br`` is ``malformed``. Its created operations run the
+  Bridge step (:mod:`node.consensus.bridge_ops`: who may send it, ``Bridge.prepare``, owner
+  and approval checks, the chain through ``Ledger.apply``, ``Bridge.settle``) in entry order,
+  after the ledger events of the operations before it; its outcome carries the request's
+  result code. At feature 8 every ``ledger.ops`` and ``ledger.tick`` entry first runs the
+  Bridge's point-expiry sweep at its log time (:meth:`BridgeStep.expire
+  <node.consensus.bridge_ops.BridgeStep.expire>`).
+
 :meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
 build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
 
@@ -90,6 +103,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from business.bridge import Bridge
+from business.bridge.model import Request as BridgeRequest
+from business.bridge.wire import REQUEST_BYTES_MAX, decode_request
 from business.identity.approvals import (
     DebitRules,
     NoDebitRules,
@@ -120,6 +136,7 @@ from business.ledger.model import (
 from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER_TICK
 from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
 from business.ledger.wire import decode_events
+from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION, BridgeRun, BridgeStep
 from node.consensus.record_index import (
     BatchOutcome,
     IndexProposal,
@@ -184,10 +201,17 @@ class Operation:
     partner: bytes | None = None  # 16: ids.partner_id, or scope.PLATFORM
     mode: int | None = None  # ids.Mode
     user_refs: tuple[bytes, ...] = ()  # 32 each: ids.user_ref of linked users to credit
+    bridge: bytes | None = None  # feature 8: a Bridge request, business/bridge/wire.py
 
     def __post_init__(self) -> None:
         if self.events is not None and not 0 < len(self.events) <= OPERATION_EVENT_BYTES_MAX:
             raise InvalidRequest(f"an operation's events are 1..{OPERATION_EVENT_BYTES_MAX} B")
+        if self.bridge is not None and (
+            self.events is not None or not 0 < len(self.bridge) <= REQUEST_BYTES_MAX
+        ):
+            raise InvalidRequest(
+                f"an operation's Bridge request is 1..{REQUEST_BYTES_MAX} B, without events"
+            )
         if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
             raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
         check_proposer(self.partner, self.mode, self.user_refs)
@@ -207,6 +231,8 @@ class Operation:
             body["md"] = self.mode
         if self.user_refs:
             body["ur"] = list(self.user_refs)
+        if self.bridge is not None:
+            body["br"] = self.bridge
         return body
 
     @classmethod
@@ -215,6 +241,9 @@ class Operation:
         proposal = IndexProposal.from_body(body)
         events, approvals = body.get("ev"), body.get("ap")
         partner, mode, refs = body.get("pt"), body.get("md"), body.get("ur", [])
+        bridge = body.get("br")
+        if bridge is not None and type(bridge) is not bytes:
+            raise UnsupportedFormat("br must be bytes")
         if events is not None and type(events) is not bytes:
             raise UnsupportedFormat("ev must be bytes")
         if approvals is not None and type(approvals) is not bytes:
@@ -228,7 +257,7 @@ class Operation:
         if any(type(r) is not bytes for r in refs):
             raise UnsupportedFormat("ur holds bytes")
         try:
-            return cls(proposal, events, approvals, partner, mode, tuple(refs))
+            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge)
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
 
@@ -236,9 +265,19 @@ class Operation:
         """The events, checked as the apply checks them (UnsupportedFormat otherwise)."""
         return operation_events(self.events)
 
+    def decoded_bridge(self) -> BridgeRequest | None:
+        """The Bridge request, checked as the apply checks it (UnsupportedFormat otherwise)."""
+        if self.bridge is None:
+            return None
+        request = decode_request(self.bridge)
+        if request.op != self.record_id:
+            raise UnsupportedFormat("a Bridge request's op id is its operation's record id")
+        return request
+
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
-        extra = sum(len(b) + 8 for b in (self.events, self.approvals) if b is not None)
+        blobs = (self.events, self.approvals, self.bridge)
+        extra = sum(len(b) + 8 for b in blobs if b is not None)
         if self.partner is not None:  # keys, the id, the mode, the references
             extra += 3 * 8 + PARTNER_ID_BYTES + len(self.user_refs) * (USER_REF_BYTES + 4)
         return self.proposal.encoded_bytes_max() + extra
@@ -340,22 +379,39 @@ class LedgerOps:
         self._ledger = Ledger(LEDGER_CONFIG)
         self._identity = identity or IdentityConfig()
         self._rules = rules or NoDebitRules()
+        self._bridge = BridgeStep(self._ledger, self._identity)
+
+    @property
+    def bridge(self) -> Bridge:
+        """The Bridge core the feature-8 step runs (its quotes are reads over a state view)."""
+        return self._bridge.bridge
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        bridged = Dispatcher.feature_version(view) >= BRIDGE_FEATURE_VERSION
         if entry.type == LEDGER_TICK:
             _, writes = self._ledger.apply([], position.leader_time_ms, view)
-            return ApplyOutcome("applied", {}, tuple(writes))
+            if not bridged:
+                return ApplyOutcome("applied", {}, tuple(writes))
+            swept = Overlay(view)
+            swept.writes.update(writes)
+            expired = self._bridge.expire(position.index, position.leader_time_ms, swept)
+            return ApplyOutcome("applied", {"expired": expired}, tuple(swept.writes.items()))
         bodies = entry.body.get("ops")
         if not isinstance(bodies, list) or not 0 < len(bodies) <= OPS_ENTRY_OPERATIONS_MAX:
             reason = f"ops must be a list of 1..{OPS_ENTRY_OPERATIONS_MAX} operations"
             return ApplyOutcome("malformed", {"reason": reason})
         layer = Overlay(view)
+        if bridged:  # point expiry on log time, before the entry's operations
+            self._bridge.expire(position.index, position.leader_time_ms, layer)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
         earlier = Unapplied()  # what admitted operations of this entry create, not run yet
         refused: dict[int, OperationOutcome] = {}
         results: list[BatchOutcome] = []
         created: list[tuple[int, Operation]] = []
         runs: list[_Pending] = []
+        outcomes: dict[int, OperationOutcome] = {}
+        ran = 0  # runs[:ran] went through the ledger already (before a Bridge operation)
+        kinds: dict[int, str] = {}  # slot -> Bridge request kind
         retries: list[tuple[int, bytes, Mapping[str, Any]]] = []  # slot, record id, detail
         for slot, body in enumerate(bodies):
             try:
@@ -363,6 +419,9 @@ class LedgerOps:
                     raise UnsupportedFormat("an operation must be a map")
                 op = Operation.from_body(body)
                 events = op.decoded_events()
+                request = op.decoded_bridge()
+                if request is not None and not bridged:
+                    raise UnsupportedFormat(f"br needs log feature {BRIDGE_FEATURE_VERSION}")
             except UnsupportedFormat as exc:
                 results.append(BatchOutcome("malformed", {"reason": exc.detail}))
                 continue
@@ -372,7 +431,17 @@ class LedgerOps:
             put = RecordIndex.apply_put(op.proposal, position, layer)
             layer.writes.update(put.writes)
             results.append(BatchOutcome(put.code, put.detail))
-            if put.code == "created":
+            if put.code == "created" and request is not None:
+                created.append((slot, op))
+                # The Bridge step: after the ledger events of the operations before it.
+                outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
+                ran = len(runs)
+                done_run = self._bridge_step(op, request, position, layer, earlier)
+                refused[slot] = done_run.outcome  # stored, sticky, like a refusal's
+                kinds[slot] = done_run.kind
+                if op.approvals is not None:
+                    layer.writes[approvals_key(op.record_id)] = op.approvals
+            elif put.code == "created":
                 created.append((slot, op))
                 admitted = self._admit(op, events, position, layer, earlier) if checked else None
                 if isinstance(admitted, OperationOutcome):
@@ -384,7 +453,7 @@ class LedgerOps:
                     layer.writes[approvals_key(op.record_id)] = op.approvals
             elif put.code == "existing":
                 retries.append((slot, op.record_id, put.detail))
-        outcomes = self._run_ledger(runs, position.leader_time_ms, layer)
+        outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
         for pending in runs:
             outcome = outcomes[pending.slot]
             layer.writes[outcome_key(pending.operation.record_id)] = outcome.encode()
@@ -392,7 +461,8 @@ class LedgerOps:
             results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
         for slot, outcome in refused.items():
             done = results[slot]
-            results[slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
+            extra = {"bridge": kinds[slot]} if slot in kinds else {}
+            results[slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome, **extra})
         outcomes.update(refused)
         for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
             first = stored_outcome(layer, record_id)
@@ -404,6 +474,33 @@ class LedgerOps:
             "outcomes": tuple(outcomes.get(slot) for slot, _ in created),
         }
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
+
+    def _bridge_step(
+        self,
+        op: Operation,
+        request: BridgeRequest,
+        position: LogPosition,
+        layer: Overlay,
+        earlier: Unapplied,
+    ) -> BridgeRun:
+        """A created operation carrying a Bridge request (feature 8): its whole run, its
+        outcome stored (node/consensus/bridge_ops.py)."""
+        assert op.bridge is not None
+        proposer = None
+        if op.partner is not None and op.mode is not None:
+            proposer = Proposer(op.partner, Mode(op.mode), op.user_refs)
+        done = self._bridge.run(
+            op.record_id,
+            op.bridge,
+            request,
+            proposer,
+            op.approvals or b"",
+            position.leader_time_ms,
+            layer,
+            earlier,
+        )
+        layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
+        return done
 
     def _admit(
         self,

@@ -34,6 +34,7 @@ from typing import Any
 from business.ledger.outcome import OperationOutcome
 from node.batcher import Batcher
 from node.config import ClusterMember, RaftSettings
+from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.ledger_ops import (
     LEDGER_FEATURE_VERSION,
     LEDGER_OPS,
@@ -214,6 +215,10 @@ class RecordIndexClient:
     def ledger_enabled(self) -> bool:
         """Whether the log has enabled ledger operations (feature version 6)."""
         return Dispatcher.feature_version(_View(self._log)) >= LEDGER_FEATURE_VERSION
+
+    def bridge_enabled(self) -> bool:
+        """Whether the log has enabled Bridge requests in operations (feature version 8)."""
+        return Dispatcher.feature_version(_View(self._log)) >= BRIDGE_FEATURE_VERSION
 
     async def lookup_confirmed(self, record_id: bytes) -> IndexEntry | None:
         found = self.lookup(record_id)
