@@ -355,12 +355,19 @@ def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["--quick", "--out", str(out), "--dir", str(tmp_path / "db")]) == 0
     document = json.loads(out.read_text())
-    assert document["tool"] == "baas-bench-ledger" and document["format"] == 1
+    assert document["tool"] == "baas-bench-ledger" and document["format"] == 2
     assert len(document["load_avg_start"]) == 3
+    assert {r["phase"] for r in document["results"]} == {"apply", "ops"}
     for result in document["results"]:
         assert result["failed"] == 0
         assert result["transfers_timed"] == 5 * 200
         assert result["transfers_per_s"] > 0 and result["us_per_transfer"] > 0
         assert result["conservation"]["balanced"] is True
         assert int(result["conservation"]["debits_posted"]) > 0
-    assert {v["name"] for v in document["verdicts"]} >= {"apply_transfers_per_s_at_2000"}
+        assert len(result["load_avg"]) == 3
+    for point in document["points"]:
+        assert point["runs"] == 1 and point["transfers_per_s"] == point["transfers_per_s_runs"][0]
+    assert {v["name"] for v in document["verdicts"]} >= {
+        "apply_transfers_per_s_at_2000",
+        "ops_transfers_per_s_at_2000",
+    }
