@@ -216,8 +216,28 @@ _P_VOIDED = int(PendingStatus.VOIDED)
 _P_EXPIRED = int(PendingStatus.EXPIRED)
 
 _ACCOUNT_SIZE = ACCOUNT_V1.size
-_ACCOUNT_FLAGS_AT_1 = struct.Struct(">IHH")  # ledger, code, flags after the version byte
+# ledger, code, flags and the four u128 balances as eight u64 halves: one unpack per read
+# (four int.from_bytes of slices cost ~1.8x as much).
+_ACCOUNT_READ = struct.Struct(">xIHH24x8Q")
+assert _ACCOUNT_READ.size == _ACCOUNT_SIZE
 _EVENT_TYPES = frozenset({CreateAsset, CreateAccount, CreateTransfer})
+# One Result per event: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ and costs ~2x what setting its slots directly does. ``_result`` builds the
+# same frozen value (all three fields set, compared and hashed alike) on the hot path.
+_new_result = Result.__new__
+_set_code = Result.__dict__["code"].__set__  # the slots' member descriptors
+_set_timestamp = Result.__dict__["timestamp"].__set__
+_set_amount = Result.__dict__["amount"].__set__
+
+
+def _result(code: TransferResult, timestamp: int, amount: int) -> Result:
+    r = _new_result(Result)
+    _set_code(r, code)
+    _set_timestamp(r, timestamp)
+    _set_amount(r, amount)
+    return r
+
+
 _ABSENT: Any = object()  # "no entry in this overlay dict" in the undo log
 T = TransferResult
 A = AccountResult
@@ -339,13 +359,8 @@ class _Batch:
             return None
         if len(raw) != _ACCOUNT_SIZE or raw[0] != VALUE_VERSION:
             raise CorruptEntry("stored account value is not version 1")
-        ledger, code, flags = _ACCOUNT_FLAGS_AT_1.unpack_from(raw, 1)
-        balances = (
-            int.from_bytes(raw[33:49], "big"),
-            int.from_bytes(raw[49:65], "big"),
-            int.from_bytes(raw[65:81], "big"),
-            int.from_bytes(raw[81:97], "big"),
-        )
+        ledger, code, flags, dp1, dp0, dpo1, dpo0, cp1, cp0, cpo1, cpo0 = _ACCOUNT_READ.unpack(raw)
+        balances = (dp1 << 64 | dp0, dpo1 << 64 | dpo0, cp1 << 64 | cp0, cpo1 << 64 | cpo0)
         acc = [ledger, code, flags, raw[:33], *balances, key[5:], balances]
         self.accounts[account_id] = acc
         return acc
@@ -441,7 +456,7 @@ class _Batch:
                 if code in transient:
                     self.failed[e.id] = code
                     self.transfers[e.id] = code
-                append(Result(code, stamp, amount))
+                append(_result(code, stamp, amount))
                 i += 1
                 continue
             if not _linked(e):
