@@ -455,15 +455,16 @@ def verdicts(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for phase in PHASES:
         mine = [p for p in points if p["phase"] == phase]
         for p in mine:
-            out.append(
-                {
-                    "name": f"{phase}_transfers_per_s_at_{p['accounts']}",
-                    "measured": p["transfers_per_s"],
-                    "op": ">=",
-                    "threshold": TARGET_TRANSFERS_PER_S,
-                    "pass": p["transfers_per_s"] >= TARGET_TRANSFERS_PER_S,
-                }
-            )
+            for rate in ("transfers_per_s", "cpu_transfers_per_s"):  # wall, and CPU beside it
+                out.append(
+                    {
+                        "name": f"{phase}_{rate}_at_{p['accounts']}",
+                        "measured": p[rate],
+                        "op": ">=",
+                        "threshold": TARGET_TRANSFERS_PER_S,
+                        "pass": p[rate] >= TARGET_TRANSFERS_PER_S,
+                    }
+                )
             out.append(
                 {
                     "name": f"{phase}_all_ok_and_balanced_at_{p['accounts']}",
@@ -474,16 +475,20 @@ def verdicts(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
         if len(mine) >= 2:
-            ratio = mine[-1]["us_per_transfer"] / max(mine[0]["us_per_transfer"], 1e-9)
-            out.append(
-                {
-                    "name": f"{phase}_cost_ratio_{mine[-1]['accounts']}_vs_{mine[0]['accounts']}",
-                    "measured": round(ratio, 3),
-                    "op": "<=",
-                    "threshold": TARGET_RATIO_MAX,
-                    "pass": ratio <= TARGET_RATIO_MAX,
-                }
-            )
+            # Wall time is the target's; on a shared box it follows the load, so the ratio
+            # of this process's CPU time (LevelDB's compaction thread included) is beside it.
+            for cost, label in (("us_per_transfer", "cost"), ("cpu_us_per_transfer", "cpu_cost")):
+                ratio = mine[-1][cost] / max(mine[0][cost], 1e-9)
+                out.append(
+                    {
+                        "name": f"{phase}_{label}_ratio_{mine[-1]['accounts']}_vs_"
+                        f"{mine[0]['accounts']}",
+                        "measured": round(ratio, 3),
+                        "op": "<=",
+                        "threshold": TARGET_RATIO_MAX,
+                        "pass": ratio <= TARGET_RATIO_MAX,
+                    }
+                )
     return out
 
 
