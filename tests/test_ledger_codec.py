@@ -6,6 +6,7 @@ the memory view; the benchmark's quick mode writes its JSON and balances."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,14 @@ BYTES_MAX = 1 << 20
 @given(st.lists(wire_events, max_size=20))
 def test_wire_batches_round_trip(events: list[Event]) -> None:
     raw = encode_events(events)
-    assert decode_events(raw, events_max=20, bytes_max=BYTES_MAX) == events
+    decoded = decode_events(raw, events_max=20, bytes_max=BYTES_MAX)
+    assert decoded == events
+    for got, want in zip(decoded, events, strict=True):
+        # The decoder builds transfers through their slots: the same frozen value as the
+        # checked constructor's (equal, hashed and printed alike, immutable).
+        assert type(got) is type(want) and hash(got) == hash(want) and repr(got) == repr(want)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            got.ledger = 1  # type: ignore[misc]
 
 
 @settings(max_examples=300, deadline=None)
@@ -355,12 +363,22 @@ def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["--quick", "--out", str(out), "--dir", str(tmp_path / "db")]) == 0
     document = json.loads(out.read_text())
-    assert document["tool"] == "baas-bench-ledger" and document["format"] == 1
+    assert document["tool"] == "baas-bench-ledger" and document["format"] == 2
     assert len(document["load_avg_start"]) == 3
+    assert {r["phase"] for r in document["results"]} == {"apply", "ops"}
     for result in document["results"]:
         assert result["failed"] == 0
         assert result["transfers_timed"] == 5 * 200
         assert result["transfers_per_s"] > 0 and result["us_per_transfer"] > 0
         assert result["conservation"]["balanced"] is True
         assert int(result["conservation"]["debits_posted"]) > 0
-    assert {v["name"] for v in document["verdicts"]} >= {"apply_transfers_per_s_at_2000"}
+        assert len(result["load_avg"]) == 3
+        assert 0 < result["thread_cpu_us_per_transfer"] <= 1.5 * result["cpu_us_per_transfer"]
+    for point in document["points"]:
+        assert point["runs"] == 1 and point["transfers_per_s"] == point["transfers_per_s_runs"][0]
+    assert {v["name"] for v in document["verdicts"]} >= {
+        "apply_transfers_per_s_at_2000",
+        "apply_cpu_transfers_per_s_at_2000",
+        "ops_transfers_per_s_at_2000",
+        "ops_all_ok_and_balanced_at_2000",
+    }
