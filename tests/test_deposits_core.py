@@ -352,6 +352,18 @@ def test_bounds_refuse_a_block_that_would_exceed_them() -> None:
     with pytest.raises(Overloaded):
         poll_all(tracker2, chain2)
     assert tracker2.next_block() == 2  # the first block was taken, the second was not
+    assert tracker2.stats.seen == 2
+    # A replacement at a held height is bounded before the old block is dropped.
+    chain3, tracker3 = MemChain(), new_tracker(pending_deposits_max=3, block_logs_max=3)
+    chain3.mine(deposits=1)
+    chain3.mine(deposits=1)
+    poll_all(tracker3, chain3)
+    tip = tracker3.tip
+    chain3.reorg(1)
+    chain3.mine(deposits=3)
+    with pytest.raises(Overloaded):
+        poll_all(tracker3, chain3)
+    assert tracker3.tip == tip and tracker3.stats.blocks_orphaned == 0
 
 
 def test_a_block_that_skips_heights_is_a_caller_error() -> None:
@@ -405,13 +417,17 @@ def test_the_credit_goes_to_the_wallet_or_to_suspense_under_a_domain_separated_i
 
 # -- random chains with reorganisations --------------------------------------------------------
 
-# One step: ("mine", deposits) or ("reorg", depth) or ("poll", 0) or ("commit", 0).
+# One step: ("mine", deposits), ("burst", blocks of one deposit each), ("reorg", depth) or
+# ("commit", 0), each followed by a poll when its flag is set (so credits and reorgs meet).
 steps = st.lists(
-    st.one_of(
-        st.tuples(st.just("mine"), st.integers(0, 3)),
-        st.tuples(st.just("reorg"), st.integers(1, 6)),
-        st.tuples(st.just("poll"), st.just(0)),
-        st.tuples(st.just("commit"), st.just(0)),
+    st.tuples(
+        st.one_of(
+            st.tuples(st.just("mine"), st.integers(0, 3)),
+            st.tuples(st.just("burst"), st.integers(1, 4)),
+            st.tuples(st.just("reorg"), st.integers(1, 6)),
+            st.tuples(st.just("commit"), st.just(0)),
+        ),
+        st.booleans(),
     ),
     max_size=60,
 )
@@ -420,7 +436,7 @@ steps = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(steps=steps, confirmations=st.integers(1, 4))
 def test_random_chains_credit_exactly_the_confirmed_canonical_deposits(
-    steps: list[tuple[str, int]], confirmations: int
+    steps: list[tuple[tuple[str, int], bool]], confirmations: int
 ) -> None:
     """Reorgs up to 6 deep within a window of 8: every deposit confirmed on the final
     canonical chain is credited, once; every credit not on the final canonical chain (and no
@@ -439,21 +455,23 @@ def test_random_chains_credit_exactly_the_confirmed_canonical_deposits(
                 assert d.kind == AlarmKind.CREDITED_DEPOSIT_ORPHANED and d.deposit is not None
                 alarmed.append(d.deposit.key)
 
-    for op, arg in steps:
+    for (op, arg), poll in steps:
         if op == "mine":
             chain.mine(deposits=arg)
+        elif op == "burst":
+            for _ in range(arg):
+                chain.mine(deposits=1)
         elif op == "reorg":
             # Keep the fork point inside the tracker's window (deeper: the table test above).
-            window_base = max(0, tracker.tip.number - tracker.settings.reorg_depth_max)
-            depth = min(arg, chain.head() - window_base)
+            depth = min(arg, chain.head() - tracker.base_number)
             if depth > 0:
                 chain.reorg(depth)
                 chain.mine()  # the fork: a fresh block at the height forgotten first
-        elif op == "poll":
-            run(poll_all(tracker, chain))
         else:
             credited.keys.update(asked)
             run(tracker.tick())
+        if poll:
+            run(poll_all(tracker, chain))
     run(poll_all(tracker, chain))
     assert len(asked) == len(set(asked)), "a deposit was asked to be credited twice"
     final = chain.confirmed_keys(confirmations)

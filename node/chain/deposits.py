@@ -302,12 +302,17 @@ class DepositTracker:
 
     def pending(self) -> int:
         """Deposits in the window not yet known to be credited."""
+        return self._waiting(self._window)
+
+    def _waiting(self, blocks: list[_Block]) -> int:
         return sum(
-            1
-            for block in self._window
-            for d in block.deposits
-            if not self._credited.is_credited(d.key)
+            1 for block in blocks for d in block.deposits if not self._credited.is_credited(d.key)
         )
+
+    @property
+    def base_number(self) -> int:
+        """The window's oldest block: a reorganisation below it is too deep to check."""
+        return self._window[0].header.number
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -339,15 +344,18 @@ class DepositTracker:
             if below is self._window[0]:
                 return self._too_deep(header)
             return self._drop_from(header.number - 1)
-        if known is not None:
-            decisions += self._drop_from(header.number)
         accepted, refused = self._check(header, logs)
-        unconfirmed = self.pending() + len(accepted)
-        if unconfirmed > self.settings.pending_deposits_max:
+        # Bound first, change nothing before it: a refused block is simply read again later.
+        kept = self._window if known is None else self._window[: header.number - self.base_number]
+        waiting = self._waiting(kept) + len(accepted)
+        if waiting > self.settings.pending_deposits_max:
             raise Overloaded(
-                f"{unconfirmed} deposits would wait for credit "
+                f"{waiting} deposits would wait for credit "
                 f"(deposits.pending_deposits_max {self.settings.pending_deposits_max})"
             )
+        if known is not None:
+            decisions += self._drop_from(header.number)
+        self.stats.refused += len(refused)
         decisions += refused
         self.stats.seen += len(accepted)
         self._window.append(_Block(header, accepted))
@@ -394,7 +402,6 @@ class DepositTracker:
                 keys.add(log.key)
                 accepted.append(log)
             else:
-                self.stats.refused += 1
                 refused.append(Refused(reason, log))
         return tuple(accepted), refused
 
