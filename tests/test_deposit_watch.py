@@ -17,7 +17,7 @@ from vaults import VaultWorld, vault_world
 from web3 import Web3
 
 from business.identity.ids import Mode
-from node.anchoring.chain import ChainMisconfigured, connect_web3
+from node.anchoring.chain import ChainMisconfigured, ChainUnavailable, connect_web3
 from node.chain.contracts import send
 from node.chain.deposit_watch import DepositWatcher, Web3DepositReader
 from node.chain.deposits import (
@@ -186,3 +186,25 @@ def test_long_catch_up_reads_bounded_ranges(world: VaultWorld) -> None:
     h.mine(CONFIRMATIONS)
     assert credited(h.poll()) == keys
     assert Web3.to_checksum_address(h.settings.vault) == world.vault.address
+
+
+def test_the_loop_counts_chain_errors_and_goes_on() -> None:
+    world = vault_world(chains.tester_web3())
+    h = harness(world)
+
+    class Down(Web3DepositReader):
+        def head(self) -> int:
+            raise ChainUnavailable("eth_blockNumber: refused")
+
+    h.watcher._reader = Down(world.w3, h.settings)
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(h.watcher.run())
+        await asyncio.sleep(0.35)
+        task.cancel()
+
+    asyncio.run(run_briefly())
+    assert h.watcher.chain_errors >= 2
+    assert h.watcher.status()["chain_errors"] == h.watcher.chain_errors
+    families = {f.name: f.read() for f in h.watcher.stat_families()}
+    assert families["deposits_halted"] == 0 and families["deposits_alarms_total"] == 0

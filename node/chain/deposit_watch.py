@@ -41,7 +41,7 @@ from node.chain.deposits import (
     Refused,
     poll_round,
 )
-from node.errors import ConfigError, OperationFailed
+from node.errors import InvariantViolation, OperationFailed
 from node.metrics import StatFamily
 
 __all__ = ["DEPOSITED_TOPIC", "DepositWatcher", "Web3DepositReader", "decode_deposit"]
@@ -110,7 +110,7 @@ class Web3DepositReader:
 
     def deposit_logs(self, first: int, last: int) -> list[DepositLog]:
         if not 0 <= last - first < self._settings.log_range_blocks_max:
-            raise ConfigError(f"log range {first}..{last} beyond deposits.log_range_blocks_max")
+            raise InvariantViolation(f"log range {first}..{last} beyond log_range_blocks_max")
         with border("eth_getLogs", vault_errors()):
             raw = self._w3.eth.get_logs(
                 {
