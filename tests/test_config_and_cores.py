@@ -25,6 +25,8 @@ PURE_MODULES = [
     "node/anchoring/config.py",
     # The vault's EIP-712 withdrawals; node/chain/contracts.py does the web3 I/O.
     "node/chain/vault.py",
+    # The deposit tracker; node/chain/deposit_watch.py does the web3 reads.
+    "node/chain/deposits.py",
     # The dashboard's sessions and sign-in limits; gateway/dashboard/routes.py does the I/O.
     "gateway/dashboard/sessions.py",
     # baas-bench's arithmetic and verdicts (issue #13's ratios to etcd).
