@@ -3,7 +3,8 @@
 Plain helpers (no pytest needed) plus fixtures ``anvil`` and ``chain`` that other test files
 import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
 
-* :func:`running_anvil` starts ``anvil --host 127.0.0.1 --port P --chain-id 31337 --silent``
+* :func:`running_anvil` (:mod:`tools.local_chain`, shared with the benchmarks) starts
+  ``anvil --host 127.0.0.1 --port P --chain-id 31337 --silent``
   (``--block-time S`` for interval mining) on a free port and waits until it answers JSON-RPC.
   The binary comes from ``contracts/node_modules`` (``./dev setup`` installs it with ``npm ci``);
   ``BAAS_ANVIL`` overrides the path (``tools.local_chain.anvil_path``, shared with the local
@@ -17,13 +18,10 @@ import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,17 +30,29 @@ from web3 import Web3
 
 from node.anchoring.chain import (
     AnchorChain,
-    ChainUnavailable,
     TxInclusion,
     connect_web3,
     deploy_registry,
     fund,
 )
 from node.anchoring.keyfile import ChainKey
-from tools.cluster_init import ANVIL_CHAIN_ID
-from tools.local_chain import anvil_path, stop_process, wait_until_answering
+from tools.local_chain import (
+    Anvil,
+    anvil_path,
+    free_port,
+    running_anvil,
+    stop_process,
+    wait_until_answering,
+)
 
-__all__ = ["anvil_path", "stop_process", "wait_until_answering"]  # re-exported for the tests
+__all__ = [  # re-exported for the tests
+    "Anvil",
+    "anvil_path",
+    "free_port",
+    "running_anvil",
+    "stop_process",
+    "wait_until_answering",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,13 +65,6 @@ ANVIL_DEV_KEYS: tuple[str, ...] = (
 """Private keys of anvil's dev accounts 0..3 (public test keys; never use them elsewhere)."""
 
 FUND_WEI = 10**20  # 100 ETH: thousands of anchors
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def rpc(
@@ -77,46 +80,6 @@ def rpc(
     if "error" in answer:
         raise RuntimeError(f"{method}: {answer['error']}")
     return answer["result"]
-
-
-@dataclass(frozen=True)
-class Anvil:
-    url: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-
-@contextmanager
-def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
-    """A real anvil on a free loopback port (automine, or interval mining every
-    ``block_time_s``); stopped on exit. ``evm_setAutomine false`` makes it mine on demand."""
-    for _ in range(3):  # a free port can be taken between probing and anvil binding it
-        port = free_port()
-        command = [
-            str(anvil_path()),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--chain-id",
-            str(ANVIL_CHAIN_ID),
-            "--silent",
-        ]
-        if block_time_s is not None:
-            command += ["--block-time", str(block_time_s)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_answering(url, process)
-        except ChainUnavailable:
-            stop_process(process)
-            continue
-        try:
-            yield Anvil(url=url, port=port, process=process)
-        finally:
-            stop_process(process)
-        return
-    raise RuntimeError("anvil did not start on three free ports")
 
 
 def tester_web3() -> Web3:

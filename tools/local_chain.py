@@ -24,12 +24,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -61,10 +64,13 @@ from tools.cluster_init import (
 
 __all__ = [
     "CHAIN_START_S_MAX",
+    "Anvil",
     "RegistryOnChain",
     "anvil_path",
     "chain_command",
+    "free_port",
     "point_nodes_at",
+    "running_anvil",
     "setup_registry",
     "start_chain",
     "stop_process",
@@ -160,6 +166,53 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 5.0) -> in
     if process.stderr is not None:
         process.stderr.close()
     return int(process.returncode)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Anvil:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+@contextmanager
+def running_anvil(block_time_s: float | None = None) -> Iterator[Anvil]:
+    """A real anvil on a free loopback port (automine, or interval mining every
+    ``block_time_s``); stopped on exit. ``evm_setAutomine false`` makes it mine on demand."""
+    for _ in range(3):  # a free port can be taken between probing and anvil binding it
+        port = free_port()
+        command = [
+            str(anvil_path()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--chain-id",
+            str(ANVIL_CHAIN_ID),
+            "--silent",
+        ]
+        if block_time_s is not None:
+            command += ["--block-time", str(block_time_s)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_answering(url, process)
+        except ChainUnavailable:
+            stop_process(process)
+            continue
+        try:
+            yield Anvil(url=url, port=port, process=process)
+        finally:
+            stop_process(process)
+        return
+    raise RuntimeError("anvil did not start on three free ports")
 
 
 def top_up(w3: Web3, addresses: list[str]) -> None:
