@@ -168,6 +168,9 @@ class NodeLimits:
     p2p_bridge_calls_max: int = 4096
     # Raft frames queued per peer (node/p2p/raft_link.py); more are dropped (Raft resends).
     raft_queue_frames_max: int = 1024
+    # Frames already queued for a peer go out in one stream write of at most about this many
+    # bytes (one yamux frame, one Noise message, one socket write instead of one per frame).
+    raft_write_bytes_max: int = 256 * 1024
     put_batch_shards_max: int = 1024
     commit_queue_shards_max: int = 65536
     hints_max: int = 200_000

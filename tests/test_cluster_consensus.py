@@ -87,6 +87,15 @@ def test_the_leader_measures_every_follower_clock_and_stamps_real_time(
         if "_raft_clock_offset_ms{" in line
     }
     assert peers == set(offsets), text[:2000]
+    # The raft link's frames and the stream writes carrying them (several frames per write
+    # when a burst queues; never more writes than frames).
+    link = {
+        line.split('kind="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("baas_node_raft_link_frames_total{")
+    }
+    assert set(link) == {"sent", "writes", "received"}, text[:2000]
+    assert 0 < link["writes"] <= link["sent"] and link["received"] > 0, link
 
 
 def test_five_nodes_elect_one_leader_and_replace_it_after_kill_9(cluster: LocalCluster) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,9 +25,16 @@ def shard(rid: bytes, index: int, version: bytes = FIRST) -> Shard:
 
 def test_settle_waits_for_the_expiry_then_keeps_only_the_indexed_version() -> None:
     rid = os.urandom(32)
-    assert settle(rid, 100, 99, None) is None  # the proposal may still commit
-    assert settle(rid, 100, 100, None) == CollectItem(rid, 100, None)
-    assert settle(rid, 100, 500, FIRST) == CollectItem(rid, 100, FIRST)
+    looked_up: list[bytes] = []
+
+    def lookup(found: bytes | None) -> Callable[[bytes], bytes | None]:
+        return lambda record_id: looked_up.append(record_id) or found
+
+    assert settle(rid, 100, 99, lookup(FIRST)) is None  # the proposal may still commit
+    assert looked_up == []  # and its index entry is not read for nothing
+    assert settle(rid, 100, 100, lookup(None)) == CollectItem(rid, 100, None)
+    assert settle(rid, 100, 500, lookup(FIRST)) == CollectItem(rid, 100, FIRST)
+    assert looked_up == [rid, rid]
 
 
 def test_puts_keep_the_highest_expiry_as_the_pending_marker(tmp_path: Path) -> None:

@@ -181,6 +181,20 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             counter=True,
         ),
         StatFamily(
+            "raft_link_frames",
+            "raft frames written to peers (sent), in how many stream writes, read from peers",
+            lambda: {
+                kind: float(state.raft_status()[f"link_{key}"])
+                for kind, key in (
+                    ("sent", "frames_sent_total"),
+                    ("writes", "writes_total"),
+                    ("received", "frames_received_total"),
+                )
+            },
+            counter=True,
+            label="kind",
+        ),
+        StatFamily(
             "raft_snapshot_index", "log index of the snapshot in force", raft("snapshot_index")
         ),
         StatFamily("raft_compactions", "log compactions", raft("compactions"), counter=True),

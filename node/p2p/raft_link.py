@@ -5,10 +5,14 @@ this link is deliberately simple and never blocks the consensus loop:
 
 * **sending** -- per peer, a bounded queue (``raft_queue_frames_max``) drained by one writer
   task onto one long-lived stream. ``offer()`` never waits: a full queue drops the frame and
-  counts it. A broken stream is dropped with the frame in hand and every frame queued behind
-  it (stale by the time the peer is back), and reopened for the next one after a short
-  back-off while the peer is unreachable. ``queued_frames`` lets a snapshot
-  sender pace itself on the queue.
+  counts it. The frames waiting when the writer takes one go with it in one stream write of
+  up to about ``raft_write_bytes_max`` (:func:`coalesce`): the bytes on the wire are the same
+  length-prefixed frames, but a burst (a leader's Append and its commit notice, a follower's
+  answers to pipelined Appends) costs one yamux frame, one Noise message and one socket write
+  instead of one each per frame, which is what a small frame costs most of. A broken stream
+  is dropped with the frames in hand and every frame queued behind them (stale by the time
+  the peer is back), and reopened for the next one after a short back-off while the peer is
+  unreachable. ``queued_frames`` lets a snapshot sender pace itself on the queue.
 * **receiving** -- every inbound raft stream is read frame by frame (``u32 length || payload``,
   at most ``p2p_frame_bytes_max``) and each payload is handed to the node's inbox callback on
   the trio thread. Decoding and validating the payload is the consensus adapter's job.
@@ -31,7 +35,7 @@ from libp2p.peer.id import ID
 from node.errors import BaasError, PeerProtocolError
 from node.p2p.shard_protocol import FrameReader
 
-__all__ = ["RAFT_PROTOCOL", "RaftCounters", "RaftOutbox", "serve_raft_stream"]
+__all__ = ["RAFT_PROTOCOL", "RaftCounters", "RaftOutbox", "coalesce", "serve_raft_stream"]
 
 RAFT_PROTOCOL = TProtocol("/baas/raft/1.0.0")
 _logger = logging.getLogger(__name__)
@@ -42,9 +46,25 @@ _REOPEN_BACKOFF_S = 0.2
 class RaftCounters:
     frames_sent_total: int = 0
     frames_dropped_total: int = 0  # queue full or stream broken: Raft will retransmit
+    writes_total: int = 0  # stream writes (each carries one or more frames)
     frames_received_total: int = 0
     streams_opened_total: int = 0
     protocol_errors_total: int = 0
+
+
+def coalesce(first: bytes, take: Callable[[], bytes | None], bytes_max: int) -> list[bytes]:
+    """``first`` and the frames ``take`` hands over without waiting (None: no more), until
+    they hold ``bytes_max`` bytes or more: one write's worth (the last frame may pass the
+    bound, so a frame larger than it still goes, alone)."""
+    frames, size = [first], len(first)
+    while size < bytes_max and (payload := take()) is not None:
+        frames.append(payload)
+        size += len(payload)
+    return frames
+
+
+def _frame_bytes(frames: list[bytes]) -> bytes:
+    return b"".join(len(p).to_bytes(4, "big") + p for p in frames)
 
 
 class RaftOutbox:
@@ -57,6 +77,7 @@ class RaftOutbox:
         *,
         queue_frames_max: int,
         frame_bytes_max: int,
+        write_bytes_max: int,
         counters: RaftCounters,
         ensure_connected: Callable[[str], Awaitable[None]],
     ) -> None:
@@ -64,6 +85,7 @@ class RaftOutbox:
         self._peer = peer_id
         self._id = ID.from_base58(peer_id)
         self._frame_bytes_max = frame_bytes_max
+        self._write_bytes_max = write_bytes_max
         self._counters = counters
         self._ensure_connected = ensure_connected
         self._send, self._receive = trio.open_memory_channel[bytes](queue_frames_max)
@@ -90,16 +112,24 @@ class RaftOutbox:
         """The writer task (runs until cancelled with the p2p layer)."""
         try:
             async for payload in self._receive:
-                if not await self._write(payload):
+                frames = coalesce(payload, self._take_nowait, self._write_bytes_max)
+                if not await self._write(frames):
                     # The peer is away: everything queued for it is stale by the time it is
                     # back (Raft resends what is still needed, from its current state, and a
                     # peer far behind gets a snapshot rather than hundreds of old Appends).
-                    self._counters.frames_dropped_total += 1 + self._drop_queued()
+                    dropped = len(frames) + self._drop_queued()
+                    self._counters.frames_dropped_total += dropped
                     await trio.sleep(_REOPEN_BACKOFF_S)
         finally:
             if self._stream is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                     await self._stream.reset()
+
+    def _take_nowait(self) -> bytes | None:
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
 
     def _drop_queued(self) -> int:
         dropped = 0
@@ -110,13 +140,13 @@ class RaftOutbox:
                 return dropped
             dropped += 1
 
-    async def _write(self, payload: bytes) -> bool:
+    async def _write(self, frames: list[bytes]) -> bool:
         try:
             if self._stream is None:
                 await self._ensure_connected(self._peer)
                 self._stream = await self._host.new_stream(self._id, [RAFT_PROTOCOL])
                 self._counters.streams_opened_total += 1
-            await self._stream.write(len(payload).to_bytes(4, "big") + payload)
+            await self._stream.write(_frame_bytes(frames))
         except trio.Cancelled:
             raise
         except (BaasError, Exception) as exc:  # libp2p raises many types; the peer is away
@@ -129,7 +159,8 @@ class RaftOutbox:
                     except Exception as reset_exc:  # already broken
                         _logger.debug("raft stream reset failed: %r", reset_exc)
             return False
-        self._counters.frames_sent_total += 1
+        self._counters.frames_sent_total += len(frames)
+        self._counters.writes_total += 1
         return True
 
     def close(self) -> None:

@@ -252,6 +252,7 @@ class P2PNode:
         return {
             "frames_sent_total": c.frames_sent_total,
             "frames_dropped_total": c.frames_dropped_total,
+            "writes_total": c.writes_total,
             "frames_received_total": c.frames_received_total,
             "streams_opened_total": c.streams_opened_total,
             "protocol_errors_total": c.protocol_errors_total,
@@ -422,6 +423,7 @@ class P2PNode:
                 peer_id,
                 queue_frames_max=self._limits.raft_queue_frames_max,
                 frame_bytes_max=self._limits.p2p_frame_bytes_max,
+                write_bytes_max=self._limits.raft_write_bytes_max,
                 counters=self._raft_counters,
                 ensure_connected=self._ensure_connected,
             )

@@ -33,12 +33,20 @@ log = logging.getLogger("baas.node.orphans")
 
 
 def settle(
-    record_id: bytes, expiry: int, applied_index: int, indexed_version: bytes | None
+    record_id: bytes,
+    expiry: int,
+    applied_index: int,
+    indexed_version: Callable[[bytes], bytes | None],
 ) -> CollectItem | None:
-    """The verdict on one pending record: None while its proposal may still commit."""
+    """The verdict on one pending record: None while its proposal may still commit.
+
+    ``indexed_version`` (an index read) is called only for a record whose fate is settled: a
+    marker waits up to ``proposal_expiry_entries`` (100,000 entries), and every pass over it
+    before then would read and decode its index entry for nothing.
+    """
     if applied_index < expiry:
         return None
-    return CollectItem(record_id, expiry, indexed_version)
+    return CollectItem(record_id, expiry, indexed_version(record_id))
 
 
 @dataclass(slots=True)
@@ -84,8 +92,7 @@ class OrphanCollector:
         verdicts = [
             verdict
             for record_id, expiry in markers
-            if (verdict := settle(record_id, expiry, applied, self._indexed_version(record_id)))
-            is not None
+            if (verdict := settle(record_id, expiry, applied, self._indexed_version)) is not None
         ]
         if not verdicts:
             return 0
