@@ -133,6 +133,7 @@ __all__ = [
     "account_object",
     "add_ledger_routes",
     "amount_param",
+    "approvals_param",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -313,6 +314,9 @@ def _approvals(raw: Any, param: str = "approvals") -> bytes | None:
             )
         )
     return encode_approvals(items)
+
+
+approvals_param = _approvals  # the Bridge's routes take approvals the same way
 
 
 def hex_param(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
