@@ -28,6 +28,8 @@ Routes:
   signature, or a one-time code) -> 201 (why a preview: see ledger_routes' transfer preview);
 * ``POST /v1/bridge/points/{asset}/reverse`` ``{"issuance", "amount"}`` -> 201 (the partner's
   own issuance, capped at its unspent amount by the state machine);
+* ``POST /v1/bridge/points/{asset}/liquidity`` ``{"amount"}`` -> 201 (points from the issuance
+  account to the liquidity account swaps BAAS -> points pay out of);
 * ``GET /v1/bridge/points/{asset}/users/{user_id}`` -> the user's spendable balance and lots;
 * ``POST /v1/bridge/points/{asset}/policy`` -> 201 the new policy version (an audited log
   entry); ``GET /v1/bridge/points/{asset}/policy[?version=N]`` -> the policy or one change;
@@ -54,6 +56,7 @@ from aiohttp import web
 from business.bridge import (
     DefinePoints,
     Direction,
+    FundLiquidity,
     IssuePoints,
     Quote,
     RedeemPoints,
@@ -200,6 +203,7 @@ def _operation(
         {
             "object": "bridge_operation",
             "kind": kind,
+            "livemode": ctx.mode == Mode.LIVE,  # reads check it: a partner's modes are apart
             "request": {k: v for k, v in body.items() if k != "approvals"},
         },
         state.config.limits.record_json_bytes_max,
@@ -379,11 +383,11 @@ def _points_move(
 async def _redeem_op(request: web.Request, approve: bool) -> tuple[Any, LedgerContext, str, _Op,
                                                                      bytes, int, str]:  # fmt: skip
     state, ctx, key = _writing(request)
-    fields = {"user", "amount", "approvals"} if approve else {"user", "amount"}
-    body = await read_body(request, fields, fields)
+    allowed = {"user", "amount", "approvals"} if approve else {"user", "amount"}
+    body = await read_body(request, allowed, {"user", "amount"})
     user = user_id_param(body["user"], "user")
     amount = amount_param(body["amount"], "amount")
-    approvals = approvals_param(body["approvals"]) if approve else None
+    approvals = _user_approvals(body) if approve else None
     ledger, _ = await _asset(state, ctx, request.match_info["asset"])
     address, wallet = await _user(state, ctx, user, "user")
     account = wallet_account_id(wallet, ctx.mode, ledger)
@@ -406,6 +410,20 @@ async def post_redeem(request: web.Request) -> web.Response:
     state, ctx, key, op, _, amount, user = await _redeem_op(request, approve=True)
     done = await _write(state, ctx, op)
     return _answer(done, _points_move(ctx, op, "bridge_redemption", user, amount), key)
+
+
+def _user_approvals(body: dict[str, Any]) -> bytes:
+    """The user's approval, required before the log: the state machine's refusal would be the
+    operation's sticky outcome, and the key burnt for good."""
+    approvals = approvals_param(body.get("approvals"))
+    if approvals is None:
+        raise InvalidRequest(
+            "this debits the user's wallet: send the user's signature over the digest the "
+            "preview route answers, or a one-time code they issued",
+            code="approval_required",
+            param="approvals",
+        )
+    return approvals
 
 
 def _preview(
@@ -445,6 +463,22 @@ async def post_reverse(request: web.Request) -> web.Response:
     done = await _write(state, ctx, op)
     payload = {**_points_move(ctx, op, "bridge_reversal", None, amount), "issuance": issuance.hex()}
     return _answer(done, payload, key)
+
+
+async def post_liquidity(request: web.Request) -> web.Response:
+    """Move points from the partner's issuance account to its liquidity account: what swaps
+    BAAS -> points pay out (a liquidity account cannot go negative: liquidity_exhausted)."""
+    state, ctx, key = _writing(request)
+    body = await read_body(request, {"amount"}, {"amount"})
+    amount = amount_param(body["amount"], "amount")
+    ledger, _ = await _asset(state, ctx, request.match_info["asset"])
+
+    def make(rid: bytes) -> Request:
+        return FundLiquidity(rid, ctx.pid16, ledger, amount)
+
+    op = _operation(state, ctx, "bridge.liquidity", key, body, make)
+    done = await _write(state, ctx, op)
+    return _answer(done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount), key)
 
 
 async def get_user_points(request: web.Request) -> web.Response:
@@ -502,10 +536,12 @@ async def post_policy(request: web.Request) -> web.Response:
     signing credential); quotes made under the old version fail ``policy_version_changed``."""
     state, ctx, key = _writing(request)
     body = await read_body(request, _POLICY_FIELDS, _POLICY_FIELDS)
-    amounts = {name: amount_param(body[name], name) for name in _POLICY_AMOUNTS}
-    for name in ("user_window_max", "partner_window_max", "fee_min"):
-        if body[name] == "0":  # 0 is allowed here: no window limit, no minimum fee
-            amounts[name] = 0
+    # 0 is allowed for the window limits (none) and the minimum fee; not for rate or sizes
+    zero_ok = ("user_window_max", "partner_window_max", "fee_min")
+    amounts = {
+        name: (_digits if name in zero_ok else amount_param)(body[name], name)
+        for name in _POLICY_AMOUNTS
+    }
     window_s = int_param(body["window_s"], "window_s", 1, U32_MAX)
     fee_bps = int_param(body["fee_bps"], "fee_bps", 0, 9999)
     if type(body["enabled"]) is not bool:
@@ -581,8 +617,7 @@ async def post_top_up(request: web.Request) -> web.Response:
 async def post_threshold(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"threshold"}, {"threshold"})
-    raw = body["threshold"]
-    threshold = 0 if raw == "0" else amount_param(raw, "threshold")
+    threshold = _digits(body["threshold"], "threshold")
 
     def make(rid: bytes) -> Request:
         return SetReserveThreshold(rid, ctx.pid16, _baas_ledger(ctx), threshold)
@@ -678,9 +713,10 @@ _QUOTE_FIELDS = {
 }  # fmt: skip
 
 
-def _quote_param(raw: Any, ctx: LedgerContext, ledger: int) -> tuple[Quote, bytes]:
-    """The quote as the partner sent it back, and the digest it claims: altered terms are the
-    state machine's ``quote_altered`` (sticky), another user's its ``quote_other_user``."""
+def _quote_param(raw: Any) -> tuple[dict[str, Any], bytes]:
+    """The quote as the partner sent it back (the Quote's fields but who and which ledgers,
+    which come from the credential and the asset), and the digest it claims: altered terms are
+    the state machine's ``quote_altered`` (sticky), another user's its ``quote_other_user``."""
     if not isinstance(raw, dict):
         raise InvalidRequest("quote is the object POST /v1/bridge/quotes answered", param="quote")
     for name in sorted(_QUOTE_FIELDS - set(raw)):
@@ -689,22 +725,20 @@ def _quote_param(raw: Any, ctx: LedgerContext, ledger: int) -> tuple[Quote, byte
     for name in sorted(set(raw) - _QUOTE_FIELDS):
         raise InvalidRequest(f"unknown field quote.{name}", code="parameter_unknown",
                              param="quote." + name)  # fmt: skip
+    if not isinstance(raw["asset"], str):
+        raise InvalidRequest("quote.asset is your point asset's code", param="quote.asset")
     direction = _DIRECTIONS.get(raw["direction"])
     if direction is None:
         raise InvalidRequest("quote.direction is in or out", param="quote.direction")
-    amounts = {n: _digits(raw[n], "quote." + n) for n in _QUOTE_AMOUNTS}
-    quote = Quote(
-        partner=ctx.pid16,
-        ledger=ledger,
-        baas_ledger=_baas_ledger(ctx),
-        wallet=hex_param(raw["wallet"], "quote.wallet", 16, 16),
-        direction=direction,
-        **amounts,
-        policy_version=int_param(raw["policy_version"], "quote.policy_version", 1, U32_MAX),
-        issued_ms=int_param(raw["issued_ms"], "quote.issued_ms", 0, 2**63 - 1),
-        expires_ms=int_param(raw["expires_ms"], "quote.expires_ms", 0, 2**63 - 1),
-    )
-    return quote, hex_param(raw["digest"], "quote.digest", 32, 32)
+    fields = {
+        "wallet": hex_param(raw["wallet"], "quote.wallet", 16, 16),
+        "direction": direction,
+        **{n: _digits(raw[n], "quote." + n) for n in _QUOTE_AMOUNTS},
+        "policy_version": int_param(raw["policy_version"], "quote.policy_version", 1, U32_MAX),
+        "issued_ms": int_param(raw["issued_ms"], "quote.issued_ms", 0, 2**63 - 1),
+        "expires_ms": int_param(raw["expires_ms"], "quote.expires_ms", 0, 2**63 - 1),
+    }
+    return fields, hex_param(raw["digest"], "quote.digest", 32, 32)
 
 
 def _digits(raw: Any, param: str) -> int:
@@ -715,16 +749,14 @@ async def _swap_op(
     request: web.Request, approve: bool
 ) -> tuple[Any, LedgerContext, str, _Op, bytes, dict[str, Any]]:
     state, ctx, key = _writing(request)
-    fields = {"user", "quote", "approvals"} if approve else {"user", "quote"}
-    body = await read_body(request, fields, fields)
+    allowed = {"user", "quote", "approvals"} if approve else {"user", "quote"}
+    body = await read_body(request, allowed, {"user", "quote"})
     user = user_id_param(body["user"], "user")
-    approvals = approvals_param(body["approvals"]) if approve else None
-    code = body["quote"].get("asset") if isinstance(body["quote"], dict) else None
-    if not isinstance(code, str):
-        raise InvalidRequest("quote.asset is your point asset's code", param="quote.asset")
-    ledger, _ = await _asset(state, ctx, code)
-    quote, digest = _quote_param(body["quote"], ctx, ledger)
+    approvals = _user_approvals(body) if approve else None
+    fields, digest = _quote_param(body["quote"])
+    ledger, _ = await _asset(state, ctx, body["quote"]["asset"])
     address, wallet = await _user(state, ctx, user, "user")
+    quote = Quote(partner=ctx.pid16, ledger=ledger, baas_ledger=_baas_ledger(ctx), **fields)
 
     def make(rid: bytes) -> Request:
         return Swap(rid, ctx.pid16, ledger, wallet, quote, digest)
@@ -789,8 +821,7 @@ async def get_swap(request: web.Request) -> web.Response:
         or opened.owner != ctx.partner.partner_id
         or not isinstance(record, dict)
         or record.get("kind") != "bridge.swap"
-        # the record id derives from the mode too, but the mode is not in the record: a key
-        # reused in the other mode is another id, so only this mode's swaps are found here
+        or record.get("livemode") != (ctx.mode == Mode.LIVE)
     ):
         raise NotFound("no such swap", code="swap_not_found", param="id")
     outcome = await ledger_doc(state, ctx, f"/internal/v1/ledger/operations/{record_id.hex()}")
@@ -811,6 +842,7 @@ def add_bridge_routes(app: web.Application) -> None:
     app.router.add_post(p + "/points/{asset}/redeem/preview", post_redeem_preview)
     app.router.add_post(p + "/points/{asset}/redeem", post_redeem)
     app.router.add_post(p + "/points/{asset}/reverse", post_reverse)
+    app.router.add_post(p + "/points/{asset}/liquidity", post_liquidity)
     app.router.add_get(p + "/points/{asset}/users/{user_id}", get_user_points)
     app.router.add_post(p + "/points/{asset}/policy", post_policy)
     app.router.add_get(p + "/points/{asset}/policy", get_policy)
