@@ -214,6 +214,10 @@ class BridgeFixtures:
     swap_ids: tuple[str, ...] = ("swap_" + "ab" * 32,)
     quote: tuple[tuple[str, Any], ...] = ()  # a quote for the linked user (fields), to preview
     policy: tuple[tuple[str, Any], ...] = ()  # the policy it set (fields), set again: 2xx
+    # the redemption and the swap setup made with the user's approval, as (key, body): sent
+    # again under their key they are answered their first outcome (200)
+    redemption: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
+    swap: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +329,14 @@ def _points(f: Fixtures, rng: random.Random) -> Overrides:
     return {**_asset(f), "body": {"user": f.ledger.linked_user, "amount": str(rng.randint(1, 9))}}
 
 
+def _replay(made: tuple[str, tuple[tuple[str, Any], ...]], rng: random.Random) -> Overrides:
+    """Half the time, an approved operation of setup again, under its own key."""
+    key, body = made
+    if not key or rng.random() < 0.5:
+        return {}
+    return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)}
+
+
 def _swap(f: Fixtures) -> Overrides:
     return {"body": {"user": f.ledger.linked_user, "quote": dict(f.bridge.quote) or _DROP}}
 
@@ -422,14 +434,14 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "createOneTimeCode": _new_code,
     # the Bridge's: the partner's point asset, its linked user, what setup made. A redemption
     # and a swap need the user's signature over a digest that derives from the request's own
-    # Idempotency-Key, which the fuzzer draws: they are seen refused (403), never 2xx.
+    # Idempotency-Key: a drawn key is refused (403); setup's own, sent again, is its 2xx.
     "createBridgePoints": lambda f, rng: {
         "body": {"code": f.bridge.asset, "scale": 2, "validity_days": _DROP}
     },
     "getBridgePoints": lambda f, rng: _asset(f),
     "issueBridgePoints": lambda f, rng: _points(f, rng),
     "previewBridgeRedeem": lambda f, rng: _points(f, rng),
-    "redeemBridgePoints": lambda f, rng: _points(f, rng),
+    "redeemBridgePoints": lambda f, rng: _replay(f.bridge.redemption, rng) or _points(f, rng),
     "reverseBridgePoints": lambda f, rng: {
         **_asset(f),
         "body": {"issuance": rng.choice(f.bridge.issuance_ids), "amount": "1"},
@@ -452,7 +464,7 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
         }
     },
     "previewBridgeSwap": lambda f, rng: _swap(f),
-    "createBridgeSwap": lambda f, rng: _swap(f),
+    "createBridgeSwap": lambda f, rng: _replay(f.bridge.swap, rng) or _swap(f),
     "getBridgeSwap": lambda f, rng: _path_id(rng, f.bridge.swap_ids),
 }
 
@@ -995,12 +1007,19 @@ def _make_bridge_objects(
     preview = _ledger_call(session, gateway_url, "/v1/bridge/swaps/preview", swap, key)
     swap["approvals"] = user.approve(preview)
     swapped = _ledger_call(session, gateway_url, "/v1/bridge/swaps", swap, key)
+    redeem: dict[str, Any] = {"user": ledger.linked_user, "amount": "5"}
+    redeem_key = f"fuzz-{tag}-redeem"
+    shown = _ledger_call(session, gateway_url, points + "/redeem/preview", redeem, redeem_key)
+    redeem["approvals"] = user.approve(shown)
+    _ledger_call(session, gateway_url, points + "/redeem", redeem, redeem_key)
     return BridgeFixtures(
         asset=asset,
         issuance_ids=issuances,
         swap_ids=(swapped["id"],),
         quote=tuple(quote.items()),
         policy=tuple(BRIDGE_POLICY.items()),
+        redemption=(redeem_key, tuple(redeem.items())),
+        swap=(key, tuple(swap.items())),
     )
 
 
