@@ -19,7 +19,7 @@ from openapi_check import CheckedPartnerClient
 
 from tools.client import Response
 from tools.cluster_init import init_cluster
-from tools.ledger_client import LedgerClient, UserWallet
+from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
 from tools.local_cluster import LocalCluster
 from tools.local_partners import onboard_partner
 
@@ -77,19 +77,13 @@ async def _define(c: LedgerClient, code: str) -> Response:
 async def _swap(
     c: LedgerClient, user: UserWallet, user_id: str, quote: dict[str, Any], key: str
 ) -> Response:
-    body = {"user": user_id, "quote": quote}
-    preview = await c.call("POST", "/v1/bridge/swaps/preview", body, key=key)
-    assert preview.status == 200, preview
-    return await c.call(
-        "POST", "/v1/bridge/swaps", {**body, "approvals": user.approve(preview.body)}, key=key
-    )
+    return await BridgeClient(c).swap(user, user_id, quote, key=key)
 
 
 async def _quote(
     c: LedgerClient, code: str, user_id: str, direction: str, amount_in: str
 ) -> Response:
-    body = {"asset": code, "user": user_id, "direction": direction, "amount_in": amount_in}
-    return await c.call("POST", "/v1/bridge/quotes", body)
+    return await BridgeClient(c).quote(code, user_id, direction, amount_in)
 
 
 async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -> dict[str, Any]:
@@ -120,6 +114,24 @@ async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -
         held = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
         assert held.body["balance"] == "5000" and held.body["lots"][0]["origin"] == "issued"
 
+        # A redemption with the user's approval, a reversal capped at the unspent issuance.
+        spent = await BridgeClient(c).redeem(user, code, user_id, "100", key="redeem-1")
+        assert spent.status == 201 and spent.body["object"] == "bridge_redemption", spent
+        unsigned = await c.call(
+            "POST", f"/v1/bridge/points/{code}/redeem", {"user": user_id, "amount": "1"}, key="r2"
+        )
+        assert unsigned.status == 400 and unsigned.body["code"] == "approval_required"
+        back = {"issuance": issued.body["id"], "amount": "100"}
+        reversed_ = await c.call("POST", f"/v1/bridge/points/{code}/reverse", back, key="rev-1")
+        assert reversed_.status == 201, reversed_
+        too_much = {**back, "amount": "4901"}  # 5000 issued, 100 redeemed, 100 reversed
+        capped = await c.call("POST", f"/v1/bridge/points/{code}/reverse", too_much, key="rev-2")
+        assert capped.status == 409 and capped.body["code"] == "reversal_exceeds_unspent", capped
+        asset = await c.call("GET", f"/v1/bridge/points/{code}")
+        assert asset.body["supply"] == "4800", asset
+        held = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
+        assert held.body["balance"] == "4800", held
+
         # Reserve, liquidity, policy.
         top = await c.call("POST", "/v1/bridge/reserve/top_up", {"amount": str(10**21)}, key="t")
         assert top.status == 201 and top.body["level"] == str(10**21), top
@@ -139,19 +151,12 @@ async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -
         assert q_in.body["amount_out"] == str(gross - gross // 100), q_in
         swapped = await _swap(c, user, user_id, q_in.body, "swap-in")
         assert swapped.status == 201 and swapped.body["status"] == "succeeded", swapped
-        replay = await c.call(
-            "POST",
-            "/v1/bridge/swaps",
-            {"user": user_id, "quote": q_in.body, "approvals": user.approve(
-                (await c.call("POST", "/v1/bridge/swaps/preview",
-                              {"user": user_id, "quote": q_in.body}, key="swap-in")).body)},
-            key="swap-in",
-        )  # fmt: skip
+        replay = await _swap(c, user, user_id, q_in.body, "swap-in")  # a fresh signature
         assert replay.status == 200 and replay.body["id"] == swapped.body["id"], replay
         read = await c.call("GET", f"/v1/bridge/swaps/{swapped.body['id']}")
         assert read.body["status"] == "succeeded" and read.body["amount_in"] == "1000", read
         held = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
-        assert held.body["balance"] == "4000", held
+        assert held.body["balance"] == "3800", held
 
         # A swap out (BAAS -> points), paid from the liquidity account.
         q_out = await _quote(c, code, user_id, "out", str(200 * BAAS_PER_POINT))
@@ -159,7 +164,7 @@ async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -
         out = await _swap(c, user, user_id, q_out.body, "swap-out")
         assert out.status == 201, out
         held = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
-        assert int(held.body["balance"]) == 4000 + int(q_out.body["amount_out"]), held
+        assert int(held.body["balance"]) == 3800 + int(q_out.body["amount_out"]), held
 
         # Refusals: stable codes, nothing moved.
         reserve_before = (await c.call("GET", "/v1/bridge/reserve")).body["level"]
