@@ -41,6 +41,8 @@ Routes:
   every term against the state it runs on);
 * ``POST /v1/bridge/swaps/preview`` ``{"user", "quote"}`` -> 200 the digest to sign;
   ``POST /v1/bridge/swaps`` ``{"user", "quote", "approvals"}`` -> 201 the swap;
+  ``POST /v1/bridge/swaps/batch`` ``{"swaps": [{"idempotency_key", "user", "quote",
+  "approvals"}, ...]}`` -> 200 one result per swap (each its own operation), in order;
   ``GET /v1/bridge/swaps/{id}`` -> the swap and its outcome.
 """
 
@@ -88,6 +90,7 @@ from gateway.ledger_routes import (
     LedgerRefused,
     amount_param,
     approvals_param,
+    check_key,
     gateway_state,
     hex_param,
     int_param,
@@ -102,7 +105,14 @@ from gateway.node_client import ReadItem, WriteItem, error_from_problem
 from gateway.partners import actor_of
 from gateway.record_codec import canonical_record, open_record, sealed_wire
 from gateway.request_keys import PRINCIPAL
-from node.errors import BaasError, CallerError, InvalidRequest, NotFound, OperationFailed
+from node.errors import (
+    BaasError,
+    CallerError,
+    InvalidRequest,
+    NotFound,
+    OperationFailed,
+    PayloadTooLarge,
+)
 
 __all__ = ["BRIDGE_PREFIX", "BRIDGE_PROBLEMS", "add_bridge_routes", "problem_of"]
 
@@ -803,6 +813,83 @@ async def post_swap(request: web.Request) -> web.Response:
     return _answer(done, _swap_object(ctx, op.record_id, body, "succeeded", done.log_time_ms), key)
 
 
+async def post_swap_batch(request: web.Request) -> web.Response:
+    """Many swaps, each its own operation (own ``idempotency_key``, own approval, own outcome),
+    proposed together: one result each, in order; an item refused before the log is answered
+    in its slot and the others still run. At most ``limits.ledger_batch_operations_max``."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    body = await read_body(request, {"swaps"}, {"swaps"})
+    items = body["swaps"]
+    bound = state.config.limits.ledger_batch_operations_max
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("swaps must be a non-empty list", param="swaps")
+    if len(items) > bound:
+        raise PayloadTooLarge(
+            f"at most {bound} swaps per request (ledger_batch_operations_max)", param="swaps"
+        )
+    slots: list[_Op | BaasError] = []
+    keys: set[str] = set()
+    for i, raw in enumerate(items):
+        try:
+            slots.append(await _batch_swap(state, ctx, raw, f"swaps[{i}]."))
+        except CallerError as exc:
+            slots.append(exc)
+        key = raw.get("idempotency_key") if isinstance(raw, dict) else None
+        if isinstance(key, str) and key in keys:
+            raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
+        keys.add(key if isinstance(key, str) else "")
+    ops = [s for s in slots if isinstance(s, _Op)]
+    with state.reserve(ctx.partner.partner_id, max(1, len(ops))):
+        answers = iter(await state.nodes.write_operations([op.item for op in ops]) if ops else [])
+    results = []
+    for raw, slot in zip(items, slots, strict=True):
+        key = raw.get("idempotency_key") if isinstance(raw, dict) else None
+        outcome = slot if isinstance(slot, BaasError) else judge(next(answers))
+        if isinstance(outcome, BaasError):
+            state.bridge_swaps.labels(outcome.code).inc()
+            problem: dict[str, Any] = {"code": outcome.code, "detail": outcome.detail}
+            if outcome.param is not None:
+                problem["param"] = outcome.param
+            results.append({"status": outcome.http_status, "idempotency_key": key,
+                            "error": problem})  # fmt: skip
+            continue
+        assert isinstance(slot, _Op)
+        state.bridge_swaps.labels("ok").inc()
+        swap = _swap_object(ctx, slot.record_id, raw, "succeeded", outcome.log_time_ms)
+        results.append({"status": 200 if outcome.replayed else 201, "idempotency_key": key,
+                        "swap": swap})  # fmt: skip
+    return web.json_response({"object": "batch_result", "results": results})
+
+
+async def _batch_swap(state: Any, ctx: LedgerContext, raw: Any, where: str) -> _Op:
+    """One item of a swap batch, as ``POST /v1/bridge/swaps`` checks it (params prefixed)."""
+    try:
+        if not isinstance(raw, dict):
+            raise InvalidRequest("each swap is a JSON object")
+        for name in sorted(set(raw) - {"idempotency_key", "user", "quote", "approvals"}):
+            raise InvalidRequest(f"unknown field {name!r}", code="parameter_unknown", param=name)
+        for name in sorted({"idempotency_key", "user", "quote"} - set(raw)):
+            raise InvalidRequest(f"{name} is required", code="parameter_missing", param=name)
+        key = check_key(raw["idempotency_key"], "idempotency_key")
+        user = user_id_param(raw["user"], "user")
+        approvals = _user_approvals(raw)
+        fields, digest = _quote_param(raw["quote"])
+        ledger, _ = await _asset(state, ctx, raw["quote"]["asset"])
+        _, wallet = await _user(state, ctx, user, "user")
+    except CallerError as exc:
+        if exc.http_status != 400:
+            raise  # a 404 (asset, link) names its own param
+        raise InvalidRequest(exc.detail, code=exc.code, param=where + (exc.param or "")) from exc
+    quote = Quote(partner=ctx.pid16, ledger=ledger, baas_ledger=_baas_ledger(ctx), **fields)
+
+    def make(rid: bytes) -> Request:
+        return Swap(rid, ctx.pid16, ledger, wallet, quote, digest)
+
+    body = {k: v for k, v in raw.items() if k != "idempotency_key"}
+    refs = (user_ref(ctx.pid16, ctx.mode, user),)
+    return _operation(state, ctx, "bridge.swap", key, body, make, approvals, refs)
+
+
 async def get_swap(request: web.Request) -> web.Response:
     """The swap (its request as sealed in its record) and its outcome; another partner's id,
     or any other operation's, is not found."""
@@ -852,4 +939,5 @@ def add_bridge_routes(app: web.Application) -> None:
     app.router.add_post(p + "/quotes", post_quote)
     app.router.add_post(p + "/swaps/preview", post_swap_preview)
     app.router.add_post(p + "/swaps", post_swap)
+    app.router.add_post(p + "/swaps/batch", post_swap_batch)
     app.router.add_get(p + "/swaps/{id}", get_swap)

@@ -134,6 +134,7 @@ __all__ = [
     "add_ledger_routes",
     "amount_param",
     "approvals_param",
+    "check_key",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -348,6 +349,9 @@ def _check_key(raw: Any, param: str) -> str:
             param=param,
         )
     return raw
+
+
+check_key = _check_key  # the Bridge's batch route checks its items' keys the same way
 
 
 # --- operations: one record + its ledger events, written as one unit ------------------------

@@ -1386,6 +1386,46 @@ SCHEMAS.update(
                 "log_time_ms",
             ],
         ),
+        "BridgeSwapBatchCreate": _closed(
+            {
+                "swaps": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100,
+                    "items": _closed(
+                        {
+                            "idempotency_key": _ref("IdempotencyKey"),
+                            "user": USER_ID,
+                            "quote": _ref("BridgeQuote"),
+                            "approvals": _APPROVALS,
+                        },
+                        required=["idempotency_key", "user", "quote"],
+                    ),
+                }
+            }
+        ),
+        "BridgeSwapBatchResults": _closed(
+            {
+                "object": {"const": "batch_result"},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            _closed(
+                                {
+                                    "status": {"type": "integer", "enum": [200, 201]},
+                                    "idempotency_key": _ref("IdempotencyKey"),
+                                    "swap": _ref("BridgeSwap"),
+                                }
+                            ),
+                            SCHEMAS["LedgerBatchResults"]["properties"]["results"]["items"][
+                                "oneOf"
+                            ][1],
+                        ]
+                    },
+                },
+            }
+        ),
         "BridgeRedeemPreview": _bridge_preview(
             "bridge_redemption_preview", "redemption", "BridgePointsMove"
         ),
@@ -1564,6 +1604,16 @@ PATHS.update(
                 "Execute a quote for your linked user, with their approval: one operation",
                 "BridgeSwap",
                 "BridgeSwapCreate",
+            )
+        },
+        "/v1/bridge/swaps/batch": {
+            "post": _operation(
+                "createBridgeSwaps",
+                "Many swaps, each its own operation with its own idempotency_key and approval: "
+                "one result (with its own status) per swap, in order",
+                {200: _json("BridgeSwapBatchResults", "one result per swap")},
+                _SIGNED_ERRORS,
+                body="BridgeSwapBatchCreate",
             )
         },
         "/v1/bridge/swaps/{id}": {

@@ -105,6 +105,26 @@ async def test_bad_bridge_input_is_refused_before_any_node(tmp_path: Path) -> No
             got = await http.request("POST", path, body, idempotency_key=key)
             assert got.status == 400, (path, body, got)
             assert (got.body["code"], got.body.get("param")) == (code, param), (path, got)
+        empty = await http.request("POST", "/v1/bridge/swaps/batch", {"swaps": []})
+        assert empty.status == 400 and empty.body["param"] == "swaps", empty
+        item = {"idempotency_key": "b", **swap}
+        over = await http.request("POST", "/v1/bridge/swaps/batch", {"swaps": [item] * 101})
+        assert over.status == 413 and over.body["param"] == "swaps", over
+        slots = await http.request(
+            "POST",
+            "/v1/bridge/swaps/batch",
+            {"swaps": [{k: v for k, v in item.items() if k != "idempotency_key"},
+                       {**item, "idempotency_key": "b1", "approvals": None}, {**item, "idempotency_key": "b2", "quote": {}}]},
+        )  # fmt: skip
+        assert slots.status == 200, slots
+        got = [
+            (r["status"], r["error"]["code"], r["error"]["param"]) for r in slots.body["results"]
+        ]
+        assert got == [
+            (400, "parameter_missing", "swaps[0].idempotency_key"),
+            (400, "approval_required", "swaps[1].approvals"),
+            (400, "parameter_missing", "swaps[2].quote.amount_in"),
+        ], got
         reads = [
             ("/v1/bridge/swaps/swap_12", "id"),
             ("/v1/bridge/swaps/" + "ab" * 32, "id"),

@@ -166,6 +166,23 @@ async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -
         held = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
         assert int(held.body["balance"]) == 3800 + int(q_out.body["amount_out"]), held
 
+        # A batch: each swap its own operation, key and approval; one result each.
+        items = []
+        for i in range(2):
+            qb = (await _quote(c, code, user_id, "in", "50")).body
+            shown = await c.call(
+                "POST", "/v1/bridge/swaps/preview", {"user": user_id, "quote": qb}, key=f"b-{i}"
+            )
+            approvals = user.approve(shown.body)
+            items.append({"idempotency_key": f"b-{i}", "user": user_id, "quote": qb,
+                          "approvals": approvals})  # fmt: skip
+        batch = await c.call("POST", "/v1/bridge/swaps/batch", {"swaps": items})
+        assert [r["status"] for r in batch.body["results"]] == [201, 201], batch
+        again = await c.call("POST", "/v1/bridge/swaps/batch", {"swaps": items[:1]})
+        assert again.body["results"][0]["status"] == 200, again
+        after = await c.call("GET", f"/v1/bridge/points/{code}/users/{user_id}")
+        assert int(after.body["balance"]) == int(held.body["balance"]) - 100, after
+
         # Refusals: stable codes, nothing moved.
         reserve_before = (await c.call("GET", "/v1/bridge/reserve")).body["level"]
         q = (await _quote(c, code, user_id, "in", "100")).body

@@ -337,6 +337,18 @@ def _replay(made: tuple[str, tuple[tuple[str, Any], ...]], rng: random.Random) -
     return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)}
 
 
+def _swap_batch(f: Fixtures, rng: random.Random) -> Overrides:
+    """Setup's approved swap again under its key (its 2xx: the first outcome), or under a new
+    key, where its approval is another digest's and is refused in its slot; the batch is 200
+    either way."""
+    key, body = f.bridge.swap
+    if not key:
+        return {}
+    if rng.random() < 0.5:
+        key = f"fz-{f.tag}-batch-{rng.getrandbits(48):012x}"
+    return {"body": {"swaps": [{"idempotency_key": key, **dict(body)}]}}
+
+
 def _swap(f: Fixtures) -> Overrides:
     return {"body": {"user": f.ledger.linked_user, "quote": dict(f.bridge.quote) or _DROP}}
 
@@ -466,6 +478,7 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "previewBridgeSwap": lambda f, rng: _swap(f),
     "createBridgeSwap": lambda f, rng: _replay(f.bridge.swap, rng) or _swap(f),
     "getBridgeSwap": lambda f, rng: _path_id(rng, f.bridge.swap_ids),
+    "createBridgeSwaps": _swap_batch,
 }
 
 
@@ -695,9 +708,13 @@ def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None
     )
     @hypothesis.given(case=operation.as_strategy(generation_mode=pass_.mode))
     def run(case: schemathesis.Case[Any]) -> None:
+        overrides: Overrides = {}
         if fixture is not None and pass_.mode.is_positive and rng.random() < FIXTURE_SHARE:
-            _apply(case, fixture(run_.fixtures, rng))
-        if fresh_keys and rng.random() < FRESH_KEY_SHARE:
+            overrides = fixture(run_.fixtures, rng)
+            _apply(case, overrides)
+        # a row that names its own key (an approved operation of setup, sent again) keeps it
+        keyed = IDEMPOTENCY_HEADER in overrides.get("headers", {})
+        if fresh_keys and not keyed and rng.random() < FRESH_KEY_SHARE:
             key = f"fz-{run_.fixtures.tag}-{next(run_.keys)}"  # setup's are fuzz-...
             case.headers[IDEMPOTENCY_HEADER] = key
         signer = rng.choice(pass_.signers) if pass_.signers else None
