@@ -114,7 +114,8 @@ async def test_bad_bridge_input_is_refused_before_any_node(tmp_path: Path) -> No
             "POST",
             "/v1/bridge/swaps/batch",
             {"swaps": [{k: v for k, v in item.items() if k != "idempotency_key"},
-                       {**item, "idempotency_key": "b1", "approvals": None}, {**item, "idempotency_key": "b2", "quote": {}}]},
+                       {**item, "idempotency_key": "b1", "approvals": None},
+                       {**item, "idempotency_key": "b2", "quote": {}}]},
         )  # fmt: skip
         assert slots.status == 200, slots
         got = [
