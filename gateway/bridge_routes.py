@@ -48,6 +48,7 @@ Routes:
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,7 +123,10 @@ _INTERNAL = "/internal/v1/bridge"
 _SUCCESS = frozenset({"ok", "exists"})
 _APPROVAL_CODES = frozenset(c.value for c in ApprovalResult) - {"ok"}
 _DIRECTIONS = {"in": Direction.IN, "out": Direction.OUT}
-_HISTORY_LIMIT_MAX = 100  # node/api/bridge_routes.HISTORY_LIMIT_MAX
+_HISTORY_LIMIT_MAX = 100
+_POINT_CODE = re.compile(
+    r"[A-Z][A-Z0-9_]{0,63}"
+)  # business.bridge.model's check, before any read  # node/api/bridge_routes.HISTORY_LIMIT_MAX
 
 R = BridgeResult
 # Bridge result -> (HTTP status, problem code, the request field at fault). Every refusal is
@@ -327,6 +331,10 @@ async def post_points(request: web.Request) -> web.Response:
     scale = int_param(body["scale"], "scale", 0, 18)
     validity = int_param(body.get("validity_days", 0), "validity_days", 0, 3650)
     code = body["code"]
+    if not isinstance(code, str) or _POINT_CODE.fullmatch(code) is None:
+        raise InvalidRequest(
+            "code is 1..64 upper-case ASCII letters, digits and _, a letter first", param="code"
+        )
     ledger = await _point_ledger(state, ctx)
 
     def make(rid: bytes) -> Request:

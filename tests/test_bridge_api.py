@@ -57,6 +57,8 @@ async def test_bad_bridge_input_is_refused_before_any_node(tmp_path: Path) -> No
             ("/v1/bridge/points", {"code": "PTS", "scale": 2, "validity_days": -1}, "k",
              "invalid_request", "validity_days"),
             ("/v1/bridge/points", {"scale": 2}, "k", "parameter_missing", "code"),
+            ("/v1/bridge/points", {"code": "pts", "scale": 2}, "k", "invalid_request", "code"),
+            ("/v1/bridge/points", {"code": "P-1", "scale": 2}, "k", "invalid_request", "code"),
             ("/v1/bridge/points/PTS/issue", {"user": "u-1", "amount": "0"}, "k",
              "amount_invalid", "amount"),
             ("/v1/bridge/points/PTS/issue", {"user": "", "amount": "1"}, "k",
