@@ -1391,16 +1391,13 @@ SCHEMAS.update(
                 "swaps": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": 100,
-                    "items": _closed(
-                        {
-                            "idempotency_key": _ref("IdempotencyKey"),
-                            "user": USER_ID,
-                            "quote": _ref("BridgeQuote"),
-                            "approvals": _APPROVALS,
-                        },
-                        required=["idempotency_key", "user", "quote"],
-                    ),
+                    # As LedgerBatchCreate: the route checks each item and answers an invalid
+                    # one in its own slot, so the request is valid with any items.
+                    "items": {
+                        "description": "a swap (the fields of BridgeSwapCreate) and its "
+                        "idempotency_key (required); an invalid item is answered in its slot, "
+                        "status 400 with the param at fault",
+                    },
                 }
             }
         ),

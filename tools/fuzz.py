@@ -337,6 +337,11 @@ def _replay(made: tuple[str, tuple[tuple[str, Any], ...]], rng: random.Random) -
     return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)}
 
 
+def _redeem(f: Fixtures, rng: random.Random) -> Overrides:
+    replay = _replay(f.bridge.redemption, rng)
+    return {**_asset(f), **replay} if replay else _points(f, rng)
+
+
 def _swap_batch(f: Fixtures, rng: random.Random) -> Overrides:
     """Setup's approved swap again under its key (its 2xx: the first outcome), or under a new
     key, where its approval is another digest's and is refused in its slot; the batch is 200
@@ -453,7 +458,7 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "getBridgePoints": lambda f, rng: _asset(f),
     "issueBridgePoints": lambda f, rng: _points(f, rng),
     "previewBridgeRedeem": lambda f, rng: _points(f, rng),
-    "redeemBridgePoints": lambda f, rng: _replay(f.bridge.redemption, rng) or _points(f, rng),
+    "redeemBridgePoints": _redeem,
     "reverseBridgePoints": lambda f, rng: {
         **_asset(f),
         "body": {"issuance": rng.choice(f.bridge.issuance_ids), "amount": "1"},
