@@ -55,7 +55,7 @@ async def _setup(ledger: LedgerClient, users: int) -> list[tuple[str, UserWallet
         await asyncio.sleep(0.5)
     steps: list[tuple[str, dict[str, Any], str]] = [
         (f"/v1/bridge/points/{ASSET}/policy", POLICY, "policy"),
-        ("/v1/bridge/reserve/top_up", {"amount": str(10**33)}, "top-up"),
+        ("/v1/bridge/reserve/top_up", {"amount": str(10**27)}, "top-up"),  # faucet_amount_max
     ]
     linked = []
     for i in range(users):
