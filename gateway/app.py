@@ -23,7 +23,9 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   its own sessions, limits and error pages; not signed like the partner API.
 * ``/v1/ledger/...`` and ``POST /v1/test/faucet``: the ledger's accounts, balances and
   transfers, :mod:`gateway.ledger_routes` (docs/ledger-guide.md); ``/v1/wallets/links``:
-  users' wallets linked with their signature, :mod:`gateway.wallet_routes`.
+  users' wallets linked with their signature, :mod:`gateway.wallet_routes`; ``/v1/bridge/...``:
+  point assets, reserves, policies, quotes and swaps, :mod:`gateway.bridge_routes`
+  (docs/bridge-guide.md).
 * ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
   :mod:`gateway.admin_routes`.
 
@@ -62,6 +64,7 @@ from prometheus_client import Counter
 
 from gateway.admin_routes import add_admin_routes, operator_path
 from gateway.auth import HEADER_KEY, ReplayCache, SignedRequest, authenticate_principal
+from gateway.bridge_routes import add_bridge_routes
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys
 from gateway.ledger_routes import add_ledger_routes
@@ -120,6 +123,8 @@ class GatewayState:
     records_written: Counter = field(init=False)
     records_read: Counter = field(init=False)
     ledger_operations: Counter = field(init=False)
+    bridge_quotes: Counter = field(init=False)
+    bridge_swaps: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         limits = self.config.limits
@@ -138,6 +143,12 @@ class GatewayState:
             "ledger_operations",
             "ledger API operations answered, by kind and status (a refusal is 4xx)",
             ("kind", "status"),
+        )
+        # Quote-to-swap conversion is bridge_swaps{result="ok"} over bridge_quotes; limit
+        # refusals are the swaps whose result is user_window_limit or partner_window_limit.
+        self.bridge_quotes = self.metrics.counter("bridge_quotes", "Bridge quotes answered")
+        self.bridge_swaps = self.metrics.counter(
+            "bridge_swaps", "Bridge swaps answered, by result code", ("result",)
         )
         self.metrics.add_stats(gateway_stat_families(self))
 
@@ -493,6 +504,7 @@ def build_gateway_app(
     add_admin_routes(app)
     add_ledger_routes(app)
     add_wallet_routes(app)
+    add_bridge_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

@@ -133,6 +133,8 @@ __all__ = [
     "account_object",
     "add_ledger_routes",
     "amount_param",
+    "approvals_param",
+    "check_key",
     "gateway_state",
     "hex_param",
     "int_param",
@@ -315,6 +317,9 @@ def _approvals(raw: Any, param: str = "approvals") -> bytes | None:
     return encode_approvals(items)
 
 
+approvals_param = _approvals  # the Bridge's routes take approvals the same way
+
+
 def hex_param(raw: Any, param: str, low: int, high: int, prefix: str = "") -> bytes:
     text = raw if isinstance(raw, str) else ""
     try:
@@ -344,6 +349,9 @@ def _check_key(raw: Any, param: str) -> str:
             param=param,
         )
     return raw
+
+
+check_key = _check_key  # the Bridge's batch route checks its items' keys the same way
 
 
 # --- operations: one record + its ledger events, written as one unit ------------------------

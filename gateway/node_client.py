@@ -463,7 +463,8 @@ class NodeClient:
         return [result for reply in replies for result in reply]
 
     async def write_operations(self, items: list[WriteItem]) -> list[dict[str, Any]]:
-        """Records carrying ledger operations (:meth:`WriteItem.operation`), one result each.
+        """Records carrying ledger operations (:meth:`WriteItem.operation`, or
+        :meth:`WriteItem.bridge_operation`), one result each.
 
         As :meth:`write_records`; a success carries ``outcome``, what the ledger did
         (``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``, ids and amounts as
@@ -472,8 +473,11 @@ class NodeClient:
         enabled them: refused before the log, so safe to retry.
         """
         for item in items:
-            if type(item.record.get("ev")) is not bytes:
-                raise InvalidRequest("an operation record carries its events (ev) as bytes")
+            # a ledger operation carries its events (ev), a Bridge operation its request (br)
+            if type(item.record.get("ev", item.record.get("br"))) is not bytes:
+                raise InvalidRequest(
+                    "an operation record carries its events (ev) or Bridge request (br) as bytes"
+                )
         return await self.write_records(items)
 
     async def log_document(

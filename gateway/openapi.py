@@ -1162,6 +1162,468 @@ PATHS.update(
     }
 )
 
+# --- the Bridge (gateway/bridge_routes.py) -------------------------------------------------
+
+_AMOUNT0: Schema = {**DIGITS, "description": "an integer as a string of digits (0 allowed)"}
+_POINT_CODE: Schema = {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,63}$"}
+_BRIDGE_OP = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+_LIVEMODE: Schema = {"type": "boolean"}
+_DIRECTION: Schema = {
+    "enum": ["in", "out"],
+    "description": "in: points to BAAS (the user gives points); out: BAAS to points",
+}
+_POLICY_AMOUNTS: dict[str, Schema] = {
+    "rate_num": AMOUNT,
+    "rate_den": AMOUNT,
+    "swap_min": AMOUNT,
+    "swap_max": AMOUNT,
+    "user_window_max": _AMOUNT0,
+    "partner_window_max": _AMOUNT0,
+    "fee_min": _AMOUNT0,
+}
+_POLICY_SET: dict[str, Schema] = {
+    **_POLICY_AMOUNTS,
+    "window_s": {"type": "integer", "minimum": 1, "maximum": 4294967295},
+    "fee_bps": {"type": "integer", "minimum": 0, "maximum": 9999},
+    "enabled": {"type": "boolean"},
+}
+_QUOTE_FIELDS: dict[str, Schema] = {
+    "object": {"const": "bridge_quote"},
+    "livemode": _LIVEMODE,
+    "asset": _POINT_CODE,
+    "user": USER_ID,
+    "wallet": {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "the wallet id"},
+    "direction": _DIRECTION,
+    "amount_in": AMOUNT,
+    "amount_out": _AMOUNT0,
+    "fee": _AMOUNT0,
+    "rate_num": AMOUNT,
+    "rate_den": AMOUNT,
+    "policy_version": {"type": "integer", "minimum": 1},
+    "issued_ms": UINT,
+    "expires_ms": UINT,
+    "digest": {**HEX64, "description": "what the swap's approval binds (Quote.digest)"},
+}
+_APPROVALS: Schema = _TRANSFER_FIELDS["approvals"]
+_APPROVALS_REQUIRED: Schema = SCHEMAS["LedgerTransferPreview"]["properties"]["approvals_required"]
+
+
+def _bridge_preview(kind: str, name: str, inner: str) -> Schema:
+    return _closed(
+        {
+            "object": {"const": kind},
+            "livemode": _LIVEMODE,
+            "operation": {**HEX64, "description": "the record id the operation will have"},
+            "request": {
+                "type": "string",
+                "pattern": "^([0-9a-f]{2})+$",
+                "description": "the Bridge request as the log carries it "
+                "(business/bridge/wire.py): with `operation`, what `digest` covers",
+            },
+            "digest": {**HEX0X64, "description": "operation_digest(operation, request)"},
+            name: _ref(inner),
+            "approvals_required": _APPROVALS_REQUIRED,
+        }
+    )
+
+
+SCHEMAS.update(
+    {
+        "BridgePointsCreate": _closed(
+            {
+                "code": _POINT_CODE,
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "validity_days": {"type": "integer", "minimum": 0, "maximum": 3650},
+            },
+            required=["code", "scale"],
+        ),
+        "BridgePointAsset": _closed(
+            {
+                "object": {"const": "bridge_point_asset"},
+                "livemode": _LIVEMODE,
+                "code": _POINT_CODE,
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "validity_days": UINT,
+                "ledger": {"type": "integer", "minimum": 1},
+                "supply": {**_AMOUNT0, "description": "points outstanding: your liability"},
+            },
+            required=["object", "livemode", "code", "scale", "validity_days", "ledger"],
+        ),
+        "BridgeIssue": _closed({"user": USER_ID, "amount": AMOUNT}),
+        "BridgeRedeemPreviewCreate": _closed({"user": USER_ID, "amount": AMOUNT}),
+        "BridgeRedeem": _closed(
+            {"user": USER_ID, "amount": AMOUNT, "approvals": _APPROVALS},
+            required=["user", "amount"],  # without approvals: 400 approval_required
+        ),
+        "BridgeReverse": _closed({"issuance": HEX64, "amount": AMOUNT}),
+        "BridgePointsMove": _closed(
+            {
+                "id": _BRIDGE_OP,
+                "object": {
+                    "enum": [
+                        "bridge_issuance",
+                        "bridge_redemption",
+                        "bridge_reversal",
+                        "bridge_liquidity_funding",
+                    ]
+                },
+                "livemode": _LIVEMODE,
+                "user": {"oneOf": [USER_ID, {"type": "null"}]},
+                "amount": AMOUNT,
+                "operation": {**HEX64, "description": "its receipt: /v1/records/{operation}"},
+                "issuance": HEX64,
+            },
+            required=["id", "object", "livemode", "user", "amount", "operation"],
+        ),
+        "BridgeUserPoints": _closed(
+            {
+                "object": {"const": "bridge_user_points"},
+                "livemode": _LIVEMODE,
+                "user": USER_ID,
+                "asset": _POINT_CODE,
+                "balance": {**_AMOUNT0, "description": "spendable now (unexpired lots)"},
+                "total": _AMOUNT0,
+                "lots": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "expiry_day": {**UINT, "description": "days since 1970; 2^32-1: never"},
+                            "origin": {"enum": ["issued", "bought", "other"]},
+                            "amount": _AMOUNT0,
+                        }
+                    ),
+                },
+            }
+        ),
+        "BridgePolicySet": _closed(_POLICY_SET),
+        "BridgePolicy": _closed(
+            {
+                "object": {"const": "bridge_policy"},
+                "livemode": _LIVEMODE,
+                "asset": _POINT_CODE,
+                "version": {"type": "integer", "minimum": 1},
+                **_POLICY_SET,
+                "changed_ms": UINT,
+            }
+        ),
+        "BridgePolicyRead": {
+            "oneOf": [
+                _ref("BridgePolicy"),
+                _closed(
+                    {
+                        "object": {"const": "bridge_policy_change"},
+                        "livemode": _LIVEMODE,
+                        "asset": _POINT_CODE,
+                        "actor": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                        "changed_ms": UINT,
+                        "policy": _ref("BridgePolicy"),
+                    }
+                ),
+            ]
+        },
+        "BridgeTopUp": _closed({"amount": AMOUNT}),
+        "BridgeThreshold": _closed({"threshold": _AMOUNT0}),
+        "BridgeReserve": _closed(
+            {
+                "object": {"const": "bridge_reserve"},
+                "livemode": _LIVEMODE,
+                "asset": {"const": "baas"},
+                "level": _AMOUNT0,
+                "threshold": _AMOUNT0,
+                "low": {"type": "boolean"},
+                "history": {
+                    "type": "array",
+                    "items": _closed({"timestamp": DIGITS, "level": _AMOUNT0}),
+                },
+            }
+        ),
+        "BridgeQuoteCreate": _closed(
+            {
+                "asset": _POINT_CODE,
+                "user": USER_ID,
+                "direction": _DIRECTION,
+                "amount_in": AMOUNT,
+            }
+        ),
+        "BridgeQuote": _closed(_QUOTE_FIELDS),
+        "BridgeSwapPreviewCreate": _closed({"user": USER_ID, "quote": _ref("BridgeQuote")}),
+        "BridgeSwapCreate": _closed(
+            {"user": USER_ID, "quote": _ref("BridgeQuote"), "approvals": _APPROVALS},
+            required=["user", "quote"],  # without approvals: 400 approval_required
+        ),
+        "BridgeSwap": _closed(
+            {
+                "id": {"type": "string", "pattern": "^swap_[0-9a-f]{64}$"},
+                "object": {"const": "bridge_swap"},
+                "livemode": _LIVEMODE,
+                "status": {"enum": ["preview", "succeeded", "failed"]},
+                "user": USER_ID,
+                "asset": _POINT_CODE,
+                "direction": _DIRECTION,
+                "amount_in": AMOUNT,
+                "amount_out": _AMOUNT0,
+                "fee": _AMOUNT0,
+                "policy_version": {"type": "integer", "minimum": 1},
+                "quote_digest": HEX64,
+                "operation": {**HEX64, "description": "its receipt: /v1/records/{operation}"},
+                "log_time_ms": {"oneOf": [UINT, {"type": "null"}]},
+                "failure_code": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+            },
+            required=[
+                "id",
+                "object",
+                "livemode",
+                "status",
+                "user",
+                "asset",
+                "direction",
+                "amount_in",
+                "amount_out",
+                "fee",
+                "policy_version",
+                "quote_digest",
+                "operation",
+                "log_time_ms",
+            ],
+        ),
+        "BridgeSwapBatchCreate": _closed(
+            {
+                "swaps": {
+                    "type": "array",
+                    "minItems": 1,
+                    # As LedgerBatchCreate: the route checks each item and answers an invalid
+                    # one in its own slot, so the request is valid with any items.
+                    "items": {
+                        "description": "a swap (the fields of BridgeSwapCreate) and its "
+                        "idempotency_key (required); an invalid item is answered in its slot, "
+                        "status 400 with the param at fault",
+                    },
+                }
+            }
+        ),
+        "BridgeSwapBatchResults": _closed(
+            {
+                "object": {"const": "batch_result"},
+                "results": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            _closed(
+                                {
+                                    "status": {"type": "integer", "enum": [200, 201]},
+                                    "idempotency_key": _ref("IdempotencyKey"),
+                                    "swap": _ref("BridgeSwap"),
+                                }
+                            ),
+                            SCHEMAS["LedgerBatchResults"]["properties"]["results"]["items"][
+                                "oneOf"
+                            ][1],
+                        ]
+                    },
+                },
+            }
+        ),
+        "BridgeRedeemPreview": _bridge_preview(
+            "bridge_redemption_preview", "redemption", "BridgePointsMove"
+        ),
+        "BridgeSwapPreview": _bridge_preview("bridge_swap_preview", "swap", "BridgeSwap"),
+    }
+)
+_ASSET_PATH = _path_param("asset", "your point asset's code")
+
+
+def _bridge_preview_op(operation_id: str, summary: str, answer: str, body: str) -> Schema:
+    return _operation(
+        operation_id,
+        summary,
+        {200: _json(answer, "the preview", _IDEMPOTENCY_HEADER)},
+        (*_SIGNED_ERRORS, 403, 404),
+        body=body,
+        parameters=[_ASSET_PATH, _LEDGER_KEY] if "Redeem" in answer else [_LEDGER_KEY],
+    )
+
+
+def _bridge_read(operation_id: str, summary: str, answer: str, **kw: Any) -> Schema:
+    return _operation(
+        operation_id,
+        summary,
+        {200: _json(answer, "found")},
+        (*_SIGNED_ERRORS, 403, 404),
+        parameters=kw.get("parameters", [_ASSET_PATH]),
+    )
+
+
+PATHS.update(
+    {
+        "/v1/bridge/points": {
+            "post": _ledger_write(
+                "createBridgePoints",
+                "Define your point asset of this mode (on the point ledger you were allocated)",
+                "BridgePointAsset",
+                "BridgePointsCreate",
+            )
+        },
+        "/v1/bridge/points/{asset}": {
+            "get": _bridge_read(
+                "getBridgePoints",
+                "Your point asset and its supply (your liability)",
+                "BridgePointAsset",
+            )
+        },
+        "/v1/bridge/points/{asset}/issue": {
+            "post": _ledger_write(
+                "issueBridgePoints",
+                "Issue points to the wallet you linked to your user id",
+                "BridgePointsMove",
+                "BridgeIssue",
+                parameters=[_ASSET_PATH],
+            )
+        },
+        "/v1/bridge/points/{asset}/redeem/preview": {
+            "post": _bridge_preview_op(
+                "previewBridgeRedeem",
+                "What a redemption with this body and Idempotency-Key will be, and the EIP-712 "
+                "Approve the user signs: nothing is proposed",
+                "BridgeRedeemPreview",
+                "BridgeRedeemPreviewCreate",
+            )
+        },
+        "/v1/bridge/points/{asset}/redeem": {
+            "post": _ledger_write(
+                "redeemBridgePoints",
+                "The user spends points with you, with their approval (signature or code)",
+                "BridgePointsMove",
+                "BridgeRedeem",
+                parameters=[_ASSET_PATH],
+            )
+        },
+        "/v1/bridge/points/{asset}/reverse": {
+            "post": _ledger_write(
+                "reverseBridgePoints",
+                "Take back (part of) one of your issuances, at most its unspent amount",
+                "BridgePointsMove",
+                "BridgeReverse",
+                parameters=[_ASSET_PATH],
+            )
+        },
+        "/v1/bridge/points/{asset}/liquidity": {
+            "post": _ledger_write(
+                "fundBridgeLiquidity",
+                "Move points from your issuance account to the liquidity swaps out pay from",
+                "BridgePointsMove",
+                "BridgeTopUp",
+                parameters=[_ASSET_PATH],
+            )
+        },
+        "/v1/bridge/points/{asset}/users/{user_id}": {
+            "get": _bridge_read(
+                "getBridgeUserPoints",
+                "A linked user's spendable points and lots",
+                "BridgeUserPoints",
+                parameters=[_ASSET_PATH, _path_param("user_id", "your own user id")],
+            )
+        },
+        "/v1/bridge/points/{asset}/policy": {
+            "post": _ledger_write(
+                "setBridgePolicy",
+                "Set the asset's swap policy: a new version, an audited log entry",
+                "BridgePolicy",
+                "BridgePolicySet",
+                parameters=[_ASSET_PATH],
+            ),
+            "get": _bridge_read(
+                "getBridgePolicy",
+                "The current policy, or with `version` the audited change that made it",
+                "BridgePolicyRead",
+                parameters=[
+                    _ASSET_PATH,
+                    _string_query(
+                        "version",
+                        "a policy version",
+                        {"type": "string", "pattern": "^[0-9]{1,10}$"},
+                    ),
+                ],
+            ),
+        },
+        "/v1/bridge/reserve/top_up": {
+            "post": _ledger_write(
+                "topUpBridgeReserve",
+                "Test mode: top up your BAAS reserve from the faucet (live: 400 test_mode_only)",
+                "BridgeReserve",
+                "BridgeTopUp",
+            )
+        },
+        "/v1/bridge/reserve/threshold": {
+            "post": _ledger_write(
+                "setBridgeReserveThreshold",
+                "The level below which your reserve is reported low",
+                "BridgeReserve",
+                "BridgeThreshold",
+            )
+        },
+        "/v1/bridge/reserve": {
+            "get": _bridge_read(
+                "getBridgeReserve",
+                "Your BAAS reserve: level, threshold, low, history of levels (oldest first)",
+                "BridgeReserve",
+                parameters=[
+                    _LIMIT,
+                    _string_query(
+                        "after",
+                        "a history timestamp",
+                        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    ),
+                ],
+            )
+        },
+        "/v1/bridge/quotes": {
+            "post": _operation(
+                "createBridgeQuote",
+                "The terms of a swap now (nothing is written: no Idempotency-Key); a refusal "
+                "is the code the swap would get (policy_disabled, below_min, ...)",
+                {200: _json("BridgeQuote", "the quote")},
+                (*_SIGNED_ERRORS, 402, 403, 404, 409),
+                body="BridgeQuoteCreate",
+            )
+        },
+        "/v1/bridge/swaps/preview": {
+            "post": _bridge_preview_op(
+                "previewBridgeSwap",
+                "What a swap with this body and Idempotency-Key will be, and the EIP-712 "
+                "Approve the user signs: nothing is proposed",
+                "BridgeSwapPreview",
+                "BridgeSwapPreviewCreate",
+            )
+        },
+        "/v1/bridge/swaps": {
+            "post": _ledger_write(
+                "createBridgeSwap",
+                "Execute a quote for your linked user, with their approval: one operation",
+                "BridgeSwap",
+                "BridgeSwapCreate",
+            )
+        },
+        "/v1/bridge/swaps/batch": {
+            "post": _operation(
+                "createBridgeSwaps",
+                "Many swaps, each its own operation with its own idempotency_key and approval: "
+                "one result (with its own status) per swap, in order",
+                {200: _json("BridgeSwapBatchResults", "one result per swap")},
+                _SIGNED_ERRORS,
+                body="BridgeSwapBatchCreate",
+            )
+        },
+        "/v1/bridge/swaps/{id}": {
+            "get": _bridge_read(
+                "getBridgeSwap",
+                "A swap and its outcome (another partner's: 404)",
+                "BridgeSwap",
+                parameters=[_path_param("id", "the swap id (swap_...)")],
+            )
+        },
+    }
+)
+
 SIGNATURE_DESCRIPTION = f"""Every partner request carries `{HEADER_KEY}` (the API key),
 `{HEADER_TIMESTAMP}` (Unix seconds, within the signature window), `{HEADER_NONCE}` (optional,
 single use) and `{HEADER_SIGNATURE}`: lowercase hex of HMAC-SHA256(secret, canonical), where

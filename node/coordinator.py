@@ -493,8 +493,9 @@ class Coordinator:
         )
 
     def _first_outcome(self, request: WriteRequest) -> dict[str, Any] | None:
-        """A retried operation's applied first outcome (a plain record has none)."""
-        if request.events is None or self._index is None:
+        """A retried operation's applied first outcome (a plain record has none; a ledger
+        operation carries events, a Bridge operation its request)."""
+        if (request.events is None and request.bridge is None) or self._index is None:
             return None
         first = self._index.outcome(request.record_id)
         return first.summary() if first is not None else None

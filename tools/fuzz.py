@@ -205,6 +205,22 @@ class LedgerFixtures:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeFixtures:
+    """The fuzzing partner's Bridge objects (test mode). The defaults name objects that do not
+    exist (a gateway without nodes); the cluster setup makes them through the API."""
+
+    asset: str = "FUZZPTS"  # its point asset's code (scale 2, no validity period)
+    issuance_ids: tuple[str, ...] = ("ab" * 32,)  # issuances to its linked user, to reverse
+    swap_ids: tuple[str, ...] = ("swap_" + "ab" * 32,)
+    quote: tuple[tuple[str, Any], ...] = ()  # a quote for the linked user (fields), to preview
+    policy: tuple[tuple[str, Any], ...] = ()  # the policy it set (fields), set again: 2xx
+    # the redemption and the swap setup made with the user's approval, as (key, body): sent
+    # again under their key they are answered their first outcome (200)
+    redemption: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
+    swap: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
+
+
+@dataclass(frozen=True, slots=True)
 class Fixtures:
     """Objects made before fuzzing, which valid requests may name."""
 
@@ -217,6 +233,7 @@ class Fixtures:
     tag: str  # unique to the run: new partner names and idempotency keys never met before
     ledger: LedgerFixtures
     chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
+    bridge: BridgeFixtures = BridgeFixtures()
 
 
 # case attribute ("path_parameters", "query", "body") -> values merged into what was generated
@@ -301,6 +318,44 @@ def _unlink(f: Fixtures, rng: random.Random) -> Overrides:
     user_id = f"fz-{f.tag}-unlinked-{rng.getrandbits(48):012x}"
     drop = dict.fromkeys(("wallet", "deadline", "nonce", "signature"), _DROP)
     return {"path_parameters": {"user_id": user_id}, "body": drop}
+
+
+def _asset(f: Fixtures) -> Overrides:
+    return {"path_parameters": {"asset": f.bridge.asset}}
+
+
+def _points(f: Fixtures, rng: random.Random) -> Overrides:
+    """Points to or from the linked user: a few, which setup issued plenty of."""
+    return {**_asset(f), "body": {"user": f.ledger.linked_user, "amount": str(rng.randint(1, 9))}}
+
+
+def _replay(made: tuple[str, tuple[tuple[str, Any], ...]], rng: random.Random) -> Overrides:
+    """Half the time, an approved operation of setup again, under its own key."""
+    key, body = made
+    if not key or rng.random() < 0.5:
+        return {}
+    return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)}
+
+
+def _redeem(f: Fixtures, rng: random.Random) -> Overrides:
+    replay = _replay(f.bridge.redemption, rng)
+    return {**_asset(f), **replay} if replay else _points(f, rng)
+
+
+def _swap_batch(f: Fixtures, rng: random.Random) -> Overrides:
+    """Setup's approved swap again under its key (its 2xx: the first outcome), or under a new
+    key, where its approval is another digest's and is refused in its slot; the batch is 200
+    either way."""
+    key, body = f.bridge.swap
+    if not key:
+        return {}
+    if rng.random() < 0.5:
+        key = f"fz-{f.tag}-batch-{rng.getrandbits(48):012x}"
+    return {"body": {"swaps": [{"idempotency_key": key, **dict(body)}]}}
+
+
+def _swap(f: Fixtures) -> Overrides:
+    return {"body": {"user": f.ledger.linked_user, "quote": dict(f.bridge.quote) or _DROP}}
 
 
 def _chain(f: Fixtures, rng: random.Random, keyed: bool) -> list[dict[str, Any]]:
@@ -394,6 +449,41 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "listWalletBalances": lambda f, rng: {"path_parameters": {"user_id": f.ledger.linked_user}},
     "unlinkWallet": _unlink,
     "createOneTimeCode": _new_code,
+    # the Bridge's: the partner's point asset, its linked user, what setup made. A redemption
+    # and a swap need the user's signature over a digest that derives from the request's own
+    # Idempotency-Key: a drawn key is refused (403); setup's own, sent again, is its 2xx.
+    "createBridgePoints": lambda f, rng: {
+        "body": {"code": f.bridge.asset, "scale": 2, "validity_days": _DROP}
+    },
+    "getBridgePoints": lambda f, rng: _asset(f),
+    "issueBridgePoints": lambda f, rng: _points(f, rng),
+    "previewBridgeRedeem": lambda f, rng: _points(f, rng),
+    "redeemBridgePoints": _redeem,
+    "reverseBridgePoints": lambda f, rng: {
+        **_asset(f),
+        "body": {"issuance": rng.choice(f.bridge.issuance_ids), "amount": "1"},
+    },
+    "fundBridgeLiquidity": lambda f, rng: {**_asset(f), "body": {"amount": _amount(rng)}},
+    "getBridgeUserPoints": lambda f, rng: {
+        "path_parameters": {"asset": f.bridge.asset, "user_id": f.ledger.linked_user}
+    },
+    "setBridgePolicy": lambda f, rng: {**_asset(f), "body": dict(f.bridge.policy)},
+    "getBridgePolicy": lambda f, rng: {**_asset(f), "query": {"version": _DROP}},
+    "topUpBridgeReserve": lambda f, rng: {"body": {"amount": _amount(rng)}},
+    "setBridgeReserveThreshold": lambda f, rng: {"body": {"threshold": "0"}},
+    "getBridgeReserve": lambda f, rng: {"query": {"after": _DROP}},
+    "createBridgeQuote": lambda f, rng: {
+        "body": {
+            "asset": f.bridge.asset,
+            "user": f.ledger.linked_user,
+            "direction": "in",
+            "amount_in": str(rng.randint(10, 100)),
+        }
+    },
+    "previewBridgeSwap": lambda f, rng: _swap(f),
+    "createBridgeSwap": lambda f, rng: _replay(f.bridge.swap, rng) or _swap(f),
+    "getBridgeSwap": lambda f, rng: _path_id(rng, f.bridge.swap_ids),
+    "createBridgeSwaps": _swap_batch,
 }
 
 
@@ -623,9 +713,13 @@ def _fuzz_operation(operation: Any, run_: _Run, pass_: _Pass, seed: int) -> None
     )
     @hypothesis.given(case=operation.as_strategy(generation_mode=pass_.mode))
     def run(case: schemathesis.Case[Any]) -> None:
+        overrides: Overrides = {}
         if fixture is not None and pass_.mode.is_positive and rng.random() < FIXTURE_SHARE:
-            _apply(case, fixture(run_.fixtures, rng))
-        if fresh_keys and rng.random() < FRESH_KEY_SHARE:
+            overrides = fixture(run_.fixtures, rng)
+            _apply(case, overrides)
+        # a row that names its own key (an approved operation of setup, sent again) keeps it
+        keyed = IDEMPOTENCY_HEADER in overrides.get("headers", {})
+        if fresh_keys and not keyed and rng.random() < FRESH_KEY_SHARE:
             key = f"fz-{run_.fixtures.tag}-{next(run_.keys)}"  # setup's are fuzz-...
             case.headers[IDEMPOTENCY_HEADER] = key
         signer = rng.choice(pass_.signers) if pass_.signers else None
@@ -900,6 +994,57 @@ def _make_ledger_objects(
     )
 
 
+BRIDGE_POLICY: dict[str, Any] = {
+    "rate_num": str(10**16), "rate_den": "1", "swap_min": "10", "swap_max": "1000",
+    "window_s": 3600, "user_window_max": "0", "partner_window_max": "0", "fee_bps": 100,
+    "fee_min": "0", "enabled": True,
+}  # fmt: skip
+
+
+def _make_bridge_objects(
+    session: requests.Session, gateway_url: str, ledger: LedgerFixtures, tag: str, chain_id: int
+) -> BridgeFixtures:
+    """As the fuzzing partner, through the Bridge API: its point asset, a policy, a funded
+    reserve and liquidity, issuances to its linked user, a quote and one swap the user
+    approved (their key is the one the link was signed with)."""
+    asset = BridgeFixtures().asset
+    _ledger_call(session, gateway_url, "/v1/bridge/points", {"code": asset, "scale": 2},
+                 f"fuzz-{tag}-points")  # fmt: skip
+    points = f"/v1/bridge/points/{asset}"
+    _ledger_call(session, gateway_url, points + "/policy", BRIDGE_POLICY, f"fuzz-{tag}-policy")
+    top_up = {"amount": str(10**24)}
+    _ledger_call(session, gateway_url, "/v1/bridge/reserve/top_up", top_up, f"fuzz-{tag}-top")
+    liquidity = {"amount": "100000"}
+    _ledger_call(session, gateway_url, points + "/liquidity", liquidity, f"fuzz-{tag}-liq")
+    issue = {"user": ledger.linked_user, "amount": "100000"}
+    issuances = tuple(
+        _ledger_call(session, gateway_url, points + "/issue", issue, f"fuzz-{tag}-issue-{i}")["id"]
+        for i in range(2)
+    )
+    ask = {"asset": asset, "user": ledger.linked_user, "direction": "in", "amount_in": "100"}
+    quote = _ledger_call(session, gateway_url, "/v1/bridge/quotes", ask, None)
+    user = UserWallet(_private_key(random.Random(tag)), chain_id)  # as _make_ledger_objects
+    swap = {"user": ledger.linked_user, "quote": quote}
+    key = f"fuzz-{tag}-swap"
+    preview = _ledger_call(session, gateway_url, "/v1/bridge/swaps/preview", swap, key)
+    swap["approvals"] = user.approve(preview)
+    swapped = _ledger_call(session, gateway_url, "/v1/bridge/swaps", swap, key)
+    redeem: dict[str, Any] = {"user": ledger.linked_user, "amount": "5"}
+    redeem_key = f"fuzz-{tag}-redeem"
+    shown = _ledger_call(session, gateway_url, points + "/redeem/preview", redeem, redeem_key)
+    redeem["approvals"] = user.approve(shown)
+    _ledger_call(session, gateway_url, points + "/redeem", redeem, redeem_key)
+    return BridgeFixtures(
+        asset=asset,
+        issuance_ids=issuances,
+        swap_ids=(swapped["id"],),
+        quote=tuple(quote.items()),
+        policy=tuple(BRIDGE_POLICY.items()),
+        redemption=(redeem_key, tuple(redeem.items())),
+        swap=(key, tuple(swap.items())),
+    )
+
+
 def make_fixtures(
     gateway_url: str,
     credentials: Mapping[str, ApiCredential],
@@ -920,6 +1065,7 @@ def make_fixtures(
         ids = _write_records(session, gateway_url, tag)
         anchored, batches = _anchored(session, gateway_url, ids)
         ledger = _make_ledger_objects(session, gateway_url, name, tag, chain_id)
+        bridge = _make_bridge_objects(session, gateway_url, ledger, tag, chain_id)
     fixtures = Fixtures(
         record_ids=ids,
         anchored_record_ids=anchored,
@@ -930,6 +1076,7 @@ def make_fixtures(
         tag=tag,
         ledger=ledger,
         chain_id=chain_id,
+        bridge=bridge,
     )
     return fixtures, {**credentials, PARTNER_SIGNATURE: own}
 

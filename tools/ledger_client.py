@@ -41,7 +41,7 @@ from eth_account import Account
 
 from tools.client import PartnerClient, Response
 
-__all__ = ["RETRY_STATUSES", "LedgerClient", "UserWallet"]
+__all__ = ["RETRY_STATUSES", "BridgeClient", "LedgerClient", "UserWallet"]
 
 RETRY_STATUSES = frozenset({429, 503, 504})  # nothing was decided: the same request again
 CHAIN_ID = 31337  # the EIP-712 domain's chainId the network verifies (IdentityConfig.chain_id)
@@ -225,6 +225,49 @@ def _typed(
         "domain": {**DOMAIN, "chainId": chain_id},
         "message": message,
     }
+
+
+class BridgeClient:
+    """The Bridge API (docs/bridge-guide.md) over a :class:`LedgerClient`: quotes, and the
+    two steps of everything that debits a user (a swap, a redemption): preview under your key,
+    the user signs the ``Approve`` it shows, then the same body and key with the approvals.
+
+    >>> bridge = BridgeClient(ledger)
+    >>> quote = (await bridge.quote("PTS", "user-42", "in", "1000")).body
+    >>> swap = await bridge.swap(user, "user-42", quote, key="swap-order-9")
+    """
+
+    def __init__(self, ledger: LedgerClient) -> None:
+        self.ledger = ledger
+
+    async def quote(self, asset: str, user_id: str, direction: str, amount_in: str) -> Response:
+        body = {"asset": asset, "user": user_id, "direction": direction, "amount_in": amount_in}
+        return await self.ledger.call("POST", "/v1/bridge/quotes", body)
+
+    async def approved(
+        self, path: str, body: dict[str, Any], user: UserWallet, *, key: str
+    ) -> Response:
+        """``POST path/preview`` then ``POST path`` with the user's approvals, under ``key``
+        (the digest derives from it: both steps use the same key and body)."""
+        preview = await self.ledger.call("POST", path + "/preview", body, key=key)
+        if preview.status != 200:
+            return preview
+        # A real wallet app shows preview.body["swap"] (or ["redemption"]) before it signs.
+        approvals = user.approve(preview.body)
+        return await self.ledger.call("POST", path, {**body, "approvals": approvals}, key=key)
+
+    async def swap(
+        self, user: UserWallet, user_id: str, quote: dict[str, Any], *, key: str
+    ) -> Response:
+        return await self.approved(
+            "/v1/bridge/swaps", {"user": user_id, "quote": quote}, user, key=key
+        )
+
+    async def redeem(
+        self, user: UserWallet, asset: str, user_id: str, amount: str, *, key: str
+    ) -> Response:
+        body = {"user": user_id, "amount": amount}
+        return await self.approved(f"/v1/bridge/points/{asset}/redeem", body, user, key=key)
 
 
 class UserWallet:

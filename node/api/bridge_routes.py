@@ -99,6 +99,18 @@ def _view(request: web.Request) -> StateView:
     return request.app[LEDGER_READS].view()
 
 
+_NO_KEYS = PREFIX + b"\xff"  # a prefix under which nothing is stored
+
+
+async def _applied(request: web.Request) -> int:
+    """The applied index, read BEFORE the view the answer comes from: a lower bound of the
+    state it answers (applying only moves on), so the gateway, which asks every node and keeps
+    the freshest answer (``applied_index``), reads its own writes (a policy just set)."""
+    reads: LedgerReads = request.app[LEDGER_READS]
+    applied, _ = await asyncio.to_thread(reads.read_at, _NO_KEYS, lambda items: None)
+    return applied
+
+
 def policy_doc(p: PolicyRecord) -> dict[str, Any]:
     return {
         "object": "bridge_policy",
@@ -140,6 +152,7 @@ def quote_doc(q: Quote) -> dict[str, Any]:
 
 async def get_asset_route(request: web.Request) -> web.Response:
     ledger = _ledger(request)
+    applied = await _applied(request)
     asset = get_asset(_view(request), ledger)
     if asset is None:
         raise NotFound("no such Bridge asset on this node", code="asset_not_found")
@@ -154,19 +167,21 @@ async def get_asset_route(request: web.Request) -> web.Response:
             "validity_days": asset.validity_days,
             "address": asset.address.hex(),
             "start_day": asset.start_day,
+            "applied_index": applied,
         }
     )
 
 
 async def get_policy_route(request: web.Request) -> web.Response:
     ledger = _ledger(request)
+    applied = await _applied(request)
     view = _view(request)
     version = request.query.get("version")
     if version is None:
         policy = get_policy(view, ledger)
         if policy is None:
             raise NotFound("no policy for this asset on this node", code="policy_not_found")
-        return web.json_response({**policy_doc(policy), "ledger": ledger})
+        return web.json_response({**policy_doc(policy), "ledger": ledger, "applied_index": applied})
     change = policy_change(view, ledger, _int(version, "version", 1, _U32_MAX))
     if change is None:
         raise NotFound("no such policy version on this node", code="policy_not_found")
@@ -178,6 +193,7 @@ async def get_policy_route(request: web.Request) -> web.Response:
             "actor": actor.hex(),
             "changed_ms": changed_ms,
             "policy": policy_doc(policy),
+            "applied_index": applied,
         }
     )
 
@@ -185,6 +201,7 @@ async def get_policy_route(request: web.Request) -> web.Response:
 async def get_lots_route(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     account = _int(request.match_info["account"], "account", 1, _AMOUNT_MAX - 1)
+    applied = await _applied(request)
     view = _view(request)
     lots = user_lots(view, ledger, account)
     doc: dict[str, Any] = {
@@ -196,6 +213,7 @@ async def get_lots_route(request: web.Request) -> web.Response:
             for lot in lots
         ],
         "total": str(sum(lot.amount for lot in lots)),
+        "applied_index": applied,
     }
     if "at_ms" in request.query:
         at_ms = _int(request.query["at_ms"], "at_ms", 0, _U64_MAX)
@@ -205,12 +223,20 @@ async def get_lots_route(request: web.Request) -> web.Response:
 
 async def get_supply_route(request: web.Request) -> web.Response:
     ledger = _ledger(request)
+    applied = await _applied(request)
     view = _view(request)
     asset = get_asset(view, ledger)
     if asset is None:
         raise NotFound("no such Bridge asset on this node", code="asset_not_found")
     supply = points_supply(view, asset.partner, ledger)
-    return web.json_response({"object": "bridge_supply", "ledger": ledger, "supply": str(supply)})
+    return web.json_response(
+        {
+            "object": "bridge_supply",
+            "ledger": ledger,
+            "supply": str(supply),
+            "applied_index": applied,
+        }
+    )
 
 
 async def get_reserve_route(request: web.Request) -> web.Response:
@@ -265,6 +291,7 @@ async def get_quote_route(request: web.Request) -> web.Response:
         raise InvalidRequest("direction is in or out", code="field_invalid", param="direction")
     amount_in = _int(q.get("amount_in"), "amount_in", 1, _AMOUNT_MAX)
     now_ms = _int(q.get("now_ms"), "now_ms", 0, _U64_MAX, default=int(time.time() * 1000))
+    applied = await _applied(request)
     view = _view(request)
     asset = get_asset(view, ledger)
     if asset is None:
@@ -272,7 +299,7 @@ async def get_quote_route(request: web.Request) -> web.Response:
     quote = _QUOTER.quote(view, asset.partner, ledger, wallet, direction, amount_in, now_ms)
     if isinstance(quote, BridgeResult):
         raise InvalidRequest(f"a swap would be refused: {quote.value}", code=quote.value)
-    return web.json_response(quote_doc(quote))
+    return web.json_response({**quote_doc(quote), "applied_index": applied})
 
 
 def bridge_digest_items(items: Iterator[tuple[bytes, bytes]], keys_max: int) -> tuple[int, bytes]:
