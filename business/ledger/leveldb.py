@@ -113,7 +113,7 @@ class AccountCacheView(LevelDBView):
         if value is not None:
             return value
         stored: bytes | None = self._db_get(key)
-        if stored is not None:
+        if stored is not None and key.startswith(ACCOUNT_PREFIX):  # no call for other keys
             self.cache.remember(key, stored)
         return stored
 
