@@ -306,13 +306,31 @@ class RaftSettings:
     db_open_files_max: int = 64
     db_write_buffer_bytes_max: int = 16 * 1024 * 1024
     db_block_cache_bytes_max: int = 16 * 1024 * 1024
+    # A bloom filter in the Raft database's tables (plyvel's bloom_filter_bits; 0: none): a
+    # lookup of an absent key -- every new ledger transfer id, every new record id -- then
+    # reads no block of the levels that lack it. 10 bits: ~1% false positives, ~1.25 B a key.
+    bloom_bits_per_key: int = 10
+    # The ledger's account values kept in memory by the Raft storage (0: none), filled by
+    # reads and by committed write batches, dropped when a snapshot replaces the state
+    # (node/replication/durable.py). A random account read that misses LevelDB's block cache
+    # costs ~5x a hit; at 10^6 accounts they would all miss. Sized for 2^20 accounts: ~250 MB
+    # of RSS when full (docs/performance.md, "The ledger apply"); it fills only as accounts
+    # are touched.
+    ledger_account_cache_max: int = 1 << 20
 
     def validate(self) -> None:
         flags = ("index_writes", "join_existing")
-        require_positive_fields(self, "raft", integers_only=False, skip=flags)
+        may_be_zero = ("bloom_bits_per_key", "ledger_account_cache_max")
+        require_positive_fields(self, "raft", integers_only=False, skip=flags + may_be_zero)
         for flag in flags:
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"raft.{flag} must be true or false")
+        for name in may_be_zero:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"raft.{name} must be an integer >= 0 (0: none)")
+        if self.bloom_bits_per_key > 64:
+            raise ConfigError("raft.bloom_bits_per_key must be at most 64")
         if self.election_ticks * self.tick_s < 1.0:
             raise ConfigError("raft: election_ticks * tick_s must be at least 1 s")
         if self.heartbeat_ticks >= self.election_ticks:

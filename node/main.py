@@ -90,6 +90,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         open_files_max=config.raft.db_open_files_max,
         write_buffer_bytes_max=config.raft.db_write_buffer_bytes_max,
         block_cache_bytes_max=config.raft.db_block_cache_bytes_max,
+        bloom_bits_per_key=config.raft.bloom_bits_per_key,
+        ledger_account_cache_max=config.raft.ledger_account_cache_max,
     )
     # One identity config for both: the ledger's approval check verifies EIP-712 signatures in
     # the identity machine's domain (its chain id).

@@ -106,6 +106,10 @@ def test_n_above_node_count_is_refused(tmp_path: Path) -> None:
         ("heartbeat_ticks = 10", "heartbeat_ticks"),
         ('index_writes = "yes"', "index_writes"),
         ("inbox_frames_max = 0", "inbox_frames_max"),
+        ("bloom_bits_per_key = -1", "bloom_bits_per_key must be an integer >= 0"),
+        ("bloom_bits_per_key = 65", "bloom_bits_per_key must be at most 64"),
+        ("ledger_account_cache_max = 1.5", "ledger_account_cache_max must be an integer"),
+        ("ledger_account_cache_max = -1", "ledger_account_cache_max must be an integer"),
     ],
 )
 def test_invalid_raft_settings_are_refused(tmp_path: Path, raft_table: str, message: str) -> None:
@@ -114,6 +118,16 @@ def test_invalid_raft_settings_are_refused(tmp_path: Path, raft_table: str, mess
     path.write_text(path.read_text() + f"\n[raft]\n{raft_table}\n")
     with pytest.raises(ConfigError, match=message):
         load_node_config(path)
+
+
+def test_the_ledger_storage_settings_may_be_turned_off(tmp_path: Path) -> None:
+    layout = init_cluster(tmp_path / "c")
+    path = Path(layout.nodes[0].config_path)
+    path.write_text(
+        path.read_text() + "\n[raft]\nbloom_bits_per_key = 0\nledger_account_cache_max = 0\n"
+    )
+    raft = load_node_config(path).raft
+    assert (raft.bloom_bits_per_key, raft.ledger_account_cache_max) == (0, 0)
 
 
 @pytest.mark.parametrize(

@@ -38,11 +38,12 @@ from business.identity import (
     operation_digest,
     platform_account,
 )
+from business.identity.approvals import NO_APPROVALS_DIGEST
 from business.identity.ids import code_hash, ledger_number, operation_id, partner_account_id
 from business.identity.model import ZERO16
 from business.ledger import CreateTransfer, TransferFlags
 from node.consensus.state_machine import StateView
-from node.errors import InvalidRequest
+from node.errors import InvalidRequest, InvariantViolation
 
 R = ApprovalResult
 ALICE, BOB, CAROL = user("alice"), user("bob"), user("carol")
@@ -261,3 +262,20 @@ def test_no_approval_lets_one_wallet_debit_another_wallets_account(case: _Case) 
     assert (code == R.OK) == (honest and genuine == debited)
     if not debited <= genuine:
         assert code != R.OK  # the safety half: a wallet is never debited without its own key
+
+
+def test_an_operation_without_approvals_needs_no_digest_and_one_with_them_does() -> None:
+    """The apply computes the digest only when the operation carries approvals (ledger_ops.py):
+    without any the answer is the one the full check gives, and with some a missing digest is a
+    broken invariant, never a signature checked against nothing."""
+    w, acc = _world()
+    reserve = _partner_account(SHOP, "reserve")
+    alice = Debit(acc[("alice", BAAS)], reserve, 10)
+    for debits, expected in (((alice,), R.APPROVAL_MISSING), ((Debit(reserve, 1, 5),), R.OK)):
+        op = _op(*debits)
+        undigested = Operation(NO_APPROVALS_DIGEST, op.partner, op.mode, op.debits)
+        assert _check(w, undigested, []) == _check(w, op, []) == (expected, ())
+    op = _op(alice)
+    undigested = Operation(NO_APPROVALS_DIGEST, op.partner, op.mode, op.debits)
+    with pytest.raises(InvariantViolation, match="digest"):
+        _check(w, undigested, [_approve(ALICE, op)])

@@ -350,8 +350,8 @@ def test_a_plyvel_view_gives_the_same_writes_and_digest(tmp_path: Path, cache: i
         )
         assert [t.id for t in account_transfers(disk, 1, limit=10)] == [63, 61, 60]
         if isinstance(disk, AccountCacheView):
-            assert len(disk._cache) <= cache  # bounded
-            for key, value in disk._cache.items():
+            assert len(disk.cache) <= cache  # bounded
+            for key, value in disk.cache.items():
                 assert db.get(key) == value  # write-through: never a stale value
     finally:
         db.close()

@@ -21,8 +21,11 @@ The verdict: >= 50,000 transfers/s at every size and the µs per transfer at the
 within 1.25x of the smallest. After each size every result must be ``ok`` and the ledger must
 balance: the stored totals and the sum over every account, per ledger, debits == credits.
 
-LevelDB is opened with the ``[raft]`` bounds; ``--block-cache-mb`` and ``--bloom-bits`` try
-other settings (the account set at 10^6 is ~60 MB on disk, beyond the default 16 MB cache).
+LevelDB is opened with the node's ``[raft]`` settings (bounds, ``bloom_bits_per_key``) and the
+view keeps the node's ``ledger_account_cache_max`` account values in memory (the same
+:class:`~business.ledger.leveldb.AccountCache` the node's Raft storage keeps);
+``--block-cache-mb``, ``--bloom-bits`` and ``--account-cache`` try other settings (0 turns
+the last two off; the account set at 10^6 is ~60 MB on disk, beyond the 16 MB block cache).
 The database is compacted after the accounts are created, before the timed batches;
 ``--warm`` then reads every account once (a long-running node's block cache, if it is big
 enough to hold them; transfers pick accounts uniformly, the worst case for a cache).
@@ -106,6 +109,7 @@ START_MS = 1_800_000_000_000
 FORMAT = 2  # 2: phases (apply, ops), repeats and medians
 PHASES = ("apply", "ops")
 _NODES = tuple(f"node-{i}" for i in range(5))
+_RAFT = RaftSettings()  # the node's storage settings: the defaults of the switches below
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,8 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bloom-bits",
         type=int,
-        default=0,
-        help="LevelDB bloom filter bits per key (0: none, as the node's Raft database today)",
+        default=_RAFT.bloom_bits_per_key,
+        help="LevelDB bloom filter bits per key (0: none; default: the node's [raft] "
+        "bloom_bits_per_key)",
     )
     p.add_argument(
         "--block-cache-mb",
@@ -140,13 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warm",
         action="store_true",
-        help="read every account once before timing (a long-running node's warm block cache)",
+        help="read every account once before timing (a long-running node's warm block cache "
+        "and account cache)",
     )
     p.add_argument(
         "--account-cache",
         type=int,
-        default=0,
-        help="keep up to N account values in memory (AccountCacheView; 0: plain LevelDBView)",
+        default=_RAFT.ledger_account_cache_max,
+        help="keep up to N account values in memory (AccountCacheView; 0: plain LevelDBView; "
+        "default: the node's [raft] ledger_account_cache_max)",
     )
     p.add_argument("--profile", action="store_true")
     p.add_argument("--quick", action="store_true", help="a short run (tests)")
@@ -206,7 +213,7 @@ class _Workload:
 
 
 def _open(path: Path, args: argparse.Namespace) -> Any:
-    raft = RaftSettings()
+    raft = _RAFT
     extra = {"bloom_filter_bits": args.bloom_bits} if args.bloom_bits else {}
     cache = args.block_cache_mb << 20 if args.block_cache_mb else raft.db_block_cache_bytes_max
     return open_leveldb(
@@ -322,6 +329,15 @@ class _OpsRunner:
         return failed
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux; 0.0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
 def run_size(
     accounts: int, args: argparse.Namespace, root: Path, phase: str = "apply", run: int = 0
 ) -> dict[str, Any]:
@@ -400,7 +416,13 @@ def run_size(
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
             profile_text = out.getvalue()
+        cached = len(view.cache) if isinstance(view, AccountCacheView) else 0
+        rss_mb = _rss_mb()
         balance = _check_balanced(view, ledger_id)
+        if isinstance(view, AccountCacheView):
+            # Its get is a bound method of itself (a cycle only the collector frees, and
+            # tune_gc freezes what exists): empty it now, or every run keeps its cache.
+            view.clear()
     finally:
         db.close()
     total_s = apply_s + commit_s
@@ -422,6 +444,8 @@ def run_size(
         "apply_us_per_transfer": round(1e6 * apply_s / timed, 3) if timed else 0.0,
         "commit_us_per_transfer": round(1e6 * commit_s / timed, 3) if timed else 0.0,
         "load_avg": [round(x, 2) for x in os.getloadavg()],
+        "account_cache_entries": cached,
+        "rss_mb": rss_mb,
         "conservation": balance,
         "profile_top": profile_text.splitlines()[:40],
     }

@@ -113,6 +113,8 @@ WALLET_ACCOUNT_CODE = 1  # the ledger account code (type) of a wallet's account
 _ROLE_CODE_BASE = 0x100  # a role account's code: base + Role
 _POST_OR_VOID = int(TransferFlags.POST_PENDING_TRANSFER | TransferFlags.VOID_PENDING_TRANSFER)
 S = ScopeResult
+# Each mode's BAAS ledger, computed once: every checked operation opens an _Opening.
+_BAAS_LEDGER = {mode: ledger_number(mode, ASSET_INDEX_BAAS) for mode in Mode}
 
 
 def role_account_code(role: Role) -> int:
@@ -236,12 +238,13 @@ def _own(owner: Owner | None, proposer: Proposer) -> bool:
 
 def _owner(view: StateView, account: int) -> Owner | None:
     raw = view.get(owner_key(account)) if 0 < account < ID_MAX else None
-    return None if raw is None else _decode_owner(raw)
+    return None if raw is None else decode_owner_cached(raw)
 
 
 # Owners are frozen values of their bytes, and the same few accounts (a partner's roles) are
-# read by most operations: decoding (two enum lookups) is most of the cost of a read.
-_decode_owner = functools.lru_cache(maxsize=4096)(decode_owner)
+# read by most operations: decoding (two enum lookups) is most of the cost of a read. The
+# approval check (approvals.py) decodes the same debited accounts' owners through it again.
+decode_owner_cached = functools.lru_cache(maxsize=4096)(decode_owner)
 
 
 def _check_creations(
@@ -349,7 +352,7 @@ class _Opening:
     def __init__(self, view: Overlay, mode: Mode, earlier: Unapplied, now_ms: int) -> None:
         self.view = view
         self.now_ms = now_ms
-        self._baas = ledger_number(mode, ASSET_INDEX_BAAS)
+        self._baas = _BAAS_LEDGER[mode]
         self._earlier = earlier
         self._assets: list[Event] = []
         self._accounts: dict[int, Event] = {}

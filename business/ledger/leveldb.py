@@ -3,7 +3,9 @@
 :class:`LevelDBView` gives the core its ``get`` and the reads their ordered ``scan`` over a
 plyvel database (or a prefixed database / snapshot: anything with ``get`` and ``iterator``),
 and :meth:`LevelDBView.commit` applies one batch's writes in one ``WriteBatch``.
-:class:`AccountCacheView` adds a bounded write-through cache of account values. Not a pure
+:class:`AccountCacheView` adds a bounded write-through cache of account values
+(:class:`AccountCache`, which the node's Raft storage keeps too: node/replication/durable.py,
+``[raft] ledger_account_cache_max``). Not a pure
 module (it does I/O); :mod:`business.ledger.core` never imports it.
 """
 
@@ -14,10 +16,11 @@ from typing import Any
 
 import plyvel
 
+from business.ledger.model import ACCOUNT_PREFIX
 from node.consensus.state_machine import Write
 from node.errors import ConfigError, OperationFailed
 
-__all__ = ["AccountCacheView", "LevelDBView"]
+__all__ = ["AccountCache", "AccountCacheView", "LevelDBView"]
 
 
 class LevelDBView:
@@ -45,55 +48,83 @@ class LevelDBView:
             raise OperationFailed(f"ledger write batch failed: {exc}") from exc
 
 
-class AccountCacheView(LevelDBView):
-    """A :class:`LevelDBView` that keeps up to ``entries_max`` account values in memory.
+class AccountCache:
+    """Up to ``entries_max`` ledger account values (``lg/a/`` keys) in memory.
 
     Accounts are the ledger's hot random reads; with many accounts they fall out of LevelDB's
-    block cache, and compactions of the random in-place updates rewrite the tables they live
-    in. The cache is write-through: :meth:`commit` updates it with the batch's account
-    writes, so it never serves a value LevelDB does not hold, as long as every write to the
-    database goes through this view (a state replaced from a snapshot must :meth:`clear` it).
-    When full, the oldest entry goes first (insertion order, no per-read bookkeeping).
+    block cache (a miss costs ~5x a hit) and compactions of the random in-place updates keep
+    rewriting the tables they live in. The cache never serves a value the database does not
+    hold, provided its owner keeps the one rule: it puts in only a value just read from the
+    database (:meth:`remember`) or the writes of a batch that landed (:meth:`committed`), and
+    empties it (:meth:`clear`) whenever the state is replaced by other means (a snapshot install).
+    Other keys are ignored. When full, the oldest entry goes first (insertion order: no
+    per-read bookkeeping on the hot path).
     """
 
-    def __init__(self, db: Any, *, entries_max: int) -> None:
-        super().__init__(db)
+    def __init__(self, entries_max: int) -> None:
         if entries_max < 1:
             raise ConfigError("the ledger account cache needs entries_max >= 1")
         self.entries_max = entries_max
-        self._cache: dict[bytes, bytes] = {}
+        self._values: dict[bytes, bytes] = {}
+        self.get = self._values.get  # the hot path: one bound method, no wrapper frame
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return list(self._values.items())
+
+    def remember(self, key: bytes, value: bytes) -> None:
+        """Keep ``value``, just read from the database under ``key`` (if an account's)."""
+        if not key.startswith(ACCOUNT_PREFIX):
+            return
+        values = self._values
+        if key not in values and len(values) >= self.entries_max:
+            del values[next(iter(values))]
+        values[key] = value
+
+    def committed(self, writes: Iterable[Write]) -> None:
+        """Follow a write batch that landed (a None value deletes)."""
+        for key, value in writes:
+            if value is None:
+                if key.startswith(ACCOUNT_PREFIX):
+                    self._values.pop(key, None)
+            else:
+                self.remember(key, value)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+
+class AccountCacheView(LevelDBView):
+    """A :class:`LevelDBView` with an :class:`AccountCache` of ``entries_max`` values
+    (write-through: :meth:`commit` updates it with the batch's account writes). Every write
+    to the database must go through this view; a state replaced otherwise must
+    :meth:`clear` it."""
+
+    def __init__(self, db: Any, *, entries_max: int) -> None:
+        super().__init__(db)
+        self.cache = AccountCache(entries_max)
         self._db_get = db.get
         self.get = self._cached_get
 
     def _cached_get(self, key: bytes) -> bytes | None:
-        value = self._cache.get(key)
+        value = self.cache.get(key)
         if value is not None:
             return value
         stored: bytes | None = self._db_get(key)
-        if stored is not None and key.startswith(b"lg/a/"):
-            self._remember(key, stored)
+        if stored is not None and key.startswith(ACCOUNT_PREFIX):  # no call for other keys
+            self.cache.remember(key, stored)
         return stored
-
-    def _remember(self, key: bytes, value: bytes) -> None:
-        cache = self._cache
-        if key not in cache and len(cache) >= self.entries_max:
-            del cache[next(iter(cache))]
-        cache[key] = value
 
     def commit(self, writes: Iterable[Write], *, sync: bool = False) -> None:
         writes = list(writes)
         super().commit(writes, sync=sync)
-        for key, value in writes:
-            if key.startswith(b"lg/a/"):
-                if value is None:
-                    self._cache.pop(key, None)
-                else:
-                    self._remember(key, value)
+        self.cache.committed(writes)
 
     def warm(self, key: bytes, value: bytes) -> None:
         """Load one stored account value (read from this database) into the cache."""
-        if key.startswith(b"lg/a/"):
-            self._remember(key, value)
+        self.cache.remember(key, value)
 
     def clear(self) -> None:
-        self._cache.clear()
+        self.cache.clear()

@@ -107,6 +107,7 @@ from business.bridge import Bridge
 from business.bridge.model import Request as BridgeRequest
 from business.bridge.wire import REQUEST_BYTES_MAX, decode_request
 from business.identity.approvals import (
+    NO_APPROVALS_DIGEST,
     DebitRules,
     NoDebitRules,
     check_debits,
@@ -525,9 +526,9 @@ class LedgerOps:
         checks = Overlay(layer)
         checks.writes.update(scope.writes)
         assert op.events is not None
-        request = ApprovalOperation(
-            operation_digest(op.record_id, op.events), op.partner, mode, debits_of(events)
-        )
+        # The digest is what approvals sign: an operation without any never needs it.
+        digest = operation_digest(op.record_id, op.events) if op.approvals else NO_APPROVALS_DIGEST
+        request = ApprovalOperation(digest, op.partner, mode, debits_of(events))
         code, writes = check_debits(
             checks, self._identity, request, op.approvals or b"", now_ms, self._rules
         )

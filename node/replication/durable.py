@@ -16,6 +16,11 @@ Durability rules
   state: an entry is never applied twice and never skipped. The adapter writes it unsynced
   (``sync=False``): a power loss that takes the batch takes state and index together, and the
   fsynced log applies the entries again.
+* The ledger's account values may also be kept in memory (``ledger_account_cache_max``,
+  :class:`~business.ledger.leveldb.AccountCache`): filled only by :meth:`state_get` reads and
+  by batches :meth:`commit_applied` wrote, emptied when :meth:`restore_applied` replaces the
+  state, empty at every start, so it never serves a value the state does not hold
+  (``tests/test_durable_account_cache.py``).
 
 Compaction does not copy the state
 ----------------------------------
@@ -90,6 +95,8 @@ from typing import Any, TypeVar
 import msgpack
 import plyvel
 
+from business.ledger.leveldb import AccountCache
+from business.ledger.model import ACCOUNT_PREFIX
 from node.consensus.raft import PersistedState, Ready
 from node.consensus.types import Entry, HardState, Membership, Snapshot, SnapshotMeta
 from node.errors import (
@@ -332,7 +339,11 @@ class DurableRaftStorage:
         open_files_max: int = 64,
         write_buffer_bytes_max: int = 16 * 1024 * 1024,
         block_cache_bytes_max: int = 16 * 1024 * 1024,
+        bloom_bits_per_key: int = 0,
+        ledger_account_cache_max: int = 0,
     ) -> None:
+        if bloom_bits_per_key < 0 or ledger_account_cache_max < 0:
+            raise ConfigError("bloom bits and the ledger account cache are >= 0 (0: none)")
         bounds = (
             snapshot_chunk_bytes_max,
             snapshot_bytes_max,
@@ -356,13 +367,26 @@ class DurableRaftStorage:
         # a compaction without timing it (updated from worker threads too: approximate there).
         self.keys_written = 0
         self.bytes_written = 0
+        # The ledger's account values as the state holds them (business/ledger/leveldb.py):
+        # filled by reads and by committed batches, dropped whole when a snapshot replaces the
+        # state. A read on another thread must not put back a value a restore or a commit
+        # replaced meanwhile: the epoch moves (under the lock) whenever the state changes,
+        # and a read remembers its value only if the epoch did not move since it began.
+        cache_max = ledger_account_cache_max
+        self._accounts = AccountCache(cache_max) if cache_max else None
+        self._accounts_lock = threading.Lock()
+        self._accounts_epoch = 0
         # Bounded like the shard database: open tables and the block cache are what grow RSS.
+        # A bloom filter spares a lookup of an absent key (every new ledger transfer id, every
+        # new record id) a block read per level; tables written without one still read fine.
+        bloom = {"bloom_filter_bits": bloom_bits_per_key} if bloom_bits_per_key else {}
         self._db = open_leveldb(
             path,
             "raft",
             write_buffer_size=write_buffer_bytes_max,
             lru_cache_size=block_cache_bytes_max,
             max_open_files=open_files_max,
+            **bloom,
         )
         try:
             version = self._check_format()
@@ -460,7 +484,7 @@ class DurableRaftStorage:
             raise CorruptEntry("raft snapshot meta has impossible sizes")
         if by_ref:
             for _ in self._read_chunks(ref, self._db, loading=True):
-                pass
+                self._accounts_epoch += 1  # a read begun before it may hold an older value
             return meta, ref.generation, ref.encode()
         return meta, ref.generation, b"".join(self._read_chunks(ref, self._db, loading=True))
 
@@ -763,6 +787,10 @@ class DurableRaftStorage:
         ops.append((KEY_APPLIED, _pack(KEY_APPLIED, applied_index)))
         self._write(ops, sync=sync)
         self._applied_index = applied_index
+        if self._accounts is not None:  # only once the batch landed
+            with self._accounts_lock:
+                self._accounts_epoch += 1  # a read begun before it may hold an older value
+                self._accounts.committed(writes)
 
     def restore_applied(self, writes: Iterable[StateWrite], applied_index: int) -> None:
         """Replace the whole state with ``writes`` (rebuilt from a snapshot at ``applied_index``).
@@ -774,6 +802,13 @@ class DurableRaftStorage:
         """
         if applied_index != self._snap_meta.index or applied_index < self.applied_index:
             raise InvariantViolation(f"restoring state at {applied_index} is not the snapshot")
+        self._drop_cached_accounts()
+        try:
+            self._restore_state(writes, applied_index)
+        finally:  # and again: what reads cached meanwhile may be what the restore replaced
+            self._drop_cached_accounts()
+
+    def _restore_state(self, writes: Iterable[StateWrite], applied_index: int) -> None:
         self._delete_range(PREFIX_STATE, _prefix_end(PREFIX_STATE), sync=True)
         ops: list[_Op] = []
         for key, value in writes:
@@ -795,13 +830,37 @@ class DurableRaftStorage:
         db_key = PREFIX_STATE + key
         return db_key, None if value is None else encode_entry(db_key, value)
 
+    def _drop_cached_accounts(self) -> None:
+        with self._accounts_lock:
+            self._accounts_epoch += 1
+            if self._accounts is not None:
+                self._accounts.clear()
+
+    @property
+    def cached_accounts(self) -> int:
+        """Account values in the ledger account cache now (0 without one)."""
+        return 0 if self._accounts is None else len(self._accounts)
+
     def state_get(self, key: bytes) -> bytes | None:
+        accounts = self._accounts
+        if accounts is not None:
+            cached = accounts.get(key)
+            if cached is not None:
+                return cached
+        epoch = self._accounts_epoch
         db_key = PREFIX_STATE + key
         try:
-            value = self._db.get(db_key)
+            raw = self._db.get(db_key)
         except plyvel.Error as exc:
             raise OperationFailed(f"raft read failed: {exc}") from exc
-        return None if value is None else decode_entry(db_key, value)
+        if raw is None:
+            return None
+        value = decode_entry(db_key, raw)
+        if accounts is not None and key.startswith(ACCOUNT_PREFIX):
+            with self._accounts_lock:
+                if epoch == self._accounts_epoch:
+                    accounts.remember(key, value)
+        return value
 
     def state_items(
         self, prefix: bytes = b"", *, source: Any = None
