@@ -177,6 +177,11 @@ class FakeChain:
         self._up()
         return int(self.s["blocks"][-1].number)
 
+    def head_block(self) -> tuple[int, bytes]:
+        self._up()
+        last = self.s["blocks"][-1]
+        return int(last.number), bytes(last.block_hash)
+
     def block_hash(self, number: int) -> bytes | None:
         self._up()
         blocks = self.s["blocks"]
@@ -331,6 +336,7 @@ class Node:
         self.crash_after_send = False  # die right after a broadcast reaches the chain
         self.crash_before_send = False  # die right before a broadcast (intent committed)
         self.broadcasts: list[bytes] = []
+        self.reads: list[tuple[int, Action]] = []  # (now, chain read) in order
 
     def tick(self) -> None:
         if not self.alive:
@@ -372,9 +378,12 @@ class Node:
             self.driver.on_broadcast(action, outcome)
         else:
             try:
+                self.reads.append((c.now, action))
                 if isinstance(action, CheckInclusion):
                     self.driver.on_inclusion(action, c.chain.inclusion(action.tx_hash))
-                elif isinstance(action, CheckHead):
+                elif isinstance(action, CheckHead) and c.head_hashes:
+                    self.driver.on_head(action, *c.chain.head_block())
+                elif isinstance(action, CheckHead):  # an adapter that reads numbers only
                     self.driver.on_head(action, c.chain.head())
                 else:
                     self.driver.on_block_hash(action, c.chain.block_hash(action.number))
@@ -417,9 +426,11 @@ class Cluster:
         block_time_ms: int = 1_000,
         delay_max_ms: int = 0,
         loss: float = 0.0,
+        head_hashes: bool = True,
         **overrides: Any,
     ) -> None:
         self.rng = random.Random(seed)
+        self.head_hashes = head_hashes  # on_head gets the head's hash (what the service does)
         self.delay_max_ms = delay_max_ms  # proposals apply after up to this long...
         self.loss = loss  # ...or are lost (never applied, never answered)
         self.queue: list[tuple[int, int, Node, AnchorDriver, Any, AppEntry, bytes | None]] = []
@@ -1130,6 +1141,111 @@ def test_final_batches_are_watched_inside_the_window_only() -> None:
     assert checks and max(checks) < c.now - 5_000  # watched a while, then no more
 
 
+# ---------------------------------------------------------------------- what a poll reads
+
+
+def reads_in(c: Cluster, start_ms: int) -> dict[str, int]:
+    """Chain reads since ``start_ms``, by kind."""
+    counts: dict[str, int] = {}
+    for node in c.nodes.values():
+        for at, action in node.reads:
+            if at > start_ms:
+                counts[type(action).__name__] = counts.get(type(action).__name__, 0) + 1
+    return counts
+
+
+def three_final_batches(head_hashes: bool, **overrides: Any) -> tuple[Cluster, int]:
+    """Three batches final, each in its own block, blocks every second until then, none after;
+    returns the cluster and how many blocks are watched."""
+    c = Cluster(head_hashes=head_hashes, **overrides)
+    for batch_id in (1, 2, 3):
+        c.add_leaves(150)
+        c.run_until(lambda b=batch_id: c.progress.included_through == b)  # type: ignore[misc]
+    c.run_until(c.all_final)
+    c.block_time_ms = 0
+    c.run(1_000)  # settle: the last block's reads are done
+    watched = {_block_of_batch(b) for b in c.batches()}
+    assert len(watched) == 3
+    return c, len(watched)
+
+
+def _block_of_batch(b: Batch) -> int:
+    assert b.inclusion is not None
+    return b.inclusion.block_number
+
+
+# Two seconds with polls every 200 ms (10 polls), three final batches watched in three blocks.
+@pytest.mark.parametrize(
+    ("head_hashes", "blocks_mined", "heads", "block_reads"),
+    [
+        (True, 0, 10, 0),  # nothing moved: the head, once a poll, and nothing else
+        (True, 1, 10, 1),  # a new block: one read of the former head vouches for all three
+        (True, 3, 10, 3),  # one read per new block, whatever the number of watched batches
+        (False, 0, 10, 30),  # an adapter without the head's hash: every block every poll
+        (False, 3, 10, 30),
+    ],
+)
+def test_a_poll_reads_what_the_head_moved(
+    head_hashes: bool, blocks_mined: int, heads: int, block_reads: int
+) -> None:
+    c, _ = three_final_batches(head_hashes, recheck_interval_ms=60_000)
+    start = c.now
+    for _ in range(blocks_mined):
+        c.chain.mine()
+        c.run(600)
+    c.run(2_000 - 600 * blocks_mined)
+    reads = reads_in(c, start)
+    assert reads.get("CheckHead", 0) == heads
+    assert reads.get("CheckBlock", 0) == block_reads
+    assert c.counters.reanchors == 0
+
+
+def test_a_block_is_read_itself_once_per_recheck_interval() -> None:
+    c, watched = three_final_batches(True, recheck_interval_ms=1_000)
+    start = c.now
+    c.run(4_000)  # the head never moves
+    assert reads_in(c, start).get("CheckBlock", 0) == 4 * watched
+
+
+def test_a_reorg_under_an_unmoved_height_is_caught_through_the_former_head() -> None:
+    """The former head is gone (same height, another block): every watched block is read
+    itself, the reorged one is found gone and re-anchored."""
+    c, _ = three_final_batches(True, recheck_interval_ms=60_000)
+    snap = c.chain.snapshot()
+    c.add_leaves(150)
+    c.run_until(lambda: len(c.chain.sent) == 4)
+    c.chain.mine()
+    c.run_until(lambda: c.progress.included_through == 4)
+    c.chain.mine()  # the head is above every batch's block
+    c.run(1_000)
+    height = c.chain.head()
+    c.chain.revert(snap)
+    c.chain.mine()  # two other blocks up to the same height: as long a chain, another head
+    c.chain.mine()
+    assert c.chain.head() == height
+    start = c.now
+    c.run_until(lambda: c.counters.reanchors == 1, 10_000)
+    # One read of the former head finds it gone; then each of the four batches' blocks is
+    # read itself, and batch 4's is gone.
+    assert reads_in(c, start).get("CheckBlock", 0) == 1 + 4
+    c.block_time_ms = 1_000
+    c.run_until(c.all_final)
+    check_chain_matches_log(c)
+
+
+def test_a_pending_receipt_is_read_again_only_when_the_head_moved() -> None:
+    c = Cluster(block_time_ms=0, recheck_interval_ms=60_000)
+    c.add_leaves(150)
+    c.run_until(lambda: bool(c.chain.sent))
+    c.run(400)
+    start = c.now
+    c.run(2_000)
+    assert reads_in(c, start).get("CheckInclusion", 0) == 0  # nothing mined: nothing to see
+    c.chain.mine()
+    c.run_until(lambda: c.progress.included_through == 1, 2_000)
+    assert reads_in(c, start).get("CheckInclusion", 0) == 1
+
+
 def test_a_spent_nonce_gets_a_replacement() -> None:
     c = Cluster(block_time_ms=0)
     c.add_leaves(5)
@@ -1263,13 +1379,14 @@ def test_backoff_is_bounded_and_seeded() -> None:
 # ---------------------------------------------------------------------- seeded randomized runs
 
 
-def chaos(seed: int) -> Cluster:
+def chaos(seed: int, *, head_hashes: bool = True) -> Cluster:
     """Faults from one seed: leaves, chain outages, holder crashes (some right after a send),
     pool drops, reorgs a few blocks deep, nodes that cannot propose; then healed."""
     rng = random.Random(seed)
     c = Cluster(
         ("n1", "n2", "n3"),
         seed=seed,
+        head_hashes=head_hashes,
         replacements_max=6,
         block_time_ms=0,
         delay_max_ms=rng.choice([0, 300, 1_200]),
@@ -1325,9 +1442,11 @@ def restart(c: Cluster, node: Node, seed: int) -> None:
     c.nodes[node.name] = fresh
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_randomized_runs_anchor_everything_exactly_once(seed: int) -> None:
-    c = chaos(seed)
+@pytest.mark.parametrize(
+    ("seed", "head_hashes"), [(s, True) for s in range(24)] + [(s, False) for s in range(6)]
+)
+def test_randomized_runs_anchor_everything_exactly_once(seed: int, head_hashes: bool) -> None:
+    c = chaos(seed, head_hashes=head_hashes)
     check_chain_matches_log(c)
     bs = c.batches()
     k = c.counters

@@ -167,6 +167,22 @@ def test_sign_broadcast_inclusion(chain: TestChain) -> None:
     assert anchors.anchor_of(1) == (3, ROOT_A, inclusion.block_number)
 
 
+def test_head_block_names_the_head_and_requests_are_counted_by_method(chain: TestChain) -> None:
+    anchors = chain.anchors
+    before = dict(anchors.rpc_calls)
+    number, block_hash = anchors.head_block()
+    assert anchors.block_hash(number) == block_hash
+    assert anchors.head() >= number
+    signed = anchors.sign_anchor(1, 3, ROOT_A, anchors.account_nonce())
+    assert len(signed.raw) > 0
+    made = {m: n - before.get(m, 0) for m, n in anchors.rpc_calls.items()}
+    # head_block, block_hash, the fee's latest block: three eth_getBlockByNumber
+    assert made["eth_getBlockByNumber"] == 3
+    assert made["eth_blockNumber"] == 1
+    assert made["eth_getTransactionCount"] == 1
+    assert made["eth_maxPriorityFeePerGas"] == 1
+
+
 def test_broadcasting_the_same_transaction_twice_is_harmless(chain: TestChain) -> None:
     anchors = chain.anchors
     nonce = anchors.account_nonce()

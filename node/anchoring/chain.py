@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, ClassVar, Literal
@@ -433,11 +433,19 @@ class AnchorChain:
         self._w3 = w3
         self._key = key
         self.contract_address = _checksum(contract_address)
-        self._reads = RegistryReads(w3, self.contract_address, _border)
+        # JSON-RPC requests made, by method (``/metrics``: what anchoring costs the chain
+        # endpoint and this node; every request of this view goes through ``_rpc``).
+        self.rpc_calls: dict[str, int] = {}
+        self._reads = RegistryReads(w3, self.contract_address, self._rpc)
         self._contract = self._reads.contract
 
     def __repr__(self) -> str:
         return f"AnchorChain(contract={self.contract_address}, key={self._key!r})"
+
+    def _rpc(self, method: str) -> AbstractContextManager[None]:
+        """The border of one JSON-RPC request, counted under its method name."""
+        self.rpc_calls[method] = self.rpc_calls.get(method, 0) + 1
+        return _border(method)
 
     # reads
 
@@ -454,11 +462,15 @@ class AnchorChain:
     def account_nonce(self) -> int:
         """The key's next nonce, counting transactions still in the pool."""
         key = self._require_key()
-        with _border("eth_getTransactionCount"):
+        with self._rpc("eth_getTransactionCount"):
             return int(self._w3.eth.get_transaction_count(_cs(key.address), "pending"))
 
     def head(self) -> int:
         return self._reads.head()
+
+    def head_block(self) -> tuple[int, bytes]:
+        """The latest block's (number, hash)."""
+        return self._reads.head_block()
 
     def block_hash(self, number: int) -> bytes | None:
         """The canonical block hash at height ``number``; None above the head."""
@@ -484,19 +496,19 @@ class AnchorChain:
 
     def batch_of_root(self, root: bytes) -> int:
         """The batch id that anchored ``root``; 0 when it never was."""
-        with _border("batchOfRoot"):
+        with self._rpc("eth_call"):
             return int(self._contract.functions.batchOfRoot(root).call())
 
     def next_batch_id(self) -> int:
         return self._reads.next_batch_id()
 
     def is_submitter(self, address: str) -> bool:
-        with _border("submitters"):
+        with self._rpc("eth_call"):
             return bool(self._contract.functions.submitters(_checksum(address)).call())
 
     def owner(self) -> str:
         """The registry's owner (its deployer), checksummed."""
-        with _border("owner"):
+        with self._rpc("eth_call"):
             return _checksum(str(self._contract.functions.owner().call()))
 
     def anchored_in(self, tx_hash: bytes) -> tuple[AnchoredEvent, ...]:
@@ -510,7 +522,7 @@ class AnchorChain:
         ``revert`` names the rule) if the contract would refuse it now."""
         key = self._require_key()
         _check_anchor_args(batch_id, tree_size, root)
-        with _border("anchor (call)"):
+        with self._rpc("eth_call"):
             self._contract.functions.anchor(batch_id, tree_size, root).call(
                 {"from": _cs(key.address)}
             )
@@ -524,8 +536,9 @@ class AnchorChain:
         _check_anchor_args(batch_id, tree_size, root)
         if nonce < 0:
             raise InvariantViolation(f"nonce {nonce} is negative")
-        with _border("fees"):
+        with self._rpc("eth_getBlockByNumber"):
             base_fee = int(self._w3.eth.get_block("latest").get("baseFeePerGas") or 0)
+        with self._rpc("eth_maxPriorityFeePerGas"):
             tip = int(self._w3.eth.max_priority_fee)
         chain_id = self.chain_id()
         data = self._contract.encode_abi("anchor", args=[batch_id, tree_size, root])
@@ -557,13 +570,13 @@ class AnchorChain:
         ChainRejected; no answer raises ChainUnavailable (broadcast again later)."""
         tx_hash = keccak(raw)
         try:
-            with _border("eth_sendRawTransaction"):
+            with self._rpc("eth_sendRawTransaction"):
                 sent = bytes(self._w3.eth.send_raw_transaction(raw))
         except ChainRejected:
             sender_nonce = _sender_and_nonce(raw)
             mined_nonce = None
             if sender_nonce is not None:
-                with _border("eth_getTransactionCount"):
+                with self._rpc("eth_getTransactionCount"):
                     mined_nonce = int(
                         self._w3.eth.get_transaction_count(_cs(sender_nonce[0]), "latest")
                     )
@@ -583,7 +596,7 @@ class AnchorChain:
         return "sent"
 
     def _tx_known(self, tx_hash: bytes) -> bool:
-        with _border("eth_getTransactionByHash"):
+        with self._rpc("eth_getTransactionByHash"):
             try:
                 self._w3.eth.get_transaction(HexBytes(tx_hash))
             except TransactionNotFound:

@@ -40,7 +40,8 @@ class AnchoringSettings:
     reorg_window_blocks: int = 64  # final batches' blocks are watched this long
     watch_batches_max: int = 64  # final batches read each tick for that watch
     tick_s: float = 0.2  # the service loop's period
-    poll_interval_s: float = 2.0  # head, receipts and block hashes
+    poll_interval_s: float = 2.0  # the head; receipts and block hashes when it moved
+    recheck_interval_s: float = 30.0  # a watched block or receipt is read itself this often
     rebroadcast_interval_s: float = 30.0  # send an unmined transaction again
     retry_backoff_base_s: float = 0.5
     retry_backoff_max_s: float = 30.0
@@ -117,6 +118,7 @@ class AnchoringSettings:
             lease_cooloff_ms=_ms(self.lease_cooloff_s),
             nonce_used_misses_required=self.nonce_used_misses_required,
             watch_batches_max=self.watch_batches_max,
+            recheck_interval_ms=_ms(self.recheck_interval_s),
         )
 
 

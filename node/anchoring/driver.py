@@ -32,9 +32,19 @@ rules make it efficient and live):
   (after a lease change, the previous holder's batches land first). A replacement breaks the
   order (its nonce is newer than the later batches'): those later batches revert on the
   chain, are marked failed and replaced in turn -- extra transactions, only after a fault.
-* **poll** -- every ``poll_interval_ms``: the head, the receipt of every unmined batch, and
-  the hash of every block holding an included batch, a failed one (until replaced) or a
-  final one less than ``reorg_window_blocks`` deep.
+* **poll** -- every ``poll_interval_ms``: the head (number and hash), the receipt of every
+  unmined batch, and the hash of every block holding an included batch, a failed one (until
+  replaced) or a final one less than ``reorg_window_blocks`` deep -- but only what the head
+  can have changed. A block hash names its parent, so the head's hash names the whole chain
+  below it: a block found on the chain under head H stays on it while H is the head (no
+  read), and once the head moved, one read of H tells for every block found under it (H still
+  there: they are too, and now under the new head; H gone: each is read itself). A receipt is
+  read again only under a new head (nothing is mined or unmined without one). Each block and
+  receipt is still read itself every ``recheck_interval_ms``: the head and a block are two
+  requests, and a reorg and its undoing between them could otherwise hide a block until the
+  head moves. An adapter whose ``on_head`` gives no hash gets every read on every poll. So an
+  idle holder costs one request per poll, and a new block one more (plus its receipts), not
+  one per watched block per poll.
 * **result** -- a status-1 receipt is proposed in batch order; a status-0 one marks the batch
   failed. **final** -- the lowest included batch, once its block is ``confirmations`` deep and
   still has the same hash. **reorg** -- the lowest batch whose block hash changed or vanished
@@ -158,6 +168,9 @@ class DriverSettings:
     lease_cooloff_ms: int
     nonce_used_misses_required: int = 2
     watch_batches_max: int = 64  # final batches kept in the snapshot for the reorg watch
+    # A block or receipt seen under the current head is read again at least this often even
+    # when the head has not changed (see "poll" in the module docstring).
+    recheck_interval_ms: int = 30_000
 
     def __post_init__(self) -> None:
         positive = (
@@ -174,6 +187,7 @@ class DriverSettings:
             "proposal_timeout_ms",
             "request_timeout_ms",
             "nonce_used_misses_required",
+            "recheck_interval_ms",
         )
         for name in positive:
             value = getattr(self, name)
@@ -339,6 +353,7 @@ class _Track:
     nonce_used_head: int | None = None  # the head when nonce_used was first judged
     check_now: bool = False
     seen: TxInclusion | None = None
+    seen_under: tuple[bytes, int] | None = None  # (head hash, when) of the last receipt answer
 
 
 @dataclass(slots=True)
@@ -373,7 +388,7 @@ def _request_key(action: ChainAction) -> tuple[Any, ...]:
     if isinstance(action, CheckInclusion):
         return ("receipt", action.batch_id)
     if isinstance(action, CheckBlock):
-        return ("block", action.number)
+        return ("block", action.number, action.expected)
     return ("head",)
 
 
@@ -397,11 +412,16 @@ class AnchorDriver:
     def _reset_holding(self) -> None:
         self._tracks: dict[int, _Track] = {}
         self._head: int | None = None
+        self._head_hash: bytes | None = None  # None: the adapter gives numbers only
         self._next_poll_ms = 0
         self._errors = 0
         self._quiet_until_ms = 0
         self._confirmed: dict[tuple[int, bytes], int] = {}  # (block, hash) -> head when seen
         self._vanished: set[tuple[int, bytes]] = set()  # (block, hash) found gone
+        # (block, hash) -> (head number, head hash, when last read itself): the head whose
+        # chain the block was last found on; while that head is still the head, or still on
+        # the chain, the block is too (see "poll" in the module docstring).
+        self._under: dict[tuple[int, bytes], tuple[int, bytes, int]] = {}
         self._replace_after: dict[tuple[int, bytes], int] = {}  # (batch, tx) -> not before
         self._replacements: dict[int, int] = {}  # batch -> replacements committed by this holding
         self._build_after_ms = 0
@@ -530,15 +550,20 @@ class AnchorDriver:
         if track is None or track.tx_hash != action.tx_hash:
             return
         track.seen = inclusion
+        if self._head_hash is not None:
+            track.seen_under = (self._head_hash, self._now_ms)
         if inclusion is not None:
             track.misses = 0
         elif track.nonce_used:
             track.misses += 1  # the next poll checks again
 
-    def on_head(self, action: CheckHead, number: int) -> None:
+    def on_head(self, action: CheckHead, number: int, block_hash: bytes | None = None) -> None:
+        """The chain's latest block: its number and, from an adapter that reads it, its hash
+        (without it every poll reads every watched block and receipt again)."""
         self._requests.pop(_request_key(action), None)
         self._ok()
         self._head = number
+        self._head_hash = block_hash
 
     def on_block_hash(self, action: CheckBlock, block_hash: bytes | None) -> None:
         """The hash of block ``action.number`` now (None: the chain has no such block).
@@ -548,11 +573,28 @@ class AnchorDriver:
         self._requests.pop(_request_key(action), None)
         self._ok()
         key = (action.number, action.expected)
+        linked = [k for k, under in self._under.items() if (under[0], under[1]) == key]
         if block_hash == action.expected:
-            self._confirmed[key] = self._head if self._head is not None else 0
+            head = self._head if self._head is not None else 0
+            self._confirmed[key] = head
+            if self._head_hash is not None and action.number <= head:
+                self._under[key] = (head, self._head_hash, self._now_ms)
+                # The answer is also a former head still on the chain: so is every block that
+                # was found below it, now below the current head (a hash names its parent).
+                for k in linked:
+                    self._confirmed[k] = head
+                    self._under[k] = (head, self._head_hash, self._under[k][2])
+                return
+            # Above the head last read (or no head hash): nothing vouched, read again next poll.
+            self._under.pop(key, None)
+            for k in linked:
+                self._under.pop(k, None)
             return
         self._confirmed.pop(key, None)
+        self._under.pop(key, None)
         self._vanished.add(key)
+        for k in linked:  # that head is gone: each block below it is read itself next poll
+            self._under.pop(k, None)
 
     def on_chain_error(self, action: ChainAction, detail: str = "") -> None:
         """A chain call failed (transport, timeout, node error); ``detail`` is for logs."""
@@ -637,6 +679,7 @@ class AnchorDriver:
         current = {(b.batch_id, b.tx_hash) for b in snapshot.batches}
         self._replace_after = {k: v for k, v in self._replace_after.items() if k in current}
         self._confirmed = {k: v for k, v in self._confirmed.items() if k in blocks}
+        self._under = {k: v for k, v in self._under.items() if k in blocks}
 
     def _nonce_hint(self, snapshot: AnchorSnapshot) -> int:
         mine = [b.nonce + 1 for b in snapshot.batches if b.sender == self.settings.sender]
@@ -812,7 +855,8 @@ class AnchorDriver:
         actions = self._request(CheckHead())
         for b in snap.batches:
             if b.state == INTENT:
-                actions += self._request(CheckInclusion(b.batch_id, b.tx_hash))
+                if self._receipt_due(self._tracks[b.batch_id]):
+                    actions += self._request(CheckInclusion(b.batch_id, b.tx_hash))
             elif b.inclusion is not None:  # included, final, or failed (until replaced)
                 number, block_hash = _block_of(b)
                 watched = (
@@ -821,8 +865,30 @@ class AnchorDriver:
                     or number + self.settings.reorg_window_blocks > self._head
                 )
                 if watched:  # batches sharing a block share the request
-                    actions += self._request(CheckBlock(number, block_hash))
+                    actions += self._check_block(number, block_hash)
         return actions
+
+    def _fresh(self, under_hash: bytes, when_ms: int) -> bool:
+        """Read under the current head, recently enough: nothing on the chain changed since."""
+        return (
+            self._head_hash == under_hash
+            and self._now_ms - when_ms < self.settings.recheck_interval_ms
+        )
+
+    def _receipt_due(self, track: _Track) -> bool:
+        """A receipt can only appear or vanish with a new head (a new block or a reorg)."""
+        return track.seen_under is None or not self._fresh(*track.seen_under)
+
+    def _check_block(self, number: int, block_hash: bytes) -> list[Action]:
+        """Read the block itself; nothing while the head it was found under is still the head;
+        or, once the head moved, read only that former head: still there, it vouches for
+        every block found below it (one read for all of them)."""
+        under = self._under.get((number, block_hash))
+        if under is None or self._now_ms - under[2] >= self.settings.recheck_interval_ms:
+            return self._request(CheckBlock(number, block_hash))
+        if self._fresh(under[1], under[2]):
+            return []
+        return self._request(CheckBlock(under[0], under[1]))
 
 
 def _block_of(b: Batch) -> tuple[int, bytes]:

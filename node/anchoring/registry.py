@@ -102,6 +102,13 @@ class RegistryReads:
         with self._border("eth_blockNumber"):
             return int(self.w3.eth.block_number)
 
+    def head_block(self) -> tuple[int, bytes]:
+        """The latest block's number and hash, in one request: the hash names the whole
+        canonical chain below it (each block commits to its parent)."""
+        with self._border("eth_getBlockByNumber"):
+            block = self.w3.eth.get_block("latest")
+        return int(block["number"]), bytes(block["hash"])
+
     def block_hash(self, number: int) -> bytes | None:
         """The canonical block hash at height ``number``; None above the head."""
         with self._border("eth_getBlockByNumber"):

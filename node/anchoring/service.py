@@ -150,7 +150,7 @@ class ChainPort(Protocol):
 
     def inclusion(self, tx_hash: bytes) -> TxInclusion | None: ...
 
-    def head(self) -> int: ...
+    def head_block(self) -> tuple[int, bytes]: ...
 
     def block_hash(self, number: int) -> bytes | None: ...
 
@@ -396,7 +396,8 @@ class AnchorService:
             found = await self._on_chain(lambda: chain.inclusion(action.tx_hash))
             self.driver.on_inclusion(action, found)
         elif isinstance(action, CheckHead):
-            self.driver.on_head(action, int(await self._on_chain(chain.head)))
+            number, block_hash = await self._on_chain(chain.head_block)
+            self.driver.on_head(action, int(number), bytes(block_hash))
         elif isinstance(action, CheckBlock):
             block = await self._on_chain(lambda: chain.block_hash(action.number))
             self.driver.on_block_hash(action, block)
@@ -424,6 +425,8 @@ class AnchorService:
             "tree_size": self._tree_size(view),
             "counters": {name: getattr(count, name) for name in count.__dataclass_fields__},
             "driver": self.driver.status(),
+            # JSON-RPC requests to the chain by method (AnchorChain counts them; {} without one)
+            "chain_requests": dict(getattr(self._chain, "rpc_calls", {})),
             "last_error": self.last_error,
         }
 

@@ -352,5 +352,16 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
             counter=True,
             label="kind",
         ),
+        StatFamily(
+            "anchor_chain_requests",
+            "JSON-RPC requests anchoring made to the chain, by method (none on a node without "
+            "the key)",
+            lambda: {
+                method: float(count)
+                for method, count in state.anchoring_status()["chain_requests"].items()
+            },
+            counter=True,
+            label="method",
+        ),
     ]
     return families
