@@ -12,9 +12,18 @@ import pytest
 
 from node.consensus.cluster import Cluster
 from node.consensus.config import RaftConfig
-from node.consensus.messages import Append, Heartbeat, Message
+from node.consensus.messages import (
+    Append,
+    AppendResponse,
+    Heartbeat,
+    Message,
+    WireLimits,
+    message_from_wire,
+    message_to_wire,
+)
 from node.consensus.raft import Ready
-from node.consensus.types import Role
+from node.consensus.types import EntryKind, Role
+from node.errors import PeerProtocolError
 
 ROUNDS = 30  # three election timeouts at election_ticks=10
 
@@ -181,3 +190,81 @@ def test_appends_are_what_a_busy_leader_sends_instead() -> None:
     appends = [m for m in sent if isinstance(m, Append)]
     # One Append per follower per proposal, plus at most one commit-only Append per tick.
     assert len(appends) <= 2 * 2 * ROUNDS
+
+
+# -- lazy commit notices: an empty Append to a matched follower goes unanswered
+
+
+def answers_to_leader(sent: list[Message]) -> Counter[str]:
+    return Counter(m.sender for m in sent if isinstance(m, AppendResponse) and m.to == "a")
+
+
+def test_a_matched_follower_does_not_answer_a_commit_notice() -> None:
+    sent: list[Message] = []
+    cluster = make(sent, lazy_commit_notify=True)
+    cluster.propose("a", b"x")
+    cluster.deliver()  # entries out, answered, committed on the leader only
+    assert answers_to_leader(sent) == Counter({"b": 1, "c": 1})
+    sent.clear()
+    cluster.tick(["a"])  # the lazy notice
+    notices = [m for m in sent if isinstance(m, Append)]
+    assert [(m.to, m.entries, m.ack_wanted) for m in notices] == [
+        ("b", (), False),
+        ("c", (), False),
+    ]
+    cluster.deliver()
+    assert answers_to_leader(sent) == Counter()  # accepted: nothing to say
+    leader = cluster.core("a")
+    assert {cluster.core(n).commit_index for n in "bc"} == {leader.commit_index}
+
+
+def test_a_follower_missing_entries_refuses_a_notice_and_is_caught_up() -> None:
+    sent: list[Message] = []
+    cluster = make(sent, lazy_commit_notify=True)
+    cluster.propose("a", b"x")
+    cluster.propose("a", b"y")
+    to_c = [m for m in cluster.queue if isinstance(m, Append) and m.to == "c"]
+    cluster.queue.remove(to_c[-1])  # y is lost on its way to c
+    cluster.deliver()  # c's answer makes it matched up to x; b's commits y
+    sent.clear()
+    cluster.tick(["a"])  # c looks matched and not told x's commit: a notice, after y
+    notice = [m for m in sent if isinstance(m, Append) and m.to == "c"]
+    assert [(m.entries, m.ack_wanted) for m in notice] == [((), False)]
+    cluster.deliver()
+    refusals = [m for m in sent if isinstance(m, AppendResponse) and m.sender == "c"]
+    assert refusals[0].reject  # c lacks y: it answers, and is sent y
+    cluster.settle(1)
+    assert payloads_applied_by(cluster, "c") == [b"x", b"y"]
+
+
+def payloads_applied_by(cluster: Cluster, node_id: str) -> list[bytes]:
+    return [p for _, _, kind, p in cluster.machine(node_id).applied if kind == EntryKind.NORMAL]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_busy_leader_hears_one_answer_per_follower_per_proposal(every: int) -> None:
+    sent: list[Message] = []
+    cluster = make(sent, lazy_commit_notify=True)
+    proposals = 0
+    for r in range(ROUNDS):
+        if r % every == 0:
+            cluster.propose("a", b"r%d" % r)
+            proposals += 1
+        cluster.deliver()
+        cluster.tick()
+        cluster.deliver()
+    to_leader = Counter(type(m).__name__ for m in sent if m.to == "a")
+    assert to_leader == Counter({"AppendResponse": 2 * proposals})
+    cluster.settle(1)
+    assert {cluster.core(n).commit_index for n in "abc"} == {cluster.core("a").last_index}
+
+
+def test_the_notice_flag_is_left_out_when_set_and_older_appends_want_an_answer() -> None:
+    limits = WireLimits(entries_per_message_max=8, bytes_per_message_max=1024)
+    answered = Append("a", "b", 3, 5, 3, (), 5)
+    notice = Append("a", "b", 3, 5, 3, (), 5, ack_wanted=False)
+    assert "ack_wanted" not in message_to_wire(answered)  # what older nodes send
+    assert message_from_wire(message_to_wire(answered), limits) == answered
+    assert message_from_wire(message_to_wire(notice), limits) == notice
+    with pytest.raises(PeerProtocolError):
+        message_from_wire({**message_to_wire(notice), "ack_wanted": 0}, limits)

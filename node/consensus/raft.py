@@ -702,7 +702,10 @@ class RawNode:
             if peer != self.id:
                 self._send_append(peer)
 
-    def _send_append(self, peer: NodeId, *, if_empty: bool = True) -> bool:
+    def _send_append(self, peer: NodeId, *, if_empty: bool = True, notice: bool = False) -> bool:
+        """Send ``peer`` the entries it lacks (or an empty Append); False if none went.
+        ``notice``: only to tell it a commit; if it has nothing to send to a matched
+        follower, that goes unanswered (``Append.ack_wanted``)."""
         pr = self._prs[peer]
         if pr.paused:
             return False
@@ -721,7 +724,13 @@ class RawNode:
             )
         if not entries and not if_empty:
             return False
-        msg = Append(self.id, peer, self.term, prev, prev_term, entries, self._log.committed)
+        # A notice still does a heartbeat's job: it resets the follower's election timer, and
+        # the follower answers it if it lacks anything; its liveness and clock came with its
+        # answers to the entries (a notice follows a commit at its match, so a recent answer).
+        answered = bool(entries) or not notice or pr.state is not ProgressState.REPLICATE
+        msg = Append(
+            self.id, peer, self.term, prev, prev_term, entries, self._log.committed, answered
+        )
         self._send(msg)
         pr.sent_entries(entries[-1].index if entries else None)
         pr.commit_sent = self._log.committed
@@ -837,7 +846,7 @@ class RawNode:
         all. A peer whose Appends are paused (a full window, an unanswered probe, a snapshot
         in flight) is sent nothing else, so it gets its heartbeat, whose answer unsticks it.
         With lazy commit notification, a peer not due a heartbeat is told a commit no Append
-        has carried yet in an empty Append."""
+        has carried yet in an empty Append, unanswered when the peer is matched (a notice)."""
         committed = self._log.committed
         for peer in sorted(self._prs):
             pr = self._prs[peer]
@@ -847,7 +856,7 @@ class RawNode:
             if pr.idle_ticks >= self._cfg.heartbeat_ticks:
                 self._send_heartbeat(peer, pr, b"")
             elif self._cfg.lazy_commit_notify and pr.commit_sent < min(committed, pr.match):
-                self._send_append(peer)
+                self._send_append(peer, notice=True)
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -894,7 +903,8 @@ class RawNode:
         last_new = log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if last_new is not None:
             self._commit_to(min(m.commit, last_new))
-            self._send(self._append_response(m.sender, last_new))
+            if m.entries or m.ack_wanted:  # an accepted commit notice needs no answer
+                self._send(self._append_response(m.sender, last_new))
             return
         hint = log.find_conflict_by_term(min(m.prev_index, log.last_index), m.prev_term)
         self._send(self._append_response(m.sender, m.prev_index, hint, log.term(hint) or 0))
