@@ -17,6 +17,8 @@ class RaftConfig:
     ``election_ticks`` (T): followers campaign after a random timeout in [T, 2T) ticks without a
     leader; a leader that has not heard from a quorum within T ticks steps down (check-quorum).
     ``heartbeat_ticks`` must be well below T so followers do not time out between heartbeats.
+    A leader sends a peer a heartbeat only once it has sent it nothing for ``heartbeat_ticks``
+    (an Append counts), so with 1 a heartbeat goes every tick, busy or not.
     """
 
     node_id: NodeId

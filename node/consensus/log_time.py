@@ -29,7 +29,8 @@ until the clocks catch up with it (never back).
 
 Reports are not extrapolated with the leader's clock since they arrived: a leader whose own
 clock steps forward (a bad NTP step) would carry the followers' estimates along with it. They
-are refreshed every heartbeat, so their age stays well under the tolerance, and an old report
+are refreshed by every answered Append or heartbeat (a peer sent no Append for a heartbeat
+interval gets a heartbeat), so their age stays well under the tolerance, and an old report
 only lowers the bound (clocks move forward), never raises it.
 
 *Unknown clocks.* A voter not heard from in this term does not count: until a quorum has

@@ -29,6 +29,12 @@ its entries' stamps by what a quorum's clocks say (:mod:`node.consensus.log_time
 optional on the wire: a node without it (older code, or a core never given the time) leaves it
 out and the leader treats its clock as unknown; older nodes ignore the extra key.
 
+``ack_wanted`` (Append, optional, default true): false marks a lazy commit notice -- no
+entries, sent to a follower the leader already knows matches its whole log -- which the
+follower answers only if it refuses it. Its acceptance would teach the leader nothing (the
+match is known, the follower's liveness and clock came with its answers to the entries), so
+the answer would only be one more frame each way. Older nodes ignore the key and answer.
+
 The core emits ``InstallSnapshot`` whole (offset 0, ``last``); the transport may cut it with
 :func:`split_snapshot` and must rebuild it with :func:`join_snapshot` before ``step``.
 """
@@ -150,6 +156,9 @@ class Append(_Wire):
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    # False: a commit notice (no entries) to a follower already matched: it is answered only if
+    # refused (see the module doc). Left out on the wire when True; older nodes answer anyway.
+    ack_wanted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +260,10 @@ _SPECS: dict[str, tuple[type[Any], tuple[tuple[str, str], ...]]] = {
     "timeout_now": (TimeoutNow, _fields("")),
     "pre_vote_resp": (PreVoteResponse, _VOTE_REPLY),
     "vote_resp": (VoteResponse, _VOTE_REPLY),
-    "app": (Append, _fields("prev_index:int prev_term:int entries:entries commit:int")),
+    "app": (
+        Append,
+        _fields("prev_index:int prev_term:int entries:entries commit:int ack_wanted:optbool"),
+    ),
     "app_resp": (
         AppendResponse,
         _fields("index:int reject:bool hint_index:int hint_term:int clock_ms:optint"),
@@ -272,6 +284,7 @@ _ENCODE: dict[str, Callable[[Any], Any]] = {
     "int": lambda v: v,
     "optint": lambda v: v,
     "bool": lambda v: v,
+    "optbool": lambda v: v,
     "bytes": lambda v: v,
     "ctx": lambda v: v,
     "entries": lambda v: [e.to_wire() for e in v],
@@ -286,7 +299,7 @@ def message_to_wire(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {"v": WIRE_VERSION, "t": name}
     for field, kind in _SPECS[name][1]:
         value = getattr(message, field)
-        if kind == "optint" and value is None:
+        if (kind == "optint" and value is None) or (kind == "optbool" and value is True):
             continue  # optional: left out, as a node that does not know the field sends it
         out[field] = _ENCODE[kind](value)
     return out
@@ -317,7 +330,7 @@ def _decode_field(kind: str, raw: Any, what: str, limits: WireLimits) -> Any:
             return wire_node_id(raw, what)
         case "int" | "optint":
             return wire_int(raw, what)
-        case "bool":
+        case "bool" | "optbool":
             return _decode_bool(raw, what)
         case "bytes":
             return wire_bytes(raw, what, limits.bytes_per_message_max)
@@ -345,7 +358,8 @@ def message_from_wire(raw: Any, limits: WireLimits) -> Message:
     values = {
         field: _decode_field(kind, wire_field(raw, field, "raft message"), field, limits)
         for field, kind in fields
-        if kind != "optint" or raw.get(field) is not None  # optional: absent -> the default
+        # optional: absent -> the default
+        if kind not in ("optint", "optbool") or raw.get(field) is not None
     }
     message: Message = cls(**values)
     if isinstance(message, InstallSnapshot):

@@ -34,6 +34,9 @@ class Progress:
         self.snapshot_elapsed_ticks = 0
         self.recent_active = False  # heard from it since the last check-quorum round
         self.commit_sent = 0  # the highest commit index told to it (Append or Heartbeat)
+        # Ticks since the leader last sent it an Append or a Heartbeat: it gets a heartbeat
+        # only once this reaches heartbeat_ticks (an Append does a heartbeat's job).
+        self.idle_ticks = 0
         # Last index of each Append in flight, oldest first; freed as acknowledgements arrive.
         self.inflights: deque[int] = deque()
         self.inflight_messages_max = inflight_messages_max

@@ -34,9 +34,11 @@ and followers that heard from a live leader within that time ignore vote request
 stickiness); optimistic pipelined replication with fast backtracking; commit by counting only
 entries of the current term (§5.4.2), helped by a no-op entry at the start of every term;
 single-server membership changes that take effect when committed, one at a time; ReadIndex
-confirmed by a heartbeat round; leadership transfer (thesis §3.10: the leader stops taking
-proposals, brings the target up to date and sends ``TimeoutNow``; the target campaigns at once
-with a ``TransferVote``, which voters grant despite stickiness).
+confirmed by a heartbeat round; heartbeat suppression (a peer sent an Append within
+``heartbeat_ticks`` gets no heartbeat: the Append does its job); leadership transfer (thesis
+§3.10: the leader stops taking proposals, brings the target up to date and sends
+``TimeoutNow``; the target campaigns at once with a ``TransferVote``, which voters grant
+despite stickiness).
 
 Log time: entries are stamped with the leader's clock input, bounded by the clocks a quorum
 of voters report in their responses and never below the last stamp; an idle leader's adapter
@@ -186,7 +188,6 @@ class RawNode:
         self._clock_offsets: dict[NodeId, int] = {}
         self._last_append_ms = 0  # our clock when this leader last appended an entry
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._randomized_timeout = config.election_ticks
         self._reset_timeout()
         self._ready_seq = 0
@@ -625,7 +626,6 @@ class RawNode:
             self.term, self.vote = term, None
         self.leader_id = None
         self._election_elapsed = 0
-        self._heartbeat_elapsed = 0
         self._reset_timeout()
         self._votes = {}
         self._prs = {}
@@ -702,7 +702,10 @@ class RawNode:
             if peer != self.id:
                 self._send_append(peer)
 
-    def _send_append(self, peer: NodeId, *, if_empty: bool = True) -> bool:
+    def _send_append(self, peer: NodeId, *, if_empty: bool = True, notice: bool = False) -> bool:
+        """Send ``peer`` the entries it lacks (or an empty Append); False if none went.
+        ``notice``: only to tell it a commit; if it has nothing to send to a matched
+        follower, that goes unanswered (``Append.ack_wanted``)."""
         pr = self._prs[peer]
         if pr.paused:
             return False
@@ -721,10 +724,17 @@ class RawNode:
             )
         if not entries and not if_empty:
             return False
-        msg = Append(self.id, peer, self.term, prev, prev_term, entries, self._log.committed)
+        # A notice still does a heartbeat's job: it resets the follower's election timer, and
+        # the follower answers it if it lacks anything; its liveness and clock came with its
+        # answers to the entries (a notice follows a commit at its match, so a recent answer).
+        answered = bool(entries) or not notice or pr.state is not ProgressState.REPLICATE
+        msg = Append(
+            self.id, peer, self.term, prev, prev_term, entries, self._log.committed, answered
+        )
         self._send(msg)
         pr.sent_entries(entries[-1].index if entries else None)
         pr.commit_sent = self._log.committed
+        pr.idle_ticks = 0
         return True
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> bool:
@@ -808,7 +818,6 @@ class RawNode:
         self._clock_offsets[peer] = clock_ms - self._now_ms
 
     def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._transferee is not None:
             self._transfer_elapsed += 1
@@ -825,19 +834,29 @@ class RawNode:
             if self._cfg.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, None)
                 return
-        if self._heartbeat_elapsed >= self._cfg.heartbeat_ticks:
-            self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat(b"")
-        elif self._cfg.lazy_commit_notify:
-            self._notify_commit()
+        self._tick_peers()
 
-    def _notify_commit(self) -> None:
-        """Lazy commit notification: tell followers a commit no Append has carried yet."""
+    def _tick_peers(self) -> None:
+        """Heartbeat suppression (as TiKV's and etcd's busy leaders): a peer gets a heartbeat
+        only when it was sent nothing for ``heartbeat_ticks``. An Append already carries the
+        term and a commit index, resets the follower's election timer and is always answered,
+        and its answer feeds the same bookkeeping as a heartbeat's (``recent_active`` for
+        check-quorum, the clock report for log time); so a follower still hears from its
+        leader at least every ``heartbeat_ticks``, and a busy leader sends no heartbeats at
+        all. A peer whose Appends are paused (a full window, an unanswered probe, a snapshot
+        in flight) is sent nothing else, so it gets its heartbeat, whose answer unsticks it.
+        With lazy commit notification, a peer not due a heartbeat is told a commit no Append
+        has carried yet in an empty Append, unanswered when the peer is matched (a notice)."""
         committed = self._log.committed
         for peer in sorted(self._prs):
             pr = self._prs[peer]
-            if peer != self.id and pr.commit_sent < min(committed, pr.match):
-                self._send_append(peer)
+            if peer == self.id:
+                continue
+            pr.idle_ticks += 1
+            if pr.idle_ticks >= self._cfg.heartbeat_ticks:
+                self._send_heartbeat(peer, pr, b"")
+            elif self._cfg.lazy_commit_notify and pr.commit_sent < min(committed, pr.match):
+                self._send_append(peer, notice=True)
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -851,10 +870,13 @@ class RawNode:
     def _broadcast_heartbeat(self, context: bytes) -> None:
         for peer in sorted(self._prs):
             if peer != self.id:
-                pr = self._prs[peer]
-                commit = min(pr.match, self._log.committed)
-                self._send(Heartbeat(self.id, peer, self.term, commit, context))
-                pr.commit_sent = max(pr.commit_sent, commit)
+                self._send_heartbeat(peer, self._prs[peer], context)
+
+    def _send_heartbeat(self, peer: NodeId, pr: Progress, context: bytes) -> None:
+        commit = min(pr.match, self._log.committed)
+        self._send(Heartbeat(self.id, peer, self.term, commit, context))
+        pr.commit_sent = max(pr.commit_sent, commit)
+        pr.idle_ticks = 0
 
     # -- follower: what the leader sends
 
@@ -881,7 +903,8 @@ class RawNode:
         last_new = log.maybe_append(m.prev_index, m.prev_term, m.entries)
         if last_new is not None:
             self._commit_to(min(m.commit, last_new))
-            self._send(self._append_response(m.sender, last_new))
+            if m.entries or m.ack_wanted:  # an accepted commit notice needs no answer
+                self._send(self._append_response(m.sender, last_new))
             return
         hint = log.find_conflict_by_term(min(m.prev_index, log.last_index), m.prev_term)
         self._send(self._append_response(m.sender, m.prev_index, hint, log.term(hint) or 0))
