@@ -473,6 +473,7 @@ class ClientActor:
         assert ledger is not None
         if self.seq > 2 and env.rng.random() < RETRY_CHANCE:
             again = self.sent[env.rng.randint(1, self.seq)]
+            env.count("ledger_ops_resent")
             return _Pending(again.seq, again.value, target, 0, again.op)
         self.seq += 1
         value = env.rng.randint(0, 10**6)

@@ -13,11 +13,12 @@ new id until it answers ``ok`` (a step sent before onboarding committed is refus
 
 Then it draws, per operation, a partner, one of its users and one of: a swap of points for
 BAAS or back (the quote read from the committed state at its log time, the user's approval
-over the exact request; a small reserve, per-user window limit and swap maximum make
-``reserve_exhausted``, ``window_limit`` and ``above_max`` frequent), a swap with a quote
+over the exact request; a small reserve and a small per-user window limit make
+``reserve_exhausted`` and ``user_window_limit`` frequent, and users' swaps of BAAS they lack
+``insufficient_funds``), a swap with a quote
 older than its time to live (``quote_expired``), a redemption (approved), an issuance, a
 reserve top-up, or the same policy set again (its version moves: a quote in flight is
-refused ``policy_changed``). The client also resends acknowledged operations (a retry must
+refused). The client also resends acknowledged operations (a retry must
 get the first outcome, checked by :class:`~node.sim.checkers.Checker`).
 """
 
@@ -308,16 +309,16 @@ class BridgeWorkload:
             amount = rng.randint(1, max(1, top // 2 or BAAS_UNIT))
             direction = Direction.OUT
         else:
-            amount, direction = rng.randint(10, 400), Direction.IN
+            amount, direction = rng.randint(10, 300), Direction.IN
         quote = self.bridge.quote(view, p.id, points, u.wallet, direction, amount, max(0, now_ms))
         return quote if isinstance(quote, Quote) else None
 
 
 def _policy(op: bytes, partner: bytes, points: int, fee_bps: int) -> SetPolicy:
     """1 point = 0.01 BAAS, fee ``fee_bps`` (at least 0.001 BAAS), at most 300 points a swap
-    and 400 points per user (2,000 per partner) an hour: swaps of 10-400 points meet the
-    maximum and the window limit within a run."""
+    and 250 points per user (1,500 per partner) an hour: swaps of 10-300 points meet the
+    window limit within a run."""
     return SetPolicy(
-        op, partner, points, BAAS, BAAS_UNIT // 100, 1, 1, 300, 3600, 400, 2_000, fee_bps,
+        op, partner, points, BAAS, BAAS_UNIT // 100, 1, 1, 300, 3600, 250, 1_500, fee_bps,
         10**15, True, b"\x0a" * 16,
     )  # fmt: skip

@@ -394,6 +394,7 @@ class World:
         if self.bridge is not None:
             for code, count in sorted(self.bridge.results.items()):
                 self.stats[f"bridge_{code}"] = count
+            self.stats["bridge_ops_resent"] = self.stats.get("ledger_ops_resent", 0)
             self.stats["bridge_points_expired"] = self.bridge.points_expired(
                 self._checker.reference
             )
