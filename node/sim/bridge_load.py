@@ -273,7 +273,7 @@ class BridgeWorkload:
         else:
             assert u is not None
             quote = self._quote(kind, p, u, points, rng, view)
-            if quote is None:  # no policy committed yet: top the reserve up instead
+            if quote is None:  # refused (no policy committed yet, ...): top up instead
                 return self._op("topup", p, None, record_id, rng, view)
             request = Swap(record_id, p.id, points, u.wallet, quote, quote.digest())
             signer, refs = u, (u.ref,)
