@@ -6,27 +6,40 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
 import pytest
 
+from business.bridge import user_lots
+from business.bridge.model import DAY_MS, LOTS_PREFIX, decode_lots, encode_lots
+from business.identity.ids import Mode
+from business.identity.model import PARTNER_PREFIX, link_key
 from business.ledger.ops_entry import LEDGER_TICK
 from node.consensus.raft import RawNode, Ready
-from node.consensus.state_machine import decode_app_entry
+from node.consensus.state_machine import Dispatcher, decode_app_entry
 from node.consensus.types import Entry, EntryKind, Membership, Role
 from node.sim import Bug, World
-from node.sim.checkers import SimFailure, check_ledgers
+from node.sim.bridge_load import VALIDITY_DAYS
+from node.sim.checkers import LiveNode, SimFailure, check_bridge, check_ledgers
 from node.sim.cli import describe, run_seed
 from node.sim.shards import SimShardStore
-from node.sim.world import BAD_CLOCK_MS, CLOCK_OFFSET_MAX_MS
+from node.sim.world import BAD_CLOCK_MS, BRIDGE_CLOCK_EPOCH_MS, CLOCK_OFFSET_MAX_MS
 
 ROOT = Path(__file__).resolve().parent.parent
 CI_SEEDS = range(100)  # about 0.45 s each on this machine (consensus and data plane)
 CHUNK = 25
+# The Bridge workload (log feature 8, identity): a fixed list of seeds that draw small clusters
+# (about 0.5 s each here; seeds of 8-9 node clusters take several times that), so CI stays
+# short. python -m node.sim --workload bridge --seeds 0:200 runs more.
+BRIDGE_CI_SEEDS = (2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 15, 16, 17, 19)
+BRIDGE_SEED = 2  # crosses the day boundary with points issued before it
 # Each broken variant must fail on at least one of these seeds (and a correct run on none).
 BUG_SEEDS = range(40)
+# The workload a broken variant shows up in (the rest: the ledger workload).
+BUG_WORKLOADS = {Bug.SKIP_EXPIRY: "bridge"}
 
 
 @pytest.mark.parametrize("first", range(CI_SEEDS.start, CI_SEEDS.stop, CHUNK))
@@ -145,13 +158,17 @@ def test_same_seed_same_digest_different_seeds_differ() -> None:
 
 @pytest.mark.parametrize("bug", [b for b in Bug if b is not Bug.NONE], ids=lambda b: b.value)
 def test_broken_variant_is_caught(bug: Bug) -> None:
+    workload = BUG_WORKLOADS.get(bug, "ledger")
     for seed in BUG_SEEDS:
-        result = run_seed(seed, bug)
+        result = run_seed(seed, bug, workload=workload)
         if not result.ok:
             assert result.failure is not None and result.failure.startswith("[")
             report = describe(result)
             assert f"seed {seed}: FAILED" in report
-            assert f"reproduce with: python -m node.sim --seed {seed} --bug {bug.value}" in report
+            command = f"reproduce with: python -m node.sim --seed {seed} --bug {bug.value}"
+            assert command + ("" if workload == "ledger" else f" --workload {workload}") in report
+            if bug is Bug.SKIP_EXPIRY:  # expired lots kept, or a state that differs for it
+                assert result.failure.startswith("[bridge-"), result.failure
             break
     else:
         pytest.fail(f"--bug {bug.value} passed every seed of {BUG_SEEDS}")
@@ -176,6 +193,10 @@ def test_cli_failure_names_the_seed_and_exits_non_zero() -> None:
     assert out.returncode == 1
     assert "seed 0: FAILED" in out.stdout
     assert "reproduce with: python -m node.sim --seed 0 --bug ack-before-commit" in out.stdout
+    bridge = _cli("--seed", str(BRIDGE_SEED), "--workload", "bridge", "--bug", "skip-expiry")
+    assert bridge.returncode == 1, bridge.stdout + bridge.stderr
+    assert f"seed {BRIDGE_SEED}: FAILED [bridge-" in bridge.stdout
+    assert "--bug skip-expiry --workload bridge" in bridge.stdout
 
 
 def test_shard_store_loses_unflushed_puts_and_never_serves_corrupt_or_newer_deleted() -> None:
@@ -194,3 +215,89 @@ def test_shard_store_loses_unflushed_puts_and_never_serves_corrupt_or_newer_dele
     store.flush()
     store.corrupt(0)
     assert store.get(key) is None and store.corrupt_reads == 1
+
+
+def test_bridge_seeds_pass_and_cover_the_market() -> None:
+    """Every Bridge seed passes its checkers on every member; together they cover expiry
+    across the day boundary, swaps, refusals and retries."""
+    failures, totals = [], Counter[str]()
+    for seed in BRIDGE_CI_SEEDS:
+        result = run_seed(seed, workload="bridge")
+        if not result.ok:
+            failures.append(f"seed {seed}: {result.failure}")
+        assert result.stats["ledger_ops_acked"] > 0, f"seed {seed} acknowledged no operation"
+        totals.update({k: v for k, v in result.stats.items() if k.startswith("bridge_")})
+    assert not failures, "\n".join(failures)
+    assert totals["bridge_points_expired"] > 0, totals
+    assert totals["bridge_ops_resent"] > 0, totals  # answered with the first outcome (checked)
+    codes = ("ok", "reserve_exhausted", "quote_expired", "user_window_limit", "insufficient_funds")
+    for code in codes:
+        assert totals[f"bridge_{code}"] > 0, (code, totals)
+
+
+def test_the_bridge_workload_replays_from_its_seed() -> None:
+    """Keys, EIP-712 signatures (RFC 6979 nonces) and quotes all derive from the seed."""
+    first, again = (
+        run_seed(BRIDGE_SEED, workload="bridge"),
+        run_seed(BRIDGE_SEED, workload="bridge"),
+    )
+    assert first.ok and first.digest == again.digest and first.stats == again.stats
+    assert first.digest != run_seed(BRIDGE_SEED).digest  # the ledger workload's run differs
+
+
+@pytest.fixture(scope="module")
+def bridge_world() -> World:
+    world = World(BRIDGE_SEED, random.Random(BRIDGE_SEED), workload="bridge")
+    result = world.run()
+    assert result.ok, result.failure
+    assert result.stats["bridge_points_expired"] > 0  # this seed crosses the day boundary
+    return world
+
+
+def test_the_bridge_world_runs_identity_at_feature_8(bridge_world: World) -> None:
+    reference = bridge_world.checker.reference
+    assert Dispatcher.feature_version(reference) == 8
+    workload = bridge_world.bridge
+    assert workload is not None
+    for partner in workload.partners:  # onboarded, every user linked by their own signature
+        assert reference.get(PARTNER_PREFIX + partner.id) is not None
+        for user in partner.users:
+            assert reference.get(link_key(partner.id, Mode.TEST, user.ref)) is not None
+    # the log clock crossed a day boundary, and the expiry sweep ran after it
+    assert reference.swept_ms // DAY_MS > BRIDGE_CLOCK_EPOCH_MS // DAY_MS
+    a = workload.partners[0]
+    assert a.validity_days == VALIDITY_DAYS
+    assert all(
+        lot.expiry_day > reference.swept_ms // DAY_MS
+        for user in a.users
+        for lot in user_lots(reference, a.points(reference), user.account(a.points(reference)))
+    )
+
+
+def test_the_bridge_checkers_fail_on_expired_lots_bad_lots_or_a_differing_replica(
+    bridge_world: World,
+) -> None:
+    checker = bridge_world.checker
+    kv = dict(checker.reference.kv)
+    partners = [p.id for p in bridge_world.bridge.partners] if bridge_world.bridge else []
+    today = checker.reference.swept_ms // DAY_MS
+    check_bridge(kv, partners, today)
+    key = next(k for k in sorted(kv) if k.startswith(LOTS_PREFIX))
+    lots = decode_lots(kv[key])
+    expired = [replace(lots[0], expiry_day=today), *lots[1:]]
+    with pytest.raises(SimFailure, match="bridge-expiry"):
+        check_bridge({**kv, key: encode_lots(expired)}, partners, today)
+    more = [replace(lots[0], amount=lots[0].amount + 1), *lots[1:]]
+    with pytest.raises(SimFailure, match="bridge-lots"):
+        check_bridge({**kv, key: encode_lots(more)}, partners, today)
+    member = next(
+        n for n in bridge_world.nodes.values() if n.up and n.core.membership.is_member(n.id)
+    )
+    live = LiveNode(member.id, member.core, member.disk, member.machine)
+    saved = member.machine.kv[key]
+    member.machine.kv[key] = encode_lots(more)
+    try:
+        with pytest.raises(SimFailure, match="bridge-digest"):
+            checker.check_converged([live])
+    finally:
+        member.machine.kv[key] = saved

@@ -14,6 +14,8 @@ and convergence.
   writes, flushes, crashes that lose what was not flushed, checksummed log entries and shards
   and their corruption.
 * :mod:`.machine` -- the replicated state machine: commands, and the real record index.
+* :mod:`.ledger_load`, :mod:`.bridge_load` -- what a ledger client's operations carry: the
+  ledger workload (feature 6) or the Bridge workload (feature 8, with identity).
 * :mod:`.checkers` -- the invariants; :mod:`.bugs` -- broken variants they must catch.
 * :mod:`.cli` -- the command line (the only module that builds the generator or reads a clock).
 """

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -54,7 +54,7 @@ from node.sim.dataplane import (
     propose_app_entry,
 )
 from node.sim.disk import SimDisk
-from node.sim.ledger_load import RETRY_CHANCE, LedgerWorkload
+from node.sim.ledger_load import RETRY_CHANCE, OpFields, Workload
 from node.sim.machine import Command, CommandResult, DedupMachine, decode_state
 from node.sim.rng import SimRng
 from node.sim.shards import SimShardStore
@@ -71,6 +71,7 @@ __all__ = [
 
 FORWARD_HOPS_MAX = 2
 LOG_TICK_INTERVAL_MS = 1_000  # an idle leader's tick entries (once feature 6 is enabled)
+SKIP_EXPIRY_NODE = "n1"  # the replica the skip-expiry bug breaks (every seed has an n1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,16 @@ class Env(Protocol):
     @property
     def data(self) -> DataParams: ...
 
+    @property
+    def feature_version(self) -> int:
+        """The log feature version the leader enables (6: the ledger; 8: the Bridge)."""
+        ...
+
+    @property
+    def setup_entries(self) -> Sequence[tuple[bytes, AppEntry]]:
+        """The workload's identity entries, each with the state key that shows it applied."""
+        ...
+
     def send(self, message: SimMessage) -> None: ...
 
     def count(self, what: str) -> None:
@@ -149,7 +160,10 @@ class NodeActor:
         self.config = config
         self.disk = SimDisk()
         self.core = core
-        self.machine = DedupMachine(dedupe=env.bug is not Bug.NO_DEDUPE)
+        self.machine = DedupMachine(
+            dedupe=env.bug is not Bug.NO_DEDUPE,
+            skip_expiry=env.bug is Bug.SKIP_EXPIRY and self.id == SKIP_EXPIRY_NODE,
+        )
         self.state = NodeState.UP
         self.incarnation = 0
         self.crash_at_persist = False
@@ -381,18 +395,20 @@ class _Pending:
     value: int
     target: NodeId
     due_ms: int  # resend if not acknowledged by then
-    events: bytes | None = None  # a ledger client's operation
+    op: OpFields | None = None  # a ledger client's operation
 
 
-def record_of(
-    client: str, seq: int, value: int, events: bytes | None = None
-) -> tuple[bytes, bytes]:
-    """A record client's (record id, blob): the id from (client, seq) as a gateway derives it
-    from (partner, Idempotency-Key); 20-219 bytes of body, so shards are small but uneven. An
-    operation's body also holds its events (its fingerprint changes with them)."""
-    record_id = hashlib.sha256(f"{client}|{seq}".encode()).digest()
+def record_id_of(client: str, seq: int) -> bytes:
+    """The id from (client, seq), as a gateway derives it from (partner, Idempotency-Key)."""
+    return hashlib.sha256(f"{client}|{seq}".encode()).digest()
+
+
+def record_of(client: str, seq: int, value: int, op: OpFields | None = None) -> tuple[bytes, bytes]:
+    """A record client's (record id, blob): 20-219 bytes of body, so shards are small but
+    uneven. An operation's body also holds its events or Bridge request (its fingerprint
+    changes with them)."""
     seed = hashlib.sha256(f"{client}|{seq}|{value}".encode()).digest()
-    return record_id, (seed * 7)[: 20 + value % 200] + (events or b"")
+    return record_id_of(client, seq), (seed * 7)[: 20 + value % 200] + (op.body if op else b"")
 
 
 class ClientActor:
@@ -410,7 +426,7 @@ class ClientActor:
         think_ms_max: int,
         retry_ms: int,
         records: bool,
-        ledger: LedgerWorkload | None = None,
+        ledger: Workload | None = None,
     ) -> None:
         self.env = env
         self.id = client_id
@@ -457,12 +473,16 @@ class ClientActor:
         assert ledger is not None
         if self.seq > 2 and env.rng.random() < RETRY_CHANCE:
             again = self.sent[env.rng.randint(1, self.seq)]
-            return _Pending(again.seq, again.value, target, 0, again.events)
+            env.count("ledger_ops_resent")
+            return _Pending(again.seq, again.value, target, 0, again.op)
         self.seq += 1
         value = env.rng.randint(0, 10**6)
-        pending = _Pending(self.seq, value, target, 0, ledger.events(self.seq, env.rng))
+        op = ledger.operation(
+            self.seq, record_id_of(self.id, self.seq), env.rng, env.checker.reference
+        )
+        pending = _Pending(self.seq, value, target, 0, op)
         self.sent[self.seq] = pending
-        env.checker.on_record_submit(*record_of(self.id, self.seq, value, pending.events))
+        env.checker.on_record_submit(*record_of(self.id, self.seq, value, op))
         return pending
 
     def _send(self) -> None:
@@ -471,8 +491,8 @@ class ClientActor:
         p.due_ms = self.env.now_ms + self.retry_ms
         self.sends += 1
         if self.records:
-            record_id, blob = record_of(self.id, p.seq, p.value, p.events)
-            self.env.send(RecordWrite(self.id, p.target, self.id, p.seq, record_id, blob, p.events))
+            record_id, blob = record_of(self.id, p.seq, p.value, p.op)
+            self.env.send(RecordWrite(self.id, p.target, self.id, p.seq, record_id, blob, p.op))
         else:
             self.env.send(ClientRequest(self.id, p.target, self.id, p.seq, p.value))
 
@@ -481,8 +501,11 @@ class ClientActor:
         if reply.ok:
             # late duplicates are checked too
             if isinstance(reply, RecordReply):
-                record_id = record_of(self.id, reply.seq, 0)[0]
+                record_id = record_id_of(self.id, reply.seq)
                 env.checker.on_record_ack(record_id, reply.index, reply.outcome)
+                pending = self.pending
+                if self.ledger is not None and pending is not None and pending.seq == reply.seq:
+                    self.ledger.on_outcome(reply.seq, reply.outcome)
             else:
                 env.checker.on_ack((self.id, reply.seq), reply.index)
             if self.pending is not None and self.pending.seq == reply.seq:

@@ -28,3 +28,6 @@ class Bug(enum.Enum):
     # Leaders stamp entries with their own clock, unbounded (a tolerance far above any skew):
     # a leader whose clock is an hour fast pushes log time an hour ahead for good.
     UNBOUNDED_STAMPS = "unbounded-stamps"
+    # Bridge workload: one replica (n1) skips the point-expiry sweep of every ledger.ops and
+    # ledger.tick entry: its users keep lots past their expiry day.
+    SKIP_EXPIRY = "skip-expiry"

@@ -28,6 +28,12 @@
   reference, every ledger is balanced (debits equal credits, posted and pending, and equal the
   sums over its accounts), no flagged account is over its limit, and every member's ledger
   state digest equals the reference's.
+* **Bridge** (the Bridge workload, on every member after the faults heal, before the digests
+  are compared): every ledger balanced as above (so each asset's total is conserved, issuance,
+  liquidity, breakage, reserve and faucet accounts included), no partner's reserve below zero,
+  every user's point lots summing to their account's balance, no lot held past its expiry day
+  (the sweep of the last ``ledger.ops``/``ledger.tick`` entry has run), and every member's
+  Bridge state (``br/``) digest equal to the reference's.
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -40,8 +46,17 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from business.bridge import bridge_state_digest, reserve_level
+from business.bridge.model import DAY_MS, LOTS_PREFIX, decode_lots
+from business.identity.ids import ASSET_INDEX_BAAS, Mode, ledger_number
 from business.ledger.model import AccountFlags
-from business.ledger.views import MemoryView, all_totals, iter_accounts, state_digest
+from business.ledger.views import (
+    MemoryView,
+    all_totals,
+    get_account,
+    iter_accounts,
+    state_digest,
+)
 from node.consensus.ledger_ops import stored_outcome
 from node.consensus.raft import RawNode, Ready
 from node.consensus.record_index import IndexEntry, RecordIndex
@@ -53,7 +68,7 @@ from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord, dec
 from node.sim.shards import ShardKey, SimShardStore
 from node.storage.erasure import decode_blob
 
-__all__ = ["Checker", "SimFailure", "check_ledgers"]
+__all__ = ["Checker", "SimFailure", "check_bridge", "check_ledgers"]
 
 
 class SimFailure(Exception):
@@ -296,9 +311,12 @@ class Checker:
                     f"{node.node_id} and {reference.node_id} applied different streams",
                 )
         reference_digest = state_digest(self.reference.kv.items())
+        bridge_digest = bridge_state_digest(self.reference.kv.items())
         for node in live:
             if state_digest(node.machine.kv.items()) != reference_digest:
                 raise SimFailure("ledger-digest", f"{node.node_id}'s ledger state differs")
+            if bridge_state_digest(node.machine.kv.items()) != bridge_digest:
+                raise SimFailure("bridge-digest", f"{node.node_id}'s Bridge state differs")
             if node.machine.kv != self.reference.kv:
                 raise SimFailure("log-agreement", f"{node.node_id}'s record index differs")
         check_ledgers(self.reference.kv)
@@ -310,6 +328,17 @@ class Checker:
                     f"{request_id} was acknowledged at {index}, the final log has it at "
                     f"{positions.get(request_id)}",
                 )
+
+    def check_bridge(
+        self, node_id: NodeId, kv: Mapping[bytes, bytes], partners: Iterable[bytes]
+    ) -> None:
+        """The Bridge's invariants on one member's state (module docstring), with the day
+        the reference's last sweep ran at."""
+        try:
+            check_ledgers(kv)
+            check_bridge(kv, partners, self.reference.swept_ms // DAY_MS)
+        except SimFailure as failure:
+            raise SimFailure(failure.check, f"{node_id}: {failure.detail}") from None
 
     def check_records_decodable(self, stores: Callable[[NodeId], SimShardStore | None]) -> None:
         """Every acknowledged record rebuilds from shards where the index says they are;
@@ -380,6 +409,34 @@ def check_ledgers(kv: Mapping[bytes, bytes]) -> None:
         if not t.balanced or stored != sums.get(t.ledger, [0, 0, 0, 0]):
             raise SimFailure(
                 "ledger-conservation", f"ledger {t.ledger}: totals {t}, accounts sum to {sums}"
+            )
+
+
+def check_bridge(kv: Mapping[bytes, bytes], partners: Iterable[bytes], swept_day: int) -> None:
+    """No reserve below zero; every user's lots sum to their balance, and none is held past
+    its expiry day once the sweep of ``swept_day`` ran."""
+    view = MemoryView()
+    view.apply((k, v) for k, v in kv.items() if k.startswith((b"lg/", b"br/")))
+    baas = ledger_number(Mode.TEST, ASSET_INDEX_BAAS)
+    for partner in partners:
+        level = reserve_level(view, partner, baas)
+        if level < 0:
+            raise SimFailure("bridge-reserve", f"partner {partner.hex()}'s reserve is {level}")
+    for key, raw in kv.items():
+        if not key.startswith(LOTS_PREFIX):
+            continue
+        account_id = int.from_bytes(key[len(LOTS_PREFIX) + 4 :], "big")
+        lots = decode_lots(raw)
+        account = get_account(view, account_id)
+        held = 0 if account is None else account.credits_posted - account.debits_posted
+        if sum(lot.amount for lot in lots) != held:
+            raise SimFailure("bridge-lots", f"account {account_id} holds {held}, lots {lots}")
+        expired = [lot for lot in lots if lot.expiry_day <= swept_day]
+        if expired:
+            raise SimFailure(
+                "bridge-expiry",
+                f"account {account_id} holds lots past their expiry day (swept {swept_day}): "
+                f"{expired}",
             )
 
 

@@ -8,6 +8,7 @@ reaches a run.
     python -m node.sim --seeds 0:200            a range (end excluded)
     python -m node.sim --count 1000 [--seed S]  seeds S .. S+999
     python -m node.sim --seed 7 --bug skip-fsync    a deliberately broken variant
+    python -m node.sim --workload bridge --seeds 0:20   the Bridge workload (log feature 8)
 """
 
 from __future__ import annotations
@@ -18,20 +19,23 @@ import time
 from collections.abc import Sequence
 
 from node.sim.bugs import Bug
-from node.sim.world import SimResult, simulate
+from node.sim.world import WORKLOADS, SimResult, simulate
 
 __all__ = ["main", "reproduce_command", "run_seed"]
 
 
-def run_seed(seed: int, bug: Bug = Bug.NONE, *, trace: bool = False) -> SimResult:
-    result, lines = simulate(seed, random.Random(seed), bug, trace=trace)
+def run_seed(
+    seed: int, bug: Bug = Bug.NONE, *, trace: bool = False, workload: str = "ledger"
+) -> SimResult:
+    result, lines = simulate(seed, random.Random(seed), bug, trace=trace, workload=workload)
     if lines is not None:
         print("\n".join(lines))
     return result
 
 
-def reproduce_command(seed: int, bug: Bug = Bug.NONE) -> str:
+def reproduce_command(seed: int, bug: Bug = Bug.NONE, workload: str = "ledger") -> str:
     extra = "" if bug is Bug.NONE else f" --bug {bug.value}"
+    extra += "" if workload == "ledger" else f" --workload {workload}"
     return f"python -m node.sim --seed {seed}{extra}"
 
 
@@ -44,7 +48,7 @@ def describe(result: SimResult) -> str:
         )
     return (
         f"seed {result.seed}: FAILED {result.failure}\n"
-        f"  reproduce with: {reproduce_command(result.seed, result.bug)}"
+        f"  reproduce with: {reproduce_command(result.seed, result.bug, result.workload)}"
     )
 
 
@@ -62,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", help="run seeds A:B (B excluded)")
     parser.add_argument("--count", type=int, help="run this many seeds")
     parser.add_argument("--bug", choices=[b.value for b in Bug], default=Bug.NONE.value)
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="ledger")
     parser.add_argument("--trace", action="store_true", help="print every event (one seed)")
     args = parser.parse_args(argv)
     if args.seed is None and not args.seeds and not args.count:
@@ -71,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     failing: list[int] = []
     for seed in seeds:
-        result = run_seed(seed, bug, trace=args.trace and len(seeds) == 1)
+        trace = args.trace and len(seeds) == 1
+        result = run_seed(seed, bug, trace=trace, workload=args.workload)
         if len(seeds) == 1 or not result.ok:
             print(describe(result), flush=True)
         if not result.ok:
@@ -79,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed_s = time.perf_counter() - started
     passed = len(seeds) - len(failing)
     print(
-        f"{passed}/{len(seeds)} seeds passed in {elapsed_s:.1f} s (bug: {bug.value}); "
+        f"{passed}/{len(seeds)} seeds passed in {elapsed_s:.1f} s (bug: {bug.value}, "
+        f"workload: {args.workload}); "
         f"failing seeds: {failing or 'none'}"
     )
     return 1 if failing else 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from business.ledger.outcome import OperationOutcome
+from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
@@ -69,7 +70,7 @@ from node.dataplane.shard_move import (
 from node.dataplane.write_quorum import WriteQuorum, WriteTally, WriteVerdict
 from node.errors import BaasError
 from node.sim.bugs import Bug
-from node.sim.machine import FEATURE_VERSION_SIM
+from node.sim.ledger_load import OpFields
 from node.sim.shards import ShardKey
 from node.storage.erasure import decode_blob, encode_blob
 from node.storage.placement import place_shards
@@ -130,7 +131,7 @@ class RecordWrite:
     seq: int
     record_id: bytes
     blob: bytes
-    events: bytes | None = None  # a ledger operation's events (wire form)
+    op: OpFields | None = None  # a ledger operation's fields (events or a Bridge request)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +255,7 @@ def stamp_and_propose(node: NodeActor, proposals: Sequence[Operation]) -> bool:
             propose_app_entry(node, Operation.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
             for i in chunks
         )
-    plain = [op.proposal for op in stamped if op.events is None]
+    plain = [op.proposal for op in stamped if op.events is None and op.bridge is None]
     if version < BATCH_FEATURE_VERSION:
         return all(propose_app_entry(node, p.to_entry()) for p in plain)
     return all(
@@ -332,7 +333,7 @@ class _Write:
     tags: dict[int, int] = field(default_factory=dict)  # tag -> shard index
     sent_ms: dict[int, int] = field(default_factory=dict)  # shard index -> last sent
     proposed_ms: int | None = None
-    events: bytes | None = None  # a ledger operation's events
+    op: OpFields | None = None  # a ledger operation's fields
 
 
 class Coordinator:
@@ -362,11 +363,14 @@ class Coordinator:
         if node.draining or node.id not in members or len(members) < params.n:
             self._reply(m.client, m.seq, False)
             return
-        if m.events is not None and (
-            Dispatcher.feature_version(node.machine) < LEDGER_FEATURE_VERSION
-        ):
-            self._reply(m.client, m.seq, False)  # ledger_not_enabled: refused before the log
-            return
+        if m.op is not None:
+            version = Dispatcher.feature_version(node.machine)
+            if version < LEDGER_FEATURE_VERSION or (
+                m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION
+            ):
+                # ledger_not_enabled / bridge_not_enabled: refused before the log
+                self._reply(m.client, m.seq, False)
+                return
         placement = place_shards(m.record_id, members, params.n)
         write = _Write(
             m.client,
@@ -376,7 +380,7 @@ class Coordinator:
             WriteTally(params.quorum, placement),
             encode_blob(m.blob, params.k, params.n),
             env.now_ms,
-            events=m.events,
+            op=m.op,
         )
         self.writes[m.record_id] = write
         for shard in range(params.n):
@@ -426,7 +430,18 @@ class Coordinator:
             expiry_term=0,
             expiry_max_index=0,
         )
-        self.gathered.append(Operation(proposal, w.events))
+        op = w.op or OpFields()
+        self.gathered.append(
+            Operation(
+                proposal,
+                op.events,
+                op.approvals,
+                op.partner,
+                op.mode,
+                op.user_refs,
+                op.bridge,
+            )
+        )
 
     def _flush(self) -> None:
         """Propose what gathered (on the leader) or forward it to the leader in few messages."""
@@ -533,16 +548,31 @@ class Mover:
             self._drop_all()
             return
         now = node.env.now_ms
-        if Dispatcher.feature_version(node.machine) < FEATURE_VERSION_SIM:
+        target = node.env.feature_version
+        if Dispatcher.feature_version(node.machine) < target:
             if now >= self.next_feature_ms:
                 self.next_feature_ms = now + PLAN_MS
-                propose_app_entry(node, AppEntry(FEATURE_ENTRY, {"version": FEATURE_VERSION_SIM}))
+                propose_app_entry(node, AppEntry(FEATURE_ENTRY, {"version": target}))
             return
+        if now >= self.next_feature_ms:
+            self.next_feature_ms = now + PLAN_MS
+            self._onboard()
         if now >= self.next_plan_ms and node.core.applied_index == node.core.commit_index:
             self.next_plan_ms = now + PLAN_MS
             self._plan()
         for key, task in list(self.tasks.items()):
             self._drive(key, task)
+
+    def _onboard(self) -> None:
+        """Propose the first of the workload's identity entries (partners onboarded, users
+        linked) whose key the committed state lacks, as an operator and the partners' platforms
+        would: one at a time, so they land in order (a partner's index is its onboarding
+        order)."""
+        node = self.node
+        for key, entry in node.env.setup_entries:
+            if node.machine.get(key) is None:
+                propose_app_entry(node, entry)
+                return
 
     def _drop_all(self) -> None:
         for task in self.tasks.values():

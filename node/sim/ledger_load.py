@@ -13,7 +13,9 @@ the answer must be the first outcome (checked by :class:`~node.sim.checkers.Chec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from business.ledger.model import (
     AMOUNT_MAX,
@@ -28,11 +30,60 @@ from business.ledger.model import (
 from business.ledger.wire import encode_events
 from node.sim.rng import SimRng
 
-__all__ = ["ISSUED", "RETRY_CHANCE", "USERS", "LedgerWorkload"]
+__all__ = [
+    "ISSUED",
+    "RETRY_CHANCE",
+    "USERS",
+    "CommittedView",
+    "LedgerWorkload",
+    "OpFields",
+    "Workload",
+]
 
 USERS = 4
 ISSUED = 1_000
 RETRY_CHANCE = 0.15  # an acknowledged operation sent again instead of a new one
+
+
+@dataclass(frozen=True, slots=True)
+class OpFields:
+    """What one operation carries besides its record (the fields of
+    :class:`~node.consensus.ledger_ops.Operation` a gateway would set): ledger events, or a
+    Bridge request, the users' approvals and the proposer."""
+
+    events: bytes | None = None  # wire form (business/ledger/wire.py)
+    approvals: bytes | None = None
+    partner: bytes | None = None
+    mode: int | None = None
+    user_refs: tuple[bytes, ...] = ()
+    bridge: bytes | None = None  # feature 8: a Bridge request (business/bridge/wire.py)
+
+    @property
+    def body(self) -> bytes:
+        """The bytes the record's blob carries of the operation (its fingerprint changes
+        with them)."""
+        return (self.events or b"") + (self.bridge or b"")
+
+
+class CommittedView(Protocol):
+    """A committed state a client may read (as a gateway reads a node's): keys and log time."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    @property
+    def log_time_ms(self) -> int: ...
+
+
+class Workload(Protocol):
+    """What a ledger client's operations carry, drawn from the seed."""
+
+    def operation(
+        self, seq: int, record_id: bytes, rng: SimRng, view: CommittedView
+    ) -> OpFields: ...
+
+    def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
+        """Operation ``seq`` was acknowledged with this (first, sticky) outcome."""
+        ...
 
 
 @dataclass
@@ -43,6 +94,12 @@ class LedgerWorkload:
     def account(self, j: int) -> int:
         """Account ``j`` of this ledger (0: the issuer)."""
         return self.ledger * 1_000 + j
+
+    def operation(self, seq: int, record_id: bytes, rng: SimRng, view: CommittedView) -> OpFields:
+        return OpFields(events=self.events(seq, rng))
+
+    def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
+        return None  # the ledger workload draws blind: a refusal is part of it
 
     def events(self, seq: int, rng: SimRng) -> bytes:
         """Operation ``seq``'s events (wire form); drawn once, resent as they are."""

@@ -4,9 +4,11 @@ Two kinds of committed entries share the log, told apart by their first byte:
 
 * an application entry (``encode_app_entry``: a msgpack map, ``0x83``) goes to the real
   :class:`~node.consensus.state_machine.Dispatcher` with the real
-  :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``)
-  and the real :class:`~node.consensus.ledger_ops.LedgerOps` (``ledger.ops``, ``ledger.tick``),
-  over this machine's key/value state;
+  :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``),
+  the real :class:`~node.consensus.ledger_ops.LedgerOps` (``ledger.ops``, ``ledger.tick``, and
+  from feature 8 the Bridge step and its point-expiry sweep) and the real
+  :class:`~business.identity.IdentityMachine` (``partner.put``, ``wallet.link``), as a node
+  builds it, over this machine's key/value state;
 * anything else is a :class:`Command`: one small client write, ``client|seq|origin|value``.
   ``(client, seq)`` is its idempotency id: a client that got no answer sends the same id again,
   so one id may be committed at several log positions.
@@ -27,13 +29,16 @@ from typing import Any
 
 import msgpack
 
-from node.consensus.ledger_ops import LedgerOps
+from business.identity import IdentityConfig, IdentityMachine
+from node.consensus.ledger_ops import LEDGER_OPS, LEDGER_TICK, LedgerOps
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import Applied, Dispatcher, LogPosition, Write
 from node.consensus.types import Entry, EntryKind, NodeId
 
 __all__ = [
     "FEATURE_VERSION_SIM",
+    "FEATURE_VERSION_SIM_MAX",
+    "IDENTITY_SIM",
     "Command",
     "CommandResult",
     "DedupMachine",
@@ -43,10 +48,12 @@ __all__ = [
     "decode_state",
 ]
 
-# index.move needs 2, index.put_batch 4, ledger.ops 6; the simulated cluster enables 6 in its
-# log (3, the Merkle log and anchoring, and 5, member incarnations, have no machine here:
-# nothing of them is proposed).
+# index.move needs 2, index.put_batch 4, ledger.ops 6; the ledger workload's cluster enables 6
+# in its log, the Bridge workload's 8 (identity 7, the Bridge 8). 3, the Merkle log and
+# anchoring, and 5, member incarnations, have no machine here: nothing of them is proposed.
 FEATURE_VERSION_SIM = 6
+FEATURE_VERSION_SIM_MAX = 8
+IDENTITY_SIM = IdentityConfig(chain_id=31337)  # the EIP-712 domain the sim's users sign in
 APP_ENTRY_FIRST_BYTE = 0x83  # a msgpack map of three: {"v", "t", "b"}
 
 RequestId = tuple[str, int]  # (client id, the client's sequence number)
@@ -88,14 +95,20 @@ def is_app_entry(payload: bytes) -> bool:
 class DedupMachine:
     """Applies committed entries: ``stream`` the applied commands, ``kv`` the record index."""
 
-    def __init__(self, *, dedupe: bool = True) -> None:
+    def __init__(self, *, dedupe: bool = True, skip_expiry: bool = False) -> None:
         self.dedupe = dedupe  # False only for the deliberately broken variant no-dedupe
         self.applied_index = 0
+        self.log_time_ms = 0  # the last applied entry's stamp (a client's quotes read it)
+        self.swept_ms = 0  # the last ledger.ops / ledger.tick stamp: expiry swept up to it
         self.stream: list[StreamRecord] = []
         self.positions: dict[RequestId, int] = {}
         self.kv: dict[bytes, bytes] = {}
+        self.ledger_ops = LedgerOps(IDENTITY_SIM)
+        if skip_expiry:  # the deliberately broken variant skip-expiry: this replica never sweeps
+            setattr(self.ledger_ops._bridge, "expire", _no_sweep)  # noqa: B010
         self._dispatcher = Dispatcher(
-            [RecordIndex(), LedgerOps()], feature_version_max=FEATURE_VERSION_SIM
+            [RecordIndex(), self.ledger_ops, IdentityMachine(IDENTITY_SIM)],
+            feature_version_max=FEATURE_VERSION_SIM_MAX,
         )
 
     def get(self, key: bytes) -> bytes | None:
@@ -108,10 +121,13 @@ class DedupMachine:
         self.applied_index = entry.index
         if entry.kind is not EntryKind.NORMAL:
             return None
+        self.log_time_ms = entry.leader_time_ms
         if is_app_entry(entry.payload):
             position = LogPosition(entry.index, entry.term, entry.leader_time_ms)
             (applied,), writes = self._dispatcher.apply_batch([(position, entry.payload)], self)
             apply_writes(self.kv, writes)
+            if applied.type in (LEDGER_OPS, LEDGER_TICK):
+                self.swept_ms = entry.leader_time_ms
             return applied, writes
         command = Command.decode(entry.payload)
         first = self.positions.get(command.request_id)
@@ -136,6 +152,10 @@ class DedupMachine:
         self.positions = {}
         for index, client, seq, _ in self.stream:
             self.positions.setdefault((client, seq), index)
+
+
+def _no_sweep(log_index: int, now_ms: int, layer: object) -> int:
+    return 0
 
 
 def apply_writes(kv: dict[bytes, bytes], writes: list[Write]) -> None:

@@ -7,10 +7,12 @@ drawn from the one generator, in a fixed order: the cluster (3-5 voters, or 8-9 
 voters and learners and membership changes), the erasure code (k, n; ``write_quorum = k + 1``)
 and the move grace, the network's fault rates and latency, each node's tick length (clock
 skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed
-from the seed instead), the workload (command clients and record clients) and the fault
-schedule; the Raft cores draw their election jitter from it too. Events sit in one heap
-ordered by (time, sequence number), so the same seed replays the same run; a digest of the
-events proves it.
+from the seed instead), the workload (command clients and record clients; the ledger
+client's operations from :mod:`.ledger_load` at log feature 6 or, with ``workload="bridge"``,
+from :mod:`.bridge_load` at feature 8: users' keys drawn here, the clocks started just before
+a day boundary) and the fault schedule; the Raft cores draw their election jitter from it
+too. Events sit in one heap ordered by (time, sequence number), so the same seed replays the
+same run; a digest of the events proves it.
 
 A run has two phases:
 
@@ -39,8 +41,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+from business.bridge.model import DAY_MS
+from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.config import RaftConfig
 from node.consensus.record_index import IndexEntry, RecordIndex
+from node.consensus.state_machine import AppEntry
 from node.consensus.types import ConfChangeKind, NodeId, Role, default_membership
 from node.errors import CallerError, OperationFailed
 from node.sim.actors import (
@@ -50,21 +55,30 @@ from node.sim.actors import (
     NodeState,
     SimMessage,
 )
+from node.sim.bridge_load import BridgeWorkload
 from node.sim.bugs import Bug
 from node.sim.checkers import Checker, LiveNode, SimFailure
 from node.sim.dataplane import DataParams, RecordReply
-from node.sim.ledger_load import LedgerWorkload
+from node.sim.ledger_load import LedgerWorkload, Workload
+from node.sim.machine import FEATURE_VERSION_SIM
 from node.sim.network import Network, NetworkFaults
 from node.sim.rng import SimRng
 from node.sim.shards import SimShardStore
 
-__all__ = ["SimParams", "SimResult", "World", "draw_params", "simulate"]
+__all__ = ["WORKLOADS", "SimParams", "SimResult", "World", "draw_params", "simulate"]
+
+# The ledger client's workload, and the log feature version the world enables for it.
+WORKLOADS = {"ledger": FEATURE_VERSION_SIM, "bridge": BRIDGE_FEATURE_VERSION}
 
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 # Clocks: every node's clock is off real (simulated) time by up to HONEST_SKEW_MS_MAX; in half
 # the seeds one node's clock is an hour fast or an hour slow. The cores stamp within
 # CLOCK_OFFSET_MAX_MS of a quorum's clocks (the unbounded-stamps bug lifts that).
 CLOCK_EPOCH_MS = 1_700_000_000_000  # simulated time 0 on the nodes' clocks
+# The Bridge workload's clocks start this long before a UTC day boundary (a log day is a UTC
+# day), so the log clock crosses it mid-run and points issued before it expire.
+BRIDGE_DAY_CROSS_MS = 60_000
+BRIDGE_CLOCK_EPOCH_MS = (CLOCK_EPOCH_MS // DAY_MS + 1) * DAY_MS - BRIDGE_DAY_CROSS_MS
 HONEST_SKEW_MS_MAX = 300
 BAD_CLOCK_MS = 3_600_000
 CLOCK_OFFSET_MAX_MS = 1_000
@@ -96,9 +110,20 @@ class SimParams:
     writeback_ms: int  # skip-fsync only: how often the OS flushes behind the adapter's back
     safety_ms: int
     liveness_ms: int
+    workload: str = "ledger"  # what the ledger client sends (WORKLOADS)
+
+    @property
+    def feature_version(self) -> int:
+        return WORKLOADS[self.workload]
 
 
-def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_000) -> SimParams:
+def draw_params(
+    rng: SimRng,
+    *,
+    safety_ms: int = 90_000,
+    liveness_ms: int = 30_000,
+    workload: str = "ledger",
+) -> SimParams:
     large = rng.random() < 0.2
     node_count = rng.randint(8, 9) if large else rng.randint(3, 5)
     latency_max = rng.randint(2, 20)
@@ -131,6 +156,7 @@ def draw_params(rng: SimRng, *, safety_ms: int = 90_000, liveness_ms: int = 30_0
         safety_ms=safety_ms,
         liveness_ms=liveness_ms,
         ledger_clients=1,  # one ledger client: the whole workload, for ~15% more events
+        workload=workload,
     )
 
 
@@ -143,6 +169,7 @@ class SimResult:
     sim_ms: int
     events: int
     stats: dict[str, int] = field(default_factory=dict)
+    workload: str = "ledger"
 
     @property
     def ok(self) -> bool:
@@ -178,12 +205,22 @@ def _clock_offset_ms(seed: int, node_id: NodeId, bad: tuple[NodeId, int] | None)
 
 class World:
     def __init__(
-        self, seed: int, rng: SimRng, bug: Bug = Bug.NONE, params: SimParams | None = None
+        self,
+        seed: int,
+        rng: SimRng,
+        bug: Bug = Bug.NONE,
+        params: SimParams | None = None,
+        *,
+        workload: str = "ledger",
     ) -> None:
         self.seed = seed
         self._rng = rng
         self._bug = bug
-        self.params = params or draw_params(rng)
+        self.params = params or draw_params(rng, workload=workload)
+        bridge = self.params.workload == "bridge"
+        self._epoch_ms = BRIDGE_CLOCK_EPOCH_MS if bridge else CLOCK_EPOCH_MS
+        self.bridge = BridgeWorkload.draw(rng, self._epoch_ms) if bridge else None
+        self._setup = self.bridge.setup_entries() if self.bridge is not None else []
         self._bad_clock = _bad_clock(seed, self.params.node_count)
         self._checker = Checker(
             self.params.data.write_quorum,
@@ -220,7 +257,7 @@ class World:
         return self._bad_clock
 
     def clock_ms(self, node_id: NodeId) -> int:
-        return CLOCK_EPOCH_MS + self._now_ms + _clock_offset_ms(self.seed, node_id, self._bad_clock)
+        return self._epoch_ms + self._now_ms + _clock_offset_ms(self.seed, node_id, self._bad_clock)
 
     @property
     def rng(self) -> SimRng:
@@ -241,6 +278,14 @@ class World:
     @property
     def data(self) -> DataParams:
         return self.params.data
+
+    @property
+    def feature_version(self) -> int:
+        return self.params.feature_version
+
+    @property
+    def setup_entries(self) -> list[tuple[bytes, AppEntry]]:
+        return self._setup
 
     def send(self, message: SimMessage) -> None:
         for delay in self.network.delays(message.sender, message.to):
@@ -274,13 +319,16 @@ class World:
         for i in range(p.clients + p.record_clients + p.ledger_clients):
             records = i >= p.clients
             ledger = i >= p.clients + p.record_clients
+            workload: Workload | None = None
+            if ledger:
+                workload = self.bridge or LedgerWorkload(ledger=i + 1)
             client = ClientActor(
                 self,
                 f"c{i}",
                 think_ms_max=p.think_ms_max,
                 retry_ms=p.retry_ms,
                 records=records,
-                ledger=LedgerWorkload(ledger=i + 1) if ledger else None,
+                ledger=workload,
             )
             self.clients[client.id] = client
             self._at(self._rng.randint(0, 500), partial(self._client_act, client))
@@ -345,6 +393,13 @@ class World:
         self.stats["ledger_ops_acked"] = len(self._checker.outcomes_acked)
         self.stats["shard_deletes"] = self._checker.deletes
         self.stats["log_time_ahead_ms_max"] = self._checker.log_time_ahead_ms_max
+        if self.bridge is not None:
+            for code, count in sorted(self.bridge.results.items()):
+                self.stats[f"bridge_{code}"] = count
+            self.stats["bridge_ops_resent"] = self.stats.get("ledger_ops_resent", 0)
+            self.stats["bridge_points_expired"] = self.bridge.points_expired(
+                self._checker.reference
+            )
         self.stats["dropped"] = self.network.dropped
         self.stats["duplicated"] = self.network.duplicated
         return SimResult(
@@ -355,6 +410,7 @@ class World:
             self._now_ms,
             self.event_count,
             self.stats,
+            self.params.workload,
         )
 
     def _loop(self) -> None:
@@ -652,6 +708,10 @@ class World:
             return
         self._note("converged")
         live = [LiveNode(n.id, n.core, n.disk, n.machine) for n in members]
+        if self.bridge is not None:
+            partners = [p.id for p in self.bridge.partners]
+            for node in live:
+                self._checker.check_bridge(node.node_id, node.machine.kv, partners)
         self._checker.check_converged(live)
         self._checker.check_records_decodable(self._reachable_store)
         self.phase = "done"
@@ -679,10 +739,10 @@ class World:
 
 
 def simulate(
-    seed: int, rng: SimRng, bug: Bug = Bug.NONE, *, trace: bool = False
+    seed: int, rng: SimRng, bug: Bug = Bug.NONE, *, trace: bool = False, workload: str = "ledger"
 ) -> tuple[SimResult, list[str] | None]:
     """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it)."""
-    world = World(seed, rng, bug)
+    world = World(seed, rng, bug, workload=workload)
     if trace:
         world.trace = []
     return world.run(), world.trace
