@@ -18,21 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from tools.bench_ledger_api import STATUSES, _count, _phase
+from tools.bench_ledger_api import _count, _phase, run_on_local_cluster
 from tools.client import PartnerClient
-from tools.cluster_init import init_cluster
 from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
-from tools.local_cluster import LocalCluster
-from tools.local_partners import onboard_partner
 
 PARTNER = "bench"
 ASSET = "BENCH"
@@ -141,28 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-bridge-api-"))
-    layout = init_cluster(directory / "cluster", partners=(), chain="none")
-    load_before = os.getloadavg()
-    with LocalCluster(layout) as local:
-        local.start()
-        key, secret = onboard_partner(layout, PARTNER)["test"]
-        result = asyncio.run(_run(layout.gateway_url, key, secret, args))
-    report = {
-        **result,
-        "seconds": args.seconds,
-        "concurrency": args.concurrency,
-        "batch": args.batch,
-        "loadavg_before": load_before,
-        "loadavg_after": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "statuses": {str(k): v for k, v in sorted(STATUSES.items())},
-    }
-    text = json.dumps(report, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0
+    return run_on_local_cluster(args, _run, partner=PARTNER, prefix="bench-bridge-api-")
 
 
 if __name__ == "__main__":

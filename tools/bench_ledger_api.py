@@ -22,6 +22,7 @@ import random
 import secrets
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -116,13 +117,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    directory = args.dir or Path(tempfile.mkdtemp(prefix="bench-ledger-api-"))
+    return run_on_local_cluster(args, _run, partner="bench", prefix="bench-ledger-api-")
+
+
+RunPhases = Callable[[str, str, bytes, argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
+
+
+def run_on_local_cluster(
+    args: argparse.Namespace, run: RunPhases, *, partner: str, prefix: str
+) -> int:
+    """Starts a local cluster (no chain) in ``args.dir`` (or a temporary directory), onboards
+    ``partner`` on the log, runs ``run(gateway url, key id, secret, args)`` with its test-mode
+    credential and prints (and writes to ``args.out``) the JSON report: the phases' results, the
+    run's shape and the load average before and after. Shared by the API benchmarks."""
+    directory = args.dir or Path(tempfile.mkdtemp(prefix=prefix))
     layout = init_cluster(directory / "cluster", partners=(), chain="none")
     load_before = os.getloadavg()
     with LocalCluster(layout) as local:
         local.start()
-        key, secret = onboard_partner(layout, "bench")["test"]
-        result = asyncio.run(_run(layout.gateway_url, key, secret, args))
+        key, secret = onboard_partner(layout, partner)["test"]
+        result = asyncio.run(run(layout.gateway_url, key, secret, args))
     report = {
         **result,
         "seconds": args.seconds,
