@@ -391,11 +391,7 @@ class Coordinator:
                 code="invalid_bridge_request",
                 param="br",
             )
-        if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
-            raise InvalidRequest(
-                f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",
-                param="ap",
-            )  # fmt: skip
+        _check_approvals_size(request)
         try:
             bridge = decode_request(request.bridge or b"")
         except UnsupportedFormat as exc:
@@ -417,11 +413,7 @@ class Coordinator:
                 "retry shortly",
                 code="ledger_not_enabled",
             )
-        if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
-            raise InvalidRequest(
-                f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",
-                param="ap",
-            )  # fmt: skip
+        _check_approvals_size(request)
         try:
             events = operation_events(request.events)
         except UnsupportedFormat as exc:
@@ -974,3 +966,12 @@ class Coordinator:
             "record %s: no shard combination matches its content hash", first.record_id.hex()
         )
         return None
+
+
+def _check_approvals_size(request: WriteRequest) -> None:
+    """The approvals blob's bound, the same for ledger operations and Bridge requests."""
+    if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
+        raise InvalidRequest(
+            f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",
+            param="ap",
+        )  # fmt: skip
