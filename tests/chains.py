@@ -10,7 +10,7 @@ import (``from chains import anvil_fixture, chain_fixture  # noqa: F401``):
   ``BAAS_ANVIL`` overrides the path (``tools.local_chain.anvil_path``, shared with the local
   cluster's chain, as are ``wait_until_answering`` and ``stop_process``).
 * ``ANVIL_DEV_KEYS``: the funded accounts of anvil's default mnemonic ("test test ... junk").
-* :func:`tester_web3`: a fresh in-process eth-tester chain.
+* :func:`embedded_chain_web3`: a fresh in-process eth-tester chain.
 * :class:`TestChain`: either chain with a deployed registry, a funded submitter key and the
   :class:`AnchorChain` for it; fixture ``chain`` is parametrized over both.
 """
@@ -82,7 +82,7 @@ def rpc(
     return answer["result"]
 
 
-def tester_web3() -> Web3:
+def embedded_chain_web3() -> Web3:
     """A fresh in-process eth-tester chain (10 funded, unlocked accounts)."""
     return connect_web3("embedded")
 
@@ -126,7 +126,7 @@ def anvil_fixture() -> Iterator[Anvil]:
 def chain_fixture(request: pytest.FixtureRequest) -> Iterator[TestChain]:
     """The registry on eth-tester (in process) and on a real anvil."""
     if request.param == "eth-tester":
-        yield prepare_chain("eth-tester", tester_web3())
+        yield prepare_chain("eth-tester", embedded_chain_web3())
         return
     with running_anvil() as node:
         yield prepare_chain("anvil", connect_web3(node.url), node.url)

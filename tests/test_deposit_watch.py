@@ -40,7 +40,7 @@ CONFIRMATIONS = 3
 @pytest.fixture(name="world", params=["eth-tester", "anvil"])
 def world_fixture(request: pytest.FixtureRequest) -> Iterator[VaultWorld]:
     if request.param == "eth-tester":
-        yield vault_world(chains.tester_web3())
+        yield vault_world(chains.embedded_chain_web3())
         return
     with chains.running_anvil() as node:
         yield vault_world(connect_web3(node.url))
@@ -189,7 +189,7 @@ def test_long_catch_up_reads_bounded_ranges(world: VaultWorld) -> None:
 
 
 def test_the_loop_counts_chain_errors_and_goes_on() -> None:
-    world = vault_world(chains.tester_web3())
+    world = vault_world(chains.embedded_chain_web3())
     h = harness(world)
 
     class Down(Web3DepositReader):

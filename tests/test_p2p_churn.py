@@ -104,3 +104,33 @@ async def test_churn_keeps_inbound_open_and_is_flat() -> None:
         assert rss_growth_mb < 25
     finally:
         await node.stop()
+
+
+def test_a_closed_listener_reports_no_address_instead_of_failing() -> None:
+    """A host asked for its addresses while it closes (identify does) must not raise EBADF."""
+    from libp2p.transport.tcp.tcp import TCPListener
+
+    from node.p2p.patches import apply_patches, revert_patches
+
+    async def addrs_after_socket_closed() -> tuple[int, tuple[object, ...]]:
+        async def ignore(_: object) -> None:
+            return None
+
+        listener = TCPListener(ignore)
+        await listener.listen(multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0"))
+        try:
+            before = len(listener.get_addrs())
+            for socket_listener in listener.listeners:
+                socket_listener.socket.close()
+            return before, listener.get_addrs()
+        finally:
+            await listener.close()
+
+    apply_patches()
+    assert trio.run(addrs_after_socket_closed) == (1, ())
+    revert_patches()
+    try:
+        with pytest.raises(OSError):
+            trio.run(addrs_after_socket_closed)
+    finally:
+        apply_patches()

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from chains import running_anvil, tester_web3
+from chains import embedded_chain_web3, running_anvil
 from eth_account import Account
 from vaults import LIMIT, WINDOW_S, Key, VaultWorld, advance, rejected, timelocked, vault_world
 from web3 import Web3
@@ -35,7 +35,7 @@ ONE = 10**18
 def world_fixture(request: pytest.FixtureRequest) -> Iterator[VaultWorld]:
     """The vault stack on eth-tester (in process) and on a real anvil (127.0.0.1)."""
     if request.param == "eth-tester":
-        yield vault_world(tester_web3())
+        yield vault_world(embedded_chain_web3())
         return
     with running_anvil() as node:
         yield vault_world(connect_web3(node.url))

@@ -8,6 +8,12 @@ one task per connection. A storage node lives through far more reconnects than t
 replace the handler with one that waits for *that connection* to close (or the swarm to stop,
 whichever comes first), which frees the slot and the task.
 
+The closed-listener bug: ``TCPListener.get_addrs`` calls ``getsockname`` on every listener
+socket, closed or not. While a host closes, an inbound identify handler still running asks
+for the host's addresses, gets ``OSError(EBADF)`` and the error tears down the whole
+``host.run`` nursery (seen in CI: a churning peer's stop failed this way). The patched
+method leaves closed sockets out: a closed listener listens on nothing.
+
 The patch is applied idempotently by :func:`apply_patches` (called when a host is built). It
 refuses any libp2p version other than the one it was written and tested against: an upgrade
 must re-check whether the bug is still there and whether the copied code still matches.
@@ -23,6 +29,7 @@ import trio
 from libp2p.abc import IMuxedConn
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.network.swarm import Swarm
+from libp2p.transport.tcp.tcp import TCPListener, _multiaddr_from_socket
 
 from node.errors import InvariantViolation
 
@@ -32,6 +39,7 @@ PATCHED_LIBP2P_VERSION = "0.8.1"
 _MARK = "_baas_inbound_slot_patch"
 _logger = logging.getLogger(__name__)
 _original_handler: Any = None
+_original_get_addrs: Any = None
 
 
 async def _wait_closed_or_swarm_done(swarm: Swarm, muxed_conn: IMuxedConn) -> None:
@@ -101,9 +109,18 @@ async def _do_handle_inbound_connection(
             pass
 
 
+def _get_addrs_of_open_listeners(self: TCPListener) -> tuple[Any, ...]:
+    """Copy of TCPListener.get_addrs (0.8.1) that skips sockets already closed."""
+    return tuple(
+        _multiaddr_from_socket(listener.socket)
+        for listener in self.listeners
+        if listener.socket.fileno() != -1
+    )
+
+
 def apply_patches() -> None:
     """Install the fixes once; raise if the installed libp2p is not the audited version."""
-    global _original_handler
+    global _original_handler, _original_get_addrs
     installed = _dist_version("libp2p")
     if installed != PATCHED_LIBP2P_VERSION:
         raise InvariantViolation(
@@ -115,14 +132,19 @@ def apply_patches() -> None:
     _original_handler = Swarm._do_handle_inbound_connection
     setattr(_do_handle_inbound_connection, _MARK, True)
     Swarm._do_handle_inbound_connection = _do_handle_inbound_connection  # type: ignore[method-assign]
+    _original_get_addrs = TCPListener.get_addrs
+    TCPListener.get_addrs = _get_addrs_of_open_listeners  # type: ignore[method-assign]
 
 
 def revert_patches() -> None:
     """Restore the library's original code (only for demonstrating the bug in a test)."""
-    global _original_handler
+    global _original_handler, _original_get_addrs
     if _original_handler is not None:
         Swarm._do_handle_inbound_connection = _original_handler  # type: ignore[method-assign]
         _original_handler = None
+    if _original_get_addrs is not None:
+        TCPListener.get_addrs = _original_get_addrs  # type: ignore[method-assign]
+        _original_get_addrs = None
 
 
 def patches_applied() -> bool:
