@@ -67,6 +67,13 @@ class GatewayLimits:
     node_batch_records_max: int = 500
     node_batch_bytes_max: int = 4 * 1024 * 1024
     node_calls_inflight_max: int = 2  # few calls in flight: records gather into bigger ones
+    # Of those, coalesced write calls that may go out with fewer than node_batch_records_max
+    # records; another starts only with a full batch or once the oldest has run
+    # node_write_call_stalled_s. Every write call costs the cluster the same rounds (shard puts
+    # to every holder, a forward to the leader, a log entry) whatever it carries, and with one
+    # call in flight the records of every waiting request share the next (docs/performance.md,
+    # "Records per round"). An idle gateway still sends a lone record at once.
+    node_write_calls_unfilled_max: int = 1
     queue_records_max: int = 20_000
     # One partner may have at most this many records in flight; more gets 429 (fairness).
     partner_inflight_records_max: int = 10_000
@@ -91,6 +98,10 @@ class GatewayLimits:
             raise ConfigError(f"limits.ledger_list_limit_max must be at most {LIST_LIMIT_MAX}")
         if self.node_queue_fill_max_percent > 100:
             raise ConfigError("limits.node_queue_fill_max_percent must be at most 100")
+        if self.node_write_calls_unfilled_max > self.node_calls_inflight_max:
+            raise ConfigError(
+                "limits.node_write_calls_unfilled_max must be at most node_calls_inflight_max"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +111,9 @@ class GatewayTimeouts:
     keyring_reload_interval_s: float = 1.0  # how often the keyring file is checked for changes
     # How long a record may wait to share a node call with other requests' records.
     coalesce_window_s: float = 0.002
+    # A coalesced write call running this long no longer holds the next back (a slow or hung
+    # node must not stall every write behind it): see limits.node_write_calls_unfilled_max.
+    node_write_call_stalled_s: float = 1.0
     # Every partner request gets this long end to end; nodes get the remaining budget and
     # stop work the caller no longer waits for.
     request_deadline_s: float = 10.0

@@ -209,6 +209,8 @@ class NodeClient:
             items_max=limits.node_batch_records_max,
             bytes_max=limits.node_batch_bytes_max,
             size_of=lambda item: len(item.record["blob"]) + 128,
+            unfilled_inflight_max=limits.node_write_calls_unfilled_max,
+            stalled_after_s=timeouts.node_write_call_stalled_s,
             **shared,  # type: ignore[arg-type]
         )
         self._reads: Batcher[str, ReadItem, dict[str, Any]] = Batcher(

@@ -11,6 +11,12 @@ Flush policy of one lane:
 * items wait at most ``window_s`` after the first one arrived, then go out together;
 * a lane never has more than ``inflight_max`` calls in flight: while they run, new items
   gather for the next call, so batches grow with the load (like group commit);
+* optionally, only the first ``unfilled_inflight_max`` of those calls may carry a batch that is
+  not full: past them a lane starts another call only with a full batch, or once its oldest
+  running call has run ``stalled_after_s`` (a slow or hung destination must not hold every
+  item). Every call costs the same messages whatever it carries, so under a closed loop of
+  clients this halves the calls when it halves the calls in flight; an idle lane still sends
+  at once, so an idle caller's latency does not grow;
 * a call carries at most ``items_max`` items and ``bytes_max`` bytes (``size_of``);
 * at most ``pending_max`` items wait across all lanes: more raises :class:`Overloaded` at once
   (a bounded queue, never unbounded memory);
@@ -52,7 +58,9 @@ class _Lane(Generic[I, R]):
     pending_bytes: int = 0
     first_at: float = 0.0
     inflight: int = 0
+    running: dict[object, float] = field(default_factory=dict)  # a running call -> its start
     timer: asyncio.TimerHandle | None = None
+    timer_due: float = 0.0
 
 
 class Batcher(Generic[K, I, R]):
@@ -66,9 +74,16 @@ class Batcher(Generic[K, I, R]):
         inflight_max: int,
         pending_max: int,
         size_of: Callable[[I], int] = lambda _item: 0,
+        unfilled_inflight_max: int | None = None,
+        stalled_after_s: float = 1.0,
     ) -> None:
         if items_max < 1 or inflight_max < 1 or pending_max < 1 or window_s < 0:
             raise InvariantViolation("batcher limits must be positive")
+        unfilled = inflight_max if unfilled_inflight_max is None else unfilled_inflight_max
+        if not 1 <= unfilled <= inflight_max or stalled_after_s <= 0:
+            raise InvariantViolation("unfilled_inflight_max must be within 1..inflight_max")
+        self._unfilled_max = unfilled
+        self._stalled_after_s = stalled_after_s
         self._call = call
         self._window_s = window_s
         self._items_max = items_max
@@ -80,7 +95,6 @@ class Batcher(Generic[K, I, R]):
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_items = 0
         self._inflight_items = 0
-        self._running: dict[object, float] = {}  # a running call -> when it started
         self.stats = BatcherStats()
 
     @property
@@ -104,7 +118,8 @@ class Batcher(Generic[K, I, R]):
         A congestion signal for admission: it grows only while calls do not keep up.
         """
         since = [lane.first_at for lane in self._lanes.values() if lane.pending]
-        since += self._running.values()
+        for lane in self._lanes.values():
+            since += lane.running.values()
         if not since:
             return 0.0
         return max(0.0, asyncio.get_running_loop().time() - min(since))
@@ -160,16 +175,32 @@ class Batcher(Generic[K, I, R]):
     def _maybe_flush(self, key: K, lane: _Lane[I, R]) -> None:
         if not lane.pending or lane.inflight >= self._inflight_max:
             return  # a finishing call flushes what gathered meanwhile
-        waited = asyncio.get_running_loop().time() - lane.first_at
-        if self._full(lane) or waited >= self._window_s:
+        now = asyncio.get_running_loop().time()
+        full = self._full(lane)
+        if lane.inflight >= self._unfilled_max and not full:
+            # Group commit: gather behind the calls in flight, unless the oldest stalls.
+            stalled_at = min(lane.running.values()) + self._stalled_after_s
+            if now < stalled_at:
+                self._arm(key, lane, stalled_at)
+                return
+        waited = now - lane.first_at
+        if full or waited >= self._window_s:
             if lane.timer is not None:
                 lane.timer.cancel()
                 lane.timer = None
             self._start_call(key, lane)
-        elif lane.timer is None:
-            lane.timer = asyncio.get_running_loop().call_later(
-                self._window_s - waited, self._on_timer, key
-            )
+        else:
+            self._arm(key, lane, lane.first_at + self._window_s)
+
+    def _arm(self, key: K, lane: _Lane[I, R], due: float) -> None:
+        """Look at the lane again at ``due`` (an earlier look already armed is kept)."""
+        if lane.timer is not None:
+            if lane.timer_due <= due:
+                return
+            lane.timer.cancel()
+        loop = asyncio.get_running_loop()
+        lane.timer = loop.call_later(max(0.0, due - loop.time()), self._on_timer, key)
+        lane.timer_due = due
 
     def _on_timer(self, key: K) -> None:
         lane = self._lanes.get(key)
@@ -201,16 +232,20 @@ class Batcher(Generic[K, I, R]):
             return
         lane.inflight += 1
         self._inflight_items += len(live)
-        task = asyncio.get_running_loop().create_task(self._run_call(key, lane, live))
+        token = object()  # the call's start, kept while it runs (held_back_s, stalls)
+        lane.running[token] = asyncio.get_running_loop().time()
+        task = asyncio.get_running_loop().create_task(self._run_call(key, lane, live, token))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._maybe_flush(key, lane)  # more than one call's worth may be waiting
 
     async def _run_call(
-        self, key: K, lane: _Lane[I, R], live: list[tuple[I, asyncio.Future[R]]]
+        self,
+        key: K,
+        lane: _Lane[I, R],
+        live: list[tuple[I, asyncio.Future[R]]],
+        token: object,
     ) -> None:
-        token = object()
-        self._running[token] = asyncio.get_running_loop().time()
         try:
             results = await self._call(key, [item for item, _ in live])
             if len(results) != len(live):
@@ -226,7 +261,7 @@ class Batcher(Generic[K, I, R]):
                 if not future.done():
                     future.set_result(result)
         finally:
-            del self._running[token]
+            del lane.running[token]
             lane.inflight -= 1
             self._inflight_items -= len(live)
             self.stats.calls += 1

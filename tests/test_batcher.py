@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from node.batcher import Batcher
-from node.errors import OperationFailed, Overloaded
+from node.errors import InvariantViolation, OperationFailed, Overloaded
 
 
 class Recorder:
@@ -114,3 +114,82 @@ async def test_close_cancels_waiting_items() -> None:
     await batcher.close()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def _closed_loop(batcher: Batcher[str, int, int], clients: int, rounds: int) -> None:
+    """``clients`` callers, each submitting again a few ms (its own think time) after its answer."""
+
+    async def client(n: int) -> None:
+        for r in range(rounds):
+            assert await batcher.submit("a", n * 1000 + r) == (n * 1000 + r) * 10
+            await asyncio.sleep(0.001 * (n % 8))
+
+    await asyncio.gather(*(client(n) for n in range(clients)))
+
+
+async def test_unfilled_calls_gather_a_closed_loop_into_fewer_calls() -> None:
+    """One unfilled call in flight: what arrives meanwhile waits for the next, so calls grow."""
+    eager, gathering = Recorder(delay_s=0.02), Recorder(delay_s=0.02)
+    await _closed_loop(make(eager, window_s=0.0, inflight_max=2), 16, 8)
+    await _closed_loop(
+        make(gathering, window_s=0.0, inflight_max=2, unfilled_inflight_max=1), 16, 8
+    )
+    assert gathering.max_running == 1 and eager.max_running == 2
+    assert len(gathering.calls) * 1.5 < len(eager.calls), (len(gathering.calls), len(eager.calls))
+
+
+async def test_an_idle_lane_sends_a_lone_item_at_once() -> None:
+    recorder = Recorder()
+    batcher = make(recorder, window_s=0.0, inflight_max=2, unfilled_inflight_max=1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await batcher.submit("a", 1) == 10
+    assert loop.time() - started < 0.5  # no stall wait (1 s) for a lane with nothing in flight
+    assert recorder.calls == [("a", [1])]
+
+
+async def test_a_full_batch_does_not_wait_for_the_unfilled_call() -> None:
+    recorder = Recorder(delay_s=0.05)
+    batcher = make(recorder, window_s=0.0, items_max=5, inflight_max=2, unfilled_inflight_max=1)
+    first = asyncio.create_task(batcher.submit("a", 0))
+    await asyncio.sleep(0.005)  # the first (unfilled) call is in flight
+    assert await batcher.run_many("a", [1, 2, 3, 4, 5]) == [10, 20, 30, 40, 50]
+    assert await first == 0
+    assert recorder.max_running == 2  # the full batch went while the unfilled call ran
+    assert [items for _, items in recorder.calls] == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_a_stalled_call_no_longer_holds_the_next_back() -> None:
+    calls: list[list[int]] = []
+
+    async def call(_key: str, items: list[int]) -> list[int]:
+        calls.append(items)
+        await asyncio.sleep(0.5 if 0 in items else 0.0)  # item 0's destination hangs
+        return items
+
+    batcher: Batcher[str, int, int] = Batcher(
+        call,
+        window_s=0.0,
+        items_max=100,
+        bytes_max=1_000,
+        inflight_max=2,
+        pending_max=100,
+        unfilled_inflight_max=1,
+        stalled_after_s=0.05,
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    hung = asyncio.create_task(batcher.submit("a", 0))
+    await asyncio.sleep(0.01)
+    assert await batcher.submit("a", 1) == 1
+    assert 0.04 <= loop.time() - started < 0.4  # after stalled_after_s, not after the hung call
+    assert not hung.done()
+    assert await hung == 0
+    assert calls == [[0], [1]]
+
+
+def test_unfilled_inflight_max_must_be_within_inflight_max() -> None:
+    with pytest.raises(InvariantViolation):
+        make(Recorder(), inflight_max=2, unfilled_inflight_max=3)
+    with pytest.raises(InvariantViolation):
+        make(Recorder(), inflight_max=2, unfilled_inflight_max=0)
