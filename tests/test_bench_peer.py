@@ -40,6 +40,7 @@ from tools.bench_profile import (
     counter_deltas,
     find_py_spy,
     parse_collapsed,
+    rounds_per_record,
     stage_summary,
 )
 from tools.bench_profile import _counter_samples as counter_samples
@@ -229,6 +230,28 @@ def test_counters_are_the_counter_and_histogram_samples_that_moved() -> None:
     }
     assert list(counter_deltas(before, after, limit=1)) == ["node_raft_entries_total"]
     assert counter_deltas({}, {"new_total": 2.0}) == {"new_total": 2.0}
+
+
+def test_rounds_per_record_divides_the_round_counters_by_the_records() -> None:
+    leader = {
+        'baas_node_http_requests_total{method="POST",route="/internal/v1/index",status="200"}': 40,
+        'baas_node_http_requests_total{method="POST",route="/internal/v1/index",status="503"}': 2,
+        'baas_node_http_requests_total{method="POST",route="/internal/v1/records",status="200"}': 9,
+        "baas_node_ledger_entry_operations_count": 50.0,
+        'baas_node_raft_link_frames_total{kind="sent"}': 300.0,
+        'baas_node_coalesce_frames_total{op="put"}': 50.0,
+        'baas_node_coalesce_frames_total{op="read"}': 7.0,
+    }
+    assert rounds_per_record(leader, 500) == {
+        "forwards_received": 0.084,
+        "log_entries_applied": 0.1,
+        "raft_frames_sent": 0.6,
+        "shard_put_frames_sent": 0.1,
+    }
+    assert rounds_per_record({"baas_gateway_node_calls_total": 32.0}, 500) == {
+        "gateway_node_calls": 0.064
+    }
+    assert rounds_per_record(leader, 0) == {}
 
 
 SPIN = """

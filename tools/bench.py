@@ -74,7 +74,7 @@ from tools.bench_load import (
     sample_ids,
 )
 from tools.bench_peer import compare, cpu_at, growth_summary, growth_targets
-from tools.bench_profile import PhaseProfiler, find_py_spy
+from tools.bench_profile import PhaseProfiler, find_py_spy, rounds_per_record
 from tools.bench_report import (
     ProcessSampler,
     machine_info,
@@ -425,6 +425,8 @@ class _Bench:
             result["sends_waited_for_inflight_slot"] = worker.sends_waited_for_slot
         if phase in self._leader_wait_s:
             result["leader_settle_wait_s"] = self._leader_wait_s[phase]
+        for entry in self.profiles.get(phase, {}).values():
+            entry["per_record"] = rounds_per_record(entry.get("counters", {}), result["records_ok"])
         return {**result, **observed}
 
     def _our_layout(self, phase: str) -> ClusterLayout:

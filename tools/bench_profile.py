@@ -44,6 +44,7 @@ __all__ = [
     "counter_deltas",
     "find_py_spy",
     "parse_collapsed",
+    "rounds_per_record",
     "scrape_metrics",
     "stage_of",
     "stage_summary",
@@ -237,6 +238,37 @@ def counter_deltas(
     }
     ranked = sorted(moved.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:limit]
     return dict(ranked)
+
+
+# What one committed record costs in rounds, read from a process's counter deltas
+# (docs/performance.md, "Records per round"): name -> metric prefixes summed.
+_FORWARDS = 'baas_node_http_requests_total{method="POST",route="/internal/v1/index"'
+ROUND_COUNTERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gateway_node_calls", ("baas_gateway_node_calls_total",)),
+    ("forwards_received", (_FORWARDS,)),
+    ("log_entries_applied", ("baas_node_ledger_entry_operations_count",)),
+    ("raft_frames_sent", ('baas_node_raft_link_frames_total{kind="sent"}',)),
+    ("raft_frames_received", ('baas_node_raft_link_frames_total{kind="received"}',)),
+    ("raft_stream_writes", ('baas_node_raft_link_frames_total{kind="writes"}',)),
+    ("shard_put_frames_sent", ('baas_node_coalesce_frames_total{op="put"}',)),
+    ("p2p_requests_sent", ("baas_node_p2p_requests_sent_total",)),
+    ("shard_commit_batches", ("baas_node_commit_batches_total",)),
+)  # fmt: skip
+
+
+def rounds_per_record(counters: dict[str, float], records: int) -> dict[str, float]:
+    """Per committed record, the calls, entries, frames and fsyncs a process's counters moved.
+
+    Only what moved is reported (a follower receives no forwards); nothing when no record was.
+    """
+    if records <= 0:
+        return {}
+    per_record = {}
+    for name, prefixes in ROUND_COUNTERS:
+        moved = sum(v for k, v in counters.items() if k.startswith(prefixes))
+        if moved:
+            per_record[name] = round(moved / records, 4)
+    return per_record
 
 
 class PhaseProfiler:
