@@ -15,8 +15,8 @@ Flush policy of one lane:
   not full: past them a lane starts another call only with a full batch, or once its oldest
   running call has run ``stalled_after_s`` (a slow or hung destination must not hold every
   item). Every call costs the same messages whatever it carries, so under a closed loop of
-  clients this halves the calls when it halves the calls in flight; an idle lane still sends
-  at once, so an idle caller's latency does not grow;
+  callers the items waiting share one call instead of splitting over several; an idle lane
+  still sends at once, so an idle caller's latency does not grow;
 * a call carries at most ``items_max`` items and ``bytes_max`` bytes (``size_of``);
 * at most ``pending_max`` items wait across all lanes: more raises :class:`Overloaded` at once
   (a bounded queue, never unbounded memory);
