@@ -56,7 +56,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from business.identity.ids import Mode, derive, partner_account_id, transfer_id, wallet_account_id
+from business.identity.ids import (
+    TAG_DEPOSIT,
+    Mode,
+    derive,
+    partner_account_id,
+    transfer_id,
+    wallet_account_id,
+)
 from business.identity.scope import PLATFORM
 from node.errors import ConfigError, InvalidRequest, InvariantViolation, Overloaded
 
@@ -83,9 +90,6 @@ __all__ = [
     "vault_account",
 ]
 
-TAG_DEPOSIT = b"baas/chain-deposit/v1"
-"""Domain tag of a deposit's record id (:func:`deposit_record_id`); to join
-``business.identity.ids.TAGS`` when the credit is wired into the ledger ops."""
 
 AMOUNT_MAX = (1 << 128) - 2  # the ledger's u128 amounts; 2^128 - 1 means "all" on a post
 HASH_BYTES = 32
