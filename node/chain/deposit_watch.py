@@ -36,6 +36,7 @@ from node.chain.deposits import (
     BlockHeader,
     Decision,
     DepositLog,
+    DepositReader,
     DepositSettings,
     DepositTracker,
     Refused,
@@ -129,7 +130,7 @@ class DepositWatcher:
     def __init__(
         self,
         tracker: DepositTracker,
-        reader: Web3DepositReader,
+        reader: DepositReader,
         sink: Sink,
         *,
         poll_interval_s: float,

@@ -304,6 +304,20 @@ class DepositTracker:
         assert block is not None, "a confirmed height above the base is in the window"
         return Cursor(block.header.number, block.header.hash)
 
+    def safe_cursor(self) -> Cursor:
+        """The highest confirmed block at or below which every deposit is credited in the
+        replicated state: what a credit carries into the log, so a tracker resumed from the
+        state's cursor never skips a deposit whose credit was still in flight (or lost)."""
+        confirmed = self.tip.number - self.settings.confirmations + 1
+        safe = self._window[0].header
+        for block in self._window[1:]:
+            if block.header.number > confirmed or any(
+                not self._credited.is_credited(d.key) for d in block.deposits
+            ):
+                break
+            safe = block.header
+        return Cursor(safe.number, safe.hash)
+
     def pending(self) -> int:
         """Deposits in the window not yet known to be credited."""
         return self._waiting(self._window)
