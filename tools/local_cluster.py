@@ -29,6 +29,7 @@ from typing import IO
 from node.errors import BaasError, OperationFailed
 from tools.cluster_init import ClusterLayout, NodeLayout
 from tools.local_chain import RegistryOnChain, setup_registry, start_chain, stop_process
+from tools.local_vault import VaultOnChain, setup_vault
 
 __all__ = ["LocalCluster"]
 
@@ -53,6 +54,8 @@ class LocalCluster:
         self._log_dir = Path(layout.directory) / "logs"
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.registry: RegistryOnChain | None = None
+        self.vault: VaultOnChain | None = None  # the test-mode deposit vault (tools/local_vault.py)
+        self.deposits_settings: dict[str, object] = {}  # more [deposits] keys for the nodes
 
     @property
     def chain_url(self) -> str | None:
@@ -135,6 +138,11 @@ class LocalCluster:
         except BaasError as exc:
             self._stop_chain()
             raise OperationFailed(f"deploying the registry: {exc.detail}; {where}") from exc
+        try:
+            self.vault = setup_vault(self.layout, self.deposits_settings)
+        except BaasError as exc:
+            self._stop_chain()
+            raise OperationFailed(f"deploying the vault: {exc.detail}; {where}") from exc
 
     def _stop_chain(self) -> int | None:
         process = self._processes.get(CHAIN)
