@@ -13,6 +13,7 @@ its confirmations credits nothing; one reorganised away after its credit raises 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from web3 import Web3
 from business.identity.ids import Mode, ledger_number, wallet_account_id, wallet_id
 from node.chain.contracts import contract_at, send
 from node.chain.deposits import DepositKey, deposit_record_id, suspense_account, vault_account
+from tools import cluster_cli
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
 from tools.ledger_client import LedgerClient, UserWallet
@@ -114,7 +116,7 @@ async def link_user(cluster: LocalCluster, user: UserWallet) -> None:
 
 
 async def test_deposits_credit_once_hold_unknown_wallets_survive_kill_and_alarm_on_reorg(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     layout = init_cluster(tmp_path, nodes=5, partners=("shop-a",), chain="anvil")
     cluster = LocalCluster(layout)
@@ -147,6 +149,9 @@ async def test_deposits_credit_once_hold_unknown_wallets_survive_kill_and_alarm_
         assert [d["tx_hash"] for d in listed] == ["0x" + held.tx_hash.hex()]
         assert listed[0]["amount"] == str(2 * UNIT)
         assert balance(cluster, suspense_account(Mode.TEST, BAAS)) == 2 * UNIT
+        assert cluster_cli.main(["deposits", "--dir", str(tmp_path)]) == 0  # the operator's
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["object"] == "list" and shown["data"] == listed
 
         # 3. kill -9 of the watching leader between seeing a deposit and crediting it.
         watcher = deposits_status(cluster)
