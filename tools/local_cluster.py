@@ -8,7 +8,8 @@ simulate a crash, and ``start_node`` brings a node back with the same identity a
 
 A cluster with a chain (``baas-cluster init --chain embedded|anvil``, the default embedded)
 starts it first, as process ``chain`` (log ``logs/chain.log``), deploys the registry and points
-the node configs at it (``tools/local_chain.py``), and stops it after the last node.
+the node configs at it (``tools/local_chain.py``), deploys the test-mode deposit vault and writes
+the nodes' ``[deposits]`` (``tools/local_vault.py``), and stops it after the last node.
 ``chain_url``, ``chain_id`` and ``chain_contract`` say where the nodes anchor; all three are
 None before ``start`` and for ``chain = none``. The chain is in memory only: every ``start``
 brings up a new one.
