@@ -13,8 +13,8 @@ rounds (:func:`~node.chain.deposits.poll_round`, in a worker thread because web3
 synchronous) until the tracker has caught up, ticks the tracker, and hands every decision to
 the ``sink`` coroutine (the node's :mod:`node.chain.deposit_service` proposes each
 :class:`~node.chain.deposits.CreditDeposit` through the log). Alarms are also logged at ERROR
-and counted, and :meth:`DepositWatcher.status` / :meth:`DepositWatcher.stat_families` expose the counters
-for ``/status`` and ``/metrics``.
+and counted, and :meth:`DepositWatcher.status` / :meth:`DepositWatcher.stat_families` expose
+the counters for ``/status`` and ``/metrics``.
 """
 
 from __future__ import annotations
