@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 from aiohttp import web
@@ -45,9 +45,7 @@ from aiohttp import web
 from business.identity.ids import Mode, wallet_id
 from business.identity.model import WALLET_PREFIX
 from business.identity.scope import PLATFORM
-from node.anchoring.chain import connect_web3
 from node.chain.deposit_config import DepositsConfig, DepositVault
-from node.chain.deposit_watch import DepositWatcher, Web3DepositReader
 from node.chain.deposits import (
     Alarm,
     CreditDeposit,
@@ -83,6 +81,9 @@ __all__ = [
     "deposit_blob",
     "suspense_list",
 ]
+
+if TYPE_CHECKING:  # web3 costs ~2 s of CPU to import: only a node that watches pays it
+    from node.chain.deposit_watch import DepositWatcher
 
 log = logging.getLogger("baas.node.deposits")
 
@@ -217,6 +218,8 @@ class _Runner:
             self.vault.chain_id,
             cursor.number,
         )
+        from node.chain.deposit_watch import DepositWatcher  # web3: imported on use
+
         return DepositWatcher(
             tracker,
             reader,
@@ -349,6 +352,9 @@ class _View:
 
 def web3_reader(settings: DepositSettings, vault: DepositVault, timeout_s: float) -> DepositReader:
     """The web3 reader of one vault (blocking: call it on a worker thread)."""
+    from node.anchoring.chain import connect_web3  # web3: imported on use
+    from node.chain.deposit_watch import Web3DepositReader
+
     return Web3DepositReader(connect_web3(vault.rpc_url, timeout_s=timeout_s), settings)
 
 
