@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from node.anchoring.config import AnchoringSettings, anchoring_from_table
+from node.chain.deposit_config import DepositsConfig, deposits_from_table
 from node.consensus.ledger_ops import OPERATION_EVENTS_MAX
 from node.consensus.record_index import (
     BATCH_ENVELOPE_BYTES,
@@ -462,6 +463,7 @@ class NodeConfig:
     gc: GcSettings = field(default_factory=GcSettings)
     scrub: ScrubSettings = field(default_factory=ScrubSettings)
     anchoring: AnchoringSettings = field(default_factory=AnchoringSettings)
+    deposits: DepositsConfig = field(default_factory=DepositsConfig)
 
     def validate(self) -> None:
         self.cluster.validate()
@@ -478,6 +480,9 @@ class NodeConfig:
         self.gc.validate()
         self.scrub.validate()
         self.anchoring.validate()
+        self.deposits.validate()
+        if self.deposits.credits_per_write_max > self.limits.records_per_request_max:
+            raise ConfigError("deposits.credits_per_write_max must be <= records_per_request_max")
         me = self.cluster.member(self.node.name)
         _tcp_multiaddr_port(self.node.p2p_listen, "node.p2p_listen")
         parse_host_port(self.node.http_listen, "node.http_listen")
@@ -558,6 +563,7 @@ def load_node_config(path: Path) -> NodeConfig:
         gc=build_dataclass(GcSettings, _section(raw, "gc"), "gc"),
         scrub=build_dataclass(ScrubSettings, _section(raw, "scrub"), "scrub"),
         anchoring=anchoring_from_table(dict(_section(raw, "anchoring")), base),
+        deposits=deposits_from_table(dict(_section(raw, "deposits"))),
     )
     config.validate()
     return config

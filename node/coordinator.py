@@ -153,6 +153,9 @@ class WriteRequest:
     # A Bridge request (log feature 8, business/bridge/wire.py) instead of events: its op id
     # is the record id; the state machine makes its ledger events (node/consensus/bridge_ops.py).
     bridge: bytes | None = None
+    # A vault deposit credit (log feature 10, node/consensus/deposit_ops.py): built only by
+    # this node's deposit watcher (node/chain/deposit_service.py), never taken from the API.
+    deposit: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +370,8 @@ class Coordinator:
             raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
         if not request.partner_id:
             raise InvalidRequest("partner id is empty")
+        if request.deposit is not None and (request.events, request.bridge) != (None, None):
+            raise InvalidRequest("a deposit credit carries no ledger events or Bridge request")
         if request.bridge is not None:
             self._validate_bridge(request)
         elif request.events is not None or request.approvals is not None:
@@ -487,7 +492,8 @@ class Coordinator:
     def _first_outcome(self, request: WriteRequest) -> dict[str, Any] | None:
         """A retried operation's applied first outcome (a plain record has none; a ledger
         operation carries events, a Bridge operation its request)."""
-        if (request.events is None and request.bridge is None) or self._index is None:
+        plain = request.events is None and request.bridge is None and request.deposit is None
+        if plain or self._index is None:
             return None
         first = self._index.outcome(request.record_id)
         return first.summary() if first is not None else None
@@ -577,6 +583,7 @@ class Coordinator:
                 request.mode,
                 request.user_refs,
                 request.bridge,
+                request.deposit,
             )
             for _, request, result in pending
         ]

@@ -23,13 +23,15 @@ from aiohttp import web
 from business.identity import IdentityConfig, IdentityMachine
 from node import runtime
 from node.anchoring.forwarding import ForwardingProposer
-from node.anchoring.service import AnchorService, open_chain
+from node.anchoring.service import AnchorService, LeaderProposer, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.api.identity_routes import IDENTITY_PROPOSE_PATH, IdentityRoutes, add_identity_routes
 from node.api.ledger_routes import LedgerReads
 from node.api.problem import ProblemAppRunner
+from node.chain.deposit_service import DepositService, add_deposit_routes
 from node.config import NodeConfig, load_node_config, parse_host_port
+from node.consensus.deposit_ops import DEPOSIT_FEATURE_VERSION
 from node.consensus.ledger_ops import LedgerOps
 from node.consensus.members import MembersMachine
 from node.consensus.record_index import RecordIndex
@@ -61,11 +63,13 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (7: the identity entries, partners
+# The newest log feature version this code understands (10: vault deposit credits in
+# ledger.ops, node/consensus/deposit_ops.py; 9 is reserved for payments, merged separately;
+# 8: Bridge requests; 7: the identity entries, partners
 # and wallets, business/identity/; 6: ledger operations and ticks,
 # node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
 # leader's index batching).
-FEATURE_VERSION_MAX = 8
+FEATURE_VERSION_MAX = 10
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -253,6 +257,17 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         chain=chain,
         sender=sender,
     )
+    # --- deposits (feature 10): the leader watches the vaults, credits go through the log.
+    deposits = DepositService(
+        config=config.deposits,
+        store=raft_storage,
+        is_leader=LeaderProposer(replicated_log).can_propose,  # anchoring's leader rule
+        feature_enabled=lambda: (
+            Dispatcher.feature_version(StoreView(raft_storage)) >= DEPOSIT_FEATURE_VERSION
+        ),
+        write=coordinator.write_records,
+        metrics=metrics,
+    )
     # The Merkle tree's top levels, kept once read (a stored subtree hash never changes): a
     # proof then reads ~7 values from LevelDB instead of ~25 at 10^6 leaves.
     merkle_nodes = NodeCache()
@@ -278,6 +293,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         log_view=lambda: merkle_nodes.view(StoreView(raft_storage)),
         propose_entry=partial(_propose_one, replicated_log, config.timeouts.p2p_request_s),
         anchoring_status=anchoring.status,
+        deposits_status=deposits.status if config.deposits.enabled else None,
         ledger_reads=LedgerReads(
             view=lambda: StoreView(raft_storage),
             read_at=raft_storage.read_state_at,
@@ -317,6 +333,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             records_max=config.limits.records_per_request_max,
         ),
     )
+    add_deposit_routes(node_app, raft_storage)
     runner = ProblemAppRunner(node_app, access_log=None, handle_signals=False)
     replay: asyncio.Task[None] | None = None
     try:
@@ -333,6 +350,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         if config.anchoring.enabled:
             await anchoring_proposer.start()
             await anchoring.start()
+        if config.deposits.enabled:
+            await deposits.start()
         replay = asyncio.create_task(coordinator.replay_hints_forever())
         await runner.setup()
         host, port = parse_host_port(config.node.http_listen, "node.http_listen")
@@ -355,6 +374,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await replay
         await runner.cleanup()
+        await deposits.stop()
         if config.anchoring.enabled:
             await anchoring.stop()  # gives the lease up while the log still runs
             await anchoring_proposer.stop()

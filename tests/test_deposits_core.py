@@ -227,6 +227,26 @@ def test_resume_from_a_cursor_reads_only_above_it() -> None:
     assert credits(poll_all(resumed, chain)) == [chain.logs[chain.canonical[5]][0].key]
 
 
+def test_the_safe_cursor_stops_below_the_oldest_deposit_not_yet_credited() -> None:
+    chain = MemChain()
+    chain.mine(deposits=1)  # block 1
+    chain.mine()
+    chain.mine(deposits=1)  # block 3
+    for _ in range(4):
+        chain.mine()  # head 7: blocks up to 5 confirmed
+    credited = Credited()
+    tracker = new_tracker(credited)
+    first, second = credits(poll_all(tracker, chain))
+    assert tracker.cursor().number == 5
+    assert tracker.safe_cursor().number == 0  # block 1's credit is not in the state yet
+    credited.keys.add(second)  # committed out of order: still not past block 1
+    assert tracker.safe_cursor().number == 0
+    credited.keys.add(first)
+    assert tracker.safe_cursor() == Cursor(5, chain.canonical[5])
+    resumed = DepositTracker(make_settings(), Cursor(0, chain.canonical[0]), Credited({first}))
+    assert credits(poll_all(resumed, chain)) == [second]  # resumed from it: nothing skipped
+
+
 # -- reorganisations ---------------------------------------------------------------------------
 
 

@@ -52,6 +52,7 @@ from tools.local_chain import (
     wait_until_answering,
 )
 from tools.local_cluster import LocalCluster
+from tools.local_vault import DEPOSITS_MARKER
 
 HOLDERS = ("node-1", "node-2", "node-3")
 ROOT = bytes(range(32))
@@ -217,8 +218,17 @@ def test_local_cluster_starts_the_chain_deploys_the_registry_and_stops_it_last(
         assert cluster.chain_id == chain_id
         assert cluster.chain_contract == layout.chain.expected_contract
         assert cluster.registry is not None and cluster.registry.deployed
-        # the configs init wrote were right: nothing was rewritten
-        assert {n.name: Path(n.config_path).read_text() for n in layout.nodes} == tomls_before
+        # the configs init wrote were right: nothing was rewritten, only the test-mode vault's
+        # [deposits] appended (tools/local_vault.py: its address is known once deployed)
+        assert cluster.vault is not None and cluster.vault.deployed
+        for node in layout.nodes:
+            text = Path(node.config_path).read_text()
+            kept, marker, _ = text.partition("\n" + DEPOSITS_MARKER)
+            assert marker and kept.rstrip("\n") == tomls_before[node.name].rstrip("\n")
+            deposits = tomllib.loads(text)["deposits"]
+            assert deposits["enabled"] is True
+            assert deposits["test"]["vault"] == cluster.vault.vault
+            assert deposits["test"]["chain_id"] == chain_id
         w3 = connect_web3(cluster.chain_url)
         registry = AnchorChain(w3, cluster.chain_contract)
         assert registry.next_batch_id() == 1

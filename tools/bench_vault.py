@@ -24,8 +24,9 @@ DepositWatcher` polling every ``--poll-interval-s``. The final confirmation of a
 ``b`` is block ``b + confirmations - 1``; its time is when a side thread polling
 ``eth_blockNumber`` every 10 ms first saw it (so the lag includes the watcher's poll period and
 its reads, not anvil's mining); the credit's time is when the watcher handed the
-:class:`~node.chain.deposits.CreditDeposit` to its sink. Until the node proposes credits through
-the log this stops at the credit decision (the log's commit is not in the figure).
+:class:`~node.chain.deposits.CreditDeposit` to its sink (the decision, without the log). With
+``--through-cluster`` the same is measured through 5 real nodes up to the credit *applied* on
+the log (:mod:`tools.bench_deposits_cluster`).
 
 Targets (issue 15): <= 120,000 gas for one withdrawal with M = 2, <= 60,000 gas per withdrawal in
 a batch of 20; the verdict is given for each case. Gas does not depend on the machine's load, but
@@ -64,6 +65,7 @@ from node.chain.deposits import (
     DepositTracker,
 )
 from node.chain.vault import VaultDomain, Withdrawal, batch_digest, sign_digest
+from tools.bench_deposits_cluster import cluster_deposit_lag
 from tools.local_chain import running_anvil
 
 __all__ = ["DevKey", "bench_chain", "main", "signed_withdraw_call"]
@@ -314,7 +316,13 @@ async def deposit_lag(deposits: int, confirmations: int, poll_interval_s: float)
     }
 
 
-def run(chains: Sequence[str], batch: int, deposits: int = 0, **lag: Any) -> dict[str, Any]:
+def run(
+    chains: Sequence[str],
+    batch: int,
+    deposits: int = 0,
+    through_cluster: bool = False,
+    **lag: Any,
+) -> dict[str, Any]:
     results: dict[str, Any] = {
         "format": 1,
         "bench": "vault",
@@ -329,7 +337,9 @@ def run(chains: Sequence[str], batch: int, deposits: int = 0, **lag: Any) -> dic
         else:
             with running_anvil() as node:
                 results["chains"][chain] = bench_chain(connect_web3(node.url), batch)
-    if deposits > 0:
+    if deposits > 0 and through_cluster:
+        results["deposit_lag"] = asyncio.run(cluster_deposit_lag(deposits, **lag))
+    elif deposits > 0:
         results["deposit_lag"] = asyncio.run(deposit_lag(deposits, **lag))
     results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
@@ -341,6 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=20, help="withdrawals per batch (1..64)")
     parser.add_argument(
         "--deposits", type=int, default=0, help="also measure the credit lag of N deposits"
+    )
+    parser.add_argument(
+        "--through-cluster",
+        action="store_true",
+        help="with --deposits: credits applied through 5 real nodes (tools/bench_deposits_cluster)",
     )
     parser.add_argument("--confirmations", type=int, default=3)
     parser.add_argument("--poll-interval-s", type=float, default=0.25)
@@ -355,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chains,
         args.batch,
         args.deposits,
+        args.through_cluster,
         confirmations=args.confirmations,
         poll_interval_s=args.poll_interval_s,
     )

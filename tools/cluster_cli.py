@@ -10,6 +10,7 @@ baas-cluster announce    --dir .cluster --name node-6   # once it runs: add it t
 baas-cluster remove-node --dir .cluster --name node-2   # take it out (log), then stop it
 baas-cluster members     --dir .cluster      # the committed membership, voters and learners
 baas-cluster rejoin-node --dir .cluster --name node-2   # it lost its disk: back as a new member
+baas-cluster deposits    --dir .cluster [--limit 100]   # vault deposits held in suspense
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+from node.chain.deposit_service import SUSPENSE_PATH
 from node.errors import BaasError, ConfigError, OperationFailed
 from tools.cluster_init import (
     CHAIN_KINDS,
@@ -39,8 +41,9 @@ from tools.cluster_init import (
 from tools.compose import ComposeSpec, compose_yaml
 from tools.local_chain import RegistryOnChain, setup_registry
 from tools.local_cluster import LocalCluster
+from tools.local_vault import setup_vault
 from tools.members import announce, members, rejoin, retire
-from tools.status import run_status
+from tools.status import _get, read_token, run_status
 
 
 def _print_layout(layout: ClusterLayout, registry: RegistryOnChain | None = None) -> None:
@@ -90,7 +93,9 @@ def _init(args: argparse.Namespace) -> ClusterLayout:
 
 
 def _chain_setup(args: argparse.Namespace) -> int:
-    registry = setup_registry(load_layout(args.dir), wait_s=args.wait)
+    layout = load_layout(args.dir)
+    registry = setup_registry(layout, wait_s=args.wait)
+    vault = setup_vault(layout)
     document = {
         "url": registry.url,
         "chain_id": registry.chain_id,
@@ -98,9 +103,27 @@ def _chain_setup(args: argparse.Namespace) -> int:
         "owner": registry.owner,
         "submitters": list(registry.submitters),
         "deployed": registry.deployed,
+        "vault": vault.vault,
+        "token": vault.token,
     }
     print(json.dumps(document))
     return 0
+
+
+def _deposits(args: argparse.Namespace) -> int:
+    """The suspense list from the first node that answers (each answers from its state)."""
+    layout = load_layout(args.dir)
+    headers = {"Authorization": f"Bearer {read_token(args.dir)}"}
+    for node in layout.nodes:
+        url = f"http://{node.http_addr}{SUSPENSE_PATH}?limit={args.limit}"
+        try:
+            code, _, body = _get(url, headers, args.timeout)
+        except OSError:
+            continue
+        if code == 200:
+            print(json.dumps(json.loads(body), indent=2))
+            return 0
+    raise OperationFailed("no node answered the suspense list")
 
 
 def _hosts(value: str) -> tuple[str, ...]:
@@ -231,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     chain_setup.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the chain to answer"
     )
+    deposits = sub.add_parser("deposits", help="vault deposits held in suspense (unknown wallets)")
+    deposits.add_argument("--dir", type=Path, default=Path(".cluster"))
+    deposits.add_argument("--limit", type=int, default=100, help="at most this many (1..1000)")
+    deposits.add_argument("--timeout", type=float, default=5.0, help="per request, seconds")
     compose = sub.add_parser("compose", help="render docker-compose.cluster.yml")
     compose.add_argument("--out", type=Path, default=None, help="default: stdout")
     args = parser.parse_args(argv)
@@ -244,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compose(args)
         if args.command == "chain-setup":
             return _chain_setup(args)
+        if args.command == "deposits":
+            return _deposits(args)
         if args.command in ("add-node", "announce", "remove-node", "rejoin-node", "members"):
             return _membership(args)
         layout = load_layout(args.dir) if (args.dir / "cluster.json").exists() else _init(args)

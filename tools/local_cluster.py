@@ -8,7 +8,8 @@ simulate a crash, and ``start_node`` brings a node back with the same identity a
 
 A cluster with a chain (``baas-cluster init --chain embedded|anvil``, the default embedded)
 starts it first, as process ``chain`` (log ``logs/chain.log``), deploys the registry and points
-the node configs at it (``tools/local_chain.py``), and stops it after the last node.
+the node configs at it (``tools/local_chain.py``), deploys the test-mode deposit vault and writes
+the nodes' ``[deposits]`` (``tools/local_vault.py``), and stops it after the last node.
 ``chain_url``, ``chain_id`` and ``chain_contract`` say where the nodes anchor; all three are
 None before ``start`` and for ``chain = none``. The chain is in memory only: every ``start``
 brings up a new one.
@@ -29,6 +30,7 @@ from typing import IO
 from node.errors import BaasError, OperationFailed
 from tools.cluster_init import ClusterLayout, NodeLayout
 from tools.local_chain import RegistryOnChain, setup_registry, start_chain, stop_process
+from tools.local_vault import VaultOnChain, setup_vault
 
 __all__ = ["LocalCluster"]
 
@@ -53,6 +55,8 @@ class LocalCluster:
         self._log_dir = Path(layout.directory) / "logs"
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.registry: RegistryOnChain | None = None
+        self.vault: VaultOnChain | None = None  # the test-mode deposit vault (tools/local_vault.py)
+        self.deposits_settings: dict[str, object] = {}  # more [deposits] keys for the nodes
 
     @property
     def chain_url(self) -> str | None:
@@ -135,6 +139,11 @@ class LocalCluster:
         except BaasError as exc:
             self._stop_chain()
             raise OperationFailed(f"deploying the registry: {exc.detail}; {where}") from exc
+        try:
+            self.vault = setup_vault(self.layout, self.deposits_settings)
+        except BaasError as exc:
+            self._stop_chain()
+            raise OperationFailed(f"deploying the vault: {exc.detail}; {where}") from exc
 
     def _stop_chain(self) -> int | None:
         process = self._processes.get(CHAIN)

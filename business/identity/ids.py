@@ -75,6 +75,7 @@ TAG_WALLET_ACCOUNT = b"baas/wallet-account/v1"
 TAG_PARTNER_ACCOUNT = b"baas/partner-account/v1"
 TAG_USER_REF = b"baas/user-ref/v1"
 TAG_CODE = b"baas/one-time-code/v1"
+TAG_DEPOSIT = b"baas/chain-deposit/v1"  # a vault deposit's record id (node/chain/deposits.py)
 TAGS = (
     TAG_PARTNER,
     TAG_OPERATION,
@@ -85,6 +86,7 @@ TAGS = (
     TAG_PARTNER_ACCOUNT,
     TAG_USER_REF,
     TAG_CODE,
+    TAG_DEPOSIT,
 )
 
 

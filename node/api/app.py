@@ -113,6 +113,7 @@ class NodeApiState:
     propose_entry: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
     anchoring_status: Callable[[], dict[str, Any]]
     ledger_reads: LedgerReads | None = None  # the ledger read routes (node/api/ledger_routes.py)
+    deposits_status: Callable[[], dict[str, Any]] | None = None  # node/chain/deposit_service.py
     inflight: int = 0
 
 
@@ -450,6 +451,7 @@ async def get_status(request: web.Request) -> web.Response:
             "gc": state.gc_stats(),
             "scrub": state.scrub_stats(),
             "anchoring": state.anchoring_status(),
+            "deposits": None if state.deposits_status is None else state.deposits_status(),
         }
     )
 

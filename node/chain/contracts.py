@@ -14,7 +14,8 @@ and canceller is that multisig (executing is open to anyone once the delay has p
 vault configured by its deployer, then ownership handed to the timelock, after which the
 deployer can change nothing. Transactions come from the chain's unlocked dev accounts.
 
-Not used by the nodes yet (issue 15 items 2 and 3 are the next step).
+The local cluster deploys its dev vault with it (tools/local_vault.py); the nodes read the
+vault's deposits (node/chain/deposit_watch.py); withdrawals (issue 15 item 3) are next.
 """
 
 from __future__ import annotations

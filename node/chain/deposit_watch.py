@@ -11,10 +11,10 @@ web3, eth-tester and ``requests`` raise is translated at the anchoring border
 :class:`DepositWatcher` is the short asyncio loop: every ``poll_interval_s`` it runs polling
 rounds (:func:`~node.chain.deposits.poll_round`, in a worker thread because web3 here is
 synchronous) until the tracker has caught up, ticks the tracker, and hands every decision to
-the ``sink`` coroutine (the node will propose each :class:`~node.chain.deposits.CreditDeposit`
-through the log; that wiring is the next step). Alarms are also logged at ERROR and counted,
-and :meth:`DepositWatcher.status` / :meth:`DepositWatcher.stat_families` expose the counters
-for ``/status`` and ``/metrics``.
+the ``sink`` coroutine (the node's :mod:`node.chain.deposit_service` proposes each
+:class:`~node.chain.deposits.CreditDeposit` through the log). Alarms are also logged at ERROR
+and counted, and :meth:`DepositWatcher.status` / :meth:`DepositWatcher.stat_families` expose
+the counters for ``/status`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from node.chain.deposits import (
     BlockHeader,
     Decision,
     DepositLog,
+    DepositReader,
     DepositSettings,
     DepositTracker,
     Refused,
@@ -129,7 +130,7 @@ class DepositWatcher:
     def __init__(
         self,
         tracker: DepositTracker,
-        reader: Web3DepositReader,
+        reader: DepositReader,
         sink: Sink,
         *,
         poll_interval_s: float,

@@ -56,7 +56,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from business.identity.ids import Mode, derive, partner_account_id, transfer_id, wallet_account_id
+from business.identity.ids import (
+    TAG_DEPOSIT,
+    Mode,
+    derive,
+    partner_account_id,
+    transfer_id,
+    wallet_account_id,
+)
 from business.identity.scope import PLATFORM
 from node.errors import ConfigError, InvalidRequest, InvariantViolation, Overloaded
 
@@ -83,9 +90,6 @@ __all__ = [
     "vault_account",
 ]
 
-TAG_DEPOSIT = b"baas/chain-deposit/v1"
-"""Domain tag of a deposit's record id (:func:`deposit_record_id`); to join
-``business.identity.ids.TAGS`` when the credit is wired into the ledger ops."""
 
 AMOUNT_MAX = (1 << 128) - 2  # the ledger's u128 amounts; 2^128 - 1 means "all" on a post
 HASH_BYTES = 32
@@ -299,6 +303,20 @@ class DepositTracker:
         block = self._at(confirmed)
         assert block is not None, "a confirmed height above the base is in the window"
         return Cursor(block.header.number, block.header.hash)
+
+    def safe_cursor(self) -> Cursor:
+        """The highest confirmed block at or below which every deposit is credited in the
+        replicated state: what a credit carries into the log, so a tracker resumed from the
+        state's cursor never skips a deposit whose credit was still in flight (or lost)."""
+        confirmed = self.tip.number - self.settings.confirmations + 1
+        safe = self._window[0].header
+        for block in self._window[1:]:
+            if block.header.number > confirmed or any(
+                not self._credited.is_credited(d.key) for d in block.deposits
+            ):
+                break
+            safe = block.header
+        return Cursor(safe.number, safe.hash)
 
     def pending(self) -> int:
         """Deposits in the window not yet known to be credited."""

@@ -37,6 +37,17 @@ may carry, instead of ``ev``, one Bridge request:
   Bridge's point-expiry sweep at its log time (:meth:`BridgeStep.expire
   <node.consensus.bridge_ops.BridgeStep.expire>`).
 
+From log feature 10 (:data:`~node.consensus.deposit_ops.DEPOSIT_FEATURE_VERSION`) an operation
+may carry, instead of ``ev`` or ``br``, one vault deposit credit:
+
+* ``dp`` -- :meth:`~node.consensus.deposit_ops.DepositCreditBody.encode`, proposed by the
+  platform (a node's deposit watcher); its record id must be the deposit key's
+  (:func:`node.chain.deposits.deposit_record_id`). Before feature 10 an operation with ``dp``
+  is ``malformed``. Its created operations run the deposit step
+  (:mod:`node.consensus.deposit_ops`: credit the named wallet from the platform's vault
+  account, or the suspense account) in entry order, after the ledger events of the
+  operations before it, like a Bridge request.
+
 :meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
 build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
 
@@ -138,6 +149,13 @@ from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER
 from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
 from business.ledger.wire import decode_events
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION, BridgeRun, BridgeStep
+from node.consensus.deposit_ops import (
+    DEPOSIT_BYTES_MAX,
+    DEPOSIT_FEATURE_VERSION,
+    DepositCreditBody,
+    DepositStep,
+    check_deposit,
+)
 from node.consensus.record_index import (
     BatchOutcome,
     IndexProposal,
@@ -203,8 +221,17 @@ class Operation:
     mode: int | None = None  # ids.Mode
     user_refs: tuple[bytes, ...] = ()  # 32 each: ids.user_ref of linked users to credit
     bridge: bytes | None = None  # feature 8: a Bridge request, business/bridge/wire.py
+    deposit: bytes | None = None  # feature 10: a vault deposit credit, deposit_ops.py
 
     def __post_init__(self) -> None:
+        if self.deposit is not None and (
+            self.events is not None
+            or self.bridge is not None
+            or not 0 < len(self.deposit) <= DEPOSIT_BYTES_MAX
+        ):
+            raise InvalidRequest(
+                f"an operation's deposit credit is 1..{DEPOSIT_BYTES_MAX} B, alone"
+            )
         if self.events is not None and not 0 < len(self.events) <= OPERATION_EVENT_BYTES_MAX:
             raise InvalidRequest(f"an operation's events are 1..{OPERATION_EVENT_BYTES_MAX} B")
         if self.bridge is not None and (
@@ -234,6 +261,8 @@ class Operation:
             body["ur"] = list(self.user_refs)
         if self.bridge is not None:
             body["br"] = self.bridge
+        if self.deposit is not None:
+            body["dp"] = self.deposit
         return body
 
     @classmethod
@@ -242,9 +271,11 @@ class Operation:
         proposal = IndexProposal.from_body(body)
         events, approvals = body.get("ev"), body.get("ap")
         partner, mode, refs = body.get("pt"), body.get("md"), body.get("ur", [])
-        bridge = body.get("br")
+        bridge, deposit = body.get("br"), body.get("dp")
         if bridge is not None and type(bridge) is not bytes:
             raise UnsupportedFormat("br must be bytes")
+        if deposit is not None and type(deposit) is not bytes:
+            raise UnsupportedFormat("dp must be bytes")
         if events is not None and type(events) is not bytes:
             raise UnsupportedFormat("ev must be bytes")
         if approvals is not None and type(approvals) is not bytes:
@@ -258,7 +289,7 @@ class Operation:
         if any(type(r) is not bytes for r in refs):
             raise UnsupportedFormat("ur holds bytes")
         try:
-            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge)
+            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge, deposit)
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
 
@@ -275,9 +306,17 @@ class Operation:
             raise UnsupportedFormat("a Bridge request's op id is its operation's record id")
         return request
 
+    def decoded_deposit(self) -> DepositCreditBody | None:
+        """The deposit credit, checked as the apply checks it (UnsupportedFormat otherwise)."""
+        if self.deposit is None:
+            return None
+        body = DepositCreditBody.decode(self.deposit)
+        check_deposit(self.record_id, body, self.mode)
+        return body
+
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
-        blobs = (self.events, self.approvals, self.bridge)
+        blobs = (self.events, self.approvals, self.bridge, self.deposit)
         extra = sum(len(b) + 8 for b in blobs if b is not None)
         if self.partner is not None:  # keys, the id, the mode, the references
             extra += 3 * 8 + PARTNER_ID_BYTES + len(self.user_refs) * (USER_REF_BYTES + 4)
@@ -381,6 +420,7 @@ class LedgerOps:
         self._identity = identity or IdentityConfig()
         self._rules = rules or NoDebitRules()
         self._bridge = BridgeStep(self._ledger, self._identity)
+        self._deposits = DepositStep(self._ledger)
 
     @property
     def bridge(self) -> Bridge:
@@ -405,6 +445,7 @@ class LedgerOps:
         if bridged:  # point expiry on log time, before the entry's operations
             self._bridge.expire(position.index, position.leader_time_ms, layer)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
+        deposits = Dispatcher.feature_version(view) >= DEPOSIT_FEATURE_VERSION
         earlier = Unapplied()  # what admitted operations of this entry create, not run yet
         refused: dict[int, OperationOutcome] = {}
         results: list[BatchOutcome] = []
@@ -423,6 +464,9 @@ class LedgerOps:
                 request = op.decoded_bridge()
                 if request is not None and not bridged:
                     raise UnsupportedFormat(f"br needs log feature {BRIDGE_FEATURE_VERSION}")
+                if op.deposit is not None and not deposits:
+                    raise UnsupportedFormat(f"dp needs log feature {DEPOSIT_FEATURE_VERSION}")
+                deposit = op.decoded_deposit()
             except UnsupportedFormat as exc:
                 results.append(BatchOutcome("malformed", {"reason": exc.detail}))
                 continue
@@ -432,7 +476,15 @@ class LedgerOps:
             put = RecordIndex.apply_put(op.proposal, position, layer)
             layer.writes.update(put.writes)
             results.append(BatchOutcome(put.code, put.detail))
-            if put.code == "created" and request is not None:
+            if put.code == "created" and deposit is not None:
+                created.append((slot, op))
+                # The deposit step: after the ledger events of the operations before it.
+                outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
+                ran = len(runs)
+                refused[slot] = self._deposits.run(
+                    op.record_id, deposit, op.partner, position.leader_time_ms, layer
+                )
+            elif put.code == "created" and request is not None:
                 created.append((slot, op))
                 # The Bridge step: after the ledger events of the operations before it.
                 outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
