@@ -61,11 +61,14 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (7: the identity entries, partners
-# and wallets, business/identity/; 6: ledger operations and ticks,
+# The newest log feature version this code understands (11: the Bridge's swap index and
+# reserve.low events, node/consensus/bridge_ops.py; 9 and 10 are reserved for payments and
+# deposits, which this branch does not carry: a log jumps from 8 to 11, as the leader enables
+# the newest version every member understands; 8: the Bridge on the log; 7: the identity
+# entries, partners and wallets, business/identity/; 6: ledger operations and ticks,
 # node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
 # leader's index batching).
-FEATURE_VERSION_MAX = 8
+FEATURE_VERSION_MAX = 11
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:

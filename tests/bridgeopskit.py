@@ -110,14 +110,14 @@ def policy(n: int, **fields: Any) -> SetPolicy:
 class Node:
     """The node's dispatcher over one LevelDB; ``apply`` runs one entry at a log time."""
 
-    def __init__(self, path: Path, metrics: Metrics | None = None) -> None:
+    def __init__(self, path: Path, metrics: Metrics | None = None, feature_max: int = 8) -> None:
         self.db = plyvel.DB(str(path), create_if_missing=True)
         self.view = LevelDBView(self.db)
         self.ops_machine = LedgerOps(IDENTITY)
         self.measured = None if metrics is None else MeasuredLedgerOps(self.ops_machine, metrics)
         self.dispatcher = Dispatcher(
             [RecordIndex(), self.measured or self.ops_machine, IdentityMachine(IDENTITY)],
-            feature_version_max=8,
+            feature_version_max=feature_max,
             followers=[MerkleLog()],
         )
         self.index = 0
@@ -224,9 +224,11 @@ class Node:
 def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     """Features 2..``feature``; demo-shop onboarded with the Bridge's roles, other-shop with
     the v7 defaults only; alice and carol linked to demo-shop, bob to other-shop."""
-    node = Node(path, metrics)
-    for version in range(2, feature + 1):
+    node = Node(path, metrics, feature_max=max(8, feature))
+    for version in range(2, min(feature, 8) + 1):
         node.apply(AppEntry(FEATURE_ENTRY, {"version": version}))
+    if feature > 8:  # 9 and 10 are other features (payments, deposits): a log jumps to 11
+        node.apply(AppEntry(FEATURE_ENTRY, {"version": feature}))
     for partner, roles in ((SHOP, ONBOARDING_ROLES), (OTHER_SHOP, DEFAULT_ROLES)):
         put = PartnerPut(partner, PartnerStatus.ACTIVE, roles, OPERATOR)
         assert node.apply(AppEntry("partner.put", put.to_body())).outcome.code == "ok"
