@@ -189,10 +189,10 @@ async def test_the_swaps_list_filters_and_pages_newest_first(tmp_path: Path) -> 
                 assert page2["scanned_to"] == rid(15).hex()
 
             # Another partner's list is its own; a cursor of another partner is refused.
-            other = await client.get(base.replace(SHOP.hex(), OTHER_SHOP.hex()))
+            theirs = base.replace(SHOP.hex(), OTHER_SHOP.hex())
+            other = await client.get(theirs)
             assert (await other.json())["data"] == []
-            foreign = base.replace(SHOP.hex(), OTHER_SHOP.hex()) + f"&starting_after={rid(11).hex()}"
-            refused = await client.get(foreign)
+            refused = await client.get(theirs + f"&starting_after={rid(11).hex()}")
             assert refused.status == 400 and (await refused.json())["param"] == "starting_after"
             bad = await ids("&status=pending", status=400)
             assert bad["param"] == "status"

@@ -94,8 +94,10 @@ def summary(node: Node) -> dict[str, Any]:
     }
 
 
-def replay(path: Path, payloads: list[bytes], positions: list[LogPosition]) -> dict[str, Any]:
-    node = Node(path)
+def replay(
+    path: Path, payloads: list[bytes], positions: list[LogPosition], feature_max: int = 8
+) -> dict[str, Any]:
+    node = Node(path, feature_max=feature_max)
     for position, payload in zip(positions, payloads, strict=True):
         (applied,), writes = node.dispatcher.apply_batch([(position, payload)], node.view)
         node.view.commit(writes)
