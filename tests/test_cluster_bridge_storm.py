@@ -20,6 +20,7 @@ Every answer is checked against the OpenAPI document (CheckedPartnerClient).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -76,7 +77,10 @@ def _client(local: LocalCluster, made: dict, who: str) -> LedgerClient:
 
 
 def _user(name: str, i: int) -> tuple[UserWallet, str]:
-    return UserWallet(bytes([i + 1] * 31 + [len(name)])), f"{name}-user-{i}"
+    """A user of partner ``name`` with a wallet of its own (one wallet holds BAAS across
+    partners: users of two partners must not share a key here)."""
+    key = hashlib.sha256(f"{name}/{i}".encode()).digest()
+    return UserWallet(key), f"{name}-user-{i}"
 
 
 async def _market(
