@@ -716,10 +716,11 @@ async def post_quote(request: web.Request) -> web.Response:
         raise InvalidRequest("asset is your point asset's code", param="asset")
     ledger, _ = await _asset(state, ctx, body["asset"])
     _, wallet = await _user(state, ctx, user, "user")
-    now_ms = int(time.time() * 1000)  # one clock for every node asked (the leader's is near)
+    # Issued at the node's last applied log time, not this gateway's clock: log time may lag
+    # the wall clock (a new leader stamps its first entries with the last stamp until a
+    # quorum reports), and a quote issued after the log time of its swap is refused for good.
     query = (
-        f"ledger={ledger}&wallet={wallet.hex()}&direction={body['direction']}"
-        f"&amount_in={amount_in}&now_ms={now_ms}"
+        f"ledger={ledger}&wallet={wallet.hex()}&direction={body['direction']}&amount_in={amount_in}"
     )
     try:
         doc = await _bridge_read(state, ctx, f"/quotes?{query}")

@@ -35,9 +35,11 @@ from business.bridge.model import (
     unpack,
 )
 from business.identity.ids import mode_of_ledger, partner_account_id
-from business.ledger.model import AccountBalance
+from business.ledger.model import META_KEY as LEDGER_META_KEY
+from business.ledger.model import META_V1, STATE_LAYOUT_VERSION, AccountBalance
 from business.ledger.views import RangeView, account_balances, get_account
 from node.consensus.state_machine import StateView
+from node.errors import UnsupportedFormat
 
 __all__ = [
     "PolicyChange",
@@ -46,6 +48,7 @@ __all__ = [
     "bridge_state_digest",
     "get_asset",
     "get_policy",
+    "last_log_time_ms",
     "points_supply",
     "policy_change",
     "reserve_history",
@@ -131,6 +134,21 @@ def reserve_history(
     """The reserve's balances after each change, newest first (a ``history`` account)."""
     account = _role(partner, baas_ledger, "reserve")
     return account_balances(view, account, after_ts=after_ts, limit=limit)
+
+
+def last_log_time_ms(view: StateView) -> int:
+    """The log time of the last ``ledger.ops`` / ``ledger.tick`` entry applied (the ledger's
+    last sweep; 0 before any). Stamps never run backwards along the log, so any entry applied
+    later carries a log time at or after it: what a quote is issued at, so that a swap never
+    runs at a log time before its quote's issue (``quote_altered``), whichever leader stamps
+    it and however far its log time lags the wall clock."""
+    raw = view.get(LEDGER_META_KEY)
+    if raw is None:
+        return 0
+    if len(raw) != META_V1.size or raw[0] != STATE_LAYOUT_VERSION:
+        raise UnsupportedFormat("unknown ledger state layout version")
+    swept_ms: int = META_V1.unpack(raw)[2]
+    return swept_ms
 
 
 def reserve_low(view: StateView, partner: bytes, baas_ledger: int) -> ReserveLowRecord | None:

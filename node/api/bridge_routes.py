@@ -23,7 +23,10 @@ tests and the simulator's checks:
 * ``GET /internal/v1/bridge/quotes?ledger=&wallet=&direction=in|out&amount_in=&now_ms=`` ->
   the terms of a swap now under the asset's policy (its version, the rate, both amounts, the
   fee, issue and expiry), or 400 with the refusal a swap would get (``policy_disabled``, ...);
-  ``now_ms`` defaults to this node's clock (the leader stamps log time near it)
+  ``now_ms`` defaults to the log time this node applied last
+  (:func:`business.bridge.views.last_log_time_ms`): a swap is stamped at or after it, so its
+  quote is never "issued after the log time", even right after an election, when a new
+  leader's first stamps carry the last one until a quorum reports its clocks
 * ``GET /internal/v1/bridge/swaps?partner=&mode=&limit=&starting_after=&wallet=&user_ref=
   &ledger=&status=succeeded|failed&created_gte=&created_lt=`` -> one page of the partner's
   swaps of the mode, newest first (its index, log feature 11): ``{"data", "has_more",
@@ -39,7 +42,6 @@ tests and the simulator's checks:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,7 +73,13 @@ from business.bridge.model import (
     swap_index_prefix,
     unpack,
 )
-from business.bridge.views import SwapFilter, reserve_low, swap_page, swap_range
+from business.bridge.views import (
+    SwapFilter,
+    last_log_time_ms,
+    reserve_low,
+    swap_page,
+    swap_range,
+)
 from business.ledger.core import Ledger
 from business.ledger.model import BALANCES_PREFIX, decode_balance
 from business.ledger.views import LIST_LIMIT_MAX
@@ -402,9 +410,9 @@ async def get_quote_route(request: web.Request) -> web.Response:
     if direction is None:
         raise InvalidRequest("direction is in or out", code="field_invalid", param="direction")
     amount_in = _int(q.get("amount_in"), "amount_in", 1, _AMOUNT_MAX)
-    now_ms = _int(q.get("now_ms"), "now_ms", 0, _U64_MAX, default=int(time.time() * 1000))
     applied = await _applied(request)
     view = _view(request)
+    now_ms = _int(q.get("now_ms"), "now_ms", 0, _U64_MAX, default=last_log_time_ms(view))
     asset = get_asset(view, ledger)
     if asset is None:
         raise NotFound("no such Bridge asset on this node", code="asset_not_found")
