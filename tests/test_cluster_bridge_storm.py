@@ -60,7 +60,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     layout = init_cluster(
         directory, nodes=3, k=2, n=3, write_quorum=2, partners=(), chain="embedded"
     )
-    local = LocalCluster(layout)
+    local = LocalCluster(layout, ready_timeout_s=120)  # 3 nodes and a chain on a busy box
     local.start()
     made: dict[str, tuple[str, bytes]] = {}
     try:
