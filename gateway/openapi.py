@@ -194,7 +194,13 @@ SCHEMAS: dict[str, Schema] = {
                 {
                     "log_time_ms": UINT,
                     "events": {"type": "array", "items": _ref("OperationEvent")},
-                }
+                    "result": {
+                        "type": "string",
+                        "description": "a Bridge request's own result code (ok, "
+                        "reserve_exhausted, ...): outcome format v2 only",
+                    },
+                },
+                required=["log_time_ms", "events"],
             ),
         }
     ),
