@@ -43,11 +43,14 @@ Routes:
   ``POST /v1/bridge/swaps`` ``{"user", "quote", "approvals"}`` -> 201 the swap;
   ``POST /v1/bridge/swaps/batch`` ``{"swaps": [{"idempotency_key", "user", "quote",
   "approvals"}, ...]}`` -> 200 one result per swap (each its own operation), in order;
-  ``GET /v1/bridge/swaps/{id}`` -> the swap and its outcome.
+  ``GET /v1/bridge/swaps/{id}`` -> the swap and its outcome;
+  ``GET /v1/bridge/swaps?user=&asset=&status=&created_gte=&created_lt=&limit=&starting_after=``
+  -> a Stripe list of the partner's swaps in the mode, newest first (log feature 11's index).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +104,7 @@ from gateway.ledger_routes import (
     read_body,
     require_idempotency_key,
     user_id_param,
+    walk_pages,
 )
 from gateway.node_client import ReadItem, WriteItem, error_from_problem
 from gateway.partners import actor_of
@@ -657,6 +661,8 @@ async def _reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int
         "level": str(doc["level"]),
         "threshold": str(doc["threshold"]),
         "low": bool(doc["low"]),
+        "low_events": int(doc.get("low_events", 0)),
+        "last_low_event": doc.get("last_low_event"),
         "history": [
             {"timestamp": str(h["timestamp"]), "level": str(h["level"])} for h in doc["history"]
         ],
@@ -710,10 +716,11 @@ async def post_quote(request: web.Request) -> web.Response:
         raise InvalidRequest("asset is your point asset's code", param="asset")
     ledger, _ = await _asset(state, ctx, body["asset"])
     _, wallet = await _user(state, ctx, user, "user")
-    now_ms = int(time.time() * 1000)  # one clock for every node asked (the leader's is near)
+    # Issued at the node's last applied log time, not this gateway's clock: log time may lag
+    # the wall clock (a new leader stamps its first entries with the last stamp until a
+    # quorum reports), and a quote issued after the log time of its swap is refused for good.
     query = (
-        f"ledger={ledger}&wallet={wallet.hex()}&direction={body['direction']}"
-        f"&amount_in={amount_in}&now_ms={now_ms}"
+        f"ledger={ledger}&wallet={wallet.hex()}&direction={body['direction']}&amount_in={amount_in}"
     )
     try:
         doc = await _bridge_read(state, ctx, f"/quotes?{query}")
@@ -898,11 +905,9 @@ async def _batch_swap(state: Any, ctx: LedgerContext, raw: Any, where: str) -> _
     return _operation(state, ctx, "bridge.swap", key, body, make, approvals, refs)
 
 
-async def get_swap(request: web.Request) -> web.Response:
-    """The swap (its request as sealed in its record) and its outcome; another partner's id,
-    or any other operation's, is not found."""
-    state, ctx = gateway_state(request), ledger_context(request)
-    record_id = hex_param(request.match_info["id"], "id", 32, 32, prefix=SWAP_PREFIX)
+async def _swap_request(state: Any, ctx: LedgerContext, record_id: bytes) -> dict[str, Any] | None:
+    """The swap's request as sealed in its record, if it is this partner's swap in this mode
+    (another partner's id, or any other operation's, is None: not found)."""
     try:
         reply = await state.nodes.read_record(ReadItem(record_id, ctx.deadline, ctx.request_id))
         opened = None
@@ -918,15 +923,108 @@ async def get_swap(request: web.Request) -> web.Response:
         or record.get("kind") != "bridge.swap"
         or record.get("livemode") != (ctx.mode == Mode.LIVE)
     ):
+        return None
+    found: dict[str, Any] = record["request"]
+    return found
+
+
+def _read_swap_object(
+    ctx: LedgerContext, record_id: bytes, body: dict[str, Any], result: str, log_time_ms: int
+) -> dict[str, Any]:
+    """A swap as the reads answer it: its request, its outcome (``failure_code`` when it
+    failed)."""
+    status = "succeeded" if result in _SUCCESS else "failed"
+    doc = _swap_object(ctx, record_id, body, status, log_time_ms)
+    doc["failure_code"] = None if status == "succeeded" else problem_of(result).code
+    return doc
+
+
+async def get_swap(request: web.Request) -> web.Response:
+    """The swap (its request as sealed in its record) and its outcome; another partner's id,
+    or any other operation's, is not found."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    record_id = hex_param(request.match_info["id"], "id", 32, 32, prefix=SWAP_PREFIX)
+    body = await _swap_request(state, ctx, record_id)
+    if body is None:
         raise NotFound("no such swap", code="swap_not_found", param="id")
     outcome = await ledger_doc(state, ctx, f"/internal/v1/ledger/operations/{record_id.hex()}")
     if outcome is None:
         raise NotFound("no such swap", code="swap_not_found", param="id")
     result = str(outcome.get("result", "ok"))
-    status = "succeeded" if result in _SUCCESS else "failed"
-    doc = _swap_object(ctx, record_id, record["request"], status, int(outcome["log_time_ms"]))
-    doc["failure_code"] = None if status == "succeeded" else problem_of(result).code
-    return web.json_response(doc)
+    return web.json_response(
+        _read_swap_object(ctx, record_id, body, result, int(outcome["log_time_ms"]))
+    )
+
+
+_LIST_STATUSES = frozenset({"succeeded", "failed"})
+
+
+async def _swap_list_query(request: web.Request, state: Any, ctx: LedgerContext) -> str:
+    """The node's filter query of ``GET /v1/bridge/swaps``: ``user`` is the partner's user id
+    (its opaque reference: swaps stay listed under it across relinks, and an unknown user
+    lists nothing), ``asset`` the partner's point asset code, ``status``, and log-time bounds
+    in ms (``created_gte`` <= log_time_ms < ``created_lt``)."""
+    q = request.query
+    parts = [f"partner={ctx.pid16.hex()}", f"mode={int(ctx.mode)}"]
+    if "user" in q:
+        ref = user_ref(ctx.pid16, ctx.mode, user_id_param(q["user"], "user"))
+        parts.append(f"user_ref={ref.hex()}")
+    if "asset" in q:
+        ledger, _ = await _asset(state, ctx, q["asset"])
+        parts.append(f"ledger={ledger}")
+    if "status" in q:
+        if q["status"] not in _LIST_STATUSES:
+            raise InvalidRequest("status is succeeded or failed", param="status")
+        parts.append(f"status={q['status']}")
+    for name in ("created_gte", "created_lt"):
+        if name in q:
+            parts.append(f"{name}={int_param(q[name], name, 0, 2**63 - 1)}")
+    return "&".join(parts)
+
+
+async def list_swaps(request: web.Request) -> web.Response:
+    """Your swaps in this mode, newest first, as ``GET /v1/bridge/swaps/{id}`` answers each:
+    ``limit`` (1..``limits.ledger_list_limit_max``, default 10), ``starting_after`` (a swap id),
+    and the filters of :func:`_swap_list_query`. Pages come from the node's index (log feature
+    11) in node calls from the cursor on, at most ``limits.ledger_list_node_calls_max``; the
+    cursor is a swap's place in log time, so swaps made while paging never shift a page."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    raw_limit = request.query.get("limit", "10")
+    limit_max = state.config.limits.ledger_list_limit_max
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limit_max:
+        raise InvalidRequest(f"limit must be 1..{limit_max}", param="limit")
+    limit = int(raw_limit)
+    cursor = None
+    if "starting_after" in request.query:
+        after = request.query["starting_after"]
+        cursor = hex_param(after, "starting_after", 32, 32, prefix=SWAP_PREFIX).hex()
+    base = await _swap_list_query(request, state, ctx)
+
+    async def fetch(after: str | None, remaining: int) -> dict[str, Any] | None:
+        query = f"{base}&limit={remaining}" + ("" if after is None else f"&starting_after={after}")
+        try:
+            return await _bridge_read(state, ctx, f"/swaps?{query}")
+        except CallerError as exc:
+            if exc.param == "starting_after":  # not a swap of yours: as if it did not exist
+                raise NotFound("no such swap", code="swap_not_found", param=exc.param) from exc
+            raise
+
+    entries, has_more = await walk_pages(state, limit, cursor, fetch)
+    # Each as its own read answers it: its request from its sealed record (read at once).
+    bodies = await asyncio.gather(
+        *(_swap_request(state, ctx, bytes.fromhex(e["operation"])) for e in entries)
+    )
+    data = []
+    for e, body in zip(entries, bodies, strict=True):
+        if body is None:
+            raise OperationFailed(
+                "a listed swap's record is not readable", code="record_unavailable"
+            )
+        record_id = bytes.fromhex(e["operation"])
+        data.append(_read_swap_object(ctx, record_id, body, e["result"], int(e["log_time_ms"])))
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
+    )
 
 
 def add_bridge_routes(app: web.Application) -> None:
@@ -948,4 +1046,5 @@ def add_bridge_routes(app: web.Application) -> None:
     app.router.add_post(p + "/swaps/preview", post_swap_preview)
     app.router.add_post(p + "/swaps", post_swap)
     app.router.add_post(p + "/swaps/batch", post_swap_batch)
+    app.router.add_get(p + "/swaps", list_swaps)
     app.router.add_get(p + "/swaps/{id}", get_swap)

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -146,6 +146,7 @@ __all__ = [
     "scope_of",
     "transfer_object",
     "user_id_param",
+    "walk_pages",
 ]
 
 LEDGER_PREFIX = "/v1/ledger"
@@ -1214,19 +1215,34 @@ async def _page(
 ) -> tuple[list[dict[str, Any]], bool]:
     """One page of this partner's objects in this mode (its scope tag): node calls from the
     cursor on until the page is full or the walk ends, each the freshest of every node."""
-    data: list[dict[str, Any]] = []
-    cursor = after
-    for _ in range(state.config.limits.ledger_list_node_calls_max):
-        query = f"scope={ctx.scope}&limit={limit - len(data)}{extra}"
+
+    async def fetch(cursor: str | None, remaining: int) -> dict[str, Any] | None:
+        query = f"scope={ctx.scope}&limit={remaining}{extra}"
         if cursor is not None:
             query += f"&starting_after={cursor}"
-        page = await ledger_doc(state, ctx, f"/internal/v1/ledger/{kind}?{query}")
+        return await ledger_doc(state, ctx, f"/internal/v1/ledger/{kind}?{query}")
+
+    return await walk_pages(state, limit, None if after is None else str(after), fetch)
+
+
+async def walk_pages(
+    state: Any,
+    limit: int,
+    cursor: str | None,
+    fetch: Callable[[str | None, int], Awaitable[dict[str, Any] | None]],
+) -> tuple[list[dict[str, Any]], bool]:
+    """Node pages (``{"data", "has_more", "scanned_to"}``: a node walks at most its scan bound
+    of keys a call) from ``cursor`` on until ``limit`` items or the walk ends, at most
+    ``limits.ledger_list_node_calls_max`` calls: ``fetch(cursor, remaining)`` makes one."""
+    data: list[dict[str, Any]] = []
+    for _ in range(state.config.limits.ledger_list_node_calls_max):
+        page = await fetch(cursor, limit - len(data))
         if page is None:
             raise OperationFailed("no node answered the list", code="ledger_list_unavailable")
         data.extend(page["data"])
         if not page["has_more"] or len(data) == limit or page["scanned_to"] is None:
             return data, bool(page["has_more"])
-        cursor = int(page["scanned_to"])  # the walk's bound, not the page's: go on from there
+        cursor = str(page["scanned_to"])  # the walk's bound, not the page's: go on from there
     if not data:  # nothing to name as the next cursor: say so rather than end the list
         raise OperationFailed(
             "the list walked its bound (limits.ledger_list_node_calls_max node calls) "

@@ -194,7 +194,13 @@ SCHEMAS: dict[str, Schema] = {
                 {
                     "log_time_ms": UINT,
                     "events": {"type": "array", "items": _ref("OperationEvent")},
-                }
+                    "result": {
+                        "type": "string",
+                        "description": "a Bridge request's own result code (ok, "
+                        "reserve_exhausted, ...): outcome format v2 only",
+                    },
+                },
+                required=["log_time_ms", "events"],
             ),
         }
     ),
@@ -1331,6 +1337,34 @@ SCHEMAS.update(
                 "level": _AMOUNT0,
                 "threshold": _AMOUNT0,
                 "low": {"type": "boolean"},
+                "low_events": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "reserve.low events this reserve raised (log feature 11)",
+                },
+                "last_low_event": {
+                    "oneOf": [
+                        _closed(
+                            {
+                                "id": {
+                                    **HEX64,
+                                    "description": "opaque: the same on every "
+                                    "replica, for deduplication",
+                                },
+                                "type": {"const": "reserve.low"},
+                                "operation": {
+                                    **HEX64,
+                                    "description": "the operation that "
+                                    "crossed the threshold (its receipt)",
+                                },
+                                "created_ms": UINT,
+                                "level": _AMOUNT0,
+                                "threshold": _AMOUNT0,
+                            }
+                        ),
+                        {"type": "null"},
+                    ]
+                },
                 "history": {
                     "type": "array",
                     "items": _closed({"timestamp": DIGITS, "level": _AMOUNT0}),
@@ -1386,6 +1420,7 @@ SCHEMAS.update(
                 "log_time_ms",
             ],
         ),
+        "BridgeSwapList": _list_of("BridgeSwap", "/v1/bridge/swaps"),
         "BridgeSwapBatchCreate": _closed(
             {
                 "swaps": {
@@ -1601,7 +1636,37 @@ PATHS.update(
                 "Execute a quote for your linked user, with their approval: one operation",
                 "BridgeSwap",
                 "BridgeSwapCreate",
-            )
+            ),
+            "get": _operation(
+                "listBridgeSwaps",
+                "Your swaps of the credential's mode, newest first, succeeded and failed; "
+                "filters combine (created_gte <= log_time_ms < created_lt)",
+                {200: _json("BridgeSwapList", "a page of swaps")},
+                (*_SIGNED_ERRORS, 404),
+                parameters=[
+                    _LIMIT,
+                    _string_query(
+                        "starting_after",
+                        "the last swap id of the previous page",
+                        {"type": "string", "pattern": "^swap_[0-9a-f]{64}$"},
+                    ),
+                    _string_query("user", "your user id: that user's swaps", USER_ID),
+                    _string_query("asset", "your point asset's code", _POINT_CODE),
+                    _string_query(
+                        "status", "succeeded or failed", {"enum": ["succeeded", "failed"]}
+                    ),
+                    _string_query(
+                        "created_gte",
+                        "log time in ms, inclusive",
+                        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    ),
+                    _string_query(
+                        "created_lt",
+                        "log time in ms, exclusive",
+                        {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    ),
+                ],
+            ),
         },
         "/v1/bridge/swaps/batch": {
             "post": _operation(

@@ -22,7 +22,11 @@ and, for the Bridge's operations (log feature 8; the operation's own result code
 and :func:`ledger_stat_families` reads at scrape time the pending amounts per ledger (the
 ledgers' running totals: what pending transfers hold reserved) and the reserve level of
 every partner that set a reserve threshold (``bridge_reserve_level{reserve}``, label
-``<partner hex>/<BAAS ledger>``, in BAAS minor units), from the applied state.
+``<partner hex>/<BAAS ledger>``, in BAAS minor units), from the applied state, and
+``bridge_reserve_low_total{mode}``: the ``reserve.low`` events the reserves raised (log feature
+11; each reserve's count is in its ``br/rl/`` record, so the counter is the replicated state's,
+the same on every node and across restarts). Labelled by mode only, ``test`` / ``live``: a
+partner label would grow with the partners (the per-partner count is in the reserve read).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from collections.abc import Callable, Iterator, Mapping
 from prometheus_client import Histogram
 
 from business.bridge import BridgeResult, role_account
-from business.bridge.model import RESERVE_PREFIX
+from business.bridge.model import RESERVE_LOW_PREFIX, RESERVE_PREFIX, decode_reserve_low
+from business.identity.ids import Mode, mode_of_ledger
 from business.identity.model import REFUSAL_CODES
 from business.ledger.model import TOTALS_PREFIX, account_key, decode_account, decode_totals
 from business.ledger.outcome import OperationOutcome
@@ -137,6 +142,18 @@ def reserve_levels(
     return out
 
 
+def reserve_low_counts(
+    state_items: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
+) -> dict[str, float]:
+    """``reserve.low`` events raised, by mode (the ``br/rl/`` records' counts summed)."""
+    out = {"test": 0.0, "live": 0.0}
+    for key, raw in state_items(RESERVE_LOW_PREFIX):
+        ledger = int.from_bytes(key[len(RESERVE_LOW_PREFIX) : len(RESERVE_LOW_PREFIX) + 4], "big")
+        mode = "live" if mode_of_ledger(ledger) == Mode.LIVE else "test"
+        out[mode] += decode_reserve_low(raw).count
+    return out
+
+
 def ledger_stat_families(
     measured: MeasuredLedgerOps,
     state_items: Callable[[bytes], Iterator[tuple[bytes, bytes]]],
@@ -177,5 +194,12 @@ def ledger_stat_families(
             "reserve level of partners with a reserve threshold (BAAS minor units)",
             lambda: reserve_levels(state_items),
             label="reserve",
+        ),
+        StatFamily(
+            "bridge_reserve_low",
+            "reserve.low events raised (a reserve fell below its threshold), by mode",
+            lambda: reserve_low_counts(state_items),
+            counter=True,
+            label="mode",
         ),
     ]

@@ -63,13 +63,13 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (10: vault deposit credits in
-# ledger.ops, node/consensus/deposit_ops.py; 9 is reserved for payments, merged separately;
-# 8: Bridge requests; 7: the identity entries, partners
-# and wallets, business/identity/; 6: ledger operations and ticks,
-# node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
-# leader's index batching).
-FEATURE_VERSION_MAX = 10
+# The newest log feature version this code understands (11: the Bridge's swap index and
+# reserve.low events, node/consensus/bridge_ops.py; 10: vault deposit credits in ledger.ops,
+# node/consensus/deposit_ops.py; 9 is reserved for payments; 8: Bridge requests; 7: the
+# identity entries, partners and wallets, business/identity/; 6: ledger operations and ticks,
+# node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the leader's
+# index batching).
+FEATURE_VERSION_MAX = 11
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:

@@ -224,7 +224,7 @@ class Node:
 def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     """Features 2..``feature``; demo-shop onboarded with the Bridge's roles, other-shop with
     the v7 defaults only; alice and carol linked to demo-shop, bob to other-shop."""
-    node = Node(path, metrics, max(8, feature))
+    node = Node(path, metrics, feature_max=max(8, feature))
     for version in range(2, feature + 1):
         node.apply(AppEntry(FEATURE_ENTRY, {"version": version}))
     for partner, roles in ((SHOP, ONBOARDING_ROLES), (OTHER_SHOP, DEFAULT_ROLES)):

@@ -134,6 +134,13 @@ async def test_bad_bridge_input_is_refused_before_any_node(tmp_path: Path) -> No
             ("/v1/bridge/reserve?limit=0", "limit"),
             ("/v1/bridge/reserve?limit=101", "limit"),
             ("/v1/bridge/reserve?after=x", "after"),
+            ("/v1/bridge/swaps?limit=0", "limit"),
+            ("/v1/bridge/swaps?limit=101", "limit"),
+            ("/v1/bridge/swaps?starting_after=swap_12", "starting_after"),
+            ("/v1/bridge/swaps?user=", "user"),
+            ("/v1/bridge/swaps?status=pending", "status"),
+            ("/v1/bridge/swaps?created_gte=x", "created_gte"),
+            ("/v1/bridge/swaps?created_lt=-1", "created_lt"),
         ]
         for path, param in reads:
             got = await http.request("GET", path)

@@ -27,6 +27,8 @@ from bridgeopskit import (
 from identitykit import SHOP
 
 from business.bridge import (
+    Direction,
+    Quote,
     SetReserveThreshold,
     Swap,
     TopUpReserve,
@@ -140,5 +142,37 @@ def test_bridge_metrics_count_swaps_by_result_limits_and_reserve_levels(tmp_path
         assert f'bridge_reserve_level{{reserve="{SHOP.hex()}/{BAAS}"}} {level}' in text
         assert 't_bridge_operations_total{result="Swap:ok"} 1.0' in text
         assert 't_bridge_limit_refusals_total{code="reserve_exhausted"} 1.0' in text
+    finally:
+        node.close()
+
+
+async def test_a_quote_is_issued_at_the_last_applied_log_time(tmp_path: Path) -> None:
+    """Without ``now_ms`` a quote is issued at the log time this node applied last, not at its
+    clock: a swap is stamped at or after it (stamps never run backwards), so log time lagging
+    the wall clock (a new leader's first stamps) never makes a quote "issued after the log
+    time" (quote_altered, for good). The kit's log time is years off the wall clock."""
+    node = world(tmp_path / "db")
+    try:
+        market(node)
+        app = web.Application(middlewares=[problem_middleware])
+        add_ledger_routes(app, LedgerReads(lambda: node.view, read_at(node), 10_000))
+        add_bridge_routes(app)
+        wallet = wallet_of(ALICE).hex()
+        async with TestClient(TestServer(app)) as client:
+            got = await client.get(
+                f"/internal/v1/bridge/quotes?ledger={POINTS}&wallet={wallet}"
+                "&direction=in&amount_in=100"
+            )
+            doc = await got.json()
+        # The last ledger apply: a Bridge entry that moved nothing (the policy) may come after.
+        assert got.status == 200, doc
+        assert node.now_ms - 5 <= doc["issued_ms"] <= node.now_ms, (doc, node.now_ms)
+        q = Quote(
+            SHOP, POINTS, BAAS, wallet_of(ALICE), Direction.IN, 100, int(doc["amount_out"]),
+            int(doc["fee"]), int(doc["rate_num"]), int(doc["rate_den"]), doc["policy_version"],
+            doc["issued_ms"], doc["expires_ms"],
+        )  # fmt: skip
+        swap = Swap(rid(11), SHOP, POINTS, q.wallet, q, q.digest())
+        assert node.code(swap, refs=(ALICE_REF,), signers=(ALICE,)) == "ok"
     finally:
         node.close()

@@ -47,8 +47,17 @@ def _is_ready(url: str) -> bool:
 
 
 class LocalCluster:
-    def __init__(self, layout: ClusterLayout, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        layout: ClusterLayout,
+        *,
+        log_level: str = "INFO",
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> None:
         self.layout = layout
+        # How long a started process may take to answer ready (a box shared with other test
+        # runs may take longer than READY_TIMEOUT_S to start a node).
+        self.ready_timeout_s = ready_timeout_s
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._log_level = log_level
@@ -96,7 +105,8 @@ class LocalCluster:
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, we stop them in order
         )
 
-    def _wait_ready(self, name: str, url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    def _wait_ready(self, name: str, url: str) -> None:
+        timeout_s = self.ready_timeout_s
         deadline = time.monotonic() + timeout_s
         process = self._processes[name]
         while time.monotonic() < deadline:

@@ -24,6 +24,7 @@ from node.errors import ConfigError, CorruptEntry, InvalidRequest, UnsupportedFo
 __all__ = [
     "AMOUNT_MAX",
     "DAY_MS",
+    "EVENT_RESERVE_LOW",
     "NEVER_DAY",
     "AccountCode",
     "AssetKindRef",
@@ -44,10 +45,12 @@ __all__ = [
     "RegisterToken",
     "Request",
     "ReserveLow",
+    "ReserveLowRecord",
     "ReversePoints",
     "SetPolicy",
     "SetReserveThreshold",
     "Swap",
+    "SwapEntry",
     "TopUpReserve",
     "TransferCode",
 ]
@@ -506,6 +509,16 @@ class ReserveLow:
     threshold: int
 
 
+EVENT_RESERVE_LOW = "reserve.low"  # the event type a webhook outbox delivers
+TAG_EVENT = b"baas/bridge-event/v1"
+
+
+def event_id(kind: str, op: bytes) -> bytes:
+    """The opaque id of the event ``kind`` an operation raised (at most one of each kind per
+    operation): derived, so every replica names it alike and a receiver can deduplicate."""
+    return derive(TAG_EVENT, kind.encode(), op)
+
+
 # --- stored records ---------------------------------------------------------------------
 
 
@@ -554,6 +567,37 @@ class Issuance:
     reversed: int
 
 
+@dataclass(frozen=True, slots=True)
+class SwapEntry:
+    """One swap in its partner's index (feature 11): what a list shows and filters on. The
+    amounts are the quote's (a failed swap moved nothing); ``result`` its sticky code."""
+
+    wallet: bytes  # 16: the user's wallet id
+    user_ref: bytes  # 32: the partner's user reference (identity.ids.user_ref), or b""
+    ledger: int
+    direction: int  # Direction
+    amount_in: int
+    amount_out: int
+    fee: int
+    policy_version: int
+    quote_digest: bytes  # 32
+    result: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveLowRecord:
+    """The last ``reserve.low`` event of one reserve (feature 11) and how many it raised: the
+    event (``event``, type :data:`EVENT_RESERVE_LOW`, object: the reserve) is what a webhook
+    outbox will deliver; the record is what the reserve read shows."""
+
+    event: bytes  # 32: event_id(EVENT_RESERVE_LOW, op)
+    op: bytes  # 32: the operation that crossed the threshold
+    created_ms: int  # its log time
+    level: int
+    threshold: int
+    count: int  # reserve.low events this reserve raised, ever
+
+
 # --- key layout: everything under br/ ----------------------------------------------------
 
 PREFIX = b"br/"
@@ -569,6 +613,9 @@ RESERVE_PREFIX = b"br/rs/"  # + BAAS ledger + partner -> (threshold, low)
 EXPIRY_HEAD_PREFIX = b"br/xh/"  # + ledger + day u32 -> page count
 EXPIRY_PAGE_PREFIX = b"br/xp/"  # + ledger + day + page u32 -> wallet accounts
 EXPIRY_CURSOR_PREFIX = b"br/xc/"  # + ledger -> (day, page, offset)
+# From log feature 11 (node/consensus/bridge_ops.py: SWAP_INDEX_FEATURE_VERSION):
+SWAP_INDEX_PREFIX = b"br/sw/"  # + partner + mode u8 + log ms u64 + op -> SwapEntry
+RESERVE_LOW_PREFIX = b"br/rl/"  # + BAAS ledger + partner -> ReserveLowRecord (the last one)
 
 
 def _u32(v: int) -> bytes:
@@ -617,6 +664,19 @@ def expiry_page_key(ledger: int, day: int, page: int) -> bytes:
 
 def expiry_cursor_key(ledger: int) -> bytes:
     return EXPIRY_CURSOR_PREFIX + _u32(ledger)
+
+
+def swap_index_prefix(partner: bytes, mode: int) -> bytes:
+    """Where one partner's swaps of one mode are listed, in log-time order."""
+    return SWAP_INDEX_PREFIX + partner + bytes((mode,))
+
+
+def swap_index_key(partner: bytes, mode: int, log_ms: int, op: bytes) -> bytes:
+    return swap_index_prefix(partner, mode) + log_ms.to_bytes(8, "big") + op
+
+
+def reserve_low_key(baas_ledger: int, partner: bytes) -> bytes:
+    return RESERVE_LOW_PREFIX + _u32(baas_ledger) + partner
 
 
 # --- value encodings: versioned msgpack, amounts as 16 bytes ------------------------------
@@ -701,6 +761,32 @@ def decode_issuance(raw: bytes) -> Issuance:
     return Issuance(
         partner, ledger, amount_of(account), day, amount_of(amount), amount_of(reversed_)
     )
+
+
+def encode_swap_entry(e: SwapEntry) -> bytes:
+    return pack(
+        e.wallet, e.user_ref, e.ledger, e.direction, _u128(e.amount_in), _u128(e.amount_out),
+        _u128(e.fee), e.policy_version, e.quote_digest, e.result,
+    )  # fmt: skip
+
+
+def decode_swap_entry(raw: bytes) -> SwapEntry:
+    wallet, ref, ledger, direction, a_in, a_out, fee, version, digest, result = unpack(
+        raw, "swap entry", 10
+    )
+    return SwapEntry(
+        wallet, ref, ledger, direction, amount_of(a_in), amount_of(a_out), amount_of(fee),
+        version, digest, result,
+    )  # fmt: skip
+
+
+def encode_reserve_low(r: ReserveLowRecord) -> bytes:
+    return pack(r.event, r.op, r.created_ms, _u128(r.level), _u128(r.threshold), r.count)
+
+
+def decode_reserve_low(raw: bytes) -> ReserveLowRecord:
+    event, op, created_ms, level, threshold, count = unpack(raw, "reserve low", 6)
+    return ReserveLowRecord(event, op, created_ms, amount_of(level), amount_of(threshold), count)
 
 
 def encode_ring(ring: list[tuple[int, int]]) -> bytes:

@@ -10,7 +10,8 @@ uses :func:`reserve_level` for the low-reserve notice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 from business.bridge.model import (
     DAY_MS,
@@ -18,31 +19,45 @@ from business.bridge.model import (
     AssetRecord,
     Lot,
     PolicyRecord,
+    ReserveLowRecord,
+    SwapEntry,
     asset_key,
     decode_asset,
     decode_lots,
     decode_policy,
+    decode_reserve_low,
+    decode_swap_entry,
     lots_key,
     policy_audit_key,
     policy_key,
+    reserve_low_key,
+    swap_index_prefix,
     unpack,
 )
 from business.identity.ids import mode_of_ledger, partner_account_id
-from business.ledger.model import AccountBalance
+from business.ledger.model import META_KEY as LEDGER_META_KEY
+from business.ledger.model import META_V1, STATE_LAYOUT_VERSION, AccountBalance
 from business.ledger.views import RangeView, account_balances, get_account
 from node.consensus.state_machine import StateView
+from node.errors import UnsupportedFormat
 
 __all__ = [
     "PolicyChange",
+    "SwapFilter",
+    "SwapPage",
     "bridge_state_digest",
     "get_asset",
     "get_policy",
+    "last_log_time_ms",
     "points_supply",
     "policy_change",
     "reserve_history",
     "reserve_level",
+    "reserve_low",
     "sorted_bridge_digest",
     "spendable_points",
+    "swap_page",
+    "swap_range",
     "user_lots",
 ]
 
@@ -119,6 +134,99 @@ def reserve_history(
     """The reserve's balances after each change, newest first (a ``history`` account)."""
     account = _role(partner, baas_ledger, "reserve")
     return account_balances(view, account, after_ts=after_ts, limit=limit)
+
+
+def last_log_time_ms(view: StateView) -> int:
+    """The log time of the last ``ledger.ops`` / ``ledger.tick`` entry applied (the ledger's
+    last sweep; 0 before any). Stamps never run backwards along the log, so any entry applied
+    later carries a log time at or after it: what a quote is issued at, so that a swap never
+    runs at a log time before its quote's issue (``quote_altered``), whichever leader stamps
+    it and however far its log time lags the wall clock."""
+    raw = view.get(LEDGER_META_KEY)
+    if raw is None:
+        return 0
+    if len(raw) != META_V1.size or raw[0] != STATE_LAYOUT_VERSION:
+        raise UnsupportedFormat("unknown ledger state layout version")
+    swept_ms: int = META_V1.unpack(raw)[2]
+    return swept_ms
+
+
+def reserve_low(view: StateView, partner: bytes, baas_ledger: int) -> ReserveLowRecord | None:
+    """The reserve's last ``reserve.low`` event and its count (feature 11), if it raised one."""
+    raw = view.get(reserve_low_key(baas_ledger, partner))
+    return None if raw is None else decode_reserve_low(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class SwapFilter:
+    """What a swaps list keeps: every field ``None`` keeps all. Log times in ms, ``[gte, lt)``;
+    ``succeeded`` True keeps ``ok``/``exists``, False the failed ones."""
+
+    wallet: bytes | None = None
+    user_ref: bytes | None = None
+    ledger: int | None = None
+    succeeded: bool | None = None
+    created_gte: int | None = None
+    created_lt: int | None = None
+
+    def keeps(self, entry: SwapEntry) -> bool:
+        return (
+            (self.wallet is None or entry.wallet == self.wallet)
+            and (self.user_ref is None or entry.user_ref == self.user_ref)
+            and (self.ledger is None or entry.ledger == self.ledger)
+            and (self.succeeded is None or (entry.result in ("ok", "exists")) == self.succeeded)
+        )
+
+
+@dataclass(slots=True)
+class SwapPage:
+    """One page of a partner's swaps, newest first: (log ms, op, entry) each; ``scanned_to``
+    the (log ms, op) the walk stopped at when it may go on (``has_more``)."""
+
+    data: list[tuple[int, bytes, SwapEntry]] = field(default_factory=list)
+    has_more: bool = False
+    scanned_to: tuple[int, bytes] | None = None
+
+
+def swap_range(
+    partner: bytes, mode: int, filters: SwapFilter, after: tuple[int, bytes] | None
+) -> tuple[bytes, bytes]:
+    """The ``[start, stop)`` key range a newest-first page reads: the time filter and the
+    cursor (a (log ms, op) already listed) bound it, so a page never walks what it skips."""
+    prefix = swap_index_prefix(partner, mode)
+    start = prefix + (filters.created_gte or 0).to_bytes(8, "big")
+    stop = prefix + b"\xff" * 9  # past every (u64 log ms, op)
+    if filters.created_lt is not None:
+        stop = prefix + filters.created_lt.to_bytes(8, "big")
+    if after is not None:
+        stop = min(stop, prefix + after[0].to_bytes(8, "big") + after[1])
+    return start, max(start, stop)
+
+
+def swap_page(
+    items: Iterator[tuple[bytes, bytes]],
+    prefix_len: int,
+    filters: SwapFilter,
+    limit: int,
+    scan_max: int,
+) -> SwapPage:
+    """Walk ``items`` (index keys newest first, from :func:`swap_range`) keeping what
+    ``filters`` keeps: at most ``limit`` swaps, reading at most ``scan_max`` keys; past that
+    the page says ``has_more`` and where the walk got, for the caller to go on from."""
+    page = SwapPage()
+    for scanned, (key, raw) in enumerate(items):
+        log_ms = int.from_bytes(key[prefix_len : prefix_len + 8], "big")
+        op = key[prefix_len + 8 :]
+        if scanned == scan_max or len(page.data) == limit:
+            page.has_more = True
+            break
+        entry = decode_swap_entry(raw)
+        if filters.keeps(entry):
+            page.data.append((log_ms, op, entry))
+        page.scanned_to = (log_ms, op)
+    if not page.has_more:
+        page.scanned_to = None
+    return page
 
 
 def bridge_state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -17,12 +17,23 @@ tests and the simulator's checks:
 * ``GET /internal/v1/bridge/supply/{ledger}`` -> the point asset's outstanding supply (the
   partner's liability)
 * ``GET /internal/v1/bridge/reserves/{partner hex}/{ledger}`` -> the reserve's level,
-  threshold and low flag, and ``history``: its balances after each change, oldest first,
+  threshold and low flag, its last ``reserve.low`` event and their count (feature 11), and
+  ``history``: its balances after each change, oldest first,
   ``?after_ts=`` / ``?limit=`` (at most :data:`HISTORY_LIMIT_MAX`) to page on
 * ``GET /internal/v1/bridge/quotes?ledger=&wallet=&direction=in|out&amount_in=&now_ms=`` ->
   the terms of a swap now under the asset's policy (its version, the rate, both amounts, the
   fee, issue and expiry), or 400 with the refusal a swap would get (``policy_disabled``, ...);
-  ``now_ms`` defaults to this node's clock (the leader stamps log time near it)
+  ``now_ms`` defaults to the log time this node applied last
+  (:func:`business.bridge.views.last_log_time_ms`): a swap is stamped at or after it, so its
+  quote is never "issued after the log time", even right after an election, when a new
+  leader's first stamps carry the last one until a quorum reports its clocks
+* ``GET /internal/v1/bridge/swaps?partner=&mode=&limit=&starting_after=&wallet=&user_ref=
+  &ledger=&status=succeeded|failed&created_gte=&created_lt=`` -> one page of the partner's
+  swaps of the mode, newest first (its index, log feature 11): ``{"data", "has_more",
+  "scanned_to", "applied_index"}``; the time filter bounds the range read, the others are
+  checked per key, at most ``limits.ledger_list_scan_keys_max`` keys a page (past that
+  ``has_more`` and ``scanned_to``, the swap id to go on from); ``starting_after`` is a swap
+  (its record id hex) of that partner and mode
 * ``GET /internal/v1/bridge/digest`` -> ``{"applied_index", "digest", "keys"}``: SHA-256 over
   the ``br/`` state (:func:`business.bridge.views.bridge_state_digest`), read from one pinned
   view; refused (503) past ``limits.ledger_digest_keys_max`` keys.
@@ -31,7 +42,6 @@ tests and the simulator's checks:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,12 +62,30 @@ from business.bridge import (
     spendable_points,
     user_lots,
 )
-from business.bridge.model import PREFIX, PolicyRecord, reserve_key, unpack
+from business.bridge.model import (
+    EVENT_RESERVE_LOW,
+    PREFIX,
+    PolicyRecord,
+    ReserveLowRecord,
+    SwapEntry,
+    reserve_key,
+    swap_index_key,
+    swap_index_prefix,
+    unpack,
+)
+from business.bridge.views import (
+    SwapFilter,
+    last_log_time_ms,
+    reserve_low,
+    swap_page,
+    swap_range,
+)
 from business.ledger.core import Ledger
 from business.ledger.model import BALANCES_PREFIX, decode_balance
+from business.ledger.views import LIST_LIMIT_MAX
 from node.api.ledger_routes import LEDGER_READS, LedgerReads
 from node.consensus.bridge_ops import BRIDGE_CONFIG
-from node.consensus.ledger_ops import LEDGER_CONFIG
+from node.consensus.ledger_ops import LEDGER_CONFIG, stored_outcome
 from node.consensus.state_machine import StateView
 from node.errors import InvalidRequest, NotFound, OperationFailed
 
@@ -268,6 +296,7 @@ async def get_reserve_route(request: web.Request) -> web.Response:
         return out
 
     applied, history = await asyncio.to_thread(reads.read_at, prefix, page)
+    low_record = reserve_low(view, partner, ledger)
     return web.json_response(
         {
             "object": "bridge_reserve",
@@ -276,7 +305,98 @@ async def get_reserve_route(request: web.Request) -> web.Response:
             "level": str(reserve_level(view, partner, ledger)),
             "threshold": str(int.from_bytes(threshold_raw, "big")),
             "low": bool(low),
+            "last_low_event": reserve_low_doc(low_record),
+            "low_events": 0 if low_record is None else low_record.count,
             "history": history,
+            "applied_index": applied,
+        }
+    )
+
+
+def reserve_low_doc(record: ReserveLowRecord | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {
+        "id": record.event.hex(),
+        "type": EVENT_RESERVE_LOW,
+        "operation": record.op.hex(),
+        "created_ms": record.created_ms,
+        "level": str(record.level),
+        "threshold": str(record.threshold),
+    }
+
+
+def swap_entry_doc(log_ms: int, op: bytes, e: SwapEntry) -> dict[str, Any]:
+    return {
+        "object": "bridge_swap_entry",
+        "operation": op.hex(),
+        "log_time_ms": log_ms,
+        "wallet": e.wallet.hex(),
+        "user_ref": e.user_ref.hex(),
+        "ledger": e.ledger,
+        "direction": "in" if e.direction == Direction.IN else "out",
+        "amount_in": str(e.amount_in),
+        "amount_out": str(e.amount_out),
+        "fee": str(e.fee),
+        "policy_version": e.policy_version,
+        "quote_digest": e.quote_digest.hex(),
+        "result": e.result,
+    }
+
+
+def _swap_filter(q: Any) -> SwapFilter:
+    status = q.get("status")
+    if status not in (None, "succeeded", "failed"):
+        raise InvalidRequest("status is succeeded or failed", code="field_invalid", param="status")
+    return SwapFilter(
+        wallet=None if q.get("wallet") is None else _hex(q.get("wallet"), "wallet", 16),
+        user_ref=None if q.get("user_ref") is None else _hex(q.get("user_ref"), "user_ref", 32),
+        ledger=None if q.get("ledger") is None else _int(q.get("ledger"), "ledger", 1, _U32_MAX),
+        succeeded=None if status is None else status == "succeeded",
+        created_gte=None if q.get("created_gte") is None
+        else _int(q.get("created_gte"), "created_gte", 0, _U64_MAX),
+        created_lt=None if q.get("created_lt") is None
+        else _int(q.get("created_lt"), "created_lt", 0, _U64_MAX),
+    )  # fmt: skip
+
+
+async def list_swaps_route(request: web.Request) -> web.Response:
+    q = request.query
+    reads: LedgerReads = request.app[LEDGER_READS]
+    partner = _hex(q.get("partner"), "partner", 16)
+    mode = _int(q.get("mode"), "mode", 0, 1)
+    limit = _int(q.get("limit"), "limit", 1, LIST_LIMIT_MAX, default=10)
+    filters = _swap_filter(q)
+    after = None
+    if q.get("starting_after") is not None:
+        op = _hex(q.get("starting_after"), "starting_after", 32)
+        view = _view(request)
+        outcome = stored_outcome(view, op)
+        if (
+            outcome is None
+            or view.get(swap_index_key(partner, mode, outcome.log_time_ms, op)) is None
+        ):
+            raise InvalidRequest(
+                "starting_after is no swap of this partner and mode", param="starting_after"
+            )
+        after = (outcome.log_time_ms, op)
+    if reads.read_range_at is None:
+        raise OperationFailed("this node serves no ledger lists", code="not_enabled")
+    start, stop = swap_range(partner, mode, filters, after)
+    prefix_len = len(swap_index_prefix(partner, mode))
+    applied, page = await asyncio.to_thread(
+        reads.read_range_at,
+        start,
+        stop,
+        lambda items: swap_page(items, prefix_len, filters, limit, reads.list_scan_keys_max),
+        reverse=True,
+    )
+    scanned_to = None if page.scanned_to is None else page.scanned_to[1].hex()
+    return web.json_response(
+        {
+            "data": [swap_entry_doc(*item) for item in page.data],
+            "has_more": page.has_more,
+            "scanned_to": scanned_to,
             "applied_index": applied,
         }
     )
@@ -290,9 +410,9 @@ async def get_quote_route(request: web.Request) -> web.Response:
     if direction is None:
         raise InvalidRequest("direction is in or out", code="field_invalid", param="direction")
     amount_in = _int(q.get("amount_in"), "amount_in", 1, _AMOUNT_MAX)
-    now_ms = _int(q.get("now_ms"), "now_ms", 0, _U64_MAX, default=int(time.time() * 1000))
     applied = await _applied(request)
     view = _view(request)
+    now_ms = _int(q.get("now_ms"), "now_ms", 0, _U64_MAX, default=last_log_time_ms(view))
     asset = get_asset(view, ledger)
     if asset is None:
         raise NotFound("no such Bridge asset on this node", code="asset_not_found")
@@ -338,4 +458,5 @@ def add_bridge_routes(app: web.Application) -> None:
     app.router.add_get(BRIDGE_PATH + "/supply/{ledger}", get_supply_route)
     app.router.add_get(BRIDGE_PATH + "/reserves/{partner}/{ledger}", get_reserve_route)
     app.router.add_get(BRIDGE_PATH + "/quotes", get_quote_route)
+    app.router.add_get(BRIDGE_PATH + "/swaps", list_swaps_route)
     app.router.add_get(BRIDGE_PATH + "/digest", get_digest_route)

@@ -70,19 +70,28 @@ from dataclasses import dataclass, replace
 from business.bridge import Bridge, BridgeConfig, BridgeResult, ReserveLow, faucet_account
 from business.bridge.model import (
     DAY_MS,
+    EVENT_RESERVE_LOW,
     DefinePoints,
     ExpirePoints,
     IssuePoints,
     RedeemPoints,
     RegisterToken,
     Request,
+    ReserveLowRecord,
     SetPolicy,
     Swap,
+    SwapEntry,
     TopUpReserve,
     asset_key,
     decode_asset,
+    decode_reserve_low,
+    encode_reserve_low,
+    encode_swap_entry,
+    event_id,
     expiry_cursor_key,
     pack,
+    reserve_low_key,
+    swap_index_key,
     unpack,
 )
 from business.identity.approvals import Operation as ApprovalOperation
@@ -123,7 +132,7 @@ from business.ledger.model import (
 )
 from business.ledger.model import asset_key as ledger_asset_key
 from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
-from node.consensus.state_machine import Overlay, StateView
+from node.consensus.state_machine import Dispatcher, Overlay, StateView
 from node.errors import InvariantViolation
 
 __all__ = [
@@ -131,12 +140,18 @@ __all__ = [
     "BRIDGE_FEATURE_VERSION",
     "EXPIRY_ASSETS_MAX",
     "EXPIRY_ASSETS_PER_ENTRY_MAX",
+    "SWAP_INDEX_FEATURE_VERSION",
     "BridgeRun",
     "BridgeStep",
     "expiry_op",
+    "reserve_low_item",
+    "swap_index_item",
 ]
 
 BRIDGE_FEATURE_VERSION = 8
+# Feature 11: swaps listed per partner (br/sw/) and reserve.low events kept (br/rl/); new keys
+# change what a log replays to, so an older log replays as it did.
+SWAP_INDEX_FEATURE_VERSION = 11
 # The Bridge's bounds are part of the log format, like the ledger's: every replica alike.
 BRIDGE_CONFIG = BridgeConfig()
 EXPIRY_ASSETS_MAX = 4096  # point assets with a validity period (the registry's bound)
@@ -159,6 +174,42 @@ class BridgeRun:
 def _refused(events: Sequence[Event], code: str, now_ms: int) -> OperationOutcome:
     """Refused whole after the Bridge made its chain: nothing ran, the code on every event."""
     return replace(refused_outcome(events, code, now_ms), result=code)
+
+
+def swap_index_item(
+    request: Swap, partner: bytes, mode: int, user_ref: bytes, done: BridgeRun
+) -> tuple[bytes, bytes]:
+    """The swap's entry in its partner's index (feature 11), whatever its outcome: a list
+    shows failed swaps too. The amounts are the quote's."""
+    q = request.quote
+    entry = SwapEntry(
+        wallet=request.wallet,
+        user_ref=user_ref,
+        ledger=request.ledger,
+        direction=int(q.direction),
+        amount_in=q.amount_in,
+        amount_out=q.amount_out,
+        fee=q.fee,
+        policy_version=q.policy_version,
+        quote_digest=request.quote_digest,
+        result=done.outcome.result or "ok",
+    )
+    key = swap_index_key(partner, mode, done.outcome.log_time_ms, request.op)
+    return key, encode_swap_entry(entry)
+
+
+def reserve_low_item(
+    notice: ReserveLow, op: bytes, now_ms: int, view: StateView
+) -> dict[bytes, bytes | None]:
+    """The reserve's last ``reserve.low`` event (feature 11): one value per reserve, so the
+    state stays bounded however often it crosses; the count says how many it raised."""
+    key = reserve_low_key(notice.ledger, notice.partner)
+    raw = view.get(key)
+    count = 0 if raw is None else decode_reserve_low(raw).count
+    record = ReserveLowRecord(
+        event_id(EVENT_RESERVE_LOW, op), op, now_ms, notice.level, notice.threshold, count + 1
+    )
+    return {key: encode_reserve_low(record)}
 
 
 def expiry_op(ledger: int, log_index: int) -> bytes:
@@ -187,7 +238,30 @@ class BridgeStep:
         layer: Overlay,
         earlier: Unapplied,
     ) -> BridgeRun:
-        """Apply one created operation's request into ``layer`` (module docstring)."""
+        """Apply one created operation's request into ``layer`` (module docstring); from
+        feature 11 also its swap-index entry and its ``reserve.low`` event."""
+        done = self._run(record_id, raw, request, proposer, approvals, now_ms, layer, earlier)
+        if Dispatcher.feature_version(layer) < SWAP_INDEX_FEATURE_VERSION:
+            return done
+        if isinstance(request, Swap) and proposer is not None and proposer.partner != PLATFORM:
+            ref = proposer.user_refs[0] if proposer.user_refs else b""
+            key, value = swap_index_item(request, proposer.partner, proposer.mode, ref, done)
+            layer.writes[key] = value
+        for notice in done.notices:
+            layer.writes.update(reserve_low_item(notice, record_id, now_ms, layer))
+        return done
+
+    def _run(
+        self,
+        record_id: bytes,
+        raw: bytes,
+        request: Request,
+        proposer: Proposer | None,
+        approvals: bytes,
+        now_ms: int,
+        layer: Overlay,
+        earlier: Unapplied,
+    ) -> BridgeRun:
         kind = type(request).__name__
         if proposer is None:
             return BridgeRun(OperationOutcome(now_ms, (), S.PROPOSER_MISSING.value), kind)
