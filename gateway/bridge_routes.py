@@ -115,7 +115,22 @@ from node.errors import (
     PayloadTooLarge,
 )
 
-__all__ = ["BRIDGE_PREFIX", "BRIDGE_PROBLEMS", "add_bridge_routes", "problem_of"]
+__all__ = [
+    "BRIDGE_PREFIX",
+    "BRIDGE_PROBLEMS",
+    "SWAP_PREFIX",
+    "add_bridge_routes",
+    "current_policy",
+    "define_points",
+    "issue_points",
+    "own_point_asset",
+    "problem_of",
+    "read_swap",
+    "reserve_object",
+    "set_policy",
+    "set_reserve_threshold",
+    "top_up_reserve",
+]
 
 BRIDGE_PREFIX = "/v1/bridge"
 SWAP_PREFIX = "swap_"
@@ -328,6 +343,16 @@ def _asset_object(ctx: LedgerContext, ledger: int, doc: dict[str, Any]) -> dict[
 async def post_points(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"code", "scale", "validity_days"}, {"code", "scale"})
+    return _answer(*await define_points(state, ctx, key, body), key)
+
+
+# The cores below take the checked context, key and body: the routes call them, and so does the
+# dashboard's partner pages (gateway/dashboard), acting for a signed-in partner user.
+
+
+async def define_points(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     scale = int_param(body["scale"], "scale", 0, 18)
     validity = int_param(body.get("validity_days", 0), "validity_days", 0, 3650)
     code = body["code"]
@@ -343,7 +368,7 @@ async def post_points(request: web.Request) -> web.Response:
     op = _checked_op(lambda: _operation(state, ctx, "bridge.points", key, body, make), "code")
     done = await _write(state, ctx, op)
     doc = {"code": code, "scale": scale, "validity_days": validity}
-    return _answer(done, _asset_object(ctx, ledger, doc), key)
+    return done, _asset_object(ctx, ledger, doc)
 
 
 def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
@@ -357,10 +382,26 @@ def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
 async def get_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
     ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    return web.json_response(await _with_supply(state, ctx, ledger, doc))
+
+
+async def _with_supply(
+    state: Any, ctx: LedgerContext, ledger: int, doc: dict[str, Any]
+) -> dict[str, Any]:
     supply = await _bridge_read(state, ctx, f"/supply/{ledger}")
     answer = _asset_object(ctx, ledger, doc)
     answer["supply"] = "0" if supply is None else str(supply["supply"])
-    return web.json_response(answer)
+    return answer
+
+
+async def own_point_asset(state: Any, ctx: LedgerContext) -> dict[str, Any] | None:
+    """The partner's point asset of this mode with its supply, whatever its code; None before
+    it is defined (a partner has one point ledger per mode: see the module docstring)."""
+    ledger = await _point_ledger(state, ctx)
+    doc = await _bridge_read(state, ctx, f"/assets/{ledger}")
+    if doc is None or doc["partner"] != ctx.pid16.hex():
+        return None
+    return await _with_supply(state, ctx, ledger, doc)
 
 
 def _writing(request: web.Request) -> tuple[Any, LedgerContext, str]:
@@ -370,9 +411,15 @@ def _writing(request: web.Request) -> tuple[Any, LedgerContext, str]:
 async def post_issue(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"user", "amount"}, {"user", "amount"})
+    return _answer(*await issue_points(state, ctx, key, body, request.match_info["asset"]), key)
+
+
+async def issue_points(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str
+) -> tuple[_Done, dict[str, Any]]:
     user = user_id_param(body["user"], "user")
     amount = amount_param(body["amount"], "amount")
-    ledger, _ = await _asset(state, ctx, request.match_info["asset"])
+    ledger, _ = await _asset(state, ctx, code)
     _, wallet = await _user(state, ctx, user, "user")
     account = wallet_account_id(wallet, ctx.mode, ledger)
 
@@ -382,7 +429,7 @@ async def post_issue(request: web.Request) -> web.Response:
     refs = (user_ref(ctx.pid16, ctx.mode, user),)
     op = _operation(state, ctx, "bridge.issue", key, body, make, None, refs)
     done = await _write(state, ctx, op)
-    return _answer(done, _points_move(ctx, op, "bridge_issuance", user, amount), key)
+    return done, _points_move(ctx, op, "bridge_issuance", user, amount)
 
 
 def _points_move(
@@ -554,6 +601,15 @@ async def post_policy(request: web.Request) -> web.Response:
     signing credential); quotes made under the old version fail ``policy_version_changed``."""
     state, ctx, key = _writing(request)
     body = await read_body(request, _POLICY_FIELDS, _POLICY_FIELDS)
+    actor = actor_of(request[PRINCIPAL]).credential
+    code = request.match_info["asset"]
+    return _answer(*await set_policy(state, ctx, key, body, code, actor), key)
+
+
+async def set_policy(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str, actor: bytes
+) -> tuple[_Done, dict[str, Any]]:
+    """``actor``: the 16-byte credential reference the audit entry names (who changed it)."""
     # 0 is allowed for the window limits (none) and the minimum fee; not for rate or sizes
     zero_ok = ("user_window_max", "partner_window_max", "fee_min")
     amounts = {
@@ -564,9 +620,7 @@ async def post_policy(request: web.Request) -> web.Response:
     fee_bps = int_param(body["fee_bps"], "fee_bps", 0, 9999)
     if type(body["enabled"]) is not bool:
         raise InvalidRequest("enabled must be true or false", param="enabled")
-    code = request.match_info["asset"]
     ledger, _ = await _asset(state, ctx, code)
-    actor = actor_of(request[PRINCIPAL]).credential
 
     def make(rid: bytes) -> Request:
         return SetPolicy(
@@ -580,7 +634,14 @@ async def post_policy(request: web.Request) -> web.Response:
     current = await _bridge_read(state, ctx, f"/policies/{ledger}")
     if current is None:  # acknowledged, so applied on the node that coordinated it
         raise OperationFailed("no node answered the policy just set", code="policy_unavailable")
-    return _answer(done, _policy_object(ctx, code, current), key)
+    return done, _policy_object(ctx, code, current)
+
+
+async def current_policy(state: Any, ctx: LedgerContext, code: str, ledger: int) -> dict[str, Any]:
+    doc = await _bridge_read(state, ctx, f"/policies/{ledger}")
+    if doc is None:
+        raise NotFound("no policy for this asset", code="policy_not_found", param="asset")
+    return _policy_object(ctx, code, doc)
 
 
 async def get_policy(request: web.Request) -> web.Response:
@@ -589,10 +650,7 @@ async def get_policy(request: web.Request) -> web.Response:
     ledger, _ = await _asset(state, ctx, code)
     version = request.query.get("version")
     if version is None:
-        doc = await _bridge_read(state, ctx, f"/policies/{ledger}")
-        if doc is None:
-            raise NotFound("no policy for this asset", code="policy_not_found", param="asset")
-        return web.json_response(_policy_object(ctx, code, doc))
+        return web.json_response(await current_policy(state, ctx, code, ledger))
     if not version.isdigit() or not 1 <= int(version) <= U32_MAX:
         raise InvalidRequest("version is 1..2^32-1", param="version")
     change = await _bridge_read(state, ctx, f"/policies/{ledger}?version={int(version)}")
@@ -616,6 +674,12 @@ async def get_policy(request: web.Request) -> web.Response:
 async def post_top_up(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"amount"}, {"amount"})
+    return _answer(*await top_up_reserve(state, ctx, key, body), key)
+
+
+async def top_up_reserve(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     amount = amount_param(body["amount"], "amount")
     if ctx.mode != Mode.TEST:
         raise InvalidRequest(
@@ -629,12 +693,18 @@ async def post_top_up(request: web.Request) -> web.Response:
 
     op = _operation(state, ctx, "bridge.top_up", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, await _reserve_object(state, ctx, "", limit=1), key)
+    return done, await reserve_object(state, ctx, "", limit=1)
 
 
 async def post_threshold(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"threshold"}, {"threshold"})
+    return _answer(*await set_reserve_threshold(state, ctx, key, body), key)
+
+
+async def set_reserve_threshold(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     threshold = _digits(body["threshold"], "threshold")
 
     def make(rid: bytes) -> Request:
@@ -642,10 +712,10 @@ async def post_threshold(request: web.Request) -> web.Response:
 
     op = _operation(state, ctx, "bridge.threshold", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, await _reserve_object(state, ctx, "", limit=1), key)
+    return done, await reserve_object(state, ctx, "", limit=1)
 
 
-async def _reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int) -> dict[str, Any]:
+async def reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int) -> dict[str, Any]:
     path = f"/reserves/{ctx.pid16.hex()}/{_baas_ledger(ctx)}?limit={limit}{query}"
     doc = await _bridge_read(state, ctx, path)
     if doc is None:
@@ -673,7 +743,7 @@ async def get_reserve(request: web.Request) -> web.Response:
     after = request.query.get("after", "0")
     if not after.isdigit() or len(after) > 19:
         raise InvalidRequest("after is a history timestamp (digits)", param="after")
-    answer = await _reserve_object(state, ctx, f"&after_ts={int(after)}", int(raw_limit))
+    answer = await reserve_object(state, ctx, f"&after_ts={int(after)}", int(raw_limit))
     return web.json_response(answer)
 
 
@@ -903,6 +973,10 @@ async def get_swap(request: web.Request) -> web.Response:
     or any other operation's, is not found."""
     state, ctx = gateway_state(request), ledger_context(request)
     record_id = hex_param(request.match_info["id"], "id", 32, 32, prefix=SWAP_PREFIX)
+    return web.json_response(await read_swap(state, ctx, record_id))
+
+
+async def read_swap(state: Any, ctx: LedgerContext, record_id: bytes) -> dict[str, Any]:
     try:
         reply = await state.nodes.read_record(ReadItem(record_id, ctx.deadline, ctx.request_id))
         opened = None
@@ -926,7 +1000,7 @@ async def get_swap(request: web.Request) -> web.Response:
     status = "succeeded" if result in _SUCCESS else "failed"
     doc = _swap_object(ctx, record_id, record["request"], status, int(outcome["log_time_ms"]))
     doc["failure_code"] = None if status == "succeeded" else problem_of(result).code
-    return web.json_response(doc)
+    return doc
 
 
 def add_bridge_routes(app: web.Application) -> None:
