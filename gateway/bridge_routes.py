@@ -118,12 +118,14 @@ from node.errors import (
 __all__ = [
     "BRIDGE_PREFIX",
     "BRIDGE_PROBLEMS",
+    "POLICY_FIELDS",
     "SWAP_PREFIX",
     "add_bridge_routes",
     "current_policy",
     "define_points",
     "issue_points",
     "own_point_asset",
+    "policy_terms",
     "problem_of",
     "read_swap",
     "reserve_object",
@@ -580,6 +582,7 @@ async def get_user_points(request: web.Request) -> web.Response:
 _POLICY_AMOUNTS = ("rate_num", "rate_den", "swap_min", "swap_max", "user_window_max",
                    "partner_window_max", "fee_min")  # fmt: skip
 _POLICY_FIELDS = {*_POLICY_AMOUNTS, "window_s", "fee_bps", "enabled"}
+POLICY_FIELDS = frozenset(_POLICY_FIELDS)
 
 
 def _policy_object(ctx: LedgerContext, code: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -606,28 +609,32 @@ async def post_policy(request: web.Request) -> web.Response:
     return _answer(*await set_policy(state, ctx, key, body, code, actor), key)
 
 
+def policy_terms(body: dict[str, Any]) -> dict[str, Any]:
+    """A policy body's terms, checked (each refusal a 400 naming its field): SetPolicy's
+    fields but who, which ledgers and the actor."""
+    # 0 is allowed for the window limits (none) and the minimum fee; not for rate or sizes
+    zero_ok = ("user_window_max", "partner_window_max", "fee_min")
+    terms: dict[str, Any] = {
+        name: (_digits if name in zero_ok else amount_param)(body[name], name)
+        for name in _POLICY_AMOUNTS
+    }
+    terms["window_s"] = int_param(body["window_s"], "window_s", 1, U32_MAX)
+    terms["fee_bps"] = int_param(body["fee_bps"], "fee_bps", 0, 9999)
+    if type(body["enabled"]) is not bool:
+        raise InvalidRequest("enabled must be true or false", param="enabled")
+    terms["enabled"] = body["enabled"]
+    return terms
+
+
 async def set_policy(
     state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str, actor: bytes
 ) -> tuple[_Done, dict[str, Any]]:
     """``actor``: the 16-byte credential reference the audit entry names (who changed it)."""
-    # 0 is allowed for the window limits (none) and the minimum fee; not for rate or sizes
-    zero_ok = ("user_window_max", "partner_window_max", "fee_min")
-    amounts = {
-        name: (_digits if name in zero_ok else amount_param)(body[name], name)
-        for name in _POLICY_AMOUNTS
-    }
-    window_s = int_param(body["window_s"], "window_s", 1, U32_MAX)
-    fee_bps = int_param(body["fee_bps"], "fee_bps", 0, 9999)
-    if type(body["enabled"]) is not bool:
-        raise InvalidRequest("enabled must be true or false", param="enabled")
+    terms = policy_terms(body)
     ledger, _ = await _asset(state, ctx, code)
 
     def make(rid: bytes) -> Request:
-        return SetPolicy(
-            rid, ctx.pid16, ledger, _baas_ledger(ctx), amounts["rate_num"], amounts["rate_den"],
-            amounts["swap_min"], amounts["swap_max"], window_s, amounts["user_window_max"],
-            amounts["partner_window_max"], fee_bps, amounts["fee_min"], body["enabled"], actor,
-        )  # fmt: skip
+        return SetPolicy(rid, ctx.pid16, ledger, _baas_ledger(ctx), **terms, actor=actor)
 
     op = _checked_op(lambda: _operation(state, ctx, "bridge.policy", key, body, make), "swap_max")
     done = await _write(state, ctx, op)
