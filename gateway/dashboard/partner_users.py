@@ -84,9 +84,7 @@ class PartnerUser:
         return hashlib.sha256(tag + self.password.salt).hexdigest()[:32]
 
     def provisioning_uri(self) -> str:
-        return pyotp.TOTP(self.totp_secret).provisioning_uri(
-            name=self.key, issuer_name=TOTP_ISSUER
-        )
+        return pyotp.TOTP(self.totp_secret).provisioning_uri(name=self.key, issuer_name=TOTP_ISSUER)
 
 
 def new_partner_user(partner: str, name: str, role: str, password: str) -> PartnerUser:
