@@ -8,6 +8,8 @@ downloaded browser) against a real 5-node cluster and its gateway.
   shown once) and retires it; switched to live mode, none of the test objects shows;
 * a viewer (phone, 390x844) sees every page without a form, and a change it sends anyway is
   refused 403 ``role_read_only``;
+* another partner's admin asking for the swap, or naming the first partner's API key, gets the
+  API's 404 (``swap_not_found``, ``unknown_api_key``);
 * axe-core finds no serious or critical violation on any partner page; no page requests a host
   other than the gateway; no page is over 300 KB of compressed assets.
 
@@ -43,6 +45,7 @@ from tools.local_partners import onboard_partner
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 PARTNER = "shop-p"
+OTHER = "shop-q"  # another partner: its session must reach none of shop-p's objects
 PASSWORD = "partner password, long enough"
 USER_ID = "user-1"
 CODE = "PTS"
@@ -119,9 +122,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     with running_cluster(tmp_path_factory.mktemp("partnerpages"), chain="none") as cluster:
         layout = cluster.layout
         credentials = onboard_partner(layout, PARTNER)
+        onboard_partner(layout, OTHER)
         users = {
             "admin": new_partner_user(PARTNER, "pat", "admin", PASSWORD),
             "viewer": new_partner_user(PARTNER, "val", "viewer", PASSWORD),
+            "other": new_partner_user(OTHER, "quinn", "admin", PASSWORD),
         }
         save_partner_users(
             Path(layout.directory) / PARTNER_USERS_FILE, {u.key: u for u in users.values()}
@@ -303,6 +308,36 @@ def test_a_viewer_sees_every_page_and_changes_nothing(env: Env) -> None:
             env.page_url("test", "reserve/top_up"),
         )
         assert answer[0] == 403 and "role_read_only" in answer[1]
+    finally:
+        context.close()
+
+
+def test_another_partners_session_reaches_none_of_it(env: Env) -> None:
+    assert env.swap_id, "runs after the admin's test, which made the swap"
+    size = "desktop"
+    context = env.context(size)
+    page = context.new_page()
+    try:
+        sign_in_partner(env, page, env.users["other"])
+        load(page, env.page_url("test", "swaps") + "?id=" + env.swap_id)
+        assert "swap_not_found" in problem_text(page)
+        assert page.locator("#swap-facts").count() == 0
+        load(page, env.page_url("test", "points"))
+        assert page.locator("#define-form").count() == 1 and CODE not in page.content()
+        load(page, env.page_url("test", "credentials"))
+        assert env.credentials["test"][0] not in page.content()
+        # shop-p's API key named in a retire form: the keyring's own 404.
+        answer = page.evaluate(
+            """async ([url, key]) => {
+                const csrf = document.querySelector("input[name=csrf]").value;
+                const body = new URLSearchParams({csrf, key: "other-1", api_key: key});
+                const r = await fetch(url, {method: "POST", body});
+                return [r.status, await r.text()];
+            }""",
+            [env.page_url("test", "credentials/retire"), env.credentials["test"][0]],
+        )
+        assert answer[0] == 404 and "unknown_api_key" in answer[1]
+        shot(page, "partner-other-credentials", size)
     finally:
         context.close()
 
