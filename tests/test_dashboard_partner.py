@@ -212,7 +212,7 @@ async def test_partner_sign_in_roles_csrf_isolation_and_credentials(tmp_path: Pa
             form = {"csrf": _csrf(again), "key": "k3", "api_key": api_key.group(1)}
             async with http.post(f"{test_page}/credentials/retire", data=form) as r:
                 assert r.status == 200 and f"Retired {api_key.group(1)}" in await r.text()
-            time.sleep(0.01)
+            time.sleep(1.1)  # the gateway checks a credential's end to the second
             assert await _signed_status(base, api_key.group(1), secret.group(1)) == 401
             # The live quote preview: the Bridge's arithmetic, its refusals' codes.
             preview = f"{test_page}/policy/preview"
@@ -231,6 +231,10 @@ async def test_partner_sign_in_roles_csrf_isolation_and_credentials(tmp_path: Pa
                                                  "amount_in": "50"}) as r:  # fmt: skip
                 refused = await r.json()
                 assert not refused["ok"] and refused["param"] == "rate_den"
+            async with http.get(preview, params={**POLICY, "swap_max": "9", "direction": "in",
+                                                 "amount_in": "50"}) as r:  # fmt: skip
+                refused = await r.json()  # SetPolicy's own check, as a save would meet it
+                assert refused["code"] == "field_invalid" and refused["param"] == "swap_max"
             # Sign out.
             async with http.get(f"{test_page}/overview") as r:
                 token = _csrf(await r.text())

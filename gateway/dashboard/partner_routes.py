@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from business.bridge.core import quote_terms
-from business.bridge.model import BridgeResult, Direction, PolicyRecord
+from business.bridge.model import BridgeResult, Direction, PolicyRecord, SetPolicy
 from business.identity.ids import Mode
 from gateway.bridge_routes import (
     POLICY_FIELDS,
@@ -398,8 +398,8 @@ async def get_policy_preview(request: web.Request) -> web.StreamResponse:
         if direction is None:
             raise InvalidRequest("direction is in or out", param="direction")
         amount_in = _int_field(query, "amount_in")
-        if terms["swap_min"] > terms["swap_max"]:
-            raise InvalidRequest("swap_max must be at least swap_min", param="swap_max")
+        # The request's own checks (e.g. swap_max >= swap_min), as a save would run them.
+        SetPolicy(bytes(32), bytes(16), 1, 1, **terms, actor=bytes(16))
         policy = PolicyRecord(version=0, baas_ledger=0, changed_ms=0, **terms)
         found = quote_terms(policy, direction, amount_in)
     except CallerError as exc:
