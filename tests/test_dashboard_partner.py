@@ -277,3 +277,20 @@ async def test_partner_sign_in_roles_csrf_isolation_and_credentials(tmp_path: Pa
                 assert r.status == 200
             async with http.get(f"{base}/dashboard/partner/test/overview") as r:
                 assert r.status == 404  # an operator's session sees no partner page
+
+
+async def test_failed_partner_sign_ins_lock_like_operators(tmp_path: Path) -> None:
+    async with gateway_without_nodes(tmp_path, dashboard={"signin_failures_max": 2}) as layout:
+        pat = new_partner_user("shop-a", "pat", "admin", PASSWORD)
+        save_partner_users(Path(layout.directory) / "secrets" / "partner_users.json",
+                           {pat.key: pat})  # fmt: skip
+        totp = pyotp.TOTP(pat.totp_secret)
+        base = layout.gateway_url
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            status, _, text = await _partner_signin(http, base, "shop-a", "pat", "000000")
+            assert status == 401 and "Failed attempts: 1 of 2" in text
+            # An unknown user of the partner costs the same and counts the same.
+            status, _, text = await _partner_signin(http, base, "shop-a", "nobody", totp.now())
+            assert status == 401 and "Failed attempts: 2 of 2" in text
+            status, _, text = await _partner_signin(http, base, "shop-a", "pat", totp.now())
+            assert status == 429 and "signin_locked" in text
