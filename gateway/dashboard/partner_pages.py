@@ -102,13 +102,16 @@ def _partner_page(view: PartnerView, title: str, body: str, script: str = "") ->
     )
 
 
-def _form(view: PartnerView, action: str, fields: str, button: str, form_id: str) -> str:
+def _form(
+    view: PartnerView, action: str, fields: str, button: str, form_id: str, attrs: str = ""
+) -> str:
     """A change form (admins only): CSRF token, an idempotency key for this drawing."""
     if not view.admin:
         return ""
     return (
         f'<form method="post" action="{partner_path(view.mode, action)}" class="card" '
-        f'id="{form_id}"><input type="hidden" name="csrf" value="{e(view.session.csrf_token)}">'
+        f'id="{form_id}"{attrs}>'
+        f'<input type="hidden" name="csrf" value="{e(view.session.csrf_token)}">'
         f'<input type="hidden" name="key" value="{secrets.token_urlsafe(16)}">{fields}'
         f'<button type="submit">{e(button)}</button></form>'
     )
@@ -348,11 +351,8 @@ def policy_page(
         "Type to see a quote.</output></fieldset>"
     )
     if view.admin:
-        form = _form(view, "policy", fields + preview, "Save the policy", "policy-form")
-        form = form.replace(
-            "<form ", f'<form data-preview="{partner_path(view.mode, "policy/preview")}" ', 1
-        )
-        body += form
+        attrs = f' data-preview="{partner_path(view.mode, "policy/preview")}"'
+        body += _form(view, "policy", fields + preview, "Save the policy", "policy-form", attrs)
     else:
         body += _facts([(POLICY_LABELS[k], current[k]) for k in POLICY_DEFAULTS], "policy-facts")
     return _partner_page(view, "Policies", body, script=PREVIEW_SCRIPT if view.admin else "")
