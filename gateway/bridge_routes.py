@@ -123,6 +123,7 @@ __all__ = [
     "add_bridge_routes",
     "current_policy",
     "define_points",
+    "fund_liquidity",
     "issue_points",
     "own_point_asset",
     "policy_terms",
@@ -537,15 +538,21 @@ async def post_liquidity(request: web.Request) -> web.Response:
     BAAS -> points pay out (a liquidity account cannot go negative: liquidity_exhausted)."""
     state, ctx, key = _writing(request)
     body = await read_body(request, {"amount"}, {"amount"})
+    return _answer(*await fund_liquidity(state, ctx, key, body, request.match_info["asset"]), key)
+
+
+async def fund_liquidity(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str
+) -> tuple[_Done, dict[str, Any]]:
     amount = amount_param(body["amount"], "amount")
-    ledger, _ = await _asset(state, ctx, request.match_info["asset"])
+    ledger, _ = await _asset(state, ctx, code)
 
     def make(rid: bytes) -> Request:
         return FundLiquidity(rid, ctx.pid16, ledger, amount)
 
     op = _operation(state, ctx, "bridge.liquidity", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount), key)
+    return done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount)
 
 
 async def get_user_points(request: web.Request) -> web.Response:

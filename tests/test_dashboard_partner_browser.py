@@ -206,6 +206,7 @@ def test_an_admin_runs_its_partner_from_the_pages(env: Env) -> None:
         check_accessibility(page, "points")
         submit(page, "#issue-form", {"user": USER_ID, "amount": "5000"}, f"Issued 5000 {CODE}")
         assert "5000" in page.inner_text("#asset-facts")
+        submit(page, "#liquidity-form", {"amount": "3000"}, f"Moved 3000 {CODE}")
         shot(page, "partner-points", size)
 
         load(page, env.page_url("test", "reserve"))

@@ -250,6 +250,14 @@ def points_page(view: PartnerView, asset: Mapping[str, Any] | None) -> str:
         "Issue",
         "issue-form",
     )
+    body += "<h2>Fund swap liquidity</h2>" + _form(
+        view,
+        "points/liquidity",
+        "<p>Points moved from your issuance to the liquidity account that swaps from BAAS "
+        "to points pay out of.</p>" + _digits("amount", "Amount (points)"),
+        "Fund liquidity",
+        "liquidity-form",
+    )
     body += (
         "<h2>Redeem</h2><p>A redemption debits the user's wallet, so it needs the user's own "
         "approval: your platform asks <code>POST /v1/bridge/points/"

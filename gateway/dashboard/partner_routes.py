@@ -5,9 +5,9 @@
   (:func:`gateway.dashboard.routes.sign_in`: lockout, KDF, code once, bounded sessions). The
   session's ``role`` is ``partner_admin`` or ``partner_viewer`` and its ``scope`` the partner.
 * ``GET /dashboard/partner/{mode}/{overview,points,reserve,policy,swaps,credentials}`` and
-  ``POST`` ``points/define``, ``points/issue``, ``reserve/top_up``, ``reserve/threshold``,
-  ``policy``, ``credentials/add``, ``credentials/retire``; ``GET policy/preview`` (JSON: the
-  quote an edited policy would give; writes nothing).
+  ``POST`` ``points/define``, ``points/issue``, ``points/liquidity``, ``reserve/top_up``,
+  ``reserve/threshold``, ``policy``, ``credentials/add``, ``credentials/retire``;
+  ``GET policy/preview`` (JSON: the quote an edited policy would give; writes nothing).
 
 Authority. A page acts for its session's partner (the scope; never a partner named in the
 path or form) in the mode its path names, through the partner API's own cores
@@ -38,6 +38,7 @@ from gateway.bridge_routes import (
     SWAP_PREFIX,
     current_policy,
     define_points,
+    fund_liquidity,
     issue_points,
     own_point_asset,
     policy_terms,
@@ -358,6 +359,13 @@ async def _issue(acting: Acting, form: dict[str, str], key: str) -> str:
     return f"Issued {moved['amount']} {code} to {moved['user']}."
 
 
+async def _liquidity(acting: Acting, form: dict[str, str], key: str) -> str:
+    code = await _code(acting)
+    body = {"amount": _text(form, "amount")}
+    _, moved = await fund_liquidity(acting.gateway, acting.ctx, key, body, code)
+    return f"Moved {moved['amount']} {code} to the swap liquidity."
+
+
 async def _top_up(acting: Acting, form: dict[str, str], key: str) -> str:
     _, reserve = await top_up_reserve(
         acting.gateway, acting.ctx, key, {"amount": _text(form, "amount")}
@@ -474,6 +482,7 @@ def add_partner_routes(app: web.Application) -> None:
     changes: tuple[tuple[str, str, Change], ...] = (
         ("points/define", "points", _define),
         ("points/issue", "points", _issue),
+        ("points/liquidity", "points", _liquidity),
         ("reserve/top_up", "reserve", _top_up),
         ("reserve/threshold", "reserve", _threshold),
         ("policy", "policy", _policy),
