@@ -21,12 +21,18 @@ from business.bridge.core import terms
 from business.bridge.model import Direction, PolicyRecord
 from gateway.auth import sign_request
 from gateway.dashboard.operators import new_operator, save_operators
-from gateway.dashboard.partner_pages import svg_line_chart
+from gateway.dashboard.partner_pages import (
+    POLICY_DEFAULTS,
+    PartnerView,
+    policy_page,
+    svg_line_chart,
+)
 from gateway.dashboard.partner_users import (
     load_partner_users,
     new_partner_user,
     save_partner_users,
 )
+from gateway.dashboard.sessions import Session
 from node.errors import InvalidRequest, UnsupportedFormat
 from tools import partners_cli
 from tools.cluster_init import init_cluster
@@ -294,3 +300,14 @@ async def test_failed_partner_sign_ins_lock_like_operators(tmp_path: Path) -> No
             assert status == 401 and "Failed attempts: 2 of 2" in text
             status, _, text = await _partner_signin(http, base, "shop-a", "pat", totp.now())
             assert status == 429 and "signin_locked" in text
+
+
+def test_a_viewer_sees_the_policy_in_force_never_the_forms_defaults() -> None:
+    session = Session("s", "c", "shop-a/val", "partner_viewer", 0, 0, "shop-a")
+    view = PartnerView(session, "shop-a", False, "test", "policy")
+    none_yet = policy_page(view, {"code": "PTS"}, None)
+    assert "none set yet" in none_yet and "policy-facts" not in none_yet
+    assert "policy-form" not in none_yet and "policy-preview.js" not in none_yet
+    policy = {**{k: "7" for k in POLICY_DEFAULTS}, "version": 3, "enabled": True}
+    shown = policy_page(view, {"code": "PTS"}, policy)
+    assert "version 3, enabled" in shown and "policy-facts" in shown

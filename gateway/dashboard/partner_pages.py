@@ -361,7 +361,7 @@ def policy_page(
     if view.admin:
         attrs = f' data-preview="{partner_path(view.mode, "policy/preview")}"'
         body += _form(view, "policy", fields + preview, "Save the policy", "policy-form", attrs)
-    else:
+    elif policy is not None:  # a viewer sees the policy in force, never the form's defaults
         body += _facts([(POLICY_LABELS[k], current[k]) for k in POLICY_DEFAULTS], "policy-facts")
     return _partner_page(view, "Policies", body, script=PREVIEW_SCRIPT if view.admin else "")
 
