@@ -119,7 +119,25 @@ from node.errors import (
     PayloadTooLarge,
 )
 
-__all__ = ["BRIDGE_PREFIX", "BRIDGE_PROBLEMS", "add_bridge_routes", "problem_of"]
+__all__ = [
+    "BRIDGE_PREFIX",
+    "BRIDGE_PROBLEMS",
+    "POLICY_FIELDS",
+    "SWAP_PREFIX",
+    "add_bridge_routes",
+    "current_policy",
+    "define_points",
+    "fund_liquidity",
+    "issue_points",
+    "own_point_asset",
+    "policy_terms",
+    "problem_of",
+    "read_swap",
+    "reserve_object",
+    "set_policy",
+    "set_reserve_threshold",
+    "top_up_reserve",
+]
 
 BRIDGE_PREFIX = "/v1/bridge"
 SWAP_PREFIX = "swap_"
@@ -332,6 +350,16 @@ def _asset_object(ctx: LedgerContext, ledger: int, doc: dict[str, Any]) -> dict[
 async def post_points(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"code", "scale", "validity_days"}, {"code", "scale"})
+    return _answer(*await define_points(state, ctx, key, body), key)
+
+
+# The cores below take the checked context, key and body: the routes call them, and so does the
+# dashboard's partner pages (gateway/dashboard), acting for a signed-in partner user.
+
+
+async def define_points(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     scale = int_param(body["scale"], "scale", 0, 18)
     validity = int_param(body.get("validity_days", 0), "validity_days", 0, 3650)
     code = body["code"]
@@ -347,7 +375,7 @@ async def post_points(request: web.Request) -> web.Response:
     op = _checked_op(lambda: _operation(state, ctx, "bridge.points", key, body, make), "code")
     done = await _write(state, ctx, op)
     doc = {"code": code, "scale": scale, "validity_days": validity}
-    return _answer(done, _asset_object(ctx, ledger, doc), key)
+    return done, _asset_object(ctx, ledger, doc)
 
 
 def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
@@ -361,10 +389,26 @@ def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
 async def get_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
     ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    return web.json_response(await _with_supply(state, ctx, ledger, doc))
+
+
+async def _with_supply(
+    state: Any, ctx: LedgerContext, ledger: int, doc: dict[str, Any]
+) -> dict[str, Any]:
     supply = await _bridge_read(state, ctx, f"/supply/{ledger}")
     answer = _asset_object(ctx, ledger, doc)
     answer["supply"] = "0" if supply is None else str(supply["supply"])
-    return web.json_response(answer)
+    return answer
+
+
+async def own_point_asset(state: Any, ctx: LedgerContext) -> dict[str, Any] | None:
+    """The partner's point asset of this mode with its supply, whatever its code; None before
+    it is defined (a partner has one point ledger per mode: see the module docstring)."""
+    ledger = await _point_ledger(state, ctx)
+    doc = await _bridge_read(state, ctx, f"/assets/{ledger}")
+    if doc is None or doc["partner"] != ctx.pid16.hex():
+        return None
+    return await _with_supply(state, ctx, ledger, doc)
 
 
 def _writing(request: web.Request) -> tuple[Any, LedgerContext, str]:
@@ -374,9 +418,15 @@ def _writing(request: web.Request) -> tuple[Any, LedgerContext, str]:
 async def post_issue(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"user", "amount"}, {"user", "amount"})
+    return _answer(*await issue_points(state, ctx, key, body, request.match_info["asset"]), key)
+
+
+async def issue_points(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str
+) -> tuple[_Done, dict[str, Any]]:
     user = user_id_param(body["user"], "user")
     amount = amount_param(body["amount"], "amount")
-    ledger, _ = await _asset(state, ctx, request.match_info["asset"])
+    ledger, _ = await _asset(state, ctx, code)
     _, wallet = await _user(state, ctx, user, "user")
     account = wallet_account_id(wallet, ctx.mode, ledger)
 
@@ -386,7 +436,7 @@ async def post_issue(request: web.Request) -> web.Response:
     refs = (user_ref(ctx.pid16, ctx.mode, user),)
     op = _operation(state, ctx, "bridge.issue", key, body, make, None, refs)
     done = await _write(state, ctx, op)
-    return _answer(done, _points_move(ctx, op, "bridge_issuance", user, amount), key)
+    return done, _points_move(ctx, op, "bridge_issuance", user, amount)
 
 
 def _points_move(
@@ -492,15 +542,21 @@ async def post_liquidity(request: web.Request) -> web.Response:
     BAAS -> points pay out (a liquidity account cannot go negative: liquidity_exhausted)."""
     state, ctx, key = _writing(request)
     body = await read_body(request, {"amount"}, {"amount"})
+    return _answer(*await fund_liquidity(state, ctx, key, body, request.match_info["asset"]), key)
+
+
+async def fund_liquidity(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str
+) -> tuple[_Done, dict[str, Any]]:
     amount = amount_param(body["amount"], "amount")
-    ledger, _ = await _asset(state, ctx, request.match_info["asset"])
+    ledger, _ = await _asset(state, ctx, code)
 
     def make(rid: bytes) -> Request:
         return FundLiquidity(rid, ctx.pid16, ledger, amount)
 
     op = _operation(state, ctx, "bridge.liquidity", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount), key)
+    return done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount)
 
 
 async def get_user_points(request: web.Request) -> web.Response:
@@ -537,6 +593,7 @@ async def get_user_points(request: web.Request) -> web.Response:
 _POLICY_AMOUNTS = ("rate_num", "rate_den", "swap_min", "swap_max", "user_window_max",
                    "partner_window_max", "fee_min")  # fmt: skip
 _POLICY_FIELDS = {*_POLICY_AMOUNTS, "window_s", "fee_bps", "enabled"}
+POLICY_FIELDS = frozenset(_POLICY_FIELDS)
 
 
 def _policy_object(ctx: LedgerContext, code: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -558,33 +615,51 @@ async def post_policy(request: web.Request) -> web.Response:
     signing credential); quotes made under the old version fail ``policy_version_changed``."""
     state, ctx, key = _writing(request)
     body = await read_body(request, _POLICY_FIELDS, _POLICY_FIELDS)
+    actor = actor_of(request[PRINCIPAL]).credential
+    code = request.match_info["asset"]
+    return _answer(*await set_policy(state, ctx, key, body, code, actor), key)
+
+
+def policy_terms(body: dict[str, Any]) -> dict[str, Any]:
+    """A policy body's terms, checked (each refusal a 400 naming its field): SetPolicy's
+    fields but who, which ledgers and the actor."""
     # 0 is allowed for the window limits (none) and the minimum fee; not for rate or sizes
     zero_ok = ("user_window_max", "partner_window_max", "fee_min")
-    amounts = {
+    terms: dict[str, Any] = {
         name: (_digits if name in zero_ok else amount_param)(body[name], name)
         for name in _POLICY_AMOUNTS
     }
-    window_s = int_param(body["window_s"], "window_s", 1, U32_MAX)
-    fee_bps = int_param(body["fee_bps"], "fee_bps", 0, 9999)
+    terms["window_s"] = int_param(body["window_s"], "window_s", 1, U32_MAX)
+    terms["fee_bps"] = int_param(body["fee_bps"], "fee_bps", 0, 9999)
     if type(body["enabled"]) is not bool:
         raise InvalidRequest("enabled must be true or false", param="enabled")
-    code = request.match_info["asset"]
+    terms["enabled"] = body["enabled"]
+    return terms
+
+
+async def set_policy(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str, actor: bytes
+) -> tuple[_Done, dict[str, Any]]:
+    """``actor``: the 16-byte credential reference the audit entry names (who changed it)."""
+    terms = policy_terms(body)
     ledger, _ = await _asset(state, ctx, code)
-    actor = actor_of(request[PRINCIPAL]).credential
 
     def make(rid: bytes) -> Request:
-        return SetPolicy(
-            rid, ctx.pid16, ledger, _baas_ledger(ctx), amounts["rate_num"], amounts["rate_den"],
-            amounts["swap_min"], amounts["swap_max"], window_s, amounts["user_window_max"],
-            amounts["partner_window_max"], fee_bps, amounts["fee_min"], body["enabled"], actor,
-        )  # fmt: skip
+        return SetPolicy(rid, ctx.pid16, ledger, _baas_ledger(ctx), **terms, actor=actor)
 
     op = _checked_op(lambda: _operation(state, ctx, "bridge.policy", key, body, make), "swap_max")
     done = await _write(state, ctx, op)
     current = await _bridge_read(state, ctx, f"/policies/{ledger}")
     if current is None:  # acknowledged, so applied on the node that coordinated it
         raise OperationFailed("no node answered the policy just set", code="policy_unavailable")
-    return _answer(done, _policy_object(ctx, code, current), key)
+    return done, _policy_object(ctx, code, current)
+
+
+async def current_policy(state: Any, ctx: LedgerContext, code: str, ledger: int) -> dict[str, Any]:
+    doc = await _bridge_read(state, ctx, f"/policies/{ledger}")
+    if doc is None:
+        raise NotFound("no policy for this asset", code="policy_not_found", param="asset")
+    return _policy_object(ctx, code, doc)
 
 
 async def get_policy(request: web.Request) -> web.Response:
@@ -593,10 +668,7 @@ async def get_policy(request: web.Request) -> web.Response:
     ledger, _ = await _asset(state, ctx, code)
     version = request.query.get("version")
     if version is None:
-        doc = await _bridge_read(state, ctx, f"/policies/{ledger}")
-        if doc is None:
-            raise NotFound("no policy for this asset", code="policy_not_found", param="asset")
-        return web.json_response(_policy_object(ctx, code, doc))
+        return web.json_response(await current_policy(state, ctx, code, ledger))
     if not version.isdigit() or not 1 <= int(version) <= U32_MAX:
         raise InvalidRequest("version is 1..2^32-1", param="version")
     change = await _bridge_read(state, ctx, f"/policies/{ledger}?version={int(version)}")
@@ -620,6 +692,12 @@ async def get_policy(request: web.Request) -> web.Response:
 async def post_top_up(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"amount"}, {"amount"})
+    return _answer(*await top_up_reserve(state, ctx, key, body), key)
+
+
+async def top_up_reserve(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     amount = amount_param(body["amount"], "amount")
     if ctx.mode != Mode.TEST:
         raise InvalidRequest(
@@ -633,12 +711,18 @@ async def post_top_up(request: web.Request) -> web.Response:
 
     op = _operation(state, ctx, "bridge.top_up", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, await _reserve_object(state, ctx, "", limit=1), key)
+    return done, await reserve_object(state, ctx, "", limit=1)
 
 
 async def post_threshold(request: web.Request) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, {"threshold"}, {"threshold"})
+    return _answer(*await set_reserve_threshold(state, ctx, key, body), key)
+
+
+async def set_reserve_threshold(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
     threshold = _digits(body["threshold"], "threshold")
 
     def make(rid: bytes) -> Request:
@@ -646,10 +730,10 @@ async def post_threshold(request: web.Request) -> web.Response:
 
     op = _operation(state, ctx, "bridge.threshold", key, body, make)
     done = await _write(state, ctx, op)
-    return _answer(done, await _reserve_object(state, ctx, "", limit=1), key)
+    return done, await reserve_object(state, ctx, "", limit=1)
 
 
-async def _reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int) -> dict[str, Any]:
+async def reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int) -> dict[str, Any]:
     path = f"/reserves/{ctx.pid16.hex()}/{_baas_ledger(ctx)}?limit={limit}{query}"
     doc = await _bridge_read(state, ctx, path)
     if doc is None:
@@ -679,7 +763,7 @@ async def get_reserve(request: web.Request) -> web.Response:
     after = request.query.get("after", "0")
     if not after.isdigit() or len(after) > 19:
         raise InvalidRequest("after is a history timestamp (digits)", param="after")
-    answer = await _reserve_object(state, ctx, f"&after_ts={int(after)}", int(raw_limit))
+    answer = await reserve_object(state, ctx, f"&after_ts={int(after)}", int(raw_limit))
     return web.json_response(answer)
 
 
@@ -944,6 +1028,12 @@ async def get_swap(request: web.Request) -> web.Response:
     or any other operation's, is not found."""
     state, ctx = gateway_state(request), ledger_context(request)
     record_id = hex_param(request.match_info["id"], "id", 32, 32, prefix=SWAP_PREFIX)
+    return web.json_response(await read_swap(state, ctx, record_id))
+
+
+async def read_swap(state: Any, ctx: LedgerContext, record_id: bytes) -> dict[str, Any]:
+    """One swap of this partner in this mode as the reads answer it (404 ``swap_not_found``
+    otherwise); the dashboard's swap page shows the same object."""
     body = await _swap_request(state, ctx, record_id)
     if body is None:
         raise NotFound("no such swap", code="swap_not_found", param="id")
@@ -951,9 +1041,7 @@ async def get_swap(request: web.Request) -> web.Response:
     if outcome is None:
         raise NotFound("no such swap", code="swap_not_found", param="id")
     result = str(outcome.get("result", "ok"))
-    return web.json_response(
-        _read_swap_object(ctx, record_id, body, result, int(outcome["log_time_ms"]))
-    )
+    return _read_swap_object(ctx, record_id, body, result, int(outcome["log_time_ms"]))
 
 
 _LIST_STATUSES = frozenset({"succeeded", "failed"})

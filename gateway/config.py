@@ -129,6 +129,9 @@ class DashboardConfig:
     # Operator credentials (``baas-dashboard operator add``); read again at every sign-in so a
     # rotation takes effect at once. None or a missing file: no operator can sign in.
     operators_file: Path | None = None
+    # Partners' dashboard users (``baas-partners dashboard-user add``), read at every partner
+    # sign-in and page like the operators file. None or a missing file: no partner signs in.
+    partner_users_file: Path | None = None
     # The chain JSON-RPC the receipt verifier reads by default: the one host other than the
     # gateway that pages may call (the Content-Security-Policy's connect-src). Empty: none.
     chain_rpc_url: str = ""
@@ -147,7 +150,10 @@ class DashboardConfig:
 
     def validate(self) -> None:
         require_positive_fields(
-            self, "dashboard", integers_only=False, skip=("operators_file", "chain_rpc_url")
+            self,
+            "dashboard",
+            integers_only=False,
+            skip=("operators_file", "partner_users_file", "chain_rpc_url"),
         )
         if not isinstance(self.chain_rpc_url, str):
             raise ConfigError("dashboard.chain_rpc_url must be a string")
@@ -228,8 +234,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
 
 def _dashboard_config(base: Path, table: dict[str, Any]) -> DashboardConfig:
     values = dict(table)
-    if "operators_file" in values:
-        values["operators_file"] = resolve_path(
-            base, values["operators_file"], "dashboard.operators_file"
-        )
+    for name in ("operators_file", "partner_users_file"):
+        if name in values:
+            values[name] = resolve_path(base, values[name], f"dashboard.{name}")
     return build_dataclass(DashboardConfig, values, "dashboard")

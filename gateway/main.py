@@ -77,7 +77,7 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     state = build_state(config, master_key)
     reloader = build_reloader(config, master_key, state)
     token = config.node_api_token_file.read_text().strip()
-    dashboard = DashboardState(config, token, state.nodes)
+    dashboard = DashboardState(config, token, state.nodes, gateway=state)
     runner = ProblemAppRunner(
         build_gateway_app(state, build_dashboard_app(dashboard)),
         access_log=None,

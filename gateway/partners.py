@@ -59,6 +59,7 @@ from node.errors import IdempotencyConflict, InvalidRequest, NotFound, Operation
 __all__ = [
     "actor_of",
     "audit_list",
+    "dashboard_user_actor",
     "onboard",
     "operator_cli_actor",
     "partner_object",
@@ -97,6 +98,12 @@ def actor_of(principal: Principal) -> Actor:
 def operator_cli_actor(operator: str) -> Actor:
     """The operator command's actor: the operator's name (``--operator``, default the login)."""
     return Actor(ActorKind.OPERATOR, _credential_ref(f"cli:{operator}"))
+
+
+def dashboard_user_actor(partner: str, subject: str) -> Actor:
+    """A partner's dashboard user acting for it (``subject``: ``partner/name``): the audit
+    trail names the user, as it names the API credential for the partner API."""
+    return Actor(ActorKind.PARTNER, _credential_ref(f"dashboard:{subject}"), partner_id(partner))
 
 
 async def _put(

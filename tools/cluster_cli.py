@@ -56,7 +56,10 @@ def _print_layout(layout: ClusterLayout, registry: RegistryOnChain | None = None
     operators = Path(layout.directory) / OPERATORS_FILE
     print(
         f"  dashboard: {layout.gateway_url}/dashboard/ (operators: baas-dashboard operator add "
-        f"NAME --file {operators}; receipt verifier {layout.gateway_url}/dashboard/verify)"
+        f"NAME --file {operators}; partners: baas-partners --config "
+        f"{layout.gateway_config_path} dashboard-user add --partner P --name N --role admin, "
+        f"then {layout.gateway_url}/dashboard/partner/signin; "
+        f"receipt verifier {layout.gateway_url}/dashboard/verify)"
     )
     chain = layout.chain
     if chain.enabled:

@@ -338,6 +338,7 @@ def _node_toml(
 
 
 OPERATORS_FILE = "secrets/operators.json"
+PARTNER_USERS_FILE = "secrets/partner_users.json"
 
 
 def _gateway_toml(
@@ -362,6 +363,7 @@ def _gateway_toml(
     # The dashboard: operators are added with `baas-dashboard operator add NAME --file
     # secrets/operators.json`; the receipt verifier reads the development chain by default.
     lines += ["[dashboard]", f"operators_file = {_toml_str(OPERATORS_FILE)}"]
+    lines += [f"partner_users_file = {_toml_str(PARTNER_USERS_FILE)}"]
     if chain_rpc_url:
         lines.append(f"chain_rpc_url = {_toml_str(chain_rpc_url)}")
     return "\n".join(lines) + "\n"

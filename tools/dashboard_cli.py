@@ -30,10 +30,10 @@ from gateway.dashboard.operators import (
 )
 from node.errors import BaasError, InvalidRequest
 
-__all__ = ["main"]
+__all__ = ["main", "read_password"]
 
 
-def _password(from_stdin: bool) -> str:
+def read_password(from_stdin: bool) -> str:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
@@ -49,7 +49,7 @@ def _put(args: argparse.Namespace, *, exists: bool) -> None:
             f"operator {args.name!r} " + ("does not exist" if exists else "exists already"),
             code="operator_exists" if not exists else "operator_not_found",
         )
-    operator = new_operator(args.name, _password(args.password_stdin))
+    operator = new_operator(args.name, read_password(args.password_stdin))
     save_operators(args.file, {**operators, args.name: operator})
     print(f"operator {args.name} {'rotated' if exists else 'added'} in {args.file}")
     print("TOTP secret (shown once; add it to an authenticator app):")

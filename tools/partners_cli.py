@@ -7,6 +7,10 @@
     baas-partners --config D/gateway.toml set-status --partner shop-x --status suspended
     baas-partners --config D/gateway.toml audit [--partner shop-x] [--mode test|live] [--limit N]
     baas-partners --config D/gateway.toml add-operator --name alice
+    baas-partners --config D/gateway.toml dashboard-user add --partner shop-x --name pat \
+        --role admin|viewer [--password-stdin]
+    baas-partners --config D/gateway.toml dashboard-user remove --partner shop-x --name pat
+    baas-partners --config D/gateway.toml dashboard-user list [--partner shop-x]
 
 It reads the gateway's config for the nodes, the node API token, the keyring and its master
 key (``BAAS_MASTER_KEY`` first, as for the gateway). ``onboard`` puts the partner on the log
@@ -14,6 +18,11 @@ through any node and the leader (actor: the operator, ``--operator`` or the logi
 writes its test and live API credentials and data key into the keyring under the keyring's
 file lock (as ``baas-keys`` does) and prints the secrets ONCE (:mod:`gateway.partners`).
 ``add-operator`` creates an operator credential for the admin API and prints its secret once.
+``dashboard-user add`` gives a partner's person a dashboard sign-in (not an API secret): it
+asks for a password (or reads one line from stdin), stores its scrypt hash and a new TOTP
+secret in ``[dashboard] partner_users_file`` and prints the TOTP secret once
+(:mod:`gateway.dashboard.partner_users`: roles, and why TOTP is required); adding a user that
+exists replaces (rotates) its credential, which ends its sessions.
 Running gateways pick keyring changes up by themselves.
 
 Output is JSON on stdout. Refusals (a partner that exists, an unknown partner, no node
@@ -33,6 +42,13 @@ from typing import Any
 
 from business.identity import Actor, PartnerStatus
 from gateway.config import GatewayConfig, load_gateway_config
+from gateway.dashboard.partner_users import (
+    ROLES,
+    load_partner_users,
+    new_partner_user,
+    save_partner_users,
+    user_key,
+)
 from gateway.keyring import (
     Keyring,
     add_operator,
@@ -53,6 +69,7 @@ from gateway.partners import (
 )
 from node.errors import InvalidRequest, NotFound
 from tools.cli_exit import print_json_result
+from tools.dashboard_cli import read_password
 
 __all__ = ["main"]
 
@@ -142,6 +159,56 @@ async def _add_operator(ctx: _Context, args: argparse.Namespace) -> dict[str, An
     }
 
 
+def _users_file(ctx: _Context) -> Path:
+    path = ctx.config.dashboard.partner_users_file
+    if path is None:
+        raise InvalidRequest(
+            "the gateway config names no [dashboard] partner_users_file", param="--config"
+        )
+    return path
+
+
+async def _user_add(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    name = check_name(args.partner, "--partner")
+    if name not in ctx.keyring().partners:
+        raise NotFound(f"no partner {name!r} in the keyring", code="partner_not_found")
+    path = _users_file(ctx)
+    user = new_partner_user(name, args.name, args.role, read_password(args.password_stdin))
+    users = load_partner_users(path)
+    rotated = user.key in users
+    save_partner_users(path, {**users, user.key: user})
+    return {
+        "object": "dashboard_user",
+        "partner": name,
+        "name": user.name,
+        "role": user.role,
+        "rotated": rotated,
+        "totp_secret": user.totp_secret,
+        "otpauth_uri": user.provisioning_uri(),
+    }
+
+
+async def _user_remove(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    path = _users_file(ctx)
+    users = load_partner_users(path)
+    key = user_key(args.partner, args.name)
+    if key not in users:
+        raise NotFound(f"no dashboard user {key!r}", code="user_not_found")
+    save_partner_users(path, {k: u for k, u in users.items() if k != key})
+    return {"object": "dashboard_user", "partner": args.partner, "name": args.name,
+            "deleted": True}  # fmt: skip
+
+
+async def _user_list(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    users = load_partner_users(_users_file(ctx)).values()
+    data = [
+        {"object": "dashboard_user", "partner": u.partner, "name": u.name, "role": u.role}
+        for u in users
+        if args.partner is None or u.partner == args.partner
+    ]
+    return {"object": "list", "data": data, "has_more": False}
+
+
 Command = Callable[[_Context, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 
@@ -172,6 +239,21 @@ def _parser() -> argparse.ArgumentParser:
     operator = commands.add_parser("add-operator", help="an admin API credential; secret once")
     operator.add_argument("--name", required=True, help="the operator's id")
     operator.set_defaults(run=_add_operator)
+    user = commands.add_parser("dashboard-user", help="a partner's dashboard sign-ins")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    add = user_commands.add_parser("add", help="add or rotate; prints the TOTP secret once")
+    add.add_argument("--partner", required=True)
+    add.add_argument("--name", required=True, help="the user's sign-in name")
+    add.add_argument("--role", required=True, choices=ROLES)
+    add.add_argument("--password-stdin", action="store_true", help="read it from stdin")
+    add.set_defaults(run=_user_add)
+    remove = user_commands.add_parser("remove", help="remove (ends its sessions)")
+    remove.add_argument("--partner", required=True)
+    remove.add_argument("--name", required=True)
+    remove.set_defaults(run=_user_remove)
+    listing = user_commands.add_parser("list", help="users and roles (no secrets)")
+    listing.add_argument("--partner")
+    listing.set_defaults(run=_user_list)
     return parser
 
 

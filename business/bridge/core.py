@@ -402,6 +402,17 @@ def terms(policy: PolicyRecord, direction: Direction, amount_in: int) -> tuple[i
     return asset, fee, asset
 
 
+def quote_terms(
+    policy: PolicyRecord, direction: Direction, amount_in: int
+) -> tuple[int, int, int] | BridgeResult:
+    """:func:`terms`, its refusal as the result instead of raised: for a preview of a policy
+    being edited (the dashboard), the same arithmetic a swap runs."""
+    try:
+        return terms(policy, direction, amount_in)
+    except _Refused as refused:
+        return refused.code
+
+
 class Bridge:
     """The Bridge core. Stateless between requests: all state is in the view."""
 

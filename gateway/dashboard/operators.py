@@ -38,9 +38,12 @@ __all__ = [
     "hash_password",
     "load_operators",
     "new_operator",
+    "password_from_dict",
     "provisioning_uri",
+    "read_credentials_file",
     "save_operators",
     "totp_match",
+    "write_credentials_file",
 ]
 
 OPERATORS_FORMAT = "baas.operators"
@@ -149,39 +152,15 @@ def totp_match(secret: str, code: str, now_s: float) -> int | None:
 
 def load_operators(path: Path | None) -> dict[str, Operator]:
     """Every operator of the file; an absent file (or none configured) has none."""
-    if path is None:
-        return {}
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read operators file {path}: {exc}") from exc
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise UnsupportedFormat(f"operators file {path} is not JSON") from exc
-    if (
-        not isinstance(document, dict)
-        or set(document) != {"format", "version", "operators"}
-        or document["format"] != OPERATORS_FORMAT
-        or document["version"] != VERSION
-        or not isinstance(document["operators"], dict)
-    ):
-        raise UnsupportedFormat(f"{path} is not a {OPERATORS_FORMAT} v{VERSION} file")
-    return {name: _operator(name, raw) for name, raw in document["operators"].items()}
+    table = read_credentials_file(path, OPERATORS_FORMAT, "operators")
+    return {name: _operator(name, raw) for name, raw in table.items()}
 
 
 def _operator(name: str, raw: Any) -> Operator:
     try:
         if set(raw) != {"role", "password", "totp_secret"}:
             raise ValueError("fields")
-        pw = raw["password"]
-        if set(pw) != {"kdf", "n", "r", "p", "salt", "hash"} or pw["kdf"] != "scrypt":
-            raise ValueError("password")
-        password = PasswordHash(
-            bytes.fromhex(pw["salt"]), bytes.fromhex(pw["hash"]), int(pw["n"]), pw["r"], pw["p"]
-        )
+        password = password_from_dict(raw["password"])
         if raw["role"] != ROLE_OPERATOR or not isinstance(raw["totp_secret"], str):
             raise ValueError("role")
         return Operator(name, password, raw["totp_secret"], raw["role"])
@@ -189,18 +168,56 @@ def _operator(name: str, raw: Any) -> Operator:
         raise UnsupportedFormat(f"operator {name!r}: malformed entry ({exc})") from exc
 
 
-def save_operators(path: Path, operators: dict[str, Operator]) -> None:
-    document = {
-        "format": OPERATORS_FORMAT,
-        "version": VERSION,
-        "operators": {
-            name: {
-                "role": op.role,
-                "password": op.password.to_dict(),
-                "totp_secret": op.totp_secret,
-            }
-            for name, op in sorted(operators.items())
-        },
-    }
+def password_from_dict(pw: Any) -> PasswordHash:
+    """A stored password hash (:meth:`PasswordHash.to_dict`); ValueError if malformed."""
+    if set(pw) != {"kdf", "n", "r", "p", "salt", "hash"} or pw["kdf"] != "scrypt":
+        raise ValueError("password")
+    return PasswordHash(
+        bytes.fromhex(pw["salt"]), bytes.fromhex(pw["hash"]), int(pw["n"]), pw["r"], pw["p"]
+    )
+
+
+def read_credentials_file(path: Path | None, file_format: str, section: str) -> dict[str, Any]:
+    """The ``section`` table of a ``file_format`` v1 JSON file; an absent file has none."""
+    if path is None:
+        return {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file_format} file {path}: {exc}") from exc
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise UnsupportedFormat(f"{file_format} file {path} is not JSON") from exc
+    if (
+        not isinstance(document, dict)
+        or set(document) != {"format", "version", section}
+        or document["format"] != file_format
+        or document["version"] != VERSION
+        or not isinstance(document[section], dict)
+    ):
+        raise UnsupportedFormat(f"{path} is not a {file_format} v{VERSION} file")
+    table: dict[str, Any] = document[section]
+    return table
+
+
+def write_credentials_file(
+    path: Path, file_format: str, section: str, entries: dict[str, Any]
+) -> None:
+    document = {"format": file_format, "version": VERSION, section: entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, (json.dumps(document, indent=2) + "\n").encode(), mode=0o600)
+
+
+def save_operators(path: Path, operators: dict[str, Operator]) -> None:
+    entries = {
+        name: {
+            "role": op.role,
+            "password": op.password.to_dict(),
+            "totp_secret": op.totp_secret,
+        }
+        for name, op in sorted(operators.items())
+    }
+    write_credentials_file(path, OPERATORS_FORMAT, "operators", entries)

@@ -68,14 +68,19 @@ def page(
     session: Session | None = None,
     current: str = "",
     verify_href: str = VERIFY_PATH,
+    nav_html: str = "",
+    script: str = "",
 ) -> str:
+    """``nav_html``: the role's own navigation items (the partner pages carry their mode);
+    ``script``: the path of one script of the gateway's the page loads (CSP: 'self')."""
     links = [(path, name) for path, name in NAVIGATION.get(session.role, ())] if session else []
     links.append((verify_href, "Verify a receipt"))
     current_attr = ' aria-current="page"'
-    nav = "".join(
+    nav = nav_html + "".join(
         f'<li><a href="{e(path)}"{current_attr if path == current else ""}>{e(name)}</a></li>'
         for path, name in links
     )
+    script_tag = f'<script src="{e(script)}" defer></script>' if script else ""
     account = ""
     if session is not None:
         account = (
@@ -88,7 +93,7 @@ def page(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(title)} - BaaS dashboard</title>"
-        f'<link rel="stylesheet" href="{CSS_PATH}"></head><body>'
+        f'<link rel="stylesheet" href="{CSS_PATH}">{script_tag}</head><body>'
         '<header><p class="brand">BaaS B&amp;P dashboard</p>'
         f'<nav aria-label="Main"><ul>{nav}</ul></nav>{account}</header>'
         f"<main><h1>{e(title)}</h1>{body}</main></body></html>\n"
@@ -121,6 +126,7 @@ def signin_page(csrf: str, problem: tuple[str, str] | None = None, name: str = "
         '<input id="totp" name="totp" inputmode="numeric" autocomplete="one-time-code"'
         ' pattern="[0-9]{6}" maxlength="6" required>'
         '<button type="submit">Sign in</button></form>'
+        f'<p><a href="{BASE}/partner/signin">Partner sign-in</a></p>'
     )
     return page("Sign in", body)
 

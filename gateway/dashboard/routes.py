@@ -37,7 +37,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -45,7 +45,6 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.dashboard import pages
 from gateway.dashboard.operators import (
-    Operator,
     PasswordHash,
     hash_password,
     load_operators,
@@ -63,6 +62,9 @@ from node.errors import (
     PayloadTooLarge,
     RateLimited,
 )
+
+if TYPE_CHECKING:
+    from gateway.app import GatewayState
 
 __all__ = ["DASHBOARD", "DashboardState", "build_dashboard_app", "verifier_html"]
 
@@ -99,6 +101,9 @@ class DashboardState:
     config: GatewayConfig
     node_token: str
     nodes: NodeClient
+    # The partner API's state: the partner pages act through its cores (keyring, node client,
+    # limits, metrics). None: no partner pages (e.g. a dashboard tested without a gateway).
+    gateway: GatewayState | None = None
     clock_s: Callable[[], float] = time.time
     sessions: SessionStore = field(init=False)
     guard: SigninGuard = field(init=False)
@@ -106,6 +111,7 @@ class DashboardState:
     inflight: int = 0
     verifier: bytes = field(default_factory=verifier_html)
     css: bytes = field(default_factory=lambda: _static("dashboard.css"))
+    preview_js: bytes = field(default_factory=lambda: _static("policy-preview.js"))
 
     def __post_init__(self) -> None:
         d = self.config.dashboard
@@ -243,15 +249,25 @@ def _set_cookie(request: web.Request, response: web.StreamResponse, name: str, v
 
 async def get_root(request: web.Request) -> web.StreamResponse:
     session = _session_of(request)
-    target = FIRST_PAGE.get(session.role) if session else None
+    first = {**FIRST_PAGE, **dict.fromkeys(("partner_admin", "partner_viewer"),
+                                           f"{BASE}/partner/test/overview")}  # fmt: skip
+    target = first.get(session.role) if session else None
     raise web.HTTPSeeOther(target or f"{BASE}/signin")
 
 
 def _signin_response(
     request: web.Request, problem: tuple[str, str] | None = None, name: str = "", status: int = 200
 ) -> web.Response:
+    return signin_form_response(request, lambda token: pages.signin_page(token, problem, name),
+                                status)  # fmt: skip
+
+
+def signin_form_response(
+    request: web.Request, draw: Callable[[str], str], status: int = 200
+) -> web.Response:
+    """A sign-in page drawn with a fresh CSRF token, the same token set in a cookie."""
     token = secrets.token_urlsafe(24)
-    response = _html(pages.signin_page(token, problem, name), status)
+    response = _html(draw(token), status)
     _set_cookie(request, response, SIGNIN_COOKIE, token)
     return response
 
@@ -260,13 +276,35 @@ async def get_signin(request: web.Request) -> web.StreamResponse:
     return _signin_response(request)
 
 
-async def post_signin(request: web.Request) -> web.StreamResponse:
+@dataclass(frozen=True, slots=True)
+class SigninCredential:
+    """What a sign-in checks, whoever signs in (an operator, a partner's user)."""
+
+    subject: str
+    role: str
+    scope: str
+    credential_id: str
+    password: PasswordHash
+    totp_secret: str
+
+
+SigninPage = Callable[[web.Request, tuple[str, str] | None, int], web.Response]
+
+
+async def sign_in(
+    request: web.Request,
+    form: dict[str, str],
+    subject: str,
+    found: SigninCredential | None,
+    again: SigninPage,
+    first_page: str,
+) -> web.StreamResponse:
+    """The one sign-in path: lockout, the KDF (also for an unknown subject), the TOTP code
+    once, the failure counts, then a session (role, scope and credential of ``found``).
+    ``again`` draws the sign-in page with a problem; the form's CSRF token is checked first."""
     state = request.app[DASHBOARD]
     config = state.config.dashboard
-    form = await _form(request)
-    _check_csrf(request.cookies.get(SIGNIN_COOKIE), form)
-    name = form.get("name", "").strip()
-    keys = (f"name:{name}", f"addr:{request.remote}")
+    keys = (f"name:{subject}", f"addr:{request.remote}")
     now = state.clock_s()
     wait_s = state.guard.locked_for_s(keys, now)
     if wait_s > 0:
@@ -276,37 +314,57 @@ async def post_signin(request: web.Request) -> web.StreamResponse:
             code="signin_locked",
             retry_after_s=int(wait_s) + 1,
         )
-    operators = load_operators(config.operators_file)
-    operator = operators.get(name)
     password = form.get("password", "")
     # Always run the KDF, also for an unknown name: the answer's timing says nothing.
-    password_ok = await asyncio.to_thread(_password_ok, operator, password)
-    step = totp_match(operator.totp_secret, form.get("totp", ""), now) if operator else None
-    if operator is None or not password_ok or step is None:
+    password_ok = await asyncio.to_thread(
+        _password_ok, None if found is None else found.password, password
+    )
+    step = totp_match(found.totp_secret, form.get("totp", ""), now) if found else None
+    if found is None or not password_ok or step is None:
         failures = state.guard.failed(keys, now)
         message = (
-            f"Wrong operator name, password or code. Failed attempts: {failures} of "
+            f"Wrong name, password or code. Failed attempts: {failures} of "
             f"{state.guard.failures_max} before sign-in is locked for "
             f"{int(config.signin_lockout_s)} s."
         )
-        return _signin_response(request, ("signin_failed", message), name, status=401)
-    if not state.guard.fresh_totp_step(name, step):
+        return again(request, ("signin_failed", message), 401)
+    if not state.guard.fresh_totp_step(subject, step):
         failures = state.guard.failed(keys, now)
         message = f"This code was used already; wait for the next one. Failed attempts: {failures}."
-        return _signin_response(request, ("totp_reused", message), name, status=401)
+        return again(request, ("totp_reused", message), 401)
     state.guard.succeeded(keys)
     session = state.sessions.open(
         secrets.token_urlsafe(32),
         secrets.token_urlsafe(32),
-        name,
-        operator.role,
+        found.subject,
+        found.role,
         now,
-        credential=operator.credential_id,
+        scope=found.scope,
+        credential=found.credential_id,
     )
-    response = web.HTTPSeeOther(FIRST_PAGE[operator.role])
+    response = web.HTTPSeeOther(first_page)
     _set_cookie(request, response, SESSION_COOKIE, session.session_id)
     response.del_cookie(SIGNIN_COOKIE, path=BASE)
     raise response
+
+
+async def post_signin(request: web.Request) -> web.StreamResponse:
+    state = request.app[DASHBOARD]
+    form = await _form(request)
+    _check_csrf(request.cookies.get(SIGNIN_COOKIE), form)
+    name = form.get("name", "").strip()
+    operator = load_operators(state.config.dashboard.operators_file).get(name)
+    found = None
+    if operator is not None:
+        found = SigninCredential(
+            name, operator.role, "", operator.credential_id, operator.password,
+            operator.totp_secret,
+        )  # fmt: skip
+
+    def again(request: web.Request, problem: tuple[str, str] | None, status: int) -> web.Response:
+        return _signin_response(request, problem, name, status)
+
+    return await sign_in(request, form, name, found, again, FIRST_PAGE[ROLE_OPERATOR])
 
 
 @functools.cache
@@ -314,9 +372,9 @@ def _dummy_hash() -> PasswordHash:
     return hash_password(secrets.token_urlsafe(16))
 
 
-def _password_ok(operator: Operator | None, password: str) -> bool:
-    if operator is not None:
-        return operator.password.matches(password)
+def _password_ok(password_hash: PasswordHash | None, password: str) -> bool:
+    if password_hash is not None:
+        return password_hash.matches(password)
     _dummy_hash().matches(password)
     return False
 
@@ -415,13 +473,19 @@ async def get_verifier(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def get_css(request: web.Request) -> web.StreamResponse:
+def _asset(body: bytes, content_type: str) -> web.Response:
     return web.Response(
-        body=request.app[DASHBOARD].css,
-        content_type="text/css",
-        charset="utf-8",
+        body=body, content_type=content_type, charset="utf-8",
         headers={"Cache-Control": "max-age=300"},
-    )
+    )  # fmt: skip
+
+
+async def get_css(request: web.Request) -> web.StreamResponse:
+    return _asset(request.app[DASHBOARD].css, "text/css")
+
+
+async def get_preview_js(request: web.Request) -> web.StreamResponse:
+    return _asset(request.app[DASHBOARD].preview_js, "text/javascript")
 
 
 def build_dashboard_app(state: DashboardState) -> web.Application:
@@ -449,4 +513,9 @@ def build_dashboard_app(state: DashboardState) -> web.Application:
     app.router.add_get("/operator/moves", get_moves)
     app.router.add_get("/verify", get_verifier)
     app.router.add_get("/static/dashboard.css", get_css)
+    app.router.add_get("/static/policy-preview.js", get_preview_js)
+    # The partner module builds on this one's sign-in and helpers: imported here, not above.
+    from gateway.dashboard.partner_routes import add_partner_routes
+
+    add_partner_routes(app)
     return app

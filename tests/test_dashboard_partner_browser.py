@@ -1,0 +1,347 @@
+"""The partner pages in a real browser: Playwright driving Debian's chromium (headless, never a
+downloaded browser) against a real 5-node cluster and its gateway.
+
+* a partner's admin signs in with password + TOTP (desktop, 1440x900), defines its points,
+  issues them to a linked user, tops its reserve up from the test faucet, sets a swap policy
+  (seeing the live quote preview as it types), sees a swap its user made through the Bridge API
+  (``BridgeClient`` + the user's ``UserWallet`` signature), adds an API credential (the secret
+  shown once) and retires it; switched to live mode, none of the test objects shows;
+* a viewer (phone, 390x844) sees every page without a form, and a change it sends anyway is
+  refused 403 ``role_read_only``;
+* another partner's admin asking for the swap, or naming the first partner's API key, gets the
+  API's 404 (``swap_not_found``, ``unknown_api_key``);
+* axe-core finds no serious or critical violation on any partner page; no page requests a host
+  other than the gateway; no page is over 300 KB of compressed assets.
+
+One cluster and one browser serve the module (tests in file order). Screenshots go to
+``test-artifacts/dashboard/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+import urllib.parse
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyotp
+import pytest
+from nodeapi import running_cluster
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from test_dashboard_browser import SIZES, check_accessibility, load, shot
+
+from gateway.dashboard.partner_users import PartnerUser, new_partner_user, save_partner_users
+from tools.bench_dashboard import CHROMIUM, launch_chromium
+from tools.client import PartnerClient
+from tools.cluster_init import PARTNER_USERS_FILE
+from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
+from tools.local_cluster import LocalCluster
+from tools.local_partners import onboard_partner
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+
+PARTNER = "shop-p"
+OTHER = "shop-q"  # another partner: its session must reach none of shop-p's objects
+PASSWORD = "partner password, long enough"
+USER_ID = "user-1"
+CODE = "PTS"
+T = TypeVar("T")
+
+
+@dataclass
+class Env:
+    cluster: LocalCluster
+    browser: Browser
+    users: dict[str, PartnerUser]
+    credentials: dict[str, tuple[str, bytes]]
+    wallet: UserWallet
+    hosts_seen: set[str] = field(default_factory=set)
+    swap_id: str = ""
+
+    @property
+    def base(self) -> str:
+        return self.cluster.layout.gateway_url
+
+    def context(self, size: str) -> BrowserContext:
+        context = self.browser.new_context(viewport=SIZES[size])
+        context.on("request", lambda r: self.hosts_seen.add(_origin(r.url)))
+        return context
+
+    def page_url(self, mode: str, slug: str) -> str:
+        return f"{self.base}/dashboard/partner/{mode}/{slug}"
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def off_thread(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on its own loop in another thread: Playwright's sync API runs a loop here."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _ledger(env_base: str, credential: tuple[str, bytes]) -> PartnerClient:
+    return PartnerClient(env_base, credential[0], credential[1])
+
+
+async def _link_user(base: str, credential: tuple[str, bytes], wallet: UserWallet) -> None:
+    """Wait for the gateway to serve the new partner (its keyring reload), then link the
+    user's wallet with the user's signature."""
+    async with _ledger(base, credential) as http:
+        client = LedgerClient(http, attempts_max=3)
+        link = wallet.link(PARTNER, livemode=False, user_id=USER_ID,
+                           deadline=int(time.time()) + 600)  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            got = await client.call("POST", "/v1/wallets/links", link, key="link-1")
+            if got.status in (200, 201):
+                return
+            assert got.status in (401, 503) and time.monotonic() < deadline, got
+            await asyncio.sleep(0.5)
+
+
+async def _swap(base: str, credential: tuple[str, bytes], wallet: UserWallet) -> str:
+    async with _ledger(base, credential) as http:
+        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
+        quote = await bridge.quote(CODE, USER_ID, "in", "1000")
+        assert quote.status == 200, quote
+        swap = await bridge.swap(wallet, USER_ID, quote.body, key="swap-1")
+        assert swap.status == 201, swap
+        return str(swap.body["id"])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install chromium (./dev)"
+    with running_cluster(tmp_path_factory.mktemp("partnerpages"), chain="none") as cluster:
+        layout = cluster.layout
+        credentials = onboard_partner(layout, PARTNER)
+        onboard_partner(layout, OTHER)
+        users = {
+            "admin": new_partner_user(PARTNER, "pat", "admin", PASSWORD),
+            "viewer": new_partner_user(PARTNER, "val", "viewer", PASSWORD),
+            "other": new_partner_user(OTHER, "quinn", "admin", PASSWORD),
+        }
+        save_partner_users(
+            Path(layout.directory) / PARTNER_USERS_FILE, {u.key: u for u in users.values()}
+        )
+        wallet = UserWallet(bytes([7] * 32))
+        asyncio.run(_link_user(layout.gateway_url, credentials["test"], wallet))
+        with sync_playwright() as playwright:
+            browser = launch_chromium(playwright)
+            try:
+                yield Env(cluster, browser, users, credentials, wallet)
+            finally:
+                browser.close()
+
+
+def sign_in_partner(env: Env, page: Page, user: PartnerUser) -> None:
+    load(page, f"{env.base}/dashboard/partner/signin")
+    check_accessibility(page, "partner sign-in")
+    page.fill("#partner", user.partner)
+    page.fill("#name", user.name)
+    page.fill("#password", PASSWORD)
+    page.fill("#totp", pyotp.TOTP(user.totp_secret).now())
+    page.click("main button[type=submit]")
+    page.wait_for_load_state("load")
+    assert page.url.endswith("/dashboard/partner/test/overview"), page.url
+
+
+def problem_text(page: Page) -> str:
+    found = page.locator(".problem")
+    return found.inner_text() if found.count() else ""
+
+
+def submit(page: Page, form: str, fields: dict[str, str], notice: str) -> None:
+    """Fill and send ``form``; the page it answers must show ``notice`` and no problem."""
+    for name, value in fields.items():
+        page.fill(f"{form} [name={name}]", value)
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_load_state("load")
+    assert not problem_text(page), problem_text(page)
+    assert notice in page.inner_text("#notice")
+
+
+def preview_shows(page: Page, text: str) -> None:
+    """Wait until the live quote preview says ``text`` (it answers each edit in turn)."""
+    page.wait_for_function(
+        "(t) => document.getElementById('quote-preview').textContent.includes(t)",
+        arg=text,
+        timeout=10_000,
+    )
+
+
+def define_points(env: Env, page: Page) -> None:
+    """The first Bridge write waits for the cluster to run log feature 8 (503 before: refused
+    before the log, so a new form, with a new key, is simply sent again)."""
+    deadline = time.monotonic() + 120
+    while True:
+        load(page, env.page_url("test", "points"))
+        page.fill("#define-form [name=code]", CODE)
+        page.click("#define-form button[type=submit]")
+        page.wait_for_load_state("load")
+        problem = problem_text(page)
+        if not problem:
+            break
+        assert "feature_not_enabled" in problem or "503" in page.title(), problem
+        assert time.monotonic() < deadline, problem
+        time.sleep(1)
+    assert f"Point asset {CODE} defined." in page.inner_text("#notice")
+
+
+def test_an_admin_runs_its_partner_from_the_pages(env: Env) -> None:
+    size = "desktop"
+    context = env.context(size)
+    page = context.new_page()
+    try:
+        sign_in_partner(env, page, env.users["admin"])
+        check_accessibility(page, "overview, empty")
+        define_points(env, page)
+        check_accessibility(page, "points")
+        submit(page, "#issue-form", {"user": USER_ID, "amount": "5000"}, f"Issued 5000 {CODE}")
+        assert "5000" in page.inner_text("#asset-facts")
+        submit(page, "#liquidity-form", {"amount": "3000"}, f"Moved 3000 {CODE}")
+        shot(page, "partner-points", size)
+
+        load(page, env.page_url("test", "reserve"))
+        submit(page, "#top-up", {"amount": str(10**21)}, f"level {10**21}")
+        submit(page, "#threshold-form", {"threshold": str(10**20)}, f"set to {10**20}")
+        check_accessibility(page, "reserve")
+        shot(page, "partner-reserve", size)
+
+        load(page, env.page_url("test", "policy"))
+        policy = {"rate_num": str(10**16), "rate_den": "1", "swap_min": "10", "fee_bps": "100"}
+        for name, value in policy.items():
+            page.fill(f"#policy-form [name={name}]", value)
+        page.fill("#amount_in", "1000")
+        # 1000 points at 10^16 each, 1% fee: the Bridge's own arithmetic, shown as typed.
+        preview_shows(page, f"You pay 1000, you get {99 * 10**17} (fee {10**17} BAAS units).")
+        page.fill("#amount_in", "5")
+        preview_shows(page, "Problem below_min:")
+        page.fill("#amount_in", "1000")
+        preview_shows(page, f"you get {99 * 10**17}")
+        check_accessibility(page, "policy")
+        shot(page, "partner-policy", size)
+        page.click("#policy-form button[type=submit]")
+        page.wait_for_load_state("load")
+        assert "Policy version 1 saved." in page.inner_text("#notice"), problem_text(page)
+
+        # The user swaps through the partner's platform (the Bridge API, the user's signature).
+        env.swap_id = off_thread(_swap(env.base, env.credentials["test"], env.wallet))
+        load(page, env.page_url("test", "swaps"))
+        page.fill("#id", env.swap_id)
+        page.click("main form button[type=submit]")
+        page.wait_for_load_state("load")
+        facts = page.inner_text("#swap-facts")
+        assert "succeeded" in facts and "1000" in facts and USER_ID in facts, facts
+        check_accessibility(page, "swaps")
+        shot(page, "partner-swaps", size)
+
+        load(page, env.page_url("test", "overview"))
+        assert page.locator("#reserve-chart svg polyline").count() == 1
+        assert CODE in page.inner_text("#overview-facts")
+        check_accessibility(page, "overview")
+        shot(page, "partner-overview", size)
+
+        load(page, env.page_url("test", "credentials"))
+        page.click("#add-credential button[type=submit]")
+        page.wait_for_load_state("load")
+        secret = page.inner_text("#secret-value")
+        assert len(secret) == 64, problem_text(page)
+        new_key = page.inner_text("#new-secret code").strip()
+        check_accessibility(page, "credentials")
+        shot(page, "partner-credentials", size)
+        page.reload()
+        assert secret not in page.content()  # shown once
+        page.click(f"[id='retire-{new_key}'] button[type=submit]")
+        page.wait_for_load_state("load")
+        assert f"Retired {new_key}" in page.inner_text("#notice"), problem_text(page)
+
+        # Live mode: none of the test objects.
+        page.click("#mode-switch")
+        page.wait_for_load_state("load")
+        assert page.url.endswith("/dashboard/partner/live/credentials")
+        assert new_key not in page.content() and env.credentials["test"][0] not in page.content()
+        load(page, env.page_url("live", "overview"))
+        facts = page.inner_text("#overview-facts")
+        assert "none defined yet" in facts and CODE not in facts, facts
+        assert "Reserve level (BAAS units)\n0" in facts, facts
+        check_accessibility(page, "live overview")
+        shot(page, "partner-live-overview", size)
+        load(page, env.page_url("live", "swaps") + "?id=" + env.swap_id)
+        assert "swap_not_found" in problem_text(page)
+        assert page.locator("#swap-facts").count() == 0
+        load(page, env.page_url("live", "points"))
+        assert page.locator("#define-form").count() == 1  # no asset in live mode
+    finally:
+        context.close()
+
+
+def test_a_viewer_sees_every_page_and_changes_nothing(env: Env) -> None:
+    size = "phone"
+    context = env.context(size)
+    page = context.new_page()
+    try:
+        sign_in_partner(env, page, env.users["viewer"])
+        for slug in ("overview", "points", "reserve", "policy", "swaps", "credentials"):
+            load(page, env.page_url("test", slug))
+            assert "role_read_only" not in page.content()
+            changes = page.locator("main form[method=post]")
+            assert changes.count() == 0, f"{slug}: a viewer sees a change form"
+            check_accessibility(page, f"viewer {slug}")
+            shot(page, f"partner-viewer-{slug}", size)
+        load(page, env.page_url("test", "points"))
+        assert CODE in page.inner_text("#asset-facts")
+        # A change sent anyway (with the session's CSRF token) is refused with its code.
+        answer = page.evaluate(
+            """async (url) => {
+                const csrf = document.querySelector("input[name=csrf]").value;
+                const body = new URLSearchParams({csrf, key: "viewer-1", amount: "5"});
+                const r = await fetch(url, {method: "POST", body});
+                return [r.status, await r.text()];
+            }""",
+            env.page_url("test", "reserve/top_up"),
+        )
+        assert answer[0] == 403 and "role_read_only" in answer[1]
+    finally:
+        context.close()
+
+
+def test_another_partners_session_reaches_none_of_it(env: Env) -> None:
+    assert env.swap_id, "runs after the admin's test, which made the swap"
+    size = "desktop"
+    context = env.context(size)
+    page = context.new_page()
+    try:
+        sign_in_partner(env, page, env.users["other"])
+        load(page, env.page_url("test", "swaps") + "?id=" + env.swap_id)
+        assert "swap_not_found" in problem_text(page)
+        assert page.locator("#swap-facts").count() == 0
+        load(page, env.page_url("test", "points"))
+        assert page.locator("#define-form").count() == 1 and CODE not in page.content()
+        load(page, env.page_url("test", "credentials"))
+        assert env.credentials["test"][0] not in page.content()
+        # shop-p's API key named in a retire form: the keyring's own 404.
+        answer = page.evaluate(
+            """async ([url, key]) => {
+                const csrf = document.querySelector("input[name=csrf]").value;
+                const body = new URLSearchParams({csrf, key: "other-1", api_key: key});
+                const r = await fetch(url, {method: "POST", body});
+                return [r.status, await r.text()];
+            }""",
+            [env.page_url("test", "credentials/retire"), env.credentials["test"][0]],
+        )
+        assert answer[0] == 404 and "unknown_api_key" in answer[1]
+        shot(page, "partner-other-credentials", size)
+    finally:
+        context.close()
+
+
+def test_no_partner_page_requested_another_host(env: Env) -> None:
+    assert env.hosts_seen == {env.base}, env.hosts_seen
