@@ -21,6 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from business.identity import IdentityConfig, IdentityMachine
+from business.payments.outbox import PaymentsOutbox
 from node import runtime
 from node.anchoring.forwarding import ForwardingProposer
 from node.anchoring.service import AnchorService, open_chain
@@ -61,11 +62,13 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (7: the identity entries, partners
+# The newest log feature version this code understands (9: payments and the Market inside
+# ledger operations, their expiry sweep and the webhook outbox, node/consensus/payments_ops.py;
+# 8: the Bridge inside ledger operations; 7: the identity entries, partners
 # and wallets, business/identity/; 6: ledger operations and ticks,
 # node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the
 # leader's index batching).
-FEATURE_VERSION_MAX = 8
+FEATURE_VERSION_MAX = 9
 
 
 async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
@@ -136,6 +139,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 AnchorLog(root_at),
                 ledger_ops,
                 IdentityMachine(identity_config),
+                PaymentsOutbox(),
             ],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],

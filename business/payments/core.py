@@ -23,7 +23,8 @@ authorised, captured and refunded, the fee schedule, wrong code guesses, listing
 stored under ``pm/op/<op>``; a retry of the op answers that first code with no events and no
 writes. Ledger ids: transfer ``index`` of an operation is ``ids.transfer_id(op, index)``; the
 merchant's **settlement** account is ``ids.partner_account_id(partner, mode, "settlement",
-ledger)`` (``debits_must_not_exceed_credits``: refunds come out of what it received), the
+ledger)`` on BAAS, ``"point_settlement"`` on its own points (identity's role accounts
+``PAYMENT_ROLES``; ``debits_must_not_exceed_credits``: refunds come out of what it received), the
 platform's **fees** account ``partner_account_id(0^16, mode, "fees", ledger)``; both are
 created at the head of the first chain that needs them.
 
@@ -123,7 +124,9 @@ from typing import Any
 from business.bridge.model import amount_of, pack, unpack
 from business.bridge.views import get_asset as get_bridge_asset
 from business.identity.ids import (
+    ASSET_INDEX_BAAS,
     Mode,
+    ledger_number,
     mode_of_ledger,
     partner_account_id,
     transfer_id,
@@ -304,7 +307,12 @@ class _Refused(Exception):  # control flow inside prepare: never escapes it
 
 
 def settlement_account(partner: bytes, ledger: int) -> int:
-    return partner_account_id(partner, mode_of_ledger(ledger), "settlement", ledger)
+    """The merchant's settlement account on ``ledger``: its ``settlement`` role account on
+    BAAS, its ``point_settlement`` one on its own points (identity's Role: one asset per role;
+    both given at onboarding, ``PAYMENT_ROLES``)."""
+    mode = mode_of_ledger(ledger)
+    role = "settlement" if ledger == ledger_number(mode, ASSET_INDEX_BAAS) else "point_settlement"
+    return partner_account_id(partner, mode, role, ledger)
 
 
 def platform_fees_account(ledger: int) -> int:

@@ -19,6 +19,7 @@ from node.errors import ConfigError, InvalidRequest
 __all__ = [
     "AMOUNT_MAX",
     "BPS_DENOMINATOR",
+    "PAYMENTS_FEATURE_VERSION",
     "AccountCode",
     "Authorise",
     "CancelOrder",
@@ -45,6 +46,10 @@ __all__ = [
     "Void",
 ]
 
+# The log feature version from which payments requests ride in ledger operations
+# (node/consensus/payments_ops.py) and the outbox's ``payments.ack`` entry exists.
+PAYMENTS_FEATURE_VERSION = 9
+
 
 class PaymentResult(str, enum.Enum):
     """The outcome of a payments request; member order is the precedence of the checks."""
@@ -61,6 +66,9 @@ class PaymentResult(str, enum.Enum):
     CODE_EXPIRED = "code_expired"
     CODE_LEDGER_MISMATCH = "code_ledger_mismatch"
     CODE_LIMIT_EXCEEDED = "code_limit_exceeded"
+    # the operation's one-time code approval is not the secret of the redeemed code's hash
+    # (on the log: checked by node/consensus/payments_ops.py before identity consumes it)
+    CODE_MISMATCH = "code_mismatch"
     # the asset: BAAS, or the merchant's own points or token
     ASSET_NOT_FOUND = "asset_not_found"
     ASSET_FOREIGN = "asset_foreign"

@@ -37,6 +37,16 @@ may carry, instead of ``ev``, one Bridge request:
   Bridge's point-expiry sweep at its log time (:meth:`BridgeStep.expire
   <node.consensus.bridge_ops.BridgeStep.expire>`).
 
+From log feature 9 (:data:`~node.consensus.payments_ops.PAYMENTS_FEATURE_VERSION`) an
+operation may carry, instead of ``ev`` or ``br``, one payments or Market request:
+
+* ``pm`` -- :func:`business.payments.wire.encode_request` of a request whose ``op`` is the
+  operation's record id; never with ``ev`` or ``br``, ``malformed`` before feature 9. Its
+  created operations run the payments step (:mod:`node.consensus.payments_ops`) exactly where
+  a Bridge operation would. At feature 9 every ``ledger.ops`` and ``ledger.tick`` entry also
+  runs the payments expiry sweep (after the Bridge's), and a raw ``ev`` operation making or
+  resolving a payments transfer (codes 201-203) is refused ``transfer_code_reserved``.
+
 :meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
 build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
 
@@ -137,7 +147,16 @@ from business.ledger.model import (
 from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER_TICK
 from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
 from business.ledger.wire import decode_events
+from business.payments.model import Request as PaymentsRequest
+from business.payments.wire import REQUEST_BYTES_MAX as PAYMENTS_REQUEST_BYTES_MAX
+from business.payments.wire import decode_request as decode_payments_request
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION, BridgeRun, BridgeStep
+from node.consensus.payments_ops import (
+    PAYMENTS_FEATURE_VERSION,
+    PaymentsRun,
+    PaymentsStep,
+    reserved_transfer,
+)
 from node.consensus.record_index import (
     BatchOutcome,
     IndexProposal,
@@ -203,6 +222,7 @@ class Operation:
     mode: int | None = None  # ids.Mode
     user_refs: tuple[bytes, ...] = ()  # 32 each: ids.user_ref of linked users to credit
     bridge: bytes | None = None  # feature 8: a Bridge request, business/bridge/wire.py
+    payments: bytes | None = None  # feature 9: a payments request, business/payments/wire.py
 
     def __post_init__(self) -> None:
         if self.events is not None and not 0 < len(self.events) <= OPERATION_EVENT_BYTES_MAX:
@@ -212,6 +232,15 @@ class Operation:
         ):
             raise InvalidRequest(
                 f"an operation's Bridge request is 1..{REQUEST_BYTES_MAX} B, without events"
+            )
+        if self.payments is not None and (
+            self.events is not None
+            or self.bridge is not None
+            or not 0 < len(self.payments) <= PAYMENTS_REQUEST_BYTES_MAX
+        ):
+            raise InvalidRequest(
+                f"an operation's payments request is 1..{PAYMENTS_REQUEST_BYTES_MAX} B, "
+                "without events or a Bridge request"
             )
         if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
             raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
@@ -234,6 +263,8 @@ class Operation:
             body["ur"] = list(self.user_refs)
         if self.bridge is not None:
             body["br"] = self.bridge
+        if self.payments is not None:
+            body["pm"] = self.payments
         return body
 
     @classmethod
@@ -242,9 +273,11 @@ class Operation:
         proposal = IndexProposal.from_body(body)
         events, approvals = body.get("ev"), body.get("ap")
         partner, mode, refs = body.get("pt"), body.get("md"), body.get("ur", [])
-        bridge = body.get("br")
+        bridge, payments = body.get("br"), body.get("pm")
         if bridge is not None and type(bridge) is not bytes:
             raise UnsupportedFormat("br must be bytes")
+        if payments is not None and type(payments) is not bytes:
+            raise UnsupportedFormat("pm must be bytes")
         if events is not None and type(events) is not bytes:
             raise UnsupportedFormat("ev must be bytes")
         if approvals is not None and type(approvals) is not bytes:
@@ -258,7 +291,7 @@ class Operation:
         if any(type(r) is not bytes for r in refs):
             raise UnsupportedFormat("ur holds bytes")
         try:
-            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge)
+            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge, payments)
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
 
@@ -275,9 +308,18 @@ class Operation:
             raise UnsupportedFormat("a Bridge request's op id is its operation's record id")
         return request
 
+    def decoded_payments(self) -> PaymentsRequest | None:
+        """The payments request, checked as the apply checks it (UnsupportedFormat otherwise)."""
+        if self.payments is None:
+            return None
+        request = decode_payments_request(self.payments)
+        if request.op != self.record_id:
+            raise UnsupportedFormat("a payments request's op id is its operation's record id")
+        return request
+
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
-        blobs = (self.events, self.approvals, self.bridge)
+        blobs = (self.events, self.approvals, self.bridge, self.payments)
         extra = sum(len(b) + 8 for b in blobs if b is not None)
         if self.partner is not None:  # keys, the id, the mode, the references
             extra += 3 * 8 + PARTNER_ID_BYTES + len(self.user_refs) * (USER_REF_BYTES + 4)
@@ -381,6 +423,7 @@ class LedgerOps:
         self._identity = identity or IdentityConfig()
         self._rules = rules or NoDebitRules()
         self._bridge = BridgeStep(self._ledger, self._identity)
+        self._payments = PaymentsStep(self._ledger, self._identity)
 
     @property
     def bridge(self) -> Bridge:
@@ -388,7 +431,9 @@ class LedgerOps:
         return self._bridge.bridge
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
-        bridged = Dispatcher.feature_version(view) >= BRIDGE_FEATURE_VERSION
+        feature = Dispatcher.feature_version(view)
+        bridged = feature >= BRIDGE_FEATURE_VERSION
+        paying = feature >= PAYMENTS_FEATURE_VERSION
         if entry.type == LEDGER_TICK:
             _, writes = self._ledger.apply([], position.leader_time_ms, view)
             if not bridged:
@@ -396,7 +441,12 @@ class LedgerOps:
             swept = Overlay(view)
             swept.writes.update(writes)
             expired = self._bridge.expire(position.index, position.leader_time_ms, swept)
-            return ApplyOutcome("applied", {"expired": expired}, tuple(swept.writes.items()))
+            tick: dict[str, Any] = {"expired": expired}
+            if paying:
+                tick["payments_expired"] = self._payments.expire(
+                    position.index, position.leader_time_ms, swept
+                )
+            return ApplyOutcome("applied", tick, tuple(swept.writes.items()))
         bodies = entry.body.get("ops")
         if not isinstance(bodies, list) or not 0 < len(bodies) <= OPS_ENTRY_OPERATIONS_MAX:
             reason = f"ops must be a list of 1..{OPS_ENTRY_OPERATIONS_MAX} operations"
@@ -404,6 +454,8 @@ class LedgerOps:
         layer = Overlay(view)
         if bridged:  # point expiry on log time, before the entry's operations
             self._bridge.expire(position.index, position.leader_time_ms, layer)
+        if paying:  # and the payments' (module docstring of payments_ops)
+            self._payments.expire(position.index, position.leader_time_ms, layer)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
         earlier = Unapplied()  # what admitted operations of this entry create, not run yet
         refused: dict[int, OperationOutcome] = {}
@@ -412,7 +464,7 @@ class LedgerOps:
         runs: list[_Pending] = []
         outcomes: dict[int, OperationOutcome] = {}
         ran = 0  # runs[:ran] went through the ledger already (before a Bridge operation)
-        kinds: dict[int, str] = {}  # slot -> Bridge request kind
+        kinds: dict[int, tuple[str, str]] = {}  # slot -> ("bridge" | "payments", request kind)
         retries: list[tuple[int, bytes, Mapping[str, Any]]] = []  # slot, record id, detail
         for slot, body in enumerate(bodies):
             try:
@@ -423,6 +475,9 @@ class LedgerOps:
                 request = op.decoded_bridge()
                 if request is not None and not bridged:
                     raise UnsupportedFormat(f"br needs log feature {BRIDGE_FEATURE_VERSION}")
+                payment = op.decoded_payments()
+                if payment is not None and not paying:
+                    raise UnsupportedFormat(f"pm needs log feature {PAYMENTS_FEATURE_VERSION}")
             except UnsupportedFormat as exc:
                 results.append(BatchOutcome("malformed", {"reason": exc.detail}))
                 continue
@@ -432,19 +487,27 @@ class LedgerOps:
             put = RecordIndex.apply_put(op.proposal, position, layer)
             layer.writes.update(put.writes)
             results.append(BatchOutcome(put.code, put.detail))
-            if put.code == "created" and request is not None:
+            if put.code == "created" and (request is not None or payment is not None):
                 created.append((slot, op))
-                # The Bridge step: after the ledger events of the operations before it.
+                # The Bridge or payments step: after the ledger events of the operations
+                # before it.
                 outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
                 ran = len(runs)
-                done_run = self._bridge_step(op, request, position, layer, earlier)
+                done_run: BridgeRun | PaymentsRun
+                if request is not None:
+                    done_run = self._bridge_step(op, request, position, layer, earlier)
+                else:
+                    assert payment is not None
+                    done_run = self._payments_step(op, payment, position, layer, earlier)
                 refused[slot] = done_run.outcome  # stored, sticky, like a refusal's
-                kinds[slot] = done_run.kind
+                kinds[slot] = ("bridge" if request is not None else "payments", done_run.kind)
                 if op.approvals is not None:
                     layer.writes[approvals_key(op.record_id)] = op.approvals
             elif put.code == "created":
                 created.append((slot, op))
-                admitted = self._admit(op, events, position, layer, earlier) if checked else None
+                admitted = (
+                    self._admit(op, events, position, layer, earlier, paying) if checked else None
+                )
                 if isinstance(admitted, OperationOutcome):
                     refused[slot] = admitted
                     layer.writes[outcome_key(op.record_id)] = admitted.encode()
@@ -462,7 +525,7 @@ class LedgerOps:
             results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
         for slot, outcome in refused.items():
             done = results[slot]
-            extra = {"bridge": kinds[slot]} if slot in kinds else {}
+            extra = dict((kinds[slot],)) if slot in kinds else {}
             results[slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome, **extra})
         outcomes.update(refused)
         for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
@@ -503,6 +566,33 @@ class LedgerOps:
         layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
         return done
 
+    def _payments_step(
+        self,
+        op: Operation,
+        request: PaymentsRequest,
+        position: LogPosition,
+        layer: Overlay,
+        earlier: Unapplied,
+    ) -> PaymentsRun:
+        """A created operation carrying a payments request (feature 9): its whole run, its
+        outcome stored (node/consensus/payments_ops.py)."""
+        assert op.payments is not None
+        proposer = None
+        if op.partner is not None and op.mode is not None:
+            proposer = Proposer(op.partner, Mode(op.mode), op.user_refs)
+        done = self._payments.run(
+            op.record_id,
+            op.payments,
+            request,
+            proposer,
+            op.approvals or b"",
+            position.leader_time_ms,
+            layer,
+            earlier,
+        )
+        layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
+        return done
+
     def _admit(
         self,
         op: Operation,
@@ -510,6 +600,7 @@ class LedgerOps:
         position: LogPosition,
         layer: Overlay,
         earlier: Unapplied,
+        paying: bool = False,
     ) -> OperationOutcome | tuple[Event, ...] | None:
         """A created operation's checks (feature 7): its refused outcome, or what to open for
         it first (its scope and approval writes then go into ``layer``)."""
@@ -518,6 +609,8 @@ class LedgerOps:
         now_ms = position.leader_time_ms
         if op.partner is None or op.mode is None:
             return refused_outcome(events, ScopeResult.PROPOSER_MISSING.value, now_ms)
+        if paying and reserved_transfer(layer, events):  # only payments moves payments
+            return refused_outcome(events, ScopeResult.TRANSFER_CODE_RESERVED.value, now_ms)
         mode = Mode(op.mode)
         proposer = Proposer(op.partner, mode, op.user_refs)
         scope = check_scope(layer, proposer, op.record_id, events, now_ms, earlier)
