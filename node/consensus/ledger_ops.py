@@ -493,12 +493,7 @@ class LedgerOps:
                 # before it.
                 outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
                 ran = len(runs)
-                done_run: BridgeRun | PaymentsRun
-                if request is not None:
-                    done_run = self._bridge_step(op, request, position, layer, earlier)
-                else:
-                    assert payment is not None
-                    done_run = self._payments_step(op, payment, position, layer, earlier)
+                done_run = self._request_step(op, request, payment, position, layer, earlier)
                 refused[slot] = done_run.outcome  # stored, sticky, like a refusal's
                 kinds[slot] = ("bridge" if request is not None else "payments", done_run.kind)
                 if op.approvals is not None:
@@ -539,57 +534,33 @@ class LedgerOps:
         }
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
 
-    def _bridge_step(
+    def _request_step(
         self,
         op: Operation,
-        request: BridgeRequest,
+        bridge: BridgeRequest | None,
+        payment: PaymentsRequest | None,
         position: LogPosition,
         layer: Overlay,
         earlier: Unapplied,
-    ) -> BridgeRun:
-        """A created operation carrying a Bridge request (feature 8): its whole run, its
-        outcome stored (node/consensus/bridge_ops.py)."""
-        assert op.bridge is not None
+    ) -> BridgeRun | PaymentsRun:
+        """A created operation carrying a Bridge request (feature 8) or a payments request
+        (feature 9): its whole run, its outcome stored (node/consensus/bridge_ops.py,
+        node/consensus/payments_ops.py)."""
         proposer = None
         if op.partner is not None and op.mode is not None:
             proposer = Proposer(op.partner, Mode(op.mode), op.user_refs)
-        done = self._bridge.run(
-            op.record_id,
-            op.bridge,
-            request,
-            proposer,
-            op.approvals or b"",
-            position.leader_time_ms,
-            layer,
-            earlier,
-        )
-        layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
-        return done
-
-    def _payments_step(
-        self,
-        op: Operation,
-        request: PaymentsRequest,
-        position: LogPosition,
-        layer: Overlay,
-        earlier: Unapplied,
-    ) -> PaymentsRun:
-        """A created operation carrying a payments request (feature 9): its whole run, its
-        outcome stored (node/consensus/payments_ops.py)."""
-        assert op.payments is not None
-        proposer = None
-        if op.partner is not None and op.mode is not None:
-            proposer = Proposer(op.partner, Mode(op.mode), op.user_refs)
-        done = self._payments.run(
-            op.record_id,
-            op.payments,
-            request,
-            proposer,
-            op.approvals or b"",
-            position.leader_time_ms,
-            layer,
-            earlier,
-        )
+        now_ms, approvals = position.leader_time_ms, op.approvals or b""
+        done: BridgeRun | PaymentsRun
+        if bridge is not None:
+            assert op.bridge is not None
+            done = self._bridge.run(
+                op.record_id, op.bridge, bridge, proposer, approvals, now_ms, layer, earlier
+            )
+        else:
+            assert op.payments is not None and payment is not None
+            done = self._payments.run(
+                op.record_id, op.payments, payment, proposer, approvals, now_ms, layer, earlier
+            )
         layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
         return done
 

@@ -70,16 +70,12 @@ from business.bridge.model import pack, unpack
 from business.identity.approvals import (
     CodeApproval,
     NoDebitRules,
-    check_debits,
     debits_of,
     decode_approvals,
-    operation_digest,
 )
-from business.identity.approvals import Operation as ApprovalOperation
 from business.identity.core import platform_account
 from business.identity.ids import code_hash, derive, mode_of_ledger
 from business.identity.model import (
-    REFUSAL_CODES,
     ApprovalResult,
     IdentityConfig,
     OwnerKind,
@@ -96,10 +92,9 @@ from business.ledger.model import (
     CreateAccount,
     CreateTransfer,
     Event,
-    Result,
     TransferFlags,
 )
-from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
+from business.ledger.outcome import OperationOutcome, outcome_of
 from business.ledger.views import get_transfer
 from business.payments.core import Payments, Prepared, payment_state, platform_fees_account
 from business.payments.model import (
@@ -130,6 +125,7 @@ from business.payments.model import (
     payment_key,
 )
 from business.payments.outbox import EventType, append_event
+from node.consensus.request_step import approve_and_apply, refused_request
 from node.consensus.state_machine import Overlay, StateView
 from node.errors import InvariantViolation
 
@@ -209,15 +205,6 @@ def reserved_transfer(view: StateView, events: Sequence[Event]) -> bool:
     return False
 
 
-def _refused(events: Sequence[Event], code: str, now_ms: int) -> OperationOutcome:
-    """Refused whole after the core made its chain: nothing ran. A scope or approval refusal
-    lists the chain with the code on every event (as the Bridge's); a payments code (which
-    is no ledger event result) lists none."""
-    if code not in REFUSAL_CODES:
-        return OperationOutcome(now_ms, (), code)
-    return replace(refused_outcome(events, code, now_ms), result=code)
-
-
 class PaymentsStep:
     """The payments step of the ledger-ops apply (pure: reads and writes one overlay)."""
 
@@ -255,24 +242,20 @@ class PaymentsStep:
         if isinstance(request, RedeemCode) and not _code_matches(
             approvals, request.code_hash, self._identity
         ):
-            return PaymentsRun(_refused(events, R.CODE_MISMATCH.value, now_ms), kind)
+            return PaymentsRun(refused_request(events, R.CODE_MISMATCH.value, now_ms), kind)
         owners = self._owners(events, proposer, layer)
         if isinstance(owners, ScopeResult):
-            return PaymentsRun(_refused(events, owners.value, now_ms), kind)
+            return PaymentsRun(refused_request(events, owners.value, now_ms), kind)
         checks = Overlay(layer)
         checks.writes.update(owners)
-        approval = ApprovalOperation(
-            operation_digest(record_id, raw), proposer.partner, proposer.mode, debits_of(events)
-        )
-        code, approval_writes = check_debits(
-            checks, self._identity, approval, approvals, now_ms, NoDebitRules()
-        )
-        if code != ApprovalResult.OK:
-            return PaymentsRun(_refused(events, code.value, now_ms), kind)
-        results: list[Result] = []
-        if events:
-            results, writes = self._ledger.apply(list(events), now_ms, layer)
-            layer.writes.update(writes)
+        approved = approve_and_apply(
+            self._ledger, self._identity, NoDebitRules(), checks, layer,
+            record_id=record_id, raw=raw, proposer=proposer, debits=debits_of(events),
+            approvals=approvals, events=events, now_ms=now_ms,
+        )  # fmt: skip
+        if isinstance(approved, ApprovalResult):
+            return PaymentsRun(refused_request(events, approved.value, now_ms), kind)
+        results, approval_writes = approved
         settled = self.payments.settle(prepared, results)
         layer.writes.update(settled.writes)
         layer.writes.update(approval_writes)  # a one-time code is consumed once it was checked
