@@ -337,3 +337,14 @@ def test_bob_of_another_partner_is_still_a_wallet_of_the_mode(node: Node) -> Non
         "account_not_found",  # bob never held demo-shop's points: no such wallet account
     )
     assert BAAS != POINTS
+
+
+def test_a_shorter_window_queued_after_a_longer_one_still_expires_first(node: Node) -> None:
+    assert run(node, 100, authorise(100, 10, 3600), signers=(ALICE,)) == "ok"
+    assert run(node, 101, authorise(101, 10, 60), signers=(ALICE,)) == "ok"
+    tick = node.apply(AppEntry(LEDGER_TICK, {}), now_ms=T0_MS + 5 * MINUTE)
+    assert tick.outcome.detail["payments_expired"] == 1
+    assert [k for k, _ in events(node)][-1] == "payment.expired"
+    tick = node.apply(AppEntry(LEDGER_TICK, {}), now_ms=T0_MS + 62 * MINUTE)
+    assert tick.outcome.detail["payments_expired"] == 1
+    assert node.view.get(b"pm/xs") is None

@@ -363,8 +363,13 @@ class PaymentsStep:
             layer.writes[SWEEP_CURSOR_KEY] = pack(minute, 0, 1)
             return
         at, offset, open_count = unpack(cursor, "expiry cursor", 3)
-        if minute < at:  # the sweep never passes a minute before its end: cannot happen
-            raise InvariantViolation("an authorisation queued behind the expiry sweep")
+        if minute < at:
+            # The cursor starts at the first minute queued, which may be later than this one
+            # (a shorter window). It never walked this minute (only minutes already over are
+            # walked, and this one is not), so it moves back to it.
+            if offset:
+                raise InvariantViolation("an authorisation queued behind the expiry sweep")
+            at = minute
         layer.writes[SWEEP_CURSOR_KEY] = pack(at, offset, open_count + 1)
 
     def expire(self, log_index: int, now_ms: int, layer: Overlay) -> int:
