@@ -140,23 +140,29 @@ def test_the_v8_bridge_log_fixture_replays_to_the_same_state(tmp_path: Path) -> 
     assert fixture["outcomes"][-1][0] == LEDGER_TICK and fixture["outcomes"][-1][3] == 1
 
 
+def write_fixture(
+    fixture: Path,
+    builder: Callable[[Path], Node],
+    summarise: Callable[[Node], dict[str, Any]],
+    comment: str,
+) -> None:
+    """Build the log once and write its fixture (the v8 and v9 fixtures' one writer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        built_node = builder(Path(tmp) / "db")
+        content = summarise(built_node)
+        built_node.close()
+    fixture.write_text(json.dumps({"comment": comment, **content}, indent=1) + "\n")
+
+
 if __name__ == "__main__":  # writes the fixture once; never regenerate it to make a test pass
     if sys.argv[1:] != ["--write-fixture"]:
         raise SystemExit("usage: python tests/test_log_replay_bridge_v8.py --write-fixture")
-    with tempfile.TemporaryDirectory() as tmp:
-        built_node = build(Path(tmp) / "db")
-        content = summary(built_node)
-        built_node.close()
-    FIXTURE.write_text(
-        json.dumps(
-            {
-                "comment": "v8 log: Bridge requests inside ledger.ops operations (feature "
-                "version 8) and the point-expiry sweep of a tick, replayed with their outcomes, "
-                "the state's digest, the ledger+Bridge digest and the Merkle root. Never edit: a "
-                "change here means old logs replay differently.",
-                **content,
-            },
-            indent=1,
-        )
-        + "\n"
+    write_fixture(
+        FIXTURE,
+        build,
+        summary,
+        "v8 log: Bridge requests inside ledger.ops operations (feature "
+        "version 8) and the point-expiry sweep of a tick, replayed with their outcomes, "
+        "the state's digest, the ledger+Bridge digest and the Merkle root. Never edit: a "
+        "change here means old logs replay differently.",
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from identitykit import SHOP, T0_MS
 from paymentsopskit import ALICE_PTS, CAROL_PTS, issue_code, pm_op, shop_world
 from test_log_replay_bridge_v8 import replay as replay_v8
 from test_log_replay_bridge_v8 import summary as summary_v8
+from test_log_replay_bridge_v8 import write_fixture
 
 from business.payments import (
     Authorise,
@@ -126,21 +126,12 @@ def test_the_v9_payments_log_fixture_replays_to_the_same_state(tmp_path: Path) -
 if __name__ == "__main__":  # writes the fixture once; never regenerate it to make a test pass
     if sys.argv[1:] != ["--write-fixture"]:
         raise SystemExit("usage: python tests/test_log_replay_payments_v9.py --write-fixture")
-    with tempfile.TemporaryDirectory() as tmp:
-        built_node = build(Path(tmp) / "db")
-        content = summary(built_node)
-        built_node.close()
-    FIXTURE.write_text(
-        json.dumps(
-            {
-                "comment": "v9 log: payments and Market requests inside ledger.ops operations "
-                "(feature version 9), the payments expiry sweep of a tick and an outbox "
-                "acknowledgement, replayed with their outcomes, the state's digest, the "
-                "ledger, Bridge and payments digests and the Merkle root. Never edit: a change "
-                "here means old logs replay differently.",
-                **content,
-            },
-            indent=1,
-        )
-        + "\n"
+    write_fixture(
+        FIXTURE,
+        build,
+        summary,
+        "v9 log: payments and Market requests inside ledger.ops operations (feature version "
+        "9), the payments expiry sweep of a tick and an outbox acknowledgement, replayed with "
+        "their outcomes, the state's digest, the ledger, Bridge and payments digests and the "
+        "Merkle root. Never edit: a change here means old logs replay differently.",
     )

@@ -2,9 +2,10 @@
 
 Point reads (``get`` only) for the node's payments reads (node/api/payments_routes.py), the
 Payment API (next) and the tests; :func:`payments_state_digest` for replica and replay
-checks. The state a read reports is the state machine's own (:func:`business.payments.core.payment_state` /
-:func:`~business.payments.core.order_state`), so an authorised payment past its capture window
-reads ``expired`` before the ledger's sweep has run. Another partner's payment or order reads
+checks. The state a read reports is the state machine's own
+(:func:`business.payments.core.payment_state` / :func:`~business.payments.core.order_state`),
+so an authorised payment past its capture window reads ``expired`` before the ledger's sweep
+has run. Another partner's payment or order reads
 as absent: a partner learns nothing of another's.
 
 :func:`search_listings` searches the Market over a :class:`~business.ledger.views.RangeView`:
