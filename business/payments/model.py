@@ -481,6 +481,9 @@ GUESS_PREFIX = b"pm/gu/"  # + partner + mode byte -> (window start ms, wrong gue
 LISTING_PREFIX = b"pm/li/"  # + listing id (16) -> Listing
 LISTING_COUNT_PREFIX = b"pm/lc/"  # + partner -> how many listings it has
 ORDER_PREFIX = b"pm/or/"  # + order id (32) -> OrderRecord
+# + merchant (16) + mode byte + its pending transfer's timestamp (ns, u64) + payment id (32)
+# -> b"": a merchant's payments in time order (written on the log from feature 9)
+PARTNER_PAYMENTS_PREFIX = b"pm/pp/"
 
 
 def payment_key(payment: bytes) -> bytes:
@@ -493,6 +496,16 @@ def fee_key(ledger: int) -> bytes:
 
 def guess_key(partner: bytes, mode: int) -> bytes:
     return GUESS_PREFIX + partner + bytes((mode,))
+
+
+def partner_payment_key(partner: bytes, mode: int, timestamp_ns: int, payment: bytes) -> bytes:
+    return (
+        PARTNER_PAYMENTS_PREFIX
+        + partner
+        + bytes((mode,))
+        + timestamp_ns.to_bytes(8, "big")
+        + payment
+    )
 
 
 def listing_key(listing: bytes) -> bytes:

@@ -36,8 +36,9 @@ The step, for a *created* operation (:meth:`PaymentsStep.run`):
    a refund and a fee debit the merchant's own settlement account;
 6. the chain through ``Ledger.apply`` at the entry's log time, then :meth:`Payments.settle`
    keeps the payments writes only if the whole chain succeeded. On success the outbox gets
-   its events (:mod:`business.payments.outbox`) and an authorisation is queued for the
-   expiry sweep.
+   its events (:mod:`business.payments.outbox`); an authorisation is indexed under its
+   merchant (``pm/pp/<merchant><mode><timestamp ns><payment>``: the node's paginated list,
+   in the order of its pending transfer's timestamp) and queued for the expiry sweep.
 
 **Reserved transfer codes.** From feature 9 nothing but a payments request may make a
 transfer with a payments code (:class:`~business.payments.model.TransferCode`, 201-203) or
@@ -92,6 +93,7 @@ from business.ledger.model import (
     CreateAccount,
     CreateTransfer,
     Event,
+    Transfer,
     TransferFlags,
 )
 from business.ledger.outcome import OperationOutcome, outcome_of
@@ -122,6 +124,7 @@ from business.payments.model import (
     decode_payment,
     listing_key,
     order_key,
+    partner_payment_key,
     payment_key,
 )
 from business.payments.outbox import EventType, append_event
@@ -280,8 +283,13 @@ class PaymentsStep:
         raw = layer.get(payment_key(request.op))
         if isinstance(request, (Authorise, RedeemCode, PlaceOrder)) and raw is not None:
             p = decode_payment(raw)
+            transfer = get_transfer(layer, p.pending)
+            if transfer is None:
+                raise InvariantViolation("an authorised payment without its pending transfer")
+            mode = int(mode_of_ledger(p.ledger))
+            layer.writes[partner_payment_key(p.partner, mode, transfer.timestamp, request.op)] = b""
             if p.state == PaymentState.AUTHORISED:
-                self._queue(request.op, p.pending, layer)
+                self._queue(request.op, transfer, layer)
 
     def _scope(
         self,
@@ -346,11 +354,8 @@ class PaymentsStep:
 
     # --- expiry on log time ------------------------------------------------------------------
 
-    def _queue(self, payment: bytes, pending: int, layer: Overlay) -> None:
+    def _queue(self, payment: bytes, transfer: Transfer, layer: Overlay) -> None:
         """Queue an authorised payment under the minute its window ends (module docstring)."""
-        transfer = get_transfer(layer, pending)
-        if transfer is None:
-            raise InvariantViolation("an authorised payment without its pending transfer")
         end_ns = transfer.timestamp + transfer.timeout * NS_PER_S
         minute = -(-end_ns // NS_PER_MS) // EXPIRY_BUCKET_MS  # swept once the minute is over
         bucket = BUCKET_PREFIX + minute.to_bytes(8, "big")
