@@ -51,6 +51,7 @@ from business.payments import encode_request
 from business.payments.model import Request
 from node.consensus.ledger_ops import Operation
 from node.consensus.state_machine import AppEntry
+from node.metrics import Metrics
 
 T = Mode.TEST
 ALICE_PTS = wallet_account(ALICE, POINTS)
@@ -112,10 +113,10 @@ def issue_code(
     return hashed
 
 
-def shop_world(path: Path) -> Node:
+def shop_world(path: Path, metrics: Metrics | None = None) -> Node:
     """Feature 9; demo-shop and other-shop given the payments roles; demo-shop's points
     (``POINTS``, no validity) issued to alice and carol (:data:`ISSUED` each)."""
-    node = world(path, feature=9)
+    node = world(path, feature=9, metrics=metrics)
     for partner, roles in (
         (SHOP, DEFAULT_ROLES + BRIDGE_ROLES + PAYMENT_ROLES),
         (OTHER_SHOP, DEFAULT_ROLES + PAYMENT_ROLES),
