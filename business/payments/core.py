@@ -134,6 +134,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.model import CODE_PREFIX, decode_code
+from business.ledger.chains import chain_verdict
 from business.ledger.core import Ledger
 from business.ledger.model import (
     NS_PER_MS,
@@ -215,9 +216,6 @@ ZERO16 = bytes(16)
 ZERO32 = bytes(32)
 _LINKED = int(TransferFlags.LINKED)
 _NO_OVERDRAFT = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
-_SHORT_OF_FUNDS = frozenset(
-    {TransferResult.EXCEEDS_CREDITS, TransferResult.DEBIT_ACCOUNT_NOT_FOUND}
-)
 
 # (state or None for "no such payment", command) -> next state, or the refusal.
 PAYMENT_TABLE: dict[tuple[PaymentState | None, Command], PaymentState | PaymentResult] = {
@@ -469,22 +467,14 @@ class Payments:
         code = prepared.code
         detail: dict[str, Any] = dict(prepared.detail)
         if code.succeeded:
-            failed = next(
-                (
-                    i
-                    for i, r in enumerate(results)
-                    if not r.succeeded and r.code.value != "linked_event_failed"
-                ),
-                None,
+            verdict = chain_verdict(
+                results,
+                prepared.limits,
+                R.LEDGER_REFUSED,
+                {TransferResult.PENDING_TRANSFER_EXPIRED: prepared.expired},
             )
-            if failed is not None:
-                ledger_code = results[failed].code
-                code = R.LEDGER_REFUSED
-                if ledger_code in _SHORT_OF_FUNDS:
-                    code = dict(prepared.limits).get(failed, R.LEDGER_REFUSED)
-                elif ledger_code == TransferResult.PENDING_TRANSFER_EXPIRED:
-                    code = prepared.expired
-                detail = {"ledger_code": ledger_code.value, "event": failed}
+            if verdict is not None:
+                code, detail = verdict
         writes: dict[bytes, bytes | None] = {OP_PREFIX + prepared.op: pack(code.value)}
         writes.update(prepared.writes if code.succeeded else prepared.refusal_writes)
         return PaymentOutcome(code, prepared.events, tuple(results), tuple(writes.items()), detail)
