@@ -12,12 +12,19 @@ from pathlib import Path
 
 import pytest
 from bridgeopskit import ALICE, ALICE_REF, BAAS, BOB, CAROL, POINTS, POINTS_LIVE, Node, rid, world
-from identitykit import OTHER_SHOP, SHOP, T0_MS
+from identitykit import OPERATOR, OTHER_SHOP, SHOP, T0_MS
 from paymentsopskit import ALICE_PTS, CAROL_PTS, ISSUED, issue_code, pm_op, run, shop_world
 from test_index_batch import prop
 
 from business.bridge import DefinePoints, IssuePoints
 from business.bridge.model import unpack
+from business.identity import (
+    BRIDGE_ROLES,
+    DEFAULT_ROLES,
+    PAYMENT_ROLES,
+    PartnerPut,
+    PartnerStatus,
+)
 from business.identity.ids import wallet_account_id, wallet_id
 from business.identity.scope import PLATFORM
 from business.ledger import CreateTransfer, TransferFlags
@@ -348,3 +355,70 @@ def test_a_shorter_window_queued_after_a_longer_one_still_expires_first(node: No
     tick = node.apply(AppEntry(LEDGER_TICK, {}), now_ms=T0_MS + 62 * MINUTE)
     assert tick.outcome.detail["payments_expired"] == 1
     assert node.view.get(b"pm/xs") is None
+
+
+def test_market_refusals_move_nothing(node: Node) -> None:
+    put = PutListing(rid(100), SHOP, LISTING, POINTS, 100, 3, True, "Mug", "")
+    assert run(node, 100, put) == "ok"
+    theirs = PutListing(rid(101), OTHER_SHOP, LISTING, POINTS, 1, 99, True, "Mine", "")
+    assert run(node, 101, theirs, partner=OTHER_SHOP) == "asset_foreign"  # not its points
+    before = node.ledger_items()
+    unsigned = PlaceOrder(rid(102), SHOP, LISTING, ALICE_PTS, 1, 600)
+    assert run(node, 102, unsigned) == "approval_missing"
+    listing = get_listing(node.view, LISTING)
+    assert listing is not None and listing.stock == 3
+    assert node.ledger_items() == before
+    off = PutListing(rid(103), SHOP, LISTING, POINTS, 100, 3, False, "Mug", "")
+    assert run(node, 103, off) == "ok"
+    inactive = PlaceOrder(rid(104), SHOP, LISTING, ALICE_PTS, 1, 600)
+    assert run(node, 104, inactive, signers=(ALICE,)) == "listing_inactive"
+    on = PutListing(rid(105), SHOP, LISTING, POINTS, 100, 3, True, "Mug", "")
+    assert run(node, 105, on) == "ok"
+    assert run(node, 106, PlaceOrder(rid(106), SHOP, LISTING, ALICE_PTS, 1, 600),
+               signers=(ALICE,)) == "ok"  # fmt: skip
+    foreign = FulfilOrder(rid(107), OTHER_SHOP, rid(106))
+    assert run(node, 107, foreign, partner=OTHER_SHOP) == "order_not_found"
+    assert run(node, 108, RefundOrder(rid(108), SHOP, rid(106), 10)) == "order_not_fulfilled"
+
+
+def test_the_merchant_expires_a_lapsed_order_and_the_sweep_only_tells(node: Node) -> None:
+    put = PutListing(rid(100), SHOP, LISTING, POINTS, 100, 3, True, "Mug", "")
+    assert run(node, 100, put) == "ok"
+    assert run(node, 101, PlaceOrder(rid(101), SHOP, LISTING, ALICE_PTS, 2, 60),
+               signers=(ALICE,)) == "ok"  # fmt: skip
+    # at 61 s the window is over, but its minute is not: the sweep has not run yet
+    late = T0_MS + 61_000
+    assert run(node, 102, FulfilOrder(rid(102), SHOP, rid(101)), now_ms=late) == "order_expired"
+    assert run(node, 103, ExpireOrder(rid(103), SHOP, rid(101)), now_ms=late + 1) == "ok"
+    listing = get_listing(node.view, LISTING)
+    assert listing is not None and listing.stock == 3
+    tick = node.apply(AppEntry(LEDGER_TICK, {}), now_ms=T0_MS + 5 * MINUTE)
+    assert tick.outcome.detail["payments_expired"] == 1  # the payment's notice, once
+    listing = get_listing(node.view, LISTING)
+    assert listing is not None and listing.stock == 3  # not returned twice
+    assert [k for k, _ in events(node)][-2:] == ["order.expired", "payment.expired"]
+    assert [k for k, _ in events(node)].count("order.expired") == 1
+
+
+def test_wrong_code_guesses_are_counted_on_the_log_and_lock_the_merchant_out(node: Node) -> None:
+    good = issue_code(node, ALICE, b"\x07" * 16)
+    for n in range(100, 110):
+        guess = RedeemCode(rid(n), SHOP, POINTS, bytes([n]) * 32, 10, True, 600)
+        assert run(node, n, guess, codes=(bytes([n]) * 16,)) == "code_unknown"
+    right = RedeemCode(rid(110), SHOP, POINTS, good, 10, True, 600)
+    assert run(node, 110, right, codes=(b"\x07" * 16,)) == "merchant_locked_out"
+    # another merchant is not locked out by demo-shop's guesses
+    theirs = RedeemCode(rid(111), OTHER_SHOP, POINTS, good, 10, True, 600)
+    assert run(node, 111, theirs, partner=OTHER_SHOP, codes=(b"\x07" * 16,)) == "asset_foreign"
+    assert node.balance(ALICE_PTS) == ISSUED
+
+
+def test_a_suspended_partner_and_an_unlinked_reference_are_refused(node: Node) -> None:
+    assert run(node, 100, authorise(100), signers=(ALICE,), refs=(b"\x09" * 32,)) == (
+        "user_not_linked"
+    )
+    put = PartnerPut(SHOP, PartnerStatus.SUSPENDED, DEFAULT_ROLES + BRIDGE_ROLES + PAYMENT_ROLES,
+                     OPERATOR)  # fmt: skip
+    assert node.apply(AppEntry("partner.put", put.to_body())).outcome.code == "ok"
+    assert run(node, 101, authorise(101), signers=(ALICE,)) == "partner_not_active"
+    assert held(node, ALICE_PTS) == ISSUED
