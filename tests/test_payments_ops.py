@@ -11,12 +11,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bridgeopskit import ALICE, ALICE_REF, BAAS, BOB, CAROL, POINTS, POINTS_LIVE, Node, rid, world
+from bridgeopskit import (
+    ALICE,
+    ALICE_REF,
+    BAAS,
+    BAAS_UNIT,
+    BOB,
+    CAROL,
+    POINTS,
+    POINTS_LIVE,
+    Node,
+    rid,
+    world,
+)
 from identitykit import OPERATOR, OTHER_SHOP, SHOP, T0_MS
 from paymentsopskit import ALICE_PTS, CAROL_PTS, ISSUED, issue_code, pm_op, run, shop_world
 from test_index_batch import prop
 
-from business.bridge import DefinePoints, IssuePoints
+from business.bridge import DefinePoints, IssuePoints, SetReserveThreshold, TopUpReserve
 from business.bridge.model import unpack
 from business.identity import (
     BRIDGE_ROLES,
@@ -422,3 +434,9 @@ def test_a_suspended_partner_and_an_unlinked_reference_are_refused(node: Node) -
     assert node.apply(AppEntry("partner.put", put.to_body())).outcome.code == "ok"
     assert run(node, 101, authorise(101), signers=(ALICE,)) == "partner_not_active"
     assert held(node, ALICE_PTS) == ISSUED
+
+
+def test_a_low_reserve_notice_of_the_bridge_is_an_outbox_event(node: Node) -> None:
+    assert node.code(TopUpReserve(rid(100), SHOP, BAAS, BAAS_UNIT)) == "ok"
+    assert node.code(SetReserveThreshold(rid(101), SHOP, BAAS, 2 * BAAS_UNIT)) == "ok"
+    assert events(node) == [("reserve.low", SHOP + BAAS.to_bytes(4, "big"))]

@@ -44,8 +44,9 @@ operation may carry, instead of ``ev`` or ``br``, one payments or Market request
   operation's record id; never with ``ev`` or ``br``, ``malformed`` before feature 9. Its
   created operations run the payments step (:mod:`node.consensus.payments_ops`) exactly where
   a Bridge operation would. At feature 9 every ``ledger.ops`` and ``ledger.tick`` entry also
-  runs the payments expiry sweep (after the Bridge's), and a raw ``ev`` operation making or
-  resolving a payments transfer (codes 201-203) is refused ``transfer_code_reserved``.
+  runs the payments expiry sweep (after the Bridge's), a raw ``ev`` operation making or
+  resolving a payments transfer (codes 201-203) is refused ``transfer_code_reserved``, and a
+  Bridge operation's low-reserve notice is appended to the webhook outbox (``reserve.low``).
 
 :meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
 build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
@@ -155,6 +156,7 @@ from node.consensus.payments_ops import (
     PAYMENTS_FEATURE_VERSION,
     PaymentsRun,
     PaymentsStep,
+    reserve_low,
     reserved_transfer,
 )
 from node.consensus.record_index import (
@@ -556,6 +558,9 @@ class LedgerOps:
             done = self._bridge.run(
                 op.record_id, op.bridge, bridge, proposer, approvals, now_ms, layer, earlier
             )
+            if Dispatcher.feature_version(layer) >= PAYMENTS_FEATURE_VERSION:
+                for notice in done.notices:  # the webhook outbox's reserve.low (feature 9)
+                    reserve_low(layer, notice, now_ms)
         else:
             assert op.payments is not None and payment is not None
             done = self._payments.run(

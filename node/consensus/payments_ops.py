@@ -67,7 +67,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from business.bridge.model import pack, unpack
+from business.bridge.model import ReserveLow, pack, unpack
 from business.identity.approvals import (
     CodeApproval,
     NoDebitRules,
@@ -140,6 +140,7 @@ __all__ = [
     "PAYMENTS_FEATURE_VERSION",
     "PaymentsRun",
     "PaymentsStep",
+    "reserve_low",
     "reserved_transfer",
     "sweep_op",
 ]
@@ -186,6 +187,12 @@ class PaymentsRun:
 def sweep_op(payment: bytes) -> bytes:
     """The op id of the sweep's ``ExpireOrder`` of the order paid by ``payment``."""
     return derive(TAG_SWEEP_OP, payment)
+
+
+def reserve_low(layer: Overlay, notice: ReserveLow, now_ms: int) -> None:
+    """The Bridge's low-reserve notice as an outbox event (feature 9): object = the partner
+    id and the BAAS ledger (u32); the level is read by whoever delivers it."""
+    append_event(layer, E.RESERVE_LOW, notice.partner + notice.ledger.to_bytes(4, "big"), now_ms)
 
 
 def reserved_transfer(view: StateView, events: Sequence[Event]) -> bool:
