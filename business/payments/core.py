@@ -107,12 +107,14 @@ The member order of :class:`PaymentResult` is the order of the checks; each requ
 subset that concerns it: ``bound_exceeded`` (a field beyond a :class:`PaymentsConfig` bound),
 ``not_platform``, the code checks (lockout, unknown, mode, used, expired, ledger, limit), the
 asset (``asset_not_found``; ``asset_foreign`` unless it is BAAS or the merchant's own points or
-token as the Bridge registered them), the listing checks, the order table, the payment
-table, the amounts, then the ledger's verdict: ``exceeds_credits`` or
-``debit_account_not_found`` on the user's wallet is ``insufficient_funds``, on the settlement
-account ``merchant_insufficient_funds``; ``pending_transfer_expired`` is ``payment_expired``
-(``order_expired``); any other ledger failure ``ledger_refused`` with the ledger's code in the
-detail. Nothing moves unless every event succeeds.
+token as the Bridge registered them), the listing checks, the order table,
+``payment_of_order`` (a ``Capture``, ``Void`` or ``Refund`` naming an order's payment: the
+order's commands move it), the payment table, the amounts, then the ledger's verdict:
+``exceeds_credits`` or ``debit_account_not_found`` on the user's wallet is
+``insufficient_funds``, on the settlement account ``merchant_insufficient_funds``;
+``pending_transfer_expired`` is ``payment_expired`` (``order_expired``); any other ledger
+failure ``ledger_refused`` with the ledger's code in the detail. Nothing moves unless every
+event succeeds.
 """
 
 from __future__ import annotations
@@ -483,12 +485,18 @@ class Payments:
 
     def _payment(self, view: StateView, payment: bytes, partner: bytes) -> PaymentRecord | None:
         """The payment, or None when there is none or it is another merchant's: a partner
-        learns nothing of another's payments."""
+        learns nothing of another's payments. An order's payment is refused
+        (``payment_of_order``): only the order's commands move it, or the order's state and
+        stock would part from its payment's."""
         raw = view.get(payment_key(payment))
         if raw is None:
             return None
         p = decode_payment(raw)
-        return p if p.partner == partner else None
+        if p.partner != partner:
+            return None
+        if view.get(order_key(payment)) is not None:
+            raise _Refused(R.PAYMENT_OF_ORDER)
+        return p
 
     def _open(
         self, chain: _Chain, partner: bytes, ledger: int, wallet_account: int, amount: int,

@@ -87,6 +87,9 @@ class PaymentResult(str, enum.Enum):
     ORDER_EXPIRED = "order_expired"
     ORDER_NOT_EXPIRED = "order_not_expired"
     ORDER_FULLY_REFUNDED = "order_fully_refunded"
+    # a capture, void or refund of an order's payment: the order's own commands do it (so
+    # the order's state and its stock follow)
+    PAYMENT_OF_ORDER = "payment_of_order"
     # the payment state machine (refusals of PAYMENT_TABLE)
     PAYMENT_EXISTS = "payment_exists"
     PAYMENT_NOT_FOUND = "payment_not_found"
