@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 from bridgeopskit import ALICE, CAROL, POINTS, Node, rid
 from identitykit import SHOP
-from paymentskit import AGREES, ORDER_OF_PAYMENT
+from paymentskit import AGREES, ORDER_OF_PAYMENT, check_ledgers
 from paymentsopskit import ALICE_PTS, CAROL_PTS, pm_op, shop_world
 
-from business.ledger import AccountFlags
 from business.ledger.model import ACCOUNT_PREFIX, decode_account
 from business.ledger.views import get_pending_status
 from business.payments import (
@@ -53,19 +52,11 @@ USERS = ((ALICE, ALICE_PTS), (CAROL, CAROL_PTS))
 
 
 def check(node: Node) -> None:
-    sums: dict[int, list[int]] = {}
     with node.db.iterator(prefix=ACCOUNT_PREFIX) as it:
-        for key, raw in it:
-            a = decode_account(int.from_bytes(key[len(ACCOUNT_PREFIX) :], "big"), raw)
-            s = sums.setdefault(a.ledger, [0, 0, 0, 0])
-            s[0] += a.debits_posted
-            s[1] += a.credits_posted
-            s[2] += a.debits_pending
-            s[3] += a.credits_pending
-            if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
-                assert a.debits_posted + a.debits_pending <= a.credits_posted
-    for ledger, (dpo, cpo, dp, cp) in sums.items():
-        assert dpo == cpo and dp == cp, f"ledger {ledger} unbalanced"
+        check_ledgers(
+            decode_account(int.from_bytes(key[len(ACCOUNT_PREFIX) :], "big"), raw)
+            for key, raw in it
+        )
     held = 0
     with node.db.iterator(prefix=PAYMENT_PREFIX) as it:
         for key, raw in it:
