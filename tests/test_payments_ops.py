@@ -60,7 +60,7 @@ from business.payments.core import settlement_account
 from business.payments.model import OrderState, PaymentState, TransferCode
 from business.payments.outbox import EVENT_PREFIX, PAYMENTS_ACK, EventType, read_head
 from business.payments.views import get_listing, get_order, get_payment
-from node.consensus.ledger_ops import LEDGER_TICK, Operation
+from node.consensus.ledger_ops import LEDGER_OPS, LEDGER_TICK, Operation
 from node.consensus.payments_ops import EXPIRY_BUCKET_MS, EXPIRY_ITEMS_PER_ENTRY_MAX
 from node.consensus.state_machine import AppEntry
 
@@ -440,3 +440,24 @@ def test_a_low_reserve_notice_of_the_bridge_is_an_outbox_event(node: Node) -> No
     assert node.code(TopUpReserve(rid(100), SHOP, BAAS, BAAS_UNIT)) == "ok"
     assert node.code(SetReserveThreshold(rid(101), SHOP, BAAS, 2 * BAAS_UNIT)) == "ok"
     assert events(node) == [("reserve.low", SHOP + BAAS.to_bytes(4, "big"))]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"pm": b"\x93\x01\x01\x90"},  # a request that does not decode (no fields)
+        {"pm": "text"},  # not bytes
+        {"pm": "op"},  # another operation's op id (filled in below)
+        {"pm": "with br"},  # beside a Bridge request
+    ],
+)
+def test_malformed_payments_operations_apply_nothing(node: Node, body: dict[str, object]) -> None:
+    good = pm_op(100, authorise(100), signers=(ALICE,)).to_body()
+    if body["pm"] == "op":
+        body = {"pm": pm_op(101, authorise(101)).to_body()["pm"]}
+    elif body["pm"] == "with br":
+        body = {"br": b"\x01"}
+    applied = node.apply(AppEntry(LEDGER_OPS, {"ops": [{**good, **body}]}))
+    (result,) = applied.outcome.detail["results"]
+    assert result.code == "malformed"
+    assert events(node) == [] and held(node, ALICE_PTS) == ISSUED
