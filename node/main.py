@@ -23,12 +23,13 @@ from aiohttp import web
 from business.identity import IdentityConfig, IdentityMachine
 from business.payments.outbox import PaymentsOutbox
 from node import runtime
-from node.anchoring.forwarding import ForwardingProposer
+from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, ForwardingProposer
 from node.anchoring.service import AnchorService, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.api.identity_routes import IDENTITY_PROPOSE_PATH, IdentityRoutes, add_identity_routes
 from node.api.ledger_routes import LedgerReads
+from node.api.payments_routes import PAYMENTS_ACK_PROPOSE_PATH, AckRoutes, add_ack_routes
 from node.api.problem import ProblemAppRunner
 from node.config import NodeConfig, load_node_config, parse_host_port
 from node.consensus.ledger_ops import LedgerOps
@@ -243,12 +244,18 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         report=suspect_reporter.report,
     )
     chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
-    anchoring_proposer = ForwardingProposer(
-        replicated_log,
-        address_of=membership.http_addr,
-        api_token=api_token.decode(),
-        request_timeout_s=config.timeouts.p2p_request_s,
-    )
+
+    def leader_proposer(path: str = ANCHORING_PROPOSE_PATH) -> ForwardingProposer:
+        """Proposals through the leader on the shared leader route, forwarded to ``path``."""
+        return ForwardingProposer(
+            replicated_log,
+            address_of=membership.http_addr,
+            api_token=api_token.decode(),
+            request_timeout_s=config.timeouts.p2p_request_s,
+            path=path,
+        )
+
+    anchoring_proposer = leader_proposer()
     anchoring = AnchorService(
         node_id=p2p.peer_id,
         settings=config.anchoring,
@@ -293,13 +300,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         metrics=metrics,
     )
     # --- identity (feature 7): its proposals take the shared leader route like anchoring's.
-    identity_proposer = ForwardingProposer(
-        replicated_log,
-        address_of=membership.http_addr,
-        api_token=api_token.decode(),
-        request_timeout_s=config.timeouts.p2p_request_s,
-        path=IDENTITY_PROPOSE_PATH,
-    )
+    identity_proposer = leader_proposer(IDENTITY_PROPOSE_PATH)
     node_app = build_node_app(state)
     add_identity_routes(
         node_app,
@@ -311,6 +312,17 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             is_leader=lambda: replicated_log.status().role == "leader",
             propose_timeout_s=config.timeouts.p2p_request_s,
             audit_limit_max=IdentityConfig().audit_list_limit_max,
+        ),
+    )
+    # --- the payments outbox's acknowledgements (feature 9), on the same shared leader route.
+    ack_proposer = leader_proposer(PAYMENTS_ACK_PROPOSE_PATH)
+    add_ack_routes(
+        node_app,
+        AckRoutes(
+            proposer=ack_proposer,
+            propose_local=state.propose_entry,
+            is_leader=lambda: replicated_log.status().role == "leader",
+            propose_timeout_s=config.timeouts.p2p_request_s,
         ),
     )
     add_suspect_route(
@@ -334,6 +346,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await suspect_reporter.start()
         await scrubber.start()
         await identity_proposer.start()
+        await ack_proposer.start()
         if config.anchoring.enabled:
             await anchoring_proposer.start()
             await anchoring.start()
@@ -362,6 +375,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         if config.anchoring.enabled:
             await anchoring.stop()  # gives the lease up while the log still runs
             await anchoring_proposer.stop()
+        await ack_proposer.stop()
         await identity_proposer.stop()
         await coordinator.stop()
         await scrubber.stop()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from bridgeopskit import ALICE, POINTS, Node, rid
@@ -19,9 +20,9 @@ from business.payments import Authorise, Capture, PlaceOrder, PutListing, Void
 from business.payments.outbox import PAYMENTS_ACK
 from business.payments.views import payments_state_digest
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
-from node.api.payments_routes import add_payments_routes
+from node.api.payments_routes import AckRoutes, add_ack_routes, add_payments_routes
 from node.api.problem import problem_middleware
-from node.consensus.state_machine import AppEntry
+from node.consensus.state_machine import AppEntry, encode_app_entry
 from node.ledger_metrics import ledger_stat_families
 from node.metrics import Metrics
 
@@ -135,5 +136,60 @@ def test_payments_metrics_count_requests_by_kind_and_result(tmp_path: Path) -> N
         metrics.add_stats(ledger_stat_families(node.measured, state_items))
         text = metrics.exposition().decode()
         assert 'payments_operations_total{result="Authorise:ok"} 1.0' in text
+    finally:
+        node.close()
+
+
+class LocalProposer:
+    """The node's ForwardingProposer on a leader: propose on its own log (here: apply)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def propose(self, entry: AppEntry, *, timeout_s: float) -> Any:
+        return self.node.apply(entry).outcome
+
+
+async def test_the_deliverer_acknowledges_through_the_ack_route(tmp_path: Path) -> None:
+    node = shop_world(tmp_path / "db")
+    try:
+        pay(node)
+        leader = {"now": False}
+
+        async def propose_local(entry: AppEntry) -> Any:
+            return node.apply(entry)
+
+        app = web.Application(middlewares=[problem_middleware])
+        add_ack_routes(
+            app,
+            AckRoutes(
+                LocalProposer(node),  # type: ignore[arg-type]
+                propose_local,
+                lambda: leader["now"],
+                1.0,
+            ),
+        )
+        async with TestClient(TestServer(app)) as client:
+            reply = await client.post("/internal/v1/payments/ack", json={"upto": 2})
+            assert reply.status == 200 and (await reply.json())["detail"] == {
+                "acked": 2,
+                "first": 3,
+            }
+            assert (await client.post("/internal/v1/payments/ack", json={"upto": -1})).status == 400
+            forwarded = msgpack.packb(
+                {"entry": encode_app_entry(AppEntry(PAYMENTS_ACK, {"upto": 4}))}, use_bin_type=True
+            )
+            headers = {"Content-Type": "application/msgpack"}
+            path = "/internal/v1/payments/ack/propose"
+            refused = await client.post(path, data=forwarded, headers=headers)
+            assert refused.status == 503 and (await refused.json())["code"] == "not_leader"
+            leader["now"] = True
+            taken = await client.post(path, data=forwarded, headers=headers)
+            assert taken.status == 200
+            assert msgpack.unpackb(await taken.read())["detail"] == {"acked": 4, "first": 5}
+            other = msgpack.packb(
+                {"entry": encode_app_entry(AppEntry("anchor.lease", {}))}, use_bin_type=True
+            )
+            assert (await client.post(path, data=other, headers=headers)).status == 400
     finally:
         node.close()

@@ -23,15 +23,22 @@ authorised payment past its window reads ``expired`` before any sweep ran.
   (``payment.captured``, ...), ``object`` and ``log_time_ms``, and the head (``acked``,
   ``dropped``, ``next``): the deliverer's cursor, kept on the log
 * ``GET /internal/v1/payments/digest`` -> ``{"applied_index", "digest", "keys"}`` over ``pm/``
+* ``POST /internal/v1/payments/ack`` ``{"upto": n}`` (JSON) -> ``{"code", "detail"}`` once the
+  ``payments.ack`` entry is applied on this node (any node: proposed through the leader on
+  the shared leader route, :class:`~node.anchoring.forwarding.ForwardingProposer`), the
+  deliverer's acknowledgement; ``POST .../ack/propose`` the leader's side of it (msgpack
+  ``{entry}``, leader only: 503 ``not_leader`` elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from business.ledger.views import get_transfer
@@ -44,7 +51,13 @@ from business.payments.model import (
     PaymentState,
     listing_key,
 )
-from business.payments.outbox import EVENT_PREFIX, decode_event, event_key, read_head
+from business.payments.outbox import (
+    EVENT_PREFIX,
+    PAYMENTS_ACK,
+    decode_event,
+    event_key,
+    read_head,
+)
 from business.payments.views import (
     ListingQuery,
     get_listing,
@@ -53,14 +66,27 @@ from business.payments.views import (
     payments_state_digest,
     search_listings,
 )
+from node.anchoring.forwarding import ForwardingProposer, outcome_body
 from node.api.bridge_routes import _applied, _hex, _int, _view, capped
+from node.api.identity_routes import read_forwarded
 from node.api.ledger_routes import LEDGER_READS, LedgerReads
+from node.api.wire import MSGPACK
 from node.consensus.payments_ops import PAYMENTS_CONFIG
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.consensus.state_machine import AppEntry, Applied
+from node.errors import InvalidRequest, NotFound, NotLeader, OperationFailed
 
-__all__ = ["LIST_LIMIT_MAX", "PAYMENTS_PATH", "add_payments_routes"]
+__all__ = [
+    "LIST_LIMIT_MAX",
+    "PAYMENTS_ACK_PROPOSE_PATH",
+    "PAYMENTS_PATH",
+    "AckRoutes",
+    "add_ack_routes",
+    "add_payments_routes",
+]
 
 PAYMENTS_PATH = "/internal/v1/payments"
+PAYMENTS_ACK_PATH = PAYMENTS_PATH + "/ack"
+PAYMENTS_ACK_PROPOSE_PATH = PAYMENTS_ACK_PATH + "/propose"
 LIST_LIMIT_MAX = 100
 EVENTS_LIMIT_MAX = 1000
 _U32_MAX = (1 << 32) - 1
@@ -311,3 +337,46 @@ def add_payments_routes(app: web.Application) -> None:
     app.router.add_get(PAYMENTS_PATH + "/listings/{id}", get_listing_route)
     app.router.add_get(PAYMENTS_PATH + "/events", list_events_route)
     app.router.add_get(PAYMENTS_PATH + "/digest", get_digest_route)
+
+
+@dataclass(frozen=True, slots=True)
+class AckRoutes:
+    proposer: ForwardingProposer  # local on the leader, else forwarded to it
+    propose_local: Callable[[AppEntry], Awaitable[Applied]]  # on this node's own log
+    is_leader: Callable[[], bool]
+    propose_timeout_s: float
+
+
+ACK_ROUTES = web.AppKey("payments_ack_routes", AckRoutes)
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    """Any node: the deliverer acknowledges the outbox up to ``upto``, through the leader."""
+    routes = request.app[ACK_ROUTES]
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise InvalidRequest("body must be JSON {upto}") from exc
+    upto = body.get("upto") if isinstance(body, dict) else None
+    if type(upto) is not int or not 0 <= upto <= _U64_MAX:
+        raise InvalidRequest("upto is an event sequence number", param="upto")
+    entry = AppEntry(PAYMENTS_ACK, {"upto": upto})
+    outcome = await routes.proposer.propose(entry, timeout_s=routes.propose_timeout_s)
+    return web.json_response({"code": outcome.code, "detail": dict(outcome.detail)})
+
+
+async def post_ack_propose(request: web.Request) -> web.Response:
+    """Leader only: append a forwarded ``payments.ack``, answer once applied."""
+    routes = request.app[ACK_ROUTES]
+    entry = await read_forwarded(request, {PAYMENTS_ACK})
+    if not routes.is_leader():
+        raise NotLeader("this node is not the leader")
+    reply = outcome_body(await routes.propose_local(entry))
+    return web.Response(body=msgpack.packb(reply, use_bin_type=True), content_type=MSGPACK)
+
+
+def add_ack_routes(app: web.Application, routes: AckRoutes) -> None:
+    """The deliverer's acknowledgement (needs the node's log: registered by node/main.py)."""
+    app[ACK_ROUTES] = routes
+    app.router.add_post(PAYMENTS_ACK_PATH, post_ack)
+    app.router.add_post(PAYMENTS_ACK_PROPOSE_PATH, post_ack_propose)
