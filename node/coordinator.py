@@ -582,8 +582,8 @@ class Coordinator:
                 request.proposer,
                 request.mode,
                 request.user_refs,
-                request.bridge,
-                request.deposit,
+                bridge=request.bridge,
+                deposit=request.deposit,
             )
             for _, request, result in pending
         ]

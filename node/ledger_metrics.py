@@ -19,6 +19,11 @@ and, for the Bridge's operations (log feature 8; the operation's own result code
 * ``bridge_limit_refusals_total{code}`` -- requests refused by a limit (a window, a size
   bound, an exhausted reserve or liquidity);
 
+and for payments and the Market (log feature 9):
+
+* ``payments_operations_total{result}`` -- payments requests by ``<kind>:<result>``
+  (``Authorise:ok``, ``Capture:payment_expired``, ``PlaceOrder:sold_out``, ...);
+
 and :func:`ledger_stat_families` reads at scrape time the pending amounts per ledger (the
 ledgers' running totals: what pending transfers hold reserved) and the reserve level of
 every partner that set a reserve threshold (``bridge_reserve_level{reserve}``, label
@@ -74,6 +79,7 @@ class MeasuredLedgerOps:
         self.operations: Counter[str] = Counter()
         self.bridge: Counter[str] = Counter()  # "<kind>:<result>"
         self.bridge_limits: Counter[str] = Counter()  # limit refusal code
+        self.payments: Counter[str] = Counter()  # "<kind>:<result>"
         self._seconds = metrics.histogram(
             "ledger_apply_seconds", "apply time of one ledger.ops or ledger.tick entry"
         )
@@ -98,6 +104,9 @@ class MeasuredLedgerOps:
                     self.bridge[f"{r.detail['bridge']}:{bridged.result}"] += 1
                     if bridged.result in LIMIT_CODES:
                         self.bridge_limits[bridged.result] += 1
+                paid = r.detail.get("outcome") if "payments" in r.detail else None
+                if isinstance(paid, OperationOutcome) and paid.result is not None:
+                    self.payments[f"{r.detail['payments']}:{paid.result}"] += 1
         return outcome
 
 
@@ -188,6 +197,13 @@ def ledger_stat_families(
             lambda: {k: float(v) for k, v in measured.bridge_limits.items()},
             counter=True,
             label="code",
+        ),
+        StatFamily(
+            "payments_operations",
+            "payments and Market requests applied, by kind and result (kind:result)",
+            lambda: {k: float(v) for k, v in measured.payments.items()},
+            counter=True,
+            label="result",
         ),
         StatFamily(
             "bridge_reserve_level",

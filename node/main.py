@@ -21,13 +21,15 @@ from pathlib import Path
 from aiohttp import web
 
 from business.identity import IdentityConfig, IdentityMachine
+from business.payments.outbox import PaymentsOutbox
 from node import runtime
-from node.anchoring.forwarding import ForwardingProposer
+from node.anchoring.forwarding import ANCHORING_PROPOSE_PATH, ForwardingProposer
 from node.anchoring.service import AnchorService, LeaderProposer, open_chain
 from node.anchoring.state import AnchorLog
 from node.api.app import NodeApiState, build_node_app
 from node.api.identity_routes import IDENTITY_PROPOSE_PATH, IdentityRoutes, add_identity_routes
 from node.api.ledger_routes import LedgerReads
+from node.api.payments_routes import PAYMENTS_ACK_PROPOSE_PATH, AckRoutes, add_ack_routes
 from node.api.problem import ProblemAppRunner
 from node.chain.deposit_service import DepositService, add_deposit_routes
 from node.config import NodeConfig, load_node_config, parse_host_port
@@ -64,11 +66,12 @@ from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
 # The newest log feature version this code understands (11: the Bridge's swap index and
-# reserve.low events, node/consensus/bridge_ops.py; 10: vault deposit credits in ledger.ops,
-# node/consensus/deposit_ops.py; 9 is reserved for payments; 8: Bridge requests; 7: the
-# identity entries, partners and wallets, business/identity/; 6: ledger operations and ticks,
-# node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is the leader's
-# index batching).
+# reserve.low records, node/consensus/bridge_ops.py; 10: vault deposit credits in ledger.ops,
+# node/consensus/deposit_ops.py; 9: payments and the Market inside ledger operations, their
+# expiry sweep and the webhook outbox, node/consensus/payments_ops.py; 8: Bridge requests;
+# 7: the identity entries, partners and wallets, business/identity/; 6: ledger operations
+# and ticks, node/consensus/ledger_ops.py; 5: member incarnations, the rejoining state; 4 is
+# the leader's index batching).
 FEATURE_VERSION_MAX = 11
 
 
@@ -140,6 +143,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
                 AnchorLog(root_at),
                 ledger_ops,
                 IdentityMachine(identity_config),
+                PaymentsOutbox(),
             ],
             feature_version_max=FEATURE_VERSION_MAX,
             followers=[MerkleLog()],
@@ -243,12 +247,18 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         report=suspect_reporter.report,
     )
     chain, sender = open_chain(config.anchoring)  # (None, None) on a node without a chain key
-    anchoring_proposer = ForwardingProposer(
-        replicated_log,
-        address_of=membership.http_addr,
-        api_token=api_token.decode(),
-        request_timeout_s=config.timeouts.p2p_request_s,
-    )
+
+    def leader_proposer(path: str = ANCHORING_PROPOSE_PATH) -> ForwardingProposer:
+        """Proposals through the leader on the shared leader route, forwarded to ``path``."""
+        return ForwardingProposer(
+            replicated_log,
+            address_of=membership.http_addr,
+            api_token=api_token.decode(),
+            request_timeout_s=config.timeouts.p2p_request_s,
+            path=path,
+        )
+
+    anchoring_proposer = leader_proposer()
     anchoring = AnchorService(
         node_id=p2p.peer_id,
         settings=config.anchoring,
@@ -305,13 +315,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         metrics=metrics,
     )
     # --- identity (feature 7): its proposals take the shared leader route like anchoring's.
-    identity_proposer = ForwardingProposer(
-        replicated_log,
-        address_of=membership.http_addr,
-        api_token=api_token.decode(),
-        request_timeout_s=config.timeouts.p2p_request_s,
-        path=IDENTITY_PROPOSE_PATH,
-    )
+    identity_proposer = leader_proposer(IDENTITY_PROPOSE_PATH)
     node_app = build_node_app(state)
     add_identity_routes(
         node_app,
@@ -323,6 +327,17 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
             is_leader=lambda: replicated_log.status().role == "leader",
             propose_timeout_s=config.timeouts.p2p_request_s,
             audit_limit_max=IdentityConfig().audit_list_limit_max,
+        ),
+    )
+    # --- the payments outbox's acknowledgements (feature 9), on the same shared leader route.
+    ack_proposer = leader_proposer(PAYMENTS_ACK_PROPOSE_PATH)
+    add_ack_routes(
+        node_app,
+        AckRoutes(
+            proposer=ack_proposer,
+            propose_local=state.propose_entry,
+            is_leader=lambda: replicated_log.status().role == "leader",
+            propose_timeout_s=config.timeouts.p2p_request_s,
         ),
     )
     add_suspect_route(
@@ -347,6 +362,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         await suspect_reporter.start()
         await scrubber.start()
         await identity_proposer.start()
+        await ack_proposer.start()
         if config.anchoring.enabled:
             await anchoring_proposer.start()
             await anchoring.start()
@@ -378,6 +394,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         if config.anchoring.enabled:
             await anchoring.stop()  # gives the lease up while the log still runs
             await anchoring_proposer.stop()
+        await ack_proposer.stop()
         await identity_proposer.stop()
         await coordinator.stop()
         await scrubber.stop()

@@ -1,5 +1,5 @@
-"""The node's dispatcher at log feature 8 over a real LevelDB (plyvel), for the Bridge-on-the-log
-tests and the v8 log-replay fixture.
+"""The node's dispatcher at log feature 8 (9 for paymentsopskit.py, which builds on it) over a
+real LevelDB (plyvel), for the Bridge-on-the-log tests and the v8 log-replay fixture.
 
 Plain helpers (``from bridgeopskit import Node``). :class:`Node` applies entries through the
 node's own :class:`~node.consensus.state_machine.Dispatcher` (record index, ledger ops with the
@@ -47,8 +47,8 @@ from business.bridge import (
 )
 from business.bridge.model import Request
 from business.identity import (
+    BRIDGE_ROLES,
     DEFAULT_ROLES,
-    ONBOARDING_ROLES,
     IdentityConfig,
     IdentityMachine,
     Mode,
@@ -61,6 +61,8 @@ from business.identity.ids import ledger_number, user_ref, wallet_account_id, wa
 from business.ledger.leveldb import LevelDBView
 from business.ledger.outcome import OperationOutcome
 from business.ledger.views import all_totals, get_account, state_digest
+from business.payments.model import PAYMENTS_FEATURE_VERSION
+from business.payments.outbox import PaymentsOutbox
 from node.consensus.ledger_ops import LedgerOps, Operation
 from node.consensus.record_index import BatchOutcome, RecordIndex
 from node.consensus.state_machine import (
@@ -116,8 +118,13 @@ class Node:
         self.ops_machine = LedgerOps(IDENTITY)
         self.measured = None if metrics is None else MeasuredLedgerOps(self.ops_machine, metrics)
         self.dispatcher = Dispatcher(
-            [RecordIndex(), self.measured or self.ops_machine, IdentityMachine(IDENTITY)],
-            feature_version_max=feature_max,
+            [
+                RecordIndex(),
+                self.measured or self.ops_machine,
+                IdentityMachine(IDENTITY),
+                PaymentsOutbox(),
+            ],
+            feature_version_max=max(feature_max, PAYMENTS_FEATURE_VERSION),
             followers=[MerkleLog()],
         )
         self.index = 0
@@ -171,7 +178,7 @@ class Node:
                     for s in signers
                 ]
             )
-        return Operation(prop(n), None, approvals, partner, mode, refs, raw)
+        return Operation(prop(n), None, approvals, partner, mode, refs, bridge=raw)
 
     def run(self, request: Request, now_ms: int | None = None, **kw: Any) -> OperationOutcome:
         (result,) = self.ops(self.bridge_op(request, **kw), now_ms=now_ms)
@@ -227,7 +234,8 @@ def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     node = Node(path, metrics, feature_max=max(8, feature))
     for version in range(2, feature + 1):
         node.apply(AppEntry(FEATURE_ENTRY, {"version": version}))
-    for partner, roles in ((SHOP, ONBOARDING_ROLES), (OTHER_SHOP, DEFAULT_ROLES)):
+    # demo-shop gets what onboarding gave at feature 8 (the v8 fixture's bytes)
+    for partner, roles in ((SHOP, DEFAULT_ROLES + BRIDGE_ROLES), (OTHER_SHOP, DEFAULT_ROLES)):
         put = PartnerPut(partner, PartnerStatus.ACTIVE, roles, OPERATOR)
         assert node.apply(AppEntry("partner.put", put.to_body())).outcome.code == "ok"
     links = (

@@ -79,5 +79,5 @@ def credit_op(
     )
     return Operation(
         proposal, None, None, partner, Mode(body.ledger & 1) if mode is None else mode,
-        (), None, body.encode(),
+        (), deposit=body.encode(),
     )  # fmt: skip

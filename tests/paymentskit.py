@@ -10,6 +10,7 @@ its pending transfer in the ledger (and every order's with its payment).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 from business.identity.ids import Mode, code_hash, partner_id, wallet_account_id, wallet_id
@@ -25,6 +26,7 @@ from business.ledger import (
     MemoryView,
     PendingStatus,
 )
+from business.ledger.model import Account
 from business.ledger.views import get_pending_status, iter_accounts
 from business.payments.core import PaymentOutcome, Payments, order_state, payment_state
 from business.payments.model import (
@@ -81,6 +83,21 @@ def wallet(user: str, ledger: int = BAAS) -> int:
 
 def secret(name: str) -> bytes:
     return hashlib.sha256(b"code/" + name.encode()).digest()[:16]
+
+
+def check_ledgers(accounts: Iterable[Account]) -> None:
+    """Every ledger balanced (posted and pending), no flagged account overdrawn."""
+    sums: dict[int, list[int]] = {}
+    for a in accounts:
+        s = sums.setdefault(a.ledger, [0, 0, 0, 0])
+        s[0] += a.debits_posted
+        s[1] += a.credits_posted
+        s[2] += a.debits_pending
+        s[3] += a.credits_pending
+        if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
+            assert a.debits_posted + a.debits_pending <= a.credits_posted
+    for ledger, (dpo, cpo, dp, cp) in sums.items():
+        assert dpo == cpo and dp == cp, f"ledger {ledger} unbalanced"
 
 
 class Shop:
@@ -167,17 +184,7 @@ class Shop:
     # --- the invariants ------------------------------------------------------------------
 
     def check(self) -> None:
-        sums: dict[int, list[int]] = {}
-        for a in iter_accounts(self.view):
-            s = sums.setdefault(a.ledger, [0, 0, 0, 0])
-            s[0] += a.debits_posted
-            s[1] += a.credits_posted
-            s[2] += a.debits_pending
-            s[3] += a.credits_pending
-            if a.flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS:
-                assert a.debits_posted + a.debits_pending <= a.credits_posted
-        for ledger, (dpo, cpo, dp, cp) in sums.items():
-            assert dpo == cpo and dp == cp, f"ledger {ledger} unbalanced"
+        check_ledgers(iter_accounts(self.view))
         for key, raw in self.view.scan(PAYMENT_PREFIX, PAYMENT_PREFIX[:-1] + b"0"):
             p = decode_payment(raw)
             assert 0 <= p.refunded <= p.captured <= p.amount

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,14 @@ def summary(node: Node) -> dict[str, Any]:
 
 
 def replay(
-    path: Path, payloads: list[bytes], positions: list[LogPosition], feature_max: int = 8
+    path: Path,
+    payloads: list[bytes],
+    positions: list[LogPosition],
+    summarise: Callable[[Node], dict[str, Any]] | None = None,
+    feature_max: int = 8,
 ) -> dict[str, Any]:
+    """Apply the stored ``payloads`` at their ``positions`` on a fresh node; ``summarise``
+    (this fixture's :func:`summary` by default; the v9 fixture passes its own) of the result."""
     node = Node(path, feature_max=feature_max)
     for position, payload in zip(positions, payloads, strict=True):
         (applied,), writes = node.dispatcher.apply_batch([(position, payload)], node.view)
@@ -105,7 +112,7 @@ def replay(
         node.payloads.append(payload)
         node.positions.append(position)
     try:
-        return summary(node)
+        return (summarise or summary)(node)
     finally:
         node.close()
 
@@ -134,23 +141,29 @@ def test_the_v8_bridge_log_fixture_replays_to_the_same_state(tmp_path: Path) -> 
     assert fixture["outcomes"][-1][0] == LEDGER_TICK and fixture["outcomes"][-1][3] == 1
 
 
+def write_fixture(
+    fixture: Path,
+    builder: Callable[[Path], Node],
+    summarise: Callable[[Node], dict[str, Any]],
+    comment: str,
+) -> None:
+    """Build the log once and write its fixture (the v8 and v9 fixtures' one writer)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        built_node = builder(Path(tmp) / "db")
+        content = summarise(built_node)
+        built_node.close()
+    fixture.write_text(json.dumps({"comment": comment, **content}, indent=1) + "\n")
+
+
 if __name__ == "__main__":  # writes the fixture once; never regenerate it to make a test pass
     if sys.argv[1:] != ["--write-fixture"]:
         raise SystemExit("usage: python tests/test_log_replay_bridge_v8.py --write-fixture")
-    with tempfile.TemporaryDirectory() as tmp:
-        built_node = build(Path(tmp) / "db")
-        content = summary(built_node)
-        built_node.close()
-    FIXTURE.write_text(
-        json.dumps(
-            {
-                "comment": "v8 log: Bridge requests inside ledger.ops operations (feature "
-                "version 8) and the point-expiry sweep of a tick, replayed with their outcomes, "
-                "the state's digest, the ledger+Bridge digest and the Merkle root. Never edit: a "
-                "change here means old logs replay differently.",
-                **content,
-            },
-            indent=1,
-        )
-        + "\n"
+    write_fixture(
+        FIXTURE,
+        build,
+        summary,
+        "v8 log: Bridge requests inside ledger.ops operations (feature "
+        "version 8) and the point-expiry sweep of a tick, replayed with their outcomes, "
+        "the state's digest, the ledger+Bridge digest and the Merkle root. Never edit: a "
+        "change here means old logs replay differently.",
     )

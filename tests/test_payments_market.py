@@ -10,6 +10,7 @@ from business.payments.core import ORDER_TABLE, settlement_account
 from business.payments.model import (
     OP_PREFIX,
     CancelOrder,
+    Capture,
     ExpireOrder,
     FulfilOrder,
     OrderCommand,
@@ -18,7 +19,9 @@ from business.payments.model import (
     PaymentsConfig,
     PlaceOrder,
     PutListing,
+    Refund,
     RefundOrder,
+    Void,
 )
 
 OS = OrderState
@@ -199,3 +202,17 @@ def test_a_listing_is_priced_in_baas_or_the_partners_own_asset() -> None:
     shop.ledger_apply([CreateAsset(34, AssetKind.POINT, 0)])
     assert listing(shop, ledger=40) == "asset_not_found"
     assert listing(shop, ledger=34) == "asset_foreign"  # no Bridge record names SHOP
+
+
+def test_an_orders_payment_moves_only_by_the_orders_commands() -> None:
+    shop = Shop()
+    assert listing(shop) == "ok" and place(shop, "o1") == "ok"
+    for request in (
+        Capture(op("c"), SHOP, op("o1"), 10),
+        Void(op("v"), SHOP, op("o1")),
+        Refund(op("r"), SHOP, op("o1"), 10),
+    ):
+        assert shop.code(request) == "payment_of_order"
+    # another merchant still learns nothing: not found, not "of an order"
+    assert shop.code(Void(op("v2"), OTHER, op("o1"))) == "payment_not_found"
+    assert shop.code(CancelOrder(op("cancel"), SHOP, op("o1"))) == "ok"

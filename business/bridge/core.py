@@ -227,6 +227,7 @@ from business.identity.ids import (
     transfer_id,
     wallet_account_id,
 )
+from business.ledger.chains import chain_verdict
 from business.ledger.core import Ledger
 from business.ledger.model import (
     AccountFlags,
@@ -237,7 +238,6 @@ from business.ledger.model import (
     Event,
     Result,
     TransferFlags,
-    TransferResult,
 )
 from business.ledger.model import account_key as ledger_account_key
 from node.consensus.state_machine import Overlay, StateView, Write
@@ -251,9 +251,6 @@ _LINKED = int(TransferFlags.LINKED)
 _WALLET_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
 _RESERVE_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.HISTORY)
 _LIQUIDITY_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
-_SHORT_OF_FUNDS = frozenset(
-    {TransferResult.EXCEEDS_CREDITS, TransferResult.DEBIT_ACCOUNT_NOT_FOUND}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,20 +474,9 @@ class Bridge:
         code = prepared.code
         detail: dict[str, Any] = dict(prepared.detail)
         if code.succeeded:
-            failed = next(
-                (
-                    i
-                    for i, r in enumerate(results)
-                    if not r.succeeded and r.code.value != "linked_event_failed"
-                ),
-                None,
-            )
-            if failed is not None:
-                ledger_code = results[failed].code
-                code = R.LEDGER_REFUSED
-                if ledger_code in _SHORT_OF_FUNDS:  # an account with nothing is exhausted too
-                    code = dict(prepared.limits).get(failed, R.LEDGER_REFUSED)
-                detail = {"ledger_code": ledger_code.value, "event": failed}
+            verdict = chain_verdict(results, prepared.limits, R.LEDGER_REFUSED)
+            if verdict is not None:  # an account with nothing is exhausted too
+                code, detail = verdict
         writes: dict[bytes, bytes | None] = {OP_PREFIX + prepared.op: pack(code.value)}
         notices: tuple[ReserveLow, ...] = ()
         if code.succeeded:

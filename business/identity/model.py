@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_ROLES",
     "IDENTITY_FEATURE_VERSION",
     "ONBOARDING_ROLES",
+    "PAYMENT_ROLES",
     "Actor",
     "ActorKind",
     "ApprovalResult",
@@ -75,7 +76,8 @@ class Role(enum.IntEnum):
     FEES = 3
     LIQUIDITY = 4
     BREAKAGE = 5  # receives expired points
-    SETTLEMENT = 6  # merchant settlement of payments
+    SETTLEMENT = 6  # merchant settlement of payments (in BAAS)
+    POINT_SETTLEMENT = 7  # merchant settlement of payments in its own points (one role, one asset)
 
 
 class AssetRef(enum.IntEnum):
@@ -206,6 +208,9 @@ class ScopeResult(str, enum.Enum):
     # a Bridge request (feature 8) needs a role account the partner was not given (add it
     # with a partner.put: roles may be added)
     ROLE_MISSING = "role_missing"
+    # from log feature 9: raw ledger events making or resolving a payments transfer (codes
+    # 201-203 are the payments core's own; node/consensus/payments_ops.py)
+    TRANSFER_CODE_RESERVED = "transfer_code_reserved"
 
 
 # Every code that refuses a whole ledger operation before its events run: stored as each
@@ -314,8 +319,19 @@ DEFAULT_ROLES = tuple(
 # point asset (what it pays out in swaps BAAS -> points). Kept apart from DEFAULT_ROLES so
 # the entries of logs before feature 8 (and their fixtures) stay byte for byte what they were.
 BRIDGE_ROLES = tuple(RoleAccount(mode, Role.LIQUIDITY, AssetRef.POINTS) for mode in Mode)
-# What onboarding gives a partner now; an older partner adds BRIDGE_ROLES with a partner.put.
-ONBOARDING_ROLES = DEFAULT_ROLES + BRIDGE_ROLES
+# What payments (log feature 9) needs: the merchant's settlement accounts, where authorised
+# payments land and refunds and the platform fee come from, in BAAS and in its own points.
+PAYMENT_ROLES = tuple(
+    RoleAccount(mode, role, asset)
+    for mode in Mode
+    for role, asset in (
+        (Role.SETTLEMENT, AssetRef.BAAS),
+        (Role.POINT_SETTLEMENT, AssetRef.POINTS),
+    )
+)
+# What onboarding gives a partner now; an older partner adds BRIDGE_ROLES and PAYMENT_ROLES
+# with a partner.put (the logs' fixtures onboard with the roles of their time).
+ONBOARDING_ROLES = DEFAULT_ROLES + BRIDGE_ROLES + PAYMENT_ROLES
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,8 @@ authorised, captured and refunded, the fee schedule, wrong code guesses, listing
 stored under ``pm/op/<op>``; a retry of the op answers that first code with no events and no
 writes. Ledger ids: transfer ``index`` of an operation is ``ids.transfer_id(op, index)``; the
 merchant's **settlement** account is ``ids.partner_account_id(partner, mode, "settlement",
-ledger)`` (``debits_must_not_exceed_credits``: refunds come out of what it received), the
+ledger)`` on BAAS, ``"point_settlement"`` on its own points (identity's role accounts
+``PAYMENT_ROLES``; ``debits_must_not_exceed_credits``: refunds come out of what it received), the
 platform's **fees** account ``partner_account_id(0^16, mode, "fees", ledger)``; both are
 created at the head of the first chain that needs them.
 
@@ -106,12 +107,14 @@ The member order of :class:`PaymentResult` is the order of the checks; each requ
 subset that concerns it: ``bound_exceeded`` (a field beyond a :class:`PaymentsConfig` bound),
 ``not_platform``, the code checks (lockout, unknown, mode, used, expired, ledger, limit), the
 asset (``asset_not_found``; ``asset_foreign`` unless it is BAAS or the merchant's own points or
-token as the Bridge registered them), the listing checks, the order table, the payment
-table, the amounts, then the ledger's verdict: ``exceeds_credits`` or
-``debit_account_not_found`` on the user's wallet is ``insufficient_funds``, on the settlement
-account ``merchant_insufficient_funds``; ``pending_transfer_expired`` is ``payment_expired``
-(``order_expired``); any other ledger failure ``ledger_refused`` with the ledger's code in the
-detail. Nothing moves unless every event succeeds.
+token as the Bridge registered them), the listing checks, the order table,
+``payment_of_order`` (a ``Capture``, ``Void`` or ``Refund`` naming an order's payment: the
+order's commands move it), the payment table, the amounts, then the ledger's verdict:
+``exceeds_credits`` or ``debit_account_not_found`` on the user's wallet is
+``insufficient_funds``, on the settlement account ``merchant_insufficient_funds``;
+``pending_transfer_expired`` is ``payment_expired`` (``order_expired``); any other ledger
+failure ``ledger_refused`` with the ledger's code in the detail. Nothing moves unless every
+event succeeds.
 """
 
 from __future__ import annotations
@@ -123,7 +126,9 @@ from typing import Any
 from business.bridge.model import amount_of, pack, unpack
 from business.bridge.views import get_asset as get_bridge_asset
 from business.identity.ids import (
+    ASSET_INDEX_BAAS,
     Mode,
+    ledger_number,
     mode_of_ledger,
     partner_account_id,
     transfer_id,
@@ -131,6 +136,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.model import CODE_PREFIX, decode_code
+from business.ledger.chains import chain_verdict
 from business.ledger.core import Ledger
 from business.ledger.model import (
     NS_PER_MS,
@@ -212,9 +218,6 @@ ZERO16 = bytes(16)
 ZERO32 = bytes(32)
 _LINKED = int(TransferFlags.LINKED)
 _NO_OVERDRAFT = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
-_SHORT_OF_FUNDS = frozenset(
-    {TransferResult.EXCEEDS_CREDITS, TransferResult.DEBIT_ACCOUNT_NOT_FOUND}
-)
 
 # (state or None for "no such payment", command) -> next state, or the refusal.
 PAYMENT_TABLE: dict[tuple[PaymentState | None, Command], PaymentState | PaymentResult] = {
@@ -304,7 +307,12 @@ class _Refused(Exception):  # control flow inside prepare: never escapes it
 
 
 def settlement_account(partner: bytes, ledger: int) -> int:
-    return partner_account_id(partner, mode_of_ledger(ledger), "settlement", ledger)
+    """The merchant's settlement account on ``ledger``: its ``settlement`` role account on
+    BAAS, its ``point_settlement`` one on its own points (identity's Role: one asset per role;
+    both given at onboarding, ``PAYMENT_ROLES``)."""
+    mode = mode_of_ledger(ledger)
+    role = "settlement" if ledger == ledger_number(mode, ASSET_INDEX_BAAS) else "point_settlement"
+    return partner_account_id(partner, mode, role, ledger)
 
 
 def platform_fees_account(ledger: int) -> int:
@@ -461,22 +469,14 @@ class Payments:
         code = prepared.code
         detail: dict[str, Any] = dict(prepared.detail)
         if code.succeeded:
-            failed = next(
-                (
-                    i
-                    for i, r in enumerate(results)
-                    if not r.succeeded and r.code.value != "linked_event_failed"
-                ),
-                None,
+            verdict = chain_verdict(
+                results,
+                prepared.limits,
+                R.LEDGER_REFUSED,
+                {TransferResult.PENDING_TRANSFER_EXPIRED: prepared.expired},
             )
-            if failed is not None:
-                ledger_code = results[failed].code
-                code = R.LEDGER_REFUSED
-                if ledger_code in _SHORT_OF_FUNDS:
-                    code = dict(prepared.limits).get(failed, R.LEDGER_REFUSED)
-                elif ledger_code == TransferResult.PENDING_TRANSFER_EXPIRED:
-                    code = prepared.expired
-                detail = {"ledger_code": ledger_code.value, "event": failed}
+            if verdict is not None:
+                code, detail = verdict
         writes: dict[bytes, bytes | None] = {OP_PREFIX + prepared.op: pack(code.value)}
         writes.update(prepared.writes if code.succeeded else prepared.refusal_writes)
         return PaymentOutcome(code, prepared.events, tuple(results), tuple(writes.items()), detail)
@@ -485,12 +485,18 @@ class Payments:
 
     def _payment(self, view: StateView, payment: bytes, partner: bytes) -> PaymentRecord | None:
         """The payment, or None when there is none or it is another merchant's: a partner
-        learns nothing of another's payments."""
+        learns nothing of another's payments. An order's payment is refused
+        (``payment_of_order``): only the order's commands move it, or the order's state and
+        stock would part from its payment's."""
         raw = view.get(payment_key(payment))
         if raw is None:
             return None
         p = decode_payment(raw)
-        return p if p.partner == partner else None
+        if p.partner != partner:
+            return None
+        if view.get(order_key(payment)) is not None:
+            raise _Refused(R.PAYMENT_OF_ORDER)
+        return p
 
     def _open(
         self, chain: _Chain, partner: bytes, ledger: int, wallet_account: int, amount: int,

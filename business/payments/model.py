@@ -19,6 +19,7 @@ from node.errors import ConfigError, InvalidRequest
 __all__ = [
     "AMOUNT_MAX",
     "BPS_DENOMINATOR",
+    "PAYMENTS_FEATURE_VERSION",
     "AccountCode",
     "Authorise",
     "CancelOrder",
@@ -45,6 +46,10 @@ __all__ = [
     "Void",
 ]
 
+# The log feature version from which payments requests ride in ledger operations
+# (node/consensus/payments_ops.py) and the outbox's ``payments.ack`` entry exists.
+PAYMENTS_FEATURE_VERSION = 9
+
 
 class PaymentResult(str, enum.Enum):
     """The outcome of a payments request; member order is the precedence of the checks."""
@@ -61,6 +66,9 @@ class PaymentResult(str, enum.Enum):
     CODE_EXPIRED = "code_expired"
     CODE_LEDGER_MISMATCH = "code_ledger_mismatch"
     CODE_LIMIT_EXCEEDED = "code_limit_exceeded"
+    # the operation's one-time code approval is not the secret of the redeemed code's hash
+    # (on the log: checked by node/consensus/payments_ops.py before identity consumes it)
+    CODE_MISMATCH = "code_mismatch"
     # the asset: BAAS, or the merchant's own points or token
     ASSET_NOT_FOUND = "asset_not_found"
     ASSET_FOREIGN = "asset_foreign"
@@ -79,6 +87,9 @@ class PaymentResult(str, enum.Enum):
     ORDER_EXPIRED = "order_expired"
     ORDER_NOT_EXPIRED = "order_not_expired"
     ORDER_FULLY_REFUNDED = "order_fully_refunded"
+    # a capture, void or refund of an order's payment: the order's own commands do it (so
+    # the order's state and its stock follow)
+    PAYMENT_OF_ORDER = "payment_of_order"
     # the payment state machine (refusals of PAYMENT_TABLE)
     PAYMENT_EXISTS = "payment_exists"
     PAYMENT_NOT_FOUND = "payment_not_found"
@@ -473,6 +484,9 @@ GUESS_PREFIX = b"pm/gu/"  # + partner + mode byte -> (window start ms, wrong gue
 LISTING_PREFIX = b"pm/li/"  # + listing id (16) -> Listing
 LISTING_COUNT_PREFIX = b"pm/lc/"  # + partner -> how many listings it has
 ORDER_PREFIX = b"pm/or/"  # + order id (32) -> OrderRecord
+# + merchant (16) + mode byte + its pending transfer's timestamp (ns, u64) + payment id (32)
+# -> b"": a merchant's payments in time order (written on the log from feature 9)
+PARTNER_PAYMENTS_PREFIX = b"pm/pp/"
 
 
 def payment_key(payment: bytes) -> bytes:
@@ -485,6 +499,16 @@ def fee_key(ledger: int) -> bytes:
 
 def guess_key(partner: bytes, mode: int) -> bytes:
     return GUESS_PREFIX + partner + bytes((mode,))
+
+
+def partner_payment_key(partner: bytes, mode: int, timestamp_ns: int, payment: bytes) -> bytes:
+    return (
+        PARTNER_PAYMENTS_PREFIX
+        + partner
+        + bytes((mode,))
+        + timestamp_ns.to_bytes(8, "big")
+        + payment
+    )
 
 
 def listing_key(listing: bytes) -> bytes:

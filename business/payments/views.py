@@ -1,9 +1,11 @@
 """Reading payments state: a payment or order with its state at a log time, and listing search.
 
-Point reads (``get`` only) for the Payment API (next) and the tests. The state a read reports
-is the state machine's own (:func:`business.payments.core.payment_state` /
-:func:`~business.payments.core.order_state`), so an authorised payment past its capture window
-reads ``expired`` before the ledger's sweep has run. Another partner's payment or order reads
+Point reads (``get`` only) for the node's payments reads (node/api/payments_routes.py), the
+Payment API (next) and the tests; :func:`payments_state_digest` for replica and replay
+checks. The state a read reports is the state machine's own
+(:func:`business.payments.core.payment_state` / :func:`~business.payments.core.order_state`),
+so an authorised payment past its capture window reads ``expired`` before the ledger's sweep
+has run. Another partner's payment or order reads
 as absent: a partner learns nothing of another's.
 
 :func:`search_listings` searches the Market over a :class:`~business.ledger.views.RangeView`:
@@ -17,12 +19,15 @@ bound, however few listings match.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from business.ledger.views import RangeView
 from business.payments.core import order_state, payment_state
 from business.payments.model import (
     LISTING_PREFIX,
+    PREFIX,
     Listing,
     OrderRecord,
     OrderState,
@@ -45,6 +50,7 @@ __all__ = [
     "get_listing",
     "get_order",
     "get_payment",
+    "payments_state_digest",
     "search_listings",
 ]
 
@@ -129,3 +135,13 @@ def search_listings(view: RangeView, query: ListingQuery, config: PaymentsConfig
             if len(found) == query.limit:
                 return SearchPage(tuple(found), last)
     return SearchPage(tuple(found), None)
+
+
+def payments_state_digest(items: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """SHA-256 over every ``pm/`` item in key order (payments, orders, listings, codes'
+    guesses, the expiry queue and the outbox: replica and replay checks); ``items`` may hold
+    other keys, and need not be sorted. The ledger's and the Bridge's digests' form."""
+    digest = hashlib.sha256(b"baas-payments-state-v1")
+    for key, value in sorted((k, v) for k, v in items if k.startswith(PREFIX)):
+        digest.update(len(key).to_bytes(4, "big") + key + len(value).to_bytes(4, "big") + value)
+    return digest.digest()

@@ -23,6 +23,8 @@ Routes (bodies are msgpack, ``application/msgpack``, because they carry binary b
   records for a peer (node/incarnation.py)
 * ``GET /internal/v1/ledger/...``: ledger accounts, transfers, operation outcomes and the
   ledger state digest (node/api/ledger_routes.py)
+* ``GET /internal/v1/payments/...``: payments, a merchant's payments, orders, listings search,
+  the webhook outbox and the payments state digest (node/api/payments_routes.py)
 
 Every request is bounded in size (``http_body_bytes_max``) and in number in flight
 (``http_inflight_requests_max``: past it, 503 with Retry-After).
@@ -47,6 +49,7 @@ from node.api.bridge_routes import add_bridge_routes
 from node.api.ledger_routes import LedgerReads, add_ledger_routes
 from node.api.log_routes import add_log_routes, record_id_param
 from node.api.node_metrics import node_stat_families
+from node.api.payments_routes import add_payments_routes
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.api.wire import (
     DEADLINE_HEADER,
@@ -496,4 +499,5 @@ def build_node_app(state: NodeApiState) -> web.Application:
     if state.ledger_reads is not None:
         add_ledger_routes(app, state.ledger_reads)
         add_bridge_routes(app)
+        add_payments_routes(app)
     return app

@@ -89,7 +89,13 @@ from node.consensus.ledger_ops import LEDGER_CONFIG, stored_outcome
 from node.consensus.state_machine import StateView
 from node.errors import InvalidRequest, NotFound, OperationFailed
 
-__all__ = ["BRIDGE_PATH", "HISTORY_LIMIT_MAX", "add_bridge_routes", "bridge_digest_items"]
+__all__ = [
+    "BRIDGE_PATH",
+    "HISTORY_LIMIT_MAX",
+    "add_bridge_routes",
+    "bridge_digest_items",
+    "capped",
+]
 
 BRIDGE_PATH = "/internal/v1/bridge"
 HISTORY_LIMIT_MAX = 100
@@ -422,20 +428,28 @@ async def get_quote_route(request: web.Request) -> web.Response:
     return web.json_response({**quote_doc(quote), "applied_index": applied})
 
 
+def capped(
+    items: Iterator[tuple[bytes, bytes]], keys_max: int, what: str
+) -> Iterator[tuple[bytes, bytes]]:
+    """``items`` as they are read, refused (503) past ``keys_max`` of them: a digest route's
+    bound (the Bridge's and payments' states)."""
+    for count, item in enumerate(items, 1):
+        if count > keys_max:
+            raise OperationFailed(
+                f"the {what} state holds more than {keys_max} keys (limits.ledger_digest_keys_max)",
+                code="ledger_too_large",
+            )
+        yield item
+
+
 def bridge_digest_items(items: Iterator[tuple[bytes, bytes]], keys_max: int) -> tuple[int, bytes]:
     """The number of ``br/`` items (in key order) and their digest, read once."""
     count = 0
 
     def counted() -> Iterator[tuple[bytes, bytes]]:
         nonlocal count
-        for item in items:
+        for item in capped(items, keys_max, "Bridge"):
             count += 1
-            if count > keys_max:
-                raise OperationFailed(
-                    f"the Bridge state holds more than {keys_max} keys "
-                    "(limits.ledger_digest_keys_max)",
-                    code="ledger_too_large",
-                )
             yield item
 
     digest = sorted_bridge_digest(counted())

@@ -24,7 +24,7 @@ Routes (bodies msgpack where they carry an entry, JSON for reads):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "IdentityRoutes",
     "add_identity_routes",
     "partner_json",
+    "read_forwarded",
 ]
 
 IDENTITY_PATH = "/internal/v1/identity"
@@ -72,14 +73,21 @@ class IdentityRoutes:
 ROUTES = web.AppKey("identity_routes", IdentityRoutes)
 
 
-async def _entry(request: web.Request) -> AppEntry:
+async def read_forwarded(request: web.Request, accepts: Container[str]) -> AppEntry:
+    """The entry of a msgpack ``{entry}`` body, of one of the ``accepts`` types (else 400):
+    the body of every entries route that proposes through the leader (identity's, the
+    payments outbox's acknowledgement)."""
     if request.content_type != MSGPACK:
         raise InvalidRequest("body must be application/msgpack", code="unsupported_media_type")
     try:
         body = msgpack.unpackb(await request.read(), raw=False)
     except (msgpack.UnpackException, ValueError) as exc:
         raise InvalidRequest("body is not valid msgpack") from exc
-    return decode_forwarded(body, accepts=ENTRY_TYPES)
+    return decode_forwarded(body, accepts=accepts)
+
+
+async def _entry(request: web.Request) -> AppEntry:
+    return await read_forwarded(request, ENTRY_TYPES)
 
 
 def _msgpack(body: dict[str, Any]) -> web.Response:

@@ -94,11 +94,8 @@ from business.bridge.model import (
     swap_index_key,
     unpack,
 )
-from business.identity.approvals import Operation as ApprovalOperation
 from business.identity.approvals import (
-    check_debits,
     debits_of,
-    operation_digest,
 )
 from business.identity.core import decode_partner, open_wallet_account, platform_account
 from business.identity.ids import (
@@ -131,7 +128,8 @@ from business.ledger.model import (
     Result,
 )
 from business.ledger.model import asset_key as ledger_asset_key
-from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
+from business.ledger.outcome import OperationOutcome, outcome_of
+from node.consensus.request_step import approve_and_apply, refused_request
 from node.consensus.state_machine import Dispatcher, Overlay, StateView
 from node.errors import InvariantViolation
 
@@ -169,11 +167,6 @@ class BridgeRun:
     outcome: OperationOutcome
     kind: str  # the request's type name: Swap, IssuePoints, ...
     notices: tuple[ReserveLow, ...] = ()
-
-
-def _refused(events: Sequence[Event], code: str, now_ms: int) -> OperationOutcome:
-    """Refused whole after the Bridge made its chain: nothing ran, the code on every event."""
-    return replace(refused_outcome(events, code, now_ms), result=code)
 
 
 def swap_index_item(
@@ -276,7 +269,7 @@ class BridgeStep:
             return BridgeRun(OperationOutcome(now_ms, (), settled.code.value), kind)
         owners = self._owners(request, events, proposer, wallets, layer, now_ms)
         if isinstance(owners, ScopeResult):
-            return BridgeRun(_refused(events, owners.value, now_ms), kind)
+            return BridgeRun(refused_request(events, owners.value, now_ms), kind)
         checks = Overlay(layer)
         # A user's account the chain debits but does not create (it does not exist yet) is
         # still theirs to approve; the ledger then finds it holds nothing.
@@ -293,19 +286,15 @@ class BridgeStep:
         debits = tuple(
             d for d in debits_of(events, dict(prepared.claims)) if d.account_id != faucet
         )
-        approval = ApprovalOperation(
-            operation_digest(record_id, raw), proposer.partner, proposer.mode, debits
-        )
-        code, approval_writes = check_debits(
-            checks, self._identity, approval, approvals, now_ms, self.bridge
-        )
-        if code != ApprovalResult.OK:
-            return BridgeRun(_refused(events, code.value, now_ms), kind)
         prelude = self._baas_asset(events, proposer, layer)
-        results: list[Result] = []
-        if events:
-            results, writes = self._ledger.apply([*prelude, *events], now_ms, layer)
-            layer.writes.update(writes)
+        approved = approve_and_apply(
+            self._ledger, self._identity, self.bridge, checks, layer,
+            record_id=record_id, raw=raw, proposer=proposer, debits=debits,
+            approvals=approvals, events=[*prelude, *events] if events else (), now_ms=now_ms,
+        )  # fmt: skip
+        if isinstance(approved, ApprovalResult):
+            return BridgeRun(refused_request(events, approved.value, now_ms), kind)
+        results, approval_writes = approved
         opened, mine = results[: len(prelude)], results[len(prelude) :]
         settled = self.bridge.settle(prepared, mine, now_ms, layer)
         layer.writes.update(settled.writes)

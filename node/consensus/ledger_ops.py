@@ -37,8 +37,19 @@ may carry, instead of ``ev``, one Bridge request:
   Bridge's point-expiry sweep at its log time (:meth:`BridgeStep.expire
   <node.consensus.bridge_ops.BridgeStep.expire>`).
 
+From log feature 9 (:data:`~node.consensus.payments_ops.PAYMENTS_FEATURE_VERSION`) an
+operation may carry, instead of ``ev`` or ``br``, one payments or Market request:
+
+* ``pm`` -- :func:`business.payments.wire.encode_request` of a request whose ``op`` is the
+  operation's record id; never with ``ev`` or ``br``, ``malformed`` before feature 9. Its
+  created operations run the payments step (:mod:`node.consensus.payments_ops`) exactly where
+  a Bridge operation would. At feature 9 every ``ledger.ops`` and ``ledger.tick`` entry also
+  runs the payments expiry sweep (after the Bridge's), a raw ``ev`` operation making or
+  resolving a payments transfer (codes 201-203) is refused ``transfer_code_reserved``, and a
+  Bridge operation's low-reserve notice is appended to the webhook outbox (``reserve.low``).
+
 From log feature 10 (:data:`~node.consensus.deposit_ops.DEPOSIT_FEATURE_VERSION`) an operation
-may carry, instead of ``ev`` or ``br``, one vault deposit credit:
+may carry, instead of ``ev``, ``br`` or ``pm``, one vault deposit credit:
 
 * ``dp`` -- :meth:`~node.consensus.deposit_ops.DepositCreditBody.encode`, proposed by the
   platform (a node's deposit watcher); its record id must be the deposit key's
@@ -111,7 +122,7 @@ configuration: every replica must sweep and refuse exactly alike.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from business.bridge import Bridge
@@ -148,6 +159,9 @@ from business.ledger.model import (
 from business.ledger.ops_entry import LEDGER_FEATURE_VERSION, LEDGER_OPS, LEDGER_TICK
 from business.ledger.outcome import OperationOutcome, outcome_of, refused_outcome
 from business.ledger.wire import decode_events
+from business.payments.model import Request as PaymentsRequest
+from business.payments.wire import REQUEST_BYTES_MAX as PAYMENTS_REQUEST_BYTES_MAX
+from business.payments.wire import decode_request as decode_payments_request
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION, BridgeRun, BridgeStep
 from node.consensus.deposit_ops import (
     DEPOSIT_BYTES_MAX,
@@ -155,6 +169,13 @@ from node.consensus.deposit_ops import (
     DepositCreditBody,
     DepositStep,
     check_deposit,
+)
+from node.consensus.payments_ops import (
+    PAYMENTS_FEATURE_VERSION,
+    PaymentsRun,
+    PaymentsStep,
+    reserve_low,
+    reserved_transfer,
 )
 from node.consensus.record_index import (
     BatchOutcome,
@@ -220,13 +241,17 @@ class Operation:
     partner: bytes | None = None  # 16: ids.partner_id, or scope.PLATFORM
     mode: int | None = None  # ids.Mode
     user_refs: tuple[bytes, ...] = ()  # 32 each: ids.user_ref of linked users to credit
+    # The request kinds by name only: a positional slot here once shifted under a merge.
+    _: KW_ONLY
     bridge: bytes | None = None  # feature 8: a Bridge request, business/bridge/wire.py
+    payments: bytes | None = None  # feature 9: a payments request, business/payments/wire.py
     deposit: bytes | None = None  # feature 10: a vault deposit credit, deposit_ops.py
 
     def __post_init__(self) -> None:
         if self.deposit is not None and (
             self.events is not None
             or self.bridge is not None
+            or self.payments is not None
             or not 0 < len(self.deposit) <= DEPOSIT_BYTES_MAX
         ):
             raise InvalidRequest(
@@ -239,6 +264,15 @@ class Operation:
         ):
             raise InvalidRequest(
                 f"an operation's Bridge request is 1..{REQUEST_BYTES_MAX} B, without events"
+            )
+        if self.payments is not None and (
+            self.events is not None
+            or self.bridge is not None
+            or not 0 < len(self.payments) <= PAYMENTS_REQUEST_BYTES_MAX
+        ):
+            raise InvalidRequest(
+                f"an operation's payments request is 1..{PAYMENTS_REQUEST_BYTES_MAX} B, "
+                "without events or a Bridge request"
             )
         if self.approvals is not None and len(self.approvals) > APPROVALS_BYTES_MAX:
             raise InvalidRequest(f"an operation's approvals are at most {APPROVALS_BYTES_MAX} B")
@@ -261,6 +295,8 @@ class Operation:
             body["ur"] = list(self.user_refs)
         if self.bridge is not None:
             body["br"] = self.bridge
+        if self.payments is not None:
+            body["pm"] = self.payments
         if self.deposit is not None:
             body["dp"] = self.deposit
         return body
@@ -271,9 +307,11 @@ class Operation:
         proposal = IndexProposal.from_body(body)
         events, approvals = body.get("ev"), body.get("ap")
         partner, mode, refs = body.get("pt"), body.get("md"), body.get("ur", [])
-        bridge, deposit = body.get("br"), body.get("dp")
+        bridge, payments, deposit = body.get("br"), body.get("pm"), body.get("dp")
         if bridge is not None and type(bridge) is not bytes:
             raise UnsupportedFormat("br must be bytes")
+        if payments is not None and type(payments) is not bytes:
+            raise UnsupportedFormat("pm must be bytes")
         if deposit is not None and type(deposit) is not bytes:
             raise UnsupportedFormat("dp must be bytes")
         if events is not None and type(events) is not bytes:
@@ -289,7 +327,17 @@ class Operation:
         if any(type(r) is not bytes for r in refs):
             raise UnsupportedFormat("ur holds bytes")
         try:
-            return cls(proposal, events, approvals, partner, mode, tuple(refs), bridge, deposit)
+            return cls(
+                proposal,
+                events,
+                approvals,
+                partner,
+                mode,
+                tuple(refs),
+                bridge=bridge,
+                payments=payments,
+                deposit=deposit,
+            )
         except InvalidRequest as exc:
             raise UnsupportedFormat(exc.detail) from exc
 
@@ -306,6 +354,15 @@ class Operation:
             raise UnsupportedFormat("a Bridge request's op id is its operation's record id")
         return request
 
+    def decoded_payments(self) -> PaymentsRequest | None:
+        """The payments request, checked as the apply checks it (UnsupportedFormat otherwise)."""
+        if self.payments is None:
+            return None
+        request = decode_payments_request(self.payments)
+        if request.op != self.record_id:
+            raise UnsupportedFormat("a payments request's op id is its operation's record id")
+        return request
+
     def decoded_deposit(self) -> DepositCreditBody | None:
         """The deposit credit, checked as the apply checks it (UnsupportedFormat otherwise)."""
         if self.deposit is None:
@@ -316,7 +373,7 @@ class Operation:
 
     def encoded_bytes_max(self) -> int:
         """An upper bound on this operation's share of an encoded entry (no encoding)."""
-        blobs = (self.events, self.approvals, self.bridge, self.deposit)
+        blobs = (self.events, self.approvals, self.bridge, self.payments, self.deposit)
         extra = sum(len(b) + 8 for b in blobs if b is not None)
         if self.partner is not None:  # keys, the id, the mode, the references
             extra += 3 * 8 + PARTNER_ID_BYTES + len(self.user_refs) * (USER_REF_BYTES + 4)
@@ -420,6 +477,7 @@ class LedgerOps:
         self._identity = identity or IdentityConfig()
         self._rules = rules or NoDebitRules()
         self._bridge = BridgeStep(self._ledger, self._identity)
+        self._payments = PaymentsStep(self._ledger, self._identity)
         self._deposits = DepositStep(self._ledger)
 
     @property
@@ -428,7 +486,9 @@ class LedgerOps:
         return self._bridge.bridge
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
-        bridged = Dispatcher.feature_version(view) >= BRIDGE_FEATURE_VERSION
+        feature = Dispatcher.feature_version(view)
+        bridged = feature >= BRIDGE_FEATURE_VERSION
+        paying = feature >= PAYMENTS_FEATURE_VERSION
         if entry.type == LEDGER_TICK:
             _, writes = self._ledger.apply([], position.leader_time_ms, view)
             if not bridged:
@@ -436,7 +496,12 @@ class LedgerOps:
             swept = Overlay(view)
             swept.writes.update(writes)
             expired = self._bridge.expire(position.index, position.leader_time_ms, swept)
-            return ApplyOutcome("applied", {"expired": expired}, tuple(swept.writes.items()))
+            tick: dict[str, Any] = {"expired": expired}
+            if paying:
+                tick["payments_expired"] = self._payments.expire(
+                    position.index, position.leader_time_ms, swept
+                )
+            return ApplyOutcome("applied", tick, tuple(swept.writes.items()))
         bodies = entry.body.get("ops")
         if not isinstance(bodies, list) or not 0 < len(bodies) <= OPS_ENTRY_OPERATIONS_MAX:
             reason = f"ops must be a list of 1..{OPS_ENTRY_OPERATIONS_MAX} operations"
@@ -444,6 +509,8 @@ class LedgerOps:
         layer = Overlay(view)
         if bridged:  # point expiry on log time, before the entry's operations
             self._bridge.expire(position.index, position.leader_time_ms, layer)
+        if paying:  # and the payments' (module docstring of payments_ops)
+            self._payments.expire(position.index, position.leader_time_ms, layer)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
         deposits = Dispatcher.feature_version(view) >= DEPOSIT_FEATURE_VERSION
         earlier = Unapplied()  # what admitted operations of this entry create, not run yet
@@ -453,7 +520,7 @@ class LedgerOps:
         runs: list[_Pending] = []
         outcomes: dict[int, OperationOutcome] = {}
         ran = 0  # runs[:ran] went through the ledger already (before a Bridge operation)
-        kinds: dict[int, str] = {}  # slot -> Bridge request kind
+        kinds: dict[int, tuple[str, str]] = {}  # slot -> ("bridge" | "payments", request kind)
         retries: list[tuple[int, bytes, Mapping[str, Any]]] = []  # slot, record id, detail
         for slot, body in enumerate(bodies):
             try:
@@ -467,6 +534,9 @@ class LedgerOps:
                 if op.deposit is not None and not deposits:
                     raise UnsupportedFormat(f"dp needs log feature {DEPOSIT_FEATURE_VERSION}")
                 deposit = op.decoded_deposit()
+                payment = op.decoded_payments()
+                if payment is not None and not paying:
+                    raise UnsupportedFormat(f"pm needs log feature {PAYMENTS_FEATURE_VERSION}")
             except UnsupportedFormat as exc:
                 results.append(BatchOutcome("malformed", {"reason": exc.detail}))
                 continue
@@ -484,19 +554,22 @@ class LedgerOps:
                 refused[slot] = self._deposits.run(
                     op.record_id, deposit, op.partner, position.leader_time_ms, layer
                 )
-            elif put.code == "created" and request is not None:
+            elif put.code == "created" and (request is not None or payment is not None):
                 created.append((slot, op))
-                # The Bridge step: after the ledger events of the operations before it.
+                # The Bridge or payments step: after the ledger events of the operations
+                # before it.
                 outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
                 ran = len(runs)
-                done_run = self._bridge_step(op, request, position, layer, earlier)
+                done_run = self._request_step(op, request, payment, position, layer, earlier)
                 refused[slot] = done_run.outcome  # stored, sticky, like a refusal's
-                kinds[slot] = done_run.kind
+                kinds[slot] = ("bridge" if request is not None else "payments", done_run.kind)
                 if op.approvals is not None:
                     layer.writes[approvals_key(op.record_id)] = op.approvals
             elif put.code == "created":
                 created.append((slot, op))
-                admitted = self._admit(op, events, position, layer, earlier) if checked else None
+                admitted = (
+                    self._admit(op, events, position, layer, earlier, paying) if checked else None
+                )
                 if isinstance(admitted, OperationOutcome):
                     refused[slot] = admitted
                     layer.writes[outcome_key(op.record_id)] = admitted.encode()
@@ -514,7 +587,7 @@ class LedgerOps:
             results[pending.slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome})
         for slot, outcome in refused.items():
             done = results[slot]
-            extra = {"bridge": kinds[slot]} if slot in kinds else {}
+            extra = dict((kinds[slot],)) if slot in kinds else {}
             results[slot] = BatchOutcome(done.code, {**done.detail, "outcome": outcome, **extra})
         outcomes.update(refused)
         for slot, record_id, detail in retries:  # after the run: a retry in the same entry too
@@ -528,30 +601,36 @@ class LedgerOps:
         }
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
 
-    def _bridge_step(
+    def _request_step(
         self,
         op: Operation,
-        request: BridgeRequest,
+        bridge: BridgeRequest | None,
+        payment: PaymentsRequest | None,
         position: LogPosition,
         layer: Overlay,
         earlier: Unapplied,
-    ) -> BridgeRun:
-        """A created operation carrying a Bridge request (feature 8): its whole run, its
-        outcome stored (node/consensus/bridge_ops.py)."""
-        assert op.bridge is not None
+    ) -> BridgeRun | PaymentsRun:
+        """A created operation carrying a Bridge request (feature 8) or a payments request
+        (feature 9): its whole run, its outcome stored (node/consensus/bridge_ops.py,
+        node/consensus/payments_ops.py)."""
         proposer = None
         if op.partner is not None and op.mode is not None:
             proposer = Proposer(op.partner, Mode(op.mode), op.user_refs)
-        done = self._bridge.run(
-            op.record_id,
-            op.bridge,
-            request,
-            proposer,
-            op.approvals or b"",
-            position.leader_time_ms,
-            layer,
-            earlier,
-        )
+        now_ms, approvals = position.leader_time_ms, op.approvals or b""
+        done: BridgeRun | PaymentsRun
+        if bridge is not None:
+            assert op.bridge is not None
+            done = self._bridge.run(
+                op.record_id, op.bridge, bridge, proposer, approvals, now_ms, layer, earlier
+            )
+            if Dispatcher.feature_version(layer) >= PAYMENTS_FEATURE_VERSION:
+                for notice in done.notices:  # the webhook outbox's reserve.low (feature 9)
+                    reserve_low(layer, notice, now_ms)
+        else:
+            assert op.payments is not None and payment is not None
+            done = self._payments.run(
+                op.record_id, op.payments, payment, proposer, approvals, now_ms, layer, earlier
+            )
         layer.writes[outcome_key(op.record_id)] = done.outcome.encode()
         return done
 
@@ -562,6 +641,7 @@ class LedgerOps:
         position: LogPosition,
         layer: Overlay,
         earlier: Unapplied,
+        paying: bool = False,
     ) -> OperationOutcome | tuple[Event, ...] | None:
         """A created operation's checks (feature 7): its refused outcome, or what to open for
         it first (its scope and approval writes then go into ``layer``)."""
@@ -570,6 +650,8 @@ class LedgerOps:
         now_ms = position.leader_time_ms
         if op.partner is None or op.mode is None:
             return refused_outcome(events, ScopeResult.PROPOSER_MISSING.value, now_ms)
+        if paying and reserved_transfer(layer, events):  # only payments moves payments
+            return refused_outcome(events, ScopeResult.TRANSFER_CODE_RESERVED.value, now_ms)
         mode = Mode(op.mode)
         proposer = Proposer(op.partner, mode, op.user_refs)
         scope = check_scope(layer, proposer, op.record_id, events, now_ms, earlier)

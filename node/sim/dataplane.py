@@ -439,7 +439,7 @@ class Coordinator:
                 op.partner,
                 op.mode,
                 op.user_refs,
-                op.bridge,
+                bridge=op.bridge,
             )
         )
 
