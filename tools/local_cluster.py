@@ -5,6 +5,8 @@ process gets its own data dir and ports (from ``baas-cluster init``), logs to
 ``<cluster>/logs/<name>.log``, and is waited on until its readiness endpoint answers.
 ``stop`` sends SIGTERM and waits (then SIGKILL); ``kill`` sends any signal, e.g. SIGKILL to
 simulate a crash, and ``start_node`` brings a node back with the same identity and data.
+``node_groups`` runs named nodes with another primary group id (still as this user): its
+sockets then carry that gid, which is how ``baas-chaos`` tells nodes apart in iptables rules.
 
 A cluster with a chain (``baas-cluster init --chain embedded|anvil``, the default embedded)
 starts it first, as process ``chain`` (log ``logs/chain.log``), deploys the registry and points
@@ -23,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -45,8 +48,15 @@ def _is_ready(url: str) -> bool:
 
 
 class LocalCluster:
-    def __init__(self, layout: ClusterLayout, *, log_level: str = "INFO") -> None:
+    def __init__(
+        self,
+        layout: ClusterLayout,
+        *,
+        log_level: str = "INFO",
+        node_groups: Mapping[str, int] | None = None,
+    ) -> None:
         self.layout = layout
+        self._groups = dict(node_groups or {})
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._log_level = log_level
@@ -89,6 +99,7 @@ class LocalCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            group=self._groups.get(name),
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, we stop them in order
         )
 
