@@ -682,6 +682,7 @@ def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
             asyncio.run(_chaos(settings, cluster, partitioner, report))
         finally:
             if partitioner is not None:
+                report["partition_chain"] = partitioner.chain
                 report["partition_cleanup_errors"] = partitioner.remove()
             cluster.stop()
             report["load_average_end"] = _load_average()

@@ -163,6 +163,11 @@ class LoopbackPartitioner:
         self._installed: list[str] = []  # tables whose chain exists
         self.cut_now: tuple[tuple[str, ...], tuple[str, ...]] | None = None
 
+    @property
+    def chain(self) -> str:
+        """The name of its chains (in the mangle and filter tables)."""
+        return self._chain
+
     def _mark(self, dialer: str, listener: str) -> str:
         return hex((self._tag << 8) | (self._nodes[dialer][0] << 4) | self._nodes[listener][0])
 
