@@ -22,6 +22,7 @@ CHECKS = {
     "records_back_to_n_healthy_shards",
     "replicas_identical",
     "ledgers_conserved",
+    "ledger_history_conserved",
     "faults_injected_and_nodes_back",
 }
 
@@ -31,6 +32,7 @@ def test_a_short_seeded_chaos_run_keeps_every_acknowledged_write(tmp_path: Path)
     command = [
         sys.executable, "-m", "tools.chaos", "--seed", str(SEED), "--duration-s", "60",
         "--rate", "15", "--before-s", "3", "--after-s", "3", "--heal-timeout-s", "240",
+        "--kill-every-s", "6,10", "--ledger-rate", "2",
         "--dir", str(tmp_path / "cluster"), "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=580)
@@ -44,6 +46,7 @@ def test_a_short_seeded_chaos_run_keeps_every_acknowledged_write(tmp_path: Path)
     assert {"kill", "partition", "heal", "wipe", "corrupt"} <= set(kinds)
     assert report["writes"]["acked"]["chaos"] > 0 and report["writes"]["acked"]["after"] > 0
     assert report["healing"]["healing_s"] is not None
+    assert report["ledger"]["transfers_after_resolving"]["applied"] > 0
     assert report["partition_cleanup_errors"] == []
     for table in ("filter", "mangle"):
         listed = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True)

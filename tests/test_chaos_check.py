@@ -17,6 +17,7 @@ from tools.chaos_check import (
     ReplicaState,
     body_sha256,
     check_faults,
+    check_ledger_history,
     check_ledgers,
     check_reads,
     check_repair,
@@ -158,6 +159,17 @@ def test_ledgers_pass_balanced_and_fail_unbalanced() -> None:
     assert check_ledgers({n: [_totals(70, 70)] for n in NAMES}).ok
     verdict = check_ledgers({"node-1": [_totals(70, 70)], "node-2": [_totals(70, 69)]})
     assert not verdict.ok and "node-2" in verdict.violations[0]
+
+
+def test_ledger_history_passes_when_balances_match_and_fails_otherwise() -> None:
+    expected = {"acct_a": 1_000_300, "acct_b": 999_700}
+    assert check_ledger_history(expected, dict(expected), unresolved=0).ok
+    moved = check_ledger_history(expected, {"acct_a": 1_000_300, "acct_b": 999_701}, 0)
+    assert not moved.ok and moved.violation_count == 2  # the account and the sum
+    unknown = check_ledger_history(expected, dict(expected), unresolved=1)
+    assert not unknown.ok and "unknown outcome" in unknown.violations[0]
+    unread = check_ledger_history(expected, {"acct_a": 1_000_300, "acct_b": None}, 0)
+    assert not unread.ok
 
 
 def _events() -> list[dict[str, Any]]:

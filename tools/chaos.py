@@ -18,13 +18,17 @@ file of a stopped node.
 
 **The history**: every acknowledged write (record id, SHA-256 of its body, when, latency). Writes
 that failed or timed out are counted by reason, never checked: the system promised nothing.
+Beside them, ledger transfers between four funded test accounts of an onboarded partner at
+``--ledger-rate`` (:mod:`tools.chaos_ledger`); those of unknown outcome are resolved after the
+heal by sending them again with the same idempotency key.
 
 **Checks** (:mod:`tools.chaos_check`): every acknowledged write reads back identical through the
 gateway; the leader's repairer finished a clean pass (backlog 0, nothing below n) that started
 after the last write could be planned; every sampled record (``--shard-check-records``, plus the
 corrupted one) holds all n shard indices healthy across the nodes; every replica answers the
 same applied index, Merkle log size and root, ledger and Bridge state digests; every ledger's
-totals balance; every fault kind was injected and every node came back. The healing time is
+totals balance on every node and every test account holds what the transfer history says; every
+fault kind was injected and every node came back. The healing time is
 from the heal until all of that holds.
 
 **Report** (``--out``, JSON ``"format": 1``): parameters, the rate and where it came from, the
@@ -64,6 +68,7 @@ from tools.chaos_check import (
     Verdict,
     body_sha256,
     check_faults,
+    check_ledger_history,
     check_ledgers,
     check_reads,
     check_repair,
@@ -80,15 +85,18 @@ from tools.chaos_faults import (
     run_tag,
     wipe_data_dir,
 )
+from tools.chaos_ledger import LedgerTraffic
 from tools.client import PartnerClient
 from tools.cluster_init import ClusterLayout, init_cluster
 from tools.local_cluster import LocalCluster
+from tools.local_partners import onboard_partner
 from tools.members import rejoin
 from tools.status import read_token
 
 __all__ = ["ChaosSettings", "main", "run_chaos"]
 
 PARTNER = "chaos-shop"
+LEDGER_PARTNER = "chaos-ledger"  # onboarded on the log: the ledger refuses unknown partners
 REPORT_FORMAT = 1
 # Repair and scrub paced for a run of minutes rather than a production day: a pass every 2 s
 # over records older than 2 s, and a scrub pass every 10 s (defaults: 10 s, 10 s, a day).
@@ -121,6 +129,7 @@ class ChaosSettings:
     inflight_max: int  # writes in flight at once; past it a scheduled write is skipped, counted
     write_timeout_s: float
     shard_check_records: int
+    ledger_rate: float  # transfers/s (0: no ledger traffic)
     partition: bool
     directory: Path | None
     out: Path
@@ -128,7 +137,8 @@ class ChaosSettings:
     def reproduce(self, rate: float) -> str:
         return (
             f"baas-chaos --seed {self.seed} --duration-s {self.duration_s:g} --rate {rate:g} "
-            f"--nodes {self.nodes}" + ("" if self.partition else " --no-partition")
+            f"--nodes {self.nodes} --ledger-rate {self.ledger_rate:g}"
+            + ("" if self.partition else " --no-partition")
         )
 
 
@@ -504,6 +514,7 @@ async def _chaos(
     cluster: LocalCluster,
     partitioner: LoopbackPartitioner | None,
     report: dict[str, Any],
+    ledger_credentials: tuple[str, bytes] | None,
 ) -> None:
     layout = cluster.layout
     names = [n.name for n in layout.nodes]
@@ -516,7 +527,18 @@ async def _chaos(
         bytes.fromhex(credentials["secret_hex"]),
         connections_max=settings.inflight_max,
     )
+    ledger_http = (
+        None
+        if ledger_credentials is None
+        else PartnerClient(layout.gateway_url, *ledger_credentials)
+    )
     try:
+        ledger = None
+        if ledger_http is not None:
+            ledger = LedgerTraffic(
+                ledger_http, random.Random(settings.seed + 3), settings.write_timeout_s
+            )
+            await ledger.setup()
         writer = Writer(client, settings, started)
         rate = settings.rate
         measured = None
@@ -539,6 +561,11 @@ async def _chaos(
         stop = asyncio.Event()
         writer.phase = "before"
         pacing = asyncio.create_task(writer.paced(rate, stop))
+        transfers = (
+            None
+            if ledger is None
+            else asyncio.create_task(ledger.paced(settings.ledger_rate, stop))
+        )
         try:
             await asyncio.sleep(settings.before_s)
             writer.phase = "chaos"
@@ -563,12 +590,28 @@ async def _chaos(
         finally:
             stop.set()
             await pacing
+            if transfers is not None:
+                await transfers
             await writer.drain()
         writes_stopped_ms = time.time_ns() // 1_000_000
         settled = await wait_settled(
             api, names, writes_stopped_ms + FRESH_RECORD_MS, heal_started, settings.heal_timeout_s
         )
         down = [n for n in names if not cluster.running(n)]
+        ledger_verdicts: list[Verdict] = []
+        if ledger is not None:
+            sent_counts = ledger.counts()
+            await ledger.resolve()
+            expected, observed = ledger.expected(), await ledger.observed()
+            ledger_verdicts.append(
+                check_ledger_history(expected, observed, ledger.counts()["unknown"])
+            )
+            report["ledger"] = {
+                "transfers_when_sent": sent_counts,
+                "transfers_after_resolving": ledger.counts(),
+                "balances_expected": expected,
+                "balances_observed": observed,
+            }
         reads = await read_back(client, writer.acks)
         rng = random.Random(settings.seed + 2)
         sample = [a.record_id for a in writer.acks]
@@ -582,6 +625,7 @@ async def _chaos(
             check_shards(layout.n, holdings),
             check_replicas(settled.replicas, names),
             check_ledgers(settled.totals),
+            *ledger_verdicts,
             check_faults(runner.events, down),
         ]
         report.update(
@@ -603,6 +647,8 @@ async def _chaos(
     finally:
         await client.close()
         await api.close()
+        if ledger_http is not None:
+            await ledger_http.close()
 
 
 def _writes_json(writer: Writer) -> dict[str, Any]:
@@ -651,6 +697,7 @@ def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
             "inflight_max": settings.inflight_max,
             "write_timeout_s": settings.write_timeout_s,
             "shard_check_records": settings.shard_check_records,
+            "ledger_rate": settings.ledger_rate,
             "partition": settings.partition,
             "node_toml": NODE_TOML.strip(),
         },
@@ -679,7 +726,13 @@ def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
             if partitioner is not None:
                 partitioner.install()
             cluster.start()
-            asyncio.run(_chaos(settings, cluster, partitioner, report))
+            credentials = None
+            if settings.ledger_rate > 0:
+                try:
+                    credentials = onboard_partner(layout, LEDGER_PARTNER)["test"]
+                except RuntimeError as exc:
+                    raise OperationFailed(str(exc)) from exc
+            asyncio.run(_chaos(settings, cluster, partitioner, report, credentials))
         finally:
             if partitioner is not None:
                 report["partition_chain"] = partitioner.chain
@@ -722,6 +775,7 @@ def _parser() -> argparse.ArgumentParser:
         default=2000,
         help="records whose shards are counted on every node (a seeded sample)",
     )
+    p.add_argument("--ledger-rate", type=float, default=2.0, help="transfers/s (0: none)")
     p.add_argument(
         "--no-partition",
         dest="partition",
@@ -740,6 +794,8 @@ def _settings(args: argparse.Namespace) -> ChaosSettings:
             raise OperationFailed(f"--{name.replace('_', '-')} must be positive")
     if args.rate is not None and args.rate <= 0:
         raise OperationFailed("--rate must be positive")
+    if args.ledger_rate < 0:
+        raise OperationFailed("--ledger-rate must not be negative")
     if args.inflight_max < 1 or args.shard_check_records < 1 or args.nodes < 3:
         raise OperationFailed("--inflight-max, --shard-check-records >= 1 and --nodes >= 3")
     return ChaosSettings(
@@ -755,6 +811,7 @@ def _settings(args: argparse.Namespace) -> ChaosSettings:
         inflight_max=args.inflight_max,
         write_timeout_s=args.write_timeout_s,
         shard_check_records=args.shard_check_records,
+        ledger_rate=args.ledger_rate,
         partition=args.partition,
         directory=args.dir,
         out=args.out,

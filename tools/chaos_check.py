@@ -13,6 +13,8 @@ one shard short -- and see each verdict turn false: a checker that cannot fail p
 * :func:`check_replicas`: every node answered, at one applied index, with one Merkle log (size and
   root) and one ledger and Bridge state digest (logs differ after compaction; states must not);
 * :func:`check_ledgers`: every ledger's totals are balanced on every node (debits = credits);
+* :func:`check_ledger_history`: every test account holds its funding plus what the applied
+  transfers of the history moved (every transfer's outcome known after the heal);
 * :func:`check_faults`: every fault kind was injected and every node came back.
 """
 
@@ -32,6 +34,7 @@ __all__ = [
     "Verdict",
     "body_sha256",
     "check_faults",
+    "check_ledger_history",
     "check_ledgers",
     "check_reads",
     "check_repair",
@@ -224,6 +227,29 @@ def check_ledgers(totals_by_node: Mapping[str, Sequence[Mapping[str, Any]]]) -> 
     return _verdict(
         "ledgers_conserved",
         f"{ledgers} ledger totals over {len(totals_by_node)} nodes checked",
+        violations,
+    )
+
+
+def check_ledger_history(
+    expected: Mapping[str, int], observed: Mapping[str, int | None], unresolved: int
+) -> Verdict:
+    """Each account's posted balance against the history's; no transfer left unknown."""
+    violations = [
+        f"{account}: holds {observed.get(account)}, the history says {want}"
+        for account, want in sorted(expected.items())
+        if observed.get(account) != want
+    ]
+    if unresolved:
+        violations.append(f"{unresolved} transfers still of unknown outcome after the heal")
+    if sum(expected.values()) != sum(v or 0 for v in observed.values()):
+        violations.append(
+            f"the accounts hold {sum(v or 0 for v in observed.values())} in all, funded "
+            f"{sum(expected.values())}"
+        )
+    return _verdict(
+        "ledger_history_conserved",
+        f"{len(expected)} accounts, {sum(expected.values())} in all",
         violations,
     )
 
