@@ -55,6 +55,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ POLL_S = 0.5
 NODE_TIMEOUT_S = 2.0
 REJOIN_ATTEMPTS_MAX = 10
 REJOIN_RETRY_S = 3.0
+READY_TIMEOUT_S = 30.0  # a restarted node answers /ready within this (LocalCluster's default)
+REJOINED_READY_S = 120.0  # a rejoined node catches up from nothing first
 REPLICA_READS_MAX = 3  # a tick entry between a node's reads: read it again
 
 
@@ -325,7 +328,7 @@ class FaultRunner:
             try:
                 await asyncio.to_thread(self._cluster.kill, name)
                 await asyncio.sleep(event.down_s)
-                await self._restart(name)
+                await self._restart(name, record)
             finally:
                 kinds.discard("kill")
         elif event.kind == "wipe":
@@ -342,12 +345,18 @@ class FaultRunner:
                 record_id = await asyncio.to_thread(corrupt_one_shard, shard_db, self._rng)
                 self.corrupted.append(record_id)
                 record["record_id"] = record_id
-                await self._restart(name)
+                await self._restart(name, record)
             finally:
                 kinds.discard("corrupt")
 
-    async def _restart(self, name: str) -> None:
-        await asyncio.to_thread(self._cluster.start_node, name)
+    async def _restart(
+        self, name: str, record: dict[str, Any], ready_timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
+        started = time.monotonic()
+        await asyncio.to_thread(
+            partial(self._cluster.start_node, name, ready_timeout_s=ready_timeout_s)
+        )
+        record["ready_after_s"] = round(time.monotonic() - started, 1)
 
     async def _wipe(self, name: str, record: dict[str, Any]) -> None:
         """kill -9, the data directory gone, then the runbook: rejoin-node, start it."""
@@ -373,7 +382,8 @@ class FaultRunner:
             record["incarnation"] = (answer.get("member") or {}).get("incarnation")
             record["rejoin_attempts"] = attempt
             break
-        await self._restart(name)
+        # A new incarnation is ready once it has caught up with the log as a member again.
+        await self._restart(name, record, REJOINED_READY_S)
 
 
 async def replica_state(api: NodeApi, name: str) -> tuple[ReplicaState, list[Any]] | None:

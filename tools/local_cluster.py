@@ -119,11 +119,13 @@ class LocalCluster:
             f"{name} not ready after {timeout_s} s; see {self._log_dir / (name + '.log')}"
         )
 
-    def start_node(self, name: str, *, wait: bool = True) -> None:
+    def start_node(
+        self, name: str, *, wait: bool = True, ready_timeout_s: float = READY_TIMEOUT_S
+    ) -> None:
         node = self.node(name)
         self._spawn(name, "node.main", node.config_path)
         if wait:
-            self._wait_ready(name, f"http://{node.http_addr}/internal/v1/ready")
+            self._wait_ready(name, f"http://{node.http_addr}/internal/v1/ready", ready_timeout_s)
 
     def start_chain(self) -> None:
         """Start the layout's chain, deploy the registry, point the node configs at it (no-op
