@@ -180,7 +180,7 @@ class Writer:
         self._settings = settings
         self._started = started
         self._rng = random.Random(settings.seed)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
         self._seq = 0
         self.phase = "measure"
         self.faults_now: set[str] = set()  # kinds in force, set by the fault runner
@@ -190,9 +190,6 @@ class Writer:
         self.skipped: Counter[str] = Counter()  # past inflight_max: never sent
         self.by_phase: defaultdict[str, list[float]] = defaultdict(list)
         self.by_fault: defaultdict[str, list[float]] = defaultdict(list)
-
-    def _now_s(self) -> float:
-        return time.monotonic() - self._started
 
     async def write_one(self) -> bool:
         seq, phase = self._seq, self.phase
@@ -257,12 +254,9 @@ class Writer:
             if len(self._tasks) >= self._settings.inflight_max:
                 self.skipped[self.phase] += 1
                 continue
-            task = asyncio.create_task(self.write_one_quietly())
+            task = asyncio.create_task(self.write_one())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def write_one_quietly(self) -> None:
-        await self.write_one()
 
     async def drain(self) -> None:
         if self._tasks:
@@ -607,6 +601,11 @@ async def _chaos(
             if transfers is not None:
                 await transfers
             await writer.drain()
+        if ledger is not None:
+            # Before the settling: a transfer that never applied does now, and the replicas and
+            # the repair pass are judged on the state that includes it.
+            sent_counts = ledger.counts()
+            await ledger.resolve()
         writes_stopped_ms = time.time_ns() // 1_000_000
         settled = await wait_settled(
             api, names, writes_stopped_ms + FRESH_RECORD_MS, heal_started, settings.heal_timeout_s
@@ -614,8 +613,6 @@ async def _chaos(
         down = [n for n in names if not cluster.running(n)]
         ledger_verdicts: list[Verdict] = []
         if ledger is not None:
-            sent_counts = ledger.counts()
-            await ledger.resolve()
             expected, observed = ledger.expected(), await ledger.observed()
             ledger_verdicts.append(
                 check_ledger_history(expected, observed, ledger.counts()["unknown"])
