@@ -116,6 +116,7 @@ REJOIN_RETRY_S = 3.0
 KILL_LATE_S_MAX = 1.0
 READY_TIMEOUT_S = 30.0  # a restarted node answers /ready within this (LocalCluster's default)
 REJOINED_READY_S = 120.0  # a rejoined node catches up from nothing first
+STARTUP_READY_S = 120.0  # five nodes importing at once on a busy box
 REPLICA_READS_MAX = 3  # a tick entry between a node's reads: read it again
 
 
@@ -737,7 +738,7 @@ def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
         try:
             if partitioner is not None:
                 partitioner.install()
-            cluster.start()
+            cluster.start(STARTUP_READY_S)
             credentials = None
             if settings.ledger_rate > 0:
                 try:

@@ -161,14 +161,15 @@ class LocalCluster:
         self._spawn("gateway", "gateway.main", self.layout.gateway_config_path)
         self._wait_ready("gateway", f"{self.layout.gateway_url}/readyz")
 
-    def start(self) -> None:
+    def start(self, ready_timeout_s: float = READY_TIMEOUT_S) -> None:
         """The chain, every node, then the gateway; if one fails, stop what did start."""
         try:
             self.start_chain()
             for node in self.layout.nodes:
                 self.start_node(node.name, wait=False)
             for node in self.layout.nodes:
-                self._wait_ready(node.name, f"http://{node.http_addr}/internal/v1/ready")
+                url = f"http://{node.http_addr}/internal/v1/ready"
+                self._wait_ready(node.name, url, ready_timeout_s)
             self.start_gateway()
         except BaseException:
             self.stop()
