@@ -38,6 +38,7 @@ def test_a_short_seeded_chaos_run_keeps_every_acknowledged_write(tmp_path: Path)
     done = subprocess.run(command, capture_output=True, text=True, timeout=580)
     print(done.stdout[-3000:], done.stderr[-3000:])
     report = json.loads(out.read_text())
+    print(json.dumps({k: report.get(k) for k in ("faults", "writes", "latency_by_phase")}))
     assert {c["check"] for c in report["checks"]} == CHECKS
     failed = [c for c in report["checks"] if not c["ok"]]
     assert failed == [], failed

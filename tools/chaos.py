@@ -113,7 +113,6 @@ POLL_S = 0.5
 NODE_TIMEOUT_S = 2.0
 REJOIN_ATTEMPTS_MAX = 10
 REJOIN_RETRY_S = 3.0
-KILL_LATE_S_MAX = 1.0
 READY_TIMEOUT_S = 30.0  # a restarted node answers /ready within this (LocalCluster's default)
 REJOINED_READY_S = 120.0  # a rejoined node catches up from nothing first
 STARTUP_READY_S = 120.0  # five nodes importing at once on a busy box
@@ -273,30 +272,37 @@ class FaultRunner:
         partitioner: LoopbackPartitioner | None,
         writer: Writer,
         rng: random.Random,
+        calm_s: float,
     ) -> None:
         self._cluster = cluster
+        self._calm_s = calm_s
         self._partitioner = partitioner
         self._writer = writer
         self._rng = rng
         self.events: list[dict[str, Any]] = []
         self.corrupted: list[str] = []  # record ids whose shard was flipped
-        self.kills_dropped = 0  # kills due while an earlier fault still ran
+        self.kills_dropped = 0  # kills skipped: the next event was already due
 
     def _data_dir(self, name: str) -> Path:
         return Path(self._cluster.node(name).config_path).parent / "data"
 
     async def run(self, plan: tuple[FaultEvent, ...], started: float) -> None:
-        """Each event at its planned time. When the one before overran (a restart waits for
-        readiness, a rejoin for the leader) the others run late, except a kill already late by
-        more than ``KILL_LATE_S_MAX``: it is dropped and counted, so that a busy box stretches
-        the schedule by the faults that must happen, not by every kill."""
-        for event in plan:
-            wait_s = started + event.at_s - time.monotonic()
+        """Each event at its planned time, or late when the one before overran (a restart waits
+        for readiness, a rejoin for the leader). A kill also waits ``calm_s`` after the last
+        fault ended, and is dropped (counted) when the next event is already due: a busy box
+        runs fewer kills, each after a calm moment, rather than a longer schedule."""
+        last_done = started
+        for i, event in enumerate(plan):
+            due = started + event.at_s
+            if event.kind == "kill":
+                following = plan[i + 1] if i + 1 < len(plan) else None
+                if following is not None and started + following.at_s <= time.monotonic():
+                    self.kills_dropped += 1
+                    continue
+                due = max(due, last_done + self._calm_s)
+            wait_s = due - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-            elif event.kind == "kill" and -wait_s > KILL_LATE_S_MAX:
-                self.kills_dropped += 1
-                continue
             record: dict[str, Any] = {
                 "kind": event.kind,
                 "nodes": list(event.nodes),
@@ -309,6 +315,7 @@ class FaultRunner:
                 record["error"] = exc.detail
             record["done_s"] = round(time.monotonic() - started, 1)
             self.events.append(record)
+            last_done = time.monotonic()
 
     async def _inject(self, event: FaultEvent, record: dict[str, Any]) -> None:
         name = event.nodes[0]
@@ -566,7 +573,9 @@ async def _chaos(
         plan = plan_faults(
             random.Random(settings.seed), names, settings.duration_s, settings.kill_every_s
         )
-        runner = FaultRunner(cluster, partitioner, writer, random.Random(settings.seed + 1))
+        runner = FaultRunner(
+            cluster, partitioner, writer, random.Random(settings.seed + 1), settings.kill_every_s[0]
+        )
         stop = asyncio.Event()
         writer.phase = "before"
         pacing = asyncio.create_task(writer.paced(rate, stop))
