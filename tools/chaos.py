@@ -288,12 +288,16 @@ class FaultRunner:
 
     async def run(self, plan: tuple[FaultEvent, ...], started: float) -> None:
         """Each event at its planned time, or late when the one before overran (a restart waits
-        for readiness, a rejoin for the leader). A kill also waits ``calm_s`` after the last
+        for readiness, a rejoin for the leader); a late partition still holds for its planned
+        time. A kill also waits ``calm_s`` after the last
         fault ended, and is dropped (counted) when the next event is already due: a busy box
         runs fewer kills, each after a calm moment, rather than a longer schedule."""
         last_done = started
+        cut_late_s = 0.0  # a partition that started late holds its planned time all the same
         for i, event in enumerate(plan):
             due = started + event.at_s
+            if event.kind == "heal":
+                due += cut_late_s
             if event.kind == "kill":
                 following = plan[i + 1] if i + 1 < len(plan) else None
                 if following is not None and started + following.at_s <= time.monotonic():
@@ -309,6 +313,8 @@ class FaultRunner:
                 "planned_s": event.at_s,
                 "at_s": round(time.monotonic() - started, 1),
             }
+            if event.kind == "partition":
+                cut_late_s = max(0.0, time.monotonic() - started - event.at_s)
             try:
                 await self._inject(event, record)
             except BaasError as exc:
