@@ -23,13 +23,11 @@ from node.errors import OperationFailed
 __all__ = ["open_leveldb"]
 
 
-def open_leveldb(
-    path: Path, what: str, *, paranoid_checks: bool = True, **options: Any
-) -> plyvel.DB:
+def open_leveldb(path: Path, what: str, **options: Any) -> plyvel.DB:
+    """``options`` go to ``plyvel.DB``; ``paranoid_checks`` is True unless given."""
     path.mkdir(parents=True, exist_ok=True)
+    options.setdefault("paranoid_checks", True)
     try:
-        return plyvel.DB(
-            str(path), create_if_missing=True, paranoid_checks=paranoid_checks, **options
-        )
+        return plyvel.DB(str(path), create_if_missing=True, **options)
     except plyvel.Error as exc:
         raise OperationFailed(f"cannot open {what} database at {path}: {exc}") from exc
