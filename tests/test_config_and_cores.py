@@ -32,6 +32,8 @@ PURE_MODULES = [
     # baas-bench's arithmetic and verdicts (issue #13's ratios to etcd).
     "tools/bench_stats.py",
     "tools/bench_peer.py",
+    # baas-chaos's checkers (tools/chaos.py collects what they judge).
+    "tools/chaos_check.py",
     # The I/O side (LevelDB storage, the asyncio adapter) lives in node/replication.
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/consensus").glob("*.py")),
     *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "node/dataplane").glob("*.py")),

@@ -5,6 +5,8 @@ process gets its own data dir and ports (from ``baas-cluster init``), logs to
 ``<cluster>/logs/<name>.log``, and is waited on until its readiness endpoint answers.
 ``stop`` sends SIGTERM and waits (then SIGKILL); ``kill`` sends any signal, e.g. SIGKILL to
 simulate a crash, and ``start_node`` brings a node back with the same identity and data.
+``node_groups`` runs named nodes with another primary group id (still as this user): its
+sockets then carry that gid, which is how ``baas-chaos`` tells nodes apart in iptables rules.
 
 A cluster with a chain (``baas-cluster init --chain embedded|anvil``, the default embedded)
 starts it first, as process ``chain`` (log ``logs/chain.log``), deploys the registry and points
@@ -24,6 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO
 
@@ -34,7 +37,7 @@ from tools.local_vault import VaultOnChain, setup_vault
 
 __all__ = ["LocalCluster"]
 
-READY_TIMEOUT_S = 30.0
+READY_TIMEOUT_S = 60.0  # a node imports web3 and more: ~18 s on a box at load 20
 CHAIN = "chain"  # the chain's process name (and log file)
 
 
@@ -53,11 +56,13 @@ class LocalCluster:
         *,
         log_level: str = "INFO",
         ready_timeout_s: float = READY_TIMEOUT_S,
+        node_groups: Mapping[str, int] | None = None,
     ) -> None:
         self.layout = layout
         # How long a started process may take to answer ready (a box shared with other test
         # runs may take longer than READY_TIMEOUT_S to start a node).
         self.ready_timeout_s = ready_timeout_s
+        self._groups = dict(node_groups or {})
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._log_level = log_level
@@ -102,11 +107,12 @@ class LocalCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            group=self._groups.get(name),
             start_new_session=True,  # a Ctrl-C in the terminal reaches us, we stop them in order
         )
 
-    def _wait_ready(self, name: str, url: str) -> None:
-        timeout_s = self.ready_timeout_s
+    def _wait_ready(self, name: str, url: str, timeout_s: float | None = None) -> None:
+        timeout_s = self.ready_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         process = self._processes[name]
         while time.monotonic() < deadline:
@@ -122,11 +128,13 @@ class LocalCluster:
             f"{name} not ready after {timeout_s} s; see {self._log_dir / (name + '.log')}"
         )
 
-    def start_node(self, name: str, *, wait: bool = True) -> None:
+    def start_node(
+        self, name: str, *, wait: bool = True, ready_timeout_s: float | None = None
+    ) -> None:
         node = self.node(name)
         self._spawn(name, "node.main", node.config_path)
         if wait:
-            self._wait_ready(name, f"http://{node.http_addr}/internal/v1/ready")
+            self._wait_ready(name, f"http://{node.http_addr}/internal/v1/ready", ready_timeout_s)
 
     def start_chain(self) -> None:
         """Start the layout's chain, deploy the registry, point the node configs at it (no-op
@@ -167,14 +175,15 @@ class LocalCluster:
         self._spawn("gateway", "gateway.main", self.layout.gateway_config_path)
         self._wait_ready("gateway", f"{self.layout.gateway_url}/readyz")
 
-    def start(self) -> None:
+    def start(self, ready_timeout_s: float | None = None) -> None:
         """The chain, every node, then the gateway; if one fails, stop what did start."""
         try:
             self.start_chain()
             for node in self.layout.nodes:
                 self.start_node(node.name, wait=False)
             for node in self.layout.nodes:
-                self._wait_ready(node.name, f"http://{node.http_addr}/internal/v1/ready")
+                url = f"http://{node.http_addr}/internal/v1/ready"
+                self._wait_ready(node.name, url, ready_timeout_s)
             self.start_gateway()
         except BaseException:
             self.stop()

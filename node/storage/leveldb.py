@@ -1,8 +1,14 @@
 """Opening a node's LevelDB databases (shards, hints, the Raft log) the one way.
 
-Every database is created on first use, opened with ``paranoid_checks`` (a damaged table is
-refused at open instead of read), and a plyvel error becomes :class:`OperationFailed` naming
-the database. Size options (write buffer, block cache, open tables) are the caller's.
+Every database is created on first use, opened with ``paranoid_checks`` unless the caller says
+otherwise, and a plyvel error becomes :class:`OperationFailed` naming the database. Size
+options (write buffer, block cache, open tables) are the caller's.
+
+``paranoid_checks`` makes compactions verify block checksums: the first compaction that reads a
+damaged table stops every later write of the database with ``Corruption`` (a sticky background
+error, met again after a restart). A database whose entries carry their own checksum, such as
+the shard store, opens without it: a damaged entry is found when read and repaired, and the
+database keeps taking writes.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ __all__ = ["open_leveldb"]
 
 
 def open_leveldb(path: Path, what: str, **options: Any) -> plyvel.DB:
+    """``options`` go to ``plyvel.DB``; ``paranoid_checks`` is True unless given."""
     path.mkdir(parents=True, exist_ok=True)
+    options.setdefault("paranoid_checks", True)
     try:
-        return plyvel.DB(str(path), create_if_missing=True, paranoid_checks=True, **options)
+        return plyvel.DB(str(path), create_if_missing=True, **options)
     except plyvel.Error as exc:
         raise OperationFailed(f"cannot open {what} database at {path}: {exc}") from exc

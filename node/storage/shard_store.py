@@ -137,9 +137,13 @@ class ShardStore:
         # tables (LevelDB keeps each open table's index and filter in memory: with its default
         # of 1,000 open files a node's RSS grew ~25 MB per 10^5 shards without levelling off;
         # with 64 it stays flat).
+        # No paranoid checks: every entry is checksummed (node/storage/entry.py), and with them
+        # one flipped byte in a table file stopped every later shard write (baas-chaos found it;
+        # tests/test_chaos_storage.py).
         self._db = open_leveldb(
             path,
             "shard",
+            paranoid_checks=False,
             write_buffer_size=write_buffer_bytes_max,
             lru_cache_size=block_cache_bytes_max,
             bloom_filter_bits=10,
