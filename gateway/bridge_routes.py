@@ -1065,8 +1065,10 @@ async def _swap_list_query(state: Any, ctx: LedgerContext, q: Mapping[str, str])
             raise InvalidRequest("status is succeeded or failed", param="status")
         parts.append(f"status={q['status']}")
     for name in ("created_gte", "created_lt"):
-        if name in q:
-            parts.append(f"{name}={int_param(q[name], name, 0, 2**63 - 1)}")
+        if name in q:  # a query's value is text: digits, then the range (any valid one passes)
+            raw = q[name]
+            value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+            parts.append(f"{name}={int_param(value, name, 0, 2**63 - 1)}")
     return "&".join(parts)
 
 

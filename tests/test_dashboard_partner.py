@@ -421,6 +421,11 @@ async def test_the_swaps_page_refuses_bad_filters_and_shows_an_unreachable_clust
                     assert r.status == 400, (query, page[:500])
                     assert 'class="problem"' in page and param in page, query
                     assert 'id="swap-filters"' in page  # the form stays, to fix the filter
+            # Valid filters pass every check (the created window as the list's log-time
+            # bounds), and reach the nodes, which do not answer here.
+            valid = {"status": "failed", "user": "user-1", "from": "2026-01-01", "to": "2026-01-02"}
+            async with http.get(swaps, params=valid) as r:
+                assert r.status >= 500 and 'value="2026-01-02"' in await r.text()
             async with http.get(swaps) as r:  # no node answers: said so, never a blank page
                 page = await r.text()
                 assert r.status >= 500 and 'class="problem"' in page and "swap-filters" in page
