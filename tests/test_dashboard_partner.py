@@ -1,7 +1,9 @@
 """The dashboard's partner side without a browser and without nodes: partner users' file and
 their command, the quote preview's arithmetic, and the real gateway's partner sign-in and
 pages over HTTP (roles, CSRF, a viewer refused, one partner's session never reaching another's
-credentials, modes apart, API credentials added and retired through the keyring)."""
+credentials, modes apart, API credentials added and retired through the keyring), the swap
+volume's buckets and the Swaps list's page, and the Swaps page's filters checked before any
+node call."""
 
 from __future__ import annotations
 
