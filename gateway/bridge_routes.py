@@ -53,7 +53,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +136,7 @@ __all__ = [
     "reserve_object",
     "set_policy",
     "set_reserve_threshold",
+    "swaps_list",
     "top_up_reserve",
 ]
 
@@ -1047,12 +1048,11 @@ async def read_swap(state: Any, ctx: LedgerContext, record_id: bytes) -> dict[st
 _LIST_STATUSES = frozenset({"succeeded", "failed"})
 
 
-async def _swap_list_query(request: web.Request, state: Any, ctx: LedgerContext) -> str:
+async def _swap_list_query(state: Any, ctx: LedgerContext, q: Mapping[str, str]) -> str:
     """The node's filter query of ``GET /v1/bridge/swaps``: ``user`` is the partner's user id
     (its opaque reference: swaps stay listed under it across relinks, and an unknown user
     lists nothing), ``asset`` the partner's point asset code, ``status``, and log-time bounds
     in ms (``created_gte`` <= log_time_ms < ``created_lt``)."""
-    q = request.query
     parts = [f"partner={ctx.pid16.hex()}", f"mode={int(ctx.mode)}"]
     if "user" in q:
         ref = user_ref(ctx.pid16, ctx.mode, user_id_param(q["user"], "user"))
@@ -1065,28 +1065,38 @@ async def _swap_list_query(request: web.Request, state: Any, ctx: LedgerContext)
             raise InvalidRequest("status is succeeded or failed", param="status")
         parts.append(f"status={q['status']}")
     for name in ("created_gte", "created_lt"):
-        if name in q:
-            parts.append(f"{name}={int_param(q[name], name, 0, 2**63 - 1)}")
+        if name in q:  # a query's value is text: digits, then the range (any valid one passes)
+            raw = q[name]
+            value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+            parts.append(f"{name}={int_param(value, name, 0, 2**63 - 1)}")
     return "&".join(parts)
 
 
 async def list_swaps(request: web.Request) -> web.Response:
     """Your swaps in this mode, newest first, as ``GET /v1/bridge/swaps/{id}`` answers each:
     ``limit`` (1..``limits.ledger_list_limit_max``, default 10), ``starting_after`` (a swap id),
-    and the filters of :func:`_swap_list_query`. Pages come from the node's index (log feature
-    11) in node calls from the cursor on, at most ``limits.ledger_list_node_calls_max``; the
-    cursor is a swap's place in log time, so swaps made while paging never shift a page."""
+    and the filters of :func:`_swap_list_query` (:func:`swaps_list` reads them)."""
     state, ctx = gateway_state(request), ledger_context(request)
     raw_limit = request.query.get("limit", "10")
     limit_max = state.config.limits.ledger_list_limit_max
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= limit_max:
         raise InvalidRequest(f"limit must be 1..{limit_max}", param="limit")
-    limit = int(raw_limit)
-    cursor = None
-    if "starting_after" in request.query:
-        after = request.query["starting_after"]
-        cursor = hex_param(after, "starting_after", 32, 32, prefix=SWAP_PREFIX).hex()
-    base = await _swap_list_query(request, state, ctx)
+    cursor = request.query.get("starting_after")
+    return web.json_response(await swaps_list(state, ctx, request.query, int(raw_limit), cursor))
+
+
+async def swaps_list(
+    state: Any, ctx: LedgerContext, filters: Mapping[str, str], limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """The list object of ``GET /v1/bridge/swaps`` (the route and the dashboard's Swaps page
+    and volume chart both call this): up to ``limit`` swaps after the swap id ``cursor``.
+    Pages come from the node's index (log feature 11) in node calls from the cursor on, at
+    most ``limits.ledger_list_node_calls_max``; the cursor is a swap's place in log time, so
+    swaps made while paging never shift a page."""
+    after_id = None
+    if cursor is not None:
+        after_id = hex_param(cursor, "starting_after", 32, 32, prefix=SWAP_PREFIX).hex()
+    base = await _swap_list_query(state, ctx, filters)
 
     async def fetch(after: str | None, remaining: int) -> dict[str, Any] | None:
         query = f"{base}&limit={remaining}" + ("" if after is None else f"&starting_after={after}")
@@ -1097,7 +1107,7 @@ async def list_swaps(request: web.Request) -> web.Response:
                 raise NotFound("no such swap", code="swap_not_found", param=exc.param) from exc
             raise
 
-    entries, has_more = await walk_pages(state, limit, cursor, fetch)
+    entries, has_more = await walk_pages(state, limit, after_id, fetch)
     # Each as its own read answers it: its request from its sealed record (read at once).
     bodies = await asyncio.gather(
         *(_swap_request(state, ctx, bytes.fromhex(e["operation"])) for e in entries)
@@ -1110,9 +1120,7 @@ async def list_swaps(request: web.Request) -> web.Response:
             )
         record_id = bytes.fromhex(e["operation"])
         data.append(_read_swap_object(ctx, record_id, body, e["result"], int(e["log_time_ms"])))
-    return web.json_response(
-        {"object": "list", "data": data, "has_more": has_more, "url": request.path}
-    )
+    return {"object": "list", "data": data, "has_more": has_more, "url": BRIDGE_PREFIX + "/swaps"}
 
 
 def add_bridge_routes(app: web.Application) -> None:

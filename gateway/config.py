@@ -147,6 +147,9 @@ class DashboardConfig:
     form_bytes_max: int = 16 * 1024
     node_status_timeout_s: float = 2.0
     anchors_shown_max: int = 10
+    # Pages of the swaps list (limits.ledger_list_limit_max each) the partner overview's swap
+    # volume chart reads at most; past them it says the window was truncated.
+    swap_volume_pages_max: int = 5
 
     def validate(self) -> None:
         require_positive_fields(

@@ -1,7 +1,9 @@
 """The dashboard's partner side without a browser and without nodes: partner users' file and
 their command, the quote preview's arithmetic, and the real gateway's partner sign-in and
 pages over HTTP (roles, CSRF, a viewer refused, one partner's session never reaching another's
-credentials, modes apart, API credentials added and retired through the keyring)."""
+credentials, modes apart, API credentials added and retired through the keyring), the swap
+volume's buckets and the Swaps list's page, and the Swaps page's filters checked before any
+node call."""
 
 from __future__ import annotations
 
@@ -22,10 +24,18 @@ from business.bridge.model import Direction, PolicyRecord
 from gateway.auth import sign_request
 from gateway.dashboard.operators import new_operator, save_operators
 from gateway.dashboard.partner_pages import (
+    DAY_MS,
+    HOUR_MS,
     POLICY_DEFAULTS,
+    VOLUME_WINDOWS,
     PartnerView,
+    SwapVolume,
+    overview_page,
     policy_page,
     svg_line_chart,
+    swap_volume,
+    swaps_page,
+    volume_start_ms,
 )
 from gateway.dashboard.partner_users import (
     load_partner_users,
@@ -311,3 +321,118 @@ def test_a_viewer_sees_the_policy_in_force_never_the_forms_defaults() -> None:
     policy = {**{k: "7" for k in POLICY_DEFAULTS}, "version": 3, "enabled": True}
     shown = policy_page(view, {"code": "PTS"}, policy)
     assert "version 3, enabled" in shown and "policy-facts" in shown
+
+
+# -- the swaps list and the swap volume ------------------------------------------------------
+
+VIEWER = Session("s", "c", "shop-a/val", "partner_viewer", 0, 0, "shop-a")
+
+
+def _swap(
+    n: int, log_time_ms: int, direction: str = "in", failure: str | None = None
+) -> dict[str, Any]:
+    return {
+        "id": f"swap_{n:064x}", "object": "bridge_swap", "livemode": False,
+        "status": "failed" if failure else "succeeded", "user": f"user-{n}", "asset": "PTS",
+        "direction": direction, "amount_in": str(100 * n), "amount_out": str(7 * n),
+        "fee": "1", "policy_version": 1, "quote_digest": "00", "operation": f"{n:064x}",
+        "log_time_ms": log_time_ms, "failure_code": failure,
+    }  # fmt: skip
+
+
+def test_swap_volume_buckets_whole_utc_hours_and_days_and_both_directions() -> None:
+    day = VOLUME_WINDOWS["7d"]
+    now_ms = 20_000 * DAY_MS + 5 * HOUR_MS
+    start = volume_start_ms(day, now_ms)
+    assert start == 19_994 * DAY_MS  # six whole days back, the seventh holds now
+    swaps = [
+        _swap(1, start),  # in: 100 points paid, 7 BAAS got
+        _swap(2, start + DAY_MS - 1, "out"),  # out: 200 BAAS paid, 14 points got
+        _swap(3, now_ms),
+        _swap(4, start - 1),  # before the window: not counted
+        _swap(5, start + 7 * DAY_MS),  # after it: not counted
+    ]
+    buckets = swap_volume(swaps, day, start)
+    assert len(buckets) == 7 and [b.start_ms for b in buckets][:2] == [start, start + DAY_MS]
+    assert (buckets[0].swaps, buckets[0].points, buckets[0].baas) == (2, 114, 207)
+    assert (buckets[6].swaps, buckets[6].points, buckets[6].baas) == (1, 300, 21)
+    assert sum(b.swaps for b in buckets) == 3
+    hours = VOLUME_WINDOWS["24h"]
+    assert hours.buckets == 24 and volume_start_ms(hours, now_ms) == now_ms - 23 * HOUR_MS
+
+
+def test_the_overview_draws_the_volume_and_says_when_the_window_was_truncated() -> None:
+    view = PartnerView(VIEWER, "shop-a", False, "test", "overview")
+    window = VOLUME_WINDOWS["24h"]
+    start = volume_start_ms(window, 1_000 * DAY_MS)
+    buckets = swap_volume([_swap(1, start), _swap(2, start + 3 * HOUR_MS)], window, start)
+    html = overview_page(view, None, None, [], SwapVolume("24h", buckets))
+    assert "Swap volume, last 24 hours" in html and "coming" not in html.split("<main")[-1]
+    assert "when it lands" not in html and "volume-truncated" not in html
+    for chart in ("volume-count-chart", "volume-points-chart", "volume-baas-chart"):
+        assert f'<figure class="chart" id="{chart}">' in html
+    assert "Swaps per hour: from 1 to 0, highest 1" in html
+    assert "<dt>Swaps</dt><dd>2</dd>" in html and "<dt>Points volume</dt><dd>300</dd>" in html
+    assert "<td>1972-09-26 04:00 UTC</td><td>1</td><td>200</td><td>14</td>" in html
+    cut = overview_page(view, None, None, [], SwapVolume("24h", buckets, start + HOUR_MS))
+    assert 'id="volume-truncated"' in cut and "1972-09-26 02:00:00 UTC on" in cut
+
+
+def test_the_swaps_page_lists_links_pages_on_and_keeps_its_filters() -> None:
+    view = PartnerView(VIEWER, "shop-a", False, "test", "swaps")
+    listing = {"object": "list", "has_more": True,
+               "data": [_swap(2, 2 * DAY_MS), _swap(1, DAY_MS, failure="below_min")]}  # fmt: skip
+    filters = {"status": "failed", "user": "user-1", "from": "1970-01-01", "to": ""}
+    html = swaps_page(view, None, "", listing, filters)
+    here = "/dashboard/partner/test/swaps"
+    assert f'href="{here}?id=swap_{2:064x}"' in html and f'href="{here}?id=swap_{1:064x}"' in html
+    assert "<code>below_min</code>" in html and "1970-01-03 00:00:00 UTC" in html
+    next_link = re.search(r'href="([^"]+)" id="swaps-next"', html)
+    assert next_link is not None
+    assert next_link.group(1) == (
+        f"{here}?status=failed&amp;user=user-1&amp;from=1970-01-01&amp;starting_after=swap_{1:064x}"
+    )
+    assert '<option value="failed" selected>' in html and 'value="user-1"' in html
+    last = swaps_page(view, None, "", {**listing, "has_more": False}, filters)
+    assert "swaps-next" not in last
+    assert "No swap matches." in swaps_page(view, None, "", {**listing, "data": []}, {})
+
+
+async def test_the_swaps_page_refuses_bad_filters_and_shows_an_unreachable_cluster(
+    tmp_path: Path,
+) -> None:
+    async with gateway_without_nodes(tmp_path) as layout:
+        pat = new_partner_user("shop-a", "pat", "admin", PASSWORD)
+        users_file = Path(layout.directory) / "secrets" / "partner_users.json"
+        save_partner_users(users_file, {pat.key: pat})
+        base = layout.gateway_url
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            status, _, _ = await _partner_signin(
+                http, base, "shop-a", "pat", pyotp.TOTP(pat.totp_secret).now()
+            )
+            assert status == 303
+            swaps = f"{base}/dashboard/partner/test/swaps"
+            for query, param in (
+                ({"status": "pending"}, "status"),  # the list's own check
+                ({"from": "2026-13-01"}, "from"),
+                ({"to": "yesterday"}, "to"),
+                ({"starting_after": "swap_12"}, "starting_after"),
+            ):
+                async with http.get(swaps, params=query) as r:
+                    page = await r.text()
+                    assert r.status == 400, (query, page[:500])
+                    assert 'class="problem"' in page and param in page, query
+                    assert 'id="swap-filters"' in page  # the form stays, to fix the filter
+            # Valid filters pass every check (the created window as the list's log-time
+            # bounds), and reach the nodes, which do not answer here.
+            valid = {"status": "failed", "user": "user-1", "from": "2026-01-01", "to": "2026-01-02"}
+            async with http.get(swaps, params=valid) as r:
+                assert r.status >= 500 and 'value="2026-01-02"' in await r.text()
+            async with http.get(swaps) as r:  # no node answers: said so, never a blank page
+                page = await r.text()
+                assert r.status >= 500 and 'class="problem"' in page and "swap-filters" in page
+            async with http.get(f"{base}/dashboard/partner/test/overview") as r:
+                page = await r.text()
+                assert r.status == 200 and 'class="problem"' in page
+            async with http.get(f"{base}/dashboard/partner/test/overview?volume=1y") as r:
+                assert r.status == 400 and "volume" in await r.text()

@@ -4,7 +4,9 @@ downloaded browser) against a real 5-node cluster and its gateway.
 * a partner's admin signs in with password + TOTP (desktop, 1440x900), defines its points,
   issues them to a linked user, tops its reserve up from the test faucet, sets a swap policy
   (seeing the live quote preview as it types), sees a swap its user made through the Bridge API
-  (``BridgeClient`` + the user's ``UserWallet`` signature), adds an API credential (the secret
+  (``BridgeClient`` + the user's ``UserWallet`` signature) in the swaps list (hidden by the
+  ``failed`` status filter; its row links to the one-swap view) and in the overview's swap
+  volume, adds an API credential (the secret
   shown once) and retires it; switched to live mode, none of the test objects shows;
 * a viewer (phone, 390x844) sees every page without a form, and a change it sends anyway is
   refused 403 ``role_read_only``;
@@ -177,6 +179,13 @@ def preview_shows(page: Page, text: str) -> None:
     )
 
 
+def filter_swaps(page: Page, status: str) -> None:
+    page.select_option("#status", status)
+    page.click("#swap-filters button[type=submit]")
+    page.wait_for_load_state("load")
+    assert not problem_text(page), problem_text(page)
+
+
 def define_points(env: Env, page: Page) -> None:
     """The first Bridge write waits for the cluster to run log feature 8 (503 before: refused
     before the log, so a new form, with a new key, is simply sent again)."""
@@ -235,8 +244,15 @@ def test_an_admin_runs_its_partner_from_the_pages(env: Env) -> None:
         # The user swaps through the partner's platform (the Bridge API, the user's signature).
         env.swap_id = off_thread(_swap(env.base, env.credentials["test"], env.wallet))
         load(page, env.page_url("test", "swaps"))
-        page.fill("#id", env.swap_id)
-        page.click("main form button[type=submit]")
+        listed = page.inner_text("#swaps-list")
+        assert USER_ID in listed and "succeeded" in listed and "1000" in listed, listed
+        check_accessibility(page, "swaps list")
+        shot(page, "partner-swaps-list", size)
+        filter_swaps(page, "failed")  # the status filter hides it
+        assert "No swap matches." in page.inner_text("#swaps-list")
+        assert env.swap_id not in page.content()
+        filter_swaps(page, "succeeded")
+        page.click(f"#swaps-list a[href$='{env.swap_id}']")  # the row's link: the one swap
         page.wait_for_load_state("load")
         facts = page.inner_text("#swap-facts")
         assert "succeeded" in facts and "1000" in facts and USER_ID in facts, facts
@@ -246,6 +262,11 @@ def test_an_admin_runs_its_partner_from_the_pages(env: Env) -> None:
         load(page, env.page_url("test", "overview"))
         assert page.locator("#reserve-chart svg polyline").count() == 1
         assert CODE in page.inner_text("#overview-facts")
+        assert not problem_text(page), problem_text(page)
+        volume = page.inner_text("#volume-facts")
+        assert "Swaps\n1" in volume and "Points volume\n1000" in volume, volume
+        assert page.locator("#volume-count-chart svg polyline").count() == 1
+        assert page.locator("#volume-truncated").count() == 0
         check_accessibility(page, "overview")
         shot(page, "partner-overview", size)
 

@@ -13,8 +13,10 @@ outcome (the partner API's ``Idempotency-Key``). A viewer gets the same pages wi
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.dashboard.pages import BASE, _table, e, page, problem_box
@@ -22,7 +24,11 @@ from gateway.dashboard.sessions import Session
 
 __all__ = [
     "PARTNER_PAGES",
+    "VOLUME_WINDOWS",
     "PartnerView",
+    "SwapVolume",
+    "VolumeBucket",
+    "VolumeWindow",
     "credentials_page",
     "overview_page",
     "partner_path",
@@ -31,7 +37,10 @@ __all__ = [
     "policy_page",
     "reserve_page",
     "svg_line_chart",
+    "swap_volume",
     "swaps_page",
+    "utc_time",
+    "volume_start_ms",
 ]
 
 PARTNER_BASE = f"{BASE}/partner"
@@ -193,6 +202,7 @@ def overview_page(
     asset: Mapping[str, Any] | None,
     reserve: Mapping[str, Any] | None,
     problems: Sequence[tuple[str, str]],
+    volume: SwapVolume | None = None,
 ) -> str:
     body = "".join(problem_box(*p) for p in problems)
     rows: list[tuple[str, object]] = []
@@ -210,12 +220,129 @@ def overview_page(
     if reserve is not None:
         history = [(int(h["timestamp"]), int(h["level"])) for h in reserve["history"]]
         body += svg_line_chart("Reserve level over time", history, "reserve-chart")
-    body += (
-        '<p id="swap-volume">Swap volume over time: drawn from the swaps list '
-        "(<code>GET /v1/bridge/swaps</code>) when it lands; until then see a swap on the "
-        f'<a href="{partner_path(view.mode, "swaps")}">Swaps</a> page.</p>'
-    )
+    if volume is not None:
+        body += _volume_section(view, volume)
     return _partner_page(view, "Overview", body)
+
+
+# -- swap volume (the overview's chart, from the swaps list) -----------------------------------
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeWindow:
+    """A chart's window: ``buckets`` buckets of ``bucket_ms``, the newest holding now."""
+
+    title: str
+    bucket_ms: int
+    buckets: int
+    per: str  # "hour" or "day"
+
+
+VOLUME_WINDOWS: Mapping[str, VolumeWindow] = {
+    "24h": VolumeWindow("last 24 hours", HOUR_MS, 24, "hour"),
+    "7d": VolumeWindow("last 7 days", DAY_MS, 7, "day"),
+    "30d": VolumeWindow("last 30 days", DAY_MS, 30, "day"),
+}
+VOLUME_WINDOW_DEFAULT = "7d"
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeBucket:
+    start_ms: int
+    swaps: int
+    points: int  # points moved (paid in by "in" swaps, paid out by "out" swaps)
+    baas: int  # BAAS units moved the other way
+
+
+@dataclass(frozen=True, slots=True)
+class SwapVolume:
+    """The succeeded swaps of a window, bucketed; ``read_from_ms`` is set when the bounded
+    read stopped before the window's start (swaps older than it are not counted)."""
+
+    window: str  # a key of VOLUME_WINDOWS
+    buckets: tuple[VolumeBucket, ...]
+    read_from_ms: int | None = None
+
+
+def volume_start_ms(window: VolumeWindow, now_ms: int) -> int:
+    """The window's first bucket's start: whole UTC hours or days, the last one holding now."""
+    return (now_ms // window.bucket_ms - (window.buckets - 1)) * window.bucket_ms
+
+
+def swap_volume(
+    swaps: Iterable[Mapping[str, Any]], window: VolumeWindow, start_ms: int
+) -> tuple[VolumeBucket, ...]:
+    """Swap objects (as the list answers them) counted per bucket from ``start_ms``; a swap
+    outside the window is not counted."""
+    sums = [[0, 0, 0] for _ in range(window.buckets)]
+    for swap in swaps:
+        i = (int(swap["log_time_ms"]) - start_ms) // window.bucket_ms
+        if not 0 <= i < window.buckets:
+            continue
+        paid, got = int(swap["amount_in"]), int(swap["amount_out"])
+        points, baas = (paid, got) if swap["direction"] == "in" else (got, paid)
+        sums[i][0] += 1
+        sums[i][1] += points
+        sums[i][2] += baas
+    return tuple(
+        VolumeBucket(start_ms + i * window.bucket_ms, n, points, baas)
+        for i, (n, points, baas) in enumerate(sums)
+    )
+
+
+def utc_time(ms: int, per: str = "second") -> str:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    shape = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00"}.get(per, "%Y-%m-%d %H:%M:%S")
+    return moment.strftime(shape) + " UTC"
+
+
+def _volume_section(view: PartnerView, volume: SwapVolume) -> str:
+    window = VOLUME_WINDOWS[volume.window]
+    overview = partner_path(view.mode, "overview")
+    links = " | ".join(
+        f'<a href="{overview}?volume={key}"'
+        + (' aria-current="true"' if key == volume.window else "")
+        + f">{e(w.title)}</a>"
+        for key, w in VOLUME_WINDOWS.items()
+    )
+    body = (
+        f'<section id="swap-volume"><h2>Swap volume, {e(window.title)}</h2>'
+        f"<p>Succeeded swaps per {window.per} (UTC), from the swaps list. Show: {links}</p>"
+    )
+    if volume.read_from_ms is not None:
+        body += (
+            '<p class="notice" id="volume-truncated">Window truncated: too many swaps to read '
+            f"at once; counted from {e(utc_time(volume.read_from_ms))} on.</p>"
+        )
+    buckets = volume.buckets
+    body += _facts(
+        (
+            ("Swaps", sum(b.swaps for b in buckets)),
+            ("Points volume", sum(b.points for b in buckets)),
+            ("BAAS volume (units)", sum(b.baas for b in buckets)),
+        ),
+        "volume-facts",
+    )
+    for label, series, chart_id in (
+        ("Swaps", [b.swaps for b in buckets], "volume-count-chart"),
+        ("Points volume", [b.points for b in buckets], "volume-points-chart"),
+        ("BAAS volume", [b.baas for b in buckets], "volume-baas-chart"),
+    ):
+        points = [(b.start_ms, y) for b, y in zip(buckets, series, strict=True)]
+        body += svg_line_chart(f"{label} per {window.per}", points, chart_id)
+    body += _table(
+        f"Swap volume per {window.per} (busy ones)",
+        (window.per.capitalize(), "Swaps", "Points", "BAAS units"),
+        (
+            (e(utc_time(b.start_ms, window.per)), e(b.swaps), e(b.points), e(b.baas))
+            for b in buckets
+            if b.swaps
+        ),
+    )
+    return body + "</section>"
 
 
 # -- points ----------------------------------------------------------------------------------
@@ -369,13 +496,26 @@ def policy_page(
 # -- swaps -----------------------------------------------------------------------------------
 
 
-def swaps_page(view: PartnerView, swap: Mapping[str, Any] | None, asked: str) -> str:
-    body = (
-        f'<form method="get" action="{partner_path(view.mode, "swaps")}" class="card">'
+SWAP_FILTERS: Sequence[str] = ("status", "user", "from", "to")
+
+
+def swaps_page(
+    view: PartnerView,
+    swap: Mapping[str, Any] | None,
+    asked: str,
+    listing: Mapping[str, Any] | None = None,
+    filters: Mapping[str, str] | None = None,
+    problems: Sequence[tuple[str, str]] = (),
+) -> str:
+    """One swap by id (``swap``), and the recent swaps (``listing``: the list object, newest
+    first) under the GET filter form (``filters``: what was asked, shown again)."""
+    here = partner_path(view.mode, "swaps")
+    shown = {k: (filters or {}).get(k, "") for k in SWAP_FILTERS}
+    body = "".join(problem_box(*p) for p in problems)
+    body += (
+        f'<form method="get" action="{here}" class="card" id="swap-lookup">'
         + _input("id", "Swap id (swap_...)", asked, extra='required pattern="swap_[0-9a-f]{64}"')
         + '<button type="submit">Show the swap</button></form>'
-        "<p>The list of recent swaps comes with <code>GET /v1/bridge/swaps</code> (being "
-        "built); a swap is shown here by the id your platform got when it made it.</p>"
     )
     if swap is not None:
         body += _facts(
@@ -388,7 +528,50 @@ def swaps_page(view: PartnerView, swap: Mapping[str, Any] | None, asked: str) ->
             ],
             "swap-facts",
         )  # fmt: skip
+    options = "".join(
+        f'<option value="{v}"{" selected" if shown["status"] == v else ""}>{t}</option>'
+        for v, t in (("", "any"), ("succeeded", "succeeded"), ("failed", "failed"))
+    )
+    body += (
+        f'<h2>Recent swaps</h2><form method="get" action="{here}" class="card" id="swap-filters">'
+        f'<label for="status">Status</label><select id="status" name="status">{options}</select>'
+        + _input("user", "Your user id", shown["user"])
+        + _input("from", "From day (UTC)", shown["from"], kind="date")
+        + _input("to", "To day (UTC, included)", shown["to"], kind="date")
+        + '<button type="submit">Filter</button></form>'
+    )
+    if listing is not None:
+        body += _swaps_table(here, listing["data"])
+        if listing["has_more"] and listing["data"]:
+            asked_filters = {k: v for k, v in shown.items() if v}
+            query = urllib.parse.urlencode(
+                {**asked_filters, "starting_after": listing["data"][-1]["id"]}
+            )
+            body += (
+                f'<p><a href="{here}?{e(query)}" id="swaps-next" rel="next">Next (older)</a></p>'
+            )
     return _partner_page(view, "Swaps", body)
+
+
+def _swaps_table(here: str, swaps: Sequence[Mapping[str, Any]]) -> str:
+    if not swaps:
+        return '<p id="swaps-list">No swap matches.</p>'
+    rows = (
+        (
+            f'<a href="{here}?id={e(s["id"])}"><code>{e(s["id"][:13])}&hellip;</code></a>',
+            e(utc_time(int(s["log_time_ms"]))),
+            e(s["status"]),
+            e(s["user"]),
+            "points to BAAS" if s["direction"] == "in" else "BAAS to points",
+            e(s["amount_in"]),
+            e(s["amount_out"]),
+            e(s["fee"]),
+            "" if s["failure_code"] is None else f"<code>{e(s['failure_code'])}</code>",
+        )
+        for s in swaps
+    )
+    headers = ("Swap", "Time", "Status", "User", "Direction", "In", "Out", "Fee", "Failure")
+    return f'<div id="swaps-list">{_table("Recent swaps, newest first", headers, rows)}</div>'
 
 
 # -- API credentials -------------------------------------------------------------------------

@@ -8,6 +8,9 @@
   ``POST`` ``points/define``, ``points/issue``, ``points/liquidity``, ``reserve/top_up``,
   ``reserve/threshold``, ``policy``, ``credentials/add``, ``credentials/retire``;
   ``GET policy/preview`` (JSON: the quote an edited policy would give; writes nothing).
+  ``overview?volume=24h|7d|30d`` picks the swap volume's window; ``swaps`` takes ``id`` (one
+  swap) and the list's filter form (``status``, ``user``, ``from``/``to`` days,
+  ``starting_after``).
 
 Authority. A page acts for its session's partner (the scope; never a partner named in the
 path or form) in the mode its path names, through the partner API's own cores
@@ -23,6 +26,7 @@ read at every request, as the operators file is).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,10 +51,20 @@ from gateway.bridge_routes import (
     reserve_object,
     set_policy,
     set_reserve_threshold,
+    swaps_list,
     top_up_reserve,
 )
 from gateway.dashboard import partner_pages as pp
-from gateway.dashboard.partner_pages import PartnerView, partner_path
+from gateway.dashboard.partner_pages import (
+    DAY_MS,
+    VOLUME_WINDOW_DEFAULT,
+    VOLUME_WINDOWS,
+    PartnerView,
+    SwapVolume,
+    partner_path,
+    swap_volume,
+    volume_start_ms,
+)
 from gateway.dashboard.partner_users import ROLE_ADMIN, load_partner_users, user_key
 from gateway.dashboard.routes import (
     DASHBOARD,
@@ -86,6 +100,7 @@ PARTNER_ADMIN = "partner_admin"
 PARTNER_VIEWER = "partner_viewer"
 PARTNER_ROLES = (PARTNER_ADMIN, PARTNER_VIEWER)
 HISTORY_SHOWN_MAX = 100  # reserve levels drawn (the API's page bound)
+SWAPS_SHOWN_MAX = 20  # swaps a page of the Swaps list shows
 
 
 def partner_role(role: str) -> str:
@@ -235,7 +250,9 @@ async def _asset_or_problem(acting: Acting) -> tuple[dict[str, Any] | None, Baas
         return None, exc
 
 
-async def draw_overview(acting: Acting, notice: str, problem: BaasError | None) -> str:
+async def draw_overview(
+    acting: Acting, notice: str, problem: BaasError | None, window: str = VOLUME_WINDOW_DEFAULT
+) -> str:
     problems = [] if problem is None else [(problem.code, problem.detail)]
     asset, refused = await _asset_or_problem(acting)
     if refused is not None:
@@ -245,7 +262,32 @@ async def draw_overview(acting: Acting, notice: str, problem: BaasError | None) 
         reserve = await reserve_object(acting.gateway, acting.ctx, "", HISTORY_SHOWN_MAX)
     except BaasError as exc:
         problems.append((exc.code, exc.detail))
-    return pp.overview_page(acting.view("overview", notice), asset, reserve, problems)
+    volume = None
+    try:
+        volume = await _swap_volume(acting, window)
+    except BaasError as exc:
+        problems.append((exc.code, exc.detail))
+    return pp.overview_page(acting.view("overview", notice), asset, reserve, problems, volume)
+
+
+async def _swap_volume(acting: Acting, window_key: str) -> SwapVolume:
+    """The window's succeeded swaps from the swaps list, at most
+    ``dashboard.swap_volume_pages_max`` pages of ``limits.ledger_list_limit_max``: past that,
+    the volume counts the newest swaps read and says from when."""
+    window = VOLUME_WINDOWS[window_key]
+    start_ms = volume_start_ms(window, int(time.time() * 1000))
+    filters = {"status": "succeeded", "created_gte": str(start_ms)}
+    page_max = acting.gateway.config.limits.ledger_list_limit_max
+    swaps: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(acting.gateway.config.dashboard.swap_volume_pages_max):
+        listing = await swaps_list(acting.gateway, acting.ctx, filters, page_max, cursor)
+        swaps += listing["data"]
+        if not listing["has_more"] or not listing["data"]:
+            return SwapVolume(window_key, swap_volume(swaps, window, start_ms))
+        cursor = listing["data"][-1]["id"]
+    read_from_ms = int(swaps[-1]["log_time_ms"])  # newest first: the oldest one read
+    return SwapVolume(window_key, swap_volume(swaps, window, start_ms), read_from_ms)
 
 
 async def draw_points(acting: Acting, notice: str, problem: BaasError | None) -> str:
@@ -302,7 +344,35 @@ def _getter(draw: Draw) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     return get
 
 
+async def get_overview(request: web.Request) -> web.StreamResponse:
+    window = request.query.get("volume", VOLUME_WINDOW_DEFAULT)
+    if window not in VOLUME_WINDOWS:
+        raise InvalidRequest(f"volume is one of {', '.join(VOLUME_WINDOWS)}", param="volume")
+    return _html(await draw_overview(_acting(request), "", None, window))
+
+
+def _day_ms(raw: str, param: str) -> int:
+    """A ``YYYY-MM-DD`` day (the date input's value) as its UTC midnight in ms."""
+    try:
+        day = datetime.date.fromisoformat(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{param} is a day, YYYY-MM-DD", param=param) from exc
+    return (day - datetime.date(1970, 1, 1)).days * DAY_MS
+
+
+def _list_filters(shown: dict[str, str]) -> dict[str, str]:
+    """The Swaps page's filter form as the list's filters (the ``to`` day included)."""
+    filters = {name: shown[name] for name in ("status", "user") if shown[name]}
+    if shown["from"]:
+        filters["created_gte"] = str(max(0, _day_ms(shown["from"], "from")))
+    if shown["to"]:
+        filters["created_lt"] = str(max(0, _day_ms(shown["to"], "to") + DAY_MS))
+    return filters
+
+
 async def get_swaps(request: web.Request) -> web.StreamResponse:
+    """One swap by ``id`` (read as ``GET /v1/bridge/swaps/{id}``), and a page of the swaps
+    list under the filter form, newest first, on from ``starting_after``."""
     acting = _acting(request)
     asked = request.query.get("id", "").strip()
     swap, problem, status = None, None, 200
@@ -312,7 +382,17 @@ async def get_swaps(request: web.Request) -> web.StreamResponse:
             swap = await read_swap(acting.gateway, acting.ctx, record_id)
         except CallerError as exc:  # another partner's swap, or the other mode's: not found
             problem, status = exc, exc.http_status
-    return _html(pp.swaps_page(acting.view("swaps", "", problem), swap, asked), status)
+    shown = {name: request.query.get(name, "").strip() for name in pp.SWAP_FILTERS}
+    listing, refused = None, []
+    try:
+        cursor = request.query.get("starting_after")
+        filters = _list_filters(shown)
+        listing = await swaps_list(acting.gateway, acting.ctx, filters, SWAPS_SHOWN_MAX, cursor)
+    except BaasError as exc:  # a refused filter, or no node answered: shown, never a blank
+        refused.append((exc.code, exc.detail))
+        status = max(status, getattr(exc, "http_status", 500))
+    view = acting.view("swaps", "", problem)
+    return _html(pp.swaps_page(view, swap, asked, listing, shown, refused), status)
 
 
 # -- changes: each calls the partner API's core, then redraws its page -----------------------
@@ -476,7 +556,9 @@ def add_partner_routes(app: web.Application) -> None:
     app.router.add_get(base + "/signin", get_signin)
     app.router.add_post(base + "/signin", post_signin)
     for slug, draw in DRAW.items():
-        app.router.add_get(f"{base}/{{mode}}/{slug}", _getter(draw))
+        if slug != "overview":
+            app.router.add_get(f"{base}/{{mode}}/{slug}", _getter(draw))
+    app.router.add_get(base + "/{mode}/overview", get_overview)
     app.router.add_get(base + "/{mode}/swaps", get_swaps)
     app.router.add_get(base + "/{mode}/policy/preview", get_policy_preview)
     changes: tuple[tuple[str, str, Change], ...] = (
