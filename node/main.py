@@ -191,6 +191,8 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         address_of=membership.http_addr,
         gather=GatherLimits.of(config.raft),
     )
+    # An exclusive put of the indexed version replaces an unindexed one held here (issue 17).
+    shard_service.committer.indexed_version = lambda rid: _indexed_version(index_client, rid)
     coordinator = Coordinator(
         cluster=config.cluster,
         limits=config.limits,

@@ -10,7 +10,8 @@ at most ``moves_inflight_max`` at once, goes:
 * **copy** -- rebuild the record from ``k`` of its shards where the index says they are (the
   old holder may be gone: a removed node's shards are rebuilt from the others), check the
   rebuilt blob against the indexed content hash, re-encode shard ``i``, and store it on the
-  new holder (an exclusive put: a node holding another version refuses);
+  new holder (an exclusive put: a node holding another version refuses, unless its index
+  names the version put: then the other one is an unindexed orphan and is replaced);
 * **verify** -- read shard ``i`` back from the new holder; it must hash as sent;
 * **commit** -- propose ``index.move`` (a compare-and-set on the index); once applied, readers
   ask the new holder and fall back to the old one (``read_indexed`` in the coordinator).

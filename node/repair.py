@@ -10,7 +10,9 @@ pure planner, and carries the plan out:
 * **rebuild in place** -- the records are read back through the coordinator (``k`` shards
   checked against the indexed content hash; concurrent reads of a page share ``GetRecords``
   frames per holder), the missing shards re-encoded and sent to their holders in few
-  ``PutShards`` frames (exclusive: a holder keeping another version refuses), then verified
+  ``PutShards`` frames (exclusive: a holder keeping another version refuses, unless its
+  own index names the version put, which then replaces that unindexed orphan: a retry's
+  leftover under the same record id, issue 17; see :mod:`node.storage.shard_store`), then verified
   with one more inventory query per holder. The index does not change: no log entry. This is
   what a wiped node that rejoined at its placement position (``baas-cluster rejoin-node``), a
   lost or a corrupt entry needs;

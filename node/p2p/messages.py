@@ -58,8 +58,9 @@ FRAME_VERSION = 1
 class PutShards:
     shards: tuple[Shard, ...]
     request_ids: tuple[str, ...] = ()  # the gateway requests these serve (for the logs)
-    # If-absent: do not store a shard when another version of its record is held; the reply
-    # then lists the metas held for that record instead.
+    # If-absent: do not store a shard when another version of its record is held (unless the
+    # holder's index names this shard's version: the other is then an orphan and replaced);
+    # the reply then lists the metas held for that record instead.
     exclusive: bool = False
     # Per shard (empty: none), the log index after which its record's index proposal has
     # expired: the holder keeps it as the record's pending marker (orphan collection).

@@ -12,6 +12,7 @@ The queue is bounded (``commit_queue_shards_max``): a full queue raises :class:`
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from node.records import Shard, ShardKey
 from node.storage.shard_store import CollectItem, QuarantineItem, ShardStore
 
 __all__ = ["GroupCommitter"]
+
+log = logging.getLogger("baas.node.shards")
 
 
 @dataclass(slots=True)
@@ -50,6 +53,10 @@ class GroupCommitter:
         quarantine_kept_max: int = 1000,
     ) -> None:
         self._store = store
+        # The committed index as this node applied it (record id -> indexed content hash),
+        # read only when an exclusive put meets another version: set once the index exists
+        # (node/main.py); None until then, and such puts are refused as before.
+        self.indexed_version: Callable[[bytes], bytes | None] | None = None
         self._quarantine_kept_max = quarantine_kept_max
         self._on_commit = on_commit  # (shards, seconds): feeds the fsync latency histogram
         self._queue_shards_max = queue_shards_max
@@ -61,6 +68,17 @@ class GroupCommitter:
         self.shards_committed = 0
         self.shards_deleted = 0
         self.shards_quarantined = 0
+
+    def _indexed_or_none(self, record_id: bytes) -> bytes | None:
+        """The indexed version of a record; None (the put is refused, as without an index)
+        when unknown or unreadable: a failed index read must not fail the whole batch."""
+        if self.indexed_version is None:
+            return None
+        try:
+            return self.indexed_version(record_id)
+        except BaasError as exc:
+            log.warning("index read for an exclusive put failed: %s", exc)
+            return None
 
     @property
     def queued_shards(self) -> int:
@@ -197,7 +215,9 @@ class GroupCommitter:
                 refused: frozenset[bytes] = frozenset()
                 try:
                     started = time.perf_counter()
-                    prepared = self._store.prepare(shards, exclusive, expiries)
+                    prepared = self._store.prepare(
+                        shards, exclusive, expiries, indexed_version=self._indexed_or_none
+                    )
                     refused = prepared.refused
                     # The fsync runs on a worker thread (plyvel releases the GIL while it
                     # waits), so this trio thread keeps serving frames meanwhile; submissions

@@ -16,7 +16,13 @@ counted and indexed once when opened.
 A put may be *exclusive* (``if_absent``): its shard is refused when the node already holds a
 different version of the record. The check runs in the single committer, so two racing writes
 of different versions never both land on one node (see :mod:`node.coordinator` for why this
-replaces a separate probe round trip).
+replaces a separate probe round trip). The committed index is the authority, though: when the
+node's own index (``indexed_version``, read only on such a conflict) names the put's version,
+the versions held are unindexed orphans (a retry's leftovers under the same record id), and
+the put *replaces* them in the same batch instead of being refused. Otherwise repair and moves,
+which put the indexed version, would be refused until the orphan collector settled the record
+(``proposal_expiry_entries`` later; baas-chaos found it, issue 17). A put of a version the
+index does not name is refused as before, so an indexed shard is never replaced.
 
 A put may carry, per record, the log index after which its index proposal has expired (the
 coordinator's stamp): ``b"p" || record id`` then holds the highest such index (a *pending
@@ -35,7 +41,7 @@ Repair then finds the shard missing and puts it back under its old key.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,17 +245,21 @@ class ShardStore:
         shards: Sequence[Shard],
         exclusive: Sequence[bool] | None = None,
         expiries: Sequence[int] | None = None,
+        indexed_version: Callable[[bytes], bytes | None] | None = None,
     ) -> PreparedBatch:
         """Encode a batch and the stats it leads to (CPU work; no write yet).
 
         ``exclusive[i]`` makes shard ``i`` an if-absent put: it is left out (its record id is
         reported in ``refused``) when this node holds, on disk or earlier in this batch,
-        another version of its record. The stats and the check assume no other batch commits
-        between this call and :meth:`commit`: there is one committer
+        another version of its record -- unless ``indexed_version`` (the committed index as
+        this node applied it) names shard ``i``'s version: then the other versions are
+        unindexed orphans and this batch removes them. The stats and the check assume no other
+        batch commits between this call and :meth:`commit`: there is one committer
         (:mod:`node.storage.group_commit`), which commits before preparing more.
         """
         count, size = self.shard_count, self.shard_bytes
         entries: dict[bytes, bytes] = {}
+        deletes: list[bytes] = []  # orphan versions' shards an indexed put replaces
         held: dict[bytes, list[bytes]] = {}  # record id -> versions, this batch included
         marked: dict[bytes, int] = {}  # record id -> pending marker, this batch included
         refused: set[bytes] = set()
@@ -271,8 +281,16 @@ class ShardStore:
                     entries[pkey] = encode_entry(pkey, expiry.to_bytes(8, "big"))
             other_version = any(v != content_hash for v in versions)
             if exclusive is not None and exclusive[position] and other_version:
-                refused.add(record_id)
-                continue
+                if indexed_version is None or indexed_version(record_id) != content_hash:
+                    refused.add(record_id)
+                    continue
+                for orphan in [v for v in versions if v != content_hash]:
+                    count, size = self._drop_version(
+                        record_id, orphan, entries, deletes, count, size
+                    )
+                    versions.remove(orphan)
+                key = versions_db_key(record_id)
+                entries[key] = encode_entry(key, b"".join(versions))
             version_was_held = content_hash in versions
             if not version_was_held:
                 versions.append(content_hash)
@@ -293,7 +311,29 @@ class ShardStore:
             entries[db_key] = value
             size += len(value)
         entries[STATS_KEY] = encode_entry(STATS_KEY, msgpack.packb([count, size]))
-        return PreparedBatch(list(entries.items()), count, size, frozenset(refused))
+        return PreparedBatch(list(entries.items()), count, size, frozenset(refused), tuple(deletes))
+
+    def _drop_version(
+        self,
+        record_id: bytes,
+        content_hash: bytes,
+        entries: dict[bytes, bytes],
+        deletes: list[bytes],
+        count: int,
+        size: int,
+    ) -> tuple[int, int]:
+        """Take every shard of one version out of a batch being prepared: those on disk
+        (corrupt entries too) into ``deletes``, those earlier in the batch out of ``entries``;
+        returns the counts adjusted. The caller rewrites the record's version list."""
+        prefix = PREFIX_SHARD + record_id + content_hash
+        on_disk = {k: len(v) for k, v in self._db.iterator(prefix=prefix)}
+        in_batch = [k for k in entries if k.startswith(prefix)]
+        for db_key in dict.fromkeys([*on_disk, *in_batch]):
+            count -= 1
+            size -= len(entries.pop(db_key)) if db_key in entries else on_disk[db_key]
+            if db_key in on_disk:
+                deletes.append(db_key)
+        return count, size
 
     def prepare_delete(self, keys: Sequence[ShardKey]) -> PreparedBatch:
         """Remove shards (those not held are skipped), their version from the record's
