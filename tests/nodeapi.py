@@ -52,11 +52,18 @@ def running_cluster(
     chain: str = "embedded",
     anchoring: Mapping[str, object] | None = None,
     nodes: int = 5,
+    gateway_limits: Mapping[str, object] | None = None,
 ) -> Iterator[LocalCluster]:
     """A cluster of ``nodes`` nodes + gateway in real processes (partner ``shop-a``) anchoring
     on a ``chain`` (embedded, anvil or none), each node's config extended with ``node_toml``
-    and its ``[anchoring]`` table with ``anchoring``; stopped on exit."""
+    and its ``[anchoring]`` table with ``anchoring``, the gateway's ``[limits]`` with
+    ``gateway_limits``; stopped on exit."""
     layout = init_cluster(directory, nodes=nodes, partners=("shop-a",), chain=chain)
+    if gateway_limits:
+        gateway_config = Path(layout.gateway_config_path)
+        gateway_config.write_text(
+            set_toml_keys(gateway_config.read_text(), "limits", gateway_limits)
+        )
     for node in layout.nodes:
         path = Path(node.config_path)
         text = path.read_text()

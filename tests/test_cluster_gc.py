@@ -30,7 +30,10 @@ SETTINGS = "\n[raft]\nproposal_expiry_entries = 2\n\n[gc]\ninterval_s = 0.3\n"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("gc"), SETTINGS) as local:
+    # Every gateway call in flight unfilled, as before the write lane gathered behind one:
+    # concurrent calls are what make proposals land past their expiry here.
+    limits = {"node_write_calls_unfilled_max": 2}
+    with running_cluster(tmp_path_factory.mktemp("gc"), SETTINGS, gateway_limits=limits) as local:
         yield local
 
 

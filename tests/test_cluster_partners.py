@@ -17,6 +17,7 @@ import pytest
 from nodeapi import node_get, partner_client, running_cluster
 from openapi_check import CheckedPartnerClient
 
+from business.identity import ONBOARDING_ROLES
 from business.identity.ids import partner_id
 from gateway.partners import _credential_ref, operator_cli_actor
 from tools.local_cluster import LocalCluster
@@ -77,7 +78,9 @@ async def test_onboard_by_command_and_api_then_audit_on_every_node(cluster: Loca
 
     shop_x = await until(onboarded, "onboarding by the command", 60)
     assert shop_x["status"] == "active" and shop_x["partner_ref"] == partner_id("shop-x").hex()
-    assert len(shop_x["accounts"]) == 10  # 5 roles in each mode (liquidity for the Bridge)
+    # One account per onboarding role account, both modes (incl. the Bridge's liquidity and
+    # payments' settlement)
+    assert len(shop_x["accounts"]) == len(ONBOARDING_ROLES) == 14
     secrets = {c["livemode"]: (c["id"], bytes.fromhex(c["secret"])) for c in shop_x["credentials"]}
     assert secrets[False][0].startswith("pk_test_shop-x_")
     assert secrets[True][0].startswith("pk_live_shop-x_")
