@@ -25,7 +25,6 @@ exactly n shards in the whole cluster (old copies accounted for, not leaked).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import shutil
 import time
 import uuid
@@ -120,25 +119,37 @@ def clean_pass_after(cluster: LocalCluster, names: list[str], after_ms: int) -> 
 
 
 def damage_shards(shard_db: Path, flipped: int, wrong: int) -> None:
-    """On a stopped node: flip a byte on disk, in the table file, of the first ``flipped``
-    shard entries (their checksums fail), then rewrite the next ``wrong`` as valid entries
-    holding other bytes (their checksums pass); the scrub cursor goes, so the node's next
-    scrub starts at them."""
+    """On a stopped node: flip a byte on disk, in the table file, of ``flipped`` shard entries
+    (their checksums fail), then rewrite ``wrong`` others as valid entries holding other bytes
+    (their checksums pass); the scrub cursor goes, so the node's next scrub starts at them.
+
+    An entry is flipped only if its bytes stand verbatim, once, in one table file (a block
+    LevelDB compressed, or a tail seen twice, is passed over for the next entry)."""
     db = plyvel.DB(str(shard_db))
     try:
         db.compact_range()  # everything into table files
-        entries = list(itertools.islice(db.iterator(prefix=b"s"), flipped + wrong))
-        for key, value in entries[flipped:]:
+        tables = {table: table.read_bytes() for table in sorted(shard_db.glob("*.ldb"))}
+        to_flip: list[bytes] = []  # the tails to find and flip once the database is closed
+        to_rewrite: list[tuple[bytes, bytes]] = []
+        for key, value in db.iterator(prefix=b"s"):
+            needle = value[-24:]  # the tail of the shard's (encrypted, incompressible) bytes
+            unique = sum(raw.count(needle) for raw in tables.values()) == 1
+            if len(to_flip) < flipped and unique:
+                to_flip.append(needle)
+            elif len(to_rewrite) < wrong:
+                to_rewrite.append((key, value))
+            if len(to_flip) == flipped and len(to_rewrite) == wrong:
+                break
+        assert len(to_flip) == flipped, "too few shard entries stand verbatim in a table file"
+        for key, value in to_rewrite:
             shard = decode_shard_value(key, value)
             other = bytes(b ^ 0x5A for b in shard.data)
             db.put(key, encode_shard_value(key, Shard(shard.meta, other)), sync=True)
         db.delete(SCRUB_CURSOR_KEY, sync=True)
     finally:
         db.close()
-    tables = sorted(shard_db.glob("*.ldb"))
-    for _, value in entries[:flipped]:
-        needle = value[-24:]  # the tail of the shard's (encrypted, incompressible) bytes
-        for table in tables:
+    for needle in to_flip:
+        for table in sorted(shard_db.glob("*.ldb")):
             raw = bytearray(table.read_bytes())
             at = raw.find(needle)
             if at >= 0:
@@ -146,7 +157,7 @@ def damage_shards(shard_db: Path, flipped: int, wrong: int) -> None:
                 table.write_bytes(bytes(raw))
                 break
         else:
-            raise AssertionError("a shard's bytes are not in any table file")
+            raise AssertionError("a shard's bytes left the table files when the database closed")
 
 
 def scrub_of(cluster: LocalCluster, name: str) -> dict[str, Any]:
