@@ -114,12 +114,20 @@ class GatewayTimeouts:
     # A coalesced write call running this long no longer holds the next back (a slow or hung
     # node must not stall every write behind it): see limits.node_write_calls_unfilled_max.
     node_write_call_stalled_s: float = 1.0
+    # While node calls hold the gateway's queued records back longer than this (the oldest
+    # running call, or waiting records while every call slot is busy), new records are
+    # refused with 503 and a Retry-After: under overload an admitted request's wait stays
+    # bounded even when the cluster's rate drops, instead of growing toward the deadline.
+    # Half the deadline: a record admitted later would rarely finish within it.
+    queue_wait_s_max: float = 5.0
     # Every partner request gets this long end to end; nodes get the remaining budget and
     # stop work the caller no longer waits for.
     request_deadline_s: float = 10.0
 
     def validate(self) -> None:
         require_positive_fields(self, "timeouts", integers_only=False)
+        if self.queue_wait_s_max >= self.request_deadline_s:
+            raise ConfigError("timeouts.queue_wait_s_max must be below request_deadline_s")
 
 
 @dataclass(frozen=True, slots=True)

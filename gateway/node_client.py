@@ -203,6 +203,7 @@ class NodeClient:
             "window_s": timeouts.coalesce_window_s,
             "inflight_max": limits.node_calls_inflight_max,
             "pending_max": limits.queue_records_max,
+            "held_back_s_max": timeouts.queue_wait_s_max,
         }
         self._writes: Batcher[str, WriteItem, dict[str, Any]] = Batcher(
             self._write_call,

@@ -20,6 +20,10 @@ Flush policy of one lane:
 * a call carries at most ``items_max`` items and ``bytes_max`` bytes (``size_of``);
 * at most ``pending_max`` items wait across all lanes: more raises :class:`Overloaded` at once
   (a bounded queue, never unbounded memory);
+* optionally, no new item is taken while the queue holds work back longer than
+  ``held_back_s_max`` (:meth:`Batcher.held_back_s`): a bound on items gives no bound on their
+  wait when the destination slows down, and a caller refused at once with a Retry-After does
+  better than one admitted to wait out its deadline (CoDel's rule: shed on sojourn time);
 * an item whose caller gave up (its future was cancelled: client gone, deadline passed) is
   dropped before its call is made, so abandoned work stops.
 
@@ -76,12 +80,16 @@ class Batcher(Generic[K, I, R]):
         size_of: Callable[[I], int] = lambda _item: 0,
         unfilled_inflight_max: int | None = None,
         stalled_after_s: float = 1.0,
+        held_back_s_max: float | None = None,
     ) -> None:
         if items_max < 1 or inflight_max < 1 or pending_max < 1 or window_s < 0:
             raise InvariantViolation("batcher limits must be positive")
         unfilled = inflight_max if unfilled_inflight_max is None else unfilled_inflight_max
         if not 1 <= unfilled <= inflight_max or stalled_after_s <= 0:
             raise InvariantViolation("unfilled_inflight_max must be within 1..inflight_max")
+        if held_back_s_max is not None and held_back_s_max <= 0:
+            raise InvariantViolation("held_back_s_max must be positive")
+        self._held_back_s_max = held_back_s_max
         self._unfilled_max = unfilled
         self._stalled_after_s = stalled_after_s
         self._call = call
@@ -140,6 +148,14 @@ class Batcher(Generic[K, I, R]):
         if self._pending_items + len(items) > self._pending_max:
             self.stats.refused_overloaded += len(items)
             raise Overloaded(f"{self._pending_items} items already queued (pending_max)")
+        if self._held_back_s_max is not None:
+            held_s = self.held_back_s()
+            if held_s > self._held_back_s_max:
+                self.stats.refused_overloaded += len(items)
+                raise Overloaded(
+                    f"queued work has waited {held_s:.2f} s (held_back_s_max)",
+                    retry_after_s=int(held_s) + 1,
+                )
         loop = asyncio.get_running_loop()
         lane = self._lanes.get(key)
         if lane is None:

@@ -88,6 +88,24 @@ async def test_pending_bound_refuses_with_overloaded() -> None:
     assert batcher.pending_items == 0 and batcher.inflight_items == 0
 
 
+async def test_work_held_back_past_held_back_s_max_refuses_new_items() -> None:
+    # The destination slows down: the one call in flight runs long. A bound on items alone
+    # would keep admitting items to wait behind it; the time bound refuses them instead.
+    recorder = Recorder(delay_s=0.3)
+    batcher = make(recorder, window_s=0.0, held_back_s_max=0.1)
+    first = batcher.submit_many("a", [1])
+    await asyncio.sleep(0.02)
+    second = batcher.submit_many("a", [2])  # held back 0.02 s: still admitted
+    await asyncio.sleep(0.12)
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit_many("b", [3])  # any lane: the queue as a whole holds work back
+    assert refused.value.retry_after_s >= 1
+    assert batcher.stats.refused_overloaded == 1
+    assert [await f for f in first + second] == [10, 20]  # nothing admitted is lost
+    assert batcher.held_back_s() == 0.0
+    assert await batcher.submit("b", 4) == 40  # drained: admitted again
+
+
 async def test_abandoned_items_are_dropped_before_their_call() -> None:
     recorder = Recorder()
     batcher = make(recorder, window_s=0.02)
@@ -188,6 +206,11 @@ async def test_a_stalled_call_no_longer_holds_the_next_back() -> None:
     assert not hung.done()
     assert await hung == 0
     assert calls == [[0], [1]]
+
+
+def test_held_back_s_max_must_be_positive() -> None:
+    with pytest.raises(InvariantViolation):
+        make(Recorder(), held_back_s_max=0.0)
 
 
 def test_unfilled_inflight_max_must_be_within_inflight_max() -> None:

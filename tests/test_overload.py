@@ -30,6 +30,10 @@ GATEWAY_LIMITS = {
     "partner_inflight_records_max": 400,
 }
 NODE_LIMITS = {"coordinator_queue_records_max": 128}
+# The gateway sheds new writes once its node calls hold records back this long: what keeps an
+# admitted request's wait bounded when the cluster's rate drops mid-run (a bound on records
+# alone does not: a CI run once saw p99 6.6 s with the same record bounds).
+GATEWAY_TIMEOUTS = {"queue_wait_s_max": 2.0}
 # Bounded means it does not grow while the overload lasts (unbounded queues would make the
 # wait grow with every second of it): the later half's p99 stays near the earlier half's, and
 # everything stays well inside the request deadline (10 s). Latency is measured by this
@@ -38,10 +42,13 @@ ADMITTED_P99_MAX_S = 5.0
 RSS_GROWTH_MAX = 64 * 1024 * 1024
 
 
-def _add_limits(path: Path, limits: dict[str, int]) -> None:
+def _add_settings(path: Path, section: str, settings: dict[str, int] | dict[str, float]) -> None:
     text = path.read_text()
-    lines = "".join(f"{key} = {value}\n" for key, value in limits.items())
-    path.write_text(text.replace("[limits]\n", f"[limits]\n{lines}", 1))
+    lines = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    if f"[{section}]\n" in text:
+        path.write_text(text.replace(f"[{section}]\n", f"[{section}]\n{lines}", 1))
+    else:
+        path.write_text(f"{text.rstrip()}\n\n[{section}]\n{lines}")
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +57,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # service's background work (polls, lease renewals) would add noise to its latency drift.
     layout = init_cluster(tmp_path_factory.mktemp("overload"), partners=("shop-a",), chain="none")
     root = Path(layout.directory)
-    _add_limits(root / "gateway.toml", GATEWAY_LIMITS)
+    _add_settings(root / "gateway.toml", "limits", GATEWAY_LIMITS)
+    _add_settings(root / "gateway.toml", "timeouts", GATEWAY_TIMEOUTS)
     for node in layout.nodes:
-        _add_limits(root / node.name / "node.toml", NODE_LIMITS)
+        _add_settings(root / node.name / "node.toml", "limits", NODE_LIMITS)
     local = LocalCluster(layout)
     local.start()
     try:
@@ -100,7 +108,9 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
 ) -> None:
     async with _client(cluster.layout) as client:
         # Enough concurrent clients to load it well (32 mostly measure latency; with hundreds
-        # the open-loop client itself cannot send twice that rate from one process).
+        # the open-loop client itself cannot send twice that rate from one process). On a
+        # loaded box (load 10-15) a closed loop of 64 measured about half of what the open
+        # loop then got through, and twice that was refused nothing: run it on a quiet box.
         capacity = await _closed_loop_rate(client, 3.0, 64)
         rss_before = _rss(cluster)
         rate = 2 * capacity
@@ -134,6 +144,25 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
         await asyncio.gather(*tasks)
         rss_after = _rss(cluster)
 
+        latencies = sorted(latency for _, _, latency in admitted)
+        assert latencies, f"nothing admitted at {rate:.0f}/s offered ({capacity:.0f}/s capacity)"
+        p99 = latencies[int(len(latencies) * 0.99)]
+        middle = start + duration_s / 2
+        halves = [
+            sorted(
+                lat
+                for (_, _, lat), at in zip(admitted, sent_at, strict=True)
+                if early == (at < middle)
+            )
+            for early in (True, False)
+        ]
+        first_p99, second_p99 = (h[int(len(h) * 0.99)] if h else 0.0 for h in halves)
+        # Printed before the checks, so a failed run says what it measured.
+        print(
+            f"capacity {capacity:.0f}/s, offered {rate:.0f}/s: admitted {len(admitted)}, "
+            f"refused {len(refused)}, admitted p50 {latencies[len(latencies) // 2] * 1000:.0f} ms "
+            f"p99 {p99 * 1000:.0f} ms (halves {first_p99 * 1000:.0f} / {second_p99 * 1000:.0f} ms)"
+        )
         assert not other, f"unexpected statuses: {dict(other)}"
         assert refused, f"no refusals at {rate:.0f}/s offered ({capacity:.0f}/s capacity)"
         assert len(admitted) > capacity * duration_s * 0.3  # still serving while overloaded
@@ -145,19 +174,7 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
                 "cluster_overloaded",
                 "too_many_requests",
             }
-        latencies = sorted(latency for _, _, latency in admitted)
-        p99 = latencies[int(len(latencies) * 0.99)]
         assert p99 <= ADMITTED_P99_MAX_S, f"admitted p99 {p99:.3f} s"
-        middle = start + duration_s / 2
-        halves = [
-            sorted(
-                lat
-                for (_, _, lat), at in zip(admitted, sent_at, strict=True)
-                if early == (at < middle)
-            )
-            for early in (True, False)
-        ]
-        first_p99, second_p99 = (h[int(len(h) * 0.99)] for h in halves)
         assert second_p99 <= 2 * first_p99 + 0.5, (first_p99, second_p99)
         for name, before in rss_before.items():
             assert rss_after[name] - before < RSS_GROWTH_MAX, (name, before, rss_after[name])
@@ -171,8 +188,3 @@ async def test_twice_capacity_is_refused_with_retry_after_and_loses_nothing(
         for start_at in range(0, len(admitted), 32):  # within the small queue
             chunk = admitted[start_at : start_at + 32]
             await asyncio.gather(*(check(rid, s) for rid, s, _ in chunk))
-        print(
-            f"capacity {capacity:.0f}/s, offered {rate:.0f}/s: admitted {len(admitted)}, "
-            f"refused {len(refused)}, admitted p50 {latencies[len(latencies) // 2] * 1000:.0f} ms "
-            f"p99 {p99 * 1000:.0f} ms (halves {first_p99 * 1000:.0f} / {second_p99 * 1000:.0f} ms)"
-        )
