@@ -25,8 +25,9 @@ from gateway.dashboard.operators import (
     save_operators,
     totp_match,
 )
+from gateway.dashboard.pages import NodeView, moves_page
 from gateway.dashboard.routes import _inline_hashes, verifier_html
-from gateway.dashboard.sessions import SessionStore, SigninGuard
+from gateway.dashboard.sessions import Session, SessionStore, SigninGuard
 from node.errors import ConfigError, InvalidRequest, UnsupportedFormat
 from tools import dashboard_cli
 from tools.cluster_cli import _print_layout
@@ -186,6 +187,52 @@ def test_cluster_init_configures_the_dashboard_and_bad_values_are_refused(
 
 
 # -- the published verifier ------------------------------------------------------------------
+
+
+def _table_rows(html: str, caption_start: str) -> list[list[str]]:
+    start = html.index(f"<caption>{caption_start}")
+    table = html[start : html.index("</table>", start)]
+    body = table[table.index("<tbody>") :]
+    return [re.findall(r"<td>(.*?)</td>", row) for row in body.split("<tr>")[1:]]
+
+
+def test_the_repair_page_shows_each_nodes_repair_and_scrub_figures() -> None:
+    leader = NodeView(
+        "node-1",
+        "http://127.0.0.1:1",
+        up=True,
+        status={
+            "repair": {
+                "backlog_records": 7,
+                "lost_records": 1,
+                "shards_rebuilt": 42,
+                "rate_shards_per_s": 12.3456,
+                "passes": 3,
+            },
+            "scrub": {
+                "passes": 2,
+                "shards_checked": 900,
+                "corrupt": {"checksum": 4, "shard_hash": 5},
+                "quarantined": 9,
+            },
+        },
+    )
+    follower = NodeView(
+        "node-2",
+        "http://127.0.0.1:2",
+        up=True,
+        status={"repair": {"backlog_records": 0}, "scrub": {"corrupt": {"checksum": 0}}},
+    )
+    down = NodeView("node-3", "http://127.0.0.1:3", up=False, error="refused")
+    session = Session("s", "c", "op", "operator", 0.0, 0.0)
+    html = moves_page(session, [leader, follower, down], "/dashboard/operator/moves")
+    repair = _table_rows(html, "Repair")
+    assert [row[0] for row in repair] == ["node-1", "node-2"]  # a node down has no row
+    assert repair[0][1:4] == ["7", "1", "42"] and repair[0][6] == "12.35"
+    assert repair[1][1] == "0" and repair[1][2] == "&ndash;"  # not reported: shown as such
+    scrub = _table_rows(html, "Scrubbing")
+    assert scrub[0][1:6] == ["2", "900", "4", "5", "9"]
+    assert scrub[1][3] == "0" and scrub[1][4] == "&ndash;"
 
 
 def test_the_verifier_file_is_the_one_published_in_the_docs() -> None:

@@ -171,6 +171,9 @@ def test_operator_signs_in_with_totp_and_sees_every_operator_page(env: Env, size
         check_accessibility(page, name_)
         shot(page, name_, size)
     assert "not_found" in page.locator(".problem").inner_text()
+    load(page, f"{env.base}/dashboard/operator/moves")
+    for caption in ("Repair (the leader", "Scrubbing (every node"):
+        assert page.locator("table", has_text=caption).locator("tbody tr").count() == 5
     load(page, f"{env.base}/dashboard/operator/anchors")
     facts = page.locator("#anchor-facts").inner_text()
     assert "Latest anchored batch" in facts and env.chain_url in facts

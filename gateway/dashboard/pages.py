@@ -273,8 +273,58 @@ def anchors_page(
     return page("Anchors", _refresh(path) + body, session=session, current=path)
 
 
+# (column, status path) of the repair and scrub tables: the figures an operator acts on (a
+# backlog that does not fall, lost records, corrupt shards found), not every counter.
+_REPAIR_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Backlog (records below n)", ("backlog_records",)),
+    ("Lost (below k)", ("lost_records",)),
+    ("Shards rebuilt", ("shards_rebuilt",)),
+    ("Shards relocated", ("shards_relocated",)),
+    ("Shards failed", ("shards_failed",)),
+    ("Rate (shards/s)", ("rate_shards_per_s",)),
+    ("Passes", ("passes",)),
+    ("Last pass (s)", ("last_pass_s",)),
+    ("Suspects waiting", ("suspects_waiting",)),
+)
+_SCRUB_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Passes", ("passes",)),
+    ("Shards checked", ("shards_checked",)),
+    ("Corrupt (checksum)", ("corrupt", "checksum")),
+    ("Corrupt (shard hash)", ("corrupt", "shard_hash")),
+    ("Quarantined", ("quarantined",)),
+    ("Cross-checked", ("cross_checked",)),
+    ("This pass", ("pass_shards_checked",)),
+    ("Last pass (s)", ("last_pass_s",)),
+)
+
+
+def _stats_table(
+    title: str,
+    key: str,
+    columns: tuple[tuple[str, tuple[str, ...]], ...],
+    nodes: Sequence[NodeView],
+) -> str:
+    rows = [
+        (e(n.name), *(_cell(_rounded(n.get(key, *where))) for _, where in columns))
+        for n in nodes
+        if n.up
+    ]
+    return _table(title, ("Node", *(name for name, _ in columns)), rows)
+
+
+def _rounded(value: object) -> object:
+    return round(value, 2) if isinstance(value, float) else value
+
+
 def moves_page(session: Session, nodes: Sequence[NodeView], path: str) -> str:
     body = unreachable_box(nodes) + _refresh(path)
+    body += _stats_table(
+        "Repair (the leader's; back to n shards, most endangered first)",
+        "repair",
+        _REPAIR_COLUMNS,
+        nodes,
+    )
+    body += _stats_table("Scrubbing (every node its own shards)", "scrub", _SCRUB_COLUMNS, nodes)
     for title, key in (
         ("Shard moves", "moves"),
         ("Garbage collection", "gc"),
