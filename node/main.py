@@ -49,11 +49,12 @@ from node.merkle.leaf import LeafData
 from node.merkle.log import MerkleLog, MerkleReader, NodeCache, root_at
 from node.metrics import Metrics
 from node.mover import ShardMover
-from node.p2p.identity import load_identity_seed
+from node.p2p.identity import keypair_of_seed, load_identity_seed
 from node.p2p.service import P2PNode
 from node.repair import ShardRepairer
 from node.repair_suspects import SuspectReporter, SuspectRoute, add_suspect_route
 from node.replication.durable import DurableRaftStorage
+from node.replication.forward_auth import ForwardSigner
 from node.replication.index_client import GatherLimits, RecordIndexClient
 from node.replication.leader_route import LeaderRoute
 from node.replication.log import ReplicatedLog, SnapshotPolicy, core_config
@@ -112,8 +113,9 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         on_commit=lambda _shards, seconds: fsync_seconds.observe(seconds),
         quarantine_kept_max=config.scrub.quarantine_kept_max,
     )
+    identity_seed = load_identity_seed(config.node.identity_file)
     p2p = P2PNode(
-        identity_seed=load_identity_seed(config.node.identity_file),
+        identity_seed=identity_seed,
         listen_addr=config.node.p2p_listen,
         members=config.cluster.members,
         limits=config.limits,
@@ -190,6 +192,7 @@ async def run_node(config: NodeConfig, stop: asyncio.Event) -> None:
         request_timeout_s=config.timeouts.p2p_request_s,
         address_of=membership.http_addr,
         gather=GatherLimits.of(config.raft),
+        signer=ForwardSigner(p2p.peer_id, keypair_of_seed(identity_seed).private_key.sign),
     )
     # An exclusive put of the indexed version replaces an unindexed one held here (issue 17).
     shard_service.committer.indexed_version = lambda rid: _indexed_version(index_client, rid)

@@ -228,6 +228,13 @@ class MembershipManager:
                 "this node is not an active cluster member; ask another node", code="not_a_member"
             )
 
+    def member_ids(self) -> frozenset[str]:
+        """Peer ids of the members not removed (the founding ones before any change)."""
+        members = self.members().members
+        if not members:
+            return frozenset(m.peer_id for m in self._founding)
+        return frozenset(m.peer_id for m in members if m.state != REMOVED)
+
     def http_addr(self, peer_id: str) -> str | None:
         found = self.members().get(peer_id)
         if found is not None:

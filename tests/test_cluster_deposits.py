@@ -15,16 +15,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
-from nodeapi import node_get, wait_for
+from depositkit import credit_op, deposit_body
+from nodeapi import node_get, raft_status_of, wait_for
 from web3 import Web3
 
 from business.identity.ids import Mode, ledger_number, wallet_account_id, wallet_id
 from node.chain.contracts import contract_at, send
 from node.chain.deposits import DepositKey, deposit_record_id, suspense_account, vault_account
+from node.p2p.identity import keypair_of_seed, load_identity_seed, peer_id_of_seed
+from node.replication.forward_auth import ForwardSigner
+from node.replication.index_client import INDEX_PATH
 from tools import cluster_cli
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
@@ -192,5 +199,47 @@ async def test_deposits_credit_once_hold_unknown_wallets_survive_kill_and_alarm_
         assert alarm[0]["kind"] == "credited_deposit_orphaned"
         assert alarm[0]["tx_hash"] == "0x" + late.tx_hash.hex()
         assert balance(cluster, alice_account) == 9 * UNIT  # kept: the operator decides
+
+        # 6. A forged credit: whoever holds the node API token (every gateway does) posts a
+        # deposit credit straight to the leader's index route. Refused unless a member node
+        # signed the forward; one member's key is enough (docs/threat-model.md).
+        forged = credit_op(deposit_body(991, alice_address, 1_000 * UNIT, ledger=BAAS))
+        body = msgpack.packb({"proposals": [forged.to_body()]}, use_bin_type=True)
+        leader = next(
+            name
+            for name in running(cluster)
+            if (raft_status_of(cluster, name) or {}).get("role") == "leader"
+        )
+        outsider = ForwardSigner(
+            peer_id_of_seed(b"\x07" * 32), keypair_of_seed(b"\x07" * 32).private_key.sign
+        )
+        for signer, code in ((None, "forward_unsigned"), (outsider, "forwarder_not_member")):
+            status, answer = post_index(cluster, leader, body, signer)
+            assert (status, answer["code"]) == (401, code), answer
+        assert balance(cluster, alice_account) == 9 * UNIT
+        member = next(n for n in cluster.layout.nodes if n.name != leader)
+        seed = load_identity_seed(Path(cluster.layout.directory) / member.name / "identity.key")
+        signed = ForwardSigner(member.peer_id, keypair_of_seed(seed).private_key.sign)
+        status, answer = post_index(cluster, leader, body, signed)
+        assert status == 200 and answer["results"][0]["code"] == "created", answer
+        assert balance(cluster, alice_account) == 1_009 * UNIT
     finally:
         cluster.stop()
+
+
+def post_index(
+    cluster: LocalCluster, name: str, body: bytes, signer: ForwardSigner | None
+) -> tuple[int, Any]:
+    """POST a forward to ``name``'s index route with the node API token (and a signature)."""
+    token = (Path(cluster.layout.directory) / "secrets" / "node-api.token").read_text().strip()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/msgpack"}
+    if signer is not None:
+        headers.update(signer.headers(INDEX_PATH, body, int(time.time() * 1000)))
+    request = urllib.request.Request(
+        f"http://{cluster.node(name).http_addr}{INDEX_PATH}", data=body, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, msgpack.unpackb(response.read(), raw=False)
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())

@@ -236,12 +236,13 @@ async def test_writes_are_refused_up_front_while_index_proposals_back_up() -> No
     stored, while the oldest proposal has waited longer than queue_wait_s_max."""
     log = FakeLog()
     log.release.clear()  # the leader does not get to commit for now
-    index = client(log, queue_wait_s_max=0.05, inflight_max=1)
+    # Wide margins: on a loaded box a 10 ms sleep once took 160 ms.
+    index = client(log, queue_wait_s_max=0.6, inflight_max=1)
     index.admit(500)  # nothing waits: admitted
     first = asyncio.create_task(index.propose([prop(i) for i in range(500)]))
     await asyncio.sleep(0.01)
     index.admit(500)  # waiting, but not for long yet
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.7)
     with pytest.raises(Overloaded) as refused:
         index.admit(500)
     assert refused.value.http_status == 503 and refused.value.retry_after_s >= 1

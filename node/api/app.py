@@ -80,6 +80,7 @@ from node.logs import REQUEST_ID_HEADER, request_id_or_new, request_id_var
 from node.membership import MembershipManager, validate_member_addresses
 from node.metrics import Metrics
 from node.records import HASH_BYTES
+from node.replication.forward_auth import verify_forwarder
 from node.replication.index_client import INDEX_PATH, RecordIndexClient
 from node.storage.hints import HintStore
 from node.storage.shard_store import ShardStore
@@ -325,6 +326,16 @@ async def post_index(request: web.Request) -> web.Response:
         raise InvalidRequest(f"malformed index proposal: {exc.detail}") from exc
     if len(proposals) != len(raw):
         raise InvalidRequest("every proposal must be a map")
+    if any(op.deposit is not None for op in proposals):
+        # Credits the vault's deposits: only a member node's watcher makes one, and the node
+        # API token is the gateways' too (node/replication/forward_auth.py).
+        verify_forwarder(
+            request.headers,
+            INDEX_PATH,
+            await request.read(),
+            int(time.time() * 1000),
+            state.membership.member_ids(),
+        )
     if state.raft_status()["role"] != "leader":
         raise NotLeader("this node is not the leader")
     results = await state.index.propose_local(proposals)

@@ -51,6 +51,7 @@ from node.consensus.record_index import (
 )
 from node.consensus.state_machine import AppEntry, Applied, Dispatcher
 from node.errors import OperationFailed, Overloaded
+from node.replication.forward_auth import ForwardSigner
 from node.replication.leader_route import LEADER_WAIT_S, LeaderRoute
 from node.replication.log import ReplicatedLog
 
@@ -150,6 +151,7 @@ class RecordIndexClient:
         request_timeout_s: float,
         address_of: Callable[[str], str | None] | None = None,
         gather: GatherLimits | None = None,
+        signer: ForwardSigner | None = None,
     ) -> None:
         self._log = log
         configured = {m.peer_id: m.http_addr for m in members}
@@ -160,6 +162,7 @@ class RecordIndexClient:
             address_of=address_of or configured.get,
             api_token=api_token,
             request_timeout_s=request_timeout_s,
+            signer=signer,  # the leader takes a forwarded deposit credit only signed
         )
         self._expiry_entries = proposal_expiry_entries
         self._timeout_s = request_timeout_s

@@ -6,12 +6,17 @@ meanwhile: an unknown or unreachable leader, and a leader that answers 503 (it s
 or its own queue is full for a moment), are retried every :data:`LEADER_WAIT_S` until the
 caller's deadline; any other answer is final. Used by the record index's gatherer
 (node/replication/index_client.py) and by anchoring (node/anchoring/forwarding.py).
+
+Every forward is signed with this node's own key (:mod:`node.replication.forward_auth`): the
+node API token is shared with the gateways, so the leader needs the signature to know that a
+proposal only a node may make (a vault deposit credit) came from a member node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +25,7 @@ import msgpack
 
 from node.api.wire import MSGPACK
 from node.errors import NotLeader, OperationFailed
+from node.replication.forward_auth import ForwardSigner
 
 __all__ = ["LEADER_WAIT_S", "LeaderRoute"]
 
@@ -39,8 +45,10 @@ class LeaderRoute:
         address_of: Callable[[str], str | None],
         api_token: str,
         request_timeout_s: float,
+        signer: ForwardSigner | None = None,
     ) -> None:
         self._log = log
+        self._signer = signer
         self._address_of = address_of
         self._token = api_token
         self._timeout_s = request_timeout_s
@@ -99,11 +107,14 @@ class LeaderRoute:
         if address is None:
             raise NotLeader(f"leader {leader} is not a known member")
         data = msgpack.packb(body, use_bin_type=True)
+        headers = {"Content-Type": MSGPACK}
+        if self._signer is not None:
+            headers.update(self._signer.headers(path, data, int(time.time() * 1000)))
         try:
             async with self._session.post(
                 f"http://{address}{path}",
                 data=data,
-                headers={"Content-Type": MSGPACK},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(0.1, timeout_s)),
             ) as response:
                 raw = await response.read()
