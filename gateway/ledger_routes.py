@@ -25,10 +25,13 @@ Routes:
   from the key, so the digest is the one the state machine checks when the transfer is sent);
 * ``POST /v1/ledger/transfers/{id}/post`` ``{"amount"?}`` and ``.../void`` ``{}`` -> 201 the
   post or void of a pending transfer;
-* ``POST /v1/ledger/transfers/linked`` ``{"transfers": [...]}`` -> 201 the chain, applied whole
-  or not at all;
+* ``POST /v1/ledger/transfers/linked`` ``{"transfers": [...], "approvals"?}`` -> 201 the
+  chain, applied whole or not at all; a transfer may name a user side as above (a debited
+  user approves the whole chain: ``POST /v1/ledger/transfers/linked/preview`` answers its
+  digest as the single preview does);
 * ``POST /v1/ledger/transfers/batch`` ``{"transfers": [{"idempotency_key", ...}, ...]}`` -> 200
-  one result per transfer (each its own operation), in order;
+  one result per transfer (each its own operation), in order; an item may name a user side
+  with its own ``approvals`` (the single preview under the item's key gives its digest);
 * ``GET /v1/ledger/transfers/{id}`` -> the transfer;
 * ``POST /v1/test/faucet`` ``{"account", "amount"}`` -> 201 BAAS from the test mode's faucet
   (live mode: 400 ``test_mode_only``; live BAAS comes only from on-chain deposits).
@@ -710,6 +713,10 @@ _TRANSFER_REQUIRED = {"debit_account", "credit_account", "amount", "code"}
 _SINGLE_EXTRA = frozenset({"approvals", "idempotency_key"})  # a single or a batch item
 _USERS = frozenset({"credit_user", "debit_user"})  # a side named by the partner's user id
 _ROUTE_EXTRA = _USERS | {"approvals"}  # POST /v1/ledger/transfers
+_BATCH_ITEM_EXTRA = _SINGLE_EXTRA | _USERS  # an item of POST /v1/ledger/transfers/batch
+# A batch item is a single transfer under its own key: the single route's preview gives the
+# digest its debited user signs.
+_PREVIEW = "/v1/ledger/transfers/preview"
 
 
 @dataclass(frozen=True, slots=True)
@@ -866,10 +873,62 @@ def _item(
     return _Item(key, body, asked, _approvals(body.get("approvals"), where + "approvals"), where)
 
 
+def _require_approval(
+    asked: Sequence[_Asked], approvals: bytes | None, param: str, preview: str
+) -> None:
+    """Refused before the log, so the key stays free: the state machine's refusal would be the
+    operation's sticky outcome (approval_missing), and the key burnt for good."""
+    if approvals is None and any(a.debit_user is not None for a in asked):
+        raise InvalidRequest(
+            "a debit of a user's wallet needs the user's approval: sign the digest that "
+            f"POST {preview} answers, or send a one-time code",
+            code="approval_required",
+            param=param,
+        )
+
+
+def _names_user(asked: _Asked) -> bool:
+    return asked.debit_user is not None or asked.credit_user is not None
+
+
+def _credited_refs(ctx: LedgerContext, asked: Sequence[_Asked]) -> tuple[bytes, ...]:
+    """A credit to a linked user names the user's reference: the state machine lets the
+    operation credit that wallet only, and opens its account on the first credit."""
+    refs = (user_ref(ctx.pid16, ctx.mode, a.credit_user) for a in asked if a.credit_user)
+    return tuple(dict.fromkeys(refs))
+
+
+def _preview_answer(
+    ctx: LedgerContext, op: _Op, asked: Sequence[_Asked], extra: dict[str, Any]
+) -> web.Response:
+    """What ``op`` will be, its digest, and the EIP-712 ``Approve`` each debited wallet signs."""
+    events = encode_events(op.events)
+    digest = operation_digest(op.record_id, events)
+    chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
+    deadline = int(time.time()) + APPROVAL_DEADLINE_S
+    wallets = dict.fromkeys(a.debit_wallet for a in asked if a.debit_wallet is not None)
+    preview = {
+        "object": "transfer_preview",
+        "livemode": ctx.mode == Mode.LIVE,
+        "operation": op.record_id.hex(),
+        "events": events.hex(),
+        "digest": "0x" + digest.hex(),
+        **extra,
+        "approvals_required": [
+            {
+                "wallet": "0x" + w.hex(),
+                "typed_data": eip712.typed_data(
+                    eip712.Approve(int(ctx.mode), digest, w, deadline), chain_id
+                ),
+            }
+            for w in wallets
+        ],
+    }
+    return web.json_response(preview, headers={"Idempotency-Key": op.key})
+
+
 def _single(state: Any, ctx: LedgerContext, item: _Item, asked: _Asked) -> _Op:
-    # A credit to a linked user names the user's reference: the state machine lets the
-    # operation credit that wallet only, and opens its account on the first credit.
-    refs = () if asked.credit_user is None else (user_ref(ctx.pid16, ctx.mode, asked.credit_user),)
+    refs = _credited_refs(ctx, [asked])
     return _operation(
         state,
         ctx,
@@ -890,15 +949,7 @@ async def post_transfer(request: web.Request) -> web.Response:
     )
     body = _object(parse_json_body(await request.read()), _TRANSFER_FIELDS | _ROUTE_EXTRA, set())
     item = _item(key, body, "", _ROUTE_EXTRA)
-    if item.asked.debit_user is not None and item.approvals is None:
-        # Refused before the log, so the key stays free: the state machine's refusal would be
-        # the operation's sticky outcome (approval_missing), and the key burnt for good.
-        raise InvalidRequest(
-            "a debit of a user's wallet needs the user's approval: sign the digest that "
-            "POST /v1/ledger/transfers/preview answers, or send a one-time code",
-            code="approval_required",
-            param="approvals",
-        )
+    _require_approval([item.asked], item.approvals, "approvals", _PREVIEW)
     op = _single(state, ctx, item, await _checked(state, ctx, item.asked, ""))
     done = await _write_one(state, ctx, op)
     return _answer(done, _object_of(ctx, op, op.events[op.first], done.events[0]), key)
@@ -921,29 +972,8 @@ async def post_preview(request: web.Request) -> web.Response:
     item = _item(key, body, "", _USERS)
     asked = await _checked(state, ctx, item.asked, "")
     op = _single(state, ctx, item, asked)
-    events = encode_events(op.events)
-    digest = operation_digest(op.record_id, events)
-    chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
-    deadline = int(time.time()) + APPROVAL_DEADLINE_S
-    wallets = [] if asked.debit_wallet is None else [asked.debit_wallet]
-    preview = {
-        "object": "transfer_preview",
-        "livemode": ctx.mode == Mode.LIVE,
-        "operation": op.record_id.hex(),
-        "events": events.hex(),
-        "digest": "0x" + digest.hex(),
-        "transfer": _object_of(ctx, op, op.events[op.first], {"amount": asked.amount}),
-        "approvals_required": [
-            {
-                "wallet": "0x" + w.hex(),
-                "typed_data": eip712.typed_data(
-                    eip712.Approve(int(ctx.mode), digest, w, deadline), chain_id
-                ),
-            }
-            for w in wallets
-        ],
-    }
-    return web.json_response(preview, headers={"Idempotency-Key": key})
+    transfer = _object_of(ctx, op, op.events[op.first], {"amount": asked.amount})
+    return _preview_answer(ctx, op, [asked], {"transfer": transfer})
 
 
 async def _resolve(request: web.Request, void: bool) -> web.Response:
@@ -1022,6 +1052,31 @@ def _list_body(body: Any, bound: int, name: str, extra: frozenset[str] = frozens
     return items
 
 
+async def _linked_op(
+    state: Any, ctx: LedgerContext, key: str, body: Any, extra: frozenset[str]
+) -> tuple[_Op, list[_Asked]]:
+    """The chain as one operation; each transfer may name a linked user on one side (a
+    debited user's approval is required where ``extra`` takes ``approvals``)."""
+    bound = state.config.limits.ledger_linked_transfers_max
+    items = _list_body(body, bound, "ledger_linked_transfers_max", extra)
+    where = [f"transfers[{i}]." for i in range(len(items))]
+    parsed = [_parse_transfer(raw, w, _USERS) for raw, w in zip(items, where, strict=True)]
+    approvals = _approvals(body.get("approvals"))
+    if "approvals" in extra:
+        _require_approval(parsed, approvals, "approvals", "/v1/ledger/transfers/linked/preview")
+    asked = [await _checked(state, ctx, a, w) for a, w in zip(parsed, where, strict=True)]
+    last = len(asked) - 1
+
+    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
+        events: list[Event] = [
+            _event(ctx, record_id, i, a, linked=i < last) for i, a in enumerate(asked)
+        ]
+        return events, 0, where
+
+    refs = _credited_refs(ctx, asked)
+    return _operation(state, ctx, "transfer.linked", key, body, build, approvals, refs), asked
+
+
 async def post_linked(request: web.Request) -> web.Response:
     state, ctx, key = (
         gateway_state(request),
@@ -1029,28 +1084,32 @@ async def post_linked(request: web.Request) -> web.Response:
         require_idempotency_key(request),
     )
     body = parse_json_body(await request.read())
-    limits = state.config.limits
-    extra = frozenset({"approvals", "metadata"})
-    bound = limits.ledger_linked_transfers_max
-    items = _list_body(body, bound, "ledger_linked_transfers_max", extra)
-    parsed = [_parse_transfer(raw, f"transfers[{i}].") for i, raw in enumerate(items)]
-    approvals = _approvals(body.get("approvals"))
-    asked = [await _checked(state, ctx, a, f"transfers[{i}].") for i, a in enumerate(parsed)]
-    last = len(asked) - 1
-
-    def build(record_id: bytes) -> tuple[list[Event], int, list[str]]:
-        events: list[Event] = [
-            _event(ctx, record_id, i, a, linked=i < last) for i, a in enumerate(asked)
-        ]
-        return events, 0, [f"transfers[{i}]." for i in range(len(asked))]
-
-    op = _operation(state, ctx, "transfer.linked", key, body, build, approvals)
+    op, _ = await _linked_op(state, ctx, key, body, frozenset({"approvals", "metadata"}))
     done = await _write_one(state, ctx, op)
     data = [_object_of(ctx, op, e, m) for e, m in zip(op.events, done.events, strict=True)]
     return _answer(
         done,
         {"object": "linked_transfers", "operation": op.record_id.hex(), "transfers": data},
         key,
+    )
+
+
+async def post_linked_preview(request: web.Request) -> web.Response:
+    """What a linked chain debiting users' wallets will be, for each user to approve: the
+    same body as ``POST /v1/ledger/transfers/linked`` (without ``approvals``) under the same
+    ``Idempotency-Key``; nothing is proposed (see :func:`post_preview`)."""
+    state, ctx, key = (
+        gateway_state(request),
+        ledger_context(request),
+        require_idempotency_key(request),
+    )
+    body = parse_json_body(await request.read())
+    op, asked = await _linked_op(state, ctx, key, body, frozenset({"metadata"}))
+    transfers = [
+        _object_of(ctx, op, e, {"amount": a.amount}) for e, a in zip(op.events, asked, strict=True)
+    ]
+    return _preview_answer(
+        ctx, op, asked, {"object": "linked_transfers_preview", "transfers": transfers}
     )
 
 
@@ -1068,16 +1127,18 @@ async def post_batch(request: web.Request) -> web.Response:
             if not isinstance(raw, dict):
                 raise InvalidRequest("each transfer is a JSON object", param=f"transfers[{i}]")
             key = _check_key(raw.get("idempotency_key"), where + "idempotency_key")
-            parsed.append(_item(key, raw, where))
+            item = _item(key, raw, where, _BATCH_ITEM_EXTRA)
+            _require_approval([item.asked], item.approvals, where + "approvals", _PREVIEW)
+            parsed.append(item)
         except CallerError as exc:
             parsed.append(exc)
     keys = [p.key for p in parsed if isinstance(p, _Item)]
     if len(set(keys)) != len(keys):
         raise InvalidRequest("a batch repeats an idempotency key", code="duplicate_in_batch")
-    # Each account once, all at once: a batch often names the same few accounts.
-    wanted = sorted(
-        {a for p in parsed if isinstance(p, _Item) for a in (p.asked.debit, p.asked.credit)}
-    )
+    # Each account once, all at once: a batch often names the same few accounts. An item
+    # naming a user is checked on its own (its wallet's link, then the other side's account).
+    plain = [p for p in parsed if isinstance(p, _Item) and not _names_user(p.asked)]
+    wanted = sorted({a for p in plain for a in (p.asked.debit, p.asked.credit)})
     docs = dict(
         zip(
             wanted,
@@ -1087,11 +1148,28 @@ async def post_batch(request: web.Request) -> web.Response:
             strict=True,
         )
     )
+    with_users = [p for p in parsed if isinstance(p, _Item) and _names_user(p.asked)]
+    checked = dict(
+        zip(
+            (id(p) for p in with_users),
+            await asyncio.gather(
+                *(_checked(state, ctx, p.asked, p.where) for p in with_users),
+                return_exceptions=True,
+            ),
+            strict=True,
+        )
+    )
     slots: list[_Op | BaasError] = []
     for p in parsed:
         try:
             if isinstance(p, BaasError):
                 raise p
+            if _names_user(p.asked):
+                resolved = checked[id(p)]
+                if isinstance(resolved, BaseException):
+                    raise resolved
+                slots.append(_single(state, ctx, p, resolved))
+                continue
             for side in ("debit", "credit"):
                 doc = docs[getattr(p.asked, side)]
                 if doc is None or int(doc["user_data_128"]) != ctx.scope:
@@ -1286,6 +1364,7 @@ def add_ledger_routes(app: web.Application) -> None:
     app.router.add_post(LEDGER_PREFIX + "/transfers", post_transfer)
     app.router.add_post(LEDGER_PREFIX + "/transfers/preview", post_preview)
     app.router.add_post(LEDGER_PREFIX + "/transfers/linked", post_linked)
+    app.router.add_post(LEDGER_PREFIX + "/transfers/linked/preview", post_linked_preview)
     app.router.add_post(LEDGER_PREFIX + "/transfers/batch", post_batch)
     app.router.add_get(LEDGER_PREFIX + "/transfers/{id}", get_transfer)
     app.router.add_post(LEDGER_PREFIX + "/transfers/{id}/post", post_post)

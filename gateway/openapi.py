@@ -680,6 +680,25 @@ _USER_SIDES: dict[str, Schema] = {
         "approval_required without one)",
     },
 }
+
+
+def _linked_create(*, with_approvals: bool) -> Schema:
+    """A linked chain's body: each transfer may name one user side (``debit_user`` needs the
+    chain's ``approvals``: the digest of its preview)."""
+    item = {k: v for k, v in _TRANSFER_FIELDS.items() if k != "approvals"}
+    fields: dict[str, Schema] = {
+        "transfers": {
+            "type": "array",
+            "minItems": 1,
+            "items": _closed({**item, **_USER_SIDES}, required=["amount", "code"]),
+        },
+        "metadata": {"type": "object"},
+    }
+    if with_approvals:
+        fields["approvals"] = _TRANSFER_FIELDS["approvals"]
+    return _closed(fields, required=["transfers"])
+
+
 _LEDGER_PROBLEM = _closed(
     {
         "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
@@ -770,21 +789,8 @@ SCHEMAS.update(
             {"amount": AMOUNT, "metadata": {"type": "object"}}, required=[]
         ),
         "LedgerTransferVoid": _closed({}, required=[]),
-        "LedgerLinkedCreate": _closed(
-            {
-                "transfers": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": _closed(
-                        {k: v for k, v in _TRANSFER_FIELDS.items() if k != "approvals"},
-                        required=_TRANSFER_REQUIRED,
-                    ),
-                },
-                "approvals": _TRANSFER_FIELDS["approvals"],
-                "metadata": {"type": "object"},
-            },
-            required=["transfers"],
-        ),
+        "LedgerLinkedCreate": _linked_create(with_approvals=True),
+        "LedgerLinkedPreviewCreate": _linked_create(with_approvals=False),
         "LedgerBatchCreate": _closed(
             {
                 "transfers": {
@@ -795,10 +801,11 @@ SCHEMAS.update(
                     # whole is valid with any items here (even not objects), so the schema
                     # must not refuse it.
                     "items": {
-                        "description": "a transfer (the fields of LedgerTransferCreate but "
-                        "credit_user and debit_user) and its idempotency_key (required); an "
-                        "invalid item is answered in its slot, status 400 with the param at "
-                        "fault",
+                        "description": "a transfer (the fields of LedgerTransferCreate, a "
+                        "debit_user with its approvals: the digest of POST "
+                        "/v1/ledger/transfers/preview under the item's key) and its "
+                        "idempotency_key (required); an invalid item is answered in its "
+                        "slot, status 400 with the param at fault",
                     },
                 }
             }
@@ -977,6 +984,18 @@ PATHS.update(
                 "A chain of transfers applied as one: all or none",
                 "LedgerLinked",
                 "LedgerLinkedCreate",
+            )
+        },
+        "/v1/ledger/transfers/linked/preview": {
+            "post": _operation(
+                "previewLedgerLinkedTransfers",
+                "What POST /v1/ledger/transfers/linked with this body and Idempotency-Key will "
+                "be, and the digest (EIP-712 Approve) each debited user signs: nothing is "
+                "proposed",
+                {200: _json("LedgerLinkedPreview", "the preview", _IDEMPOTENCY_HEADER)},
+                (*_SIGNED_ERRORS, 404),
+                body="LedgerLinkedPreviewCreate",
+                parameters=[_LEDGER_KEY],
             )
         },
         "/v1/ledger/transfers/batch": {
@@ -1212,6 +1231,17 @@ _QUOTE_FIELDS: dict[str, Schema] = {
 }
 _APPROVALS: Schema = _TRANSFER_FIELDS["approvals"]
 _APPROVALS_REQUIRED: Schema = SCHEMAS["LedgerTransferPreview"]["properties"]["approvals_required"]
+SCHEMAS["LedgerLinkedPreview"] = _closed(
+    {
+        **{
+            k: v
+            for k, v in SCHEMAS["LedgerTransferPreview"]["properties"].items()
+            if k != "transfer"
+        },
+        "object": {"const": "linked_transfers_preview"},
+        "transfers": {"type": "array", "items": _ref("LedgerTransfer")},
+    }
+)
 
 
 def _bridge_preview(kind: str, name: str, inner: str) -> Schema:

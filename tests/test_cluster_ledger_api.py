@@ -378,6 +378,48 @@ async def test_user_approved_debits_codes_and_unlinks(cluster: tuple[LocalCluste
         assert wallet.body["balances"][0]["posted"] == "200", wallet  # 300 in, 100 out
         assert _balance(await w.account(shop))["posted"] == "800"  # 1000 - 300 + 100
 
+        # A linked chain naming the user on both sides (a purchase with cashback): the user
+        # approves the whole chain's digest, from its own preview.
+        chain = {
+            "transfers": [
+                {"debit_user": "user-77", "credit_account": shop, "amount": "60", "code": 3},
+                {"debit_account": shop, "credit_user": "user-77", "amount": "10", "code": 4},
+            ]
+        }
+        linked = "/v1/ledger/transfers/linked"
+        unsigned = await w.call("POST", linked, chain, key="basket-1")
+        assert unsigned.status == 400 and unsigned.body["code"] == "approval_required", unsigned
+        shown = await w.call("POST", linked + "/preview", chain, key="basket-1")
+        assert shown.status == 200 and shown.body["object"] == "linked_transfers_preview", shown
+        assert [t["amount"] for t in shown.body["transfers"]] == ["60", "10"]
+        (wanted,) = shown.body["approvals_required"]
+        assert wanted["wallet"] == carol.address
+        signed_chain = {**chain, "approvals": carol.approve(shown.body)}
+        done = await w.call("POST", linked, signed_chain, key="basket-1")
+        assert done.status == 201 and done.body["operation"] == shown.body["operation"], done
+        assert [t["id"] for t in done.body["transfers"]] == [
+            t["id"] for t in shown.body["transfers"]
+        ]
+        # A batch: each item its own key and approvals (the single preview's digest).
+        item_debit = {**debit, "amount": "5"}
+        item_preview = (await w.preview(item_debit, key="batch-u-1")).body
+        batch = {
+            "transfers": [
+                {**item_debit, "idempotency_key": "batch-u-1",
+                 "approvals": carol.approve(item_preview)},
+                {**item_debit, "idempotency_key": "batch-u-2"},  # unsigned: its slot only
+                {**pay, "amount": "7", "idempotency_key": "batch-u-3"},
+            ]
+        }  # fmt: skip
+        results = (await w.call("POST", "/v1/ledger/transfers/batch", batch)).body["results"]
+        assert [r["status"] for r in results] == [201, 400, 201], results
+        assert results[1]["error"]["code"] == "approval_required"
+        assert results[1]["error"]["param"] == "transfers[1].approvals"
+        assert results[0]["transfer"]["operation"] == item_preview["operation"]
+        wallet = await w.call("GET", "/v1/wallets/links/user-77")
+        assert wallet.body["balances"][0]["posted"] == "152", wallet  # 200 - 60 + 10 - 5 + 7
+        assert _balance(await w.account(shop))["posted"] == "848"
+
         # One-time codes: issued by the user (the network holds the hash), used once.
         code, issue = carol.issue_code(
             livemode=False, amount_limit="50", expiry=int(time.time()) + 600
@@ -406,7 +448,7 @@ async def test_user_approved_debits_codes_and_unlinks(cluster: tuple[LocalCluste
         assert expired.status == 403 and expired.body["code"] == "code_expired", expired
         wallet = await w.call("GET", "/v1/wallets/links/user-77/balances")
         assert wallet.body["object"] == "list" and wallet.body["has_more"] is False, wallet
-        assert wallet.body["data"][0]["posted"] == "160", wallet  # only the first code
+        assert wallet.body["data"][0]["posted"] == "112", wallet  # only the first code
 
         # Unlink by the partner; the read right after sees it (every node asked, freshest).
         off = await w.unlink("user-77", key="unlink-77")
