@@ -125,7 +125,7 @@ from gateway.ledger_routes import (
 )
 from gateway.node_client import WriteItem, error_from_problem
 from gateway.record_codec import canonical_record, sealed_wire
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.errors import InvalidRequest, NotFound, OperationFailed, UnsupportedFormat
 
 __all__ = [
     "INTENT_PREFIX",
@@ -198,8 +198,10 @@ PAYMENT_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
 
 
 def payment_problem(code: str) -> LedgerRefused:
-    """The problem for a refusal code (a payments result, a scope or an approval refusal)."""
-    if code in _APPROVAL_CODES:
+    """The problem for a refusal code (a payments result, a scope or an approval refusal). A
+    payments result first: the core's code checks (``code_used``, ``code_expired``, ...) share
+    their names with identity's approval refusals, and mean the same about the scanned code."""
+    if code in _APPROVAL_CODES and code not in PAYMENT_PROBLEMS:
         return LedgerRefused(
             f"the user's approval was refused: {code}", code=code, status=403, param="approvals"
         )
@@ -356,11 +358,15 @@ async def post_intent(request: web.Request) -> web.Response:
     if expires_at <= int(time.time()):
         raise InvalidRequest("expires_at is in the past", param="expires_at")
     ledger, scale = await _asset(state, ctx, body.get("asset", "baas"))
-    qr = MerchantQr(
-        ctx.pid16, ledger, scale, body["name"], body["city"], body.get("country", "ZZ"),
-        body.get("category", "0000"), amount, body["reference"], expires_at,
-    )  # fmt: skip
-    payload = encode_merchant(qr)
+    try:
+        payload = encode_merchant(
+            MerchantQr(
+                ctx.pid16, ledger, scale, body["name"], body["city"], body.get("country", "ZZ"),
+                body.get("category", "0000"), amount, body["reference"], expires_at,
+            )
+        )  # fmt: skip
+    except InvalidRequest as exc:  # EMVCo's amount has at most 13 characters at the scale
+        raise InvalidRequest(exc.detail, code=exc.code, param=exc.param or "amount") from exc
     record_id = operation_id(ctx.pid16, ctx.mode, _INTENT_KIND, key)
     plaintext = canonical_record(
         {
@@ -465,7 +471,10 @@ def _scanned(ctx: LedgerContext, key: str, body: dict[str, Any]) -> tuple[str, s
     """(kind, key, ledger, amount) of a payment of a scanned merchant QR of yours. A dynamic
     QR's payment takes its record id from the QR's reference (single use); a static one's
     from the Idempotency-Key, with the amount in the body."""
-    qr = decode_merchant(body["qr"])
+    try:
+        qr = decode_merchant(body["qr"])
+    except (InvalidRequest, UnsupportedFormat) as exc:  # the reason's code, about the qr
+        raise InvalidRequest(exc.detail, code=exc.code, param="qr") from exc
     if qr.merchant != ctx.pid16 or mode_of_ledger(qr.ledger) != ctx.mode:
         raise NotFound("not a QR of yours in this mode", code="qr_not_yours", param="qr")
     if not qr.dynamic:
@@ -491,7 +500,12 @@ async def _code_op(
             raise InvalidRequest(f"{name} does not go with a consumer code", param=name)
     if "amount" not in body:
         raise InvalidRequest("amount is required", code="parameter_missing", param="amount")
-    code = parse_consumer_code(body["code"])
+    try:
+        code = parse_consumer_code(body["code"])
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.detail, code=exc.code, param="code") from exc
+    if code.mode != ctx.mode:  # the other mode's code names nothing here
+        raise NotFound("no such code in this mode", code="code_unknown", param="code")
     amount = amount_param(body["amount"], "amount")
     capture = body.get("capture", False)
     if type(capture) is not bool:
