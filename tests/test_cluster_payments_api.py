@@ -179,9 +179,13 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         assert [x["id"] for x in listed.body["data"]] == [payment], listed
         assert (await q.call("GET", "/v1/payments")).body["data"] == []
 
-        # A consumer one-time code: alice's app issues it, shop-p's till scans it.
+        # A consumer one-time code: alice's app issues it (16 random bytes, the 44 digits' secret),
+        # shop-p's till scans it.
         secret, issue = alice.issue_code(
-            livemode=False, amount_limit=str(500 * U), expiry=int(time.time()) + 300
+            livemode=False,
+            amount_limit=str(500 * U),
+            expiry=int(time.time()) + 300,
+            code=bytes(range(40, 56)),
         )
         assert (await p.call("POST", "/v1/wallets/codes", issue, key="code-1")).status == 201
         digits = ConsumerCode(Mode.TEST, secret).digits
