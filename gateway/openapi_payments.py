@@ -223,7 +223,8 @@ def _image(operation_id: str, media: str) -> Schema:
     return _operation(
         operation_id,
         f"The intent's QR as {media} (segno)",
-        {200: {"description": "the image", "content": {media: {"schema": {"type": "string"}}}}},
+        # OpenAPI 3.1: a binary body has no JSON schema, only its media type.
+        {200: {"description": "the image", "content": {media: {}}}},
         (*_SIGNED_ERRORS, 404),
         parameters=[_INTENT_PATH],
     )

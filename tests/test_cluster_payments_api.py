@@ -14,14 +14,17 @@ document (CheckedPartnerClient)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import openapi_check
 import pytest
+import zxingcpp
 from nodeapi import node_get
 from openapi_check import CheckedPartnerClient
+from PIL import Image
 
 from business.identity.ids import Mode
 from business.payments.codes import ConsumerCode, decode_merchant
@@ -132,6 +135,12 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         read = await p.call("GET", f"/v1/payment_intents/{intent.body['id']}")
         assert read.status == 200 and read.body["payload"] == intent.body["payload"], read
         assert (await q.call("GET", f"/v1/payment_intents/{intent.body['id']}")).status == 404
+        png = await p.call("GET", intent.body["qr_png"])
+        assert png.status == 200 and png.headers["Content-Type"] == "image/png", png.status
+        (decoded,) = zxingcpp.read_barcodes(Image.open(io.BytesIO(png.body)).convert("L"))
+        assert decoded.text == intent.body["payload"]  # an independent decoder reads our QR
+        svg = await p.call("GET", intent.body["qr_svg"])
+        assert svg.status == 200 and svg.body.startswith(b"<?xml"), svg.status
 
         # Authorise it with alice's approval; without it, 400 before the log.
         pay_body = {"qr": intent.body["payload"], "user": "alice"}
