@@ -351,7 +351,6 @@ PATHS.update(
                     _string_query("price_max", "minor units", _Q),
                     _string_query("in_stock", "true or false", {"enum": ["true", "false"]}),
                     _string_query("page", "the next_page of the previous page", _LISTING_ID),
-                    _string_query("starting_after", "a listing id", _LISTING_ID),
                 ],
             ),
         },

@@ -43,7 +43,7 @@ Routes (``{asset}`` is ``baas`` or your point asset's code):
   yours) ``{"title", "description"?, "price", "asset"?, "stock", "active"?}``;
   ``GET /v1/market/listings/{id}`` (any partner's: listings are public partner data);
   ``GET /v1/market/listings?text=&partner=&asset=&price_min=&price_max=&in_stock=&limit=
-  &starting_after=`` -> a page of the search across partners (a bounded scan: ``has_more``
+  &page=`` -> a page of the search across partners (a bounded scan: ``has_more``
   with ``next_page`` to go on; the page holds the credential's mode's listings only);
 * ``POST /v1/market/orders/preview`` and ``POST /v1/market/orders`` ``{"listing", "quantity",
   "user", "approvals", "capture_window_s"?}`` -> the order (stock reserved, its payment
@@ -714,10 +714,9 @@ async def search_listings(request: web.Request) -> web.Response:
         if q["in_stock"] not in ("true", "false"):
             raise InvalidRequest("in_stock is true or false", param="in_stock")
         parts.append(f"in_stock={q['in_stock']}")
-    for name in ("page", "starting_after"):
-        if name in q:
-            after = hex_param(q[name], name, 16, 16, prefix=LISTING_PREFIX)
-            parts.append(f"after={after.hex()}")
+    if "page" in q:  # the previous page's next_page: where its scan stopped
+        after = hex_param(q["page"], "page", 16, 16, prefix=LISTING_PREFIX)
+        parts.append(f"after={after.hex()}")
     page = await ledger_doc(state, ctx, f"{_INTERNAL}/listings?" + "&".join(parts))
     if page is None:
         raise OperationFailed("no node answered the search", code="ledger_list_unavailable")

@@ -205,6 +205,17 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         assert reused.status == 409 and reused.body["code"] == "code_used", reused
         assert await _balance(p, "alice") == 9450 * U
 
+        # Server side, then voided: the hold is released, nothing moved.
+        server = await _pay(p, alice, {"amount": str(100 * U), "user": "alice"}, "srv-1")
+        assert server.status == 201 and server.body["status"] == "authorised", server
+        voided = await p.call("POST", f"/v1/payments/{server.body['id']}/void", {}, key="v-2")
+        assert voided.status == 201 and voided.body["status"] == "voided", voided
+        late = await p.call(
+            "POST", f"/v1/payments/{server.body['id']}/capture", {"amount": "1"}, key="c-3"
+        )
+        assert late.status == 409 and late.body["code"] == "payment_voided", late
+        assert await _balance(p, "alice") == 9450 * U
+
         # The Market: shop-p lists, shop-q's user bob buys through an order, shop-p fulfils.
         listing_body = {"title": "Coffee beans", "description": "1 kg", "price": str(300 * U),
                         "stock": 5}  # fmt: skip
@@ -227,6 +238,23 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         fulfilled = await p.call("POST", order_path + "/fulfil", {}, key="f-1")
         assert fulfilled.status == 201 and fulfilled.body["status"] == "fulfilled", fulfilled
         assert await _balance(q, "bob") == 9400 * U
+        again = await BridgeClient(q).approved("/v1/market/orders", order_body, bob, key="ord-1")
+        assert again.status == 200 and again.body["id"] == order.body["id"], again
+        back = await p.call("POST", order_path + "/refunds", {"amount": str(100 * U)}, key="or-1")
+        assert back.status == 201 and back.body["payment"]["amount_refunded"] == str(100 * U)
+        assert await _balance(q, "bob") == 9500 * U
+        # Another order, cancelled: its stock comes back; the listing is replaced by its owner.
+        one = {**order_body, "quantity": 1}
+        order2 = await BridgeClient(q).approved("/v1/market/orders", one, bob, key="ord-2")
+        assert order2.status == 201, order2
+        cancel = await p.call("POST", f"/v1/market/orders/{order2.body['id']}/cancel", {}, key="x")
+        assert cancel.status == 201 and cancel.body["status"] == "cancelled", cancel
+        lpath = f"/v1/market/listings/{listing.body['id']}"
+        assert (await p.call("GET", lpath)).body["stock"] == 3
+        assert (await q.call("POST", lpath, {**listing_body, "stock": 9}, key="l-q")).status == 404
+        restocked = await p.call("POST", lpath, {**listing_body, "stock": 9}, key="lst-2")
+        assert restocked.status == 201 and restocked.body["stock"] == 9, restocked
+        assert await _balance(q, "bob") == 9500 * U
 
         # Conservation: every node's ledger digest the same, every ledger balanced.
         names = [n.name for n in local.layout.nodes]

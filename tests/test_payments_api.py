@@ -156,12 +156,13 @@ async def test_bad_payments_input_is_refused_before_any_node(tmp_path: Path) -> 
             ("/v1/market/listings?in_stock=maybe", "in_stock"),
             ("/v1/market/listings?price_min=-1", "price_min"),
             ("/v1/market/listings?partner=zz", "partner"),
+            ("/v1/market/listings?page=lst_1", "page"),
             ("/v1/market/listings/lst_1", "id"),
             ("/v1/market/orders/ord_1", "id"),
         ):
             got = await http.request("GET", path)
             assert got.status == 400 and got.body["param"] == param, (path, got)
-    assert openapi_check.answers_checked >= checked_before + 58
+    assert openapi_check.answers_checked >= checked_before + 59
 
 
 def test_every_payments_result_maps_to_one_problem() -> None:
