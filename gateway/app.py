@@ -25,7 +25,9 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   transfers, :mod:`gateway.ledger_routes` (docs/ledger-guide.md); ``/v1/wallets/links``:
   users' wallets linked with their signature, :mod:`gateway.wallet_routes`; ``/v1/bridge/...``:
   point assets, reserves, policies, quotes and swaps, :mod:`gateway.bridge_routes`
-  (docs/bridge-guide.md).
+  (docs/bridge-guide.md); ``/v1/payment_intents``, ``/v1/payments...``, ``/v1/market/...``:
+  merchant QR intents, payments and the Market, :mod:`gateway.payments_routes`
+  (docs/payments-guide.md).
 * ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
   :mod:`gateway.admin_routes`.
 
@@ -77,6 +79,7 @@ from gateway.openapi import (
     OPENAPI_PATH,
     openapi_document,
 )
+from gateway.payments_routes import add_payments_routes
 from gateway.rate_limit import CredentialRateLimiter
 from gateway.record_codec import canonical_record, open_record, sealed_wire
 from gateway.request_keys import API_VERSION as API_VERSION_KEY
@@ -505,6 +508,7 @@ def build_gateway_app(
     add_ledger_routes(app)
     add_wallet_routes(app)
     add_bridge_routes(app)
+    add_payments_routes(app)
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

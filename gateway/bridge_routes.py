@@ -124,20 +124,29 @@ __all__ = [
     "BRIDGE_PROBLEMS",
     "POLICY_FIELDS",
     "SWAP_PREFIX",
+    "Done",
+    "Op",
     "add_bridge_routes",
+    "answer",
     "current_policy",
     "define_points",
     "fund_liquidity",
     "issue_points",
     "own_point_asset",
+    "point_asset",
     "policy_terms",
+    "preview",
     "problem_of",
     "read_swap",
+    "request_operation",
     "reserve_object",
+    "sealed_request",
     "set_policy",
     "set_reserve_threshold",
     "swaps_list",
     "top_up_reserve",
+    "user_approvals",
+    "write_operation",
 ]
 
 BRIDGE_PREFIX = "/v1/bridge"
@@ -208,7 +217,7 @@ class _Op:
 
     kind: str
     record_id: bytes
-    request: Request
+    request: Any  # a Bridge request, or a payments one (gateway/payments_routes.py)
     raw: bytes
     item: WriteItem
 
@@ -226,19 +235,23 @@ def _operation(
     kind: str,
     key: str,
     body: dict[str, Any],
-    make: Callable[[bytes], Request],
+    make: Callable[[bytes], Any],
     approvals: bytes | None = None,
     user_refs: Sequence[bytes] = (),
+    *,
+    encode: Callable[[Any], bytes] = encode_request,
+    field: str = "br",
 ) -> _Op:
     """``make(record_id)`` builds the request (its op id is the record id). The sealed record
     holds the body as asked, without the approvals: a retry with a fresh signature is the same
-    operation, not another body under the key."""
+    operation, not another body under the key. ``encode`` and ``field``: the request's wire
+    form and node field (the Bridge's by default; the payments routes pass theirs)."""
     record_id = operation_id(ctx.pid16, ctx.mode, kind, key)
     request = make(record_id)
-    raw = encode_request(request)
+    raw = encode(request)
     plaintext = canonical_record(
         {
-            "object": "bridge_operation",
+            "object": "bridge_operation" if field == "br" else "payments_operation",
             "kind": kind,
             "livemode": ctx.mode == Mode.LIVE,  # reads check it: a partner's modes are apart
             "request": {k: v for k, v in body.items() if k != "approvals"},
@@ -254,30 +267,36 @@ def _operation(
         partner=ctx.pid16,
         mode=int(ctx.mode),
         user_refs=user_refs,
+        field=field,
     )
     return _Op(kind, record_id, request, raw, item)
 
 
-def judge(result: dict[str, Any]) -> _Done | BaasError:
-    """A node's answer about one Bridge operation: its outcome, or the refusal as a problem."""
+def judge(
+    result: dict[str, Any], problem: Callable[[str], LedgerRefused] = problem_of
+) -> _Done | BaasError:
+    """A node's answer about one Bridge (or payments: ``problem``) operation: its outcome, or
+    the refusal as a problem."""
     if not result.get("ok"):
         code = str(result.get("code"))
         if code in _APPROVAL_CODES:
-            return problem_of(code)
+            return problem(code)
         return error_from_problem(int(result.get("status", 503)), result)
     outcome = result.get("outcome")
     if not isinstance(outcome, dict):
         raise OperationFailed("the node answered without the operation's outcome")
     code = str(outcome.get("result", "ok"))
     if code not in _SUCCESS:
-        return problem_of(code)
+        return problem(code)
     return _Done(bool(result.get("replayed")), int(outcome["log_time_ms"]), code)
 
 
-async def _write(state: Any, ctx: LedgerContext, op: _Op) -> _Done:
+async def _write(
+    state: Any, ctx: LedgerContext, op: _Op, problem: Callable[[str], LedgerRefused] = problem_of
+) -> _Done:
     with state.reserve(ctx.partner.partner_id, 1):
         (result,) = await state.nodes.write_operations([op.item])
-    done = judge(result)
+    done = judge(result, problem)
     status = done.http_status if isinstance(done, BaasError) else 200 if done.replayed else 201
     state.ledger_operations.labels(op.kind, str(status)).inc()
     if isinstance(done, BaasError):
@@ -990,9 +1009,12 @@ async def _batch_swap(state: Any, ctx: LedgerContext, raw: Any, where: str) -> _
     return _operation(state, ctx, "bridge.swap", key, body, make, approvals, refs)
 
 
-async def _swap_request(state: Any, ctx: LedgerContext, record_id: bytes) -> dict[str, Any] | None:
-    """The swap's request as sealed in its record, if it is this partner's swap in this mode
-    (another partner's id, or any other operation's, is None: not found)."""
+async def _swap_request(
+    state: Any, ctx: LedgerContext, record_id: bytes, kind: str = "bridge.swap"
+) -> dict[str, Any] | None:
+    """The swap's (an operation of ``kind``'s) request as sealed in its record, if it is this
+    partner's in this mode (another partner's id, or any other operation's, is None: not
+    found)."""
     try:
         reply = await state.nodes.read_record(ReadItem(record_id, ctx.deadline, ctx.request_id))
         opened = None
@@ -1005,7 +1027,7 @@ async def _swap_request(state: Any, ctx: LedgerContext, record_id: bytes) -> dic
         opened is None
         or opened.owner != ctx.partner.partner_id
         or not isinstance(record, dict)
-        or record.get("kind") != "bridge.swap"
+        or record.get("kind") != kind
         or record.get("livemode") != (ctx.mode == Mode.LIVE)
     ):
         return None
@@ -1121,6 +1143,19 @@ async def swaps_list(
         record_id = bytes.fromhex(e["operation"])
         data.append(_read_swap_object(ctx, record_id, body, e["result"], int(e["log_time_ms"])))
     return {"object": "list", "data": data, "has_more": has_more, "url": BRIDGE_PREFIX + "/swaps"}
+
+
+# The operation path, shared with the payments routes (gateway/payments_routes.py): one way to
+# build, write, preview and read back an operation that carries a request.
+Op = _Op
+Done = _Done
+request_operation = _operation
+write_operation = _write
+answer = _answer
+point_asset = _asset
+preview = _preview
+user_approvals = _user_approvals
+sealed_request = _swap_request
 
 
 def add_bridge_routes(app: web.Application) -> None:

@@ -127,18 +127,23 @@ class WriteItem:
         partner: bytes,
         mode: int,
         user_refs: Sequence[bytes] = (),
+        field: str = "br",
     ) -> WriteItem:
-        """A record that carries a Bridge request (log feature 8): ``request`` is
-        business.bridge.wire.encode_request of a request whose op id is the record id; the
-        state machine makes its ledger events. The proposer is the AUTHENTICATED partner, as
-        for :meth:`operation`; ``user_refs`` name the linked users it issues to or swaps for;
-        ``approvals`` carry the user's signature over operation_digest(record id, request)."""
+        """A record that carries a Bridge request (log feature 8; ``field`` ``"br"``:
+        business.bridge.wire.encode_request) or a payments or Market request (log feature 9;
+        ``field`` ``"pm"``: business.payments.wire.encode_request), of a request whose op id
+        is the record id; the state machine makes its ledger events. The proposer is the
+        AUTHENTICATED partner, as for :meth:`operation`; ``user_refs`` name the linked users
+        it issues to or swaps for; ``approvals`` carry the user's signature over
+        operation_digest(record id, request)."""
         item = cls.operation(
             record, b"", approvals, deadline=deadline, request_id=request_id,
             partner=partner, mode=mode, user_refs=user_refs,
         )  # fmt: skip
+        if field not in ("br", "pm"):
+            raise InvalidRequest(f"an operation carries no request field {field!r}")
         del item.record["ev"]
-        item.record["br"] = request
+        item.record[field] = request
         return item
 
 
@@ -467,7 +472,7 @@ class NodeClient:
 
     async def write_operations(self, items: list[WriteItem]) -> list[dict[str, Any]]:
         """Records carrying ledger operations (:meth:`WriteItem.operation`, or
-        :meth:`WriteItem.bridge_operation`), one result each.
+        :meth:`WriteItem.bridge_operation` with ``br`` or ``pm``), one result each.
 
         As :meth:`write_records`; a success carries ``outcome``, what the ledger did
         (``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``, ids and amounts as
@@ -476,10 +481,13 @@ class NodeClient:
         enabled them: refused before the log, so safe to retry.
         """
         for item in items:
-            # a ledger operation carries its events (ev), a Bridge operation its request (br)
-            if type(item.record.get("ev", item.record.get("br"))) is not bytes:
+            # a ledger operation carries its events (ev), a Bridge or payments operation its
+            # request (br, pm)
+            carried = [item.record.get(name) for name in ("ev", "br", "pm")]
+            if [type(x) for x in carried if x is not None] != [bytes]:
                 raise InvalidRequest(
-                    "an operation record carries its events (ev) or Bridge request (br) as bytes"
+                    "an operation record carries its events (ev), Bridge (br) or payments (pm) "
+                    "request as bytes"
                 )
         return await self.write_records(items)
 

@@ -45,10 +45,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from business.bridge.wire import decode_request
+from business.bridge.wire import decode_request as decode_bridge_request
 from business.ledger.outcome import OperationOutcome
+from business.payments.model import PAYMENTS_FEATURE_VERSION
+from business.payments.wire import decode_request as decode_payments_request
 from node.batcher import Batcher
 from node.config import ClusterConfig, NodeLimits, NodeTimeouts
+from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.ledger_ops import (
     APPROVALS_BYTES_MAX,
     Operation,
@@ -112,8 +115,8 @@ class IndexPort(Protocol):
         """Whether the log takes ledger operations (feature version 6)."""
         ...
 
-    def bridge_enabled(self) -> bool:
-        """Whether the log takes Bridge requests in operations (feature version 8)."""
+    def feature_version(self) -> int:
+        """The log's applied feature version (Bridge requests from 8, payments from 9)."""
         ...
 
     def stamp(self) -> tuple[int, int]:
@@ -153,6 +156,9 @@ class WriteRequest:
     # A Bridge request (log feature 8, business/bridge/wire.py) instead of events: its op id
     # is the record id; the state machine makes its ledger events (node/consensus/bridge_ops.py).
     bridge: bytes | None = None
+    # A payments or Market request (log feature 9, business/payments/wire.py) instead of
+    # events: as ``bridge`` (node/consensus/payments_ops.py).
+    payments: bytes | None = None
     # A vault deposit credit (log feature 10, node/consensus/deposit_ops.py): built only by
     # this node's deposit watcher (node/chain/deposit_service.py), never taken from the API.
     deposit: bytes | None = None
@@ -370,10 +376,13 @@ class Coordinator:
             raise PayloadTooLarge("record blob exceeds record_blob_bytes_max")
         if not request.partner_id:
             raise InvalidRequest("partner id is empty")
-        if request.deposit is not None and (request.events, request.bridge) != (None, None):
-            raise InvalidRequest("a deposit credit carries no ledger events or Bridge request")
-        if request.bridge is not None:
-            self._validate_bridge(request)
+        carried = [r for r in _REQUEST_KINDS if getattr(request, r.attribute) is not None]
+        if request.deposit is not None and (request.events is not None or carried):
+            raise InvalidRequest(
+                "a deposit credit carries no ledger events, Bridge or payments request"
+            )
+        if carried:
+            self._validate_request(request, carried)
         elif request.events is not None or request.approvals is not None:
             self._validate_operation(request)
         if request.proposer is not None or request.mode is not None or request.user_refs:
@@ -382,32 +391,37 @@ class Coordinator:
             except InvalidRequest as exc:
                 raise InvalidRequest(exc.detail, code="invalid_proposer", param="pt") from exc
 
-    def _validate_bridge(self, request: WriteRequest) -> None:
-        """Refuse a Bridge request the log would call malformed, before any shard is stored."""
-        if self._index is None or not self._index.bridge_enabled():
+    def _validate_request(self, request: WriteRequest, carried: list[_RequestKind]) -> None:
+        """Refuse a Bridge or payments request the log would call malformed, before any shard
+        is stored: not before its log feature (503, retry), not with ledger events or another
+        request, one that does not decode, or whose op id is not its record id (400)."""
+        kind = carried[0]
+        version = 0 if self._index is None else self._index.feature_version()
+        if version < kind.feature:
             raise OperationFailed(
-                "the cluster's log has not enabled Bridge requests (feature version 8) yet; "
-                "retry shortly",
-                code="bridge_not_enabled",
+                f"the cluster's log has not enabled {kind.name} requests (feature version "
+                f"{kind.feature}) yet; retry shortly",
+                code=f"{kind.problem}_not_enabled",
             )
-        if request.events is not None:
+        invalid = f"invalid_{kind.problem}_request"
+        if request.events is not None or len(carried) > 1:
             raise InvalidRequest(
-                "an operation carries ledger events or a Bridge request, not both",
-                code="invalid_bridge_request",
-                param="br",
+                "an operation carries ledger events, a Bridge or a payments request: one",
+                code=invalid,
+                param=kind.param,
             )
         _check_approvals_size(request)
         try:
-            bridge = decode_request(request.bridge or b"")
+            decoded = kind.decode(getattr(request, kind.attribute))
         except UnsupportedFormat as exc:
             raise InvalidRequest(
-                f"Bridge request: {exc.detail}", code="invalid_bridge_request", param="br"
+                f"{kind.name} request: {exc.detail}", code=invalid, param=kind.param
             ) from exc
-        if bridge.op != request.record_id:
+        if decoded.op != request.record_id:
             raise InvalidRequest(
-                "a Bridge request's op id must be its record id",
-                code="invalid_bridge_request",
-                param="br",
+                f"a {kind.name} request's op id must be its record id",
+                code=invalid,
+                param=kind.param,
             )
 
     def _validate_operation(self, request: WriteRequest) -> None:
@@ -492,7 +506,9 @@ class Coordinator:
     def _first_outcome(self, request: WriteRequest) -> dict[str, Any] | None:
         """A retried operation's applied first outcome (a plain record has none; a ledger
         operation carries events, a Bridge operation its request)."""
-        plain = request.events is None and request.bridge is None and request.deposit is None
+        plain = all(
+            getattr(request, name) is None for name in ("events", "bridge", "payments", "deposit")
+        )
         if plain or self._index is None:
             return None
         first = self._index.outcome(request.record_id)
@@ -583,6 +599,7 @@ class Coordinator:
                 request.mode,
                 request.user_refs,
                 bridge=request.bridge,
+                payments=request.payments,
                 deposit=request.deposit,
             )
             for _, request, result in pending
@@ -975,8 +992,29 @@ class Coordinator:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class _RequestKind:
+    """A request an operation may carry instead of ledger events, as the API takes it."""
+
+    attribute: str  # the WriteRequest field
+    param: str  # its node wire field (the problem's param)
+    name: str  # in messages
+    problem: str  # problem codes: <problem>_not_enabled, invalid_<problem>_request
+    feature: int  # the log feature version that takes it
+    decode: Callable[[bytes], Any]  # its wire decoder (UnsupportedFormat when malformed)
+
+
+_REQUEST_KINDS = (
+    _RequestKind("bridge", "br", "Bridge", "bridge", BRIDGE_FEATURE_VERSION, decode_bridge_request),
+    _RequestKind(
+        "payments", "pm", "payments", "payments", PAYMENTS_FEATURE_VERSION, decode_payments_request
+    ),
+)
+
+
 def _check_approvals_size(request: WriteRequest) -> None:
-    """The approvals blob's bound, the same for ledger operations and Bridge requests."""
+    """The approvals blob's bound, the same for ledger operations and Bridge and payments
+    requests."""
     if request.approvals is not None and len(request.approvals) > APPROVALS_BYTES_MAX:
         raise InvalidRequest(
             f"approvals are at most {APPROVALS_BYTES_MAX} bytes", code="invalid_approvals",

@@ -3,13 +3,15 @@
 Routes (bodies are msgpack, ``application/msgpack``, because they carry binary blobs):
 
 * ``POST /internal/v1/records`` ``{"records": [{"rid", "blob", "pid", "fp"[, "pc", "ev",
-  "ap", "pt", "md", "ur", "br"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts", "durable",
-  "replayed"[, "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``: ``ev`` are a
-  record's ledger events (wire form, business/ledger/wire.py; refused until log feature 6 is
-  enabled), ``ap`` its users' approvals, ``pt``/``md``/``ur`` the proposer the gateway
+  "ap", "pt", "md", "ur", "br", "pm"]}, ...]}`` -> ``{"results": [{"ok": true, "ch", "ts",
+  "durable", "replayed"[, "outcome"]} | {"ok": false, "code", "status", "detail"}, ...]}``:
+  ``ev`` are a record's ledger events (wire form, business/ledger/wire.py; refused until log
+  feature 6 is enabled), ``ap`` its users' approvals, ``pt``/``md``/``ur`` the proposer the gateway
   authenticated (partner id, mode, linked user references; node/consensus/ledger_ops.py),
   ``br`` instead of ``ev`` a Bridge request (business/bridge/wire.py, its op id the record id;
-  refused until log feature 8: 503 ``bridge_not_enabled``), and
+  refused until log feature 8: 503 ``bridge_not_enabled``), ``pm`` likewise a payments or
+  Market request (business/payments/wire.py; until log feature 9: 503
+  ``payments_not_enabled``), and
   ``outcome`` what the ledger did (the first
   outcome, for a retry too: ``{"log_time_ms", "events": [{"id", "result", "amount", ...}]}``,
   ids and amounts as strings of digits)
@@ -229,6 +231,7 @@ def _write_request(raw: Any, request_id: str) -> WriteRequest:
         mode=_int_or_none(raw.get("md")),
         user_refs=_user_refs(raw.get("ur")),
         bridge=_bytes_field(raw, "br") if raw.get("br") is not None else None,
+        payments=_bytes_field(raw, "pm") if raw.get("pm") is not None else None,
     )
 
 

@@ -34,7 +34,6 @@ from typing import Any
 from business.ledger.outcome import OperationOutcome
 from node.batcher import Batcher
 from node.config import ClusterMember, RaftSettings
-from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.ledger_ops import (
     LEDGER_FEATURE_VERSION,
     LEDGER_OPS,
@@ -219,9 +218,9 @@ class RecordIndexClient:
         """Whether the log has enabled ledger operations (feature version 6)."""
         return Dispatcher.feature_version(_View(self._log)) >= LEDGER_FEATURE_VERSION
 
-    def bridge_enabled(self) -> bool:
-        """Whether the log has enabled Bridge requests in operations (feature version 8)."""
-        return Dispatcher.feature_version(_View(self._log)) >= BRIDGE_FEATURE_VERSION
+    def feature_version(self) -> int:
+        """The log's applied feature version (the coordinator checks a request's against it)."""
+        return Dispatcher.feature_version(_View(self._log))
 
     async def lookup_confirmed(self, record_id: bytes) -> IndexEntry | None:
         found = self.lookup(record_id)
