@@ -43,8 +43,8 @@ from business.ledger.model import (
     META_KEY,
     META_V1,
     TRANSFER_PREFIX,
-    Transfer,
-    decode_transfer,
+    TRANSFER_V1,
+    VALUE_VERSION,
 )
 from node.consensus.state_machine import StateView, Write
 from node.errors import UnsupportedFormat
@@ -66,8 +66,14 @@ TAG_TRANSFERS_PREFIX = b"lg/pt/"  # + tag u128 + transfer id u128 -> b""
 INDEX_MARK_KEY = b"lg/pm"  # -> MARK_V1: objects created after ``indexed_after`` are indexed
 MARK_VERSION = 1
 MARK_V1 = struct.Struct(">BQ")  # version, the ledger's last timestamp when indexing began
-_ACCOUNT_KEY_BYTES = len(ACCOUNT_PREFIX) + 16
-_TRANSFER_KEY_BYTES = len(TRANSFER_PREFIX) + 16
+# The hot loop reads fields off the stored bytes (no decode: ~3x cheaper per transfer).
+_PREFIX_BYTES = len(ACCOUNT_PREFIX)
+_OBJECT_KEY_BYTES = _PREFIX_BYTES + 16
+_NO_TAG = bytes(16)
+_TRANSFER_TAG_AT = struct.calcsize(">B16s16s16s16s")  # version, dr, cr, amount, pending id
+_TRANSFER_TS_AT = struct.calcsize(">B16s16s16s16s16sIIHH")  # the timestamp ends the value
+assert len(TRANSFER_PREFIX) == _PREFIX_BYTES and TRANSFER_V1.size == _TRANSFER_TS_AT + 8
+assert TRANSFER_V1.format.lstrip(">").startswith("B16s16s16s16s16sIIHH")
 
 
 def tag_key(prefix: bytes, tag: int, object_id: int) -> bytes:
@@ -112,16 +118,16 @@ def tag_index_writes(before: StateView, writes: Mapping[bytes, bytes | None]) ->
         out.append((INDEX_MARK_KEY, MARK_V1.pack(MARK_VERSION, last)))
     account_head = ACCOUNT_HEAD_V1.unpack_from
     for key, value in writes.items():
-        if value is None or len(key) not in (_ACCOUNT_KEY_BYTES, _TRANSFER_KEY_BYTES):
+        if len(key) != _OBJECT_KEY_BYTES or value is None:  # most of an entry's writes
             continue
-        if key.startswith(ACCOUNT_PREFIX):
+        head = key[:_PREFIX_BYTES]
+        if head == ACCOUNT_PREFIX:
             _, _, _, _, tag_raw, timestamp = account_head(value)
-            tag = int.from_bytes(tag_raw, "big")
-            if timestamp > last and tag:
-                out.append((TAG_ACCOUNTS_PREFIX + tag_raw + key[len(ACCOUNT_PREFIX) :], b""))
-        elif key.startswith(TRANSFER_PREFIX):
-            transfer_id = int.from_bytes(key[len(TRANSFER_PREFIX) :], "big")
-            found = decode_transfer(transfer_id, value)  # a sticky failure is no transfer
-            if type(found) is Transfer and found.timestamp > last and found.user_data_128:
-                out.append((tag_key(TAG_TRANSFERS_PREFIX, found.user_data_128, transfer_id), b""))
+            if timestamp > last and tag_raw != _NO_TAG:
+                out.append((TAG_ACCOUNTS_PREFIX + tag_raw + key[_PREFIX_BYTES:], b""))
+        elif head == TRANSFER_PREFIX and value[0] == VALUE_VERSION:  # not a sticky failure
+            tag_raw = value[_TRANSFER_TAG_AT : _TRANSFER_TAG_AT + 16]
+            timestamp = int.from_bytes(value[_TRANSFER_TS_AT:], "big")
+            if timestamp > last and tag_raw != _NO_TAG:
+                out.append((TAG_TRANSFERS_PREFIX + tag_raw + key[_PREFIX_BYTES:], b""))
     return out
