@@ -2,9 +2,10 @@
 outcome (business/identity/approvals.py ``consume_presented``), on a real LevelDB.
 
 Each case presents alice's code in an operation that does not go through (refused by scope,
-by the approval check, by the ledger, by the Bridge, or answered as a retry), then presents the
-same code in a valid debit: at feature 13 that is ``code_used``; at feature 11 the old rules
-replay unchanged (the code stays valid unless the failed operation had already consumed it).
+by the approval check, by the ledger, by the Bridge or payments, or answered as a retry), then
+presents the same code in a valid debit or redemption: at feature 13 that is ``code_used``;
+before, the old rules replay unchanged (the code stays valid unless the failed operation had
+already consumed it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 from bridgeopskit import ALICE, ALICE_REF, BAAS, POINTS, Node, market, rid, wallet_account, world
 from identitykit import SHOP, code_entry
-from ledgerindexkit import RESERVE, fund, op, results
+from ledgerindexkit import RESERVE, fund, op, results, upgrade_to_13
+from paymentsopskit import issue_code, shop_world
+from paymentsopskit import run as pm_run
 from test_index_batch import prop
 
 from business.bridge import RedeemPoints
@@ -24,6 +27,7 @@ from business.identity.approvals import CodeApproval, encode_approvals, operatio
 from business.identity.ids import code_hash, transfer_id
 from business.identity.model import CODE_PREFIX, decode_code
 from business.ledger import CreateTransfer, encode_events
+from business.payments.model import RedeemCode
 from node.consensus.ledger_ops import Operation
 from node.consensus.state_machine import AppEntry
 
@@ -153,3 +157,22 @@ def test_events_wire_is_what_the_digest_covers() -> None:
     """The digest a spent code records is over the operation's ``ev`` bytes, as signed."""
     events = [CreateTransfer(transfer_id(rid(50), 0), ALICE_BAAS, RESERVE, 10, BAAS, 1)]
     assert debit(50, 10).events == encode_events(events)
+
+
+@pytest.mark.parametrize("upgraded", [False, True])
+def test_a_refused_consumer_code_redemption_spends_the_code(tmp_path: Path, upgraded: bool) -> None:
+    """Payments (feature 9) redeems a consumer-presented code through the same loop: a
+    redemption refused (over the code's limit) leaves the code valid at feature 9 and spends
+    it at feature 13, so the merchant's second scan is ``code_used``."""
+    node = shop_world(tmp_path / "db")
+    try:
+        if upgraded:
+            upgrade_to_13(node)
+        hashed = issue_code(node, ALICE, CODE)  # limit 500
+        refused = RedeemCode(rid(100), SHOP, POINTS, hashed, 600, True, 600)
+        assert pm_run(node, 100, refused, codes=(CODE,)) != "ok"
+        second = RedeemCode(rid(101), SHOP, POINTS, hashed, 200, True, 600)
+        assert pm_run(node, 101, second, codes=(CODE,)) == ("code_used" if upgraded else "ok")
+        assert node.balanced()
+    finally:
+        node.close()
