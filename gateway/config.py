@@ -54,7 +54,9 @@ class GatewayLimits:
     ledger_linked_transfers_max: int = 32
     # Lists (GET /v1/ledger/accounts, /v1/ledger/transfers): objects per page (at most the
     # nodes' LIST_LIMIT_MAX), and node calls one page may take: each node call walks at most
-    # the node's ledger_list_scan_keys_max keys (no index by partner), the next goes on.
+    # the node's ledger_list_scan_keys_max keys where its index by partner is incomplete (a
+    # ledger upgraded to log feature 13 with objects in it), the next goes on; with the index
+    # complete a page is one call.
     ledger_list_limit_max: int = 100
     ledger_list_node_calls_max: int = 8
     inflight_requests_max: int = 512

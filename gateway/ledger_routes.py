@@ -1311,7 +1311,9 @@ async def walk_pages(
 ) -> tuple[list[dict[str, Any]], bool]:
     """Node pages (``{"data", "has_more", "scanned_to"}``: a node walks at most its scan bound
     of keys a call) from ``cursor`` on until ``limit`` items or the walk ends, at most
-    ``limits.ledger_list_node_calls_max`` calls: ``fetch(cursor, remaining)`` makes one."""
+    ``limits.ledger_list_node_calls_max`` calls: ``fetch(cursor, remaining)`` makes one.
+    A node whose ledger index by scope tag is complete (log feature 13) answers a full page
+    with ``scanned_to`` null: one call, never too sparse."""
     data: list[dict[str, Any]] = []
     for _ in range(state.config.limits.ledger_list_node_calls_max):
         page = await fetch(cursor, limit - len(data))

@@ -194,7 +194,8 @@ class NodeLimits:
     ledger_op_events_max: int = 64
     ledger_digest_keys_max: int = 2_000_000
     # Ledger keys one page of a list (GET /internal/v1/ledger/accounts, .../transfers) reads
-    # before it answers what it found: the ledger has no index by partner tag, so a list walks.
+    # before it answers what it found, where the ledger's index by partner tag is not complete
+    # (business/ledger/index.py: a ledger upgraded to log feature 13 with objects in it).
     ledger_list_scan_keys_max: int = 10_000
 
     def validate(self) -> None:

@@ -33,7 +33,8 @@ enough to hold them; transfers pick accounts uniformly, the worst case for a cac
 ``--phase ops`` measures the node's whole ``ledger.ops`` apply instead of the core alone:
 :meth:`LedgerOps.apply <node.consensus.ledger_ops.LedgerOps.apply>` of entries of
 ``--ops-per-entry`` operations, each one record's index put plus one transfer of the same
-workload, proposed by the platform in test mode at log feature 7, so every operation runs the
+workload, proposed by the platform in test mode at log feature 7 (``--feature``: up to 13, whose
+index by tag writes one key per transfer tagged with ``--tag``), so every operation runs the
 feature-7 checks (scope: the accounts' owner records; approvals: no wallet is debited, so no
 signature) and gets its outcome stored; the entry's writes go in one ``WriteBatch``. The
 accounts (on the test-mode BAAS ledger, which the platform issues) are created as in the
@@ -124,6 +125,19 @@ def _parser() -> argparse.ArgumentParser:
         default=512,
         help="operations per ledger.ops entry in the ops phase (the gatherer's batch)",
     )
+    p.add_argument(
+        "--feature",
+        type=int,
+        default=CHECKED_FEATURE_VERSION,
+        help="the log feature version of the ops phase (7..13; 13 adds the index by tag)",
+    )
+    p.add_argument(
+        "--tag",
+        type=int,
+        default=0,
+        help="user_data_128 of every transfer (a partner's scope tag; from feature 13 each "
+        "tagged transfer gets its index key)",
+    )
     p.add_argument("--batches", type=int, default=100, help="timed batches per size")
     p.add_argument("--warmup", type=int, default=5, help="untimed batches first")
     p.add_argument("--pending-share", type=float, default=0.1)
@@ -202,12 +216,24 @@ class _Workload:
                 tid = self.new_id()
                 events.append(
                     CreateTransfer(
-                        tid, dr, cr, amount, self.ledger, 1, int(TransferFlags.PENDING), timeout=60
+                        tid,
+                        dr,
+                        cr,
+                        amount,
+                        self.ledger,
+                        1,
+                        int(TransferFlags.PENDING),
+                        timeout=60,
+                        user_data_128=self.args.tag,
                     )
                 )
                 self.open_pending.append((tid, amount))
             else:
-                events.append(CreateTransfer(self.new_id(), dr, cr, amount, self.ledger, 1))
+                events.append(
+                    CreateTransfer(
+                        self.new_id(), dr, cr, amount, self.ledger, 1, user_data_128=self.args.tag
+                    )
+                )
         self.count += len(events)
         return events
 
@@ -227,14 +253,19 @@ def _open(path: Path, args: argparse.Namespace) -> Any:
 
 
 def _create_accounts(
-    ledger: Ledger, view: LevelDBView, accounts: int, now_ms: int, phase: str
+    ledger: Ledger,
+    view: LevelDBView,
+    accounts: int,
+    now_ms: int,
+    phase: str,
+    feature: int = CHECKED_FEATURE_VERSION,
 ) -> None:
     """The asset and ``accounts`` accounts through :meth:`Ledger.apply`; for the ops phase
     also the feature version and each account's owner record (the platform's, test mode)."""
     if phase == "ops":
         asset = CreateAsset(BAAS_TEST_LEDGER, int(AssetKind.BAAS), 18)
         owner = encode_owner(Owner(OwnerKind.PLATFORM, Mode.TEST, BAAS_TEST_LEDGER, b""))
-        view.commit([(FEATURE_KEY, CHECKED_FEATURE_VERSION.to_bytes(4, "big"))])
+        view.commit([(FEATURE_KEY, feature.to_bytes(4, "big"))])
     else:
         asset = CreateAsset(POINTS_LEDGER, int(AssetKind.POINT), 2)
     results, writes = ledger.apply([asset], now_ms, view)
@@ -352,7 +383,7 @@ def run_size(
         )
         ledger = Ledger(LedgerConfig())
         started = time.perf_counter()
-        _create_accounts(ledger, view, accounts, START_MS, phase)
+        _create_accounts(ledger, view, accounts, START_MS, phase, args.feature)
         create_s = time.perf_counter() - started
         # A node's state has been compacted over its life: do not time the compaction of
         # the bulk account creation (the compaction the timed writes cause is timed).
@@ -534,11 +565,13 @@ def main(argv: list[str] | None = None) -> int:
         or args.batches < 1
         or args.repeat < 1
         or args.ops_per_entry < 1
+        or not CHECKED_FEATURE_VERSION <= args.feature <= 13
+        or not 0 <= args.tag < 2**128 - 1
         or not 0 <= args.pending_share <= 1
     ):
         print(
             "need >= 2 accounts, >= 1 batch of >= 1 transfer, >= 1 run and operation per "
-            "entry, 0..1 pending",
+            f"entry, 0..1 pending, feature {CHECKED_FEATURE_VERSION}..13, a u128 tag",
             file=sys.stderr,
         )
         return 2

@@ -4,9 +4,11 @@ The ledger-ops apply (node/consensus/ledger_ops.py, log feature 7) calls :func:`
 for each created operation with events, after its idempotency lookup and the scope check
 (:mod:`business.identity.scope`) and before it runs the operation's ledger events, and runs them
 only on ``ok`` -- with the returned writes (a consumed one-time code) in the same atomic unit:
-a refused operation consumes nothing. Because this runs in the replicated state machine, a
-compromised gateway cannot debit a wallet: it cannot forge the user's signature, and every
-replica checks it (docs/threat-model.md).
+a refused operation consumes nothing here. From log feature 13 the apply also calls
+:func:`consume_presented` for every operation that reaches its index put, whatever its
+outcome: a code presented on the log is spent (docs/threat-model.md). Because this runs in
+the replicated state machine, a compromised gateway cannot debit a wallet: it cannot forge
+the user's signature, and every replica checks it (docs/threat-model.md).
 
 What counts as a debit (:func:`debits_of`): every ``CreateTransfer`` of the operation that is
 not a post or void of a pending transfer, on its ``debit_account_id`` (a balancing debit for
@@ -95,6 +97,7 @@ __all__ = [
     "RuleClaim",
     "SignedApproval",
     "check_debits",
+    "consume_presented",
     "debits_of",
     "decode_approvals",
     "encode_approvals",
@@ -366,3 +369,35 @@ def _check_approvals(
         if c.used_by != op.digest
     )
     return R.OK, writes
+
+
+def consume_presented(
+    view: StateView, approvals: bytes, digest: bytes, approvals_max: int
+) -> tuple[Write, ...]:
+    """Log feature 13: spend every one-time code ``approvals`` presents, whatever the
+    operation's outcome (refused, failed in the ledger, a retry, a conflicting reuse of its
+    key): the presentation put the code on the log in clear, so it must not stay valid.
+
+    Each known, still unused code is marked used by ``digest`` (the presenting operation's
+    :func:`operation_digest`); a code already used, or unknown, is left alone. A blob that
+    does not decode consumes nothing (the approval check refuses it as malformed). Run after
+    the operation's own checks: a code used by this very operation stays valid for it, so
+    the order only matters to the operations after it in the entry.
+    """
+    items = decode_approvals(approvals, approvals_max)
+    if not items:
+        return ()
+    writes: list[Write] = []
+    seen: set[bytes] = set()
+    for item in items:
+        if not isinstance(item, CodeApproval):
+            continue
+        hashed = code_hash(item.code)
+        raw = view.get(CODE_PREFIX + hashed)
+        if raw is None or hashed in seen:
+            continue
+        seen.add(hashed)
+        stored = decode_code(raw)
+        if stored.used_by == bytes(32):
+            writes.append((CODE_PREFIX + hashed, encode_code(replace(stored, used_by=digest))))
+    return tuple(writes)

@@ -17,8 +17,12 @@ its coordinating node, and any other node may still lag (read-your-writes).
   the transfers tagged ``scope``: with ``account``, that account's, newest first (the
   ledger's per-account index); without, in id order;
 
-both lists ``{"data", "has_more", "scanned_to", "applied_index"}``. The ledger has no index
-by tag, so a page walks the keys after the cursor and keeps the tagged ones, reading at most
+both lists ``{"data", "has_more", "scanned_to", "applied_index"}``. Once the ledger's index by
+scope tag is complete (log feature 13 enabled before the ledger's first object:
+:func:`business.ledger.index.index_complete`), a page without ``account`` reads that index
+from the cursor on: ``limit`` items or the end, in one call, ``scanned_to`` null. Before
+that (an older log, or a ledger upgraded to feature 13 with objects in it: no backfill yet)
+a page walks the keys after the cursor and keeps the tagged ones, reading at most
 ``limits.ledger_list_scan_keys_max`` keys: past that it answers what it found, ``has_more``
 and ``scanned_to`` (the last id it read) for the caller to go on from.
 * ``GET /internal/v1/ledger/operations/{record id hex}`` -> the operation's first outcome
@@ -37,6 +41,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from business.ledger.index import TAG_ACCOUNTS_PREFIX, TAG_TRANSFERS_PREFIX, index_complete
 from business.ledger.model import (
     ACCOUNT_PREFIX,
     ACCOUNT_TRANSFERS_PREFIX,
@@ -56,7 +61,7 @@ from business.ledger.views import LIST_LIMIT_MAX, sorted_state_digest
 from node.api.log_routes import record_id_param
 from node.consensus.ledger_ops import stored_outcome
 from node.consensus.state_machine import StateView
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.errors import InvalidRequest, InvariantViolation, NotFound, OperationFailed
 
 __all__ = ["LEDGER_PATH", "LedgerDigest", "LedgerReads", "add_ledger_routes", "digest_items"]
 
@@ -285,9 +290,62 @@ def _after(prefix: bytes, after: int | None) -> bytes:
     return prefix if after is None else prefix + after.to_bytes(16, "big") + b"\x00"
 
 
+def _tag_range(prefix: bytes, scope: int, after: int | None) -> tuple[bytes, bytes]:
+    """The index keys of ``scope``'s objects after ``after`` (business/ledger/index.py)."""
+    start = prefix + scope.to_bytes(16, "big")
+    stop = prefix + (scope + 1).to_bytes(16, "big")  # scope < 2^128 - 1: no carry out
+    return (start if after is None else start + after.to_bytes(16, "big") + b"\x00"), stop
+
+
+async def _indexed_page(
+    reads: LedgerReads,
+    prefix: bytes,
+    scope: int,
+    limit: int,
+    after: int | None,
+    doc: Callable[[int, bytes], dict[str, Any] | None],
+) -> web.Response:
+    """One page read off the index by scope tag: at most ``limit`` + 1 index keys, so no scan
+    bound and never a short page. Objects are read from the live state (accounts may be
+    fresher than ``applied_index``, never older; transfers never change)."""
+    page = _Page(limit, limit + 1, [])
+    view = reads.view()
+
+    def walk(items: Items) -> _Page:
+        for key, _ in items:
+            object_id = int.from_bytes(key[-16:], "big")
+            stored = view.get(prefix + key[-16:])
+            found = None if stored is None else doc(object_id, stored)
+            if found is None:
+                raise InvariantViolation(f"the ledger index names a missing object {object_id}")
+            if page.add(found):
+                break
+        return page
+
+    start, stop = _tag_range(
+        TAG_ACCOUNTS_PREFIX if prefix == ACCOUNT_PREFIX else TAG_TRANSFERS_PREFIX, scope, after
+    )
+    applied, _ = await _range(reads, start, stop, walk)
+    return web.json_response(page.body(applied))
+
+
+def _transfer_doc_of(transfer_id: int, raw: bytes) -> dict[str, Any] | None:
+    found = decode_transfer(transfer_id, raw)
+    return transfer_doc(found) if isinstance(found, Transfer) else None
+
+
 async def list_accounts_route(request: web.Request) -> web.Response:
     reads = request.app[LEDGER_READS]
     scope, limit, after = _list_params(request)
+    if index_complete(reads.view()):
+        return await _indexed_page(
+            reads,
+            ACCOUNT_PREFIX,
+            scope,
+            limit,
+            after,
+            lambda account, raw: account_doc(decode_account(account, raw)),
+        )
     page = _Page(limit, reads.list_scan_keys_max, [])
 
     def walk(items: Items) -> _Page:
@@ -308,6 +366,8 @@ async def list_transfers_route(request: web.Request) -> web.Response:
     reads = request.app[LEDGER_READS]
     scope, limit, after = _list_params(request)
     account = _query_id(request, "account")
+    if account is None and index_complete(reads.view()):
+        return await _indexed_page(reads, TRANSFER_PREFIX, scope, limit, after, _transfer_doc_of)
     page = _Page(limit, reads.list_scan_keys_max, [])
     if account is None:
         start, stop, reverse = _after(TRANSFER_PREFIX, after), _end(TRANSFER_PREFIX), False

@@ -59,6 +59,19 @@ may carry, instead of ``ev``, ``br`` or ``pm``, one vault deposit credit:
   account, or the suspense account) in entry order, after the ledger events of the
   operations before it, like a Bridge request.
 
+From log feature 13 (:data:`~business.ledger.index.INDEX_FEATURE_VERSION`), two rules, each a
+step of its own beside the apply loop:
+
+* every ``ledger.ops`` and ``ledger.tick`` entry also writes the ledger's index by scope tag
+  of the accounts and transfers it created (:func:`business.ledger.index.tag_index_writes`,
+  over the entry's final writes: whoever created them), and its first such entry the index's
+  mark; the list reads use it (node/api/ledger_routes.py);
+* every operation that reaches its index put (created, a retry, a conflicting reuse of its
+  key, expired) spends every one-time code its ``ap`` presents, right after its own checks
+  and run, whatever their outcome (:func:`business.identity.approvals.consume_presented`,
+  marked used by the operation's digest of ``ev``/``br``/``pm``): a refused debit never leaves
+  a valid code on the log. Malformed operations (nothing of them applies) consume nothing.
+
 :meth:`Operation.to_body` / :meth:`Operation.from_body` are the one codec of these fields;
 build one with ``Operation(proposal, events, approvals, partner=, mode=, user_refs=)``.
 
@@ -133,6 +146,7 @@ from business.identity.approvals import (
     DebitRules,
     NoDebitRules,
     check_debits,
+    consume_presented,
     debits_of,
     operation_digest,
 )
@@ -146,6 +160,7 @@ from business.identity.model import (
 )
 from business.identity.scope import Proposer, Scope, Unapplied, check_scope
 from business.ledger.core import Ledger
+from business.ledger.index import INDEX_FEATURE_VERSION, tag_index_writes
 from business.ledger.model import (
     AccountFlags,
     CreateAccount,
@@ -190,6 +205,7 @@ from node.consensus.state_machine import (
     LogPosition,
     Overlay,
     StateView,
+    Write,
 )
 from node.errors import InvalidRequest, UnsupportedFormat
 
@@ -486,6 +502,14 @@ class LedgerOps:
         return self._bridge.bridge
 
     def apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
+        done = self._apply(entry, position, view)
+        if done.code != "applied" or Dispatcher.feature_version(view) < INDEX_FEATURE_VERSION:
+            return done
+        # Feature 13: the index by scope tag of what the entry created (business/ledger/index.py).
+        indexed = tag_index_writes(view, dict(done.writes))
+        return ApplyOutcome(done.code, done.detail, (*done.writes, *indexed))
+
+    def _apply(self, entry: AppEntry, position: LogPosition, view: StateView) -> ApplyOutcome:
         feature = Dispatcher.feature_version(view)
         bridged = feature >= BRIDGE_FEATURE_VERSION
         paying = feature >= PAYMENTS_FEATURE_VERSION
@@ -513,6 +537,7 @@ class LedgerOps:
             self._payments.expire(position.index, position.leader_time_ms, layer)
         checked = Dispatcher.feature_version(view) >= CHECKED_FEATURE_VERSION
         deposits = Dispatcher.feature_version(view) >= DEPOSIT_FEATURE_VERSION
+        consuming = feature >= INDEX_FEATURE_VERSION
         earlier = Unapplied()  # what admitted operations of this entry create, not run yet
         refused: dict[int, OperationOutcome] = {}
         results: list[BatchOutcome] = []
@@ -579,6 +604,8 @@ class LedgerOps:
                     layer.writes[approvals_key(op.record_id)] = op.approvals
             elif put.code == "existing":
                 retries.append((slot, op.record_id, put.detail))
+            if consuming and op.approvals:  # feature 13: a presented code is spent, whatever
+                layer.writes.update(self._consume(op, layer))
         outcomes.update(self._run_ledger(runs[ran:], position.leader_time_ms, layer))
         for pending in runs:
             outcome = outcomes[pending.slot]
@@ -600,6 +627,13 @@ class LedgerOps:
             "outcomes": tuple(outcomes.get(slot) for slot, _ in created),
         }
         return ApplyOutcome("applied", detail, tuple(layer.writes.items()))
+
+    def _consume(self, op: Operation, layer: Overlay) -> tuple[Write, ...]:
+        """Feature 13: every one-time code ``op`` presents, spent under its digest."""
+        assert op.approvals is not None
+        raw = op.events or op.bridge or op.payments or op.deposit or b""
+        digest = operation_digest(op.record_id, raw)
+        return consume_presented(layer, op.approvals, digest, self._identity.approvals_max)
 
     def _request_step(
         self,
