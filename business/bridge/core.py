@@ -212,6 +212,8 @@ from business.bridge.model import (
     policy_audit_key,
     policy_key,
     reserve_key,
+    token_address_key,
+    token_list_key,
     unpack,
     window_partner_key,
     window_user_key,
@@ -628,10 +630,28 @@ class Bridge:
     def _register_token(self, r: RegisterToken, now_ms: int, view: StateView) -> Prepared:
         if len(r.symbol) > self.config.code_chars_max:
             raise _Refused(R.BOUND_EXCEEDED)
+        mode = _mode(r.ledger)
+        list_key = token_list_key(r.partner, mode)
+        raw = view.get(list_key)
+        ledgers: list[int] = [] if raw is None else unpack(raw, "token list", 1)[0]
+        if len(ledgers) >= self.config.tokens_per_partner_max and r.ledger not in ledgers:
+            raise _Refused(R.BOUND_EXCEEDED)
         record = AssetRecord(
             r.partner, int(AssetKindRef.TOKEN), r.decimals, r.symbol, 0, r.address, _day(now_ms)
         )
-        return self._define(r, record, AssetKind.TOKEN, view)
+        prepared = self._define(r, record, AssetKind.TOKEN, view)
+        if prepared.code != R.OK:
+            return prepared  # the same token on the same ledger again: exists
+        # One asset per contract in a mode: a chain deposit of it must credit exactly one.
+        address_key = token_address_key(mode, self.config.chain_id, r.address)
+        if view.get(address_key) is not None:
+            raise _Refused(R.TOKEN_ADDRESS_TAKEN)
+        writes = (
+            *prepared.writes,
+            (address_key, pack(r.ledger, r.partner)),
+            (list_key, pack([*ledgers, r.ledger])),
+        )
+        return replace(prepared, writes=writes)
 
     # --- points ---------------------------------------------------------------------------
 
