@@ -88,8 +88,15 @@ account's net debit minus its breakage and liquidity balances (:func:`points_sup
 Tokens and reserves
 -------------------
 A token is registered with its symbol, decimals (at most 18) and ERC-20 address; its ledger
-asset has kind ``token`` and scale = decimals. Its liquidity is funded from its issuance
-account, in test mode only (``faucet_live_mode``; live tokens come from on-chain deposits, a
+asset has kind ``token`` and scale = decimals. A contract is one asset per mode: the token is
+recorded under ``br/ta/<mode><chain id><address>`` (``BridgeConfig.chain_id``: what a chain
+deposit of it will look up) and a second registration of that address in the mode, by any
+partner, is ``token_address_taken``; a partner's tokens of a mode are listed under
+``br/tl/<partner><mode>``, at most ``tokens_per_partner_max`` (else ``bound_exceeded``). Which
+ledger a token gets is the caller's choice here; on the log the node allocates it
+(node/consensus/bridge_ops.py, feature 12). Swaps of a token run the points' chain without
+lots (a token has no expiry: the ledger balance is all there is). Its liquidity is funded
+from its issuance account, in test mode only (``faucet_live_mode``; live tokens come from on-chain deposits, a
 later issue), at most ``faucet_amount_max`` per call. The BAAS reserve of a partner is topped
 up from the platform's test-mode faucet (``source`` 0; refused in live mode) or from an
 account the partner owns. Its level is ``credits_posted - debits_posted - debits_pending``.

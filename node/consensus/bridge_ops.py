@@ -1,4 +1,5 @@
-"""The Bridge on the log (feature 8): a Bridge request inside a ``ledger.ops`` operation.
+"""The Bridge on the log (feature 8; 11 and 12 below): a Bridge request inside a ``ledger.ops``
+operation.
 
 From log feature version :data:`BRIDGE_FEATURE_VERSION` an operation of a ``ledger.ops``
 entry may carry, instead of ledger events, one Bridge request in its wire form (``br``:
@@ -19,8 +20,9 @@ outcome by the ledger-ops apply, like any operation):
    linked (identity's :func:`~business.identity.scope.check_scope` with no events); the
    request names that partner (another's: ``account_not_found``) and ledgers of the mode
    (``ledger_not_found``). A partner defines points only on its own point ledger (the one
-   identity allocated; ``asset_not_allowed``); tokens wait for their own ledger allocation
-   (``RegisterToken`` is ``asset_not_allowed`` at feature 8). It issues only to a wallet it
+   identity allocated; ``asset_not_allowed``); a token only from feature 12 (before it
+   ``RegisterToken`` is ``asset_not_allowed``), on the ledger allocated for it (below). It
+   issues only to a wallet it
    linked and names in ``ur`` (``account_not_found`` otherwise); a swap's wallet must be one
    of its linked users named in ``ur`` (their accounts are opened for them); a redemption's
    account must be a wallet's of the mode;
@@ -49,6 +51,20 @@ The outcome (:class:`~business.ledger.outcome.OperationOutcome`, format version 
 chain's events with the ledger's results and carries the request's result code (``ok``,
 ``exists``, a Bridge refusal, a scope or approval refusal); it is stored as every operation's
 outcome is (sticky; in the receipt and the leaf).
+
+Tokens (feature 12, :data:`TOKEN_FEATURE_VERSION`): a ``RegisterToken`` passes the scope
+check like any request, then :meth:`BridgeStep._allocate_token` gives it its ledger: the next
+index of identity's asset counter (:func:`~business.identity.core.allocate_asset_index`, shared
+with the partners' point assets, so no two assets share a ledger; ``bound_exceeded`` once the
+indexes are spent) in the proposer's mode (the request's own ledger only names the mode), and
+plans the owner records of the token's issuance, liquidity and breakage accounts for each of
+those roles the partner holds on its points (:data:`TOKEN_ROLES`; one it lacks leaves that
+account unowned: ``role_missing`` in step 3). The Bridge core then refuses an address already
+registered in the mode (``token_address_taken``) or a partner's token beyond
+``tokens_per_partner_max`` (``bound_exceeded``) and records the token by (mode, chain,
+address), the chain being identity's EIP-712 chain id (what a deposit of it will resolve:
+:func:`business.bridge.views.token_by_address`). The counter, owners and records are written
+only if the whole chain succeeds, so a refused registration allocates nothing.
 
 Point expiry runs on log time, by rule, with no proposer: a registry of point assets with a
 validity period (``br/xr``, at most :data:`EXPIRY_ASSETS_MAX`; a further definition with a
