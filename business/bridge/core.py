@@ -94,12 +94,12 @@ deposit of it will look up) and a second registration of that address in the mod
 partner, is ``token_address_taken``; a partner's tokens of a mode are listed under
 ``br/tl/<partner><mode>``, at most ``tokens_per_partner_max`` (else ``bound_exceeded``). Which
 ledger a token gets is the caller's choice here; on the log the node allocates it
-(node/consensus/bridge_ops.py, feature 12). Swaps of a token run the points' chain without
-lots (a token has no expiry: the ledger balance is all there is). Its liquidity is funded
-from its issuance account, in test mode only (``faucet_live_mode``; live tokens come from on-chain deposits, a
-later issue), at most ``faucet_amount_max`` per call. The BAAS reserve of a partner is topped
-up from the platform's test-mode faucet (``source`` 0; refused in live mode) or from an
-account the partner owns. Its level is ``credits_posted - debits_posted - debits_pending``.
+(node/consensus/bridge_ops.py, feature 12). Swaps of a token run the points' chain without lots
+(a token has no expiry: the ledger balance is all there is). Its liquidity is funded from its
+issuance account, in test mode only (``faucet_live_mode``; live tokens come from on-chain
+deposits, a later issue), at most ``faucet_amount_max`` per call. The BAAS reserve of a partner
+is topped up from the platform's test-mode faucet (``source`` 0; refused in live mode) or from
+an account the partner owns. Its level is ``credits_posted - debits_posted - debits_pending``.
 A partner sets a threshold; an operation that leaves the level below it while it was not
 already low returns a :class:`ReserveLow` notice (metrics now, webhooks with payments) and
 marks the reserve low until a later operation leaves it at or above the threshold.
