@@ -428,9 +428,17 @@ def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
         raise InvalidRequest(exc.detail, code=exc.code, param=exc.param or param) from exc
 
 
+def _points_only(code: str) -> str:
+    """A point read names a point code: a token (an address) is no point asset here (its
+    reads are under /v1/bridge/tokens; its balances are the user's ledger balances)."""
+    if code.startswith("0x"):
+        raise NotFound("no such point asset", code="asset_not_found", param="asset")
+    return code
+
+
 async def get_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
-    ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    ledger, doc = await _asset(state, ctx, _points_only(request.match_info["asset"]))
     return web.json_response(await _with_supply(state, ctx, ledger, doc))
 
 
@@ -682,7 +690,7 @@ async def get_token(request: web.Request) -> web.Response:
 async def get_user_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
     user = user_id_param(request.match_info["user_id"], "user_id")
-    ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    ledger, doc = await _asset(state, ctx, _points_only(request.match_info["asset"]))
     _, wallet = await _user(state, ctx, user, "user_id")
     account = wallet_account_id(wallet, ctx.mode, ledger)
     now_ms = int(time.time() * 1000)

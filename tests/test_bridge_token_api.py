@@ -49,7 +49,11 @@ async def test_bad_token_input_is_refused_before_any_node(tmp_path: Path) -> Non
             got = await http.request("POST", path, body, idempotency_key=key)
             assert got.status == 400, (path, body, got)
             assert (got.body["code"], got.body.get("param")) == (code, param), (path, got)
-    assert openapi_check.answers_checked >= checked_before + len(cases)
+        # a token is no point asset: the point reads do not find it (before any node call)
+        for path in (f"/v1/bridge/points/{TOKEN}", f"/v1/bridge/points/{TOKEN}/users/u-1"):
+            got = await http.request("GET", path)
+            assert got.status == 404 and got.body["code"] == "asset_not_found", (path, got)
+    assert openapi_check.answers_checked >= checked_before + len(cases) + 2
 
 
 def test_a_taken_token_address_is_a_conflict_naming_the_address() -> None:
