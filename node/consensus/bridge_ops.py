@@ -22,10 +22,9 @@ outcome by the ledger-ops apply, like any operation):
    (``ledger_not_found``). A partner defines points only on its own point ledger (the one
    identity allocated; ``asset_not_allowed``); a token only from feature 12 (before it
    ``RegisterToken`` is ``asset_not_allowed``), on the ledger allocated for it (below). It
-   issues only to a wallet it
-   linked and names in ``ur`` (``account_not_found`` otherwise); a swap's wallet must be one
-   of its linked users named in ``ur`` (their accounts are opened for them); a redemption's
-   account must be a wallet's of the mode;
+   issues only to a wallet it linked and names in ``ur`` (``account_not_found`` otherwise); a
+   swap's wallet must be one of its linked users named in ``ur`` (their accounts are opened
+   for them); a redemption's account must be a wallet's of the mode;
 2. :meth:`Bridge.prepare <business.bridge.core.Bridge.prepare>`: the Bridge's own checks
    (reserve, windows, policy version, quote, lots, ...); a refusal is the operation's result,
    with no events;
