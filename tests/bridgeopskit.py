@@ -239,6 +239,23 @@ class Node:
         }
 
 
+def replica_in_batches(node: Node, path: Path, groups: list[int], feature_max: int = 8) -> Node:
+    """Another replica at ``path``: ``node``'s committed log applied in batches of the sizes
+    ``groups`` names (then the rest at once), as a node applies what commits together."""
+    other = Node(path, feature_max=feature_max)
+    entries = list(zip(node.positions, node.payloads, strict=True))
+    at = 0
+    for size in [*groups, len(entries)]:
+        chunk = entries[at : at + size]
+        if not chunk:
+            break
+        _, writes = other.dispatcher.apply_batch(chunk, other.view)
+        other.view.commit(writes)
+        at += len(chunk)
+    assert at == len(entries)
+    return other
+
+
 def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     """Features 2..``feature``; demo-shop onboarded with the Bridge's roles, other-shop with
     the v7 defaults only; alice and carol linked to demo-shop, bob to other-shop."""
