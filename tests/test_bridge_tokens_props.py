@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from bridgeopskit import (
-    ALICE,
-    ALICE_REF,
     BAAS,
     BAAS_UNIT,
-    CAROL,
-    CAROL_REF,
     IDENTITY,
     POINTS,
     TOKEN,
@@ -40,10 +35,11 @@ from bridgeopskit import (
     wallet_of,
     world,
 )
-from eth_account.signers.local import LocalAccount
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from identitykit import SHOP
+from test_bridge_ops_props import USERS
+from test_bridge_ops_props import Run as PointsRun
 
 from business.bridge import (
     Direction,
@@ -58,10 +54,7 @@ from business.bridge import (
 from business.identity.ids import Mode
 from business.ledger.views import get_account
 from node.consensus.bridge_ops import BRIDGE_CONFIG, TOKEN_FEATURE_VERSION
-from node.consensus.ledger_ops import Operation
 
-USERS: dict[str, tuple[LocalAccount, bytes]] = {"alice": (ALICE, ALICE_REF),
-                                                "carol": (CAROL, CAROL_REF)}  # fmt: skip
 ADDRESSES = [bytes([i]) * 20 for i in (0x21, 0x22, 0x23)]
 ACTIONS = st.lists(
     st.tuples(
@@ -75,19 +68,14 @@ ACTIONS = st.lists(
 )
 
 
-class Run:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.n = 1000
-        self.batch: list[Operation] = []
-
-    def op(self, request: Any, **kw: Any) -> None:
-        self.batch.append(self.node.bridge_op(request, **kw))
+class Run(PointsRun):
+    """The points property's run (its ``op``, and ``flush`` with the points' checks: the
+    users' lots, the supply), plus the token checks after every entry."""
 
     def flush(self) -> None:
-        if self.batch:
-            self.node.ops(*self.batch)
-            self.batch = []
+        applied = bool(self.batch)
+        super().flush()
+        if applied:
             check(self.node)
 
     def swap(self, user: str, ledger: int, amount: int, direction: Direction) -> None:
