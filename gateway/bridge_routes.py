@@ -15,7 +15,9 @@ approval of every debit of their wallet and applies all or nothing. Its result c
 operation's sticky outcome, mapped to a problem by :data:`BRIDGE_PROBLEMS`.
 
 A partner has one point asset per mode: the point ledger identity allocated at onboarding
-(``asset_index``); ``{asset}`` in a path is the code the partner defined it with.
+(``asset_index``); ``{asset}`` in a path is the code the partner defined it with, or for a
+token its ERC-20 address (``0x`` + 40 hex; each token its own ledger, allocated when it is
+registered).
 
 Routes:
 
@@ -33,6 +35,15 @@ Routes:
 * ``GET /v1/bridge/points/{asset}/users/{user_id}`` -> the user's spendable balance and lots;
 * ``POST /v1/bridge/points/{asset}/policy`` -> 201 the new policy version (an audited log
   entry); ``GET /v1/bridge/points/{asset}/policy[?version=N]`` -> the policy or one change;
+* ``POST /v1/bridge/tokens`` ``{"symbol", "decimals", "address"}`` -> 201 the token (log
+  feature 12: the state machine allocates its ledger; an ERC-20 address registered in this
+  mode already is ``token_address_taken``); ``GET /v1/bridge/tokens`` -> your tokens;
+  ``GET /v1/bridge/tokens/{address}`` -> one, with its liquidity;
+  ``POST /v1/bridge/tokens/{address}/liquidity`` ``{"amount"}`` -> 201 (test mode only, from
+  the token's issuance account: the faucet; live mode is a 400 ``test_mode_only``);
+  ``POST|GET /v1/bridge/tokens/{address}/policy`` as for points. A token is named by its
+  ERC-20 address (``0x`` + 40 hex) wherever an ``asset`` is asked for (quotes, swaps, the
+  swap list's filter, ``/points/{asset}/policy``);
 * ``POST /v1/bridge/reserve/top_up`` ``{"amount"}`` (test mode: from the faucet),
   ``POST /v1/bridge/reserve/threshold`` ``{"threshold"}``, ``GET /v1/bridge/reserve`` -> level,
   threshold, low flag and history;
@@ -66,12 +77,14 @@ from business.bridge import (
     IssuePoints,
     Quote,
     RedeemPoints,
+    RegisterToken,
     ReversePoints,
     SetPolicy,
     SetReserveThreshold,
     Swap,
     TopUpReserve,
     encode_request,
+    role_account,
 )
 from business.bridge.model import BridgeResult, Request
 from business.identity import eip712
@@ -138,12 +151,14 @@ __all__ = [
     "preview",
     "problem_of",
     "read_swap",
+    "register_token",
     "request_operation",
     "reserve_object",
     "sealed_request",
     "set_policy",
     "set_reserve_threshold",
     "swaps_list",
+    "token_list",
     "top_up_reserve",
     "user_approvals",
     "write_operation",
@@ -174,6 +189,7 @@ BRIDGE_PROBLEMS: dict[str, tuple[int, str, str | None]] = {
     R.ASSET_KIND_MISMATCH.value: (400, "asset_kind_mismatch", "asset"),
     R.LEDGER_TAKEN.value: (409, "asset_already_defined", "code"),
     R.EXISTS_WITH_DIFFERENT_FIELDS.value: (409, "asset_already_defined", "code"),
+    R.TOKEN_ADDRESS_TAKEN.value: (409, "token_address_taken", "address"),
     R.ISSUANCE_NOT_FOUND.value: (404, "issuance_not_found", "issuance"),
     R.FAUCET_LIVE_MODE.value: (400, "test_mode_only", None),
     R.FAUCET_AMOUNT_EXCEEDED.value: (400, "faucet_amount_exceeded", "amount"),
@@ -338,13 +354,38 @@ async def _bridge_read(state: Any, ctx: LedgerContext, path: str) -> dict[str, A
 
 
 async def _asset(state: Any, ctx: LedgerContext, code: str) -> tuple[int, dict[str, Any]]:
-    """The partner's own point asset named ``code`` (404 for anything else: another partner's
-    code names nothing here, since the ledger is this partner's)."""
+    """The partner's own point asset named ``code``, or its token whose ERC-20 address
+    ``code`` is (``0x`` + 40 hex: a point code is upper case, so the two never meet); 404 for
+    anything else: another partner's code or token names nothing here."""
+    if code.startswith("0x"):
+        return await _token(state, ctx, code)
     ledger = await _point_ledger(state, ctx)
     doc = await _bridge_read(state, ctx, f"/assets/{ledger}")
     if doc is None or doc["code"] != code or doc["partner"] != ctx.pid16.hex():
         raise NotFound("no such point asset", code="asset_not_found", param="asset")
     return ledger, doc
+
+
+async def token_list(state: Any, ctx: LedgerContext) -> list[dict[str, Any]]:
+    """The partner's tokens in this mode as the node reads them (log feature 12)."""
+    doc = await _bridge_read(state, ctx, f"/tokens/{ctx.pid16.hex()}/{int(ctx.mode)}")
+    return [] if doc is None else list(doc["data"])
+
+
+def _address_param(raw: Any, param: str) -> bytes:
+    return hex_param(raw.lower() if isinstance(raw, str) else raw, param, 20, 20, prefix="0x")
+
+
+async def _token(state: Any, ctx: LedgerContext, text: str) -> tuple[int, dict[str, Any]]:
+    """The partner's token at ERC-20 address ``text`` in this mode (404 otherwise)."""
+    try:
+        address = _address_param(text, "asset").hex()
+    except InvalidRequest:
+        address = ""
+    for doc in await token_list(state, ctx):
+        if doc["address"] == address and doc["partner"] == ctx.pid16.hex():
+            return int(doc["ledger"]), doc
+    raise NotFound("no such token", code="asset_not_found", param="asset")
 
 
 async def _user(state: Any, ctx: LedgerContext, user: str, param: str) -> tuple[bytes, bytes]:
@@ -406,9 +447,17 @@ def _checked_op(build: Callable[[], _Op], param: str) -> _Op:
         raise InvalidRequest(exc.detail, code=exc.code, param=exc.param or param) from exc
 
 
+def _points_only(code: str) -> str:
+    """A point read names a point code: a token (an address) is no point asset here (its
+    reads are under /v1/bridge/tokens; its balances are the user's ledger balances)."""
+    if code.startswith("0x"):
+        raise NotFound("no such point asset", code="asset_not_found", param="asset")
+    return code
+
+
 async def get_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
-    ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    ledger, doc = await _asset(state, ctx, _points_only(request.match_info["asset"]))
     return web.json_response(await _with_supply(state, ctx, ledger, doc))
 
 
@@ -569,6 +618,12 @@ async def fund_liquidity(
     state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], code: str
 ) -> tuple[_Done, dict[str, Any]]:
     amount = amount_param(body["amount"], "amount")
+    if code.startswith("0x") and ctx.mode != Mode.TEST:
+        raise InvalidRequest(
+            "token liquidity comes from the faucet in test mode only; live tokens come from "
+            "on-chain deposits",
+            code="test_mode_only",
+        )  # the state machine refuses it too (faucet_live_mode): never a sticky refusal here
     ledger, _ = await _asset(state, ctx, code)
 
     def make(rid: bytes) -> Request:
@@ -579,10 +634,82 @@ async def fund_liquidity(
     return done, _points_move(ctx, op, "bridge_liquidity_funding", None, amount)
 
 
+# --- tokens ----------------------------------------------------------------------------------
+
+_TOKEN_SYMBOL = re.compile(r"[A-Z][A-Z0-9_]{0,15}")  # the Bridge's code_chars_max is 16
+_TOKEN_DECIMALS_MAX = 18
+
+
+def _token_object(ctx: LedgerContext, doc: dict[str, Any]) -> dict[str, Any]:
+    address = "0x" + str(doc["address"])
+    return {
+        "id": address,
+        "object": "bridge_token",
+        "livemode": ctx.mode == Mode.LIVE,
+        "symbol": doc["code"],
+        "decimals": int(doc["scale"]),
+        "address": address,
+        "ledger": int(doc["ledger"]),
+    }
+
+
+async def post_tokens(request: web.Request) -> web.Response:
+    state, ctx, key = _writing(request)
+    fields = {"symbol", "decimals", "address"}
+    body = await read_body(request, fields, fields)
+    return _answer(*await register_token(state, ctx, key, body), key)
+
+
+async def register_token(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any]
+) -> tuple[_Done, dict[str, Any]]:
+    """Register a token: the state machine allocates its ledger in this mode (the request's
+    ledger only names the mode) and opens its issuance, liquidity and breakage accounts."""
+    symbol = body["symbol"]
+    if not isinstance(symbol, str) or _TOKEN_SYMBOL.fullmatch(symbol) is None:
+        raise InvalidRequest(
+            "symbol is 1..16 upper-case ASCII letters, digits and _, a letter first",
+            param="symbol",
+        )
+    decimals = int_param(body["decimals"], "decimals", 0, _TOKEN_DECIMALS_MAX)
+    address = _address_param(body["address"], "address")
+
+    def make(rid: bytes) -> Request:
+        return RegisterToken(rid, ctx.pid16, _baas_ledger(ctx), symbol, decimals, address)
+
+    op = _checked_op(lambda: _operation(state, ctx, "bridge.token", key, body, make), "symbol")
+    done = await _write(state, ctx, op)
+    _, doc = await _token(state, ctx, "0x" + address.hex())
+    return done, _token_object(ctx, doc)
+
+
+async def get_tokens(request: web.Request) -> web.Response:
+    """Your tokens in this mode, in registration order (at most the Bridge's
+    ``tokens_per_partner_max``: one page)."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    data = [_token_object(ctx, doc) for doc in await token_list(state, ctx)]
+    return web.json_response(
+        {"object": "list", "data": data, "has_more": False, "url": BRIDGE_PREFIX + "/tokens"}
+    )
+
+
+async def get_token(request: web.Request) -> web.Response:
+    """One token and its liquidity: what swaps BAAS -> token can still pay out."""
+    state, ctx = gateway_state(request), ledger_context(request)
+    ledger, doc = await _token(state, ctx, request.match_info["asset"])
+    account = role_account(ctx.pid16, ledger, "liquidity")
+    found = await ledger_doc(state, ctx, f"/internal/v1/ledger/accounts/{account}")
+    level = 0
+    if found is not None:
+        level = int(found["credits_posted"]) - int(found["debits_posted"])
+        level -= int(found["debits_pending"])
+    return web.json_response({**_token_object(ctx, doc), "liquidity": str(level)})
+
+
 async def get_user_points(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
     user = user_id_param(request.match_info["user_id"], "user_id")
-    ledger, doc = await _asset(state, ctx, request.match_info["asset"])
+    ledger, doc = await _asset(state, ctx, _points_only(request.match_info["asset"]))
     _, wallet = await _user(state, ctx, user, "user_id")
     account = wallet_account_id(wallet, ctx.mode, ledger)
     now_ms = int(time.time() * 1000)
@@ -1170,6 +1297,12 @@ def add_bridge_routes(app: web.Application) -> None:
     app.router.add_get(p + "/points/{asset}/users/{user_id}", get_user_points)
     app.router.add_post(p + "/points/{asset}/policy", post_policy)
     app.router.add_get(p + "/points/{asset}/policy", get_policy)
+    app.router.add_post(p + "/tokens", post_tokens)
+    app.router.add_get(p + "/tokens", get_tokens)
+    app.router.add_get(p + "/tokens/{asset}", get_token)
+    app.router.add_post(p + "/tokens/{asset}/liquidity", post_liquidity)
+    app.router.add_post(p + "/tokens/{asset}/policy", post_policy)
+    app.router.add_get(p + "/tokens/{asset}/policy", get_policy)
     app.router.add_post(p + "/reserve/top_up", post_top_up)
     app.router.add_post(p + "/reserve/threshold", post_threshold)
     app.router.add_get(p + "/reserve", get_reserve)

@@ -1191,6 +1191,16 @@ PATHS.update(
 
 _AMOUNT0: Schema = {**DIGITS, "description": "an integer as a string of digits (0 allowed)"}
 _POINT_CODE: Schema = {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,63}$"}
+_TOKEN_ADDRESS: Schema = {
+    "type": "string",
+    "pattern": "^0x[0-9a-fA-F]{40}$",
+    "description": "the token's ERC-20 contract address",
+}
+_ASSET_REF: Schema = {
+    "type": "string",
+    "pattern": "^([A-Z][A-Z0-9_]{0,63}|0x[0-9a-fA-F]{40})$",
+    "description": "your point asset's code, or your token's ERC-20 address",
+}
 _BRIDGE_OP = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 _LIVEMODE: Schema = {"type": "boolean"}
 _DIRECTION: Schema = {
@@ -1215,7 +1225,7 @@ _POLICY_SET: dict[str, Schema] = {
 _QUOTE_FIELDS: dict[str, Schema] = {
     "object": {"const": "bridge_quote"},
     "livemode": _LIVEMODE,
-    "asset": _POINT_CODE,
+    "asset": _ASSET_REF,
     "user": USER_ID,
     "wallet": {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "the wallet id"},
     "direction": _DIRECTION,
@@ -1285,6 +1295,31 @@ SCHEMAS.update(
             },
             required=["object", "livemode", "code", "scale", "validity_days", "ledger"],
         ),
+        "BridgeTokenCreate": _closed(
+            {
+                "symbol": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,15}$"},
+                "decimals": {"type": "integer", "minimum": 0, "maximum": 18},
+                "address": _TOKEN_ADDRESS,
+            },
+            required=["symbol", "decimals", "address"],
+        ),
+        "BridgeToken": _closed(
+            {
+                "id": _TOKEN_ADDRESS,
+                "object": {"const": "bridge_token"},
+                "livemode": _LIVEMODE,
+                "symbol": {"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,15}$"},
+                "decimals": {"type": "integer", "minimum": 0, "maximum": 18},
+                "address": _TOKEN_ADDRESS,
+                "ledger": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "description": "the token's ledger, allocated when it was registered",
+                },
+                "liquidity": {**_AMOUNT0, "description": "what swaps to the token can pay out"},
+            },
+            required=["id", "object", "livemode", "symbol", "decimals", "address", "ledger"],
+        ),
         "BridgeIssue": _closed({"user": USER_ID, "amount": AMOUNT}),
         "BridgeRedeemPreviewCreate": _closed({"user": USER_ID, "amount": AMOUNT}),
         "BridgeRedeem": _closed(
@@ -1336,7 +1371,7 @@ SCHEMAS.update(
             {
                 "object": {"const": "bridge_policy"},
                 "livemode": _LIVEMODE,
-                "asset": _POINT_CODE,
+                "asset": _ASSET_REF,
                 "version": {"type": "integer", "minimum": 1},
                 **_POLICY_SET,
                 "changed_ms": UINT,
@@ -1349,7 +1384,7 @@ SCHEMAS.update(
                     {
                         "object": {"const": "bridge_policy_change"},
                         "livemode": _LIVEMODE,
-                        "asset": _POINT_CODE,
+                        "asset": _ASSET_REF,
                         "actor": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
                         "changed_ms": UINT,
                         "policy": _ref("BridgePolicy"),
@@ -1403,7 +1438,7 @@ SCHEMAS.update(
         ),
         "BridgeQuoteCreate": _closed(
             {
-                "asset": _POINT_CODE,
+                "asset": _ASSET_REF,
                 "user": USER_ID,
                 "direction": _DIRECTION,
                 "amount_in": AMOUNT,
@@ -1422,7 +1457,7 @@ SCHEMAS.update(
                 "livemode": _LIVEMODE,
                 "status": {"enum": ["preview", "succeeded", "failed"]},
                 "user": USER_ID,
-                "asset": _POINT_CODE,
+                "asset": _ASSET_REF,
                 "direction": _DIRECTION,
                 "amount_in": AMOUNT,
                 "amount_out": _AMOUNT0,
@@ -1451,6 +1486,7 @@ SCHEMAS.update(
             ],
         ),
         "BridgeSwapList": _list_of("BridgeSwap", "/v1/bridge/swaps"),
+        "BridgeTokenList": _list_of("BridgeToken", "/v1/bridge/tokens"),
         "BridgeSwapBatchCreate": _closed(
             {
                 "swaps": {
@@ -1494,7 +1530,8 @@ SCHEMAS.update(
         "BridgeSwapPreview": _bridge_preview("bridge_swap_preview", "swap", "BridgeSwap"),
     }
 )
-_ASSET_PATH = _path_param("asset", "your point asset's code")
+_ASSET_PATH = _path_param("asset", "your point asset's code, or your token's ERC-20 address")
+_TOKEN_PATH = _path_param("asset", "your token's ERC-20 address (0x + 40 hex)")
 
 
 def _bridge_preview_op(operation_id: str, summary: str, answer: str, body: str) -> Schema:
@@ -1610,6 +1647,61 @@ PATHS.update(
                 ],
             ),
         },
+        "/v1/bridge/tokens": {
+            "post": _ledger_write(
+                "createBridgeToken",
+                "Register a token (symbol, decimals, ERC-20 address): its ledger is allocated "
+                "in this mode; an address registered already is 409 token_address_taken",
+                "BridgeToken",
+                "BridgeTokenCreate",
+            ),
+            "get": _bridge_read(
+                "listBridgeTokens",
+                "Your tokens in this mode, in registration order (one page)",
+                "BridgeTokenList",
+                parameters=[],
+            ),
+        },
+        "/v1/bridge/tokens/{asset}": {
+            "get": _bridge_read(
+                "getBridgeToken",
+                "One of your tokens and its liquidity",
+                "BridgeToken",
+                parameters=[_TOKEN_PATH],
+            )
+        },
+        "/v1/bridge/tokens/{asset}/liquidity": {
+            "post": _ledger_write(
+                "fundBridgeTokenLiquidity",
+                "Test mode: fund the token's liquidity from the faucet (its issuance account); "
+                "live: 400 test_mode_only (live tokens come from on-chain deposits)",
+                "BridgePointsMove",
+                "BridgeTopUp",
+                parameters=[_TOKEN_PATH],
+            )
+        },
+        "/v1/bridge/tokens/{asset}/policy": {
+            "post": _ledger_write(
+                "setBridgeTokenPolicy",
+                "Set the token's swap policy: a new version, an audited log entry",
+                "BridgePolicy",
+                "BridgePolicySet",
+                parameters=[_TOKEN_PATH],
+            ),
+            "get": _bridge_read(
+                "getBridgeTokenPolicy",
+                "The token's current policy, or with `version` the change that made it",
+                "BridgePolicyRead",
+                parameters=[
+                    _TOKEN_PATH,
+                    _string_query(
+                        "version",
+                        "a policy version",
+                        {"type": "string", "pattern": "^[0-9]{1,10}$"},
+                    ),
+                ],
+            ),
+        },
         "/v1/bridge/reserve/top_up": {
             "post": _ledger_write(
                 "topUpBridgeReserve",
@@ -1681,7 +1773,7 @@ PATHS.update(
                         {"type": "string", "pattern": "^swap_[0-9a-f]{64}$"},
                     ),
                     _string_query("user", "your user id: that user's swaps", USER_ID),
-                    _string_query("asset", "your point asset's code", _POINT_CODE),
+                    _string_query("asset", "your point code or token address", _ASSET_REF),
                     _string_query(
                         "status", "succeeded or failed", {"enum": ["succeeded", "failed"]}
                     ),

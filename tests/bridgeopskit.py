@@ -1,5 +1,6 @@
-"""The node's dispatcher at log feature 8 (9 for paymentsopskit.py, which builds on it) over a
-real LevelDB (plyvel), for the Bridge-on-the-log tests and the v8 log-replay fixture.
+"""The node's dispatcher at log feature 8 (9 for paymentsopskit.py, which builds on it; 12 for
+the tokens) over a real LevelDB (plyvel), for the Bridge-on-the-log tests and the v8 and v12
+log-replay fixtures.
 
 Plain helpers (``from bridgeopskit import Node``). :class:`Node` applies entries through the
 node's own :class:`~node.consensus.state_machine.Dispatcher` (record index, ledger ops with the
@@ -40,7 +41,9 @@ from business.bridge import (
     FundLiquidity,
     IssuePoints,
     Quote,
+    RegisterToken,
     SetPolicy,
+    Swap,
     TopUpReserve,
     bridge_state_digest,
     encode_request,
@@ -84,6 +87,10 @@ BAAS = ledger_number(T, 1)
 POINTS = ledger_number(T, 16)  # demo-shop's point ledger (the first partner's index)
 OTHER_POINTS = ledger_number(T, 17)
 POINTS_LIVE = ledger_number(Mode.LIVE, 16)
+# From feature 12 a token takes the next asset index after the two partners' (16, 17).
+TOKEN = ledger_number(T, 18)
+TOKEN_ADDRESS = bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3")
+TOKEN_UNIT = 10**6  # the token's decimals: 6
 ALICE_REF = user_ref(SHOP, T, "user-1")
 CAROL_REF = user_ref(SHOP, T, "user-3")
 BOB_REF = user_ref(OTHER_SHOP, T, "user-1")
@@ -191,10 +198,14 @@ class Node:
         return result
 
     def quote(
-        self, account: LocalAccount, amount_in: int, direction: Direction = Direction.IN
+        self,
+        account: LocalAccount,
+        amount_in: int,
+        direction: Direction = Direction.IN,
+        ledger: int = POINTS,
     ) -> Quote:
         q = self.ops_machine.bridge.quote(
-            self.view, SHOP, POINTS, wallet_of(account), direction, amount_in, self.now_ms
+            self.view, SHOP, ledger, wallet_of(account), direction, amount_in, self.now_ms
         )
         assert isinstance(q, Quote), q
         return q
@@ -228,6 +239,23 @@ class Node:
         }
 
 
+def replica_in_batches(node: Node, path: Path, groups: list[int], feature_max: int = 8) -> Node:
+    """Another replica at ``path``: ``node``'s committed log applied in batches of the sizes
+    ``groups`` names (then the rest at once), as a node applies what commits together."""
+    other = Node(path, feature_max=feature_max)
+    entries = list(zip(node.positions, node.payloads, strict=True))
+    at = 0
+    for size in [*groups, len(entries)]:
+        chunk = entries[at : at + size]
+        if not chunk:
+            break
+        _, writes = other.dispatcher.apply_batch(chunk, other.view)
+        other.view.commit(writes)
+        at += len(chunk)
+    assert at == len(entries)
+    return other
+
+
 def world(path: Path, feature: int = 8, metrics: Metrics | None = None) -> Node:
     """Features 2..``feature``; demo-shop onboarded with the Bridge's roles, other-shop with
     the v7 defaults only; alice and carol linked to demo-shop, bob to other-shop."""
@@ -258,3 +286,24 @@ def market(node: Node) -> None:
     assert node.code(FundLiquidity(rid(3), SHOP, POINTS, 10_000)) == "ok"
     assert node.code(TopUpReserve(rid(4), SHOP, BAAS, 5 * BAAS_UNIT)) == "ok"
     assert node.code(policy(5)) == "ok"
+
+
+def swap_of(n: int, q: Quote) -> Swap:
+    """Operation ``n`` executing ``q`` for the user it was quoted to (its digest as approved)."""
+    return Swap(rid(n), q.partner, q.ledger, q.wallet, q, q.digest())
+
+
+def token_policy(n: int, **fields: Any) -> SetPolicy:
+    """demo-shop's policy on its token: 1 token (10^6 units) = 1 BAAS, fee 1%, min 10^15."""
+    terms: dict[str, Any] = {"ledger": TOKEN, "rate_num": BAAS_UNIT // TOKEN_UNIT, **fields}
+    return bridgekit_policy(op=rid(n), **terms)
+
+
+def token_market(node: Node) -> None:
+    """On top of :func:`market` (feature 12): demo-shop registers a 6-decimal token (ledger
+    :data:`TOKEN`), funds 1000 tokens of liquidity from the test-mode faucet and sets its
+    policy."""
+    register = RegisterToken(rid(100), SHOP, BAAS, "SHOPT", 6, TOKEN_ADDRESS)
+    assert node.code(register) == "ok"
+    assert node.code(FundLiquidity(rid(101), SHOP, TOKEN, 1000 * TOKEN_UNIT)) == "ok"
+    assert node.code(token_policy(102)) == "ok"

@@ -304,6 +304,17 @@ def _case_liquidity_exhausted(m: Market) -> Act:
     return _swap_act(m, "alice", m.quote("alice", 3 * BAAS_UNIT // 2, Direction.OUT))  # 297
 
 
+def _case_token_address_taken(m: Market) -> Act:
+    assert m.code(RegisterToken(op("t1"), SHOP, SHOP_TOKEN, "T", 6, b"\x11" * 20)) == "ok"
+    # another ledger, another partner, the same contract in the same mode
+    return lambda: m.apply(RegisterToken(op("t2"), OTHER, 38, "U", 6, b"\x11" * 20)).code
+
+
+def _case_tokens_per_partner(m: Market) -> Act:
+    assert m.code(RegisterToken(op("t1"), SHOP, SHOP_TOKEN, "T", 6, b"\x11" * 20)) == "ok"
+    return lambda: m.apply(RegisterToken(op("t2"), SHOP, 38, "U", 6, b"\x12" * 20)).code
+
+
 def _request(request: object) -> Callable[[Market], Act]:
     return lambda m: lambda: m.apply(request).code  # type: ignore[arg-type]
 
@@ -316,6 +327,7 @@ REFUSALS: list[tuple[BridgeResult, Callable[[Market], Act], BridgeConfig | None]
     (R.BOUND_EXCEEDED, _request(DefinePoints(op("x"), SHOP, 40, "LONG", 0, 3651)), None),
     (R.BOUND_EXCEEDED, _request(RegisterToken(op("x"), SHOP, 40, "X" * 17, 6, bytes(20))), None),
     (R.BOUND_EXCEEDED, _request(policy(op=op("x"), window_s=366 * 86_400 + 1)), None),
+    (R.BOUND_EXCEEDED, _case_tokens_per_partner, BridgeConfig(tokens_per_partner_max=1)),
     (R.LEDGER_WRONG_MODE, _request(policy(op=op("x"), baas_ledger=BAAS_LIVE)), None),
     (R.ASSET_NOT_FOUND, _request(IssuePoints(op("x"), SHOP, 40, account("a", 40), 1)), None),
     (R.ASSET_FOREIGN, _request(IssuePoints(op("x"), OTHER, SHOP_PTS, account("a", 32), 1)), None),
@@ -327,6 +339,7 @@ REFUSALS: list[tuple[BridgeResult, Callable[[Market], Act], BridgeConfig | None]
         _request(DefinePoints(op("x"), SHOP, SHOP_PTS, "SHOP", 2, 30)),
         None,
     ),
+    (R.TOKEN_ADDRESS_TAKEN, _case_token_address_taken, None),
     (R.ISSUANCE_NOT_FOUND, _request(ReversePoints(op("x"), SHOP, SHOP_PTS, op("no"), 1)), None),
     (R.FAUCET_LIVE_MODE, _request(TopUpReserve(op("x"), SHOP, BAAS_LIVE, 1)), None),
     (R.FAUCET_AMOUNT_EXCEEDED, _request(TopUpReserve(op("x"), SHOP, BAAS, 10**27 + 1)), None),

@@ -27,6 +27,7 @@ from bridgeopskit import (
     POINTS,
     Node,
     policy,
+    replica_in_batches,
     rid,
     wallet_account,
     wallet_of,
@@ -174,16 +175,7 @@ def test_any_bridge_history_conserves_expires_and_replays_alike(
                 run.flush()
         run.flush()
         # Another replica: the same committed log, applied in other batches.
-        other = Node(Path(tmp) / "b")
-        at = 0
-        for size in [*groups, len(node.payloads)]:
-            chunk = list(zip(node.positions, node.payloads, strict=True))[at : at + size]
-            if not chunk:
-                break
-            _, writes = other.dispatcher.apply_batch(chunk, other.view)
-            other.view.commit(writes)
-            at += len(chunk)
-        assert at == len(node.payloads)
+        other = replica_in_batches(node, Path(tmp) / "b", groups)
         assert other.items() == node.items()
         assert isinstance(node.positions[0], LogPosition)
         other.close()

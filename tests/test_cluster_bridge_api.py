@@ -1,10 +1,11 @@
 """The Bridge API through the real gateway in front of real nodes (log feature 8): two partners
 onboarded, each defines its points, links a user with the user's signature, issues points to
 them, funds its reserve and liquidity, sets a policy, and swaps for the user both ways with the
-user's EIP-712 approval over the previewed digest. Retries answer the first outcome; altered,
-other users' and forged approvals are refused with stable codes and move nothing; another
-partner's asset and swaps are not found. Every answer is checked against the OpenAPI document
-(CheckedPartnerClient)."""
+user's EIP-712 approval over the previewed digest; one partner then registers a token (log
+feature 12), funds its liquidity in test mode and swaps BAAS -> token and back. Retries answer
+the first outcome; altered, other users' and forged approvals are refused with stable codes and
+move nothing; another partner's asset, token and swaps are not found. Every answer is checked
+against the OpenAPI document (CheckedPartnerClient)."""
 
 from __future__ import annotations
 
@@ -216,9 +217,43 @@ async def _partner_flow(local: LocalCluster, made: dict, name: str, code: str) -
         disabled = await _quote(c, code, user_id, "in", "100")
         assert disabled.status == 409 and disabled.body["code"] == "policy_disabled", disabled
         assert (await c.call("GET", "/v1/bridge/reserve")).body["level"] == reserve_before
-        return {"swap": swapped.body["id"], "code": code, "user": user_id}
+        return {"swap": swapped.body["id"], "code": code, "user": user_id, "wallet": user}
     finally:
         await c.http.close()
+
+
+TOKEN = "0x" + "5f" * 20
+TOKEN_POLICY = {**POLICY, "rate_num": str(10**12), "swap_max": str(10**12)}  # 1 token = 1 BAAS
+
+
+async def _token_flow(c: LedgerClient, user: UserWallet, user_id: str) -> None:
+    """Log feature 12: register a token (its ledger allocated on the log), a duplicate refused,
+    test-mode liquidity, a policy, swaps BAAS -> token and back for the linked user."""
+    body = {"symbol": "PTOK", "decimals": 6, "address": TOKEN}
+    made = await c.call("POST", "/v1/bridge/tokens", body, key="token")
+    assert made.status == 201 and made.body["id"] == TOKEN and made.body["decimals"] == 6, made
+    again = await c.call("POST", "/v1/bridge/tokens", body, key="token")
+    assert again.status == 200 and again.body == made.body, again
+    dup = await c.call("POST", "/v1/bridge/tokens", {**body, "symbol": "DUP"}, key="token-2")
+    assert dup.status == 409 and dup.body["code"] == "token_address_taken", dup
+    listed = await c.call("GET", "/v1/bridge/tokens")
+    assert [t["id"] for t in listed.body["data"]] == [TOKEN], listed
+    fund = {"amount": str(1000 * 10**6)}
+    funded = await c.call("POST", f"/v1/bridge/tokens/{TOKEN}/liquidity", fund, key="tliq")
+    assert funded.status == 201, funded
+    pol = await c.call("POST", f"/v1/bridge/tokens/{TOKEN}/policy", TOKEN_POLICY, key="tpol")
+    assert pol.status == 201 and pol.body["asset"] == TOKEN and pol.body["version"] == 1, pol
+    out = await _quote(c, TOKEN, user_id, "out", str(10**18))  # 1 BAAS, 1% fee: 0.99 token
+    assert out.status == 200 and out.body["amount_out"] == "990000", out
+    swapped = await _swap(c, user, user_id, out.body, "tswap-out")
+    assert swapped.status == 201 and swapped.body["asset"] == TOKEN, swapped
+    back = await _quote(c, TOKEN, user_id, "in", "500000")  # 0.5 token: 0.495 BAAS
+    assert back.status == 200 and back.body["amount_out"] == str(495 * 10**15), back
+    assert (await _swap(c, user, user_id, back.body, "tswap-in")).status == 201
+    token = await c.call("GET", f"/v1/bridge/tokens/{TOKEN}")
+    assert token.body["liquidity"] == str(1000 * 10**6 - 990000 + 500000), token
+    listed = await c.call("GET", f"/v1/bridge/swaps?asset={TOKEN}")
+    assert [s["status"] for s in listed.body["data"]] == ["succeeded", "succeeded"], listed
 
 
 async def test_two_partners_swap_both_ways_through_the_bridge_api(
@@ -228,6 +263,11 @@ async def test_two_partners_swap_both_ways_through_the_bridge_api(
     checked_before = openapi_check.answers_checked
     p = await _partner_flow(local, made, "shop-p", "PPTS")
     q = await _partner_flow(local, made, "shop-q", "QPTS")
+    tokens = _client(local, made, "shop-p/test")
+    try:
+        await _token_flow(tokens, p["wallet"], p["user"])
+    finally:
+        await tokens.http.close()
     # Isolation: another partner's asset, swap and user are not found.
     c = _client(local, made, "shop-q/test")
     live = _client(local, made, "shop-p/live")
@@ -238,6 +278,11 @@ async def test_two_partners_swap_both_ways_through_the_bridge_api(
         assert (await live.call("GET", f"/v1/bridge/swaps/{p['swap']}")).status == 404
         top = await live.call("POST", "/v1/bridge/reserve/top_up", {"amount": "1"}, key="l")
         assert top.status == 400 and top.body["code"] == "test_mode_only", top
+        assert (await c.call("GET", f"/v1/bridge/tokens/{TOKEN}")).status == 404  # shop-p's
+        assert (await live.call("GET", f"/v1/bridge/tokens/{TOKEN}")).status == 404  # test's
+        path = f"/v1/bridge/tokens/{TOKEN}/liquidity"
+        faucet = await live.call("POST", path, {"amount": "1"}, key="tl")
+        assert faucet.status == 400 and faucet.body["code"] == "test_mode_only", faucet
     finally:
         await c.http.close()
         await live.http.close()

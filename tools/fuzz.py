@@ -218,6 +218,7 @@ class BridgeFixtures:
     # again under their key they are answered their first outcome (200)
     redemption: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
     swap: tuple[str, tuple[tuple[str, Any], ...]] = ("", ())
+    token: str = "0x" + "fa" * 20  # a token it registered (log feature 12), with a policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +323,15 @@ def _unlink(f: Fixtures, rng: random.Random) -> Overrides:
 
 def _asset(f: Fixtures) -> Overrides:
     return {"path_parameters": {"asset": f.bridge.asset}}
+
+
+def _token(f: Fixtures) -> Overrides:
+    return {"path_parameters": {"asset": f.bridge.token}}
+
+
+def _new_token(f: Fixtures, rng: random.Random) -> Overrides:
+    """A contract never registered (201 until the partner's tokens_per_partner_max)."""
+    return {"body": {"symbol": "FZ", "decimals": 6, "address": "0x" + rng.randbytes(20).hex()}}
 
 
 def _points(f: Fixtures, rng: random.Random) -> Overrides:
@@ -469,6 +479,11 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     },
     "setBridgePolicy": lambda f, rng: {**_asset(f), "body": dict(f.bridge.policy)},
     "getBridgePolicy": lambda f, rng: {**_asset(f), "query": {"version": _DROP}},
+    "createBridgeToken": _new_token,
+    "getBridgeToken": lambda f, rng: _token(f),
+    "fundBridgeTokenLiquidity": lambda f, rng: {**_token(f), "body": {"amount": _amount(rng)}},
+    "setBridgeTokenPolicy": lambda f, rng: {**_token(f), "body": dict(f.bridge.policy)},
+    "getBridgeTokenPolicy": lambda f, rng: {**_token(f), "query": {"version": _DROP}},
     "topUpBridgeReserve": lambda f, rng: {"body": {"amount": _amount(rng)}},
     "setBridgeReserveThreshold": lambda f, rng: {"body": {"threshold": "0"}},
     "getBridgeReserve": lambda f, rng: {"query": {"after": _DROP}},
@@ -1006,7 +1021,7 @@ def _make_bridge_objects(
 ) -> BridgeFixtures:
     """As the fuzzing partner, through the Bridge API: its point asset, a policy, a funded
     reserve and liquidity, issuances to its linked user, a quote and one swap the user
-    approved (their key is the one the link was signed with)."""
+    approved (their key is the one the link was signed with), a token with a policy."""
     asset = BridgeFixtures().asset
     _ledger_call(session, gateway_url, "/v1/bridge/points", {"code": asset, "scale": 2},
                  f"fuzz-{tag}-points")  # fmt: skip
@@ -1029,6 +1044,11 @@ def _make_bridge_objects(
     preview = _ledger_call(session, gateway_url, "/v1/bridge/swaps/preview", swap, key)
     swap["approvals"] = user.approve(preview)
     swapped = _ledger_call(session, gateway_url, "/v1/bridge/swaps", swap, key)
+    token = BridgeFixtures().token
+    registered = {"symbol": "FUZZTOK", "decimals": 6, "address": token}
+    _ledger_call(session, gateway_url, "/v1/bridge/tokens", registered, f"fuzz-{tag}-token")
+    tokens = f"/v1/bridge/tokens/{token}"
+    _ledger_call(session, gateway_url, tokens + "/policy", BRIDGE_POLICY, f"fuzz-{tag}-tpolicy")
     redeem: dict[str, Any] = {"user": ledger.linked_user, "amount": "5"}
     redeem_key = f"fuzz-{tag}-redeem"
     shown = _ledger_call(session, gateway_url, points + "/redeem/preview", redeem, redeem_key)
@@ -1042,6 +1062,7 @@ def _make_bridge_objects(
         policy=tuple(BRIDGE_POLICY.items()),
         redemption=(redeem_key, tuple(redeem.items())),
         swap=(key, tuple(swap.items())),
+        token=token,
     )
 
 

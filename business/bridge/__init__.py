@@ -45,6 +45,8 @@ from business.bridge.views import (
     reserve_level,
     sorted_bridge_digest,
     spendable_points,
+    token_by_address,
+    tokens_of,
     user_lots,
 )
 from business.bridge.wire import decode_request, encode_request
@@ -85,5 +87,7 @@ __all__ = [
     "role_account",
     "sorted_bridge_digest",
     "spendable_points",
+    "token_by_address",
+    "tokens_of",
     "user_lots",
 ]

@@ -88,11 +88,18 @@ account's net debit minus its breakage and liquidity balances (:func:`points_sup
 Tokens and reserves
 -------------------
 A token is registered with its symbol, decimals (at most 18) and ERC-20 address; its ledger
-asset has kind ``token`` and scale = decimals. Its liquidity is funded from its issuance
-account, in test mode only (``faucet_live_mode``; live tokens come from on-chain deposits, a
-later issue), at most ``faucet_amount_max`` per call. The BAAS reserve of a partner is topped
-up from the platform's test-mode faucet (``source`` 0; refused in live mode) or from an
-account the partner owns. Its level is ``credits_posted - debits_posted - debits_pending``.
+asset has kind ``token`` and scale = decimals. A contract is one asset per mode: the token is
+recorded under ``br/ta/<mode><chain id><address>`` (``BridgeConfig.chain_id``: what a chain
+deposit of it will look up) and a second registration of that address in the mode, by any
+partner, is ``token_address_taken``; a partner's tokens of a mode are listed under
+``br/tl/<partner><mode>``, at most ``tokens_per_partner_max`` (else ``bound_exceeded``). Which
+ledger a token gets is the caller's choice here; on the log the node allocates it
+(node/consensus/bridge_ops.py, feature 12). Swaps of a token run the points' chain without lots
+(a token has no expiry: the ledger balance is all there is). Its liquidity is funded from its
+issuance account, in test mode only (``faucet_live_mode``; live tokens come from on-chain
+deposits, a later issue), at most ``faucet_amount_max`` per call. The BAAS reserve of a partner
+is topped up from the platform's test-mode faucet (``source`` 0; refused in live mode) or from
+an account the partner owns. Its level is ``credits_posted - debits_posted - debits_pending``.
 A partner sets a threshold; an operation that leaves the level below it while it was not
 already low returns a :class:`ReserveLow` notice (metrics now, webhooks with payments) and
 marks the reserve low until a later operation leaves it at or above the threshold.
@@ -212,6 +219,8 @@ from business.bridge.model import (
     policy_audit_key,
     policy_key,
     reserve_key,
+    token_address_key,
+    token_list_key,
     unpack,
     window_partner_key,
     window_user_key,
@@ -628,10 +637,28 @@ class Bridge:
     def _register_token(self, r: RegisterToken, now_ms: int, view: StateView) -> Prepared:
         if len(r.symbol) > self.config.code_chars_max:
             raise _Refused(R.BOUND_EXCEEDED)
+        mode = _mode(r.ledger)
+        list_key = token_list_key(r.partner, mode)
+        raw = view.get(list_key)
+        ledgers: list[int] = [] if raw is None else unpack(raw, "token list", 1)[0]
+        if len(ledgers) >= self.config.tokens_per_partner_max and r.ledger not in ledgers:
+            raise _Refused(R.BOUND_EXCEEDED)
         record = AssetRecord(
             r.partner, int(AssetKindRef.TOKEN), r.decimals, r.symbol, 0, r.address, _day(now_ms)
         )
-        return self._define(r, record, AssetKind.TOKEN, view)
+        prepared = self._define(r, record, AssetKind.TOKEN, view)
+        if prepared.code != R.OK:
+            return prepared  # the same token on the same ledger again: exists
+        # One asset per contract in a mode: a chain deposit of it must credit exactly one.
+        address_key = token_address_key(mode, self.config.chain_id, r.address)
+        if view.get(address_key) is not None:
+            raise _Refused(R.TOKEN_ADDRESS_TAKEN)
+        writes = (
+            *prepared.writes,
+            (address_key, pack(r.ledger, r.partner)),
+            (list_key, pack([*ledgers, r.ledger])),
+        )
+        return replace(prepared, writes=writes)
 
     # --- points ---------------------------------------------------------------------------
 

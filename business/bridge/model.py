@@ -82,6 +82,9 @@ class BridgeResult(str, enum.Enum):
     ASSET_KIND_MISMATCH = "asset_kind_mismatch"
     LEDGER_TAKEN = "ledger_taken"
     EXISTS_WITH_DIFFERENT_FIELDS = "exists_with_different_fields"
+    # a token whose (mode, chain, ERC-20 address) is registered already, by any partner: a
+    # deposit of that contract must credit exactly one asset
+    TOKEN_ADDRESS_TAKEN = "token_address_taken"
     ISSUANCE_NOT_FOUND = "issuance_not_found"
     FAUCET_LIVE_MODE = "faucet_live_mode"
     FAUCET_AMOUNT_EXCEEDED = "faucet_amount_exceeded"
@@ -168,6 +171,10 @@ class BridgeConfig:
     expiry_page_ids_max: int = 256  # wallet accounts per stored expiry page
     faucet_amount_max: int = 10**27  # test mode: what one faucet call may mint
     code_chars_max: int = 16
+    tokens_per_partner_max: int = 16  # tokens one partner registers in one mode
+    # the chain the tokens' ERC-20 addresses are on (a token is found by (mode, chain,
+    # address)); the node sets identity's EIP-712 chain id, the one chain it knows today
+    chain_id: int = 31337
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -183,6 +190,8 @@ class BridgeConfig:
             ("expiry_page_ids_max", 1, 4096),
             ("faucet_amount_max", 1, AMOUNT_MAX),
             ("code_chars_max", 1, 64),
+            ("tokens_per_partner_max", 1, 1024),
+            ("chain_id", 1, U64_MAX),
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -616,6 +625,9 @@ EXPIRY_CURSOR_PREFIX = b"br/xc/"  # + ledger -> (day, page, offset)
 # From log feature 11 (node/consensus/bridge_ops.py: SWAP_INDEX_FEATURE_VERSION):
 SWAP_INDEX_PREFIX = b"br/sw/"  # + partner + mode u8 + log ms u64 + op -> SwapEntry
 RESERVE_LOW_PREFIX = b"br/rl/"  # + BAAS ledger + partner -> ReserveLowRecord (the last one)
+# Tokens (written by RegisterToken; on the log from feature 12, node/consensus/bridge_ops.py):
+TOKEN_ADDRESS_PREFIX = b"br/ta/"  # + mode u8 + chain id u64 + address20 -> (ledger, partner)
+TOKEN_LIST_PREFIX = b"br/tl/"  # + partner + mode u8 -> [ledger, ...] in registration order
 
 
 def _u32(v: int) -> bytes:
@@ -677,6 +689,15 @@ def swap_index_key(partner: bytes, mode: int, log_ms: int, op: bytes) -> bytes:
 
 def reserve_low_key(baas_ledger: int, partner: bytes) -> bytes:
     return RESERVE_LOW_PREFIX + _u32(baas_ledger) + partner
+
+
+def token_address_key(mode: int, chain_id: int, address: bytes) -> bytes:
+    """Where a token is found by its contract: what a chain deposit of it will resolve."""
+    return TOKEN_ADDRESS_PREFIX + bytes((mode,)) + chain_id.to_bytes(8, "big") + address
+
+
+def token_list_key(partner: bytes, mode: int) -> bytes:
+    return TOKEN_LIST_PREFIX + partner + bytes((mode,))
 
 
 # --- value encodings: versioned msgpack, amounts as 16 bytes ------------------------------

@@ -32,6 +32,8 @@ from business.bridge.model import (
     policy_key,
     reserve_low_key,
     swap_index_prefix,
+    token_address_key,
+    token_list_key,
     unpack,
 )
 from business.identity.ids import mode_of_ledger, partner_account_id
@@ -58,6 +60,8 @@ __all__ = [
     "spendable_points",
     "swap_page",
     "swap_range",
+    "token_by_address",
+    "tokens_of",
     "user_lots",
 ]
 
@@ -71,6 +75,27 @@ def _role(partner: bytes, ledger: int, role: str) -> int:
 def get_asset(view: StateView, ledger: int) -> AssetRecord | None:
     raw = view.get(asset_key(ledger))
     return None if raw is None else decode_asset(raw)
+
+
+def tokens_of(view: StateView, partner: bytes, mode: int) -> list[tuple[int, AssetRecord]]:
+    """A partner's tokens in ``mode`` (ledger, asset), in registration order (bounded by
+    ``tokens_per_partner_max``)."""
+    raw = view.get(token_list_key(partner, mode))
+    ledgers: list[int] = [] if raw is None else unpack(raw, "token list", 1)[0]
+    found = [(ledger, get_asset(view, ledger)) for ledger in ledgers]
+    return [(ledger, asset) for ledger, asset in found if asset is not None]
+
+
+def token_by_address(
+    view: StateView, mode: int, chain_id: int, address: bytes
+) -> tuple[int, bytes] | None:
+    """The (ledger, partner) of the token registered in ``mode`` for the ERC-20 contract at
+    ``address`` on ``chain_id``: what a chain deposit of that token will credit."""
+    raw = view.get(token_address_key(mode, chain_id, address))
+    if raw is None:
+        return None
+    ledger, partner = unpack(raw, "token address", 2)
+    return int(ledger), bytes(partner)
 
 
 def get_policy(view: StateView, ledger: int) -> PolicyRecord | None:

@@ -16,7 +16,8 @@ Entry types (feature version :data:`~business.identity.model.IDENTITY_FEATURE_VE
 * ``partner.put`` -- onboard or update a partner: opaque id, status, and per mode a list of
   named role accounts (issuance, reserve, fees, ...; each on BAAS or the partner's own point
   ledger). The first put allocates the partner's point asset index (one ledger per mode,
-  :func:`business.identity.ids.ledger_number`). Roles may be added, never removed (a ledger
+  :func:`business.identity.ids.ledger_number`) from the counter tokens take theirs from too
+  (:func:`allocate_asset_index`). Roles may be added, never removed (a ledger
   account is forever; dropping its owner would orphan its balance). Only an operator may
   onboard or change the status; a partner credential may add roles to its own partner. Each
   role account's id is derived (:func:`~business.identity.ids.partner_account_id`) and its
@@ -133,6 +134,7 @@ __all__ = [
     "ENTRY_TYPES",
     "IdentityMachine",
     "PartnerRecord",
+    "allocate_asset_index",
     "decode_partner",
     "open_wallet_account",
     "platform_account",
@@ -217,10 +219,11 @@ class IdentityMachine:
             return PartnerResult.ACTOR_NOT_ALLOWED, {}, {}
         writes: dict[bytes, bytes | None] = {}
         if old is None:
-            asset_index = _next_asset_index(view)
-            if asset_index > ASSET_INDEX_MAX:
+            allocated = allocate_asset_index(view)
+            if allocated is None:
                 return PartnerResult.ASSETS_EXHAUSTED, {}, {}
-            writes[META_KEY] = bytes((VALUE_VERSION,)) + (asset_index + 1).to_bytes(4, "big")
+            asset_index, (meta_key, meta) = allocated
+            writes[meta_key] = meta
             old_roles: frozenset[RoleAccount] = frozenset()
         else:
             asset_index = old[1]
@@ -411,6 +414,19 @@ def _next_asset_index(view: StateView) -> int:
     if raw[0] != VALUE_VERSION or len(raw) != 5:
         raise UnsupportedFormat("unknown identity meta version")
     return int.from_bytes(raw[1:], "big")
+
+
+def allocate_asset_index(view: StateView) -> tuple[int, Write] | None:
+    """The next free asset index and the write that takes it, or None when they are spent.
+
+    One counter for every partner asset, points (allocated at onboarding) and tokens
+    (allocated when a partner registers one, log feature 12, node/consensus/bridge_ops.py), so
+    no two assets ever share a ledger number. The caller keeps the write only if the asset is
+    created."""
+    index = _next_asset_index(view)
+    if index > ASSET_INDEX_MAX:
+        return None
+    return index, (META_KEY, bytes((VALUE_VERSION,)) + (index + 1).to_bytes(4, "big"))
 
 
 def _wallet_writes(

@@ -24,7 +24,9 @@ What is derived here (all pure functions of their inputs):
   so test and live never share a ledger number *by construction* (the parity is the mode),
   not merely with high probability. BAAS is asset index 1 (ledger 2 in test, 3 in live);
   indexes up to 15 are kept for platform assets; a partner's point asset gets the next free
-  index at onboarding (:mod:`business.identity.core`), one ledger per mode.
+  index at onboarding (:mod:`business.identity.core`), one ledger per mode, and from log
+  feature 12 each token a partner registers gets the next free index of the same counter,
+  its ledger in the mode it was registered in (node/consensus/bridge_ops.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ tests and the simulator's checks:
 
 * ``GET /internal/v1/bridge/assets/{ledger}`` -> the asset (partner, kind, scale, code,
   validity in days, token address, start day)
+* ``GET /internal/v1/bridge/tokens/{partner hex}/{mode}`` -> the partner's tokens in the mode
+  (log feature 12), each as the asset read answers it, in registration order
 * ``GET /internal/v1/bridge/policies/{ledger}`` -> the current policy with its ``version``;
   ``?version=N`` -> the audit entry of the change that made version N (actor, log time, the
   policy it set)
@@ -60,11 +62,13 @@ from business.bridge import (
     role_account,
     sorted_bridge_digest,
     spendable_points,
+    tokens_of,
     user_lots,
 )
 from business.bridge.model import (
     EVENT_RESERVE_LOW,
     PREFIX,
+    AssetRecord,
     PolicyRecord,
     ReserveLowRecord,
     SwapEntry,
@@ -184,26 +188,38 @@ def quote_doc(q: Quote) -> dict[str, Any]:
     }
 
 
+def asset_doc(ledger: int, asset: AssetRecord) -> dict[str, Any]:
+    return {
+        "object": "bridge_asset",
+        "ledger": ledger,
+        "partner": asset.partner.hex(),
+        "kind": {2: "points", 3: "token"}.get(asset.kind, str(asset.kind)),
+        "scale": asset.scale,
+        "code": asset.code,
+        "validity_days": asset.validity_days,
+        "address": asset.address.hex(),
+        "start_day": asset.start_day,
+    }
+
+
 async def get_asset_route(request: web.Request) -> web.Response:
     ledger = _ledger(request)
     applied = await _applied(request)
     asset = get_asset(_view(request), ledger)
     if asset is None:
         raise NotFound("no such Bridge asset on this node", code="asset_not_found")
-    return web.json_response(
-        {
-            "object": "bridge_asset",
-            "ledger": ledger,
-            "partner": asset.partner.hex(),
-            "kind": {2: "points", 3: "token"}.get(asset.kind, str(asset.kind)),
-            "scale": asset.scale,
-            "code": asset.code,
-            "validity_days": asset.validity_days,
-            "address": asset.address.hex(),
-            "start_day": asset.start_day,
-            "applied_index": applied,
-        }
-    )
+    return web.json_response({**asset_doc(ledger, asset), "applied_index": applied})
+
+
+async def get_tokens_route(request: web.Request) -> web.Response:
+    """A partner's tokens in one mode, in registration order (bounded by the Bridge's
+    ``tokens_per_partner_max``: one page)."""
+    partner = _hex(request.match_info["partner"], "partner", 16)
+    mode = _int(request.match_info["mode"], "mode", 0, 1)
+    applied = await _applied(request)
+    tokens = tokens_of(_view(request), partner, mode)
+    data = [asset_doc(ledger, asset) for ledger, asset in tokens]
+    return web.json_response({"object": "list", "data": data, "applied_index": applied})
 
 
 async def get_policy_route(request: web.Request) -> web.Response:
@@ -467,6 +483,7 @@ async def get_digest_route(request: web.Request) -> web.Response:
 def add_bridge_routes(app: web.Application) -> None:
     """The Bridge reads, over the ledger reads' state (add_ledger_routes first)."""
     app.router.add_get(BRIDGE_PATH + "/assets/{ledger}", get_asset_route)
+    app.router.add_get(BRIDGE_PATH + "/tokens/{partner}/{mode}", get_tokens_route)
     app.router.add_get(BRIDGE_PATH + "/policies/{ledger}", get_policy_route)
     app.router.add_get(BRIDGE_PATH + "/lots/{ledger}/{account}", get_lots_route)
     app.router.add_get(BRIDGE_PATH + "/supply/{ledger}", get_supply_route)

@@ -1,4 +1,5 @@
-"""The Bridge on the log (feature 8): a Bridge request inside a ``ledger.ops`` operation.
+"""The Bridge on the log (feature 8; 11 and 12 below): a Bridge request inside a ``ledger.ops``
+operation.
 
 From log feature version :data:`BRIDGE_FEATURE_VERSION` an operation of a ``ledger.ops``
 entry may carry, instead of ledger events, one Bridge request in its wire form (``br``:
@@ -19,11 +20,11 @@ outcome by the ledger-ops apply, like any operation):
    linked (identity's :func:`~business.identity.scope.check_scope` with no events); the
    request names that partner (another's: ``account_not_found``) and ledgers of the mode
    (``ledger_not_found``). A partner defines points only on its own point ledger (the one
-   identity allocated; ``asset_not_allowed``); tokens wait for their own ledger allocation
-   (``RegisterToken`` is ``asset_not_allowed`` at feature 8). It issues only to a wallet it
-   linked and names in ``ur`` (``account_not_found`` otherwise); a swap's wallet must be one
-   of its linked users named in ``ur`` (their accounts are opened for them); a redemption's
-   account must be a wallet's of the mode;
+   identity allocated; ``asset_not_allowed``); a token only from feature 12 (before it
+   ``RegisterToken`` is ``asset_not_allowed``), on the ledger allocated for it (below). It
+   issues only to a wallet it linked and names in ``ur`` (``account_not_found`` otherwise); a
+   swap's wallet must be one of its linked users named in ``ur`` (their accounts are opened
+   for them); a redemption's account must be a wallet's of the mode;
 2. :meth:`Bridge.prepare <business.bridge.core.Bridge.prepare>`: the Bridge's own checks
    (reserve, windows, policy version, quote, lots, ...); a refusal is the operation's result,
    with no events;
@@ -49,6 +50,20 @@ The outcome (:class:`~business.ledger.outcome.OperationOutcome`, format version 
 chain's events with the ledger's results and carries the request's result code (``ok``,
 ``exists``, a Bridge refusal, a scope or approval refusal); it is stored as every operation's
 outcome is (sticky; in the receipt and the leaf).
+
+Tokens (feature 12, :data:`TOKEN_FEATURE_VERSION`): a ``RegisterToken`` passes the scope
+check like any request, then :meth:`BridgeStep._allocate_token` gives it its ledger: the next
+index of identity's asset counter (:func:`~business.identity.core.allocate_asset_index`, shared
+with the partners' point assets, so no two assets share a ledger; ``bound_exceeded`` once the
+indexes are spent) in the proposer's mode (the request's own ledger only names the mode), and
+plans the owner records of the token's issuance, liquidity and breakage accounts for each of
+those roles the partner holds on its points (:data:`TOKEN_ROLES`; one it lacks leaves that
+account unowned: ``role_missing`` in step 3). The Bridge core then refuses an address already
+registered in the mode (``token_address_taken``) or a partner's token beyond
+``tokens_per_partner_max`` (``bound_exceeded``) and records the token by (mode, chain,
+address), the chain being identity's EIP-712 chain id (what a deposit of it will resolve:
+:func:`business.bridge.views.token_by_address`). The counter, owners and records are written
+only if the whole chain succeeds, so a refused registration allocates nothing.
 
 Point expiry runs on log time, by rule, with no proposer: a registry of point assets with a
 validity period (``br/xr``, at most :data:`EXPIRY_ASSETS_MAX`; a further definition with a
@@ -97,22 +112,32 @@ from business.bridge.model import (
 from business.identity.approvals import (
     debits_of,
 )
-from business.identity.core import decode_partner, open_wallet_account, platform_account
+from business.identity.core import (
+    allocate_asset_index,
+    decode_partner,
+    open_wallet_account,
+    platform_account,
+)
 from business.identity.ids import (
     ASSET_INDEX_BAAS,
     derive,
     ledger_number,
     mode_of_ledger,
+    partner_account_id,
     wallet_account_id,
     wallet_id,
 )
 from business.identity.model import (
     PARTNER_PREFIX,
     ApprovalResult,
+    AssetRef,
     IdentityConfig,
+    Owner,
     OwnerKind,
+    Role,
     ScopeResult,
     decode_owner,
+    encode_owner,
     link_key,
     owner_key,
 )
@@ -139,6 +164,7 @@ __all__ = [
     "EXPIRY_ASSETS_MAX",
     "EXPIRY_ASSETS_PER_ENTRY_MAX",
     "SWAP_INDEX_FEATURE_VERSION",
+    "TOKEN_FEATURE_VERSION",
     "BridgeRun",
     "BridgeStep",
     "expiry_op",
@@ -150,6 +176,10 @@ BRIDGE_FEATURE_VERSION = 8
 # Feature 11: swaps listed per partner (br/sw/) and reserve.low events kept (br/rl/); new keys
 # change what a log replays to, so an older log replays as it did.
 SWAP_INDEX_FEATURE_VERSION = 11
+# Feature 12: a partner's RegisterToken allocates the token's ledger (before: asset_not_allowed).
+TOKEN_FEATURE_VERSION = 12
+# The role accounts a token gets, each only if the partner holds that role on its points.
+TOKEN_ROLES = (Role.ISSUANCE, Role.LIQUIDITY, Role.BREAKAGE)
 # The Bridge's bounds are part of the log format, like the ledger's: every replica alike.
 BRIDGE_CONFIG = BridgeConfig()
 EXPIRY_ASSETS_MAX = 4096  # point assets with a validity period (the registry's bound)
@@ -214,7 +244,8 @@ class BridgeStep:
     """The Bridge step of the ledger-ops apply (pure: reads and writes one overlay)."""
 
     def __init__(self, ledger: Ledger, identity: IdentityConfig) -> None:
-        self.bridge = Bridge(BRIDGE_CONFIG, ledger)
+        # tokens are found by (mode, chain, address): the chain is the one identity signs for
+        self.bridge = Bridge(replace(BRIDGE_CONFIG, chain_id=identity.chain_id), ledger)
         self._ledger = ledger
         self._identity = identity
 
@@ -261,15 +292,24 @@ class BridgeStep:
         wallets = self._scope(proposer, record_id, request, layer, earlier, now_ms)
         if isinstance(wallets, (ScopeResult, BridgeResult)):
             return BridgeRun(OperationOutcome(now_ms, (), wallets.value), kind)
+        planned: dict[bytes, bytes | None] = {}  # a token's ledger and role owners (feature 12)
+        if isinstance(request, RegisterToken):
+            allocated = self._allocate_token(request, proposer, layer)
+            if isinstance(allocated, BridgeResult):
+                return BridgeRun(OperationOutcome(now_ms, (), allocated.value), kind)
+            request, planned = allocated
         prepared = self.bridge.prepare(request, now_ms, layer)
         events = prepared.events
         if not prepared.code.succeeded or prepared.retry:
             settled = self.bridge.settle(prepared, (), now_ms, layer)
             layer.writes.update(settled.writes)
             return BridgeRun(OperationOutcome(now_ms, (), settled.code.value), kind)
-        owners = self._owners(request, events, proposer, wallets, layer, now_ms)
+        with_planned = Overlay(layer)
+        with_planned.writes.update(planned)
+        owners = self._owners(request, events, proposer, wallets, with_planned, now_ms)
         if isinstance(owners, ScopeResult):
             return BridgeRun(refused_request(events, owners.value, now_ms), kind)
+        owners = {**planned, **owners}
         checks = Overlay(layer)
         # A user's account the chain debits but does not create (it does not exist yet) is
         # still theirs to approve; the ledger then finds it holds nothing.
@@ -331,7 +371,9 @@ class BridgeStep:
         if any(mode_of_ledger(ledger) != proposer.mode for ledger in ledgers):
             return S.LEDGER_NOT_FOUND
         if isinstance(request, RegisterToken):
-            return S.ASSET_NOT_ALLOWED  # no token ledger allocation before the chain issue
+            if Dispatcher.feature_version(layer) < TOKEN_FEATURE_VERSION:
+                return S.ASSET_NOT_ALLOWED  # no token ledger allocation before feature 12
+            return {}
         if isinstance(request, DefinePoints):
             raw = layer.get(PARTNER_PREFIX + proposer.partner)
             assert raw is not None  # check_scope found it
@@ -402,6 +444,33 @@ class BridgeStep:
             ):
                 return S.ROLE_MISSING
         return writes
+
+    def _allocate_token(
+        self, request: RegisterToken, proposer: Proposer, layer: Overlay
+    ) -> BridgeResult | tuple[RegisterToken, dict[bytes, bytes | None]]:
+        """The token's ledger (the next asset index, in the proposer's mode: the request's own
+        ledger only names the mode) and the writes that take it: the index counter and the
+        owner records of its role accounts, one per role the partner holds on its point asset
+        (issuance, liquidity, breakage); a role it lacks stays unowned, so the chain that
+        would open its account is ``role_missing``, as for points. Kept only on success."""
+        allocated = allocate_asset_index(layer)
+        if allocated is None:
+            return BridgeResult.BOUND_EXCEEDED
+        index, counter = allocated
+        mode = proposer.mode
+        ledger = ledger_number(mode, index)
+        raw = layer.get(PARTNER_PREFIX + proposer.partner)
+        assert raw is not None  # check_scope found it
+        held = {
+            r.role for r in decode_partner(raw)[2] if r.mode == mode and r.asset == AssetRef.POINTS
+        }
+        writes: dict[bytes, bytes | None] = dict((counter,))
+        for role in TOKEN_ROLES:
+            if role in held:
+                account = partner_account_id(proposer.partner, mode, role.name.lower(), ledger)
+                owner = Owner(OwnerKind.PARTNER, mode, ledger, proposer.partner, int(role))
+                writes[owner_key(account)] = encode_owner(owner)
+        return replace(request, ledger=ledger), writes
 
     def _baas_asset(
         self, events: Sequence[Event], proposer: Proposer, view: StateView
