@@ -66,8 +66,8 @@ from node.storage.shard_service import ShardService
 from node.storage.shard_store import ShardStore
 
 log = logging.getLogger("baas.node")
-# The newest log feature version this code understands (13: the ledger index by scope tag and one-
-# time codes spent on any presentation, business/ledger/index.py; 12: partner tokens, a
+# The newest log feature version this code understands (13: the ledger index by scope tag and
+# one-time codes spent on any presentation, business/ledger/index.py; 12: partner tokens, a
 # RegisterToken allocates the token's ledger, node/consensus/bridge_ops.py; 11: the Bridge's swap
 # index and reserve.low records, node/consensus/bridge_ops.py; 10: vault deposit credits in
 # ledger.ops, node/consensus/deposit_ops.py; 9: payments and the Market inside ledger operations,
