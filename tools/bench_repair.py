@@ -20,7 +20,9 @@ The JSON report (``"format": 1``) has the fill rate, the paced rate, the wiped n
 from the node's start to backlog 0, the shards the leader rebuilt and their rate (one shard per
 record on the wiped node: records/s repaired), the wiped node's shard count over time, writes
 and reads by phase (acknowledged per second against the paced rate: the traffic repair left
-for writes; p50/p99), the load average at start and end, and each target's verdict.
+for writes; p50/p99), the load average at start and end, each target's verdict, the fill
+batches that were resent, and every filled record read back through the gateway at the end
+(answers by status: anything but 200 is an acknowledged record lost; exit status 1).
 The node settings are ``baas-chaos``'s (repair passes every 2 s over records older than 2 s).
 """
 
@@ -34,6 +36,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,7 +71,9 @@ POLL_S = 1.0
 TIMELINE_EVERY_S = 5.0
 REPAIR_TARGET_S = 600.0  # the issue's bound for 10^5 records
 TARGET_RECORDS = 100_000
-FRESH_RECORD_MS = 2000  # NODE_TOML's fresh_record_s: a pass skips records younger than this
+FRESH_RECORD_MS = 2000
+READ_BACK_CLIENTS = 16
+READ_BACK_FAILED_MAX = 50  # NODE_TOML's fresh_record_s: a pass skips records younger than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +131,9 @@ class Reader:
             await asyncio.gather(*list(self._tasks))
 
 
-async def fill(client: PartnerClient, records: int, seed: int) -> list[str]:
-    """Write ``records`` records in batches; return their ids. A 503 is retried (same keys)."""
+async def fill(client: PartnerClient, records: int, seed: int, resent: list[int]) -> list[str]:
+    """Write ``records`` records in batches; return their ids. A batch with any record refused
+    is sent again with the same keys (its first record's number goes to ``resent``)."""
     ids: list[str] = []
     starts = list(range(0, records, FILL_BATCH_RECORDS))
     next_start = 0
@@ -137,7 +143,9 @@ async def fill(client: PartnerClient, records: int, seed: int) -> list[str]:
             {"idempotency_key": f"fill-{seed}-{seq}", "record": {"seq": seq, "pad": "x" * 64}}
             for seq in range(start, min(start + FILL_BATCH_RECORDS, records))
         ]
-        for _ in range(FILL_ATTEMPTS_MAX):
+        for attempt in range(FILL_ATTEMPTS_MAX):
+            if attempt:
+                resent.append(start)
             with contextlib.suppress(TimeoutError, OSError):
                 answer = await client.put_records(items)
                 results = answer.body.get("results") if isinstance(answer.body, dict) else None
@@ -181,6 +189,35 @@ async def wait_clean_pass(
         await asyncio.sleep(POLL_S)
 
 
+async def read_back(client: PartnerClient, ids: list[str]) -> dict[str, Any]:
+    """Every filled (acknowledged) record read through the gateway: answers by status, and the
+    first failures (a 429/503 is asked again, twice)."""
+    statuses: Counter[int] = Counter()
+    failed: list[dict[str, Any]] = []
+    pending = list(enumerate(ids))
+
+    async def worker() -> None:
+        while pending:
+            number, record_id = pending.pop()
+            status = 0
+            for _ in range(3):
+                with contextlib.suppress(TimeoutError, OSError):
+                    status = (await asyncio.wait_for(client.get_record(record_id), 15.0)).status
+                if status not in (0, 429, 503):
+                    break
+                await asyncio.sleep(FILL_RETRY_S)
+            statuses[status] += 1
+            if status != 200 and len(failed) < READ_BACK_FAILED_MAX:
+                failed.append({"fill_record": number, "record_id": record_id, "status": status})
+
+    await asyncio.gather(*(worker() for _ in range(READ_BACK_CLIENTS)))
+    return {
+        "records": len(ids),
+        "by_status": {str(k): v for k, v in sorted(statuses.items())},
+        "failed": sorted(failed, key=lambda f: f["fill_record"]),
+    }
+
+
 def _phase_json(writer: Writer, reader: Reader, phase: str, seconds: float) -> dict[str, Any]:
     writes = writer.by_phase.get(phase, [])
     return {
@@ -212,7 +249,8 @@ async def _bench(
     rng = random.Random(settings.seed)
     try:
         began = time.monotonic()
-        ids = await fill(client, settings.records, settings.seed)
+        resent: list[int] = []
+        ids = await fill(client, settings.records, settings.seed, resent)
         fill_s = time.monotonic() - began
         clean_s, _, _ = await wait_clean_pass(
             api, names, int(time.time() * 1000) + FRESH_RECORD_MS, settings.timeout_s
@@ -222,6 +260,8 @@ async def _bench(
             "seconds": round(fill_s, 1),
             "records_per_s": round(len(ids) / fill_s, 1),
             "first_clean_pass_after_s": clean_s,
+            "batches_resent": len(resent),
+            "batches_resent_first_records": sorted(set(resent))[:50],
         }
         # The writer is baas-chaos's: its settings give it a seed, a timeout and a bound.
         writer_settings = ChaosSettings(
@@ -265,6 +305,7 @@ async def _bench(
             "repair": _phase_json(writer, reader, "repair", report["repair"]["seconds"]),
         }
         report["targets"] = _targets(report, rate)
+        report["read_back"] = await read_back(client, ids)
     finally:
         await client.close()
         await api.close()
@@ -423,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
         f"backlog 0 after {repair.get('backlog_zero_after_wipe_s')} s; "
         f"{repair.get('records_repaired_per_s')} records/s; targets {report.get('targets')}"
     )
-    return 0 if repair.get("backlog_zero_after_wipe_s") is not None else 1
+    read = report.get("read_back", {})
+    print(f"baas-bench-repair: filled records read back: {read.get('by_status')}")
+    whole = read.get("by_status") == {"200": read.get("records")}
+    return 0 if repair.get("backlog_zero_after_wipe_s") is not None and whole else 1
 
 
 if __name__ == "__main__":
