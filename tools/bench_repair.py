@@ -332,14 +332,16 @@ async def _wipe_and_repair(
     back_ms = int(time.time() * 1000)
     timeline: list[dict[str, Any]] = []
     # Every node holds one shard of every record (n = nodes): the wiped node is whole again
-    # for the filled records once it holds as many shards (paced writes only add to that).
+    # once it holds a shard of every filled record and of every write acknowledged since the
+    # wipe (those it got directly; counting only the filled ones overstated the rate).
     full: dict[str, float] = {}
 
     async def on_poll(_leader_now: str | None, _repair: dict[str, Any] | None) -> None:
         at_s = round(time.monotonic() - started, 1)
         status = await api.get(victim, "/internal/v1/status")
         shards = None if status is None else int(status["shards"])
-        if shards is not None and shards >= filled and "at_s" not in full:
+        expected = filled + len(writer.by_phase.get("repair", []))
+        if shards is not None and shards >= expected and "at_s" not in full:
             full["at_s"] = at_s
         if not timeline or at_s - timeline[-1]["at_s"] >= TIMELINE_EVERY_S:
             timeline.append({"at_s": at_s, "shards_on_wiped_node": shards})
