@@ -24,7 +24,8 @@ errors at the border (``raise OurError(...) from exc``). The tree, split by who 
     │   ├── DeadlineExceeded      the request's deadline passed, work abandoned (HTTP 504)
     │   └── CorruptEntry          a stored entry failed its checksum; it is never served
     └── InvariantViolation        a bug: crash loudly
-        └── ReadyOutOfOrder       the Raft adapter broke the ready -> advance order
+        ├── ReadyOutOfOrder       the Raft adapter broke the ready -> advance order
+        └── StorageDamaged        the Raft database is damaged on disk: stop, with the runbook
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ __all__ = [
     "RateLimited",
     "ReadyOutOfOrder",
     "RecordUnavailable",
+    "StorageDamaged",
     "UnsupportedFormat",
 ]
 
@@ -194,3 +196,13 @@ class ReadyOutOfOrder(InvariantViolation):
     """A Raft core's ready()/advance() was called out of order (a bug in its adapter)."""
 
     code = "ready_out_of_order"
+
+
+class StorageDamaged(InvariantViolation):
+    """A database the node cannot run without (its Raft log and state) is damaged on disk.
+
+    Not a bug, but handled like one: the node stops rather than vote or apply with a log it
+    cannot trust. The detail names the operator's way back (rejoin as a new incarnation).
+    """
+
+    code = "storage_damaged"

@@ -41,6 +41,7 @@ from node.errors import (
     InvariantViolation,
     OperationFailed,
     PeerProtocolError,
+    StorageDamaged,
     UnsupportedFormat,
 )
 from node.replication.durable import (
@@ -250,7 +251,10 @@ def test_a_damaged_entry_in_the_log_is_refused_at_load(
     path = tmp_path / "raft"
     log_of_ten(path)
     damage(path)
-    with DurableRaftStorage(path) as durable, pytest.raises((CorruptEntry, UnsupportedFormat)) as e:
+    with (
+        DurableRaftStorage(path) as durable,
+        pytest.raises((StorageDamaged, UnsupportedFormat)) as e,
+    ):
         durable.state()
     assert match in str(e.value)
 
@@ -267,7 +271,7 @@ def test_a_damaged_snapshot_or_hard_state_is_refused_at_open(tmp_path: Path, dam
     path = tmp_path / "raft"
     log_of_ten(path)
     damage(path)
-    with pytest.raises(CorruptEntry):
+    with pytest.raises(StorageDamaged):  # the node stops, naming the rejoin runbook
         DurableRaftStorage(path)
 
 
@@ -280,7 +284,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedFormat, match="format 3"):
         DurableRaftStorage(path)
     delete_key(path, KEY_FORMAT)  # data without any format key: not ours, or damaged
-    with pytest.raises(CorruptEntry, match="no format key"):
+    with pytest.raises(StorageDamaged, match="no format key"):
         DurableRaftStorage(path)
 
 
@@ -846,7 +850,7 @@ def test_a_staged_snapshot_is_adopted_by_reference_and_never_loaded_whole(tmp_pa
         key = chunk_key(ref.generation, n)
         db.put(key, encode_entry(key, b"x" * 16))
     db.close()
-    with pytest.raises(CorruptEntry):
+    with pytest.raises(StorageDamaged):
         DurableRaftStorage(path)
 
 
@@ -910,7 +914,7 @@ def test_a_state_behind_the_compaction_point_is_refused_at_open(tmp_path: Path) 
     db = plyvel.DB(str(path))
     db.put(KEY_APPLIED, encode_entry(KEY_APPLIED, msgpack.packb(12)))
     db.close()
-    with pytest.raises(CorruptEntry, match="behind the compaction point"):
+    with pytest.raises(StorageDamaged, match="behind the compaction point"):
         DurableRaftStorage(path)
 
 

@@ -212,10 +212,31 @@ async def test_old_copies_go_or_call_the_mover_back() -> None:
 async def test_a_pass_that_finds_nothing_walks_at_the_background_pace() -> None:
     entries = in_order([entry(i) for i in range(12)])  # three pages of four, nothing missing
     holders = Holders(entries)
-    driver = repairer(entries, holders, scan_records_per_s_max=100.0)
+    driver = repairer(entries, holders, scan_records_per_s_max=100.0, pass_interval_s=0.001)
+    await run_passes(driver, 1)  # a new leader's first pass: full speed (the next test)
+    time.sleep(0.002)  # the rest between passes
     started = time.monotonic()
     await run_passes(driver, 1)
     assert time.monotonic() - started >= 12 / 100.0  # paced: 4 records per 40 ms page
+    assert driver.stats.below_n_by_healthy == {} and holders.rebuilt == []
+
+
+async def test_a_new_leaders_first_pass_walks_at_full_speed_and_again_after_a_change() -> None:
+    """baas-chaos seed 11: a leader elected while the cluster healed walked 16,833 clean
+    records at the background pace, and no clean pass ended in the 300 s allowed."""
+    entries = in_order([entry(i) for i in range(40)])  # ten pages of four, nothing missing
+    holders = Holders(entries)
+    driver = repairer(entries, holders, scan_records_per_s_max=10.0, pass_interval_s=0.001)
+    started = time.monotonic()
+    await run_passes(driver, 1)
+    assert time.monotonic() - started < 2.0  # ten paced pages would take 4 s
+    leading = driver._log
+    driver._log = SimpleNamespace(status=lambda: SimpleNamespace(role="follower"))  # type: ignore[assignment]
+    assert await driver.round_once() == 0
+    driver._log = leading  # leader again: it knows nothing of what happened meanwhile
+    started = time.monotonic()
+    await run_passes(driver, 1)
+    assert time.monotonic() - started < 2.0
     assert driver.stats.below_n_by_healthy == {} and holders.rebuilt == []
 
 

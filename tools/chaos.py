@@ -285,9 +285,6 @@ class FaultRunner:
         self.corrupted: list[str] = []  # record ids whose shard was flipped
         self.kills_dropped = 0  # kills skipped: the next event was already due
 
-    def _data_dir(self, name: str) -> Path:
-        return Path(self._cluster.node(name).config_path).parent / "data"
-
     async def run(self, plan: tuple[FaultEvent, ...], started: float) -> None:
         """Each event at its planned time, or late when the one before overran (a restart waits
         for readiness, a rejoin for the leader); a late partition still holds for its planned
@@ -355,7 +352,7 @@ class FaultRunner:
             kinds.add("corrupt")
             try:
                 await asyncio.to_thread(self._cluster.kill, name)
-                shard_db = self._data_dir(name) / "shards"
+                shard_db = data_dir_of(self._cluster, name) / "shards"
                 record_id = await asyncio.to_thread(corrupt_one_shard, shard_db, self._rng)
                 self.corrupted.append(record_id)
                 record["record_id"] = record_id
@@ -363,41 +360,52 @@ class FaultRunner:
             finally:
                 kinds.discard("corrupt")
 
-    async def _restart(
-        self, name: str, record: dict[str, Any], ready_timeout_s: float = READY_TIMEOUT_S
-    ) -> None:
-        started = time.monotonic()
-        await asyncio.to_thread(
-            partial(self._cluster.start_node, name, ready_timeout_s=ready_timeout_s)
-        )
-        record["ready_after_s"] = round(time.monotonic() - started, 1)
+    async def _restart(self, name: str, record: dict[str, Any]) -> None:
+        await restart_node(self._cluster, name, record, READY_TIMEOUT_S)
 
     async def _wipe(self, name: str, record: dict[str, Any]) -> None:
-        """kill -9, the data directory gone, then the runbook: rejoin-node, start it."""
-        layout = self._cluster.layout
-        await asyncio.to_thread(self._cluster.kill, name)
-        await asyncio.to_thread(wipe_data_dir, self._data_dir(name))
-        node = self._cluster.node(name)
-        for attempt in range(1, REJOIN_ATTEMPTS_MAX + 1):
-            # Any running node takes the request to the leader; when the wiped node was the
-            # leader, the others need an election first (the runbook: "run it again").
-            running = [
-                n.name for n in layout.nodes if n.name != name and self._cluster.running(n.name)
-            ]
-            via = self._cluster.node(self._rng.choice(running))
-            try:
-                answer = await asyncio.to_thread(rejoin, layout, node, via)
-            except BaasError as exc:
-                if attempt == REJOIN_ATTEMPTS_MAX:
-                    raise
-                record.setdefault("rejoin_errors", []).append(exc.detail)
-                await asyncio.sleep(REJOIN_RETRY_S)
-                continue
-            record["incarnation"] = (answer.get("member") or {}).get("incarnation")
-            record["rejoin_attempts"] = attempt
-            break
-        # A new incarnation is ready once it has caught up with the log as a member again.
-        await self._restart(name, record, REJOINED_READY_S)
+        await wipe_and_rejoin(self._cluster, name, self._rng, record)
+
+
+def data_dir_of(cluster: LocalCluster, name: str) -> Path:
+    return Path(cluster.node(name).config_path).parent / "data"
+
+
+async def restart_node(
+    cluster: LocalCluster, name: str, record: dict[str, Any], ready_timeout_s: float
+) -> None:
+    started = time.monotonic()
+    await asyncio.to_thread(partial(cluster.start_node, name, ready_timeout_s=ready_timeout_s))
+    record["ready_after_s"] = round(time.monotonic() - started, 1)
+
+
+async def wipe_and_rejoin(
+    cluster: LocalCluster, name: str, rng: random.Random, record: dict[str, Any]
+) -> None:
+    """kill -9, the data directory gone, then the runbook: rejoin-node, start it (also what
+    ``baas-bench-repair`` does to its node)."""
+    layout = cluster.layout
+    await asyncio.to_thread(cluster.kill, name)
+    await asyncio.to_thread(wipe_data_dir, data_dir_of(cluster, name))
+    node = cluster.node(name)
+    for attempt in range(1, REJOIN_ATTEMPTS_MAX + 1):
+        # Any running node takes the request to the leader; when the wiped node was the
+        # leader, the others need an election first (the runbook: "run it again").
+        running = [n.name for n in layout.nodes if n.name != name and cluster.running(n.name)]
+        via = cluster.node(rng.choice(running))
+        try:
+            answer = await asyncio.to_thread(rejoin, layout, node, via)
+        except BaasError as exc:
+            if attempt == REJOIN_ATTEMPTS_MAX:
+                raise
+            record.setdefault("rejoin_errors", []).append(exc.detail)
+            await asyncio.sleep(REJOIN_RETRY_S)
+            continue
+        record["incarnation"] = (answer.get("member") or {}).get("incarnation")
+        record["rejoin_attempts"] = attempt
+        break
+    # A new incarnation is ready once it has caught up with the log as a member again.
+    await restart_node(cluster, name, record, REJOINED_READY_S)
 
 
 async def replica_state(api: NodeApi, name: str) -> tuple[ReplicaState, list[Any]] | None:

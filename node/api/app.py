@@ -453,6 +453,7 @@ async def get_status(request: web.Request) -> web.Response:
             "shards": state.store.count(),
             "shard_bytes": state.store.shard_bytes,
             "hints": state.hints.count,
+            "hints_corrupt": state.hints.corrupt,
             "corrupt_entries_seen": state.store.corrupt_entries_seen,
             "inflight_requests": state.inflight,
             "queue_depth": state.coordinator.records_in_progress,

@@ -101,6 +101,12 @@ def node_stat_families(state: NodeApiState) -> list[StatFamily]:
         ),
         StatFamily("hints_written", "hints kept", lambda: coordinator.hints_written, counter=True),
         StatFamily(
+            "hints_corrupt",
+            "hints dropped failing their checksum",
+            lambda: state.hints.corrupt,
+            counter=True,
+        ),
+        StatFamily(
             "hints_replayed", "hints delivered", lambda: coordinator.hints_replayed, counter=True
         ),
         StatFamily(

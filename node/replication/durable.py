@@ -78,8 +78,20 @@ snapshot or the new one, never a mix. Generations reserved and not yet adopted a
 garbage collection while this process runs; opening deletes them. Chunks of other
 generations and entries at or below the snapshot index may linger after a crash; loading
 ignores them and opening deletes them (unsynced: losing those deletes is harmless). Any entry
-missing or failing its checksum between the snapshot and ``m:last`` is a
-:class:`~node.errors.CorruptEntry` at load, never skipped.
+missing or failing its checksum between the snapshot and ``m:last`` is refused at load,
+never skipped.
+
+Damage
+------
+A damaged Raft database ends the node with :class:`~node.errors.StorageDamaged`, one line that
+names the way back (move the data directory aside, ``baas-cluster rejoin-node``, start: a new
+incarnation): a record of ours failing its checksum when the database opens or the log loads,
+and LevelDB's own corruption errors (it opens with ``paranoid_checks``: a write-ahead-log record
+failing its CRC fails the open instead of vanishing, and a compaction reading a damaged table
+fails every later write). A state-machine value failing its checksum is a
+:class:`~node.errors.CorruptEntry` where it is read: an API read answers 503 (another node
+serves it), applying an entry over it ends the node the same way (``node/replication/log.py``;
+``tests/test_raft_damage.py``).
 """
 
 from __future__ import annotations
@@ -100,11 +112,13 @@ from business.ledger.model import ACCOUNT_PREFIX
 from node.consensus.raft import PersistedState, Ready
 from node.consensus.types import Entry, HardState, Membership, Snapshot, SnapshotMeta
 from node.errors import (
+    BaasError,
     ConfigError,
     CorruptEntry,
     InvariantViolation,
     OperationFailed,
     PeerProtocolError,
+    StorageDamaged,
     UnsupportedFormat,
 )
 from node.storage.entry import decode_entry, encode_entry
@@ -380,22 +394,47 @@ class DurableRaftStorage:
         # A bloom filter spares a lookup of an absent key (every new ledger transfer id, every
         # new record id) a block read per level; tables written without one still read fine.
         bloom = {"bloom_filter_bits": bloom_bits_per_key} if bloom_bits_per_key else {}
-        self._db = open_leveldb(
-            path,
-            "raft",
-            write_buffer_size=write_buffer_bytes_max,
-            lru_cache_size=block_cache_bytes_max,
-            max_open_files=open_files_max,
-            **bloom,
-        )
+        try:
+            # Paranoid checks ON, unlike the shard and hint stores: without them LevelDB drops
+            # a write-ahead-log record that fails its CRC when it replays the log at open, with
+            # no error -- a vote or an appended entry this node already acted on, gone (seen
+            # in tests/test_raft_damage.py: the hard state fell back a term). With them that
+            # open fails, and a compaction reading a damaged table stops every later write:
+            # both end this node (StorageDamaged) rather than let it vote on a log it cannot
+            # trust. Our own entry checksums cannot see a record LevelDB silently dropped.
+            self._db = open_leveldb(
+                path,
+                "raft",
+                paranoid_checks=True,
+                write_buffer_size=write_buffer_bytes_max,
+                lru_cache_size=block_cache_bytes_max,
+                max_open_files=open_files_max,
+                **bloom,
+            )
+        except OperationFailed as exc:
+            if isinstance(exc.__cause__, plyvel.CorruptionError):
+                raise self.damaged(exc.detail) from exc
+            raise
         try:
             version = self._check_format()
             self._load()
             if version != FORMAT_VERSION:
                 self._migrate()
+        except CorruptEntry as exc:  # a record we wrote fails its checksum or its meaning
+            self._db.close()
+            raise self.damaged(exc.detail) from exc
         except BaseException:
             self._db.close()
             raise
+
+    def damaged(self, cause: str) -> StorageDamaged:
+        """The one error (and line) for a Raft database this node must not run on."""
+        return StorageDamaged(
+            f"the raft database at {self.path} is damaged ({cause}); this node must not vote "
+            f"or apply with it. Stop it, move its data directory ({self.path.parent}) aside, "
+            "run `baas-cluster rejoin-node --name NAME` for it, then start it again: it joins "
+            "as a new incarnation and repair refills its shards"
+        )
 
     # -- opening
 
@@ -438,8 +477,7 @@ class DurableRaftStorage:
         if self._snap_gen is None and self._applied_index < self._snap_meta.index:
             raise CorruptEntry(
                 f"raft state at applied index {self._applied_index} is behind the compaction "
-                f"point {self._snap_meta.index}: the log that rebuilds it is gone (start this "
-                "node from an empty data directory to catch up by snapshot)"
+                f"point {self._snap_meta.index}: the log that rebuilds it is gone"
             )
         # Entries a crash left below the snapshot, then every chunk but the snapshot's: nothing
         # is staged yet, so newer generations are from transfers a crash cut off.
@@ -586,10 +624,12 @@ class DurableRaftStorage:
                     raise CorruptEntry(f"raft entry {expected} is missing")
                 expected += 1
                 yield entry
+            if expected != self.last_index + 1:
+                raise CorruptEntry(f"raft entries {expected}..{self.last_index} are missing")
+        except CorruptEntry as exc:  # the log a restarted core would vote with
+            raise self.damaged(exc.detail) from exc
         except plyvel.Error as exc:
-            raise OperationFailed(f"raft read failed: {exc}") from exc
-        if expected != self.last_index + 1:
-            raise CorruptEntry(f"raft entries {expected}..{self.last_index} are missing")
+            raise self._plyvel_failed("read", exc) from exc
 
     def state(self) -> PersistedState:
         """What a core restarts from, with the state machine's applied index."""
@@ -653,7 +693,7 @@ class DurableRaftStorage:
         try:
             self._db.compact_range(start=FLUSH_KEY, stop=FLUSH_KEY)
         except plyvel.Error as exc:
-            raise OperationFailed(f"raft flush failed: {exc}") from exc
+            raise self._plyvel_failed("flush", exc) from exc
         self._durable_applied = max(self._durable_applied, applied)
         return applied
 
@@ -937,9 +977,16 @@ class DurableRaftStorage:
                         batch.put(key, value)
                         size += len(value)
         except plyvel.Error as exc:
-            raise OperationFailed(f"raft write failed: {exc}") from exc
+            raise self._plyvel_failed("write", exc) from exc
         self.keys_written += len(ops)
         self.bytes_written += size
+
+    def _plyvel_failed(self, what: str, exc: plyvel.Error) -> BaasError:
+        """LevelDB's own corruption (a block failing its checksum: paranoid compaction's
+        sticky error, met by every write after it) ends the node; other errors may pass."""
+        if isinstance(exc, plyvel.CorruptionError):
+            return self.damaged(f"{what}: {exc}")
+        return OperationFailed(f"raft {what} failed: {exc}")
 
     def close(self) -> None:
         if not self._db.closed:

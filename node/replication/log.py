@@ -98,6 +98,7 @@ from node.errors import (
     OperationFailed,
     Overloaded,
     PeerProtocolError,
+    StorageDamaged,
 )
 from node.replication.durable import DurableRaftStorage, PinnedState, SnapshotWriter
 from node.replication.snapshot import (
@@ -305,11 +306,14 @@ class ReplicatedLog:
         if task.cancelled():
             return  # stop()
         exc = task.exception()
-        self.died = InvariantViolation(
-            f"the raft loop died: {type(exc).__name__}: {exc}"
-            if exc is not None
-            else "the raft loop returned"
-        )
+        if isinstance(exc, StorageDamaged):  # keep its type: its line tells the operator what to do
+            self.died = StorageDamaged(f"the raft loop died: {exc.detail}")
+        else:
+            self.died = InvariantViolation(
+                f"the raft loop died: {type(exc).__name__}: {exc}"
+                if exc is not None
+                else "the raft loop returned"
+            )
         self.died.__cause__ = exc
         self._dead.set()
 
@@ -681,6 +685,8 @@ class ReplicatedLog:
         ]
         try:
             applied, writes = self._dispatcher.apply_batch(batch, _StateView(self._storage))
+        except CorruptEntry as exc:  # a state value on our disk: this replica cannot go on
+            raise self._storage.damaged(f"applying: {exc.detail}") from exc
         except BaasError as exc:  # e.g. upgrade_required: stop applying, loudly
             log.error("cannot apply committed entries: %s", exc.detail)
             raise
@@ -735,6 +741,8 @@ class ReplicatedLog:
             return
         self._compaction = None
         error = job.task.exception()
+        if isinstance(error, StorageDamaged):
+            raise error  # the node stops (see _note_death), never compacts on past it
         if error is not None:
             self.compactions_failed += 1
             self._compact_after = applied + policy.entries

@@ -6,9 +6,16 @@ options (write buffer, block cache, open tables) are the caller's.
 
 ``paranoid_checks`` makes compactions verify block checksums: the first compaction that reads a
 damaged table stops every later write of the database with ``Corruption`` (a sticky background
-error, met again after a restart). A database whose entries carry their own checksum, such as
-the shard store, opens without it: a damaged entry is found when read and repaired, and the
-database keeps taking writes.
+error, met again after a restart); and replaying the write-ahead log at open fails on a record
+that fails its CRC, where without it LevelDB drops the record silently. Each database decides,
+with its reason where it opens:
+
+* shards (``shard_store.py``): off. Every entry has its own checksum; a damaged shard is found
+  when read, never served, and repaired from the others, and the node keeps taking writes.
+* hints (``hints.py``): off, for the same reason; a damaged hint is dropped and counted.
+* the Raft log and state (``node/replication/durable.py``): on. A WAL record dropped silently
+  would be a vote or an entry forgotten, which no entry checksum can notice; a damaged Raft
+  database ends the node with ``StorageDamaged`` and the rejoin runbook instead.
 """
 
 from __future__ import annotations
