@@ -532,18 +532,18 @@ class Coordinator:
             rid = request.record_id
             if outcome.durable[rid] < self._cluster.write_quorum and outcome.refused[rid]:
                 earlier = self._earlier_write(request, outcome.existing[rid])
-                if earlier is not None and (
-                    self._index is None
-                    or isinstance(earlier, BaasError)
-                    or earlier.shards_durable >= self._cluster.write_quorum
-                ):
+                if isinstance(earlier, BaasError) or (self._index is None and earlier is not None):
                     results.append(earlier)
                     continue
-                # An earlier write that never became decodable holds some nodes: store there
-                # too, beside it (reads settle on the indexed version). With the index, an
-                # earlier attempt that was never indexed is taken over only while it has its
-                # write quorum: its proposal expired, so holders may be collecting its shards
-                # (node/storage/orphans.py) and it could otherwise be indexed below quorum.
+                # An earlier write holds some nodes: store there too, beside it (reads settle
+                # on the indexed version). With the index, this request's own version is what
+                # it proposes, never the earlier one this node's index does not know: a
+                # proposal carries the leaf of the shards it stored (their hashes, the
+                # plaintext's salted commitment), and the earlier version's leaf would then
+                # name other bytes; scrubbers quarantined its good shards as corrupt, repair
+                # rebuilt them and they were quarantined again, until records were lost. If
+                # the earlier version was indexed meanwhile, the index answers `existing` with
+                # it, and this one's shards are orphans (node/storage/orphans.py).
                 again = await self._put_all(
                     [request], [shards], members, exclusive=False, only=outcome, expiry=stamp[1]
                 )
