@@ -71,7 +71,7 @@ __all__ = [
 
 FORWARD_HOPS_MAX = 2
 LOG_TICK_INTERVAL_MS = 1_000  # an idle leader's tick entries (once feature 6 is enabled)
-SKIP_EXPIRY_NODE = "n1"  # the replica the skip-expiry bug breaks (every seed has an n1)
+BROKEN_REPLICA = "n1"  # the replica skip-expiry and skip-refund-record break (every seed has one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,7 @@ class Env(Protocol):
 
     @property
     def feature_version(self) -> int:
-        """The log feature version the leader enables (6: the ledger; 8: the Bridge)."""
+        """The log feature version the leader enables (the newest a node understands)."""
         ...
 
     @property
@@ -162,7 +162,8 @@ class NodeActor:
         self.core = core
         self.machine = DedupMachine(
             dedupe=env.bug is not Bug.NO_DEDUPE,
-            skip_expiry=env.bug is Bug.SKIP_EXPIRY and self.id == SKIP_EXPIRY_NODE,
+            skip_expiry=env.bug is Bug.SKIP_EXPIRY and self.id == BROKEN_REPLICA,
+            skip_refund_record=env.bug is Bug.SKIP_REFUND_RECORD and self.id == BROKEN_REPLICA,
         )
         self.state = NodeState.UP
         self.incarnation = 0

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from business.ledger.outcome import OperationOutcome
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
 from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
+from node.consensus.payments_ops import PAYMENTS_FEATURE_VERSION
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
     INDEX_MOVE,
@@ -255,7 +256,11 @@ def stamp_and_propose(node: NodeActor, proposals: Sequence[Operation]) -> bool:
             propose_app_entry(node, Operation.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
             for i in chunks
         )
-    plain = [op.proposal for op in stamped if op.events is None and op.bridge is None]
+    plain = [
+        op.proposal
+        for op in stamped
+        if op.events is None and op.bridge is None and op.payments is None
+    ]
     if version < BATCH_FEATURE_VERSION:
         return all(propose_app_entry(node, p.to_entry()) for p in plain)
     return all(
@@ -365,10 +370,12 @@ class Coordinator:
             return
         if m.op is not None:
             version = Dispatcher.feature_version(node.machine)
-            if version < LEDGER_FEATURE_VERSION or (
-                m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION
+            if (
+                version < LEDGER_FEATURE_VERSION
+                or (m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION)
+                or (m.op.payments is not None and version < PAYMENTS_FEATURE_VERSION)
             ):
-                # ledger_not_enabled / bridge_not_enabled: refused before the log
+                # ledger_not_enabled / bridge_not_enabled / payments: refused before the log
                 self._reply(m.client, m.seq, False)
                 return
         placement = place_shards(m.record_id, members, params.n)
@@ -440,6 +447,7 @@ class Coordinator:
                 op.mode,
                 op.user_refs,
                 bridge=op.bridge,
+                payments=op.payments,
             )
         )
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from business.bridge.model import DAY_MS
-from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
+from business.payments.outbox import EventType
 from node.consensus.config import RaftConfig
 from node.consensus.record_index import IndexEntry, RecordIndex
 from node.consensus.state_machine import AppEntry
@@ -57,18 +57,24 @@ from node.sim.actors import (
 )
 from node.sim.bridge_load import BridgeWorkload
 from node.sim.bugs import Bug
-from node.sim.checkers import Checker, LiveNode, SimFailure
+from node.sim.checkers import Checker, LiveNode, SimFailure, outbox_events
 from node.sim.dataplane import DataParams, RecordReply
 from node.sim.ledger_load import LedgerWorkload, Workload
 from node.sim.machine import FEATURE_VERSION_SIM
 from node.sim.network import Network, NetworkFaults
+from node.sim.payments_load import PaymentsWorkload
 from node.sim.rng import SimRng
 from node.sim.shards import SimShardStore
 
 __all__ = ["WORKLOADS", "SimParams", "SimResult", "World", "draw_params", "simulate"]
 
-# The ledger client's workload, and the log feature version the world enables for it.
-WORKLOADS = {"ledger": FEATURE_VERSION_SIM, "bridge": BRIDGE_FEATURE_VERSION}
+# The ledger client's workloads, and the log feature version the world enables for each: the
+# newest a node understands, for all of them.
+WORKLOADS = {
+    "ledger": FEATURE_VERSION_SIM,
+    "bridge": FEATURE_VERSION_SIM,
+    "payments": FEATURE_VERSION_SIM,
+}
 
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 # Clocks: every node's clock is off real (simulated) time by up to HONEST_SKEW_MS_MAX; in half
@@ -217,10 +223,12 @@ class World:
         self._rng = rng
         self._bug = bug
         self.params = params or draw_params(rng, workload=workload)
-        bridge = self.params.workload == "bridge"
-        self._epoch_ms = BRIDGE_CLOCK_EPOCH_MS if bridge else CLOCK_EPOCH_MS
-        self.bridge = BridgeWorkload.draw(rng, self._epoch_ms) if bridge else None
-        self._setup = self.bridge.setup_entries() if self.bridge is not None else []
+        kind = self.params.workload
+        self._epoch_ms = BRIDGE_CLOCK_EPOCH_MS if kind == "bridge" else CLOCK_EPOCH_MS
+        self.bridge = BridgeWorkload.draw(rng, self._epoch_ms) if kind == "bridge" else None
+        self.payments = PaymentsWorkload.draw(rng, self._epoch_ms) if kind == "payments" else None
+        market = self.bridge or self.payments
+        self._setup = market.setup_entries() if market is not None else []
         self._bad_clock = _bad_clock(seed, self.params.node_count)
         self._checker = Checker(
             self.params.data.write_quorum,
@@ -321,7 +329,7 @@ class World:
             ledger = i >= p.clients + p.record_clients
             workload: Workload | None = None
             if ledger:
-                workload = self.bridge or LedgerWorkload(ledger=i + 1)
+                workload = self.bridge or self.payments or LedgerWorkload.for_client(i)
             client = ClientActor(
                 self,
                 f"c{i}",
@@ -400,6 +408,13 @@ class World:
             self.stats["bridge_points_expired"] = self.bridge.points_expired(
                 self._checker.reference
             )
+        if self.payments is not None:
+            for code, count in sorted(self.payments.results.items()):
+                self.stats[f"payments_{code}"] = count
+            self.stats["payments_ops_resent"] = self.stats.get("ledger_ops_resent", 0)
+            for _, kind, _, _ in outbox_events(self._checker.reference.kv):
+                name = f"payments_event_{EventType(kind).api_name}"
+                self.stats[name] = self.stats.get(name, 0) + 1
         self.stats["dropped"] = self.network.dropped
         self.stats["duplicated"] = self.network.duplicated
         return SimResult(
@@ -711,7 +726,12 @@ class World:
         if self.bridge is not None:
             partners = [p.id for p in self.bridge.partners]
             for node in live:
-                self._checker.check_bridge(node.node_id, node.machine.kv, partners)
+                self._checker.check_bridge(
+                    node.node_id, node.machine.kv, partners, self.bridge.swaps
+                )
+        if self.payments is not None:
+            for node in live:
+                self._checker.check_payments(node.node_id, node.machine.kv, self.payments.listings)
         self._checker.check_converged(live)
         self._checker.check_records_decodable(self._reachable_store)
         self.phase = "done"
