@@ -106,6 +106,7 @@ PLAN_MS = 250
 MOVES_INFLIGHT_MAX = 32
 OP_TIMEOUT_MS = 1000
 COMMIT_TIMEOUT_MS = 2000
+SETUP_ENTRIES_PER_ROUND_MAX = 8  # the workload's identity entries the leader proposes a round
 DELETE_TRIES_MAX = 3  # an old copy whose holder never answers is left behind (orphan, safe)
 
 
@@ -572,14 +573,17 @@ class Mover:
             self._drive(key, task)
 
     def _onboard(self) -> None:
-        """Propose the first of the workload's identity entries (partners onboarded, users
-        linked) whose key the committed state lacks, as an operator and the partners' platforms
-        would: one at a time, so they land in order (a partner's index is its onboarding
-        order)."""
+        """Propose the workload's identity entries (partners onboarded, users linked, codes
+        issued) whose key the applied state lacks, as an operator, the partners' platforms and
+        the users' apps would: in their order, at most :data:`SETUP_ENTRIES_PER_ROUND_MAX` a
+        round. One leader's proposals commit in the order proposed, and every round proposes
+        again whatever is still missing from the start, so an entry never lands before one it
+        needs (a partner's index is its onboarding order; a link needs its partner: a link
+        judged before it would keep that refusal for its nonce)."""
         node = self.node
-        for key, entry in node.env.setup_entries:
-            if node.machine.get(key) is None:
-                propose_app_entry(node, entry)
+        missing = [entry for key, entry in node.env.setup_entries if node.machine.get(key) is None]
+        for entry in missing[:SETUP_ENTRIES_PER_ROUND_MAX]:
+            if not propose_app_entry(node, entry):
                 return
 
     def _drop_all(self) -> None:

@@ -76,6 +76,8 @@ WORKLOADS = {
     "payments": FEATURE_VERSION_SIM,
 }
 
+SAFETY_MS = 90_000  # the faulty phase of a run, then at most LIVENESS_MS to converge
+LIVENESS_MS = 30_000
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 # Clocks: every node's clock is off real (simulated) time by up to HONEST_SKEW_MS_MAX; in half
 # the seeds one node's clock is an hour fast or an hour slow. The cores stamp within
@@ -126,8 +128,8 @@ class SimParams:
 def draw_params(
     rng: SimRng,
     *,
-    safety_ms: int = 90_000,
-    liveness_ms: int = 30_000,
+    safety_ms: int = SAFETY_MS,
+    liveness_ms: int = LIVENESS_MS,
     workload: str = "ledger",
 ) -> SimParams:
     large = rng.random() < 0.2
@@ -176,6 +178,7 @@ class SimResult:
     events: int
     stats: dict[str, int] = field(default_factory=dict)
     workload: str = "ledger"
+    safety_ms: int = SAFETY_MS
 
     @property
     def ok(self) -> bool:
@@ -426,6 +429,7 @@ class World:
             self.event_count,
             self.stats,
             self.params.workload,
+            self.params.safety_ms,
         )
 
     def _loop(self) -> None:
@@ -759,10 +763,18 @@ class World:
 
 
 def simulate(
-    seed: int, rng: SimRng, bug: Bug = Bug.NONE, *, trace: bool = False, workload: str = "ledger"
+    seed: int,
+    rng: SimRng,
+    bug: Bug = Bug.NONE,
+    *,
+    trace: bool = False,
+    workload: str = "ledger",
+    safety_ms: int = SAFETY_MS,
 ) -> tuple[SimResult, list[str] | None]:
-    """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it)."""
-    world = World(seed, rng, bug, workload=workload)
+    """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it). A shorter
+    ``safety_ms`` (the faulty phase) makes a short horizon for seed sweeps."""
+    params = draw_params(rng, safety_ms=safety_ms, workload=workload)
+    world = World(seed, rng, bug, params, workload=workload)
     if trace:
         world.trace = []
     return world.run(), world.trace
