@@ -8,11 +8,12 @@ voters and learners and membership changes), the erasure code (k, n; ``write_quo
 and the move grace, the network's fault rates and latency, each node's tick length (clock
 skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed
 from the seed instead), the workload (command clients and record clients; the ledger
-client's operations from :mod:`.ledger_load` at log feature 6 or, with ``workload="bridge"``,
-from :mod:`.bridge_load` at feature 8: users' keys drawn here, the clocks started just before
-a day boundary) and the fault schedule; the Raft cores draw their election jitter from it
-too. Events sit in one heap ordered by (time, sequence number), so the same seed replays the
-same run; a digest of the events proves it.
+client's operations from :mod:`.ledger_load` or, with ``workload="bridge"``, from
+:mod:`.bridge_load` (users' keys drawn here, the clocks started just before a day boundary)
+or, with ``workload="payments"``, from :mod:`.payments_load` (keys and one-time codes drawn
+here), all at the newest log feature a node understands) and the fault schedule; the Raft
+cores draw their election jitter from it too. Events sit in one heap ordered by (time,
+sequence number), so the same seed replays the same run; a digest of the events proves it.
 
 A run has two phases:
 
