@@ -25,14 +25,15 @@ from business.payments.outbox import EVENT_PREFIX
 from node.consensus.state_machine import Dispatcher
 from node.main import FEATURE_VERSION_MAX
 from node.sim import World
-from node.sim.checkers import LiveNode, SimFailure, check_payments
+from node.sim.bridge_load import BAAS
+from node.sim.checkers import LiveNode, SimFailure, check_deposits, check_payments
 from node.sim.cli import run_seed
 from node.sim.world import WORKLOADS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYMENTS_SEED = 2  # authorises, captures, refunds, places orders, and payments lapse
 # Full-horizon payments seeds that draw small clusters (as the Bridge's in tests/test_sim.py).
-PAYMENTS_CI_SEEDS = (2, 3, 5, 6, 7, 8, 10, 11)
+PAYMENTS_CI_SEEDS = (2, 4, 6, 7, 8, 10, 16, 17)
 # The sweep: every workload, many seeds, a short faulty phase (then the usual convergence).
 SWEEP_SEEDS = range(50)
 SWEEP_SAFETY_MS = 20_000
@@ -67,8 +68,19 @@ def test_payments_seeds_pass_and_cover_payments_and_the_market() -> None:
         "order.expired",
     ):
         assert totals[f"payments_event_{event}"] > 0, (event, totals)
-    for code in ("ok", "payment_expired", "code_used"):
+    for code in (
+        "ok",
+        "payment_expired",
+        "payment_already_captured",
+        "sold_out",
+        "redeem_ok",
+        "credited",
+        "held_in_suspense",
+    ):
         assert totals[f"payments_{code}"] > 0, (code, totals)
+    # a deposit sent again is one record: answered with its first outcome (checked), credited
+    # once (check_deposits)
+    assert sum(v for k, v in totals.items() if k.startswith("payments_deposit_again_")) > 0
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +135,22 @@ def test_the_payments_checkers_fail_on_broken_amounts_balances_stock_or_outbox(
     gap = {k: v for k, v in kv.items() if k != _first(kv, EVENT_PREFIX)}
     with pytest.raises(SimFailure, match="payments-outbox"):
         check_payments(gap, listings)
+
+
+def test_the_deposits_checker_fails_on_a_deposit_credited_twice_or_not_at_all(
+    payments_world: World,
+) -> None:
+    workload = payments_world.payments
+    assert workload is not None
+    kv = payments_world.checker.reference.kv
+    credited = workload.expected_deposits()
+    assert credited, "the seed sent no deposit"
+    check_deposits(kv, credited, BAAS)
+    account, amount = next(iter(credited.items()))
+    with pytest.raises(SimFailure, match="deposits"):
+        check_deposits(kv, {**credited, account: 2 * amount}, BAAS)  # as if credited twice
+    with pytest.raises(SimFailure, match="deposits"):
+        check_deposits(kv, {k: v for k, v in credited.items() if k != account}, BAAS)
 
 
 def test_a_replica_with_another_outbox_or_payments_state_is_caught(payments_world: World) -> None:

@@ -406,8 +406,11 @@ def record_id_of(client: str, seq: int) -> bytes:
 
 def record_of(client: str, seq: int, value: int, op: OpFields | None = None) -> tuple[bytes, bytes]:
     """A record client's (record id, blob): 20-219 bytes of body, so shards are small but
-    uneven. An operation's body also holds its events or Bridge request (its fingerprint
-    changes with them)."""
+    uneven. An operation's body also holds its events or request (its fingerprint changes
+    with them). An operation with its own record id (a deposit) has a blob made of its body
+    alone: sent again under another sequence number, it is the same record."""
+    if op is not None and op.record_id is not None:
+        return op.record_id, b"sim-deposit|" + op.body
     seed = hashlib.sha256(f"{client}|{seq}|{value}".encode()).digest()
     return record_id_of(client, seq), (seed * 7)[: 20 + value % 200] + (op.body if op else b"")
 
@@ -502,7 +505,8 @@ class ClientActor:
         if reply.ok:
             # late duplicates are checked too
             if isinstance(reply, RecordReply):
-                record_id = record_id_of(self.id, reply.seq)
+                sent = self.sent.get(reply.seq)
+                record_id = record_of(self.id, reply.seq, 0, sent.op if sent else None)[0]
                 env.checker.on_record_ack(record_id, reply.index, reply.outcome)
                 pending = self.pending
                 if self.ledger is not None and pending is not None and pending.seq == reply.seq:

@@ -50,6 +50,10 @@
   only payments and orders that exist, ``payment.expired`` only for expired payments and at
   most once, and, while nothing was trimmed, one event per change. On every member (any
   workload): the same outbox and the same payments (``pm/``) digest as the reference.
+* **Deposits** (the payments workload): every vault deposit sent credited exactly once, a
+  duplicate crediting nothing: each user's BAAS account credited the sum of the distinct
+  deposits to their wallet, the suspense account the sum of those to wallets nobody linked,
+  the platform's vault account debited the total.
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -98,6 +102,7 @@ from business.payments.model import (
 )
 from business.payments.outbox import EVENT_PREFIX, EventType, decode_event, read_head
 from business.payments.views import payments_state_digest
+from node.chain.deposits import vault_account
 from node.consensus.ledger_ops import stored_outcome
 from node.consensus.raft import RawNode, Ready
 from node.consensus.record_index import IndexEntry, RecordIndex
@@ -113,6 +118,7 @@ __all__ = [
     "Checker",
     "SimFailure",
     "check_bridge",
+    "check_deposits",
     "check_ledgers",
     "check_outbox",
     "check_payments",
@@ -401,11 +407,18 @@ class Checker:
         on_member(node_id, lambda: check_swap_index(kv, swaps))
 
     def check_payments(
-        self, node_id: NodeId, kv: Mapping[bytes, bytes], listings: Mapping[bytes, int]
+        self,
+        node_id: NodeId,
+        kv: Mapping[bytes, bytes],
+        listings: Mapping[bytes, int],
+        deposited: Mapping[int, int],
     ) -> None:
-        """Payments' and the Market's invariants on one member's state (module docstring)."""
+        """Payments', the Market's and the deposits' invariants on one member's state (module
+        docstring)."""
         on_member(node_id, check_ledgers, kv)
         on_member(node_id, lambda: check_payments(kv, listings))
+        baas = ledger_number(Mode.TEST, ASSET_INDEX_BAAS)
+        on_member(node_id, lambda: check_deposits(kv, deposited, baas))
 
     def check_records_decodable(self, stores: Callable[[NodeId], SimShardStore | None]) -> None:
         """Every acknowledged record rebuilds from shards where the index says they are;
@@ -737,3 +750,21 @@ def _check_swap_transfers(
             f"swap {op.hex()[:12]} listed {entry.amount_in} -> {entry.amount_out}, the ledger "
             f"moved {-net[ledger_in]} -> {net[ledger_out]}",
         )
+
+
+def check_deposits(kv: Mapping[bytes, bytes], credited: Mapping[int, int], ledger: int) -> None:
+    """Vault deposits credited exactly once (``credited``: what the distinct deposits sent
+    credit, per user's account or the suspense account, on ``ledger``): each account credited
+    that much and no more, the platform's vault account debited the total."""
+    mode = Mode(ledger & 1)
+    for account_id, expected in sorted(credited.items()):
+        found = get_account(kv, account_id)
+        got = 0 if found is None else found.credits_posted
+        if got != expected:
+            raise SimFailure(
+                "deposits", f"account {account_id} was credited {got}, its deposits are {expected}"
+            )
+    found = get_account(kv, vault_account(mode, ledger))
+    paid = 0 if found is None else found.debits_posted
+    if paid != sum(credited.values()):
+        raise SimFailure("deposits", f"the vault paid {paid}, deposits {sum(credited.values())}")

@@ -16,7 +16,8 @@ Every workload runs at the newest log feature a node understands (node/main.py).
 ``ledger`` (platform ledgers: transfers, linked chains, two-phase with expiry), ``bridge``
 (two partners' points, reserves, policies, swaps both ways, point expiry, the swap index),
 ``payments`` (authorisations approved by signatures and one-time codes, partial captures,
-voids, refunds, expiry on log time, a Market's listings and orders, the webhook outbox).
+voids, refunds, expiry on log time, a Market's listings and orders, the webhook outbox,
+vault deposits credited once).
 """
 
 from __future__ import annotations
@@ -80,7 +81,12 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.sim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m node.sim",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],  # the examples and the workloads
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seed", type=int, help="run this seed (or start --count here)")
     parser.add_argument("--seeds", help="run seeds A:B (B excluded)")
     parser.add_argument("--count", type=int, help="run this many seeds")

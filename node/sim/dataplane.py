@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from business.ledger.outcome import OperationOutcome
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
+from node.consensus.deposit_ops import DEPOSIT_FEATURE_VERSION
 from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
 from node.consensus.payments_ops import PAYMENTS_FEATURE_VERSION
 from node.consensus.record_index import (
@@ -260,7 +261,7 @@ def stamp_and_propose(node: NodeActor, proposals: Sequence[Operation]) -> bool:
     plain = [
         op.proposal
         for op in stamped
-        if op.events is None and op.bridge is None and op.payments is None
+        if op.events is None and op.bridge is None and op.payments is None and op.deposit is None
     ]
     if version < BATCH_FEATURE_VERSION:
         return all(propose_app_entry(node, p.to_entry()) for p in plain)
@@ -375,6 +376,7 @@ class Coordinator:
                 version < LEDGER_FEATURE_VERSION
                 or (m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION)
                 or (m.op.payments is not None and version < PAYMENTS_FEATURE_VERSION)
+                or (m.op.deposit is not None and version < DEPOSIT_FEATURE_VERSION)
             ):
                 # ledger_not_enabled / bridge_not_enabled / payments: refused before the log
                 self._reply(m.client, m.seq, False)
@@ -449,6 +451,7 @@ class Coordinator:
                 op.user_refs,
                 bridge=op.bridge,
                 payments=op.payments,
+                deposit=op.deposit,
             )
         )
 

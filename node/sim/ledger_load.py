@@ -64,12 +64,19 @@ class OpFields:
     user_refs: tuple[bytes, ...] = ()
     bridge: bytes | None = None  # feature 8: a Bridge request (business/bridge/wire.py)
     payments: bytes | None = None  # feature 9: a payments request (business/payments/wire.py)
+    deposit: bytes | None = None  # feature 10: a vault deposit credit (deposit_ops.py)
+    # A deposit's record id derives from the deposit (chain, transaction, log index), not from
+    # the client's sequence number: the same deposit sent twice is one record.
+    record_id: bytes | None = None
 
     @property
     def body(self) -> bytes:
         """The bytes the record's blob carries of the operation (its fingerprint changes
         with them)."""
-        return (self.events or b"") + (self.bridge or b"") + (self.payments or b"")
+        return (
+            (self.events or b"") + (self.bridge or b"") + (self.payments or b"")
+            + (self.deposit or b"")
+        )  # fmt: skip
 
 
 class CommittedView(Protocol):

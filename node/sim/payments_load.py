@@ -23,7 +23,12 @@ new id until ``ok``; then, drawn per operation, a partner and one of its users a
   (``code_unknown``, a counted guess);
 * ``PlaceOrder`` of 1-2 units of the partner's listing (stock reserved, payment authorised,
   ``sold_out`` once the stock is gone), ``FulfilOrder``, ``CancelOrder`` (stock back) and
-  ``RefundOrder``; an order whose payment lapses gets its stock back from the sweep.
+  ``RefundOrder``; an order whose payment lapses gets its stock back from the sweep;
+* a vault deposit of BAAS (feature 10, ``dp``, proposed by the platform as a node's deposit
+  watcher does; its record id derived from the deposit's chain, transaction and log index)
+  to a linked user's wallet (``credited``) or to a wallet nobody linked (``held_in_suspense``),
+  or an earlier deposit sent again under a new sequence number: the same record, answered
+  ``existing`` with its first outcome, credited once.
 
 The client also resends acknowledged operations (a retry must get the first outcome, checked
 by :class:`~node.sim.checkers.Checker`). The checks of the converged state are
@@ -40,7 +45,7 @@ from typing import Any
 from business.bridge import DefinePoints, IssuePoints, encode_request
 from business.identity import Mode, eip712
 from business.identity.approvals import CodeApproval, encode_approvals
-from business.identity.ids import code_hash, ledger_number
+from business.identity.ids import code_hash, ledger_number, wallet_id
 from business.identity.model import CODE_PREFIX, CodeIssueEntry
 from business.identity.scope import PLATFORM
 from business.payments import encode_request as encode_payment_request
@@ -60,8 +65,12 @@ from business.payments.model import (
     decode_payment,
     payment_key,
 )
+from node.chain.deposits import deposit_record_id, suspense_account
+from node.consensus.deposit_ops import DepositCreditBody
 from node.consensus.state_machine import AppEntry
 from node.sim.bridge_load import (
+    BAAS,
+    BAAS_UNIT,
     POINT_INDEX_FIRST,
     BridgeWorkload,
     SimPartner,
@@ -94,15 +103,23 @@ FEE_BPS, FEE_MIN = 150, 1
 RECENT = 8  # captures, voids and refunds pick among this many recent payments or orders
 # The drawn operations and their chances (the rest: RefundOrder).
 KINDS = (
-    ("authorise", 0.22),
-    ("capture", 0.15),
-    ("void", 0.08),
-    ("refund", 0.12),
-    ("redeem", 0.12),
-    ("order", 0.13),
-    ("fulfil", 0.08),
+    ("authorise", 0.20),
+    ("capture", 0.14),
+    ("void", 0.07),
+    ("refund", 0.11),
+    ("redeem", 0.11),
+    ("order", 0.12),
+    ("fulfil", 0.07),
     ("cancel", 0.04),
+    ("deposit", 0.06),
+    ("deposit_again", 0.03),
 )
+# Vault deposits (feature 10), credited by the platform as a node's deposit watcher would.
+CHAIN_ID = 31337
+VAULT = b"\x5a" * 20
+TOKEN = b"\x70" * 20
+DEPOSIT_UNITS_MAX = 10  # a deposit is 1-10 BAAS
+UNKNOWN_WALLET_CHANCE = 0.3  # deposits naming a wallet nobody linked: held in suspense
 
 
 def listing_id(partner: SimPartner) -> bytes:
@@ -133,6 +150,9 @@ class PaymentsWorkload:
     payments: list[tuple[bytes, SimPartner]] = field(default_factory=list)  # authorised ok
     orders: list[tuple[bytes, SimPartner]] = field(default_factory=list)  # placed ok
     used: set[bytes] = field(default_factory=set)  # code hashes sent in a redemption
+    # Deposits sent: the operation (sent again as is for a duplicate) and the user credited
+    # (None: an unknown wallet, held in suspense).
+    deposits: list[tuple[OpFields, SimUser | None]] = field(default_factory=list)
 
     @classmethod
     def draw(cls, rng: SimRng, epoch_ms: int) -> PaymentsWorkload:
@@ -193,7 +213,40 @@ class PaymentsWorkload:
                 break
             roll -= chance
         self.kinds[seq] = (kind, record_id, p)
+        if kind == "deposit_again" and self.deposits:
+            return rng.choice(self.deposits)[0]  # the watcher proposes it again: one record
+        if kind.startswith("deposit"):
+            return self._deposit(u, rng)
         return self._op(kind, p, u, record_id, rng, view)
+
+    def _deposit(self, u: SimUser, rng: SimRng) -> OpFields:
+        """A confirmed vault deposit of BAAS, to ``u``'s wallet or to one nobody linked."""
+        n = len(self.deposits) + 1
+        unknown = rng.random() < UNKNOWN_WALLET_CHANCE
+        address = rng.randrange(1, 1 << 160).to_bytes(20, "big") if unknown else u.address
+        block_hash = hashlib.sha256(b"sim-block|%d" % n).digest()
+        body = DepositCreditBody(
+            chain_id=CHAIN_ID, vault=VAULT, tx_hash=hashlib.sha256(b"sim-tx|%d" % n).digest(),
+            log_index=0, block_number=n, block_hash=block_hash, token=TOKEN,
+            ledger=BAAS, wallet=wallet_id(address, T),
+            amount=rng.randint(1, DEPOSIT_UNITS_MAX) * BAAS_UNIT, address=address,
+            cursor_number=n, cursor_hash=block_hash,
+        )  # fmt: skip
+        record_id = deposit_record_id(body.key)
+        op = OpFields(partner=PLATFORM, mode=T, deposit=body.encode(), record_id=record_id)
+        self.deposits.append((op, None if unknown else u))
+        return op
+
+    def expected_deposits(self) -> dict[int, int]:
+        """What the deposits sent credit, once each: per user's BAAS account, and the
+        suspense account (a duplicate credits nothing)."""
+        credited: dict[int, int] = {}
+        for op, user in self.deposits:
+            assert op.deposit is not None
+            amount = DepositCreditBody.decode(op.deposit).amount
+            account = suspense_account(T, BAAS) if user is None else user.account(BAAS)
+            credited[account] = credited.get(account, 0) + amount
+        return credited
 
     def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
         if seq in self.seen:
@@ -205,6 +258,9 @@ class PaymentsWorkload:
         if step == self.step and result == "ok":
             self.step += 1
         kind, op, p = self.kinds.get(seq, ("", b"", self.partners[0]))
+        if kind in ("deposit_again", "redeem"):  # a duplicate deposit's, a code's outcomes
+            key = f"{kind}_{result}"
+            self.results[key] = self.results.get(key, 0) + 1
         if result == "ok" and kind in ("authorise", "redeem"):
             self.payments.append((op, p))
         elif result == "ok" and kind == "order":

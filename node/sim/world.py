@@ -736,7 +736,12 @@ class World:
                 )
         if self.payments is not None:
             for node in live:
-                self._checker.check_payments(node.node_id, node.machine.kv, self.payments.listings)
+                self._checker.check_payments(
+                    node.node_id,
+                    node.machine.kv,
+                    self.payments.listings,
+                    self.payments.expected_deposits(),
+                )
         self._checker.check_converged(live)
         self._checker.check_records_decodable(self._reachable_store)
         self.phase = "done"
