@@ -380,6 +380,9 @@ class PaymentsWorkload:
 
     @staticmethod
     def _recent(items: list[tuple[bytes, SimPartner]], p: SimPartner, rng: SimRng) -> bytes | None:
-        """One of the last :data:`RECENT` ids of ``p`` in ``items`` (None: there is none)."""
+        """The newest id of ``p`` in ``items`` half the time (still within its window, most
+        likely), else one of its last :data:`RECENT` (None: there is none)."""
         mine = [op for op, owner in items[-4 * RECENT :] if owner == p][-RECENT:]
-        return rng.choice(mine) if mine else None
+        if not mine:
+            return None
+        return mine[-1] if rng.random() < 0.5 else rng.choice(mine)
