@@ -56,9 +56,11 @@ BUG_SEEDS = range(40)
 # The workload a broken variant shows up in (the rest: the ledger workload).
 BUG_WORKLOADS = {Bug.SKIP_EXPIRY: "bridge", Bug.SKIP_REFUND_RECORD: "payments"}
 # A replica that skips the expiry sweep is given away by its Bridge state (expired lots kept, a
-# br/ digest that differs) or, when it leads, by an outcome it acknowledged that the reference
-# machine computes otherwise; which checker sees it first depends on the seed's message order.
-SKIP_EXPIRY_CHECKERS = ("[bridge-", "[ledger-outcome]")
+# br/ digest that differs), its ledger state digest (the breakage account never credited; a
+# member it sent its state to in a snapshot shows it too) or, when it leads, by an outcome it
+# acknowledged that the reference machine computes otherwise; which checker sees it first
+# depends on the seed's message order.
+SKIP_EXPIRY_CHECKERS = ("[bridge-", "[ledger-outcome]", "[ledger-digest]")
 # A replica that forgets refunds in its payment records shows it in its settlement account (its
 # payments say more than it holds), its payments digest, or an outcome it acknowledged.
 SKIP_REFUND_CHECKERS = ("[payments-", "[ledger-outcome]")
