@@ -14,16 +14,31 @@ from typing import cast
 import pytest
 
 from business.bridge import user_lots
-from business.bridge.model import DAY_MS, LOTS_PREFIX, decode_lots, encode_lots
+from business.bridge.model import (
+    DAY_MS,
+    LOTS_PREFIX,
+    SWAP_INDEX_PREFIX,
+    decode_lots,
+    decode_swap_entry,
+    encode_lots,
+    encode_swap_entry,
+)
 from business.identity.ids import Mode
 from business.identity.model import PARTNER_PREFIX, link_key
 from business.ledger.ops_entry import LEDGER_TICK
 from node.consensus.raft import RawNode, Ready
 from node.consensus.state_machine import Dispatcher, decode_app_entry
 from node.consensus.types import Entry, EntryKind, Membership, Role
+from node.main import FEATURE_VERSION_MAX
 from node.sim import Bug, World
 from node.sim.bridge_load import VALIDITY_DAYS
-from node.sim.checkers import LiveNode, SimFailure, check_bridge, check_ledgers
+from node.sim.checkers import (
+    LiveNode,
+    SimFailure,
+    check_bridge,
+    check_ledgers,
+    check_swap_index,
+)
 from node.sim.cli import describe, run_seed
 from node.sim.shards import SimShardStore
 from node.sim.world import BAD_CLOCK_MS, BRIDGE_CLOCK_EPOCH_MS, CLOCK_OFFSET_MAX_MS
@@ -31,19 +46,24 @@ from node.sim.world import BAD_CLOCK_MS, BRIDGE_CLOCK_EPOCH_MS, CLOCK_OFFSET_MAX
 ROOT = Path(__file__).resolve().parent.parent
 CI_SEEDS = range(100)  # about 0.45 s each on this machine (consensus and data plane)
 CHUNK = 25
-# The Bridge workload (log feature 8, identity): a fixed list of seeds that draw small clusters
-# (about 0.5 s each here; seeds of 8-9 node clusters take several times that), so CI stays
+# The Bridge workload (identity, the newest log feature): a fixed list of seeds that draw small
+# clusters (about 0.5 s each here; seeds of 8-9 node clusters take several times that), so CI stays
 # short. python -m node.sim --workload bridge --seeds 0:200 runs more.
 BRIDGE_CI_SEEDS = (2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 15, 16, 17, 19)
 BRIDGE_SEED = 2  # crosses the day boundary with points issued before it
 # Each broken variant must fail on at least one of these seeds (and a correct run on none).
 BUG_SEEDS = range(40)
 # The workload a broken variant shows up in (the rest: the ledger workload).
-BUG_WORKLOADS = {Bug.SKIP_EXPIRY: "bridge"}
+BUG_WORKLOADS = {Bug.SKIP_EXPIRY: "bridge", Bug.SKIP_REFUND_RECORD: "payments"}
 # A replica that skips the expiry sweep is given away by its Bridge state (expired lots kept, a
-# br/ digest that differs) or, when it leads, by an outcome it acknowledged that the reference
-# machine computes otherwise; which checker sees it first depends on the seed's message order.
-SKIP_EXPIRY_CHECKERS = ("[bridge-", "[ledger-outcome]")
+# br/ digest that differs), its ledger state digest (the breakage account never credited; a
+# member it sent its state to in a snapshot shows it too) or, when it leads, by an outcome it
+# acknowledged that the reference machine computes otherwise; which checker sees it first
+# depends on the seed's message order.
+SKIP_EXPIRY_CHECKERS = ("[bridge-", "[ledger-outcome]", "[ledger-digest]")
+# A replica that forgets refunds in its payment records shows it in its settlement account (its
+# payments say more than it holds), its payments digest, or an outcome it acknowledged.
+SKIP_REFUND_CHECKERS = ("[payments-", "[ledger-outcome]")
 
 
 @pytest.mark.parametrize("first", range(CI_SEEDS.start, CI_SEEDS.stop, CHUNK))
@@ -92,7 +112,7 @@ def test_a_fast_clock_leader_stamps_within_the_tolerance_of_the_quorum_clocks() 
 
 
 def test_idle_leaders_tick_and_log_time_advances() -> None:
-    """The simulated log enables feature 6 (the ledger): idle leaders append tick entries and
+    """The simulated log enables the ledger (feature 6 and up): idle leaders append tick entries and
     log time moves with them."""
     world = World(2, random.Random(2))
     result = world.run()
@@ -173,6 +193,8 @@ def test_broken_variant_is_caught(bug: Bug) -> None:
             assert command + ("" if workload == "ledger" else f" --workload {workload}") in report
             if bug is Bug.SKIP_EXPIRY:
                 assert result.failure.startswith(SKIP_EXPIRY_CHECKERS), result.failure
+            if bug is Bug.SKIP_REFUND_RECORD:
+                assert result.failure.startswith(SKIP_REFUND_CHECKERS), result.failure
             break
     else:
         pytest.fail(f"--bug {bug.value} passed every seed of {BUG_SEEDS}")
@@ -259,9 +281,9 @@ def bridge_world() -> World:
     return world
 
 
-def test_the_bridge_world_runs_identity_at_feature_8(bridge_world: World) -> None:
+def test_the_bridge_world_runs_identity_at_the_newest_feature(bridge_world: World) -> None:
     reference = bridge_world.checker.reference
-    assert Dispatcher.feature_version(reference) == 8
+    assert Dispatcher.feature_version(reference) == FEATURE_VERSION_MAX
     workload = bridge_world.bridge
     assert workload is not None
     for partner in workload.partners:  # onboarded, every user linked by their own signature
@@ -306,3 +328,33 @@ def test_the_bridge_checkers_fail_on_expired_lots_bad_lots_or_a_differing_replic
             checker.check_converged([live])
     finally:
         member.machine.kv[key] = saved
+
+
+def test_every_swap_is_listed_once_and_the_swap_index_checker_fails_otherwise(
+    bridge_world: World,
+) -> None:
+    """The swap index (feature 11) lists every created swap once, as the ledger moved it; a
+    missing, doubled, altered or invented entry is caught."""
+    workload = bridge_world.bridge
+    assert workload is not None
+    kv = dict(bridge_world.checker.reference.kv)
+    check_swap_index(kv, workload.swaps)
+    listed = sorted(k for k in kv if k.startswith(SWAP_INDEX_PREFIX))
+    assert len(listed) == len(set(workload.swaps)) > 0
+    ok = next(k for k in listed if decode_swap_entry(kv[k]).result == "ok")
+    failed = next(k for k in listed if decode_swap_entry(kv[k]).result != "ok")
+    entry = decode_swap_entry(kv[ok])
+    missing = {k: v for k, v in kv.items() if k != ok}
+    later = ok[:-40] + (int.from_bytes(ok[-40:-32], "big") + 1).to_bytes(8, "big") + ok[-32:]
+    altered = encode_swap_entry(replace(entry, amount_in=entry.amount_in + 1))
+    relabelled = encode_swap_entry(replace(decode_swap_entry(kv[failed]), result="ok"))
+    invented = ok[:-32] + bytes(32)
+    for broken in (
+        missing,
+        {**kv, later: kv[ok]},
+        {**kv, ok: altered},
+        {**kv, failed: relabelled},
+        {**kv, invented: kv[ok]},
+    ):
+        with pytest.raises(SimFailure, match="bridge-swap-index"):
+            check_swap_index(broken, workload.swaps)

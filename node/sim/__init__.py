@@ -14,8 +14,10 @@ and convergence.
   writes, flushes, crashes that lose what was not flushed, checksummed log entries and shards
   and their corruption.
 * :mod:`.machine` -- the replicated state machine: commands, and the real record index.
-* :mod:`.ledger_load`, :mod:`.bridge_load` -- what a ledger client's operations carry: the
-  ledger workload (feature 6) or the Bridge workload (feature 8, with identity).
+* :mod:`.ledger_load`, :mod:`.bridge_load`, :mod:`.payments_load` -- what a ledger client's
+  operations carry, at the newest log feature: the ledger workload (the platform's ledgers),
+  the Bridge workload (identity, points, reserves, swaps, the swap index) or the payments
+  workload (payments, one-time codes, the Market, the webhook outbox).
 * :mod:`.checkers` -- the invariants; :mod:`.bugs` -- broken variants they must catch.
 * :mod:`.cli` -- the command line (the only module that builds the generator or reads a clock).
 """

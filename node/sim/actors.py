@@ -71,7 +71,7 @@ __all__ = [
 
 FORWARD_HOPS_MAX = 2
 LOG_TICK_INTERVAL_MS = 1_000  # an idle leader's tick entries (once feature 6 is enabled)
-SKIP_EXPIRY_NODE = "n1"  # the replica the skip-expiry bug breaks (every seed has an n1)
+BROKEN_REPLICA = "n1"  # the replica skip-expiry and skip-refund-record break (every seed has one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,7 @@ class Env(Protocol):
 
     @property
     def feature_version(self) -> int:
-        """The log feature version the leader enables (6: the ledger; 8: the Bridge)."""
+        """The log feature version the leader enables (the newest a node understands)."""
         ...
 
     @property
@@ -162,7 +162,8 @@ class NodeActor:
         self.core = core
         self.machine = DedupMachine(
             dedupe=env.bug is not Bug.NO_DEDUPE,
-            skip_expiry=env.bug is Bug.SKIP_EXPIRY and self.id == SKIP_EXPIRY_NODE,
+            skip_expiry=env.bug is Bug.SKIP_EXPIRY and self.id == BROKEN_REPLICA,
+            skip_refund_record=env.bug is Bug.SKIP_REFUND_RECORD and self.id == BROKEN_REPLICA,
         )
         self.state = NodeState.UP
         self.incarnation = 0
@@ -405,8 +406,11 @@ def record_id_of(client: str, seq: int) -> bytes:
 
 def record_of(client: str, seq: int, value: int, op: OpFields | None = None) -> tuple[bytes, bytes]:
     """A record client's (record id, blob): 20-219 bytes of body, so shards are small but
-    uneven. An operation's body also holds its events or Bridge request (its fingerprint
-    changes with them)."""
+    uneven. An operation's body also holds its events or request (its fingerprint changes
+    with them). An operation with its own record id (a deposit) has a blob made of its body
+    alone: sent again under another sequence number, it is the same record."""
+    if op is not None and op.record_id is not None:
+        return op.record_id, b"sim-deposit|" + op.body
     seed = hashlib.sha256(f"{client}|{seq}|{value}".encode()).digest()
     return record_id_of(client, seq), (seed * 7)[: 20 + value % 200] + (op.body if op else b"")
 
@@ -501,7 +505,8 @@ class ClientActor:
         if reply.ok:
             # late duplicates are checked too
             if isinstance(reply, RecordReply):
-                record_id = record_id_of(self.id, reply.seq)
+                sent = self.sent.get(reply.seq)
+                record_id = record_of(self.id, reply.seq, 0, sent.op if sent else None)[0]
                 env.checker.on_record_ack(record_id, reply.index, reply.outcome)
                 pending = self.pending
                 if self.ledger is not None and pending is not None and pending.seq == reply.seq:

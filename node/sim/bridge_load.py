@@ -1,6 +1,7 @@
-"""The simulator's Bridge workload (log feature 8, with identity): a market run by two partners.
+"""The simulator's Bridge workload (log feature 8 and up, with identity): two partners' market.
 
-The world enables feature 8 in its log; its leader proposes the identity entries of
+The world enables the newest feature in its log (so swaps are also listed in the swap index
+of feature 11, checked against the ledger); its leader proposes the identity entries of
 :meth:`BridgeWorkload.setup_entries` one at a time until the committed state holds each (two
 partners onboarded by the operator with ``ONBOARDING_ROLES``, every user's wallet linked with
 the user's own EIP-712 ``Link`` signature; keys drawn from the seed). One Bridge client then
@@ -85,6 +86,7 @@ __all__ = [
     "BridgeWorkload",
     "SimPartner",
     "SimUser",
+    "approve",
     "sign_typed",
 ]
 
@@ -105,6 +107,14 @@ def sign_typed(account: LocalAccount, message: Any) -> bytes:
     """``account``'s EIP-712 signature of ``message``, made by eth-account itself."""
     signable = encode_typed_data(full_message=eip712.typed_data(message, IDENTITY_SIM.chain_id))
     return bytes(account.sign_message(signable).signature)
+
+
+def approve(signer: SimUser, record_id: bytes, raw: bytes, deadline_s: int) -> bytes:
+    """The approvals blob of an operation debiting ``signer``'s wallet: their EIP-712
+    ``Approve`` over ``operation_digest(record id, request bytes)``, as their app signs it."""
+    message = eip712.Approve(T, operation_digest(record_id, raw), signer.address, deadline_s)
+    signed = SignedApproval(signer.address, deadline_s, sign_typed(signer.key, message))
+    return encode_approvals([signed])
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +161,7 @@ class BridgeWorkload:
     waiting: dict[int, int] = field(default_factory=dict)  # seq -> its set-up step
     results: dict[str, int] = field(default_factory=dict)  # first outcomes, by result code
     seen: set[int] = field(default_factory=set)
+    swaps: list[bytes] = field(default_factory=list)  # the op ids of the swaps sent
 
     @classmethod
     def draw(cls, rng: SimRng, epoch_ms: int) -> BridgeWorkload:
@@ -276,17 +287,10 @@ class BridgeWorkload:
             if quote is None:  # refused (no policy committed yet, ...): top up instead
                 return self._op("topup", p, None, record_id, rng, view)
             request = Swap(record_id, p.id, points, u.wallet, quote, quote.digest())
+            self.swaps.append(record_id)
             signer, refs = u, (u.ref,)
         raw = encode_request(request)
-        approvals = None
-        if signer is not None:
-            approve = eip712.Approve(
-                T, operation_digest(record_id, raw), signer.address, self.deadline_s
-            )
-            signed = SignedApproval(
-                signer.address, self.deadline_s, sign_typed(signer.key, approve)
-            )
-            approvals = encode_approvals([signed])
+        approvals = None if signer is None else approve(signer, record_id, raw, self.deadline_s)
         return OpFields(approvals=approvals, partner=p.id, mode=T, user_refs=refs, bridge=raw)
 
     def _quote(

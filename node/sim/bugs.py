@@ -31,3 +31,7 @@ class Bug(enum.Enum):
     # Bridge workload: one replica (n1) skips the point-expiry sweep of every ledger.ops and
     # ledger.tick entry: its users keep lots past their expiry day.
     SKIP_EXPIRY = "skip-expiry"
+    # Payments workload: one replica (n1) keeps a refund's ledger transfer and its sticky result
+    # but drops its payment record update: the payment shows less refunded than its merchant's
+    # settlement account paid out, on that replica only.
+    SKIP_REFUND_RECORD = "skip-refund-record"

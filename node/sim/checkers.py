@@ -34,6 +34,26 @@
   every user's point lots summing to their account's balance, no lot held past its expiry day
   (the sweep of the last ``ledger.ops``/``ledger.tick`` entry has run), and every member's
   Bridge state (``br/``) digest equal to the reference's.
+* **Swap index** (the Bridge workload, feature 11, on every member): every swap the workload
+  sent and the log created is listed exactly once in its partner's index (``br/sw/``), with
+  its stored result, and nothing else is listed; a listed ``ok`` swap's transfers are in the
+  ledger as its outcome names them, debiting the user the listed ``amount_in`` and crediting
+  ``amount_out``; a failed one's are in none.
+* **Payments** (the payments workload, on every member): every ledger balanced as above;
+  every payment's captured amount at most its authorised, its refunds at most its capture,
+  its state the one its pending transfer shows (authorised: pending or expired; captured or
+  refunded: posted; voided: voided); each merchant's settlement account holding exactly its
+  payments' captures less refunds and fees and reserving exactly its live authorisations, the
+  platform's fees account exactly the fees; every order in the state that goes with its
+  payment's; each listing's stock never negative, and its units conserved (in stock, or held
+  by an order not cancelled or expired); the webhook outbox numbered without a gap, naming
+  only payments and orders that exist, ``payment.expired`` only for expired payments and at
+  most once, and, while nothing was trimmed, one event per change. On every member (any
+  workload): the same outbox and the same payments (``pm/``) digest as the reference.
+* **Deposits** (the payments workload): every vault deposit sent credited exactly once, a
+  duplicate crediting nothing: each user's BAAS account credited the sum of the distinct
+  deposits to their wallet, the suspense account the sum of those to wallets nobody linked,
+  the platform's vault account debited the total.
 * **Liveness** -- after the faults stop, the cluster converges (checked by the world).
 
 A broken invariant raises :class:`SimFailure`; the runner prints it with the seed.
@@ -46,17 +66,43 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from business.bridge import bridge_state_digest, reserve_level
-from business.bridge.model import DAY_MS, LOTS_PREFIX, decode_lots
-from business.identity.ids import ASSET_INDEX_BAAS, Mode, ledger_number
-from business.ledger.model import AccountFlags
+from business.bridge import Direction, bridge_state_digest, reserve_level
+from business.bridge.model import (
+    DAY_MS,
+    LOTS_PREFIX,
+    SWAP_INDEX_PREFIX,
+    SwapEntry,
+    decode_lots,
+    decode_swap_entry,
+)
+from business.identity.ids import ASSET_INDEX_BAAS, Mode, ledger_number, wallet_account_id
+from business.ledger.model import AccountFlags, PendingStatus
+from business.ledger.outcome import OperationOutcome
 from business.ledger.views import (
     MemoryView,
     all_totals,
     get_account,
+    get_pending_status,
+    get_transfer,
     iter_accounts,
     state_digest,
 )
+from business.payments.core import platform_fees_account
+from business.payments.model import (
+    ORDER_PREFIX,
+    PAYMENT_PREFIX,
+    OrderRecord,
+    OrderState,
+    PaymentRecord,
+    PaymentState,
+    decode_listing,
+    decode_order,
+    decode_payment,
+    listing_key,
+)
+from business.payments.outbox import EVENT_PREFIX, EventType, decode_event, read_head
+from business.payments.views import payments_state_digest
+from node.chain.deposits import vault_account
 from node.consensus.ledger_ops import stored_outcome
 from node.consensus.raft import RawNode, Ready
 from node.consensus.record_index import IndexEntry, RecordIndex
@@ -68,7 +114,18 @@ from node.sim.machine import Command, DedupMachine, RequestId, StreamRecord, dec
 from node.sim.shards import ShardKey, SimShardStore
 from node.storage.erasure import decode_blob
 
-__all__ = ["Checker", "SimFailure", "check_bridge", "check_ledgers"]
+__all__ = [
+    "Checker",
+    "SimFailure",
+    "check_bridge",
+    "check_deposits",
+    "check_ledgers",
+    "check_outbox",
+    "check_payments",
+    "check_swap_index",
+]
+
+EVENT_KIND_TRANSFER = 3  # an outcome event's kind (business/ledger/outcome.py): a transfer
 
 
 class SimFailure(Exception):
@@ -312,11 +369,17 @@ class Checker:
                 )
         reference_digest = state_digest(self.reference.kv.items())
         bridge_digest = bridge_state_digest(self.reference.kv.items())
+        payments_digest = payments_state_digest(self.reference.kv.items())
+        outbox = outbox_events(self.reference.kv)
         for node in live:
             if state_digest(node.machine.kv.items()) != reference_digest:
                 raise SimFailure("ledger-digest", f"{node.node_id}'s ledger state differs")
             if bridge_state_digest(node.machine.kv.items()) != bridge_digest:
                 raise SimFailure("bridge-digest", f"{node.node_id}'s Bridge state differs")
+            if outbox_events(node.machine.kv) != outbox:
+                raise SimFailure("payments-outbox", f"{node.node_id}'s webhook outbox differs")
+            if payments_state_digest(node.machine.kv.items()) != payments_digest:
+                raise SimFailure("payments-digest", f"{node.node_id}'s payments state differs")
             if node.machine.kv != self.reference.kv:
                 raise SimFailure("log-agreement", f"{node.node_id}'s record index differs")
         check_ledgers(self.reference.kv)
@@ -330,15 +393,32 @@ class Checker:
                 )
 
     def check_bridge(
-        self, node_id: NodeId, kv: Mapping[bytes, bytes], partners: Iterable[bytes]
+        self,
+        node_id: NodeId,
+        kv: Mapping[bytes, bytes],
+        partners: Iterable[bytes],
+        swaps: Iterable[bytes],
     ) -> None:
         """The Bridge's invariants on one member's state (module docstring), with the day
-        the reference's last sweep ran at."""
-        try:
-            check_ledgers(kv)
-            check_bridge(kv, partners, self.reference.swept_ms // DAY_MS)
-        except SimFailure as failure:
-            raise SimFailure(failure.check, f"{node_id}: {failure.detail}") from None
+        the reference's last sweep ran at, and its swap index against the ``swaps`` sent."""
+        day = self.reference.swept_ms // DAY_MS
+        on_member(node_id, check_ledgers, kv)
+        on_member(node_id, lambda: check_bridge(kv, partners, day))
+        on_member(node_id, lambda: check_swap_index(kv, swaps))
+
+    def check_payments(
+        self,
+        node_id: NodeId,
+        kv: Mapping[bytes, bytes],
+        listings: Mapping[bytes, int],
+        deposited: Mapping[int, int],
+    ) -> None:
+        """Payments', the Market's and the deposits' invariants on one member's state (module
+        docstring)."""
+        on_member(node_id, check_ledgers, kv)
+        on_member(node_id, lambda: check_payments(kv, listings))
+        baas = ledger_number(Mode.TEST, ASSET_INDEX_BAAS)
+        on_member(node_id, lambda: check_deposits(kv, deposited, baas))
 
     def check_records_decodable(self, stores: Callable[[NodeId], SimShardStore | None]) -> None:
         """Every acknowledged record rebuilds from shards where the index says they are;
@@ -382,6 +462,14 @@ class Checker:
             if request_id in seen:
                 raise SimFailure("idempotency", f"{node.node_id} applied {request_id} twice")
             seen.add(request_id)
+
+
+def on_member(node_id: NodeId, check: Callable[..., None], *args: Any) -> None:
+    """Run ``check(*args)``; a failure names the member whose state broke it."""
+    try:
+        check(*args)
+    except SimFailure as failure:
+        raise SimFailure(failure.check, f"{node_id}: {failure.detail}") from None
 
 
 def check_ledgers(kv: Mapping[bytes, bytes]) -> None:
@@ -463,3 +551,220 @@ def _rebuild(
 
 def _show(entry: Entry) -> str:
     return f"entry {entry.index} (term {entry.term}, {entry.kind.name}, {entry.payload[:40]!r})"
+
+
+_EXPECTED_PENDING = {
+    PaymentState.AUTHORISED: (PendingStatus.PENDING, PendingStatus.EXPIRED),
+    PaymentState.CAPTURED: (PendingStatus.POSTED,),
+    PaymentState.REFUNDED: (PendingStatus.POSTED,),
+    PaymentState.VOIDED: (PendingStatus.VOIDED,),
+}
+# An order's stored state and the stored state of its payment that go with it.
+_ORDER_PAYMENT = {
+    OrderState.AUTHORISED: PaymentState.AUTHORISED,
+    OrderState.FULFILLED: PaymentState.CAPTURED,
+    OrderState.REFUNDED: PaymentState.REFUNDED,
+    OrderState.CANCELLED: PaymentState.VOIDED,
+    OrderState.EXPIRED: PaymentState.AUTHORISED,  # its pending transfer expired
+}
+_HOLDING = (OrderState.AUTHORISED, OrderState.FULFILLED, OrderState.REFUNDED)  # stock not back
+
+
+def _records(kv: Mapping[bytes, bytes], prefix: bytes) -> dict[bytes, bytes]:
+    return {k[len(prefix) :]: v for k, v in kv.items() if k.startswith(prefix)}
+
+
+def check_payments(kv: Mapping[bytes, bytes], listings: Mapping[bytes, int]) -> None:
+    """Payments and the Market on one state (``listings``: each listing's id and the stock it
+    was put with): every payment within its amounts (captured <= authorised, refunds <=
+    captured, the fee <= captured) and in the state its pending transfer says; every
+    merchant's settlement account holding exactly what its payments captured less refunds and
+    fees (and reserving exactly its live authorisations), the platform's fees account exactly
+    the fees; every order agreeing with its payment; every listing's stock never negative and
+    its units conserved (in stock or held by an order that was not cancelled or expired); the
+    outbox contiguous and, untrimmed, one event per change."""
+    payments = {pid: decode_payment(v) for pid, v in _records(kv, PAYMENT_PREFIX).items()}
+    balances: dict[int, int] = {}  # settlement or fees account -> its expected balance
+    reserved: dict[int, int] = {}  # settlement account -> its expected credits_pending
+    for pid, p in sorted(payments.items()):
+        status = get_pending_status(kv, p.pending)
+        if not (p.captured <= p.amount and p.refunded <= p.captured and p.fee <= p.captured):
+            raise SimFailure("payments-amounts", f"payment {pid.hex()[:12]}: {p}")
+        settled = p.state in (PaymentState.CAPTURED, PaymentState.REFUNDED)
+        if (
+            status not in _EXPECTED_PENDING[p.state]
+            or settled != (p.captured > 0)
+            or (p.state is PaymentState.REFUNDED) != (settled and p.refunded == p.captured)
+        ):
+            raise SimFailure(
+                "payments-state", f"payment {pid.hex()[:12]} is {p}, its pending transfer {status}"
+            )
+        balances[p.settlement] = balances.get(p.settlement, 0) + p.captured - p.refunded - p.fee
+        fees = platform_fees_account(p.ledger)
+        balances[fees] = balances.get(fees, 0) + p.fee
+        if status is PendingStatus.PENDING:
+            reserved[p.settlement] = reserved.get(p.settlement, 0) + p.amount
+    for account_id, expected in sorted(balances.items()):
+        a = get_account(kv, account_id)
+        held = (0, 0) if a is None else (a.credits_posted - a.debits_posted, a.credits_pending)
+        if held != (expected, reserved.get(account_id, 0)):
+            raise SimFailure(
+                "payments-settlement",
+                f"account {account_id} holds {held[0]} (reserving {held[1]}); its payments say "
+                f"{expected} (reserving {reserved.get(account_id, 0)})",
+            )
+    orders = {oid: decode_order(v) for oid, v in _records(kv, ORDER_PREFIX).items()}
+    units: dict[bytes, int] = {}
+    for oid, o in sorted(orders.items()):
+        paid = payments.get(oid)
+        if paid is None or paid.state is not _ORDER_PAYMENT[o.state]:
+            raise SimFailure("payments-order", f"order {oid.hex()[:12]} is {o}, its payment {paid}")
+        if o.state is OrderState.EXPIRED and (
+            get_pending_status(kv, paid.pending) is not PendingStatus.EXPIRED
+        ):
+            raise SimFailure("payments-order", f"order {oid.hex()[:12]} expired before its payment")
+        if o.state in _HOLDING:
+            units[o.listing] = units.get(o.listing, 0) + o.quantity
+    for listing, put in sorted(listings.items()):
+        raw = kv.get(listing_key(listing))
+        stock = None if raw is None else decode_listing(raw).stock
+        if stock is not None and (stock < 0 or stock + units.get(listing, 0) != put):
+            raise SimFailure(
+                "payments-stock",
+                f"listing {listing.hex()}: {stock} in stock and {units.get(listing, 0)} in "
+                f"orders, {put} were put",
+            )
+    check_outbox(kv, payments, orders)
+
+
+def check_outbox(
+    kv: Mapping[bytes, bytes],
+    payments: Mapping[bytes, PaymentRecord],
+    orders: Mapping[bytes, OrderRecord],
+) -> None:
+    """The webhook outbox: events numbered without a gap from the head's first to its next,
+    each naming a payment or order that exists; while nothing was trimmed or dropped, one
+    ``payment.authorised`` per payment, one ``payment.captured`` per captured payment, one
+    ``payment.voided`` per voided one, one ``payment.refunded`` per refund, one
+    ``order.placed`` per order, and ``payment.expired`` only for payments the ledger expired,
+    each at most once."""
+    head = read_head(kv)
+    events = [decode_event(k, v) for k, v in sorted(kv.items()) if k.startswith(EVENT_PREFIX)]
+    if [e.seq for e in events] != list(range(head.first_seq, head.next_seq)):
+        raise SimFailure("payments-outbox", f"events {[e.seq for e in events]} under head {head}")
+    counts: dict[EventType, int] = {}
+    for e in events:
+        counts[e.type] = counts.get(e.type, 0) + 1
+        if e.type is EventType.RESERVE_LOW:
+            continue
+        order_event = e.type.api_name.startswith("order.")
+        if e.object not in (orders if order_event else payments):
+            raise SimFailure("payments-outbox", f"event {e} names nothing")
+        if e.type is EventType.PAYMENT_EXPIRED:
+            p = payments[e.object]
+            if get_pending_status(kv, p.pending) is not PendingStatus.EXPIRED:
+                raise SimFailure("payments-outbox", f"event {e}: the payment did not expire")
+    expired = [e.object for e in events if e.type is EventType.PAYMENT_EXPIRED]
+    if len(expired) != len(set(expired)):
+        raise SimFailure("payments-outbox", "a payment's expiry was announced twice")
+    if head.first_seq != 1 or head.dropped:
+        return  # trimmed: the per-change counts cannot be taken
+    ps = payments.values()
+    expected = {
+        EventType.PAYMENT_AUTHORISED: len(payments),
+        EventType.PAYMENT_CAPTURED: sum(1 for p in ps if p.captured),
+        EventType.PAYMENT_VOIDED: sum(1 for p in ps if p.state is PaymentState.VOIDED),
+        EventType.PAYMENT_REFUNDED: sum(p.refunds for p in ps),
+        EventType.ORDER_PLACED: len(orders),
+    }
+    for kind, count in expected.items():
+        if counts.get(kind, 0) != count:
+            raise SimFailure(
+                "payments-outbox", f"{counts.get(kind, 0)} {kind.api_name} events, {count} expected"
+            )
+
+
+def outbox_events(kv: Mapping[bytes, bytes]) -> list[tuple[int, int, bytes, int]]:
+    """The outbox as (seq, type, object, log time), for comparing replicas."""
+    return [
+        (e.seq, int(e.type), e.object, e.log_time_ms)
+        for e in (decode_event(k, v) for k, v in sorted(kv.items()) if k.startswith(EVENT_PREFIX))
+    ]
+
+
+def check_swap_index(kv: Mapping[bytes, bytes], swaps: Iterable[bytes]) -> None:
+    """The Bridge's swap index (feature 11) on one state: every created swap among ``swaps``
+    (op ids) listed exactly once, with its stored result, and nothing else listed; a listed
+    ``ok`` swap's transfers in the ledger as its outcome names them, debiting the user
+    ``amount_in`` of one asset and crediting ``amount_out`` of the other; a failed one's in
+    none."""
+    listed: dict[bytes, list[tuple[bytes, SwapEntry]]] = {}
+    start = len(SWAP_INDEX_PREFIX)
+    for key, raw in kv.items():
+        if key.startswith(SWAP_INDEX_PREFIX):
+            entry = (key[start : start + 16], decode_swap_entry(raw))
+            listed.setdefault(key[-32:], []).append(entry)
+    for op in sorted(set(swaps)):
+        outcome = stored_outcome(kv, op)
+        if outcome is None:
+            continue  # never created
+        found = listed.pop(op, [])
+        if len(found) != 1 or found[0][1].result != (outcome.result or "ok"):
+            raise SimFailure(
+                "bridge-swap-index",
+                f"swap {op.hex()[:12]} ({outcome.result}) is listed as {found}",
+            )
+        _check_swap_transfers(kv, op, found[0][1], outcome)
+    if listed:
+        raise SimFailure("bridge-swap-index", f"listed, never created: {sorted(listed)[:3]}")
+
+
+def _check_swap_transfers(
+    kv: Mapping[bytes, bytes], op: bytes, entry: SwapEntry, outcome: OperationOutcome
+) -> None:
+    transfers = [e for e in outcome.events if e.kind == EVENT_KIND_TRANSFER]
+    stored = [get_transfer(kv, e.id) for e in transfers]
+    if entry.result != "ok":
+        if any(t is not None for t in stored):
+            raise SimFailure("bridge-swap-index", f"failed swap {op.hex()[:12]} moved value")
+        return
+    baas = ledger_number(Mode.TEST, ASSET_INDEX_BAAS)
+    ledger_in, ledger_out = (
+        (entry.ledger, baas) if entry.direction == Direction.IN else (baas, entry.ledger)
+    )
+    net = {ledger_in: 0, ledger_out: 0}  # what the user's account on each ledger received
+    for e, t in zip(transfers, stored, strict=True):
+        if t is None or (t.debit_account_id, t.credit_account_id, t.amount) != (
+            e.debit_account_id,
+            e.credit_account_id,
+            e.amount,
+        ):
+            raise SimFailure("bridge-swap-index", f"swap {op.hex()[:12]}: {e} is {t} in the ledger")
+        mine = wallet_account_id(entry.wallet, Mode.TEST, t.ledger)
+        if t.ledger in net:
+            net[t.ledger] += (t.credit_account_id == mine) * t.amount
+            net[t.ledger] -= (t.debit_account_id == mine) * t.amount
+    if (-net[ledger_in], net[ledger_out]) != (entry.amount_in, entry.amount_out):
+        raise SimFailure(
+            "bridge-swap-index",
+            f"swap {op.hex()[:12]} listed {entry.amount_in} -> {entry.amount_out}, the ledger "
+            f"moved {-net[ledger_in]} -> {net[ledger_out]}",
+        )
+
+
+def check_deposits(kv: Mapping[bytes, bytes], credited: Mapping[int, int], ledger: int) -> None:
+    """Vault deposits credited exactly once (``credited``: what the distinct deposits sent
+    credit, per user's account or the suspense account, on ``ledger``): each account credited
+    that much and no more, the platform's vault account debited the total."""
+    mode = Mode(ledger & 1)
+    for account_id, expected in sorted(credited.items()):
+        found = get_account(kv, account_id)
+        got = 0 if found is None else found.credits_posted
+        if got != expected:
+            raise SimFailure(
+                "deposits", f"account {account_id} was credited {got}, its deposits are {expected}"
+            )
+    found = get_account(kv, vault_account(mode, ledger))
+    paid = 0 if found is None else found.debits_posted
+    if paid != sum(credited.values()):
+        raise SimFailure("deposits", f"the vault paid {paid}, deposits {sum(credited.values())}")

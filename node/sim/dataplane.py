@@ -32,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 
 from business.ledger.outcome import OperationOutcome
 from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
+from node.consensus.deposit_ops import DEPOSIT_FEATURE_VERSION
 from node.consensus.ledger_ops import LEDGER_FEATURE_VERSION, LEDGER_OPS, Operation
+from node.consensus.payments_ops import PAYMENTS_FEATURE_VERSION
 from node.consensus.record_index import (
     BATCH_FEATURE_VERSION,
     INDEX_MOVE,
@@ -105,6 +107,7 @@ PLAN_MS = 250
 MOVES_INFLIGHT_MAX = 32
 OP_TIMEOUT_MS = 1000
 COMMIT_TIMEOUT_MS = 2000
+SETUP_ENTRIES_PER_ROUND_MAX = 8  # the workload's identity entries the leader proposes a round
 DELETE_TRIES_MAX = 3  # an old copy whose holder never answers is left behind (orphan, safe)
 
 
@@ -255,7 +258,11 @@ def stamp_and_propose(node: NodeActor, proposals: Sequence[Operation]) -> bool:
             propose_app_entry(node, Operation.batch_entry(stamped[i : i + GATHER_RECORDS_MAX]))
             for i in chunks
         )
-    plain = [op.proposal for op in stamped if op.events is None and op.bridge is None]
+    plain = [
+        op.proposal
+        for op in stamped
+        if op.events is None and op.bridge is None and op.payments is None and op.deposit is None
+    ]
     if version < BATCH_FEATURE_VERSION:
         return all(propose_app_entry(node, p.to_entry()) for p in plain)
     return all(
@@ -365,10 +372,13 @@ class Coordinator:
             return
         if m.op is not None:
             version = Dispatcher.feature_version(node.machine)
-            if version < LEDGER_FEATURE_VERSION or (
-                m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION
+            if (
+                version < LEDGER_FEATURE_VERSION
+                or (m.op.bridge is not None and version < BRIDGE_FEATURE_VERSION)
+                or (m.op.payments is not None and version < PAYMENTS_FEATURE_VERSION)
+                or (m.op.deposit is not None and version < DEPOSIT_FEATURE_VERSION)
             ):
-                # ledger_not_enabled / bridge_not_enabled: refused before the log
+                # ledger_not_enabled / bridge_not_enabled / payments: refused before the log
                 self._reply(m.client, m.seq, False)
                 return
         placement = place_shards(m.record_id, members, params.n)
@@ -440,6 +450,8 @@ class Coordinator:
                 op.mode,
                 op.user_refs,
                 bridge=op.bridge,
+                payments=op.payments,
+                deposit=op.deposit,
             )
         )
 
@@ -564,14 +576,17 @@ class Mover:
             self._drive(key, task)
 
     def _onboard(self) -> None:
-        """Propose the first of the workload's identity entries (partners onboarded, users
-        linked) whose key the committed state lacks, as an operator and the partners' platforms
-        would: one at a time, so they land in order (a partner's index is its onboarding
-        order)."""
+        """Propose the workload's identity entries (partners onboarded, users linked, codes
+        issued) whose key the applied state lacks, as an operator, the partners' platforms and
+        the users' apps would: in their order, at most :data:`SETUP_ENTRIES_PER_ROUND_MAX` a
+        round. One leader's proposals commit in the order proposed, and every round proposes
+        again whatever is still missing from the start, so an entry never lands before one it
+        needs (a partner's index is its onboarding order; a link needs its partner: a link
+        judged before it would keep that refusal for its nonce)."""
         node = self.node
-        for key, entry in node.env.setup_entries:
-            if node.machine.get(key) is None:
-                propose_app_entry(node, entry)
+        missing = [entry for key, entry in node.env.setup_entries if node.machine.get(key) is None]
+        for entry in missing[:SETUP_ENTRIES_PER_ROUND_MAX]:
+            if not propose_app_entry(node, entry):
                 return
 
     def _drop_all(self) -> None:

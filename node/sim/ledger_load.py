@@ -1,6 +1,10 @@
 """The simulator's ledger workload: what a ledger client's operations carry, drawn from the seed.
 
-Each ledger client owns one ledger (asset) and its accounts, so clients never wait on each
+The cluster runs the newest log feature, so every operation is checked (feature 7): each is
+proposed by the platform (``pt`` all zeros, test mode), which may create an asset on a platform
+ledger (asset index 2-15) and accounts whose ids derive from the operation
+(``ids.account_id(record id, event index)``), and move value between its own accounts. Each
+ledger client owns one such ledger and its accounts, so clients never wait on each
 other: operation 1 creates the asset, an issuer and :data:`USERS` user accounts flagged
 ``debits_must_not_exceed_credits``; operation 2 issues :data:`ISSUED` to each user; every
 later operation is one of: a transfer between two users (sometimes more than the payer holds:
@@ -17,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from business.identity.ids import ASSET_INDEX_PARTNER_MIN, Mode, account_id, ledger_number
+from business.identity.scope import PLATFORM
 from business.ledger.model import (
     AMOUNT_MAX,
     AccountFlags,
@@ -57,12 +63,20 @@ class OpFields:
     mode: int | None = None
     user_refs: tuple[bytes, ...] = ()
     bridge: bytes | None = None  # feature 8: a Bridge request (business/bridge/wire.py)
+    payments: bytes | None = None  # feature 9: a payments request (business/payments/wire.py)
+    deposit: bytes | None = None  # feature 10: a vault deposit credit (deposit_ops.py)
+    # A deposit's record id derives from the deposit (chain, transaction, log index), not from
+    # the client's sequence number: the same deposit sent twice is one record.
+    record_id: bytes | None = None
 
     @property
     def body(self) -> bytes:
         """The bytes the record's blob carries of the operation (its fingerprint changes
         with them)."""
-        return (self.events or b"") + (self.bridge or b"")
+        return (
+            (self.events or b"") + (self.bridge or b"") + (self.payments or b"")
+            + (self.deposit or b"")
+        )  # fmt: skip
 
 
 class CommittedView(Protocol):
@@ -88,15 +102,24 @@ class Workload(Protocol):
 
 @dataclass
 class LedgerWorkload:
-    ledger: int  # this client's ledger number (1..2^32-1)
+    ledger: int  # this client's ledger number: a platform ledger of test mode
     pending_ids: list[int] = field(default_factory=list)
+    first_op: bytes = b""  # operation 1's record id: the accounts' ids derive from it
+
+    @classmethod
+    def for_client(cls, client: int) -> LedgerWorkload:
+        """Client ``client``'s ledger: one of the platform's asset indexes 2..15 (1 is BAAS)."""
+        index = 2 + client % (ASSET_INDEX_PARTNER_MIN - 2)
+        return cls(ledger_number(Mode.TEST, index))
 
     def account(self, j: int) -> int:
-        """Account ``j`` of this ledger (0: the issuer)."""
-        return self.ledger * 1_000 + j
+        """Account ``j`` of this ledger (0: the issuer): event ``j + 1`` of operation 1."""
+        return account_id(self.first_op, j + 1)
 
     def operation(self, seq: int, record_id: bytes, rng: SimRng, view: CommittedView) -> OpFields:
-        return OpFields(events=self.events(seq, rng))
+        if seq == 1:
+            self.first_op = record_id
+        return OpFields(events=self.events(seq, rng), partner=PLATFORM, mode=Mode.TEST)
 
     def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
         return None  # the ledger workload draws blind: a refusal is part of it

@@ -5,10 +5,13 @@ Two kinds of committed entries share the log, told apart by their first byte:
 * an application entry (``encode_app_entry``: a msgpack map, ``0x83``) goes to the real
   :class:`~node.consensus.state_machine.Dispatcher` with the real
   :class:`~node.consensus.record_index.RecordIndex` (``index.put``, ``index.move``, ``feature``),
-  the real :class:`~node.consensus.ledger_ops.LedgerOps` (``ledger.ops``, ``ledger.tick``, and
-  from feature 8 the Bridge step and its point-expiry sweep) and the real
-  :class:`~business.identity.IdentityMachine` (``partner.put``, ``wallet.link``), as a node
-  builds it, over this machine's key/value state;
+  the real :class:`~node.consensus.ledger_ops.LedgerOps` (``ledger.ops``, ``ledger.tick``; from
+  feature 8 the Bridge step and its point-expiry sweep, from 9 the payments step, its expiry
+  sweep and the webhook outbox, from 11 the Bridge's swap index), the real
+  :class:`~business.identity.IdentityMachine` (``partner.put``, ``wallet.link``,
+  ``code.issue``) and the real :class:`~business.payments.outbox.PaymentsOutbox`
+  (``payments.ack``), as a node builds them, over this machine's key/value state, up to the
+  node's own newest feature version (``node.main.FEATURE_VERSION_MAX``);
 * anything else is a :class:`Command`: one small client write, ``client|seq|origin|value``.
   ``(client, seq)`` is its idempotency id: a client that got no answer sends the same id again,
   so one id may be committed at several log positions.
@@ -24,16 +27,22 @@ writer wins, see its module).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
 
 from business.identity import IdentityConfig, IdentityMachine
+from business.ledger.model import Result
+from business.payments.core import PaymentOutcome, Prepared
+from business.payments.model import OP_PREFIX, PAYMENT_PREFIX, TransferCode
+from business.payments.outbox import PaymentsOutbox
 from node.consensus.ledger_ops import LEDGER_OPS, LEDGER_TICK, LedgerOps
 from node.consensus.record_index import RecordIndex
 from node.consensus.state_machine import Applied, Dispatcher, LogPosition, Write
 from node.consensus.types import Entry, EntryKind, NodeId
+from node.main import FEATURE_VERSION_MAX
 
 __all__ = [
     "FEATURE_VERSION_SIM",
@@ -48,11 +57,13 @@ __all__ = [
     "decode_state",
 ]
 
-# index.move needs 2, index.put_batch 4, ledger.ops 6; the ledger workload's cluster enables 6
-# in its log, the Bridge workload's 8 (identity 7, the Bridge 8). 3, the Merkle log and
-# anchoring, and 5, member incarnations, have no machine here: nothing of them is proposed.
-FEATURE_VERSION_SIM = 6
-FEATURE_VERSION_SIM_MAX = 8
+# index.move needs 2, index.put_batch 4, ledger.ops 6, identity 7, the Bridge 8, payments 9,
+# deposits 10, the swap index 11. The simulated cluster enables the newest version a node
+# understands (read from node/main.py, never copied: a new feature is simulated the day it
+# lands). 3, the Merkle log and anchoring, and 5, member incarnations, have no machine here:
+# nothing of them is proposed.
+FEATURE_VERSION_SIM = FEATURE_VERSION_MAX
+FEATURE_VERSION_SIM_MAX = FEATURE_VERSION_MAX
 IDENTITY_SIM = IdentityConfig(chain_id=31337)  # the EIP-712 domain the sim's users sign in
 APP_ENTRY_FIRST_BYTE = 0x83  # a msgpack map of three: {"v", "t", "b"}
 
@@ -95,7 +106,9 @@ def is_app_entry(payload: bytes) -> bool:
 class DedupMachine:
     """Applies committed entries: ``stream`` the applied commands, ``kv`` the record index."""
 
-    def __init__(self, *, dedupe: bool = True, skip_expiry: bool = False) -> None:
+    def __init__(
+        self, *, dedupe: bool = True, skip_expiry: bool = False, skip_refund_record: bool = False
+    ) -> None:
         self.dedupe = dedupe  # False only for the deliberately broken variant no-dedupe
         self.applied_index = 0
         self.log_time_ms = 0  # the last applied entry's stamp (a client's quotes read it)
@@ -106,8 +119,11 @@ class DedupMachine:
         self.ledger_ops = LedgerOps(IDENTITY_SIM)
         if skip_expiry:  # the deliberately broken variant skip-expiry: this replica never sweeps
             setattr(self.ledger_ops._bridge, "expire", _no_sweep)  # noqa: B010
+        if skip_refund_record:  # the broken variant skip-refund-record: see node/sim/bugs.py
+            payments = self.ledger_ops._payments.payments
+            setattr(payments, "settle", _forgetting_refunds(payments.settle))  # noqa: B010
         self._dispatcher = Dispatcher(
-            [RecordIndex(), self.ledger_ops, IdentityMachine(IDENTITY_SIM)],
+            [RecordIndex(), self.ledger_ops, IdentityMachine(IDENTITY_SIM), PaymentsOutbox()],
             feature_version_max=FEATURE_VERSION_SIM_MAX,
         )
 
@@ -156,6 +172,25 @@ class DedupMachine:
 
 def _no_sweep(log_index: int, now_ms: int, layer: object) -> int:
     return 0
+
+
+def _forgetting_refunds(settle: Callable[[Prepared, Sequence[Result]], PaymentOutcome]) -> Any:
+    """``settle`` that keeps a successful refund's ledger chain and its sticky result but drops
+    its payment record update (the refunded amount stays where it was) on this replica."""
+
+    def broken(prepared: Prepared, results: Sequence[Result]) -> PaymentOutcome:
+        settled = settle(prepared, results)
+        refund = any(getattr(e, "code", 0) == TransferCode.REFUND for e in prepared.events)
+        if not (refund and settled.code.succeeded):
+            return settled
+        kept = tuple(
+            (k, v)
+            for k, v in settled.writes
+            if not k.startswith(PAYMENT_PREFIX) or k.startswith(OP_PREFIX)
+        )
+        return replace(settled, writes=kept)
+
+    return broken
 
 
 def apply_writes(kv: dict[bytes, bytes], writes: list[Write]) -> None:

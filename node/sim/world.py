@@ -8,11 +8,12 @@ voters and learners and membership changes), the erasure code (k, n; ``write_quo
 and the move grace, the network's fault rates and latency, each node's tick length (clock
 skew; each node's clock offset, up to an hour for one node in half the seeds, is hashed
 from the seed instead), the workload (command clients and record clients; the ledger
-client's operations from :mod:`.ledger_load` at log feature 6 or, with ``workload="bridge"``,
-from :mod:`.bridge_load` at feature 8: users' keys drawn here, the clocks started just before
-a day boundary) and the fault schedule; the Raft cores draw their election jitter from it
-too. Events sit in one heap ordered by (time, sequence number), so the same seed replays the
-same run; a digest of the events proves it.
+client's operations from :mod:`.ledger_load` or, with ``workload="bridge"``, from
+:mod:`.bridge_load` (users' keys drawn here, the clocks started just before a day boundary)
+or, with ``workload="payments"``, from :mod:`.payments_load` (keys and one-time codes drawn
+here), all at the newest log feature a node understands) and the fault schedule; the Raft
+cores draw their election jitter from it too. Events sit in one heap ordered by (time,
+sequence number), so the same seed replays the same run; a digest of the events proves it.
 
 A run has two phases:
 
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from business.bridge.model import DAY_MS
-from node.consensus.bridge_ops import BRIDGE_FEATURE_VERSION
+from business.payments.outbox import EventType
 from node.consensus.config import RaftConfig
 from node.consensus.record_index import IndexEntry, RecordIndex
 from node.consensus.state_machine import AppEntry
@@ -57,19 +58,27 @@ from node.sim.actors import (
 )
 from node.sim.bridge_load import BridgeWorkload
 from node.sim.bugs import Bug
-from node.sim.checkers import Checker, LiveNode, SimFailure
+from node.sim.checkers import Checker, LiveNode, SimFailure, outbox_events
 from node.sim.dataplane import DataParams, RecordReply
 from node.sim.ledger_load import LedgerWorkload, Workload
 from node.sim.machine import FEATURE_VERSION_SIM
 from node.sim.network import Network, NetworkFaults
+from node.sim.payments_load import PaymentsWorkload
 from node.sim.rng import SimRng
 from node.sim.shards import SimShardStore
 
 __all__ = ["WORKLOADS", "SimParams", "SimResult", "World", "draw_params", "simulate"]
 
-# The ledger client's workload, and the log feature version the world enables for it.
-WORKLOADS = {"ledger": FEATURE_VERSION_SIM, "bridge": BRIDGE_FEATURE_VERSION}
+# The ledger client's workloads, and the log feature version the world enables for each: the
+# newest a node understands, for all of them.
+WORKLOADS = {
+    "ledger": FEATURE_VERSION_SIM,
+    "bridge": FEATURE_VERSION_SIM,
+    "payments": FEATURE_VERSION_SIM,
+}
 
+SAFETY_MS = 90_000  # the faulty phase of a run, then at most LIVENESS_MS to converge
+LIVENESS_MS = 30_000
 TICK_MS = 100  # election after 10-20 ticks: 1-2 s, as the durable adapter will use
 # Clocks: every node's clock is off real (simulated) time by up to HONEST_SKEW_MS_MAX; in half
 # the seeds one node's clock is an hour fast or an hour slow. The cores stamp within
@@ -120,8 +129,8 @@ class SimParams:
 def draw_params(
     rng: SimRng,
     *,
-    safety_ms: int = 90_000,
-    liveness_ms: int = 30_000,
+    safety_ms: int = SAFETY_MS,
+    liveness_ms: int = LIVENESS_MS,
     workload: str = "ledger",
 ) -> SimParams:
     large = rng.random() < 0.2
@@ -170,6 +179,7 @@ class SimResult:
     events: int
     stats: dict[str, int] = field(default_factory=dict)
     workload: str = "ledger"
+    safety_ms: int = SAFETY_MS
 
     @property
     def ok(self) -> bool:
@@ -217,10 +227,12 @@ class World:
         self._rng = rng
         self._bug = bug
         self.params = params or draw_params(rng, workload=workload)
-        bridge = self.params.workload == "bridge"
-        self._epoch_ms = BRIDGE_CLOCK_EPOCH_MS if bridge else CLOCK_EPOCH_MS
-        self.bridge = BridgeWorkload.draw(rng, self._epoch_ms) if bridge else None
-        self._setup = self.bridge.setup_entries() if self.bridge is not None else []
+        kind = self.params.workload
+        self._epoch_ms = BRIDGE_CLOCK_EPOCH_MS if kind == "bridge" else CLOCK_EPOCH_MS
+        self.bridge = BridgeWorkload.draw(rng, self._epoch_ms) if kind == "bridge" else None
+        self.payments = PaymentsWorkload.draw(rng, self._epoch_ms) if kind == "payments" else None
+        market = self.bridge or self.payments
+        self._setup = market.setup_entries() if market is not None else []
         self._bad_clock = _bad_clock(seed, self.params.node_count)
         self._checker = Checker(
             self.params.data.write_quorum,
@@ -321,7 +333,7 @@ class World:
             ledger = i >= p.clients + p.record_clients
             workload: Workload | None = None
             if ledger:
-                workload = self.bridge or LedgerWorkload(ledger=i + 1)
+                workload = self.bridge or self.payments or LedgerWorkload.for_client(i)
             client = ClientActor(
                 self,
                 f"c{i}",
@@ -400,6 +412,13 @@ class World:
             self.stats["bridge_points_expired"] = self.bridge.points_expired(
                 self._checker.reference
             )
+        if self.payments is not None:
+            for code, count in sorted(self.payments.results.items()):
+                self.stats[f"payments_{code}"] = count
+            self.stats["payments_ops_resent"] = self.stats.get("ledger_ops_resent", 0)
+            for _, kind, _, _ in outbox_events(self._checker.reference.kv):
+                name = f"payments_event_{EventType(kind).api_name}"
+                self.stats[name] = self.stats.get(name, 0) + 1
         self.stats["dropped"] = self.network.dropped
         self.stats["duplicated"] = self.network.duplicated
         return SimResult(
@@ -411,6 +430,7 @@ class World:
             self.event_count,
             self.stats,
             self.params.workload,
+            self.params.safety_ms,
         )
 
     def _loop(self) -> None:
@@ -711,7 +731,17 @@ class World:
         if self.bridge is not None:
             partners = [p.id for p in self.bridge.partners]
             for node in live:
-                self._checker.check_bridge(node.node_id, node.machine.kv, partners)
+                self._checker.check_bridge(
+                    node.node_id, node.machine.kv, partners, self.bridge.swaps
+                )
+        if self.payments is not None:
+            for node in live:
+                self._checker.check_payments(
+                    node.node_id,
+                    node.machine.kv,
+                    self.payments.listings,
+                    self.payments.expected_deposits(),
+                )
         self._checker.check_converged(live)
         self._checker.check_records_decodable(self._reachable_store)
         self.phase = "done"
@@ -739,10 +769,18 @@ class World:
 
 
 def simulate(
-    seed: int, rng: SimRng, bug: Bug = Bug.NONE, *, trace: bool = False, workload: str = "ledger"
+    seed: int,
+    rng: SimRng,
+    bug: Bug = Bug.NONE,
+    *,
+    trace: bool = False,
+    workload: str = "ledger",
+    safety_ms: int = SAFETY_MS,
 ) -> tuple[SimResult, list[str] | None]:
-    """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it)."""
-    world = World(seed, rng, bug, workload=workload)
+    """Run one seed; ``rng`` must be ``random.Random(seed)`` (the caller makes it). A shorter
+    ``safety_ms`` (the faulty phase) makes a short horizon for seed sweeps."""
+    params = draw_params(rng, safety_ms=safety_ms, workload=workload)
+    world = World(seed, rng, bug, params, workload=workload)
     if trace:
         world.trace = []
     return world.run(), world.trace
