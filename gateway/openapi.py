@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from business.payments.outbox import EventType
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from node.merkle.receipt import (
     ANCHORS_FORMAT,
@@ -1697,6 +1698,148 @@ Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
 `tools/client.py`). A partner credential is in one mode, test (`pk_test_...`) or live
 (`pk_live_...`), and every request is served in that mode; an operator credential (`ok_...`,
 signed the same way) may call only `/v1/admin/...` and `/v1/audit`."""
+
+
+# --- webhooks (gateway/webhook_routes.py, docs/webhooks.md) -------------------------------------
+_WEBHOOK_EVENT: Schema = {
+    "type": "string",
+    "enum": ["*", *sorted(t.api_name for t in EventType)],
+}
+_WEBHOOK_ENDPOINT_FIELDS: dict[str, Schema] = {
+    "id": {"type": "string", "pattern": "^we_[0-9a-f]{16}$"},
+    "object": {"const": "webhook_endpoint"},
+    "url": {"type": "string"},
+    "livemode": {"type": "boolean"},
+    "enabled_events": {"type": "array", "items": _WEBHOOK_EVENT},
+    "status": {"type": "string", "enum": ["enabled", "disabled"]},
+    "created_ms": UINT,
+    "secrets_live": UINT,
+    "secret": {
+        "type": "string",
+        "pattern": "^whsec_[0-9a-f]{64}$",
+        "description": "the signing secret: only in the answer that made it",
+    },
+}
+_NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+SCHEMAS.update(
+    {
+        "WebhookEndpointCreate": _closed(
+            {
+                "url": {"type": "string"},
+                "enabled_events": {"type": "array", "items": _WEBHOOK_EVENT},
+            },
+            ["url"],
+        ),
+        "WebhookEndpointRotate": _closed({"overlap_s": UINT}, []),
+        "WebhookEndpoint": _closed(
+            _WEBHOOK_ENDPOINT_FIELDS, [k for k in _WEBHOOK_ENDPOINT_FIELDS if k != "secret"]
+        ),
+        "WebhookEndpointList": _list_of("WebhookEndpoint", "/v1/webhook_endpoints"),
+        "WebhookEndpointDeleted": _closed(
+            {
+                "id": {"type": "string"},
+                "object": {"const": "webhook_endpoint"},
+                "deleted": {"const": True},
+            }
+        ),
+        "WebhookDelivery": _closed(
+            {
+                "id": {"type": "string", "pattern": "^whd_[0-9]{1,19}$"},
+                "object": {"const": "webhook_delivery"},
+                "event": {"type": "string", "pattern": "^evt_[0-9a-f]{64}$"},
+                "event_sequence": UINT,
+                "endpoint": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "delivered", "failed", "dropped"]},
+                "reason": _NULLABLE_STRING,
+                "created_ms": UINT,
+                "next_attempt_ms": {"type": ["integer", "null"]},
+                "attempts_total": UINT,
+                "attempts": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "at_ms": UINT,
+                            "status": UINT,
+                            "error": _NULLABLE_STRING,
+                            "duration_ms": UINT,
+                        }
+                    ),
+                },
+            }
+        ),
+        "WebhookDeliveryList": _closed(
+            {
+                "object": {"const": "list"},
+                "url": {"type": "string"},
+                "has_more": {"type": "boolean"},
+                "data": {"type": "array", "items": _ref("WebhookDelivery")},
+            }
+        ),
+    }
+)
+_WEBHOOK_ID = _path_param("id", "the webhook endpoint id (we_...)")
+_WEBHOOK_ERRORS = (*_SIGNED_ERRORS, 404)
+PATHS.update(
+    {
+        "/v1/webhook_endpoints": {
+            "post": _operation(
+                "createWebhookEndpoint",
+                "Register a webhook endpoint of this mode; its signing secret is shown once",
+                {201: _json("WebhookEndpoint", "made (with its secret)")},
+                _SIGNED_ERRORS,
+                body="WebhookEndpointCreate",
+            ),
+            "get": _operation(
+                "listWebhookEndpoints",
+                "Your webhook endpoints of this mode (no secrets)",
+                {200: _json("WebhookEndpointList", "found")},
+                _SIGNED_ERRORS,
+            ),
+        },
+        "/v1/webhook_endpoints/{id}": {
+            "delete": _operation(
+                "deleteWebhookEndpoint",
+                "Remove a webhook endpoint (its pending deliveries are dropped)",
+                {200: _json("WebhookEndpointDeleted", "removed")},
+                _WEBHOOK_ERRORS,
+                parameters=[_WEBHOOK_ID],
+            )
+        },
+        "/v1/webhook_endpoints/{id}/rotate_secret": {
+            "post": _operation(
+                "rotateWebhookSecret",
+                "A new signing secret (shown once); the old one signs too until overlap_s ends",
+                {200: _json("WebhookEndpoint", "rotated (with the new secret)")},
+                _WEBHOOK_ERRORS,
+                body="WebhookEndpointRotate",
+                parameters=[_WEBHOOK_ID],
+            )
+        },
+        "/v1/webhook_endpoints/{id}/deliveries": {
+            "get": _operation(
+                "listWebhookDeliveries",
+                "The endpoint's deliveries, newest first, with their attempts (the delivering "
+                "gateway only: elsewhere 503 webhooks_not_delivered_here)",
+                {200: _json("WebhookDeliveryList", "found")},
+                _WEBHOOK_ERRORS,
+                parameters=[
+                    _WEBHOOK_ID,
+                    _LIMIT,
+                    _string_query("starting_after", "a delivery id (whd_...)", {"type": "string"}),
+                ],
+            )
+        },
+        "/v1/webhook_deliveries/{id}/resend": {
+            "post": _operation(
+                "resendWebhookDelivery",
+                "Send a finished delivery again, on a fresh retry schedule",
+                {200: _json("WebhookDelivery", "pending again")},
+                _WEBHOOK_ERRORS,
+                parameters=[_path_param("id", "the delivery id (whd_...)")],
+            )
+        },
+    }
+)
 
 
 OPERATOR_SIGNATURE_DESCRIPTION = f"""An operator credential (`ok_<operator>_...`, made by
