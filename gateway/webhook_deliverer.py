@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -130,12 +131,20 @@ class WebhookDeliverer:
         self._rng = rng or random.Random()
         self._db_path: Path = config.data_dir / "webhooks"
         self._db: Any = None
+        # A write runs in a thread that a cancelled flush does not stop: closing the store
+        # under it would crash LevelDB (seen: a segfault), so writes and close take this lock.
+        self._db_lock = threading.Lock()
         self.core = DeliveryCore(config.limits, config.schedule, self._rng)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._by_id: tuple[int, dict[str, tuple[str, WebhookEndpoint]]] = (-1, {})
         self.log_next_seq = 0  # the outbox's next sequence number, as last read
+        # Reads and acks at most once per poll interval (each attempt's outcome wakes the
+        # loop: without this every outcome would cost a read of every node and a log entry),
+        # except that a full page is followed at once.
+        self._read_due_s = 0.0
+        self._ack_due_s = 0.0
         self.log_dropped = 0
         self.deliveries: Counter = metrics.counter(
             "webhook_deliveries",
@@ -162,9 +171,10 @@ class WebhookDeliverer:
         log.info("webhooks: %d deliveries restored, cursor %d", len(restored), cursor)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -213,8 +223,9 @@ class WebhookDeliverer:
         return asyncio.get_running_loop().time() + READ_TIMEOUT_S
 
     async def _read_events(self) -> None:
-        if self.core.room() < 1:
+        if self.core.room() < 1 or self._clock_s() < self._read_due_s:
             return  # events wait on the log (bounded there by EVENTS_MAX)
+        self._read_due_s = self._clock_s() + self.config.poll_interval_s
         path = f"{PAYMENTS_PATH}/events?after={self.core.cursor_seq}"
         page = await self._nodes.ledger_read(
             f"{path}&limit={self.config.events_page_max}",
@@ -225,6 +236,9 @@ class WebhookDeliverer:
             return
         self.core.learned_acked(int(page["acked"]))
         self.log_next_seq, self.log_dropped = int(page["next"]), int(page["dropped"])
+        if page["has_more"]:
+            self._read_due_s = 0.0  # a backlog: the next page at once
+            self.wake()
         names = {partner_id(n).hex(): n for n in self._keyring().partners}
         for event in page["data"]:
             partner = names.get(event["partner"])
@@ -287,7 +301,8 @@ class WebhookDeliverer:
         if ready.writes:
             await asyncio.to_thread(self._write, ready.writes)
         self.core.advance(ready)
-        if ready.ack_upto is not None:
+        if ready.ack_upto is not None and self._clock_s() >= self._ack_due_s:
+            self._ack_due_s = self._clock_s() + self.config.poll_interval_s
             try:
                 done = await self._nodes.payments_ack(ready.ack_upto, deadline=self._deadline())
             except BaasError as exc:  # asked again at the next flush: acked_seq is unchanged
@@ -297,14 +312,15 @@ class WebhookDeliverer:
                 self.core.learned_acked(int(done["detail"]["acked"]))
 
     def _write(self, writes: tuple[tuple[bytes, bytes | None], ...]) -> None:
-        if self._db is None:
-            raise OperationFailed("the webhook store is closed", code="webhooks_closed")
-        with self._db.write_batch(sync=True) as batch:
-            for key, value in writes:
-                if value is None:
-                    batch.delete(key)
-                else:
-                    batch.put(key, value)
+        with self._db_lock:
+            if self._db is None:
+                raise OperationFailed("the webhook store is closed", code="webhooks_closed")
+            with self._db.write_batch(sync=True) as batch:
+                for key, value in writes:
+                    if value is None:
+                        batch.delete(key)
+                    else:
+                        batch.put(key, value)
 
     # ------------------------------------------------------------------ attempts
 
