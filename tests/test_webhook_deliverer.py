@@ -134,9 +134,11 @@ class World:
     config: WebhooksConfig
     keyring: Keyring
 
-    def deliverer(self, policy: UrlPolicy = ALLOW_LOCAL) -> WebhookDeliverer:
+    def deliverer(
+        self, policy: UrlPolicy = ALLOW_LOCAL, metrics: Metrics | None = None
+    ) -> WebhookDeliverer:
         return WebhookDeliverer(
-            self.config, self.nodes, lambda: self.keyring, policy, Metrics("t"),
+            self.config, self.nodes, lambda: self.keyring, policy, metrics or Metrics("t"),
             rng=random.Random(3),
         )  # fmt: skip
 
@@ -200,7 +202,8 @@ async def test_events_arrive_signed_failures_are_retried_and_the_log_is_acked(
             w.keyring = keyring_with(f"http://127.0.0.1:{rx.port}/hooks")
             receiver.secrets = w.endpoint.signing_secrets(0)
             pay(w.node)
-            async with running(w.deliverer()) as d:
+            metrics = Metrics("t")
+            async with running(w.deliverer(metrics=metrics)) as d:
                 await until("3 events delivered", lambda: len(receiver.accepted) == 3)
                 await until("the log acked", lambda: read_head(w.node.view).acked_seq == 3)
                 assert receiver.bad == [] and receiver.posts == 5  # 2 x 500, then 3 x 204
@@ -219,6 +222,16 @@ async def test_events_arrive_signed_failures_are_retried_and_the_log_is_acked(
                 assert all(
                     x.status is Status.DELIVERED for x in d.core.listing({w.endpoint.id}, 10, None)
                 )
+                text = metrics.exposition().decode()
+                for line in (
+                    't_webhook_deliveries_total{result="delivered"} 3.0',
+                    't_webhook_deliveries_total{result="retry"} 2.0',
+                    "t_webhook_queue_deliveries 0.0",
+                    "t_webhook_oldest_pending_age_seconds 0.0",
+                    "t_webhook_cursor_lag_events 0.0",
+                    "t_webhook_cursor_seq 3.0",
+                ):
+                    assert line in text, line
 
 
 async def test_a_timeout_is_an_attempt_that_failed(tmp_path: Path) -> None:
@@ -244,11 +257,15 @@ async def test_a_restart_resumes_the_queue_from_leveldb(tmp_path: Path) -> None:
             w.keyring = keyring_with(f"http://127.0.0.1:{rx.port}/hooks")
             receiver.secrets = w.endpoint.signing_secrets(0)
             pay(w.node)
-            async with running(w.deliverer()):
+            metrics = Metrics("t")
+            async with running(w.deliverer(metrics=metrics)):
                 await until(
                     "acked while undelivered", lambda: read_head(w.node.view).acked_seq == 3
                 )
                 await until("tried", lambda: receiver.posts >= 3)
+                text = metrics.exposition().decode()
+                assert "t_webhook_queue_deliveries 3.0" in text  # all pending, yet acked
+                assert "t_webhook_oldest_pending_age_seconds 0.0" not in text
             receiver.fail_first = 0  # back up; a new deliverer process on the same store
             async with running(w.deliverer()) as d:
                 await until("3 delivered after restart", lambda: len(receiver.accepted) == 3)
