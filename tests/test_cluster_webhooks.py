@@ -5,7 +5,8 @@ config without the allow-list entry. A Bridge swap storm drains the partner's re
 threshold: the log's ``reserve.low`` event arrives at the partner's aiohttp receiver signed
 (checked with ``verify_signature``), carrying the reserve as the API shows it, and the outbox
 on the log is acknowledged past it afterwards; the delivery is listed with its attempt through
-the partner API."""
+the partner API. And kill -9 of the delivering gateway after the log acknowledged an event
+still undelivered (its receiver down): restarted, it delivers the event from its LevelDB queue."""
 
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     config.write_text(
         plain + '\n[webhooks]\ndeliver = true\ndata_dir = "gateway-webhooks"\n'
         'allow_hosts = ["127.0.0.1"]\npoll_interval_s = 0.2\n'
+        # retries 2 s apart at first (the restart test waits for one); the span rule off
+        "base_delay_s = 2\nretry_span_s_min = 0\n"
     )
     local = LocalCluster(layout, ready_timeout_s=120)
     local.start()
@@ -62,9 +65,14 @@ class Receiver:
         self.secret = b""
         self.events: list[dict[str, Any]] = []
         self.refused: list[str] = []
+        self.down = False  # answer 500 to everything
+        self.failed_posts = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.down:
+            self.failed_posts += 1
+            return web.Response(status=500)
         try:
             verify_signature(
                 [self.secret], request.headers[SIGNATURE_HEADER], body, int(time.time()),
@@ -97,6 +105,66 @@ def partners_cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+async def _register(layout: Any, partner: str, rx: Receiver, port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/hooks"
+    added = partners_cli(
+        layout.gateway_config_path, "webhook", "add", "--partner", partner, "--url", url,
+        "--events", "reserve.low",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    endpoint: dict[str, Any] = json.loads(added.stdout)
+    rx.secret = bytes.fromhex(endpoint["secret"].removeprefix("whsec_"))
+    return endpoint
+
+
+async def _drain_reserve(c: LedgerClient, partner: str, code: str) -> None:
+    """A reserve of 10 BAAS with a 5 BAAS threshold, then 6 swaps of 1 BAAS: reserve.low."""
+    bridge = BridgeClient(c)
+    users = await _market(c, partner, code, 1, 10 * BAAS, threshold=5 * BAAS)
+    for i in range(6):
+        quote = (await _quote(c, code, users[0][1], "in", "100")).body
+        got = await bridge.swap(users[0][0], users[0][1], quote, key=f"swap-{i}")
+        assert got.body.get("status") == "succeeded", got
+
+
+def _outbox(local: LocalCluster) -> dict[str, Any] | None:
+    page: dict[str, Any] | None = node_get(
+        local, local.layout.nodes[0].name, "/internal/v1/payments/events"
+    )
+    return page
+
+
+async def test_a_kill_9_of_the_delivering_gateway_loses_no_acknowledged_event(
+    cluster: LocalCluster, receiver: tuple[Receiver, int]
+) -> None:
+    """The receiver is down; the event is queued at the gateway and the log acknowledges (and
+    forgets) it; kill -9 of the gateway; restarted, it delivers the event from its LevelDB
+    queue once the receiver is back."""
+    local, (rx, port) = cluster, receiver
+    layout = local.layout
+    key, secret = onboard_partner(layout, "shop-k")["test"]
+    await _register(layout, "shop-k", rx, port)
+    rx.down = True
+    c = LedgerClient(PartnerClient(layout.gateway_url, key, secret), attempts_max=20)
+    c.wait_s_max = 1.0
+    await _drain_reserve(c, "shop-k", "KPTS")
+    await wait_for("a failed attempt", lambda: rx.failed_posts >= 1, 90)
+
+    def all_acked() -> bool:
+        page = _outbox(local)
+        return page is not None and page["acked"] == page["next"] - 1 and page["data"] == []
+
+    await wait_for("the outbox acknowledged (the log forgot the event)", all_acked, 30)
+    local.kill("gateway")  # SIGKILL
+    rx.down = False
+    local.start_gateway()
+    await wait_for("the event delivered after the restart", lambda: rx.events, 90)
+    assert rx.refused == []
+    assert {e["type"] for e in rx.events} == {"reserve.low"}
+    assert len({e["id"] for e in rx.events}) == 1  # the same event (maybe more than once)
+    assert rx.events[0]["data"]["object"]["partner"] == "shop-k"
+
+
 async def test_a_reserve_low_event_arrives_signed_and_the_outbox_is_acked(
     cluster: LocalCluster, receiver: tuple[Receiver, int]
 ) -> None:
@@ -107,27 +175,15 @@ async def test_a_reserve_low_event_arrives_signed_and_the_outbox_is_acked(
     no_allow = str(Path(layout.gateway_config_path).parent / "gateway-no-allow.toml")
     refused = partners_cli(no_allow, "webhook", "add", "--partner", "shop-w", "--url", url)
     assert refused.returncode == 1 and "webhook_url_forbidden" in refused.stderr, refused
-    added = partners_cli(
-        layout.gateway_config_path, "webhook", "add", "--partner", "shop-w", "--url", url,
-        "--events", "reserve.low",
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
-    endpoint = json.loads(added.stdout)
+    endpoint = await _register(layout, "shop-w", rx, port)
     assert endpoint["secret"].startswith("whsec_") and endpoint["enabled_events"] == ["reserve.low"]
-    rx.secret = bytes.fromhex(endpoint["secret"].removeprefix("whsec_"))
     listed = partners_cli(layout.gateway_config_path, "webhook", "list", "--partner", "shop-w")
     assert "secret" not in json.loads(listed.stdout)["data"][0]  # shown once only
 
     c = LedgerClient(PartnerClient(layout.gateway_url, key, secret), attempts_max=20)
     c.wait_s_max = 1.0
-    bridge = BridgeClient(c)
-    users = await _market(c, "shop-w", "WPTS", 1, 10 * BAAS, threshold=5 * BAAS)
-    for i in range(6):  # 6 swaps of 1 BAAS: the reserve falls from 10 to below 5
-        quote = (await _quote(c, "WPTS", users[0][1], "in", "100")).body
-        got = await bridge.swap(users[0][0], users[0][1], quote, key=f"swap-{i}")
-        assert got.body.get("status") == "succeeded", got
-
-    await wait_for("the signed reserve.low event", lambda: rx.events, 60)
+    await _drain_reserve(c, "shop-w", "WPTS")
+    await wait_for("the signed reserve.low event", lambda: rx.events, 90)
     (event,) = rx.events
     assert rx.refused == []
     assert event["type"] == "reserve.low" and event["livemode"] is False
@@ -136,7 +192,7 @@ async def test_a_reserve_low_event_arrives_signed_and_the_outbox_is_acked(
     assert reserve["low"] is True and int(reserve["level"]) < 5 * BAAS
 
     def acked() -> bool:
-        page = node_get(local, layout.nodes[0].name, "/internal/v1/payments/events")
+        page = _outbox(local)
         return page is not None and page["acked"] >= event["sequence"]
 
     await wait_for("the outbox acknowledged past the event", acked, 30)
