@@ -118,6 +118,9 @@ def test_the_partners_cli_manages_endpoints(
     assert code == 0 and rotated["secret"] != made["secret"] and rotated["secrets_live"] == 2
     code, refused = cli("add", "--partner", "shop-a", "--url", "http://10.0.0.7/x")
     assert code == 1 and "webhook_url_forbidden" in refused["stderr"]
+    code, off = cli("disable", "--partner", "shop-a", "--id", made["id"])
+    assert code == 0 and off["status"] == "disabled"
+    assert cli("enable", "--partner", "shop-a", "--id", made["id"])[1]["status"] == "enabled"
     code, gone = cli("remove", "--partner", "shop-a", "--id", made["id"])
     assert code == 0 and gone["deleted"] is True
     assert cli("list", "--partner", "shop-a")[1]["data"] == []

@@ -14,7 +14,7 @@
     baas-partners --config D/gateway.toml webhook add --partner shop-x --url URL \
         [--events payment.captured,reserve.low | '*'] [--mode test|live]
     baas-partners --config D/gateway.toml webhook list --partner shop-x
-    baas-partners --config D/gateway.toml webhook remove --partner shop-x --id we_...
+    baas-partners --config D/gateway.toml webhook remove|enable|disable --partner shop-x --id we_...
     baas-partners --config D/gateway.toml webhook rotate-secret --partner shop-x --id we_... \
         [--overlap-s 86400]
 
@@ -83,6 +83,7 @@ from gateway.webhook_endpoints import (
     find,
     remove_endpoint,
     rotate_secret,
+    set_enabled,
 )
 from gateway.webhook_routes import change_endpoints, url_policy
 from node.errors import InvalidRequest, NotFound
@@ -262,6 +263,14 @@ async def _webhook_remove(ctx: _Context, args: argparse.Namespace) -> dict[str, 
     return {"id": args.id, "object": "webhook_endpoint", "deleted": True}
 
 
+async def _webhook_enable(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    enabled = args.webhook_command == "enable"
+    keyring = await _webhook_change(ctx, args.partner, lambda e: set_enabled(e, args.id, enabled))
+    return endpoint_object(
+        find(keyring.partner(args.partner).webhook_endpoints, args.id), _now_ms()
+    )
+
+
 async def _webhook_rotate(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
     fresh: list[bytes] = []
 
@@ -340,6 +349,11 @@ def _webhook_parser(commands: Any) -> None:
     remove.add_argument("--partner", required=True)
     remove.add_argument("--id", required=True)
     remove.set_defaults(run=_webhook_remove)
+    for name in ("enable", "disable"):
+        toggle = hook_commands.add_parser(name, help=f"{name} an endpoint (disabled: no events)")
+        toggle.add_argument("--partner", required=True)
+        toggle.add_argument("--id", required=True)
+        toggle.set_defaults(run=_webhook_enable)
     rotate = hook_commands.add_parser("rotate-secret", help="a new secret; prints it once")
     rotate.add_argument("--partner", required=True)
     rotate.add_argument("--id", required=True)
