@@ -205,8 +205,11 @@ class WebhookDeliverer:
         due = self.core.next_due_ms()
         if due is not None:
             wait_s = min(wait_s, max(0.0, due / 1000 - self._clock_s()))
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+        # races the wake-up, and then the deliverer would never stop (seen in a test).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=wait_s)
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
         self._wake.clear()
 
     async def step(self) -> None:
@@ -240,16 +243,24 @@ class WebhookDeliverer:
             self._read_due_s = 0.0  # a backlog: the next page at once
             self.wake()
         names = {partner_id(n).hex(): n for n in self._keyring().partners}
+        plan: list[tuple[dict[str, Any], str, Mode, list[WebhookEndpoint]]] = []
+        room = self.core.room()
         for event in page["data"]:
-            partner = names.get(event["partner"])
+            partner = names.get(event["partner"], "")
             mode = mode_of_ledger(int(event["ledger"]))
-            wanting = [] if partner is None else self._wanting(partner, event["type"], mode)
-            if len(wanting) > self.core.room():
-                return
-            targets: list[Target] = []
-            if wanting:
-                body = await self._body(event, partner or "", mode)
-                targets = [Target(e.id, body) for e in wanting]
+            wanting = self._wanting(partner, event["type"], mode) if partner else []
+            if len(wanting) > room:
+                break
+            room -= len(wanting)
+            plan.append((event, partner, mode, wanting))
+        # The objects of a page are read at once (one node read each), then queued in order.
+        bodies = await asyncio.gather(
+            *(self._body(e, p, m) for e, p, m, wanting in plan if wanting)
+        )
+        made = iter(bodies)
+        for event, _, _, wanting in plan:
+            body = next(made) if wanting else b""
+            targets = [Target(e.id, body) for e in wanting]
             self.core.enqueue(
                 int(event["seq"]), bytes.fromhex(event["id"]), targets, self._now_ms()
             )

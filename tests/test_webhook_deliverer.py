@@ -265,7 +265,7 @@ async def test_a_restart_resumes_the_queue_from_leveldb(tmp_path: Path) -> None:
                 await until("tried", lambda: receiver.posts >= 3)
                 text = metrics.exposition().decode()
                 assert "t_webhook_queue_deliveries 3.0" in text  # all pending, yet acked
-                assert "t_webhook_oldest_pending_age_seconds 0.0" not in text
+                assert "t_webhook_oldest_pending_age_seconds 0.0\n" not in text  # older than 0
             receiver.fail_first = 0  # back up; a new deliverer process on the same store
             async with running(w.deliverer()) as d:
                 await until("3 delivered after restart", lambda: len(receiver.accepted) == 3)
