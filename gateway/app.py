@@ -27,7 +27,9 @@ Routes (JSON; every error is a JSON problem with a stable ``code``):
   point assets, reserves, policies, quotes and swaps, :mod:`gateway.bridge_routes`
   (docs/bridge-guide.md); ``/v1/payment_intents``, ``/v1/payments...``, ``/v1/market/...``:
   merchant QR intents, payments and the Market, :mod:`gateway.payments_routes`
-  (docs/payments-guide.md).
+  (docs/payments-guide.md);
+  ``/v1/webhook_endpoints...`` and ``/v1/webhook_deliveries...``:
+  partners' webhooks, :mod:`gateway.webhook_routes` (docs/webhooks.md).
 * ``/v1/admin/partners...`` (operators) and ``GET /v1/audit`` (partners and operators):
   :mod:`gateway.admin_routes`.
 
@@ -85,6 +87,7 @@ from gateway.record_codec import canonical_record, open_record, sealed_wire
 from gateway.request_keys import API_VERSION as API_VERSION_KEY
 from gateway.request_keys import DEADLINE, MODE, PARTNER_KEYS, PRINCIPAL, REQUEST_ID
 from gateway.wallet_routes import add_wallet_routes
+from gateway.webhook_routes import add_webhook_routes
 from node.api.problem import parse_json_body, problem_middleware, problem_response
 from node.errors import (
     AuthenticationFailed,
@@ -509,6 +512,7 @@ def build_gateway_app(
     add_wallet_routes(app)
     add_bridge_routes(app)
     add_payments_routes(app)
+    add_webhook_routes(app, state)  # after nodes_ctx: the deliverer reads through the nodes
     app.router.add_get("/healthz", get_health)
     app.router.add_get(OPENAPI_PATH, get_openapi)
     app.router.add_get("/readyz", get_ready)

@@ -3,7 +3,8 @@
 Tables: ``[gateway]`` (listen address, keyring and master key files, node API token file),
 ``[[nodes]]`` (name and HTTP address of every node the gateway may use), ``[limits]`` (every
 bound a named ``_max`` field), ``[timeouts]`` and ``[dashboard]`` (the web dashboard: operator
-credentials file, the chain RPC its pages may call, session and sign-in bounds).
+credentials file, the chain RPC its pages may call, session and sign-in bounds) and
+``[webhooks]`` (the deliverer: :class:`WebhooksConfig`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from business.ledger.views import LIST_LIMIT_MAX
+from business.payments.delivery import DeliveryLimits
+from business.payments.webhooks import WebhookConfig
 from node.config import (
     build_dataclass,
     parse_host_port,
@@ -29,6 +32,7 @@ __all__ = [
     "GatewayLimits",
     "GatewayTimeouts",
     "NodeEndpoint",
+    "WebhooksConfig",
     "load_gateway_config",
 ]
 
@@ -179,6 +183,47 @@ class DashboardConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """``[webhooks]``: the URL rule every gateway applies, and the deliverer (docs/webhooks.md).
+
+    Exactly one gateway of a cluster should set ``deliver``: it reads the outbox, keeps the
+    local queue in ``data_dir`` (LevelDB) and acknowledges the log; two would deliver every
+    event twice (harmless for receivers that deduplicate, but twice the traffic).
+    """
+
+    deliver: bool = False
+    data_dir: Path | None = None  # required when deliver
+    # SSRF: hosts (as written in URLs, lower case) admitted although private or loopback,
+    # and the switch that admits every address (development only).
+    allow_hosts: tuple[str, ...] = ()
+    allow_private_addresses: bool = False
+    attempt_timeout_s: float = 10.0
+    poll_interval_s: float = 0.5  # how often the outbox is read when idle
+    events_page_max: int = 100  # events per outbox read (the node's cap is 1000)
+    body_bytes_max: int = 64 * 1024  # a payload larger than this is cut to the bare event
+    rotation_overlap_s: int = 86_400  # both secrets sign this long after a rotation
+    limits: DeliveryLimits = field(default_factory=DeliveryLimits)
+    schedule: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def validate(self) -> None:
+        require_positive_fields(
+            self,
+            "webhooks",
+            integers_only=False,
+            skip=("deliver", "data_dir", "allow_hosts", "allow_private_addresses", "limits",
+                  "schedule"),
+        )  # fmt: skip
+        if not isinstance(self.deliver, bool) or not isinstance(self.allow_private_addresses, bool):
+            raise ConfigError("webhooks.deliver and allow_private_addresses are true or false")
+        if self.deliver and self.data_dir is None:
+            raise ConfigError("webhooks.deliver needs webhooks.data_dir (the local queue)")
+        if self.events_page_max > 1000:
+            raise ConfigError("webhooks.events_page_max must be at most 1000 (the node's cap)")
+        if not all(isinstance(h, str) and h for h in self.allow_hosts):
+            raise ConfigError("webhooks.allow_hosts is a list of host names or addresses")
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     http_listen: str
     keyring_file: Path
@@ -192,6 +237,7 @@ class GatewayConfig:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     dashboard: DashboardConfig = field(default_factory=DashboardConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     @property
     def scheme(self) -> str:
@@ -208,6 +254,7 @@ class GatewayConfig:
         self.limits.validate()
         self.timeouts.validate()
         self.dashboard.validate()
+        self.webhooks.validate()
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -240,6 +287,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         tls_cert_file=resolve_path(base, cert, "gateway.tls_cert_file") if cert else None,
         tls_key_file=resolve_path(base, key, "gateway.tls_key_file") if key else None,
         dashboard=_dashboard_config(base, raw.get("dashboard", {})),
+        webhooks=_webhooks_config(base, raw.get("webhooks", {})),
     )
     config.validate()
     return config
@@ -251,3 +299,25 @@ def _dashboard_config(base: Path, table: dict[str, Any]) -> DashboardConfig:
         if name in values:
             values[name] = resolve_path(base, values[name], f"dashboard.{name}")
     return build_dataclass(DashboardConfig, values, "dashboard")
+
+
+def _webhooks_config(base: Path, table: dict[str, Any]) -> WebhooksConfig:
+    """``[webhooks]`` with its bounds inline: the delivery limits and the retry schedule's
+    fields (``base_delay_s``, ``attempts_max``, ...) sit in the one table."""
+    limit_names = set(DeliveryLimits.__dataclass_fields__)
+    schedule_names = set(WebhookConfig.__dataclass_fields__)
+    values = {k: v for k, v in table.items() if k not in limit_names | schedule_names}
+    if "data_dir" in values:
+        values["data_dir"] = resolve_path(base, values["data_dir"], "webhooks.data_dir")
+    if "allow_hosts" in values:
+        hosts = values["allow_hosts"]
+        if not isinstance(hosts, list):
+            raise ConfigError("webhooks.allow_hosts is a list of host names or addresses")
+        values["allow_hosts"] = tuple(str(h).lower() for h in hosts)
+    values["limits"] = build_dataclass(
+        DeliveryLimits, {k: v for k, v in table.items() if k in limit_names}, "webhooks"
+    )
+    values["schedule"] = build_dataclass(
+        WebhookConfig, {k: v for k, v in table.items() if k in schedule_names}, "webhooks"
+    )
+    return build_dataclass(WebhooksConfig, values, "webhooks")

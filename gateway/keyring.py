@@ -56,6 +56,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from business.identity.ids import Mode
+from gateway.webhook_endpoints import WebhookEndpoint, endpoints_from_json, endpoints_to_json
 from node.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -142,6 +143,8 @@ class PartnerKeys:
     data_keys: dict[str, bytes] = field(repr=False)
     active_data_key_id: str
     fingerprint_key: bytes = field(repr=False)
+    # Webhook endpoints and their signing secrets (gateway/webhook_endpoints.py): gateways only.
+    webhook_endpoints: tuple[WebhookEndpoint, ...] = field(default=(), repr=False)
 
     def data_key(self, key_id: str) -> bytes:
         try:
@@ -431,6 +434,11 @@ def _partner_to_json(p: PartnerKeys) -> dict[str, Any]:
         "data_keys": {kid: _b64(key) for kid, key in sorted(p.data_keys.items())},
         "active_data_key_id": p.active_data_key_id,
         "fingerprint_key": _b64(p.fingerprint_key),
+        **(
+            {"webhook_endpoints": endpoints_to_json(p.webhook_endpoints)}
+            if p.webhook_endpoints
+            else {}
+        ),
     }
 
 
@@ -442,6 +450,7 @@ def _partner_from_json(raw: dict[str, Any]) -> PartnerKeys:
             data_keys={str(k): _unb64(v, "data key") for k, v in raw["data_keys"].items()},
             active_data_key_id=str(raw["active_data_key_id"]),
             fingerprint_key=_unb64(raw["fingerprint_key"], "fingerprint key"),
+            webhook_endpoints=endpoints_from_json(raw.get("webhook_endpoints")),
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise UnsupportedFormat(f"keyring partner entry is malformed: {exc}") from exc

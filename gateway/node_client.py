@@ -330,12 +330,19 @@ class NodeClient:
         deadline: float,
         request_id: str | None,
         json_reply: bool = False,
+        json_body: bool = False,
         next_node_on: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         """Call nodes in turn until one answers; ``next_node_on``: statuses that send the
         call on to the next node too (a lagging node may not know a log entry yet)."""
         assert self._session is not None, "NodeClient.start() was not called"
-        data = msgpack.packb(body, use_bin_type=True) if body is not None else None
+        data = (
+            None
+            if body is None
+            else json.dumps(body).encode()
+            if json_body
+            else msgpack.packb(body, use_bin_type=True)
+        )
         last: BaasError = OperationFailed("no node is reachable", code="no_node_available")
         loop = asyncio.get_running_loop()
         for node in self._order():
@@ -344,7 +351,7 @@ class NodeClient:
                 raise DeadlineExceeded("the request's deadline passed before a node answered")
             headers = {DEADLINE_HEADER: str(max(1, int(remaining_s * 1000)))}
             if data is not None:
-                headers["Content-Type"] = MSGPACK
+                headers["Content-Type"] = "application/json" if json_body else MSGPACK
             if request_id is not None:
                 headers[REQUEST_ID_HEADER] = request_id
             self.node_calls += 1
@@ -538,6 +545,19 @@ class NodeClient:
         if isinstance(found, NotFound):
             raise found
         return found
+
+    async def payments_ack(self, upto: int, *, deadline: float) -> dict[str, Any]:
+        """The webhook deliverer acknowledges the outbox up to ``upto`` (any node proposes
+        ``payments.ack`` through the leader): ``{"code", "detail": {"acked", "first"}}``."""
+        return await self._call(
+            "POST",
+            "/internal/v1/payments/ack",
+            {"upto": upto},
+            deadline=deadline,
+            request_id=None,
+            json_reply=True,
+            json_body=True,
+        )
 
     # ----------------------------------------------------------------- ledger reads
 

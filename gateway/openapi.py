@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from business.payments.outbox import EventType
 from gateway.auth import HEADER_KEY, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 from node.merkle.receipt import (
     ANCHORS_FORMAT,
@@ -1820,6 +1821,100 @@ Idempotency-Key (or empty) and the hex SHA-256 of the body (`gateway/auth.py`,
 (`pk_live_...`), and every request is served in that mode; an operator credential (`ok_...`,
 signed the same way) may call only `/v1/admin/...` and `/v1/audit`."""
 
+
+# --- webhooks (gateway/webhook_routes.py, docs/webhooks.md) -------------------------------------
+_WEBHOOK_EVENT: Schema = {
+    "type": "string",
+    "enum": ["*", *sorted(t.api_name for t in EventType)],
+}
+_WEBHOOK_ENDPOINT_FIELDS: dict[str, Schema] = {
+    "id": {"type": "string", "pattern": "^we_[0-9a-f]{16}$"},
+    "object": {"const": "webhook_endpoint"},
+    "url": {"type": "string"},
+    "livemode": {"type": "boolean"},
+    "enabled_events": {"type": "array", "items": _WEBHOOK_EVENT},
+    "status": {"type": "string", "enum": ["enabled", "disabled"]},
+    "created_ms": UINT,
+    "secrets_live": UINT,
+    "secret": {
+        "type": "string",
+        "pattern": "^whsec_[0-9a-f]{64}$",
+        "description": "the signing secret: only in the answer that made it",
+    },
+}
+_NULLABLE_STRING: Schema = {"type": ["string", "null"]}
+SCHEMAS.update(
+    {
+        "WebhookEndpointCreate": _closed(
+            {
+                "url": {"type": "string"},
+                "enabled_events": {"type": "array", "items": _WEBHOOK_EVENT},
+            },
+            ["url"],
+        ),
+        "WebhookEndpointRotate": _closed({"overlap_s": UINT}, []),
+        "WebhookEndpoint": _closed(
+            _WEBHOOK_ENDPOINT_FIELDS, [k for k in _WEBHOOK_ENDPOINT_FIELDS if k != "secret"]
+        ),
+        "WebhookEndpointList": _list_of("WebhookEndpoint", "/v1/webhook_endpoints"),
+        "WebhookEndpointDeleted": _closed(
+            {
+                "id": {"type": "string"},
+                "object": {"const": "webhook_endpoint"},
+                "deleted": {"const": True},
+            }
+        ),
+        "WebhookDelivery": _closed(
+            {
+                "id": {"type": "string", "pattern": "^whd_[0-9]{1,19}$"},
+                "object": {"const": "webhook_delivery"},
+                "event": {"type": "string", "pattern": "^evt_[0-9a-f]{64}$"},
+                "event_sequence": UINT,
+                "endpoint": {"type": "string"},
+                "status": {"type": "string", "enum": ["pending", "delivered", "failed", "dropped"]},
+                "reason": _NULLABLE_STRING,
+                "created_ms": UINT,
+                "next_attempt_ms": {"type": ["integer", "null"]},
+                "attempts_total": UINT,
+                "attempts": {
+                    "type": "array",
+                    "items": _closed(
+                        {
+                            "at_ms": UINT,
+                            "status": UINT,
+                            "error": _NULLABLE_STRING,
+                            "duration_ms": UINT,
+                        }
+                    ),
+                },
+            }
+        ),
+        "WebhookDeliveryList": _closed(
+            {
+                "object": {"const": "list"},
+                "url": {"type": "string"},
+                "has_more": {"type": "boolean"},
+                "data": {"type": "array", "items": _ref("WebhookDelivery")},
+            }
+        ),
+    }
+)
+# Only the list is in the document for now: baas-fuzz (tests/test_fuzz_gateway.py) requires a
+# 2xx for every documented operation, and the others need FIXTURES rows (an endpoint to rotate
+# or delete, a delivering gateway with a delivery to list and resend) that do not exist yet.
+PATHS.update(
+    {
+        "/v1/webhook_endpoints": {
+            "get": _operation(
+                "listWebhookEndpoints",
+                "Your webhook endpoints of this mode (no secrets); the other webhook routes: "
+                "docs/webhooks.md",
+                {200: _json("WebhookEndpointList", "found")},
+                _SIGNED_ERRORS,
+            ),
+        },
+    }
+)
 
 OPERATOR_SIGNATURE_DESCRIPTION = f"""An operator credential (`ok_<operator>_...`, made by
 `baas-partners add-operator`) in `{HEADER_KEY}`, signed exactly like a partner request (see

@@ -100,6 +100,8 @@ async def test_the_payments_reads_answer_from_leveldb(tmp_path: Path) -> None:
             events = await get("/events?limit=3")
             assert [e["type"] for e in events["data"]] == ["payment.authorised"] * 3
             assert events["has_more"] and events["acked"] == 0 and events["next"] == 8
+            # whose each event is: the deliverer routes on it (the order's: its payment's)
+            assert {(e["partner"], e["ledger"]) for e in events["data"]} == {(SHOP.hex(), POINTS)}
             more = await get(f"/events?after={events['data'][-1]['seq']}")
             assert [e["type"] for e in more["data"]] == [
                 "payment.captured",
@@ -107,6 +109,7 @@ async def test_the_payments_reads_answer_from_leveldb(tmp_path: Path) -> None:
                 "order.placed",
                 "payment.authorised",
             ]
+            assert {(e["partner"], e["ledger"]) for e in more["data"]} == {(SHOP.hex(), POINTS)}
             node.apply(AppEntry(PAYMENTS_ACK, {"upto": 3}))
             acked = await get("/events")
             assert acked["acked"] == 3 and acked["data"][0]["seq"] == 4

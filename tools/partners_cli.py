@@ -11,6 +11,12 @@
         --role admin|viewer [--password-stdin]
     baas-partners --config D/gateway.toml dashboard-user remove --partner shop-x --name pat
     baas-partners --config D/gateway.toml dashboard-user list [--partner shop-x]
+    baas-partners --config D/gateway.toml webhook add --partner shop-x --url URL \
+        [--events payment.captured,reserve.low | '*'] [--mode test|live]
+    baas-partners --config D/gateway.toml webhook list --partner shop-x
+    baas-partners --config D/gateway.toml webhook remove|enable|disable --partner shop-x --id we_...
+    baas-partners --config D/gateway.toml webhook rotate-secret --partner shop-x --id we_... \
+        [--overlap-s 86400]
 
 It reads the gateway's config for the nodes, the node API token, the keyring and its master
 key (``BAAS_MASTER_KEY`` first, as for the gateway). ``onboard`` puts the partner on the log
@@ -23,6 +29,9 @@ asks for a password (or reads one line from stdin), stores its scrypt hash and a
 secret in ``[dashboard] partner_users_file`` and prints the TOTP secret once
 (:mod:`gateway.dashboard.partner_users`: roles, and why TOTP is required); adding a user that
 exists replaces (rotates) its credential, which ends its sessions.
+``webhook add`` registers a webhook endpoint in the keyring (the URL passes the gateway's
+``[webhooks]`` SSRF rule) and prints its signing secret ONCE; ``rotate-secret`` prints the new
+one, the old one signing too for ``--overlap-s`` (:mod:`gateway.webhook_endpoints`).
 Running gateways pick keyring changes up by themselves.
 
 Output is JSON on stdout. Refusals (a partner that exists, an unknown partner, no node
@@ -67,6 +76,16 @@ from gateway.partners import (
     read_partner,
     set_status,
 )
+from gateway.webhook_endpoints import (
+    WebhookEndpoint,
+    add_endpoint,
+    endpoint_object,
+    find,
+    remove_endpoint,
+    rotate_secret,
+    set_enabled,
+)
+from gateway.webhook_routes import change_endpoints, url_policy
 from node.errors import InvalidRequest, NotFound
 from tools.cli_exit import print_json_result
 from tools.dashboard_cli import read_password
@@ -209,6 +228,62 @@ async def _user_list(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
     return {"object": "list", "data": data, "has_more": False}
 
 
+async def _webhook_change(
+    ctx: _Context, partner: str, operation: Callable[..., tuple[WebhookEndpoint, ...]]
+) -> Keyring:
+    return await change_endpoints(
+        ctx.config.keyring_file, ctx.master_key, check_name(partner, "--partner"), operation
+    )
+
+
+async def _webhook_add(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    made: list[WebhookEndpoint] = []
+
+    def add(endpoints: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
+        events = [e.strip() for e in args.events.split(",") if e.strip()]
+        mode = parse_mode(args.mode, "--mode")
+        after, endpoint = add_endpoint(
+            endpoints, args.url, mode, events, url_policy(ctx.config), _now_ms()
+        )
+        made.append(endpoint)
+        return after
+
+    await _webhook_change(ctx, args.partner, add)
+    return endpoint_object(made[0], _now_ms(), secret_once=made[0].secrets[0].secret)
+
+
+async def _webhook_list(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    keys = ctx.keyring().partner(args.partner)
+    data = [endpoint_object(e, _now_ms()) for e in keys.webhook_endpoints]
+    return {"object": "list", "data": data, "has_more": False}
+
+
+async def _webhook_remove(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    await _webhook_change(ctx, args.partner, lambda e: remove_endpoint(e, args.id))
+    return {"id": args.id, "object": "webhook_endpoint", "deleted": True}
+
+
+async def _webhook_enable(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    enabled = args.webhook_command == "enable"
+    keyring = await _webhook_change(ctx, args.partner, lambda e: set_enabled(e, args.id, enabled))
+    return endpoint_object(
+        find(keyring.partner(args.partner).webhook_endpoints, args.id), _now_ms()
+    )
+
+
+async def _webhook_rotate(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
+    fresh: list[bytes] = []
+
+    def rotate(endpoints: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
+        after, secret = rotate_secret(endpoints, args.id, args.overlap_s, _now_ms())
+        fresh.append(secret.secret)
+        return after
+
+    keyring = await _webhook_change(ctx, args.partner, rotate)
+    endpoint = find(keyring.partner(args.partner).webhook_endpoints, args.id)
+    return endpoint_object(endpoint, _now_ms(), secret_once=fresh[0])
+
+
 Command = Callable[[_Context, argparse.Namespace], Awaitable[dict[str, Any]]]
 
 
@@ -254,7 +329,36 @@ def _parser() -> argparse.ArgumentParser:
     listing = user_commands.add_parser("list", help="users and roles (no secrets)")
     listing.add_argument("--partner")
     listing.set_defaults(run=_user_list)
+    _webhook_parser(commands)
     return parser
+
+
+def _webhook_parser(commands: Any) -> None:
+    hook = commands.add_parser("webhook", help="a partner's webhook endpoints")
+    hook_commands = hook.add_subparsers(dest="webhook_command", required=True)
+    add = hook_commands.add_parser("add", help="register an endpoint; prints its secret once")
+    add.add_argument("--partner", required=True)
+    add.add_argument("--url", required=True)
+    add.add_argument("--events", default="*", help="comma-separated event types, or *")
+    add.add_argument("--mode", choices=("test", "live"), default="test")
+    add.set_defaults(run=_webhook_add)
+    listing = hook_commands.add_parser("list", help="endpoints (no secrets)")
+    listing.add_argument("--partner", required=True)
+    listing.set_defaults(run=_webhook_list)
+    remove = hook_commands.add_parser("remove", help="remove an endpoint")
+    remove.add_argument("--partner", required=True)
+    remove.add_argument("--id", required=True)
+    remove.set_defaults(run=_webhook_remove)
+    for name in ("enable", "disable"):
+        toggle = hook_commands.add_parser(name, help=f"{name} an endpoint (disabled: no events)")
+        toggle.add_argument("--partner", required=True)
+        toggle.add_argument("--id", required=True)
+        toggle.set_defaults(run=_webhook_enable)
+    rotate = hook_commands.add_parser("rotate-secret", help="a new secret; prints it once")
+    rotate.add_argument("--partner", required=True)
+    rotate.add_argument("--id", required=True)
+    rotate.add_argument("--overlap-s", type=int, default=86_400, help="both secrets sign this long")
+    rotate.set_defaults(run=_webhook_rotate)
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:

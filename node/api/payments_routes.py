@@ -20,7 +20,9 @@ authorised payment past its window reads ``expired`` before any sweep ran.
   on); ``GET .../listings/{id}`` -> one listing
 * ``GET /internal/v1/payments/events?after=&limit=`` -> the outbox (:mod:`business.payments.
   outbox`) in order after sequence number ``after``: each event's ``id``, ``seq``, ``type``
-  (``payment.captured``, ...), ``object`` and ``log_time_ms``, and the head (``acked``,
+  (``payment.captured``, ...), ``object``, ``log_time_ms``, and whose it is: ``partner`` and
+  ``ledger`` (the payment's, an order's payment's, the reserve's; the deliverer routes on
+  them and takes the mode from the ledger), and the head (``acked``,
   ``dropped``, ``next``): the deliverer's cursor, kept on the log
 * ``GET /internal/v1/payments/digest`` -> ``{"applied_index", "digest", "keys"}`` over ``pm/``
 * ``POST /internal/v1/payments/ack`` ``{"upto": n}`` (JSON) -> ``{"code", "detail"}`` once the
@@ -49,11 +51,15 @@ from business.payments.model import (
     Listing,
     PaymentRecord,
     PaymentState,
+    decode_payment,
     listing_key,
+    payment_key,
 )
 from business.payments.outbox import (
     EVENT_PREFIX,
     PAYMENTS_ACK,
+    Event,
+    EventType,
     decode_event,
     event_key,
     read_head,
@@ -72,7 +78,7 @@ from node.api.identity_routes import read_forwarded
 from node.api.ledger_routes import LEDGER_READS, LedgerReads
 from node.api.wire import MSGPACK
 from node.consensus.payments_ops import PAYMENTS_CONFIG
-from node.consensus.state_machine import AppEntry, Applied
+from node.consensus.state_machine import AppEntry, Applied, StateView
 from node.errors import InvalidRequest, NotFound, NotLeader, OperationFailed
 
 __all__ = [
@@ -272,10 +278,22 @@ async def search_listings_route(request: web.Request) -> web.Response:
     )
 
 
+def event_owner(view: StateView, e: Event) -> tuple[bytes, int]:
+    """The partner and ledger an event concerns (16 zero bytes and 0 if its object is gone)."""
+    if e.type is EventType.RESERVE_LOW:  # object: the partner id + the BAAS ledger u32
+        return e.object[:16], int.from_bytes(e.object[16:20], "big")
+    raw = view.get(payment_key(e.object))  # an order and its payment share the id
+    if raw is None:
+        return bytes(16), 0
+    p = decode_payment(raw)
+    return p.partner, p.ledger
+
+
 async def list_events_route(request: web.Request) -> web.Response:
     after = _int(request.query.get("after"), "after", 0, _U64_MAX, default=0)
     limit = _int(request.query.get("limit"), "limit", 1, EVENTS_LIMIT_MAX, default=100)
     reads: LedgerReads = request.app[LEDGER_READS]
+    view = reads.view()
 
     def walk(items: Iterator[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -283,6 +301,7 @@ async def list_events_route(request: web.Request) -> web.Response:
             if key < event_key(after + 1):
                 continue
             e = decode_event(key, raw)
+            partner, ledger = event_owner(view, e)
             out.append(
                 {
                     "id": e.id.hex(),
@@ -290,6 +309,8 @@ async def list_events_route(request: web.Request) -> web.Response:
                     "type": e.type.api_name,
                     "object": e.object.hex(),
                     "log_time_ms": e.log_time_ms,
+                    "partner": partner.hex(),
+                    "ledger": ledger,
                 }
             )
             if len(out) == limit:
@@ -303,7 +324,7 @@ async def list_events_route(request: web.Request) -> web.Response:
         )
     else:
         applied, data = await asyncio.to_thread(reads.read_at, EVENT_PREFIX, walk)
-    head = read_head(reads.view())
+    head = read_head(view)
     return web.json_response(
         {
             "object": "list",
