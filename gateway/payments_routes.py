@@ -134,6 +134,8 @@ __all__ = [
     "PAYMENT_PREFIX",
     "PAYMENT_PROBLEMS",
     "add_payments_routes",
+    "order_object",
+    "payment_object",
     "payment_problem",
 ]
 
@@ -233,7 +235,11 @@ async def _asset(state: Any, ctx: LedgerContext, code: Any) -> tuple[int, int]:
 
 
 def _asset_name(ctx: LedgerContext, ledger: int) -> str:
-    return "baas" if ledger == ledger_number(ctx.mode, ASSET_INDEX_BAAS) else "points"
+    return _asset_name_in(ctx.mode, ledger)
+
+
+def _asset_name_in(mode: Mode, ledger: int) -> str:
+    return "baas" if ledger == ledger_number(mode, ASSET_INDEX_BAAS) else "points"
 
 
 async def _wallet_account(
@@ -292,13 +298,18 @@ async def _payment_doc(state: Any, ctx: LedgerContext, payment: bytes) -> dict[s
 
 
 def _payment_object(ctx: LedgerContext, doc: dict[str, Any]) -> dict[str, Any]:
+    return payment_object(ctx.mode, doc)
+
+
+def payment_object(mode: Mode, doc: dict[str, Any]) -> dict[str, Any]:
+    """A payment as the API shows it, from the node's read (also the webhooks' payload)."""
     ledger = int(doc["ledger"])
     return {
         "id": PAYMENT_PREFIX + doc["id"],
         "object": "payment",
-        "livemode": _livemode(ctx),
+        "livemode": mode == Mode.LIVE,
         "status": doc["state"],
-        "asset": _asset_name(ctx, ledger),
+        "asset": _asset_name_in(mode, ledger),
         "ledger": ledger,
         "amount": doc["amount"],
         "amount_captured": doc["captured"],
@@ -768,15 +779,22 @@ async def _order_op(
 
 def _order_object(ctx: LedgerContext, doc: dict[str, Any], payment: dict[str, Any] | None,
                   status: str | None = None) -> dict[str, Any]:  # fmt: skip
+    return order_object(ctx.mode, doc, payment, status)
+
+
+def order_object(
+    mode: Mode, doc: dict[str, Any], payment: dict[str, Any] | None, status: str | None = None
+) -> dict[str, Any]:
+    """An order as the API shows it, with its payment (also the webhooks' payload)."""
     return {
         "id": ORDER_PREFIX + doc["id"],
         "object": "market_order",
-        "livemode": _livemode(ctx),
+        "livemode": mode == Mode.LIVE,
         "status": status or doc["state"],
         "listing": LISTING_PREFIX + doc["listing"],
         "merchant": doc["merchant"],
         "quantity": int(doc["quantity"]),
-        "payment": None if payment is None else _payment_object(ctx, payment),
+        "payment": None if payment is None else payment_object(mode, payment),
     }
 
 

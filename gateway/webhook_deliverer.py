@@ -56,6 +56,7 @@ from business.payments.webhooks import sign_payload
 from gateway.config import WebhooksConfig
 from gateway.keyring import Keyring
 from gateway.node_client import NodeClient
+from gateway.payments_routes import order_object, payment_object
 from gateway.webhook_endpoints import UrlPolicy, WebhookEndpoint, address_allowed
 from node.api.bridge_routes import BRIDGE_PATH
 from node.api.payments_routes import PAYMENTS_PATH
@@ -290,13 +291,17 @@ class WebhookDeliverer:
     async def _object(self, event: dict[str, Any], partner: str) -> dict[str, Any] | None:
         """The event's object as the API shows it, read now (so: its state at delivery)."""
         kind, obj, pid = event["type"], event["object"], event["partner"]
-        if kind == "reserve.low":
-            path = f"{BRIDGE_PATH}/reserves/{pid}/{event['ledger']}?limit=1"
-        elif kind.startswith("order."):
-            path = f"{PAYMENTS_PATH}/orders/{obj}?partner={pid}"
-        else:
-            path = f"{PAYMENTS_PATH}/payments/{obj}?partner={pid}"
-        found = await self._nodes.ledger_read(path, deadline=self._deadline(), request_id=None)
+        if kind != "reserve.low":
+            # The payments API's own objects (ids with their prefixes, amounts as it names them).
+            mode = mode_of_ledger(int(event["ledger"]))
+            payment = await self._read(f"{PAYMENTS_PATH}/payments/{obj}?partner={pid}")
+            if payment is None:
+                return None
+            if not kind.startswith("order."):
+                return payment_object(mode, payment)
+            order = await self._read(f"{PAYMENTS_PATH}/orders/{obj}?partner={pid}")
+            return None if order is None else order_object(mode, order, payment)
+        found = await self._read(f"{BRIDGE_PATH}/reserves/{pid}/{event['ledger']}?limit=1")
         if found is None:
             return None
         shown = {k: v for k, v in found.items() if k not in ("applied_index", "history")}
@@ -305,6 +310,12 @@ class WebhookDeliverer:
         if kind == "reserve.low":
             shown["ledger"] = int(event["ledger"])
         return shown
+
+    async def _read(self, path: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = await self._nodes.ledger_read(
+            path, deadline=self._deadline(), request_id=None
+        )
+        return found
 
     async def flush(self) -> None:
         """Persist what changed, then acknowledge the durable cursor (the written order)."""

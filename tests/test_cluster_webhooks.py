@@ -25,12 +25,13 @@ from aiohttp.test_utils import TestServer
 from nodeapi import node_get, wait_for
 from test_cluster_bridge_api import _quote
 from test_cluster_bridge_storm import BAAS, _market
+from test_cluster_payments_api import U, _first, _pay, _user
 
 from business.payments.webhooks import WebhookConfig, verify_signature
 from gateway.webhook_deliverer import SIGNATURE_HEADER
 from tools.client import PartnerClient
 from tools.cluster_init import init_cluster
-from tools.ledger_client import BridgeClient, LedgerClient
+from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
 from tools.local_cluster import LocalCluster
 from tools.local_partners import onboard_partner
 
@@ -105,11 +106,13 @@ def partners_cli(config: str, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-async def _register(layout: Any, partner: str, rx: Receiver, port: int) -> dict[str, Any]:
+async def _register(
+    layout: Any, partner: str, rx: Receiver, port: int, events: str = "reserve.low"
+) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/hooks"
     added = partners_cli(
         layout.gateway_config_path, "webhook", "add", "--partner", partner, "--url", url,
-        "--events", "reserve.low",
+        "--events", events,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     endpoint: dict[str, Any] = json.loads(added.stdout)
@@ -201,3 +204,38 @@ async def test_a_reserve_low_event_arrives_signed_and_the_outbox_is_acked(
     (delivery,) = page.body["data"]
     assert delivery["status"] == "delivered" and delivery["event"] == event["id"]
     assert [a["status"] for a in delivery["attempts"]] == [200]
+
+
+async def test_payment_events_arrive_with_the_payment_as_the_api_shows_it(
+    cluster: LocalCluster, receiver: tuple[Receiver, int]
+) -> None:
+    """A payment authorised with the user's approval and captured in part through the Payment
+    API: its two events arrive signed, in order, each carrying the payment as
+    ``GET /v1/payments/{id}`` shows it then (events of types not subscribed stay away)."""
+    local, (rx, port) = cluster, receiver
+    layout = local.layout
+    key, secret = onboard_partner(layout, "shop-y")["test"]
+    await _register(layout, "shop-y", rx, port, events="payment.authorised,payment.captured")
+    c = LedgerClient(PartnerClient(layout.gateway_url, key, secret), attempts_max=20)
+    c.wait_s_max = 1.0
+    float_account = await _first(c)
+    carol = UserWallet(bytes([21] * 32))
+    await _user(c, "shop-y", float_account, carol, "carol", str(1000 * U))
+    paid = await _pay(c, carol, {"user": "carol", "amount": str(300 * U)}, "pay-y-1")
+    assert paid.status == 201 and paid.body["status"] == "authorised", paid
+    payment = paid.body["id"]
+    path = f"/v1/payments/{payment}"
+    captured = await c.call("POST", path + "/capture", {"amount": str(200 * U)}, key="cap-y-1")
+    assert captured.status == 201, captured
+    refunded = await c.call("POST", path + "/refunds",
+                          {"amount": str(50 * U)}, key="ref-y-1")  # fmt: skip
+    assert refunded.status == 201, refunded  # payment.refunded: not subscribed
+    await wait_for("both payment events", lambda: len(rx.events) >= 2, 90)
+    assert rx.refused == []
+    by_type = {e["type"]: e for e in rx.events}
+    assert set(by_type) == {"payment.authorised", "payment.captured"}, rx.events
+    assert by_type["payment.authorised"]["sequence"] < by_type["payment.captured"]["sequence"]
+    for event in rx.events:
+        assert event["livemode"] is False and event["data"]["object"]["id"] == payment
+    shown = by_type["payment.captured"]["data"]["object"]
+    assert shown["amount_captured"] == str(200 * U) and shown["object"] == "payment", shown
