@@ -10,6 +10,7 @@ still undelivered (its receiver down): restarted, it delivers the event from its
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -215,10 +216,23 @@ async def test_payment_events_arrive_with_the_payment_as_the_api_shows_it(
     local, (rx, port) = cluster, receiver
     layout = local.layout
     key, secret = onboard_partner(layout, "shop-y")["test"]
-    await _register(layout, "shop-y", rx, port, events="payment.authorised,payment.captured")
+    endpoint = await _register(
+        layout, "shop-y", rx, port, events="payment.authorised,payment.captured"
+    )
     c = LedgerClient(PartnerClient(layout.gateway_url, key, secret), attempts_max=20)
     c.wait_s_max = 1.0
     float_account = await _first(c)
+
+    async def endpoint_known() -> bool:
+        # The gateway matches events to the endpoints it knows when it reads them: one it has
+        # not loaded from the keyring yet would miss them (rightly, as a later endpoint would).
+        listed = await c.call("GET", "/v1/webhook_endpoints")
+        return listed.status == 200 and endpoint["id"] in {e["id"] for e in listed.body["data"]}
+
+    deadline = time.monotonic() + 60
+    while not await endpoint_known():
+        assert time.monotonic() < deadline, "the gateway never loaded the endpoint"
+        await asyncio.sleep(0.5)
     carol = UserWallet(bytes([21] * 32))
     await _user(c, "shop-y", float_account, carol, "carol", str(1000 * U))
     paid = await _pay(c, carol, {"user": "carol", "amount": str(300 * U)}, "pay-y-1")

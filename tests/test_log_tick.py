@@ -117,5 +117,12 @@ async def test_no_tick_while_entries_keep_committing(
         await asyncio.sleep(INTERVAL_MS / 4000)
     first_op, last_op = machine.ops[0].index, machine.ops[-1].index
     ticks_while_busy = [p for p in machine.ticks if first_op < p.index < last_op]
-    assert ticks_while_busy == [], ticks_while_busy
+    # A tick among them is a fault only if the leader was not idle for an interval before it
+    # (on a loaded box one proposal's round trip can itself exceed the interval: then the
+    # leader rightly ticks). Leader-stamped times, one clock: the check cannot be fooled.
+    for tick in ticks_while_busy:
+        before = max((op for op in machine.ops if op.index < tick.index), key=lambda p: p.index)
+        idle_ms = tick.leader_time_ms - before.leader_time_ms
+        assert idle_ms >= INTERVAL_MS - 20, (tick, before)
+    assert len(ticks_while_busy) <= len(machine.ops) // 10, ticks_while_busy  # mostly busy
     assert len(machine.ops) >= 10

@@ -128,6 +128,10 @@ ONBOARD_WAIT_S = 120.0
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 # The ledger's objects made in setup, as the fuzzing partner in test mode (through the API).
 LEDGER_ACCOUNTS = 3  # accounts opened; the first is funded from the faucet and pays the rest
+PAYMENT_UNIT = 10**16  # 0.01 BAAS: a QR carries at most 13 characters, so 10^-12 at the finest
+LISTING: tuple[tuple[str, Any], ...] = (
+    ("title", "Fuzz mug"), ("price", str(PAYMENT_UNIT)), ("stock", 1000),
+)  # fmt: skip
 FUND_AMOUNT = 10**30  # test BAAS (minor units) in the first account: fuzzing never drains it
 PENDING_TRANSFERS = 8  # two-phase transfers made for each of post and void (each resolves once)
 PENDING_AMOUNT = 10**6  # what each reserves
@@ -221,6 +225,33 @@ class BridgeFixtures:
     token: str = "0x" + "fa" * 20  # a token it registered (log feature 12), with a policy
 
 
+Made = tuple[str, tuple[tuple[str, Any], ...]]  # (idempotency key, body) of a setup write
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsFixtures:
+    """The fuzzing partner's payments and Market objects (test mode). The defaults name
+    objects that do not exist (a gateway without nodes); the cluster setup makes them through
+    the Payment API. Each write that needs an existing object in a given state (a capture, a
+    void, a refund, an order step) is setup's own, sent again under its key: its 2xx."""
+
+    intent_id: str = "pi_" + "ab" * 32
+    payment_id: str = "pay_" + "ab" * 32  # authorised, captured in part, refunded in part
+    voided_id: str = "pay_" + "cd" * 32
+    payment: Made = ("", ())  # the approved server-side authorisation
+    capture: Made = ("", ())
+    void: Made = ("", ())
+    refund: Made = ("", ())
+    listing_id: str = "lst_" + "ab" * 32
+    listing: tuple[tuple[str, Any], ...] = ()
+    order_id: str = "ord_" + "ab" * 32  # placed, fulfilled, refunded in part
+    cancelled_id: str = "ord_" + "cd" * 32
+    order: Made = ("", ())
+    fulfil: Made = ("", ())
+    cancel: Made = ("", ())
+    order_refund: Made = ("", ())
+
+
 @dataclass(frozen=True, slots=True)
 class Fixtures:
     """Objects made before fuzzing, which valid requests may name."""
@@ -235,6 +266,7 @@ class Fixtures:
     ledger: LedgerFixtures
     chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
     bridge: BridgeFixtures = BridgeFixtures()
+    payments: PaymentsFixtures = PaymentsFixtures()
 
 
 # case attribute ("path_parameters", "query", "body") -> values merged into what was generated
@@ -347,6 +379,17 @@ def _replay(made: tuple[str, tuple[tuple[str, Any], ...]], rng: random.Random) -
     return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)}
 
 
+def _replay_always(made: Made) -> Overrides:
+    """Setup's approved write again under its own key (the user's approval binds the key)."""
+    key, body = made
+    return {"headers": {IDEMPOTENCY_HEADER: key}, "body": dict(body)} if key else {}
+
+
+def _step(object_id: str, made: Made) -> Overrides:
+    """A step on one of setup's objects: setup's own, sent again under its key."""
+    return {"path_parameters": {"id": object_id}, **_replay_always(made)}
+
+
 def _redeem(f: Fixtures, rng: random.Random) -> Overrides:
     replay = _replay(f.bridge.redemption, rng)
     return {**_asset(f), **replay} if replay else _points(f, rng)
@@ -452,6 +495,9 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
         "body": {"transfers": _chain(f, rng, keyed=False), "approvals": _DROP}
     },
     "createLedgerTransfers": lambda f, rng: {"body": {"transfers": _chain(f, rng, keyed=True)}},
+    "previewLedgerLinkedTransfers": lambda f, rng: {
+        "body": {"transfers": _chain(f, rng, keyed=False)}
+    },
     "postLedgerTransfer": _post,
     "voidLedgerTransfer": lambda f, rng: _path_id(rng, f.ledger.pending_to_void),
     "createWalletLink": _new_link,
@@ -499,6 +545,46 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "createBridgeSwap": lambda f, rng: _replay(f.bridge.swap, rng) or _swap(f),
     "getBridgeSwap": lambda f, rng: _path_id(rng, f.bridge.swap_ids),
     "createBridgeSwaps": _swap_batch,
+    # payments and the Market: setup's objects; state-changing steps are setup's own again
+    "createPaymentIntent": lambda f, rng: {
+        "body": {
+            "amount": str(rng.randint(1, 9) * PAYMENT_UNIT),
+            "reference": f"fz-{rng.getrandbits(40):010x}",
+            "expires_at": int(time.time()) + 3600,
+            "name": "Fuzz Shop",
+            "city": "Berlin",
+            "asset": _DROP,
+            "country": _DROP,
+            "category": _DROP,
+        }
+    },
+    "getPaymentIntent": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
+    "getPaymentIntentSvg": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
+    "getPaymentIntentPng": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
+    "previewPayment": lambda f, rng: {
+        "body": {"user": f.ledger.linked_user, "amount": str(PAYMENT_UNIT), "qr": _DROP}
+    },
+    "createPayment": lambda f, rng: _replay_always(f.payments.payment),
+    "getPayment": lambda f, rng: {"path_parameters": {"id": f.payments.payment_id}},
+    "listPayments": lambda f, rng: {"query": {"starting_after": _DROP, "limit": _DROP}},
+    "capturePayment": lambda f, rng: _step(f.payments.payment_id, f.payments.capture),
+    "voidPayment": lambda f, rng: _step(f.payments.voided_id, f.payments.void),
+    "refundPayment": lambda f, rng: _step(f.payments.payment_id, f.payments.refund),
+    "createMarketListing": lambda f, rng: {"body": dict(f.payments.listing or LISTING)},
+    "searchMarketListings": lambda f, rng: {"query": {"page": _DROP}},
+    "getMarketListing": lambda f, rng: {"path_parameters": {"id": f.payments.listing_id}},
+    "updateMarketListing": lambda f, rng: {
+        "path_parameters": {"id": f.payments.listing_id},
+        "body": dict(f.payments.listing or LISTING),
+    },
+    "previewMarketOrder": lambda f, rng: {
+        "body": {"listing": f.payments.listing_id, "quantity": 1, "user": f.ledger.linked_user}
+    },
+    "createMarketOrder": lambda f, rng: _replay_always(f.payments.order),
+    "getMarketOrder": lambda f, rng: {"path_parameters": {"id": f.payments.order_id}},
+    "fulfilMarketOrder": lambda f, rng: _step(f.payments.order_id, f.payments.fulfil),
+    "cancelMarketOrder": lambda f, rng: _step(f.payments.cancelled_id, f.payments.cancel),
+    "refundMarketOrder": lambda f, rng: _step(f.payments.order_id, f.payments.order_refund),
 }
 
 
@@ -1066,6 +1152,76 @@ def _make_bridge_objects(
     )
 
 
+def _made(key: str, body: dict[str, Any]) -> Made:
+    return key, tuple(body.items())
+
+
+def _make_payments_objects(
+    session: requests.Session, gateway_url: str, ledger: LedgerFixtures, tag: str, chain_id: int
+) -> PaymentsFixtures:
+    """As the fuzzing partner, through the Payment API: a QR intent; a payment its linked user
+    approved, captured in part and refunded in part; another voided; a listing of its own;
+    an order the user approved, fulfilled and refunded in part; another cancelled."""
+    user = UserWallet(_private_key(random.Random(tag)), chain_id)  # as _make_ledger_objects
+    credit = {"debit_account": ledger.accounts[0], "credit_user": ledger.linked_user,
+              "amount": str(10**6 * PAYMENT_UNIT), "code": 1}  # fmt: skip
+    _ledger_call(session, gateway_url, "/v1/ledger/transfers", credit, f"fuzz-{tag}-pay-fund")
+    intent = _ledger_call(session, gateway_url, "/v1/payment_intents", {
+        "amount": str(100 * PAYMENT_UNIT), "reference": f"fuzz-{tag}",
+        "expires_at": int(time.time()) + 3600, "name": "Fuzz Shop", "city": "Berlin",
+    }, f"fuzz-{tag}-intent")  # fmt: skip
+
+    def approved(path: str, body: dict[str, Any], key: str) -> tuple[Any, Made]:
+        shown = _ledger_call(session, gateway_url, path + "/preview", body, key)
+        signed = {**body, "approvals": user.approve(shown)}
+        return _ledger_call(session, gateway_url, path, signed, key), _made(key, signed)
+
+    def step(path: str, body: dict[str, Any], key: str) -> Made:
+        _ledger_call(session, gateway_url, path, body, key)
+        return _made(key, body)
+
+    authorise = {"user": ledger.linked_user, "amount": str(100 * PAYMENT_UNIT)}
+    paid, payment = approved("/v1/payments", authorise, f"fuzz-{tag}-pay")
+    pid = str(paid["id"])
+    capture = step(f"/v1/payments/{pid}/capture", {"amount": str(60 * PAYMENT_UNIT)},
+                   f"fuzz-{tag}-capture")  # fmt: skip
+    refund = step(f"/v1/payments/{pid}/refunds", {"amount": str(PAYMENT_UNIT)},
+                  f"fuzz-{tag}-refund")  # fmt: skip
+    voided, _ = approved("/v1/payments", authorise, f"fuzz-{tag}-pay-void")
+    vid = str(voided["id"])
+    void = step(f"/v1/payments/{vid}/void", {}, f"fuzz-{tag}-void")
+    listing_body = dict(LISTING)
+    listing = _ledger_call(session, gateway_url, "/v1/market/listings", listing_body,
+                           f"fuzz-{tag}-listing")  # fmt: skip
+    lid = str(listing["id"])
+    buy = {"listing": lid, "quantity": 1, "user": ledger.linked_user}
+    placed, order = approved("/v1/market/orders", buy, f"fuzz-{tag}-order")
+    oid = str(placed["id"])
+    fulfil = step(f"/v1/market/orders/{oid}/fulfil", {}, f"fuzz-{tag}-fulfil")
+    order_refund = step(f"/v1/market/orders/{oid}/refunds", {"amount": "1"},
+                        f"fuzz-{tag}-order-refund")  # fmt: skip
+    other, _ = approved("/v1/market/orders", buy, f"fuzz-{tag}-order-cancel")
+    cid = str(other["id"])
+    cancel = step(f"/v1/market/orders/{cid}/cancel", {}, f"fuzz-{tag}-cancel")
+    return PaymentsFixtures(
+        intent_id=str(intent["id"]),
+        payment_id=pid,
+        voided_id=vid,
+        payment=payment,
+        capture=capture,
+        void=void,
+        refund=refund,
+        listing_id=lid,
+        listing=tuple(listing_body.items()),
+        order_id=oid,
+        cancelled_id=cid,
+        order=order,
+        fulfil=fulfil,
+        cancel=cancel,
+        order_refund=order_refund,
+    )
+
+
 def make_fixtures(
     gateway_url: str,
     credentials: Mapping[str, ApiCredential],
@@ -1087,6 +1243,7 @@ def make_fixtures(
         anchored, batches = _anchored(session, gateway_url, ids)
         ledger = _make_ledger_objects(session, gateway_url, name, tag, chain_id)
         bridge = _make_bridge_objects(session, gateway_url, ledger, tag, chain_id)
+        payments = _make_payments_objects(session, gateway_url, ledger, tag, chain_id)
     fixtures = Fixtures(
         record_ids=ids,
         anchored_record_ids=anchored,
@@ -1098,6 +1255,7 @@ def make_fixtures(
         ledger=ledger,
         chain_id=chain_id,
         bridge=bridge,
+        payments=payments,
     )
     return fixtures, {**credentials, PARTNER_SIGNATURE: own}
 
