@@ -52,6 +52,7 @@ from tools.chaos import (
     Writer,
     _leader,
     _load_average,
+    open_loop,
     wipe_and_rejoin,
 )
 from tools.chaos_check import check_repair, latency_summary
@@ -114,17 +115,12 @@ class Reader:
             self.failed[phase] = self.failed.get(phase, 0) + 1
 
     async def paced(self, rate: float, stop: asyncio.Event) -> None:
-        started, i = time.monotonic(), 0
-        while not stop.is_set():
-            due = started + i / rate
-            if due > time.monotonic():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), due - time.monotonic())
-                continue
-            i += 1
-            task = asyncio.create_task(self._read_one())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        await open_loop(rate, stop, self._start_read)
+
+    def _start_read(self) -> None:
+        task = asyncio.create_task(self._read_one())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         if self._tasks:

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -94,7 +94,7 @@ from tools.local_partners import onboard_partner
 from tools.members import rejoin
 from tools.status import read_token
 
-__all__ = ["ChaosSettings", "main", "run_chaos"]
+__all__ = ["ChaosSettings", "main", "open_loop", "run_chaos"]
 
 PARTNER = "chaos-shop"
 LEDGER_PARTNER = "chaos-ledger"  # onboarded on the log: the ledger refuses unknown partners
@@ -174,6 +174,21 @@ class NodeApi:
             return None
 
 
+async def open_loop(rate: float, stop: asyncio.Event, start: Callable[[], None]) -> None:
+    """Open loop: slot i is due at i / rate (late ones go at once), whatever the answers;
+    ``start()`` runs for each slot until ``stop`` is set. The chaos writer and the repair
+    benchmark's reader both pace this way."""
+    started, i = time.monotonic(), 0
+    while not stop.is_set():
+        due = started + i / rate
+        if due > time.monotonic():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), due - time.monotonic())
+            continue
+        i += 1
+        start()
+
+
 class Writer:
     """Paced single-record writes through the gateway; remembers every acknowledged one."""
 
@@ -244,21 +259,16 @@ class Writer:
         return (len(self.acks) - before) / (time.monotonic() - started)
 
     async def paced(self, rate: float, stop: asyncio.Event) -> None:
-        """Open loop: write number i is due at i / rate; late ones go at once."""
-        started, i = time.monotonic(), 0
-        while not stop.is_set():
-            due = started + i / rate
-            if due > time.monotonic():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), due - time.monotonic())
-                continue
-            i += 1
-            if len(self._tasks) >= self._settings.inflight_max:
-                self.skipped[self.phase] += 1
-                continue
-            task = asyncio.create_task(self.write_one())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        """Open loop at ``rate`` writes/s (:func:`open_loop`), at most ``inflight_max`` at once."""
+        await open_loop(rate, stop, self._start_write)
+
+    def _start_write(self) -> None:
+        if len(self._tasks) >= self._settings.inflight_max:
+            self.skipped[self.phase] += 1
+            return
+        task = asyncio.create_task(self.write_one())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
         if self._tasks:
