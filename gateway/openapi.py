@@ -1256,6 +1256,11 @@ SCHEMAS["LedgerLinkedPreview"] = _closed(
 
 
 def _bridge_preview(kind: str, name: str, inner: str) -> Schema:
+    return request_preview(kind, name, inner, "the Bridge request", "business/bridge/wire.py")
+
+
+def request_preview(kind: str, name: str, inner: str, request: str, wire: str) -> Schema:
+    """A preview of an operation carrying one request (Bridge, payments): what the user signs."""
     return _closed(
         {
             "object": {"const": kind},
@@ -1264,8 +1269,8 @@ def _bridge_preview(kind: str, name: str, inner: str) -> Schema:
             "request": {
                 "type": "string",
                 "pattern": "^([0-9a-f]{2})+$",
-                "description": "the Bridge request as the log carries it "
-                "(business/bridge/wire.py): with `operation`, what `digest` covers",
+                "description": f"{request} as the log carries it "
+                f"({wire}): with `operation`, what `digest` covers",
             },
             "digest": {**HEX0X64, "description": "operation_digest(operation, request)"},
             name: _ref(inner),

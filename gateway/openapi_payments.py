@@ -11,7 +11,6 @@ from typing import Any
 
 from gateway.openapi import (
     _APPROVALS,
-    _APPROVALS_REQUIRED,
     _IDEMPOTENCY_HEADER,
     _LEDGER_ERRORS,
     _LEDGER_KEY,
@@ -19,7 +18,6 @@ from gateway.openapi import (
     _SIGNED_ERRORS,
     AMOUNT,
     DIGITS,
-    HEX0X64,
     HEX64,
     PATHS,
     SCHEMAS,
@@ -34,6 +32,7 @@ from gateway.openapi import (
     _path_param,
     _ref,
     _string_query,
+    request_preview,
 )
 
 __all__: list[str] = []
@@ -57,22 +56,7 @@ _ORDER_STATUS: Schema = {
 
 
 def _preview(kind: str, name: str, inner: str) -> Schema:
-    return _closed(
-        {
-            "object": {"const": kind},
-            "livemode": _LIVEMODE,
-            "operation": {**HEX64, "description": "the record id the operation will have"},
-            "request": {
-                "type": "string",
-                "pattern": "^([0-9a-f]{2})+$",
-                "description": "the payments request as the log carries it "
-                "(business/payments/wire.py): with `operation`, what `digest` covers",
-            },
-            "digest": {**HEX0X64, "description": "operation_digest(operation, request)"},
-            name: _ref(inner),
-            "approvals_required": _APPROVALS_REQUIRED,
-        }
-    )
+    return request_preview(kind, name, inner, "the payments request", "business/payments/wire.py")
 
 
 _PAYMENT_FIELDS: dict[str, Schema] = {
