@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
@@ -115,6 +115,29 @@ def approve(signer: SimUser, record_id: bytes, raw: bytes, deadline_s: int) -> b
     message = eip712.Approve(T, operation_digest(record_id, raw), signer.address, deadline_s)
     signed = SignedApproval(signer.address, deadline_s, sign_typed(signer.key, message))
     return encode_approvals([signed])
+
+
+class SetupPhased(Protocol):
+    """A workload that runs its set-up steps in order, then draws at random."""
+
+    step: int  # the next set-up step (all done: the random phase)
+    waiting: dict[int, int]  # seq -> its set-up step
+    results: dict[str, int]  # first outcomes, by result code
+    seen: set[int]
+
+
+def count_first_outcome(w: SetupPhased, seq: int, outcome: Mapping[str, Any] | None) -> str | None:
+    """Count operation ``seq``'s first outcome and move past its set-up step if it took;
+    its result code, or None for a retry (the same sticky outcome, counted once)."""
+    if seq in w.seen:
+        return None
+    w.seen.add(seq)
+    result = str((outcome or {}).get("result"))
+    w.results[result] = w.results.get(result, 0) + 1
+    step = w.waiting.pop(seq, None)
+    if step == w.step and result == "ok":
+        w.step += 1
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,14 +264,7 @@ class BridgeWorkload:
         return self._op("policy", p, u, record_id, rng, view)
 
     def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
-        if seq in self.seen:
-            return  # a retry: the same (sticky) outcome, counted once
-        self.seen.add(seq)
-        result = str((outcome or {}).get("result"))
-        self.results[result] = self.results.get(result, 0) + 1
-        step = self.waiting.pop(seq, None)
-        if step == self.step and result == "ok":
-            self.step += 1
+        count_first_outcome(self, seq, outcome)
 
     def _op(
         self,

@@ -76,6 +76,7 @@ from node.sim.bridge_load import (
     SimPartner,
     SimUser,
     approve,
+    count_first_outcome,
     sign_typed,
 )
 from node.sim.ledger_load import CommittedView, OpFields
@@ -249,14 +250,9 @@ class PaymentsWorkload:
         return credited
 
     def on_outcome(self, seq: int, outcome: Mapping[str, Any] | None) -> None:
-        if seq in self.seen:
-            return  # a retry: the same (sticky) outcome, counted once
-        self.seen.add(seq)
-        result = str((outcome or {}).get("result"))
-        self.results[result] = self.results.get(result, 0) + 1
-        step = self.waiting.pop(seq, None)
-        if step == self.step and result == "ok":
-            self.step += 1
+        result = count_first_outcome(self, seq, outcome)
+        if result is None:
+            return
         kind, op, p = self.kinds.get(seq, ("", b"", self.partners[0]))
         if kind in ("deposit_again", "redeem"):  # a duplicate deposit's, a code's outcomes
             key = f"{kind}_{result}"
