@@ -64,6 +64,11 @@ class GatewayLimits:
     ledger_list_limit_max: int = 100
     ledger_list_node_calls_max: int = 8
     inflight_requests_max: int = 512
+    # Connections the kernel queues for the gateway before it accepts them (capped by the
+    # kernel's net.core.somaxconn). aiohttp's default, 128, overflows when hundreds of clients
+    # connect at once: the kernel drops their SYNs and each retries after 1 s, then 3 s (a CI
+    # run's overload test saw admitted p99 5.6 s that way, with the gateway's queues short).
+    listen_backlog_max: int = 2048
     node_connections_max: int = 64
     replay_cache_entries_max: int = 200_000
     signature_window_s: int = 300

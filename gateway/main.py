@@ -89,7 +89,9 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGHUP, _on_sighup, config, reloader, tls)
     try:
         host, port = parse_host_port(config.http_listen, "gateway.http_listen")
-        await web.TCPSite(runner, host, port, ssl_context=tls).start()
+        await web.TCPSite(
+            runner, host, port, ssl_context=tls, backlog=config.limits.listen_backlog_max
+        ).start()
         tune_gc()
         log.info(
             "gateway ready on %s://%s (%d nodes, keyring version %d)",

@@ -1,14 +1,17 @@
-"""The gateway over TLS: a real handshake on loopback with a certificate made for the test."""
+"""The gateway's listening socket: TLS (a real handshake on loopback with a certificate made for
+the test) and the accept backlog it asks the kernel for."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import ipaddress
 import os
 import signal
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gateway.config import GatewayConfig, NodeEndpoint, load_gateway_config
+from gateway.config import GatewayConfig, GatewayLimits, NodeEndpoint, load_gateway_config
 from gateway.keyring import Keyring, load_keyring, new_partner, save_keyring
 from gateway.main import run_gateway
 from gateway.tls import load_tls_context
@@ -194,6 +197,38 @@ async def test_partner_client_talks_https(tmp_path: Path, monkeypatch: pytest.Mo
                 except aiohttp.ClientConnectorError:
                     await asyncio.sleep(0.02)
             assert reply.status == 503  # authenticated over TLS; no node is up to answer
+    finally:
+        stop.set()
+        await server
+
+
+async def test_gateway_listens_with_its_configured_backlog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp's default backlog (128) overflowed when hundreds of clients connected at once and
+    # their SYNs were dropped (retried after 1 s, then 3 s). ss shows a listening socket's
+    # backlog as its Send-Q.
+    monkeypatch.setenv("BAAS_MASTER_KEY", MASTER.hex())
+    port = _free_port()
+    config = dataclasses.replace(
+        _config(tmp_path, port, None, None), limits=GatewayLimits(listen_backlog_max=777)
+    )
+    stop = asyncio.Event()
+    server = asyncio.create_task(run_gateway(config, stop))
+    try:
+        for _ in range(200):
+            try:
+                assert await _get(f"http://127.0.0.1:{port}/healthz", False) == 200
+                break
+            except aiohttp.ClientConnectorError:
+                await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("gateway did not start")
+        listing = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert int(listing[2]) == min(777, somaxconn), listing
     finally:
         stop.set()
         await server
