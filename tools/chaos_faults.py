@@ -34,6 +34,7 @@ import plyvel
 
 from node.errors import OperationFailed
 from node.records import HASH_BYTES
+from node.storage.entry import CHECKSUM_BYTES
 from node.storage.shard_store import PREFIX_SHARD
 
 __all__ = [
@@ -52,6 +53,7 @@ PARTITION_HOLD_S = (5.0, 60.0)  # bounds on the hold
 WIPE_AT = 0.30  # issue 17: "one disk wiped at minute 3" of 10
 CORRUPT_AT = (0.55, 0.70)
 KILL_DOWN_S = (0.5, 2.0)  # a killed node stays down this long before its restart
+CORRUPT_CANDIDATES_MAX = 1000  # shard entries tried before the corrupt fault gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,15 @@ def wipe_data_dir(data_dir: Path) -> None:
 
 
 def corrupt_one_shard(shard_db: Path, rng: random.Random) -> str:
-    """On a stopped node: flip one byte of one shard's bytes in its LevelDB table file (its
-    entry's checksum then fails); returns the record id (hex) whose shard it was."""
+    """On a stopped node: flip one byte of one shard entry's checksum in its LevelDB table file
+    (reading the entry then fails its check); returns the record id (hex) whose shard it was.
+
+    The flip lands in the entry's stored checksum, not its shard bytes: those may end in the
+    erasure code's zero padding or repeat across small entries, which LevelDB's block
+    compression stores as back-references, so they need not appear verbatim in any table file
+    (a CI run once found none for the shard it chose). Sixteen bytes of SHA-256 are stored as
+    they are. Entries are tried in a random order until one is found in a table file.
+    """
     db = plyvel.DB(str(shard_db))
     try:
         db.compact_range()  # every entry into table files, where the flip lands
@@ -115,16 +124,17 @@ def corrupt_one_shard(shard_db: Path, rng: random.Random) -> str:
         db.close()
     if not entries:
         raise OperationFailed(f"no shard in {shard_db} to corrupt")
-    key, value = rng.choice(entries)
-    needle = value[-24:]  # the tail of the shard's encrypted (incompressible) bytes
-    for table in sorted(shard_db.glob("*.ldb")):
-        raw = bytearray(table.read_bytes())
-        at = raw.find(needle)
-        if at >= 0:
-            raw[at + 12] ^= 0x01
-            table.write_bytes(bytes(raw))
-            return bytes(key[1 : 1 + HASH_BYTES]).hex()
-    raise OperationFailed(f"the chosen shard's bytes are in no table file of {shard_db}")
+    rng.shuffle(entries)
+    tables = [(path, bytearray(path.read_bytes())) for path in sorted(shard_db.glob("*.ldb"))]
+    for key, value in entries[:CORRUPT_CANDIDATES_MAX]:
+        needle = value[1 : 1 + CHECKSUM_BYTES]  # node/storage/entry.py: version || checksum
+        for path, raw in tables:
+            at = raw.find(needle)
+            if at >= 0 and raw.find(needle, at + 1) < 0:
+                raw[at + CHECKSUM_BYTES // 2] ^= 0x01
+                path.write_bytes(bytes(raw))
+                return bytes(key[1 : 1 + HASH_BYTES]).hex()
+    raise OperationFailed(f"no shard entry's checksum found in a table file of {shard_db}")
 
 
 @dataclass(frozen=True, slots=True)

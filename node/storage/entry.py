@@ -12,7 +12,7 @@ import hashlib
 
 from node.errors import CorruptEntry, UnsupportedFormat
 
-__all__ = ["ENTRY_VERSION", "decode_entry", "encode_entry"]
+__all__ = ["CHECKSUM_BYTES", "ENTRY_VERSION", "decode_entry", "encode_entry"]
 
 ENTRY_VERSION = 1
 CHECKSUM_BYTES = 16
