@@ -52,10 +52,12 @@ PARTNER_PAGES: Sequence[tuple[str, str]] = (
     ("reserve", "Reserve"),
     ("policy", "Policies"),
     ("swaps", "Swaps"),
+    ("payments", "Payments"),
+    ("market", "Market"),
+    ("orders", "Orders"),
+    ("webhooks", "Webhooks"),
     ("credentials", "API credentials"),
 )
-# Pages whose features are being built elsewhere: shown as slots, never faked.
-COMING: Sequence[str] = ("Payments", "Market", "Webhooks")
 CHART_POINTS_MAX = 100
 
 
@@ -81,7 +83,6 @@ def _nav(view: PartnerView) -> str:
     for slug, title in PARTNER_PAGES:
         current = ' aria-current="page"' if slug == view.slug else ""
         items.append(f'<li><a href="{partner_path(view.mode, slug)}"{current}>{e(title)}</a></li>')
-    items += [f'<li><span class="soon">{e(t)} (coming)</span></li>' for t in COMING]
     return "".join(items)
 
 
