@@ -1,4 +1,5 @@
-"""The partner pages' HTML: overview, points, reserve, policies, swaps and API credentials.
+"""The partner pages' HTML: overview, points, reserve, policies, swaps and API credentials
+(payments, the Market and webhooks: :mod:`.commerce_pages`), and their shared layout.
 
 Functions from plain data (the partner API's own objects, as its routes answer them) to a
 page string, in the layout of :func:`gateway.dashboard.pages.page`. Every page of a mode

@@ -10,7 +10,7 @@
   ``GET policy/preview`` (JSON: the quote an edited policy would give; writes nothing).
   ``overview?volume=24h|7d|30d`` picks the swap volume's window; ``swaps`` takes ``id`` (one
   swap) and the list's filter form (``status``, ``user``, ``from``/``to`` days,
-  ``starting_after``).
+  ``starting_after``). Payments, the Market and webhooks: :mod:`.commerce_routes`.
 
 Authority. A page acts for its session's partner (the scope; never a partner named in the
 path or form) in the mode its path names, through the partner API's own cores
