@@ -13,8 +13,9 @@ downloaded browser) against a real 5-node cluster and its gateway.
 * the admin, at both sizes, sees a payment the test made through the Payment API (the user's
   signature), captures part of it, refunds part (a refund above what is left is refused with
   ``refund_exceeds_captured`` on the page), creates a Market listing and edits its stock, sees
-  the Orders page, adds a webhook endpoint and sees its signing secret once; none of it shows
-  in live mode;
+  the Orders page, adds a webhook endpoint and sees its signing secret once; an order its
+  user placed through the API (the user's signature) is fulfilled and partly refunded from
+  its page, whose payment's page links to it; none of it shows in live mode;
 * another partner's admin asking for the swap or the payment, or naming the first partner's
   API key, gets the API's 404 (``swap_not_found``, ``payment_not_found``, ``unknown_api_key``);
 * axe-core finds no serious or critical violation on any partner page; no page requests a host
@@ -356,7 +357,7 @@ def pay_capture_refund(env: Env, page: Page, size: str) -> None:
     shot(page, "partner-payment-refunded", size)
 
 
-def list_and_edit(env: Env, page: Page, size: str) -> None:
+def list_and_edit(env: Env, page: Page, size: str) -> str:
     title = f"Beans {size}"
     load(page, env.page_url("test", "market"))
     fields = {"title": title, "description": "1 kg", "price": str(10**17), "stock": "3"}
@@ -367,6 +368,37 @@ def list_and_edit(env: Env, page: Page, size: str) -> None:
     submit(page, edit, {"stock": "7"}, f"Saved {title}: price {10**17}, stock 7")
     check_accessibility(page, "market")
     shot(page, "partner-market", size)
+    return listing
+
+
+async def _order(base: str, credential: tuple[str, bytes], wallet: UserWallet, listing: str) -> str:
+    """The user buys one of the listing through the partner's platform (the user's signature)."""
+    body = {"listing": listing, "quantity": 1, "user": USER_ID}
+    async with _ledger(base, credential) as http:
+        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
+        order = await bridge.approved("/v1/market/orders", body, wallet, key="order-1")
+        assert order.status == 201 and order.body["status"] == "authorised", order
+        return str(order.body["id"])
+
+
+def fulfil_and_refund(env: Env, page: Page, listing: str, size: str) -> str:
+    order = off_thread(_order(env.base, env.credentials["test"], env.wallet, listing))
+    load(page, env.page_url("test", "orders"))
+    assert order in page.inner_html("#orders-list")
+    check_accessibility(page, "orders")
+    page.click(f"#orders-list a[href$='{order}']")
+    page.wait_for_load_state("load")
+    assert "authorised" in page.inner_text("#order-facts")
+    shot(page, "partner-order", size)
+    submit(page, "#fulfil-form", {}, "The order is fulfilled.")
+    submit(page, "#order-refund-form", {"amount": str(4 * 10**16)}, f"Refunded {4 * 10**16}")
+    assert f"Refunded\n{4 * 10**16}" in page.inner_text("#order-payment")
+    check_accessibility(page, "order")
+    # Its payment's page links to the order and offers no capture of its own.
+    load(page, env.page_url("test", "payments") + "?id=pay_" + order.removeprefix("ord_"))
+    assert page.locator("#payment-order").count() == 1
+    assert page.locator("#capture-form, #refund-form").count() == 0
+    return order
 
 
 def add_endpoint(env: Env, page: Page, size: str) -> str:
@@ -389,14 +421,16 @@ def test_an_admin_takes_payments_lists_and_adds_a_webhook_at_both_sizes(env: Env
     page = context.new_page()
     try:
         sign_in_partner(env, page, env.users["admin"], step=1)
-        endpoints = []
+        endpoints, orders = [], []
         for size in ("desktop", "phone"):
             page.set_viewport_size(SIZES[size])
             pay_capture_refund(env, page, size)
-            list_and_edit(env, page, size)
+            listing = list_and_edit(env, page, size)
+            if not orders:  # one order (the user's balance is the swap's)
+                orders.append(fulfil_and_refund(env, page, listing, size))
             endpoints.append(add_endpoint(env, page, size))
             load(page, env.page_url("test", "orders"))
-            assert "No order among these payments." in page.inner_text("#orders-list")
+            assert orders[0] in page.inner_html("#orders-list")
             check_accessibility(page, "orders")
             shot(page, "partner-orders", size)
         # Live mode shows none of the test objects.
@@ -404,6 +438,7 @@ def test_an_admin_takes_payments_lists_and_adds_a_webhook_at_both_sizes(env: Env
             ("payments", env.payment_ids),
             ("market", ["Beans desktop", "Beans phone"]),
             ("webhooks", endpoints),
+            ("orders", orders),
         ):
             load(page, env.page_url("live", slug))
             for shown in test_objects:
