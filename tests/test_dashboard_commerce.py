@@ -4,8 +4,10 @@ status filter, paging, a delivery's attempts), and the real gateway over HTTP: w
 endpoints added (the secret shown once), rotated, deleted and kept to their mode and partner;
 a viewer's every change refused 403; bad input refused with the API's problem codes before any
 node call; an unreachable cluster said so on every page. What needs nodes (a payment captured
-and refunded, a listing made, another partner's payment a 404) is in the browser test,
-tests/test_dashboard_partner_browser.py."""
+and refunded, a listing made) is in the browser test, tests/test_dashboard_partner_browser.py;
+reads are also checked here against one node's real payments read API over a real LevelDB
+state (test_payments_node.py's): a payment, the list, an order among them, the listings, and
+another partner's or the other mode's payment and order the API's 404."""
 
 from __future__ import annotations
 
@@ -16,9 +18,15 @@ from typing import Any
 
 import aiohttp
 import pyotp
+from aiohttp import web
+from bridgeopskit import rid
+from identitykit import OTHER_SHOP, SHOP
 from inprocess_gateway import gateway_without_nodes
+from paymentsopskit import shop_world
 from test_dashboard_partner import PASSWORD, _csrf, _key, _partner_signin
+from test_payments_node import pay, reads
 
+from business.identity.ids import partner_id
 from business.payments.delivery import Attempt, Delivery, Status
 from gateway.dashboard.commerce_pages import (
     deliveries_section,
@@ -31,6 +39,9 @@ from gateway.dashboard.partner_pages import PartnerView
 from gateway.dashboard.partner_users import new_partner_user, save_partner_users
 from gateway.dashboard.sessions import Session
 from gateway.webhook_routes import delivery_object
+from node.api.ledger_routes import add_ledger_routes
+from node.api.payments_routes import add_payments_routes
+from node.api.problem import problem_middleware
 
 ADMIN = Session("s", "tok", "shop-a/pat", "partner_admin", 0, 0, "shop-a")
 VIEWER = Session("s", "tok", "shop-a/val", "partner_viewer", 0, 0, "shop-a")
@@ -329,3 +340,86 @@ async def test_a_viewer_changes_nothing_and_bad_input_is_refused_before_any_node
                     page = await r.text()
                     assert r.status == 400 and code in page, (action, form, page[-1500:])
                     assert 'class="problem"' in page
+
+
+async def test_pages_read_a_nodes_real_payments_state_and_another_partners_ids_are_404(
+    tmp_path: Path,
+) -> None:
+    """One node's payments read API (its routes over a real LevelDB state built by the node's
+    dispatcher) on the first node's address; the other four never answer."""
+    assert (partner_id("demo-shop"), partner_id("other-shop")) == (SHOP, OTHER_SHOP)
+    node = shop_world(tmp_path / "db")
+    try:
+        pay(node)  # 100 captured 5 of 10, 101 voided, 102 authorised; 108 an order of 105's
+        app = web.Application(middlewares=[problem_middleware])
+        add_ledger_routes(app, reads(node))
+        add_payments_routes(app)
+        partners = ("demo-shop", "other-shop")
+        async with gateway_without_nodes(tmp_path / "gw", partners=partners) as layout:
+            runner = web.AppRunner(app)
+            await runner.setup()
+            first = layout.nodes[0]
+            await web.TCPSite(runner, first.host, first.http_port).start()
+            try:
+                await _read_pages(layout)
+            finally:
+                await runner.cleanup()
+    finally:
+        node.close()
+
+
+def _rid(n: int) -> str:
+    return rid(n).hex()
+
+
+async def _read_pages(layout: Any) -> None:
+    users = [new_partner_user(p, "pat", "admin", PASSWORD) for p in ("demo-shop", "other-shop")]
+    save_partner_users(Path(layout.directory) / "secrets" / "partner_users.json",
+                       {u.key: u for u in users})  # fmt: skip
+    base = layout.gateway_url
+    test = f"{base}/dashboard/partner/test"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await _signed_in(http, base, users[0])
+        async with http.get(f"{test}/payments") as r:
+            page = await r.text()
+            assert r.status == 200, page[-1500:]
+        listed = re.findall(r'\?id=pay_([0-9a-f]{64})"', page)
+        assert listed == [_rid(108), _rid(102), _rid(101), _rid(100)]  # newest first
+        async with http.get(f"{test}/payments", params={"status": "voided"}) as r:
+            assert re.findall(r'\?id=pay_([0-9a-f]{64})"', await r.text()) == [_rid(101)]
+        async with http.get(f"{test}/payments", params={"id": f"pay_{_rid(100)}"}) as r:
+            page = await r.text()
+            assert r.status == 200 and "<dt>Captured</dt><dd>5</dd>" in page
+            assert 'id="refund-form"' in page and "at most 5" in page
+        async with http.get(f"{test}/payments", params={"id": f"pay_{_rid(108)}"}) as r:
+            page = await r.text()  # an order's payment: a link to the order, no capture
+            assert 'id="payment-order"' in page and 'id="capture-form"' not in page
+        async with http.get(f"{test}/orders") as r:
+            page = await r.text()
+            assert r.status == 200 and re.findall(r'\?id=(ord_[0-9a-f]{64})"', page) == [
+                f"ord_{_rid(108)}"
+            ]
+        async with http.get(f"{test}/orders", params={"id": f"ord_{_rid(108)}"}) as r:
+            page = await r.text()
+            assert r.status == 200 and "<dt>Quantity</dt><dd>1</dd>" in page
+        async with http.get(f"{test}/market") as r:
+            page = await r.text()
+            assert r.status == 200, re.findall(r'class="problem".{0,300}', page)
+            assert all(t in page for t in ("Blue mug", "Red mug", "Tea"))
+        live = f"{base}/dashboard/partner/live"
+        async with http.get(f"{live}/payments", params={"id": f"pay_{_rid(100)}"}) as r:
+            page = await r.text()
+            assert r.status == 404 and "payment_not_found" in page and _rid(101) not in page
+        async with http.get(f"{live}/market") as r:
+            assert "Blue mug" not in await r.text()
+
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        await _signed_in(http, base, users[1])
+        async with http.get(f"{test}/payments", params={"id": f"pay_{_rid(100)}"}) as r:
+            page = await r.text()
+            assert r.status == 404 and "payment_not_found" in page
+            assert "No payment matches on this page." in page
+        async with http.get(f"{test}/orders", params={"id": f"ord_{_rid(108)}"}) as r:
+            assert r.status == 404 and "order_not_found" in await r.text()
+        async with http.get(f"{test}/market") as r:
+            assert "Blue mug" not in await r.text()

@@ -158,8 +158,8 @@ async def draw_market(
     problems: Problems = []
     status = 200
     asset, refused = await _asset_or_problem(acting)
-    if refused is not None:
-        status = _refused(problems, refused, status)
+    if refused is not None:  # shown; the listings (in BAAS) still are, as on the overview
+        problems.append((refused.code, refused.detail))
     query = {"partner": acting.ctx.pid16.hex(), "limit": str(LISTINGS_SHOWN_MAX)}
     if page := _asked(asked, "page"):
         query["page"] = page
