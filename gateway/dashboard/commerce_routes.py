@@ -286,35 +286,40 @@ async def draw_webhooks(
     return cp.webhooks_page(view, endpoints, events, new_secret, deliveries), status
 
 
-async def post_endpoint_add(request: web.Request) -> web.StreamResponse:
-    acting, form, _ = await _changing(request)
+async def _add_endpoint(acting: Acting, form: dict[str, str]) -> tuple[str, dict[str, Any]]:
     events = [name.removeprefix("event:") for name in form if name.startswith("event:")]
-    try:
-        made = await create_endpoint(
-            acting.gateway, _keys_now(acting), acting.mode, _text(form, "url"), events or ["*"]
-        )
-    except BaasError as exc:
-        text, _ = await draw_webhooks(acting, "", exc, {})
-        return _html(text, getattr(exc, "http_status", 500))
-    text, status = await draw_webhooks(
-        acting, f"Added {made['id']}.", None, {}, (made["id"], made["secret"])
+    made = await create_endpoint(
+        acting.gateway, _keys_now(acting), acting.mode, _text(form, "url"), events or ["*"]
     )
-    return _html(text, status)
+    return f"Added {made['id']}.", made
 
 
-async def post_endpoint_rotate(request: web.Request) -> web.StreamResponse:
-    acting, form, _ = await _changing(request)
-    try:
-        keys = _keys_now(acting)
-        endpoint = own_endpoint(keys, acting.mode, _text(form, "endpoint_id"))
-        overlap_s = acting.gateway.config.webhooks.rotation_overlap_s
-        rotated = await rotate_endpoint(acting.gateway, keys, endpoint, overlap_s)
-    except BaasError as exc:
-        text, _ = await draw_webhooks(acting, "", exc, {})
-        return _html(text, getattr(exc, "http_status", 500))
-    notice = f"New secret for {rotated['id']}; the old one signs too for {overlap_s} s."
-    text, status = await draw_webhooks(acting, notice, None, {}, (rotated["id"], rotated["secret"]))
-    return _html(text, status)
+async def _rotate(acting: Acting, form: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    keys = _keys_now(acting)
+    endpoint = own_endpoint(keys, acting.mode, _text(form, "endpoint_id"))
+    overlap_s = acting.gateway.config.webhooks.rotation_overlap_s
+    rotated = await rotate_endpoint(acting.gateway, keys, endpoint, overlap_s)
+    return f"New secret for {rotated['id']}; the old one signs too for {overlap_s} s.", rotated
+
+
+SecretChange = Callable[[Acting, dict[str, str]], Awaitable[tuple[str, dict[str, Any]]]]
+
+
+def _secret_poster(change: SecretChange) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """An endpoint change that makes a signing secret: the page shows it this once."""
+
+    async def post(request: web.Request) -> web.StreamResponse:
+        acting, form, _ = await _changing(request)
+        try:
+            notice, shown = await change(acting, form)
+        except BaasError as exc:
+            text, _ = await draw_webhooks(acting, "", exc, {})
+            return _html(text, getattr(exc, "http_status", 500))
+        secret = (shown["id"], shown["secret"])
+        text, status = await draw_webhooks(acting, notice, None, {}, secret)
+        return _html(text, status)
+
+    return post
 
 
 async def _delete_endpoint(acting: Acting, form: dict[str, str], key: str) -> str:
@@ -384,5 +389,5 @@ def add_commerce_routes(app: web.Application, base: str) -> None:
     )
     for action, draw, change in changes:
         app.router.add_post(f"{base}/{{mode}}/{action}", _poster(draw, change))
-    app.router.add_post(f"{base}/{{mode}}/webhooks/add", post_endpoint_add)
-    app.router.add_post(f"{base}/{{mode}}/webhooks/rotate", post_endpoint_rotate)
+    app.router.add_post(f"{base}/{{mode}}/webhooks/add", _secret_poster(_add_endpoint))
+    app.router.add_post(f"{base}/{{mode}}/webhooks/rotate", _secret_poster(_rotate))
