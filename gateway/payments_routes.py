@@ -55,7 +55,7 @@ Routes (``{asset}`` is ``baas`` or your point asset's code):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -134,9 +134,16 @@ __all__ = [
     "PAYMENT_PREFIX",
     "PAYMENT_PROBLEMS",
     "add_payments_routes",
+    "listings_page",
     "order_object",
+    "order_step",
     "payment_object",
     "payment_problem",
+    "payment_step",
+    "payments_page",
+    "put_listing",
+    "read_order",
+    "read_payment",
 ]
 
 PAYMENT_PREFIX = "pay_"
@@ -320,20 +327,32 @@ def payment_object(mode: Mode, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def read_payment(state: Any, ctx: LedgerContext, raw_id: str) -> dict[str, Any]:
+    """``GET /v1/payments/{id}``: your payment in this mode (404 ``payment_not_found``)."""
+    payment = _object_id(raw_id, PAYMENT_PREFIX, 32)
+    return _payment_object(ctx, await _payment_doc(state, ctx, payment))
+
+
 async def get_payment(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
-    payment = _object_id(request.match_info["id"], PAYMENT_PREFIX, 32)
-    return web.json_response(_payment_object(ctx, await _payment_doc(state, ctx, payment)))
+    return web.json_response(await read_payment(state, ctx, request.match_info["id"]))
 
 
 async def list_payments(request: web.Request) -> web.Response:
-    """Your payments in this mode, newest first (the node's ``pm/pp/`` index)."""
     state, ctx = gateway_state(request), ledger_context(request)
-    raw_limit = request.query.get("limit", "10")
+    q = request.query
+    return web.json_response(
+        await payments_page(state, ctx, q.get("limit", "10"), q.get("starting_after"))
+    )
+
+
+async def payments_page(
+    state: Any, ctx: LedgerContext, raw_limit: str, cursor: str | None
+) -> dict[str, Any]:
+    """Your payments in this mode, newest first (the node's ``pm/pp/`` index)."""
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
         raise InvalidRequest(f"limit must be 1..{LIST_LIMIT_MAX}", param="limit")
     query = f"mode={int(ctx.mode)}&limit={int(raw_limit)}"
-    cursor = request.query.get("starting_after")
     if cursor is not None:
         after = hex_param(cursor, "starting_after", 32, 32, prefix=PAYMENT_PREFIX)
         await _payment_doc(state, ctx, after)  # not yours, or the other mode's: 404
@@ -341,14 +360,12 @@ async def list_payments(request: web.Request) -> web.Response:
     page = await ledger_doc(state, ctx, f"{_INTERNAL}/partners/{ctx.pid16.hex()}/payments?{query}")
     if page is None:
         raise OperationFailed("no node answered the list", code="ledger_list_unavailable")
-    return web.json_response(
-        {
-            "object": "list",
-            "data": [_payment_object(ctx, doc) for doc in page["data"]],
-            "has_more": bool(page["has_more"]),
-            "url": "/v1/payments",
-        }
-    )
+    return {
+        "object": "list",
+        "data": [_payment_object(ctx, doc) for doc in page["data"]],
+        "has_more": bool(page["has_more"]),
+        "url": "/v1/payments",
+    }
 
 
 # --- payment intents: a dynamic merchant QR ------------------------------------------------
@@ -567,45 +584,49 @@ def _authorised_object(ctx: LedgerContext, op: Op, status: str) -> dict[str, Any
     }
 
 
-async def _payment_step(
-    request: web.Request, kind: str, fields: set[str], make: Callable[[bytes, bytes, int], Any]
-) -> web.Response:
-    """A capture, void or refund of one of your payments: its own operation; answered the
-    payment after it."""
+# A step's operation kind -> (its body's fields, its request from (record id, partner, the
+# payment or order it moves, amount)).
+Step = tuple[frozenset[str], Callable[[bytes, bytes, bytes, int], Any]]
+PAYMENT_STEPS: dict[str, Step] = {
+    "payments.capture": (frozenset({"amount"}), Capture),
+    "payments.void": (frozenset(), lambda rid, pid, payment, _: Void(rid, pid, payment)),
+    "payments.refund": (frozenset({"amount"}), Refund),
+}
+
+
+async def _payment_step(request: web.Request, kind: str) -> web.Response:
     state, ctx, key = _writing(request)
-    payment = _object_id(request.match_info["id"], PAYMENT_PREFIX, 32)
+    fields = set(PAYMENT_STEPS[kind][0])
     body = await read_body(request, fields, fields)
+    done, shown = await payment_step(state, ctx, key, kind, request.match_info["id"], body)
+    return answer(done, shown, key)
+
+
+async def payment_step(
+    state: Any, ctx: LedgerContext, key: str, kind: str, raw_id: str, body: dict[str, Any]
+) -> tuple[Done, dict[str, Any]]:
+    """A capture, void or refund (``kind`` of :data:`PAYMENT_STEPS`) of one of your payments:
+    its own operation; answered the payment after it. ``body`` holds the step's fields."""
+    fields, make = PAYMENT_STEPS[kind]
+    payment = _object_id(raw_id, PAYMENT_PREFIX, 32)
     amount = amount_param(body["amount"], "amount") if "amount" in fields else 0
     await _payment_doc(state, ctx, payment)  # another partner's, or the other mode's: 404
     body = {**body, "payment": payment.hex()}  # the sealed record names what it moved
-    op = _op(state, ctx, kind, key, body, lambda rid: make(rid, payment, amount))
+    op = _op(state, ctx, kind, key, body, lambda rid: make(rid, ctx.pid16, payment, amount))
     done = await _write(state, ctx, op)
-    return answer(done, _payment_object(ctx, await _payment_doc(state, ctx, payment)), key)
+    return done, _payment_object(ctx, await _payment_doc(state, ctx, payment))
 
 
 async def post_capture(request: web.Request) -> web.Response:
-    def make(rid: bytes, payment: bytes, amount: int) -> Capture:
-        return Capture(rid, _pid(request), payment, amount)
-
-    return await _payment_step(request, "payments.capture", {"amount"}, make)
+    return await _payment_step(request, "payments.capture")
 
 
 async def post_void(request: web.Request) -> web.Response:
-    def make(rid: bytes, payment: bytes, amount: int) -> Void:
-        return Void(rid, _pid(request), payment)
-
-    return await _payment_step(request, "payments.void", set(), make)
+    return await _payment_step(request, "payments.void")
 
 
 async def post_refund(request: web.Request) -> web.Response:
-    def make(rid: bytes, payment: bytes, amount: int) -> Refund:
-        return Refund(rid, _pid(request), payment, amount)
-
-    return await _payment_step(request, "payments.refund", {"amount"}, make)
-
-
-def _pid(request: web.Request) -> bytes:
-    return ledger_context(request).pid16
+    return await _payment_step(request, "payments.refund")
 
 
 # --- the Market: listings --------------------------------------------------------------------
@@ -634,6 +655,14 @@ def _listing_object(ctx: LedgerContext, doc: dict[str, Any]) -> dict[str, Any]:
 async def _put_listing(request: web.Request, listing: bytes | None) -> web.Response:
     state, ctx, key = _writing(request)
     body = await read_body(request, _LISTING_FIELDS, {"title", "price", "stock"})
+    done, shown = await put_listing(state, ctx, key, body, listing)
+    return answer(done, shown, key)
+
+
+async def put_listing(
+    state: Any, ctx: LedgerContext, key: str, body: dict[str, Any], listing: bytes | None
+) -> tuple[Done, dict[str, Any]]:
+    """A new listing (``listing`` None) or a replaced one of yours, from the API's body."""
     title, description = body["title"], body.get("description", "")
     for name, text, chars_max in (
         ("title", title, _CONFIG.title_chars_max),
@@ -658,7 +687,7 @@ async def _put_listing(request: web.Request, listing: bytes | None) -> web.Respo
 
     sealed = {**body, "listing": listing.hex()}
     done = await _write(state, ctx, _op(state, ctx, _LISTING_KIND, key, sealed, make))
-    return answer(done, _listing_object(ctx, await _listing_doc(state, ctx, listing)), key)
+    return done, _listing_object(ctx, await _listing_doc(state, ctx, listing))
 
 
 async def _listing_doc(
@@ -699,10 +728,13 @@ def _digits_query(q: Any, name: str) -> int | None:
 
 
 async def search_listings(request: web.Request) -> web.Response:
+    state, ctx = gateway_state(request), ledger_context(request)
+    return web.json_response(await listings_page(state, ctx, request.query))
+
+
+async def listings_page(state: Any, ctx: LedgerContext, q: Mapping[str, str]) -> dict[str, Any]:
     """A page of the Market search (module docstring): the node scans a bounded range; the
     page holds this mode's listings; ``next_page`` goes on from where the scan stopped."""
-    state, ctx = gateway_state(request), ledger_context(request)
-    q = request.query
     raw_limit = q.get("limit", "10")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _CONFIG.search_limit_max:
         raise InvalidRequest(f"limit must be 1..{_CONFIG.search_limit_max}", param="limit")
@@ -733,15 +765,13 @@ async def search_listings(request: web.Request) -> web.Response:
         raise OperationFailed("no node answered the search", code="ledger_list_unavailable")
     data = [d for d in page["data"] if mode_of_ledger(int(d["ledger"])) == ctx.mode]
     resume = page.get("resume_after")
-    return web.json_response(
-        {
-            "object": "search_result",
-            "data": [_listing_object(ctx, d) for d in data],
-            "has_more": resume is not None,
-            "next_page": None if resume is None else LISTING_PREFIX + resume,
-            "url": "/v1/market/listings",
-        }
-    )
+    return {
+        "object": "search_result",
+        "data": [_listing_object(ctx, d) for d in data],
+        "has_more": resume is not None,
+        "next_page": None if resume is None else LISTING_PREFIX + resume,
+        "url": "/v1/market/listings",
+    }
 
 
 def _quote(text: str) -> str:
@@ -832,48 +862,59 @@ async def post_order(request: web.Request) -> web.Response:
     return answer(done, _order_object(ctx, doc, pay), key)
 
 
+async def read_order(state: Any, ctx: LedgerContext, raw_id: str) -> dict[str, Any]:
+    """``GET /v1/market/orders/{id}``: an order of yours (its merchant) in this mode."""
+    order = _object_id(raw_id, ORDER_PREFIX, 32)
+    doc, pay = await _order_doc(state, ctx, order, ctx.pid16.hex())
+    return _order_object(ctx, doc, pay)
+
+
 async def get_order(request: web.Request) -> web.Response:
     state, ctx = gateway_state(request), ledger_context(request)
-    order = _object_id(request.match_info["id"], ORDER_PREFIX, 32)
-    doc, pay = await _order_doc(state, ctx, order, ctx.pid16.hex())
-    return web.json_response(_order_object(ctx, doc, pay))
+    return web.json_response(await read_order(state, ctx, request.match_info["id"]))
 
 
-async def _order_step(
-    request: web.Request, kind: str, fields: set[str], make: Callable[[bytes, bytes, int], Any]
-) -> web.Response:
-    """Fulfil, cancel or refund one of your orders (you are its listing's partner)."""
+ORDER_STEPS: dict[str, Step] = {
+    "market.fulfil": (frozenset(), lambda rid, pid, order, _: FulfilOrder(rid, pid, order)),
+    "market.cancel": (frozenset(), lambda rid, pid, order, _: CancelOrder(rid, pid, order)),
+    "market.refund": (frozenset({"amount"}), RefundOrder),
+}
+
+
+async def _order_step(request: web.Request, kind: str) -> web.Response:
     state, ctx, key = _writing(request)
-    order = _object_id(request.match_info["id"], ORDER_PREFIX, 32)
+    fields = set(ORDER_STEPS[kind][0])
     body = await read_body(request, fields, fields)
+    done, shown = await order_step(state, ctx, key, kind, request.match_info["id"], body)
+    return answer(done, shown, key)
+
+
+async def order_step(
+    state: Any, ctx: LedgerContext, key: str, kind: str, raw_id: str, body: dict[str, Any]
+) -> tuple[Done, dict[str, Any]]:
+    """Fulfil, cancel or refund (``kind`` of :data:`ORDER_STEPS`) one of your orders (you are
+    its listing's partner); answered the order after it."""
+    fields, make = ORDER_STEPS[kind]
+    order = _object_id(raw_id, ORDER_PREFIX, 32)
     amount = amount_param(body["amount"], "amount") if "amount" in fields else 0
     await _order_doc(state, ctx, order, ctx.pid16.hex())  # not yours: 404
     body = {**body, "order": order.hex()}
-    op = _op(state, ctx, kind, key, body, lambda rid: make(rid, order, amount))
+    op = _op(state, ctx, kind, key, body, lambda rid: make(rid, ctx.pid16, order, amount))
     done = await _write(state, ctx, op)
     doc, pay = await _order_doc(state, ctx, order, ctx.pid16.hex())
-    return answer(done, _order_object(ctx, doc, pay), key)
+    return done, _order_object(ctx, doc, pay)
 
 
 async def post_fulfil(request: web.Request) -> web.Response:
-    def make(rid: bytes, order: bytes, amount: int) -> FulfilOrder:
-        return FulfilOrder(rid, _pid(request), order)
-
-    return await _order_step(request, "market.fulfil", set(), make)
+    return await _order_step(request, "market.fulfil")
 
 
 async def post_cancel(request: web.Request) -> web.Response:
-    def make(rid: bytes, order: bytes, amount: int) -> CancelOrder:
-        return CancelOrder(rid, _pid(request), order)
-
-    return await _order_step(request, "market.cancel", set(), make)
+    return await _order_step(request, "market.cancel")
 
 
 async def post_order_refund(request: web.Request) -> web.Response:
-    def make(rid: bytes, order: bytes, amount: int) -> RefundOrder:
-        return RefundOrder(rid, _pid(request), order, amount)
-
-    return await _order_step(request, "market.refund", {"amount"}, make)
+    return await _order_step(request, "market.refund")
 
 
 def add_payments_routes(app: web.Application) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +51,20 @@ from node.errors import InvalidRequest, NotFound, OperationFailed
 if TYPE_CHECKING:
     from gateway.app import GatewayState
 
-__all__ = ["DELIVERY_ID_PREFIX", "add_webhook_routes", "change_endpoints", "url_policy"]
+__all__ = [
+    "DELIVERY_ID_PREFIX",
+    "add_webhook_routes",
+    "change_endpoints",
+    "create_endpoint",
+    "deliverer_of",
+    "deliveries_page",
+    "delivery_number",
+    "own_endpoint",
+    "resend_delivery",
+    "rotate_endpoint",
+    "url_policy",
+    "write_endpoints",
+]
 
 DELIVERY_ID_PREFIX = "whd_"
 LIST_LIMIT_MAX = 100
@@ -109,19 +122,29 @@ def _mine(request: web.Request) -> tuple[PartnerKeys, Mode]:
 
 def _endpoint(request: web.Request) -> WebhookEndpoint:
     keys, mode = _mine(request)
-    found = find(keys.webhook_endpoints, request.match_info["id"])
+    return own_endpoint(keys, mode, request.match_info["id"])
+
+
+def own_endpoint(keys: PartnerKeys, mode: Mode, endpoint_id: str) -> WebhookEndpoint:
+    """The partner's endpoint in ``mode`` (another partner's or mode's: 404)."""
+    found = find(keys.webhook_endpoints, endpoint_id)
     if found.mode != mode:  # another mode's endpoint is invisible, as Stripe's are
         raise NotFound(f"no webhook endpoint {found.id!r}", code="webhook_endpoint_not_found")
     return found
 
 
 async def _write(request: web.Request, operation: Callable[..., Any]) -> Keyring:
-    state = _state(request)
+    return await write_endpoints(_state(request), _mine(request)[0].partner_id, operation)
+
+
+async def write_endpoints(
+    state: GatewayState, partner: str, operation: Callable[..., Any]
+) -> Keyring:
+    """Change ``partner``'s endpoints in the keyring file, and serve the change at once."""
     if state.master_key is None:
         raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
-    keys, _ = _mine(request)
     keyring = await change_endpoints(
-        state.config.keyring_file, state.master_key, keys.partner_id, operation
+        state.config.keyring_file, state.master_key, partner, operation
     )
     if keyring.version > state.keyring.version:
         state.keyring = keyring  # serve the change now, not at the next reload
@@ -129,26 +152,33 @@ async def _write(request: web.Request, operation: Callable[..., Any]) -> Keyring
 
 
 async def post_endpoint(request: web.Request) -> web.Response:
-    state = _state(request)
     body = parse_json_body(await request.read())
     if not isinstance(body, dict) or not set(body) <= {"url", "enabled_events"}:
         raise InvalidRequest('body must be {"url", "enabled_events": [...]}', param="url")
     events = body.get("enabled_events", ["*"])
     if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
         raise InvalidRequest("enabled_events is a list of event types", param="enabled_events")
-    _, mode = _mine(request)
+    keys, mode = _mine(request)
+    shown = await create_endpoint(_state(request), keys, mode, body.get("url"), events)
+    return web.json_response(shown, status=201)
+
+
+async def create_endpoint(
+    state: GatewayState, keys: PartnerKeys, mode: Mode, url: object, events: list[str]
+) -> dict[str, Any]:
+    """A new endpoint of the partner's in ``mode``: its object with its ``secret`` (once)."""
     made: list[WebhookEndpoint] = []
+    now_ms = int(state.clock_s() * 1000)
 
     def add(endpoints: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
         after, endpoint = add_endpoint(
-            endpoints, body.get("url"), mode, events, url_policy(state.config), _now_ms(request)
+            endpoints, url, mode, events, url_policy(state.config), now_ms
         )
         made.append(endpoint)
         return after
 
-    await _write(request, add)
-    shown = endpoint_object(made[0], _now_ms(request), secret_once=made[0].secrets[0].secret)
-    return web.json_response(shown, status=201)
+    await write_endpoints(state, keys.partner_id, add)
+    return endpoint_object(made[0], now_ms, secret_once=made[0].secrets[0].secret)
 
 
 async def list_endpoints(request: web.Request) -> web.Response:
@@ -173,16 +203,26 @@ async def post_rotate(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not set(body) <= {"overlap_s"}:
         raise InvalidRequest('body must be {"overlap_s"?}', param="overlap_s")
     overlap_s = body.get("overlap_s", state.config.webhooks.rotation_overlap_s)
+    keys, _ = _mine(request)
+    return web.json_response(await rotate_endpoint(state, keys, endpoint, overlap_s))
+
+
+async def rotate_endpoint(
+    state: GatewayState, keys: PartnerKeys, endpoint: WebhookEndpoint, overlap_s: Any
+) -> dict[str, Any]:
+    """A new signing secret for ``endpoint`` (one of ``keys``'): the endpoint and the secret
+    (once); the old one signs too for ``overlap_s``."""
     fresh: list[bytes] = []
+    now_ms = int(state.clock_s() * 1000)
 
     def rotate(endpoints: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
-        after, secret = rotate_secret(endpoints, endpoint.id, overlap_s, _now_ms(request))
+        after, secret = rotate_secret(endpoints, endpoint.id, overlap_s, now_ms)
         fresh.append(secret.secret)
         return after
 
-    keyring = await _write(request, rotate)
-    rotated = find(keyring.partner(_mine(request)[0].partner_id).webhook_endpoints, endpoint.id)
-    return web.json_response(endpoint_object(rotated, _now_ms(request), secret_once=fresh[0]))
+    keyring = await write_endpoints(state, keys.partner_id, rotate)
+    rotated = find(keyring.partner(keys.partner_id).webhook_endpoints, endpoint.id)
+    return endpoint_object(rotated, now_ms, secret_once=fresh[0])
 
 
 def delivery_object(d: Delivery) -> dict[str, Any]:
@@ -206,7 +246,13 @@ def delivery_object(d: Delivery) -> dict[str, Any]:
 
 
 def _deliverer(request: web.Request) -> WebhookDeliverer:
-    deliverer = request.app[WEBHOOKS].deliverer
+    return deliverer_of(request.config_dict)
+
+
+def deliverer_of(app: Mapping[Any, Any]) -> WebhookDeliverer:
+    """The gateway's deliverer (``app``: the gateway's app, or a sub-app's ``config_dict``)."""
+    holder: _Holder = app[WEBHOOKS]
+    deliverer = holder.deliverer
     if deliverer is None:
         raise OperationFailed(
             "this gateway does not deliver webhooks ([webhooks] deliver): ask the one that does",
@@ -215,7 +261,7 @@ def _deliverer(request: web.Request) -> WebhookDeliverer:
     return deliverer
 
 
-def _delivery_number(text: str, param: str) -> int:
+def delivery_number(text: str, param: str) -> int:
     digits = text.removeprefix(DELIVERY_ID_PREFIX)
     if not text.startswith(DELIVERY_ID_PREFIX) or not digits.isdigit() or len(digits) > 19:
         raise InvalidRequest(
@@ -233,29 +279,43 @@ async def list_deliveries(request: web.Request) -> web.Response:
             f"limit must be 1..{LIST_LIMIT_MAX}", code="parameter_invalid", param="limit"
         )
     after = request.query.get("starting_after")
-    before = None if after is None else _delivery_number(after, "starting_after")
-    page = deliverer.core.listing({endpoint.id}, int(raw_limit) + 1, before)
-    return web.json_response(
-        {
-            "object": "list",
-            "url": f"/v1/webhook_endpoints/{endpoint.id}/deliveries",
-            "data": [delivery_object(d) for d in page[: int(raw_limit)]],
-            "has_more": len(page) > int(raw_limit),
-        }
-    )
+    before = None if after is None else delivery_number(after, "starting_after")
+    return web.json_response(deliveries_page(deliverer, endpoint, int(raw_limit), before))
+
+
+def deliveries_page(
+    deliverer: WebhookDeliverer, endpoint: WebhookEndpoint, limit: int, before: int | None
+) -> dict[str, Any]:
+    """The endpoint's deliveries, newest first, older than delivery number ``before``."""
+    page = deliverer.core.listing({endpoint.id}, limit + 1, before)
+    return {
+        "object": "list",
+        "url": f"/v1/webhook_endpoints/{endpoint.id}/deliveries",
+        "data": [delivery_object(d) for d in page[:limit]],
+        "has_more": len(page) > limit,
+    }
 
 
 async def post_resend(request: web.Request) -> web.Response:
     deliverer = _deliverer(request)
-    number = _delivery_number(request.match_info["id"], "id")
     keys, mode = _mine(request)
+    shown = resend_delivery(deliverer, keys, mode, request.match_info["id"], _now_ms(request))
+    return web.json_response(shown)
+
+
+def resend_delivery(
+    deliverer: WebhookDeliverer, keys: PartnerKeys, mode: Mode, raw_id: str, now_ms: int
+) -> dict[str, Any]:
+    """A delivery to one of the partner's endpoints in ``mode``, pending again (a manual
+    resend); another partner's or mode's delivery reads as none."""
+    number = delivery_number(raw_id, "id")
     mine = {e.id for e in keys.webhook_endpoints if e.mode == mode}
     d = deliverer.core.get(number)
     if d.endpoint not in mine:  # another partner's delivery reads as none
-        raise NotFound(f"no webhook delivery {request.match_info['id']}", code="delivery_not_found")
-    again = deliverer.core.resend(number, _now_ms(request))
+        raise NotFound(f"no webhook delivery {raw_id}", code="delivery_not_found")
+    again = deliverer.core.resend(number, now_ms)
     deliverer.wake()
-    return web.json_response(delivery_object(again))
+    return delivery_object(again)
 
 
 def add_webhook_routes(app: web.Application, state: GatewayState) -> None:

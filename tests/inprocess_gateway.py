@@ -28,9 +28,10 @@ async def gateway_without_nodes(
     limits: Mapping[str, object] | None = None,
     dashboard: Mapping[str, object] | None = None,
     prepare: Callable[[ClusterLayout], None] | None = None,
+    partners: tuple[str, ...] = ("shop-a", "shop-b"),
 ) -> AsyncIterator[ClusterLayout]:
     """``prepare`` runs on the layout before the gateway starts (to add keyring entries)."""
-    layout = init_cluster(directory, partners=("shop-a", "shop-b"), chain="none")
+    layout = init_cluster(directory, partners=partners, chain="none")
     config_path = Path(layout.gateway_config_path)
     if limits:
         config_path.write_text(set_toml_keys(config_path.read_text(), "limits", limits))

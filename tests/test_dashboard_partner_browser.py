@@ -10,8 +10,14 @@ downloaded browser) against a real 5-node cluster and its gateway.
   shown once) and retires it; switched to live mode, none of the test objects shows;
 * a viewer (phone, 390x844) sees every page without a form, and a change it sends anyway is
   refused 403 ``role_read_only``;
-* another partner's admin asking for the swap, or naming the first partner's API key, gets the
-  API's 404 (``swap_not_found``, ``unknown_api_key``);
+* the admin, at both sizes, sees a payment the test made through the Payment API (the user's
+  signature), captures part of it, refunds part (a refund above what is left is refused with
+  ``refund_exceeds_captured`` on the page), creates a Market listing and edits its stock, sees
+  the Orders page, adds a webhook endpoint and sees its signing secret once; an order its
+  user placed through the API (the user's signature) is fulfilled and partly refunded from
+  its page, whose payment's page links to it; none of it shows in live mode;
+* another partner's admin asking for the swap or the payment, or naming the first partner's
+  API key, gets the API's 404 (``swap_not_found``, ``payment_not_found``, ``unknown_api_key``);
 * axe-core finds no serious or critical violation on any partner page; no page requests a host
   other than the gateway; no page is over 300 KB of compressed assets.
 
@@ -51,6 +57,8 @@ OTHER = "shop-q"  # another partner: its session must reach none of shop-p's obj
 PASSWORD = "partner password, long enough"
 USER_ID = "user-1"
 CODE = "PTS"
+PAY = 3 * 10**17  # BAAS units the user pays (of the 9.9 * 10^18 its swap got)
+URL = "https://hooks.example.com/baas"
 T = TypeVar("T")
 
 
@@ -63,6 +71,7 @@ class Env:
     wallet: UserWallet
     hosts_seen: set[str] = field(default_factory=set)
     swap_id: str = ""
+    payment_ids: list[str] = field(default_factory=list)
 
     @property
     def base(self) -> str:
@@ -118,6 +127,22 @@ async def _swap(base: str, credential: tuple[str, bytes], wallet: UserWallet) ->
         return str(swap.body["id"])
 
 
+async def _payment(base: str, credential: tuple[str, bytes], wallet: UserWallet, key: str) -> str:
+    """A server-side payment of the user's BAAS (from the swap) to the partner, authorised
+    with the user's signature; 503 until the cluster runs the payments log feature."""
+    body = {"amount": str(PAY), "user": USER_ID}
+    async with _ledger(base, credential) as http:
+        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
+        deadline = time.monotonic() + 120
+        while True:
+            paid = await bridge.approved("/v1/payments", body, wallet, key=key)
+            if paid.status == 201:
+                assert paid.body["status"] == "authorised", paid
+                return str(paid.body["id"])
+            assert paid.status == 503 and time.monotonic() < deadline, paid
+            await asyncio.sleep(1)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert CHROMIUM.exists(), "Debian's chromium is missing: apt-get install chromium (./dev)"
@@ -143,13 +168,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 browser.close()
 
 
-def sign_in_partner(env: Env, page: Page, user: PartnerUser) -> None:
+def sign_in_partner(env: Env, page: Page, user: PartnerUser, step: int = 0) -> None:
+    """``step`` 1: the next 30-second code (accepted too), for a user's second sign-in: each
+    code signs in once."""
     load(page, f"{env.base}/dashboard/partner/signin")
     check_accessibility(page, "partner sign-in")
     page.fill("#partner", user.partner)
     page.fill("#name", user.name)
     page.fill("#password", PASSWORD)
-    page.fill("#totp", pyotp.TOTP(user.totp_secret).now())
+    page.fill("#totp", pyotp.TOTP(user.totp_secret).at(time.time() + 30 * step))
     page.click("main button[type=submit]")
     page.wait_for_load_state("load")
     assert page.url.endswith("/dashboard/partner/test/overview"), page.url
@@ -304,13 +331,134 @@ def test_an_admin_runs_its_partner_from_the_pages(env: Env) -> None:
         context.close()
 
 
+def pay_capture_refund(env: Env, page: Page, size: str) -> None:
+    payment = off_thread(_payment(env.base, env.credentials["test"], env.wallet, f"pay-{size}"))
+    env.payment_ids.append(payment)
+    load(page, env.page_url("test", "payments"))
+    assert payment in page.inner_html("#payments-list")  # the list's link names it
+    check_accessibility(page, "payments list")
+    page.click(f"#payments-list a[href$='{payment}']")
+    page.wait_for_load_state("load")
+    facts = page.inner_text("#payment-facts")
+    assert "authorised" in facts and str(PAY) in facts, facts
+    check_accessibility(page, "payment")
+    shot(page, "partner-payment", size)
+    submit(page, "#capture-form", {"amount": str(2 * 10**17)}, f"Captured {2 * 10**17} of")
+    assert "captured" in page.inner_text("#payment-facts")
+    # A refund above what was captured: the API's refusal, its code on the page.
+    page.fill("#refund-form [name=amount]", str(PAY))
+    page.click("#refund-form button[type=submit]")
+    page.wait_for_load_state("load")
+    assert "refund_exceeds_captured" in problem_text(page), problem_text(page)
+    check_accessibility(page, "payment refused")
+    submit(page, "#refund-form", {"amount": str(10**17)}, f"Refunded {10**17} of {2 * 10**17}")
+    facts = page.inner_text("#payment-facts")
+    assert f"Refunded\n{10**17}" in facts and "Refunds\n1" in facts, facts
+    shot(page, "partner-payment-refunded", size)
+
+
+def list_and_edit(env: Env, page: Page, size: str) -> str:
+    title = f"Beans {size}"
+    load(page, env.page_url("test", "market"))
+    fields = {"title": title, "description": "1 kg", "price": str(10**17), "stock": "3"}
+    submit(page, "#new-listing", fields, f"Listed {title}")
+    listing = page.inner_text("#notice").split("(")[-1].rstrip(").")
+    assert listing.startswith("lst_") and listing in page.inner_text("#listings")
+    edit = f"[id='edit-{listing}']"
+    submit(page, edit, {"stock": "7"}, f"Saved {title}: price {10**17}, stock 7")
+    check_accessibility(page, "market")
+    shot(page, "partner-market", size)
+    return listing
+
+
+async def _order(base: str, credential: tuple[str, bytes], wallet: UserWallet, listing: str) -> str:
+    """The user buys one of the listing through the partner's platform (the user's signature)."""
+    body = {"listing": listing, "quantity": 1, "user": USER_ID}
+    async with _ledger(base, credential) as http:
+        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
+        order = await bridge.approved("/v1/market/orders", body, wallet, key="order-1")
+        assert order.status == 201 and order.body["status"] == "authorised", order
+        return str(order.body["id"])
+
+
+def fulfil_and_refund(env: Env, page: Page, listing: str, size: str) -> str:
+    order = off_thread(_order(env.base, env.credentials["test"], env.wallet, listing))
+    load(page, env.page_url("test", "orders"))
+    assert order in page.inner_html("#orders-list")
+    check_accessibility(page, "orders")
+    page.click(f"#orders-list a[href$='{order}']")
+    page.wait_for_load_state("load")
+    assert "authorised" in page.inner_text("#order-facts")
+    shot(page, "partner-order", size)
+    submit(page, "#fulfil-form", {}, "The order is fulfilled.")
+    submit(page, "#order-refund-form", {"amount": str(4 * 10**16)}, f"Refunded {4 * 10**16}")
+    assert f"Refunded\n{4 * 10**16}" in page.inner_text("#order-payment")
+    check_accessibility(page, "order")
+    # Its payment's page links to the order and offers no capture of its own.
+    load(page, env.page_url("test", "payments") + "?id=pay_" + order.removeprefix("ord_"))
+    assert page.locator("#payment-order").count() == 1
+    assert page.locator("#capture-form, #refund-form").count() == 0
+    return order
+
+
+def add_endpoint(env: Env, page: Page, size: str) -> str:
+    load(page, env.page_url("test", "webhooks"))
+    page.check("[id='event-payment.captured']")
+    submit(page, "#add-endpoint", {"url": URL}, "Added we_")
+    secret = page.inner_text("#secret-value")
+    assert secret.startswith("whsec_") and len(secret) == 6 + 64, secret
+    endpoint = page.inner_text("#notice").split("Added ")[1].rstrip(".")
+    check_accessibility(page, "webhooks")
+    shot(page, "partner-webhooks", size)
+    page.reload()
+    assert secret not in page.content() and endpoint in page.inner_text("#endpoints")  # once
+    return endpoint
+
+
+def test_an_admin_takes_payments_lists_and_adds_a_webhook_at_both_sizes(env: Env) -> None:
+    assert env.swap_id, "runs after the admin's test, whose swap gave the user BAAS"
+    context = env.context("desktop")
+    page = context.new_page()
+    try:
+        sign_in_partner(env, page, env.users["admin"], step=1)
+        endpoints, orders = [], []
+        for size in ("desktop", "phone"):
+            page.set_viewport_size(SIZES[size])
+            pay_capture_refund(env, page, size)
+            listing = list_and_edit(env, page, size)
+            if not orders:  # one order (the user's balance is the swap's)
+                orders.append(fulfil_and_refund(env, page, listing, size))
+            endpoints.append(add_endpoint(env, page, size))
+            load(page, env.page_url("test", "orders"))
+            assert orders[0] in page.inner_html("#orders-list")
+            check_accessibility(page, "orders")
+            shot(page, "partner-orders", size)
+        # Live mode shows none of the test objects.
+        for slug, test_objects in (
+            ("payments", env.payment_ids),
+            ("market", ["Beans desktop", "Beans phone"]),
+            ("webhooks", endpoints),
+            ("orders", orders),
+        ):
+            load(page, env.page_url("live", slug))
+            for shown in test_objects:
+                assert shown not in page.content(), (slug, shown)
+            check_accessibility(page, f"live {slug}")
+        load(page, env.page_url("live", "payments") + "?id=" + env.payment_ids[0])
+        assert "payment_not_found" in problem_text(page)
+    finally:
+        context.close()
+
+
 def test_a_viewer_sees_every_page_and_changes_nothing(env: Env) -> None:
     size = "phone"
     context = env.context(size)
     page = context.new_page()
     try:
         sign_in_partner(env, page, env.users["viewer"])
-        for slug in ("overview", "points", "reserve", "policy", "swaps", "credentials"):
+        slugs = ("overview", "points", "reserve", "policy", "swaps", "payments", "market",
+                 "orders", "webhooks", "credentials")  # fmt: skip
+        for slug in slugs:
             load(page, env.page_url("test", slug))
             assert "role_read_only" not in page.content()
             changes = page.locator("main form[method=post]")
@@ -344,6 +492,21 @@ def test_another_partners_session_reaches_none_of_it(env: Env) -> None:
         load(page, env.page_url("test", "swaps") + "?id=" + env.swap_id)
         assert "swap_not_found" in problem_text(page)
         assert page.locator("#swap-facts").count() == 0
+        assert env.payment_ids, "runs after the payments' test"
+        load(page, env.page_url("test", "payments") + "?id=" + env.payment_ids[0])
+        assert "payment_not_found" in problem_text(page)
+        assert env.payment_ids[0] not in page.inner_text("#payments-list")
+        # A refund of shop-p's payment sent anyway: the API's own 404, nothing moved.
+        answer = page.evaluate(
+            """async ([url, id]) => {
+                const csrf = document.querySelector("input[name=csrf]").value;
+                const body = new URLSearchParams({csrf, key: "other-2", id, amount: "1"});
+                const r = await fetch(url, {method: "POST", body});
+                return [r.status, await r.text()];
+            }""",
+            [env.page_url("test", "payments/refund"), env.payment_ids[0]],
+        )
+        assert answer[0] == 404 and "payment_not_found" in answer[1]
         load(page, env.page_url("test", "points"))
         assert page.locator("#define-form").count() == 1 and CODE not in page.content()
         load(page, env.page_url("test", "credentials"))

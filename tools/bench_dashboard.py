@@ -70,7 +70,18 @@ PAGES = ("signin", "operator/nodes", "operator/anchors", "operator/moves", "veri
 # A partner admin's pages in test mode (the partner onboarded, nothing defined yet).
 PARTNER_PAGES = tuple(
     f"partner/test/{slug}"
-    for slug in ("overview", "points", "reserve", "policy", "swaps", "credentials")
+    for slug in (
+        "overview",
+        "points",
+        "reserve",
+        "policy",
+        "swaps",
+        "payments",
+        "market",
+        "orders",
+        "webhooks",
+        "credentials",
+    )
 )
 BENCH_PARTNER = "bench-p"
 

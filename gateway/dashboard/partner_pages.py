@@ -1,4 +1,5 @@
-"""The partner pages' HTML: overview, points, reserve, policies, swaps and API credentials.
+"""The partner pages' HTML: overview, points, reserve, policies, swaps and API credentials
+(payments, the Market and webhooks: :mod:`.commerce_pages`), and their shared layout.
 
 Functions from plain data (the partner API's own objects, as its routes answer them) to a
 page string, in the layout of :func:`gateway.dashboard.pages.page`. Every page of a mode
@@ -52,10 +53,12 @@ PARTNER_PAGES: Sequence[tuple[str, str]] = (
     ("reserve", "Reserve"),
     ("policy", "Policies"),
     ("swaps", "Swaps"),
+    ("payments", "Payments"),
+    ("market", "Market"),
+    ("orders", "Orders"),
+    ("webhooks", "Webhooks"),
     ("credentials", "API credentials"),
 )
-# Pages whose features are being built elsewhere: shown as slots, never faked.
-COMING: Sequence[str] = ("Payments", "Market", "Webhooks")
 CHART_POINTS_MAX = 100
 
 
@@ -81,7 +84,6 @@ def _nav(view: PartnerView) -> str:
     for slug, title in PARTNER_PAGES:
         current = ' aria-current="page"' if slug == view.slug else ""
         items.append(f'<li><a href="{partner_path(view.mode, slug)}"{current}>{e(title)}</a></li>')
-    items += [f'<li><span class="soon">{e(t)} (coming)</span></li>' for t in COMING]
     return "".join(items)
 
 

@@ -10,7 +10,7 @@
   ``GET policy/preview`` (JSON: the quote an edited policy would give; writes nothing).
   ``overview?volume=24h|7d|30d`` picks the swap volume's window; ``swaps`` takes ``id`` (one
   swap) and the list's filter form (``status``, ``user``, ``from``/``to`` days,
-  ``starting_after``).
+  ``starting_after``). Payments, the Market and webhooks: :mod:`.commerce_routes`.
 
 Authority. A page acts for its session's partner (the scope; never a partner named in the
 path or form) in the mode its path names, through the partner API's own cores
@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -164,6 +164,7 @@ class Acting:
     mode: Mode
     ctx: LedgerContext
     gateway: GatewayState
+    app: Mapping[Any, Any]  # the request's config_dict: the gateway app's keys (webhooks)
 
     @property
     def admin(self) -> bool:
@@ -213,7 +214,7 @@ def _acting(request: web.Request) -> Acting:
         asyncio.get_running_loop().time() + deadline_s,
         request_id_or_new(None),
     )
-    return Acting(session, partner, mode, ctx, gateway)
+    return Acting(session, partner, mode, ctx, gateway, request.config_dict)
 
 
 async def _changing(request: web.Request) -> tuple[Acting, dict[str, str], str]:
@@ -573,3 +574,7 @@ def add_partner_routes(app: web.Application) -> None:
     for action, slug, change in changes:
         app.router.add_post(f"{base}/{{mode}}/{action}", _poster(slug, change))
     app.router.add_post(base + "/{mode}/credentials/add", post_credential_add)
+    # Payments, the Market and webhooks build on this module's helpers: imported here.
+    from gateway.dashboard.commerce_routes import add_commerce_routes
+
+    add_commerce_routes(app, base)
