@@ -326,7 +326,7 @@ def test_failing_runs_are_bounded_persisted_and_restored() -> None:
     assert c.failing_since_ms("we_a") == 7 and c.failing_since_ms("we_b") is None
     assert c.untracked_failing == 1
     ready = c.ready()
-    (key, raw), = [(k, v) for k, v in ready.writes if k.startswith(FAILING_PREFIX)]
+    ((key, raw),) = [(k, v) for k, v in ready.writes if k.startswith(FAILING_PREFIX)]
     assert raw is not None and decode_failing(key, raw) == ("we_a", 7)
     with pytest.raises(CorruptEntry):
         decode_failing(FAILING_PREFIX + b"we_b", raw)

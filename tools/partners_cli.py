@@ -265,7 +265,9 @@ async def _webhook_remove(ctx: _Context, args: argparse.Namespace) -> dict[str, 
 
 async def _webhook_enable(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
     enabled = args.webhook_command == "enable"
-    keyring = await _webhook_change(ctx, args.partner, lambda e: set_enabled(e, args.id, enabled))
+    keyring = await _webhook_change(
+        ctx, args.partner, lambda e: set_enabled(e, args.id, enabled, _now_ms())
+    )
     return endpoint_object(
         find(keyring.partner(args.partner).webhook_endpoints, args.id), _now_ms()
     )

@@ -74,13 +74,13 @@ from node.errors import (
 __all__ = [
     "CURSOR_KEY",
     "DELIVERY_PREFIX",
+    "FAILING_PREFIX",
     "Attempt",
     "Delivery",
     "DeliveryCore",
     "DeliveryLimits",
     "EndpointCounts",
     "EndpointDisabled",
-    "FAILING_PREFIX",
     "Ready",
     "Status",
     "Target",
@@ -295,7 +295,7 @@ class DeliveryCore:
         cursor_seq: int = 0,
         acked_seq: int = 0,
         restored: Sequence[Delivery] = (),
-        failing: Mapping[str, int] = {},  # noqa: B006 -- read only
+        failing: Mapping[str, int] = {},
     ) -> None:
         self.limits = limits
         self.schedule = schedule
