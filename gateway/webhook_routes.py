@@ -55,7 +55,13 @@ from node.errors import InvalidRequest, NotFound, OperationFailed
 if TYPE_CHECKING:
     from gateway.app import GatewayState
 
-__all__ = ["DELIVERY_ID_PREFIX", "add_webhook_routes", "change_endpoints", "url_policy"]
+__all__ = [
+    "DELIVERY_ID_PREFIX",
+    "add_webhook_routes",
+    "change_endpoints",
+    "disable_in_keyring",
+    "url_policy",
+]
 
 DELIVERY_ID_PREFIX = "whd_"
 LIST_LIMIT_MAX = 100
@@ -93,6 +99,26 @@ async def change_endpoints(
         return keyring.with_partner(
             replace(keys, webhook_endpoints=operation(keys.webhook_endpoints))
         )
+
+    return await asyncio.to_thread(change_keyring, keyring_file, master_key, change)
+
+
+async def disable_in_keyring(
+    keyring_file: Path, master_key: bytes, marks: Sequence[tuple[str, EndpointDisabled]]
+) -> Keyring:
+    """The deliverer's disable decisions (partner, decision), saved in one keyring change."""
+
+    def change(keyring: Keyring) -> Keyring:
+        partners = dict(keyring.partners)
+        for partner, mark in marks:
+            keys = partners.get(partner)
+            if keys is None or all(e.id != mark.endpoint for e in keys.webhook_endpoints):
+                continue  # removed meanwhile
+            endpoints = set_enabled(
+                keys.webhook_endpoints, mark.endpoint, False, mark.at_ms, mark.reason
+            )
+            partners[partner] = replace(keys, webhook_endpoints=endpoints)
+        return replace(keyring, version=keyring.version + 1, partners=partners)  # one change
 
     return await asyncio.to_thread(change_keyring, keyring_file, master_key, change)
 
@@ -298,28 +324,11 @@ def add_webhook_routes(app: web.Application, state: GatewayState) -> None:
         return
 
     async def save_disabled(marks: Sequence[tuple[str, EndpointDisabled]]) -> int:
-        """The deliverer's disable decisions, into the keyring (served at once here)."""
         if state.master_key is None:
             raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
-        master_key = state.master_key
-
-        def change(keyring: Keyring) -> Keyring:
-            partners = dict(keyring.partners)
-            for partner, mark in marks:
-                keys = partners.get(partner)
-                if keys is None or all(e.id != mark.endpoint for e in keys.webhook_endpoints):
-                    continue  # removed meanwhile
-                endpoints = set_enabled(
-                    keys.webhook_endpoints, mark.endpoint, False, mark.at_ms, mark.reason
-                )
-                partners[partner] = replace(keys, webhook_endpoints=endpoints)
-            return replace(keyring, version=keyring.version + 1, partners=partners)  # one change
-
-        keyring = await asyncio.to_thread(
-            change_keyring, state.config.keyring_file, master_key, change
-        )
+        keyring = await disable_in_keyring(state.config.keyring_file, state.master_key, marks)
         if keyring.version > state.keyring.version:
-            state.keyring = keyring
+            state.keyring = keyring  # served at once here
         return keyring.version
 
     async def deliver_ctx(app: web.Application) -> AsyncIterator[None]:
