@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from inprocess_gateway import gateway_without_nodes
+from openapi_check import CheckedPartnerClient
 
 from business.identity.ids import Mode
 from gateway.config import load_gateway_config
@@ -25,7 +26,6 @@ from gateway.webhook_endpoints import (
 )
 from node.errors import ConfigError, InvalidRequest
 from tools import partners_cli
-from tools.client import PartnerClient
 
 URL = "https://hooks.example.com/in"
 KEY = bytes(range(32))
@@ -132,7 +132,7 @@ def test_the_partners_cli_manages_endpoints(
 async def test_the_partner_routes(tmp_path: Path) -> None:
     async with gateway_without_nodes(tmp_path) as layout:
         creds = layout.partners["shop-a"]
-        async with PartnerClient(
+        async with CheckedPartnerClient(
             layout.gateway_url, creds["api_key"], bytes.fromhex(creds["secret_hex"])
         ) as c:
             made = await c.request(
@@ -164,7 +164,7 @@ async def test_the_partner_routes(tmp_path: Path) -> None:
             assert gone.status == 200 and gone.body["deleted"] is True
             assert (await c.request("DELETE", path)).status == 404
         other = layout.partners["shop-b"]
-        async with PartnerClient(
+        async with CheckedPartnerClient(
             layout.gateway_url, other["api_key"], bytes.fromhex(other["secret_hex"])
         ) as c:
             assert (await c.request("GET", "/v1/webhook_endpoints")).body["data"] == []
