@@ -32,6 +32,10 @@ exists replaces (rotates) its credential, which ends its sessions.
 ``webhook add`` registers a webhook endpoint in the keyring (the URL passes the gateway's
 ``[webhooks]`` SSRF rule) and prints its signing secret ONCE; ``rotate-secret`` prints the new
 one, the old one signing too for ``--overlap-s`` (:mod:`gateway.webhook_endpoints`).
+``webhook list`` shows each endpoint's ``status`` with ``disabled_reason`` (``partner``, or
+``failing``: the deliverer disabled it after every attempt failed for ``[webhooks]
+endpoint_failing_s_max``) and ``disabled_at``; ``webhook enable`` re-enables it, and its paused
+deliveries go out again.
 Running gateways pick keyring changes up by themselves.
 
 Output is JSON on stdout. Refusals (a partner that exists, an unknown partner, no node
