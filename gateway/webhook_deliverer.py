@@ -375,11 +375,14 @@ class WebhookDeliverer:
         """Persist what changed, then acknowledge the durable cursor (the written order);
         save disable decisions with the endpoints."""
         ready = self.core.ready()
+        if ready.disable:
+            # Saved first: a crash before the local write then restores the deliveries as
+            # pending, and the sync pauses them again from the keyring (the other order would
+            # restore them paused with the endpoint enabled: a re-enable, wrongly).
+            await self._save(ready.disable)
         if ready.writes:
             await asyncio.to_thread(self._write, ready.writes)
         self.core.advance(ready)
-        if ready.disable:
-            await self._save(ready.disable)
         if ready.ack_upto is not None and self._clock_s() >= self._ack_due_s:
             self._ack_due_s = self._clock_s() + self.config.poll_interval_s
             try:

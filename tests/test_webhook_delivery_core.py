@@ -255,6 +255,7 @@ def _disabled_core() -> DeliveryCore:
 
 def test_a_disable_is_saved_then_a_re_enable_sends_the_paused_deliveries_again() -> None:
     c = _disabled_core()
+    assert c.oldest_pending_ms() is None  # paused deliveries are not "pending" in the metric
     c.sync_endpoints({"we_a": True}, 150_000)  # an old view of the keyring: not yet saved
     assert c.disabled("we_a") is not None and c.due(10**9) == []
     c.disable_saved([m.endpoint for m in c.ready().disable])
@@ -263,6 +264,7 @@ def test_a_disable_is_saved_then_a_re_enable_sends_the_paused_deliveries_again()
     assert c.disabled("we_a") is not None
     c.sync_endpoints({"we_a": True}, 200_000)  # its partner enabled it again
     assert c.disabled("we_a") is None and c.failing_since_ms("we_a") is None
+    assert c.oldest_pending_ms() == 0
     again = [c.get(1), c.get(2)]
     assert all(d.status is Status.PENDING and d.round_attempts == 0 for d in again)
     assert c.next_due_ms() == 200_000 and [d.number for d in c.due(200_000)] == [1]

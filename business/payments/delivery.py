@@ -362,8 +362,15 @@ class DeliveryCore:
         return self._failing_since.get(endpoint)
 
     def oldest_pending_ms(self) -> int | None:
-        starts = [self._deliveries[q[0]].created_ms for q in self._pending.values() if q]
-        return min(starts) if starts else None
+        """The oldest delivery still tried (a disabled endpoint's paused ones wait apart)."""
+        starts = [
+            next((d.created_ms for n in q if (d := self._deliveries[n]).status is Status.PENDING),
+                 None)
+            for endpoint, q in self._pending.items()
+            if endpoint not in self._disabled
+        ]  # fmt: skip
+        found = [s for s in starts if s is not None]
+        return min(found) if found else None
 
     def next_due_ms(self) -> int | None:
         times = [
