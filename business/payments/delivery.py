@@ -462,7 +462,7 @@ class DeliveryCore:
         return d
 
     def abandon(self, number: int, reason: str) -> Delivery:
-        """An in-flight delivery whose endpoint was removed or disabled: dropped."""
+        """An in-flight delivery whose endpoint was removed: dropped (disabled: :meth:`hold`)."""
         self._inflight.pop(number, None)
         return self._finish(number, Status.DROPPED, reason)
 
