@@ -122,6 +122,9 @@ class GatewayState:
     clock_s: Callable[[], float] = time.time
     # To write the keyring (onboarding through the admin API); None: this gateway only reads it.
     master_key: bytes | None = field(default=None, repr=False)
+    # Called after a route wrote the keyring: the webhook deliverer, where this gateway runs
+    # one, reconciles its queue with the endpoints at once instead of at its next round.
+    keyring_written: Callable[[], None] = field(default=lambda: None, repr=False)
     inflight: int = 0
     partner_inflight: dict[str, int] = field(default_factory=dict)
     metrics: Metrics = field(default_factory=lambda: Metrics("baas_gateway"))

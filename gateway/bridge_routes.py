@@ -136,6 +136,7 @@ __all__ = [
     "BRIDGE_PREFIX",
     "BRIDGE_PROBLEMS",
     "POLICY_FIELDS",
+    "RESERVE_HISTORY_DEFAULT",
     "SWAP_PREFIX",
     "Done",
     "Op",
@@ -152,8 +153,10 @@ __all__ = [
     "problem_of",
     "read_swap",
     "register_token",
+    "render_reserve",
     "request_operation",
     "reserve_object",
+    "reserve_path",
     "sealed_request",
     "set_policy",
     "set_reserve_threshold",
@@ -880,14 +883,28 @@ async def set_reserve_threshold(
     return done, await reserve_object(state, ctx, "", limit=1)
 
 
+RESERVE_HISTORY_DEFAULT = 10  # GET /v1/bridge/reserve's limit, and reserve.low's object's
+
+
+def reserve_path(pid_hex: str, ledger: int, limit: int, query: str = "") -> str:
+    """The node's reserve read (under ``/internal/v1/bridge``); ``query``: ``&after_ts=N``."""
+    return f"/reserves/{pid_hex}/{ledger}?limit={limit}{query}"
+
+
 async def reserve_object(state: Any, ctx: LedgerContext, query: str, limit: int) -> dict[str, Any]:
-    path = f"/reserves/{ctx.pid16.hex()}/{_baas_ledger(ctx)}?limit={limit}{query}"
+    path = reserve_path(ctx.pid16.hex(), _baas_ledger(ctx), limit, query)
     doc = await _bridge_read(state, ctx, path)
     if doc is None:
         raise OperationFailed("no node answered the reserve", code="reserve_unavailable")
+    return render_reserve(ctx.mode, doc)
+
+
+def render_reserve(mode: Mode, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The API's ``bridge_reserve`` from the node's reserve read: the one rendering, for
+    ``GET /v1/bridge/reserve`` and for the object of a ``reserve.low`` webhook event."""
     return {
         "object": "bridge_reserve",
-        "livemode": ctx.mode == Mode.LIVE,
+        "livemode": mode == Mode.LIVE,
         "asset": "baas",
         "level": str(doc["level"]),
         "threshold": str(doc["threshold"]),
@@ -904,7 +921,7 @@ async def get_reserve(request: web.Request) -> web.Response:
     """Level, threshold, low flag, and the history of levels oldest first: ``limit``
     (1..100, default 10) after ``after`` (a history timestamp) to page on."""
     state, ctx = gateway_state(request), ledger_context(request)
-    raw_limit = request.query.get("limit", "10")
+    raw_limit = request.query.get("limit", str(RESERVE_HISTORY_DEFAULT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= _HISTORY_LIMIT_MAX:
         raise InvalidRequest(f"limit must be 1..{_HISTORY_LIMIT_MAX}", param="limit")
     after = request.query.get("after", "0")

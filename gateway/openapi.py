@@ -1839,6 +1839,17 @@ _WEBHOOK_ENDPOINT_FIELDS: dict[str, Schema] = {
     "livemode": {"type": "boolean"},
     "enabled_events": {"type": "array", "items": _WEBHOOK_EVENT},
     "status": {"type": "string", "enum": ["enabled", "disabled"]},
+    "disabled_reason": {
+        "type": ["string", "null"],
+        "enum": ["partner", "failing", None],
+        "description": "when disabled: partner (you disabled it) or failing (every delivery "
+        "attempt failed for [webhooks] endpoint_failing_s_max, 4 days by default)",
+    },
+    "disabled_at": {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "description": "when it was disabled, Unix seconds",
+    },
     "created_ms": UINT,
     "secrets_live": UINT,
     "secret": {
@@ -1858,6 +1869,16 @@ SCHEMAS.update(
             ["url"],
         ),
         "WebhookEndpointRotate": _closed({"overlap_s": UINT}, []),
+        "WebhookEndpointUpdate": _closed(
+            {
+                "disabled": {
+                    "type": "boolean",
+                    "description": "false re-enables the endpoint (its paused deliveries go out "
+                    "again); true disables it",
+                }
+            },
+            ["disabled"],
+        ),
         "WebhookEndpoint": _closed(
             _WEBHOOK_ENDPOINT_FIELDS, [k for k in _WEBHOOK_ENDPOINT_FIELDS if k != "secret"]
         ),
@@ -1876,7 +1897,11 @@ SCHEMAS.update(
                 "event": {"type": "string", "pattern": "^evt_[0-9a-f]{64}$"},
                 "event_sequence": UINT,
                 "endpoint": {"type": "string"},
-                "status": {"type": "string", "enum": ["pending", "delivered", "failed", "dropped"]},
+                "status": {
+                    "type": "string",
+                    "enum": ["pending", "delivered", "failed", "dropped", "paused"],
+                    "description": "paused: held while its endpoint is disabled",
+                },
                 "reason": _NULLABLE_STRING,
                 "created_ms": UINT,
                 "next_attempt_ms": {"type": ["integer", "null"]},
@@ -1904,18 +1929,116 @@ SCHEMAS.update(
         ),
     }
 )
-# Only the list is in the document for now: baas-fuzz (tests/test_fuzz_gateway.py) requires a
-# 2xx for every documented operation, and the others need FIXTURES rows (an endpoint to rotate
-# or delete, a delivering gateway with a delivery to list and resend) that do not exist yet.
+_WEBHOOK_ENDPOINT_ID = _path_param("id", "the webhook endpoint's id (we_...)")
+_WEBHOOK_DELIVERY_ID = _path_param("id", "the delivery's id (whd_...)")
+_WEBHOOK_ERRORS = (*_SIGNED_ERRORS, 404)
+_STARTING_AFTER_DELIVERY = _query(
+    "starting_after", "a delivery id: the page after it", False, "^whd_[0-9]{1,19}$"
+)
+
+
+def _webhook_operation(
+    operation_id: str,
+    summary: str,
+    answers: dict[int, Schema],
+    codes: dict[int, tuple[str, ...]],
+    **kw: Any,
+) -> Schema:
+    """A webhook route: its problem codes (beyond the common ones) named in its description."""
+    operation = _operation(operation_id, summary, answers, _WEBHOOK_ERRORS, **kw)
+    operation["description"] = "Problem codes: " + "; ".join(
+        f"{status} {', '.join(f'`{c}`' for c in names)}" for status, names in codes.items()
+    )
+    return operation
+
+
+_ENDPOINT_NOT_FOUND = ("webhook_endpoint_not_found",)
+_KEYRING_READ_ONLY = ("keyring_read_only",)
 PATHS.update(
     {
         "/v1/webhook_endpoints": {
+            "post": _webhook_operation(
+                "createWebhookEndpoint",
+                "Register a webhook endpoint of this mode; its signing secret is in this "
+                "answer only (docs/webhooks.md)",
+                {201: _json("WebhookEndpoint", "made, with its secret (shown this once)")},
+                {
+                    400: (
+                        "invalid_request",
+                        "webhook_url_invalid",
+                        "webhook_url_forbidden",
+                        "parameter_invalid",
+                        "webhook_endpoint_limit_reached",
+                    ),
+                    503: _KEYRING_READ_ONLY,
+                },
+                body="WebhookEndpointCreate",
+            ),
             "get": _operation(
                 "listWebhookEndpoints",
-                "Your webhook endpoints of this mode (no secrets); the other webhook routes: "
-                "docs/webhooks.md",
+                "Your webhook endpoints of this mode (no secrets)",
                 {200: _json("WebhookEndpointList", "found")},
                 _SIGNED_ERRORS,
+            ),
+        },
+        "/v1/webhook_endpoints/{id}": {
+            "post": _webhook_operation(
+                "updateWebhookEndpoint",
+                "Re-enable (disabled: false) or disable (disabled: true) a webhook endpoint",
+                {200: _json("WebhookEndpoint", "changed")},
+                {400: ("invalid_request",), 404: _ENDPOINT_NOT_FOUND, 503: _KEYRING_READ_ONLY},
+                body="WebhookEndpointUpdate",
+                parameters=[_WEBHOOK_ENDPOINT_ID],
+            ),
+            "delete": _webhook_operation(
+                "deleteWebhookEndpoint",
+                "Remove a webhook endpoint (its queued deliveries are dropped)",
+                {200: _json("WebhookEndpointDeleted", "removed")},
+                {404: _ENDPOINT_NOT_FOUND, 503: _KEYRING_READ_ONLY},
+                parameters=[_WEBHOOK_ENDPOINT_ID],
+            ),
+        },
+        "/v1/webhook_endpoints/{id}/rotate_secret": {
+            "post": _webhook_operation(
+                "rotateWebhookEndpointSecret",
+                "A new signing secret (in this answer only); the old one also signs until "
+                "overlap_s (default [webhooks] rotation_overlap_s) has passed",
+                {200: _json("WebhookEndpoint", "rotated, with the new secret")},
+                {
+                    400: ("invalid_request", "parameter_invalid", "webhook_secret_limit_reached"),
+                    404: _ENDPOINT_NOT_FOUND,
+                    503: _KEYRING_READ_ONLY,
+                },
+                body="WebhookEndpointRotate",
+                parameters=[_WEBHOOK_ENDPOINT_ID],
+            ),
+        },
+        "/v1/webhook_endpoints/{id}/deliveries": {
+            "get": _webhook_operation(
+                "listWebhookDeliveries",
+                "The endpoint's deliveries, newest first, with their recorded attempts (the "
+                "delivering gateway only)",
+                {200: _json("WebhookDeliveryList", "found")},
+                {
+                    400: ("parameter_invalid",),
+                    404: _ENDPOINT_NOT_FOUND,
+                    503: ("webhooks_not_delivered_here",),
+                },
+                parameters=[_WEBHOOK_ENDPOINT_ID, _LIMIT, _STARTING_AFTER_DELIVERY],
+            ),
+        },
+        "/v1/webhook_deliveries/{id}/resend": {
+            "post": _webhook_operation(
+                "resendWebhookDelivery",
+                "Send a finished delivery again, now, with a fresh retry schedule (paused "
+                "instead while its endpoint is disabled)",
+                {200: _json("WebhookDelivery", "queued again")},
+                {
+                    400: ("parameter_invalid", "delivery_pending"),
+                    404: ("delivery_not_found",),
+                    503: ("webhooks_not_delivered_here", "overloaded"),
+                },
+                parameters=[_WEBHOOK_DELIVERY_ID],
             ),
         },
     }

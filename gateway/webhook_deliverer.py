@@ -14,6 +14,13 @@ One gateway of a cluster runs it (``[webhooks] deliver = true``; docs/webhooks.m
    (the SSRF rule again, at delivery); a 2xx delivers, anything else is retried on the
    schedule.
 
+**Disabled endpoints.** The core decides when an endpoint that keeps failing is disabled
+(:mod:`business.payments.delivery`); :meth:`WebhookDeliverer.flush` saves each decision where
+endpoints live (``save_disabled``: the keyring, with ``disabled_reason`` ``failing``), and every
+round reconciles the core with the keyring (``sync_endpoints``) once its version changed: a
+partner's disable pauses the endpoint's queue, a re-enable (API or ``baas-partners``) sends its
+paused deliveries again, a removal drops them.
+
 A restart resumes from the store (pending deliveries due again: at least once); a store lost
 with its disk re-reads the log from the acknowledged point, whose earlier events are gone.
 """
@@ -30,7 +37,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,26 +51,35 @@ from business.identity.ids import Mode, mode_of_ledger, partner_id
 from business.payments.delivery import (
     CURSOR_KEY,
     DELIVERY_PREFIX,
+    FAILING_PREFIX,
     Attempt,
     Delivery,
     DeliveryCore,
+    EndpointDisabled,
     Status,
     Target,
     decode_cursor,
     decode_delivery,
+    decode_failing,
 )
 from business.payments.webhooks import sign_payload
+from gateway.bridge_routes import RESERVE_HISTORY_DEFAULT, render_reserve, reserve_path
 from gateway.config import WebhooksConfig
 from gateway.keyring import Keyring
 from gateway.node_client import NodeClient
 from gateway.payments_routes import order_object, payment_object
-from gateway.webhook_endpoints import UrlPolicy, WebhookEndpoint, address_allowed
+from gateway.webhook_endpoints import (
+    DISABLED_BY_PARTNER,
+    UrlPolicy,
+    WebhookEndpoint,
+    address_allowed,
+)
 from node.api.bridge_routes import BRIDGE_PATH
 from node.api.payments_routes import PAYMENTS_PATH
 from node.errors import BaasError, OperationFailed
 from node.metrics import Metrics, StatFamily
 
-__all__ = ["SIGNATURE_HEADER", "GuardedResolver", "WebhookDeliverer"]
+__all__ = ["SIGNATURE_HEADER", "GuardedResolver", "SaveDisabled", "WebhookDeliverer"]
 
 log = logging.getLogger("baas.gateway.webhooks")
 
@@ -72,6 +88,10 @@ USER_AGENT = "baas-webhooks/1"
 READ_TIMEOUT_S = 10.0
 ANSWER_BYTES_MAX = 4096  # of a receiver's answer, read and dropped
 NO_PARTNER = bytes(16).hex()
+
+# Saves disable decisions (partner name, decision) with the endpoints; answers the version of
+# the keyring that holds them.
+SaveDisabled = Callable[[Sequence[tuple[str, EndpointDisabled]]], Awaitable[int]]
 
 
 class BlockedAddress(OSError):
@@ -122,6 +142,7 @@ class WebhookDeliverer:
         metrics: Metrics,
         clock_s: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        save_disabled: SaveDisabled | None = None,
     ) -> None:
         assert config.data_dir is not None, "validated: deliver needs data_dir"
         self.config = config
@@ -140,6 +161,10 @@ class WebhookDeliverer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._by_id: tuple[int, dict[str, tuple[str, WebhookEndpoint]]] = (-1, {})
+        self._save_disabled = save_disabled
+        self._save_due_s = 0.0
+        self._synced_version = -1  # the keyring version the core was last reconciled with
+        self._saved_version = 0  # ... never with one older than a disable we saved
         self.log_next_seq = 0  # the outbox's next sequence number, as last read
         # Reads and acks at most once per poll interval (each attempt's outcome wakes the
         # loop: without this every outcome would cost a read of every node and a log entry),
@@ -150,7 +175,7 @@ class WebhookDeliverer:
         self.deliveries: Counter = metrics.counter(
             "webhook_deliveries",
             "webhook attempts and outcomes: delivered, retry (an attempt failed), failed "
-            "(given up), dropped",
+            "(given up), dropped, paused (its endpoint is disabled)",
             ("result",),
         )
         metrics.add_stats(self._stat_families())
@@ -163,11 +188,13 @@ class WebhookDeliverer:
         self._db = plyvel.DB(str(self._db_path), create_if_missing=True)
         raw_cursor = self._db.get(CURSOR_KEY)
         restored = [decode_delivery(k, v) for k, v in self._db.iterator(prefix=DELIVERY_PREFIX)]
+        failing = dict(decode_failing(k, v) for k, v in self._db.iterator(prefix=FAILING_PREFIX))
         cursor = 0 if raw_cursor is None else decode_cursor(raw_cursor)
         self.core = DeliveryCore(
             self.config.limits, self.config.schedule, self._rng, cursor_seq=cursor,
-            restored=restored,
+            restored=restored, failing=failing,
         )  # fmt: skip
+        self._synced_version = -1
         self.core.advance(self.core.ready())  # restored records are already on disk
         log.info("webhooks: %d deliveries restored, cursor %d", len(restored), cursor)
 
@@ -214,7 +241,9 @@ class WebhookDeliverer:
         self._wake.clear()
 
     async def step(self) -> None:
-        """One round: read events, persist, acknowledge, launch due attempts."""
+        """One round: reconcile with the endpoints, read events, persist, acknowledge, launch
+        due attempts."""
+        self._sync_endpoints()
         try:
             await self._read_events()
         finally:
@@ -280,7 +309,7 @@ class WebhookDeliverer:
             "created_ms": int(event["log_time_ms"]),
             "livemode": mode == Mode.LIVE,
             "sequence": int(event["seq"]),
-            "data": {"object": await self._object(event, partner)},
+            "data": {"object": await self._object(event)},
         }
         body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
         if len(body) > self.config.body_bytes_max:  # the bare event: the receiver reads it
@@ -288,12 +317,12 @@ class WebhookDeliverer:
             body = json.dumps(document, separators=(",", ":"), sort_keys=True).encode()
         return body
 
-    async def _object(self, event: dict[str, Any], partner: str) -> dict[str, Any] | None:
+    async def _object(self, event: dict[str, Any]) -> dict[str, Any] | None:
         """The event's object as the API shows it, read now (so: its state at delivery)."""
         kind, obj, pid = event["type"], event["object"], event["partner"]
+        mode = mode_of_ledger(int(event["ledger"]))
         if kind != "reserve.low":
             # The payments API's own objects (ids with their prefixes, amounts as it names them).
-            mode = mode_of_ledger(int(event["ledger"]))
             payment = await self._read(f"{PAYMENTS_PATH}/payments/{obj}?partner={pid}")
             if payment is None:
                 return None
@@ -301,15 +330,11 @@ class WebhookDeliverer:
                 return payment_object(mode, payment)
             order = await self._read(f"{PAYMENTS_PATH}/orders/{obj}?partner={pid}")
             return None if order is None else order_object(mode, order, payment)
-        found = await self._read(f"{BRIDGE_PATH}/reserves/{pid}/{event['ledger']}?limit=1")
-        if found is None:
-            return None
-        shown = {k: v for k, v in found.items() if k not in ("applied_index", "history")}
-        if "partner" in shown:
-            shown["partner"] = partner
-        if kind == "reserve.low":
-            shown["ledger"] = int(event["ledger"])
-        return shown
+        # GET /v1/bridge/reserve's object, read and rendered as that route does (its default
+        # history page): a receiver sees the reserve exactly as the API shows it.
+        path = reserve_path(pid, int(event["ledger"]), RESERVE_HISTORY_DEFAULT, "&after_ts=0")
+        found = await self._read(BRIDGE_PATH + path)
+        return None if found is None else render_reserve(mode, found)
 
     async def _read(self, path: str) -> dict[str, Any] | None:
         found: dict[str, Any] | None = await self._nodes.ledger_read(
@@ -317,9 +342,44 @@ class WebhookDeliverer:
         )
         return found
 
+    def _sync_endpoints(self) -> None:
+        keyring = self._keyring()
+        if keyring.version == self._synced_version or keyring.version < self._saved_version:
+            return
+        saved = {e.id: e.enabled for p in keyring.partners.values() for e in p.webhook_endpoints}
+        self.core.sync_endpoints(saved, self._now_ms())
+        self._synced_version = keyring.version
+
+    async def _save(self, marks: tuple[EndpointDisabled, ...]) -> None:
+        """The core's disable decisions, saved with the endpoints (tried again each poll
+        interval while the keyring cannot be written; the core holds them meanwhile)."""
+        if self._save_disabled is None or self._clock_s() < self._save_due_s:
+            return
+        self._save_due_s = self._clock_s() + self.config.poll_interval_s
+        owned = [(found[0], m) for m in marks if (found := self.endpoint(m.endpoint)) is not None]
+        if owned:  # the rest were removed meanwhile: nothing to save
+            try:
+                version = await self._save_disabled(owned)
+            except BaasError as exc:
+                log.warning("webhooks: saving disabled endpoints failed: %s", exc.detail)
+                return
+            self._saved_version = max(self._saved_version, version)
+        self.core.disable_saved([m.endpoint for m in marks])
+        for partner, mark in owned:
+            log.warning(
+                "webhooks: endpoint %s of %s disabled: every attempt failed since %d ms",
+                mark.endpoint, partner, self.core.failing_since_ms(mark.endpoint) or mark.at_ms,
+            )  # fmt: skip
+
     async def flush(self) -> None:
-        """Persist what changed, then acknowledge the durable cursor (the written order)."""
+        """Persist what changed, then acknowledge the durable cursor (the written order);
+        save disable decisions with the endpoints."""
         ready = self.core.ready()
+        if ready.disable:
+            # Saved first: a crash before the local write then restores the deliveries as
+            # pending, and the sync pauses them again from the keyring (the other order would
+            # restore them paused with the endpoint enabled: a re-enable, wrongly).
+            await self._save(ready.disable)
         if ready.writes:
             await asyncio.to_thread(self._write, ready.writes)
         self.core.advance(ready)
@@ -368,16 +428,20 @@ class WebhookDeliverer:
 
     async def _attempt(self, d: Delivery) -> None:
         found = self.endpoint(d.endpoint)
-        if found is None or not found[1].enabled:
-            self.core.abandon(
-                d.number, "endpoint_removed" if found is None else "endpoint_disabled"
-            )
-            self.deliveries.labels("dropped").inc()
+        if found is None or not found[1].enabled:  # changed since the last sync
+            if found is None:
+                self.core.abandon(d.number, "endpoint_removed")
+            else:
+                reason = found[1].disabled_reason or DISABLED_BY_PARTNER
+                self.core.hold(d.number, reason, self._now_ms())
+            self.deliveries.labels("dropped" if found is None else "paused").inc()
             self.wake()
             return
         attempt = await self._post(found[1], d.body)
         settled = self.core.settle(d.number, attempt)
-        result = {Status.DELIVERED: "delivered", Status.FAILED: "failed"}.get(settled.status)
+        result = {
+            Status.DELIVERED: "delivered", Status.FAILED: "failed", Status.PAUSED: "paused"
+        }.get(settled.status)  # fmt: skip
         self.deliveries.labels(result or "retry").inc()
         self.wake()  # persist the outcome; a retry may be due earlier than the poll
 
@@ -444,6 +508,11 @@ class WebhookDeliverer:
                 lambda: max(0, self.log_next_seq - 1 - core().cursor_seq),
             ),
             StatFamily("webhook_cursor_seq", "events read", lambda: core().cursor_seq),
+            StatFamily(
+                "webhook_untracked_failing_endpoints",
+                "failed attempts of endpoints not tracked for disabling (endpoints_failing_max)",
+                lambda: core().untracked_failing,
+            ),
             StatFamily("webhook_log_acked_seq", "the log's acked cursor", lambda: core().acked_seq),
             StatFamily(
                 "webhook_outbox_dropped_events",

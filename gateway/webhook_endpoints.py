@@ -7,8 +7,11 @@ rotate-secret|enable|disable`` change them under the keyring's file lock
 (:func:`gateway.keyring.change_keyring`); running gateways reload the keyring by themselves.
 
 An endpoint (:class:`WebhookEndpoint`) has an id ``we_<hex>``, a URL, a mode (test or live:
-it gets that mode's events only), the event types it wants (``*``: all), an enabled flag and
-one or two signing secrets (``whsec_<hex>``, shown once when made). :func:`rotate_secret`
+it gets that mode's events only), the event types it wants (``*``: all), an enabled flag (with
+``disabled_reason`` and ``disabled_at_ms`` when off: ``partner`` when its partner disabled it,
+``failing`` when the deliverer did because every attempt failed for ``[webhooks]
+endpoint_failing_s_max``; :func:`set_enabled` clears them on re-enable) and one or two signing
+secrets (``whsec_<hex>``, shown once when made). :func:`rotate_secret`
 adds a new secret and ends the old one ``overlap_s`` later: until then every delivery
 carries one ``v1`` signature per live secret, so a receiver can switch without a gap.
 
@@ -36,6 +39,7 @@ from business.payments.outbox import EventType
 from node.errors import InvalidRequest, NotFound, UnsupportedFormat
 
 __all__ = [
+    "DISABLED_BY_PARTNER",
     "ENDPOINTS_PER_PARTNER_MAX",
     "EVENT_TYPES",
     "SECRETS_LIVE_MAX",
@@ -78,6 +82,8 @@ class WebhookEndpoint:
     enabled: bool
     secrets: tuple[WebhookSecret, ...]
     created_ms: int
+    disabled_reason: str | None = None  # when not enabled: "partner" or "failing"
+    disabled_at_ms: int | None = None
 
     def wants(self, event_type: str, mode: Mode) -> bool:
         return (
@@ -228,10 +234,26 @@ def remove_endpoint(
     return tuple(e for e in endpoints if e.id != endpoint_id)
 
 
+DISABLED_BY_PARTNER = "partner"
+
+
 def set_enabled(
-    endpoints: tuple[WebhookEndpoint, ...], endpoint_id: str, enabled: bool
+    endpoints: tuple[WebhookEndpoint, ...],
+    endpoint_id: str,
+    enabled: bool,
+    now_ms: int,
+    reason: str = DISABLED_BY_PARTNER,
 ) -> tuple[WebhookEndpoint, ...]:
-    return _replace_one(endpoints, replace(find(endpoints, endpoint_id), enabled=enabled))
+    """Enabled (the reason cleared), or disabled now for ``reason``; an endpoint already
+    disabled keeps its first reason and time."""
+    endpoint = find(endpoints, endpoint_id)
+    if enabled:
+        changed = replace(endpoint, enabled=True, disabled_reason=None, disabled_at_ms=None)
+    elif not endpoint.enabled:
+        return endpoints
+    else:
+        changed = replace(endpoint, enabled=False, disabled_reason=reason, disabled_at_ms=now_ms)
+    return _replace_one(endpoints, changed)
 
 
 def rotate_secret(
@@ -274,6 +296,8 @@ def endpoint_object(
         "livemode": e.mode == Mode.LIVE,
         "enabled_events": list(e.events),
         "status": "enabled" if e.enabled else "disabled",
+        "disabled_reason": None if e.enabled else e.disabled_reason or DISABLED_BY_PARTNER,
+        "disabled_at": None if e.enabled or e.disabled_at_ms is None else e.disabled_at_ms // 1000,
         "created_ms": e.created_ms,
         "secrets_live": len(e.signing_secrets(now_ms)),
     }
@@ -294,6 +318,8 @@ def endpoints_to_json(endpoints: tuple[WebhookEndpoint, ...]) -> list[dict[str, 
                 {"secret": s.secret.hex(), "not_after_ms": s.not_after_ms} for s in e.secrets
             ],
             "created_ms": e.created_ms,
+            "disabled_reason": e.disabled_reason,
+            "disabled_at_ms": e.disabled_at_ms,
         }
         for e in endpoints
     ]
@@ -316,6 +342,9 @@ def endpoints_from_json(raw: Any) -> tuple[WebhookEndpoint, ...]:
                     for s in e["secrets"]
                 ),
                 int(e["created_ms"]),
+                # absent in keyrings from before the disable rule
+                None if e.get("disabled_reason") is None else str(e["disabled_reason"]),
+                None if e.get("disabled_at_ms") is None else int(e["disabled_at_ms"]),
             )
             for e in raw
         )

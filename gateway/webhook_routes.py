@@ -6,6 +6,9 @@ Routes (signed by a partner; endpoints and deliveries of the request's mode only
   its signing ``secret`` (``whsec_...``), shown this once; the URL passes the SSRF rule
   (:func:`gateway.webhook_endpoints.check_url`). Needs a gateway that can write the keyring.
 * ``GET /v1/webhook_endpoints`` -> the partner's endpoints (no secrets).
+* ``POST /v1/webhook_endpoints/{id}`` ``{"disabled": false|true}`` (Stripe's update) -> the
+  endpoint: re-enabled (its paused deliveries go out again, ``disabled_reason`` cleared) or
+  disabled by its partner (``disabled_reason`` ``partner``).
 * ``DELETE /v1/webhook_endpoints/{id}`` -> ``{"id", "object", "deleted": true}``.
 * ``POST /v1/webhook_endpoints/{id}/rotate_secret`` ``{"overlap_s"?}`` -> the endpoint and its
   new secret (once); the old one signs too until the overlap ends.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from business.identity.ids import Mode
-from business.payments.delivery import Delivery
+from business.payments.delivery import Delivery, EndpointDisabled
 from gateway.config import GatewayConfig
 from gateway.keyring import Keyring, PartnerKeys, change_keyring
 from gateway.request_keys import MODE, PARTNER_KEYS
@@ -43,6 +46,7 @@ from gateway.webhook_endpoints import (
     find,
     remove_endpoint,
     rotate_secret,
+    set_enabled,
 )
 from node.api.problem import parse_json_body
 from node.config import parse_host_port
@@ -59,6 +63,7 @@ __all__ = [
     "deliverer_of",
     "deliveries_page",
     "delivery_number",
+    "disable_in_keyring",
     "own_endpoint",
     "resend_delivery",
     "rotate_endpoint",
@@ -106,6 +111,26 @@ async def change_endpoints(
     return await asyncio.to_thread(change_keyring, keyring_file, master_key, change)
 
 
+async def disable_in_keyring(
+    keyring_file: Path, master_key: bytes, marks: Sequence[tuple[str, EndpointDisabled]]
+) -> Keyring:
+    """The deliverer's disable decisions (partner, decision), saved in one keyring change."""
+
+    def change(keyring: Keyring) -> Keyring:
+        partners = dict(keyring.partners)
+        for partner, mark in marks:
+            keys = partners.get(partner)
+            if keys is None or all(e.id != mark.endpoint for e in keys.webhook_endpoints):
+                continue  # removed meanwhile
+            endpoints = set_enabled(
+                keys.webhook_endpoints, mark.endpoint, False, mark.at_ms, mark.reason
+            )
+            partners[partner] = replace(keys, webhook_endpoints=endpoints)
+        return replace(keyring, version=keyring.version + 1, partners=partners)  # one change
+
+    return await asyncio.to_thread(change_keyring, keyring_file, master_key, change)
+
+
 def _state(request: web.Request) -> GatewayState:
     from gateway.app import GATEWAY  # the app module imports this one: look the key up late
 
@@ -148,6 +173,7 @@ async def write_endpoints(
     )
     if keyring.version > state.keyring.version:
         state.keyring = keyring  # serve the change now, not at the next reload
+    state.keyring_written()
     return keyring
 
 
@@ -193,6 +219,23 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     endpoint = _endpoint(request)
     await _write(request, lambda endpoints: remove_endpoint(endpoints, endpoint.id))
     return web.json_response({"id": endpoint.id, "object": "webhook_endpoint", "deleted": True})
+
+
+async def post_update(request: web.Request) -> web.Response:
+    endpoint = _endpoint(request)
+    body = parse_json_body(await request.read())
+    if (
+        not isinstance(body, dict)
+        or set(body) != {"disabled"}
+        or type(body["disabled"]) is not bool
+    ):
+        raise InvalidRequest('body must be {"disabled": true|false}', param="disabled")
+    enabled = not body["disabled"]
+    keyring = await _write(
+        request, lambda endpoints: set_enabled(endpoints, endpoint.id, enabled, _now_ms(request))
+    )
+    changed = find(keyring.partner(_mine(request)[0].partner_id).webhook_endpoints, endpoint.id)
+    return web.json_response(endpoint_object(changed, _now_ms(request)))
 
 
 async def post_rotate(request: web.Request) -> web.Response:
@@ -325,12 +368,21 @@ def add_webhook_routes(app: web.Application, state: GatewayState) -> None:
     p = "/v1/webhook_endpoints"
     app.router.add_post(p, post_endpoint)
     app.router.add_get(p, list_endpoints)
+    app.router.add_post(p + "/{id}", post_update)
     app.router.add_delete(p + "/{id}", delete_endpoint)
     app.router.add_post(p + "/{id}/rotate_secret", post_rotate)
     app.router.add_get(p + "/{id}/deliveries", list_deliveries)
     app.router.add_post("/v1/webhook_deliveries/{id}/resend", post_resend)
     if not state.config.webhooks.deliver:
         return
+
+    async def save_disabled(marks: Sequence[tuple[str, EndpointDisabled]]) -> int:
+        if state.master_key is None:
+            raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
+        keyring = await disable_in_keyring(state.config.keyring_file, state.master_key, marks)
+        if keyring.version > state.keyring.version:
+            state.keyring = keyring  # served at once here
+        return keyring.version
 
     async def deliver_ctx(app: web.Application) -> AsyncIterator[None]:
         deliverer = WebhookDeliverer(
@@ -340,13 +392,16 @@ def add_webhook_routes(app: web.Application, state: GatewayState) -> None:
             url_policy(state.config),
             state.metrics,
             clock_s=state.clock_s,
+            save_disabled=save_disabled,
         )
         holder.deliverer = deliverer
+        state.keyring_written = deliverer.wake  # reconcile its queue with a change now
         task = asyncio.create_task(deliverer.run())
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         holder.deliverer = None
+        state.keyring_written = lambda: None
 
     app.cleanup_ctx.append(deliver_ctx)

@@ -30,10 +30,18 @@ from business.payments.delivery import DeliveryLimits, Status
 from business.payments.outbox import read_head
 from business.payments.webhooks import WebhookConfig, verify_signature
 from gateway.config import GatewayLimits, GatewayTimeouts, NodeEndpoint, WebhooksConfig
-from gateway.keyring import Keyring, new_partner
+from gateway.keyring import Keyring, load_keyring, new_partner, save_keyring
 from gateway.node_client import NodeClient
-from gateway.webhook_deliverer import SIGNATURE_HEADER, WebhookDeliverer
-from gateway.webhook_endpoints import UrlPolicy, WebhookEndpoint, add_endpoint, check_url
+from gateway.webhook_deliverer import SIGNATURE_HEADER, SaveDisabled, WebhookDeliverer
+from gateway.webhook_endpoints import (
+    UrlPolicy,
+    WebhookEndpoint,
+    add_endpoint,
+    check_url,
+    endpoint_object,
+    set_enabled,
+)
+from gateway.webhook_routes import change_endpoints, disable_in_keyring
 from node.api.ledger_routes import add_ledger_routes
 from node.api.payments_routes import AckRoutes, add_ack_routes, add_payments_routes
 from node.api.problem import problem_middleware
@@ -135,11 +143,14 @@ class World:
     keyring: Keyring
 
     def deliverer(
-        self, policy: UrlPolicy = ALLOW_LOCAL, metrics: Metrics | None = None
+        self,
+        policy: UrlPolicy = ALLOW_LOCAL,
+        metrics: Metrics | None = None,
+        save_disabled: SaveDisabled | None = None,
     ) -> WebhookDeliverer:
         return WebhookDeliverer(
             self.config, self.nodes, lambda: self.keyring, policy, metrics or Metrics("t"),
-            rng=random.Random(3),
+            rng=random.Random(3), save_disabled=save_disabled,
         )  # fmt: skip
 
     @property
@@ -270,6 +281,57 @@ async def test_a_restart_resumes_the_queue_from_leveldb(tmp_path: Path) -> None:
             async with running(w.deliverer()) as d:
                 await until("3 delivered after restart", lambda: len(receiver.accepted) == 3)
                 assert d.core.cursor_seq == 3 and receiver.bad == []
+
+
+MASTER = bytes(range(32))
+
+
+async def test_an_endpoint_failing_too_long_is_disabled_in_the_keyring_then_re_enabled(
+    tmp_path: Path,
+) -> None:
+    """Every attempt fails for endpoint_failing_s_max (1 s): the deliverer disables the
+    endpoint in the real keyring file (disabled_reason "failing"), stops attempting and holds
+    the deliveries paused; the partner re-enables it (as baas-partners does) and the held
+    events go out."""
+    limits = DeliveryLimits(endpoint_failing_s_max=1)
+    async with world(tmp_path, limits=limits) as w:
+        receiver = Receiver([], fail_first=10**6)  # down
+        async with serve(receiver_app(receiver)) as rx:
+            w.keyring = keyring_with(f"http://127.0.0.1:{rx.port}/hooks")
+            receiver.secrets = w.endpoint.signing_secrets(0)
+            keyring_file = tmp_path / "keyring.json"
+            save_keyring(keyring_file, w.keyring, MASTER)
+
+            async def save(marks: Any) -> int:
+                w.keyring = await disable_in_keyring(keyring_file, MASTER, marks)
+                return w.keyring.version
+
+            pay(w.node)
+            async with running(w.deliverer(save_disabled=save)) as d:
+                await until("disabled in the keyring", lambda: not w.endpoint.enabled)
+                on_disk = load_keyring(keyring_file, MASTER).partner("demo-shop")
+                shown = endpoint_object(on_disk.webhook_endpoints[0], 0)
+                assert shown["status"] == "disabled" and shown["disabled_reason"] == "failing"
+                assert isinstance(shown["disabled_at"], int) and shown["disabled_at"] > 0
+                mine = {w.endpoint.id}
+                await until(
+                    "all paused",
+                    lambda: all(x.status is Status.PAUSED for x in d.core.listing(mine, 10, None)),
+                )
+                held = d.core.listing(mine, 10, None)
+                assert len(held) == 3 and {x.reason for x in held} == {"endpoint_disabled"}
+                posts = receiver.posts
+                await asyncio.sleep(2.5)  # > the 1 s retry delay: no further attempts
+                assert receiver.posts == posts and receiver.accepted == []
+                receiver.fail_first = 0  # the partner fixed its receiver, and re-enables
+                w.keyring = await change_endpoints(
+                    keyring_file, MASTER, "demo-shop",
+                    lambda e: set_enabled(e, e[0].id, True, 0),
+                )  # fmt: skip
+                await until("the held events delivered", lambda: len(receiver.accepted) == 3)
+                assert w.endpoint.disabled_reason is None and receiver.bad == []
+                assert all(x.status is Status.DELIVERED for x in d.core.listing(mine, 10, None))
+                assert d.core.failing_since_ms(w.endpoint.id) is None
 
 
 async def test_loopback_is_refused_unless_allow_listed(tmp_path: Path) -> None:

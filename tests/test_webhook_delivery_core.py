@@ -10,6 +10,7 @@ import pytest
 
 from business.payments.delivery import (
     CURSOR_KEY,
+    FAILING_PREFIX,
     Attempt,
     DeliveryCore,
     DeliveryLimits,
@@ -17,7 +18,9 @@ from business.payments.delivery import (
     Target,
     decode_cursor,
     decode_delivery,
+    decode_failing,
     delivery_key,
+    failing_key,
 )
 from business.payments.webhooks import WebhookConfig, retry_delay_ms
 from node.errors import (
@@ -190,3 +193,166 @@ def test_abandon_drops_an_inflight_delivery() -> None:
     (d,) = c.due(0)
     assert c.abandon(d.number, "endpoint_removed").status is Status.DROPPED
     assert c.inflight_count == 0 and c.pending_count == 0
+
+
+# --- disabling an endpoint that keeps failing (endpoint_failing_s_max) ----------------------
+
+WINDOW_S = 100
+
+
+def _run(c: DeliveryCore, outcomes: list[tuple[int, int]]) -> None:
+    """Attempts of we_a's queue at the given times (ms) with the given HTTP statuses."""
+    for at_ms, status in outcomes:
+        due = [d for d in c.due(at_ms) if d.endpoint == "we_a"]
+        assert due, f"nothing due at {at_ms}"
+        c.settle(due[0].number, Attempt(at_ms, status))
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "disabled"),
+    [
+        ([], False),  # no attempt yet
+        ([(0, 500)], False),  # one failure starts the run
+        ([(0, 500), (99_999, 500)], False),  # failing 99.999 s < 100 s
+        ([(0, 500), (100_000, 500)], True),  # failing for exactly the window: disabled
+        ([(0, 0), (100_000, 0)], True),  # no answer at all counts as failing
+        ([(0, 500), (50_000, 204), (100_000, 500)], False),  # a 2xx ends the run
+        ([(0, 500), (50_000, 204), (100_000, 500), (200_000, 500)], True),  # a new run: 100 s
+        ([(0, 204), (100_000, 204)], False),  # never failing
+    ],
+)
+def test_disable_rule_table(outcomes: list[tuple[int, int]], disabled: bool) -> None:
+    c = core(endpoint_inflight_max=1, endpoint_failing_s_max=WINDOW_S)
+    # one delivery per outcome (each due at once: the retry schedule stays out of the way)
+    for n in range(len(outcomes) + 2):
+        c.enqueue(n + 1, EID, [Target("we_a", b"a"), Target("we_b", b"b")], now_ms=0)
+    _run(c, outcomes)
+    ready = c.ready()
+    assert (c.disabled("we_a") is not None) is disabled
+    assert [m.endpoint for m in ready.disable] == (["we_a"] if disabled else [])
+    queued = [c.get(n) for n in range(1, c.next_number) if c.get(n).endpoint == "we_a"]
+    paused = [d for d in queued if d.status is Status.PAUSED]
+    if disabled:
+        (mark,) = ready.disable
+        assert mark.reason == "failing" and mark.at_ms == outcomes[-1][0]
+        # every queued delivery of the endpoint is held, the failed one included
+        assert paused and all(d.status is not Status.PENDING for d in queued)
+        assert all(d.reason == "endpoint_disabled" for d in paused)
+        assert all(d.endpoint == "we_b" for d in c.due(10**9))  # no further attempts
+    else:
+        assert paused == []
+    assert c.disabled("we_b") is None  # other endpoints are untouched
+
+
+def _disabled_core() -> DeliveryCore:
+    c = core(endpoint_inflight_max=1, endpoint_failing_s_max=WINDOW_S)
+    c.enqueue(1, EID, [Target("we_a", b"1")], 0)
+    c.enqueue(2, EID, [Target("we_a", b"2")], 0)
+    _run(c, [(0, 500), (100_000, 500)])
+    assert c.disabled("we_a") is not None and c.next_due_ms() is None
+    return c
+
+
+def test_a_disable_is_saved_then_a_re_enable_sends_the_paused_deliveries_again() -> None:
+    c = _disabled_core()
+    assert c.oldest_pending_ms() is None  # paused deliveries are not "pending" in the metric
+    c.sync_endpoints({"we_a": True}, 150_000)  # an old view of the keyring: not yet saved
+    assert c.disabled("we_a") is not None and c.due(10**9) == []
+    c.disable_saved([m.endpoint for m in c.ready().disable])
+    assert c.ready().disable == ()
+    c.sync_endpoints({"we_a": False}, 160_000)  # the keyring shows it disabled
+    assert c.disabled("we_a") is not None
+    c.sync_endpoints({"we_a": True}, 200_000)  # its partner enabled it again
+    assert c.disabled("we_a") is None and c.failing_since_ms("we_a") is None
+    assert c.oldest_pending_ms() == 0
+    again = [c.get(1), c.get(2)]
+    assert all(d.status is Status.PENDING and d.round_attempts == 0 for d in again)
+    assert c.next_due_ms() == 200_000 and [d.number for d in c.due(200_000)] == [1]
+    # a fresh window: one more failure does not disable it at once
+    c.settle(1, Attempt(200_000, 500))
+    assert c.disabled("we_a") is None
+
+
+def test_a_partner_disable_pauses_and_a_removal_drops() -> None:
+    c = core()
+    c.enqueue(1, EID, [Target("we_a", b"1"), Target("we_b", b"2")], 0)
+    c.sync_endpoints({"we_a": False, "we_b": True}, 5)
+    assert c.get(1).status is Status.PAUSED and c.ready().disable == ()  # already saved
+    assert [d.number for d in c.due(5)] == [2]
+    c.settle(2, Attempt(5, 204))
+    c.resend(2, 6)
+    c.sync_endpoints({"we_a": False}, 7)  # we_b removed
+    assert c.get(2).status is Status.DROPPED and c.get(2).reason == "endpoint_removed"
+    c.resend(2, 8)
+    assert c.get(2).status is Status.PENDING
+    with pytest.raises(InvalidRequest):
+        c.resend(1, 8)  # paused is still queued
+
+
+def test_resend_to_a_disabled_endpoint_is_held_and_hold_pauses_an_inflight_one() -> None:
+    c = core()
+    c.enqueue(1, EID, [Target("we_a", b"1")], 0)
+    c.enqueue(2, EID, [Target("we_a", b"2")], 0)
+    first, second = c.due(0)
+    c.settle(first.number, Attempt(0, 204))
+    assert c.hold(second.number, "partner", 1).status is Status.PAUSED
+    assert c.inflight_count == 0 and c.disabled("we_a") is not None
+    assert c.resend(first.number, 2).status is Status.PAUSED
+
+
+def test_an_inflight_delivery_settling_after_its_endpoint_was_disabled_is_paused() -> None:
+    c = core(endpoint_failing_s_max=WINDOW_S, endpoint_inflight_max=2)
+    for seq in (1, 2, 3):
+        c.enqueue(seq, EID, [Target("we_a", b"x")], 0)
+    one, two = c.due(0)
+    c.settle(one.number, Attempt(0, 500))  # the failing run starts
+    (three,) = c.due(0)
+    c.settle(two.number, Attempt(100_000, 500))  # disables: three is in flight
+    assert c.get(one.number).status is Status.PAUSED
+    assert c.get(three.number).status is Status.PENDING
+    assert c.settle(three.number, Attempt(100_001, 500)).status is Status.PAUSED
+    # a 2xx answer to an attempt in flight when its endpoint was disabled still delivers
+    c2 = core()
+    c2.enqueue(1, EID, [Target("we_a", b"1")], 0)
+    (d,) = c2.due(0)
+    c2.sync_endpoints({"we_a": False}, 0)
+    assert c2.settle(d.number, Attempt(1, 200)).status is Status.DELIVERED
+
+
+def test_failing_runs_are_bounded_persisted_and_restored() -> None:
+    c = core(endpoints_failing_max=1, endpoint_failing_s_max=WINDOW_S)
+    c.enqueue(1, EID, [Target("we_a", b"1"), Target("we_b", b"2")], 0)
+    c.enqueue(2, EID, [Target("we_a", b"3")], 0)
+    for d in c.due(0):
+        c.settle(d.number, Attempt(7, 500))
+    assert c.failing_since_ms("we_a") == 7 and c.failing_since_ms("we_b") is None
+    assert c.untracked_failing == 1
+    ready = c.ready()
+    ((key, raw),) = [(k, v) for k, v in ready.writes if k.startswith(FAILING_PREFIX)]
+    assert raw is not None and decode_failing(key, raw) == ("we_a", 7)
+    with pytest.raises(CorruptEntry):
+        decode_failing(FAILING_PREFIX + b"we_b", raw)
+    c.advance(ready)
+    records = [decode_delivery(k, v) for k, v in ready.writes if k.startswith(b"d/") and v]
+    back = DeliveryCore(
+        DeliveryLimits(endpoint_failing_s_max=WINDOW_S), SCHEDULE, random.Random(1),
+        cursor_seq=1, restored=records, failing={"we_a": 7},
+    )  # fmt: skip
+    assert back.failing_since_ms("we_a") == 7
+    a = next(d for d in back.due(10**9) if d.endpoint == "we_a")
+    back.settle(a.number, Attempt(100_007, 500))
+    assert back.disabled("we_a") is not None  # the run went on across the restart
+    # success ends the run, and its record is deleted
+    c.settle(next(d for d in c.due(10**9) if d.endpoint == "we_a").number, Attempt(8, 204))
+    assert (failing_key("we_a"), None) in c.ready().writes
+
+
+def test_a_record_changed_while_it_was_written_stays_dirty() -> None:
+    c = core()
+    c.enqueue(1, EID, [Target("we_a", b"1")], 0)
+    ready = c.ready()
+    (d,) = c.due(0)
+    c.settle(d.number, Attempt(1, 204))  # settles while ready.writes are being written
+    c.advance(ready)
+    (write,) = [w for w in c.ready().writes if w[0] == delivery_key(1)]
+    assert write[1] is not None and decode_delivery(*write).status is Status.DELIVERED  # type: ignore[arg-type]

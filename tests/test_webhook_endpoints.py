@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from inprocess_gateway import gateway_without_nodes
+from openapi_check import CheckedPartnerClient
 
 from business.identity.ids import Mode
 from gateway.config import load_gateway_config
@@ -25,7 +26,6 @@ from gateway.webhook_endpoints import (
 )
 from node.errors import ConfigError, InvalidRequest
 from tools import partners_cli
-from tools.client import PartnerClient
 
 URL = "https://hooks.example.com/in"
 KEY = bytes(range(32))
@@ -119,8 +119,11 @@ def test_the_partners_cli_manages_endpoints(
     code, refused = cli("add", "--partner", "shop-a", "--url", "http://10.0.0.7/x")
     assert code == 1 and "webhook_url_forbidden" in refused["stderr"]
     code, off = cli("disable", "--partner", "shop-a", "--id", made["id"])
-    assert code == 0 and off["status"] == "disabled"
-    assert cli("enable", "--partner", "shop-a", "--id", made["id"])[1]["status"] == "enabled"
+    assert code == 0 and off["status"] == "disabled" and off["disabled_reason"] == "partner"
+    (listed,) = cli("list", "--partner", "shop-a")[1]["data"]
+    assert listed["disabled_reason"] == "partner" and isinstance(listed["disabled_at"], int)
+    on = cli("enable", "--partner", "shop-a", "--id", made["id"])[1]
+    assert on["status"] == "enabled" and on["disabled_reason"] is None and on["disabled_at"] is None
     code, gone = cli("remove", "--partner", "shop-a", "--id", made["id"])
     assert code == 0 and gone["deleted"] is True
     assert cli("list", "--partner", "shop-a")[1]["data"] == []
@@ -129,7 +132,7 @@ def test_the_partners_cli_manages_endpoints(
 async def test_the_partner_routes(tmp_path: Path) -> None:
     async with gateway_without_nodes(tmp_path) as layout:
         creds = layout.partners["shop-a"]
-        async with PartnerClient(
+        async with CheckedPartnerClient(
             layout.gateway_url, creds["api_key"], bytes.fromhex(creds["secret_hex"])
         ) as c:
             made = await c.request(
@@ -143,6 +146,15 @@ async def test_the_partner_routes(tmp_path: Path) -> None:
             loop = await c.request("POST", "/v1/webhook_endpoints", {"url": "http://127.0.0.1/"})
             assert loop.status == 400 and loop.body["code"] == "webhook_url_forbidden"
             path = f"/v1/webhook_endpoints/{made.body['id']}"
+            off = await c.request("POST", path, {"disabled": True})
+            assert off.status == 200 and off.body["status"] == "disabled"
+            assert off.body["disabled_reason"] == "partner" and off.body["disabled_at"] > 0
+            on = await c.request("POST", path, {"disabled": False})
+            assert on.status == 200 and on.body["status"] == "enabled"
+            assert on.body["disabled_reason"] is None and on.body["disabled_at"] is None
+            for bad in ({}, {"disabled": "no"}, {"disabled": False, "url": URL}):
+                refused = await c.request("POST", path, bad)
+                assert refused.status == 400 and refused.body["param"] == "disabled", bad
             rotated = await c.request("POST", path + "/rotate_secret", {"overlap_s": 30})
             assert rotated.status == 200 and rotated.body["secrets_live"] == 2
             deliveries = await c.request("GET", path + "/deliveries")
@@ -152,7 +164,7 @@ async def test_the_partner_routes(tmp_path: Path) -> None:
             assert gone.status == 200 and gone.body["deleted"] is True
             assert (await c.request("DELETE", path)).status == 404
         other = layout.partners["shop-b"]
-        async with PartnerClient(
+        async with CheckedPartnerClient(
             layout.gateway_url, other["api_key"], bytes.fromhex(other["secret_hex"])
         ) as c:
             assert (await c.request("GET", "/v1/webhook_endpoints")).body["data"] == []

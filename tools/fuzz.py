@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import itertools
 import json
 import os
@@ -49,6 +50,7 @@ import random
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -140,6 +142,14 @@ LINKED_ITEMS_MAX = 3  # transfers in a fixture-drawn linked chain or batch
 CREDIT_USER_SHARE = 0.3  # of fixture-drawn transfers that credit the linked user's wallet
 LINK_DEADLINE_S = 3600  # how far ahead a fixture-drawn wallet link's signature is valid
 LEDGER_WAIT_S = 120.0  # for the members to enable the ledger and identity log features
+WEBHOOK_DISABLE_SHARE = 0.2  # of fixture-drawn updates that disable (resends are then paused)
+WEBHOOK_SPARES = 3  # endpoints made in setup for the delete route (each deletes once)
+WEBHOOK_WAIT_S = 60.0  # for the setup's payment events to be delivered to its receiver
+# the small cluster's gateway delivers webhooks, to the fuzzer's receiver on loopback only
+WEBHOOKS_TOML = (
+    '\n[webhooks]\ndeliver = true\ndata_dir = "gateway-webhooks"\n'
+    'allow_hosts = ["127.0.0.1"]\npoll_interval_s = 0.2\n'
+)
 # What a request signed by a principal the operation does not list must get, by the signer's
 # scheme: a partner on an operator route sees no such route; an operator anywhere else is told
 # its credential signs the admin routes only (gateway/app.py, gateway/admin_routes.py).
@@ -253,6 +263,18 @@ class PaymentsFixtures:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookFixtures:
+    """The fuzzing partner's webhook endpoints (test mode) and deliveries to its receiver.
+    The defaults name objects that do not exist (a gateway without nodes, or one that does
+    not deliver); the cluster setup makes them through the API."""
+
+    url: str = "http://127.0.0.1:9/hooks"  # the fuzzer's receiver (answers 204)
+    endpoint_id: str = "we_" + "ab" * 8  # to update, rotate and list deliveries of
+    spare_ids: tuple[str, ...] = ("we_" + "cd" * 8,)  # to delete
+    delivery_ids: tuple[str, ...] = ("whd_1",)  # delivered: each may be resent
+
+
+@dataclass(frozen=True, slots=True)
 class Fixtures:
     """Objects made before fuzzing, which valid requests may name."""
 
@@ -267,6 +289,7 @@ class Fixtures:
     chain_id: int  # the EIP-712 domain the nodes verify users' signatures in
     bridge: BridgeFixtures = BridgeFixtures()
     payments: PaymentsFixtures = PaymentsFixtures()
+    webhooks: WebhookFixtures = WebhookFixtures()
 
 
 # case attribute ("path_parameters", "query", "body") -> values merged into what was generated
@@ -585,6 +608,25 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
     "fulfilMarketOrder": lambda f, rng: _step(f.payments.order_id, f.payments.fulfil),
     "cancelMarketOrder": lambda f, rng: _step(f.payments.cancelled_id, f.payments.cancel),
     "refundMarketOrder": lambda f, rng: _step(f.payments.order_id, f.payments.order_refund),
+    # webhooks: endpoints to the fuzzer's receiver (new ones get one rare event type, so they
+    # add little traffic); a rotation with no overlap always succeeds; deliveries setup saw
+    "createWebhookEndpoint": lambda f, rng: {
+        "body": {"url": f.webhooks.url, "enabled_events": ["reserve.low"]}
+    },
+    "updateWebhookEndpoint": lambda f, rng: {
+        **_path_id(rng, (f.webhooks.endpoint_id,)),
+        "body": {"disabled": rng.random() < WEBHOOK_DISABLE_SHARE},
+    },
+    "deleteWebhookEndpoint": lambda f, rng: _path_id(rng, f.webhooks.spare_ids),
+    "rotateWebhookEndpointSecret": lambda f, rng: {
+        **_path_id(rng, (f.webhooks.endpoint_id,)),
+        "body": {"overlap_s": 0},
+    },
+    "listWebhookDeliveries": lambda f, rng: {
+        **_path_id(rng, (f.webhooks.endpoint_id,)),
+        "query": {"starting_after": _DROP},
+    },
+    "resendWebhookDelivery": lambda f, rng: _path_id(rng, f.webhooks.delivery_ids),
 }
 
 
@@ -1222,17 +1264,79 @@ def _make_payments_objects(
     )
 
 
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    """The partner's webhook receiver: every POST answered 204 (its body read and dropped)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: thousands of deliveries
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[str]:
+    """A receiver on 127.0.0.1 (a thread) for the run: its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _make_webhook_endpoints(
+    session: requests.Session, gateway_url: str, url: str
+) -> WebhookFixtures | None:
+    """Before the payments setup (whose events it should get): an endpoint for every event
+    and spares to delete. None where the gateway refuses the receiver's URL."""
+    made = []
+    for events in (["*"], *[["reserve.low"]] * WEBHOOK_SPARES):
+        status, answer = _signed(session, gateway_url, "POST", "/v1/webhook_endpoints",
+                                 json={"url": url, "enabled_events": events})  # fmt: skip
+        if status != 201:
+            print(f"baas-fuzz: no webhook fixtures ({status} {answer})", file=sys.stderr)
+            return None
+        made.append(str(answer["id"]))
+    return WebhookFixtures(url=url, endpoint_id=made[0], spare_ids=tuple(made[1:]))
+
+
+def _delivered(
+    session: requests.Session, gateway_url: str, webhooks: WebhookFixtures
+) -> WebhookFixtures:
+    """After the payments setup: its deliveries once delivered (a resend needs a finished
+    one); the defaults where this gateway does not deliver."""
+    path = f"/v1/webhook_endpoints/{webhooks.endpoint_id}/deliveries?limit=100"
+    deadline = time.monotonic() + WEBHOOK_WAIT_S
+    while time.monotonic() < deadline:
+        status, answer = _signed(session, gateway_url, "GET", path)
+        if status != 200:
+            print(f"baas-fuzz: no webhook deliveries ({status} {answer})", file=sys.stderr)
+            return webhooks
+        done = tuple(d["id"] for d in answer["data"] if d["status"] == "delivered")
+        if done:
+            return WebhookFixtures(webhooks.url, webhooks.endpoint_id, webhooks.spare_ids, done)
+        time.sleep(0.5)
+    return webhooks
+
+
 def make_fixtures(
     gateway_url: str,
     credentials: Mapping[str, ApiCredential],
     partners: Iterable[str],
+    webhook_url: str | None = None,
 ) -> tuple[Fixtures, dict[str, ApiCredential]]:
     """As the operator (``operatorSignature``), onboard a partner on the log: the fuzzing
     partner, whose test credential signs ``partnerSignature`` from then on (the ledger and
     wallet routes serve only partners on the log). As it, write a few records and wait until
-    an anchor covering them is mined, then make its ledger objects and a wallet link.
-    ``partners`` names the partners that exist already. Answers the fixtures and the
-    credentials to fuzz with."""
+    an anchor covering them is mined, then make its ledger objects and a wallet link, its
+    webhook endpoints to ``webhook_url`` (a receiver the gateway may deliver to), its Bridge
+    and payments objects. ``partners`` names the partners that exist already. Answers the
+    fixtures and the credentials to fuzz with."""
     tag = secrets.token_hex(4)
     chain_id = IdentityConfig().chain_id  # the nodes' (node/main.py): the default
     with _signing_session(credentials[OPERATOR_SIGNATURE]) as session:
@@ -1243,7 +1347,11 @@ def make_fixtures(
         anchored, batches = _anchored(session, gateway_url, ids)
         ledger = _make_ledger_objects(session, gateway_url, name, tag, chain_id)
         bridge = _make_bridge_objects(session, gateway_url, ledger, tag, chain_id)
+        hooks = None
+        if webhook_url is not None:
+            hooks = _make_webhook_endpoints(session, gateway_url, webhook_url)
         payments = _make_payments_objects(session, gateway_url, ledger, tag, chain_id)
+        webhooks = WebhookFixtures() if hooks is None else _delivered(session, gateway_url, hooks)
     fixtures = Fixtures(
         record_ids=ids,
         anchored_record_ids=anchored,
@@ -1256,16 +1364,20 @@ def make_fixtures(
         chain_id=chain_id,
         bridge=bridge,
         payments=payments,
+        webhooks=webhooks,
     )
     return fixtures, {**credentials, PARTNER_SIGNATURE: own}
 
 
 @contextlib.contextmanager
 def small_cluster(directory: Path) -> Iterator[ClusterLayout]:
-    """A 3-node cluster (k=2, n=3) with the embedded chain and the gateway, in real processes."""
+    """A 3-node cluster (k=2, n=3) with the embedded chain and the gateway, in real processes;
+    the gateway delivers webhooks (to the fuzzer's receiver on 127.0.0.1)."""
     layout = init_cluster(
         directory, nodes=3, k=2, n=3, partners=(PARTNER, "shop-b"), chain="embedded"
     )
+    config = Path(layout.gateway_config_path)
+    config.write_text(config.read_text() + WEBHOOKS_TOML)
     cluster = LocalCluster(layout)
     cluster.start()
     try:
@@ -1280,8 +1392,9 @@ def run_on(layout: ClusterLayout, requests_total: int, seed: int) -> FuzzReport:
     needs a chain: the receipt route's 2xx needs an anchored record."""
     first = PARTNER if PARTNER in layout.partners else sorted(layout.partners)[0]
     credentials = make_credentials(layout, first)  # adds the fuzzer's operator once
-    fixtures, signing = make_fixtures(layout.gateway_url, credentials, layout.partners)
-    return fuzz_gateway(layout.gateway_url, signing, fixtures, requests_total, seed)
+    with webhook_receiver() as url:
+        fixtures, signing = make_fixtures(layout.gateway_url, credentials, layout.partners, url)
+        return fuzz_gateway(layout.gateway_url, signing, fixtures, requests_total, seed)
 
 
 def main(argv: list[str] | None = None) -> int:

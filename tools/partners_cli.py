@@ -32,6 +32,10 @@ exists replaces (rotates) its credential, which ends its sessions.
 ``webhook add`` registers a webhook endpoint in the keyring (the URL passes the gateway's
 ``[webhooks]`` SSRF rule) and prints its signing secret ONCE; ``rotate-secret`` prints the new
 one, the old one signing too for ``--overlap-s`` (:mod:`gateway.webhook_endpoints`).
+``webhook list`` shows each endpoint's ``status`` with ``disabled_reason`` (``partner``, or
+``failing``: the deliverer disabled it after every attempt failed for ``[webhooks]
+endpoint_failing_s_max``) and ``disabled_at``; ``webhook enable`` re-enables it, and its paused
+deliveries go out again.
 Running gateways pick keyring changes up by themselves.
 
 Output is JSON on stdout. Refusals (a partner that exists, an unknown partner, no node
@@ -265,7 +269,9 @@ async def _webhook_remove(ctx: _Context, args: argparse.Namespace) -> dict[str, 
 
 async def _webhook_enable(ctx: _Context, args: argparse.Namespace) -> dict[str, Any]:
     enabled = args.webhook_command == "enable"
-    keyring = await _webhook_change(ctx, args.partner, lambda e: set_enabled(e, args.id, enabled))
+    keyring = await _webhook_change(
+        ctx, args.partner, lambda e: set_enabled(e, args.id, enabled, _now_ms())
+    )
     return endpoint_object(
         find(keyring.partner(args.partner).webhook_endpoints, args.id), _now_ms()
     )

@@ -24,12 +24,27 @@ injected ``rng``); after the schedule's last attempt the delivery is ``failed`` 
 and its endpoint's ``failed`` count rises. A manual :meth:`DeliveryCore.resend` makes a
 finished delivery pending again with a fresh schedule.
 
+**Disabling an endpoint that keeps failing** (Stripe disables an endpoint that has failed for
+days). The core keeps, per endpoint, when its current run of failed attempts began (the first
+failed attempt since its last 2xx; persisted under ``f/``). A failed attempt that ends at least
+``endpoint_failing_s_max`` after that start disables the endpoint: no further attempts, its
+queued deliveries (this one included) are ``paused`` with the reason, and ``ready.disable``
+carries the decision for the adapter to persist where endpoints live (the keyring); once it is
+saved, :meth:`DeliveryCore.disable_saved`. :meth:`DeliveryCore.sync_endpoints` reconciles the
+core with the endpoints as saved: one disabled there (by its partner, or by this rule) pauses
+its queue; one enabled there again (a partner's re-enable) resumes its paused deliveries, due at
+once with a fresh schedule and a fresh failing window; one removed drops them
+(``endpoint_removed``). A disable not yet saved is never undone by a sync.
+
 **Bounds** (:class:`DeliveryLimits`): at most ``deliveries_max`` deliveries pending (the adapter
 reads no further events while :meth:`DeliveryCore.room` is short: they wait on the log), at
 most ``endpoint_pending_max`` per endpoint (past it the endpoint's *oldest* pending delivery
 is dropped, ``dropped``: one dead endpoint cannot stall every partner), ``inflight_max`` in
 flight and ``endpoint_inflight_max`` per endpoint, ``history_max`` finished deliveries kept to
-list and resend (the oldest go), ``attempts_recorded_max`` attempts kept per delivery.
+list and resend (the oldest go), ``attempts_recorded_max`` attempts kept per delivery,
+``endpoints_failing_max`` failing runs tracked (past it a newly failing endpoint is not tracked,
+so not disabled, until a run ends: ``untracked_failing`` counts them). Disabled endpoints are
+those of the keyring (a sync forgets any other), so bounded by it.
 
 No clock, no I/O, no module-level randomness (the purity test in tests/ covers this module).
 """
@@ -39,7 +54,7 @@ from __future__ import annotations
 import enum
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,22 +74,29 @@ from node.errors import (
 __all__ = [
     "CURSOR_KEY",
     "DELIVERY_PREFIX",
+    "FAILING_PREFIX",
     "Attempt",
     "Delivery",
     "DeliveryCore",
     "DeliveryLimits",
     "EndpointCounts",
+    "EndpointDisabled",
     "Ready",
     "Status",
     "Target",
     "decode_cursor",
     "decode_delivery",
+    "decode_failing",
     "delivery_key",
+    "failing_key",
 ]
 
 RECORD_VERSION = 1
 DELIVERY_PREFIX = b"d/"
 CURSOR_KEY = b"c"
+FAILING_PREFIX = b"f/"
+FAILING_REASON = "failing"  # disabled_reason of an endpoint this core disabled
+PAUSED_REASON = "endpoint_disabled"  # reason of a delivery held while its endpoint is disabled
 ERROR_CHARS_MAX = 200  # an attempt's error text as recorded
 
 
@@ -83,6 +105,10 @@ class Status(enum.Enum):
     DELIVERED = "delivered"  # a 2xx answer
     FAILED = "failed"  # every attempt of the schedule failed: given up
     DROPPED = "dropped"  # its endpoint's queue overflowed, or the endpoint went away
+    PAUSED = "paused"  # its endpoint is disabled: held, sent again once it is re-enabled
+
+
+_QUEUED = (Status.PENDING, Status.PAUSED)  # held in the per-endpoint queues
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +119,11 @@ class DeliveryLimits:
     endpoint_inflight_max: int = 2
     history_max: int = 10_000
     attempts_recorded_max: int = 32
+    # An endpoint whose attempts have all failed for this long is disabled. 4 days: longer
+    # than one delivery's whole retry schedule (3 d 2.5 h by default), so no single event's
+    # retries disable an endpoint by themselves; it is still failing a day after one gave up.
+    endpoint_failing_s_max: int = 4 * 86_400
+    endpoints_failing_max: int = 100_000
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -146,6 +177,16 @@ class Ready:
     writes: tuple[tuple[bytes, bytes | None], ...]
     cursor_seq: int  # the cursor these writes persist
     ack_upto: int | None  # propose payments.ack {"upto"} once the writes are durable
+    disable: tuple[EndpointDisabled, ...] = ()  # to save with the endpoints, then disable_saved
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointDisabled:
+    """The decision to disable an endpoint, for the adapter to persist with the endpoint."""
+
+    endpoint: str
+    at_ms: int
+    reason: str
 
 
 @dataclass(slots=True)
@@ -221,6 +262,20 @@ def decode_delivery(key: bytes, raw: bytes) -> Delivery:
     return d
 
 
+def failing_key(endpoint: str) -> bytes:
+    return FAILING_PREFIX + endpoint.encode()
+
+
+def decode_failing(key: bytes, raw: bytes) -> tuple[str, int]:
+    """A stored failing run: the endpoint and when its first failed attempt was."""
+    fields = _open(raw, "failing run")
+    if len(fields) != 2 or not isinstance(fields[0], str) or type(fields[1]) is not int:
+        raise CorruptEntry("stored webhook failing run is malformed")
+    if key != failing_key(fields[0]):
+        raise CorruptEntry("stored webhook failing run is under another endpoint's key")
+    return fields[0], fields[1]
+
+
 def decode_cursor(raw: bytes) -> int:
     (cursor,) = _open(raw, "cursor")
     if type(cursor) is not int or cursor < 0:
@@ -240,6 +295,7 @@ class DeliveryCore:
         cursor_seq: int = 0,
         acked_seq: int = 0,
         restored: Sequence[Delivery] = (),
+        failing: Mapping[str, int] = {},
     ) -> None:
         self.limits = limits
         self.schedule = schedule
@@ -253,11 +309,17 @@ class DeliveryCore:
         self._inflight: dict[int, str] = {}
         self._dirty: dict[int, bool] = {}  # number -> still held (False: delete the record)
         self.counts: dict[str, EndpointCounts] = {}
+        # endpoint -> when its run of failed attempts began (module docstring: disabling)
+        self._failing_since: dict[str, int] = dict(failing)
+        self._failing_dirty: set[str] = set()
+        self._disabled: dict[str, EndpointDisabled] = {}
+        self._unsaved: dict[str, EndpointDisabled] = {}  # disabled here, not yet saved
+        self.untracked_failing = 0
         self.next_number = 1
         for d in sorted(restored, key=lambda d: d.number):
             self._hold(d)
             self.next_number = d.number + 1
-            if d.status is not Status.PENDING:
+            if d.status not in _QUEUED:
                 self._finished[d.number] = None
 
     # ------------------------------------------------------------------ reads
@@ -293,16 +355,29 @@ class DeliveryCore:
                     break
         return out
 
+    def disabled(self, endpoint: str) -> EndpointDisabled | None:
+        return self._disabled.get(endpoint)
+
+    def failing_since_ms(self, endpoint: str) -> int | None:
+        return self._failing_since.get(endpoint)
+
     def oldest_pending_ms(self) -> int | None:
-        starts = [self._deliveries[q[0]].created_ms for q in self._pending.values() if q]
-        return min(starts) if starts else None
+        """The oldest delivery still tried (a disabled endpoint's paused ones wait apart)."""
+        starts = [
+            next((d.created_ms for n in q if (d := self._deliveries[n]).status is Status.PENDING),
+                 None)
+            for endpoint, q in self._pending.items()
+            if endpoint not in self._disabled
+        ]  # fmt: skip
+        found = [s for s in starts if s is not None]
+        return min(found) if found else None
 
     def next_due_ms(self) -> int | None:
         times = [
             self._deliveries[n].next_attempt_ms
             for q in self._pending.values()
             for n in q
-            if n not in self._inflight
+            if n not in self._inflight and self._deliveries[n].status is Status.PENDING
         ]
         return min(times) if times else None
 
@@ -334,7 +409,9 @@ class DeliveryCore:
             (self._deliveries[n].next_attempt_ms, n)
             for q in self._pending.values()
             for n in q
-            if n not in self._inflight and self._deliveries[n].next_attempt_ms <= now_ms
+            if n not in self._inflight
+            and self._deliveries[n].status is Status.PENDING
+            and self._deliveries[n].next_attempt_ms <= now_ms
         )
         per_endpoint: dict[str, int] = {}
         for e in self._inflight.values():
@@ -369,8 +446,14 @@ class DeliveryCore:
         self._dirty[number] = True
         counts = self._counts(d.endpoint)
         if attempt.ok:
+            self._failing_ended(d.endpoint)
             return self._finish(number, Status.DELIVERED, "")
         counts.attempts_failed += 1
+        ended_ms = attempt.at_ms + attempt.duration_ms
+        if self._failing_too_long(d.endpoint, attempt.at_ms, ended_ms):
+            self._disable(EndpointDisabled(d.endpoint, ended_ms, FAILING_REASON), saved=False)
+        if d.endpoint in self._disabled:  # disabled now, or while this attempt ran
+            return self._pause(number)
         delay_ms = retry_delay_ms(d.round_attempts, self._rng, self.schedule)
         if delay_ms is None:
             return self._finish(number, Status.FAILED, "retries_exhausted")
@@ -379,14 +462,14 @@ class DeliveryCore:
         return d
 
     def abandon(self, number: int, reason: str) -> Delivery:
-        """An in-flight delivery whose endpoint was removed or disabled: dropped."""
+        """An in-flight delivery whose endpoint was removed: dropped (disabled: :meth:`hold`)."""
         self._inflight.pop(number, None)
         return self._finish(number, Status.DROPPED, reason)
 
     def resend(self, number: int, now_ms: int) -> Delivery:
         """A finished delivery pending again, due now, with a fresh schedule."""
         d = self.get(number)
-        if d.status is Status.PENDING:
+        if d.status in _QUEUED:
             raise InvalidRequest(
                 "the delivery is still pending: it is retried by itself", code="delivery_pending"
             )
@@ -397,11 +480,42 @@ class DeliveryCore:
             self._finish(queue[0], Status.DROPPED, "endpoint_queue_full")
         self._finished.pop(number, None)
         d = replace(d, status=Status.PENDING, next_attempt_ms=now_ms, round_attempts=0, reason="")
+        if d.endpoint in self._disabled:  # held until the endpoint is enabled again
+            d = replace(d, status=Status.PAUSED, reason=PAUSED_REASON)
         self._deliveries[number] = d
         queue.append(number)
         queue.sort()
         self._dirty[number] = True
         return d
+
+    def hold(self, number: int, endpoint_reason: str, now_ms: int) -> Delivery:
+        """An in-flight delivery not attempted: its endpoint is disabled where endpoints are
+        saved (the adapter saw it before a sync did). Paused, with the rest of its queue."""
+        if self._inflight.pop(number, None) is None:
+            raise InvariantViolation(f"delivery {number} was not in flight")
+        endpoint = self._deliveries[number].endpoint
+        self._disable(EndpointDisabled(endpoint, now_ms, endpoint_reason), saved=True)
+        return self._pause(number)
+
+    def disable_saved(self, endpoints: Sequence[str]) -> None:
+        """These disables (``ready.disable``) are saved with the endpoints."""
+        for endpoint in endpoints:
+            self._unsaved.pop(endpoint, None)
+
+    def sync_endpoints(self, saved: Mapping[str, bool], now_ms: int) -> None:
+        """The endpoints as saved (id -> enabled), after they changed (module docstring)."""
+        known = set(self._pending) | set(self._disabled) | set(self._failing_since)
+        known |= {e for e, enabled in saved.items() if not enabled}
+        for endpoint in sorted(known):
+            enabled = saved.get(endpoint)
+            if enabled is None:
+                self._forget(endpoint)
+            elif not enabled:
+                self._unsaved.pop(endpoint, None)
+                if endpoint not in self._disabled:
+                    self._disable(EndpointDisabled(endpoint, now_ms, "saved"), saved=True)
+            elif endpoint not in self._unsaved:  # a disable not yet saved stays
+                self._resume(endpoint, now_ms)
 
     def learned_acked(self, acked_seq: int) -> None:
         """The log's acknowledged cursor as a read (or an ack's answer) reported it."""
@@ -411,20 +525,28 @@ class DeliveryCore:
 
     def ready(self) -> Ready:
         writes: list[tuple[bytes, bytes | None]] = [
-            (delivery_key(n), encode_delivery(self._deliveries[n]) if held else None)
-            for n, held in sorted(self._dirty.items())
+            (delivery_key(n), self._delivery_record(n)) for n in sorted(self._dirty)
         ]
+        writes += [(failing_key(e), self._failing_record(e)) for e in sorted(self._failing_dirty)]
         if self.cursor_seq != self.persisted_seq:
             writes.append((CURSOR_KEY, _seal([self.cursor_seq])))
         # The ack covers what is durable before it goes out: persist first (module docstring).
         ack = self.cursor_seq if self.cursor_seq > self.acked_seq else None
-        return Ready(tuple(writes), self.cursor_seq, ack)
+        disable = tuple(self._unsaved[e] for e in sorted(self._unsaved))
+        return Ready(tuple(writes), self.cursor_seq, ack, disable)
 
     def advance(self, ready: Ready) -> None:
-        """``ready.writes`` are durable (and its ack, if any, was proposed)."""
-        for key, _ in ready.writes:
+        """``ready.writes`` are durable (and its ack, if any, was proposed). A record that
+        changed again while they were written (an attempt settled meanwhile) stays dirty."""
+        for key, value in ready.writes:
             if key.startswith(DELIVERY_PREFIX):
-                self._dirty.pop(int.from_bytes(key[len(DELIVERY_PREFIX) :], "big"), None)
+                number = int.from_bytes(key[len(DELIVERY_PREFIX) :], "big")
+                if number in self._dirty and self._delivery_record(number) == value:
+                    del self._dirty[number]
+            elif key.startswith(FAILING_PREFIX):
+                endpoint = key[len(FAILING_PREFIX) :].decode()
+                if self._failing_record(endpoint) == value:
+                    self._failing_dirty.discard(endpoint)
         self.persisted_seq = max(self.persisted_seq, ready.cursor_seq)
 
     # ------------------------------------------------------------------ internals
@@ -432,15 +554,78 @@ class DeliveryCore:
     def _counts(self, endpoint: str) -> EndpointCounts:
         return self.counts.setdefault(endpoint, EndpointCounts())
 
+    def _delivery_record(self, number: int) -> bytes | None:
+        held = self._dirty.get(number, number in self._deliveries)
+        return encode_delivery(self._deliveries[number]) if held else None
+
+    def _failing_record(self, endpoint: str) -> bytes | None:
+        since = self._failing_since.get(endpoint)
+        return None if since is None else _seal([endpoint, since])
+
+    def _failing_too_long(self, endpoint: str, at_ms: int, ended_ms: int) -> bool:
+        """A failed attempt: start or extend the endpoint's failing run; whether it has
+        lasted ``endpoint_failing_s_max``."""
+        since = self._failing_since.get(endpoint)
+        if since is None:
+            if len(self._failing_since) >= self.limits.endpoints_failing_max:
+                self.untracked_failing += 1
+                return False
+            since = self._failing_since[endpoint] = at_ms
+            self._failing_dirty.add(endpoint)
+        return ended_ms - since >= self.limits.endpoint_failing_s_max * 1000
+
+    def _failing_ended(self, endpoint: str) -> None:
+        if self._failing_since.pop(endpoint, None) is not None:
+            self._failing_dirty.add(endpoint)
+
+    def _disable(self, mark: EndpointDisabled, saved: bool) -> None:
+        if mark.endpoint in self._disabled:
+            return
+        self._disabled[mark.endpoint] = mark
+        if not saved:
+            self._unsaved[mark.endpoint] = mark
+        for n in list(self._pending.get(mark.endpoint, ())):
+            if n not in self._inflight and self._deliveries[n].status is Status.PENDING:
+                self._pause(n)  # in flight: paused when it settles (settle)
+
+    def _pause(self, number: int) -> Delivery:
+        d = replace(self._deliveries[number], status=Status.PAUSED, reason=PAUSED_REASON)
+        self._deliveries[number] = d
+        self._dirty[number] = True
+        return d
+
+    def _resume(self, endpoint: str, now_ms: int) -> None:
+        """Enabled again: paused deliveries due now with a fresh schedule, a fresh window."""
+        was_disabled = self._disabled.pop(endpoint, None) is not None
+        for n in self._pending.get(endpoint, ()):
+            d = self._deliveries[n]
+            if d.status is Status.PAUSED:
+                was_disabled = True
+                self._deliveries[n] = replace(
+                    d, status=Status.PENDING, next_attempt_ms=now_ms, round_attempts=0, reason=""
+                )
+                self._dirty[n] = True
+        if was_disabled:
+            self._failing_ended(endpoint)
+
+    def _forget(self, endpoint: str) -> None:
+        """The endpoint was removed: its queue dropped (in flight: dropped at the attempt)."""
+        for n in list(self._pending.get(endpoint, ())):
+            if n not in self._inflight:
+                self._finish(n, Status.DROPPED, "endpoint_removed")
+        self._disabled.pop(endpoint, None)
+        self._unsaved.pop(endpoint, None)
+        self._failing_ended(endpoint)
+
     def _hold(self, d: Delivery) -> None:
         self._deliveries[d.number] = d
         self._dirty[d.number] = True
-        if d.status is Status.PENDING:
+        if d.status in _QUEUED:
             self._pending.setdefault(d.endpoint, []).append(d.number)
 
     def _finish(self, number: int, status: Status, reason: str) -> Delivery:
         d = replace(self._deliveries[number], status=status, reason=reason)
-        if self._deliveries[number].status is Status.PENDING:
+        if self._deliveries[number].status in _QUEUED:
             queue = self._pending[d.endpoint]
             queue.remove(number)
             if not queue:
