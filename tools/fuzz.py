@@ -313,6 +313,11 @@ _DROP: Any = object()
 _NOT_DRAWN = ("credit_account", "credit_user", "debit_user", "pending", "timeout_s", "approvals")
 
 
+# a merchant QR's display fields (an intent's or a static QR's), the optional ones as drawn
+_QR_SHOWN = {"name": "Fuzz Shop", "city": "Berlin", "asset": _DROP, "country": _DROP,
+             "category": _DROP}  # fmt: skip
+
+
 def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
     drop = dict.fromkeys(_NOT_DRAWN, _DROP)
     return {"body": {**drop, **_move(f, rng, rng.random() < CREDIT_USER_SHARE)}}
@@ -553,25 +558,13 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
             "amount": str(rng.randint(1, 9) * PAYMENT_UNIT),
             "reference": f"fz-{rng.getrandbits(40):010x}",
             "expires_at": int(time.time()) + 3600,
-            "name": "Fuzz Shop",
-            "city": "Berlin",
-            "asset": _DROP,
-            "country": _DROP,
-            "category": _DROP,
+            **_QR_SHOWN,
         }
     },
     "getPaymentIntent": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
     "getPaymentIntentSvg": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
     "getPaymentIntentPng": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
-    "createStaticQr": lambda f, rng: {
-        "body": {
-            "name": "Fuzz Shop",
-            "city": "Berlin",
-            "asset": _DROP,
-            "country": _DROP,
-            "category": _DROP,
-        }
-    },
+    "createStaticQr": lambda f, rng: {"body": dict(_QR_SHOWN)},
     "getStaticQr": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
     "getStaticQrSvg": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
     "getStaticQrPng": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
