@@ -79,7 +79,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.model import ApprovalResult
-from business.ledger.model import U32_MAX
+from business.ledger.model import BAAS_SCALE, U32_MAX
 from business.payments import (
     Authorise,
     CancelOrder,
@@ -236,7 +236,7 @@ def _livemode(ctx: LedgerContext) -> bool:
 async def _asset(state: Any, ctx: LedgerContext, code: Any) -> tuple[int, int]:
     """(ledger, scale) of ``baas`` or your point asset named ``code`` in this mode."""
     if code == "baas":
-        return ledger_number(ctx.mode, ASSET_INDEX_BAAS), 18
+        return ledger_number(ctx.mode, ASSET_INDEX_BAAS), BAAS_SCALE
     if not isinstance(code, str):
         raise InvalidRequest("asset is baas or your point asset's code", param="asset")
     ledger, doc = await point_asset(state, ctx, code)
@@ -595,6 +595,12 @@ def _scanned(ctx: LedgerContext, key: str, body: dict[str, Any]) -> tuple[str, s
         raise InvalidRequest(exc.detail, code=exc.code, param="qr") from exc
     if qr.merchant != ctx.pid16 or mode_of_ledger(qr.ledger) != ctx.mode:
         raise NotFound("not a QR of yours in this mode", code="qr_not_yours", param="qr")
+    if qr.ledger == ledger_number(ctx.mode, ASSET_INDEX_BAAS) and qr.scale != BAAS_SCALE:
+        # A dynamic QR's amount is read at its scale: BAAS's is fixed, so another is not ours.
+        # (A point asset's scale is on the log; the QR's is not checked against it here.)
+        raise InvalidRequest(
+            f"a BAAS QR has scale {BAAS_SCALE}", code="qr_network_field_invalid", param="qr"
+        )
     if not qr.dynamic:
         if "amount" not in body:
             raise InvalidRequest(

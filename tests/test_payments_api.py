@@ -32,12 +32,12 @@ APPROVAL = [{"code": "00" * 16}]
 BAAS_TEST = ledger_number(Mode.TEST, ASSET_INDEX_BAAS)
 
 
-def _qr(partner: str = "shop-a", ledger: int = BAAS_TEST, **dynamic: Any) -> str:
+def _qr(partner: str = "shop-a", ledger: int = BAAS_TEST, scale: int = 18, **dynamic: Any) -> str:
     fields = {"amount": 10**18, "reference": "r-1", "expiry": int(time.time()) + 600, **dynamic}
     if dynamic.get("static"):
         fields = {}
     return encode_merchant(
-        MerchantQr(partner_id(partner), ledger, 18, "Shop A", "Berlin", "DE", **fields)
+        MerchantQr(partner_id(partner), ledger, scale, "Shop A", "Berlin", "DE", **fields)
     )
 
 
@@ -88,6 +88,8 @@ async def test_bad_payments_input_is_refused_before_any_node(tmp_path: Path) -> 
              "amount": "5"}, "k", 404, "qr_not_yours", "qr"),
             ("/v1/payments", {**pay, "qr": _flip(_qr(static=True), 30), "amount": "5"}, "k",
              400, "qr_crc_mismatch", "qr"),
+            ("/v1/payments", {**pay, "qr": _qr(scale=8)}, "k", 400, "qr_network_field_invalid",
+             "qr"),  # BAAS's scale is 18: a QR's amount is read at its scale
             ("/v1/payments", {"amount": "5", "approvals": APPROVAL}, "k", 400,
              "parameter_missing", "user"),
             ("/v1/payments", {"amount": "0", "user": "u"}, "k", 400, "amount_invalid",
