@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from business.payments.codes import PAYLOAD_CHARS_MAX, Refusal
 from gateway.openapi import (
     _APPROVALS,
     _IDEMPOTENCY_HEADER,
@@ -48,6 +49,21 @@ _PAY_ID: Schema = {"type": "string", "pattern": "^pay_[0-9a-f]{64}$"}
 _ORDER_ID: Schema = {"type": "string", "pattern": "^ord_[0-9a-f]{64}$"}
 _LISTING_ID: Schema = {"type": "string", "pattern": "^lst_[0-9a-f]{32}$"}
 _INTENT_ID: Schema = {"type": "string", "pattern": "^pi_[0-9a-f]{64}$"}
+_STATIC_QR_ID: Schema = {"type": "string", "pattern": "^sqr_[0-9a-f]{64}$"}
+_PAYLOAD: Schema = {
+    "type": "string",
+    "description": "the EMVCo merchant-presented payload (docs/payment-codes.md)",
+}
+# The display fields every merchant QR carries (EMVCo 59, 60, 58, 52).
+_QR_SHOWN: dict[str, Schema] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 25},
+    "city": {"type": "string", "minLength": 1, "maxLength": 15},
+    "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
+    "category": {"type": "string", "pattern": "^[0-9]{4}$"},
+}
+# The decoder's named refusals (business/payments/codes/emv.py Refusal) and the version one:
+# each a 400 of POST /v1/qr/decode (param payload) and of a payment's qr (param qr).
+QR_REFUSAL_CODES = (*(r.value for r in Refusal), "qr_version_unknown")
 _WINDOW: Schema = {"type": "integer", "minimum": 1, "maximum": 7 * 86_400}
 _STATUS: Schema = {"enum": ["authorised", "captured", "refunded", "voided", "expired"]}
 _ORDER_STATUS: Schema = {
@@ -93,10 +109,7 @@ SCHEMAS.update(
                     **UINT,
                     "description": "Unix seconds (absolute: a retry is the same intent)",
                 },
-                "name": {"type": "string", "minLength": 1, "maxLength": 25},
-                "city": {"type": "string", "minLength": 1, "maxLength": 15},
-                "country": {"type": "string", "pattern": "^[A-Z]{2}$"},
-                "category": {"type": "string", "pattern": "^[0-9]{4}$"},
+                **_QR_SHOWN,
             },
             required=["amount", "reference", "expires_at", "name", "city"],
         ),
@@ -109,12 +122,51 @@ SCHEMAS.update(
                 "asset": _ASSET,
                 "reference": {"type": "string"},
                 "expires_at": UINT,
-                "payload": {
-                    "type": "string",
-                    "description": "the EMVCo merchant-presented payload (docs/payment-codes.md)",
-                },
+                "payload": _PAYLOAD,
                 "qr_svg": {"type": "string"},
                 "qr_png": {"type": "string"},
+            }
+        ),
+        "StaticQrCreate": _closed({"asset": _ASSET, **_QR_SHOWN}, required=["name", "city"]),
+        "StaticQr": _closed(
+            {
+                "id": _STATIC_QR_ID,
+                "object": {"const": "static_qr"},
+                "livemode": _LIVEMODE,
+                "asset": _ASSET,
+                **_QR_SHOWN,
+                "payload": _PAYLOAD,
+                "qr_svg": {"type": "string"},
+                "qr_png": {"type": "string"},
+            }
+        ),
+        "QrDecode": _closed(
+            {"payload": {**_PAYLOAD, "minLength": 1, "maxLength": PAYLOAD_CHARS_MAX}}
+        ),
+        "QrDecoded": _closed(
+            {
+                "object": {"const": "qr_decoded"},
+                "type": {"enum": ["static", "dynamic"]},
+                "merchant": {
+                    "type": "string",
+                    "pattern": "^[0-9a-f]{32}$",
+                    "description": "the payee partner's id",
+                },
+                "yours": {
+                    "type": "boolean",
+                    "description": "your QR in the credential's mode: you can be paid by it",
+                },
+                "livemode": _LIVEMODE,
+                "asset": _ASSET_OUT,
+                "ledger": {"type": "integer", "minimum": 1},
+                "scale": {"type": "integer", "minimum": 0, "maximum": 18},
+                "amount": {"oneOf": [AMOUNT, {"type": "null"}]},
+                "reference": {"oneOf": [{"type": "string"}, {"type": "null"}]},
+                "expires_at": {"oneOf": [UINT, {"type": "null"}]},
+                "name": {"type": "string"},
+                "city": {"type": "string"},
+                "country": {"type": "string"},
+                "category": {"type": "string"},
             }
         ),
         "PaymentCreate": _closed(
@@ -203,15 +255,34 @@ def _read(operation_id: str, summary: str, answer: str, param: Schema) -> Schema
     )
 
 
-def _image(operation_id: str, media: str) -> Schema:
+def _image(
+    operation_id: str, media: str, what: str = "intent", path: Schema | None = None
+) -> Schema:
     return _operation(
         operation_id,
-        f"The intent's QR as {media} (segno)",
+        f"The {what}'s QR as {media} (segno)",
         # OpenAPI 3.1: a binary body has no JSON schema, only its media type.
         {200: {"description": "the image", "content": {media: {}}}},
         (*_SIGNED_ERRORS, 404),
-        parameters=[_INTENT_PATH],
+        parameters=[path or _INTENT_PATH],
     )
+
+
+def _decode_operation() -> Schema:
+    operation = _operation(
+        "decodeQr",
+        "Decode a scanned merchant QR payload of this network (its text: images are decoded "
+        "on the device): its fields, or the decoder's named refusal",
+        {200: _json("QrDecoded", "the payload's fields")},
+        _SIGNED_ERRORS,
+        body="QrDecode",
+    )
+    operation["description"] = (
+        "A refused payload is 400 with param `payload` and one of these codes: "
+        + ", ".join(f"`{code}`" for code in QR_REFUSAL_CODES)
+        + " (docs/payment-codes.md)."
+    )
+    return operation
 
 
 def _previewing(operation_id: str, summary: str, answer: str, body: str) -> Schema:
@@ -226,6 +297,7 @@ def _previewing(operation_id: str, summary: str, answer: str, body: str) -> Sche
 
 
 _INTENT_PATH = _path_param("id", "the intent id (pi_...)")
+_STATIC_QR_PATH = _path_param("id", "the static QR id (sqr_...)")
 _PAY_PATH = _path_param("id", "the payment id (pay_...)")
 _ORDER_PATH = _path_param("id", "the order id (ord_...)")
 _LISTING_PATH = _path_param("id", "the listing id (lst_...)")
@@ -246,6 +318,25 @@ PATHS.update(
         },
         "/v1/payment_intents/{id}/qr.svg": {"get": _image("getPaymentIntentSvg", "image/svg+xml")},
         "/v1/payment_intents/{id}/qr.png": {"get": _image("getPaymentIntentPng", "image/png")},
+        "/v1/qr/static": {
+            "post": _ledger_write(
+                "createStaticQr",
+                "A static merchant QR of yours (reusable; the payer enters the amount): asset "
+                "and display fields, no amount, reference or expiry",
+                "StaticQr",
+                "StaticQrCreate",
+            )
+        },
+        "/v1/qr/static/{id}": {
+            "get": _read("getStaticQr", "One of your static QRs", "StaticQr", _STATIC_QR_PATH)
+        },
+        "/v1/qr/static/{id}/qr.svg": {
+            "get": _image("getStaticQrSvg", "image/svg+xml", "static QR", _STATIC_QR_PATH)
+        },
+        "/v1/qr/static/{id}/qr.png": {
+            "get": _image("getStaticQrPng", "image/png", "static QR", _STATIC_QR_PATH)
+        },
+        "/v1/qr/decode": {"post": _decode_operation()},
         "/v1/payments/preview": {
             "post": _previewing(
                 "previewPayment",

@@ -26,6 +26,13 @@ Routes (``{asset}`` is ``baas`` or your point asset's code):
   "city", "country"?, "category"?}`` -> 201 a dynamic merchant QR: the EMVCo payload
   (:mod:`business.payments.codes.merchant`), kept as a sealed record of yours;
   ``GET /v1/payment_intents/{id}`` and ``.../qr.svg`` / ``.../qr.png`` (segno);
+* ``POST /v1/qr/static`` ``{"asset"?, "name", "city", "country"?, "category"?}`` -> 201 a
+  static merchant QR (reusable, the payer enters the amount: no amount, reference or expiry),
+  a sealed record of yours like an intent; ``GET /v1/qr/static/{id}``, ``.../qr.svg`` /
+  ``.../qr.png``. Its own resource, not an intent without an amount: an intent is one payment
+  (single use, expiring), a static QR any number of them;
+* ``POST /v1/qr/decode`` ``{"payload"}`` -> the fields of any merchant QR of this network
+  (``yours`` says whether you could be paid by it), or the decoder's named refusal (400);
 * ``POST /v1/payments/preview`` and ``POST /v1/payments``: authorise (a pending transfer from
   the user's wallet, held ``capture_window_s``) from ``{"qr", "user", "amount"?}`` (a scanned
   merchant QR of yours; the amount only for a static one), or ``{"amount", "asset"?, "user"}``
@@ -55,7 +62,7 @@ Routes (``{asset}`` is ``baas`` or your point asset's code):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -72,7 +79,7 @@ from business.identity.ids import (
     wallet_id,
 )
 from business.identity.model import ApprovalResult
-from business.ledger.model import U32_MAX
+from business.ledger.model import BAAS_SCALE, U32_MAX
 from business.payments import (
     Authorise,
     CancelOrder,
@@ -133,6 +140,7 @@ __all__ = [
     "ORDER_PREFIX",
     "PAYMENT_PREFIX",
     "PAYMENT_PROBLEMS",
+    "STATIC_QR_PREFIX",
     "add_payments_routes",
     "listings_page",
     "order_object",
@@ -150,6 +158,7 @@ PAYMENT_PREFIX = "pay_"
 ORDER_PREFIX = "ord_"
 LISTING_PREFIX = "lst_"
 INTENT_PREFIX = "pi_"
+STATIC_QR_PREFIX = "sqr_"
 _INTERNAL = "/internal/v1/payments"
 # The core's bounds, as the log applies them (node/consensus/payments_ops.PAYMENTS_CONFIG):
 # the routes refuse what the core would refuse ``bound_exceeded``, before the log.
@@ -234,7 +243,7 @@ def _livemode(ctx: LedgerContext) -> bool:
 async def _asset(state: Any, ctx: LedgerContext, code: Any) -> tuple[int, int]:
     """(ledger, scale) of ``baas`` or your point asset named ``code`` in this mode."""
     if code == "baas":
-        return ledger_number(ctx.mode, ASSET_INDEX_BAAS), 18
+        return ledger_number(ctx.mode, ASSET_INDEX_BAAS), BAAS_SCALE
     if not isinstance(code, str):
         raise InvalidRequest("asset is baas or your point asset's code", param="asset")
     ledger, doc = await point_asset(state, ctx, code)
@@ -368,92 +377,190 @@ async def payments_page(
     }
 
 
-# --- payment intents: a dynamic merchant QR ------------------------------------------------
+# --- merchant QRs: dynamic (payment intents) and static ----------------------------------
 
 
 _INTENT_KIND = "payments.intent"
+_STATIC_KIND = "payments.static_qr"
+_QR_FIELDS = {"asset", "name", "city", "country", "category"}
 
 
-async def post_intent(request: web.Request) -> web.Response:
-    """A dynamic QR of yours: the EMVCo payload, kept as a sealed record (a plain record: it
-    moves nothing; the payment that pays it is the operation). ``expires_at`` is absolute
-    (Unix s) so that a retry is the same record."""
+async def _issue_qr(
+    request: web.Request, kind: str, fields: set[str], required: set[str],
+    dynamic: Callable[[dict[str, Any]], tuple[int, str, int] | None],
+) -> tuple[LedgerContext, bytes, dict[str, Any], bool]:  # fmt: skip
+    """A merchant QR of yours: the EMVCo payload, kept as a sealed record (a plain record: it
+    moves nothing; the payment that pays it is the operation). ``dynamic`` checks the body's
+    (amount, reference, expiry) of a dynamic QR, None for a static one. Answers (context,
+    record id, the sealed body with its payload, replayed)."""
     state, ctx, key = _writing(request)
-    fields = {"amount", "asset", "reference", "expires_at", "name", "city", "country", "category"}
-    body = await read_body(request, fields, {"amount", "reference", "expires_at", "name", "city"})
-    amount = amount_param(body["amount"], "amount")
-    expires_at = int_param(body["expires_at"], "expires_at", 1, 2**63 - 1)
-    if expires_at <= int(time.time()):
-        raise InvalidRequest("expires_at is in the past", param="expires_at")
+    body = await read_body(request, fields | _QR_FIELDS, required | {"name", "city"})
+    amount, reference, expiry = dynamic(body) or (None, None, None)
     ledger, scale = await _asset(state, ctx, body.get("asset", "baas"))
     try:
         payload = encode_merchant(
             MerchantQr(
                 ctx.pid16, ledger, scale, body["name"], body["city"], body.get("country", "ZZ"),
-                body.get("category", "0000"), amount, body["reference"], expires_at,
+                body.get("category", "0000"), amount, reference, expiry,
             )
         )  # fmt: skip
     except InvalidRequest as exc:  # EMVCo's amount has at most 13 characters at the scale
         raise InvalidRequest(exc.detail, code=exc.code, param=exc.param or "amount") from exc
-    record_id = operation_id(ctx.pid16, ctx.mode, _INTENT_KIND, key)
+    record_id = operation_id(ctx.pid16, ctx.mode, kind, key)
+    sealed = {**body, "asset": body.get("asset", "baas"), "payload": payload}
     plaintext = canonical_record(
-        {
-            "object": "payments_operation",
-            "kind": _INTENT_KIND,
-            "livemode": _livemode(ctx),
-            "request": {**body, "asset": body.get("asset", "baas"), "payload": payload},
-        },
+        {"object": "payments_operation", "kind": kind, "livemode": _livemode(ctx),
+         "request": sealed},
         state.config.limits.record_json_bytes_max,
-    )
+    )  # fmt: skip
     item = WriteItem(sealed_wire(ctx.partner, record_id, plaintext), ctx.deadline, ctx.request_id)
     with state.reserve(ctx.partner.partner_id, 1):
         (result,) = await state.nodes.write_records([item])
     if not result.get("ok"):
         raise error_from_problem(int(result.get("status", 503)), result)
-    intent = _intent_object(ctx, record_id, {**body, "payload": payload})
-    return web.json_response(
-        intent, status=200 if result.get("replayed") else 201, headers={"Idempotency-Key": key}
+    return ctx, record_id, sealed, bool(result.get("replayed"))
+
+
+def _issued(shown: dict[str, Any], replayed: bool, request: web.Request) -> web.Response:
+    status = 200 if replayed else 201
+    key = require_idempotency_key(request)
+    return web.json_response(shown, status=status, headers={"Idempotency-Key": key})
+
+
+def _intent_terms(body: dict[str, Any]) -> tuple[int, str, int]:
+    amount = amount_param(body["amount"], "amount")
+    expires_at = int_param(body["expires_at"], "expires_at", 1, 2**63 - 1)
+    if expires_at <= int(time.time()):
+        raise InvalidRequest("expires_at is in the past", param="expires_at")
+    return amount, body["reference"], expires_at
+
+
+async def post_intent(request: web.Request) -> web.Response:
+    """A dynamic QR of yours. ``expires_at`` is absolute (Unix s) so that a retry is the same
+    record."""
+    terms = {"amount", "reference", "expires_at"}
+    ctx, record_id, sealed, replayed = await _issue_qr(
+        request, _INTENT_KIND, terms, terms, _intent_terms
     )
+    return _issued(_intent_object(ctx, record_id, sealed), replayed, request)
 
 
-def _intent_object(ctx: LedgerContext, record_id: bytes, body: dict[str, Any]) -> dict[str, Any]:
-    intent_id = INTENT_PREFIX + record_id.hex()
+def _qr_object(
+    ctx: LedgerContext, prefix: str, record_id: bytes, body: dict[str, Any], shown: dict[str, Any]
+) -> dict[str, Any]:
+    """A stored QR as the API shows it: ``shown`` are its kind's own fields."""
+    qr_id = prefix + record_id.hex()
+    collection = "/v1/payment_intents" if prefix == INTENT_PREFIX else "/v1/qr/static"
     return {
-        "id": intent_id,
-        "object": "payment_intent",
+        "id": qr_id,
+        "object": "payment_intent" if prefix == INTENT_PREFIX else "static_qr",
         "livemode": _livemode(ctx),
-        "amount": body["amount"],
         "asset": body.get("asset", "baas"),
-        "reference": body["reference"],
-        "expires_at": body["expires_at"],
+        **shown,
         "payload": body["payload"],
-        "qr_svg": f"/v1/payment_intents/{intent_id}/qr.svg",
-        "qr_png": f"/v1/payment_intents/{intent_id}/qr.png",
+        "qr_svg": f"{collection}/{qr_id}/qr.svg",
+        "qr_png": f"{collection}/{qr_id}/qr.png",
     }
 
 
-async def _intent(request: web.Request) -> tuple[LedgerContext, dict[str, Any]]:
+def _intent_object(ctx: LedgerContext, record_id: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    terms = {name: body[name] for name in ("amount", "reference", "expires_at")}
+    return _qr_object(ctx, INTENT_PREFIX, record_id, body, terms)
+
+
+async def post_static_qr(request: web.Request) -> web.Response:
+    """A static QR of yours (reusable; the payer enters the amount): no amount, reference or
+    expiry in it, so those fields are unknown here (400 ``parameter_unknown``)."""
+    ctx, record_id, sealed, replayed = await _issue_qr(
+        request, _STATIC_KIND, set(), set(), lambda body: None
+    )
+    return _issued(_static_object(ctx, record_id, sealed), replayed, request)
+
+
+def _static_object(ctx: LedgerContext, record_id: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    shown = {
+        "name": body["name"],
+        "city": body["city"],
+        "country": body.get("country", "ZZ"),
+        "category": body.get("category", "0000"),
+    }
+    return _qr_object(ctx, STATIC_QR_PREFIX, record_id, body, shown)
+
+
+_Shown = Callable[[LedgerContext, bytes, dict[str, Any]], dict[str, Any]]
+_STORED: dict[str, tuple[str, _Shown, str, str]] = {
+    # prefix -> (record kind, its object, not-found code, what it is)
+    INTENT_PREFIX: (_INTENT_KIND, _intent_object, "payment_intent_not_found", "payment intent"),
+    STATIC_QR_PREFIX: (_STATIC_KIND, _static_object, "static_qr_not_found", "static QR"),
+}
+
+
+async def _stored_qr(request: web.Request, prefix: str) -> dict[str, Any]:
+    """One of your QRs in this mode (an intent or a static QR, by ``prefix``), else 404."""
     state, ctx = gateway_state(request), ledger_context(request)
-    record_id = _object_id(request.match_info["id"], INTENT_PREFIX, 32)
-    body = await sealed_request(state, ctx, record_id, _INTENT_KIND)
+    kind, shown, missing, what = _STORED[prefix]
+    record_id = _object_id(request.match_info["id"], prefix, 32)
+    body = await sealed_request(state, ctx, record_id, kind)
     if body is None:
-        raise NotFound("no such payment intent", code="payment_intent_not_found", param="id")
-    return ctx, _intent_object(ctx, record_id, body)
+        raise NotFound(f"no such {what}", code=missing, param="id")
+    return shown(ctx, record_id, body)
 
 
-async def get_intent(request: web.Request) -> web.Response:
-    _, intent = await _intent(request)
-    return web.json_response(intent)
+_Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-async def get_intent_svg(request: web.Request) -> web.Response:
-    _, intent = await _intent(request)
-    return web.Response(body=qr_svg(intent["payload"]), content_type="image/svg+xml")
+def _qr_reads(prefix: str) -> tuple[_Handler, _Handler, _Handler]:
+    """The JSON, SVG and PNG reads of one kind of stored QR."""
+
+    async def read(request: web.Request) -> web.Response:
+        return web.json_response(await _stored_qr(request, prefix))
+
+    async def svg(request: web.Request) -> web.Response:
+        payload = (await _stored_qr(request, prefix))["payload"]
+        return web.Response(body=qr_svg(payload), content_type="image/svg+xml")
+
+    async def png(request: web.Request) -> web.Response:
+        payload = (await _stored_qr(request, prefix))["payload"]
+        return web.Response(body=qr_png(payload), content_type="image/png")
+
+    return read, svg, png
 
 
-async def get_intent_png(request: web.Request) -> web.Response:
-    _, intent = await _intent(request)
-    return web.Response(body=qr_png(intent["payload"]), content_type="image/png")
+get_intent, get_intent_svg, get_intent_png = _qr_reads(INTENT_PREFIX)
+get_static_qr, get_static_qr_svg, get_static_qr_png = _qr_reads(STATIC_QR_PREFIX)
+
+
+async def post_qr_decode(request: web.Request) -> web.Response:
+    """The fields of a scanned merchant QR of this network (any partner's), or the decoder's
+    named refusal (400, param ``payload``): a wallet or a merchant's backend checks a code
+    before paying. The text only: images are decoded on the device, never here. The decoder
+    refuses more than ``PAYLOAD_CHARS_MAX`` characters before reading any of them."""
+    ctx = ledger_context(request)
+    body = await read_body(request, {"payload"}, {"payload"})
+    try:
+        qr = decode_merchant(body["payload"])
+    except (InvalidRequest, UnsupportedFormat) as exc:  # the reason's code, about the payload
+        raise InvalidRequest(exc.detail, code=exc.code, param="payload") from exc
+    mode = mode_of_ledger(qr.ledger)
+    return web.json_response(
+        {
+            "object": "qr_decoded",
+            "type": "dynamic" if qr.dynamic else "static",
+            "merchant": qr.merchant.hex(),
+            "yours": qr.merchant == ctx.pid16 and mode == ctx.mode,
+            "livemode": mode == Mode.LIVE,
+            "asset": _asset_name_in(mode, qr.ledger),
+            "ledger": qr.ledger,
+            "scale": qr.scale,
+            "amount": None if qr.amount is None else str(qr.amount),
+            "reference": qr.reference,
+            "expires_at": qr.expiry,
+            "name": qr.name,
+            "city": qr.city,
+            "country": qr.country,
+            "category": qr.category,
+        }
+    )
 
 
 # --- payments --------------------------------------------------------------------------------
@@ -505,6 +612,12 @@ def _scanned(ctx: LedgerContext, key: str, body: dict[str, Any]) -> tuple[str, s
         raise InvalidRequest(exc.detail, code=exc.code, param="qr") from exc
     if qr.merchant != ctx.pid16 or mode_of_ledger(qr.ledger) != ctx.mode:
         raise NotFound("not a QR of yours in this mode", code="qr_not_yours", param="qr")
+    if qr.ledger == ledger_number(ctx.mode, ASSET_INDEX_BAAS) and qr.scale != BAAS_SCALE:
+        # A dynamic QR's amount is read at its scale: BAAS's is fixed, so another is not ours.
+        # (A point asset's scale is on the log; the QR's is not checked against it here.)
+        raise InvalidRequest(
+            f"a BAAS QR has scale {BAAS_SCALE}", code="qr_network_field_invalid", param="qr"
+        )
     if not qr.dynamic:
         if "amount" not in body:
             raise InvalidRequest(
@@ -923,6 +1036,11 @@ def add_payments_routes(app: web.Application) -> None:
     r.add_get("/v1/payment_intents/{id}", get_intent)
     r.add_get("/v1/payment_intents/{id}/qr.svg", get_intent_svg)
     r.add_get("/v1/payment_intents/{id}/qr.png", get_intent_png)
+    r.add_post("/v1/qr/static", post_static_qr)
+    r.add_get("/v1/qr/static/{id}", get_static_qr)
+    r.add_get("/v1/qr/static/{id}/qr.svg", get_static_qr_svg)
+    r.add_get("/v1/qr/static/{id}/qr.png", get_static_qr_png)
+    r.add_post("/v1/qr/decode", post_qr_decode)
     r.add_post("/v1/payments/preview", post_payment_preview)
     r.add_post("/v1/payments", post_payment)
     r.add_get("/v1/payments", list_payments)

@@ -4,7 +4,9 @@ A merchant (shop-p) shows a dynamic QR (a payment intent: the EMVCo payload, its
 its linked user pays it with their EIP-712 approval over the previewed digest; shop-p captures
 part of it (the rest is released) and refunds it twice, a third refund above the captured
 amount refused; the QR cannot be paid twice. A consumer one-time code the user issued is
-scanned and captured at once, and refused the second time. A listing of shop-p is bought by
+scanned and captured at once, and refused the second time. A static QR of shop-p (no amount:
+the payer enters it) is issued, read back from its PNG, decoded by both partners (yours only for
+shop-p), and paid twice with two entered amounts, each captured. A listing of shop-p is bought by
 shop-q's user through an order, fulfilled, and the stock is down. Retries answer the first
 outcome; another partner's and the other mode's payments are not found. The user's balance
 follows every step, and every node's ledger digest is identical with every ledger balanced
@@ -215,6 +217,43 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         )
         assert late.status == 409 and late.body["code"] == "payment_voided", late
         assert await _balance(p, "alice") == 9450 * U
+
+        # A static QR (reusable, the payer enters the amount): issued, read, decoded, paid twice.
+        static_body = {"name": "Shop P", "city": "Berlin", "country": "DE"}
+        static = await p.call("POST", "/v1/qr/static", static_body, key="static-1")
+        assert static.status == 201 and static.body["object"] == "static_qr", static
+        assert (await p.call("POST", "/v1/qr/static", static_body, key="static-1")).body == (
+            static.body
+        )
+        assert decode_merchant(static.body["payload"]).amount is None
+        spath = f"/v1/qr/static/{static.body['id']}"
+        assert (await p.call("GET", spath)).body == static.body
+        assert (await q.call("GET", spath)).status == 404
+        spng = await p.call("GET", static.body["qr_png"])
+        (sread,) = zxingcpp.read_barcodes(Image.open(io.BytesIO(spng.body)).convert("L"))
+        assert sread.text == static.body["payload"]
+        assert (await p.call("GET", static.body["qr_svg"])).body.startswith(b"<?xml")
+        for who, yours in ((p, True), (q, False)):
+            checked = await who.call("POST", "/v1/qr/decode", {"payload": sread.text})
+            assert checked.status == 200, checked
+            assert (checked.body["type"], checked.body["yours"]) == ("static", yours), checked
+        altered = sread.text[:-1] + ("1" if sread.text[-1] != "1" else "2")  # another CRC
+        bad = await p.call("POST", "/v1/qr/decode", {"payload": altered})
+        assert bad.status == 400 and bad.body["code"] == "qr_crc_mismatch", bad
+        entered = {"qr": sread.text, "user": "alice", "amount": str(50 * U)}
+        unentered = {"qr": sread.text, "user": "alice"}
+        no_amount = await p.call("POST", "/v1/payments/preview", unentered, key="static-pay-0")
+        assert no_amount.status == 400 and no_amount.body["code"] == "parameter_missing"
+        static_ids = []
+        for n, amount in ((1, 50 * U), (2, 30 * U)):
+            spay = await _pay(p, alice, {**entered, "amount": str(amount)}, f"static-pay-{n}")
+            assert spay.status == 201 and spay.body["amount"] == str(amount), spay
+            scap = await p.call("POST", f"/v1/payments/{spay.body['id']}/capture",
+                                {"amount": str(amount)}, key=f"static-cap-{n}")  # fmt: skip
+            assert scap.status == 201 and scap.body["status"] == "captured", scap
+            static_ids.append(spay.body["id"])
+        assert len(set(static_ids)) == 2  # the same QR, two payments
+        assert await _balance(p, "alice") == 9370 * U
 
         # The Market: shop-p lists, shop-q's user bob buys through an order, shop-p fulfils.
         listing_body = {"title": "Coffee beans", "description": "1 kg", "price": str(300 * U),

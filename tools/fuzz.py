@@ -246,6 +246,8 @@ class PaymentsFixtures:
     void, a refund, an order step) is setup's own, sent again under its key: its 2xx."""
 
     intent_id: str = "pi_" + "ab" * 32
+    static_qr_id: str = "sqr_" + "ab" * 32
+    qr_payloads: tuple[str, ...] = ("",)  # the intent's and the static QR's, to decode
     payment_id: str = "pay_" + "ab" * 32  # authorised, captured in part, refunded in part
     voided_id: str = "pay_" + "cd" * 32
     payment: Made = ("", ())  # the approved server-side authorisation
@@ -332,6 +334,11 @@ def _move(f: Fixtures, rng: random.Random, user: bool = False) -> dict[str, Any]
 # keys a fixture row takes out of what was generated (a transfer takes one credit, no approvals)
 _DROP: Any = object()
 _NOT_DRAWN = ("credit_account", "credit_user", "debit_user", "pending", "timeout_s", "approvals")
+
+
+# a merchant QR's display fields (an intent's or a static QR's), the optional ones as drawn
+_QR_SHOWN = {"name": "Fuzz Shop", "city": "Berlin", "asset": _DROP, "country": _DROP,
+             "category": _DROP}  # fmt: skip
 
 
 def _transfer(f: Fixtures, rng: random.Random) -> Overrides:
@@ -574,16 +581,17 @@ FIXTURES: dict[str, Callable[[Fixtures, random.Random], Overrides]] = {
             "amount": str(rng.randint(1, 9) * PAYMENT_UNIT),
             "reference": f"fz-{rng.getrandbits(40):010x}",
             "expires_at": int(time.time()) + 3600,
-            "name": "Fuzz Shop",
-            "city": "Berlin",
-            "asset": _DROP,
-            "country": _DROP,
-            "category": _DROP,
+            **_QR_SHOWN,
         }
     },
     "getPaymentIntent": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
     "getPaymentIntentSvg": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
     "getPaymentIntentPng": lambda f, rng: {"path_parameters": {"id": f.payments.intent_id}},
+    "createStaticQr": lambda f, rng: {"body": dict(_QR_SHOWN)},
+    "getStaticQr": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
+    "getStaticQrSvg": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
+    "getStaticQrPng": lambda f, rng: {"path_parameters": {"id": f.payments.static_qr_id}},
+    "decodeQr": lambda f, rng: {"body": {"payload": rng.choice(f.payments.qr_payloads)}},
     "previewPayment": lambda f, rng: {
         "body": {"user": f.ledger.linked_user, "amount": str(PAYMENT_UNIT), "qr": _DROP}
     },
@@ -1201,9 +1209,10 @@ def _made(key: str, body: dict[str, Any]) -> Made:
 def _make_payments_objects(
     session: requests.Session, gateway_url: str, ledger: LedgerFixtures, tag: str, chain_id: int
 ) -> PaymentsFixtures:
-    """As the fuzzing partner, through the Payment API: a QR intent; a payment its linked user
-    approved, captured in part and refunded in part; another voided; a listing of its own;
-    an order the user approved, fulfilled and refunded in part; another cancelled."""
+    """As the fuzzing partner, through the Payment API: a QR intent and a static QR; a payment
+    its linked user approved, captured in part and refunded in part; another voided; a listing
+    of its own; an order the user approved, fulfilled and refunded in part; another
+    cancelled."""
     user = UserWallet(_private_key(random.Random(tag)), chain_id)  # as _make_ledger_objects
     credit = {"debit_account": ledger.accounts[0], "credit_user": ledger.linked_user,
               "amount": str(10**6 * PAYMENT_UNIT), "code": 1}  # fmt: skip
@@ -1212,6 +1221,9 @@ def _make_payments_objects(
         "amount": str(100 * PAYMENT_UNIT), "reference": f"fuzz-{tag}",
         "expires_at": int(time.time()) + 3600, "name": "Fuzz Shop", "city": "Berlin",
     }, f"fuzz-{tag}-intent")  # fmt: skip
+    static_body = {"name": "Fuzz Shop", "city": "Berlin"}
+    static_qr = _ledger_call(session, gateway_url, "/v1/qr/static", static_body,
+                             f"fuzz-{tag}-static-qr")  # fmt: skip
 
     def approved(path: str, body: dict[str, Any], key: str) -> tuple[Any, Made]:
         shown = _ledger_call(session, gateway_url, path + "/preview", body, key)
@@ -1247,6 +1259,8 @@ def _make_payments_objects(
     cancel = step(f"/v1/market/orders/{cid}/cancel", {}, f"fuzz-{tag}-cancel")
     return PaymentsFixtures(
         intent_id=str(intent["id"]),
+        static_qr_id=str(static_qr["id"]),
+        qr_payloads=(str(intent["payload"]), str(static_qr["payload"])),
         payment_id=pid,
         voided_id=vid,
         payment=payment,
