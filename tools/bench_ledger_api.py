@@ -145,7 +145,10 @@ RunPhases = Callable[[str, str, bytes, argparse.Namespace], Coroutine[Any, Any, 
 
 @contextlib.contextmanager
 def local_partner_cluster(
-    directory: Path, partner: str, gateway: Mapping[str, Mapping[str, object]] | None = None
+    directory: Path,
+    partner: str,
+    gateway: Mapping[str, Mapping[str, object]] | None = None,
+    log_level: str = "INFO",
 ) -> Iterator[tuple[ClusterLayout, str, bytes]]:
     """A local cluster (5 nodes and a gateway, no chain) in ``directory/cluster``, with
     ``gateway``'s tables of keys set in the gateway's config before it starts (e.g.
@@ -155,7 +158,7 @@ def local_partner_cluster(
     config = Path(layout.gateway_config_path)
     for table, values in (gateway or {}).items():
         config.write_text(set_toml_keys(config.read_text(), table, values))
-    with LocalCluster(layout) as local:
+    with LocalCluster(layout, log_level=log_level) as local:
         local.start()
         key, secret = onboard_partner(layout, partner)["test"]
         yield layout, key, secret

@@ -86,6 +86,7 @@ WEBHOOKS = {
     "data_dir": "gateway-webhooks",
     "allow_hosts": ["127.0.0.1"],  # the receiver; every other [webhooks] key at its default
 }
+GATEWAY = {"webhooks": WEBHOOKS}  # the cluster logs at WARNING, as baas-bench's does
 
 TARGETS = (
     Target(
@@ -531,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(REPO)
     with (
         webhook_receiver() as port,
-        local_partner_cluster(directory, PARTNER, {"webhooks": WEBHOOKS}) as (layout, key, secret),
+        local_partner_cluster(directory, PARTNER, GATEWAY, "WARNING") as (layout, key, secret),
     ):
         phases = asyncio.run(_phases(layout.gateway_url, key, secret, args, port))
     report = _report(args, machine, phases)
