@@ -12,14 +12,32 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from business.identity import eip712
+from business.identity.ids import Mode
 from business.payments.webhooks import signature_header
 from gateway.webhook_deliverer import SIGNATURE_HEADER
 from tools import bench_webhook_receiver
-from tools.bench_payments import TARGETS, Arrivals, main, payments_targets, webhook_lags
+from tools.bench_payments import (
+    TARGETS,
+    Arrivals,
+    PaymentLoad,
+    _payments_closed,
+    _payments_paced,
+    main,
+    payments_targets,
+    webhook_lags,
+)
 from tools.bench_webhook_receiver import webhook_receiver
+from tools.client import PartnerClient
+from tools.ledger_client import LedgerClient, UserWallet
+from tools.payments_client import PaymentsClient
 
 SECRET = b"w" * 32
+ALICE = UserWallet(b"\x07" * 32)
+APPROVE = eip712.Approve(int(Mode.TEST), b"\x01" * 32, bytes.fromhex(ALICE.address[2:]), 2**40)
 A, C = "payment.authorised", "payment.captured"
 
 
@@ -111,6 +129,46 @@ async def test_the_receiver_process_notes_signed_arrivals_once() -> None:
     assert all(sent <= t <= time.time() for t in arrivals.first.values())
     assert arrivals.rows == 4 and arrivals.duplicates == 1
     assert dict(arrivals.refused) == {"signature_mismatch": 1}
+
+
+async def _fake_gateway(request: web.Request) -> web.Response:
+    """The Payment API's answers, without a cluster: every preview asks alice's approval,
+    every authorise is 201, a capture of an odd-numbered payment is refused."""
+    key = request.headers["Idempotency-Key"]
+    if request.path == "/v1/payments/preview":
+        required = [{"wallet": ALICE.address, "typed_data": eip712.typed_data(APPROVE, 31337)}]
+        return web.json_response({"approvals_required": required})
+    if request.path == "/v1/payments":
+        assert (await request.json())["approvals"][0]["wallet"] == ALICE.address
+        return web.json_response({"id": f"pay_{key}"}, status=201)
+    if int(request.path.split("-")[1].split("/")[0]) % 2:
+        return web.json_response({"code": "payment_expired"}, status=409)
+    return web.json_response({"id": "pay_x"}, status=201)
+
+
+async def test_the_payment_loops_count_every_step() -> None:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", _fake_gateway)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with PartnerClient(f"http://127.0.0.1:{server.port}", "k", b"s" * 32) as http:
+            payments = PaymentsClient(LedgerClient(http, attempts_max=1))
+            closed = PaymentLoad(payments, [("alice", ALICE)], "closed")
+            result = await _payments_closed(closed, 3, 10)
+            paced = PaymentLoad(payments, [("alice", ALICE)], "paced")
+            open_loop = await _payments_paced(paced, 20.0, 0.5)
+    finally:
+        await server.close()
+    assert (result["payments"], result["authorised"], result["captured"]) == (10, 10, 5)
+    assert result["statuses"] == {"preview 200": 10, "authorise 201": 10, "capture 201": 5,
+                                  "capture 409": 5}  # fmt: skip
+    assert result["errors"] == {"capture payment_expired": 5}
+    assert len(closed.acked) == 15  # 10 authorised, 5 captured: the events to wait for
+    assert result["payments_per_s"] > 0 and result["steps_ms"]["sign"]["p50"] > 0
+    assert (open_loop["payments"], open_loop["captured"]) == (10, 5)  # 20/s for 0.5 s
+    assert open_loop["rate_target_per_s"] == 20.0 and open_loop["authorise_ms"]["p99"] > 0
+    assert ("pay_paced-0", "payment.captured") in paced.acked
 
 
 # ---------------------------------------------------------------- a smoke run on a real cluster
