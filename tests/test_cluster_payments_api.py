@@ -32,9 +32,10 @@ from business.identity.ids import Mode
 from business.payments.codes import ConsumerCode, decode_merchant
 from tools.client import Response
 from tools.cluster_init import init_cluster
-from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
+from tools.ledger_client import LedgerClient, UserWallet
 from tools.local_cluster import LocalCluster
 from tools.local_partners import onboard_partner
+from tools.payments_client import PaymentsClient
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
@@ -100,7 +101,7 @@ async def _balance(c: LedgerClient, uid: str) -> int:
 
 
 async def _pay(c: LedgerClient, user: UserWallet, body: dict[str, Any], key: str) -> Response:
-    return await BridgeClient(c).approved("/v1/payments", body, user, key=key)
+    return await PaymentsClient(c).authorise(user, body, key=key)
 
 
 async def test_qr_payment_capture_refunds_code_and_market_order(
@@ -262,12 +263,10 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         assert listing.status == 201 and listing.body["stock"] == 5, listing
         found = await q.call("GET", "/v1/market/listings?text=coffee")
         assert [x["id"] for x in found.body["data"]] == [listing.body["id"]], found
-        order_body = {"listing": listing.body["id"], "quantity": 2, "user": "bob"}
-        sold_out = await BridgeClient(q).approved(
-            "/v1/market/orders", {**order_body, "quantity": 6}, bob, key="ord-0"
-        )
+        market = PaymentsClient(q)
+        sold_out = await market.order(bob, "bob", listing.body["id"], 6, key="ord-0")
         assert sold_out.status == 409 and sold_out.body["code"] == "sold_out", sold_out
-        order = await BridgeClient(q).approved("/v1/market/orders", order_body, bob, key="ord-1")
+        order = await market.order(bob, "bob", listing.body["id"], 2, key="ord-1")
         assert order.status == 201 and order.body["status"] == "authorised", order
         assert order.body["payment"]["amount"] == str(600 * U), order
         stock = await q.call("GET", f"/v1/market/listings/{listing.body['id']}")
@@ -277,14 +276,13 @@ async def test_qr_payment_capture_refunds_code_and_market_order(
         fulfilled = await p.call("POST", order_path + "/fulfil", {}, key="f-1")
         assert fulfilled.status == 201 and fulfilled.body["status"] == "fulfilled", fulfilled
         assert await _balance(q, "bob") == 9400 * U
-        again = await BridgeClient(q).approved("/v1/market/orders", order_body, bob, key="ord-1")
+        again = await market.order(bob, "bob", listing.body["id"], 2, key="ord-1")
         assert again.status == 200 and again.body["id"] == order.body["id"], again
         back = await p.call("POST", order_path + "/refunds", {"amount": str(100 * U)}, key="or-1")
         assert back.status == 201 and back.body["payment"]["amount_refunded"] == str(100 * U)
         assert await _balance(q, "bob") == 9500 * U
         # Another order, cancelled: its stock comes back; the listing is replaced by its owner.
-        one = {**order_body, "quantity": 1}
-        order2 = await BridgeClient(q).approved("/v1/market/orders", one, bob, key="ord-2")
+        order2 = await market.order(bob, "bob", listing.body["id"], 1, key="ord-2")
         assert order2.status == 201, order2
         cancel = await p.call("POST", f"/v1/market/orders/{order2.body['id']}/cancel", {}, key="x")
         assert cancel.status == 201 and cancel.body["status"] == "cancelled", cancel

@@ -195,6 +195,8 @@ def test_set_toml_keys_changes_only_the_named_keys() -> None:
     assert "# why" in changed and "anchor_interval_s = 9.5  # tuned" in changed
     appended = set_toml_keys("[node]\nname = 'n'\n", "anchoring", {"enabled": False})
     assert tomllib.loads(appended)["anchoring"] == {"enabled": False}
+    hosts = set_toml_keys(text, "webhooks", {"allow_hosts": ["127.0.0.1", "a.b"]})
+    assert tomllib.loads(hosts)["webhooks"] == {"allow_hosts": ["127.0.0.1", "a.b"]}
     with pytest.raises(ConfigError, match="cannot write"):
         set_toml_keys(text, "anchoring", {"contract": None})
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tools.bench_ledger_api import _count, _phase, run_on_local_cluster
+from tools.bench_ledger_api import _count, _phase, bench_users, post_steps, run_on_local_cluster
 from tools.client import PartnerClient
 from tools.ledger_client import BridgeClient, LedgerClient, UserWallet
 
@@ -52,17 +52,12 @@ async def _setup(ledger: LedgerClient, users: int) -> list[tuple[str, UserWallet
         ("/v1/bridge/reserve/top_up", {"amount": str(10**27)}, "top-up"),  # faucet_amount_max
     ]
     linked = []
-    for i in range(users):
-        user, user_id = UserWallet(random.Random(i).randbytes(31) + b"\x01"), f"user-{i}"
-        link = user.link(PARTNER, livemode=False, user_id=user_id, deadline=int(time.time()) + 600)
+    for i, (user_id, user, link) in enumerate(bench_users(PARTNER, users)):
         steps.append(("/v1/wallets/links", link, f"link-{i}"))
         issue = {"user": user_id, "amount": str(10**15)}
         steps.append((f"/v1/bridge/points/{ASSET}/issue", issue, f"issue-{i}"))
         linked.append((user_id, user))
-    for path, body, key in steps:
-        got = await ledger.call("POST", path, body, key=key)
-        if got.status not in (200, 201):
-            raise SystemExit(f"setup: {path} answered {got.status} {got.body}")
+    await post_steps(ledger, steps)
     return linked
 
 

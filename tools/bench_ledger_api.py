@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tools.client import PartnerClient
-from tools.cluster_init import init_cluster
-from tools.ledger_client import LedgerClient
+from tools.cluster_init import ClusterLayout, init_cluster, set_toml_keys
+from tools.ledger_client import LedgerClient, UserWallet
 from tools.local_cluster import LocalCluster
 from tools.local_partners import onboard_partner
 
@@ -103,6 +104,25 @@ async def _run(url: str, key: str, secret: bytes, args: argparse.Namespace) -> d
     return rate
 
 
+def bench_users(partner: str, users: int) -> list[tuple[str, UserWallet, dict[str, Any]]]:
+    """``users`` users of ``partner``, each with their own key (the same in every run), and
+    each one's ``POST /v1/wallets/links`` body."""
+    made = []
+    for i in range(users):
+        user, user_id = UserWallet(random.Random(i).randbytes(31) + b"\x01"), f"user-{i}"
+        link = user.link(partner, livemode=False, user_id=user_id, deadline=int(time.time()) + 600)
+        made.append((user_id, user, link))
+    return made
+
+
+async def post_steps(ledger: LedgerClient, steps: list[tuple[str, dict[str, Any], str]]) -> None:
+    """Set-up writes (path, body, key) in order; any refusal ends the bench."""
+    for path, body, key in steps:
+        got = await ledger.call("POST", path, body, key=key)
+        if got.status not in (200, 201):
+            raise SystemExit(f"setup: {path} answered {got.status} {got.body}")
+
+
 def _count(status: int, wanted: int) -> int:
     STATUSES[status] = STATUSES.get(status, 0) + 1
     return 1 if status == wanted else 0
@@ -123,6 +143,35 @@ def main(argv: list[str] | None = None) -> int:
 RunPhases = Callable[[str, str, bytes, argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]]
 
 
+@contextlib.contextmanager
+def local_partner_cluster(
+    directory: Path,
+    partner: str,
+    gateway: Mapping[str, Mapping[str, object]] | None = None,
+    log_level: str = "INFO",
+) -> Iterator[tuple[ClusterLayout, str, bytes]]:
+    """A local cluster (5 nodes and a gateway, no chain) in ``directory/cluster``, with
+    ``gateway``'s tables of keys set in the gateway's config before it starts (e.g.
+    ``{"webhooks": {...}}``), and ``partner`` onboarded on the log: yields the layout and the
+    partner's test-mode credential (401 until the gateway's next keyring reload)."""
+    layout = init_cluster(directory / "cluster", partners=(), chain="none")
+    config = Path(layout.gateway_config_path)
+    for table, values in (gateway or {}).items():
+        config.write_text(set_toml_keys(config.read_text(), table, values))
+    with LocalCluster(layout, log_level=log_level) as local:
+        local.start()
+        key, secret = onboard_partner(layout, partner)["test"]
+        yield layout, key, secret
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """Print the JSON report, and write it to ``out`` when given."""
+    text = json.dumps(report, indent=2)
+    if out is not None:
+        out.write_text(text + "\n")
+    print(text)
+
+
 def run_on_local_cluster(
     args: argparse.Namespace, run: RunPhases, *, partner: str, prefix: str
 ) -> int:
@@ -131,11 +180,8 @@ def run_on_local_cluster(
     credential and prints (and writes to ``args.out``) the JSON report: the phases' results, the
     run's shape and the load average before and after. Shared by the API benchmarks."""
     directory = args.dir or Path(tempfile.mkdtemp(prefix=prefix))
-    layout = init_cluster(directory / "cluster", partners=(), chain="none")
     load_before = os.getloadavg()
-    with LocalCluster(layout) as local:
-        local.start()
-        key, secret = onboard_partner(layout, partner)["test"]
+    with local_partner_cluster(directory, partner) as (layout, key, secret):
         result = asyncio.run(run(layout.gateway_url, key, secret, args))
     report = {
         **result,
@@ -147,10 +193,7 @@ def run_on_local_cluster(
         "cpus": os.cpu_count(),
         "statuses": {str(k): v for k, v in sorted(STATUSES.items())},
     }
-    text = json.dumps(report, indent=2)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(report, args.out)
     return 0
 
 

@@ -233,6 +233,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return _toml_str(value)
+    if isinstance(value, list | tuple):  # e.g. [webhooks] allow_hosts
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     raise ConfigError(f"cannot write {type(value).__name__} into a node config")
 
 

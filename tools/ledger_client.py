@@ -180,6 +180,19 @@ class LedgerClient:
         debited users sign: send the transfer later with the SAME key and body."""
         return await self.call("POST", "/v1/ledger/transfers/preview", body, key=key)
 
+    async def approved(
+        self, path: str, body: dict[str, Any], user: UserWallet, *, key: str
+    ) -> Response:
+        """``POST path/preview`` then ``POST path`` with ``user``'s approvals, under ``key``
+        (the digest derives from it: both steps use the same key and body). Every debit of a
+        user's wallet goes this way: a swap, a redemption, a payment, an order."""
+        preview = await self.call("POST", path + "/preview", body, key=key)
+        if preview.status != 200:
+            return preview
+        # A real wallet app shows what the preview names (the swap, the payment, ...) first.
+        approvals = user.approve(preview.body)
+        return await self.call("POST", path, {**body, "approvals": approvals}, key=key)
+
     async def unlink(
         self, user_id: str, signed: dict[str, Any] | None = None, *, key: str | None = None
     ) -> Response:
@@ -228,9 +241,10 @@ def _typed(
 
 
 class BridgeClient:
-    """The Bridge API (docs/bridge-guide.md) over a :class:`LedgerClient`: quotes, and the
-    two steps of everything that debits a user (a swap, a redemption): preview under your key,
-    the user signs the ``Approve`` it shows, then the same body and key with the approvals.
+    """The Bridge API (docs/bridge-guide.md) over a :class:`LedgerClient`: quotes, and what
+    debits a user (a swap, a redemption) through :meth:`LedgerClient.approved`: preview under
+    your key, the user signs the ``Approve`` it shows, then the same body and key with the
+    approvals.
 
     >>> bridge = BridgeClient(ledger)
     >>> quote = (await bridge.quote("PTS", "user-42", "in", "1000")).body
@@ -244,22 +258,10 @@ class BridgeClient:
         body = {"asset": asset, "user": user_id, "direction": direction, "amount_in": amount_in}
         return await self.ledger.call("POST", "/v1/bridge/quotes", body)
 
-    async def approved(
-        self, path: str, body: dict[str, Any], user: UserWallet, *, key: str
-    ) -> Response:
-        """``POST path/preview`` then ``POST path`` with the user's approvals, under ``key``
-        (the digest derives from it: both steps use the same key and body)."""
-        preview = await self.ledger.call("POST", path + "/preview", body, key=key)
-        if preview.status != 200:
-            return preview
-        # A real wallet app shows preview.body["swap"] (or ["redemption"]) before it signs.
-        approvals = user.approve(preview.body)
-        return await self.ledger.call("POST", path, {**body, "approvals": approvals}, key=key)
-
     async def swap(
         self, user: UserWallet, user_id: str, quote: dict[str, Any], *, key: str
     ) -> Response:
-        return await self.approved(
+        return await self.ledger.approved(
             "/v1/bridge/swaps", {"user": user_id, "quote": quote}, user, key=key
         )
 
@@ -267,7 +269,8 @@ class BridgeClient:
         self, user: UserWallet, asset: str, user_id: str, amount: str, *, key: str
     ) -> Response:
         body = {"user": user_id, "amount": amount}
-        return await self.approved(f"/v1/bridge/points/{asset}/redeem", body, user, key=key)
+        path = f"/v1/bridge/points/{asset}/redeem"
+        return await self.ledger.approved(path, body, user, key=key)
 
 
 class UserWallet:
