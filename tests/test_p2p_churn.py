@@ -67,13 +67,13 @@ async def test_churn_keeps_inbound_open_and_is_flat() -> None:
     try:
         start = time.perf_counter()
         done = await asyncio.to_thread(churn, churners, node_member, WARMUP_CYCLES)
-        await wait_for(lambda: not node.connected_peers())
+        await wait_for(lambda: not node.connected_peers(), timeout_s=30.0)
         gc.collect()
         tasks_warm, rss_warm = await node.trio_task_count(), process.memory_info().rss
 
         done += await asyncio.to_thread(churn, churners, node_member, TOTAL_CYCLES - done)
         churn_s = time.perf_counter() - start
-        await wait_for(lambda: not node.connected_peers())
+        await wait_for(lambda: not node.connected_peers(), timeout_s=30.0)
         gc.collect()
         # Handlers of the last closed connections may still be finishing: give them up to 5 s.
         # A leak (the unpatched bug keeps one task per connection forever) never settles.
