@@ -92,6 +92,16 @@ async def _get(url: str, ssl_context: ssl.SSLContext | bool) -> int:
         return response.status
 
 
+async def _until_started(url: str, ssl_context: ssl.SSLContext | bool) -> None:
+    for _ in range(200):
+        try:
+            assert await _get(url, ssl_context) == 200
+            return
+        except aiohttp.ClientConnectorError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("gateway did not start")
+
+
 async def test_gateway_serves_https_only_with_its_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -102,14 +112,7 @@ async def test_gateway_serves_https_only_with_its_certificate(
     server = asyncio.create_task(run_gateway(_config(tmp_path, port, cert, key), stop))
     trusting = ssl.create_default_context(cafile=str(cert))
     try:
-        for _ in range(200):
-            try:
-                assert await _get(f"https://127.0.0.1:{port}/healthz", trusting) == 200
-                break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("gateway did not start")
+        await _until_started(f"https://127.0.0.1:{port}/healthz", trusting)
         # A client that does not trust the certificate is refused at the handshake.
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             await _get(f"https://127.0.0.1:{port}/healthz", ssl.create_default_context())
@@ -216,14 +219,7 @@ async def test_gateway_listens_with_its_configured_backlog(
     stop = asyncio.Event()
     server = asyncio.create_task(run_gateway(config, stop))
     try:
-        for _ in range(200):
-            try:
-                assert await _get(f"http://127.0.0.1:{port}/healthz", False) == 200
-                break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("gateway did not start")
+        await _until_started(f"http://127.0.0.1:{port}/healthz", False)
         listing = subprocess.run(
             ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
         ).stdout.split()
