@@ -132,10 +132,10 @@ async def _payment(base: str, credential: tuple[str, bytes], wallet: UserWallet,
     with the user's signature; 503 until the cluster runs the payments log feature."""
     body = {"amount": str(PAY), "user": USER_ID}
     async with _ledger(base, credential) as http:
-        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
+        ledger = LedgerClient(http, attempts_max=3)
         deadline = time.monotonic() + 120
         while True:
-            paid = await bridge.approved("/v1/payments", body, wallet, key=key)
+            paid = await ledger.approved("/v1/payments", body, wallet, key=key)
             if paid.status == 201:
                 assert paid.body["status"] == "authorised", paid
                 return str(paid.body["id"])
@@ -375,8 +375,8 @@ async def _order(base: str, credential: tuple[str, bytes], wallet: UserWallet, l
     """The user buys one of the listing through the partner's platform (the user's signature)."""
     body = {"listing": listing, "quantity": 1, "user": USER_ID}
     async with _ledger(base, credential) as http:
-        bridge = BridgeClient(LedgerClient(http, attempts_max=3))
-        order = await bridge.approved("/v1/market/orders", body, wallet, key="order-1")
+        ledger = LedgerClient(http, attempts_max=3)
+        order = await ledger.approved("/v1/market/orders", body, wallet, key="order-1")
         assert order.status == 201 and order.body["status"] == "authorised", order
         return str(order.body["id"])
 
