@@ -42,7 +42,7 @@ from gateway.partners import (
 )
 from gateway.request_keys import DEADLINE, PRINCIPAL, REQUEST_ID
 from node.api.problem import parse_json_body
-from node.errors import InvalidRequest, NotFound, OperationFailed
+from node.errors import InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from gateway.app import GatewayState
@@ -95,20 +95,18 @@ async def post_partner(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or set(body) != {"id"}:
         raise InvalidRequest('body must be {"id": "<partner id>"}', param="id")
     name = check_name(body["id"])
-    if state.master_key is None:
-        raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
+    master_key = state.keyring_writer_key()
     keyring, partner = await onboard(
         state.nodes,
         state.config.keyring_file,
-        state.master_key,
+        master_key,
         state.keyring,
         name,
         actor_of(principal),
         deadline=request[DEADLINE],
         request_id=request[REQUEST_ID],
     )
-    if keyring.version > state.keyring.version:
-        state.keyring = keyring  # serve the new credentials now, not at the next reload
+    state.serve_keyring(keyring)  # the new credentials
     on_log = await read_partner(
         state.nodes, name, deadline=request[DEADLINE], request_id=request[REQUEST_ID]
     )

@@ -96,6 +96,7 @@ from node.errors import (
     DeadlineExceeded,
     InvalidRequest,
     NotFound,
+    OperationFailed,
     Overloaded,
     PayloadTooLarge,
     RateLimited,
@@ -160,6 +161,18 @@ class GatewayState:
             "bridge_swaps", "Bridge swaps answered, by result code", ("result",)
         )
         self.metrics.add_stats(gateway_stat_families(self))
+
+    def keyring_writer_key(self) -> bytes:
+        """The master key to write the keyring with; a gateway that only reads it refuses."""
+        if self.master_key is None:
+            raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
+        return self.master_key
+
+    def serve_keyring(self, keyring: Keyring) -> None:
+        """Serve a keyring this gateway just wrote now, not at the next reload (unless the
+        reloader already serves a newer one)."""
+        if keyring.version > self.keyring.version:
+            self.keyring = keyring
 
     @contextlib.contextmanager
     def reserve(self, partner_id: str, records: int) -> Iterator[None]:

@@ -166,13 +166,9 @@ async def write_endpoints(
     state: GatewayState, partner: str, operation: Callable[..., Any]
 ) -> Keyring:
     """Change ``partner``'s endpoints in the keyring file, and serve the change at once."""
-    if state.master_key is None:
-        raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
-    keyring = await change_endpoints(
-        state.config.keyring_file, state.master_key, partner, operation
-    )
-    if keyring.version > state.keyring.version:
-        state.keyring = keyring  # serve the change now, not at the next reload
+    master_key = state.keyring_writer_key()
+    keyring = await change_endpoints(state.config.keyring_file, master_key, partner, operation)
+    state.serve_keyring(keyring)
     state.keyring_written()
     return keyring
 
@@ -377,11 +373,9 @@ def add_webhook_routes(app: web.Application, state: GatewayState) -> None:
         return
 
     async def save_disabled(marks: Sequence[tuple[str, EndpointDisabled]]) -> int:
-        if state.master_key is None:
-            raise OperationFailed("this gateway cannot write its keyring", code="keyring_read_only")
-        keyring = await disable_in_keyring(state.config.keyring_file, state.master_key, marks)
-        if keyring.version > state.keyring.version:
-            state.keyring = keyring  # served at once here
+        master_key = state.keyring_writer_key()
+        keyring = await disable_in_keyring(state.config.keyring_file, master_key, marks)
+        state.serve_keyring(keyring)
         return keyring.version
 
     async def deliver_ctx(app: web.Application) -> AsyncIterator[None]:
